@@ -1,0 +1,52 @@
+# EdgeFleet developer entry points. `make demo` and `make test` create everything they need.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+TRITON := .venv-triton
+PYTEST_ARGS ?=
+
+.PHONY: all venv demo test lint typecheck pytest bench protos clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip check
+	touch $(STAMP)
+
+# tritonclient pins protobuf<7, which clashes with our stubs: it gets its own environment, as an
+# app on a device would have.
+$(TRITON)/.installed: tests/tools/requirements-triton.txt
+	$(PYTHON) -m venv $(TRITON)
+	$(TRITON)/bin/pip install --quiet --upgrade pip
+	$(TRITON)/bin/pip install --quiet -r tests/tools/requirements-triton.txt
+	touch $@
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python scripts/demo.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP) $(TRITON)/.installed
+	EDGEFLEET_TRITON_PYTHON=$(abspath $(TRITON))/bin/python $(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_inference.py
+
+protos: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py
+
+clean:
+	rm -rf $(VENV) $(TRITON) .demo .mypy_cache .ruff_cache .pytest_cache

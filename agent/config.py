@@ -1,0 +1,199 @@
+"""The agent's TOML configuration: typed, bounded, unknown keys rejected.
+
+Example (packaging/config/agent.toml has the annotated version)::
+
+    [agent]
+    name = "pi-kitchen"
+    state_dir = "/var/lib/edgefleet-agent"
+
+    [server]
+    address = "fleet.example.com:7443"
+    enrollment_token_file = "/etc/edgefleet/enrollment.token"
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agent.errors import ConfigError
+
+__all__ = [
+    "AgentConfig",
+    "AgentSection",
+    "ApiSection",
+    "InferenceSection",
+    "ServerSection",
+    "TelemetrySection",
+    "load_config",
+]
+
+
+@dataclass(frozen=True)
+class AgentSection:
+    name: str = ""  # defaults to the host name
+    state_dir: Path = Path("/var/lib/edgefleet-agent")
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServerSection:
+    address: str = "127.0.0.1:7443"
+    enrollment_token: str = ""
+    enrollment_token_file: Path | None = None
+    checkin_interval_s: float = 30.0
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class ApiSection:
+    socket: Path = Path("/run/edgefleet-agent/oip.sock")
+    listen: str = ""  # optional TCP address, e.g. "127.0.0.1:8001"
+
+
+@dataclass(frozen=True)
+class InferenceSection:
+    num_threads: int = 1
+
+
+@dataclass(frozen=True)
+class TelemetrySection:
+    mqtt_url: str = ""  # overrides the URL the server hands out at enrollment
+    interval_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    agent: AgentSection = field(default_factory=AgentSection)
+    server: ServerSection = field(default_factory=ServerSection)
+    api: ApiSection = field(default_factory=ApiSection)
+    inference: InferenceSection = field(default_factory=InferenceSection)
+    telemetry: TelemetrySection = field(default_factory=TelemetrySection)
+
+    def enrollment_token(self) -> str:
+        """The enrollment token: inline, from a file, or from systemd's credentials dir.
+
+        Raises:
+            ConfigError: the token file cannot be read.
+        """
+        if self.server.enrollment_token:
+            return self.server.enrollment_token
+        candidates = []
+        if self.server.enrollment_token_file is not None:
+            candidates.append(self.server.enrollment_token_file)
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        if creds:
+            candidates.append(Path(creds) / "enrollment-token")
+        for path in candidates:
+            try:
+                return path.read_text(encoding="utf-8").strip()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise ConfigError(f"cannot read enrollment token {path}: {exc}") from exc
+        return ""
+
+
+_T = TypeVar("_T")
+
+
+def _build(cls: type[_T], raw: Any, where: str) -> _T:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{where}] must be a table")
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) in [{where}]: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+        )
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        spec = known[name]
+        default = getattr(cls(), name)
+        key = f"{where}.{name}" if where else name
+        if is_dataclass(default):
+            values[name] = _build(type(default), value, key)
+        elif isinstance(default, bool):
+            values[name] = _expect(value, bool, key)
+        elif isinstance(default, int):
+            values[name] = _expect(value, int, key)
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{key} must be a number, got {value!r}")
+            values[name] = float(value)
+        elif isinstance(default, Path) or "Path" in str(spec.type):
+            values[name] = Path(_expect(value, str, key))
+        elif isinstance(default, dict):
+            table = _expect(value, dict, key)
+            for k, v in table.items():
+                if not isinstance(v, str) or len(k) > 63 or len(v) > 255:
+                    raise ConfigError(f"{key}.{k} must be a string of at most 255 characters")
+            values[name] = dict(table)
+        else:
+            values[name] = _expect(value, str, key)
+    return cls(**values)
+
+
+def _expect(value: Any, kind: type, key: str) -> Any:
+    if isinstance(value, bool) and kind is not bool:
+        raise ConfigError(f"{key} must be {kind.__name__}, got {value!r}")
+    if not isinstance(value, kind):
+        raise ConfigError(f"{key} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def _validate(config: AgentConfig) -> None:
+    if not 1.0 <= config.server.checkin_interval_s <= 86400:
+        raise ConfigError("server.checkin_interval_s must be within 1..86400")
+    if not 0.5 <= config.server.timeout_s <= 300:
+        raise ConfigError("server.timeout_s must be within 0.5..300")
+    if not 0.5 <= config.telemetry.interval_s <= 3600:
+        raise ConfigError("telemetry.interval_s must be within 0.5..3600")
+    if not 1 <= config.inference.num_threads <= 64:
+        raise ConfigError("inference.num_threads must be within 1..64")
+    if ":" not in config.server.address:
+        raise ConfigError(f"server.address {config.server.address!r} must be host:port")
+    if len(str(config.api.socket)) > 100:
+        raise ConfigError(f"api.socket {config.api.socket} is longer than a unix socket allows")
+    if config.telemetry.mqtt_url and not config.telemetry.mqtt_url.startswith(
+        ("mqtt://", "mqtts://")
+    ):
+        raise ConfigError("telemetry.mqtt_url must start with mqtt:// or mqtts://")
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read, type-check and validate a config file.
+
+    Raises:
+        ConfigError: naming the file and what is wrong in it.
+    """
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    try:
+        config = _build(AgentConfig, raw, "")
+        _validate(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    # Relative paths are relative to the config file, not to wherever the agent started.
+    base = path.resolve().parent
+    if not config.agent.state_dir.is_absolute():
+        config = replace(
+            config, agent=replace(config.agent, state_dir=base / config.agent.state_dir)
+        )
+    if not config.api.socket.is_absolute():
+        config = replace(config, api=replace(config.api, socket=base / config.api.socket))
+    if config.server.enrollment_token_file is not None and not (
+        config.server.enrollment_token_file.is_absolute()
+    ):
+        token_file = base / config.server.enrollment_token_file
+        config = replace(config, server=replace(config.server, enrollment_token_file=token_file))
+    return config

@@ -1,0 +1,204 @@
+"""The agent daemon: serve the active models, keep them up to date, report telemetry.
+
+Start order: load the active models from disk and serve them (a device keeps working without its
+server), then enroll if needed, then check in periodically and publish telemetry. One stop event
+ends every loop; components stop in reverse order.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import threading
+import time
+
+from agent.client import DeviceClient
+from agent.config import AgentConfig
+from agent.errors import AgentError, EnrollmentError, TransientError
+from agent.identity import Identity
+from agent.inference.engine import Engine
+from agent.inference.oip import create_server
+from agent.probe import probe
+from agent.telemetry.mqtt import MqttPublisher, parse_mqtt_url
+from agent.telemetry.report import build_report
+from agent.updates.store import ModelStore
+from agent.updates.updater import Updater
+from protos import device_pb2
+from protos.topics import telemetry_topic, validate_segment
+
+__all__ = ["Agent"]
+
+log = logging.getLogger(__name__)
+_MAX_BACKOFF_S = 300.0
+
+
+def _backoff(attempt: int, base: float) -> float:
+    """Capped exponential backoff with full jitter."""
+    return random.uniform(0, min(_MAX_BACKOFF_S, base * 2 ** min(attempt, 10)))  # noqa: S311
+
+
+class Agent:
+    """One agent process."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.engine = Engine()
+        self.store = ModelStore(config.agent.state_dir)
+        self.identity: Identity | None = None
+        self._client = DeviceClient(config.server.address, timeout_s=config.server.timeout_s)
+        self._started = time.monotonic()
+
+    def run(self, stop: threading.Event) -> None:
+        """Run until ``stop`` is set.
+
+        Raises:
+            EnrollmentError: the server refused this device's enrollment (fatal).
+            AgentError: the local API could not start.
+        """
+        self.store.root.mkdir(parents=True, exist_ok=True)
+        self.identity = Identity.load(self.store.root)
+        threads = self.config.inference.num_threads
+        Updater.load_active_into(self.store, self.engine, threads)
+        try:
+            server, port = create_server(
+                self.engine,
+                socket_path=self.config.api.socket,
+                tcp_address=self.config.api.listen or None,
+            )
+        except OSError as exc:
+            raise AgentError(f"cannot start the local inference API: {exc}") from exc
+        server.start()
+        log.info(
+            "local inference API on unix:%s%s",
+            self.config.api.socket,
+            f" and port {port}" if port else "",
+        )
+        telemetry = threading.Thread(
+            target=self._telemetry_loop, args=(stop,), name="telemetry", daemon=True
+        )
+        try:
+            self._update_loop(stop, telemetry)
+        finally:
+            stop.set()
+            if telemetry.is_alive():
+                telemetry.join(timeout=10)
+            server.stop(grace=5).wait()
+            self._client.close()
+            log.info("agent stopped")
+
+    def _enroll(self) -> Identity:
+        token = self.config.enrollment_token()
+        if not token:
+            raise EnrollmentError(
+                "this device is not enrolled and no enrollment token is configured "
+                "(server.enrollment_token or server.enrollment_token_file)"
+            )
+        name = self.config.agent.name or socket.gethostname()
+        response = self._client.enroll(
+            device_pb2.EnrollRequest(
+                enrollment_token=token,
+                requested_name=name[:64],
+                capabilities=probe(self.store.root),
+                labels=self.config.agent.labels,
+            )
+        )
+        identity = Identity(
+            device_id=validate_segment(response.device_id, "device id"),
+            token=response.device_token,
+            fleet_id=validate_segment(response.fleet_id, "fleet id"),
+            release_keys=tuple(response.release_public_keys),
+            mqtt_url=response.mqtt_url,
+        )
+        identity.save(self.store.root)
+        log.info("enrolled as %s in fleet %s", identity.device_id, identity.fleet_id)
+        return identity
+
+    def _update_loop(self, stop: threading.Event, telemetry: threading.Thread) -> None:
+        attempt = 0
+        updater: Updater | None = None
+        interval = self.config.server.checkin_interval_s
+        while not stop.is_set():
+            try:
+                if self.identity is None:
+                    self.identity = self._enroll()
+                if updater is None:
+                    self._client.set_token(self.identity.token)
+                    updater = Updater(
+                        store=self.store,
+                        engine=self.engine,
+                        client=self._client,
+                        identity=self.identity,
+                        num_threads=self.config.inference.num_threads,
+                    )
+                    telemetry.start()
+                response = self._client.check_in(
+                    device_pb2.CheckInRequest(
+                        capabilities=probe(self.store.root), active=self._active()
+                    )
+                )
+                updater.apply(response.desired)
+                attempt = 0
+                wait = interval
+            except TransientError as exc:
+                attempt += 1
+                wait = max(1.0, _backoff(attempt, min(interval, 5.0)))
+                log.warning("%s; retrying in %.0f s", exc, wait)
+            except EnrollmentError:
+                raise
+            except AgentError as exc:
+                attempt += 1
+                wait = max(interval, _backoff(attempt, interval))
+                log.error("check-in failed: %s; retrying in %.0f s", exc, wait)
+            stop.wait(wait)
+
+    def _active(self) -> list[device_pb2.ActiveModel]:
+        active = self.store.active()
+        return [
+            device_pb2.ActiveModel(
+                model_name=model.name,
+                version=model.version,
+                release_counter=active[model.name].release_counter if model.name in active else 0,
+                sha256=active[model.name].sha256 if model.name in active else "",
+                backend=model.backend,
+            )
+            for model in self.engine.models()
+        ]
+
+    def _telemetry_loop(self, stop: threading.Event) -> None:
+        identity = self.identity
+        if identity is None:  # started only after enrollment
+            return
+        url = self.config.telemetry.mqtt_url or identity.mqtt_url
+        if not url:
+            log.warning("no MQTT URL from the server or the config; telemetry is off")
+            return
+        endpoint = parse_mqtt_url(url)
+        topic = telemetry_topic(identity.fleet_id, identity.device_id)
+        publisher = MqttPublisher(endpoint, client_id=f"edgefleet-agent-{identity.device_id}")
+        seq = 0
+        dropped = 0
+        attempt = 0
+        try:
+            while not stop.is_set():
+                if publisher.protocol is None:
+                    try:
+                        publisher.connect()
+                        attempt = 0
+                    except TransientError as exc:
+                        attempt += 1
+                        wait = max(1.0, _backoff(attempt, 2.0))
+                        log.warning("telemetry: %s; retrying in %.0f s", exc, wait)
+                        stop.wait(wait)
+                        continue
+                if stop.wait(self.config.telemetry.interval_s):
+                    break
+                seq += 1
+                payload = build_report(
+                    self.engine, device_id=identity.device_id, seq=seq, started=self._started
+                )
+                if not publisher.publish(topic, payload):
+                    dropped += 1
+                    log.warning("telemetry message %d not queued (%d dropped so far)", seq, dropped)
+        finally:
+            publisher.close()

@@ -1,0 +1,66 @@
+"""Errors raised by the agent. Messages name the actual values and say what to do."""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentError",
+    "ConfigError",
+    "DownloadError",
+    "EnrollmentError",
+    "InferenceError",
+    "InputError",
+    "ManifestError",
+    "ModelFileError",
+    "RuntimeMissingError",
+    "ServerUnavailableError",
+    "TransientError",
+    "UnsupportedModelError",
+]
+
+
+class AgentError(Exception):
+    """Base of every error the agent reports to a user."""
+
+
+class TransientError(AgentError):
+    """Worth retrying later with backoff (network, server restart)."""
+
+
+class ConfigError(AgentError):
+    """The configuration file or a flag is invalid."""
+
+
+class ModelFileError(AgentError):
+    """A file is not a loadable TFLite model."""
+
+
+class UnsupportedModelError(AgentError):
+    """A valid model that this device cannot run (e.g. Edge TPU-compiled, no Edge TPU)."""
+
+
+class RuntimeMissingError(AgentError):
+    """No TFLite runtime (ai-edge-litert or tflite-runtime) is importable."""
+
+
+class InputError(AgentError):
+    """Input data (an image, a tensor) does not fit the model."""
+
+
+class InferenceError(AgentError):
+    """The runtime failed while running a model."""
+
+
+class ManifestError(AgentError):
+    """A signed manifest failed verification; the update is refused."""
+
+
+class DownloadError(TransientError):
+    """An artifact download failed or its bytes did not match the manifest."""
+
+
+class ServerUnavailableError(TransientError):
+    """The fleet server could not be reached."""
+
+
+class EnrollmentError(AgentError):
+    """The server refused to enroll this device."""

@@ -1,0 +1,193 @@
+"""Read a .tflite model without executing it: tensors, quantization, operators, Edge TPU ops.
+
+Used by the agent (before loading anything) and by the fleet server (when a model is pushed), so
+that both sides agree on what a model file is and what it requires. Only LiteRT's bundled
+flatbuffers schema is needed; no interpreter is created.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.errors import ModelFileError, RuntimeMissingError
+
+__all__ = [
+    "EDGETPU_CUSTOM_OP",
+    "MAX_MODEL_BYTES",
+    "ModelInfo",
+    "TensorInfo",
+    "inspect_model_bytes",
+    "inspect_model_file",
+]
+
+EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
+MAX_MODEL_BYTES = 512 * 1024 * 1024  # larger than any model an edge device should run
+_TFLITE_IDENTIFIER = b"TFL3"
+_MAX_TENSORS = 1_000_000
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One graph input or output as the file declares it."""
+
+    name: str
+    dtype: str  # numpy dtype name: "uint8", "int8", "float32", ...
+    shape: tuple[int, ...]
+    scale: float  # 0.0 when not quantized
+    zero_point: int
+
+    @property
+    def quantized(self) -> bool:
+        """True when the tensor carries a single (per-tensor) affine quantization."""
+        return self.scale != 0.0
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model file is and what it needs, read from the file alone."""
+
+    size: int
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    builtin_ops: tuple[str, ...]
+    custom_ops: tuple[str, ...]
+    description: str
+
+    @property
+    def edgetpu(self) -> bool:
+        """True when the model was compiled for the Edge TPU and cannot run on a CPU alone."""
+        return EDGETPU_CUSTOM_OP in self.custom_ops
+
+
+_TYPE_TO_DTYPE = {
+    "FLOAT32": "float32",
+    "FLOAT16": "float16",
+    "FLOAT64": "float64",
+    "INT32": "int32",
+    "UINT8": "uint8",
+    "INT64": "int64",
+    "STRING": "object",
+    "BOOL": "bool",
+    "INT16": "int16",
+    "INT8": "int8",
+    "UINT32": "uint32",
+    "UINT16": "uint16",
+    "UINT64": "uint64",
+}
+
+
+def _schema() -> Any:
+    try:
+        from ai_edge_litert import schema_py_generated  # noqa: PLC0415
+    except ImportError as exc:  # pragma: no cover - depends on the device's install
+        raise RuntimeMissingError(
+            "reading .tflite files needs ai-edge-litert: pip install 'edgefleet[agent]'"
+        ) from exc
+    return schema_py_generated
+
+
+def _enum_names(enum_cls: type) -> dict[int, str]:
+    return {v: k for k, v in vars(enum_cls).items() if isinstance(v, int) and k.isupper()}
+
+
+def _tensor_info(schema: Any, subgraph: Any, index: int, type_names: dict[int, str]) -> TensorInfo:
+    tensor = subgraph.Tensors(index)
+    if tensor is None:
+        raise ModelFileError(f"tensor {index} is missing from the graph")
+    raw_name = tensor.Name()
+    name = raw_name.decode("utf-8", "replace") if raw_name else f"tensor_{index}"
+    type_name = type_names.get(tensor.Type(), f"type{tensor.Type()}")
+    dtype = _TYPE_TO_DTYPE.get(type_name, type_name.lower())
+    shape = tuple(int(d) for d in tensor.ShapeAsNumpy()) if tensor.ShapeLength() else ()
+    scale, zero_point = 0.0, 0
+    quant = tensor.Quantization()
+    if quant is not None and quant.ScaleLength() == 1:
+        scale = float(quant.Scale(0))
+        zero_point = int(quant.ZeroPoint(0)) if quant.ZeroPointLength() else 0
+    return TensorInfo(name=name, dtype=dtype, shape=shape, scale=scale, zero_point=zero_point)
+
+
+def inspect_model_bytes(data: bytes) -> ModelInfo:
+    """Parse a TFLite flatbuffer and describe it.
+
+    Raises:
+        ModelFileError: the bytes are not a TFLite model, or are truncated or corrupt.
+    """
+    if len(data) > MAX_MODEL_BYTES:
+        raise ModelFileError(f"model is {len(data)} bytes; the limit is {MAX_MODEL_BYTES}")
+    if len(data) < 8 or data[4:8] != _TFLITE_IDENTIFIER:
+        raise ModelFileError(
+            "not a TFLite model (no 'TFL3' file identifier); expected a .tflite flatbuffer"
+        )
+    schema = _schema()
+    try:
+        return _inspect(schema, data)
+    except ModelFileError:
+        raise
+    except Exception as exc:
+        raise ModelFileError(
+            f"corrupt or truncated TFLite model ({exc.__class__.__name__}: {str(exc)[:120]})"
+        ) from exc
+
+
+def _inspect(schema: Any, data: bytes) -> ModelInfo:
+    model = schema.Model.GetRootAs(data, 0)
+    if model.SubgraphsLength() < 1:
+        raise ModelFileError("TFLite model has no subgraph")
+    type_names = _enum_names(schema.TensorType)
+    op_names = _enum_names(schema.BuiltinOperator)
+    builtin: set[str] = set()
+    custom: set[str] = set()
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        # Newer files keep the code in BuiltinCode; old ones only in DeprecatedBuiltinCode.
+        value = max(int(code.BuiltinCode()), int(code.DeprecatedBuiltinCode()))
+        name = op_names.get(value, f"OP_{value}")
+        if name == "CUSTOM":
+            raw = code.CustomCode()
+            custom.add(raw.decode("utf-8", "replace") if raw else "")
+        else:
+            builtin.add(name)
+    graph = model.Subgraphs(0)
+    if graph.TensorsLength() > _MAX_TENSORS:
+        raise ModelFileError(f"graph declares {graph.TensorsLength()} tensors; refusing")
+    inputs = tuple(
+        _tensor_info(schema, graph, int(graph.Inputs(i)), type_names)
+        for i in range(graph.InputsLength())
+    )
+    outputs = tuple(
+        _tensor_info(schema, graph, int(graph.Outputs(i)), type_names)
+        for i in range(graph.OutputsLength())
+    )
+    if not inputs or not outputs:
+        raise ModelFileError("TFLite model has no graph inputs or outputs")
+    raw_desc = model.Description()
+    return ModelInfo(
+        size=len(data),
+        inputs=inputs,
+        outputs=outputs,
+        builtin_ops=tuple(sorted(builtin)),
+        custom_ops=tuple(sorted(custom)),
+        description=raw_desc.decode("utf-8", "replace") if raw_desc else "",
+    )
+
+
+def inspect_model_file(path: Path) -> ModelInfo:
+    """Read and inspect a model file.
+
+    Raises:
+        ModelFileError: the file is missing, unreadable, too large, or not a TFLite model.
+    """
+    try:
+        size = path.stat().st_size
+        if size > MAX_MODEL_BYTES:
+            raise ModelFileError(f"{path}: {size} bytes; the limit is {MAX_MODEL_BYTES}")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelFileError(f"cannot read model {path}: {exc.strerror or exc}") from exc
+    try:
+        return inspect_model_bytes(data)
+    except ModelFileError as exc:
+        raise ModelFileError(f"{path}: {exc}") from exc

@@ -1,0 +1,186 @@
+"""MQTT publishing with paho-mqtt 2.x: MQTT v5 first, 3.1.1 when the broker refuses v5.
+
+The embedded broker of the fleet server (amqtt) only speaks 3.1.1 and answers a v5 CONNECT with
+"Unsupported protocol version"; production brokers (mosquitto, EMQX) speak v5. The protocol that
+worked is remembered for reconnects.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.errors import ConfigError, TransientError
+
+__all__ = ["MqttEndpoint", "MqttPublisher", "parse_mqtt_url"]
+
+log = logging.getLogger(__name__)
+_UNSUPPORTED_PROTOCOL = 132  # MQTT v5 CONNACK reason code
+_MAX_QUEUED = 1000  # bound paho's in-memory queue while disconnected
+
+
+@dataclass(frozen=True)
+class MqttEndpoint:
+    """Where and how to connect."""
+
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+    password: str | None = None
+
+    def __str__(self) -> str:  # never print the password
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def parse_mqtt_url(url: str) -> MqttEndpoint:
+    """Parse ``mqtt[s]://[user[:password]@]host[:port]``.
+
+    Raises:
+        ConfigError: not such a URL.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ConfigError(f"MQTT URL {url!r} must look like mqtt://host:port or mqtts://host:port")
+    tls = parts.scheme == "mqtts"
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError as exc:
+        raise ConfigError(f"MQTT URL {url!r} has an invalid port") from exc
+    return MqttEndpoint(
+        host=parts.hostname,
+        port=port,
+        tls=tls,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+    )
+
+
+class MqttPublisher:
+    """A connected MQTT client that publishes QoS 1 messages and reconnects by itself."""
+
+    def __init__(
+        self,
+        endpoint: MqttEndpoint,
+        client_id: str,
+        *,
+        timeout_s: float = 10.0,
+        on_connected: Callable[[paho.Client], None] | None = None,
+    ) -> None:
+        """``on_connected`` runs in paho's thread after every successful (re)connect."""
+        self.endpoint = endpoint
+        self._on_connected = on_connected
+        self._client_id = client_id
+        self._timeout = timeout_s
+        self._client: paho.Client | None = None
+        self.protocol: paho.MQTTProtocolVersion | None = None
+        self._connected = threading.Event()
+
+    def _make_client(
+        self, protocol: paho.MQTTProtocolVersion
+    ) -> tuple[paho.Client, threading.Event, list[object]]:
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=protocol
+        )
+        client.max_queued_messages_set(_MAX_QUEUED)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        if self.endpoint.username:
+            client.username_pw_set(self.endpoint.username, self.endpoint.password)
+        if self.endpoint.tls:
+            client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+        answered = threading.Event()
+        outcome: list[object] = []
+
+        def on_connect(
+            _c: paho.Client, _u: object, _f: object, reason: ReasonCode, _p: object
+        ) -> None:
+            outcome.append(reason)
+            if not reason.is_failure:
+                self._connected.set()
+                log.info("connected to MQTT broker %s", self.endpoint)
+                if self._on_connected is not None:
+                    self._on_connected(_c)
+            answered.set()
+
+        def on_disconnect(
+            _c: paho.Client, _u: object, _f: object, reason: ReasonCode, _p: object
+        ) -> None:
+            if self._connected.is_set():
+                log.warning("MQTT connection to %s lost: %s", self.endpoint, reason)
+            self._connected.clear()
+            answered.set()
+
+        client.on_connect = on_connect
+        client.on_disconnect = on_disconnect
+        return client, answered, outcome
+
+    def connect(self) -> None:
+        """Connect, trying MQTT v5 and then 3.1.1.
+
+        Raises:
+            TransientError: the broker is unreachable or refused both protocol versions.
+        """
+        last = "no answer"
+        for protocol in (paho.MQTTv5, paho.MQTTv311):
+            client, answered, outcome = self._make_client(protocol)
+            try:
+                client.connect(self.endpoint.host, self.endpoint.port, keepalive=30)
+            except (OSError, ValueError) as exc:
+                raise TransientError(f"MQTT broker {self.endpoint} unreachable: {exc}") from exc
+            client.loop_start()
+            answered.wait(self._timeout)
+            if self._connected.is_set():
+                self._client, self.protocol = client, protocol
+                return
+            client.loop_stop()
+            client.disconnect()
+            reason = outcome[0] if outcome else None
+            last = str(reason) if reason is not None else "no CONNACK"
+            unsupported = isinstance(reason, ReasonCode) and reason.value in (
+                _UNSUPPORTED_PROTOCOL,
+                1,
+            )
+            if protocol == paho.MQTTv5 and unsupported:
+                log.info("broker %s refused MQTT v5; falling back to 3.1.1", self.endpoint)
+                continue
+            break
+        raise TransientError(f"MQTT broker {self.endpoint} refused the connection: {last}")
+
+    @property
+    def connected(self) -> bool:
+        """True while the broker connection is up."""
+        return self._connected.is_set()
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
+        """Queue a QoS 1 message; False when it could not even be queued (counted by caller)."""
+        if self._client is None:
+            return False
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        return info.rc == paho.MQTT_ERR_SUCCESS
+
+    def raw_client(self) -> paho.Client:
+        """The connected paho client, for subscribers that need more than publish.
+
+        Raises:
+            TransientError: not connected yet.
+        """
+        if self._client is None:
+            raise TransientError(f"not connected to {self.endpoint}")
+        return self._client
+
+    def close(self) -> None:
+        """Flush briefly, disconnect and stop the network thread."""
+        if self._client is None:
+            return
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._client = None
+        self._connected.clear()

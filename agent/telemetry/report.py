@@ -1,0 +1,37 @@
+"""Build the periodic telemetry report from the engine's statistics."""
+
+from __future__ import annotations
+
+import time
+
+from agent.inference.engine import Engine
+from protos import telemetry_pb2
+
+__all__ = ["build_report"]
+
+
+def build_report(engine: Engine, *, device_id: str, seq: int, started: float) -> bytes:
+    """Serialize a TelemetryReport and start a new statistics window for every model."""
+    report = telemetry_pb2.TelemetryReport(
+        device_id=device_id,
+        seq=seq,
+        sent_unix_ms=int(time.time() * 1000),
+        uptime_s=time.monotonic() - started,
+    )
+    for model in engine.models():
+        window = model.stats.take_window()
+        report.models.add(
+            model_name=model.name,
+            version=model.version,
+            backend=model.backend,
+            requests=window.requests_total,
+            errors=window.errors_total,
+            window_requests=window.window_requests,
+            latency=telemetry_pb2.LatencySummary(
+                p50_ms=window.p50_ms,
+                p95_ms=window.p95_ms,
+                p99_ms=window.p99_ms,
+                mean_ms=window.mean_ms,
+            ),
+        )
+    return report.SerializeToString()

@@ -1,0 +1,203 @@
+"""Apply the desired state: verify -> download -> check hash -> load -> smoke -> activate.
+
+Nothing here replaces a working model until its successor is verified, fully downloaded,
+hash-checked, loaded and has run once; a failure at any step keeps the current model serving
+and is reported to the server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from agent.client import DeviceClient, sha256_of_prefix
+from agent.errors import AgentError, DownloadError, ManifestError, TransientError
+from agent.identity import Identity
+from agent.inference.engine import Engine, LoadedModel, load_model
+from agent.inference.modelfile import MAX_MODEL_BYTES
+from agent.updates.store import ActiveEntry, ModelStore
+from agent.updates.verify import InstalledModel, verify_manifest
+from protos import device_pb2, manifest_pb2
+
+__all__ = ["Updater", "smoke_test"]
+
+log = logging.getLogger(__name__)
+
+
+def smoke_test(model: LoadedModel) -> None:
+    """Run the model once on an all-zero input: proves the runtime can execute the graph.
+
+    Raises:
+        InferenceError: the model fails to run.
+    """
+    inputs = [np.zeros(t.shape, dtype=np.dtype(t.dtype)) for t in model.info.inputs]
+    outputs = model.infer(inputs, record=False)
+    if len(outputs) != len(model.info.outputs):
+        raise ManifestError(f"model {model.name} produced {len(outputs)} outputs")
+
+
+class Updater:
+    """Brings the engine to the desired state the server sends."""
+
+    def __init__(
+        self,
+        *,
+        store: ModelStore,
+        engine: Engine,
+        client: DeviceClient,
+        identity: Identity,
+        num_threads: int,
+        clock: Callable[[], float] = time.time,
+        download_deadline_s: float = 600.0,
+    ) -> None:
+        self._store = store
+        self._engine = engine
+        self._client = client
+        self._identity = identity
+        self._threads = num_threads
+        self._clock = clock
+        self._deadline = download_deadline_s
+        self._refused: set[bytes] = set()  # envelopes refused for good; not retried each check-in
+
+    @staticmethod
+    def load_active_into(store: ModelStore, engine: Engine, num_threads: int) -> None:
+        """Serve what the store says is active (at start, before talking to the server)."""
+        for name, entry in store.active().items():
+            path = store.artifact_path(name, entry.sha256)
+            try:
+                model = load_model(path, name, entry.version, num_threads=num_threads)
+            except AgentError as exc:
+                log.error("cannot load active model %s %s: %s", name, entry.version, exc)
+                continue
+            engine.put(model)
+            log.info("serving %s %s from %s", name, entry.version, path)
+
+    def installed(self) -> dict[str, InstalledModel]:
+        """Release counter and hash of each active model."""
+        return {
+            name: InstalledModel(e.release_counter, e.sha256)
+            for name, e in self._store.active().items()
+        }
+
+    def apply(self, desired: Sequence[manifest_pb2.Envelope]) -> None:
+        """Install every desired manifest that is not active yet. Never raises for one model."""
+        for envelope in desired:
+            raw = envelope.SerializeToString()
+            if raw in self._refused:
+                continue
+            try:
+                self._apply_one(raw)
+            except TransientError as exc:
+                log.warning("update postponed: %s", exc)
+            except AgentError as exc:
+                self._refused.add(raw)
+                name, version = _peek(envelope)
+                log.error("update of %s %s refused: %s", name, version, exc)
+                self._client.report(
+                    device_pb2.StatusReport(
+                        model_name=name, version=version, state=device_pb2.FAILED, detail=str(exc)
+                    )
+                )
+
+    def _apply_one(self, raw: bytes) -> None:
+        manifest = verify_manifest(
+            raw,
+            trusted_keys=self._identity.release_keys,
+            fleet_id=self._identity.fleet_id,
+            now=self._clock(),
+            installed=self.installed(),
+            max_artifact_bytes=MAX_MODEL_BYTES,
+        )
+        active = self._store.active().get(manifest.model_name)
+        if active is not None and active.sha256 == manifest.sha256:
+            return
+        log.info(
+            "updating %s to %s (release %d, %d bytes)",
+            manifest.model_name,
+            manifest.version,
+            manifest.release_counter,
+            manifest.size,
+        )
+        path = self._store.artifact_path(manifest.model_name, manifest.sha256)
+        if not path.exists():
+            staged = self._download(manifest)
+            path = self._store.commit_artifact(manifest.model_name, manifest.sha256, staged)
+        self._client.report(
+            device_pb2.StatusReport(
+                model_name=manifest.model_name, version=manifest.version, state=device_pb2.VERIFIED
+            )
+        )
+        model = load_model(path, manifest.model_name, manifest.version, num_threads=self._threads)
+        smoke_test(model)
+        self._store.set_active(
+            manifest.model_name,
+            ActiveEntry(
+                version=manifest.version,
+                release_counter=manifest.release_counter,
+                sha256=manifest.sha256,
+                filename=path.name,
+            ),
+        )
+        previous = self._engine.put(model)
+        log.info(
+            "activated %s %s (was %s)",
+            manifest.model_name,
+            manifest.version,
+            previous.version if previous else "none",
+        )
+        self._client.report(
+            device_pb2.StatusReport(
+                model_name=manifest.model_name,
+                version=manifest.version,
+                state=device_pb2.INSTALLED,
+                detail="loaded, smoke-tested and active",
+            )
+        )
+
+    def _download(self, manifest: manifest_pb2.Manifest) -> Path:
+        staged = self._store.staging_path(manifest.sha256)
+        have = staged.stat().st_size if staged.exists() else 0
+        if have > manifest.size:
+            staged.unlink()
+            have = 0
+        hasher = sha256_of_prefix(staged, have) if have else hashlib.sha256()
+        if have:
+            log.info("resuming download of %s at byte %d", manifest.artifact_id, have)
+        with staged.open("ab") as sink:
+            self._client.download(
+                manifest.artifact_id,
+                offset=have,
+                expected_size=manifest.size,
+                sink=sink,
+                hasher=hasher,
+                deadline_s=self._deadline,
+            )
+            sink.flush()
+        total = staged.stat().st_size
+        if total != manifest.size:
+            raise DownloadError(
+                f"download of {manifest.artifact_id} ended at {total} of {manifest.size} bytes"
+            )
+        digest = hasher.hexdigest()
+        if digest != manifest.sha256:
+            staged.unlink()
+            raise ManifestError(
+                f"artifact sha256 {digest} does not match the signed manifest's "
+                f"{manifest.sha256}; discarded"
+            )
+        return staged
+
+
+def _peek(envelope: manifest_pb2.Envelope) -> tuple[str, str]:
+    """Model name and version from an envelope, unverified: for reports and logs only."""
+    manifest = manifest_pb2.Manifest()
+    try:
+        manifest.ParseFromString(envelope.payload)
+    except Exception:  # noqa: BLE001 - a report about garbage still deserves a report
+        return "", ""
+    return manifest.model_name[:64], manifest.version[:32]

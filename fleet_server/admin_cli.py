@@ -1,0 +1,227 @@
+"""``edgefleet``: the fleet admin's command line (talks to AdminService over gRPC)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from fleet_server import __version__
+from fleet_server.errors import AuthError, BadRequestError, FleetError
+from protos import admin_pb2 as pb
+from protos import admin_pb2_grpc as pb_grpc
+
+__all__ = ["main"]
+
+PROG = "edgefleet"
+_CHUNK = 256 * 1024
+
+
+class _Admin:
+    def __init__(self, address: str, token: str, timeout_s: float) -> None:
+        self.address = address
+        self._metadata = [("authorization", f"Bearer {token}")]
+        self._timeout = timeout_s
+        self._channel = grpc.insecure_channel(address)
+        self.stub = pb_grpc.AdminServiceStub(self._channel)
+
+    def call(self, method: str, request: Any) -> Any:
+        try:
+            return getattr(self.stub, method)(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise _rpc_error(exc, self.address) from exc
+
+
+def _rpc_error(exc: grpc.RpcError, address: str) -> FleetError:
+    code = exc.code()
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return FleetError(f"fleet server {address} is unreachable ({exc.details()})")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return AuthError(exc.details() or "not authenticated")
+    return FleetError(f"{code.name.lower().replace('_', ' ')}: {exc.details()}")
+
+
+def _token(args: argparse.Namespace) -> str:
+    if args.token:
+        return str(args.token)
+    if os.environ.get("EDGEFLEET_ADMIN_TOKEN"):
+        return os.environ["EDGEFLEET_ADMIN_TOKEN"]
+    if args.data_dir:
+        path = args.data_dir / "admin.token"
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise AuthError(f"cannot read {path}: {exc.strerror}") from exc
+    raise AuthError("no admin token: pass --token, set EDGEFLEET_ADMIN_TOKEN, or --data-dir")
+
+
+def _admin(args: argparse.Namespace) -> _Admin:
+    return _Admin(args.server, _token(args), args.timeout)
+
+
+def _fmt_time(unix: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(unix)) if unix else "-"
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    path: Path = args.file
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise BadRequestError(f"cannot read {path}: {exc.strerror}") from exc
+    meta = pb.PushModelMeta(
+        model_name=args.name, version=args.version, variant=args.variant, size=size
+    )
+
+    def requests() -> Iterator[pb.PushModelRequest]:
+        yield pb.PushModelRequest(meta=meta)
+        with path.open("rb") as handle:
+            while block := handle.read(_CHUNK):
+                yield pb.PushModelRequest(data=block)
+
+    admin = _admin(args)
+    response = admin.call("PushModel", requests())
+    model = response.model
+    print(
+        f"pushed {model.model_name} {model.version} ({model.variant}): {model.size} bytes, "
+        f"sha256 {model.sha256[:16]}..., release {model.release_counter}, signed"
+    )
+    if args.deploy:
+        admin.call("Deploy", pb.DeployRequest(model_name=args.name, version=args.version))
+        print(f"deployed {args.name} {args.version} to the fleet")
+    return 0
+
+
+def _cmd_models_list(args: argparse.Namespace) -> int:
+    response = _admin(args).call("ListModels", pb.ListModelsRequest())
+    if args.json:
+        print(
+            json.dumps(
+                [MessageToDict(m, preserving_proto_field_name=True) for m in response.models],
+                indent=2,
+            )
+        )
+        return 0
+    if not response.models:
+        print("no models; push one with: edgefleet models push FILE --name N --version V")
+        return 0
+    print(f"{'MODEL':24} {'VERSION':10} {'VARIANT':10} {'RELEASE':>7} {'SIZE':>10}  DEPLOYED")
+    for m in response.models:
+        print(
+            f"{m.model_name:24} {m.version:10} {m.variant:10} {m.release_counter:7d} "
+            f"{m.size:10d}  {'yes' if m.deployed else ''}"
+        )
+    return 0
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    response = _admin(args).call(
+        "Deploy", pb.DeployRequest(model_name=args.name, version=args.version)
+    )
+    print(f"deployed {response.model.model_name} {response.model.version} to the fleet")
+    return 0
+
+
+def _telemetry_summary(raw: str) -> str:
+    if not raw:
+        return "-"
+    report = json.loads(raw)
+    parts = []
+    for m in report.get("models", []):
+        latency = m.get("latency", {})
+        parts.append(
+            f"{m.get('model_name')}: {int(m.get('requests', 0))} req, "
+            f"p50 {latency.get('p50_ms', 0.0):.1f} ms"
+        )
+    return f"seq {report.get('seq', 0)}; " + ("; ".join(parts) if parts else "no models")
+
+
+def _cmd_devices_list(args: argparse.Namespace) -> int:
+    response = _admin(args).call("ListDevices", pb.ListDevicesRequest())
+    if args.json:
+        devices = []
+        for d in response.devices:
+            item = MessageToDict(d, preserving_proto_field_name=True)
+            item["capabilities"] = json.loads(item.pop("capabilities_json", "{}") or "{}")
+            raw = item.pop("last_telemetry_json", "")
+            item["last_telemetry"] = json.loads(raw) if raw else None
+            devices.append(item)
+        print(json.dumps(devices, indent=2, sort_keys=True))
+        return 0
+    if not response.devices:
+        print("no devices enrolled yet")
+        return 0
+    print(f"{'DEVICE':20} {'LAST SEEN':19}  {'MODELS':32} LAST TELEMETRY")
+    for d in response.devices:
+        models = ", ".join(f"{m.model_name} {m.version} {m.state}" for m in d.models) or "-"
+        print(
+            f"{d.device_id:20} {_fmt_time(d.last_seen_unix):19}  {models:32} "
+            f"{_telemetry_summary(d.last_telemetry_json)}"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(prog=PROG, description="EdgeFleet fleet administration.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("EDGEFLEET_SERVER", "127.0.0.1:7443"),
+        help="fleet server address (env EDGEFLEET_SERVER; default 127.0.0.1:7443)",
+    )
+    parser.add_argument("--token", help="admin token (env EDGEFLEET_ADMIN_TOKEN)")
+    parser.add_argument(
+        "--data-dir", type=Path, help="read the admin token from this server data dir"
+    )
+    parser.add_argument("--timeout", type=float, default=60.0, help="RPC timeout in seconds")
+    sub = parser.add_subparsers(dest="group", required=True)
+
+    models = sub.add_parser("models", help="the model catalog")
+    models_sub = models.add_subparsers(dest="action", required=True)
+    push = models_sub.add_parser("push", help="upload a .tflite model version; the server signs it")
+    push.add_argument("file", type=Path)
+    push.add_argument("--name", required=True, help="model name")
+    push.add_argument("--version", required=True, help="semantic version, e.g. 1.0.0")
+    push.add_argument("--variant", default="default", help="variant label (int8, float32, ...)")
+    push.add_argument("--deploy", action="store_true", help="also deploy it to the whole fleet")
+    push.set_defaults(func=_cmd_push)
+    mlist = models_sub.add_parser("list", help="list model versions")
+    mlist.add_argument("--json", action="store_true")
+    mlist.set_defaults(func=_cmd_models_list)
+
+    deploy = sub.add_parser("deploy", help="make a model version the fleet's desired version")
+    deploy.add_argument("name")
+    deploy.add_argument("version")
+    deploy.set_defaults(func=_cmd_deploy)
+
+    devices = sub.add_parser("devices", help="the device registry")
+    devices_sub = devices.add_subparsers(dest="action", required=True)
+    dlist = devices_sub.add_parser("list", help="devices, their models and last telemetry")
+    dlist.add_argument("--json", action="store_true")
+    dlist.set_defaults(func=_cmd_devices_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except FleetError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

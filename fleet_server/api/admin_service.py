@@ -1,0 +1,183 @@
+"""AdminService: push models, deploy them, list devices and models."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from agent.errors import ModelFileError
+from agent.inference.modelfile import MAX_MODEL_BYTES, inspect_model_file
+from fleet_server.api._errors import rpc_errors
+from fleet_server.api.auth import require_admin
+from fleet_server.errors import BadRequestError
+from fleet_server.storage.db import DeviceRow, ModelRow
+from protos import admin_pb2 as pb
+from protos import admin_pb2_grpc as pb_grpc
+from protos import manifest_pb2
+
+if TYPE_CHECKING:
+    from fleet_server.api.server import ServerContext
+
+__all__ = ["MANIFEST_LIFETIME_S", "AdminServicer"]
+
+log = logging.getLogger(__name__)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Semantic version: MAJOR.MINOR.PATCH with optional -prerelease and +build.
+_SEMVER = re.compile(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$"
+)
+_VARIANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+MANIFEST_LIFETIME_S = 365 * 24 * 3600
+
+
+def _model_info(row: ModelRow, deployed: dict[str, str]) -> pb.ModelVersionInfo:
+    return pb.ModelVersionInfo(
+        model_name=row.model_name,
+        version=row.version,
+        variant=row.variant,
+        release_counter=row.release_counter,
+        sha256=row.sha256,
+        size=row.size,
+        created_unix=row.created_at,
+        edgetpu=row.edgetpu,
+        deployed=deployed.get(row.model_name) == row.version,
+    )
+
+
+def _device_info(row: DeviceRow) -> pb.DeviceInfo:
+    info = pb.DeviceInfo(
+        device_id=row.device_id,
+        name=row.name,
+        labels=row.labels,
+        capabilities_json=json.dumps(row.capabilities, sort_keys=True),
+        enrolled_unix=row.enrolled_at,
+        last_seen_unix=row.last_seen,
+        last_telemetry_json=json.dumps(row.last_telemetry, sort_keys=True)
+        if row.last_telemetry is not None
+        else "",
+        last_telemetry_unix=row.last_telemetry_at or 0,
+    )
+    for m in row.models:
+        info.models.add(
+            model_name=m.model_name,
+            version=m.version,
+            state=m.state,
+            detail=m.detail,
+            updated_unix=m.updated_at,
+        )
+    return info
+
+
+class AdminServicer(pb_grpc.AdminServiceServicer):
+    """What the admin CLI calls. Every method requires the admin token."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self._ctx = ctx
+
+    def PushModel(  # noqa: N802
+        self, request_iterator: Iterator[pb.PushModelRequest], context: Any
+    ) -> pb.PushModelResponse:
+        return self._push(request_iterator, context)
+
+    @rpc_errors
+    def _push(
+        self, request_iterator: Iterator[pb.PushModelRequest], context: Any
+    ) -> pb.PushModelResponse:
+        require_admin(context, self._ctx.admin_token)
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "meta":
+            raise BadRequestError("the first message of PushModel must carry the metadata")
+        meta = first.meta
+        if not _NAME.match(meta.model_name):
+            raise BadRequestError(
+                f"model name {meta.model_name!r} is invalid: use 1-64 of A-Z a-z 0-9 _ . -"
+            )
+        if not _SEMVER.match(meta.version) or len(meta.version) > 32:
+            raise BadRequestError(f"version {meta.version!r} is not a semantic version like 1.0.0")
+        variant = meta.variant or "default"
+        if not _VARIANT.match(variant):
+            raise BadRequestError(f"variant {variant!r} is invalid")
+        if meta.size == 0 or meta.size > MAX_MODEL_BYTES:
+            raise BadRequestError(f"model size {meta.size} is outside 1..{MAX_MODEL_BYTES} bytes")
+
+        def data() -> Iterator[bytes]:
+            for message in request_iterator:
+                if message.WhichOneof("part") != "data":
+                    raise BadRequestError("only data may follow the metadata")
+                yield message.data
+
+        sha256, size, path = self._ctx.artifacts.put(data(), max_bytes=meta.size)
+        try:
+            if size != meta.size:
+                raise BadRequestError(f"announced {meta.size} bytes, received {size}")
+            try:
+                info = inspect_model_file(path)
+            except ModelFileError as exc:
+                raise BadRequestError(f"rejected: {str(exc).split(': ', 1)[-1]}") from exc
+        except BadRequestError:
+            if self._ctx.db.model_by_sha(sha256) is None:
+                path.unlink(missing_ok=True)
+            raise
+        now = int(time.time())
+        counter = self._ctx.db.next_release_counter(meta.model_name)
+        manifest = manifest_pb2.Manifest(
+            model_name=meta.model_name,
+            version=meta.version,
+            release_counter=counter,
+            variant=variant,
+            sha256=sha256,
+            size=size,
+            artifact_id=sha256,
+            created_unix=now,
+            expires_unix=now + MANIFEST_LIFETIME_S,
+            fleet_id=self._ctx.fleet_id,
+            requirements=manifest_pb2.Requirements(edgetpu=info.edgetpu),
+        )
+        envelope = self._ctx.signer.sign(manifest)
+        row = ModelRow(
+            model_name=meta.model_name,
+            version=meta.version,
+            variant=variant,
+            release_counter=counter,
+            sha256=sha256,
+            size=size,
+            edgetpu=info.edgetpu,
+            envelope=envelope.SerializeToString(),
+            created_at=now,
+        )
+        self._ctx.db.add_model(row)
+        log.info(
+            "pushed %s %s (%s, %d bytes, release %d)",
+            meta.model_name,
+            meta.version,
+            sha256[:12],
+            size,
+            counter,
+        )
+        return pb.PushModelResponse(model=_model_info(row, self._ctx.db.deployed()))
+
+    @rpc_errors
+    def ListModels(self, request: pb.ListModelsRequest, context: Any) -> pb.ListModelsResponse:  # noqa: N802
+        require_admin(context, self._ctx.admin_token)
+        deployed = self._ctx.db.deployed()
+        return pb.ListModelsResponse(
+            models=[_model_info(r, deployed) for r in self._ctx.db.list_models()]
+        )
+
+    @rpc_errors
+    def Deploy(self, request: pb.DeployRequest, context: Any) -> pb.DeployResponse:  # noqa: N802
+        require_admin(context, self._ctx.admin_token)
+        row = self._ctx.db.deploy(request.model_name, request.version)
+        log.info("deployed %s %s to the fleet", row.model_name, row.version)
+        return pb.DeployResponse(model=_model_info(row, self._ctx.db.deployed()))
+
+    @rpc_errors
+    def ListDevices(self, request: pb.ListDevicesRequest, context: Any) -> pb.ListDevicesResponse:  # noqa: N802
+        require_admin(context, self._ctx.admin_token)
+        return pb.ListDevicesResponse(
+            devices=[_device_info(r) for r in self._ctx.db.list_devices()]
+        )

@@ -1,0 +1,131 @@
+"""DeviceService: enrollment, check-in, artifact download, status reports."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import secrets
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from google.protobuf.json_format import MessageToDict
+
+from fleet_server.api._errors import abort_for, rpc_errors
+from fleet_server.api.auth import require_device
+from fleet_server.errors import AuthError, BadRequestError, FleetError
+from protos import device_pb2 as pb
+from protos import device_pb2_grpc as pb_grpc
+from protos import manifest_pb2
+
+if TYPE_CHECKING:
+    from fleet_server.api.server import ServerContext
+
+__all__ = ["DeviceServicer"]
+
+log = logging.getLogger(__name__)
+_BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+_MAX_LABELS = 32
+_NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_VERSION = re.compile(r"^[0-9A-Za-z.+-]{1,32}$")
+
+
+def _device_name(requested: str) -> str:
+    name = _BAD_NAME_CHARS.sub("-", requested.strip())[:56].strip("-.")
+    return name or "device"
+
+
+def _labels(raw: Any) -> dict[str, str]:
+    if len(raw) > _MAX_LABELS:
+        raise BadRequestError(f"{len(raw)} labels; at most {_MAX_LABELS}")
+    labels = {}
+    for key, value in raw.items():
+        if not _NAME_PART.match(key) or len(value) > 255:
+            raise BadRequestError(f"label {key!r} is invalid (key: 1-64 of A-Z a-z 0-9 _ . -)")
+        labels[key] = value
+    return labels
+
+
+class DeviceServicer(pb_grpc.DeviceServiceServicer):
+    """What agents call."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self._ctx = ctx
+
+    @rpc_errors
+    def Enroll(self, request: pb.EnrollRequest, context: Any) -> pb.EnrollResponse:  # noqa: N802
+        expected = self._ctx.enrollment_token
+        if not request.enrollment_token or not hmac.compare_digest(
+            request.enrollment_token.encode(), expected.encode()
+        ):
+            raise AuthError("enrollment token is wrong; ask the fleet admin for the current one")
+        token = secrets.token_urlsafe(32)
+        device_id = self._ctx.db.add_device(
+            _device_name(request.requested_name),
+            token,
+            _labels(request.labels),
+            MessageToDict(request.capabilities, preserving_proto_field_name=True),
+        )
+        log.info("enrolled device %s", device_id)
+        return pb.EnrollResponse(
+            device_id=device_id,
+            device_token=token,
+            fleet_id=self._ctx.fleet_id,
+            release_public_keys=[self._ctx.signer.public_key],
+            mqtt_url=self._ctx.device_mqtt_url,
+        )
+
+    @rpc_errors
+    def CheckIn(self, request: pb.CheckInRequest, context: Any) -> pb.CheckInResponse:  # noqa: N802
+        device_id = require_device(context, self._ctx.db)
+        caps = (
+            MessageToDict(request.capabilities, preserving_proto_field_name=True)
+            if request.HasField("capabilities")
+            else None
+        )
+        self._ctx.db.touch_device(device_id, caps)
+        for active in request.active[:64]:
+            if _NAME_PART.match(active.model_name) and _VERSION.match(active.version):
+                self._ctx.db.set_device_model(
+                    device_id, active.model_name, active.version, "INSTALLED", "serving"
+                )
+        response = pb.CheckInResponse(
+            next_checkin_s=self._ctx.checkin_interval_s, mqtt_url=self._ctx.device_mqtt_url
+        )
+        for raw in self._ctx.db.desired_envelopes():
+            envelope = manifest_pb2.Envelope()
+            envelope.ParseFromString(raw)
+            response.desired.append(envelope)
+        return response
+
+    def DownloadArtifact(  # noqa: N802
+        self, request: pb.DownloadRequest, context: Any
+    ) -> Iterator[pb.ArtifactChunk]:
+        try:
+            require_device(context, self._ctx.db)
+            if self._ctx.db.model_by_sha(request.artifact_id) is None:
+                raise AuthError("no model version uses that artifact")
+            chunks = self._ctx.artifacts.read(request.artifact_id, request.offset)
+            for offset, data, total in chunks:
+                yield pb.ArtifactChunk(offset=offset, data=data, total_size=total)
+        except FleetError as exc:
+            abort_for(context, exc)
+
+    @rpc_errors
+    def ReportStatus(self, request: pb.StatusReport, context: Any) -> pb.StatusAck:  # noqa: N802
+        device_id = require_device(context, self._ctx.db)
+        if not _NAME_PART.match(request.model_name) or not _VERSION.match(request.version):
+            raise BadRequestError("status report names an invalid model or version")
+        state = pb.UpdateState.Name(request.state)
+        self._ctx.db.set_device_model(
+            device_id, request.model_name, request.version, state, request.detail
+        )
+        log.info(
+            "device %s: %s %s %s %s",
+            device_id,
+            request.model_name,
+            request.version,
+            state,
+            request.detail[:200],
+        )
+        return pb.StatusAck()

@@ -1,0 +1,61 @@
+"""Build the server's gRPC server: device and admin services plus the standard health service."""
+
+from __future__ import annotations
+
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from fleet_server.api.admin_service import AdminServicer
+from fleet_server.api.device_service import DeviceServicer
+from fleet_server.artifacts.store import ArtifactStore
+from fleet_server.signing.keys import ReleaseSigner
+from fleet_server.storage.db import Database
+from protos import admin_pb2_grpc, device_pb2_grpc
+
+__all__ = ["ServerContext", "create_server"]
+
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+@dataclass
+class ServerContext:
+    """Everything the servicers share."""
+
+    db: Database
+    artifacts: ArtifactStore
+    signer: ReleaseSigner
+    fleet_id: str
+    admin_token: str
+    enrollment_token: str
+    device_mqtt_url: str
+    checkin_interval_s: int = 30
+
+
+def create_server(
+    ctx: ServerContext, address: str, max_workers: int = 16
+) -> tuple[grpc.Server, int]:
+    """Build (not start) the server bound to ``address``; return it and the bound port.
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    device_pb2_grpc.add_DeviceServiceServicer_to_server(DeviceServicer(ctx), server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(ctx), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for service in ("", "edgefleet.v1.DeviceService", "edgefleet.v1.AdminService"):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    return server, port

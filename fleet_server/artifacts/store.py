@@ -1,0 +1,86 @@
+"""Local-folder artifact store. Files are named by sha256, written atomically, never changed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from fleet_server.errors import BadRequestError, NotFoundError
+
+__all__ = ["ArtifactStore"]
+
+_ID = re.compile(r"^[0-9a-f]{64}$")
+CHUNK_BYTES = 256 * 1024
+
+
+class ArtifactStore:
+    """Model files in one folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def put(self, chunks: Iterable[bytes], *, max_bytes: int) -> tuple[str, int, Path]:
+        """Store a stream of bytes; return (sha256, size, path).
+
+        Raises:
+            BadRequestError: the stream is larger than ``max_bytes``.
+        """
+        hasher = hashlib.sha256()
+        size = 0
+        fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=".upload-", suffix=".tmp")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for chunk in chunks:
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise BadRequestError(f"upload exceeds the {max_bytes}-byte limit")
+                    hasher.update(chunk)
+                    handle.write(chunk)
+                handle.flush()
+                os.fsync(handle.fileno())
+            digest = hasher.hexdigest()
+            final = self.root / f"{digest}.tflite"
+            tmp.replace(final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return digest, size, final
+
+    def path(self, artifact_id: str) -> Path:
+        """The file of an artifact.
+
+        Raises:
+            NotFoundError: no such artifact (or a malformed id).
+        """
+        if not _ID.match(artifact_id):
+            raise NotFoundError(f"artifact id {artifact_id!r} is not a sha256 digest")
+        path = self.root / f"{artifact_id}.tflite"
+        if not path.is_file():
+            raise NotFoundError(f"artifact {artifact_id} does not exist")
+        return path
+
+    def read(self, artifact_id: str, offset: int) -> Iterator[tuple[int, bytes, int]]:
+        """Yield (offset, bytes, total size) chunks from ``offset`` to the end.
+
+        Raises:
+            NotFoundError: no such artifact.
+            BadRequestError: offset beyond the end.
+        """
+        path = self.path(artifact_id)
+        total = path.stat().st_size
+        if offset > total:
+            raise BadRequestError(f"offset {offset} is beyond the artifact's {total} bytes")
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            position = offset
+            while True:
+                block = handle.read(CHUNK_BYTES)
+                if not block:
+                    return
+                yield position, block, total
+                position += len(block)

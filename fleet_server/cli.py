@@ -1,0 +1,197 @@
+"""``edgefleet-server``: create a data dir, run the fleet server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from agent.errors import AgentError
+from fleet_server import __version__
+from fleet_server.errors import DataDirError, FleetError
+
+__all__ = ["main"]
+
+log = logging.getLogger("fleet_server")
+PROG = "edgefleet-server"
+
+
+def _split_host_port(value: str, what: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise DataDirError(f"{what} {value!r} must be host:port")
+    return host, int(port)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from fleet_server.datadir import DataDir  # noqa: PLC0415
+    from fleet_server.storage.db import Database  # noqa: PLC0415
+
+    data_dir = DataDir.create(args.data_dir, args.fleet_id)
+    db = Database(data_dir.db_url)
+    db.create_schema()
+    db.close()
+    print(f"created {args.data_dir} for fleet {args.fleet_id}")
+    print(f"  admin token:      {data_dir.admin_token_file}")
+    print(f"  enrollment token: {data_dir.enrollment_token_file}")
+    print(f"  release key:      {data_dir.release_key}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from agent.errors import TransientError  # noqa: PLC0415
+    from agent.telemetry.mqtt import parse_mqtt_url  # noqa: PLC0415
+    from fleet_server.api.server import ServerContext, create_server  # noqa: PLC0415
+    from fleet_server.artifacts.store import ArtifactStore  # noqa: PLC0415
+    from fleet_server.datadir import DataDir  # noqa: PLC0415
+    from fleet_server.signing.keys import ReleaseSigner  # noqa: PLC0415
+    from fleet_server.storage.db import Database  # noqa: PLC0415
+    from fleet_server.telemetry.broker import EmbeddedBroker  # noqa: PLC0415
+    from fleet_server.telemetry.ingest import TelemetryIngest  # noqa: PLC0415
+
+    data_dir = DataDir.open(args.data_dir)
+    db = Database(args.db_url or data_dir.db_url)
+    db.create_schema()
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    broker: EmbeddedBroker | None = None
+    mqtt_url = args.mqtt_url
+    if not mqtt_url:
+        host, port = _split_host_port(args.mqtt_listen, "--mqtt-listen")
+        broker = EmbeddedBroker(host, port or _free_port(host))
+        try:
+            broker.start()
+        except OSError as exc:
+            raise DataDirError(
+                f"{exc}. Is another broker running there? Use it with --mqtt-url, or pick "
+                "another port with --mqtt-listen HOST:PORT (0 = any free port)"
+            ) from exc
+        mqtt_url = broker.url
+    endpoint = parse_mqtt_url(mqtt_url)
+    ingest = TelemetryIngest(
+        endpoint, db, data_dir.fleet_id, client_id=f"edgefleet-server-{os.getpid()}"
+    )
+    try:
+        ingest.start()
+    except TransientError as exc:
+        raise DataDirError(f"telemetry ingest cannot start: {exc}") from exc
+
+    ctx = ServerContext(
+        db=db,
+        artifacts=ArtifactStore(data_dir.artifacts),
+        signer=ReleaseSigner.load(data_dir.release_key),
+        fleet_id=data_dir.fleet_id,
+        admin_token=data_dir.read_secret(data_dir.admin_token_file),
+        enrollment_token=data_dir.read_secret(data_dir.enrollment_token_file),
+        device_mqtt_url=args.device_mqtt_url or mqtt_url,
+    )
+    try:
+        server, port = create_server(ctx, args.listen)
+    except (OSError, RuntimeError) as exc:
+        raise DataDirError(f"cannot serve gRPC on {args.listen}: {exc}") from exc
+    server.start()
+    log.info("fleet %s: gRPC on port %d, telemetry via %s", data_dir.fleet_id, port, endpoint)
+    if args.ready_file:
+        args.ready_file.write_text(
+            json.dumps({"grpc_port": port, "mqtt_url": mqtt_url, "pid": os.getpid()}),
+            encoding="utf-8",
+        )
+    try:
+        stop.wait()
+    finally:
+        server.stop(grace=5).wait()
+        ingest.stop()
+        if broker is not None:
+            broker.stop()
+        db.close()
+        log.info(
+            "server stopped (telemetry: %d accepted, %d rejected, %d dropped)",
+            ingest.accepted,
+            ingest.rejected,
+            ingest.dropped,
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(prog=PROG, description="EdgeFleet fleet server.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    init = sub.add_parser("init", help="create a data dir: database, artifact folder, keys")
+    init.add_argument("--data-dir", type=Path, required=True)
+    init.add_argument("--fleet-id", default="default", help="fleet id (default: default)")
+    init.set_defaults(func=_cmd_init)
+
+    run = sub.add_parser("run", help="serve the device and admin APIs")
+    run.add_argument("--data-dir", type=Path, required=True)
+    run.add_argument("--listen", default="127.0.0.1:7443", help="gRPC address (port 0 = any)")
+    run.add_argument("--db-url", help="SQLAlchemy URL (default: SQLite in the data dir)")
+    run.add_argument(
+        "--mqtt-url",
+        help="MQTT broker for telemetry, mqtt://host:port; without it an embedded broker starts",
+    )
+    run.add_argument(
+        "--mqtt-listen",
+        default="127.0.0.1:1883",
+        help="where the embedded broker listens (default 127.0.0.1:1883; port 0 = any free)",
+    )
+    run.add_argument(
+        "--device-mqtt-url", help="the MQTT URL devices are told to use (default: the server's)"
+    )
+    run.add_argument("--ready-file", type=Path, help="write ports as JSON here once serving")
+    run.set_defaults(func=_cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=args.log_level.upper(), format=fmt, stream=sys.stderr)
+    # amqtt logs every packet at INFO; keep the server's own log readable.
+    logging.getLogger("amqtt").setLevel(logging.WARNING)
+    logging.getLogger("transitions").setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except (FleetError, AgentError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except ImportError as exc:
+        print(
+            f"{PROG}: error: {exc.name} is missing; "
+            "install the server with: pip install 'edgefleet[server]'",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

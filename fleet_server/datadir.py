@@ -1,0 +1,115 @@
+"""The server's data directory: database, artifacts, keys and secrets.
+
+Layout::
+
+    fleet.json              {"format": 1, "fleet_id": ...}
+    fleet.db                SQLite database (the embedded default)
+    artifacts/              uploaded model files, by sha256
+    keys/release.key        Ed25519 release private key (0600, PEM)
+    admin.token             bearer token for the admin API (0600)
+    enrollment.token        token devices enroll with (0600)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from fleet_server.errors import DataDirError
+
+__all__ = ["DataDir"]
+
+_FORMAT = 1
+
+
+def _write_secret(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+@dataclass(frozen=True)
+class DataDir:
+    """Paths and identity of one server data directory."""
+
+    root: Path
+    fleet_id: str
+
+    @property
+    def db_url(self) -> str:
+        """SQLAlchemy URL of the embedded SQLite database."""
+        return f"sqlite:///{self.root / 'fleet.db'}"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def release_key(self) -> Path:
+        return self.root / "keys" / "release.key"
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.root / "admin.token"
+
+    @property
+    def enrollment_token_file(self) -> Path:
+        return self.root / "enrollment.token"
+
+    def read_secret(self, path: Path) -> str:
+        """A token file's content.
+
+        Raises:
+            DataDirError: unreadable.
+        """
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise DataDirError(f"cannot read {path}: {exc.strerror}") from exc
+
+    @classmethod
+    def create(cls, root: Path, fleet_id: str) -> DataDir:
+        """Create a new data directory with fresh keys and tokens.
+
+        Raises:
+            DataDirError: it exists already (never overwrite keys).
+        """
+        from fleet_server.signing.keys import generate_release_key  # noqa: PLC0415
+
+        if (root / "fleet.json").exists():
+            raise DataDirError(f"{root} is already an EdgeFleet data dir; refusing to overwrite it")
+        (root / "keys").mkdir(parents=True, exist_ok=True, mode=0o700)
+        (root / "artifacts").mkdir(exist_ok=True)
+        data_dir = cls(root=root, fleet_id=fleet_id)
+        _write_secret(data_dir.release_key, generate_release_key())
+        _write_secret(data_dir.admin_token_file, secrets.token_urlsafe(32).encode())
+        _write_secret(data_dir.enrollment_token_file, secrets.token_urlsafe(24).encode())
+        meta = {"format": _FORMAT, "fleet_id": fleet_id}
+        (root / "fleet.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        return data_dir
+
+    @classmethod
+    def open(cls, root: Path) -> DataDir:
+        """Open an existing data directory.
+
+        Raises:
+            DataDirError: missing or of an unknown format.
+        """
+        meta_path = root / "fleet.json"
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise DataDirError(
+                f"{root} is not an EdgeFleet data dir; "
+                f"run 'edgefleet-server init --data-dir {root}'"
+            ) from exc
+        except (OSError, ValueError) as exc:
+            raise DataDirError(f"cannot read {meta_path}: {exc}") from exc
+        if meta.get("format") != _FORMAT:
+            raise DataDirError(f"{meta_path} has format {meta.get('format')!r}; expected {_FORMAT}")
+        return cls(root=root, fleet_id=str(meta["fleet_id"]))

@@ -1,0 +1,400 @@
+"""Tables and queries. Every method is one short transaction.
+
+The schema carries a version in ``schema_meta``; this first version is created by
+``create_all``. (Migrations arrive with the fleet-server issue, before the schema first changes.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from fleet_server.errors import AlreadyExistsError, DataDirError, NotFoundError
+
+__all__ = ["SCHEMA_VERSION", "Database", "DeviceModelRow", "DeviceRow", "ModelRow"]
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+
+schema_meta = sa.Table(
+    "schema_meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(255), nullable=False),
+)
+
+devices = sa.Table(
+    "devices",
+    metadata,
+    sa.Column("device_id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("labels", sa.Text, nullable=False, default="{}"),
+    sa.Column("capabilities", sa.Text, nullable=False, default="{}"),
+    sa.Column("enrolled_at", sa.BigInteger, nullable=False),
+    sa.Column("last_seen", sa.BigInteger, nullable=False),
+    sa.Column("last_telemetry", sa.Text, nullable=True),
+    sa.Column("last_telemetry_at", sa.BigInteger, nullable=True),
+    sa.Column("last_telemetry_seq", sa.BigInteger, nullable=True),
+)
+
+device_models = sa.Table(
+    "device_models",
+    metadata,
+    sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.device_id"), primary_key=True),
+    sa.Column("model_name", sa.String(64), primary_key=True),
+    sa.Column("version", sa.String(32), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("detail", sa.String(1024), nullable=False, default=""),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+
+models = sa.Table(
+    "models",
+    metadata,
+    sa.Column("model_name", sa.String(64), primary_key=True),
+    sa.Column("version", sa.String(32), primary_key=True),
+    sa.Column("variant", sa.String(32), nullable=False),
+    sa.Column("release_counter", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("edgetpu", sa.Boolean, nullable=False),
+    sa.Column("envelope", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+deployments = sa.Table(
+    "deployments",
+    metadata,
+    sa.Column("model_name", sa.String(64), primary_key=True),
+    sa.Column("version", sa.String(32), nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    model_name: str
+    version: str
+    variant: str
+    release_counter: int
+    sha256: str
+    size: int
+    edgetpu: bool
+    envelope: bytes
+    created_at: int
+
+
+@dataclass(frozen=True)
+class DeviceModelRow:
+    model_name: str
+    version: str
+    state: str
+    detail: str
+    updated_at: int
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    device_id: str
+    name: str
+    labels: dict[str, str]
+    capabilities: dict[str, Any]
+    enrolled_at: int
+    last_seen: int
+    last_telemetry: dict[str, Any] | None
+    last_telemetry_at: int | None
+    models: tuple[DeviceModelRow, ...]
+
+
+def token_digest(token: str) -> str:
+    """What is stored instead of a device token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+class Database:
+    """The server's tables behind small methods."""
+
+    def __init__(self, url: str) -> None:
+        self.engine: Engine = sa.create_engine(url, future=True)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    def create_schema(self) -> None:
+        """Create the tables (idempotent) and record the schema version.
+
+        Raises:
+            DataDirError: the database holds a schema of another version.
+        """
+        metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                sa.select(schema_meta.c.value).where(schema_meta.c.key == "schema_version")
+            ).first()
+            if row is None:
+                conn.execute(
+                    schema_meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION))
+                )
+            elif int(row[0]) != SCHEMA_VERSION:
+                raise DataDirError(
+                    f"database schema version {row[0]}; this server needs {SCHEMA_VERSION}"
+                )
+
+    def close(self) -> None:
+        """Release connections."""
+        self.engine.dispose()
+
+    # devices -------------------------------------------------------------------------------
+
+    def add_device(
+        self,
+        name: str,
+        token: str,
+        labels: Mapping[str, str],
+        capabilities: Mapping[str, Any],
+    ) -> str:
+        """Register a device under a unique id derived from ``name``; return the id."""
+        now = int(time.time())
+        with self.engine.begin() as conn:
+            taken = {
+                r[0]
+                for r in conn.execute(
+                    sa.select(devices.c.device_id).where(devices.c.device_id.like(f"{name}%"))
+                )
+            }
+            device_id = name
+            suffix = 2
+            while device_id in taken:
+                device_id = f"{name[:58]}-{suffix}"
+                suffix += 1
+            conn.execute(
+                devices.insert().values(
+                    device_id=device_id,
+                    name=name,
+                    token_sha256=token_digest(token),
+                    labels=json.dumps(dict(labels), sort_keys=True),
+                    capabilities=json.dumps(dict(capabilities), sort_keys=True),
+                    enrolled_at=now,
+                    last_seen=now,
+                )
+            )
+        return device_id
+
+    def device_for_token(self, token: str) -> str | None:
+        """The device id that owns ``token``, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(devices.c.device_id).where(devices.c.token_sha256 == token_digest(token))
+            ).first()
+        return None if row is None else str(row[0])
+
+    def touch_device(self, device_id: str, capabilities: Mapping[str, Any] | None) -> None:
+        """Record a check-in."""
+        values: dict[str, Any] = {"last_seen": int(time.time())}
+        if capabilities is not None:
+            values["capabilities"] = json.dumps(dict(capabilities), sort_keys=True)
+        with self.engine.begin() as conn:
+            conn.execute(devices.update().where(devices.c.device_id == device_id).values(**values))
+
+    def set_device_model(
+        self, device_id: str, model_name: str, version: str, state: str, detail: str
+    ) -> None:
+        """Upsert what a device reports about one model."""
+        now = int(time.time())
+        with self.engine.begin() as conn:
+            key = (device_models.c.device_id == device_id) & (
+                device_models.c.model_name == model_name
+            )
+            updated = conn.execute(
+                device_models.update()
+                .where(key)
+                .values(version=version, state=state, detail=detail[:1024], updated_at=now)
+            )
+            if updated.rowcount == 0:
+                conn.execute(
+                    device_models.insert().values(
+                        device_id=device_id,
+                        model_name=model_name,
+                        version=version,
+                        state=state,
+                        detail=detail[:1024],
+                        updated_at=now,
+                    )
+                )
+
+    def record_telemetry(self, device_id: str, seq: int, report: Mapping[str, Any]) -> bool:
+        """Keep a device's latest telemetry; False when the device is unknown."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                devices.update()
+                .where(devices.c.device_id == device_id)
+                .values(
+                    last_telemetry=json.dumps(dict(report), sort_keys=True),
+                    last_telemetry_at=int(time.time()),
+                    last_telemetry_seq=seq,
+                )
+            )
+        return bool(result.rowcount)
+
+    def list_devices(self) -> list[DeviceRow]:
+        """Every device with its per-model state, by id."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(devices).order_by(devices.c.device_id)).mappings().all()
+            states = (
+                conn.execute(sa.select(device_models).order_by(device_models.c.model_name))
+                .mappings()
+                .all()
+            )
+        by_device: dict[str, list[DeviceModelRow]] = {}
+        for s in states:
+            by_device.setdefault(s["device_id"], []).append(
+                DeviceModelRow(
+                    s["model_name"], s["version"], s["state"], s["detail"], s["updated_at"]
+                )
+            )
+        return [
+            DeviceRow(
+                device_id=r["device_id"],
+                name=r["name"],
+                labels=json.loads(r["labels"]),
+                capabilities=json.loads(r["capabilities"]),
+                enrolled_at=r["enrolled_at"],
+                last_seen=r["last_seen"],
+                last_telemetry=json.loads(r["last_telemetry"]) if r["last_telemetry"] else None,
+                last_telemetry_at=r["last_telemetry_at"],
+                models=tuple(by_device.get(r["device_id"], ())),
+            )
+            for r in rows
+        ]
+
+    # models --------------------------------------------------------------------------------
+
+    def next_release_counter(self, model_name: str) -> int:
+        """One more than the highest release counter of ``model_name`` (1 for a new model)."""
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                sa.select(sa.func.max(models.c.release_counter)).where(
+                    models.c.model_name == model_name
+                )
+            ).scalar()
+        return int(value or 0) + 1
+
+    def add_model(self, row: ModelRow) -> None:
+        """Record a pushed model version.
+
+        Raises:
+            AlreadyExistsError: that name and version exist already (versions are immutable).
+        """
+        with self.engine.begin() as conn:
+            exists = conn.execute(
+                sa.select(models.c.sha256).where(
+                    (models.c.model_name == row.model_name) & (models.c.version == row.version)
+                )
+            ).first()
+            if exists is not None:
+                raise AlreadyExistsError(
+                    f"model {row.model_name} version {row.version} exists already; "
+                    "versions are immutable, push a new version"
+                )
+            conn.execute(models.insert().values(**row.__dict__))
+
+    def get_model(self, model_name: str, version: str) -> ModelRow:
+        """One model version.
+
+        Raises:
+            NotFoundError: no such version.
+        """
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(
+                    sa.select(models).where(
+                        (models.c.model_name == model_name) & (models.c.version == version)
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise NotFoundError(f"model {model_name} version {version} does not exist")
+        return ModelRow(**row)
+
+    def list_models(self) -> list[ModelRow]:
+        """Every model version, by name then release."""
+        with self.engine.connect() as conn:
+            rows = (
+                conn.execute(
+                    sa.select(models).order_by(models.c.model_name, models.c.release_counter)
+                )
+                .mappings()
+                .all()
+            )
+        return [ModelRow(**r) for r in rows]
+
+    def model_by_sha(self, sha256: str) -> ModelRow | None:
+        """A model version whose artifact has this hash, if any."""
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(sa.select(models).where(models.c.sha256 == sha256)).mappings().first()
+            )
+        return None if row is None else ModelRow(**row)
+
+    def deploy(self, model_name: str, version: str) -> ModelRow:
+        """Make a version the fleet-wide desired version of its model.
+
+        Raises:
+            NotFoundError: no such version.
+        """
+        row = self.get_model(model_name, version)
+        now = int(time.time())
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                deployments.update()
+                .where(deployments.c.model_name == model_name)
+                .values(version=version, updated_at=now)
+            )
+            if updated.rowcount == 0:
+                conn.execute(
+                    deployments.insert().values(
+                        model_name=model_name, version=version, updated_at=now
+                    )
+                )
+        return row
+
+    def deployed(self) -> dict[str, str]:
+        """Model name -> deployed version."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(deployments.c.model_name, deployments.c.version)).all()
+        return {str(r[0]): str(r[1]) for r in rows}
+
+    def desired_envelopes(self) -> list[bytes]:
+        """The signed manifests of every deployed model version."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(models.c.envelope)
+                .select_from(
+                    deployments.join(
+                        models,
+                        (deployments.c.model_name == models.c.model_name)
+                        & (deployments.c.version == models.c.version),
+                    )
+                )
+                .order_by(deployments.c.model_name)
+            ).all()
+        return [bytes(r[0]) for r in rows]

@@ -1,0 +1,143 @@
+from protos import manifest_pb2 as _manifest_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class UpdateState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    UPDATE_STATE_UNSPECIFIED: _ClassVar[UpdateState]
+    DOWNLOADING: _ClassVar[UpdateState]
+    VERIFIED: _ClassVar[UpdateState]
+    INSTALLED: _ClassVar[UpdateState]
+    FAILED: _ClassVar[UpdateState]
+UPDATE_STATE_UNSPECIFIED: UpdateState
+DOWNLOADING: UpdateState
+VERIFIED: UpdateState
+INSTALLED: UpdateState
+FAILED: UpdateState
+
+class Capabilities(_message.Message):
+    __slots__ = ("arch", "cpu_cores", "memory_bytes", "disk_free_bytes", "edgetpu_count", "runtime", "runtime_version", "agent_version", "os")
+    ARCH_FIELD_NUMBER: _ClassVar[int]
+    CPU_CORES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISK_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EDGETPU_COUNT_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_VERSION_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OS_FIELD_NUMBER: _ClassVar[int]
+    arch: str
+    cpu_cores: int
+    memory_bytes: int
+    disk_free_bytes: int
+    edgetpu_count: int
+    runtime: str
+    runtime_version: str
+    agent_version: str
+    os: str
+    def __init__(self, arch: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., edgetpu_count: _Optional[int] = ..., runtime: _Optional[str] = ..., runtime_version: _Optional[str] = ..., agent_version: _Optional[str] = ..., os: _Optional[str] = ...) -> None: ...
+
+class EnrollRequest(_message.Message):
+    __slots__ = ("enrollment_token", "requested_name", "capabilities", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ENROLLMENT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_NAME_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    enrollment_token: str
+    requested_name: str
+    capabilities: Capabilities
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, enrollment_token: _Optional[str] = ..., requested_name: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class EnrollResponse(_message.Message):
+    __slots__ = ("device_id", "device_token", "fleet_id", "release_public_keys", "mqtt_url")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FLEET_ID_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_PUBLIC_KEYS_FIELD_NUMBER: _ClassVar[int]
+    MQTT_URL_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    device_token: str
+    fleet_id: str
+    release_public_keys: _containers.RepeatedScalarFieldContainer[bytes]
+    mqtt_url: str
+    def __init__(self, device_id: _Optional[str] = ..., device_token: _Optional[str] = ..., fleet_id: _Optional[str] = ..., release_public_keys: _Optional[_Iterable[bytes]] = ..., mqtt_url: _Optional[str] = ...) -> None: ...
+
+class ActiveModel(_message.Message):
+    __slots__ = ("model_name", "version", "release_counter", "sha256", "backend")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_COUNTER_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    version: str
+    release_counter: int
+    sha256: str
+    backend: str
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., release_counter: _Optional[int] = ..., sha256: _Optional[str] = ..., backend: _Optional[str] = ...) -> None: ...
+
+class CheckInRequest(_message.Message):
+    __slots__ = ("capabilities", "active")
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    capabilities: Capabilities
+    active: _containers.RepeatedCompositeFieldContainer[ActiveModel]
+    def __init__(self, capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., active: _Optional[_Iterable[_Union[ActiveModel, _Mapping]]] = ...) -> None: ...
+
+class CheckInResponse(_message.Message):
+    __slots__ = ("desired", "next_checkin_s", "mqtt_url")
+    DESIRED_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CHECKIN_S_FIELD_NUMBER: _ClassVar[int]
+    MQTT_URL_FIELD_NUMBER: _ClassVar[int]
+    desired: _containers.RepeatedCompositeFieldContainer[_manifest_pb2.Envelope]
+    next_checkin_s: int
+    mqtt_url: str
+    def __init__(self, desired: _Optional[_Iterable[_Union[_manifest_pb2.Envelope, _Mapping]]] = ..., next_checkin_s: _Optional[int] = ..., mqtt_url: _Optional[str] = ...) -> None: ...
+
+class DownloadRequest(_message.Message):
+    __slots__ = ("artifact_id", "offset")
+    ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    artifact_id: str
+    offset: int
+    def __init__(self, artifact_id: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class ArtifactChunk(_message.Message):
+    __slots__ = ("offset", "data", "total_size")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    data: bytes
+    total_size: int
+    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_size: _Optional[int] = ...) -> None: ...
+
+class StatusReport(_message.Message):
+    __slots__ = ("model_name", "version", "state", "detail")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    version: str
+    state: UpdateState
+    detail: str
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[_Union[UpdateState, str]] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class StatusAck(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

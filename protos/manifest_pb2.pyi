@@ -1,0 +1,61 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Manifest(_message.Message):
+    __slots__ = ("model_name", "version", "release_counter", "variant", "sha256", "size", "artifact_id", "created_unix", "expires_unix", "fleet_id", "requirements")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_COUNTER_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_FIELD_NUMBER: _ClassVar[int]
+    FLEET_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUIREMENTS_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    version: str
+    release_counter: int
+    variant: str
+    sha256: str
+    size: int
+    artifact_id: str
+    created_unix: int
+    expires_unix: int
+    fleet_id: str
+    requirements: Requirements
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., release_counter: _Optional[int] = ..., variant: _Optional[str] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., artifact_id: _Optional[str] = ..., created_unix: _Optional[int] = ..., expires_unix: _Optional[int] = ..., fleet_id: _Optional[str] = ..., requirements: _Optional[_Union[Requirements, _Mapping]] = ...) -> None: ...
+
+class Requirements(_message.Message):
+    __slots__ = ("edgetpu", "min_memory_bytes", "min_disk_bytes")
+    EDGETPU_FIELD_NUMBER: _ClassVar[int]
+    MIN_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MIN_DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    edgetpu: bool
+    min_memory_bytes: int
+    min_disk_bytes: int
+    def __init__(self, edgetpu: _Optional[bool] = ..., min_memory_bytes: _Optional[int] = ..., min_disk_bytes: _Optional[int] = ...) -> None: ...
+
+class Envelope(_message.Message):
+    __slots__ = ("payload_type", "payload", "signatures")
+    PAYLOAD_TYPE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURES_FIELD_NUMBER: _ClassVar[int]
+    payload_type: str
+    payload: bytes
+    signatures: _containers.RepeatedCompositeFieldContainer[Signature]
+    def __init__(self, payload_type: _Optional[str] = ..., payload: _Optional[bytes] = ..., signatures: _Optional[_Iterable[_Union[Signature, _Mapping]]] = ...) -> None: ...
+
+class Signature(_message.Message):
+    __slots__ = ("keyid", "sig")
+    KEYID_FIELD_NUMBER: _ClassVar[int]
+    SIG_FIELD_NUMBER: _ClassVar[int]
+    keyid: str
+    sig: bytes
+    def __init__(self, keyid: _Optional[str] = ..., sig: _Optional[bytes] = ...) -> None: ...

@@ -1,0 +1,62 @@
+"""MQTT topic layout shared by the agent (publisher) and the server (ingest).
+
+All topics live under ``edgefleet/v1/<fleet>/<device>/``; see docs/mqtt.md.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "ROOT",
+    "device_from_topic",
+    "telemetry_filter",
+    "telemetry_topic",
+    "validate_segment",
+]
+
+ROOT = "edgefleet/v1"
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def validate_segment(value: str, what: str) -> str:
+    """Return ``value`` if it is safe as one topic level, else raise ValueError.
+
+    Wildcards (``+``, ``#``), separators and empty levels would let one device publish into
+    another's namespace, so ids are restricted to a conservative alphabet and 64 characters.
+    """
+    if not _SEGMENT.match(value):
+        raise ValueError(
+            f"{what} {value!r} is not usable in an MQTT topic: use 1-64 of A-Z a-z 0-9 _ . -"
+        )
+    return value
+
+
+def telemetry_topic(fleet_id: str, device_id: str) -> str:
+    """Topic a device publishes its periodic telemetry to."""
+    fleet = validate_segment(fleet_id, "fleet id")
+    device = validate_segment(device_id, "device id")
+    return f"{ROOT}/{fleet}/{device}/telemetry"
+
+
+def telemetry_filter(fleet_id: str, share_group: str | None = None) -> str:
+    """Subscription filter for every device's telemetry in a fleet.
+
+    With ``share_group`` the filter is an MQTT v5 shared subscription so that several server
+    replicas split the messages instead of each receiving all of them.
+    """
+    base = f"{ROOT}/{validate_segment(fleet_id, 'fleet id')}/+/telemetry"
+    if share_group:
+        return f"$share/{validate_segment(share_group, 'share group')}/{base}"
+    return base
+
+
+def device_from_topic(topic: str) -> tuple[str, str, str] | None:
+    """Split ``edgefleet/v1/<fleet>/<device>/<kind>`` into (fleet, device, kind), or None."""
+    parts = topic.split("/")
+    if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != ROOT:
+        return None
+    fleet, device, kind = parts[2], parts[3], parts[4]
+    if not (_SEGMENT.match(fleet) and _SEGMENT.match(device)):
+        return None
+    return fleet, device, kind

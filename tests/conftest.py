@@ -1,0 +1,79 @@
+"""Shared fixtures: a private MQTT broker, test models, server and agent factories."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import REPO, Agent, Server, free_port, make_agent, start_mosquitto, start_server
+
+
+@pytest.fixture(scope="session")
+def broker_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real MQTT v5 broker (mosquitto) for this test session.
+
+    Only where no mosquitto binary exists, and never in CI, the server's embedded broker stands
+    in (MQTT 3.1.1 only).
+    """
+    if shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists():
+        broker = start_mosquitto(tmp_path_factory.mktemp("mosquitto"))
+        yield broker.url
+        broker.proc.stop()
+        return
+    if os.environ.get("CI"):
+        pytest.fail("mosquitto is not installed; .ci/run must install it")
+    from fleet_server.telemetry.broker import EmbeddedBroker
+
+    embedded = EmbeddedBroker("127.0.0.1", free_port())
+    embedded.start()
+    yield embedded.url
+    embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def color_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The float and int8-input colour classifiers, built by scripts/make_test_models.py."""
+    out = tmp_path_factory.mktemp("color-models")
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "make_test_models.py"), str(out)],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start fleet servers (stopped at the end of the test)."""
+    started: list[Server] = []
+
+    def factory(mqtt_url: str | None, folder: Path | None = None) -> Server:
+        server = start_server(folder or tmp_path, mqtt_url)
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        server.proc.stop()
+
+
+@pytest.fixture
+def agent_factory(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
+    """Configure and start agents (stopped at the end of the test)."""
+    started: list[Agent] = []
+
+    def factory(name: str, server: Server, **kwargs: float) -> Agent:
+        agent = make_agent(tmp_path, name, server, **kwargs).start()
+        started.append(agent)
+        return agent
+
+    yield factory
+    for agent in started:
+        if agent.proc is not None:
+            agent.proc.stop()

@@ -1,0 +1,265 @@
+"""Real processes for the tests: mosquitto, the fleet server, agents. No mocks.
+
+Each helper starts a real process on free ports in a temporary folder and stops it with SIGTERM
+(or SIGKILL when a test asks for it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "tests" / "data"
+_T = TypeVar("_T")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(
+    what: str, probe: Callable[[], _T | None], timeout: float = 30.0, interval: float = 0.2
+) -> _T:
+    """Poll ``probe`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = probe()
+        except Exception as exc:  # noqa: BLE001 - keep polling; report the last failure
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+def port_open(port: int) -> bool:
+    """True when something accepts TCP connections on 127.0.0.1:port."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def run_cli(
+    *args: str, timeout: float = 120.0, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run one of our console scripts (by module) and capture its output."""
+    modules = {
+        "edgefleet": "fleet_server.admin_cli",
+        "edgefleet-server": "fleet_server.cli",
+        "edgefleet-agent": "agent.cli",
+    }
+    cmd = [sys.executable, "-m", modules[args[0]], *args[1:]]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} exited {result.returncode}\nstdout:\n{result.stdout}\n"
+            f"stderr:\n{result.stderr}"
+        )
+    return result
+
+
+@dataclass
+class Proc:
+    """A started process with its log file."""
+
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        """Signal the process and wait; SIGKILL if it does not exit in time."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        return int(self.popen.returncode)
+
+    def output(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+
+def start(cmd: list[str], log: Path, cwd: Path | None = None) -> Proc:
+    """Start ``cmd`` with stdout and stderr going to ``log``."""
+    handle = log.open("wb")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    popen = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+    handle.close()
+    return Proc(popen, log)
+
+
+@dataclass
+class Mosquitto:
+    """A private mosquitto broker for one test session."""
+
+    port: int
+    proc: Proc
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+
+def start_mosquitto(folder: Path) -> Mosquitto:
+    """Start mosquitto on a free port with its own config (no persistence, unbounded queue)."""
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    port = free_port()
+    conf = folder / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\n"
+        "allow_anonymous true\n"
+        "persistence false\n"
+        # mosquitto drops QoS 1 messages past 1000 queued for a slow subscriber by default.
+        "max_queued_messages 0\n"
+        "log_dest stdout\n",
+        encoding="utf-8",
+    )
+    proc = start([binary, "-c", str(conf)], folder / "mosquitto.log")
+    wait_for(f"mosquitto on port {port}", lambda: port_open(port) or proc.popen.poll() is not None)
+    if proc.popen.poll() is not None:
+        raise AssertionError(f"mosquitto exited:\n{proc.output()}")
+    return Mosquitto(port, proc)
+
+
+@dataclass
+class Server:
+    """A running fleet server process and its data dir."""
+
+    data_dir: Path
+    proc: Proc
+    port: int
+    mqtt_url: str
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def admin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run the admin CLI against this server."""
+        return run_cli(
+            "edgefleet",
+            "--server",
+            self.address,
+            "--data-dir",
+            str(self.data_dir),
+            *args,
+            check=check,
+        )
+
+    def devices(self) -> list[dict[str, Any]]:
+        """``edgefleet devices list --json``, parsed."""
+        return list(json.loads(self.admin("devices", "list", "--json").stdout))
+
+    def enrollment_token(self) -> str:
+        return (self.data_dir / "enrollment.token").read_text(encoding="utf-8").strip()
+
+
+def start_server(folder: Path, mqtt_url: str | None) -> Server:
+    """``edgefleet-server init`` + ``run`` on free ports; wait until it serves."""
+    data_dir = folder / "server"
+    if not (data_dir / "fleet.json").exists():
+        run_cli("edgefleet-server", "init", "--data-dir", str(data_dir))
+    ready = folder / "server-ready.json"
+    ready.unlink(missing_ok=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "fleet_server.cli",
+        "run",
+        "--data-dir",
+        str(data_dir),
+        "--listen",
+        "127.0.0.1:0",
+        "--ready-file",
+        str(ready),
+    ]
+    if mqtt_url:
+        cmd += ["--mqtt-url", mqtt_url]
+    else:
+        cmd += ["--mqtt-listen", "127.0.0.1:0"]
+    proc = start(cmd, folder / "server.log")
+    info = wait_for(
+        "the fleet server to be ready",
+        lambda: json.loads(ready.read_text()) if ready.exists() else proc.popen.poll() is not None,
+    )
+    assert isinstance(info, dict), f"server exited:\n{proc.output()}"
+    return Server(data_dir, proc, int(info["grpc_port"]), str(info["mqtt_url"]))
+
+
+@dataclass
+class Agent:
+    """A running agent process."""
+
+    name: str
+    folder: Path
+    config: Path
+    proc: Proc | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def socket(self) -> Path:
+        return self.folder / "oip.sock"
+
+    def start(self) -> Agent:
+        cmd = [sys.executable, "-m", "agent.cli", "run", "--config", str(self.config)]
+        self.proc = start(cmd, self.folder / f"agent-{int(time.time() * 1000)}.log")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        return self.proc.stop(sig)
+
+    def output(self) -> str:
+        return "\n".join(
+            p.read_text(errors="replace") for p in sorted(self.folder.glob("agent-*.log"))
+        )
+
+
+def make_agent(
+    folder: Path, name: str, server: Server, *, checkin_s: float = 1.0, telemetry_s: float = 1.0
+) -> Agent:
+    """Write an agent config for ``server`` in its own folder (not started)."""
+    home = folder / name
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "agent.toml"
+    config.write_text(
+        f"""
+[agent]
+name = "{name}"
+state_dir = "state"
+
+[server]
+address = "{server.address}"
+enrollment_token = "{server.enrollment_token()}"
+checkin_interval_s = {checkin_s}
+timeout_s = 5.0
+
+[api]
+socket = "oip.sock"
+
+[telemetry]
+interval_s = {telemetry_s}
+""",
+        encoding="utf-8",
+    )
+    return Agent(name, home, config)

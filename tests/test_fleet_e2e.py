@@ -1,0 +1,384 @@
+"""The slice end to end, with real processes: server, mosquitto, two agents, real models."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from agent.inference.modelfile import inspect_model_file
+from agent.inference.preprocess import image_to_tensor, load_image
+from protos import inference_pb2, manifest_pb2
+from tests import oip
+from tests.harness import DATA, REPO, Agent, Server, make_agent, run_cli, start_server, wait_for
+
+pytestmark = pytest.mark.slow
+
+MOBILENET = DATA / "mobilenet_v1_0.25_128_quant.tflite"
+
+
+def model_state(server: Server, device: str, model: str) -> dict[str, Any] | None:
+    for d in server.devices():
+        if d["device_id"] == device:
+            for m in d.get("models", []):
+                if m["model_name"] == model:
+                    return dict(m)
+    return None
+
+
+def wait_state(server: Server, device: str, model: str, version: str, state: str) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        m = model_state(server, device, model)
+        return m if m and m["version"] == version and m["state"] == state else None
+
+    return wait_for(f"{device} to report {model} {version} {state}", probe, timeout=60)
+
+
+def cat_tensor() -> np.ndarray:
+    tensor = inspect_model_file(MOBILENET).inputs[0]
+    return image_to_tensor(load_image(DATA / "cat.bmp"), tensor)
+
+
+def predict_top1() -> int:
+    out = run_cli("edgefleet-agent", "predict", str(MOBILENET), str(DATA / "cat.bmp"), "--json")
+    return int(json.loads(out.stdout)["top_k"][0]["index"])
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    tmp_path_factory: pytest.TempPathFactory, broker_url: str
+) -> Iterator[tuple[Server, list[Agent]]]:
+    """A server on mosquitto with mobilenet 1.0.0 deployed and two agents running it."""
+    folder = tmp_path_factory.mktemp("fleet")
+    server = start_server(folder, broker_url)
+    server.admin(
+        "models",
+        "push",
+        str(MOBILENET),
+        "--name",
+        "mobilenet",
+        "--version",
+        "1.0.0",
+        "--variant",
+        "int8",
+        "--deploy",
+    )
+    agents = [make_agent(folder, name, server).start() for name in ("dev-a", "dev-b")]
+    try:
+        for agent in agents:
+            wait_state(server, agent.name, "mobilenet", "1.0.0", "INSTALLED")
+        yield server, agents
+    finally:
+        for agent in agents:
+            agent.stop()
+        server.proc.stop()
+
+
+def test_both_agents_install_the_signed_model_and_classify_the_cat(
+    fleet: tuple[Server, list[Agent]],
+) -> None:
+    _server, agents = fleet
+    expected = predict_top1()
+    for agent in agents:
+        scores, response = oip.infer(agent.socket, "mobilenet", "input", cat_tensor())
+        assert int(np.argmax(scores)) == expected
+        assert response.model_version == "1.0.0"
+        assert response.parameters["edgefleet.path"].string_param == "local"
+
+
+def test_telemetry_reaches_the_server_over_mqtt_v5(fleet: tuple[Server, list[Agent]]) -> None:
+    server, agents = fleet
+    agent = agents[0]
+    for _ in range(3):
+        oip.infer(agent.socket, "mobilenet", "input", cat_tensor())
+
+    def telemetry() -> dict[str, Any] | None:
+        for d in server.devices():
+            report = d.get("last_telemetry") or {}
+            for m in report.get("models", []):
+                if d["device_id"] == agent.name and int(m.get("requests", 0)) >= 3:
+                    return dict(report)
+        return None
+
+    report = wait_for("telemetry with 3 requests", telemetry)
+    assert int(report["seq"]) >= 1
+    model = report["models"][0]
+    assert model["model_name"] == "mobilenet" and model["version"] == "1.0.0"
+    assert model["backend"] == "cpu"
+    listing = server.admin("devices", "list").stdout
+    assert "dev-a" in listing and "dev-b" in listing and "mobilenet 1.0.0 INSTALLED" in listing
+    # mosquitto speaks MQTT v5: the agent must not have fallen back.
+    assert "falling back to 3.1.1" not in agent.output()
+
+
+def test_tritonclient_gets_the_same_top1_as_predict(
+    fleet: tuple[Server, list[Agent]], tmp_path: Path
+) -> None:
+    _server, agents = fleet
+    python = os.environ.get("EDGEFLEET_TRITON_PYTHON") or str(REPO / ".venv-triton/bin/python")
+    assert Path(python).exists(), "tritonclient's environment is missing: run `make test`"
+    sample = tmp_path / "cat.npy"
+    np.save(sample, cat_tensor())
+    result = subprocess.run(
+        [
+            python,
+            str(REPO / "tests/tools/oip_client.py"),
+            f"unix:{agents[1].socket}",
+            "mobilenet",
+            str(sample),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["server"] == "edgefleet-agent"
+    assert answer["input"] == "input"
+    assert answer["top1"] == predict_top1()
+    assert answer["parameters"]["edgefleet.path"]["string_param"] == "local"
+
+
+def test_oip_errors_are_status_codes_not_crashes(fleet: tuple[Server, list[Agent]]) -> None:
+    _server, agents = fleet
+    stub = oip.stub(agents[0].socket)
+    assert stub.ServerLive(inference_pb2.ServerLiveRequest()).live
+    assert stub.ServerReady(inference_pb2.ServerReadyRequest()).ready
+    assert not stub.ModelReady(inference_pb2.ModelReadyRequest(name="nope")).ready
+    meta = stub.ModelMetadata(inference_pb2.ModelMetadataRequest(name="mobilenet"))
+    assert meta.inputs[0].datatype == "UINT8" and list(meta.inputs[0].shape) == [1, 128, 128, 3]
+    with pytest.raises(grpc.RpcError) as info:
+        oip.infer(agents[0].socket, "nope", "input", cat_tensor())
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as info:
+        oip.infer(agents[0].socket, "mobilenet", "input", cat_tensor().astype(np.float32))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "must be UINT8" in str(info.value.details())
+    request = inference_pb2.ModelInferRequest(model_name="mobilenet")
+    request.inputs.add(name="input", datatype="UINT8", shape=[1, 128, 128, 3])
+    request.raw_input_contents.append(b"\0" * 10)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.fixture
+def one_agent_fleet(
+    tmp_path: Path,
+    broker_url: str,
+    server_factory: Callable[..., Server],
+    agent_factory: Callable[..., Agent],
+    color_models: Path,
+) -> tuple[Server, Agent]:
+    """A server with colors 1.0.0 (float) installed on one agent."""
+    server = server_factory(broker_url)
+    server.admin(
+        "models",
+        "push",
+        str(color_models / "color_float.tflite"),
+        "--name",
+        "colors",
+        "--version",
+        "1.0.0",
+        "--deploy",
+    )
+    agent = agent_factory("dev-c", server)
+    wait_state(server, "dev-c", "colors", "1.0.0", "INSTALLED")
+    return server, agent
+
+
+def colors_still_served(agent: Agent, version: str) -> bool:
+    stub = oip.stub(agent.socket)
+    assert stub.ModelReady(inference_pb2.ModelReadyRequest(name="colors", version=version)).ready
+    red = np.zeros((1, 32, 32, 3), dtype=np.float32)
+    red[..., 0] = 1.0
+    scores, _ = oip.infer(agent.socket, "colors", "image", red)
+    assert int(np.argmax(scores)) == 0
+    return True
+
+
+def test_tampered_manifest_is_refused_and_the_working_model_stays(
+    one_agent_fleet: tuple[Server, Agent], color_models: Path
+) -> None:
+    server, agent = one_agent_fleet
+    server.admin(
+        "models",
+        "push",
+        str(color_models / "color_int8.tflite"),
+        "--name",
+        "colors",
+        "--version",
+        "1.1.0",
+    )
+    # An attacker with write access to the server's database changes the signed manifest.
+    with sqlite3.connect(server.data_dir / "fleet.db") as db:
+        (raw,) = db.execute(
+            "SELECT envelope FROM models WHERE model_name='colors' AND version='1.1.0'"
+        ).fetchone()
+        envelope = manifest_pb2.Envelope.FromString(raw)
+        manifest = manifest_pb2.Manifest.FromString(envelope.payload)
+        manifest.size += 1
+        envelope.payload = manifest.SerializeToString()
+        db.execute(
+            "UPDATE models SET envelope=? WHERE model_name='colors' AND version='1.1.0'",
+            (envelope.SerializeToString(),),
+        )
+    server.admin("deploy", "colors", "1.1.0")
+    state = wait_state(server, "dev-c", "colors", "1.1.0", "FAILED")
+    assert "signature does not verify" in state["detail"]
+    colors_still_served(agent, "1.0.0")
+
+
+def test_artifact_that_does_not_match_its_hash_is_discarded(
+    one_agent_fleet: tuple[Server, Agent], color_models: Path
+) -> None:
+    server, agent = one_agent_fleet
+    pushed = server.admin(
+        "models",
+        "push",
+        str(color_models / "color_int8.tflite"),
+        "--name",
+        "colors",
+        "--version",
+        "1.1.0",
+        "--deploy",
+        check=True,
+    )
+    assert "signed" in pushed.stdout
+    # Corrupt the stored artifact after signing (disk rot, or a swapped file), same length.
+    (artifact,) = [
+        p
+        for p in (server.data_dir / "artifacts").glob("*.tflite")
+        if p.read_bytes() == (color_models / "color_int8.tflite").read_bytes()
+    ]
+    data = bytearray(artifact.read_bytes())
+    data[-1] ^= 0xFF
+    artifact.write_bytes(bytes(data))
+    state = wait_state(server, "dev-c", "colors", "1.1.0", "FAILED")
+    assert "does not match the signed manifest" in state["detail"]
+    colors_still_served(agent, "1.0.0")
+    assert not list((agent.folder / "state" / "staging").glob("*.part"))
+
+
+def test_killed_agent_restarts_serving_its_model_with_the_server_down(
+    one_agent_fleet: tuple[Server, Agent],
+) -> None:
+    server, agent = one_agent_fleet
+    assert agent.stop(9) == -9
+    server.proc.stop()
+    agent.start()
+    wait_for("the restarted agent to serve colors", lambda: colors_still_served(agent, "1.0.0"))
+    wait_for("a logged retry", lambda: "unreachable" in agent.output())
+    assert agent.proc is not None and agent.proc.popen.poll() is None
+
+
+def test_new_version_replaces_the_old_one(
+    one_agent_fleet: tuple[Server, Agent], color_models: Path
+) -> None:
+    server, agent = one_agent_fleet
+    server.admin(
+        "models",
+        "push",
+        str(color_models / "color_int8.tflite"),
+        "--name",
+        "colors",
+        "--version",
+        "1.1.0",
+        "--deploy",
+    )
+    wait_state(server, "dev-c", "colors", "1.1.0", "INSTALLED")
+    meta = oip.stub(agent.socket).ModelMetadata(inference_pb2.ModelMetadataRequest(name="colors"))
+    assert list(meta.versions) == ["1.1.0"] and meta.inputs[0].datatype == "INT8"
+
+
+def test_embedded_broker_default_with_mqtt_311_fallback(
+    server_factory: Callable[..., Server], agent_factory: Callable[..., Agent]
+) -> None:
+    server = server_factory(None)  # no --mqtt-url: the server starts amqtt in process
+    server.admin(
+        "models", "push", str(MOBILENET), "--name", "mobilenet", "--version", "1.0.0", "--deploy"
+    )
+    agent = agent_factory("dev-e", server)
+    wait_state(server, "dev-e", "mobilenet", "1.0.0", "INSTALLED")
+    oip.infer(agent.socket, "mobilenet", "input", cat_tensor())
+
+    def telemetry() -> bool:
+        return any(
+            (d.get("last_telemetry") or {}).get("models", [{}])[0].get("requests", 0)
+            for d in server.devices()
+        )
+
+    wait_for("telemetry through the embedded broker", telemetry)
+    assert "falling back to 3.1.1" in agent.output()
+
+
+def test_wrong_enrollment_token_stops_the_agent_with_one_clear_line(
+    tmp_path: Path, broker_url: str, server_factory: Callable[..., Server]
+) -> None:
+    server = server_factory(broker_url)
+    agent = make_agent(tmp_path, "dev-x", server)
+    text = agent.config.read_text().replace(server.enrollment_token(), "wrong-token")
+    agent.config.write_text(text)
+    agent.start()
+    assert agent.proc is not None
+    assert agent.proc.popen.wait(30) == 1
+    out = agent.output()
+    assert "edgefleet-agent: error:" in out and "enrollment token is wrong" in out
+    assert "Traceback" not in out
+
+
+def test_admin_cli_errors_are_one_line(
+    tmp_path: Path, broker_url: str, server_factory: Callable[..., Server]
+) -> None:
+    server = server_factory(broker_url)
+    bad = server.admin(
+        "models", "push", str(DATA / "cat.bmp"), "--name", "cat", "--version", "1.0.0", check=False
+    )
+    assert bad.returncode == 1 and "not a TFLite model" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    version = server.admin(
+        "models", "push", str(MOBILENET), "--name", "m", "--version", "one", check=False
+    )
+    assert version.returncode == 1 and "not a semantic version" in version.stderr
+    server.admin("models", "push", str(MOBILENET), "--name", "m", "--version", "1.0.0")
+    again = server.admin(
+        "models", "push", str(MOBILENET), "--name", "m", "--version", "1.0.0", check=False
+    )
+    assert again.returncode == 1 and "exists already" in again.stderr
+    wrong = run_cli(
+        "edgefleet", "--server", server.address, "--token", "nope", "devices", "list", check=False
+    )
+    assert wrong.returncode == 1 and "admin credentials" in wrong.stderr
+    down = run_cli(
+        "edgefleet",
+        "--server",
+        "127.0.0.1:1",
+        "--token",
+        "x",
+        "--timeout",
+        "3",
+        "devices",
+        "list",
+        check=False,
+    )
+    assert down.returncode == 1 and "unreachable" in down.stderr
+    assert "Traceback" not in down.stderr
+    listing = server.admin("models", "list").stdout
+    assert "m" in listing and "1.0.0" in listing
+
+
+def test_server_refuses_to_overwrite_a_data_dir(tmp_path: Path) -> None:
+    run_cli("edgefleet-server", "init", "--data-dir", str(tmp_path / "d"))
+    again = run_cli("edgefleet-server", "init", "--data-dir", str(tmp_path / "d"), check=False)
+    assert again.returncode == 1 and "refusing to overwrite" in again.stderr
+    missing = run_cli("edgefleet-server", "run", "--data-dir", str(tmp_path / "none"), check=False)
+    assert missing.returncode == 1 and "not an EdgeFleet data dir" in missing.stderr
