@@ -70,3 +70,11 @@ def test_enrollment_token_from_systemd_credentials(
     (creds / "enrollment-token").write_text("secret-token\n")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
     assert load_config(write(tmp_path, "")).enrollment_token() == "secret-token"
+
+
+def test_the_shipped_example_config_is_valid() -> None:
+    from tests.harness import REPO
+
+    config = load_config(REPO / "packaging" / "config" / "agent.toml")
+    assert config.agent.labels == {"site": "lab"}
+    assert config.inference.num_threads == 2

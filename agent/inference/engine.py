@@ -23,12 +23,12 @@ from agent.inference.runtime import find_runtime
 
 __all__ = ["Engine", "LoadedModel", "ModelStats", "StatsWindow", "load_model"]
 
-_LATENCY_WINDOW = 4096  # samples kept per model between two telemetry reports
+_LATENCY_WINDOW = 4096  # most recent latencies kept per model for percentiles
 
 
 @dataclass(frozen=True)
 class StatsWindow:
-    """What happened to one model since the previous report."""
+    """A model's totals, requests since the previous report, and recent latency percentiles."""
 
     requests_total: int
     errors_total: int
@@ -41,7 +41,12 @@ class StatsWindow:
 
 @dataclass
 class ModelStats:
-    """Counters since start and a bounded window of latencies since the last report."""
+    """Counters since start and the latencies of the most recent requests (bounded).
+
+    Percentiles cover the last ``_LATENCY_WINDOW`` successful requests rather than only those
+    since the previous report, so a device with sparse traffic still reports a meaningful
+    latency; ``window_requests`` says how many requests the last interval saw.
+    """
 
     requests: int = 0
     errors: int = 0
@@ -60,11 +65,10 @@ class ModelStats:
                 self.errors += 1
 
     def take_window(self) -> StatsWindow:
-        """Return the totals and the latency percentiles of the window, and start a new one."""
+        """Return totals and recent latency percentiles, and restart the request interval."""
         with self._lock:
             samples = np.fromiter(self._latencies, dtype=np.float64)
             window = self._window_requests
-            self._latencies.clear()
             self._window_requests = 0
             requests, errors = self.requests, self.errors
         if samples.size:
