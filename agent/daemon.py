@@ -150,6 +150,12 @@ class Agent:
                 attempt += 1
                 wait = max(interval, _backoff(attempt, interval))
                 log.error("check-in failed: %s; retrying in %.0f s", exc, wait)
+            except Exception:
+                # A bug must not take down a device that is serving models: log it with its
+                # traceback and try again later.
+                attempt += 1
+                wait = max(interval, _backoff(attempt, interval))
+                log.exception("unexpected error in the update loop; retrying in %.0f s", wait)
             stop.wait(wait)
 
     def _active(self) -> list[device_pb2.ActiveModel]:
@@ -166,6 +172,12 @@ class Agent:
         ]
 
     def _telemetry_loop(self, stop: threading.Event) -> None:
+        try:
+            self._publish_telemetry(stop)
+        except Exception:
+            log.exception("telemetry stopped by an unexpected error; inference goes on")
+
+    def _publish_telemetry(self, stop: threading.Event) -> None:
         identity = self.identity
         if identity is None:  # started only after enrollment
             return
@@ -173,7 +185,11 @@ class Agent:
         if not url:
             log.warning("no MQTT URL from the server or the config; telemetry is off")
             return
-        endpoint = parse_mqtt_url(url)
+        try:
+            endpoint = parse_mqtt_url(url)
+        except AgentError as exc:
+            log.error("telemetry is off: %s", exc)
+            return
         topic = telemetry_topic(identity.fleet_id, identity.device_id)
         publisher = MqttPublisher(endpoint, client_id=f"edgefleet-agent-{identity.device_id}")
         seq = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -382,3 +383,42 @@ def test_server_refuses_to_overwrite_a_data_dir(tmp_path: Path) -> None:
     assert again.returncode == 1 and "refusing to overwrite" in again.stderr
     missing = run_cli("edgefleet-server", "run", "--data-dir", str(tmp_path / "none"), check=False)
     assert missing.returncode == 1 and "not an EdgeFleet data dir" in missing.stderr
+
+
+@pytest.mark.parametrize("torn", [False, True], ids=["intact-prefix", "torn-prefix"])
+def test_an_interrupted_download_resumes_from_its_offset(
+    tmp_path: Path,
+    broker_url: str,
+    server_factory: Callable[..., Server],
+    color_models: Path,
+    torn: bool,
+) -> None:
+    server = server_factory(broker_url)
+    model = (color_models / "color_float.tflite").read_bytes()
+    server.admin(
+        "models",
+        "push",
+        str(color_models / "color_float.tflite"),
+        "--name",
+        "colors",
+        "--version",
+        "1.0.0",
+        "--deploy",
+    )
+    agent = make_agent(tmp_path, "dev-r", server)
+    # What a download cut off half-way leaves behind (or, torn, a prefix with a bad block).
+    staging = agent.folder / "state" / "staging"
+    staging.mkdir(parents=True)
+    prefix = bytearray(model[: len(model) // 2])
+    if torn:
+        prefix[100] ^= 0xFF
+    (staging / f"{hashlib.sha256(model).hexdigest()}.part").write_bytes(bytes(prefix))
+    agent.start()
+    try:
+        wait_state(server, "dev-r", "colors", "1.0.0", "INSTALLED")
+        log = agent.output()
+        assert f"at byte {len(prefix)}" in log
+        assert ("did not verify; starting over" in log) == torn
+        assert colors_still_served(agent, "1.0.0")
+    finally:
+        agent.stop()

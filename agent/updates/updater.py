@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -94,6 +95,10 @@ class Updater:
                 self._apply_one(raw)
             except TransientError as exc:
                 log.warning("update postponed: %s", exc)
+            except OSError as exc:
+                # Disk full, read-only file system, permissions: keep the working model and
+                # retry on the next check-in; the operator sees the reason in the log.
+                log.error("update postponed by a file system error: %s", exc)
             except AgentError as exc:
                 self._refused.add(raw)
                 name, version = _peek(envelope)
@@ -165,6 +170,13 @@ class Updater:
         if have > manifest.size:
             staged.unlink()
             have = 0
+        free = shutil.disk_usage(staged.parent).free
+        # The artifact plus the same again for the loaded copy and the store's rename margin.
+        if free < 2 * (manifest.size - have):
+            raise TransientError(
+                f"not enough disk for {manifest.model_name} {manifest.version}: "
+                f"{free} bytes free, {2 * (manifest.size - have)} needed"
+            )
         hasher = sha256_of_prefix(staged, have) if have else hashlib.sha256()
         if have:
             log.info("resuming download of %s at byte %d", manifest.artifact_id, have)
@@ -184,6 +196,12 @@ class Updater:
                 f"download of {manifest.artifact_id} ended at {total} of {manifest.size} bytes"
             )
         digest = hasher.hexdigest()
+        if digest != manifest.sha256 and have:
+            # The kept prefix may be what is wrong (a torn write before a power cut): start over.
+            staged.unlink()
+            raise DownloadError(
+                f"resumed download of {manifest.artifact_id} did not verify; starting over"
+            )
         if digest != manifest.sha256:
             staged.unlink()
             raise ManifestError(
