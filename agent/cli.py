@@ -58,7 +58,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     if args.top_k < 1 or args.top_k > 1000:
         raise ConfigError("--top-k must be within 1..1000")
-    model = load_model(args.model, args.model.stem, "local", num_threads=args.threads)
+    model = load_model(args.model, args.model.stem, "local", num_threads=args.threads, workers=1)
     if len(model.info.inputs) != 1:
         raise AgentError(
             f"{args.model.name} has {len(model.info.inputs)} inputs; predict takes one image input"

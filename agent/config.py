@@ -56,7 +56,10 @@ class ApiSection:
 
 @dataclass(frozen=True)
 class InferenceSection:
-    num_threads: int = 1
+    num_threads: int = 1  # CPU threads per interpreter
+    workers: int = 2  # interpreters per model (parallel requests per model)
+    queue_depth: int = 32  # requests waiting per model before RESOURCE_EXHAUSTED
+    memory_budget_mb: int = 0  # 0 = no budget; else idle unpinned models are evicted (LRU)
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,12 @@ def _validate(config: AgentConfig) -> None:
         raise ConfigError("telemetry.interval_s must be within 0.5..3600")
     if not 1 <= config.inference.num_threads <= 64:
         raise ConfigError("inference.num_threads must be within 1..64")
+    if not 1 <= config.inference.workers <= 16:
+        raise ConfigError("inference.workers must be within 1..16")
+    if not 0 <= config.inference.queue_depth <= 10_000:
+        raise ConfigError("inference.queue_depth must be within 0..10000")
+    if not 0 <= config.inference.memory_budget_mb <= 1_048_576:
+        raise ConfigError("inference.memory_budget_mb must be within 0..1048576")
     if ":" not in config.server.address:
         raise ConfigError(f"server.address {config.server.address!r} must be host:port")
     if len(str(config.api.socket)) > 100:

@@ -17,7 +17,7 @@ from agent.client import DeviceClient
 from agent.config import AgentConfig
 from agent.errors import AgentError, EnrollmentError, TransientError
 from agent.identity import Identity
-from agent.inference.engine import Engine
+from agent.inference.engine import Engine, EngineOptions
 from agent.inference.oip import create_server
 from agent.probe import probe
 from agent.telemetry.mqtt import MqttPublisher, parse_mqtt_url
@@ -43,7 +43,14 @@ class Agent:
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.engine = Engine()
+        self.engine = Engine(
+            EngineOptions(
+                workers=config.inference.workers,
+                queue_depth=config.inference.queue_depth,
+                num_threads=config.inference.num_threads,
+                memory_budget_bytes=config.inference.memory_budget_mb * 1024 * 1024,
+            )
+        )
         self.store = ModelStore(config.agent.state_dir)
         self.identity: Identity | None = None
         self._client = DeviceClient(config.server.address, timeout_s=config.server.timeout_s)
@@ -58,8 +65,7 @@ class Agent:
         """
         self.store.root.mkdir(parents=True, exist_ok=True)
         self.identity = Identity.load(self.store.root)
-        threads = self.config.inference.num_threads
-        Updater.load_active_into(self.store, self.engine, threads)
+        Updater.load_active_into(self.store, self.engine)
         try:
             server, port = create_server(
                 self.engine,
@@ -129,7 +135,6 @@ class Agent:
                         engine=self.engine,
                         client=self._client,
                         identity=self.identity,
-                        num_threads=self.config.inference.num_threads,
                     )
                     telemetry.start()
                 response = self._client.check_in(

@@ -5,12 +5,15 @@ from __future__ import annotations
 __all__ = [
     "AgentError",
     "ConfigError",
+    "DelegateError",
     "DownloadError",
     "EnrollmentError",
     "InferenceError",
     "InputError",
     "ManifestError",
     "ModelFileError",
+    "ModelNotFoundError",
+    "QueueFullError",
     "RuntimeMissingError",
     "ServerUnavailableError",
     "TransientError",
@@ -48,6 +51,18 @@ class InputError(AgentError):
 
 class InferenceError(AgentError):
     """The runtime failed while running a model."""
+
+
+class QueueFullError(AgentError):
+    """A model's request queue is full; the caller should retry later (RESOURCE_EXHAUSTED)."""
+
+
+class ModelNotFoundError(AgentError):
+    """No model of that name (and version) is known to the engine (NOT_FOUND)."""
+
+
+class DelegateError(AgentError):
+    """A hardware delegate (the Edge TPU) could not be loaded for a model."""
 
 
 class ManifestError(AgentError):

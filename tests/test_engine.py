@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 from agent.errors import InputError
-from agent.inference.engine import Engine, ModelStats, load_model
+from agent.inference.engine import Engine, load_model
+from agent.inference.metrics import ModelMetrics
 from tests.harness import DATA
 
 
 def test_stats_count_requests_errors_and_recent_percentiles() -> None:
-    stats = ModelStats()
+    stats = ModelMetrics()
     for ms in range(1, 101):
         stats.record(float(ms), ok=True)
     stats.record(5.0, ok=False)
@@ -28,10 +29,10 @@ def test_stats_count_requests_errors_and_recent_percentiles() -> None:
 
 
 def test_latency_memory_is_bounded() -> None:
-    stats = ModelStats()
+    stats = ModelMetrics()
     for _ in range(20_000):
         stats.record(1.0, ok=True)
-    assert len(stats._latencies) == 4096
+    assert stats.recent_count() == 4096
 
 
 def test_loaded_model_checks_inputs_and_counts() -> None:

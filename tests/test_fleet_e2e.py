@@ -149,6 +149,18 @@ def test_tritonclient_gets_the_same_top1_as_predict(
     assert answer["parameters"]["edgefleet.path"]["string_param"] == "local"
 
 
+def test_float_requests_are_quantized_and_answered_in_float(
+    fleet: tuple[Server, list[Agent]],
+) -> None:
+    _server, agents = fleet
+    tensor = inspect_model_file(MOBILENET).inputs[0]
+    real = (cat_tensor().astype(np.float32) - tensor.zero_point) * tensor.scale
+    scores, response = oip.infer(agents[0].socket, "mobilenet", "input", real)
+    assert response.outputs[0].datatype == "FP32"
+    assert int(np.argmax(scores)) == predict_top1()
+    assert 0.0 < float(scores.max()) <= 1.0  # dequantized softmax, not raw uint8
+
+
 def test_oip_errors_are_status_codes_not_crashes(fleet: tuple[Server, list[Agent]]) -> None:
     _server, agents = fleet
     stub = oip.stub(agents[0].socket)
@@ -161,9 +173,9 @@ def test_oip_errors_are_status_codes_not_crashes(fleet: tuple[Server, list[Agent
         oip.infer(agents[0].socket, "nope", "input", cat_tensor())
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     with pytest.raises(grpc.RpcError) as info:
-        oip.infer(agents[0].socket, "mobilenet", "input", cat_tensor().astype(np.float32))
+        oip.infer(agents[0].socket, "mobilenet", "input", cat_tensor().astype(np.int8))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "must be UINT8" in str(info.value.details())
+    assert "must be UINT8 (or FP32 real values)" in str(info.value.details())
     request = inference_pb2.ModelInferRequest(model_name="mobilenet")
     request.inputs.add(name="input", datatype="UINT8", shape=[1, 128, 128, 3])
     request.raw_input_contents.append(b"\0" * 10)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from agent.inference.engine import Engine, LoadedModel, load_model
+from agent.inference.engine import Engine, EngineOptions, LoadedModel, load_model
 from agent.inference.modelfile import ModelInfo, TensorInfo, inspect_model_bytes, inspect_model_file
 
 __all__ = [
     "Engine",
+    "EngineOptions",
     "LoadedModel",
     "ModelInfo",
     "TensorInfo",

@@ -1,149 +1,219 @@
-"""Loaded models and the statistics the agent reports about them.
+"""The inference engine: several models at once, each with a pool of interpreters.
 
-A TFLite interpreter is not thread-safe, so each loaded model owns one interpreter behind a lock;
-concurrent requests for the same model queue on that lock. (Worker pools with one interpreter
-per worker come with the inference-engine issue.)
+A TFLite interpreter is not thread-safe, so each model owns ``workers`` interpreters; a request
+borrows one for the duration of its invoke (LiteRT releases the GIL in ``invoke``, so two
+interpreters run in parallel on two cores). Admission is bounded per model: at most
+``workers + queue_depth`` requests are queued or running, the next one is refused at once with
+:class:`QueueFullError` instead of piling up.
+
+The :class:`Engine` keeps models within a memory budget: models are registered (name, version,
+file) and loaded eagerly when pinned, lazily on first request otherwise; when a load would exceed
+the budget, the least recently used idle unpinned models are unloaded first.
 """
 
 from __future__ import annotations
 
+import logging
+import queue
 import threading
 import time
-from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from agent.errors import InferenceError, InputError, ModelFileError, UnsupportedModelError
+from agent.errors import (
+    AgentError,
+    InferenceError,
+    InputError,
+    ModelFileError,
+    ModelNotFoundError,
+    QueueFullError,
+    UnsupportedModelError,
+)
+from agent.inference.metrics import ModelMetrics, StatsWindow
 from agent.inference.modelfile import ModelInfo, inspect_model_file
 from agent.inference.runtime import find_runtime
 
-__all__ = ["Engine", "LoadedModel", "ModelStats", "StatsWindow", "load_model"]
+__all__ = [
+    "Engine",
+    "EngineOptions",
+    "LoadedModel",
+    "ModelStatus",
+    "StatsWindow",
+    "load_model",
+]
 
-_LATENCY_WINDOW = 4096  # most recent latencies kept per model for percentiles
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class StatsWindow:
-    """A model's totals, requests since the previous report, and recent latency percentiles."""
+class EngineOptions:
+    """How models are run. Bounded defaults for a small device."""
 
-    requests_total: int
-    errors_total: int
-    window_requests: int
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    mean_ms: float
+    workers: int = 2  # interpreters per model
+    queue_depth: int = 32  # requests waiting for an interpreter, per model
+    num_threads: int = 1  # CPU threads per interpreter
+    queue_timeout_s: float = 10.0  # longest wait for a free interpreter
+    memory_budget_bytes: int = 0  # 0 = no budget
 
 
-@dataclass
-class ModelStats:
-    """Counters since start and the latencies of the most recent requests (bounded).
+class _Slot:
+    """One interpreter with its tensor indices."""
 
-    Percentiles cover the last ``_LATENCY_WINDOW`` successful requests rather than only those
-    since the previous report, so a device with sparse traffic still reports a meaningful
-    latency; ``window_requests`` says how many requests the last interval saw.
-    """
+    __slots__ = ("inputs", "interpreter", "outputs")
 
-    requests: int = 0
-    errors: int = 0
-    _latencies: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
-    _window_requests: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def record(self, latency_ms: float, *, ok: bool) -> None:
-        """Count one request and, if it succeeded, its latency."""
-        with self._lock:
-            self.requests += 1
-            self._window_requests += 1
-            if ok:
-                self._latencies.append(latency_ms)
-            else:
-                self.errors += 1
-
-    def take_window(self) -> StatsWindow:
-        """Return totals and recent latency percentiles, and restart the request interval."""
-        with self._lock:
-            samples = np.fromiter(self._latencies, dtype=np.float64)
-            window = self._window_requests
-            self._window_requests = 0
-            requests, errors = self.requests, self.errors
-        if samples.size:
-            p50, p95, p99 = (float(v) for v in np.percentile(samples, [50, 95, 99]))
-            mean = float(samples.mean())
-        else:
-            p50 = p95 = p99 = mean = 0.0
-        return StatsWindow(requests, errors, window, p50, p95, p99, mean)
+    def __init__(self, interpreter: Any) -> None:
+        self.interpreter = interpreter
+        self.inputs = [int(d["index"]) for d in interpreter.get_input_details()]
+        self.outputs = [int(d["index"]) for d in interpreter.get_output_details()]
 
 
 class LoadedModel:
-    """One model with its interpreter, ready to run."""
+    """One model version with its interpreter pool, ready to run."""
 
     def __init__(
-        self, name: str, version: str, path: Path, info: ModelInfo, interpreter: Any
+        self,
+        name: str,
+        version: str,
+        path: Path,
+        info: ModelInfo,
+        interpreters: Sequence[Any],
+        *,
+        backend: str = "cpu",
+        queue_depth: int = 32,
+        queue_timeout_s: float = 10.0,
     ) -> None:
+        if not interpreters:
+            raise ValueError("a model needs at least one interpreter")
         self.name = name
         self.version = version
         self.path = path
         self.info = info
-        self.backend = "cpu"
-        self.stats = ModelStats()
-        self._interpreter = interpreter
-        self._lock = threading.Lock()
-        self._input_index = [int(d["index"]) for d in interpreter.get_input_details()]
-        self._output_index = [int(d["index"]) for d in interpreter.get_output_details()]
+        self.backend = backend
+        self.workers = len(interpreters)
+        self.stats = ModelMetrics()
+        self.last_used = time.monotonic()
+        self._pool: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
+        for interpreter in interpreters:
+            self._pool.put(_Slot(interpreter))
+        self._admission = threading.BoundedSemaphore(self.workers + queue_depth)
+        self._queue_timeout = queue_timeout_s
+        self._expected = [(np.dtype(t.dtype), t.shape, t.name) for t in info.inputs]
+
+    @property
+    def memory_bytes(self) -> int:
+        """Estimated resident cost: the model file plus one activation arena per interpreter."""
+        return self.info.size + self.workers * self.info.activation_bytes
+
+    @property
+    def idle(self) -> bool:
+        return self.stats.in_flight == 0
 
     def infer(self, inputs: Sequence[np.ndarray], *, record: bool = True) -> list[np.ndarray]:
         """Run the model on ``inputs`` (one array per graph input, in order).
 
-        ``record=False`` keeps internal runs (smoke tests) out of the reported statistics.
+        ``record=False`` keeps internal runs (warm-up, smoke tests) out of the statistics.
 
         Raises:
             InputError: wrong number, dtype or shape of inputs.
+            QueueFullError: too many requests are queued for this model.
             InferenceError: the runtime failed.
         """
         self._check_inputs(inputs)
-        start = time.perf_counter()
-        ok = False
-        try:
-            with self._lock:
-                for index, array in zip(self._input_index, inputs, strict=True):
-                    self._interpreter.set_tensor(index, array)
-                self._interpreter.invoke()
-                outputs = [self._interpreter.get_tensor(i).copy() for i in self._output_index]
-            ok = True
-            return outputs
-        except (RuntimeError, ValueError) as exc:
-            raise InferenceError(f"model {self.name} {self.version} failed: {exc}") from exc
-        finally:
+        if not self._admission.acquire(blocking=False):
             if record:
-                self.stats.record((time.perf_counter() - start) * 1000.0, ok=ok)
+                self.stats.reject()
+            raise QueueFullError(
+                f"model {self.name} has {self.workers} busy interpreter(s) and a full queue; "
+                "retry later"
+            )
+        self.last_used = time.monotonic()
+        try:
+            if record:
+                self.stats.started()
+            start = time.perf_counter()
+            try:
+                slot = self._pool.get(timeout=self._queue_timeout)
+            except queue.Empty:
+                if record:
+                    self.stats.finished((time.perf_counter() - start) * 1000.0, 0.0, ok=False)
+                raise QueueFullError(
+                    f"model {self.name}: no interpreter free within {self._queue_timeout:.0f} s"
+                ) from None
+            got = time.perf_counter()
+            ok = False
+            try:
+                for index, array in zip(slot.inputs, inputs, strict=True):
+                    slot.interpreter.set_tensor(index, array)
+                slot.interpreter.invoke()
+                outputs = [slot.interpreter.get_tensor(i).copy() for i in slot.outputs]
+                ok = True
+                return outputs
+            except (RuntimeError, ValueError) as exc:
+                raise InferenceError(f"model {self.name} {self.version} failed: {exc}") from exc
+            finally:
+                self._pool.put(slot)
+                if record:
+                    done = time.perf_counter()
+                    self.stats.finished((got - start) * 1000.0, (done - got) * 1000.0, ok=ok)
+        finally:
+            self._admission.release()
 
     def _check_inputs(self, inputs: Sequence[np.ndarray]) -> None:
-        expected = self.info.inputs
-        if len(inputs) != len(expected):
-            raise InputError(f"model {self.name} takes {len(expected)} input(s), got {len(inputs)}")
-        for array, tensor in zip(inputs, expected, strict=True):
-            if array.dtype != np.dtype(tensor.dtype):
+        if len(inputs) != len(self._expected):
+            raise InputError(
+                f"model {self.name} takes {len(self._expected)} input(s), got {len(inputs)}"
+            )
+        for array, (dtype, shape, name) in zip(inputs, self._expected, strict=True):
+            if array.dtype != dtype:
+                raise InputError(f"input {name!r} of {self.name} is {dtype}, got {array.dtype}")
+            if array.shape != shape:
                 raise InputError(
-                    f"input {tensor.name!r} of {self.name} is {tensor.dtype}, got {array.dtype}"
-                )
-            if tuple(array.shape) != tensor.shape:
-                raise InputError(
-                    f"input {tensor.name!r} of {self.name} has shape {list(tensor.shape)}, "
+                    f"input {name!r} of {self.name} has shape {list(shape)}, "
                     f"got {list(array.shape)}"
                 )
 
+    def warm_up(self) -> None:
+        """Run every interpreter once on zeros, so the first real request is not the slow one.
 
-def load_model(path: Path, name: str, version: str, *, num_threads: int = 1) -> LoadedModel:
-    """Inspect, load and allocate a model on the CPU.
+        Raises:
+            InferenceError: the model cannot run.
+        """
+        zeros = [np.zeros(shape, dtype=dtype) for dtype, shape, _ in self._expected]
+        slots = [self._pool.get() for _ in range(self.workers)]
+        try:
+            for slot in slots:
+                for index, array in zip(slot.inputs, zeros, strict=True):
+                    slot.interpreter.set_tensor(index, array)
+                try:
+                    slot.interpreter.invoke()
+                except (RuntimeError, ValueError) as exc:
+                    raise InferenceError(
+                        f"model {self.name} {self.version} fails on its first run: {exc}"
+                    ) from exc
+        finally:
+            for slot in slots:
+                self._pool.put(slot)
+
+
+def load_model(
+    path: Path,
+    name: str,
+    version: str,
+    *,
+    num_threads: int = 1,
+    workers: int = 1,
+    queue_depth: int = 32,
+    queue_timeout_s: float = 10.0,
+) -> LoadedModel:
+    """Inspect, load and allocate a model on the CPU with ``workers`` interpreters.
 
     Raises:
         ModelFileError: not a loadable TFLite model.
-        UnsupportedModelError: the model needs an Edge TPU (not supported by this build yet).
+        UnsupportedModelError: the model needs an Edge TPU.
         RuntimeMissingError: no TFLite runtime is installed.
     """
     info = inspect_model_file(path)
@@ -153,35 +223,200 @@ def load_model(path: Path, name: str, version: str, *, num_threads: int = 1) -> 
             "run on the CPU; deploy the CPU variant of this model instead"
         )
     runtime = find_runtime()
-    try:
-        interpreter = runtime.interpreter_cls(model_path=str(path), num_threads=num_threads)
-        interpreter.allocate_tensors()
-    except (RuntimeError, ValueError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(f"{path.name}: the runtime cannot load it: {first_line}") from exc
-    return LoadedModel(name, version, path, info, interpreter)
+    interpreters = []
+    for _ in range(max(1, workers)):
+        try:
+            interpreter = runtime.interpreter_cls(model_path=str(path), num_threads=num_threads)
+            interpreter.allocate_tensors()
+        except (RuntimeError, ValueError) as exc:
+            text = str(exc).strip()
+            first_line = text.splitlines()[0] if text else type(exc).__name__
+            raise ModelFileError(f"{path.name}: the runtime cannot load it: {first_line}") from exc
+        interpreters.append(interpreter)
+    return LoadedModel(
+        name,
+        version,
+        path,
+        info,
+        interpreters,
+        queue_depth=queue_depth,
+        queue_timeout_s=queue_timeout_s,
+    )
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """What the engine knows about one registered model."""
+
+    name: str
+    version: str
+    state: str  # "READY" | "UNAVAILABLE"
+    reason: str
+    pinned: bool
+
+
+@dataclass
+class _Entry:
+    version: str
+    path: Path
+    pinned: bool
+    model: LoadedModel | None = None
+    reason: str = "not loaded yet"
+
+
+Loader = Callable[[Path, str, str], LoadedModel]
 
 
 class Engine:
-    """The models this agent currently serves, by name. Thread-safe."""
+    """The models this agent serves, by name, within a memory budget. Thread-safe."""
 
-    def __init__(self) -> None:
-        self._models: dict[str, LoadedModel] = {}
-        self._lock = threading.Lock()
+    def __init__(self, options: EngineOptions | None = None, loader: Loader | None = None) -> None:
+        self.options = options or EngineOptions()
+        self._loader = loader or self._default_loader
+        self._entries: dict[str, _Entry] = {}
+        self._lock = threading.RLock()
+        self.loads = 0
+        self.evictions = 0
 
-    def get(self, name: str) -> LoadedModel | None:
-        """The loaded model called ``name``, or None."""
+    def _default_loader(self, path: Path, name: str, version: str) -> LoadedModel:
+        o = self.options
+        return load_model(
+            path,
+            name,
+            version,
+            num_threads=o.num_threads,
+            workers=o.workers,
+            queue_depth=o.queue_depth,
+            queue_timeout_s=o.queue_timeout_s,
+        )
+
+    # registration ----------------------------------------------------------------------------
+
+    def load(self, name: str, version: str, path: Path) -> LoadedModel:
+        """Load and warm up a model without serving it yet (the updater smoke-tests it first).
+
+        Raises:
+            AgentError: the model cannot be loaded or run.
+        """
+        model = self._loader(path, name, version)
+        model.warm_up()
         with self._lock:
-            return self._models.get(name)
+            self.loads += 1
+        return model
 
-    def put(self, model: LoadedModel) -> LoadedModel | None:
+    def put(self, model: LoadedModel, *, pinned: bool = True) -> LoadedModel | None:
         """Serve ``model`` under its name from now on; return the model it replaced."""
         with self._lock:
-            previous = self._models.get(model.name)
-            self._models[model.name] = model
-            return previous
+            previous = self._entries.get(model.name)
+            self._make_room(model.memory_bytes, keep=model.name)
+            self._entries[model.name] = _Entry(model.version, model.path, pinned, model, "")
+            return previous.model if previous else None
+
+    def register(self, name: str, version: str, path: Path, *, pinned: bool) -> None:
+        """Know a model without loading it; it loads on first request (lazy)."""
+        with self._lock:
+            self._entries[name] = _Entry(version, path, pinned)
+
+    def unload(self, name: str) -> bool:
+        """Drop a model's interpreters (it stays registered and reloads on demand)."""
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None or entry.model is None:
+                return False
+            entry.model = None
+            entry.reason = "unloaded"
+            return True
+
+    # serving ---------------------------------------------------------------------------------
+
+    def get(self, name: str, version: str = "") -> LoadedModel:
+        """The model called ``name`` (and ``version``, if given), loading it if needed.
+
+        Raises:
+            ModelNotFoundError: unknown name or version.
+            AgentError: a lazy load failed (the reason is kept for ModelReady and the index).
+        """
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None:
+                raise ModelNotFoundError(f"model {name!r} is not loaded on this device")
+            if version and version != entry.version:
+                raise ModelNotFoundError(
+                    f"model {name!r} version {version!r} is not loaded (loaded: {entry.version})"
+                )
+            if entry.model is not None:
+                return entry.model
+            try:
+                model = self.load(name, entry.version, entry.path)
+            except AgentError as exc:
+                entry.reason = str(exc)
+                raise
+            self._make_room(model.memory_bytes, keep=name)
+            entry.model, entry.reason = model, ""
+            log.info("loaded %s %s on demand", name, entry.version)
+            return model
+
+    def peek(self, name: str) -> LoadedModel | None:
+        """The loaded model called ``name``, without loading it."""
+        with self._lock:
+            entry = self._entries.get(name)
+            return entry.model if entry else None
 
     def models(self) -> list[LoadedModel]:
         """A snapshot of the loaded models, sorted by name."""
         with self._lock:
-            return [self._models[k] for k in sorted(self._models)]
+            return [e.model for _, e in sorted(self._entries.items()) if e.model is not None]
+
+    def index(self) -> list[ModelStatus]:
+        """Every registered model and its state."""
+        with self._lock:
+            return [
+                ModelStatus(
+                    name,
+                    e.version,
+                    "READY" if e.model is not None else "UNAVAILABLE",
+                    e.reason,
+                    e.pinned,
+                )
+                for name, e in sorted(self._entries.items())
+            ]
+
+    def memory_bytes(self) -> int:
+        """Estimated memory of the loaded models."""
+        with self._lock:
+            return sum(e.model.memory_bytes for e in self._entries.values() if e.model)
+
+    def _make_room(self, needed: int, keep: str) -> None:
+        budget = self.options.memory_budget_bytes
+        if not budget:
+            return
+        used = sum(
+            e.model.memory_bytes
+            for n, e in self._entries.items()
+            if e.model is not None and n != keep
+        )
+        candidates = sorted(
+            (
+                (e.model.last_used, n)
+                for n, e in self._entries.items()
+                if e.model is not None and not e.pinned and n != keep and e.model.idle
+            ),
+        )
+        for _, victim in candidates:
+            if used + needed <= budget:
+                break
+            entry = self._entries[victim]
+            assert entry.model is not None  # noqa: S101 - filtered above
+            used -= entry.model.memory_bytes
+            log.info("evicting idle model %s to stay within the memory budget", victim)
+            entry.model, entry.reason = None, "evicted (memory budget)"
+            self.evictions += 1
+        if used + needed > budget:
+            log.warning(
+                "loading %s needs %d bytes; %d of the %d-byte budget are held by pinned or busy "
+                "models",
+                keep,
+                needed,
+                used,
+                budget,
+            )

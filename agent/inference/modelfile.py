@@ -17,6 +17,7 @@ __all__ = [
     "EDGETPU_CUSTOM_OP",
     "MAX_MODEL_BYTES",
     "ModelInfo",
+    "SignatureInfo",
     "TensorInfo",
     "inspect_model_bytes",
     "inspect_model_file",
@@ -45,6 +46,15 @@ class TensorInfo:
 
 
 @dataclass(frozen=True)
+class SignatureInfo:
+    """A named entry point (SignatureDef): its key and the names of its inputs and outputs."""
+
+    key: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What a model file is and what it needs, read from the file alone."""
 
@@ -54,6 +64,8 @@ class ModelInfo:
     builtin_ops: tuple[str, ...]
     custom_ops: tuple[str, ...]
     description: str
+    signatures: tuple[SignatureInfo, ...] = ()
+    activation_bytes: int = 0  # bytes of non-constant tensors: what one interpreter allocates
 
     @property
     def edgetpu(self) -> bool:
@@ -164,6 +176,16 @@ def _inspect(schema: Any, data: bytes) -> ModelInfo:
     if not inputs or not outputs:
         raise ModelFileError("TFLite model has no graph inputs or outputs")
     raw_desc = model.Description()
+    signatures = []
+    for i in range(model.SignatureDefsLength()):
+        sig = model.SignatureDefs(i)
+        signatures.append(
+            SignatureInfo(
+                key=_text(sig.SignatureKey()),
+                inputs=tuple(_text(sig.Inputs(j).Name()) for j in range(sig.InputsLength())),
+                outputs=tuple(_text(sig.Outputs(j).Name()) for j in range(sig.OutputsLength())),
+            )
+        )
     return ModelInfo(
         size=len(data),
         inputs=inputs,
@@ -171,7 +193,47 @@ def _inspect(schema: Any, data: bytes) -> ModelInfo:
         builtin_ops=tuple(sorted(builtin)),
         custom_ops=tuple(sorted(custom)),
         description=raw_desc.decode("utf-8", "replace") if raw_desc else "",
+        signatures=tuple(signatures),
+        activation_bytes=_activation_bytes(model, graph, type_names),
     )
+
+
+def _text(raw: bytes | None) -> str:
+    return raw.decode("utf-8", "replace") if raw else ""
+
+
+_ITEM_SIZE = {
+    "float32": 4,
+    "float16": 2,
+    "float64": 8,
+    "int32": 4,
+    "uint8": 1,
+    "int64": 8,
+    "bool": 1,
+    "int16": 2,
+    "int8": 1,
+    "uint32": 4,
+    "uint16": 2,
+    "uint64": 8,
+}
+
+
+def _activation_bytes(model: Any, graph: Any, type_names: dict[int, str]) -> int:
+    """Bytes of the tensors that hold no constant data: an upper bound of one arena."""
+    total = 0
+    for i in range(graph.TensorsLength()):
+        tensor = graph.Tensors(i)
+        buffer_index = tensor.Buffer()
+        if 0 < buffer_index < model.BuffersLength():
+            buffer = model.Buffers(buffer_index)
+            if buffer is not None and (buffer.DataLength() > 0 or buffer.Size() > 0):
+                continue  # constant weights live in the (shared, mapped) model file
+        count = 1
+        for dim in tensor.ShapeAsNumpy() if tensor.ShapeLength() else ():
+            count *= max(int(dim), 1)
+        dtype = _TYPE_TO_DTYPE.get(type_names.get(tensor.Type(), ""), "")
+        total += count * _ITEM_SIZE.get(dtype, 4)
+    return total
 
 
 def inspect_model_file(path: Path) -> ModelInfo:

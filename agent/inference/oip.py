@@ -17,7 +17,13 @@ import grpc
 import numpy as np
 
 from agent import __version__
-from agent.errors import InferenceError, InputError
+from agent.errors import (
+    AgentError,
+    InferenceError,
+    InputError,
+    ModelNotFoundError,
+    QueueFullError,
+)
 from agent.inference.engine import Engine, LoadedModel
 from agent.inference.modelfile import TensorInfo
 from protos import inference_pb2 as pb
@@ -75,7 +81,22 @@ class _AbortError(Exception):
         self.message = message
 
 
-def _decode_inputs(request: pb.ModelInferRequest, model: LoadedModel) -> list[np.ndarray]:
+def _quantize(values: np.ndarray, tensor: TensorInfo) -> np.ndarray:
+    """Real values to the tensor's integer encoding: round(x / scale) + zero_point, clipped."""
+    info = np.iinfo(np.dtype(tensor.dtype))
+    q = np.round(values.astype(np.float64) / tensor.scale) + tensor.zero_point
+    return np.clip(q, info.min, info.max).astype(np.dtype(tensor.dtype))
+
+
+def _accepts_float(tensor: TensorInfo) -> bool:
+    return tensor.quantized and tensor.dtype in ("uint8", "int8", "int16")
+
+
+def _decode_inputs(
+    request: pb.ModelInferRequest, model: LoadedModel
+) -> tuple[list[np.ndarray], bool]:
+    """The request's inputs as arrays in graph order, and whether the client sent real values
+    for quantized inputs (then outputs go back dequantized too)."""
     expected = {t.name: (i, t) for i, t in enumerate(model.info.inputs)}
     if len(request.inputs) != len(expected):
         raise _AbortError(
@@ -89,6 +110,7 @@ def _decode_inputs(request: pb.ModelInferRequest, model: LoadedModel) -> list[np
             f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs",
         )
     arrays: list[np.ndarray | None] = [None] * len(expected)
+    real_values = False
     for position, given in enumerate(request.inputs):
         if given.name not in expected:
             names = ", ".join(sorted(expected))
@@ -98,18 +120,22 @@ def _decode_inputs(request: pb.ModelInferRequest, model: LoadedModel) -> list[np
             )
         index, tensor = expected[given.name]
         want = DTYPE_TO_OIP.get(tensor.dtype)
-        if given.datatype != want:
+        as_float = given.datatype == "FP32" and _accepts_float(tensor)
+        if given.datatype != want and not as_float:
+            also = " (or FP32 real values)" if _accepts_float(tensor) else ""
             raise _AbortError(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"input {given.name!r} must be {want}, request says {given.datatype}",
+                f"input {given.name!r} must be {want}{also}, request says {given.datatype}",
             )
+        real_values = real_values or as_float
         if tuple(given.shape) != tensor.shape:
             raise _AbortError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"input {given.name!r} must have shape {list(tensor.shape)}, "
                 f"request says {list(given.shape)}",
             )
-        dtype = np.dtype(tensor.dtype).newbyteorder("<")
+        wire = np.dtype("float32") if as_float else np.dtype(tensor.dtype)
+        dtype = wire.newbyteorder("<")
         count = int(np.prod(tensor.shape)) if tensor.shape else 1
         if raw:
             data = raw[position]
@@ -130,8 +156,26 @@ def _decode_inputs(request: pb.ModelInferRequest, model: LoadedModel) -> list[np
                     f"got {len(values)}",
                 )
             array = np.asarray(values).astype(dtype)
-        arrays[index] = array.astype(np.dtype(tensor.dtype), copy=False).reshape(tensor.shape)
-    return [a for a in arrays if a is not None]
+        array = array.reshape(tensor.shape)
+        if as_float:
+            array = _quantize(array, tensor)
+        arrays[index] = array.astype(np.dtype(tensor.dtype), copy=False)
+    return [a for a in arrays if a is not None], real_values
+
+
+_ENGINE_ERRORS: tuple[tuple[type[AgentError], grpc.StatusCode], ...] = (
+    (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (QueueFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (InputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (InferenceError, grpc.StatusCode.INTERNAL),
+)
+
+
+def _status_for(exc: AgentError) -> grpc.StatusCode:
+    for kind, code in _ENGINE_ERRORS:
+        if isinstance(exc, kind):
+            return code
+    return grpc.StatusCode.UNAVAILABLE  # the model exists but cannot be loaded now
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -139,7 +183,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, engine: Engine, *, is_ready: Callable[[], bool] | None = None) -> None:
         self._engine = engine
-        self._is_ready = is_ready or (lambda: bool(engine.models()))
+        self._is_ready = is_ready or (lambda: any(s.state == "READY" for s in engine.index()))
 
     def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:  # noqa: N802
         return pb.ServerLiveResponse(live=True)
@@ -150,24 +194,28 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def ServerMetadata(  # noqa: N802
         self, request: pb.ServerMetadataRequest, context: Any
     ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name="edgefleet-agent", version=__version__, extensions=[])
+        return pb.ServerMetadataResponse(
+            name="edgefleet-agent", version=__version__, extensions=["model_repository"]
+        )
 
     def _model(self, name: str, version: str, context: Any) -> LoadedModel:
-        model = self._engine.get(name)
-        if model is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"model {name!r} is not loaded on this device")
-        assert model is not None  # noqa: S101 - abort raises; this informs the type checker
-        if version and version != model.version:
-            context.abort(
-                grpc.StatusCode.NOT_FOUND,
-                f"model {name!r} version {version!r} is not loaded (loaded: {model.version})",
-            )
-        return model
+        try:
+            return self._engine.get(name, version)
+        except AgentError as exc:
+            context.abort(_status_for(exc), str(exc))
+            raise  # unreachable: abort raises
 
     def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:  # noqa: N802
-        model = self._engine.get(request.name)
-        ready = model is not None and (not request.version or request.version == model.version)
-        return pb.ModelReadyResponse(ready=ready)
+        # Ready: loaded, or loadable on demand (registered, and no load failure recorded).
+        for status in self._engine.index():
+            if status.name == request.name and request.version in ("", status.version):
+                loadable = status.reason in (
+                    "not loaded yet",
+                    "unloaded",
+                    "evicted (memory budget)",
+                )
+                return pb.ModelReadyResponse(ready=status.state == "READY" or loadable)
+        return pb.ModelReadyResponse(ready=False)
 
     def ModelMetadata(  # noqa: N802
         self, request: pb.ModelMetadataRequest, context: Any
@@ -184,15 +232,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:  # noqa: N802
         model = self._model(request.model_name, request.model_version, context)
         try:
-            inputs = _decode_inputs(request, model)
+            inputs, real_values = _decode_inputs(request, model)
             outputs = model.infer(inputs)
         except _AbortError as exc:
             context.abort(exc.code, exc.message)
-        except InputError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except InferenceError as exc:
-            log.warning("inference failed: %s", exc)
-            context.abort(grpc.StatusCode.INTERNAL, str(exc))
+        except AgentError as exc:
+            if isinstance(exc, InferenceError):
+                log.warning("inference failed: %s", exc)
+            context.abort(_status_for(exc), str(exc))
         wanted = {o.name for o in request.outputs}
         known = {t.name for t in model.info.outputs}
         unknown = wanted - known
@@ -206,12 +253,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
         response.parameters["edgefleet.path"].string_param = "local"
         response.parameters["edgefleet.backend"].string_param = model.backend
-        for tensor, array in zip(model.info.outputs, outputs, strict=True):
+        for tensor, raw in zip(model.info.outputs, outputs, strict=True):
             if wanted and tensor.name not in wanted:
                 continue
+            array = raw
+            if real_values and tensor.quantized:
+                array = ((raw.astype(np.float32) - tensor.zero_point) * tensor.scale).astype(
+                    np.float32
+                )
             response.outputs.add(
                 name=tensor.name,
-                datatype=DTYPE_TO_OIP.get(tensor.dtype, tensor.dtype.upper()),
+                datatype=DTYPE_TO_OIP.get(array.dtype.name, array.dtype.name.upper()),
                 shape=list(array.shape),
             )
             response.raw_output_contents.append(
@@ -219,13 +271,42 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
         return response
 
+    def RepositoryIndex(  # noqa: N802
+        self, request: pb.RepositoryIndexRequest, context: Any
+    ) -> pb.RepositoryIndexResponse:
+        response = pb.RepositoryIndexResponse()
+        for status in self._engine.index():
+            if request.ready and status.state != "READY":
+                continue
+            response.models.add(
+                name=status.name, version=status.version, state=status.state, reason=status.reason
+            )
+        return response
+
+    def RepositoryModelLoad(  # noqa: N802
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        self._model(request.model_name, "", context)
+        return pb.RepositoryModelLoadResponse()
+
+    def RepositoryModelUnload(  # noqa: N802
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        if not any(s.name == request.model_name for s in self._engine.index()):
+            context.abort(
+                grpc.StatusCode.NOT_FOUND, f"model {request.model_name!r} is not on this device"
+            )
+        self._engine.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
 
 def create_server(
     engine: Engine,
     *,
     socket_path: Path | None = None,
     tcp_address: str | None = None,
-    max_workers: int = 4,
+    max_workers: int = 16,
+    max_concurrent_rpcs: int = 128,
     is_ready: Callable[[], bool] | None = None,
 ) -> tuple[grpc.Server, int | None]:
     """Build (not start) the OIP v2 server; return it and the bound TCP port, if any.
@@ -235,6 +316,8 @@ def create_server(
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="oip"),
+        # Past this many calls in progress gRPC answers RESOURCE_EXHAUSTED instead of queueing.
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -250,6 +333,8 @@ def create_server(
             socket_path.unlink()  # left by a previous run that was killed
         if server.add_insecure_port(f"unix:{socket_path}") == 0:
             raise OSError(f"cannot listen on unix socket {socket_path}")
+        # Owner and group (the apps allowed to use the device's models), nobody else.
+        socket_path.chmod(0o660)
     if tcp_address:
         port = server.add_insecure_port(tcp_address)
         if port == 0:

@@ -19,7 +19,7 @@ import numpy as np
 from agent.client import DeviceClient, sha256_of_prefix
 from agent.errors import AgentError, DownloadError, ManifestError, TransientError
 from agent.identity import Identity
-from agent.inference.engine import Engine, LoadedModel, load_model
+from agent.inference.engine import Engine, LoadedModel
 from agent.inference.modelfile import MAX_MODEL_BYTES
 from agent.updates.store import ActiveEntry, ModelStore
 from agent.updates.verify import InstalledModel, verify_manifest
@@ -52,7 +52,6 @@ class Updater:
         engine: Engine,
         client: DeviceClient,
         identity: Identity,
-        num_threads: int,
         clock: Callable[[], float] = time.time,
         download_deadline_s: float = 600.0,
     ) -> None:
@@ -60,18 +59,17 @@ class Updater:
         self._engine = engine
         self._client = client
         self._identity = identity
-        self._threads = num_threads
         self._clock = clock
         self._deadline = download_deadline_s
         self._refused: set[bytes] = set()  # envelopes refused for good; not retried each check-in
 
     @staticmethod
-    def load_active_into(store: ModelStore, engine: Engine, num_threads: int) -> None:
+    def load_active_into(store: ModelStore, engine: Engine) -> None:
         """Serve what the store says is active (at start, before talking to the server)."""
         for name, entry in store.active().items():
             path = store.artifact_path(name, entry.sha256)
             try:
-                model = load_model(path, name, entry.version, num_threads=num_threads)
+                model = engine.load(name, entry.version, path)
             except AgentError as exc:
                 log.error("cannot load active model %s %s: %s", name, entry.version, exc)
                 continue
@@ -137,7 +135,7 @@ class Updater:
                 model_name=manifest.model_name, version=manifest.version, state=device_pb2.VERIFIED
             )
         )
-        model = load_model(path, manifest.model_name, manifest.version, num_threads=self._threads)
+        model = self._engine.load(manifest.model_name, manifest.version, path)
         smoke_test(model)
         self._store.set_active(
             manifest.model_name,
