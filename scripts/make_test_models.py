@@ -2,6 +2,9 @@
 
     python scripts/make_test_models.py OUT_DIR
 
+Also writes ``heavy_float.tflite``, a small float CNN that takes milliseconds per invoke, for
+benchmarks and engine tests that need a model which is busy long enough to observe.
+
 Writes ``color_float.tflite`` (float32 input), ``color_int8.tflite`` (int8 input, scale 2/255,
 zero point 0, dequantized inside the graph) and ``color_labels.txt`` (red, green, blue). Both
 compute softmax(4 * mean colour per channel), so the top-1 of an image is its dominant channel:
@@ -113,10 +116,110 @@ def build(int8_input: bool) -> bytes:
         graph_input = 7
     else:
         tensors[0].name = b"image"
+    return _finish(
+        tensors,
+        [graph_input],
+        [6],
+        ops=ops,
+        codes=codes,
+        buffers=buffers,
+        description=b"EdgeFleet test colour classifier (scripts/make_test_models.py)",
+    )
+
+
+def build_heavy() -> bytes:
+    """A float CNN whose single-thread invoke takes milliseconds, not microseconds.
+
+    224x224x3 -> conv 3x3/2 (32) -> conv 3x3 (64) -> conv 3x3 (64) -> mean -> fully connected
+    (10) -> softmax: about 1.5 GFLOP, for throughput and worker-scaling benchmarks.
+    """
+    f32, i32 = s.TensorType.FLOAT32, s.TensorType.INT32
+    rng = np.random.default_rng(7)
+    layers = [(32, 3, 2), (64, 32, 1), (64, 64, 1)]  # (out channels, in channels, stride)
+    buffers = [_buffer(None)]
+    tensors = [_tensor("image", [1, 224, 224, 3], f32)]
+    codes = [
+        _opcode(s.BuiltinOperator.CONV_2D),
+        _opcode(s.BuiltinOperator.MEAN),
+        _opcode(s.BuiltinOperator.FULLY_CONNECTED),
+        _opcode(s.BuiltinOperator.SOFTMAX),
+    ]
+    ops = []
+    current = 0
+    for i, (out_c, in_c, stride) in enumerate(layers):
+        weights = (rng.standard_normal((out_c, 3, 3, in_c)) * (1.0 / (3 * in_c))).astype("<f4")
+        buffers += [_buffer(weights.tobytes()), _buffer(np.zeros(out_c, dtype="<f4").tobytes())]
+        tensors += [
+            _tensor(f"w{i}", [out_c, 3, 3, in_c], f32, buffer=len(buffers) - 2),
+            _tensor(f"b{i}", [out_c], f32, buffer=len(buffers) - 1),
+            _tensor(f"conv{i}", [1, 112, 112, out_c], f32),
+        ]
+        options = s.Conv2DOptionsT()
+        options.padding = s.Padding.SAME
+        options.strideW = options.strideH = stride
+        options.dilationWFactor = options.dilationHFactor = 1
+        options.fusedActivationFunction = s.ActivationFunctionType.RELU
+        n = len(tensors)
+        ops.append(
+            _operator(0, [current, n - 3, n - 2], [n - 1], s.BuiltinOptions.Conv2DOptions, options)
+        )
+        current = n - 1
+    fc = (rng.standard_normal((10, 64)) * 0.1).astype("<f4")
+    buffers += [
+        _buffer(np.array([1, 2], dtype="<i4").tobytes()),
+        _buffer(fc.tobytes()),
+        _buffer(np.zeros(10, dtype="<f4").tobytes()),
+    ]
+    base = len(tensors)
+    nb = len(buffers)
+    tensors += [
+        _tensor("axes", [2], i32, buffer=nb - 3),  # base
+        _tensor("pooled", [1, 64], f32),  # base + 1
+        _tensor("fc_w", [10, 64], f32, buffer=nb - 2),  # base + 2
+        _tensor("fc_b", [10], f32, buffer=nb - 1),  # base + 3
+        _tensor("logits", [1, 10], f32),  # base + 4
+        _tensor("scores", [1, 10], f32),  # base + 5
+    ]
+    reducer = s.ReducerOptionsT()
+    reducer.keepDims = False
+    softmax = s.SoftmaxOptionsT()
+    softmax.beta = 1.0
+    ops += [
+        _operator(1, [current, base], [base + 1], s.BuiltinOptions.ReducerOptions, reducer),
+        _operator(
+            2,
+            [base + 1, base + 2, base + 3],
+            [base + 4],
+            s.BuiltinOptions.FullyConnectedOptions,
+            s.FullyConnectedOptionsT(),
+        ),
+        _operator(3, [base + 4], [base + 5], s.BuiltinOptions.SoftmaxOptions, softmax),
+    ]
+    return _finish(
+        tensors,
+        [0],
+        [base + 5],
+        ops=ops,
+        codes=codes,
+        buffers=buffers,
+        description=b"EdgeFleet heavy test CNN",
+    )
+
+
+def _finish(
+    tensors: list[Any],
+    inputs: list[int],
+    outputs: list[int],
+    *,
+    ops: list[Any],
+    codes: list[Any],
+    buffers: list[Any],
+    description: bytes,
+) -> bytes:
     graph = s.SubGraphT()
     graph.tensors = tensors
-    graph.inputs = [graph_input]
-    graph.outputs = [6]
+    graph.inputs = inputs
+    graph.outputs = outputs
     graph.operators = ops
     graph.name = b"main"
     model = s.ModelT()
@@ -124,7 +227,7 @@ def build(int8_input: bool) -> bytes:
     model.operatorCodes = codes
     model.subgraphs = [graph]
     model.buffers = buffers
-    model.description = b"EdgeFleet test colour classifier (scripts/make_test_models.py)"
+    model.description = description
     builder = flatbuffers.Builder(4096)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
@@ -139,7 +242,11 @@ def main(argv: list[str]) -> int:
     (out / "color_float.tflite").write_bytes(build(int8_input=False))
     (out / "color_int8.tflite").write_bytes(build(int8_input=True))
     (out / "color_labels.txt").write_text("\n".join(LABELS) + "\n", encoding="utf-8")
-    print(f"wrote color_float.tflite, color_int8.tflite, color_labels.txt to {out}")
+    (out / "heavy_float.tflite").write_bytes(build_heavy())
+    print(
+        f"wrote color_float.tflite, color_int8.tflite, color_labels.txt, heavy_float.tflite "
+        f"to {out}"
+    )
     return 0
 
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from agent.errors import InputError
+from agent.errors import InputError, ModelFileError, ModelNotFoundError, QueueFullError
 from agent.inference.engine import Engine, load_model
-from agent.inference.metrics import ModelMetrics
+from agent.inference.metrics import ModelMetrics, prometheus_text
+from agent.inference.modelfile import inspect_model_file
 from tests.harness import DATA
 
 
@@ -59,3 +62,135 @@ def test_the_agent_does_not_import_server_only_dependencies() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == ""
+
+
+def _engine(budget: int = 0, workers: int = 1, queue_depth: int = 0) -> Engine:
+    from agent.inference.engine import EngineOptions
+
+    return Engine(
+        EngineOptions(workers=workers, queue_depth=queue_depth, memory_budget_bytes=budget)
+    )
+
+
+def test_a_full_queue_is_refused_at_once_and_counted(color_models: Path) -> None:
+    engine = _engine(workers=1, queue_depth=0)
+    model = engine.load("heavy", "1", color_models / "heavy_float.tflite")
+    engine.put(model)
+    data = np.zeros((1, 224, 224, 3), dtype=np.float32)
+    stop = threading.Event()
+
+    def busy() -> None:
+        while not stop.is_set():
+            model.infer([data])
+
+    worker = threading.Thread(target=busy)
+    worker.start()
+    try:
+        refused = 0
+        for _ in range(2000):
+            try:
+                model.infer([data])
+            except QueueFullError:
+                refused += 1
+                break
+    finally:
+        stop.set()
+        worker.join()
+    assert refused == 1
+    assert model.stats.rejected == 1
+
+
+def test_two_workers_serve_two_requests_at_once(color_models: Path) -> None:
+    engine = _engine(workers=2, queue_depth=0)
+    model = engine.load("heavy", "1", color_models / "heavy_float.tflite")
+    data = np.zeros((1, 224, 224, 3), dtype=np.float32)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            for _ in range(10):
+                model.infer([data])
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []  # admission = 2 workers: neither thread was ever refused
+    assert model.stats.requests == 20 and model.stats.rejected == 0
+
+
+def test_lazy_models_load_on_first_request_and_lru_eviction_keeps_the_budget(
+    color_models: Path,
+) -> None:
+    floats, int8 = color_models / "color_float.tflite", color_models / "color_int8.tflite"
+    one = inspect_model_file(floats)
+    budget = one.size + one.activation_bytes + 1024  # room for about one model
+    engine = _engine(budget=budget)
+    engine.register("a", "1", floats, pinned=False)
+    engine.register("b", "1", int8, pinned=False)
+    assert [s.state for s in engine.index()] == ["UNAVAILABLE", "UNAVAILABLE"]
+    assert engine.get("a").version == "1"
+    assert [s.state for s in engine.index()] == ["READY", "UNAVAILABLE"]
+    engine.get("b")
+    states = {s.name: (s.state, s.reason) for s in engine.index()}
+    assert states["a"] == ("UNAVAILABLE", "evicted (memory budget)")
+    assert states["b"][0] == "READY"
+    assert engine.evictions == 1
+    engine.get("a")  # comes back on demand
+    assert engine.loads == 3 and engine.evictions == 2
+    assert engine.memory_bytes() <= budget
+
+
+def test_pinned_models_are_never_evicted(color_models: Path) -> None:
+    floats, int8 = color_models / "color_float.tflite", color_models / "color_int8.tflite"
+    engine = _engine(budget=1)  # nothing fits: the pinned model must still be served
+    engine.put(engine.load("a", "1", floats), pinned=True)
+    engine.register("b", "1", int8, pinned=False)
+    engine.get("b")
+    assert engine.peek("a") is not None and engine.evictions == 0
+
+
+def test_a_model_that_cannot_load_fails_alone(color_models: Path) -> None:
+    engine = _engine()
+    engine.register("broken", "1", DATA / "invalid_model_invoking_error.tflite", pinned=False)
+    engine.put(engine.load("good", "1", color_models / "color_float.tflite"))
+    with pytest.raises(ModelFileError, match="unresolved custom op"):
+        engine.get("broken")
+    (status,) = [s for s in engine.index() if s.name == "broken"]
+    assert status.state == "UNAVAILABLE" and "unresolved custom op" in status.reason
+    assert engine.get("good").infer([np.zeros((1, 32, 32, 3), dtype=np.float32)])
+    with pytest.raises(ModelNotFoundError):
+        engine.get("nope")
+    with pytest.raises(ModelNotFoundError, match="version '2'"):
+        engine.get("good", "2")
+
+
+def test_prometheus_text_has_counters_and_histograms(color_models: Path) -> None:
+    engine = _engine()
+    model = engine.load("colors", "1.0.0", color_models / "color_float.tflite")
+    engine.put(model)
+    for _ in range(3):
+        model.infer([np.zeros((1, 32, 32, 3), dtype=np.float32)])
+    text = prometheus_text(
+        [(m.name, m.version, m.backend, m.stats) for m in engine.models()],
+        {"loaded_models": 1.0},
+    )
+    labels = 'model="colors",version="1.0.0",backend="cpu"'
+    assert f"edgefleet_inference_requests_total{{{labels}}} 3" in text
+    assert f'edgefleet_inference_compute_seconds_bucket{{{labels},le="+Inf"}} 3' in text
+    assert f"edgefleet_inference_queue_seconds_count{{{labels}}} 3" in text
+    assert "edgefleet_engine_loaded_models 1" in text
+    assert text.endswith("\n")
+
+
+def test_an_unloaded_model_stays_unloaded_until_loaded_again(color_models: Path) -> None:
+    engine = _engine()
+    engine.put(engine.load("a", "1", color_models / "color_float.tflite"))
+    assert engine.unload("a") and not engine.unload("missing")
+    with pytest.raises(ModelNotFoundError, match="unloaded on request"):
+        engine.get("a")
+    assert engine.get("a", explicit_load=True).version == "1"
+    assert engine.peek("a") is not None

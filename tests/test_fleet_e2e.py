@@ -161,6 +161,42 @@ def test_float_requests_are_quantized_and_answered_in_float(
     assert 0.0 < float(scores.max()) <= 1.0  # dequantized softmax, not raw uint8
 
 
+def test_tritonclient_drives_the_model_repository_extension(
+    fleet: tuple[Server, list[Agent]], tmp_path: Path
+) -> None:
+    _server, agents = fleet
+    python = os.environ.get("EDGEFLEET_TRITON_PYTHON") or str(REPO / ".venv-triton/bin/python")
+    result = subprocess.run(
+        [
+            python,
+            str(REPO / "tests/tools/oip_client.py"),
+            f"unix:{agents[1].socket}",
+            "mobilenet",
+            "-",
+            "--repository",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["before"] == [{"name": "mobilenet", "version": "1.0.0", "state": "READY"}]
+    assert answer["ready_after_unload"] is False
+    assert answer["after_unload"][0]["state"] == "UNAVAILABLE"
+    assert answer["ready_after_load"] is True
+    # Unloaded on request means unloaded: inference is refused until it is loaded again,
+    # and the load above brought it back.
+    scores, _ = oip.infer(agents[1].socket, "mobilenet", "input", cat_tensor())
+    assert int(np.argmax(scores)) == predict_top1()
+
+
+def test_the_local_socket_is_owner_and_group_only(fleet: tuple[Server, list[Agent]]) -> None:
+    _server, agents = fleet
+    assert agents[0].socket.stat().st_mode & 0o777 == 0o660
+
+
 def test_oip_errors_are_status_codes_not_crashes(fleet: tuple[Server, list[Agent]]) -> None:
     _server, agents = fleet
     stub = oip.stub(agents[0].socket)

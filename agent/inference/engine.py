@@ -262,6 +262,7 @@ class _Entry:
     pinned: bool
     model: LoadedModel | None = None
     reason: str = "not loaded yet"
+    held: bool = False  # unloaded by an explicit request: stays unloaded until loaded again
 
 
 Loader = Callable[[Path, str, str], LoadedModel]
@@ -318,19 +319,24 @@ class Engine:
             self._entries[name] = _Entry(version, path, pinned)
 
     def unload(self, name: str) -> bool:
-        """Drop a model's interpreters (it stays registered and reloads on demand)."""
+        """Drop a model's interpreters on request; it stays unloaded until :meth:`get` is
+        called with ``explicit_load=True`` (evicted models, by contrast, reload on demand).
+
+        Returns False when no such model is registered.
+        """
         with self._lock:
             entry = self._entries.get(name)
-            if entry is None or entry.model is None:
+            if entry is None:
                 return False
-            entry.model = None
-            entry.reason = "unloaded"
+            entry.model, entry.reason, entry.held = None, "unloaded on request", True
             return True
 
     # serving ---------------------------------------------------------------------------------
 
-    def get(self, name: str, version: str = "") -> LoadedModel:
+    def get(self, name: str, version: str = "", *, explicit_load: bool = False) -> LoadedModel:
         """The model called ``name`` (and ``version``, if given), loading it if needed.
+
+        ``explicit_load`` also loads a model that was unloaded on request.
 
         Raises:
             ModelNotFoundError: unknown name or version.
@@ -346,13 +352,17 @@ class Engine:
                 )
             if entry.model is not None:
                 return entry.model
+            if entry.held and not explicit_load:
+                raise ModelNotFoundError(
+                    f"model {name!r} was unloaded on request; load it again first"
+                )
             try:
                 model = self.load(name, entry.version, entry.path)
             except AgentError as exc:
                 entry.reason = str(exc)
                 raise
             self._make_room(model.memory_bytes, keep=name)
-            entry.model, entry.reason = model, ""
+            entry.model, entry.reason, entry.held = model, "", False
             log.info("loaded %s %s on demand", name, entry.version)
             return model
 

@@ -198,9 +198,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             name="edgefleet-agent", version=__version__, extensions=["model_repository"]
         )
 
-    def _model(self, name: str, version: str, context: Any) -> LoadedModel:
+    def _model(
+        self, name: str, version: str, context: Any, *, explicit_load: bool = False
+    ) -> LoadedModel:
         try:
-            return self._engine.get(name, version)
+            return self._engine.get(name, version, explicit_load=explicit_load)
         except AgentError as exc:
             context.abort(_status_for(exc), str(exc))
             raise  # unreachable: abort raises
@@ -286,7 +288,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def RepositoryModelLoad(  # noqa: N802
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
-        self._model(request.model_name, "", context)
+        self._model(request.model_name, "", context, explicit_load=True)
         return pb.RepositoryModelLoadResponse()
 
     def RepositoryModelUnload(  # noqa: N802

@@ -14,9 +14,27 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 
+def repository(client: grpcclient.InferenceServerClient, model: str) -> dict:
+    """Exercise the model repository extension: index, unload, load."""
+    before = client.get_model_repository_index(as_json=True)["models"]
+    client.unload_model(model)
+    ready_after_unload = client.is_model_ready(model)
+    index_after_unload = client.get_model_repository_index(as_json=True)["models"]
+    client.load_model(model)
+    return {
+        "before": before,
+        "ready_after_unload": ready_after_unload,
+        "after_unload": index_after_unload,
+        "ready_after_load": client.is_model_ready(model),
+    }
+
+
 def main() -> int:
     url, model, path = sys.argv[1:4]
     client = grpcclient.InferenceServerClient(url=url)
+    if "--repository" in sys.argv:
+        print(json.dumps(repository(client, model)))
+        return 0
     assert client.is_server_live()
     assert client.is_server_ready()
     assert client.is_model_ready(model)
