@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -55,10 +56,41 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hardware_options(args: argparse.Namespace) -> dict[str, object]:
+    """Backend options for one-shot commands: probe the Edge TPUs as the agent would."""
+    from agent.hardware.probe import probe  # noqa: PLC0415
+
+    if args.config:
+        config = load_config(args.config)
+        hw = config.hardware
+        info = probe(
+            config.agent.state_dir,
+            sysfs=hw.sysfs_root,
+            devfs=hw.dev_root,
+            edgetpu_library=hw.edgetpu_library,
+        )
+        library = info.libedgetpu or hw.edgetpu_library
+    else:
+        info = probe(Path.cwd())
+        library = info.libedgetpu or "libedgetpu.so.1"
+    return {
+        "edgetpus": tuple(t.device for t in info.edgetpus),
+        "edgetpu_library": library,
+        "prefer": args.backend,
+    }
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     if args.top_k < 1 or args.top_k > 1000:
         raise ConfigError("--top-k must be within 1..1000")
-    model = load_model(args.model, args.model.stem, "local", num_threads=args.threads, workers=1)
+    model = load_model(
+        args.model,
+        args.model.stem,
+        "local",
+        num_threads=args.threads,
+        workers=1,
+        **_hardware_options(args),  # type: ignore[arg-type]
+    )
     if len(model.info.inputs) != 1:
         raise AgentError(
             f"{args.model.name} has {len(model.info.inputs)} inputs; predict takes one image input"
@@ -74,6 +106,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 {
                     "model": str(args.model),
                     "input": str(args.input),
+                    "backend": model.backend,
+                    "device": model.device,
                     "top_k": [
                         {"label": r.label, "index": r.index, "score": round(r.score, 6)}
                         for r in results
@@ -87,18 +121,74 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_probe(args: argparse.Namespace) -> int:
-    from google.protobuf.json_format import MessageToDict  # noqa: PLC0415
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from agent.inference.bench import run_benchmark  # noqa: PLC0415
 
-    from agent.probe import probe  # noqa: PLC0415
-
-    caps = MessageToDict(probe(args.state_dir), preserving_proto_field_name=True)
+    if not 0.1 <= args.seconds <= 3600:
+        raise ConfigError("--seconds must be within 0.1..3600")
+    result = run_benchmark(
+        args.model,
+        threads=args.threads,
+        concurrency=args.concurrency,
+        seconds=args.seconds,
+        **_hardware_options(args),  # type: ignore[arg-type]
+    )
     if args.json:
-        print(json.dumps(caps, sort_keys=True))
-    else:
-        for key, value in sorted(caps.items()):
-            print(f"{key:16s} {value}")
+        print(json.dumps(dataclasses.asdict(result), sort_keys=True))
+        return 0
+    print(
+        f"{result.model}: {result.backend}{' ' + result.device if result.device else ''}, "
+        f"{result.threads} thread(s), concurrency {result.concurrency}, "
+        f"{result.requests} requests in {result.seconds:.1f} s"
+    )
+    print(
+        f"latency p50 {result.p50_ms:.3f} ms  p95 {result.p95_ms:.3f} ms  "
+        f"p99 {result.p99_ms:.3f} ms   throughput {result.throughput_per_s:.1f}/s"
+    )
+    print(f"host: {result.arch}, {result.cpu_cores} cores, {result.runtime}")
     return 0
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from agent.hardware.probe import probe  # noqa: PLC0415
+
+    if args.config:
+        config = load_config(args.config)
+        hw = config.hardware
+        info = probe(
+            config.agent.state_dir,
+            sysfs=hw.sysfs_root,
+            devfs=hw.dev_root,
+            edgetpu_library=hw.edgetpu_library,
+        )
+    else:
+        info = probe(args.state_dir)
+    data = dataclasses.asdict(info)
+    if args.json:
+        print(json.dumps(data, sort_keys=True))
+        return 0
+    for key, value in data.items():
+        if key == "edgetpus":
+            shown = ", ".join(f"{t['device']} ({t['state']}, {t['path']})" for t in value)
+            print(f"{key:20s} {shown or 'none'}")
+        elif key == "temperatures_c":
+            shown = ", ".join(f"{k} {v:.1f} C" for k, v in value.items())
+            print(f"{key:20s} {shown or 'none readable'}")
+        else:
+            print(f"{key:20s} {value if value != '' else '-'}")
+    return 0
+
+
+def _backend_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "cpu", "edgetpu"],
+        help="auto: Edge TPU for Edge TPU-compiled models, CPU otherwise",
+    )
+    parser.add_argument(
+        "--config", type=Path, help="take [hardware] settings (libedgetpu path) from this config"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,11 +228,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--std", type=float, help="pixel scale to divide by (default: from the input tensor)"
     )
     predict.add_argument("--threads", type=int, default=1, choices=range(1, 65), metavar="N")
+    _backend_arguments(predict)
     predict.set_defaults(func=_cmd_predict)
+
+    bench = sub.add_parser(
+        "bench",
+        help="measure a model's latency and throughput on this device",
+        description="Run a model on random input for a while and report p50/p95/p99 latency and "
+        "throughput, with the host described, so results compare across hardware.",
+    )
+    bench.add_argument("model", type=Path, help="a .tflite model")
+    bench.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        choices=range(1, 65),
+        metavar="N",
+        help="CPU threads per interpreter",
+    )
+    bench.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        choices=range(1, 33),
+        metavar="N",
+        help="parallel requests (each with its own interpreter on the CPU)",
+    )
+    bench.add_argument("--seconds", type=float, default=5.0, help="measuring time (default 5)")
+    bench.add_argument("--json", action="store_true")
+    _backend_arguments(bench)
+    bench.set_defaults(func=_cmd_bench)
 
     probe_cmd = sub.add_parser("probe", help="print this device's capabilities")
     probe_cmd.add_argument("--json", action="store_true")
     probe_cmd.add_argument("--state-dir", type=Path, default=Path("/var/lib/edgefleet-agent"))
+    probe_cmd.add_argument("--config", type=Path, help="probe as the agent with this config would")
     probe_cmd.set_defaults(func=_cmd_probe)
     return parser
 

@@ -25,6 +25,7 @@ __all__ = [
     "AgentConfig",
     "AgentSection",
     "ApiSection",
+    "HardwareSection",
     "InferenceSection",
     "ServerSection",
     "TelemetrySection",
@@ -63,6 +64,13 @@ class InferenceSection:
 
 
 @dataclass(frozen=True)
+class HardwareSection:
+    edgetpu_library: str = "libedgetpu.so.1"  # a name searched in the usual places, or a path
+    sysfs_root: Path = Path("/sys")  # for containers that mount the host's sysfs elsewhere
+    dev_root: Path = Path("/dev")
+
+
+@dataclass(frozen=True)
 class TelemetrySection:
     mqtt_url: str = ""  # overrides the URL the server hands out at enrollment
     interval_s: float = 10.0
@@ -74,6 +82,7 @@ class AgentConfig:
     server: ServerSection = field(default_factory=ServerSection)
     api: ApiSection = field(default_factory=ApiSection)
     inference: InferenceSection = field(default_factory=InferenceSection)
+    hardware: HardwareSection = field(default_factory=HardwareSection)
     telemetry: TelemetrySection = field(default_factory=TelemetrySection)
 
     def enrollment_token(self) -> str:

@@ -16,10 +16,10 @@ import time
 from agent.client import DeviceClient
 from agent.config import AgentConfig
 from agent.errors import AgentError, EnrollmentError, TransientError
+from agent.hardware.probe import HardwareInfo, probe, to_capabilities
 from agent.identity import Identity
 from agent.inference.engine import Engine, EngineOptions
 from agent.inference.oip import create_server
-from agent.probe import probe
 from agent.telemetry.mqtt import MqttPublisher, parse_mqtt_url
 from agent.telemetry.report import build_report
 from agent.updates.store import ModelStore
@@ -43,15 +43,20 @@ class Agent:
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
+        self.store = ModelStore(config.agent.state_dir)
+        hardware = self.probe()
+        if hardware.edgetpus:
+            log.info("Edge TPUs: %s", ", ".join(t.device for t in hardware.edgetpus))
         self.engine = Engine(
             EngineOptions(
                 workers=config.inference.workers,
                 queue_depth=config.inference.queue_depth,
                 num_threads=config.inference.num_threads,
                 memory_budget_bytes=config.inference.memory_budget_mb * 1024 * 1024,
+                edgetpus=tuple(t.device for t in hardware.edgetpus),
+                edgetpu_library=hardware.libedgetpu or config.hardware.edgetpu_library,
             )
         )
-        self.store = ModelStore(config.agent.state_dir)
         self.identity: Identity | None = None
         self._client = DeviceClient(config.server.address, timeout_s=config.server.timeout_s)
         self._started = time.monotonic()
@@ -93,6 +98,16 @@ class Agent:
             self._client.close()
             log.info("agent stopped")
 
+    def probe(self) -> HardwareInfo:
+        """What this device has now (free disk and temperatures change)."""
+        hw = self.config.hardware
+        return probe(
+            self.store.root,
+            sysfs=hw.sysfs_root,
+            devfs=hw.dev_root,
+            edgetpu_library=hw.edgetpu_library,
+        )
+
     def _enroll(self) -> Identity:
         token = self.config.enrollment_token()
         if not token:
@@ -105,7 +120,7 @@ class Agent:
             device_pb2.EnrollRequest(
                 enrollment_token=token,
                 requested_name=name[:64],
-                capabilities=probe(self.store.root),
+                capabilities=to_capabilities(self.probe()),
                 labels=self.config.agent.labels,
             )
         )
@@ -139,7 +154,7 @@ class Agent:
                     telemetry.start()
                 response = self._client.check_in(
                     device_pb2.CheckInRequest(
-                        capabilities=probe(self.store.root), active=self._active()
+                        capabilities=to_capabilities(self.probe()), active=self._active()
                     )
                 )
                 updater.apply(response.desired)

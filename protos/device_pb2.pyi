@@ -22,7 +22,14 @@ INSTALLED: UpdateState
 FAILED: UpdateState
 
 class Capabilities(_message.Message):
-    __slots__ = ("arch", "cpu_cores", "memory_bytes", "disk_free_bytes", "edgetpu_count", "runtime", "runtime_version", "agent_version", "os")
+    __slots__ = ("arch", "cpu_cores", "memory_bytes", "disk_free_bytes", "edgetpu_count", "runtime", "runtime_version", "agent_version", "os", "edgetpus", "libedgetpu", "libedgetpu_version", "temperatures_c")
+    class TemperaturesCEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     ARCH_FIELD_NUMBER: _ClassVar[int]
     CPU_CORES_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +39,10 @@ class Capabilities(_message.Message):
     RUNTIME_VERSION_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     OS_FIELD_NUMBER: _ClassVar[int]
+    EDGETPUS_FIELD_NUMBER: _ClassVar[int]
+    LIBEDGETPU_FIELD_NUMBER: _ClassVar[int]
+    LIBEDGETPU_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURES_C_FIELD_NUMBER: _ClassVar[int]
     arch: str
     cpu_cores: int
     memory_bytes: int
@@ -41,7 +52,23 @@ class Capabilities(_message.Message):
     runtime_version: str
     agent_version: str
     os: str
-    def __init__(self, arch: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., edgetpu_count: _Optional[int] = ..., runtime: _Optional[str] = ..., runtime_version: _Optional[str] = ..., agent_version: _Optional[str] = ..., os: _Optional[str] = ...) -> None: ...
+    edgetpus: _containers.RepeatedCompositeFieldContainer[EdgeTpu]
+    libedgetpu: bool
+    libedgetpu_version: str
+    temperatures_c: _containers.ScalarMap[str, float]
+    def __init__(self, arch: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., edgetpu_count: _Optional[int] = ..., runtime: _Optional[str] = ..., runtime_version: _Optional[str] = ..., agent_version: _Optional[str] = ..., os: _Optional[str] = ..., edgetpus: _Optional[_Iterable[_Union[EdgeTpu, _Mapping]]] = ..., libedgetpu: _Optional[bool] = ..., libedgetpu_version: _Optional[str] = ..., temperatures_c: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class EdgeTpu(_message.Message):
+    __slots__ = ("device", "kind", "path", "state")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    kind: str
+    path: str
+    state: str
+    def __init__(self, device: _Optional[str] = ..., kind: _Optional[str] = ..., path: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
 
 class EnrollRequest(_message.Message):
     __slots__ = ("enrollment_token", "requested_name", "capabilities", "labels")

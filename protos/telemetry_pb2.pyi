@@ -19,7 +19,7 @@ class LatencySummary(_message.Message):
     def __init__(self, p50_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., mean_ms: _Optional[float] = ...) -> None: ...
 
 class ModelTelemetry(_message.Message):
-    __slots__ = ("model_name", "version", "backend", "requests", "errors", "latency", "window_requests")
+    __slots__ = ("model_name", "version", "backend", "requests", "errors", "latency", "window_requests", "device", "backend_reason", "rejected")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,9 @@ class ModelTelemetry(_message.Message):
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_FIELD_NUMBER: _ClassVar[int]
     WINDOW_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_REASON_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: str
     backend: str
@@ -34,7 +37,10 @@ class ModelTelemetry(_message.Message):
     errors: int
     latency: LatencySummary
     window_requests: int
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., backend: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., latency: _Optional[_Union[LatencySummary, _Mapping]] = ..., window_requests: _Optional[int] = ...) -> None: ...
+    device: str
+    backend_reason: str
+    rejected: int
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., backend: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., latency: _Optional[_Union[LatencySummary, _Mapping]] = ..., window_requests: _Optional[int] = ..., device: _Optional[str] = ..., backend_reason: _Optional[str] = ..., rejected: _Optional[int] = ...) -> None: ...
 
 class TelemetryReport(_message.Message):
     __slots__ = ("device_id", "seq", "sent_unix_ms", "models", "uptime_s")

@@ -55,6 +55,7 @@ def test_loaded_model_checks_inputs_and_counts() -> None:
 def test_the_agent_does_not_import_server_only_dependencies() -> None:
     code = (
         "import sys, agent.cli, agent.daemon, agent.updates.updater, agent.telemetry;"
+        "import agent.hardware;"
         "bad = sorted(m for m in ('sqlalchemy', 'amqtt', 'fleet_server') if m in sys.modules);"
         "print(','.join(bad))"
     )

@@ -17,7 +17,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import numpy as np
 
 from agent.errors import (
     AgentError,
+    DelegateError,
     InferenceError,
     InputError,
     ModelFileError,
@@ -33,8 +34,9 @@ from agent.errors import (
     QueueFullError,
     UnsupportedModelError,
 )
+from agent.inference.backends import choose_backend, load_edgetpu_delegate
 from agent.inference.metrics import ModelMetrics, StatsWindow
-from agent.inference.modelfile import ModelInfo, inspect_model_file
+from agent.inference.modelfile import EDGETPU_CUSTOM_OP, ModelInfo, inspect_model_file
 from agent.inference.runtime import find_runtime
 
 __all__ = [
@@ -58,6 +60,9 @@ class EngineOptions:
     num_threads: int = 1  # CPU threads per interpreter
     queue_timeout_s: float = 10.0  # longest wait for a free interpreter
     memory_budget_bytes: int = 0  # 0 = no budget
+    edgetpus: tuple[str, ...] = ()  # delegate device names found by the probe: "usb:0", ...
+    edgetpu_library: str = "libedgetpu.so.1"
+    prefer: str = "auto"  # "auto" | "cpu" | "edgetpu"
 
 
 class _Slot:
@@ -83,6 +88,8 @@ class LoadedModel:
         interpreters: Sequence[Any],
         *,
         backend: str = "cpu",
+        device: str = "",
+        backend_reason: str = "",
         queue_depth: int = 32,
         queue_timeout_s: float = 10.0,
     ) -> None:
@@ -93,6 +100,8 @@ class LoadedModel:
         self.path = path
         self.info = info
         self.backend = backend
+        self.device = device
+        self.backend_reason = backend_reason
         self.workers = len(interpreters)
         self.stats = ModelMetrics()
         self.last_used = time.monotonic()
@@ -199,6 +208,26 @@ class LoadedModel:
                 self._pool.put(slot)
 
 
+def _interpreter(
+    runtime: Any, path: Path, num_threads: int, delegates: list[Any], library: str
+) -> Any:
+    try:
+        interpreter = runtime.interpreter_cls(
+            model_path=str(path), num_threads=num_threads, experimental_delegates=delegates or None
+        )
+        interpreter.allocate_tensors()
+    except (RuntimeError, ValueError) as exc:
+        text = str(exc).strip()
+        first_line = text.splitlines()[0] if text else type(exc).__name__
+        if delegates and EDGETPU_CUSTOM_OP in text:
+            raise DelegateError(
+                f"the delegate from {library} did not take the model's {EDGETPU_CUSTOM_OP}: "
+                "is it libedgetpu, and is it as new as the compiler that built the model?"
+            ) from exc
+        raise ModelFileError(f"{path.name}: the runtime cannot load it: {first_line}") from exc
+    return interpreter
+
+
 def load_model(
     path: Path,
     name: str,
@@ -208,37 +237,47 @@ def load_model(
     workers: int = 1,
     queue_depth: int = 32,
     queue_timeout_s: float = 10.0,
+    edgetpus: Sequence[str] = (),
+    models_per_tpu: Mapping[str, int] | None = None,
+    edgetpu_library: str = "libedgetpu.so.1",
+    prefer: str = "auto",
 ) -> LoadedModel:
-    """Inspect, load and allocate a model on the CPU with ``workers`` interpreters.
+    """Inspect a model, choose its backend, and load it with its interpreter pool.
+
+    An Edge TPU-compiled model gets one interpreter on the chosen TPU (the TPU runs one
+    inference at a time); a CPU model gets ``workers`` interpreters with XNNPACK.
 
     Raises:
         ModelFileError: not a loadable TFLite model.
-        UnsupportedModelError: the model needs an Edge TPU.
+        UnsupportedModelError: an Edge TPU model and no Edge TPU.
+        DelegateError: the Edge TPU delegate could not be loaded or did not take the model.
         RuntimeMissingError: no TFLite runtime is installed.
     """
     info = inspect_model_file(path)
-    if info.edgetpu:
-        raise UnsupportedModelError(
-            f"{path.name} is compiled for the Edge TPU (contains edgetpu-custom-op) and cannot "
-            "run on the CPU; deploy the CPU variant of this model instead"
+    try:
+        choice = choose_backend(
+            info, edgetpus, models_per_tpu or {}, prefer=prefer, num_threads=num_threads
         )
+    except UnsupportedModelError as exc:
+        raise UnsupportedModelError(f"{path.name}: {exc}") from exc
     runtime = find_runtime()
-    interpreters = []
-    for _ in range(max(1, workers)):
-        try:
-            interpreter = runtime.interpreter_cls(model_path=str(path), num_threads=num_threads)
-            interpreter.allocate_tensors()
-        except (RuntimeError, ValueError) as exc:
-            text = str(exc).strip()
-            first_line = text.splitlines()[0] if text else type(exc).__name__
-            raise ModelFileError(f"{path.name}: the runtime cannot load it: {first_line}") from exc
-        interpreters.append(interpreter)
+    if choice.backend == "edgetpu":
+        delegate = load_edgetpu_delegate(runtime.load_delegate, edgetpu_library, choice.device)
+        interpreters = [_interpreter(runtime, path, num_threads, [delegate], edgetpu_library)]
+    else:
+        interpreters = [
+            _interpreter(runtime, path, num_threads, [], edgetpu_library)
+            for _ in range(max(1, workers))
+        ]
     return LoadedModel(
         name,
         version,
         path,
         info,
         interpreters,
+        backend=choice.backend,
+        device=choice.device,
+        backend_reason=choice.reason,
         queue_depth=queue_depth,
         queue_timeout_s=queue_timeout_s,
     )
@@ -265,7 +304,7 @@ class _Entry:
     held: bool = False  # unloaded by an explicit request: stays unloaded until loaded again
 
 
-Loader = Callable[[Path, str, str], LoadedModel]
+Loader = Callable[[Path, str, str, Mapping[str, int]], LoadedModel]
 
 
 class Engine:
@@ -279,7 +318,9 @@ class Engine:
         self.loads = 0
         self.evictions = 0
 
-    def _default_loader(self, path: Path, name: str, version: str) -> LoadedModel:
+    def _default_loader(
+        self, path: Path, name: str, version: str, models_per_tpu: Mapping[str, int]
+    ) -> LoadedModel:
         o = self.options
         return load_model(
             path,
@@ -289,17 +330,42 @@ class Engine:
             workers=o.workers,
             queue_depth=o.queue_depth,
             queue_timeout_s=o.queue_timeout_s,
+            edgetpus=o.edgetpus,
+            models_per_tpu=models_per_tpu,
+            edgetpu_library=o.edgetpu_library,
+            prefer=o.prefer,
         )
+
+    def _models_per_tpu(self, replacing: str) -> dict[str, int]:
+        with self._lock:
+            counts: dict[str, int] = {}
+            for name, entry in self._entries.items():
+                if entry.model is not None and entry.model.device and name != replacing:
+                    counts[entry.model.device] = counts.get(entry.model.device, 0) + 1
+            return counts
 
     # registration ----------------------------------------------------------------------------
 
-    def load(self, name: str, version: str, path: Path) -> LoadedModel:
+    def load(
+        self, name: str, version: str, path: Path, *, cpu_fallback: Path | None = None
+    ) -> LoadedModel:
         """Load and warm up a model without serving it yet (the updater smoke-tests it first).
+
+        When the model needs an Edge TPU that cannot be used (none present, delegate missing or
+        refusing the device) and ``cpu_fallback`` names the model's CPU variant, that variant is
+        loaded instead and the reason is kept in ``backend_reason`` (logged and reported).
 
         Raises:
             AgentError: the model cannot be loaded or run.
         """
-        model = self._loader(path, name, version)
+        try:
+            model = self._loader(path, name, version, self._models_per_tpu(name))
+        except (DelegateError, UnsupportedModelError) as exc:
+            if cpu_fallback is None:
+                raise
+            log.warning("%s %s: %s; serving its CPU variant instead", name, version, exc)
+            model = self._loader(cpu_fallback, name, version, {})
+            model.backend_reason = f"fell back to the CPU variant: {exc}"
         model.warm_up()
         with self._lock:
             self.loads += 1

@@ -27,6 +27,9 @@ def build_report(engine: Engine, *, device_id: str, seq: int, started: float) ->
             requests=window.requests_total,
             errors=window.errors_total,
             window_requests=window.window_requests,
+            device=model.device,
+            backend_reason=model.backend_reason[:256],
+            rejected=model.stats.rejected,
             latency=telemetry_pb2.LatencySummary(
                 p50_ms=window.p50_ms,
                 p95_ms=window.p95_ms,

@@ -148,17 +148,20 @@ class Updater:
         )
         previous = self._engine.put(model)
         log.info(
-            "activated %s %s (was %s)",
+            "activated %s %s on %s%s (was %s): %s",
             manifest.model_name,
             manifest.version,
+            model.backend,
+            f" {model.device}" if model.device else "",
             previous.version if previous else "none",
+            model.backend_reason,
         )
         self._client.report(
             device_pb2.StatusReport(
                 model_name=manifest.model_name,
                 version=manifest.version,
                 state=device_pb2.INSTALLED,
-                detail="loaded, smoke-tested and active",
+                detail=f"loaded, smoke-tested and active on {model.backend}",
             )
         )
 
