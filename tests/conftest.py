@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,41 @@ def agent_factory(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
     for agent in started:
         if agent.proc is not None:
             agent.proc.stop()
+
+
+@dataclass(frozen=True)
+class FakeEdgeTpu:
+    """The fake libedgetpu built from tests/fakes (see the C file: it runs nothing)."""
+
+    library: Path
+    not_a_delegate: Path
+
+
+@pytest.fixture(scope="session")
+def fake_edgetpu(tmp_path_factory: pytest.TempPathFactory) -> FakeEdgeTpu:
+    """Compile the fake Edge TPU delegate and a non-delegate library with gcc."""
+    out = tmp_path_factory.mktemp("fake-edgetpu")
+    fakes = REPO / "tests" / "fakes"
+    built = {}
+    for source, name in (
+        ("fake_edgetpu.c", "libfake_edgetpu.so"),
+        ("not_a_delegate.c", "libnot_a_delegate.so"),
+    ):
+        target = out / name
+        subprocess.run(
+            [
+                "gcc",
+                "-shared",
+                "-fPIC",
+                "-O2",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-o",
+                str(target),
+                str(fakes / source),
+            ],
+            check=True,
+        )
+        built[name] = target
+    return FakeEdgeTpu(built["libfake_edgetpu.so"], built["libnot_a_delegate.so"])
