@@ -53,6 +53,7 @@ class ServerSection:
 class ApiSection:
     socket: Path = Path("/run/edgefleet-agent/oip.sock")
     listen: str = ""  # optional TCP address, e.g. "127.0.0.1:8001"
+    metrics_listen: str = ""  # optional Prometheus endpoint, e.g. "127.0.0.1:9464"
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,8 @@ def _validate(config: AgentConfig) -> None:
         raise ConfigError("inference.memory_budget_mb must be within 0..1048576")
     if ":" not in config.server.address:
         raise ConfigError(f"server.address {config.server.address!r} must be host:port")
+    if config.api.metrics_listen and ":" not in config.api.metrics_listen:
+        raise ConfigError(f"api.metrics_listen {config.api.metrics_listen!r} must be host:port")
     if len(str(config.api.socket)) > 100:
         raise ConfigError(f"api.socket {config.api.socket} is longer than a unix socket allows")
     if config.telemetry.mqtt_url and not config.telemetry.mqtt_url.startswith(

@@ -19,6 +19,7 @@ from agent.errors import AgentError, EnrollmentError, TransientError
 from agent.hardware.probe import HardwareInfo, probe, to_capabilities
 from agent.identity import Identity
 from agent.inference.engine import Engine, EngineOptions
+from agent.inference.metrics_http import MetricsServer
 from agent.inference.oip import create_server
 from agent.telemetry.mqtt import MqttPublisher, parse_mqtt_url
 from agent.telemetry.report import build_report
@@ -80,6 +81,7 @@ class Agent:
         except OSError as exc:
             raise AgentError(f"cannot start the local inference API: {exc}") from exc
         server.start()
+        metrics = self._start_metrics()
         log.info(
             "local inference API on unix:%s%s",
             self.config.api.socket,
@@ -95,8 +97,22 @@ class Agent:
             if telemetry.is_alive():
                 telemetry.join(timeout=10)
             server.stop(grace=5).wait()
+            if metrics is not None:
+                metrics.stop()
             self._client.close()
             log.info("agent stopped")
+
+    def _start_metrics(self) -> MetricsServer | None:
+        address = self.config.api.metrics_listen
+        if not address:
+            return None
+        host, _, port = address.rpartition(":")
+        try:
+            metrics = MetricsServer(self.engine, host, int(port))
+        except (OSError, ValueError) as exc:
+            raise AgentError(f"cannot serve metrics on {address}: {exc}") from exc
+        metrics.start()
+        return metrics
 
     def probe(self) -> HardwareInfo:
         """What this device has now (free disk and temperatures change)."""

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,7 +70,7 @@ def agent_factory(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
     """Configure and start agents (stopped at the end of the test)."""
     started: list[Agent] = []
 
-    def factory(name: str, server: Server, **kwargs: float) -> Agent:
+    def factory(name: str, server: Server, **kwargs: Any) -> Agent:
         agent = make_agent(tmp_path, name, server, **kwargs).start()
         started.append(agent)
         return agent

@@ -236,7 +236,13 @@ class Agent:
 
 
 def make_agent(
-    folder: Path, name: str, server: Server, *, checkin_s: float = 1.0, telemetry_s: float = 1.0
+    folder: Path,
+    name: str,
+    server: Server,
+    *,
+    checkin_s: float = 1.0,
+    telemetry_s: float = 1.0,
+    metrics_port: int = 0,
 ) -> Agent:
     """Write an agent config for ``server`` in its own folder (not started)."""
     home = folder / name
@@ -256,6 +262,7 @@ timeout_s = 5.0
 
 [api]
 socket = "oip.sock"
+metrics_listen = "{f"127.0.0.1:{metrics_port}" if metrics_port else ""}"
 
 [telemetry]
 interval_s = {telemetry_s}

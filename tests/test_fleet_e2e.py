@@ -7,6 +7,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,17 @@ from agent.inference.modelfile import inspect_model_file
 from agent.inference.preprocess import image_to_tensor, load_image
 from protos import inference_pb2, manifest_pb2
 from tests import oip
-from tests.harness import DATA, REPO, Agent, Server, make_agent, run_cli, start_server, wait_for
+from tests.harness import (
+    DATA,
+    REPO,
+    Agent,
+    Server,
+    free_port,
+    make_agent,
+    run_cli,
+    start_server,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +83,10 @@ def fleet(
         "int8",
         "--deploy",
     )
-    agents = [make_agent(folder, name, server).start() for name in ("dev-a", "dev-b")]
+    agents = [
+        make_agent(folder, "dev-a", server, metrics_port=free_port()).start(),
+        make_agent(folder, "dev-b", server).start(),
+    ]
     try:
         for agent in agents:
             wait_state(server, agent.name, "mobilenet", "1.0.0", "INSTALLED")
@@ -190,6 +204,24 @@ def test_tritonclient_drives_the_model_repository_extension(
     # and the load above brought it back.
     scores, _ = oip.infer(agents[1].socket, "mobilenet", "input", cat_tensor())
     assert int(np.argmax(scores)) == predict_top1()
+
+
+def test_prometheus_metrics_count_the_requests(fleet: tuple[Server, list[Agent]]) -> None:
+    _server, agents = fleet
+    config = agents[0].config.read_text()
+    port = int(config.split('metrics_listen = "127.0.0.1:')[1].split('"')[0])
+    before = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    oip.infer(agents[0].socket, "mobilenet", "input", cat_tensor())
+    after = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    labels = 'model="mobilenet",version="1.0.0",backend="cpu"'
+
+    def count(text: str) -> int:
+        prefix = f"edgefleet_inference_requests_total{{{labels}}} "
+        return int(next(line for line in text.splitlines() if line.startswith(prefix)).split()[-1])
+
+    assert count(after) == count(before) + 1
+    assert "edgefleet_engine_loaded_models 1" in after
+    assert f'edgefleet_inference_compute_seconds_bucket{{{labels},le="+Inf"}}' in after
 
 
 def test_the_local_socket_is_owner_and_group_only(fleet: tuple[Server, list[Agent]]) -> None:
