@@ -1,39 +1,58 @@
-"""How much the agent adds on top of the raw runtime, on a real model.
+"""What the agent adds on top of the raw runtime and the transport, measured in one run.
 
-    python bench/bench_inference.py [--iterations N]
+    python bench/bench_inference.py [--quick]
 
-Measures, in one run on this machine, the per-request latency of MobileNet v1 0.25 (uint8, CPU):
-  1. raw LiteRT: Interpreter.set_tensor + invoke + get_tensor
-  2. the agent's engine: LoadedModel.infer (input checks, lock, statistics)
-  3. the agent's OIP v2 API over its unix socket (gRPC, protobuf, raw tensor bytes)
-and prints medians, p95 and the ratio of each to the raw runtime. Results go to
-docs/benchmarks.md with the machine and the date.
+Baselines and measurements (each ratio is taken within this one run, on this machine):
+  A. per-request latency, MobileNet v1 0.25 uint8 (tests/data), 1 thread:
+     raw LiteRT invoke; the agent's engine; a bare gRPC unary call over a unix socket carrying
+     the same request bytes and answering with the same response bytes (no model); the agent's
+     OIP v2 ModelInfer over its unix socket. Agent overhead = ModelInfer - echo - raw invoke.
+     A bare gRPC server that runs the same raw invoke is the baseline of the agent's own overhead.
+  B. throughput of a ~10 ms float CNN (scripts/make_test_models.py heavy_float.tflite):
+     raw single-interpreter loop vs the agent's OIP API with 2 workers, driven by a separate
+     client process with 2 threads (bench/load_client.py), as a device's apps would.
+  C. throughput of the small Coral model through the agent vs the bare gRPC echo's calls/s,
+     same client process.
+  D. a real `edgefleet-agent run` process serving two models from its store: time from start to
+     the first served inference, and its RSS.
+Prints a Markdown table for docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 
-from agent.inference.engine import Engine, load_model
+from agent.inference.engine import Engine, EngineOptions
 from agent.inference.oip import create_server
 from agent.inference.runtime import find_runtime
 from protos import inference_pb2, inference_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
-MODEL = REPO / "tests" / "data" / "mobilenet_v1_0.25_128_quant.tflite"
+DATA = REPO / "tests" / "data"
+SMALL = DATA / "mobilenet_v1_0.25_128_quant.tflite"
+LSTM = DATA / "keras_lstm_mnist_ptq.tflite"
+ECHO_METHOD = "/bench.Echo/Call"
+OIP_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
-def measure(fn: Callable[[], object], iterations: int, warmup: int = 20) -> list[float]:
+def measure(fn: Callable[[], object], iterations: int, warmup: int = 50) -> list[float]:
     """Latencies of ``fn`` in milliseconds after a warm-up."""
     for _ in range(warmup):
         fn()
@@ -45,57 +64,333 @@ def measure(fn: Callable[[], object], iterations: int, warmup: int = 20) -> list
     return samples
 
 
-def summary(name: str, samples: list[float], baseline: float | None) -> str:
-    median = statistics.median(samples)
-    p95 = float(np.percentile(samples, 95))
-    ratio = f"{median / baseline:6.2f}x" if baseline else "  1.00x"
-    return f"{name:34s} median {median:7.3f} ms   p95 {p95:7.3f} ms   {ratio}"
+def throughput(fn: Callable[[], object], clients: int, seconds: float) -> float:
+    """Calls per second of ``fn`` from ``clients`` threads for ``seconds``."""
+    for _ in range(5):
+        fn()
+    deadline = time.perf_counter() + seconds
+    counts = [0] * clients
+
+    def loop(i: int) -> None:
+        while time.perf_counter() < deadline:
+            fn()
+            counts[i] += 1
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - start)
+
+
+def remote_throughput(
+    sock: Path, method: str, payload: bytes, clients: int, seconds: float
+) -> float:
+    """Calls per second from a separate client process (bench/load_client.py)."""
+    payload_file = sock.parent / "payload.bin"
+    payload_file.write_bytes(payload)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "load_client.py"),
+            str(sock),
+            method,
+            str(payload_file),
+            str(clients),
+            str(seconds),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return float(out.stdout.strip())
+
+
+def bare_invoke_server(sock: Path, interpreter: Any, shape: tuple[int, ...]) -> grpc.Server:
+    """A bare gRPC server whose handler runs the raw interpreter on the request's tensor bytes:
+    transport plus invoke, with none of the agent's code."""
+    in_index = interpreter.get_input_details()[0]["index"]
+    out_index = interpreter.get_output_details()[0]["index"]
+    size = int(np.prod(shape))
+    lock = threading.Lock()
+
+    def handle(request: bytes, _context: Any) -> bytes:
+        parsed = inference_pb2.ModelInferRequest.FromString(request)
+        data = np.frombuffer(parsed.raw_input_contents[0][:size], dtype=np.uint8).reshape(shape)
+        with lock:
+            interpreter.set_tensor(in_index, data)
+            interpreter.invoke()
+            out = interpreter.get_tensor(out_index).tobytes()
+        return inference_pb2.ModelInferResponse(raw_output_contents=[out]).SerializeToString()
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Bare", {"Call": grpc.unary_unary_rpc_method_handler(handle)}
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"unix:{sock}")
+    server.start()
+    return server
+
+
+def echo_server(sock: Path, response: bytes) -> grpc.Server:
+    """A gRPC server whose one method answers every request with fixed bytes."""
+
+    def handle(_request: bytes, _context: Any) -> bytes:
+        return response
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo",
+        {"Call": grpc.unary_unary_rpc_method_handler(handle)},  # bytes in, bytes out
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"unix:{sock}")
+    server.start()
+    return server
+
+
+def oip_request(name: str, tensor_name: str, data: np.ndarray) -> inference_pb2.ModelInferRequest:
+    request = inference_pb2.ModelInferRequest(model_name=name)
+    request.inputs.add(
+        name=tensor_name,
+        datatype="UINT8" if data.dtype == np.uint8 else "FP32",
+        shape=list(data.shape),
+    )
+    request.raw_input_contents.append(data.tobytes())
+    return request
+
+
+def stats(samples: list[float]) -> tuple[float, float]:
+    return statistics.median(samples), float(np.percentile(samples, 95))
+
+
+def heavy_model(folder: Path) -> Path:
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "make_test_models.py"), str(folder)],
+        check=True,
+        capture_output=True,
+    )
+    return folder / "heavy_float.tflite"
+
+
+def agent_start(folder: Path) -> tuple[float, float, int]:
+    """Start a real agent serving two models from its store; (s to first inference, RSS MB)."""
+    import hashlib  # noqa: PLC0415
+
+    state = folder / "agent-state"
+    active = {}
+    for name, path in (("mobilenet", SMALL), ("lstm", LSTM)):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        target = state / "models" / name / f"{digest}.tflite"
+        target.parent.mkdir(parents=True)
+        shutil.copy(path, target)
+        active[name] = {
+            "version": "1.0.0",
+            "release_counter": 1,
+            "sha256": digest,
+            "filename": target.name,
+        }
+    (state / "active.json").write_text(json.dumps({"format": 1, "models": active}))
+    sock = folder / "agent.sock"
+    config = folder / "agent.toml"
+    config.write_text(
+        f'[agent]\nstate_dir = "{state}"\n[server]\naddress = "127.0.0.1:1"\n'
+        f'enrollment_token = "x"\n[api]\nsocket = "{sock}"\n'
+    )
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "run", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    # Retry fast: by default a gRPC channel backs off a full second after a failed connect.
+    channel = grpc.insecure_channel(
+        f"unix:{sock}",
+        options=[
+            ("grpc.initial_reconnect_backoff_ms", 5),
+            ("grpc.min_reconnect_backoff_ms", 5),
+            ("grpc.max_reconnect_backoff_ms", 20),
+        ],
+    )
+    stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+    request = oip_request("mobilenet", "input", np.zeros((1, 128, 128, 3), dtype=np.uint8))
+    try:
+        while True:
+            try:
+                stub.ModelInfer(request, timeout=1)
+                break
+            except grpc.RpcError:
+                if time.perf_counter() - start > 30:
+                    raise
+                time.sleep(0.005)
+        first = time.perf_counter() - start
+        for _ in range(200):
+            stub.ModelInfer(request)
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        rss_kb = int(
+            next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]
+        )
+        threads = len(list(Path(f"/proc/{proc.pid}/task").iterdir()))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return first, rss_kb / 1024.0, threads
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=500)
+    parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
     args = parser.parse_args()
+    n = 200 if args.quick else 2000
+    seconds = 1.0 if args.quick else 5.0
     runtime = find_runtime()
-    data = np.random.default_rng(0).integers(0, 256, (1, 128, 128, 3), dtype=np.uint8)
+    rng = np.random.default_rng(0)
+    small_input = rng.integers(0, 256, (1, 128, 128, 3), dtype=np.uint8)
+    rows: list[tuple[str, str, str, str]] = []
 
-    raw = runtime.interpreter_cls(model_path=str(MODEL), num_threads=1)
-    raw.allocate_tensors()
-    in_index = raw.get_input_details()[0]["index"]
-    out_index = raw.get_output_details()[0]["index"]
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        # A. latency -------------------------------------------------------------------------
+        raw = runtime.interpreter_cls(model_path=str(SMALL), num_threads=1)
+        raw.allocate_tensors()
+        i_in, i_out = raw.get_input_details()[0]["index"], raw.get_output_details()[0]["index"]
 
-    def raw_call() -> object:
-        raw.set_tensor(in_index, data)
-        raw.invoke()
-        return raw.get_tensor(out_index)
+        def raw_call() -> object:
+            raw.set_tensor(i_in, small_input)
+            raw.invoke()
+            return raw.get_tensor(i_out)
 
-    model = load_model(MODEL, "mobilenet", "1.0.0", num_threads=1)
-    engine = Engine()
-    engine.put(model)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        sock = Path(tmp) / "oip.sock"
-        server, _ = create_server(engine, socket_path=sock)
+        engine = Engine(EngineOptions(workers=2))
+        engine.put(engine.load("mobilenet", "1.0.0", SMALL))
+        model = engine.get("mobilenet")
+        server, _ = create_server(engine, socket_path=tmp / "oip.sock")
         server.start()
-        stub = inference_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(f"unix:{sock}"))
-        request = inference_pb2.ModelInferRequest(model_name="mobilenet")
-        request.inputs.add(name="input", datatype="UINT8", shape=[1, 128, 128, 3])
-        request.raw_input_contents.append(data.tobytes())
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(
+            grpc.insecure_channel(f"unix:{tmp / 'oip.sock'}")
+        )
+        request = oip_request("mobilenet", "input", small_input)
+        response_bytes = stub.ModelInfer(request).SerializeToString()
+        echo = echo_server(tmp / "echo.sock", response_bytes)
+        echo_call = grpc.insecure_channel(f"unix:{tmp / 'echo.sock'}").unary_unary(ECHO_METHOD)
+        request_bytes = request.SerializeToString()
 
-        raw_samples = measure(raw_call, args.iterations)
-        engine_samples = measure(lambda: model.infer([data]), args.iterations)
-        oip_samples = measure(lambda: stub.ModelInfer(request), args.iterations)
+        bare_interpreter = runtime.interpreter_cls(model_path=str(SMALL), num_threads=1)
+        bare_interpreter.allocate_tensors()
+        bare = bare_invoke_server(tmp / "bare.sock", bare_interpreter, (1, 128, 128, 3))
+        bare_call = grpc.insecure_channel(f"unix:{tmp / 'bare.sock'}").unary_unary(
+            "/bench.Bare/Call"
+        )
+
+        raw_s = measure(raw_call, n)
+        engine_s = measure(lambda: model.infer([small_input], record=False), n)
+        echo_s = measure(lambda: echo_call(request_bytes), n)
+        bare_s = measure(lambda: bare_call(request_bytes), n)
+        oip_s = measure(lambda: stub.ModelInfer(request), n)
+        raw_p50, echo_p50, oip_p50 = stats(raw_s)[0], stats(echo_s)[0], stats(oip_s)[0]
+        bare_p50 = stats(bare_s)[0]
+        kib = len(request_bytes) // 1024
+        for label, samples in (
+            ("raw LiteRT invoke (1 thread)", raw_s),
+            ("agent engine LoadedModel.infer", engine_s),
+            (f"bare gRPC echo, same {kib} KiB request, unix socket", echo_s),
+            ("bare gRPC server running the raw invoke, same request", bare_s),
+            ("agent OIP v2 ModelInfer, unix socket", oip_s),
+        ):
+            p50, p95 = stats(samples)
+            rows.append((label, f"{p50:.3f} ms", f"{p95:.3f} ms", f"{p50 / raw_p50:.2f}x raw"))
+        additive = oip_p50 - echo_p50 - raw_p50
+        rows.append(("ModelInfer - echo - raw invoke", f"{additive:.3f} ms", "", ""))
+        own = oip_p50 - bare_p50
+        rows.append(
+            (
+                "agent's own: ModelInfer - bare server with invoke",
+                f"{own:.3f} ms",
+                "",
+                "target <= 0.150 ms",
+            )
+        )
+        bare.stop(0)
+
+        # C. small-model throughput vs bare gRPC calls/s, client in its own process ---------------
+        echo_tp = remote_throughput(tmp / "echo.sock", ECHO_METHOD, request_bytes, 2, seconds)
+        oip_tp = remote_throughput(tmp / "oip.sock", OIP_INFER, request_bytes, 2, seconds)
+        rows.append(("bare gRPC echo, client process, 2 threads", f"{echo_tp:.0f}/s", "", "1.00x"))
+        rows.append(
+            (
+                "agent ModelInfer (mobilenet), 2 workers, same client",
+                f"{oip_tp:.0f}/s",
+                "",
+                f"{oip_tp / echo_tp:.2f}x echo",
+            )
+        )
+        echo.stop(0)
+
+        # B. heavy model: raw loop vs 2 workers ---------------------------------------------------
+        heavy = heavy_model(tmp)
+        heavy_raw = runtime.interpreter_cls(model_path=str(heavy), num_threads=1)
+        heavy_raw.allocate_tensors()
+        heavy_input = rng.standard_normal((1, 224, 224, 3)).astype(np.float32)
+        h_in = heavy_raw.get_input_details()[0]["index"]
+
+        def heavy_call() -> object:
+            heavy_raw.set_tensor(h_in, heavy_input)
+            heavy_raw.invoke()
+            return None
+
+        raw_tp = throughput(heavy_call, 1, seconds)
+        engine.put(engine.load("heavy", "1.0.0", heavy))
+        heavy_bytes = oip_request("heavy", "image", heavy_input).SerializeToString()
+        oip_heavy_tp = remote_throughput(tmp / "oip.sock", OIP_INFER, heavy_bytes, 2, seconds)
+        rows.append(
+            (
+                "heavy CNN raw single-interpreter loop",
+                f"{raw_tp:.1f}/s",
+                f"{1000 / raw_tp:.2f} ms each",
+                "1.00x",
+            )
+        )
+        rows.append(
+            (
+                "heavy CNN via agent ModelInfer, 2 workers, 2 clients",
+                f"{oip_heavy_tp:.1f}/s",
+                "",
+                f"{oip_heavy_tp / raw_tp:.2f}x raw (target 1.6x)",
+            )
+        )
         server.stop(0)
 
-    base = statistics.median(raw_samples)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}")
+        # D. a real agent process -----------------------------------------------------------------
+        first_s, rss_mb, threads = agent_start(tmp)
+        rows.append(
+            (
+                "agent process: start to first served inference",
+                f"{first_s:.2f} s",
+                "",
+                "target <= 1 s",
+            )
+        )
+        rows.append(
+            (
+                f"agent process RSS, 2 models x 2 workers ({threads} threads)",
+                f"{rss_mb:.1f} MB",
+                "",
+                "target <= 90 MB",
+            )
+        )
+
     print(
-        f"runtime: {runtime.name} {runtime.version}; model {MODEL.name}; 1 thread; "
-        f"{args.iterations} iterations; {time.strftime('%Y-%m-%d')}"
+        f"{time.strftime('%Y-%m-%d')} · {platform.machine()}, {os.cpu_count()} cores, "
+        f"{platform.platform()} · {runtime.name} {runtime.version} · {n} iterations, "
+        f"{seconds:.0f} s throughput windows"
     )
-    print(summary("raw LiteRT invoke", raw_samples, None))
-    print(summary("agent engine (LoadedModel.infer)", engine_samples, base))
-    print(summary("agent OIP v2 over unix socket", oip_samples, base))
+    print()
+    print("| measurement | p50 / rate | p95 | ratio |")
+    print("|---|---|---|---|")
+    for label, a, b, c in rows:
+        print(f"| {label} | {a} | {b} | {c} |")
     return 0
 
 
