@@ -26,7 +26,6 @@ def main() -> int:
         options=[
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-            ("grpc.http2.max_frame_size", 4 * 1024 * 1024 - 1),
         ],
     )
     call = channel.unary_unary(method)

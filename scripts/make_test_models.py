@@ -2,8 +2,9 @@
 
     python scripts/make_test_models.py OUT_DIR
 
-Also writes ``heavy_float.tflite``, a small float CNN that takes milliseconds per invoke, for
-benchmarks and engine tests that need a model which is busy long enough to observe.
+Also writes ``color_uint8_1080p.tflite`` (the same classifier on a 1920x1080 uint8 frame, for
+the shared-memory path) and ``heavy_float.tflite``, a small float CNN that takes milliseconds
+per invoke, for benchmarks and engine tests that need a model busy long enough to observe.
 
 Writes ``color_float.tflite`` (float32 input), ``color_int8.tflite`` (int8 input, scale 2/255,
 zero point 0, dequantized inside the graph) and ``color_labels.txt`` (red, green, blue). Both
@@ -74,16 +75,20 @@ def _operator(
     return op
 
 
-def build(int8_input: bool) -> bytes:
-    """Serialize the colour classifier; int8_input adds a DEQUANTIZE in front."""
-    f32, i32, i8 = s.TensorType.FLOAT32, s.TensorType.INT32, s.TensorType.INT8
+def build(input_type: str, height: int = SIZE, width: int = SIZE) -> bytes:
+    """Serialize the colour classifier for a "float32", "int8" or "uint8" image input.
+
+    Integer inputs are dequantized by the graph's first op (int8: scale 2/255, zero point 0;
+    uint8: scale 2/255, zero point 128), so all variants compute the same thing.
+    """
+    f32, i32 = s.TensorType.FLOAT32, s.TensorType.INT32
     buffers = [
         _buffer(None),
         _buffer(np.array([1, 2], dtype="<i4").tobytes()),
         _buffer((np.eye(3, dtype="<f4") * 4.0).tobytes()),
         _buffer(np.zeros(3, dtype="<f4").tobytes()),
     ]
-    image_shape = [1, SIZE, SIZE, 3]
+    image_shape = [1, height, width, 3]
     tensors = [
         _tensor("image_float", image_shape, f32),  # 0
         _tensor("axes", [2], i32, buffer=1),  # 1
@@ -109,8 +114,12 @@ def build(int8_input: bool) -> bytes:
         _operator(2, [5], [6], s.BuiltinOptions.SoftmaxOptions, softmax),
     ]
     graph_input = 0
-    if int8_input:
-        tensors.append(_tensor("image", image_shape, i8, scale=2.0 / 255.0, zero_point=0))
+    if input_type in ("int8", "uint8"):
+        ttype = s.TensorType.INT8 if input_type == "int8" else s.TensorType.UINT8
+        zero_point = 0 if input_type == "int8" else 128
+        tensors.append(
+            _tensor("image", image_shape, ttype, scale=2.0 / 255.0, zero_point=zero_point)
+        )
         codes.append(_opcode(s.BuiltinOperator.DEQUANTIZE))
         ops.insert(0, _operator(3, [7], [0]))
         graph_input = 7
@@ -239,14 +248,19 @@ def main(argv: list[str]) -> int:
         return 2
     out = Path(argv[0])
     out.mkdir(parents=True, exist_ok=True)
-    (out / "color_float.tflite").write_bytes(build(int8_input=False))
-    (out / "color_int8.tflite").write_bytes(build(int8_input=True))
+    (out / "color_float.tflite").write_bytes(build("float32"))
+    (out / "color_int8.tflite").write_bytes(build("int8"))
+    (out / "color_uint8_1080p.tflite").write_bytes(build("uint8", 1080, 1920))
     (out / "color_labels.txt").write_text("\n".join(LABELS) + "\n", encoding="utf-8")
     (out / "heavy_float.tflite").write_bytes(build_heavy())
-    print(
-        f"wrote color_float.tflite, color_int8.tflite, color_labels.txt, heavy_float.tflite "
-        f"to {out}"
-    )
+    written = [
+        "color_float.tflite",
+        "color_int8.tflite",
+        "color_uint8_1080p.tflite",
+        "color_labels.txt",
+        "heavy_float.tflite",
+    ]
+    print(f"wrote {', '.join(written)} to {out}")
     return 0
 
 

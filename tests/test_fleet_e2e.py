@@ -350,6 +350,54 @@ def test_artifact_that_does_not_match_its_hash_is_discarded(
     assert not list((agent.folder / "state" / "staging").glob("*.part"))
 
 
+def test_tritonclient_sends_a_1080p_frame_through_shared_memory(
+    tmp_path: Path,
+    broker_url: str,
+    server_factory: Callable[..., Server],
+    agent_factory: Callable[..., Agent],
+    color_models: Path,
+) -> None:
+    server = server_factory(broker_url)
+    server.admin(
+        "models",
+        "push",
+        str(color_models / "color_uint8_1080p.tflite"),
+        "--name",
+        "frames",
+        "--version",
+        "1.0.0",
+        "--deploy",
+    )
+    agent = agent_factory("dev-s", server)
+    wait_state(server, "dev-s", "frames", "1.0.0", "INSTALLED")
+    frame = np.zeros((1, 1080, 1920, 3), dtype=np.uint8)
+    frame[..., 2] = 200  # a blue frame
+    sample = tmp_path / "frame.npy"
+    np.save(sample, frame)
+    python = os.environ.get("EDGEFLEET_TRITON_PYTHON") or str(REPO / ".venv-triton/bin/python")
+    result = subprocess.run(
+        [
+            python,
+            str(REPO / "tests/tools/oip_client.py"),
+            f"unix:{agent.socket}",
+            "frames",
+            str(sample),
+            "--shm",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["regions"] == ["frame_in", "scores_out"]
+    assert answer["after_unregister"] == ["scores_out"]
+    assert answer["shm"] == pytest.approx(answer["inline"], abs=1e-6)
+    assert int(np.argmax(answer["shm"])) == 2  # blue
+    print(f"1080p frame: inline {answer['inline_ms']:.2f} ms, shm {answer['shm_ms']:.2f} ms")
+
+
 def test_killed_agent_restarts_serving_its_model_with_the_server_down(
     one_agent_fleet: tuple[Server, Agent],
 ) -> None:

@@ -26,6 +26,7 @@ from agent.errors import (
 )
 from agent.inference.engine import Engine, LoadedModel
 from agent.inference.modelfile import TensorInfo
+from agent.inference.shm import SharedMemoryRegistry
 from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc as pb_grpc
 
@@ -92,11 +93,33 @@ def _accepts_float(tensor: TensorInfo) -> bool:
     return tensor.quantized and tensor.dtype in ("uint8", "int8", "int16")
 
 
+def _shm_range(parameters: Any) -> tuple[str, int, int] | None:
+    """(region, offset, byte_size) when a tensor's parameters point into shared memory."""
+    if "shared_memory_region" not in parameters:
+        return None
+    offset = (
+        parameters["shared_memory_offset"].int64_param
+        if "shared_memory_offset" in parameters
+        else 0
+    )
+    size = (
+        parameters["shared_memory_byte_size"].int64_param
+        if "shared_memory_byte_size" in parameters
+        else -1
+    )
+    return parameters["shared_memory_region"].string_param, offset, size
+
+
 def _decode_inputs(
-    request: pb.ModelInferRequest, model: LoadedModel
+    request: pb.ModelInferRequest, model: LoadedModel, shm: SharedMemoryRegistry
 ) -> tuple[list[np.ndarray], bool]:
     """The request's inputs as arrays in graph order, and whether the client sent real values
-    for quantized inputs (then outputs go back dequantized too)."""
+    for quantized inputs (then outputs go back dequantized too).
+
+    Raises:
+        _AbortError: with INVALID_ARGUMENT for any mismatch.
+        InputError: a shared-memory range that is not registered or out of bounds.
+    """
     expected = {t.name: (i, t) for i, t in enumerate(model.info.inputs)}
     if len(request.inputs) != len(expected):
         raise _AbortError(
@@ -104,14 +127,16 @@ def _decode_inputs(
             f"model {model.name} takes {len(expected)} input(s), request has {len(request.inputs)}",
         )
     raw = list(request.raw_input_contents)
-    if raw and len(raw) != len(request.inputs):
+    inline = [g for g in request.inputs if _shm_range(g.parameters) is None]
+    if raw and len(raw) != len(inline):
         raise _AbortError(
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs",
+            f"raw_input_contents has {len(raw)} entries for {len(inline)} inline inputs",
         )
+    raw_iter = iter(raw)
     arrays: list[np.ndarray | None] = [None] * len(expected)
     real_values = False
-    for position, given in enumerate(request.inputs):
+    for given in request.inputs:
         if given.name not in expected:
             names = ", ".join(sorted(expected))
             raise _AbortError(
@@ -137,13 +162,23 @@ def _decode_inputs(
         wire = np.dtype("float32") if as_float else np.dtype(tensor.dtype)
         dtype = wire.newbyteorder("<")
         count = int(np.prod(tensor.shape)) if tensor.shape else 1
-        if raw:
-            data = raw[position]
-            if len(data) != count * dtype.itemsize:
+        needed = count * dtype.itemsize
+        where = _shm_range(given.parameters)
+        if where is not None:
+            region, offset, size = where
+            if size != needed:
                 raise _AbortError(
                     grpc.StatusCode.INVALID_ARGUMENT,
-                    f"input {given.name!r} needs {count * dtype.itemsize} raw bytes, "
-                    f"got {len(data)}",
+                    f"input {given.name!r} needs {needed} bytes of shared memory, "
+                    f"request says {size}",
+                )
+            array = np.frombuffer(shm.view(region, offset, size), dtype=dtype)
+        elif raw:
+            data = next(raw_iter)
+            if len(data) != needed:
+                raise _AbortError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"input {given.name!r} needs {needed} raw bytes, got {len(data)}",
                 )
             array = np.frombuffer(data, dtype=dtype)
         else:
@@ -181,8 +216,15 @@ def _status_for(exc: AgentError) -> grpc.StatusCode:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """OIP v2 handlers over an :class:`Engine`."""
 
-    def __init__(self, engine: Engine, *, is_ready: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        is_ready: Callable[[], bool] | None = None,
+        shm: SharedMemoryRegistry | None = None,
+    ) -> None:
         self._engine = engine
+        self._shm = shm or SharedMemoryRegistry()
         self._is_ready = is_ready or (lambda: any(s.state == "READY" for s in engine.index()))
 
     def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:  # noqa: N802
@@ -195,7 +237,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ServerMetadataRequest, context: Any
     ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(
-            name="edgefleet-agent", version=__version__, extensions=["model_repository"]
+            name="edgefleet-agent",
+            version=__version__,
+            extensions=["model_repository", "system_shared_memory"],
         )
 
     def _model(
@@ -234,7 +278,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:  # noqa: N802
         model = self._model(request.model_name, request.model_version, context)
         try:
-            inputs, real_values = _decode_inputs(request, model)
+            inputs, real_values = _decode_inputs(request, model, self._shm)
             outputs = model.infer(inputs)
         except _AbortError as exc:
             context.abort(exc.code, exc.message)
@@ -242,9 +286,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if isinstance(exc, InferenceError):
                 log.warning("inference failed: %s", exc)
             context.abort(_status_for(exc), str(exc))
-        wanted = {o.name for o in request.outputs}
+        requested = {o.name: o for o in request.outputs}
         known = {t.name for t in model.info.outputs}
-        unknown = wanted - known
+        unknown = set(requested) - known
         if unknown:
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -255,23 +299,75 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
         response.parameters["edgefleet.path"].string_param = "local"
         response.parameters["edgefleet.backend"].string_param = model.backend
+        in_shm = []
         for tensor, raw in zip(model.info.outputs, outputs, strict=True):
-            if wanted and tensor.name not in wanted:
+            if requested and tensor.name not in requested:
                 continue
             array = raw
             if real_values and tensor.quantized:
                 array = ((raw.astype(np.float32) - tensor.zero_point) * tensor.scale).astype(
                     np.float32
                 )
-            response.outputs.add(
+            data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            out = pb.ModelInferResponse.InferOutputTensor(
                 name=tensor.name,
                 datatype=DTYPE_TO_OIP.get(array.dtype.name, array.dtype.name.upper()),
                 shape=list(array.shape),
             )
-            response.raw_output_contents.append(
-                np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            where = _shm_range(requested[tensor.name].parameters) if requested else None
+            if where is None:
+                response.outputs.append(out)
+                response.raw_output_contents.append(data)
+                continue
+            region, offset, size = where
+            try:
+                if size < len(data):
+                    raise InputError(
+                        f"output {tensor.name!r} needs {len(data)} bytes, region gives {size}"
+                    )
+                self._shm.view(region, offset, len(data))[:] = data
+            except InputError as exc:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            out.parameters["shared_memory_region"].string_param = region
+            out.parameters["shared_memory_byte_size"].int64_param = len(data)
+            if offset:
+                out.parameters["shared_memory_offset"].int64_param = offset
+            in_shm.append(out)
+        # Outputs in shared memory carry no raw contents; listing them last keeps every other
+        # output aligned with its raw_output_contents entry, as clients index them.
+        response.outputs.extend(in_shm)
+        return response
+
+    def SystemSharedMemoryStatus(  # noqa: N802
+        self, request: pb.SystemSharedMemoryStatusRequest, context: Any
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        try:
+            regions = self._shm.status(request.name)
+        except AgentError as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        response = pb.SystemSharedMemoryStatusResponse()
+        for r in regions:
+            response.regions[r.name].CopyFrom(
+                pb.SystemSharedMemoryStatusResponse.RegionStatus(
+                    name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size
+                )
             )
         return response
+
+    def SystemSharedMemoryRegister(  # noqa: N802
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: Any
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        try:
+            self._shm.register(request.name, request.key, request.offset, request.byte_size)
+        except AgentError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    def SystemSharedMemoryUnregister(  # noqa: N802
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: Any
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        self._shm.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
 
     def RepositoryIndex(  # noqa: N802
         self, request: pb.RepositoryIndexRequest, context: Any
