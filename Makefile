@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TRITON := .venv-triton
 PYTEST_ARGS ?=
 
-.PHONY: all venv demo test lint typecheck pytest bench protos clean
+.PHONY: all venv demo test lint typecheck pytest bench bench-mlserver protos clean
 
 all: test
 
@@ -43,10 +43,18 @@ pytest: $(STAMP) $(TRITON)/.installed
 test: lint typecheck pytest
 
 bench: $(STAMP)
-	$(BIN)/python bench/bench_inference.py
+	$(BIN)/python -m bench.bench_inference
+
+.venv-mlserver/.installed: bench/mlserver/requirements.txt
+	$(PYTHON) -m venv .venv-mlserver
+	.venv-mlserver/bin/pip install --quiet -r bench/mlserver/requirements.txt
+	touch $@
+
+bench-mlserver: $(STAMP) .venv-mlserver/.installed
+	$(BIN)/python -m bench.bench_mlserver
 
 protos: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py
 
 clean:
-	rm -rf $(VENV) $(TRITON) .demo .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(TRITON) .venv-mlserver .demo .mypy_cache .ruff_cache .pytest_cache

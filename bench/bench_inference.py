@@ -1,6 +1,6 @@
 """What the agent adds on top of the raw runtime and the transport, measured in one run.
 
-    python bench/bench_inference.py [--quick]
+    python -m bench.bench_inference [--quick]
 
 Baselines and measurements (each ratio is taken within this one run, on this machine):
   A. per-request latency, MobileNet v1 0.25 uint8 (tests/data), 1 thread:
@@ -21,10 +21,8 @@ Prints a Markdown table for docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -33,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
+from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ import numpy as np
 from agent.inference.engine import Engine, EngineOptions
 from agent.inference.oip import create_server
 from agent.inference.runtime import find_runtime
+from bench.agent_process import start_agent
 from protos import inference_pb2, inference_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
@@ -163,6 +163,25 @@ def oip_request(name: str, tensor_name: str, data: np.ndarray) -> inference_pb2.
     return request
 
 
+def shm_request(
+    model: str, tensor_name: str, datatype: str, shape: list[int], *, region: str, size: int
+) -> inference_pb2.ModelInferRequest:
+    """A ModelInferRequest whose input lives in a registered shared-memory region."""
+    request = inference_pb2.ModelInferRequest(model_name=model)
+    tensor = request.inputs.add(name=tensor_name, datatype=datatype, shape=shape)
+    tensor.parameters["shared_memory_region"].string_param = region
+    tensor.parameters["shared_memory_byte_size"].int64_param = size
+    return request
+
+
+def register(stub: Any, memory: SharedMemory, region: str) -> None:
+    stub.SystemSharedMemoryRegister(
+        inference_pb2.SystemSharedMemoryRegisterRequest(
+            name=region, key=f"/{memory.name}", byte_size=memory.size
+        )
+    )
+
+
 def stats(samples: list[float]) -> tuple[float, float]:
     return statistics.median(samples), float(np.percentile(samples, 95))
 
@@ -178,34 +197,8 @@ def heavy_model(folder: Path) -> Path:
 
 def agent_start(folder: Path) -> tuple[float, float, int]:
     """Start a real agent serving two models from its store; (s to first inference, RSS MB)."""
-    import hashlib  # noqa: PLC0415
-
-    state = folder / "agent-state"
-    active = {}
-    for name, path in (("mobilenet", SMALL), ("lstm", LSTM)):
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        target = state / "models" / name / f"{digest}.tflite"
-        target.parent.mkdir(parents=True)
-        shutil.copy(path, target)
-        active[name] = {
-            "version": "1.0.0",
-            "release_counter": 1,
-            "sha256": digest,
-            "filename": target.name,
-        }
-    (state / "active.json").write_text(json.dumps({"format": 1, "models": active}))
-    sock = folder / "agent.sock"
-    config = folder / "agent.toml"
-    config.write_text(
-        f'[agent]\nstate_dir = "{state}"\n[server]\naddress = "127.0.0.1:1"\n'
-        f'enrollment_token = "x"\n[api]\nsocket = "{sock}"\n'
-    )
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "run", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc, sock = start_agent(folder, [("mobilenet", SMALL), ("lstm", LSTM)])
     # Retry fast: by default a gRPC channel backs off a full second after a failed connect.
     channel = grpc.insecure_channel(
         f"unix:{sock}",
@@ -352,6 +345,16 @@ def main() -> int:
                 "1.00x",
             )
         )
+        memory = SharedMemory(create=True, size=heavy_input.nbytes)
+        np.ndarray(heavy_input.shape, np.float32, buffer=memory.buf)[:] = heavy_input
+        register(stub, memory, "heavy_in")
+        shm_heavy = shm_request(
+            "heavy", "image", "FP32", [1, 224, 224, 3], region="heavy_in", size=heavy_input.nbytes
+        ).SerializeToString()
+        shm_heavy_tp = {
+            clients: remote_throughput(tmp / "oip.sock", OIP_INFER, shm_heavy, clients, seconds)
+            for clients in (2, 3)
+        }
         rows.append(
             (
                 "heavy CNN via agent ModelInfer, 2 workers, 2 clients",
@@ -360,7 +363,42 @@ def main() -> int:
                 f"{oip_heavy_tp / raw_tp:.2f}x raw (target 1.6x)",
             )
         )
+        for clients, rate in shm_heavy_tp.items():
+            rows.append(
+                (
+                    f"heavy CNN, input in shared memory, 2 workers, {clients} clients",
+                    f"{rate:.1f}/s",
+                    "",
+                    f"{rate / raw_tp:.2f}x raw (target 1.6x)",
+                )
+            )
+
+        # E. a 1920x1080 uint8 frame: inline vs shared memory -----------------------------------
+        engine.put(engine.load("frames", "1.0.0", tmp / "color_uint8_1080p.tflite"))
+        frame = rng.integers(0, 256, (1, 1080, 1920, 3), dtype=np.uint8)
+        inline_frame = oip_request("frames", "image", frame)
+        frame_memory = SharedMemory(create=True, size=frame.nbytes)
+        np.ndarray(frame.shape, np.uint8, buffer=frame_memory.buf)[:] = frame
+        register(stub, frame_memory, "frame_in")
+        shm_frame = shm_request(
+            "frames", "image", "UINT8", [1, 1080, 1920, 3], region="frame_in", size=frame.nbytes
+        )
+        frames_n = 30 if args.quick else 200
+        inline_frame_s = measure(lambda: stub.ModelInfer(inline_frame), frames_n, warmup=5)
+        shm_frame_s = measure(lambda: stub.ModelInfer(shm_frame), frames_n, warmup=5)
+        inline_p50 = stats(inline_frame_s)[0]
+        for label, samples in (
+            ("1080p uint8 frame (6 MB) inline in the request", inline_frame_s),
+            ("1080p uint8 frame through shared memory", shm_frame_s),
+        ):
+            p50, p95 = stats(samples)
+            rows.append(
+                (label, f"{p50:.3f} ms", f"{p95:.3f} ms", f"{p50 / inline_p50:.2f}x inline")
+            )
         server.stop(0)
+        for each in (memory, frame_memory):
+            each.close()
+            each.unlink()
 
         # D. a real agent process -----------------------------------------------------------------
         first_s, rss_mb, threads = agent_start(tmp)
