@@ -8,8 +8,10 @@ or typed ``contents``; responses say which path served them in their parameters.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable
 from concurrent import futures
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +112,40 @@ def _shm_range(parameters: Any) -> tuple[str, int, int] | None:
     return parameters["shared_memory_region"].string_param, offset, size
 
 
+@dataclass(frozen=True)
+class _InputSpec:
+    """What decoding one input needs, computed once per loaded model."""
+
+    index: int
+    tensor: TensorInfo
+    dtype: np.dtype[Any]
+    oip: str
+    count: int
+    accepts_float: bool
+
+
+_SPECS: weakref.WeakKeyDictionary[LoadedModel, dict[str, _InputSpec]] = weakref.WeakKeyDictionary()
+_LE_FLOAT32 = np.dtype("<f4")
+
+
+def _specs(model: LoadedModel) -> dict[str, _InputSpec]:
+    specs = _SPECS.get(model)
+    if specs is None:
+        specs = {
+            t.name: _InputSpec(
+                index=i,
+                tensor=t,
+                dtype=np.dtype(t.dtype),
+                oip=DTYPE_TO_OIP.get(t.dtype, t.dtype.upper()),
+                count=int(np.prod(t.shape)) if t.shape else 1,
+                accepts_float=_accepts_float(t),
+            )
+            for i, t in enumerate(model.info.inputs)
+        }
+        _SPECS[model] = specs
+    return specs
+
+
 def _decode_inputs(
     request: pb.ModelInferRequest, model: LoadedModel, shm: SharedMemoryRegistry
 ) -> tuple[list[np.ndarray], bool]:
@@ -120,81 +156,83 @@ def _decode_inputs(
         _AbortError: with INVALID_ARGUMENT for any mismatch.
         InputError: a shared-memory range that is not registered or out of bounds.
     """
-    expected = {t.name: (i, t) for i, t in enumerate(model.info.inputs)}
-    if len(request.inputs) != len(expected):
+    specs = _specs(model)
+    given_inputs = request.inputs
+    if len(given_inputs) != len(specs):
         raise _AbortError(
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"model {model.name} takes {len(expected)} input(s), request has {len(request.inputs)}",
+            f"model {model.name} takes {len(specs)} input(s), request has {len(given_inputs)}",
         )
-    raw = list(request.raw_input_contents)
-    inline = [g for g in request.inputs if _shm_range(g.parameters) is None]
-    if raw and len(raw) != len(inline):
+    raw = request.raw_input_contents
+    in_shm = ["shared_memory_region" in g.parameters for g in given_inputs]
+    inline = in_shm.count(False)
+    if len(raw) and len(raw) != inline:
         raise _AbortError(
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"raw_input_contents has {len(raw)} entries for {len(inline)} inline inputs",
+            f"raw_input_contents has {len(raw)} entries for {inline} inline inputs",
         )
-    raw_iter = iter(raw)
-    arrays: list[np.ndarray | None] = [None] * len(expected)
+    raw_position = 0
+    arrays: list[np.ndarray | None] = [None] * len(specs)
     real_values = False
-    for given in request.inputs:
-        if given.name not in expected:
-            names = ", ".join(sorted(expected))
+    for given, from_shm in zip(given_inputs, in_shm, strict=True):
+        spec = specs.get(given.name)
+        if spec is None:
+            names = ", ".join(sorted(specs))
             raise _AbortError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"model {model.name} has no input {given.name!r} (inputs: {names})",
             )
-        index, tensor = expected[given.name]
-        want = DTYPE_TO_OIP.get(tensor.dtype)
-        as_float = given.datatype == "FP32" and _accepts_float(tensor)
-        if given.datatype != want and not as_float:
-            also = " (or FP32 real values)" if _accepts_float(tensor) else ""
+        as_float = False
+        if given.datatype != spec.oip:
+            if given.datatype == "FP32" and spec.accepts_float:
+                as_float = real_values = True
+            else:
+                also = " (or FP32 real values)" if spec.accepts_float else ""
+                raise _AbortError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"input {given.name!r} must be {spec.oip}{also}, request says {given.datatype}",
+                )
+        shape = spec.tensor.shape
+        if tuple(given.shape) != shape:
             raise _AbortError(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"input {given.name!r} must be {want}{also}, request says {given.datatype}",
-            )
-        real_values = real_values or as_float
-        if tuple(given.shape) != tensor.shape:
-            raise _AbortError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"input {given.name!r} must have shape {list(tensor.shape)}, "
+                f"input {given.name!r} must have shape {list(shape)}, "
                 f"request says {list(given.shape)}",
             )
-        wire = np.dtype("float32") if as_float else np.dtype(tensor.dtype)
-        dtype = wire.newbyteorder("<")
-        count = int(np.prod(tensor.shape)) if tensor.shape else 1
-        needed = count * dtype.itemsize
-        where = _shm_range(given.parameters)
-        if where is not None:
-            region, offset, size = where
+        wire = _LE_FLOAT32 if as_float else spec.dtype.newbyteorder("<")
+        needed = spec.count * wire.itemsize
+        if from_shm:
+            region, offset, size = _shm_range(given.parameters) or ("", 0, -1)
             if size != needed:
                 raise _AbortError(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"input {given.name!r} needs {needed} bytes of shared memory, "
                     f"request says {size}",
                 )
-            array = np.frombuffer(shm.view(region, offset, size), dtype=dtype)
-        elif raw:
-            data = next(raw_iter)
+            array = np.frombuffer(shm.view(region, offset, size), dtype=wire)
+        elif len(raw):
+            data = raw[raw_position]
+            raw_position += 1
             if len(data) != needed:
                 raise _AbortError(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"input {given.name!r} needs {needed} raw bytes, got {len(data)}",
                 )
-            array = np.frombuffer(data, dtype=dtype)
+            array = np.frombuffer(data, dtype=wire)
         else:
             field_name = _CONTENTS_FIELD.get(given.datatype)
             values = getattr(given.contents, field_name) if field_name else []
-            if len(values) != count:
+            if len(values) != spec.count:
                 raise _AbortError(
                     grpc.StatusCode.INVALID_ARGUMENT,
-                    f"input {given.name!r} needs {count} values in contents.{field_name}, "
+                    f"input {given.name!r} needs {spec.count} values in contents.{field_name}, "
                     f"got {len(values)}",
                 )
-            array = np.asarray(values).astype(dtype)
-        array = array.reshape(tensor.shape)
+            array = np.asarray(values).astype(wire)
+        array = array.reshape(shape)
         if as_float:
-            array = _quantize(array, tensor)
-        arrays[index] = array.astype(np.dtype(tensor.dtype), copy=False)
+            array = _quantize(array, spec.tensor)
+        arrays[spec.index] = array.astype(spec.dtype, copy=False)
     return [a for a in arrays if a is not None], real_values
 
 
@@ -309,16 +347,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     np.float32
                 )
             data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-            out = pb.ModelInferResponse.InferOutputTensor(
-                name=tensor.name,
-                datatype=DTYPE_TO_OIP.get(array.dtype.name, array.dtype.name.upper()),
-                shape=list(array.shape),
-            )
+            datatype = DTYPE_TO_OIP.get(array.dtype.name, array.dtype.name.upper())
             where = _shm_range(requested[tensor.name].parameters) if requested else None
             if where is None:
-                response.outputs.append(out)
+                response.outputs.add(name=tensor.name, datatype=datatype, shape=array.shape)
                 response.raw_output_contents.append(data)
                 continue
+            out = pb.ModelInferResponse.InferOutputTensor(
+                name=tensor.name, datatype=datatype, shape=array.shape
+            )
             region, offset, size = where
             try:
                 if size < len(data):
