@@ -215,6 +215,34 @@ def build_heavy() -> bytes:
     )
 
 
+def build_pair() -> bytes:
+    """Two float inputs ``a`` and ``b`` [1,4]; outputs ``sum`` = a + b and ``product`` = a * b.
+
+    For the multi-input, multi-output paths of the local API.
+    """
+    f32 = s.TensorType.FLOAT32
+    tensors = [
+        _tensor("a", [1, 4], f32),
+        _tensor("b", [1, 4], f32),
+        _tensor("sum", [1, 4], f32),
+        _tensor("product", [1, 4], f32),
+    ]
+    codes = [_opcode(s.BuiltinOperator.ADD), _opcode(s.BuiltinOperator.MUL)]
+    ops = [
+        _operator(0, [0, 1], [2], s.BuiltinOptions.AddOptions, s.AddOptionsT()),
+        _operator(1, [0, 1], [3], s.BuiltinOptions.MulOptions, s.MulOptionsT()),
+    ]
+    return _finish(
+        tensors,
+        [0, 1],
+        [2, 3],
+        ops=ops,
+        codes=codes,
+        buffers=[_buffer(None)],
+        description=b"EdgeFleet two-input test model",
+    )
+
+
 def _finish(
     tensors: list[Any],
     inputs: list[int],
@@ -253,12 +281,14 @@ def main(argv: list[str]) -> int:
     (out / "color_uint8_1080p.tflite").write_bytes(build("uint8", 1080, 1920))
     (out / "color_labels.txt").write_text("\n".join(LABELS) + "\n", encoding="utf-8")
     (out / "heavy_float.tflite").write_bytes(build_heavy())
+    (out / "pair_float.tflite").write_bytes(build_pair())
     written = [
         "color_float.tflite",
         "color_int8.tflite",
         "color_uint8_1080p.tflite",
         "color_labels.txt",
         "heavy_float.tflite",
+        "pair_float.tflite",
     ]
     print(f"wrote {', '.join(written)} to {out}")
     return 0

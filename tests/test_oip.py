@@ -1,0 +1,162 @@
+"""The local OIP v2 API against a real gRPC server on a unix socket, in this process."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from agent.inference.engine import Engine, EngineOptions
+from agent.inference.oip import create_server
+from protos import inference_pb2 as pb
+from protos import inference_pb2_grpc as pb_grpc
+
+
+@pytest.fixture
+def api(
+    tmp_path: Path, color_models: Path
+) -> Iterator[tuple[Engine, pb_grpc.GRPCInferenceServiceStub]]:
+    engine = Engine(EngineOptions(workers=1, queue_depth=0))
+    engine.put(engine.load("pair", "1.0.0", color_models / "pair_float.tflite"))
+    engine.put(engine.load("heavy", "1.0.0", color_models / "heavy_float.tflite"))
+    server, _ = create_server(engine, socket_path=tmp_path / "oip.sock")
+    server.start()
+    channel = grpc.insecure_channel(
+        f"unix:{tmp_path / 'oip.sock'}",
+        options=[("grpc.max_send_message_length", 128 * 1024 * 1024)],
+    )
+    yield engine, pb_grpc.GRPCInferenceServiceStub(channel)
+    channel.close()
+    server.stop(0)
+
+
+def pair_request() -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="pair")
+    a = request.inputs.add(name="a", datatype="FP32", shape=[1, 4])
+    a.contents.fp32_contents.extend([1.0, 2.0, 3.0, 4.0])
+    b = request.inputs.add(name="b", datatype="FP32", shape=[1, 4])
+    b.contents.fp32_contents.extend([2.0, 2.0, 2.0, 2.0])
+    return request
+
+
+def output(response: pb.ModelInferResponse, name: str) -> np.ndarray:
+    for i, out in enumerate(response.outputs):
+        if out.name == name:
+            data = np.frombuffer(response.raw_output_contents[i], dtype="<f4")
+            return data.reshape(tuple(out.shape))
+    raise AssertionError(f"no output {name}")
+
+
+def test_two_inputs_in_typed_contents_and_two_outputs(
+    api: tuple[Engine, pb_grpc.GRPCInferenceServiceStub],
+) -> None:
+    _engine, stub = api
+    response = stub.ModelInfer(pair_request())
+    assert [o.name for o in response.outputs] == ["sum", "product"]
+    assert output(response, "sum").tolist() == [[3.0, 4.0, 5.0, 6.0]]
+    assert output(response, "product").tolist() == [[2.0, 4.0, 6.0, 8.0]]
+
+
+def test_inputs_may_come_in_any_order_and_one_output_may_be_requested(
+    api: tuple[Engine, pb_grpc.GRPCInferenceServiceStub],
+) -> None:
+    _engine, stub = api
+    request = pb.ModelInferRequest(model_name="pair")
+    request.inputs.add(name="b", datatype="FP32", shape=[1, 4])
+    request.inputs.add(name="a", datatype="FP32", shape=[1, 4])
+    request.raw_input_contents.append(np.full((1, 4), 3.0, "<f4").tobytes())  # b
+    request.raw_input_contents.append(np.arange(4, dtype="<f4").reshape(1, 4).tobytes())  # a
+    request.outputs.add(name="product")
+    response = stub.ModelInfer(request)
+    assert [o.name for o in response.outputs] == ["product"]
+    assert output(response, "product").tolist() == [[0.0, 3.0, 6.0, 9.0]]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda r: r.inputs[0].contents.fp32_contents.pop(), "needs 4 values"),
+        (lambda r: r.inputs.pop(), "takes 2 input(s)"),
+        (lambda r: setattr(r.inputs[0], "name", "c"), "has no input 'c'"),
+        (lambda r: r.outputs.add(name="nope"), "has no output(s) ['nope']"),
+        (lambda r: setattr(r, "model_version", "9"), "version '9' is not loaded"),
+    ],
+)
+def test_bad_requests_get_a_status_and_the_model_keeps_serving(
+    api: tuple[Engine, pb_grpc.GRPCInferenceServiceStub], mutate: object, message: str
+) -> None:
+    _engine, stub = api
+    request = pair_request()
+    assert callable(mutate)
+    mutate(request)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(request)
+    assert info.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
+    assert message in str(info.value.details())
+    assert output(stub.ModelInfer(pair_request()), "sum").tolist() == [[3.0, 4.0, 5.0, 6.0]]
+
+
+def test_a_full_queue_answers_resource_exhausted(
+    api: tuple[Engine, pb_grpc.GRPCInferenceServiceStub],
+) -> None:
+    _engine, stub = api
+    request = pb.ModelInferRequest(model_name="heavy")
+    request.inputs.add(name="image", datatype="FP32", shape=[1, 224, 224, 3])
+    request.raw_input_contents.append(np.zeros((1, 224, 224, 3), "<f4").tobytes())
+    codes: list[grpc.StatusCode] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        for _ in range(10):
+            try:
+                stub.ModelInfer(request)
+                code = grpc.StatusCode.OK
+            except grpc.RpcError as exc:
+                code = exc.code()
+            with lock:
+                codes.append(code)
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # One interpreter, no queue: with four clients some calls must be turned away at once.
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+    assert grpc.StatusCode.OK in codes
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+def test_an_oversized_request_is_refused_without_harm(
+    api: tuple[Engine, pb_grpc.GRPCInferenceServiceStub],
+) -> None:
+    _engine, stub = api
+    request = pair_request()
+    request.raw_input_contents.append(b"\0" * (65 * 1024 * 1024))
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(request)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert output(stub.ModelInfer(pair_request()), "sum").tolist() == [[3.0, 4.0, 5.0, 6.0]]
+
+
+def test_shared_memory_regions_are_bounded_to_dev_shm(
+    api: tuple[Engine, pb_grpc.GRPCInferenceServiceStub],
+) -> None:
+    _engine, stub = api
+    for key in ("/etc/passwd", "relative", "/../etc/passwd", "/no_such_object_edgefleet"):
+        with pytest.raises(grpc.RpcError) as info:
+            stub.SystemSharedMemoryRegister(
+                pb.SystemSharedMemoryRegisterRequest(name="r", key=key, byte_size=16)
+            )
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    request = pair_request()
+    request.inputs[0].ClearField("contents")
+    request.inputs[0].parameters["shared_memory_region"].string_param = "unregistered"
+    request.inputs[0].parameters["shared_memory_byte_size"].int64_param = 16
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(request)
+    assert "register it first" in str(info.value.details())
