@@ -77,4 +77,5 @@ def test_the_shipped_example_config_is_valid() -> None:
 
     config = load_config(REPO / "packaging" / "config" / "agent.toml")
     assert config.agent.labels == {"site": "lab"}
-    assert config.inference.num_threads == 2
+    assert config.inference.num_threads == 1 and config.inference.workers == 2
+    assert config.hardware.edgetpu_library == "libedgetpu.so.1"
