@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -195,3 +196,27 @@ def test_an_unloaded_model_stays_unloaded_until_loaded_again(color_models: Path)
         engine.get("a")
     assert engine.get("a", explicit_load=True).version == "1"
     assert engine.peek("a") is not None
+
+
+def test_a_lazy_load_does_not_stall_other_models(color_models: Path) -> None:
+    engine = _engine(workers=1, queue_depth=4)
+    engine.put(engine.load("colors", "1", color_models / "color_float.tflite"))
+    engine.register("heavy", "1", color_models / "heavy_float.tflite", pinned=False)
+    gate = threading.Event()
+    original = engine._loader
+
+    def slow_loader(*args: Any) -> Any:
+        gate.wait(5)  # a load that takes as long as the test wants
+        return original(*args)
+
+    engine._loader = slow_loader
+    loader = threading.Thread(target=engine.get, args=("heavy",))
+    loader.start()
+    try:
+        # While "heavy" is loading, "colors" answers at once.
+        assert engine.get("colors").infer([np.zeros((1, 32, 32, 3), dtype=np.float32)])
+        assert engine.peek("heavy") is None
+    finally:
+        gate.set()
+        loader.join()
+    assert engine.peek("heavy") is not None

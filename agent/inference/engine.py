@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -302,6 +302,7 @@ class _Entry:
     model: LoadedModel | None = None
     reason: str = "not loaded yet"
     held: bool = False  # unloaded by an explicit request: stays unloaded until loaded again
+    loading: threading.Lock = field(default_factory=threading.Lock)  # one load at a time
 
 
 Loader = Callable[[Path, str, str, Mapping[str, int]], LoadedModel]
@@ -422,14 +423,29 @@ class Engine:
                 raise ModelNotFoundError(
                     f"model {name!r} was unloaded on request; load it again first"
                 )
+            loading = entry.loading
+        # Load outside the engine lock, so other models keep serving meanwhile; concurrent
+        # requests for this model wait for the one load instead of starting their own.
+        with loading:
+            with self._lock:
+                if entry.model is not None:
+                    return entry.model
+                target_version, target_path = entry.version, entry.path
             try:
-                model = self.load(name, entry.version, entry.path)
+                model = self.load(name, target_version, target_path)
             except AgentError as exc:
-                entry.reason = str(exc)
+                with self._lock:
+                    entry.reason = str(exc)
                 raise
-            self._make_room(model.memory_bytes, keep=name)
-            entry.model, entry.reason, entry.held = model, "", False
-            log.info("loaded %s %s on demand", name, entry.version)
+            with self._lock:
+                if self._entries.get(name) is not entry or entry.version != target_version:
+                    # Replaced while loading: serve what is there now.
+                    current = self._entries.get(name)
+                    if current is not None and current.model is not None:
+                        return current.model
+                self._make_room(model.memory_bytes, keep=name)
+                entry.model, entry.reason, entry.held = model, "", False
+            log.info("loaded %s %s on demand", name, target_version)
             return model
 
     def peek(self, name: str) -> LoadedModel | None:
