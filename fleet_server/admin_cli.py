@@ -79,8 +79,17 @@ def _cmd_push(args: argparse.Namespace) -> int:
         size = path.stat().st_size
     except OSError as exc:
         raise BadRequestError(f"cannot read {path}: {exc.strerror}") from exc
+    fallback: Path | None = args.fallback
+    try:
+        fallback_size = fallback.stat().st_size if fallback else 0
+    except OSError as exc:
+        raise BadRequestError(f"cannot read {fallback}: {exc.strerror}") from exc
     meta = pb.PushModelMeta(
-        model_name=args.name, version=args.version, variant=args.variant, size=size
+        model_name=args.name,
+        version=args.version,
+        variant=args.variant,
+        size=size,
+        fallback_size=fallback_size,
     )
 
     def requests() -> Iterator[pb.PushModelRequest]:
@@ -88,6 +97,10 @@ def _cmd_push(args: argparse.Namespace) -> int:
         with path.open("rb") as handle:
             while block := handle.read(_CHUNK):
                 yield pb.PushModelRequest(data=block)
+        if fallback is not None:
+            with fallback.open("rb") as handle:
+                while block := handle.read(_CHUNK):
+                    yield pb.PushModelRequest(fallback_data=block)
 
     admin = _admin(args)
     response = admin.call("PushModel", requests())
@@ -95,6 +108,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
     print(
         f"pushed {model.model_name} {model.version} ({model.variant}): {model.size} bytes, "
         f"sha256 {model.sha256[:16]}..., release {model.release_counter}, signed"
+        + (f"; CPU fallback {model.fallback_sha256[:16]}..." if model.fallback_sha256 else "")
     )
     if args.deploy:
         admin.call("Deploy", pb.DeployRequest(model_name=args.name, version=args.version))
@@ -195,6 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--version", required=True, help="semantic version, e.g. 1.0.0")
     push.add_argument("--variant", default="default", help="variant label (int8, float32, ...)")
     push.add_argument("--deploy", action="store_true", help="also deploy it to the whole fleet")
+    push.add_argument(
+        "--fallback",
+        type=Path,
+        help="for an Edge TPU model: its CPU variant, served where the Edge TPU cannot be used",
+    )
     push.set_defaults(func=_cmd_push)
     mlist = models_sub.add_parser("list", help="list model versions")
     mlist.add_argument("--json", action="store_true")

@@ -7,27 +7,31 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PushModelMeta(_message.Message):
-    __slots__ = ("model_name", "version", "variant", "size")
+    __slots__ = ("model_name", "version", "variant", "size", "fallback_size")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_SIZE_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: str
     variant: str
     size: int
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+    fallback_size: int
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., size: _Optional[int] = ..., fallback_size: _Optional[int] = ...) -> None: ...
 
 class PushModelRequest(_message.Message):
-    __slots__ = ("meta", "data")
+    __slots__ = ("meta", "data", "fallback_data")
     META_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_DATA_FIELD_NUMBER: _ClassVar[int]
     meta: PushModelMeta
     data: bytes
-    def __init__(self, meta: _Optional[_Union[PushModelMeta, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+    fallback_data: bytes
+    def __init__(self, meta: _Optional[_Union[PushModelMeta, _Mapping]] = ..., data: _Optional[bytes] = ..., fallback_data: _Optional[bytes] = ...) -> None: ...
 
 class ModelVersionInfo(_message.Message):
-    __slots__ = ("model_name", "version", "variant", "release_counter", "sha256", "size", "created_unix", "edgetpu", "deployed")
+    __slots__ = ("model_name", "version", "variant", "release_counter", "sha256", "size", "created_unix", "edgetpu", "deployed", "fallback_sha256")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +41,7 @@ class ModelVersionInfo(_message.Message):
     CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
     EDGETPU_FIELD_NUMBER: _ClassVar[int]
     DEPLOYED_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_SHA256_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: str
     variant: str
@@ -46,7 +51,8 @@ class ModelVersionInfo(_message.Message):
     created_unix: int
     edgetpu: bool
     deployed: bool
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., release_counter: _Optional[int] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., created_unix: _Optional[int] = ..., edgetpu: _Optional[bool] = ..., deployed: _Optional[bool] = ...) -> None: ...
+    fallback_sha256: str
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., release_counter: _Optional[int] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., created_unix: _Optional[int] = ..., edgetpu: _Optional[bool] = ..., deployed: _Optional[bool] = ..., fallback_sha256: _Optional[str] = ...) -> None: ...
 
 class PushModelResponse(_message.Message):
     __slots__ = ("model",)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Manifest(_message.Message):
-    __slots__ = ("model_name", "version", "release_counter", "variant", "sha256", "size", "artifact_id", "created_unix", "expires_unix", "fleet_id", "requirements")
+    __slots__ = ("model_name", "version", "release_counter", "variant", "sha256", "size", "artifact_id", "created_unix", "expires_unix", "fleet_id", "requirements", "cpu_fallback")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RELEASE_COUNTER_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,7 @@ class Manifest(_message.Message):
     EXPIRES_UNIX_FIELD_NUMBER: _ClassVar[int]
     FLEET_ID_FIELD_NUMBER: _ClassVar[int]
     REQUIREMENTS_FIELD_NUMBER: _ClassVar[int]
+    CPU_FALLBACK_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: str
     release_counter: int
@@ -30,7 +31,20 @@ class Manifest(_message.Message):
     expires_unix: int
     fleet_id: str
     requirements: Requirements
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., release_counter: _Optional[int] = ..., variant: _Optional[str] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., artifact_id: _Optional[str] = ..., created_unix: _Optional[int] = ..., expires_unix: _Optional[int] = ..., fleet_id: _Optional[str] = ..., requirements: _Optional[_Union[Requirements, _Mapping]] = ...) -> None: ...
+    cpu_fallback: ArtifactRef
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., release_counter: _Optional[int] = ..., variant: _Optional[str] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., artifact_id: _Optional[str] = ..., created_unix: _Optional[int] = ..., expires_unix: _Optional[int] = ..., fleet_id: _Optional[str] = ..., requirements: _Optional[_Union[Requirements, _Mapping]] = ..., cpu_fallback: _Optional[_Union[ArtifactRef, _Mapping]] = ...) -> None: ...
+
+class ArtifactRef(_message.Message):
+    __slots__ = ("artifact_id", "sha256", "size", "variant")
+    ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    artifact_id: str
+    sha256: str
+    size: int
+    variant: str
+    def __init__(self, artifact_id: _Optional[str] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class Requirements(_message.Message):
     __slots__ = ("edgetpu", "min_memory_bytes", "min_disk_bytes")

@@ -550,3 +550,125 @@ def test_an_interrupted_download_resumes_from_its_offset(
         assert colors_still_served(agent, "1.0.0")
     finally:
         agent.stop()
+
+
+EDGETPU_MODEL = DATA / "mobilenet_v1_0.25_128_quant_edgetpu.tflite"
+
+
+def test_an_edgetpu_model_with_a_cpu_fallback_serves_on_a_device_without_a_tpu(
+    tmp_path: Path,
+    broker_url: str,
+    server_factory: Callable[..., Server],
+    agent_factory: Callable[..., Agent],
+) -> None:
+    server = server_factory(broker_url)
+    pushed = server.admin(
+        "models",
+        "push",
+        str(EDGETPU_MODEL),
+        "--name",
+        "mobilenet",
+        "--version",
+        "2.0.0",
+        "--variant",
+        "edgetpu",
+        "--fallback",
+        str(MOBILENET),
+        "--deploy",
+    )
+    assert "CPU fallback" in pushed.stdout
+    agent = agent_factory("dev-f", server)
+    state = wait_state(server, "dev-f", "mobilenet", "2.0.0", "INSTALLED")
+    assert "active on cpu" in state["detail"]
+    scores, response = oip.infer(agent.socket, "mobilenet", "input", cat_tensor())
+    assert int(np.argmax(scores)) == predict_top1()
+    assert response.parameters["edgefleet.backend"].string_param == "cpu"
+
+    def reason() -> str | None:
+        for d in server.devices():
+            for m in (d.get("last_telemetry") or {}).get("models", []):
+                if m.get("backend_reason"):
+                    return str(m["backend_reason"])
+        return None
+
+    assert "fell back to the CPU variant" in wait_for("the fallback reason", reason)
+    assert "has no Edge TPU" in reason()  # type: ignore[operator]
+    # The restarted agent serves the fallback again, from its store.
+    agent.stop()
+    agent.start()
+    wait_for(
+        "the restarted agent",
+        lambda: (
+            oip.infer(agent.socket, "mobilenet", "input", cat_tensor())[1].model_version == "2.0.0"
+        ),
+    )
+
+
+def test_an_edgetpu_model_without_a_fallback_is_refused_by_a_cpu_device(
+    broker_url: str, server_factory: Callable[..., Server], agent_factory: Callable[..., Agent]
+) -> None:
+    server = server_factory(broker_url)
+    server.admin(
+        "models",
+        "push",
+        str(EDGETPU_MODEL),
+        "--name",
+        "mobilenet",
+        "--version",
+        "2.0.0",
+        "--deploy",
+    )
+    agent_factory("dev-g", server)
+    state = wait_state(server, "dev-g", "mobilenet", "2.0.0", "FAILED")
+    assert "has no Edge TPU" in state["detail"]
+
+
+def test_push_rejects_fallbacks_that_cannot_stand_in(
+    broker_url: str, server_factory: Callable[..., Server], color_models: Path
+) -> None:
+    server = server_factory(broker_url)
+    cpu_with_fallback = server.admin(
+        "models",
+        "push",
+        str(MOBILENET),
+        "--name",
+        "m",
+        "--version",
+        "1.0.0",
+        "--fallback",
+        str(MOBILENET),
+        check=False,
+    )
+    assert cpu_with_fallback.returncode == 1
+    assert "a CPU fallback is for Edge TPU-compiled models" in cpu_with_fallback.stderr
+    other_io = server.admin(
+        "models",
+        "push",
+        str(EDGETPU_MODEL),
+        "--name",
+        "m",
+        "--version",
+        "1.0.0",
+        "--fallback",
+        str(color_models / "color_float.tflite"),
+        check=False,
+    )
+    assert other_io.returncode == 1 and "differ from the model's" in other_io.stderr
+    tpu_fallback = server.admin(
+        "models",
+        "push",
+        str(EDGETPU_MODEL),
+        "--name",
+        "m",
+        "--version",
+        "1.0.0",
+        "--fallback",
+        str(EDGETPU_MODEL),
+        check=False,
+    )
+    assert (
+        tpu_fallback.returncode == 1 and "itself compiled for the Edge TPU" in tpu_fallback.stderr
+    )
+    assert "no models" in server.admin("models", "list").stdout
+    # Nothing rejected is left behind in the artifact store.
+    assert not list((server.data_dir / "artifacts").glob("*.tflite"))

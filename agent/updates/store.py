@@ -21,7 +21,7 @@ __all__ = ["ActiveEntry", "ModelStore"]
 
 log = logging.getLogger(__name__)
 _FORMAT = 1
-_KEEP_PER_MODEL = 2  # the active artifact and the last-known-good one
+_KEEP_PER_MODEL = 2  # besides the active files: one more, the last-known-good artifact
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class ActiveEntry:
     release_counter: int
     sha256: str
     filename: str
+    fallback_filename: str = ""  # the CPU variant shipped with an Edge TPU model
 
 
 class ModelStore:
@@ -85,13 +86,13 @@ class ModelStore:
         models[name] = entry
         payload = {"format": _FORMAT, "models": {k: asdict(v) for k, v in models.items()}}
         atomic_write(self._active_file, json.dumps(payload, indent=2, sort_keys=True).encode())
-        self._prune(name, keep=entry.filename)
+        self._prune(name, keep={entry.filename, entry.fallback_filename} - {""})
 
-    def _prune(self, name: str, keep: str) -> None:
+    def _prune(self, name: str, keep: set[str]) -> None:
         directory = self.models_dir / name
         files = sorted(directory.glob("*.tflite"), key=lambda p: p.stat().st_mtime, reverse=True)
-        survivors = [p for p in files if p.name == keep]
-        survivors += [p for p in files if p.name != keep][: _KEEP_PER_MODEL - 1]
+        survivors = [p for p in files if p.name in keep]
+        survivors += [p for p in files if p.name not in keep][: _KEEP_PER_MODEL - 1]
         for path in files:
             if path not in survivors:
                 log.info("removing old artifact %s", path)

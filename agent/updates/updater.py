@@ -68,8 +68,9 @@ class Updater:
         """Serve what the store says is active (at start, before talking to the server)."""
         for name, entry in store.active().items():
             path = store.artifact_path(name, entry.sha256)
+            fallback = path.parent / entry.fallback_filename if entry.fallback_filename else None
             try:
-                model = engine.load(name, entry.version, path)
+                model = engine.load(name, entry.version, path, cpu_fallback=fallback)
             except AgentError as exc:
                 log.error("cannot load active model %s %s: %s", name, entry.version, exc)
                 continue
@@ -126,16 +127,21 @@ class Updater:
             manifest.release_counter,
             manifest.size,
         )
-        path = self._store.artifact_path(manifest.model_name, manifest.sha256)
-        if not path.exists():
-            staged = self._download(manifest)
-            path = self._store.commit_artifact(manifest.model_name, manifest.sha256, staged)
+        path = self._fetch(
+            manifest.model_name, manifest.artifact_id, manifest.sha256, manifest.size
+        )
+        fallback: Path | None = None
+        if manifest.HasField("cpu_fallback"):
+            ref = manifest.cpu_fallback
+            fallback = self._fetch(manifest.model_name, ref.artifact_id, ref.sha256, ref.size)
         self._client.report(
             device_pb2.StatusReport(
                 model_name=manifest.model_name, version=manifest.version, state=device_pb2.VERIFIED
             )
         )
-        model = self._engine.load(manifest.model_name, manifest.version, path)
+        model = self._engine.load(
+            manifest.model_name, manifest.version, path, cpu_fallback=fallback
+        )
         smoke_test(model)
         self._store.set_active(
             manifest.model_name,
@@ -144,6 +150,7 @@ class Updater:
                 release_counter=manifest.release_counter,
                 sha256=manifest.sha256,
                 filename=path.name,
+                fallback_filename=fallback.name if fallback else "",
             ),
         )
         previous = self._engine.put(model)
@@ -165,49 +172,52 @@ class Updater:
             )
         )
 
-    def _download(self, manifest: manifest_pb2.Manifest) -> Path:
-        staged = self._store.staging_path(manifest.sha256)
+    def _fetch(self, model_name: str, artifact_id: str, sha256: str, size: int) -> Path:
+        """The verified artifact in the store, downloading it first when it is not there."""
+        path = self._store.artifact_path(model_name, sha256)
+        if not path.exists():
+            staged = self._download(artifact_id, sha256, size)
+            path = self._store.commit_artifact(model_name, sha256, staged)
+        return path
+
+    def _download(self, artifact_id: str, sha256: str, size: int) -> Path:
+        staged = self._store.staging_path(sha256)
         have = staged.stat().st_size if staged.exists() else 0
-        if have > manifest.size:
+        if have > size:
             staged.unlink()
             have = 0
         free = shutil.disk_usage(staged.parent).free
         # The artifact plus the same again for the loaded copy and the store's rename margin.
-        if free < 2 * (manifest.size - have):
+        if free < 2 * (size - have):
             raise TransientError(
-                f"not enough disk for {manifest.model_name} {manifest.version}: "
-                f"{free} bytes free, {2 * (manifest.size - have)} needed"
+                f"not enough disk for artifact {artifact_id[:12]}: {free} bytes free, "
+                f"{2 * (size - have)} needed"
             )
         hasher = sha256_of_prefix(staged, have) if have else hashlib.sha256()
         if have:
-            log.info("resuming download of %s at byte %d", manifest.artifact_id, have)
+            log.info("resuming download of %s at byte %d", artifact_id, have)
         with staged.open("ab") as sink:
             self._client.download(
-                manifest.artifact_id,
+                artifact_id,
                 offset=have,
-                expected_size=manifest.size,
+                expected_size=size,
                 sink=sink,
                 hasher=hasher,
                 deadline_s=self._deadline,
             )
             sink.flush()
         total = staged.stat().st_size
-        if total != manifest.size:
-            raise DownloadError(
-                f"download of {manifest.artifact_id} ended at {total} of {manifest.size} bytes"
-            )
+        if total != size:
+            raise DownloadError(f"download of {artifact_id} ended at {total} of {size} bytes")
         digest = hasher.hexdigest()
-        if digest != manifest.sha256 and have:
+        if digest != sha256 and have:
             # The kept prefix may be what is wrong (a torn write before a power cut): start over.
             staged.unlink()
-            raise DownloadError(
-                f"resumed download of {manifest.artifact_id} did not verify; starting over"
-            )
-        if digest != manifest.sha256:
+            raise DownloadError(f"resumed download of {artifact_id} did not verify; starting over")
+        if digest != sha256:
             staged.unlink()
             raise ManifestError(
-                f"artifact sha256 {digest} does not match the signed manifest's "
-                f"{manifest.sha256}; discarded"
+                f"artifact sha256 {digest} does not match the signed manifest's {sha256}; discarded"
             )
         return staged
 

@@ -108,6 +108,14 @@ def verify_manifest(
         raise ManifestError(
             f"artifact size {manifest.size} is outside 1..{max_artifact_bytes} bytes"
         )
+    if manifest.HasField("cpu_fallback"):
+        fallback = manifest.cpu_fallback
+        if not _SHA256.match(fallback.sha256) or fallback.artifact_id != fallback.sha256:
+            raise ManifestError("manifest names an implausible CPU fallback artifact")
+        if fallback.size == 0 or fallback.size > max_artifact_bytes:
+            raise ManifestError(
+                f"CPU fallback size {fallback.size} is outside 1..{max_artifact_bytes} bytes"
+            )
     clock_usable = now >= _CLOCK_SANE_AFTER
     if manifest.expires_unix and clock_usable and now > manifest.expires_unix + CLOCK_SKEW_S:
         raise ManifestError(

@@ -7,10 +7,11 @@ import logging
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import ModelFileError
-from agent.inference.modelfile import MAX_MODEL_BYTES, inspect_model_file
+from agent.inference.modelfile import MAX_MODEL_BYTES, ModelInfo, inspect_model_file
 from fleet_server.api._errors import rpc_errors
 from fleet_server.api.auth import require_admin
 from fleet_server.errors import BadRequestError
@@ -45,6 +46,7 @@ def _model_info(row: ModelRow, deployed: dict[str, str]) -> pb.ModelVersionInfo:
         created_unix=row.created_at,
         edgetpu=row.edgetpu,
         deployed=deployed.get(row.model_name) == row.version,
+        fallback_sha256=row.fallback_sha256 or "",
     )
 
 
@@ -70,6 +72,32 @@ def _device_info(row: DeviceRow) -> pb.DeviceInfo:
             updated_unix=m.updated_at,
         )
     return info
+
+
+def _inspect(path: Path, what: str) -> ModelInfo:
+    try:
+        return inspect_model_file(path)
+    except ModelFileError as exc:
+        raise BadRequestError(f"rejected {what}: {str(exc).split(': ', 1)[-1]}") from exc
+
+
+def _check_fallback(model: ModelInfo, fallback: ModelInfo) -> None:
+    """A CPU fallback must stand in for an Edge TPU model with the same inputs and outputs."""
+    if not model.edgetpu:
+        raise BadRequestError(
+            "a CPU fallback is for Edge TPU-compiled models; this one runs on CPU"
+        )
+    if fallback.edgetpu:
+        raise BadRequestError("the CPU fallback is itself compiled for the Edge TPU")
+
+    def io(info: ModelInfo) -> list[tuple[str, tuple[int, ...]]]:
+        return [(t.dtype, t.shape) for t in (*info.inputs, *info.outputs)]
+
+    if io(model) != io(fallback):
+        raise BadRequestError(
+            f"the CPU fallback's inputs and outputs {io(fallback)} differ from the model's "
+            f"{io(model)}"
+        )
 
 
 class AdminServicer(pb_grpc.AdminServiceServicer):
@@ -104,23 +132,50 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         if meta.size == 0 or meta.size > MAX_MODEL_BYTES:
             raise BadRequestError(f"model size {meta.size} is outside 1..{MAX_MODEL_BYTES} bytes")
 
+        if meta.fallback_size > MAX_MODEL_BYTES:
+            raise BadRequestError(f"fallback size {meta.fallback_size} is over {MAX_MODEL_BYTES}")
+        first_fallback: list[bytes] = []
+
         def data() -> Iterator[bytes]:
             for message in request_iterator:
-                if message.WhichOneof("part") != "data":
-                    raise BadRequestError("only data may follow the metadata")
-                yield message.data
+                part = message.WhichOneof("part")
+                if part == "data":
+                    yield message.data
+                elif part == "fallback_data" and meta.fallback_size:
+                    first_fallback.append(message.fallback_data)
+                    return
+                else:
+                    raise BadRequestError(f"unexpected {part} after the model's data")
 
-        sha256, size, path = self._ctx.artifacts.put(data(), max_bytes=meta.size)
+        def fallback_data() -> Iterator[bytes]:
+            yield from first_fallback
+            for message in request_iterator:
+                if message.WhichOneof("part") != "fallback_data":
+                    raise BadRequestError("only fallback data may follow the fallback's data")
+                yield message.fallback_data
+
+        store = self._ctx.artifacts
+        sha256, size, path = store.put(data(), max_bytes=meta.size)
+        stored = [(sha256, path)]
+        fallback_sha: str | None = None
         try:
             if size != meta.size:
                 raise BadRequestError(f"announced {meta.size} bytes, received {size}")
-            try:
-                info = inspect_model_file(path)
-            except ModelFileError as exc:
-                raise BadRequestError(f"rejected: {str(exc).split(': ', 1)[-1]}") from exc
+            info = _inspect(path, "the model")
+            if meta.fallback_size:
+                fallback_sha, fallback_size, fallback_path = store.put(
+                    fallback_data(), max_bytes=meta.fallback_size
+                )
+                stored.append((fallback_sha, fallback_path))
+                if fallback_size != meta.fallback_size:
+                    raise BadRequestError(
+                        f"announced a {meta.fallback_size}-byte fallback, received {fallback_size}"
+                    )
+                _check_fallback(info, _inspect(fallback_path, "the CPU fallback"))
         except BadRequestError:
-            if self._ctx.db.model_by_sha(sha256) is None:
-                path.unlink(missing_ok=True)
+            for digest, stored_path in stored:
+                if self._ctx.db.model_by_sha(digest) is None:
+                    stored_path.unlink(missing_ok=True)
             raise
         now = int(time.time())
         counter = self._ctx.db.next_release_counter(meta.model_name)
@@ -137,6 +192,15 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             fleet_id=self._ctx.fleet_id,
             requirements=manifest_pb2.Requirements(edgetpu=info.edgetpu),
         )
+        if fallback_sha is not None:
+            manifest.cpu_fallback.CopyFrom(
+                manifest_pb2.ArtifactRef(
+                    artifact_id=fallback_sha,
+                    sha256=fallback_sha,
+                    size=meta.fallback_size,
+                    variant="cpu",
+                )
+            )
         envelope = self._ctx.signer.sign(manifest)
         row = ModelRow(
             model_name=meta.model_name,
@@ -148,6 +212,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             edgetpu=info.edgetpu,
             envelope=envelope.SerializeToString(),
             created_at=now,
+            fallback_sha256=fallback_sha,
         )
         self._ctx.db.add_model(row)
         log.info(

@@ -1,7 +1,8 @@
 """Tables and queries. Every method is one short transaction.
 
-The schema carries a version in ``schema_meta``; this first version is created by
-``create_all``. (Migrations arrive with the fleet-server issue, before the schema first changes.)
+The schema carries a version in ``schema_meta``. A new database is created by ``create_all`` at
+the current version; an older one is brought up to date by the steps in ``_MIGRATIONS``, each
+in its own transaction. (A migration tool arrives with the fleet-server issue.)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from fleet_server.errors import AlreadyExistsError, DataDirError, NotFoundError
 
 __all__ = ["SCHEMA_VERSION", "Database", "DeviceModelRow", "DeviceRow", "ModelRow"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 
@@ -70,6 +71,7 @@ models = sa.Table(
     sa.Column("edgetpu", sa.Boolean, nullable=False),
     sa.Column("envelope", sa.LargeBinary, nullable=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("fallback_sha256", sa.String(64), nullable=True),
 )
 
 deployments = sa.Table(
@@ -92,6 +94,7 @@ class ModelRow:
     edgetpu: bool
     envelope: bytes
     created_at: int
+    fallback_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,14 @@ class DeviceRow:
     last_telemetry: dict[str, Any] | None
     last_telemetry_at: int | None
     models: tuple[DeviceModelRow, ...]
+
+
+def _v1_to_v2(conn: sa.Connection) -> None:
+    """Version 2: a model version may carry a CPU fallback artifact."""
+    conn.execute(sa.text("ALTER TABLE models ADD COLUMN fallback_sha256 VARCHAR(64)"))
+
+
+_MIGRATIONS = {1: _v1_to_v2}
 
 
 def token_digest(token: str) -> str:
@@ -143,18 +154,36 @@ class Database:
         Raises:
             DataDirError: the database holds a schema of another version.
         """
-        metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            fresh = not sa.inspect(conn).has_table("schema_meta")
+        if fresh:
+            metadata.create_all(self.engine)
+            with self.engine.begin() as conn:
+                conn.execute(
+                    schema_meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION))
+                )
+            return
         with self.engine.begin() as conn:
             row = conn.execute(
                 sa.select(schema_meta.c.value).where(schema_meta.c.key == "schema_version")
             ).first()
-            if row is None:
+        version = int(row[0]) if row is not None else 0
+        if version > SCHEMA_VERSION:
+            raise DataDirError(
+                f"database schema version {version} is newer than this server's "
+                f"{SCHEMA_VERSION}; upgrade the server"
+            )
+        while version < SCHEMA_VERSION:
+            step = _MIGRATIONS.get(version)
+            if step is None:
+                raise DataDirError(f"no migration from database schema version {version}")
+            with self.engine.begin() as conn:
+                step(conn)
+                version += 1
                 conn.execute(
-                    schema_meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION))
-                )
-            elif int(row[0]) != SCHEMA_VERSION:
-                raise DataDirError(
-                    f"database schema version {row[0]}; this server needs {SCHEMA_VERSION}"
+                    schema_meta.update()
+                    .where(schema_meta.c.key == "schema_version")
+                    .values(value=str(version))
                 )
 
     def close(self) -> None:
@@ -348,10 +377,16 @@ class Database:
         return [ModelRow(**r) for r in rows]
 
     def model_by_sha(self, sha256: str) -> ModelRow | None:
-        """A model version whose artifact has this hash, if any."""
+        """A model version whose artifact (or CPU fallback) has this hash, if any."""
         with self.engine.connect() as conn:
             row = (
-                conn.execute(sa.select(models).where(models.c.sha256 == sha256)).mappings().first()
+                conn.execute(
+                    sa.select(models).where(
+                        (models.c.sha256 == sha256) | (models.c.fallback_sha256 == sha256)
+                    )
+                )
+                .mappings()
+                .first()
             )
         return None if row is None else ModelRow(**row)
 
