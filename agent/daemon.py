@@ -15,7 +15,7 @@ import time
 
 from agent.client import DeviceClient
 from agent.config import AgentConfig
-from agent.errors import AgentError, EnrollmentError, TransientError
+from agent.errors import AgentError, EnrollmentError, ManifestError, TransientError
 from agent.hardware.probe import HardwareInfo, probe, to_capabilities
 from agent.identity import Identity
 from agent.inference.engine import Engine, EngineOptions
@@ -24,6 +24,7 @@ from agent.inference.oip import create_server
 from agent.telemetry.mqtt import MqttPublisher, parse_mqtt_url
 from agent.telemetry.report import build_report
 from agent.updates.store import ModelStore
+from agent.updates.trust import pin_keylist, update_keylist
 from agent.updates.updater import Updater
 from protos import device_pb2
 from protos.topics import telemetry_topic, validate_segment
@@ -140,15 +141,27 @@ class Agent:
                 labels=self.config.agent.labels,
             )
         )
+        fleet_id = validate_segment(response.fleet_id, "fleet id")
+        try:
+            trust = pin_keylist(
+                response.keylist.SerializeToString(), fleet_id=fleet_id, now=time.time()
+            )
+        except ManifestError as exc:
+            raise EnrollmentError(f"the server's key list does not verify: {exc}") from exc
         identity = Identity(
             device_id=validate_segment(response.device_id, "device id"),
             token=response.device_token,
-            fleet_id=validate_segment(response.fleet_id, "fleet id"),
-            release_keys=tuple(response.release_public_keys),
+            fleet_id=fleet_id,
+            trust=trust,
             mqtt_url=response.mqtt_url,
         )
         identity.save(self.store.root)
-        log.info("enrolled as %s in fleet %s", identity.device_id, identity.fleet_id)
+        log.info(
+            "enrolled as %s in fleet %s; pinned key list version %d",
+            identity.device_id,
+            identity.fleet_id,
+            trust.version,
+        )
         return identity
 
     def _update_loop(self, stop: threading.Event, telemetry: threading.Thread) -> None:
@@ -173,6 +186,8 @@ class Agent:
                         capabilities=to_capabilities(self.probe()), active=self._active()
                     )
                 )
+                if response.HasField("keylist"):
+                    self._rotate_keys(response.keylist.SerializeToString(), updater)
                 updater.apply(response.desired)
                 attempt = 0
                 wait = interval
@@ -193,6 +208,29 @@ class Agent:
                 wait = max(interval, _backoff(attempt, interval))
                 log.exception("unexpected error in the update loop; retrying in %.0f s", wait)
             stop.wait(wait)
+
+    def _rotate_keys(self, raw: bytes, updater: Updater) -> None:
+        """Adopt a newer key list if the pinned root keys signed it; otherwise keep the old."""
+        assert self.identity is not None  # noqa: S101 - enrolled before check-in
+        try:
+            trust = update_keylist(self.identity.trust, raw, now=time.time())
+        except ManifestError as exc:
+            log.error(
+                "refusing the server's key list: %s; keeping version %d",
+                exc,
+                self.identity.trust.version,
+            )
+            return
+        if trust is self.identity.trust:
+            return
+        self.identity = self.identity.with_trust(trust)
+        self.identity.save(self.store.root)
+        updater.set_identity(self.identity)
+        log.info(
+            "key list rotated to version %d (release keys: %s)",
+            trust.version,
+            ", ".join(sorted(trust.release)),
+        )
 
     def _active(self) -> list[device_pb2.ActiveModel]:
         active = self.store.active()

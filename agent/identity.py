@@ -4,31 +4,36 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from agent._fs import atomic_write
-from agent.errors import AgentError
+from agent.errors import AgentError, ManifestError
+from agent.updates.trust import TrustedKeys, pin_keylist
 
 __all__ = ["Identity"]
 
-_FORMAT = 1
+_FORMAT = 2
 
 
 @dataclass(frozen=True)
 class Identity:
-    """Who this device is for the fleet server, and which release keys it trusts."""
+    """Who this device is for the fleet server, and which keys it trusts."""
 
     device_id: str
     token: str
     fleet_id: str
-    release_keys: tuple[bytes, ...]
+    trust: TrustedKeys
     mqtt_url: str
 
     @staticmethod
     def path(state_dir: Path) -> Path:
         """Where the identity is stored."""
         return state_dir / "identity.json"
+
+    def with_trust(self, trust: TrustedKeys) -> Identity:
+        """The same identity trusting ``trust`` (after a key rotation)."""
+        return replace(self, trust=trust)
 
     def save(self, state_dir: Path) -> None:
         """Persist atomically, readable by the agent's user only (it holds the token)."""
@@ -37,7 +42,7 @@ class Identity:
             "device_id": self.device_id,
             "token": self.token,
             "fleet_id": self.fleet_id,
-            "release_keys": [base64.b64encode(k).decode() for k in self.release_keys],
+            "keylist": base64.b64encode(self.trust.envelope).decode(),
             "mqtt_url": self.mqtt_url,
         }
         atomic_write(self.path(state_dir), json.dumps(payload, indent=2).encode(), mode=0o600)
@@ -47,7 +52,8 @@ class Identity:
         """The stored identity, or None before enrollment.
 
         Raises:
-            AgentError: the file exists but is unreadable or of an unknown format.
+            AgentError: the file exists but is unreadable, of another format, or its pinned key
+                list no longer verifies (disk damage or tampering).
         """
         path = cls.path(state_dir)
         try:
@@ -57,11 +63,19 @@ class Identity:
         except (OSError, ValueError) as exc:
             raise AgentError(f"cannot read identity {path}: {exc}") from exc
         if raw.get("format") != _FORMAT:
-            raise AgentError(f"{path} has format {raw.get('format')!r}; expected {_FORMAT}")
+            raise AgentError(
+                f"{path} has format {raw.get('format')!r}; this agent reads {_FORMAT}. "
+                "Move it away and enroll the device again"
+            )
+        try:
+            # Expiry is judged per manifest; here only the signatures of the pinned list count.
+            trust = pin_keylist(base64.b64decode(raw["keylist"]), fleet_id=raw["fleet_id"], now=0)
+        except (ManifestError, ValueError, KeyError) as exc:
+            raise AgentError(f"the key list pinned in {path} does not verify: {exc}") from exc
         return cls(
             device_id=raw["device_id"],
             token=raw["token"],
             fleet_id=raw["fleet_id"],
-            release_keys=tuple(base64.b64decode(k) for k in raw["release_keys"]),
+            trust=trust,
             mqtt_url=raw.get("mqtt_url", ""),
         )

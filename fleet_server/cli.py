@@ -37,18 +37,39 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
+def _passphrase(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        value = path.read_bytes().strip()
+    except OSError as exc:
+        raise DataDirError(f"cannot read passphrase file {path}: {exc.strerror}") from exc
+    if not value:
+        raise DataDirError(f"passphrase file {path} is empty")
+    return value
+
+
 def _cmd_init(args: argparse.Namespace) -> int:
     from fleet_server.datadir import DataDir  # noqa: PLC0415
     from fleet_server.storage.db import Database  # noqa: PLC0415
 
-    data_dir = DataDir.create(args.data_dir, args.fleet_id)
+    passphrase = _passphrase(args.root_passphrase_file)
+    data_dir = DataDir.create(
+        args.data_dir,
+        args.fleet_id,
+        root_keys=args.root_keys,
+        root_threshold=args.root_threshold,
+        passphrase=passphrase,
+    )
     db = Database(data_dir.db_url)
     db.create_schema()
     db.close()
     print(f"created {args.data_dir} for fleet {args.fleet_id}")
     print(f"  admin token:      {data_dir.admin_token_file}")
     print(f"  enrollment token: {data_dir.enrollment_token_file}")
-    print(f"  release key:      {data_dir.release_key}")
+    roots = f"{args.root_threshold}-of-{args.root_keys} root"
+    print(f"  keys:             {data_dir.keys_dir} ({roots})")
+    print("  keep the root keys (keys/root-*.key) offline once the fleet is set up")
     return 0
 
 
@@ -58,7 +79,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from fleet_server.api.server import ServerContext, create_server  # noqa: PLC0415
     from fleet_server.artifacts.store import ArtifactStore  # noqa: PLC0415
     from fleet_server.datadir import DataDir  # noqa: PLC0415
-    from fleet_server.signing.keys import ReleaseSigner  # noqa: PLC0415
+    from fleet_server.signing.keys import KeyStore  # noqa: PLC0415
     from fleet_server.storage.db import Database  # noqa: PLC0415
     from fleet_server.telemetry.broker import EmbeddedBroker  # noqa: PLC0415
     from fleet_server.telemetry.ingest import TelemetryIngest  # noqa: PLC0415
@@ -100,7 +121,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     ctx = ServerContext(
         db=db,
         artifacts=ArtifactStore(data_dir.artifacts),
-        signer=ReleaseSigner.load(data_dir.release_key),
+        keys=KeyStore(data_dir.keys_dir),
         fleet_id=data_dir.fleet_id,
         admin_token=data_dir.read_secret(data_dir.admin_token_file),
         enrollment_token=data_dir.read_secret(data_dir.enrollment_token_file),
@@ -146,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     init = sub.add_parser("init", help="create a data dir: database, artifact folder, keys")
     init.add_argument("--data-dir", type=Path, required=True)
     init.add_argument("--fleet-id", default="default", help="fleet id (default: default)")
+    init.add_argument("--root-keys", type=int, default=1, help="number of root keys (n)")
+    init.add_argument(
+        "--root-threshold", type=int, default=1, help="root signatures a key list needs (k)"
+    )
+    init.add_argument(
+        "--root-passphrase-file", type=Path, help="encrypt the root keys with this passphrase"
+    )
     init.set_defaults(func=_cmd_init)
 
     run = sub.add_parser("run", help="serve the device and admin APIs")

@@ -5,7 +5,7 @@ Layout::
     fleet.json              {"format": 1, "fleet_id": ...}
     fleet.db                SQLite database (the embedded default)
     artifacts/              uploaded model files, by sha256
-    keys/release.key        Ed25519 release private key (0600, PEM)
+    keys/                   root and release keys and the signed key list (signing/keys.py)
     admin.token             bearer token for the admin API (0600)
     enrollment.token        token devices enroll with (0600)
 """
@@ -50,8 +50,8 @@ class DataDir:
         return self.root / "artifacts"
 
     @property
-    def release_key(self) -> Path:
-        return self.root / "keys" / "release.key"
+    def keys_dir(self) -> Path:
+        return self.root / "keys"
 
     @property
     def admin_token_file(self) -> Path:
@@ -73,20 +73,36 @@ class DataDir:
             raise DataDirError(f"cannot read {path}: {exc.strerror}") from exc
 
     @classmethod
-    def create(cls, root: Path, fleet_id: str) -> DataDir:
+    def create(
+        cls,
+        root: Path,
+        fleet_id: str,
+        *,
+        root_keys: int = 1,
+        root_threshold: int = 1,
+        passphrase: bytes | None = None,
+    ) -> DataDir:
         """Create a new data directory with fresh keys and tokens.
 
         Raises:
-            DataDirError: it exists already (never overwrite keys).
+            DataDirError: it exists already (never overwrite keys), or a bad threshold.
         """
-        from fleet_server.signing.keys import generate_release_key  # noqa: PLC0415
+        from fleet_server.signing.keys import KeyStore  # noqa: PLC0415
 
         if (root / "fleet.json").exists():
             raise DataDirError(f"{root} is already an EdgeFleet data dir; refusing to overwrite it")
-        (root / "keys").mkdir(parents=True, exist_ok=True, mode=0o700)
+        if (root / "keys").exists() and any((root / "keys").iterdir()):
+            raise DataDirError(f"{root / 'keys'} holds keys already; refusing to overwrite them")
+        root.mkdir(parents=True, exist_ok=True)
         (root / "artifacts").mkdir(exist_ok=True)
         data_dir = cls(root=root, fleet_id=fleet_id)
-        _write_secret(data_dir.release_key, generate_release_key())
+        KeyStore.create(
+            data_dir.keys_dir,
+            fleet_id,
+            root_keys=root_keys,
+            root_threshold=root_threshold,
+            passphrase=passphrase,
+        )
         _write_secret(data_dir.admin_token_file, secrets.token_urlsafe(32).encode())
         _write_secret(data_dir.enrollment_token_file, secrets.token_urlsafe(24).encode())
         meta = {"format": _FORMAT, "fleet_id": fleet_id}

@@ -90,18 +90,18 @@ class EnrollRequest(_message.Message):
     def __init__(self, enrollment_token: _Optional[str] = ..., requested_name: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class EnrollResponse(_message.Message):
-    __slots__ = ("device_id", "device_token", "fleet_id", "release_public_keys", "mqtt_url")
+    __slots__ = ("device_id", "device_token", "fleet_id", "keylist", "mqtt_url")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     FLEET_ID_FIELD_NUMBER: _ClassVar[int]
-    RELEASE_PUBLIC_KEYS_FIELD_NUMBER: _ClassVar[int]
+    KEYLIST_FIELD_NUMBER: _ClassVar[int]
     MQTT_URL_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     device_token: str
     fleet_id: str
-    release_public_keys: _containers.RepeatedScalarFieldContainer[bytes]
+    keylist: _manifest_pb2.Envelope
     mqtt_url: str
-    def __init__(self, device_id: _Optional[str] = ..., device_token: _Optional[str] = ..., fleet_id: _Optional[str] = ..., release_public_keys: _Optional[_Iterable[bytes]] = ..., mqtt_url: _Optional[str] = ...) -> None: ...
+    def __init__(self, device_id: _Optional[str] = ..., device_token: _Optional[str] = ..., fleet_id: _Optional[str] = ..., keylist: _Optional[_Union[_manifest_pb2.Envelope, _Mapping]] = ..., mqtt_url: _Optional[str] = ...) -> None: ...
 
 class ActiveModel(_message.Message):
     __slots__ = ("model_name", "version", "release_counter", "sha256", "backend")
@@ -126,14 +126,16 @@ class CheckInRequest(_message.Message):
     def __init__(self, capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., active: _Optional[_Iterable[_Union[ActiveModel, _Mapping]]] = ...) -> None: ...
 
 class CheckInResponse(_message.Message):
-    __slots__ = ("desired", "next_checkin_s", "mqtt_url")
+    __slots__ = ("desired", "next_checkin_s", "mqtt_url", "keylist")
     DESIRED_FIELD_NUMBER: _ClassVar[int]
     NEXT_CHECKIN_S_FIELD_NUMBER: _ClassVar[int]
     MQTT_URL_FIELD_NUMBER: _ClassVar[int]
+    KEYLIST_FIELD_NUMBER: _ClassVar[int]
     desired: _containers.RepeatedCompositeFieldContainer[_manifest_pb2.Envelope]
     next_checkin_s: int
     mqtt_url: str
-    def __init__(self, desired: _Optional[_Iterable[_Union[_manifest_pb2.Envelope, _Mapping]]] = ..., next_checkin_s: _Optional[int] = ..., mqtt_url: _Optional[str] = ...) -> None: ...
+    keylist: _manifest_pb2.Envelope
+    def __init__(self, desired: _Optional[_Iterable[_Union[_manifest_pb2.Envelope, _Mapping]]] = ..., next_checkin_s: _Optional[int] = ..., mqtt_url: _Optional[str] = ..., keylist: _Optional[_Union[_manifest_pb2.Envelope, _Mapping]] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
     __slots__ = ("artifact_id", "offset")

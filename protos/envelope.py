@@ -11,9 +11,17 @@ where LEN is the ASCII decimal byte length and SP a single space.
 
 from __future__ import annotations
 
-__all__ = ["MANIFEST_PAYLOAD_TYPE", "pae"]
+import hashlib
+
+__all__ = ["KEYLIST_PAYLOAD_TYPE", "MANIFEST_PAYLOAD_TYPE", "keyid", "pae"]
 
 MANIFEST_PAYLOAD_TYPE = "application/vnd.edgefleet.manifest+protobuf"
+KEYLIST_PAYLOAD_TYPE = "application/vnd.edgefleet.keylist+protobuf"
+
+
+def keyid(public_key: bytes) -> str:
+    """The id of a raw public key: the first 16 hex digits of its sha256. A hint, not a proof."""
+    return hashlib.sha256(public_key).hexdigest()[:16]
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:

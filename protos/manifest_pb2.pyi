@@ -73,3 +73,31 @@ class Signature(_message.Message):
     keyid: str
     sig: bytes
     def __init__(self, keyid: _Optional[str] = ..., sig: _Optional[bytes] = ...) -> None: ...
+
+class PublicKey(_message.Message):
+    __slots__ = ("keyid", "public_key", "expires_unix")
+    KEYID_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_FIELD_NUMBER: _ClassVar[int]
+    keyid: str
+    public_key: bytes
+    expires_unix: int
+    def __init__(self, keyid: _Optional[str] = ..., public_key: _Optional[bytes] = ..., expires_unix: _Optional[int] = ...) -> None: ...
+
+class KeyList(_message.Message):
+    __slots__ = ("version", "expires_unix", "fleet_id", "root_keys", "root_threshold", "release_keys", "release_threshold")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_FIELD_NUMBER: _ClassVar[int]
+    FLEET_ID_FIELD_NUMBER: _ClassVar[int]
+    ROOT_KEYS_FIELD_NUMBER: _ClassVar[int]
+    ROOT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_KEYS_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    expires_unix: int
+    fleet_id: str
+    root_keys: _containers.RepeatedCompositeFieldContainer[PublicKey]
+    root_threshold: int
+    release_keys: _containers.RepeatedCompositeFieldContainer[PublicKey]
+    release_threshold: int
+    def __init__(self, version: _Optional[int] = ..., expires_unix: _Optional[int] = ..., fleet_id: _Optional[str] = ..., root_keys: _Optional[_Iterable[_Union[PublicKey, _Mapping]]] = ..., root_threshold: _Optional[int] = ..., release_keys: _Optional[_Iterable[_Union[PublicKey, _Mapping]]] = ..., release_threshold: _Optional[int] = ...) -> None: ...

@@ -88,7 +88,7 @@ def classify(socket: Path, labels: list[str]) -> tuple[str, float, str]:
 def run(state: Path) -> None:
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     try:
-        step("edgefleet-server init: SQLite database, artifact folder, Ed25519 release key")
+        step("edgefleet-server init: SQLite database, artifact folder, root and release keys")
         data_dir = state / "server"
         print(cli("fleet_server.cli", "init", "--data-dir", str(data_dir), "--fleet-id", "demo"))
 

@@ -7,6 +7,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -672,3 +673,132 @@ def test_push_rejects_fallbacks_that_cannot_stand_in(
     assert "no models" in server.admin("models", "list").stdout
     # Nothing rejected is left behind in the artifact store.
     assert not list((server.data_dir / "artifacts").glob("*.tflite"))
+
+
+def test_release_key_rotation_reaches_devices_and_a_forged_key_list_does_not(
+    one_agent_fleet: tuple[Server, Agent], color_models: Path, tmp_path: Path
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from fleet_server.signing.keys import generate_key, public_bytes, sign_envelope
+    from protos.envelope import KEYLIST_PAYLOAD_TYPE, keyid
+
+    server, agent = one_agent_fleet
+    before = server.admin("keys", "list").stdout
+    assert "key list version 1" in before and "1 of 1 must sign" in before
+    rotated = server.admin("keys", "rotate").stdout
+    assert "published key list version 2" in rotated
+    server.admin(
+        "models",
+        "push",
+        str(color_models / "color_int8.tflite"),
+        "--name",
+        "colors",
+        "--version",
+        "1.1.0",
+        "--deploy",
+    )
+    wait_state(server, "dev-c", "colors", "1.1.0", "INSTALLED")
+    assert "key list rotated to version 2" in agent.output()
+
+    # Someone with write access to the server's disk publishes a key list of their own, and a
+    # release key to go with it, then pushes a model signed by that key.
+    keys = server.data_dir / "keys"
+    stranger = Ed25519PrivateKey.generate()
+    pem = generate_key()
+    (keys / "evil.pem").write_bytes(pem)
+    from fleet_server.signing.keys import load_private_key
+
+    evil_release = load_private_key(keys / "evil.pem")
+    evil_id = keyid(public_bytes(evil_release))
+    (keys / f"release-{evil_id}.key").write_bytes(pem)
+    forged = manifest_pb2.KeyList(
+        version=3,
+        expires_unix=int(time.time()) + 3600,
+        fleet_id="default",
+        root_keys=[
+            manifest_pb2.PublicKey(
+                keyid=keyid(public_bytes(stranger)), public_key=public_bytes(stranger)
+            )
+        ],
+        root_threshold=1,
+        release_keys=[manifest_pb2.PublicKey(keyid=evil_id, public_key=public_bytes(evil_release))],
+        release_threshold=1,
+    )
+    envelope = sign_envelope(KEYLIST_PAYLOAD_TYPE, forged.SerializeToString(), [stranger])
+    (keys / "keylist.bin").write_bytes(envelope.SerializeToString())
+    server.admin(
+        "models",
+        "push",
+        str(color_models / "color_float.tflite"),
+        "--name",
+        "colors",
+        "--version",
+        "1.2.0",
+        "--deploy",
+    )
+    state = wait_state(server, "dev-c", "colors", "1.2.0", "FAILED")
+    assert "does not verify with enough pinned release keys" in state["detail"]
+    assert "refusing the server's key list" in agent.output()
+    meta = oip.stub(agent.socket).ModelMetadata(inference_pb2.ModelMetadataRequest(name="colors"))
+    assert list(meta.versions) == ["1.1.0"]
+
+
+def test_keys_create_writes_a_private_key_for_offline_use(tmp_path: Path) -> None:
+    out = tmp_path / "root-offline.key"
+    result = run_cli("edgefleet", "keys", "create", "--out", str(out))
+    assert "key id" in result.stdout and out.stat().st_mode & 0o777 == 0o600
+    again = run_cli("edgefleet", "keys", "create", "--out", str(out), check=False)
+    assert again.returncode == 1 and "refusing to overwrite" in again.stderr
+
+
+def test_a_k_of_n_fleet_needs_k_root_keys_to_rotate(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    secret = tmp_path / "pass"
+    secret.write_text("correct horse\n")
+    run_cli(
+        "edgefleet-server",
+        "init",
+        "--data-dir",
+        str(data),
+        "--root-keys",
+        "3",
+        "--root-threshold",
+        "2",
+        "--root-passphrase-file",
+        str(secret),
+    )
+    listing = run_cli("edgefleet", "--data-dir", str(data), "keys", "list").stdout
+    assert "2 of 3 must sign" in listing
+    no_pass = run_cli("edgefleet", "--data-dir", str(data), "keys", "rotate", check=False)
+    assert no_pass.returncode == 1 and "passphrase" in no_pass.stderr
+    roots = sorted((data / "keys").glob("root-*.key"))
+    offline = tmp_path / "offline"
+    offline.mkdir()
+    for key in roots[1:]:
+        key.rename(offline / key.name)  # two of the three root keys leave the server
+    one = run_cli(
+        "edgefleet",
+        "--data-dir",
+        str(data),
+        "keys",
+        "rotate",
+        "--passphrase-file",
+        str(secret),
+        check=False,
+    )
+    assert one.returncode == 1 and "1 of the fleet's root keys at hand; 2 must sign" in one.stderr
+    two = run_cli(
+        "edgefleet",
+        "--data-dir",
+        str(data),
+        "keys",
+        "rotate",
+        "--passphrase-file",
+        str(secret),
+        "--root-key",
+        str(roots[0]),
+        "--root-key",
+        str(offline / roots[1].name),
+    )
+    assert "published key list version 2" in two.stdout

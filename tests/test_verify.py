@@ -10,14 +10,44 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.errors import ManifestError
+from agent.updates.trust import TrustedKeys, pin_keylist
 from agent.updates.verify import CLOCK_SKEW_S, InstalledModel, verify_manifest
-from fleet_server.signing.keys import ReleaseSigner
+from fleet_server.signing.keys import ManifestSigner, public_bytes, sign_envelope
 from protos import manifest_pb2
+from protos.envelope import KEYLIST_PAYLOAD_TYPE, keyid
 
 NOW = 1_790_000_000.0
-SIGNER = ReleaseSigner(Ed25519PrivateKey.generate())
-OTHER = ReleaseSigner(Ed25519PrivateKey.generate())
+ROOT = Ed25519PrivateKey.generate()
+RELEASE = Ed25519PrivateKey.generate()
+SECOND = Ed25519PrivateKey.generate()
+SIGNER = ManifestSigner([RELEASE])
+OTHER = ManifestSigner([SECOND])
 SHA = "ab" * 32
+
+
+def public(key: Ed25519PrivateKey, expires: int = 0) -> manifest_pb2.PublicKey:
+    raw = public_bytes(key)
+    return manifest_pb2.PublicKey(keyid=keyid(raw), public_key=raw, expires_unix=expires)
+
+
+def trust_in(
+    *release: Ed25519PrivateKey,
+    threshold: int = 1,
+    expires: int = int(NOW) + 3600,
+    release_expires: int = 0,
+    pinned_at: float = NOW - 60,
+) -> TrustedKeys:
+    keylist = manifest_pb2.KeyList(
+        version=1,
+        expires_unix=expires,
+        fleet_id="fleet",
+        root_keys=[public(ROOT)],
+        root_threshold=1,
+        release_keys=[public(k, release_expires) for k in release],
+        release_threshold=threshold,
+    )
+    envelope = sign_envelope(KEYLIST_PAYLOAD_TYPE, keylist.SerializeToString(), [ROOT])
+    return pin_keylist(envelope.SerializeToString(), fleet_id="fleet", now=pinned_at)
 
 
 def manifest(**overrides: object) -> manifest_pb2.Manifest:
@@ -40,13 +70,13 @@ def manifest(**overrides: object) -> manifest_pb2.Manifest:
 def verify(
     raw: bytes,
     *,
-    keys: tuple[bytes, ...] = (SIGNER.public_key,),
+    trust: TrustedKeys | None = None,
     now: float = NOW,
     installed: dict[str, InstalledModel] | None = None,
 ) -> manifest_pb2.Manifest:
     return verify_manifest(
         raw,
-        trusted_keys=keys,
+        trust=trust or trust_in(RELEASE),
         fleet_id="fleet",
         now=now,
         installed=installed or {},
@@ -54,7 +84,7 @@ def verify(
     )
 
 
-def signed(m: manifest_pb2.Manifest, signer: ReleaseSigner = SIGNER) -> bytes:
+def signed(m: manifest_pb2.Manifest, signer: ManifestSigner = SIGNER) -> bytes:
     return signer.sign(m).SerializeToString()
 
 
@@ -63,12 +93,36 @@ def test_a_good_manifest_verifies() -> None:
 
 
 def test_signature_by_an_unpinned_key_is_refused() -> None:
-    with pytest.raises(ManifestError, match="does not verify with any pinned release key"):
+    with pytest.raises(ManifestError, match="does not verify with enough pinned release keys"):
         verify(signed(manifest(), OTHER))
 
 
 def test_any_pinned_key_may_sign() -> None:
-    assert verify(signed(manifest(), OTHER), keys=(SIGNER.public_key, OTHER.public_key))
+    assert verify(signed(manifest(), OTHER), trust=trust_in(RELEASE, SECOND))
+
+
+def test_a_release_threshold_needs_that_many_distinct_keys() -> None:
+    two = trust_in(RELEASE, SECOND, threshold=2)
+    with pytest.raises(ManifestError, match="1 of 2 required"):
+        verify(signed(manifest()), trust=two)
+    doubled = SIGNER.sign(manifest())
+    doubled.signatures.extend(list(doubled.signatures))  # the same key twice counts once
+    with pytest.raises(ManifestError, match="1 of 2 required"):
+        verify(doubled.SerializeToString(), trust=two)
+    both = ManifestSigner([RELEASE, SECOND]).sign(manifest()).SerializeToString()
+    assert verify(both, trust=two)
+
+
+def test_an_expired_release_key_no_longer_signs() -> None:
+    stale = trust_in(RELEASE, release_expires=int(NOW) - CLOCK_SKEW_S - 1)
+    with pytest.raises(ManifestError, match="0 of 1 required"):
+        verify(signed(manifest()), trust=stale)
+
+
+def test_an_expired_key_list_stops_updates() -> None:
+    old = trust_in(RELEASE, expires=int(NOW) - CLOCK_SKEW_S - 1, pinned_at=NOW - 3 * CLOCK_SKEW_S)
+    with pytest.raises(ManifestError, match=r"pinned key list .* has expired"):
+        verify(signed(manifest()), trust=old)
 
 
 def test_unsigned_envelope_is_refused() -> None:
@@ -114,6 +168,8 @@ def test_a_device_without_a_sane_clock_skips_expiry() -> None:
     # A board that booted without RTC or NTP reads 1970; refusing every update forever would
     # strand it, and the signature and counter checks still hold.
     assert verify(signed(manifest(expires_unix=1000)), now=100.0)
+    unset_clock = trust_in(RELEASE, expires=1000, pinned_at=100.0)
+    assert verify(signed(manifest()), trust=unset_clock, now=100.0)
 
 
 def test_older_release_is_refused_anti_rollback() -> None:
@@ -157,13 +213,11 @@ def test_garbage_and_oversized_envelopes_are_refused() -> None:
         verify(b"\xff\xff\xff garbage")
     with pytest.raises(ManifestError, match="bytes"):
         verify(b"\0" * 70_000)
-
-
-def test_no_pinned_key_means_nothing_verifies() -> None:
-    with pytest.raises(ManifestError, match="no release key"):
-        verify(signed(manifest()), keys=())
+    with pytest.raises(ManifestError, match="not a manifest"):
+        verify(trust_in(RELEASE).envelope)  # a signed key list is not a manifest
 
 
 def test_real_clock_smoke() -> None:
     m = manifest(created_unix=int(time.time()), expires_unix=int(time.time()) + 60)
-    assert verify(signed(m), now=time.time())
+    fresh = trust_in(RELEASE, expires=int(time.time()) + 3600)
+    assert verify(signed(m), trust=fresh, now=time.time())

@@ -77,6 +77,14 @@ class Updater:
             engine.put(model)
             log.info("serving %s %s from %s", name, entry.version, path)
 
+    def set_identity(self, identity: Identity) -> None:
+        """Trust the keys of ``identity`` from now on (after a key rotation).
+
+        Manifests refused under the old keys get another chance under the new ones.
+        """
+        self._identity = identity
+        self._refused.clear()
+
     def installed(self) -> dict[str, InstalledModel]:
         """Release counter and hash of each active model."""
         return {
@@ -111,7 +119,7 @@ class Updater:
     def _apply_one(self, raw: bytes) -> None:
         manifest = verify_manifest(
             raw,
-            trusted_keys=self._identity.release_keys,
+            trust=self._identity.trust,
             fleet_id=self._identity.fleet_id,
             now=self._clock(),
             installed=self.installed(),

@@ -1,14 +1,16 @@
-"""Verify a signed manifest. Pure: takes bytes, keys and the time; returns a manifest or raises.
+"""Verify a signed manifest. Pure: takes bytes, the trusted keys and the time; returns a
+manifest or raises.
 
-The rules (the update issue extends them with key lists, thresholds and explicit rollbacks):
+The rules (see docs/security.md):
 
 * the envelope's payload type must be the manifest type;
-* at least one signature over PAE(type, payload) must verify with a pinned release key
-  (the key id is only a hint and is not trusted);
-* the manifest must be meant for this fleet, name a plausible model, hash and size;
-* it must not have expired, allowing ``CLOCK_SKEW_S`` for devices whose clock drifts; a device
-  whose clock reads before 2024 has no usable time and skips the expiry check (logged by the
-  caller) rather than refusing every update forever;
+* at least ``release_threshold`` distinct, unexpired release keys of the pinned key list must
+  have signed PAE(type, payload); key ids are hints only; the key list itself must not have
+  expired;
+* the manifest must be meant for this fleet, name a plausible model, hash and size (and a
+  plausible CPU fallback, if any);
+* it must not have expired, allowing ``CLOCK_SKEW_S``; a device whose clock reads before 2024
+  has no usable time and skips expiry checks rather than refusing every update forever;
 * its release counter must not be lower than the installed one for the same model
   (anti-rollback); an equal counter is only accepted for the very same artifact.
 """
@@ -16,23 +18,25 @@ The rules (the update issue extends them with key lists, thresholds and explicit
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import DecodeError
 
 from agent.errors import ManifestError
+from agent.updates.trust import (
+    CLOCK_SKEW_S,
+    MAX_ENVELOPE_BYTES,
+    TrustedKeys,
+    count_signers,
+    expired,
+    parse_envelope,
+)
 from protos import manifest_pb2
-from protos.envelope import MANIFEST_PAYLOAD_TYPE, pae
+from protos.envelope import MANIFEST_PAYLOAD_TYPE
 
 __all__ = ["CLOCK_SKEW_S", "MAX_ENVELOPE_BYTES", "InstalledModel", "verify_manifest"]
 
-CLOCK_SKEW_S = 300
-MAX_ENVELOPE_BYTES = 64 * 1024
-MAX_SIGNATURES = 16
-_CLOCK_SANE_AFTER = 1_704_067_200  # 2024-01-01T00:00:00Z
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -45,29 +49,10 @@ class InstalledModel:
     sha256: str
 
 
-def _check_signature(envelope: manifest_pb2.Envelope, keys: Sequence[bytes]) -> None:
-    if not envelope.signatures:
-        raise ManifestError("manifest is not signed")
-    if len(envelope.signatures) > MAX_SIGNATURES:
-        raise ManifestError(f"manifest carries {len(envelope.signatures)} signatures; refusing")
-    message = pae(envelope.payload_type, envelope.payload)
-    public_keys = [Ed25519PublicKey.from_public_bytes(k) for k in keys]
-    for signature in envelope.signatures:
-        for key in public_keys:
-            try:
-                key.verify(signature.sig, message)
-            except InvalidSignature:
-                continue
-            return
-    raise ManifestError(
-        "manifest signature does not verify with any pinned release key; refusing the update"
-    )
-
-
 def verify_manifest(
     envelope_bytes: bytes,
     *,
-    trusted_keys: Sequence[bytes],
+    trust: TrustedKeys,
     fleet_id: str,
     now: float,
     installed: Mapping[str, InstalledModel],
@@ -78,18 +63,20 @@ def verify_manifest(
     Raises:
         ManifestError: with the reason, for any rule above that the manifest breaks.
     """
-    if len(envelope_bytes) > MAX_ENVELOPE_BYTES:
-        raise ManifestError(f"envelope is {len(envelope_bytes)} bytes (limit {MAX_ENVELOPE_BYTES})")
-    if not trusted_keys:
-        raise ManifestError("no release key is pinned; enroll the device first")
-    envelope = manifest_pb2.Envelope()
-    try:
-        envelope.ParseFromString(envelope_bytes)
-    except DecodeError as exc:
-        raise ManifestError("envelope is not a valid protobuf message") from exc
-    if envelope.payload_type != MANIFEST_PAYLOAD_TYPE:
-        raise ManifestError(f"payload type {envelope.payload_type!r} is not a manifest")
-    _check_signature(envelope, trusted_keys)
+    envelope = parse_envelope(envelope_bytes, MANIFEST_PAYLOAD_TYPE, "manifest")
+    if not envelope.signatures:
+        raise ManifestError("manifest is not signed")
+    if expired(trust.expires_unix, now):
+        raise ManifestError(
+            f"the pinned key list (version {trust.version}) has expired; the fleet's root key "
+            "holders must publish a new one"
+        )
+    signers = count_signers(envelope, trust.release_keys(now))
+    if len(signers) < trust.release_threshold:
+        raise ManifestError(
+            "manifest signature does not verify with enough pinned release keys "
+            f"({len(signers)} of {trust.release_threshold} required); refusing the update"
+        )
 
     manifest = manifest_pb2.Manifest()
     try:
@@ -116,8 +103,7 @@ def verify_manifest(
             raise ManifestError(
                 f"CPU fallback size {fallback.size} is outside 1..{max_artifact_bytes} bytes"
             )
-    clock_usable = now >= _CLOCK_SANE_AFTER
-    if manifest.expires_unix and clock_usable and now > manifest.expires_unix + CLOCK_SKEW_S:
+    if expired(manifest.expires_unix, now):
         raise ManifestError(
             f"manifest for {manifest.model_name} {manifest.version} expired at "
             f"{manifest.expires_unix} (now {int(now)}); ask the server to re-sign it"

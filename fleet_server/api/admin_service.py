@@ -201,7 +201,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                     variant="cpu",
                 )
             )
-        envelope = self._ctx.signer.sign(manifest)
+        envelope = self._ctx.keys.manifest_signer().sign(manifest)
         row = ModelRow(
             model_name=meta.model_name,
             version=meta.version,

@@ -71,7 +71,7 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
             device_id=device_id,
             device_token=token,
             fleet_id=self._ctx.fleet_id,
-            release_public_keys=[self._ctx.signer.public_key],
+            keylist=manifest_pb2.Envelope.FromString(self._ctx.keys.keylist_bytes()),
             mqtt_url=self._ctx.device_mqtt_url,
         )
 
@@ -90,7 +90,9 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
                     device_id, active.model_name, active.version, "INSTALLED", "serving"
                 )
         response = pb.CheckInResponse(
-            next_checkin_s=self._ctx.checkin_interval_s, mqtt_url=self._ctx.device_mqtt_url
+            next_checkin_s=self._ctx.checkin_interval_s,
+            mqtt_url=self._ctx.device_mqtt_url,
+            keylist=manifest_pb2.Envelope.FromString(self._ctx.keys.keylist_bytes()),
         )
         for raw in self._ctx.db.desired_envelopes():
             envelope = manifest_pb2.Envelope()

@@ -11,7 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from fleet_server.api.admin_service import AdminServicer
 from fleet_server.api.device_service import DeviceServicer
 from fleet_server.artifacts.store import ArtifactStore
-from fleet_server.signing.keys import ReleaseSigner
+from fleet_server.signing.keys import KeyStore
 from fleet_server.storage.db import Database
 from protos import admin_pb2_grpc, device_pb2_grpc
 
@@ -26,7 +26,7 @@ class ServerContext:
 
     db: Database
     artifacts: ArtifactStore
-    signer: ReleaseSigner
+    keys: KeyStore
     fleet_id: str
     admin_token: str
     enrollment_token: str

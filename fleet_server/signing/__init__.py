@@ -1,7 +1,7 @@
-"""Release keys and manifest signing."""
+"""Root and release keys, key lists, and manifest signing."""
 
 from __future__ import annotations
 
-from fleet_server.signing.keys import ReleaseSigner, generate_release_key
+from fleet_server.signing.keys import KeyStore, ManifestSigner, sign_envelope
 
-__all__ = ["ReleaseSigner", "generate_release_key"]
+__all__ = ["KeyStore", "ManifestSigner", "sign_envelope"]

@@ -1,12 +1,21 @@
-"""The Ed25519 release key and DSSE-style manifest signing.
+"""The fleet's keys: root keys sign key lists, release keys sign manifests.
 
-In the embedded default the server holds the release key online and signs at push time. (Root
-keys, thresholds, key lists and offline signing come with the signed-delivery issue.)
+Files in ``<data dir>/keys`` (all 0600)::
+
+    root-<keyid>.key      Ed25519 root private keys (PKCS#8 PEM; passphrase-protected if asked)
+    release-<keyid>.key   Ed25519 release private keys
+    keylist.bin           the current signed KeyList (a DSSE-style envelope)
+
+Root keys are only needed to publish a new key list (`edgefleet keys rotate`); they can be moved
+off the server after `init` and handed back with ``--root-key`` for a rotation. The release keys
+stay online in the embedded default so that `models push` can sign.
 """
 
 from __future__ import annotations
 
-import hashlib
+import os
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -14,51 +23,237 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fleet_server.errors import DataDirError
 from protos import manifest_pb2
-from protos.envelope import MANIFEST_PAYLOAD_TYPE, pae
+from protos.envelope import KEYLIST_PAYLOAD_TYPE, MANIFEST_PAYLOAD_TYPE, keyid, pae
 
-__all__ = ["ReleaseSigner", "generate_release_key"]
+__all__ = [
+    "KEYLIST_LIFETIME_S",
+    "KeyStore",
+    "ManifestSigner",
+    "generate_key",
+    "load_private_key",
+    "public_bytes",
+    "sign_envelope",
+]
+
+KEYLIST_LIFETIME_S = 365 * 24 * 3600
 
 
-def generate_release_key() -> bytes:
-    """A new Ed25519 private key as unencrypted PKCS#8 PEM (stored 0600)."""
+def generate_key(passphrase: bytes | None = None) -> bytes:
+    """A new Ed25519 private key as PKCS#8 PEM, encrypted when ``passphrase`` is given."""
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase)
+        if passphrase
+        else serialization.NoEncryption()
+    )
     return Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
     )
 
 
-class ReleaseSigner:
-    """Signs manifests with one release key."""
+def load_private_key(path: Path, passphrase: bytes | None = None) -> Ed25519PrivateKey:
+    """Load a PEM Ed25519 private key.
 
-    def __init__(self, key: Ed25519PrivateKey) -> None:
-        self._key = key
-        self.public_key = key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-        self.keyid = hashlib.sha256(self.public_key).hexdigest()[:16]
+    Raises:
+        DataDirError: unreadable, wrong passphrase, or not an Ed25519 key.
+    """
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=passphrase)
+    except TypeError as exc:
+        raise DataDirError(f"{path} is passphrase-protected: give --passphrase-file") from exc
+    except (OSError, ValueError) as exc:
+        raise DataDirError(f"cannot load key {path} (wrong passphrase?): {exc}") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise DataDirError(f"{path} is not an Ed25519 private key")
+    return key
 
-    @classmethod
-    def load(cls, path: Path) -> ReleaseSigner:
-        """Load a PEM private key.
 
-        Raises:
-            DataDirError: unreadable or not an Ed25519 key.
-        """
-        try:
-            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        except (OSError, ValueError, TypeError) as exc:
-            raise DataDirError(f"cannot load release key {path}: {exc}") from exc
-        if not isinstance(key, Ed25519PrivateKey):
-            raise DataDirError(f"{path} is not an Ed25519 private key")
-        return cls(key)
+def public_bytes(key: Ed25519PrivateKey) -> bytes:
+    """The raw 32-byte public key."""
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def sign_envelope(
+    payload_type: str, payload: bytes, keys: Sequence[Ed25519PrivateKey]
+) -> manifest_pb2.Envelope:
+    """An envelope over ``payload`` signed by every key in ``keys``."""
+    message = pae(payload_type, payload)
+    return manifest_pb2.Envelope(
+        payload_type=payload_type,
+        payload=payload,
+        signatures=[
+            manifest_pb2.Signature(keyid=keyid(public_bytes(k)), sig=k.sign(message)) for k in keys
+        ],
+    )
+
+
+def _write_key(path: Path, pem: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+class ManifestSigner:
+    """Signs manifests with the release keys the current key list names."""
+
+    def __init__(self, keys: Sequence[Ed25519PrivateKey]) -> None:
+        self._keys = list(keys)
 
     def sign(self, manifest: manifest_pb2.Manifest) -> manifest_pb2.Envelope:
         """Wrap ``manifest`` in an envelope signed over PAE(type, payload)."""
-        payload = manifest.SerializeToString(deterministic=True)
-        signature = self._key.sign(pae(MANIFEST_PAYLOAD_TYPE, payload))
-        return manifest_pb2.Envelope(
-            payload_type=MANIFEST_PAYLOAD_TYPE,
-            payload=payload,
-            signatures=[manifest_pb2.Signature(keyid=self.keyid, sig=signature)],
+        return sign_envelope(
+            MANIFEST_PAYLOAD_TYPE, manifest.SerializeToString(deterministic=True), self._keys
         )
+
+
+class KeyStore:
+    """The key files of one data dir."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._cache: tuple[float, bytes] | None = None
+
+    @property
+    def keylist_path(self) -> Path:
+        return self.directory / "keylist.bin"
+
+    @classmethod
+    def create(
+        cls,
+        directory: Path,
+        fleet_id: str,
+        *,
+        root_keys: int = 1,
+        root_threshold: int = 1,
+        passphrase: bytes | None = None,
+        lifetime_s: int = KEYLIST_LIFETIME_S,
+    ) -> KeyStore:
+        """Generate root keys, a release key and the first key list.
+
+        Raises:
+            DataDirError: a threshold that cannot be met.
+        """
+        if not 1 <= root_threshold <= root_keys <= 16:
+            raise DataDirError(
+                f"root threshold {root_threshold} of {root_keys} keys: need 1 <= k <= n <= 16"
+            )
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        store = cls(directory)
+        roots = []
+        for _ in range(root_keys):
+            pem = generate_key(passphrase)
+            key = serialization.load_pem_private_key(pem, password=passphrase)
+            assert isinstance(key, Ed25519PrivateKey)  # noqa: S101 - we just generated it
+            _write_key(directory / f"root-{keyid(public_bytes(key))}.key", pem)
+            roots.append(key)
+        release = store._new_release_key()
+        keylist = manifest_pb2.KeyList(
+            version=1,
+            expires_unix=int(time.time()) + lifetime_s,
+            fleet_id=fleet_id,
+            root_keys=[_public(k) for k in roots],
+            root_threshold=root_threshold,
+            release_keys=[_public(release)],
+            release_threshold=1,
+        )
+        store._publish(keylist, roots)
+        return store
+
+    def _new_release_key(self) -> Ed25519PrivateKey:
+        pem = generate_key()
+        key = serialization.load_pem_private_key(pem, password=None)
+        assert isinstance(key, Ed25519PrivateKey)  # noqa: S101 - we just generated it
+        _write_key(self.directory / f"release-{keyid(public_bytes(key))}.key", pem)
+        return key
+
+    def _publish(self, keylist: manifest_pb2.KeyList, signers: Sequence[Ed25519PrivateKey]) -> None:
+        envelope = sign_envelope(
+            KEYLIST_PAYLOAD_TYPE, keylist.SerializeToString(deterministic=True), signers
+        )
+        tmp = self.keylist_path.with_suffix(".tmp")
+        tmp.write_bytes(envelope.SerializeToString())
+        os.chmod(tmp, 0o644)  # public: devices receive it  # noqa: PTH101
+        tmp.replace(self.keylist_path)
+
+    def keylist_bytes(self) -> bytes:
+        """The current signed key list (re-read when the file changes, e.g. after a rotation).
+
+        Raises:
+            DataDirError: missing or unreadable.
+        """
+        try:
+            mtime = self.keylist_path.stat().st_mtime
+            if self._cache is None or self._cache[0] != mtime:
+                self._cache = (mtime, self.keylist_path.read_bytes())
+        except OSError as exc:
+            raise DataDirError(f"cannot read the key list {self.keylist_path}: {exc}") from exc
+        return self._cache[1]
+
+    def keylist(self) -> manifest_pb2.KeyList:
+        """The current key list, decoded (signatures are checked by its readers)."""
+        envelope = manifest_pb2.Envelope.FromString(self.keylist_bytes())
+        return manifest_pb2.KeyList.FromString(envelope.payload)
+
+    def manifest_signer(self) -> ManifestSigner:
+        """A signer with the current, unexpired release keys whose private halves are here.
+
+        Raises:
+            DataDirError: fewer such keys than the key list's release threshold.
+        """
+        keylist = self.keylist()
+        now = time.time()
+        keys = []
+        for key in keylist.release_keys:
+            path = self.directory / f"release-{key.keyid}.key"
+            if path.exists() and not (key.expires_unix and key.expires_unix < now):
+                keys.append(load_private_key(path))
+        if len(keys) < keylist.release_threshold:
+            raise DataDirError(
+                f"{len(keys)} usable release key(s) in {self.directory}, key list version "
+                f"{keylist.version} requires {keylist.release_threshold}"
+            )
+        return ManifestSigner(keys[: max(keylist.release_threshold, 1)])
+
+    def rotate_release(
+        self,
+        *,
+        root_key_files: Sequence[Path] = (),
+        passphrase: bytes | None = None,
+        lifetime_s: int = KEYLIST_LIFETIME_S,
+    ) -> manifest_pb2.KeyList:
+        """Replace the release keys with a new one: key list version + 1, signed by root keys.
+
+        Root private keys come from ``root_key_files`` or, by default, this directory.
+
+        Raises:
+            DataDirError: fewer root keys at hand than the root threshold.
+        """
+        current = self.keylist()
+        wanted = {k.keyid for k in current.root_keys}
+        files = list(root_key_files) or sorted(self.directory.glob("root-*.key"))
+        roots = []
+        for path in files:
+            key = load_private_key(path, passphrase)
+            if keyid(public_bytes(key)) in wanted:
+                roots.append(key)
+        if len(roots) < current.root_threshold:
+            raise DataDirError(
+                f"{len(roots)} of the fleet's root keys at hand; {current.root_threshold} must "
+                "sign a new key list (give them with --root-key)"
+            )
+        release = self._new_release_key()
+        keylist = manifest_pb2.KeyList()
+        keylist.CopyFrom(current)
+        keylist.version = current.version + 1
+        keylist.expires_unix = int(time.time()) + lifetime_s
+        del keylist.release_keys[:]
+        keylist.release_keys.append(_public(release))
+        keylist.release_threshold = 1
+        self._publish(keylist, roots[: current.root_threshold])
+        return keylist
+
+
+def _public(key: Ed25519PrivateKey) -> manifest_pb2.PublicKey:
+    raw = public_bytes(key)
+    return manifest_pb2.PublicKey(keyid=keyid(raw), public_key=raw)
