@@ -73,6 +73,32 @@ def _fmt_time(unix: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(unix)) if unix else "-"
 
 
+def _sample_bytes(sample: Path, model: Path) -> bytes:
+    """The smoke-test input: an image (prepared like `edgefleet-agent predict` does), a .npy
+    array for a one-input model, or raw bytes (.bin) of every input in order."""
+    import numpy as np  # noqa: PLC0415
+
+    from agent.errors import AgentError  # noqa: PLC0415
+    from agent.inference.modelfile import inspect_model_file  # noqa: PLC0415
+
+    try:
+        if sample.suffix == ".bin":
+            return sample.read_bytes()
+        if sample.suffix == ".npy":
+            array = np.load(sample, allow_pickle=False)
+            return bytes(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).data)
+        from agent.inference.preprocess import image_to_tensor, load_image  # noqa: PLC0415
+
+        tensor = inspect_model_file(model).inputs[0]
+        return image_to_tensor(load_image(sample), tensor).tobytes()
+    except (OSError, ValueError) as exc:
+        raise BadRequestError(f"cannot read sample {sample}: {exc}") from exc
+    except AgentError as exc:
+        raise BadRequestError(f"sample {sample}: {exc}") from exc
+    except ImportError as exc:
+        raise BadRequestError("an image sample needs Pillow: pip install pillow") from exc
+
+
 def _cmd_push(args: argparse.Namespace) -> int:
     path: Path = args.file
     try:
@@ -90,6 +116,8 @@ def _cmd_push(args: argparse.Namespace) -> int:
         variant=args.variant,
         size=size,
         fallback_size=fallback_size,
+        sample=_sample_bytes(args.sample, path) if args.sample else b"",
+        smoke_tolerance=args.smoke_tolerance,
     )
 
     def requests() -> Iterator[pb.PushModelRequest]:
@@ -110,6 +138,8 @@ def _cmd_push(args: argparse.Namespace) -> int:
         f"sha256 {model.sha256[:16]}..., release {model.release_counter}, signed"
         + (f"; CPU fallback {model.fallback_sha256[:16]}..." if model.fallback_sha256 else "")
     )
+    if model.smoke_top_indices:
+        print(f"smoke test: the sample's top classes are {list(model.smoke_top_indices)}")
     if args.deploy:
         admin.call("Deploy", pb.DeployRequest(model_name=args.name, version=args.version))
         print(f"deployed {args.name} {args.version} to the fleet")
@@ -284,6 +314,15 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--version", required=True, help="semantic version, e.g. 1.0.0")
     push.add_argument("--variant", default="default", help="variant label (int8, float32, ...)")
     push.add_argument("--deploy", action="store_true", help="also deploy it to the whole fleet")
+    push.add_argument(
+        "--sample",
+        type=Path,
+        help="smoke-test input: an image, a .npy array, or raw .bin bytes (default: random "
+        "input); devices must reproduce the server's answer before activating the model",
+    )
+    push.add_argument(
+        "--smoke-tolerance", type=float, default=0.0, help="allowed score difference (0.05)"
+    )
     push.add_argument(
         "--fallback",
         type=Path,

@@ -7,18 +7,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PushModelMeta(_message.Message):
-    __slots__ = ("model_name", "version", "variant", "size", "fallback_size")
+    __slots__ = ("model_name", "version", "variant", "size", "fallback_size", "sample", "smoke_tolerance")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    SMOKE_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: str
     variant: str
     size: int
     fallback_size: int
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., size: _Optional[int] = ..., fallback_size: _Optional[int] = ...) -> None: ...
+    sample: bytes
+    smoke_tolerance: float
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., size: _Optional[int] = ..., fallback_size: _Optional[int] = ..., sample: _Optional[bytes] = ..., smoke_tolerance: _Optional[float] = ...) -> None: ...
 
 class PushModelRequest(_message.Message):
     __slots__ = ("meta", "data", "fallback_data")
@@ -31,7 +35,7 @@ class PushModelRequest(_message.Message):
     def __init__(self, meta: _Optional[_Union[PushModelMeta, _Mapping]] = ..., data: _Optional[bytes] = ..., fallback_data: _Optional[bytes] = ...) -> None: ...
 
 class ModelVersionInfo(_message.Message):
-    __slots__ = ("model_name", "version", "variant", "release_counter", "sha256", "size", "created_unix", "edgetpu", "deployed", "fallback_sha256")
+    __slots__ = ("model_name", "version", "variant", "release_counter", "sha256", "size", "created_unix", "edgetpu", "deployed", "fallback_sha256", "smoke_top_indices")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +46,7 @@ class ModelVersionInfo(_message.Message):
     EDGETPU_FIELD_NUMBER: _ClassVar[int]
     DEPLOYED_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SMOKE_TOP_INDICES_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: str
     variant: str
@@ -52,7 +57,8 @@ class ModelVersionInfo(_message.Message):
     edgetpu: bool
     deployed: bool
     fallback_sha256: str
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., release_counter: _Optional[int] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., created_unix: _Optional[int] = ..., edgetpu: _Optional[bool] = ..., deployed: _Optional[bool] = ..., fallback_sha256: _Optional[str] = ...) -> None: ...
+    smoke_top_indices: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., release_counter: _Optional[int] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., created_unix: _Optional[int] = ..., edgetpu: _Optional[bool] = ..., deployed: _Optional[bool] = ..., fallback_sha256: _Optional[str] = ..., smoke_top_indices: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PushModelResponse(_message.Message):
     __slots__ = ("model",)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Manifest(_message.Message):
-    __slots__ = ("model_name", "version", "release_counter", "variant", "sha256", "size", "artifact_id", "created_unix", "expires_unix", "fleet_id", "requirements", "cpu_fallback")
+    __slots__ = ("model_name", "version", "release_counter", "variant", "sha256", "size", "artifact_id", "created_unix", "expires_unix", "fleet_id", "requirements", "cpu_fallback", "smoke")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RELEASE_COUNTER_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,7 @@ class Manifest(_message.Message):
     FLEET_ID_FIELD_NUMBER: _ClassVar[int]
     REQUIREMENTS_FIELD_NUMBER: _ClassVar[int]
     CPU_FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    SMOKE_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: str
     release_counter: int
@@ -32,7 +33,20 @@ class Manifest(_message.Message):
     fleet_id: str
     requirements: Requirements
     cpu_fallback: ArtifactRef
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., release_counter: _Optional[int] = ..., variant: _Optional[str] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., artifact_id: _Optional[str] = ..., created_unix: _Optional[int] = ..., expires_unix: _Optional[int] = ..., fleet_id: _Optional[str] = ..., requirements: _Optional[_Union[Requirements, _Mapping]] = ..., cpu_fallback: _Optional[_Union[ArtifactRef, _Mapping]] = ...) -> None: ...
+    smoke: SmokeTest
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., release_counter: _Optional[int] = ..., variant: _Optional[str] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., artifact_id: _Optional[str] = ..., created_unix: _Optional[int] = ..., expires_unix: _Optional[int] = ..., fleet_id: _Optional[str] = ..., requirements: _Optional[_Union[Requirements, _Mapping]] = ..., cpu_fallback: _Optional[_Union[ArtifactRef, _Mapping]] = ..., smoke: _Optional[_Union[SmokeTest, _Mapping]] = ...) -> None: ...
+
+class SmokeTest(_message.Message):
+    __slots__ = ("sample", "top_indices", "top_scores", "tolerance")
+    SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    TOP_INDICES_FIELD_NUMBER: _ClassVar[int]
+    TOP_SCORES_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    sample: ArtifactRef
+    top_indices: _containers.RepeatedScalarFieldContainer[int]
+    top_scores: _containers.RepeatedScalarFieldContainer[float]
+    tolerance: float
+    def __init__(self, sample: _Optional[_Union[ArtifactRef, _Mapping]] = ..., top_indices: _Optional[_Iterable[int]] = ..., top_scores: _Optional[_Iterable[float]] = ..., tolerance: _Optional[float] = ...) -> None: ...
 
 class ArtifactRef(_message.Message):
     __slots__ = ("artifact_id", "sha256", "size", "variant")

@@ -802,3 +802,78 @@ def test_a_k_of_n_fleet_needs_k_root_keys_to_rotate(tmp_path: Path) -> None:
         str(offline / roots[1].name),
     )
     assert "published key list version 2" in two.stdout
+
+
+def test_push_with_an_image_sample_records_what_the_model_answers(
+    broker_url: str, server_factory: Callable[..., Server], agent_factory: Callable[..., Agent]
+) -> None:
+    server = server_factory(broker_url)
+    pushed = server.admin(
+        "models",
+        "push",
+        str(MOBILENET),
+        "--name",
+        "mobilenet",
+        "--version",
+        "1.0.0",
+        "--sample",
+        str(DATA / "cat.bmp"),
+        "--deploy",
+    )
+    top = json.loads(pushed.stdout.split("top classes are ")[1].splitlines()[0])
+    assert top[0] == predict_top1()
+    agent_factory("dev-k", server)
+    wait_state(server, "dev-k", "mobilenet", "1.0.0", "INSTALLED")
+
+
+def test_a_model_that_fails_its_smoke_test_is_never_activated(
+    one_agent_fleet: tuple[Server, Agent], color_models: Path
+) -> None:
+    from fleet_server.signing.keys import KeyStore
+
+    server, agent = one_agent_fleet
+    server.admin(
+        "models",
+        "push",
+        str(color_models / "color_int8.tflite"),
+        "--name",
+        "colors",
+        "--version",
+        "1.1.0",
+    )
+    # A validly signed manifest whose expectation this device cannot reproduce: what a broken
+    # runtime, delegate or accelerator on the device would look like.
+    with sqlite3.connect(server.data_dir / "fleet.db") as db:
+        (raw,) = db.execute(
+            "SELECT envelope FROM models WHERE model_name='colors' AND version='1.1.0'"
+        ).fetchone()
+        manifest = manifest_pb2.Manifest.FromString(manifest_pb2.Envelope.FromString(raw).payload)
+        manifest.smoke.top_scores[0] += 0.5
+        signed = KeyStore(server.data_dir / "keys").manifest_signer().sign(manifest)
+        db.execute(
+            "UPDATE models SET envelope=? WHERE model_name='colors' AND version='1.1.0'",
+            (signed.SerializeToString(),),
+        )
+    server.admin("deploy", "colors", "1.1.0")
+    state = wait_state(server, "dev-c", "colors", "1.1.0", "FAILED")
+    assert "smoke test failed" in state["detail"]
+    colors_still_served(agent, "1.0.0")
+
+
+def test_a_model_that_cannot_run_is_rejected_at_push(
+    broker_url: str, server_factory: Callable[..., Server]
+) -> None:
+    server = server_factory(broker_url)
+    result = server.admin(
+        "models",
+        "push",
+        str(DATA / "invalid_model_invoking_error.tflite"),
+        "--name",
+        "broken",
+        "--version",
+        "1.0.0",
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "does not run on its sample" in result.stderr
+    assert "Traceback" not in result.stderr

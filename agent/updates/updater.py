@@ -21,6 +21,7 @@ from agent.errors import AgentError, DownloadError, ManifestError, TransientErro
 from agent.identity import Identity
 from agent.inference.engine import Engine, LoadedModel
 from agent.inference.modelfile import MAX_MODEL_BYTES
+from agent.updates import smoke
 from agent.updates.store import ActiveEntry, ModelStore
 from agent.updates.verify import InstalledModel, verify_manifest
 from protos import device_pb2, manifest_pb2
@@ -30,16 +31,29 @@ __all__ = ["Updater", "smoke_test"]
 log = logging.getLogger(__name__)
 
 
-def smoke_test(model: LoadedModel) -> None:
-    """Run the model once on an all-zero input: proves the runtime can execute the graph.
+def smoke_test(model: LoadedModel, test: manifest_pb2.SmokeTest | None, sample: bytes) -> None:
+    """Run the manifest's smoke test (or, without one, the model once on zeros).
 
     Raises:
+        ManifestError: the output differs from the expectation beyond its tolerance.
         InferenceError: the model fails to run.
+        InputError: the sample does not fit the model.
     """
-    inputs = [np.zeros(t.shape, dtype=np.dtype(t.dtype)) for t in model.info.inputs]
+    if test is None or not sample:
+        inputs = [np.zeros(t.shape, dtype=np.dtype(t.dtype)) for t in model.info.inputs]
+    else:
+        inputs = smoke.split_sample(model.info, sample)
     outputs = model.infer(inputs, record=False)
     if len(outputs) != len(model.info.outputs):
         raise ManifestError(f"model {model.name} produced {len(outputs)} outputs")
+    if test is not None:
+        smoke.check(
+            outputs[0],
+            model.info.outputs[0],
+            indices=test.top_indices,
+            scores=test.top_scores,
+            tolerance=test.tolerance or smoke.DEFAULT_TOLERANCE,
+        )
 
 
 class Updater:
@@ -147,10 +161,16 @@ class Updater:
                 model_name=manifest.model_name, version=manifest.version, state=device_pb2.VERIFIED
             )
         )
+        sample = b""
+        if manifest.HasField("smoke") and manifest.smoke.HasField("sample"):
+            ref = manifest.smoke.sample
+            staged = self._download(ref.artifact_id, ref.sha256, ref.size)
+            sample = staged.read_bytes()
+            staged.unlink()
         model = self._engine.load(
             manifest.model_name, manifest.version, path, cpu_fallback=fallback
         )
-        smoke_test(model)
+        smoke_test(model, manifest.smoke if manifest.HasField("smoke") else None, sample)
         self._store.set_active(
             manifest.model_name,
             ActiveEntry(

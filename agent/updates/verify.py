@@ -103,6 +103,13 @@ def verify_manifest(
             raise ManifestError(
                 f"CPU fallback size {fallback.size} is outside 1..{max_artifact_bytes} bytes"
             )
+    if manifest.HasField("smoke"):
+        test = manifest.smoke
+        sample = test.sample
+        if not _SHA256.match(sample.sha256) or sample.artifact_id != sample.sha256:
+            raise ManifestError("manifest names an implausible smoke-test sample")
+        if sample.size > max_artifact_bytes or len(test.top_indices) != len(test.top_scores):
+            raise ManifestError("manifest's smoke test is malformed")
     if expired(manifest.expires_unix, now):
         raise ManifestError(
             f"manifest for {manifest.model_name} {manifest.version} expired at "

@@ -14,6 +14,7 @@ from agent.errors import ModelFileError
 from agent.inference.modelfile import MAX_MODEL_BYTES, ModelInfo, inspect_model_file
 from fleet_server.api._errors import rpc_errors
 from fleet_server.api.auth import require_admin
+from fleet_server.catalog.smoke import expect
 from fleet_server.errors import BadRequestError
 from fleet_server.storage.db import DeviceRow, ModelRow
 from protos import admin_pb2 as pb
@@ -47,6 +48,7 @@ def _model_info(row: ModelRow, deployed: dict[str, str]) -> pb.ModelVersionInfo:
         edgetpu=row.edgetpu,
         deployed=deployed.get(row.model_name) == row.version,
         fallback_sha256=row.fallback_sha256 or "",
+        smoke_top_indices=_smoke_indices(row),
     )
 
 
@@ -72,6 +74,11 @@ def _device_info(row: DeviceRow) -> pb.DeviceInfo:
             updated_unix=m.updated_at,
         )
     return info
+
+
+def _smoke_indices(row: ModelRow) -> list[int]:
+    envelope = manifest_pb2.Envelope.FromString(row.envelope)
+    return list(manifest_pb2.Manifest.FromString(envelope.payload).smoke.top_indices)
 
 
 def _inspect(path: Path, what: str) -> ModelInfo:
@@ -172,6 +179,12 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                         f"announced a {meta.fallback_size}-byte fallback, received {fallback_size}"
                     )
                 _check_fallback(info, _inspect(fallback_path, "the CPU fallback"))
+            runnable = (fallback_path if fallback_sha else None) if info.edgetpu else path
+            smoke = expect(info, runnable, meta.sample, meta.smoke_tolerance)
+            sample_sha, sample_size, sample_path = store.put(
+                [smoke.sample], max_bytes=len(smoke.sample)
+            )
+            stored.append((sample_sha, sample_path))
         except BadRequestError:
             for digest, stored_path in stored:
                 if self._ctx.db.model_by_sha(digest) is None:
@@ -191,6 +204,16 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             expires_unix=now + MANIFEST_LIFETIME_S,
             fleet_id=self._ctx.fleet_id,
             requirements=manifest_pb2.Requirements(edgetpu=info.edgetpu),
+        )
+        manifest.smoke.CopyFrom(
+            manifest_pb2.SmokeTest(
+                sample=manifest_pb2.ArtifactRef(
+                    artifact_id=sample_sha, sha256=sample_sha, size=sample_size, variant="sample"
+                ),
+                top_indices=smoke.indices,
+                top_scores=smoke.scores,
+                tolerance=smoke.tolerance,
+            )
         )
         if fallback_sha is not None:
             manifest.cpu_fallback.CopyFrom(
@@ -213,6 +236,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             envelope=envelope.SerializeToString(),
             created_at=now,
             fallback_sha256=fallback_sha,
+            sample_sha256=sample_sha,
         )
         self._ctx.db.add_model(row)
         log.info(

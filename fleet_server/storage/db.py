@@ -22,7 +22,7 @@ from fleet_server.errors import AlreadyExistsError, DataDirError, NotFoundError
 
 __all__ = ["SCHEMA_VERSION", "Database", "DeviceModelRow", "DeviceRow", "ModelRow"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = sa.MetaData()
 
@@ -72,6 +72,7 @@ models = sa.Table(
     sa.Column("envelope", sa.LargeBinary, nullable=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("fallback_sha256", sa.String(64), nullable=True),
+    sa.Column("sample_sha256", sa.String(64), nullable=True),
 )
 
 deployments = sa.Table(
@@ -95,6 +96,7 @@ class ModelRow:
     envelope: bytes
     created_at: int
     fallback_sha256: str | None = None
+    sample_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,12 @@ def _v1_to_v2(conn: sa.Connection) -> None:
     conn.execute(sa.text("ALTER TABLE models ADD COLUMN fallback_sha256 VARCHAR(64)"))
 
 
-_MIGRATIONS = {1: _v1_to_v2}
+def _v2_to_v3(conn: sa.Connection) -> None:
+    """Version 3: a model version carries a smoke-test sample artifact."""
+    conn.execute(sa.text("ALTER TABLE models ADD COLUMN sample_sha256 VARCHAR(64)"))
+
+
+_MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def token_digest(token: str) -> str:
@@ -377,12 +384,14 @@ class Database:
         return [ModelRow(**r) for r in rows]
 
     def model_by_sha(self, sha256: str) -> ModelRow | None:
-        """A model version whose artifact (or CPU fallback) has this hash, if any."""
+        """A model version whose artifact, CPU fallback or smoke sample has this hash, if any."""
         with self.engine.connect() as conn:
             row = (
                 conn.execute(
                     sa.select(models).where(
-                        (models.c.sha256 == sha256) | (models.c.fallback_sha256 == sha256)
+                        (models.c.sha256 == sha256)
+                        | (models.c.fallback_sha256 == sha256)
+                        | (models.c.sample_sha256 == sha256)
                     )
                 )
                 .mappings()
