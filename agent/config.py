@@ -29,6 +29,7 @@ __all__ = [
     "InferenceSection",
     "ServerSection",
     "TelemetrySection",
+    "UpdatesSection",
     "load_config",
 ]
 
@@ -72,6 +73,15 @@ class HardwareSection:
 
 
 @dataclass(frozen=True)
+class UpdatesSection:
+    health_window_s: float = 60.0  # how long a new version is watched before it counts as good
+    health_min_requests: int = 20  # requests needed before error rate and latency are judged
+    health_max_error_rate: float = 0.2  # more failed requests than this: roll back
+    health_max_latency_ratio: float = 3.0  # p50 this many times the previous version's: roll back
+    crash_loop_starts: int = 3  # agent starts within the window that count as a crash loop
+
+
+@dataclass(frozen=True)
 class TelemetrySection:
     mqtt_url: str = ""  # overrides the URL the server hands out at enrollment
     interval_s: float = 10.0
@@ -84,6 +94,7 @@ class AgentConfig:
     api: ApiSection = field(default_factory=ApiSection)
     inference: InferenceSection = field(default_factory=InferenceSection)
     hardware: HardwareSection = field(default_factory=HardwareSection)
+    updates: UpdatesSection = field(default_factory=UpdatesSection)
     telemetry: TelemetrySection = field(default_factory=TelemetrySection)
 
     def enrollment_token(self) -> str:
@@ -175,6 +186,17 @@ def _validate(config: AgentConfig) -> None:
         raise ConfigError("inference.memory_budget_mb must be within 0..1048576")
     if ":" not in config.server.address:
         raise ConfigError(f"server.address {config.server.address!r} must be host:port")
+    u = config.updates
+    if not 0 <= u.health_window_s <= 86400:
+        raise ConfigError("updates.health_window_s must be within 0..86400")
+    if not 1 <= u.health_min_requests <= 1_000_000:
+        raise ConfigError("updates.health_min_requests must be within 1..1000000")
+    if not 0 <= u.health_max_error_rate <= 1:
+        raise ConfigError("updates.health_max_error_rate must be within 0..1")
+    if not 1 <= u.health_max_latency_ratio <= 1000:
+        raise ConfigError("updates.health_max_latency_ratio must be within 1..1000")
+    if not 2 <= u.crash_loop_starts <= 100:
+        raise ConfigError("updates.crash_loop_starts must be within 2..100")
     if config.api.metrics_listen and ":" not in config.api.metrics_listen:
         raise ConfigError(f"api.metrics_listen {config.api.metrics_listen!r} must be host:port")
     if len(str(config.api.socket)) > 100:

@@ -23,6 +23,7 @@ from agent.inference.metrics_http import MetricsServer
 from agent.inference.oip import create_server
 from agent.telemetry.mqtt import MqttPublisher, parse_mqtt_url
 from agent.telemetry.report import build_report
+from agent.updates.health import HealthPolicy
 from agent.updates.store import ModelStore
 from agent.updates.trust import pin_keylist, update_keylist
 from agent.updates.updater import Updater
@@ -72,6 +73,7 @@ class Agent:
         """
         self.store.root.mkdir(parents=True, exist_ok=True)
         self.identity = Identity.load(self.store.root)
+        self._pending_reports = Updater.recover(self.store, self._health_policy())
         Updater.load_active_into(self.store, self.engine)
         try:
             server, port = create_server(
@@ -123,6 +125,16 @@ class Agent:
             sysfs=hw.sysfs_root,
             devfs=hw.dev_root,
             edgetpu_library=hw.edgetpu_library,
+        )
+
+    def _health_policy(self) -> HealthPolicy:
+        u = self.config.updates
+        return HealthPolicy(
+            window_s=u.health_window_s,
+            min_requests=u.health_min_requests,
+            max_error_rate=u.health_max_error_rate,
+            max_latency_ratio=u.health_max_latency_ratio,
+            max_starts=u.crash_loop_starts,
         )
 
     def _enroll(self) -> Identity:
@@ -179,8 +191,12 @@ class Agent:
                         engine=self.engine,
                         client=self._client,
                         identity=self.identity,
+                        health=self._health_policy(),
                     )
                     telemetry.start()
+                    for report in self._pending_reports:
+                        self._client.report(report)
+                    self._pending_reports = []
                 response = self._client.check_in(
                     device_pb2.CheckInRequest(
                         capabilities=to_capabilities(self.probe()), active=self._active()
@@ -191,6 +207,8 @@ class Agent:
                 updater.apply(response.desired)
                 attempt = 0
                 wait = interval
+                self._watch(stop, updater, wait)
+                continue
             except TransientError as exc:
                 attempt += 1
                 wait = max(1.0, _backoff(attempt, min(interval, 5.0)))
@@ -208,6 +226,15 @@ class Agent:
                 wait = max(interval, _backoff(attempt, interval))
                 log.exception("unexpected error in the update loop; retrying in %.0f s", wait)
             stop.wait(wait)
+
+    def _watch(self, stop: threading.Event, updater: Updater, seconds: float) -> None:
+        """Wait until the next check-in, judging open health windows every second."""
+        deadline = time.monotonic() + seconds
+        while not stop.is_set():
+            updater.check_health()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or stop.wait(min(1.0, remaining)):
+                return
 
     def _rotate_keys(self, raw: bytes, updater: Updater) -> None:
         """Adopt a newer key list if the pinned root keys signed it; otherwise keep the old."""

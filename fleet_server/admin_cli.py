@@ -190,6 +190,13 @@ def _telemetry_summary(raw: str) -> str:
     return f"seq {report.get('seq', 0)}; " + ("; ".join(parts) if parts else "no models")
 
 
+def _model_state(m: pb.DeviceModelState) -> str:
+    text = f"{m.model_name} {m.version} {m.state}"
+    if m.active_version and m.active_version != m.version:
+        text += f" (serving {m.active_version})"
+    return text
+
+
 def _cmd_devices_list(args: argparse.Namespace) -> int:
     response = _admin(args).call("ListDevices", pb.ListDevicesRequest())
     if args.json:
@@ -207,7 +214,7 @@ def _cmd_devices_list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'DEVICE':20} {'LAST SEEN':19}  {'MODELS':32} LAST TELEMETRY")
     for d in response.devices:
-        models = ", ".join(f"{m.model_name} {m.version} {m.state}" for m in d.models) or "-"
+        models = ", ".join(_model_state(m) for m in d.models) or "-"
         print(
             f"{d.device_id:20} {_fmt_time(d.last_seen_unix):19}  {models:32} "
             f"{_telemetry_summary(d.last_telemetry_json)}"

@@ -91,18 +91,20 @@ class DeployResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelVersionInfo, _Mapping]] = ...) -> None: ...
 
 class DeviceModelState(_message.Message):
-    __slots__ = ("model_name", "version", "state", "detail", "updated_unix")
+    __slots__ = ("model_name", "version", "state", "detail", "updated_unix", "active_version")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     UPDATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_VERSION_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: str
     state: str
     detail: str
     updated_unix: int
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ..., updated_unix: _Optional[int] = ...) -> None: ...
+    active_version: str
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ..., updated_unix: _Optional[int] = ..., active_version: _Optional[str] = ...) -> None: ...
 
 class DeviceInfo(_message.Message):
     __slots__ = ("device_id", "name", "labels", "capabilities_json", "enrolled_unix", "last_seen_unix", "models", "last_telemetry_json", "last_telemetry_unix")

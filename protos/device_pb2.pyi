@@ -15,11 +15,13 @@ class UpdateState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     VERIFIED: _ClassVar[UpdateState]
     INSTALLED: _ClassVar[UpdateState]
     FAILED: _ClassVar[UpdateState]
+    ROLLED_BACK: _ClassVar[UpdateState]
 UPDATE_STATE_UNSPECIFIED: UpdateState
 DOWNLOADING: UpdateState
 VERIFIED: UpdateState
 INSTALLED: UpdateState
 FAILED: UpdateState
+ROLLED_BACK: UpdateState
 
 class Capabilities(_message.Message):
     __slots__ = ("arch", "cpu_cores", "memory_bytes", "disk_free_bytes", "edgetpu_count", "runtime", "runtime_version", "agent_version", "os", "edgetpus", "libedgetpu", "libedgetpu_version", "temperatures_c")

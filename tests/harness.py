@@ -243,6 +243,7 @@ def make_agent(
     checkin_s: float = 1.0,
     telemetry_s: float = 1.0,
     metrics_port: int = 0,
+    extra: str = "",
 ) -> Agent:
     """Write an agent config for ``server`` in its own folder (not started)."""
     home = folder / name
@@ -266,6 +267,7 @@ metrics_listen = "{f"127.0.0.1:{metrics_port}" if metrics_port else ""}"
 
 [telemetry]
 interval_s = {telemetry_s}
+{extra}
 """,
         encoding="utf-8",
     )

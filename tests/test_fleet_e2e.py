@@ -877,3 +877,108 @@ def test_a_model_that_cannot_run_is_rejected_at_push(
     assert result.returncode == 1
     assert "does not run on its sample" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+HEALTH = """
+[updates]
+health_window_s = 120.0
+health_min_requests = 20
+crash_loop_starts = 3
+"""
+
+
+def colors_input(agent: Agent) -> tuple[str, np.ndarray]:
+    meta = oip.stub(agent.socket).ModelMetadata(inference_pb2.ModelMetadataRequest(name="colors"))
+    tensor = meta.inputs[0]
+    return tensor.name, np.zeros(tuple(tensor.shape), dtype=np.float32)
+
+
+def test_a_much_slower_new_version_is_rolled_back_in_its_health_window(
+    broker_url: str,
+    server_factory: Callable[..., Server],
+    agent_factory: Callable[..., Agent],
+    color_models: Path,
+) -> None:
+    server = server_factory(broker_url)
+    server.admin(
+        "models",
+        "push",
+        str(color_models / "color_float.tflite"),
+        "--name",
+        "colors",
+        "--version",
+        "1.0.0",
+        "--deploy",
+    )
+    agent = agent_factory("dev-h", server, extra=HEALTH)
+    wait_state(server, "dev-h", "colors", "1.0.0", "INSTALLED")
+    name, data = colors_input(agent)
+    for _ in range(30):  # the baseline: the old version's latency
+        oip.infer(agent.socket, "colors", name, data)
+    # The new "colors" is a 10 ms network where the old one took microseconds.
+    server.admin(
+        "models",
+        "push",
+        str(color_models / "heavy_float.tflite"),
+        "--name",
+        "colors",
+        "--version",
+        "2.0.0",
+        "--deploy",
+    )
+    wait_state(server, "dev-h", "colors", "2.0.0", "INSTALLED")
+    name, data = colors_input(agent)
+    for _ in range(30):
+        oip.infer(agent.socket, "colors", name, data)
+    state = wait_state(server, "dev-h", "colors", "2.0.0", "ROLLED_BACK")
+    assert "the previous version's" in state["detail"] and "back to 1.0.0" in state["detail"]
+    colors_still_served(agent, "1.0.0")
+    # The server still asks for 2.0.0; the device does not install it again.
+    time.sleep(3)
+    assert model_state(server, "dev-h", "colors")["version"] == "2.0.0"  # type: ignore[index]
+    assert "refusing to install it again" in agent.output()
+    colors_still_served(agent, "1.0.0")
+
+
+def test_a_crash_loop_after_an_update_rolls_back_to_the_last_known_good(
+    broker_url: str,
+    server_factory: Callable[..., Server],
+    agent_factory: Callable[..., Agent],
+    color_models: Path,
+) -> None:
+    server = server_factory(broker_url)
+    server.admin(
+        "models",
+        "push",
+        str(color_models / "color_float.tflite"),
+        "--name",
+        "colors",
+        "--version",
+        "1.0.0",
+        "--deploy",
+    )
+    agent = agent_factory("dev-l", server, extra=HEALTH)
+    wait_state(server, "dev-l", "colors", "1.0.0", "INSTALLED")
+    server.admin(
+        "models",
+        "push",
+        str(color_models / "color_int8.tflite"),
+        "--name",
+        "colors",
+        "--version",
+        "1.1.0",
+        "--deploy",
+    )
+    wait_state(server, "dev-l", "colors", "1.1.0", "INSTALLED")
+
+    def stub_ready() -> bool:
+        request = inference_pb2.ServerLiveRequest()
+        return bool(oip.stub(agent.socket).ServerLive(request, timeout=1).live)
+
+    for _ in range(3):  # the new version "crashes" the agent three times in its window
+        assert agent.stop(9) == -9
+        agent.start()
+        wait_for("the agent to come up", stub_ready)
+    state = wait_state(server, "dev-l", "colors", "1.1.0", "ROLLED_BACK")
+    assert "crash loop" in state["detail"]
+    colors_still_served(agent, "1.0.0")

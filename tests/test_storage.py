@@ -17,6 +17,12 @@ CREATE TABLE models (
     edgetpu BOOLEAN NOT NULL, envelope BLOB NOT NULL, created_at BIGINT NOT NULL,
     PRIMARY KEY (model_name, version))
 """
+V1_DEVICE_MODELS = """
+CREATE TABLE device_models (
+    device_id VARCHAR(64) NOT NULL, model_name VARCHAR(64) NOT NULL, version VARCHAR(32) NOT NULL,
+    state VARCHAR(16) NOT NULL, detail VARCHAR(1024) NOT NULL, updated_at BIGINT NOT NULL,
+    PRIMARY KEY (device_id, model_name))
+"""
 
 
 def test_a_version_1_database_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
@@ -28,6 +34,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(tmp_path: Path) -> 
         )
         conn.execute(sa.text("INSERT INTO schema_meta VALUES ('schema_version', '1')"))
         conn.execute(sa.text(V1_MODELS))
+        conn.execute(sa.text(V1_DEVICE_MODELS))
         conn.execute(
             sa.text("INSERT INTO models VALUES ('m', '1.0.0', 'int8', 1, :sha, 10, 0, x'00', 0)"),
             {"sha": "ab" * 32},
@@ -40,7 +47,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(tmp_path: Path) -> 
     assert db.model_by_sha("ab" * 32) is not None
     with db.engine.connect() as conn:
         version = conn.execute(sa.text("SELECT value FROM schema_meta")).scalar()
-    assert version == str(SCHEMA_VERSION) == "3"
+    assert version == str(SCHEMA_VERSION) == "4"
     db.create_schema()  # idempotent
     db.close()
 

@@ -123,6 +123,12 @@ class ModelMetrics:
                 )
         return copy
 
+    def recent_p50(self) -> float:
+        """Median of the recent successful latencies in ms (0.0 without any)."""
+        with self._lock:
+            samples = np.fromiter(self._recent, dtype=np.float64)
+        return float(np.median(samples)) if samples.size else 0.0
+
     def recent_count(self) -> int:
         with self._lock:
             return len(self._recent)

@@ -1,27 +1,35 @@
-"""On-disk model store: verified artifacts by hash, and an atomically switched active pointer.
+"""On-disk model store and update journal: verified artifacts by hash, and one atomically
+replaced state file saying what is active, what was active before, which health windows are
+open, and which releases were rolled back.
 
 Layout under the agent's state dir::
 
-    models/<name>/<sha256>.tflite   verified artifacts (current and last-known-good)
+    models/<name>/<sha256>.tflite   verified artifacts (active, last-known-good, fallbacks)
     staging/<sha256>.part           downloads in progress (resumed from their length)
-    active.json                     {"format": 1, "models": {name: {...}}}, atomically replaced
+    active.json                     the journal (format 2), atomically replaced
+
+A kill -9 at any instant leaves either the old or the new journal: the active model always
+names a verified artifact that is on disk.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from agent._fs import atomic_write, fsync_dir
 from agent.errors import AgentError
 
-__all__ = ["ActiveEntry", "ModelStore"]
+__all__ = ["ActiveEntry", "HealthWindow", "ModelStore"]
 
 log = logging.getLogger(__name__)
-_FORMAT = 1
-_KEEP_PER_MODEL = 2  # besides the active files: one more, the last-known-good artifact
+_FORMAT = 2
+_KEEP_EXTRA = 1  # besides the files in use: one more artifact per model
+_MAX_REFUSED = 64
 
 
 @dataclass(frozen=True)
@@ -35,14 +43,22 @@ class ActiveEntry:
     fallback_filename: str = ""  # the CPU variant shipped with an Edge TPU model
 
 
+@dataclass(frozen=True)
+class HealthWindow:
+    """An activation still under watch: since when, and how often the agent started since."""
+
+    since: float
+    starts: int
+
+
 class ModelStore:
-    """Artifacts and the active pointer in one state directory."""
+    """Artifacts and the journal in one state directory."""
 
     def __init__(self, state_dir: Path) -> None:
         self.root = state_dir
         self.models_dir = state_dir / "models"
         self.staging_dir = state_dir / "staging"
-        self._active_file = state_dir / "active.json"
+        self._journal_file = state_dir / "active.json"
         for directory in (self.models_dir, self.staging_dir):
             directory.mkdir(parents=True, exist_ok=True)
 
@@ -62,37 +78,115 @@ class ModelStore:
         fsync_dir(final.parent)
         return final
 
-    def active(self) -> dict[str, ActiveEntry]:
-        """The active pointer; empty when nothing was ever activated.
+    # the journal ---------------------------------------------------------------------------
 
-        Raises:
-            AgentError: the pointer file exists but cannot be read (a bug or disk damage).
-        """
+    def _read(self) -> dict[str, Any]:
         try:
-            raw = json.loads(self._active_file.read_text(encoding="utf-8"))
+            raw = json.loads(self._journal_file.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return {}
+            return {"format": _FORMAT, "models": {}, "previous": {}, "health": {}, "refused": []}
         except (OSError, ValueError) as exc:
-            raise AgentError(f"cannot read {self._active_file}: {exc}") from exc
+            raise AgentError(f"cannot read {self._journal_file}: {exc}") from exc
+        if raw.get("format") == 1:  # the foundation's pointer file: no history yet
+            raw = {
+                "format": _FORMAT,
+                "models": raw["models"],
+                "previous": {},
+                "health": {},
+                "refused": [],
+            }
         if raw.get("format") != _FORMAT:
             raise AgentError(
-                f"{self._active_file} has format {raw.get('format')!r}; this agent reads {_FORMAT}"
+                f"{self._journal_file} has format {raw.get('format')!r}; this agent reads {_FORMAT}"
             )
-        return {name: ActiveEntry(**entry) for name, entry in raw["models"].items()}
+        return raw
 
-    def set_active(self, name: str, entry: ActiveEntry) -> None:
-        """Atomically make ``entry`` the active version of ``name``, then prune old artifacts."""
-        models = self.active()
-        models[name] = entry
-        payload = {"format": _FORMAT, "models": {k: asdict(v) for k, v in models.items()}}
-        atomic_write(self._active_file, json.dumps(payload, indent=2, sort_keys=True).encode())
-        self._prune(name, keep={entry.filename, entry.fallback_filename} - {""})
+    def _write(self, journal: dict[str, Any]) -> None:
+        atomic_write(self._journal_file, json.dumps(journal, indent=2, sort_keys=True).encode())
 
-    def _prune(self, name: str, keep: set[str]) -> None:
+    @staticmethod
+    def _entries(table: dict[str, Any]) -> dict[str, ActiveEntry]:
+        return {name: ActiveEntry(**entry) for name, entry in table.items()}
+
+    def active(self) -> dict[str, ActiveEntry]:
+        """What is active; empty when nothing was ever activated.
+
+        Raises:
+            AgentError: the journal exists but cannot be read (a bug or disk damage).
+        """
+        return self._entries(self._read()["models"])
+
+    def previous(self) -> dict[str, ActiveEntry]:
+        """The last-known-good version of each model that has one."""
+        return self._entries(self._read()["previous"])
+
+    def health(self) -> dict[str, HealthWindow]:
+        """Activations still under watch."""
+        return {n: HealthWindow(**h) for n, h in self._read()["health"].items()}
+
+    def refused(self) -> set[str]:
+        """Hashes of releases that were rolled back here: never installed again."""
+        return set(self._read()["refused"])
+
+    def set_active(self, name: str, entry: ActiveEntry, *, watch: bool = False) -> None:
+        """Atomically make ``entry`` active; the old entry becomes the last-known-good one.
+
+        ``watch`` opens a health window for the new entry.
+        """
+        journal = self._read()
+        old = journal["models"].get(name)
+        if old is not None and old["sha256"] != entry.sha256:
+            journal["previous"][name] = old
+        journal["models"][name] = asdict(entry)
+        if watch:
+            journal["health"][name] = asdict(HealthWindow(since=time.time(), starts=0))
+        else:
+            journal["health"].pop(name, None)
+        self._write(journal)
+        self._prune(name, journal)
+
+    def close_health(self, name: str) -> None:
+        """The activation of ``name`` passed its health window."""
+        journal = self._read()
+        if journal["health"].pop(name, None) is not None:
+            self._write(journal)
+
+    def note_start(self) -> dict[str, HealthWindow]:
+        """Count an agent start in every open health window; return the windows."""
+        journal = self._read()
+        for window in journal["health"].values():
+            window["starts"] += 1
+        if journal["health"]:
+            self._write(journal)
+        return {n: HealthWindow(**h) for n, h in journal["health"].items()}
+
+    def roll_back(self, name: str) -> ActiveEntry | None:
+        """Make the last-known-good version active again and never reinstall the bad one.
+
+        Returns the restored entry, or None when there is nothing to go back to (the bad
+        release is still recorded as refused).
+        """
+        journal = self._read()
+        bad = journal["models"].get(name)
+        good = journal["previous"].pop(name, None)
+        journal["health"].pop(name, None)
+        if bad is not None:
+            journal["refused"] = ([*journal["refused"], bad["sha256"]])[-_MAX_REFUSED:]
+        if good is not None:
+            journal["models"][name] = good
+        self._write(journal)
+        return ActiveEntry(**good) if good is not None else None
+
+    def _prune(self, name: str, journal: dict[str, Any]) -> None:
+        keep = set()
+        for table in ("models", "previous"):
+            entry = journal[table].get(name)
+            if entry is not None:
+                keep |= {entry["filename"], entry.get("fallback_filename", "")}
         directory = self.models_dir / name
         files = sorted(directory.glob("*.tflite"), key=lambda p: p.stat().st_mtime, reverse=True)
         survivors = [p for p in files if p.name in keep]
-        survivors += [p for p in files if p.name not in keep][: _KEEP_PER_MODEL - 1]
+        survivors += [p for p in files if p.name not in keep][:_KEEP_EXTRA]
         for path in files:
             if path not in survivors:
                 log.info("removing old artifact %s", path)

@@ -22,6 +22,7 @@ from agent.identity import Identity
 from agent.inference.engine import Engine, LoadedModel
 from agent.inference.modelfile import MAX_MODEL_BYTES
 from agent.updates import smoke
+from agent.updates.health import HealthPolicy, judge
 from agent.updates.store import ActiveEntry, ModelStore
 from agent.updates.verify import InstalledModel, verify_manifest
 from protos import device_pb2, manifest_pb2
@@ -68,6 +69,7 @@ class Updater:
         identity: Identity,
         clock: Callable[[], float] = time.time,
         download_deadline_s: float = 600.0,
+        health: HealthPolicy | None = None,
     ) -> None:
         self._store = store
         self._engine = engine
@@ -76,6 +78,46 @@ class Updater:
         self._clock = clock
         self._deadline = download_deadline_s
         self._refused: set[bytes] = set()  # envelopes refused for good; not retried each check-in
+        self._health = health or HealthPolicy()
+        self._baselines: dict[str, float] = {}  # p50 of the version each new one replaced
+
+    @staticmethod
+    def recover(store: ModelStore, health: HealthPolicy) -> list[device_pb2.StatusReport]:
+        """At start, before anything is loaded: count this start in every open health window
+        and roll back the activations that have become crash loops. Returns the reports to send
+        once the server can be reached."""
+        reports = []
+        for name, window in store.note_start().items():
+            verdict = judge(
+                health,
+                elapsed_s=0.0,
+                starts=window.starts,
+                requests=0,
+                errors=0,
+                p50_ms=0.0,
+                baseline_p50_ms=0.0,
+            )
+            if verdict.action != "rollback":
+                continue
+            bad = store.active().get(name)
+            good = store.roll_back(name)
+            log.error(
+                "rolling %s back from %s to %s: %s",
+                name,
+                bad.version if bad else "?",
+                good.version if good else "nothing",
+                verdict.reason,
+            )
+            if bad is not None:
+                reports.append(
+                    device_pb2.StatusReport(
+                        model_name=name,
+                        version=bad.version,
+                        state=device_pb2.ROLLED_BACK,
+                        detail=f"{verdict.reason}; back to {good.version if good else 'none'}",
+                    )
+                )
+        return reports
 
     @staticmethod
     def load_active_into(store: ModelStore, engine: Engine) -> None:
@@ -116,6 +158,10 @@ class Updater:
                 self._apply_one(raw)
             except TransientError as exc:
                 log.warning("update postponed: %s", exc)
+            except _RolledBackError as exc:
+                # Reported as ROLLED_BACK when it happened; a FAILED now would hide that.
+                self._refused.add(raw)
+                log.warning("%s", exc)
             except OSError as exc:
                 # Disk full, read-only file system, permissions: keep the working model and
                 # retry on the next check-in; the operator sees the reason in the log.
@@ -130,6 +176,62 @@ class Updater:
                     )
                 )
 
+    def check_health(self) -> None:
+        """Judge every activation under watch; roll back the ones that fail. Never raises."""
+        try:
+            windows = self._store.health()
+        except AgentError as exc:
+            log.error("cannot read the update journal: %s", exc)
+            return
+        for name, window in windows.items():
+            model = self._engine.peek(name)
+            if model is None:
+                continue
+            stats = model.stats
+            verdict = judge(
+                self._health,
+                elapsed_s=self._clock() - window.since,
+                starts=window.starts,
+                requests=stats.requests,
+                errors=stats.errors - stats.rejected,  # a full queue is load, not a fault
+                p50_ms=stats.recent_p50(),
+                baseline_p50_ms=self._baselines.get(name, 0.0),
+            )
+            if verdict.action == "pass":
+                self._store.close_health(name)
+                log.info("%s %s passed its health window", name, model.version)
+                self._client.report(
+                    device_pb2.StatusReport(
+                        model_name=name,
+                        version=model.version,
+                        state=device_pb2.INSTALLED,
+                        detail=f"active on {model.backend}; passed its health window",
+                    )
+                )
+            elif verdict.action == "rollback":
+                self._roll_back(name, model.version, verdict.reason)
+
+    def _roll_back(self, name: str, bad_version: str, reason: str) -> None:
+        good = self._store.roll_back(name)
+        restored = "nothing to go back to; keeping it"
+        if good is not None:
+            path = self._store.artifact_path(name, good.sha256)
+            fallback = path.parent / good.fallback_filename if good.fallback_filename else None
+            try:
+                self._engine.put(self._engine.load(name, good.version, path, cpu_fallback=fallback))
+                restored = f"back to {good.version}"
+            except AgentError as exc:
+                restored = f"could not reload {good.version} ({exc}); keeping {bad_version}"
+        log.error("rolled %s %s back: %s; %s", name, bad_version, reason, restored)
+        self._client.report(
+            device_pb2.StatusReport(
+                model_name=name,
+                version=bad_version,
+                state=device_pb2.ROLLED_BACK,
+                detail=f"{reason}; {restored}",
+            )
+        )
+
     def _apply_one(self, raw: bytes) -> None:
         manifest = verify_manifest(
             raw,
@@ -142,6 +244,11 @@ class Updater:
         active = self._store.active().get(manifest.model_name)
         if active is not None and active.sha256 == manifest.sha256:
             return
+        if manifest.sha256 in self._store.refused():
+            raise _RolledBackError(
+                f"{manifest.model_name} {manifest.version} was rolled back on this device; "
+                "refusing to install it again (push a new release)"
+            )
         log.info(
             "updating %s to %s (release %d, %d bytes)",
             manifest.model_name,
@@ -171,6 +278,9 @@ class Updater:
             manifest.model_name, manifest.version, path, cpu_fallback=fallback
         )
         smoke_test(model, manifest.smoke if manifest.HasField("smoke") else None, sample)
+        previous_model = self._engine.peek(manifest.model_name)
+        if previous_model is not None:
+            self._baselines[manifest.model_name] = previous_model.stats.recent_p50()
         self._store.set_active(
             manifest.model_name,
             ActiveEntry(
@@ -180,6 +290,7 @@ class Updater:
                 filename=path.name,
                 fallback_filename=fallback.name if fallback else "",
             ),
+            watch=active is not None,  # a first install has nothing to roll back to
         )
         previous = self._engine.put(model)
         log.info(
@@ -248,6 +359,10 @@ class Updater:
                 f"artifact sha256 {digest} does not match the signed manifest's {sha256}; discarded"
             )
         return staged
+
+
+class _RolledBackError(ManifestError):
+    """The desired release is one this device rolled back."""
 
 
 def _peek(envelope: manifest_pb2.Envelope) -> tuple[str, str]:

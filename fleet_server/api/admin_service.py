@@ -72,6 +72,7 @@ def _device_info(row: DeviceRow) -> pb.DeviceInfo:
             state=m.state,
             detail=m.detail,
             updated_unix=m.updated_at,
+            active_version=m.active_version or "",
         )
     return info
 

@@ -86,9 +86,7 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
         self._ctx.db.touch_device(device_id, caps)
         for active in request.active[:64]:
             if _NAME_PART.match(active.model_name) and _VERSION.match(active.version):
-                self._ctx.db.set_device_model(
-                    device_id, active.model_name, active.version, "INSTALLED", "serving"
-                )
+                self._ctx.db.set_active_version(device_id, active.model_name, active.version)
         response = pb.CheckInResponse(
             next_checkin_s=self._ctx.checkin_interval_s,
             mqtt_url=self._ctx.device_mqtt_url,

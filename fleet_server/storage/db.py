@@ -22,7 +22,7 @@ from fleet_server.errors import AlreadyExistsError, DataDirError, NotFoundError
 
 __all__ = ["SCHEMA_VERSION", "Database", "DeviceModelRow", "DeviceRow", "ModelRow"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 metadata = sa.MetaData()
 
@@ -57,6 +57,7 @@ device_models = sa.Table(
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("detail", sa.String(1024), nullable=False, default=""),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("active_version", sa.String(32), nullable=True),
 )
 
 models = sa.Table(
@@ -106,6 +107,7 @@ class DeviceModelRow:
     state: str
     detail: str
     updated_at: int
+    active_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,12 @@ def _v2_to_v3(conn: sa.Connection) -> None:
     conn.execute(sa.text("ALTER TABLE models ADD COLUMN sample_sha256 VARCHAR(64)"))
 
 
-_MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3}
+def _v3_to_v4(conn: sa.Connection) -> None:
+    """Version 4: the registry keeps what a device serves apart from its last update report."""
+    conn.execute(sa.text("ALTER TABLE device_models ADD COLUMN active_version VARCHAR(32)"))
+
+
+_MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 def token_digest(token: str) -> str:
@@ -272,6 +279,27 @@ class Database:
                         state=state,
                         detail=detail[:1024],
                         updated_at=now,
+                    )
+                )
+
+    def set_active_version(self, device_id: str, model_name: str, version: str) -> None:
+        """Record what a device serves (from a check-in), keeping its last update report."""
+        now = int(time.time())
+        with self.engine.begin() as conn:
+            key = (device_models.c.device_id == device_id) & (
+                device_models.c.model_name == model_name
+            )
+            updated = conn.execute(device_models.update().where(key).values(active_version=version))
+            if updated.rowcount == 0:
+                conn.execute(
+                    device_models.insert().values(
+                        device_id=device_id,
+                        model_name=model_name,
+                        version=version,
+                        state="INSTALLED",
+                        detail="serving",
+                        updated_at=now,
+                        active_version=version,
                     )
                 )
 

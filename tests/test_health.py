@@ -1,0 +1,128 @@
+"""Health windows (pure verdicts) and the update journal (real files)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.updates.health import HealthPolicy, judge
+from agent.updates.store import ActiveEntry, ModelStore
+
+POLICY = HealthPolicy(
+    window_s=60, min_requests=20, max_error_rate=0.2, max_latency_ratio=3.0, max_starts=3
+)
+
+
+def verdict(**kw: float) -> str:
+    values = {
+        "elapsed_s": 10.0,
+        "starts": 0,
+        "requests": 100,
+        "errors": 0,
+        "p50_ms": 1.0,
+        "baseline_p50_ms": 1.0,
+    }
+    values.update(kw)
+    return judge(POLICY, **values).action  # type: ignore[arg-type]
+
+
+def test_verdicts() -> None:
+    assert verdict() == "watch"
+    assert verdict(elapsed_s=61) == "pass"
+    assert verdict(errors=21) == "rollback"
+    assert verdict(errors=20) == "watch"
+    assert verdict(p50_ms=3.5) == "rollback"
+    assert verdict(p50_ms=3.5, baseline_p50_ms=0) == "watch"  # no baseline: not judged
+    assert verdict(requests=19, errors=19, p50_ms=100) == "watch"  # too few to judge
+    assert verdict(starts=3) == "rollback"
+    assert (
+        "crash loop"
+        in judge(
+            POLICY, elapsed_s=0, starts=3, requests=0, errors=0, p50_ms=0, baseline_p50_ms=0
+        ).reason
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    elapsed=st.floats(0, 1000),
+    starts=st.integers(0, 10),
+    requests=st.integers(0, 1000),
+    errors=st.integers(0, 1000),
+    p50=st.floats(0, 100),
+    baseline=st.floats(0, 100),
+)
+def test_a_healthy_version_is_never_rolled_back(
+    *, elapsed: float, starts: int, requests: int, errors: int, p50: float, baseline: float
+) -> None:
+    errors = min(errors, requests)
+    action = judge(
+        POLICY,
+        elapsed_s=elapsed,
+        starts=starts,
+        requests=requests,
+        errors=errors,
+        p50_ms=p50,
+        baseline_p50_ms=baseline,
+    ).action
+    healthy = (
+        starts < 3
+        and (requests < 20 or errors / max(requests, 1) <= 0.2)
+        and (requests < 20 or baseline <= 0 or p50 <= 3 * baseline)
+    )
+    assert (action == "rollback") == (not healthy)
+
+
+def entry(version: str, sha: str) -> ActiveEntry:
+    return ActiveEntry(
+        version=version,
+        release_counter=int(version[0]),
+        sha256=sha * 64,
+        filename=f"{sha * 64}.tflite",
+    )
+
+
+def test_the_journal_keeps_the_last_known_good_and_refuses_rolled_back_releases(
+    tmp_path: Path,
+) -> None:
+    store = ModelStore(tmp_path)
+    for e in (entry("1.0.0", "a"), entry("2.0.0", "b")):
+        path = store.artifact_path("m", e.sha256)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    store.set_active("m", entry("1.0.0", "a"))
+    store.set_active("m", entry("2.0.0", "b"), watch=True)
+    assert store.previous()["m"].version == "1.0.0"
+    assert store.health()["m"].starts == 0
+    assert store.note_start()["m"].starts == 1
+    restored = store.roll_back("m")
+    assert restored is not None and restored.version == "1.0.0"
+    assert store.active()["m"].version == "1.0.0"
+    assert store.refused() == {"b" * 64}
+    assert store.health() == {}
+    # Both artifacts are still on disk: the last-known-good is never pruned.
+    assert store.artifact_path("m", "a" * 64).exists()
+
+
+def test_a_foundation_pointer_file_is_read(tmp_path: Path) -> None:
+    e = entry("1.0.0", "a")
+    (tmp_path / "active.json").write_text(
+        json.dumps(
+            {
+                "format": 1,
+                "models": {
+                    "m": {
+                        "version": e.version,
+                        "release_counter": 1,
+                        "sha256": e.sha256,
+                        "filename": e.filename,
+                    }
+                },
+            }
+        )
+    )
+    store = ModelStore(tmp_path)
+    assert store.active()["m"] == e and store.previous() == {}
