@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
 
-from agent.errors import AgentError, DownloadError, EnrollmentError, ServerUnavailableError
+from agent.errors import (
+    AgentError,
+    DownloadError,
+    EnrollmentError,
+    ManifestError,
+    ServerUnavailableError,
+)
 from protos import device_pb2 as pb
 from protos import device_pb2_grpc as pb_grpc
 
@@ -104,28 +111,44 @@ class DeviceClient:
         sink: Any,
         hasher: Any,
         deadline_s: float,
+        max_bytes_per_s: int = 0,
     ) -> int:
         """Stream an artifact from ``offset`` into ``sink``, feeding ``hasher``; return bytes read.
 
+        ``max_bytes_per_s`` (0 = unlimited) paces the download so that a device on a thin link
+        keeps bandwidth for its own traffic.
+
         Raises:
-            DownloadError: the stream broke, or sent more or other bytes than announced.
+            DownloadError: the stream broke (worth retrying: the download resumes).
+            ManifestError: the server's artifact is not the size the signed manifest names, or
+                it sends more bytes than that (endless data): not worth retrying.
         """
         request = pb.DownloadRequest(artifact_id=artifact_id, offset=offset)
         position = offset
+        started = time.monotonic()
         try:
             stream: Iterator[pb.ArtifactChunk] = self._stub.DownloadArtifact(
                 request, timeout=deadline_s, metadata=self._metadata()
             )
             for chunk in stream:
+                if chunk.total_size != expected_size:
+                    raise ManifestError(
+                        f"the server's artifact {artifact_id[:12]} has {chunk.total_size} bytes; "
+                        f"the signed manifest names {expected_size}"
+                    )
                 if chunk.offset != position:
                     raise DownloadError(f"chunk at offset {chunk.offset}, expected {position}")
                 position += len(chunk.data)
                 if position > expected_size:
-                    raise DownloadError(
+                    raise ManifestError(
                         f"server sent more than the {expected_size} bytes the manifest names"
                     )
                 sink.write(chunk.data)
                 hasher.update(chunk.data)
+                if max_bytes_per_s:
+                    ahead = (position - offset) / max_bytes_per_s - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
         except grpc.RpcError as exc:
             raise DownloadError(
                 f"download of {artifact_id} stopped at byte {position}: "

@@ -192,6 +192,7 @@ class Agent:
                         client=self._client,
                         identity=self.identity,
                         health=self._health_policy(),
+                        max_download_bytes_per_s=self.config.updates.max_download_kbps * 1024,
                     )
                     telemetry.start()
                     for report in self._pending_reports:

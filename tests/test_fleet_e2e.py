@@ -982,3 +982,48 @@ def test_a_crash_loop_after_an_update_rolls_back_to_the_last_known_good(
     state = wait_state(server, "dev-l", "colors", "1.1.0", "ROLLED_BACK")
     assert "crash loop" in state["detail"]
     colors_still_served(agent, "1.0.0")
+
+
+def test_a_replayed_older_release_is_refused_anti_rollback(
+    one_agent_fleet: tuple[Server, Agent], color_models: Path
+) -> None:
+    server, agent = one_agent_fleet
+    server.admin(
+        "models",
+        "push",
+        str(color_models / "color_int8.tflite"),
+        "--name",
+        "colors",
+        "--version",
+        "1.1.0",
+        "--deploy",
+    )
+    wait_state(server, "dev-c", "colors", "1.1.0", "INSTALLED")
+    # Deploying the older, validly signed release again is what a rollback attack replays.
+    server.admin("deploy", "colors", "1.0.0")
+    state = wait_state(server, "dev-c", "colors", "1.0.0", "FAILED")
+    assert "anti-rollback" in state["detail"] and state["active_version"] == "1.1.0"
+    meta = oip.stub(agent.socket).ModelMetadata(inference_pb2.ModelMetadataRequest(name="colors"))
+    assert list(meta.versions) == ["1.1.0"]
+
+
+def test_a_truncated_artifact_on_the_server_is_a_clear_failure(
+    one_agent_fleet: tuple[Server, Agent], color_models: Path
+) -> None:
+    server, agent = one_agent_fleet
+    data = (color_models / "heavy_float.tflite").read_bytes()
+    server.admin(
+        "models",
+        "push",
+        str(color_models / "heavy_float.tflite"),
+        "--name",
+        "colors",
+        "--version",
+        "2.0.0",
+    )
+    artifact = server.data_dir / "artifacts" / f"{hashlib.sha256(data).hexdigest()}.tflite"
+    artifact.write_bytes(data[: len(data) // 2])
+    server.admin("deploy", "colors", "2.0.0")
+    state = wait_state(server, "dev-c", "colors", "2.0.0", "FAILED")
+    assert f"has {len(data) // 2} bytes; the signed manifest names {len(data)}" in state["detail"]
+    colors_still_served(agent, "1.0.0")

@@ -70,6 +70,7 @@ class Updater:
         clock: Callable[[], float] = time.time,
         download_deadline_s: float = 600.0,
         health: HealthPolicy | None = None,
+        max_download_bytes_per_s: int = 0,
     ) -> None:
         self._store = store
         self._engine = engine
@@ -79,6 +80,7 @@ class Updater:
         self._deadline = download_deadline_s
         self._refused: set[bytes] = set()  # envelopes refused for good; not retried each check-in
         self._health = health or HealthPolicy()
+        self._rate = max_download_bytes_per_s
         self._baselines: dict[str, float] = {}  # p50 of the version each new one replaced
 
     @staticmethod
@@ -343,6 +345,7 @@ class Updater:
                 sink=sink,
                 hasher=hasher,
                 deadline_s=self._deadline,
+                max_bytes_per_s=self._rate,
             )
             sink.flush()
         total = staged.stat().st_size

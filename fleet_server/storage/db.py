@@ -330,7 +330,12 @@ class Database:
         for s in states:
             by_device.setdefault(s["device_id"], []).append(
                 DeviceModelRow(
-                    s["model_name"], s["version"], s["state"], s["detail"], s["updated_at"]
+                    s["model_name"],
+                    s["version"],
+                    s["state"],
+                    s["detail"],
+                    s["updated_at"],
+                    s["active_version"],
                 )
             )
         return [
