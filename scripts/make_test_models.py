@@ -59,7 +59,8 @@ def _tensor(
 
 def _buffer(data: bytes | None) -> Any:
     buf = s.BufferT()
-    buf.data = list(data) if data else None
+    # A numpy array packs in one copy; a list of ints would take minutes for 100 MB.
+    buf.data = np.frombuffer(data, dtype=np.uint8) if data else None
     return buf
 
 
@@ -240,6 +241,41 @@ def build_pair() -> bytes:
         codes=codes,
         buffers=[_buffer(None)],
         description=b"EdgeFleet two-input test model",
+    )
+
+
+def build_large(width: int = 5120) -> bytes:
+    """One float fully connected layer of ``width`` x ``width``: ~100 MB of weights for
+    width 5120. For delivery benchmarks: a realistic artifact size that still runs fast."""
+    f32 = s.TensorType.FLOAT32
+    rng = np.random.default_rng(3)
+    weights = (rng.standard_normal((width, width)) * 0.01).astype("<f4")
+    tensors = [
+        _tensor("x", [1, width], f32),
+        _tensor("w", [width, width], f32, buffer=1),
+        _tensor("b", [width], f32, buffer=2),
+        _tensor("y", [1, width], f32),
+    ]
+    return _finish(
+        tensors,
+        [0],
+        [3],
+        ops=[
+            _operator(
+                0,
+                [0, 1, 2],
+                [3],
+                s.BuiltinOptions.FullyConnectedOptions,
+                s.FullyConnectedOptionsT(),
+            )
+        ],
+        codes=[_opcode(s.BuiltinOperator.FULLY_CONNECTED)],
+        buffers=[
+            _buffer(None),
+            _buffer(weights.tobytes()),
+            _buffer(np.zeros(width, dtype="<f4").tobytes()),
+        ],
+        description=b"EdgeFleet large delivery benchmark model",
     )
 
 

@@ -11,6 +11,8 @@ from agent.inference.oip import DTYPE_TO_OIP, OIP_TO_DTYPE
 from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc as pb_grpc
 
+__all__ = ["infer", "pb", "stub"]
+
 
 def stub(socket: Path) -> pb_grpc.GRPCInferenceServiceStub:
     """A stub on the agent's unix socket."""

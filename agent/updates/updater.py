@@ -258,6 +258,15 @@ class Updater:
             manifest.release_counter,
             manifest.size,
         )
+        if not self._store.artifact_path(manifest.model_name, manifest.sha256).exists():
+            self._client.report(
+                device_pb2.StatusReport(
+                    model_name=manifest.model_name,
+                    version=manifest.version,
+                    state=device_pb2.DOWNLOADING,
+                    detail=f"{manifest.size} bytes",
+                )
+            )
         path = self._fetch(
             manifest.model_name, manifest.artifact_id, manifest.sha256, manifest.size
         )

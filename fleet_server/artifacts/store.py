@@ -14,7 +14,7 @@ from fleet_server.errors import BadRequestError, NotFoundError
 __all__ = ["ArtifactStore"]
 
 _ID = re.compile(r"^[0-9a-f]{64}$")
-CHUNK_BYTES = 256 * 1024
+CHUNK_BYTES = 1024 * 1024
 
 
 class ArtifactStore:
