@@ -118,7 +118,10 @@ def _cmd_push(args: argparse.Namespace) -> int:
         fallback_size=fallback_size,
         sample=_sample_bytes(args.sample, path) if args.sample else b"",
         smoke_tolerance=args.smoke_tolerance,
+        sign_offline=args.sign_offline,
     )
+    if args.sign_offline and args.deploy:
+        raise BadRequestError("a version signed offline is deployed after 'manifest attach'")
 
     def requests() -> Iterator[pb.PushModelRequest]:
         yield pb.PushModelRequest(meta=meta)
@@ -140,6 +143,13 @@ def _cmd_push(args: argparse.Namespace) -> int:
     )
     if model.smoke_top_indices:
         print(f"smoke test: the sample's top classes are {list(model.smoke_top_indices)}")
+    if response.unsigned_manifest:
+        out = args.manifest_out or Path(f"{args.name}-{args.version}.manifest")
+        out.write_bytes(response.unsigned_manifest)
+        print(
+            f"not signed: wrote the manifest to {out}; sign it where the release key is "
+            f"('edgefleet manifest sign {out} --key KEY') and attach the result"
+        )
     if args.deploy:
         admin.call("Deploy", pb.DeployRequest(model_name=args.name, version=args.version))
         print(f"deployed {args.name} {args.version} to the fleet")
@@ -297,6 +307,52 @@ def _cmd_keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_manifest_sign(args: argparse.Namespace) -> int:
+    from google.protobuf.message import DecodeError  # noqa: PLC0415
+
+    from fleet_server.signing.keys import load_private_key, sign_envelope  # noqa: PLC0415
+    from protos import manifest_pb2  # noqa: PLC0415
+    from protos.envelope import MANIFEST_PAYLOAD_TYPE  # noqa: PLC0415
+
+    try:
+        payload = args.file.read_bytes()
+        manifest = manifest_pb2.Manifest.FromString(payload)
+    except OSError as exc:
+        raise BadRequestError(f"cannot read {args.file}: {exc.strerror}") from exc
+    except DecodeError as exc:
+        raise BadRequestError(f"{args.file} is not a manifest") from exc
+    passphrase = _read_passphrase(args.passphrase_file)
+    keys = [load_private_key(path, passphrase) for path in args.key]
+    envelope = sign_envelope(MANIFEST_PAYLOAD_TYPE, payload, keys)
+    out = args.out or args.file.with_suffix(".signed")
+    out.write_bytes(envelope.SerializeToString())
+    print(
+        f"signed {manifest.model_name} {manifest.version} (release {manifest.release_counter}, "
+        f"sha256 {manifest.sha256[:16]}..., {manifest.size} bytes) with {len(keys)} key(s): "
+        f"{out}"
+    )
+    return 0
+
+
+def _cmd_manifest_attach(args: argparse.Namespace) -> int:
+    from google.protobuf.message import DecodeError  # noqa: PLC0415
+
+    from protos import manifest_pb2  # noqa: PLC0415
+
+    try:
+        envelope = manifest_pb2.Envelope.FromString(args.file.read_bytes())
+    except OSError as exc:
+        raise BadRequestError(f"cannot read {args.file}: {exc.strerror}") from exc
+    except DecodeError as exc:
+        raise BadRequestError(f"{args.file} is not a signed manifest") from exc
+    response = _admin(args).call("AttachSignatures", pb.AttachSignaturesRequest(envelope=envelope))
+    print(
+        f"attached: {response.model.model_name} {response.model.version} is signed and can "
+        "be deployed"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(prog=PROG, description="EdgeFleet fleet administration.")
@@ -330,6 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument(
         "--smoke-tolerance", type=float, default=0.0, help="allowed score difference (0.05)"
     )
+    push.add_argument(
+        "--sign-offline",
+        action="store_true",
+        help="do not sign on the server: write the manifest for 'edgefleet manifest sign'",
+    )
+    push.add_argument("--manifest-out", type=Path, help="where --sign-offline writes it")
     push.add_argument(
         "--fallback",
         type=Path,
@@ -366,6 +428,22 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--out", type=Path, required=True)
     create.add_argument("--passphrase-file", type=Path, help="encrypt it with this passphrase")
     create.set_defaults(func=_cmd_keys_create)
+
+    manifest = sub.add_parser("manifest", help="sign manifests offline and attach them")
+    manifest_sub = manifest.add_subparsers(dest="action", required=True)
+    msign = manifest_sub.add_parser(
+        "sign", help="sign a manifest written by 'models push --sign-offline' (offline)"
+    )
+    msign.add_argument("file", type=Path)
+    msign.add_argument(
+        "--key", type=Path, action="append", required=True, help="release key file (repeatable)"
+    )
+    msign.add_argument("--passphrase-file", type=Path)
+    msign.add_argument("--out", type=Path, help="default: FILE with the suffix .signed")
+    msign.set_defaults(func=_cmd_manifest_sign)
+    mattach = manifest_sub.add_parser("attach", help="upload the signed manifest to the server")
+    mattach.add_argument("file", type=Path)
+    mattach.set_defaults(func=_cmd_manifest_attach)
 
     devices = sub.add_parser("devices", help="the device registry")
     devices_sub = devices.add_subparsers(dest="action", required=True)

@@ -1,3 +1,4 @@
+from protos import manifest_pb2 as _manifest_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -7,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PushModelMeta(_message.Message):
-    __slots__ = ("model_name", "version", "variant", "size", "fallback_size", "sample", "smoke_tolerance")
+    __slots__ = ("model_name", "version", "variant", "size", "fallback_size", "sample", "smoke_tolerance", "sign_offline")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
@@ -15,6 +16,7 @@ class PushModelMeta(_message.Message):
     FALLBACK_SIZE_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_FIELD_NUMBER: _ClassVar[int]
     SMOKE_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    SIGN_OFFLINE_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: str
     variant: str
@@ -22,7 +24,8 @@ class PushModelMeta(_message.Message):
     fallback_size: int
     sample: bytes
     smoke_tolerance: float
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., size: _Optional[int] = ..., fallback_size: _Optional[int] = ..., sample: _Optional[bytes] = ..., smoke_tolerance: _Optional[float] = ...) -> None: ...
+    sign_offline: bool
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., size: _Optional[int] = ..., fallback_size: _Optional[int] = ..., sample: _Optional[bytes] = ..., smoke_tolerance: _Optional[float] = ..., sign_offline: _Optional[bool] = ...) -> None: ...
 
 class PushModelRequest(_message.Message):
     __slots__ = ("meta", "data", "fallback_data")
@@ -35,7 +38,7 @@ class PushModelRequest(_message.Message):
     def __init__(self, meta: _Optional[_Union[PushModelMeta, _Mapping]] = ..., data: _Optional[bytes] = ..., fallback_data: _Optional[bytes] = ...) -> None: ...
 
 class ModelVersionInfo(_message.Message):
-    __slots__ = ("model_name", "version", "variant", "release_counter", "sha256", "size", "created_unix", "edgetpu", "deployed", "fallback_sha256", "smoke_top_indices")
+    __slots__ = ("model_name", "version", "variant", "release_counter", "sha256", "size", "created_unix", "edgetpu", "deployed", "fallback_sha256", "smoke_top_indices", "signed")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +50,7 @@ class ModelVersionInfo(_message.Message):
     DEPLOYED_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_SHA256_FIELD_NUMBER: _ClassVar[int]
     SMOKE_TOP_INDICES_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: str
     variant: str
@@ -58,13 +62,22 @@ class ModelVersionInfo(_message.Message):
     deployed: bool
     fallback_sha256: str
     smoke_top_indices: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., release_counter: _Optional[int] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., created_unix: _Optional[int] = ..., edgetpu: _Optional[bool] = ..., deployed: _Optional[bool] = ..., fallback_sha256: _Optional[str] = ..., smoke_top_indices: _Optional[_Iterable[int]] = ...) -> None: ...
+    signed: bool
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., release_counter: _Optional[int] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., created_unix: _Optional[int] = ..., edgetpu: _Optional[bool] = ..., deployed: _Optional[bool] = ..., fallback_sha256: _Optional[str] = ..., smoke_top_indices: _Optional[_Iterable[int]] = ..., signed: _Optional[bool] = ...) -> None: ...
 
 class PushModelResponse(_message.Message):
-    __slots__ = ("model",)
+    __slots__ = ("model", "unsigned_manifest")
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    UNSIGNED_MANIFEST_FIELD_NUMBER: _ClassVar[int]
     model: ModelVersionInfo
-    def __init__(self, model: _Optional[_Union[ModelVersionInfo, _Mapping]] = ...) -> None: ...
+    unsigned_manifest: bytes
+    def __init__(self, model: _Optional[_Union[ModelVersionInfo, _Mapping]] = ..., unsigned_manifest: _Optional[bytes] = ...) -> None: ...
+
+class AttachSignaturesRequest(_message.Message):
+    __slots__ = ("envelope",)
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    envelope: _manifest_pb2.Envelope
+    def __init__(self, envelope: _Optional[_Union[_manifest_pb2.Envelope, _Mapping]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

@@ -54,6 +54,11 @@ class AdminServiceStub:
                 request_serializer=protos_dot_admin__pb2.ListDevicesRequest.SerializeToString,
                 response_deserializer=protos_dot_admin__pb2.ListDevicesResponse.FromString,
                 _registered_method=True)
+        self.AttachSignatures = channel.unary_unary(
+                '/edgefleet.v1.AdminService/AttachSignatures',
+                request_serializer=protos_dot_admin__pb2.AttachSignaturesRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.PushModelResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -85,6 +90,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AttachSignatures(self, request, context):
+        """Attach signatures made offline to a version pushed with sign_offline.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -107,6 +119,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListDevices,
                     request_deserializer=protos_dot_admin__pb2.ListDevicesRequest.FromString,
                     response_serializer=protos_dot_admin__pb2.ListDevicesResponse.SerializeToString,
+            ),
+            'AttachSignatures': grpc.unary_unary_rpc_method_handler(
+                    servicer.AttachSignatures,
+                    request_deserializer=protos_dot_admin__pb2.AttachSignaturesRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.PushModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -217,6 +234,33 @@ class AdminService:
             '/edgefleet.v1.AdminService/ListDevices',
             protos_dot_admin__pb2.ListDevicesRequest.SerializeToString,
             protos_dot_admin__pb2.ListDevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AttachSignatures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/AttachSignatures',
+            protos_dot_admin__pb2.AttachSignaturesRequest.SerializeToString,
+            protos_dot_admin__pb2.PushModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1027,3 +1027,61 @@ def test_a_truncated_artifact_on_the_server_is_a_clear_failure(
     state = wait_state(server, "dev-c", "colors", "2.0.0", "FAILED")
     assert f"has {len(data) // 2} bytes; the signed manifest names {len(data)}" in state["detail"]
     colors_still_served(agent, "1.0.0")
+
+
+def test_a_release_key_kept_offline_signs_manifests_the_devices_accept(
+    one_agent_fleet: tuple[Server, Agent], color_models: Path, tmp_path: Path
+) -> None:
+    server, agent = one_agent_fleet
+    # The admin takes the release key off the server.
+    (online_key,) = (server.data_dir / "keys").glob("release-*.key")
+    offline_key = tmp_path / online_key.name
+    online_key.rename(offline_key)
+    refused = server.admin(
+        "models",
+        "push",
+        str(color_models / "color_int8.tflite"),
+        "--name",
+        "colors",
+        "--version",
+        "1.1.0",
+        check=False,
+    )
+    assert refused.returncode == 1 and "usable release key" in refused.stderr
+    manifest = tmp_path / "colors-1.1.0.manifest"
+    pushed = server.admin(
+        "models",
+        "push",
+        str(color_models / "color_int8.tflite"),
+        "--name",
+        "colors",
+        "--version",
+        "1.1.0",
+        "--sign-offline",
+        "--manifest-out",
+        str(manifest),
+    )
+    assert "not signed" in pushed.stdout and manifest.exists()
+    early = server.admin("deploy", "colors", "1.1.0", check=False)
+    assert early.returncode == 1 and "not signed yet" in early.stderr
+    # A key that is not in the key list does not make it deployable.
+    stranger = tmp_path / "stranger.key"
+    run_cli("edgefleet", "keys", "create", "--out", str(stranger))
+    run_cli(
+        "edgefleet",
+        "manifest",
+        "sign",
+        str(manifest),
+        "--key",
+        str(stranger),
+        "--out",
+        str(tmp_path / "bad.signed"),
+    )
+    bad = server.admin("manifest", "attach", str(tmp_path / "bad.signed"), check=False)
+    assert bad.returncode == 1 and "0 valid release-key signature(s)" in bad.stderr
+    signed = run_cli("edgefleet", "manifest", "sign", str(manifest), "--key", str(offline_key))
+    assert "signed colors 1.1.0" in signed.stdout
+    server.admin("manifest", "attach", str(manifest.with_suffix(".signed")))
+    server.admin("deploy", "colors", "1.1.0")
+    wait_state(server, "dev-c", "colors", "1.1.0", "INSTALLED")
+    assert agent.proc is not None and agent.proc.popen.poll() is None

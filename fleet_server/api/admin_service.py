@@ -10,8 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import ModelFileError
+from google.protobuf.message import DecodeError
+
+from agent.errors import ManifestError, ModelFileError
 from agent.inference.modelfile import MAX_MODEL_BYTES, ModelInfo, inspect_model_file
+from agent.updates.trust import count_signers, pin_keylist
 from fleet_server.api._errors import rpc_errors
 from fleet_server.api.auth import require_admin
 from fleet_server.catalog.smoke import expect
@@ -20,6 +23,7 @@ from fleet_server.storage.db import DeviceRow, ModelRow
 from protos import admin_pb2 as pb
 from protos import admin_pb2_grpc as pb_grpc
 from protos import manifest_pb2
+from protos.envelope import MANIFEST_PAYLOAD_TYPE
 
 if TYPE_CHECKING:
     from fleet_server.api.server import ServerContext
@@ -49,6 +53,7 @@ def _model_info(row: ModelRow, deployed: dict[str, str]) -> pb.ModelVersionInfo:
         deployed=deployed.get(row.model_name) == row.version,
         fallback_sha256=row.fallback_sha256 or "",
         smoke_top_indices=_smoke_indices(row),
+        signed=bool(manifest_pb2.Envelope.FromString(row.envelope).signatures),
     )
 
 
@@ -140,6 +145,8 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         if meta.size == 0 or meta.size > MAX_MODEL_BYTES:
             raise BadRequestError(f"model size {meta.size} is outside 1..{MAX_MODEL_BYTES} bytes")
 
+        # Fail before storing anything when nothing here could sign the manifest.
+        signer = None if meta.sign_offline else self._ctx.keys.manifest_signer()
         if meta.fallback_size > MAX_MODEL_BYTES:
             raise BadRequestError(f"fallback size {meta.fallback_size} is over {MAX_MODEL_BYTES}")
         first_fallback: list[bytes] = []
@@ -225,7 +232,13 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                     variant="cpu",
                 )
             )
-        envelope = self._ctx.keys.manifest_signer().sign(manifest)
+        if signer is not None:
+            envelope = signer.sign(manifest)
+        else:
+            envelope = manifest_pb2.Envelope(
+                payload_type=MANIFEST_PAYLOAD_TYPE,
+                payload=manifest.SerializeToString(deterministic=True),
+            )
         row = ModelRow(
             model_name=meta.model_name,
             version=meta.version,
@@ -248,7 +261,47 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             size,
             counter,
         )
-        return pb.PushModelResponse(model=_model_info(row, self._ctx.db.deployed()))
+        return pb.PushModelResponse(
+            model=_model_info(row, self._ctx.db.deployed()),
+            unsigned_manifest=envelope.payload if signer is None else b"",
+        )
+
+    @rpc_errors
+    def AttachSignatures(  # noqa: N802
+        self, request: pb.AttachSignaturesRequest, context: Any
+    ) -> pb.PushModelResponse:
+        require_admin(context, self._ctx.admin_token)
+        envelope = request.envelope
+        if envelope.payload_type != MANIFEST_PAYLOAD_TYPE:
+            raise BadRequestError(f"payload type {envelope.payload_type!r} is not a manifest")
+        try:
+            manifest = manifest_pb2.Manifest.FromString(envelope.payload)
+        except DecodeError as exc:
+            raise BadRequestError("the signed payload is not a manifest") from exc
+        row = self._ctx.db.get_model(manifest.model_name, manifest.version)
+        stored = manifest_pb2.Envelope.FromString(row.envelope)
+        if stored.payload != envelope.payload:
+            raise BadRequestError(
+                f"the signed manifest differs from the one pushed for {row.model_name} "
+                f"{row.version}; sign the file 'models push --sign-offline' wrote"
+            )
+        now = time.time()
+        try:
+            trust = pin_keylist(
+                self._ctx.keys.keylist_bytes(), fleet_id=self._ctx.fleet_id, now=now
+            )
+        except ManifestError as exc:
+            raise BadRequestError(f"the server's own key list does not verify: {exc}") from exc
+        signers = count_signers(envelope, trust.release_keys(now))
+        if len(signers) < trust.release_threshold:
+            raise BadRequestError(
+                f"{len(signers)} valid release-key signature(s); key list version "
+                f"{trust.version} requires {trust.release_threshold}"
+            )
+        self._ctx.db.set_envelope(row.model_name, row.version, envelope.SerializeToString())
+        log.info("attached offline signatures to %s %s", row.model_name, row.version)
+        updated = self._ctx.db.get_model(row.model_name, row.version)
+        return pb.PushModelResponse(model=_model_info(updated, self._ctx.db.deployed()))
 
     @rpc_errors
     def ListModels(self, request: pb.ListModelsRequest, context: Any) -> pb.ListModelsResponse:  # noqa: N802
@@ -261,6 +314,13 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     @rpc_errors
     def Deploy(self, request: pb.DeployRequest, context: Any) -> pb.DeployResponse:  # noqa: N802
         require_admin(context, self._ctx.admin_token)
+        candidate = self._ctx.db.get_model(request.model_name, request.version)
+        if not manifest_pb2.Envelope.FromString(candidate.envelope).signatures:
+            raise BadRequestError(
+                f"{candidate.model_name} {candidate.version} is not signed yet: sign its "
+                "manifest offline ('edgefleet manifest sign') and attach it "
+                "('edgefleet manifest attach')"
+            )
         row = self._ctx.db.deploy(request.model_name, request.version)
         log.info("deployed %s %s to the fleet", row.model_name, row.version)
         return pb.DeployResponse(model=_model_info(row, self._ctx.db.deployed()))

@@ -384,6 +384,15 @@ class Database:
                 )
             conn.execute(models.insert().values(**row.__dict__))
 
+    def set_envelope(self, model_name: str, version: str, envelope: bytes) -> None:
+        """Replace a version's signed manifest (offline signatures attached)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                models.update()
+                .where((models.c.model_name == model_name) & (models.c.version == version))
+                .values(envelope=envelope)
+            )
+
     def get_model(self, model_name: str, version: str) -> ModelRow:
         """One model version.
 
