@@ -119,6 +119,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
         sample=_sample_bytes(args.sample, path) if args.sample else b"",
         smoke_tolerance=args.smoke_tolerance,
         sign_offline=args.sign_offline,
+        no_compression=args.no_compress,
     )
     if args.sign_offline and args.deploy:
         raise BadRequestError("a version signed offline is deployed after 'manifest attach'")
@@ -392,6 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not sign on the server: write the manifest for 'edgefleet manifest sign'",
     )
     push.add_argument("--manifest-out", type=Path, help="where --sign-offline writes it")
+    push.add_argument(
+        "--no-compress",
+        action="store_true",
+        help="do not offer devices a zstd-compressed copy (offered when 5%% smaller)",
+    )
     push.add_argument(
         "--fallback",
         type=Path,

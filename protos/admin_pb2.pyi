@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PushModelMeta(_message.Message):
-    __slots__ = ("model_name", "version", "variant", "size", "fallback_size", "sample", "smoke_tolerance", "sign_offline")
+    __slots__ = ("model_name", "version", "variant", "size", "fallback_size", "sample", "smoke_tolerance", "sign_offline", "no_compression")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,7 @@ class PushModelMeta(_message.Message):
     SAMPLE_FIELD_NUMBER: _ClassVar[int]
     SMOKE_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     SIGN_OFFLINE_FIELD_NUMBER: _ClassVar[int]
+    NO_COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: str
     variant: str
@@ -25,7 +26,8 @@ class PushModelMeta(_message.Message):
     sample: bytes
     smoke_tolerance: float
     sign_offline: bool
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., size: _Optional[int] = ..., fallback_size: _Optional[int] = ..., sample: _Optional[bytes] = ..., smoke_tolerance: _Optional[float] = ..., sign_offline: _Optional[bool] = ...) -> None: ...
+    no_compression: bool
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., size: _Optional[int] = ..., fallback_size: _Optional[int] = ..., sample: _Optional[bytes] = ..., smoke_tolerance: _Optional[float] = ..., sign_offline: _Optional[bool] = ..., no_compression: _Optional[bool] = ...) -> None: ...
 
 class PushModelRequest(_message.Message):
     __slots__ = ("meta", "data", "fallback_data")

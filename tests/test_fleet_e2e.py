@@ -332,6 +332,7 @@ def test_artifact_that_does_not_match_its_hash_is_discarded(
         "colors",
         "--version",
         "1.1.0",
+        "--no-compress",
         "--deploy",
         check=True,
     )
@@ -532,6 +533,7 @@ def test_an_interrupted_download_resumes_from_its_offset(
         "colors",
         "--version",
         "1.0.0",
+        "--no-compress",
         "--deploy",
     )
     agent = make_agent(tmp_path, "dev-r", server)
@@ -1020,6 +1022,7 @@ def test_a_truncated_artifact_on_the_server_is_a_clear_failure(
         "colors",
         "--version",
         "2.0.0",
+        "--no-compress",
     )
     artifact = server.data_dir / "artifacts" / f"{hashlib.sha256(data).hexdigest()}.tflite"
     artifact.write_bytes(data[: len(data) // 2])
@@ -1085,3 +1088,43 @@ def test_a_release_key_kept_offline_signs_manifests_the_devices_accept(
     server.admin("deploy", "colors", "1.1.0")
     wait_state(server, "dev-c", "colors", "1.1.0", "INSTALLED")
     assert agent.proc is not None and agent.proc.popen.poll() is None
+
+
+def test_models_travel_zstd_compressed_and_a_bad_compressed_copy_is_refused(
+    one_agent_fleet: tuple[Server, Agent], color_models: Path
+) -> None:
+    server, agent = one_agent_fleet
+    server.admin(
+        "models", "push", str(MOBILENET), "--name", "mobilenet", "--version", "1.0.0", "--deploy"
+    )
+    wait_state(server, "dev-c", "mobilenet", "1.0.0", "INSTALLED")
+    assert "zstd bytes (76% of 525598)" in agent.output()  # a quarter less on the wire
+    scores, _ = oip.infer(agent.socket, "mobilenet", "input", cat_tensor())
+    assert int(np.argmax(scores)) == predict_top1()
+    # A damaged compressed copy on the server: its own hash catches it.
+    heavy = (color_models / "heavy_float.tflite").read_bytes()
+    server.admin(
+        "models",
+        "push",
+        str(color_models / "heavy_float.tflite"),
+        "--name",
+        "colors",
+        "--version",
+        "2.0.0",
+    )
+    (row,) = [
+        m
+        for m in json.loads(server.admin("models", "list", "--json").stdout)
+        if m["version"] == "2.0.0"
+    ]
+    assert row["sha256"] == hashlib.sha256(heavy).hexdigest()
+    known = {hashlib.sha256(heavy).hexdigest()}
+    for path in (server.data_dir / "artifacts").glob("*.tflite"):
+        if path.stem not in known and path.stat().st_size > 100_000:
+            data = bytearray(path.read_bytes())  # the compressed heavy model
+            data[len(data) // 2] ^= 0xFF
+            path.write_bytes(bytes(data))
+    server.admin("deploy", "colors", "2.0.0")
+    state = wait_state(server, "dev-c", "colors", "2.0.0", "FAILED")
+    assert "does not match the signed manifest" in state["detail"]
+    colors_still_served(agent, "1.0.0")

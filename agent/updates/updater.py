@@ -21,7 +21,7 @@ from agent.errors import AgentError, DownloadError, ManifestError, TransientErro
 from agent.identity import Identity
 from agent.inference.engine import Engine, LoadedModel
 from agent.inference.modelfile import MAX_MODEL_BYTES
-from agent.updates import smoke
+from agent.updates import compression, smoke
 from agent.updates.health import HealthPolicy, judge
 from agent.updates.store import ActiveEntry, ModelStore
 from agent.updates.verify import InstalledModel, verify_manifest
@@ -268,7 +268,11 @@ class Updater:
                 )
             )
         path = self._fetch(
-            manifest.model_name, manifest.artifact_id, manifest.sha256, manifest.size
+            manifest.model_name,
+            manifest.artifact_id,
+            manifest.sha256,
+            manifest.size,
+            compressed=manifest.compressed if manifest.HasField("compressed") else None,
         )
         fallback: Path | None = None
         if manifest.HasField("cpu_fallback"):
@@ -322,13 +326,40 @@ class Updater:
             )
         )
 
-    def _fetch(self, model_name: str, artifact_id: str, sha256: str, size: int) -> Path:
-        """The verified artifact in the store, downloading it first when it is not there."""
+    def _fetch(
+        self,
+        model_name: str,
+        artifact_id: str,
+        sha256: str,
+        size: int,
+        *,
+        compressed: manifest_pb2.ArtifactRef | None = None,
+    ) -> Path:
+        """The verified artifact in the store, downloading it first when it is not there.
+
+        With a ``compressed`` copy (and zstd here) the smaller download is fetched and checked
+        against its own hash, then decompressed with a bound and checked against ``sha256``.
+        """
         path = self._store.artifact_path(model_name, sha256)
-        if not path.exists():
+        if path.exists():
+            return path
+        if compressed is not None and compression.available():
+            packed = self._download(compressed.artifact_id, compressed.sha256, compressed.size)
+            staged = self._store.staging_path(sha256)
+            try:
+                compression.decompress_bounded(packed, staged, size=size, sha256=sha256)
+            finally:
+                packed.unlink(missing_ok=True)
+            log.info(
+                "fetched %s as %d zstd bytes (%.0f%% of %d)",
+                artifact_id[:12],
+                compressed.size,
+                100.0 * compressed.size / size,
+                size,
+            )
+        else:
             staged = self._download(artifact_id, sha256, size)
-            path = self._store.commit_artifact(model_name, sha256, staged)
-        return path
+        return self._store.commit_artifact(model_name, sha256, staged)
 
     def _download(self, artifact_id: str, sha256: str, size: int) -> Path:
         staged = self._store.staging_path(sha256)

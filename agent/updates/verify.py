@@ -103,6 +103,12 @@ def verify_manifest(
             raise ManifestError(
                 f"CPU fallback size {fallback.size} is outside 1..{max_artifact_bytes} bytes"
             )
+    if manifest.HasField("compressed"):
+        packed = manifest.compressed
+        if not _SHA256.match(packed.sha256) or packed.artifact_id != packed.sha256:
+            raise ManifestError("manifest names an implausible compressed artifact")
+        if packed.size == 0 or packed.size > max_artifact_bytes:
+            raise ManifestError(f"compressed size {packed.size} is out of bounds")
     if manifest.HasField("smoke"):
         test = manifest.smoke
         sample = test.sample

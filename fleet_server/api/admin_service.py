@@ -193,6 +193,9 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                 [smoke.sample], max_bytes=len(smoke.sample)
             )
             stored.append((sample_sha, sample_path))
+            packed = None if meta.no_compression else store.put_compressed(path)
+            if packed is not None:
+                stored.append((packed[0], packed[2]))
         except BadRequestError:
             for digest, stored_path in stored:
                 if self._ctx.db.model_by_sha(digest) is None:
@@ -223,6 +226,12 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                 tolerance=smoke.tolerance,
             )
         )
+        if packed is not None:
+            manifest.compressed.CopyFrom(
+                manifest_pb2.ArtifactRef(
+                    artifact_id=packed[0], sha256=packed[0], size=packed[1], variant="zstd"
+                )
+            )
         if fallback_sha is not None:
             manifest.cpu_fallback.CopyFrom(
                 manifest_pb2.ArtifactRef(
@@ -251,6 +260,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             created_at=now,
             fallback_sha256=fallback_sha,
             sample_sha256=sample_sha,
+            compressed_sha256=packed[0] if packed is not None else None,
         )
         self._ctx.db.add_model(row)
         log.info(

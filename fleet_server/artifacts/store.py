@@ -51,6 +51,27 @@ class ArtifactStore:
             tmp.unlink(missing_ok=True)
         return digest, size, final
 
+    def put_compressed(self, source: Path, *, worth: float = 0.95) -> tuple[str, int, Path] | None:
+        """Store a zstd-compressed copy of ``source`` when it is smaller than ``worth`` of it.
+
+        Returns (sha256, size, path) of the compressed artifact, or None when not worth it.
+        """
+        import zstandard  # noqa: PLC0415 - only the push path needs it
+
+        fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=".zstd-", suffix=".tmp")
+        tmp = Path(tmp_name)
+        try:
+            with source.open("rb") as src, os.fdopen(fd, "wb") as dst:
+                zstandard.ZstdCompressor(level=10).copy_stream(src, dst)
+            if tmp.stat().st_size >= worth * source.stat().st_size:
+                return None
+            with tmp.open("rb") as handle:
+                return self.put(
+                    iter(lambda: handle.read(CHUNK_BYTES), b""), max_bytes=tmp.stat().st_size
+                )
+        finally:
+            tmp.unlink(missing_ok=True)
+
     def path(self, artifact_id: str) -> Path:
         """The file of an artifact.
 

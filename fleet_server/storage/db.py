@@ -22,7 +22,7 @@ from fleet_server.errors import AlreadyExistsError, DataDirError, NotFoundError
 
 __all__ = ["SCHEMA_VERSION", "Database", "DeviceModelRow", "DeviceRow", "ModelRow"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 metadata = sa.MetaData()
 
@@ -74,6 +74,7 @@ models = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("fallback_sha256", sa.String(64), nullable=True),
     sa.Column("sample_sha256", sa.String(64), nullable=True),
+    sa.Column("compressed_sha256", sa.String(64), nullable=True),
 )
 
 deployments = sa.Table(
@@ -98,6 +99,7 @@ class ModelRow:
     created_at: int
     fallback_sha256: str | None = None
     sample_sha256: str | None = None
+    compressed_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,12 @@ def _v3_to_v4(conn: sa.Connection) -> None:
     conn.execute(sa.text("ALTER TABLE device_models ADD COLUMN active_version VARCHAR(32)"))
 
 
-_MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
+def _v4_to_v5(conn: sa.Connection) -> None:
+    """Version 5: a model version may have a zstd-compressed copy for transport."""
+    conn.execute(sa.text("ALTER TABLE models ADD COLUMN compressed_sha256 VARCHAR(64)"))
+
+
+_MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}
 
 
 def token_digest(token: str) -> str:
@@ -434,6 +441,7 @@ class Database:
                         (models.c.sha256 == sha256)
                         | (models.c.fallback_sha256 == sha256)
                         | (models.c.sample_sha256 == sha256)
+                        | (models.c.compressed_sha256 == sha256)
                     )
                 )
                 .mappings()
