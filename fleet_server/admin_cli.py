@@ -179,6 +179,33 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from fleet_server.signing.keys import load_private_key, sign_envelope  # noqa: PLC0415
+    from protos import manifest_pb2  # noqa: PLC0415
+    from protos.envelope import MANIFEST_PAYLOAD_TYPE  # noqa: PLC0415
+
+    files = list(args.root_key or [])
+    if not files and args.data_dir:
+        files = sorted((Path(args.data_dir) / "keys").glob("root-*.key"))
+    if not files:
+        raise BadRequestError("an explicit rollback is signed by root keys: give --root-key")
+    passphrase = _read_passphrase(args.passphrase_file)
+    keys = [load_private_key(path, passphrase) for path in files]
+    admin = _admin(args)
+    prepared = admin.call(
+        "PrepareRollback", pb.DeployRequest(model_name=args.name, version=args.version)
+    )
+    envelope = sign_envelope(MANIFEST_PAYLOAD_TYPE, prepared.unsigned_manifest, keys)
+    admin.call("CommitRollback", pb.AttachSignaturesRequest(envelope=envelope))
+    manifest = manifest_pb2.Manifest.FromString(prepared.unsigned_manifest)
+    print(
+        f"rolled {manifest.model_name} back to {manifest.version} (release "
+        f"{manifest.release_counter}, signed by {len(keys)} root key(s)); devices install it "
+        "at their next check-in"
+    )
+    return 0
+
+
 def _cmd_deploy(args: argparse.Namespace) -> int:
     response = _admin(args).call(
         "Deploy", pb.DeployRequest(model_name=args.name, version=args.version)
@@ -407,6 +434,18 @@ def build_parser() -> argparse.ArgumentParser:
     mlist = models_sub.add_parser("list", help="list model versions")
     mlist.add_argument("--json", action="store_true")
     mlist.set_defaults(func=_cmd_models_list)
+
+    rollback = models_sub.add_parser(
+        "rollback",
+        help="explicitly roll the fleet back to an older version (signed by the root keys)",
+        description="Devices refuse older releases (anti-rollback) unless the root keys sign an "
+        "explicit rollback. Root keys come from --root-key files or the --data-dir.",
+    )
+    rollback.add_argument("name")
+    rollback.add_argument("version")
+    rollback.add_argument("--root-key", type=Path, action="append", help="root key file")
+    rollback.add_argument("--passphrase-file", type=Path, help="passphrase of the root keys")
+    rollback.set_defaults(func=_cmd_rollback)
 
     deploy = sub.add_parser("deploy", help="make a model version the fleet's desired version")
     deploy.add_argument("name")

@@ -59,6 +59,16 @@ class AdminServiceStub:
                 request_serializer=protos_dot_admin__pb2.AttachSignaturesRequest.SerializeToString,
                 response_deserializer=protos_dot_admin__pb2.PushModelResponse.FromString,
                 _registered_method=True)
+        self.PrepareRollback = channel.unary_unary(
+                '/edgefleet.v1.AdminService/PrepareRollback',
+                request_serializer=protos_dot_admin__pb2.DeployRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.PushModelResponse.FromString,
+                _registered_method=True)
+        self.CommitRollback = channel.unary_unary(
+                '/edgefleet.v1.AdminService/CommitRollback',
+                request_serializer=protos_dot_admin__pb2.AttachSignaturesRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.DeployResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -97,6 +107,20 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PrepareRollback(self, request, context):
+        """Explicit rollback: the server prepares a rollback manifest for an older version, the admin
+        signs it with the root keys, and the signed envelope becomes the fleet's desired state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitRollback(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +148,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.AttachSignatures,
                     request_deserializer=protos_dot_admin__pb2.AttachSignaturesRequest.FromString,
                     response_serializer=protos_dot_admin__pb2.PushModelResponse.SerializeToString,
+            ),
+            'PrepareRollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareRollback,
+                    request_deserializer=protos_dot_admin__pb2.DeployRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.PushModelResponse.SerializeToString,
+            ),
+            'CommitRollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitRollback,
+                    request_deserializer=protos_dot_admin__pb2.AttachSignaturesRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.DeployResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,6 +295,60 @@ class AdminService:
             '/edgefleet.v1.AdminService/AttachSignatures',
             protos_dot_admin__pb2.AttachSignaturesRequest.SerializeToString,
             protos_dot_admin__pb2.PushModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareRollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/PrepareRollback',
+            protos_dot_admin__pb2.DeployRequest.SerializeToString,
+            protos_dot_admin__pb2.PushModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitRollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/CommitRollback',
+            protos_dot_admin__pb2.AttachSignaturesRequest.SerializeToString,
+            protos_dot_admin__pb2.DeployResponse.FromString,
             options,
             channel_credentials,
             insecure,

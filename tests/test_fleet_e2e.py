@@ -1128,3 +1128,47 @@ def test_models_travel_zstd_compressed_and_a_bad_compressed_copy_is_refused(
     state = wait_state(server, "dev-c", "colors", "2.0.0", "FAILED")
     assert "does not match the signed manifest" in state["detail"]
     colors_still_served(agent, "1.0.0")
+
+
+def test_an_explicit_root_signed_rollback_is_installed_and_cannot_be_abused(
+    one_agent_fleet: tuple[Server, Agent], color_models: Path, tmp_path: Path
+) -> None:
+    server, agent = one_agent_fleet
+    server.admin(
+        "models",
+        "push",
+        str(color_models / "color_int8.tflite"),
+        "--name",
+        "colors",
+        "--version",
+        "1.1.0",
+        "--deploy",
+    )
+    wait_state(server, "dev-c", "colors", "1.1.0", "INSTALLED")
+    # A stranger's key is not a root key: the server refuses to deploy the rollback.
+    stranger = tmp_path / "stranger.key"
+    run_cli("edgefleet", "keys", "create", "--out", str(stranger))
+    bad = server.admin(
+        "models", "rollback", "colors", "1.0.0", "--root-key", str(stranger), check=False
+    )
+    assert bad.returncode == 1 and "0 valid root-key signature(s)" in bad.stderr
+    done = server.admin("models", "rollback", "colors", "1.0.0")  # root key from the data dir
+    assert "rolled colors back to 1.0.0" in done.stdout
+    wait_state(server, "dev-c", "colors", "1.0.0", "INSTALLED")
+    colors_still_served(agent, "1.0.0")
+    # The release rolled back from cannot be replayed by a plain deploy ...
+    server.admin("deploy", "colors", "1.1.0")
+    state = wait_state(server, "dev-c", "colors", "1.1.0", "FAILED")
+    assert "different artifact" in state["detail"]
+    # ... but a new release goes through.
+    server.admin(
+        "models",
+        "push",
+        str(color_models / "color_int8.tflite"),
+        "--name",
+        "colors",
+        "--version",
+        "1.2.0",
+        "--deploy",
+    )
+    wait_state(server, "dev-c", "colors", "1.2.0", "INSTALLED")

@@ -36,6 +36,12 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(tmp_path: Path) -> 
         conn.execute(sa.text(V1_MODELS))
         conn.execute(sa.text(V1_DEVICE_MODELS))
         conn.execute(
+            sa.text(
+                "CREATE TABLE deployments (model_name VARCHAR(64) PRIMARY KEY, "
+                "version VARCHAR(32) NOT NULL, updated_at BIGINT NOT NULL)"
+            )
+        )
+        conn.execute(
             sa.text("INSERT INTO models VALUES ('m', '1.0.0', 'int8', 1, :sha, 10, 0, x'00', 0)"),
             {"sha": "ab" * 32},
         )
@@ -47,7 +53,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(tmp_path: Path) -> 
     assert db.model_by_sha("ab" * 32) is not None
     with db.engine.connect() as conn:
         version = conn.execute(sa.text("SELECT value FROM schema_meta")).scalar()
-    assert version == str(SCHEMA_VERSION) == "5"
+    assert version == str(SCHEMA_VERSION) == "6"
     db.create_schema()  # idempotent
     db.close()
 

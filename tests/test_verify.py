@@ -221,3 +221,12 @@ def test_real_clock_smoke() -> None:
     m = manifest(created_unix=int(time.time()), expires_unix=int(time.time()) + 60)
     fresh = trust_in(RELEASE, expires=int(time.time()) + 3600)
     assert verify(signed(m), trust=fresh, now=time.time())
+
+
+def test_an_explicit_rollback_needs_the_root_keys_not_a_release_key() -> None:
+    installed = {"mobilenet": InstalledModel(release_counter=9, sha256="cd" * 32)}
+    by_release = signed(manifest(release_counter=3, explicit_rollback=True))
+    with pytest.raises(ManifestError, match="must be signed by the root keys"):
+        verify(by_release, installed=installed)
+    by_root = ManifestSigner([ROOT]).sign(manifest(release_counter=3, explicit_rollback=True))
+    assert verify(by_root.SerializeToString(), installed=installed).release_counter == 3

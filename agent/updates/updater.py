@@ -246,7 +246,7 @@ class Updater:
         active = self._store.active().get(manifest.model_name)
         if active is not None and active.sha256 == manifest.sha256:
             return
-        if manifest.sha256 in self._store.refused():
+        if manifest.sha256 in self._store.refused() and not manifest.explicit_rollback:
             raise _RolledBackError(
                 f"{manifest.model_name} {manifest.version} was rolled back on this device; "
                 "refusing to install it again (push a new release)"
@@ -300,7 +300,11 @@ class Updater:
             manifest.model_name,
             ActiveEntry(
                 version=manifest.version,
-                release_counter=manifest.release_counter,
+                # After an explicit rollback the floor stays at the highest release seen, so
+                # the release rolled back from cannot be replayed.
+                release_counter=max(
+                    manifest.release_counter, active.release_counter if active else 0
+                ),
                 sha256=manifest.sha256,
                 filename=path.name,
                 fallback_filename=fallback.name if fallback else "",

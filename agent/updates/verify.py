@@ -12,7 +12,9 @@ The rules (see docs/security.md):
 * it must not have expired, allowing ``CLOCK_SKEW_S``; a device whose clock reads before 2024
   has no usable time and skips expiry checks rather than refusing every update forever;
 * its release counter must not be lower than the installed one for the same model
-  (anti-rollback); an equal counter is only accepted for the very same artifact.
+  (anti-rollback); an equal counter is only accepted for the very same artifact;
+* unless it is an explicit rollback, which instead needs the root keys' threshold (release keys
+  alone cannot send a device back to an older release).
 """
 
 from __future__ import annotations
@@ -71,18 +73,25 @@ def verify_manifest(
             f"the pinned key list (version {trust.version}) has expired; the fleet's root key "
             "holders must publish a new one"
         )
-    signers = count_signers(envelope, trust.release_keys(now))
-    if len(signers) < trust.release_threshold:
-        raise ManifestError(
-            "manifest signature does not verify with enough pinned release keys "
-            f"({len(signers)} of {trust.release_threshold} required); refusing the update"
-        )
-
     manifest = manifest_pb2.Manifest()
     try:
         manifest.ParseFromString(envelope.payload)
     except DecodeError as exc:
         raise ManifestError("signed payload is not a valid manifest") from exc
+    if manifest.explicit_rollback:
+        roots = count_signers(envelope, trust.root)
+        if len(roots) < trust.root_threshold:
+            raise ManifestError(
+                "an explicit rollback must be signed by the root keys "
+                f"({len(roots)} of {trust.root_threshold} required); refusing it"
+            )
+    else:
+        signers = count_signers(envelope, trust.release_keys(now))
+        if len(signers) < trust.release_threshold:
+            raise ManifestError(
+                "manifest signature does not verify with enough pinned release keys "
+                f"({len(signers)} of {trust.release_threshold} required); refusing the update"
+            )
     if manifest.fleet_id != fleet_id:
         raise ManifestError(
             f"manifest is for fleet {manifest.fleet_id!r}, this device is in {fleet_id!r}"
@@ -122,7 +131,7 @@ def verify_manifest(
             f"{manifest.expires_unix} (now {int(now)}); ask the server to re-sign it"
         )
     current = installed.get(manifest.model_name)
-    if current is not None:
+    if current is not None and not manifest.explicit_rollback:
         if manifest.release_counter < current.release_counter:
             raise ManifestError(
                 f"manifest release {manifest.release_counter} of {manifest.model_name} is older "

@@ -314,6 +314,70 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         return pb.PushModelResponse(model=_model_info(updated, self._ctx.db.deployed()))
 
     @rpc_errors
+    def PrepareRollback(  # noqa: N802
+        self, request: pb.DeployRequest, context: Any
+    ) -> pb.PushModelResponse:
+        require_admin(context, self._ctx.admin_token)
+        row = self._ctx.db.get_model(request.model_name, request.version)
+        manifest = manifest_pb2.Manifest.FromString(
+            manifest_pb2.Envelope.FromString(row.envelope).payload
+        )
+        now = int(time.time())
+        manifest.explicit_rollback = True
+        manifest.created_unix = now
+        manifest.expires_unix = now + MANIFEST_LIFETIME_S
+        return pb.PushModelResponse(
+            model=_model_info(row, self._ctx.db.deployed()),
+            unsigned_manifest=manifest.SerializeToString(deterministic=True),
+        )
+
+    @rpc_errors
+    def CommitRollback(  # noqa: N802
+        self, request: pb.AttachSignaturesRequest, context: Any
+    ) -> pb.DeployResponse:
+        require_admin(context, self._ctx.admin_token)
+        envelope = request.envelope
+        if envelope.payload_type != MANIFEST_PAYLOAD_TYPE:
+            raise BadRequestError(f"payload type {envelope.payload_type!r} is not a manifest")
+        try:
+            manifest = manifest_pb2.Manifest.FromString(envelope.payload)
+        except DecodeError as exc:
+            raise BadRequestError("the signed payload is not a manifest") from exc
+        row = self._ctx.db.get_model(manifest.model_name, manifest.version)
+        original = manifest_pb2.Manifest.FromString(
+            manifest_pb2.Envelope.FromString(row.envelope).payload
+        )
+        for field in ("explicit_rollback", "created_unix", "expires_unix"):
+            original.ClearField(field)
+        candidate = manifest_pb2.Manifest()
+        candidate.CopyFrom(manifest)
+        for field in ("explicit_rollback", "created_unix", "expires_unix"):
+            candidate.ClearField(field)
+        if not manifest.explicit_rollback or candidate != original:
+            raise BadRequestError(
+                "not the rollback manifest the server prepared for "
+                f"{row.model_name} {row.version}; sign what 'models rollback' fetched"
+            )
+        now = time.time()
+        try:
+            trust = pin_keylist(
+                self._ctx.keys.keylist_bytes(), fleet_id=self._ctx.fleet_id, now=now
+            )
+        except ManifestError as exc:
+            raise BadRequestError(f"the server's own key list does not verify: {exc}") from exc
+        roots = count_signers(envelope, trust.root)
+        if len(roots) < trust.root_threshold:
+            raise BadRequestError(
+                f"{len(roots)} valid root-key signature(s); an explicit rollback needs "
+                f"{trust.root_threshold}"
+            )
+        self._ctx.db.deploy(row.model_name, row.version, envelope=envelope.SerializeToString())
+        log.warning(
+            "explicit rollback of %s to %s deployed to the fleet", row.model_name, row.version
+        )
+        return pb.DeployResponse(model=_model_info(row, self._ctx.db.deployed()))
+
+    @rpc_errors
     def ListModels(self, request: pb.ListModelsRequest, context: Any) -> pb.ListModelsResponse:  # noqa: N802
         require_admin(context, self._ctx.admin_token)
         deployed = self._ctx.db.deployed()

@@ -22,7 +22,7 @@ from fleet_server.errors import AlreadyExistsError, DataDirError, NotFoundError
 
 __all__ = ["SCHEMA_VERSION", "Database", "DeviceModelRow", "DeviceRow", "ModelRow"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 metadata = sa.MetaData()
 
@@ -83,6 +83,7 @@ deployments = sa.Table(
     sa.Column("model_name", sa.String(64), primary_key=True),
     sa.Column("version", sa.String(32), nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("envelope", sa.LargeBinary, nullable=True),  # an explicit rollback's manifest
 )
 
 
@@ -145,7 +146,16 @@ def _v4_to_v5(conn: sa.Connection) -> None:
     conn.execute(sa.text("ALTER TABLE models ADD COLUMN compressed_sha256 VARCHAR(64)"))
 
 
-_MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}
+def _v5_to_v6(conn: sa.Connection) -> None:
+    """Version 6: a deployment may carry its own manifest (an explicit rollback)."""
+    conn.execute(sa.text(f"ALTER TABLE deployments ADD COLUMN envelope {_blob(conn)}"))
+
+
+def _blob(conn: sa.Connection) -> str:
+    return "BYTEA" if conn.dialect.name == "postgresql" else "BLOB"
+
+
+_MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6}
 
 
 def token_digest(token: str) -> str:
@@ -449,26 +459,22 @@ class Database:
             )
         return None if row is None else ModelRow(**row)
 
-    def deploy(self, model_name: str, version: str) -> ModelRow:
-        """Make a version the fleet-wide desired version of its model.
+    def deploy(self, model_name: str, version: str, envelope: bytes | None = None) -> ModelRow:
+        """Make a version the fleet-wide desired version of its model; ``envelope`` replaces
+        its manifest for this deployment (an explicit rollback).
 
         Raises:
             NotFoundError: no such version.
         """
         row = self.get_model(model_name, version)
         now = int(time.time())
+        values = {"version": version, "updated_at": now, "envelope": envelope}
         with self.engine.begin() as conn:
             updated = conn.execute(
-                deployments.update()
-                .where(deployments.c.model_name == model_name)
-                .values(version=version, updated_at=now)
+                deployments.update().where(deployments.c.model_name == model_name).values(**values)
             )
             if updated.rowcount == 0:
-                conn.execute(
-                    deployments.insert().values(
-                        model_name=model_name, version=version, updated_at=now
-                    )
-                )
+                conn.execute(deployments.insert().values(model_name=model_name, **values))
         return row
 
     def deployed(self) -> dict[str, str]:
@@ -481,7 +487,7 @@ class Database:
         """The signed manifests of every deployed model version."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(models.c.envelope)
+                sa.select(sa.func.coalesce(deployments.c.envelope, models.c.envelope))
                 .select_from(
                     deployments.join(
                         models,
