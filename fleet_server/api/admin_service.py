@@ -14,7 +14,7 @@ from google.protobuf.message import DecodeError
 
 from agent.errors import ManifestError, ModelFileError
 from agent.inference.modelfile import MAX_MODEL_BYTES, ModelInfo, inspect_model_file
-from agent.updates.trust import count_signers, pin_keylist
+from agent.updates.trust import TrustedKeys, count_signers, pin_keylist
 from fleet_server.api._errors import rpc_errors
 from fleet_server.api.auth import require_admin
 from fleet_server.catalog.smoke import expect
@@ -82,6 +82,20 @@ def _device_info(row: DeviceRow) -> pb.DeviceInfo:
     return info
 
 
+def _manifest_of(envelope: manifest_pb2.Envelope) -> manifest_pb2.Manifest:
+    """The manifest in an envelope an admin uploads.
+
+    Raises:
+        BadRequestError: another payload type, or not a manifest.
+    """
+    if envelope.payload_type != MANIFEST_PAYLOAD_TYPE:
+        raise BadRequestError(f"payload type {envelope.payload_type!r} is not a manifest")
+    try:
+        return manifest_pb2.Manifest.FromString(envelope.payload)
+    except DecodeError as exc:
+        raise BadRequestError("the signed payload is not a manifest") from exc
+
+
 def _smoke_indices(row: ModelRow) -> list[int]:
     envelope = manifest_pb2.Envelope.FromString(row.envelope)
     return list(manifest_pb2.Manifest.FromString(envelope.payload).smoke.top_indices)
@@ -118,6 +132,13 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
 
     def __init__(self, ctx: ServerContext) -> None:
         self._ctx = ctx
+
+    def _trust(self, now: float) -> TrustedKeys:
+        """The server's current key list, verified as a device would."""
+        try:
+            return pin_keylist(self._ctx.keys.keylist_bytes(), fleet_id=self._ctx.fleet_id, now=now)
+        except ManifestError as exc:
+            raise BadRequestError(f"the server's own key list does not verify: {exc}") from exc
 
     def PushModel(  # noqa: N802
         self, request_iterator: Iterator[pb.PushModelRequest], context: Any
@@ -282,12 +303,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     ) -> pb.PushModelResponse:
         require_admin(context, self._ctx.admin_token)
         envelope = request.envelope
-        if envelope.payload_type != MANIFEST_PAYLOAD_TYPE:
-            raise BadRequestError(f"payload type {envelope.payload_type!r} is not a manifest")
-        try:
-            manifest = manifest_pb2.Manifest.FromString(envelope.payload)
-        except DecodeError as exc:
-            raise BadRequestError("the signed payload is not a manifest") from exc
+        manifest = _manifest_of(envelope)
         row = self._ctx.db.get_model(manifest.model_name, manifest.version)
         stored = manifest_pb2.Envelope.FromString(row.envelope)
         if stored.payload != envelope.payload:
@@ -296,12 +312,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                 f"{row.version}; sign the file 'models push --sign-offline' wrote"
             )
         now = time.time()
-        try:
-            trust = pin_keylist(
-                self._ctx.keys.keylist_bytes(), fleet_id=self._ctx.fleet_id, now=now
-            )
-        except ManifestError as exc:
-            raise BadRequestError(f"the server's own key list does not verify: {exc}") from exc
+        trust = self._trust(now)
         signers = count_signers(envelope, trust.release_keys(now))
         if len(signers) < trust.release_threshold:
             raise BadRequestError(
@@ -337,12 +348,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     ) -> pb.DeployResponse:
         require_admin(context, self._ctx.admin_token)
         envelope = request.envelope
-        if envelope.payload_type != MANIFEST_PAYLOAD_TYPE:
-            raise BadRequestError(f"payload type {envelope.payload_type!r} is not a manifest")
-        try:
-            manifest = manifest_pb2.Manifest.FromString(envelope.payload)
-        except DecodeError as exc:
-            raise BadRequestError("the signed payload is not a manifest") from exc
+        manifest = _manifest_of(envelope)
         row = self._ctx.db.get_model(manifest.model_name, manifest.version)
         original = manifest_pb2.Manifest.FromString(
             manifest_pb2.Envelope.FromString(row.envelope).payload
@@ -359,12 +365,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                 f"{row.model_name} {row.version}; sign what 'models rollback' fetched"
             )
         now = time.time()
-        try:
-            trust = pin_keylist(
-                self._ctx.keys.keylist_bytes(), fleet_id=self._ctx.fleet_id, now=now
-            )
-        except ManifestError as exc:
-            raise BadRequestError(f"the server's own key list does not verify: {exc}") from exc
+        trust = self._trust(now)
         roots = count_signers(envelope, trust.root)
         if len(roots) < trust.root_threshold:
             raise BadRequestError(
