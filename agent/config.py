@@ -80,6 +80,7 @@ class UpdatesSection:
     health_max_latency_ratio: float = 3.0  # p50 this many times the previous version's: roll back
     crash_loop_starts: int = 3  # agent starts within the window that count as a crash loop
     max_download_kbps: int = 0  # download bandwidth limit in KiB/s; 0 = unlimited
+    keep_versions: int = 2  # older versions kept on disk per model (the last-known-good counts)
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,8 @@ def _validate(config: AgentConfig) -> None:
         raise ConfigError("updates.health_max_error_rate must be within 0..1")
     if not 1 <= u.health_max_latency_ratio <= 1000:
         raise ConfigError("updates.health_max_latency_ratio must be within 1..1000")
+    if not 1 <= u.keep_versions <= 20:
+        raise ConfigError("updates.keep_versions must be within 1..20")
     if not 0 <= u.max_download_kbps <= 10_000_000:
         raise ConfigError("updates.max_download_kbps must be within 0..10000000")
     if not 2 <= u.crash_loop_starts <= 100:

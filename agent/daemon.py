@@ -46,7 +46,7 @@ class Agent:
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.store = ModelStore(config.agent.state_dir)
+        self.store = ModelStore(config.agent.state_dir, keep_versions=config.updates.keep_versions)
         hardware = self.probe()
         if hardware.edgetpus:
             log.info("Edge TPUs: %s", ", ".join(t.device for t in hardware.edgetpus))

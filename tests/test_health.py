@@ -126,3 +126,18 @@ def test_a_foundation_pointer_file_is_read(tmp_path: Path) -> None:
     )
     store = ModelStore(tmp_path)
     assert store.active()["m"] == e and store.previous() == {}
+
+
+def test_the_store_keeps_the_configured_number_of_older_versions(tmp_path: Path) -> None:
+    import os
+
+    store = ModelStore(tmp_path, keep_versions=3)
+    entries = [entry(f"{i}.0.0", c) for i, c in zip(range(1, 7), "abcdef", strict=True)]
+    for i, e in enumerate(entries):
+        path = store.artifact_path("m", e.sha256)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        os.utime(path, (1000 + i, 1000 + i))  # older versions have older files
+        store.set_active("m", e)
+    kept = sorted(p.stem[0] for p in (tmp_path / "models" / "m").glob("*.tflite"))
+    assert kept == ["c", "d", "e", "f"]  # active f, last-known-good e, and two more

@@ -28,7 +28,6 @@ __all__ = ["ActiveEntry", "HealthWindow", "ModelStore"]
 
 log = logging.getLogger(__name__)
 _FORMAT = 2
-_KEEP_EXTRA = 1  # besides the files in use: one more artifact per model
 _MAX_REFUSED = 64
 
 
@@ -54,8 +53,11 @@ class HealthWindow:
 class ModelStore:
     """Artifacts and the journal in one state directory."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, keep_versions: int = 2) -> None:
+        """``keep_versions``: artifacts kept per model besides the active one (the
+        last-known-good counts; older ones go, newest kept first)."""
         self.root = state_dir
+        self._keep = max(1, keep_versions)
         self.models_dir = state_dir / "models"
         self.staging_dir = state_dir / "staging"
         self._journal_file = state_dir / "active.json"
@@ -186,7 +188,9 @@ class ModelStore:
         directory = self.models_dir / name
         files = sorted(directory.glob("*.tflite"), key=lambda p: p.stat().st_mtime, reverse=True)
         survivors = [p for p in files if p.name in keep]
-        survivors += [p for p in files if p.name not in keep][:_KEEP_EXTRA]
+        # The last-known-good is already kept; keep_versions counts it.
+        spare = max(0, self._keep - (1 if journal["previous"].get(name) else 0))
+        survivors += [p for p in files if p.name not in keep][:spare]
         for path in files:
             if path not in survivors:
                 log.info("removing old artifact %s", path)
