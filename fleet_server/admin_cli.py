@@ -423,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument(
         "--no-compress",
         action="store_true",
-        help="do not offer devices a zstd-compressed copy (offered when 5%% smaller)",
+        help="do not offer devices a zstd-compressed copy (offered when at least 15%% smaller)",
     )
     push.add_argument(
         "--fallback",

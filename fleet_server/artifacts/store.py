@@ -51,7 +51,7 @@ class ArtifactStore:
             tmp.unlink(missing_ok=True)
         return digest, size, final
 
-    def put_compressed(self, source: Path, *, worth: float = 0.95) -> tuple[str, int, Path] | None:
+    def put_compressed(self, source: Path, *, worth: float = 0.85) -> tuple[str, int, Path] | None:
         """Store a zstd-compressed copy of ``source`` when it is smaller than ``worth`` of it.
 
         Returns (sha256, size, path) of the compressed artifact, or None when not worth it.
