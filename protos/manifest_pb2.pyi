@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Manifest(_message.Message):
-    __slots__ = ("model_name", "version", "release_counter", "variant", "sha256", "size", "artifact_id", "created_unix", "expires_unix", "fleet_id", "requirements", "cpu_fallback", "smoke", "compressed", "explicit_rollback")
+    __slots__ = ("model_name", "version", "release_counter", "variant", "sha256", "size", "artifact_id", "created_unix", "expires_unix", "fleet_id", "requirements", "cpu_fallback", "smoke", "compressed", "explicit_rollback", "rollback_from")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RELEASE_COUNTER_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,7 @@ class Manifest(_message.Message):
     SMOKE_FIELD_NUMBER: _ClassVar[int]
     COMPRESSED_FIELD_NUMBER: _ClassVar[int]
     EXPLICIT_ROLLBACK_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_FROM_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: str
     release_counter: int
@@ -38,7 +39,8 @@ class Manifest(_message.Message):
     smoke: SmokeTest
     compressed: ArtifactRef
     explicit_rollback: bool
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., release_counter: _Optional[int] = ..., variant: _Optional[str] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., artifact_id: _Optional[str] = ..., created_unix: _Optional[int] = ..., expires_unix: _Optional[int] = ..., fleet_id: _Optional[str] = ..., requirements: _Optional[_Union[Requirements, _Mapping]] = ..., cpu_fallback: _Optional[_Union[ArtifactRef, _Mapping]] = ..., smoke: _Optional[_Union[SmokeTest, _Mapping]] = ..., compressed: _Optional[_Union[ArtifactRef, _Mapping]] = ..., explicit_rollback: _Optional[bool] = ...) -> None: ...
+    rollback_from: int
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., release_counter: _Optional[int] = ..., variant: _Optional[str] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., artifact_id: _Optional[str] = ..., created_unix: _Optional[int] = ..., expires_unix: _Optional[int] = ..., fleet_id: _Optional[str] = ..., requirements: _Optional[_Union[Requirements, _Mapping]] = ..., cpu_fallback: _Optional[_Union[ArtifactRef, _Mapping]] = ..., smoke: _Optional[_Union[SmokeTest, _Mapping]] = ..., compressed: _Optional[_Union[ArtifactRef, _Mapping]] = ..., explicit_rollback: _Optional[bool] = ..., rollback_from: _Optional[int] = ...) -> None: ...
 
 class SmokeTest(_message.Message):
     __slots__ = ("sample", "top_indices", "top_scores", "tolerance")

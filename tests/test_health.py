@@ -100,6 +100,8 @@ def test_the_journal_keeps_the_last_known_good_and_refuses_rolled_back_releases(
     assert store.note_start()["m"].starts == 1
     restored = store.roll_back("m")
     assert restored is not None and restored.version == "1.0.0"
+    # The floor stays at the release rolled back from: release 2 (or 1.5) cannot come back.
+    assert store.active()["m"].release_counter == 2
     assert store.active()["m"].version == "1.0.0"
     assert store.refused() == {"b" * 64}
     assert store.health() == {}
@@ -141,3 +143,17 @@ def test_the_store_keeps_the_configured_number_of_older_versions(tmp_path: Path)
         store.set_active("m", e)
     kept = sorted(p.stem[0] for p in (tmp_path / "models" / "m").glob("*.tflite"))
     assert kept == ["c", "d", "e", "f"]  # active f, last-known-good e, and two more
+
+
+def test_restarts_after_the_window_has_passed_are_not_a_crash_loop(tmp_path: Path) -> None:
+    from agent.updates.updater import Updater
+
+    store = ModelStore(tmp_path)
+    store.set_active("m", entry("1.0.0", "a"))
+    store.set_active("m", entry("2.0.0", "b"), watch=True)
+    journal = json.loads((tmp_path / "active.json").read_text())
+    journal["health"]["m"]["since"] -= 3600  # activated an hour ago; never judged (offline)
+    (tmp_path / "active.json").write_text(json.dumps(journal))
+    for _ in range(5):
+        assert Updater.recover(store, POLICY) == []
+    assert store.active()["m"].version == "2.0.0" and store.health() == {}

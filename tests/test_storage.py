@@ -53,7 +53,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(tmp_path: Path) -> 
     assert db.model_by_sha("ab" * 32) is not None
     with db.engine.connect() as conn:
         version = conn.execute(sa.text("SELECT value FROM schema_meta")).scalar()
-    assert version == str(SCHEMA_VERSION) == "6"
+    assert version == str(SCHEMA_VERSION) == "7"
     db.create_schema()  # idempotent
     db.close()
 
@@ -66,4 +66,41 @@ def test_a_newer_database_is_refused(tmp_path: Path) -> None:
         conn.execute(sa.text("UPDATE schema_meta SET value = '99'"))
     with pytest.raises(DataDirError, match="newer than this server's"):
         db.create_schema()
+    db.close()
+
+
+def test_devices_of_the_same_name_enrolling_at_once_get_distinct_ids(tmp_path: Path) -> None:
+    import threading
+
+    db = Database(f"sqlite:///{tmp_path / 'e.db'}")
+    db.create_schema()
+    ids: list[str] = []
+    errors: list[BaseException] = []
+
+    def enroll(i: int) -> None:
+        try:
+            ids.append(db.add_device("raspberrypi", f"token-{i}", {}, {}))
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=enroll, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(set(ids)) == 8 and "raspberrypi" in ids
+    db.close()
+
+
+def test_two_releases_cannot_share_a_counter(tmp_path: Path) -> None:
+    from fleet_server.errors import AlreadyExistsError
+    from fleet_server.storage.db import ModelRow
+
+    db = Database(f"sqlite:///{tmp_path / 'c.db'}")
+    db.create_schema()
+    row = ModelRow("m", "1.0.0", "int8", 1, "ab" * 32, 10, False, b"x", 0)
+    db.add_model(row)
+    with pytest.raises(AlreadyExistsError, match="taken by a concurrent push"):
+        db.add_model(ModelRow("m", "1.0.1", "int8", 1, "cd" * 32, 10, False, b"x", 0))
     db.close()

@@ -225,8 +225,16 @@ def test_real_clock_smoke() -> None:
 
 def test_an_explicit_rollback_needs_the_root_keys_not_a_release_key() -> None:
     installed = {"mobilenet": InstalledModel(release_counter=9, sha256="cd" * 32)}
-    by_release = signed(manifest(release_counter=3, explicit_rollback=True))
+    rollback = manifest(release_counter=3, explicit_rollback=True, rollback_from=9)
     with pytest.raises(ManifestError, match="must be signed by the root keys"):
-        verify(by_release, installed=installed)
-    by_root = ManifestSigner([ROOT]).sign(manifest(release_counter=3, explicit_rollback=True))
-    assert verify(by_root.SerializeToString(), installed=installed).release_counter == 3
+        verify(signed(rollback), installed=installed)
+    by_root = ManifestSigner([ROOT]).sign(rollback).SerializeToString()
+    assert verify(by_root, installed=installed).release_counter == 3
+
+
+def test_an_old_explicit_rollback_cannot_be_replayed_after_newer_releases() -> None:
+    made_at_9 = manifest(release_counter=3, explicit_rollback=True, rollback_from=9)
+    by_root = ManifestSigner([ROOT]).sign(made_at_9).SerializeToString()
+    newer = {"mobilenet": InstalledModel(release_counter=10, sha256="cd" * 32)}
+    with pytest.raises(ManifestError, match="replayed rollback"):
+        verify(by_root, installed=newer)

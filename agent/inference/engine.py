@@ -148,7 +148,7 @@ class LoadedModel:
                 slot = self._pool.get(timeout=self._queue_timeout)
             except queue.Empty:
                 if record:
-                    self.stats.finished((time.perf_counter() - start) * 1000.0, 0.0, ok=False)
+                    self.stats.gave_up()  # load, not a fault of the model
                 raise QueueFullError(
                     f"model {self.name}: no interpreter free within {self._queue_timeout:.0f} s"
                 ) from None

@@ -89,6 +89,15 @@ class ModelMetrics:
             self.rejected += 1
             self._window_requests += 1
 
+    def gave_up(self) -> None:
+        """Count a started request that found no free interpreter in time (a rejection)."""
+        with self._lock:
+            self.in_flight -= 1
+            self.requests += 1
+            self.errors += 1
+            self.rejected += 1
+            self._window_requests += 1
+
     def record(self, latency_ms: float, *, ok: bool) -> None:
         """Count one request measured as a whole (no queue)."""
         self.started()

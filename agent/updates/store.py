@@ -175,6 +175,10 @@ class ModelStore:
         if bad is not None:
             journal["refused"] = ([*journal["refused"], bad["sha256"]])[-_MAX_REFUSED:]
         if good is not None:
+            if bad is not None:
+                # The anti-rollback floor stays at the highest release seen: going back must
+                # not let a replayed release between the two in.
+                good["release_counter"] = max(good["release_counter"], bad["release_counter"])
             journal["models"][name] = good
         self._write(journal)
         return ActiveEntry(**good) if good is not None else None

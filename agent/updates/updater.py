@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from agent.client import DeviceClient, sha256_of_prefix
 from agent.errors import AgentError, DownloadError, ManifestError, TransientError
@@ -90,9 +91,13 @@ class Updater:
         once the server can be reached."""
         reports = []
         for name, window in store.note_start().items():
+            elapsed = time.time() - window.since
+            if elapsed >= health.window_s:
+                store.close_health(name)  # passed while the agent was down or offline
+                continue
             verdict = judge(
                 health,
-                elapsed_s=0.0,
+                elapsed_s=elapsed,
                 starts=window.starts,
                 requests=0,
                 errors=0,
@@ -214,16 +219,23 @@ class Updater:
                 self._roll_back(name, model.version, verdict.reason)
 
     def _roll_back(self, name: str, bad_version: str, reason: str) -> None:
-        good = self._store.roll_back(name)
+        good = self._store.previous().get(name)
         restored = "nothing to go back to; keeping it"
+        model: LoadedModel | None = None
         if good is not None:
             path = self._store.artifact_path(name, good.sha256)
             fallback = path.parent / good.fallback_filename if good.fallback_filename else None
             try:
-                self._engine.put(self._engine.load(name, good.version, path, cpu_fallback=fallback))
-                restored = f"back to {good.version}"
+                model = self._engine.load(name, good.version, path, cpu_fallback=fallback)
             except AgentError as exc:
-                restored = f"could not reload {good.version} ({exc}); keeping {bad_version}"
+                # The journal keeps the bad version active (and watched): it is what serves.
+                log.error("cannot reload %s %s to roll back to: %s", name, good.version, exc)
+                return
+        # Load first, then switch the journal, so the journal always names what serves.
+        self._store.roll_back(name)
+        if model is not None:
+            self._engine.put(model)
+            restored = f"back to {model.version}"
         log.error("rolled %s %s back: %s; %s", name, bad_version, reason, restored)
         self._client.report(
             device_pb2.StatusReport(
@@ -234,7 +246,27 @@ class Updater:
             )
         )
 
+    def _reload(self, name: str, entry: ActiveEntry) -> None:
+        """Serve the active version again after it failed to load at start (e.g. an Edge TPU
+        that was not ready yet). Raises the load error: it is reported like an update's."""
+        path = self._store.artifact_path(name, entry.sha256)
+        fallback = path.parent / entry.fallback_filename if entry.fallback_filename else None
+        self._engine.put(self._engine.load(name, entry.version, path, cpu_fallback=fallback))
+        log.info("serving %s %s again", name, entry.version)
+
     def _apply_one(self, raw: bytes) -> None:
+        # A release this device rolled back is skipped before anything else, and quietly: it
+        # was reported as ROLLED_BACK, and skipping needs no trust in the envelope.
+        unverified = manifest_pb2.Manifest()
+        try:
+            unverified.ParseFromString(manifest_pb2.Envelope.FromString(raw).payload)
+        except DecodeError:
+            unverified.Clear()
+        if unverified.sha256 and unverified.sha256 in self._store.refused():
+            raise _RolledBackError(
+                f"{unverified.model_name} {unverified.version} was rolled back on this device; "
+                "refusing to install it again (push a new release)"
+            )
         manifest = verify_manifest(
             raw,
             trust=self._identity.trust,
@@ -245,8 +277,10 @@ class Updater:
         )
         active = self._store.active().get(manifest.model_name)
         if active is not None and active.sha256 == manifest.sha256:
+            if self._engine.peek(manifest.model_name) is None:
+                self._reload(manifest.model_name, active)
             return
-        if manifest.sha256 in self._store.refused() and not manifest.explicit_rollback:
+        if manifest.sha256 in self._store.refused():
             raise _RolledBackError(
                 f"{manifest.model_name} {manifest.version} was rolled back on this device; "
                 "refusing to install it again (push a new release)"
@@ -303,7 +337,9 @@ class Updater:
                 # After an explicit rollback the floor stays at the highest release seen, so
                 # the release rolled back from cannot be replayed.
                 release_counter=max(
-                    manifest.release_counter, active.release_counter if active else 0
+                    manifest.release_counter,
+                    manifest.rollback_from,
+                    active.release_counter if active else 0,
                 ),
                 sha256=manifest.sha256,
                 filename=path.name,

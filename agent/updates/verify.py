@@ -131,7 +131,14 @@ def verify_manifest(
             f"{manifest.expires_unix} (now {int(now)}); ask the server to re-sign it"
         )
     current = installed.get(manifest.model_name)
-    if current is not None and not manifest.explicit_rollback:
+    if current is not None and manifest.explicit_rollback:
+        if current.release_counter > manifest.rollback_from:
+            raise ManifestError(
+                f"explicit rollback of {manifest.model_name} was made at release "
+                f"{manifest.rollback_from}; this device is at release {current.release_counter} "
+                "(a replayed rollback); refusing"
+            )
+    elif current is not None:
         if manifest.release_counter < current.release_counter:
             raise ManifestError(
                 f"manifest release {manifest.release_counter} of {manifest.model_name} is older "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,8 @@ from agent.updates.trust import TrustedKeys, count_signers, pin_keylist
 from fleet_server.api._errors import rpc_errors
 from fleet_server.api.auth import require_admin
 from fleet_server.catalog.smoke import expect
-from fleet_server.errors import BadRequestError
+from fleet_server.errors import AlreadyExistsError, BadRequestError
+from fleet_server.signing.keys import ManifestSigner
 from fleet_server.storage.db import DeviceRow, ModelRow
 from protos import admin_pb2 as pb
 from protos import admin_pb2_grpc as pb_grpc
@@ -132,6 +134,13 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
 
     def __init__(self, ctx: ServerContext) -> None:
         self._ctx = ctx
+        self._push_lock = threading.Lock()
+
+    def _discard(self, stored: list[tuple[str, Path]]) -> None:
+        """Remove artifacts of a push that failed, unless another version uses them."""
+        for digest, path in stored:
+            if self._ctx.db.model_by_sha(digest) is None:
+                path.unlink(missing_ok=True)
 
     def _trust(self, now: float) -> TrustedKeys:
         """The server's current key list, verified as a device would."""
@@ -166,8 +175,14 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         if meta.size == 0 or meta.size > MAX_MODEL_BYTES:
             raise BadRequestError(f"model size {meta.size} is outside 1..{MAX_MODEL_BYTES} bytes")
 
-        # Fail before storing anything when nothing here could sign the manifest.
+        # Fail before storing anything when nothing here could sign the manifest, or when the
+        # version exists already.
         signer = None if meta.sign_offline else self._ctx.keys.manifest_signer()
+        if self._ctx.db.model_exists(meta.model_name, meta.version):
+            raise AlreadyExistsError(
+                f"model {meta.model_name} version {meta.version} exists already; "
+                "versions are immutable, push a new version"
+            )
         if meta.fallback_size > MAX_MODEL_BYTES:
             raise BadRequestError(f"fallback size {meta.fallback_size} is over {MAX_MODEL_BYTES}")
         first_fallback: list[bytes] = []
@@ -217,12 +232,45 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             packed = None if meta.no_compression else store.put_compressed(path)
             if packed is not None:
                 stored.append((packed[0], packed[2]))
-        except BadRequestError:
-            for digest, stored_path in stored:
-                if self._ctx.db.model_by_sha(digest) is None:
-                    stored_path.unlink(missing_ok=True)
+        except BaseException:
+            self._discard(stored)
             raise
         now = int(time.time())
+        # One counter per release, in this process; across replicas the unique index decides.
+        with self._push_lock:
+            return self._record(
+                meta,
+                variant=variant,
+                now=now,
+                info=info,
+                stored=stored,
+                sha256=sha256,
+                size=size,
+                smoke=smoke,
+                sample=(sample_sha, sample_size),
+                packed=packed,
+                fallback_sha=fallback_sha,
+                signer=signer,
+            )
+
+    def _record(
+        self,
+        meta: Any,
+        *,
+        variant: str,
+        now: int,
+        info: ModelInfo,
+        stored: list[tuple[str, Path]],
+        sha256: str,
+        size: int,
+        smoke: Any,
+        sample: tuple[str, int],
+        packed: tuple[str, int, Path] | None,
+        fallback_sha: str | None,
+        signer: ManifestSigner | None,
+    ) -> pb.PushModelResponse:
+        """Number, sign and store a pushed version (under the push lock)."""
+        sample_sha, sample_size = sample
         counter = self._ctx.db.next_release_counter(meta.model_name)
         manifest = manifest_pb2.Manifest(
             model_name=meta.model_name,
@@ -283,7 +331,11 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             sample_sha256=sample_sha,
             compressed_sha256=packed[0] if packed is not None else None,
         )
-        self._ctx.db.add_model(row)
+        try:
+            self._ctx.db.add_model(row)
+        except BaseException:
+            self._discard(stored)
+            raise
         log.info(
             "pushed %s %s (%s, %d bytes, release %d)",
             meta.model_name,
@@ -335,6 +387,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         )
         now = int(time.time())
         manifest.explicit_rollback = True
+        manifest.rollback_from = self._ctx.db.next_release_counter(manifest.model_name) - 1
         manifest.created_unix = now
         manifest.expires_unix = now + MANIFEST_LIFETIME_S
         return pb.PushModelResponse(
@@ -353,11 +406,12 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         original = manifest_pb2.Manifest.FromString(
             manifest_pb2.Envelope.FromString(row.envelope).payload
         )
-        for field in ("explicit_rollback", "created_unix", "expires_unix"):
+        prepared = ("explicit_rollback", "rollback_from", "created_unix", "expires_unix")
+        for field in prepared:
             original.ClearField(field)
         candidate = manifest_pb2.Manifest()
         candidate.CopyFrom(manifest)
-        for field in ("explicit_rollback", "created_unix", "expires_unix"):
+        for field in prepared:
             candidate.ClearField(field)
         if not manifest.explicit_rollback or candidate != original:
             raise BadRequestError(

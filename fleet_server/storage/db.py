@@ -22,7 +22,7 @@ from fleet_server.errors import AlreadyExistsError, DataDirError, NotFoundError
 
 __all__ = ["SCHEMA_VERSION", "Database", "DeviceModelRow", "DeviceRow", "ModelRow"]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 metadata = sa.MetaData()
 
@@ -75,6 +75,7 @@ models = sa.Table(
     sa.Column("fallback_sha256", sa.String(64), nullable=True),
     sa.Column("sample_sha256", sa.String(64), nullable=True),
     sa.Column("compressed_sha256", sa.String(64), nullable=True),
+    sa.UniqueConstraint("model_name", "release_counter", name="uq_models_release"),
 )
 
 deployments = sa.Table(
@@ -155,7 +156,21 @@ def _blob(conn: sa.Connection) -> str:
     return "BYTEA" if conn.dialect.name == "postgresql" else "BLOB"
 
 
-_MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6}
+def _v6_to_v7(conn: sa.Connection) -> None:
+    """Version 7: one release counter per model, even with concurrent pushes."""
+    conn.execute(
+        sa.text("CREATE UNIQUE INDEX uq_models_release ON models (model_name, release_counter)")
+    )
+
+
+_MIGRATIONS = {
+    1: _v1_to_v2,
+    2: _v2_to_v3,
+    3: _v3_to_v4,
+    4: _v4_to_v5,
+    5: _v5_to_v6,
+    6: _v6_to_v7,
+}
 
 
 def token_digest(token: str) -> str:
@@ -230,32 +245,42 @@ class Database:
         labels: Mapping[str, str],
         capabilities: Mapping[str, Any],
     ) -> str:
-        """Register a device under a unique id derived from ``name``; return the id."""
+        """Register a device under a unique id derived from ``name``; return the id.
+
+        Devices of the same name enrolling at once race for the same id; the loser takes the
+        next free one (the primary key decides).
+        """
         now = int(time.time())
-        with self.engine.begin() as conn:
-            taken = {
-                r[0]
-                for r in conn.execute(
-                    sa.select(devices.c.device_id).where(devices.c.device_id.like(f"{name}%"))
-                )
-            }
+        for _attempt in range(20):
+            with self.engine.connect() as conn:
+                taken = {
+                    r[0]
+                    for r in conn.execute(
+                        sa.select(devices.c.device_id).where(devices.c.device_id.like(f"{name}%"))
+                    )
+                }
             device_id = name
             suffix = 2
             while device_id in taken:
                 device_id = f"{name[:58]}-{suffix}"
                 suffix += 1
-            conn.execute(
-                devices.insert().values(
-                    device_id=device_id,
-                    name=name,
-                    token_sha256=token_digest(token),
-                    labels=json.dumps(dict(labels), sort_keys=True),
-                    capabilities=json.dumps(dict(capabilities), sort_keys=True),
-                    enrolled_at=now,
-                    last_seen=now,
-                )
-            )
-        return device_id
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(
+                        devices.insert().values(
+                            device_id=device_id,
+                            name=name,
+                            token_sha256=token_digest(token),
+                            labels=json.dumps(dict(labels), sort_keys=True),
+                            capabilities=json.dumps(dict(capabilities), sort_keys=True),
+                            enrolled_at=now,
+                            last_seen=now,
+                        )
+                    )
+            except sa.exc.IntegrityError:
+                continue
+            return device_id
+        raise AlreadyExistsError(f"could not find a free device id for {name!r}; retry")
 
     def device_for_token(self, token: str) -> str | None:
         """The device id that owns ``token``, or None."""
@@ -386,8 +411,30 @@ class Database:
         """Record a pushed model version.
 
         Raises:
-            AlreadyExistsError: that name and version exist already (versions are immutable).
+            AlreadyExistsError: that name and version exist already (versions are immutable),
+                or another push took the same release counter (retry the push).
         """
+        try:
+            self._add_model(row)
+        except sa.exc.IntegrityError as exc:
+            raise AlreadyExistsError(
+                f"release {row.release_counter} of {row.model_name} was taken by a concurrent "
+                "push; push again"
+            ) from exc
+
+    def model_exists(self, model_name: str, version: str) -> bool:
+        """True when that name and version were pushed already."""
+        with self.engine.connect() as conn:
+            return (
+                conn.execute(
+                    sa.select(models.c.sha256).where(
+                        (models.c.model_name == model_name) & (models.c.version == version)
+                    )
+                ).first()
+                is not None
+            )
+
+    def _add_model(self, row: ModelRow) -> None:
         with self.engine.begin() as conn:
             exists = conn.execute(
                 sa.select(models.c.sha256).where(
