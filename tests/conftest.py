@@ -55,8 +55,10 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """Start fleet servers (stopped at the end of the test)."""
     started: list[Server] = []
 
-    def factory(mqtt_url: str | None, folder: Path | None = None) -> Server:
-        server = start_server(folder or tmp_path, mqtt_url)
+    def factory(
+        mqtt_url: str | None, folder: Path | None = None, db_url: str | None = None
+    ) -> Server:
+        server = start_server(folder or tmp_path, mqtt_url, db_url)
         started.append(server)
         return server
 
@@ -117,3 +119,50 @@ def fake_edgetpu(tmp_path_factory: pytest.TempPathFactory) -> FakeEdgeTpu:
         )
         built[name] = target
     return FakeEdgeTpu(built["libfake_edgetpu.so"], built["libnot_a_delegate.so"])
+
+
+PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database on the local server (127.0.0.1:5432, trust auth), dropped at
+    the end of the session. .ci/run makes sure the server runs."""
+    import secrets
+
+    import sqlalchemy as sa
+
+    name = f"edgefleet_test_{secrets.token_hex(4)}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL on 127.0.0.1:5432 is not reachable ({exc.orig}); .ci/run starts it"
+        )
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with admin.connect() as conn:
+        conn.execute(
+            sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+            {"n": name},
+        )
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The same storage tests on both backends: SQLite, and a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fleet.db'}"
+        return
+    import sqlalchemy as sa
+
+    base: str = request.getfixturevalue("postgres_url")
+    engine = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    schema = f"t_{tmp_path.name.lower().replace('-', '_')[:40]}"
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    engine.dispose()
+    yield f"{base}?options=-csearch_path%3D{schema}"

@@ -174,7 +174,7 @@ class Server:
         return (self.data_dir / "enrollment.token").read_text(encoding="utf-8").strip()
 
 
-def start_server(folder: Path, mqtt_url: str | None) -> Server:
+def start_server(folder: Path, mqtt_url: str | None, db_url: str | None = None) -> Server:
     """``edgefleet-server init`` + ``run`` on free ports; wait until it serves."""
     data_dir = folder / "server"
     if not (data_dir / "fleet.json").exists():
@@ -193,6 +193,8 @@ def start_server(folder: Path, mqtt_url: str | None) -> Server:
         "--ready-file",
         str(ready),
     ]
+    if db_url:
+        cmd += ["--db-url", db_url]
     if mqtt_url:
         cmd += ["--mqtt-url", mqtt_url]
     else:

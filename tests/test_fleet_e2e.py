@@ -1172,3 +1172,30 @@ def test_an_explicit_root_signed_rollback_is_installed_and_cannot_be_abused(
         "--deploy",
     )
     wait_state(server, "dev-c", "colors", "1.2.0", "INSTALLED")
+
+
+def test_the_server_runs_on_postgresql(
+    broker_url: str,
+    postgres_url: str,
+    server_factory: Callable[..., Server],
+    agent_factory: Callable[..., Agent],
+) -> None:
+    server = server_factory(broker_url, db_url=postgres_url)
+    server.admin(
+        "models", "push", str(MOBILENET), "--name", "mobilenet", "--version", "1.0.0", "--deploy"
+    )
+    agent = agent_factory("dev-pg", server)
+    wait_state(server, "dev-pg", "mobilenet", "1.0.0", "INSTALLED")
+    oip.infer(agent.socket, "mobilenet", "input", cat_tensor())
+
+    def telemetry() -> bool:
+        return any(d.get("last_telemetry") for d in server.devices())
+
+    wait_for("telemetry stored in PostgreSQL", telemetry)
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(postgres_url)
+    with engine.connect() as conn:
+        count = conn.execute(sa.text("SELECT count(*) FROM devices")).scalar()
+    engine.dispose()
+    assert count == 1

@@ -1,52 +1,50 @@
-"""Server storage: schema versions and migrations (SQLite here; PostgreSQL with issue 5)."""
+"""Server storage on both backends: SQLite (the default) and PostgreSQL (several replicas).
+
+Every test here runs twice, against a SQLite file and against a fresh schema in a database the
+session creates on the local PostgreSQL server.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import threading
 
 import pytest
 import sqlalchemy as sa
 
-from fleet_server.errors import DataDirError
-from fleet_server.storage.db import SCHEMA_VERSION, Database
+from fleet_server.errors import AlreadyExistsError, DataDirError
+from fleet_server.storage.db import SCHEMA_VERSION, Database, ModelRow
 
-V1_MODELS = """
-CREATE TABLE models (
-    model_name VARCHAR(64) NOT NULL, version VARCHAR(32) NOT NULL, variant VARCHAR(32) NOT NULL,
-    release_counter BIGINT NOT NULL, sha256 VARCHAR(64) NOT NULL, size BIGINT NOT NULL,
-    edgetpu BOOLEAN NOT NULL, envelope BLOB NOT NULL, created_at BIGINT NOT NULL,
-    PRIMARY KEY (model_name, version))
-"""
-V1_DEVICE_MODELS = """
-CREATE TABLE device_models (
-    device_id VARCHAR(64) NOT NULL, model_name VARCHAR(64) NOT NULL, version VARCHAR(32) NOT NULL,
-    state VARCHAR(16) NOT NULL, detail VARCHAR(1024) NOT NULL, updated_at BIGINT NOT NULL,
-    PRIMARY KEY (device_id, model_name))
-"""
+V1 = [
+    "CREATE TABLE schema_meta (key VARCHAR(64) PRIMARY KEY, value VARCHAR(255))",
+    "INSERT INTO schema_meta VALUES ('schema_version', '1')",
+    """CREATE TABLE models (
+        model_name VARCHAR(64) NOT NULL, version VARCHAR(32) NOT NULL,
+        variant VARCHAR(32) NOT NULL, release_counter BIGINT NOT NULL, sha256 VARCHAR(64) NOT NULL,
+        size BIGINT NOT NULL, edgetpu BOOLEAN NOT NULL, envelope {blob} NOT NULL,
+        created_at BIGINT NOT NULL, PRIMARY KEY (model_name, version))""",
+    """CREATE TABLE device_models (
+        device_id VARCHAR(64) NOT NULL, model_name VARCHAR(64) NOT NULL,
+        version VARCHAR(32) NOT NULL, state VARCHAR(16) NOT NULL, detail VARCHAR(1024) NOT NULL,
+        updated_at BIGINT NOT NULL, PRIMARY KEY (device_id, model_name))""",
+    """CREATE TABLE deployments (model_name VARCHAR(64) PRIMARY KEY,
+        version VARCHAR(32) NOT NULL, updated_at BIGINT NOT NULL)""",
+]
 
 
-def test_a_version_1_database_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'v1.db'}"
-    engine = sa.create_engine(url)
+def test_a_version_1_database_is_migrated_and_keeps_its_rows(db_url: str) -> None:
+    engine = sa.create_engine(db_url)
+    blob = "BYTEA" if engine.dialect.name == "postgresql" else "BLOB"
     with engine.begin() as conn:
-        conn.execute(
-            sa.text("CREATE TABLE schema_meta (key VARCHAR(64) PRIMARY KEY, value VARCHAR(255))")
-        )
-        conn.execute(sa.text("INSERT INTO schema_meta VALUES ('schema_version', '1')"))
-        conn.execute(sa.text(V1_MODELS))
-        conn.execute(sa.text(V1_DEVICE_MODELS))
+        for statement in V1:
+            conn.execute(sa.text(statement.format(blob=blob)))
         conn.execute(
             sa.text(
-                "CREATE TABLE deployments (model_name VARCHAR(64) PRIMARY KEY, "
-                "version VARCHAR(32) NOT NULL, updated_at BIGINT NOT NULL)"
-            )
-        )
-        conn.execute(
-            sa.text("INSERT INTO models VALUES ('m', '1.0.0', 'int8', 1, :sha, 10, 0, x'00', 0)"),
-            {"sha": "ab" * 32},
+                "INSERT INTO models VALUES ('m', '1.0.0', 'int8', 1, :sha, 10, false, :env, 0)"
+            ),
+            {"sha": "ab" * 32, "env": b"\0"},
         )
     engine.dispose()
-    db = Database(url)
+    db = Database(db_url)
     db.create_schema()
     (row,) = db.list_models()
     assert (row.model_name, row.fallback_sha256) == ("m", None)
@@ -58,9 +56,8 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(tmp_path: Path) -> 
     db.close()
 
 
-def test_a_newer_database_is_refused(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'new.db'}"
-    db = Database(url)
+def test_a_newer_database_is_refused(db_url: str) -> None:
+    db = Database(db_url)
     db.create_schema()
     with db.engine.begin() as conn:
         conn.execute(sa.text("UPDATE schema_meta SET value = '99'"))
@@ -69,10 +66,8 @@ def test_a_newer_database_is_refused(tmp_path: Path) -> None:
     db.close()
 
 
-def test_devices_of_the_same_name_enrolling_at_once_get_distinct_ids(tmp_path: Path) -> None:
-    import threading
-
-    db = Database(f"sqlite:///{tmp_path / 'e.db'}")
+def test_devices_of_the_same_name_enrolling_at_once_get_distinct_ids(db_url: str) -> None:
+    db = Database(db_url)
     db.create_schema()
     ids: list[str] = []
     errors: list[BaseException] = []
@@ -93,14 +88,31 @@ def test_devices_of_the_same_name_enrolling_at_once_get_distinct_ids(tmp_path: P
     db.close()
 
 
-def test_two_releases_cannot_share_a_counter(tmp_path: Path) -> None:
-    from fleet_server.errors import AlreadyExistsError
-    from fleet_server.storage.db import ModelRow
-
-    db = Database(f"sqlite:///{tmp_path / 'c.db'}")
+def test_two_releases_cannot_share_a_counter(db_url: str) -> None:
+    db = Database(db_url)
     db.create_schema()
-    row = ModelRow("m", "1.0.0", "int8", 1, "ab" * 32, 10, False, b"x", 0)
-    db.add_model(row)
+    db.add_model(ModelRow("m", "1.0.0", "int8", 1, "ab" * 32, 10, False, b"x", 0))
     with pytest.raises(AlreadyExistsError, match="taken by a concurrent push"):
         db.add_model(ModelRow("m", "1.0.1", "int8", 1, "cd" * 32, 10, False, b"x", 0))
+    with pytest.raises(AlreadyExistsError, match="exists already"):
+        db.add_model(ModelRow("m", "1.0.0", "int8", 2, "cd" * 32, 10, False, b"x", 0))
+    db.close()
+
+
+def test_registry_and_deployments_round_trip(db_url: str) -> None:
+    db = Database(db_url)
+    db.create_schema()
+    device = db.add_device("cam", "t", {"site": "lab"}, {"arch": "aarch64"})
+    db.add_model(ModelRow("m", "1.0.0", "int8", 1, "ab" * 32, 10, True, b"env", 0))
+    db.deploy("m", "1.0.0")
+    assert db.desired_envelopes() == [b"env"]
+    db.deploy("m", "1.0.0", envelope=b"rollback")
+    assert db.desired_envelopes() == [b"rollback"]
+    db.set_device_model(device, "m", "1.0.0", "INSTALLED", "ok")
+    db.set_active_version(device, "m", "1.0.0")
+    assert db.record_telemetry(device, 3, {"seq": 3})
+    (row,) = db.list_devices()
+    assert row.labels == {"site": "lab"} and row.last_telemetry == {"seq": 3}
+    assert row.models[0].active_version == "1.0.0"
+    assert db.device_for_token("t") == device
     db.close()
