@@ -238,13 +238,7 @@ def _model_state(m: pb.DeviceModelState) -> str:
 def _cmd_devices_list(args: argparse.Namespace) -> int:
     response = _admin(args).call("ListDevices", pb.ListDevicesRequest())
     if args.json:
-        devices = []
-        for d in response.devices:
-            item = MessageToDict(d, preserving_proto_field_name=True)
-            item["capabilities"] = json.loads(item.pop("capabilities_json", "{}") or "{}")
-            raw = item.pop("last_telemetry_json", "")
-            item["last_telemetry"] = json.loads(raw) if raw else None
-            devices.append(item)
+        devices = [_device_dict(d) for d in response.devices]
         print(json.dumps(devices, indent=2, sort_keys=True))
         return 0
     if not response.devices:
@@ -252,6 +246,9 @@ def _cmd_devices_list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'DEVICE':20} {'LAST SEEN':19}  {'MODELS':32} LAST TELEMETRY")
     for d in response.devices:
+        if d.revoked_unix:
+            print(f"{d.device_id:20} REVOKED {_fmt_time(d.revoked_unix)}")
+            continue
         models = ", ".join(_model_state(m) for m in d.models) or "-"
         print(
             f"{d.device_id:20} {_fmt_time(d.last_seen_unix):19}  {models:32} "
@@ -381,6 +378,62 @@ def _cmd_manifest_attach(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device_dict(d: pb.DeviceInfo) -> dict[str, Any]:
+    item = MessageToDict(d, preserving_proto_field_name=True)
+    item["capabilities"] = json.loads(item.pop("capabilities_json", "{}") or "{}")
+    raw = item.pop("last_telemetry_json", "")
+    item["last_telemetry"] = json.loads(raw) if raw else None
+    return item
+
+
+def _cmd_devices_show(args: argparse.Namespace) -> int:
+    device = _admin(args).call("GetDevice", pb.DeviceRequest(device_id=args.device))
+    if args.json:
+        print(json.dumps(_device_dict(device), indent=2, sort_keys=True))
+        return 0
+    caps = json.loads(device.capabilities_json or "{}")
+    print(f"device    {device.device_id} ({device.name})")
+    revoked = f"REVOKED {_fmt_time(device.revoked_unix)}" if device.revoked_unix else "active"
+    print(f"status    {revoked}")
+    print(f"labels    {', '.join(f'{k}={v}' for k, v in sorted(device.labels.items())) or '-'}")
+    seen = _fmt_time(device.last_seen_unix)
+    print(f"enrolled  {_fmt_time(device.enrolled_unix)}   last seen {seen}")
+    tpus = ", ".join(t.get("device", "?") for t in caps.get("edgetpus", [])) or "none"
+    print(
+        f"hardware  {caps.get('arch', '?')}, {caps.get('cpu_cores', '?')} cores, "
+        f"Edge TPUs: {tpus}, runtime {caps.get('runtime', '?')} {caps.get('runtime_version', '')}"
+    )
+    for m in device.models:
+        print(f"model     {_model_state(m)}: {m.detail}")
+    print(f"telemetry {_telemetry_summary(device.last_telemetry_json)}")
+    return 0
+
+
+def _cmd_devices_label(args: argparse.Namespace) -> int:
+    labels = {}
+    for item in args.labels:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BadRequestError(f"label {item!r} must be KEY=VALUE")
+        labels[key] = value
+    device = _admin(args).call(
+        "LabelDevice",
+        pb.LabelDeviceRequest(device_id=args.device, set=labels, remove=args.remove or []),
+    )
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(device.labels.items())) or "none"
+    print(f"{device.device_id}: labels {shown}")
+    return 0
+
+
+def _cmd_devices_revoke(args: argparse.Namespace) -> int:
+    device = _admin(args).call("RevokeDevice", pb.DeviceRequest(device_id=args.device))
+    print(
+        f"{device.device_id} revoked: its check-ins and downloads are refused from now on "
+        "(it keeps serving what it has)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(prog=PROG, description="EdgeFleet fleet administration.")
@@ -495,6 +548,20 @@ def build_parser() -> argparse.ArgumentParser:
     dlist = devices_sub.add_parser("list", help="devices, their models and last telemetry")
     dlist.add_argument("--json", action="store_true")
     dlist.set_defaults(func=_cmd_devices_list)
+    dshow = devices_sub.add_parser("show", help="one device: hardware, labels, models, telemetry")
+    dshow.add_argument("device")
+    dshow.add_argument("--json", action="store_true")
+    dshow.set_defaults(func=_cmd_devices_show)
+    dlabel = devices_sub.add_parser("label", help="set or remove a device's labels")
+    dlabel.add_argument("device")
+    dlabel.add_argument("labels", nargs="*", metavar="KEY=VALUE")
+    dlabel.add_argument("--remove", action="append", metavar="KEY", help="remove this label")
+    dlabel.set_defaults(func=_cmd_devices_label)
+    drevoke = devices_sub.add_parser(
+        "revoke", help="refuse a device's credentials from now on (a lost or stolen device)"
+    )
+    drevoke.add_argument("device")
+    drevoke.set_defaults(func=_cmd_devices_revoke)
     return parser
 
 

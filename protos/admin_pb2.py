@@ -25,43 +25,51 @@ _sym_db = _symbol_database.Default()
 from protos import manifest_pb2 as protos_dot_manifest__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12protos/admin.proto\x12\x0c\x65\x64gefleet.v1\x1a\x15protos/manifest.proto\"\xc1\x01\n\rPushModelMeta\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x15\n\rfallback_size\x18\x05 \x01(\x04\x12\x0e\n\x06sample\x18\x06 \x01(\x0c\x12\x17\n\x0fsmoke_tolerance\x18\x07 \x01(\x02\x12\x14\n\x0csign_offline\x18\x08 \x01(\x08\x12\x16\n\x0eno_compression\x18\t \x01(\x08\"p\n\x10PushModelRequest\x12+\n\x04meta\x18\x01 \x01(\x0b\x32\x1b.edgefleet.v1.PushModelMetaH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\x17\n\rfallback_data\x18\x03 \x01(\x0cH\x00\x42\x06\n\x04part\"\xfc\x01\n\x10ModelVersionInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x17\n\x0frelease_counter\x18\x04 \x01(\x04\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x0c\n\x04size\x18\x06 \x01(\x04\x12\x14\n\x0c\x63reated_unix\x18\x07 \x01(\x03\x12\x0f\n\x07\x65\x64getpu\x18\x08 \x01(\x08\x12\x10\n\x08\x64\x65ployed\x18\t \x01(\x08\x12\x17\n\x0f\x66\x61llback_sha256\x18\n \x01(\t\x12\x19\n\x11smoke_top_indices\x18\x0b \x03(\x05\x12\x0e\n\x06signed\x18\x0c \x01(\x08\"]\n\x11PushModelResponse\x12-\n\x05model\x18\x01 \x01(\x0b\x32\x1e.edgefleet.v1.ModelVersionInfo\x12\x19\n\x11unsigned_manifest\x18\x02 \x01(\x0c\"C\n\x17\x41ttachSignaturesRequest\x12(\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x16.edgefleet.v1.Envelope\"\x13\n\x11ListModelsRequest\"D\n\x12ListModelsResponse\x12.\n\x06models\x18\x01 \x03(\x0b\x32\x1e.edgefleet.v1.ModelVersionInfo\"4\n\rDeployRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"?\n\x0e\x44\x65ployResponse\x12-\n\x05model\x18\x01 \x01(\x0b\x32\x1e.edgefleet.v1.ModelVersionInfo\"\x84\x01\n\x10\x44\x65viceModelState\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x14\n\x0cupdated_unix\x18\x05 \x01(\x03\x12\x16\n\x0e\x61\x63tive_version\x18\x06 \x01(\t\"\xc6\x02\n\nDeviceInfo\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x34\n\x06labels\x18\x03 \x03(\x0b\x32$.edgefleet.v1.DeviceInfo.LabelsEntry\x12\x19\n\x11\x63\x61pabilities_json\x18\x04 \x01(\t\x12\x15\n\renrolled_unix\x18\x05 \x01(\x03\x12\x16\n\x0elast_seen_unix\x18\x06 \x01(\x03\x12.\n\x06models\x18\x07 \x03(\x0b\x32\x1e.edgefleet.v1.DeviceModelState\x12\x1b\n\x13last_telemetry_json\x18\x08 \x01(\t\x12\x1b\n\x13last_telemetry_unix\x18\t \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x14\n\x12ListDevicesRequest\"@\n\x13ListDevicesResponse\x12)\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x18.edgefleet.v1.DeviceInfo2\xda\x04\n\x0c\x41\x64minService\x12P\n\tPushModel\x12\x1e.edgefleet.v1.PushModelRequest\x1a\x1f.edgefleet.v1.PushModelResponse\"\x00(\x01\x12Q\n\nListModels\x12\x1f.edgefleet.v1.ListModelsRequest\x1a .edgefleet.v1.ListModelsResponse\"\x00\x12\x45\n\x06\x44\x65ploy\x12\x1b.edgefleet.v1.DeployRequest\x1a\x1c.edgefleet.v1.DeployResponse\"\x00\x12T\n\x0bListDevices\x12 .edgefleet.v1.ListDevicesRequest\x1a!.edgefleet.v1.ListDevicesResponse\"\x00\x12\\\n\x10\x41ttachSignatures\x12%.edgefleet.v1.AttachSignaturesRequest\x1a\x1f.edgefleet.v1.PushModelResponse\"\x00\x12Q\n\x0fPrepareRollback\x12\x1b.edgefleet.v1.DeployRequest\x1a\x1f.edgefleet.v1.PushModelResponse\"\x00\x12W\n\x0e\x43ommitRollback\x12%.edgefleet.v1.AttachSignaturesRequest\x1a\x1c.edgefleet.v1.DeployResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12protos/admin.proto\x12\x0c\x65\x64gefleet.v1\x1a\x15protos/manifest.proto\"\"\n\rDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"\x9b\x01\n\x12LabelDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x36\n\x03set\x18\x02 \x03(\x0b\x32).edgefleet.v1.LabelDeviceRequest.SetEntry\x12\x0e\n\x06remove\x18\x03 \x03(\t\x1a*\n\x08SetEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc1\x01\n\rPushModelMeta\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x15\n\rfallback_size\x18\x05 \x01(\x04\x12\x0e\n\x06sample\x18\x06 \x01(\x0c\x12\x17\n\x0fsmoke_tolerance\x18\x07 \x01(\x02\x12\x14\n\x0csign_offline\x18\x08 \x01(\x08\x12\x16\n\x0eno_compression\x18\t \x01(\x08\"p\n\x10PushModelRequest\x12+\n\x04meta\x18\x01 \x01(\x0b\x32\x1b.edgefleet.v1.PushModelMetaH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\x17\n\rfallback_data\x18\x03 \x01(\x0cH\x00\x42\x06\n\x04part\"\xfc\x01\n\x10ModelVersionInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x17\n\x0frelease_counter\x18\x04 \x01(\x04\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x0c\n\x04size\x18\x06 \x01(\x04\x12\x14\n\x0c\x63reated_unix\x18\x07 \x01(\x03\x12\x0f\n\x07\x65\x64getpu\x18\x08 \x01(\x08\x12\x10\n\x08\x64\x65ployed\x18\t \x01(\x08\x12\x17\n\x0f\x66\x61llback_sha256\x18\n \x01(\t\x12\x19\n\x11smoke_top_indices\x18\x0b \x03(\x05\x12\x0e\n\x06signed\x18\x0c \x01(\x08\"]\n\x11PushModelResponse\x12-\n\x05model\x18\x01 \x01(\x0b\x32\x1e.edgefleet.v1.ModelVersionInfo\x12\x19\n\x11unsigned_manifest\x18\x02 \x01(\x0c\"C\n\x17\x41ttachSignaturesRequest\x12(\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x16.edgefleet.v1.Envelope\"\x13\n\x11ListModelsRequest\"D\n\x12ListModelsResponse\x12.\n\x06models\x18\x01 \x03(\x0b\x32\x1e.edgefleet.v1.ModelVersionInfo\"4\n\rDeployRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"?\n\x0e\x44\x65ployResponse\x12-\n\x05model\x18\x01 \x01(\x0b\x32\x1e.edgefleet.v1.ModelVersionInfo\"\x84\x01\n\x10\x44\x65viceModelState\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x14\n\x0cupdated_unix\x18\x05 \x01(\x03\x12\x16\n\x0e\x61\x63tive_version\x18\x06 \x01(\t\"\xdc\x02\n\nDeviceInfo\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x34\n\x06labels\x18\x03 \x03(\x0b\x32$.edgefleet.v1.DeviceInfo.LabelsEntry\x12\x19\n\x11\x63\x61pabilities_json\x18\x04 \x01(\t\x12\x15\n\renrolled_unix\x18\x05 \x01(\x03\x12\x16\n\x0elast_seen_unix\x18\x06 \x01(\x03\x12.\n\x06models\x18\x07 \x03(\x0b\x32\x1e.edgefleet.v1.DeviceModelState\x12\x1b\n\x13last_telemetry_json\x18\x08 \x01(\t\x12\x1b\n\x13last_telemetry_unix\x18\t \x01(\x03\x12\x14\n\x0crevoked_unix\x18\n \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x14\n\x12ListDevicesRequest\"@\n\x13ListDevicesResponse\x12)\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x18.edgefleet.v1.DeviceInfo2\xb6\x06\n\x0c\x41\x64minService\x12P\n\tPushModel\x12\x1e.edgefleet.v1.PushModelRequest\x1a\x1f.edgefleet.v1.PushModelResponse\"\x00(\x01\x12Q\n\nListModels\x12\x1f.edgefleet.v1.ListModelsRequest\x1a .edgefleet.v1.ListModelsResponse\"\x00\x12\x45\n\x06\x44\x65ploy\x12\x1b.edgefleet.v1.DeployRequest\x1a\x1c.edgefleet.v1.DeployResponse\"\x00\x12T\n\x0bListDevices\x12 .edgefleet.v1.ListDevicesRequest\x1a!.edgefleet.v1.ListDevicesResponse\"\x00\x12\\\n\x10\x41ttachSignatures\x12%.edgefleet.v1.AttachSignaturesRequest\x1a\x1f.edgefleet.v1.PushModelResponse\"\x00\x12Q\n\x0fPrepareRollback\x12\x1b.edgefleet.v1.DeployRequest\x1a\x1f.edgefleet.v1.PushModelResponse\"\x00\x12W\n\x0e\x43ommitRollback\x12%.edgefleet.v1.AttachSignaturesRequest\x1a\x1c.edgefleet.v1.DeployResponse\"\x00\x12\x44\n\tGetDevice\x12\x1b.edgefleet.v1.DeviceRequest\x1a\x18.edgefleet.v1.DeviceInfo\"\x00\x12K\n\x0bLabelDevice\x12 .edgefleet.v1.LabelDeviceRequest\x1a\x18.edgefleet.v1.DeviceInfo\"\x00\x12G\n\x0cRevokeDevice\x12\x1b.edgefleet.v1.DeviceRequest\x1a\x18.edgefleet.v1.DeviceInfo\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_LABELDEVICEREQUEST_SETENTRY']._loaded_options = None
+  _globals['_LABELDEVICEREQUEST_SETENTRY']._serialized_options = b'8\001'
   _globals['_DEVICEINFO_LABELSENTRY']._loaded_options = None
   _globals['_DEVICEINFO_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_PUSHMODELMETA']._serialized_start=60
-  _globals['_PUSHMODELMETA']._serialized_end=253
-  _globals['_PUSHMODELREQUEST']._serialized_start=255
-  _globals['_PUSHMODELREQUEST']._serialized_end=367
-  _globals['_MODELVERSIONINFO']._serialized_start=370
-  _globals['_MODELVERSIONINFO']._serialized_end=622
-  _globals['_PUSHMODELRESPONSE']._serialized_start=624
-  _globals['_PUSHMODELRESPONSE']._serialized_end=717
-  _globals['_ATTACHSIGNATURESREQUEST']._serialized_start=719
-  _globals['_ATTACHSIGNATURESREQUEST']._serialized_end=786
-  _globals['_LISTMODELSREQUEST']._serialized_start=788
-  _globals['_LISTMODELSREQUEST']._serialized_end=807
-  _globals['_LISTMODELSRESPONSE']._serialized_start=809
-  _globals['_LISTMODELSRESPONSE']._serialized_end=877
-  _globals['_DEPLOYREQUEST']._serialized_start=879
-  _globals['_DEPLOYREQUEST']._serialized_end=931
-  _globals['_DEPLOYRESPONSE']._serialized_start=933
-  _globals['_DEPLOYRESPONSE']._serialized_end=996
-  _globals['_DEVICEMODELSTATE']._serialized_start=999
-  _globals['_DEVICEMODELSTATE']._serialized_end=1131
-  _globals['_DEVICEINFO']._serialized_start=1134
-  _globals['_DEVICEINFO']._serialized_end=1460
-  _globals['_DEVICEINFO_LABELSENTRY']._serialized_start=1415
-  _globals['_DEVICEINFO_LABELSENTRY']._serialized_end=1460
-  _globals['_LISTDEVICESREQUEST']._serialized_start=1462
-  _globals['_LISTDEVICESREQUEST']._serialized_end=1482
-  _globals['_LISTDEVICESRESPONSE']._serialized_start=1484
-  _globals['_LISTDEVICESRESPONSE']._serialized_end=1548
-  _globals['_ADMINSERVICE']._serialized_start=1551
-  _globals['_ADMINSERVICE']._serialized_end=2153
+  _globals['_DEVICEREQUEST']._serialized_start=59
+  _globals['_DEVICEREQUEST']._serialized_end=93
+  _globals['_LABELDEVICEREQUEST']._serialized_start=96
+  _globals['_LABELDEVICEREQUEST']._serialized_end=251
+  _globals['_LABELDEVICEREQUEST_SETENTRY']._serialized_start=209
+  _globals['_LABELDEVICEREQUEST_SETENTRY']._serialized_end=251
+  _globals['_PUSHMODELMETA']._serialized_start=254
+  _globals['_PUSHMODELMETA']._serialized_end=447
+  _globals['_PUSHMODELREQUEST']._serialized_start=449
+  _globals['_PUSHMODELREQUEST']._serialized_end=561
+  _globals['_MODELVERSIONINFO']._serialized_start=564
+  _globals['_MODELVERSIONINFO']._serialized_end=816
+  _globals['_PUSHMODELRESPONSE']._serialized_start=818
+  _globals['_PUSHMODELRESPONSE']._serialized_end=911
+  _globals['_ATTACHSIGNATURESREQUEST']._serialized_start=913
+  _globals['_ATTACHSIGNATURESREQUEST']._serialized_end=980
+  _globals['_LISTMODELSREQUEST']._serialized_start=982
+  _globals['_LISTMODELSREQUEST']._serialized_end=1001
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1003
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1071
+  _globals['_DEPLOYREQUEST']._serialized_start=1073
+  _globals['_DEPLOYREQUEST']._serialized_end=1125
+  _globals['_DEPLOYRESPONSE']._serialized_start=1127
+  _globals['_DEPLOYRESPONSE']._serialized_end=1190
+  _globals['_DEVICEMODELSTATE']._serialized_start=1193
+  _globals['_DEVICEMODELSTATE']._serialized_end=1325
+  _globals['_DEVICEINFO']._serialized_start=1328
+  _globals['_DEVICEINFO']._serialized_end=1676
+  _globals['_DEVICEINFO_LABELSENTRY']._serialized_start=1631
+  _globals['_DEVICEINFO_LABELSENTRY']._serialized_end=1676
+  _globals['_LISTDEVICESREQUEST']._serialized_start=1678
+  _globals['_LISTDEVICESREQUEST']._serialized_end=1698
+  _globals['_LISTDEVICESRESPONSE']._serialized_start=1700
+  _globals['_LISTDEVICESRESPONSE']._serialized_end=1764
+  _globals['_ADMINSERVICE']._serialized_start=1767
+  _globals['_ADMINSERVICE']._serialized_end=2589
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,29 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class DeviceRequest(_message.Message):
+    __slots__ = ("device_id",)
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    def __init__(self, device_id: _Optional[str] = ...) -> None: ...
+
+class LabelDeviceRequest(_message.Message):
+    __slots__ = ("device_id", "set", "remove")
+    class SetEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    SET_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    set: _containers.ScalarMap[str, str]
+    remove: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, device_id: _Optional[str] = ..., set: _Optional[_Mapping[str, str]] = ..., remove: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class PushModelMeta(_message.Message):
     __slots__ = ("model_name", "version", "variant", "size", "fallback_size", "sample", "smoke_tolerance", "sign_offline", "no_compression")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -122,7 +145,7 @@ class DeviceModelState(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ..., updated_unix: _Optional[int] = ..., active_version: _Optional[str] = ...) -> None: ...
 
 class DeviceInfo(_message.Message):
-    __slots__ = ("device_id", "name", "labels", "capabilities_json", "enrolled_unix", "last_seen_unix", "models", "last_telemetry_json", "last_telemetry_unix")
+    __slots__ = ("device_id", "name", "labels", "capabilities_json", "enrolled_unix", "last_seen_unix", "models", "last_telemetry_json", "last_telemetry_unix", "revoked_unix")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +162,7 @@ class DeviceInfo(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     LAST_TELEMETRY_JSON_FIELD_NUMBER: _ClassVar[int]
     LAST_TELEMETRY_UNIX_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_UNIX_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     name: str
     labels: _containers.ScalarMap[str, str]
@@ -148,7 +172,8 @@ class DeviceInfo(_message.Message):
     models: _containers.RepeatedCompositeFieldContainer[DeviceModelState]
     last_telemetry_json: str
     last_telemetry_unix: int
-    def __init__(self, device_id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capabilities_json: _Optional[str] = ..., enrolled_unix: _Optional[int] = ..., last_seen_unix: _Optional[int] = ..., models: _Optional[_Iterable[_Union[DeviceModelState, _Mapping]]] = ..., last_telemetry_json: _Optional[str] = ..., last_telemetry_unix: _Optional[int] = ...) -> None: ...
+    revoked_unix: int
+    def __init__(self, device_id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capabilities_json: _Optional[str] = ..., enrolled_unix: _Optional[int] = ..., last_seen_unix: _Optional[int] = ..., models: _Optional[_Iterable[_Union[DeviceModelState, _Mapping]]] = ..., last_telemetry_json: _Optional[str] = ..., last_telemetry_unix: _Optional[int] = ..., revoked_unix: _Optional[int] = ...) -> None: ...
 
 class ListDevicesRequest(_message.Message):
     __slots__ = ()

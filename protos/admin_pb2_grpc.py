@@ -69,6 +69,21 @@ class AdminServiceStub:
                 request_serializer=protos_dot_admin__pb2.AttachSignaturesRequest.SerializeToString,
                 response_deserializer=protos_dot_admin__pb2.DeployResponse.FromString,
                 _registered_method=True)
+        self.GetDevice = channel.unary_unary(
+                '/edgefleet.v1.AdminService/GetDevice',
+                request_serializer=protos_dot_admin__pb2.DeviceRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.DeviceInfo.FromString,
+                _registered_method=True)
+        self.LabelDevice = channel.unary_unary(
+                '/edgefleet.v1.AdminService/LabelDevice',
+                request_serializer=protos_dot_admin__pb2.LabelDeviceRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.DeviceInfo.FromString,
+                _registered_method=True)
+        self.RevokeDevice = channel.unary_unary(
+                '/edgefleet.v1.AdminService/RevokeDevice',
+                request_serializer=protos_dot_admin__pb2.DeviceRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.DeviceInfo.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -121,6 +136,26 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDevice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LabelDevice(self, request, context):
+        """Set and remove labels of a device.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeDevice(self, request, context):
+        """Revoke a device's credentials: its check-ins and downloads are refused from then on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -158,6 +193,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.CommitRollback,
                     request_deserializer=protos_dot_admin__pb2.AttachSignaturesRequest.FromString,
                     response_serializer=protos_dot_admin__pb2.DeployResponse.SerializeToString,
+            ),
+            'GetDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDevice,
+                    request_deserializer=protos_dot_admin__pb2.DeviceRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.DeviceInfo.SerializeToString,
+            ),
+            'LabelDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.LabelDevice,
+                    request_deserializer=protos_dot_admin__pb2.LabelDeviceRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.DeviceInfo.SerializeToString,
+            ),
+            'RevokeDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeDevice,
+                    request_deserializer=protos_dot_admin__pb2.DeviceRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.DeviceInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -349,6 +399,87 @@ class AdminService:
             '/edgefleet.v1.AdminService/CommitRollback',
             protos_dot_admin__pb2.AttachSignaturesRequest.SerializeToString,
             protos_dot_admin__pb2.DeployResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/GetDevice',
+            protos_dot_admin__pb2.DeviceRequest.SerializeToString,
+            protos_dot_admin__pb2.DeviceInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LabelDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/LabelDevice',
+            protos_dot_admin__pb2.LabelDeviceRequest.SerializeToString,
+            protos_dot_admin__pb2.DeviceInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/RevokeDevice',
+            protos_dot_admin__pb2.DeviceRequest.SerializeToString,
+            protos_dot_admin__pb2.DeviceInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1199,3 +1199,25 @@ def test_the_server_runs_on_postgresql(
         count = conn.execute(sa.text("SELECT count(*) FROM devices")).scalar()
     engine.dispose()
     assert count == 1
+
+
+def test_devices_show_label_and_revoke(one_agent_fleet: tuple[Server, Agent]) -> None:
+    server, agent = one_agent_fleet
+    shown = server.admin("devices", "show", "dev-c").stdout
+    assert "device    dev-c" in shown and "colors 1.0.0 INSTALLED" in shown
+    assert "runtime ai-edge-litert" in shown
+    labelled = server.admin("devices", "label", "dev-c", "site=lab", "floor=2").stdout
+    assert "floor=2, site=lab" in labelled
+    server.admin("devices", "label", "dev-c", "--remove", "floor")
+    data = json.loads(server.admin("devices", "show", "dev-c", "--json").stdout)
+    assert data["labels"] == {"site": "lab"}
+    bad = server.admin("devices", "label", "dev-c", "no equals", check=False)
+    assert bad.returncode == 1 and "KEY=VALUE" in bad.stderr
+    missing = server.admin("devices", "show", "nope", check=False)
+    assert missing.returncode == 1 and "not enrolled" in missing.stderr
+    # A stolen device: its credentials stop working, the model it has keeps serving locally.
+    assert "revoked" in server.admin("devices", "revoke", "dev-c").stdout
+    assert "REVOKED" in server.admin("devices", "list").stdout
+    wait_for("the agent to be refused", lambda: "was revoked by the fleet admin" in agent.output())
+    colors_still_served(agent, "1.0.0")
+    assert agent.proc is not None and agent.proc.popen.poll() is None

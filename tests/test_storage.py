@@ -17,6 +17,10 @@ from fleet_server.storage.db import SCHEMA_VERSION, Database, ModelRow
 V1 = [
     "CREATE TABLE schema_meta (key VARCHAR(64) PRIMARY KEY, value VARCHAR(255))",
     "INSERT INTO schema_meta VALUES ('schema_version', '1')",
+    """CREATE TABLE devices (device_id VARCHAR(64) PRIMARY KEY, name VARCHAR(64) NOT NULL,
+        token_sha256 VARCHAR(64) NOT NULL UNIQUE, labels TEXT NOT NULL,
+        capabilities TEXT NOT NULL, enrolled_at BIGINT NOT NULL, last_seen BIGINT NOT NULL,
+        last_telemetry TEXT, last_telemetry_at BIGINT, last_telemetry_seq BIGINT)""",
     """CREATE TABLE models (
         model_name VARCHAR(64) NOT NULL, version VARCHAR(32) NOT NULL,
         variant VARCHAR(32) NOT NULL, release_counter BIGINT NOT NULL, sha256 VARCHAR(64) NOT NULL,
@@ -51,7 +55,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(db_url: str) -> Non
     assert db.model_by_sha("ab" * 32) is not None
     with db.engine.connect() as conn:
         version = conn.execute(sa.text("SELECT value FROM schema_meta")).scalar()
-    assert version == str(SCHEMA_VERSION) == "7"
+    assert version == str(SCHEMA_VERSION) == "8"
     db.create_schema()  # idempotent
     db.close()
 
@@ -114,5 +118,11 @@ def test_registry_and_deployments_round_trip(db_url: str) -> None:
     (row,) = db.list_devices()
     assert row.labels == {"site": "lab"} and row.last_telemetry == {"seq": 3}
     assert row.models[0].active_version == "1.0.0"
-    assert db.device_for_token("t") == device
+    assert db.device_for_token("t") == (device, False)
+    db.set_labels(device, {"floor": "2"}, ["site"])
+    assert db.get_device(device).labels == {"floor": "2"}
+    db.revoke(device)
+    db.revoke(device)  # idempotent
+    assert db.device_for_token("t") == (device, True)
+    assert db.get_device(device).revoked_at
     db.close()

@@ -71,6 +71,7 @@ def _device_info(row: DeviceRow) -> pb.DeviceInfo:
         if row.last_telemetry is not None
         else "",
         last_telemetry_unix=row.last_telemetry_at or 0,
+        revoked_unix=row.revoked_at or 0,
     )
     for m in row.models:
         info.models.add(
@@ -453,6 +454,28 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         row = self._ctx.db.deploy(request.model_name, request.version)
         log.info("deployed %s %s to the fleet", row.model_name, row.version)
         return pb.DeployResponse(model=_model_info(row, self._ctx.db.deployed()))
+
+    @rpc_errors
+    def GetDevice(self, request: pb.DeviceRequest, context: Any) -> pb.DeviceInfo:  # noqa: N802
+        require_admin(context, self._ctx.admin_token)
+        return _device_info(self._ctx.db.get_device(request.device_id))
+
+    @rpc_errors
+    def LabelDevice(self, request: pb.LabelDeviceRequest, context: Any) -> pb.DeviceInfo:  # noqa: N802
+        require_admin(context, self._ctx.admin_token)
+        for key, value in request.set.items():
+            if not _NAME.match(key) or len(value) > 255:
+                raise BadRequestError(f"label {key!r} is invalid (key: 1-64 of A-Z a-z 0-9 _ . -)")
+        self._ctx.db.set_labels(request.device_id, dict(request.set), list(request.remove))
+        log.info("labels of %s changed", request.device_id)
+        return _device_info(self._ctx.db.get_device(request.device_id))
+
+    @rpc_errors
+    def RevokeDevice(self, request: pb.DeviceRequest, context: Any) -> pb.DeviceInfo:  # noqa: N802
+        require_admin(context, self._ctx.admin_token)
+        self._ctx.db.revoke(request.device_id)
+        log.warning("device %s revoked", request.device_id)
+        return _device_info(self._ctx.db.get_device(request.device_id))
 
     @rpc_errors
     def ListDevices(self, request: pb.ListDevicesRequest, context: Any) -> pb.ListDevicesResponse:  # noqa: N802

@@ -31,7 +31,10 @@ def require_admin(context: Any, admin_token: str) -> None:
 def require_device(context: Any, db: Database) -> str:
     """The calling device's id; raise AuthError for a missing or unknown token."""
     given = bearer_token(context)
-    device_id = db.device_for_token(given) if given else None
-    if device_id is None:
+    found = db.device_for_token(given) if given else None
+    if found is None:
         raise AuthError("device credentials missing or unknown; re-enroll the device")
+    device_id, revoked = found
+    if revoked:
+        raise AuthError(f"device {device_id} was revoked by the fleet admin")
     return device_id

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ from fleet_server.errors import AlreadyExistsError, DataDirError, NotFoundError
 
 __all__ = ["SCHEMA_VERSION", "Database", "DeviceModelRow", "DeviceRow", "ModelRow"]
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 metadata = sa.MetaData()
 
@@ -46,6 +46,7 @@ devices = sa.Table(
     sa.Column("last_telemetry", sa.Text, nullable=True),
     sa.Column("last_telemetry_at", sa.BigInteger, nullable=True),
     sa.Column("last_telemetry_seq", sa.BigInteger, nullable=True),
+    sa.Column("revoked_at", sa.BigInteger, nullable=True),
 )
 
 device_models = sa.Table(
@@ -125,6 +126,7 @@ class DeviceRow:
     last_telemetry: dict[str, Any] | None
     last_telemetry_at: int | None
     models: tuple[DeviceModelRow, ...]
+    revoked_at: int | None = None
 
 
 def _v1_to_v2(conn: sa.Connection) -> None:
@@ -163,6 +165,11 @@ def _v6_to_v7(conn: sa.Connection) -> None:
     )
 
 
+def _v7_to_v8(conn: sa.Connection) -> None:
+    """Version 8: devices can be revoked."""
+    conn.execute(sa.text("ALTER TABLE devices ADD COLUMN revoked_at BIGINT"))
+
+
 _MIGRATIONS = {
     1: _v1_to_v2,
     2: _v2_to_v3,
@@ -170,6 +177,7 @@ _MIGRATIONS = {
     4: _v4_to_v5,
     5: _v5_to_v6,
     6: _v6_to_v7,
+    7: _v7_to_v8,
 }
 
 
@@ -282,13 +290,68 @@ class Database:
             return device_id
         raise AlreadyExistsError(f"could not find a free device id for {name!r}; retry")
 
-    def device_for_token(self, token: str) -> str | None:
-        """The device id that owns ``token``, or None."""
+    def device_for_token(self, token: str) -> tuple[str, bool] | None:
+        """(device id, revoked) of the device that owns ``token``, or None."""
         with self.engine.connect() as conn:
             row = conn.execute(
-                sa.select(devices.c.device_id).where(devices.c.token_sha256 == token_digest(token))
+                sa.select(devices.c.device_id, devices.c.revoked_at).where(
+                    devices.c.token_sha256 == token_digest(token)
+                )
             ).first()
-        return None if row is None else str(row[0])
+        return None if row is None else (str(row[0]), row[1] is not None)
+
+    def set_labels(
+        self, device_id: str, set_labels: Mapping[str, str], remove: Sequence[str]
+    ) -> None:
+        """Change a device's labels.
+
+        Raises:
+            NotFoundError: no such device.
+        """
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                sa.select(devices.c.labels).where(devices.c.device_id == device_id)
+            ).first()
+            if row is None:
+                raise NotFoundError(f"device {device_id!r} is not enrolled")
+            labels = json.loads(row[0])
+            labels.update(set_labels)
+            for key in remove:
+                labels.pop(key, None)
+            conn.execute(
+                devices.update()
+                .where(devices.c.device_id == device_id)
+                .values(labels=json.dumps(labels, sort_keys=True))
+            )
+
+    def revoke(self, device_id: str) -> None:
+        """Refuse a device's credentials from now on (idempotent).
+
+        Raises:
+            NotFoundError: no such device.
+        """
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                devices.update()
+                .where((devices.c.device_id == device_id) & devices.c.revoked_at.is_(None))
+                .values(revoked_at=int(time.time()))
+            )
+            if result.rowcount == 0:
+                exists = conn.execute(
+                    sa.select(devices.c.device_id).where(devices.c.device_id == device_id)
+                ).first()
+                if exists is None:
+                    raise NotFoundError(f"device {device_id!r} is not enrolled")
+
+    def get_device(self, device_id: str) -> DeviceRow:
+        """One device with its models.
+
+        Raises:
+            NotFoundError: no such device.
+        """
+        for row in self.list_devices(device_id=device_id):
+            return row
+        raise NotFoundError(f"device {device_id!r} is not enrolled")
 
     def touch_device(self, device_id: str, capabilities: Mapping[str, Any] | None) -> None:
         """Record a check-in."""
@@ -359,10 +422,13 @@ class Database:
             )
         return bool(result.rowcount)
 
-    def list_devices(self) -> list[DeviceRow]:
-        """Every device with its per-model state, by id."""
+    def list_devices(self, device_id: str | None = None) -> list[DeviceRow]:
+        """Every device (or the one named) with its per-model state, by id."""
+        query = sa.select(devices).order_by(devices.c.device_id)
+        if device_id is not None:
+            query = query.where(devices.c.device_id == device_id)
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(devices).order_by(devices.c.device_id)).mappings().all()
+            rows = conn.execute(query).mappings().all()
             states = (
                 conn.execute(sa.select(device_models).order_by(device_models.c.model_name))
                 .mappings()
@@ -391,6 +457,7 @@ class Database:
                 last_telemetry=json.loads(r["last_telemetry"]) if r["last_telemetry"] else None,
                 last_telemetry_at=r["last_telemetry_at"],
                 models=tuple(by_device.get(r["device_id"], ())),
+                revoked_at=r["revoked_at"],
             )
             for r in rows
         ]
