@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -216,7 +216,6 @@ class Agent:
     folder: Path
     config: Path
     proc: Proc | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def socket(self) -> Path:
