@@ -79,6 +79,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from fleet_server.api.server import ServerContext, create_server  # noqa: PLC0415
     from fleet_server.artifacts.store import ArtifactStore  # noqa: PLC0415
     from fleet_server.datadir import DataDir  # noqa: PLC0415
+    from fleet_server.rollouts.controller import RolloutController  # noqa: PLC0415
     from fleet_server.signing.keys import KeyStore  # noqa: PLC0415
     from fleet_server.storage.db import Database  # noqa: PLC0415
     from fleet_server.telemetry.broker import EmbeddedBroker  # noqa: PLC0415
@@ -127,11 +128,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         enrollment_token=data_dir.read_secret(data_dir.enrollment_token_file),
         device_mqtt_url=args.device_mqtt_url or mqtt_url,
     )
+    controller = RolloutController(ctx.rollouts, interval_s=args.rollout_interval)
+    ctx.wake_rollouts = controller.wake
     try:
         server, port = create_server(ctx, args.listen)
     except (OSError, RuntimeError) as exc:
         raise DataDirError(f"cannot serve gRPC on {args.listen}: {exc}") from exc
     server.start()
+    controller.start()
     log.info("fleet %s: gRPC on port %d, telemetry via %s", data_dir.fleet_id, port, endpoint)
     if args.ready_file:
         args.ready_file.write_text(
@@ -142,6 +146,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         stop.wait()
     finally:
         server.stop(grace=5).wait()
+        controller.stop()
         ingest.stop()
         if broker is not None:
             broker.stop()
@@ -191,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--device-mqtt-url", help="the MQTT URL devices are told to use (default: the server's)"
+    )
+    run.add_argument(
+        "--rollout-interval",
+        type=float,
+        default=2.0,
+        help="seconds between rollout controller steps (default 2; reports also wake it)",
     )
     run.add_argument("--ready-file", type=Path, help="write ports as JSON here once serving")
     run.set_defaults(func=_cmd_run)

@@ -6,6 +6,7 @@ __all__ = [
     "AlreadyExistsError",
     "AuthError",
     "BadRequestError",
+    "ConflictError",
     "DataDirError",
     "FleetError",
     "NotFoundError",
@@ -34,3 +35,7 @@ class AlreadyExistsError(FleetError):
 
 class AuthError(FleetError):
     """Missing or wrong credentials (maps to UNAUTHENTICATED / PERMISSION_DENIED)."""
+
+
+class ConflictError(FleetError):
+    """The object is in a state that does not allow this (maps to FAILED_PRECONDITION)."""

@@ -184,3 +184,157 @@ class ListDevicesResponse(_message.Message):
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     devices: _containers.RepeatedCompositeFieldContainer[DeviceInfo]
     def __init__(self, devices: _Optional[_Iterable[_Union[DeviceInfo, _Mapping]]] = ...) -> None: ...
+
+class CreateRolloutRequest(_message.Message):
+    __slots__ = ("model_name", "version", "selector", "waves", "success_threshold", "failure_threshold", "pause_on_any_failure", "max_concurrent", "device_timeout_s")
+    class SelectorEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    WAVES_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_ON_ANY_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENT_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    version: str
+    selector: _containers.ScalarMap[str, str]
+    waves: _containers.RepeatedScalarFieldContainer[str]
+    success_threshold: float
+    failure_threshold: float
+    pause_on_any_failure: bool
+    max_concurrent: int
+    device_timeout_s: int
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., selector: _Optional[_Mapping[str, str]] = ..., waves: _Optional[_Iterable[str]] = ..., success_threshold: _Optional[float] = ..., failure_threshold: _Optional[float] = ..., pause_on_any_failure: _Optional[bool] = ..., max_concurrent: _Optional[int] = ..., device_timeout_s: _Optional[int] = ...) -> None: ...
+
+class RolloutRequest(_message.Message):
+    __slots__ = ("rollout_id",)
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    rollout_id: int
+    def __init__(self, rollout_id: _Optional[int] = ...) -> None: ...
+
+class RolloutRollbackRequest(_message.Message):
+    __slots__ = ("rollout_id", "envelope")
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    rollout_id: int
+    envelope: _manifest_pb2.Envelope
+    def __init__(self, rollout_id: _Optional[int] = ..., envelope: _Optional[_Union[_manifest_pb2.Envelope, _Mapping]] = ...) -> None: ...
+
+class WaveStatus(_message.Message):
+    __slots__ = ("index", "target", "devices", "waiting", "assigned", "installed", "failed", "stalled")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNED_FIELD_NUMBER: _ClassVar[int]
+    INSTALLED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    STALLED_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    target: int
+    devices: int
+    waiting: int
+    assigned: int
+    installed: int
+    failed: int
+    stalled: int
+    def __init__(self, index: _Optional[int] = ..., target: _Optional[int] = ..., devices: _Optional[int] = ..., waiting: _Optional[int] = ..., assigned: _Optional[int] = ..., installed: _Optional[int] = ..., failed: _Optional[int] = ..., stalled: _Optional[int] = ...) -> None: ...
+
+class RolloutInfo(_message.Message):
+    __slots__ = ("rollout_id", "model_name", "version", "previous_version", "selector", "waves", "success_threshold", "failure_threshold", "max_concurrent", "device_timeout_s", "state", "current_wave", "reason", "created_unix", "updated_unix", "wave_status", "created_by")
+    class SelectorEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    WAVES_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENT_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_WAVE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    WAVE_STATUS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    rollout_id: int
+    model_name: str
+    version: str
+    previous_version: str
+    selector: _containers.ScalarMap[str, str]
+    waves: _containers.RepeatedScalarFieldContainer[str]
+    success_threshold: float
+    failure_threshold: float
+    max_concurrent: int
+    device_timeout_s: int
+    state: str
+    current_wave: int
+    reason: str
+    created_unix: int
+    updated_unix: int
+    wave_status: _containers.RepeatedCompositeFieldContainer[WaveStatus]
+    created_by: str
+    def __init__(self, rollout_id: _Optional[int] = ..., model_name: _Optional[str] = ..., version: _Optional[str] = ..., previous_version: _Optional[str] = ..., selector: _Optional[_Mapping[str, str]] = ..., waves: _Optional[_Iterable[str]] = ..., success_threshold: _Optional[float] = ..., failure_threshold: _Optional[float] = ..., max_concurrent: _Optional[int] = ..., device_timeout_s: _Optional[int] = ..., state: _Optional[str] = ..., current_wave: _Optional[int] = ..., reason: _Optional[str] = ..., created_unix: _Optional[int] = ..., updated_unix: _Optional[int] = ..., wave_status: _Optional[_Iterable[_Union[WaveStatus, _Mapping]]] = ..., created_by: _Optional[str] = ...) -> None: ...
+
+class ListRolloutsRequest(_message.Message):
+    __slots__ = ("model_name",)
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    def __init__(self, model_name: _Optional[str] = ...) -> None: ...
+
+class ListRolloutsResponse(_message.Message):
+    __slots__ = ("rollouts",)
+    ROLLOUTS_FIELD_NUMBER: _ClassVar[int]
+    rollouts: _containers.RepeatedCompositeFieldContainer[RolloutInfo]
+    def __init__(self, rollouts: _Optional[_Iterable[_Union[RolloutInfo, _Mapping]]] = ...) -> None: ...
+
+class AuditEntry(_message.Message):
+    __slots__ = ("id", "at_unix", "actor", "action", "target", "detail", "ok", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    AT_UNIX_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    at_unix: int
+    actor: str
+    action: str
+    target: str
+    detail: str
+    ok: bool
+    error: str
+    def __init__(self, id: _Optional[int] = ..., at_unix: _Optional[int] = ..., actor: _Optional[str] = ..., action: _Optional[str] = ..., target: _Optional[str] = ..., detail: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+
+class ListAuditRequest(_message.Message):
+    __slots__ = ("limit", "before_id")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_ID_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    before_id: int
+    def __init__(self, limit: _Optional[int] = ..., before_id: _Optional[int] = ...) -> None: ...
+
+class ListAuditResponse(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...

@@ -84,6 +84,51 @@ class AdminServiceStub:
                 request_serializer=protos_dot_admin__pb2.DeviceRequest.SerializeToString,
                 response_deserializer=protos_dot_admin__pb2.DeviceInfo.FromString,
                 _registered_method=True)
+        self.CreateRollout = channel.unary_unary(
+                '/edgefleet.v1.AdminService/CreateRollout',
+                request_serializer=protos_dot_admin__pb2.CreateRolloutRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.RolloutInfo.FromString,
+                _registered_method=True)
+        self.ListRollouts = channel.unary_unary(
+                '/edgefleet.v1.AdminService/ListRollouts',
+                request_serializer=protos_dot_admin__pb2.ListRolloutsRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.ListRolloutsResponse.FromString,
+                _registered_method=True)
+        self.GetRollout = channel.unary_unary(
+                '/edgefleet.v1.AdminService/GetRollout',
+                request_serializer=protos_dot_admin__pb2.RolloutRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.RolloutInfo.FromString,
+                _registered_method=True)
+        self.PauseRollout = channel.unary_unary(
+                '/edgefleet.v1.AdminService/PauseRollout',
+                request_serializer=protos_dot_admin__pb2.RolloutRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.RolloutInfo.FromString,
+                _registered_method=True)
+        self.ResumeRollout = channel.unary_unary(
+                '/edgefleet.v1.AdminService/ResumeRollout',
+                request_serializer=protos_dot_admin__pb2.RolloutRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.RolloutInfo.FromString,
+                _registered_method=True)
+        self.AbortRollout = channel.unary_unary(
+                '/edgefleet.v1.AdminService/AbortRollout',
+                request_serializer=protos_dot_admin__pb2.RolloutRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.RolloutInfo.FromString,
+                _registered_method=True)
+        self.PrepareRolloutRollback = channel.unary_unary(
+                '/edgefleet.v1.AdminService/PrepareRolloutRollback',
+                request_serializer=protos_dot_admin__pb2.RolloutRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.PushModelResponse.FromString,
+                _registered_method=True)
+        self.CommitRolloutRollback = channel.unary_unary(
+                '/edgefleet.v1.AdminService/CommitRolloutRollback',
+                request_serializer=protos_dot_admin__pb2.RolloutRollbackRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.RolloutInfo.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/edgefleet.v1.AdminService/ListAudit',
+                request_serializer=protos_dot_admin__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -156,6 +201,65 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateRollout(self, request, context):
+        """Staged rollouts: a version goes to the devices matching a label selector in waves.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRollouts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortRollout(self, request, context):
+        """Stop a rollout: devices that have not installed the version go back to the previous one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PrepareRolloutRollback(self, request, context):
+        """Roll a rollout's devices back to the previous version: the server prepares the rollback
+        manifest, the admin signs it with the root keys, and commits it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitRolloutRollback(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """Every admin action that changed something: who, what, when, and the result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -208,6 +312,51 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeDevice,
                     request_deserializer=protos_dot_admin__pb2.DeviceRequest.FromString,
                     response_serializer=protos_dot_admin__pb2.DeviceInfo.SerializeToString,
+            ),
+            'CreateRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateRollout,
+                    request_deserializer=protos_dot_admin__pb2.CreateRolloutRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.RolloutInfo.SerializeToString,
+            ),
+            'ListRollouts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRollouts,
+                    request_deserializer=protos_dot_admin__pb2.ListRolloutsRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.ListRolloutsResponse.SerializeToString,
+            ),
+            'GetRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRollout,
+                    request_deserializer=protos_dot_admin__pb2.RolloutRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.RolloutInfo.SerializeToString,
+            ),
+            'PauseRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseRollout,
+                    request_deserializer=protos_dot_admin__pb2.RolloutRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.RolloutInfo.SerializeToString,
+            ),
+            'ResumeRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeRollout,
+                    request_deserializer=protos_dot_admin__pb2.RolloutRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.RolloutInfo.SerializeToString,
+            ),
+            'AbortRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortRollout,
+                    request_deserializer=protos_dot_admin__pb2.RolloutRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.RolloutInfo.SerializeToString,
+            ),
+            'PrepareRolloutRollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareRolloutRollback,
+                    request_deserializer=protos_dot_admin__pb2.RolloutRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.PushModelResponse.SerializeToString,
+            ),
+            'CommitRolloutRollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitRolloutRollback,
+                    request_deserializer=protos_dot_admin__pb2.RolloutRollbackRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.RolloutInfo.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=protos_dot_admin__pb2.ListAuditRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.ListAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -480,6 +629,249 @@ class AdminService:
             '/edgefleet.v1.AdminService/RevokeDevice',
             protos_dot_admin__pb2.DeviceRequest.SerializeToString,
             protos_dot_admin__pb2.DeviceInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/CreateRollout',
+            protos_dot_admin__pb2.CreateRolloutRequest.SerializeToString,
+            protos_dot_admin__pb2.RolloutInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRollouts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/ListRollouts',
+            protos_dot_admin__pb2.ListRolloutsRequest.SerializeToString,
+            protos_dot_admin__pb2.ListRolloutsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/GetRollout',
+            protos_dot_admin__pb2.RolloutRequest.SerializeToString,
+            protos_dot_admin__pb2.RolloutInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/PauseRollout',
+            protos_dot_admin__pb2.RolloutRequest.SerializeToString,
+            protos_dot_admin__pb2.RolloutInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/ResumeRollout',
+            protos_dot_admin__pb2.RolloutRequest.SerializeToString,
+            protos_dot_admin__pb2.RolloutInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/AbortRollout',
+            protos_dot_admin__pb2.RolloutRequest.SerializeToString,
+            protos_dot_admin__pb2.RolloutInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareRolloutRollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/PrepareRolloutRollback',
+            protos_dot_admin__pb2.RolloutRequest.SerializeToString,
+            protos_dot_admin__pb2.PushModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitRolloutRollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/CommitRolloutRollback',
+            protos_dot_admin__pb2.RolloutRollbackRequest.SerializeToString,
+            protos_dot_admin__pb2.RolloutInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/ListAudit',
+            protos_dot_admin__pb2.ListAuditRequest.SerializeToString,
+            protos_dot_admin__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,9 +56,13 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     started: list[Server] = []
 
     def factory(
-        mqtt_url: str | None, folder: Path | None = None, db_url: str | None = None
+        mqtt_url: str | None,
+        folder: Path | None = None,
+        db_url: str | None = None,
+        extra: Sequence[str] = (),
+        data_dir: Path | None = None,
     ) -> Server:
-        server = start_server(folder or tmp_path, mqtt_url, db_url)
+        server = start_server(folder or tmp_path, mqtt_url, db_url, extra, data_dir)
         started.append(server)
         return server
 

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -174,9 +174,19 @@ class Server:
         return (self.data_dir / "enrollment.token").read_text(encoding="utf-8").strip()
 
 
-def start_server(folder: Path, mqtt_url: str | None, db_url: str | None = None) -> Server:
-    """``edgefleet-server init`` + ``run`` on free ports; wait until it serves."""
-    data_dir = folder / "server"
+def start_server(
+    folder: Path,
+    mqtt_url: str | None,
+    db_url: str | None = None,
+    extra: Sequence[str] = (),
+    data_dir: Path | None = None,
+) -> Server:
+    """``edgefleet-server init`` + ``run`` on free ports; wait until it serves.
+
+    ``data_dir`` lets a second replica share the first one's keys and tokens.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    data_dir = data_dir or folder / "server"
     if not (data_dir / "fleet.json").exists():
         run_cli("edgefleet-server", "init", "--data-dir", str(data_dir))
     ready = folder / "server-ready.json"
@@ -193,6 +203,7 @@ def start_server(folder: Path, mqtt_url: str | None, db_url: str | None = None) 
         "--ready-file",
         str(ready),
     ]
+    cmd += list(extra)
     if db_url:
         cmd += ["--db-url", db_url]
     if mqtt_url:

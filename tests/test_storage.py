@@ -55,7 +55,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(db_url: str) -> Non
     assert db.model_by_sha("ab" * 32) is not None
     with db.engine.connect() as conn:
         version = conn.execute(sa.text("SELECT value FROM schema_meta")).scalar()
-    assert version == str(SCHEMA_VERSION) == "8"
+    assert version == str(SCHEMA_VERSION) == "9"
     db.create_schema()  # idempotent
     db.close()
 
@@ -109,9 +109,9 @@ def test_registry_and_deployments_round_trip(db_url: str) -> None:
     device = db.add_device("cam", "t", {"site": "lab"}, {"arch": "aarch64"})
     db.add_model(ModelRow("m", "1.0.0", "int8", 1, "ab" * 32, 10, True, b"env", 0))
     db.deploy("m", "1.0.0")
-    assert db.desired_envelopes() == [b"env"]
+    assert db.desired_envelopes() == {"m": b"env"}
     db.deploy("m", "1.0.0", envelope=b"rollback")
-    assert db.desired_envelopes() == [b"rollback"]
+    assert db.desired_envelopes() == {"m": b"rollback"}
     db.set_device_model(device, "m", "1.0.0", "INSTALLED", "ok")
     db.set_active_version(device, "m", "1.0.0")
     assert db.record_telemetry(device, 3, {"seq": 3})

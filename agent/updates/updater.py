@@ -276,7 +276,13 @@ class Updater:
             max_artifact_bytes=MAX_MODEL_BYTES,
         )
         active = self._store.active().get(manifest.model_name)
-        if active is not None and active.sha256 == manifest.sha256:
+        # The same bytes under a new version (a re-release) still become that version, so
+        # the device reports what the server asked for; only the download is skipped.
+        if (
+            active is not None
+            and active.sha256 == manifest.sha256
+            and active.version == manifest.version
+        ):
             if self._engine.peek(manifest.model_name) is None:
                 self._reload(manifest.model_name, active)
             return

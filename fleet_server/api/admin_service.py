@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from google.protobuf.json_format import MessageToJson
 from google.protobuf.message import DecodeError
 
 from agent.errors import ManifestError, ModelFileError
@@ -19,9 +21,10 @@ from agent.updates.trust import TrustedKeys, count_signers, pin_keylist
 from fleet_server.api._errors import rpc_errors
 from fleet_server.api.auth import require_admin
 from fleet_server.catalog.smoke import expect
-from fleet_server.errors import AlreadyExistsError, BadRequestError
+from fleet_server.errors import AlreadyExistsError, BadRequestError, ConflictError, FleetError
 from fleet_server.signing.keys import ManifestSigner
 from fleet_server.storage.db import DeviceRow, ModelRow
+from fleet_server.storage.rollouts import RolloutRow
 from protos import admin_pb2 as pb
 from protos import admin_pb2_grpc as pb_grpc
 from protos import manifest_pb2
@@ -40,6 +43,10 @@ _SEMVER = re.compile(
 )
 _VARIANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 MANIFEST_LIFETIME_S = 365 * 24 * 3600
+DEFAULT_SUCCESS = 0.9
+DEFAULT_FAILURE = 0.1
+DEFAULT_DEVICE_TIMEOUT_S = 3600
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _model_info(row: ModelRow, deployed: dict[str, str]) -> pb.ModelVersionInfo:
@@ -57,6 +64,74 @@ def _model_info(row: ModelRow, deployed: dict[str, str]) -> pb.ModelVersionInfo:
         smoke_top_indices=_smoke_indices(row),
         signed=bool(manifest_pb2.Envelope.FromString(row.envelope).signatures),
     )
+
+
+def _rollout_info(row: RolloutRow) -> pb.RolloutInfo:
+    info = pb.RolloutInfo(
+        rollout_id=row.rollout_id,
+        model_name=row.model_name,
+        version=row.version,
+        previous_version=row.previous_version or "",
+        selector=row.selector,
+        waves=row.waves,
+        success_threshold=row.success_threshold,
+        failure_threshold=row.failure_threshold,
+        max_concurrent=row.max_concurrent,
+        device_timeout_s=row.device_timeout_s,
+        state=row.state,
+        current_wave=row.current_wave,
+        reason=row.reason,
+        created_unix=row.created_at,
+        updated_unix=row.updated_at,
+        created_by=row.created_by,
+    )
+    for wave in row.wave_status:
+        info.wave_status.add(
+            index=wave.index,
+            target=wave.target,
+            devices=wave.counts.devices,
+            waiting=wave.counts.waiting,
+            assigned=wave.counts.assigned,
+            installed=wave.counts.installed,
+            failed=wave.counts.failed,
+            stalled=wave.stalled,
+        )
+    return info
+
+
+def _actor(context: Any) -> str:
+    """Who made a call, for the audit log. (One admin credential today: the token.)"""
+    return f"admin-token@{context.peer() or 'unknown'}"
+
+
+def _manifest_target(envelope: manifest_pb2.Envelope) -> str:
+    try:
+        manifest = manifest_pb2.Manifest.FromString(envelope.payload)
+    except DecodeError:
+        return "(not a manifest)"
+    return f"{manifest.model_name} {manifest.version}"
+
+
+def audited(action: str, target: Callable[[Any], str]) -> Callable[[_F], _F]:
+    """Record every call of a state-changing admin RPC in the audit log, failed ones too."""
+
+    def decorate(method: _F) -> _F:
+        @functools.wraps(method)
+        def wrapper(self: AdminServicer, request: Any, context: Any) -> Any:
+            detail = MessageToJson(request, indent=None, preserving_proto_field_name=True)
+            try:
+                result = method(self, request, context)
+            except FleetError as exc:
+                self._ctx.rollouts.audit(
+                    _actor(context), action, target(request), detail, ok=False, error=str(exc)
+                )
+                raise
+            self._ctx.rollouts.audit(_actor(context), action, target(request), detail, ok=True)
+            return result
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 def _device_info(row: DeviceRow) -> pb.DeviceInfo:
@@ -164,6 +239,24 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         if first is None or first.WhichOneof("part") != "meta":
             raise BadRequestError("the first message of PushModel must carry the metadata")
         meta = first.meta
+        shown = pb.PushModelMeta()
+        shown.CopyFrom(meta)
+        shown.ClearField("sample")
+        detail = MessageToJson(shown, indent=None, preserving_proto_field_name=True)
+        target = f"model {meta.model_name} {meta.version}"
+        try:
+            response = self._push_meta(meta, request_iterator)
+        except FleetError as exc:
+            self._ctx.rollouts.audit(
+                _actor(context), "PushModel", target, detail, ok=False, error=str(exc)
+            )
+            raise
+        self._ctx.rollouts.audit(_actor(context), "PushModel", target, detail, ok=True)
+        return response
+
+    def _push_meta(
+        self, meta: pb.PushModelMeta, request_iterator: Iterator[pb.PushModelRequest]
+    ) -> pb.PushModelResponse:
         if not _NAME.match(meta.model_name):
             raise BadRequestError(
                 f"model name {meta.model_name!r} is invalid: use 1-64 of A-Z a-z 0-9 _ . -"
@@ -351,6 +444,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         )
 
     @rpc_errors
+    @audited("AttachSignatures", lambda r: f"model {_manifest_target(r.envelope)}")
     def AttachSignatures(  # noqa: N802
         self, request: pb.AttachSignaturesRequest, context: Any
     ) -> pb.PushModelResponse:
@@ -382,7 +476,11 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         self, request: pb.DeployRequest, context: Any
     ) -> pb.PushModelResponse:
         require_admin(context, self._ctx.admin_token)
-        row = self._ctx.db.get_model(request.model_name, request.version)
+        return self._prepare_rollback(request.model_name, request.version)
+
+    def _prepare_rollback(self, model_name: str, version: str) -> pb.PushModelResponse:
+        """An explicit rollback manifest for an older version, for the root keys to sign."""
+        row = self._ctx.db.get_model(model_name, version)
         manifest = manifest_pb2.Manifest.FromString(
             manifest_pb2.Envelope.FromString(row.envelope).payload
         )
@@ -396,12 +494,12 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             unsigned_manifest=manifest.SerializeToString(deterministic=True),
         )
 
-    @rpc_errors
-    def CommitRollback(  # noqa: N802
-        self, request: pb.AttachSignaturesRequest, context: Any
-    ) -> pb.DeployResponse:
-        require_admin(context, self._ctx.admin_token)
-        envelope = request.envelope
+    def _verified_rollback(self, envelope: manifest_pb2.Envelope) -> ModelRow:
+        """The version a root-signed rollback manifest names, once it checks out.
+
+        Raises:
+            BadRequestError: not what PrepareRollback prepared, or too few root signatures.
+        """
         manifest = _manifest_of(envelope)
         row = self._ctx.db.get_model(manifest.model_name, manifest.version)
         original = manifest_pb2.Manifest.FromString(
@@ -427,7 +525,19 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                 f"{len(roots)} valid root-key signature(s); an explicit rollback needs "
                 f"{trust.root_threshold}"
             )
-        self._ctx.db.deploy(row.model_name, row.version, envelope=envelope.SerializeToString())
+        return row
+
+    @rpc_errors
+    @audited("CommitRollback", lambda r: f"model {_manifest_target(r.envelope)}")
+    def CommitRollback(  # noqa: N802
+        self, request: pb.AttachSignaturesRequest, context: Any
+    ) -> pb.DeployResponse:
+        require_admin(context, self._ctx.admin_token)
+        row = self._verified_rollback(request.envelope)
+        self._ctx.db.deploy(
+            row.model_name, row.version, envelope=request.envelope.SerializeToString()
+        )
+        self._ctx.rollouts.supersede(row.model_name)
         log.warning(
             "explicit rollback of %s to %s deployed to the fleet", row.model_name, row.version
         )
@@ -442,17 +552,18 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         )
 
     @rpc_errors
+    @audited("Deploy", lambda r: f"model {r.model_name} {r.version}")
     def Deploy(self, request: pb.DeployRequest, context: Any) -> pb.DeployResponse:  # noqa: N802
         require_admin(context, self._ctx.admin_token)
-        candidate = self._ctx.db.get_model(request.model_name, request.version)
-        if not manifest_pb2.Envelope.FromString(candidate.envelope).signatures:
-            raise BadRequestError(
-                f"{candidate.model_name} {candidate.version} is not signed yet: sign its "
-                "manifest offline ('edgefleet manifest sign') and attach it "
-                "('edgefleet manifest attach')"
-            )
+        self._require_signed(request.model_name, request.version)
         row = self._ctx.db.deploy(request.model_name, request.version)
-        log.info("deployed %s %s to the fleet", row.model_name, row.version)
+        replaced = self._ctx.rollouts.supersede(row.model_name)
+        log.info(
+            "deployed %s %s to the fleet%s",
+            row.model_name,
+            row.version,
+            f" (replacing rollouts {replaced})" if replaced else "",
+        )
         return pb.DeployResponse(model=_model_info(row, self._ctx.db.deployed()))
 
     @rpc_errors
@@ -461,6 +572,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         return _device_info(self._ctx.db.get_device(request.device_id))
 
     @rpc_errors
+    @audited("LabelDevice", lambda r: f"device {r.device_id}")
     def LabelDevice(self, request: pb.LabelDeviceRequest, context: Any) -> pb.DeviceInfo:  # noqa: N802
         require_admin(context, self._ctx.admin_token)
         for key, value in request.set.items():
@@ -471,6 +583,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         return _device_info(self._ctx.db.get_device(request.device_id))
 
     @rpc_errors
+    @audited("RevokeDevice", lambda r: f"device {r.device_id}")
     def RevokeDevice(self, request: pb.DeviceRequest, context: Any) -> pb.DeviceInfo:  # noqa: N802
         require_admin(context, self._ctx.admin_token)
         self._ctx.db.revoke(request.device_id)
@@ -482,4 +595,152 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         require_admin(context, self._ctx.admin_token)
         return pb.ListDevicesResponse(
             devices=[_device_info(r) for r in self._ctx.db.list_devices()]
+        )
+
+    def _require_signed(self, model_name: str, version: str) -> ModelRow:
+        """The version, when release keys have signed it.
+
+        Raises:
+            NotFoundError: no such version.
+            BadRequestError: pushed for offline signing and not signed yet.
+        """
+        row = self._ctx.db.get_model(model_name, version)
+        if not manifest_pb2.Envelope.FromString(row.envelope).signatures:
+            raise BadRequestError(
+                f"{row.model_name} {row.version} is not signed yet: sign its "
+                "manifest offline ('edgefleet manifest sign') and attach it "
+                "('edgefleet manifest attach')"
+            )
+        return row
+
+    # rollouts ----------------------------------------------------------------------------------
+
+    @rpc_errors
+    @audited("CreateRollout", lambda r: f"model {r.model_name} {r.version}")
+    def CreateRollout(self, request: pb.CreateRolloutRequest, context: Any) -> pb.RolloutInfo:  # noqa: N802
+        require_admin(context, self._ctx.admin_token)
+        self._require_signed(request.model_name, request.version)
+        for key, value in request.selector.items():
+            if not _NAME.match(key) or len(value) > 255:
+                raise BadRequestError(f"selector label {key!r} is invalid")
+        row = self._ctx.rollouts.create(
+            model_name=request.model_name,
+            version=request.version,
+            selector=dict(request.selector),
+            waves=list(request.waves),
+            success_threshold=request.success_threshold or DEFAULT_SUCCESS,
+            failure_threshold=0.0
+            if request.pause_on_any_failure
+            else request.failure_threshold or DEFAULT_FAILURE,
+            max_concurrent=request.max_concurrent,
+            device_timeout_s=request.device_timeout_s or DEFAULT_DEVICE_TIMEOUT_S,
+            created_by=_actor(context),
+        )
+        log.info(
+            "rollout %d of %s %s created over %d device(s)",
+            row.rollout_id,
+            row.model_name,
+            row.version,
+            sum(w.counts.devices for w in row.wave_status),
+        )
+        self._ctx.wake_rollouts()
+        return _rollout_info(row)
+
+    @rpc_errors
+    def GetRollout(self, request: pb.RolloutRequest, context: Any) -> pb.RolloutInfo:  # noqa: N802
+        require_admin(context, self._ctx.admin_token)
+        return _rollout_info(self._ctx.rollouts.get(request.rollout_id))
+
+    @rpc_errors
+    def ListRollouts(  # noqa: N802
+        self, request: pb.ListRolloutsRequest, context: Any
+    ) -> pb.ListRolloutsResponse:
+        require_admin(context, self._ctx.admin_token)
+        rows = self._ctx.rollouts.list_rollouts(request.model_name)
+        return pb.ListRolloutsResponse(rollouts=[_rollout_info(r) for r in rows])
+
+    @rpc_errors
+    @audited("PauseRollout", lambda r: f"rollout {r.rollout_id}")
+    def PauseRollout(self, request: pb.RolloutRequest, context: Any) -> pb.RolloutInfo:  # noqa: N802
+        require_admin(context, self._ctx.admin_token)
+        row = self._ctx.rollouts.transition(
+            request.rollout_id, ("running",), "paused", f"paused by {_actor(context)}"
+        )
+        return _rollout_info(row)
+
+    @rpc_errors
+    @audited("ResumeRollout", lambda r: f"rollout {r.rollout_id}")
+    def ResumeRollout(self, request: pb.RolloutRequest, context: Any) -> pb.RolloutInfo:  # noqa: N802
+        require_admin(context, self._ctx.admin_token)
+        row = self._ctx.rollouts.transition(
+            request.rollout_id, ("paused",), "running", f"resumed by {_actor(context)}"
+        )
+        self._ctx.wake_rollouts()
+        return _rollout_info(row)
+
+    @rpc_errors
+    @audited("AbortRollout", lambda r: f"rollout {r.rollout_id}")
+    def AbortRollout(self, request: pb.RolloutRequest, context: Any) -> pb.RolloutInfo:  # noqa: N802
+        require_admin(context, self._ctx.admin_token)
+        row = self._ctx.rollouts.transition(
+            request.rollout_id, ("running", "paused"), "aborted", f"aborted by {_actor(context)}"
+        )
+        return _rollout_info(row)
+
+    @rpc_errors
+    def PrepareRolloutRollback(  # noqa: N802
+        self, request: pb.RolloutRequest, context: Any
+    ) -> pb.PushModelResponse:
+        require_admin(context, self._ctx.admin_token)
+        rollout = self._ctx.rollouts.get(request.rollout_id)
+        if not rollout.previous_version:
+            raise ConflictError(
+                f"rollout {rollout.rollout_id} has no previous version to roll back to "
+                "(the model had no deployment before it); abort it instead"
+            )
+        return self._prepare_rollback(rollout.model_name, rollout.previous_version)
+
+    @rpc_errors
+    @audited("CommitRolloutRollback", lambda r: f"rollout {r.rollout_id}")
+    def CommitRolloutRollback(  # noqa: N802
+        self, request: pb.RolloutRollbackRequest, context: Any
+    ) -> pb.RolloutInfo:
+        require_admin(context, self._ctx.admin_token)
+        rollout = self._ctx.rollouts.get(request.rollout_id)
+        row = self._verified_rollback(request.envelope)
+        if (row.model_name, row.version) != (rollout.model_name, rollout.previous_version):
+            raise BadRequestError(
+                f"rollout {rollout.rollout_id} rolls back to {rollout.model_name} "
+                f"{rollout.previous_version}, not {row.model_name} {row.version}"
+            )
+        updated = self._ctx.rollouts.set_rollback(
+            rollout.rollout_id,
+            request.envelope.SerializeToString(),
+            f"rolled back to {row.version} by {_actor(context)}",
+        )
+        log.warning(
+            "rollout %d rolled back to %s %s", rollout.rollout_id, row.model_name, row.version
+        )
+        return _rollout_info(updated)
+
+    # audit -------------------------------------------------------------------------------------
+
+    @rpc_errors
+    def ListAudit(self, request: pb.ListAuditRequest, context: Any) -> pb.ListAuditResponse:  # noqa: N802
+        require_admin(context, self._ctx.admin_token)
+        rows = self._ctx.rollouts.audit_entries(min(request.limit or 100, 1000), request.before_id)
+        return pb.ListAuditResponse(
+            entries=[
+                pb.AuditEntry(
+                    id=r.id,
+                    at_unix=r.at,
+                    actor=r.actor,
+                    action=r.action,
+                    target=r.target,
+                    detail=r.detail,
+                    ok=r.ok,
+                    error=r.error,
+                )
+                for r in rows
+            ]
         )

@@ -14,6 +14,7 @@ from google.protobuf.json_format import MessageToDict
 from fleet_server.api._errors import abort_for, rpc_errors
 from fleet_server.api.auth import require_device
 from fleet_server.errors import AuthError, BadRequestError, FleetError
+from fleet_server.storage.rollouts import DesiredRow, in_effect
 from protos import device_pb2 as pb
 from protos import device_pb2_grpc as pb_grpc
 from protos import manifest_pb2
@@ -28,6 +29,8 @@ _BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 _MAX_LABELS = 32
 _NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _VERSION = re.compile(r"^[0-9A-Za-z.+-]{1,32}$")
+# What an update report means for a rollout.
+_OUTCOMES = {pb.INSTALLED: "installed", pb.FAILED: "failed", pb.ROLLED_BACK: "failed"}
 
 
 def _device_name(requested: str) -> str:
@@ -84,19 +87,41 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
             else None
         )
         self._ctx.db.touch_device(device_id, caps)
-        for active in request.active[:64]:
-            if _NAME_PART.match(active.model_name) and _VERSION.match(active.version):
-                self._ctx.db.set_active_version(device_id, active.model_name, active.version)
+        active: dict[str, str] = {}
+        for model in request.active[:64]:
+            if _NAME_PART.match(model.model_name) and _VERSION.match(model.version):
+                active[model.model_name] = model.version
+                self._ctx.db.set_active_version(device_id, model.model_name, model.version)
         response = pb.CheckInResponse(
             next_checkin_s=self._ctx.checkin_interval_s,
             mqtt_url=self._ctx.device_mqtt_url,
             keylist=manifest_pb2.Envelope.FromString(self._ctx.keys.keylist_bytes()),
         )
-        for raw in self._ctx.db.desired_envelopes():
-            envelope = manifest_pb2.Envelope()
-            envelope.ParseFromString(raw)
-            response.desired.append(envelope)
+        for _name, raw in sorted(self._desired(device_id, active).items()):
+            response.desired.append(manifest_pb2.Envelope.FromString(raw))
         return response
+
+    def _desired(self, device_id: str, active: dict[str, str]) -> dict[str, bytes]:
+        """Model name -> signed manifest: the fleet-wide deployment, overridden by the newest
+        rollout that reached this device."""
+        desired = self._ctx.db.desired_envelopes()
+        chosen: dict[str, DesiredRow] = {}
+        for row in self._ctx.rollouts.desired_rows(device_id):
+            if in_effect(row):
+                chosen[row.model_name] = row
+            if row.device_state == "assigned" and active.get(row.model_name) == row.version:
+                # Installed without a report reaching us (or installed before the rollout).
+                self._ctx.rollouts.report(device_id, row.model_name, row.version, "installed")
+        wanted = [
+            (r.model_name, r.version) for r in chosen.values() if r.rollout_state != "rolled_back"
+        ]
+        envelopes = self._ctx.rollouts.model_envelopes(wanted)
+        for name, row in chosen.items():
+            if row.rollout_state == "rolled_back" and row.rollback_envelope is not None:
+                desired[name] = row.rollback_envelope
+            elif (name, row.version) in envelopes:
+                desired[name] = envelopes[(name, row.version)]
+        return desired
 
     def DownloadArtifact(  # noqa: N802
         self, request: pb.DownloadRequest, context: Any
@@ -120,6 +145,10 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
         self._ctx.db.set_device_model(
             device_id, request.model_name, request.version, state, request.detail
         )
+        outcome = _OUTCOMES.get(request.state)
+        if outcome is not None:
+            self._ctx.rollouts.report(device_id, request.model_name, request.version, outcome)
+            self._ctx.wake_rollouts()
         log.info(
             "device %s: %s %s %s %s",
             device_id,

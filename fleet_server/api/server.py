@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -13,6 +14,7 @@ from fleet_server.api.device_service import DeviceServicer
 from fleet_server.artifacts.store import ArtifactStore
 from fleet_server.signing.keys import KeyStore
 from fleet_server.storage.db import Database
+from fleet_server.storage.rollouts import RolloutStore
 from protos import admin_pb2_grpc, device_pb2_grpc
 
 __all__ = ["ServerContext", "create_server"]
@@ -32,6 +34,12 @@ class ServerContext:
     enrollment_token: str
     device_mqtt_url: str
     checkin_interval_s: int = 30
+    rollouts: RolloutStore = field(init=False)
+    # Called when something may let a rollout move on (set by the rollout controller).
+    wake_rollouts: Callable[[], None] = lambda: None
+
+    def __post_init__(self) -> None:
+        self.rollouts = RolloutStore(self.db)
 
 
 def create_server(

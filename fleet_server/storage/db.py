@@ -22,7 +22,7 @@ from fleet_server.errors import AlreadyExistsError, DataDirError, NotFoundError
 
 __all__ = ["SCHEMA_VERSION", "Database", "DeviceModelRow", "DeviceRow", "ModelRow"]
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 metadata = sa.MetaData()
 
@@ -86,6 +86,56 @@ deployments = sa.Table(
     sa.Column("version", sa.String(32), nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
     sa.Column("envelope", sa.LargeBinary, nullable=True),  # an explicit rollback's manifest
+)
+
+rollouts = sa.Table(
+    "rollouts",
+    metadata,
+    sa.Column("rollout_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model_name", sa.String(64), nullable=False, index=True),
+    sa.Column("version", sa.String(32), nullable=False),
+    sa.Column("previous_version", sa.String(32), nullable=True),
+    sa.Column("selector", sa.Text, nullable=False),
+    sa.Column("waves", sa.Text, nullable=False),
+    sa.Column("success_threshold", sa.Float, nullable=False),
+    sa.Column("failure_threshold", sa.Float, nullable=False),
+    sa.Column("max_concurrent", sa.Integer, nullable=False),
+    sa.Column("device_timeout_s", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("current_wave", sa.Integer, nullable=False),
+    sa.Column("reason", sa.String(1024), nullable=False, default=""),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("created_by", sa.String(128), nullable=False, default=""),
+    sa.Column("rollback_envelope", sa.LargeBinary, nullable=True),
+    # Failures an admin accepted by resuming: the failure gate counts only newer ones.
+    sa.Column("forgiven_failures", sa.Integer, nullable=False, default=0),
+)
+
+rollout_devices = sa.Table(
+    "rollout_devices",
+    metadata,
+    sa.Column("rollout_id", sa.Integer, sa.ForeignKey("rollouts.rollout_id"), primary_key=True),
+    sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.device_id"), primary_key=True),
+    sa.Column("wave", sa.Integer, nullable=False),
+    # waiting -> assigned -> installed | failed
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("assigned_at", sa.BigInteger, nullable=True),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Index("ix_rollout_devices_device", "device_id"),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.BigInteger, nullable=False),
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(255), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("ok", sa.Boolean, nullable=False),
+    sa.Column("error", sa.String(1024), nullable=False, default=""),
 )
 
 
@@ -170,6 +220,12 @@ def _v7_to_v8(conn: sa.Connection) -> None:
     conn.execute(sa.text("ALTER TABLE devices ADD COLUMN revoked_at BIGINT"))
 
 
+def _v8_to_v9(conn: sa.Connection) -> None:
+    """Version 9: staged rollouts and the audit log (new tables only)."""
+    for table in (rollouts, rollout_devices, audit_log):
+        table.create(conn, checkfirst=True)
+
+
 _MIGRATIONS = {
     1: _v1_to_v2,
     2: _v2_to_v3,
@@ -178,6 +234,7 @@ _MIGRATIONS = {
     5: _v5_to_v6,
     6: _v6_to_v7,
     7: _v7_to_v8,
+    8: _v8_to_v9,
 }
 
 
@@ -597,11 +654,14 @@ class Database:
             rows = conn.execute(sa.select(deployments.c.model_name, deployments.c.version)).all()
         return {str(r[0]): str(r[1]) for r in rows}
 
-    def desired_envelopes(self) -> list[bytes]:
-        """The signed manifests of every deployed model version."""
+    def desired_envelopes(self) -> dict[str, bytes]:
+        """Model name -> the signed manifest of its fleet-wide deployed version."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(sa.func.coalesce(deployments.c.envelope, models.c.envelope))
+                sa.select(
+                    deployments.c.model_name,
+                    sa.func.coalesce(deployments.c.envelope, models.c.envelope),
+                )
                 .select_from(
                     deployments.join(
                         models,
@@ -611,4 +671,4 @@ class Database:
                 )
                 .order_by(deployments.c.model_name)
             ).all()
-        return [bytes(r[0]) for r in rows]
+        return {str(r[0]): bytes(r[1]) for r in rows}

@@ -1,0 +1,78 @@
+"""The rollout controller: a server thread that moves every live rollout on.
+
+Each server replica runs one; the row lock in :class:`RolloutStore.tick` makes their steps
+safe to interleave. Devices assigned in a step are handed to ``nudge`` (an MQTT "check in now")
+so they do not wait for their next poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+from fleet_server.storage.rollouts import RolloutStore
+
+__all__ = ["RolloutController"]
+
+log = logging.getLogger(__name__)
+
+
+class RolloutController:
+    """Ticks every ``interval_s`` seconds, and at once when :meth:`wake` is called."""
+
+    def __init__(
+        self,
+        store: RolloutStore,
+        interval_s: float = 2.0,
+        nudge: Callable[[Sequence[str]], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._interval = interval_s
+        self._nudge = nudge
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rollouts", daemon=True)
+
+    def start(self) -> None:
+        """Start ticking."""
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Tick now (a rollout was created or resumed, or a device reported)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop after the current tick."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=10)
+
+    def tick_all(self) -> int:
+        """One step of every live rollout; return how many devices were assigned."""
+        assigned_total = 0
+        for rollout_id in self._store.ticking():
+            decision, assigned = self._store.tick(rollout_id)
+            if decision.action != "wait":
+                log.info("rollout %d: %s %s", rollout_id, decision.action, decision.reason)
+            if assigned:
+                assigned_total += len(assigned)
+                log.info("rollout %d: %d device(s) told to update", rollout_id, len(assigned))
+                if self._nudge is not None:
+                    try:
+                        self._nudge(assigned)
+                    except Exception:
+                        log.exception("cannot nudge devices of rollout %d", rollout_id)
+        return assigned_total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                assigned = self.tick_all()
+            except Exception:
+                log.exception("rollout controller step failed; retrying")
+                assigned = 0
+            if assigned:
+                continue  # more may be waiting behind the concurrency cap
+            self._wake.wait(self._interval)
+            self._wake.clear()

@@ -1,0 +1,185 @@
+"""The decisions of a staged rollout, as pure functions (no I/O, no clock).
+
+A rollout sends one model version to the devices matching a label selector, in waves. Wave
+targets are cumulative ("1", "10%", "50%", "100%": one canary, then a tenth of the devices in
+all, then half, then all). Which device lands in which wave is a stable hash of the rollout and
+the device, so canaries are spread over the fleet and the same on every replica.
+
+After each wave starts, the rollout waits until enough of that wave has installed the version
+(the success threshold, over the wave's devices that did not fail) before the next wave starts;
+when the failed fraction of all devices started so far reaches the failure threshold, it pauses
+with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from fleet_server.errors import BadRequestError
+
+__all__ = [
+    "DEFAULT_WAVES",
+    "Counts",
+    "Decision",
+    "assign_waves",
+    "decide",
+    "matches",
+    "parse_waves",
+    "wave_targets",
+]
+
+DEFAULT_WAVES = ("1", "10%", "50%", "100%")
+MAX_WAVES = 20
+_COUNT = re.compile(r"^[1-9][0-9]{0,8}$")
+_PERCENT = re.compile(r"^([0-9]{1,3}(?:\.[0-9]{1,3})?)%$")
+
+
+@dataclass(frozen=True)
+class Wave:
+    """One cumulative target: an absolute device count or a percent of the matching devices."""
+
+    count: int | None = None
+    percent: float | None = None
+
+    def __str__(self) -> str:
+        return f"{self.count}" if self.count is not None else f"{self.percent:g}%"
+
+
+def parse_waves(spec: Sequence[str]) -> tuple[Wave, ...]:
+    """Parse wave targets such as ``["1", "10%", "100%"]``.
+
+    Raises:
+        BadRequestError: a target is malformed, they shrink, or the last is not 100%.
+    """
+    raw = [s.strip() for s in spec if s.strip()] or list(DEFAULT_WAVES)
+    if len(raw) > MAX_WAVES:
+        raise BadRequestError(f"{len(raw)} waves; at most {MAX_WAVES}")
+    waves: list[Wave] = []
+    for text in raw:
+        percent = _PERCENT.match(text)
+        if _COUNT.match(text):
+            waves.append(Wave(count=int(text)))
+        elif percent and 0 < float(percent.group(1)) <= 100:
+            waves.append(Wave(percent=float(percent.group(1))))
+        else:
+            raise BadRequestError(
+                f"wave {text!r} is neither a device count (e.g. 5) nor a percent in (0, 100] "
+                "(e.g. 10%)"
+            )
+    if waves[-1].percent != 100:
+        raise BadRequestError(
+            f"the last wave is {waves[-1]}; waves are cumulative and the last must be 100%"
+        )
+    percents = [w.percent for w in waves if w.percent is not None]
+    counts = [w.count for w in waves if w.count is not None]
+    if percents != sorted(percents) or counts != sorted(counts):
+        raise BadRequestError(f"waves {', '.join(raw)} shrink; each target includes the last")
+    return tuple(waves)
+
+
+def wave_targets(waves: Sequence[Wave], devices: int) -> list[int]:
+    """Cumulative device counts per wave for ``devices`` matching devices.
+
+    Never shrinks, never exceeds ``devices``, ends at ``devices``; a percent that rounds to zero
+    still takes one device, so no wave is empty by accident while devices remain.
+    """
+    targets: list[int] = []
+    previous = 0
+    for wave in waves:
+        if wave.count is not None:
+            want = wave.count
+        else:
+            want = max(1, math.ceil(devices * (wave.percent or 0.0) / 100 - 1e-9))
+        value = min(devices, max(previous, want))
+        targets.append(value)
+        previous = value
+    if targets:
+        targets[-1] = devices
+    return targets
+
+
+def _rank(rollout_id: int, device_id: str) -> bytes:
+    return hashlib.sha256(f"{rollout_id}:{device_id}".encode()).digest()
+
+
+def assign_waves(
+    rollout_id: int, device_ids: Iterable[str], waves: Sequence[Wave]
+) -> dict[str, int]:
+    """Device id -> wave index, for the devices matching at creation."""
+    ordered = sorted(set(device_ids), key=lambda d: _rank(rollout_id, d))
+    targets = wave_targets(waves, len(ordered))
+    result: dict[str, int] = {}
+    wave = 0
+    for position, device_id in enumerate(ordered):
+        while position >= targets[wave]:
+            wave += 1
+        result[device_id] = wave
+    return result
+
+
+def matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """True when a device's labels carry every key=value of the selector (empty: every device)."""
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Device states of one wave (or of several waves added together)."""
+
+    devices: int = 0
+    waiting: int = 0
+    assigned: int = 0
+    installed: int = 0
+    failed: int = 0
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(
+            self.devices + other.devices,
+            self.waiting + other.waiting,
+            self.assigned + other.assigned,
+            self.installed + other.installed,
+            self.failed + other.failed,
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a running rollout should do now: "wait", "advance", "complete" or "pause"."""
+
+    action: str
+    reason: str = ""
+
+
+def decide(
+    waves: Sequence[Counts],
+    current: int,
+    success_threshold: float,
+    failure_threshold: float,
+    forgiven: int = 0,
+) -> Decision:
+    """The next step of a running rollout whose waves ``0..current`` have started.
+
+    Failures are judged over every started wave (a health rollback in an early wave still
+    counts); success over the current wave alone. ``forgiven`` failures (those an admin saw
+    before resuming) do not count again.
+    """
+    started = sum(waves[: current + 1], Counts())
+    failed = started.failed - forgiven
+    if failed > 0 and failed >= failure_threshold * max(started.devices, 1):
+        return Decision(
+            "pause",
+            f"{started.failed} of {started.devices} devices failed"
+            + (f" ({forgiven} before the last resume)" if forgiven else "")
+            + f" (failure threshold {failure_threshold:.0%})",
+        )
+    wave = waves[current]
+    # Devices that failed are the failure gate's business: they do not hold the wave forever.
+    if wave.installed < math.ceil(success_threshold * (wave.devices - wave.failed) - 1e-9):
+        return Decision("wait")
+    if current + 1 >= len(waves):
+        return Decision("complete")
+    return Decision("advance")

@@ -1,0 +1,615 @@
+"""Rollouts, their devices, and the audit log in the database.
+
+Every change to a rollout happens in one transaction that first locks the rollout's row
+(``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite serializes writers), so several server
+replicas ticking the same rollout cannot advance a wave twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from fleet_server.errors import BadRequestError, ConflictError, NotFoundError
+from fleet_server.rollouts.plan import (
+    Counts,
+    Decision,
+    assign_waves,
+    decide,
+    matches,
+    parse_waves,
+    wave_targets,
+)
+from fleet_server.storage.db import (
+    Database,
+    audit_log,
+    deployments,
+    devices,
+    models,
+    rollout_devices,
+    rollouts,
+)
+
+__all__ = ["AuditRow", "DesiredRow", "RolloutRow", "RolloutStore", "WaveRow"]
+
+LIVE = ("running", "paused")
+# Rollouts whose assignments still decide what a device runs.
+IN_EFFECT = ("running", "paused", "completed", "aborted", "rolled_back")
+_BATCH = 500
+
+
+@dataclass(frozen=True)
+class WaveRow:
+    index: int
+    target: int
+    counts: Counts
+    stalled: int = 0
+
+
+@dataclass(frozen=True)
+class RolloutRow:
+    rollout_id: int
+    model_name: str
+    version: str
+    previous_version: str | None
+    selector: dict[str, str]
+    waves: list[str]
+    success_threshold: float
+    failure_threshold: float
+    max_concurrent: int
+    device_timeout_s: int
+    state: str
+    current_wave: int
+    reason: str
+    created_at: int
+    updated_at: int
+    created_by: str
+    rollback_envelope: bytes | None = None
+    forgiven_failures: int = 0
+    wave_status: tuple[WaveRow, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class DesiredRow:
+    """One rollout's say about what a device runs."""
+
+    rollout_id: int
+    model_name: str
+    version: str
+    rollout_state: str
+    device_state: str
+    rollback_envelope: bytes | None
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    id: int
+    at: int
+    actor: str
+    action: str
+    target: str
+    detail: str
+    ok: bool
+    error: str
+
+
+def _row(r: Any, wave_status: tuple[WaveRow, ...] = ()) -> RolloutRow:
+    return RolloutRow(
+        rollout_id=int(r["rollout_id"]),
+        model_name=r["model_name"],
+        version=r["version"],
+        previous_version=r["previous_version"],
+        selector=json.loads(r["selector"]),
+        waves=json.loads(r["waves"]),
+        success_threshold=float(r["success_threshold"]),
+        failure_threshold=float(r["failure_threshold"]),
+        max_concurrent=int(r["max_concurrent"]),
+        device_timeout_s=int(r["device_timeout_s"]),
+        state=r["state"],
+        current_wave=int(r["current_wave"]),
+        reason=r["reason"],
+        created_at=int(r["created_at"]),
+        updated_at=int(r["updated_at"]),
+        created_by=r["created_by"],
+        rollback_envelope=bytes(r["rollback_envelope"]) if r["rollback_envelope"] else None,
+        forgiven_failures=int(r["forgiven_failures"] or 0),
+        wave_status=wave_status,
+    )
+
+
+def in_effect(row: DesiredRow) -> bool:
+    """Whether a rollout assignment decides what the device runs.
+
+    Waiting devices keep what they had; an aborted rollout keeps only the devices that had
+    installed it; a rolled-back one sends every device it reached to the rollback manifest.
+    """
+    if row.rollout_state not in IN_EFFECT or row.device_state == "waiting":
+        return False
+    return not (row.rollout_state == "aborted" and row.device_state != "installed")
+
+
+class RolloutStore:
+    """Queries over rollouts, rollout devices and the audit log."""
+
+    def __init__(self, db: Database) -> None:
+        self._engine = db.engine
+        self._db = db
+
+    # creation and reading --------------------------------------------------------------------
+
+    def create(
+        self,
+        *,
+        model_name: str,
+        version: str,
+        selector: Mapping[str, str],
+        waves: Sequence[str],
+        success_threshold: float,
+        failure_threshold: float,
+        max_concurrent: int,
+        device_timeout_s: int,
+        created_by: str,
+        now: int | None = None,
+    ) -> RolloutRow:
+        """Create a running rollout over the devices matching ``selector`` now.
+
+        Raises:
+            BadRequestError: bad waves or thresholds.
+            NotFoundError: no such model version.
+            ConflictError: another rollout of the model is running or paused.
+        """
+        parsed = parse_waves(waves)
+        for name, value in (("success", success_threshold), ("failure", failure_threshold)):
+            if not 0 <= value <= 1:
+                raise BadRequestError(f"{name} threshold {value} is outside 0..1")
+        self._db.get_model(model_name, version)
+        now = int(time.time()) if now is None else now
+        with self._engine.begin() as conn:
+            live = conn.execute(
+                sa.select(rollouts.c.rollout_id, rollouts.c.version).where(
+                    (rollouts.c.model_name == model_name) & rollouts.c.state.in_(LIVE)
+                )
+            ).first()
+            if live is not None:
+                raise ConflictError(
+                    f"rollout {live[0]} of {model_name} ({live[1]}) is still running or "
+                    "paused; abort it or let it complete first"
+                )
+            previous = self._previous_version(conn, model_name)
+            result = conn.execute(
+                rollouts.insert().values(
+                    model_name=model_name,
+                    version=version,
+                    previous_version=previous if previous != version else None,
+                    selector=json.dumps(dict(selector), sort_keys=True),
+                    waves=json.dumps([str(w) for w in parsed]),
+                    success_threshold=success_threshold,
+                    failure_threshold=failure_threshold,
+                    max_concurrent=max_concurrent,
+                    device_timeout_s=device_timeout_s,
+                    state="running",
+                    current_wave=0,
+                    reason="",
+                    created_at=now,
+                    updated_at=now,
+                    created_by=created_by[:128],
+                    forgiven_failures=0,
+                )
+            )
+            key = result.inserted_primary_key
+            if key is None:  # pragma: no cover - every dialect we support returns it
+                raise ConflictError("the database did not return the new rollout's id")
+            rollout_id = int(key[0])
+            targets = [d for d, labels in self._active_devices(conn) if matches(selector, labels)]
+            plan = assign_waves(rollout_id, targets, parsed)
+            self._insert_devices(conn, rollout_id, plan, now)
+        return self.get(rollout_id)
+
+    @staticmethod
+    def _previous_version(conn: sa.Connection, model_name: str) -> str | None:
+        """What devices were told to run before: the newest completed rollout, else the
+        fleet-wide deployment."""
+        row = conn.execute(
+            sa.select(rollouts.c.version)
+            .where((rollouts.c.model_name == model_name) & (rollouts.c.state == "completed"))
+            .order_by(rollouts.c.rollout_id.desc())
+            .limit(1)
+        ).first()
+        if row is not None:
+            return str(row[0])
+        row = conn.execute(
+            sa.select(deployments.c.version).where(deployments.c.model_name == model_name)
+        ).first()
+        return None if row is None else str(row[0])
+
+    @staticmethod
+    def _active_devices(
+        conn: sa.Connection, exclude_rollout: int | None = None
+    ) -> list[tuple[str, dict[str, str]]]:
+        query = sa.select(devices.c.device_id, devices.c.labels).where(
+            devices.c.revoked_at.is_(None)
+        )
+        if exclude_rollout is not None:
+            query = query.where(
+                ~devices.c.device_id.in_(
+                    sa.select(rollout_devices.c.device_id).where(
+                        rollout_devices.c.rollout_id == exclude_rollout
+                    )
+                )
+            )
+        return [(str(r[0]), json.loads(r[1])) for r in conn.execute(query)]
+
+    @staticmethod
+    def _insert_devices(
+        conn: sa.Connection, rollout_id: int, plan: Mapping[str, int], now: int
+    ) -> None:
+        rows = [
+            {
+                "rollout_id": rollout_id,
+                "device_id": device_id,
+                "wave": wave,
+                "state": "waiting",
+                "assigned_at": None,
+                "updated_at": now,
+            }
+            for device_id, wave in plan.items()
+        ]
+        for start in range(0, len(rows), _BATCH):
+            conn.execute(rollout_devices.insert(), rows[start : start + _BATCH])
+
+    def get(self, rollout_id: int, now: int | None = None) -> RolloutRow:
+        """One rollout with per-wave counts.
+
+        Raises:
+            NotFoundError: no such rollout.
+        """
+        now = int(time.time()) if now is None else now
+        with self._engine.connect() as conn:
+            r = (
+                conn.execute(sa.select(rollouts).where(rollouts.c.rollout_id == rollout_id))
+                .mappings()
+                .first()
+            )
+            if r is None:
+                raise NotFoundError(f"rollout {rollout_id} does not exist")
+            base = _row(r)
+            waves = self._wave_status(conn, base, now)
+        return _row(r, tuple(waves))
+
+    def list_rollouts(self, model_name: str = "") -> list[RolloutRow]:
+        """Every rollout (of one model, when named), newest first, with per-wave counts."""
+        query = sa.select(rollouts).order_by(rollouts.c.rollout_id.desc())
+        if model_name:
+            query = query.where(rollouts.c.model_name == model_name)
+        now = int(time.time())
+        with self._engine.connect() as conn:
+            result = []
+            for r in conn.execute(query).mappings().all():
+                result.append(_row(r, tuple(self._wave_status(conn, _row(r), now))))
+        return result
+
+    @staticmethod
+    def _wave_status(conn: sa.Connection, rollout: RolloutRow, now: int) -> list[WaveRow]:
+        stale = now - rollout.device_timeout_s
+        stalled_expr = sa.func.sum(
+            sa.case(
+                (
+                    (rollout_devices.c.state == "assigned")
+                    & (rollout_devices.c.assigned_at < stale),
+                    1,
+                ),
+                else_=0,
+            )
+        )
+        rows = conn.execute(
+            sa.select(
+                rollout_devices.c.wave,
+                rollout_devices.c.state,
+                sa.func.count(),
+                stalled_expr,
+            )
+            .where(rollout_devices.c.rollout_id == rollout.rollout_id)
+            .group_by(rollout_devices.c.wave, rollout_devices.c.state)
+        ).all()
+        per_wave: dict[int, dict[str, int]] = {}
+        stalled: dict[int, int] = {}
+        for wave, state, count, stalled_count in rows:
+            per_wave.setdefault(int(wave), {})[str(state)] = int(count)
+            stalled[int(wave)] = stalled.get(int(wave), 0) + int(stalled_count or 0)
+        total = sum(sum(v.values()) for v in per_wave.values())
+        targets = wave_targets(parse_waves(rollout.waves), total)
+        result = []
+        for index, target in enumerate(targets):
+            states = per_wave.get(index, {})
+            counts = Counts(
+                devices=sum(states.values()),
+                waiting=states.get("waiting", 0),
+                assigned=states.get("assigned", 0),
+                installed=states.get("installed", 0),
+                failed=states.get("failed", 0),
+            )
+            result.append(WaveRow(index, target, counts, stalled.get(index, 0)))
+        return result
+
+    # admin transitions -----------------------------------------------------------------------
+
+    def transition(
+        self, rollout_id: int, allowed: Sequence[str], to: str, reason: str
+    ) -> RolloutRow:
+        """Move a rollout from one of ``allowed`` states to ``to``.
+
+        Raises:
+            NotFoundError: no such rollout.
+            ConflictError: the rollout is in another state.
+        """
+        with self._engine.begin() as conn:
+            state = self._lock(conn, rollout_id)
+            if state == to and to != "running":
+                pass  # pausing a paused rollout is a no-op, not an error
+            elif state not in allowed:
+                raise ConflictError(
+                    f"rollout {rollout_id} is {state}; this needs it {' or '.join(allowed)}"
+                )
+            else:
+                values: dict[str, Any] = {}
+                if to == "running":
+                    # Resuming accepts the failures seen so far; only new ones can pause again.
+                    values["forgiven_failures"] = conn.execute(
+                        sa.select(sa.func.count()).where(
+                            (rollout_devices.c.rollout_id == rollout_id)
+                            & (rollout_devices.c.state == "failed")
+                        )
+                    ).scalar_one()
+                conn.execute(
+                    rollouts.update()
+                    .where(rollouts.c.rollout_id == rollout_id)
+                    .values(state=to, reason=reason[:1024], updated_at=int(time.time()), **values)
+                )
+        return self.get(rollout_id)
+
+    def set_rollback(self, rollout_id: int, envelope: bytes, reason: str) -> RolloutRow:
+        """Send every device the rollout reached to a root-signed rollback manifest."""
+        with self._engine.begin() as conn:
+            state = self._lock(conn, rollout_id)
+            if state in ("rolled_back", "superseded"):
+                raise ConflictError(f"rollout {rollout_id} is {state} already")
+            conn.execute(
+                rollouts.update()
+                .where(rollouts.c.rollout_id == rollout_id)
+                .values(
+                    state="rolled_back",
+                    reason=reason[:1024],
+                    rollback_envelope=envelope,
+                    updated_at=int(time.time()),
+                )
+            )
+        return self.get(rollout_id)
+
+    def supersede(self, model_name: str) -> list[int]:
+        """A fleet-wide deployment replaces every rollout of the model; return their ids."""
+        with self._engine.begin() as conn:
+            ids = [
+                int(r[0])
+                for r in conn.execute(
+                    sa.select(rollouts.c.rollout_id).where(
+                        (rollouts.c.model_name == model_name) & rollouts.c.state.in_(IN_EFFECT)
+                    )
+                )
+            ]
+            if ids:
+                conn.execute(
+                    rollouts.update()
+                    .where(rollouts.c.rollout_id.in_(ids))
+                    .values(
+                        state="superseded",
+                        reason="a fleet-wide deployment replaced it",
+                        updated_at=int(time.time()),
+                    )
+                )
+        return ids
+
+    @staticmethod
+    def _lock(conn: sa.Connection, rollout_id: int) -> str:
+        row = conn.execute(
+            sa.select(rollouts.c.state).where(rollouts.c.rollout_id == rollout_id).with_for_update()
+        ).first()
+        if row is None:
+            raise NotFoundError(f"rollout {rollout_id} does not exist")
+        return str(row[0])
+
+    # the controller ----------------------------------------------------------------------------
+
+    def ticking(self) -> list[int]:
+        """Rollouts the controller looks after: live ones and completed ones (late joiners)."""
+        with self._engine.connect() as conn:
+            return [
+                int(r[0])
+                for r in conn.execute(
+                    sa.select(rollouts.c.rollout_id).where(
+                        rollouts.c.state.in_(("running", "paused", "completed"))
+                    )
+                )
+            ]
+
+    def tick(self, rollout_id: int, now: int | None = None) -> tuple[Decision, list[str]]:
+        """One controller step: add late joiners, judge the current wave, advance, complete or
+        pause, and assign waiting devices up to the concurrency cap.
+
+        Returns the decision and the devices assigned now (to nudge).
+        """
+        now = int(time.time()) if now is None else now
+        with self._engine.begin() as conn:
+            state = self._lock(conn, rollout_id)
+            r = _row(
+                conn.execute(sa.select(rollouts).where(rollouts.c.rollout_id == rollout_id))
+                .mappings()
+                .one()
+            )
+            if state not in ("running", "paused", "completed"):
+                return Decision("wait"), []
+            waves = parse_waves(r.waves)
+            last = len(waves) - 1
+            joiners = [
+                d
+                for d, labels in self._active_devices(conn, exclude_rollout=rollout_id)
+                if matches(r.selector, labels)
+            ]
+            self._insert_devices(conn, rollout_id, dict.fromkeys(joiners, last), now)
+            if state == "paused":
+                return Decision("wait", r.reason), []
+            current = r.current_wave
+            decision = Decision("wait")
+            if state == "running":
+                counts = [w.counts for w in self._wave_status(conn, r, now)]
+                decision = decide(
+                    counts,
+                    current,
+                    r.success_threshold,
+                    r.failure_threshold,
+                    r.forgiven_failures,
+                )
+                values: dict[str, Any] = {}
+                if decision.action == "advance":
+                    current += 1
+                    values = {"current_wave": current, "reason": f"wave {current} started"}
+                elif decision.action == "complete":
+                    values = {"state": "completed", "reason": "every wave reached its threshold"}
+                elif decision.action == "pause":
+                    values = {"state": "paused", "reason": decision.reason[:1024]}
+                if values:
+                    conn.execute(
+                        rollouts.update()
+                        .where(rollouts.c.rollout_id == rollout_id)
+                        .values(updated_at=now, **values)
+                    )
+                if decision.action == "pause":
+                    return decision, []
+            assigned = self._assign(conn, r, last if state == "completed" else current, now)
+        return decision, assigned
+
+    @staticmethod
+    def _assign(conn: sa.Connection, r: RolloutRow, up_to_wave: int, now: int) -> list[str]:
+        key = rollout_devices.c.rollout_id == r.rollout_id
+        limit: int | None = None
+        if r.max_concurrent:
+            in_flight = conn.execute(
+                sa.select(sa.func.count()).where(
+                    key
+                    & (rollout_devices.c.state == "assigned")
+                    & (rollout_devices.c.assigned_at >= now - r.device_timeout_s)
+                )
+            ).scalar_one()
+            limit = max(0, r.max_concurrent - int(in_flight))
+            if limit == 0:
+                return []
+        query = (
+            sa.select(rollout_devices.c.device_id)
+            .where(
+                key
+                & (rollout_devices.c.state == "waiting")
+                & (rollout_devices.c.wave <= up_to_wave)
+            )
+            .order_by(rollout_devices.c.wave, rollout_devices.c.device_id)
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        chosen = [str(row[0]) for row in conn.execute(query)]
+        for start in range(0, len(chosen), _BATCH):
+            conn.execute(
+                rollout_devices.update()
+                .where(key & rollout_devices.c.device_id.in_(chosen[start : start + _BATCH]))
+                .values(state="assigned", assigned_at=now, updated_at=now)
+            )
+        return chosen
+
+    # what devices see and say ------------------------------------------------------------------
+
+    def desired_rows(self, device_id: str) -> list[DesiredRow]:
+        """The rollouts that reached a device, oldest first."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(
+                    rollouts.c.rollout_id,
+                    rollouts.c.model_name,
+                    rollouts.c.version,
+                    rollouts.c.state,
+                    rollout_devices.c.state,
+                    rollouts.c.rollback_envelope,
+                )
+                .select_from(rollout_devices.join(rollouts))
+                .where(rollout_devices.c.device_id == device_id)
+                .order_by(rollouts.c.rollout_id)
+            ).all()
+        return [
+            DesiredRow(int(a), str(b), str(c), str(d), str(e), bytes(f) if f else None)
+            for a, b, c, d, e, f in rows
+        ]
+
+    def report(self, device_id: str, model_name: str, version: str, outcome: str) -> None:
+        """Record a device's update outcome in the live rollouts of that model and version.
+
+        ``outcome`` is "installed" or "failed"; a failure after an install (a health rollback)
+        counts as a failure.
+        """
+        sources = ("assigned", "failed") if outcome == "installed" else ("assigned", "installed")
+        now = int(time.time())
+        with self._engine.begin() as conn:
+            conn.execute(
+                rollout_devices.update()
+                .where(
+                    (rollout_devices.c.device_id == device_id)
+                    & rollout_devices.c.state.in_(sources)
+                    & rollout_devices.c.rollout_id.in_(
+                        sa.select(rollouts.c.rollout_id).where(
+                            (rollouts.c.model_name == model_name)
+                            & (rollouts.c.version == version)
+                            & rollouts.c.state.in_(("running", "paused", "completed"))
+                        )
+                    )
+                )
+                .values(state=outcome, updated_at=now)
+            )
+
+    def model_envelopes(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+        """Signed manifests of (model, version) pairs."""
+        if not pairs:
+            return {}
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(models.c.model_name, models.c.version, models.c.envelope).where(
+                    sa.tuple_(models.c.model_name, models.c.version).in_(list(pairs))
+                )
+            ).all()
+        return {(str(a), str(b)): bytes(c) for a, b, c in rows}
+
+    # audit -------------------------------------------------------------------------------------
+
+    def audit(
+        self, actor: str, action: str, target: str, detail: str, *, ok: bool, error: str = ""
+    ) -> None:
+        """Append one entry to the audit log."""
+        with self._engine.begin() as conn:
+            conn.execute(
+                audit_log.insert().values(
+                    at=int(time.time()),
+                    actor=actor[:128],
+                    action=action[:64],
+                    target=target[:255],
+                    detail=detail[:8192],
+                    ok=ok,
+                    error=error[:1024],
+                )
+            )
+
+    def audit_entries(self, limit: int = 100, before_id: int = 0) -> list[AuditRow]:
+        """Newest first."""
+        query = sa.select(audit_log).order_by(audit_log.c.id.desc()).limit(max(1, limit))
+        if before_id:
+            query = query.where(audit_log.c.id < before_id)
+        with self._engine.connect() as conn:
+            return [AuditRow(**r) for r in conn.execute(query).mappings().all()]
