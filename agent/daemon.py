@@ -12,6 +12,7 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Sequence
 
 from agent.client import DeviceClient
 from agent.config import AgentConfig
@@ -74,6 +75,7 @@ class Agent:
         self.store.root.mkdir(parents=True, exist_ok=True)
         self.identity = Identity.load(self.store.root)
         self._pending_reports = Updater.recover(self.store, self._health_policy())
+        self._cloud_routes: dict[str, str] = {}
         Updater.load_active_into(self.store, self.engine)
         try:
             server, port = create_server(
@@ -206,6 +208,7 @@ class Agent:
                 if response.HasField("keylist"):
                     self._rotate_keys(response.keylist.SerializeToString(), updater)
                 updater.apply(response.desired)
+                self._note_cloud_routes(response.cloud)
                 attempt = 0
                 wait = interval
                 self._watch(stop, updater, wait)
@@ -236,6 +239,16 @@ class Agent:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or stop.wait(min(1.0, remaining)):
                 return
+
+    def _note_cloud_routes(self, routes: Sequence[device_pb2.CloudRoute]) -> None:
+        """Log, once per change, the models the server says this device cannot run locally.
+        (Serving them from the cloud is the cloud-routing issue's; until then they are not
+        served here, and what the device already runs keeps running.)"""
+        current = {r.model_name: f"{r.version}: {r.reason}" for r in routes}
+        for name, why in current.items():
+            if self._cloud_routes.get(name) != why:
+                log.warning("server routes %s %s to the cloud (no variant fits)", name, why)
+        self._cloud_routes = current
 
     def _rotate_keys(self, raw: bytes, updater: Updater) -> None:
         """Adopt a newer key list if the pinned root keys signed it; otherwise keep the old."""

@@ -99,24 +99,37 @@ def _sample_bytes(sample: Path, model: Path) -> bytes:
         raise BadRequestError("an image sample needs Pillow: pip install pillow") from exc
 
 
-def _cmd_push(args: argparse.Namespace) -> int:
-    path: Path = args.file
+def _size(path: Path) -> int:
     try:
-        size = path.stat().st_size
+        return path.stat().st_size
     except OSError as exc:
         raise BadRequestError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _send_file(path: Path, part: str) -> Iterator[pb.PushModelRequest]:
+    with path.open("rb") as handle:
+        while block := handle.read(_CHUNK):
+            message = pb.PushModelRequest()
+            setattr(message, part, block)
+            yield message
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    files: list[Path] = args.files
+    names: list[str] = args.variant or []
+    if len(names) > len(files):
+        raise BadRequestError(f"{len(names)} --variant names for {len(files)} file(s)")
+    names += [""] * (len(files) - len(names))  # the server names the rest by their kind
+    sizes = [_size(path) for path in files]
     fallback: Path | None = args.fallback
-    try:
-        fallback_size = fallback.stat().st_size if fallback else 0
-    except OSError as exc:
-        raise BadRequestError(f"cannot read {fallback}: {exc.strerror}") from exc
+    samples = [_sample_bytes(args.sample, path) if args.sample else b"" for path in files]
     meta = pb.PushModelMeta(
         model_name=args.name,
         version=args.version,
-        variant=args.variant,
-        size=size,
-        fallback_size=fallback_size,
-        sample=_sample_bytes(args.sample, path) if args.sample else b"",
+        variant=names[0],
+        size=sizes[0],
+        fallback_size=_size(fallback) if fallback else 0,
+        sample=samples[0],
         smoke_tolerance=args.smoke_tolerance,
         sign_offline=args.sign_offline,
         no_compression=args.no_compress,
@@ -126,30 +139,38 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
     def requests() -> Iterator[pb.PushModelRequest]:
         yield pb.PushModelRequest(meta=meta)
-        with path.open("rb") as handle:
-            while block := handle.read(_CHUNK):
-                yield pb.PushModelRequest(data=block)
+        yield from _send_file(files[0], "data")
         if fallback is not None:
-            with fallback.open("rb") as handle:
-                while block := handle.read(_CHUNK):
-                    yield pb.PushModelRequest(fallback_data=block)
+            yield from _send_file(fallback, "fallback_data")
+        more = zip(files[1:], names[1:], sizes[1:], samples[1:], strict=True)
+        for path, name, size, sample in more:
+            header = pb.VariantHeader(variant=name, size=size, sample=sample)
+            yield pb.PushModelRequest(variant=header)
+            yield from _send_file(path, "data")
 
     admin = _admin(args)
     response = admin.call("PushModel", requests())
-    model = response.model
+    variants = list(response.variants) or [response.model]
+    first = variants[0]
     print(
-        f"pushed {model.model_name} {model.version} ({model.variant}): {model.size} bytes, "
-        f"sha256 {model.sha256[:16]}..., release {model.release_counter}, signed"
-        + (f"; CPU fallback {model.fallback_sha256[:16]}..." if model.fallback_sha256 else "")
+        f"pushed {first.model_name} {first.version}, release {first.release_counter}, "
+        f"{len(variants)} variant(s)" + ("" if response.unsigned_manifests else ", signed")
     )
-    if model.smoke_top_indices:
-        print(f"smoke test: the sample's top classes are {list(model.smoke_top_indices)}")
-    if response.unsigned_manifest:
-        out = args.manifest_out or Path(f"{args.name}-{args.version}.manifest")
-        out.write_bytes(response.unsigned_manifest)
+    for m in variants:
         print(
-            f"not signed: wrote the manifest to {out}; sign it where the release key is "
-            f"('edgefleet manifest sign {out} --key KEY') and attach the result"
+            f"  {m.variant:14} {m.quantization:13} {m.size:10d} bytes  sha256 {m.sha256[:16]}..."
+            + (f"  CPU fallback {m.fallback_sha256[:12]}..." if m.fallback_sha256 else "")
+            + (f"  smoke top {list(m.smoke_top_indices)}" if m.smoke_top_indices else "")
+        )
+    unsigned = list(response.unsigned_manifests)
+    for m, payload in zip(variants, unsigned, strict=False):  # unsigned is empty when signed
+        out = args.manifest_out or Path(f"{args.name}-{args.version}.manifest")
+        if len(unsigned) > 1:
+            out = out.with_name(f"{out.stem}-{m.variant}{out.suffix}")
+        out.write_bytes(payload)
+        print(
+            f"not signed: wrote {m.variant}'s manifest to {out}; sign it where the release key "
+            f"is ('edgefleet manifest sign {out} --key KEY') and attach the result"
         )
     if args.deploy:
         admin.call("Deploy", pb.DeployRequest(model_name=args.name, version=args.version))
@@ -202,8 +223,11 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     prepared = admin.call(
         "PrepareRollback", pb.DeployRequest(model_name=args.name, version=args.version)
     )
-    envelope = sign_envelope(MANIFEST_PAYLOAD_TYPE, prepared.unsigned_manifest, keys)
-    admin.call("CommitRollback", pb.AttachSignaturesRequest(envelope=envelope))
+    first, *rest = [
+        sign_envelope(MANIFEST_PAYLOAD_TYPE, payload, keys)
+        for payload in prepared.unsigned_manifests or [prepared.unsigned_manifest]
+    ]
+    admin.call("CommitRollback", pb.AttachSignaturesRequest(envelope=first, envelopes=rest))
     manifest = manifest_pb2.Manifest.FromString(prepared.unsigned_manifest)
     print(
         f"rolled {manifest.model_name} back to {manifest.version} (release "
@@ -378,10 +402,8 @@ def _cmd_manifest_attach(args: argparse.Namespace) -> int:
     except DecodeError as exc:
         raise BadRequestError(f"{args.file} is not a signed manifest") from exc
     response = _admin(args).call("AttachSignatures", pb.AttachSignaturesRequest(envelope=envelope))
-    print(
-        f"attached: {response.model.model_name} {response.model.version} is signed and can "
-        "be deployed"
-    )
+    model = response.model
+    print(f"attached: {model.model_name} {model.version} ({model.variant}) is signed")
     return 0
 
 
@@ -429,6 +451,37 @@ def _cmd_devices_label(args: argparse.Namespace) -> int:
     )
     shown = ", ".join(f"{k}={v}" for k, v in sorted(device.labels.items())) or "none"
     print(f"{device.device_id}: labels {shown}")
+    return 0
+
+
+def _cmd_devices_explain(args: argparse.Namespace) -> int:
+    response = _admin(args).call(
+        "ExplainVariant",
+        pb.ExplainVariantRequest(
+            device_id=args.device, model_name=args.model, version=args.model_version or ""
+        ),
+    )
+    if args.json:
+        print(
+            json.dumps(
+                MessageToDict(
+                    response,
+                    preserving_proto_field_name=True,
+                    always_print_fields_with_no_presence=True,
+                ),
+                indent=2,
+            )
+        )
+        return 0
+    outcome = response.variant or "the cloud (no variant fits)"
+    print(
+        f"{response.device_id} ({response.hardware_class}) gets {response.model_name} "
+        f"{response.version}: {outcome}"
+    )
+    print(f"  because {response.reason}")
+    for v in response.verdicts:
+        mark = "*" if v.chosen else " "
+        print(f"{mark} {v.variant:14} {v.quantization:13} {v.reason}")
     return 0
 
 
@@ -561,9 +614,13 @@ def _cmd_rollouts_rollback(args: argparse.Namespace) -> int:
     keys = _root_keys(args)
     admin = _admin(args)
     prepared = admin.call("PrepareRolloutRollback", pb.RolloutRequest(rollout_id=args.id))
-    envelope = sign_envelope(MANIFEST_PAYLOAD_TYPE, prepared.unsigned_manifest, keys)
+    first, *rest = [
+        sign_envelope(MANIFEST_PAYLOAD_TYPE, payload, keys)
+        for payload in prepared.unsigned_manifests or [prepared.unsigned_manifest]
+    ]
     rollout = admin.call(
-        "CommitRolloutRollback", pb.RolloutRollbackRequest(rollout_id=args.id, envelope=envelope)
+        "CommitRolloutRollback",
+        pb.RolloutRollbackRequest(rollout_id=args.id, envelope=first, envelopes=rest),
     )
     print(
         f"rollout {rollout.rollout_id} rolled back: its devices return to "
@@ -618,11 +675,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="the model catalog")
     models_sub = models.add_subparsers(dest="action", required=True)
-    push = models_sub.add_parser("push", help="upload a .tflite model version; the server signs it")
-    push.add_argument("file", type=Path)
+    push = models_sub.add_parser(
+        "push",
+        help="upload a model version in one or more variants; the server signs them",
+        description="Upload one or more .tflite variants of one model version (float32, int8, "
+        "Edge TPU...). The server inspects each, derives what it needs, and gives each device "
+        "the variant that fits it best ('edgefleet devices explain' shows why).",
+    )
+    push.add_argument("files", type=Path, nargs="+", metavar="FILE")
     push.add_argument("--name", required=True, help="model name")
     push.add_argument("--version", required=True, help="semantic version, e.g. 1.0.0")
-    push.add_argument("--variant", default="default", help="variant label (int8, float32, ...)")
+    push.add_argument(
+        "--variant",
+        action="append",
+        help="variant name per FILE, in order (default: by kind: int8, edgetpu, float32...)",
+    )
     push.add_argument("--deploy", action="store_true", help="also deploy it to the whole fleet")
     push.add_argument(
         "--sample",
@@ -647,7 +714,8 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument(
         "--fallback",
         type=Path,
-        help="for an Edge TPU model: its CPU variant, served where the Edge TPU cannot be used",
+        help="for an Edge TPU model (the first FILE): its CPU variant, served where the Edge "
+        "TPU cannot be used (among several FILEs the best CPU variant is paired on its own)",
     )
     push.set_defaults(func=_cmd_push)
     mlist = models_sub.add_parser("list", help="list model versions")
@@ -723,6 +791,17 @@ def build_parser() -> argparse.ArgumentParser:
     dlabel.add_argument("labels", nargs="*", metavar="KEY=VALUE")
     dlabel.add_argument("--remove", action="append", metavar="KEY", help="remove this label")
     dlabel.set_defaults(func=_cmd_devices_label)
+    dexplain = devices_sub.add_parser(
+        "explain",
+        help="which variant of a model a device gets, and why each other variant lost",
+    )
+    dexplain.add_argument("device")
+    dexplain.add_argument("model")
+    dexplain.add_argument(
+        "--model-version", help="this version (default: what the device is told to run)"
+    )
+    dexplain.add_argument("--json", action="store_true")
+    dexplain.set_defaults(func=_cmd_devices_explain)
     drevoke = devices_sub.add_parser(
         "revoke", help="refuse a device's credentials from now on (a lost or stolen device)"
     )

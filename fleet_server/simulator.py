@@ -42,12 +42,16 @@ class SimDevice:
         channel: grpc.Channel,
         enrollment_token: str,
         name: str,
+        *,
         labels: dict[str, str] | None = None,
         fail_versions: Collection[str] = (),
+        capabilities: pb.Capabilities | None = None,
     ) -> SimDevice:
         """Enroll a new simulated device."""
         stub = pb_grpc.DeviceServiceStub(channel)
         device = cls(stub, fail_versions=fail_versions)
+        if capabilities is not None:
+            device.capabilities = capabilities
         response = stub.Enroll(
             pb.EnrollRequest(
                 enrollment_token=enrollment_token,
@@ -68,7 +72,8 @@ class SimDevice:
     def check_in(self, act: bool = True) -> pb.CheckInResponse:
         """Check in; with ``act``, "install" whatever new version the answer names."""
         request = pb.CheckInRequest(
-            active=[pb.ActiveModel(model_name=m, version=v) for m, v in self.running.items()]
+            capabilities=self.capabilities,
+            active=[pb.ActiveModel(model_name=m, version=v) for m, v in self.running.items()],
         )
         response: pb.CheckInResponse = self.stub.CheckIn(
             request, timeout=30, metadata=self._metadata

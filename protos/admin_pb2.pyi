@@ -53,17 +53,29 @@ class PushModelMeta(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., size: _Optional[int] = ..., fallback_size: _Optional[int] = ..., sample: _Optional[bytes] = ..., smoke_tolerance: _Optional[float] = ..., sign_offline: _Optional[bool] = ..., no_compression: _Optional[bool] = ...) -> None: ...
 
 class PushModelRequest(_message.Message):
-    __slots__ = ("meta", "data", "fallback_data")
+    __slots__ = ("meta", "data", "fallback_data", "variant")
     META_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_DATA_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
     meta: PushModelMeta
     data: bytes
     fallback_data: bytes
-    def __init__(self, meta: _Optional[_Union[PushModelMeta, _Mapping]] = ..., data: _Optional[bytes] = ..., fallback_data: _Optional[bytes] = ...) -> None: ...
+    variant: VariantHeader
+    def __init__(self, meta: _Optional[_Union[PushModelMeta, _Mapping]] = ..., data: _Optional[bytes] = ..., fallback_data: _Optional[bytes] = ..., variant: _Optional[_Union[VariantHeader, _Mapping]] = ...) -> None: ...
+
+class VariantHeader(_message.Message):
+    __slots__ = ("variant", "size", "sample")
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    variant: str
+    size: int
+    sample: bytes
+    def __init__(self, variant: _Optional[str] = ..., size: _Optional[int] = ..., sample: _Optional[bytes] = ...) -> None: ...
 
 class ModelVersionInfo(_message.Message):
-    __slots__ = ("model_name", "version", "variant", "release_counter", "sha256", "size", "created_unix", "edgetpu", "deployed", "fallback_sha256", "smoke_top_indices", "signed")
+    __slots__ = ("model_name", "version", "variant", "release_counter", "sha256", "size", "created_unix", "edgetpu", "deployed", "fallback_sha256", "smoke_top_indices", "signed", "quantization", "requirements_json")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +88,8 @@ class ModelVersionInfo(_message.Message):
     FALLBACK_SHA256_FIELD_NUMBER: _ClassVar[int]
     SMOKE_TOP_INDICES_FIELD_NUMBER: _ClassVar[int]
     SIGNED_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    REQUIREMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: str
     variant: str
@@ -88,21 +102,69 @@ class ModelVersionInfo(_message.Message):
     fallback_sha256: str
     smoke_top_indices: _containers.RepeatedScalarFieldContainer[int]
     signed: bool
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., release_counter: _Optional[int] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., created_unix: _Optional[int] = ..., edgetpu: _Optional[bool] = ..., deployed: _Optional[bool] = ..., fallback_sha256: _Optional[str] = ..., smoke_top_indices: _Optional[_Iterable[int]] = ..., signed: _Optional[bool] = ...) -> None: ...
+    quantization: str
+    requirements_json: str
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., release_counter: _Optional[int] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., created_unix: _Optional[int] = ..., edgetpu: _Optional[bool] = ..., deployed: _Optional[bool] = ..., fallback_sha256: _Optional[str] = ..., smoke_top_indices: _Optional[_Iterable[int]] = ..., signed: _Optional[bool] = ..., quantization: _Optional[str] = ..., requirements_json: _Optional[str] = ...) -> None: ...
 
 class PushModelResponse(_message.Message):
-    __slots__ = ("model", "unsigned_manifest")
+    __slots__ = ("model", "unsigned_manifest", "variants", "unsigned_manifests")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     UNSIGNED_MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    UNSIGNED_MANIFESTS_FIELD_NUMBER: _ClassVar[int]
     model: ModelVersionInfo
     unsigned_manifest: bytes
-    def __init__(self, model: _Optional[_Union[ModelVersionInfo, _Mapping]] = ..., unsigned_manifest: _Optional[bytes] = ...) -> None: ...
+    variants: _containers.RepeatedCompositeFieldContainer[ModelVersionInfo]
+    unsigned_manifests: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, model: _Optional[_Union[ModelVersionInfo, _Mapping]] = ..., unsigned_manifest: _Optional[bytes] = ..., variants: _Optional[_Iterable[_Union[ModelVersionInfo, _Mapping]]] = ..., unsigned_manifests: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class AttachSignaturesRequest(_message.Message):
-    __slots__ = ("envelope",)
+    __slots__ = ("envelope", "envelopes")
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPES_FIELD_NUMBER: _ClassVar[int]
     envelope: _manifest_pb2.Envelope
-    def __init__(self, envelope: _Optional[_Union[_manifest_pb2.Envelope, _Mapping]] = ...) -> None: ...
+    envelopes: _containers.RepeatedCompositeFieldContainer[_manifest_pb2.Envelope]
+    def __init__(self, envelope: _Optional[_Union[_manifest_pb2.Envelope, _Mapping]] = ..., envelopes: _Optional[_Iterable[_Union[_manifest_pb2.Envelope, _Mapping]]] = ...) -> None: ...
+
+class ExplainVariantRequest(_message.Message):
+    __slots__ = ("device_id", "model_name", "version")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    model_name: str
+    version: str
+    def __init__(self, device_id: _Optional[str] = ..., model_name: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class VariantVerdict(_message.Message):
+    __slots__ = ("variant", "quantization", "chosen", "reason")
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    CHOSEN_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    variant: str
+    quantization: str
+    chosen: bool
+    reason: str
+    def __init__(self, variant: _Optional[str] = ..., quantization: _Optional[str] = ..., chosen: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ExplainVariantResponse(_message.Message):
+    __slots__ = ("device_id", "model_name", "version", "variant", "reason", "hardware_class", "verdicts")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    HARDWARE_CLASS_FIELD_NUMBER: _ClassVar[int]
+    VERDICTS_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    model_name: str
+    version: str
+    variant: str
+    reason: str
+    hardware_class: str
+    verdicts: _containers.RepeatedCompositeFieldContainer[VariantVerdict]
+    def __init__(self, device_id: _Optional[str] = ..., model_name: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., reason: _Optional[str] = ..., hardware_class: _Optional[str] = ..., verdicts: _Optional[_Iterable[_Union[VariantVerdict, _Mapping]]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -221,12 +283,14 @@ class RolloutRequest(_message.Message):
     def __init__(self, rollout_id: _Optional[int] = ...) -> None: ...
 
 class RolloutRollbackRequest(_message.Message):
-    __slots__ = ("rollout_id", "envelope")
+    __slots__ = ("rollout_id", "envelope", "envelopes")
     ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPES_FIELD_NUMBER: _ClassVar[int]
     rollout_id: int
     envelope: _manifest_pb2.Envelope
-    def __init__(self, rollout_id: _Optional[int] = ..., envelope: _Optional[_Union[_manifest_pb2.Envelope, _Mapping]] = ...) -> None: ...
+    envelopes: _containers.RepeatedCompositeFieldContainer[_manifest_pb2.Envelope]
+    def __init__(self, rollout_id: _Optional[int] = ..., envelope: _Optional[_Union[_manifest_pb2.Envelope, _Mapping]] = ..., envelopes: _Optional[_Iterable[_Union[_manifest_pb2.Envelope, _Mapping]]] = ...) -> None: ...
 
 class WaveStatus(_message.Message):
     __slots__ = ("index", "target", "devices", "waiting", "assigned", "installed", "failed", "stalled")

@@ -84,6 +84,11 @@ class AdminServiceStub:
                 request_serializer=protos_dot_admin__pb2.DeviceRequest.SerializeToString,
                 response_deserializer=protos_dot_admin__pb2.DeviceInfo.FromString,
                 _registered_method=True)
+        self.ExplainVariant = channel.unary_unary(
+                '/edgefleet.v1.AdminService/ExplainVariant',
+                request_serializer=protos_dot_admin__pb2.ExplainVariantRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.ExplainVariantResponse.FromString,
+                _registered_method=True)
         self.CreateRollout = channel.unary_unary(
                 '/edgefleet.v1.AdminService/CreateRollout',
                 request_serializer=protos_dot_admin__pb2.CreateRolloutRequest.SerializeToString,
@@ -201,6 +206,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExplainVariant(self, request, context):
+        """Which variant of a model a device gets, and why each other variant lost.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateRollout(self, request, context):
         """Staged rollouts: a version goes to the devices matching a label selector in waves.
         """
@@ -312,6 +324,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeDevice,
                     request_deserializer=protos_dot_admin__pb2.DeviceRequest.FromString,
                     response_serializer=protos_dot_admin__pb2.DeviceInfo.SerializeToString,
+            ),
+            'ExplainVariant': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainVariant,
+                    request_deserializer=protos_dot_admin__pb2.ExplainVariantRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.ExplainVariantResponse.SerializeToString,
             ),
             'CreateRollout': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateRollout,
@@ -629,6 +646,33 @@ class AdminService:
             '/edgefleet.v1.AdminService/RevokeDevice',
             protos_dot_admin__pb2.DeviceRequest.SerializeToString,
             protos_dot_admin__pb2.DeviceInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainVariant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/ExplainVariant',
+            protos_dot_admin__pb2.ExplainVariantRequest.SerializeToString,
+            protos_dot_admin__pb2.ExplainVariantResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,7 +24,7 @@ FAILED: UpdateState
 ROLLED_BACK: UpdateState
 
 class Capabilities(_message.Message):
-    __slots__ = ("arch", "cpu_cores", "memory_bytes", "disk_free_bytes", "edgetpu_count", "runtime", "runtime_version", "agent_version", "os", "edgetpus", "libedgetpu", "libedgetpu_version", "temperatures_c")
+    __slots__ = ("arch", "cpu_cores", "memory_bytes", "disk_free_bytes", "edgetpu_count", "runtime", "runtime_version", "agent_version", "os", "edgetpus", "libedgetpu", "libedgetpu_version", "temperatures_c", "max_builtin_op")
     class TemperaturesCEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,7 @@ class Capabilities(_message.Message):
     LIBEDGETPU_FIELD_NUMBER: _ClassVar[int]
     LIBEDGETPU_VERSION_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURES_C_FIELD_NUMBER: _ClassVar[int]
+    MAX_BUILTIN_OP_FIELD_NUMBER: _ClassVar[int]
     arch: str
     cpu_cores: int
     memory_bytes: int
@@ -58,7 +59,8 @@ class Capabilities(_message.Message):
     libedgetpu: bool
     libedgetpu_version: str
     temperatures_c: _containers.ScalarMap[str, float]
-    def __init__(self, arch: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., edgetpu_count: _Optional[int] = ..., runtime: _Optional[str] = ..., runtime_version: _Optional[str] = ..., agent_version: _Optional[str] = ..., os: _Optional[str] = ..., edgetpus: _Optional[_Iterable[_Union[EdgeTpu, _Mapping]]] = ..., libedgetpu: _Optional[bool] = ..., libedgetpu_version: _Optional[str] = ..., temperatures_c: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    max_builtin_op: int
+    def __init__(self, arch: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., edgetpu_count: _Optional[int] = ..., runtime: _Optional[str] = ..., runtime_version: _Optional[str] = ..., agent_version: _Optional[str] = ..., os: _Optional[str] = ..., edgetpus: _Optional[_Iterable[_Union[EdgeTpu, _Mapping]]] = ..., libedgetpu: _Optional[bool] = ..., libedgetpu_version: _Optional[str] = ..., temperatures_c: _Optional[_Mapping[str, float]] = ..., max_builtin_op: _Optional[int] = ...) -> None: ...
 
 class EdgeTpu(_message.Message):
     __slots__ = ("device", "kind", "path", "state")
@@ -128,16 +130,28 @@ class CheckInRequest(_message.Message):
     def __init__(self, capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., active: _Optional[_Iterable[_Union[ActiveModel, _Mapping]]] = ...) -> None: ...
 
 class CheckInResponse(_message.Message):
-    __slots__ = ("desired", "next_checkin_s", "mqtt_url", "keylist")
+    __slots__ = ("desired", "next_checkin_s", "mqtt_url", "keylist", "cloud")
     DESIRED_FIELD_NUMBER: _ClassVar[int]
     NEXT_CHECKIN_S_FIELD_NUMBER: _ClassVar[int]
     MQTT_URL_FIELD_NUMBER: _ClassVar[int]
     KEYLIST_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_FIELD_NUMBER: _ClassVar[int]
     desired: _containers.RepeatedCompositeFieldContainer[_manifest_pb2.Envelope]
     next_checkin_s: int
     mqtt_url: str
     keylist: _manifest_pb2.Envelope
-    def __init__(self, desired: _Optional[_Iterable[_Union[_manifest_pb2.Envelope, _Mapping]]] = ..., next_checkin_s: _Optional[int] = ..., mqtt_url: _Optional[str] = ..., keylist: _Optional[_Union[_manifest_pb2.Envelope, _Mapping]] = ...) -> None: ...
+    cloud: _containers.RepeatedCompositeFieldContainer[CloudRoute]
+    def __init__(self, desired: _Optional[_Iterable[_Union[_manifest_pb2.Envelope, _Mapping]]] = ..., next_checkin_s: _Optional[int] = ..., mqtt_url: _Optional[str] = ..., keylist: _Optional[_Union[_manifest_pb2.Envelope, _Mapping]] = ..., cloud: _Optional[_Iterable[_Union[CloudRoute, _Mapping]]] = ...) -> None: ...
+
+class CloudRoute(_message.Message):
+    __slots__ = ("model_name", "version", "reason")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    version: str
+    reason: str
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
     __slots__ = ("artifact_id", "offset")

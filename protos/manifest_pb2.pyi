@@ -67,14 +67,18 @@ class ArtifactRef(_message.Message):
     def __init__(self, artifact_id: _Optional[str] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class Requirements(_message.Message):
-    __slots__ = ("edgetpu", "min_memory_bytes", "min_disk_bytes")
+    __slots__ = ("edgetpu", "min_memory_bytes", "min_disk_bytes", "quantization", "max_op_code")
     EDGETPU_FIELD_NUMBER: _ClassVar[int]
     MIN_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     MIN_DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    MAX_OP_CODE_FIELD_NUMBER: _ClassVar[int]
     edgetpu: bool
     min_memory_bytes: int
     min_disk_bytes: int
-    def __init__(self, edgetpu: _Optional[bool] = ..., min_memory_bytes: _Optional[int] = ..., min_disk_bytes: _Optional[int] = ...) -> None: ...
+    quantization: str
+    max_op_code: int
+    def __init__(self, edgetpu: _Optional[bool] = ..., min_memory_bytes: _Optional[int] = ..., min_disk_bytes: _Optional[int] = ..., quantization: _Optional[str] = ..., max_op_code: _Optional[int] = ...) -> None: ...
 
 class Envelope(_message.Message):
     __slots__ = ("payload_type", "payload", "signatures")
@@ -85,6 +89,12 @@ class Envelope(_message.Message):
     payload: bytes
     signatures: _containers.RepeatedCompositeFieldContainer[Signature]
     def __init__(self, payload_type: _Optional[str] = ..., payload: _Optional[bytes] = ..., signatures: _Optional[_Iterable[_Union[Signature, _Mapping]]] = ...) -> None: ...
+
+class EnvelopeSet(_message.Message):
+    __slots__ = ("envelopes",)
+    ENVELOPES_FIELD_NUMBER: _ClassVar[int]
+    envelopes: _containers.RepeatedCompositeFieldContainer[Envelope]
+    def __init__(self, envelopes: _Optional[_Iterable[_Union[Envelope, _Mapping]]] = ...) -> None: ...
 
 class Signature(_message.Message):
     __slots__ = ("keyid", "sig")

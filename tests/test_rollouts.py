@@ -30,7 +30,7 @@ class Fleet:
 
     def enroll(self, name: str, fail: tuple[str, ...] = (), **labels: str) -> SimDevice:
         device = SimDevice.enroll(
-            self.channel, self.server.enrollment_token(), name, labels, fail_versions=fail
+            self.channel, self.server.enrollment_token(), name, labels=labels, fail_versions=fail
         )
         self.devices.append(device)
         return device

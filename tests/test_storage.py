@@ -55,7 +55,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(db_url: str) -> Non
     assert db.model_by_sha("ab" * 32) is not None
     with db.engine.connect() as conn:
         version = conn.execute(sa.text("SELECT value FROM schema_meta")).scalar()
-    assert version == str(SCHEMA_VERSION) == "9"
+    assert version == str(SCHEMA_VERSION) == "10"
     db.create_schema()  # idempotent
     db.close()
 
@@ -92,6 +92,41 @@ def test_devices_of_the_same_name_enrolling_at_once_get_distinct_ids(db_url: str
     db.close()
 
 
+def test_version_9_rollback_manifests_become_envelope_sets(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleet_server.storage import db as db_module
+    from protos import manifest_pb2
+
+    engine = sa.create_engine(db_url)
+    blob = "BYTEA" if engine.dialect.name == "postgresql" else "BLOB"
+    with engine.begin() as conn:
+        for statement in V1:
+            conn.execute(sa.text(statement.format(blob=blob)))
+        conn.execute(
+            sa.text("INSERT INTO models VALUES ('m', '1.0.0', 'tpu', 1, :sha, 10, true, :env, 0)"),
+            {"sha": "ab" * 32, "env": b"\0"},
+        )
+    engine.dispose()
+    monkeypatch.setattr(db_module, "SCHEMA_VERSION", 9)
+    db = Database(db_url)
+    db.create_schema()
+    rollback = manifest_pb2.Envelope(payload_type="t", payload=b"p").SerializeToString()
+    with db.engine.begin() as conn:
+        conn.execute(
+            sa.text("INSERT INTO deployments VALUES ('m', '1.0.0', 0, :env)"), {"env": rollback}
+        )
+    monkeypatch.setattr(db_module, "SCHEMA_VERSION", 10)
+    db.create_schema()
+    ((version, wrapped),) = db.deployments().values()
+    assert version == "1.0.0" and wrapped is not None
+    assert manifest_pb2.EnvelopeSet.FromString(wrapped).envelopes[0].payload == b"p"
+    (row,) = db.get_variants("m", "1.0.0")
+    assert (row.variant, row.quantization) == ("tpu", "edgetpu")
+    assert db.next_release_counter("m") == 2
+    db.close()
+
+
 def test_two_releases_cannot_share_a_counter(db_url: str) -> None:
     db = Database(db_url)
     db.create_schema()
@@ -109,9 +144,9 @@ def test_registry_and_deployments_round_trip(db_url: str) -> None:
     device = db.add_device("cam", "t", {"site": "lab"}, {"arch": "aarch64"})
     db.add_model(ModelRow("m", "1.0.0", "int8", 1, "ab" * 32, 10, True, b"env", 0))
     db.deploy("m", "1.0.0")
-    assert db.desired_envelopes() == {"m": b"env"}
+    assert db.deployments() == {"m": ("1.0.0", None)}
     db.deploy("m", "1.0.0", envelope=b"rollback")
-    assert db.desired_envelopes() == {"m": b"rollback"}
+    assert db.deployments() == {"m": ("1.0.0", b"rollback")}
     db.set_device_model(device, "m", "1.0.0", "INSTALLED", "ok")
     db.set_active_version(device, "m", "1.0.0")
     assert db.record_telemetry(device, 3, {"seq": 3})

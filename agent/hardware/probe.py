@@ -22,6 +22,7 @@ from typing import Any
 
 from agent import __version__
 from agent.errors import RuntimeMissingError
+from agent.inference.modelfile import max_known_op_code
 from agent.inference.runtime import find_runtime
 from protos import device_pb2
 
@@ -65,6 +66,7 @@ class HardwareInfo:
     os: str
     temperatures_c: dict[str, float] = field(default_factory=dict)
     agent_version: str = __version__
+    max_builtin_op: int = 0  # the highest TFLite operator code the runtime knows
 
 
 def _read(path: Path) -> str:
@@ -193,6 +195,7 @@ def probe(
         runtime_version=runtime_version,
         os=f"{platform.system()} {platform.release()}",
         temperatures_c=_temperatures(sysfs),
+        max_builtin_op=max_known_op_code() if runtime_name else 0,
     )
 
 
@@ -215,4 +218,5 @@ def to_capabilities(info: HardwareInfo) -> device_pb2.Capabilities:
         libedgetpu=bool(info.libedgetpu),
         libedgetpu_version=info.libedgetpu_version,
         temperatures_c=info.temperatures_c,
+        max_builtin_op=info.max_builtin_op,
     )

@@ -23,6 +23,7 @@ __all__ = [
     "TensorInfo",
     "inspect_model_bytes",
     "inspect_model_file",
+    "max_known_op_code",
 ]
 
 EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
@@ -68,11 +69,32 @@ class ModelInfo:
     description: str
     signatures: tuple[SignatureInfo, ...] = ()
     activation_bytes: int = 0  # bytes of non-constant tensors: what one interpreter allocates
+    weight_dtypes: tuple[str, ...] = ()  # dtypes of the constant tensors
+    max_op_code: int = 0  # the highest builtin operator code used: the runtime must know it
 
     @property
     def edgetpu(self) -> bool:
         """True when the model was compiled for the Edge TPU and cannot run on a CPU alone."""
         return EDGETPU_CUSTOM_OP in self.custom_ops
+
+    @property
+    def quantization(self) -> str:
+        """What kind of variant this is: "edgetpu", "full_int8", "int16x8", "dynamic_int8"
+        (float inputs and outputs, int8 weights: dynamic-range or weight-only), "float16"
+        (float16 weights) or "float32"."""
+        if self.edgetpu:
+            return "edgetpu"
+        io = {t.dtype for t in (*self.inputs, *self.outputs)}
+        weights = set(self.weight_dtypes) - {"int32", "int64"}  # biases, shapes, indices
+        if "int16" in io and weights <= {"int8", "int16"}:
+            return "int16x8"
+        if io <= {"int8", "uint8"} and weights <= {"int8", "uint8"}:
+            return "full_int8"
+        if "float16" in weights:
+            return "float16"
+        if weights & {"int8", "uint8"}:
+            return "dynamic_int8"
+        return "float32"
 
 
 _TYPE_TO_DTYPE = {
@@ -154,11 +176,14 @@ def _inspect(schema: Any, data: bytes) -> ModelInfo:
     op_names = _enum_names(schema.BuiltinOperator)
     builtin: set[str] = set()
     custom: set[str] = set()
+    max_code = 0
     for i in range(model.OperatorCodesLength()):
         code = model.OperatorCodes(i)
         # Newer files keep the code in BuiltinCode; old ones only in DeprecatedBuiltinCode.
         value = max(int(code.BuiltinCode()), int(code.DeprecatedBuiltinCode()))
         name = op_names.get(value, f"OP_{value}")
+        if name != "CUSTOM":
+            max_code = max(max_code, value)
         if name == "CUSTOM":
             raw = code.CustomCode()
             custom.add(raw.decode("utf-8", "replace") if raw else "")
@@ -197,6 +222,8 @@ def _inspect(schema: Any, data: bytes) -> ModelInfo:
         description=raw_desc.decode("utf-8", "replace") if raw_desc else "",
         signatures=tuple(signatures),
         activation_bytes=_activation_bytes(model, graph, type_names),
+        weight_dtypes=_weight_dtypes(model, graph, type_names),
+        max_op_code=max_code,
     )
 
 
@@ -236,6 +263,32 @@ def _activation_bytes(model: Any, graph: Any, type_names: dict[int, str]) -> int
         dtype = _TYPE_TO_DTYPE.get(type_names.get(tensor.Type(), ""), "")
         total += count * _ITEM_SIZE.get(dtype, 4)
     return total
+
+
+def _weight_dtypes(model: Any, graph: Any, type_names: dict[int, str]) -> tuple[str, ...]:
+    """The dtypes of the tensors that carry constant data (weights, biases)."""
+    found: set[str] = set()
+    for i in range(graph.TensorsLength()):
+        tensor = graph.Tensors(i)
+        buffer_index = tensor.Buffer()
+        if 0 < buffer_index < model.BuffersLength():
+            buffer = model.Buffers(buffer_index)
+            if buffer is not None and (buffer.DataLength() > 0 or buffer.Size() > 0):
+                found.add(_TYPE_TO_DTYPE.get(type_names.get(tensor.Type(), ""), "unknown"))
+    return tuple(sorted(found))
+
+
+def max_known_op_code() -> int:
+    """The highest builtin operator code this device's runtime knows (0 when unknown).
+
+    Operator codes only ever grow, so a model whose highest code is above this one uses an
+    operator this runtime has never heard of.
+    """
+    try:
+        schema = _schema()
+    except RuntimeMissingError:
+        return 0
+    return max(_enum_names(schema.BuiltinOperator))
 
 
 def inspect_model_file(path: Path) -> ModelInfo:

@@ -6,23 +6,21 @@ import functools
 import json
 import logging
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf.json_format import MessageToJson
 from google.protobuf.message import DecodeError
 
-from agent.errors import ManifestError, ModelFileError
-from agent.inference.modelfile import MAX_MODEL_BYTES, ModelInfo, inspect_model_file
+from agent.errors import ManifestError
 from agent.updates.trust import TrustedKeys, count_signers, pin_keylist
 from fleet_server.api._errors import rpc_errors
 from fleet_server.api.auth import require_admin
-from fleet_server.catalog.smoke import expect
-from fleet_server.errors import AlreadyExistsError, BadRequestError, ConflictError, FleetError
-from fleet_server.signing.keys import ManifestSigner
+from fleet_server.api.push import MANIFEST_LIFETIME_S, Pusher
+from fleet_server.catalog.desired import device_targets, variant_of
+from fleet_server.catalog.select import choose, profile_from_capabilities
+from fleet_server.errors import BadRequestError, ConflictError, FleetError, NotFoundError
 from fleet_server.storage.db import DeviceRow, ModelRow
 from fleet_server.storage.rollouts import RolloutRow
 from protos import admin_pb2 as pb
@@ -37,12 +35,6 @@ __all__ = ["MANIFEST_LIFETIME_S", "AdminServicer"]
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-# Semantic version: MAJOR.MINOR.PATCH with optional -prerelease and +build.
-_SEMVER = re.compile(
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$"
-)
-_VARIANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-MANIFEST_LIFETIME_S = 365 * 24 * 3600
 DEFAULT_SUCCESS = 0.9
 DEFAULT_FAILURE = 0.1
 DEFAULT_DEVICE_TIMEOUT_S = 3600
@@ -63,6 +55,8 @@ def _model_info(row: ModelRow, deployed: dict[str, str]) -> pb.ModelVersionInfo:
         fallback_sha256=row.fallback_sha256 or "",
         smoke_top_indices=_smoke_indices(row),
         signed=bool(manifest_pb2.Envelope.FromString(row.envelope).signatures),
+        quantization=row.quantization,
+        requirements_json=row.requirements,
     )
 
 
@@ -179,44 +173,12 @@ def _smoke_indices(row: ModelRow) -> list[int]:
     return list(manifest_pb2.Manifest.FromString(envelope.payload).smoke.top_indices)
 
 
-def _inspect(path: Path, what: str) -> ModelInfo:
-    try:
-        return inspect_model_file(path)
-    except ModelFileError as exc:
-        raise BadRequestError(f"rejected {what}: {str(exc).split(': ', 1)[-1]}") from exc
-
-
-def _check_fallback(model: ModelInfo, fallback: ModelInfo) -> None:
-    """A CPU fallback must stand in for an Edge TPU model with the same inputs and outputs."""
-    if not model.edgetpu:
-        raise BadRequestError(
-            "a CPU fallback is for Edge TPU-compiled models; this one runs on CPU"
-        )
-    if fallback.edgetpu:
-        raise BadRequestError("the CPU fallback is itself compiled for the Edge TPU")
-
-    def io(info: ModelInfo) -> list[tuple[str, tuple[int, ...]]]:
-        return [(t.dtype, t.shape) for t in (*info.inputs, *info.outputs)]
-
-    if io(model) != io(fallback):
-        raise BadRequestError(
-            f"the CPU fallback's inputs and outputs {io(fallback)} differ from the model's "
-            f"{io(model)}"
-        )
-
-
 class AdminServicer(pb_grpc.AdminServiceServicer):
     """What the admin CLI calls. Every method requires the admin token."""
 
     def __init__(self, ctx: ServerContext) -> None:
         self._ctx = ctx
-        self._push_lock = threading.Lock()
-
-    def _discard(self, stored: list[tuple[str, Path]]) -> None:
-        """Remove artifacts of a push that failed, unless another version uses them."""
-        for digest, path in stored:
-            if self._ctx.db.model_by_sha(digest) is None:
-                path.unlink(missing_ok=True)
+        self._pusher = Pusher(ctx)
 
     def _trust(self, now: float) -> TrustedKeys:
         """The server's current key list, verified as a device would."""
@@ -245,7 +207,14 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         detail = MessageToJson(shown, indent=None, preserving_proto_field_name=True)
         target = f"model {meta.model_name} {meta.version}"
         try:
-            response = self._push_meta(meta, request_iterator)
+            rows, unsigned = self._pusher.push(meta, request_iterator)
+            deployed = self._ctx.db.deployed()
+            response = pb.PushModelResponse(
+                model=_model_info(rows[0], deployed),
+                unsigned_manifest=unsigned[0] if unsigned else b"",
+                variants=[_model_info(r, deployed) for r in rows],
+                unsigned_manifests=unsigned,
+            )
         except FleetError as exc:
             self._ctx.rollouts.audit(
                 _actor(context), "PushModel", target, detail, ok=False, error=str(exc)
@@ -253,195 +222,6 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             raise
         self._ctx.rollouts.audit(_actor(context), "PushModel", target, detail, ok=True)
         return response
-
-    def _push_meta(
-        self, meta: pb.PushModelMeta, request_iterator: Iterator[pb.PushModelRequest]
-    ) -> pb.PushModelResponse:
-        if not _NAME.match(meta.model_name):
-            raise BadRequestError(
-                f"model name {meta.model_name!r} is invalid: use 1-64 of A-Z a-z 0-9 _ . -"
-            )
-        if not _SEMVER.match(meta.version) or len(meta.version) > 32:
-            raise BadRequestError(f"version {meta.version!r} is not a semantic version like 1.0.0")
-        variant = meta.variant or "default"
-        if not _VARIANT.match(variant):
-            raise BadRequestError(f"variant {variant!r} is invalid")
-        if meta.size == 0 or meta.size > MAX_MODEL_BYTES:
-            raise BadRequestError(f"model size {meta.size} is outside 1..{MAX_MODEL_BYTES} bytes")
-
-        # Fail before storing anything when nothing here could sign the manifest, or when the
-        # version exists already.
-        signer = None if meta.sign_offline else self._ctx.keys.manifest_signer()
-        if self._ctx.db.model_exists(meta.model_name, meta.version):
-            raise AlreadyExistsError(
-                f"model {meta.model_name} version {meta.version} exists already; "
-                "versions are immutable, push a new version"
-            )
-        if meta.fallback_size > MAX_MODEL_BYTES:
-            raise BadRequestError(f"fallback size {meta.fallback_size} is over {MAX_MODEL_BYTES}")
-        first_fallback: list[bytes] = []
-
-        def data() -> Iterator[bytes]:
-            for message in request_iterator:
-                part = message.WhichOneof("part")
-                if part == "data":
-                    yield message.data
-                elif part == "fallback_data" and meta.fallback_size:
-                    first_fallback.append(message.fallback_data)
-                    return
-                else:
-                    raise BadRequestError(f"unexpected {part} after the model's data")
-
-        def fallback_data() -> Iterator[bytes]:
-            yield from first_fallback
-            for message in request_iterator:
-                if message.WhichOneof("part") != "fallback_data":
-                    raise BadRequestError("only fallback data may follow the fallback's data")
-                yield message.fallback_data
-
-        store = self._ctx.artifacts
-        sha256, size, path = store.put(data(), max_bytes=meta.size)
-        stored = [(sha256, path)]
-        fallback_sha: str | None = None
-        try:
-            if size != meta.size:
-                raise BadRequestError(f"announced {meta.size} bytes, received {size}")
-            info = _inspect(path, "the model")
-            if meta.fallback_size:
-                fallback_sha, fallback_size, fallback_path = store.put(
-                    fallback_data(), max_bytes=meta.fallback_size
-                )
-                stored.append((fallback_sha, fallback_path))
-                if fallback_size != meta.fallback_size:
-                    raise BadRequestError(
-                        f"announced a {meta.fallback_size}-byte fallback, received {fallback_size}"
-                    )
-                _check_fallback(info, _inspect(fallback_path, "the CPU fallback"))
-            runnable = (fallback_path if fallback_sha else None) if info.edgetpu else path
-            smoke = expect(info, runnable, meta.sample, meta.smoke_tolerance)
-            sample_sha, sample_size, sample_path = store.put(
-                [smoke.sample], max_bytes=len(smoke.sample)
-            )
-            stored.append((sample_sha, sample_path))
-            packed = None if meta.no_compression else store.put_compressed(path)
-            if packed is not None:
-                stored.append((packed[0], packed[2]))
-        except BaseException:
-            self._discard(stored)
-            raise
-        now = int(time.time())
-        # One counter per release, in this process; across replicas the unique index decides.
-        with self._push_lock:
-            return self._record(
-                meta,
-                variant=variant,
-                now=now,
-                info=info,
-                stored=stored,
-                sha256=sha256,
-                size=size,
-                smoke=smoke,
-                sample=(sample_sha, sample_size),
-                packed=packed,
-                fallback_sha=fallback_sha,
-                signer=signer,
-            )
-
-    def _record(
-        self,
-        meta: Any,
-        *,
-        variant: str,
-        now: int,
-        info: ModelInfo,
-        stored: list[tuple[str, Path]],
-        sha256: str,
-        size: int,
-        smoke: Any,
-        sample: tuple[str, int],
-        packed: tuple[str, int, Path] | None,
-        fallback_sha: str | None,
-        signer: ManifestSigner | None,
-    ) -> pb.PushModelResponse:
-        """Number, sign and store a pushed version (under the push lock)."""
-        sample_sha, sample_size = sample
-        counter = self._ctx.db.next_release_counter(meta.model_name)
-        manifest = manifest_pb2.Manifest(
-            model_name=meta.model_name,
-            version=meta.version,
-            release_counter=counter,
-            variant=variant,
-            sha256=sha256,
-            size=size,
-            artifact_id=sha256,
-            created_unix=now,
-            expires_unix=now + MANIFEST_LIFETIME_S,
-            fleet_id=self._ctx.fleet_id,
-            requirements=manifest_pb2.Requirements(edgetpu=info.edgetpu),
-        )
-        manifest.smoke.CopyFrom(
-            manifest_pb2.SmokeTest(
-                sample=manifest_pb2.ArtifactRef(
-                    artifact_id=sample_sha, sha256=sample_sha, size=sample_size, variant="sample"
-                ),
-                top_indices=smoke.indices,
-                top_scores=smoke.scores,
-                tolerance=smoke.tolerance,
-            )
-        )
-        if packed is not None:
-            manifest.compressed.CopyFrom(
-                manifest_pb2.ArtifactRef(
-                    artifact_id=packed[0], sha256=packed[0], size=packed[1], variant="zstd"
-                )
-            )
-        if fallback_sha is not None:
-            manifest.cpu_fallback.CopyFrom(
-                manifest_pb2.ArtifactRef(
-                    artifact_id=fallback_sha,
-                    sha256=fallback_sha,
-                    size=meta.fallback_size,
-                    variant="cpu",
-                )
-            )
-        if signer is not None:
-            envelope = signer.sign(manifest)
-        else:
-            envelope = manifest_pb2.Envelope(
-                payload_type=MANIFEST_PAYLOAD_TYPE,
-                payload=manifest.SerializeToString(deterministic=True),
-            )
-        row = ModelRow(
-            model_name=meta.model_name,
-            version=meta.version,
-            variant=variant,
-            release_counter=counter,
-            sha256=sha256,
-            size=size,
-            edgetpu=info.edgetpu,
-            envelope=envelope.SerializeToString(),
-            created_at=now,
-            fallback_sha256=fallback_sha,
-            sample_sha256=sample_sha,
-            compressed_sha256=packed[0] if packed is not None else None,
-        )
-        try:
-            self._ctx.db.add_model(row)
-        except BaseException:
-            self._discard(stored)
-            raise
-        log.info(
-            "pushed %s %s (%s, %d bytes, release %d)",
-            meta.model_name,
-            meta.version,
-            sha256[:12],
-            size,
-            counter,
-        )
-        return pb.PushModelResponse(
-            model=_model_info(row, self._ctx.db.deployed()),
-            unsigned_manifest=envelope.payload if signer is None else b"",
-        )
 
     @rpc_errors
     @audited("AttachSignatures", lambda r: f"model {_manifest_target(r.envelope)}")
@@ -451,12 +231,12 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         require_admin(context, self._ctx.admin_token)
         envelope = request.envelope
         manifest = _manifest_of(envelope)
-        row = self._ctx.db.get_model(manifest.model_name, manifest.version)
+        row = self._ctx.db.get_model(manifest.model_name, manifest.version, manifest.variant)
         stored = manifest_pb2.Envelope.FromString(row.envelope)
         if stored.payload != envelope.payload:
             raise BadRequestError(
                 f"the signed manifest differs from the one pushed for {row.model_name} "
-                f"{row.version}; sign the file 'models push --sign-offline' wrote"
+                f"{row.version} ({row.variant}); sign the file 'models push --sign-offline' wrote"
             )
         now = time.time()
         trust = self._trust(now)
@@ -466,9 +246,13 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                 f"{len(signers)} valid release-key signature(s); key list version "
                 f"{trust.version} requires {trust.release_threshold}"
             )
-        self._ctx.db.set_envelope(row.model_name, row.version, envelope.SerializeToString())
-        log.info("attached offline signatures to %s %s", row.model_name, row.version)
-        updated = self._ctx.db.get_model(row.model_name, row.version)
+        self._ctx.db.set_envelope(
+            row.model_name, row.version, row.variant, envelope.SerializeToString()
+        )
+        log.info(
+            "attached offline signatures to %s %s (%s)", row.model_name, row.version, row.variant
+        )
+        updated = self._ctx.db.get_model(row.model_name, row.version, row.variant)
         return pb.PushModelResponse(model=_model_info(updated, self._ctx.db.deployed()))
 
     @rpc_errors
@@ -479,29 +263,37 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         return self._prepare_rollback(request.model_name, request.version)
 
     def _prepare_rollback(self, model_name: str, version: str) -> pb.PushModelResponse:
-        """An explicit rollback manifest for an older version, for the root keys to sign."""
-        row = self._ctx.db.get_model(model_name, version)
-        manifest = manifest_pb2.Manifest.FromString(
-            manifest_pb2.Envelope.FromString(row.envelope).payload
-        )
+        """Explicit rollback manifests for an older version (one per variant), for the root
+        keys to sign."""
+        rows = self._ctx.db.get_variants(model_name, version)
         now = int(time.time())
-        manifest.explicit_rollback = True
-        manifest.rollback_from = self._ctx.db.next_release_counter(manifest.model_name) - 1
-        manifest.created_unix = now
-        manifest.expires_unix = now + MANIFEST_LIFETIME_S
+        floor = self._ctx.db.next_release_counter(model_name) - 1
+        unsigned = []
+        for row in rows:
+            manifest = manifest_pb2.Manifest.FromString(
+                manifest_pb2.Envelope.FromString(row.envelope).payload
+            )
+            manifest.explicit_rollback = True
+            manifest.rollback_from = floor
+            manifest.created_unix = now
+            manifest.expires_unix = now + MANIFEST_LIFETIME_S
+            unsigned.append(manifest.SerializeToString(deterministic=True))
+        deployed = self._ctx.db.deployed()
         return pb.PushModelResponse(
-            model=_model_info(row, self._ctx.db.deployed()),
-            unsigned_manifest=manifest.SerializeToString(deterministic=True),
+            model=_model_info(rows[0], deployed),
+            unsigned_manifest=unsigned[0],
+            variants=[_model_info(r, deployed) for r in rows],
+            unsigned_manifests=unsigned,
         )
 
     def _verified_rollback(self, envelope: manifest_pb2.Envelope) -> ModelRow:
-        """The version a root-signed rollback manifest names, once it checks out.
+        """The variant a root-signed rollback manifest names, once it checks out.
 
         Raises:
             BadRequestError: not what PrepareRollback prepared, or too few root signatures.
         """
         manifest = _manifest_of(envelope)
-        row = self._ctx.db.get_model(manifest.model_name, manifest.version)
+        row = self._ctx.db.get_model(manifest.model_name, manifest.version, manifest.variant)
         original = manifest_pb2.Manifest.FromString(
             manifest_pb2.Envelope.FromString(row.envelope).payload
         )
@@ -527,16 +319,39 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             )
         return row
 
+    def _verified_rollback_set(
+        self, envelopes: list[manifest_pb2.Envelope]
+    ) -> tuple[ModelRow, bytes]:
+        """Check a rollback's manifests, one per variant of the version; return the version's
+        first variant and the serialized EnvelopeSet.
+
+        Raises:
+            BadRequestError: a manifest does not check out, or variants are missing or repeated.
+        """
+        if not envelopes:
+            raise BadRequestError("no rollback manifest given")
+        rows = [self._verified_rollback(e) for e in envelopes]
+        first = rows[0]
+        if any((r.model_name, r.version) != (first.model_name, first.version) for r in rows):
+            raise BadRequestError("the rollback manifests name different versions")
+        wanted = {r.variant for r in self._ctx.db.get_variants(first.model_name, first.version)}
+        given = [r.variant for r in rows]
+        if sorted(given) != sorted(wanted):
+            raise BadRequestError(
+                f"a rollback of {first.model_name} {first.version} needs one signed manifest "
+                f"per variant ({', '.join(sorted(wanted))}); got {', '.join(given)}"
+            )
+        blob = manifest_pb2.EnvelopeSet(envelopes=envelopes).SerializeToString()
+        return first, blob
+
     @rpc_errors
     @audited("CommitRollback", lambda r: f"model {_manifest_target(r.envelope)}")
     def CommitRollback(  # noqa: N802
         self, request: pb.AttachSignaturesRequest, context: Any
     ) -> pb.DeployResponse:
         require_admin(context, self._ctx.admin_token)
-        row = self._verified_rollback(request.envelope)
-        self._ctx.db.deploy(
-            row.model_name, row.version, envelope=request.envelope.SerializeToString()
-        )
+        row, blob = self._verified_rollback_set([request.envelope, *request.envelopes])
+        self._ctx.db.deploy(row.model_name, row.version, envelope=blob)
         self._ctx.rollouts.supersede(row.model_name)
         log.warning(
             "explicit rollback of %s to %s deployed to the fleet", row.model_name, row.version
@@ -604,14 +419,53 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             NotFoundError: no such version.
             BadRequestError: pushed for offline signing and not signed yet.
         """
-        row = self._ctx.db.get_model(model_name, version)
-        if not manifest_pb2.Envelope.FromString(row.envelope).signatures:
+        rows = self._ctx.db.get_variants(model_name, version)
+        unsigned = [
+            r.variant for r in rows if not manifest_pb2.Envelope.FromString(r.envelope).signatures
+        ]
+        if unsigned:
             raise BadRequestError(
-                f"{row.model_name} {row.version} is not signed yet: sign its "
-                "manifest offline ('edgefleet manifest sign') and attach it "
+                f"{model_name} {version} is not signed yet (variants {', '.join(unsigned)}): "
+                "sign its manifests offline ('edgefleet manifest sign') and attach them "
                 "('edgefleet manifest attach')"
             )
-        return row
+        return rows[0]
+
+    @rpc_errors
+    def ExplainVariant(  # noqa: N802
+        self, request: pb.ExplainVariantRequest, context: Any
+    ) -> pb.ExplainVariantResponse:
+        require_admin(context, self._ctx.admin_token)
+        device = self._ctx.db.get_device(request.device_id)
+        version = request.version
+        if not version:
+            targets, _rows = device_targets(self._ctx.db, self._ctx.rollouts, device.device_id)
+            target = targets.get(request.model_name)
+            version = (
+                target.version if target else self._ctx.db.newest_version(request.model_name) or ""
+            )
+        if not version:
+            raise NotFoundError(f"model {request.model_name!r} has no versions")
+        rows = self._ctx.db.get_variants(request.model_name, version)
+        profile = profile_from_capabilities(device.capabilities)
+        choice = choose(profile, [variant_of(r) for r in rows])
+        return pb.ExplainVariantResponse(
+            device_id=device.device_id,
+            model_name=request.model_name,
+            version=version,
+            variant=choice.variant or "",
+            reason=choice.reason,
+            hardware_class=profile.hardware_class,
+            verdicts=[
+                pb.VariantVerdict(
+                    variant=r.variant,
+                    quantization=r.quantization,
+                    chosen=r.variant == choice.variant,
+                    reason=choice.verdicts.get(r.variant, ""),
+                )
+                for r in rows
+            ],
+        )
 
     # rollouts ----------------------------------------------------------------------------------
 
@@ -707,7 +561,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     ) -> pb.RolloutInfo:
         require_admin(context, self._ctx.admin_token)
         rollout = self._ctx.rollouts.get(request.rollout_id)
-        row = self._verified_rollback(request.envelope)
+        row, blob = self._verified_rollback_set([request.envelope, *request.envelopes])
         if (row.model_name, row.version) != (rollout.model_name, rollout.previous_version):
             raise BadRequestError(
                 f"rollout {rollout.rollout_id} rolls back to {rollout.model_name} "
@@ -715,7 +569,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             )
         updated = self._ctx.rollouts.set_rollback(
             rollout.rollout_id,
-            request.envelope.SerializeToString(),
+            blob,
             f"rolled back to {row.version} by {_actor(context)}",
         )
         log.warning(

@@ -13,8 +13,9 @@ from google.protobuf.json_format import MessageToDict
 
 from fleet_server.api._errors import abort_for, rpc_errors
 from fleet_server.api.auth import require_device
+from fleet_server.catalog.desired import device_targets, resolve
+from fleet_server.catalog.select import profile_from_capabilities
 from fleet_server.errors import AuthError, BadRequestError, FleetError
-from fleet_server.storage.rollouts import DesiredRow, in_effect
 from protos import device_pb2 as pb
 from protos import device_pb2_grpc as pb_grpc
 from protos import manifest_pb2
@@ -97,31 +98,19 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
             mqtt_url=self._ctx.device_mqtt_url,
             keylist=manifest_pb2.Envelope.FromString(self._ctx.keys.keylist_bytes()),
         )
-        for _name, raw in sorted(self._desired(device_id, active).items()):
-            response.desired.append(manifest_pb2.Envelope.FromString(raw))
-        return response
-
-    def _desired(self, device_id: str, active: dict[str, str]) -> dict[str, bytes]:
-        """Model name -> signed manifest: the fleet-wide deployment, overridden by the newest
-        rollout that reached this device."""
-        desired = self._ctx.db.desired_envelopes()
-        chosen: dict[str, DesiredRow] = {}
-        for row in self._ctx.rollouts.desired_rows(device_id):
-            if in_effect(row):
-                chosen[row.model_name] = row
+        targets, rows = device_targets(self._ctx.db, self._ctx.rollouts, device_id)
+        for row in rows:
             if row.device_state == "assigned" and active.get(row.model_name) == row.version:
                 # Installed without a report reaching us (or installed before the rollout).
                 self._ctx.rollouts.report(device_id, row.model_name, row.version, "installed")
-        wanted = [
-            (r.model_name, r.version) for r in chosen.values() if r.rollout_state != "rolled_back"
-        ]
-        envelopes = self._ctx.rollouts.model_envelopes(wanted)
-        for name, row in chosen.items():
-            if row.rollout_state == "rolled_back" and row.rollback_envelope is not None:
-                desired[name] = row.rollback_envelope
-            elif (name, row.version) in envelopes:
-                desired[name] = envelopes[(name, row.version)]
-        return desired
+        if caps is None:
+            caps = self._ctx.db.get_device(device_id).capabilities
+        resolved = resolve(self._ctx.db, targets, profile_from_capabilities(caps))
+        for _name, raw in sorted(resolved.envelopes.items()):
+            response.desired.append(manifest_pb2.Envelope.FromString(raw))
+        for name, (version, why) in sorted(resolved.cloud.items()):
+            response.cloud.add(model_name=name, version=version, reason=why)
+        return response
 
     def DownloadArtifact(  # noqa: N802
         self, request: pb.DownloadRequest, context: Any

@@ -22,7 +22,7 @@ from fleet_server.errors import AlreadyExistsError, DataDirError, NotFoundError
 
 __all__ = ["SCHEMA_VERSION", "Database", "DeviceModelRow", "DeviceRow", "ModelRow"]
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 metadata = sa.MetaData()
 
@@ -61,12 +61,24 @@ device_models = sa.Table(
     sa.Column("active_version", sa.String(32), nullable=True),
 )
 
+releases = sa.Table(
+    "releases",
+    metadata,
+    sa.Column("model_name", sa.String(64), primary_key=True),
+    sa.Column("version", sa.String(32), primary_key=True),
+    sa.Column("release_counter", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    # One counter per release of a model, even with concurrent pushes on several replicas.
+    sa.UniqueConstraint("model_name", "release_counter", name="uq_releases_counter"),
+)
+
+# One row per variant of a release (float32, int8, Edge TPU...), each with its own manifest.
 models = sa.Table(
     "models",
     metadata,
     sa.Column("model_name", sa.String(64), primary_key=True),
     sa.Column("version", sa.String(32), primary_key=True),
-    sa.Column("variant", sa.String(32), nullable=False),
+    sa.Column("variant", sa.String(32), primary_key=True),
     sa.Column("release_counter", sa.BigInteger, nullable=False),
     sa.Column("sha256", sa.String(64), nullable=False),
     sa.Column("size", sa.BigInteger, nullable=False),
@@ -76,7 +88,8 @@ models = sa.Table(
     sa.Column("fallback_sha256", sa.String(64), nullable=True),
     sa.Column("sample_sha256", sa.String(64), nullable=True),
     sa.Column("compressed_sha256", sa.String(64), nullable=True),
-    sa.UniqueConstraint("model_name", "release_counter", name="uq_models_release"),
+    sa.Column("quantization", sa.String(16), nullable=False, default=""),
+    sa.Column("requirements", sa.Text, nullable=False, default="{}"),
 )
 
 deployments = sa.Table(
@@ -85,7 +98,8 @@ deployments = sa.Table(
     sa.Column("model_name", sa.String(64), primary_key=True),
     sa.Column("version", sa.String(32), nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
-    sa.Column("envelope", sa.LargeBinary, nullable=True),  # an explicit rollback's manifest
+    # An explicit rollback: a serialized EnvelopeSet, one root-signed manifest per variant.
+    sa.Column("envelope", sa.LargeBinary, nullable=True),
 )
 
 rollouts = sa.Table(
@@ -153,6 +167,8 @@ class ModelRow:
     fallback_sha256: str | None = None
     sample_sha256: str | None = None
     compressed_sha256: str | None = None
+    quantization: str = ""
+    requirements: str = "{}"  # JSON: what the server derived from the file
 
 
 @dataclass(frozen=True)
@@ -226,6 +242,47 @@ def _v8_to_v9(conn: sa.Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _v9_to_v10(conn: sa.Connection) -> None:
+    """Version 10: a release has several variants (one row each); rollback manifests are
+    EnvelopeSets (one per variant)."""
+    from protos import manifest_pb2  # noqa: PLC0415
+
+    releases.create(conn, checkfirst=True)
+    conn.execute(
+        sa.text(
+            "INSERT INTO releases (model_name, version, release_counter, created_at) "
+            "SELECT model_name, version, release_counter, created_at FROM models"
+        )
+    )
+    rebuilt = models.to_metadata(sa.MetaData(), name="models_v10")
+    rebuilt.create(conn)
+    columns = (
+        "model_name, version, variant, release_counter, sha256, size, edgetpu, envelope, "
+        "created_at, fallback_sha256, sample_sha256, compressed_sha256"
+    )
+    conn.execute(
+        sa.text(
+            f"INSERT INTO models_v10 ({columns}, quantization, requirements) "  # noqa: S608 - constants
+            f"SELECT {columns}, CASE WHEN edgetpu THEN 'edgetpu' ELSE '' END, '{{}}' FROM models"
+        )
+    )
+    conn.execute(sa.text("DROP TABLE models"))
+    conn.execute(sa.text("ALTER TABLE models_v10 RENAME TO models"))
+    for table, key, column in (
+        (deployments, deployments.c.model_name, deployments.c.envelope),
+        (rollouts, rollouts.c.rollout_id, rollouts.c.rollback_envelope),
+    ):
+        for row_key, blob in conn.execute(sa.select(key, column).where(column.is_not(None))):
+            wrapped = manifest_pb2.EnvelopeSet(
+                envelopes=[manifest_pb2.Envelope.FromString(bytes(blob))]
+            )
+            conn.execute(
+                table.update()
+                .where(key == row_key)
+                .values({column.name: wrapped.SerializeToString()})
+            )
+
+
 _MIGRATIONS = {
     1: _v1_to_v2,
     2: _v2_to_v3,
@@ -235,6 +292,7 @@ _MIGRATIONS = {
     6: _v6_to_v7,
     7: _v7_to_v8,
     8: _v8_to_v9,
+    9: _v9_to_v10,
 }
 
 
@@ -525,105 +583,160 @@ class Database:
         """One more than the highest release counter of ``model_name`` (1 for a new model)."""
         with self.engine.connect() as conn:
             value = conn.execute(
-                sa.select(sa.func.max(models.c.release_counter)).where(
-                    models.c.model_name == model_name
+                sa.select(sa.func.max(releases.c.release_counter)).where(
+                    releases.c.model_name == model_name
                 )
             ).scalar()
         return int(value or 0) + 1
 
-    def add_model(self, row: ModelRow) -> None:
-        """Record a pushed model version.
+    def add_release(self, rows: Sequence[ModelRow]) -> None:
+        """Record a pushed release with all its variants, in one transaction.
 
         Raises:
             AlreadyExistsError: that name and version exist already (versions are immutable),
                 or another push took the same release counter (retry the push).
         """
+        first = rows[0]
         try:
-            self._add_model(row)
+            with self.engine.begin() as conn:
+                if self._release_exists(conn, first.model_name, first.version):
+                    raise AlreadyExistsError(
+                        f"model {first.model_name} version {first.version} exists already; "
+                        "versions are immutable, push a new version"
+                    )
+                conn.execute(
+                    releases.insert().values(
+                        model_name=first.model_name,
+                        version=first.version,
+                        release_counter=first.release_counter,
+                        created_at=first.created_at,
+                    )
+                )
+                conn.execute(models.insert(), [row.__dict__ for row in rows])
         except sa.exc.IntegrityError as exc:
             raise AlreadyExistsError(
-                f"release {row.release_counter} of {row.model_name} was taken by a concurrent "
-                "push; push again"
+                f"release {first.release_counter} of {first.model_name} was taken by a "
+                "concurrent push; push again"
             ) from exc
+
+    def add_model(self, row: ModelRow) -> None:
+        """Record a release with one variant (see :meth:`add_release`)."""
+        self.add_release([row])
+
+    @staticmethod
+    def _release_exists(conn: sa.Connection, model_name: str, version: str) -> bool:
+        return (
+            conn.execute(
+                sa.select(releases.c.version).where(
+                    (releases.c.model_name == model_name) & (releases.c.version == version)
+                )
+            ).first()
+            is not None
+        )
 
     def model_exists(self, model_name: str, version: str) -> bool:
         """True when that name and version were pushed already."""
         with self.engine.connect() as conn:
-            return (
-                conn.execute(
-                    sa.select(models.c.sha256).where(
-                        (models.c.model_name == model_name) & (models.c.version == version)
-                    )
-                ).first()
-                is not None
-            )
+            return self._release_exists(conn, model_name, version)
 
-    def _add_model(self, row: ModelRow) -> None:
-        with self.engine.begin() as conn:
-            exists = conn.execute(
-                sa.select(models.c.sha256).where(
-                    (models.c.model_name == row.model_name) & (models.c.version == row.version)
-                )
-            ).first()
-            if exists is not None:
-                raise AlreadyExistsError(
-                    f"model {row.model_name} version {row.version} exists already; "
-                    "versions are immutable, push a new version"
-                )
-            conn.execute(models.insert().values(**row.__dict__))
-
-    def set_envelope(self, model_name: str, version: str, envelope: bytes) -> None:
-        """Replace a version's signed manifest (offline signatures attached)."""
+    def set_envelope(self, model_name: str, version: str, variant: str, envelope: bytes) -> None:
+        """Replace a variant's signed manifest (offline signatures attached)."""
         with self.engine.begin() as conn:
             conn.execute(
                 models.update()
-                .where((models.c.model_name == model_name) & (models.c.version == version))
+                .where(
+                    (models.c.model_name == model_name)
+                    & (models.c.version == version)
+                    & (models.c.variant == variant)
+                )
                 .values(envelope=envelope)
             )
 
-    def get_model(self, model_name: str, version: str) -> ModelRow:
-        """One model version.
+    def get_variants(self, model_name: str, version: str) -> list[ModelRow]:
+        """Every variant of a release, by variant name.
 
         Raises:
             NotFoundError: no such version.
         """
-        with self.engine.connect() as conn:
-            row = (
-                conn.execute(
-                    sa.select(models).where(
-                        (models.c.model_name == model_name) & (models.c.version == version)
-                    )
-                )
-                .mappings()
-                .first()
-            )
-        if row is None:
+        rows = self.variants_of([(model_name, version)]).get((model_name, version))
+        if not rows:
             raise NotFoundError(f"model {model_name} version {version} does not exist")
-        return ModelRow(**row)
+        return rows
 
-    def list_models(self) -> list[ModelRow]:
-        """Every model version, by name then release."""
+    def get_model(self, model_name: str, version: str, variant: str | None = None) -> ModelRow:
+        """One variant of a release (the first by name when ``variant`` is None).
+
+        Raises:
+            NotFoundError: no such version or variant.
+        """
+        rows = self.get_variants(model_name, version)
+        if variant is None:
+            return rows[0]
+        for row in rows:
+            if row.variant == variant:
+                return row
+        raise NotFoundError(f"model {model_name} version {version} has no variant {variant!r}")
+
+    def variants_of(
+        self, pairs: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], list[ModelRow]]:
+        """The variants of several releases, by (model, version)."""
+        if not pairs:
+            return {}
         with self.engine.connect() as conn:
             rows = (
                 conn.execute(
-                    sa.select(models).order_by(models.c.model_name, models.c.release_counter)
+                    sa.select(models)
+                    .where(sa.tuple_(models.c.model_name, models.c.version).in_(list(pairs)))
+                    .order_by(models.c.model_name, models.c.version, models.c.variant)
+                )
+                .mappings()
+                .all()
+            )
+        result: dict[tuple[str, str], list[ModelRow]] = {}
+        for r in rows:
+            result.setdefault((r["model_name"], r["version"]), []).append(ModelRow(**r))
+        return result
+
+    def list_models(self) -> list[ModelRow]:
+        """Every variant of every release, by name, release, then variant."""
+        with self.engine.connect() as conn:
+            rows = (
+                conn.execute(
+                    sa.select(models).order_by(
+                        models.c.model_name, models.c.release_counter, models.c.variant
+                    )
                 )
                 .mappings()
                 .all()
             )
         return [ModelRow(**r) for r in rows]
 
+    def newest_version(self, model_name: str) -> str | None:
+        """The version with the highest release counter, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(releases.c.version)
+                .where(releases.c.model_name == model_name)
+                .order_by(releases.c.release_counter.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else str(row[0])
+
     def model_by_sha(self, sha256: str) -> ModelRow | None:
-        """A model version whose artifact, CPU fallback or smoke sample has this hash, if any."""
+        """A model variant whose artifact, CPU fallback, smoke sample or compressed copy has this
+        hash, if any."""
         with self.engine.connect() as conn:
             row = (
                 conn.execute(
-                    sa.select(models).where(
+                    sa.select(models)
+                    .where(
                         (models.c.sha256 == sha256)
                         | (models.c.fallback_sha256 == sha256)
                         | (models.c.sample_sha256 == sha256)
                         | (models.c.compressed_sha256 == sha256)
                     )
+                    .limit(1)
                 )
                 .mappings()
                 .first()
@@ -631,8 +744,9 @@ class Database:
         return None if row is None else ModelRow(**row)
 
     def deploy(self, model_name: str, version: str, envelope: bytes | None = None) -> ModelRow:
-        """Make a version the fleet-wide desired version of its model; ``envelope`` replaces
-        its manifest for this deployment (an explicit rollback).
+        """Make a version the fleet-wide desired version of its model; ``envelope`` (a
+        serialized EnvelopeSet) replaces its manifests for this deployment (an explicit
+        rollback).
 
         Raises:
             NotFoundError: no such version.
@@ -650,25 +764,14 @@ class Database:
 
     def deployed(self) -> dict[str, str]:
         """Model name -> deployed version."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(deployments.c.model_name, deployments.c.version)).all()
-        return {str(r[0]): str(r[1]) for r in rows}
+        return {name: version for name, (version, _) in self.deployments().items()}
 
-    def desired_envelopes(self) -> dict[str, bytes]:
-        """Model name -> the signed manifest of its fleet-wide deployed version."""
+    def deployments(self) -> dict[str, tuple[str, bytes | None]]:
+        """Model name -> (fleet-wide version, its explicit-rollback EnvelopeSet or None)."""
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(
-                    deployments.c.model_name,
-                    sa.func.coalesce(deployments.c.envelope, models.c.envelope),
-                )
-                .select_from(
-                    deployments.join(
-                        models,
-                        (deployments.c.model_name == models.c.model_name)
-                        & (deployments.c.version == models.c.version),
-                    )
-                )
-                .order_by(deployments.c.model_name)
+                    deployments.c.model_name, deployments.c.version, deployments.c.envelope
+                ).order_by(deployments.c.model_name)
             ).all()
-        return {str(r[0]): bytes(r[1]) for r in rows}
+        return {str(r[0]): (str(r[1]), bytes(r[2]) if r[2] else None) for r in rows}

@@ -30,7 +30,6 @@ from fleet_server.storage.db import (
     audit_log,
     deployments,
     devices,
-    models,
     rollout_devices,
     rollouts,
 )
@@ -574,18 +573,6 @@ class RolloutStore:
                 )
                 .values(state=outcome, updated_at=now)
             )
-
-    def model_envelopes(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
-        """Signed manifests of (model, version) pairs."""
-        if not pairs:
-            return {}
-        with self._engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(models.c.model_name, models.c.version, models.c.envelope).where(
-                    sa.tuple_(models.c.model_name, models.c.version).in_(list(pairs))
-                )
-            ).all()
-        return {(str(a), str(b)): bytes(c) for a, b, c in rows}
 
     # audit -------------------------------------------------------------------------------------
 

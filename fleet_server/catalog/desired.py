@@ -1,0 +1,143 @@
+"""A device's desired state: which version of each model (fleet-wide deployment, overridden by
+the newest rollout that reached the device), then which variant of it (variant selection), or
+the cloud when no variant fits."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleet_server.catalog.select import (
+    DEFAULT_POLICY,
+    Choice,
+    DeviceProfile,
+    Policy,
+    Variant,
+    choose,
+)
+from fleet_server.storage.db import Database, ModelRow
+from fleet_server.storage.rollouts import DesiredRow, RolloutStore, in_effect
+from protos import manifest_pb2
+
+__all__ = ["Resolved", "Target", "device_targets", "resolve", "targets_for", "variant_of"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """The version a device should run, and the explicit rollback's manifests if it is one."""
+
+    model_name: str
+    version: str
+    rollback: bytes | None = None  # a serialized EnvelopeSet
+
+
+@dataclass
+class Resolved:
+    """Per model: the signed manifest to install, or a cloud route with the reason."""
+
+    envelopes: dict[str, bytes] = field(default_factory=dict)
+    cloud: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (version, why)
+    choices: dict[str, Choice] = field(default_factory=dict)
+
+
+def targets_for(
+    deployments: Mapping[str, tuple[str, bytes | None]], rows: Sequence[DesiredRow]
+) -> dict[str, Target]:
+    """The fleet-wide deployments, overridden by the newest rollout assignment in effect."""
+    targets = {
+        name: Target(name, version, rollback) for name, (version, rollback) in deployments.items()
+    }
+    for row in rows:  # oldest first: the newest wins
+        if in_effect(row):
+            rollback = row.rollback_envelope if row.rollout_state == "rolled_back" else None
+            version = row.version
+            if rollback is not None:
+                version = _version_of(rollback) or version
+            targets[row.model_name] = Target(row.model_name, version, rollback)
+    return targets
+
+
+def _version_of(envelope_set: bytes) -> str:
+    envelopes = manifest_pb2.EnvelopeSet.FromString(envelope_set).envelopes
+    if not envelopes:
+        return ""
+    return manifest_pb2.Manifest.FromString(envelopes[0].payload).version
+
+
+def variant_of(row: ModelRow) -> Variant:
+    """What selection knows about a stored variant."""
+    req = json.loads(row.requirements or "{}")
+    fallback = None
+    if row.fallback_sha256:
+        # Rows from before schema 10 know nothing of their fallback: assume it fits.
+        fb = req.get("fallback", {})
+        fallback = _variant(f"{row.variant}-fallback", fb.get("quantization", ""), fb, 0)
+    return _variant(
+        row.variant,
+        row.quantization or ("edgetpu" if row.edgetpu else ""),
+        req,
+        row.size,
+        fallback,
+    )
+
+
+def _variant(
+    name: str,
+    quantization: str,
+    req: Mapping[str, Any],
+    size: int,
+    fallback: Variant | None = None,
+) -> Variant:
+    return Variant(
+        variant=name,
+        quantization=quantization,
+        size=int(req.get("size", size)),
+        memory_bytes=int(req.get("memory_bytes", size)),
+        max_op_code=int(req.get("max_op_code", 0)),
+        latency_ms={str(k): float(v) for k, v in req.get("latency_ms", {}).items()},
+        accuracy=float(req["accuracy"]) if req.get("accuracy") is not None else None,
+        fallback=fallback,
+    )
+
+
+def resolve(
+    db: Database,
+    targets: Mapping[str, Target],
+    device: DeviceProfile,
+    policy: Policy = DEFAULT_POLICY,
+) -> Resolved:
+    """Choose a variant of every target for this device."""
+    resolved = Resolved()
+    variants = db.variants_of([(t.model_name, t.version) for t in targets.values()])
+    for name, target in sorted(targets.items()):
+        rows = variants.get((name, target.version), [])
+        if not rows:
+            continue  # the version vanished (cannot happen: versions are immutable)
+        choice = choose(device, [variant_of(r) for r in rows], policy)
+        resolved.choices[name] = choice
+        if choice.variant is None:
+            resolved.cloud[name] = (target.version, choice.reason)
+            continue
+        chosen = next(r for r in rows if r.variant == choice.variant)
+        envelope = chosen.envelope
+        if target.rollback is not None:
+            envelope = _rollback_for(target.rollback, chosen.variant) or envelope
+        resolved.envelopes[name] = envelope
+    return resolved
+
+
+def _rollback_for(envelope_set: bytes, variant: str) -> bytes | None:
+    for envelope in manifest_pb2.EnvelopeSet.FromString(envelope_set).envelopes:
+        if manifest_pb2.Manifest.FromString(envelope.payload).variant == variant:
+            return envelope.SerializeToString()
+    return None
+
+
+def device_targets(
+    db: Database, rollouts: RolloutStore, device_id: str
+) -> tuple[dict[str, Target], list[DesiredRow]]:
+    """The targets of one device and the rollout rows they came from."""
+    rows = rollouts.desired_rows(device_id)
+    return targets_for(db.deployments(), rows), rows

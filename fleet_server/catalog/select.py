@@ -1,0 +1,206 @@
+"""Variant selection, as a pure function: which variant of a model version a device gets.
+
+Hard constraints first; a variant that breaks one is out, with the reason:
+- an Edge TPU variant needs a usable Edge TPU (a device and libedgetpu);
+- the runtime must know every operator the variant uses (operator codes only grow);
+- the variant and one interpreter's activations must fit in a share of the device's memory;
+- the download must fit on the device's disk.
+
+Then preference among what is left: the variants under the accuracy floor (when they carry an
+accuracy) are out; if any left variant has a measured latency for the device's hardware class,
+the fastest measured one wins; otherwise Edge TPU > full int8 > int16x8 > dynamic int8 >
+float16 > float32, then the smaller file. Nothing left means "cloud", with every reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "PREFERENCE",
+    "Choice",
+    "DeviceProfile",
+    "Policy",
+    "Variant",
+    "choose",
+    "hardware_class",
+    "profile_from_capabilities",
+]
+
+PREFERENCE = ("edgetpu", "full_int8", "int16x8", "dynamic_int8", "float16", "float32")
+_MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What the server knows about one variant of a version."""
+
+    variant: str
+    quantization: str
+    size: int
+    memory_bytes: int  # the file (mapped) plus one interpreter's activations
+    max_op_code: int = 0
+    latency_ms: Mapping[str, float] = field(default_factory=dict)  # by hardware class
+    accuracy: float | None = None
+    # An Edge TPU variant's CPU fallback: what runs where there is no Edge TPU.
+    fallback: Variant | None = None
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """What selection needs from a device's capabilities."""
+
+    arch: str = ""
+    memory_bytes: int = 0  # 0 = unknown (not checked)
+    disk_free_bytes: int = 0  # 0 = unknown (not checked)
+    edgetpu: bool = False  # an Edge TPU device and libedgetpu are both present
+    max_op_code: int = 0  # 0 = unknown (not checked)
+
+    @property
+    def hardware_class(self) -> str:
+        return hardware_class(self.arch, self.edgetpu)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Fleet policy for selection."""
+
+    memory_share: float = 0.5  # a model may use at most this share of the device's memory
+    accuracy_floor: float | None = None
+
+
+DEFAULT_POLICY = Policy()
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The outcome: a variant, or None for the cloud; with the reason for every variant."""
+
+    variant: str | None
+    reason: str
+    verdicts: Mapping[str, str]
+
+    @property
+    def cloud(self) -> bool:
+        return self.variant is None
+
+
+def hardware_class(arch: str, edgetpu: bool) -> str:
+    """The class measured latencies are kept under, e.g. "aarch64+edgetpu" or "x86_64"."""
+    return f"{arch or 'unknown'}{'+edgetpu' if edgetpu else ''}"
+
+
+def profile_from_capabilities(caps: Mapping[str, Any]) -> DeviceProfile:
+    """A profile from the capabilities a device reported (proto field names, JSON numbers)."""
+    usable = ("ready", "unflashed")  # an unflashed USB TPU gets its firmware when loaded
+    tpus = [t for t in caps.get("edgetpus", []) if t.get("state", "ready") in usable]
+    has_tpu = bool(tpus or int(caps.get("edgetpu_count", 0) or 0))
+    return DeviceProfile(
+        arch=str(caps.get("arch", "")),
+        memory_bytes=int(caps.get("memory_bytes", 0) or 0),
+        disk_free_bytes=int(caps.get("disk_free_bytes", 0) or 0),
+        edgetpu=has_tpu and bool(caps.get("libedgetpu", False)),
+        max_op_code=int(caps.get("max_builtin_op", 0) or 0),
+    )
+
+
+def _hard_constraint(device: DeviceProfile, v: Variant, policy: Policy) -> str:
+    """Why the variant cannot run on the device, or ""."""
+    if v.quantization == "edgetpu" and not device.edgetpu:
+        return "needs an Edge TPU and libedgetpu; the device has none usable"
+    if device.max_op_code and v.max_op_code > device.max_op_code:
+        return (
+            f"uses operator code {v.max_op_code}; the device's runtime knows up to "
+            f"{device.max_op_code} (update the runtime)"
+        )
+    if device.memory_bytes:
+        budget = int(device.memory_bytes * policy.memory_share)
+        if v.memory_bytes > budget:
+            total = device.memory_bytes / _MB
+            return (
+                f"needs {v.memory_bytes / _MB:.0f} MB of memory; the device allows "
+                f"{budget / _MB:.0f} MB ({policy.memory_share:.0%} of {total:.0f})"
+            )
+    if device.disk_free_bytes and v.size > device.disk_free_bytes:
+        return (
+            f"needs {v.size / _MB:.1f} MB of disk; the device has "
+            f"{device.disk_free_bytes / _MB:.1f} MB free"
+        )
+    return ""
+
+
+def _rank(v: Variant) -> tuple[int, int, str]:
+    kind = PREFERENCE.index(v.quantization) if v.quantization in PREFERENCE else len(PREFERENCE)
+    return kind, v.size, v.variant
+
+
+def choose(
+    device: DeviceProfile, variants: Sequence[Variant], policy: Policy = DEFAULT_POLICY
+) -> Choice:
+    """Pick the variant for ``device``; ``Choice.variant`` is None when nothing fits."""
+    verdicts: dict[str, str] = {}
+    fit: list[Variant] = []
+    on_fallback: set[str] = set()
+    for v in variants:
+        if v.quantization == "edgetpu" and not device.edgetpu and v.fallback is not None:
+            on_fallback.add(v.variant)
+            # Without an Edge TPU this variant runs its CPU fallback, and downloads both.
+            v = Variant(  # noqa: PLW2901
+                v.variant,
+                v.fallback.quantization,
+                v.size + v.fallback.size,
+                v.fallback.memory_bytes,
+                v.fallback.max_op_code,
+                v.fallback.latency_ms,
+                v.fallback.accuracy,
+            )
+        why = _hard_constraint(device, v, policy)
+        if why:
+            verdicts[v.variant] = why
+        elif (
+            policy.accuracy_floor is not None
+            and v.accuracy is not None
+            and v.accuracy < policy.accuracy_floor
+        ):
+            verdicts[v.variant] = (
+                f"accuracy {v.accuracy:.3f} is under the floor {policy.accuracy_floor:.3f}"
+            )
+        else:
+            fit.append(v)
+    if not fit:
+        reason = "no variant fits this device" + (
+            ": " + "; ".join(f"{k}: {why}" for k, why in verdicts.items()) if verdicts else ""
+        )
+        return Choice(None, reason, verdicts)
+    klass = device.hardware_class
+    measured = [v for v in fit if klass in v.latency_ms]
+    if measured:
+        best = min(measured, key=lambda v: (v.latency_ms[klass], _rank(v)))
+        reason = f"fastest measured on {klass}: {best.latency_ms[klass]:.2f} ms"
+        for v in fit:
+            if v is best:
+                continue
+            verdicts[v.variant] = (
+                f"slower on {klass}: {v.latency_ms[klass]:.2f} ms"
+                if v in measured
+                else f"not measured on {klass}, and another variant is"
+            )
+    else:
+        best = min(fit, key=_rank)
+        reason = f"{best.quantization} is the most preferred kind that fits (no measurements)"
+        for v in fit:
+            if v is best:
+                continue
+            verdicts[v.variant] = (
+                f"{v.quantization} is preferred less than {best.quantization}"
+                if _rank(v)[0] != _rank(best)[0]
+                else f"{v.quantization} like {best.variant}, which is smaller or sorts first "
+                f"({best.size} <= {v.size} bytes)"
+            )
+    verdicts[best.variant] = reason
+    for name in on_fallback:
+        verdicts[name] = f"no Edge TPU here, so it would run its CPU fallback; {verdicts[name]}"
+    return Choice(best.variant, verdicts[best.variant], verdicts)

@@ -1,0 +1,138 @@
+"""Several variants per version: pushed together, each device given the one that fits it, the
+cloud when none does, and `devices explain` saying why. Real server process, simulated devices
+on the real device API, the real Coral models (CPU and Edge TPU-compiled)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from fleet_server.simulator import SimDevice
+from protos import device_pb2, manifest_pb2
+from tests.harness import REPO, Server
+
+DATA = REPO / "tests" / "data"
+CPU = DATA / "mobilenet_v1_0.25_128_quant.tflite"
+TPU = DATA / "mobilenet_v1_0.25_128_quant_edgetpu.tflite"
+GB = 1 << 30
+
+
+def caps(*, tpu: bool = False, memory: int = 4 * GB) -> device_pb2.Capabilities:
+    return device_pb2.Capabilities(
+        arch="aarch64",
+        memory_bytes=memory,
+        disk_free_bytes=8 * GB,
+        edgetpu_count=1 if tpu else 0,
+        edgetpus=[device_pb2.EdgeTpu(device="usb:0", kind="usb", state="ready")] if tpu else [],
+        libedgetpu=tpu,
+        runtime="ai-edge-litert",
+        max_builtin_op=209,
+    )
+
+
+def manifests(device: SimDevice) -> dict[str, manifest_pb2.Manifest]:
+    return {
+        m.model_name: m
+        for m in (
+            manifest_pb2.Manifest.FromString(e.payload) for e in device.check_in(act=False).desired
+        )
+    }
+
+
+@pytest.fixture
+def server(server_factory: Callable[..., Server]) -> Iterator[Server]:
+    yield server_factory(None)
+
+
+@pytest.fixture
+def channel(server: Server) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(server.address) as chan:
+        yield chan
+
+
+def test_each_device_gets_the_variant_that_fits_it(server: Server, channel: grpc.Channel) -> None:
+    out = server.admin(
+        "models", "push", str(CPU), str(TPU), "--name", "mobilenet", "--version", "1.0.0"
+    ).stdout
+    assert "2 variant(s), signed" in out
+    listed = {m["variant"]: m for m in json.loads(server.admin("models", "list", "--json").stdout)}
+    assert set(listed) == {"int8", "edgetpu"}
+    assert listed["int8"]["quantization"] == "full_int8"
+    assert listed["edgetpu"]["quantization"] == "edgetpu"
+    # The Edge TPU variant travels with the release's CPU variant as its fallback.
+    assert listed["edgetpu"]["fallback_sha256"] == listed["int8"]["sha256"]
+    server.admin("deploy", "mobilenet", "1.0.0")
+
+    token = server.enrollment_token()
+    coral = SimDevice.enroll(channel, token, "coral", capabilities=caps(tpu=True))
+    pi = SimDevice.enroll(channel, token, "pi", capabilities=caps())
+    tiny = SimDevice.enroll(channel, token, "tiny", capabilities=caps(memory=512 << 10))
+
+    on_coral = manifests(coral)["mobilenet"]
+    assert on_coral.variant == "edgetpu" and on_coral.requirements.edgetpu
+    assert on_coral.cpu_fallback.sha256 == listed["int8"]["sha256"]
+    assert manifests(pi)["mobilenet"].variant == "int8"
+    response = tiny.check_in(act=False)
+    assert not response.desired
+    (route,) = response.cloud
+    assert (route.model_name, route.version) == ("mobilenet", "1.0.0")
+    assert "no variant fits" in route.reason and "MB of memory" in route.reason
+
+    explained = json.loads(
+        server.admin("devices", "explain", pi.device_id, "mobilenet", "--json").stdout
+    )
+    assert explained["variant"] == "int8"
+    assert explained["hardware_class"] == "aarch64"
+    verdicts = {v["variant"]: v for v in explained["verdicts"]}
+    assert verdicts["int8"]["chosen"] is True
+    assert verdicts["edgetpu"]["reason"].startswith("no Edge TPU here, so it would run its CPU")
+    text = server.admin("devices", "explain", tiny.device_id, "mobilenet").stdout
+    assert "gets mobilenet 1.0.0: the cloud (no variant fits)" in text
+
+
+def test_a_bad_variant_rejects_the_whole_push_and_keeps_nothing(
+    server: Server, color_models: Path, tmp_path: Path
+) -> None:
+    artifacts = server.data_dir / "artifacts"
+    before = sorted(p.name for p in artifacts.rglob("*") if p.is_file())
+    not_a_model = tmp_path / "notes.tflite"
+    not_a_model.write_bytes(b"definitely not a flatbuffer" * 50)
+    cases = [
+        ((str(CPU), str(not_a_model)), "rejected variant"),
+        ((str(CPU), str(color_models / "color_float.tflite")), "input and output shapes"),
+        ((str(CPU), str(CPU)), "two variants are both named 'int8'"),
+    ]
+    for files, message in cases:
+        result = server.admin(
+            "models", "push", *files, "--name", "m", "--version", "1.0.0", check=False
+        )
+        assert result.returncode == 1
+        assert message in result.stderr, result.stderr
+    assert json.loads(server.admin("models", "list", "--json").stdout) == []
+    assert sorted(p.name for p in artifacts.rglob("*") if p.is_file()) == before
+    # Named apart, the same kind twice is fine.
+    server.admin(
+        "models", "push", str(CPU), str(CPU), "--variant", "a", "--variant", "b",
+        "--name", "m", "--version", "1.0.0",
+    )  # fmt: skip
+    assert len(json.loads(server.admin("models", "list", "--json").stdout)) == 2
+
+
+def test_rollback_of_a_multi_variant_release_signs_every_variant(
+    server: Server, channel: grpc.Channel
+) -> None:
+    for version in ("1.0.0", "1.1.0"):
+        server.admin("models", "push", str(CPU), str(TPU), "--name", "mn", "--version", version)
+    server.admin("deploy", "mn", "1.1.0")
+    token = server.enrollment_token()
+    coral = SimDevice.enroll(channel, token, "coral", capabilities=caps(tpu=True))
+    pi = SimDevice.enroll(channel, token, "pi", capabilities=caps())
+    server.admin("models", "rollback", "mn", "1.0.0")
+    for device, variant in ((coral, "edgetpu"), (pi, "int8")):
+        manifest = manifests(device)["mn"]
+        assert (manifest.version, manifest.variant) == ("1.0.0", variant)
+        assert manifest.explicit_rollback and manifest.rollback_from == 2
