@@ -24,35 +24,62 @@ from agent.errors import (
 from protos import device_pb2 as pb
 from protos import device_pb2_grpc as pb_grpc
 
-__all__ = ["DeviceClient"]
+__all__ = ["DeviceClient", "device_target"]
 
 log = logging.getLogger(__name__)
 _TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 _R = TypeVar("_R")
 
 
-class DeviceClient:
-    """Calls DeviceService with this device's bearer token."""
+_OPTIONS = [("grpc.max_receive_message_length", 8 * 1024 * 1024)]
 
-    def __init__(self, address: str, *, timeout_s: float, token: str = "") -> None:
+
+def device_target(server_address: str, advertised: str) -> str:
+    """Where to dial the device port: the advertised address, or (when it names only a port,
+    ":7444") the host the device enrolled through with that port."""
+    if not advertised.startswith(":"):
+        return advertised
+    host = server_address.rsplit(":", 1)[0] if ":" in server_address else server_address
+    return f"{host}{advertised}"
+
+
+class DeviceClient:
+    """Enrolls over TLS on the server's main port, then calls DeviceService on its device port
+    with this device's client certificate (mTLS)."""
+
+    def __init__(self, address: str, *, timeout_s: float, ca_pem: bytes = b"") -> None:
         self.address = address
         self._timeout = timeout_s
-        self._token = token
-        self._channel = grpc.insecure_channel(
-            address, options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)]
-        )
-        self._stub = pb_grpc.DeviceServiceStub(self._channel)
+        self._ca_pem = ca_pem
+        self._bootstrap: grpc.Channel | None = None
+        self._channel: grpc.Channel | None = None
+        self._stub: pb_grpc.DeviceServiceStub | None = None
+        self.device_address = ""
 
     def close(self) -> None:
-        """Close the channel."""
-        self._channel.close()
+        """Close the channels."""
+        for channel in (self._bootstrap, self._channel):
+            if channel is not None:
+                channel.close()
 
-    def set_token(self, token: str) -> None:
-        """Use ``token`` for every later call."""
-        self._token = token
+    def use_certificate(
+        self, device_address: str, *, certificate_pem: bytes, key_pem: bytes, ca_pem: bytes
+    ) -> None:
+        """Call the device port with this client certificate from now on."""
+        if self._channel is not None:
+            self._channel.close()
+        self.device_address = device_target(self.address, device_address)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=ca_pem, private_key=key_pem, certificate_chain=certificate_pem
+        )
+        self._channel = grpc.secure_channel(self.device_address, credentials, options=_OPTIONS)
+        self._stub = pb_grpc.DeviceServiceStub(self._channel)
 
-    def _metadata(self) -> list[tuple[str, str]]:
-        return [("authorization", f"Bearer {self._token}")] if self._token else []
+    @property
+    def _device(self) -> pb_grpc.DeviceServiceStub:
+        if self._stub is None:
+            raise AgentError("not enrolled yet: no device certificate")
+        return self._stub
 
     def _call(self, what: str, fn: Callable[[], _R]) -> _R:
         try:
@@ -72,9 +99,18 @@ class DeviceClient:
             EnrollmentError: the server refused the token or the request.
             ServerUnavailableError: the server could not be reached.
         """
+        if not self._ca_pem:
+            raise EnrollmentError(
+                "no fleet CA to check the server with: set server.ca_file to a copy of the "
+                "server's DATA_DIR/ca/ca.crt"
+            )
+        if self._bootstrap is None:
+            credentials = grpc.ssl_channel_credentials(root_certificates=self._ca_pem)
+            self._bootstrap = grpc.secure_channel(self.address, credentials, options=_OPTIONS)
+        stub = pb_grpc.DeviceServiceStub(self._bootstrap)
         try:
             response: pb.EnrollResponse = self._call(
-                "enrollment", lambda: self._stub.Enroll(request, timeout=self._timeout)
+                "enrollment", lambda: stub.Enroll(request, timeout=self._timeout)
             )
         except ServerUnavailableError:
             raise
@@ -82,11 +118,21 @@ class DeviceClient:
             raise EnrollmentError(str(exc)) from exc
         return response
 
+    def renew(self, csr_pem: bytes) -> bytes:
+        """A new client certificate (PEM) for the key behind ``csr_pem``."""
+        response: pb.RenewResponse = self._call(
+            "certificate renewal",
+            lambda: self._device.RenewCertificate(
+                pb.RenewRequest(csr_pem=csr_pem), timeout=self._timeout
+            ),
+        )
+        return response.certificate_pem
+
     def check_in(self, request: pb.CheckInRequest) -> pb.CheckInResponse:
         """Report state and receive the desired state."""
         response: pb.CheckInResponse = self._call(
             "check-in",
-            lambda: self._stub.CheckIn(request, timeout=self._timeout, metadata=self._metadata()),
+            lambda: self._device.CheckIn(request, timeout=self._timeout),
         )
         return response
 
@@ -95,9 +141,7 @@ class DeviceClient:
         try:
             self._call(
                 "status report",
-                lambda: self._stub.ReportStatus(
-                    report, timeout=self._timeout, metadata=self._metadata()
-                ),
+                lambda: self._device.ReportStatus(report, timeout=self._timeout),
             )
         except AgentError as exc:
             log.warning("could not report status: %s", exc)
@@ -127,8 +171,8 @@ class DeviceClient:
         position = offset
         started = time.monotonic()
         try:
-            stream: Iterator[pb.ArtifactChunk] = self._stub.DownloadArtifact(
-                request, timeout=deadline_s, metadata=self._metadata()
+            stream: Iterator[pb.ArtifactChunk] = self._device.DownloadArtifact(
+                request, timeout=deadline_s
             )
             for chunk in stream:
                 if chunk.total_size != expected_size:

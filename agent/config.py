@@ -46,6 +46,9 @@ class ServerSection:
     address: str = "127.0.0.1:7443"
     enrollment_token: str = ""
     enrollment_token_file: Path | None = None
+    # The fleet CA certificate (the server's DATA_DIR/ca/ca.crt): the server's TLS certificate
+    # must chain to it. Needed to enroll; afterwards the CA from enrollment is used.
+    ca_file: Path | None = None
     checkin_interval_s: float = 30.0
     timeout_s: float = 10.0
 
@@ -121,6 +124,29 @@ class AgentConfig:
             except OSError as exc:
                 raise ConfigError(f"cannot read enrollment token {path}: {exc}") from exc
         return ""
+
+    def fleet_ca(self) -> bytes:
+        """The fleet CA certificate (PEM): from ``server.ca_file`` or systemd's credentials dir
+        (``fleet-ca.crt``); empty when neither is there.
+
+        Raises:
+            ConfigError: the file cannot be read.
+        """
+        candidates = []
+        if self.server.ca_file is not None:
+            candidates.append(self.server.ca_file)
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        if creds:
+            candidates.append(Path(creds) / "fleet-ca.crt")
+        for path in candidates:
+            try:
+                return path.read_bytes()
+            except FileNotFoundError:
+                if path == self.server.ca_file:
+                    raise ConfigError(f"server.ca_file {path} does not exist") from None
+            except OSError as exc:
+                raise ConfigError(f"cannot read the fleet CA {path}: {exc}") from exc
+        return b""
 
 
 _T = TypeVar("_T")
@@ -245,4 +271,8 @@ def load_config(path: Path) -> AgentConfig:
     ):
         token_file = base / config.server.enrollment_token_file
         config = replace(config, server=replace(config.server, enrollment_token_file=token_file))
+    if config.server.ca_file is not None and not config.server.ca_file.is_absolute():
+        config = replace(
+            config, server=replace(config.server, ca_file=base / config.server.ca_file)
+        )
     return config

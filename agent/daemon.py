@@ -18,7 +18,7 @@ from agent.client import DeviceClient
 from agent.config import AgentConfig
 from agent.errors import AgentError, EnrollmentError, ManifestError, TransientError
 from agent.hardware.probe import HardwareInfo, probe, to_capabilities
-from agent.identity import Identity
+from agent.identity import Identity, new_key_and_csr
 from agent.inference.engine import Engine, EngineOptions
 from agent.inference.metrics_http import MetricsServer
 from agent.inference.oip import create_server
@@ -29,12 +29,13 @@ from agent.updates.store import ModelStore
 from agent.updates.trust import pin_keylist, update_keylist
 from agent.updates.updater import Updater
 from protos import device_pb2
-from protos.topics import telemetry_topic, validate_segment
+from protos.topics import device_name, telemetry_topic, validate_segment
 
 __all__ = ["Agent"]
 
 log = logging.getLogger(__name__)
 _MAX_BACKOFF_S = 300.0
+RENEW_BEFORE_S = 30 * 86400  # renew the device certificate in its last 30 days
 
 
 def _backoff(attempt: int, base: float) -> float:
@@ -62,7 +63,9 @@ class Agent:
             )
         )
         self.identity: Identity | None = None
-        self._client = DeviceClient(config.server.address, timeout_s=config.server.timeout_s)
+        self._client = DeviceClient(
+            config.server.address, timeout_s=config.server.timeout_s, ca_pem=config.fleet_ca()
+        )
         self._started = time.monotonic()
 
     def run(self, stop: threading.Event) -> None:
@@ -75,7 +78,7 @@ class Agent:
         self.store.root.mkdir(parents=True, exist_ok=True)
         self.identity = Identity.load(self.store.root)
         self._pending_reports = Updater.recover(self.store, self._health_policy())
-        self._cloud_routes: dict[str, str] = {}
+        self._cloud_routes: dict[str, tuple[str, str]] = {}
         Updater.load_active_into(self.store, self.engine)
         try:
             server, port = create_server(
@@ -146,13 +149,15 @@ class Agent:
                 "this device is not enrolled and no enrollment token is configured "
                 "(server.enrollment_token or server.enrollment_token_file)"
             )
-        name = self.config.agent.name or socket.gethostname()
+        name = device_name(self.config.agent.name or socket.gethostname())
+        key_pem, csr_pem = new_key_and_csr(name)
         response = self._client.enroll(
             device_pb2.EnrollRequest(
                 enrollment_token=token,
-                requested_name=name[:64],
+                requested_name=name,
                 capabilities=to_capabilities(self.probe()),
                 labels=self.config.agent.labels,
+                csr_pem=csr_pem,
             )
         )
         fleet_id = validate_segment(response.fleet_id, "fleet id")
@@ -164,10 +169,13 @@ class Agent:
             raise EnrollmentError(f"the server's key list does not verify: {exc}") from exc
         identity = Identity(
             device_id=validate_segment(response.device_id, "device id"),
-            token=response.device_token,
             fleet_id=fleet_id,
             trust=trust,
             mqtt_url=response.mqtt_url,
+            device_address=response.device_address,
+            certificate_pem=response.certificate_pem,
+            key_pem=key_pem,
+            ca_pem=response.ca_pem or self.config.fleet_ca(),
         )
         identity.save(self.store.root)
         log.info(
@@ -187,7 +195,12 @@ class Agent:
                 if self.identity is None:
                     self.identity = self._enroll()
                 if updater is None:
-                    self._client.set_token(self.identity.token)
+                    self._client.use_certificate(
+                        self.identity.device_address,
+                        certificate_pem=self.identity.certificate_pem,
+                        key_pem=self.identity.key_pem,
+                        ca_pem=self.identity.ca_pem,
+                    )
                     updater = Updater(
                         store=self.store,
                         engine=self.engine,
@@ -200,6 +213,7 @@ class Agent:
                     for report in self._pending_reports:
                         self._client.report(report)
                     self._pending_reports = []
+                self._renew_if_due()
                 response = self._client.check_in(
                     device_pb2.CheckInRequest(
                         capabilities=to_capabilities(self.probe()), active=self._active()
@@ -240,14 +254,34 @@ class Agent:
             if remaining <= 0 or stop.wait(min(1.0, remaining)):
                 return
 
+    def _renew_if_due(self) -> None:
+        """Renew the client certificate in its last 30 days (a new key each time)."""
+        identity = self.identity
+        if identity is None or identity.certificate_expires - time.time() > RENEW_BEFORE_S:
+            return
+        key_pem, csr_pem = new_key_and_csr(identity.device_id)
+        renewed = identity.with_certificate(self._client.renew(csr_pem), key_pem)
+        renewed.save(self.store.root)
+        self.identity = renewed
+        self._client.use_certificate(
+            renewed.device_address,
+            certificate_pem=renewed.certificate_pem,
+            key_pem=renewed.key_pem,
+            ca_pem=renewed.ca_pem,
+        )
+        log.info(
+            "renewed the device certificate (valid until %s)",
+            time.ctime(renewed.certificate_expires),
+        )
+
     def _note_cloud_routes(self, routes: Sequence[device_pb2.CloudRoute]) -> None:
         """Log, once per change, the models the server says this device cannot run locally.
         (Serving them from the cloud is the cloud-routing issue's; until then they are not
         served here, and what the device already runs keeps running.)"""
-        current = {r.model_name: f"{r.version}: {r.reason}" for r in routes}
-        for name, why in current.items():
-            if self._cloud_routes.get(name) != why:
-                log.warning("server routes %s %s to the cloud (no variant fits)", name, why)
+        current = {r.model_name: (r.version, r.reason) for r in routes}
+        for name, (version, why) in current.items():
+            if self._cloud_routes.get(name) != (version, why):
+                log.warning("server routes %s %s to the cloud: %s", name, version, why)
         self._cloud_routes = current
 
     def _rotate_keys(self, raw: bytes, updater: Updater) -> None:

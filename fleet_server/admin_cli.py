@@ -26,11 +26,13 @@ _CHUNK = 256 * 1024
 
 
 class _Admin:
-    def __init__(self, address: str, token: str, timeout_s: float) -> None:
+    def __init__(self, address: str, token: str, timeout_s: float, ca_pem: bytes) -> None:
         self.address = address
         self._metadata = [("authorization", f"Bearer {token}")]
         self._timeout = timeout_s
-        self._channel = grpc.insecure_channel(address)
+        self._channel = grpc.secure_channel(
+            address, grpc.ssl_channel_credentials(root_certificates=ca_pem)
+        )
         self.stub = pb_grpc.AdminServiceStub(self._channel)
 
     def call(self, method: str, request: Any) -> Any:
@@ -65,8 +67,26 @@ def _token(args: argparse.Namespace) -> str:
     raise AuthError("no admin token: pass --token, set EDGEFLEET_ADMIN_TOKEN, or --data-dir")
 
 
+def _ca_pem(args: argparse.Namespace) -> bytes:
+    """The fleet CA the server's TLS certificate must chain to."""
+    path: Path | None = args.ca_file or (
+        Path(os.environ["EDGEFLEET_CA_FILE"]) if os.environ.get("EDGEFLEET_CA_FILE") else None
+    )
+    if path is None and args.data_dir:
+        path = args.data_dir / "ca" / "ca.crt"
+    if path is None:
+        raise AuthError(
+            "the server speaks TLS: give --ca-file (the fleet CA, DATA_DIR/ca/ca.crt), set "
+            "EDGEFLEET_CA_FILE, or --data-dir"
+        )
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise AuthError(f"cannot read the fleet CA {path}: {exc.strerror}") from exc
+
+
 def _admin(args: argparse.Namespace) -> _Admin:
-    return _Admin(args.server, _token(args), args.timeout)
+    return _Admin(args.server, _token(args), args.timeout, _ca_pem(args))
 
 
 def _fmt_time(unix: int) -> str:
@@ -454,6 +474,79 @@ def _cmd_devices_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def _duration(text: str) -> int:
+    """ "90s", "15m", "24h", "7d" or plain seconds -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text and text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 24h or 7d") from exc
+
+
+def _cmd_tokens_create(args: argparse.Namespace) -> int:
+    response = _admin(args).call(
+        "CreateEnrollmentToken",
+        pb.CreateTokenRequest(
+            ttl_s=args.ttl,
+            uses=args.uses,
+            labels=_pairs(args.label, "label"),
+            note=args.note or "",
+        ),
+    )
+    if args.json:
+        print(json.dumps(MessageToDict(response, preserving_proto_field_name=True), indent=2))
+        return 0
+    print(response.token)
+    print(
+        f"token {response.token_id}: {args.uses} use(s), expires {_fmt_time(response.expires_unix)}"
+        "; shown once: put it in the device's agent.toml (server.enrollment_token)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _cmd_tokens_list(args: argparse.Namespace) -> int:
+    response = _admin(args).call("ListEnrollmentTokens", pb.ListTokensRequest())
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    MessageToDict(
+                        t,
+                        preserving_proto_field_name=True,
+                        always_print_fields_with_no_presence=True,
+                    )
+                    for t in response.tokens
+                ],
+                indent=2,
+            )
+        )
+        return 0
+    if not response.tokens:
+        print("no enrollment tokens; create one with: edgefleet tokens create")
+        return 0
+    now = time.time()
+    print(f"{'ID':12}  {'USES LEFT':>9}  {'EXPIRES':19}  {'STATE':8}  LABELS / NOTE")
+    for t in response.tokens:
+        state = "usable" if t.uses_left and t.expires_unix > now else "spent"
+        labels = ",".join(f"{k}={v}" for k, v in sorted(t.labels.items()))
+        print(
+            f"{t.token_id:12}  {t.uses_left:9d}  {_fmt_time(t.expires_unix):19}  {state:8}  "
+            f"{labels} {t.note}".rstrip()
+        )
+    return 0
+
+
+def _cmd_tokens_revoke(args: argparse.Namespace) -> int:
+    response = _admin(args).call(
+        "RevokeEnrollmentToken", pb.RevokeTokenRequest(token_id=args.token_id)
+    )
+    print(f"revoked {response.revoked} token(s)")
+    return 0
+
+
 def _cmd_devices_explain(args: argparse.Namespace) -> int:
     response = _admin(args).call(
         "ExplainVariant",
@@ -667,6 +760,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="fleet server address (env EDGEFLEET_SERVER; default 127.0.0.1:7443)",
     )
     parser.add_argument("--token", help="admin token (env EDGEFLEET_ADMIN_TOKEN)")
+    parser.add_argument(
+        "--ca-file",
+        type=Path,
+        help="the fleet CA certificate (env EDGEFLEET_CA_FILE; default DATA_DIR/ca/ca.crt)",
+    )
     parser.add_argument(
         "--data-dir", type=Path, help="read the admin token from this server data dir"
     )
@@ -882,6 +980,27 @@ def build_parser() -> argparse.ArgumentParser:
     rrollback.add_argument("--root-key", type=Path, action="append", help="root key file")
     rrollback.add_argument("--passphrase-file", type=Path, help="passphrase of the root keys")
     rrollback.set_defaults(func=_cmd_rollouts_rollback)
+
+    tokens = sub.add_parser(
+        "tokens",
+        help="enrollment tokens: single use (or N uses), expiring, optionally labelling devices",
+    )
+    tokens_sub = tokens.add_subparsers(dest="action", required=True)
+    tcreate = tokens_sub.add_parser("create", help="create a token (printed once, on stdout)")
+    tcreate.add_argument("--ttl", type=_duration, default=86400, help="lifetime (default 24h)")
+    tcreate.add_argument("--uses", type=int, default=1, help="devices it may enroll (default 1)")
+    tcreate.add_argument(
+        "--label", action="append", metavar="KEY=VALUE", help="label the enrolled devices"
+    )
+    tcreate.add_argument("--note", help="a note for 'tokens list'")
+    tcreate.add_argument("--json", action="store_true")
+    tcreate.set_defaults(func=_cmd_tokens_create)
+    tlist = tokens_sub.add_parser("list", help="tokens (their ids, never the secrets)")
+    tlist.add_argument("--json", action="store_true")
+    tlist.set_defaults(func=_cmd_tokens_list)
+    trevoke = tokens_sub.add_parser("revoke", help="use a token up now")
+    trevoke.add_argument("token_id", help="the id 'tokens list' shows (8+ characters)")
+    trevoke.set_defaults(func=_cmd_tokens_revoke)
 
     audit = sub.add_parser("audit", help="the audit log of admin actions, newest first")
     audit.add_argument("--limit", type=int, default=50)

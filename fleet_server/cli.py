@@ -31,6 +31,10 @@ def _split_host_port(value: str, what: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -79,6 +83,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from fleet_server.api.server import ServerContext, create_server  # noqa: PLC0415
     from fleet_server.artifacts.store import ArtifactStore  # noqa: PLC0415
     from fleet_server.datadir import DataDir  # noqa: PLC0415
+    from fleet_server.identity.ca import default_sans  # noqa: PLC0415
     from fleet_server.rollouts.controller import RolloutController  # noqa: PLC0415
     from fleet_server.signing.keys import KeyStore  # noqa: PLC0415
     from fleet_server.storage.db import Database  # noqa: PLC0415
@@ -119,27 +124,59 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except TransientError as exc:
         raise DataDirError(f"telemetry ingest cannot start: {exc}") from exc
 
+    main_host, main_port = _split_host_port(args.listen, "--listen")
+    device_listen = args.device_listen or (
+        f"{_bracket(main_host)}:{main_port + 1 if main_port else 0}"
+    )
+    device_host, _ = _split_host_port(device_listen, "--device-listen")
+    tls_names = list(args.tls_name or default_sans())
+    for host in (main_host, device_host):
+        if host not in ("0.0.0.0", "::", "") and host not in tls_names:  # noqa: S104
+            tls_names.append(host)
+    ca = data_dir.ca()
     ctx = ServerContext(
         db=db,
+        ca=ca,
         artifacts=ArtifactStore(data_dir.artifacts),
         keys=KeyStore(data_dir.keys_dir),
         fleet_id=data_dir.fleet_id,
         admin_token=data_dir.read_secret(data_dir.admin_token_file),
-        enrollment_token=data_dir.read_secret(data_dir.enrollment_token_file),
+        enrollment_token=""
+        if args.no_bootstrap_token
+        else data_dir.read_secret(data_dir.enrollment_token_file),
         device_mqtt_url=args.device_mqtt_url or mqtt_url,
     )
     controller = RolloutController(ctx.rollouts, interval_s=args.rollout_interval)
     ctx.wake_rollouts = controller.wake
     try:
-        server, port = create_server(ctx, args.listen)
+        server, port, device_port = create_server(
+            ctx, args.listen, device_listen, tls_names=tls_names
+        )
     except (OSError, RuntimeError) as exc:
-        raise DataDirError(f"cannot serve gRPC on {args.listen}: {exc}") from exc
+        raise DataDirError(
+            f"cannot serve gRPC on {args.listen} and {device_listen}: {exc}"
+        ) from exc
+    # Devices dial the device port on the host they enrolled through, unless told otherwise.
+    ctx.device_address = args.device_advertise or f":{device_port}"
     server.start()
     controller.start()
-    log.info("fleet %s: gRPC on port %d, telemetry via %s", data_dir.fleet_id, port, endpoint)
+    log.info(
+        "fleet %s: gRPC on port %d (TLS), devices on port %d (mTLS), telemetry via %s",
+        data_dir.fleet_id,
+        port,
+        device_port,
+        endpoint,
+    )
     if args.ready_file:
         args.ready_file.write_text(
-            json.dumps({"grpc_port": port, "mqtt_url": mqtt_url, "pid": os.getpid()}),
+            json.dumps(
+                {
+                    "grpc_port": port,
+                    "device_port": device_port,
+                    "mqtt_url": mqtt_url,
+                    "pid": os.getpid(),
+                }
+            ),
             encoding="utf-8",
         )
     try:
@@ -183,7 +220,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="serve the device and admin APIs")
     run.add_argument("--data-dir", type=Path, required=True)
-    run.add_argument("--listen", default="127.0.0.1:7443", help="gRPC address (port 0 = any)")
+    run.add_argument(
+        "--listen",
+        default="127.0.0.1:7443",
+        help="gRPC address for enrollment and the admin API, TLS (port 0 = any)",
+    )
+    run.add_argument(
+        "--device-listen",
+        help="gRPC address for devices, mTLS (default: the --listen host, its port + 1)",
+    )
+    run.add_argument(
+        "--device-advertise",
+        help="HOST:PORT devices should dial for the device port (default: the host they "
+        "enrolled through, with the device port)",
+    )
+    run.add_argument(
+        "--tls-name",
+        action="append",
+        help="a DNS name or IP the server certificate covers (repeat; default: this host's "
+        "name, localhost and loopback, plus the listen hosts)",
+    )
+    run.add_argument(
+        "--no-bootstrap-token",
+        action="store_true",
+        help="refuse the data dir's reusable enrollment.token; only tokens from "
+        "'edgefleet tokens create' enroll devices",
+    )
     run.add_argument("--db-url", help="SQLAlchemy URL (default: SQLite in the data dir)")
     run.add_argument(
         "--mqtt-url",

@@ -6,8 +6,10 @@ Layout::
     fleet.db                SQLite database (the embedded default)
     artifacts/              uploaded model files, by sha256
     keys/                   root and release keys and the signed key list (signing/keys.py)
+    ca/                     the fleet CA: ca.key (0600) and ca.crt (give ca.crt to devices)
     admin.token             bearer token for the admin API (0600)
-    enrollment.token        token devices enroll with (0600)
+    enrollment.token        reusable bootstrap token devices may enroll with (0600);
+                            'edgefleet tokens create' makes single-use expiring ones
 """
 
 from __future__ import annotations
@@ -17,8 +19,12 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fleet_server.errors import DataDirError
+
+if TYPE_CHECKING:
+    from fleet_server.identity.ca import FleetCA
 
 __all__ = ["DataDir"]
 
@@ -52,6 +58,22 @@ class DataDir:
     @property
     def keys_dir(self) -> Path:
         return self.root / "keys"
+
+    @property
+    def ca_dir(self) -> Path:
+        return self.root / "ca"
+
+    def ca(self) -> FleetCA:
+        """The fleet CA, created on first use for data dirs from before certificates.
+
+        Raises:
+            DataDirError: the CA files are unreadable.
+        """
+        from fleet_server.identity.ca import FleetCA  # noqa: PLC0415
+
+        if not (self.ca_dir / "ca.key").exists():
+            return FleetCA.create(self.ca_dir, self.fleet_id)
+        return FleetCA.load(self.ca_dir)
 
     @property
     def admin_token_file(self) -> Path:
@@ -103,6 +125,7 @@ class DataDir:
             root_threshold=root_threshold,
             passphrase=passphrase,
         )
+        data_dir.ca()
         _write_secret(data_dir.admin_token_file, secrets.token_urlsafe(32).encode())
         _write_secret(data_dir.enrollment_token_file, secrets.token_urlsafe(24).encode())
         meta = {"format": _FORMAT, "fleet_id": fleet_id}

@@ -13,33 +13,45 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from agent.client import device_target
+from agent.identity import new_key_and_csr
 from protos import device_pb2 as pb
 from protos import device_pb2_grpc as pb_grpc
 from protos import manifest_pb2
+from protos.topics import device_name
 
-__all__ = ["SimDevice"]
+__all__ = ["SimDevice", "SimFleet"]
+
+
+def _default_capabilities() -> pb.Capabilities:
+    return pb.Capabilities(arch="x86_64", cpu_cores=4, memory_bytes=4 << 30, runtime="simulated")
+
+
+@dataclass(frozen=True)
+class SimFleet:
+    """Where simulated devices enroll: the server's main address and its CA."""
+
+    address: str
+    ca_pem: bytes
 
 
 @dataclass
 class SimDevice:
-    """One simulated device on a shared channel."""
+    """One simulated device with its own key, certificate and mTLS channel."""
 
     stub: pb_grpc.DeviceServiceStub
     device_id: str = ""
-    token: str = ""
+    channel: grpc.Channel | None = None
+    credentials: grpc.ChannelCredentials | None = None
     running: dict[str, str] = field(default_factory=dict)  # model -> version
     fail_versions: Collection[str] = ()
     failed: set[tuple[str, str]] = field(default_factory=set)
-    capabilities: pb.Capabilities = field(
-        default_factory=lambda: pb.Capabilities(
-            arch="x86_64", cpu_cores=4, memory_bytes=4 << 30, runtime="simulated"
-        )
-    )
+    capabilities: pb.Capabilities = field(default_factory=_default_capabilities)
 
     @classmethod
     def enroll(
         cls,
-        channel: grpc.Channel,
+        fleet: SimFleet,
         enrollment_token: str,
         name: str,
         *,
@@ -47,27 +59,49 @@ class SimDevice:
         fail_versions: Collection[str] = (),
         capabilities: pb.Capabilities | None = None,
     ) -> SimDevice:
-        """Enroll a new simulated device."""
-        stub = pb_grpc.DeviceServiceStub(channel)
-        device = cls(stub, fail_versions=fail_versions)
-        if capabilities is not None:
-            device.capabilities = capabilities
-        response = stub.Enroll(
-            pb.EnrollRequest(
+        """Enroll a new simulated device (a fresh key and CSR, like an agent)."""
+        name = device_name(name)
+        key_pem, csr_pem = new_key_and_csr(name)
+        with grpc.secure_channel(
+            fleet.address, grpc.ssl_channel_credentials(root_certificates=fleet.ca_pem)
+        ) as bootstrap:
+            request = pb.EnrollRequest(
                 enrollment_token=enrollment_token,
                 requested_name=name,
-                capabilities=device.capabilities,
+                capabilities=capabilities or _default_capabilities(),
                 labels=labels or {},
-            ),
-            timeout=30,
+                csr_pem=csr_pem,
+            )
+            response = pb_grpc.DeviceServiceStub(bootstrap).Enroll(request, timeout=30)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=fleet.ca_pem,
+            private_key=key_pem,
+            certificate_chain=response.certificate_pem,
         )
-        device.device_id = response.device_id
-        device.token = response.device_token
+        channel = grpc.secure_channel(
+            device_target(fleet.address, response.device_address), credentials
+        )
+        device = cls(
+            pb_grpc.DeviceServiceStub(channel),
+            device_id=response.device_id,
+            channel=channel,
+            credentials=credentials,
+            fail_versions=fail_versions,
+        )
+        if capabilities is not None:
+            device.capabilities = capabilities
         return device
 
-    @property
-    def _metadata(self) -> list[tuple[str, str]]:
-        return [("authorization", f"Bearer {self.token}")]
+    def reconnect(self, device_address: str) -> None:
+        """Dial the device port at another address (a restarted server), same certificate."""
+        self.close()
+        self.channel = grpc.secure_channel(device_address, self.credentials)
+        self.stub = pb_grpc.DeviceServiceStub(self.channel)
+
+    def close(self) -> None:
+        """Close the device's channel."""
+        if self.channel is not None:
+            self.channel.close()
 
     def check_in(self, act: bool = True) -> pb.CheckInResponse:
         """Check in; with ``act``, "install" whatever new version the answer names."""
@@ -75,9 +109,7 @@ class SimDevice:
             capabilities=self.capabilities,
             active=[pb.ActiveModel(model_name=m, version=v) for m, v in self.running.items()],
         )
-        response: pb.CheckInResponse = self.stub.CheckIn(
-            request, timeout=30, metadata=self._metadata
-        )
+        response: pb.CheckInResponse = self.stub.CheckIn(request, timeout=30)
         if act:
             for envelope in response.desired:
                 self._apply(manifest_pb2.Manifest.FromString(envelope.payload))
@@ -99,5 +131,4 @@ class SimDevice:
         self.stub.ReportStatus(
             pb.StatusReport(model_name=model, version=version, state=state, detail=detail),  # type: ignore[arg-type]
             timeout=30,
-            metadata=self._metadata,
         )

@@ -84,6 +84,21 @@ class AdminServiceStub:
                 request_serializer=protos_dot_admin__pb2.DeviceRequest.SerializeToString,
                 response_deserializer=protos_dot_admin__pb2.DeviceInfo.FromString,
                 _registered_method=True)
+        self.CreateEnrollmentToken = channel.unary_unary(
+                '/edgefleet.v1.AdminService/CreateEnrollmentToken',
+                request_serializer=protos_dot_admin__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.ListEnrollmentTokens = channel.unary_unary(
+                '/edgefleet.v1.AdminService/ListEnrollmentTokens',
+                request_serializer=protos_dot_admin__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeEnrollmentToken = channel.unary_unary(
+                '/edgefleet.v1.AdminService/RevokeEnrollmentToken',
+                request_serializer=protos_dot_admin__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.RevokeTokenResponse.FromString,
+                _registered_method=True)
         self.ExplainVariant = channel.unary_unary(
                 '/edgefleet.v1.AdminService/ExplainVariant',
                 request_serializer=protos_dot_admin__pb2.ExplainVariantRequest.SerializeToString,
@@ -206,6 +221,25 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateEnrollmentToken(self, request, context):
+        """Enrollment tokens: single use (or N uses), expiring, optionally labelling the device.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEnrollmentTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeEnrollmentToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ExplainVariant(self, request, context):
         """Which variant of a model a device gets, and why each other variant lost.
         """
@@ -324,6 +358,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeDevice,
                     request_deserializer=protos_dot_admin__pb2.DeviceRequest.FromString,
                     response_serializer=protos_dot_admin__pb2.DeviceInfo.SerializeToString,
+            ),
+            'CreateEnrollmentToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateEnrollmentToken,
+                    request_deserializer=protos_dot_admin__pb2.CreateTokenRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'ListEnrollmentTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEnrollmentTokens,
+                    request_deserializer=protos_dot_admin__pb2.ListTokensRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeEnrollmentToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeEnrollmentToken,
+                    request_deserializer=protos_dot_admin__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.RevokeTokenResponse.SerializeToString,
             ),
             'ExplainVariant': grpc.unary_unary_rpc_method_handler(
                     servicer.ExplainVariant,
@@ -646,6 +695,87 @@ class AdminService:
             '/edgefleet.v1.AdminService/RevokeDevice',
             protos_dot_admin__pb2.DeviceRequest.SerializeToString,
             protos_dot_admin__pb2.DeviceInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateEnrollmentToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/CreateEnrollmentToken',
+            protos_dot_admin__pb2.CreateTokenRequest.SerializeToString,
+            protos_dot_admin__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEnrollmentTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/ListEnrollmentTokens',
+            protos_dot_admin__pb2.ListTokensRequest.SerializeToString,
+            protos_dot_admin__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeEnrollmentToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/RevokeEnrollmentToken',
+            protos_dot_admin__pb2.RevokeTokenRequest.SerializeToString,
+            protos_dot_admin__pb2.RevokeTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -75,7 +75,7 @@ class EdgeTpu(_message.Message):
     def __init__(self, device: _Optional[str] = ..., kind: _Optional[str] = ..., path: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
 
 class EnrollRequest(_message.Message):
-    __slots__ = ("enrollment_token", "requested_name", "capabilities", "labels")
+    __slots__ = ("enrollment_token", "requested_name", "capabilities", "labels", "csr_pem")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -87,25 +87,43 @@ class EnrollRequest(_message.Message):
     REQUESTED_NAME_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
     enrollment_token: str
     requested_name: str
     capabilities: Capabilities
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, enrollment_token: _Optional[str] = ..., requested_name: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    csr_pem: bytes
+    def __init__(self, enrollment_token: _Optional[str] = ..., requested_name: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., csr_pem: _Optional[bytes] = ...) -> None: ...
 
 class EnrollResponse(_message.Message):
-    __slots__ = ("device_id", "device_token", "fleet_id", "keylist", "mqtt_url")
+    __slots__ = ("device_id", "fleet_id", "keylist", "mqtt_url", "certificate_pem", "ca_pem", "device_address")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
-    DEVICE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     FLEET_ID_FIELD_NUMBER: _ClassVar[int]
     KEYLIST_FIELD_NUMBER: _ClassVar[int]
     MQTT_URL_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CA_PEM_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     device_id: str
-    device_token: str
     fleet_id: str
     keylist: _manifest_pb2.Envelope
     mqtt_url: str
-    def __init__(self, device_id: _Optional[str] = ..., device_token: _Optional[str] = ..., fleet_id: _Optional[str] = ..., keylist: _Optional[_Union[_manifest_pb2.Envelope, _Mapping]] = ..., mqtt_url: _Optional[str] = ...) -> None: ...
+    certificate_pem: bytes
+    ca_pem: bytes
+    device_address: str
+    def __init__(self, device_id: _Optional[str] = ..., fleet_id: _Optional[str] = ..., keylist: _Optional[_Union[_manifest_pb2.Envelope, _Mapping]] = ..., mqtt_url: _Optional[str] = ..., certificate_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., device_address: _Optional[str] = ...) -> None: ...
+
+class RenewRequest(_message.Message):
+    __slots__ = ("csr_pem",)
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    csr_pem: bytes
+    def __init__(self, csr_pem: _Optional[bytes] = ...) -> None: ...
+
+class RenewResponse(_message.Message):
+    __slots__ = ("certificate_pem",)
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    certificate_pem: bytes
+    def __init__(self, certificate_pem: _Optional[bytes] = ...) -> None: ...
 
 class ActiveModel(_message.Message):
     __slots__ = ("model_name", "version", "release_counter", "sha256", "backend")

@@ -26,7 +26,10 @@ if _version_not_supported:
 
 
 class DeviceServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Enroll is served on the server's main port (TLS, no client certificate); every other call on
+    its device port, which requires the device's client certificate (mTLS): the device id comes
+    from the certificate, never from the request.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -38,6 +41,11 @@ class DeviceServiceStub:
                 '/edgefleet.v1.DeviceService/Enroll',
                 request_serializer=protos_dot_device__pb2.EnrollRequest.SerializeToString,
                 response_deserializer=protos_dot_device__pb2.EnrollResponse.FromString,
+                _registered_method=True)
+        self.RenewCertificate = channel.unary_unary(
+                '/edgefleet.v1.DeviceService/RenewCertificate',
+                request_serializer=protos_dot_device__pb2.RenewRequest.SerializeToString,
+                response_deserializer=protos_dot_device__pb2.RenewResponse.FromString,
                 _registered_method=True)
         self.CheckIn = channel.unary_unary(
                 '/edgefleet.v1.DeviceService/CheckIn',
@@ -57,10 +65,20 @@ class DeviceServiceStub:
 
 
 class DeviceServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Enroll is served on the server's main port (TLS, no client certificate); every other call on
+    its device port, which requires the device's client certificate (mTLS): the device id comes
+    from the certificate, never from the request.
+    """
 
     def Enroll(self, request, context):
-        """Exchange an enrollment token for a device identity. No device credential needed.
+        """Exchange an enrollment token and a CSR for a device certificate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewCertificate(self, request, context):
+        """A new certificate for the calling device (before the current one expires).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -95,6 +113,11 @@ def add_DeviceServiceServicer_to_server(servicer, server):
                     request_deserializer=protos_dot_device__pb2.EnrollRequest.FromString,
                     response_serializer=protos_dot_device__pb2.EnrollResponse.SerializeToString,
             ),
+            'RenewCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewCertificate,
+                    request_deserializer=protos_dot_device__pb2.RenewRequest.FromString,
+                    response_serializer=protos_dot_device__pb2.RenewResponse.SerializeToString,
+            ),
             'CheckIn': grpc.unary_unary_rpc_method_handler(
                     servicer.CheckIn,
                     request_deserializer=protos_dot_device__pb2.CheckInRequest.FromString,
@@ -119,7 +142,10 @@ def add_DeviceServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class DeviceService:
-    """Missing associated documentation comment in .proto file."""
+    """Enroll is served on the server's main port (TLS, no client certificate); every other call on
+    its device port, which requires the device's client certificate (mTLS): the device id comes
+    from the certificate, never from the request.
+    """
 
     @staticmethod
     def Enroll(request,
@@ -138,6 +164,33 @@ class DeviceService:
             '/edgefleet.v1.DeviceService/Enroll',
             protos_dot_device__pb2.EnrollRequest.SerializeToString,
             protos_dot_device__pb2.EnrollResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.DeviceService/RenewCertificate',
+            protos_dot_device__pb2.RenewRequest.SerializeToString,
+            protos_dot_device__pb2.RenewResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -10,6 +10,7 @@ import re
 __all__ = [
     "ROOT",
     "device_from_topic",
+    "device_name",
     "telemetry_filter",
     "telemetry_topic",
     "validate_segment",
@@ -17,6 +18,16 @@ __all__ = [
 
 ROOT = "edgefleet/v1"
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+_BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def device_name(requested: str) -> str:
+    """A requested device name made safe as an id and a topic level (the server derives the
+    device id from it; the device puts it in its CSR)."""
+    name = _BAD_NAME_CHARS.sub("-", requested.strip())[:56].strip("-.")
+    return name or "device"
 
 
 def validate_segment(value: str, what: str) -> str:

@@ -108,6 +108,8 @@ def run(state: Path) -> None:
                 "127.0.0.1:0",
                 "--ready-file",
                 str(ready),
+                "--rollout-interval",
+                "0.5",
             ],
             state / "server.log",
         )
@@ -137,15 +139,18 @@ def run(state: Path) -> None:
             end="",
         )
 
-        step("edgefleet-agent run x2: enroll, check in, download, verify, smoke-test, activate")
-        token = (data_dir / "enrollment.token").read_text().strip()
+        step("edgefleet-agent run x2: enroll (token + CSR -> certificate), check in over mTLS,")
+        print("download, verify, smoke-test, activate")
         sockets = {}
-        for name in ("edge-cam-1", "edge-cam-2"):
+        for name, ring in (("edge-cam-1", "canary"), ("edge-cam-2", "main")):
+            # A single-use token per device; the label it carries lands on the device.
+            token = cli(*admin, "tokens", "create", "--label", f"ring={ring}").strip()
             home = state / name
             home.mkdir()
             (home / "agent.toml").write_text(
                 f'[agent]\nname = "{name}"\nstate_dir = "state"\n'
                 f'[server]\naddress = "{address}"\nenrollment_token = "{token}"\n'
+                f'ca_file = "{data_dir / "ca" / "ca.crt"}"\n'
                 'checkin_interval_s = 2.0\n[api]\nsocket = "oip.sock"\n'
                 "[telemetry]\ninterval_s = 1.0\n"
             )
@@ -206,6 +211,35 @@ def run(state: Path) -> None:
                 f"{m['version']} on {m['backend']}: {int(m['requests'])} request(s), "
                 f"p50 {m['latency'].get('p50_ms', 0.0):.2f} ms"
             )
+
+        step("a staged rollout: mobilenet 1.1.0 in two variants, one canary first, then the rest")
+        print(
+            cli(
+                *admin,
+                "models",
+                "push",
+                str(MODEL),
+                str(MODEL.with_name(MODEL.stem + "_edgetpu.tflite")),
+                "--name",
+                "mobilenet",
+                "--version",
+                "1.1.0",
+            ),
+            end="",
+        )
+        created = json.loads(
+            cli(*admin, "rollouts", "create", "mobilenet", "1.1.0", "--waves", "1,100%", "--json")
+        )
+        rollout = str(created["rollout_id"])
+
+        def completed() -> bool:
+            status = json.loads(cli(*admin, "rollouts", "status", rollout, "--json"))
+            return bool(status["state"] == "completed")
+
+        wait_for("the rollout to complete", completed)
+        print(cli(*admin, "rollouts", "status", rollout), end="")
+        step("why edge-cam-1 runs the int8 variant and not the Edge TPU one")
+        print(cli(*admin, "devices", "explain", "edge-cam-1", "mobilenet"), end="")
 
         step("summary: edgefleet devices list")
         print(cli(*admin, "devices", "list"), end="")

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from fleet_server.simulator import SimFleet
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"
 _T = TypeVar("_T")
@@ -149,6 +151,7 @@ class Server:
     proc: Proc
     port: int
     mqtt_url: str
+    device_port: int = 0
 
     @property
     def address(self) -> str:
@@ -172,6 +175,14 @@ class Server:
 
     def enrollment_token(self) -> str:
         return (self.data_dir / "enrollment.token").read_text(encoding="utf-8").strip()
+
+    @property
+    def ca_file(self) -> Path:
+        return self.data_dir / "ca" / "ca.crt"
+
+    def sim_fleet(self) -> SimFleet:
+        """Where simulated devices enroll."""
+        return SimFleet(self.address, self.ca_file.read_bytes())
 
 
 def start_server(
@@ -216,7 +227,9 @@ def start_server(
         lambda: json.loads(ready.read_text()) if ready.exists() else proc.popen.poll() is not None,
     )
     assert isinstance(info, dict), f"server exited:\n{proc.output()}"
-    return Server(data_dir, proc, int(info["grpc_port"]), str(info["mqtt_url"]))
+    return Server(
+        data_dir, proc, int(info["grpc_port"]), str(info["mqtt_url"]), int(info["device_port"])
+    )
 
 
 @dataclass
@@ -270,6 +283,7 @@ state_dir = "state"
 [server]
 address = "{server.address}"
 enrollment_token = "{server.enrollment_token()}"
+ca_file = "{server.ca_file}"
 checkin_interval_s = {checkin_s}
 timeout_s = 5.0
 

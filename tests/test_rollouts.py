@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
 from agent.updates.trust import count_signers, pin_keylist
 from fleet_server.simulator import SimDevice
-from protos import device_pb2_grpc, manifest_pb2
+from protos import manifest_pb2
 from tests.harness import Server, wait_for
 
 FAST = ("--rollout-interval", "0.2")
@@ -25,12 +24,15 @@ FAST = ("--rollout-interval", "0.2")
 @dataclass
 class Fleet:
     server: Server
-    channel: grpc.Channel
     devices: list[SimDevice]
 
     def enroll(self, name: str, fail: tuple[str, ...] = (), **labels: str) -> SimDevice:
         device = SimDevice.enroll(
-            self.channel, self.server.enrollment_token(), name, labels=labels, fail_versions=fail
+            self.server.sim_fleet(),
+            self.server.enrollment_token(),
+            name,
+            labels=labels,
+            fail_versions=fail,
         )
         self.devices.append(device)
         return device
@@ -67,9 +69,10 @@ def fleet(
     server = server_factory(None, db_url=db_url, extra=FAST)
     push_versions(server, color_models / "color_int8.tflite", "1.0.0", "2.0.0")
     server.admin("deploy", "color", "1.0.0")
-    channel = grpc.insecure_channel(server.address)
-    yield Fleet(server, channel, [])
-    channel.close()
+    fleet = Fleet(server, [])
+    yield fleet
+    for device in fleet.devices:
+        device.close()
 
 
 def settle(
@@ -257,24 +260,22 @@ def test_a_rollout_survives_a_server_sigkill(
 ) -> None:
     server = server_factory(None, extra=FAST)
     push_versions(server, color_models / "color_int8.tflite", "1.0.0", "2.0.0")
-    with grpc.insecure_channel(server.address) as channel:
-        fleet = Fleet(server, channel, [])
-        for i in range(5):
-            fleet.enroll(f"d{i}")
-        rollout_id = int(fleet.create("2.0.0", "--waves", "1,100%")["rollout_id"])
-        settle(fleet, rollout_id, lambda s: s["wave_status"][0]["installed"] == 1)
-        before = fleet.rollout(rollout_id)
+    fleet = Fleet(server, [])
+    for i in range(5):
+        fleet.enroll(f"d{i}")
+    rollout_id = int(fleet.create("2.0.0", "--waves", "1,100%")["rollout_id"])
+    settle(fleet, rollout_id, lambda s: s["wave_status"][0]["installed"] == 1)
+    before = fleet.rollout(rollout_id)
     server.proc.popen.send_signal(signal.SIGKILL)
     server.proc.popen.wait()
 
     again = server_factory(None, extra=FAST)
-    with grpc.insecure_channel(again.address) as channel:
-        for device in fleet.devices:
-            device.stub = device_pb2_grpc.DeviceServiceStub(channel)
-        fleet = Fleet(again, channel, fleet.devices)
-        after = fleet.rollout(rollout_id)
-        assert after["wave_status"][0] == before["wave_status"][0]
-        done = settle(fleet, rollout_id, lambda s: s["state"] == "completed")
+    for device in fleet.devices:
+        device.reconnect(f"127.0.0.1:{again.device_port}")
+    fleet = Fleet(again, fleet.devices)
+    after = fleet.rollout(rollout_id)
+    assert after["wave_status"][0] == before["wave_status"][0]
+    done = settle(fleet, rollout_id, lambda s: s["state"] == "completed")
     assert sum(w["installed"] for w in done["wave_status"]) == 5
 
 
@@ -336,19 +337,19 @@ def test_two_replicas_on_one_postgresql_serve_the_same_rollout(
     )
     push_versions(first, color_models / "color_int8.tflite", "1.0.0", "2.0.0")
     first.admin("deploy", "color", "1.0.0")
-    with grpc.insecure_channel(second.address) as channel:
-        fleet = Fleet(second, channel, [])
-        for i in range(6):
-            fleet.enroll(f"d{i}", site="a")
-        # Created through the first replica, served by the second.
-        rollout_id = int(
-            json.loads(
-                first.admin(
-                    "rollouts", "create", "color", "2.0.0", "--waves", "1,50%,100%", "--json"
-                ).stdout
-            )["rollout_id"]
-        )
-        done = settle(fleet, rollout_id, lambda s: s["state"] == "completed")
+    # Devices enroll and check in through the second replica only.
+    fleet = Fleet(second, [])
+    for i in range(6):
+        fleet.enroll(f"d{i}", site="a")
+    # Created through the first replica, served by the second.
+    rollout_id = int(
+        json.loads(
+            first.admin(
+                "rollouts", "create", "color", "2.0.0", "--waves", "1,50%,100%", "--json"
+            ).stdout
+        )["rollout_id"]
+    )
+    done = settle(fleet, rollout_id, lambda s: s["state"] == "completed")
     assert [w["installed"] for w in done["wave_status"]] == [1, 2, 3]
     assert {d.running["color"] for d in fleet.devices} == {"2.0.0"}
     # Both replicas tick the same rollout; the row lock keeps the waves whole.

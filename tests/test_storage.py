@@ -11,7 +11,7 @@ import threading
 import pytest
 import sqlalchemy as sa
 
-from fleet_server.errors import AlreadyExistsError, DataDirError
+from fleet_server.errors import AlreadyExistsError, BadRequestError, DataDirError
 from fleet_server.storage.db import SCHEMA_VERSION, Database, ModelRow
 
 V1 = [
@@ -55,7 +55,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(db_url: str) -> Non
     assert db.model_by_sha("ab" * 32) is not None
     with db.engine.connect() as conn:
         version = conn.execute(sa.text("SELECT value FROM schema_meta")).scalar()
-    assert version == str(SCHEMA_VERSION) == "10"
+    assert version == str(SCHEMA_VERSION) == "11"
     db.create_schema()  # idempotent
     db.close()
 
@@ -127,6 +127,28 @@ def test_version_9_rollback_manifests_become_envelope_sets(
     db.close()
 
 
+def test_enrollment_tokens_are_spent_once_and_expire(db_url: str) -> None:
+    db = Database(db_url)
+    db.create_schema()
+    db.add_enrollment_token("once", ttl_s=60, uses=1, labels={"site": "a"}, note="", created_by="t")
+    db.add_enrollment_token("twice", ttl_s=60, uses=2, labels={}, note="", created_by="t")
+    db.add_enrollment_token("stale", ttl_s=-1, uses=5, labels={}, note="", created_by="t")
+    assert db.enrollment_token_labels("once") == {"site": "a"}
+    assert db.use_enrollment_token("once")
+    assert not db.use_enrollment_token("once")
+    assert db.enrollment_token_labels("once") is None
+    assert db.use_enrollment_token("twice") and db.use_enrollment_token("twice")
+    assert not db.use_enrollment_token("twice")
+    assert not db.use_enrollment_token("stale") and not db.use_enrollment_token("unknown")
+    listed = db.list_enrollment_tokens()
+    assert {t["uses_left"] for t in listed} == {0, 5}
+    stale = next(t for t in listed if t["uses_left"] == 5)
+    assert db.revoke_enrollment_token(stale["token_sha256"][:8]) == 1
+    with pytest.raises(BadRequestError):
+        db.revoke_enrollment_token("ab")
+    db.close()
+
+
 def test_two_releases_cannot_share_a_counter(db_url: str) -> None:
     db = Database(db_url)
     db.create_schema()
@@ -153,11 +175,12 @@ def test_registry_and_deployments_round_trip(db_url: str) -> None:
     (row,) = db.list_devices()
     assert row.labels == {"site": "lab"} and row.last_telemetry == {"seq": 3}
     assert row.models[0].active_version == "1.0.0"
-    assert db.device_for_token("t") == (device, False)
+    db.set_certificate(device, "abc1", 2_000_000_000)
+    assert db.device_certificate(device) == ("abc1", False)
     db.set_labels(device, {"floor": "2"}, ["site"])
     assert db.get_device(device).labels == {"floor": "2"}
     db.revoke(device)
     db.revoke(device)  # idempotent
-    assert db.device_for_token("t") == (device, True)
+    assert db.device_certificate(device) == ("abc1", True)
     assert db.get_device(device).revoked_at
     db.close()

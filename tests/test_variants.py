@@ -8,7 +8,6 @@ import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from fleet_server.simulator import SimDevice
@@ -48,13 +47,7 @@ def server(server_factory: Callable[..., Server]) -> Iterator[Server]:
     yield server_factory(None)
 
 
-@pytest.fixture
-def channel(server: Server) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(server.address) as chan:
-        yield chan
-
-
-def test_each_device_gets_the_variant_that_fits_it(server: Server, channel: grpc.Channel) -> None:
+def test_each_device_gets_the_variant_that_fits_it(server: Server) -> None:
     out = server.admin(
         "models", "push", str(CPU), str(TPU), "--name", "mobilenet", "--version", "1.0.0"
     ).stdout
@@ -68,9 +61,9 @@ def test_each_device_gets_the_variant_that_fits_it(server: Server, channel: grpc
     server.admin("deploy", "mobilenet", "1.0.0")
 
     token = server.enrollment_token()
-    coral = SimDevice.enroll(channel, token, "coral", capabilities=caps(tpu=True))
-    pi = SimDevice.enroll(channel, token, "pi", capabilities=caps())
-    tiny = SimDevice.enroll(channel, token, "tiny", capabilities=caps(memory=512 << 10))
+    coral = SimDevice.enroll(server.sim_fleet(), token, "coral", capabilities=caps(tpu=True))
+    pi = SimDevice.enroll(server.sim_fleet(), token, "pi", capabilities=caps())
+    tiny = SimDevice.enroll(server.sim_fleet(), token, "tiny", capabilities=caps(memory=512 << 10))
 
     on_coral = manifests(coral)["mobilenet"]
     assert on_coral.variant == "edgetpu" and on_coral.requirements.edgetpu
@@ -123,14 +116,14 @@ def test_a_bad_variant_rejects_the_whole_push_and_keeps_nothing(
 
 
 def test_rollback_of_a_multi_variant_release_signs_every_variant(
-    server: Server, channel: grpc.Channel
+    server: Server,
 ) -> None:
     for version in ("1.0.0", "1.1.0"):
         server.admin("models", "push", str(CPU), str(TPU), "--name", "mn", "--version", version)
     server.admin("deploy", "mn", "1.1.0")
     token = server.enrollment_token()
-    coral = SimDevice.enroll(channel, token, "coral", capabilities=caps(tpu=True))
-    pi = SimDevice.enroll(channel, token, "pi", capabilities=caps())
+    coral = SimDevice.enroll(server.sim_fleet(), token, "coral", capabilities=caps(tpu=True))
+    pi = SimDevice.enroll(server.sim_fleet(), token, "pi", capabilities=caps())
     server.admin("models", "rollback", "mn", "1.0.0")
     for device, variant in ((coral, "edgetpu"), (pi, "int8")):
         manifest = manifests(device)["mn"]

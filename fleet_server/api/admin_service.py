@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import re
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -21,7 +22,7 @@ from fleet_server.api.push import MANIFEST_LIFETIME_S, Pusher
 from fleet_server.catalog.desired import device_targets, variant_of
 from fleet_server.catalog.select import choose, profile_from_capabilities
 from fleet_server.errors import BadRequestError, ConflictError, FleetError, NotFoundError
-from fleet_server.storage.db import DeviceRow, ModelRow
+from fleet_server.storage.db import DeviceRow, ModelRow, token_digest
 from fleet_server.storage.rollouts import RolloutRow
 from protos import admin_pb2 as pb
 from protos import admin_pb2_grpc as pb_grpc
@@ -35,6 +36,7 @@ __all__ = ["MANIFEST_LIFETIME_S", "AdminServicer"]
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_TOKEN_TTL_S = 30 * 86400
 DEFAULT_SUCCESS = 0.9
 DEFAULT_FAILURE = 0.1
 DEFAULT_DEVICE_TIMEOUT_S = 3600
@@ -430,6 +432,64 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                 "('edgefleet manifest attach')"
             )
         return rows[0]
+
+    # enrollment tokens --------------------------------------------------------------------------
+
+    @rpc_errors
+    @audited("CreateEnrollmentToken", lambda r: "enrollment token")
+    def CreateEnrollmentToken(  # noqa: N802
+        self, request: pb.CreateTokenRequest, context: Any
+    ) -> pb.CreateTokenResponse:
+        require_admin(context, self._ctx.admin_token)
+        for key, value in request.labels.items():
+            if not _NAME.match(key) or len(value) > 255:
+                raise BadRequestError(f"label {key!r} is invalid (key: 1-64 of A-Z a-z 0-9 _ . -)")
+        ttl = request.ttl_s or 86400
+        if ttl > MAX_TOKEN_TTL_S:
+            raise BadRequestError(f"token lifetime {ttl} s is over {MAX_TOKEN_TTL_S} (30 days)")
+        token = secrets.token_urlsafe(24)
+        expires = self._ctx.db.add_enrollment_token(
+            token,
+            ttl_s=ttl,
+            uses=request.uses or 1,
+            labels=dict(request.labels),
+            note=request.note,
+            created_by=_actor(context),
+        )
+        return pb.CreateTokenResponse(
+            token=token, token_id=token_digest(token)[:12], expires_unix=expires
+        )
+
+    @rpc_errors
+    def ListEnrollmentTokens(  # noqa: N802
+        self, request: pb.ListTokensRequest, context: Any
+    ) -> pb.ListTokensResponse:
+        require_admin(context, self._ctx.admin_token)
+        return pb.ListTokensResponse(
+            tokens=[
+                pb.TokenInfo(
+                    token_id=t["token_sha256"][:12],
+                    created_unix=t["created_at"],
+                    expires_unix=t["expires_at"],
+                    uses_left=t["uses_left"],
+                    labels=t["labels"],
+                    note=t["note"],
+                    created_by=t["created_by"],
+                )
+                for t in self._ctx.db.list_enrollment_tokens()
+            ]
+        )
+
+    @rpc_errors
+    @audited("RevokeEnrollmentToken", lambda r: f"enrollment token {r.token_id}")
+    def RevokeEnrollmentToken(  # noqa: N802
+        self, request: pb.RevokeTokenRequest, context: Any
+    ) -> pb.RevokeTokenResponse:
+        require_admin(context, self._ctx.admin_token)
+        revoked = self._ctx.db.revoke_enrollment_token(request.token_id)
+        if not revoked:
+            raise NotFoundError(f"no enrollment token {request.token_id!r}")
+        return pb.RevokeTokenResponse(revoked=revoked)
 
     @rpc_errors
     def ExplainVariant(  # noqa: N802

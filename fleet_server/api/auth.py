@@ -1,11 +1,13 @@
-"""Bearer-token credentials on gRPC metadata. (mTLS device identity: the fleet-server issue.)"""
+"""Who is calling: devices by their client certificate (mTLS), admins by a bearer token."""
 
 from __future__ import annotations
 
+import functools
 import hmac
 from typing import Any
 
 from fleet_server.errors import AuthError
+from fleet_server.identity.ca import peer_certificate
 from fleet_server.storage.db import Database
 
 __all__ = ["bearer_token", "require_admin", "require_device"]
@@ -28,13 +30,34 @@ def require_admin(context: Any, admin_token: str) -> None:
         raise AuthError("admin credentials missing or wrong (use --token or --data-dir)")
 
 
+@functools.lru_cache(maxsize=4096)
+def _parse(pem: bytes) -> tuple[str, str]:
+    return peer_certificate(pem)
+
+
 def require_device(context: Any, db: Database) -> str:
-    """The calling device's id; raise AuthError for a missing or unknown token."""
-    given = bearer_token(context)
-    found = db.device_for_token(given) if given else None
+    """The calling device's id, from the client certificate TLS verified against the fleet CA.
+
+    Raises:
+        AuthError: no client certificate (the wrong port), an unknown device, a replaced
+            certificate, or a revoked device.
+    """
+    auth = context.auth_context() or {}
+    pems = auth.get("x509_pem_cert") or []
+    if not pems:
+        raise AuthError(
+            "no device certificate: device calls go to the server's device port (mTLS) with "
+            "the certificate from enrollment"
+        )
+    device_id, serial = _parse(bytes(pems[0]))
+    found = db.device_certificate(device_id)
     if found is None:
-        raise AuthError("device credentials missing or unknown; re-enroll the device")
-    device_id, revoked = found
+        raise AuthError(f"device {device_id!r} is not enrolled; re-enroll the device")
+    current, revoked = found
     if revoked:
         raise AuthError(f"device {device_id} was revoked by the fleet admin")
+    if current != serial:
+        raise AuthError(
+            f"this certificate of {device_id} was replaced by a newer one; use the newest"
+        )
     return device_id

@@ -19,6 +19,7 @@ from fleet_server.errors import AuthError, BadRequestError, FleetError
 from protos import device_pb2 as pb
 from protos import device_pb2_grpc as pb_grpc
 from protos import manifest_pb2
+from protos.topics import device_name
 
 if TYPE_CHECKING:
     from fleet_server.api.server import ServerContext
@@ -26,17 +27,11 @@ if TYPE_CHECKING:
 __all__ = ["DeviceServicer"]
 
 log = logging.getLogger(__name__)
-_BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 _MAX_LABELS = 32
 _NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _VERSION = re.compile(r"^[0-9A-Za-z.+-]{1,32}$")
 # What an update report means for a rollout.
 _OUTCOMES = {pb.INSTALLED: "installed", pb.FAILED: "failed", pb.ROLLED_BACK: "failed"}
-
-
-def _device_name(requested: str) -> str:
-    name = _BAD_NAME_CHARS.sub("-", requested.strip())[:56].strip("-.")
-    return name or "device"
 
 
 def _labels(raw: Any) -> dict[str, str]:
@@ -58,26 +53,57 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
 
     @rpc_errors
     def Enroll(self, request: pb.EnrollRequest, context: Any) -> pb.EnrollResponse:  # noqa: N802
-        expected = self._ctx.enrollment_token
-        if not request.enrollment_token or not hmac.compare_digest(
-            request.enrollment_token.encode(), expected.encode()
-        ):
-            raise AuthError("enrollment token is wrong; ask the fleet admin for the current one")
-        token = secrets.token_urlsafe(32)
+        token = request.enrollment_token
+        name = device_name(request.requested_name)
+        if not request.csr_pem:
+            raise BadRequestError(
+                "enrollment needs a certificate signing request (csr_pem); upgrade the agent"
+            )
+        # Check the CSR before spending the token, so a bad request does not burn it.
+        self._ctx.ca.check_csr(request.csr_pem, expected_cn=name)
+        bootstrap = bool(
+            token
+            and self._ctx.enrollment_token
+            and hmac.compare_digest(token.encode(), self._ctx.enrollment_token.encode())
+        )
+        token_labels = {} if bootstrap else self._ctx.db.enrollment_token_labels(token)
+        if not token or token_labels is None:
+            raise AuthError(
+                "enrollment token is unknown, expired or used up; ask the fleet admin for a "
+                "new one ('edgefleet tokens create')"
+            )
+        labels = _labels(request.labels) | token_labels
         device_id = self._ctx.db.add_device(
-            _device_name(request.requested_name),
-            token,
-            _labels(request.labels),
+            name,
+            secrets.token_urlsafe(32),  # no device bearer token: devices use certificates
+            labels,
             MessageToDict(request.capabilities, preserving_proto_field_name=True),
         )
-        log.info("enrolled device %s", device_id)
+        if not bootstrap and not self._ctx.db.use_enrollment_token(token):
+            self._ctx.db.delete_device(device_id)  # another device used it up meanwhile
+            raise AuthError("enrollment token was used up by another device meanwhile")
+        issued = self._ctx.ca.sign_device_csr(request.csr_pem, device_id, expected_cn=name)
+        self._ctx.db.set_certificate(device_id, issued.serial, issued.not_after)
+        log.info("enrolled device %s (certificate %s)", device_id, issued.serial[:12])
         return pb.EnrollResponse(
             device_id=device_id,
-            device_token=token,
             fleet_id=self._ctx.fleet_id,
             keylist=manifest_pb2.Envelope.FromString(self._ctx.keys.keylist_bytes()),
             mqtt_url=self._ctx.device_mqtt_url,
+            certificate_pem=issued.pem,
+            ca_pem=self._ctx.ca.cert_pem,
+            device_address=self._ctx.device_address,
         )
+
+    @rpc_errors
+    def RenewCertificate(  # noqa: N802
+        self, request: pb.RenewRequest, context: Any
+    ) -> pb.RenewResponse:
+        device_id = require_device(context, self._ctx.db)
+        issued = self._ctx.ca.sign_device_csr(request.csr_pem, device_id, expected_cn=device_id)
+        self._ctx.db.set_certificate(device_id, issued.serial, issued.not_after)
+        log.info("renewed the certificate of %s (%s)", device_id, issued.serial[:12])
+        return pb.RenewResponse(certificate_pem=issued.pem)
 
     @rpc_errors
     def CheckIn(self, request: pb.CheckInRequest, context: Any) -> pb.CheckInResponse:  # noqa: N802

@@ -12,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from fleet_server.api.admin_service import AdminServicer
 from fleet_server.api.device_service import DeviceServicer
 from fleet_server.artifacts.store import ArtifactStore
+from fleet_server.identity.ca import FleetCA
 from fleet_server.signing.keys import KeyStore
 from fleet_server.storage.db import Database
 from fleet_server.storage.rollouts import RolloutStore
@@ -33,6 +34,8 @@ class ServerContext:
     admin_token: str
     enrollment_token: str
     device_mqtt_url: str
+    ca: FleetCA
+    device_address: str = ""  # host:port of the mTLS device port, as devices should dial it
     checkin_interval_s: int = 30
     rollouts: RolloutStore = field(init=False)
     # Called when something may let a rollout move on (set by the rollout controller).
@@ -43,12 +46,21 @@ class ServerContext:
 
 
 def create_server(
-    ctx: ServerContext, address: str, max_workers: int = 16
-) -> tuple[grpc.Server, int]:
-    """Build (not start) the server bound to ``address``; return it and the bound port.
+    ctx: ServerContext,
+    address: str,
+    device_address: str,
+    *,
+    tls_names: list[str],
+    max_workers: int = 16,
+) -> tuple[grpc.Server, int, int]:
+    """Build (not start) the server; return it and the bound main and device ports.
+
+    Both ports speak TLS with a certificate from the fleet CA covering ``tls_names``. The main
+    port (enrollment, admin, health) asks no client certificate; the device port requires one
+    signed by the fleet CA.
 
     Raises:
-        OSError: the address cannot be bound.
+        OSError: an address cannot be bound.
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
@@ -63,7 +75,15 @@ def create_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service in ("", "edgefleet.v1.DeviceService", "edgefleet.v1.AdminService"):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    port = server.add_insecure_port(address)
+    key_pem, cert_pem = ctx.ca.server_credentials(tls_names)
+    main = grpc.ssl_server_credentials([(key_pem, cert_pem)])
+    mutual = grpc.ssl_server_credentials(
+        [(key_pem, cert_pem)], root_certificates=ctx.ca.cert_pem, require_client_auth=True
+    )
+    port = server.add_secure_port(address, main)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
-    return server, port
+    device_port = server.add_secure_port(device_address, mutual)
+    if device_port == 0:
+        raise OSError(f"cannot listen on {device_address}")
+    return server, port, device_port

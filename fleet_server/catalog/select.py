@@ -197,8 +197,8 @@ def choose(
             verdicts[v.variant] = (
                 f"{v.quantization} is preferred less than {best.quantization}"
                 if _rank(v)[0] != _rank(best)[0]
-                else f"{v.quantization} like {best.variant}, which is smaller or sorts first "
-                f"({best.size} <= {v.size} bytes)"
+                else f"same kind ({v.quantization}) as {best.variant}, which is smaller or "
+                f"sorts first ({best.size} <= {v.size} bytes)"
             )
     verdicts[best.variant] = reason
     for name in on_fallback:

@@ -18,11 +18,11 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from fleet_server.errors import AlreadyExistsError, DataDirError, NotFoundError
+from fleet_server.errors import AlreadyExistsError, BadRequestError, DataDirError, NotFoundError
 
 __all__ = ["SCHEMA_VERSION", "Database", "DeviceModelRow", "DeviceRow", "ModelRow"]
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 metadata = sa.MetaData()
 
@@ -47,6 +47,21 @@ devices = sa.Table(
     sa.Column("last_telemetry_at", sa.BigInteger, nullable=True),
     sa.Column("last_telemetry_seq", sa.BigInteger, nullable=True),
     sa.Column("revoked_at", sa.BigInteger, nullable=True),
+    # The device's current client certificate: any other serial is refused.
+    sa.Column("cert_serial", sa.String(40), nullable=True),
+    sa.Column("cert_not_after", sa.BigInteger, nullable=True),
+)
+
+enrollment_tokens = sa.Table(
+    "enrollment_tokens",
+    metadata,
+    sa.Column("token_sha256", sa.String(64), primary_key=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.Column("uses_left", sa.Integer, nullable=False),
+    sa.Column("labels", sa.Text, nullable=False, default="{}"),
+    sa.Column("note", sa.String(255), nullable=False, default=""),
+    sa.Column("created_by", sa.String(128), nullable=False, default=""),
 )
 
 device_models = sa.Table(
@@ -283,6 +298,13 @@ def _v9_to_v10(conn: sa.Connection) -> None:
             )
 
 
+def _v10_to_v11(conn: sa.Connection) -> None:
+    """Version 11: devices hold X.509 certificates; enrollment tokens are rows."""
+    conn.execute(sa.text("ALTER TABLE devices ADD COLUMN cert_serial VARCHAR(40)"))
+    conn.execute(sa.text("ALTER TABLE devices ADD COLUMN cert_not_after BIGINT"))
+    enrollment_tokens.create(conn, checkfirst=True)
+
+
 _MIGRATIONS = {
     1: _v1_to_v2,
     2: _v2_to_v3,
@@ -293,6 +315,7 @@ _MIGRATIONS = {
     7: _v7_to_v8,
     8: _v8_to_v9,
     9: _v9_to_v10,
+    10: _v10_to_v11,
 }
 
 
@@ -405,15 +428,111 @@ class Database:
             return device_id
         raise AlreadyExistsError(f"could not find a free device id for {name!r}; retry")
 
-    def device_for_token(self, token: str) -> tuple[str, bool] | None:
-        """(device id, revoked) of the device that owns ``token``, or None."""
+    def set_certificate(self, device_id: str, serial: str, not_after: int) -> None:
+        """Make this certificate the device's only valid one."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                devices.update()
+                .where(devices.c.device_id == device_id)
+                .values(cert_serial=serial, cert_not_after=not_after)
+            )
+
+    def device_certificate(self, device_id: str) -> tuple[str | None, bool] | None:
+        """(current certificate serial, revoked) of a device, or None when unknown."""
         with self.engine.connect() as conn:
             row = conn.execute(
-                sa.select(devices.c.device_id, devices.c.revoked_at).where(
-                    devices.c.token_sha256 == token_digest(token)
+                sa.select(devices.c.cert_serial, devices.c.revoked_at).where(
+                    devices.c.device_id == device_id
                 )
             ).first()
-        return None if row is None else (str(row[0]), row[1] is not None)
+        return None if row is None else (row[0], row[1] is not None)
+
+    def delete_device(self, device_id: str) -> None:
+        """Remove a device that never finished enrolling."""
+        with self.engine.begin() as conn:
+            conn.execute(devices.delete().where(devices.c.device_id == device_id))
+
+    # enrollment tokens -----------------------------------------------------------------------
+
+    def add_enrollment_token(
+        self,
+        token: str,
+        *,
+        ttl_s: int,
+        uses: int,
+        labels: Mapping[str, str],
+        note: str,
+        created_by: str,
+    ) -> int:
+        """Store a token (as its digest); return when it expires."""
+        now = int(time.time())
+        with self.engine.begin() as conn:
+            conn.execute(
+                enrollment_tokens.insert().values(
+                    token_sha256=token_digest(token),
+                    created_at=now,
+                    expires_at=now + ttl_s,
+                    uses_left=uses,
+                    labels=json.dumps(dict(labels), sort_keys=True),
+                    note=note[:255],
+                    created_by=created_by[:128],
+                )
+            )
+        return now + ttl_s
+
+    def enrollment_token_labels(self, token: str) -> dict[str, str] | None:
+        """The labels of a token that can still be used, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(enrollment_tokens.c.labels).where(
+                    (enrollment_tokens.c.token_sha256 == token_digest(token))
+                    & (enrollment_tokens.c.uses_left > 0)
+                    & (enrollment_tokens.c.expires_at > int(time.time()))
+                )
+            ).first()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def use_enrollment_token(self, token: str) -> bool:
+        """Spend one use of a token, atomically; False when it is unknown, expired or used up."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                enrollment_tokens.update()
+                .where(
+                    (enrollment_tokens.c.token_sha256 == token_digest(token))
+                    & (enrollment_tokens.c.uses_left > 0)
+                    & (enrollment_tokens.c.expires_at > int(time.time()))
+                )
+                .values(uses_left=enrollment_tokens.c.uses_left - 1)
+            )
+        return bool(result.rowcount)
+
+    def list_enrollment_tokens(self) -> list[dict[str, Any]]:
+        """Every token (digests only), newest first."""
+        with self.engine.connect() as conn:
+            rows = (
+                conn.execute(
+                    sa.select(enrollment_tokens).order_by(enrollment_tokens.c.created_at.desc())
+                )
+                .mappings()
+                .all()
+            )
+        return [dict(r) | {"labels": json.loads(r["labels"])} for r in rows]
+
+    def revoke_enrollment_token(self, digest_prefix: str) -> int:
+        """Use up every token whose digest starts with ``digest_prefix``; return how many.
+
+        Raises:
+            BadRequestError: the prefix is shorter than 8 characters.
+        """
+        if len(digest_prefix) < 8:
+            raise BadRequestError("give at least 8 characters of the token id")
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                enrollment_tokens.update()
+                .where(enrollment_tokens.c.token_sha256.like(f"{digest_prefix.lower()}%"))
+                .values(uses_left=0)
+            )
+        return int(result.rowcount)
 
     def set_labels(
         self, device_id: str, set_labels: Mapping[str, str], remove: Sequence[str]

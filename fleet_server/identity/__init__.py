@@ -1,0 +1,3 @@
+"""Device identity: the fleet CA and enrollment tokens."""
+
+from __future__ import annotations
