@@ -13,6 +13,9 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
+
+from google.protobuf.message import DecodeError
 
 from agent.client import DeviceClient
 from agent.config import AgentConfig
@@ -28,8 +31,8 @@ from agent.updates.health import HealthPolicy
 from agent.updates.store import ModelStore
 from agent.updates.trust import pin_keylist, update_keylist
 from agent.updates.updater import Updater
-from protos import device_pb2
-from protos.topics import device_name, telemetry_topic, validate_segment
+from protos import device_pb2, telemetry_pb2
+from protos.topics import commands_topic, device_name, telemetry_topic, validate_segment
 
 __all__ = ["Agent"]
 
@@ -79,6 +82,9 @@ class Agent:
         self.identity = Identity.load(self.store.root)
         self._pending_reports = Updater.recover(self.store, self._health_policy())
         self._cloud_routes: dict[str, tuple[str, str]] = {}
+        self._answer: device_pb2.CheckInResponse | None = None  # the last full check-in answer
+        self._nudged = threading.Event()  # a "check in now" command arrived
+        self._seen_commands: set[str] = set()
         Updater.load_active_into(self.store, self.engine)
         try:
             server, port = create_server(
@@ -216,9 +222,15 @@ class Agent:
                 self._renew_if_due()
                 response = self._client.check_in(
                     device_pb2.CheckInRequest(
-                        capabilities=to_capabilities(self.probe()), active=self._active()
+                        capabilities=to_capabilities(self.probe()),
+                        active=self._active(),
+                        state_version=self._answer.state_version if self._answer else "",
                     )
                 )
+                if response.unchanged and self._answer is not None:
+                    response = self._answer  # the server confirms what we acted on last
+                else:
+                    self._answer = response
                 if response.HasField("keylist"):
                     self._rotate_keys(response.keylist.SerializeToString(), updater)
                 updater.apply(response.desired)
@@ -252,6 +264,10 @@ class Agent:
             updater.check_health()
             remaining = deadline - time.monotonic()
             if remaining <= 0 or stop.wait(min(1.0, remaining)):
+                return
+            if self._nudged.is_set():
+                self._nudged.clear()
+                log.info("the server asked for a check-in now")
                 return
 
     def _renew_if_due(self) -> None:
@@ -320,6 +336,24 @@ class Agent:
             for model in self.engine.models()
         ]
 
+    def _on_command(self, payload: bytes) -> None:
+        """A server command (paho's thread): act on each id once; a bad one is ignored."""
+        try:
+            command = telemetry_pb2.Command.FromString(payload)
+        except DecodeError:
+            log.warning("ignoring an undecodable command")
+            return
+        if command.id in self._seen_commands:
+            return
+        if len(self._seen_commands) > 1024:
+            self._seen_commands.clear()
+        self._seen_commands.add(command.id)
+        if command.kind == "checkin":
+            # At worst an extra check-in over mTLS: a command cannot change what runs.
+            self._nudged.set()
+        else:
+            log.warning("ignoring command of unknown kind %r", command.kind[:32])
+
     def _telemetry_loop(self, stop: threading.Event) -> None:
         try:
             self._publish_telemetry(stop)
@@ -340,7 +374,18 @@ class Agent:
             log.error("telemetry is off: %s", exc)
             return
         topic = telemetry_topic(identity.fleet_id, identity.device_id)
-        publisher = MqttPublisher(endpoint, client_id=f"edgefleet-agent-{identity.device_id}")
+        commands = commands_topic(identity.fleet_id, identity.device_id)
+
+        def subscribe(client: Any) -> None:
+            # After every (re)connect: the subscription does not outlive a broker restart.
+            client.on_message = lambda _c, _u, message: self._on_command(message.payload)
+            client.subscribe(commands, qos=1)
+
+        publisher = MqttPublisher(
+            endpoint,
+            client_id=f"edgefleet-agent-{identity.device_id}",
+            on_connected=subscribe,
+        )
         seq = 0
         dropped = 0
         attempt = 0

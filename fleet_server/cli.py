@@ -146,7 +146,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         else data_dir.read_secret(data_dir.enrollment_token_file),
         device_mqtt_url=args.device_mqtt_url or mqtt_url,
     )
-    controller = RolloutController(ctx.rollouts, interval_s=args.rollout_interval)
+    controller = RolloutController(
+        ctx.rollouts, interval_s=args.rollout_interval, nudge=ingest.nudge
+    )
     ctx.wake_rollouts = controller.wake
     try:
         server, port, device_port = create_server(
@@ -160,6 +162,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     ctx.device_address = args.device_advertise or f":{device_port}"
     server.start()
     controller.start()
+    ctx.last_seen.start()
     log.info(
         "fleet %s: gRPC on port %d (TLS), devices on port %d (mTLS), telemetry via %s",
         data_dir.fleet_id,
@@ -184,6 +187,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     finally:
         server.stop(grace=5).wait()
         controller.stop()
+        ctx.last_seen.stop()
         ingest.stop()
         if broker is not None:
             broker.stop()

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos import manifest_pb2 as protos_dot_manifest__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/device.proto\x12\x0c\x65\x64gefleet.v1\x1a\x15protos/manifest.proto\"\xb0\x03\n\x0c\x43\x61pabilities\x12\x0c\n\x04\x61rch\x18\x01 \x01(\t\x12\x11\n\tcpu_cores\x18\x02 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x04\x12\x17\n\x0f\x64isk_free_bytes\x18\x04 \x01(\x04\x12\x15\n\redgetpu_count\x18\x05 \x01(\r\x12\x0f\n\x07runtime\x18\x06 \x01(\t\x12\x17\n\x0fruntime_version\x18\x07 \x01(\t\x12\x15\n\ragent_version\x18\x08 \x01(\t\x12\n\n\x02os\x18\t \x01(\t\x12\'\n\x08\x65\x64getpus\x18\n \x03(\x0b\x32\x15.edgefleet.v1.EdgeTpu\x12\x12\n\nlibedgetpu\x18\x0b \x01(\x08\x12\x1a\n\x12libedgetpu_version\x18\x0c \x01(\t\x12\x45\n\x0etemperatures_c\x18\r \x03(\x0b\x32-.edgefleet.v1.Capabilities.TemperaturesCEntry\x12\x16\n\x0emax_builtin_op\x18\x0e \x01(\r\x1a\x34\n\x12TemperaturesCEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"D\n\x07\x45\x64geTpu\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\"\xec\x01\n\rEnrollRequest\x12\x18\n\x10\x65nrollment_token\x18\x01 \x01(\t\x12\x16\n\x0erequested_name\x18\x02 \x01(\t\x12\x30\n\x0c\x63\x61pabilities\x18\x03 \x01(\x0b\x32\x1a.edgefleet.v1.Capabilities\x12\x37\n\x06labels\x18\x04 \x03(\x0b\x32\'.edgefleet.v1.EnrollRequest.LabelsEntry\x12\x0f\n\x07\x63sr_pem\x18\x05 \x01(\x0c\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb7\x01\n\x0e\x45nrollResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x10\n\x08\x66leet_id\x18\x03 \x01(\t\x12\'\n\x07keylist\x18\x04 \x01(\x0b\x32\x16.edgefleet.v1.Envelope\x12\x10\n\x08mqtt_url\x18\x05 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x06 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x07 \x01(\x0c\x12\x16\n\x0e\x64\x65vice_address\x18\x08 \x01(\tJ\x04\x08\x02\x10\x03\"\x1f\n\x0cRenewRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\"(\n\rRenewResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\"l\n\x0b\x41\x63tiveModel\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x17\n\x0frelease_counter\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\"m\n\x0e\x43heckInRequest\x12\x30\n\x0c\x63\x61pabilities\x18\x01 \x01(\x0b\x32\x1a.edgefleet.v1.Capabilities\x12)\n\x06\x61\x63tive\x18\x02 \x03(\x0b\x32\x19.edgefleet.v1.ActiveModel\"\xb6\x01\n\x0f\x43heckInResponse\x12\'\n\x07\x64\x65sired\x18\x01 \x03(\x0b\x32\x16.edgefleet.v1.Envelope\x12\x16\n\x0enext_checkin_s\x18\x02 \x01(\r\x12\x10\n\x08mqtt_url\x18\x03 \x01(\t\x12\'\n\x07keylist\x18\x04 \x01(\x0b\x32\x16.edgefleet.v1.Envelope\x12\'\n\x05\x63loud\x18\x05 \x03(\x0b\x32\x18.edgefleet.v1.CloudRoute\"A\n\nCloudRoute\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"6\n\x0f\x44ownloadRequest\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"A\n\rArtifactChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\"m\n\x0cStatusReport\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.edgefleet.v1.UpdateState\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\x0b\n\tStatusAck*v\n\x0bUpdateState\x12\x1c\n\x18UPDATE_STATE_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x44OWNLOADING\x10\x01\x12\x0c\n\x08VERIFIED\x10\x02\x12\r\n\tINSTALLED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\x0f\n\x0bROLLED_BACK\x10\x05\x32\x8a\x03\n\rDeviceService\x12\x45\n\x06\x45nroll\x12\x1b.edgefleet.v1.EnrollRequest\x1a\x1c.edgefleet.v1.EnrollResponse\"\x00\x12M\n\x10RenewCertificate\x12\x1a.edgefleet.v1.RenewRequest\x1a\x1b.edgefleet.v1.RenewResponse\"\x00\x12H\n\x07\x43heckIn\x12\x1c.edgefleet.v1.CheckInRequest\x1a\x1d.edgefleet.v1.CheckInResponse\"\x00\x12R\n\x10\x44ownloadArtifact\x12\x1d.edgefleet.v1.DownloadRequest\x1a\x1b.edgefleet.v1.ArtifactChunk\"\x00\x30\x01\x12\x45\n\x0cReportStatus\x12\x1a.edgefleet.v1.StatusReport\x1a\x17.edgefleet.v1.StatusAck\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/device.proto\x12\x0c\x65\x64gefleet.v1\x1a\x15protos/manifest.proto\"\xb0\x03\n\x0c\x43\x61pabilities\x12\x0c\n\x04\x61rch\x18\x01 \x01(\t\x12\x11\n\tcpu_cores\x18\x02 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x04\x12\x17\n\x0f\x64isk_free_bytes\x18\x04 \x01(\x04\x12\x15\n\redgetpu_count\x18\x05 \x01(\r\x12\x0f\n\x07runtime\x18\x06 \x01(\t\x12\x17\n\x0fruntime_version\x18\x07 \x01(\t\x12\x15\n\ragent_version\x18\x08 \x01(\t\x12\n\n\x02os\x18\t \x01(\t\x12\'\n\x08\x65\x64getpus\x18\n \x03(\x0b\x32\x15.edgefleet.v1.EdgeTpu\x12\x12\n\nlibedgetpu\x18\x0b \x01(\x08\x12\x1a\n\x12libedgetpu_version\x18\x0c \x01(\t\x12\x45\n\x0etemperatures_c\x18\r \x03(\x0b\x32-.edgefleet.v1.Capabilities.TemperaturesCEntry\x12\x16\n\x0emax_builtin_op\x18\x0e \x01(\r\x1a\x34\n\x12TemperaturesCEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"D\n\x07\x45\x64geTpu\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\"\xec\x01\n\rEnrollRequest\x12\x18\n\x10\x65nrollment_token\x18\x01 \x01(\t\x12\x16\n\x0erequested_name\x18\x02 \x01(\t\x12\x30\n\x0c\x63\x61pabilities\x18\x03 \x01(\x0b\x32\x1a.edgefleet.v1.Capabilities\x12\x37\n\x06labels\x18\x04 \x03(\x0b\x32\'.edgefleet.v1.EnrollRequest.LabelsEntry\x12\x0f\n\x07\x63sr_pem\x18\x05 \x01(\x0c\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb7\x01\n\x0e\x45nrollResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x10\n\x08\x66leet_id\x18\x03 \x01(\t\x12\'\n\x07keylist\x18\x04 \x01(\x0b\x32\x16.edgefleet.v1.Envelope\x12\x10\n\x08mqtt_url\x18\x05 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x06 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x07 \x01(\x0c\x12\x16\n\x0e\x64\x65vice_address\x18\x08 \x01(\tJ\x04\x08\x02\x10\x03\"\x1f\n\x0cRenewRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\"(\n\rRenewResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\"l\n\x0b\x41\x63tiveModel\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x17\n\x0frelease_counter\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\"\x84\x01\n\x0e\x43heckInRequest\x12\x30\n\x0c\x63\x61pabilities\x18\x01 \x01(\x0b\x32\x1a.edgefleet.v1.Capabilities\x12)\n\x06\x61\x63tive\x18\x02 \x03(\x0b\x32\x19.edgefleet.v1.ActiveModel\x12\x15\n\rstate_version\x18\x03 \x01(\t\"\xe0\x01\n\x0f\x43heckInResponse\x12\'\n\x07\x64\x65sired\x18\x01 \x03(\x0b\x32\x16.edgefleet.v1.Envelope\x12\x16\n\x0enext_checkin_s\x18\x02 \x01(\r\x12\x10\n\x08mqtt_url\x18\x03 \x01(\t\x12\'\n\x07keylist\x18\x04 \x01(\x0b\x32\x16.edgefleet.v1.Envelope\x12\'\n\x05\x63loud\x18\x05 \x03(\x0b\x32\x18.edgefleet.v1.CloudRoute\x12\x15\n\rstate_version\x18\x06 \x01(\t\x12\x11\n\tunchanged\x18\x07 \x01(\x08\"A\n\nCloudRoute\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"6\n\x0f\x44ownloadRequest\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"A\n\rArtifactChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\"m\n\x0cStatusReport\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.edgefleet.v1.UpdateState\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\x0b\n\tStatusAck*v\n\x0bUpdateState\x12\x1c\n\x18UPDATE_STATE_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x44OWNLOADING\x10\x01\x12\x0c\n\x08VERIFIED\x10\x02\x12\r\n\tINSTALLED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\x0f\n\x0bROLLED_BACK\x10\x05\x32\x8a\x03\n\rDeviceService\x12\x45\n\x06\x45nroll\x12\x1b.edgefleet.v1.EnrollRequest\x1a\x1c.edgefleet.v1.EnrollResponse\"\x00\x12M\n\x10RenewCertificate\x12\x1a.edgefleet.v1.RenewRequest\x1a\x1b.edgefleet.v1.RenewResponse\"\x00\x12H\n\x07\x43heckIn\x12\x1c.edgefleet.v1.CheckInRequest\x1a\x1d.edgefleet.v1.CheckInResponse\"\x00\x12R\n\x10\x44ownloadArtifact\x12\x1d.edgefleet.v1.DownloadRequest\x1a\x1b.edgefleet.v1.ArtifactChunk\"\x00\x30\x01\x12\x45\n\x0cReportStatus\x12\x1a.edgefleet.v1.StatusReport\x1a\x17.edgefleet.v1.StatusAck\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CAPABILITIES_TEMPERATURESCENTRY']._serialized_options = b'8\001'
   _globals['_ENROLLREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_ENROLLREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_UPDATESTATE']._serialized_start=1785
-  _globals['_UPDATESTATE']._serialized_end=1903
+  _globals['_UPDATESTATE']._serialized_start=1851
+  _globals['_UPDATESTATE']._serialized_end=1969
   _globals['_CAPABILITIES']._serialized_start=61
   _globals['_CAPABILITIES']._serialized_end=493
   _globals['_CAPABILITIES_TEMPERATURESCENTRY']._serialized_start=441
@@ -56,20 +56,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RENEWRESPONSE']._serialized_end=1063
   _globals['_ACTIVEMODEL']._serialized_start=1065
   _globals['_ACTIVEMODEL']._serialized_end=1173
-  _globals['_CHECKINREQUEST']._serialized_start=1175
-  _globals['_CHECKINREQUEST']._serialized_end=1284
-  _globals['_CHECKINRESPONSE']._serialized_start=1287
-  _globals['_CHECKINRESPONSE']._serialized_end=1469
-  _globals['_CLOUDROUTE']._serialized_start=1471
-  _globals['_CLOUDROUTE']._serialized_end=1536
-  _globals['_DOWNLOADREQUEST']._serialized_start=1538
-  _globals['_DOWNLOADREQUEST']._serialized_end=1592
-  _globals['_ARTIFACTCHUNK']._serialized_start=1594
-  _globals['_ARTIFACTCHUNK']._serialized_end=1659
-  _globals['_STATUSREPORT']._serialized_start=1661
-  _globals['_STATUSREPORT']._serialized_end=1770
-  _globals['_STATUSACK']._serialized_start=1772
-  _globals['_STATUSACK']._serialized_end=1783
-  _globals['_DEVICESERVICE']._serialized_start=1906
-  _globals['_DEVICESERVICE']._serialized_end=2300
+  _globals['_CHECKINREQUEST']._serialized_start=1176
+  _globals['_CHECKINREQUEST']._serialized_end=1308
+  _globals['_CHECKINRESPONSE']._serialized_start=1311
+  _globals['_CHECKINRESPONSE']._serialized_end=1535
+  _globals['_CLOUDROUTE']._serialized_start=1537
+  _globals['_CLOUDROUTE']._serialized_end=1602
+  _globals['_DOWNLOADREQUEST']._serialized_start=1604
+  _globals['_DOWNLOADREQUEST']._serialized_end=1658
+  _globals['_ARTIFACTCHUNK']._serialized_start=1660
+  _globals['_ARTIFACTCHUNK']._serialized_end=1725
+  _globals['_STATUSREPORT']._serialized_start=1727
+  _globals['_STATUSREPORT']._serialized_end=1836
+  _globals['_STATUSACK']._serialized_start=1838
+  _globals['_STATUSACK']._serialized_end=1849
+  _globals['_DEVICESERVICE']._serialized_start=1972
+  _globals['_DEVICESERVICE']._serialized_end=2366
 # @@protoc_insertion_point(module_scope)

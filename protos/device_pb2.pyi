@@ -140,26 +140,32 @@ class ActiveModel(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., release_counter: _Optional[int] = ..., sha256: _Optional[str] = ..., backend: _Optional[str] = ...) -> None: ...
 
 class CheckInRequest(_message.Message):
-    __slots__ = ("capabilities", "active")
+    __slots__ = ("capabilities", "active", "state_version")
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    STATE_VERSION_FIELD_NUMBER: _ClassVar[int]
     capabilities: Capabilities
     active: _containers.RepeatedCompositeFieldContainer[ActiveModel]
-    def __init__(self, capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., active: _Optional[_Iterable[_Union[ActiveModel, _Mapping]]] = ...) -> None: ...
+    state_version: str
+    def __init__(self, capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., active: _Optional[_Iterable[_Union[ActiveModel, _Mapping]]] = ..., state_version: _Optional[str] = ...) -> None: ...
 
 class CheckInResponse(_message.Message):
-    __slots__ = ("desired", "next_checkin_s", "mqtt_url", "keylist", "cloud")
+    __slots__ = ("desired", "next_checkin_s", "mqtt_url", "keylist", "cloud", "state_version", "unchanged")
     DESIRED_FIELD_NUMBER: _ClassVar[int]
     NEXT_CHECKIN_S_FIELD_NUMBER: _ClassVar[int]
     MQTT_URL_FIELD_NUMBER: _ClassVar[int]
     KEYLIST_FIELD_NUMBER: _ClassVar[int]
     CLOUD_FIELD_NUMBER: _ClassVar[int]
+    STATE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
     desired: _containers.RepeatedCompositeFieldContainer[_manifest_pb2.Envelope]
     next_checkin_s: int
     mqtt_url: str
     keylist: _manifest_pb2.Envelope
     cloud: _containers.RepeatedCompositeFieldContainer[CloudRoute]
-    def __init__(self, desired: _Optional[_Iterable[_Union[_manifest_pb2.Envelope, _Mapping]]] = ..., next_checkin_s: _Optional[int] = ..., mqtt_url: _Optional[str] = ..., keylist: _Optional[_Union[_manifest_pb2.Envelope, _Mapping]] = ..., cloud: _Optional[_Iterable[_Union[CloudRoute, _Mapping]]] = ...) -> None: ...
+    state_version: str
+    unchanged: bool
+    def __init__(self, desired: _Optional[_Iterable[_Union[_manifest_pb2.Envelope, _Mapping]]] = ..., next_checkin_s: _Optional[int] = ..., mqtt_url: _Optional[str] = ..., keylist: _Optional[_Union[_manifest_pb2.Envelope, _Mapping]] = ..., cloud: _Optional[_Iterable[_Union[CloudRoute, _Mapping]]] = ..., state_version: _Optional[str] = ..., unchanged: _Optional[bool] = ...) -> None: ...
 
 class CloudRoute(_message.Message):
     __slots__ = ("model_name", "version", "reason")

@@ -55,3 +55,13 @@ class TelemetryReport(_message.Message):
     models: _containers.RepeatedCompositeFieldContainer[ModelTelemetry]
     uptime_s: float
     def __init__(self, device_id: _Optional[str] = ..., seq: _Optional[int] = ..., sent_unix_ms: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelTelemetry, _Mapping]]] = ..., uptime_s: _Optional[float] = ...) -> None: ...
+
+class Command(_message.Message):
+    __slots__ = ("id", "kind", "issued_unix_ms")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    kind: str
+    issued_unix_ms: int
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., issued_unix_ms: _Optional[int] = ...) -> None: ...

@@ -9,6 +9,7 @@ import re
 
 __all__ = [
     "ROOT",
+    "commands_topic",
     "device_from_topic",
     "device_name",
     "telemetry_filter",
@@ -48,6 +49,13 @@ def telemetry_topic(fleet_id: str, device_id: str) -> str:
     fleet = validate_segment(fleet_id, "fleet id")
     device = validate_segment(device_id, "device id")
     return f"{ROOT}/{fleet}/{device}/telemetry"
+
+
+def commands_topic(fleet_id: str, device_id: str) -> str:
+    """Topic the server publishes commands for one device to (the device subscribes)."""
+    fleet = validate_segment(fleet_id, "fleet id")
+    device = validate_segment(device_id, "device id")
+    return f"{ROOT}/{fleet}/{device}/commands"
 
 
 def telemetry_filter(fleet_id: str, share_group: str | None = None) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,6 +304,30 @@ def test_a_real_agent_installs_through_a_rollout(
         ),
     )
     assert agent.proc is not None and agent.proc.popen.poll() is None
+
+
+def test_the_mqtt_nudge_brings_a_slow_polling_agent_in_at_once(
+    color_models: Path,
+    broker_url: str,
+    server_factory: Callable[..., Server],
+    agent_factory: Callable[..., Any],
+) -> None:
+    server = server_factory(broker_url, extra=FAST)
+    push_versions(server, color_models / "color_int8.tflite", "1.0.0", "2.0.0")
+    server.admin("deploy", "color", "1.0.0")
+    # Polls every 10 minutes: only the nudge can bring it in within the test's minute.
+    agent = agent_factory("edge-1", server, checkin_s=600.0)
+    wait_for("1.0.0 installed", lambda: _state(server, "edge-1") == ("1.0.0", "INSTALLED"))
+    wait_for("the command subscription", lambda: "connected to MQTT broker" in agent.output())
+    started = time.monotonic()
+    server.admin("rollouts", "create", "color", "2.0.0", "--waves", "100%")
+    wait_for(
+        "2.0.0 installed after a nudge",
+        lambda: _state(server, "edge-1") == ("2.0.0", "INSTALLED"),
+        timeout=60,
+    )
+    assert time.monotonic() - started < 30
+    assert "the server asked for a check-in now" in agent.output()
 
 
 def _state(server: Server, device_id: str) -> tuple[str, str] | None:

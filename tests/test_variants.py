@@ -129,3 +129,22 @@ def test_rollback_of_a_multi_variant_release_signs_every_variant(
         manifest = manifests(device)["mn"]
         assert (manifest.version, manifest.variant) == ("1.0.0", variant)
         assert manifest.explicit_rollback and manifest.rollback_from == 2
+
+
+def test_an_unchanged_state_is_a_short_answer_until_something_changes(server: Server) -> None:
+    server.admin("models", "push", str(CPU), "--name", "mn", "--version", "1.0.0", "--deploy")
+    device = SimDevice.enroll(
+        server.sim_fleet(), server.enrollment_token(), "pi", capabilities=caps()
+    )
+    full = device.check_in(act=False)
+    assert full.state_version and not full.unchanged and len(full.desired) == 1
+    request = device_pb2.CheckInRequest(capabilities=caps(), state_version=full.state_version)
+    short = device.stub.CheckIn(request, timeout=10)
+    assert short.unchanged and short.state_version == full.state_version
+    assert not short.desired and not short.HasField("keylist")
+    # A deployment changes the state: the same request gets the full, new answer.
+    server.admin("models", "push", str(CPU), "--name", "mn", "--version", "1.1.0", "--deploy")
+    changed = device.stub.CheckIn(request, timeout=10)
+    assert not changed.unchanged and changed.state_version != full.state_version
+    (envelope,) = changed.desired
+    assert manifest_pb2.Manifest.FromString(envelope.payload).version == "1.1.0"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import re
@@ -13,8 +14,9 @@ from google.protobuf.json_format import MessageToDict
 
 from fleet_server.api._errors import abort_for, rpc_errors
 from fleet_server.api.auth import require_device
+from fleet_server.api.checkin import AnswerCache, CachedAnswer, state_version
 from fleet_server.catalog.desired import device_targets, resolve
-from fleet_server.catalog.select import profile_from_capabilities
+from fleet_server.catalog.select import DeviceProfile, profile_from_capabilities
 from fleet_server.errors import AuthError, BadRequestError, FleetError
 from protos import device_pb2 as pb
 from protos import device_pb2_grpc as pb_grpc
@@ -30,6 +32,25 @@ log = logging.getLogger(__name__)
 _MAX_LABELS = 32
 _NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _VERSION = re.compile(r"^[0-9A-Za-z.+-]{1,32}$")
+_MAX_AUTH_CACHE = 200_000
+_BUCKET = 64 << 20  # memory and disk are compared in 64 MiB steps (rounded down)
+
+
+def _profile(caps: pb.Capabilities) -> DeviceProfile:
+    """The selection profile of reported capabilities, with memory and free disk rounded down
+    so that a few bytes more or less do not make every check-in a cache miss."""
+    usable = any(t.state in ("ready", "unflashed", "") for t in caps.edgetpus) or (
+        caps.edgetpu_count > 0 and not caps.edgetpus
+    )
+    return DeviceProfile(
+        arch=caps.arch,
+        memory_bytes=caps.memory_bytes // _BUCKET * _BUCKET or caps.memory_bytes,
+        disk_free_bytes=caps.disk_free_bytes // _BUCKET * _BUCKET or caps.disk_free_bytes,
+        edgetpu=usable and caps.libedgetpu,
+        max_op_code=caps.max_builtin_op,
+    )
+
+
 # What an update report means for a rollout.
 _OUTCOMES = {pb.INSTALLED: "installed", pb.FAILED: "failed", pb.ROLLED_BACK: "failed"}
 
@@ -50,6 +71,8 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
 
     def __init__(self, ctx: ServerContext) -> None:
         self._ctx = ctx
+        self._answers = AnswerCache()
+        self._auth: dict[bytes, tuple[int, str]] = {}
 
     @rpc_errors
     def Enroll(self, request: pb.EnrollRequest, context: Any) -> pb.EnrollResponse:  # noqa: N802
@@ -107,36 +130,90 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
 
     @rpc_errors
     def CheckIn(self, request: pb.CheckInRequest, context: Any) -> pb.CheckInResponse:  # noqa: N802
+        generation = self._ctx.db.generation()
+        device_id = self._device(context, generation)
+        has_caps = request.HasField("capabilities")
+        self._ctx.last_seen.note(
+            device_id, request.capabilities.SerializeToString() if has_caps else None
+        )
+        active = {
+            m.model_name: m.version
+            for m in request.active[:64]
+            if _NAME_PART.match(m.model_name) and _VERSION.match(m.version)
+        }
+        reported = tuple(sorted(active.items()))
+        profile = _profile(request.capabilities) if has_caps else None
+        key = (generation, profile, hashlib.sha256(self._ctx.keys.keylist_bytes()).digest())
+        answer = self._answers.get(device_id)
+        if answer is None or profile is None or answer.key != key or answer.active != reported:
+            self._answers.misses += 1
+            answer = self._answer(
+                device_id,
+                active=active,
+                key=key,
+                reported=reported,
+                profile=profile,
+                previous=answer,
+            )
+        else:
+            self._answers.hits += 1
+        if request.state_version and request.state_version == answer.state_version:
+            return pb.CheckInResponse(
+                state_version=answer.state_version,
+                unchanged=True,
+                next_checkin_s=self._ctx.checkin_interval_s,
+            )
+        return pb.CheckInResponse.FromString(answer.response)
+
+    def _device(self, context: Any, generation: int) -> str:
+        """The caller's device id; the certificate check is cached per fleet generation
+        (revocations and renewals bump it)."""
+        pems = (context.auth_context() or {}).get("x509_pem_cert") or []
+        cached = self._auth.get(pems[0]) if pems else None
+        if cached is not None and cached[0] == generation:
+            return cached[1]
         device_id = require_device(context, self._ctx.db)
-        caps = (
-            MessageToDict(request.capabilities, preserving_proto_field_name=True)
-            if request.HasField("capabilities")
-            else None
-        )
-        self._ctx.db.touch_device(device_id, caps)
-        active: dict[str, str] = {}
-        for model in request.active[:64]:
-            if _NAME_PART.match(model.model_name) and _VERSION.match(model.version):
-                active[model.model_name] = model.version
-                self._ctx.db.set_active_version(device_id, model.model_name, model.version)
-        response = pb.CheckInResponse(
-            next_checkin_s=self._ctx.checkin_interval_s,
-            mqtt_url=self._ctx.device_mqtt_url,
-            keylist=manifest_pb2.Envelope.FromString(self._ctx.keys.keylist_bytes()),
-        )
+        if len(self._auth) > _MAX_AUTH_CACHE:
+            self._auth.clear()
+        self._auth[pems[0]] = (generation, device_id)
+        return device_id
+
+    def _answer(
+        self,
+        device_id: str,
+        *,
+        active: dict[str, str],
+        key: tuple[Any, ...],
+        reported: tuple[tuple[str, str], ...],
+        profile: DeviceProfile | None,
+        previous: CachedAnswer | None,
+    ) -> CachedAnswer:
+        """Compute a device's answer from the database (the slow path) and cache it."""
+        known = dict(previous.active) if previous is not None else {}
+        for name, version in active.items():
+            if known.get(name) != version:
+                self._ctx.db.set_active_version(device_id, name, version)
         targets, rows = device_targets(self._ctx.db, self._ctx.rollouts, device_id)
         for row in rows:
             if row.device_state == "assigned" and active.get(row.model_name) == row.version:
                 # Installed without a report reaching us (or installed before the rollout).
                 self._ctx.rollouts.report(device_id, row.model_name, row.version, "installed")
-        if caps is None:
-            caps = self._ctx.db.get_device(device_id).capabilities
-        resolved = resolve(self._ctx.db, targets, profile_from_capabilities(caps))
+        if profile is None:
+            profile = profile_from_capabilities(self._ctx.db.get_device(device_id).capabilities)
+        resolved = resolve(self._ctx.db, targets, profile)
+        response = pb.CheckInResponse(
+            next_checkin_s=self._ctx.checkin_interval_s,
+            mqtt_url=self._ctx.device_mqtt_url,
+            keylist=manifest_pb2.Envelope.FromString(self._ctx.keys.keylist_bytes()),
+        )
         for _name, raw in sorted(resolved.envelopes.items()):
             response.desired.append(manifest_pb2.Envelope.FromString(raw))
         for name, (version, why) in sorted(resolved.cloud.items()):
             response.cloud.add(model_name=name, version=version, reason=why)
-        return response
+        response.state_version = state_version(response.SerializeToString(deterministic=True))
+        answer = CachedAnswer(key, reported, response.SerializeToString(), response.state_version)
+        self._answers.put(device_id, answer)
+        return answer
 
     def DownloadArtifact(  # noqa: N802
         self, request: pb.DownloadRequest, context: Any

@@ -10,6 +10,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fleet_server.api.admin_service import AdminServicer
+from fleet_server.api.checkin import LastSeen
 from fleet_server.api.device_service import DeviceServicer
 from fleet_server.artifacts.store import ArtifactStore
 from fleet_server.identity.ca import FleetCA
@@ -41,8 +42,11 @@ class ServerContext:
     # Called when something may let a rollout move on (set by the rollout controller).
     wake_rollouts: Callable[[], None] = lambda: None
 
+    last_seen: LastSeen = field(init=False)
+
     def __post_init__(self) -> None:
         self.rollouts = RolloutStore(self.db)
+        self.last_seen = LastSeen(self.db)
 
 
 def create_server(

@@ -22,7 +22,7 @@ from fleet_server.errors import AlreadyExistsError, BadRequestError, DataDirErro
 
 __all__ = ["SCHEMA_VERSION", "Database", "DeviceModelRow", "DeviceRow", "ModelRow"]
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 metadata = sa.MetaData()
 
@@ -50,6 +50,16 @@ devices = sa.Table(
     # The device's current client certificate: any other serial is refused.
     sa.Column("cert_serial", sa.String(40), nullable=True),
     sa.Column("cert_not_after", sa.BigInteger, nullable=True),
+)
+
+# One row: a counter bumped by every change to what any device should run or who it is
+# (deployments, rollout assignments, signatures, revocations, certificates). Servers cache
+# check-in answers per generation, so an unchanged fleet costs one read per check-in.
+fleet_state = sa.Table(
+    "fleet_state",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("generation", sa.BigInteger, nullable=False),
 )
 
 enrollment_tokens = sa.Table(
@@ -305,6 +315,21 @@ def _v10_to_v11(conn: sa.Connection) -> None:
     enrollment_tokens.create(conn, checkfirst=True)
 
 
+def _v11_to_v12(conn: sa.Connection) -> None:
+    """Version 12: the fleet state generation."""
+    fleet_state.create(conn, checkfirst=True)
+    conn.execute(fleet_state.insert().values(id=1, generation=1))
+
+
+def bump_generation(conn: sa.Connection) -> None:
+    """Invalidate every server's cached check-in answers (in the caller's transaction)."""
+    conn.execute(
+        fleet_state.update()
+        .where(fleet_state.c.id == 1)
+        .values(generation=fleet_state.c.generation + 1)
+    )
+
+
 _MIGRATIONS = {
     1: _v1_to_v2,
     2: _v2_to_v3,
@@ -316,6 +341,7 @@ _MIGRATIONS = {
     8: _v8_to_v9,
     9: _v9_to_v10,
     10: _v10_to_v11,
+    11: _v11_to_v12,
 }
 
 
@@ -354,6 +380,7 @@ class Database:
                 conn.execute(
                     schema_meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION))
                 )
+                conn.execute(fleet_state.insert().values(id=1, generation=1))
             return
         with self.engine.begin() as conn:
             row = conn.execute(
@@ -381,6 +408,15 @@ class Database:
     def close(self) -> None:
         """Release connections."""
         self.engine.dispose()
+
+    def generation(self) -> int:
+        """The fleet state generation (see ``fleet_state``)."""
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    sa.select(fleet_state.c.generation).where(fleet_state.c.id == 1)
+                ).scalar_one()
+            )
 
     # devices -------------------------------------------------------------------------------
 
@@ -436,6 +472,7 @@ class Database:
                 .where(devices.c.device_id == device_id)
                 .values(cert_serial=serial, cert_not_after=not_after)
             )
+            bump_generation(conn)
 
     def device_certificate(self, device_id: str) -> tuple[str | None, bool] | None:
         """(current certificate serial, revoked) of a device, or None when unknown."""
@@ -570,6 +607,7 @@ class Database:
                 .where((devices.c.device_id == device_id) & devices.c.revoked_at.is_(None))
                 .values(revoked_at=int(time.time()))
             )
+            bump_generation(conn)
             if result.rowcount == 0:
                 exists = conn.execute(
                     sa.select(devices.c.device_id).where(devices.c.device_id == device_id)
@@ -594,6 +632,31 @@ class Database:
             values["capabilities"] = json.dumps(dict(capabilities), sort_keys=True)
         with self.engine.begin() as conn:
             conn.execute(devices.update().where(devices.c.device_id == device_id).values(**values))
+
+    def record_check_ins(self, seen: Mapping[str, tuple[int, str | None]]) -> None:
+        """Write batched check-ins: device -> (last seen, new capabilities JSON or None)."""
+        plain: dict[int, list[str]] = {}
+        with_caps = []
+        for device_id, (at, caps) in seen.items():
+            if caps is None:
+                plain.setdefault(at, []).append(device_id)
+            else:
+                with_caps.append({"d": device_id, "t": at, "c": caps})
+        with self.engine.begin() as conn:
+            for at, ids in plain.items():
+                for start in range(0, len(ids), 500):
+                    conn.execute(
+                        devices.update()
+                        .where(devices.c.device_id.in_(ids[start : start + 500]))
+                        .values(last_seen=at)
+                    )
+            if with_caps:
+                conn.execute(
+                    devices.update()
+                    .where(devices.c.device_id == sa.bindparam("d"))
+                    .values(last_seen=sa.bindparam("t"), capabilities=sa.bindparam("c")),
+                    with_caps,
+                )
 
     def set_device_model(
         self, device_id: str, model_name: str, version: str, state: str, detail: str
@@ -770,6 +833,7 @@ class Database:
                 )
                 .values(envelope=envelope)
             )
+            bump_generation(conn)
 
     def get_variants(self, model_name: str, version: str) -> list[ModelRow]:
         """Every variant of a release, by variant name.
@@ -879,6 +943,7 @@ class Database:
             )
             if updated.rowcount == 0:
                 conn.execute(deployments.insert().values(model_name=model_name, **values))
+            bump_generation(conn)
         return row
 
     def deployed(self) -> dict[str, str]:

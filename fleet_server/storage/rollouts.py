@@ -28,6 +28,7 @@ from fleet_server.rollouts.plan import (
 from fleet_server.storage.db import (
     Database,
     audit_log,
+    bump_generation,
     deployments,
     devices,
     rollout_devices,
@@ -207,6 +208,7 @@ class RolloutStore:
             targets = [d for d, labels in self._active_devices(conn) if matches(selector, labels)]
             plan = assign_waves(rollout_id, targets, parsed)
             self._insert_devices(conn, rollout_id, plan, now)
+            bump_generation(conn)
         return self.get(rollout_id)
 
     @staticmethod
@@ -369,6 +371,7 @@ class RolloutStore:
                     .where(rollouts.c.rollout_id == rollout_id)
                     .values(state=to, reason=reason[:1024], updated_at=int(time.time()), **values)
                 )
+                bump_generation(conn)
         return self.get(rollout_id)
 
     def set_rollback(self, rollout_id: int, envelope: bytes, reason: str) -> RolloutRow:
@@ -387,6 +390,7 @@ class RolloutStore:
                     updated_at=int(time.time()),
                 )
             )
+            bump_generation(conn)
         return self.get(rollout_id)
 
     def supersede(self, model_name: str) -> list[int]:
@@ -410,6 +414,7 @@ class RolloutStore:
                         updated_at=int(time.time()),
                     )
                 )
+                bump_generation(conn)
         return ids
 
     @staticmethod
@@ -489,6 +494,8 @@ class RolloutStore:
                 if decision.action == "pause":
                     return decision, []
             assigned = self._assign(conn, r, last if state == "completed" else current, now)
+            if assigned or decision.action != "wait":
+                bump_generation(conn)
         return decision, assigned
 
     @staticmethod

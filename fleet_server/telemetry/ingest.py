@@ -10,6 +10,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
+import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -20,7 +23,7 @@ from agent.errors import TransientError
 from agent.telemetry.mqtt import MqttEndpoint, MqttPublisher
 from fleet_server.storage.db import Database
 from protos import telemetry_pb2
-from protos.topics import device_from_topic, telemetry_filter
+from protos.topics import commands_topic, device_from_topic, telemetry_filter
 
 __all__ = ["TelemetryIngest", "decode_report"]
 
@@ -126,6 +129,19 @@ class TelemetryIngest:
             else:
                 self.rejected += 1
                 log.warning("telemetry from unknown device %s ignored", report.device_id)
+
+    def nudge(self, device_ids: Sequence[str]) -> None:
+        """Ask these devices to check in now (MQTT QoS 1, on each one's commands topic)."""
+        publisher = self._publisher
+        if publisher is None:
+            return
+        client = publisher.raw_client()
+        now = int(time.time() * 1000)
+        for device_id in device_ids:
+            command = telemetry_pb2.Command(id=uuid.uuid4().hex, kind="checkin", issued_unix_ms=now)
+            client.publish(
+                commands_topic(self._fleet_id, device_id), command.SerializeToString(), qos=1
+            )
 
     def stop(self) -> None:
         """Disconnect and let the writer finish what it has."""

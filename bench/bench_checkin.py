@@ -1,0 +1,183 @@
+"""Check-ins per second from simulated devices, against a bare grpcio server.
+
+    python -m bench.bench_checkin [--devices 200] [--clients 2] [--seconds 10] [--db sqlite]
+
+A real server process (SQLite, or PostgreSQL on 127.0.0.1:5432 with --db postgresql) with a
+model deployed; DEVICES simulated devices enroll (each its own key and certificate), then
+CLIENTS load processes (bench/checkin_load.py, grpc.aio) make them check in back to back over
+mTLS, sending the state version they last got: the unchanged case, the common one. The floor
+in the same run: the same clients and channels calling a bare grpcio server (one process,
+same TLS and thread pool) that answers a tiny unary call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+
+from agent.identity import new_key_and_csr
+from fleet_server.identity.ca import FleetCA
+from protos import device_pb2 as pb
+from protos import device_pb2_grpc as pb_grpc
+from tests.harness import REPO, Server, start_server
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+def enroll(server: Server, count: int) -> list[dict[str, str]]:
+    ca = server.ca_file.read_text()
+    token = server.enrollment_token()
+    devices = []
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca.encode())
+    with grpc.secure_channel(server.address, credentials) as channel:
+        stub = pb_grpc.DeviceServiceStub(channel)
+        for i in range(count):
+            key, csr = new_key_and_csr(f"sim-{i}")
+            response = stub.Enroll(
+                pb.EnrollRequest(enrollment_token=token, requested_name=f"sim-{i}", csr_pem=csr),
+                timeout=30,
+            )
+            devices.append(
+                {
+                    "address": f"127.0.0.1:{server.device_port}",
+                    "ca": ca,
+                    "key": key.decode(),
+                    "cert": response.certificate_pem.decode(),
+                }
+            )
+    return devices
+
+
+def load(devices_file: Path, count: int, clients: int, seconds: float, bare: bool) -> float:
+    share = count // clients
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.checkin_load",
+                str(devices_file),
+                str(i * share),
+                str(share),
+                str(seconds),
+                *(["--bare"] if bare else []),
+            ],
+            stdout=subprocess.PIPE,
+            cwd=REPO,
+            text=True,
+        )
+        for i in range(clients)
+    ]
+    calls = errors = 0
+    for proc in procs:
+        out, _ = proc.communicate(timeout=seconds + 120)
+        c, e = (int(x) for x in out.split())
+        calls, errors = calls + c, errors + e
+    if errors:
+        print(f"  ({errors} errors)")
+    return calls / seconds
+
+
+def bare_server(ca: FleetCA) -> tuple[grpc.Server, int]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Bare", {"Echo": grpc.unary_unary_rpc_method_handler(lambda req, ctx: req)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+    key, cert = ca.server_credentials(["127.0.0.1", "localhost"])
+    creds = grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca.cert_pem, require_client_auth=True
+    )
+    port = server.add_secure_port("127.0.0.1:0", creds)
+    server.start()
+    return server, port
+
+
+def postgres_url() -> tuple[str, str]:
+    import sqlalchemy as sa  # noqa: PLC0415
+
+    name = f"edgefleet_bench_{secrets.token_hex(4)}"
+    engine = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return name, PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_database(name: str) -> None:
+    import sqlalchemy as sa  # noqa: PLC0415
+
+    engine = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+def run(args: argparse.Namespace, db: str, tmp: Path) -> dict[str, float]:
+    pg_name, db_url = postgres_url() if db == "postgresql" else ("", None)
+    server = start_server(tmp / db, None, db_url, extra=("--rollout-interval", "1"))
+    try:
+        model = REPO / "tests" / "data" / "mobilenet_v1_0.25_128_quant.tflite"
+        server.admin("models", "push", str(model), "--name", "color", "--version", "1.0.0")
+        server.admin("deploy", "color", "1.0.0")
+        devices = enroll(server, args.devices)
+        devices_file = tmp / f"devices-{db}.json"
+        devices_file.write_text(json.dumps(devices))
+        rate = load(devices_file, args.devices, args.clients, args.seconds, bare=False)
+        result = {"checkin": rate}
+        ca = FleetCA.load(server.data_dir / "ca")
+    finally:
+        server.proc.stop()
+        if pg_name:
+            drop_database(pg_name)
+    bare, port = bare_server(ca)
+    try:
+        for d in devices:
+            d["address"] = f"127.0.0.1:{port}"
+        devices_file.write_text(json.dumps(devices))
+        result["bare"] = load(devices_file, args.devices, args.clients, args.seconds, bare=True)
+    finally:
+        bare.stop(0)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=200)
+    parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
+    args = parser.parse_args()
+    dbs = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        for db in dbs:
+            result = run(args, db, Path(tmp_name))
+            rows.append((db, result))
+    print(
+        f"{time.strftime('%Y-%m-%d')} · {os.cpu_count()} cores · {args.devices} simulated "
+        f"devices, {args.clients} client processes, {args.seconds:.0f} s, mTLS"
+    )
+    print()
+    print("| storage | check-ins/s (unchanged state) | bare grpcio unary/s | ratio |")
+    print("|---|---|---|---|")
+    for db, r in rows:
+        print(
+            f"| {db} | {r['checkin']:.0f} (target >= 2000) | {r['bare']:.0f} | "
+            f"{r['checkin'] / r['bare']:.2f}x |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
