@@ -84,6 +84,7 @@ class Agent:
         self._cloud_routes: dict[str, tuple[str, str]] = {}
         self._answer: device_pb2.CheckInResponse | None = None  # the last full check-in answer
         self._nudged = threading.Event()  # a "check in now" command arrived
+        self._fresh = False  # ask the server to skip its caches (after a nudge)
         self._seen_commands: set[str] = set()
         Updater.load_active_into(self.store, self.engine)
         try:
@@ -225,8 +226,10 @@ class Agent:
                         capabilities=to_capabilities(self.probe()),
                         active=self._active(),
                         state_version=self._answer.state_version if self._answer else "",
+                        fresh=self._fresh,
                     )
                 )
+                self._fresh = False
                 if response.unchanged and self._answer is not None:
                     response = self._answer  # the server confirms what we acted on last
                 else:
@@ -267,6 +270,7 @@ class Agent:
                 return
             if self._nudged.is_set():
                 self._nudged.clear()
+                self._fresh = True
                 log.info("the server asked for a check-in now")
                 return
 

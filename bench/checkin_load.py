@@ -1,6 +1,10 @@
 """Check-in load from simulated devices, in its own process (grpc.aio, one mTLS channel each).
 
-    python -m bench.checkin_load DEVICES_JSON FIRST COUNT SECONDS
+    python -m bench.checkin_load DEVICES_JSON FIRST COUNT SECONDS [MQTT_URL FLEET VERSION]
+
+With the last three arguments the devices follow a rollout instead: they poll every 60 s,
+check in at once when the server nudges them over MQTT, and the process prints the seconds
+until every one of them runs VERSION.
 
 DEVICES_JSON lists devices as written by bench/bench_checkin.py (address, CA, key and
 certificate per device). Devices FIRST..FIRST+COUNT check in back to back for SECONDS, each
@@ -12,6 +16,7 @@ floor to compare with): same channels, same TLS, no EdgeFleet code on the server
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -21,6 +26,7 @@ import grpc
 
 from protos import device_pb2 as pb
 from protos import device_pb2_grpc as pb_grpc
+from protos import manifest_pb2
 
 BARE_METHOD = "/bench.Bare/Echo"
 WARMUP_S = 2.0
@@ -49,8 +55,19 @@ async def run(devices: list[dict[str, str]], seconds: float, bare: bool) -> tupl
                         errors += 1
                 return
             stub = pb_grpc.DeviceServiceStub(channel)
+            # What a Raspberry Pi class agent sends: capabilities and its active model.
             request = pb.CheckInRequest(
-                active=[pb.ActiveModel(model_name="color", version=d.get("version", "1.0.0"))]
+                capabilities=pb.Capabilities(
+                    arch="aarch64",
+                    cpu_cores=4,
+                    memory_bytes=4 << 30,
+                    disk_free_bytes=20 << 30,
+                    runtime="ai-edge-litert",
+                    runtime_version="1.4.0",
+                    max_builtin_op=209,
+                    temperatures_c={"soc": 51.5},
+                ),
+                active=[pb.ActiveModel(model_name="color", version=d.get("version", "1.0.0"))],
             )
             while time.perf_counter() < deadline:
                 try:
@@ -64,11 +81,90 @@ async def run(devices: list[dict[str, str]], seconds: float, bare: bool) -> tupl
     return calls, errors
 
 
+async def follow(
+    devices: list[dict[str, str]], seconds: float, mqtt_url: str, fleet: str, target: str
+) -> float:
+    """Poll every 60 s like agents would, check in at once when nudged over MQTT, "install"
+    what the answer names; return when every device runs ``target`` (seconds since start)."""
+    import paho.mqtt.client as paho  # noqa: PLC0415
+
+    from agent.telemetry.mqtt import parse_mqtt_url  # noqa: PLC0415
+    from protos import telemetry_pb2  # noqa: PLC0415
+
+    loop = asyncio.get_running_loop()
+    started = time.perf_counter()
+    events = {d["device_id"]: asyncio.Event() for d in devices}
+    done = asyncio.Event()
+    remaining = set(events)
+
+    def on_message(_c: object, _u: object, message: paho.MQTTMessage) -> None:
+        device_id = message.topic.split("/")[3]
+        if device_id in events and telemetry_pb2.Command.FromString(bytes(message.payload)).id:
+            loop.call_soon_threadsafe(events[device_id].set)
+
+    endpoint = parse_mqtt_url(mqtt_url)
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+    client.on_message = on_message
+    client.connect(endpoint.host, endpoint.port)
+    client.subscribe(f"edgefleet/v1/{fleet}/+/commands", qos=1)
+    client.loop_start()
+    print("ready", flush=True)
+
+    async def device_loop(d: dict[str, str]) -> None:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=d["ca"].encode(),
+            private_key=d["key"].encode(),
+            certificate_chain=d["cert"].encode(),
+        )
+        async with grpc.aio.secure_channel(d["address"], credentials) as channel:
+            stub = pb_grpc.DeviceServiceStub(channel)
+            running = "1.0.0"
+            state = ""
+            while not done.is_set():
+                event = events[d["device_id"]]
+                fresh = event.is_set()
+                event.clear()
+                request = pb.CheckInRequest(
+                    active=[pb.ActiveModel(model_name="color", version=running)],
+                    state_version=state,
+                    fresh=fresh,
+                )
+                response = await stub.CheckIn(request, timeout=30)
+                state = response.state_version
+                for envelope in [] if response.unchanged else response.desired:
+                    version = manifest_pb2.Manifest.FromString(envelope.payload).version
+                    if version != running:
+                        running = version
+                        await stub.ReportStatus(
+                            pb.StatusReport(
+                                model_name="color", version=version, state=pb.INSTALLED
+                            ),
+                            timeout=30,
+                        )
+                if running == target:
+                    remaining.discard(d["device_id"])
+                    if not remaining:
+                        done.set()
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), timeout=60)
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(device_loop(d) for d in devices)), seconds)
+    finally:
+        client.loop_stop()
+    return time.perf_counter() - started
+
+
 def main() -> int:
     bare = "--bare" in sys.argv
     args = [a for a in sys.argv[1:] if a != "--bare"]
     devices_file, first, count, seconds = args[0], int(args[1]), int(args[2]), float(args[3])
     devices = json.loads(Path(devices_file).read_text())[first : first + count]
+    if len(args) > 4:  # follow a rollout: MQTT_URL FLEET TARGET_VERSION
+        elapsed = asyncio.run(follow(devices, seconds, args[4], args[5], args[6]))
+        print(f"{elapsed:.2f}")
+        return 0
     calls, errors = asyncio.run(run(devices, seconds, bare))
     print(calls, errors)
     return 0

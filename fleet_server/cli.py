@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 from collections.abc import Sequence
@@ -104,7 +105,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     broker: EmbeddedBroker | None = None
     mqtt_url = args.mqtt_url
-    if not mqtt_url:
+    if not mqtt_url and not args.worker:
         host, port = _split_host_port(args.mqtt_listen, "--mqtt-listen")
         broker = EmbeddedBroker(host, port or _free_port(host))
         try:
@@ -115,14 +116,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 "another port with --mqtt-listen HOST:PORT (0 = any free port)"
             ) from exc
         mqtt_url = broker.url
-    endpoint = parse_mqtt_url(mqtt_url)
-    ingest = TelemetryIngest(
-        endpoint, db, data_dir.fleet_id, client_id=f"edgefleet-server-{os.getpid()}"
-    )
-    try:
-        ingest.start()
-    except TransientError as exc:
-        raise DataDirError(f"telemetry ingest cannot start: {exc}") from exc
+    endpoint = parse_mqtt_url(mqtt_url) if mqtt_url else None
+    ingest: TelemetryIngest | None = None
+    if endpoint is not None and not args.worker:
+        ingest = TelemetryIngest(
+            endpoint, db, data_dir.fleet_id, client_id=f"edgefleet-server-{os.getpid()}"
+        )
+        try:
+            ingest.start()
+        except TransientError as exc:
+            raise DataDirError(f"telemetry ingest cannot start: {exc}") from exc
 
     main_host, main_port = _split_host_port(args.listen, "--listen")
     device_listen = args.device_listen or (
@@ -146,10 +149,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
         else data_dir.read_secret(data_dir.enrollment_token_file),
         device_mqtt_url=args.device_mqtt_url or mqtt_url,
     )
-    controller = RolloutController(
-        ctx.rollouts, interval_s=args.rollout_interval, nudge=ingest.nudge
+    # Worker processes only serve gRPC; the main process runs the rollouts and the ingest.
+    controller = (
+        None
+        if args.worker
+        else RolloutController(
+            ctx.rollouts,
+            interval_s=args.rollout_interval,
+            nudge=ingest.nudge if ingest is not None else None,
+        )
     )
-    ctx.wake_rollouts = controller.wake
+    if controller is not None:
+        ctx.wake_rollouts = controller.wake
     try:
         server, port, device_port = create_server(
             ctx, args.listen, device_listen, tls_names=tls_names
@@ -161,14 +172,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # Devices dial the device port on the host they enrolled through, unless told otherwise.
     ctx.device_address = args.device_advertise or f":{device_port}"
     server.start()
-    controller.start()
+    if controller is not None:
+        controller.start()
     ctx.last_seen.start()
+    workers = _start_workers(args, port, device_port, ctx.device_address, mqtt_url or "")
     log.info(
-        "fleet %s: gRPC on port %d (TLS), devices on port %d (mTLS), telemetry via %s",
+        "fleet %s: gRPC on port %d (TLS), devices on port %d (mTLS), telemetry via %s%s",
         data_dir.fleet_id,
         port,
         device_port,
         endpoint,
+        f", {len(workers) + 1} server processes" if workers else "",
     )
     if args.ready_file:
         args.ready_file.write_text(
@@ -185,20 +199,67 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         stop.wait()
     finally:
+        for worker in workers:
+            worker.terminate()
         server.stop(grace=5).wait()
-        controller.stop()
+        for worker in workers:
+            try:
+                worker.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        if controller is not None:
+            controller.stop()
         ctx.last_seen.stop()
-        ingest.stop()
+        if ingest is not None:
+            ingest.stop()
+            log.info(
+                "telemetry: %d accepted, %d rejected, %d dropped",
+                ingest.accepted,
+                ingest.rejected,
+                ingest.dropped,
+            )
         if broker is not None:
             broker.stop()
         db.close()
-        log.info(
-            "server stopped (telemetry: %d accepted, %d rejected, %d dropped)",
-            ingest.accepted,
-            ingest.rejected,
-            ingest.dropped,
-        )
+        log.info("server %sstopped", "worker " if args.worker else "")
     return 0
+
+
+def _start_workers(
+    args: argparse.Namespace, port: int, device_port: int, advertise: str, mqtt_url: str
+) -> list[subprocess.Popen[bytes]]:
+    """Start ``--workers - 1`` more processes serving the same ports (SO_REUSEPORT), so
+    check-ins are not bound to one Python process's GIL."""
+    if args.worker or args.workers <= 1:
+        return []
+    host, _ = _split_host_port(args.listen, "--listen")
+    device_host, _ = _split_host_port(args.device_listen or args.listen, "--device-listen")
+    cmd = [
+        sys.executable,
+        "-m",
+        "fleet_server.cli",
+        "--log-level",
+        args.log_level,
+        "run",
+        "--worker",
+        "--data-dir",
+        str(args.data_dir),
+        "--listen",
+        f"{_bracket(host)}:{port}",
+        "--device-listen",
+        f"{_bracket(device_host)}:{device_port}",
+        "--device-advertise",
+        advertise,
+    ]
+    if mqtt_url:
+        cmd += ["--mqtt-url", mqtt_url, "--device-mqtt-url", args.device_mqtt_url or mqtt_url]
+    if args.db_url:
+        cmd += ["--db-url", args.db_url]
+    for name in args.tls_name or ():
+        cmd += ["--tls-name", name]
+    if args.no_bootstrap_token:
+        cmd.append("--no-bootstrap-token")
+    return [subprocess.Popen(cmd) for _ in range(args.workers - 1)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -269,6 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=2.0,
         help="seconds between rollout controller steps (default 2; reports also wake it)",
     )
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the ports (default 1; one per core for big fleets)",
+    )
+    run.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("--ready-file", type=Path, help="write ports as JSON here once serving")
     run.set_defaults(func=_cmd_run)
     return parser

@@ -140,14 +140,16 @@ class ActiveModel(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., release_counter: _Optional[int] = ..., sha256: _Optional[str] = ..., backend: _Optional[str] = ...) -> None: ...
 
 class CheckInRequest(_message.Message):
-    __slots__ = ("capabilities", "active", "state_version")
+    __slots__ = ("capabilities", "active", "state_version", "fresh")
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
     STATE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FRESH_FIELD_NUMBER: _ClassVar[int]
     capabilities: Capabilities
     active: _containers.RepeatedCompositeFieldContainer[ActiveModel]
     state_version: str
-    def __init__(self, capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., active: _Optional[_Iterable[_Union[ActiveModel, _Mapping]]] = ..., state_version: _Optional[str] = ...) -> None: ...
+    fresh: bool
+    def __init__(self, capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., active: _Optional[_Iterable[_Union[ActiveModel, _Mapping]]] = ..., state_version: _Optional[str] = ..., fresh: _Optional[bool] = ...) -> None: ...
 
 class CheckInResponse(_message.Message):
     __slots__ = ("desired", "next_checkin_s", "mqtt_url", "keylist", "cloud", "state_version", "unchanged")

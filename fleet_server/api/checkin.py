@@ -15,8 +15,8 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CachedAnswer:
-    key: Hashable  # (generation, profile, keylist digest)
+    key: tuple[Any, ...]  # (generation, selection profile, key list digest)
     active: tuple[tuple[str, str], ...]  # the active versions the device reported
     response: bytes  # the serialized CheckInResponse, without per-call fields
     state_version: str

@@ -33,6 +33,7 @@ _MAX_LABELS = 32
 _NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _VERSION = re.compile(r"^[0-9A-Za-z.+-]{1,32}$")
 _MAX_AUTH_CACHE = 200_000
+GENERATION_MAX_AGE_S = 0.5
 _BUCKET = 64 << 20  # memory and disk are compared in 64 MiB steps (rounded down)
 
 
@@ -73,6 +74,7 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
         self._ctx = ctx
         self._answers = AnswerCache()
         self._auth: dict[bytes, tuple[int, str]] = {}
+        self._keylist: tuple[bytes, bytes] | None = None
 
     @rpc_errors
     def Enroll(self, request: pb.EnrollRequest, context: Any) -> pb.EnrollResponse:  # noqa: N802
@@ -130,7 +132,8 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
 
     @rpc_errors
     def CheckIn(self, request: pb.CheckInRequest, context: Any) -> pb.CheckInResponse:  # noqa: N802
-        generation = self._ctx.db.generation()
+        # Replicas notice a change within GENERATION_MAX_AGE_S; a nudged device asks fresh.
+        generation = self._ctx.db.generation(0.0 if request.fresh else GENERATION_MAX_AGE_S)
         device_id = self._device(context, generation)
         has_caps = request.HasField("capabilities")
         self._ctx.last_seen.note(
@@ -142,10 +145,18 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
             if _NAME_PART.match(m.model_name) and _VERSION.match(m.version)
         }
         reported = tuple(sorted(active.items()))
-        profile = _profile(request.capabilities) if has_caps else None
-        key = (generation, profile, hashlib.sha256(self._ctx.keys.keylist_bytes()).digest())
         answer = self._answers.get(device_id)
-        if answer is None or profile is None or answer.key != key or answer.active != reported:
+        profile = _profile(request.capabilities) if has_caps else None
+        if profile is None and answer is not None:
+            profile = answer.key[1]  # the capabilities it reported last
+        key = (generation, profile, self._keylist_digest())
+        if (
+            answer is None
+            or request.fresh
+            or profile is None
+            or answer.key != key
+            or answer.active != reported
+        ):
             self._answers.misses += 1
             answer = self._answer(
                 device_id,
@@ -164,6 +175,12 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
                 next_checkin_s=self._ctx.checkin_interval_s,
             )
         return pb.CheckInResponse.FromString(answer.response)
+
+    def _keylist_digest(self) -> bytes:
+        raw = self._ctx.keys.keylist_bytes()
+        if self._keylist is None or self._keylist[0] is not raw:
+            self._keylist = (raw, hashlib.sha256(raw).digest())
+        return self._keylist[1]
 
     def _device(self, context: Any, generation: int) -> str:
         """The caller's device id; the certificate check is cached per fleet generation

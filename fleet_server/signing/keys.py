@@ -25,6 +25,9 @@ from fleet_server.errors import DataDirError
 from protos import manifest_pb2
 from protos.envelope import KEYLIST_PAYLOAD_TYPE, MANIFEST_PAYLOAD_TYPE, keyid, pae
 
+# A rotation (by 'edgefleet keys rotate', another process) is noticed within this long.
+_KEYLIST_RECHECK_S = 1.0
+
 __all__ = [
     "KEYLIST_LIFETIME_S",
     "KeyStore",
@@ -113,6 +116,7 @@ class KeyStore:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._cache: tuple[float, bytes] | None = None
+        self._checked = 0.0  # when the file was last looked at (monotonic)
 
     @property
     def keylist_path(self) -> Path:
@@ -182,12 +186,16 @@ class KeyStore:
         Raises:
             DataDirError: missing or unreadable.
         """
+        now = time.monotonic()
+        if self._cache is not None and now - self._checked < _KEYLIST_RECHECK_S:
+            return self._cache[1]
         try:
             mtime = self.keylist_path.stat().st_mtime
             if self._cache is None or self._cache[0] != mtime:
                 self._cache = (mtime, self.keylist_path.read_bytes())
         except OSError as exc:
             raise DataDirError(f"cannot read the key list {self.keylist_path}: {exc}") from exc
+        self._checked = now
         return self._cache[1]
 
     def keylist(self) -> manifest_pb2.KeyList:

@@ -362,9 +362,12 @@ class Database:
     """The server's tables behind small methods."""
 
     def __init__(self, url: str) -> None:
-        self.engine: Engine = sa.create_engine(url, future=True)
+        # As many pooled connections as the server has RPC threads: opening a connection per
+        # call (the pool's overflow) costs more than most queries.
+        self.engine: Engine = sa.create_engine(url, future=True, pool_size=20, max_overflow=10)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._generation: tuple[float, int] | None = None
 
     def create_schema(self) -> None:
         """Create the tables (idempotent) and record the schema version.
@@ -409,14 +412,20 @@ class Database:
         """Release connections."""
         self.engine.dispose()
 
-    def generation(self) -> int:
-        """The fleet state generation (see ``fleet_state``)."""
+    def generation(self, max_age_s: float = 0.0) -> int:
+        """The fleet state generation (see ``fleet_state``), read at most ``max_age_s`` ago."""
+        now = time.monotonic()
+        cached = self._generation
+        if cached is not None and now - cached[0] <= max_age_s:
+            return cached[1]
         with self.engine.connect() as conn:
-            return int(
+            value = int(
                 conn.execute(
                     sa.select(fleet_state.c.generation).where(fleet_state.c.id == 1)
                 ).scalar_one()
             )
+        self._generation = (now, value)
+        return value
 
     # devices -------------------------------------------------------------------------------
 
