@@ -126,11 +126,39 @@ def _size(path: Path) -> int:
         raise BadRequestError(f"cannot read {path}: {exc.strerror}") from exc
 
 
-def _send_file(path: Path, part: str) -> Iterator[pb.PushModelRequest]:
+class _Progress:
+    """Upload progress on stderr, when it is a terminal (never in scripts' captured output)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = max(total, 1)
+        self.sent = 0
+        self._shown = -1
+        self._tty = sys.stderr.isatty()
+
+    def add(self, count: int) -> None:
+        self.sent += count
+        percent = self.sent * 100 // self.total
+        if self._tty and percent != self._shown:
+            self._shown = percent
+            bar = "#" * (percent // 4)
+            end = "\n" if self.sent >= self.total else ""
+            print(
+                f"\ruploading [{bar:<25}] {percent:3d}% of {self.total / 1e6:.1f} MB",
+                end=end,
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def _send_file(
+    path: Path, part: str, progress: _Progress | None = None
+) -> Iterator[pb.PushModelRequest]:
     with path.open("rb") as handle:
         while block := handle.read(_CHUNK):
             message = pb.PushModelRequest()
             setattr(message, part, block)
+            if progress is not None:
+                progress.add(len(block))
             yield message
 
 
@@ -157,16 +185,18 @@ def _cmd_push(args: argparse.Namespace) -> int:
     if args.sign_offline and args.deploy:
         raise BadRequestError("a version signed offline is deployed after 'manifest attach'")
 
+    progress = _Progress(sum(sizes) + (meta.fallback_size or 0))
+
     def requests() -> Iterator[pb.PushModelRequest]:
         yield pb.PushModelRequest(meta=meta)
-        yield from _send_file(files[0], "data")
+        yield from _send_file(files[0], "data", progress)
         if fallback is not None:
-            yield from _send_file(fallback, "fallback_data")
+            yield from _send_file(fallback, "fallback_data", progress)
         more = zip(files[1:], names[1:], sizes[1:], samples[1:], strict=True)
         for path, name, size, sample in more:
             header = pb.VariantHeader(variant=name, size=size, sample=sample)
             yield pb.PushModelRequest(variant=header)
-            yield from _send_file(path, "data")
+            yield from _send_file(path, "data", progress)
 
     admin = _admin(args)
     response = admin.call("PushModel", requests())
@@ -652,6 +682,7 @@ def _cmd_rollouts_create(args: argparse.Namespace) -> int:
         pause_on_any_failure=args.failure == 0,
         max_concurrent=args.max_concurrent,
         device_timeout_s=args.device_timeout,
+        allow_empty=args.allow_empty,
     )
     rollout = _admin(args).call("CreateRollout", request)
     if args.json:
@@ -752,7 +783,12 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    parser = argparse.ArgumentParser(prog=PROG, description="EdgeFleet fleet administration.")
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="EdgeFleet fleet administration.",
+        epilog="Exit codes: 0 success; 1 the server or the input refused it (one line on "
+        "stderr says why); 2 usage error. Tables by default; --json where scripts need it.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--server",
@@ -948,6 +984,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=3600,
         help="seconds before a silent updating device frees its slot (default 3600)",
+    )
+    rcreate.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="create it even if no device matches yet; devices that match later join it",
     )
     rcreate.add_argument("--json", action="store_true")
     rcreate.set_defaults(func=_cmd_rollouts_create)

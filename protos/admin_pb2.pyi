@@ -248,7 +248,7 @@ class ListDevicesResponse(_message.Message):
     def __init__(self, devices: _Optional[_Iterable[_Union[DeviceInfo, _Mapping]]] = ...) -> None: ...
 
 class CreateRolloutRequest(_message.Message):
-    __slots__ = ("model_name", "version", "selector", "waves", "success_threshold", "failure_threshold", "pause_on_any_failure", "max_concurrent", "device_timeout_s")
+    __slots__ = ("model_name", "version", "selector", "waves", "success_threshold", "failure_threshold", "pause_on_any_failure", "max_concurrent", "device_timeout_s", "allow_empty")
     class SelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -265,6 +265,7 @@ class CreateRolloutRequest(_message.Message):
     PAUSE_ON_ANY_FAILURE_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENT_FIELD_NUMBER: _ClassVar[int]
     DEVICE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_EMPTY_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: str
     selector: _containers.ScalarMap[str, str]
@@ -274,7 +275,8 @@ class CreateRolloutRequest(_message.Message):
     pause_on_any_failure: bool
     max_concurrent: int
     device_timeout_s: int
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., selector: _Optional[_Mapping[str, str]] = ..., waves: _Optional[_Iterable[str]] = ..., success_threshold: _Optional[float] = ..., failure_threshold: _Optional[float] = ..., pause_on_any_failure: _Optional[bool] = ..., max_concurrent: _Optional[int] = ..., device_timeout_s: _Optional[int] = ...) -> None: ...
+    allow_empty: bool
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., selector: _Optional[_Mapping[str, str]] = ..., waves: _Optional[_Iterable[str]] = ..., success_threshold: _Optional[float] = ..., failure_threshold: _Optional[float] = ..., pause_on_any_failure: _Optional[bool] = ..., max_concurrent: _Optional[int] = ..., device_timeout_s: _Optional[int] = ..., allow_empty: _Optional[bool] = ...) -> None: ...
 
 class RolloutRequest(_message.Message):
     __slots__ = ("rollout_id",)

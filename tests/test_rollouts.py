@@ -226,6 +226,10 @@ def test_bad_rollout_requests_are_refused_with_the_reason(fleet: Fleet) -> None:
         (("rollouts", "create", "nope", "1.0.0"), "model nope version 1.0.0 does not exist"),
         (("rollouts", "create", "color", "2.0.0", "--waves", "1,50%"), "last must be 100%"),
         (("rollouts", "create", "color", "2.0.0", "--selector", "site"), "is not KEY=VALUE"),
+        (
+            ("rollouts", "create", "color", "2.0.0", "--selector", "stie=lab"),
+            "no enrolled device matches stie=lab",
+        ),
         (("rollouts", "status", "999"), "rollout 999 does not exist"),
         (("rollouts", "rollback", "999"), "rollout 999 does not exist"),
     ]
@@ -245,6 +249,13 @@ def test_bad_rollout_requests_are_refused_with_the_reason(fleet: Fleet) -> None:
     failed = [e for e in json.loads(fleet.server.admin("audit", "--json").stdout) if not e["ok"]]
     assert {e["action"] for e in failed} >= {"CreateRollout", "ResumeRollout"}
     assert any("does not exist" in e["error"] for e in failed)
+
+    # An empty rollout, when asked for, waits for the devices that will match.
+    empty = fleet.create("2.0.0", "--selector", "site=new", "--allow-empty")
+    late = fleet.enroll("late", site="new")
+    wait_for("the late device", lambda: desired_version(late) == "2.0.0")
+    fleet.devices = [late]
+    settle(fleet, int(empty["rollout_id"]), lambda s: s["state"] == "completed")
 
 
 def test_a_fleet_wide_deploy_replaces_a_rollout(fleet: Fleet) -> None:

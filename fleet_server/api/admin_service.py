@@ -549,6 +549,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             max_concurrent=request.max_concurrent,
             device_timeout_s=request.device_timeout_s or DEFAULT_DEVICE_TIMEOUT_S,
             created_by=_actor(context),
+            allow_empty=request.allow_empty,
         )
         log.info(
             "rollout %d of %s %s created over %d device(s)",

@@ -154,6 +154,7 @@ class RolloutStore:
         max_concurrent: int,
         device_timeout_s: int,
         created_by: str,
+        allow_empty: bool = False,
         now: int | None = None,
     ) -> RolloutRow:
         """Create a running rollout over the devices matching ``selector`` now.
@@ -162,6 +163,7 @@ class RolloutStore:
             BadRequestError: bad waves or thresholds.
             NotFoundError: no such model version.
             ConflictError: another rollout of the model is running or paused.
+            BadRequestError: no device matches and ``allow_empty`` is not set.
         """
         parsed = parse_waves(waves)
         for name, value in (("success", success_threshold), ("failure", failure_threshold)):
@@ -206,6 +208,13 @@ class RolloutStore:
                 raise ConflictError("the database did not return the new rollout's id")
             rollout_id = int(key[0])
             targets = [d for d, labels in self._active_devices(conn) if matches(selector, labels)]
+            if not targets and not allow_empty:
+                wanted = ", ".join(f"{k}={v}" for k, v in sorted(selector.items()))
+                raise BadRequestError(
+                    f"no enrolled device matches {wanted or 'the selector'}; check the labels "
+                    "('edgefleet devices list'), or allow an empty rollout that devices "
+                    "matching later will join"
+                )
             plan = assign_waves(rollout_id, targets, parsed)
             self._insert_devices(conn, rollout_id, plan, now)
             bump_generation(conn)
