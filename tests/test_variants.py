@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from fleet_server.simulator import SimDevice
@@ -148,3 +149,33 @@ def test_an_unchanged_state_is_a_short_answer_until_something_changes(server: Se
     assert not changed.unchanged and changed.state_version != full.state_version
     (envelope,) = changed.desired
     assert manifest_pb2.Manifest.FromString(envelope.payload).version == "1.1.0"
+
+
+def test_uploads_that_lie_about_their_size_are_refused_and_leave_nothing(server: Server) -> None:
+    from protos import admin_pb2, admin_pb2_grpc
+
+    token = (server.data_dir / "admin.token").read_text().strip()
+    credentials = grpc.ssl_channel_credentials(root_certificates=server.ca_file.read_bytes())
+    artifacts = server.data_dir / "artifacts"
+    before = sorted(p.name for p in artifacts.iterdir())
+    data = CPU.read_bytes()
+    cases = [
+        (len(data) - 100, [data], "exceeds the"),  # more bytes than announced
+        (len(data) + 100, [data], "announced"),  # fewer
+        (600 * 1024 * 1024, [data], "outside 1.."),  # over the model size limit
+    ]
+    with grpc.secure_channel(server.address, credentials) as channel:
+        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        for size, chunks, message in cases:
+            meta = admin_pb2.PushModelMeta(model_name="m", version="1.0.0", size=size)
+            stream = [admin_pb2.PushModelRequest(meta=meta)] + [
+                admin_pb2.PushModelRequest(data=c) for c in chunks
+            ]
+            with pytest.raises(grpc.RpcError) as info:
+                stub.PushModel(
+                    iter(stream), timeout=30, metadata=[("authorization", f"Bearer {token}")]
+                )
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert message in (info.value.details() or ""), info.value.details()
+    assert sorted(p.name for p in artifacts.iterdir()) == before
+    assert json.loads(server.admin("models", "list", "--json").stdout) == []
