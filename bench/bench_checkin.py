@@ -60,9 +60,12 @@ def enroll(server: Server, count: int, **labels: str) -> list[dict[str, str]]:
     return devices
 
 
-def load(devices_file: Path, count: int, clients: int, seconds: float, bare: bool) -> float:
-    share = count // clients
-    procs = [
+def clients(
+    devices_file: Path, count: int, processes: int, *args: str
+) -> list[subprocess.Popen[str]]:
+    """Start load processes (bench/checkin_load.py), each with its share of the devices."""
+    share = count // processes
+    return [
         subprocess.Popen(
             [
                 sys.executable,
@@ -71,15 +74,18 @@ def load(devices_file: Path, count: int, clients: int, seconds: float, bare: boo
                 str(devices_file),
                 str(i * share),
                 str(share),
-                str(seconds),
-                *(["--bare"] if bare else []),
+                *args,
             ],
             stdout=subprocess.PIPE,
             cwd=REPO,
             text=True,
         )
-        for i in range(clients)
+        for i in range(processes)
     ]
+
+
+def load(devices_file: Path, count: int, processes: int, seconds: float, bare: bool) -> float:
+    procs = clients(devices_file, count, processes, str(seconds), *(["--bare"] if bare else []))
     calls = errors = 0
     for proc in procs:
         out, _ = proc.communicate(timeout=seconds + 120)
@@ -97,27 +103,9 @@ def rollout(server: Server, tmp: Path, args: argparse.Namespace, model: Path) ->
     devices_file = tmp / "rollout-devices.json"
     devices_file.write_text(json.dumps(devices))
     server.admin("models", "push", str(model), "--name", "color", "--version", "2.0.0")
-    share = args.rollout // args.clients
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bench.checkin_load",
-                str(devices_file),
-                str(i * share),
-                str(share),
-                "300",
-                server.mqtt_url,
-                "default",
-                "2.0.0",
-            ],
-            stdout=subprocess.PIPE,
-            cwd=REPO,
-            text=True,
-        )
-        for i in range(args.clients)
-    ]
+    procs = clients(
+        devices_file, args.rollout, args.clients, "300", server.mqtt_url, "default", "2.0.0"
+    )
     for proc in procs:  # every client subscribed and made its first check-in round
         assert proc.stdout is not None
         proc.stdout.readline()

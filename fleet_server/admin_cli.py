@@ -89,6 +89,18 @@ def _admin(args: argparse.Namespace) -> _Admin:
     return _Admin(args.server, _token(args), args.timeout, _ca_pem(args))
 
 
+def _as_dict(message: Any) -> dict[str, Any]:
+    """A message for JSON output: proto field names, default values included."""
+    return MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def _print_json(messages: Any) -> None:
+    """Messages as a JSON list, for scripts."""
+    print(json.dumps([_as_dict(m) for m in messages], indent=2))
+
+
 def _fmt_time(unix: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(unix)) if unix else "-"
 
@@ -540,19 +552,7 @@ def _cmd_tokens_create(args: argparse.Namespace) -> int:
 def _cmd_tokens_list(args: argparse.Namespace) -> int:
     response = _admin(args).call("ListEnrollmentTokens", pb.ListTokensRequest())
     if args.json:
-        print(
-            json.dumps(
-                [
-                    MessageToDict(
-                        t,
-                        preserving_proto_field_name=True,
-                        always_print_fields_with_no_presence=True,
-                    )
-                    for t in response.tokens
-                ],
-                indent=2,
-            )
-        )
+        _print_json(response.tokens)
         return 0
     if not response.tokens:
         print("no enrollment tokens; create one with: edgefleet tokens create")
@@ -585,16 +585,7 @@ def _cmd_devices_explain(args: argparse.Namespace) -> int:
         ),
     )
     if args.json:
-        print(
-            json.dumps(
-                MessageToDict(
-                    response,
-                    preserving_proto_field_name=True,
-                    always_print_fields_with_no_presence=True,
-                ),
-                indent=2,
-            )
-        )
+        print(json.dumps(_as_dict(response), indent=2))
         return 0
     outcome = response.variant or "the cloud (no variant fits)"
     print(
@@ -642,9 +633,7 @@ def _pairs(items: Sequence[str] | None, what: str) -> dict[str, str]:
 
 
 def _rollout_dict(r: pb.RolloutInfo) -> dict[str, Any]:
-    return MessageToDict(
-        r, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
+    return _as_dict(r)
 
 
 def _print_rollout(r: pb.RolloutInfo) -> None:
@@ -758,19 +747,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         "ListAudit", pb.ListAuditRequest(limit=args.limit, before_id=args.before)
     )
     if args.json:
-        print(
-            json.dumps(
-                [
-                    MessageToDict(
-                        e,
-                        preserving_proto_field_name=True,
-                        always_print_fields_with_no_presence=True,
-                    )
-                    for e in response.entries
-                ],
-                indent=2,
-            )
-        )
+        _print_json(response.entries)
         return 0
     if not response.entries:
         print("the audit log is empty")

@@ -247,16 +247,22 @@ _ITEM_SIZE = {
 }
 
 
+def _is_constant(model: Any, tensor: Any) -> bool:
+    """True when the tensor carries data in the file (weights, biases), not activations."""
+    buffer_index = tensor.Buffer()
+    if 0 < buffer_index < model.BuffersLength():
+        buffer = model.Buffers(buffer_index)
+        return buffer is not None and (buffer.DataLength() > 0 or buffer.Size() > 0)
+    return False
+
+
 def _activation_bytes(model: Any, graph: Any, type_names: dict[int, str]) -> int:
     """Bytes of the tensors that hold no constant data: an upper bound of one arena."""
     total = 0
     for i in range(graph.TensorsLength()):
         tensor = graph.Tensors(i)
-        buffer_index = tensor.Buffer()
-        if 0 < buffer_index < model.BuffersLength():
-            buffer = model.Buffers(buffer_index)
-            if buffer is not None and (buffer.DataLength() > 0 or buffer.Size() > 0):
-                continue  # constant weights live in the (shared, mapped) model file
+        if _is_constant(model, tensor):
+            continue  # constant weights live in the (shared, mapped) model file
         count = 1
         for dim in tensor.ShapeAsNumpy() if tensor.ShapeLength() else ():
             count *= max(int(dim), 1)
@@ -270,11 +276,8 @@ def _weight_dtypes(model: Any, graph: Any, type_names: dict[int, str]) -> tuple[
     found: set[str] = set()
     for i in range(graph.TensorsLength()):
         tensor = graph.Tensors(i)
-        buffer_index = tensor.Buffer()
-        if 0 < buffer_index < model.BuffersLength():
-            buffer = model.Buffers(buffer_index)
-            if buffer is not None and (buffer.DataLength() > 0 or buffer.Size() > 0):
-                found.add(_TYPE_TO_DTYPE.get(type_names.get(tensor.Type(), ""), "unknown"))
+        if _is_constant(model, tensor):
+            found.add(_TYPE_TO_DTYPE.get(type_names.get(tensor.Type(), ""), "unknown"))
     return tuple(sorted(found))
 
 
