@@ -55,6 +55,8 @@ class DeviceClient:
         self._channel: grpc.Channel | None = None
         self._stub: pb_grpc.DeviceServiceStub | None = None
         self.device_address = ""
+        # Called with every status report (the agent also sends them as MQTT events).
+        self.on_report: Callable[[pb.StatusReport], None] | None = None
 
     def close(self) -> None:
         """Close the channels."""
@@ -138,6 +140,11 @@ class DeviceClient:
 
     def report(self, report: pb.StatusReport) -> None:
         """Send an update status report (best effort: failures are logged, not raised)."""
+        if self.on_report is not None:
+            try:
+                self.on_report(report)
+            except Exception:
+                log.exception("could not spool the update event")
         try:
             self._call(
                 "status report",

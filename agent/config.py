@@ -90,6 +90,9 @@ class UpdatesSection:
 class TelemetrySection:
     mqtt_url: str = ""  # overrides the URL the server hands out at enrollment
     interval_s: float = 10.0
+    # Messages kept on disk while the broker is away; past it the oldest telemetry goes first
+    # (update events are never dropped).
+    spool_max_messages: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,8 @@ def _validate(config: AgentConfig) -> None:
         raise ConfigError("server.timeout_s must be within 0.5..300")
     if not 0.5 <= config.telemetry.interval_s <= 3600:
         raise ConfigError("telemetry.interval_s must be within 0.5..3600")
+    if not 10 <= config.telemetry.spool_max_messages <= 10_000_000:
+        raise ConfigError("telemetry.spool_max_messages must be within 10..10000000")
     if not 1 <= config.inference.num_threads <= 64:
         raise ConfigError("inference.num_threads must be within 1..64")
     if not 1 <= config.inference.workers <= 16:

@@ -7,6 +7,7 @@ ends every loop; components stop in reverse order.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import socket
@@ -17,6 +18,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
+from agent import __version__
 from agent.client import DeviceClient
 from agent.config import AgentConfig
 from agent.errors import AgentError, EnrollmentError, ManifestError, TransientError
@@ -25,14 +27,16 @@ from agent.identity import Identity, new_key_and_csr
 from agent.inference.engine import Engine, EngineOptions
 from agent.inference.metrics_http import MetricsServer
 from agent.inference.oip import create_server
+from agent.telemetry.forward import Forwarder
 from agent.telemetry.mqtt import MqttPublisher, parse_mqtt_url
 from agent.telemetry.report import build_report
+from agent.telemetry.spool import EVENT, Spool
 from agent.updates.health import HealthPolicy
 from agent.updates.store import ModelStore
 from agent.updates.trust import pin_keylist, update_keylist
 from agent.updates.updater import Updater
 from protos import device_pb2, telemetry_pb2
-from protos.topics import commands_topic, device_name, telemetry_topic, validate_segment
+from protos.topics import commands_topic, device_name, device_topic, validate_segment
 
 __all__ = ["Agent"]
 
@@ -86,6 +90,10 @@ class Agent:
         self._nudged = threading.Event()  # a "check in now" command arrived
         self._fresh = False  # ask the server to skip its caches (after a nudge)
         self._seen_commands: set[str] = set()
+        self._spool = Spool(
+            self.store.root / "spool.db", max_messages=self.config.telemetry.spool_max_messages
+        )
+        self._client.on_report = self._spool_event
         Updater.load_active_into(self.store, self.engine)
         try:
             server, port = create_server(
@@ -115,6 +123,7 @@ class Agent:
             if metrics is not None:
                 metrics.stop()
             self._client.close()
+            self._spool.close()
             log.info("agent stopped")
 
     def _start_metrics(self) -> MetricsServer | None:
@@ -340,6 +349,39 @@ class Agent:
             for model in self.engine.models()
         ]
 
+    def _state_message(self, state: str) -> bytes:
+        """The retained DeviceState payload: online (birth), offline (Will) or stopped."""
+        identity = self.identity
+        message = telemetry_pb2.DeviceState(
+            device_id=identity.device_id if identity else "",
+            state=state,
+            sent_unix_ms=int(time.time() * 1000),
+            agent_version=__version__,
+            active=self._active(),
+            epoch=self._spool.epoch,
+        )
+        if state == "online":
+            message.capabilities.CopyFrom(to_capabilities(self.probe()))
+        return message.SerializeToString()
+
+    def _spool_event(self, report: device_pb2.StatusReport) -> None:
+        """Every update state change also goes out as an event (spooled, never dropped)."""
+        identity, spool = self.identity, self._spool
+        if identity is None:
+            return
+        event = telemetry_pb2.DeviceEvent(
+            device_id=identity.device_id,
+            seq=spool.next_seq(),
+            epoch=spool.epoch,
+            sent_unix_ms=int(time.time() * 1000),
+            update=report,
+        )
+        spool.append(
+            device_topic(identity.fleet_id, identity.device_id, "events"),
+            event.SerializeToString(),
+            EVENT,
+        )
+
     def _on_command(self, payload: bytes) -> None:
         """A server command (paho's thread): act on each id once; a bad one is ignored."""
         try:
@@ -377,42 +419,68 @@ class Agent:
         except AgentError as exc:
             log.error("telemetry is off: %s", exc)
             return
-        topic = telemetry_topic(identity.fleet_id, identity.device_id)
-        commands = commands_topic(identity.fleet_id, identity.device_id)
+        spool = self._spool
+        fleet, device = identity.fleet_id, identity.device_id
+        telemetry, state = (
+            device_topic(fleet, device, "telemetry"),
+            device_topic(fleet, device, "state"),
+        )
+        commands = commands_topic(fleet, device)
 
-        def subscribe(client: Any) -> None:
-            # After every (re)connect: the subscription does not outlive a broker restart.
+        def on_connected(client: Any) -> None:
+            # After every (re)connect: subscriptions do not outlive a broker restart, and the
+            # retained birth replaces the Will the broker may have published.
             client.on_message = lambda _c, _u, message: self._on_command(message.payload)
             client.subscribe(commands, qos=1)
+            client.publish(state, self._state_message("online"), qos=1, retain=True)
 
         publisher = MqttPublisher(
             endpoint,
-            client_id=f"edgefleet-agent-{identity.device_id}",
-            on_connected=subscribe,
+            client_id=f"edgefleet-agent-{device}",
+            on_connected=on_connected,
+            will=(state, self._state_message("offline")),
         )
-        seq = 0
-        dropped = 0
+        forwarder = Forwarder(spool, publisher)
+        interval = self.config.telemetry.interval_s
+        next_report = time.monotonic() + interval
+        next_connect = 0.0
         attempt = 0
         try:
             while not stop.is_set():
-                if publisher.protocol is None:
+                now = time.monotonic()
+                if publisher.protocol is None and now >= next_connect:
                     try:
                         publisher.connect()
                         attempt = 0
                     except TransientError as exc:
                         attempt += 1
                         wait = max(1.0, _backoff(attempt, 2.0))
-                        log.warning("telemetry: %s; retrying in %.0f s", exc, wait)
-                        stop.wait(wait)
-                        continue
-                if stop.wait(self.config.telemetry.interval_s):
-                    break
-                seq += 1
-                payload = build_report(
-                    self.engine, device_id=identity.device_id, seq=seq, started=self._started
-                )
-                if not publisher.publish(topic, payload):
-                    dropped += 1
-                    log.warning("telemetry message %d not queued (%d dropped so far)", seq, dropped)
+                        next_connect = now + wait
+                        log.warning(
+                            "telemetry: %s; retrying in %.0f s (%d spooled)", exc, wait, len(spool)
+                        )
+                if now >= next_report:
+                    # Spooled first, published when the broker is there: nothing is lost.
+                    payload = build_report(
+                        self.engine,
+                        device_id=device,
+                        seq=spool.next_seq(),
+                        started=self._started,
+                        epoch=spool.epoch,
+                        spool_dropped=spool.dropped,
+                    )
+                    spool.append(telemetry, payload)
+                    next_report = max(next_report + interval, now)
+                forwarder.drain(stop, budget_s=1.0)
+                stop.wait(min(0.5, max(0.05, next_report - time.monotonic())))
         finally:
+            if publisher.connected:
+                forwarder.drain(threading.Event(), budget_s=3.0)
+                info = publisher.publish_info(state, self._state_message("stopped"), retain=True)
+                if info is not None:
+                    with contextlib.suppress(RuntimeError, ValueError):
+                        info.wait_for_publish(2.0)
+            left = len(spool)
+            if left:
+                log.info("%d telemetry message(s) stay spooled for the next start", left)
             publisher.close()

@@ -337,15 +337,15 @@ def _cmd_devices_list(args: argparse.Namespace) -> int:
     if not response.devices:
         print("no devices enrolled yet")
         return 0
-    print(f"{'DEVICE':20} {'LAST SEEN':19}  {'MODELS':32} LAST TELEMETRY")
+    print(f"{'DEVICE':20} {'STATE':8} {'LAST SEEN':19}  {'MODELS':32} LAST TELEMETRY")
     for d in response.devices:
         if d.revoked_unix:
             print(f"{d.device_id:20} REVOKED {_fmt_time(d.revoked_unix)}")
             continue
         models = ", ".join(_model_state(m) for m in d.models) or "-"
         print(
-            f"{d.device_id:20} {_fmt_time(d.last_seen_unix):19}  {models:32} "
-            f"{_telemetry_summary(d.last_telemetry_json)}"
+            f"{d.device_id:20} {d.online_state or '-':8} {_fmt_time(d.last_seen_unix):19}  "
+            f"{models:32} {_telemetry_summary(d.last_telemetry_json)}"
         )
     return 0
 
@@ -470,7 +470,7 @@ def _cmd_manifest_attach(args: argparse.Namespace) -> int:
 
 
 def _device_dict(d: pb.DeviceInfo) -> dict[str, Any]:
-    item = MessageToDict(d, preserving_proto_field_name=True)
+    item = _as_dict(d)
     item["capabilities"] = json.loads(item.pop("capabilities_json", "{}") or "{}")
     raw = item.pop("last_telemetry_json", "")
     item["last_telemetry"] = json.loads(raw) if raw else None
@@ -497,6 +497,11 @@ def _cmd_devices_show(args: argparse.Namespace) -> int:
     for m in device.models:
         print(f"model     {_model_state(m)}: {m.detail}")
     print(f"telemetry {_telemetry_summary(device.last_telemetry_json)}")
+    print(
+        f"mqtt      {device.online_state or 'never connected'}"
+        + (f" since {_fmt_time(device.online_unix)}" if device.online_unix else "")
+        + f"; {device.telemetry_count} message(s) received, {device.telemetry_gaps} lost"
+    )
     return 0
 
 

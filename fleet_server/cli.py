@@ -119,8 +119,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     endpoint = parse_mqtt_url(mqtt_url) if mqtt_url else None
     ingest: TelemetryIngest | None = None
     if endpoint is not None and not args.worker:
+        # A stable client id keeps the broker session (and what it queued) across restarts.
+        # Without one (an ephemeral port) the session is clean: a persistent session nobody
+        # resumes would stay in the shared subscription and take its share of the messages.
+        _, listen_port = _split_host_port(args.listen, "--listen")
+        stable = bool(args.mqtt_client_id or listen_port)
+        default_id = f"edgefleet-server-{data_dir.fleet_id}-{socket.gethostname()}"
+        client_id = (args.mqtt_client_id or f"{default_id}-{listen_port or os.getpid()}")[:64]
         ingest = TelemetryIngest(
-            endpoint, db, data_dir.fleet_id, client_id=f"edgefleet-server-{os.getpid()}"
+            endpoint,
+            db,
+            data_dir.fleet_id,
+            client_id=client_id,
+            persistent_session=stable,
+            share_group=args.mqtt_share_group or "",
         )
         try:
             ingest.start()
@@ -213,9 +225,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if ingest is not None:
             ingest.stop()
             log.info(
-                "telemetry: %d accepted, %d rejected, %d dropped",
+                "telemetry: %d accepted, %d rejected, %d duplicates, %d lost, %d dropped",
                 ingest.accepted,
                 ingest.rejected,
+                ingest.duplicates,
+                ingest.gaps,
                 ingest.dropped,
             )
         if broker is not None:
@@ -323,6 +337,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--device-mqtt-url", help="the MQTT URL devices are told to use (default: the server's)"
+    )
+    run.add_argument(
+        "--mqtt-share-group",
+        help="replicas: ingest through the MQTT v5 shared subscription $share/GROUP/... so "
+        "they split the telemetry (default: a plain subscription, for one server)",
+    )
+    run.add_argument(
+        "--mqtt-client-id",
+        help="the ingest's MQTT client id: its persistent session queues telemetry while the "
+        "server restarts (default: edgefleet-server-FLEET-HOST-PORT; unique per replica)",
     )
     run.add_argument(
         "--rollout-interval",

@@ -207,7 +207,7 @@ class DeviceModelState(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ..., updated_unix: _Optional[int] = ..., active_version: _Optional[str] = ...) -> None: ...
 
 class DeviceInfo(_message.Message):
-    __slots__ = ("device_id", "name", "labels", "capabilities_json", "enrolled_unix", "last_seen_unix", "models", "last_telemetry_json", "last_telemetry_unix", "revoked_unix")
+    __slots__ = ("device_id", "name", "labels", "capabilities_json", "enrolled_unix", "last_seen_unix", "models", "last_telemetry_json", "last_telemetry_unix", "revoked_unix", "online_state", "online_unix", "telemetry_count", "telemetry_gaps")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -225,6 +225,10 @@ class DeviceInfo(_message.Message):
     LAST_TELEMETRY_JSON_FIELD_NUMBER: _ClassVar[int]
     LAST_TELEMETRY_UNIX_FIELD_NUMBER: _ClassVar[int]
     REVOKED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    ONLINE_STATE_FIELD_NUMBER: _ClassVar[int]
+    ONLINE_UNIX_FIELD_NUMBER: _ClassVar[int]
+    TELEMETRY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    TELEMETRY_GAPS_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     name: str
     labels: _containers.ScalarMap[str, str]
@@ -235,7 +239,11 @@ class DeviceInfo(_message.Message):
     last_telemetry_json: str
     last_telemetry_unix: int
     revoked_unix: int
-    def __init__(self, device_id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capabilities_json: _Optional[str] = ..., enrolled_unix: _Optional[int] = ..., last_seen_unix: _Optional[int] = ..., models: _Optional[_Iterable[_Union[DeviceModelState, _Mapping]]] = ..., last_telemetry_json: _Optional[str] = ..., last_telemetry_unix: _Optional[int] = ..., revoked_unix: _Optional[int] = ...) -> None: ...
+    online_state: str
+    online_unix: int
+    telemetry_count: int
+    telemetry_gaps: int
+    def __init__(self, device_id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capabilities_json: _Optional[str] = ..., enrolled_unix: _Optional[int] = ..., last_seen_unix: _Optional[int] = ..., models: _Optional[_Iterable[_Union[DeviceModelState, _Mapping]]] = ..., last_telemetry_json: _Optional[str] = ..., last_telemetry_unix: _Optional[int] = ..., revoked_unix: _Optional[int] = ..., online_state: _Optional[str] = ..., online_unix: _Optional[int] = ..., telemetry_count: _Optional[int] = ..., telemetry_gaps: _Optional[int] = ...) -> None: ...
 
 class ListDevicesRequest(_message.Message):
     __slots__ = ()

@@ -22,21 +22,26 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from protos import device_pb2 as protos_dot_device__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/telemetry.proto\x12\x0c\x65\x64gefleet.v1\"Q\n\x0eLatencySummary\x12\x0e\n\x06p50_ms\x18\x01 \x01(\x01\x12\x0e\n\x06p95_ms\x18\x02 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x03 \x01(\x01\x12\x0f\n\x07mean_ms\x18\x04 \x01(\x01\"\xea\x01\n\x0eModelTelemetry\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x10\n\x08requests\x18\x04 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x05 \x01(\x04\x12-\n\x07latency\x18\x06 \x01(\x0b\x32\x1c.edgefleet.v1.LatencySummary\x12\x17\n\x0fwindow_requests\x18\x07 \x01(\x04\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\x16\n\x0e\x62\x61\x63kend_reason\x18\t \x01(\t\x12\x10\n\x08rejected\x18\n \x01(\x04\"\x87\x01\n\x0fTelemetryReport\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x14\n\x0csent_unix_ms\x18\x03 \x01(\x03\x12,\n\x06models\x18\x04 \x03(\x0b\x32\x1c.edgefleet.v1.ModelTelemetry\x12\x10\n\x08uptime_s\x18\x05 \x01(\x01\";\n\x07\x43ommand\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x16\n\x0eissued_unix_ms\x18\x03 \x01(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/telemetry.proto\x12\x0c\x65\x64gefleet.v1\x1a\x13protos/device.proto\"Q\n\x0eLatencySummary\x12\x0e\n\x06p50_ms\x18\x01 \x01(\x01\x12\x0e\n\x06p95_ms\x18\x02 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x03 \x01(\x01\x12\x0f\n\x07mean_ms\x18\x04 \x01(\x01\"\xea\x01\n\x0eModelTelemetry\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x10\n\x08requests\x18\x04 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x05 \x01(\x04\x12-\n\x07latency\x18\x06 \x01(\x0b\x32\x1c.edgefleet.v1.LatencySummary\x12\x17\n\x0fwindow_requests\x18\x07 \x01(\x04\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\x16\n\x0e\x62\x61\x63kend_reason\x18\t \x01(\t\x12\x10\n\x08rejected\x18\n \x01(\x04\"\xad\x01\n\x0fTelemetryReport\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x14\n\x0csent_unix_ms\x18\x03 \x01(\x03\x12,\n\x06models\x18\x04 \x03(\x0b\x32\x1c.edgefleet.v1.ModelTelemetry\x12\x10\n\x08uptime_s\x18\x05 \x01(\x01\x12\r\n\x05\x65poch\x18\x06 \x01(\t\x12\x15\n\rspool_dropped\x18\x07 \x01(\x04\"\xc8\x01\n\x0b\x44\x65viceState\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x14\n\x0csent_unix_ms\x18\x03 \x01(\x03\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12)\n\x06\x61\x63tive\x18\x05 \x03(\x0b\x32\x19.edgefleet.v1.ActiveModel\x12\x30\n\x0c\x63\x61pabilities\x18\x06 \x01(\x0b\x32\x1a.edgefleet.v1.Capabilities\x12\r\n\x05\x65poch\x18\x07 \x01(\t\"~\n\x0b\x44\x65viceEvent\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\r\n\x05\x65poch\x18\x03 \x01(\t\x12\x14\n\x0csent_unix_ms\x18\x04 \x01(\x03\x12*\n\x06update\x18\x05 \x01(\x0b\x32\x1a.edgefleet.v1.StatusReport\";\n\x07\x43ommand\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x16\n\x0eissued_unix_ms\x18\x03 \x01(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.telemetry_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LATENCYSUMMARY']._serialized_start=40
-  _globals['_LATENCYSUMMARY']._serialized_end=121
-  _globals['_MODELTELEMETRY']._serialized_start=124
-  _globals['_MODELTELEMETRY']._serialized_end=358
-  _globals['_TELEMETRYREPORT']._serialized_start=361
-  _globals['_TELEMETRYREPORT']._serialized_end=496
-  _globals['_COMMAND']._serialized_start=498
-  _globals['_COMMAND']._serialized_end=557
+  _globals['_LATENCYSUMMARY']._serialized_start=61
+  _globals['_LATENCYSUMMARY']._serialized_end=142
+  _globals['_MODELTELEMETRY']._serialized_start=145
+  _globals['_MODELTELEMETRY']._serialized_end=379
+  _globals['_TELEMETRYREPORT']._serialized_start=382
+  _globals['_TELEMETRYREPORT']._serialized_end=555
+  _globals['_DEVICESTATE']._serialized_start=558
+  _globals['_DEVICESTATE']._serialized_end=758
+  _globals['_DEVICEEVENT']._serialized_start=760
+  _globals['_DEVICEEVENT']._serialized_end=886
+  _globals['_COMMAND']._serialized_start=888
+  _globals['_COMMAND']._serialized_end=947
 # @@protoc_insertion_point(module_scope)

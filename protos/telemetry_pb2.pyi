@@ -1,3 +1,4 @@
+from protos import device_pb2 as _device_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -43,18 +44,54 @@ class ModelTelemetry(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., backend: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., latency: _Optional[_Union[LatencySummary, _Mapping]] = ..., window_requests: _Optional[int] = ..., device: _Optional[str] = ..., backend_reason: _Optional[str] = ..., rejected: _Optional[int] = ...) -> None: ...
 
 class TelemetryReport(_message.Message):
-    __slots__ = ("device_id", "seq", "sent_unix_ms", "models", "uptime_s")
+    __slots__ = ("device_id", "seq", "sent_unix_ms", "models", "uptime_s", "epoch", "spool_dropped")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     SENT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SPOOL_DROPPED_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     seq: int
     sent_unix_ms: int
     models: _containers.RepeatedCompositeFieldContainer[ModelTelemetry]
     uptime_s: float
-    def __init__(self, device_id: _Optional[str] = ..., seq: _Optional[int] = ..., sent_unix_ms: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelTelemetry, _Mapping]]] = ..., uptime_s: _Optional[float] = ...) -> None: ...
+    epoch: str
+    spool_dropped: int
+    def __init__(self, device_id: _Optional[str] = ..., seq: _Optional[int] = ..., sent_unix_ms: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelTelemetry, _Mapping]]] = ..., uptime_s: _Optional[float] = ..., epoch: _Optional[str] = ..., spool_dropped: _Optional[int] = ...) -> None: ...
+
+class DeviceState(_message.Message):
+    __slots__ = ("device_id", "state", "sent_unix_ms", "agent_version", "active", "capabilities", "epoch")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SENT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    state: str
+    sent_unix_ms: int
+    agent_version: str
+    active: _containers.RepeatedCompositeFieldContainer[_device_pb2.ActiveModel]
+    capabilities: _device_pb2.Capabilities
+    epoch: str
+    def __init__(self, device_id: _Optional[str] = ..., state: _Optional[str] = ..., sent_unix_ms: _Optional[int] = ..., agent_version: _Optional[str] = ..., active: _Optional[_Iterable[_Union[_device_pb2.ActiveModel, _Mapping]]] = ..., capabilities: _Optional[_Union[_device_pb2.Capabilities, _Mapping]] = ..., epoch: _Optional[str] = ...) -> None: ...
+
+class DeviceEvent(_message.Message):
+    __slots__ = ("device_id", "seq", "epoch", "sent_unix_ms", "update")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SENT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    seq: int
+    epoch: str
+    sent_unix_ms: int
+    update: _device_pb2.StatusReport
+    def __init__(self, device_id: _Optional[str] = ..., seq: _Optional[int] = ..., epoch: _Optional[str] = ..., sent_unix_ms: _Optional[int] = ..., update: _Optional[_Union[_device_pb2.StatusReport, _Mapping]] = ...) -> None: ...
 
 class Command(_message.Message):
     __slots__ = ("id", "kind", "issued_unix_ms")

@@ -12,6 +12,7 @@ __all__ = [
     "commands_topic",
     "device_from_topic",
     "device_name",
+    "device_topic",
     "telemetry_filter",
     "telemetry_topic",
     "validate_segment",
@@ -51,6 +52,13 @@ def telemetry_topic(fleet_id: str, device_id: str) -> str:
     return f"{ROOT}/{fleet}/{device}/telemetry"
 
 
+def device_topic(fleet_id: str, device_id: str, kind: str) -> str:
+    """``edgefleet/v1/<fleet>/<device>/<kind>`` for kind in telemetry, state, events, commands."""
+    fleet = validate_segment(fleet_id, "fleet id")
+    device = validate_segment(device_id, "device id")
+    return f"{ROOT}/{fleet}/{device}/{kind}"
+
+
 def commands_topic(fleet_id: str, device_id: str) -> str:
     """Topic the server publishes commands for one device to (the device subscribes)."""
     fleet = validate_segment(fleet_id, "fleet id")
@@ -58,13 +66,13 @@ def commands_topic(fleet_id: str, device_id: str) -> str:
     return f"{ROOT}/{fleet}/{device}/commands"
 
 
-def telemetry_filter(fleet_id: str, share_group: str | None = None) -> str:
-    """Subscription filter for every device's telemetry in a fleet.
+def telemetry_filter(fleet_id: str, share_group: str | None = None, kind: str = "telemetry") -> str:
+    """Subscription filter for every device's ``kind`` messages in a fleet.
 
     With ``share_group`` the filter is an MQTT v5 shared subscription so that several server
     replicas split the messages instead of each receiving all of them.
     """
-    base = f"{ROOT}/{validate_segment(fleet_id, 'fleet id')}/+/telemetry"
+    base = f"{ROOT}/{validate_segment(fleet_id, 'fleet id')}/+/{kind}"
     if share_group:
         return f"$share/{validate_segment(share_group, 'share group')}/{base}"
     return base

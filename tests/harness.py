@@ -6,6 +6,7 @@ Each helper starts a real process on free ports in a temporary folder and stops 
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import shutil
@@ -122,21 +123,31 @@ class Mosquitto:
         return f"mqtt://127.0.0.1:{self.port}"
 
 
-def start_mosquitto(folder: Path) -> Mosquitto:
-    """Start mosquitto on a free port with its own config (no persistence, unbounded queue)."""
+def start_mosquitto(folder: Path, port: int = 0, *, persistent: bool = False) -> Mosquitto:
+    """Start mosquitto on a free port (or ``port``) with its own config; ``persistent`` keeps
+    sessions and queued messages across a restart, as a production broker should."""
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = free_port()
+    port = port or free_port()
+    folder.mkdir(parents=True, exist_ok=True)
     conf = folder / "mosquitto.conf"
+    persistence = (
+        f"persistence true\npersistence_location {folder}/\nautosave_interval 1\n"
+        if persistent
+        else "persistence false\n"
+    )
     conf.write_text(
         f"listener {port} 127.0.0.1\n"
+        # Started as root, mosquitto would switch to its own user, which cannot write its
+        # persistence file into the test's private folder: stay the user that runs the tests.
+        f"user {getpass.getuser()}\n"
         "allow_anonymous true\n"
-        "persistence false\n"
+        f"{persistence}"
         # mosquitto drops QoS 1 messages past 1000 queued for a slow subscriber by default.
         "max_queued_messages 0\n"
         "log_dest stdout\n",
         encoding="utf-8",
     )
-    proc = start([binary, "-c", str(conf)], folder / "mosquitto.log")
+    proc = start([binary, "-c", str(conf)], folder / f"mosquitto-{time.time_ns()}.log")
     wait_for(f"mosquitto on port {port}", lambda: port_open(port) or proc.popen.poll() is not None)
     if proc.popen.poll() is not None:
         raise AssertionError(f"mosquitto exited:\n{proc.output()}")

@@ -16,6 +16,8 @@ from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.errors import ConfigError, TransientError
@@ -25,6 +27,9 @@ __all__ = ["MqttEndpoint", "MqttPublisher", "parse_mqtt_url"]
 log = logging.getLogger(__name__)
 _UNSUPPORTED_PROTOCOL = 132  # MQTT v5 CONNACK reason code
 _MAX_QUEUED = 1000  # bound paho's in-memory queue while disconnected
+# How long the broker keeps a persistent session (and queues for it) after a disconnect: long
+# enough for a server restart, short enough that a replaced server's session does not pile up.
+_SESSION_EXPIRY_S = 600
 
 
 @dataclass(frozen=True)
@@ -74,10 +79,17 @@ class MqttPublisher:
         *,
         timeout_s: float = 10.0,
         on_connected: Callable[[paho.Client], None] | None = None,
+        will: tuple[str, bytes] | None = None,
+        persistent_session: bool = False,
     ) -> None:
-        """``on_connected`` runs in paho's thread after every successful (re)connect."""
+        """``on_connected`` runs in paho's thread after every successful (re)connect; ``will``
+        (topic, payload) is the retained Last Will the broker publishes if the connection dies."""
         self.endpoint = endpoint
         self._on_connected = on_connected
+        self._will = will
+        # A persistent session makes the broker keep this client's subscriptions and queue its
+        # QoS 1 messages while it is away (the server's ingest across restarts).
+        self._persistent = persistent_session
         self._client_id = client_id
         self._timeout = timeout_s
         self._client: paho.Client | None = None
@@ -88,9 +100,16 @@ class MqttPublisher:
         self, protocol: paho.MQTTProtocolVersion
     ) -> tuple[paho.Client, threading.Event, list[object]]:
         client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=protocol
+            CallbackAPIVersion.VERSION2,
+            client_id=self._client_id,
+            protocol=protocol,
+            clean_session=None if protocol == paho.MQTTv5 else not self._persistent,
         )
         client.max_queued_messages_set(_MAX_QUEUED)
+        if self._will is not None and protocol == paho.MQTTv5:
+            # Only on v5: the 3.1.1 fallback exists for the embedded broker (amqtt), which
+            # refuses a CONNECT with a Will ("will topic/message not present"), measured.
+            client.will_set(self._will[0], self._will[1], qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         if self.endpoint.username:
             client.username_pw_set(self.endpoint.username, self.endpoint.password)
@@ -132,7 +151,18 @@ class MqttPublisher:
         for protocol in (paho.MQTTv5, paho.MQTTv311):
             client, answered, outcome = self._make_client(protocol)
             try:
-                client.connect(self.endpoint.host, self.endpoint.port, keepalive=30)
+                if protocol == paho.MQTTv5 and self._persistent:
+                    properties = Properties(PacketTypes.CONNECT)
+                    properties.SessionExpiryInterval = _SESSION_EXPIRY_S
+                    client.connect(
+                        self.endpoint.host,
+                        self.endpoint.port,
+                        keepalive=30,
+                        clean_start=False,
+                        properties=properties,
+                    )
+                else:
+                    client.connect(self.endpoint.host, self.endpoint.port, keepalive=30)
             except (OSError, ValueError) as exc:
                 raise TransientError(f"MQTT broker {self.endpoint} unreachable: {exc}") from exc
             client.loop_start()
@@ -144,9 +174,10 @@ class MqttPublisher:
             client.disconnect()
             reason = outcome[0] if outcome else None
             last = str(reason) if reason is not None else "no CONNACK"
-            unsupported = isinstance(reason, ReasonCode) and reason.value in (
-                _UNSUPPORTED_PROTOCOL,
-                1,
+            # A 3.1.1-only broker answers v5 with "unsupported protocol", or (amqtt, when the
+            # CONNECT carries a v5 Will) closes the connection without any CONNACK.
+            unsupported = reason is None or (
+                isinstance(reason, ReasonCode) and reason.value in (_UNSUPPORTED_PROTOCOL, 1)
             )
             if protocol == paho.MQTTv5 and unsupported:
                 log.info("broker %s refused MQTT v5; falling back to 3.1.1", self.endpoint)
@@ -165,6 +196,15 @@ class MqttPublisher:
             return False
         info = self._client.publish(topic, payload, qos=1, retain=retain)
         return info.rc == paho.MQTT_ERR_SUCCESS
+
+    def publish_info(
+        self, topic: str, payload: bytes, *, retain: bool = False
+    ) -> paho.MQTTMessageInfo | None:
+        """Queue a QoS 1 message and return its tracker (None when it could not be queued)."""
+        if self._client is None:
+            return None
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        return info if info.rc == paho.MQTT_ERR_SUCCESS else None
 
     def raw_client(self) -> paho.Client:
         """The connected paho client, for subscribers that need more than publish.

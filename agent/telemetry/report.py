@@ -10,13 +10,23 @@ from protos import telemetry_pb2
 __all__ = ["build_report"]
 
 
-def build_report(engine: Engine, *, device_id: str, seq: int, started: float) -> bytes:
+def build_report(
+    engine: Engine,
+    *,
+    device_id: str,
+    seq: int,
+    started: float,
+    epoch: str = "",
+    spool_dropped: int = 0,
+) -> bytes:
     """Serialize a TelemetryReport and start a new statistics window for every model."""
     report = telemetry_pb2.TelemetryReport(
         device_id=device_id,
         seq=seq,
         sent_unix_ms=int(time.time() * 1000),
         uptime_s=time.monotonic() - started,
+        epoch=epoch,
+        spool_dropped=spool_dropped,
     )
     for model in engine.models():
         window = model.stats.take_window()

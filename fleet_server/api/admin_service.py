@@ -143,6 +143,10 @@ def _device_info(row: DeviceRow) -> pb.DeviceInfo:
         else "",
         last_telemetry_unix=row.last_telemetry_at or 0,
         revoked_unix=row.revoked_at or 0,
+        online_state=row.online_state or "",
+        online_unix=row.online_at or 0,
+        telemetry_count=row.telemetry_count,
+        telemetry_gaps=row.telemetry_gaps,
     )
     for m in row.models:
         info.models.add(

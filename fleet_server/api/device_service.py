@@ -177,7 +177,8 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
         return pb.CheckInResponse.FromString(answer.response)
 
     def _keylist_digest(self) -> bytes:
-        raw = self._ctx.keys.keylist_bytes()
+        # A rotation (by 'edgefleet keys rotate', another process) reaches check-ins within 1 s.
+        raw = self._ctx.keys.keylist_bytes(max_age_s=1.0)
         if self._keylist is None or self._keylist[0] is not raw:
             self._keylist = (raw, hashlib.sha256(raw).digest())
         return self._keylist[1]

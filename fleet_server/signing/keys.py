@@ -25,9 +25,6 @@ from fleet_server.errors import DataDirError
 from protos import manifest_pb2
 from protos.envelope import KEYLIST_PAYLOAD_TYPE, MANIFEST_PAYLOAD_TYPE, keyid, pae
 
-# A rotation (by 'edgefleet keys rotate', another process) is noticed within this long.
-_KEYLIST_RECHECK_S = 1.0
-
 __all__ = [
     "KEYLIST_LIFETIME_S",
     "KeyStore",
@@ -180,14 +177,15 @@ class KeyStore:
         os.chmod(tmp, 0o644)  # public: devices receive it  # noqa: PTH101
         tmp.replace(self.keylist_path)
 
-    def keylist_bytes(self) -> bytes:
-        """The current signed key list (re-read when the file changes, e.g. after a rotation).
+    def keylist_bytes(self, max_age_s: float = 0.0) -> bytes:
+        """The current signed key list (re-read when the file changes, e.g. after a rotation);
+        with ``max_age_s`` the file is looked at no more often than that (the check-in path).
 
         Raises:
             DataDirError: missing or unreadable.
         """
         now = time.monotonic()
-        if self._cache is not None and now - self._checked < _KEYLIST_RECHECK_S:
+        if self._cache is not None and now - self._checked < max_age_s:
             return self._cache[1]
         try:
             mtime = self.keylist_path.stat().st_mtime

@@ -11,7 +11,7 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -20,9 +20,16 @@ from sqlalchemy.engine import Engine
 
 from fleet_server.errors import AlreadyExistsError, BadRequestError, DataDirError, NotFoundError
 
-__all__ = ["SCHEMA_VERSION", "Database", "DeviceModelRow", "DeviceRow", "ModelRow"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Database",
+    "DeviceModelRow",
+    "DeviceRow",
+    "IngestBatch",
+    "ModelRow",
+]
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 
 metadata = sa.MetaData()
 
@@ -50,6 +57,26 @@ devices = sa.Table(
     # The device's current client certificate: any other serial is refused.
     sa.Column("cert_serial", sa.String(40), nullable=True),
     sa.Column("cert_not_after", sa.BigInteger, nullable=True),
+    # MQTT: the spool epoch of the sequence, messages received, sequence gaps seen (lost
+    # messages), and the retained state (online / offline / stopped) with its time.
+    sa.Column("telemetry_epoch", sa.String(32), nullable=True),
+    sa.Column("telemetry_count", sa.BigInteger, nullable=False, default=0),
+    sa.Column("telemetry_gaps", sa.BigInteger, nullable=False, default=0),
+    sa.Column("online_state", sa.String(16), nullable=True),
+    sa.Column("online_at", sa.BigInteger, nullable=True),
+)
+
+device_events = sa.Table(
+    "device_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("device_id", sa.String(64), nullable=False, index=True),
+    sa.Column("at", sa.BigInteger, nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("model_name", sa.String(64), nullable=False),
+    sa.Column("version", sa.String(32), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("detail", sa.String(1024), nullable=False),
 )
 
 # One row: a counter bumped by every change to what any device should run or who it is
@@ -178,6 +205,18 @@ audit_log = sa.Table(
 )
 
 
+@dataclass
+class IngestBatch:
+    """What one ingest batch writes: per device the telemetry position (epoch, highest seq,
+    latest report or None, messages counted, gaps seen), retained states, and events."""
+
+    telemetry: dict[str, tuple[str, int, dict[str, Any] | None, int, int]] = field(
+        default_factory=dict
+    )
+    states: dict[str, str] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class ModelRow:
     model_name: str
@@ -218,6 +257,10 @@ class DeviceRow:
     last_telemetry_at: int | None
     models: tuple[DeviceModelRow, ...]
     revoked_at: int | None = None
+    online_state: str | None = None
+    online_at: int | None = None
+    telemetry_count: int = 0
+    telemetry_gaps: int = 0
 
 
 def _v1_to_v2(conn: sa.Connection) -> None:
@@ -321,6 +364,19 @@ def _v11_to_v12(conn: sa.Connection) -> None:
     conn.execute(fleet_state.insert().values(id=1, generation=1))
 
 
+def _v12_to_v13(conn: sa.Connection) -> None:
+    """Version 13: MQTT sequence tracking, online state, device events."""
+    for statement in (
+        "ALTER TABLE devices ADD COLUMN telemetry_epoch VARCHAR(32)",
+        "ALTER TABLE devices ADD COLUMN telemetry_count BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE devices ADD COLUMN telemetry_gaps BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE devices ADD COLUMN online_state VARCHAR(16)",
+        "ALTER TABLE devices ADD COLUMN online_at BIGINT",
+    ):
+        conn.execute(sa.text(statement))
+    device_events.create(conn, checkfirst=True)
+
+
 def bump_generation(conn: sa.Connection) -> None:
     """Invalidate every server's cached check-in answers (in the caller's transaction)."""
     conn.execute(
@@ -342,6 +398,7 @@ _MIGRATIONS = {
     9: _v9_to_v10,
     10: _v10_to_v11,
     11: _v11_to_v12,
+    12: _v12_to_v13,
 }
 
 
@@ -368,6 +425,13 @@ class Database:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._generation: tuple[float, int] | None = None
+        # A write here may have bumped the generation: read it again next time, so this
+        # process never answers from a cache its own change made stale (other replicas notice
+        # within the max age their callers allow).
+        event.listen(self.engine, "commit", self._forget_generation)
+
+    def _forget_generation(self, _conn: Any) -> None:
+        self._generation = None
 
     def create_schema(self) -> None:
         """Create the tables (idempotent) and record the schema version.
@@ -714,6 +778,57 @@ class Database:
                     )
                 )
 
+    def telemetry_positions(self, device_ids: Sequence[str]) -> dict[str, tuple[str, int]]:
+        """Device -> (epoch, highest sequence stored), for known devices."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(
+                    devices.c.device_id, devices.c.telemetry_epoch, devices.c.last_telemetry_seq
+                ).where(devices.c.device_id.in_(list(device_ids)))
+            ).all()
+        return {str(d): (e or "", int(q or 0)) for d, e, q in rows}
+
+    def record_mqtt_batch(self, batch: IngestBatch) -> None:
+        """Write one batch of ingested MQTT messages in one transaction."""
+        now = int(time.time())
+        with self.engine.begin() as conn:
+            for device_id, (epoch, seq, report, count, gaps) in batch.telemetry.items():
+                values: dict[str, Any] = {
+                    "telemetry_epoch": epoch,
+                    "last_telemetry_seq": seq,
+                    "telemetry_count": devices.c.telemetry_count + count,
+                    "telemetry_gaps": devices.c.telemetry_gaps + gaps,
+                }
+                if report is not None:
+                    values["last_telemetry"] = json.dumps(report, sort_keys=True)
+                    values["last_telemetry_at"] = now
+                conn.execute(
+                    devices.update().where(devices.c.device_id == device_id).values(**values)
+                )
+            for device_id, state in batch.states.items():
+                conn.execute(
+                    devices.update()
+                    .where(devices.c.device_id == device_id)
+                    .values(online_state=state, online_at=now)
+                )
+            if batch.events:
+                conn.execute(device_events.insert(), batch.events)
+
+    def device_events(self, device_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        """A device's update events from MQTT, newest first."""
+        with self.engine.connect() as conn:
+            rows = (
+                conn.execute(
+                    sa.select(device_events)
+                    .where(device_events.c.device_id == device_id)
+                    .order_by(device_events.c.id.desc())
+                    .limit(limit)
+                )
+                .mappings()
+                .all()
+            )
+        return [dict(r) for r in rows]
+
     def record_telemetry(self, device_id: str, seq: int, report: Mapping[str, Any]) -> bool:
         """Keep a device's latest telemetry; False when the device is unknown."""
         with self.engine.begin() as conn:
@@ -764,6 +879,10 @@ class Database:
                 last_telemetry_at=r["last_telemetry_at"],
                 models=tuple(by_device.get(r["device_id"], ())),
                 revoked_at=r["revoked_at"],
+                online_state=r["online_state"],
+                online_at=r["online_at"],
+                telemetry_count=int(r["telemetry_count"] or 0),
+                telemetry_gaps=int(r["telemetry_gaps"] or 0),
             )
             for r in rows
         ]

@@ -1,4 +1,15 @@
-"""Consume device telemetry from MQTT and keep each device's latest report.
+"""Consume device telemetry, state and events from MQTT.
+
+One server subscribes plainly with a persistent session: the broker queues what arrives while
+the server restarts, and restores the subscription after its own restart. Several replicas
+subscribe through a shared subscription (``--mqtt-share-group``) and split the stream; mosquitto
+2.0 does not restore shared subscriptions after a broker restart (measured), so a broker
+restart can lose what devices send before the replicas reconnect.
+
+Each message is validated (topic, size, payload, and the device id in the payload must be the
+one its topic names), deduplicated on (device, epoch, sequence) with gaps counted as lost, and
+written in batches: the latest report per device, its online state from birth and Will, and
+update events.
 
 With an MQTT v5 broker the server subscribes through a shared subscription so that several
 replicas split the stream; against the embedded 3.1.1 broker it subscribes plainly (one server).
@@ -21,47 +32,80 @@ from google.protobuf.message import DecodeError
 
 from agent.errors import TransientError
 from agent.telemetry.mqtt import MqttEndpoint, MqttPublisher
-from fleet_server.storage.db import Database
-from protos import telemetry_pb2
+from fleet_server.storage.db import Database, IngestBatch
+from fleet_server.telemetry.sequence import Position, account
+from protos import device_pb2, telemetry_pb2
 from protos.topics import commands_topic, device_from_topic, telemetry_filter
 
-__all__ = ["TelemetryIngest", "decode_report"]
+__all__ = ["TelemetryIngest", "decode_message", "decode_report"]
 
 log = logging.getLogger(__name__)
 _MAX_PAYLOAD = 256 * 1024
 _QUEUE_BOUND = 10_000
+_BATCH = 500
+
+
+_KINDS: dict[str, type[Any]] = {
+    "telemetry": telemetry_pb2.TelemetryReport,
+    "state": telemetry_pb2.DeviceState,
+    "events": telemetry_pb2.DeviceEvent,
+}
+
+
+def decode_message(topic: str, payload: bytes, fleet_id: str) -> tuple[str, Any] | None:
+    """(kind, message) of a device's MQTT message, or None (logged) when it is on an unexpected
+    topic, oversized, undecodable, or claims another device than its topic names."""
+    where = device_from_topic(topic)
+    if where is None or where[0] != fleet_id or where[2] not in _KINDS:
+        log.warning("ignoring message on unexpected topic %r", topic[:200])
+        return None
+    kind = where[2]
+    if len(payload) > _MAX_PAYLOAD:
+        log.warning(
+            "ignoring %d-byte %s from %s (limit %d)", len(payload), kind, where[1], _MAX_PAYLOAD
+        )
+        return None
+    if not payload and kind == "state":
+        return None  # a cleared retained message
+    message = _KINDS[kind]()
+    try:
+        message.ParseFromString(payload)
+    except DecodeError:
+        log.warning("ignoring undecodable %s on %s", kind, topic)
+        return None
+    if message.device_id != where[1]:
+        log.warning("ignoring %s on %s that claims device %r", kind, topic, message.device_id[:64])
+        return None
+    return kind, message
 
 
 def decode_report(
     topic: str, payload: bytes, fleet_id: str
 ) -> telemetry_pb2.TelemetryReport | None:
-    """The report in a message, or None (logged) when it is malformed or spoofed."""
-    where = device_from_topic(topic)
-    if where is None or where[0] != fleet_id or where[2] != "telemetry":
-        log.warning("ignoring message on unexpected topic %r", topic[:200])
+    """The telemetry report in a message, or None (see :func:`decode_message`)."""
+    decoded = decode_message(topic, payload, fleet_id)
+    if decoded is None or decoded[0] != "telemetry":
         return None
-    if len(payload) > _MAX_PAYLOAD:
-        log.warning(
-            "ignoring %d-byte telemetry from %s (limit %d)", len(payload), where[1], _MAX_PAYLOAD
-        )
-        return None
-    report = telemetry_pb2.TelemetryReport()
-    try:
-        report.ParseFromString(payload)
-    except DecodeError:
-        log.warning("ignoring undecodable telemetry on %s", topic)
-        return None
-    if report.device_id != where[1]:
-        log.warning("ignoring telemetry on %s that claims device %r", topic, report.device_id[:64])
-        return None
+    report: telemetry_pb2.TelemetryReport = decoded[1]
     return report
 
 
 class TelemetryIngest:
     """An MQTT subscriber feeding a bounded queue drained by one writer thread."""
 
-    def __init__(self, endpoint: MqttEndpoint, db: Database, fleet_id: str, client_id: str) -> None:
+    def __init__(
+        self,
+        endpoint: MqttEndpoint,
+        db: Database,
+        fleet_id: str,
+        client_id: str,
+        *,
+        persistent_session: bool = False,
+        share_group: str = "",
+    ) -> None:
         self._endpoint = endpoint
+        self._persistent = persistent_session
+        self._share_group = share_group
         self._db = db
         self._fleet_id = fleet_id
         self._client_id = client_id
@@ -71,6 +115,9 @@ class TelemetryIngest:
         self.accepted = 0
         self.rejected = 0
         self.dropped = 0
+        self.duplicates = 0
+        self.gaps = 0  # messages that never arrived, from sequence jumps
+        self._positions: dict[str, Position | None] = {}
 
     def start(self) -> None:
         """Connect, subscribe and start writing.
@@ -82,53 +129,124 @@ class TelemetryIngest:
 
         def subscribe(client: paho.Client) -> None:
             # Runs after every (re)connect, so a broker restart does not end the subscription.
-            if topics:
-                client.subscribe(topics[0], qos=1)
+            for topic in topics:
+                client.subscribe(topic, qos=1)
 
-        publisher = MqttPublisher(self._endpoint, client_id=self._client_id, on_connected=subscribe)
+        publisher = MqttPublisher(
+            self._endpoint,
+            client_id=self._client_id,
+            on_connected=subscribe,
+            persistent_session=self._persistent,
+        )
         publisher.connect()
         client = publisher.raw_client()
-        shared = publisher.protocol == paho.MQTTv5
-        topic = telemetry_filter(self._fleet_id, "edgefleet-server" if shared else None)
-        topics.append(topic)
+        group = self._share_group if publisher.protocol == paho.MQTTv5 else ""
+        if self._share_group and not group:
+            log.warning("the broker speaks MQTT 3.1.1: no shared subscription, one server only")
+        topics.extend(telemetry_filter(self._fleet_id, group or None, kind) for kind in _KINDS)
 
         def on_message(_c: paho.Client, _u: object, message: Any) -> None:
-            # Never block the network thread: hand the message to the writer.
+            # Hand the message to the writer; when it falls far behind, wait (the broker holds
+            # what is not acknowledged yet) rather than lose it.
             try:
-                self._queue.put_nowait((message.topic, bytes(message.payload)))
+                self._queue.put((message.topic, bytes(message.payload)), timeout=10)
             except queue.Full:
                 self.dropped += 1
 
         client.on_message = on_message
-        result, _mid = client.subscribe(topic, qos=1)
-        if result != paho.MQTT_ERR_SUCCESS:
-            publisher.close()
-            raise TransientError(f"cannot subscribe to {topic} on {self._endpoint}")
+        for topic in topics:
+            result, _mid = client.subscribe(topic, qos=1)
+            if result != paho.MQTT_ERR_SUCCESS:
+                publisher.close()
+                raise TransientError(f"cannot subscribe to {topic} on {self._endpoint}")
         self._publisher = publisher
         self._writer.start()
-        log.info("ingesting telemetry from %s on %s", topic, self._endpoint)
+        log.info("ingesting %s on %s", ", ".join(topics), self._endpoint)
 
     def _drain(self) -> None:
         while True:
             item = self._queue.get()
             if item is None:
                 return
-            topic, payload = item
-            report = decode_report(topic, payload, self._fleet_id)
-            if report is None:
+            batch = [item]
+            while len(batch) < _BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._write(batch)
+                    return
+                batch.append(more)
+            self._write(batch)
+
+    def _write(self, items: list[tuple[str, bytes]]) -> None:
+        """Validate, deduplicate and store one batch in one transaction."""
+        decoded = []
+        for topic, payload in items:
+            message = decode_message(topic, payload, self._fleet_id)
+            if message is None:
                 self.rejected += 1
-                continue
-            summary = MessageToDict(report, preserving_proto_field_name=True)
-            try:
-                known = self._db.record_telemetry(report.device_id, report.seq, summary)
-            except Exception:
-                log.exception("cannot store telemetry of %s", report.device_id)
-                continue
-            if known:
-                self.accepted += 1
             else:
-                self.rejected += 1
-                log.warning("telemetry from unknown device %s ignored", report.device_id)
+                decoded.append(message)
+        unknown = {m.device_id for _k, m in decoded} - set(self._positions)
+        if unknown:
+            try:
+                stored = self._db.telemetry_positions(sorted(unknown))
+            except Exception:
+                log.exception("cannot read telemetry positions; retrying the batch later")
+                stored = {}
+            for device_id in unknown:
+                if device_id in stored:
+                    epoch, seq = stored[device_id]
+                    self._positions[device_id] = Position(epoch, seq) if epoch else None
+        batch = IngestBatch()
+        for kind, message in decoded:
+            device_id = message.device_id
+            if device_id not in self._positions:
+                self.rejected += 1  # not an enrolled device
+                continue
+            if kind == "state":
+                batch.states[device_id] = message.state[:16]
+                continue
+            verdict = account(self._positions[device_id], message.epoch, message.seq)
+            if not verdict.new:
+                self.duplicates += 1
+                continue
+            self._positions[device_id] = verdict.position
+            self.gaps += verdict.gap
+            _, _, report, count, gaps = batch.telemetry.get(device_id, ("", 0, None, 0, 0))
+            if kind == "telemetry":
+                report = MessageToDict(message, preserving_proto_field_name=True)
+            else:
+                update = message.update
+                batch.events.append(
+                    {
+                        "device_id": device_id,
+                        "at": int(message.sent_unix_ms // 1000),
+                        "seq": message.seq,
+                        "model_name": update.model_name[:64],
+                        "version": update.version[:32],
+                        "state": device_pb2.UpdateState.Name(update.state)
+                        if update.state in device_pb2.UpdateState.values()
+                        else "UNKNOWN",
+                        "detail": update.detail[:1024],
+                    }
+                )
+            batch.telemetry[device_id] = (
+                verdict.position.epoch,
+                verdict.position.seq,
+                report,
+                count + 1,
+                gaps + verdict.gap,
+            )
+            self.accepted += 1
+        if not (batch.telemetry or batch.states or batch.events):
+            return
+        try:
+            self._db.record_mqtt_batch(batch)
+        except Exception:
+            log.exception("cannot store %d MQTT message(s)", len(decoded))
 
     def nudge(self, device_ids: Sequence[str]) -> None:
         """Ask these devices to check in now (MQTT QoS 1, on each one's commands topic)."""

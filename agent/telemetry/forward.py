@@ -1,0 +1,58 @@
+"""Publish what the spool holds, in order, and forget each message once the broker has it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from agent.telemetry.mqtt import MqttPublisher
+from agent.telemetry.spool import Spool
+
+__all__ = ["Forwarder"]
+
+log = logging.getLogger(__name__)
+
+
+class Forwarder:
+    """Moves spooled messages to the broker in batches, at least once (the server dedupes)."""
+
+    def __init__(
+        self, spool: Spool, publisher: MqttPublisher, *, batch: int = 100, ack_timeout_s: float = 10
+    ) -> None:
+        self._spool = spool
+        self._publisher = publisher
+        self._batch = batch
+        self._ack_timeout = ack_timeout_s
+        self.sent = 0
+
+    def drain(self, stop: threading.Event, budget_s: float) -> int:
+        """Publish spooled messages while connected, for at most ``budget_s``; return how many
+        the broker acknowledged. What it did not acknowledge stays for the next call."""
+        acked_total = 0
+        deadline = time.monotonic() + budget_s
+        while self._publisher.connected and not stop.is_set() and time.monotonic() < deadline:
+            batch = self._spool.oldest(self._batch)
+            if not batch:
+                break
+            pending = []
+            for message in batch:
+                info = self._publisher.publish_info(message.topic, message.payload)
+                if info is None:
+                    break
+                pending.append((message.id, info))
+            acked: list[int] = []
+            for message_id, info in pending:
+                try:
+                    info.wait_for_publish(max(0.1, deadline - time.monotonic()) + self._ack_timeout)
+                except (RuntimeError, ValueError):
+                    break  # disconnected meanwhile: the rest stays spooled
+                if not info.is_published():
+                    break
+                acked.append(message_id)
+            self._spool.remove(acked)
+            acked_total += len(acked)
+            if len(acked) < len(batch):
+                break
+        self.sent += acked_total
+        return acked_total
