@@ -416,6 +416,13 @@ class Agent:
             return
         try:
             endpoint = parse_mqtt_url(url)
+            if endpoint.tls:  # the broker knows devices by their fleet certificates
+                root = self.store.root
+                endpoint = endpoint.with_tls_files(
+                    str(Identity.ca_path(root)),
+                    str(Identity.cert_path(root)),
+                    str(Identity.key_path(root)),
+                )
         except AgentError as exc:
             log.error("telemetry is off: %s", exc)
             return

@@ -61,6 +61,16 @@ class Identity:
         """Where the device's private key is stored (0600)."""
         return state_dir / "device.key"
 
+    @staticmethod
+    def cert_path(state_dir: Path) -> Path:
+        """The device certificate as a PEM file (for TLS clients that want files: MQTT)."""
+        return state_dir / "device.crt"
+
+    @staticmethod
+    def ca_path(state_dir: Path) -> Path:
+        """The fleet CA as a PEM file."""
+        return state_dir / "fleet-ca.crt"
+
     def with_trust(self, trust: TrustedKeys) -> Identity:
         """The same identity trusting ``trust`` (after a key rotation)."""
         return replace(self, trust=trust)
@@ -79,6 +89,8 @@ class Identity:
         """Persist atomically, readable by the agent's user only; the key first, so an identity
         never names a certificate whose key is missing."""
         atomic_write(self.key_path(state_dir), self.key_pem, mode=0o600)
+        atomic_write(self.cert_path(state_dir), self.certificate_pem, mode=0o644)
+        atomic_write(self.ca_path(state_dir), self.ca_pem, mode=0o644)
         payload = {
             "format": _FORMAT,
             "device_id": self.device_id,
@@ -119,7 +131,7 @@ class Identity:
             trust = pin_keylist(base64.b64decode(raw["keylist"]), fleet_id=raw["fleet_id"], now=0)
         except (ManifestError, ValueError, KeyError) as exc:
             raise AgentError(f"the key list pinned in {path} does not verify: {exc}") from exc
-        return cls(
+        identity = cls(
             device_id=raw["device_id"],
             fleet_id=raw["fleet_id"],
             trust=trust,
@@ -129,3 +141,6 @@ class Identity:
             key_pem=key_pem,
             ca_pem=raw["ca"].encode(),
         )
+        if not cls.cert_path(state_dir).exists():  # an identity saved before the PEM files
+            identity.save(state_dir)
+        return identity

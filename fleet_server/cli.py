@@ -14,6 +14,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from agent.errors import AgentError
 from fleet_server import __version__
@@ -23,6 +24,7 @@ __all__ = ["main"]
 
 log = logging.getLogger("fleet_server")
 PROG = "edgefleet-server"
+MQTT_SERVER_IDENTITY = "edgefleet:server"
 
 
 def _split_host_port(value: str, what: str) -> tuple[str, int]:
@@ -78,6 +80,26 @@ def _cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_broker_cert(args: argparse.Namespace) -> int:
+    from fleet_server.datadir import DataDir  # noqa: PLC0415
+
+    data_dir = DataDir.open(args.data_dir)
+    names = list(args.name or ["localhost", "127.0.0.1", socket.gethostname()])
+    key_pem, cert_pem = data_dir.ca().server_credentials(names)
+    args.out.mkdir(parents=True, exist_ok=True)
+    key_file = args.out / "broker.key"
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key_pem)
+    (args.out / "broker.crt").write_bytes(cert_pem)
+    (args.out / "fleet-ca.crt").write_bytes(data_dir.ca().cert_pem)
+    print(
+        f"wrote {args.out}/broker.crt, broker.key (0600) and fleet-ca.crt for {', '.join(names)}; "
+        "see packaging/mosquitto/edgefleet.conf"
+    )
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from agent.errors import TransientError  # noqa: PLC0415
     from agent.telemetry.mqtt import parse_mqtt_url  # noqa: PLC0415
@@ -117,6 +139,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             ) from exc
         mqtt_url = broker.url
     endpoint = parse_mqtt_url(mqtt_url) if mqtt_url else None
+    if endpoint is not None and endpoint.tls:
+        endpoint = _mqtt_client_files(data_dir, endpoint)
     ingest: TelemetryIngest | None = None
     if endpoint is not None and not args.worker:
         # A stable client id keeps the broker session (and what it queued) across restarts.
@@ -239,6 +263,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mqtt_client_files(data_dir: Any, endpoint: Any) -> Any:
+    """The server's MQTT client certificate from the fleet CA (CN "edgefleet:server", which
+    the shipped broker ACL gives the server's rights), written next to the CA."""
+    key_pem, cert_pem = data_dir.ca().client_credentials(MQTT_SERVER_IDENTITY)
+    folder = data_dir.ca_dir
+    key_file, cert_file = folder / "mqtt-server.key", folder / "mqtt-server.crt"
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key_pem)
+    cert_file.write_bytes(cert_pem)
+    return endpoint.with_tls_files(str(folder / "ca.crt"), str(cert_file), str(key_file))
+
+
 def _start_workers(
     args: argparse.Namespace, port: int, device_port: int, advertise: str, mqtt_url: str
 ) -> list[subprocess.Popen[bytes]]:
@@ -296,6 +333,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--root-passphrase-file", type=Path, help="encrypt the root keys with this passphrase"
     )
     init.set_defaults(func=_cmd_init)
+
+    bcert = sub.add_parser(
+        "broker-cert", help="a TLS certificate for the MQTT broker, from the fleet CA"
+    )
+    bcert.add_argument("--data-dir", type=Path, required=True)
+    bcert.add_argument("--out", type=Path, required=True, help="folder for the files")
+    bcert.add_argument(
+        "--name", action="append", help="DNS name or IP devices dial (repeat; default this host)"
+    )
+    bcert.set_defaults(func=_cmd_broker_cert)
 
     run = sub.add_parser("run", help="serve the device and admin APIs")
     run.add_argument("--data-dir", type=Path, required=True)

@@ -11,7 +11,7 @@ import logging
 import ssl
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
@@ -41,6 +41,15 @@ class MqttEndpoint:
     tls: bool
     username: str | None = None
     password: str | None = None
+    # With TLS: the CA to check the broker against, and a client certificate and key (files)
+    # when the broker identifies clients by certificate.
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def with_tls_files(self, ca_file: str, cert_file: str, key_file: str) -> MqttEndpoint:
+        """The same endpoint presenting this client certificate (used only with TLS)."""
+        return replace(self, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
 
     def __str__(self) -> str:  # never print the password
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
@@ -114,7 +123,12 @@ class MqttPublisher:
         if self.endpoint.username:
             client.username_pw_set(self.endpoint.username, self.endpoint.password)
         if self.endpoint.tls:
-            client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+            client.tls_set(
+                ca_certs=self.endpoint.ca_file,
+                certfile=self.endpoint.cert_file,
+                keyfile=self.endpoint.key_file,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
         answered = threading.Event()
         outcome: list[object] = []
 

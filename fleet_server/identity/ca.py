@@ -187,6 +187,25 @@ class FleetCA:
         )
         return key_pem, issued.pem
 
+    def client_credentials(self, common_name: str, days: int = 365) -> tuple[bytes, bytes]:
+        """A fresh key and client certificate (PEM) for a service of the fleet itself, e.g.
+        the server's MQTT connection ("edgefleet:server": the colon keeps it apart from every
+        possible device id)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "EdgeFleet service"),
+                x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            ]
+        )
+        issued = self._issue(subject, key.public_key(), days, ExtendedKeyUsageOID.CLIENT_AUTH)
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return key_pem, issued.pem
+
     @staticmethod
     def check_csr(csr_pem: bytes, *, expected_cn: str) -> x509.CertificateSigningRequest:
         """A device's CSR, once it is well formed, self-signed by an ECDSA P-256 key, and
