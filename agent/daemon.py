@@ -13,7 +13,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -31,6 +31,7 @@ from agent.telemetry.forward import Forwarder
 from agent.telemetry.mqtt import MqttPublisher, parse_mqtt_url
 from agent.telemetry.report import build_report
 from agent.telemetry.spool import EVENT, Spool
+from agent.telemetry.system import SystemSampler
 from agent.updates.health import HealthPolicy
 from agent.updates.store import ModelStore
 from agent.updates.trust import pin_keylist, update_keylist
@@ -90,6 +91,7 @@ class Agent:
         self._nudged = threading.Event()  # a "check in now" command arrived
         self._fresh = False  # ask the server to skip its caches (after a nudge)
         self._seen_commands: set[str] = set()
+        self._birth: Callable[[], object] | None = None  # publishes the online state again
         self._spool = Spool(
             self.store.root / "spool.db", max_messages=self.config.telemetry.spool_max_messages
         )
@@ -364,8 +366,14 @@ class Agent:
             message.capabilities.CopyFrom(to_capabilities(self.probe()))
         return message.SerializeToString()
 
-    def _spool_event(self, report: device_pb2.StatusReport) -> None:
-        """Every update state change also goes out as an event (spooled, never dropped)."""
+    def _spool_event(
+        self,
+        report: device_pb2.StatusReport | None = None,
+        *,
+        ack: telemetry_pb2.CommandAck | None = None,
+    ) -> None:
+        """Every update state change and command answer goes out as an event (spooled, never
+        dropped)."""
         identity, spool = self.identity, self._spool
         if identity is None:
             return
@@ -374,8 +382,11 @@ class Agent:
             seq=spool.next_seq(),
             epoch=spool.epoch,
             sent_unix_ms=int(time.time() * 1000),
-            update=report,
         )
+        if report is not None:
+            event.update.CopyFrom(report)
+        if ack is not None:
+            event.ack.CopyFrom(ack)
         spool.append(
             device_topic(identity.fleet_id, identity.device_id, "events"),
             event.SerializeToString(),
@@ -383,7 +394,8 @@ class Agent:
         )
 
     def _on_command(self, payload: bytes) -> None:
-        """A server command (paho's thread): act on each id once; a bad one is ignored."""
+        """A server command (paho's thread): act on each id once, acknowledge it on the events
+        topic (spooled); a bad one is ignored."""
         try:
             command = telemetry_pb2.Command.FromString(payload)
         except DecodeError:
@@ -394,11 +406,24 @@ class Agent:
         if len(self._seen_commands) > 1024:
             self._seen_commands.clear()
         self._seen_commands.add(command.id)
+        ok, detail = True, ""
         if command.kind == "checkin":
             # At worst an extra check-in over mTLS: a command cannot change what runs.
             self._nudged.set()
+            detail = "checking in"
+        elif command.kind == "birth":
+            birth = self._birth
+            if birth is not None:
+                birth()
+            detail = "state published"
         else:
+            ok, detail = False, f"unknown command {command.kind[:32]!r}"
             log.warning("ignoring command of unknown kind %r", command.kind[:32])
+        self._spool_event(
+            ack=telemetry_pb2.CommandAck(
+                id=command.id[:64], kind=command.kind[:32], ok=ok, detail=detail
+            )
+        )
 
     def _telemetry_loop(self, stop: threading.Event) -> None:
         try:
@@ -440,6 +465,9 @@ class Agent:
             client.on_message = lambda _c, _u, message: self._on_command(message.payload)
             client.subscribe(commands, qos=1)
             client.publish(state, self._state_message("online"), qos=1, retain=True)
+            self._birth = lambda: client.publish(
+                state, self._state_message("online"), qos=1, retain=True
+            )
 
         publisher = MqttPublisher(
             endpoint,
@@ -448,6 +476,7 @@ class Agent:
             will=(state, self._state_message("offline")),
         )
         forwarder = Forwarder(spool, publisher)
+        system = SystemSampler(self.store.root, sysfs=self.config.hardware.sysfs_root)
         interval = self.config.telemetry.interval_s
         next_report = time.monotonic() + interval
         next_connect = 0.0
@@ -475,6 +504,7 @@ class Agent:
                         started=self._started,
                         epoch=spool.epoch,
                         spool_dropped=spool.dropped,
+                        system=system.sample(),
                     )
                     spool.append(telemetry, payload)
                     next_report = max(next_report + interval, now)

@@ -497,6 +497,18 @@ def _cmd_devices_show(args: argparse.Namespace) -> int:
     for m in device.models:
         print(f"model     {_model_state(m)}: {m.detail}")
     print(f"telemetry {_telemetry_summary(device.last_telemetry_json)}")
+    system = json.loads(device.last_telemetry_json or "{}").get("system")
+    if system:
+        temps = ", ".join(f"{k} {v:.0f} C" for k, v in system.get("temperatures_c", {}).items())
+        print(
+            f"system    cpu {system.get('cpu_percent', 0):.0f}%, memory "
+            f"{int(system.get('memory_used_bytes', 0)) >> 20}/"
+            f"{int(system.get('memory_total_bytes', 0)) >> 20} MiB, disk free "
+            f"{int(system.get('disk_free_bytes', 0)) >> 20} MiB" + (f", {temps}" if temps else "")
+        )
+    for event in device.events[:10]:
+        what = f"{event.model_name} {event.version} " if event.model_name else ""
+        print(f"event     {_fmt_time(event.at_unix)} {what}{event.state} {event.detail}")
     print(
         f"mqtt      {device.online_state or 'never connected'}"
         + (f" since {_fmt_time(device.online_unix)}" if device.online_unix else "")
@@ -601,6 +613,17 @@ def _cmd_devices_explain(args: argparse.Namespace) -> int:
     for v in response.verdicts:
         mark = "*" if v.chosen else " "
         print(f"{mark} {v.variant:14} {v.quantization:13} {v.reason}")
+    return 0
+
+
+def _cmd_devices_command(args: argparse.Namespace) -> int:
+    response = _admin(args).call(
+        "SendCommand", pb.SendCommandRequest(device_id=args.device, kind=args.kind)
+    )
+    print(
+        f"sent {args.kind} to {args.device} (command {response.command_id}); its answer shows "
+        f"in 'edgefleet devices show {args.device}'"
+    )
     return 0
 
 
@@ -918,6 +941,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dexplain.add_argument("--json", action="store_true")
     dexplain.set_defaults(func=_cmd_devices_explain)
+    dcommand = devices_sub.add_parser(
+        "command", help="send a device a command over MQTT: checkin (now) or birth (state again)"
+    )
+    dcommand.add_argument("device")
+    dcommand.add_argument("kind", choices=["checkin", "birth"])
+    dcommand.set_defaults(func=_cmd_devices_command)
     drevoke = devices_sub.add_parser(
         "revoke", help="refuse a device's credentials from now on (a lost or stolen device)"
     )

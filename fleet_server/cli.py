@@ -197,9 +197,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     if controller is not None:
         ctx.wake_rollouts = controller.wake
+    if ingest is not None:
+        ctx.send_command = ingest.command
     try:
+        # Workers take device calls only: enrollment, the admin API and commands (which need
+        # the MQTT connection) stay with the main process.
         server, port, device_port = create_server(
-            ctx, args.listen, device_listen, tls_names=tls_names
+            ctx, "" if args.worker else args.listen, device_listen, tls_names=tls_names
         )
     except (OSError, RuntimeError) as exc:
         raise DataDirError(

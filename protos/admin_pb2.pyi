@@ -207,7 +207,7 @@ class DeviceModelState(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ..., updated_unix: _Optional[int] = ..., active_version: _Optional[str] = ...) -> None: ...
 
 class DeviceInfo(_message.Message):
-    __slots__ = ("device_id", "name", "labels", "capabilities_json", "enrolled_unix", "last_seen_unix", "models", "last_telemetry_json", "last_telemetry_unix", "revoked_unix", "online_state", "online_unix", "telemetry_count", "telemetry_gaps")
+    __slots__ = ("device_id", "name", "labels", "capabilities_json", "enrolled_unix", "last_seen_unix", "models", "last_telemetry_json", "last_telemetry_unix", "revoked_unix", "online_state", "online_unix", "telemetry_count", "telemetry_gaps", "events")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -229,6 +229,7 @@ class DeviceInfo(_message.Message):
     ONLINE_UNIX_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_COUNT_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_GAPS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     name: str
     labels: _containers.ScalarMap[str, str]
@@ -243,7 +244,38 @@ class DeviceInfo(_message.Message):
     online_unix: int
     telemetry_count: int
     telemetry_gaps: int
-    def __init__(self, device_id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capabilities_json: _Optional[str] = ..., enrolled_unix: _Optional[int] = ..., last_seen_unix: _Optional[int] = ..., models: _Optional[_Iterable[_Union[DeviceModelState, _Mapping]]] = ..., last_telemetry_json: _Optional[str] = ..., last_telemetry_unix: _Optional[int] = ..., revoked_unix: _Optional[int] = ..., online_state: _Optional[str] = ..., online_unix: _Optional[int] = ..., telemetry_count: _Optional[int] = ..., telemetry_gaps: _Optional[int] = ...) -> None: ...
+    events: _containers.RepeatedCompositeFieldContainer[DeviceEventInfo]
+    def __init__(self, device_id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capabilities_json: _Optional[str] = ..., enrolled_unix: _Optional[int] = ..., last_seen_unix: _Optional[int] = ..., models: _Optional[_Iterable[_Union[DeviceModelState, _Mapping]]] = ..., last_telemetry_json: _Optional[str] = ..., last_telemetry_unix: _Optional[int] = ..., revoked_unix: _Optional[int] = ..., online_state: _Optional[str] = ..., online_unix: _Optional[int] = ..., telemetry_count: _Optional[int] = ..., telemetry_gaps: _Optional[int] = ..., events: _Optional[_Iterable[_Union[DeviceEventInfo, _Mapping]]] = ...) -> None: ...
+
+class DeviceEventInfo(_message.Message):
+    __slots__ = ("at_unix", "seq", "model_name", "version", "state", "detail")
+    AT_UNIX_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    at_unix: int
+    seq: int
+    model_name: str
+    version: str
+    state: str
+    detail: str
+    def __init__(self, at_unix: _Optional[int] = ..., seq: _Optional[int] = ..., model_name: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class SendCommandRequest(_message.Message):
+    __slots__ = ("device_id", "kind")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    kind: str
+    def __init__(self, device_id: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
+
+class SendCommandResponse(_message.Message):
+    __slots__ = ("command_id",)
+    COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
+    command_id: str
+    def __init__(self, command_id: _Optional[str] = ...) -> None: ...
 
 class ListDevicesRequest(_message.Message):
     __slots__ = ()

@@ -99,6 +99,11 @@ class AdminServiceStub:
                 request_serializer=protos_dot_admin__pb2.RevokeTokenRequest.SerializeToString,
                 response_deserializer=protos_dot_admin__pb2.RevokeTokenResponse.FromString,
                 _registered_method=True)
+        self.SendCommand = channel.unary_unary(
+                '/edgefleet.v1.AdminService/SendCommand',
+                request_serializer=protos_dot_admin__pb2.SendCommandRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.SendCommandResponse.FromString,
+                _registered_method=True)
         self.ExplainVariant = channel.unary_unary(
                 '/edgefleet.v1.AdminService/ExplainVariant',
                 request_serializer=protos_dot_admin__pb2.ExplainVariantRequest.SerializeToString,
@@ -240,6 +245,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendCommand(self, request, context):
+        """Send a device a command over MQTT (checkin, birth); it answers on its events topic.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ExplainVariant(self, request, context):
         """Which variant of a model a device gets, and why each other variant lost.
         """
@@ -373,6 +385,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeEnrollmentToken,
                     request_deserializer=protos_dot_admin__pb2.RevokeTokenRequest.FromString,
                     response_serializer=protos_dot_admin__pb2.RevokeTokenResponse.SerializeToString,
+            ),
+            'SendCommand': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendCommand,
+                    request_deserializer=protos_dot_admin__pb2.SendCommandRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.SendCommandResponse.SerializeToString,
             ),
             'ExplainVariant': grpc.unary_unary_rpc_method_handler(
                     servicer.ExplainVariant,
@@ -776,6 +793,33 @@ class AdminService:
             '/edgefleet.v1.AdminService/RevokeEnrollmentToken',
             protos_dot_admin__pb2.RevokeTokenRequest.SerializeToString,
             protos_dot_admin__pb2.RevokeTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendCommand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/SendCommand',
+            protos_dot_admin__pb2.SendCommandRequest.SerializeToString,
+            protos_dot_admin__pb2.SendCommandResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,7 +44,7 @@ class ModelTelemetry(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., backend: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., latency: _Optional[_Union[LatencySummary, _Mapping]] = ..., window_requests: _Optional[int] = ..., device: _Optional[str] = ..., backend_reason: _Optional[str] = ..., rejected: _Optional[int] = ...) -> None: ...
 
 class TelemetryReport(_message.Message):
-    __slots__ = ("device_id", "seq", "sent_unix_ms", "models", "uptime_s", "epoch", "spool_dropped")
+    __slots__ = ("device_id", "seq", "sent_unix_ms", "models", "uptime_s", "epoch", "spool_dropped", "system")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     SENT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class TelemetryReport(_message.Message):
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     SPOOL_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     seq: int
     sent_unix_ms: int
@@ -59,7 +60,33 @@ class TelemetryReport(_message.Message):
     uptime_s: float
     epoch: str
     spool_dropped: int
-    def __init__(self, device_id: _Optional[str] = ..., seq: _Optional[int] = ..., sent_unix_ms: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelTelemetry, _Mapping]]] = ..., uptime_s: _Optional[float] = ..., epoch: _Optional[str] = ..., spool_dropped: _Optional[int] = ...) -> None: ...
+    system: SystemTelemetry
+    def __init__(self, device_id: _Optional[str] = ..., seq: _Optional[int] = ..., sent_unix_ms: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelTelemetry, _Mapping]]] = ..., uptime_s: _Optional[float] = ..., epoch: _Optional[str] = ..., spool_dropped: _Optional[int] = ..., system: _Optional[_Union[SystemTelemetry, _Mapping]] = ...) -> None: ...
+
+class SystemTelemetry(_message.Message):
+    __slots__ = ("cpu_percent", "load1", "memory_used_bytes", "memory_total_bytes", "disk_free_bytes", "disk_total_bytes", "temperatures_c")
+    class TemperaturesCEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    LOAD1_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISK_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISK_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURES_C_FIELD_NUMBER: _ClassVar[int]
+    cpu_percent: float
+    load1: float
+    memory_used_bytes: int
+    memory_total_bytes: int
+    disk_free_bytes: int
+    disk_total_bytes: int
+    temperatures_c: _containers.ScalarMap[str, float]
+    def __init__(self, cpu_percent: _Optional[float] = ..., load1: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., disk_total_bytes: _Optional[int] = ..., temperatures_c: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class DeviceState(_message.Message):
     __slots__ = ("device_id", "state", "sent_unix_ms", "agent_version", "active", "capabilities", "epoch")
@@ -80,18 +107,32 @@ class DeviceState(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., state: _Optional[str] = ..., sent_unix_ms: _Optional[int] = ..., agent_version: _Optional[str] = ..., active: _Optional[_Iterable[_Union[_device_pb2.ActiveModel, _Mapping]]] = ..., capabilities: _Optional[_Union[_device_pb2.Capabilities, _Mapping]] = ..., epoch: _Optional[str] = ...) -> None: ...
 
 class DeviceEvent(_message.Message):
-    __slots__ = ("device_id", "seq", "epoch", "sent_unix_ms", "update")
+    __slots__ = ("device_id", "seq", "epoch", "sent_unix_ms", "update", "ack")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     SENT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     UPDATE_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     seq: int
     epoch: str
     sent_unix_ms: int
     update: _device_pb2.StatusReport
-    def __init__(self, device_id: _Optional[str] = ..., seq: _Optional[int] = ..., epoch: _Optional[str] = ..., sent_unix_ms: _Optional[int] = ..., update: _Optional[_Union[_device_pb2.StatusReport, _Mapping]] = ...) -> None: ...
+    ack: CommandAck
+    def __init__(self, device_id: _Optional[str] = ..., seq: _Optional[int] = ..., epoch: _Optional[str] = ..., sent_unix_ms: _Optional[int] = ..., update: _Optional[_Union[_device_pb2.StatusReport, _Mapping]] = ..., ack: _Optional[_Union[CommandAck, _Mapping]] = ...) -> None: ...
+
+class CommandAck(_message.Message):
+    __slots__ = ("id", "kind", "ok", "detail")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    kind: str
+    ok: bool
+    detail: str
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., ok: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Command(_message.Message):
     __slots__ = ("id", "kind", "issued_unix_ms")

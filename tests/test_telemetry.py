@@ -69,6 +69,21 @@ def test_birth_will_and_stopped(
     server = server_factory(broker_url)
     agent = agent_factory("edge-2", server, telemetry_s=0.5)
     wait_for("online", lambda: device(server, "edge-2").get("online_state") == "online")
+
+    # Commands are acknowledged on the events topic; system figures come with telemetry.
+    out = server.admin("devices", "command", "edge-2", "birth").stdout
+    command_id = out.split("(command ")[1].split(")")[0]
+
+    def acked() -> bool:
+        events = device(server, "edge-2").get("events", [])
+        return any(e["state"] == "ACK" and command_id in e["detail"] for e in events)
+
+    wait_for("the birth command's answer", acked)
+    shown = server.admin("devices", "show", "edge-2").stdout
+    assert "birth" in shown and "done: state published" in shown
+    assert "system    cpu" in shown and "MiB" in shown
+    refused = server.admin("devices", "command", "edge-2", "reboot", check=False)
+    assert refused.returncode == 2  # not a command the CLI knows
     agent.stop()
     wait_for("stopped", lambda: device(server, "edge-2").get("online_state") == "stopped")
     agent.start()

@@ -26,7 +26,14 @@ from agent.inference.modelfile import max_known_op_code
 from agent.inference.runtime import find_runtime
 from protos import device_pb2
 
-__all__ = ["CORAL_USB_IDS", "EdgeTpuDevice", "HardwareInfo", "probe", "to_capabilities"]
+__all__ = [
+    "CORAL_USB_IDS",
+    "EdgeTpuDevice",
+    "HardwareInfo",
+    "probe",
+    "temperatures",
+    "to_capabilities",
+]
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +148,8 @@ def libedgetpu_version(path: str) -> str:
     return value.decode("utf-8", "replace")[:200] if value else ""
 
 
-def _temperatures(sysfs: Path) -> dict[str, float]:
+def temperatures(sysfs: Path = Path("/sys")) -> dict[str, float]:
+    """Degrees Celsius of the thermal zones (SoC) and Edge TPUs (apex) sysfs shows."""
     temps: dict[str, float] = {}
     for zone in sorted((sysfs / "class" / "thermal").glob("thermal_zone*")):
         raw = _read(zone / "temp")
@@ -194,7 +202,7 @@ def probe(
         runtime=runtime_name,
         runtime_version=runtime_version,
         os=f"{platform.system()} {platform.release()}",
-        temperatures_c=_temperatures(sysfs),
+        temperatures_c=temperatures(sysfs),
         max_builtin_op=max_known_op_code() if runtime_name else 0,
     )
 

@@ -18,6 +18,7 @@ def build_report(
     started: float,
     epoch: str = "",
     spool_dropped: int = 0,
+    system: telemetry_pb2.SystemTelemetry | None = None,
 ) -> bytes:
     """Serialize a TelemetryReport and start a new statistics window for every model."""
     report = telemetry_pb2.TelemetryReport(
@@ -28,6 +29,8 @@ def build_report(
         epoch=epoch,
         spool_dropped=spool_dropped,
     )
+    if system is not None:
+        report.system.CopyFrom(system)
     for model in engine.models():
         window = model.stats.take_window()
         report.models.add(

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from google.protobuf.json_format import MessageToJson
 from google.protobuf.message import DecodeError
 
-from agent.errors import ManifestError
+from agent.errors import AgentError, ManifestError
 from agent.updates.trust import TrustedKeys, count_signers, pin_keylist
 from fleet_server.api._errors import rpc_errors
 from fleet_server.api.auth import require_admin
@@ -37,6 +37,7 @@ __all__ = ["MANIFEST_LIFETIME_S", "AdminServicer"]
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_TOKEN_TTL_S = 30 * 86400
+COMMANDS = frozenset({"checkin", "birth"})
 DEFAULT_SUCCESS = 0.9
 DEFAULT_FAILURE = 0.1
 DEFAULT_DEVICE_TIMEOUT_S = 3600
@@ -390,7 +391,17 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     @rpc_errors
     def GetDevice(self, request: pb.DeviceRequest, context: Any) -> pb.DeviceInfo:  # noqa: N802
         require_admin(context, self._ctx.admin_token)
-        return _device_info(self._ctx.db.get_device(request.device_id))
+        info = _device_info(self._ctx.db.get_device(request.device_id))
+        for event in self._ctx.db.device_events(request.device_id, limit=20):
+            info.events.add(
+                at_unix=event["at"],
+                seq=event["seq"],
+                model_name=event["model_name"],
+                version=event["version"],
+                state=event["state"],
+                detail=event["detail"],
+            )
+        return info
 
     @rpc_errors
     @audited("LabelDevice", lambda r: f"device {r.device_id}")
@@ -494,6 +505,27 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         if not revoked:
             raise NotFoundError(f"no enrollment token {request.token_id!r}")
         return pb.RevokeTokenResponse(revoked=revoked)
+
+    @rpc_errors
+    @audited("SendCommand", lambda r: f"device {r.device_id}")
+    def SendCommand(  # noqa: N802
+        self, request: pb.SendCommandRequest, context: Any
+    ) -> pb.SendCommandResponse:
+        require_admin(context, self._ctx.admin_token)
+        if request.kind not in COMMANDS:
+            raise BadRequestError(
+                f"unknown command {request.kind!r}; one of {', '.join(sorted(COMMANDS))}"
+            )
+        device = self._ctx.db.get_device(request.device_id)
+        if device.revoked_at:
+            raise ConflictError(f"device {device.device_id} is revoked")
+        if self._ctx.send_command is None:
+            raise ConflictError("this server has no MQTT connection to send commands over")
+        try:
+            command_id = self._ctx.send_command(device.device_id, request.kind)
+        except AgentError as exc:
+            raise ConflictError(str(exc)) from exc
+        return pb.SendCommandResponse(command_id=command_id)
 
     @rpc_errors
     def ExplainVariant(  # noqa: N802

@@ -41,6 +41,8 @@ class ServerContext:
     rollouts: RolloutStore = field(init=False)
     # Called when something may let a rollout move on (set by the rollout controller).
     wake_rollouts: Callable[[], None] = lambda: None
+    # Publishes a command to a device over MQTT and returns its id (set when MQTT is there).
+    send_command: Callable[[str, str], str] | None = None
 
     last_seen: LastSeen = field(init=False)
 
@@ -84,9 +86,11 @@ def create_server(
     mutual = grpc.ssl_server_credentials(
         [(key_pem, cert_pem)], root_certificates=ctx.ca.cert_pem, require_client_auth=True
     )
-    port = server.add_secure_port(address, main)
-    if port == 0:
-        raise OSError(f"cannot listen on {address}")
+    port = 0
+    if address:  # worker processes serve the device port only
+        port = server.add_secure_port(address, main)
+        if port == 0:
+            raise OSError(f"cannot listen on {address}")
     device_port = server.add_secure_port(device_address, mutual)
     if device_port == 0:
         raise OSError(f"cannot listen on {device_address}")

@@ -218,6 +218,20 @@ class TelemetryIngest:
             _, _, report, count, gaps = batch.telemetry.get(device_id, ("", 0, None, 0, 0))
             if kind == "telemetry":
                 report = MessageToDict(message, preserving_proto_field_name=True)
+            elif message.HasField("ack"):
+                ack = message.ack
+                batch.events.append(
+                    {
+                        "device_id": device_id,
+                        "at": int(message.sent_unix_ms // 1000),
+                        "seq": message.seq,
+                        "model_name": "",
+                        "version": "",
+                        "state": "ACK",
+                        "detail": f"{ack.kind[:32]} {ack.id[:32]} "
+                        f"{'done' if ack.ok else 'refused'}: {ack.detail}"[:1024],
+                    }
+                )
             else:
                 update = message.update
                 batch.events.append(
@@ -249,17 +263,26 @@ class TelemetryIngest:
             log.exception("cannot store %d MQTT message(s)", len(decoded))
 
     def nudge(self, device_ids: Sequence[str]) -> None:
-        """Ask these devices to check in now (MQTT QoS 1, on each one's commands topic)."""
+        """Ask these devices to check in now."""
+        for device_id in device_ids:
+            self.command(device_id, "checkin")
+
+    def command(self, device_id: str, kind: str) -> str:
+        """Publish a command on a device's commands topic (QoS 1); return its id.
+
+        Raises:
+            TransientError: not connected to the broker.
+        """
         publisher = self._publisher
         if publisher is None:
-            return
-        client = publisher.raw_client()
-        now = int(time.time() * 1000)
-        for device_id in device_ids:
-            command = telemetry_pb2.Command(id=uuid.uuid4().hex, kind="checkin", issued_unix_ms=now)
-            client.publish(
-                commands_topic(self._fleet_id, device_id), command.SerializeToString(), qos=1
-            )
+            raise TransientError("telemetry ingest is not connected to the broker")
+        command = telemetry_pb2.Command(
+            id=uuid.uuid4().hex, kind=kind, issued_unix_ms=int(time.time() * 1000)
+        )
+        publisher.raw_client().publish(
+            commands_topic(self._fleet_id, device_id), command.SerializeToString(), qos=1
+        )
+        return command.id
 
     def stop(self) -> None:
         """Disconnect and let the writer finish what it has."""
