@@ -791,20 +791,32 @@ class Database:
     def record_mqtt_batch(self, batch: IngestBatch) -> None:
         """Write one batch of ingested MQTT messages in one transaction."""
         now = int(time.time())
+        with_report, counts_only = [], []
+        for device_id, (epoch, seq, report, count, gaps) in batch.telemetry.items():
+            row = {"d": device_id, "e": epoch, "s": seq, "n": count, "g": gaps}
+            if report is None:
+                counts_only.append(row)
+            else:
+                with_report.append(row | {"r": json.dumps(report, sort_keys=True), "t": now})
+        counted = {
+            "telemetry_epoch": sa.bindparam("e"),
+            "last_telemetry_seq": sa.bindparam("s"),
+            "telemetry_count": devices.c.telemetry_count + sa.bindparam("n"),
+            "telemetry_gaps": devices.c.telemetry_gaps + sa.bindparam("g"),
+        }
+        update = devices.update().where(devices.c.device_id == sa.bindparam("d"))
         with self.engine.begin() as conn:
-            for device_id, (epoch, seq, report, count, gaps) in batch.telemetry.items():
-                values: dict[str, Any] = {
-                    "telemetry_epoch": epoch,
-                    "last_telemetry_seq": seq,
-                    "telemetry_count": devices.c.telemetry_count + count,
-                    "telemetry_gaps": devices.c.telemetry_gaps + gaps,
-                }
-                if report is not None:
-                    values["last_telemetry"] = json.dumps(report, sort_keys=True)
-                    values["last_telemetry_at"] = now
+            if with_report:  # one statement, many rows
                 conn.execute(
-                    devices.update().where(devices.c.device_id == device_id).values(**values)
+                    update.values(
+                        last_telemetry=sa.bindparam("r"),
+                        last_telemetry_at=sa.bindparam("t"),
+                        **counted,
+                    ),
+                    with_report,
                 )
+            if counts_only:
+                conn.execute(update.values(**counted), counts_only)
             for device_id, state in batch.states.items():
                 conn.execute(
                     devices.update()

@@ -201,6 +201,7 @@ class TelemetryIngest:
                     epoch, seq = stored[device_id]
                     self._positions[device_id] = Position(epoch, seq) if epoch else None
         batch = IngestBatch()
+        latest: dict[str, Any] = {}
         for kind, message in decoded:
             device_id = message.device_id
             if device_id not in self._positions:
@@ -217,7 +218,7 @@ class TelemetryIngest:
             self.gaps += verdict.gap
             _, _, report, count, gaps = batch.telemetry.get(device_id, ("", 0, None, 0, 0))
             if kind == "telemetry":
-                report = MessageToDict(message, preserving_proto_field_name=True)
+                latest[device_id] = message  # only the newest is converted and stored
             elif message.HasField("ack"):
                 ack = message.ack
                 batch.events.append(
@@ -255,6 +256,10 @@ class TelemetryIngest:
                 gaps + verdict.gap,
             )
             self.accepted += 1
+        for device_id, message in latest.items():
+            epoch, seq, _, count, gaps = batch.telemetry[device_id]
+            report = MessageToDict(message, preserving_proto_field_name=True)
+            batch.telemetry[device_id] = (epoch, seq, report, count, gaps)
         if not (batch.telemetry or batch.states or batch.events):
             return
         try:
