@@ -26,6 +26,7 @@ from agent.hardware.probe import HardwareInfo, probe, to_capabilities
 from agent.identity import Identity, new_key_and_csr
 from agent.inference.engine import Engine, EngineOptions
 from agent.inference.metrics_http import MetricsServer
+from agent.inference.metrics_http import render as render_metrics
 from agent.inference.oip import create_server
 from agent.telemetry.forward import Forwarder
 from agent.telemetry.mqtt import MqttPublisher, parse_mqtt_url
@@ -134,7 +135,7 @@ class Agent:
             return None
         host, _, port = address.rpartition(":")
         try:
-            metrics = MetricsServer(self.engine, host, int(port))
+            metrics = MetricsServer(lambda: render_metrics(self.engine), host, int(port))
         except (OSError, ValueError) as exc:
             raise AgentError(f"cannot serve metrics on {address}: {exc}") from exc
         metrics.start()

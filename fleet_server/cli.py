@@ -212,6 +212,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # Devices dial the device port on the host they enrolled through, unless told otherwise.
     ctx.device_address = args.device_advertise or f":{device_port}"
     server.start()
+    metrics = _start_metrics(args.metrics_listen, ctx, ingest)
     if controller is not None:
         controller.start()
     ctx.last_seen.start()
@@ -231,6 +232,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                     "grpc_port": port,
                     "device_port": device_port,
                     "mqtt_url": mqtt_url,
+                    "metrics_port": metrics.port if metrics is not None else 0,
                     "pid": os.getpid(),
                 }
             ),
@@ -241,6 +243,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     finally:
         for worker in workers:
             worker.terminate()
+        if metrics is not None:
+            metrics.stop()
         server.stop(grace=5).wait()
         for worker in workers:
             try:
@@ -265,6 +269,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
         db.close()
         log.info("server %sstopped", "worker " if args.worker else "")
     return 0
+
+
+def _start_metrics(address: str | None, ctx: Any, ingest: Any) -> Any:
+    """Prometheus text on HOST:PORT/metrics, when asked for."""
+    if not address:
+        return None
+    from agent.inference.metrics_http import MetricsServer  # noqa: PLC0415
+    from fleet_server.metrics import render  # noqa: PLC0415
+
+    host, port = _split_host_port(address, "--metrics-listen")
+    try:
+        server = MetricsServer(lambda: render(ctx, ingest), host, port)
+    except OSError as exc:
+        raise DataDirError(f"cannot serve metrics on {address}: {exc}") from exc
+    server.start()
+    return server
 
 
 def _mqtt_client_files(data_dir: Any, endpoint: Any) -> Any:
@@ -404,6 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=2.0,
         help="seconds between rollout controller steps (default 2; reports also wake it)",
+    )
+    run.add_argument(
+        "--metrics-listen",
+        help="serve fleet-level Prometheus metrics on HOST:PORT/metrics (default: off)",
     )
     run.add_argument(
         "--workers",

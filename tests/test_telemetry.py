@@ -100,7 +100,7 @@ def test_bad_payloads_are_dropped_and_many_devices_are_all_ingested(
 ) -> None:
     from fleet_server.simulator import SimDevice
 
-    server = server_factory(broker_url)
+    server = server_factory(broker_url, extra=("--metrics-listen", "127.0.0.1:0"))
     fleet, token = server.sim_fleet(), server.enrollment_token()
     ids = [SimDevice.enroll(fleet, token, f"sim-{i}").device_id for i in range(200)]
     host, port = broker_url.removeprefix("mqtt://").split(":")
@@ -139,6 +139,16 @@ def test_bad_payloads_are_dropped_and_many_devices_are_all_ingested(
 
     wait_for("every device's three reports", all_in, timeout=60)
     assert all(int(d["telemetry_gaps"]) == 0 for d in server.devices())
+
+    # The same counts on the server's Prometheus endpoint.
+    import urllib.request
+
+    metrics_port = json.loads((tmp_path / "server-ready.json").read_text())["metrics_port"]
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    assert 'edgefleet_mqtt_messages_total{outcome="accepted"} 600' in text
+    assert 'edgefleet_mqtt_messages_total{outcome="duplicate"} 1' in text
+    assert 'edgefleet_devices{state="unknown"} 200' in text  # simulated: no birth message
     server.proc.stop()
     assert "rejected" in server.proc.output()
     line = next(x for x in server.proc.output().splitlines() if "telemetry:" in x)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from agent.inference.engine import Engine
@@ -30,17 +31,16 @@ def render(engine: Engine) -> str:
 
 
 class MetricsServer:
-    """A tiny HTTP server in a daemon thread."""
+    """A tiny HTTP server in a daemon thread, serving what ``text`` returns (the agent's engine
+    metrics, or the fleet server's)."""
 
-    def __init__(self, engine: Engine, host: str, port: int) -> None:
-        engine_ref = engine
-
+    def __init__(self, text: Callable[[], str], host: str, port: int) -> None:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 if self.path.split("?", 1)[0] != "/metrics":
                     self.send_error(404, "only /metrics is served here")
                     return
-                body = render(engine_ref).encode()
+                body = text().encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
                 self.send_header("Content-Length", str(len(body)))

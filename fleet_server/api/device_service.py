@@ -14,7 +14,7 @@ from google.protobuf.json_format import MessageToDict
 
 from fleet_server.api._errors import abort_for, rpc_errors
 from fleet_server.api.auth import require_device
-from fleet_server.api.checkin import AnswerCache, CachedAnswer, state_version
+from fleet_server.api.checkin import CachedAnswer, state_version
 from fleet_server.catalog.desired import device_targets, resolve
 from fleet_server.catalog.select import DeviceProfile, profile_from_capabilities
 from fleet_server.errors import AuthError, BadRequestError, FleetError
@@ -72,7 +72,7 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
 
     def __init__(self, ctx: ServerContext) -> None:
         self._ctx = ctx
-        self._answers = AnswerCache()
+        self._answers = ctx.answers
         self._auth: dict[bytes, tuple[int, str]] = {}
         self._keylist: tuple[bytes, bytes] | None = None
 

@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fleet_server.api.admin_service import AdminServicer
-from fleet_server.api.checkin import LastSeen
+from fleet_server.api.checkin import AnswerCache, LastSeen
 from fleet_server.api.device_service import DeviceServicer
 from fleet_server.artifacts.store import ArtifactStore
 from fleet_server.identity.ca import FleetCA
@@ -45,10 +45,12 @@ class ServerContext:
     send_command: Callable[[str, str], str] | None = None
 
     last_seen: LastSeen = field(init=False)
+    answers: AnswerCache = field(init=False)
 
     def __post_init__(self) -> None:
         self.rollouts = RolloutStore(self.db)
         self.last_seen = LastSeen(self.db)
+        self.answers = AnswerCache()
 
 
 def create_server(

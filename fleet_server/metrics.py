@@ -1,0 +1,74 @@
+"""Fleet-level Prometheus metrics of the server (``run --metrics-listen HOST:PORT``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+
+from fleet_server.storage.db import devices, rollouts
+
+if TYPE_CHECKING:
+    from fleet_server.api.server import ServerContext
+    from fleet_server.telemetry.ingest import TelemetryIngest
+
+__all__ = ["render"]
+
+
+def _line(name: str, value: float, labels: dict[str, str] | None = None) -> str:
+    if labels:
+        inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        return f"{name}{{{inner}}} {value:g}"
+    return f"{name} {value:g}"
+
+
+def render(ctx: ServerContext, ingest: TelemetryIngest | None) -> str:
+    """Devices by MQTT state, rollouts by state, telemetry and check-in counters (this
+    process's; worker processes keep their own check-in counters)."""
+    out = [
+        "# HELP edgefleet_devices Enrolled, unrevoked devices by their MQTT state.",
+        "# TYPE edgefleet_devices gauge",
+    ]
+    with ctx.db.engine.connect() as conn:
+        by_state = conn.execute(
+            sa.select(devices.c.online_state, sa.func.count())
+            .where(devices.c.revoked_at.is_(None))
+            .group_by(devices.c.online_state)
+        ).all()
+        revoked = conn.execute(
+            sa.select(sa.func.count()).where(devices.c.revoked_at.is_not(None))
+        ).scalar_one()
+        rollout_states = conn.execute(
+            sa.select(rollouts.c.state, sa.func.count()).group_by(rollouts.c.state)
+        ).all()
+    counts = {"online": 0, "offline": 0, "stopped": 0, "unknown": 0}
+    for state, count in by_state:
+        counts[str(state) if state in counts else "unknown"] += int(count)
+    out += [_line("edgefleet_devices", v, {"state": k}) for k, v in counts.items()]
+    out += [
+        "# HELP edgefleet_devices_revoked Revoked devices.",
+        "# TYPE edgefleet_devices_revoked gauge",
+        _line("edgefleet_devices_revoked", float(revoked)),
+        "# HELP edgefleet_rollouts Rollouts by state.",
+        "# TYPE edgefleet_rollouts gauge",
+    ]
+    out += [_line("edgefleet_rollouts", float(n), {"state": str(s)}) for s, n in rollout_states]
+    out += [
+        "# HELP edgefleet_checkin_answers_total Check-in answers, from the cache or computed.",
+        "# TYPE edgefleet_checkin_answers_total counter",
+        _line("edgefleet_checkin_answers_total", ctx.answers.hits, {"source": "cache"}),
+        _line("edgefleet_checkin_answers_total", ctx.answers.misses, {"source": "database"}),
+    ]
+    if ingest is not None:
+        out += [
+            "# HELP edgefleet_mqtt_messages_total MQTT messages from devices, by outcome.",
+            "# TYPE edgefleet_mqtt_messages_total counter",
+            _line("edgefleet_mqtt_messages_total", ingest.accepted, {"outcome": "accepted"}),
+            _line("edgefleet_mqtt_messages_total", ingest.rejected, {"outcome": "rejected"}),
+            _line("edgefleet_mqtt_messages_total", ingest.duplicates, {"outcome": "duplicate"}),
+            _line("edgefleet_mqtt_messages_total", ingest.dropped, {"outcome": "dropped"}),
+            "# HELP edgefleet_mqtt_lost_total Device messages that never arrived (sequence gaps).",
+            "# TYPE edgefleet_mqtt_lost_total counter",
+            _line("edgefleet_mqtt_lost_total", ingest.gaps),
+        ]
+    return "\n".join(out) + "\n"
