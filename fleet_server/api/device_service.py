@@ -255,6 +255,8 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
         self._ctx.db.set_device_model(
             device_id, request.model_name, request.version, state, request.detail
         )
+        if request.state == pb.INSTALLED:  # installed means serving it, from now on
+            self._ctx.db.set_active_version(device_id, request.model_name, request.version)
         outcome = _OUTCOMES.get(request.state)
         if outcome is not None:
             self._ctx.rollouts.report(device_id, request.model_name, request.version, outcome)
