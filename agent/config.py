@@ -113,13 +113,7 @@ class AgentConfig:
         """
         if self.server.enrollment_token:
             return self.server.enrollment_token
-        candidates = []
-        if self.server.enrollment_token_file is not None:
-            candidates.append(self.server.enrollment_token_file)
-        creds = os.environ.get("CREDENTIALS_DIRECTORY")
-        if creds:
-            candidates.append(Path(creds) / "enrollment-token")
-        for path in candidates:
+        for path in _candidates(self.server.enrollment_token_file, "enrollment-token"):
             try:
                 return path.read_text(encoding="utf-8").strip()
             except FileNotFoundError:
@@ -135,13 +129,7 @@ class AgentConfig:
         Raises:
             ConfigError: the file cannot be read.
         """
-        candidates = []
-        if self.server.ca_file is not None:
-            candidates.append(self.server.ca_file)
-        creds = os.environ.get("CREDENTIALS_DIRECTORY")
-        if creds:
-            candidates.append(Path(creds) / "fleet-ca.crt")
-        for path in candidates:
+        for path in _candidates(self.server.ca_file, "fleet-ca.crt"):
             try:
                 return path.read_bytes()
             except FileNotFoundError:
@@ -150,6 +138,15 @@ class AgentConfig:
             except OSError as exc:
                 raise ConfigError(f"cannot read the fleet CA {path}: {exc}") from exc
         return b""
+
+
+def _candidates(configured: Path | None, credential: str) -> list[Path]:
+    """Where a secret may be: the configured file, then systemd's credentials dir."""
+    paths = [configured] if configured is not None else []
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if creds:
+        paths.append(Path(creds) / credential)
+    return paths
 
 
 _T = TypeVar("_T")

@@ -35,19 +35,22 @@ V1 = [
 ]
 
 
-def test_a_version_1_database_is_migrated_and_keeps_its_rows(db_url: str) -> None:
+def make_v1_database(db_url: str, variant: str, edgetpu: bool) -> None:
+    """A database as schema version 1 left it, with one model version."""
     engine = sa.create_engine(db_url)
     blob = "BYTEA" if engine.dialect.name == "postgresql" else "BLOB"
     with engine.begin() as conn:
         for statement in V1:
             conn.execute(sa.text(statement.format(blob=blob)))
         conn.execute(
-            sa.text(
-                "INSERT INTO models VALUES ('m', '1.0.0', 'int8', 1, :sha, 10, false, :env, 0)"
-            ),
-            {"sha": "ab" * 32, "env": b"\0"},
+            sa.text("INSERT INTO models VALUES ('m', '1.0.0', :v, 1, :sha, 10, :tpu, :env, 0)"),
+            {"v": variant, "sha": "ab" * 32, "tpu": edgetpu, "env": b"\0"},
         )
     engine.dispose()
+
+
+def test_a_version_1_database_is_migrated_and_keeps_its_rows(db_url: str) -> None:
+    make_v1_database(db_url, "int8", edgetpu=False)
     db = Database(db_url)
     db.create_schema()
     (row,) = db.list_models()
@@ -101,16 +104,7 @@ def test_version_9_rollback_manifests_become_envelope_sets(
     from fleet_server.storage import db as db_module
     from protos import manifest_pb2
 
-    engine = sa.create_engine(db_url)
-    blob = "BYTEA" if engine.dialect.name == "postgresql" else "BLOB"
-    with engine.begin() as conn:
-        for statement in V1:
-            conn.execute(sa.text(statement.format(blob=blob)))
-        conn.execute(
-            sa.text("INSERT INTO models VALUES ('m', '1.0.0', 'tpu', 1, :sha, 10, true, :env, 0)"),
-            {"sha": "ab" * 32, "env": b"\0"},
-        )
-    engine.dispose()
+    make_v1_database(db_url, "tpu", edgetpu=True)
     monkeypatch.setattr(db_module, "SCHEMA_VERSION", 9)
     db = Database(db_url)
     db.create_schema()
