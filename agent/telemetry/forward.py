@@ -18,7 +18,7 @@ class Forwarder:
     """Moves spooled messages to the broker in batches, at least once (the server dedupes)."""
 
     def __init__(
-        self, spool: Spool, publisher: MqttPublisher, *, batch: int = 100, ack_timeout_s: float = 10
+        self, spool: Spool, publisher: MqttPublisher, *, batch: int = 500, ack_timeout_s: float = 10
     ) -> None:
         self._spool = spool
         self._publisher = publisher
