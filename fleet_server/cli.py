@@ -399,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--db-url", help="SQLAlchemy URL (default: SQLite in the data dir)")
     run.add_argument(
         "--mqtt-url",
-        help="MQTT broker for telemetry, mqtt://host:port; without it an embedded broker starts",
+        help="MQTT broker for telemetry, mqtt://host:port, or mqtts://host:port with fleet "
+        "certificates (packaging/mosquitto); without it an embedded broker starts",
     )
     run.add_argument(
         "--mqtt-listen",
@@ -433,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=1,
-        help="server processes sharing the ports (default 1; one per core for big fleets)",
+        help="processes serving the device port (default 1; one per core for big fleets; "
+        "enrollment, admin and MQTT stay with the first)",
     )
     run.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("--ready-file", type=Path, help="write ports as JSON here once serving")
