@@ -11,7 +11,9 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -216,7 +218,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if controller is not None:
         controller.start()
     ctx.last_seen.start()
-    workers = _start_workers(args, port, device_port, ctx.device_address, mqtt_url or "")
+    ports = _Ports(port, device_port, ctx.device_address, mqtt_url or "")
+    workers = _start_workers(args, ports)
     log.info(
         "fleet %s: gRPC on port %d (TLS), devices on port %d (mTLS), telemetry via %s%s",
         data_dir.fleet_id,
@@ -239,7 +242,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             encoding="utf-8",
         )
     try:
-        stop.wait()
+        restarts: list[float] = []
+        while not stop.wait(1.0):
+            _supervise(workers, restarts, args, ports)
     finally:
         for worker in workers:
             worker.terminate()
@@ -300,11 +305,47 @@ def _mqtt_client_files(data_dir: Any, endpoint: Any) -> Any:
     return endpoint.with_tls_files(str(folder / "ca.crt"), str(cert_file), str(key_file))
 
 
+@dataclass(frozen=True)
+class _Ports:
+    """What worker processes need to serve the same device port as the main one."""
+
+    port: int
+    device_port: int
+    advertise: str
+    mqtt_url: str
+
+
+def _supervise(
+    workers: list[subprocess.Popen[bytes]],
+    restarts: list[float],
+    args: argparse.Namespace,
+    ports: _Ports,
+) -> None:
+    """Restart a worker process that died, at most 5 times a minute (then the main process
+    serves without it and says so)."""
+    for i, worker in enumerate(workers):
+        code = worker.poll()
+        if code is None:
+            continue
+        now = time.monotonic()
+        restarts[:] = [t for t in restarts if now - t < 60]
+        if len(restarts) >= 5:
+            log.error(
+                "worker %d exited %d; not restarted: 5 restarts in a minute", worker.pid, code
+            )
+            workers.pop(i)
+            return
+        restarts.append(now)
+        (replacement,) = _start_workers(args, ports, count=1)
+        log.warning("worker %d exited %d; started %d", worker.pid, code, replacement.pid)
+        workers[i] = replacement
+
+
 def _start_workers(
-    args: argparse.Namespace, port: int, device_port: int, advertise: str, mqtt_url: str
+    args: argparse.Namespace, ports: _Ports, count: int | None = None
 ) -> list[subprocess.Popen[bytes]]:
-    """Start ``--workers - 1`` more processes serving the same ports (SO_REUSEPORT), so
-    check-ins are not bound to one Python process's GIL."""
+    """Start ``--workers - 1`` (or ``count``) more processes serving the device port
+    (SO_REUSEPORT), so check-ins are not bound to one Python process's GIL."""
     if args.worker or args.workers <= 1:
         return []
     host, _ = _split_host_port(args.listen, "--listen")
@@ -320,21 +361,26 @@ def _start_workers(
         "--data-dir",
         str(args.data_dir),
         "--listen",
-        f"{_bracket(host)}:{port}",
+        f"{_bracket(host)}:{ports.port}",
         "--device-listen",
-        f"{_bracket(device_host)}:{device_port}",
+        f"{_bracket(device_host)}:{ports.device_port}",
         "--device-advertise",
-        advertise,
+        ports.advertise,
     ]
-    if mqtt_url:
-        cmd += ["--mqtt-url", mqtt_url, "--device-mqtt-url", args.device_mqtt_url or mqtt_url]
+    if ports.mqtt_url:
+        cmd += [
+            "--mqtt-url",
+            ports.mqtt_url,
+            "--device-mqtt-url",
+            args.device_mqtt_url or ports.mqtt_url,
+        ]
     if args.db_url:
         cmd += ["--db-url", args.db_url]
     for name in args.tls_name or ():
         cmd += ["--tls-name", name]
     if args.no_bootstrap_token:
         cmd.append("--no-bootstrap-token")
-    return [subprocess.Popen(cmd) for _ in range(args.workers - 1)]
+    return [subprocess.Popen(cmd) for _ in range(args.workers - 1 if count is None else count)]
 
 
 def build_parser() -> argparse.ArgumentParser:
