@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 _MAX_PAYLOAD = 256 * 1024
 _QUEUE_BOUND = 10_000
 _BATCH = 500
+_WRITE_ATTEMPTS = 30  # a batch the database keeps refusing for this many seconds is dropped
 
 
 _KINDS: dict[str, type[Any]] = {
@@ -88,6 +89,19 @@ def decode_report(
         return None
     report: telemetry_pb2.TelemetryReport = decoded[1]
     return report
+
+
+def _event(message: Any, model_name: str, version: str, state: str, detail: str) -> dict[str, Any]:
+    """A device_events row for a DeviceEvent."""
+    return {
+        "device_id": message.device_id,
+        "at": int(message.sent_unix_ms // 1000),
+        "seq": message.seq,
+        "model_name": model_name[:64],
+        "version": version[:32],
+        "state": state,
+        "detail": detail[:1024],
+    }
 
 
 class TelemetryIngest:
@@ -181,7 +195,9 @@ class TelemetryIngest:
             self._write(batch)
 
     def _write(self, items: list[tuple[str, bytes]]) -> None:
-        """Validate, deduplicate and store one batch in one transaction."""
+        """Validate, deduplicate and store one batch in one transaction. While the database
+        fails, retry (the broker keeps what the queue cannot take): messages the broker
+        acknowledged to us are not dropped at the first hiccup."""
         decoded = []
         for topic, payload in items:
             message = decode_message(topic, payload, self._fleet_id)
@@ -189,64 +205,64 @@ class TelemetryIngest:
                 self.rejected += 1
             else:
                 decoded.append(message)
-        unknown = {m.device_id for _k, m in decoded} - set(self._positions)
-        if unknown:
+        for attempt in range(_WRITE_ATTEMPTS):
             try:
-                stored = self._db.telemetry_positions(sorted(unknown))
+                self._store(decoded)
+                return
             except Exception:
-                log.exception("cannot read telemetry positions; retrying the batch later")
-                stored = {}
-            for device_id in unknown:
-                if device_id in stored:
-                    epoch, seq = stored[device_id]
-                    self._positions[device_id] = Position(epoch, seq) if epoch else None
+                log.exception(
+                    "cannot store %d MQTT message(s) (attempt %d of %d)",
+                    len(decoded),
+                    attempt + 1,
+                    _WRITE_ATTEMPTS,
+                )
+                time.sleep(1.0)
+        self.dropped += len(decoded)
+
+    def _store(self, decoded: list[tuple[str, Any]]) -> None:
+        """Judge and write a batch; the positions and counters change only once it is stored,
+        so a failed write can be retried as a whole.
+
+        Raises:
+            Exception: whatever the database raised.
+        """
+        unknown = {m.device_id for _k, m in decoded} - set(self._positions)
+        stored = self._db.telemetry_positions(sorted(unknown)) if unknown else {}
+        positions = {d: (Position(e, q) if e else None) for d, (e, q) in stored.items()}
         batch = IngestBatch()
         latest: dict[str, Any] = {}
+        accepted = rejected = duplicates = lost = 0
         for kind, message in decoded:
             device_id = message.device_id
-            if device_id not in self._positions:
-                self.rejected += 1  # not an enrolled device
+            if device_id not in positions and device_id not in self._positions:
+                rejected += 1  # not an enrolled device
                 continue
             if kind == "state":
                 batch.states[device_id] = message.state[:16]
                 continue
-            verdict = account(self._positions[device_id], message.epoch, message.seq)
+            position = positions.get(device_id, self._positions.get(device_id))
+            verdict = account(position, message.epoch, message.seq)
             if not verdict.new:
-                self.duplicates += 1
+                duplicates += 1
                 continue
-            self._positions[device_id] = verdict.position
-            self.gaps += verdict.gap
+            positions[device_id] = verdict.position
+            lost += verdict.gap
             _, _, report, count, gaps = batch.telemetry.get(device_id, ("", 0, None, 0, 0))
             if kind == "telemetry":
                 latest[device_id] = message  # only the newest is converted and stored
             elif message.HasField("ack"):
                 ack = message.ack
-                batch.events.append(
-                    {
-                        "device_id": device_id,
-                        "at": int(message.sent_unix_ms // 1000),
-                        "seq": message.seq,
-                        "model_name": "",
-                        "version": "",
-                        "state": "ACK",
-                        "detail": f"{ack.kind[:32]} {ack.id[:32]} "
-                        f"{'done' if ack.ok else 'refused'}: {ack.detail}"[:1024],
-                    }
-                )
+                detail = f"{ack.kind[:32]} {ack.id[:32]} {'done' if ack.ok else 'refused'}: "
+                batch.events.append(_event(message, "", "", "ACK", detail + ack.detail))
             else:
                 update = message.update
+                state = (
+                    device_pb2.UpdateState.Name(update.state)
+                    if update.state in device_pb2.UpdateState.values()
+                    else "UNKNOWN"
+                )
                 batch.events.append(
-                    {
-                        "device_id": device_id,
-                        "at": int(message.sent_unix_ms // 1000),
-                        "seq": message.seq,
-                        "model_name": update.model_name[:64],
-                        "version": update.version[:32],
-                        "state": device_pb2.UpdateState.Name(update.state)
-                        if update.state in device_pb2.UpdateState.values()
-                        else "UNKNOWN",
-                        "detail": update.detail[:1024],
-                    }
+                    _event(message, update.model_name, update.version, state, update.detail)
                 )
             batch.telemetry[device_id] = (
                 verdict.position.epoch,
@@ -255,17 +271,18 @@ class TelemetryIngest:
                 count + 1,
                 gaps + verdict.gap,
             )
-            self.accepted += 1
+            accepted += 1
         for device_id, message in latest.items():
             epoch, seq, _, count, gaps = batch.telemetry[device_id]
             report = MessageToDict(message, preserving_proto_field_name=True)
             batch.telemetry[device_id] = (epoch, seq, report, count, gaps)
-        if not (batch.telemetry or batch.states or batch.events):
-            return
-        try:
+        if batch.telemetry or batch.states or batch.events:
             self._db.record_mqtt_batch(batch)
-        except Exception:
-            log.exception("cannot store %d MQTT message(s)", len(decoded))
+        self._positions.update(positions)
+        self.accepted += accepted
+        self.rejected += rejected
+        self.duplicates += duplicates
+        self.gaps += lost
 
     def nudge(self, device_ids: Sequence[str]) -> None:
         """Ask these devices to check in now."""
