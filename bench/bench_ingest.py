@@ -23,10 +23,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import sqlalchemy as sa
 
-from agent.identity import new_key_and_csr
-from protos import device_pb2 as pb
-from protos import device_pb2_grpc as pb_grpc
-from protos import telemetry_pb2
+from bench.bench_checkin import enroll
 from tests.harness import REPO, start_mosquitto, start_server
 
 PUBLISHER = r"""
@@ -55,28 +52,6 @@ for info in infos:
 client.loop_stop()
 client.disconnect()
 """
-
-
-def enroll(server: object, count: int) -> list[str]:
-    ca = server.ca_file.read_bytes()  # type: ignore[attr-defined]
-    token = server.enrollment_token()  # type: ignore[attr-defined]
-    ids = []
-    with grpc_channel(server.address, ca) as channel:  # type: ignore[attr-defined]
-        stub = pb_grpc.DeviceServiceStub(channel)
-        for i in range(count):
-            _key, csr = new_key_and_csr(f"ing-{i}")
-            response = stub.Enroll(
-                pb.EnrollRequest(enrollment_token=token, requested_name=f"ing-{i}", csr_pem=csr),
-                timeout=30,
-            )
-            ids.append(response.device_id)
-    return ids
-
-
-def grpc_channel(address: str, ca: bytes) -> object:
-    import grpc  # noqa: PLC0415
-
-    return grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=ca))
 
 
 def publisher(port: int, count: int, ids: list[str]) -> subprocess.Popen[str]:
@@ -124,7 +99,7 @@ def bare(port: int, count: int, ids: list[str]) -> float:
     return received / elapsed
 
 
-def ingest(server: object, port: int, count: int, ids: list[str], db_url: str) -> float:
+def ingest(port: int, count: int, ids: list[str], db_url: str) -> float:
     engine = sa.create_engine(db_url)
 
     def stored() -> int:
@@ -159,9 +134,9 @@ def main() -> int:
         broker = start_mosquitto(tmp / "broker")
         server = start_server(tmp, broker.url)
         try:
-            ids = enroll(server, args.devices)
+            ids = [d["device_id"] for d in enroll(server, args.devices, fleet="ing")]
             db_url = f"sqlite:///{server.data_dir / 'fleet.db'}"
-            rate = ingest(server, broker.port, args.messages, ids, db_url)
+            rate = ingest(broker.port, args.messages, ids, db_url)
             floor = bare(broker.port, args.messages, ids)
         finally:
             server.proc.stop()
@@ -178,7 +153,6 @@ def main() -> int:
         f"| server ingest: validate, dedupe, store | {rate:.0f} | {rate / floor:.2f}x "
         "(target >= 0.7x) |"
     )
-    _ = telemetry_pb2
     return 0
 
 

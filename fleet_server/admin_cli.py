@@ -660,10 +660,6 @@ def _pairs(items: Sequence[str] | None, what: str) -> dict[str, str]:
     return result
 
 
-def _rollout_dict(r: pb.RolloutInfo) -> dict[str, Any]:
-    return _as_dict(r)
-
-
 def _print_rollout(r: pb.RolloutInfo) -> None:
     selector = ",".join(f"{k}={v}" for k, v in sorted(r.selector.items())) or "every device"
     previous = f" (from {r.previous_version})" if r.previous_version else ""
@@ -703,7 +699,7 @@ def _cmd_rollouts_create(args: argparse.Namespace) -> int:
     )
     rollout = _admin(args).call("CreateRollout", request)
     if args.json:
-        print(json.dumps(_rollout_dict(rollout), indent=2))
+        print(json.dumps(_as_dict(rollout), indent=2))
     else:
         _print_rollout(rollout)
     return 0
@@ -712,7 +708,7 @@ def _cmd_rollouts_create(args: argparse.Namespace) -> int:
 def _cmd_rollouts_list(args: argparse.Namespace) -> int:
     response = _admin(args).call("ListRollouts", pb.ListRolloutsRequest(model_name=args.model))
     if args.json:
-        print(json.dumps([_rollout_dict(r) for r in response.rollouts], indent=2))
+        print(json.dumps([_as_dict(r) for r in response.rollouts], indent=2))
         return 0
     if not response.rollouts:
         print("no rollouts; start one with: edgefleet rollouts create MODEL VERSION")
@@ -733,7 +729,7 @@ def _cmd_rollouts_list(args: argparse.Namespace) -> int:
 def _cmd_rollouts_status(args: argparse.Namespace) -> int:
     rollout = _admin(args).call("GetRollout", pb.RolloutRequest(rollout_id=args.id))
     if args.json:
-        print(json.dumps(_rollout_dict(rollout), indent=2))
+        print(json.dumps(_as_dict(rollout), indent=2))
     else:
         _print_rollout(rollout)
     return 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ from google.protobuf.message import DecodeError
 from agent.errors import AgentError, ManifestError
 from agent.updates.trust import TrustedKeys, count_signers, pin_keylist
 from fleet_server.api._errors import rpc_errors
+from fleet_server.api._validate import check_labels
 from fleet_server.api.auth import require_admin
 from fleet_server.api.push import MANIFEST_LIFETIME_S, Pusher
 from fleet_server.catalog.desired import device_targets, variant_of
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["MANIFEST_LIFETIME_S", "AdminServicer"]
 
 log = logging.getLogger(__name__)
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_TOKEN_TTL_S = 30 * 86400
 COMMANDS = frozenset({"checkin", "birth"})
 DEFAULT_SUCCESS = 0.9
@@ -407,9 +406,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     @audited("LabelDevice", lambda r: f"device {r.device_id}")
     def LabelDevice(self, request: pb.LabelDeviceRequest, context: Any) -> pb.DeviceInfo:  # noqa: N802
         require_admin(context, self._ctx.admin_token)
-        for key, value in request.set.items():
-            if not _NAME.match(key) or len(value) > 255:
-                raise BadRequestError(f"label {key!r} is invalid (key: 1-64 of A-Z a-z 0-9 _ . -)")
+        check_labels(request.set)
         self._ctx.db.set_labels(request.device_id, dict(request.set), list(request.remove))
         log.info("labels of %s changed", request.device_id)
         return _device_info(self._ctx.db.get_device(request.device_id))
@@ -456,9 +453,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         self, request: pb.CreateTokenRequest, context: Any
     ) -> pb.CreateTokenResponse:
         require_admin(context, self._ctx.admin_token)
-        for key, value in request.labels.items():
-            if not _NAME.match(key) or len(value) > 255:
-                raise BadRequestError(f"label {key!r} is invalid (key: 1-64 of A-Z a-z 0-9 _ . -)")
+        check_labels(request.labels)
         ttl = request.ttl_s or 86400
         if ttl > MAX_TOKEN_TTL_S:
             raise BadRequestError(f"token lifetime {ttl} s is over {MAX_TOKEN_TTL_S} (30 days)")
@@ -570,9 +565,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     def CreateRollout(self, request: pb.CreateRolloutRequest, context: Any) -> pb.RolloutInfo:  # noqa: N802
         require_admin(context, self._ctx.admin_token)
         self._require_signed(request.model_name, request.version)
-        for key, value in request.selector.items():
-            if not _NAME.match(key) or len(value) > 255:
-                raise BadRequestError(f"selector label {key!r} is invalid")
+        check_labels(request.selector, "selector label")
         row = self._ctx.rollouts.create(
             model_name=request.model_name,
             version=request.version,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf.json_format import MessageToDict
 
 from fleet_server.api._errors import abort_for, rpc_errors
+from fleet_server.api._validate import NAME, check_labels
 from fleet_server.api.auth import require_device
 from fleet_server.api.checkin import CachedAnswer, state_version
 from fleet_server.catalog.desired import device_targets, resolve
@@ -29,8 +30,6 @@ if TYPE_CHECKING:
 __all__ = ["DeviceServicer"]
 
 log = logging.getLogger(__name__)
-_MAX_LABELS = 32
-_NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _VERSION = re.compile(r"^[0-9A-Za-z.+-]{1,32}$")
 _MAX_AUTH_CACHE = 200_000
 GENERATION_MAX_AGE_S = 0.5
@@ -54,17 +53,6 @@ def _profile(caps: pb.Capabilities) -> DeviceProfile:
 
 # What an update report means for a rollout.
 _OUTCOMES = {pb.INSTALLED: "installed", pb.FAILED: "failed", pb.ROLLED_BACK: "failed"}
-
-
-def _labels(raw: Any) -> dict[str, str]:
-    if len(raw) > _MAX_LABELS:
-        raise BadRequestError(f"{len(raw)} labels; at most {_MAX_LABELS}")
-    labels = {}
-    for key, value in raw.items():
-        if not _NAME_PART.match(key) or len(value) > 255:
-            raise BadRequestError(f"label {key!r} is invalid (key: 1-64 of A-Z a-z 0-9 _ . -)")
-        labels[key] = value
-    return labels
 
 
 class DeviceServicer(pb_grpc.DeviceServiceServicer):
@@ -97,7 +85,7 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
                 "enrollment token is unknown, expired or used up; ask the fleet admin for a "
                 "new one ('edgefleet tokens create')"
             )
-        labels = _labels(request.labels) | token_labels
+        labels = check_labels(request.labels) | token_labels
         device_id = self._ctx.db.add_device(
             name,
             secrets.token_urlsafe(32),  # no device bearer token: devices use certificates
@@ -142,7 +130,7 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
         active = {
             m.model_name: m.version
             for m in request.active[:64]
-            if _NAME_PART.match(m.model_name) and _VERSION.match(m.version)
+            if NAME.match(m.model_name) and _VERSION.match(m.version)
         }
         reported = tuple(sorted(active.items()))
         answer = self._answers.get(device_id)
@@ -249,7 +237,7 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
     @rpc_errors
     def ReportStatus(self, request: pb.StatusReport, context: Any) -> pb.StatusAck:  # noqa: N802
         device_id = require_device(context, self._ctx.db)
-        if not _NAME_PART.match(request.model_name) or not _VERSION.match(request.version):
+        if not NAME.match(request.model_name) or not _VERSION.match(request.version):
             raise BadRequestError("status report names an invalid model or version")
         state = pb.UpdateState.Name(request.state)
         self._ctx.db.set_device_model(

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from agent.errors import ModelFileError
 from agent.inference.modelfile import MAX_MODEL_BYTES, ModelInfo, inspect_model_file
+from fleet_server.api._validate import NAME
 from fleet_server.catalog.select import PREFERENCE
 from fleet_server.catalog.smoke import SmokeExpectation, expect
 from fleet_server.errors import AlreadyExistsError, BadRequestError
@@ -36,7 +37,6 @@ __all__ = ["MANIFEST_LIFETIME_S", "MAX_VARIANTS", "Pusher", "requirements_of"]
 log = logging.getLogger(__name__)
 MANIFEST_LIFETIME_S = 365 * 24 * 3600
 MAX_VARIANTS = 8
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Semantic version: MAJOR.MINOR.PATCH with optional -prerelease and +build.
 _SEMVER = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$"
@@ -345,7 +345,7 @@ class Pusher:
 
 
 def _check_meta(meta: pb.PushModelMeta) -> None:
-    if not _NAME.match(meta.model_name):
+    if not NAME.match(meta.model_name):
         raise BadRequestError(
             f"model name {meta.model_name!r} is invalid: use 1-64 of A-Z a-z 0-9 _ . -"
         )
