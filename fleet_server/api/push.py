@@ -24,6 +24,7 @@ from fleet_server.api._validate import NAME
 from fleet_server.catalog.select import PREFERENCE
 from fleet_server.catalog.smoke import SmokeExpectation, expect
 from fleet_server.errors import AlreadyExistsError, BadRequestError
+from fleet_server.signing.keys import ManifestSigner
 from fleet_server.storage.db import ModelRow
 from protos import admin_pb2 as pb
 from protos import manifest_pb2
@@ -236,7 +237,7 @@ class Pusher:
                 upload.stored.append((upload.packed[0], upload.packed[2]))
 
     def _record(
-        self, meta: pb.PushModelMeta, uploads: list[_Upload], signer: object | None
+        self, meta: pb.PushModelMeta, uploads: list[_Upload], signer: ManifestSigner | None
     ) -> tuple[list[ModelRow], list[bytes]]:
         now = int(time.time())
         counter = self._ctx.db.next_release_counter(meta.model_name)
@@ -245,7 +246,7 @@ class Pusher:
         for upload in uploads:
             manifest = self._manifest(meta, upload, counter, now)
             if signer is not None:
-                envelope = signer.sign(manifest)  # type: ignore[attr-defined]
+                envelope = signer.sign(manifest)
             else:
                 envelope = manifest_pb2.Envelope(
                     payload_type=MANIFEST_PAYLOAD_TYPE,
