@@ -672,19 +672,37 @@ def _print_rollout(r: pb.RolloutInfo) -> None:
         f"  success threshold {r.success_threshold:.0%}, failure threshold "
         f"{r.failure_threshold:.0%}, max concurrent {r.max_concurrent or 'unlimited'}"
     )
+    gate = r.health_gate
+    if gate.disabled:
+        print("  health gate: off (failed updates and device health rollbacks still count)")
+    else:
+        print(
+            f"  health gate: error rate <= {gate.max_error_rate:.1%}, p95 <= "
+            f"{gate.max_latency_ratio:g}x the device's own before, judged after "
+            f"{gate.min_requests} requests within {gate.window_s} s of installing"
+            + (f"; bake {gate.bake_s} s per wave" if gate.bake_s else "")
+        )
     print(
         f"  {'WAVE':>4} {'TARGET':>7} {'DEVICES':>7} {'WAITING':>7} {'UPDATING':>8} "
-        f"{'INSTALLED':>9} {'FAILED':>6} {'STALLED':>7}"
+        f"{'INSTALLED':>9} {'FAILED':>6} {'UNHEALTHY':>9} {'STALLED':>7}"
     )
     for w in r.wave_status:
         marker = "*" if w.index == r.current_wave and r.state in ("running", "paused") else " "
         print(
             f"{marker} {w.index + 1:4d} {w.target:7d} {w.devices:7d} {w.waiting:7d} "
-            f"{w.assigned:8d} {w.installed:9d} {w.failed:6d} {w.stalled:7d}"
+            f"{w.assigned:8d} {w.installed:9d} {w.failed:6d} {w.unhealthy:9d} {w.stalled:7d}"
         )
+    if r.failures:
+        print("  failed devices (newest first):")
+        for f in r.failures:
+            print(f"    {f.device_id} (wave {f.wave + 1}): {f.detail or 'failed'}")
 
 
 def _cmd_rollouts_create(args: argparse.Namespace) -> int:
+    if args.max_error_rate == 0:
+        raise BadRequestError(
+            "--max-error-rate must be above 0; --no-health-gate turns the gate off"
+        )
     request = pb.CreateRolloutRequest(
         model_name=args.name,
         version=args.version,
@@ -696,6 +714,14 @@ def _cmd_rollouts_create(args: argparse.Namespace) -> int:
         max_concurrent=args.max_concurrent,
         device_timeout_s=args.device_timeout,
         allow_empty=args.allow_empty,
+        health_gate=pb.HealthGate(
+            max_error_rate=args.max_error_rate,
+            max_latency_ratio=args.max_latency_ratio,
+            window_s=args.health_window,
+            min_requests=args.min_requests,
+            bake_s=args.bake,
+            disabled=args.no_health_gate,
+        ),
     )
     rollout = _admin(args).call("CreateRollout", request)
     if args.json:
@@ -996,6 +1022,47 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-empty",
         action="store_true",
         help="create it even if no device matches yet; devices that match later join it",
+    )
+    gate = rcreate.add_argument_group(
+        "health gate",
+        "after installing, a device's telemetry about the new version must stay within these "
+        "limits, or it counts as a failed device of its wave",
+    )
+    gate.add_argument(
+        "--max-error-rate",
+        type=_fraction,
+        default=0.05,
+        help="errors per request (default 5%%)",
+    )
+    gate.add_argument(
+        "--max-latency-ratio",
+        type=float,
+        default=1.5,
+        help="p95 latency against the device's own before the rollout (default 1.5)",
+    )
+    gate.add_argument(
+        "--health-window",
+        type=_duration,
+        default=600,
+        help="how long after installing a device is watched (default 10m)",
+    )
+    gate.add_argument(
+        "--min-requests",
+        type=int,
+        default=50,
+        help="requests a device must have served before it is judged (default 50)",
+    )
+    gate.add_argument(
+        "--bake",
+        type=_duration,
+        default=0,
+        help="how long a wave's devices must keep the version before the next wave "
+        "starts (e.g. 10m; default 0)",
+    )
+    gate.add_argument(
+        "--no-health-gate",
+        action="store_true",
+        help="judge devices only by their update reports, not by their telemetry",
     )
     rcreate.add_argument("--json", action="store_true")
     rcreate.set_defaults(func=_cmd_rollouts_create)

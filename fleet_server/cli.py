@@ -199,6 +199,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     if controller is not None:
         ctx.wake_rollouts = controller.wake
+        if ingest is not None:
+            ingest.watch_health(ctx.rollouts, controller.wake)
     if ingest is not None:
         ctx.send_command = ingest.command
     try:

@@ -70,5 +70,8 @@ def render(ctx: ServerContext, ingest: TelemetryIngest | None) -> str:
             "# HELP edgefleet_mqtt_lost_total Device messages that never arrived (sequence gaps).",
             "# TYPE edgefleet_mqtt_lost_total counter",
             _line("edgefleet_mqtt_lost_total", ingest.gaps),
+            "# HELP edgefleet_rollout_unhealthy_total Devices failed by a rollout's health gate.",
+            "# TYPE edgefleet_rollout_unhealthy_total counter",
+            _line("edgefleet_rollout_unhealthy_total", ingest.unhealthy),
         ]
     return "\n".join(out) + "\n"

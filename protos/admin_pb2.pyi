@@ -288,7 +288,7 @@ class ListDevicesResponse(_message.Message):
     def __init__(self, devices: _Optional[_Iterable[_Union[DeviceInfo, _Mapping]]] = ...) -> None: ...
 
 class CreateRolloutRequest(_message.Message):
-    __slots__ = ("model_name", "version", "selector", "waves", "success_threshold", "failure_threshold", "pause_on_any_failure", "max_concurrent", "device_timeout_s", "allow_empty")
+    __slots__ = ("model_name", "version", "selector", "waves", "success_threshold", "failure_threshold", "pause_on_any_failure", "max_concurrent", "device_timeout_s", "allow_empty", "health_gate")
     class SelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -306,6 +306,7 @@ class CreateRolloutRequest(_message.Message):
     MAX_CONCURRENT_FIELD_NUMBER: _ClassVar[int]
     DEVICE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     ALLOW_EMPTY_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_GATE_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: str
     selector: _containers.ScalarMap[str, str]
@@ -316,7 +317,24 @@ class CreateRolloutRequest(_message.Message):
     max_concurrent: int
     device_timeout_s: int
     allow_empty: bool
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., selector: _Optional[_Mapping[str, str]] = ..., waves: _Optional[_Iterable[str]] = ..., success_threshold: _Optional[float] = ..., failure_threshold: _Optional[float] = ..., pause_on_any_failure: _Optional[bool] = ..., max_concurrent: _Optional[int] = ..., device_timeout_s: _Optional[int] = ..., allow_empty: _Optional[bool] = ...) -> None: ...
+    health_gate: HealthGate
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., selector: _Optional[_Mapping[str, str]] = ..., waves: _Optional[_Iterable[str]] = ..., success_threshold: _Optional[float] = ..., failure_threshold: _Optional[float] = ..., pause_on_any_failure: _Optional[bool] = ..., max_concurrent: _Optional[int] = ..., device_timeout_s: _Optional[int] = ..., allow_empty: _Optional[bool] = ..., health_gate: _Optional[_Union[HealthGate, _Mapping]] = ...) -> None: ...
+
+class HealthGate(_message.Message):
+    __slots__ = ("max_error_rate", "max_latency_ratio", "window_s", "min_requests", "disabled", "bake_s")
+    MAX_ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    MAX_LATENCY_RATIO_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    MIN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    DISABLED_FIELD_NUMBER: _ClassVar[int]
+    BAKE_S_FIELD_NUMBER: _ClassVar[int]
+    max_error_rate: float
+    max_latency_ratio: float
+    window_s: int
+    min_requests: int
+    disabled: bool
+    bake_s: int
+    def __init__(self, max_error_rate: _Optional[float] = ..., max_latency_ratio: _Optional[float] = ..., window_s: _Optional[int] = ..., min_requests: _Optional[int] = ..., disabled: _Optional[bool] = ..., bake_s: _Optional[int] = ...) -> None: ...
 
 class RolloutRequest(_message.Message):
     __slots__ = ("rollout_id",)
@@ -335,7 +353,7 @@ class RolloutRollbackRequest(_message.Message):
     def __init__(self, rollout_id: _Optional[int] = ..., envelope: _Optional[_Union[_manifest_pb2.Envelope, _Mapping]] = ..., envelopes: _Optional[_Iterable[_Union[_manifest_pb2.Envelope, _Mapping]]] = ...) -> None: ...
 
 class WaveStatus(_message.Message):
-    __slots__ = ("index", "target", "devices", "waiting", "assigned", "installed", "failed", "stalled")
+    __slots__ = ("index", "target", "devices", "waiting", "assigned", "installed", "failed", "stalled", "unhealthy")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     DEVICES_FIELD_NUMBER: _ClassVar[int]
@@ -344,6 +362,7 @@ class WaveStatus(_message.Message):
     INSTALLED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     STALLED_FIELD_NUMBER: _ClassVar[int]
+    UNHEALTHY_FIELD_NUMBER: _ClassVar[int]
     index: int
     target: int
     devices: int
@@ -352,10 +371,11 @@ class WaveStatus(_message.Message):
     installed: int
     failed: int
     stalled: int
-    def __init__(self, index: _Optional[int] = ..., target: _Optional[int] = ..., devices: _Optional[int] = ..., waiting: _Optional[int] = ..., assigned: _Optional[int] = ..., installed: _Optional[int] = ..., failed: _Optional[int] = ..., stalled: _Optional[int] = ...) -> None: ...
+    unhealthy: int
+    def __init__(self, index: _Optional[int] = ..., target: _Optional[int] = ..., devices: _Optional[int] = ..., waiting: _Optional[int] = ..., assigned: _Optional[int] = ..., installed: _Optional[int] = ..., failed: _Optional[int] = ..., stalled: _Optional[int] = ..., unhealthy: _Optional[int] = ...) -> None: ...
 
 class RolloutInfo(_message.Message):
-    __slots__ = ("rollout_id", "model_name", "version", "previous_version", "selector", "waves", "success_threshold", "failure_threshold", "max_concurrent", "device_timeout_s", "state", "current_wave", "reason", "created_unix", "updated_unix", "wave_status", "created_by")
+    __slots__ = ("rollout_id", "model_name", "version", "previous_version", "selector", "waves", "success_threshold", "failure_threshold", "max_concurrent", "device_timeout_s", "state", "current_wave", "reason", "created_unix", "updated_unix", "wave_status", "created_by", "health_gate", "failures")
     class SelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -380,6 +400,8 @@ class RolloutInfo(_message.Message):
     UPDATED_UNIX_FIELD_NUMBER: _ClassVar[int]
     WAVE_STATUS_FIELD_NUMBER: _ClassVar[int]
     CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_GATE_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
     rollout_id: int
     model_name: str
     version: str
@@ -397,7 +419,19 @@ class RolloutInfo(_message.Message):
     updated_unix: int
     wave_status: _containers.RepeatedCompositeFieldContainer[WaveStatus]
     created_by: str
-    def __init__(self, rollout_id: _Optional[int] = ..., model_name: _Optional[str] = ..., version: _Optional[str] = ..., previous_version: _Optional[str] = ..., selector: _Optional[_Mapping[str, str]] = ..., waves: _Optional[_Iterable[str]] = ..., success_threshold: _Optional[float] = ..., failure_threshold: _Optional[float] = ..., max_concurrent: _Optional[int] = ..., device_timeout_s: _Optional[int] = ..., state: _Optional[str] = ..., current_wave: _Optional[int] = ..., reason: _Optional[str] = ..., created_unix: _Optional[int] = ..., updated_unix: _Optional[int] = ..., wave_status: _Optional[_Iterable[_Union[WaveStatus, _Mapping]]] = ..., created_by: _Optional[str] = ...) -> None: ...
+    health_gate: HealthGate
+    failures: _containers.RepeatedCompositeFieldContainer[DeviceFailure]
+    def __init__(self, rollout_id: _Optional[int] = ..., model_name: _Optional[str] = ..., version: _Optional[str] = ..., previous_version: _Optional[str] = ..., selector: _Optional[_Mapping[str, str]] = ..., waves: _Optional[_Iterable[str]] = ..., success_threshold: _Optional[float] = ..., failure_threshold: _Optional[float] = ..., max_concurrent: _Optional[int] = ..., device_timeout_s: _Optional[int] = ..., state: _Optional[str] = ..., current_wave: _Optional[int] = ..., reason: _Optional[str] = ..., created_unix: _Optional[int] = ..., updated_unix: _Optional[int] = ..., wave_status: _Optional[_Iterable[_Union[WaveStatus, _Mapping]]] = ..., created_by: _Optional[str] = ..., health_gate: _Optional[_Union[HealthGate, _Mapping]] = ..., failures: _Optional[_Iterable[_Union[DeviceFailure, _Mapping]]] = ...) -> None: ...
+
+class DeviceFailure(_message.Message):
+    __slots__ = ("device_id", "wave", "detail")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    WAVE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    wave: int
+    detail: str
+    def __init__(self, device_id: _Optional[str] = ..., wave: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class ListRolloutsRequest(_message.Message):
     __slots__ = ("model_name",)

@@ -20,7 +20,7 @@ class LatencySummary(_message.Message):
     def __init__(self, p50_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., mean_ms: _Optional[float] = ...) -> None: ...
 
 class ModelTelemetry(_message.Message):
-    __slots__ = ("model_name", "version", "backend", "requests", "errors", "latency", "window_requests", "device", "backend_reason", "rejected")
+    __slots__ = ("model_name", "version", "backend", "requests", "errors", "latency", "window_requests", "device", "backend_reason", "rejected", "window_errors")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class ModelTelemetry(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     BACKEND_REASON_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_ERRORS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: str
     backend: str
@@ -41,7 +42,8 @@ class ModelTelemetry(_message.Message):
     device: str
     backend_reason: str
     rejected: int
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., backend: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., latency: _Optional[_Union[LatencySummary, _Mapping]] = ..., window_requests: _Optional[int] = ..., device: _Optional[str] = ..., backend_reason: _Optional[str] = ..., rejected: _Optional[int] = ...) -> None: ...
+    window_errors: int
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., backend: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., latency: _Optional[_Union[LatencySummary, _Mapping]] = ..., window_requests: _Optional[int] = ..., device: _Optional[str] = ..., backend_reason: _Optional[str] = ..., rejected: _Optional[int] = ..., window_errors: _Optional[int] = ...) -> None: ...
 
 class TelemetryReport(_message.Message):
     __slots__ = ("device_id", "seq", "sent_unix_ms", "models", "uptime_s", "epoch", "spool_dropped", "system")

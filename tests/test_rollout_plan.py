@@ -8,9 +8,12 @@ from hypothesis import strategies as st
 
 from fleet_server.errors import BadRequestError
 from fleet_server.rollouts.plan import (
+    TELEMETRY_FAILURE,
     Counts,
+    HealthGate,
     assign_waves,
     decide,
+    judge_health,
     matches,
     parse_waves,
     wave_targets,
@@ -143,3 +146,72 @@ def test_resumed_failures_are_forgiven_and_failed_devices_do_not_hold_a_wave() -
     )
     # With a lenient failure gate, failed devices do not keep the wave from completing.
     assert decide([Counts(devices=10, installed=8, failed=2)], 0, 0.9, 0.5).action == "complete"
+
+
+def test_a_wave_waits_for_its_devices_to_bake() -> None:
+    # Ten installed, four of them long enough: the 90% threshold is not met yet.
+    baking = Counts(devices=10, installed=10, baked=4)
+    assert decide([baking, Counts(devices=5)], 0, 0.9, 0.1).action == "wait"
+    baked = Counts(devices=10, installed=10, baked=9)
+    assert decide([baked, Counts(devices=5)], 0, 0.9, 0.1).action == "advance"
+    # Without a bake time every installed device counts.
+    assert decide([Counts(devices=10, installed=9), Counts(devices=5)], 0, 0.9, 0.1).action == (
+        "advance"
+    )
+    assert (baking + baked).settled == 13
+
+
+GATES = st.builds(
+    HealthGate,
+    max_error_rate=st.floats(0.001, 1),
+    max_latency_ratio=st.floats(1, 10),
+    window_s=st.integers(0, 86400),
+    min_requests=st.integers(1, 1000),
+)
+
+
+@given(
+    GATES,
+    st.integers(0, 10**6),
+    st.integers(0, 10**6),
+    st.floats(0, 1e4),
+    st.one_of(st.none(), st.floats(0.01, 1e4)),
+)
+def test_the_health_gate_judges_only_with_enough_requests_and_says_why(
+    gate: HealthGate, requests: int, errors: int, p95: float, baseline: float | None
+) -> None:
+    errors = min(errors, requests)
+    reason = judge_health(gate, requests, errors, p95, baseline)
+    too_many_errors = requests > 0 and errors / requests > gate.max_error_rate
+    too_slow = baseline is not None and p95 > baseline * gate.max_latency_ratio
+    if requests < gate.min_requests:
+        assert reason == ""
+    elif too_many_errors:
+        assert reason.startswith(TELEMETRY_FAILURE + "error rate")
+        assert f"over {requests} requests" in reason
+    elif too_slow:
+        assert reason.startswith(TELEMETRY_FAILURE + "p95 latency")
+    else:
+        assert reason == ""
+    assert judge_health(HealthGate(disabled=True), requests, errors, p95, baseline) == ""
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"max_error_rate": 0}, "max error rate"),
+        ({"max_latency_ratio": 0.9}, "max latency ratio"),
+        ({"window_s": -1}, "health window"),
+        ({"bake_s": 31 * 86400}, "bake time"),
+        ({"min_requests": 0}, "min requests"),
+    ],
+)
+def test_bad_health_gates_are_refused(fields: dict[str, float], message: str) -> None:
+    with pytest.raises(BadRequestError, match=message):
+        HealthGate(**fields)  # type: ignore[arg-type]
+
+
+def test_gates_round_trip_and_rollouts_from_before_gates_have_none() -> None:
+    gate = HealthGate(max_error_rate=0.02, bake_s=60)
+    assert HealthGate.from_json(gate.to_json()) == gate
+    assert HealthGate.from_json("{}").disabled

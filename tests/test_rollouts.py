@@ -128,7 +128,11 @@ def test_failures_pause_the_rollout_and_abort_returns_the_devices(fleet: Fleet) 
     rollout_id = int(created["rollout_id"])
 
     paused = settle(fleet, rollout_id, lambda s: s["state"] == "paused")
-    assert paused["reason"] == "1 of 1 devices failed (failure threshold 10%)"
+    (failure,) = paused["failures"]
+    assert paused["reason"] == (
+        "1 of 1 devices failed (failure threshold 10%); "
+        f"latest: {failure['device_id']}: FAILED: simulated failure"
+    )
     assert paused["wave_status"][0]["failed"] == 1
     assert paused["wave_status"][1]["waiting"] == 5  # the rest never heard of 2.0.0
     assert sorted(desired_version(d) for d in fleet.devices) == ["1.0.0"] * 5 + ["2.0.0"]
@@ -138,7 +142,8 @@ def test_failures_pause_the_rollout_and_abort_returns_the_devices(fleet: Fleet) 
     again = settle(fleet, rollout_id, lambda s: s["state"] == "paused")
     # It pauses at the first new failure; how many more reported by then depends on timing.
     assert re.fullmatch(
-        r"[2-6] of 6 devices failed \(1 before the last resume\) \(failure threshold 10%\)",
+        r"[2-6] of 6 devices failed \(1 before the last resume\) \(failure threshold 10%\); "
+        r"latest: d[0-5]: FAILED: simulated failure",
         again["reason"],
     ), again["reason"]
 

@@ -43,6 +43,7 @@ class StatsWindow:
     p95_ms: float
     p99_ms: float
     mean_ms: float
+    window_errors: int = 0
 
 
 class ModelMetrics:
@@ -63,6 +64,7 @@ class ModelMetrics:
         self.compute_ms = Histogram()
         self._recent: deque[float] = deque(maxlen=_RECENT)
         self._window_requests = 0
+        self._window_errors = 0
 
     def started(self) -> None:
         with self._lock:
@@ -80,6 +82,7 @@ class ModelMetrics:
                 self._recent.append(queue_ms + compute_ms)
             else:
                 self.errors += 1
+                self._window_errors += 1
 
     def reject(self) -> None:
         """Count a request refused because the model's queue was full."""
@@ -88,6 +91,7 @@ class ModelMetrics:
             self.errors += 1
             self.rejected += 1
             self._window_requests += 1
+            self._window_errors += 1
 
     def gave_up(self) -> None:
         """Count a started request that found no free interpreter in time (a rejection)."""
@@ -97,6 +101,7 @@ class ModelMetrics:
             self.errors += 1
             self.rejected += 1
             self._window_requests += 1
+            self._window_errors += 1
 
     def record(self, latency_ms: float, *, ok: bool) -> None:
         """Count one request measured as a whole (no queue)."""
@@ -107,15 +112,15 @@ class ModelMetrics:
         """Return totals and recent latency percentiles, and restart the request interval."""
         with self._lock:
             samples = np.fromiter(self._recent, dtype=np.float64)
-            window = self._window_requests
-            self._window_requests = 0
+            window, window_errors = self._window_requests, self._window_errors
+            self._window_requests = self._window_errors = 0
             requests, errors = self.requests, self.errors
         if samples.size:
             p50, p95, p99 = (float(v) for v in np.percentile(samples, [50, 95, 99]))
             mean = float(samples.mean())
         else:
             p50 = p95 = p99 = mean = 0.0
-        return StatsWindow(requests, errors, window, p50, p95, p99, mean)
+        return StatsWindow(requests, errors, window, p50, p95, p99, mean, window_errors)
 
     def snapshot(self) -> ModelMetrics:
         """A consistent copy, for rendering without holding the lock."""

@@ -40,6 +40,7 @@ def build_report(
             requests=window.requests_total,
             errors=window.errors_total,
             window_requests=window.window_requests,
+            window_errors=window.window_errors,
             device=model.device,
             backend_reason=model.backend_reason[:256],
             rejected=model.stats.rejected,

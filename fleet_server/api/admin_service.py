@@ -22,6 +22,7 @@ from fleet_server.api.push import MANIFEST_LIFETIME_S, Pusher
 from fleet_server.catalog.desired import device_targets, variant_of
 from fleet_server.catalog.select import choose, profile_from_capabilities
 from fleet_server.errors import BadRequestError, ConflictError, FleetError, NotFoundError
+from fleet_server.rollouts.plan import HealthGate
 from fleet_server.storage.db import DeviceRow, ModelRow, token_digest
 from fleet_server.storage.rollouts import RolloutRow
 from protos import admin_pb2 as pb
@@ -80,7 +81,17 @@ def _rollout_info(row: RolloutRow) -> pb.RolloutInfo:
         created_unix=row.created_at,
         updated_unix=row.updated_at,
         created_by=row.created_by,
+        health_gate=pb.HealthGate(
+            max_error_rate=row.health_gate.max_error_rate,
+            max_latency_ratio=row.health_gate.max_latency_ratio,
+            window_s=row.health_gate.window_s,
+            min_requests=row.health_gate.min_requests,
+            disabled=row.health_gate.disabled,
+            bake_s=row.health_gate.bake_s,
+        ),
     )
+    for failure in row.failures:
+        info.failures.add(device_id=failure.device_id, wave=failure.wave, detail=failure.detail)
     for wave in row.wave_status:
         info.wave_status.add(
             index=wave.index,
@@ -91,8 +102,22 @@ def _rollout_info(row: RolloutRow) -> pb.RolloutInfo:
             installed=wave.counts.installed,
             failed=wave.counts.failed,
             stalled=wave.stalled,
+            unhealthy=wave.unhealthy,
         )
     return info
+
+
+def _health_gate(gate: pb.HealthGate) -> HealthGate:
+    """The gate a CreateRollout asks for; zero fields take the defaults."""
+    default = HealthGate()
+    return HealthGate(
+        max_error_rate=round(gate.max_error_rate, 6) or default.max_error_rate,
+        max_latency_ratio=round(gate.max_latency_ratio, 6) or default.max_latency_ratio,
+        window_s=gate.window_s or default.window_s,
+        min_requests=gate.min_requests or default.min_requests,
+        bake_s=gate.bake_s,
+        disabled=gate.disabled,
+    )
 
 
 def _actor(context: Any) -> str:
@@ -579,6 +604,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             device_timeout_s=request.device_timeout_s or DEFAULT_DEVICE_TIMEOUT_S,
             created_by=_actor(context),
             allow_empty=request.allow_empty,
+            health_gate=_health_gate(request.health_gate),
         )
         log.info(
             "rollout %d of %s %s created over %d device(s)",

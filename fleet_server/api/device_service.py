@@ -247,7 +247,13 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
             self._ctx.db.set_active_version(device_id, request.model_name, request.version)
         outcome = _OUTCOMES.get(request.state)
         if outcome is not None:
-            self._ctx.rollouts.report(device_id, request.model_name, request.version, outcome)
+            self._ctx.rollouts.report(
+                device_id,
+                request.model_name,
+                request.version,
+                outcome,
+                "" if outcome == "installed" else f"{state}: {request.detail}",
+            )
             self._ctx.wake_rollouts()
         log.info(
             "device %s: %s %s %s %s",

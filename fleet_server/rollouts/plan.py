@@ -6,14 +6,19 @@ all, then half, then all). Which device lands in which wave is a stable hash of 
 the device, so canaries are spread over the fleet and the same on every replica.
 
 After each wave starts, the rollout waits until enough of that wave has installed the version
-(the success threshold, over the wave's devices that did not fail) before the next wave starts;
-when the failed fraction of all devices started so far reaches the failure threshold, it pauses
-with the reason.
+(the success threshold, over the wave's devices that did not fail) and, with a bake time, kept
+it that long, before the next wave starts; when the failed fraction of all devices started so
+far reaches the failure threshold, it pauses with the reason.
+
+A device fails by reporting a failed update or a health rollback, or by breaking the rollout's
+health gate: its telemetry after installing shows too many errors, or a p95 latency too far
+above what the same device measured before the rollout (:func:`judge_health`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,8 +30,10 @@ __all__ = [
     "DEFAULT_WAVES",
     "Counts",
     "Decision",
+    "HealthGate",
     "assign_waves",
     "decide",
+    "judge_health",
     "matches",
     "parse_waves",
     "wave_targets",
@@ -126,15 +133,82 @@ def matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     return all(labels.get(key) == value for key, value in selector.items())
 
 
+TELEMETRY_FAILURE = "telemetry: "  # how the details of health gate failures begin
+
+
+@dataclass(frozen=True)
+class HealthGate:
+    """What a device's telemetry must show about the new version after installing it."""
+
+    max_error_rate: float = 0.05
+    max_latency_ratio: float = 1.5
+    window_s: int = 600
+    min_requests: int = 50
+    bake_s: int = 0  # how long a wave's installs must last before the next wave starts
+    disabled: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_error_rate <= 1:
+            raise BadRequestError(f"max error rate {self.max_error_rate} is outside (0, 1]")
+        if not 1 <= self.max_latency_ratio <= 1000:
+            raise BadRequestError(
+                f"max latency ratio {self.max_latency_ratio} is outside 1..1000 (1.5 = 50% "
+                "slower than before)"
+            )
+        for name, value in (("health window", self.window_s), ("bake time", self.bake_s)):
+            if not 0 <= value <= 30 * 86400:
+                raise BadRequestError(f"{name} {value} s is outside 0..30 days")
+        if not 1 <= self.min_requests <= 10**9:
+            raise BadRequestError(f"min requests {self.min_requests} is outside 1..10^9")
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> HealthGate:
+        """The gate stored with a rollout; rollouts from before gates existed have none."""
+        fields = json.loads(text or "{}")
+        if not fields:
+            return cls(disabled=True)
+        return cls(**{k: v for k, v in fields.items() if k in cls.__dataclass_fields__})
+
+
+def judge_health(
+    gate: HealthGate, requests: int, errors: int, p95_ms: float, baseline_p95_ms: float | None
+) -> str:
+    """Why a device's telemetry since installing breaks the gate ("" when it does not).
+
+    Nothing is judged before ``gate.min_requests`` requests: a handful of errors on an idle
+    device says little. Latency is compared with the same device's p95 before the rollout, so
+    slow hardware is not held against a model; without that baseline only errors count.
+    """
+    if gate.disabled or requests < gate.min_requests:
+        return ""
+    rate = errors / requests
+    if rate > gate.max_error_rate:
+        return (
+            f"{TELEMETRY_FAILURE}error rate {rate:.1%} over {requests} requests after "
+            f"installing (gate {gate.max_error_rate:.1%})"
+        )
+    if baseline_p95_ms and p95_ms > baseline_p95_ms * gate.max_latency_ratio:
+        return (
+            f"{TELEMETRY_FAILURE}p95 latency {p95_ms:.1f} ms against {baseline_p95_ms:.1f} ms "
+            f"before the rollout (gate {gate.max_latency_ratio:g}x)"
+        )
+    return ""
+
+
 @dataclass(frozen=True)
 class Counts:
-    """Device states of one wave (or of several waves added together)."""
+    """Device states of one wave (or of several waves added together). ``baked`` are the
+    installed devices that have kept the version for the bake time (all of them without one)."""
 
     devices: int = 0
     waiting: int = 0
     assigned: int = 0
     installed: int = 0
     failed: int = 0
+    baked: int | None = None
 
     def __add__(self, other: Counts) -> Counts:
         return Counts(
@@ -143,7 +217,13 @@ class Counts:
             self.assigned + other.assigned,
             self.installed + other.installed,
             self.failed + other.failed,
+            self.settled + other.settled,
         )
+
+    @property
+    def settled(self) -> int:
+        """Installed devices that count towards the success threshold."""
+        return self.installed if self.baked is None else self.baked
 
 
 @dataclass(frozen=True)
@@ -178,7 +258,7 @@ def decide(
         )
     wave = waves[current]
     # Devices that failed are the failure gate's business: they do not hold the wave forever.
-    if wave.installed < math.ceil(success_threshold * (wave.devices - wave.failed) - 1e-9):
+    if wave.settled < math.ceil(success_threshold * (wave.devices - wave.failed) - 1e-9):
         return Decision("wait")
     if current + 1 >= len(waves):
         return Decision("complete")

@@ -29,7 +29,7 @@ __all__ = [
     "ModelRow",
 ]
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 
 metadata = sa.MetaData()
 
@@ -176,6 +176,8 @@ rollouts = sa.Table(
     sa.Column("rollback_envelope", sa.LargeBinary, nullable=True),
     # Failures an admin accepted by resuming: the failure gate counts only newer ones.
     sa.Column("forgiven_failures", sa.Integer, nullable=False, default=0),
+    # JSON of rollouts.plan.HealthGate: what the devices' telemetry must show after activation.
+    sa.Column("health_gate", sa.Text, nullable=False, default="{}"),
 )
 
 rollout_devices = sa.Table(
@@ -188,6 +190,13 @@ rollout_devices = sa.Table(
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("assigned_at", sa.BigInteger, nullable=True),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
+    # The health gate: the device's p95 latency of the model before it was assigned, and what
+    # its telemetry has said about the new version since it installed.
+    sa.Column("baseline_p95_ms", sa.Float, nullable=True),
+    sa.Column("health_requests", sa.BigInteger, nullable=False, default=0),
+    sa.Column("health_errors", sa.BigInteger, nullable=False, default=0),
+    sa.Column("health_p95_ms", sa.Float, nullable=True),
+    sa.Column("detail", sa.String(255), nullable=False, default=""),  # why it failed
     sa.Index("ix_rollout_devices_device", "device_id"),
 )
 
@@ -377,6 +386,22 @@ def _v12_to_v13(conn: sa.Connection) -> None:
     device_events.create(conn, checkfirst=True)
 
 
+def _v13_to_v14(conn: sa.Connection) -> None:
+    """Version 14: telemetry health gates on rollouts. (A database migrated from before
+    version 8 created the rollout tables with these columns already.)"""
+    inspector = sa.inspect(conn)
+    for table, column, kind in (
+        ("rollouts", "health_gate", "TEXT NOT NULL DEFAULT '{}'"),
+        ("rollout_devices", "baseline_p95_ms", "FLOAT"),
+        ("rollout_devices", "health_requests", "BIGINT NOT NULL DEFAULT 0"),
+        ("rollout_devices", "health_errors", "BIGINT NOT NULL DEFAULT 0"),
+        ("rollout_devices", "health_p95_ms", "FLOAT"),
+        ("rollout_devices", "detail", "VARCHAR(255) NOT NULL DEFAULT ''"),
+    ):
+        if column not in {c["name"] for c in inspector.get_columns(table)}:
+            conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+
+
 def bump_generation(conn: sa.Connection) -> None:
     """Invalidate every server's cached check-in answers (in the caller's transaction)."""
     conn.execute(
@@ -399,6 +424,7 @@ _MIGRATIONS = {
     10: _v10_to_v11,
     11: _v11_to_v12,
     12: _v12_to_v13,
+    13: _v13_to_v14,
 }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,10 +17,13 @@ import sqlalchemy as sa
 
 from fleet_server.errors import BadRequestError, ConflictError, NotFoundError
 from fleet_server.rollouts.plan import (
+    TELEMETRY_FAILURE,
     Counts,
     Decision,
+    HealthGate,
     assign_waves,
     decide,
+    judge_health,
     matches,
     parse_waves,
     wave_targets,
@@ -35,12 +38,22 @@ from fleet_server.storage.db import (
     rollouts,
 )
 
-__all__ = ["AuditRow", "DesiredRow", "RolloutRow", "RolloutStore", "WaveRow"]
+__all__ = [
+    "AuditRow",
+    "DesiredRow",
+    "FailureRow",
+    "HealthSample",
+    "RolloutRow",
+    "RolloutStore",
+    "Watched",
+    "WaveRow",
+]
 
 LIVE = ("running", "paused")
 # Rollouts whose assignments still decide what a device runs.
 IN_EFFECT = ("running", "paused", "completed", "aborted", "rolled_back")
 _BATCH = 500
+_FAILURES_SHOWN = 20
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,36 @@ class WaveRow:
     target: int
     counts: Counts
     stalled: int = 0
+    unhealthy: int = 0  # failed by the telemetry health gate
+
+
+@dataclass(frozen=True)
+class FailureRow:
+    device_id: str
+    wave: int
+    detail: str
+
+
+@dataclass(frozen=True)
+class Watched:
+    """A device whose telemetry about a model version feeds a rollout's health gate."""
+
+    rollout_id: int
+    device_id: str
+    model_name: str
+    version: str
+    until: int  # unix time the health window ends
+
+
+@dataclass(frozen=True)
+class HealthSample:
+    """What one telemetry report said about a watched device's new version."""
+
+    rollout_id: int
+    device_id: str
+    requests: int  # since the previous report
+    errors: int
+    p95_ms: float
 
 
 @dataclass(frozen=True)
@@ -72,6 +115,8 @@ class RolloutRow:
     rollback_envelope: bytes | None = None
     forgiven_failures: int = 0
     wave_status: tuple[WaveRow, ...] = field(default=())
+    health_gate: HealthGate = field(default_factory=HealthGate)
+    failures: tuple[FailureRow, ...] = field(default=())
 
 
 @dataclass(frozen=True)
@@ -98,7 +143,9 @@ class AuditRow:
     error: str
 
 
-def _row(r: Any, wave_status: tuple[WaveRow, ...] = ()) -> RolloutRow:
+def _row(
+    r: Any, wave_status: tuple[WaveRow, ...] = (), failures: tuple[FailureRow, ...] = ()
+) -> RolloutRow:
     return RolloutRow(
         rollout_id=int(r["rollout_id"]),
         model_name=r["model_name"],
@@ -119,7 +166,22 @@ def _row(r: Any, wave_status: tuple[WaveRow, ...] = ()) -> RolloutRow:
         rollback_envelope=bytes(r["rollback_envelope"]) if r["rollback_envelope"] else None,
         forgiven_failures=int(r["forgiven_failures"] or 0),
         wave_status=wave_status,
+        health_gate=HealthGate.from_json(r["health_gate"]),
+        failures=failures,
     )
+
+
+def _p95_before(report_json: str, model_name: str, version: str) -> float | None:
+    """A model's p95 latency in a device's stored telemetry, unless it is already ``version``."""
+    try:
+        report = json.loads(report_json)
+    except ValueError:
+        return None
+    for model in report.get("models", ()):
+        if model.get("model_name") == model_name and model.get("version") != version:
+            p95 = float(model.get("latency", {}).get("p95_ms", 0.0))
+            return p95 if p95 > 0 else None
+    return None
 
 
 def in_effect(row: DesiredRow) -> bool:
@@ -155,6 +217,7 @@ class RolloutStore:
         device_timeout_s: int,
         created_by: str,
         allow_empty: bool = False,
+        health_gate: HealthGate | None = None,
         now: int | None = None,
     ) -> RolloutRow:
         """Create a running rollout over the devices matching ``selector`` now.
@@ -201,6 +264,7 @@ class RolloutStore:
                     updated_at=now,
                     created_by=created_by[:128],
                     forgiven_failures=0,
+                    health_gate=(health_gate or HealthGate()).to_json(),
                 )
             )
             key = result.inserted_primary_key
@@ -289,7 +353,8 @@ class RolloutStore:
                 raise NotFoundError(f"rollout {rollout_id} does not exist")
             base = _row(r)
             waves = self._wave_status(conn, base, now)
-        return _row(r, tuple(waves))
+            failures = self._failures(conn, rollout_id)
+        return _row(r, tuple(waves), failures)
 
     def list_rollouts(self, model_name: str = "") -> list[RolloutRow]:
         """Every rollout (of one model, when named), newest first, with per-wave counts."""
@@ -304,46 +369,61 @@ class RolloutStore:
         return result
 
     @staticmethod
-    def _wave_status(conn: sa.Connection, rollout: RolloutRow, now: int) -> list[WaveRow]:
-        stale = now - rollout.device_timeout_s
-        stalled_expr = sa.func.sum(
-            sa.case(
-                (
-                    (rollout_devices.c.state == "assigned")
-                    & (rollout_devices.c.assigned_at < stale),
-                    1,
-                ),
-                else_=0,
+    def _failures(conn: sa.Connection, rollout_id: int) -> tuple[FailureRow, ...]:
+        rows = conn.execute(
+            sa.select(rollout_devices.c.device_id, rollout_devices.c.wave, rollout_devices.c.detail)
+            .where(
+                (rollout_devices.c.rollout_id == rollout_id) & (rollout_devices.c.state == "failed")
             )
-        )
+            .order_by(rollout_devices.c.updated_at.desc(), rollout_devices.c.device_id)
+            .limit(_FAILURES_SHOWN)
+        ).all()
+        return tuple(FailureRow(str(d), int(w), str(t or "")) for d, w, t in rows)
+
+    @staticmethod
+    def _wave_status(conn: sa.Connection, rollout: RolloutRow, now: int) -> list[WaveRow]:
+        c = rollout_devices.c
+
+        def count_where(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[Any]:
+            return sa.func.sum(sa.case((condition, 1), else_=0))
+
+        bake_s = 0 if rollout.health_gate.disabled else rollout.health_gate.bake_s
         rows = conn.execute(
             sa.select(
-                rollout_devices.c.wave,
-                rollout_devices.c.state,
+                c.wave,
+                c.state,
                 sa.func.count(),
-                stalled_expr,
+                count_where(
+                    (c.state == "assigned") & (c.assigned_at < now - rollout.device_timeout_s)
+                ),
+                count_where((c.state == "installed") & (c.updated_at <= now - bake_s)),
+                count_where((c.state == "failed") & c.detail.startswith(TELEMETRY_FAILURE)),
             )
-            .where(rollout_devices.c.rollout_id == rollout.rollout_id)
-            .group_by(rollout_devices.c.wave, rollout_devices.c.state)
+            .where(c.rollout_id == rollout.rollout_id)
+            .group_by(c.wave, c.state)
         ).all()
         per_wave: dict[int, dict[str, int]] = {}
-        stalled: dict[int, int] = {}
-        for wave, state, count, stalled_count in rows:
+        extra: dict[int, list[int]] = {}
+        for wave, state, count, *more in rows:
             per_wave.setdefault(int(wave), {})[str(state)] = int(count)
-            stalled[int(wave)] = stalled.get(int(wave), 0) + int(stalled_count or 0)
+            sums = extra.setdefault(int(wave), [0, 0, 0])
+            for i, value in enumerate(more):
+                sums[i] += int(value or 0)
         total = sum(sum(v.values()) for v in per_wave.values())
         targets = wave_targets(parse_waves(rollout.waves), total)
         result = []
         for index, target in enumerate(targets):
             states = per_wave.get(index, {})
+            stalled, baked, unhealthy = extra.get(index, [0, 0, 0])
             counts = Counts(
                 devices=sum(states.values()),
                 waiting=states.get("waiting", 0),
                 assigned=states.get("assigned", 0),
                 installed=states.get("installed", 0),
                 failed=states.get("failed", 0),
+                baked=baked,
             )
-            result.append(WaveRow(index, target, counts, stalled.get(index, 0)))
+            result.append(WaveRow(index, target, counts, stalled, unhealthy))
         return result
 
     # admin transitions -----------------------------------------------------------------------
@@ -493,7 +573,11 @@ class RolloutStore:
                 elif decision.action == "complete":
                     values = {"state": "completed", "reason": "every wave reached its threshold"}
                 elif decision.action == "pause":
-                    values = {"state": "paused", "reason": decision.reason[:1024]}
+                    latest = self._failures(conn, rollout_id)[:1]
+                    reason = decision.reason + "".join(
+                        f"; latest: {f.device_id}: {f.detail or 'failed'}" for f in latest
+                    )
+                    values = {"state": "paused", "reason": reason[:1024]}
                 if values:
                     conn.execute(
                         rollouts.update()
@@ -535,11 +619,28 @@ class RolloutStore:
             query = query.limit(limit)
         chosen = [str(row[0]) for row in conn.execute(query)]
         for start in range(0, len(chosen), _BATCH):
+            part = chosen[start : start + _BATCH]
             conn.execute(
                 rollout_devices.update()
-                .where(key & rollout_devices.c.device_id.in_(chosen[start : start + _BATCH]))
+                .where(key & rollout_devices.c.device_id.in_(part))
                 .values(state="assigned", assigned_at=now, updated_at=now)
             )
+            baselines = [
+                {"d": device_id, "b": p95}
+                for device_id, report in conn.execute(
+                    sa.select(devices.c.device_id, devices.c.last_telemetry).where(
+                        devices.c.device_id.in_(part) & devices.c.last_telemetry.is_not(None)
+                    )
+                )
+                if (p95 := _p95_before(report, r.model_name, r.version))
+            ]
+            if baselines:
+                conn.execute(
+                    rollout_devices.update()
+                    .where(key & (rollout_devices.c.device_id == sa.bindparam("d")))
+                    .values(baseline_p95_ms=sa.bindparam("b")),
+                    baselines,
+                )
         return chosen
 
     # what devices see and say ------------------------------------------------------------------
@@ -565,11 +666,13 @@ class RolloutStore:
             for a, b, c, d, e, f in rows
         ]
 
-    def report(self, device_id: str, model_name: str, version: str, outcome: str) -> None:
+    def report(
+        self, device_id: str, model_name: str, version: str, outcome: str, detail: str = ""
+    ) -> None:
         """Record a device's update outcome in the live rollouts of that model and version.
 
         ``outcome`` is "installed" or "failed"; a failure after an install (a health rollback)
-        counts as a failure.
+        counts as a failure. An install starts the health gate's count afresh.
         """
         sources = ("assigned", "failed") if outcome == "installed" else ("assigned", "installed")
         now = int(time.time())
@@ -587,8 +690,128 @@ class RolloutStore:
                         )
                     )
                 )
-                .values(state=outcome, updated_at=now)
+                .values(
+                    state=outcome,
+                    updated_at=now,
+                    detail=detail[:255],
+                    health_requests=0,
+                    health_errors=0,
+                    health_p95_ms=None,
+                )
             )
+
+    # the telemetry health gate ---------------------------------------------------------------
+
+    def watched(self, device_ids: Collection[str], now: int | None = None) -> list[Watched]:
+        """Which of these devices' telemetry feeds a health gate, and until when: devices
+        told to update (or updated) by a live rollout with a gate, within the gate's window
+        after installing."""
+        now = int(time.time()) if now is None else now
+        c = rollout_devices.c
+        result: list[Watched] = []
+        ids = sorted(device_ids)
+        with self._engine.connect() as conn:
+            for start in range(0, len(ids), _BATCH):
+                rows = conn.execute(
+                    sa.select(
+                        c.rollout_id,
+                        c.device_id,
+                        c.state,
+                        c.updated_at,
+                        rollouts.c.model_name,
+                        rollouts.c.version,
+                        rollouts.c.health_gate,
+                    )
+                    .join(rollouts, rollouts.c.rollout_id == c.rollout_id)
+                    .where(
+                        c.device_id.in_(ids[start : start + _BATCH])
+                        & c.state.in_(("assigned", "installed"))
+                        & rollouts.c.state.in_(LIVE)
+                    )
+                ).all()
+                for rollout_id, device_id, state, since, model, version, gate_json in rows:
+                    gate = HealthGate.from_json(gate_json)
+                    # An assigned device may report the new version just before it says it
+                    # installed it: watch it from now.
+                    until = (now if state == "assigned" else int(since)) + gate.window_s
+                    if not gate.disabled and until >= now:
+                        result.append(
+                            Watched(int(rollout_id), str(device_id), model, version, until)
+                        )
+        return result
+
+    def record_health(self, samples: Sequence[HealthSample]) -> list[FailureRow]:
+        """Add telemetry to the health gate's counts and fail the devices that break it.
+
+        Returns the devices failed now.
+        """
+        if not samples:
+            return []
+        merged: dict[tuple[int, str], list[float]] = {}
+        for sample in samples:
+            entry = merged.setdefault((sample.rollout_id, sample.device_id), [0, 0, 0.0])
+            entry[0] += sample.requests
+            entry[1] += sample.errors
+            entry[2] = sample.p95_ms or entry[2]
+        c = rollout_devices.c
+        now = int(time.time())
+        failed: list[FailureRow] = []
+        with self._engine.begin() as conn:
+            conn.execute(
+                rollout_devices.update()
+                .where(
+                    (c.rollout_id == sa.bindparam("r"))
+                    & (c.device_id == sa.bindparam("d"))
+                    & (c.state == "installed")
+                    & c.rollout_id.in_(
+                        sa.select(rollouts.c.rollout_id).where(rollouts.c.state.in_(LIVE))
+                    )
+                )
+                .values(
+                    health_requests=c.health_requests + sa.bindparam("n"),
+                    health_errors=c.health_errors + sa.bindparam("e"),
+                    health_p95_ms=sa.case(
+                        (sa.bindparam("p", type_=sa.Float) > 0, sa.bindparam("p", type_=sa.Float)),
+                        else_=c.health_p95_ms,
+                    ),
+                ),
+                [
+                    {"r": r, "d": d, "n": int(n), "e": int(e), "p": float(p)}
+                    for (r, d), (n, e, p) in merged.items()
+                ],
+            )
+            for rollout_id in {r for r, _ in merged}:
+                devices_here = [d for r, d in merged if r == rollout_id]
+                gate_json = conn.execute(
+                    sa.select(rollouts.c.health_gate).where(rollouts.c.rollout_id == rollout_id)
+                ).scalar_one()
+                gate = HealthGate.from_json(gate_json)
+                rows = conn.execute(
+                    sa.select(
+                        c.device_id,
+                        c.wave,
+                        c.health_requests,
+                        c.health_errors,
+                        c.health_p95_ms,
+                        c.baseline_p95_ms,
+                    ).where(
+                        (c.rollout_id == rollout_id)
+                        & c.device_id.in_(devices_here)
+                        & (c.state == "installed")
+                    )
+                ).all()
+                for device_id, wave, requests, errors, p95, baseline in rows:
+                    reason = judge_health(
+                        gate, int(requests), int(errors), float(p95 or 0.0), baseline
+                    )
+                    if reason:
+                        failed.append(FailureRow(str(device_id), int(wave), reason))
+                        conn.execute(
+                            rollout_devices.update()
+                            .where((c.rollout_id == rollout_id) & (c.device_id == device_id))
+                            .values(state="failed", detail=reason[:255], updated_at=now)
+                        )
+        return failed
 
     # audit -------------------------------------------------------------------------------------
 

@@ -9,7 +9,8 @@ restart can lose what devices send before the replicas reconnect.
 Each message is validated (topic, size, payload, and the device id in the payload must be the
 one its topic names), deduplicated on (device, epoch, sequence) with gaps counted as lost, and
 written in batches: the latest report per device, its online state from birth and Will, and
-update events.
+update events. Reports about a model version a live rollout has just installed on the device
+feed that rollout's health gate (:meth:`RolloutStore.record_health`).
 
 With an MQTT v5 broker the server subscribes through a shared subscription so that several
 replicas split the stream; against the embedded 3.1.1 broker it subscribes plainly (one server).
@@ -23,7 +24,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -33,6 +34,7 @@ from google.protobuf.message import DecodeError
 from agent.errors import TransientError
 from agent.telemetry.mqtt import MqttEndpoint, MqttPublisher
 from fleet_server.storage.db import Database, IngestBatch
+from fleet_server.storage.rollouts import HealthSample, RolloutStore
 from fleet_server.telemetry.sequence import Position, account
 from protos import device_pb2, telemetry_pb2
 from protos.topics import commands_topic, device_from_topic, telemetry_filter
@@ -132,6 +134,56 @@ class TelemetryIngest:
         self.duplicates = 0
         self.gaps = 0  # messages that never arrived, from sequence jumps
         self._positions: dict[str, Position | None] = {}
+        self._rollouts: RolloutStore | None = None
+        self._on_unhealthy: Callable[[], None] = lambda: None
+        # What each device last reported running, and the (device, model, version)s whose
+        # telemetry feeds a health gate -> (rollout id, end of its window).
+        self._versions: dict[str, dict[str, str]] = {}
+        self._gated: dict[tuple[str, str, str], tuple[int, int]] = {}
+        self.unhealthy = 0  # devices failed by a rollout's health gate
+
+    def watch_health(self, rollouts: RolloutStore, on_unhealthy: Callable[[], None]) -> None:
+        """Feed telemetry to the health gates of these rollouts; call ``on_unhealthy`` when a
+        device breaks one (to let the rollout controller pause it sooner)."""
+        self._rollouts = rollouts
+        self._on_unhealthy = on_unhealthy
+
+    def _health_samples(self, reports: Sequence[Any]) -> list[HealthSample]:
+        """What the reports say about model versions under a rollout's health gate.
+
+        A device changes version only when told to, so the database is asked about a device
+        only when its reported versions change (or on its first report after a restart).
+        """
+        if self._rollouts is None:
+            return []
+        changed = set()
+        for report in reports:
+            versions = {m.model_name: m.version for m in report.models}
+            if self._versions.get(report.device_id) != versions:
+                self._versions[report.device_id] = versions
+                changed.add(report.device_id)
+        now = int(time.time())
+        if changed:
+            self._gated = {
+                k: v for k, v in self._gated.items() if k[0] not in changed and v[1] >= now
+            }
+            for w in self._rollouts.watched(changed, now):
+                self._gated[(w.device_id, w.model_name, w.version)] = (w.rollout_id, w.until)
+        samples = []
+        for report in reports:
+            for model in report.models:
+                gated = self._gated.get((report.device_id, model.model_name, model.version))
+                if gated is not None and gated[1] >= now:
+                    samples.append(
+                        HealthSample(
+                            gated[0],
+                            report.device_id,
+                            model.window_requests,
+                            model.window_errors,
+                            model.latency.p95_ms,
+                        )
+                    )
+        return samples
 
     def start(self) -> None:
         """Connect, subscribe and start writing.
@@ -231,6 +283,7 @@ class TelemetryIngest:
         positions = {d: (Position(e, q) if e else None) for d, (e, q) in stored.items()}
         batch = IngestBatch()
         latest: dict[str, Any] = {}
+        reports: list[Any] = []
         accepted = rejected = duplicates = lost = 0
         for kind, message in decoded:
             device_id = message.device_id
@@ -250,6 +303,7 @@ class TelemetryIngest:
             _, _, report, count, gaps = batch.telemetry.get(device_id, ("", 0, None, 0, 0))
             if kind == "telemetry":
                 latest[device_id] = message  # only the newest is converted and stored
+                reports.append(message)
             elif message.HasField("ack"):
                 ack = message.ack
                 detail = f"{ack.kind[:32]} {ack.id[:32]} {'done' if ack.ok else 'refused'}: "
@@ -276,13 +330,32 @@ class TelemetryIngest:
             epoch, seq, _, count, gaps = batch.telemetry[device_id]
             report = MessageToDict(message, preserving_proto_field_name=True)
             batch.telemetry[device_id] = (epoch, seq, report, count, gaps)
+        samples = self._health_samples(reports)
         if batch.telemetry or batch.states or batch.events:
             self._db.record_mqtt_batch(batch)
         self._positions.update(positions)
+        if samples and self._rollouts is not None:
+            self._judge(self._rollouts, samples)
         self.accepted += accepted
         self.rejected += rejected
         self.duplicates += duplicates
         self.gaps += lost
+
+    def _judge(self, rollouts: RolloutStore, samples: list[HealthSample]) -> None:
+        # After the batch is stored: a failure here loses one report's worth of health counts,
+        # never the telemetry itself.
+        try:
+            failed = rollouts.record_health(samples)
+        except Exception:
+            log.exception("cannot update the health gates with %d report(s)", len(samples))
+            return
+        for failure in failed:
+            log.warning(
+                "device %s failed a rollout's health gate: %s", failure.device_id, failure.detail
+            )
+        if failed:
+            self.unhealthy += len(failed)
+            self._on_unhealthy()
 
     def nudge(self, device_ids: Sequence[str]) -> None:
         """Ask these devices to check in now."""
