@@ -16,6 +16,7 @@ from google.protobuf.json_format import MessageToDict
 
 from fleet_server import __version__
 from fleet_server.errors import AuthError, BadRequestError, FleetError
+from fleet_server.routing import cli as routing_cli
 from protos import admin_pb2 as pb
 from protos import admin_pb2_grpc as pb_grpc
 
@@ -833,6 +834,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--timeout", type=float, default=60.0, help="RPC timeout in seconds")
     sub = parser.add_subparsers(dest="group", required=True)
+    routing_cli.add_parser(sub)
 
     models = sub.add_parser("models", help="the model catalog")
     models_sub = models.add_subparsers(dest="action", required=True)

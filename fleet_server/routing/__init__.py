@@ -1,0 +1,1 @@
+"""Cloud routing on the server side: policies, prices and cascade evaluation."""
