@@ -20,17 +20,21 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.errors import ConfigError
+from agent.routing.policy import Policy
 
 __all__ = [
     "AgentConfig",
     "AgentSection",
     "ApiSection",
+    "CloudSection",
     "HardwareSection",
     "InferenceSection",
+    "RoutingSection",
     "ServerSection",
     "TelemetrySection",
     "UpdatesSection",
     "load_config",
+    "routing_policy",
 ]
 
 
@@ -96,6 +100,32 @@ class TelemetrySection:
 
 
 @dataclass(frozen=True)
+class CloudSection:
+    # An Open Inference Protocol v2 gRPC endpoint: grpcs://host:port (TLS) or grpc://...
+    # Empty: the one the server hands out in the desired state, if any.
+    url: str = ""
+    token_file: Path | None = None  # or systemd's credential "cloud-token"
+    ca_file: Path | None = None  # for its TLS certificate; default: the system's roots
+    timeout_s: float = 2.0  # per request, retries included
+    retries: int = 1  # on UNAVAILABLE / RESOURCE_EXHAUSTED, with jittered backoff
+    breaker_failures: int = 5  # consecutive failures that open the circuit breaker
+    breaker_cooldown_s: float = 30.0  # before one request tries the cloud again
+
+
+@dataclass(frozen=True)
+class RoutingSection:
+    """A model's routing policy set on the device, overriding the server's."""
+
+    policy: str = "local"
+    threshold: float = 0.0
+    latency_budget_ms: float = 0.0
+    cloud_model: str = ""
+    cloud_cost: float = 0.0
+    max_per_minute: int = -1  # -1: no limit; 0: no cloud calls
+    max_spend_per_day: float = -1.0  # USD; -1: no limit; 0: no cloud calls
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     agent: AgentSection = field(default_factory=AgentSection)
     server: ServerSection = field(default_factory=ServerSection)
@@ -104,6 +134,25 @@ class AgentConfig:
     hardware: HardwareSection = field(default_factory=HardwareSection)
     updates: UpdatesSection = field(default_factory=UpdatesSection)
     telemetry: TelemetrySection = field(default_factory=TelemetrySection)
+    cloud: CloudSection = field(default_factory=CloudSection)
+    routing: dict[str, RoutingSection] = field(default_factory=dict)  # per model name
+
+    def cloud_token(self) -> str:
+        """The cloud endpoint's token: from ``cloud.token_file`` or systemd's credentials dir
+        (``cloud-token``); empty when neither is there.
+
+        Raises:
+            ConfigError: the configured file cannot be read.
+        """
+        for path in _candidates(self.cloud.token_file, "cloud-token"):
+            try:
+                return path.read_text(encoding="utf-8").strip()
+            except FileNotFoundError:
+                if path == self.cloud.token_file:
+                    raise ConfigError(f"cloud.token_file {path} does not exist") from None
+            except OSError as exc:
+                raise ConfigError(f"cannot read the cloud token {path}: {exc}") from exc
+        return ""
 
     def enrollment_token(self) -> str:
         """The enrollment token: inline, from a file, or from systemd's credentials dir.
@@ -168,6 +217,12 @@ def _build(cls: type[_T], raw: Any, where: str) -> _T:
         key = f"{where}.{name}" if where else name
         if is_dataclass(default):
             values[name] = _build(type(default), value, key)
+        elif cls is AgentConfig and name == "routing":
+            table = _expect(value, dict, key)
+            values[name] = {
+                model: _build(RoutingSection, policy, f"routing.{model}")
+                for model, policy in table.items()
+            }
         elif isinstance(default, bool):
             values[name] = _expect(value, bool, key)
         elif isinstance(default, int):
@@ -235,10 +290,44 @@ def _validate(config: AgentConfig) -> None:
         raise ConfigError(f"api.metrics_listen {config.api.metrics_listen!r} must be host:port")
     if len(str(config.api.socket)) > 100:
         raise ConfigError(f"api.socket {config.api.socket} is longer than a unix socket allows")
+    c = config.cloud
+    if c.url and not c.url.startswith(("grpc://", "grpcs://")):
+        raise ConfigError(f"cloud.url {c.url!r} must start with grpcs:// or grpc://")
+    if not 0.05 <= c.timeout_s <= 300:
+        raise ConfigError("cloud.timeout_s must be within 0.05..300")
+    if not 0 <= c.retries <= 10:
+        raise ConfigError("cloud.retries must be within 0..10")
+    if not 1 <= c.breaker_failures <= 1000 or not 0 <= c.breaker_cooldown_s <= 86400:
+        raise ConfigError(
+            "cloud.breaker_failures must be within 1..1000, breaker_cooldown_s within 0..86400"
+        )
+    for model, r in config.routing.items():
+        try:
+            routing_policy(r)
+        except ConfigError as exc:
+            raise ConfigError(f"routing.{model}: {exc}") from exc
     if config.telemetry.mqtt_url and not config.telemetry.mqtt_url.startswith(
         ("mqtt://", "mqtts://")
     ):
         raise ConfigError("telemetry.mqtt_url must start with mqtt:// or mqtts://")
+
+
+def routing_policy(section: RoutingSection) -> Policy:
+    """The policy a [routing.MODEL] table sets.
+
+    Raises:
+        ConfigError: an unknown policy or an out-of-range value.
+    """
+    return Policy(
+        kind=section.policy,
+        threshold=section.threshold,
+        latency_budget_ms=section.latency_budget_ms,
+        cloud_model=section.cloud_model,
+        cloud_cost=section.cloud_cost,
+        max_per_minute=None if section.max_per_minute < 0 else section.max_per_minute,
+        max_spend_per_day=None if section.max_spend_per_day < 0 else section.max_spend_per_day,
+        source="config",
+    )
 
 
 def load_config(path: Path) -> AgentConfig:
@@ -277,4 +366,8 @@ def load_config(path: Path) -> AgentConfig:
         config = replace(
             config, server=replace(config.server, ca_file=base / config.server.ca_file)
         )
+    for name in ("token_file", "ca_file"):
+        value = getattr(config.cloud, name)
+        if value is not None and not value.is_absolute():
+            config = replace(config, cloud=replace(config.cloud, **{name: base / value}))
     return config

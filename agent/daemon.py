@@ -20,14 +20,24 @@ from google.protobuf.message import DecodeError
 
 from agent import __version__
 from agent.client import DeviceClient
-from agent.config import AgentConfig
-from agent.errors import AgentError, EnrollmentError, ManifestError, TransientError
+from agent.config import AgentConfig, routing_policy
+from agent.errors import (
+    AgentError,
+    ConfigError,
+    EnrollmentError,
+    ManifestError,
+    TransientError,
+)
 from agent.hardware.probe import HardwareInfo, probe, to_capabilities
 from agent.identity import Identity, new_key_and_csr
 from agent.inference.engine import Engine, EngineOptions
 from agent.inference.metrics_http import MetricsServer
 from agent.inference.metrics_http import render as render_metrics
 from agent.inference.oip import create_server
+from agent.routing.cloud import CloudClient, CloudTarget
+from agent.routing.guards import Breaker
+from agent.routing.policy import Policy
+from agent.routing.router import Router
 from agent.telemetry.forward import Forwarder
 from agent.telemetry.mqtt import MqttPublisher, parse_mqtt_url
 from agent.telemetry.report import build_report
@@ -76,6 +86,83 @@ class Agent:
             config.server.address, timeout_s=config.server.timeout_s, ca_pem=config.fleet_ca()
         )
         self._started = time.monotonic()
+        cloud = config.cloud
+        self.router = Router(
+            self._cloud_client(CloudTarget(cloud.url, config.cloud_token(), self._cloud_ca()))
+            if cloud.url
+            else None,
+            overrides={name: routing_policy(r) for name, r in config.routing.items()},
+            breaker=Breaker(cloud.breaker_failures, cloud.breaker_cooldown_s),
+        )
+        self._endpoint: device_pb2.CloudEndpoint | None = None
+
+    def _cloud_ca(self) -> bytes | None:
+        path = self.config.cloud.ca_file
+        if path is None:
+            return None
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read cloud.ca_file {path}: {exc}") from exc
+
+    def _cloud_client(self, target: CloudTarget) -> CloudClient:
+        c = self.config.cloud
+        log.info("cloud endpoint %s", target.url)
+        return CloudClient(target, timeout_s=c.timeout_s, retries=c.retries)
+
+    def _apply_routing(self, response: device_pb2.CheckInResponse) -> None:
+        """Adopt the server's routing policies and, unless the config names one, its cloud
+        endpoint."""
+        policies = {}
+        for r in response.routing:
+            try:
+                policies[r.model_name] = Policy(
+                    kind=r.policy,
+                    threshold=r.threshold,
+                    latency_budget_ms=r.latency_budget_ms,
+                    cloud_model=r.cloud_model,
+                    cloud_cost=r.cloud_cost,
+                    max_per_minute=r.max_per_minute if r.HasField("max_per_minute") else None,
+                    max_spend_per_day=r.max_spend_per_day
+                    if r.HasField("max_spend_per_day")
+                    else None,
+                    source="server",
+                    reason=r.reason,
+                )
+            except ConfigError as exc:
+                log.warning("ignoring the server's routing for %s: %s", r.model_name, exc)
+        self.router.set_server_policies(policies)
+        endpoint = response.cloud_endpoint if response.HasField("cloud_endpoint") else None
+        if self.config.cloud.url or endpoint == self._endpoint:
+            return
+        self._endpoint = endpoint
+        old = self.router.cloud
+        try:
+            self.router.cloud = (
+                self._cloud_client(
+                    CloudTarget(
+                        self._with_server_host(endpoint.url),
+                        endpoint.token,
+                        endpoint.ca_pem or None,
+                    )
+                )
+                if endpoint is not None and endpoint.url
+                else None
+            )
+        except ValueError as exc:
+            log.warning("ignoring the server's cloud endpoint: %s", exc)
+            self.router.cloud = None
+        if old is not None:
+            old.close()
+
+    def _with_server_host(self, url: str) -> str:
+        """``grpcs://:8443`` (the server's own service, on any address) -> the host this
+        agent reaches the fleet server on."""
+        scheme, _, rest = url.partition("://")
+        if not rest.startswith(":"):
+            return url
+        host = self.config.server.address.rsplit(":", 1)[0]
+        return f"{scheme}://{host}{rest}"
 
     def run(self, stop: threading.Event) -> None:
         """Run until ``stop`` is set.
@@ -103,6 +190,7 @@ class Agent:
                 self.engine,
                 socket_path=self.config.api.socket,
                 tcp_address=self.config.api.listen or None,
+                router=self.router,
             )
         except OSError as exc:
             raise AgentError(f"cannot start the local inference API: {exc}") from exc
@@ -250,6 +338,7 @@ class Agent:
                     self._rotate_keys(response.keylist.SerializeToString(), updater)
                 updater.apply(response.desired)
                 self._note_cloud_routes(response.cloud)
+                self._apply_routing(response)
                 attempt = 0
                 wait = interval
                 self._watch(stop, updater, wait)
@@ -307,9 +396,8 @@ class Agent:
         )
 
     def _note_cloud_routes(self, routes: Sequence[device_pb2.CloudRoute]) -> None:
-        """Log, once per change, the models the server says this device cannot run locally.
-        (Serving them from the cloud is the cloud-routing issue's; until then they are not
-        served here, and what the device already runs keeps running.)"""
+        """Log, once per change, the models the server says this device cannot run locally
+        (they come with a "cloud" routing policy)."""
         current = {r.model_name: (r.version, r.reason) for r in routes}
         for name, (version, why) in current.items():
             if self._cloud_routes.get(name) != (version, why):
@@ -506,6 +594,7 @@ class Agent:
                         epoch=spool.epoch,
                         spool_dropped=spool.dropped,
                         system=system.sample(),
+                        router=self.router,
                     )
                     spool.append(telemetry, payload)
                     next_report = max(next_report + interval, now)

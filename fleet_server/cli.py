@@ -16,11 +16,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import AgentError
 from fleet_server import __version__
 from fleet_server.errors import DataDirError, FleetError
+
+if TYPE_CHECKING:
+    from fleet_server.api.server import ServerContext
+    from fleet_server.cloud import ReferenceCloud
+    from fleet_server.datadir import DataDir
 
 __all__ = ["main"]
 
@@ -215,12 +220,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
         ) from exc
     # Devices dial the device port on the host they enrolled through, unless told otherwise.
     ctx.device_address = args.device_advertise or f":{device_port}"
+    cloud = _cloud(args, ctx, data_dir, tls_names)
     server.start()
     metrics = _start_metrics(args.metrics_listen, ctx, ingest)
     if controller is not None:
         controller.start()
     ctx.last_seen.start()
-    ports = _Ports(port, device_port, ctx.device_address, mqtt_url or "")
+    ports = _Ports(
+        port,
+        device_port,
+        ctx.device_address,
+        mqtt_url or "",
+        ctx.cloud_endpoint.url if cloud is not None and ctx.cloud_endpoint else "",
+    )
     workers = _start_workers(args, ports)
     log.info(
         "fleet %s: gRPC on port %d (TLS), devices on port %d (mTLS), telemetry via %s%s",
@@ -252,6 +264,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             worker.terminate()
         if metrics is not None:
             metrics.stop()
+        if cloud is not None:
+            cloud.stop()
         server.stop(grace=5).wait()
         for worker in workers:
             try:
@@ -315,6 +329,7 @@ class _Ports:
     device_port: int
     advertise: str
     mqtt_url: str
+    cloud_url: str = ""  # the main process's reference cloud service, if it runs one
 
 
 def _supervise(
@@ -341,6 +356,55 @@ def _supervise(
         (replacement,) = _start_workers(args, ports, count=1)
         log.warning("worker %d exited %d; started %d", worker.pid, code, replacement.pid)
         workers[i] = replacement
+
+
+def _cloud(
+    args: argparse.Namespace, ctx: ServerContext, data_dir: DataDir, tls_names: list[str]
+) -> ReferenceCloud | None:
+    """Start the reference cloud service (--cloud-listen) or note an external endpoint
+    (--cloud-url): what devices routed to the cloud are told to use.
+
+    Raises:
+        DataDirError: the service cannot listen, or a file cannot be read.
+    """
+    from fleet_server.cloud import ReferenceCloud  # noqa: PLC0415
+    from protos import device_pb2  # noqa: PLC0415
+
+    if args.cloud_listen and not args.worker:
+        key_pem, cert_pem = ctx.ca.server_credentials(tls_names)
+        cloud = ReferenceCloud(
+            ctx.db,
+            ctx.artifacts,
+            token=data_dir.cloud_token(),
+            tls_key_pem=key_pem,
+            tls_cert_pem=cert_pem,
+        )
+        try:
+            cloud_port = cloud.start(args.cloud_listen)
+        except OSError as exc:
+            raise DataDirError(f"reference cloud service: {exc}") from exc
+        host, _ = _split_host_port(args.cloud_listen, "--cloud-listen")
+        # A wildcard address: devices dial the host they reach the fleet server on.
+        shown = "" if host in ("", "0.0.0.0", "::") else _bracket(host)  # noqa: S104
+        ctx.cloud_endpoint = device_pb2.CloudEndpoint(
+            url=f"grpcs://{shown}:{cloud_port}",
+            token=data_dir.cloud_token(),
+            ca_pem=ctx.ca.cert_pem,
+        )
+        log.info("reference cloud inference service on port %d (TLS, token)", cloud_port)
+        return cloud
+    if args.cloud_url:
+        if not args.cloud_url.startswith(("grpc://", "grpcs://")):
+            raise DataDirError("--cloud-url must be grpcs://host:port or grpc://host:port")
+        token = data_dir.read_secret(args.cloud_token_file) if args.cloud_token_file else ""
+        try:
+            ca_pem = args.cloud_ca_file.read_bytes() if args.cloud_ca_file else b""
+        except OSError as exc:
+            raise DataDirError(f"cannot read {args.cloud_ca_file}: {exc.strerror}") from exc
+        ctx.cloud_endpoint = device_pb2.CloudEndpoint(
+            url=args.cloud_url, token=token, ca_pem=ca_pem
+        )
+    return None
 
 
 def _start_workers(
@@ -378,6 +442,21 @@ def _start_workers(
         ]
     if args.db_url:
         cmd += ["--db-url", args.db_url]
+    if ports.cloud_url:
+        cmd += [
+            "--cloud-url",
+            ports.cloud_url,
+            "--cloud-token-file",
+            str(args.data_dir / "cloud.token"),
+            "--cloud-ca-file",
+            str(args.data_dir / "ca" / "ca.crt"),
+        ]
+    elif args.cloud_url:
+        cmd += ["--cloud-url", args.cloud_url]
+        if args.cloud_token_file:
+            cmd += ["--cloud-token-file", str(args.cloud_token_file)]
+        if args.cloud_ca_file:
+            cmd += ["--cloud-ca-file", str(args.cloud_ca_file)]
     for name in args.tls_name or ():
         cmd += ["--tls-name", name]
     if args.no_bootstrap_token:
@@ -467,6 +546,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--mqtt-client-id",
         help="the ingest's MQTT client id: its persistent session queues telemetry while the "
         "server restarts (default: edgefleet-server-FLEET-HOST-PORT; unique per replica)",
+    )
+    run.add_argument(
+        "--cloud-listen",
+        default="",
+        metavar="HOST:PORT",
+        help="serve the reference cloud inference service (OIP v2 over TLS, token in "
+        "DATA_DIR/cloud.token) with the catalog's full-precision variants; port 0 = any free "
+        "port. Devices routed to the cloud are told to use it",
+    )
+    run.add_argument(
+        "--cloud-url",
+        default="",
+        help="tell devices routed to the cloud to use this OIP v2 endpoint instead "
+        "(grpcs://host:port or grpc://host:port)",
+    )
+    run.add_argument(
+        "--cloud-token-file",
+        type=Path,
+        help="the bearer token of --cloud-url, from this file",
+    )
+    run.add_argument(
+        "--cloud-ca-file",
+        type=Path,
+        help="the CA of --cloud-url's TLS certificate (default: the system's roots)",
     )
     run.add_argument(
         "--rollout-interval",

@@ -83,6 +83,23 @@ class DataDir:
     def enrollment_token_file(self) -> Path:
         return self.root / "enrollment.token"
 
+    @property
+    def cloud_token_file(self) -> Path:
+        return self.root / "cloud.token"
+
+    def cloud_token(self) -> str:
+        """The reference cloud service's token, created (0600) on first use.
+
+        Raises:
+            DataDirError: it cannot be read or written.
+        """
+        if not self.cloud_token_file.exists():
+            try:
+                _write_secret(self.cloud_token_file, secrets.token_urlsafe(24).encode())
+            except OSError as exc:
+                raise DataDirError(f"cannot write {self.cloud_token_file}: {exc}") from exc
+        return self.read_secret(self.cloud_token_file)
+
     def read_secret(self, path: Path) -> str:
         """A token file's content.
 

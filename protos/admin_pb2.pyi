@@ -7,6 +7,87 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class RoutingPolicyInfo(_message.Message):
+    __slots__ = ("model_name", "selector", "policy", "threshold", "latency_budget_ms", "cloud_model", "max_per_minute", "max_spend_per_day", "updated_unix", "updated_by")
+    class SelectorEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_BUDGET_MS_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_MODEL_FIELD_NUMBER: _ClassVar[int]
+    MAX_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    MAX_SPEND_PER_DAY_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    selector: _containers.ScalarMap[str, str]
+    policy: str
+    threshold: float
+    latency_budget_ms: float
+    cloud_model: str
+    max_per_minute: int
+    max_spend_per_day: float
+    updated_unix: int
+    updated_by: str
+    def __init__(self, model_name: _Optional[str] = ..., selector: _Optional[_Mapping[str, str]] = ..., policy: _Optional[str] = ..., threshold: _Optional[float] = ..., latency_budget_ms: _Optional[float] = ..., cloud_model: _Optional[str] = ..., max_per_minute: _Optional[int] = ..., max_spend_per_day: _Optional[float] = ..., updated_unix: _Optional[int] = ..., updated_by: _Optional[str] = ...) -> None: ...
+
+class ListRoutingPoliciesRequest(_message.Message):
+    __slots__ = ("model_name",)
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    def __init__(self, model_name: _Optional[str] = ...) -> None: ...
+
+class ListRoutingPoliciesResponse(_message.Message):
+    __slots__ = ("policies",)
+    POLICIES_FIELD_NUMBER: _ClassVar[int]
+    policies: _containers.RepeatedCompositeFieldContainer[RoutingPolicyInfo]
+    def __init__(self, policies: _Optional[_Iterable[_Union[RoutingPolicyInfo, _Mapping]]] = ...) -> None: ...
+
+class DeleteRoutingPolicyRequest(_message.Message):
+    __slots__ = ("model_name", "selector")
+    class SelectorEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    selector: _containers.ScalarMap[str, str]
+    def __init__(self, model_name: _Optional[str] = ..., selector: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class PriceTable(_message.Message):
+    __slots__ = ("cloud_per_request", "energy_per_kwh", "device_power_w", "power_by_class")
+    class PowerByClassEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    CLOUD_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_PER_KWH_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_POWER_W_FIELD_NUMBER: _ClassVar[int]
+    POWER_BY_CLASS_FIELD_NUMBER: _ClassVar[int]
+    cloud_per_request: float
+    energy_per_kwh: float
+    device_power_w: float
+    power_by_class: _containers.ScalarMap[str, float]
+    def __init__(self, cloud_per_request: _Optional[float] = ..., energy_per_kwh: _Optional[float] = ..., device_power_w: _Optional[float] = ..., power_by_class: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class GetPricesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class DeviceRequest(_message.Message):
     __slots__ = ("device_id",)
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]

@@ -154,6 +154,31 @@ class AdminServiceStub:
                 request_serializer=protos_dot_admin__pb2.ListAuditRequest.SerializeToString,
                 response_deserializer=protos_dot_admin__pb2.ListAuditResponse.FromString,
                 _registered_method=True)
+        self.SetRoutingPolicy = channel.unary_unary(
+                '/edgefleet.v1.AdminService/SetRoutingPolicy',
+                request_serializer=protos_dot_admin__pb2.RoutingPolicyInfo.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.RoutingPolicyInfo.FromString,
+                _registered_method=True)
+        self.ListRoutingPolicies = channel.unary_unary(
+                '/edgefleet.v1.AdminService/ListRoutingPolicies',
+                request_serializer=protos_dot_admin__pb2.ListRoutingPoliciesRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.ListRoutingPoliciesResponse.FromString,
+                _registered_method=True)
+        self.DeleteRoutingPolicy = channel.unary_unary(
+                '/edgefleet.v1.AdminService/DeleteRoutingPolicy',
+                request_serializer=protos_dot_admin__pb2.DeleteRoutingPolicyRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.ListRoutingPoliciesResponse.FromString,
+                _registered_method=True)
+        self.SetPrices = channel.unary_unary(
+                '/edgefleet.v1.AdminService/SetPrices',
+                request_serializer=protos_dot_admin__pb2.PriceTable.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.PriceTable.FromString,
+                _registered_method=True)
+        self.GetPrices = channel.unary_unary(
+                '/edgefleet.v1.AdminService/GetPrices',
+                request_serializer=protos_dot_admin__pb2.GetPricesRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.PriceTable.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -318,6 +343,38 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetRoutingPolicy(self, request, context):
+        """Cloud routing: a policy per model for the devices matching a label selector.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRoutingPolicies(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRoutingPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPrices(self, request, context):
+        """The price table behind cloud budgets and cost reports.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPrices(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -440,6 +497,31 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=protos_dot_admin__pb2.ListAuditRequest.FromString,
                     response_serializer=protos_dot_admin__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'SetRoutingPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRoutingPolicy,
+                    request_deserializer=protos_dot_admin__pb2.RoutingPolicyInfo.FromString,
+                    response_serializer=protos_dot_admin__pb2.RoutingPolicyInfo.SerializeToString,
+            ),
+            'ListRoutingPolicies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRoutingPolicies,
+                    request_deserializer=protos_dot_admin__pb2.ListRoutingPoliciesRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.ListRoutingPoliciesResponse.SerializeToString,
+            ),
+            'DeleteRoutingPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRoutingPolicy,
+                    request_deserializer=protos_dot_admin__pb2.DeleteRoutingPolicyRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.ListRoutingPoliciesResponse.SerializeToString,
+            ),
+            'SetPrices': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPrices,
+                    request_deserializer=protos_dot_admin__pb2.PriceTable.FromString,
+                    response_serializer=protos_dot_admin__pb2.PriceTable.SerializeToString,
+            ),
+            'GetPrices': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPrices,
+                    request_deserializer=protos_dot_admin__pb2.GetPricesRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.PriceTable.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1090,6 +1172,141 @@ class AdminService:
             '/edgefleet.v1.AdminService/ListAudit',
             protos_dot_admin__pb2.ListAuditRequest.SerializeToString,
             protos_dot_admin__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRoutingPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/SetRoutingPolicy',
+            protos_dot_admin__pb2.RoutingPolicyInfo.SerializeToString,
+            protos_dot_admin__pb2.RoutingPolicyInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRoutingPolicies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/ListRoutingPolicies',
+            protos_dot_admin__pb2.ListRoutingPoliciesRequest.SerializeToString,
+            protos_dot_admin__pb2.ListRoutingPoliciesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRoutingPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/DeleteRoutingPolicy',
+            protos_dot_admin__pb2.DeleteRoutingPolicyRequest.SerializeToString,
+            protos_dot_admin__pb2.ListRoutingPoliciesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPrices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/SetPrices',
+            protos_dot_admin__pb2.PriceTable.SerializeToString,
+            protos_dot_admin__pb2.PriceTable.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPrices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/GetPrices',
+            protos_dot_admin__pb2.GetPricesRequest.SerializeToString,
+            protos_dot_admin__pb2.PriceTable.FromString,
             options,
             channel_credentials,
             insecure,

@@ -152,7 +152,7 @@ class CheckInRequest(_message.Message):
     def __init__(self, capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., active: _Optional[_Iterable[_Union[ActiveModel, _Mapping]]] = ..., state_version: _Optional[str] = ..., fresh: _Optional[bool] = ...) -> None: ...
 
 class CheckInResponse(_message.Message):
-    __slots__ = ("desired", "next_checkin_s", "mqtt_url", "keylist", "cloud", "state_version", "unchanged")
+    __slots__ = ("desired", "next_checkin_s", "mqtt_url", "keylist", "cloud", "state_version", "unchanged", "routing", "cloud_endpoint")
     DESIRED_FIELD_NUMBER: _ClassVar[int]
     NEXT_CHECKIN_S_FIELD_NUMBER: _ClassVar[int]
     MQTT_URL_FIELD_NUMBER: _ClassVar[int]
@@ -160,6 +160,8 @@ class CheckInResponse(_message.Message):
     CLOUD_FIELD_NUMBER: _ClassVar[int]
     STATE_VERSION_FIELD_NUMBER: _ClassVar[int]
     UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     desired: _containers.RepeatedCompositeFieldContainer[_manifest_pb2.Envelope]
     next_checkin_s: int
     mqtt_url: str
@@ -167,7 +169,41 @@ class CheckInResponse(_message.Message):
     cloud: _containers.RepeatedCompositeFieldContainer[CloudRoute]
     state_version: str
     unchanged: bool
-    def __init__(self, desired: _Optional[_Iterable[_Union[_manifest_pb2.Envelope, _Mapping]]] = ..., next_checkin_s: _Optional[int] = ..., mqtt_url: _Optional[str] = ..., keylist: _Optional[_Union[_manifest_pb2.Envelope, _Mapping]] = ..., cloud: _Optional[_Iterable[_Union[CloudRoute, _Mapping]]] = ..., state_version: _Optional[str] = ..., unchanged: _Optional[bool] = ...) -> None: ...
+    routing: _containers.RepeatedCompositeFieldContainer[RoutingPolicy]
+    cloud_endpoint: CloudEndpoint
+    def __init__(self, desired: _Optional[_Iterable[_Union[_manifest_pb2.Envelope, _Mapping]]] = ..., next_checkin_s: _Optional[int] = ..., mqtt_url: _Optional[str] = ..., keylist: _Optional[_Union[_manifest_pb2.Envelope, _Mapping]] = ..., cloud: _Optional[_Iterable[_Union[CloudRoute, _Mapping]]] = ..., state_version: _Optional[str] = ..., unchanged: _Optional[bool] = ..., routing: _Optional[_Iterable[_Union[RoutingPolicy, _Mapping]]] = ..., cloud_endpoint: _Optional[_Union[CloudEndpoint, _Mapping]] = ...) -> None: ...
+
+class RoutingPolicy(_message.Message):
+    __slots__ = ("model_name", "policy", "threshold", "latency_budget_ms", "cloud_model", "cloud_cost", "max_per_minute", "max_spend_per_day", "reason")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_BUDGET_MS_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_MODEL_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_COST_FIELD_NUMBER: _ClassVar[int]
+    MAX_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    MAX_SPEND_PER_DAY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    policy: str
+    threshold: float
+    latency_budget_ms: float
+    cloud_model: str
+    cloud_cost: float
+    max_per_minute: int
+    max_spend_per_day: float
+    reason: str
+    def __init__(self, model_name: _Optional[str] = ..., policy: _Optional[str] = ..., threshold: _Optional[float] = ..., latency_budget_ms: _Optional[float] = ..., cloud_model: _Optional[str] = ..., cloud_cost: _Optional[float] = ..., max_per_minute: _Optional[int] = ..., max_spend_per_day: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CloudEndpoint(_message.Message):
+    __slots__ = ("url", "token", "ca_pem")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CA_PEM_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    token: str
+    ca_pem: bytes
+    def __init__(self, url: _Optional[str] = ..., token: _Optional[str] = ..., ca_pem: _Optional[bytes] = ...) -> None: ...
 
 class CloudRoute(_message.Message):
     __slots__ = ("model_name", "version", "reason")

@@ -20,7 +20,7 @@ class LatencySummary(_message.Message):
     def __init__(self, p50_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., mean_ms: _Optional[float] = ...) -> None: ...
 
 class ModelTelemetry(_message.Message):
-    __slots__ = ("model_name", "version", "backend", "requests", "errors", "latency", "window_requests", "device", "backend_reason", "rejected", "window_errors")
+    __slots__ = ("model_name", "version", "backend", "requests", "errors", "latency", "window_requests", "device", "backend_reason", "rejected", "window_errors", "routing_policy", "cloud_requests", "cloud_errors", "cloud_skipped", "cloud_cost_usd", "window_cloud_requests", "window_cloud_cost_usd")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,13 @@ class ModelTelemetry(_message.Message):
     BACKEND_REASON_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     WINDOW_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_POLICY_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_COST_USD_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_CLOUD_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_CLOUD_COST_USD_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: str
     backend: str
@@ -43,7 +50,14 @@ class ModelTelemetry(_message.Message):
     backend_reason: str
     rejected: int
     window_errors: int
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., backend: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., latency: _Optional[_Union[LatencySummary, _Mapping]] = ..., window_requests: _Optional[int] = ..., device: _Optional[str] = ..., backend_reason: _Optional[str] = ..., rejected: _Optional[int] = ..., window_errors: _Optional[int] = ...) -> None: ...
+    routing_policy: str
+    cloud_requests: int
+    cloud_errors: int
+    cloud_skipped: int
+    cloud_cost_usd: float
+    window_cloud_requests: int
+    window_cloud_cost_usd: float
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., backend: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., latency: _Optional[_Union[LatencySummary, _Mapping]] = ..., window_requests: _Optional[int] = ..., device: _Optional[str] = ..., backend_reason: _Optional[str] = ..., rejected: _Optional[int] = ..., window_errors: _Optional[int] = ..., routing_policy: _Optional[str] = ..., cloud_requests: _Optional[int] = ..., cloud_errors: _Optional[int] = ..., cloud_skipped: _Optional[int] = ..., cloud_cost_usd: _Optional[float] = ..., window_cloud_requests: _Optional[int] = ..., window_cloud_cost_usd: _Optional[float] = ...) -> None: ...
 
 class TelemetryReport(_message.Message):
     __slots__ = ("device_id", "seq", "sent_unix_ms", "models", "uptime_s", "epoch", "spool_dropped", "system")

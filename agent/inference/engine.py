@@ -108,6 +108,7 @@ class LoadedModel:
         self._pool: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
         for interpreter in interpreters:
             self._pool.put(_Slot(interpreter))
+        self.queue_depth = queue_depth
         self._admission = threading.BoundedSemaphore(self.workers + queue_depth)
         self._queue_timeout = queue_timeout_s
         self._expected = [(np.dtype(t.dtype), t.shape, t.name) for t in info.inputs]
@@ -116,6 +117,11 @@ class LoadedModel:
     def memory_bytes(self) -> int:
         """Estimated resident cost: the model file plus one activation arena per interpreter."""
         return self.info.size + self.workers * self.info.activation_bytes
+
+    @property
+    def saturated(self) -> bool:
+        """Every interpreter busy and the queue full: a new request would be refused."""
+        return self.stats.in_flight >= self.workers + self.queue_depth
 
     @property
     def idle(self) -> bool:

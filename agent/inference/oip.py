@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,8 @@ from agent.errors import (
 from agent.inference.engine import Engine, LoadedModel
 from agent.inference.modelfile import TensorInfo
 from agent.inference.shm import SharedMemoryRegistry
+from agent.routing.policy import Policy, cascade_reason, precheck
+from agent.routing.router import Router
 from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc as pb_grpc
 
@@ -244,6 +246,29 @@ _ENGINE_ERRORS: tuple[tuple[type[AgentError], grpc.StatusCode], ...] = (
 )
 
 
+_CALLER_ERRORS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
+
+
+def _uses_shm(request: pb.ModelInferRequest) -> bool:
+    return any("shared_memory_region" in t.parameters for t in request.inputs)
+
+
+def _top_score(tensor: TensorInfo, raw: np.ndarray) -> float:
+    """The largest value of an output, in real numbers (dequantized when quantized)."""
+    if raw.size == 0:
+        return 0.0
+    top = float(raw.max())
+    return (top - tensor.zero_point) * tensor.scale if tensor.quantized else top
+
+
+def _mark(response: pb.ModelInferResponse, path: str, reason: str, variant: str = "") -> None:
+    """Say in the response which path served it, which variant, and why."""
+    response.parameters["edgefleet.path"].string_param = path
+    response.parameters["edgefleet.reason"].string_param = reason[:512]
+    if variant:
+        response.parameters["edgefleet.variant"].string_param = variant
+
+
 def _status_for(exc: AgentError) -> grpc.StatusCode:
     for kind, code in _ENGINE_ERRORS:
         if isinstance(exc, kind):
@@ -260,8 +285,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         *,
         is_ready: Callable[[], bool] | None = None,
         shm: SharedMemoryRegistry | None = None,
+        router: Router | None = None,
     ) -> None:
         self._engine = engine
+        self._router = router
         self._shm = shm or SharedMemoryRegistry()
         self._is_ready = is_ready or (lambda: any(s.state == "READY" for s in engine.index()))
 
@@ -314,29 +341,100 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:  # noqa: N802
-        model = self._model(request.model_name, request.model_version, context)
+        policy = self._router.policy(request.model_name) if self._router else None
+        try:
+            # Tensors in shared memory cannot travel to the cloud: those requests stay local.
+            if policy is not None and policy.uses_cloud and not _uses_shm(request):
+                return self._routed(request, policy)
+            response, _ = self._local(request)
+        except _AbortError as exc:
+            context.abort(exc.code, exc.message)
+        _mark(response, "local", "policy local")
+        return response
+
+    def _routed(self, request: pb.ModelInferRequest, policy: Policy) -> pb.ModelInferResponse:
+        """Serve a request under a cloud-using policy (see ``agent.routing.policy``).
+
+        Raises:
+            _AbortError: neither the local model nor the cloud could answer, or bad input.
+        """
+        router = self._router
+        assert router is not None  # noqa: S101 - only called with a router
+        name = request.model_name
+        model = self._engine.peek(name)
+        why = precheck(
+            policy,
+            loaded=model is not None,
+            queue_full=model is not None and model.saturated,
+            recent_ms=model.stats.recent_p50() if model is not None else 0.0,
+        )
+        local: pb.ModelInferResponse | None = None
+        local_error: _AbortError | None = None
+        if not why:
+            try:
+                local, top = self._local(request)
+            except _AbortError as exc:
+                if exc.code in _CALLER_ERRORS:
+                    raise  # the caller's mistake: the cloud would refuse it too
+                local_error = exc
+                why = f"local failed: {exc.message}"
+            else:
+                why = cascade_reason(policy, top)
+                if not why:
+                    _mark(local, "local", f"{policy.kind}: local answer kept")
+                    return local
+        answer, refused = router.call_cloud(name, policy, request)
+        if answer is not None:
+            answer.model_name = name
+            answer.id = request.id
+            _mark(answer, "cloud", why, f"cloud:{policy.cloud_model or name}")
+            return answer
+        if local is None and local_error is None and model is not None:
+            # The cloud was preferred (latency budget, full queue) but cannot answer.
+            try:
+                local, _ = self._local(request)
+            except _AbortError as exc:
+                local_error = exc
+        if local is not None:
+            _mark(local, "local", f"{why}; {refused}")
+            local.parameters["edgefleet.cloud_skipped"].string_param = refused
+            return local
+        detail = f"{why}; {refused}"
+        if local_error is not None and why.startswith("local failed"):
+            raise _AbortError(local_error.code, detail)
+        raise _AbortError(grpc.StatusCode.UNAVAILABLE, f"model {name}: {detail}")
+
+    def _local(self, request: pb.ModelInferRequest) -> tuple[pb.ModelInferResponse, float]:
+        """Run a request on the local model: the response and the top value of its first
+        output in real numbers (a classifier's top score).
+
+        Raises:
+            _AbortError: with the status the error maps to.
+        """
+        try:
+            model = self._engine.get(request.model_name, request.model_version)
+        except AgentError as exc:
+            raise _AbortError(_status_for(exc), str(exc)) from exc
         try:
             inputs, real_values = _decode_inputs(request, model, self._shm)
             outputs = model.infer(inputs)
-        except _AbortError as exc:
-            context.abort(exc.code, exc.message)
         except AgentError as exc:
             if isinstance(exc, InferenceError):
                 log.warning("inference failed: %s", exc)
-            context.abort(_status_for(exc), str(exc))
+            raise _AbortError(_status_for(exc), str(exc)) from exc
         requested = {o.name: o for o in request.outputs}
         known = {t.name for t in model.info.outputs}
         unknown = set(requested) - known
         if unknown:
-            context.abort(
+            raise _AbortError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"model {model.name} has no output(s) {sorted(unknown)} (outputs: {sorted(known)})",
             )
         response = pb.ModelInferResponse(
             model_name=model.name, model_version=model.version, id=request.id
         )
-        response.parameters["edgefleet.path"].string_param = "local"
         response.parameters["edgefleet.backend"].string_param = model.backend
+        response.parameters["edgefleet.variant"].string_param = f"{model.version}:{model.backend}"
         in_shm = []
         for tensor, raw in zip(model.info.outputs, outputs, strict=True):
             if requested and tensor.name not in requested:
@@ -364,7 +462,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     )
                 self._shm.view(region, offset, len(data))[:] = data
             except InputError as exc:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                raise _AbortError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
             out.parameters["shared_memory_region"].string_param = region
             out.parameters["shared_memory_byte_size"].int64_param = len(data)
             if offset:
@@ -373,7 +471,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # Outputs in shared memory carry no raw contents; listing them last keeps every other
         # output aligned with its raw_output_contents entry, as clients index them.
         response.outputs.extend(in_shm)
-        return response
+        return response, _top_score(model.info.outputs[0], outputs[0])
 
     def SystemSharedMemoryStatus(  # noqa: N802
         self, request: pb.SystemSharedMemoryStatusRequest, context: Any
@@ -443,8 +541,14 @@ def create_server(
     max_workers: int = 16,
     max_concurrent_rpcs: int = 128,
     is_ready: Callable[[], bool] | None = None,
+    router: Router | None = None,
+    tls: grpc.ServerCredentials | None = None,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
 ) -> tuple[grpc.Server, int | None]:
     """Build (not start) the OIP v2 server; return it and the bound TCP port, if any.
+
+    ``tls`` serves the TCP address with TLS; ``interceptors`` run before every call (the
+    fleet server's reference cloud service checks its token there).
 
     Raises:
         OSError: a listener could not be bound.
@@ -453,13 +557,14 @@ def create_server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="oip"),
         # Past this many calls in progress gRPC answers RESOURCE_EXHAUSTED instead of queueing.
         maximum_concurrent_rpcs=max_concurrent_rpcs,
+        interceptors=list(interceptors),
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(engine, is_ready=is_ready), server
+        InferenceServicer(engine, is_ready=is_ready, router=router), server
     )
     port: int | None = None
     if socket_path is not None:
@@ -471,7 +576,11 @@ def create_server(
         # Owner and group (the apps allowed to use the device's models), nobody else.
         socket_path.chmod(0o660)
     if tcp_address:
-        port = server.add_insecure_port(tcp_address)
+        port = (
+            server.add_secure_port(tcp_address, tls)
+            if tls is not None
+            else server.add_insecure_port(tcp_address)
+        )
         if port == 0:
             raise OSError(f"cannot listen on {tcp_address}")
     return server, port

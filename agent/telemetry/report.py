@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from agent.inference.engine import Engine
+from agent.routing.router import Router
 from protos import telemetry_pb2
 
 __all__ = ["build_report"]
@@ -19,6 +20,7 @@ def build_report(
     epoch: str = "",
     spool_dropped: int = 0,
     system: telemetry_pb2.SystemTelemetry | None = None,
+    router: Router | None = None,
 ) -> bytes:
     """Serialize a TelemetryReport and start a new statistics window for every model."""
     report = telemetry_pb2.TelemetryReport(
@@ -51,4 +53,24 @@ def build_report(
                 mean_ms=window.mean_ms,
             ),
         )
+    if router is not None:
+        _add_routing(report, router)
     return report.SerializeToString()
+
+
+def _add_routing(report: telemetry_pb2.TelemetryReport, router: Router) -> None:
+    """Routing counts per model; models served only from the cloud get an entry of their own."""
+    local = {m.model_name: m for m in report.models}
+    for name in sorted(set(local) | set(router.models())):
+        policy = router.policy(name)
+        stats = router.take_window(name)
+        entry = local.get(name)
+        if entry is None:
+            entry = report.models.add(model_name=name, backend="cloud")
+        entry.routing_policy = policy.kind
+        entry.cloud_requests = stats.cloud_requests
+        entry.cloud_errors = stats.cloud_errors
+        entry.cloud_skipped = stats.cloud_skipped
+        entry.cloud_cost_usd = stats.cloud_cost_usd
+        entry.window_cloud_requests = stats.window_cloud_requests
+        entry.window_cloud_cost_usd = stats.window_cloud_cost_usd

@@ -16,15 +16,17 @@ from google.protobuf.message import DecodeError
 from agent.errors import AgentError, ManifestError
 from agent.updates.trust import TrustedKeys, count_signers, pin_keylist
 from fleet_server.api._errors import rpc_errors
-from fleet_server.api._validate import check_labels
+from fleet_server.api._validate import NAME, check_labels
 from fleet_server.api.auth import require_admin
 from fleet_server.api.push import MANIFEST_LIFETIME_S, Pusher
 from fleet_server.catalog.desired import device_targets, variant_of
 from fleet_server.catalog.select import choose, profile_from_capabilities
 from fleet_server.errors import BadRequestError, ConflictError, FleetError, NotFoundError
 from fleet_server.rollouts.plan import HealthGate
+from fleet_server.routing.prices import Prices
 from fleet_server.storage.db import DeviceRow, ModelRow, token_digest
 from fleet_server.storage.rollouts import RolloutRow
+from fleet_server.storage.routing import RoutingRow
 from protos import admin_pb2 as pb
 from protos import admin_pb2_grpc as pb_grpc
 from protos import manifest_pb2
@@ -117,6 +119,33 @@ def _health_gate(gate: pb.HealthGate) -> HealthGate:
         min_requests=gate.min_requests or default.min_requests,
         bake_s=gate.bake_s,
         disabled=gate.disabled,
+    )
+
+
+def _routing_info(row: RoutingRow) -> pb.RoutingPolicyInfo:
+    info = pb.RoutingPolicyInfo(
+        model_name=row.model_name,
+        selector=row.selector,
+        policy=row.policy,
+        threshold=row.threshold,
+        latency_budget_ms=row.latency_budget_ms,
+        cloud_model=row.cloud_model,
+        updated_unix=row.updated_at,
+        updated_by=row.updated_by,
+    )
+    if row.max_per_minute is not None:
+        info.max_per_minute = row.max_per_minute
+    if row.max_spend_per_day is not None:
+        info.max_spend_per_day = row.max_spend_per_day
+    return info
+
+
+def _price_table(prices: Prices) -> pb.PriceTable:
+    return pb.PriceTable(
+        cloud_per_request=prices.cloud_per_request,
+        energy_per_kwh=prices.energy_per_kwh,
+        device_power_w=prices.device_power_w,
+        power_by_class=prices.power_by_class,
     )
 
 
@@ -692,6 +721,72 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             "rollout %d rolled back to %s %s", rollout.rollout_id, row.model_name, row.version
         )
         return _rollout_info(updated)
+
+    # cloud routing -----------------------------------------------------------------------------
+
+    @rpc_errors
+    @audited("SetRoutingPolicy", lambda r: f"routing {r.model_name}")
+    def SetRoutingPolicy(  # noqa: N802
+        self, request: pb.RoutingPolicyInfo, context: Any
+    ) -> pb.RoutingPolicyInfo:
+        require_admin(context, self._ctx.admin_token)
+        if not NAME.match(request.model_name):
+            raise BadRequestError(f"model name {request.model_name!r} is not valid")
+        check_labels(request.selector, "selector label")
+        row = self._ctx.routing.set(
+            RoutingRow(
+                model_name=request.model_name,
+                selector=dict(request.selector),
+                policy=request.policy,
+                threshold=round(request.threshold, 6),
+                latency_budget_ms=round(request.latency_budget_ms, 3),
+                cloud_model=request.cloud_model,
+                max_per_minute=request.max_per_minute
+                if request.HasField("max_per_minute")
+                else None,
+                max_spend_per_day=request.max_spend_per_day
+                if request.HasField("max_spend_per_day")
+                else None,
+            ),
+            _actor(context),
+        )
+        return _routing_info(row)
+
+    @rpc_errors
+    def ListRoutingPolicies(  # noqa: N802
+        self, request: pb.ListRoutingPoliciesRequest, context: Any
+    ) -> pb.ListRoutingPoliciesResponse:
+        require_admin(context, self._ctx.admin_token)
+        rows = self._ctx.routing.list(request.model_name)
+        return pb.ListRoutingPoliciesResponse(policies=[_routing_info(r) for r in rows])
+
+    @rpc_errors
+    @audited("DeleteRoutingPolicy", lambda r: f"routing {r.model_name}")
+    def DeleteRoutingPolicy(  # noqa: N802
+        self, request: pb.DeleteRoutingPolicyRequest, context: Any
+    ) -> pb.ListRoutingPoliciesResponse:
+        require_admin(context, self._ctx.admin_token)
+        self._ctx.routing.delete(request.model_name, dict(request.selector))
+        rows = self._ctx.routing.list(request.model_name)
+        return pb.ListRoutingPoliciesResponse(policies=[_routing_info(r) for r in rows])
+
+    @rpc_errors
+    @audited("SetPrices", lambda r: "prices")
+    def SetPrices(self, request: pb.PriceTable, context: Any) -> pb.PriceTable:  # noqa: N802
+        require_admin(context, self._ctx.admin_token)
+        prices = Prices(
+            cloud_per_request=request.cloud_per_request,
+            energy_per_kwh=request.energy_per_kwh,
+            device_power_w=request.device_power_w,
+            power_by_class=dict(request.power_by_class),
+        )
+        self._ctx.routing.set_prices(prices)
+        return _price_table(prices)
+
+    @rpc_errors
+    def GetPrices(self, request: pb.GetPricesRequest, context: Any) -> pb.PriceTable:  # noqa: N802
+        require_admin(context, self._ctx.admin_token)
+        return _price_table(self._ctx.routing.prices())
 
     # audit -------------------------------------------------------------------------------------
 

@@ -16,9 +16,11 @@ from fleet_server.api._errors import abort_for, rpc_errors
 from fleet_server.api._validate import NAME, check_labels
 from fleet_server.api.auth import require_device
 from fleet_server.api.checkin import CachedAnswer, state_version
-from fleet_server.catalog.desired import device_targets, resolve
+from fleet_server.catalog.desired import Resolved, device_targets, resolve
 from fleet_server.catalog.select import DeviceProfile, profile_from_capabilities
 from fleet_server.errors import AuthError, BadRequestError, FleetError
+from fleet_server.routing.prices import Prices
+from fleet_server.storage.routing import RoutingRow
 from protos import device_pb2 as pb
 from protos import device_pb2_grpc as pb_grpc
 from protos import manifest_pb2
@@ -63,6 +65,8 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
         self._answers = ctx.answers
         self._auth: dict[bytes, tuple[int, str]] = {}
         self._keylist: tuple[bytes, bytes] | None = None
+        # The routing policies and prices of one fleet generation (they change it).
+        self._routing: tuple[int, list[RoutingRow], Prices] | None = None
 
     @rpc_errors
     def Enroll(self, request: pb.EnrollRequest, context: Any) -> pb.EnrollResponse:  # noqa: N802
@@ -216,10 +220,55 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
             response.desired.append(manifest_pb2.Envelope.FromString(raw))
         for name, (version, why) in sorted(resolved.cloud.items()):
             response.cloud.add(model_name=name, version=version, reason=why)
+        self._add_routing(response, device_id, key[0], resolved)
         response.state_version = state_version(response.SerializeToString(deterministic=True))
         answer = CachedAnswer(key, reported, response.SerializeToString(), response.state_version)
         self._answers.put(device_id, answer)
         return answer
+
+    def _add_routing(
+        self,
+        response: pb.CheckInResponse,
+        device_id: str,
+        generation: int,
+        resolved: Resolved,
+    ) -> None:
+        """The routing policy of each model the device runs or is routed to the cloud for, and
+        the cloud endpoint when one of them uses it."""
+        if self._routing is None or self._routing[0] != generation:
+            self._routing = (generation, self._ctx.routing.list(), self._ctx.routing.prices())
+        _, rows, prices = self._routing
+        policies = (
+            self._ctx.routing.for_device(self._ctx.db.get_device(device_id).labels, rows)
+            if rows
+            else {}
+        )
+        uses_cloud = False
+        for name in sorted(set(resolved.envelopes) | set(resolved.cloud)):
+            row = policies.get(name)
+            if name in resolved.cloud:
+                kind, why = "cloud", f"no variant fits: {resolved.cloud[name][1]}"
+            elif row is not None:
+                kind, why = row.policy, ""
+            else:
+                continue
+            policy = response.routing.add(
+                model_name=name,
+                policy=kind,
+                cloud_cost=prices.cloud_per_request,
+                reason=why[:512],
+            )
+            if row is not None:
+                policy.threshold = row.threshold
+                policy.latency_budget_ms = row.latency_budget_ms
+                policy.cloud_model = row.cloud_model
+                if row.max_per_minute is not None:
+                    policy.max_per_minute = row.max_per_minute
+                if row.max_spend_per_day is not None:
+                    policy.max_spend_per_day = row.max_spend_per_day
+            uses_cloud = uses_cloud or kind != "local"
+        if uses_cloud and self._ctx.cloud_endpoint is not None:
+            response.cloud_endpoint.CopyFrom(self._ctx.cloud_endpoint)
 
     def DownloadArtifact(  # noqa: N802
         self, request: pb.DownloadRequest, context: Any

@@ -17,7 +17,8 @@ from fleet_server.identity.ca import FleetCA
 from fleet_server.signing.keys import KeyStore
 from fleet_server.storage.db import Database
 from fleet_server.storage.rollouts import RolloutStore
-from protos import admin_pb2_grpc, device_pb2_grpc
+from fleet_server.storage.routing import RoutingStore
+from protos import admin_pb2_grpc, device_pb2, device_pb2_grpc
 
 __all__ = ["ServerContext", "create_server"]
 
@@ -39,16 +40,20 @@ class ServerContext:
     device_address: str = ""  # host:port of the mTLS device port, as devices should dial it
     checkin_interval_s: int = 30
     rollouts: RolloutStore = field(init=False)
+    routing: RoutingStore = field(init=False)
     # Called when something may let a rollout move on (set by the rollout controller).
     wake_rollouts: Callable[[], None] = lambda: None
     # Publishes a command to a device over MQTT and returns its id (set when MQTT is there).
     send_command: Callable[[str, str], str] | None = None
+    # Where devices send cloud-routed requests (the reference service or another OIP server).
+    cloud_endpoint: device_pb2.CloudEndpoint | None = None
 
     last_seen: LastSeen = field(init=False)
     answers: AnswerCache = field(init=False)
 
     def __post_init__(self) -> None:
         self.rollouts = RolloutStore(self.db)
+        self.routing = RoutingStore(self.db)
         self.last_seen = LastSeen(self.db)
         self.answers = AnswerCache()
 

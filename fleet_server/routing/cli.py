@@ -1,4 +1,5 @@
-"""``edgefleet routing ...``: cascade evaluation (runs here, no server needed)."""
+"""``edgefleet routing ...``: policies and prices on the server, and cascade evaluation (which
+runs here, no server needed)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from fleet_server.errors import BadRequestError
 from fleet_server.routing.datasets import load
-from fleet_server.routing.evaluate import Prices, recommend, scores, sweep, thresholds
+from fleet_server.routing.evaluate import recommend, scores, sweep, thresholds
+from fleet_server.routing.prices import Prices
 
 __all__ = ["add_parser"]
 
@@ -28,7 +31,7 @@ def add_parser(sub: Any) -> None:
     """Register the ``routing`` command group."""
     routing = sub.add_parser(
         "routing",
-        help="cloud routing: evaluate a cascade",
+        help="cloud routing: policies, prices, cascade evaluation",
         description="A cascade answers from the device's model and asks the cloud model only "
         "when the local top score is under a threshold.",
     )
@@ -76,10 +79,163 @@ def add_parser(sub: Any) -> None:
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(func=_cmd_evaluate)
 
+    set_ = routing_sub.add_parser(
+        "set",
+        help="set a model's routing policy (for the devices matching --selector)",
+        description="local: the device's model only; local_then_cloud: the cloud when the "
+        "local model is not loaded, fails, its queue is full or it misses --latency-budget; "
+        "cascade: the cloud when the local top score is under --threshold; cloud: the cloud "
+        "only. Devices get it at their next check-in; their agent.toml may override it.",
+    )
+    set_.add_argument("name", help="model name")
+    set_.add_argument("policy", choices=("local", "local_then_cloud", "cascade", "cloud"))
+    set_.add_argument("--selector", action="append", metavar="KEY=VALUE", help="only these")
+    set_.add_argument("--threshold", type=_positive, default=0.0, help="cascade threshold")
+    set_.add_argument("--latency-budget", type=_positive, default=0.0, help="ms (local_then_cloud)")
+    set_.add_argument("--cloud-model", default="", help="its name on the cloud endpoint")
+    set_.add_argument(
+        "--max-per-minute", type=int, help="cloud requests per device per minute (0: none)"
+    )
+    set_.add_argument(
+        "--max-spend-per-day", type=_positive, help="USD per device per day (0: no cloud)"
+    )
+    set_.add_argument("--json", action="store_true")
+    set_.set_defaults(func=_cmd_set)
+
+    list_ = routing_sub.add_parser("list", help="routing policies")
+    list_.add_argument("--model", default="")
+    list_.add_argument("--json", action="store_true")
+    list_.set_defaults(func=_cmd_list)
+
+    unset = routing_sub.add_parser("unset", help="remove a routing policy")
+    unset.add_argument("name", help="model name")
+    unset.add_argument("--selector", action="append", metavar="KEY=VALUE")
+    unset.set_defaults(func=_cmd_unset)
+
+    prices = routing_sub.add_parser(
+        "prices",
+        help="show or set the price table (cloud price, energy price, device power)",
+    )
+    prices.add_argument("--cloud-per-request", type=_positive, help="USD")
+    prices.add_argument("--energy-per-kwh", type=_positive, help="USD")
+    prices.add_argument("--device-power", type=_positive, help="watts while inferring")
+    prices.add_argument(
+        "--power",
+        action="append",
+        metavar="CLASS=WATTS",
+        help="watts of one hardware class (e.g. aarch64/edgetpu=4); repeatable",
+    )
+    prices.add_argument("--json", action="store_true")
+    prices.set_defaults(func=_cmd_prices)
+
+
+def _print_policies(policies: Any) -> None:
+    if not policies:
+        print("no routing policies: every model is served locally only")
+        return
+    print(f"{'MODEL':20} {'POLICY':17} {'THRESHOLD':>9} {'BUDGET MS':>9}  LIMITS / SELECTOR")
+    for p in policies:
+        limits = []
+        if p.HasField("max_per_minute"):
+            limits.append(f"{p.max_per_minute}/min")
+        if p.HasField("max_spend_per_day"):
+            limits.append(f"{p.max_spend_per_day:g} USD/day")
+        selector = ",".join(f"{k}={v}" for k, v in sorted(p.selector.items())) or "*"
+        print(
+            f"{p.model_name:20} {p.policy:17} {p.threshold:9.2f} {p.latency_budget_ms:9.1f}  "
+            f"{' '.join(limits) or '-'} / {selector}"
+        )
+
+
+def _cmd_set(args: argparse.Namespace) -> int:
+    from fleet_server.admin_cli import _admin, _as_dict, _pairs  # noqa: PLC0415
+    from protos import admin_pb2 as pb  # noqa: PLC0415
+
+    request = pb.RoutingPolicyInfo(
+        model_name=args.name,
+        selector=_pairs(args.selector, "selector"),
+        policy=args.policy,
+        threshold=args.threshold,
+        latency_budget_ms=args.latency_budget,
+        cloud_model=args.cloud_model,
+    )
+    if args.max_per_minute is not None:
+        if args.max_per_minute < 0:
+            raise BadRequestError("--max-per-minute must not be negative")
+        request.max_per_minute = args.max_per_minute
+    if args.max_spend_per_day is not None:
+        request.max_spend_per_day = args.max_spend_per_day
+    policy = _admin(args).call("SetRoutingPolicy", request)
+    if args.json:
+        print(json.dumps(_as_dict(policy), indent=2))
+    else:
+        _print_policies([policy])
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from fleet_server.admin_cli import _admin, _as_dict  # noqa: PLC0415
+    from protos import admin_pb2 as pb  # noqa: PLC0415
+
+    response = _admin(args).call(
+        "ListRoutingPolicies", pb.ListRoutingPoliciesRequest(model_name=args.model)
+    )
+    if args.json:
+        print(json.dumps([_as_dict(p) for p in response.policies], indent=2))
+    else:
+        _print_policies(response.policies)
+    return 0
+
+
+def _cmd_unset(args: argparse.Namespace) -> int:
+    from fleet_server.admin_cli import _admin, _pairs  # noqa: PLC0415
+    from protos import admin_pb2 as pb  # noqa: PLC0415
+
+    request = pb.DeleteRoutingPolicyRequest(
+        model_name=args.name, selector=_pairs(args.selector, "selector")
+    )
+    _print_policies(_admin(args).call("DeleteRoutingPolicy", request).policies)
+    return 0
+
+
+def _cmd_prices(args: argparse.Namespace) -> int:
+    from fleet_server.admin_cli import _admin, _as_dict, _pairs  # noqa: PLC0415
+    from protos import admin_pb2 as pb  # noqa: PLC0415
+
+    client = _admin(args)
+    table = client.call("GetPrices", pb.GetPricesRequest())
+    changes = (args.cloud_per_request, args.energy_per_kwh, args.device_power, args.power)
+    if any(c is not None for c in changes):
+        if args.cloud_per_request is not None:
+            table.cloud_per_request = args.cloud_per_request
+        if args.energy_per_kwh is not None:
+            table.energy_per_kwh = args.energy_per_kwh
+        if args.device_power is not None:
+            table.device_power_w = args.device_power
+        for cls, watts in _pairs(args.power, "power").items():
+            try:
+                table.power_by_class[cls] = float(watts)
+            except ValueError as exc:
+                raise BadRequestError(f"--power {cls}={watts}: watts must be a number") from exc
+        table = client.call("SetPrices", table)
+    if args.json:
+        print(json.dumps(_as_dict(table), indent=2))
+        return 0
+    print(f"cloud: {table.cloud_per_request:g} USD per request")
+    print(
+        f"local: {table.energy_per_kwh:g} USD per kWh, {table.device_power_w:g} W while "
+        "inferring" + "".join(f"; {k}: {v:g} W" for k, v in sorted(table.power_by_class.items()))
+    )
+    return 0
+
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     data = load(args.data)
-    prices = Prices(args.cloud_cost, args.device_power, args.energy_price)
+    prices = Prices(
+        cloud_per_request=args.cloud_cost,
+        energy_per_kwh=args.energy_price,
+        device_power_w=args.device_power,
+    )
     local = scores(args.local, data.test_x)
     cloud = scores(args.cloud, data.test_x)
     local_cost = prices.local_per_request(local.median_ms)

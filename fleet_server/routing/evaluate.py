@@ -19,20 +19,7 @@ import numpy as np
 
 from fleet_server.errors import BadRequestError
 
-__all__ = ["Prices", "Row", "Scores", "recommend", "scores", "sweep", "thresholds"]
-
-
-@dataclass(frozen=True)
-class Prices:
-    """What a request costs: the cloud's price, and the device's energy for local inference."""
-
-    cloud_per_request: float = 0.002  # USD
-    device_power_w: float = 5.0  # while inferring
-    energy_per_kwh: float = 0.30  # USD
-
-    def local_per_request(self, latency_ms: float) -> float:
-        """Energy cost of one local inference taking ``latency_ms``."""
-        return latency_ms / 1000 * self.device_power_w / 3.6e6 * self.energy_per_kwh
+__all__ = ["Row", "Scores", "recommend", "scores", "sweep", "thresholds"]
 
 
 @dataclass(frozen=True)

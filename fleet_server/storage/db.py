@@ -29,7 +29,7 @@ __all__ = [
     "ModelRow",
 ]
 
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 15
 
 metadata = sa.MetaData()
 
@@ -82,6 +82,26 @@ device_events = sa.Table(
 # One row: a counter bumped by every change to what any device should run or who it is
 # (deployments, rollout assignments, signatures, revocations, certificates). Servers cache
 # check-in answers per generation, so an unchanged fleet costs one read per check-in.
+# Cloud routing policies: per model, for the devices matching a label selector ("{}" = all).
+routing_policies = sa.Table(
+    "routing_policies",
+    metadata,
+    sa.Column("model_name", sa.String(64), primary_key=True),
+    sa.Column("selector", sa.String(1024), primary_key=True),  # canonical JSON
+    sa.Column("policy", sa.String(32), nullable=False),
+    sa.Column("params", sa.Text, nullable=False, default="{}"),  # JSON: threshold, budgets...
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_by", sa.String(128), nullable=False, default=""),
+)
+
+# Settings that are one JSON document each (the price table).
+settings = sa.Table(
+    "settings",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
 fleet_state = sa.Table(
     "fleet_state",
     metadata,
@@ -402,6 +422,12 @@ def _v13_to_v14(conn: sa.Connection) -> None:
             conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
 
 
+def _v14_to_v15(conn: sa.Connection) -> None:
+    """Version 15: cloud routing policies and settings (the price table)."""
+    routing_policies.create(conn, checkfirst=True)
+    settings.create(conn, checkfirst=True)
+
+
 def bump_generation(conn: sa.Connection) -> None:
     """Invalidate every server's cached check-in answers (in the caller's transaction)."""
     conn.execute(
@@ -425,6 +451,7 @@ _MIGRATIONS = {
     11: _v11_to_v12,
     12: _v12_to_v13,
     13: _v13_to_v14,
+    14: _v14_to_v15,
 }
 
 
@@ -693,6 +720,7 @@ class Database:
                 .where(devices.c.device_id == device_id)
                 .values(labels=json.dumps(labels, sort_keys=True))
             )
+            bump_generation(conn)  # routing policies select devices by label
 
     def revoke(self, device_id: str) -> None:
         """Refuse a device's credentials from now on (idempotent).
