@@ -835,6 +835,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=60.0, help="RPC timeout in seconds")
     sub = parser.add_subparsers(dest="group", required=True)
     routing_cli.add_parser(sub)
+    routing_cli.add_costs_parser(sub)
 
     models = sub.add_parser("models", help="the model catalog")
     models_sub = models.add_subparsers(dest="action", required=True)

@@ -7,6 +7,50 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class GetCostsRequest(_message.Message):
+    __slots__ = ("group_by", "model_name")
+    GROUP_BY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    group_by: str
+    model_name: str
+    def __init__(self, group_by: _Optional[str] = ..., model_name: _Optional[str] = ...) -> None: ...
+
+class CostRow(_message.Message):
+    __slots__ = ("model_name", "group", "policy", "devices", "served", "local_runs", "cloud_requests", "cost_usd", "per_million", "local_only_per_million", "cloud_only_per_million")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    SERVED_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_RUNS_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
+    PER_MILLION_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_ONLY_PER_MILLION_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_ONLY_PER_MILLION_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    group: str
+    policy: str
+    devices: int
+    served: int
+    local_runs: int
+    cloud_requests: int
+    cost_usd: float
+    per_million: float
+    local_only_per_million: float
+    cloud_only_per_million: float
+    def __init__(self, model_name: _Optional[str] = ..., group: _Optional[str] = ..., policy: _Optional[str] = ..., devices: _Optional[int] = ..., served: _Optional[int] = ..., local_runs: _Optional[int] = ..., cloud_requests: _Optional[int] = ..., cost_usd: _Optional[float] = ..., per_million: _Optional[float] = ..., local_only_per_million: _Optional[float] = ..., cloud_only_per_million: _Optional[float] = ...) -> None: ...
+
+class CostReport(_message.Message):
+    __slots__ = ("rows", "prices", "group_by")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    PRICES_FIELD_NUMBER: _ClassVar[int]
+    GROUP_BY_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[CostRow]
+    prices: PriceTable
+    group_by: str
+    def __init__(self, rows: _Optional[_Iterable[_Union[CostRow, _Mapping]]] = ..., prices: _Optional[_Union[PriceTable, _Mapping]] = ..., group_by: _Optional[str] = ...) -> None: ...
+
 class RoutingPolicyInfo(_message.Message):
     __slots__ = ("model_name", "selector", "policy", "threshold", "latency_budget_ms", "cloud_model", "max_per_minute", "max_spend_per_day", "updated_unix", "updated_by")
     class SelectorEntry(_message.Message):

@@ -179,6 +179,11 @@ class AdminServiceStub:
                 request_serializer=protos_dot_admin__pb2.GetPricesRequest.SerializeToString,
                 response_deserializer=protos_dot_admin__pb2.PriceTable.FromString,
                 _registered_method=True)
+        self.GetCosts = channel.unary_unary(
+                '/edgefleet.v1.AdminService/GetCosts',
+                request_serializer=protos_dot_admin__pb2.GetCostsRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.CostReport.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -375,6 +380,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCosts(self, request, context):
+        """Inference cost per million requests by model, device group and policy, from telemetry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -522,6 +534,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetPrices,
                     request_deserializer=protos_dot_admin__pb2.GetPricesRequest.FromString,
                     response_serializer=protos_dot_admin__pb2.PriceTable.SerializeToString,
+            ),
+            'GetCosts': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCosts,
+                    request_deserializer=protos_dot_admin__pb2.GetCostsRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.CostReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1307,6 +1324,33 @@ class AdminService:
             '/edgefleet.v1.AdminService/GetPrices',
             protos_dot_admin__pb2.GetPricesRequest.SerializeToString,
             protos_dot_admin__pb2.PriceTable.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCosts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/GetCosts',
+            protos_dot_admin__pb2.GetCostsRequest.SerializeToString,
+            protos_dot_admin__pb2.CostReport.FromString,
             options,
             channel_credentials,
             insecure,

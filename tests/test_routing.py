@@ -107,6 +107,28 @@ def test_a_cascade_sends_the_unsure_requests_to_the_reference_cloud(
     assert entry["routing_policy"] == "cascade"
     assert float(entry["cloud_cost_usd"]) == pytest.approx(0.002 * int(entry["cloud_requests"]))
 
+    # The cost report adds the same telemetry up and prices it.
+    server.admin("routing", "prices", "--power", "x86_64=35")
+
+    def cascade_row() -> dict[str, Any] | None:
+        rows = json.loads(server.admin("costs", "--json").stdout).get("rows", [])
+        row = next((r for r in rows if r["policy"] == "cascade"), None)
+        return row if row and int(row["served"]) >= len(data.test_y) else None
+
+    row = wait_for("the cascade's cost row", cascade_row, timeout=30)
+    cloud_calls = int(row["cloud_requests"])
+    assert cloud_calls == int(entry["cloud_requests"])
+    assert row["model_name"] == "digits" and row["devices"] == 1
+    assert row["cloud_only_per_million"] == pytest.approx(2000)
+    energy = float(row["cost_usd"]) - 0.002 * cloud_calls
+    assert 0 < energy < 1e-3  # a few hundred sub-millisecond runs at 35 W
+    assert float(row["per_million"]) == pytest.approx(
+        float(row["cost_usd"]) / int(row["served"]) * 1e6
+    )
+    assert float(row["per_million"]) < 0.1 * 2000  # the hybrid is far cheaper than cloud only
+    table = server.admin("costs").stdout
+    assert "digits" in table and "cascade" in table and "2000.00" in table
+
 
 @pytest.fixture
 def cloud(

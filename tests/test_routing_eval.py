@@ -12,7 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from fleet_server.routing.costs import UsageRow, summarize
 from fleet_server.routing.evaluate import recommend, sweep, thresholds
+from fleet_server.routing.prices import Prices
 from tests.harness import run_cli
 
 DATA = Path(__file__).parent / "data"
@@ -99,3 +101,42 @@ def test_bad_evaluation_input_is_refused_with_the_reason(tmp_path: Path) -> None
         )  # fmt: skip
         assert result.returncode == 1, result
         assert expected in result.stderr, result.stderr
+
+
+def test_costs_add_up_energy_and_cloud_per_group_and_policy() -> None:
+    prices = Prices(cloud_per_request=0.002, energy_per_kwh=0.36, device_power_w=10,
+                    power_by_class={"aarch64+edgetpu": 2})  # fmt: skip
+
+    def usage(device: str, policy: str, hw: str, **counts: float) -> UsageRow:
+        fields = {"served": 0, "local_runs": 0, "local_ms": 0.0, "cloud_requests": 0,
+                  "cloud_cost": 0.0} | counts  # fmt: skip
+        return UsageRow(device, "m", policy, "lab", hw, **fields)  # type: ignore[arg-type]
+
+    rows = summarize(
+        [
+            # 1,000 runs of 100 ms at 10 W: 1e-3 kWh... in all, 0.36 USD/kWh -> 1e-5 USD
+            usage("a", "local", "x86_64", served=1000, local_runs=1000, local_ms=100_000.0),
+            # the same time at 2 W, and 100 cloud requests paid 0.2 USD
+            usage(
+                "b",
+                "cascade",
+                "aarch64+edgetpu",
+                served=1000,
+                local_runs=1000,
+                local_ms=100_000.0,
+                cloud_requests=100,
+                cloud_cost=0.2,
+            ),
+            usage("c", "cloud", "x86_64", served=50, cloud_requests=50, cloud_cost=0.1),
+        ],
+        prices,
+    )
+    by_policy = {r.policy: r for r in rows}
+    local, cascade, cloud = by_policy["local"], by_policy["cascade"], by_policy["cloud"]
+    assert local.cost_usd == pytest.approx(100 * 10 / 3.6e6 * 0.36)
+    assert local.per_million == pytest.approx(local.cost_usd / 1000 * 1e6)
+    assert cascade.cost_usd == pytest.approx(100 * 2 / 3.6e6 * 0.36 + 0.2)
+    assert cascade.cloud_share == pytest.approx(0.1)
+    assert cascade.saving_vs_cloud == pytest.approx(1 - cascade.per_million / 2000)
+    assert cloud.local_only_per_million is None
+    assert cloud.per_million == pytest.approx(2000)

@@ -361,6 +361,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         router = self._router
         assert router is not None  # noqa: S101 - only called with a router
         name = request.model_name
+        router.count(name)
         model = self._engine.peek(name)
         why = precheck(
             policy,

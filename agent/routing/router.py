@@ -31,6 +31,8 @@ class RouteStats:
     cloud_cost_usd: float = 0.0
     window_cloud_requests: int = 0
     window_cloud_cost_usd: float = 0.0
+    routed: int = 0  # requests answered under this policy, by any path
+    window_routed: int = 0
 
 
 class Router:
@@ -76,7 +78,15 @@ class Router:
             copy = RouteStats(**stats.__dict__)
             stats.window_cloud_requests = 0
             stats.window_cloud_cost_usd = 0.0
+            stats.window_routed = 0
         return copy
+
+    def count(self, model: str) -> None:
+        """Count one request handled under a cloud-using policy (whatever served it)."""
+        with self._lock:
+            stats = self._stats.setdefault(model, RouteStats())
+            stats.routed += 1
+            stats.window_routed += 1
 
     @property
     def breaker_open(self) -> bool:

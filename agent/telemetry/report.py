@@ -74,3 +74,4 @@ def _add_routing(report: telemetry_pb2.TelemetryReport, router: Router) -> None:
         entry.cloud_cost_usd = stats.cloud_cost_usd
         entry.window_cloud_requests = stats.window_cloud_requests
         entry.window_cloud_cost_usd = stats.window_cloud_cost_usd
+        entry.window_routed_requests = stats.window_routed

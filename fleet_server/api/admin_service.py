@@ -23,6 +23,7 @@ from fleet_server.catalog.desired import device_targets, variant_of
 from fleet_server.catalog.select import choose, profile_from_capabilities
 from fleet_server.errors import BadRequestError, ConflictError, FleetError, NotFoundError
 from fleet_server.rollouts.plan import HealthGate
+from fleet_server.routing.costs import summarize
 from fleet_server.routing.prices import Prices
 from fleet_server.storage.db import DeviceRow, ModelRow, token_digest
 from fleet_server.storage.rollouts import RolloutRow
@@ -787,6 +788,29 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     def GetPrices(self, request: pb.GetPricesRequest, context: Any) -> pb.PriceTable:  # noqa: N802
         require_admin(context, self._ctx.admin_token)
         return _price_table(self._ctx.routing.prices())
+
+    @rpc_errors
+    def GetCosts(self, request: pb.GetCostsRequest, context: Any) -> pb.CostReport:  # noqa: N802
+        require_admin(context, self._ctx.admin_token)
+        prices = self._ctx.routing.prices()
+        rows = summarize(self._ctx.routing.usage(request.group_by, request.model_name), prices)
+        report = pb.CostReport(prices=_price_table(prices), group_by=request.group_by)
+        for row in rows:
+            out = report.rows.add(
+                model_name=row.model_name,
+                group=row.group,
+                policy=row.policy,
+                devices=row.devices,
+                served=row.served,
+                local_runs=row.local_runs,
+                cloud_requests=row.cloud_requests,
+                cost_usd=row.cost_usd,
+                per_million=row.per_million,
+                cloud_only_per_million=row.cloud_only_per_million,
+            )
+            if row.local_only_per_million is not None:
+                out.local_only_per_million = row.local_only_per_million
+        return report
 
     # audit -------------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from fleet_server.routing.datasets import load
 from fleet_server.routing.evaluate import recommend, scores, sweep, thresholds
 from fleet_server.routing.prices import Prices
 
-__all__ = ["add_parser"]
+__all__ = ["add_costs_parser", "add_parser"]
 
 
 def _positive(text: str) -> float:
@@ -123,10 +123,62 @@ def add_parser(sub: Any) -> None:
         "--power",
         action="append",
         metavar="CLASS=WATTS",
-        help="watts of one hardware class (e.g. aarch64/edgetpu=4); repeatable",
+        help="watts of one hardware class (e.g. aarch64+edgetpu=4, x86_64=35); repeatable",
     )
     prices.add_argument("--json", action="store_true")
     prices.set_defaults(func=_cmd_prices)
+
+
+def add_costs_parser(sub: Any) -> None:
+    """Register ``edgefleet costs``."""
+    costs = sub.add_parser(
+        "costs",
+        help="inference cost per million requests by model, device group and policy",
+        description="From device telemetry (added up across agent restarts) and the price "
+        "table ('edgefleet routing prices'): what requests cost as served, and what they "
+        "would cost local only (device energy) or cloud only (the cloud price).",
+    )
+    costs.add_argument("--by", default="", metavar="LABEL", help="group devices by this label")
+    costs.add_argument("--model", default="", help="only this model")
+    costs.add_argument("--json", action="store_true")
+    costs.set_defaults(func=_cmd_costs)
+
+
+def _cmd_costs(args: argparse.Namespace) -> int:
+    from fleet_server.admin_cli import _admin, _as_dict  # noqa: PLC0415
+    from protos import admin_pb2 as pb  # noqa: PLC0415
+
+    report = _admin(args).call(
+        "GetCosts", pb.GetCostsRequest(group_by=args.by, model_name=args.model)
+    )
+    if args.json:
+        print(json.dumps(_as_dict(report), indent=2))
+        return 0
+    if not report.rows:
+        print("no inference reported yet (devices report it in their telemetry)")
+        return 0
+    group = args.by.upper() or "GROUP"
+    print(
+        f"{'MODEL':16} {group:12} {'POLICY':16} {'REQUESTS':>9} {'CLOUD':>6} "
+        f"{'USD/1M':>10} {'LOCAL ONLY':>10} {'CLOUD ONLY':>10} {'SAVED':>6}"
+    )
+    for r in report.rows:
+        local_only = (
+            f"{r.local_only_per_million:10.4f}" if r.HasField("local_only_per_million") else "-"
+        )
+        share = r.cloud_requests / r.served if r.served else 0.0
+        saved = 1 - r.per_million / r.cloud_only_per_million if r.cloud_only_per_million else 0
+        print(
+            f"{r.model_name:16} {(r.group or '*'):12} {r.policy:16} {r.served:9d} "
+            f"{share:6.1%} {r.per_million:10.4f} {local_only:>10} "
+            f"{r.cloud_only_per_million:10.2f} {saved:6.1%}"
+        )
+    p = report.prices
+    print(
+        f"prices: cloud {p.cloud_per_request:g} USD/request; local {p.device_power_w:g} W "
+        f"at {p.energy_per_kwh:g} USD/kWh"
+    )
+    return 0
 
 
 def _print_policies(policies: Any) -> None:

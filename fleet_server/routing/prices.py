@@ -16,7 +16,7 @@ class Prices:
     cloud_per_request: float = 0.002  # USD
     energy_per_kwh: float = 0.30  # USD
     device_power_w: float = 5.0  # while inferring, unless the hardware class has its own
-    power_by_class: dict[str, float] = field(default_factory=dict)  # e.g. {"x86_64/cpu": 15}
+    power_by_class: dict[str, float] = field(default_factory=dict)  # e.g. {"x86_64": 35}
 
     def __post_init__(self) -> None:
         values = [self.cloud_per_request, self.energy_per_kwh, self.device_power_w]

@@ -29,7 +29,7 @@ __all__ = [
     "ModelRow",
 ]
 
-SCHEMA_VERSION = 15
+SCHEMA_VERSION = 16
 
 metadata = sa.MetaData()
 
@@ -92,6 +92,22 @@ routing_policies = sa.Table(
     sa.Column("params", sa.Text, nullable=False, default="{}"),  # JSON: threshold, budgets...
     sa.Column("updated_at", sa.BigInteger, nullable=False),
     sa.Column("updated_by", sa.String(128), nullable=False, default=""),
+)
+
+# Inference served per device, model and routing policy, added up from telemetry windows (so
+# agent restarts do not reset it): what `edgefleet routing costs` prices.
+usage = sa.Table(
+    "usage",
+    metadata,
+    sa.Column("device_id", sa.String(64), primary_key=True),
+    sa.Column("model_name", sa.String(64), primary_key=True),
+    sa.Column("policy", sa.String(32), primary_key=True),
+    sa.Column("served", sa.BigInteger, nullable=False, default=0),  # requests answered
+    sa.Column("local_runs", sa.BigInteger, nullable=False, default=0),
+    sa.Column("local_ms", sa.Float, nullable=False, default=0.0),  # summed inference time
+    sa.Column("cloud_requests", sa.BigInteger, nullable=False, default=0),
+    sa.Column("cloud_cost", sa.Float, nullable=False, default=0.0),  # USD
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
 )
 
 # Settings that are one JSON document each (the price table).
@@ -244,6 +260,8 @@ class IngestBatch:
     )
     states: dict[str, str] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
+    # (device, model, policy) -> [served, local runs, local ms, cloud requests, cloud USD]
+    usage: dict[tuple[str, str, str], list[float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -428,6 +446,79 @@ def _v14_to_v15(conn: sa.Connection) -> None:
     settings.create(conn, checkfirst=True)
 
 
+def _v15_to_v16(conn: sa.Connection) -> None:
+    """Version 16: inference usage per device, model and routing policy."""
+    usage.create(conn, checkfirst=True)
+
+
+def _add_usage(
+    conn: sa.Connection, deltas: Mapping[tuple[str, str, str], list[float]], now: int
+) -> None:
+    """Add usage deltas: update the rows that exist, insert the others (in one transaction;
+    a replica inserting the same row at once makes the batch fail and be retried)."""
+    devices_here = sorted({d for d, _, _ in deltas})
+    existing = {
+        (str(d), str(m), str(p))
+        for d, m, p in conn.execute(
+            sa.select(usage.c.device_id, usage.c.model_name, usage.c.policy).where(
+                usage.c.device_id.in_(devices_here)
+            )
+        )
+    }
+    rows = [
+        {
+            "d": d,
+            "m": m,
+            "p": p,
+            "served": int(v[0]),
+            "local_runs": int(v[1]),
+            "local_ms": float(v[2]),
+            "cloud_requests": int(v[3]),
+            "cloud_cost": float(v[4]),
+        }
+        for (d, m, p), v in deltas.items()
+    ]
+    updates = [r for r in rows if (r["d"], r["m"], r["p"]) in existing]
+    inserts = [r for r in rows if (r["d"], r["m"], r["p"]) not in existing]
+    if updates:
+        c = usage.c
+        conn.execute(
+            usage.update()
+            .where(
+                (c.device_id == sa.bindparam("d"))
+                & (c.model_name == sa.bindparam("m"))
+                & (c.policy == sa.bindparam("p"))
+            )
+            .values(
+                served=c.served + sa.bindparam("served"),
+                local_runs=c.local_runs + sa.bindparam("local_runs"),
+                local_ms=c.local_ms + sa.bindparam("local_ms"),
+                cloud_requests=c.cloud_requests + sa.bindparam("cloud_requests"),
+                cloud_cost=c.cloud_cost + sa.bindparam("cloud_cost"),
+                updated_at=now,
+            ),
+            updates,
+        )
+    if inserts:
+        conn.execute(
+            usage.insert(),
+            [
+                {
+                    "device_id": r["d"],
+                    "model_name": r["m"],
+                    "policy": r["p"],
+                    "served": r["served"],
+                    "local_runs": r["local_runs"],
+                    "local_ms": r["local_ms"],
+                    "cloud_requests": r["cloud_requests"],
+                    "cloud_cost": r["cloud_cost"],
+                    "updated_at": now,
+                }
+                for r in inserts
+            ],
+        )
+
+
 def bump_generation(conn: sa.Connection) -> None:
     """Invalidate every server's cached check-in answers (in the caller's transaction)."""
     conn.execute(
@@ -452,6 +543,7 @@ _MIGRATIONS = {
     12: _v12_to_v13,
     13: _v13_to_v14,
     14: _v14_to_v15,
+    15: _v15_to_v16,
 }
 
 
@@ -879,6 +971,8 @@ class Database:
                 )
             if batch.events:
                 conn.execute(device_events.insert(), batch.events)
+            if batch.usage:
+                _add_usage(conn, batch.usage, now)
 
     def device_events(self, device_id: str, limit: int = 100) -> list[dict[str, Any]]:
         """A device's update events from MQTT, newest first."""

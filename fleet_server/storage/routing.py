@@ -15,10 +15,19 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from fleet_server.catalog.select import profile_from_capabilities
 from fleet_server.errors import BadRequestError, NotFoundError
 from fleet_server.rollouts.plan import matches
+from fleet_server.routing.costs import UsageRow
 from fleet_server.routing.prices import Prices
-from fleet_server.storage.db import Database, bump_generation, routing_policies, settings
+from fleet_server.storage.db import (
+    Database,
+    bump_generation,
+    devices,
+    routing_policies,
+    settings,
+)
+from fleet_server.storage.db import usage as usage_table
 
 __all__ = ["POLICIES", "RoutingRow", "RoutingStore"]
 
@@ -161,3 +170,34 @@ class RoutingStore:
             if updated.rowcount == 0:
                 conn.execute(settings.insert().values(key="prices", value=value))
             bump_generation(conn)  # devices carry the cloud price for their spend budgets
+
+    def usage(self, group_by: str = "", model_name: str = "") -> Sequence[UsageRow]:
+        """Usage rows with each device's group (its ``group_by`` label) and hardware class."""
+        query = sa.select(usage_table, devices.c.labels, devices.c.capabilities).join(
+            devices, devices.c.device_id == usage_table.c.device_id
+        )
+        if model_name:
+            query = query.where(usage_table.c.model_name == model_name)
+        result = []
+        classes: dict[str, str] = {}
+        with self._engine.connect() as conn:
+            for r in conn.execute(query).mappings():
+                caps = r["capabilities"] or "{}"
+                if caps not in classes:
+                    classes[caps] = profile_from_capabilities(json.loads(caps)).hardware_class
+                labels = json.loads(r["labels"] or "{}")
+                result.append(
+                    UsageRow(
+                        device_id=r["device_id"],
+                        model_name=r["model_name"],
+                        policy=r["policy"],
+                        group=labels.get(group_by, "") if group_by else "",
+                        hardware_class=classes[caps],
+                        served=int(r["served"]),
+                        local_runs=int(r["local_runs"]),
+                        local_ms=float(r["local_ms"]),
+                        cloud_requests=int(r["cloud_requests"]),
+                        cloud_cost=float(r["cloud_cost"]),
+                    )
+                )
+        return result

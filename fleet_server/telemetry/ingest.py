@@ -106,6 +106,22 @@ def _event(message: Any, model_name: str, version: str, state: str, detail: str)
     }
 
 
+def _count_usage(batch: IngestBatch, report: Any) -> None:
+    """Add a report's window counts to the batch's usage deltas."""
+    for model in report.models:
+        policy = model.routing_policy or "local"
+        served = model.window_routed_requests if policy != "local" else model.window_requests
+        if not (served or model.window_requests or model.window_cloud_requests):
+            continue
+        key = (report.device_id, model.model_name[:64], policy[:32])
+        entry = batch.usage.setdefault(key, [0, 0, 0.0, 0, 0.0])
+        entry[0] += served
+        entry[1] += model.window_requests
+        entry[2] += model.window_requests * model.latency.mean_ms
+        entry[3] += model.window_cloud_requests
+        entry[4] += model.window_cloud_cost_usd
+
+
 class TelemetryIngest:
     """An MQTT subscriber feeding a bounded queue drained by one writer thread."""
 
@@ -304,6 +320,7 @@ class TelemetryIngest:
             if kind == "telemetry":
                 latest[device_id] = message  # only the newest is converted and stored
                 reports.append(message)
+                _count_usage(batch, message)
             elif message.HasField("ack"):
                 ack = message.ack
                 detail = f"{ack.kind[:32]} {ack.id[:32]} {'done' if ack.ok else 'refused'}: "
@@ -331,7 +348,7 @@ class TelemetryIngest:
             report = MessageToDict(message, preserving_proto_field_name=True)
             batch.telemetry[device_id] = (epoch, seq, report, count, gaps)
         samples = self._health_samples(reports)
-        if batch.telemetry or batch.states or batch.events:
+        if batch.telemetry or batch.states or batch.events or batch.usage:
             self._db.record_mqtt_batch(batch)
         self._positions.update(positions)
         if samples and self._rollouts is not None:
