@@ -46,7 +46,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    Agent(config).run(stop)
+    Agent(config, config_path=args.config).run(stop)
     return 0
 
 

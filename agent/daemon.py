@@ -14,13 +14,15 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from google.protobuf.message import DecodeError
 
 from agent import __version__
 from agent.client import DeviceClient
-from agent.config import AgentConfig, routing_policy
+from agent.config import AgentConfig, load_config, routing_policy
 from agent.errors import (
     AgentError,
     ConfigError,
@@ -65,8 +67,9 @@ def _backoff(attempt: int, base: float) -> float:
 class Agent:
     """One agent process."""
 
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, config_path: Path | None = None) -> None:
         self.config = config
+        self._config_path = config_path
         self.store = ModelStore(config.agent.state_dir, keep_versions=config.updates.keep_versions)
         hardware = self.probe()
         if hardware.edgetpus:
@@ -154,6 +157,42 @@ class Agent:
             self.router.cloud = None
         if old is not None:
             old.close()
+
+    def reload(self) -> str:
+        """Re-read the config file and apply what can change while running: the [routing.*]
+        overrides and the [cloud] endpoint. Returns what happened, for logs and the ack.
+
+        Raises:
+            ConfigError: the file is missing or invalid (nothing is changed then).
+        """
+        if self._config_path is None:
+            raise ConfigError("this agent was not started from a config file")
+        new = load_config(self._config_path)
+        self.router.set_overrides({n: routing_policy(r) for n, r in new.routing.items()})
+        changed = [f"{len(new.routing)} routing override(s)"]
+        if new.cloud != self.config.cloud:
+            old = self.router.cloud
+            self.config = replace(self.config, cloud=new.cloud)
+            self.router.cloud = (
+                self._cloud_client(CloudTarget(new.cloud.url, new.cloud_token(), self._cloud_ca()))
+                if new.cloud.url
+                else None
+            )
+            self._endpoint = None  # the server's endpoint applies again at the next check-in
+            if old is not None:
+                old.close()
+            changed.append(f"cloud {new.cloud.url or 'from the server'}")
+        self.config = replace(self.config, routing=new.routing)
+        rest = [
+            name
+            for name in ("agent", "server", "api", "inference", "hardware", "updates", "telemetry")
+            if getattr(new, name) != getattr(self.config, name)
+        ]
+        if rest:
+            changed.append(f"[{'], ['.join(rest)}] changed: they apply after a restart")
+        message = "reloaded " + self._config_path.name + ": " + "; ".join(changed)
+        log.info("%s", message)
+        return message
 
     def _with_server_host(self, url: str) -> str:
         """``grpcs://:8443`` (the server's own service, on any address) -> the host this
@@ -500,6 +539,16 @@ class Agent:
             # At worst an extra check-in over mTLS: a command cannot change what runs.
             self._nudged.set()
             detail = "checking in"
+        elif command.kind == "routing":
+            # The new policy comes from the server's authenticated answer, not from MQTT.
+            self._fresh = True
+            self._nudged.set()
+            detail = "checking in for the new routing policy"
+        elif command.kind == "reload":
+            try:
+                detail = self.reload()
+            except (ConfigError, ValueError) as exc:
+                ok, detail = False, f"reload refused, nothing changed: {exc}"
         elif command.kind == "birth":
             birth = self._birth
             if birth is not None:

@@ -967,10 +967,12 @@ def build_parser() -> argparse.ArgumentParser:
     dexplain.add_argument("--json", action="store_true")
     dexplain.set_defaults(func=_cmd_devices_explain)
     dcommand = devices_sub.add_parser(
-        "command", help="send a device a command over MQTT: checkin (now) or birth (state again)"
+        "command",
+        help="send a device a command over MQTT: checkin (now), birth (state again), routing "
+        "(check in for a routing change) or reload (re-read agent.toml)",
     )
     dcommand.add_argument("device")
-    dcommand.add_argument("kind", choices=["checkin", "birth"])
+    dcommand.add_argument("kind", choices=["checkin", "birth", "routing", "reload"])
     dcommand.set_defaults(func=_cmd_devices_command)
     drevoke = devices_sub.add_parser(
         "revoke", help="refuse a device's credentials from now on (a lost or stolen device)"

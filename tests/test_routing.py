@@ -63,14 +63,22 @@ def test_a_cascade_sends_the_unsure_requests_to_the_reference_cloud(
 ) -> None:
     server = server_factory(None, extra=("--cloud-listen", "127.0.0.1:0"))
     push_digits(server)
-    server.admin("routing", "set", "digits", "cascade", "--threshold", "0.65")
-    listed = json.loads(server.admin("routing", "list", "--json").stdout)
-    assert [(p["model_name"], p["policy"]) for p in listed] == [("digits", "cascade")]
-    agent = make_agent(tmp_path, "edge-1", server).start()
+    # A check-in interval far longer than the test: the policy arrives through the "routing"
+    # command that `routing set` sends over MQTT.
+    agent = make_agent(tmp_path, "edge-1", server, checkin_s=600).start()
     started.append(agent)
     ready(agent, "digits")
     data = digits()
     unsure = data.test_x[588]  # the local model's top score for it is 0.40
+    assert ask(agent, "digits", unsure)[1]["edgefleet.path"] == "local"
+    wait_for(
+        "the agent on MQTT",
+        lambda: server.devices()[0].get("online_state") == "online",
+        timeout=30,
+    )
+    server.admin("routing", "set", "digits", "cascade", "--threshold", "0.65")
+    listed = json.loads(server.admin("routing", "list", "--json").stdout)
+    assert [(p["model_name"], p["policy"]) for p in listed] == [("digits", "cascade")]
     wait_for(
         "the cascade policy to reach the agent",
         lambda: ask(agent, "digits", unsure)[1].get("edgefleet.path") == "cloud",
@@ -243,3 +251,49 @@ def test_a_wrong_token_and_malformed_answers_are_cloud_errors(
             _check(response)
     with pytest.raises(CloudError, match="no outputs"):
         _check(pb.ModelInferResponse())
+
+
+def test_reload_applies_routing_overrides_and_refuses_a_broken_config(
+    tmp_path: Path, cloud: tuple[Server, int, ReferenceCloud], started: list[Agent]
+) -> None:
+    server, port, _ = cloud
+    token = tmp_path / "cloud.token"
+    token.write_text("s3cret\n")
+    cloud_section = f"""
+[cloud]
+url = "grpcs://127.0.0.1:{port}"
+token_file = "{token}"
+ca_file = "{server.ca_file}"
+"""
+    agent = make_agent(tmp_path, "edge-3", server, extra=cloud_section).start()
+    started.append(agent)
+    ready(agent, "digits")
+    sample = digits().test_x[0]
+    assert ask(agent, "digits", sample)[1]["edgefleet.path"] == "local"
+    original = agent.config.read_text()
+    wait_for(
+        "the agent on MQTT",
+        lambda: server.devices()[0].get("online_state") == "online",
+        timeout=30,
+    )
+
+    def command(kind: str) -> str:
+        out = server.admin("devices", "command", "edge-3", kind).stdout
+        command_id = out.split("(command ")[1].split(")")[0]
+
+        def answer() -> str | None:
+            device = json.loads(server.admin("devices", "show", "edge-3", "--json").stdout)
+            acks = [e["detail"] for e in device.get("events", []) if command_id in e["detail"]]
+            return acks[0] if acks else None
+
+        return wait_for(f"the {kind} command's answer", answer, timeout=30)
+
+    agent.config.write_text(original + '\n[routing.digits]\npolicy = "cascade"\nthreshold = 1.0\n')
+    assert "done: reloaded agent.toml: 1 routing override(s)" in command("reload")
+    assert ask(agent, "digits", sample)[1]["edgefleet.path"] == "cloud"
+
+    agent.config.write_text(original + '\n[routing.digits]\npolicy = "sometimes"\n')
+    refused = command("reload")
+    assert "refused: reload refused, nothing changed" in refused
+    assert "'sometimes' is not one of" in refused
+    assert ask(agent, "digits", sample)[1]["edgefleet.path"] == "cloud"  # still the old one

@@ -59,6 +59,10 @@ class Router:
         """The policy for a model: the agent's config, else the server's, else ``local``."""
         return self._overrides.get(model) or self._server.get(model) or Policy()
 
+    def set_overrides(self, policies: Mapping[str, Policy]) -> None:
+        """Replace the agent config's policies (a reload)."""
+        self._overrides = dict(policies)
+
     def set_server_policies(self, policies: Mapping[str, Policy]) -> None:
         self._server = dict(policies)
 

@@ -7,7 +7,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf.json_format import MessageToJson
@@ -22,7 +22,7 @@ from fleet_server.api.push import MANIFEST_LIFETIME_S, Pusher
 from fleet_server.catalog.desired import device_targets, variant_of
 from fleet_server.catalog.select import choose, profile_from_capabilities
 from fleet_server.errors import BadRequestError, ConflictError, FleetError, NotFoundError
-from fleet_server.rollouts.plan import HealthGate
+from fleet_server.rollouts.plan import HealthGate, matches
 from fleet_server.routing.costs import summarize
 from fleet_server.routing.prices import Prices
 from fleet_server.storage.db import DeviceRow, ModelRow, token_digest
@@ -40,7 +40,7 @@ __all__ = ["MANIFEST_LIFETIME_S", "AdminServicer"]
 
 log = logging.getLogger(__name__)
 MAX_TOKEN_TTL_S = 30 * 86400
-COMMANDS = frozenset({"checkin", "birth"})
+COMMANDS = frozenset({"checkin", "birth", "routing", "reload"})
 DEFAULT_SUCCESS = 0.9
 DEFAULT_FAILURE = 0.1
 DEFAULT_DEVICE_TIMEOUT_S = 3600
@@ -751,7 +751,26 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             ),
             _actor(context),
         )
+        self._tell_routing(row.selector)
         return _routing_info(row)
+
+    def _tell_routing(self, selector: Mapping[str, str]) -> None:
+        """Ask the devices a policy change may concern to check in for it now (over MQTT,
+        best effort: the others pick it up at their next check-in)."""
+        send = self._ctx.send_command
+        if send is None:
+            return
+        told = 0
+        for device in self._ctx.db.list_devices():
+            if device.revoked_at or not matches(selector, device.labels):
+                continue
+            try:
+                send(device.device_id, "routing")
+                told += 1
+            except AgentError as exc:
+                log.warning("cannot tell devices about the routing change: %s", exc)
+                return
+        log.info("told %d device(s) of a routing change", told)
 
     @rpc_errors
     def ListRoutingPolicies(  # noqa: N802
@@ -768,6 +787,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     ) -> pb.ListRoutingPoliciesResponse:
         require_admin(context, self._ctx.admin_token)
         self._ctx.routing.delete(request.model_name, dict(request.selector))
+        self._tell_routing(dict(request.selector))
         rows = self._ctx.routing.list(request.model_name)
         return pb.ListRoutingPoliciesResponse(policies=[_routing_info(r) for r in rows])
 
