@@ -21,10 +21,8 @@ CLOUD = DATA / "digits_cloud_float.tflite"
 
 
 def main() -> int:
-    return edgefleet(
-        ["routing", "evaluate", "--local", str(LOCAL), "--cloud", str(CLOUD)]
-        + ["--data", "sklearn:digits"]
-    )
+    args = ["routing", "evaluate", "--local", str(LOCAL), "--cloud", str(CLOUD)]
+    return edgefleet([*args, "--data", "sklearn:digits"])
 
 
 if __name__ == "__main__":

@@ -79,6 +79,13 @@ def test_a_cascade_sends_the_unsure_requests_to_the_reference_cloud(
     server.admin("routing", "set", "digits", "cascade", "--threshold", "0.65")
     listed = json.loads(server.admin("routing", "list", "--json").stdout)
     assert [(p["model_name"], p["policy"]) for p in listed] == [("digits", "cascade")]
+    for args, expected in (
+        (("nosuch", "cloud"), "no model named 'nosuch' in the catalog"),
+        (("digits", "cascade"), "a cascade needs a threshold above 0"),
+        (("digits", "cascade", "--threshold", "1.5"), "outside 0..1"),
+    ):
+        refused = server.admin("routing", "set", *args, check=False)
+        assert refused.returncode == 1 and expected in refused.stderr, refused.stderr
     wait_for(
         "the cascade policy to reach the agent",
         lambda: ask(agent, "digits", unsure)[1].get("edgefleet.path") == "cloud",

@@ -733,6 +733,10 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         require_admin(context, self._ctx.admin_token)
         if not NAME.match(request.model_name):
             raise BadRequestError(f"model name {request.model_name!r} is not valid")
+        if self._ctx.db.newest_version(request.model_name) is None:
+            raise NotFoundError(
+                f"no model named {request.model_name!r} in the catalog; push it first"
+            )
         check_labels(request.selector, "selector label")
         row = self._ctx.routing.set(
             RoutingRow(
