@@ -763,8 +763,11 @@ class RolloutStore:
                     (c.rollout_id == sa.bindparam("r"))
                     & (c.device_id == sa.bindparam("d"))
                     & (c.state == "installed")
+                    # (no IN list: executemany cannot expand one)
                     & c.rollout_id.in_(
-                        sa.select(rollouts.c.rollout_id).where(rollouts.c.state.in_(LIVE))
+                        sa.select(rollouts.c.rollout_id).where(
+                            sa.or_(*(rollouts.c.state == state for state in LIVE))
+                        )
                     )
                 )
                 .values(
