@@ -16,6 +16,7 @@ from google.protobuf.json_format import MessageToDict
 
 from fleet_server import __version__
 from fleet_server.errors import AuthError, BadRequestError, FleetError
+from fleet_server.optimize import cli as optimize_cli
 from fleet_server.routing import cli as routing_cli
 from protos import admin_pb2 as pb
 from protos import admin_pb2_grpc as pb_grpc
@@ -836,6 +837,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="group", required=True)
     routing_cli.add_parser(sub)
     routing_cli.add_costs_parser(sub)
+    optimize_cli.add_parser(sub)
 
     models = sub.add_parser("models", help="the model catalog")
     models_sub = models.add_subparsers(dest="action", required=True)

@@ -7,7 +7,11 @@
 3. Two `edgefleet-agent run` processes enroll, check in, download, verify and activate it.
 4. cat.bmp is classified through each agent's local Open Inference Protocol v2 API.
 5. The agents' telemetry arrives at the server over MQTT; `edgefleet devices list` shows it.
-6. Everything shuts down cleanly; exit 0.
+6. A staged rollout of a two-variant release: one canary, then the rest.
+7. Cloud routing: a digit classifier whose int8 variant runs on the devices and whose float
+   variant the server's reference cloud serves; a cascade sends the unsure digits to the cloud;
+   `edgefleet costs` prices it against local only and cloud only.
+8. Everything shuts down cleanly; exit 0.
 """
 
 from __future__ import annotations
@@ -110,6 +114,8 @@ def run(state: Path) -> None:
                 str(ready),
                 "--rollout-interval",
                 "0.5",
+                "--cloud-listen",
+                "127.0.0.1:0",
             ],
             state / "server.log",
         )
@@ -241,6 +247,8 @@ def run(state: Path) -> None:
         step("why edge-cam-1 runs the int8 variant and not the Edge TPU one")
         print(cli(*admin, "devices", "explain", "edge-cam-1", "mobilenet"), end="")
 
+        cascade(admin, sockets["edge-cam-1"])
+
         step("summary: edgefleet devices list")
         print(cli(*admin, "devices", "list"), end="")
     finally:
@@ -256,6 +264,70 @@ def run(state: Path) -> None:
             print(f"{name}: exited {code}")
             if code != 0:
                 raise DemoError(f"{name} exited {code}; see its log in {state}")
+
+
+def ask_digit(socket: Path, sample: np.ndarray) -> tuple[int, str]:
+    """The predicted digit and which path (local or cloud) answered."""
+    request = inference_pb2.ModelInferRequest(model_name="digits")
+    request.inputs.add(name="pixels", datatype="FP32", shape=[1, 64])
+    request.raw_input_contents.append(sample.astype(np.float32).reshape(1, 64).tobytes())
+    with grpc.insecure_channel(f"unix:{socket}") as channel:
+        response = inference_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+            request, timeout=10
+        )
+    scores = np.frombuffer(response.raw_output_contents[0], dtype=np.float32)
+    return int(np.argmax(scores)), response.parameters["edgefleet.path"].string_param
+
+
+def cascade(admin: tuple[str, ...], socket: Path) -> None:
+    """Step 7: the digits cascade through one agent, and what it costs."""
+    from fleet_server.routing.datasets import digits  # noqa: PLC0415 - needs scikit-learn
+
+    step("cloud routing: digits (int8 on the devices, float in the server's reference cloud)")
+    print(
+        cli(
+            *admin,
+            "models",
+            "push",
+            str(DATA / "digits_local_int8.tflite"),
+            str(DATA / "digits_cloud_float.tflite"),
+            "--name",
+            "digits",
+            "--version",
+            "1.0.0",
+            "--deploy",
+        ),
+        end="",
+    )
+    print(cli(*admin, "routing", "set", "digits", "cascade", "--threshold", "0.85"), end="")
+    data = digits()
+    unsure = data.test_x[588]  # the int8 model's top score for it is 0.40
+
+    def routed() -> bool:
+        try:
+            return ask_digit(socket, unsure)[1] == "cloud"
+        except grpc.RpcError:
+            return False  # not installed yet
+
+    wait_for("edge-cam-1 to run digits under the cascade", routed)
+    paths = {"local": 0, "cloud": 0}
+    correct = 0
+    for sample, label in zip(data.test_x, data.test_y, strict=True):
+        predicted, path = ask_digit(socket, sample)
+        paths[path] += 1
+        correct += predicted == label
+    total = len(data.test_y)
+    print(
+        f"edge-cam-1: {total} held-out digits: accuracy {correct / total:.2%}, "
+        f"{paths['cloud']} ({paths['cloud'] / total:.1%}) answered by the cloud"
+    )
+
+    def costed() -> bool:
+        rows = json.loads(cli(*admin, "costs", "--json")).get("rows", [])
+        return any(r["policy"] == "cascade" and int(r["served"]) >= total for r in rows)
+
+    wait_for("the cost report", costed)
+    print(cli(*admin, "costs"), end="")
 
 
 def main() -> int:

@@ -7,7 +7,7 @@ Data: the digits dataset bundled with scikit-learn (1,797 8x8 images, UCI), spli
 second half is what ``edgefleet routing evaluate --data sklearn:digits`` scores.
 
 Writes, as committed in ``tests/data/``:
-- ``digits_cloud_float.tflite``: a float32 MLP 64-256-128-10, the "large" cloud model;
+- ``digits_cloud_float.tflite``: a float32 MLP 64-512-256-10, the "large" cloud model;
 - ``digits_local_float.tflite``: a float32 MLP 64-16-10, the small device model before
   quantization;
 - ``digits_local_int8.tflite``: the same quantized to full int8 (int8 weights and activations,
@@ -134,7 +134,7 @@ def main(argv: list[str]) -> int:
     out = Path(argv[0])
     out.mkdir(parents=True, exist_ok=True)
     data = digits()
-    for name, hidden in (("digits_cloud_float", (256, 128)), ("digits_local_float", (16,))):
+    for name, hidden in (("digits_cloud_float", (512, 256)), ("digits_local_float", (16,))):
         model = train(hidden, data.train_x, data.train_y)
         layers = list(zip(model.coefs_, model.intercepts_, strict=True))
         accuracy = float((model.predict(data.test_x) == data.test_y).mean())

@@ -15,7 +15,7 @@ import numpy as np
 
 from fleet_server.errors import BadRequestError
 
-__all__ = ["Dataset", "digits", "load"]
+__all__ = ["Dataset", "digits", "load", "samples"]
 
 
 @dataclass(frozen=True)
@@ -81,3 +81,28 @@ def load(spec: str) -> Dataset:
         raise BadRequestError(f"{path}: labels y must be integers, not {y.dtype}")
     empty = np.empty((0, *x.shape[1:]), dtype=x.dtype)
     return Dataset(str(path), empty, np.empty(0, dtype=np.int64), x, y.astype(np.int64))
+
+
+def samples(spec: str, *, part: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Samples and labels (None when the data has none): ``sklearn:digits`` gives its
+    ``part`` ("train" for calibration, "test" for evaluation); an ``.npz`` gives its ``x``
+    and, if present, ``y``.
+
+    Raises:
+        BadRequestError: unknown dataset, unreadable file, or mismatched arrays.
+    """
+    if spec.startswith("sklearn:"):
+        data = load(spec)
+        return (data.train_x, data.train_y) if part == "train" else (data.test_x, data.test_y)
+    path = Path(spec)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            x = archive["x"]
+            y = archive["y"] if "y" in archive.files else None
+    except (OSError, ValueError, KeyError) as exc:
+        raise BadRequestError(f"cannot read {path} as an .npz with an array x: {exc}") from exc
+    if x.ndim < 2:
+        raise BadRequestError(f"{path}: x {x.shape} must be (samples, ...input shape)")
+    if y is not None and (y.ndim != 1 or len(y) != len(x)):
+        raise BadRequestError(f"{path}: y {y.shape} must have one label per sample of x")
+    return x, y

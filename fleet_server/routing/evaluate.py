@@ -28,6 +28,7 @@ class Scores:
 
     values: np.ndarray  # (samples, classes)
     median_ms: float
+    p95_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -136,4 +137,8 @@ def scores(model: Path, samples: np.ndarray) -> Scores:
         if out_scale:
             out = (out - out_zero) * out_scale
         result.append(out.reshape(-1))
-    return Scores(np.stack(result), float(np.median(times) * 1000))
+    return Scores(
+        np.stack(result),
+        float(np.median(times) * 1000),
+        float(np.percentile(times, 95) * 1000),
+    )

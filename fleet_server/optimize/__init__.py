@@ -1,0 +1,1 @@
+"""Model optimization: quantized variants of a float model, measured and reported."""

@@ -1,0 +1,441 @@
+"""``edgefleet model build``: from one float model to measured, device-ready variants.
+
+Each variant is made with ai-edge-quantizer (no TensorFlow), then measured on this host with
+LiteRT (one thread): size, latency per invoke (median, p95), top-1 agreement and largest output
+difference against the float model, and accuracy when the evaluation data has labels. A variant
+under the accuracy floor is rejected with the reason; a variant that fails to build does not
+stop the others. The output directory appears whole or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.inference.modelfile import inspect_model_file
+from fleet_server.errors import BadRequestError
+from fleet_server.routing.evaluate import Scores, scores
+
+__all__ = ["BuildReport", "VariantReport", "build"]
+
+REPORT = "report.json"
+TABLE = "report.txt"
+
+
+@dataclass
+class VariantReport:
+    name: str  # float32, float16, dynamic_int8, weight_only_int8, full_int8, int16x8, edgetpu
+    file: str = ""
+    status: str = "ok"  # ok | rejected | failed | skipped
+    reason: str = ""
+    size: int = 0
+    size_ratio: float = 0.0  # to float32
+    median_ms: float = 0.0
+    p95_ms: float = 0.0
+    top1_agreement: float | None = None  # with float32
+    max_abs_diff: float | None = None
+    accuracy: float | None = None  # with labels
+    build_s: float = 0.0
+    tool: str = ""  # what made it (ai-edge-quantizer recipe, edgetpu_compiler version)
+
+
+@dataclass
+class BuildReport:
+    source: str
+    source_sha256: str
+    host: str
+    samples_calibration: int
+    samples_eval: int
+    labelled: bool
+    min_accuracy: float | None
+    max_accuracy_drop: float | None
+    variants: list[VariantReport] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> BuildReport:
+        raw = json.loads(text)
+        variants = [VariantReport(**v) for v in raw.pop("variants")]
+        return cls(**raw, variants=variants)
+
+    def table(self) -> str:
+        lines = [
+            f"{'VARIANT':17} {'STATUS':8} {'SIZE':>9} {'RATIO':>6} {'P50 MS':>8} {'P95 MS':>8} "
+            f"{'TOP1 AGREE':>10} {'MAX DIFF':>9} {'ACCURACY':>8}  NOTE"
+        ]
+        for v in self.variants:
+            agree = f"{v.top1_agreement:.2%}" if v.top1_agreement is not None else "-"
+            diff = f"{v.max_abs_diff:.4f}" if v.max_abs_diff is not None else "-"
+            accuracy = f"{v.accuracy:.2%}" if v.accuracy is not None else "-"
+            size = f"{v.size:,}" if v.size else "-"
+            ratio = f"{v.size_ratio:.0%}" if v.size else "-"
+            lines.append(
+                f"{v.name:17} {v.status:8} {size:>9} {ratio:>6} {v.median_ms:8.4f} "
+                f"{v.p95_ms:8.4f} {agree:>10} {diff:>9} {accuracy:>8}  {v.reason}"
+            )
+        return "\n".join(lines) + "\n"
+
+
+Progress = Callable[[str], None]
+
+
+def _recipes() -> dict[str, tuple[Any, bool]]:
+    """Variant name -> (ai-edge-quantizer recipe, needs calibration)."""
+    from ai_edge_quantizer import recipe  # noqa: PLC0415 - the optimize extra
+
+    float16 = [
+        {
+            "regex": ".*",
+            "operation": "*",
+            "algorithm_key": "float_casting",
+            "op_config": {
+                "weight_tensor_config": {"num_bits": 16, "dtype": "FLOAT"},
+                "compute_precision": "FLOAT",
+                "explicit_dequantize": True,
+            },
+        }
+    ]
+    return {
+        "float16": (float16, False),
+        "dynamic_int8": (recipe.dynamic_wi8_afp32(), False),
+        "weight_only_int8": (recipe.weight_only_wi8_afp32(), False),
+        "full_int8": (recipe.static_wi8_ai8(), True),
+        "int16x8": (recipe.static_wi8_ai16(), True),
+    }
+
+
+def _check_source(model: Path, calibration: np.ndarray) -> tuple[str, str]:
+    """The model's signature key and the signature's input name.
+
+    Raises:
+        BadRequestError: no such file, not a float model with one signature, or calibration
+            data that does not fit its input.
+    """
+    if not model.is_file():
+        raise BadRequestError(f"{model} does not exist")
+    try:
+        info = inspect_model_file(model)
+    except Exception as exc:
+        raise BadRequestError(f"{model} is not a TFLite model: {exc}") from exc
+    if not info.signatures:
+        raise BadRequestError(
+            f"{model.name} has no signature; the quantizer needs one. Re-export it with a "
+            "serving signature (e.g. TFLiteConverter.from_saved_model, or from_concrete_functions "
+            "with a named signature)"
+        )
+    if len(info.inputs) != 1:
+        raise BadRequestError(
+            f"{model.name} has {len(info.inputs)} inputs; model build takes one-input models"
+        )
+    tensor = info.inputs[0]
+    if tensor.dtype != "float32" or info.quantization not in ("", "float32"):
+        raise BadRequestError(
+            f"{model.name} is already quantized ({info.quantization or tensor.dtype}); start "
+            "from the float32 model"
+        )
+    if len(calibration) == 0:
+        raise BadRequestError("the calibration data is empty; give a few hundred samples")
+    shape = tuple(int(d) for d in tensor.shape)
+    if tuple(calibration.shape[1:]) != shape[1:]:
+        raise BadRequestError(
+            f"calibration samples are {tuple(calibration.shape[1:])}; {model.name} takes "
+            f"{shape[1:]} (without the batch axis)"
+        )
+    if not np.issubdtype(calibration.dtype, np.number):
+        raise BadRequestError(f"calibration data must be numbers, not {calibration.dtype}")
+    signature = info.signatures[0]
+    return signature.key, signature.inputs[0]
+
+
+def _quantize(
+    source: Path,
+    out: Path,
+    recipe: Any,
+    signature: tuple[str, str],
+    calibration: np.ndarray | None,
+) -> None:
+    from ai_edge_quantizer import quantizer  # noqa: PLC0415 - the optimize extra
+
+    q = quantizer.Quantizer(str(source))
+    q.load_quantization_recipe(recipe)
+    result = None
+    if calibration is not None:
+        key, input_name = signature
+        samples = {key: [{input_name: row[None, ...].astype(np.float32)} for row in calibration]}
+        result = q.calibrate(samples)
+    q.quantize(result).export_model(str(out), overwrite=True)
+
+
+def _edgetpu_compile(model: Path, out_dir: Path) -> tuple[Path, str]:
+    """Compile with edgetpu_compiler; the output file and the compiler's version line.
+
+    Raises:
+        RuntimeError: the compiler failed.
+    """
+    compiler = shutil.which("edgetpu_compiler") or "edgetpu_compiler"
+    version = subprocess.run(
+        [compiler, "--version"], capture_output=True, text=True, check=False, timeout=60
+    ).stdout.strip()
+    result = subprocess.run(
+        [compiler, "-s", "-o", str(out_dir), str(model)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    compiled = out_dir / f"{model.stem}_edgetpu.tflite"
+    if result.returncode != 0 or not compiled.exists():
+        raise RuntimeError(result.stderr.strip() or result.stdout.strip() or "no output")
+    return compiled, version
+
+
+def build(
+    model: Path,
+    *,
+    calibration: np.ndarray,
+    out: Path,
+    eval_x: np.ndarray | None = None,
+    eval_y: np.ndarray | None = None,
+    min_accuracy: float | None = None,
+    max_accuracy_drop: float | None = None,
+    edgetpu: Path | None = None,
+    force: bool = False,
+    progress: Progress = lambda _text: None,
+) -> BuildReport:
+    """Build every variant of ``model`` into ``out`` (atomically) and return the report.
+
+    Raises:
+        BadRequestError: bad input (model, data, output directory); nothing is written.
+    """
+    signature = _check_source(model, calibration)
+    if eval_x is None:
+        eval_x = calibration
+    if eval_y is not None and len(eval_y) != len(eval_x):
+        raise BadRequestError(f"{len(eval_x)} evaluation samples but {len(eval_y)} labels")
+    if out.exists() and not force:
+        raise BadRequestError(f"{out} exists; choose another --out or pass --force to replace it")
+    parent = out.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+    except OSError as exc:
+        raise BadRequestError(f"cannot write in {parent}: {exc.strerror}") from exc
+    try:
+        report = _build_into(
+            staging,
+            model,
+            signature=signature,
+            calibration=calibration,
+            eval_x=eval_x,
+            eval_y=eval_y,
+            min_accuracy=min_accuracy,
+            max_accuracy_drop=max_accuracy_drop,
+            edgetpu=edgetpu,
+            progress=progress,
+        )
+        (staging / REPORT).write_text(report.to_json(), encoding="utf-8")
+        (staging / TABLE).write_text(report.table(), encoding="utf-8")
+        _replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return report
+
+
+def _replace(staging: Path, out: Path) -> None:
+    """Move the finished staging directory to ``out``; an old ``out`` goes only after."""
+    for path in [*staging.iterdir(), staging]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+    staging.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _measure(
+    variant: VariantReport,
+    path: Path,
+    eval_x: np.ndarray,
+    eval_y: np.ndarray | None,
+    reference: Scores | None,
+) -> Scores:
+    measured = scores(path, eval_x)
+    variant.size = path.stat().st_size
+    variant.median_ms = measured.median_ms
+    variant.p95_ms = measured.p95_ms
+    if reference is not None:
+        variant.top1_agreement = float(
+            (measured.values.argmax(1) == reference.values.argmax(1)).mean()
+        )
+        variant.max_abs_diff = float(np.abs(measured.values - reference.values).max())
+    if eval_y is not None:
+        variant.accuracy = float((measured.values.argmax(1) == eval_y).mean())
+    return measured
+
+
+def _build_into(
+    staging: Path,
+    model: Path,
+    *,
+    signature: tuple[str, str],
+    calibration: np.ndarray,
+    eval_x: np.ndarray,
+    eval_y: np.ndarray | None,
+    min_accuracy: float | None,
+    max_accuracy_drop: float | None,
+    edgetpu: Path | None,
+    progress: Progress,
+) -> BuildReport:
+    report = BuildReport(
+        source=model.name,
+        source_sha256=hashlib.sha256(model.read_bytes()).hexdigest(),
+        host=_host(),
+        samples_calibration=len(calibration),
+        samples_eval=len(eval_x),
+        labelled=eval_y is not None,
+        min_accuracy=min_accuracy,
+        max_accuracy_drop=max_accuracy_drop,
+    )
+    progress(f"float32: measuring {model.name} on {len(eval_x)} samples")
+    base = VariantReport("float32", file="float32.tflite", tool="the source model")
+    shutil.copyfile(model, staging / base.file)
+    reference = _measure(base, staging / base.file, eval_x, eval_y, None)
+    base.size_ratio = 1.0
+    base.top1_agreement, base.max_abs_diff = 1.0, 0.0
+    report.variants.append(base)
+    for name, (recipe, calibrated) in _recipes().items():
+        variant = VariantReport(name, file=f"{name}.tflite", tool=f"ai-edge-quantizer {name}")
+        report.variants.append(variant)
+        progress(
+            f"{name}: quantizing"
+            + (f" ({len(calibration)} calibration samples)" if calibrated else "")
+        )
+        started = time.monotonic()
+        try:
+            _quantize(
+                model,
+                staging / variant.file,
+                recipe,
+                signature,
+                calibration if calibrated else None,
+            )
+            variant.build_s = time.monotonic() - started
+            progress(f"{name}: measuring")
+            _measure(variant, staging / variant.file, eval_x, eval_y, reference)
+        except Exception as exc:  # noqa: BLE001 - one variant failing must not stop the others
+            variant.status, variant.reason = "failed", _short(exc)
+            variant.file = ""
+            (staging / f"{name}.tflite").unlink(missing_ok=True)
+            progress(f"{name}: failed: {variant.reason}")
+            continue
+        variant.size_ratio = variant.size / base.size
+    report.variants.append(_edgetpu_variant(staging, edgetpu, base, progress))
+    for variant in report.variants:
+        _judge(variant, base, min_accuracy, max_accuracy_drop)
+    return report
+
+
+def _edgetpu_variant(
+    staging: Path, supplied: Path | None, base: VariantReport, progress: Progress
+) -> VariantReport:
+    variant = VariantReport("edgetpu", file="edgetpu.tflite")
+    target = staging / variant.file
+    try:
+        if supplied is not None:
+            info = inspect_model_file(supplied)
+            if not info.edgetpu:
+                raise BadRequestError(f"{supplied.name} is not compiled for the Edge TPU")
+            source = inspect_model_file(staging / base.file)
+            if [t.shape for t in info.inputs] != [t.shape for t in source.inputs]:
+                raise BadRequestError(
+                    f"{supplied.name} takes {[t.shape for t in info.inputs]}, the float model "
+                    f"{[t.shape for t in source.inputs]}: not a compilation of this model"
+                )
+            shutil.copyfile(supplied, target)
+            variant.tool = f"supplied: {supplied.name}"
+        elif shutil.which("edgetpu_compiler") and (staging / "full_int8.tflite").exists():
+            progress("edgetpu: compiling the full int8 variant")
+            compiled, version = _edgetpu_compile(staging / "full_int8.tflite", staging)
+            compiled.rename(target)
+            variant.tool = version or "edgetpu_compiler"
+            log = staging / "full_int8_edgetpu.log"
+            log.unlink(missing_ok=True)
+        else:
+            variant.status, variant.file = "skipped", ""
+            variant.reason = (
+                "edgetpu_compiler is not on PATH; compile full_int8.tflite elsewhere and pass "
+                "--edgetpu FILE"
+            )
+            return variant
+    except Exception as exc:  # noqa: BLE001
+        variant.status, variant.file, variant.reason = "failed", "", _short(exc)
+        target.unlink(missing_ok=True)
+        return variant
+    variant.size = target.stat().st_size
+    variant.size_ratio = variant.size / base.size
+    # Without an Edge TPU here, its latency and accuracy are for the devices to measure.
+    variant.reason = "not measured here (no Edge TPU); devices benchmark it"
+    return variant
+
+
+def _judge(
+    variant: VariantReport,
+    base: VariantReport,
+    min_accuracy: float | None,
+    max_drop: float | None,
+) -> None:
+    """Reject a variant under the accuracy floor, with the reason."""
+    if variant.status != "ok" or variant.accuracy is None:
+        return
+    if min_accuracy is not None and variant.accuracy < min_accuracy:
+        variant.status = "rejected"
+        variant.reason = f"accuracy {variant.accuracy:.2%} < floor {min_accuracy:.2%}"
+    elif (
+        max_drop is not None
+        and base.accuracy is not None
+        and base.accuracy - variant.accuracy > max_drop + 1e-12
+    ):
+        variant.status = "rejected"
+        variant.reason = (
+            f"accuracy {variant.accuracy:.2%} is {(base.accuracy - variant.accuracy) * 100:.2f} "
+            f"points below float32 (at most {max_drop * 100:g})"
+        )
+
+
+def _host() -> str:
+    from importlib.metadata import version  # noqa: PLC0415
+
+    try:
+        runtime = f"ai-edge-litert {version('ai-edge-litert')}"
+    except Exception:  # noqa: BLE001 - a name in a report, not worth failing for
+        runtime = "LiteRT"
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} "
+        f"{platform.release()}, {runtime}, 1 thread"
+    )
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (f"{type(exc).__name__}: {text[0] if text else ''}")[:300]

@@ -1,0 +1,116 @@
+"""``edgefleet model build``: runs here, no server needed."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+from fleet_server.errors import BadRequestError
+
+__all__ = ["add_parser"]
+
+
+def _points(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r} is outside 0..100")
+    return value
+
+
+def add_parser(sub: Any) -> None:
+    """Register the ``model`` command group."""
+    model = sub.add_parser(
+        "model",
+        help="model optimization: build measured variants from a float model",
+    )
+    model_sub = model.add_subparsers(dest="action", required=True)
+    build = model_sub.add_parser(
+        "build",
+        help="quantize a float .tflite into every variant and measure each",
+        description="Writes OUT_DIR with float32, float16, dynamic_int8, weight_only_int8, "
+        "full_int8 (calibrated) and int16x8 (calibrated) variants made with ai-edge-quantizer, "
+        "an Edge TPU variant when edgetpu_compiler is on PATH (or --edgetpu FILE), and "
+        "report.json / report.txt: size, latency here (one thread), agreement with float32 "
+        "and accuracy with labels. A variant failing does not stop the others; OUT_DIR "
+        "appears whole or not at all. Push it with 'edgefleet models push OUT_DIR'.",
+    )
+    build.add_argument("model", type=Path, help="the float32 .tflite (with a signature)")
+    build.add_argument(
+        "--calibration",
+        required=True,
+        help="representative inputs: sklearn:digits (its training half) or an .npz with x",
+    )
+    build.add_argument("--out", type=Path, required=True, help="the output directory")
+    build.add_argument(
+        "--eval",
+        help="evaluation data: sklearn:digits (held-out half) or an .npz with x and "
+        "optionally y (labels); default: the calibration samples, unlabelled",
+    )
+    build.add_argument(
+        "--min-accuracy", type=_points, help="reject variants under this accuracy (percent)"
+    )
+    build.add_argument(
+        "--max-accuracy-drop",
+        type=_points,
+        help="reject variants more than this many points below float32",
+    )
+    build.add_argument("--edgetpu", type=Path, help="an _edgetpu.tflite compiled elsewhere")
+    build.add_argument("--force", action="store_true", help="replace an existing OUT_DIR")
+    build.add_argument("--json", action="store_true", help="print report.json")
+    build.set_defaults(func=_cmd_build)
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from fleet_server.optimize.build import build  # noqa: PLC0415 - needs the optimize extra
+    from fleet_server.routing.datasets import samples  # noqa: PLC0415
+
+    try:
+        import ai_edge_quantizer  # noqa: F401, PLC0415
+    except ImportError as exc:
+        raise BadRequestError(
+            "model build needs ai-edge-quantizer: pip install 'edgefleet[optimize]'"
+        ) from exc
+    if args.model.is_dir() or args.model.suffix in (".keras", ".h5"):
+        raise BadRequestError(_keras_message(args.model))
+    calibration, _ = samples(args.calibration, part="train")
+    eval_x, eval_y = samples(args.eval, part="test") if args.eval else (None, None)
+    report = build(
+        args.model,
+        calibration=calibration,
+        out=args.out,
+        eval_x=eval_x,
+        eval_y=eval_y,
+        min_accuracy=args.min_accuracy / 100 if args.min_accuracy is not None else None,
+        max_accuracy_drop=args.max_accuracy_drop / 100
+        if args.max_accuracy_drop is not None
+        else None,
+        edgetpu=args.edgetpu,
+        force=args.force,
+        progress=lambda text: print(f"[model build] {text}", file=sys.stderr, flush=True),
+    )
+    if args.json:
+        print(report.to_json())
+    else:
+        print(f"{args.model.name} on {report.host}: {report.samples_eval} evaluation samples")
+        print(report.table(), end="")
+        print(f"wrote {args.out}/ (report.json, report.txt)")
+    return 0
+
+
+def _keras_message(path: Path) -> str:
+    if importlib.util.find_spec("tensorflow") is None:
+        return (
+            f"{path} is a Keras or SavedModel model; converting it needs TensorFlow, which is "
+            "not installed. Convert it to a float32 .tflite first (tf.lite.TFLiteConverter), "
+            "or install tensorflow-cpu"
+        )
+    return (
+        f"{path} is a Keras or SavedModel model: convert it with "
+        "tf.lite.TFLiteConverter.from_saved_model (no optimizations) and build from the .tflite"
+    )

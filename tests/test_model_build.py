@@ -1,0 +1,150 @@
+"""`edgefleet model build` on real models and real data: every variant, the report, the
+accuracy floor, and bad input that leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fleet_server.errors import BadRequestError
+from fleet_server.optimize import build as build_module
+from fleet_server.optimize.build import BuildReport, build
+from fleet_server.routing.datasets import digits
+from tests.harness import run_cli
+
+DATA = Path(__file__).parent / "data"
+FLOAT = DATA / "digits_cloud_float.tflite"
+VARIANTS = ["float32", "float16", "dynamic_int8", "weight_only_int8", "full_int8", "int16x8"]
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_build_makes_every_variant_measures_it_and_writes_the_report(tmp_path: Path) -> None:
+    out = tmp_path / "digits"
+    result = run_cli(
+        "edgefleet", "model", "build", str(FLOAT), "--calibration", "sklearn:digits",
+        "--eval", "sklearn:digits", "--out", str(out), "--max-accuracy-drop", "1",
+        timeout=600,
+    )  # fmt: skip
+    report = BuildReport.from_json((out / "report.json").read_text())
+    by_name = {v.name: v for v in report.variants}
+    assert list(by_name) == [*VARIANTS, "edgetpu"]
+    for name in VARIANTS:
+        variant = by_name[name]
+        assert variant.status == "ok", (name, variant.reason)
+        assert (out / variant.file).stat().st_size == variant.size
+        assert variant.median_ms > 0 and variant.p95_ms >= variant.median_ms
+        assert variant.accuracy is not None and variant.top1_agreement is not None
+    base, full = by_name["float32"], by_name["full_int8"]
+    assert base.size == FLOAT.stat().st_size and base.accuracy is not None
+    # The issue's target, on this model and data (docs/benchmarks.md has every row):
+    assert full.size_ratio <= 0.30
+    assert full.accuracy is not None and base.accuracy - full.accuracy <= 0.01
+    assert by_name["float16"].size_ratio < 0.6
+    assert by_name["edgetpu"].status == "skipped"
+    assert "edgetpu_compiler is not on PATH" in by_name["edgetpu"].reason
+    assert "full_int8" in result.stdout and "wrote" in result.stdout
+    calibrated = (
+        f"[model build] full_int8: quantizing ({len(digits().train_x)} calibration samples)"
+    )
+    assert calibrated in result.stderr
+    assert (out / "report.txt").read_text().startswith("VARIANT")
+    assert leftovers(tmp_path) == []
+
+
+def test_the_accuracy_floor_rejects_variants_with_the_reason(tmp_path: Path) -> None:
+    data = digits()
+    report = build(
+        FLOAT,
+        calibration=data.train_x[:100],
+        eval_x=data.test_x[:200],
+        eval_y=data.test_y[:200],
+        out=tmp_path / "strict",
+        min_accuracy=0.999,
+    )
+    rejected = [v for v in report.variants if v.status == "rejected"]
+    assert rejected, [(v.name, v.accuracy) for v in report.variants]
+    assert all(v.reason.endswith("< floor 99.90%") for v in rejected)
+    shown = json.loads((tmp_path / "strict" / "report.json").read_text())
+    assert {v["name"] for v in shown["variants"] if v["status"] == "rejected"} == {
+        v.name for v in rejected
+    }
+
+
+def test_a_failing_variant_does_not_stop_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = build_module._recipes
+
+    def with_a_broken_one() -> dict[str, tuple[object, bool]]:
+        recipes = real()
+        recipes["float16"] = ([{"regex": ".*", "operation": "*", "algorithm_key": "nope"}], False)
+        return recipes
+
+    monkeypatch.setattr(build_module, "_recipes", with_a_broken_one)
+    data = digits()
+    report = build(FLOAT, calibration=data.train_x[:50], out=tmp_path / "out")
+    by_name = {v.name: v for v in report.variants}
+    assert by_name["float16"].status == "failed" and by_name["float16"].reason
+    assert not (tmp_path / "out" / "float16.tflite").exists()
+    assert by_name["full_int8"].status == "ok"
+    assert (tmp_path / "out" / "full_int8.tflite").exists()
+
+
+def test_bad_input_is_refused_with_the_fix_and_leaves_nothing(
+    tmp_path: Path, color_models: Path
+) -> None:
+    no_signature = color_models / "color_float.tflite"  # built without a SignatureDef
+    wrong_shape = tmp_path / "wrong.npz"
+    np.savez(wrong_shape, x=np.zeros((5, 8, 8), np.float32))
+    empty = tmp_path / "empty.npz"
+    np.savez(empty, x=np.zeros((0, 64), np.float32))
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    cases = [
+        ([str(no_signature), "--calibration", "sklearn:digits"], "has no signature"),
+        (
+            [str(DATA / "digits_local_int8.tflite"), "--calibration", "sklearn:digits"],
+            "already quantized",
+        ),
+        ([str(FLOAT), "--calibration", str(wrong_shape)], "calibration samples are (8, 8)"),
+        ([str(FLOAT), "--calibration", str(empty)], "the calibration data is empty"),
+        ([str(tmp_path / "missing.tflite"), "--calibration", "sklearn:digits"], "does not exist"),
+        ([str(tmp_path), "--calibration", "sklearn:digits"], "needs TensorFlow"),
+        (
+            [
+                str(FLOAT),
+                "--calibration",
+                "sklearn:digits",
+                "--edgetpu",
+                str(DATA / "mobilenet_v1_0.25_128_quant_edgetpu.tflite"),
+            ],
+            None,
+        ),
+    ]
+    for args, expected in cases:
+        out = tmp_path / "out"
+        result = run_cli("edgefleet", "model", "build", *args, "--out", str(out), check=False)
+        if expected is None:  # a mismatched Edge TPU file fails that variant only
+            report = json.loads((out / "report.json").read_text())
+            edgetpu = next(v for v in report["variants"] if v["name"] == "edgetpu")
+            assert edgetpu["status"] == "failed"
+            assert "not a compilation of this model" in edgetpu["reason"]
+            continue
+        assert result.returncode == 1, result
+        assert expected in result.stderr, result.stderr
+        assert not out.exists() and leftovers(tmp_path) == []
+    result = run_cli(
+        "edgefleet", "model", "build", str(FLOAT), "--calibration", "sklearn:digits",
+        "--out", str(taken), check=False,
+    )  # fmt: skip
+    assert result.returncode == 1 and "exists; choose another --out or pass --force" in (
+        result.stderr
+    )
+    with pytest.raises(BadRequestError, match="cannot write in"):
+        build(FLOAT, calibration=digits().train_x[:5], out=Path("/proc/1/nope/out"))
