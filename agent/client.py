@@ -153,6 +153,17 @@ class DeviceClient:
         except AgentError as exc:
             log.warning("could not report status: %s", exc)
 
+    def report_benchmark(self, report: pb.BenchmarkReport) -> None:
+        """Send a benchmark result.
+
+        Raises:
+            AgentError: the server is unreachable or refused it.
+        """
+        self._call(
+            "benchmark report",
+            lambda: self._device.ReportBenchmark(report, timeout=self._timeout),
+        )
+
     def download(
         self,
         artifact_id: str,

@@ -8,6 +8,7 @@ ends every loop; components stop in reverse order.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import random
 import socket
@@ -32,6 +33,7 @@ from agent.errors import (
 )
 from agent.hardware.probe import HardwareInfo, probe, to_capabilities
 from agent.identity import Identity, new_key_and_csr
+from agent.inference.bench import run_benchmark
 from agent.inference.engine import Engine, EngineOptions
 from agent.inference.metrics_http import MetricsServer
 from agent.inference.metrics_http import render as render_metrics
@@ -56,6 +58,7 @@ __all__ = ["Agent"]
 
 log = logging.getLogger(__name__)
 _MAX_BACKOFF_S = 300.0
+_BENCH_SECONDS = 2.0  # a "bench" command runs the model this long
 RENEW_BEFORE_S = 30 * 86400  # renew the device certificate in its last 30 days
 
 
@@ -98,6 +101,7 @@ class Agent:
             breaker=Breaker(cloud.breaker_failures, cloud.breaker_cooldown_s),
         )
         self._endpoint: device_pb2.CloudEndpoint | None = None
+        self._benching = threading.Lock()
 
     def _cloud_ca(self) -> bytes | None:
         path = self.config.cloud.ca_file
@@ -193,6 +197,47 @@ class Agent:
         message = "reloaded " + self._config_path.name + ": " + "; ".join(changed)
         log.info("%s", message)
         return message
+
+    def _start_bench(self, name: str) -> tuple[bool, str]:
+        """Benchmark an installed model in the background (its own interpreter, the agent's
+        thread count) and report it over the device API."""
+        model = self.engine.peek(name)
+        if model is None:
+            return False, f"{name[:64]!r} is not loaded here"
+        if self._benching.locked():
+            return False, "a benchmark is already running"
+
+        def run() -> None:
+            with self._benching:
+                try:
+                    result = run_benchmark(
+                        model.path,
+                        threads=self.config.inference.num_threads,
+                        seconds=_BENCH_SECONDS,
+                        edgetpus=self.engine.options.edgetpus,
+                        edgetpu_library=self.engine.options.edgetpu_library,
+                    )
+                    self._client.report_benchmark(
+                        device_pb2.BenchmarkReport(
+                            model_name=model.name,
+                            version=model.version,
+                            sha256=hashlib.sha256(model.path.read_bytes()).hexdigest(),
+                            backend=result.backend,
+                            threads=result.threads,
+                            requests=result.requests,
+                            seconds=result.seconds,
+                            p50_ms=result.p50_ms,
+                            p95_ms=result.p95_ms,
+                            throughput_per_s=result.throughput_per_s,
+                            runtime=result.runtime,
+                        )
+                    )
+                    log.info("benchmarked %s %s: p50 %.3f ms", name, model.version, result.p50_ms)
+                except (AgentError, OSError) as exc:
+                    log.warning("benchmark of %s failed: %s", name, exc)
+
+        threading.Thread(target=run, name="bench", daemon=True).start()
+        return True, f"benchmarking {name} {model.version} for {_BENCH_SECONDS:g} s"
 
     def _with_server_host(self, url: str) -> str:
         """``grpcs://:8443`` (the server's own service, on any address) -> the host this
@@ -544,6 +589,8 @@ class Agent:
             self._fresh = True
             self._nudged.set()
             detail = "checking in for the new routing policy"
+        elif command.kind == "bench":
+            ok, detail = self._start_bench(command.model_name)
         elif command.kind == "reload":
             try:
                 detail = self.reload()

@@ -176,9 +176,48 @@ def _send_file(
             yield message
 
 
+def _from_build(folder: Path) -> tuple[list[Path], list[str], list[pb.Evidence | None]]:
+    """The accepted variants of an `edgefleet model build` directory, with their evidence.
+
+    Raises:
+        BadRequestError: no report there, or no variant passed.
+    """
+    from fleet_server.optimize.build import REPORT, BuildReport  # noqa: PLC0415
+
+    try:
+        report = BuildReport.from_json((folder / REPORT).read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise BadRequestError(
+            f"{folder} is a directory without a readable {REPORT}; push files, or a directory "
+            f"made by 'edgefleet model build' ({exc})"
+        ) from exc
+    accepted = [v for v in report.variants if v.status == "ok" and v.file]
+    if not accepted:
+        raise BadRequestError(f"no variant in {folder} passed its checks (see report.txt)")
+    skipped = [f"{v.name} ({v.status})" for v in report.variants if v not in accepted]
+    if skipped:
+        print(f"not pushed: {', '.join(skipped)}", file=sys.stderr)
+    evidence: list[pb.Evidence | None] = []
+    for v in accepted:
+        e = pb.Evidence(source=f"model build on {report.host}, {report.samples_eval} samples")
+        if v.median_ms > 0:
+            e.latency_ms[report.hardware_class] = v.median_ms
+        if v.accuracy is not None:
+            e.accuracy = v.accuracy
+        if v.top1_agreement is not None:
+            e.top1_agreement = v.top1_agreement
+        evidence.append(e)
+    return [folder / v.file for v in accepted], [v.name for v in accepted], evidence
+
+
 def _cmd_push(args: argparse.Namespace) -> int:
     files: list[Path] = args.files
     names: list[str] = args.variant or []
+    evidence: list[pb.Evidence | None] = [None] * len(files)
+    if len(files) == 1 and files[0].is_dir():
+        if names or args.fallback:
+            raise BadRequestError("a build directory names its variants; drop --variant/--fallback")
+        files, names, evidence = _from_build(files[0])
     if len(names) > len(files):
         raise BadRequestError(f"{len(names)} --variant names for {len(files)} file(s)")
     names += [""] * (len(files) - len(names))  # the server names the rest by their kind
@@ -196,6 +235,8 @@ def _cmd_push(args: argparse.Namespace) -> int:
         sign_offline=args.sign_offline,
         no_compression=args.no_compress,
     )
+    if evidence[0] is not None:
+        meta.evidence.CopyFrom(evidence[0])
     if args.sign_offline and args.deploy:
         raise BadRequestError("a version signed offline is deployed after 'manifest attach'")
 
@@ -206,9 +247,11 @@ def _cmd_push(args: argparse.Namespace) -> int:
         yield from _send_file(files[0], "data", progress)
         if fallback is not None:
             yield from _send_file(fallback, "fallback_data", progress)
-        more = zip(files[1:], names[1:], sizes[1:], samples[1:], strict=True)
-        for path, name, size, sample in more:
+        more = zip(files[1:], names[1:], sizes[1:], samples[1:], evidence[1:], strict=True)
+        for path, name, size, sample, measured in more:
             header = pb.VariantHeader(variant=name, size=size, sample=sample)
+            if measured is not None:
+                header.evidence.CopyFrom(measured)
             yield pb.PushModelRequest(variant=header)
             yield from _send_file(path, "data", progress)
 
@@ -221,8 +264,16 @@ def _cmd_push(args: argparse.Namespace) -> int:
         f"{len(variants)} variant(s)" + ("" if response.unsigned_manifests else ", signed")
     )
     for m in variants:
+        req = json.loads(m.requirements_json or "{}")
+        transport = req.get("transport_size")
+        measured = "".join(
+            f"  {k}: {v:.4f} ms" for k, v in sorted(req.get("latency_ms", {}).items())
+        ) + (f"  accuracy {req['accuracy']:.2%}" if "accuracy" in req else "")
         print(
-            f"  {m.variant:14} {m.quantization:13} {m.size:10d} bytes  sha256 {m.sha256[:16]}..."
+            f"  {m.variant:16} {m.quantization:13} {m.size:10d} bytes"
+            + (f" ({transport} zstd)" if transport else "")
+            + f"  sha256 {m.sha256[:16]}..."
+            + measured
             + (f"  CPU fallback {m.fallback_sha256[:12]}..." if m.fallback_sha256 else "")
             + (f"  smoke top {list(m.smoke_top_indices)}" if m.smoke_top_indices else "")
         )
@@ -614,7 +665,7 @@ def _cmd_devices_explain(args: argparse.Namespace) -> int:
     print(f"  because {response.reason}")
     for v in response.verdicts:
         mark = "*" if v.chosen else " "
-        print(f"{mark} {v.variant:14} {v.quantization:13} {v.reason}")
+        print(f"{mark} {v.variant:16} {v.quantization:13} {v.reason}")
     return 0
 
 
@@ -846,9 +897,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="upload a model version in one or more variants; the server signs them",
         description="Upload one or more .tflite variants of one model version (float32, int8, "
         "Edge TPU...). The server inspects each, derives what it needs, and gives each device "
-        "the variant that fits it best ('edgefleet devices explain' shows why).",
+        "the variant that fits it best ('edgefleet devices explain' shows why). A directory "
+        "made by 'edgefleet model build' pushes its accepted variants with their measured "
+        "latency and accuracy, which selection then uses.",
     )
-    push.add_argument("files", type=Path, nargs="+", metavar="FILE")
+    push.add_argument(
+        "files", type=Path, nargs="+", metavar="FILE", help=".tflite files, or one build directory"
+    )
+    optimize_cli.add_bench_parsers(models_sub)
     push.add_argument("--name", required=True, help="model name")
     push.add_argument("--version", required=True, help="semantic version, e.g. 1.0.0")
     push.add_argument(
@@ -975,6 +1031,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dcommand.add_argument("device")
     dcommand.add_argument("kind", choices=["checkin", "birth", "routing", "reload"])
+    # ("bench" needs a model name: 'edgefleet models bench MODEL'.)
     dcommand.set_defaults(func=_cmd_devices_command)
     drevoke = devices_sub.add_parser(
         "revoke", help="refuse a device's credentials from now on (a lost or stolen device)"

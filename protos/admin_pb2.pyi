@@ -7,6 +7,67 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class RequestBenchmarkRequest(_message.Message):
+    __slots__ = ("model_name", "selector", "device_id")
+    class SelectorEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    selector: _containers.ScalarMap[str, str]
+    device_id: str
+    def __init__(self, model_name: _Optional[str] = ..., selector: _Optional[_Mapping[str, str]] = ..., device_id: _Optional[str] = ...) -> None: ...
+
+class RequestBenchmarkResponse(_message.Message):
+    __slots__ = ("device_ids",)
+    DEVICE_IDS_FIELD_NUMBER: _ClassVar[int]
+    device_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, device_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetBenchReportRequest(_message.Message):
+    __slots__ = ("model_name",)
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    def __init__(self, model_name: _Optional[str] = ...) -> None: ...
+
+class BenchRow(_message.Message):
+    __slots__ = ("version", "variant", "quantization", "hardware_class", "backend", "devices", "p50_ms", "p95_ms", "throughput_per_s", "latest_unix", "source")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    HARDWARE_CLASS_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    P50_MS_FIELD_NUMBER: _ClassVar[int]
+    P95_MS_FIELD_NUMBER: _ClassVar[int]
+    THROUGHPUT_PER_S_FIELD_NUMBER: _ClassVar[int]
+    LATEST_UNIX_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    variant: str
+    quantization: str
+    hardware_class: str
+    backend: str
+    devices: int
+    p50_ms: float
+    p95_ms: float
+    throughput_per_s: float
+    latest_unix: int
+    source: str
+    def __init__(self, version: _Optional[str] = ..., variant: _Optional[str] = ..., quantization: _Optional[str] = ..., hardware_class: _Optional[str] = ..., backend: _Optional[str] = ..., devices: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., throughput_per_s: _Optional[float] = ..., latest_unix: _Optional[int] = ..., source: _Optional[str] = ...) -> None: ...
+
+class BenchReport(_message.Message):
+    __slots__ = ("rows",)
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[BenchRow]
+    def __init__(self, rows: _Optional[_Iterable[_Union[BenchRow, _Mapping]]] = ...) -> None: ...
+
 class GetCostsRequest(_message.Message):
     __slots__ = ("group_by", "model_name")
     GROUP_BY_FIELD_NUMBER: _ClassVar[int]
@@ -156,7 +217,7 @@ class LabelDeviceRequest(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., set: _Optional[_Mapping[str, str]] = ..., remove: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PushModelMeta(_message.Message):
-    __slots__ = ("model_name", "version", "variant", "size", "fallback_size", "sample", "smoke_tolerance", "sign_offline", "no_compression")
+    __slots__ = ("model_name", "version", "variant", "size", "fallback_size", "sample", "smoke_tolerance", "sign_offline", "no_compression", "evidence")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
@@ -166,6 +227,7 @@ class PushModelMeta(_message.Message):
     SMOKE_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     SIGN_OFFLINE_FIELD_NUMBER: _ClassVar[int]
     NO_COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: str
     variant: str
@@ -175,7 +237,27 @@ class PushModelMeta(_message.Message):
     smoke_tolerance: float
     sign_offline: bool
     no_compression: bool
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., size: _Optional[int] = ..., fallback_size: _Optional[int] = ..., sample: _Optional[bytes] = ..., smoke_tolerance: _Optional[float] = ..., sign_offline: _Optional[bool] = ..., no_compression: _Optional[bool] = ...) -> None: ...
+    evidence: Evidence
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., size: _Optional[int] = ..., fallback_size: _Optional[int] = ..., sample: _Optional[bytes] = ..., smoke_tolerance: _Optional[float] = ..., sign_offline: _Optional[bool] = ..., no_compression: _Optional[bool] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ...) -> None: ...
+
+class Evidence(_message.Message):
+    __slots__ = ("latency_ms", "accuracy", "top1_agreement", "source")
+    class LatencyMsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    TOP1_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    latency_ms: _containers.ScalarMap[str, float]
+    accuracy: float
+    top1_agreement: float
+    source: str
+    def __init__(self, latency_ms: _Optional[_Mapping[str, float]] = ..., accuracy: _Optional[float] = ..., top1_agreement: _Optional[float] = ..., source: _Optional[str] = ...) -> None: ...
 
 class PushModelRequest(_message.Message):
     __slots__ = ("meta", "data", "fallback_data", "variant")
@@ -190,14 +272,16 @@ class PushModelRequest(_message.Message):
     def __init__(self, meta: _Optional[_Union[PushModelMeta, _Mapping]] = ..., data: _Optional[bytes] = ..., fallback_data: _Optional[bytes] = ..., variant: _Optional[_Union[VariantHeader, _Mapping]] = ...) -> None: ...
 
 class VariantHeader(_message.Message):
-    __slots__ = ("variant", "size", "sample")
+    __slots__ = ("variant", "size", "sample", "evidence")
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     variant: str
     size: int
     sample: bytes
-    def __init__(self, variant: _Optional[str] = ..., size: _Optional[int] = ..., sample: _Optional[bytes] = ...) -> None: ...
+    evidence: Evidence
+    def __init__(self, variant: _Optional[str] = ..., size: _Optional[int] = ..., sample: _Optional[bytes] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ...) -> None: ...
 
 class ModelVersionInfo(_message.Message):
     __slots__ = ("model_name", "version", "variant", "release_counter", "sha256", "size", "created_unix", "edgetpu", "deployed", "fallback_sha256", "smoke_top_indices", "signed", "quantization", "requirements_json")

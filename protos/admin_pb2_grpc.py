@@ -184,6 +184,16 @@ class AdminServiceStub:
                 request_serializer=protos_dot_admin__pb2.GetCostsRequest.SerializeToString,
                 response_deserializer=protos_dot_admin__pb2.CostReport.FromString,
                 _registered_method=True)
+        self.RequestBenchmark = channel.unary_unary(
+                '/edgefleet.v1.AdminService/RequestBenchmark',
+                request_serializer=protos_dot_admin__pb2.RequestBenchmarkRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.RequestBenchmarkResponse.FromString,
+                _registered_method=True)
+        self.GetBenchReport = channel.unary_unary(
+                '/edgefleet.v1.AdminService/GetBenchReport',
+                request_serializer=protos_dot_admin__pb2.GetBenchReportRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.BenchReport.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -387,6 +397,19 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RequestBenchmark(self, request, context):
+        """Ask devices to benchmark a model they run; compare the results per hardware class.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBenchReport(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -539,6 +562,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetCosts,
                     request_deserializer=protos_dot_admin__pb2.GetCostsRequest.FromString,
                     response_serializer=protos_dot_admin__pb2.CostReport.SerializeToString,
+            ),
+            'RequestBenchmark': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestBenchmark,
+                    request_deserializer=protos_dot_admin__pb2.RequestBenchmarkRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.RequestBenchmarkResponse.SerializeToString,
+            ),
+            'GetBenchReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBenchReport,
+                    request_deserializer=protos_dot_admin__pb2.GetBenchReportRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.BenchReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1351,6 +1384,60 @@ class AdminService:
             '/edgefleet.v1.AdminService/GetCosts',
             protos_dot_admin__pb2.GetCostsRequest.SerializeToString,
             protos_dot_admin__pb2.CostReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestBenchmark(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/RequestBenchmark',
+            protos_dot_admin__pb2.RequestBenchmarkRequest.SerializeToString,
+            protos_dot_admin__pb2.RequestBenchmarkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBenchReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/GetBenchReport',
+            protos_dot_admin__pb2.GetBenchReportRequest.SerializeToString,
+            protos_dot_admin__pb2.BenchReport.FromString,
             options,
             channel_credentials,
             insecure,

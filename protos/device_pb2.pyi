@@ -23,6 +23,32 @@ INSTALLED: UpdateState
 FAILED: UpdateState
 ROLLED_BACK: UpdateState
 
+class BenchmarkReport(_message.Message):
+    __slots__ = ("model_name", "version", "sha256", "backend", "threads", "requests", "seconds", "p50_ms", "p95_ms", "throughput_per_s", "runtime")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    P50_MS_FIELD_NUMBER: _ClassVar[int]
+    P95_MS_FIELD_NUMBER: _ClassVar[int]
+    THROUGHPUT_PER_S_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    version: str
+    sha256: str
+    backend: str
+    threads: int
+    requests: int
+    seconds: float
+    p50_ms: float
+    p95_ms: float
+    throughput_per_s: float
+    runtime: str
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., sha256: _Optional[str] = ..., backend: _Optional[str] = ..., threads: _Optional[int] = ..., requests: _Optional[int] = ..., seconds: _Optional[float] = ..., p50_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., throughput_per_s: _Optional[float] = ..., runtime: _Optional[str] = ...) -> None: ...
+
 class Capabilities(_message.Message):
     __slots__ = ("arch", "cpu_cores", "memory_bytes", "disk_free_bytes", "edgetpu_count", "runtime", "runtime_version", "agent_version", "os", "edgetpus", "libedgetpu", "libedgetpu_version", "temperatures_c", "max_builtin_op")
     class TemperaturesCEntry(_message.Message):

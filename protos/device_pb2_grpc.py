@@ -62,6 +62,11 @@ class DeviceServiceStub:
                 request_serializer=protos_dot_device__pb2.StatusReport.SerializeToString,
                 response_deserializer=protos_dot_device__pb2.StatusAck.FromString,
                 _registered_method=True)
+        self.ReportBenchmark = channel.unary_unary(
+                '/edgefleet.v1.DeviceService/ReportBenchmark',
+                request_serializer=protos_dot_device__pb2.BenchmarkReport.SerializeToString,
+                response_deserializer=protos_dot_device__pb2.StatusAck.FromString,
+                _registered_method=True)
 
 
 class DeviceServiceServicer:
@@ -105,6 +110,14 @@ class DeviceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportBenchmark(self, request, context):
+        """A benchmark of an installed model on this device's hardware (asked for by a "bench"
+        command).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeviceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +144,11 @@ def add_DeviceServiceServicer_to_server(servicer, server):
             'ReportStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportStatus,
                     request_deserializer=protos_dot_device__pb2.StatusReport.FromString,
+                    response_serializer=protos_dot_device__pb2.StatusAck.SerializeToString,
+            ),
+            'ReportBenchmark': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportBenchmark,
+                    request_deserializer=protos_dot_device__pb2.BenchmarkReport.FromString,
                     response_serializer=protos_dot_device__pb2.StatusAck.SerializeToString,
             ),
     }
@@ -271,6 +289,33 @@ class DeviceService:
             target,
             '/edgefleet.v1.DeviceService/ReportStatus',
             protos_dot_device__pb2.StatusReport.SerializeToString,
+            protos_dot_device__pb2.StatusAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportBenchmark(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.DeviceService/ReportBenchmark',
+            protos_dot_device__pb2.BenchmarkReport.SerializeToString,
             protos_dot_device__pb2.StatusAck.FromString,
             options,
             channel_credentials,

@@ -153,11 +153,13 @@ class CommandAck(_message.Message):
     def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., ok: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("id", "kind", "issued_unix_ms")
+    __slots__ = ("id", "kind", "issued_unix_ms", "model_name")
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ISSUED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: str
     issued_unix_ms: int
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., issued_unix_ms: _Optional[int] = ...) -> None: ...
+    model_name: str
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., issued_unix_ms: _Optional[int] = ..., model_name: _Optional[str] = ...) -> None: ...

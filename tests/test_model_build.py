@@ -4,6 +4,7 @@ accuracy floor, and bad input that leaves nothing behind."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from fleet_server.errors import BadRequestError
 from fleet_server.optimize import build as build_module
 from fleet_server.optimize.build import BuildReport, build
 from fleet_server.routing.datasets import digits
-from tests.harness import run_cli
+from tests.harness import Server, run_cli
 
 DATA = Path(__file__).parent / "data"
 FLOAT = DATA / "digits_cloud_float.tflite"
@@ -148,3 +149,92 @@ def test_bad_input_is_refused_with_the_fix_and_leaves_nothing(
     )
     with pytest.raises(BadRequestError, match="cannot write in"):
         build(FLOAT, calibration=digits().train_x[:5], out=Path("/proc/1/nope/out"))
+
+
+def test_a_build_directory_is_pushed_with_its_evidence_and_selection_uses_it(
+    tmp_path: Path, server_factory: Callable[..., Server]
+) -> None:
+    from fleet_server.simulator import SimDevice
+
+    data = digits()
+    out = tmp_path / "build"
+    report = build(
+        FLOAT,
+        calibration=data.train_x[:200],
+        eval_x=data.test_x,
+        eval_y=data.test_y,
+        out=out,
+        min_accuracy=0.97,
+    )
+    server = server_factory(None)
+    pushed = server.admin("models", "push", str(out), "--name", "digits", "--version", "1.0.0")
+    assert "not pushed: edgetpu (skipped)" in pushed.stderr
+    rows = {
+        m["variant"]: json.loads(m["requirements_json"])
+        for m in json.loads(server.admin("models", "list", "--json").stdout)
+    }
+    accepted = {v.name: v for v in report.variants if v.status == "ok"}
+    assert set(rows) == set(accepted)
+    for name, req in rows.items():
+        assert req["latency_ms"] == {report.hardware_class: pytest.approx(accepted[name].median_ms)}
+        assert req["accuracy"] == pytest.approx(accepted[name].accuracy)
+        assert req["evidence"].startswith("model build on")
+    assert "zstd" in pushed.stdout or all("transport_size" not in r for r in rows.values())
+
+    device = SimDevice.enroll(server.sim_fleet(), server.enrollment_token(), "measured-1")
+    device.close()
+    explained = server.admin(
+        "devices", "explain", "measured-1", "digits", "--model-version", "1.0.0"
+    ).stdout
+    fastest = min(accepted.values(), key=lambda v: v.median_ms)
+    assert f"fastest measured on {report.hardware_class}: {fastest.median_ms:.4f} ms" in explained
+    assert f"gets digits 1.0.0: {fastest.name}" in explained
+
+
+def test_the_fleet_benchmarks_a_model_and_selection_follows_it(
+    tmp_path: Path, server_factory: Callable[..., Server]
+) -> None:
+    from tests.harness import make_agent, wait_for
+
+    data = digits()
+    out = tmp_path / "build"
+    run_cli(
+        "edgefleet", "model", "build", str(FLOAT), "--calibration", "sklearn:digits",
+        "--eval", "sklearn:digits", "--out", str(out), timeout=600,
+    )  # fmt: skip
+    del data
+    server = server_factory(None)
+    server.admin("models", "push", str(out), "--name", "digits", "--version", "1.0.0", "--deploy")
+    agent = make_agent(tmp_path, "bench-1", server).start()
+    try:
+
+        def ready() -> bool:
+            (device,) = server.devices()
+            installed = any(m["state"] == "INSTALLED" for m in device.get("models", []))
+            return installed and device.get("online_state") == "online"
+
+        wait_for("the agent to install digits and come online", ready, timeout=60)
+        asked = server.admin("models", "bench", "digits").stdout
+        assert "asked 1 device(s) to benchmark digits: bench-1" in asked
+
+        def fleet_row() -> dict[str, object] | None:
+            rows = json.loads(server.admin("models", "bench-report", "digits", "--json").stdout)
+            return next((r for r in rows.get("rows", []) if r["source"] == "fleet"), None)
+
+        row = wait_for("the device's benchmark", fleet_row, timeout=60)
+        assert row["devices"] == 1 and float(row["p50_ms"]) > 0  # type: ignore[arg-type]
+        # Selection now knows the fleet's median for this hardware class and variant.
+        models = json.loads(server.admin("models", "list", "--json").stdout)
+        benched = next(m for m in models if m["variant"] == row["variant"])
+        fleet = json.loads(benched["requirements_json"])["fleet_latency_ms"]
+        assert fleet == {row["hardware_class"]: pytest.approx(row["p50_ms"])}
+        explained = server.admin(
+            "devices", "explain", "bench-1", "digits", "--model-version", "1.0.0"
+        ).stdout
+        assert "fastest measured on" in explained
+        table = server.admin("models", "bench-report", "digits").stdout
+        assert "fleet" in table and "model build" in table
+        refused = server.admin("models", "bench", "nosuch", check=False)
+        assert refused.returncode == 1 and "no model named 'nosuch'" in refused.stderr
+    finally:
+        agent.stop()

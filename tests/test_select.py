@@ -68,7 +68,7 @@ def test_measured_latency_beats_the_kind_order() -> None:
     slow_int8 = Variant("int8", "full_int8", 4 * MB, 6 * MB, latency_ms={"aarch64": 9.0})
     choice = choose(PI, [slow_int8, fast_float])
     assert choice.variant == "float32"
-    assert choice.reason == "fastest measured on aarch64: 3.00 ms"
+    assert choice.reason == "fastest measured on aarch64: 3.0000 ms"
     assert choice.verdicts["int8"] == "slower on aarch64: 9.00 ms"
     # Measurements of another hardware class do not count here.
     other = Variant("float32", "float32", 16 * MB, 20 * MB, latency_ms={"x86_64": 1.0})

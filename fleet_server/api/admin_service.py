@@ -836,6 +836,60 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                 out.local_only_per_million = row.local_only_per_million
         return report
 
+    # fleet benchmarks --------------------------------------------------------------------------
+
+    @rpc_errors
+    @audited("RequestBenchmark", lambda r: f"model {r.model_name}")
+    def RequestBenchmark(  # noqa: N802
+        self, request: pb.RequestBenchmarkRequest, context: Any
+    ) -> pb.RequestBenchmarkResponse:
+        require_admin(context, self._ctx.admin_token)
+        check_labels(request.selector, "selector label")
+        send = self._ctx.send_command
+        if send is None:
+            raise ConflictError("this server has no MQTT connection to send commands over")
+        if self._ctx.db.newest_version(request.model_name) is None:
+            raise NotFoundError(f"no model named {request.model_name!r} in the catalog")
+        asked = []
+        for device in self._ctx.db.list_devices(request.device_id or None):
+            runs = {m.model_name for m in device.models if m.state == "INSTALLED"}
+            if device.revoked_at or not matches(request.selector, device.labels):
+                continue
+            if request.model_name not in runs:
+                continue
+            try:
+                send(device.device_id, "bench", request.model_name)
+            except AgentError as exc:
+                raise ConflictError(str(exc)) from exc
+            asked.append(device.device_id)
+        if not asked:
+            raise NotFoundError(f"no matching device has {request.model_name} installed")
+        return pb.RequestBenchmarkResponse(device_ids=asked)
+
+    @rpc_errors
+    def GetBenchReport(  # noqa: N802
+        self, request: pb.GetBenchReportRequest, context: Any
+    ) -> pb.BenchReport:
+        require_admin(context, self._ctx.admin_token)
+        return pb.BenchReport(
+            rows=[
+                pb.BenchRow(
+                    version=r.version,
+                    variant=r.variant,
+                    quantization=r.quantization,
+                    hardware_class=r.hardware_class,
+                    backend=r.backend,
+                    devices=r.devices,
+                    p50_ms=r.p50_ms,
+                    p95_ms=r.p95_ms,
+                    throughput_per_s=r.throughput_per_s,
+                    latest_unix=r.latest,
+                    source=r.source,
+                )
+                for r in self._ctx.bench.report(request.model_name)
+            ]
+        )
+
     # audit -------------------------------------------------------------------------------------
 
     @rpc_errors

@@ -270,6 +270,27 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
         if uses_cloud and self._ctx.cloud_endpoint is not None:
             response.cloud_endpoint.CopyFrom(self._ctx.cloud_endpoint)
 
+    @rpc_errors
+    def ReportBenchmark(  # noqa: N802
+        self, request: pb.BenchmarkReport, context: Any
+    ) -> pb.StatusAck:
+        device_id = require_device(context, self._ctx.db)
+        if not NAME.match(request.model_name) or not _VERSION.match(request.version):
+            raise BadRequestError("benchmark report names an invalid model or version")
+        device = self._ctx.db.get_device(device_id)
+        klass = profile_from_capabilities(device.capabilities).hardware_class
+        self._ctx.bench.record(device_id, klass, request)
+        log.info(
+            "device %s (%s) benchmarked %s %s: p50 %.3f ms on %s",
+            device_id,
+            klass,
+            request.model_name,
+            request.version,
+            request.p50_ms,
+            request.backend,
+        )
+        return pb.StatusAck()
+
     def DownloadArtifact(  # noqa: N802
         self, request: pb.DownloadRequest, context: Any
     ) -> Iterator[pb.ArtifactChunk]:

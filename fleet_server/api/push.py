@@ -96,12 +96,39 @@ class _Upload:
     sample_ref: tuple[str, int] = ("", 0)
     packed: tuple[str, int, Path] | None = None
     stored: list[tuple[str, Path]] = field(default_factory=list)
+    evidence: dict[str, object] = field(default_factory=dict)
 
     @property
     def model(self) -> ModelInfo:
         if self.info is None:  # pragma: no cover - _receive sets it before anything reads it
             raise BadRequestError(f"variant {self.variant} was not received")
         return self.info
+
+
+def _evidence(part: pb.PushModelMeta | pb.VariantHeader) -> dict[str, object]:
+    """Measurements sent with a variant, checked, as requirement fields selection reads.
+
+    Raises:
+        BadRequestError: out-of-range numbers or too many hardware classes.
+    """
+    if not part.HasField("evidence"):
+        return {}
+    e = part.evidence
+    if len(e.latency_ms) > 64:
+        raise BadRequestError("evidence names more than 64 hardware classes")
+    for name, ms in e.latency_ms.items():
+        if not 0 < len(name) <= 64 or not 0 < ms < 1e7:
+            raise BadRequestError(f"evidence latency {name!r}: {ms} ms is out of range")
+    result: dict[str, object] = {"latency_ms": dict(e.latency_ms)} if e.latency_ms else {}
+    for key in ("accuracy", "top1_agreement"):
+        if e.HasField(key):
+            value = getattr(e, key)
+            if not 0 <= value <= 1:
+                raise BadRequestError(f"evidence {key} {value} is outside 0..1")
+            result[key] = value
+    if e.source:
+        result["evidence"] = e.source[:256]
+    return result
 
 
 class _Stream:
@@ -164,13 +191,15 @@ class Pusher:
         stream = _Stream(messages)
         uploads: list[_Upload] = []
         try:
-            first = _Upload(meta.variant, meta.size, meta.sample)
+            first = _Upload(meta.variant, meta.size, meta.sample, evidence=_evidence(meta))
             uploads.append(first)
             self._receive(first, stream)
             if meta.fallback_size:
                 self._receive_fallback(first, stream, meta.fallback_size)
             while (header := stream.header()) is not None:
-                upload = _Upload(header.variant, header.size, header.sample)
+                upload = _Upload(
+                    header.variant, header.size, header.sample, evidence=_evidence(header)
+                )
                 _check_variant(upload, uploads)
                 uploads.append(upload)
                 self._receive(upload, stream)
@@ -269,7 +298,10 @@ class Pusher:
                     compressed_sha256=upload.packed[0] if upload.packed else None,
                     quantization=upload.model.quantization,
                     requirements=json.dumps(
-                        requirements_of(upload.model, upload.fallback_info), sort_keys=True
+                        requirements_of(upload.model, upload.fallback_info)
+                        | upload.evidence
+                        | ({"transport_size": upload.packed[1]} if upload.packed else {}),
+                        sort_keys=True,
                     ),
                 )
             )

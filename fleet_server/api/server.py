@@ -15,6 +15,7 @@ from fleet_server.api.device_service import DeviceServicer
 from fleet_server.artifacts.store import ArtifactStore
 from fleet_server.identity.ca import FleetCA
 from fleet_server.signing.keys import KeyStore
+from fleet_server.storage.bench import BenchStore
 from fleet_server.storage.db import Database
 from fleet_server.storage.rollouts import RolloutStore
 from fleet_server.storage.routing import RoutingStore
@@ -41,10 +42,12 @@ class ServerContext:
     checkin_interval_s: int = 30
     rollouts: RolloutStore = field(init=False)
     routing: RoutingStore = field(init=False)
+    bench: BenchStore = field(init=False)
     # Called when something may let a rollout move on (set by the rollout controller).
     wake_rollouts: Callable[[], None] = lambda: None
-    # Publishes a command to a device over MQTT and returns its id (set when MQTT is there).
-    send_command: Callable[[str, str], str] | None = None
+    # Publishes a command (device id, kind[, model name]) to a device over MQTT and returns
+    # its id (set when MQTT is there).
+    send_command: Callable[..., str] | None = None
     # Where devices send cloud-routed requests (the reference service or another OIP server).
     cloud_endpoint: device_pb2.CloudEndpoint | None = None
 
@@ -54,6 +57,7 @@ class ServerContext:
     def __post_init__(self) -> None:
         self.rollouts = RolloutStore(self.db)
         self.routing = RoutingStore(self.db)
+        self.bench = BenchStore(self.db)
         self.last_seen = LastSeen(self.db)
         self.answers = AnswerCache()
 

@@ -96,7 +96,11 @@ def _variant(
         size=int(req.get("size", size)),
         memory_bytes=int(req.get("memory_bytes", size)),
         max_op_code=int(req.get("max_op_code", 0)),
-        latency_ms={str(k): float(v) for k, v in req.get("latency_ms", {}).items()},
+        # The fleet's own benchmarks of a hardware class win over a build host's.
+        latency_ms={
+            str(k): float(v)
+            for k, v in (req.get("latency_ms", {}) | req.get("fleet_latency_ms", {})).items()
+        },
         accuracy=float(req["accuracy"]) if req.get("accuracy") is not None else None,
         fallback=fallback,
     )

@@ -179,7 +179,7 @@ def choose(
     measured = [v for v in fit if klass in v.latency_ms]
     if measured:
         best = min(measured, key=lambda v: (v.latency_ms[klass], _rank(v)))
-        reason = f"fastest measured on {klass}: {best.latency_ms[klass]:.2f} ms"
+        reason = f"fastest measured on {klass}: {best.latency_ms[klass]:.4f} ms"
         for v in fit:
             if v is best:
                 continue

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from agent.inference.modelfile import inspect_model_file
+from fleet_server.catalog.select import hardware_class
 from fleet_server.errors import BadRequestError
 from fleet_server.routing.evaluate import Scores, scores
 
@@ -56,6 +57,7 @@ class BuildReport:
     source: str
     source_sha256: str
     host: str
+    hardware_class: str
     samples_calibration: int
     samples_eval: int
     labelled: bool
@@ -311,6 +313,7 @@ def _build_into(
         source=model.name,
         source_sha256=hashlib.sha256(model.read_bytes()).hexdigest(),
         host=_host(),
+        hardware_class=hardware_class(platform.machine(), edgetpu=False),
         samples_calibration=len(calibration),
         samples_eval=len(eval_x),
         labelled=eval_y is not None,

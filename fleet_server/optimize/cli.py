@@ -10,7 +10,7 @@ from typing import Any
 
 from fleet_server.errors import BadRequestError
 
-__all__ = ["add_parser"]
+__all__ = ["add_bench_parsers", "add_parser"]
 
 
 def _points(text: str) -> float:
@@ -114,3 +114,70 @@ def _keras_message(path: Path) -> str:
         f"{path} is a Keras or SavedModel model: convert it with "
         "tf.lite.TFLiteConverter.from_saved_model (no optimizations) and build from the .tflite"
     )
+
+
+def add_bench_parsers(models_sub: Any) -> None:
+    """Register ``models bench`` and ``models bench-report``."""
+    bench = models_sub.add_parser(
+        "bench",
+        help="ask devices running a model to benchmark it on their hardware",
+        description="Sends the bench command over MQTT to the matching devices that have the "
+        "model installed; each runs it for 2 s on its own interpreter and reports p50, p95 "
+        "and throughput over the device API. The fleet's median per hardware class then "
+        "drives variant selection for that class.",
+    )
+    bench.add_argument("name", help="model name")
+    bench.add_argument("--selector", action="append", metavar="KEY=VALUE")
+    bench.add_argument("--device", default="", help="only this device")
+    bench.set_defaults(func=_cmd_bench)
+    report = models_sub.add_parser(
+        "bench-report", help="a model's benchmarks per version, variant and hardware class"
+    )
+    report.add_argument("name", help="model name")
+    report.add_argument("--json", action="store_true")
+    report.set_defaults(func=_cmd_bench_report)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from fleet_server.admin_cli import _admin, _pairs  # noqa: PLC0415
+    from protos import admin_pb2 as pb  # noqa: PLC0415
+
+    response = _admin(args).call(
+        "RequestBenchmark",
+        pb.RequestBenchmarkRequest(
+            model_name=args.name,
+            selector=_pairs(args.selector, "selector"),
+            device_id=args.device,
+        ),
+    )
+    print(
+        f"asked {len(response.device_ids)} device(s) to benchmark {args.name}: "
+        f"{', '.join(response.device_ids)}; see 'edgefleet models bench-report {args.name}'"
+    )
+    return 0
+
+
+def _cmd_bench_report(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+
+    from fleet_server.admin_cli import _admin, _as_dict  # noqa: PLC0415
+    from protos import admin_pb2 as pb  # noqa: PLC0415
+
+    report = _admin(args).call("GetBenchReport", pb.GetBenchReportRequest(model_name=args.name))
+    if args.json:
+        print(json.dumps(_as_dict(report), indent=2))
+        return 0
+    if not report.rows:
+        print(f"no benchmarks of {args.name} yet: 'edgefleet models bench {args.name}'")
+        return 0
+    print(
+        f"{'VERSION':10} {'VARIANT':17} {'KIND':13} {'HARDWARE':16} {'BACKEND':8} "
+        f"{'DEVICES':>7} {'P50 MS':>9} {'P95 MS':>9} {'PER S':>9}  SOURCE"
+    )
+    for r in report.rows:
+        print(
+            f"{r.version:10} {r.variant:17} {r.quantization:13} {r.hardware_class:16} "
+            f"{r.backend:8} {r.devices:7d} {r.p50_ms:9.4f} {r.p95_ms:9.4f} "
+            f"{r.throughput_per_s:9.1f}  {r.source}"
+        )
+    return 0

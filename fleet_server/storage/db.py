@@ -29,7 +29,7 @@ __all__ = [
     "ModelRow",
 ]
 
-SCHEMA_VERSION = 16
+SCHEMA_VERSION = 17
 
 metadata = sa.MetaData()
 
@@ -108,6 +108,25 @@ usage = sa.Table(
     sa.Column("cloud_requests", sa.BigInteger, nullable=False, default=0),
     sa.Column("cloud_cost", sa.Float, nullable=False, default=0.0),  # USD
     sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+
+# The latest benchmark of each model variant (by file) on each device: `models bench-report`.
+benchmarks = sa.Table(
+    "benchmarks",
+    metadata,
+    sa.Column("device_id", sa.String(64), primary_key=True),
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("model_name", sa.String(64), nullable=False, index=True),
+    sa.Column("version", sa.String(32), nullable=False),
+    sa.Column("hardware_class", sa.String(64), nullable=False),
+    sa.Column("backend", sa.String(16), nullable=False),
+    sa.Column("threads", sa.Integer, nullable=False),
+    sa.Column("requests", sa.BigInteger, nullable=False),
+    sa.Column("p50_ms", sa.Float, nullable=False),
+    sa.Column("p95_ms", sa.Float, nullable=False),
+    sa.Column("throughput_per_s", sa.Float, nullable=False),
+    sa.Column("runtime", sa.String(64), nullable=False, default=""),
+    sa.Column("at", sa.BigInteger, nullable=False),
 )
 
 # Settings that are one JSON document each (the price table).
@@ -519,6 +538,11 @@ def _add_usage(
         )
 
 
+def _v16_to_v17(conn: sa.Connection) -> None:
+    """Version 17: device benchmarks."""
+    benchmarks.create(conn, checkfirst=True)
+
+
 def bump_generation(conn: sa.Connection) -> None:
     """Invalidate every server's cached check-in answers (in the caller's transaction)."""
     conn.execute(
@@ -544,6 +568,7 @@ _MIGRATIONS = {
     13: _v13_to_v14,
     14: _v14_to_v15,
     15: _v15_to_v16,
+    16: _v16_to_v17,
 }
 
 

@@ -379,7 +379,7 @@ class TelemetryIngest:
         for device_id in device_ids:
             self.command(device_id, "checkin")
 
-    def command(self, device_id: str, kind: str) -> str:
+    def command(self, device_id: str, kind: str, model_name: str = "") -> str:
         """Publish a command on a device's commands topic (QoS 1); return its id.
 
         Raises:
@@ -389,7 +389,10 @@ class TelemetryIngest:
         if publisher is None:
             raise TransientError("telemetry ingest is not connected to the broker")
         command = telemetry_pb2.Command(
-            id=uuid.uuid4().hex, kind=kind, issued_unix_ms=int(time.time() * 1000)
+            id=uuid.uuid4().hex,
+            kind=kind,
+            issued_unix_ms=int(time.time() * 1000),
+            model_name=model_name,
         )
         publisher.raw_client().publish(
             commands_topic(self._fleet_id, device_id), command.SerializeToString(), qos=1
