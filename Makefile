@@ -45,6 +45,7 @@ test: lint typecheck pytest
 bench: $(STAMP)
 	$(BIN)/python -m bench.bench_inference
 	$(BIN)/python -m bench.bench_routing
+	$(BIN)/python -m bench.bench_optimize
 
 .venv-mlserver/.installed: bench/mlserver/requirements.txt
 	$(PYTHON) -m venv .venv-mlserver

@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -19,6 +18,7 @@ from agent.config import load_config
 from agent.errors import AgentError, ConfigError
 from agent.inference.engine import load_model
 from agent.inference.preprocess import image_to_tensor, load_image, read_labels, top_k
+from agent.systemd import journal_logging
 
 __all__ = ["main"]
 
@@ -27,10 +27,11 @@ PROG = "edgefleet-agent"
 
 
 def _setup_logging(level: str) -> None:
-    # Under systemd, journald adds its own timestamps; elsewhere humans want them.
-    fmt = "%(levelname)s %(name)s: %(message)s"
-    if not os.environ.get("JOURNAL_STREAM"):
-        fmt = "%(asctime)s " + fmt
+    # Under systemd, journald adds timestamps and takes the priority from a <N> prefix;
+    # elsewhere humans want a timestamp and the level.
+    if journal_logging(getattr(logging, level.upper())):
+        return
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
 
 
@@ -46,7 +47,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    Agent(config, config_path=args.config).run(stop)
+    agent = Agent(config, config_path=args.config)
+
+    def on_hup(_signum: int, _frame: FrameType | None) -> None:
+        log.info("received SIGHUP; reloading %s", args.config)
+        agent.request_reload()
+
+    signal.signal(signal.SIGHUP, on_hup)
+    agent.run(stop)
     return 0
 
 

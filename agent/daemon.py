@@ -42,6 +42,7 @@ from agent.routing.cloud import CloudClient, CloudTarget
 from agent.routing.guards import Breaker
 from agent.routing.policy import Policy
 from agent.routing.router import Router
+from agent.systemd import Notifier, watchdog_interval
 from agent.telemetry.forward import Forwarder
 from agent.telemetry.mqtt import MqttPublisher, parse_mqtt_url
 from agent.telemetry.report import build_report
@@ -102,6 +103,38 @@ class Agent:
         )
         self._endpoint: device_pb2.CloudEndpoint | None = None
         self._benching = threading.Lock()
+        self.notifier = Notifier()
+        self._reload_requested = threading.Event()
+
+    def request_reload(self) -> None:
+        """Reload the config soon (from a SIGHUP handler: only sets a flag)."""
+        self._reload_requested.set()
+
+    def _serving_status(self) -> str:
+        models = self.engine.models()
+        if not models:
+            return "up; no model assigned yet"
+        names = ", ".join(f"{m.name} {m.version} ({m.backend})" for m in models)
+        return f"serving {len(models)} model(s): {names}"
+
+    def _watchdog(self, stop: threading.Event, interval: float) -> None:
+        """Ping the systemd watchdog while the engine makes progress; stop pinging when a
+        model is wedged, so systemd restarts the agent."""
+        limit = max(4 * interval, 5.0)
+        wedged = ""
+        while not stop.wait(interval):
+            why = self.engine.wedged(limit)
+            if why:
+                if why != wedged:
+                    log.error("engine wedged, no more watchdog pings: %s", why)
+                    self.notifier.status(f"wedged: {why}")
+                wedged = why
+                continue
+            if wedged:
+                log.info("the engine makes progress again")
+                self.notifier.status(self._serving_status())
+                wedged = ""
+            self.notifier.notify("WATCHDOG=1")
 
     def _cloud_ca(self) -> bytes | None:
         path = self.config.cloud.ca_file
@@ -187,6 +220,10 @@ class Agent:
                 old.close()
             changed.append(f"cloud {new.cloud.url or 'from the server'}")
         self.config = replace(self.config, routing=new.routing)
+        if new.telemetry.interval_s != self.config.telemetry.interval_s:
+            telemetry = replace(self.config.telemetry, interval_s=new.telemetry.interval_s)
+            self.config = replace(self.config, telemetry=telemetry)
+            changed.append(f"telemetry every {new.telemetry.interval_s:g} s")
         rest = [
             name
             for name in ("agent", "server", "api", "inference", "hardware", "updates", "telemetry")
@@ -279,6 +316,14 @@ class Agent:
         except OSError as exc:
             raise AgentError(f"cannot start the local inference API: {exc}") from exc
         server.start()
+        # Ready: the active models are loaded (above) and the API serves them.
+        self.notifier.notify("READY=1", f"STATUS={self._serving_status()}")
+        self.notifier.last_status = self._serving_status()
+        interval = watchdog_interval()
+        if interval is not None:
+            threading.Thread(
+                target=self._watchdog, args=(stop, interval), name="watchdog", daemon=True
+            ).start()
         metrics = self._start_metrics()
         log.info(
             "local inference API on unix:%s%s",
@@ -291,6 +336,7 @@ class Agent:
         try:
             self._update_loop(stop, telemetry)
         finally:
+            self.notifier.notify("STOPPING=1", "STATUS=stopping: draining requests")
             stop.set()
             if telemetry.is_alive():
                 telemetry.join(timeout=10)
@@ -453,6 +499,12 @@ class Agent:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or stop.wait(min(1.0, remaining)):
                 return
+            if self._reload_requested.is_set():
+                self._reload_requested.clear()
+                try:
+                    self.reload()
+                except (ConfigError, ValueError) as exc:
+                    log.error("reload refused, nothing changed: %s", exc)
             if self._nudged.is_set():
                 self._nudged.clear()
                 self._fresh = True
@@ -546,7 +598,13 @@ class Agent:
         ack: telemetry_pb2.CommandAck | None = None,
     ) -> None:
         """Every update state change and command answer goes out as an event (spooled, never
-        dropped)."""
+        dropped); update steps also go to systemd's STATUS."""
+        if report is not None:
+            state = device_pb2.UpdateState.Name(report.state)
+            if state in ("INSTALLED", "ROLLED_BACK"):
+                self.notifier.status(self._serving_status())
+            else:
+                self.notifier.status(f"{report.model_name} {report.version}: {state}")
         identity, spool = self.identity, self._spool
         if identity is None:
             return
@@ -662,9 +720,23 @@ class Agent:
         )
         forwarder = Forwarder(spool, publisher)
         system = SystemSampler(self.store.root, sysfs=self.config.hardware.sysfs_root)
-        interval = self.config.telemetry.interval_s
-        next_report = time.monotonic() + interval
+        last_report = time.monotonic()
         next_connect = 0.0
+
+        def report() -> None:
+            # Spooled first, published when the broker is there: nothing is lost.
+            payload = build_report(
+                self.engine,
+                device_id=device,
+                seq=spool.next_seq(),
+                started=self._started,
+                epoch=spool.epoch,
+                spool_dropped=spool.dropped,
+                system=system.sample(),
+                router=self.router,
+            )
+            spool.append(telemetry, payload)
+
         attempt = 0
         try:
             while not stop.is_set():
@@ -680,23 +752,19 @@ class Agent:
                         log.warning(
                             "telemetry: %s; retrying in %.0f s (%d spooled)", exc, wait, len(spool)
                         )
+                # Read each time: a reload may change the interval.
+                next_report = last_report + self.config.telemetry.interval_s
                 if now >= next_report:
-                    # Spooled first, published when the broker is there: nothing is lost.
-                    payload = build_report(
-                        self.engine,
-                        device_id=device,
-                        seq=spool.next_seq(),
-                        started=self._started,
-                        epoch=spool.epoch,
-                        spool_dropped=spool.dropped,
-                        system=system.sample(),
-                        router=self.router,
-                    )
-                    spool.append(telemetry, payload)
-                    next_report = max(next_report + interval, now)
+                    report()
+                    last_report = max(next_report, now - self.config.telemetry.interval_s)
+                    next_report = last_report + self.config.telemetry.interval_s
                 forwarder.drain(stop, budget_s=1.0)
                 stop.wait(min(0.5, max(0.05, next_report - time.monotonic())))
         finally:
+            try:
+                report()  # the last window's counts, spooled before anything else happens
+            except Exception:
+                log.exception("could not spool the last telemetry report")
             if publisher.connected:
                 forwarder.drain(threading.Event(), budget_s=3.0)
                 info = publisher.publish_info(state, self._state_message("stopped"), retain=True)

@@ -279,6 +279,58 @@ def build_large(width: int = 5120) -> bytes:
     )
 
 
+def build_spin() -> bytes:
+    """A model whose invoke never returns for inputs above 1e30: WHILE (x > 1e30) x = x + 0.
+    Any other input (warm-up zeros, smoke-test samples) returns at once. For watchdog tests:
+    a real interpreter, really wedged, by one request."""
+    f32, boolean = s.TensorType.FLOAT32, s.TensorType.BOOL
+    codes = [
+        _opcode(s.BuiltinOperator.WHILE),
+        _opcode(s.BuiltinOperator.GREATER),
+        _opcode(s.BuiltinOperator.ADD),
+    ]
+    options = s.WhileOptionsT()
+    options.condSubgraphIndex = 1
+    options.bodySubgraphIndex = 2
+    main_graph = s.SubGraphT()
+    main_graph.tensors = [_tensor("x", [1], f32), _tensor("y", [1], f32)]
+    main_graph.inputs, main_graph.outputs = [0], [1]
+    main_graph.operators = [_operator(0, [0], [1], s.BuiltinOptions.WhileOptions, options)]
+    main_graph.name = b"main"
+    cond = s.SubGraphT()
+    cond.tensors = [
+        _tensor("x", [1], f32),
+        _tensor("limit", [1], f32, buffer=2),
+        _tensor("go_on", [1], boolean),
+    ]
+    cond.inputs, cond.outputs = [0], [2]
+    cond.operators = [_operator(1, [0, 1], [2])]
+    cond.name = b"cond"
+    body = s.SubGraphT()
+    body.tensors = [
+        _tensor("x", [1], f32),
+        _tensor("zero", [1], f32, buffer=1),
+        _tensor("y", [1], f32),
+    ]
+    body.inputs, body.outputs = [0], [2]
+    add = s.AddOptionsT()
+    body.operators = [_operator(2, [0, 1], [2], s.BuiltinOptions.AddOptions, add)]
+    body.name = b"body"
+    model = s.ModelT()
+    model.version = 3
+    model.operatorCodes = codes
+    model.subgraphs = [main_graph, cond, body]
+    model.buffers = [
+        _buffer(None),
+        _buffer(np.zeros(1, dtype="<f4").tobytes()),
+        _buffer(np.full(1, 1e30, dtype="<f4").tobytes()),
+    ]
+    model.description = b"EdgeFleet test model that never finishes (watchdog tests)"
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
 def _finish(
     tensors: list[Any],
     inputs: list[int],
@@ -318,6 +370,7 @@ def main(argv: list[str]) -> int:
     (out / "color_labels.txt").write_text("\n".join(LABELS) + "\n", encoding="utf-8")
     (out / "heavy_float.tflite").write_bytes(build_heavy())
     (out / "pair_float.tflite").write_bytes(build_pair())
+    (out / "spin_float.tflite").write_bytes(build_spin())
     written = [
         "color_float.tflite",
         "color_int8.tflite",
@@ -325,6 +378,7 @@ def main(argv: list[str]) -> int:
         "color_labels.txt",
         "heavy_float.tflite",
         "pair_float.tflite",
+        "spin_float.tflite",
     ]
     print(f"wrote {', '.join(written)} to {out}")
     return 0

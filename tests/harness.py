@@ -102,10 +102,12 @@ class Proc:
         return self.log.read_text(encoding="utf-8", errors="replace")
 
 
-def start(cmd: list[str], log: Path, cwd: Path | None = None) -> Proc:
-    """Start ``cmd`` with stdout and stderr going to ``log``."""
+def start(
+    cmd: list[str], log: Path, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> Proc:
+    """Start ``cmd`` with stdout and stderr going to ``log`` (and ``env`` added)."""
     handle = log.open("wb")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     popen = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, env=env)
     handle.close()
     return Proc(popen, log)
@@ -256,9 +258,9 @@ class Agent:
     def socket(self) -> Path:
         return self.folder / "oip.sock"
 
-    def start(self) -> Agent:
+    def start(self, env: dict[str, str] | None = None) -> Agent:
         cmd = [sys.executable, "-m", "agent.cli", "run", "--config", str(self.config)]
-        self.proc = start(cmd, self.folder / f"agent-{int(time.time() * 1000)}.log")
+        self.proc = start(cmd, self.folder / f"agent-{int(time.time() * 1000)}.log", env=env)
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> int:

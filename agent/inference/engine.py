@@ -460,6 +460,18 @@ class Engine:
             entry = self._entries.get(name)
             return entry.model if entry else None
 
+    def wedged(self, limit_s: float) -> str:
+        """Why the engine looks wedged ("" when healthy): a model with requests in flight
+        that has finished none for ``limit_s``."""
+        for model in self.models():
+            stuck = model.stats.stuck_for()
+            if stuck > limit_s:
+                return (
+                    f"model {model.name} has {model.stats.in_flight} request(s) in flight and "
+                    f"finished none for {stuck:.0f} s"
+                )
+        return ""
+
     def models(self) -> list[LoadedModel]:
         """A snapshot of the loaded models, sorted by name."""
         with self._lock:

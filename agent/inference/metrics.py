@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -65,15 +66,24 @@ class ModelMetrics:
         self._recent: deque[float] = deque(maxlen=_RECENT)
         self._window_requests = 0
         self._window_errors = 0
+        self._progress = time.monotonic()  # last start from idle, or last finish
 
     def started(self) -> None:
         with self._lock:
+            if self.in_flight == 0:
+                self._progress = time.monotonic()
             self.in_flight += 1
+
+    def stuck_for(self) -> float:
+        """Seconds the model has had requests in flight without finishing any (0 when idle)."""
+        with self._lock:
+            return time.monotonic() - self._progress if self.in_flight else 0.0
 
     def finished(self, queue_ms: float, compute_ms: float, *, ok: bool) -> None:
         """Count one request that got an interpreter (ok or failed while running)."""
         with self._lock:
             self.in_flight -= 1
+            self._progress = time.monotonic()
             self.requests += 1
             self._window_requests += 1
             self.queue_ms.observe(queue_ms)
