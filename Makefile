@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TRITON := .venv-triton
 PYTEST_ARGS ?=
 
-.PHONY: all venv demo test lint typecheck pytest bench bench-mlserver protos clean
+.PHONY: all venv demo test lint typecheck pytest bench bench-mlserver protos clean deb
 
 all: test
 
@@ -26,6 +26,10 @@ $(TRITON)/.installed: tests/tools/requirements-triton.txt
 	touch $@
 
 venv: $(STAMP)
+
+# .deb packages for the agent and the server in dist/ (dpkg-deb and Debian's python3-venv).
+deb: $(STAMP)
+	$(BIN)/python scripts/build_deb.py --out dist
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py

@@ -14,6 +14,7 @@ Example (packaging/config/agent.toml has the annotated version)::
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
@@ -33,6 +34,7 @@ __all__ = [
     "ServerSection",
     "TelemetrySection",
     "UpdatesSection",
+    "line_of",
     "load_config",
     "routing_policy",
 ]
@@ -166,6 +168,13 @@ class AgentConfig:
             try:
                 return path.read_text(encoding="utf-8").strip()
             except FileNotFoundError:
+                if path == self.server.enrollment_token_file and not os.environ.get(
+                    "CREDENTIALS_DIRECTORY"
+                ):
+                    raise ConfigError(
+                        f"server.enrollment_token_file {path} does not exist: put a token from "
+                        "'edgefleet tokens create' there (or LoadCredential=enrollment-token:...)"
+                    ) from None
                 continue
             except OSError as exc:
                 raise ConfigError(f"cannot read enrollment token {path}: {exc}") from exc
@@ -330,6 +339,40 @@ def routing_policy(section: RoutingSection) -> Policy:
     )
 
 
+def line_of(text: str, table: str, key: str) -> int | None:
+    """The 1-based line of ``key = ...`` inside ``[table]`` (or of the table header when the
+    key is not found), or None."""
+    current = ""
+    header = None
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if line.startswith("[") and line.endswith("]"):
+            current = line.strip("[]").strip()
+            if current == table:
+                header = number
+            continue
+        if current == table and line.split("=", 1)[0].strip().strip('"') == key:
+            return number
+    return header
+
+
+_UNKNOWN = re.compile(r"^unknown key\(s\) in \[([^\]]*)\]: ([^ ,]+)")
+_KEYED = re.compile(r"^([a-z_]+(?:\.[A-Za-z0-9_.-]+)*?)\.([a-z_]+) ")
+
+
+def _where(text: str, message: str) -> str:
+    """``:LINE`` for the key a validation message names, when it can be found."""
+    unknown = _UNKNOWN.match(message)
+    keyed = _KEYED.match(message)
+    if unknown:
+        line = line_of(text, unknown.group(1), unknown.group(2))
+    elif keyed:
+        line = line_of(text, keyed.group(1), keyed.group(2))
+    else:
+        line = None
+    return f":{line}" if line else ""
+
+
 def load_config(path: Path) -> AgentConfig:
     """Read, type-check and validate a config file.
 
@@ -337,7 +380,8 @@ def load_config(path: Path) -> AgentConfig:
         ConfigError: naming the file and what is wrong in it.
     """
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        raw = tomllib.loads(text)
     except FileNotFoundError as exc:
         raise ConfigError(f"config file {path} does not exist") from exc
     except OSError as exc:
@@ -348,7 +392,7 @@ def load_config(path: Path) -> AgentConfig:
         config = _build(AgentConfig, raw, "")
         _validate(config)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+        raise ConfigError(f"{path}{_where(text, str(exc))}: {exc}") from exc
     # Relative paths are relative to the config file, not to wherever the agent started.
     base = path.resolve().parent
     if not config.agent.state_dir.is_absolute():

@@ -294,6 +294,13 @@ class Agent:
         """
         self.store.root.mkdir(parents=True, exist_ok=True)
         self.identity = Identity.load(self.store.root)
+        if self.identity is None and not self.config.enrollment_token():
+            # Fail before READY=1: a service that can never enroll should not look started.
+            raise EnrollmentError(
+                "this device is not enrolled and no enrollment token is configured "
+                "(server.enrollment_token, server.enrollment_token_file, or systemd's "
+                "LoadCredential=enrollment-token:...)"
+            )
         self._pending_reports = Updater.recover(self.store, self._health_policy())
         self._cloud_routes: dict[str, tuple[str, str]] = {}
         self._answer: device_pb2.CheckInResponse | None = None  # the last full check-in answer

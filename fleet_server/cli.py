@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.errors import AgentError
 from fleet_server import __version__
+from fleet_server.config import apply_config
 from fleet_server.errors import DataDirError, FleetError
 
 if TYPE_CHECKING:
@@ -67,6 +68,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
     from fleet_server.datadir import DataDir  # noqa: PLC0415
     from fleet_server.storage.db import Database  # noqa: PLC0415
 
+    if args.if_missing and (args.data_dir / "fleet.json").exists():
+        return 0
     passphrase = _passphrase(args.root_passphrase_file)
     data_dir = DataDir.create(
         args.data_dir,
@@ -483,7 +486,16 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument(
         "--root-passphrase-file", type=Path, help="encrypt the root keys with this passphrase"
     )
+    init.add_argument(
+        "--if-missing",
+        action="store_true",
+        help="do nothing (exit 0) when the data dir exists already (for ExecStartPre)",
+    )
     init.set_defaults(func=_cmd_init)
+
+    check = sub.add_parser("check-config", help="validate a server.toml and exit")
+    check.add_argument("--config", type=Path, required=True)
+    check.set_defaults(func=_cmd_check_config)
 
     bcert = sub.add_parser(
         "broker-cert", help="a TLS certificate for the MQTT broker, from the fleet CA"
@@ -495,7 +507,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bcert.set_defaults(func=_cmd_broker_cert)
 
-    run = sub.add_parser("run", help="serve the device and admin APIs")
+    run = sub.add_parser(
+        "run",
+        help="serve the device and admin APIs",
+        description="Options can also come from a TOML file (--config): a [server] table whose "
+        "keys are these options with underscores (mqtt_url = ...); the command line wins.",
+    )
+    run.add_argument("--config", type=Path, help="server.toml (see packaging/config/server.toml)")
     run.add_argument("--data-dir", type=Path, required=True)
     run.add_argument(
         "--listen",
@@ -594,9 +612,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse, with ``run --config FILE`` supplying defaults the command line overrides.
+
+    Raises:
+        DataDirError: the config file is unreadable or invalid.
+    """
+    parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    # Before parsing: the file may supply required options such as data_dir.
+    if "run" in words:
+        after = words[words.index("run") + 1 :]
+        for i, word in enumerate(after):
+            if word == "--config" and i + 1 < len(after):
+                apply_config(_subparser(parser, "run"), Path(after[i + 1]))
+            elif word.startswith("--config="):
+                apply_config(_subparser(parser, "run"), Path(word.split("=", 1)[1]))
+    return parser.parse_args(words)
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]
+    raise KeyError(name)
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    values = apply_config(_subparser(build_parser(), "run"), args.config)
+    print(f"{args.config}: OK ({len(values)} setting(s): {', '.join(sorted(values))})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = _parse(argv)
+    except DataDirError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
     fmt = "%(levelname)s %(name)s: %(message)s"
     if not os.environ.get("JOURNAL_STREAM"):
         fmt = "%(asctime)s " + fmt

@@ -79,3 +79,69 @@ def test_the_shipped_example_config_is_valid() -> None:
     assert config.agent.labels == {"site": "lab"}
     assert config.inference.num_threads == 1 and config.inference.workers == 2
     assert config.hardware.edgetpu_library == "libedgetpu.so.1"
+
+
+def test_errors_name_the_file_and_line(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    for text, expected in (
+        ('[agent]\nname = "x"\n\n[server]\nadress = "h:1"\n', ":5: unknown key(s) in [server]"),
+        ('[server]\naddress = "h:1"\ntimeout_s = "ten"\n', ":3: server.timeout_s must be a number"),
+        ("[telemetry]\n\ninterval_s = 0\n", ":3: telemetry.interval_s must be within"),
+    ):
+        config.write_text(text)
+        with pytest.raises(ConfigError) as refused:
+            load_config(config)
+        assert f"{config}{expected}" in str(refused.value)
+
+
+def test_a_missing_enrollment_token_file_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text('[server]\nenrollment_token_file = "nope.token"\n')
+    with pytest.raises(ConfigError, match=r"nope.token does not exist: put a token"):
+        load_config(config).enrollment_token()
+
+
+def test_server_toml_is_typed_and_checked_with_lines(tmp_path: Path) -> None:
+    shipped = Path(__file__).resolve().parent.parent / "packaging" / "config" / "server.toml"
+    ok = run_cli("edgefleet-server", "check-config", "--config", str(shipped))
+    assert "OK" in ok.stdout and "data_dir" in ok.stdout
+    config = tmp_path / "server.toml"
+    for text, expected in (
+        ('[server]\ndata_dir = "/x"\nworkerz = 2\n', ":3: unknown key 'workerz' in [server]"),
+        ('[server]\ndata_dir = "/x"\nworkers = "many"\n', ":3: workers: invalid literal"),
+        ('[server]\nno_bootstrap_token = "yes"\n', ":2: no_bootstrap_token must be true or false"),
+        ("[serverr]\n", ":1: unknown table [serverr]"),
+    ):
+        config.write_text(text)
+        refused = run_cli("edgefleet-server", "check-config", "--config", str(config), check=False)
+        assert refused.returncode == 1 and f"{config}{expected}" in refused.stderr, refused.stderr
+        run = run_cli("edgefleet-server", "run", "--config", str(config), check=False)
+        assert run.returncode == 1 and expected in run.stderr  # refuses to start, one line
+
+
+def test_the_server_runs_from_its_toml(tmp_path: Path) -> None:
+    import json
+    import sys
+
+    from tests.harness import start, wait_for
+
+    data = tmp_path / "data"
+    run_cli("edgefleet-server", "init", "--data-dir", str(data))
+    again = run_cli("edgefleet-server", "init", "--data-dir", str(data), check=False)
+    assert again.returncode == 1  # a data dir is never overwritten...
+    run_cli("edgefleet-server", "init", "--data-dir", str(data), "--if-missing")  # ...or touched
+    ready = tmp_path / "ready.json"
+    config = tmp_path / "server.toml"
+    config.write_text(
+        f'[server]\ndata_dir = "{data}"\nlisten = "127.0.0.1:0"\nmqtt_listen = "127.0.0.1:0"\n'
+        f'ready_file = "{ready}"\nno_bootstrap_token = true\n'
+    )
+    proc = start(
+        [sys.executable, "-m", "fleet_server.cli", "run", "--config", str(config)],
+        tmp_path / "server.log",
+    )
+    try:
+        info = wait_for("the server", lambda: ready.exists() and json.loads(ready.read_text()))
+        assert int(info["grpc_port"]) > 0
+    finally:
+        assert proc.stop() == 0
