@@ -19,6 +19,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import AgentError
+from agent.systemd import Notifier, watchdog_interval
 from fleet_server import __version__
 from fleet_server.config import apply_config
 from fleet_server.errors import DataDirError, FleetError
@@ -258,11 +259,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
             ),
             encoding="utf-8",
         )
+    notifier = Notifier()
+    notifier.notify(
+        "READY=1",
+        f"STATUS=serving: gRPC {port} (TLS), devices {device_port} (mTLS)"
+        + (f", {len(workers) + 1} processes" if workers else ""),
+    )
+    ping = watchdog_interval()
+    last_ping = 0.0
     try:
         restarts: list[float] = []
         while not stop.wait(1.0):
             _supervise(workers, restarts, args, ports)
+            # The main loop runs: tell the watchdog (every WatchdogSec / 2).
+            if ping is not None and time.monotonic() - last_ping >= ping:
+                notifier.notify("WATCHDOG=1")
+                last_ping = time.monotonic()
     finally:
+        notifier.notify("STOPPING=1")
         for worker in workers:
             worker.terminate()
         if metrics is not None:

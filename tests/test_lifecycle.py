@@ -239,3 +239,28 @@ def test_journald_gets_priorities_without_timestamps(tmp_path: Path) -> None:
             assert lines == ["True", "<4>agent.x: disk low", "<6>agent.y: fine"]
         else:  # JOURNAL_STREAM inherited but stderr elsewhere: plain logging
             assert lines[0] == "False"
+
+
+def test_the_server_notifies_ready_watchdog_and_stopping(
+    tmp_path: Path, notify: NotifySocket
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.harness import start
+
+    data = tmp_path / "data"
+    subprocess.run(
+        [sys.executable, "-m", "fleet_server.cli", "init", "--data-dir", str(data)], check=True
+    )
+    proc = start(
+        [sys.executable, "-m", "fleet_server.cli", "run", "--data-dir", str(data),
+         "--listen", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0"],
+        tmp_path / "server.log",
+        env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "2000000"},
+    )  # fmt: skip
+    ready = notify.wait("READY=1")
+    assert any(x.startswith("STATUS=serving: gRPC") for x in notify.lines())
+    notify.wait("WATCHDOG=1", since=ready)
+    assert proc.stop() == 0
+    assert "STOPPING=1" in notify.lines()
