@@ -27,6 +27,7 @@ from fleet_server.errors import DataDirError, FleetError
 if TYPE_CHECKING:
     from fleet_server.api.server import ServerContext
     from fleet_server.cloud import ReferenceCloud
+    from fleet_server.dashboard.server import Dashboard
     from fleet_server.datadir import DataDir
 
 __all__ = ["main"]
@@ -226,6 +227,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     ctx.device_address = args.device_advertise or f":{device_port}"
     cloud = _cloud(args, ctx, data_dir, tls_names)
     server.start()
+    dashboard = _dashboard(args, ctx, main_host, port, tls_names)
     metrics = _start_metrics(args.metrics_listen, ctx, ingest)
     if controller is not None:
         controller.start()
@@ -254,6 +256,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                     "device_port": device_port,
                     "mqtt_url": mqtt_url,
                     "metrics_port": metrics.port if metrics is not None else 0,
+                    "dashboard_port": getattr(args, "dashboard_port", 0),
                     "pid": os.getpid(),
                 }
             ),
@@ -283,6 +286,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             metrics.stop()
         if cloud is not None:
             cloud.stop()
+        if dashboard is not None:
+            dashboard.stop()
         server.stop(grace=5).wait()
         for worker in workers:
             try:
@@ -373,6 +378,35 @@ def _supervise(
         (replacement,) = _start_workers(args, ports, count=1)
         log.warning("worker %d exited %d; started %d", worker.pid, code, replacement.pid)
         workers[i] = replacement
+
+
+def _dashboard(
+    args: argparse.Namespace, ctx: ServerContext, host: str, port: int, tls_names: list[str]
+) -> Dashboard | None:
+    """Start the dashboard (--dashboard-listen), which calls this server's own admin API.
+
+    Raises:
+        DataDirError: it cannot listen.
+    """
+    if not args.dashboard_listen or args.worker:
+        return None
+    from fleet_server.dashboard.server import Dashboard  # noqa: PLC0415
+
+    key_pem, cert_pem = ctx.ca.server_credentials(tls_names)
+    admin = host if host not in ("", "0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+    dashboard = Dashboard(
+        ctx,
+        admin_address=f"{_bracket(admin)}:{port}",
+        tls_key_pem=key_pem,
+        tls_cert_pem=cert_pem,
+    )
+    try:
+        dashboard_port = dashboard.start(args.dashboard_listen)
+    except OSError as exc:
+        raise DataDirError(f"dashboard: cannot listen on {args.dashboard_listen}: {exc}") from exc
+    log.info("dashboard on https://%s (log in with the admin token)", args.dashboard_listen)
+    args.dashboard_port = dashboard_port
+    return dashboard
 
 
 def _cloud(
@@ -586,6 +620,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the reference cloud inference service (OIP v2 over TLS, token in "
         "DATA_DIR/cloud.token) with the catalog's full-precision variants; port 0 = any free "
         "port. Devices routed to the cloud are told to use it",
+    )
+    run.add_argument(
+        "--dashboard-listen",
+        default="",
+        metavar="HOST:PORT",
+        help="serve the web dashboard over HTTPS here (the fleet CA's certificate; log in with "
+        "the admin token); off unless given",
     )
     run.add_argument(
         "--cloud-url",

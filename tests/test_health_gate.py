@@ -179,7 +179,8 @@ def test_a_latency_regression_fails_the_device_and_healthy_waves_advance_after_b
         return int(status(server, rollout_id)["current_wave"]) == 1
 
     wait_for("the second wave", second_wave, timeout=30, interval=0.2)
-    assert time.monotonic() - installed_at >= 2.5
+    # Install times are whole seconds: a 3 s bake lasts at least 2 s after the report.
+    assert time.monotonic() - installed_at >= 1.9
 
     slow = next(d for d in devices if d.running.get("color") == "2.0.0" and d is not canary)
     reporter.report(slow.device_id, "2.0.0", 50, 0, 16.0)  # 1.6x its 10 ms before

@@ -151,8 +151,11 @@ def _price_table(prices: Prices) -> pb.PriceTable:
 
 
 def _actor(context: Any) -> str:
-    """Who made a call, for the audit log. (One admin credential today: the token.)"""
-    return f"admin-token@{context.peer() or 'unknown'}"
+    """Who made a call, for the audit log. (One admin credential today: the token.) Calls the
+    dashboard makes for a logged-in admin say so."""
+    metadata = dict(context.invocation_metadata() or ())
+    via = " via dashboard" if metadata.get("x-edgefleet-client") == "dashboard" else ""
+    return f"admin-token@{context.peer() or 'unknown'}{via}"
 
 
 def _manifest_target(envelope: manifest_pb2.Envelope) -> str:

@@ -1,0 +1,437 @@
+"""The dashboard's pages: each returns (title, main HTML). Everything is escaped here; the
+assets are below (no CDN: the dashboard works offline)."""
+
+from __future__ import annotations
+
+import json
+import time
+from html import escape
+from typing import Any
+from urllib.parse import quote
+
+from fleet_server.api.server import ServerContext
+from fleet_server.dashboard.queries import PAGE, device_page, fleet_summary
+from fleet_server.errors import NotFoundError
+from fleet_server.routing.costs import CostRow, summarize
+from fleet_server.storage.rollouts import RolloutRow, WaveRow
+
+__all__ = ["CSS", "JS", "PageNotFoundError", "layout", "login"]
+
+
+class PageNotFoundError(Exception):
+    """A page about something that does not exist."""
+
+
+NAV = (("/fleet", "Fleet"), ("/rollouts", "Rollouts"), ("/models", "Models"), ("/costs", "Costs"))
+
+
+def layout(title: str, main: str, *, active: str = "") -> str:
+    links = "".join(
+        f'<a href="{href}"{" class=on" if active.startswith(href) else ""}>{name}</a>'
+        for href, name in NAV
+    )
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        '<meta name=viewport content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)} · EdgeFleet</title>"
+        '<link rel=stylesheet href="/static/app.css"><script src="/static/app.js" defer></script>'
+        f"</head><body><header><b>EdgeFleet</b><nav>{links}</nav>"
+        '<form method=post action="/logout"><button>Log out</button></form></header>'
+        f'<main data-refresh="5">{main}</main></body></html>'
+    )
+
+
+def login(error: str) -> str:
+    problem = "<p class=bad>That is not the admin token.</p>" if error else ""
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        '<meta name=viewport content="width=device-width, initial-scale=1">'
+        '<title>Log in · EdgeFleet</title><link rel=stylesheet href="/static/app.css"></head>'
+        "<body><main class=login><h1>EdgeFleet</h1>"
+        f"{problem}<form method=post action=/login>"
+        "<label>Admin token <input type=password name=token autocomplete=current-password "
+        "required autofocus></label><button>Log in</button></form>"
+        "<p class=hint>The token is in the server's data dir (<code>admin.token</code>).</p>"
+        "</main></body></html>"
+    )
+
+
+def empty(text: str) -> str:
+    return f"<p class=empty>{escape(text)}</p>"
+
+
+def _ago(ts: int | None) -> str:
+    if not ts:
+        return "never"
+    seconds = int(time.time()) - int(ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{max(seconds, 0)} s ago"
+
+
+def _labels(labels: dict[str, str], none: str = "-") -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or none
+
+
+def _bar(parts: list[tuple[str, float, str]]) -> str:
+    """A horizontal stacked bar: (label, value, css class)."""
+    total = sum(v for _, v, _ in parts) or 1
+    cells = "".join(
+        f'<span class="{cls}" style="width:{v / total * 100:.1f}%" title="{escape(label)}: '
+        f'{v:g}"></span>'
+        for label, v, cls in parts
+        if v
+    )
+    return f"<div class=bar>{cells}</div>"
+
+
+# fleet -----------------------------------------------------------------------------------------
+
+
+def fleet(ctx: ServerContext, query: dict[str, str]) -> tuple[str, str]:
+    s = fleet_summary(ctx.db)
+    if not s.devices:
+        return "Fleet", empty(
+            "No device has enrolled yet. Create a token with 'edgefleet tokens create' and "
+            "start an agent with it."
+        )
+    states = " ".join(
+        f'<span class="pill {escape(k)}">{escape(k)} {v}</span>'
+        for k, v in sorted(s.states.items())
+    )
+    versions = (
+        "".join(
+            f"<tr><td>{escape(m)}</td><td>{escape(v)}</td><td class=n>{n}</td></tr>"
+            for m, v, n in s.versions
+        )
+        or "<tr><td colspan=3>no model installed yet</td></tr>"
+    )
+    classes = "".join(
+        f"<tr><td>{escape(k)}</td><td class=n>{n}</td></tr>" for k, n in sorted(s.classes.items())
+    )
+    search = query.get("q", "")
+    offset = int(query.get("offset", "0") or 0) if query.get("offset", "0").isdigit() else 0
+    page = device_page(ctx.db, offset=offset, search=search)
+    rows = (
+        "".join(
+            f'<tr><td><a href="/devices/{quote(r["device_id"])}">{escape(r["device_id"])}</a></td>'
+            f'<td><span class="pill {escape(r["online_state"] or "unknown")}">'
+            f"{escape(r['online_state'] or 'unknown')}</span></td>"
+            f"<td>{escape(r['hardware_class'])}</td>"
+            f"<td>{escape(', '.join(r['models']) or '-')}</td>"
+            f"<td>{escape(_labels(r['labels']))}</td>"
+            f"<td>{_ago(r['last_seen'])}</td></tr>"
+            for r in page.rows
+        )
+        or "<tr><td colspan=6>no device matches</td></tr>"
+    )
+    pager = []
+    if page.offset > 0:
+        pager.append(f'<a href="/fleet?q={quote(search)}&offset={max(0, page.offset - PAGE)}">'
+                     "previous</a>")  # fmt: skip
+    if page.offset + PAGE < page.total:
+        pager.append(f'<a href="/fleet?q={quote(search)}&offset={page.offset + PAGE}">next</a>')
+    shown = f"{page.offset + 1 if page.rows else 0}-{page.offset + len(page.rows)} of {page.total}"
+    main = (
+        "<h1>Fleet</h1><section class=cards>"
+        f"<div class=card><h2>Devices</h2><p class=big>{s.devices}</p>{states}"
+        f"<p>{s.seen_recently} checked in within 10 min; {s.revoked} revoked</p></div>"
+        f"<div class=card><h2>Accelerators</h2><p class=big>{s.edgetpu}</p>"
+        f"<p>with an Edge TPU; {s.devices - s.edgetpu} CPU only</p>"
+        f"{_bar([('Edge TPU', s.edgetpu, 'tpu'), ('CPU', s.devices - s.edgetpu, 'cpu')])}</div>"
+        "<div class=card><h2>Hardware classes</h2><table>" + classes + "</table></div>"
+        "<div class=card><h2>Model versions in use</h2><table><tr><th>model<th>version"
+        "<th>devices</tr>" + versions + "</table></div></section>"
+        "<h2>Devices</h2><form class=search method=get action=/fleet>"
+        f'<input name=q value="{escape(search)}" placeholder="device id or name">'
+        f"<button>Search</button></form><p>{shown} {' '.join(pager)}</p>"
+        "<div class=scroll><table><tr><th>device<th>state<th>hardware<th>models<th>labels"
+        f"<th>last seen</tr>{rows}</table></div>"
+    )
+    return "Fleet", main
+
+
+def _model_row(m: dict[str, Any]) -> str:
+    def number(key: str) -> int:
+        return int(str(m.get(key, 0) or 0))
+
+    latency = m.get("latency") or {}
+    split = _bar(
+        [("local", number("requests"), "cpu"), ("cloud", number("cloud_requests"), "cloud")]
+    )
+    return (
+        f"<tr><td>{escape(str(m.get('model_name', '')))}</td>"
+        f"<td>{escape(str(m.get('version', '-')))}</td>"
+        f"<td>{escape(str(m.get('backend', '')))}</td>"
+        f"<td>{escape(str(m.get('routing_policy', 'local')))}</td>"
+        f"<td class=n>{number('requests')}</td><td class=n>{number('errors')}</td>"
+        f"<td class=n>{float(latency.get('p50_ms', 0)):.2f}</td>"
+        f"<td class=n>{float(latency.get('p95_ms', 0)):.2f}</td>"
+        f"<td>{split}{number('cloud_requests')} cloud</td></tr>"
+    )
+
+
+def device(ctx: ServerContext, device_id: str) -> tuple[str, str]:
+    try:
+        row = ctx.db.get_device(device_id)
+    except NotFoundError as exc:
+        raise PageNotFoundError(f"No device {device_id!r}.") from exc
+    caps = row.capabilities
+    telemetry = row.last_telemetry or {}
+    models = telemetry.get("models", [])
+    model_rows = "".join(_model_row(m) for m in models) or (
+        "<tr><td colspan=9>no telemetry yet</td></tr>"
+    )
+    installed = (
+        "".join(
+            f"<tr><td>{escape(m.model_name)}</td><td>{escape(m.version)}</td><td>{escape(m.state)}</td>"
+            f"<td>{escape(m.detail[:200])}</td><td>{_ago(m.updated_at)}</td></tr>"
+            for m in row.models
+        )
+        or "<tr><td colspan=5>nothing assigned</td></tr>"
+    )
+    events = ctx.db.device_events(device_id, limit=20)
+    history = (
+        "".join(
+            f"<tr><td>{_ago(e['at'])}</td><td>{escape(e['model_name'])} {escape(e['version'])}</td>"
+            f"<td>{escape(e['state'])}</td><td>{escape(e['detail'][:200])}</td></tr>"
+            for e in events
+        )
+        or "<tr><td colspan=4>no update events</td></tr>"
+    )
+    tpus = ", ".join(
+        f"{t.get('device', '?')} ({t.get('state', '?')})" for t in caps.get("edgetpus", [])
+    )
+    hardware = (
+        f"{caps.get('arch', '?')}, {int(caps.get('cpu_cores', 0))} cores, "
+        f"{int(caps.get('memory_bytes', 0)) >> 20} MiB; runtime {caps.get('runtime', '?')}"
+    )
+    state = f"state {row.online_state or 'unknown'}; last seen {_ago(row.last_seen)}"
+    main = (
+        f"<h1>{escape(row.device_id)}</h1><section class=cards><div class=card><h2>Device</h2>"
+        f"<p>{escape(hardware)}</p><p>Edge TPUs: {escape(tpus or 'none')}</p>"
+        f"<p>labels: {escape(_labels(row.labels))}</p><p>{escape(state)}</p></div></section>"
+        "<h2>Models it runs (latest telemetry)</h2><div class=scroll><table><tr><th>model"
+        "<th>version<th>backend<th>policy<th>requests<th>errors<th>p50 ms<th>p95 ms"
+        f"<th>local / cloud</tr>{model_rows}</table></div><h2>Assigned models</h2>"
+        "<div class=scroll><table><tr><th>model<th>version<th>state<th>detail<th>updated</tr>"
+        f"{installed}</table></div><h2>Update history</h2><div class=scroll><table><tr>"
+        f"<th>when<th>model<th>state<th>detail</tr>{history}</table></div>"
+    )
+    return row.device_id, main
+
+
+# rollouts --------------------------------------------------------------------------------------
+
+
+def rollouts(ctx: ServerContext, query: dict[str, str], csrf: str) -> tuple[str, str]:
+    del csrf  # actions go through a confirmation page with the form
+    message = query.get("message", "")
+    notice = f"<p class=notice>{escape(message)}</p>" if message else ""
+    listed = ctx.rollouts.list_rollouts()
+    if not listed:
+        return "Rollouts", notice + empty(
+            "No rollouts yet. Start one with 'edgefleet rollouts create MODEL VERSION'."
+        )
+    blocks = [_rollout(r) for r in listed[:50]]
+    return "Rollouts", notice + "<h1>Rollouts</h1>" + "".join(blocks)
+
+
+def _wave(r: RolloutRow, w: WaveRow) -> str:
+    current = w.index == r.current_wave and r.state in ("running", "paused")
+    c = w.counts
+    progress = _bar(
+        [
+            ("installed", c.installed, "ok"),
+            ("updating", c.assigned, "busy"),
+            ("failed", c.failed, "bad"),
+            ("waiting", c.waiting, "idle"),
+        ]
+    )
+    return (
+        f"<tr><td>{w.index + 1}{' *' if current else ''}</td><td class=n>{w.target}</td>"
+        f"<td class=n>{c.devices}</td><td>{progress}</td><td class=n>{c.installed}</td>"
+        f"<td class=n>{c.failed}</td><td class=n>{w.unhealthy}</td></tr>"
+    )
+
+
+def _rollout(r: RolloutRow) -> str:
+    actions = {"running": ["pause", "abort"], "paused": ["resume", "abort"]}.get(r.state, [])
+    buttons = " ".join(
+        f'<a class=button href="/rollouts/{r.rollout_id}/{a}">{a.title()}</a>' for a in actions
+    )
+    gate = r.health_gate
+    gate_text = (
+        "off"
+        if gate.disabled
+        else f"errors <= {gate.max_error_rate:.1%}, p95 <= {gate.max_latency_ratio:g}x, "
+        f"{gate.min_requests} requests, {gate.window_s} s"
+        + (f", bake {gate.bake_s} s" if gate.bake_s else "")
+    )
+    failures = "".join(
+        f"<li>{escape(f.device_id)} (wave {f.wave + 1}): {escape(f.detail or 'failed')}</li>"
+        for f in r.failures[:5]
+    )
+    rules = (
+        f"selector {_labels(r.selector, 'every device')}; success {r.success_threshold:.0%}, "
+        f"failure {r.failure_threshold:.0%}; health gate {gate_text}"
+    )
+    waves = "".join(_wave(r, w) for w in r.wave_status)
+    state = escape(r.state)
+    return (
+        f'<article class="rollout {state}"><h2>Rollout {r.rollout_id}: '
+        f'{escape(r.model_name)} {escape(r.version)} <span class="pill {state}">{state}</span>'
+        f"</h2><p>{escape(r.reason or '')}</p><p>{escape(rules)}</p><table><tr><th>wave"
+        "<th>target<th>devices<th>progress<th>installed<th>failed<th>unhealthy</tr>"
+        f"{waves}</table>{'<ul>' + failures + '</ul>' if failures else ''}<p>{buttons}</p>"
+        "</article>"
+    )
+
+
+def confirm(ctx: ServerContext, rollout_id: str, action: str, csrf: str) -> tuple[str, str]:
+    if not rollout_id.isdigit() or action not in ("pause", "resume", "abort"):
+        raise PageNotFoundError("No such rollout action.")
+    try:
+        r = ctx.rollouts.get(int(rollout_id))
+    except NotFoundError as exc:
+        raise PageNotFoundError(str(exc)) from exc
+    consequence = {
+        "pause": "No device will newly be told to update; those already told go on.",
+        "resume": "Waves go on; failures seen so far are accepted.",
+        "abort": "Devices that have not installed it go back to the previous version.",
+    }[action]
+    main = (
+        f"<h1>{action.title()} rollout {r.rollout_id}?</h1>"
+        f"<p>{escape(r.model_name)} {escape(r.version)}, now {escape(r.state)}. {consequence}</p>"
+        f'<form method=post action="/rollouts/{r.rollout_id}/{action}">'
+        f'<input type=hidden name=csrf value="{escape(csrf)}">'
+        f"<button class=danger>Yes, {action} rollout {r.rollout_id}</button> "
+        '<a href="/rollouts">Cancel</a></form><p class=hint>Recorded in the audit log, as from '
+        "the command line.</p>"
+    )
+    return f"{action.title()} rollout {r.rollout_id}", main
+
+
+# models and costs ------------------------------------------------------------------------------
+
+
+def models(ctx: ServerContext) -> tuple[str, str]:
+    rows = ctx.db.list_models()
+    if not rows:
+        return "Models", empty("No models yet. Push one with 'edgefleet models push'.")
+    body = []
+    for m in reversed(rows):
+        req = json.loads(m.requirements or "{}")
+        latency = req.get("latency_ms", {}) | req.get("fleet_latency_ms", {})
+        measured = ", ".join(f"{k}: {v:.3f} ms" for k, v in sorted(latency.items())) or "-"
+        accuracy = f"{req['accuracy']:.2%}" if req.get("accuracy") is not None else "-"
+        body.append(
+            f"<tr><td>{escape(m.model_name)}</td><td>{escape(m.version)}</td>"
+            f"<td>{escape(m.variant)}</td><td>{escape(m.quantization)}</td>"
+            f"<td class=n>{m.size:,}</td><td>{escape(measured)}</td>"
+            f"<td class=n>{accuracy}</td></tr>"
+        )
+    return "Models", (
+        "<h1>Models</h1><div class=scroll><table><tr><th>model<th>version<th>variant<th>kind"
+        "<th>bytes<th>latency by hardware class<th>accuracy</tr>" + "".join(body) + "</table></div>"
+    )
+
+
+def _cost_row(r: CostRow) -> str:
+    local_only = "-" if r.local_only_per_million is None else f"{r.local_only_per_million:.4f}"
+    bar = _bar(
+        [
+            ("as served", r.per_million, "ok"),
+            ("cloud only", r.cloud_only_per_million - r.per_million, "idle"),
+        ]
+    )
+    return (
+        f"<tr><td>{escape(r.model_name)}</td><td>{escape(r.group or '*')}</td>"
+        f"<td>{escape(r.policy)}</td><td class=n>{r.served}</td>"
+        f"<td class=n>{r.cloud_share:.1%}</td>"
+        f"<td class=n data-usd-per-million>{r.per_million:.4f}</td>"
+        f"<td class=n>{local_only}</td><td class=n>{r.cloud_only_per_million:.2f}</td>"
+        f"<td class=n>{r.saving_vs_cloud:.1%}</td><td>{bar}</td></tr>"
+    )
+
+
+def costs(ctx: ServerContext, query: dict[str, str]) -> tuple[str, str]:
+    by = query.get("by", "")[:64]
+    prices = ctx.routing.prices()
+    rows = summarize(ctx.routing.usage(by, ""), prices)
+    form = (
+        '<form class=search method=get action=/costs><input name=by placeholder="group by label" '
+        f'value="{escape(by)}"><button>Group</button></form>'
+    )
+    if not rows:
+        return "Costs", "<h1>Costs</h1>" + form + empty(
+            "No inference reported yet: devices report requests in their telemetry."
+        )
+    table = "".join(_cost_row(r) for r in rows)
+    return "Costs", (
+        "<h1>Costs</h1>" + form + "<p>USD per million requests, from device telemetry; prices: "
+        f"cloud {prices.cloud_per_request:g} USD/request, local {prices.device_power_w:g} W at "
+        f"{prices.energy_per_kwh:g} USD/kWh.</p><div class=scroll><table><tr><th>model<th>group"
+        "<th>policy<th>requests<th>cloud<th>as served<th>local only<th>cloud only<th>saved"
+        "<th>vs cloud only</tr>" + table + "</table></div>"
+    )
+
+
+CSS = """
+:root{--fg:#1d2430;--mute:#5b6575;--line:#d9dee7;--ok:#2e8b57;--bad:#c0392b;--busy:#d68910;
+--idle:#c9ced8;--tpu:#6c5ce7;--cpu:#3b82c4;--cloud:#e67e22;font-family:system-ui,sans-serif}
+body{margin:0;color:var(--fg);background:#f6f7f9}
+header{display:flex;flex-wrap:wrap;gap:1rem;align-items:center;padding:.6rem 1rem;
+background:#fff;
+border-bottom:1px solid var(--line)}
+header nav{display:flex;gap:.8rem;flex:1}header nav a{color:var(--mute);text-decoration:none}
+header nav a.on{color:var(--fg);font-weight:600}
+main{max-width:1200px;margin:0 auto;padding:1rem}
+main.login{max-width:360px;margin-top:10vh}
+.cards{display:flex;flex-wrap:wrap;gap:1rem}.card{background:#fff;border:1px solid var(--line);
+border-radius:8px;padding:.8rem 1rem;flex:1 1 240px}.big{font-size:2rem;margin:.2rem 0}
+table{border-collapse:collapse;width:100%;background:#fff}td,th{padding:.35rem .5rem;
+border-bottom:1px solid var(--line);text-align:left;vertical-align:top}td.n{text-align:right}
+.scroll{overflow-x:auto}
+.pill{display:inline-block;padding:0 .5rem;border-radius:1rem;background:var(--idle);
+font-size:.85rem}
+.pill.online,.pill.running,.pill.completed{background:#d4efdf}
+.pill.offline,.pill.aborted{background:#f5d5d0}
+.pill.paused,.pill.stopped{background:#fbe7c6}
+.bar{display:flex;height:.8rem;min-width:120px;background:#eef0f4;border-radius:4px;
+overflow:hidden}
+.bar span{display:block}.ok{background:var(--ok)}.bad{background:var(--bad)}
+.busy{background:var(--busy)}.idle{background:var(--idle)}.tpu{background:var(--tpu)}
+.cpu{background:var(--cpu)}.cloud{background:var(--cloud)}
+article.rollout{background:#fff;border:1px solid var(--line);border-radius:8px;
+padding:.2rem 1rem 1rem;
+margin-bottom:1rem}
+a.button,button{display:inline-block;padding:.4rem .9rem;border:1px solid var(--line);
+border-radius:6px;
+background:#fff;color:var(--fg);text-decoration:none;cursor:pointer;font:inherit}
+button.danger{background:var(--bad);color:#fff;border-color:var(--bad)}
+.empty,.hint{color:var(--mute)}.notice{background:#fff8e1;padding:.5rem 1rem;border-radius:6px}
+.bad{color:var(--bad)}input{font:inherit;padding:.4rem;border:1px solid var(--line);
+border-radius:6px}
+label{display:block;margin:.8rem 0}form.search{display:flex;gap:.5rem;margin:.5rem 0}"""
+
+JS = """
+// Live updates without reloading: fetch this page's main part every few seconds.
+(function () {
+  var main = document.querySelector("main[data-refresh]");
+  if (!main) { return; }
+  var seconds = Number(main.getAttribute("data-refresh")) || 5;
+  function refresh() {
+    if (document.activeElement && document.activeElement.tagName === "INPUT") { return; }
+    var url = new URL(window.location.href);
+    url.searchParams.set("partial", "1");
+    fetch(url, {credentials: "same-origin"}).then(function (r) {
+      if (r.ok && !r.redirected) { return r.text(); }
+      throw new Error("HTTP " + r.status);
+    }).then(function (html) { main.innerHTML = html; main.removeAttribute("data-stale"); })
+      .catch(function () { main.setAttribute("data-stale", "1"); });
+  }
+  setInterval(refresh, seconds * 1000);
+})();
+"""

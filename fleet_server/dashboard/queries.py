@@ -1,0 +1,128 @@
+"""What the dashboard shows, aggregated in the database (it must stay fast with 10,000
+devices): counts and groups in SQL, one page of devices at a time."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from fleet_server.catalog.select import profile_from_capabilities
+from fleet_server.storage.db import Database, device_models, devices
+
+__all__ = ["DevicePage", "FleetSummary", "device_page", "fleet_summary"]
+
+PAGE = 50
+
+
+@dataclass
+class FleetSummary:
+    devices: int = 0
+    revoked: int = 0
+    states: dict[str, int] = field(default_factory=dict)  # online / offline / stopped / unknown
+    seen_recently: int = 0  # checked in within 10 minutes
+    versions: list[tuple[str, str, int]] = field(default_factory=list)  # model, version, devices
+    classes: dict[str, int] = field(default_factory=dict)  # hardware class -> devices
+    edgetpu: int = 0
+
+
+def fleet_summary(db: Database) -> FleetSummary:
+    summary = FleetSummary()
+    now = int(time.time())
+    with db.engine.connect() as conn:
+        for state, revoked, count in conn.execute(
+            sa.select(
+                devices.c.online_state, devices.c.revoked_at.is_not(None), sa.func.count()
+            ).group_by(devices.c.online_state, devices.c.revoked_at.is_not(None))
+        ):
+            if revoked:
+                summary.revoked += int(count)
+                continue
+            summary.devices += int(count)
+            key = state or "unknown"
+            summary.states[key] = summary.states.get(key, 0) + int(count)
+        summary.seen_recently = int(
+            conn.execute(
+                sa.select(sa.func.count()).where(
+                    (devices.c.last_seen >= now - 600) & devices.c.revoked_at.is_(None)
+                )
+            ).scalar_one()
+        )
+        summary.versions = [
+            (str(m), str(v), int(n))
+            for m, v, n in conn.execute(
+                sa.select(
+                    device_models.c.model_name, device_models.c.active_version, sa.func.count()
+                )
+                .where(device_models.c.active_version.is_not(None))
+                .group_by(device_models.c.model_name, device_models.c.active_version)
+                .order_by(device_models.c.model_name, device_models.c.active_version)
+            )
+        ]
+        # Capabilities are JSON: group identical documents in SQL, classify each once.
+        for caps, count in conn.execute(
+            sa.select(devices.c.capabilities, sa.func.count())
+            .where(devices.c.revoked_at.is_(None))
+            .group_by(devices.c.capabilities)
+        ):
+            profile = profile_from_capabilities(json.loads(caps or "{}"))
+            klass = profile.hardware_class
+            summary.classes[klass] = summary.classes.get(klass, 0) + int(count)
+            if profile.edgetpu:
+                summary.edgetpu += int(count)
+    return summary
+
+
+@dataclass
+class DevicePage:
+    total: int
+    offset: int
+    rows: list[dict[str, Any]]
+
+
+def device_page(db: Database, *, offset: int = 0, search: str = "") -> DevicePage:
+    """One page of devices by id, with their models, filtered by id or name."""
+    where: sa.ColumnElement[bool] = devices.c.revoked_at.is_(None)
+    if search:
+        pattern = f"%{search[:64]}%"
+        where = where & (devices.c.device_id.like(pattern) | devices.c.name.like(pattern))
+    with db.engine.connect() as conn:
+        total = int(conn.execute(sa.select(sa.func.count()).where(where)).scalar_one())
+        rows = [
+            dict(r)
+            for r in conn.execute(
+                sa.select(
+                    devices.c.device_id,
+                    devices.c.labels,
+                    devices.c.capabilities,
+                    devices.c.last_seen,
+                    devices.c.online_state,
+                )
+                .where(where)
+                .order_by(devices.c.device_id)
+                .offset(max(0, offset))
+                .limit(PAGE)
+            ).mappings()
+        ]
+        ids = [r["device_id"] for r in rows]
+        models: dict[str, list[str]] = {}
+        if ids:
+            for device_id, name, version, state in conn.execute(
+                sa.select(
+                    device_models.c.device_id,
+                    device_models.c.model_name,
+                    device_models.c.version,
+                    device_models.c.state,
+                ).where(device_models.c.device_id.in_(ids))
+            ):
+                models.setdefault(str(device_id), []).append(f"{name} {version} {state}")
+    for row in rows:
+        row["labels"] = json.loads(row["labels"] or "{}")
+        row["hardware_class"] = profile_from_capabilities(
+            json.loads(row.pop("capabilities") or "{}")
+        ).hardware_class
+        row["models"] = sorted(models.get(row["device_id"], []))
+    return DevicePage(total, max(0, offset), rows)

@@ -1,0 +1,199 @@
+"""The dashboard over real HTTPS against a real server: login, every page with seeded devices
+and a running rollout, pausing it through the confirmation form (audited as the CLI's calls
+are), the cost page agreeing with `edgefleet costs`, and a fleet of many devices answered fast.
+(Browser tests in Chromium are still to come: see docs/status.md.)"""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import re
+import ssl
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from fleet_server.simulator import SimDevice
+from tests.harness import Server
+
+
+class Browser:
+    """Cookies, TLS with the fleet CA, no automatic redirects after POST surprises."""
+
+    def __init__(self, base: str, ca_file: Path) -> None:
+        self.base = base
+        context = ssl.create_default_context(cafile=str(ca_file))
+        self.cookies = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(
+            urllib.request.HTTPSHandler(context=context),
+            urllib.request.HTTPCookieProcessor(self.cookies),
+        )
+
+    def get(self, path: str) -> tuple[int, str, str]:
+        """Status, final URL path, body."""
+        try:
+            with self.opener.open(self.base + path, timeout=30) as response:
+                return (
+                    response.status,
+                    urllib.parse.urlsplit(response.url).path,
+                    response.read().decode(),
+                )
+        except urllib.error.HTTPError as exc:
+            return exc.code, path, exc.read().decode()
+
+    def post(self, path: str, fields: dict[str, str]) -> tuple[int, str, str]:
+        data = urllib.parse.urlencode(fields).encode()
+        try:
+            with self.opener.open(self.base + path, data=data, timeout=30) as response:
+                return (
+                    response.status,
+                    urllib.parse.urlsplit(response.url).path,
+                    response.read().decode(),
+                )
+        except urllib.error.HTTPError as exc:
+            return exc.code, path, exc.read().decode()
+
+
+def test_log_in_see_the_fleet_pause_a_rollout_and_read_the_costs(
+    server_factory: Callable[..., Server], color_models: Path
+) -> None:
+    server = server_factory(
+        None, extra=("--dashboard-listen", "127.0.0.1:0", "--rollout-interval", "0.2")
+    )
+    info = json.loads((server.data_dir.parent / "server-ready.json").read_text())
+    browser = Browser(f"https://127.0.0.1:{info['dashboard_port']}", server.ca_file)
+
+    # Nothing but the login page without a session; a wrong token is refused.
+    status, where, body = browser.get("/fleet")
+    assert (status, where) == (200, "/login") and "Admin token" in body
+    status, where, body = browser.post("/login", {"token": "wrong"})
+    assert where == "/login" and "not the admin token" in body
+    status, where, body = browser.get("/fleet")
+    assert "No device has enrolled yet" not in body and where == "/login"
+
+    admin_token = (server.data_dir / "admin.token").read_text().strip()
+    status, where, body = browser.post("/login", {"token": admin_token, "next": "/fleet"})
+    assert (status, where) == (200, "/fleet")
+    assert "No device has enrolled yet" in body  # a clear empty state
+
+    server.admin("models", "push", str(color_models / "color_int8.tflite"), "--name", "color",
+                 "--version", "1.0.0", "--deploy")  # fmt: skip
+    server.admin("models", "push", str(color_models / "color_int8.tflite"), "--name", "color",
+                 "--version", "2.0.0")  # fmt: skip
+    fleet, token = server.sim_fleet(), server.enrollment_token()
+    devices = [SimDevice.enroll(fleet, token, f"cam-{i:02d}", labels={"site": "lab"})
+               for i in range(12)]  # fmt: skip
+    for device in devices:
+        device.check_in()
+    created = json.loads(
+        server.admin(
+            "rollouts", "create", "color", "2.0.0", "--waves", "1,100%", "--bake", "600", "--json"
+        ).stdout
+    )
+    rollout_id = int(created["rollout_id"])
+
+    _, _, body = browser.get("/fleet")
+    assert "<p class=big>12</p>" in body and "cam-00" in body and "color 1.0.0" in body
+    _, _, body = browser.get("/fleet?q=cam-1")
+    assert "cam-10" in body and "cam-01" not in body
+    _, _, body = browser.get("/devices/cam-03")
+    assert "x86_64" in body and "site=lab" in body
+    _, _, body = browser.get("/models")
+    assert "<td>color</td><td>2.0.0</td>" in body and "1,104" in body
+    _, _, body = browser.get("/rollouts?partial=1")
+    assert f"Rollout {rollout_id}: color 2.0.0" in body and "running" in body
+    assert "<html" not in body  # the live-update fragment is the main part only
+
+    # Pause: a confirmation page, then the form (with its CSRF token) does it.
+    _, _, body = browser.get(f"/rollouts/{rollout_id}/pause")
+    csrf = re.search(r'name=csrf value="([^"]+)"', body)
+    assert csrf and f"Yes, pause rollout {rollout_id}" in body
+    status, where, body = browser.post(f"/rollouts/{rollout_id}/pause", {"csrf": "forged"})
+    assert status == 403
+    status, where, body = browser.post(f"/rollouts/{rollout_id}/pause", {"csrf": csrf.group(1)})
+    assert where == "/rollouts" and f"Rollout {rollout_id}: pause done." in body
+    status_json = json.loads(server.admin("rollouts", "status", str(rollout_id), "--json").stdout)
+    assert status_json["state"] == "paused"
+    audit = server.admin("audit").stdout
+    assert "PauseRollout" in audit and "via dashboard" in audit
+
+    # Costs: the same numbers as the CLI.
+    _, _, body = browser.get("/costs")
+    assert "No inference reported yet" in body
+    status, where, body = browser.get("/nope")
+    assert status == 404
+
+    # Logging out ends the session.
+    _, _, body = browser.get("/fleet")
+    browser.post("/logout", {})
+    _, where, _ = browser.get("/fleet")
+    assert where == "/login"
+
+
+def test_pages_aggregate_and_paginate_ten_thousand_devices(
+    server_factory: Callable[..., Server],
+) -> None:
+    import sqlalchemy as sa
+
+    from fleet_server.storage.db import Database, device_models, devices
+
+    server = server_factory(None, extra=("--dashboard-listen", "127.0.0.1:0"))
+    db = Database(f"sqlite:///{server.data_dir / 'fleet.db'}")
+    now = int(time.time())
+    caps = [
+        json.dumps({"arch": "aarch64", "edgetpu_count": 1, "libedgetpu": "libedgetpu.so.1"}),
+        json.dumps({"arch": "x86_64"}),
+    ]
+    with db.engine.begin() as conn:
+        conn.execute(
+            devices.insert(),
+            [
+                {
+                    "device_id": f"dev-{i:05d}",
+                    "name": f"dev-{i:05d}",
+                    "token_sha256": f"{i:064x}",
+                    "labels": json.dumps({"site": f"s{i % 20}"}),
+                    "capabilities": caps[i % 2],
+                    "enrolled_at": now,
+                    "last_seen": now,
+                    "online_state": "online" if i % 10 else "offline",
+                    "telemetry_count": 0,
+                    "telemetry_gaps": 0,
+                }
+                for i in range(10_000)
+            ],
+        )
+        conn.execute(
+            device_models.insert(),
+            [
+                {
+                    "device_id": f"dev-{i:05d}",
+                    "model_name": "m",
+                    "version": "1.0.0",
+                    "state": "INSTALLED",
+                    "detail": "",
+                    "updated_at": now,
+                    "active_version": "1.0.0",
+                }
+                for i in range(10_000)
+            ],
+        )
+        conn.execute(sa.text("ANALYZE"))
+    info = json.loads((server.data_dir.parent / "server-ready.json").read_text())
+    browser = Browser(f"https://127.0.0.1:{info['dashboard_port']}", server.ca_file)
+    token = (server.data_dir / "admin.token").read_text().strip()
+    browser.post("/login", {"token": token})
+    # (How fast: bench/bench_dashboard.py; timing is not asserted in tests.)
+    for path in ("/devices/dev-04242", "/rollouts", "/models", "/costs"):
+        status, _, body = browser.get(path)
+        assert status == 200, (path, body[:200])
+    _, _, body = browser.get("/fleet")
+    assert "<p class=big>10000</p>" in body and "1-50 of 10000" in body
+    assert "aarch64+edgetpu</td><td class=n>5000" in body
+    assert "online 9000" in body and "offline 1000" in body
+    assert "<td>m</td><td>1.0.0</td><td class=n>10000</td>" in body
+    _, _, body = browser.get("/fleet?offset=9950")
+    assert "9951-10000 of 10000" in body and "dev-09999" in body and "next" not in body
