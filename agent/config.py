@@ -300,8 +300,11 @@ def _validate(config: AgentConfig) -> None:
     if len(str(config.api.socket)) > 100:
         raise ConfigError(f"api.socket {config.api.socket} is longer than a unix socket allows")
     c = config.cloud
-    if c.url and not c.url.startswith(("grpc://", "grpcs://")):
-        raise ConfigError(f"cloud.url {c.url!r} must start with grpcs:// or grpc://")
+    if c.url and (
+        not c.url.startswith(("grpc://", "grpcs://"))
+        or not c.url.split("://", 1)[1].rpartition(":")[2].isdigit()
+    ):
+        raise ConfigError(f"cloud.url {c.url!r} must be grpcs://host:port or grpc://host:port")
     if not 0.05 <= c.timeout_s <= 300:
         raise ConfigError("cloud.timeout_s must be within 0.05..300")
     if not 0 <= c.retries <= 10:

@@ -68,6 +68,13 @@ def _backoff(attempt: int, base: float) -> float:
     return random.uniform(0, min(_MAX_BACKOFF_S, base * 2 ** min(attempt, 10)))  # noqa: S311
 
 
+def _close_later(client: CloudClient) -> None:
+    """Close a replaced cloud client once the calls that hold it have had time to end."""
+    timer = threading.Timer(60.0, client.close)
+    timer.daemon = True
+    timer.start()
+
+
 class Agent:
     """One agent process."""
 
@@ -193,7 +200,7 @@ class Agent:
             log.warning("ignoring the server's cloud endpoint: %s", exc)
             self.router.cloud = None
         if old is not None:
-            old.close()
+            _close_later(old)
 
     def reload(self) -> str:
         """Re-read the config file and apply what can change while running: the [routing.*]
@@ -205,19 +212,29 @@ class Agent:
         if self._config_path is None:
             raise ConfigError("this agent was not started from a config file")
         new = load_config(self._config_path)
-        self.router.set_overrides({n: routing_policy(r) for n, r in new.routing.items()})
+        # Everything is built before anything changes: a bad file changes nothing.
+        overrides = {n: routing_policy(r) for n, r in new.routing.items()}
         changed = [f"{len(new.routing)} routing override(s)"]
-        if new.cloud != self.config.cloud:
+        cloud_changed = new.cloud != self.config.cloud
+        client = None
+        if cloud_changed and new.cloud.url:
+            ca = None
+            if new.cloud.ca_file is not None:
+                try:
+                    ca = new.cloud.ca_file.read_bytes()
+                except OSError as exc:
+                    raise ConfigError(
+                        f"cannot read cloud.ca_file {new.cloud.ca_file}: {exc}"
+                    ) from exc
+            client = self._cloud_client(CloudTarget(new.cloud.url, new.cloud_token(), ca))
+        self.router.set_overrides(overrides)
+        if cloud_changed:
             old = self.router.cloud
             self.config = replace(self.config, cloud=new.cloud)
-            self.router.cloud = (
-                self._cloud_client(CloudTarget(new.cloud.url, new.cloud_token(), self._cloud_ca()))
-                if new.cloud.url
-                else None
-            )
+            self.router.cloud = client
             self._endpoint = None  # the server's endpoint applies again at the next check-in
             if old is not None:
-                old.close()
+                _close_later(old)
             changed.append(f"cloud {new.cloud.url or 'from the server'}")
         self.config = replace(self.config, routing=new.routing)
         if new.telemetry.interval_s != self.config.telemetry.interval_s:
@@ -650,10 +667,13 @@ class Agent:
             self._nudged.set()
             detail = "checking in"
         elif command.kind == "routing":
-            # The new policy comes from the server's authenticated answer, not from MQTT.
-            self._fresh = True
-            self._nudged.set()
-            detail = "checking in for the new routing policy"
+            # The new policy comes from the server's authenticated answer, not from MQTT. A
+            # fleet-wide change reaches every device at once: spread the check-ins out.
+            delay = random.uniform(0, min(5.0, self.config.server.checkin_interval_s))  # noqa: S311
+            timer = threading.Timer(delay, self._nudged.set)
+            timer.daemon = True
+            timer.start()
+            detail = f"checking in for the new routing policy in {delay:.1f} s"
         elif command.kind == "bench":
             ok, detail = self._start_bench(command.model_name)
         elif command.kind == "reload":

@@ -31,8 +31,24 @@ _PRECISION = ("float32", "float16", "int16x8", "dynamic_int8", "full_int8")
 _REFRESH_S = 2.0
 
 
+# What a device may call: inference and metadata. Shared memory (the server's /dev/shm) and
+# loading or unloading models are not for devices.
+ALLOWED = frozenset(
+    f"/inference.GRPCInferenceService/{name}"
+    for name in (
+        "ServerLive",
+        "ServerReady",
+        "ServerMetadata",
+        "ModelReady",
+        "ModelMetadata",
+        "ModelInfer",
+    )
+)
+
+
 class TokenInterceptor(grpc.ServerInterceptor):
-    """Refuses calls without ``authorization: Bearer <token>`` (UNAUTHENTICATED)."""
+    """Refuses calls without ``authorization: Bearer <token>`` (UNAUTHENTICATED), and calls
+    other than inference and metadata (PERMISSION_DENIED)."""
 
     def __init__(self, token: str) -> None:
         self._expected = f"Bearer {token}".encode()
@@ -40,7 +56,11 @@ class TokenInterceptor(grpc.ServerInterceptor):
         def deny(_request: Any, context: grpc.ServicerContext) -> None:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid cloud token is required")
 
+        def forbid(_request: Any, context: grpc.ServicerContext) -> None:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "not offered by the cloud service")
+
         self._deny = grpc.unary_unary_rpc_method_handler(deny)
+        self._forbid = grpc.unary_unary_rpc_method_handler(forbid)
 
     def intercept_service(
         self,
@@ -49,9 +69,11 @@ class TokenInterceptor(grpc.ServerInterceptor):
     ) -> grpc.RpcMethodHandler | None:
         metadata = dict(handler_call_details.invocation_metadata or ())
         given = str(metadata.get("authorization", "")).encode()
-        if hmac.compare_digest(given, self._expected):
-            return continuation(handler_call_details)
-        return self._deny
+        if not hmac.compare_digest(given, self._expected):
+            return self._deny
+        if handler_call_details.method not in ALLOWED:
+            return self._forbid
+        return continuation(handler_call_details)
 
 
 def full_precision(rows: list[ModelRow]) -> dict[str, ModelRow]:

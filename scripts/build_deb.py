@@ -79,15 +79,21 @@ if [ "$1" = configure ]; then
     for group in {groups}; do
         usermod --prefix "${{ROOT:-/}}" --append --groups "$group" $USER_NAME
     done
-    # Enabled for the next boot; not started here (nor in a chroot): the config needs editing.
-    mkdir -p "$ROOT/etc/systemd/system/multi-user.target.wants"
-    ln -sf /lib/systemd/system/edgefleet-{name}.service \\
-        "$ROOT/etc/systemd/system/multi-user.target.wants/edgefleet-{name}.service"
+    # A fresh install enables the unit for the next boot (an upgrade keeps the admin's
+    # choice) and starts nothing (nor in a chroot): the config needs editing first.
+    if [ -z "$2" ]; then
+        mkdir -p "$ROOT/etc/systemd/system/multi-user.target.wants"
+        ln -sf /lib/systemd/system/edgefleet-{name}.service \\
+            "$ROOT/etc/systemd/system/multi-user.target.wants/edgefleet-{name}.service"
+    fi
     if [ -z "$ROOT" ] && [ -d /run/systemd/system ]; then
         systemctl daemon-reload || true
         {reload_udev}
-        # An upgrade restarts a running service; a fresh install waits for the admin.
-        systemctl try-restart edgefleet-{name}.service || true
+        # An upgrade starts again what prerm stopped.
+        if [ -e /run/edgefleet-{name}.upgrading ]; then
+            rm -f /run/edgefleet-{name}.upgrading
+            systemctl start edgefleet-{name}.service || true
+        fi
     fi
     if [ -z "$2" ]; then
         echo "edgefleet-{name}: edit /etc/edgefleet/{config}," \
@@ -98,9 +104,15 @@ exit 0
 """
 
 PRERM = """#!/bin/sh
+# Stop the service before its files change (remove, or upgrade: postinst starts it again).
 set -e
-if [ "$1" = remove ] && [ -z "${{DPKG_ROOT:-}}" ] && [ -d /run/systemd/system ]; then
-    systemctl stop edgefleet-{name}.service || true
+if [ -z "${{DPKG_ROOT:-}}" ] && [ -d /run/systemd/system ]; then
+    if [ "$1" = upgrade ] && systemctl is-active --quiet edgefleet-{name}.service; then
+        touch /run/edgefleet-{name}.upgrading
+    fi
+    if [ "$1" = remove ] || [ "$1" = upgrade ]; then
+        systemctl stop edgefleet-{name}.service || true
+    fi
 fi
 exit 0
 """
@@ -110,6 +122,9 @@ set -e
 ROOT="${{DPKG_ROOT:-}}"
 if [ "$1" = remove ] || [ "$1" = purge ]; then
     rm -f "$ROOT/etc/systemd/system/multi-user.target.wants/edgefleet-{name}.service"
+    if [ -z "$ROOT" ] && [ -d /run/systemd/system ]; then
+        systemctl daemon-reload || true
+    fi
 fi
 if [ "$1" = purge ]; then
     # Models, identity and spooled telemetry (agent) or the fleet's data (server).

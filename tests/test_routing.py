@@ -19,6 +19,7 @@ from fleet_server.cloud import ReferenceCloud
 from fleet_server.identity.ca import FleetCA
 from fleet_server.routing.datasets import digits
 from fleet_server.storage.db import Database
+from protos import inference_pb2_grpc as pb_grpc
 from tests.harness import Agent, Server, make_agent, wait_for
 from tests.oip import infer, pb, stub
 
@@ -247,6 +248,20 @@ def test_a_wrong_token_and_malformed_answers_are_cloud_errors(
     wrong = CloudClient(CloudTarget(f"grpcs://127.0.0.1:{port}", "guess", ca))
     with pytest.raises(CloudError, match="UNAUTHENTICATED"):
         wrong.infer(request)
+    # A token holder may infer, not use the server's shared memory or unload its models.
+    stub = pb_grpc.GRPCInferenceServiceStub(
+        grpc.secure_channel(f"127.0.0.1:{port}", grpc.ssl_channel_credentials(ca))
+    )
+    auth = (("authorization", "Bearer s3cret"),)
+    with pytest.raises(grpc.RpcError) as forbidden:
+        stub.SystemSharedMemoryRegister(
+            pb.SystemSharedMemoryRegisterRequest(name="x", key="/x", byte_size=8), metadata=auth
+        )
+    assert forbidden.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.RpcError) as forbidden:
+        stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="digits"),
+                                   metadata=auth)  # fmt: skip
+    assert forbidden.value.code() == grpc.StatusCode.PERMISSION_DENIED
     for shape, raw, message in (
         ([1, 10], b"\0" * 39, "needs 40 bytes, got 39"),
         ([1, -1], b"", "shape"),

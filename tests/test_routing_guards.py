@@ -73,3 +73,27 @@ def test_policies_decide_before_and_after_the_local_model() -> None:
     for bad in ({"kind": "sometimes"}, {"threshold": 2}, {"max_per_minute": -1}):
         with pytest.raises(ConfigError):
             Policy(**bad)
+
+
+def test_a_budget_refusal_does_not_take_the_breakers_probe() -> None:
+    from agent.routing.cloud import CloudClient, CloudTarget
+    from agent.routing.router import Router
+    from protos import inference_pb2 as pb
+
+    now = [1000.0]
+    # Nothing listens on port 1: every call fails at once (UNAVAILABLE).
+    cloud = CloudClient(CloudTarget("grpc://127.0.0.1:1"), timeout_s=0.5, retries=0)
+    router = Router(cloud, breaker=Breaker(failures=2, cooldown_s=30), clock=lambda: now[0])
+    policy = Policy(kind="cloud", max_per_minute=2)
+    request = pb.ModelInferRequest(model_name="m")
+    for _ in range(2):
+        answer, why = router.call_cloud("m", policy, request)
+        assert answer is None and why.startswith("cloud failed: UNAVAILABLE")
+    assert router.breaker_open
+    now[0] += 31  # the breaker would probe, but the minute's budget is spent
+    assert router.call_cloud("m", policy, request)[1].startswith("budget: 2 cloud requests")
+    now[0] += 30  # a new minute: the probe is still there to take
+    assert router.call_cloud("m", policy, request)[1].startswith("cloud failed: UNAVAILABLE")
+    stats = router.stats("m")
+    assert (stats.cloud_errors, stats.cloud_skipped) == (3, 1)
+    cloud.close()

@@ -85,6 +85,8 @@ class CloudClient:
                 response: pb.ModelInferResponse = self._stub.ModelInfer(
                     request, timeout=remaining, metadata=self._metadata
                 )
+            except ValueError as exc:  # the channel was closed by a reload meanwhile
+                raise CloudError(f"the cloud endpoint changed during the call: {exc}") from exc
             except grpc.RpcError as exc:
                 code = exc.code() if hasattr(exc, "code") else None
                 detail = exc.details() if hasattr(exc, "details") else str(exc)

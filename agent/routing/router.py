@@ -100,13 +100,15 @@ class Router:
         self, model: str, policy: Policy, request: pb.ModelInferRequest
     ) -> tuple[pb.ModelInferResponse | None, str]:
         """Ask the cloud, within the guards: (the answer, "") or (None, why not)."""
-        if self.cloud is None:
+        cloud = self.cloud  # once: a reload may swap it meanwhile
+        if cloud is None:
             return None, "no cloud endpoint configured"
         now = self._clock()
         with self._lock:
             stats = self._stats.setdefault(model, RouteStats())
             budget = self._budgets.setdefault(model, Budget())
-            refused = self._breaker.allow(now) or budget.allow(policy, now)
+            # The budget first: a refused call must not take the breaker's one probe.
+            refused = budget.allow(policy, now) or self._breaker.allow(now)
             if refused:
                 stats.cloud_skipped += 1
                 return None, refused
@@ -115,19 +117,21 @@ class Router:
         forwarded.CopyFrom(request)
         forwarded.model_name = policy.cloud_model or model
         forwarded.model_version = ""
+        ok = False
         try:
-            response = self.cloud.infer(forwarded)
+            response = cloud.infer(forwarded)
+            ok = True
         except CloudError as exc:
+            return None, f"cloud failed: {exc}"
+        finally:
+            # Whatever happened (even an unexpected error), the breaker hears of it.
             with self._lock:
-                self._breaker.record(False, self._clock())
-                stats.cloud_errors += 1
+                self._breaker.record(ok, self._clock())
                 stats.cloud_cost_usd += policy.cloud_cost
                 stats.window_cloud_cost_usd += policy.cloud_cost
-            return None, f"cloud failed: {exc}"
-        with self._lock:
-            self._breaker.record(True, self._clock())
-            stats.cloud_requests += 1
-            stats.window_cloud_requests += 1
-            stats.cloud_cost_usd += policy.cloud_cost
-            stats.window_cloud_cost_usd += policy.cloud_cost
+                if ok:
+                    stats.cloud_requests += 1
+                    stats.window_cloud_requests += 1
+                else:
+                    stats.cloud_errors += 1
         return response, ""

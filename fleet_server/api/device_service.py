@@ -278,6 +278,12 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
         if not NAME.match(request.model_name) or not _VERSION.match(request.version):
             raise BadRequestError("benchmark report names an invalid model or version")
         device = self._ctx.db.get_device(device_id)
+        installed = {(m.model_name, m.version) for m in device.models if m.state == "INSTALLED"}
+        if (request.model_name, request.version) not in installed:
+            # Only what a device runs may move the fleet's numbers for its hardware class.
+            raise BadRequestError(
+                f"{request.model_name} {request.version} is not installed on this device"
+            )
         klass = profile_from_capabilities(device.capabilities).hardware_class
         self._ctx.bench.record(device_id, klass, request)
         log.info(

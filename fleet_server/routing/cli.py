@@ -330,7 +330,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if best is None:
         print(f"no threshold is within {args.max_drop:g} points of cloud-only accuracy")
         return 1
-    saving = 1 - best.cost_per_million / cloud_only.cost_per_million
+    saving = (
+        1 - best.cost_per_million / cloud_only.cost_per_million
+        if cloud_only.cost_per_million
+        else 0.0
+    )
     print(
         f"recommended: cascade threshold {best.threshold:.2f}: {best.accuracy:.2%} "
         f"({(cloud_only.accuracy - best.accuracy) * 100:.2f} points below cloud only), "

@@ -20,6 +20,7 @@ A message is accepted only when the device id in its payload matches the topic i
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -106,12 +107,26 @@ def _event(message: Any, model_name: str, version: str, state: str, detail: str)
     }
 
 
+_MAX_COUNT = 10**9  # per report window: more is not a real device
+_MAX_MS = 1e7
+
+
 def _count_usage(batch: IngestBatch, report: Any) -> None:
-    """Add a report's window counts to the batch's usage deltas."""
+    """Add a report's window counts to the batch's usage deltas. Numbers a device could not
+    have measured (negative, not finite, absurdly large) skip that model's entry, so one bad
+    payload cannot make the whole batch fail to store."""
     for model in report.models:
         policy = model.routing_policy or "local"
         served = model.window_routed_requests if policy != "local" else model.window_requests
-        if not (served or model.window_requests or model.window_cloud_requests):
+        counts = (served, model.window_requests, model.window_cloud_requests)
+        money = (model.latency.mean_ms, model.window_cloud_cost_usd)
+        if any(c > _MAX_COUNT for c in counts) or not all(
+            math.isfinite(v) and 0 <= v < _MAX_MS for v in money
+        ):
+            log.warning("ignoring implausible usage of %s from %s", model.model_name[:64],
+                        report.device_id)  # fmt: skip
+            continue
+        if not any(counts):
             continue
         key = (report.device_id, model.model_name[:64], policy[:32])
         entry = batch.usage.setdefault(key, [0, 0, 0.0, 0, 0.0])
@@ -164,42 +179,51 @@ class TelemetryIngest:
         self._rollouts = rollouts
         self._on_unhealthy = on_unhealthy
 
-    def _health_samples(self, reports: Sequence[Any]) -> list[HealthSample]:
-        """What the reports say about model versions under a rollout's health gate.
+    def _health_samples(
+        self, reports: Sequence[Any]
+    ) -> tuple[list[HealthSample], Callable[[], None]]:
+        """What the reports say about model versions under a rollout's health gate, and what
+        to remember once the batch is stored (so a failed write is retried with a fresh look).
 
         A device changes version only when told to, so the database is asked about a device
         only when its reported versions change (or on its first report after a restart).
         """
         if self._rollouts is None:
-            return []
-        changed = set()
+            return [], lambda: None
+        changed: dict[str, dict[str, str]] = {}
         for report in reports:
             versions = {m.model_name: m.version for m in report.models}
             if self._versions.get(report.device_id) != versions:
-                self._versions[report.device_id] = versions
-                changed.add(report.device_id)
+                changed[report.device_id] = versions
         now = int(time.time())
+        gated = self._gated
         if changed:
-            self._gated = {
-                k: v for k, v in self._gated.items() if k[0] not in changed and v[1] >= now
-            }
-            for w in self._rollouts.watched(changed, now):
-                self._gated[(w.device_id, w.model_name, w.version)] = (w.rollout_id, w.until)
+            gated = {k: v for k, v in gated.items() if k[0] not in changed and v[1] >= now}
+            for w in self._rollouts.watched(set(changed), now):
+                gated[(w.device_id, w.model_name, w.version)] = (w.rollout_id, w.until)
         samples = []
         for report in reports:
             for model in report.models:
-                gated = self._gated.get((report.device_id, model.model_name, model.version))
-                if gated is not None and gated[1] >= now:
+                entry = gated.get((report.device_id, model.model_name, model.version))
+                plausible = model.window_requests <= _MAX_COUNT and math.isfinite(
+                    model.latency.p95_ms
+                )
+                if entry is not None and entry[1] >= now and plausible:
                     samples.append(
                         HealthSample(
-                            gated[0],
+                            entry[0],
                             report.device_id,
                             model.window_requests,
                             model.window_errors,
                             model.latency.p95_ms,
                         )
                     )
-        return samples
+
+        def commit() -> None:
+            self._versions.update(changed)
+            self._gated = gated
+
+        return samples, commit
 
     def start(self) -> None:
         """Connect, subscribe and start writing.
@@ -347,10 +371,11 @@ class TelemetryIngest:
             epoch, seq, _, count, gaps = batch.telemetry[device_id]
             report = MessageToDict(message, preserving_proto_field_name=True)
             batch.telemetry[device_id] = (epoch, seq, report, count, gaps)
-        samples = self._health_samples(reports)
+        samples, remember = self._health_samples(reports)
         if batch.telemetry or batch.states or batch.events or batch.usage:
             self._db.record_mqtt_batch(batch)
         self._positions.update(positions)
+        remember()
         if samples and self._rollouts is not None:
             self._judge(self._rollouts, samples)
         self.accepted += accepted
