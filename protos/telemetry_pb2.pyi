@@ -20,7 +20,7 @@ class LatencySummary(_message.Message):
     def __init__(self, p50_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., mean_ms: _Optional[float] = ...) -> None: ...
 
 class ModelTelemetry(_message.Message):
-    __slots__ = ("model_name", "version", "backend", "requests", "errors", "latency", "window_requests", "device", "backend_reason", "rejected", "window_errors", "routing_policy", "cloud_requests", "cloud_errors", "cloud_skipped", "cloud_cost_usd", "window_cloud_requests", "window_cloud_cost_usd", "window_routed_requests")
+    __slots__ = ("model_name", "version", "backend", "requests", "errors", "latency", "window_requests", "device", "backend_reason", "rejected", "window_errors", "routing_policy", "cloud_requests", "cloud_errors", "cloud_skipped", "cloud_cost_usd", "window_cloud_requests", "window_cloud_cost_usd", "window_routed_requests", "window_compute_ms")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,7 @@ class ModelTelemetry(_message.Message):
     WINDOW_CLOUD_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     WINDOW_CLOUD_COST_USD_FIELD_NUMBER: _ClassVar[int]
     WINDOW_ROUTED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: str
     backend: str
@@ -59,7 +60,8 @@ class ModelTelemetry(_message.Message):
     window_cloud_requests: int
     window_cloud_cost_usd: float
     window_routed_requests: int
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., backend: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., latency: _Optional[_Union[LatencySummary, _Mapping]] = ..., window_requests: _Optional[int] = ..., device: _Optional[str] = ..., backend_reason: _Optional[str] = ..., rejected: _Optional[int] = ..., window_errors: _Optional[int] = ..., routing_policy: _Optional[str] = ..., cloud_requests: _Optional[int] = ..., cloud_errors: _Optional[int] = ..., cloud_skipped: _Optional[int] = ..., cloud_cost_usd: _Optional[float] = ..., window_cloud_requests: _Optional[int] = ..., window_cloud_cost_usd: _Optional[float] = ..., window_routed_requests: _Optional[int] = ...) -> None: ...
+    window_compute_ms: float
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., backend: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., latency: _Optional[_Union[LatencySummary, _Mapping]] = ..., window_requests: _Optional[int] = ..., device: _Optional[str] = ..., backend_reason: _Optional[str] = ..., rejected: _Optional[int] = ..., window_errors: _Optional[int] = ..., routing_policy: _Optional[str] = ..., cloud_requests: _Optional[int] = ..., cloud_errors: _Optional[int] = ..., cloud_skipped: _Optional[int] = ..., cloud_cost_usd: _Optional[float] = ..., window_cloud_requests: _Optional[int] = ..., window_cloud_cost_usd: _Optional[float] = ..., window_routed_requests: _Optional[int] = ..., window_compute_ms: _Optional[float] = ...) -> None: ...
 
 class TelemetryReport(_message.Message):
     __slots__ = ("device_id", "seq", "sent_unix_ms", "models", "uptime_s", "epoch", "spool_dropped", "system")

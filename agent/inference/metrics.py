@@ -45,6 +45,7 @@ class StatsWindow:
     p99_ms: float
     mean_ms: float
     window_errors: int = 0
+    window_compute_ms: float = 0.0
 
 
 class ModelMetrics:
@@ -66,6 +67,7 @@ class ModelMetrics:
         self._recent: deque[float] = deque(maxlen=_RECENT)
         self._window_requests = 0
         self._window_errors = 0
+        self._window_compute_ms = 0.0
         self._progress = time.monotonic()  # last start from idle, or last finish
 
     def started(self) -> None:
@@ -87,6 +89,7 @@ class ModelMetrics:
             self.requests += 1
             self._window_requests += 1
             self.queue_ms.observe(queue_ms)
+            self._window_compute_ms += compute_ms
             if ok:
                 self.compute_ms.observe(compute_ms)
                 self._recent.append(queue_ms + compute_ms)
@@ -123,14 +126,16 @@ class ModelMetrics:
         with self._lock:
             samples = np.fromiter(self._recent, dtype=np.float64)
             window, window_errors = self._window_requests, self._window_errors
+            compute = self._window_compute_ms
             self._window_requests = self._window_errors = 0
+            self._window_compute_ms = 0.0
             requests, errors = self.requests, self.errors
         if samples.size:
             p50, p95, p99 = (float(v) for v in np.percentile(samples, [50, 95, 99]))
             mean = float(samples.mean())
         else:
             p50 = p95 = p99 = mean = 0.0
-        return StatsWindow(requests, errors, window, p50, p95, p99, mean, window_errors)
+        return StatsWindow(requests, errors, window, p50, p95, p99, mean, window_errors, compute)
 
     def snapshot(self) -> ModelMetrics:
         """A consistent copy, for rendering without holding the lock."""

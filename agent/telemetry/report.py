@@ -43,6 +43,7 @@ def build_report(
             errors=window.errors_total,
             window_requests=window.window_requests,
             window_errors=window.window_errors,
+            window_compute_ms=window.window_compute_ms,
             device=model.device,
             backend_reason=model.backend_reason[:256],
             rejected=model.stats.rejected,

@@ -50,6 +50,9 @@ __all__ = [
 ]
 
 LIVE = ("running", "paused")
+# Rollouts whose devices' telemetry is still judged: a completed rollout's last wave keeps its
+# health windows (failures then show in its status; only a running rollout pauses).
+GATED = ("running", "paused", "completed")
 # Rollouts whose assignments still decide what a device runs.
 IN_EFFECT = ("running", "paused", "completed", "aborted", "rolled_back")
 _BATCH = 500
@@ -704,8 +707,8 @@ class RolloutStore:
 
     def watched(self, device_ids: Collection[str], now: int | None = None) -> list[Watched]:
         """Which of these devices' telemetry feeds a health gate, and until when: devices
-        told to update (or updated) by a live rollout with a gate, within the gate's window
-        after installing."""
+        told to update (or updated) by a running, paused or completed rollout with a gate,
+        within the gate's window after installing."""
         now = int(time.time()) if now is None else now
         c = rollout_devices.c
         result: list[Watched] = []
@@ -726,7 +729,7 @@ class RolloutStore:
                     .where(
                         c.device_id.in_(ids[start : start + _BATCH])
                         & c.state.in_(("assigned", "installed"))
-                        & rollouts.c.state.in_(LIVE)
+                        & rollouts.c.state.in_(GATED)
                     )
                 ).all()
                 for rollout_id, device_id, state, since, model, version, gate_json in rows:
@@ -766,7 +769,7 @@ class RolloutStore:
                     # (no IN list: executemany cannot expand one)
                     & c.rollout_id.in_(
                         sa.select(rollouts.c.rollout_id).where(
-                            sa.or_(*(rollouts.c.state == state for state in LIVE))
+                            sa.or_(*(rollouts.c.state == state for state in GATED))
                         )
                     )
                 )

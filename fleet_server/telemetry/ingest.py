@@ -119,9 +119,11 @@ def _count_usage(batch: IngestBatch, report: Any) -> None:
         policy = model.routing_policy or "local"
         served = model.window_routed_requests if policy != "local" else model.window_requests
         counts = (served, model.window_requests, model.window_cloud_requests)
-        money = (model.latency.mean_ms, model.window_cloud_cost_usd)
+        # Inference time without queueing; older agents report only the mean latency.
+        compute = model.window_compute_ms or model.window_requests * model.latency.mean_ms
+        money = (compute, model.window_cloud_cost_usd)
         if any(c > _MAX_COUNT for c in counts) or not all(
-            math.isfinite(v) and 0 <= v < _MAX_MS for v in money
+            math.isfinite(v) and 0 <= v < _MAX_MS * _MAX_COUNT for v in money
         ):
             log.warning("ignoring implausible usage of %s from %s", model.model_name[:64],
                         report.device_id)  # fmt: skip
@@ -132,7 +134,7 @@ def _count_usage(batch: IngestBatch, report: Any) -> None:
         entry = batch.usage.setdefault(key, [0, 0, 0.0, 0, 0.0])
         entry[0] += served
         entry[1] += model.window_requests
-        entry[2] += model.window_requests * model.latency.mean_ms
+        entry[2] += compute
         entry[3] += model.window_cloud_requests
         entry[4] += model.window_cloud_cost_usd
 
