@@ -59,6 +59,7 @@ __all__ = ["Agent"]
 
 log = logging.getLogger(__name__)
 _MAX_BACKOFF_S = 300.0
+_MQTT_MAX_BACKOFF_S = 15.0  # between MQTT connection attempts
 _BENCH_SECONDS = 2.0  # a "bench" command runs the model this long
 RENEW_BEFORE_S = 30 * 86400  # renew the device certificate in its last 30 days
 
@@ -774,7 +775,8 @@ class Agent:
                         attempt = 0
                     except TransientError as exc:
                         attempt += 1
-                        wait = max(1.0, _backoff(attempt, 2.0))
+                        # Capped low: a broker back from a restart should get the spool soon.
+                        wait = max(1.0, min(_MQTT_MAX_BACKOFF_S, _backoff(attempt, 2.0)))
                         next_connect = now + wait
                         log.warning(
                             "telemetry: %s; retrying in %.0f s (%d spooled)", exc, wait, len(spool)

@@ -51,7 +51,8 @@ def test_a_broker_outage_and_an_agent_restart_lose_nothing(
 
     # Everything spooled arrives, in order: the server saw every number, no gap.
     before = last_seq(server, "edge-1")
-    wait_for("the replay", lambda: last_seq(server, "edge-1") >= before + 50, timeout=60)
+    # (The agent retries the broker at most every 15 s, then replays.)
+    wait_for("the replay", lambda: last_seq(server, "edge-1") >= before + 50, timeout=90)
     shown = device(server, "edge-1")
     assert int(shown["telemetry_gaps"]) == 0
     assert int(shown["telemetry_count"]) >= last_seq(server, "edge-1") - 1
