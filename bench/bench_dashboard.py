@@ -1,0 +1,120 @@
+"""Issue 10's target: every dashboard page answers in under 1 s with 10,000 devices.
+
+    python -m bench.bench_dashboard [--devices 10000] [--repeat 5]
+
+A real server with the dashboard on; DEVICES devices seeded straight into its database (labels,
+two hardware classes, one installed model each, a tenth offline) and a rollout over them; each
+page fetched over HTTPS with a logged-in session REPEAT times. Prints the median and the worst.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from fleet_server.storage.db import Database, device_models, devices
+from tests.harness import start_server
+from tests.test_dashboard import Browser
+
+PAGES = ("/fleet", "/fleet?offset=5000", "/fleet?q=dev-0042", "/devices/dev-04242",
+         "/rollouts", "/models", "/costs")  # fmt: skip
+
+
+def seed(db: Database, count: int) -> None:
+    now = int(time.time())
+    caps = [
+        json.dumps({"arch": "aarch64", "edgetpu_count": 1, "libedgetpu": "libedgetpu.so.1"}),
+        json.dumps({"arch": "x86_64"}),
+    ]
+    with db.engine.begin() as conn:
+        conn.execute(
+            devices.insert(),
+            [
+                {
+                    "device_id": f"dev-{i:05d}",
+                    "name": f"dev-{i:05d}",
+                    "token_sha256": f"{i:064x}",
+                    "labels": json.dumps({"site": f"s{i % 20}"}),
+                    "capabilities": caps[i % 2],
+                    "enrolled_at": now,
+                    "last_seen": now,
+                    "online_state": "online" if i % 10 else "offline",
+                    "telemetry_count": 0,
+                    "telemetry_gaps": 0,
+                }
+                for i in range(count)
+            ],
+        )
+        conn.execute(
+            device_models.insert(),
+            [
+                {
+                    "device_id": f"dev-{i:05d}",
+                    "model_name": "color",
+                    "version": "1.0.0",
+                    "state": "INSTALLED",
+                    "detail": "",
+                    "updated_at": now,
+                    "active_version": "1.0.0",
+                }
+                for i in range(count)
+            ],
+        )
+        conn.execute(sa.text("ANALYZE"))
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as folder:
+        server = start_server(Path(folder), None, extra=("--dashboard-listen", "127.0.0.1:0"))
+        try:
+            models = Path(folder) / "models"
+            import subprocess  # noqa: PLC0415
+
+            subprocess.run(
+                [sys.executable, "scripts/make_test_models.py", str(models)],
+                check=True, capture_output=True,
+            )  # fmt: skip
+            server.admin("models", "push", str(models / "color_int8.tflite"), "--name",
+                         "color", "--version", "1.0.0")  # fmt: skip
+            server.admin("models", "push", str(models / "color_int8.tflite"), "--name",
+                         "color", "--version", "2.0.0")  # fmt: skip
+            seed(Database(f"sqlite:///{server.data_dir / 'fleet.db'}"), args.devices)
+            server.admin("rollouts", "create", "color", "2.0.0", "--waves", "1,10%,100%")
+            info = json.loads((Path(folder) / "server-ready.json").read_text())
+            browser = Browser(f"https://127.0.0.1:{info['dashboard_port']}", server.ca_file)
+            token = (server.data_dir / "admin.token").read_text().strip()
+            browser.post("/login", {"token": token})
+            print(f"{args.devices} devices, {args.repeat} fetches per page (HTTPS, logged in)")
+            print(f"{'PAGE':28} {'MEDIAN S':>9} {'WORST S':>9}")
+            worst_all = 0.0
+            for page in PAGES:
+                times = []
+                for _ in range(args.repeat):
+                    started = time.perf_counter()
+                    status, _, _ = browser.get(page)
+                    times.append(time.perf_counter() - started)
+                    assert status == 200, page
+                worst_all = max(worst_all, *times)
+                print(f"{page:28} {statistics.median(times):9.3f} {max(times):9.3f}")
+            print(
+                f"slowest fetch {worst_all:.3f} s: target < 1 s "
+                + ("met" if worst_all < 1 else "missed")
+            )
+        finally:
+            server.proc.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
