@@ -1,7 +1,8 @@
 """The dashboard over real HTTPS against a real server: login, every page with seeded devices
 and a running rollout, pausing it through the confirmation form (audited as the CLI's calls
-are), the cost page agreeing with `edgefleet costs`, and a fleet of many devices answered fast.
-(Browser tests in Chromium are still to come: see docs/status.md.)"""
+are), the cost page agreeing with `edgefleet costs`, 10,000 devices aggregated and paginated,
+and the same in a real headless Chromium (Debian's package, driven over DevTools), which also
+takes the screenshots in docs/screenshots (EDGEFLEET_SCREENSHOTS=docs/screenshots)."""
 
 from __future__ import annotations
 
@@ -197,3 +198,126 @@ def test_pages_aggregate_and_paginate_ten_thousand_devices(
     assert "<td>m</td><td>1.0.0</td><td class=n>10000</td>" in body
     _, _, body = browser.get("/fleet?offset=9950")
     assert "9951-10000 of 10000" in body and "dev-09999" in body and "next" not in body
+
+
+def test_in_chromium_log_in_pause_a_rollout_and_read_the_costs(
+    tmp_path: Path, server_factory: Callable[..., Server], color_models: Path
+) -> None:
+    import os
+    import shutil
+
+    import paho.mqtt.client as paho
+
+    from protos import telemetry_pb2
+    from tests.browser import Chromium, chromium_path
+
+    executable = chromium_path()
+    if executable is None:
+        assert not os.environ.get("CI"), ".ci/run must install Debian's chromium"
+        raise AssertionError("no chromium here: apt install chromium")
+    server = server_factory(None, extra=("--dashboard-listen", "127.0.0.1:0"))
+    info = json.loads((server.data_dir.parent / "server-ready.json").read_text())
+    base = f"https://127.0.0.1:{info['dashboard_port']}"
+    server.admin("models", "push", str(color_models / "color_int8.tflite"), "--name", "color",
+                 "--version", "1.0.0", "--deploy")  # fmt: skip
+    server.admin("models", "push", str(color_models / "color_int8.tflite"), "--name", "color",
+                 "--version", "2.0.0")  # fmt: skip
+    fleet, token = server.sim_fleet(), server.enrollment_token()
+    sims = [SimDevice.enroll(fleet, token, f"cam-{i:02d}", labels={"site": ["lab", "shop"][i % 2]})
+            for i in range(8)]  # fmt: skip
+    for sim in sims:
+        sim.check_in()
+    rollout_id = json.loads(
+        server.admin(
+            "rollouts", "create", "color", "2.0.0", "--waves", "1,100%", "--bake", "600", "--json"
+        ).stdout
+    )["rollout_id"]
+    # Usage for the cost page: two devices report a cascade over MQTT (the embedded broker).
+    host, port = info["mqtt_url"].removeprefix("mqtt://").split(":")
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+    client.connect(host, int(port))
+    client.loop_start()
+    for seq, sim in enumerate(sims[:2], start=1):
+        model = telemetry_pb2.ModelTelemetry(
+            model_name="color", version="1.0.0", window_requests=1000, requests=1000,
+            routing_policy="cascade", window_routed_requests=1000, window_cloud_requests=60,
+            cloud_requests=60, window_cloud_cost_usd=0.12, window_compute_ms=500.0,
+        )  # fmt: skip
+        report = telemetry_pb2.TelemetryReport(
+            device_id=sim.device_id, seq=seq, epoch="e", models=[model]
+        )
+        client.publish(f"edgefleet/v1/default/{sim.device_id}/telemetry",
+                       report.SerializeToString(), qos=1).wait_for_publish(10)  # fmt: skip
+    client.loop_stop()
+    client.disconnect()
+
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    browser = Chromium(executable, tmp_path / "profile")
+    try:
+        browser.goto(f"{base}/fleet")
+        browser.wait("location.pathname === '/login'")
+        admin_token = (server.data_dir / "admin.token").read_text().strip()
+        browser.evaluate(
+            f"document.querySelector('input[name=token]').value = {json.dumps(admin_token)};"
+            "document.querySelector('form').submit(); true"
+        )
+        browser.wait("location.pathname === '/fleet'")
+        browser.wait("document.body.innerText.includes('cam-07')")
+        text = browser.text()
+        assert "Devices\n8" in text or "8\n" in text
+        assert "color" in text and "x86_64" in text
+        browser.screenshot(shots / "fleet.png")
+
+        browser.goto(f"{base}/devices/cam-01")
+        browser.wait("document.body.innerText.includes('site=shop')")
+        browser.screenshot(shots / "device.png")
+
+        browser.goto(f"{base}/rollouts")
+        browser.wait(f"document.body.innerText.includes('Rollout {rollout_id}: color 2.0.0')")
+        assert "running" in browser.text()
+        browser.screenshot(shots / "rollouts.png")
+        browser.evaluate(f"document.querySelector('a[href=\"/rollouts/{rollout_id}/pause\"]')"
+                         ".click(); true")  # fmt: skip
+        browser.wait(f"document.body.innerText.includes('Yes, pause rollout {rollout_id}')")
+        browser.evaluate("document.querySelector('button.danger').click(); true")
+        browser.wait(f"document.body.innerText.includes('Rollout {rollout_id}: pause done.')")
+        assert "paused" in browser.text()
+        audit = server.admin("audit").stdout
+        assert "PauseRollout" in audit and "via dashboard" in audit
+
+        browser.goto(f"{base}/models")
+        browser.wait("document.body.innerText.includes('2.0.0')")
+        browser.screenshot(shots / "models.png")
+
+        browser.goto(f"{base}/costs")
+        browser.wait("document.body.innerText.includes('cascade')")
+        shown = browser.evaluate(
+            "[...document.querySelectorAll('td[data-usd-per-million]')].map(e => e.innerText)"
+        )
+        cli_rows = json.loads(server.admin("costs", "--json").stdout)["rows"]
+        assert shown == [f"{float(r['per_million']):.4f}" for r in cli_rows]
+        browser.screenshot(shots / "costs.png")
+
+        # Live updates: a change appears without reloading (the page refetches every 5 s).
+        browser.goto(f"{base}/rollouts")
+        browser.wait("document.querySelector('article.rollout.paused') !== null")
+        browser.evaluate("window.__marker = 1; true")
+        server.admin("rollouts", "resume", str(rollout_id))
+        browser.wait(
+            "window.__marker === 1 && document.querySelector('article.rollout.running') !== null",
+            timeout=20,
+        )
+    finally:
+        browser.close()
+    target = os.environ.get("EDGEFLEET_SCREENSHOTS")
+    if target:  # scripts: refresh the screenshots in docs/
+        for shot in shots.iterdir():
+            shutil.copy(shot, Path(target) / shot.name)
+    assert {p.name for p in shots.iterdir()} == {
+        "fleet.png",
+        "device.png",
+        "rollouts.png",
+        "models.png",
+        "costs.png",
+    }

@@ -75,15 +75,24 @@ def _labels(labels: dict[str, str], none: str = "-") -> str:
 
 
 def _bar(parts: list[tuple[str, float, str]]) -> str:
-    """A horizontal stacked bar: (label, value, css class)."""
-    total = sum(v for _, v, _ in parts) or 1
-    cells = "".join(
-        f'<span class="{cls}" style="width:{v / total * 100:.1f}%" title="{escape(label)}: '
-        f'{v:g}"></span>'
-        for label, v, cls in parts
-        if v
+    """A horizontal stacked bar (inline SVG: the page's CSP allows no inline styles)."""
+    total = sum(max(v, 0) for _, v, _ in parts) or 1
+    x = 0.0
+    rects = []
+    for label, value, cls in parts:
+        if value <= 0:
+            continue
+        width = value / total * 100
+        rects.append(
+            f'<rect class="{cls}" x="{x:.2f}" width="{width:.2f}" height="10">'
+            f"<title>{escape(label)}: {value:g}</title></rect>"
+        )
+        x += width
+    return (
+        '<svg class=bar viewBox="0 0 100 10" preserveAspectRatio="none" role=img>'
+        + "".join(rects)
+        + "</svg>"
     )
-    return f"<div class=bar>{cells}</div>"
 
 
 # fleet -----------------------------------------------------------------------------------------
@@ -399,11 +408,11 @@ font-size:.85rem}
 .pill.online,.pill.running,.pill.completed{background:#d4efdf}
 .pill.offline,.pill.aborted{background:#f5d5d0}
 .pill.paused,.pill.stopped{background:#fbe7c6}
-.bar{display:flex;height:.8rem;min-width:120px;background:#eef0f4;border-radius:4px;
-overflow:hidden}
-.bar span{display:block}.ok{background:var(--ok)}.bad{background:var(--bad)}
-.busy{background:var(--busy)}.idle{background:var(--idle)}.tpu{background:var(--tpu)}
-.cpu{background:var(--cpu)}.cloud{background:var(--cloud)}
+.bar{display:block;height:.8rem;width:100%;min-width:120px;background:#eef0f4;
+border-radius:4px}
+.bar .ok{fill:var(--ok)}.bar .bad{fill:var(--bad)}.bar .busy{fill:var(--busy)}
+.bar .idle{fill:var(--idle)}.bar .tpu{fill:var(--tpu)}.bar .cpu{fill:var(--cpu)}
+.bar .cloud{fill:var(--cloud)}
 article.rollout{background:#fff;border:1px solid var(--line);border-radius:8px;
 padding:.2rem 1rem 1rem;
 margin-bottom:1rem}
