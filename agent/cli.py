@@ -18,21 +18,12 @@ from agent.config import load_config
 from agent.errors import AgentError, ConfigError
 from agent.inference.engine import load_model
 from agent.inference.preprocess import image_to_tensor, load_image, read_labels, top_k
-from agent.systemd import journal_logging
+from agent.systemd import setup_logging
 
 __all__ = ["main"]
 
 log = logging.getLogger("agent")
 PROG = "edgefleet-agent"
-
-
-def _setup_logging(level: str) -> None:
-    # Under systemd, journald adds timestamps and takes the priority from a <N> prefix;
-    # elsewhere humans want a timestamp and the level.
-    if journal_logging(getattr(logging, level.upper())):
-        return
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -278,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level)
+    setup_logging(args.log_level)
     try:
         return int(args.func(args))
     except AgentError as exc:

@@ -156,6 +156,20 @@ class AgentConfig:
                 raise ConfigError(f"cannot read the cloud token {path}: {exc}") from exc
         return ""
 
+    def cloud_ca(self) -> bytes | None:
+        """The CA of the cloud endpoint's TLS certificate (None: the system's roots).
+
+        Raises:
+            ConfigError: ``cloud.ca_file`` cannot be read.
+        """
+        path = self.cloud.ca_file
+        if path is None:
+            return None
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read cloud.ca_file {path}: {exc}") from exc
+
     def enrollment_token(self) -> str:
         """The enrollment token: inline, from a file, or from systemd's credentials dir.
 

@@ -103,7 +103,7 @@ class Agent:
         self._started = time.monotonic()
         cloud = config.cloud
         self.router = Router(
-            self._cloud_client(CloudTarget(cloud.url, config.cloud_token(), self._cloud_ca()))
+            self._cloud_client(CloudTarget(cloud.url, config.cloud_token(), config.cloud_ca()))
             if cloud.url
             else None,
             overrides={name: routing_policy(r) for name, r in config.routing.items()},
@@ -143,15 +143,6 @@ class Agent:
                 self.notifier.status(self._serving_status())
                 wedged = ""
             self.notifier.notify("WATCHDOG=1")
-
-    def _cloud_ca(self) -> bytes | None:
-        path = self.config.cloud.ca_file
-        if path is None:
-            return None
-        try:
-            return path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"cannot read cloud.ca_file {path}: {exc}") from exc
 
     def _cloud_client(self, target: CloudTarget) -> CloudClient:
         c = self.config.cloud
@@ -219,15 +210,9 @@ class Agent:
         cloud_changed = new.cloud != self.config.cloud
         client = None
         if cloud_changed and new.cloud.url:
-            ca = None
-            if new.cloud.ca_file is not None:
-                try:
-                    ca = new.cloud.ca_file.read_bytes()
-                except OSError as exc:
-                    raise ConfigError(
-                        f"cannot read cloud.ca_file {new.cloud.ca_file}: {exc}"
-                    ) from exc
-            client = self._cloud_client(CloudTarget(new.cloud.url, new.cloud_token(), ca))
+            client = self._cloud_client(
+                CloudTarget(new.cloud.url, new.cloud_token(), new.cloud_ca())
+            )
         self.router.set_overrides(overrides)
         if cloud_changed:
             old = self.router.cloud

@@ -14,7 +14,7 @@ import os
 import socket
 import sys
 
-__all__ = ["Notifier", "journal_logging", "watchdog_interval"]
+__all__ = ["Notifier", "journal_logging", "setup_logging", "watchdog_interval"]
 
 log = logging.getLogger(__name__)
 
@@ -106,3 +106,12 @@ def journal_logging(level: int) -> bool:
     root.handlers[:] = [handler]
     root.setLevel(level)
     return True
+
+
+def setup_logging(level: str) -> None:
+    """Under systemd, journald adds timestamps and takes the priority from a <N> prefix;
+    elsewhere humans want a timestamp and the level. (Both CLIs log this way.)"""
+    if journal_logging(getattr(logging, level.upper())):
+        return
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)

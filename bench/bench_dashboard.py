@@ -17,57 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import sqlalchemy as sa
-
-from fleet_server.storage.db import Database, device_models, devices
-from tests.harness import start_server
+from tests.harness import seed_devices, start_server
 from tests.test_dashboard import Browser
 
 PAGES = ("/fleet", "/fleet?offset=5000", "/fleet?q=dev-0042", "/devices/dev-04242",
          "/rollouts", "/models", "/costs")  # fmt: skip
-
-
-def seed(db: Database, count: int) -> None:
-    now = int(time.time())
-    caps = [
-        json.dumps({"arch": "aarch64", "edgetpu_count": 1, "libedgetpu": "libedgetpu.so.1"}),
-        json.dumps({"arch": "x86_64"}),
-    ]
-    with db.engine.begin() as conn:
-        conn.execute(
-            devices.insert(),
-            [
-                {
-                    "device_id": f"dev-{i:05d}",
-                    "name": f"dev-{i:05d}",
-                    "token_sha256": f"{i:064x}",
-                    "labels": json.dumps({"site": f"s{i % 20}"}),
-                    "capabilities": caps[i % 2],
-                    "enrolled_at": now,
-                    "last_seen": now,
-                    "online_state": "online" if i % 10 else "offline",
-                    "telemetry_count": 0,
-                    "telemetry_gaps": 0,
-                }
-                for i in range(count)
-            ],
-        )
-        conn.execute(
-            device_models.insert(),
-            [
-                {
-                    "device_id": f"dev-{i:05d}",
-                    "model_name": "color",
-                    "version": "1.0.0",
-                    "state": "INSTALLED",
-                    "detail": "",
-                    "updated_at": now,
-                    "active_version": "1.0.0",
-                }
-                for i in range(count)
-            ],
-        )
-        conn.execute(sa.text("ANALYZE"))
 
 
 def main(argv: list[str]) -> int:
@@ -89,7 +43,7 @@ def main(argv: list[str]) -> int:
                          "color", "--version", "1.0.0")  # fmt: skip
             server.admin("models", "push", str(models / "color_int8.tflite"), "--name",
                          "color", "--version", "2.0.0")  # fmt: skip
-            seed(Database(f"sqlite:///{server.data_dir / 'fleet.db'}"), args.devices)
+            seed_devices(f"sqlite:///{server.data_dir / 'fleet.db'}", args.devices, "color")
             server.admin("rollouts", "create", "color", "2.0.0", "--waves", "1,10%,100%")
             info = json.loads((Path(folder) / "server-ready.json").read_text())
             browser = Browser(f"https://127.0.0.1:{info['dashboard_port']}", server.ca_file)

@@ -19,7 +19,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import AgentError
-from agent.systemd import Notifier, watchdog_interval
+from agent.systemd import Notifier, setup_logging, watchdog_interval
 from fleet_server import __version__
 from fleet_server.config import apply_config
 from fleet_server.errors import DataDirError, FleetError
@@ -706,10 +706,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataDirError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
-    fmt = "%(levelname)s %(name)s: %(message)s"
-    if not os.environ.get("JOURNAL_STREAM"):
-        fmt = "%(asctime)s " + fmt
-    logging.basicConfig(level=args.log_level.upper(), format=fmt, stream=sys.stderr)
+    setup_logging(args.log_level)
     # amqtt logs every packet at INFO; keep the server's own log readable.
     logging.getLogger("amqtt").setLevel(logging.WARNING)
     logging.getLogger("transitions").setLevel(logging.WARNING)

@@ -311,3 +311,55 @@ interval_s = {telemetry_s}
         encoding="utf-8",
     )
     return Agent(name, home, config)
+
+
+def seed_devices(db_url: str, count: int, model_name: str = "m") -> None:
+    """Put ``count`` devices straight into a server's database (for dashboard tests and
+    benchmarks at fleet scale): two hardware classes (every other one with an Edge TPU), 20
+    sites, one installed model each, a tenth offline."""
+    import sqlalchemy as sa
+
+    from fleet_server.storage.db import Database, device_models, devices
+
+    now = int(time.time())
+    caps = [
+        json.dumps({"arch": "aarch64", "edgetpu_count": 1, "libedgetpu": "libedgetpu.so.1"}),
+        json.dumps({"arch": "x86_64"}),
+    ]
+    db = Database(db_url)
+    with db.engine.begin() as conn:
+        conn.execute(
+            devices.insert(),
+            [
+                {
+                    "device_id": f"dev-{i:05d}",
+                    "name": f"dev-{i:05d}",
+                    "token_sha256": f"{i:064x}",
+                    "labels": json.dumps({"site": f"s{i % 20}"}),
+                    "capabilities": caps[i % 2],
+                    "enrolled_at": now,
+                    "last_seen": now,
+                    "online_state": "online" if i % 10 else "offline",
+                    "telemetry_count": 0,
+                    "telemetry_gaps": 0,
+                }
+                for i in range(count)
+            ],
+        )
+        conn.execute(
+            device_models.insert(),
+            [
+                {
+                    "device_id": f"dev-{i:05d}",
+                    "model_name": model_name,
+                    "version": "1.0.0",
+                    "state": "INSTALLED",
+                    "detail": "",
+                    "updated_at": now,
+                    "active_version": "1.0.0",
+                }
+                for i in range(count)
+            ],
+        )
+        conn.execute(sa.text("ANALYZE"))
+    db.close()

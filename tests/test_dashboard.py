@@ -10,7 +10,6 @@ import http.cookiejar
 import json
 import re
 import ssl
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -18,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fleet_server.simulator import SimDevice
-from tests.harness import Server
+from tests.harness import Server, seed_devices
 
 
 class Browser:
@@ -137,52 +136,8 @@ def test_log_in_see_the_fleet_pause_a_rollout_and_read_the_costs(
 def test_pages_aggregate_and_paginate_ten_thousand_devices(
     server_factory: Callable[..., Server],
 ) -> None:
-    import sqlalchemy as sa
-
-    from fleet_server.storage.db import Database, device_models, devices
-
     server = server_factory(None, extra=("--dashboard-listen", "127.0.0.1:0"))
-    db = Database(f"sqlite:///{server.data_dir / 'fleet.db'}")
-    now = int(time.time())
-    caps = [
-        json.dumps({"arch": "aarch64", "edgetpu_count": 1, "libedgetpu": "libedgetpu.so.1"}),
-        json.dumps({"arch": "x86_64"}),
-    ]
-    with db.engine.begin() as conn:
-        conn.execute(
-            devices.insert(),
-            [
-                {
-                    "device_id": f"dev-{i:05d}",
-                    "name": f"dev-{i:05d}",
-                    "token_sha256": f"{i:064x}",
-                    "labels": json.dumps({"site": f"s{i % 20}"}),
-                    "capabilities": caps[i % 2],
-                    "enrolled_at": now,
-                    "last_seen": now,
-                    "online_state": "online" if i % 10 else "offline",
-                    "telemetry_count": 0,
-                    "telemetry_gaps": 0,
-                }
-                for i in range(10_000)
-            ],
-        )
-        conn.execute(
-            device_models.insert(),
-            [
-                {
-                    "device_id": f"dev-{i:05d}",
-                    "model_name": "m",
-                    "version": "1.0.0",
-                    "state": "INSTALLED",
-                    "detail": "",
-                    "updated_at": now,
-                    "active_version": "1.0.0",
-                }
-                for i in range(10_000)
-            ],
-        )
-        conn.execute(sa.text("ANALYZE"))
+    seed_devices(f"sqlite:///{server.data_dir / 'fleet.db'}", 10_000)
     info = json.loads((server.data_dir.parent / "server-ready.json").read_text())
     browser = Browser(f"https://127.0.0.1:{info['dashboard_port']}", server.ca_file)
     token = (server.data_dir / "admin.token").read_text().strip()

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from agent.inference.modelfile import inspect_model_file
+from agent.inference.runtime import find_runtime
 from fleet_server.catalog.select import hardware_class
 from fleet_server.errors import BadRequestError
 from fleet_server.routing.evaluate import Scores, scores
@@ -427,15 +428,10 @@ def _judge(
 
 
 def _host() -> str:
-    from importlib.metadata import version  # noqa: PLC0415
-
-    try:
-        runtime = f"ai-edge-litert {version('ai-edge-litert')}"
-    except Exception:  # noqa: BLE001 - a name in a report, not worth failing for
-        runtime = "LiteRT"
+    runtime = find_runtime()  # what scores() runs with
     return (
         f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} "
-        f"{platform.release()}, {runtime}, 1 thread"
+        f"{platform.release()}, {runtime.name} {runtime.version}, 1 thread"
     )
 
 

@@ -69,18 +69,13 @@ def load(spec: str) -> Dataset:
         return digits()
     if spec.startswith("sklearn:"):
         raise BadRequestError(f"unknown dataset {spec!r}; shipped: sklearn:digits")
-    path = Path(spec)
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            x, y = archive["x"], archive["y"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise BadRequestError(f"cannot read {path} as an .npz with arrays x and y: {exc}") from exc
-    if x.ndim < 2 or y.ndim != 1 or len(x) != len(y) or not len(y):
-        raise BadRequestError(f"{path}: x {x.shape} and y {y.shape} must have one label per sample")
+    x, y = samples(spec, part="test")
+    if y is None or not len(y):
+        raise BadRequestError(f"{spec}: evaluation needs labels: an array y beside x")
     if not np.issubdtype(y.dtype, np.integer):
-        raise BadRequestError(f"{path}: labels y must be integers, not {y.dtype}")
+        raise BadRequestError(f"{spec}: labels y must be integers, not {y.dtype}")
     empty = np.empty((0, *x.shape[1:]), dtype=x.dtype)
-    return Dataset(str(path), empty, np.empty(0, dtype=np.int64), x, y.astype(np.int64))
+    return Dataset(spec, empty, np.empty(0, dtype=np.int64), x, y.astype(np.int64))
 
 
 def samples(spec: str, *, part: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -92,7 +87,9 @@ def samples(spec: str, *, part: str) -> tuple[np.ndarray, np.ndarray | None]:
         BadRequestError: unknown dataset, unreadable file, or mismatched arrays.
     """
     if spec.startswith("sklearn:"):
-        data = load(spec)
+        if spec != "sklearn:digits":
+            raise BadRequestError(f"unknown dataset {spec!r}; shipped: sklearn:digits")
+        data = digits()
         return (data.train_x, data.train_y) if part == "train" else (data.test_x, data.test_y)
     path = Path(spec)
     try:

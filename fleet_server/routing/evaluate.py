@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.inference.runtime import find_runtime
 from fleet_server.errors import BadRequestError
 
 __all__ = ["Row", "Scores", "recommend", "scores", "sweep", "thresholds"]
@@ -100,10 +101,10 @@ def scores(model: Path, samples: np.ndarray) -> Scores:
     Raises:
         BadRequestError: the model cannot be loaded, or the samples do not fit its input.
     """
-    from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415 - optional
+    interpreter_cls = find_runtime().interpreter_cls  # the agent's: LiteRT, else tflite_runtime
 
     try:
-        interpreter = Interpreter(model_path=str(model), num_threads=1)
+        interpreter = interpreter_cls(model_path=str(model), num_threads=1)
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise BadRequestError(f"cannot load {model}: {exc}") from exc
