@@ -182,7 +182,15 @@ def test_a_latency_regression_fails_the_device_and_healthy_waves_advance_after_b
     # Install times are whole seconds: a 3 s bake lasts at least 2 s after the report.
     assert time.monotonic() - installed_at >= 1.9
 
-    slow = next(d for d in devices if d.running.get("color") == "2.0.0" and d is not canary)
+    def second_install() -> SimDevice | None:
+        # The wave advanced during a round of check-ins: its device installs on the next one.
+        for device in devices:
+            device.check_in()
+        return next(
+            (d for d in devices if d.running.get("color") == "2.0.0" and d is not canary), None
+        )
+
+    slow = wait_for("the second wave's device to install", second_install, timeout=30)
     reporter.report(slow.device_id, "2.0.0", 50, 0, 16.0)  # 1.6x its 10 ms before
 
     def slow_failed() -> dict[str, Any] | None:
