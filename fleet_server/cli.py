@@ -44,6 +44,13 @@ def _split_host_port(value: str, what: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _history_hours(value: str) -> float:
+    hours = float(value)
+    if not 0 <= hours <= 24 * 366:
+        raise argparse.ArgumentTypeError(f"{value} hours is outside 0..{24 * 366}")
+    return hours
+
+
 def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -169,6 +176,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             client_id=client_id,
             persistent_session=stable,
             share_group=args.mqtt_share_group or "",
+            history_hours=args.history_hours,
         )
         try:
             ingest.start()
@@ -612,6 +620,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--mqtt-client-id",
         help="the ingest's MQTT client id: its persistent session queues telemetry while the "
         "server restarts (default: edgefleet-server-FLEET-HOST-PORT; unique per replica)",
+    )
+    run.add_argument(
+        "--history-hours",
+        type=_history_hours,
+        default=48.0,
+        help="keep telemetry over time (5-minute buckets per device and model, for the "
+        "dashboard's charts) this long (default 48; 0 = none)",
     )
     run.add_argument(
         "--cloud-listen",

@@ -3,6 +3,7 @@ is not mistaken for duplicates."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -44,4 +45,102 @@ def test_a_failed_batch_is_retried_and_counted_once(
     assert (ingest.accepted, ingest.duplicates, ingest.dropped) == (2, 0, 0)
     ingest._write(items)  # the same two again: duplicates now
     assert ingest.duplicates == 2 and db.get_device(device).telemetry_count == 2
+    db.close()
+
+
+def _report(device: str, seq: int, sent: float, requests: int, p95: float) -> bytes:
+    report = telemetry_pb2.TelemetryReport(
+        device_id=device, seq=seq, epoch="e", sent_unix_ms=int(sent * 1000)
+    )
+    model = report.models.add(
+        model_name="m", window_requests=requests, window_errors=1, window_cloud_requests=2
+    )
+    model.latency.p50_ms, model.latency.p95_ms = 1.0, p95
+    return report.SerializeToString()
+
+
+def _history(db: Database) -> list[tuple[int, int, int, int, float]]:
+    import sqlalchemy as sa
+
+    query = "SELECT bucket, requests, errors, cloud_requests, p95_ms FROM telemetry_history"
+    with db.engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(query + " ORDER BY bucket"))]
+
+
+def test_history_is_written_once_per_bucket_and_survives_a_failed_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'fleet.db'}")
+    db.create_schema()
+    device = db.add_device("cam", "t", {}, {})
+    ingest = TelemetryIngest(parse_mqtt_url("mqtt://127.0.0.1:1"), db, "default", "test")
+    topic = f"edgefleet/v1/default/{device}/telemetry"
+    first = 1_800_000_000 // 300 * 300  # the start of a bucket
+    clock = [float(first + 10)]
+    monkeypatch.setattr(ingest_module.time, "time", lambda: clock[0])
+    monkeypatch.setattr(ingest_module.time, "sleep", lambda _s: None)
+    written: list[list[tuple[str, str, int]]] = []
+    real = db.record_mqtt_batch
+    failures = [RuntimeError("database is locked")]
+
+    def recording(batch: object) -> None:
+        rows = batch.history  # type: ignore[attr-defined]
+        if rows and failures:
+            raise failures.pop()
+        written.append([(r["device_id"], r["model_name"], r["bucket"]) for r in rows])
+        real(batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(db, "record_mqtt_batch", recording)
+    # Six reports in the first bucket, every 10 s: nothing in history while it is open.
+    for seq in range(1, 7):
+        ingest._write([(topic, _report(device, seq, first + 10 * seq, 10, float(seq)))])
+    assert _history(db) == []
+    # The next bucket: its first batch writes the ended one (after one failed attempt).
+    clock[0] = first + 300 + 5
+    for seq in range(7, 10):
+        ingest._write([(topic, _report(device, seq, first + 300 + seq, 4, 2.0))])
+    assert _history(db) == [(first, 60, 6, 12, 6.0)]  # the last report's p95
+    ingest._write([], final=True)  # what stop() does: the open bucket too
+    assert _history(db) == [(first, 60, 6, 12, 6.0), (first + 300, 12, 3, 6, 2.0)]
+    flat = [key for batch in written for key in batch]
+    assert len(flat) == len(set(flat)) == 2  # one write per device, model and bucket
+    # A report from a device whose clock is far behind is filed under the receive time (and
+    # adds to the bucket already written).
+    ingest._write([(topic, _report(device, 10, 1_000, 1, 1.0))])
+    ingest._write([], final=True)
+    assert _history(db)[-1][:2] == (first + 300, 13)
+    db.close()
+
+
+def test_stopping_the_ingest_writes_the_open_history(tmp_path: Path, broker_url: str) -> None:
+    import paho.mqtt.client as paho
+
+    db = Database(f"sqlite:///{tmp_path / 'fleet.db'}")
+    db.create_schema()
+    device = db.add_device("cam", "t", {}, {})
+    ingest = TelemetryIngest(parse_mqtt_url(broker_url), db, "histfleet", "hist-test")
+    ingest.start()
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    endpoint = parse_mqtt_url(broker_url)
+    client.connect(endpoint.host, endpoint.port)
+    client.loop_start()
+    now = time.time()
+    try:
+        for seq in range(1, 4):
+            client.publish(
+                f"edgefleet/v1/histfleet/{device}/telemetry",
+                _report(device, seq, now, 5, 3.0),
+                qos=1,
+            ).wait_for_publish(5)
+        deadline = time.monotonic() + 10
+        while ingest.accepted < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ingest.accepted == 3 and _history(db) == []  # the bucket is still open
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        ingest.stop()
+    ((bucket, requests, errors, cloud, p95),) = _history(db)
+    assert (requests, errors, cloud, p95) == (15, 3, 6, 3.0)
+    assert bucket <= now < bucket + 300
     db.close()

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from fleet_server.errors import AlreadyExistsError, BadRequestError, DataDirError
-from fleet_server.storage.db import SCHEMA_VERSION, Database, ModelRow
+from fleet_server.storage.db import SCHEMA_VERSION, Database, IngestBatch, ModelRow
 
 V1 = [
     "CREATE TABLE schema_meta (key VARCHAR(64) PRIMARY KEY, value VARCHAR(255))",
@@ -58,7 +58,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(db_url: str) -> Non
     assert db.model_by_sha("ab" * 32) is not None
     with db.engine.connect() as conn:
         version = conn.execute(sa.text("SELECT value FROM schema_meta")).scalar()
-    assert version == str(SCHEMA_VERSION) == "17"
+    assert version == str(SCHEMA_VERSION) == "18"
     db.create_schema()  # idempotent
     first = db.generation()
     db.deploy("m", "1.0.0")
@@ -121,6 +121,84 @@ def test_version_9_rollback_manifests_become_envelope_sets(
     (row,) = db.get_variants("m", "1.0.0")
     assert (row.variant, row.quantization) == ("tpu", "edgetpu")
     assert db.next_release_counter("m") == 2
+    db.close()
+
+
+def test_version_17_usage_keeps_its_rows_and_gains_daily_spend_and_history(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleet_server.storage import db as db_module
+
+    make_v1_database(db_url, "int8", edgetpu=False)
+    monkeypatch.setattr(db_module, "SCHEMA_VERSION", 17)
+    db = Database(db_url)
+    db.create_schema()
+    device_id = db.add_device("pi", "token", {}, {})
+    with db.engine.begin() as conn:  # the usage table as version 17 made it, with a row
+        conn.execute(sa.text("DROP TABLE usage"))
+        conn.execute(
+            sa.text(
+                "CREATE TABLE usage (device_id VARCHAR(64), model_name VARCHAR(64), "
+                "policy VARCHAR(32), served BIGINT NOT NULL, local_runs BIGINT NOT NULL, "
+                "local_ms FLOAT NOT NULL, cloud_requests BIGINT NOT NULL, "
+                "cloud_cost FLOAT NOT NULL, updated_at BIGINT NOT NULL, "
+                "PRIMARY KEY (device_id, model_name, policy))"
+            )
+        )
+        conn.execute(
+            sa.text("INSERT INTO usage VALUES (:d, 'm', 'cascade', 10, 10, 5.0, 4, 0.4, 0)"),
+            {"d": device_id},
+        )
+    monkeypatch.setattr(db_module, "SCHEMA_VERSION", 18)
+    db.create_schema()
+    db.record_mqtt_batch(IngestBatch(usage={(device_id, "m", "cascade"): [5, 5, 1.0, 2, 0.2]}))
+    with db.engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT * FROM usage")).mappings().one()
+        assert sa.inspect(conn).has_table("telemetry_history")
+    assert (row["served"], row["cloud_requests"], row["cloud_cost"]) == (15, 6, pytest.approx(0.6))
+    # Only what was added since the migration counts as today's spend.
+    assert (row["day_cloud_requests"], row["day_cloud_cost"]) == (2, pytest.approx(0.2))
+    db.close()
+
+
+def test_daily_spend_restarts_on_a_new_day(db_url: str) -> None:
+    db = Database(db_url)
+    db.create_schema()
+    device_id = db.add_device("pi", "token", {}, {})
+    key = (device_id, "m", "cloud")
+    db.record_mqtt_batch(IngestBatch(usage={key: [3, 0, 0.0, 3, 0.3]}))
+    db.record_mqtt_batch(IngestBatch(usage={key: [1, 0, 0.0, 1, 0.1]}))
+    spend = "SELECT day, day_cloud_requests, day_cloud_cost, cloud_requests FROM usage"
+    with db.engine.begin() as conn:
+        day, requests, cost, total = conn.execute(sa.text(spend)).one()
+        assert (requests, cost, total) == (4, pytest.approx(0.4), 4)
+        conn.execute(sa.text("UPDATE usage SET day = day - 1"))  # as if written yesterday
+    db.record_mqtt_batch(IngestBatch(usage={key: [2, 0, 0.0, 2, 0.2]}))
+    with db.engine.connect() as conn:
+        assert conn.execute(sa.text(spend)).one() == (day, 2, pytest.approx(0.2), 6)
+    db.close()
+
+
+def test_history_buckets_add_up_and_are_pruned(db_url: str) -> None:
+    db = Database(db_url)
+    db.create_schema()
+
+    def row(bucket: int, requests: int, p95: float) -> dict[str, object]:
+        return {"device_id": "d", "model_name": "m", "bucket": bucket, "requests": requests,
+                "errors": 1, "cloud_requests": 0, "p50_ms": 1.0, "p95_ms": p95}  # fmt: skip
+
+    db.record_mqtt_batch(IngestBatch(history=[row(600, 5, 9.0), row(900, 7, 3.0)]))
+    # Another replica's share of the same bucket: counts add, the worse latency stays.
+    db.record_mqtt_batch(IngestBatch(history=[row(600, 2, 4.0)]))
+    select = "SELECT bucket, requests, errors, p95_ms FROM telemetry_history ORDER BY bucket"
+    with db.engine.connect() as conn:
+        assert [tuple(r) for r in conn.execute(sa.text(select))] == [
+            (600, 7, 2, 9.0),
+            (900, 7, 1, 3.0),
+        ]
+    db.record_mqtt_batch(IngestBatch(prune_history_before=900))
+    with db.engine.connect() as conn:
+        assert [r[0] for r in conn.execute(sa.text(select))] == [900]
     db.close()
 
 

@@ -29,7 +29,7 @@ __all__ = [
     "ModelRow",
 ]
 
-SCHEMA_VERSION = 17
+SCHEMA_VERSION = 18
 
 metadata = sa.MetaData()
 
@@ -108,6 +108,28 @@ usage = sa.Table(
     sa.Column("cloud_requests", sa.BigInteger, nullable=False, default=0),
     sa.Column("cloud_cost", sa.Float, nullable=False, default=0.0),  # USD
     sa.Column("updated_at", sa.BigInteger, nullable=False),
+    # Cloud spend on one UTC day (days since the epoch), for the budget use the dashboard shows.
+    sa.Column("day", sa.BigInteger, nullable=False, default=0),
+    sa.Column("day_cloud_requests", sa.BigInteger, nullable=False, default=0),
+    sa.Column("day_cloud_cost", sa.Float, nullable=False, default=0.0),
+)
+
+# Telemetry over time, per device and model in fixed buckets (HISTORY_BUCKET_S): the counts of
+# the reports that fell in a bucket added up, and the latency of the last of them. Kept for a
+# bounded time (`run --history-hours`), pruned by the ingest.
+HISTORY_BUCKET_S = 300
+telemetry_history = sa.Table(
+    "telemetry_history",
+    metadata,
+    sa.Column("device_id", sa.String(64), primary_key=True),
+    sa.Column("model_name", sa.String(64), primary_key=True),
+    sa.Column("bucket", sa.BigInteger, primary_key=True),  # unix seconds at its start
+    sa.Column("requests", sa.BigInteger, nullable=False, default=0),
+    sa.Column("errors", sa.BigInteger, nullable=False, default=0),
+    sa.Column("cloud_requests", sa.BigInteger, nullable=False, default=0),
+    sa.Column("p50_ms", sa.Float, nullable=False, default=0.0),
+    sa.Column("p95_ms", sa.Float, nullable=False, default=0.0),
+    sa.Index("ix_telemetry_history_bucket", "bucket"),
 )
 
 # The latest benchmark of each model variant (by file) on each device: `models bench-report`.
@@ -281,6 +303,9 @@ class IngestBatch:
     events: list[dict[str, Any]] = field(default_factory=list)
     # (device, model, policy) -> [served, local runs, local ms, cloud requests, cloud USD]
     usage: dict[tuple[str, str, str], list[float]] = field(default_factory=dict)
+    # telemetry_history rows to add, and the bucket before which history is deleted (0: keep)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    prune_history_before: int = 0
 
 
 @dataclass(frozen=True)
@@ -470,77 +495,119 @@ def _v15_to_v16(conn: sa.Connection) -> None:
     usage.create(conn, checkfirst=True)
 
 
-def _add_usage(
-    conn: sa.Connection, deltas: Mapping[tuple[str, str, str], list[float]], now: int
+def _add_rows(
+    conn: sa.Connection,
+    table: sa.Table,
+    rows: Sequence[dict[str, Any]],
+    *,
+    added: Mapping[str, Any] | None = None,
 ) -> None:
-    """Add usage deltas: update the rows that exist, insert the others (in one transaction;
-    a replica inserting the same row at once makes the batch fail and be retried)."""
-    devices_here = sorted({d for d, _, _ in deltas})
+    """Upsert by adding: a row whose primary key exists gets each column's value added (or,
+    for a column in ``added``, that expression, which may use bind parameters named like the
+    row's columns); the others are inserted. One transaction: a replica inserting the same key
+    at once makes the batch fail and be retried."""
+    if not rows:
+        return
+    key = [c.name for c in table.primary_key.columns]
+    first = table.c[key[0]]
     existing = {
-        (str(d), str(m), str(p))
-        for d, m, p in conn.execute(
-            sa.select(usage.c.device_id, usage.c.model_name, usage.c.policy).where(
-                usage.c.device_id.in_(devices_here)
+        tuple(r)
+        for r in conn.execute(
+            sa.select(*(table.c[k] for k in key)).where(
+                first.in_(sorted({r[key[0]] for r in rows}))
             )
         )
     }
+    updates: list[dict[str, Any]] = []
+    inserts: list[dict[str, Any]] = []
+    for row in rows:
+        (updates if tuple(row[k] for k in key) in existing else inserts).append(row)
+    if updates:
+        # Bind parameters must not share a column's name in an UPDATE: prefix them.
+        where = sa.and_(*(table.c[k] == sa.bindparam(f"_{k}") for k in key))
+        values = {
+            name: (added or {}).get(name, table.c[name] + sa.bindparam(f"_{name}"))
+            for name in updates[0]
+            if name not in key
+        }
+        conn.execute(
+            table.update().where(where).values(values),
+            [{f"_{k}": v for k, v in r.items()} for r in updates],
+        )
+    if inserts:
+        conn.execute(table.insert(), inserts)
+
+
+def _add_usage(
+    conn: sa.Connection, deltas: Mapping[tuple[str, str, str], list[float]], now: int
+) -> None:
+    """Add usage deltas; the per-day columns restart on a new UTC day."""
+    today = now // 86400
+    same_day = usage.c.day == today
     rows = [
         {
-            "d": d,
-            "m": m,
-            "p": p,
+            "device_id": d,
+            "model_name": m,
+            "policy": p,
             "served": int(v[0]),
             "local_runs": int(v[1]),
             "local_ms": float(v[2]),
             "cloud_requests": int(v[3]),
             "cloud_cost": float(v[4]),
+            "updated_at": now,
+            "day": today,
+            "day_cloud_requests": int(v[3]),
+            "day_cloud_cost": float(v[4]),
         }
         for (d, m, p), v in deltas.items()
     ]
-    updates = [r for r in rows if (r["d"], r["m"], r["p"]) in existing]
-    inserts = [r for r in rows if (r["d"], r["m"], r["p"]) not in existing]
-    if updates:
-        c = usage.c
-        conn.execute(
-            usage.update()
-            .where(
-                (c.device_id == sa.bindparam("d"))
-                & (c.model_name == sa.bindparam("m"))
-                & (c.policy == sa.bindparam("p"))
-            )
-            .values(
-                served=c.served + sa.bindparam("served"),
-                local_runs=c.local_runs + sa.bindparam("local_runs"),
-                local_ms=c.local_ms + sa.bindparam("local_ms"),
-                cloud_requests=c.cloud_requests + sa.bindparam("cloud_requests"),
-                cloud_cost=c.cloud_cost + sa.bindparam("cloud_cost"),
-                updated_at=now,
-            ),
-            updates,
-        )
-    if inserts:
-        conn.execute(
-            usage.insert(),
-            [
-                {
-                    "device_id": r["d"],
-                    "model_name": r["m"],
-                    "policy": r["p"],
-                    "served": r["served"],
-                    "local_runs": r["local_runs"],
-                    "local_ms": r["local_ms"],
-                    "cloud_requests": r["cloud_requests"],
-                    "cloud_cost": r["cloud_cost"],
-                    "updated_at": now,
-                }
-                for r in inserts
-            ],
-        )
+    _add_rows(
+        conn,
+        usage,
+        rows,
+        added={
+            "updated_at": sa.bindparam("_updated_at"),
+            "day": sa.bindparam("_day"),
+            "day_cloud_requests": sa.case((same_day, usage.c.day_cloud_requests), else_=0)
+            + sa.bindparam("_day_cloud_requests"),
+            "day_cloud_cost": sa.case((same_day, usage.c.day_cloud_cost), else_=0.0)
+            + sa.bindparam("_day_cloud_cost"),
+        },
+    )
+
+
+def _add_history(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Add history buckets; the latency of a bucket two replicas both wrote is the worse one."""
+    c = telemetry_history.c
+    _add_rows(
+        conn,
+        telemetry_history,
+        rows,
+        added={
+            "p50_ms": sa.case((c.p50_ms > sa.bindparam("_p50_ms"), c.p50_ms),
+                              else_=sa.bindparam("_p50_ms")),
+            "p95_ms": sa.case((c.p95_ms > sa.bindparam("_p95_ms"), c.p95_ms),
+                              else_=sa.bindparam("_p95_ms")),
+        },
+    )  # fmt: skip
 
 
 def _v16_to_v17(conn: sa.Connection) -> None:
     """Version 17: device benchmarks."""
     benchmarks.create(conn, checkfirst=True)
+
+
+def _v17_to_v18(conn: sa.Connection) -> None:
+    """Version 18: telemetry history, and cloud spend per UTC day in usage."""
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("usage")}
+    for column, kind in (
+        ("day", "BIGINT NOT NULL DEFAULT 0"),
+        ("day_cloud_requests", "BIGINT NOT NULL DEFAULT 0"),
+        ("day_cloud_cost", "FLOAT NOT NULL DEFAULT 0"),
+    ):
+        if column not in columns:
+            conn.execute(sa.text(f"ALTER TABLE usage ADD COLUMN {column} {kind}"))
+    telemetry_history.create(conn, checkfirst=True)
 
 
 def bump_generation(conn: sa.Connection) -> None:
@@ -569,6 +636,7 @@ _MIGRATIONS = {
     14: _v14_to_v15,
     15: _v15_to_v16,
     16: _v16_to_v17,
+    17: _v17_to_v18,
 }
 
 
@@ -998,6 +1066,13 @@ class Database:
                 conn.execute(device_events.insert(), batch.events)
             if batch.usage:
                 _add_usage(conn, batch.usage, now)
+            _add_history(conn, batch.history)
+            if batch.prune_history_before:
+                conn.execute(
+                    telemetry_history.delete().where(
+                        telemetry_history.c.bucket < batch.prune_history_before
+                    )
+                )
 
     def device_events(self, device_id: str, limit: int = 100) -> list[dict[str, Any]]:
         """A device's update events from MQTT, newest first."""

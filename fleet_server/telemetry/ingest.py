@@ -8,9 +8,10 @@ restart can lose what devices send before the replicas reconnect.
 
 Each message is validated (topic, size, payload, and the device id in the payload must be the
 one its topic names), deduplicated on (device, epoch, sequence) with gaps counted as lost, and
-written in batches: the latest report per device, its online state from birth and Will, and
-update events. Reports about a model version a live rollout has just installed on the device
-feed that rollout's health gate (:meth:`RolloutStore.record_health`).
+written in batches: the latest report per device, its online state from birth and Will,
+update events, usage for the cost reports, and telemetry over time in 5-minute buckets
+(:mod:`fleet_server.telemetry.history`). Reports about a model version a live rollout has
+just installed on the device feed that rollout's health gate (:meth:`RolloutStore.record_health`).
 
 With an MQTT v5 broker the server subscribes through a shared subscription so that several
 replicas split the stream; against the embedded 3.1.1 broker it subscribes plainly (one server).
@@ -36,6 +37,7 @@ from agent.errors import TransientError
 from agent.telemetry.mqtt import MqttEndpoint, MqttPublisher
 from fleet_server.storage.db import Database, IngestBatch
 from fleet_server.storage.rollouts import HealthSample, RolloutStore
+from fleet_server.telemetry.history import HistoryBuffer
 from fleet_server.telemetry.sequence import Position, account
 from protos import device_pb2, telemetry_pb2
 from protos.topics import commands_topic, device_from_topic, telemetry_filter
@@ -47,6 +49,7 @@ _MAX_PAYLOAD = 256 * 1024
 _QUEUE_BOUND = 10_000
 _BATCH = 500
 _WRITE_ATTEMPTS = 30  # a batch the database keeps refusing for this many seconds is dropped
+_IDLE_FLUSH_S = 30.0  # with no messages, ended history buckets are written this often
 
 
 _KINDS: dict[str, type[Any]] = {
@@ -151,6 +154,7 @@ class TelemetryIngest:
         *,
         persistent_session: bool = False,
         share_group: str = "",
+        history_hours: float = 48.0,
     ) -> None:
         self._endpoint = endpoint
         self._persistent = persistent_session
@@ -167,6 +171,7 @@ class TelemetryIngest:
         self.duplicates = 0
         self.gaps = 0  # messages that never arrived, from sequence jumps
         self._positions: dict[str, Position | None] = {}
+        self._history = HistoryBuffer(history_hours)
         self._rollouts: RolloutStore | None = None
         self._on_unhealthy: Callable[[], None] = lambda: None
         # What each device last reported running, and the (device, model, version)s whose
@@ -273,8 +278,14 @@ class TelemetryIngest:
 
     def _drain(self) -> None:
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=_IDLE_FLUSH_S)
+            except queue.Empty:
+                if len(self._history):
+                    self._write([])  # a quiet fleet's ended buckets
+                continue
             if item is None:
+                self._write([], final=True)  # every open bucket
                 return
             batch = [item]
             while len(batch) < _BATCH:
@@ -284,14 +295,16 @@ class TelemetryIngest:
                     break
                 if more is None:
                     self._write(batch)
+                    self._write([], final=True)
                     return
                 batch.append(more)
             self._write(batch)
 
-    def _write(self, items: list[tuple[str, bytes]]) -> None:
-        """Validate, deduplicate and store one batch in one transaction. While the database
-        fails, retry (the broker keeps what the queue cannot take): messages the broker
-        acknowledged to us are not dropped at the first hiccup."""
+    def _write(self, items: list[tuple[str, bytes]], *, final: bool = False) -> None:
+        """Validate, deduplicate and store one batch in one transaction (with ``final``, every
+        open history bucket too). While the database fails, retry (the broker keeps what the
+        queue cannot take): messages the broker acknowledged to us are not dropped at the first
+        hiccup."""
         decoded = []
         for topic, payload in items:
             message = decode_message(topic, payload, self._fleet_id)
@@ -301,7 +314,7 @@ class TelemetryIngest:
                 decoded.append(message)
         for attempt in range(_WRITE_ATTEMPTS):
             try:
-                self._store(decoded)
+                self._store(decoded, final=final)
                 return
             except Exception:
                 log.exception(
@@ -313,7 +326,7 @@ class TelemetryIngest:
                 time.sleep(1.0)
         self.dropped += len(decoded)
 
-    def _store(self, decoded: list[tuple[str, Any]]) -> None:
+    def _store(self, decoded: list[tuple[str, Any]], *, final: bool = False) -> None:
         """Judge and write a batch; the positions and counters change only once it is stored,
         so a failed write can be retried as a whole.
 
@@ -374,10 +387,25 @@ class TelemetryIngest:
             report = MessageToDict(message, preserving_proto_field_name=True)
             batch.telemetry[device_id] = (epoch, seq, report, count, gaps)
         samples, remember = self._health_samples(reports)
-        if batch.telemetry or batch.states or batch.events or batch.usage:
+        now = time.time()
+        batch.history = self._history.due(now, everything=final)
+        batch.prune_history_before = self._history.prune_before(now)
+        if (
+            batch.telemetry
+            or batch.states
+            or batch.events
+            or batch.usage
+            or batch.history
+            or batch.prune_history_before
+        ):
             self._db.record_mqtt_batch(batch)
         self._positions.update(positions)
         remember()
+        self._history.written(batch.history)
+        if batch.prune_history_before:
+            self._history.pruned(now)
+        for report in reports:  # after the write: a retried batch is not counted twice
+            self._history.add(report, now)
         if samples and self._rollouts is not None:
             self._judge(self._rollouts, samples)
         self.accepted += accepted
