@@ -3,8 +3,10 @@
     python -m bench.bench_dashboard [--devices 10000] [--repeat 5]
 
 A real server with the dashboard on; DEVICES devices seeded straight into its database (labels,
-two hardware classes, one installed model each, a tenth offline) and a rollout over them; each
-page fetched over HTTPS with a logged-in session REPEAT times. Prints the median and the worst.
+two hardware classes, one installed model each, a tenth offline), 24 hours of telemetry history
+for each (288 five-minute buckets), cloud spend today for each under 20 per-site routing
+policies with daily budgets, and a rollout over them; each page fetched over HTTPS with a
+logged-in session REPEAT times. Prints the median and the worst.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.harness import seed_devices, start_server
+from fleet_server.storage.db import Database, IngestBatch
+from tests.harness import seed_devices, seed_history, start_server
 from tests.test_dashboard import Browser
 
 PAGES = ("/fleet", "/fleet?offset=5000", "/fleet?q=dev-0042", "/devices/dev-04242",
@@ -43,7 +46,21 @@ def main(argv: list[str]) -> int:
                          "color", "--version", "1.0.0")  # fmt: skip
             server.admin("models", "push", str(models / "color_int8.tflite"), "--name",
                          "color", "--version", "2.0.0")  # fmt: skip
-            seed_devices(f"sqlite:///{server.data_dir / 'fleet.db'}", args.devices, "color")
+            db_url = f"sqlite:///{server.data_dir / 'fleet.db'}"
+            seed_devices(db_url, args.devices, "color")
+            ids = [f"dev-{i:05d}" for i in range(args.devices)]
+            started = time.perf_counter()
+            seed_history(db_url, ids, "color")
+            print(f"seeded {len(ids) * 288} history rows in {time.perf_counter() - started:.0f} s")
+            for site in range(20):
+                server.admin("routing", "set", "color", "cascade", "--threshold", "0.6",
+                             "--selector", f"site=s{site}", "--max-spend-per-day", "1")  # fmt: skip
+            db = Database(db_url)
+            db.record_mqtt_batch(IngestBatch(usage={
+                (d, "color", "cascade"): [1000, 1000, 900.0, 50 + i % 400, (50 + i % 400) * 0.002]
+                for i, d in enumerate(ids)
+            }))  # fmt: skip
+            db.close()
             server.admin("rollouts", "create", "color", "2.0.0", "--waves", "1,10%,100%")
             info = json.loads((Path(folder) / "server-ready.json").read_text())
             browser = Browser(f"https://127.0.0.1:{info['dashboard_port']}", server.ca_file)

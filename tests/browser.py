@@ -99,8 +99,15 @@ class Chromium:
     def text(self) -> str:
         return str(self.evaluate("document.body.innerText"))
 
-    def screenshot(self, path: Path) -> None:
-        data = self.send("Page.captureScreenshot", format="png")["data"]
+    def screenshot(self, path: Path, *, full_page: bool = False) -> None:
+        """The viewport, or with ``full_page`` the whole page (up to 3000 px high)."""
+        options: dict[str, Any] = {"format": "png"}
+        if full_page:
+            size = self.send("Page.getLayoutMetrics")["cssContentSize"]
+            options["captureBeyondViewport"] = True
+            options["clip"] = {"x": 0, "y": 0, "width": size["width"],
+                               "height": min(size["height"], 3000), "scale": 1}  # fmt: skip
+        data = self.send("Page.captureScreenshot", **options)["data"]
         path.write_bytes(base64.b64decode(data))
 
     def close(self) -> None:

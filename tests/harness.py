@@ -363,3 +363,34 @@ def seed_devices(db_url: str, count: int, model_name: str = "m") -> None:
         )
         conn.execute(sa.text("ANALYZE"))
     db.close()
+
+
+def seed_history(
+    db_url: str, device_ids: str | Sequence[str], model_name: str = "m", *, hours: int = 24
+) -> list[dict[str, Any]]:
+    """Put devices' telemetry history of the last ``hours`` (every 5-minute bucket) straight
+    into a server's database, with errors in every 24th bucket; return one device's rows."""
+    from fleet_server.storage.db import HISTORY_BUCKET_S, Database, telemetry_history
+
+    now = int(time.time()) // HISTORY_BUCKET_S * HISTORY_BUCKET_S
+    count = hours * 3600 // HISTORY_BUCKET_S
+    ids = [device_ids] if isinstance(device_ids, str) else list(device_ids)
+    db = Database(db_url)
+    for device_id in ids:
+        rows: list[dict[str, Any]] = [
+            {
+                "device_id": device_id,
+                "model_name": model_name,
+                "bucket": now - (count - 1 - k) * HISTORY_BUCKET_S,
+                "requests": 100 + (k % 12) * 10,
+                "errors": 3 if k % 24 == 0 else 0,
+                "cloud_requests": k % 5,
+                "p50_ms": 1.5,
+                "p95_ms": 3.0 + (k % 7) * 0.5,
+            }
+            for k in range(count)
+        ]
+        with db.engine.begin() as conn:
+            conn.execute(telemetry_history.insert(), rows)
+    db.close()
+    return rows

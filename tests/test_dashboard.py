@@ -10,14 +10,17 @@ import http.cookiejar
 import json
 import re
 import ssl
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from fleet_server.simulator import SimDevice
-from tests.harness import Server, seed_devices
+from tests.harness import Server, seed_devices, seed_history
 
 
 class Browser:
@@ -101,6 +104,13 @@ def test_log_in_see_the_fleet_pause_a_rollout_and_read_the_costs(
     assert "cam-10" in body and "cam-01" not in body
     _, _, body = browser.get("/devices/cam-03")
     assert "x86_64" in body and "site=lab" in body
+    assert "No telemetry in the last 24 hours" in body  # a clear empty state, no empty chart
+    rows = seed_history(f"sqlite:///{server.data_dir / 'fleet.db'}", "cam-03", "color")
+    _, _, body = browser.get("/devices/cam-03")
+    errors = sum(int(r["errors"]) for r in rows)
+    assert f'<figure class=chart data-points="288" data-errors="{errors}">' in body
+    assert body.count("<rect class=bad") == 12  # the buckets with errors, one bar each
+    assert ">6.00 ms</text>" in body  # the latency scale: the worst bucket's p95
     _, _, body = browser.get("/models")
     assert "<td>color</td><td>2.0.0</td>" in body and "1,104" in body
     _, _, body = browser.get("/rollouts?partial=1")
@@ -187,16 +197,19 @@ def test_in_chromium_log_in_pause_a_rollout_and_read_the_costs(
             "rollouts", "create", "color", "2.0.0", "--waves", "1,100%", "--bake", "600", "--json"
         ).stdout
     )["rollout_id"]
+    server.admin("routing", "set", "color", "cascade", "--threshold", "0.6",
+                 "--max-spend-per-day", "0.2")  # fmt: skip
+    seed_history(f"sqlite:///{server.data_dir / 'fleet.db'}", "cam-01", "color")
     # Usage for the cost page: two devices report a cascade over MQTT (the embedded broker).
     host, port = info["mqtt_url"].removeprefix("mqtt://").split(":")
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
     client.connect(host, int(port))
     client.loop_start()
-    for seq, sim in enumerate(sims[:2], start=1):
+    for seq, (sim, spent) in enumerate(zip(sims[:2], (0.12, 0.2), strict=True), start=1):
         model = telemetry_pb2.ModelTelemetry(
             model_name="color", version="1.0.0", window_requests=1000, requests=1000,
             routing_policy="cascade", window_routed_requests=1000, window_cloud_requests=60,
-            cloud_requests=60, window_cloud_cost_usd=0.12, window_compute_ms=500.0,
+            cloud_requests=60, window_cloud_cost_usd=spent, window_compute_ms=500.0,
         )  # fmt: skip
         report = telemetry_pb2.TelemetryReport(
             device_id=sim.device_id, seq=seq, epoch="e", models=[model]
@@ -226,7 +239,14 @@ def test_in_chromium_log_in_pause_a_rollout_and_read_the_costs(
 
         browser.goto(f"{base}/devices/cam-01")
         browser.wait("document.body.innerText.includes('site=shop')")
-        browser.screenshot(shots / "device.png")
+        # The chart is drawn: 288 buckets, bars with a real on-screen size.
+        assert browser.evaluate("document.querySelector('figure.chart').dataset.points") == "288"
+        drawn = browser.evaluate(
+            "[...document.querySelectorAll('figure.chart rect')]"
+            ".filter(r => r.getBoundingClientRect().height > 0).length"
+        )
+        assert drawn >= 288
+        browser.screenshot(shots / "device.png", full_page=True)
 
         browser.goto(f"{base}/rollouts")
         browser.wait(f"document.body.innerText.includes('Rollout {rollout_id}: color 2.0.0')")
@@ -252,7 +272,12 @@ def test_in_chromium_log_in_pause_a_rollout_and_read_the_costs(
         )
         cli_rows = json.loads(server.admin("costs", "--json").stdout)["rows"]
         assert shown == [f"{float(r['per_million']):.4f}" for r in cli_rows]
-        browser.screenshot(shots / "costs.png")
+        budget = browser.evaluate(
+            "[document.querySelector('td[data-spent-usd]').innerText,"
+            " document.querySelector('td[data-budget-use]').innerText]"
+        )
+        assert budget == ["0.3200", "80.0%"]  # 0.12 + 0.2 of 2 x 0.2 USD today
+        browser.screenshot(shots / "costs.png", full_page=True)
 
         # Live updates: a change appears without reloading (the page refetches every 5 s).
         browser.goto(f"{base}/rollouts")
@@ -276,3 +301,35 @@ def test_in_chromium_log_in_pause_a_rollout_and_read_the_costs(
         "models.png",
         "costs.png",
     }
+
+
+def test_budget_use_follows_each_devices_policy_and_the_day(tmp_path: Path) -> None:
+    from fleet_server.dashboard.queries import budget_use
+    from fleet_server.routing.prices import Prices
+    from fleet_server.storage.db import Database, IngestBatch
+    from fleet_server.storage.routing import RoutingRow, RoutingStore
+
+    db = Database(f"sqlite:///{tmp_path / 'fleet.db'}")
+    db.create_schema()
+    routing = RoutingStore(db)
+    routing.set_prices(Prices(cloud_per_request=0.01))
+    routing.set(RoutingRow("m", {}, "cascade", threshold=0.6, max_spend_per_day=1.0), "t")
+    routing.set(RoutingRow("m", {"site": "shop"}, "cloud"), "t")  # no budget for these
+    lab = [db.add_device(f"lab-{i}", f"t{i}", {"site": "lab"}, {}) for i in range(3)]
+    shop = db.add_device("shop-0", "s", {"site": "shop"}, {})
+    spend = {lab[0]: 0.25, lab[1]: 0.995, lab[2]: 0.0, shop: 3.0}
+    db.record_mqtt_batch(
+        IngestBatch(usage={(d, "m", "cascade"): [100, 100, 50.0, int(c * 100), c]
+                           for d, c in spend.items()})
+    )  # fmt: skip
+    cascade, cloud = budget_use(db, routing)
+    assert (cascade.policy, cascade.per_device_usd, cascade.devices) == ("cascade", 1.0, 2)
+    assert cascade.spent_usd == pytest.approx(1.245) and cascade.cloud_requests == 124
+    assert cascade.use == pytest.approx(1.245 / 2)
+    assert cascade.exhausted == 1  # 0.995 spent: its next 0.01 call would exceed 1.0
+    assert cascade.top_use == pytest.approx(0.995)
+    assert (cloud.policy, cloud.selector, cloud.per_device_usd) == ("cloud", {"site": "shop"}, None)
+    assert cloud.use is None and cloud.spent_usd == pytest.approx(3.0)
+    # Tomorrow nothing has been spent yet.
+    assert budget_use(db, routing, now=time.time() + 86400) == []
+    db.close()

@@ -10,9 +10,18 @@ from typing import Any
 from urllib.parse import quote
 
 from fleet_server.api.server import ServerContext
-from fleet_server.dashboard.queries import PAGE, device_page, fleet_summary
+from fleet_server.dashboard.queries import (
+    PAGE,
+    BudgetRow,
+    HistoryPoint,
+    budget_use,
+    device_history,
+    device_page,
+    fleet_summary,
+)
 from fleet_server.errors import NotFoundError
 from fleet_server.routing.costs import CostRow, summarize
+from fleet_server.storage.db import HISTORY_BUCKET_S
 from fleet_server.storage.rollouts import RolloutRow, WaveRow
 
 __all__ = ["CSS", "JS", "PageNotFoundError", "layout", "login"]
@@ -92,6 +101,61 @@ def _bar(parts: list[tuple[str, float, str]]) -> str:
         '<svg class=bar viewBox="0 0 100 10" preserveAspectRatio="none" role=img>'
         + "".join(rects)
         + "</svg>"
+    )
+
+
+CHART_HOURS = 24
+
+
+def _chart(model: str, points: list[HistoryPoint], now: float) -> str:
+    """Requests (local, errors, cloud) and latency (p50, p95) per 5-minute bucket over the last
+    CHART_HOURS, as inline SVG: bars above, lines below, scales written out."""
+    slots = CHART_HOURS * 3600 // HISTORY_BUCKET_S
+    first = int(now) // HISTORY_BUCKET_S * HISTORY_BUCKET_S - (slots - 1) * HISTORY_BUCKET_S
+    width, bar = 600.0, 600.0 / slots
+    # Errors include requests refused before running (queue full): stack them on top.
+    top = max((max(p.requests, p.errors) + p.cloud_requests for p in points), default=0) or 1
+    slowest = max((p.p95_ms for p in points), default=0.0) or 1.0
+    bars: list[str] = []
+    p50: list[str] = []
+    p95: list[str] = []
+    for p in points:
+        x = (p.bucket - first) // HISTORY_BUCKET_S * bar
+        if x < 0:
+            continue
+        y = 74.0
+        for value, cls in ((p.requests - p.errors, "cpu"), (p.errors, "bad"),
+                           (p.cloud_requests, "cloud")):  # fmt: skip
+            if value > 0:
+                height = value / top * 58
+                y -= height
+                bars.append(f'<rect class={cls} x="{x:.1f}" y="{y:.1f}" width="{bar:.2f}" '
+                            f'height="{height:.1f}"/>')  # fmt: skip
+        for line, ms in ((p50, p.p50_ms), (p95, p.p95_ms)):
+            line.append(f"{x + bar / 2:.1f},{158 - ms / slowest * 58:.1f}")
+    errors = sum(p.errors for p in points)
+    served = sum(p.requests + p.cloud_requests for p in points)
+    summary = (
+        f"{model}: {served} requests ({sum(p.cloud_requests for p in points)} cloud, "
+        f"{errors} errors) in the last {CHART_HOURS} h; p95 up to {slowest:.2f} ms"
+    )
+    return (
+        f'<figure class=chart data-points="{len(points)}" data-errors="{errors}">'
+        f'<svg viewBox="0 0 {width:.0f} 176" role=img><title>{escape(summary)}</title>'
+        f'<text x="0" y="10">{top} requests / 5 min</text>'
+        '<line class=axis x1="0" y1="16" x2="600" y2="16"/>'
+        + "".join(bars)
+        + '<line class=axis x1="0" y1="74" x2="600" y2="74"/>'
+        f'<text x="0" y="94">{slowest:.2f} ms</text>'
+        '<line class=axis x1="0" y1="100" x2="600" y2="100"/>'
+        f'<polyline class=p95 points="{" ".join(p95)}"/>'
+        f'<polyline class=p50 points="{" ".join(p50)}"/>'
+        '<line class=axis x1="0" y1="158" x2="600" y2="158"/>'
+        f'<text x="0" y="172">{CHART_HOURS} h ago</text>'
+        '<text x="600" y="172" text-anchor="end">now</text></svg>'
+        f"<figcaption>{escape(summary)}. Bars: <span class=k-cpu>local</span>, "
+        "<span class=k-bad>errors</span>, <span class=k-cloud>cloud</span>; lines: "
+        "<span class=k-p95>p95</span>, <span class=k-p50>p50</span>.</figcaption></figure>"
     )
 
 
@@ -201,7 +265,7 @@ def device(ctx: ServerContext, device_id: str) -> tuple[str, str]:
         or "<tr><td colspan=5>nothing assigned</td></tr>"
     )
     events = ctx.db.device_events(device_id, limit=20)
-    history = (
+    updates = (
         "".join(
             f"<tr><td>{_ago(e['at'])}</td><td>{escape(e['model_name'])} {escape(e['version'])}</td>"
             f"<td>{escape(e['state'])}</td><td>{escape(e['detail'][:200])}</td></tr>"
@@ -217,16 +281,23 @@ def device(ctx: ServerContext, device_id: str) -> tuple[str, str]:
         f"{int(caps.get('memory_bytes', 0)) >> 20} MiB; runtime {caps.get('runtime', '?')}"
     )
     state = f"state {row.online_state or 'unknown'}; last seen {_ago(row.last_seen)}"
+    now = time.time()
+    history = device_history(ctx.db, device_id, hours=CHART_HOURS, now=now)
+    charts = "".join(_chart(model, points, now) for model, points in sorted(history.items()))
+    charts = charts or empty(
+        f"No telemetry in the last {CHART_HOURS} hours (5-minute buckets appear once they end)."
+    )
     main = (
         f"<h1>{escape(row.device_id)}</h1><section class=cards><div class=card><h2>Device</h2>"
         f"<p>{escape(hardware)}</p><p>Edge TPUs: {escape(tpus or 'none')}</p>"
         f"<p>labels: {escape(_labels(row.labels))}</p><p>{escape(state)}</p></div></section>"
         "<h2>Models it runs (latest telemetry)</h2><div class=scroll><table><tr><th>model"
         "<th>version<th>backend<th>policy<th>requests<th>errors<th>p50 ms<th>p95 ms"
-        f"<th>local / cloud</tr>{model_rows}</table></div><h2>Assigned models</h2>"
+        f"<th>local / cloud</tr>{model_rows}</table></div>"
+        f"<h2>Last {CHART_HOURS} hours</h2>{charts}<h2>Assigned models</h2>"
         "<div class=scroll><table><tr><th>model<th>version<th>state<th>detail<th>updated</tr>"
         f"{installed}</table></div><h2>Update history</h2><div class=scroll><table><tr>"
-        f"<th>when<th>model<th>state<th>detail</tr>{history}</table></div>"
+        f"<th>when<th>model<th>state<th>detail</tr>{updates}</table></div>"
     )
     return row.device_id, main
 
@@ -365,6 +436,38 @@ def _cost_row(r: CostRow) -> str:
     )
 
 
+def _budget_row(r: BudgetRow) -> str:
+    use = r.use
+    if r.per_device_usd is None or use is None:
+        budget, shown, bar = "none", "-", ""
+    else:
+        budget = f"{r.per_device_usd:g}"
+        shown = f"{use:.1%}"
+        bar = _bar([("spent", min(use, 1.0), "busy" if use < 1 else "bad"),
+                    ("left", max(0.0, 1 - use), "idle")])  # fmt: skip
+    return (
+        f"<tr><td>{escape(r.model_name)}</td><td>{escape(r.policy)}</td>"
+        f"<td>{escape(_labels(r.selector, 'all devices'))}</td><td class=n>{budget}</td>"
+        f"<td class=n>{r.devices}</td><td class=n>{r.cloud_requests}</td>"
+        f"<td class=n data-spent-usd>{r.spent_usd:.4f}</td><td class=n data-budget-use>{shown}"
+        f"</td><td class=n>{r.exhausted}</td><td>{bar}</td></tr>"
+    )
+
+
+def _budgets(ctx: ServerContext) -> str:
+    rows = budget_use(ctx.db, ctx.routing)
+    if not rows:
+        return "<h2>Cloud budget today</h2>" + empty("No device has called the cloud today (UTC).")
+    return (
+        "<h2>Cloud budget today</h2><p>Cloud spend since 00:00 UTC against the routing "
+        "policy's daily budget per device (<code>routing set --max-spend-per-day</code>); a "
+        "device that reaches its budget answers locally until the next day.</p>"
+        "<div class=scroll><table><tr><th>model<th>policy<th>devices it applies to"
+        "<th>USD/device/day<th>devices<th>cloud requests<th>spent USD<th>budget used"
+        "<th>at budget<th></tr>" + "".join(_budget_row(r) for r in rows) + "</table></div>"
+    )
+
+
 def costs(ctx: ServerContext, query: dict[str, str]) -> tuple[str, str]:
     by = query.get("by", "")[:64]
     prices = ctx.routing.prices()
@@ -383,7 +486,7 @@ def costs(ctx: ServerContext, query: dict[str, str]) -> tuple[str, str]:
         f"cloud {prices.cloud_per_request:g} USD/request, local {prices.device_power_w:g} W at "
         f"{prices.energy_per_kwh:g} USD/kWh.</p><div class=scroll><table><tr><th>model<th>group"
         "<th>policy<th>requests<th>cloud<th>as served<th>local only<th>cloud only<th>saved"
-        "<th>vs cloud only</tr>" + table + "</table></div>"
+        "<th>vs cloud only</tr>" + table + "</table></div>" + _budgets(ctx)
     )
 
 
@@ -423,7 +526,15 @@ button.danger{background:var(--bad);color:#fff;border-color:var(--bad)}
 .empty,.hint{color:var(--mute)}.notice{background:#fff8e1;padding:.5rem 1rem;border-radius:6px}
 .bad{color:var(--bad)}input{font:inherit;padding:.4rem;border:1px solid var(--line);
 border-radius:6px}
-label{display:block;margin:.8rem 0}form.search{display:flex;gap:.5rem;margin:.5rem 0}"""
+label{display:block;margin:.8rem 0}form.search{display:flex;gap:.5rem;margin:.5rem 0}
+figure.chart{background:#fff;border:1px solid var(--line);border-radius:8px;margin:0 0 1rem;
+padding:.5rem}figure.chart svg{display:block;width:100%;height:auto}
+.chart text{font-size:8px;fill:var(--mute)}.chart .axis{stroke:var(--line);stroke-width:.5}
+.chart rect.cpu{fill:var(--cpu)}.chart rect.bad{fill:var(--bad)}
+.chart rect.cloud{fill:var(--cloud)}.chart polyline{fill:none;stroke-width:1.5}
+.chart .p95{stroke:var(--busy)}.chart .p50{stroke:var(--ok)}
+figcaption{font-size:.85rem;color:var(--mute)}.k-cpu{color:var(--cpu)}.k-bad{color:var(--bad)}
+.k-cloud{color:var(--cloud)}.k-p95{color:var(--busy)}.k-p50{color:var(--ok)}"""
 
 JS = """
 // Live updates without reloading: fetch this page's main part every few seconds.
