@@ -109,6 +109,10 @@ def test_history_is_written_once_per_bucket_and_survives_a_failed_write(
     ingest._write([(topic, _report(device, 10, 1_000, 1, 1.0))])
     ingest._write([], final=True)
     assert _history(db)[-1][:2] == (first + 300, 13)
+    # After the retention (48 h by default) the ingest deletes old buckets.
+    clock[0] = first + 48 * 3600 + 300
+    ingest._write([(topic, _report(device, 11, clock[0], 1, 1.0))])
+    assert [row[0] for row in _history(db)] == [first + 300]
     db.close()
 
 
