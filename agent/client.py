@@ -23,6 +23,7 @@ from agent.errors import (
 )
 from protos import device_pb2 as pb
 from protos import device_pb2_grpc as pb_grpc
+from protos.chunks import parse_chunk
 
 __all__ = ["DeviceClient", "device_target"]
 
@@ -32,6 +33,7 @@ _R = TypeVar("_R")
 
 
 _OPTIONS = [("grpc.max_receive_message_length", 8 * 1024 * 1024)]
+_DOWNLOAD = f"/{pb.DESCRIPTOR.services_by_name['DeviceService'].full_name}/DownloadArtifact"
 
 
 def device_target(server_address: str, advertised: str) -> str:
@@ -54,6 +56,7 @@ class DeviceClient:
         self._bootstrap: grpc.Channel | None = None
         self._channel: grpc.Channel | None = None
         self._stub: pb_grpc.DeviceServiceStub | None = None
+        self._download: Any = None
         self.device_address = ""
         # Called with every status report (the agent also sends them as MQTT events).
         self.on_report: Callable[[pb.StatusReport], None] | None = None
@@ -76,6 +79,11 @@ class DeviceClient:
         )
         self._channel = grpc.secure_channel(self.device_address, credentials, options=_OPTIONS)
         self._stub = pb_grpc.DeviceServiceStub(self._channel)
+        self._download = self._channel.unary_stream(
+            _DOWNLOAD,
+            request_serializer=pb.DownloadRequest.SerializeToString,
+            response_deserializer=parse_chunk,
+        )
 
     @property
     def _device(self) -> pb_grpc.DeviceServiceStub:
@@ -171,11 +179,10 @@ class DeviceClient:
         offset: int,
         expected_size: int,
         sink: Any,
-        hasher: Any,
         deadline_s: float,
         max_bytes_per_s: int = 0,
     ) -> int:
-        """Stream an artifact from ``offset`` into ``sink``, feeding ``hasher``; return bytes read.
+        """Stream an artifact from ``offset`` into ``sink`` (its ``write``); return bytes read.
 
         ``max_bytes_per_s`` (0 = unlimited) paces the download so that a device on a thin link
         keeps bandwidth for its own traffic.
@@ -188,25 +195,25 @@ class DeviceClient:
         request = pb.DownloadRequest(artifact_id=artifact_id, offset=offset)
         position = offset
         started = time.monotonic()
+        self._device  # noqa: B018 - raises when not enrolled
         try:
-            stream: Iterator[pb.ArtifactChunk] = self._device.DownloadArtifact(
+            stream: Iterator[tuple[int, memoryview, int]] = self._download(
                 request, timeout=deadline_s
             )
-            for chunk in stream:
-                if chunk.total_size != expected_size:
+            for at, data, total in stream:
+                if total != expected_size:
                     raise ManifestError(
-                        f"the server's artifact {artifact_id[:12]} has {chunk.total_size} bytes; "
+                        f"the server's artifact {artifact_id[:12]} has {total} bytes; "
                         f"the signed manifest names {expected_size}"
                     )
-                if chunk.offset != position:
-                    raise DownloadError(f"chunk at offset {chunk.offset}, expected {position}")
-                position += len(chunk.data)
+                if at != position:
+                    raise DownloadError(f"chunk at offset {at}, expected {position}")
+                position += len(data)
                 if position > expected_size:
                     raise ManifestError(
                         f"server sent more than the {expected_size} bytes the manifest names"
                     )
-                sink.write(chunk.data)
-                hasher.update(chunk.data)
+                sink.write(data)
                 if max_bytes_per_s:
                     ahead = (position - offset) / max_bytes_per_s - (time.monotonic() - started)
                     if ahead > 0:

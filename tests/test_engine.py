@@ -124,6 +124,38 @@ def test_two_workers_serve_two_requests_at_once(color_models: Path) -> None:
     assert model.stats.requests == 20 and model.stats.rejected == 0
 
 
+def test_a_deferred_load_serves_with_one_interpreter_and_grows_to_the_pool(
+    color_models: Path,
+) -> None:
+    engine = _engine(workers=3, queue_depth=0)
+    model = engine.load("heavy", "1", color_models / "heavy_float.tflite", deferred=True)
+    assert (model.workers, model.target_workers) == (1, 3)
+    full = engine.load("heavy", "1", color_models / "heavy_float.tflite")
+    assert model.memory_bytes == full.memory_bytes  # the budget counts the grown pool
+    # Three callers are admitted at once (the pool's final size) and share the one
+    # interpreter meanwhile: nobody is refused while the pool grows.
+    data = np.zeros((1, 224, 224, 3), dtype=np.float32)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            for _ in range(5):
+                model.infer([data])
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    assert model.grow() == 2  # while requests run
+    for t in threads:
+        t.join()
+    assert errors == [] and model.stats.requests == 15
+    assert (model.workers, model.target_workers, model.grow()) == (3, 3, 0)
+    # An Edge TPU-style fixed pool (no spawn) never grows.
+    assert full.grow() == 0 and full.workers == 3
+
+
 def test_lazy_models_load_on_first_request_and_lru_eviction_keeps_the_budget(
     color_models: Path,
 ) -> None:

@@ -92,6 +92,8 @@ class LoadedModel:
         backend_reason: str = "",
         queue_depth: int = 32,
         queue_timeout_s: float = 10.0,
+        target_workers: int = 0,
+        spawn: Callable[[], Any] | None = None,
     ) -> None:
         if not interpreters:
             raise ValueError("a model needs at least one interpreter")
@@ -103,25 +105,30 @@ class LoadedModel:
         self.device = device
         self.backend_reason = backend_reason
         self.workers = len(interpreters)
+        # Interpreters still to add with spawn() (see grow()): the pool's size once grown.
+        self.target_workers = max(self.workers, target_workers if spawn is not None else 0)
+        self._spawn = spawn
+        self._grow_lock = threading.Lock()
         self.stats = ModelMetrics()
         self.last_used = time.monotonic()
         self._pool: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
         for interpreter in interpreters:
             self._pool.put(_Slot(interpreter))
         self.queue_depth = queue_depth
-        self._admission = threading.BoundedSemaphore(self.workers + queue_depth)
+        self._admission = threading.BoundedSemaphore(self.target_workers + queue_depth)
         self._queue_timeout = queue_timeout_s
         self._expected = [(np.dtype(t.dtype), t.shape, t.name) for t in info.inputs]
 
     @property
     def memory_bytes(self) -> int:
-        """Estimated resident cost: the model file plus one activation arena per interpreter."""
-        return self.info.size + self.workers * self.info.activation_bytes
+        """Estimated resident cost: the model file plus one activation arena per interpreter
+        (of the grown pool)."""
+        return self.info.size + self.target_workers * self.info.activation_bytes
 
     @property
     def saturated(self) -> bool:
         """Every interpreter busy and the queue full: a new request would be refused."""
-        return self.stats.in_flight >= self.workers + self.queue_depth
+        return self.stats.in_flight >= self.target_workers + self.queue_depth
 
     @property
     def idle(self) -> bool:
@@ -197,21 +204,44 @@ class LoadedModel:
         Raises:
             InferenceError: the model cannot run.
         """
-        zeros = [np.zeros(shape, dtype=dtype) for dtype, shape, _ in self._expected]
         slots = [self._pool.get() for _ in range(self.workers)]
         try:
             for slot in slots:
-                for index, array in zip(slot.inputs, zeros, strict=True):
-                    slot.interpreter.set_tensor(index, array)
-                try:
-                    slot.interpreter.invoke()
-                except (RuntimeError, ValueError) as exc:
-                    raise InferenceError(
-                        f"model {self.name} {self.version} fails on its first run: {exc}"
-                    ) from exc
+                self._warm(slot)
         finally:
             for slot in slots:
                 self._pool.put(slot)
+
+    def _warm(self, slot: _Slot) -> None:
+        zeros = [np.zeros(shape, dtype=dtype) for dtype, shape, _ in self._expected]
+        for index, array in zip(slot.inputs, zeros, strict=True):
+            slot.interpreter.set_tensor(index, array)
+        try:
+            slot.interpreter.invoke()
+        except (RuntimeError, ValueError) as exc:
+            raise InferenceError(
+                f"model {self.name} {self.version} fails on its first run: {exc}"
+            ) from exc
+
+    def grow(self) -> int:
+        """Add the interpreters a deferred load left out, each warmed up before it serves;
+        return how many were added. A model activated with one interpreter (to serve sooner)
+        reaches its full pool here; when one cannot be made, it keeps serving with fewer."""
+        added = 0
+        with self._grow_lock:
+            while self._spawn is not None and self.workers < self.target_workers:
+                try:
+                    slot = _Slot(self._spawn())
+                    self._warm(slot)
+                except AgentError as exc:
+                    log.warning("%s %s keeps %d interpreter(s): %s", self.name, self.version,
+                                self.workers, exc)  # fmt: skip
+                    self.target_workers = self.workers
+                    break
+                self._pool.put(slot)
+                self.workers += 1
+                added += 1
+        return added
 
 
 def _interpreter(
@@ -247,11 +277,13 @@ def load_model(
     models_per_tpu: Mapping[str, int] | None = None,
     edgetpu_library: str = "libedgetpu.so.1",
     prefer: str = "auto",
+    deferred: bool = False,
 ) -> LoadedModel:
     """Inspect a model, choose its backend, and load it with its interpreter pool.
 
     An Edge TPU-compiled model gets one interpreter on the chosen TPU (the TPU runs one
-    inference at a time); a CPU model gets ``workers`` interpreters with XNNPACK.
+    inference at a time); a CPU model gets ``workers`` interpreters with XNNPACK, or with
+    ``deferred`` one now and the others when :meth:`LoadedModel.grow` is called.
 
     Raises:
         ModelFileError: not a loadable TFLite model.
@@ -273,7 +305,7 @@ def load_model(
     else:
         interpreters = [
             _interpreter(runtime, path, num_threads, [], edgetpu_library)
-            for _ in range(max(1, workers))
+            for _ in range(1 if deferred else max(1, workers))
         ]
     return LoadedModel(
         name,
@@ -286,6 +318,10 @@ def load_model(
         backend_reason=choice.reason,
         queue_depth=queue_depth,
         queue_timeout_s=queue_timeout_s,
+        target_workers=max(1, workers),
+        spawn=None
+        if choice.backend == "edgetpu"
+        else lambda: _interpreter(runtime, path, num_threads, [], edgetpu_library),
     )
 
 
@@ -311,7 +347,8 @@ class _Entry:
     loading: threading.Lock = field(default_factory=threading.Lock)  # one load at a time
 
 
-Loader = Callable[[Path, str, str, Mapping[str, int]], LoadedModel]
+# (path, name, version, models per Edge TPU, deferred pool) -> a loaded model
+Loader = Callable[[Path, str, str, Mapping[str, int], bool], LoadedModel]
 
 
 class Engine:
@@ -326,7 +363,7 @@ class Engine:
         self.evictions = 0
 
     def _default_loader(
-        self, path: Path, name: str, version: str, models_per_tpu: Mapping[str, int]
+        self, path: Path, name: str, version: str, models_per_tpu: Mapping[str, int], deferred: bool
     ) -> LoadedModel:
         o = self.options
         return load_model(
@@ -341,6 +378,7 @@ class Engine:
             models_per_tpu=models_per_tpu,
             edgetpu_library=o.edgetpu_library,
             prefer=o.prefer,
+            deferred=deferred,
         )
 
     def _models_per_tpu(self, replacing: str) -> dict[str, int]:
@@ -354,9 +392,17 @@ class Engine:
     # registration ----------------------------------------------------------------------------
 
     def load(
-        self, name: str, version: str, path: Path, *, cpu_fallback: Path | None = None
+        self,
+        name: str,
+        version: str,
+        path: Path,
+        *,
+        cpu_fallback: Path | None = None,
+        deferred: bool = False,
     ) -> LoadedModel:
         """Load and warm up a model without serving it yet (the updater smoke-tests it first).
+        With ``deferred`` a CPU model gets one interpreter; the caller grows the pool
+        (:meth:`LoadedModel.grow`) once the model serves.
 
         When the model needs an Edge TPU that cannot be used (none present, delegate missing or
         refusing the device) and ``cpu_fallback`` names the model's CPU variant, that variant is
@@ -366,12 +412,12 @@ class Engine:
             AgentError: the model cannot be loaded or run.
         """
         try:
-            model = self._loader(path, name, version, self._models_per_tpu(name))
+            model = self._loader(path, name, version, self._models_per_tpu(name), deferred)
         except (DelegateError, UnsupportedModelError) as exc:
             if cpu_fallback is None:
                 raise
             log.warning("%s %s: %s; serving its CPU variant instead", name, version, exc)
-            model = self._loader(cpu_fallback, name, version, {})
+            model = self._loader(cpu_fallback, name, version, {}, deferred)
             model.backend_reason = f"fell back to the CPU variant: {exc}"
         model.warm_up()
         with self._lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from agent.errors import ManifestError
@@ -46,6 +47,8 @@ def decompress_bounded(source: Path, target: Path, *, size: int, sha256: str) ->
                     )
                 hasher.update(block)
                 dst.write(block)
+            dst.flush()
+            os.fsync(dst.fileno())  # on the disk before the store can point at it
         if written != size or hasher.hexdigest() != sha256:
             raise ManifestError(
                 f"decompressed artifact is {written} bytes with sha256 {hasher.hexdigest()}; "

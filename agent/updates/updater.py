@@ -7,6 +7,7 @@ and is reported to the server.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import shutil
@@ -24,6 +25,7 @@ from agent.inference.engine import Engine, LoadedModel
 from agent.inference.modelfile import MAX_MODEL_BYTES
 from agent.updates import compression, smoke
 from agent.updates.health import HealthPolicy, judge
+from agent.updates.sink import DurableSink
 from agent.updates.store import ActiveEntry, ModelStore
 from agent.updates.verify import InstalledModel, verify_manifest
 from protos import device_pb2, manifest_pb2
@@ -329,8 +331,10 @@ class Updater:
             staged = self._download(ref.artifact_id, ref.sha256, ref.size)
             sample = staged.read_bytes()
             staged.unlink()
+        # One interpreter first: the new version serves as soon as it is smoke-tested, and the
+        # rest of its pool is added after (loading each repacks the weights: 40 ms per 100 MB).
         model = self._engine.load(
-            manifest.model_name, manifest.version, path, cpu_fallback=fallback
+            manifest.model_name, manifest.version, path, cpu_fallback=fallback, deferred=True
         )
         smoke_test(model, manifest.smoke if manifest.HasField("smoke") else None, sample)
         previous_model = self._engine.peek(manifest.model_name)
@@ -363,14 +367,19 @@ class Updater:
             previous.version if previous else "none",
             model.backend_reason,
         )
-        self._client.report(
-            device_pb2.StatusReport(
-                model_name=manifest.model_name,
-                version=manifest.version,
-                state=device_pb2.INSTALLED,
-                detail=f"loaded, smoke-tested and active on {model.backend}",
+        try:
+            self._client.report(
+                device_pb2.StatusReport(
+                    model_name=manifest.model_name,
+                    version=manifest.version,
+                    state=device_pb2.INSTALLED,
+                    detail=f"loaded, smoke-tested and active on {model.backend}",
+                )
             )
-        )
+        finally:  # it serves whether or not the server heard of it
+            if model.grow():
+                log.info("%s %s serves with %d interpreters", model.name, model.version,
+                         model.workers)  # fmt: skip
 
     def _fetch(
         self,
@@ -423,17 +432,22 @@ class Updater:
         hasher = sha256_of_prefix(staged, have) if have else hashlib.sha256()
         if have:
             log.info("resuming download of %s at byte %d", artifact_id, have)
-        with staged.open("ab") as sink:
-            self._client.download(
-                artifact_id,
-                offset=have,
-                expected_size=size,
-                sink=sink,
-                hasher=hasher,
-                deadline_s=self._deadline,
-                max_bytes_per_s=self._rate,
-            )
-            sink.flush()
+        with staged.open("ab") as handle:
+            sink = DurableSink(handle, hasher)
+            try:
+                self._client.download(
+                    artifact_id,
+                    offset=have,
+                    expected_size=size,
+                    sink=sink,
+                    deadline_s=self._deadline,
+                    max_bytes_per_s=self._rate,
+                )
+            except BaseException:
+                with contextlib.suppress(OSError):  # the error being raised says more
+                    sink.close(sync=False)  # what arrived stays, to resume from
+                raise
+            sink.close()  # on the disk before anything can point at it
         total = staged.stat().st_size
         if total != size:
             raise DownloadError(f"download of {artifact_id} ended at {total} of {size} bytes")

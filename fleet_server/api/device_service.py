@@ -10,6 +10,7 @@ import secrets
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import grpc
 from google.protobuf.json_format import MessageToDict
 
 from fleet_server.api._errors import abort_for, rpc_errors
@@ -24,6 +25,7 @@ from fleet_server.storage.routing import RoutingRow
 from protos import device_pb2 as pb
 from protos import device_pb2_grpc as pb_grpc
 from protos import manifest_pb2
+from protos.chunks import encode_chunk
 from protos.topics import device_name
 
 if TYPE_CHECKING:
@@ -299,14 +301,15 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
 
     def DownloadArtifact(  # noqa: N802
         self, request: pb.DownloadRequest, context: Any
-    ) -> Iterator[pb.ArtifactChunk]:
+    ) -> Iterator[bytes]:
+        """Encoded ``ArtifactChunk`` messages (see :func:`add_device_service`)."""
         try:
             require_device(context, self._ctx.db)
             if self._ctx.db.model_by_sha(request.artifact_id) is None:
                 raise AuthError("no model version uses that artifact")
             chunks = self._ctx.artifacts.read(request.artifact_id, request.offset)
             for offset, data, total in chunks:
-                yield pb.ArtifactChunk(offset=offset, data=data, total_size=total)
+                yield encode_chunk(offset, data, total)
         except FleetError as exc:
             abort_for(context, exc)
 
@@ -340,3 +343,33 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
             request.detail[:200],
         )
         return pb.StatusAck()
+
+
+def add_device_service(servicer: DeviceServicer, server: grpc.Server) -> None:
+    """Register the device service as the generated code does, except that DownloadArtifact's
+    chunks are encoded by :func:`protos.chunks.encode_chunk` (one copy of the data instead of
+    protobuf's two) and sent as they are."""
+
+    class _Capture:
+        def __init__(self) -> None:
+            self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+        def add_generic_rpc_handlers(self, _handlers: Any) -> None:
+            pass
+
+        def add_registered_method_handlers(
+            self, _service: str, handlers: dict[str, grpc.RpcMethodHandler]
+        ) -> None:
+            self.handlers = dict(handlers)
+
+    capture = _Capture()
+    pb_grpc.add_DeviceServiceServicer_to_server(servicer, capture)
+    handlers = capture.handlers
+    handlers["DownloadArtifact"] = grpc.unary_stream_rpc_method_handler(
+        servicer.DownloadArtifact,
+        request_deserializer=pb.DownloadRequest.FromString,
+        response_serializer=bytes,
+    )
+    service = pb.DESCRIPTOR.services_by_name["DeviceService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)

@@ -11,7 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fleet_server.api.admin_service import AdminServicer
 from fleet_server.api.checkin import AnswerCache, LastSeen
-from fleet_server.api.device_service import DeviceServicer
+from fleet_server.api.device_service import DeviceServicer, add_device_service
 from fleet_server.artifacts.store import ArtifactStore
 from fleet_server.identity.ca import FleetCA
 from fleet_server.signing.keys import KeyStore
@@ -19,7 +19,7 @@ from fleet_server.storage.bench import BenchStore
 from fleet_server.storage.db import Database
 from fleet_server.storage.rollouts import RolloutStore
 from fleet_server.storage.routing import RoutingStore
-from protos import admin_pb2_grpc, device_pb2, device_pb2_grpc
+from protos import admin_pb2_grpc, device_pb2
 
 __all__ = ["ServerContext", "create_server"]
 
@@ -86,7 +86,7 @@ def create_server(
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
     )
-    device_pb2_grpc.add_DeviceServiceServicer_to_server(DeviceServicer(ctx), server)
+    add_device_service(DeviceServicer(ctx), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(ctx), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
