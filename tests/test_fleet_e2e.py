@@ -1234,3 +1234,42 @@ def test_devices_show_label_and_revoke(one_agent_fleet: tuple[Server, Agent]) ->
     wait_for("the agent to be refused", lambda: "was revoked by the fleet admin" in agent.output())
     colors_still_served(agent, "1.0.0")
     assert agent.proc is not None and agent.proc.popen.poll() is None
+
+
+def _active_artifact(agent: Agent, model: str) -> Path:
+    journal = json.loads((agent.folder / "state" / "active.json").read_text())
+    entry = journal["models"][model]
+    return agent.folder / "state" / "models" / model / entry["filename"]
+
+
+def test_a_model_damaged_on_disk_gives_way_to_the_last_known_good_and_is_fetched_again(
+    one_agent_fleet: tuple[Server, Agent], color_models: Path
+) -> None:
+    server, agent = one_agent_fleet
+    server.admin("models", "push", str(color_models / "color_int8.tflite"), "--name", "colors",
+                 "--version", "1.1.0", "--deploy")  # fmt: skip
+    wait_state(server, "dev-c", "colors", "1.1.0", "INSTALLED")
+    artifact = _active_artifact(agent, "colors")
+    good = artifact.read_bytes()
+    assert agent.stop(9) == -9
+    # What a power cut during writeback leaves: the file's tail never reached the disk.
+    artifact.write_bytes(good[: len(good) // 2])
+    agent.start()
+    wait_for("1.1.0 to be served again", lambda: colors_still_served(agent, "1.1.0"))
+    log = agent.output()
+    assert "active colors 1.1.0 is damaged on disk" in log
+    assert "serving 1.0.0 until it is downloaded again" in log
+    assert artifact.read_bytes() == good  # fetched again and verified
+    # Without a last-known-good (first install only), the model is fetched again too.
+    assert agent.stop(9) == -9
+    journal = agent.folder / "state" / "active.json"
+    state = json.loads(journal.read_text())
+    state["previous"] = {}
+    journal.write_text(json.dumps(state))
+    flipped = bytearray(good)
+    flipped[len(flipped) // 3] ^= 0xFF  # bit rot on an SD card
+    artifact.write_bytes(bytes(flipped))
+    agent.start()
+    wait_for("the damaged model to be fetched again", lambda: artifact.read_bytes() == good)
+    wait_for("1.1.0 to be served again", lambda: colors_still_served(agent, "1.1.0"))
+    assert "downloading it again at the next check-in" in agent.output()

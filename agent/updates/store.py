@@ -40,6 +40,9 @@ class ActiveEntry:
     sha256: str
     filename: str
     fallback_filename: str = ""  # the CPU variant shipped with an Edge TPU model
+    # After falling back from a damaged file: the artifact of the release the floor (the
+    # release counter) belongs to, which may be installed again under that same release.
+    floor_sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -162,22 +165,26 @@ class ModelStore:
             self._write(journal)
         return {n: HealthWindow(**h) for n, h in journal["health"].items()}
 
-    def roll_back(self, name: str) -> ActiveEntry | None:
-        """Make the last-known-good version active again and never reinstall the bad one.
+    def roll_back(self, name: str, *, refuse: bool = True) -> ActiveEntry | None:
+        """Make the last-known-good version active again and (with ``refuse``) never reinstall
+        the bad one; without it (the release is fine, its file on this disk is not) the
+        release can be downloaded and installed again.
 
         Returns the restored entry, or None when there is nothing to go back to (the bad
-        release is still recorded as refused).
+        release is still recorded as refused, and still active without ``refuse``).
         """
         journal = self._read()
         bad = journal["models"].get(name)
         good = journal["previous"].pop(name, None)
         journal["health"].pop(name, None)
-        if bad is not None:
+        if bad is not None and refuse:
             journal["refused"] = ([*journal["refused"], bad["sha256"]])[-_MAX_REFUSED:]
         if good is not None:
             if bad is not None:
                 # The anti-rollback floor stays at the highest release seen: going back must
                 # not let a replayed release between the two in.
+                if not refuse and bad["release_counter"] >= good["release_counter"]:
+                    good["floor_sha256"] = bad.get("floor_sha256") or bad["sha256"]
                 good["release_counter"] = max(good["release_counter"], bad["release_counter"])
             journal["models"][name] = good
         self._write(journal)

@@ -130,9 +130,27 @@ class Updater:
 
     @staticmethod
     def load_active_into(store: ModelStore, engine: Engine) -> None:
-        """Serve what the store says is active (at start, before talking to the server)."""
-        for name, entry in store.active().items():
+        """Serve what the store says is active (at start, before talking to the server).
+
+        Each active artifact is hashed first: a power cut or a failing SD card can leave a
+        file that no longer is what was verified. A damaged one is deleted and the model's
+        last-known-good version serves instead (or nothing, without one); the release is not
+        refused, so the next check-in downloads it again.
+        """
+        for name in list(store.active()):
+            entry = store.active()[name]
             path = store.artifact_path(name, entry.sha256)
+            while (damage := _damage(path, entry.sha256)) is not None:
+                path.unlink(missing_ok=True)
+                good = store.roll_back(name, refuse=False)
+                log.error("active %s %s is damaged on disk (%s); %s", name, entry.version, damage,
+                          f"serving {good.version} until it is downloaded again" if good else
+                          "downloading it again at the next check-in")  # fmt: skip
+                if good is None:
+                    break
+                entry, path = good, store.artifact_path(name, good.sha256)
+            if not path.exists():
+                continue
             fallback = path.parent / entry.fallback_filename if entry.fallback_filename else None
             try:
                 model = engine.load(name, entry.version, path, cpu_fallback=fallback)
@@ -151,9 +169,10 @@ class Updater:
         self._refused.clear()
 
     def installed(self) -> dict[str, InstalledModel]:
-        """Release counter and hash of each active model."""
+        """Release counter and hash of each active model (the hash of the release the counter
+        belongs to, after a fall back from a damaged file)."""
         return {
-            name: InstalledModel(e.release_counter, e.sha256)
+            name: InstalledModel(e.release_counter, e.floor_sha256 or e.sha256)
             for name, e in self._store.active().items()
         }
 
@@ -286,6 +305,9 @@ class Updater:
             and active.version == manifest.version
         ):
             if self._engine.peek(manifest.model_name) is None:
+                # Its file was found damaged at start (and deleted): fetch it again.
+                self._fetch(manifest.model_name, manifest.artifact_id, manifest.sha256,
+                            manifest.size)  # fmt: skip
                 self._reload(manifest.model_name, active)
             return
         if manifest.sha256 in self._store.refused():
@@ -462,6 +484,18 @@ class Updater:
                 f"artifact sha256 {digest} does not match the signed manifest's {sha256}; discarded"
             )
         return staged
+
+
+def _damage(path: Path, sha256: str) -> str | None:
+    """Why the artifact at ``path`` is not the verified one (None when it is)."""
+    try:
+        with path.open("rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    except FileNotFoundError:
+        return "the file is missing"
+    except OSError as exc:
+        return f"cannot read it: {exc}"
+    return None if digest == sha256 else f"sha256 {digest[:12]}..., verified {sha256[:12]}..."
 
 
 class _RolledBackError(ManifestError):
