@@ -399,10 +399,12 @@ class Engine:
         *,
         cpu_fallback: Path | None = None,
         deferred: bool = False,
+        warm: bool = True,
     ) -> LoadedModel:
         """Load and warm up a model without serving it yet (the updater smoke-tests it first).
         With ``deferred`` a CPU model gets one interpreter; the caller grows the pool
-        (:meth:`LoadedModel.grow`) once the model serves.
+        (:meth:`LoadedModel.grow`) once the model serves. ``warm=False`` skips the warm-up run
+        for a caller that runs the model next anyway (the smoke test).
 
         When the model needs an Edge TPU that cannot be used (none present, delegate missing or
         refusing the device) and ``cpu_fallback`` names the model's CPU variant, that variant is
@@ -419,7 +421,8 @@ class Engine:
             log.warning("%s %s: %s; serving its CPU variant instead", name, version, exc)
             model = self._loader(cpu_fallback, name, version, {}, deferred)
             model.backend_reason = f"fell back to the CPU variant: {exc}"
-        model.warm_up()
+        if warm:
+            model.warm_up()
         with self._lock:
             self.loads += 1
         return model

@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 __all__ = ["DurableSink"]
 
 _DEPTH = 8  # chunks waiting for the writer (1 MiB each from the server)
-_SYNC_EVERY = 16 << 20  # bytes between fdatasync calls
+_SYNC_EVERY = 4 << 20  # bytes between fdatasync calls
 
 
 class DurableSink:

@@ -350,13 +350,18 @@ class Updater:
         sample = b""
         if manifest.HasField("smoke") and manifest.smoke.HasField("sample"):
             ref = manifest.smoke.sample
-            staged = self._download(ref.artifact_id, ref.sha256, ref.size)
+            staged = self._download(ref.artifact_id, ref.sha256, ref.size, durable=False)
             sample = staged.read_bytes()
             staged.unlink()
         # One interpreter first: the new version serves as soon as it is smoke-tested, and the
         # rest of its pool is added after (loading each repacks the weights: 40 ms per 100 MB).
         model = self._engine.load(
-            manifest.model_name, manifest.version, path, cpu_fallback=fallback, deferred=True
+            manifest.model_name,
+            manifest.version,
+            path,
+            cpu_fallback=fallback,
+            deferred=True,
+            warm=False,  # the smoke test is its first run
         )
         smoke_test(model, manifest.smoke if manifest.HasField("smoke") else None, sample)
         previous_model = self._engine.peek(manifest.model_name)
@@ -438,7 +443,7 @@ class Updater:
             staged = self._download(artifact_id, sha256, size)
         return self._store.commit_artifact(model_name, sha256, staged)
 
-    def _download(self, artifact_id: str, sha256: str, size: int) -> Path:
+    def _download(self, artifact_id: str, sha256: str, size: int, *, durable: bool = True) -> Path:
         staged = self._store.staging_path(sha256)
         have = staged.stat().st_size if staged.exists() else 0
         if have > size:
@@ -469,7 +474,7 @@ class Updater:
                 with contextlib.suppress(OSError):  # the error being raised says more
                     sink.close(sync=False)  # what arrived stays, to resume from
                 raise
-            sink.close()  # on the disk before anything can point at it
+            sink.close(sync=durable)  # on the disk before anything can point at it
         total = staged.stat().st_size
         if total != size:
             raise DownloadError(f"download of {artifact_id} ended at {total} of {size} bytes")
