@@ -102,22 +102,28 @@ def test_a_full_queue_is_refused_at_once_and_counted(color_models: Path) -> None
     assert model.stats.rejected == 1
 
 
-def test_two_workers_serve_two_requests_at_once(color_models: Path) -> None:
-    engine = _engine(workers=2, queue_depth=0)
-    model = engine.load("heavy", "1", color_models / "heavy_float.tflite")
+def _callers(model: Any, count: int, requests: int) -> tuple[list[threading.Thread], list[Any]]:
+    """``count`` started threads sending ``requests`` zeros each; the errors they met."""
     data = np.zeros((1, 224, 224, 3), dtype=np.float32)
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            for _ in range(10):
+            for _ in range(requests):
                 model.infer([data])
         except BaseException as exc:  # noqa: BLE001 - collected for the assertion
             errors.append(exc)
 
-    threads = [threading.Thread(target=run) for _ in range(2)]
+    threads = [threading.Thread(target=run) for _ in range(count)]
     for t in threads:
         t.start()
+    return threads, errors
+
+
+def test_two_workers_serve_two_requests_at_once(color_models: Path) -> None:
+    engine = _engine(workers=2, queue_depth=0)
+    model = engine.load("heavy", "1", color_models / "heavy_float.tflite")
+    threads, errors = _callers(model, 2, 10)
     for t in threads:
         t.join()
     assert errors == []  # admission = 2 workers: neither thread was ever refused
@@ -134,19 +140,7 @@ def test_a_deferred_load_serves_with_one_interpreter_and_grows_to_the_pool(
     assert model.memory_bytes == full.memory_bytes  # the budget counts the grown pool
     # Three callers are admitted at once (the pool's final size) and share the one
     # interpreter meanwhile: nobody is refused while the pool grows.
-    data = np.zeros((1, 224, 224, 3), dtype=np.float32)
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            for _ in range(5):
-                model.infer([data])
-        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run) for _ in range(3)]
-    for t in threads:
-        t.start()
+    threads, errors = _callers(model, 3, 5)
     assert model.grow() == 2  # while requests run
     for t in threads:
         t.join()
