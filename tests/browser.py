@@ -99,6 +99,11 @@ class Chromium:
     def text(self) -> str:
         return str(self.evaluate("document.body.innerText"))
 
+    def viewport(self, width: int, height: int, *, mobile: bool = False) -> None:
+        """Render as a screen of this size (a tablet: 768x1024, mobile)."""
+        self.send("Emulation.setDeviceMetricsOverride", width=width, height=height,
+                  deviceScaleFactor=1, mobile=mobile)  # fmt: skip
+
     def screenshot(self, path: Path, *, full_page: bool = False) -> None:
         """The viewport, or with ``full_page`` the whole page (up to 3000 px high)."""
         options: dict[str, Any] = {"format": "png"}

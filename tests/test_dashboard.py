@@ -279,6 +279,23 @@ def test_in_chromium_log_in_pause_a_rollout_and_read_the_costs(
         assert budget == ["0.3200", "80.0%"]  # 0.12 + 0.2 of 2 x 0.2 USD today
         browser.screenshot(shots / "costs.png", full_page=True)
 
+        # A tablet in portrait: nothing wider than the screen (tables scroll in their box),
+        # and the chart scales down with it.
+        browser.viewport(768, 1024, mobile=True)
+        for page in ("/fleet", "/devices/cam-01", "/rollouts", "/models", "/costs"):
+            browser.goto(f"{base}{page}")
+            browser.wait("document.querySelector('main') !== null")
+            overflow = browser.evaluate(
+                "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            assert overflow <= 0, (page, overflow)
+        browser.goto(f"{base}/devices/cam-01")
+        browser.wait("document.querySelector('figure.chart') !== null")
+        chart = browser.evaluate("document.querySelector('figure.chart svg').clientWidth")
+        assert 600 <= chart <= 768
+        browser.screenshot(shots / "device-tablet.png", full_page=True)
+        browser.viewport(1280, 800)
+
         # Live updates: a change appears without reloading (the page refetches every 5 s).
         browser.goto(f"{base}/rollouts")
         browser.wait("document.querySelector('article.rollout.paused') !== null")
@@ -300,6 +317,7 @@ def test_in_chromium_log_in_pause_a_rollout_and_read_the_costs(
         "rollouts.png",
         "models.png",
         "costs.png",
+        "device-tablet.png",
     }
 
 
