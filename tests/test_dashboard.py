@@ -105,6 +105,10 @@ def test_log_in_see_the_fleet_pause_a_rollout_and_read_the_costs(
     _, _, body = browser.get("/devices/cam-03")
     assert "x86_64" in body and "site=lab" in body
     assert "No telemetry in the last 24 hours" in body  # a clear empty state, no empty chart
+    explained = json.loads(server.admin("devices", "explain", "cam-03", "color", "--json").stdout)
+    shown = re.search(r"<td data-variant>([^<]*)</td><td>([^<]*)</td>", body)
+    assert shown is not None and shown.group(1).startswith(explained["variant"])
+    assert shown.group(2) == explained["reason"][:200]  # the same words as the CLI
     rows = seed_history(f"sqlite:///{server.data_dir / 'fleet.db'}", "cam-03", "color")
     _, _, body = browser.get("/devices/cam-03")
     errors = sum(int(r["errors"]) for r in rows)
@@ -135,6 +139,17 @@ def test_log_in_see_the_fleet_pause_a_rollout_and_read_the_costs(
     assert "No inference reported yet" in body
     status, where, body = browser.get("/nope")
     assert status == 404
+
+    # A page that fails on the server says so (and the others keep working).
+    import sqlite3
+
+    with sqlite3.connect(server.data_dir / "fleet.db") as conn:
+        conn.execute("ALTER TABLE telemetry_history RENAME TO history_gone")
+    status, _, body = browser.get("/devices/cam-03")
+    assert status == 500 and "This page failed on the server" in body
+    assert browser.get("/fleet")[0] == 200
+    with sqlite3.connect(server.data_dir / "fleet.db") as conn:
+        conn.execute("ALTER TABLE history_gone RENAME TO telemetry_history")
 
     # Logging out ends the session.
     _, _, body = browser.get("/fleet")

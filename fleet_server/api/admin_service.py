@@ -19,8 +19,7 @@ from fleet_server.api._errors import rpc_errors
 from fleet_server.api._validate import NAME, check_labels
 from fleet_server.api.auth import require_admin
 from fleet_server.api.push import MANIFEST_LIFETIME_S, Pusher
-from fleet_server.catalog.desired import device_targets, variant_of
-from fleet_server.catalog.select import choose, profile_from_capabilities
+from fleet_server.catalog.desired import explain
 from fleet_server.errors import BadRequestError, ConflictError, FleetError, NotFoundError
 from fleet_server.rollouts.plan import HealthGate, matches
 from fleet_server.routing.costs import summarize
@@ -586,25 +585,24 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     ) -> pb.ExplainVariantResponse:
         require_admin(context, self._ctx.admin_token)
         device = self._ctx.db.get_device(request.device_id)
-        version = request.version
-        if not version:
-            targets, _rows = device_targets(self._ctx.db, self._ctx.rollouts, device.device_id)
-            target = targets.get(request.model_name)
-            version = (
-                target.version if target else self._ctx.db.newest_version(request.model_name) or ""
-            )
-        if not version:
+        explained = explain(
+            self._ctx.db,
+            self._ctx.rollouts,
+            device.device_id,
+            device.capabilities,
+            request.model_name,
+            version=request.version,
+        )
+        if explained is None:
             raise NotFoundError(f"model {request.model_name!r} has no versions")
-        rows = self._ctx.db.get_variants(request.model_name, version)
-        profile = profile_from_capabilities(device.capabilities)
-        choice = choose(profile, [variant_of(r) for r in rows])
+        version, rows, choice = explained.version, explained.rows, explained.choice
         return pb.ExplainVariantResponse(
             device_id=device.device_id,
             model_name=request.model_name,
             version=version,
             variant=choice.variant or "",
             reason=choice.reason,
-            hardware_class=profile.hardware_class,
+            hardware_class=explained.hardware_class,
             verdicts=[
                 pb.VariantVerdict(
                     variant=r.variant,

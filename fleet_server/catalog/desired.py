@@ -16,12 +16,22 @@ from fleet_server.catalog.select import (
     Policy,
     Variant,
     choose,
+    profile_from_capabilities,
 )
 from fleet_server.storage.db import Database, ModelRow
 from fleet_server.storage.rollouts import DesiredRow, RolloutStore, in_effect
 from protos import manifest_pb2
 
-__all__ = ["Resolved", "Target", "device_targets", "resolve", "targets_for", "variant_of"]
+__all__ = [
+    "Explained",
+    "Resolved",
+    "Target",
+    "device_targets",
+    "explain",
+    "resolve",
+    "targets_for",
+    "variant_of",
+]
 
 
 @dataclass(frozen=True)
@@ -145,3 +155,37 @@ def device_targets(
     """The targets of one device and the rollout rows they came from."""
     rows = rollouts.desired_rows(device_id)
     return targets_for(db.deployments(), rows), rows
+
+
+@dataclass(frozen=True)
+class Explained:
+    """Which variant of a model version a device gets, and why (None: the cloud)."""
+
+    version: str
+    rows: list[ModelRow]
+    choice: Choice
+    hardware_class: str
+
+
+def explain(
+    db: Database,
+    rollouts: RolloutStore,
+    device_id: str,
+    capabilities: Mapping[str, Any],
+    model_name: str,
+    *,
+    version: str = "",
+) -> Explained | None:
+    """The variant selection for one model on one device: of ``version``, or of the version
+    the device is meant to run (its rollout or the deployment), or the newest. None when the
+    model has no versions."""
+    if not version:
+        targets, _rows = device_targets(db, rollouts, device_id)
+        target = targets.get(model_name)
+        version = target.version if target else db.newest_version(model_name) or ""
+    if not version:
+        return None
+    rows = db.get_variants(model_name, version)
+    profile = profile_from_capabilities(capabilities)
+    return Explained(version, rows, choose(profile, [variant_of(r) for r in rows]),
+                     profile.hardware_class)  # fmt: skip

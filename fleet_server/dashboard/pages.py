@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 from fleet_server.api.server import ServerContext
+from fleet_server.catalog.desired import explain
 from fleet_server.dashboard.queries import (
     PAGE,
     BudgetRow,
@@ -21,7 +22,7 @@ from fleet_server.dashboard.queries import (
 )
 from fleet_server.errors import NotFoundError
 from fleet_server.routing.costs import CostRow, summarize
-from fleet_server.storage.db import HISTORY_BUCKET_S
+from fleet_server.storage.db import HISTORY_BUCKET_S, DeviceRow
 from fleet_server.storage.rollouts import RolloutRow, WaveRow
 
 __all__ = ["CSS", "JS", "PageNotFoundError", "layout", "login"]
@@ -245,6 +246,21 @@ def _model_row(m: dict[str, Any]) -> str:
     )
 
 
+def _variant_cells(ctx: ServerContext, row: DeviceRow, model_name: str, version: str) -> str:
+    """The variant selection picks for this device (as `devices explain` says), two cells."""
+    try:
+        explained = explain(ctx.db, ctx.rollouts, row.device_id, row.capabilities, model_name,
+                            version=version)  # fmt: skip
+    except NotFoundError:
+        explained = None  # a version the catalog no longer has
+    if explained is None:
+        return "<td>-</td><td></td>"
+    chosen = explained.choice.variant
+    kind = next((r.quantization for r in explained.rows if r.variant == chosen), "")
+    name = f"{chosen} ({kind})" if chosen and kind and kind != chosen else chosen or "cloud"
+    return f"<td data-variant>{escape(name)}</td><td>{escape(explained.choice.reason[:200])}</td>"
+
+
 def device(ctx: ServerContext, device_id: str) -> tuple[str, str]:
     try:
         row = ctx.db.get_device(device_id)
@@ -258,11 +274,12 @@ def device(ctx: ServerContext, device_id: str) -> tuple[str, str]:
     )
     installed = (
         "".join(
-            f"<tr><td>{escape(m.model_name)}</td><td>{escape(m.version)}</td><td>{escape(m.state)}</td>"
+            f"<tr><td>{escape(m.model_name)}</td><td>{escape(m.version)}</td>"
+            f"{_variant_cells(ctx, row, m.model_name, m.version)}<td>{escape(m.state)}</td>"
             f"<td>{escape(m.detail[:200])}</td><td>{_ago(m.updated_at)}</td></tr>"
             for m in row.models
         )
-        or "<tr><td colspan=5>nothing assigned</td></tr>"
+        or "<tr><td colspan=7>nothing assigned</td></tr>"
     )
     events = ctx.db.device_events(device_id, limit=20)
     updates = (
@@ -295,8 +312,9 @@ def device(ctx: ServerContext, device_id: str) -> tuple[str, str]:
         "<th>version<th>backend<th>policy<th>requests<th>errors<th>p50 ms<th>p95 ms"
         f"<th>local / cloud</tr>{model_rows}</table></div>"
         f"<h2>Last {CHART_HOURS} hours</h2>{charts}<h2>Assigned models</h2>"
-        "<div class=scroll><table><tr><th>model<th>version<th>state<th>detail<th>updated</tr>"
-        f"{installed}</table></div><h2>Update history</h2><div class=scroll><table><tr>"
+        "<div class=scroll><table><tr><th>model<th>version<th>variant<th>why this variant"
+        f"<th>state<th>detail<th>updated</tr>{installed}</table></div>"
+        "<h2>Update history</h2><div class=scroll><table><tr>"
         f"<th>when<th>model<th>state<th>detail</tr>{updates}</table></div>"
     )
     return row.device_id, main

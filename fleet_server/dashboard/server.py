@@ -229,6 +229,12 @@ def _handler(dashboard: Dashboard) -> type[BaseHTTPRequestHandler]:
             except pages.PageNotFoundError as exc:
                 self._send(404, pages.layout("Not found", pages.empty(str(exc))))
                 return
+            except Exception:  # a page that fails says so instead of dropping the connection
+                log.exception("dashboard page %s failed", path)
+                self._send(500, pages.layout("Error", pages.empty(
+                    "This page failed on the server (the server log has the details); "
+                    "try again, or another page.")))  # fmt: skip
+                return
             if query.get("partial"):
                 self._send(200, main)
             else:
