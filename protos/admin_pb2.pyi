@@ -103,14 +103,45 @@ class CostRow(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., group: _Optional[str] = ..., policy: _Optional[str] = ..., devices: _Optional[int] = ..., served: _Optional[int] = ..., local_runs: _Optional[int] = ..., cloud_requests: _Optional[int] = ..., cost_usd: _Optional[float] = ..., per_million: _Optional[float] = ..., local_only_per_million: _Optional[float] = ..., cloud_only_per_million: _Optional[float] = ...) -> None: ...
 
 class CostReport(_message.Message):
-    __slots__ = ("rows", "prices", "group_by")
+    __slots__ = ("rows", "prices", "group_by", "budgets")
     ROWS_FIELD_NUMBER: _ClassVar[int]
     PRICES_FIELD_NUMBER: _ClassVar[int]
     GROUP_BY_FIELD_NUMBER: _ClassVar[int]
+    BUDGETS_FIELD_NUMBER: _ClassVar[int]
     rows: _containers.RepeatedCompositeFieldContainer[CostRow]
     prices: PriceTable
     group_by: str
-    def __init__(self, rows: _Optional[_Iterable[_Union[CostRow, _Mapping]]] = ..., prices: _Optional[_Union[PriceTable, _Mapping]] = ..., group_by: _Optional[str] = ...) -> None: ...
+    budgets: _containers.RepeatedCompositeFieldContainer[BudgetUse]
+    def __init__(self, rows: _Optional[_Iterable[_Union[CostRow, _Mapping]]] = ..., prices: _Optional[_Union[PriceTable, _Mapping]] = ..., group_by: _Optional[str] = ..., budgets: _Optional[_Iterable[_Union[BudgetUse, _Mapping]]] = ...) -> None: ...
+
+class BudgetUse(_message.Message):
+    __slots__ = ("model_name", "policy", "selector", "per_device_usd", "devices", "cloud_requests", "spent_usd", "exhausted", "top_use")
+    class SelectorEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    PER_DEVICE_USD_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    SPENT_USD_FIELD_NUMBER: _ClassVar[int]
+    EXHAUSTED_FIELD_NUMBER: _ClassVar[int]
+    TOP_USE_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    policy: str
+    selector: _containers.ScalarMap[str, str]
+    per_device_usd: float
+    devices: int
+    cloud_requests: int
+    spent_usd: float
+    exhausted: int
+    top_use: float
+    def __init__(self, model_name: _Optional[str] = ..., policy: _Optional[str] = ..., selector: _Optional[_Mapping[str, str]] = ..., per_device_usd: _Optional[float] = ..., devices: _Optional[int] = ..., cloud_requests: _Optional[int] = ..., spent_usd: _Optional[float] = ..., exhausted: _Optional[int] = ..., top_use: _Optional[float] = ...) -> None: ...
 
 class RoutingPolicyInfo(_message.Message):
     __slots__ = ("model_name", "selector", "policy", "threshold", "latency_budget_ms", "cloud_model", "max_per_minute", "max_spend_per_day", "updated_unix", "updated_by")

@@ -292,6 +292,11 @@ def test_in_chromium_log_in_pause_a_rollout_and_read_the_costs(
             " document.querySelector('td[data-budget-use]').innerText]"
         )
         assert budget == ["0.3200", "80.0%"]  # 0.12 + 0.2 of 2 x 0.2 USD today
+        (cli_budget,) = json.loads(server.admin("costs", "--json").stdout)["budgets"]
+        assert (cli_budget["devices"], cli_budget["exhausted"]) == (2, 1)
+        assert f"{cli_budget['spent_usd']:.4f}" == budget[0]
+        table = server.admin("costs").stdout
+        assert "cloud spend today (UTC)" in table and "80.0%" in table
         browser.screenshot(shots / "costs.png", full_page=True)
 
         # A tablet in portrait: nothing wider than the screen (tables scroll in their box),
@@ -337,7 +342,7 @@ def test_in_chromium_log_in_pause_a_rollout_and_read_the_costs(
 
 
 def test_budget_use_follows_each_devices_policy_and_the_day(tmp_path: Path) -> None:
-    from fleet_server.dashboard.queries import budget_use
+    from fleet_server.routing.budgets import budget_use
     from fleet_server.routing.prices import Prices
     from fleet_server.storage.db import Database, IngestBatch
     from fleet_server.storage.routing import RoutingRow, RoutingStore

@@ -22,6 +22,7 @@ from fleet_server.api.push import MANIFEST_LIFETIME_S, Pusher
 from fleet_server.catalog.desired import explain
 from fleet_server.errors import BadRequestError, ConflictError, FleetError, NotFoundError
 from fleet_server.rollouts.plan import HealthGate, matches
+from fleet_server.routing.budgets import budget_use
 from fleet_server.routing.costs import summarize
 from fleet_server.routing.prices import Prices
 from fleet_server.storage.db import DeviceRow, ModelRow, token_digest
@@ -835,6 +836,21 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             )
             if row.local_only_per_million is not None:
                 out.local_only_per_million = row.local_only_per_million
+        for budget in budget_use(self._ctx.db, self._ctx.routing):
+            if request.model_name and budget.model_name != request.model_name:
+                continue
+            entry = report.budgets.add(
+                model_name=budget.model_name,
+                policy=budget.policy,
+                selector=budget.selector,
+                devices=budget.devices,
+                cloud_requests=budget.cloud_requests,
+                spent_usd=budget.spent_usd,
+                exhausted=budget.exhausted,
+                top_use=budget.top_use,
+            )
+            if budget.per_device_usd is not None:
+                entry.per_device_usd = budget.per_device_usd
         return report
 
     # fleet benchmarks --------------------------------------------------------------------------

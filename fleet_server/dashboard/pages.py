@@ -13,14 +13,13 @@ from fleet_server.api.server import ServerContext
 from fleet_server.catalog.desired import explain
 from fleet_server.dashboard.queries import (
     PAGE,
-    BudgetRow,
     HistoryPoint,
-    budget_use,
     device_history,
     device_page,
     fleet_summary,
 )
 from fleet_server.errors import NotFoundError
+from fleet_server.routing.budgets import BudgetRow, budget_use
 from fleet_server.routing.costs import CostRow, summarize
 from fleet_server.storage.db import HISTORY_BUCKET_S, DeviceRow
 from fleet_server.storage.rollouts import RolloutRow, WaveRow

@@ -136,7 +136,8 @@ def add_costs_parser(sub: Any) -> None:
         help="inference cost per million requests by model, device group and policy",
         description="From device telemetry (added up across agent restarts) and the price "
         "table ('edgefleet routing prices'): what requests cost as served, and what they "
-        "would cost local only (device energy) or cloud only (the cloud price).",
+        "would cost local only (device energy) or cloud only (the cloud price); then today's "
+        "cloud spend against each routing policy's daily budget per device.",
     )
     costs.add_argument("--by", default="", metavar="LABEL", help="group devices by this label")
     costs.add_argument("--model", default="", help="only this model")
@@ -178,6 +179,20 @@ def _cmd_costs(args: argparse.Namespace) -> int:
         f"prices: cloud {p.cloud_per_request:g} USD/request; local {p.device_power_w:g} W "
         f"at {p.energy_per_kwh:g} USD/kWh"
     )
+    if report.budgets:
+        print("\ncloud spend today (UTC) against each policy's daily budget per device:")
+        print(f"{'MODEL':16} {'POLICY':16} {'SELECTOR':16} {'USD/DAY':>8} {'DEVICES':>7} "
+              f"{'SPENT USD':>10} {'USED':>6} {'AT BUDGET':>9}")  # fmt: skip
+        for b in report.budgets:
+            selector = ",".join(f"{k}={v}" for k, v in sorted(b.selector.items())) or "*"
+            if b.HasField("per_device_usd"):
+                limit = f"{b.per_device_usd:8g}"
+                total = b.per_device_usd * b.devices
+                used = f"{b.spent_usd / total:6.1%}" if total else "100.0%"
+            else:
+                limit, used = f"{'none':>8}", f"{'-':>6}"
+            print(f"{b.model_name:16} {b.policy:16} {selector:16} {limit} {b.devices:7d} "
+                  f"{b.spent_usd:10.4f} {used} {b.exhausted:9d}")  # fmt: skip
     return 0
 
 
