@@ -110,6 +110,12 @@ def test_log_in_see_the_fleet_pause_a_rollout_and_read_the_costs(
     assert shown is not None and shown.group(1).startswith(explained["variant"])
     assert shown.group(2) == explained["reason"][:200]  # the same words as the CLI
     rows = seed_history(f"sqlite:///{server.data_dir / 'fleet.db'}", "cam-03", "color")
+    import sqlite3
+
+    with sqlite3.connect(server.data_dir / "fleet.db") as conn:  # outside the 24 h: not shown
+        for bucket in (int(rows[0]["bucket"]) - 300, int(rows[-1]["bucket"]) + 300):
+            conn.execute("INSERT INTO telemetry_history VALUES ('cam-03', 'color', ?, "
+                         "99999, 9999, 0, 1.0, 999.0)", (bucket,))  # fmt: skip
     _, _, body = browser.get("/devices/cam-03")
     errors = sum(int(r["errors"]) for r in rows)
     assert f'<figure class=chart data-points="288" data-errors="{errors}">' in body
@@ -141,8 +147,6 @@ def test_log_in_see_the_fleet_pause_a_rollout_and_read_the_costs(
     assert status == 404
 
     # A page that fails on the server says so (and the others keep working).
-    import sqlite3
-
     with sqlite3.connect(server.data_dir / "fleet.db") as conn:
         conn.execute("ALTER TABLE telemetry_history RENAME TO history_gone")
     status, _, body = browser.get("/devices/cam-03")

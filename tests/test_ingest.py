@@ -148,3 +148,70 @@ def test_stopping_the_ingest_writes_the_open_history(tmp_path: Path, broker_url:
     assert (requests, errors, cloud, p95) == (15, 3, 6, 3.0)
     assert bucket <= now < bucket + 300
     db.close()
+
+
+def test_names_and_texts_a_database_would_refuse_do_not_block_the_batch(db_url: str) -> None:
+    """A NUL in a device's strings (PostgreSQL refuses it in text) and a history table the
+    database cannot write: the rest of the batch is stored, every time, on both backends."""
+    import sqlalchemy as sa
+
+    db = Database(db_url)
+    db.create_schema()
+    device = db.add_device("cam", "t", {}, {})
+    ingest = TelemetryIngest(parse_mqtt_url("mqtt://127.0.0.1:1"), db, "default", "test")
+    base = f"edgefleet/v1/default/{device}"
+    report = telemetry_pb2.TelemetryReport(device_id=device, seq=1, epoch="e",
+                                           sent_unix_ms=int(time.time() * 1000))  # fmt: skip
+    for name in ("m", "bad\x00name"):
+        report.models.add(model_name=name, window_requests=3, routing_policy="local")
+    event = telemetry_pb2.DeviceEvent(device_id=device, seq=2, epoch="e")
+    event.update.model_name, event.update.detail = "m\x00", "broken \x00 detail"
+    ingest._write([(f"{base}/telemetry", report.SerializeToString()),
+                   (f"{base}/events", event.SerializeToString())])  # fmt: skip
+    ingest._write([], final=True)
+    assert (ingest.accepted, ingest.dropped) == (2, 0)
+    with db.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT model_name FROM usage")).scalars().all() == ["m"]
+        history = conn.execute(sa.text("SELECT model_name, requests FROM telemetry_history"))
+        assert [tuple(r) for r in history] == [("m", 3)]
+    (stored,) = db.device_events(device)
+    assert (stored["model_name"], stored["detail"]) == ("m", "broken  detail")
+    # History the database refuses is dropped and counted; the telemetry itself is stored.
+    with db.engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE telemetry_history"))
+    report.seq = 3
+    ingest._write([(f"{base}/telemetry", report.SerializeToString())])
+    ingest._write([], final=True)
+    assert (ingest.history_lost, ingest.dropped) == (1, 0)
+    assert db.get_device(device).telemetry_count == 3
+    db.close()
+
+
+def test_a_message_the_database_refuses_is_dropped_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlalchemy as sa
+
+    db = Database(f"sqlite:///{tmp_path / 'fleet.db'}")
+    db.create_schema()
+    good, bad = db.add_device("cam", "t", {}, {}), db.add_device("odd", "u", {}, {})
+    ingest = TelemetryIngest(parse_mqtt_url("mqtt://127.0.0.1:1"), db, "default", "test")
+    real = db.record_mqtt_batch
+
+    def refusing(batch: object) -> bool:
+        if bad in batch.telemetry:  # type: ignore[attr-defined]
+            raise sa.exc.DataError("INSERT ...", {}, Exception("value out of range"))
+        return real(batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(db, "record_mqtt_batch", refusing)
+    monkeypatch.setattr(ingest_module.time, "sleep", lambda _s: pytest.fail("no retries"))
+
+    def message(device: str, seq: int) -> tuple[str, bytes]:
+        report = telemetry_pb2.TelemetryReport(device_id=device, seq=seq, epoch="e")
+        return f"edgefleet/v1/default/{device}/telemetry", report.SerializeToString()
+
+    # A sequence number beyond the database's BIGINT never reaches it.
+    ingest._write([message(good, 1), message(bad, 2**63), message(bad, 1), message(good, 2)])
+    assert db.get_device(good).telemetry_count == 2 and db.get_device(bad).telemetry_count == 0
+    assert (ingest.accepted, ingest.rejected, ingest.dropped) == (2, 2, 0)
+    db.close()

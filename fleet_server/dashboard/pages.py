@@ -112,6 +112,7 @@ def _chart(model: str, points: list[HistoryPoint], now: float) -> str:
     CHART_HOURS, as inline SVG: bars above, lines below, scales written out."""
     slots = CHART_HOURS * 3600 // HISTORY_BUCKET_S
     first = int(now) // HISTORY_BUCKET_S * HISTORY_BUCKET_S - (slots - 1) * HISTORY_BUCKET_S
+    points = [p for p in points if first <= p.bucket < first + slots * HISTORY_BUCKET_S]
     width, bar = 600.0, 600.0 / slots
     # Errors include requests refused before running (queue full): stack them on top.
     top = max((max(p.requests, p.errors) + p.cloud_requests for p in points), default=0) or 1
@@ -121,8 +122,6 @@ def _chart(model: str, points: list[HistoryPoint], now: float) -> str:
     p95: list[str] = []
     for p in points:
         x = (p.bucket - first) // HISTORY_BUCKET_S * bar
-        if x < 0:
-            continue
         y = 74.0
         for value, cls in ((p.requests - p.errors, "cpu"), (p.errors, "bad"),
                            (p.cloud_requests, "cloud")):  # fmt: skip

@@ -154,16 +154,19 @@ class HistoryPoint:
 def device_history(
     db: Database, device_id: str, *, hours: float = 24, now: float | None = None
 ) -> dict[str, list[HistoryPoint]]:
-    """A device's telemetry over the last ``hours``, per model, oldest first."""
-    since = int((time.time() if now is None else now) - hours * 3600)
-    since -= since % HISTORY_BUCKET_S
+    """A device's telemetry in the ``hours`` of buckets that end with the current one, per
+    model, oldest first (buckets stamped later, by a device whose clock is ahead, are left
+    out)."""
+    current = int(time.time() if now is None else now) // HISTORY_BUCKET_S * HISTORY_BUCKET_S
+    slots = max(1, int(hours * 3600) // HISTORY_BUCKET_S)
+    since = current - (slots - 1) * HISTORY_BUCKET_S
     h = telemetry_history.c
     result: dict[str, list[HistoryPoint]] = {}
     with db.engine.connect() as conn:
         for r in conn.execute(
             sa.select(h.model_name, h.bucket, h.requests, h.errors, h.cloud_requests,
                       h.p50_ms, h.p95_ms)
-            .where((h.device_id == device_id) & (h.bucket >= since))
+            .where((h.device_id == device_id) & (h.bucket >= since) & (h.bucket <= current))
             .order_by(h.model_name, h.bucket)
         ):  # fmt: skip
             result.setdefault(str(r[0]), []).append(

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import operator
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +32,7 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 18
+log = logging.getLogger(__name__)
 
 metadata = sa.MetaData()
 
@@ -500,50 +503,38 @@ def _add_rows(
     table: sa.Table,
     rows: Sequence[dict[str, Any]],
     *,
-    added: Mapping[str, Any] | None = None,
+    combine: Mapping[str, Callable[[Any, Any], Any]] | None = None,
 ) -> None:
-    """Upsert by adding: a row whose primary key exists gets each column's value added (or,
-    for a column in ``added``, that expression, which may use bind parameters named like the
-    row's columns); the others are inserted. One transaction: a replica inserting the same key
-    at once makes the batch fail and be retried."""
+    """Upsert by adding, in one statement per batch (INSERT ... ON CONFLICT DO UPDATE, which
+    SQLite and PostgreSQL both have): a row whose primary key exists gets each column's new
+    value added, or for a column in ``combine``, ``combine[name](stored, new)``. Replicas
+    writing the same key at once both succeed."""
     if not rows:
         return
+    from sqlalchemy.dialects import postgresql, sqlite  # noqa: PLC0415
+
+    inserts: dict[str, Any] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+    if conn.dialect.name not in inserts:
+        raise DataDirError(f"{conn.dialect.name} is not supported (SQLite or PostgreSQL)")
+    statement = inserts[conn.dialect.name](table)
     key = [c.name for c in table.primary_key.columns]
-    first = table.c[key[0]]
-    existing = {
-        tuple(r)
-        for r in conn.execute(
-            sa.select(*(table.c[k] for k in key)).where(
-                first.in_(sorted({r[key[0]] for r in rows}))
-            )
-        )
+    combine = combine or {}
+    values = {
+        name: combine.get(name, operator.add)(table.c[name], statement.excluded[name])
+        for name in rows[0]
+        if name not in key
     }
-    updates: list[dict[str, Any]] = []
-    inserts: list[dict[str, Any]] = []
-    for row in rows:
-        (updates if tuple(row[k] for k in key) in existing else inserts).append(row)
-    if updates:
-        # Bind parameters must not share a column's name in an UPDATE: prefix them.
-        where = sa.and_(*(table.c[k] == sa.bindparam(f"_{k}") for k in key))
-        values = {
-            name: (added or {}).get(name, table.c[name] + sa.bindparam(f"_{name}"))
-            for name in updates[0]
-            if name not in key
-        }
-        conn.execute(
-            table.update().where(where).values(values),
-            [{f"_{k}": v for k, v in r.items()} for r in updates],
-        )
-    if inserts:
-        conn.execute(table.insert(), inserts)
+    conn.execute(statement.on_conflict_do_update(index_elements=key, set_=values), list(rows))
+
+
+def _greater(stored: Any, new: Any) -> Any:
+    return sa.case((stored > new, stored), else_=new)
 
 
 def _add_usage(
     conn: sa.Connection, deltas: Mapping[tuple[str, str, str], list[float]], now: int
 ) -> None:
     """Add usage deltas; the per-day columns restart on a new UTC day."""
-    today = now // 86400
-    same_day = usage.c.day == today
     rows = [
         {
             "device_id": d,
@@ -555,41 +546,33 @@ def _add_usage(
             "cloud_requests": int(v[3]),
             "cloud_cost": float(v[4]),
             "updated_at": now,
-            "day": today,
+            "day": now // 86400,
             "day_cloud_requests": int(v[3]),
             "day_cloud_cost": float(v[4]),
         }
         for (d, m, p), v in deltas.items()
     ]
+
+    def same_day(stored: Any, new: Any) -> Any:
+        # The stored day's total carries on only when the new row is of the same day.
+        return sa.case((usage.c.day == sa.literal_column("excluded.day"), stored), else_=0) + new
+
     _add_rows(
         conn,
         usage,
         rows,
-        added={
-            "updated_at": sa.bindparam("_updated_at"),
-            "day": sa.bindparam("_day"),
-            "day_cloud_requests": sa.case((same_day, usage.c.day_cloud_requests), else_=0)
-            + sa.bindparam("_day_cloud_requests"),
-            "day_cloud_cost": sa.case((same_day, usage.c.day_cloud_cost), else_=0.0)
-            + sa.bindparam("_day_cloud_cost"),
+        combine={
+            "updated_at": lambda _stored, new: new,
+            "day": lambda _stored, new: new,
+            "day_cloud_requests": same_day,
+            "day_cloud_cost": same_day,
         },
     )
 
 
 def _add_history(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
     """Add history buckets; the latency of a bucket two replicas both wrote is the worse one."""
-    c = telemetry_history.c
-    _add_rows(
-        conn,
-        telemetry_history,
-        rows,
-        added={
-            "p50_ms": sa.case((c.p50_ms > sa.bindparam("_p50_ms"), c.p50_ms),
-                              else_=sa.bindparam("_p50_ms")),
-            "p95_ms": sa.case((c.p95_ms > sa.bindparam("_p95_ms"), c.p95_ms),
-                              else_=sa.bindparam("_p95_ms")),
-        },
-    )  # fmt: skip
+    _add_rows(conn, telemetry_history, rows, combine={"p50_ms": _greater, "p95_ms": _greater})
 
 
 def _v16_to_v17(conn: sa.Connection) -> None:
@@ -1027,8 +1010,9 @@ class Database:
             ).all()
         return {str(d): (e or "", int(q or 0)) for d, e, q in rows}
 
-    def record_mqtt_batch(self, batch: IngestBatch) -> None:
-        """Write one batch of ingested MQTT messages in one transaction."""
+    def record_mqtt_batch(self, batch: IngestBatch) -> bool:
+        """Write one batch of ingested MQTT messages in one transaction. History is written in
+        a savepoint of its own: when it cannot be stored the rest still is (False)."""
         now = int(time.time())
         with_report, counts_only = [], []
         for device_id, (epoch, seq, report, count, gaps) in batch.telemetry.items():
@@ -1066,13 +1050,21 @@ class Database:
                 conn.execute(device_events.insert(), batch.events)
             if batch.usage:
                 _add_usage(conn, batch.usage, now)
-            _add_history(conn, batch.history)
+            history_stored = True
+            if batch.history:
+                try:
+                    with conn.begin_nested():
+                        _add_history(conn, batch.history)
+                except sa.exc.SQLAlchemyError:
+                    log.exception("cannot store %d telemetry history row(s)", len(batch.history))
+                    history_stored = False
             if batch.prune_history_before:
                 conn.execute(
                     telemetry_history.delete().where(
                         telemetry_history.c.bucket < batch.prune_history_before
                     )
                 )
+        return history_stored
 
     def device_events(self, device_id: str, limit: int = 100) -> list[dict[str, Any]]:
         """A device's update events from MQTT, newest first."""

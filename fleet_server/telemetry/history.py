@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from fleet_server.api._validate import NAME
 from fleet_server.storage.db import HISTORY_BUCKET_S
 
 __all__ = ["HISTORY_BUCKET_S", "HistoryBuffer"]
@@ -59,13 +60,14 @@ class HistoryBuffer:
         for model in report.models:
             latency = model.latency
             if (
-                model.window_requests > _MAX_COUNT
+                not NAME.match(model.model_name)
+                or model.window_requests > _MAX_COUNT
                 or model.window_errors > _MAX_COUNT
                 or model.window_cloud_requests > _MAX_COUNT
                 or not (math.isfinite(latency.p50_ms) and math.isfinite(latency.p95_ms))
             ):
                 continue  # numbers no device measured; the rest of the report still counts
-            key = (report.device_id, model.model_name[:64], bucket)
+            key = (report.device_id, model.model_name, bucket)
             self._earliest = min(self._earliest, bucket)
             entry = self._open.setdefault(key, _Bucket())
             entry.requests += model.window_requests
@@ -107,13 +109,11 @@ class HistoryBuffer:
 
     def prune_before(self, now: float) -> int:
         """The bucket before which stored history is to be deleted, once per bucket (0 when
-        there is nothing new to prune)."""
-        if not self.retention_s:
-            return 0
+        there is nothing new to prune); everything with a retention of 0."""
         current = int(now) // HISTORY_BUCKET_S * HISTORY_BUCKET_S
         if current == self._pruned_at:
             return 0
-        return current - self.retention_s
+        return current - self.retention_s if self.retention_s else current + HISTORY_BUCKET_S
 
     def pruned(self, now: float) -> None:
         self._pruned_at = int(now) // HISTORY_BUCKET_S * HISTORY_BUCKET_S

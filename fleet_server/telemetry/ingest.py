@@ -30,11 +30,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as paho
+import sqlalchemy as sa
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import DecodeError
 
 from agent.errors import TransientError
 from agent.telemetry.mqtt import MqttEndpoint, MqttPublisher
+from fleet_server.api._validate import NAME
 from fleet_server.storage.db import Database, IngestBatch
 from fleet_server.storage.rollouts import HealthSample, RolloutStore
 from fleet_server.telemetry.history import HistoryBuffer
@@ -49,6 +51,7 @@ _MAX_PAYLOAD = 256 * 1024
 _QUEUE_BOUND = 10_000
 _BATCH = 500
 _WRITE_ATTEMPTS = 30  # a batch the database keeps refusing for this many seconds is dropped
+_FINAL_ATTEMPTS = 3
 _IDLE_FLUSH_S = 30.0  # with no messages, ended history buckets are written this often
 
 
@@ -80,6 +83,9 @@ def decode_message(topic: str, payload: bytes, fleet_id: str) -> tuple[str, Any]
     except DecodeError:
         log.warning("ignoring undecodable %s on %s", kind, topic)
         return None
+    if getattr(message, "seq", 0) >= 2**63:  # the database's BIGINT: a device's lie
+        log.warning("ignoring %s from %s with sequence number %d", kind, where[1], message.seq)
+        return None
     if message.device_id != where[1]:
         log.warning("ignoring %s on %s that claims device %r", kind, topic, message.device_id[:64])
         return None
@@ -97,16 +103,22 @@ def decode_report(
     return report
 
 
+def _text(value: str, limit: int) -> str:
+    """A device's string as stored: bounded, without NUL (PostgreSQL refuses it in text, and one
+    refused row would make every retry of its batch fail)."""
+    return value.replace("\x00", "")[:limit]
+
+
 def _event(message: Any, model_name: str, version: str, state: str, detail: str) -> dict[str, Any]:
     """A device_events row for a DeviceEvent."""
     return {
         "device_id": message.device_id,
         "at": int(message.sent_unix_ms // 1000),
         "seq": message.seq,
-        "model_name": model_name[:64],
-        "version": version[:32],
-        "state": state,
-        "detail": detail[:1024],
+        "model_name": _text(model_name, 64),
+        "version": _text(version, 32),
+        "state": _text(state, 16),
+        "detail": _text(detail, 1024),
     }
 
 
@@ -119,6 +131,10 @@ def _count_usage(batch: IngestBatch, report: Any) -> None:
     have measured (negative, not finite, absurdly large) skip that model's entry, so one bad
     payload cannot make the whole batch fail to store."""
     for model in report.models:
+        if not NAME.match(model.model_name) or not NAME.match(model.routing_policy or "local"):
+            log.warning("ignoring usage of a model named %r from %s", model.model_name[:64],
+                        report.device_id)  # fmt: skip
+            continue
         policy = model.routing_policy or "local"
         served = model.window_routed_requests if policy != "local" else model.window_requests
         counts = (served, model.window_requests, model.window_cloud_requests)
@@ -179,6 +195,7 @@ class TelemetryIngest:
         self._versions: dict[str, dict[str, str]] = {}
         self._gated: dict[tuple[str, str, str], tuple[int, int]] = {}
         self.unhealthy = 0  # devices failed by a rollout's health gate
+        self.history_lost = 0  # history rows the database refused
 
     def watch_health(self, rollouts: RolloutStore, on_unhealthy: Callable[[], None]) -> None:
         """Feed telemetry to the health gates of these rollouts; call ``on_unhealthy`` when a
@@ -312,19 +329,40 @@ class TelemetryIngest:
                 self.rejected += 1
             else:
                 decoded.append(message)
-        for attempt in range(_WRITE_ATTEMPTS):
+        # Stopping does not wait long: what the last write cannot store, it logs.
+        attempts = _FINAL_ATTEMPTS if final else _WRITE_ATTEMPTS
+        for attempt in range(attempts):
             try:
                 self._store(decoded, final=final)
+                return
+            except sa.exc.DataError:
+                # A value the database refuses will be refused again: store the messages one
+                # by one so that only the offending one is lost.
+                log.exception("the database refuses a value in %d MQTT message(s)", len(decoded))
+                self._store_each(decoded)
                 return
             except Exception:
                 log.exception(
                     "cannot store %d MQTT message(s) (attempt %d of %d)",
                     len(decoded),
                     attempt + 1,
-                    _WRITE_ATTEMPTS,
+                    attempts,
                 )
                 time.sleep(1.0)
         self.dropped += len(decoded)
+
+    def _store_each(self, decoded: list[tuple[str, Any]]) -> None:
+        for message in decoded:
+            try:
+                self._store([message])
+            except sa.exc.DataError:
+                log.warning("dropping a %s message from %s the database refuses", message[0],
+                            message[1].device_id)  # fmt: skip
+                self.rejected += 1
+            except Exception:
+                log.exception("cannot store a %s message from %s", message[0],
+                              message[1].device_id)  # fmt: skip
+                self.dropped += 1
 
     def _store(self, decoded: list[tuple[str, Any]], *, final: bool = False) -> None:
         """Judge and write a batch; the positions and counters change only once it is stored,
@@ -346,7 +384,7 @@ class TelemetryIngest:
                 rejected += 1  # not an enrolled device
                 continue
             if kind == "state":
-                batch.states[device_id] = message.state[:16]
+                batch.states[device_id] = _text(message.state, 16)
                 continue
             position = positions.get(device_id, self._positions.get(device_id))
             verdict = account(position, message.epoch, message.seq)
@@ -368,7 +406,7 @@ class TelemetryIngest:
                 update = message.update
                 state = (
                     device_pb2.UpdateState.Name(update.state)
-                    if update.state in device_pb2.UpdateState.values()
+                    if update.state in device_pb2.UpdateState.values() and update.state
                     else "UNKNOWN"
                 )
                 batch.events.append(
@@ -397,8 +435,8 @@ class TelemetryIngest:
             or batch.usage
             or batch.history
             or batch.prune_history_before
-        ):
-            self._db.record_mqtt_batch(batch)
+        ) and not self._db.record_mqtt_batch(batch):
+            self.history_lost += len(batch.history)  # not retried: it would block the rest
         self._positions.update(positions)
         remember()
         self._history.written(batch.history)
@@ -460,4 +498,7 @@ class TelemetryIngest:
             self._publisher.close()
         if self._writer.is_alive():
             self._queue.put(None)
-            self._writer.join(timeout=10)
+            self._writer.join(timeout=30)
+            if self._writer.is_alive():
+                log.warning("the telemetry writer did not finish in 30 s; %d open history "
+                            "bucket(s) not written", len(self._history))  # fmt: skip
