@@ -138,13 +138,17 @@ def test_a_deferred_load_serves_with_one_interpreter_and_grows_to_the_pool(
     assert (model.workers, model.target_workers) == (1, 3)
     full = engine.load("heavy", "1", color_models / "heavy_float.tflite")
     assert model.memory_bytes == full.memory_bytes  # the budget counts the grown pool
-    # Three callers are admitted at once (the pool's final size) and share the one
-    # interpreter meanwhile: nobody is refused while the pool grows.
-    threads, errors = _callers(model, 3, 5)
-    assert model.grow() == 2  # while requests run
+    # Admission follows the interpreters there are: one caller now, while the pool grows...
+    threads, errors = _callers(model, 1, 5)
+    assert model.grow() == 2  # while a request runs
     for t in threads:
         t.join()
-    assert errors == [] and model.stats.requests == 15
+    assert errors == [] and not model.saturated
+    # ...three at once after, none refused.
+    threads, errors = _callers(model, 3, 5)
+    for t in threads:
+        t.join()
+    assert errors == [] and model.stats.requests == 20 and model.stats.rejected == 0
     assert (model.workers, model.target_workers, model.grow()) == (3, 3, 0)
     # An Edge TPU-style fixed pool (no spawn) never grows.
     assert full.grow() == 0 and full.workers == 3

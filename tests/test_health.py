@@ -157,3 +157,30 @@ def test_restarts_after_the_window_has_passed_are_not_a_crash_loop(tmp_path: Pat
     for _ in range(5):
         assert Updater.recover(store, POLICY) == []
     assert store.active()["m"].version == "2.0.0" and store.health() == {}
+
+
+def test_falling_back_from_a_damaged_file_keeps_the_floor_for_that_release_only(
+    tmp_path: Path,
+) -> None:
+    from agent.updates.verify import InstalledModel
+
+    store = ModelStore(tmp_path)
+    for version, counter, sha in (("1.0.0", 1, "a" * 64), ("2.0.0", 2, "b" * 64)):
+        store.set_active("m", ActiveEntry(version, counter, sha, f"{sha}.tflite"))
+    good = store.roll_back("m", refuse=False)  # 2.0.0's file was damaged
+    assert good is not None and (good.version, good.release_counter) == ("1.0.0", 2)
+    assert good.floor_sha256 == "b" * 64 and "b" * 64 not in store.refused()
+    # Release 2 may come back, with its own artifact only (verify's same-release rule).
+    entry = store.active()["m"]
+    assert InstalledModel(entry.release_counter, entry.floor_sha256 or entry.sha256) == (
+        InstalledModel(2, "b" * 64)
+    )
+    # Once the server wants 1.0.0 itself (an explicit rollback from release 3), the floor is
+    # that release's own and higher: release 2 can no longer be replayed.
+    store.settle_floor("m", 3)
+    entry = store.active()["m"]
+    assert (entry.release_counter, entry.floor_sha256, entry.sha256) == (3, "", "a" * 64)
+    # A rollback that refuses keeps no floor artifact.
+    store.set_active("m", ActiveEntry("4.0.0", 4, "c" * 64, "c.tflite"))
+    assert store.roll_back("m").floor_sha256 == ""  # type: ignore[union-attr]
+    assert "c" * 64 in store.refused()

@@ -115,7 +115,8 @@ class LoadedModel:
         for interpreter in interpreters:
             self._pool.put(_Slot(interpreter))
         self.queue_depth = queue_depth
-        self._admission = threading.BoundedSemaphore(self.target_workers + queue_depth)
+        # Grows by one permit per interpreter grow() adds.
+        self._admission = threading.Semaphore(self.workers + queue_depth)
         self._queue_timeout = queue_timeout_s
         self._expected = [(np.dtype(t.dtype), t.shape, t.name) for t in info.inputs]
 
@@ -128,7 +129,7 @@ class LoadedModel:
     @property
     def saturated(self) -> bool:
         """Every interpreter busy and the queue full: a new request would be refused."""
-        return self.stats.in_flight >= self.target_workers + self.queue_depth
+        return self.stats.in_flight >= self.workers + self.queue_depth
 
     @property
     def idle(self) -> bool:
@@ -240,6 +241,7 @@ class LoadedModel:
                     break
                 self._pool.put(slot)
                 self.workers += 1
+                self._admission.release()
                 added += 1
         return added
 

@@ -150,6 +150,17 @@ class ModelStore:
         self._write(journal)
         self._prune(name, journal)
 
+    def settle_floor(self, name: str, release_counter: int) -> None:
+        """The active release of ``name`` is what the server wants: raise its release floor to
+        ``release_counter`` (when higher) and let it belong to this release alone."""
+        journal = self._read()
+        entry = journal["models"].get(name)
+        if entry is None:
+            return
+        entry["release_counter"] = max(entry["release_counter"], release_counter)
+        entry.pop("floor_sha256", None)
+        self._write(journal)
+
     def close_health(self, name: str) -> None:
         """The activation of ``name`` passed its health window."""
         journal = self._read()
@@ -183,6 +194,7 @@ class ModelStore:
             if bad is not None:
                 # The anti-rollback floor stays at the highest release seen: going back must
                 # not let a replayed release between the two in.
+                good.pop("floor_sha256", None)
                 if not refuse and bad["release_counter"] >= good["release_counter"]:
                     good["floor_sha256"] = bad.get("floor_sha256") or bad["sha256"]
                 good["release_counter"] = max(good["release_counter"], bad["release_counter"])

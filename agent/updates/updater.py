@@ -13,6 +13,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -141,17 +142,27 @@ class Updater:
             entry = store.active()[name]
             path = store.artifact_path(name, entry.sha256)
             while (damage := _damage(path, entry.sha256)) is not None:
-                path.unlink(missing_ok=True)
+                if damage.unreadable:  # not proof of damage (permissions?): keep it, skip it
+                    log.error("cannot read active %s %s: %s", name, entry.version, damage.why)
+                    break
+                _discard(path)
                 good = store.roll_back(name, refuse=False)
-                log.error("active %s %s is damaged on disk (%s); %s", name, entry.version, damage,
-                          f"serving {good.version} until it is downloaded again" if good else
-                          "downloading it again at the next check-in")  # fmt: skip
+                log.error("active %s %s is damaged on disk (%s); %s", name, entry.version,
+                          damage.why, f"serving {good.version} until it is downloaded again"
+                          if good else "downloading it again at the next check-in")  # fmt: skip
                 if good is None:
                     break
                 entry, path = good, store.artifact_path(name, good.sha256)
-            if not path.exists():
+            if damage is not None:
                 continue
             fallback = path.parent / entry.fallback_filename if entry.fallback_filename else None
+            if fallback is not None and _damage(fallback, fallback.stem) is not None:
+                # Its CPU fallback is checked against its name (its sha256) the same way: the
+                # model serves without it until the next check-in fetches it again.
+                log.error("the CPU fallback of %s %s is damaged or unreadable; serving without "
+                          "it until it is fetched again", name, entry.version)  # fmt: skip
+                _discard(fallback)
+                fallback = None
             try:
                 model = engine.load(name, entry.version, path, cpu_fallback=fallback)
             except AgentError as exc:
@@ -304,10 +315,24 @@ class Updater:
             and active.sha256 == manifest.sha256
             and active.version == manifest.version
         ):
+            if active.floor_sha256 or manifest.rollback_from > active.release_counter:
+                # The server wants what this device serves (say, an explicit rollback to it
+                # after a damaged newer release): the floor becomes this release's own.
+                self._store.settle_floor(
+                    manifest.model_name, max(manifest.release_counter, manifest.rollback_from)
+                )
             if self._engine.peek(manifest.model_name) is None:
-                # Its file was found damaged at start (and deleted): fetch it again.
-                self._fetch(manifest.model_name, manifest.artifact_id, manifest.sha256,
-                            manifest.size)  # fmt: skip
+                # Its file (or its fallback's) was found damaged at start: fetch it again.
+                self._fetch(
+                    manifest.model_name,
+                    manifest.artifact_id,
+                    manifest.sha256,
+                    manifest.size,
+                    compressed=manifest.compressed if manifest.HasField("compressed") else None,
+                )
+                if manifest.HasField("cpu_fallback"):
+                    ref = manifest.cpu_fallback
+                    self._fetch(manifest.model_name, ref.artifact_id, ref.sha256, ref.size)
                 self._reload(manifest.model_name, active)
             return
         if manifest.sha256 in self._store.refused():
@@ -404,9 +429,13 @@ class Updater:
                 )
             )
         finally:  # it serves whether or not the server heard of it
-            if model.grow():
-                log.info("%s %s serves with %d interpreters", model.name, model.version,
-                         model.workers)  # fmt: skip
+            try:
+                if model.grow():
+                    log.info("%s %s serves with %d interpreters", model.name, model.version,
+                             model.workers)  # fmt: skip
+            except Exception:  # it serves with fewer; the report's outcome matters more
+                log.exception("%s %s could not grow its interpreter pool", model.name,
+                              model.version)  # fmt: skip
 
     def _fetch(
         self,
@@ -426,7 +455,9 @@ class Updater:
         if path.exists():
             return path
         if compressed is not None and compression.available():
-            packed = self._download(compressed.artifact_id, compressed.sha256, compressed.size)
+            packed = self._download(  # deleted once decompressed: no fsync
+                compressed.artifact_id, compressed.sha256, compressed.size, durable=False
+            )
             staged = self._store.staging_path(sha256)
             try:
                 compression.decompress_bounded(packed, staged, size=size, sha256=sha256)
@@ -471,7 +502,7 @@ class Updater:
                     max_bytes_per_s=self._rate,
                 )
             except BaseException:
-                with contextlib.suppress(OSError):  # the error being raised says more
+                with contextlib.suppress(Exception):  # the error being raised says more
                     sink.close(sync=False)  # what arrived stays, to resume from
                 raise
             sink.close(sync=durable)  # on the disk before anything can point at it
@@ -491,16 +522,31 @@ class Updater:
         return staged
 
 
-def _damage(path: Path, sha256: str) -> str | None:
+@dataclass(frozen=True)
+class _Damage:
+    why: str
+    unreadable: bool = False  # an I/O or permission error, not a wrong hash
+
+
+def _damage(path: Path, sha256: str) -> _Damage | None:
     """Why the artifact at ``path`` is not the verified one (None when it is)."""
     try:
         with path.open("rb") as handle:
             digest = hashlib.file_digest(handle, "sha256").hexdigest()
     except FileNotFoundError:
-        return "the file is missing"
+        return _Damage("the file is missing")
     except OSError as exc:
-        return f"cannot read it: {exc}"
-    return None if digest == sha256 else f"sha256 {digest[:12]}..., verified {sha256[:12]}..."
+        return _Damage(f"cannot read it: {exc}", unreadable=True)
+    if digest == sha256:
+        return None
+    return _Damage(f"sha256 {digest[:12]}..., verified {sha256[:12]}...")
+
+
+def _discard(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:  # a read-only file system must not stop the agent from starting
+        log.error("cannot delete %s: %s", path, exc)
 
 
 class _RolledBackError(ManifestError):

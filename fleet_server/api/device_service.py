@@ -365,11 +365,14 @@ def add_device_service(servicer: DeviceServicer, server: grpc.Server) -> None:
     capture = _Capture()
     pb_grpc.add_DeviceServiceServicer_to_server(servicer, capture)
     handlers = capture.handlers
+    service = pb.DESCRIPTOR.services_by_name["DeviceService"]
+    if set(handlers) != {m.name for m in service.methods}:  # the generated code changed
+        raise RuntimeError(f"DeviceService handlers {sorted(handlers)} are not its methods")
     handlers["DownloadArtifact"] = grpc.unary_stream_rpc_method_handler(
         servicer.DownloadArtifact,
         request_deserializer=pb.DownloadRequest.FromString,
         response_serializer=bytes,
     )
-    service = pb.DESCRIPTOR.services_by_name["DeviceService"].full_name
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
-    server.add_registered_method_handlers(service, handlers)
+    name = service.full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
