@@ -370,7 +370,7 @@ def seed_history(
 ) -> list[dict[str, Any]]:
     """Put devices' telemetry history of the last ``hours`` (every 5-minute bucket) straight
     into a server's database, with errors in every 24th bucket; return one device's rows."""
-    from fleet_server.storage.db import HISTORY_BUCKET_S, Database, telemetry_history
+    from fleet_server.storage.db import HISTORY_BUCKET_S, Database, IngestBatch
 
     now = int(time.time()) // HISTORY_BUCKET_S * HISTORY_BUCKET_S
     count = hours * 3600 // HISTORY_BUCKET_S
@@ -390,7 +390,6 @@ def seed_history(
             }
             for k in range(count)
         ]
-        with db.engine.begin() as conn:
-            conn.execute(telemetry_history.insert(), rows)
+        db.record_mqtt_batch(IngestBatch(history=rows))  # as the ingest writes them
     db.close()
     return rows

@@ -121,6 +121,9 @@ def test_log_in_see_the_fleet_pause_a_rollout_and_read_the_costs(
     assert f'<figure class=chart data-points="288" data-errors="{errors}">' in body
     assert body.count("<rect class=bad") == 12  # the buckets with errors, one bar each
     assert ">6.00 ms</text>" in body  # the latency scale: the worst bucket's p95
+    _, _, body = browser.get("/models")  # the same over the fleet (one device here)
+    assert f'<figure class=chart data-points="288" data-errors="{errors}">' in body
+    assert "worst device&#x27;s p95" in body
     _, _, body = browser.get("/models")
     assert "<td>color</td><td>2.0.0</td>" in body and "1,104" in body
     _, _, body = browser.get("/rollouts?partial=1")
@@ -282,7 +285,8 @@ def test_in_chromium_log_in_pause_a_rollout_and_read_the_costs(
 
         browser.goto(f"{base}/models")
         browser.wait("document.body.innerText.includes('2.0.0')")
-        browser.screenshot(shots / "models.png")
+        assert browser.evaluate("document.querySelector('figure.chart').dataset.points") == "288"
+        browser.screenshot(shots / "models.png", full_page=True)
 
         browser.goto(f"{base}/costs")
         browser.wait("document.body.innerText.includes('cascade')")

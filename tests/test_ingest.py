@@ -147,6 +147,11 @@ def test_stopping_the_ingest_writes_the_open_history(tmp_path: Path, broker_url:
     ((bucket, requests, errors, cloud, p95),) = _history(db)
     assert (requests, errors, cloud, p95) == (15, 3, 6, 3.0)
     assert bucket <= now < bucket + 300
+    import sqlalchemy as sa
+
+    with db.engine.connect() as conn:  # and over the fleet, per model
+        fleet = conn.execute(sa.text("SELECT model_name, bucket, requests FROM model_history"))
+        assert [tuple(r) for r in fleet] == [("m", bucket, 15)]
     db.close()
 
 

@@ -58,7 +58,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(db_url: str) -> Non
     assert db.model_by_sha("ab" * 32) is not None
     with db.engine.connect() as conn:
         version = conn.execute(sa.text("SELECT value FROM schema_meta")).scalar()
-    assert version == str(SCHEMA_VERSION) == "18"
+    assert version == str(SCHEMA_VERSION) == "19"
     db.create_schema()  # idempotent
     first = db.generation()
     db.deploy("m", "1.0.0")
@@ -196,9 +196,16 @@ def test_history_buckets_add_up_and_are_pruned(db_url: str) -> None:
             (600, 7, 2, 9.0),
             (900, 7, 1, 3.0),
         ]
+    fleet = "SELECT bucket, devices, requests, p95_weighted_ms, p95_max_ms FROM model_history"
+    with db.engine.connect() as conn:  # per model over the fleet: one row per bucket
+        assert [tuple(r) for r in conn.execute(sa.text(fleet + " ORDER BY bucket"))] == [
+            (600, 2, 7, 5 * 9.0 + 2 * 4.0, 9.0),
+            (900, 1, 7, 7 * 3.0, 3.0),
+        ]
     db.record_mqtt_batch(IngestBatch(prune_history_before=900))
     with db.engine.connect() as conn:
         assert [r[0] for r in conn.execute(sa.text(select))] == [900]
+        assert [r[0] for r in conn.execute(sa.text(fleet))] == [900]
     db.close()
 
 

@@ -16,6 +16,7 @@ from fleet_server.dashboard.queries import (
     HistoryPoint,
     device_history,
     device_page,
+    fleet_history,
     fleet_summary,
 )
 from fleet_server.errors import NotFoundError
@@ -107,9 +108,15 @@ def _bar(parts: list[tuple[str, float, str]]) -> str:
 CHART_HOURS = 24
 
 
-def _chart(model: str, points: list[HistoryPoint], now: float) -> str:
-    """Requests (local, errors, cloud) and latency (p50, p95) per 5-minute bucket over the last
-    CHART_HOURS, as inline SVG: bars above, lines below, scales written out."""
+def _chart(
+    model: str,
+    points: list[HistoryPoint],
+    now: float,
+    lines: tuple[str, str] = ("p95", "p50"),
+) -> str:
+    """Requests (local, errors, cloud) and latency (two lines, named by ``lines``: by default
+    p95 and p50) per 5-minute bucket over the last CHART_HOURS, as inline SVG: bars above,
+    lines below, scales written out."""
     slots = CHART_HOURS * 3600 // HISTORY_BUCKET_S
     first = int(now) // HISTORY_BUCKET_S * HISTORY_BUCKET_S - (slots - 1) * HISTORY_BUCKET_S
     points = [p for p in points if first <= p.bucket < first + slots * HISTORY_BUCKET_S]
@@ -136,7 +143,7 @@ def _chart(model: str, points: list[HistoryPoint], now: float) -> str:
     served = sum(p.requests + p.cloud_requests for p in points)
     summary = (
         f"{model}: {served} requests ({sum(p.cloud_requests for p in points)} cloud, "
-        f"{errors} errors) in the last {CHART_HOURS} h; p95 up to {slowest:.2f} ms"
+        f"{errors} errors) in the last {CHART_HOURS} h; {lines[0]} up to {slowest:.2f} ms"
     )
     return (
         f'<figure class=chart data-points="{len(points)}" data-errors="{errors}">'
@@ -154,7 +161,8 @@ def _chart(model: str, points: list[HistoryPoint], now: float) -> str:
         '<text x="600" y="172" text-anchor="end">now</text></svg>'
         f"<figcaption>{escape(summary)}. Bars: <span class=k-cpu>local</span>, "
         "<span class=k-bad>errors</span>, <span class=k-cloud>cloud</span>; lines: "
-        "<span class=k-p95>p95</span>, <span class=k-p50>p50</span>.</figcaption></figure>"
+        f"<span class=k-p95>{escape(lines[0])}</span>, <span class=k-p50>{escape(lines[1])}"
+        "</span>.</figcaption></figure>"
     )
 
 
@@ -428,9 +436,16 @@ def models(ctx: ServerContext) -> tuple[str, str]:
             f"<td class=n>{m.size:,}</td><td>{escape(measured)}</td>"
             f"<td class=n>{accuracy}</td></tr>"
         )
+    now = time.time()
+    history = fleet_history(ctx.db, hours=CHART_HOURS, now=now)
+    charts = "".join(
+        _chart(model, points, now, lines=("worst device's p95", "typical device's p95"))
+        for model, points in sorted(history.items())
+    ) or empty(f"No telemetry in the last {CHART_HOURS} hours.")
     return "Models", (
         "<h1>Models</h1><div class=scroll><table><tr><th>model<th>version<th>variant<th>kind"
         "<th>bytes<th>latency by hardware class<th>accuracy</tr>" + "".join(body) + "</table></div>"
+        f"<h2>Over the fleet, last {CHART_HOURS} hours</h2>" + charts
     )
 
 

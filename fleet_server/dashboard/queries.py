@@ -16,6 +16,7 @@ from fleet_server.storage.db import (
     Database,
     device_models,
     devices,
+    model_history,
     telemetry_history,
 )
 
@@ -25,6 +26,7 @@ __all__ = [
     "HistoryPoint",
     "device_history",
     "device_page",
+    "fleet_history",
     "fleet_summary",
 ]
 
@@ -151,15 +153,20 @@ class HistoryPoint:
     p95_ms: float
 
 
+def _window(hours: float, now: float | None) -> tuple[int, int]:
+    """The first and the last (current) bucket of the ``hours`` that end now."""
+    current = int(time.time() if now is None else now) // HISTORY_BUCKET_S * HISTORY_BUCKET_S
+    slots = max(1, int(hours * 3600) // HISTORY_BUCKET_S)
+    return current - (slots - 1) * HISTORY_BUCKET_S, current
+
+
 def device_history(
     db: Database, device_id: str, *, hours: float = 24, now: float | None = None
 ) -> dict[str, list[HistoryPoint]]:
     """A device's telemetry in the ``hours`` of buckets that end with the current one, per
     model, oldest first (buckets stamped later, by a device whose clock is ahead, are left
     out)."""
-    current = int(time.time() if now is None else now) // HISTORY_BUCKET_S * HISTORY_BUCKET_S
-    slots = max(1, int(hours * 3600) // HISTORY_BUCKET_S)
-    since = current - (slots - 1) * HISTORY_BUCKET_S
+    since, current = _window(hours, now)
     h = telemetry_history.c
     result: dict[str, list[HistoryPoint]] = {}
     with db.engine.connect() as conn:
@@ -173,4 +180,28 @@ def device_history(
                 HistoryPoint(int(r[1]), int(r[2]), int(r[3]), int(r[4]), float(r[5]),
                              float(r[6]))
             )  # fmt: skip
+    return result
+
+
+def fleet_history(
+    db: Database, *, hours: float = 24, now: float | None = None
+) -> dict[str, list[HistoryPoint]]:
+    """Each model's telemetry over the fleet, per bucket: requests, errors and cloud requests
+    added up; as ``p95_ms`` the worst device's p95, as ``p50_ms`` the typical device's p95
+    (weighted by requests)."""
+    since, current = _window(hours, now)
+    m = model_history.c
+    result: dict[str, list[HistoryPoint]] = {}
+    with db.engine.connect() as conn:
+        for r in conn.execute(
+            sa.select(m.model_name, m.bucket, m.requests, m.errors, m.cloud_requests,
+                      m.p95_weighted_ms, m.p95_max_ms)
+            .where((m.bucket >= since) & (m.bucket <= current))
+            .order_by(m.model_name, m.bucket)
+        ):  # fmt: skip
+            requests = int(r[2])
+            typical = float(r[5]) / requests if requests else 0.0
+            result.setdefault(str(r[0]), []).append(
+                HistoryPoint(int(r[1]), requests, int(r[3]), int(r[4]), typical, float(r[6]))
+            )
     return result

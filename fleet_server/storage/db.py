@@ -31,7 +31,7 @@ __all__ = [
     "ModelRow",
 ]
 
-SCHEMA_VERSION = 18
+SCHEMA_VERSION = 19
 log = logging.getLogger(__name__)
 
 metadata = sa.MetaData()
@@ -133,6 +133,23 @@ telemetry_history = sa.Table(
     sa.Column("p50_ms", sa.Float, nullable=False, default=0.0),
     sa.Column("p95_ms", sa.Float, nullable=False, default=0.0),
     sa.Index("ix_telemetry_history_bucket", "bucket"),
+)
+
+# The same buckets added up over the fleet per model (what the models page charts): one row
+# per model and bucket however many devices report. p95_weighted_ms is the sum of each
+# device's p95 times its requests (divided by requests: the typical device's p95).
+model_history = sa.Table(
+    "model_history",
+    metadata,
+    sa.Column("model_name", sa.String(64), primary_key=True),
+    sa.Column("bucket", sa.BigInteger, primary_key=True),
+    sa.Column("devices", sa.BigInteger, nullable=False, default=0),  # device-bucket rows
+    sa.Column("requests", sa.BigInteger, nullable=False, default=0),
+    sa.Column("errors", sa.BigInteger, nullable=False, default=0),
+    sa.Column("cloud_requests", sa.BigInteger, nullable=False, default=0),
+    sa.Column("p95_weighted_ms", sa.Float, nullable=False, default=0.0),
+    sa.Column("p95_max_ms", sa.Float, nullable=False, default=0.0),
+    sa.Index("ix_model_history_bucket", "bucket"),
 )
 
 # The latest benchmark of each model variant (by file) on each device: `models bench-report`.
@@ -571,8 +588,22 @@ def _add_usage(
 
 
 def _add_history(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Add history buckets; the latency of a bucket two replicas both wrote is the worse one."""
+    """Add history buckets, per device and per model; the latency of a device's bucket two
+    replicas both wrote is the worse one."""
     _add_rows(conn, telemetry_history, rows, combine={"p50_ms": _greater, "p95_ms": _greater})
+    fleet: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in rows:
+        entry = fleet.setdefault(
+            (r["model_name"], r["bucket"]),
+            {"model_name": r["model_name"], "bucket": r["bucket"], "devices": 0, "requests": 0,
+             "errors": 0, "cloud_requests": 0, "p95_weighted_ms": 0.0, "p95_max_ms": 0.0},
+        )  # fmt: skip
+        entry["devices"] += 1
+        for column in ("requests", "errors", "cloud_requests"):
+            entry[column] += r[column]
+        entry["p95_weighted_ms"] += r["p95_ms"] * r["requests"]
+        entry["p95_max_ms"] = max(entry["p95_max_ms"], r["p95_ms"])
+    _add_rows(conn, model_history, list(fleet.values()), combine={"p95_max_ms": _greater})
 
 
 def _v16_to_v17(conn: sa.Connection) -> None:
@@ -591,6 +622,11 @@ def _v17_to_v18(conn: sa.Connection) -> None:
         if column not in columns:
             conn.execute(sa.text(f"ALTER TABLE usage ADD COLUMN {column} {kind}"))
     telemetry_history.create(conn, checkfirst=True)
+
+
+def _v18_to_v19(conn: sa.Connection) -> None:
+    """Version 19: telemetry history per model over the fleet."""
+    model_history.create(conn, checkfirst=True)
 
 
 def bump_generation(conn: sa.Connection) -> None:
@@ -620,6 +656,7 @@ _MIGRATIONS = {
     15: _v15_to_v16,
     16: _v16_to_v17,
     17: _v17_to_v18,
+    18: _v18_to_v19,
 }
 
 
@@ -1059,11 +1096,8 @@ class Database:
                     log.exception("cannot store %d telemetry history row(s)", len(batch.history))
                     history_stored = False
             if batch.prune_history_before:
-                conn.execute(
-                    telemetry_history.delete().where(
-                        telemetry_history.c.bucket < batch.prune_history_before
-                    )
-                )
+                for table in (telemetry_history, model_history):
+                    conn.execute(table.delete().where(table.c.bucket < batch.prune_history_before))
         return history_stored
 
     def device_events(self, device_id: str, limit: int = 100) -> list[dict[str, Any]]:
