@@ -184,3 +184,27 @@ def test_falling_back_from_a_damaged_file_keeps_the_floor_for_that_release_only(
     store.set_active("m", ActiveEntry("4.0.0", 4, "c" * 64, "c.tflite"))
     assert store.roll_back("m").floor_sha256 == ""  # type: ignore[union-attr]
     assert "c" * 64 in store.refused()
+
+
+def test_a_crash_loop_is_not_rolled_back_onto_a_damaged_last_known_good(tmp_path: Path) -> None:
+    import hashlib
+
+    from agent.updates.updater import Updater
+
+    store = ModelStore(tmp_path)
+    files = {}
+    for version, body in (("1.0.0", b"old model"), ("2.0.0", b"new model")):
+        sha = hashlib.sha256(body).hexdigest()
+        path = store.artifact_path("m", sha)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(body)
+        files[version] = path
+        store.set_active("m", ActiveEntry(version, int(version[0]), sha, path.name),
+                         watch=version == "2.0.0")  # fmt: skip
+    files["1.0.0"].write_bytes(b"old mode")  # the last-known-good rotted on the card
+    for _ in range(POLICY.max_starts + 1):  # a crash loop by the rules
+        assert Updater.recover(store, POLICY) == []
+    assert store.active()["m"].version == "2.0.0"  # still the one that starts
+    files["1.0.0"].write_bytes(b"old model")  # intact again: now it rolls back
+    (report,) = Updater.recover(store, POLICY)
+    assert report.version == "2.0.0" and store.active()["m"].version == "1.0.0"

@@ -110,6 +110,17 @@ class Updater:
             if verdict.action != "rollback":
                 continue
             bad = store.active().get(name)
+            previous = store.previous().get(name)
+            damage = (
+                _damage(store.artifact_path(name, previous.sha256), previous.sha256)
+                if previous is not None
+                else None
+            )
+            if damage is not None:
+                # A crash-looping version still starts; a damaged one may not run at all.
+                log.error("not rolling %s back: its last-known-good %s is unusable (%s)", name,
+                          previous.version if previous else "?", damage.why)  # fmt: skip
+                continue
             good = store.roll_back(name)
             log.error(
                 "rolling %s back from %s to %s: %s",
@@ -257,6 +268,11 @@ class Updater:
         if good is not None:
             path = self._store.artifact_path(name, good.sha256)
             fallback = path.parent / good.fallback_filename if good.fallback_filename else None
+            damage = _damage(path, good.sha256)
+            if damage is not None:
+                # The journal keeps the bad version active (and watched): it is what serves.
+                log.error("cannot roll %s back to %s: %s", name, good.version, damage.why)
+                return
             try:
                 model = self._engine.load(name, good.version, path, cpu_fallback=fallback)
             except AgentError as exc:
