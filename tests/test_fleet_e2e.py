@@ -608,6 +608,21 @@ def test_an_edgetpu_model_with_a_cpu_fallback_serves_on_a_device_without_a_tpu(
             oip.infer(agent.socket, "mobilenet", "input", cat_tensor())[1].model_version == "2.0.0"
         ),
     )
+    # A damaged fallback is found at start, dropped, fetched again, and serves again.
+    entry = json.loads((agent.folder / "state" / "active.json").read_text())["models"]["mobilenet"]
+    fallback = agent.folder / "state" / "models" / "mobilenet" / entry["fallback_filename"]
+    intact = fallback.read_bytes()
+    assert agent.stop(9) == -9
+    fallback.write_bytes(intact[: len(intact) // 2])
+    agent.start()
+    wait_for("the fallback to be fetched again", lambda: fallback.read_bytes() == intact)
+    wait_for(
+        "the fetched fallback to serve",
+        lambda: (
+            oip.infer(agent.socket, "mobilenet", "input", cat_tensor())[1].model_version == "2.0.0"
+        ),
+    )
+    assert "the CPU fallback of mobilenet 2.0.0 is unusable" in agent.output()
 
 
 def test_an_edgetpu_only_model_is_routed_to_the_cloud_for_a_cpu_device(

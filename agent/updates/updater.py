@@ -167,12 +167,15 @@ class Updater:
             if damage is not None:
                 continue
             fallback = path.parent / entry.fallback_filename if entry.fallback_filename else None
-            if fallback is not None and _damage(fallback, fallback.stem) is not None:
+            fallback_damage = _damage(fallback, fallback.stem) if fallback is not None else None
+            if fallback is not None and fallback_damage is not None:
                 # Its CPU fallback is checked against its name (its sha256) the same way: the
                 # model serves without it until the next check-in fetches it again.
-                log.error("the CPU fallback of %s %s is damaged or unreadable; serving without "
-                          "it until it is fetched again", name, entry.version)  # fmt: skip
-                _discard(fallback)
+                log.error("the CPU fallback of %s %s is unusable (%s); serving without it "
+                          "until it is fetched again", name, entry.version,
+                          fallback_damage.why)  # fmt: skip
+                if not fallback_damage.unreadable:
+                    _discard(fallback)
                 fallback = None
             try:
                 model = engine.load(name, entry.version, path, cpu_fallback=fallback)
@@ -337,18 +340,19 @@ class Updater:
                 self._store.settle_floor(
                     manifest.model_name, max(manifest.release_counter, manifest.rollback_from)
                 )
+            # A file found damaged at start (and deleted) is fetched again; the model is loaded
+            # again when it is not serving.
+            self._fetch(
+                manifest.model_name,
+                manifest.artifact_id,
+                manifest.sha256,
+                manifest.size,
+                compressed=manifest.compressed if manifest.HasField("compressed") else None,
+            )
+            if manifest.HasField("cpu_fallback"):
+                ref = manifest.cpu_fallback
+                self._fetch(manifest.model_name, ref.artifact_id, ref.sha256, ref.size)
             if self._engine.peek(manifest.model_name) is None:
-                # Its file (or its fallback's) was found damaged at start: fetch it again.
-                self._fetch(
-                    manifest.model_name,
-                    manifest.artifact_id,
-                    manifest.sha256,
-                    manifest.size,
-                    compressed=manifest.compressed if manifest.HasField("compressed") else None,
-                )
-                if manifest.HasField("cpu_fallback"):
-                    ref = manifest.cpu_fallback
-                    self._fetch(manifest.model_name, ref.artifact_id, ref.sha256, ref.size)
                 self._reload(manifest.model_name, active)
             return
         if manifest.sha256 in self._store.refused():
