@@ -220,3 +220,29 @@ def test_a_message_the_database_refuses_is_dropped_alone(
     assert db.get_device(good).telemetry_count == 2 and db.get_device(bad).telemetry_count == 0
     assert (ingest.accepted, ingest.rejected, ingest.dropped) == (2, 2, 0)
     db.close()
+
+
+def test_numbers_no_device_measured_are_ignored_by_usage_history_and_health(
+    tmp_path: Path,
+) -> None:
+    import sqlalchemy as sa
+
+    db = Database(f"sqlite:///{tmp_path / 'fleet.db'}")
+    db.create_schema()
+    device = db.add_device("cam", "t", {}, {})
+    ingest = TelemetryIngest(parse_mqtt_url("mqtt://127.0.0.1:1"), db, "default", "test")
+    report = telemetry_pb2.TelemetryReport(device_id=device, seq=1, epoch="e",
+                                           sent_unix_ms=int(time.time() * 1000))  # fmt: skip
+    report.models.add(model_name="good", window_requests=5)
+    report.models.add(model_name="nan", window_requests=5).latency.p95_ms = float("nan")
+    report.models.add(model_name="huge", window_requests=10**12)
+    report.models.add(model_name="owed", window_requests=1, window_cloud_cost_usd=-5.0)
+    ingest._write([(f"edgefleet/v1/default/{device}/telemetry", report.SerializeToString())])
+    ingest._write([], final=True)
+    with db.engine.connect() as conn:
+        for table in ("usage", "telemetry_history", "model_history"):
+            query = sa.select(sa.column("model_name")).select_from(sa.table(table))
+            names = conn.execute(query).scalars().all()
+            assert names == ["good"], table
+    assert db.get_device(device).telemetry_count == 1  # the report itself is stored
+    db.close()

@@ -17,13 +17,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from fleet_server.api._validate import NAME
 from fleet_server.storage.db import HISTORY_BUCKET_S
+from fleet_server.telemetry.checks import plausible
 
 __all__ = ["HISTORY_BUCKET_S", "HistoryBuffer"]
 
 _MAX_OPEN = 200_000  # buckets held in memory; beyond it they are written early (rows add up)
-_MAX_COUNT = 10**9
 _FUTURE_S = 300  # a report stamped further ahead than this is filed under the receive time
 
 
@@ -58,15 +57,9 @@ class HistoryBuffer:
             sent = now
         bucket = int(sent) // HISTORY_BUCKET_S * HISTORY_BUCKET_S
         for model in report.models:
-            latency = model.latency
-            if (
-                not NAME.match(model.model_name)
-                or model.window_requests > _MAX_COUNT
-                or model.window_errors > _MAX_COUNT
-                or model.window_cloud_requests > _MAX_COUNT
-                or not (math.isfinite(latency.p50_ms) and math.isfinite(latency.p95_ms))
-            ):
+            if not plausible(model):
                 continue  # numbers no device measured; the rest of the report still counts
+            latency = model.latency
             key = (report.device_id, model.model_name, bucket)
             self._earliest = min(self._earliest, bucket)
             entry = self._open.setdefault(key, _Bucket())

@@ -21,7 +21,6 @@ A message is accepted only when the device id in its payload matches the topic i
 from __future__ import annotations
 
 import logging
-import math
 import queue
 import threading
 import time
@@ -36,9 +35,9 @@ from google.protobuf.message import DecodeError
 
 from agent.errors import TransientError
 from agent.telemetry.mqtt import MqttEndpoint, MqttPublisher
-from fleet_server.api._validate import NAME
 from fleet_server.storage.db import Database, IngestBatch
 from fleet_server.storage.rollouts import HealthSample, RolloutStore
+from fleet_server.telemetry.checks import plausible
 from fleet_server.telemetry.history import HistoryBuffer
 from fleet_server.telemetry.sequence import Position, account
 from protos import device_pb2, telemetry_pb2
@@ -122,31 +121,20 @@ def _event(message: Any, model_name: str, version: str, state: str, detail: str)
     }
 
 
-_MAX_COUNT = 10**9  # per report window: more is not a real device
-_MAX_MS = 1e7
-
-
 def _count_usage(batch: IngestBatch, report: Any) -> None:
     """Add a report's window counts to the batch's usage deltas. Numbers a device could not
     have measured (negative, not finite, absurdly large) skip that model's entry, so one bad
     payload cannot make the whole batch fail to store."""
     for model in report.models:
-        if not NAME.match(model.model_name) or not NAME.match(model.routing_policy or "local"):
-            log.warning("ignoring usage of a model named %r from %s", model.model_name[:64],
-                        report.device_id)  # fmt: skip
+        if not plausible(model):
+            log.warning("ignoring implausible telemetry of a model named %r from %s",
+                        model.model_name[:64], report.device_id)  # fmt: skip
             continue
         policy = model.routing_policy or "local"
         served = model.window_routed_requests if policy != "local" else model.window_requests
         counts = (served, model.window_requests, model.window_cloud_requests)
         # Inference time without queueing; older agents report only the mean latency.
         compute = model.window_compute_ms or model.window_requests * model.latency.mean_ms
-        money = (compute, model.window_cloud_cost_usd)
-        if any(c > _MAX_COUNT for c in counts) or not all(
-            math.isfinite(v) and 0 <= v < _MAX_MS * _MAX_COUNT for v in money
-        ):
-            log.warning("ignoring implausible usage of %s from %s", model.model_name[:64],
-                        report.device_id)  # fmt: skip
-            continue
         if not any(counts):
             continue
         key = (report.device_id, model.model_name[:64], policy[:32])
@@ -229,10 +217,7 @@ class TelemetryIngest:
         for report in reports:
             for model in report.models:
                 entry = gated.get((report.device_id, model.model_name, model.version))
-                plausible = model.window_requests <= _MAX_COUNT and math.isfinite(
-                    model.latency.p95_ms
-                )
-                if entry is not None and entry[1] >= now and plausible:
+                if entry is not None and entry[1] >= now and plausible(model):
                     samples.append(
                         HealthSample(
                             entry[0],
