@@ -241,7 +241,9 @@ def test_numbers_no_device_measured_are_ignored_by_usage_history_and_health(
     ingest._write([], final=True)
     with db.engine.connect() as conn:
         for table in ("usage", "telemetry_history", "model_history"):
-            query = sa.select(sa.column("model_name")).select_from(sa.table(table))
+            query: sa.Select[tuple[str]] = sa.select(sa.column("model_name")).select_from(
+                sa.table(table)
+            )
             names = conn.execute(query).scalars().all()
             assert names == ["good"], table
     assert db.get_device(device).telemetry_count == 1  # the report itself is stored
