@@ -379,3 +379,31 @@ def test_budget_use_follows_each_devices_policy_and_the_day(tmp_path: Path) -> N
     # Tomorrow nothing has been spent yet.
     assert budget_use(db, routing, now=time.time() + 86400) == []
     db.close()
+
+
+def test_the_tls_key_is_not_left_on_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import datetime
+    import ssl
+    import tempfile
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from fleet_server.dashboard.server import _load_pem
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256())
+    )  # fmt: skip
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())  # fmt: skip
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _load_pem(context, key_pem, cert.public_bytes(serialization.Encoding.PEM))
+    assert list(tmp_path.iterdir()) == []  # loaded, and nothing of the key remains

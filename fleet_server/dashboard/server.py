@@ -6,8 +6,6 @@ call the server's own admin API (so they are audited like the CLI's).
 from __future__ import annotations
 
 import hmac
-import html
-import json
 import logging
 import secrets
 import ssl
@@ -104,8 +102,7 @@ class Dashboard:
         httpd.daemon_threads = True
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        key, cert = self._tls
-        context.load_cert_chain(*_pem_files(cert, key))
+        _load_pem(context, *self._tls)
         httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
         self._httpd = httpd
         threading.Thread(target=httpd.serve_forever, name="dashboard", daemon=True).start()
@@ -118,18 +115,19 @@ class Dashboard:
         self._channel.close()
 
 
-def _pem_files(cert: bytes, key: bytes) -> tuple[str, str]:
-    """ssl wants files: write them to a private temp dir that outlives the context load."""
+def _load_pem(context: ssl.SSLContext, key: bytes, cert: bytes) -> None:
+    """ssl reads the certificate and key only from files: write them to a private temporary
+    directory (0700, files 0600) for the load, and delete them right after it."""
     import os  # noqa: PLC0415
     import tempfile  # noqa: PLC0415
 
-    folder = Path(tempfile.mkdtemp(prefix="edgefleet-dashboard-"))  # mode 0700
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    for path, data in ((cert_path, cert), (key_path, key)):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-    return str(cert_path), str(key_path)
+    with tempfile.TemporaryDirectory(prefix="edgefleet-dashboard-") as name:
+        cert_path, key_path = Path(name) / "cert.pem", Path(name) / "key.pem"
+        for path, data in ((cert_path, cert), (key_path, key)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+        context.load_cert_chain(cert_path, key_path)
 
 
 def _handler(dashboard: Dashboard) -> type[BaseHTTPRequestHandler]:
@@ -289,7 +287,3 @@ def _handler(dashboard: Dashboard) -> type[BaseHTTPRequestHandler]:
             self._redirect(f"/rollouts?message={quote(message)}")
 
     return Handler
-
-
-def _json(data: Any) -> str:
-    return html.escape(json.dumps(data, sort_keys=True))
