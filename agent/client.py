@@ -195,7 +195,8 @@ class DeviceClient:
         request = pb.DownloadRequest(artifact_id=artifact_id, offset=offset)
         position = offset
         started = time.monotonic()
-        self._device  # noqa: B018 - raises when not enrolled
+        if self._download is None:
+            raise AgentError("not enrolled yet: no device certificate")
         try:
             stream: Iterator[tuple[int, memoryview, int]] = self._download(
                 request, timeout=deadline_s

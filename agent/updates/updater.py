@@ -149,9 +149,8 @@ class Updater:
         last-known-good version serves instead (or nothing, without one); the release is not
         refused, so the next check-in downloads it again.
         """
-        for name in list(store.active()):
-            entry = store.active()[name]
-            path = store.artifact_path(name, entry.sha256)
+        for name, active in store.active().items():
+            entry, path = active, store.artifact_path(name, active.sha256)
             while (damage := _damage(path, entry.sha256)) is not None:
                 if damage.unreadable:  # not proof of damage (permissions?): keep it, skip it
                     log.error("cannot read active %s %s: %s", name, entry.version, damage.why)

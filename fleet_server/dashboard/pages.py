@@ -18,6 +18,7 @@ from fleet_server.dashboard.queries import (
     device_page,
     fleet_history,
     fleet_summary,
+    history_window,
 )
 from fleet_server.errors import NotFoundError
 from fleet_server.routing.budgets import BudgetRow, budget_use
@@ -116,10 +117,9 @@ def _chart(
 ) -> str:
     """Requests (local, errors, cloud) and latency (two lines, named by ``lines``: by default
     p95 and p50) per 5-minute bucket over the last CHART_HOURS, as inline SVG: bars above,
-    lines below, scales written out."""
-    slots = CHART_HOURS * 3600 // HISTORY_BUCKET_S
-    first = int(now) // HISTORY_BUCKET_S * HISTORY_BUCKET_S - (slots - 1) * HISTORY_BUCKET_S
-    points = [p for p in points if first <= p.bucket < first + slots * HISTORY_BUCKET_S]
+    lines below, scales written out. ``points`` are those of :func:`history_window`."""
+    first, current = history_window(CHART_HOURS, now)
+    slots = (current - first) // HISTORY_BUCKET_S + 1
     width, bar = 600.0, 600.0 / slots
     # Errors include requests refused before running (queue full): stack them on top.
     top = max((max(p.requests, p.errors) + p.cloud_requests for p in points), default=0) or 1

@@ -28,6 +28,7 @@ __all__ = [
     "device_page",
     "fleet_history",
     "fleet_summary",
+    "history_window",
 ]
 
 PAGE = 50
@@ -153,7 +154,7 @@ class HistoryPoint:
     p95_ms: float
 
 
-def _window(hours: float, now: float | None) -> tuple[int, int]:
+def history_window(hours: float, now: float | None = None) -> tuple[int, int]:
     """The first and the last (current) bucket of the ``hours`` that end now."""
     current = int(time.time() if now is None else now) // HISTORY_BUCKET_S * HISTORY_BUCKET_S
     slots = max(1, int(hours * 3600) // HISTORY_BUCKET_S)
@@ -166,7 +167,7 @@ def device_history(
     """A device's telemetry in the ``hours`` of buckets that end with the current one, per
     model, oldest first (buckets stamped later, by a device whose clock is ahead, are left
     out)."""
-    since, current = _window(hours, now)
+    since, current = history_window(hours, now)
     h = telemetry_history.c
     result: dict[str, list[HistoryPoint]] = {}
     with db.engine.connect() as conn:
@@ -189,7 +190,7 @@ def fleet_history(
     """Each model's telemetry over the fleet, per bucket: requests, errors and cloud requests
     added up; as ``p95_ms`` the worst device's p95, as ``p50_ms`` the typical device's p95
     (weighted by requests)."""
-    since, current = _window(hours, now)
+    since, current = history_window(hours, now)
     m = model_history.c
     result: dict[str, list[HistoryPoint]] = {}
     with db.engine.connect() as conn:
