@@ -37,18 +37,12 @@ class Browser:
 
     def get(self, path: str) -> tuple[int, str, str]:
         """Status, final URL path, body."""
-        try:
-            with self.opener.open(self.base + path, timeout=30) as response:
-                return (
-                    response.status,
-                    urllib.parse.urlsplit(response.url).path,
-                    response.read().decode(),
-                )
-        except urllib.error.HTTPError as exc:
-            return exc.code, path, exc.read().decode()
+        return self._open(path, None)
 
     def post(self, path: str, fields: dict[str, str]) -> tuple[int, str, str]:
-        data = urllib.parse.urlencode(fields).encode()
+        return self._open(path, urllib.parse.urlencode(fields).encode())
+
+    def _open(self, path: str, data: bytes | None) -> tuple[int, str, str]:
         try:
             with self.opener.open(self.base + path, data=data, timeout=30) as response:
                 return (
