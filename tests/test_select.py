@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
+from google.protobuf.json_format import MessageToDict
 from hypothesis import given
 from hypothesis import strategies as st
 
 from fleet_server.catalog.select import (
+    MEMORY_STEP,
     PREFERENCE,
     DeviceProfile,
     Policy,
     Variant,
     choose,
-    profile_from_capabilities,
 )
+from protos import device_pb2
 
 MB = 1024 * 1024
 TPU = Variant("edgetpu", "edgetpu", 4 * MB, 6 * MB, max_op_code=0)
@@ -91,11 +95,86 @@ def test_capabilities_become_a_profile() -> None:
         "libedgetpu": True,
         "max_builtin_op": 209,
     }
-    profile = profile_from_capabilities(caps)
+    profile = DeviceProfile.from_capabilities(caps)
     assert profile.edgetpu and profile.memory_bytes == 4 << 30 and profile.max_op_code == 209
     assert profile.hardware_class == "aarch64+edgetpu"
-    assert not profile_from_capabilities({**caps, "libedgetpu": False}).edgetpu
-    assert profile_from_capabilities({}).hardware_class == "unknown"
+    assert not DeviceProfile.from_capabilities({**caps, "libedgetpu": False}).edgetpu
+    assert DeviceProfile.from_capabilities({}).hardware_class == "unknown"
+    # Garbage in a stored document reads as unknown, not as an exception in a dashboard page.
+    odd = DeviceProfile.from_capabilities({"memory_bytes": "lots", "edgetpus": ["usb"]})
+    assert odd.memory_bytes == 0 and not odd.edgetpu
+
+
+def _stored(caps: device_pb2.Capabilities) -> dict[str, object]:
+    """What the server keeps of reported capabilities (enrollment and check-in write this)."""
+    return json.loads(
+        json.dumps(MessageToDict(caps, preserving_proto_field_name=True), sort_keys=True)
+    )
+
+
+def test_memory_is_counted_in_steps_wherever_the_profile_is_made() -> None:
+    # Regression: check-in rounded 1000 MiB down to 960 (480 MiB allowed), explain did not
+    # (500 MiB allowed), so a 490 MiB variant went to the cloud while explain said it fit.
+    caps = device_pb2.Capabilities(arch="aarch64", memory_bytes=1000 * MB)
+    big = Variant("float32", "float32", 10 * MB, 490 * MB)
+    at_check_in = choose(DeviceProfile.from_capabilities(caps), [big])
+    in_explain = choose(DeviceProfile.from_capabilities(_stored(caps)), [big])
+    assert at_check_in == in_explain
+    assert at_check_in.variant is None
+    assert "allows 480 MB (50% of 960)" in in_explain.verdicts["float32"]
+
+
+def test_an_edge_tpu_in_error_is_no_edge_tpu_wherever_the_profile_is_made() -> None:
+    # Regression: explain counted edgetpu_count and offered the Edge TPU variant to a device
+    # whose only TPU reported "error"; check-in gave it int8.
+    caps = device_pb2.Capabilities(
+        arch="aarch64",
+        memory_bytes=4 << 30,
+        edgetpu_count=1,
+        edgetpus=[device_pb2.EdgeTpu(device="usb:0", kind="usb", state="error")],
+        libedgetpu=True,
+    )
+    for profile in (
+        DeviceProfile.from_capabilities(caps),
+        DeviceProfile.from_capabilities(_stored(caps)),
+    ):
+        assert not profile.edgetpu
+        assert choose(profile, [TPU, INT8]).variant == "int8"
+    # An agent too old to list its TPUs: the count decides.
+    old = device_pb2.Capabilities(arch="aarch64", edgetpu_count=1, libedgetpu=True)
+    assert DeviceProfile.from_capabilities(old).edgetpu
+    assert DeviceProfile.from_capabilities(_stored(old)).edgetpu
+
+
+_TPU_STATES = st.sampled_from(["ready", "unflashed", "", "error", "busy", "READY"])
+_CAPABILITIES = st.builds(
+    device_pb2.Capabilities,
+    arch=st.sampled_from(["", "x86_64", "aarch64", "armv7l"]),
+    memory_bytes=st.one_of(
+        st.integers(0, (1 << 64) - 1), st.integers(0, 4).map(lambda k: k * MEMORY_STEP)
+    ),
+    disk_free_bytes=st.integers(0, (1 << 64) - 1),
+    edgetpu_count=st.integers(0, 4),
+    edgetpus=st.lists(
+        st.builds(device_pb2.EdgeTpu, device=st.just("usb:0"), state=_TPU_STATES), max_size=3
+    ),
+    libedgetpu=st.booleans(),
+    max_builtin_op=st.integers(0, (1 << 32) - 1),
+)
+
+
+@given(_CAPABILITIES, st.integers(1, 2 << 30))
+def test_check_in_and_every_other_reader_see_the_same_profile(
+    caps: device_pb2.Capabilities, need: int
+) -> None:
+    live = DeviceProfile.from_capabilities(caps)
+    stored = DeviceProfile.from_capabilities(_stored(caps))
+    assert live == stored
+    # And so the same choice, whatever the variant needs.
+    variants = [TPU, INT8, Variant("big", "float32", need, need)]
+    assert choose(live, variants) == choose(stored, variants)
+    assert live.memory_bytes <= caps.memory_bytes
+    assert caps.memory_bytes - live.memory_bytes < MEMORY_STEP
 
 
 KINDS = st.sampled_from(PREFERENCE)

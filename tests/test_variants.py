@@ -87,6 +87,17 @@ def test_each_device_gets_the_variant_that_fits_it(server: Server) -> None:
     text = server.admin("devices", "explain", tiny.device_id, "mobilenet").stdout
     assert "gets mobilenet 1.0.0: the cloud (no variant fits)" in text
 
+    # A Coral whose only Edge TPU failed: check-in and explain both say int8 (explain said
+    # edgetpu while check-in gave int8 when they had a rule each).
+    broken_tpu = caps(tpu=True)
+    broken_tpu.edgetpus[0].state = "error"
+    broken = SimDevice.enroll(server.sim_fleet(), token, "broken", capabilities=broken_tpu)
+    assert manifests(broken)["mobilenet"].variant == "int8"
+    explained = json.loads(
+        server.admin("devices", "explain", broken.device_id, "mobilenet", "--json").stdout
+    )
+    assert (explained["variant"], explained["hardware_class"]) == ("int8", "aarch64")
+
 
 def test_a_bad_variant_rejects_the_whole_push_and_keeps_nothing(
     server: Server, color_models: Path, tmp_path: Path

@@ -18,7 +18,7 @@ from fleet_server.api._validate import NAME, check_labels
 from fleet_server.api.auth import require_device
 from fleet_server.api.checkin import CachedAnswer, state_version
 from fleet_server.catalog.desired import Resolved, device_targets, resolve
-from fleet_server.catalog.select import DeviceProfile, profile_from_capabilities
+from fleet_server.catalog.select import DeviceProfile
 from fleet_server.errors import AuthError, BadRequestError, FleetError
 from fleet_server.routing.prices import Prices
 from fleet_server.storage.routing import RoutingRow
@@ -37,22 +37,6 @@ log = logging.getLogger(__name__)
 _VERSION = re.compile(r"^[0-9A-Za-z.+-]{1,32}$")
 _MAX_AUTH_CACHE = 200_000
 GENERATION_MAX_AGE_S = 0.5
-_BUCKET = 64 << 20  # memory and disk are compared in 64 MiB steps (rounded down)
-
-
-def _profile(caps: pb.Capabilities) -> DeviceProfile:
-    """The selection profile of reported capabilities, with memory and free disk rounded down
-    so that a few bytes more or less do not make every check-in a cache miss."""
-    usable = any(t.state in ("ready", "unflashed", "") for t in caps.edgetpus) or (
-        caps.edgetpu_count > 0 and not caps.edgetpus
-    )
-    return DeviceProfile(
-        arch=caps.arch,
-        memory_bytes=caps.memory_bytes // _BUCKET * _BUCKET or caps.memory_bytes,
-        disk_free_bytes=caps.disk_free_bytes // _BUCKET * _BUCKET or caps.disk_free_bytes,
-        edgetpu=usable and caps.libedgetpu,
-        max_op_code=caps.max_builtin_op,
-    )
 
 
 # What an update report means for a rollout.
@@ -140,7 +124,7 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
         }
         reported = tuple(sorted(active.items()))
         answer = self._answers.get(device_id)
-        profile = _profile(request.capabilities) if has_caps else None
+        profile = DeviceProfile.from_capabilities(request.capabilities) if has_caps else None
         if profile is None and answer is not None:
             profile = answer.key[1]  # the capabilities it reported last
         key = (generation, profile, self._keylist_digest())
@@ -211,7 +195,8 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
                 # Installed without a report reaching us (or installed before the rollout).
                 self._ctx.rollouts.report(device_id, row.model_name, row.version, "installed")
         if profile is None:
-            profile = profile_from_capabilities(self._ctx.db.get_device(device_id).capabilities)
+            stored = self._ctx.db.get_device(device_id).capabilities
+            profile = DeviceProfile.from_capabilities(stored)
         resolved = resolve(self._ctx.db, targets, profile)
         response = pb.CheckInResponse(
             next_checkin_s=self._ctx.checkin_interval_s,
@@ -286,7 +271,7 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
             raise BadRequestError(
                 f"{request.model_name} {request.version} is not installed on this device"
             )
-        klass = profile_from_capabilities(device.capabilities).hardware_class
+        klass = DeviceProfile.from_capabilities(device.capabilities).hardware_class
         self._ctx.bench.record(device_id, klass, request)
         log.info(
             "device %s (%s) benchmarked %s %s: p50 %.3f ms on %s",

@@ -16,7 +16,6 @@ from fleet_server.catalog.select import (
     Policy,
     Variant,
     choose,
-    profile_from_capabilities,
 )
 from fleet_server.storage.db import Database, ModelRow
 from fleet_server.storage.rollouts import DesiredRow, RolloutStore, in_effect
@@ -186,6 +185,6 @@ def explain(
     if not version:
         return None
     rows = db.get_variants(model_name, version)
-    profile = profile_from_capabilities(capabilities)
+    profile = DeviceProfile.from_capabilities(capabilities)
     return Explained(version, rows, choose(profile, [variant_of(r) for r in rows]),
                      profile.hardware_class)  # fmt: skip

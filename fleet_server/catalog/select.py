@@ -14,12 +14,13 @@ float16 > float32, then the smaller file. Nothing left means "cloud", with every
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = [
     "DEFAULT_POLICY",
+    "MEMORY_STEP",
     "PREFERENCE",
     "Choice",
     "DeviceProfile",
@@ -27,11 +28,46 @@ __all__ = [
     "Variant",
     "choose",
     "hardware_class",
-    "profile_from_capabilities",
 ]
 
 PREFERENCE = ("edgetpu", "full_int8", "int16x8", "dynamic_int8", "float16", "float32")
 _MB = 1024 * 1024
+# Memory and free disk are compared in 64 MiB steps, rounded down: a few bytes more or less
+# must not change a device's variant (nor make every check-in miss the server's answer cache).
+MEMORY_STEP = 64 << 20
+# Edge TPU states that run models: an unflashed USB TPU gets its firmware when loaded; an
+# agent older than the state field reports "".
+_USABLE_TPU = frozenset({"ready", "unflashed", ""})
+
+
+class _EdgeTpuLike(Protocol):
+    state: str
+
+
+class CapabilitiesLike(Protocol):
+    """The fields of ``device_pb2.Capabilities`` selection reads (the message itself fits)."""
+
+    arch: str
+    memory_bytes: int
+    disk_free_bytes: int
+    edgetpu_count: int
+    libedgetpu: bool
+    max_builtin_op: int
+
+    @property
+    def edgetpus(self) -> Iterable[_EdgeTpuLike]: ...
+
+
+def _whole(value: Any) -> int:
+    """A stored capability number (JSON carries 64-bit ones as strings); 0 when unreadable."""
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _in_steps(value: int) -> int:
+    return value // MEMORY_STEP * MEMORY_STEP or value
 
 
 @dataclass(frozen=True)
@@ -63,6 +99,40 @@ class DeviceProfile:
     def hardware_class(self) -> str:
         return hardware_class(self.arch, self.edgetpu)
 
+    @classmethod
+    def from_capabilities(cls, caps: Mapping[str, Any] | CapabilitiesLike) -> DeviceProfile:
+        """The one profile of a device, from its ``Capabilities`` message (check-in) or from
+        the JSON stored of it (explain, dashboard, costs, benchmark classes): both give the
+        same profile.
+
+        Memory and free disk are rounded down to MEMORY_STEP (values under one step stay as
+        they are). An Edge TPU counts when one listed is in a usable state, or, for agents
+        that list none, when the count says there is one; and only with libedgetpu.
+        """
+        if isinstance(caps, Mapping):
+            tpus = caps.get("edgetpus") or []
+            states = [str(t.get("state", "")) for t in tpus if isinstance(t, Mapping)]
+            listed = bool(tpus)
+            arch = str(caps.get("arch", "") or "")
+            memory = _whole(caps.get("memory_bytes"))
+            disk = _whole(caps.get("disk_free_bytes"))
+            count = _whole(caps.get("edgetpu_count"))
+            library = caps.get("libedgetpu") is True
+            max_op = _whole(caps.get("max_builtin_op"))
+        else:
+            states = [t.state for t in caps.edgetpus]
+            listed = bool(states)
+            arch, memory, disk = caps.arch, caps.memory_bytes, caps.disk_free_bytes
+            count, library, max_op = caps.edgetpu_count, caps.libedgetpu, caps.max_builtin_op
+        usable = any(s in _USABLE_TPU for s in states) if listed else count > 0
+        return cls(
+            arch=arch,
+            memory_bytes=_in_steps(memory),
+            disk_free_bytes=_in_steps(disk),
+            edgetpu=usable and library,
+            max_op_code=max_op,
+        )
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -91,20 +161,6 @@ class Choice:
 def hardware_class(arch: str, edgetpu: bool) -> str:
     """The class measured latencies are kept under, e.g. "aarch64+edgetpu" or "x86_64"."""
     return f"{arch or 'unknown'}{'+edgetpu' if edgetpu else ''}"
-
-
-def profile_from_capabilities(caps: Mapping[str, Any]) -> DeviceProfile:
-    """A profile from the capabilities a device reported (proto field names, JSON numbers)."""
-    usable = ("ready", "unflashed")  # an unflashed USB TPU gets its firmware when loaded
-    tpus = [t for t in caps.get("edgetpus", []) if t.get("state", "ready") in usable]
-    has_tpu = bool(tpus or int(caps.get("edgetpu_count", 0) or 0))
-    return DeviceProfile(
-        arch=str(caps.get("arch", "")),
-        memory_bytes=int(caps.get("memory_bytes", 0) or 0),
-        disk_free_bytes=int(caps.get("disk_free_bytes", 0) or 0),
-        edgetpu=has_tpu and bool(caps.get("libedgetpu", False)),
-        max_op_code=int(caps.get("max_builtin_op", 0) or 0),
-    )
 
 
 def _hard_constraint(device: DeviceProfile, v: Variant, policy: Policy) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from fleet_server.catalog.select import profile_from_capabilities
+from fleet_server.catalog.select import DeviceProfile
 from fleet_server.storage.db import (
     HISTORY_BUCKET_S,
     Database,
@@ -84,7 +84,7 @@ def fleet_summary(db: Database) -> FleetSummary:
             .where(devices.c.revoked_at.is_(None))
             .group_by(devices.c.capabilities)
         ):
-            profile = profile_from_capabilities(json.loads(caps or "{}"))
+            profile = DeviceProfile.from_capabilities(json.loads(caps or "{}"))
             klass = profile.hardware_class
             summary.classes[klass] = summary.classes.get(klass, 0) + int(count)
             if profile.edgetpu:
@@ -137,7 +137,7 @@ def device_page(db: Database, *, offset: int = 0, search: str = "") -> DevicePag
                 models.setdefault(str(device_id), []).append(f"{name} {version} {state}")
     for row in rows:
         row["labels"] = json.loads(row["labels"] or "{}")
-        row["hardware_class"] = profile_from_capabilities(
+        row["hardware_class"] = DeviceProfile.from_capabilities(
             json.loads(row.pop("capabilities") or "{}")
         ).hardware_class
         row["models"] = sorted(models.get(row["device_id"], []))

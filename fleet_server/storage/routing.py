@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from fleet_server.catalog.select import profile_from_capabilities
+from fleet_server.catalog.select import DeviceProfile
 from fleet_server.errors import BadRequestError, NotFoundError
 from fleet_server.rollouts.plan import matches
 from fleet_server.routing.costs import UsageRow
@@ -184,7 +184,7 @@ class RoutingStore:
             for r in conn.execute(query).mappings():
                 caps = r["capabilities"] or "{}"
                 if caps not in classes:
-                    classes[caps] = profile_from_capabilities(json.loads(caps)).hardware_class
+                    classes[caps] = DeviceProfile.from_capabilities(json.loads(caps)).hardware_class
                 labels = json.loads(r["labels"] or "{}")
                 result.append(
                     UsageRow(
