@@ -26,7 +26,7 @@ from pathlib import Path
 import grpc
 
 from agent.identity import new_key_and_csr
-from fleet_server.identity.ca import FleetCA
+from fleet_server.registry.ca import FleetCA
 from protos import device_pb2 as pb
 from protos import device_pb2_grpc as pb_grpc
 from tests.harness import REPO, Server, start_server

@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from fleet_server.storage.db import Database, IngestBatch
+from fleet_server.storage.db import Database
+from fleet_server.telemetry.store import IngestBatch, TelemetryStore
 from tests.harness import seed_devices, seed_history, start_server
 from tests.test_dashboard import Browser
 
@@ -56,7 +57,8 @@ def main(argv: list[str]) -> int:
                 server.admin("routing", "set", "color", "cascade", "--threshold", "0.6",
                              "--selector", f"site=s{site}", "--max-spend-per-day", "1")  # fmt: skip
             db = Database(db_url)
-            db.record_mqtt_batch(IngestBatch(usage={
+            telemetry = TelemetryStore(db)
+            telemetry.record_mqtt_batch(IngestBatch(usage={
                 (d, "color", "cascade"): [1000, 1000, 900.0, 50 + i % 400, (50 + i % 400) * 0.002]
                 for i, d in enumerate(ids)
             }))  # fmt: skip

@@ -25,8 +25,8 @@ from fleet_server.config import apply_config
 from fleet_server.errors import DataDirError, FleetError
 
 if TYPE_CHECKING:
-    from fleet_server.api.server import ServerContext
     from fleet_server.cloud import ReferenceCloud
+    from fleet_server.context import ServerContext
     from fleet_server.dashboard.server import Dashboard
     from fleet_server.datadir import DataDir
 
@@ -122,15 +122,17 @@ def _cmd_broker_cert(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from agent.errors import TransientError  # noqa: PLC0415
     from agent.telemetry.mqtt import parse_mqtt_url  # noqa: PLC0415
-    from fleet_server.api.server import ServerContext, create_server  # noqa: PLC0415
+    from fleet_server.api.server import create_server  # noqa: PLC0415
     from fleet_server.artifacts.store import ArtifactStore  # noqa: PLC0415
+    from fleet_server.context import ServerContext  # noqa: PLC0415
     from fleet_server.datadir import DataDir  # noqa: PLC0415
-    from fleet_server.identity.ca import default_sans  # noqa: PLC0415
+    from fleet_server.registry.ca import default_sans  # noqa: PLC0415
     from fleet_server.rollouts.controller import RolloutController  # noqa: PLC0415
     from fleet_server.signing.keys import KeyStore  # noqa: PLC0415
     from fleet_server.storage.db import Database  # noqa: PLC0415
     from fleet_server.telemetry.broker import EmbeddedBroker  # noqa: PLC0415
     from fleet_server.telemetry.ingest import TelemetryIngest  # noqa: PLC0415
+    from fleet_server.telemetry.store import TelemetryStore  # noqa: PLC0415
 
     data_dir = DataDir.open(args.data_dir)
     db = Database(args.db_url or data_dir.db_url)
@@ -171,7 +173,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         client_id = (args.mqtt_client_id or f"{default_id}-{listen_port or os.getpid()}")[:64]
         ingest = TelemetryIngest(
             endpoint,
-            db,
+            TelemetryStore(db),
             data_dir.fleet_id,
             client_id=client_id,
             persistent_session=stable,
@@ -432,7 +434,7 @@ def _cloud(
     if args.cloud_listen and not args.worker:
         key_pem, cert_pem = ctx.ca.server_credentials(tls_names)
         cloud = ReferenceCloud(
-            ctx.db,
+            ctx.catalog,
             ctx.artifacts,
             token=data_dir.cloud_token(),
             tls_key_pem=key_pem,

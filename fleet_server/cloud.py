@@ -21,7 +21,7 @@ import grpc
 from agent.inference.engine import Engine, EngineOptions
 from agent.inference.oip import create_server
 from fleet_server.artifacts.store import ArtifactStore
-from fleet_server.storage.db import Database, ModelRow
+from fleet_server.catalog.store import CatalogStore, ModelRow
 
 __all__ = ["ReferenceCloud", "TokenInterceptor"]
 
@@ -98,7 +98,7 @@ class ReferenceCloud:
 
     def __init__(
         self,
-        db: Database,
+        catalog: CatalogStore,
         artifacts: ArtifactStore,
         *,
         token: str,
@@ -106,7 +106,7 @@ class ReferenceCloud:
         tls_cert_pem: bytes,
         workers: int = 2,
     ) -> None:
-        self._db = db
+        self._catalog = catalog
         self._artifacts = artifacts
         self._token = token
         self._tls = grpc.ssl_server_credentials([(tls_key_pem, tls_cert_pem)])
@@ -117,7 +117,7 @@ class ReferenceCloud:
 
     def refresh(self) -> None:
         """Serve the catalog's current full-precision variants."""
-        for name, row in full_precision(self._db.list_models()).items():
+        for name, row in full_precision(self._catalog.list_models()).items():
             if self._served.get(name) == row.sha256:
                 continue
             self.engine.register(name, row.version, self._artifacts.path(row.sha256), pinned=False)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from fleet_server.errors import DataDirError
 
 if TYPE_CHECKING:
-    from fleet_server.identity.ca import FleetCA
+    from fleet_server.registry.ca import FleetCA
 
 __all__ = ["DataDir"]
 
@@ -69,7 +69,7 @@ class DataDir:
         Raises:
             DataDirError: the CA files are unreadable.
         """
-        from fleet_server.identity.ca import FleetCA  # noqa: PLC0415
+        from fleet_server.registry.ca import FleetCA  # noqa: PLC0415
 
         if not (self.ca_dir / "ca.key").exists():
             return FleetCA.create(self.ca_dir, self.fleet_id)

@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from fleet_server.storage.db import devices, rollouts
+from fleet_server.storage.schema import devices, rollouts
 
 if TYPE_CHECKING:
-    from fleet_server.api.server import ServerContext
+    from fleet_server.context import ServerContext
     from fleet_server.telemetry.ingest import TelemetryIngest
 
 __all__ = ["render"]

@@ -319,7 +319,8 @@ def seed_devices(db_url: str, count: int, model_name: str = "m") -> None:
     sites, one installed model each, a tenth offline."""
     import sqlalchemy as sa
 
-    from fleet_server.storage.db import Database, device_models, devices
+    from fleet_server.storage.db import Database
+    from fleet_server.storage.schema import device_models, devices
 
     now = int(time.time())
     caps = [
@@ -370,12 +371,15 @@ def seed_history(
 ) -> list[dict[str, Any]]:
     """Put devices' telemetry history of the last ``hours`` (every 5-minute bucket) straight
     into a server's database, with errors in every 24th bucket; return one device's rows."""
-    from fleet_server.storage.db import HISTORY_BUCKET_S, Database, IngestBatch
+    from fleet_server.storage.db import Database
+    from fleet_server.telemetry.history import HISTORY_BUCKET_S
+    from fleet_server.telemetry.store import IngestBatch, TelemetryStore
 
     now = int(time.time()) // HISTORY_BUCKET_S * HISTORY_BUCKET_S
     count = hours * 3600 // HISTORY_BUCKET_S
     ids = [device_ids] if isinstance(device_ids, str) else list(device_ids)
     db = Database(db_url)
+    telemetry = TelemetryStore(db)
     for device_id in ids:
         rows: list[dict[str, Any]] = [
             {
@@ -390,6 +394,6 @@ def seed_history(
             }
             for k in range(count)
         ]
-        db.record_mqtt_batch(IngestBatch(history=rows))  # as the ingest writes them
+        telemetry.record_mqtt_batch(IngestBatch(history=rows))  # as the ingest writes them
     db.close()
     return rows

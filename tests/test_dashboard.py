@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from fleet_server.registry.store import DeviceStore
 from fleet_server.simulator import SimDevice
+from fleet_server.telemetry.store import TelemetryStore
 from tests.harness import Server, seed_devices, seed_history
 
 
@@ -346,19 +348,21 @@ def test_in_chromium_log_in_pause_a_rollout_and_read_the_costs(
 def test_budget_use_follows_each_devices_policy_and_the_day(tmp_path: Path) -> None:
     from fleet_server.routing.budgets import budget_use
     from fleet_server.routing.prices import Prices
-    from fleet_server.storage.db import Database, IngestBatch
-    from fleet_server.storage.routing import RoutingRow, RoutingStore
+    from fleet_server.routing.store import RoutingRow, RoutingStore
+    from fleet_server.storage.db import Database
+    from fleet_server.telemetry.store import IngestBatch
 
     db = Database(f"sqlite:///{tmp_path / 'fleet.db'}")
     db.create_schema()
+    devices, telemetry = DeviceStore(db), TelemetryStore(db)
     routing = RoutingStore(db)
     routing.set_prices(Prices(cloud_per_request=0.01))
     routing.set(RoutingRow("m", {}, "cascade", threshold=0.6, max_spend_per_day=1.0), "t")
     routing.set(RoutingRow("m", {"site": "shop"}, "cloud"), "t")  # no budget for these
-    lab = [db.add_device(f"lab-{i}", f"t{i}", {"site": "lab"}, {}) for i in range(3)]
-    shop = db.add_device("shop-0", "s", {"site": "shop"}, {})
+    lab = [devices.add_device(f"lab-{i}", f"t{i}", {"site": "lab"}, {}) for i in range(3)]
+    shop = devices.add_device("shop-0", "s", {"site": "shop"}, {})
     spend = {lab[0]: 0.25, lab[1]: 0.995, lab[2]: 0.0, shop: 3.0}
-    db.record_mqtt_batch(
+    telemetry.record_mqtt_batch(
         IngestBatch(usage={(d, "m", "cascade"): [100, 100, 50.0, int(c * 100), c]
                            for d, c in spend.items()})
     )  # fmt: skip

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from agent.identity import new_key_and_csr
-from fleet_server.identity.ca import FleetCA
+from fleet_server.registry.ca import FleetCA
 from fleet_server.simulator import SimDevice
 from protos import device_pb2 as pb
 from protos import device_pb2_grpc as pb_grpc

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from agent.telemetry.mqtt import parse_mqtt_url
+from fleet_server.registry.store import DeviceStore
 from fleet_server.storage.db import Database
 from fleet_server.telemetry import ingest as ingest_module
 from fleet_server.telemetry.ingest import TelemetryIngest
+from fleet_server.telemetry.store import TelemetryStore
 from protos import telemetry_pb2
 
 
@@ -20,8 +22,9 @@ def test_a_failed_batch_is_retried_and_counted_once(
 ) -> None:
     db = Database(f"sqlite:///{tmp_path / 'fleet.db'}")
     db.create_schema()
-    device = db.add_device("cam", "t", {}, {})
-    ingest = TelemetryIngest(parse_mqtt_url("mqtt://127.0.0.1:1"), db, "default", "test")
+    devices, telemetry = DeviceStore(db), TelemetryStore(db)
+    device = devices.add_device("cam", "t", {}, {})
+    ingest = TelemetryIngest(parse_mqtt_url("mqtt://127.0.0.1:1"), telemetry, "default", "test")
     items = [
         (
             f"edgefleet/v1/default/{device}/telemetry",
@@ -29,7 +32,7 @@ def test_a_failed_batch_is_retried_and_counted_once(
         )
         for seq in (1, 2)
     ]
-    real = db.record_mqtt_batch
+    real = telemetry.record_mqtt_batch
     failures = [RuntimeError("database is locked")]
 
     def flaky(batch: object) -> None:
@@ -37,14 +40,14 @@ def test_a_failed_batch_is_retried_and_counted_once(
             raise failures.pop()
         real(batch)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(db, "record_mqtt_batch", flaky)
+    monkeypatch.setattr(telemetry, "record_mqtt_batch", flaky)
     monkeypatch.setattr(ingest_module.time, "sleep", lambda _s: None)
     ingest._write(items)
-    row = db.get_device(device)
+    row = devices.get_device(device)
     assert row.telemetry_count == 2 and row.telemetry_gaps == 0
     assert (ingest.accepted, ingest.duplicates, ingest.dropped) == (2, 0, 0)
     ingest._write(items)  # the same two again: duplicates now
-    assert ingest.duplicates == 2 and db.get_device(device).telemetry_count == 2
+    assert ingest.duplicates == 2 and devices.get_device(device).telemetry_count == 2
     db.close()
 
 
@@ -72,15 +75,16 @@ def test_history_is_written_once_per_bucket_and_survives_a_failed_write(
 ) -> None:
     db = Database(f"sqlite:///{tmp_path / 'fleet.db'}")
     db.create_schema()
-    device = db.add_device("cam", "t", {}, {})
-    ingest = TelemetryIngest(parse_mqtt_url("mqtt://127.0.0.1:1"), db, "default", "test")
+    devices, telemetry = DeviceStore(db), TelemetryStore(db)
+    device = devices.add_device("cam", "t", {}, {})
+    ingest = TelemetryIngest(parse_mqtt_url("mqtt://127.0.0.1:1"), telemetry, "default", "test")
     topic = f"edgefleet/v1/default/{device}/telemetry"
     first = 1_800_000_000 // 300 * 300  # the start of a bucket
     clock = [float(first + 10)]
     monkeypatch.setattr(ingest_module.time, "time", lambda: clock[0])
     monkeypatch.setattr(ingest_module.time, "sleep", lambda _s: None)
     written: list[list[tuple[str, str, int]]] = []
-    real = db.record_mqtt_batch
+    real = telemetry.record_mqtt_batch
     failures = [RuntimeError("database is locked")]
 
     def recording(batch: object) -> None:
@@ -90,7 +94,7 @@ def test_history_is_written_once_per_bucket_and_survives_a_failed_write(
         written.append([(r["device_id"], r["model_name"], r["bucket"]) for r in rows])
         real(batch)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(db, "record_mqtt_batch", recording)
+    monkeypatch.setattr(telemetry, "record_mqtt_batch", recording)
     # Six reports in the first bucket, every 10 s: nothing in history while it is open.
     for seq in range(1, 7):
         ingest._write([(topic, _report(device, seq, first + 10 * seq, 10, float(seq)))])
@@ -121,8 +125,9 @@ def test_stopping_the_ingest_writes_the_open_history(tmp_path: Path, broker_url:
 
     db = Database(f"sqlite:///{tmp_path / 'fleet.db'}")
     db.create_schema()
-    device = db.add_device("cam", "t", {}, {})
-    ingest = TelemetryIngest(parse_mqtt_url(broker_url), db, "histfleet", "hist-test")
+    devices, telemetry = DeviceStore(db), TelemetryStore(db)
+    device = devices.add_device("cam", "t", {}, {})
+    ingest = TelemetryIngest(parse_mqtt_url(broker_url), telemetry, "histfleet", "hist-test")
     ingest.start()
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
     endpoint = parse_mqtt_url(broker_url)
@@ -162,8 +167,9 @@ def test_names_and_texts_a_database_would_refuse_do_not_block_the_batch(db_url: 
 
     db = Database(db_url)
     db.create_schema()
-    device = db.add_device("cam", "t", {}, {})
-    ingest = TelemetryIngest(parse_mqtt_url("mqtt://127.0.0.1:1"), db, "default", "test")
+    devices, telemetry = DeviceStore(db), TelemetryStore(db)
+    device = devices.add_device("cam", "t", {}, {})
+    ingest = TelemetryIngest(parse_mqtt_url("mqtt://127.0.0.1:1"), telemetry, "default", "test")
     base = f"edgefleet/v1/default/{device}"
     report = telemetry_pb2.TelemetryReport(device_id=device, seq=1, epoch="e",
                                            sent_unix_ms=int(time.time() * 1000))  # fmt: skip
@@ -179,7 +185,7 @@ def test_names_and_texts_a_database_would_refuse_do_not_block_the_batch(db_url: 
         assert conn.execute(sa.text("SELECT model_name FROM usage")).scalars().all() == ["m"]
         history = conn.execute(sa.text("SELECT model_name, requests FROM telemetry_history"))
         assert [tuple(r) for r in history] == [("m", 3)]
-    (stored,) = db.device_events(device)
+    (stored,) = telemetry.device_events(device)
     assert (stored["model_name"], stored["detail"]) == ("m", "broken  detail")
     # History the database refuses is dropped and counted; the telemetry itself is stored.
     with db.engine.begin() as conn:
@@ -188,7 +194,7 @@ def test_names_and_texts_a_database_would_refuse_do_not_block_the_batch(db_url: 
     ingest._write([(f"{base}/telemetry", report.SerializeToString())])
     ingest._write([], final=True)
     assert (ingest.history_lost, ingest.dropped) == (1, 0)
-    assert db.get_device(device).telemetry_count == 3
+    assert devices.get_device(device).telemetry_count == 3
     db.close()
 
 
@@ -199,16 +205,17 @@ def test_a_message_the_database_refuses_is_dropped_alone(
 
     db = Database(f"sqlite:///{tmp_path / 'fleet.db'}")
     db.create_schema()
-    good, bad = db.add_device("cam", "t", {}, {}), db.add_device("odd", "u", {}, {})
-    ingest = TelemetryIngest(parse_mqtt_url("mqtt://127.0.0.1:1"), db, "default", "test")
-    real = db.record_mqtt_batch
+    devices, telemetry = DeviceStore(db), TelemetryStore(db)
+    good, bad = devices.add_device("cam", "t", {}, {}), devices.add_device("odd", "u", {}, {})
+    ingest = TelemetryIngest(parse_mqtt_url("mqtt://127.0.0.1:1"), telemetry, "default", "test")
+    real = telemetry.record_mqtt_batch
 
     def refusing(batch: object) -> bool:
         if bad in batch.telemetry:  # type: ignore[attr-defined]
             raise sa.exc.DataError("INSERT ...", {}, Exception("value out of range"))
         return real(batch)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(db, "record_mqtt_batch", refusing)
+    monkeypatch.setattr(telemetry, "record_mqtt_batch", refusing)
     monkeypatch.setattr(ingest_module.time, "sleep", lambda _s: pytest.fail("no retries"))
 
     def message(device: str, seq: int) -> tuple[str, bytes]:
@@ -217,7 +224,10 @@ def test_a_message_the_database_refuses_is_dropped_alone(
 
     # A sequence number beyond the database's BIGINT never reaches it.
     ingest._write([message(good, 1), message(bad, 2**63), message(bad, 1), message(good, 2)])
-    assert db.get_device(good).telemetry_count == 2 and db.get_device(bad).telemetry_count == 0
+    assert (
+        devices.get_device(good).telemetry_count == 2
+        and devices.get_device(bad).telemetry_count == 0
+    )
     assert (ingest.accepted, ingest.rejected, ingest.dropped) == (2, 2, 0)
     db.close()
 
@@ -229,8 +239,9 @@ def test_numbers_no_device_measured_are_ignored_by_usage_history_and_health(
 
     db = Database(f"sqlite:///{tmp_path / 'fleet.db'}")
     db.create_schema()
-    device = db.add_device("cam", "t", {}, {})
-    ingest = TelemetryIngest(parse_mqtt_url("mqtt://127.0.0.1:1"), db, "default", "test")
+    devices, telemetry = DeviceStore(db), TelemetryStore(db)
+    device = devices.add_device("cam", "t", {}, {})
+    ingest = TelemetryIngest(parse_mqtt_url("mqtt://127.0.0.1:1"), telemetry, "default", "test")
     report = telemetry_pb2.TelemetryReport(device_id=device, seq=1, epoch="e",
                                            sent_unix_ms=int(time.time() * 1000))  # fmt: skip
     report.models.add(model_name="good", window_requests=5)
@@ -246,5 +257,5 @@ def test_numbers_no_device_measured_are_ignored_by_usage_history_and_health(
             )
             names = conn.execute(query).scalars().all()
             assert names == ["good"], table
-    assert db.get_device(device).telemetry_count == 1  # the report itself is stored
+    assert devices.get_device(device).telemetry_count == 1  # the report itself is stored
     db.close()

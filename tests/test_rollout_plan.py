@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fleet_server.errors import BadRequestError
+from fleet_server.registry.labels import matches
 from fleet_server.rollouts.plan import (
     TELEMETRY_FAILURE,
     Counts,
@@ -14,7 +15,6 @@ from fleet_server.rollouts.plan import (
     assign_waves,
     decide,
     judge_health,
-    matches,
     parse_waves,
     wave_targets,
 )

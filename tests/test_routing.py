@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from fleet_server.artifacts.store import ArtifactStore
+from fleet_server.catalog.store import CatalogStore
 from fleet_server.cloud import ReferenceCloud
-from fleet_server.identity.ca import FleetCA
+from fleet_server.registry.ca import FleetCA
 from fleet_server.routing.datasets import digits
 from fleet_server.storage.db import Database
 from protos import inference_pb2_grpc as pb_grpc
@@ -159,7 +160,7 @@ def cloud(
     ca = FleetCA.load(server.data_dir / "ca")
     key_pem, cert_pem = ca.server_credentials(["127.0.0.1"])
     service = ReferenceCloud(
-        Database(f"sqlite:///{server.data_dir / 'fleet.db'}"),
+        CatalogStore(Database(f"sqlite:///{server.data_dir / 'fleet.db'}")),
         ArtifactStore(server.data_dir / "artifacts"),
         token="s3cret",  # noqa: S106 - a test token
         tls_key_pem=key_pem,

@@ -11,8 +11,12 @@ import threading
 import pytest
 import sqlalchemy as sa
 
+from fleet_server.catalog.store import CatalogStore, ModelRow
 from fleet_server.errors import AlreadyExistsError, BadRequestError, DataDirError
-from fleet_server.storage.db import SCHEMA_VERSION, Database, IngestBatch, ModelRow
+from fleet_server.registry.store import DeviceStore
+from fleet_server.storage.db import Database
+from fleet_server.storage.schema import SCHEMA_VERSION
+from fleet_server.telemetry.store import IngestBatch, TelemetryStore
 
 V1 = [
     "CREATE TABLE schema_meta (key VARCHAR(64) PRIMARY KEY, value VARCHAR(255))",
@@ -53,15 +57,16 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(db_url: str) -> Non
     make_v1_database(db_url, "int8", edgetpu=False)
     db = Database(db_url)
     db.create_schema()
-    (row,) = db.list_models()
+    catalog = CatalogStore(db)
+    (row,) = catalog.list_models()
     assert (row.model_name, row.fallback_sha256) == ("m", None)
-    assert db.model_by_sha("ab" * 32) is not None
+    assert catalog.model_by_sha("ab" * 32) is not None
     with db.engine.connect() as conn:
         version = conn.execute(sa.text("SELECT value FROM schema_meta")).scalar()
     assert version == str(SCHEMA_VERSION) == "19"
     db.create_schema()  # idempotent
     first = db.generation()
-    db.deploy("m", "1.0.0")
+    catalog.deploy("m", "1.0.0")
     assert db.generation() == first + 1  # what devices should run changed
     db.close()
 
@@ -79,12 +84,13 @@ def test_a_newer_database_is_refused(db_url: str) -> None:
 def test_devices_of_the_same_name_enrolling_at_once_get_distinct_ids(db_url: str) -> None:
     db = Database(db_url)
     db.create_schema()
+    devices = DeviceStore(db)
     ids: list[str] = []
     errors: list[BaseException] = []
 
     def enroll(i: int) -> None:
         try:
-            ids.append(db.add_device("raspberrypi", f"token-{i}", {}, {}))
+            ids.append(devices.add_device("raspberrypi", f"token-{i}", {}, {}))
         except BaseException as exc:  # noqa: BLE001 - collected for the assertion
             errors.append(exc)
 
@@ -108,6 +114,7 @@ def test_version_9_rollback_manifests_become_envelope_sets(
     monkeypatch.setattr(db_module, "SCHEMA_VERSION", 9)
     db = Database(db_url)
     db.create_schema()
+    catalog = CatalogStore(db)
     rollback = manifest_pb2.Envelope(payload_type="t", payload=b"p").SerializeToString()
     with db.engine.begin() as conn:
         conn.execute(
@@ -115,12 +122,12 @@ def test_version_9_rollback_manifests_become_envelope_sets(
         )
     monkeypatch.setattr(db_module, "SCHEMA_VERSION", 10)
     db.create_schema()
-    ((version, wrapped),) = db.deployments().values()
+    ((version, wrapped),) = catalog.deployments().values()
     assert version == "1.0.0" and wrapped is not None
     assert manifest_pb2.EnvelopeSet.FromString(wrapped).envelopes[0].payload == b"p"
-    (row,) = db.get_variants("m", "1.0.0")
+    (row,) = catalog.get_variants("m", "1.0.0")
     assert (row.variant, row.quantization) == ("tpu", "edgetpu")
-    assert db.next_release_counter("m") == 2
+    assert catalog.next_release_counter("m") == 2
     db.close()
 
 
@@ -133,7 +140,8 @@ def test_version_17_usage_keeps_its_rows_and_gains_daily_spend_and_history(
     monkeypatch.setattr(db_module, "SCHEMA_VERSION", 17)
     db = Database(db_url)
     db.create_schema()
-    device_id = db.add_device("pi", "token", {}, {})
+    devices, telemetry = DeviceStore(db), TelemetryStore(db)
+    device_id = devices.add_device("pi", "token", {}, {})
     with db.engine.begin() as conn:  # the usage table as version 17 made it, with a row
         conn.execute(sa.text("DROP TABLE usage"))
         conn.execute(
@@ -151,7 +159,9 @@ def test_version_17_usage_keeps_its_rows_and_gains_daily_spend_and_history(
         )
     monkeypatch.setattr(db_module, "SCHEMA_VERSION", 18)
     db.create_schema()
-    db.record_mqtt_batch(IngestBatch(usage={(device_id, "m", "cascade"): [5, 5, 1.0, 2, 0.2]}))
+    telemetry.record_mqtt_batch(
+        IngestBatch(usage={(device_id, "m", "cascade"): [5, 5, 1.0, 2, 0.2]})
+    )
     with db.engine.connect() as conn:
         row = conn.execute(sa.text("SELECT * FROM usage")).mappings().one()
         assert sa.inspect(conn).has_table("telemetry_history")
@@ -164,16 +174,17 @@ def test_version_17_usage_keeps_its_rows_and_gains_daily_spend_and_history(
 def test_daily_spend_restarts_on_a_new_day(db_url: str) -> None:
     db = Database(db_url)
     db.create_schema()
-    device_id = db.add_device("pi", "token", {}, {})
+    devices, telemetry = DeviceStore(db), TelemetryStore(db)
+    device_id = devices.add_device("pi", "token", {}, {})
     key = (device_id, "m", "cloud")
-    db.record_mqtt_batch(IngestBatch(usage={key: [3, 0, 0.0, 3, 0.3]}))
-    db.record_mqtt_batch(IngestBatch(usage={key: [1, 0, 0.0, 1, 0.1]}))
+    telemetry.record_mqtt_batch(IngestBatch(usage={key: [3, 0, 0.0, 3, 0.3]}))
+    telemetry.record_mqtt_batch(IngestBatch(usage={key: [1, 0, 0.0, 1, 0.1]}))
     spend = "SELECT day, day_cloud_requests, day_cloud_cost, cloud_requests FROM usage"
     with db.engine.begin() as conn:
         day, requests, cost, total = conn.execute(sa.text(spend)).one()
         assert (requests, cost, total) == (4, pytest.approx(0.4), 4)
         conn.execute(sa.text("UPDATE usage SET day = day - 1"))  # as if written yesterday
-    db.record_mqtt_batch(IngestBatch(usage={key: [2, 0, 0.0, 2, 0.2]}))
+    telemetry.record_mqtt_batch(IngestBatch(usage={key: [2, 0, 0.0, 2, 0.2]}))
     with db.engine.connect() as conn:
         assert conn.execute(sa.text(spend)).one() == (day, 2, pytest.approx(0.2), 6)
     db.close()
@@ -182,14 +193,15 @@ def test_daily_spend_restarts_on_a_new_day(db_url: str) -> None:
 def test_history_buckets_add_up_and_are_pruned(db_url: str) -> None:
     db = Database(db_url)
     db.create_schema()
+    telemetry = TelemetryStore(db)
 
     def row(bucket: int, requests: int, p95: float) -> dict[str, object]:
         return {"device_id": "d", "model_name": "m", "bucket": bucket, "requests": requests,
                 "errors": 1, "cloud_requests": 0, "p50_ms": 1.0, "p95_ms": p95}  # fmt: skip
 
-    db.record_mqtt_batch(IngestBatch(history=[row(600, 5, 9.0), row(900, 7, 3.0)]))
+    telemetry.record_mqtt_batch(IngestBatch(history=[row(600, 5, 9.0), row(900, 7, 3.0)]))
     # Another replica's share of the same bucket: counts add, the worse latency stays.
-    db.record_mqtt_batch(IngestBatch(history=[row(600, 2, 4.0)]))
+    telemetry.record_mqtt_batch(IngestBatch(history=[row(600, 2, 4.0)]))
     select = "SELECT bucket, requests, errors, p95_ms FROM telemetry_history ORDER BY bucket"
     with db.engine.connect() as conn:
         assert [tuple(r) for r in conn.execute(sa.text(select))] == [
@@ -202,7 +214,7 @@ def test_history_buckets_add_up_and_are_pruned(db_url: str) -> None:
             (600, 2, 7, 5 * 9.0 + 2 * 4.0, 9.0),
             (900, 1, 7, 7 * 3.0, 3.0),
         ]
-    db.record_mqtt_batch(IngestBatch(prune_history_before=900))
+    telemetry.record_mqtt_batch(IngestBatch(prune_history_before=900))
     with db.engine.connect() as conn:
         assert [r[0] for r in conn.execute(sa.text(select))] == [900]
         assert [r[0] for r in conn.execute(sa.text(fleet))] == [900]
@@ -212,57 +224,62 @@ def test_history_buckets_add_up_and_are_pruned(db_url: str) -> None:
 def test_enrollment_tokens_are_spent_once_and_expire(db_url: str) -> None:
     db = Database(db_url)
     db.create_schema()
-    db.add_enrollment_token("once", ttl_s=60, uses=1, labels={"site": "a"}, note="", created_by="t")
-    db.add_enrollment_token("twice", ttl_s=60, uses=2, labels={}, note="", created_by="t")
-    db.add_enrollment_token("stale", ttl_s=-1, uses=5, labels={}, note="", created_by="t")
-    assert db.enrollment_token_labels("once") == {"site": "a"}
-    assert db.use_enrollment_token("once")
-    assert not db.use_enrollment_token("once")
-    assert db.enrollment_token_labels("once") is None
-    assert db.use_enrollment_token("twice") and db.use_enrollment_token("twice")
-    assert not db.use_enrollment_token("twice")
-    assert not db.use_enrollment_token("stale") and not db.use_enrollment_token("unknown")
-    listed = db.list_enrollment_tokens()
+    devices = DeviceStore(db)
+    devices.add_enrollment_token(
+        "once", ttl_s=60, uses=1, labels={"site": "a"}, note="", created_by="t"
+    )
+    devices.add_enrollment_token("twice", ttl_s=60, uses=2, labels={}, note="", created_by="t")
+    devices.add_enrollment_token("stale", ttl_s=-1, uses=5, labels={}, note="", created_by="t")
+    assert devices.enrollment_token_labels("once") == {"site": "a"}
+    assert devices.use_enrollment_token("once")
+    assert not devices.use_enrollment_token("once")
+    assert devices.enrollment_token_labels("once") is None
+    assert devices.use_enrollment_token("twice") and devices.use_enrollment_token("twice")
+    assert not devices.use_enrollment_token("twice")
+    assert not devices.use_enrollment_token("stale") and not devices.use_enrollment_token("unknown")
+    listed = devices.list_enrollment_tokens()
     assert {t["uses_left"] for t in listed} == {0, 5}
     stale = next(t for t in listed if t["uses_left"] == 5)
-    assert db.revoke_enrollment_token(stale["token_sha256"][:8]) == 1
+    assert devices.revoke_enrollment_token(stale["token_sha256"][:8]) == 1
     with pytest.raises(BadRequestError):
-        db.revoke_enrollment_token("ab")
+        devices.revoke_enrollment_token("ab")
     db.close()
 
 
 def test_two_releases_cannot_share_a_counter(db_url: str) -> None:
     db = Database(db_url)
     db.create_schema()
-    db.add_model(ModelRow("m", "1.0.0", "int8", 1, "ab" * 32, 10, False, b"x", 0))
+    catalog = CatalogStore(db)
+    catalog.add_model(ModelRow("m", "1.0.0", "int8", 1, "ab" * 32, 10, False, b"x", 0))
     with pytest.raises(AlreadyExistsError, match="taken by a concurrent push"):
-        db.add_model(ModelRow("m", "1.0.1", "int8", 1, "cd" * 32, 10, False, b"x", 0))
+        catalog.add_model(ModelRow("m", "1.0.1", "int8", 1, "cd" * 32, 10, False, b"x", 0))
     with pytest.raises(AlreadyExistsError, match="exists already"):
-        db.add_model(ModelRow("m", "1.0.0", "int8", 2, "cd" * 32, 10, False, b"x", 0))
+        catalog.add_model(ModelRow("m", "1.0.0", "int8", 2, "cd" * 32, 10, False, b"x", 0))
     db.close()
 
 
 def test_registry_and_deployments_round_trip(db_url: str) -> None:
     db = Database(db_url)
     db.create_schema()
-    device = db.add_device("cam", "t", {"site": "lab"}, {"arch": "aarch64"})
-    db.add_model(ModelRow("m", "1.0.0", "int8", 1, "ab" * 32, 10, True, b"env", 0))
-    db.deploy("m", "1.0.0")
-    assert db.deployments() == {"m": ("1.0.0", None)}
-    db.deploy("m", "1.0.0", envelope=b"rollback")
-    assert db.deployments() == {"m": ("1.0.0", b"rollback")}
-    db.set_device_model(device, "m", "1.0.0", "INSTALLED", "ok")
-    db.set_active_version(device, "m", "1.0.0")
-    assert db.record_telemetry(device, 3, {"seq": 3})
-    (row,) = db.list_devices()
+    catalog, devices, telemetry = CatalogStore(db), DeviceStore(db), TelemetryStore(db)
+    device = devices.add_device("cam", "t", {"site": "lab"}, {"arch": "aarch64"})
+    catalog.add_model(ModelRow("m", "1.0.0", "int8", 1, "ab" * 32, 10, True, b"env", 0))
+    catalog.deploy("m", "1.0.0")
+    assert catalog.deployments() == {"m": ("1.0.0", None)}
+    catalog.deploy("m", "1.0.0", envelope=b"rollback")
+    assert catalog.deployments() == {"m": ("1.0.0", b"rollback")}
+    devices.set_device_model(device, "m", "1.0.0", "INSTALLED", "ok")
+    devices.set_active_version(device, "m", "1.0.0")
+    telemetry.record_mqtt_batch(IngestBatch(telemetry={device: ("e", 3, {"seq": 3}, 1, 0)}))
+    (row,) = devices.list_devices()
     assert row.labels == {"site": "lab"} and row.last_telemetry == {"seq": 3}
     assert row.models[0].active_version == "1.0.0"
-    db.set_certificate(device, "abc1", 2_000_000_000)
-    assert db.device_certificate(device) == ("abc1", False)
-    db.set_labels(device, {"floor": "2"}, ["site"])
-    assert db.get_device(device).labels == {"floor": "2"}
-    db.revoke(device)
-    db.revoke(device)  # idempotent
-    assert db.device_certificate(device) == ("abc1", True)
-    assert db.get_device(device).revoked_at
+    devices.set_certificate(device, "abc1", 2_000_000_000)
+    assert devices.device_certificate(device) == ("abc1", False)
+    devices.set_labels(device, {"floor": "2"}, ["site"])
+    assert devices.get_device(device).labels == {"floor": "2"}
+    devices.revoke(device)
+    devices.revoke(device)  # idempotent
+    assert devices.device_certificate(device) == ("abc1", True)
+    assert devices.get_device(device).revoked_at
     db.close()

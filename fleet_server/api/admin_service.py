@@ -16,25 +16,27 @@ from google.protobuf.message import DecodeError
 from agent.errors import AgentError, ManifestError
 from agent.updates.trust import TrustedKeys, count_signers, pin_keylist
 from fleet_server.api._errors import rpc_errors
-from fleet_server.api._validate import NAME, check_labels
 from fleet_server.api.auth import require_admin
 from fleet_server.api.push import MANIFEST_LIFETIME_S, Pusher
 from fleet_server.catalog.desired import explain
+from fleet_server.catalog.store import ModelRow
 from fleet_server.errors import BadRequestError, ConflictError, FleetError, NotFoundError
-from fleet_server.rollouts.plan import HealthGate, matches
+from fleet_server.registry.labels import check_labels, matches
+from fleet_server.registry.store import DeviceRow, token_digest
+from fleet_server.rollouts.plan import HealthGate
+from fleet_server.rollouts.store import RolloutRow
 from fleet_server.routing.budgets import budget_use
 from fleet_server.routing.costs import summarize
 from fleet_server.routing.prices import Prices
-from fleet_server.storage.db import DeviceRow, ModelRow, token_digest
-from fleet_server.storage.rollouts import RolloutRow
-from fleet_server.storage.routing import RoutingRow
+from fleet_server.routing.store import RoutingRow
 from protos import admin_pb2 as pb
 from protos import admin_pb2_grpc as pb_grpc
 from protos import manifest_pb2
 from protos.envelope import MANIFEST_PAYLOAD_TYPE
+from protos.names import is_name
 
 if TYPE_CHECKING:
-    from fleet_server.api.server import ServerContext
+    from fleet_server.context import ServerContext
 
 __all__ = ["MANIFEST_LIFETIME_S", "AdminServicer"]
 
@@ -176,11 +178,11 @@ def audited(action: str, target: Callable[[Any], str]) -> Callable[[_F], _F]:
             try:
                 result = method(self, request, context)
             except FleetError as exc:
-                self._ctx.rollouts.audit(
+                self._ctx.audit.append(
                     _actor(context), action, target(request), detail, ok=False, error=str(exc)
                 )
                 raise
-            self._ctx.rollouts.audit(_actor(context), action, target(request), detail, ok=True)
+            self._ctx.audit.append(_actor(context), action, target(request), detail, ok=True)
             return result
 
         return wrapper  # type: ignore[return-value]
@@ -272,7 +274,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         target = f"model {meta.model_name} {meta.version}"
         try:
             rows, unsigned = self._pusher.push(meta, request_iterator)
-            deployed = self._ctx.db.deployed()
+            deployed = self._ctx.catalog.deployed()
             response = pb.PushModelResponse(
                 model=_model_info(rows[0], deployed),
                 unsigned_manifest=unsigned[0] if unsigned else b"",
@@ -280,11 +282,11 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                 unsigned_manifests=unsigned,
             )
         except FleetError as exc:
-            self._ctx.rollouts.audit(
+            self._ctx.audit.append(
                 _actor(context), "PushModel", target, detail, ok=False, error=str(exc)
             )
             raise
-        self._ctx.rollouts.audit(_actor(context), "PushModel", target, detail, ok=True)
+        self._ctx.audit.append(_actor(context), "PushModel", target, detail, ok=True)
         return response
 
     @rpc_errors
@@ -295,7 +297,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         require_admin(context, self._ctx.admin_token)
         envelope = request.envelope
         manifest = _manifest_of(envelope)
-        row = self._ctx.db.get_model(manifest.model_name, manifest.version, manifest.variant)
+        row = self._ctx.catalog.get_model(manifest.model_name, manifest.version, manifest.variant)
         stored = manifest_pb2.Envelope.FromString(row.envelope)
         if stored.payload != envelope.payload:
             raise BadRequestError(
@@ -310,14 +312,14 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                 f"{len(signers)} valid release-key signature(s); key list version "
                 f"{trust.version} requires {trust.release_threshold}"
             )
-        self._ctx.db.set_envelope(
+        self._ctx.catalog.set_envelope(
             row.model_name, row.version, row.variant, envelope.SerializeToString()
         )
         log.info(
             "attached offline signatures to %s %s (%s)", row.model_name, row.version, row.variant
         )
-        updated = self._ctx.db.get_model(row.model_name, row.version, row.variant)
-        return pb.PushModelResponse(model=_model_info(updated, self._ctx.db.deployed()))
+        updated = self._ctx.catalog.get_model(row.model_name, row.version, row.variant)
+        return pb.PushModelResponse(model=_model_info(updated, self._ctx.catalog.deployed()))
 
     @rpc_errors
     def PrepareRollback(  # noqa: N802
@@ -329,9 +331,9 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     def _prepare_rollback(self, model_name: str, version: str) -> pb.PushModelResponse:
         """Explicit rollback manifests for an older version (one per variant), for the root
         keys to sign."""
-        rows = self._ctx.db.get_variants(model_name, version)
+        rows = self._ctx.catalog.get_variants(model_name, version)
         now = int(time.time())
-        floor = self._ctx.db.next_release_counter(model_name) - 1
+        floor = self._ctx.catalog.next_release_counter(model_name) - 1
         unsigned = []
         for row in rows:
             manifest = manifest_pb2.Manifest.FromString(
@@ -342,7 +344,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             manifest.created_unix = now
             manifest.expires_unix = now + MANIFEST_LIFETIME_S
             unsigned.append(manifest.SerializeToString(deterministic=True))
-        deployed = self._ctx.db.deployed()
+        deployed = self._ctx.catalog.deployed()
         return pb.PushModelResponse(
             model=_model_info(rows[0], deployed),
             unsigned_manifest=unsigned[0],
@@ -357,7 +359,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             BadRequestError: not what PrepareRollback prepared, or too few root signatures.
         """
         manifest = _manifest_of(envelope)
-        row = self._ctx.db.get_model(manifest.model_name, manifest.version, manifest.variant)
+        row = self._ctx.catalog.get_model(manifest.model_name, manifest.version, manifest.variant)
         original = manifest_pb2.Manifest.FromString(
             manifest_pb2.Envelope.FromString(row.envelope).payload
         )
@@ -398,7 +400,8 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         first = rows[0]
         if any((r.model_name, r.version) != (first.model_name, first.version) for r in rows):
             raise BadRequestError("the rollback manifests name different versions")
-        wanted = {r.variant for r in self._ctx.db.get_variants(first.model_name, first.version)}
+        variants = self._ctx.catalog.get_variants(first.model_name, first.version)
+        wanted = {r.variant for r in variants}
         given = [r.variant for r in rows]
         if sorted(given) != sorted(wanted):
             raise BadRequestError(
@@ -415,19 +418,19 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     ) -> pb.DeployResponse:
         require_admin(context, self._ctx.admin_token)
         row, blob = self._verified_rollback_set([request.envelope, *request.envelopes])
-        self._ctx.db.deploy(row.model_name, row.version, envelope=blob)
+        self._ctx.catalog.deploy(row.model_name, row.version, envelope=blob)
         self._ctx.rollouts.supersede(row.model_name)
         log.warning(
             "explicit rollback of %s to %s deployed to the fleet", row.model_name, row.version
         )
-        return pb.DeployResponse(model=_model_info(row, self._ctx.db.deployed()))
+        return pb.DeployResponse(model=_model_info(row, self._ctx.catalog.deployed()))
 
     @rpc_errors
     def ListModels(self, request: pb.ListModelsRequest, context: Any) -> pb.ListModelsResponse:  # noqa: N802
         require_admin(context, self._ctx.admin_token)
-        deployed = self._ctx.db.deployed()
+        deployed = self._ctx.catalog.deployed()
         return pb.ListModelsResponse(
-            models=[_model_info(r, deployed) for r in self._ctx.db.list_models()]
+            models=[_model_info(r, deployed) for r in self._ctx.catalog.list_models()]
         )
 
     @rpc_errors
@@ -435,7 +438,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     def Deploy(self, request: pb.DeployRequest, context: Any) -> pb.DeployResponse:  # noqa: N802
         require_admin(context, self._ctx.admin_token)
         self._require_signed(request.model_name, request.version)
-        row = self._ctx.db.deploy(request.model_name, request.version)
+        row = self._ctx.catalog.deploy(request.model_name, request.version)
         replaced = self._ctx.rollouts.supersede(row.model_name)
         log.info(
             "deployed %s %s to the fleet%s",
@@ -443,13 +446,13 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             row.version,
             f" (replacing rollouts {replaced})" if replaced else "",
         )
-        return pb.DeployResponse(model=_model_info(row, self._ctx.db.deployed()))
+        return pb.DeployResponse(model=_model_info(row, self._ctx.catalog.deployed()))
 
     @rpc_errors
     def GetDevice(self, request: pb.DeviceRequest, context: Any) -> pb.DeviceInfo:  # noqa: N802
         require_admin(context, self._ctx.admin_token)
-        info = _device_info(self._ctx.db.get_device(request.device_id))
-        for event in self._ctx.db.device_events(request.device_id, limit=20):
+        info = _device_info(self._ctx.devices.get_device(request.device_id))
+        for event in self._ctx.telemetry.device_events(request.device_id, limit=20):
             info.events.add(
                 at_unix=event["at"],
                 seq=event["seq"],
@@ -465,23 +468,23 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     def LabelDevice(self, request: pb.LabelDeviceRequest, context: Any) -> pb.DeviceInfo:  # noqa: N802
         require_admin(context, self._ctx.admin_token)
         check_labels(request.set)
-        self._ctx.db.set_labels(request.device_id, dict(request.set), list(request.remove))
+        self._ctx.devices.set_labels(request.device_id, dict(request.set), list(request.remove))
         log.info("labels of %s changed", request.device_id)
-        return _device_info(self._ctx.db.get_device(request.device_id))
+        return _device_info(self._ctx.devices.get_device(request.device_id))
 
     @rpc_errors
     @audited("RevokeDevice", lambda r: f"device {r.device_id}")
     def RevokeDevice(self, request: pb.DeviceRequest, context: Any) -> pb.DeviceInfo:  # noqa: N802
         require_admin(context, self._ctx.admin_token)
-        self._ctx.db.revoke(request.device_id)
+        self._ctx.devices.revoke(request.device_id)
         log.warning("device %s revoked", request.device_id)
-        return _device_info(self._ctx.db.get_device(request.device_id))
+        return _device_info(self._ctx.devices.get_device(request.device_id))
 
     @rpc_errors
     def ListDevices(self, request: pb.ListDevicesRequest, context: Any) -> pb.ListDevicesResponse:  # noqa: N802
         require_admin(context, self._ctx.admin_token)
         return pb.ListDevicesResponse(
-            devices=[_device_info(r) for r in self._ctx.db.list_devices()]
+            devices=[_device_info(r) for r in self._ctx.devices.list_devices()]
         )
 
     def _require_signed(self, model_name: str, version: str) -> ModelRow:
@@ -491,7 +494,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             NotFoundError: no such version.
             BadRequestError: pushed for offline signing and not signed yet.
         """
-        rows = self._ctx.db.get_variants(model_name, version)
+        rows = self._ctx.catalog.get_variants(model_name, version)
         unsigned = [
             r.variant for r in rows if not manifest_pb2.Envelope.FromString(r.envelope).signatures
         ]
@@ -516,7 +519,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         if ttl > MAX_TOKEN_TTL_S:
             raise BadRequestError(f"token lifetime {ttl} s is over {MAX_TOKEN_TTL_S} (30 days)")
         token = secrets.token_urlsafe(24)
-        expires = self._ctx.db.add_enrollment_token(
+        expires = self._ctx.devices.add_enrollment_token(
             token,
             ttl_s=ttl,
             uses=request.uses or 1,
@@ -544,7 +547,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                     note=t["note"],
                     created_by=t["created_by"],
                 )
-                for t in self._ctx.db.list_enrollment_tokens()
+                for t in self._ctx.devices.list_enrollment_tokens()
             ]
         )
 
@@ -554,7 +557,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         self, request: pb.RevokeTokenRequest, context: Any
     ) -> pb.RevokeTokenResponse:
         require_admin(context, self._ctx.admin_token)
-        revoked = self._ctx.db.revoke_enrollment_token(request.token_id)
+        revoked = self._ctx.devices.revoke_enrollment_token(request.token_id)
         if not revoked:
             raise NotFoundError(f"no enrollment token {request.token_id!r}")
         return pb.RevokeTokenResponse(revoked=revoked)
@@ -569,7 +572,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             raise BadRequestError(
                 f"unknown command {request.kind!r}; one of {', '.join(sorted(COMMANDS))}"
             )
-        device = self._ctx.db.get_device(request.device_id)
+        device = self._ctx.devices.get_device(request.device_id)
         if device.revoked_at:
             raise ConflictError(f"device {device.device_id} is revoked")
         if self._ctx.send_command is None:
@@ -585,9 +588,9 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         self, request: pb.ExplainVariantRequest, context: Any
     ) -> pb.ExplainVariantResponse:
         require_admin(context, self._ctx.admin_token)
-        device = self._ctx.db.get_device(request.device_id)
+        device = self._ctx.devices.get_device(request.device_id)
         explained = explain(
-            self._ctx.db,
+            self._ctx.catalog,
             self._ctx.rollouts,
             device.device_id,
             device.capabilities,
@@ -733,9 +736,9 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         self, request: pb.RoutingPolicyInfo, context: Any
     ) -> pb.RoutingPolicyInfo:
         require_admin(context, self._ctx.admin_token)
-        if not NAME.match(request.model_name):
+        if not is_name(request.model_name):
             raise BadRequestError(f"model name {request.model_name!r} is not valid")
-        if self._ctx.db.newest_version(request.model_name) is None:
+        if self._ctx.catalog.newest_version(request.model_name) is None:
             raise NotFoundError(
                 f"no model named {request.model_name!r} in the catalog; push it first"
             )
@@ -767,7 +770,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         if send is None:
             return
         told = 0
-        for device in self._ctx.db.list_devices():
+        for device in self._ctx.devices.list_devices():
             if device.revoked_at or not matches(selector, device.labels):
                 continue
             try:
@@ -865,10 +868,10 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         send = self._ctx.send_command
         if send is None:
             raise ConflictError("this server has no MQTT connection to send commands over")
-        if self._ctx.db.newest_version(request.model_name) is None:
+        if self._ctx.catalog.newest_version(request.model_name) is None:
             raise NotFoundError(f"no model named {request.model_name!r} in the catalog")
         asked = []
-        for device in self._ctx.db.list_devices(request.device_id or None):
+        for device in self._ctx.devices.list_devices(request.device_id or None):
             runs = {m.model_name for m in device.models if m.state == "INSTALLED"}
             if device.revoked_at or not matches(request.selector, device.labels):
                 continue
@@ -912,7 +915,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     @rpc_errors
     def ListAudit(self, request: pb.ListAuditRequest, context: Any) -> pb.ListAuditResponse:  # noqa: N802
         require_admin(context, self._ctx.admin_token)
-        rows = self._ctx.rollouts.audit_entries(min(request.limit or 100, 1000), request.before_id)
+        rows = self._ctx.audit.entries(min(request.limit or 100, 1000), request.before_id)
         return pb.ListAuditResponse(
             entries=[
                 pb.AuditEntry(

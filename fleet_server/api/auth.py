@@ -7,8 +7,8 @@ import hmac
 from typing import Any
 
 from fleet_server.errors import AuthError
-from fleet_server.identity.ca import peer_certificate
-from fleet_server.storage.db import Database
+from fleet_server.registry.ca import peer_certificate
+from fleet_server.registry.store import DeviceStore
 
 __all__ = ["bearer_token", "require_admin", "require_device"]
 
@@ -35,7 +35,7 @@ def _parse(pem: bytes) -> tuple[str, str]:
     return peer_certificate(pem)
 
 
-def require_device(context: Any, db: Database) -> str:
+def require_device(context: Any, devices: DeviceStore) -> str:
     """The calling device's id, from the client certificate TLS verified against the fleet CA.
 
     Raises:
@@ -50,7 +50,7 @@ def require_device(context: Any, db: Database) -> str:
             "the certificate from enrollment"
         )
     device_id, serial = _parse(bytes(pems[0]))
-    found = db.device_certificate(device_id)
+    found = devices.device_certificate(device_id)
     if found is None:
         raise AuthError(f"device {device_id!r} is not enrolled; re-enroll the device")
     current, revoked = found

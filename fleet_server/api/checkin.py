@@ -20,7 +20,7 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
-from fleet_server.storage.db import Database
+from fleet_server.registry.store import DeviceStore
 from protos import device_pb2
 
 __all__ = ["AnswerCache", "CachedAnswer", "LastSeen", "state_version"]
@@ -75,8 +75,8 @@ class LastSeen:
     """Collects check-in times (and changed capabilities) and writes them every ``interval_s``
     seconds in one transaction, so check-ins do not each cost a database write."""
 
-    def __init__(self, db: Database, interval_s: float = 2.0) -> None:
-        self._db = db
+    def __init__(self, devices: DeviceStore, interval_s: float = 2.0) -> None:
+        self._devices = devices
         self._interval = interval_s
         self._pending: dict[str, tuple[int, bytes | None]] = {}
         self._written_caps: dict[str, bytes] = {}
@@ -105,7 +105,7 @@ class LastSeen:
         if not pending:
             return
         try:
-            self._db.record_check_ins(
+            self._devices.record_check_ins(
                 {d: (at, None if c is None else _caps_json(c)) for d, (at, c) in pending.items()}
             )
         except Exception:

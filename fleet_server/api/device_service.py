@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import re
 import secrets
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -14,27 +13,27 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from fleet_server.api._errors import abort_for, rpc_errors
-from fleet_server.api._validate import NAME, check_labels
 from fleet_server.api.auth import require_device
 from fleet_server.api.checkin import CachedAnswer, state_version
 from fleet_server.catalog.desired import Resolved, device_targets, resolve
 from fleet_server.catalog.select import DeviceProfile
 from fleet_server.errors import AuthError, BadRequestError, FleetError
+from fleet_server.registry.labels import check_labels
 from fleet_server.routing.prices import Prices
-from fleet_server.storage.routing import RoutingRow
+from fleet_server.routing.store import RoutingRow
 from protos import device_pb2 as pb
 from protos import device_pb2_grpc as pb_grpc
 from protos import manifest_pb2
 from protos.chunks import encode_chunk
+from protos.names import is_name, is_version
 from protos.topics import device_name
 
 if TYPE_CHECKING:
-    from fleet_server.api.server import ServerContext
+    from fleet_server.context import ServerContext
 
 __all__ = ["DeviceServicer"]
 
 log = logging.getLogger(__name__)
-_VERSION = re.compile(r"^[0-9A-Za-z.+-]{1,32}$")
 _MAX_AUTH_CACHE = 200_000
 GENERATION_MAX_AGE_S = 0.5
 
@@ -69,24 +68,24 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
             and self._ctx.enrollment_token
             and hmac.compare_digest(token.encode(), self._ctx.enrollment_token.encode())
         )
-        token_labels = {} if bootstrap else self._ctx.db.enrollment_token_labels(token)
+        token_labels = {} if bootstrap else self._ctx.devices.enrollment_token_labels(token)
         if not token or token_labels is None:
             raise AuthError(
                 "enrollment token is unknown, expired or used up; ask the fleet admin for a "
                 "new one ('edgefleet tokens create')"
             )
         labels = check_labels(request.labels) | token_labels
-        device_id = self._ctx.db.add_device(
+        device_id = self._ctx.devices.add_device(
             name,
             secrets.token_urlsafe(32),  # no device bearer token: devices use certificates
             labels,
             MessageToDict(request.capabilities, preserving_proto_field_name=True),
         )
-        if not bootstrap and not self._ctx.db.use_enrollment_token(token):
-            self._ctx.db.delete_device(device_id)  # another device used it up meanwhile
+        if not bootstrap and not self._ctx.devices.use_enrollment_token(token):
+            self._ctx.devices.delete_device(device_id)  # another device used it up meanwhile
             raise AuthError("enrollment token was used up by another device meanwhile")
         issued = self._ctx.ca.sign_device_csr(request.csr_pem, device_id, expected_cn=name)
-        self._ctx.db.set_certificate(device_id, issued.serial, issued.not_after)
+        self._ctx.devices.set_certificate(device_id, issued.serial, issued.not_after)
         log.info("enrolled device %s (certificate %s)", device_id, issued.serial[:12])
         return pb.EnrollResponse(
             device_id=device_id,
@@ -102,9 +101,9 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
     def RenewCertificate(  # noqa: N802
         self, request: pb.RenewRequest, context: Any
     ) -> pb.RenewResponse:
-        device_id = require_device(context, self._ctx.db)
+        device_id = require_device(context, self._ctx.devices)
         issued = self._ctx.ca.sign_device_csr(request.csr_pem, device_id, expected_cn=device_id)
-        self._ctx.db.set_certificate(device_id, issued.serial, issued.not_after)
+        self._ctx.devices.set_certificate(device_id, issued.serial, issued.not_after)
         log.info("renewed the certificate of %s (%s)", device_id, issued.serial[:12])
         return pb.RenewResponse(certificate_pem=issued.pem)
 
@@ -120,7 +119,7 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
         active = {
             m.model_name: m.version
             for m in request.active[:64]
-            if NAME.match(m.model_name) and _VERSION.match(m.version)
+            if is_name(m.model_name) and is_version(m.version)
         }
         reported = tuple(sorted(active.items()))
         answer = self._answers.get(device_id)
@@ -168,7 +167,7 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
         cached = self._auth.get(pems[0]) if pems else None
         if cached is not None and cached[0] == generation:
             return cached[1]
-        device_id = require_device(context, self._ctx.db)
+        device_id = require_device(context, self._ctx.devices)
         if len(self._auth) > _MAX_AUTH_CACHE:
             self._auth.clear()
         self._auth[pems[0]] = (generation, device_id)
@@ -188,16 +187,16 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
         known = dict(previous.active) if previous is not None else {}
         for name, version in active.items():
             if known.get(name) != version:
-                self._ctx.db.set_active_version(device_id, name, version)
-        targets, rows = device_targets(self._ctx.db, self._ctx.rollouts, device_id)
+                self._ctx.devices.set_active_version(device_id, name, version)
+        targets, rows = device_targets(self._ctx.catalog, self._ctx.rollouts, device_id)
         for row in rows:
             if row.device_state == "assigned" and active.get(row.model_name) == row.version:
                 # Installed without a report reaching us (or installed before the rollout).
                 self._ctx.rollouts.report(device_id, row.model_name, row.version, "installed")
         if profile is None:
-            stored = self._ctx.db.get_device(device_id).capabilities
+            stored = self._ctx.devices.get_device(device_id).capabilities
             profile = DeviceProfile.from_capabilities(stored)
-        resolved = resolve(self._ctx.db, targets, profile)
+        resolved = resolve(self._ctx.catalog, targets, profile)
         response = pb.CheckInResponse(
             next_checkin_s=self._ctx.checkin_interval_s,
             mqtt_url=self._ctx.device_mqtt_url,
@@ -226,7 +225,7 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
             self._routing = (generation, self._ctx.routing.list(), self._ctx.routing.prices())
         _, rows, prices = self._routing
         policies = (
-            self._ctx.routing.for_device(self._ctx.db.get_device(device_id).labels, rows)
+            self._ctx.routing.for_device(self._ctx.devices.get_device(device_id).labels, rows)
             if rows
             else {}
         )
@@ -261,10 +260,10 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
     def ReportBenchmark(  # noqa: N802
         self, request: pb.BenchmarkReport, context: Any
     ) -> pb.StatusAck:
-        device_id = require_device(context, self._ctx.db)
-        if not NAME.match(request.model_name) or not _VERSION.match(request.version):
+        device_id = require_device(context, self._ctx.devices)
+        if not is_name(request.model_name) or not is_version(request.version):
             raise BadRequestError("benchmark report names an invalid model or version")
-        device = self._ctx.db.get_device(device_id)
+        device = self._ctx.devices.get_device(device_id)
         installed = {(m.model_name, m.version) for m in device.models if m.state == "INSTALLED"}
         if (request.model_name, request.version) not in installed:
             # Only what a device runs may move the fleet's numbers for its hardware class.
@@ -289,8 +288,8 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
     ) -> Iterator[bytes]:
         """Encoded ``ArtifactChunk`` messages (see :func:`add_device_service`)."""
         try:
-            require_device(context, self._ctx.db)
-            if self._ctx.db.model_by_sha(request.artifact_id) is None:
+            require_device(context, self._ctx.devices)
+            if self._ctx.catalog.model_by_sha(request.artifact_id) is None:
                 raise AuthError("no model version uses that artifact")
             chunks = self._ctx.artifacts.read(request.artifact_id, request.offset)
             for offset, data, total in chunks:
@@ -300,15 +299,15 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
 
     @rpc_errors
     def ReportStatus(self, request: pb.StatusReport, context: Any) -> pb.StatusAck:  # noqa: N802
-        device_id = require_device(context, self._ctx.db)
-        if not NAME.match(request.model_name) or not _VERSION.match(request.version):
+        device_id = require_device(context, self._ctx.devices)
+        if not is_name(request.model_name) or not is_version(request.version):
             raise BadRequestError("status report names an invalid model or version")
         state = pb.UpdateState.Name(request.state)
-        self._ctx.db.set_device_model(
+        self._ctx.devices.set_device_model(
             device_id, request.model_name, request.version, state, request.detail
         )
         if request.state == pb.INSTALLED:  # installed means serving it, from now on
-            self._ctx.db.set_active_version(device_id, request.model_name, request.version)
+            self._ctx.devices.set_active_version(device_id, request.model_name, request.version)
         outcome = _OUTCOMES.get(request.state)
         if outcome is not None:
             self._ctx.rollouts.report(

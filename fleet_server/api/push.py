@@ -20,18 +20,18 @@ from typing import TYPE_CHECKING
 
 from agent.errors import ModelFileError
 from agent.inference.modelfile import MAX_MODEL_BYTES, ModelInfo, inspect_model_file
-from fleet_server.api._validate import NAME
 from fleet_server.catalog.select import PREFERENCE
 from fleet_server.catalog.smoke import SmokeExpectation, expect
+from fleet_server.catalog.store import ModelRow
 from fleet_server.errors import AlreadyExistsError, BadRequestError
 from fleet_server.signing.keys import ManifestSigner
-from fleet_server.storage.db import ModelRow
 from protos import admin_pb2 as pb
 from protos import manifest_pb2
 from protos.envelope import MANIFEST_PAYLOAD_TYPE
+from protos.names import is_name
 
 if TYPE_CHECKING:
-    from fleet_server.api.server import ServerContext
+    from fleet_server.context import ServerContext
 
 __all__ = ["MANIFEST_LIFETIME_S", "MAX_VARIANTS", "Pusher", "requirements_of"]
 
@@ -183,7 +183,7 @@ class Pusher:
         _check_meta(meta)
         # Fail before storing anything when nothing here could sign, or the version exists.
         signer = None if meta.sign_offline else self._ctx.keys.manifest_signer()
-        if self._ctx.db.model_exists(meta.model_name, meta.version):
+        if self._ctx.catalog.model_exists(meta.model_name, meta.version):
             raise AlreadyExistsError(
                 f"model {meta.model_name} version {meta.version} exists already; "
                 "versions are immutable, push a new version"
@@ -269,7 +269,7 @@ class Pusher:
         self, meta: pb.PushModelMeta, uploads: list[_Upload], signer: ManifestSigner | None
     ) -> tuple[list[ModelRow], list[bytes]]:
         now = int(time.time())
-        counter = self._ctx.db.next_release_counter(meta.model_name)
+        counter = self._ctx.catalog.next_release_counter(meta.model_name)
         rows: list[ModelRow] = []
         unsigned: list[bytes] = []
         for upload in uploads:
@@ -305,7 +305,7 @@ class Pusher:
                     ),
                 )
             )
-        self._ctx.db.add_release(rows)
+        self._ctx.catalog.add_release(rows)
         log.info(
             "pushed %s %s (release %d): %s",
             meta.model_name,
@@ -373,12 +373,12 @@ class Pusher:
     def _discard(self, stored: list[tuple[str, Path]]) -> None:
         """Remove artifacts of a push that failed, unless another version uses them."""
         for digest, path in stored:
-            if self._ctx.db.model_by_sha(digest) is None:
+            if self._ctx.catalog.model_by_sha(digest) is None:
                 path.unlink(missing_ok=True)
 
 
 def _check_meta(meta: pb.PushModelMeta) -> None:
-    if not NAME.match(meta.model_name):
+    if not is_name(meta.model_name):
         raise BadRequestError(
             f"model name {meta.model_name!r} is invalid: use 1-64 of A-Z a-z 0-9 _ . -"
         )

@@ -1,7 +1,4 @@
-"""The model catalog: what the server computes about a pushed model."""
+"""The model catalog: releases and their variants, what the server computes about a pushed
+model, which variant each device gets, and the fleet's benchmarks of them."""
 
 from __future__ import annotations
-
-from fleet_server.catalog.smoke import SmokeExpectation, expect
-
-__all__ = ["SmokeExpectation", "expect"]

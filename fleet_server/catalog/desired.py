@@ -17,8 +17,8 @@ from fleet_server.catalog.select import (
     Variant,
     choose,
 )
-from fleet_server.storage.db import Database, ModelRow
-from fleet_server.storage.rollouts import DesiredRow, RolloutStore, in_effect
+from fleet_server.catalog.store import CatalogStore, ModelRow
+from fleet_server.rollouts.store import DesiredRow, RolloutStore, in_effect
 from protos import manifest_pb2
 
 __all__ = [
@@ -116,14 +116,14 @@ def _variant(
 
 
 def resolve(
-    db: Database,
+    catalog: CatalogStore,
     targets: Mapping[str, Target],
     device: DeviceProfile,
     policy: Policy = DEFAULT_POLICY,
 ) -> Resolved:
     """Choose a variant of every target for this device."""
     resolved = Resolved()
-    variants = db.variants_of([(t.model_name, t.version) for t in targets.values()])
+    variants = catalog.variants_of([(t.model_name, t.version) for t in targets.values()])
     for name, target in sorted(targets.items()):
         rows = variants.get((name, target.version), [])
         if not rows:
@@ -149,11 +149,11 @@ def _rollback_for(envelope_set: bytes, variant: str) -> bytes | None:
 
 
 def device_targets(
-    db: Database, rollouts: RolloutStore, device_id: str
+    catalog: CatalogStore, rollouts: RolloutStore, device_id: str
 ) -> tuple[dict[str, Target], list[DesiredRow]]:
     """The targets of one device and the rollout rows they came from."""
     rows = rollouts.desired_rows(device_id)
-    return targets_for(db.deployments(), rows), rows
+    return targets_for(catalog.deployments(), rows), rows
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,7 @@ class Explained:
 
 
 def explain(
-    db: Database,
+    catalog: CatalogStore,
     rollouts: RolloutStore,
     device_id: str,
     capabilities: Mapping[str, Any],
@@ -179,12 +179,12 @@ def explain(
     the device is meant to run (its rollout or the deployment), or the newest. None when the
     model has no versions."""
     if not version:
-        targets, _rows = device_targets(db, rollouts, device_id)
+        targets, _rows = device_targets(catalog, rollouts, device_id)
         target = targets.get(model_name)
-        version = target.version if target else db.newest_version(model_name) or ""
+        version = target.version if target else catalog.newest_version(model_name) or ""
     if not version:
         return None
-    rows = db.get_variants(model_name, version)
+    rows = catalog.get_variants(model_name, version)
     profile = DeviceProfile.from_capabilities(capabilities)
     return Explained(version, rows, choose(profile, [variant_of(r) for r in rows]),
                      profile.hardware_class)  # fmt: skip

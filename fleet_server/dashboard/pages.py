@@ -9,8 +9,8 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
-from fleet_server.api.server import ServerContext
 from fleet_server.catalog.desired import explain
+from fleet_server.context import ServerContext
 from fleet_server.dashboard.queries import (
     PAGE,
     HistoryPoint,
@@ -21,10 +21,11 @@ from fleet_server.dashboard.queries import (
     history_window,
 )
 from fleet_server.errors import NotFoundError
+from fleet_server.registry.store import DeviceRow
+from fleet_server.rollouts.store import RolloutRow, WaveRow
 from fleet_server.routing.budgets import BudgetRow, budget_use
 from fleet_server.routing.costs import CostRow, summarize
-from fleet_server.storage.db import HISTORY_BUCKET_S, DeviceRow
-from fleet_server.storage.rollouts import RolloutRow, WaveRow
+from fleet_server.telemetry.history import HISTORY_BUCKET_S
 
 __all__ = ["CSS", "JS", "PageNotFoundError", "layout", "login"]
 
@@ -255,7 +256,7 @@ def _model_row(m: dict[str, Any]) -> str:
 def _variant_cells(ctx: ServerContext, row: DeviceRow, model_name: str, version: str) -> str:
     """The variant selection picks for this device (as `devices explain` says), two cells."""
     try:
-        explained = explain(ctx.db, ctx.rollouts, row.device_id, row.capabilities, model_name,
+        explained = explain(ctx.catalog, ctx.rollouts, row.device_id, row.capabilities, model_name,
                             version=version)  # fmt: skip
     except NotFoundError:
         explained = None  # a version the catalog no longer has
@@ -269,7 +270,7 @@ def _variant_cells(ctx: ServerContext, row: DeviceRow, model_name: str, version:
 
 def device(ctx: ServerContext, device_id: str) -> tuple[str, str]:
     try:
-        row = ctx.db.get_device(device_id)
+        row = ctx.devices.get_device(device_id)
     except NotFoundError as exc:
         raise PageNotFoundError(f"No device {device_id!r}.") from exc
     caps = row.capabilities
@@ -287,7 +288,7 @@ def device(ctx: ServerContext, device_id: str) -> tuple[str, str]:
         )
         or "<tr><td colspan=7>nothing assigned</td></tr>"
     )
-    events = ctx.db.device_events(device_id, limit=20)
+    events = ctx.telemetry.device_events(device_id, limit=20)
     updates = (
         "".join(
             f"<tr><td>{_ago(e['at'])}</td><td>{escape(e['model_name'])} {escape(e['version'])}</td>"
@@ -421,7 +422,7 @@ def confirm(ctx: ServerContext, rollout_id: str, action: str, csrf: str) -> tupl
 
 
 def models(ctx: ServerContext) -> tuple[str, str]:
-    rows = ctx.db.list_models()
+    rows = ctx.catalog.list_models()
     if not rows:
         return "Models", empty("No models yet. Push one with 'edgefleet models push'.")
     body = []

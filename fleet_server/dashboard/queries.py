@@ -11,14 +11,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from fleet_server.catalog.select import DeviceProfile
-from fleet_server.storage.db import (
-    HISTORY_BUCKET_S,
-    Database,
-    device_models,
-    devices,
-    model_history,
-    telemetry_history,
-)
+from fleet_server.storage.db import Database
+from fleet_server.storage.schema import device_models, devices, model_history, telemetry_history
+from fleet_server.telemetry.history import HISTORY_BUCKET_S
 
 __all__ = [
     "DevicePage",

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import grpc
 
-from fleet_server.api.server import ServerContext
+from fleet_server.context import ServerContext
 from fleet_server.dashboard import pages
 from protos import admin_pb2 as pb
 from protos import admin_pb2_grpc as pb_grpc

@@ -11,7 +11,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 
-from fleet_server.storage.rollouts import RolloutStore
+from fleet_server.rollouts.store import RolloutStore
 
 __all__ = ["RolloutController"]
 

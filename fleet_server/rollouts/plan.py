@@ -21,7 +21,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from fleet_server.errors import BadRequestError
@@ -34,7 +34,6 @@ __all__ = [
     "assign_waves",
     "decide",
     "judge_health",
-    "matches",
     "parse_waves",
     "wave_targets",
 ]
@@ -126,11 +125,6 @@ def assign_waves(
             wave += 1
         result[device_id] = wave
     return result
-
-
-def matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
-    """True when a device's labels carry every key=value of the selector (empty: every device)."""
-    return all(labels.get(key) == value for key, value in selector.items())
 
 
 TELEMETRY_FAILURE = "telemetry: "  # how the details of health gate failures begin

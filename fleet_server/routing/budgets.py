@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from fleet_server.storage.db import Database, devices, usage
-from fleet_server.storage.routing import RoutingRow, RoutingStore
+from fleet_server.routing.store import RoutingRow, RoutingStore
+from fleet_server.storage.db import Database
+from fleet_server.storage.schema import devices, usage
 
 __all__ = ["BudgetRow", "budget_use"]
 

@@ -1,7 +1,4 @@
-"""Server storage on SQLAlchemy Core: SQLite by default, PostgreSQL for several replicas."""
+"""Server storage on SQLAlchemy Core (SQLite by default, PostgreSQL for several replicas):
+the schema, its migrations, and the engine. Queries live with the concern that owns them."""
 
 from __future__ import annotations
-
-from fleet_server.storage.db import Database, DeviceRow, ModelRow
-
-__all__ = ["Database", "DeviceRow", "ModelRow"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from fleet_server.api._validate import NAME
+from protos.names import is_name
 
 __all__ = ["MAX_COUNT", "plausible"]
 
@@ -27,8 +27,8 @@ def plausible(model: Any) -> bool:
     values = (latency.p50_ms, latency.p95_ms, latency.mean_ms, model.window_compute_ms,
               model.window_cloud_cost_usd)  # fmt: skip
     return (
-        bool(NAME.match(model.model_name))
-        and bool(NAME.match(model.routing_policy or "local"))
+        is_name(model.model_name)
+        and is_name(model.routing_policy or "local")
         and all(c <= MAX_COUNT for c in counts)
         and all(math.isfinite(v) and 0 <= v < _MAX_VALUE for v in values)
     )

@@ -17,11 +17,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from fleet_server.storage.db import HISTORY_BUCKET_S
 from fleet_server.telemetry.checks import plausible
 
 __all__ = ["HISTORY_BUCKET_S", "HistoryBuffer"]
 
+# Telemetry over time is kept in fixed buckets of this many seconds (the history tables).
+HISTORY_BUCKET_S = 300
 _MAX_OPEN = 200_000  # buckets held in memory; beyond it they are written early (rows add up)
 _FUTURE_S = 300  # a report stamped further ahead than this is filed under the receive time
 

@@ -35,11 +35,11 @@ from google.protobuf.message import DecodeError
 
 from agent.errors import TransientError
 from agent.telemetry.mqtt import MqttEndpoint, MqttPublisher
-from fleet_server.storage.db import Database, IngestBatch
-from fleet_server.storage.rollouts import HealthSample, RolloutStore
+from fleet_server.rollouts.store import HealthSample, RolloutStore
 from fleet_server.telemetry.checks import plausible
 from fleet_server.telemetry.history import HistoryBuffer
 from fleet_server.telemetry.sequence import Position, account
+from fleet_server.telemetry.store import IngestBatch, TelemetryStore
 from protos import device_pb2, telemetry_pb2
 from protos.topics import commands_topic, device_from_topic, telemetry_filter
 
@@ -152,7 +152,7 @@ class TelemetryIngest:
     def __init__(
         self,
         endpoint: MqttEndpoint,
-        db: Database,
+        store: TelemetryStore,
         fleet_id: str,
         client_id: str,
         *,
@@ -163,7 +163,7 @@ class TelemetryIngest:
         self._endpoint = endpoint
         self._persistent = persistent_session
         self._share_group = share_group
-        self._db = db
+        self._telemetry = store
         self._fleet_id = fleet_id
         self._client_id = client_id
         self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=_QUEUE_BOUND)
@@ -357,7 +357,7 @@ class TelemetryIngest:
             Exception: whatever the database raised.
         """
         unknown = {m.device_id for _k, m in decoded} - set(self._positions)
-        stored = self._db.telemetry_positions(sorted(unknown)) if unknown else {}
+        stored = self._telemetry.telemetry_positions(sorted(unknown)) if unknown else {}
         positions = {d: (Position(e, q) if e else None) for d, (e, q) in stored.items()}
         batch = IngestBatch()
         latest: dict[str, Any] = {}
@@ -420,7 +420,7 @@ class TelemetryIngest:
             or batch.usage
             or batch.history
             or batch.prune_history_before
-        ) and not self._db.record_mqtt_batch(batch):
+        ) and not self._telemetry.record_mqtt_batch(batch):
             self.history_lost += len(batch.history)  # not retried: it would block the rest
         self._positions.update(positions)
         remember()

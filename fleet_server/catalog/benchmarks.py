@@ -16,7 +16,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from fleet_server.errors import BadRequestError, NotFoundError
-from fleet_server.storage.db import Database, benchmarks, bump_generation, models
+from fleet_server.storage.db import Database, bump_generation
+from fleet_server.storage.schema import benchmarks, models
 
 __all__ = ["BenchRow", "BenchStore"]
 

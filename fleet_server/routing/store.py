@@ -17,17 +17,12 @@ import sqlalchemy as sa
 
 from fleet_server.catalog.select import DeviceProfile
 from fleet_server.errors import BadRequestError, NotFoundError
-from fleet_server.rollouts.plan import matches
+from fleet_server.registry.labels import matches
 from fleet_server.routing.costs import UsageRow
 from fleet_server.routing.prices import Prices
-from fleet_server.storage.db import (
-    Database,
-    bump_generation,
-    devices,
-    routing_policies,
-    settings,
-)
-from fleet_server.storage.db import usage as usage_table
+from fleet_server.storage.db import Database, bump_generation
+from fleet_server.storage.schema import devices, routing_policies, settings
+from fleet_server.storage.schema import usage as usage_table
 
 __all__ = ["POLICIES", "RoutingRow", "RoutingStore"]
 

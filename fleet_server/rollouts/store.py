@@ -1,4 +1,4 @@
-"""Rollouts, their devices, and the audit log in the database.
+"""Rollouts and their devices in the database.
 
 Every change to a rollout happens in one transaction that first locks the rollout's row
 (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite serializes writers), so several server
@@ -15,7 +15,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from fleet_server.catalog.store import CatalogStore
 from fleet_server.errors import BadRequestError, ConflictError, NotFoundError
+from fleet_server.registry.labels import matches
 from fleet_server.rollouts.plan import (
     TELEMETRY_FAILURE,
     Counts,
@@ -24,22 +26,13 @@ from fleet_server.rollouts.plan import (
     assign_waves,
     decide,
     judge_health,
-    matches,
     parse_waves,
     wave_targets,
 )
-from fleet_server.storage.db import (
-    Database,
-    audit_log,
-    bump_generation,
-    deployments,
-    devices,
-    rollout_devices,
-    rollouts,
-)
+from fleet_server.storage.db import Database, bump_generation
+from fleet_server.storage.schema import deployments, devices, rollout_devices, rollouts
 
 __all__ = [
-    "AuditRow",
     "DesiredRow",
     "FailureRow",
     "HealthSample",
@@ -134,18 +127,6 @@ class DesiredRow:
     rollback_envelope: bytes | None
 
 
-@dataclass(frozen=True)
-class AuditRow:
-    id: int
-    at: int
-    actor: str
-    action: str
-    target: str
-    detail: str
-    ok: bool
-    error: str
-
-
 def _row(
     r: Any, wave_status: tuple[WaveRow, ...] = (), failures: tuple[FailureRow, ...] = ()
 ) -> RolloutRow:
@@ -199,11 +180,11 @@ def in_effect(row: DesiredRow) -> bool:
 
 
 class RolloutStore:
-    """Queries over rollouts, rollout devices and the audit log."""
+    """Queries over rollouts and rollout devices."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, catalog: CatalogStore) -> None:
         self._engine = db.engine
-        self._db = db
+        self._catalog = catalog
 
     # creation and reading --------------------------------------------------------------------
 
@@ -235,7 +216,7 @@ class RolloutStore:
         for name, value in (("success", success_threshold), ("failure", failure_threshold)):
             if not 0 <= value <= 1:
                 raise BadRequestError(f"{name} threshold {value} is outside 0..1")
-        self._db.get_model(model_name, version)
+        self._catalog.get_model(model_name, version)
         now = int(time.time()) if now is None else now
         with self._engine.begin() as conn:
             live = conn.execute(
@@ -818,30 +799,3 @@ class RolloutStore:
                             .values(state="failed", detail=reason[:255], updated_at=now)
                         )
         return failed
-
-    # audit -------------------------------------------------------------------------------------
-
-    def audit(
-        self, actor: str, action: str, target: str, detail: str, *, ok: bool, error: str = ""
-    ) -> None:
-        """Append one entry to the audit log."""
-        with self._engine.begin() as conn:
-            conn.execute(
-                audit_log.insert().values(
-                    at=int(time.time()),
-                    actor=actor[:128],
-                    action=action[:64],
-                    target=target[:255],
-                    detail=detail[:8192],
-                    ok=ok,
-                    error=error[:1024],
-                )
-            )
-
-    def audit_entries(self, limit: int = 100, before_id: int = 0) -> list[AuditRow]:
-        """Newest first."""
-        query = sa.select(audit_log).order_by(audit_log.c.id.desc()).limit(max(1, limit))
-        if before_id:
-            query = query.where(audit_log.c.id < before_id)
-        with self._engine.connect() as conn:
-            return [AuditRow(**r) for r in conn.execute(query).mappings().all()]

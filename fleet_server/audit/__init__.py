@@ -1,0 +1,3 @@
+"""The audit log: named actors, actions, targets, outcomes."""
+
+from __future__ import annotations

@@ -1,0 +1,239 @@
+"""The model catalog in the database: releases, their variants and the fleet-wide deployments."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from fleet_server.errors import AlreadyExistsError, NotFoundError
+from fleet_server.storage.db import Database, bump_generation
+from fleet_server.storage.schema import deployments, models, releases
+
+__all__ = ["CatalogStore", "ModelRow"]
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    model_name: str
+    version: str
+    variant: str
+    release_counter: int
+    sha256: str
+    size: int
+    edgetpu: bool
+    envelope: bytes
+    created_at: int
+    fallback_sha256: str | None = None
+    sample_sha256: str | None = None
+    compressed_sha256: str | None = None
+    quantization: str = ""
+    requirements: str = "{}"  # JSON: what the server derived from the file
+
+
+class CatalogStore:
+    """Queries over releases, model variants and deployments."""
+
+    def __init__(self, db: Database) -> None:
+        self._engine = db.engine
+
+    def next_release_counter(self, model_name: str) -> int:
+        """One more than the highest release counter of ``model_name`` (1 for a new model)."""
+        with self._engine.connect() as conn:
+            value = conn.execute(
+                sa.select(sa.func.max(releases.c.release_counter)).where(
+                    releases.c.model_name == model_name
+                )
+            ).scalar()
+        return int(value or 0) + 1
+
+    def add_release(self, rows: Sequence[ModelRow]) -> None:
+        """Record a pushed release with all its variants, in one transaction.
+
+        Raises:
+            AlreadyExistsError: that name and version exist already (versions are immutable),
+                or another push took the same release counter (retry the push).
+        """
+        first = rows[0]
+        try:
+            with self._engine.begin() as conn:
+                if self._release_exists(conn, first.model_name, first.version):
+                    raise AlreadyExistsError(
+                        f"model {first.model_name} version {first.version} exists already; "
+                        "versions are immutable, push a new version"
+                    )
+                conn.execute(
+                    releases.insert().values(
+                        model_name=first.model_name,
+                        version=first.version,
+                        release_counter=first.release_counter,
+                        created_at=first.created_at,
+                    )
+                )
+                conn.execute(models.insert(), [row.__dict__ for row in rows])
+        except sa.exc.IntegrityError as exc:
+            raise AlreadyExistsError(
+                f"release {first.release_counter} of {first.model_name} was taken by a "
+                "concurrent push; push again"
+            ) from exc
+
+    def add_model(self, row: ModelRow) -> None:
+        """Record a release with one variant (see :meth:`add_release`)."""
+        self.add_release([row])
+
+    @staticmethod
+    def _release_exists(conn: sa.Connection, model_name: str, version: str) -> bool:
+        return (
+            conn.execute(
+                sa.select(releases.c.version).where(
+                    (releases.c.model_name == model_name) & (releases.c.version == version)
+                )
+            ).first()
+            is not None
+        )
+
+    def model_exists(self, model_name: str, version: str) -> bool:
+        """True when that name and version were pushed already."""
+        with self._engine.connect() as conn:
+            return self._release_exists(conn, model_name, version)
+
+    def set_envelope(self, model_name: str, version: str, variant: str, envelope: bytes) -> None:
+        """Replace a variant's signed manifest (offline signatures attached)."""
+        with self._engine.begin() as conn:
+            conn.execute(
+                models.update()
+                .where(
+                    (models.c.model_name == model_name)
+                    & (models.c.version == version)
+                    & (models.c.variant == variant)
+                )
+                .values(envelope=envelope)
+            )
+            bump_generation(conn)
+
+    def get_variants(self, model_name: str, version: str) -> list[ModelRow]:
+        """Every variant of a release, by variant name.
+
+        Raises:
+            NotFoundError: no such version.
+        """
+        rows = self.variants_of([(model_name, version)]).get((model_name, version))
+        if not rows:
+            raise NotFoundError(f"model {model_name} version {version} does not exist")
+        return rows
+
+    def get_model(self, model_name: str, version: str, variant: str | None = None) -> ModelRow:
+        """One variant of a release (the first by name when ``variant`` is None).
+
+        Raises:
+            NotFoundError: no such version or variant.
+        """
+        rows = self.get_variants(model_name, version)
+        if variant is None:
+            return rows[0]
+        for row in rows:
+            if row.variant == variant:
+                return row
+        raise NotFoundError(f"model {model_name} version {version} has no variant {variant!r}")
+
+    def variants_of(
+        self, pairs: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], list[ModelRow]]:
+        """The variants of several releases, by (model, version)."""
+        if not pairs:
+            return {}
+        with self._engine.connect() as conn:
+            rows = (
+                conn.execute(
+                    sa.select(models)
+                    .where(sa.tuple_(models.c.model_name, models.c.version).in_(list(pairs)))
+                    .order_by(models.c.model_name, models.c.version, models.c.variant)
+                )
+                .mappings()
+                .all()
+            )
+        result: dict[tuple[str, str], list[ModelRow]] = {}
+        for r in rows:
+            result.setdefault((r["model_name"], r["version"]), []).append(ModelRow(**r))
+        return result
+
+    def list_models(self) -> list[ModelRow]:
+        """Every variant of every release, by name, release, then variant."""
+        with self._engine.connect() as conn:
+            rows = (
+                conn.execute(
+                    sa.select(models).order_by(
+                        models.c.model_name, models.c.release_counter, models.c.variant
+                    )
+                )
+                .mappings()
+                .all()
+            )
+        return [ModelRow(**r) for r in rows]
+
+    def newest_version(self, model_name: str) -> str | None:
+        """The version with the highest release counter, or None."""
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                sa.select(releases.c.version)
+                .where(releases.c.model_name == model_name)
+                .order_by(releases.c.release_counter.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else str(row[0])
+
+    def model_by_sha(self, sha256: str) -> ModelRow | None:
+        """A model variant whose artifact, CPU fallback, smoke sample or compressed copy has this
+        hash, if any."""
+        with self._engine.connect() as conn:
+            row = (
+                conn.execute(
+                    sa.select(models)
+                    .where(
+                        (models.c.sha256 == sha256)
+                        | (models.c.fallback_sha256 == sha256)
+                        | (models.c.sample_sha256 == sha256)
+                        | (models.c.compressed_sha256 == sha256)
+                    )
+                    .limit(1)
+                )
+                .mappings()
+                .first()
+            )
+        return None if row is None else ModelRow(**row)
+
+    def deploy(self, model_name: str, version: str, envelope: bytes | None = None) -> ModelRow:
+        """Make a version the fleet-wide desired version of its model; ``envelope`` (a
+        serialized EnvelopeSet) replaces its manifests for this deployment (an explicit
+        rollback).
+
+        Raises:
+            NotFoundError: no such version.
+        """
+        row = self.get_model(model_name, version)
+        now = int(time.time())
+        values = {"version": version, "updated_at": now, "envelope": envelope}
+        with self._engine.begin() as conn:
+            updated = conn.execute(
+                deployments.update().where(deployments.c.model_name == model_name).values(**values)
+            )
+            if updated.rowcount == 0:
+                conn.execute(deployments.insert().values(model_name=model_name, **values))
+            bump_generation(conn)
+        return row
+
+    def deployed(self) -> dict[str, str]:
+        """Model name -> deployed version."""
+        return {name: version for name, (version, _) in self.deployments().items()}
+
+    def deployments(self) -> dict[str, tuple[str, bytes | None]]:
+        """Model name -> (fleet-wide version, its explicit-rollback EnvelopeSet or None)."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(
+                    deployments.c.model_name, deployments.c.version, deployments.c.envelope
+                ).order_by(deployments.c.model_name)
+            ).all()
+        return {str(r[0]): (str(r[1]), bytes(r[2]) if r[2] else None) for r in rows}

@@ -1,0 +1,67 @@
+"""What the server's services share: the stores of every concern, the keys, the CA, and the
+hooks the composition root (:mod:`fleet_server.app`) wires between them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fleet_server.api.checkin import AnswerCache, LastSeen
+from fleet_server.artifacts.store import ArtifactStore
+from fleet_server.audit.store import AuditLog
+from fleet_server.catalog.benchmarks import BenchStore
+from fleet_server.catalog.store import CatalogStore
+from fleet_server.registry.ca import FleetCA
+from fleet_server.registry.store import DeviceStore
+from fleet_server.rollouts.store import RolloutStore
+from fleet_server.routing.store import RoutingStore
+from fleet_server.signing.keys import KeyStore
+from fleet_server.storage.db import Database
+from fleet_server.telemetry.store import TelemetryStore
+from protos import device_pb2
+
+__all__ = ["ServerContext"]
+
+
+@dataclass
+class ServerContext:
+    """Everything the servicers share."""
+
+    db: Database
+    artifacts: ArtifactStore
+    keys: KeyStore
+    fleet_id: str
+    admin_token: str
+    enrollment_token: str
+    device_mqtt_url: str
+    ca: FleetCA
+    device_address: str = ""  # host:port of the mTLS device port, as devices should dial it
+    checkin_interval_s: int = 30
+    devices: DeviceStore = field(init=False)
+    catalog: CatalogStore = field(init=False)
+    telemetry: TelemetryStore = field(init=False)
+    rollouts: RolloutStore = field(init=False)
+    routing: RoutingStore = field(init=False)
+    bench: BenchStore = field(init=False)
+    audit: AuditLog = field(init=False)
+    # Called when something may let a rollout move on (set by the rollout controller).
+    wake_rollouts: Callable[[], None] = lambda: None
+    # Publishes a command (device id, kind[, model name]) to a device over MQTT and returns
+    # its id (set when MQTT is there).
+    send_command: Callable[..., str] | None = None
+    # Where devices send cloud-routed requests (the reference service or another OIP server).
+    cloud_endpoint: device_pb2.CloudEndpoint | None = None
+
+    last_seen: LastSeen = field(init=False)
+    answers: AnswerCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.devices = DeviceStore(self.db)
+        self.catalog = CatalogStore(self.db)
+        self.telemetry = TelemetryStore(self.db)
+        self.rollouts = RolloutStore(self.db, self.catalog)
+        self.routing = RoutingStore(self.db)
+        self.bench = BenchStore(self.db)
+        self.audit = AuditLog(self.db)
+        self.last_seen = LastSeen(self.devices)
+        self.answers = AnswerCache()

@@ -1,0 +1,378 @@
+"""Devices, their enrollment tokens and certificates, and what each reports about its models."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from fleet_server.errors import AlreadyExistsError, BadRequestError, NotFoundError
+from fleet_server.storage.db import Database, bump_generation
+from fleet_server.storage.schema import device_models, devices, enrollment_tokens
+
+__all__ = ["DeviceModelRow", "DeviceRow", "DeviceStore", "token_digest"]
+
+
+@dataclass(frozen=True)
+class DeviceModelRow:
+    model_name: str
+    version: str
+    state: str
+    detail: str
+    updated_at: int
+    active_version: str | None = None
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    device_id: str
+    name: str
+    labels: dict[str, str]
+    capabilities: dict[str, Any]
+    enrolled_at: int
+    last_seen: int
+    last_telemetry: dict[str, Any] | None
+    last_telemetry_at: int | None
+    models: tuple[DeviceModelRow, ...]
+    revoked_at: int | None = None
+    online_state: str | None = None
+    online_at: int | None = None
+    telemetry_count: int = 0
+    telemetry_gaps: int = 0
+
+
+def token_digest(token: str) -> str:
+    """What is stored instead of a device token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class DeviceStore:
+    """Queries over devices, enrollment tokens and device models."""
+
+    def __init__(self, db: Database) -> None:
+        self._engine = db.engine
+
+    def add_device(
+        self,
+        name: str,
+        token: str,
+        labels: Mapping[str, str],
+        capabilities: Mapping[str, Any],
+    ) -> str:
+        """Register a device under a unique id derived from ``name``; return the id.
+
+        Devices of the same name enrolling at once race for the same id; the loser takes the
+        next free one (the primary key decides).
+        """
+        now = int(time.time())
+        for _attempt in range(20):
+            with self._engine.connect() as conn:
+                taken = {
+                    r[0]
+                    for r in conn.execute(
+                        sa.select(devices.c.device_id).where(devices.c.device_id.like(f"{name}%"))
+                    )
+                }
+            device_id = name
+            suffix = 2
+            while device_id in taken:
+                device_id = f"{name[:58]}-{suffix}"
+                suffix += 1
+            try:
+                with self._engine.begin() as conn:
+                    conn.execute(
+                        devices.insert().values(
+                            device_id=device_id,
+                            name=name,
+                            token_sha256=token_digest(token),
+                            labels=json.dumps(dict(labels), sort_keys=True),
+                            capabilities=json.dumps(dict(capabilities), sort_keys=True),
+                            enrolled_at=now,
+                            last_seen=now,
+                        )
+                    )
+            except sa.exc.IntegrityError:
+                continue
+            return device_id
+        raise AlreadyExistsError(f"could not find a free device id for {name!r}; retry")
+
+    def set_certificate(self, device_id: str, serial: str, not_after: int) -> None:
+        """Make this certificate the device's only valid one."""
+        with self._engine.begin() as conn:
+            conn.execute(
+                devices.update()
+                .where(devices.c.device_id == device_id)
+                .values(cert_serial=serial, cert_not_after=not_after)
+            )
+            bump_generation(conn)
+
+    def device_certificate(self, device_id: str) -> tuple[str | None, bool] | None:
+        """(current certificate serial, revoked) of a device, or None when unknown."""
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                sa.select(devices.c.cert_serial, devices.c.revoked_at).where(
+                    devices.c.device_id == device_id
+                )
+            ).first()
+        return None if row is None else (row[0], row[1] is not None)
+
+    def delete_device(self, device_id: str) -> None:
+        """Remove a device that never finished enrolling."""
+        with self._engine.begin() as conn:
+            conn.execute(devices.delete().where(devices.c.device_id == device_id))
+
+    def add_enrollment_token(
+        self,
+        token: str,
+        *,
+        ttl_s: int,
+        uses: int,
+        labels: Mapping[str, str],
+        note: str,
+        created_by: str,
+    ) -> int:
+        """Store a token (as its digest); return when it expires."""
+        now = int(time.time())
+        with self._engine.begin() as conn:
+            conn.execute(
+                enrollment_tokens.insert().values(
+                    token_sha256=token_digest(token),
+                    created_at=now,
+                    expires_at=now + ttl_s,
+                    uses_left=uses,
+                    labels=json.dumps(dict(labels), sort_keys=True),
+                    note=note[:255],
+                    created_by=created_by[:128],
+                )
+            )
+        return now + ttl_s
+
+    def enrollment_token_labels(self, token: str) -> dict[str, str] | None:
+        """The labels of a token that can still be used, or None."""
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                sa.select(enrollment_tokens.c.labels).where(
+                    (enrollment_tokens.c.token_sha256 == token_digest(token))
+                    & (enrollment_tokens.c.uses_left > 0)
+                    & (enrollment_tokens.c.expires_at > int(time.time()))
+                )
+            ).first()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def use_enrollment_token(self, token: str) -> bool:
+        """Spend one use of a token, atomically; False when it is unknown, expired or used up."""
+        with self._engine.begin() as conn:
+            result = conn.execute(
+                enrollment_tokens.update()
+                .where(
+                    (enrollment_tokens.c.token_sha256 == token_digest(token))
+                    & (enrollment_tokens.c.uses_left > 0)
+                    & (enrollment_tokens.c.expires_at > int(time.time()))
+                )
+                .values(uses_left=enrollment_tokens.c.uses_left - 1)
+            )
+        return bool(result.rowcount)
+
+    def list_enrollment_tokens(self) -> list[dict[str, Any]]:
+        """Every token (digests only), newest first."""
+        with self._engine.connect() as conn:
+            rows = (
+                conn.execute(
+                    sa.select(enrollment_tokens).order_by(enrollment_tokens.c.created_at.desc())
+                )
+                .mappings()
+                .all()
+            )
+        return [dict(r) | {"labels": json.loads(r["labels"])} for r in rows]
+
+    def revoke_enrollment_token(self, digest_prefix: str) -> int:
+        """Use up every token whose digest starts with ``digest_prefix``; return how many.
+
+        Raises:
+            BadRequestError: the prefix is shorter than 8 characters.
+        """
+        if len(digest_prefix) < 8:
+            raise BadRequestError("give at least 8 characters of the token id")
+        with self._engine.begin() as conn:
+            result = conn.execute(
+                enrollment_tokens.update()
+                .where(enrollment_tokens.c.token_sha256.like(f"{digest_prefix.lower()}%"))
+                .values(uses_left=0)
+            )
+        return int(result.rowcount)
+
+    def set_labels(
+        self, device_id: str, set_labels: Mapping[str, str], remove: Sequence[str]
+    ) -> None:
+        """Change a device's labels.
+
+        Raises:
+            NotFoundError: no such device.
+        """
+        with self._engine.begin() as conn:
+            row = conn.execute(
+                sa.select(devices.c.labels).where(devices.c.device_id == device_id)
+            ).first()
+            if row is None:
+                raise NotFoundError(f"device {device_id!r} is not enrolled")
+            labels = json.loads(row[0])
+            labels.update(set_labels)
+            for key in remove:
+                labels.pop(key, None)
+            conn.execute(
+                devices.update()
+                .where(devices.c.device_id == device_id)
+                .values(labels=json.dumps(labels, sort_keys=True))
+            )
+            bump_generation(conn)  # routing policies select devices by label
+
+    def revoke(self, device_id: str) -> None:
+        """Refuse a device's credentials from now on (idempotent).
+
+        Raises:
+            NotFoundError: no such device.
+        """
+        with self._engine.begin() as conn:
+            result = conn.execute(
+                devices.update()
+                .where((devices.c.device_id == device_id) & devices.c.revoked_at.is_(None))
+                .values(revoked_at=int(time.time()))
+            )
+            bump_generation(conn)
+            if result.rowcount == 0:
+                exists = conn.execute(
+                    sa.select(devices.c.device_id).where(devices.c.device_id == device_id)
+                ).first()
+                if exists is None:
+                    raise NotFoundError(f"device {device_id!r} is not enrolled")
+
+    def get_device(self, device_id: str) -> DeviceRow:
+        """One device with its models.
+
+        Raises:
+            NotFoundError: no such device.
+        """
+        for row in self.list_devices(device_id=device_id):
+            return row
+        raise NotFoundError(f"device {device_id!r} is not enrolled")
+
+    def record_check_ins(self, seen: Mapping[str, tuple[int, str | None]]) -> None:
+        """Write batched check-ins: device -> (last seen, new capabilities JSON or None)."""
+        plain: dict[int, list[str]] = {}
+        with_caps = []
+        for device_id, (at, caps) in seen.items():
+            if caps is None:
+                plain.setdefault(at, []).append(device_id)
+            else:
+                with_caps.append({"d": device_id, "t": at, "c": caps})
+        with self._engine.begin() as conn:
+            for at, ids in plain.items():
+                for start in range(0, len(ids), 500):
+                    conn.execute(
+                        devices.update()
+                        .where(devices.c.device_id.in_(ids[start : start + 500]))
+                        .values(last_seen=at)
+                    )
+            if with_caps:
+                conn.execute(
+                    devices.update()
+                    .where(devices.c.device_id == sa.bindparam("d"))
+                    .values(last_seen=sa.bindparam("t"), capabilities=sa.bindparam("c")),
+                    with_caps,
+                )
+
+    def set_device_model(
+        self, device_id: str, model_name: str, version: str, state: str, detail: str
+    ) -> None:
+        """Upsert what a device reports about one model."""
+        now = int(time.time())
+        with self._engine.begin() as conn:
+            key = (device_models.c.device_id == device_id) & (
+                device_models.c.model_name == model_name
+            )
+            updated = conn.execute(
+                device_models.update()
+                .where(key)
+                .values(version=version, state=state, detail=detail[:1024], updated_at=now)
+            )
+            if updated.rowcount == 0:
+                conn.execute(
+                    device_models.insert().values(
+                        device_id=device_id,
+                        model_name=model_name,
+                        version=version,
+                        state=state,
+                        detail=detail[:1024],
+                        updated_at=now,
+                    )
+                )
+
+    def set_active_version(self, device_id: str, model_name: str, version: str) -> None:
+        """Record what a device serves (from a check-in), keeping its last update report."""
+        now = int(time.time())
+        with self._engine.begin() as conn:
+            key = (device_models.c.device_id == device_id) & (
+                device_models.c.model_name == model_name
+            )
+            updated = conn.execute(device_models.update().where(key).values(active_version=version))
+            if updated.rowcount == 0:
+                conn.execute(
+                    device_models.insert().values(
+                        device_id=device_id,
+                        model_name=model_name,
+                        version=version,
+                        state="INSTALLED",
+                        detail="serving",
+                        updated_at=now,
+                        active_version=version,
+                    )
+                )
+
+    def list_devices(self, device_id: str | None = None) -> list[DeviceRow]:
+        """Every device (or the one named) with its per-model state, by id."""
+        query = sa.select(devices).order_by(devices.c.device_id)
+        if device_id is not None:
+            query = query.where(devices.c.device_id == device_id)
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+            states = (
+                conn.execute(sa.select(device_models).order_by(device_models.c.model_name))
+                .mappings()
+                .all()
+            )
+        by_device: dict[str, list[DeviceModelRow]] = {}
+        for s in states:
+            by_device.setdefault(s["device_id"], []).append(
+                DeviceModelRow(
+                    s["model_name"],
+                    s["version"],
+                    s["state"],
+                    s["detail"],
+                    s["updated_at"],
+                    s["active_version"],
+                )
+            )
+        return [
+            DeviceRow(
+                device_id=r["device_id"],
+                name=r["name"],
+                labels=json.loads(r["labels"]),
+                capabilities=json.loads(r["capabilities"]),
+                enrolled_at=r["enrolled_at"],
+                last_seen=r["last_seen"],
+                last_telemetry=json.loads(r["last_telemetry"]) if r["last_telemetry"] else None,
+                last_telemetry_at=r["last_telemetry_at"],
+                models=tuple(by_device.get(r["device_id"], ())),
+                revoked_at=r["revoked_at"],
+                online_state=r["online_state"],
+                online_at=r["online_at"],
+                telemetry_count=int(r["telemetry_count"] or 0),
+                telemetry_gaps=int(r["telemetry_gaps"] or 0),
+            )
+            for r in rows
+        ]

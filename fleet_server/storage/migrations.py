@@ -1,0 +1,214 @@
+"""Steps that bring an older database up to :data:`SCHEMA_VERSION`, one transaction each."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlalchemy as sa
+
+from fleet_server.storage.schema import (
+    audit_log,
+    benchmarks,
+    deployments,
+    device_events,
+    enrollment_tokens,
+    fleet_state,
+    model_history,
+    models,
+    releases,
+    rollout_devices,
+    rollouts,
+    routing_policies,
+    settings,
+    telemetry_history,
+    usage,
+)
+
+__all__ = ["MIGRATIONS"]
+
+
+def _v1_to_v2(conn: sa.Connection) -> None:
+    """Version 2: a model version may carry a CPU fallback artifact."""
+    conn.execute(sa.text("ALTER TABLE models ADD COLUMN fallback_sha256 VARCHAR(64)"))
+
+
+def _v2_to_v3(conn: sa.Connection) -> None:
+    """Version 3: a model version carries a smoke-test sample artifact."""
+    conn.execute(sa.text("ALTER TABLE models ADD COLUMN sample_sha256 VARCHAR(64)"))
+
+
+def _v3_to_v4(conn: sa.Connection) -> None:
+    """Version 4: the registry keeps what a device serves apart from its last update report."""
+    conn.execute(sa.text("ALTER TABLE device_models ADD COLUMN active_version VARCHAR(32)"))
+
+
+def _v4_to_v5(conn: sa.Connection) -> None:
+    """Version 5: a model version may have a zstd-compressed copy for transport."""
+    conn.execute(sa.text("ALTER TABLE models ADD COLUMN compressed_sha256 VARCHAR(64)"))
+
+
+def _v5_to_v6(conn: sa.Connection) -> None:
+    """Version 6: a deployment may carry its own manifest (an explicit rollback)."""
+    conn.execute(sa.text(f"ALTER TABLE deployments ADD COLUMN envelope {_blob(conn)}"))
+
+
+def _blob(conn: sa.Connection) -> str:
+    return "BYTEA" if conn.dialect.name == "postgresql" else "BLOB"
+
+
+def _v6_to_v7(conn: sa.Connection) -> None:
+    """Version 7: one release counter per model, even with concurrent pushes."""
+    conn.execute(
+        sa.text("CREATE UNIQUE INDEX uq_models_release ON models (model_name, release_counter)")
+    )
+
+
+def _v7_to_v8(conn: sa.Connection) -> None:
+    """Version 8: devices can be revoked."""
+    conn.execute(sa.text("ALTER TABLE devices ADD COLUMN revoked_at BIGINT"))
+
+
+def _v8_to_v9(conn: sa.Connection) -> None:
+    """Version 9: staged rollouts and the audit log (new tables only)."""
+    for table in (rollouts, rollout_devices, audit_log):
+        table.create(conn, checkfirst=True)
+
+
+def _v9_to_v10(conn: sa.Connection) -> None:
+    """Version 10: a release has several variants (one row each); rollback manifests are
+    EnvelopeSets (one per variant)."""
+    from protos import manifest_pb2  # noqa: PLC0415
+
+    releases.create(conn, checkfirst=True)
+    conn.execute(
+        sa.text(
+            "INSERT INTO releases (model_name, version, release_counter, created_at) "
+            "SELECT model_name, version, release_counter, created_at FROM models"
+        )
+    )
+    rebuilt = models.to_metadata(sa.MetaData(), name="models_v10")
+    rebuilt.create(conn)
+    columns = (
+        "model_name, version, variant, release_counter, sha256, size, edgetpu, envelope, "
+        "created_at, fallback_sha256, sample_sha256, compressed_sha256"
+    )
+    conn.execute(
+        sa.text(
+            f"INSERT INTO models_v10 ({columns}, quantization, requirements) "  # noqa: S608 - constants
+            f"SELECT {columns}, CASE WHEN edgetpu THEN 'edgetpu' ELSE '' END, '{{}}' FROM models"
+        )
+    )
+    conn.execute(sa.text("DROP TABLE models"))
+    conn.execute(sa.text("ALTER TABLE models_v10 RENAME TO models"))
+    for table, key, column in (
+        (deployments, deployments.c.model_name, deployments.c.envelope),
+        (rollouts, rollouts.c.rollout_id, rollouts.c.rollback_envelope),
+    ):
+        for row_key, blob in conn.execute(sa.select(key, column).where(column.is_not(None))):
+            wrapped = manifest_pb2.EnvelopeSet(
+                envelopes=[manifest_pb2.Envelope.FromString(bytes(blob))]
+            )
+            conn.execute(
+                table.update()
+                .where(key == row_key)
+                .values({column.name: wrapped.SerializeToString()})
+            )
+
+
+def _v10_to_v11(conn: sa.Connection) -> None:
+    """Version 11: devices hold X.509 certificates; enrollment tokens are rows."""
+    conn.execute(sa.text("ALTER TABLE devices ADD COLUMN cert_serial VARCHAR(40)"))
+    conn.execute(sa.text("ALTER TABLE devices ADD COLUMN cert_not_after BIGINT"))
+    enrollment_tokens.create(conn, checkfirst=True)
+
+
+def _v11_to_v12(conn: sa.Connection) -> None:
+    """Version 12: the fleet state generation."""
+    fleet_state.create(conn, checkfirst=True)
+    conn.execute(fleet_state.insert().values(id=1, generation=1))
+
+
+def _v12_to_v13(conn: sa.Connection) -> None:
+    """Version 13: MQTT sequence tracking, online state, device events."""
+    for statement in (
+        "ALTER TABLE devices ADD COLUMN telemetry_epoch VARCHAR(32)",
+        "ALTER TABLE devices ADD COLUMN telemetry_count BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE devices ADD COLUMN telemetry_gaps BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE devices ADD COLUMN online_state VARCHAR(16)",
+        "ALTER TABLE devices ADD COLUMN online_at BIGINT",
+    ):
+        conn.execute(sa.text(statement))
+    device_events.create(conn, checkfirst=True)
+
+
+def _v13_to_v14(conn: sa.Connection) -> None:
+    """Version 14: telemetry health gates on rollouts. (A database migrated from before
+    version 8 created the rollout tables with these columns already.)"""
+    inspector = sa.inspect(conn)
+    for table, column, kind in (
+        ("rollouts", "health_gate", "TEXT NOT NULL DEFAULT '{}'"),
+        ("rollout_devices", "baseline_p95_ms", "FLOAT"),
+        ("rollout_devices", "health_requests", "BIGINT NOT NULL DEFAULT 0"),
+        ("rollout_devices", "health_errors", "BIGINT NOT NULL DEFAULT 0"),
+        ("rollout_devices", "health_p95_ms", "FLOAT"),
+        ("rollout_devices", "detail", "VARCHAR(255) NOT NULL DEFAULT ''"),
+    ):
+        if column not in {c["name"] for c in inspector.get_columns(table)}:
+            conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+
+
+def _v14_to_v15(conn: sa.Connection) -> None:
+    """Version 15: cloud routing policies and settings (the price table)."""
+    routing_policies.create(conn, checkfirst=True)
+    settings.create(conn, checkfirst=True)
+
+
+def _v15_to_v16(conn: sa.Connection) -> None:
+    """Version 16: inference usage per device, model and routing policy."""
+    usage.create(conn, checkfirst=True)
+
+
+def _v16_to_v17(conn: sa.Connection) -> None:
+    """Version 17: device benchmarks."""
+    benchmarks.create(conn, checkfirst=True)
+
+
+def _v17_to_v18(conn: sa.Connection) -> None:
+    """Version 18: telemetry history, and cloud spend per UTC day in usage."""
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("usage")}
+    for column, kind in (
+        ("day", "BIGINT NOT NULL DEFAULT 0"),
+        ("day_cloud_requests", "BIGINT NOT NULL DEFAULT 0"),
+        ("day_cloud_cost", "FLOAT NOT NULL DEFAULT 0"),
+    ):
+        if column not in columns:
+            conn.execute(sa.text(f"ALTER TABLE usage ADD COLUMN {column} {kind}"))
+    telemetry_history.create(conn, checkfirst=True)
+
+
+def _v18_to_v19(conn: sa.Connection) -> None:
+    """Version 19: telemetry history per model over the fleet."""
+    model_history.create(conn, checkfirst=True)
+
+
+# From version N to N + 1.
+MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
+    1: _v1_to_v2,
+    2: _v2_to_v3,
+    3: _v3_to_v4,
+    4: _v4_to_v5,
+    5: _v5_to_v6,
+    6: _v6_to_v7,
+    7: _v7_to_v8,
+    8: _v8_to_v9,
+    9: _v9_to_v10,
+    10: _v10_to_v11,
+    11: _v11_to_v12,
+    12: _v12_to_v13,
+    13: _v13_to_v14,
+    14: _v14_to_v15,
+    15: _v15_to_v16,
+    16: _v16_to_v17,
+    17: _v17_to_v18,
+    18: _v18_to_v19,
+}

@@ -1,0 +1,309 @@
+"""The server's tables (SQLAlchemy Core) and the schema version they make.
+
+Each table belongs to one concern, which owns its queries: devices, enrollment tokens and
+device_models to ``registry``; releases, models, deployments and benchmarks to ``catalog``;
+rollouts and rollout_devices to ``rollouts``; audit_log to ``audit``; routing_policies,
+settings and usage to ``routing`` (usage is written by ``telemetry``); device_events and the
+history tables to ``telemetry``. ``fleet_state`` is storage's own (the generation).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "audit_log",
+    "benchmarks",
+    "deployments",
+    "device_events",
+    "device_models",
+    "devices",
+    "enrollment_tokens",
+    "fleet_state",
+    "metadata",
+    "model_history",
+    "models",
+    "releases",
+    "rollout_devices",
+    "rollouts",
+    "routing_policies",
+    "schema_meta",
+    "settings",
+    "telemetry_history",
+    "usage",
+]
+
+SCHEMA_VERSION = 19
+
+metadata = sa.MetaData()
+
+schema_meta = sa.Table(
+    "schema_meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(255), nullable=False),
+)
+
+devices = sa.Table(
+    "devices",
+    metadata,
+    sa.Column("device_id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("labels", sa.Text, nullable=False, default="{}"),
+    sa.Column("capabilities", sa.Text, nullable=False, default="{}"),
+    sa.Column("enrolled_at", sa.BigInteger, nullable=False),
+    sa.Column("last_seen", sa.BigInteger, nullable=False),
+    sa.Column("last_telemetry", sa.Text, nullable=True),
+    sa.Column("last_telemetry_at", sa.BigInteger, nullable=True),
+    sa.Column("last_telemetry_seq", sa.BigInteger, nullable=True),
+    sa.Column("revoked_at", sa.BigInteger, nullable=True),
+    # The device's current client certificate: any other serial is refused.
+    sa.Column("cert_serial", sa.String(40), nullable=True),
+    sa.Column("cert_not_after", sa.BigInteger, nullable=True),
+    # MQTT: the spool epoch of the sequence, messages received, sequence gaps seen (lost
+    # messages), and the retained state (online / offline / stopped) with its time.
+    sa.Column("telemetry_epoch", sa.String(32), nullable=True),
+    sa.Column("telemetry_count", sa.BigInteger, nullable=False, default=0),
+    sa.Column("telemetry_gaps", sa.BigInteger, nullable=False, default=0),
+    sa.Column("online_state", sa.String(16), nullable=True),
+    sa.Column("online_at", sa.BigInteger, nullable=True),
+)
+
+device_events = sa.Table(
+    "device_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("device_id", sa.String(64), nullable=False, index=True),
+    sa.Column("at", sa.BigInteger, nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("model_name", sa.String(64), nullable=False),
+    sa.Column("version", sa.String(32), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("detail", sa.String(1024), nullable=False),
+)
+
+# One row: a counter bumped by every change to what any device should run or who it is
+# (deployments, rollout assignments, signatures, revocations, certificates). Servers cache
+# check-in answers per generation, so an unchanged fleet costs one read per check-in.
+# Cloud routing policies: per model, for the devices matching a label selector ("{}" = all).
+routing_policies = sa.Table(
+    "routing_policies",
+    metadata,
+    sa.Column("model_name", sa.String(64), primary_key=True),
+    sa.Column("selector", sa.String(1024), primary_key=True),  # canonical JSON
+    sa.Column("policy", sa.String(32), nullable=False),
+    sa.Column("params", sa.Text, nullable=False, default="{}"),  # JSON: threshold, budgets...
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_by", sa.String(128), nullable=False, default=""),
+)
+
+# Inference served per device, model and routing policy, added up from telemetry windows (so
+# agent restarts do not reset it): what `edgefleet routing costs` prices.
+usage = sa.Table(
+    "usage",
+    metadata,
+    sa.Column("device_id", sa.String(64), primary_key=True),
+    sa.Column("model_name", sa.String(64), primary_key=True),
+    sa.Column("policy", sa.String(32), primary_key=True),
+    sa.Column("served", sa.BigInteger, nullable=False, default=0),  # requests answered
+    sa.Column("local_runs", sa.BigInteger, nullable=False, default=0),
+    sa.Column("local_ms", sa.Float, nullable=False, default=0.0),  # summed inference time
+    sa.Column("cloud_requests", sa.BigInteger, nullable=False, default=0),
+    sa.Column("cloud_cost", sa.Float, nullable=False, default=0.0),  # USD
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    # Cloud spend on one UTC day (days since the epoch), for the budget use the dashboard shows.
+    sa.Column("day", sa.BigInteger, nullable=False, default=0),
+    sa.Column("day_cloud_requests", sa.BigInteger, nullable=False, default=0),
+    sa.Column("day_cloud_cost", sa.Float, nullable=False, default=0.0),
+)
+
+telemetry_history = sa.Table(
+    "telemetry_history",
+    metadata,
+    sa.Column("device_id", sa.String(64), primary_key=True),
+    sa.Column("model_name", sa.String(64), primary_key=True),
+    sa.Column("bucket", sa.BigInteger, primary_key=True),  # unix seconds at its start
+    sa.Column("requests", sa.BigInteger, nullable=False, default=0),
+    sa.Column("errors", sa.BigInteger, nullable=False, default=0),
+    sa.Column("cloud_requests", sa.BigInteger, nullable=False, default=0),
+    sa.Column("p50_ms", sa.Float, nullable=False, default=0.0),
+    sa.Column("p95_ms", sa.Float, nullable=False, default=0.0),
+    sa.Index("ix_telemetry_history_bucket", "bucket"),
+)
+
+# The same buckets added up over the fleet per model (what the models page charts): one row
+# per model and bucket however many devices report. p95_weighted_ms is the sum of each
+# device's p95 times its requests (divided by requests: the typical device's p95).
+model_history = sa.Table(
+    "model_history",
+    metadata,
+    sa.Column("model_name", sa.String(64), primary_key=True),
+    sa.Column("bucket", sa.BigInteger, primary_key=True),
+    sa.Column("devices", sa.BigInteger, nullable=False, default=0),  # device-bucket rows
+    sa.Column("requests", sa.BigInteger, nullable=False, default=0),
+    sa.Column("errors", sa.BigInteger, nullable=False, default=0),
+    sa.Column("cloud_requests", sa.BigInteger, nullable=False, default=0),
+    sa.Column("p95_weighted_ms", sa.Float, nullable=False, default=0.0),
+    sa.Column("p95_max_ms", sa.Float, nullable=False, default=0.0),
+    sa.Index("ix_model_history_bucket", "bucket"),
+)
+
+# The latest benchmark of each model variant (by file) on each device: `models bench-report`.
+benchmarks = sa.Table(
+    "benchmarks",
+    metadata,
+    sa.Column("device_id", sa.String(64), primary_key=True),
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("model_name", sa.String(64), nullable=False, index=True),
+    sa.Column("version", sa.String(32), nullable=False),
+    sa.Column("hardware_class", sa.String(64), nullable=False),
+    sa.Column("backend", sa.String(16), nullable=False),
+    sa.Column("threads", sa.Integer, nullable=False),
+    sa.Column("requests", sa.BigInteger, nullable=False),
+    sa.Column("p50_ms", sa.Float, nullable=False),
+    sa.Column("p95_ms", sa.Float, nullable=False),
+    sa.Column("throughput_per_s", sa.Float, nullable=False),
+    sa.Column("runtime", sa.String(64), nullable=False, default=""),
+    sa.Column("at", sa.BigInteger, nullable=False),
+)
+
+# Settings that are one JSON document each (the price table).
+settings = sa.Table(
+    "settings",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+fleet_state = sa.Table(
+    "fleet_state",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("generation", sa.BigInteger, nullable=False),
+)
+
+enrollment_tokens = sa.Table(
+    "enrollment_tokens",
+    metadata,
+    sa.Column("token_sha256", sa.String(64), primary_key=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.Column("uses_left", sa.Integer, nullable=False),
+    sa.Column("labels", sa.Text, nullable=False, default="{}"),
+    sa.Column("note", sa.String(255), nullable=False, default=""),
+    sa.Column("created_by", sa.String(128), nullable=False, default=""),
+)
+
+device_models = sa.Table(
+    "device_models",
+    metadata,
+    sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.device_id"), primary_key=True),
+    sa.Column("model_name", sa.String(64), primary_key=True),
+    sa.Column("version", sa.String(32), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("detail", sa.String(1024), nullable=False, default=""),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("active_version", sa.String(32), nullable=True),
+)
+
+releases = sa.Table(
+    "releases",
+    metadata,
+    sa.Column("model_name", sa.String(64), primary_key=True),
+    sa.Column("version", sa.String(32), primary_key=True),
+    sa.Column("release_counter", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    # One counter per release of a model, even with concurrent pushes on several replicas.
+    sa.UniqueConstraint("model_name", "release_counter", name="uq_releases_counter"),
+)
+
+# One row per variant of a release (float32, int8, Edge TPU...), each with its own manifest.
+models = sa.Table(
+    "models",
+    metadata,
+    sa.Column("model_name", sa.String(64), primary_key=True),
+    sa.Column("version", sa.String(32), primary_key=True),
+    sa.Column("variant", sa.String(32), primary_key=True),
+    sa.Column("release_counter", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("edgetpu", sa.Boolean, nullable=False),
+    sa.Column("envelope", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("fallback_sha256", sa.String(64), nullable=True),
+    sa.Column("sample_sha256", sa.String(64), nullable=True),
+    sa.Column("compressed_sha256", sa.String(64), nullable=True),
+    sa.Column("quantization", sa.String(16), nullable=False, default=""),
+    sa.Column("requirements", sa.Text, nullable=False, default="{}"),
+)
+
+deployments = sa.Table(
+    "deployments",
+    metadata,
+    sa.Column("model_name", sa.String(64), primary_key=True),
+    sa.Column("version", sa.String(32), nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    # An explicit rollback: a serialized EnvelopeSet, one root-signed manifest per variant.
+    sa.Column("envelope", sa.LargeBinary, nullable=True),
+)
+
+rollouts = sa.Table(
+    "rollouts",
+    metadata,
+    sa.Column("rollout_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model_name", sa.String(64), nullable=False, index=True),
+    sa.Column("version", sa.String(32), nullable=False),
+    sa.Column("previous_version", sa.String(32), nullable=True),
+    sa.Column("selector", sa.Text, nullable=False),
+    sa.Column("waves", sa.Text, nullable=False),
+    sa.Column("success_threshold", sa.Float, nullable=False),
+    sa.Column("failure_threshold", sa.Float, nullable=False),
+    sa.Column("max_concurrent", sa.Integer, nullable=False),
+    sa.Column("device_timeout_s", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("current_wave", sa.Integer, nullable=False),
+    sa.Column("reason", sa.String(1024), nullable=False, default=""),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("created_by", sa.String(128), nullable=False, default=""),
+    sa.Column("rollback_envelope", sa.LargeBinary, nullable=True),
+    # Failures an admin accepted by resuming: the failure gate counts only newer ones.
+    sa.Column("forgiven_failures", sa.Integer, nullable=False, default=0),
+    # JSON of rollouts.plan.HealthGate: what the devices' telemetry must show after activation.
+    sa.Column("health_gate", sa.Text, nullable=False, default="{}"),
+)
+
+rollout_devices = sa.Table(
+    "rollout_devices",
+    metadata,
+    sa.Column("rollout_id", sa.Integer, sa.ForeignKey("rollouts.rollout_id"), primary_key=True),
+    sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.device_id"), primary_key=True),
+    sa.Column("wave", sa.Integer, nullable=False),
+    # waiting -> assigned -> installed | failed
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("assigned_at", sa.BigInteger, nullable=True),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    # The health gate: the device's p95 latency of the model before it was assigned, and what
+    # its telemetry has said about the new version since it installed.
+    sa.Column("baseline_p95_ms", sa.Float, nullable=True),
+    sa.Column("health_requests", sa.BigInteger, nullable=False, default=0),
+    sa.Column("health_errors", sa.BigInteger, nullable=False, default=0),
+    sa.Column("health_p95_ms", sa.Float, nullable=True),
+    sa.Column("detail", sa.String(255), nullable=False, default=""),  # why it failed
+    sa.Index("ix_rollout_devices_device", "device_id"),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.BigInteger, nullable=False),
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(255), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("ok", sa.Boolean, nullable=False),
+    sa.Column("error", sa.String(1024), nullable=False, default=""),
+)
