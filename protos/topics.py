@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 
+from protos.names import is_name
+
 __all__ = [
     "ROOT",
     "commands_topic",
@@ -19,9 +21,6 @@ __all__ = [
 ]
 
 ROOT = "edgefleet/v1"
-_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
 _BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -38,7 +37,7 @@ def validate_segment(value: str, what: str) -> str:
     Wildcards (``+``, ``#``), separators and empty levels would let one device publish into
     another's namespace, so ids are restricted to a conservative alphabet and 64 characters.
     """
-    if not _SEGMENT.match(value):
+    if not is_name(value):
         raise ValueError(
             f"{what} {value!r} is not usable in an MQTT topic: use 1-64 of A-Z a-z 0-9 _ . -"
         )
@@ -84,6 +83,6 @@ def device_from_topic(topic: str) -> tuple[str, str, str] | None:
     if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != ROOT:
         return None
     fleet, device, kind = parts[2], parts[3], parts[4]
-    if not (_SEGMENT.match(fleet) and _SEGMENT.match(device)):
+    if not (is_name(fleet) and is_name(device)):
         return None
     return fleet, device, kind

@@ -19,7 +19,6 @@ The rules (see docs/security.md):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -36,11 +35,9 @@ from agent.updates.trust import (
 )
 from protos import manifest_pb2
 from protos.envelope import MANIFEST_PAYLOAD_TYPE
+from protos.names import is_name, is_sha256
 
 __all__ = ["CLOCK_SKEW_S", "MAX_ENVELOPE_BYTES", "InstalledModel", "verify_manifest"]
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -96,9 +93,9 @@ def verify_manifest(
         raise ManifestError(
             f"manifest is for fleet {manifest.fleet_id!r}, this device is in {fleet_id!r}"
         )
-    if not _NAME.match(manifest.model_name):
+    if not is_name(manifest.model_name):
         raise ManifestError(f"manifest names an invalid model {manifest.model_name!r}")
-    if not _SHA256.match(manifest.sha256):
+    if not is_sha256(manifest.sha256):
         raise ManifestError(f"manifest sha256 {manifest.sha256!r} is not a hex sha256 digest")
     if manifest.size == 0 or manifest.size > max_artifact_bytes:
         raise ManifestError(
@@ -106,7 +103,7 @@ def verify_manifest(
         )
     if manifest.HasField("cpu_fallback"):
         fallback = manifest.cpu_fallback
-        if not _SHA256.match(fallback.sha256) or fallback.artifact_id != fallback.sha256:
+        if not is_sha256(fallback.sha256) or fallback.artifact_id != fallback.sha256:
             raise ManifestError("manifest names an implausible CPU fallback artifact")
         if fallback.size == 0 or fallback.size > max_artifact_bytes:
             raise ManifestError(
@@ -114,14 +111,14 @@ def verify_manifest(
             )
     if manifest.HasField("compressed"):
         packed = manifest.compressed
-        if not _SHA256.match(packed.sha256) or packed.artifact_id != packed.sha256:
+        if not is_sha256(packed.sha256) or packed.artifact_id != packed.sha256:
             raise ManifestError("manifest names an implausible compressed artifact")
         if packed.size == 0 or packed.size > max_artifact_bytes:
             raise ManifestError(f"compressed size {packed.size} is out of bounds")
     if manifest.HasField("smoke"):
         test = manifest.smoke
         sample = test.sample
-        if not _SHA256.match(sample.sha256) or sample.artifact_id != sample.sha256:
+        if not is_sha256(sample.sha256) or sample.artifact_id != sample.sha256:
             raise ManifestError("manifest names an implausible smoke-test sample")
         if sample.size > max_artifact_bytes or len(test.top_indices) != len(test.top_scores):
             raise ManifestError("manifest's smoke test is malformed")

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from fleet_server.errors import BadRequestError, NotFoundError
+from protos.names import is_sha256
 
 __all__ = ["ArtifactStore"]
 
-_ID = re.compile(r"^[0-9a-f]{64}$")
 CHUNK_BYTES = 1024 * 1024
 
 
@@ -78,7 +77,7 @@ class ArtifactStore:
         Raises:
             NotFoundError: no such artifact (or a malformed id).
         """
-        if not _ID.match(artifact_id):
+        if not is_sha256(artifact_id):
             raise NotFoundError(f"artifact id {artifact_id!r} is not a sha256 digest")
         path = self.root / f"{artifact_id}.tflite"
         if not path.is_file():
