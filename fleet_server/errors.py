@@ -10,6 +10,7 @@ __all__ = [
     "DataDirError",
     "FleetError",
     "NotFoundError",
+    "TransientError",
 ]
 
 
@@ -39,3 +40,8 @@ class AuthError(FleetError):
 
 class ConflictError(FleetError):
     """The object is in a state that does not allow this (maps to FAILED_PRECONDITION)."""
+
+
+class TransientError(FleetError):
+    """Something the server depends on (its MQTT broker, say) cannot be reached now; retrying
+    later may work (maps to UNAVAILABLE)."""

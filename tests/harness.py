@@ -324,7 +324,7 @@ def seed_devices(db_url: str, count: int, model_name: str = "m") -> None:
 
     now = int(time.time())
     caps = [
-        json.dumps({"arch": "aarch64", "edgetpu_count": 1, "libedgetpu": "libedgetpu.so.1"}),
+        json.dumps({"arch": "aarch64", "edgetpu_count": 1, "libedgetpu": True}),
         json.dumps({"arch": "x86_64"}),
     ]
     db = Database(db_url)

@@ -15,6 +15,7 @@ from fleet_server.errors import (
     BadRequestError,
     FleetError,
     NotFoundError,
+    TransientError,
 )
 
 __all__ = ["rpc_errors"]
@@ -27,6 +28,7 @@ _CODES: tuple[tuple[type[FleetError], grpc.StatusCode], ...] = (
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (AlreadyExistsError, grpc.StatusCode.ALREADY_EXISTS),
     (AuthError, grpc.StatusCode.UNAUTHENTICATED),
+    (TransientError, grpc.StatusCode.UNAVAILABLE),
 )
 
 

@@ -13,14 +13,20 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from google.protobuf.json_format import MessageToJson
 from google.protobuf.message import DecodeError
 
-from agent.errors import AgentError, ManifestError
+from agent.errors import ManifestError
 from agent.updates.trust import TrustedKeys, count_signers, pin_keylist
 from fleet_server.api._errors import rpc_errors
 from fleet_server.api.auth import require_admin
 from fleet_server.api.push import MANIFEST_LIFETIME_S, Pusher
 from fleet_server.catalog.desired import explain
 from fleet_server.catalog.store import ModelRow
-from fleet_server.errors import BadRequestError, ConflictError, FleetError, NotFoundError
+from fleet_server.errors import (
+    BadRequestError,
+    ConflictError,
+    FleetError,
+    NotFoundError,
+    TransientError,
+)
 from fleet_server.registry.labels import check_labels, matches
 from fleet_server.registry.store import DeviceRow, token_digest
 from fleet_server.rollouts.plan import HealthGate
@@ -577,10 +583,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             raise ConflictError(f"device {device.device_id} is revoked")
         if self._ctx.send_command is None:
             raise ConflictError("this server has no MQTT connection to send commands over")
-        try:
-            command_id = self._ctx.send_command(device.device_id, request.kind)
-        except AgentError as exc:
-            raise ConflictError(str(exc)) from exc
+        command_id = self._ctx.send_command(device.device_id, request.kind)
         return pb.SendCommandResponse(command_id=command_id)
 
     @rpc_errors
@@ -776,7 +779,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             try:
                 send(device.device_id, "routing")
                 told += 1
-            except AgentError as exc:
+            except TransientError as exc:
                 log.warning("cannot tell devices about the routing change: %s", exc)
                 return
         log.info("told %d device(s) of a routing change", told)
@@ -877,10 +880,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                 continue
             if request.model_name not in runs:
                 continue
-            try:
-                send(device.device_id, "bench", request.model_name)
-            except AgentError as exc:
-                raise ConflictError(str(exc)) from exc
+            send(device.device_id, "bench", request.model_name)
             asked.append(device.device_id)
         if not asked:
             raise NotFoundError(f"no matching device has {request.model_name} installed")

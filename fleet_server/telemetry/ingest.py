@@ -33,8 +33,9 @@ import sqlalchemy as sa
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import DecodeError
 
-from agent.errors import TransientError
+from agent.errors import AgentError
 from agent.telemetry.mqtt import MqttEndpoint, MqttPublisher
+from fleet_server.errors import TransientError
 from fleet_server.rollouts.store import HealthSample, RolloutStore
 from fleet_server.telemetry.checks import plausible
 from fleet_server.telemetry.history import HistoryBuffer
@@ -253,7 +254,10 @@ class TelemetryIngest:
             on_connected=subscribe,
             persistent_session=self._persistent,
         )
-        publisher.connect()
+        try:
+            publisher.connect()
+        except AgentError as exc:  # the agent's MQTT client speaks the agent's errors
+            raise TransientError(str(exc)) from exc
         client = publisher.raw_client()
         group = self._share_group if publisher.protocol == paho.MQTTv5 else ""
         if self._share_group and not group:

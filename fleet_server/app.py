@@ -1,0 +1,536 @@
+"""The composition root: one running fleet server built from its settings.
+
+:class:`FleetServer` opens the database, starts the parts in a fixed order (embedded broker,
+telemetry ingest, rollout controller, gRPC server, reference cloud, dashboard, metrics,
+check-in writer, worker processes) and stops them in the reverse order. The command line
+(:mod:`fleet_server.cli`) only turns options into :class:`Settings` and owns the signals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from agent.errors import AgentError
+from agent.inference.metrics_http import MetricsServer
+from agent.systemd import Notifier, watchdog_interval
+from agent.telemetry.mqtt import MqttEndpoint, parse_mqtt_url
+from fleet_server.api.server import create_server
+from fleet_server.artifacts.store import ArtifactStore
+from fleet_server.context import ServerContext
+from fleet_server.datadir import DataDir
+from fleet_server.errors import DataDirError, TransientError
+from fleet_server.metrics import render
+from fleet_server.registry.ca import default_sans
+from fleet_server.rollouts.controller import RolloutController
+from fleet_server.signing.keys import KeyStore
+from fleet_server.storage.db import Database
+from fleet_server.telemetry.broker import EmbeddedBroker
+from fleet_server.telemetry.ingest import TelemetryIngest
+from fleet_server.telemetry.store import TelemetryStore
+from protos import device_pb2
+
+__all__ = ["MQTT_SERVER_IDENTITY", "FleetServer", "Settings", "split_host_port"]
+
+log = logging.getLogger("fleet_server")
+MQTT_SERVER_IDENTITY = "edgefleet:server"
+_WORKER_RESTARTS_PER_MINUTE = 5
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What ``edgefleet-server run`` was asked to do (its options, one field each)."""
+
+    data_dir: Path
+    listen: str = "127.0.0.1:7443"
+    device_listen: str | None = None
+    device_advertise: str | None = None
+    tls_name: list[str] | None = None
+    no_bootstrap_token: bool = False
+    db_url: str | None = None
+    mqtt_url: str | None = None
+    mqtt_listen: str = "127.0.0.1:1883"
+    device_mqtt_url: str | None = None
+    mqtt_share_group: str | None = None
+    mqtt_client_id: str | None = None
+    history_hours: float = 48.0
+    cloud_listen: str = ""
+    dashboard_listen: str = ""
+    cloud_url: str = ""
+    cloud_token_file: Path | None = None
+    cloud_ca_file: Path | None = None
+    rollout_interval: float = 2.0
+    metrics_listen: str | None = None
+    workers: int = 1
+    worker: bool = False
+    ready_file: Path | None = None
+    log_level: str = "info"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Settings:
+        """The settings of a parsed ``run`` command line."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+
+
+def split_host_port(value: str, what: str) -> tuple[str, int]:
+    """``host:port`` (IPv6 hosts in brackets or bare) as (host, port).
+
+    Raises:
+        DataDirError: not host:port.
+    """
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise DataDirError(f"{what} {value!r} must be host:port")
+    return host, int(port)
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _wildcard(host: str) -> bool:
+    return host in ("", "0.0.0.0", "::")  # noqa: S104 - a comparison, not a bind
+
+
+def _mqtt_endpoint(url: str) -> MqttEndpoint:
+    try:
+        return parse_mqtt_url(url)
+    except AgentError as exc:  # the agent's MQTT client speaks the agent's errors
+        raise DataDirError(f"--mqtt-url: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class _Ports:
+    """What worker processes need to serve the same device port as the main one."""
+
+    port: int
+    device_port: int
+    advertise: str
+    mqtt_url: str
+    cloud_url: str = ""  # the main process's reference cloud service, if it runs one
+
+
+class FleetServer:
+    """One server process: the main one (everything) or a worker (the device port only)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._data_dir = DataDir.open(settings.data_dir)
+        self._db = Database(settings.db_url or self._data_dir.db_url)
+        self._broker: EmbeddedBroker | None = None
+        self._ingest: TelemetryIngest | None = None
+        self._controller: RolloutController | None = None
+        self._grpc: Any = None
+        self._cloud: Any = None
+        self._dashboard: Any = None
+        self._metrics: MetricsServer | None = None
+        self._workers: list[subprocess.Popen[bytes]] = []
+        self._restarts: list[float] = []
+        self._ports: _Ports | None = None
+        self.ctx: ServerContext | None = None
+
+    # start -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start every part; on a failure, stop what started and raise.
+
+        Raises:
+            DataDirError: an address cannot be bound, a file cannot be read, or the telemetry
+                ingest cannot reach its broker.
+        """
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        s = self.settings
+        data_dir = self._data_dir
+        self._db.create_schema()
+        mqtt_url = s.mqtt_url
+        if not mqtt_url and not s.worker:
+            host, port = split_host_port(s.mqtt_listen, "--mqtt-listen")
+            self._broker = EmbeddedBroker(host, port or _free_port(host))
+            try:
+                self._broker.start()
+            except OSError as exc:
+                raise DataDirError(
+                    f"{exc}. Is another broker running there? Use it with --mqtt-url, or pick "
+                    "another port with --mqtt-listen HOST:PORT (0 = any free port)"
+                ) from exc
+            mqtt_url = self._broker.url
+        endpoint = _mqtt_endpoint(mqtt_url) if mqtt_url else None
+        if endpoint is not None and endpoint.tls:
+            endpoint = self._mqtt_client_files(endpoint)
+        if endpoint is not None and not s.worker:
+            self._ingest = self._start_ingest(endpoint)
+
+        main_host, main_port = split_host_port(s.listen, "--listen")
+        device_listen = s.device_listen or (
+            f"{_bracket(main_host)}:{main_port + 1 if main_port else 0}"
+        )
+        device_host, _ = split_host_port(device_listen, "--device-listen")
+        tls_names = list(s.tls_name or default_sans())
+        for host in (main_host, device_host):
+            if not _wildcard(host) and host not in tls_names:
+                tls_names.append(host)
+        ctx = ServerContext(
+            db=self._db,
+            ca=data_dir.ca(),
+            artifacts=ArtifactStore(data_dir.artifacts),
+            keys=KeyStore(data_dir.keys_dir),
+            fleet_id=data_dir.fleet_id,
+            admin_token=data_dir.read_secret(data_dir.admin_token_file),
+            enrollment_token=""
+            if s.no_bootstrap_token
+            else data_dir.read_secret(data_dir.enrollment_token_file),
+            device_mqtt_url=s.device_mqtt_url or mqtt_url or "",
+        )
+        self.ctx = ctx
+        # Worker processes only serve gRPC; the main process runs the rollouts and the ingest.
+        if not s.worker:
+            ingest = self._ingest
+            self._controller = RolloutController(
+                ctx.rollouts,
+                interval_s=s.rollout_interval,
+                nudge=ingest.nudge if ingest is not None else None,
+            )
+            ctx.wake_rollouts = self._controller.wake
+            if ingest is not None:
+                ingest.watch_health(ctx.rollouts, self._controller.wake)
+                ctx.send_command = ingest.command
+        try:
+            # Workers take device calls only: enrollment, the admin API and commands (which
+            # need the MQTT connection) stay with the main process.
+            server, port, device_port = create_server(
+                ctx, "" if s.worker else s.listen, device_listen, tls_names=tls_names
+            )
+        except (OSError, RuntimeError) as exc:
+            raise DataDirError(
+                f"cannot serve gRPC on {s.listen} and {device_listen}: {exc}"
+            ) from exc
+        # Devices dial the device port on the host they enrolled through, unless told otherwise.
+        ctx.device_address = s.device_advertise or f":{device_port}"
+        self._cloud = self._start_cloud(ctx, tls_names)
+        server.start()
+        self._grpc = server
+        dashboard_port = self._start_dashboard(ctx, main_host, port, tls_names)
+        self._metrics = self._start_metrics(ctx)
+        if self._controller is not None:
+            self._controller.start()
+        ctx.last_seen.start()
+        cloud_url = ctx.cloud_endpoint.url if self._cloud and ctx.cloud_endpoint else ""
+        self._ports = _Ports(port, device_port, ctx.device_address, mqtt_url or "", cloud_url)
+        self._workers = self._start_workers()
+        log.info(
+            "fleet %s: gRPC on port %d (TLS), devices on port %d (mTLS), telemetry via %s%s",
+            data_dir.fleet_id,
+            port,
+            device_port,
+            endpoint,
+            f", {len(self._workers) + 1} server processes" if self._workers else "",
+        )
+        if s.ready_file:
+            s.ready_file.write_text(
+                json.dumps(
+                    {
+                        "grpc_port": port,
+                        "device_port": device_port,
+                        "mqtt_url": mqtt_url,
+                        "metrics_port": self._metrics.port if self._metrics is not None else 0,
+                        "dashboard_port": dashboard_port,
+                        "pid": os.getpid(),
+                    }
+                ),
+                encoding="utf-8",
+            )
+
+    def _start_ingest(self, endpoint: MqttEndpoint) -> TelemetryIngest:
+        s = self.settings
+        # A stable client id keeps the broker session (and what it queued) across restarts.
+        # Without one (an ephemeral port) the session is clean: a persistent session nobody
+        # resumes would stay in the shared subscription and take its share of the messages.
+        _, listen_port = split_host_port(s.listen, "--listen")
+        stable = bool(s.mqtt_client_id or listen_port)
+        default_id = f"edgefleet-server-{self._data_dir.fleet_id}-{socket.gethostname()}"
+        client_id = (s.mqtt_client_id or f"{default_id}-{listen_port or os.getpid()}")[:64]
+        ingest = TelemetryIngest(
+            endpoint,
+            TelemetryStore(self._db),
+            self._data_dir.fleet_id,
+            client_id=client_id,
+            persistent_session=stable,
+            share_group=s.mqtt_share_group or "",
+            history_hours=s.history_hours,
+        )
+        try:
+            ingest.start()
+        except TransientError as exc:
+            raise DataDirError(f"telemetry ingest cannot start: {exc}") from exc
+        return ingest
+
+    def _mqtt_client_files(self, endpoint: MqttEndpoint) -> MqttEndpoint:
+        """The server's MQTT client certificate from the fleet CA (CN "edgefleet:server", which
+        the shipped broker ACL gives the server's rights), written next to the CA."""
+        data_dir = self._data_dir
+        key_pem, cert_pem = data_dir.ca().client_credentials(MQTT_SERVER_IDENTITY)
+        folder = data_dir.ca_dir
+        key_file, cert_file = folder / "mqtt-server.key", folder / "mqtt-server.crt"
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(key_pem)
+        cert_file.write_bytes(cert_pem)
+        return endpoint.with_tls_files(str(folder / "ca.crt"), str(cert_file), str(key_file))
+
+    def _start_metrics(self, ctx: ServerContext) -> MetricsServer | None:
+        """Prometheus text on HOST:PORT/metrics, when asked for."""
+        address = self.settings.metrics_listen
+        if not address:
+            return None
+        host, port = split_host_port(address, "--metrics-listen")
+        ingest = self._ingest
+        try:
+            server = MetricsServer(lambda: render(ctx, ingest), host, port)
+        except OSError as exc:
+            raise DataDirError(f"cannot serve metrics on {address}: {exc}") from exc
+        server.start()
+        return server
+
+    def _start_dashboard(
+        self, ctx: ServerContext, host: str, port: int, tls_names: list[str]
+    ) -> int:
+        """Start the dashboard (--dashboard-listen), which calls this server's own admin API;
+        return its port (0: none).
+
+        Raises:
+            DataDirError: it cannot listen.
+        """
+        s = self.settings
+        if not s.dashboard_listen or s.worker:
+            return 0
+        from fleet_server.dashboard.server import Dashboard  # noqa: PLC0415 - only when asked
+
+        key_pem, cert_pem = ctx.ca.server_credentials(tls_names)
+        admin = "127.0.0.1" if _wildcard(host) else host
+        dashboard = Dashboard(
+            ctx,
+            admin_address=f"{_bracket(admin)}:{port}",
+            tls_key_pem=key_pem,
+            tls_cert_pem=cert_pem,
+        )
+        try:
+            dashboard_port = dashboard.start(s.dashboard_listen)
+        except OSError as exc:
+            raise DataDirError(f"dashboard: cannot listen on {s.dashboard_listen}: {exc}") from exc
+        self._dashboard = dashboard
+        log.info("dashboard on https://%s (log in with the admin token)", s.dashboard_listen)
+        return dashboard_port
+
+    def _start_cloud(self, ctx: ServerContext, tls_names: list[str]) -> Any:
+        """Start the reference cloud service (--cloud-listen) or note an external endpoint
+        (--cloud-url): what devices routed to the cloud are told to use.
+
+        Raises:
+            DataDirError: the service cannot listen, or a file cannot be read.
+        """
+        s = self.settings
+        data_dir = self._data_dir
+        if s.cloud_listen and not s.worker:
+            from fleet_server.cloud import ReferenceCloud  # noqa: PLC0415 - only when asked
+
+            key_pem, cert_pem = ctx.ca.server_credentials(tls_names)
+            cloud = ReferenceCloud(
+                ctx.catalog,
+                ctx.artifacts,
+                token=data_dir.cloud_token(),
+                tls_key_pem=key_pem,
+                tls_cert_pem=cert_pem,
+            )
+            try:
+                cloud_port = cloud.start(s.cloud_listen)
+            except OSError as exc:
+                raise DataDirError(f"reference cloud service: {exc}") from exc
+            host, _ = split_host_port(s.cloud_listen, "--cloud-listen")
+            # A wildcard address: devices dial the host they reach the fleet server on.
+            shown = "" if _wildcard(host) else _bracket(host)
+            ctx.cloud_endpoint = device_pb2.CloudEndpoint(
+                url=f"grpcs://{shown}:{cloud_port}",
+                token=data_dir.cloud_token(),
+                ca_pem=ctx.ca.cert_pem,
+            )
+            log.info("reference cloud inference service on port %d (TLS, token)", cloud_port)
+            return cloud
+        if s.cloud_url:
+            if not s.cloud_url.startswith(("grpc://", "grpcs://")):
+                raise DataDirError("--cloud-url must be grpcs://host:port or grpc://host:port")
+            token = data_dir.read_secret(s.cloud_token_file) if s.cloud_token_file else ""
+            try:
+                ca_pem = s.cloud_ca_file.read_bytes() if s.cloud_ca_file else b""
+            except OSError as exc:
+                raise DataDirError(f"cannot read {s.cloud_ca_file}: {exc.strerror}") from exc
+            ctx.cloud_endpoint = device_pb2.CloudEndpoint(
+                url=s.cloud_url, token=token, ca_pem=ca_pem
+            )
+        return None
+
+    # workers -----------------------------------------------------------------------------------
+
+    def _start_workers(self, count: int | None = None) -> list[subprocess.Popen[bytes]]:
+        """Start ``--workers - 1`` (or ``count``) more processes serving the device port
+        (SO_REUSEPORT), so check-ins are not bound to one Python process's GIL."""
+        s, ports = self.settings, self._ports
+        if s.worker or s.workers <= 1 or ports is None:
+            return []
+        host, _ = split_host_port(s.listen, "--listen")
+        device_host, _ = split_host_port(s.device_listen or s.listen, "--device-listen")
+        cmd = [
+            sys.executable,
+            "-m",
+            "fleet_server.cli",
+            "--log-level",
+            s.log_level,
+            "run",
+            "--worker",
+            "--data-dir",
+            str(s.data_dir),
+            "--listen",
+            f"{_bracket(host)}:{ports.port}",
+            "--device-listen",
+            f"{_bracket(device_host)}:{ports.device_port}",
+            "--device-advertise",
+            ports.advertise,
+        ]
+        if ports.mqtt_url:
+            cmd += [
+                "--mqtt-url",
+                ports.mqtt_url,
+                "--device-mqtt-url",
+                s.device_mqtt_url or ports.mqtt_url,
+            ]
+        if s.db_url:
+            cmd += ["--db-url", s.db_url]
+        if ports.cloud_url:
+            cmd += [
+                "--cloud-url",
+                ports.cloud_url,
+                "--cloud-token-file",
+                str(s.data_dir / "cloud.token"),
+                "--cloud-ca-file",
+                str(s.data_dir / "ca" / "ca.crt"),
+            ]
+        elif s.cloud_url:
+            cmd += ["--cloud-url", s.cloud_url]
+            if s.cloud_token_file:
+                cmd += ["--cloud-token-file", str(s.cloud_token_file)]
+            if s.cloud_ca_file:
+                cmd += ["--cloud-ca-file", str(s.cloud_ca_file)]
+        for name in s.tls_name or ():
+            cmd += ["--tls-name", name]
+        if s.no_bootstrap_token:
+            cmd.append("--no-bootstrap-token")
+        return [subprocess.Popen(cmd) for _ in range(s.workers - 1 if count is None else count)]
+
+    def _supervise(self) -> None:
+        """Restart a worker process that died, at most 5 times a minute (then the main process
+        serves without it and says so)."""
+        for i, worker in enumerate(self._workers):
+            code = worker.poll()
+            if code is None:
+                continue
+            now = time.monotonic()
+            self._restarts[:] = [t for t in self._restarts if now - t < 60]
+            if len(self._restarts) >= _WORKER_RESTARTS_PER_MINUTE:
+                log.error(
+                    "worker %d exited %d; not restarted: %d restarts in a minute",
+                    worker.pid,
+                    code,
+                    _WORKER_RESTARTS_PER_MINUTE,
+                )
+                self._workers.pop(i)
+                return
+            self._restarts.append(now)
+            (replacement,) = self._start_workers(count=1)
+            log.warning("worker %d exited %d; started %d", worker.pid, code, replacement.pid)
+            self._workers[i] = replacement
+
+    # run and stop ------------------------------------------------------------------------------
+
+    def serve(self, stop: threading.Event) -> None:
+        """Tell systemd the server is ready, then keep the workers and the watchdog going
+        until ``stop`` is set."""
+        ports = self._ports
+        notifier = Notifier()
+        workers = f", {len(self._workers) + 1} processes" if self._workers else ""
+        if ports is not None:
+            notifier.notify(
+                "READY=1",
+                f"STATUS=serving: gRPC {ports.port} (TLS), devices {ports.device_port} (mTLS)"
+                + workers,
+            )
+        ping = watchdog_interval()
+        last_ping = 0.0
+        try:
+            while not stop.wait(1.0):
+                self._supervise()
+                # The main loop runs: tell the watchdog (every WatchdogSec / 2).
+                if ping is not None and time.monotonic() - last_ping >= ping:
+                    notifier.notify("WATCHDOG=1")
+                    last_ping = time.monotonic()
+        finally:
+            notifier.notify("STOPPING=1")
+
+    def stop(self) -> None:
+        """Stop every part that started, in the reverse order (idempotent)."""
+        for worker in self._workers:
+            worker.terminate()
+        for part in (self._metrics, self._cloud, self._dashboard):
+            if part is not None:
+                part.stop()
+        self._metrics = self._cloud = self._dashboard = None
+        if self._grpc is not None:
+            self._grpc.stop(grace=5).wait()
+            self._grpc = None
+        for worker in self._workers:
+            try:
+                worker.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        self._workers = []
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+        if self.ctx is not None:
+            self.ctx.last_seen.stop()
+            self.ctx = None
+        ingest, self._ingest = self._ingest, None
+        if ingest is not None:
+            ingest.stop()
+            log.info(
+                "telemetry: %d accepted, %d rejected, %d duplicates, %d lost, %d dropped",
+                ingest.accepted,
+                ingest.rejected,
+                ingest.duplicates,
+                ingest.gaps,
+                ingest.dropped,
+            )
+        if self._broker is not None:
+            self._broker.stop()
+            self._broker = None
+        self._db.close()
