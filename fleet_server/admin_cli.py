@@ -264,11 +264,11 @@ def _cmd_push(args: argparse.Namespace) -> int:
         f"{len(variants)} variant(s)" + ("" if response.unsigned_manifests else ", signed")
     )
     for m in variants:
-        req = json.loads(m.requirements_json or "{}")
-        transport = req.get("transport_size")
-        measured = "".join(
-            f"  {k}: {v:.4f} ms" for k, v in sorted(req.get("latency_ms", {}).items())
-        ) + (f"  accuracy {req['accuracy']:.2%}" if "accuracy" in req else "")
+        profile = m.profile
+        transport = profile.transport_size
+        measured = "".join(f"  {k}: {v:.4f} ms" for k, v in sorted(profile.latency_ms.items())) + (
+            f"  accuracy {profile.accuracy:.2%}" if profile.HasField("accuracy") else ""
+        )
         print(
             f"  {m.variant:16} {m.quantization:13} {m.size:10d} bytes"
             + (f" ({transport} zstd)" if transport else "")
@@ -360,18 +360,14 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _telemetry_summary(raw: str) -> str:
-    if not raw:
+def _telemetry_summary(device: pb.DeviceInfo) -> str:
+    if not device.HasField("last_telemetry"):
         return "-"
-    report = json.loads(raw)
-    parts = []
-    for m in report.get("models", []):
-        latency = m.get("latency", {})
-        parts.append(
-            f"{m.get('model_name')}: {int(m.get('requests', 0))} req, "
-            f"p50 {latency.get('p50_ms', 0.0):.1f} ms"
-        )
-    return f"seq {report.get('seq', 0)}; " + ("; ".join(parts) if parts else "no models")
+    report = device.last_telemetry
+    parts = [
+        f"{m.model_name}: {m.requests} req, p50 {m.latency.p50_ms:.1f} ms" for m in report.models
+    ]
+    return f"seq {report.seq}; " + ("; ".join(parts) if parts else "no models")
 
 
 def _model_state(m: pb.DeviceModelState) -> str:
@@ -398,7 +394,7 @@ def _cmd_devices_list(args: argparse.Namespace) -> int:
         models = ", ".join(_model_state(m) for m in d.models) or "-"
         print(
             f"{d.device_id:20} {d.online_state or '-':8} {_fmt_time(d.last_seen_unix):19}  "
-            f"{models:32} {_telemetry_summary(d.last_telemetry_json)}"
+            f"{models:32} {_telemetry_summary(d)}"
         )
     return 0
 
@@ -524,9 +520,7 @@ def _cmd_manifest_attach(args: argparse.Namespace) -> int:
 
 def _device_dict(d: pb.DeviceInfo) -> dict[str, Any]:
     item = _as_dict(d)
-    item["capabilities"] = json.loads(item.pop("capabilities_json", "{}") or "{}")
-    raw = item.pop("last_telemetry_json", "")
-    item["last_telemetry"] = json.loads(raw) if raw else None
+    item.setdefault("last_telemetry", None)  # never reported: null rather than absent
     return item
 
 
@@ -535,29 +529,28 @@ def _cmd_devices_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(_device_dict(device), indent=2, sort_keys=True))
         return 0
-    caps = json.loads(device.capabilities_json or "{}")
+    caps = device.capabilities
     print(f"device    {device.device_id} ({device.name})")
     revoked = f"REVOKED {_fmt_time(device.revoked_unix)}" if device.revoked_unix else "active"
     print(f"status    {revoked}")
     print(f"labels    {', '.join(f'{k}={v}' for k, v in sorted(device.labels.items())) or '-'}")
     seen = _fmt_time(device.last_seen_unix)
     print(f"enrolled  {_fmt_time(device.enrolled_unix)}   last seen {seen}")
-    tpus = ", ".join(t.get("device", "?") for t in caps.get("edgetpus", [])) or "none"
+    tpus = ", ".join(t.device or "?" for t in caps.edgetpus) or "none"
     print(
-        f"hardware  {caps.get('arch', '?')}, {caps.get('cpu_cores', '?')} cores, "
-        f"Edge TPUs: {tpus}, runtime {caps.get('runtime', '?')} {caps.get('runtime_version', '')}"
+        f"hardware  {caps.arch or '?'}, {caps.cpu_cores or '?'} cores, "
+        f"Edge TPUs: {tpus}, runtime {caps.runtime or '?'} {caps.runtime_version}"
     )
     for m in device.models:
         print(f"model     {_model_state(m)}: {m.detail}")
-    print(f"telemetry {_telemetry_summary(device.last_telemetry_json)}")
-    system = json.loads(device.last_telemetry_json or "{}").get("system")
-    if system:
-        temps = ", ".join(f"{k} {v:.0f} C" for k, v in system.get("temperatures_c", {}).items())
+    print(f"telemetry {_telemetry_summary(device)}")
+    if device.last_telemetry.HasField("system"):
+        system = device.last_telemetry.system
+        temps = ", ".join(f"{k} {v:.0f} C" for k, v in sorted(system.temperatures_c.items()))
         print(
-            f"system    cpu {system.get('cpu_percent', 0):.0f}%, memory "
-            f"{int(system.get('memory_used_bytes', 0)) >> 20}/"
-            f"{int(system.get('memory_total_bytes', 0)) >> 20} MiB, disk free "
-            f"{int(system.get('disk_free_bytes', 0)) >> 20} MiB" + (f", {temps}" if temps else "")
+            f"system    cpu {system.cpu_percent:.0f}%, memory "
+            f"{system.memory_used_bytes >> 20}/{system.memory_total_bytes >> 20} MiB, disk free "
+            f"{system.disk_free_bytes >> 20} MiB" + (f", {temps}" if temps else "")
         )
     for event in device.events[:10]:
         what = f"{event.model_name} {event.version} " if event.model_name else ""

@@ -1,4 +1,6 @@
+from protos import device_pb2 as _device_pb2
 from protos import manifest_pb2 as _manifest_pb2
+from protos import telemetry_pb2 as _telemetry_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -315,7 +317,7 @@ class VariantHeader(_message.Message):
     def __init__(self, variant: _Optional[str] = ..., size: _Optional[int] = ..., sample: _Optional[bytes] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ...) -> None: ...
 
 class ModelVersionInfo(_message.Message):
-    __slots__ = ("model_name", "version", "variant", "release_counter", "sha256", "size", "created_unix", "edgetpu", "deployed", "fallback_sha256", "smoke_top_indices", "signed", "quantization", "requirements_json")
+    __slots__ = ("model_name", "version", "variant", "release_counter", "sha256", "size", "created_unix", "edgetpu", "deployed", "fallback_sha256", "smoke_top_indices", "signed", "quantization", "profile")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
@@ -329,7 +331,7 @@ class ModelVersionInfo(_message.Message):
     SMOKE_TOP_INDICES_FIELD_NUMBER: _ClassVar[int]
     SIGNED_FIELD_NUMBER: _ClassVar[int]
     QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
-    REQUIREMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: str
     variant: str
@@ -343,8 +345,70 @@ class ModelVersionInfo(_message.Message):
     smoke_top_indices: _containers.RepeatedScalarFieldContainer[int]
     signed: bool
     quantization: str
-    requirements_json: str
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., release_counter: _Optional[int] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., created_unix: _Optional[int] = ..., edgetpu: _Optional[bool] = ..., deployed: _Optional[bool] = ..., fallback_sha256: _Optional[str] = ..., smoke_top_indices: _Optional[_Iterable[int]] = ..., signed: _Optional[bool] = ..., quantization: _Optional[str] = ..., requirements_json: _Optional[str] = ...) -> None: ...
+    profile: VariantProfile
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., release_counter: _Optional[int] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., created_unix: _Optional[int] = ..., edgetpu: _Optional[bool] = ..., deployed: _Optional[bool] = ..., fallback_sha256: _Optional[str] = ..., smoke_top_indices: _Optional[_Iterable[int]] = ..., signed: _Optional[bool] = ..., quantization: _Optional[str] = ..., profile: _Optional[_Union[VariantProfile, _Mapping]] = ...) -> None: ...
+
+class TensorSpec(_message.Message):
+    __slots__ = ("dtype", "shape")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class VariantProfile(_message.Message):
+    __slots__ = ("quantization", "edgetpu", "max_op_code", "memory_bytes", "activation_bytes", "inputs", "outputs", "builtin_ops", "custom_ops", "weight_dtypes", "latency_ms", "fleet_latency_ms", "accuracy", "top1_agreement", "evidence", "transport_size", "size", "fallback")
+    class LatencyMsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class FleetLatencyMsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    EDGETPU_FIELD_NUMBER: _ClassVar[int]
+    MAX_OP_CODE_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATION_BYTES_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    BUILTIN_OPS_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_OPS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_DTYPES_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    FLEET_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    TOP1_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    quantization: str
+    edgetpu: bool
+    max_op_code: int
+    memory_bytes: int
+    activation_bytes: int
+    inputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
+    outputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
+    builtin_ops: _containers.RepeatedScalarFieldContainer[str]
+    custom_ops: _containers.RepeatedScalarFieldContainer[str]
+    weight_dtypes: _containers.RepeatedScalarFieldContainer[str]
+    latency_ms: _containers.ScalarMap[str, float]
+    fleet_latency_ms: _containers.ScalarMap[str, float]
+    accuracy: float
+    top1_agreement: float
+    evidence: str
+    transport_size: int
+    size: int
+    fallback: VariantProfile
+    def __init__(self, quantization: _Optional[str] = ..., edgetpu: _Optional[bool] = ..., max_op_code: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., activation_bytes: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., builtin_ops: _Optional[_Iterable[str]] = ..., custom_ops: _Optional[_Iterable[str]] = ..., weight_dtypes: _Optional[_Iterable[str]] = ..., latency_ms: _Optional[_Mapping[str, float]] = ..., fleet_latency_ms: _Optional[_Mapping[str, float]] = ..., accuracy: _Optional[float] = ..., top1_agreement: _Optional[float] = ..., evidence: _Optional[str] = ..., transport_size: _Optional[int] = ..., size: _Optional[int] = ..., fallback: _Optional[_Union[VariantProfile, _Mapping]] = ...) -> None: ...
 
 class PushModelResponse(_message.Message):
     __slots__ = ("model", "unsigned_manifest", "variants", "unsigned_manifests")
@@ -447,7 +511,7 @@ class DeviceModelState(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ..., updated_unix: _Optional[int] = ..., active_version: _Optional[str] = ...) -> None: ...
 
 class DeviceInfo(_message.Message):
-    __slots__ = ("device_id", "name", "labels", "capabilities_json", "enrolled_unix", "last_seen_unix", "models", "last_telemetry_json", "last_telemetry_unix", "revoked_unix", "online_state", "online_unix", "telemetry_count", "telemetry_gaps", "events")
+    __slots__ = ("device_id", "name", "labels", "capabilities", "last_telemetry", "enrolled_unix", "last_seen_unix", "models", "last_telemetry_unix", "revoked_unix", "online_state", "online_unix", "telemetry_count", "telemetry_gaps", "events")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -458,11 +522,11 @@ class DeviceInfo(_message.Message):
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
-    CAPABILITIES_JSON_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    LAST_TELEMETRY_FIELD_NUMBER: _ClassVar[int]
     ENROLLED_UNIX_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_UNIX_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
-    LAST_TELEMETRY_JSON_FIELD_NUMBER: _ClassVar[int]
     LAST_TELEMETRY_UNIX_FIELD_NUMBER: _ClassVar[int]
     REVOKED_UNIX_FIELD_NUMBER: _ClassVar[int]
     ONLINE_STATE_FIELD_NUMBER: _ClassVar[int]
@@ -473,11 +537,11 @@ class DeviceInfo(_message.Message):
     device_id: str
     name: str
     labels: _containers.ScalarMap[str, str]
-    capabilities_json: str
+    capabilities: _device_pb2.Capabilities
+    last_telemetry: _telemetry_pb2.TelemetryReport
     enrolled_unix: int
     last_seen_unix: int
     models: _containers.RepeatedCompositeFieldContainer[DeviceModelState]
-    last_telemetry_json: str
     last_telemetry_unix: int
     revoked_unix: int
     online_state: str
@@ -485,7 +549,7 @@ class DeviceInfo(_message.Message):
     telemetry_count: int
     telemetry_gaps: int
     events: _containers.RepeatedCompositeFieldContainer[DeviceEventInfo]
-    def __init__(self, device_id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capabilities_json: _Optional[str] = ..., enrolled_unix: _Optional[int] = ..., last_seen_unix: _Optional[int] = ..., models: _Optional[_Iterable[_Union[DeviceModelState, _Mapping]]] = ..., last_telemetry_json: _Optional[str] = ..., last_telemetry_unix: _Optional[int] = ..., revoked_unix: _Optional[int] = ..., online_state: _Optional[str] = ..., online_unix: _Optional[int] = ..., telemetry_count: _Optional[int] = ..., telemetry_gaps: _Optional[int] = ..., events: _Optional[_Iterable[_Union[DeviceEventInfo, _Mapping]]] = ...) -> None: ...
+    def __init__(self, device_id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capabilities: _Optional[_Union[_device_pb2.Capabilities, _Mapping]] = ..., last_telemetry: _Optional[_Union[_telemetry_pb2.TelemetryReport, _Mapping]] = ..., enrolled_unix: _Optional[int] = ..., last_seen_unix: _Optional[int] = ..., models: _Optional[_Iterable[_Union[DeviceModelState, _Mapping]]] = ..., last_telemetry_unix: _Optional[int] = ..., revoked_unix: _Optional[int] = ..., online_state: _Optional[str] = ..., online_unix: _Optional[int] = ..., telemetry_count: _Optional[int] = ..., telemetry_gaps: _Optional[int] = ..., events: _Optional[_Iterable[_Union[DeviceEventInfo, _Mapping]]] = ...) -> None: ...
 
 class DeviceEventInfo(_message.Message):
     __slots__ = ("at_unix", "seq", "model_name", "version", "state", "detail")

@@ -170,7 +170,7 @@ def test_a_build_directory_is_pushed_with_its_evidence_and_selection_uses_it(
     pushed = server.admin("models", "push", str(out), "--name", "digits", "--version", "1.0.0")
     assert "not pushed: edgetpu (skipped)" in pushed.stderr
     rows = {
-        m["variant"]: json.loads(m["requirements_json"])
+        m["variant"]: m["profile"]
         for m in json.loads(server.admin("models", "list", "--json").stdout)
     }
     accepted = {v.name: v for v in report.variants if v.status == "ok"}
@@ -226,7 +226,7 @@ def test_the_fleet_benchmarks_a_model_and_selection_follows_it(
         # Selection now knows the fleet's median for this hardware class and variant.
         models = json.loads(server.admin("models", "list", "--json").stdout)
         benched = next(m for m in models if m["variant"] == row["variant"])
-        fleet = json.loads(benched["requirements_json"])["fleet_latency_ms"]
+        fleet = benched["profile"]["fleet_latency_ms"]
         assert fleet == {row["hardware_class"]: pytest.approx(row["p50_ms"])}
         explained = server.admin(
             "devices", "explain", "bench-1", "digits", "--model-version", "1.0.0"

@@ -7,7 +7,7 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from fleet_server.api.admin_service import AdminServicer
+from fleet_server.api.admin import AdminServicer
 from fleet_server.api.device_service import DeviceServicer, add_device_service
 from fleet_server.context import ServerContext
 from protos import admin_pb2_grpc

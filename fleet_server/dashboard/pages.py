@@ -3,12 +3,11 @@ assets are below (no CDN: the dashboard works offline)."""
 
 from __future__ import annotations
 
-import json
 import time
 from html import escape
-from typing import Any
 from urllib.parse import quote
 
+from fleet_server.api.admin import wire
 from fleet_server.catalog.desired import explain
 from fleet_server.context import ServerContext
 from fleet_server.dashboard.queries import (
@@ -26,6 +25,7 @@ from fleet_server.rollouts.store import RolloutRow, WaveRow
 from fleet_server.routing.budgets import BudgetRow, budget_use
 from fleet_server.routing.costs import CostRow, summarize
 from fleet_server.telemetry.history import HISTORY_BUCKET_S
+from protos import telemetry_pb2
 
 __all__ = ["CSS", "JS", "PageNotFoundError", "layout", "login"]
 
@@ -233,23 +233,17 @@ def fleet(ctx: ServerContext, query: dict[str, str]) -> tuple[str, str]:
     return "Fleet", main
 
 
-def _model_row(m: dict[str, Any]) -> str:
-    def number(key: str) -> int:
-        return int(str(m.get(key, 0) or 0))
-
-    latency = m.get("latency") or {}
-    split = _bar(
-        [("local", number("requests"), "cpu"), ("cloud", number("cloud_requests"), "cloud")]
-    )
+def _model_row(m: telemetry_pb2.ModelTelemetry) -> str:
+    split = _bar([("local", m.requests, "cpu"), ("cloud", m.cloud_requests, "cloud")])
     return (
-        f"<tr><td>{escape(str(m.get('model_name', '')))}</td>"
-        f"<td>{escape(str(m.get('version', '-')))}</td>"
-        f"<td>{escape(str(m.get('backend', '')))}</td>"
-        f"<td>{escape(str(m.get('routing_policy', 'local')))}</td>"
-        f"<td class=n>{number('requests')}</td><td class=n>{number('errors')}</td>"
-        f"<td class=n>{float(latency.get('p50_ms', 0)):.2f}</td>"
-        f"<td class=n>{float(latency.get('p95_ms', 0)):.2f}</td>"
-        f"<td>{split}{number('cloud_requests')} cloud</td></tr>"
+        f"<tr><td>{escape(m.model_name)}</td>"
+        f"<td>{escape(m.version or '-')}</td>"
+        f"<td>{escape(m.backend)}</td>"
+        f"<td>{escape(m.routing_policy or 'local')}</td>"
+        f"<td class=n>{m.requests}</td><td class=n>{m.errors}</td>"
+        f"<td class=n>{m.latency.p50_ms:.2f}</td>"
+        f"<td class=n>{m.latency.p95_ms:.2f}</td>"
+        f"<td>{split}{m.cloud_requests} cloud</td></tr>"
     )
 
 
@@ -273,10 +267,9 @@ def device(ctx: ServerContext, device_id: str) -> tuple[str, str]:
         row = ctx.devices.get_device(device_id)
     except NotFoundError as exc:
         raise PageNotFoundError(f"No device {device_id!r}.") from exc
-    caps = row.capabilities
-    telemetry = row.last_telemetry or {}
-    models = telemetry.get("models", [])
-    model_rows = "".join(_model_row(m) for m in models) or (
+    info = wire.device_info(row)  # the same typed view the admin API gives
+    caps = info.capabilities
+    model_rows = "".join(_model_row(m) for m in info.last_telemetry.models) or (
         "<tr><td colspan=9>no telemetry yet</td></tr>"
     )
     installed = (
@@ -297,12 +290,10 @@ def device(ctx: ServerContext, device_id: str) -> tuple[str, str]:
         )
         or "<tr><td colspan=4>no update events</td></tr>"
     )
-    tpus = ", ".join(
-        f"{t.get('device', '?')} ({t.get('state', '?')})" for t in caps.get("edgetpus", [])
-    )
+    tpus = ", ".join(f"{t.device or '?'} ({t.state or '?'})" for t in caps.edgetpus)
     hardware = (
-        f"{caps.get('arch', '?')}, {int(caps.get('cpu_cores', 0))} cores, "
-        f"{int(caps.get('memory_bytes', 0)) >> 20} MiB; runtime {caps.get('runtime', '?')}"
+        f"{caps.arch or '?'}, {caps.cpu_cores} cores, "
+        f"{caps.memory_bytes >> 20} MiB; runtime {caps.runtime or '?'}"
     )
     state = f"state {row.online_state or 'unknown'}; last seen {_ago(row.last_seen)}"
     now = time.time()
@@ -427,10 +418,10 @@ def models(ctx: ServerContext) -> tuple[str, str]:
         return "Models", empty("No models yet. Push one with 'edgefleet models push'.")
     body = []
     for m in reversed(rows):
-        req = json.loads(m.requirements or "{}")
-        latency = req.get("latency_ms", {}) | req.get("fleet_latency_ms", {})
+        profile = wire.model_info(m, {}).profile
+        latency = dict(profile.latency_ms) | dict(profile.fleet_latency_ms)
         measured = ", ".join(f"{k}: {v:.3f} ms" for k, v in sorted(latency.items())) or "-"
-        accuracy = f"{req['accuracy']:.2%}" if req.get("accuracy") is not None else "-"
+        accuracy = f"{profile.accuracy:.2%}" if profile.HasField("accuracy") else "-"
         body.append(
             f"<tr><td>{escape(m.model_name)}</td><td>{escape(m.version)}</td>"
             f"<td>{escape(m.variant)}</td><td>{escape(m.quantization)}</td>"

@@ -16,22 +16,19 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from agent.errors import ModelFileError
 from agent.inference.modelfile import MAX_MODEL_BYTES, ModelInfo, inspect_model_file
+from fleet_server.artifacts.store import ArtifactStore
 from fleet_server.catalog.select import PREFERENCE
 from fleet_server.catalog.smoke import SmokeExpectation, expect
-from fleet_server.catalog.store import ModelRow
+from fleet_server.catalog.store import CatalogStore, ModelRow
 from fleet_server.errors import AlreadyExistsError, BadRequestError
-from fleet_server.signing.keys import ManifestSigner
+from fleet_server.signing.keys import KeyStore, ManifestSigner
 from protos import admin_pb2 as pb
 from protos import manifest_pb2
 from protos.envelope import MANIFEST_PAYLOAD_TYPE
 from protos.names import is_name
-
-if TYPE_CHECKING:
-    from fleet_server.context import ServerContext
 
 __all__ = ["MANIFEST_LIFETIME_S", "MAX_VARIANTS", "Pusher", "requirements_of"]
 
@@ -166,8 +163,13 @@ class _Stream:
 class Pusher:
     """Turns a PushModel stream into a stored, signed release."""
 
-    def __init__(self, ctx: ServerContext) -> None:
-        self._ctx = ctx
+    def __init__(
+        self, catalog: CatalogStore, artifacts: ArtifactStore, keys: KeyStore, fleet_id: str
+    ) -> None:
+        self._catalog = catalog
+        self._artifacts = artifacts
+        self._keys = keys
+        self._fleet_id = fleet_id
         self._lock = threading.Lock()
 
     def push(
@@ -182,8 +184,8 @@ class Pusher:
         """
         _check_meta(meta)
         # Fail before storing anything when nothing here could sign, or the version exists.
-        signer = None if meta.sign_offline else self._ctx.keys.manifest_signer()
-        if self._ctx.catalog.model_exists(meta.model_name, meta.version):
+        signer = None if meta.sign_offline else self._keys.manifest_signer()
+        if self._catalog.model_exists(meta.model_name, meta.version):
             raise AlreadyExistsError(
                 f"model {meta.model_name} version {meta.version} exists already; "
                 "versions are immutable, push a new version"
@@ -225,7 +227,7 @@ class Pusher:
                 f"variant {upload.variant}: size {upload.size} is outside "
                 f"1..{MAX_MODEL_BYTES} bytes"
             )
-        sha256, size, path = self._ctx.artifacts.put(stream.chunks("data"), max_bytes=upload.size)
+        sha256, size, path = self._artifacts.put(stream.chunks("data"), max_bytes=upload.size)
         upload.stored.append((sha256, path))
         if size != upload.size:
             raise BadRequestError(
@@ -237,7 +239,7 @@ class Pusher:
     def _receive_fallback(self, upload: _Upload, stream: _Stream, announced: int) -> None:
         if announced > MAX_MODEL_BYTES:
             raise BadRequestError(f"fallback size {announced} is over {MAX_MODEL_BYTES}")
-        sha256, size, path = self._ctx.artifacts.put(
+        sha256, size, path = self._artifacts.put(
             stream.chunks("fallback_data"), max_bytes=announced
         )
         upload.stored.append((sha256, path))
@@ -255,13 +257,13 @@ class Pusher:
             info, runnable if info.edgetpu else upload.path, upload.sample, meta.smoke_tolerance
         )
         upload.smoke = smoke
-        sample_sha, sample_size, sample_path = self._ctx.artifacts.put(
+        sample_sha, sample_size, sample_path = self._artifacts.put(
             [smoke.sample], max_bytes=len(smoke.sample)
         )
         upload.stored.append((sample_sha, sample_path))
         upload.sample_ref = (sample_sha, sample_size)
         if not meta.no_compression:
-            upload.packed = self._ctx.artifacts.put_compressed(upload.path)
+            upload.packed = self._artifacts.put_compressed(upload.path)
             if upload.packed is not None:
                 upload.stored.append((upload.packed[0], upload.packed[2]))
 
@@ -269,7 +271,7 @@ class Pusher:
         self, meta: pb.PushModelMeta, uploads: list[_Upload], signer: ManifestSigner | None
     ) -> tuple[list[ModelRow], list[bytes]]:
         now = int(time.time())
-        counter = self._ctx.catalog.next_release_counter(meta.model_name)
+        counter = self._catalog.next_release_counter(meta.model_name)
         rows: list[ModelRow] = []
         unsigned: list[bytes] = []
         for upload in uploads:
@@ -305,7 +307,7 @@ class Pusher:
                     ),
                 )
             )
-        self._ctx.catalog.add_release(rows)
+        self._catalog.add_release(rows)
         log.info(
             "pushed %s %s (release %d): %s",
             meta.model_name,
@@ -330,7 +332,7 @@ class Pusher:
             artifact_id=upload.sha256,
             created_unix=now,
             expires_unix=now + MANIFEST_LIFETIME_S,
-            fleet_id=self._ctx.fleet_id,
+            fleet_id=self._fleet_id,
             requirements=manifest_pb2.Requirements(
                 edgetpu=info.edgetpu,
                 min_memory_bytes=info.size + info.activation_bytes,
@@ -373,7 +375,7 @@ class Pusher:
     def _discard(self, stored: list[tuple[str, Path]]) -> None:
         """Remove artifacts of a push that failed, unless another version uses them."""
         for digest, path in stored:
-            if self._ctx.catalog.model_by_sha(digest) is None:
+            if self._catalog.model_by_sha(digest) is None:
                 path.unlink(missing_ok=True)
 
 

@@ -1,0 +1,30 @@
+"""AdminService: what the ``edgefleet`` CLI and the dashboard call, one module per area.
+
+Every method requires the admin token; every state-changing one is recorded in the audit log.
+"""
+
+from __future__ import annotations
+
+from fleet_server.api.admin.devices import DevicesAdmin
+from fleet_server.api.admin.fleet import FleetAdmin
+from fleet_server.api.admin.models import ModelsAdmin
+from fleet_server.api.admin.rollouts import RolloutsAdmin
+from fleet_server.api.admin.routing import RoutingAdmin
+from fleet_server.context import ServerContext
+from protos import admin_pb2_grpc as pb_grpc
+
+__all__ = ["AdminServicer"]
+
+
+class AdminServicer(
+    ModelsAdmin,
+    DevicesAdmin,
+    RolloutsAdmin,
+    RoutingAdmin,
+    FleetAdmin,
+    pb_grpc.AdminServiceServicer,
+):
+    """The whole admin API: each area's methods over one shared context."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        super().__init__(ctx)

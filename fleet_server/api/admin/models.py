@@ -1,0 +1,180 @@
+"""Models: push, offline signatures, explicit rollbacks, the fleet-wide deployment, and which
+variant a device gets."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from google.protobuf.json_format import MessageToJson
+
+from agent.updates.trust import count_signers
+from fleet_server.api._errors import rpc_errors
+from fleet_server.api.admin import wire
+from fleet_server.api.admin._base import (
+    AdminBase,
+    audited,
+    manifest_of,
+    manifest_target,
+    recorded,
+)
+from fleet_server.api.auth import require_admin
+from fleet_server.catalog.desired import explain
+from fleet_server.catalog.push import Pusher
+from fleet_server.context import ServerContext
+from fleet_server.errors import (
+    BadRequestError,
+    NotFoundError,
+)
+from protos import admin_pb2 as pb
+from protos import manifest_pb2
+
+log = logging.getLogger(__name__)
+
+
+class ModelsAdmin(AdminBase):
+    def __init__(self, ctx: ServerContext) -> None:
+        super().__init__(ctx)
+        self._pusher = Pusher(ctx.catalog, ctx.artifacts, ctx.keys, ctx.fleet_id)
+
+    def PushModel(  # noqa: N802
+        self, request_iterator: Iterator[pb.PushModelRequest], context: Any
+    ) -> pb.PushModelResponse:
+        return self._push(request_iterator, context)
+
+    @rpc_errors
+    def _push(
+        self, request_iterator: Iterator[pb.PushModelRequest], context: Any
+    ) -> pb.PushModelResponse:
+        require_admin(context, self._ctx.admin_token)
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "meta":
+            raise BadRequestError("the first message of PushModel must carry the metadata")
+        meta = first.meta
+        shown = pb.PushModelMeta()
+        shown.CopyFrom(meta)
+        shown.ClearField("sample")
+        detail = MessageToJson(shown, indent=None, preserving_proto_field_name=True)
+        target = f"model {meta.model_name} {meta.version}"
+        with recorded(self._ctx, context, "PushModel", target, detail):
+            rows, unsigned = self._pusher.push(meta, request_iterator)
+        deployed = self._ctx.catalog.deployed()
+        return pb.PushModelResponse(
+            model=wire.model_info(rows[0], deployed),
+            unsigned_manifest=unsigned[0] if unsigned else b"",
+            variants=[wire.model_info(r, deployed) for r in rows],
+            unsigned_manifests=unsigned,
+        )
+
+    @rpc_errors
+    @audited("AttachSignatures", lambda r: f"model {manifest_target(r.envelope)}")
+    def AttachSignatures(  # noqa: N802
+        self, request: pb.AttachSignaturesRequest, context: Any
+    ) -> pb.PushModelResponse:
+        require_admin(context, self._ctx.admin_token)
+        envelope = request.envelope
+        manifest = manifest_of(envelope)
+        row = self._ctx.catalog.get_model(manifest.model_name, manifest.version, manifest.variant)
+        stored = manifest_pb2.Envelope.FromString(row.envelope)
+        if stored.payload != envelope.payload:
+            raise BadRequestError(
+                f"the signed manifest differs from the one pushed for {row.model_name} "
+                f"{row.version} ({row.variant}); sign the file 'models push --sign-offline' wrote"
+            )
+        now = time.time()
+        trust = self.trust(now)
+        signers = count_signers(envelope, trust.release_keys(now))
+        if len(signers) < trust.release_threshold:
+            raise BadRequestError(
+                f"{len(signers)} valid release-key signature(s); key list version "
+                f"{trust.version} requires {trust.release_threshold}"
+            )
+        self._ctx.catalog.set_envelope(
+            row.model_name, row.version, row.variant, envelope.SerializeToString()
+        )
+        log.info(
+            "attached offline signatures to %s %s (%s)", row.model_name, row.version, row.variant
+        )
+        updated = self._ctx.catalog.get_model(row.model_name, row.version, row.variant)
+        return pb.PushModelResponse(model=wire.model_info(updated, self._ctx.catalog.deployed()))
+
+    @rpc_errors
+    def PrepareRollback(  # noqa: N802
+        self, request: pb.DeployRequest, context: Any
+    ) -> pb.PushModelResponse:
+        require_admin(context, self._ctx.admin_token)
+        return self.prepare_rollback(request.model_name, request.version)
+
+    @rpc_errors
+    @audited("CommitRollback", lambda r: f"model {manifest_target(r.envelope)}")
+    def CommitRollback(  # noqa: N802
+        self, request: pb.AttachSignaturesRequest, context: Any
+    ) -> pb.DeployResponse:
+        require_admin(context, self._ctx.admin_token)
+        row, blob = self.verified_rollback_set([request.envelope, *request.envelopes])
+        self._ctx.catalog.deploy(row.model_name, row.version, envelope=blob)
+        self._ctx.rollouts.supersede(row.model_name)
+        log.warning(
+            "explicit rollback of %s to %s deployed to the fleet", row.model_name, row.version
+        )
+        return pb.DeployResponse(model=wire.model_info(row, self._ctx.catalog.deployed()))
+
+    @rpc_errors
+    def ListModels(self, request: pb.ListModelsRequest, context: Any) -> pb.ListModelsResponse:  # noqa: N802
+        require_admin(context, self._ctx.admin_token)
+        deployed = self._ctx.catalog.deployed()
+        return pb.ListModelsResponse(
+            models=[wire.model_info(r, deployed) for r in self._ctx.catalog.list_models()]
+        )
+
+    @rpc_errors
+    @audited("Deploy", lambda r: f"model {r.model_name} {r.version}")
+    def Deploy(self, request: pb.DeployRequest, context: Any) -> pb.DeployResponse:  # noqa: N802
+        require_admin(context, self._ctx.admin_token)
+        self.require_signed(request.model_name, request.version)
+        row = self._ctx.catalog.deploy(request.model_name, request.version)
+        replaced = self._ctx.rollouts.supersede(row.model_name)
+        log.info(
+            "deployed %s %s to the fleet%s",
+            row.model_name,
+            row.version,
+            f" (replacing rollouts {replaced})" if replaced else "",
+        )
+        return pb.DeployResponse(model=wire.model_info(row, self._ctx.catalog.deployed()))
+
+    @rpc_errors
+    def ExplainVariant(  # noqa: N802
+        self, request: pb.ExplainVariantRequest, context: Any
+    ) -> pb.ExplainVariantResponse:
+        require_admin(context, self._ctx.admin_token)
+        device = self._ctx.devices.get_device(request.device_id)
+        explained = explain(
+            self._ctx.catalog,
+            self._ctx.rollouts,
+            device.device_id,
+            device.capabilities,
+            request.model_name,
+            version=request.version,
+        )
+        if explained is None:
+            raise NotFoundError(f"model {request.model_name!r} has no versions")
+        version, rows, choice = explained.version, explained.rows, explained.choice
+        return pb.ExplainVariantResponse(
+            device_id=device.device_id,
+            model_name=request.model_name,
+            version=version,
+            variant=choice.variant or "",
+            reason=choice.reason,
+            hardware_class=explained.hardware_class,
+            verdicts=[
+                pb.VariantVerdict(
+                    variant=r.variant,
+                    quantization=r.quantization,
+                    chosen=r.variant == choice.variant,
+                    reason=choice.verdicts.get(r.variant, ""),
+                )
+                for r in rows
+            ],
+        )
