@@ -207,11 +207,11 @@ def test_an_mqtt_reload_and_a_sighup_together_both_apply(
             before = _reloads(agent)
             agent.config.write_text(original + _cascade(threshold))
             # Both at once: the command from the broker, the signal from the service manager.
-            sender = threading.Thread(target=commands.send, args=("reload", f"reload-{round_}"))
+            command_id = f"reload-{round_}"
+            sender = threading.Thread(target=commands.send, args=("reload", command_id))
             sender.start()
             _hup(agent)
             sender.join(10)
-            command_id = f"reload-{round_}"
             ack = wait_for(f"the ack of {command_id}", lambda: commands.ack(command_id))  # noqa: B023 - waited for here
             assert ack.ok, ack.detail
             assert ack.detail.startswith("reloaded agent.toml: 1 routing override(s)"), ack.detail
