@@ -1,0 +1,18 @@
+"""The agent daemon (``edgefleet-agent run``): serve the active models, keep them up to date,
+report telemetry, take reloads and commands.
+
+One process, one stop event, three loops that share only ``AgentState``:
+
+- ``_agent``: ``Agent``, the composition root: builds the parts, starts and stops them in order.
+- ``_state``: ``AgentState``, what the loops share (live config, identity, the server's cloud
+  endpoint, the nudge, the birth publisher, the event spool) and who writes each.
+- ``_update``: the update loop (main thread): enroll, renew, check in, update, health windows.
+- ``_telemetry``: the telemetry loop: the MQTT session, reports, spool forwarding, device state.
+- ``_control``: the control loop: SIGHUP reloads and MQTT commands, handed over through a queue
+  and applied at once whatever phase the update loop is in.
+- ``_cloud``, ``_backoff``: cloud clients for the router, retry timing.
+"""
+
+from agent.daemon._agent import Agent
+
+__all__ = ["Agent"]

@@ -1,0 +1,255 @@
+"""The agent process: the composition root of the daemon.
+
+``Agent.__init__`` builds every part (model store, engine, device client, router, event spool,
+the shared ``AgentState`` and the three loops) and touches no network. ``Agent.run`` starts them
+in a fixed order: load the active models from disk and serve them (a device keeps working
+without its server), say READY, start the control loop (reloads and commands work from then on,
+whatever the update loop is doing), then run the update loop, which enrolls if needed, checks in
+periodically and starts the telemetry loop once the device has an identity. One stop event ends
+every loop; the parts stop in reverse order.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from agent.client import DeviceClient
+from agent.config import AgentConfig, routing_policy
+from agent.daemon._cloud import open_cloud
+from agent.daemon._control import ControlLoop
+from agent.daemon._state import AgentState
+from agent.daemon._telemetry import TelemetryLoop
+from agent.daemon._update import UpdateLoop
+from agent.errors import AgentError, EnrollmentError
+from agent.hardware.probe import HardwareInfo, probe
+from agent.identity import Identity
+from agent.inference.engine import Engine, EngineOptions
+from agent.inference.metrics_http import MetricsServer
+from agent.inference.metrics_http import render as render_metrics
+from agent.inference.oip import create_server
+from agent.routing.cloud import CloudTarget
+from agent.routing.guards import Breaker
+from agent.routing.router import Router
+from agent.systemd import Notifier, watchdog_interval
+from agent.telemetry.spool import Spool
+from agent.updates.store import ModelStore
+from agent.updates.updater import Updater
+from protos import device_pb2
+
+__all__ = ["Agent"]
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    """One agent process."""
+
+    def __init__(self, config: AgentConfig, config_path: Path | None = None) -> None:
+        self.store = ModelStore(config.agent.state_dir, keep_versions=config.updates.keep_versions)
+        spool = Spool(
+            self.store.root / "spool.db", max_messages=config.telemetry.spool_max_messages
+        )
+        self.state = AgentState(config, spool)
+        hardware = self.probe()
+        if hardware.edgetpus:
+            log.info("Edge TPUs: %s", ", ".join(t.device for t in hardware.edgetpus))
+        self.engine = Engine(
+            EngineOptions(
+                workers=config.inference.workers,
+                queue_depth=config.inference.queue_depth,
+                num_threads=config.inference.num_threads,
+                memory_budget_bytes=config.inference.memory_budget_mb * 1024 * 1024,
+                edgetpus=tuple(t.device for t in hardware.edgetpus),
+                edgetpu_library=hardware.libedgetpu or config.hardware.edgetpu_library,
+            )
+        )
+        self._client = DeviceClient(
+            config.server.address, timeout_s=config.server.timeout_s, ca_pem=config.fleet_ca()
+        )
+        self._client.on_report = self._on_report
+        cloud = config.cloud
+        self.router = Router(
+            open_cloud(cloud, CloudTarget(cloud.url, config.cloud_token(), config.cloud_ca()))
+            if cloud.url
+            else None,
+            overrides={name: routing_policy(r) for name, r in config.routing.items()},
+            breaker=Breaker(cloud.breaker_failures, cloud.breaker_cooldown_s),
+        )
+        self.notifier = Notifier()
+        self._control = ControlLoop(
+            state=self.state,
+            router=self.router,
+            engine=self.engine,
+            client=self._client,
+            config_path=config_path,
+        )
+        self._update = UpdateLoop(
+            state=self.state,
+            store=self.store,
+            engine=self.engine,
+            client=self._client,
+            router=self.router,
+            probe=self.probe,
+            active=self._active,
+        )
+        self._telemetry = TelemetryLoop(
+            state=self.state,
+            store=self.store,
+            engine=self.engine,
+            router=self.router,
+            probe=self.probe,
+            active=self._active,
+            on_command=self._control.submit,
+            started=time.monotonic(),
+        )
+
+    def request_reload(self) -> None:
+        """Reload the config soon, whatever the agent is doing (from a SIGHUP handler: only
+        queues the request for the control loop)."""
+        self._control.request_reload("SIGHUP")
+
+    def run(self, stop: threading.Event) -> None:
+        """Run until ``stop`` is set.
+
+        Raises:
+            EnrollmentError: the server refused this device's enrollment (fatal).
+            AgentError: the local API could not start.
+        """
+        try:
+            self._serve(stop)
+        finally:
+            self._client.close()
+            self.state.spool.close()
+
+    def _serve(self, stop: threading.Event) -> None:
+        state = self.state
+        state.identity = Identity.load(self.store.root)
+        if state.identity is None and not state.config.enrollment_token():
+            # Fail before READY=1: a service that can never enroll should not look started.
+            raise EnrollmentError(
+                "this device is not enrolled and no enrollment token is configured "
+                "(server.enrollment_token, server.enrollment_token_file, or systemd's "
+                "LoadCredential=enrollment-token:...)"
+            )
+        self._update.recover()
+        Updater.load_active_into(self.store, self.engine)
+        config = state.config
+        try:
+            server, port = create_server(
+                self.engine,
+                socket_path=config.api.socket,
+                tcp_address=config.api.listen or None,
+                router=self.router,
+            )
+        except OSError as exc:
+            raise AgentError(f"cannot start the local inference API: {exc}") from exc
+        server.start()
+        # Ready: the active models are loaded (above) and the API serves them.
+        self.notifier.notify("READY=1", f"STATUS={self._serving_status()}")
+        self.notifier.last_status = self._serving_status()
+        interval = watchdog_interval()
+        if interval is not None:
+            threading.Thread(
+                target=self._watchdog, args=(stop, interval), name="watchdog", daemon=True
+            ).start()
+        metrics = self._start_metrics()
+        log.info(
+            "local inference API on unix:%s%s",
+            config.api.socket,
+            f" and port {port}" if port else "",
+        )
+        control = threading.Thread(
+            target=self._control.run, args=(stop,), name="control", daemon=True
+        )
+        telemetry = threading.Thread(
+            target=self._telemetry.run, args=(stop,), name="telemetry", daemon=True
+        )
+        control.start()
+        try:
+            self._update.run(stop, on_enrolled=telemetry.start)
+        finally:
+            self.notifier.notify("STOPPING=1", "STATUS=stopping: draining requests")
+            stop.set()
+            # Telemetry first: its last report and the "stopped" state go out while the
+            # control loop may still answer a command (both write the spool).
+            for thread in (telemetry, control):
+                if thread.is_alive():
+                    thread.join(timeout=10)
+            server.stop(grace=5).wait()
+            if metrics is not None:
+                metrics.stop()
+            log.info("agent stopped")
+
+    def probe(self) -> HardwareInfo:
+        """What this device has now (free disk and temperatures change)."""
+        hw = self.state.config.hardware
+        return probe(
+            self.store.root,
+            sysfs=hw.sysfs_root,
+            devfs=hw.dev_root,
+            edgetpu_library=hw.edgetpu_library,
+        )
+
+    def _serving_status(self) -> str:
+        models = self.engine.models()
+        if not models:
+            return "up; no model assigned yet"
+        names = ", ".join(f"{m.name} {m.version} ({m.backend})" for m in models)
+        return f"serving {len(models)} model(s): {names}"
+
+    def _on_report(self, report: device_pb2.StatusReport) -> None:
+        """Every update state change goes to systemd's STATUS and out as an event."""
+        state = device_pb2.UpdateState.Name(report.state)
+        if state in ("INSTALLED", "ROLLED_BACK"):
+            self.notifier.status(self._serving_status())
+        else:
+            self.notifier.status(f"{report.model_name} {report.version}: {state}")
+        self.state.event(report=report)
+
+    def _active(self) -> list[device_pb2.ActiveModel]:
+        """The models this device serves, with what the store knows of each."""
+        active = self.store.active()
+        return [
+            device_pb2.ActiveModel(
+                model_name=model.name,
+                version=model.version,
+                release_counter=active[model.name].release_counter if model.name in active else 0,
+                sha256=active[model.name].sha256 if model.name in active else "",
+                backend=model.backend,
+            )
+            for model in self.engine.models()
+        ]
+
+    def _watchdog(self, stop: threading.Event, interval: float) -> None:
+        """Ping the systemd watchdog while the engine makes progress; stop pinging when a
+        model is wedged, so systemd restarts the agent."""
+        limit = max(4 * interval, 5.0)
+        wedged = ""
+        while not stop.wait(interval):
+            why = self.engine.wedged(limit)
+            if why:
+                if why != wedged:
+                    log.error("engine wedged, no more watchdog pings: %s", why)
+                    self.notifier.status(f"wedged: {why}")
+                wedged = why
+                continue
+            if wedged:
+                log.info("the engine makes progress again")
+                self.notifier.status(self._serving_status())
+                wedged = ""
+            self.notifier.notify("WATCHDOG=1")
+
+    def _start_metrics(self) -> MetricsServer | None:
+        address = self.state.config.api.metrics_listen
+        if not address:
+            return None
+        host, _, port = address.rpartition(":")
+        try:
+            metrics = MetricsServer(lambda: render_metrics(self.engine), host, int(port))
+        except (OSError, ValueError) as exc:
+            raise AgentError(f"cannot serve metrics on {address}: {exc}") from exc
+        metrics.start()
+        return metrics

@@ -1,0 +1,75 @@
+"""What the daemon's loops share, in one object created with the agent.
+
+Each loop keeps its own working state to itself (the update loop its last check-in answer, the
+control loop the command ids it has seen, the telemetry loop its MQTT session). Only what
+crosses between loops lives here, each with the loop that writes it:
+
+- ``config``: the live config. Replaced whole (never mutated) by the control loop's reloads;
+  every loop reads it afresh when it needs a setting that a reload may change.
+- ``identity``: the device identity. Written by the update loop only (enrollment, certificate
+  renewal, key rotation); read by the others for ids and topics.
+- ``server_endpoint``: the cloud endpoint the server gave last. Written by the update loop, and
+  cleared by a reload that changes ``[cloud]``.
+- ``cloud_lock``: held while the router's cloud client, ``server_endpoint`` or ``config.cloud``
+  change: the update loop (the server's endpoint) and the control loop (a reload) both do.
+- ``nudge``: "check in now", set by the control loop, waited for by the update loop.
+- ``birth``: publishes the retained online state again; set by the telemetry loop at every
+  connect (paho's thread), called by the control loop.
+- ``events``: the spooled event stream (update state changes, command answers) that the update
+  and control loops write and the telemetry loop forwards.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from agent.config import AgentConfig
+from agent.identity import Identity
+from agent.telemetry.spool import EVENT, Spool
+from protos import device_pb2, telemetry_pb2
+from protos.topics import device_topic
+
+__all__ = ["AgentState"]
+
+
+class AgentState:
+    """The state the update, telemetry and control loops share (see the module docstring)."""
+
+    def __init__(self, config: AgentConfig, spool: Spool) -> None:
+        self.config = config
+        self.identity: Identity | None = None
+        self.server_endpoint: device_pb2.CloudEndpoint | None = None
+        self.cloud_lock = threading.Lock()
+        self.nudge = threading.Event()
+        self.birth: Callable[[], object] | None = None
+        self.spool = spool
+
+    def event(
+        self,
+        *,
+        report: device_pb2.StatusReport | None = None,
+        ack: telemetry_pb2.CommandAck | None = None,
+    ) -> None:
+        """Spool an update state change or a command answer for the events topic (never
+        dropped; published when the broker is there). Nothing is spooled before enrollment:
+        there is no topic yet."""
+        identity, spool = self.identity, self.spool
+        if identity is None:
+            return
+        event = telemetry_pb2.DeviceEvent(
+            device_id=identity.device_id,
+            seq=spool.next_seq(),
+            epoch=spool.epoch,
+            sent_unix_ms=int(time.time() * 1000),
+        )
+        if report is not None:
+            event.update.CopyFrom(report)
+        if ack is not None:
+            event.ack.CopyFrom(ack)
+        spool.append(
+            device_topic(identity.fleet_id, identity.device_id, "events"),
+            event.SerializeToString(),
+            EVENT,
+        )

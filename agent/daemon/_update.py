@@ -1,0 +1,341 @@
+"""The update loop: everything the agent does with its fleet server over gRPC.
+
+It enrolls the device (once), renews its certificate, checks in every ``checkin_interval_s``,
+hands the desired state to the updater (download, verify, stage, activate), adopts rotated keys
+and the server's routing policies and cloud endpoint, and judges open health windows between
+check-ins. It runs on the main thread; errors are retried with backoff, only a refused
+enrollment ends it. It owns its last check-in answer; what it shares is in ``AgentState``: it
+writes the identity and the server's cloud endpoint, and wakes early when the control loop sets
+the ``nudge`` event ("check in now").
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from agent.client import DeviceClient
+from agent.config import AgentConfig
+from agent.daemon._backoff import backoff
+from agent.daemon._cloud import close_later, open_cloud
+from agent.daemon._state import AgentState
+from agent.errors import AgentError, ConfigError, EnrollmentError, ManifestError, TransientError
+from agent.hardware.probe import HardwareInfo, to_capabilities
+from agent.identity import Identity, new_key_and_csr
+from agent.inference.engine import Engine
+from agent.routing.cloud import CloudTarget
+from agent.routing.policy import Policy
+from agent.routing.router import Router
+from agent.updates.health import HealthPolicy
+from agent.updates.store import ModelStore
+from agent.updates.trust import pin_keylist, update_keylist
+from agent.updates.updater import Updater
+from protos import device_pb2
+from protos.topics import device_name, validate_segment
+
+__all__ = ["RENEW_BEFORE_S", "UpdateLoop", "health_policy"]
+
+log = logging.getLogger(__name__)
+RENEW_BEFORE_S = 30 * 86400  # renew the device certificate in its last 30 days
+
+
+def health_policy(config: AgentConfig) -> HealthPolicy:
+    """The health window an activated model must pass, from ``[updates]``."""
+    u = config.updates
+    return HealthPolicy(
+        window_s=u.health_window_s,
+        min_requests=u.health_min_requests,
+        max_error_rate=u.health_max_error_rate,
+        max_latency_ratio=u.health_max_latency_ratio,
+        max_starts=u.crash_loop_starts,
+    )
+
+
+def _with_server_host(url: str, server_address: str) -> str:
+    """``grpcs://:8443`` (the server's own service, on any address) -> the host this agent
+    reaches the fleet server on."""
+    scheme, _, rest = url.partition("://")
+    if not rest.startswith(":"):
+        return url
+    host = server_address.rsplit(":", 1)[0]
+    return f"{scheme}://{host}{rest}"
+
+
+def _server_policies(response: device_pb2.CheckInResponse) -> dict[str, Policy]:
+    """The routing policies in a check-in answer; an invalid one is logged and skipped."""
+    policies = {}
+    for r in response.routing:
+        try:
+            policies[r.model_name] = Policy(
+                kind=r.policy,
+                threshold=r.threshold,
+                latency_budget_ms=r.latency_budget_ms,
+                cloud_model=r.cloud_model,
+                cloud_cost=r.cloud_cost,
+                max_per_minute=r.max_per_minute if r.HasField("max_per_minute") else None,
+                max_spend_per_day=r.max_spend_per_day if r.HasField("max_spend_per_day") else None,
+                source="server",
+                reason=r.reason,
+            )
+        except ConfigError as exc:
+            log.warning("ignoring the server's routing for %s: %s", r.model_name, exc)
+    return policies
+
+
+class UpdateLoop:
+    """Enrollment, check-ins and updates (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        state: AgentState,
+        store: ModelStore,
+        engine: Engine,
+        client: DeviceClient,
+        router: Router,
+        probe: Callable[[], HardwareInfo],
+        active: Callable[[], list[device_pb2.ActiveModel]],
+    ) -> None:
+        self._state = state
+        self._store = store
+        self._engine = engine
+        self._client = client
+        self._router = router
+        self._probe = probe
+        self._active = active
+        self._pending: list[device_pb2.StatusReport] = []  # from recover(), sent once enrolled
+        self._answer: device_pb2.CheckInResponse | None = None  # the last full check-in answer
+        self._cloud_routes: dict[str, tuple[str, str]] = {}
+        self._fresh = False  # ask the server to skip its caches (after a nudge)
+
+    def recover(self) -> None:
+        """At start, before any model is loaded: settle the health windows a crash left open
+        (see ``Updater.recover``); their reports go out once the server can be reached."""
+        self._pending = Updater.recover(self._store, health_policy(self._state.config))
+
+    def run(self, stop: threading.Event, on_enrolled: Callable[[], None]) -> None:
+        """Check in until ``stop`` is set; ``on_enrolled`` is called once, when the device has
+        its identity and certificate.
+
+        Raises:
+            EnrollmentError: the server refused this device's enrollment (fatal).
+        """
+        attempt = 0
+        updater: Updater | None = None
+        state = self._state
+        interval = state.config.server.checkin_interval_s
+        while not stop.is_set():
+            try:
+                identity = state.identity
+                if identity is None:
+                    identity = state.identity = self._enroll()
+                if updater is None:
+                    self._client.use_certificate(
+                        identity.device_address,
+                        certificate_pem=identity.certificate_pem,
+                        key_pem=identity.key_pem,
+                        ca_pem=identity.ca_pem,
+                    )
+                    updater = Updater(
+                        store=self._store,
+                        engine=self._engine,
+                        client=self._client,
+                        identity=identity,
+                        health=health_policy(state.config),
+                        max_download_bytes_per_s=state.config.updates.max_download_kbps * 1024,
+                    )
+                    on_enrolled()
+                    for report in self._pending:
+                        self._client.report(report)
+                    self._pending = []
+                self._renew_if_due()
+                self._check_in(updater)
+                attempt = 0
+                self._watch(stop, updater, interval)
+                continue
+            except TransientError as exc:
+                attempt += 1
+                wait = max(1.0, backoff(attempt, min(interval, 5.0)))
+                log.warning("%s; retrying in %.0f s", exc, wait)
+            except EnrollmentError:
+                raise
+            except AgentError as exc:
+                attempt += 1
+                wait = max(interval, backoff(attempt, interval))
+                log.error("check-in failed: %s; retrying in %.0f s", exc, wait)
+            except Exception:
+                # A bug must not take down a device that is serving models: log it with its
+                # traceback and try again later.
+                attempt += 1
+                wait = max(interval, backoff(attempt, interval))
+                log.exception("unexpected error in the update loop; retrying in %.0f s", wait)
+            stop.wait(wait)
+
+    def _check_in(self, updater: Updater) -> None:
+        """One check-in, and act on its answer."""
+        response = self._client.check_in(
+            device_pb2.CheckInRequest(
+                capabilities=to_capabilities(self._probe()),
+                active=self._active(),
+                state_version=self._answer.state_version if self._answer else "",
+                fresh=self._fresh,
+            )
+        )
+        self._fresh = False
+        if response.unchanged and self._answer is not None:
+            response = self._answer  # the server confirms what we acted on last
+        else:
+            self._answer = response
+        if response.HasField("keylist"):
+            self._rotate_keys(response.keylist.SerializeToString(), updater)
+        updater.apply(response.desired)
+        self._note_cloud_routes(response.cloud)
+        self._apply_routing(response)
+
+    def _watch(self, stop: threading.Event, updater: Updater, seconds: float) -> None:
+        """Wait until the next check-in, judging open health windows every second; a nudge
+        ends the wait early."""
+        deadline = time.monotonic() + seconds
+        while not stop.is_set():
+            updater.check_health()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or stop.wait(min(1.0, remaining)):
+                return
+            if self._state.nudge.is_set():
+                self._state.nudge.clear()
+                self._fresh = True
+                log.info("the server asked for a check-in now")
+                return
+
+    def _apply_routing(self, response: device_pb2.CheckInResponse) -> None:
+        """Adopt the server's routing policies and, unless the config names one, its cloud
+        endpoint."""
+        self._router.set_server_policies(_server_policies(response))
+        endpoint = response.cloud_endpoint if response.HasField("cloud_endpoint") else None
+        state, router = self._state, self._router
+        with state.cloud_lock:  # a reload may change [cloud] meanwhile
+            config = state.config
+            if config.cloud.url or endpoint == state.server_endpoint:
+                return
+            state.server_endpoint = endpoint
+            old = router.cloud
+            try:
+                router.cloud = (
+                    open_cloud(
+                        config.cloud,
+                        CloudTarget(
+                            _with_server_host(endpoint.url, config.server.address),
+                            endpoint.token,
+                            endpoint.ca_pem or None,
+                        ),
+                    )
+                    if endpoint is not None and endpoint.url
+                    else None
+                )
+            except ValueError as exc:
+                log.warning("ignoring the server's cloud endpoint: %s", exc)
+                router.cloud = None
+            if old is not None:
+                close_later(old)
+
+    def _enroll(self) -> Identity:
+        config = self._state.config
+        token = config.enrollment_token()
+        if not token:
+            raise EnrollmentError(
+                "this device is not enrolled and no enrollment token is configured "
+                "(server.enrollment_token or server.enrollment_token_file)"
+            )
+        name = device_name(config.agent.name or socket.gethostname())
+        key_pem, csr_pem = new_key_and_csr(name)
+        response = self._client.enroll(
+            device_pb2.EnrollRequest(
+                enrollment_token=token,
+                requested_name=name,
+                capabilities=to_capabilities(self._probe()),
+                labels=config.agent.labels,
+                csr_pem=csr_pem,
+            )
+        )
+        fleet_id = validate_segment(response.fleet_id, "fleet id")
+        try:
+            trust = pin_keylist(
+                response.keylist.SerializeToString(), fleet_id=fleet_id, now=time.time()
+            )
+        except ManifestError as exc:
+            raise EnrollmentError(f"the server's key list does not verify: {exc}") from exc
+        identity = Identity(
+            device_id=validate_segment(response.device_id, "device id"),
+            fleet_id=fleet_id,
+            trust=trust,
+            mqtt_url=response.mqtt_url,
+            device_address=response.device_address,
+            certificate_pem=response.certificate_pem,
+            key_pem=key_pem,
+            ca_pem=response.ca_pem or config.fleet_ca(),
+        )
+        identity.save(self._store.root)
+        log.info(
+            "enrolled as %s in fleet %s; pinned key list version %d",
+            identity.device_id,
+            identity.fleet_id,
+            trust.version,
+        )
+        return identity
+
+    def _renew_if_due(self) -> None:
+        """Renew the client certificate in its last 30 days (a new key each time)."""
+        identity = self._state.identity
+        if identity is None or identity.certificate_expires - time.time() > RENEW_BEFORE_S:
+            return
+        key_pem, csr_pem = new_key_and_csr(identity.device_id)
+        renewed = identity.with_certificate(self._client.renew(csr_pem), key_pem)
+        renewed.save(self._store.root)
+        self._state.identity = renewed
+        self._client.use_certificate(
+            renewed.device_address,
+            certificate_pem=renewed.certificate_pem,
+            key_pem=renewed.key_pem,
+            ca_pem=renewed.ca_pem,
+        )
+        log.info(
+            "renewed the device certificate (valid until %s)",
+            time.ctime(renewed.certificate_expires),
+        )
+
+    def _note_cloud_routes(self, routes: Sequence[device_pb2.CloudRoute]) -> None:
+        """Log, once per change, the models the server says this device cannot run locally
+        (they come with a "cloud" routing policy)."""
+        current = {r.model_name: (r.version, r.reason) for r in routes}
+        for name, (version, why) in current.items():
+            if self._cloud_routes.get(name) != (version, why):
+                log.warning("server routes %s %s to the cloud: %s", name, version, why)
+        self._cloud_routes = current
+
+    def _rotate_keys(self, raw: bytes, updater: Updater) -> None:
+        """Adopt a newer key list if the pinned root keys signed it; otherwise keep the old."""
+        identity = self._state.identity
+        assert identity is not None  # noqa: S101 - enrolled before check-in
+        try:
+            trust = update_keylist(identity.trust, raw, now=time.time())
+        except ManifestError as exc:
+            log.error(
+                "refusing the server's key list: %s; keeping version %d",
+                exc,
+                identity.trust.version,
+            )
+            return
+        if trust is identity.trust:
+            return
+        identity = identity.with_trust(trust)
+        identity.save(self._store.root)
+        self._state.identity = identity
+        updater.set_identity(identity)
+        log.info(
+            "key list rotated to version %d (release keys: %s)",
+            trust.version,
+            ", ".join(sorted(trust.release)),
+        )

@@ -1,0 +1,228 @@
+"""Reloading a running agent's config (SIGHUP, the MQTT ``reload`` command) whatever the agent is
+doing: enrolling, serving while its fleet server is unreachable, or both kinds of reload arriving
+at once. Real processes: a private mosquitto, a fleet server, an agent; behaviour is observed
+through the agent's local inference API (the ``edgefleet.*`` routing parameters)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import paho.mqtt.client as paho
+import pytest
+
+from fleet_server.routing.datasets import digits
+from protos import telemetry_pb2
+from protos.topics import commands_topic, device_topic
+from tests.harness import Agent, Server, make_agent, wait_for
+from tests.oip import infer
+from tests.test_routing import ask, push_digits, ready
+
+pytestmark = pytest.mark.slow
+
+NO_CLOUD = "no cloud endpoint configured"
+
+
+@pytest.fixture
+def started() -> Iterator[list[Agent]]:
+    agents: list[Agent] = []
+    yield agents
+    for agent in agents:
+        if agent.proc is not None:
+            agent.stop()
+
+
+def _hup(agent: Agent) -> None:
+    assert agent.proc is not None
+    agent.proc.popen.send_signal(signal.SIGHUP)
+
+
+def _reloads(agent: Agent) -> int:
+    """How many reloads the agent has logged as applied."""
+    return agent.output().count("reloaded agent.toml")
+
+
+def _unsure() -> np.ndarray:
+    """A digit the local model is unsure of (its top score is about 0.40)."""
+    sample: np.ndarray = digits().test_x[588]
+    return sample
+
+
+def _serving_without_server(
+    tmp_path: Path, broker_url: str, server_factory: Callable[..., Server], name: str
+) -> tuple[Agent, str]:
+    """An agent serving digits from its own store, its fleet server stopped (the broker stays);
+    returns the agent (still running) and its original config text."""
+    server = server_factory(broker_url)
+    push_digits(server)
+    agent = make_agent(tmp_path, name, server, checkin_s=1.0).start()
+    ready(agent, "digits")
+    assert ask(agent, "digits", _unsure())[1]["edgefleet.reason"] == "policy local"
+    server.proc.stop()
+    # The agent notices: its check-ins fail and it backs off (up to minutes).
+    wait_for(
+        "a failed check-in",
+        lambda: "unreachable during check-in" in agent.output(),
+        timeout=30,
+    )
+    return agent, agent.config.read_text()
+
+
+def _cascade(threshold: float) -> str:
+    return f'\n[routing.digits]\npolicy = "cascade"\nthreshold = {threshold}\n'
+
+
+def test_sighup_applies_routing_while_the_server_is_unreachable(
+    tmp_path: Path,
+    broker_url: str,
+    server_factory: Callable[..., Server],
+    started: list[Agent],
+) -> None:
+    agent, original = _serving_without_server(tmp_path, broker_url, server_factory, "hup-1")
+    started.append(agent)
+    agent.config.write_text(original + _cascade(0.5))
+    _hup(agent)
+    # No cloud anywhere: the cascade asks for it, is told there is none, and serves locally.
+
+    def cascaded() -> dict[str, str] | None:
+        params = ask(agent, "digits", _unsure())[1]
+        return params if params["edgefleet.reason"].startswith("cascade:") else None
+
+    params = wait_for("the cascade policy to apply", cascaded, timeout=20)
+    assert params["edgefleet.path"] == "local"
+    assert params["edgefleet.reason"].endswith(f"< 0.5; {NO_CLOUD}")
+    assert params["edgefleet.cloud_skipped"] == NO_CLOUD
+
+
+def test_sighup_while_enrolling_applies_and_a_broken_file_changes_nothing(
+    tmp_path: Path, server_factory: Callable[..., Server], started: list[Agent]
+) -> None:
+    server = server_factory(None)
+    agent = make_agent(tmp_path, "hup-2", server)
+    server.proc.stop()  # the agent never reaches its server: it stays enrolling
+    agent.start()
+    started.append(agent)
+    wait_for(
+        "a failed enrollment",
+        lambda: "unreachable during enrollment" in agent.output(),
+        timeout=30,
+    )
+    original = agent.config.read_text()
+    sample = np.zeros((1, 64), np.float32)
+
+    def refusal() -> str:
+        try:
+            infer(agent.socket, "digits", "pixels", sample)
+        except grpc.RpcError as exc:
+            return f"{exc.code().name}: {exc.details()}"
+        return "served"
+
+    # No model here yet: the local API does not know digits.
+    assert refusal().startswith("NOT_FOUND"), refusal()
+    agent.config.write_text(original + '\n[routing.digits]\npolicy = "cloud"\n')
+    _hup(agent)
+    wanted = f"UNAVAILABLE: model digits: policy cloud; {NO_CLOUD}"
+    wait_for("the cloud policy to apply", lambda: refusal() == wanted, timeout=20)
+    # A broken file: refused with the reason, the running policy stays, the agent goes on.
+    agent.config.write_text(original + '\n[routing.digits]\npolicy = "sometimes"\n')
+    _hup(agent)
+    wait_for(
+        "the refusal",
+        lambda: "reload refused, nothing changed" in agent.output(),
+        timeout=20,
+    )
+    refused = next(
+        line for line in agent.output().splitlines() if "reload refused, nothing changed" in line
+    )
+    assert "'sometimes' is not one of" in refused, refused
+    assert refusal() == wanted
+    assert agent.proc is not None and agent.proc.popen.poll() is None
+    assert agent.stop() == 0
+
+
+class _Commands:
+    """The test as the server's command side on the broker: publish commands to one device and
+    collect its acknowledgements from its events topic."""
+
+    def __init__(self, broker_url: str, state_dir: Path) -> None:
+        identity = json.loads((state_dir / "identity.json").read_text())
+        fleet, device = identity["fleet_id"], identity["device_id"]
+        self.topic = commands_topic(fleet, device)
+        self.acks: dict[str, telemetry_pb2.CommandAck] = {}
+        self.online = threading.Event()
+        self._lock = threading.Lock()
+        host, port = broker_url.removeprefix("mqtt://").split(":")
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.connect(host, int(port))
+        self._events = device_topic(fleet, device, "events")
+        self._state = device_topic(fleet, device, "state")
+        self.client.subscribe([(self._events, 1), (self._state, 1)])
+        self.client.loop_start()
+
+    def _on_message(self, _client: object, _userdata: object, message: paho.MQTTMessage) -> None:
+        if message.topic == self._state:
+            state = telemetry_pb2.DeviceState.FromString(bytes(message.payload))
+            if state.state == "online":
+                self.online.set()
+            return
+        event = telemetry_pb2.DeviceEvent.FromString(bytes(message.payload))
+        if event.HasField("ack"):
+            with self._lock:
+                self.acks[event.ack.id] = event.ack
+
+    def send(self, kind: str, command_id: str) -> None:
+        command = telemetry_pb2.Command(
+            id=command_id, kind=kind, issued_unix_ms=int(time.time() * 1000)
+        )
+        self.client.publish(self.topic, command.SerializeToString(), qos=1).wait_for_publish(10)
+
+    def ack(self, command_id: str) -> telemetry_pb2.CommandAck | None:
+        with self._lock:
+            return self.acks.get(command_id)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def test_an_mqtt_reload_and_a_sighup_together_both_apply(
+    tmp_path: Path,
+    broker_url: str,
+    server_factory: Callable[..., Server],
+    started: list[Agent],
+) -> None:
+    agent, original = _serving_without_server(tmp_path, broker_url, server_factory, "hup-3")
+    started.append(agent)
+    commands = _Commands(broker_url, agent.folder / "state")
+    try:
+        assert commands.online.wait(30), "the agent is not on the broker"
+        for round_, threshold in enumerate((0.5, 0.6, 0.7), start=1):
+            before = _reloads(agent)
+            agent.config.write_text(original + _cascade(threshold))
+            # Both at once: the command from the broker, the signal from the service manager.
+            command_id = f"reload-{round_}"
+            sender = threading.Thread(target=commands.send, args=("reload", command_id))
+            sender.start()
+            _hup(agent)
+            sender.join(10)
+            ack = wait_for(f"the ack of {command_id}", lambda: commands.ack(command_id))  # noqa: B023 - waited for here
+            assert ack.ok, ack.detail
+            assert ack.detail.startswith("reloaded agent.toml: 1 routing override(s)"), ack.detail
+            wait_for(
+                f"both reloads of round {round_} applied",
+                lambda: _reloads(agent) >= before + 2,  # noqa: B023 - waited for here
+                timeout=20,
+            )
+            # The file's config is the one that runs.
+            reason = ask(agent, "digits", _unsure())[1]["edgefleet.reason"]
+            assert reason.startswith("cascade:") and f"< {threshold:g};" in reason, reason
+    finally:
+        commands.close()
+    assert agent.stop() == 0

@@ -1,0 +1,66 @@
+"""What a config reload applies to a running agent (``plan_reload``, pure): routing overrides,
+the cloud endpoint and the telemetry interval at once; every other section only after a restart,
+and the message says which."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.config import AgentConfig, CloudSection, RoutingSection
+from agent.daemon._control import plan_reload
+
+BASE = AgentConfig()
+
+# One change per section, each different from the defaults.
+CHANGES = {
+    "routing": lambda c: replace(c, routing={"digits": RoutingSection(policy="cascade")}),
+    "cloud": lambda c: replace(c, cloud=CloudSection(url="grpcs://cloud.example:443")),
+    "interval": lambda c: replace(c, telemetry=replace(c.telemetry, interval_s=0.5)),
+    "telemetry": lambda c: replace(c, telemetry=replace(c.telemetry, mqtt_url="mqtt://b:1883")),
+    "agent": lambda c: replace(c, agent=replace(c.agent, state_dir=Path("/elsewhere"))),
+    "server": lambda c: replace(c, server=replace(c.server, address="other:8443")),
+    "inference": lambda c: replace(c, inference=replace(c.inference, workers=7)),
+    "updates": lambda c: replace(c, updates=replace(c.updates, keep_versions=5)),
+}
+
+
+@given(st.sets(st.sampled_from(sorted(CHANGES))))
+def test_only_the_live_settings_change_and_the_rest_is_named(changed: set[str]) -> None:
+    new = BASE
+    for name in sorted(changed):
+        new = CHANGES[name](new)
+    plan = plan_reload(BASE, new)
+    # Applied at once: exactly these three settings come from the new file.
+    assert plan.config.routing == new.routing
+    assert plan.config.cloud == new.cloud
+    assert plan.config.telemetry.interval_s == new.telemetry.interval_s
+    assert plan.cloud_changed == ("cloud" in changed)
+    # Everything else keeps running as it started, and the message says it waits for a restart.
+    restart = sorted(changed & {"telemetry", "agent", "server", "inference", "updates"})
+    for section in ("agent", "server", "api", "inference", "hardware", "updates"):
+        assert getattr(plan.config, section) == getattr(BASE, section)
+    assert plan.config.telemetry.mqtt_url == BASE.telemetry.mqtt_url
+    message = "; ".join(plan.changes)
+    if restart:
+        assert plan.changes[-1].endswith("changed: they apply after a restart"), message
+        assert all(f"[{s}]" in plan.changes[-1] for s in restart), message
+    else:
+        assert "restart" not in message
+    assert ("telemetry every 0.5 s" in message) == ("interval" in changed)
+
+
+def test_the_message_names_the_overrides_it_applied() -> None:
+    routing = {f"m{i:02d}": RoutingSection(policy="cloud") for i in range(10)}
+    plan = plan_reload(BASE, replace(BASE, routing=routing))
+    assert plan.changes == (
+        "10 routing override(s) ("
+        + ", ".join(f"m{i:02d} cloud" for i in range(8))
+        + " and 2 more)",
+    )
+    assert plan_reload(BASE, BASE).changes == ("0 routing override(s)",)
+    cleared = plan_reload(replace(BASE, cloud=CloudSection(url="grpc://c:1")), BASE)
+    assert cleared.cloud_changed and "cloud from the server" in cleared.changes
