@@ -333,11 +333,11 @@ def test_artifact_that_does_not_match_its_hash_is_discarded(
         "--version",
         "1.1.0",
         "--no-compress",
-        "--deploy",
         check=True,
     )
     assert "signed" in pushed.stdout
-    # Corrupt the stored artifact after signing (disk rot, or a swapped file), same length.
+    # Corrupt the stored artifact after signing (disk rot, or a swapped file), same length,
+    # before the deployment: deployed at once, a fast agent could fetch it before the damage.
     (artifact,) = [
         p
         for p in (server.data_dir / "artifacts").glob("*.tflite")
@@ -346,6 +346,7 @@ def test_artifact_that_does_not_match_its_hash_is_discarded(
     data = bytearray(artifact.read_bytes())
     data[-1] ^= 0xFF
     artifact.write_bytes(bytes(data))
+    server.admin("deploy", "colors", "1.1.0")
     state = wait_state(server, "dev-c", "colors", "1.1.0", "FAILED")
     assert "does not match the signed manifest" in state["detail"]
     colors_still_served(agent, "1.0.0")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fleet_server.admin_cli import common
 from fleet_server.errors import BadRequestError
 
 __all__ = ["add_bench_parsers", "add_parser"]
@@ -139,14 +140,13 @@ def add_bench_parsers(models_sub: Any) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from fleet_server.admin_cli import _admin, _pairs  # noqa: PLC0415
     from protos import admin_pb2 as pb  # noqa: PLC0415
 
-    response = _admin(args).call(
+    response = common.admin(args).call(
         "RequestBenchmark",
         pb.RequestBenchmarkRequest(
             model_name=args.name,
-            selector=_pairs(args.selector, "selector"),
+            selector=common.pairs(args.selector, "selector"),
             device_id=args.device,
         ),
     )
@@ -160,12 +160,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_bench_report(args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415
 
-    from fleet_server.admin_cli import _admin, _as_dict  # noqa: PLC0415
     from protos import admin_pb2 as pb  # noqa: PLC0415
 
-    report = _admin(args).call("GetBenchReport", pb.GetBenchReportRequest(model_name=args.name))
+    report = common.admin(args).call(
+        "GetBenchReport", pb.GetBenchReportRequest(model_name=args.name)
+    )
     if args.json:
-        print(json.dumps(_as_dict(report), indent=2))
+        print(json.dumps(common.as_dict(report), indent=2))
         return 0
     if not report.rows:
         print(f"no benchmarks of {args.name} yet: 'edgefleet models bench {args.name}'")

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from fleet_server.admin_cli import common
 from fleet_server.errors import BadRequestError
 from fleet_server.routing.datasets import load
 from fleet_server.routing.evaluate import recommend, scores, sweep, thresholds
@@ -146,14 +147,13 @@ def add_costs_parser(sub: Any) -> None:
 
 
 def _cmd_costs(args: argparse.Namespace) -> int:
-    from fleet_server.admin_cli import _admin, _as_dict  # noqa: PLC0415
     from protos import admin_pb2 as pb  # noqa: PLC0415
 
-    report = _admin(args).call(
+    report = common.admin(args).call(
         "GetCosts", pb.GetCostsRequest(group_by=args.by, model_name=args.model)
     )
     if args.json:
-        print(json.dumps(_as_dict(report), indent=2))
+        print(json.dumps(common.as_dict(report), indent=2))
         return 0
     if not report.rows:
         print("no inference reported yet (devices report it in their telemetry)")
@@ -215,12 +215,11 @@ def _print_policies(policies: Any) -> None:
 
 
 def _cmd_set(args: argparse.Namespace) -> int:
-    from fleet_server.admin_cli import _admin, _as_dict, _pairs  # noqa: PLC0415
     from protos import admin_pb2 as pb  # noqa: PLC0415
 
     request = pb.RoutingPolicyInfo(
         model_name=args.name,
-        selector=_pairs(args.selector, "selector"),
+        selector=common.pairs(args.selector, "selector"),
         policy=args.policy,
         threshold=args.threshold,
         latency_budget_ms=args.latency_budget,
@@ -232,44 +231,41 @@ def _cmd_set(args: argparse.Namespace) -> int:
         request.max_per_minute = args.max_per_minute
     if args.max_spend_per_day is not None:
         request.max_spend_per_day = args.max_spend_per_day
-    policy = _admin(args).call("SetRoutingPolicy", request)
+    policy = common.admin(args).call("SetRoutingPolicy", request)
     if args.json:
-        print(json.dumps(_as_dict(policy), indent=2))
+        print(json.dumps(common.as_dict(policy), indent=2))
     else:
         _print_policies([policy])
     return 0
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from fleet_server.admin_cli import _admin, _as_dict  # noqa: PLC0415
     from protos import admin_pb2 as pb  # noqa: PLC0415
 
-    response = _admin(args).call(
+    response = common.admin(args).call(
         "ListRoutingPolicies", pb.ListRoutingPoliciesRequest(model_name=args.model)
     )
     if args.json:
-        print(json.dumps([_as_dict(p) for p in response.policies], indent=2))
+        print(json.dumps([common.as_dict(p) for p in response.policies], indent=2))
     else:
         _print_policies(response.policies)
     return 0
 
 
 def _cmd_unset(args: argparse.Namespace) -> int:
-    from fleet_server.admin_cli import _admin, _pairs  # noqa: PLC0415
     from protos import admin_pb2 as pb  # noqa: PLC0415
 
     request = pb.DeleteRoutingPolicyRequest(
-        model_name=args.name, selector=_pairs(args.selector, "selector")
+        model_name=args.name, selector=common.pairs(args.selector, "selector")
     )
-    _print_policies(_admin(args).call("DeleteRoutingPolicy", request).policies)
+    _print_policies(common.admin(args).call("DeleteRoutingPolicy", request).policies)
     return 0
 
 
 def _cmd_prices(args: argparse.Namespace) -> int:
-    from fleet_server.admin_cli import _admin, _as_dict, _pairs  # noqa: PLC0415
     from protos import admin_pb2 as pb  # noqa: PLC0415
 
-    client = _admin(args)
+    client = common.admin(args)
     table = client.call("GetPrices", pb.GetPricesRequest())
     changes = (args.cloud_per_request, args.energy_per_kwh, args.device_power, args.power)
     if any(c is not None for c in changes):
@@ -279,14 +275,14 @@ def _cmd_prices(args: argparse.Namespace) -> int:
             table.energy_per_kwh = args.energy_per_kwh
         if args.device_power is not None:
             table.device_power_w = args.device_power
-        for cls, watts in _pairs(args.power, "power").items():
+        for cls, watts in common.pairs(args.power, "power").items():
             try:
                 table.power_by_class[cls] = float(watts)
             except ValueError as exc:
                 raise BadRequestError(f"--power {cls}={watts}: watts must be a number") from exc
         table = client.call("SetPrices", table)
     if args.json:
-        print(json.dumps(_as_dict(table), indent=2))
+        print(json.dumps(common.as_dict(table), indent=2))
         return 0
     print(f"cloud: {table.cloud_per_request:g} USD per request")
     print(

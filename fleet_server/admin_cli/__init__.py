@@ -1,0 +1,65 @@
+"""``edgefleet``: the fleet admin's command line (talks to AdminService over gRPC).
+
+One module per area (models, devices, keys, rollouts, routing, optimize), each adding its
+commands to the parser; what they share is public in :mod:`fleet_server.admin_cli.common`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fleet_server import __version__
+from fleet_server.admin_cli import devices, keys, models, optimize, rollouts, routing
+from fleet_server.admin_cli.common import PROG
+from fleet_server.errors import FleetError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="EdgeFleet fleet administration.",
+        epilog="Exit codes: 0 success; 1 the server or the input refused it (one line on "
+        "stderr says why); 2 usage error. Tables by default; --json where scripts need it.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("EDGEFLEET_SERVER", "127.0.0.1:7443"),
+        help="fleet server address (env EDGEFLEET_SERVER; default 127.0.0.1:7443)",
+    )
+    parser.add_argument("--token", help="admin token (env EDGEFLEET_ADMIN_TOKEN)")
+    parser.add_argument(
+        "--ca-file",
+        type=Path,
+        help="the fleet CA certificate (env EDGEFLEET_CA_FILE; default DATA_DIR/ca/ca.crt)",
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, help="read the admin token from this server data dir"
+    )
+    parser.add_argument("--timeout", type=float, default=60.0, help="RPC timeout in seconds")
+    sub = parser.add_subparsers(dest="group", required=True)
+    routing.add_parser(sub)
+    routing.add_costs_parser(sub)
+    optimize.add_parser(sub)
+    models.add_parsers(sub)
+    keys.add_parsers(sub)
+    devices.add_parsers(sub)
+    rollouts.add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except FleetError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1

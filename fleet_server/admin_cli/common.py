@@ -1,0 +1,167 @@
+"""What every command shares: the admin API client, output helpers and argument types."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from fleet_server.errors import AuthError, BadRequestError, FleetError
+from protos import admin_pb2_grpc as pb_grpc
+
+__all__ = [
+    "PROG",
+    "Admin",
+    "admin",
+    "as_dict",
+    "duration",
+    "fmt_time",
+    "fraction",
+    "pairs",
+    "print_json",
+    "read_passphrase",
+    "root_keys",
+]
+
+PROG = "edgefleet"
+
+
+class Admin:
+    def __init__(self, address: str, token: str, timeout_s: float, ca_pem: bytes) -> None:
+        self.address = address
+        self._metadata = [("authorization", f"Bearer {token}")]
+        self._timeout = timeout_s
+        self._channel = grpc.secure_channel(
+            address, grpc.ssl_channel_credentials(root_certificates=ca_pem)
+        )
+        self.stub = pb_grpc.AdminServiceStub(self._channel)
+
+    def call(self, method: str, request: Any) -> Any:
+        try:
+            return getattr(self.stub, method)(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise _rpc_error(exc, self.address) from exc
+
+
+def _rpc_error(exc: grpc.RpcError, address: str) -> FleetError:
+    code = exc.code()
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return FleetError(f"fleet server {address} is unreachable ({exc.details()})")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return AuthError(exc.details() or "not authenticated")
+    return FleetError(f"{code.name.lower().replace('_', ' ')}: {exc.details()}")
+
+
+def _token(args: argparse.Namespace) -> str:
+    if args.token:
+        return str(args.token)
+    if os.environ.get("EDGEFLEET_ADMIN_TOKEN"):
+        return os.environ["EDGEFLEET_ADMIN_TOKEN"]
+    if args.data_dir:
+        path = args.data_dir / "admin.token"
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise AuthError(f"cannot read {path}: {exc.strerror}") from exc
+    raise AuthError("no admin token: pass --token, set EDGEFLEET_ADMIN_TOKEN, or --data-dir")
+
+
+def _ca_pem(args: argparse.Namespace) -> bytes:
+    """The fleet CA the server's TLS certificate must chain to."""
+    path: Path | None = args.ca_file or (
+        Path(os.environ["EDGEFLEET_CA_FILE"]) if os.environ.get("EDGEFLEET_CA_FILE") else None
+    )
+    if path is None and args.data_dir:
+        path = args.data_dir / "ca" / "ca.crt"
+    if path is None:
+        raise AuthError(
+            "the server speaks TLS: give --ca-file (the fleet CA, DATA_DIR/ca/ca.crt), set "
+            "EDGEFLEET_CA_FILE, or --data-dir"
+        )
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise AuthError(f"cannot read the fleet CA {path}: {exc.strerror}") from exc
+
+
+def admin(args: argparse.Namespace) -> Admin:
+    return Admin(args.server, _token(args), args.timeout, _ca_pem(args))
+
+
+def as_dict(message: Any) -> dict[str, Any]:
+    """A message for JSON output: proto field names, default values included."""
+    return MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def print_json(messages: Any) -> None:
+    """Messages as a JSON list, for scripts."""
+    print(json.dumps([as_dict(m) for m in messages], indent=2))
+
+
+def fmt_time(unix: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(unix)) if unix else "-"
+
+
+def read_passphrase(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes().strip() or None
+    except OSError as exc:
+        raise BadRequestError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def root_keys(args: argparse.Namespace) -> list[Any]:
+    """The root private keys an explicit rollback is signed with."""
+    from fleet_server.signing.keys import load_private_key  # noqa: PLC0415
+
+    files = list(args.root_key or [])
+    if not files and args.data_dir:
+        files = sorted((Path(args.data_dir) / "keys").glob("root-*.key"))
+    if not files:
+        raise BadRequestError("an explicit rollback is signed by root keys: give --root-key")
+    passphrase = read_passphrase(args.passphrase_file)
+    return [load_private_key(path, passphrase) for path in files]
+
+
+def fraction(text: str) -> float:
+    """ "90%" or "0.9" -> 0.9."""
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction like 90% or 0.9") from exc
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is outside 0%..100%")
+    return value
+
+
+def duration(text: str) -> int:
+    """ "90s", "15m", "24h", "7d" or plain seconds -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text and text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 24h or 7d") from exc
+
+
+def pairs(items: Sequence[str] | None, what: str) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BadRequestError(f"{what} {item!r} is not KEY=VALUE")
+        result[key] = value
+    return result

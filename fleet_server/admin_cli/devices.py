@@ -1,0 +1,276 @@
+"""``edgefleet devices`` and ``tokens``: the registry, labels, commands, enrollment tokens."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+
+from fleet_server.admin_cli import common
+from fleet_server.errors import BadRequestError
+from protos import admin_pb2 as pb
+
+__all__ = ["add_parsers"]
+
+
+def _telemetry_summary(device: pb.DeviceInfo) -> str:
+    if not device.HasField("last_telemetry"):
+        return "-"
+    report = device.last_telemetry
+    parts = [
+        f"{m.model_name}: {m.requests} req, p50 {m.latency.p50_ms:.1f} ms" for m in report.models
+    ]
+    return f"seq {report.seq}; " + ("; ".join(parts) if parts else "no models")
+
+
+def _model_state(m: pb.DeviceModelState) -> str:
+    text = f"{m.model_name} {m.version} {m.state}"
+    if m.active_version and m.active_version != m.version:
+        text += f" (serving {m.active_version})"
+    return text
+
+
+def _cmd_devices_list(args: argparse.Namespace) -> int:
+    response = common.admin(args).call("ListDevices", pb.ListDevicesRequest())
+    if args.json:
+        devices = [_device_dict(d) for d in response.devices]
+        print(json.dumps(devices, indent=2, sort_keys=True))
+        return 0
+    if not response.devices:
+        print("no devices enrolled yet")
+        return 0
+    print(f"{'DEVICE':20} {'STATE':8} {'LAST SEEN':19}  {'MODELS':32} LAST TELEMETRY")
+    for d in response.devices:
+        if d.revoked_unix:
+            print(f"{d.device_id:20} REVOKED {common.fmt_time(d.revoked_unix)}")
+            continue
+        models = ", ".join(_model_state(m) for m in d.models) or "-"
+        print(
+            f"{d.device_id:20} {d.online_state or '-':8} {common.fmt_time(d.last_seen_unix):19}  "
+            f"{models:32} {_telemetry_summary(d)}"
+        )
+    return 0
+
+
+def _device_dict(d: pb.DeviceInfo) -> dict[str, Any]:
+    item = common.as_dict(d)
+    item.setdefault("last_telemetry", None)  # never reported: null rather than absent
+    return item
+
+
+def _cmd_devices_show(args: argparse.Namespace) -> int:
+    device = common.admin(args).call("GetDevice", pb.DeviceRequest(device_id=args.device))
+    if args.json:
+        print(json.dumps(_device_dict(device), indent=2, sort_keys=True))
+        return 0
+    caps = device.capabilities
+    print(f"device    {device.device_id} ({device.name})")
+    revoked = f"REVOKED {common.fmt_time(device.revoked_unix)}" if device.revoked_unix else "active"
+    print(f"status    {revoked}")
+    print(f"labels    {', '.join(f'{k}={v}' for k, v in sorted(device.labels.items())) or '-'}")
+    seen = common.fmt_time(device.last_seen_unix)
+    print(f"enrolled  {common.fmt_time(device.enrolled_unix)}   last seen {seen}")
+    tpus = ", ".join(t.device or "?" for t in caps.edgetpus) or "none"
+    print(
+        f"hardware  {caps.arch or '?'}, {caps.cpu_cores or '?'} cores, "
+        f"Edge TPUs: {tpus}, runtime {caps.runtime or '?'} {caps.runtime_version}"
+    )
+    for m in device.models:
+        print(f"model     {_model_state(m)}: {m.detail}")
+    print(f"telemetry {_telemetry_summary(device)}")
+    if device.last_telemetry.HasField("system"):
+        system = device.last_telemetry.system
+        temps = ", ".join(f"{k} {v:.0f} C" for k, v in sorted(system.temperatures_c.items()))
+        print(
+            f"system    cpu {system.cpu_percent:.0f}%, memory "
+            f"{system.memory_used_bytes >> 20}/{system.memory_total_bytes >> 20} MiB, disk free "
+            f"{system.disk_free_bytes >> 20} MiB" + (f", {temps}" if temps else "")
+        )
+    for event in device.events[:10]:
+        what = f"{event.model_name} {event.version} " if event.model_name else ""
+        print(f"event     {common.fmt_time(event.at_unix)} {what}{event.state} {event.detail}")
+    print(
+        f"mqtt      {device.online_state or 'never connected'}"
+        + (f" since {common.fmt_time(device.online_unix)}" if device.online_unix else "")
+        + f"; {device.telemetry_count} message(s) received, {device.telemetry_gaps} lost"
+    )
+    return 0
+
+
+def _cmd_devices_label(args: argparse.Namespace) -> int:
+    labels = {}
+    for item in args.labels:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BadRequestError(f"label {item!r} must be KEY=VALUE")
+        labels[key] = value
+    device = common.admin(args).call(
+        "LabelDevice",
+        pb.LabelDeviceRequest(device_id=args.device, set=labels, remove=args.remove or []),
+    )
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(device.labels.items())) or "none"
+    print(f"{device.device_id}: labels {shown}")
+    return 0
+
+
+def _cmd_tokens_create(args: argparse.Namespace) -> int:
+    response = common.admin(args).call(
+        "CreateEnrollmentToken",
+        pb.CreateTokenRequest(
+            ttl_s=args.ttl,
+            uses=args.uses,
+            labels=common.pairs(args.label, "label"),
+            note=args.note or "",
+        ),
+    )
+    if args.json:
+        print(json.dumps(MessageToDict(response, preserving_proto_field_name=True), indent=2))
+        return 0
+    print(response.token)
+    print(
+        f"token {response.token_id}: {args.uses} use(s), expires "
+        f"{common.fmt_time(response.expires_unix)}"
+        "; shown once: put it in the device's agent.toml (server.enrollment_token)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _cmd_tokens_list(args: argparse.Namespace) -> int:
+    response = common.admin(args).call("ListEnrollmentTokens", pb.ListTokensRequest())
+    if args.json:
+        common.print_json(response.tokens)
+        return 0
+    if not response.tokens:
+        print("no enrollment tokens; create one with: edgefleet tokens create")
+        return 0
+    now = time.time()
+    print(f"{'ID':12}  {'USES LEFT':>9}  {'EXPIRES':19}  {'STATE':8}  LABELS / NOTE")
+    for t in response.tokens:
+        state = "usable" if t.uses_left and t.expires_unix > now else "spent"
+        labels = ",".join(f"{k}={v}" for k, v in sorted(t.labels.items()))
+        print(
+            f"{t.token_id:12}  {t.uses_left:9d}  {common.fmt_time(t.expires_unix):19}  {state:8}  "
+            f"{labels} {t.note}".rstrip()
+        )
+    return 0
+
+
+def _cmd_tokens_revoke(args: argparse.Namespace) -> int:
+    response = common.admin(args).call(
+        "RevokeEnrollmentToken", pb.RevokeTokenRequest(token_id=args.token_id)
+    )
+    print(f"revoked {response.revoked} token(s)")
+    return 0
+
+
+def _cmd_devices_explain(args: argparse.Namespace) -> int:
+    response = common.admin(args).call(
+        "ExplainVariant",
+        pb.ExplainVariantRequest(
+            device_id=args.device, model_name=args.model, version=args.model_version or ""
+        ),
+    )
+    if args.json:
+        print(json.dumps(common.as_dict(response), indent=2))
+        return 0
+    outcome = response.variant or "the cloud (no variant fits)"
+    print(
+        f"{response.device_id} ({response.hardware_class}) gets {response.model_name} "
+        f"{response.version}: {outcome}"
+    )
+    print(f"  because {response.reason}")
+    for v in response.verdicts:
+        mark = "*" if v.chosen else " "
+        print(f"{mark} {v.variant:16} {v.quantization:13} {v.reason}")
+    return 0
+
+
+def _cmd_devices_command(args: argparse.Namespace) -> int:
+    response = common.admin(args).call(
+        "SendCommand", pb.SendCommandRequest(device_id=args.device, kind=args.kind)
+    )
+    print(
+        f"sent {args.kind} to {args.device} (command {response.command_id}); its answer shows "
+        f"in 'edgefleet devices show {args.device}'"
+    )
+    return 0
+
+
+def _cmd_devices_revoke(args: argparse.Namespace) -> int:
+    device = common.admin(args).call("RevokeDevice", pb.DeviceRequest(device_id=args.device))
+    print(
+        f"{device.device_id} revoked: its check-ins and downloads are refused from now on "
+        "(it keeps serving what it has)"
+    )
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    """Add this area's commands to the top-level subparsers."""
+    devices = sub.add_parser("devices", help="the device registry")
+    devices_sub = devices.add_subparsers(dest="action", required=True)
+    dlist = devices_sub.add_parser("list", help="devices, their models and last telemetry")
+    dlist.add_argument("--json", action="store_true")
+    dlist.set_defaults(func=_cmd_devices_list)
+    dshow = devices_sub.add_parser("show", help="one device: hardware, labels, models, telemetry")
+    dshow.add_argument("device")
+    dshow.add_argument("--json", action="store_true")
+    dshow.set_defaults(func=_cmd_devices_show)
+    dlabel = devices_sub.add_parser("label", help="set or remove a device's labels")
+    dlabel.add_argument("device")
+    dlabel.add_argument("labels", nargs="*", metavar="KEY=VALUE")
+    dlabel.add_argument("--remove", action="append", metavar="KEY", help="remove this label")
+    dlabel.set_defaults(func=_cmd_devices_label)
+    dexplain = devices_sub.add_parser(
+        "explain",
+        help="which variant of a model a device gets, and why each other variant lost",
+    )
+    dexplain.add_argument("device")
+    dexplain.add_argument("model")
+    dexplain.add_argument(
+        "--model-version", help="this version (default: what the device is told to run)"
+    )
+    dexplain.add_argument("--json", action="store_true")
+    dexplain.set_defaults(func=_cmd_devices_explain)
+    dcommand = devices_sub.add_parser(
+        "command",
+        help="send a device a command over MQTT: checkin (now), birth (state again), routing "
+        "(check in for a routing change) or reload (re-read agent.toml)",
+    )
+    dcommand.add_argument("device")
+    dcommand.add_argument("kind", choices=["checkin", "birth", "routing", "reload"])
+    # ("bench" needs a model name: 'edgefleet models bench MODEL'.)
+    dcommand.set_defaults(func=_cmd_devices_command)
+    drevoke = devices_sub.add_parser(
+        "revoke", help="refuse a device's credentials from now on (a lost or stolen device)"
+    )
+    drevoke.add_argument("device")
+    drevoke.set_defaults(func=_cmd_devices_revoke)
+
+    tokens = sub.add_parser(
+        "tokens",
+        help="enrollment tokens: single use (or N uses), expiring, optionally labelling devices",
+    )
+    tokens_sub = tokens.add_subparsers(dest="action", required=True)
+    tcreate = tokens_sub.add_parser("create", help="create a token (printed once, on stdout)")
+    tcreate.add_argument(
+        "--ttl", type=common.duration, default=86400, help="lifetime (default 24h)"
+    )
+    tcreate.add_argument("--uses", type=int, default=1, help="devices it may enroll (default 1)")
+    tcreate.add_argument(
+        "--label", action="append", metavar="KEY=VALUE", help="label the enrolled devices"
+    )
+    tcreate.add_argument("--note", help="a note for 'tokens list'")
+    tcreate.add_argument("--json", action="store_true")
+    tcreate.set_defaults(func=_cmd_tokens_create)
+    tlist = tokens_sub.add_parser("list", help="tokens (their ids, never the secrets)")
+    tlist.add_argument("--json", action="store_true")
+    tlist.set_defaults(func=_cmd_tokens_list)
+    trevoke = tokens_sub.add_parser("revoke", help="use a token up now")
+    trevoke.add_argument("token_id", help="the id 'tokens list' shows (8+ characters)")
+    trevoke.set_defaults(func=_cmd_tokens_revoke)

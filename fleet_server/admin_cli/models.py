@@ -1,0 +1,397 @@
+"""``edgefleet models``, ``deploy`` and ``manifest``: the catalog, pushes, rollbacks and
+offline signatures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+
+from fleet_server.admin_cli import common, optimize
+from fleet_server.errors import BadRequestError
+from protos import admin_pb2 as pb
+
+__all__ = ["add_parsers"]
+
+_CHUNK = 256 * 1024
+
+
+def _sample_bytes(sample: Path, model: Path) -> bytes:
+    """The smoke-test input: an image (prepared like `edgefleet-agent predict` does), a .npy
+    array for a one-input model, or raw bytes (.bin) of every input in order."""
+    import numpy as np  # noqa: PLC0415
+
+    from agent.errors import AgentError  # noqa: PLC0415
+    from agent.inference.modelfile import inspect_model_file  # noqa: PLC0415
+
+    try:
+        if sample.suffix == ".bin":
+            return sample.read_bytes()
+        if sample.suffix == ".npy":
+            array = np.load(sample, allow_pickle=False)
+            return bytes(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).data)
+        from agent.inference.preprocess import image_to_tensor, load_image  # noqa: PLC0415
+
+        tensor = inspect_model_file(model).inputs[0]
+        return image_to_tensor(load_image(sample), tensor).tobytes()
+    except (OSError, ValueError) as exc:
+        raise BadRequestError(f"cannot read sample {sample}: {exc}") from exc
+    except AgentError as exc:
+        raise BadRequestError(f"sample {sample}: {exc}") from exc
+    except ImportError as exc:
+        raise BadRequestError("an image sample needs Pillow: pip install pillow") from exc
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError as exc:
+        raise BadRequestError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+class _Progress:
+    """Upload progress on stderr, when it is a terminal (never in scripts' captured output)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = max(total, 1)
+        self.sent = 0
+        self._shown = -1
+        self._tty = sys.stderr.isatty()
+
+    def add(self, count: int) -> None:
+        self.sent += count
+        percent = self.sent * 100 // self.total
+        if self._tty and percent != self._shown:
+            self._shown = percent
+            bar = "#" * (percent // 4)
+            end = "\n" if self.sent >= self.total else ""
+            print(
+                f"\ruploading [{bar:<25}] {percent:3d}% of {self.total / 1e6:.1f} MB",
+                end=end,
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def _send_file(
+    path: Path, part: str, progress: _Progress | None = None
+) -> Iterator[pb.PushModelRequest]:
+    with path.open("rb") as handle:
+        while block := handle.read(_CHUNK):
+            message = pb.PushModelRequest()
+            setattr(message, part, block)
+            if progress is not None:
+                progress.add(len(block))
+            yield message
+
+
+def _from_build(folder: Path) -> tuple[list[Path], list[str], list[pb.Evidence | None]]:
+    """The accepted variants of an `edgefleet model build` directory, with their evidence.
+
+    Raises:
+        BadRequestError: no report there, or no variant passed.
+    """
+    from fleet_server.optimize.build import REPORT, BuildReport  # noqa: PLC0415
+
+    try:
+        report = BuildReport.from_json((folder / REPORT).read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise BadRequestError(
+            f"{folder} is a directory without a readable {REPORT}; push files, or a directory "
+            f"made by 'edgefleet model build' ({exc})"
+        ) from exc
+    accepted = [v for v in report.variants if v.status == "ok" and v.file]
+    if not accepted:
+        raise BadRequestError(f"no variant in {folder} passed its checks (see report.txt)")
+    skipped = [f"{v.name} ({v.status})" for v in report.variants if v not in accepted]
+    if skipped:
+        print(f"not pushed: {', '.join(skipped)}", file=sys.stderr)
+    evidence: list[pb.Evidence | None] = []
+    for v in accepted:
+        e = pb.Evidence(source=f"model build on {report.host}, {report.samples_eval} samples")
+        if v.median_ms > 0:
+            e.latency_ms[report.hardware_class] = v.median_ms
+        if v.accuracy is not None:
+            e.accuracy = v.accuracy
+        if v.top1_agreement is not None:
+            e.top1_agreement = v.top1_agreement
+        evidence.append(e)
+    return [folder / v.file for v in accepted], [v.name for v in accepted], evidence
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    files: list[Path] = args.files
+    names: list[str] = args.variant or []
+    evidence: list[pb.Evidence | None] = [None] * len(files)
+    if len(files) == 1 and files[0].is_dir():
+        if names or args.fallback:
+            raise BadRequestError("a build directory names its variants; drop --variant/--fallback")
+        files, names, evidence = _from_build(files[0])
+    if len(names) > len(files):
+        raise BadRequestError(f"{len(names)} --variant names for {len(files)} file(s)")
+    names += [""] * (len(files) - len(names))  # the server names the rest by their kind
+    sizes = [_size(path) for path in files]
+    fallback: Path | None = args.fallback
+    samples = [_sample_bytes(args.sample, path) if args.sample else b"" for path in files]
+    meta = pb.PushModelMeta(
+        model_name=args.name,
+        version=args.version,
+        variant=names[0],
+        size=sizes[0],
+        fallback_size=_size(fallback) if fallback else 0,
+        sample=samples[0],
+        smoke_tolerance=args.smoke_tolerance,
+        sign_offline=args.sign_offline,
+        no_compression=args.no_compress,
+    )
+    if evidence[0] is not None:
+        meta.evidence.CopyFrom(evidence[0])
+    if args.sign_offline and args.deploy:
+        raise BadRequestError("a version signed offline is deployed after 'manifest attach'")
+
+    progress = _Progress(sum(sizes) + (meta.fallback_size or 0))
+
+    def requests() -> Iterator[pb.PushModelRequest]:
+        yield pb.PushModelRequest(meta=meta)
+        yield from _send_file(files[0], "data", progress)
+        if fallback is not None:
+            yield from _send_file(fallback, "fallback_data", progress)
+        more = zip(files[1:], names[1:], sizes[1:], samples[1:], evidence[1:], strict=True)
+        for path, name, size, sample, measured in more:
+            header = pb.VariantHeader(variant=name, size=size, sample=sample)
+            if measured is not None:
+                header.evidence.CopyFrom(measured)
+            yield pb.PushModelRequest(variant=header)
+            yield from _send_file(path, "data", progress)
+
+    admin = common.admin(args)
+    response = admin.call("PushModel", requests())
+    variants = list(response.variants) or [response.model]
+    first = variants[0]
+    print(
+        f"pushed {first.model_name} {first.version}, release {first.release_counter}, "
+        f"{len(variants)} variant(s)" + ("" if response.unsigned_manifests else ", signed")
+    )
+    for m in variants:
+        profile = m.profile
+        transport = profile.transport_size
+        measured = "".join(f"  {k}: {v:.4f} ms" for k, v in sorted(profile.latency_ms.items())) + (
+            f"  accuracy {profile.accuracy:.2%}" if profile.HasField("accuracy") else ""
+        )
+        print(
+            f"  {m.variant:16} {m.quantization:13} {m.size:10d} bytes"
+            + (f" ({transport} zstd)" if transport else "")
+            + f"  sha256 {m.sha256[:16]}..."
+            + measured
+            + (f"  CPU fallback {m.fallback_sha256[:12]}..." if m.fallback_sha256 else "")
+            + (f"  smoke top {list(m.smoke_top_indices)}" if m.smoke_top_indices else "")
+        )
+    unsigned = list(response.unsigned_manifests)
+    for m, payload in zip(variants, unsigned, strict=False):  # unsigned is empty when signed
+        out = args.manifest_out or Path(f"{args.name}-{args.version}.manifest")
+        if len(unsigned) > 1:
+            out = out.with_name(f"{out.stem}-{m.variant}{out.suffix}")
+        out.write_bytes(payload)
+        print(
+            f"not signed: wrote {m.variant}'s manifest to {out}; sign it where the release key "
+            f"is ('edgefleet manifest sign {out} --key KEY') and attach the result"
+        )
+    if args.deploy:
+        admin.call("Deploy", pb.DeployRequest(model_name=args.name, version=args.version))
+        print(f"deployed {args.name} {args.version} to the fleet")
+    return 0
+
+
+def _cmd_models_list(args: argparse.Namespace) -> int:
+    response = common.admin(args).call("ListModels", pb.ListModelsRequest())
+    if args.json:
+        print(
+            json.dumps(
+                [MessageToDict(m, preserving_proto_field_name=True) for m in response.models],
+                indent=2,
+            )
+        )
+        return 0
+    if not response.models:
+        print("no models; push one with: edgefleet models push FILE --name N --version V")
+        return 0
+    print(f"{'MODEL':24} {'VERSION':10} {'VARIANT':10} {'RELEASE':>7} {'SIZE':>10}  DEPLOYED")
+    for m in response.models:
+        print(
+            f"{m.model_name:24} {m.version:10} {m.variant:10} {m.release_counter:7d} "
+            f"{m.size:10d}  {'yes' if m.deployed else ''}"
+        )
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from fleet_server.signing.keys import sign_envelope  # noqa: PLC0415
+    from protos import manifest_pb2  # noqa: PLC0415
+    from protos.envelope import MANIFEST_PAYLOAD_TYPE  # noqa: PLC0415
+
+    keys = common.root_keys(args)
+    admin = common.admin(args)
+    prepared = admin.call(
+        "PrepareRollback", pb.DeployRequest(model_name=args.name, version=args.version)
+    )
+    first, *rest = [
+        sign_envelope(MANIFEST_PAYLOAD_TYPE, payload, keys)
+        for payload in prepared.unsigned_manifests or [prepared.unsigned_manifest]
+    ]
+    admin.call("CommitRollback", pb.AttachSignaturesRequest(envelope=first, envelopes=rest))
+    manifest = manifest_pb2.Manifest.FromString(prepared.unsigned_manifest)
+    print(
+        f"rolled {manifest.model_name} back to {manifest.version} (release "
+        f"{manifest.release_counter}, signed by {len(keys)} root key(s)); devices install it "
+        "at their next check-in"
+    )
+    return 0
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    response = common.admin(args).call(
+        "Deploy", pb.DeployRequest(model_name=args.name, version=args.version)
+    )
+    print(f"deployed {response.model.model_name} {response.model.version} to the fleet")
+    return 0
+
+
+def _cmd_manifest_sign(args: argparse.Namespace) -> int:
+    from google.protobuf.message import DecodeError  # noqa: PLC0415
+
+    from fleet_server.signing.keys import load_private_key, sign_envelope  # noqa: PLC0415
+    from protos import manifest_pb2  # noqa: PLC0415
+    from protos.envelope import MANIFEST_PAYLOAD_TYPE  # noqa: PLC0415
+
+    try:
+        payload = args.file.read_bytes()
+        manifest = manifest_pb2.Manifest.FromString(payload)
+    except OSError as exc:
+        raise BadRequestError(f"cannot read {args.file}: {exc.strerror}") from exc
+    except DecodeError as exc:
+        raise BadRequestError(f"{args.file} is not a manifest") from exc
+    passphrase = common.read_passphrase(args.passphrase_file)
+    keys = [load_private_key(path, passphrase) for path in args.key]
+    envelope = sign_envelope(MANIFEST_PAYLOAD_TYPE, payload, keys)
+    out = args.out or args.file.with_suffix(".signed")
+    out.write_bytes(envelope.SerializeToString())
+    print(
+        f"signed {manifest.model_name} {manifest.version} (release {manifest.release_counter}, "
+        f"sha256 {manifest.sha256[:16]}..., {manifest.size} bytes) with {len(keys)} key(s): "
+        f"{out}"
+    )
+    return 0
+
+
+def _cmd_manifest_attach(args: argparse.Namespace) -> int:
+    from google.protobuf.message import DecodeError  # noqa: PLC0415
+
+    from protos import manifest_pb2  # noqa: PLC0415
+
+    try:
+        envelope = manifest_pb2.Envelope.FromString(args.file.read_bytes())
+    except OSError as exc:
+        raise BadRequestError(f"cannot read {args.file}: {exc.strerror}") from exc
+    except DecodeError as exc:
+        raise BadRequestError(f"{args.file} is not a signed manifest") from exc
+    response = common.admin(args).call(
+        "AttachSignatures", pb.AttachSignaturesRequest(envelope=envelope)
+    )
+    model = response.model
+    print(f"attached: {model.model_name} {model.version} ({model.variant}) is signed")
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    """Add this area's commands to the top-level subparsers."""
+    models = sub.add_parser("models", help="the model catalog")
+    models_sub = models.add_subparsers(dest="action", required=True)
+    push = models_sub.add_parser(
+        "push",
+        help="upload a model version in one or more variants; the server signs them",
+        description="Upload one or more .tflite variants of one model version (float32, int8, "
+        "Edge TPU...). The server inspects each, derives what it needs, and gives each device "
+        "the variant that fits it best ('edgefleet devices explain' shows why). A directory "
+        "made by 'edgefleet model build' pushes its accepted variants with their measured "
+        "latency and accuracy, which selection then uses.",
+    )
+    push.add_argument(
+        "files", type=Path, nargs="+", metavar="FILE", help=".tflite files, or one build directory"
+    )
+    optimize.add_bench_parsers(models_sub)
+    push.add_argument("--name", required=True, help="model name")
+    push.add_argument("--version", required=True, help="semantic version, e.g. 1.0.0")
+    push.add_argument(
+        "--variant",
+        action="append",
+        help="variant name per FILE, in order (default: by kind: int8, edgetpu, float32...)",
+    )
+    push.add_argument("--deploy", action="store_true", help="also deploy it to the whole fleet")
+    push.add_argument(
+        "--sample",
+        type=Path,
+        help="smoke-test input: an image, a .npy array, or raw .bin bytes (default: random "
+        "input); devices must reproduce the server's answer before activating the model",
+    )
+    push.add_argument(
+        "--smoke-tolerance", type=float, default=0.0, help="allowed score difference (0.05)"
+    )
+    push.add_argument(
+        "--sign-offline",
+        action="store_true",
+        help="do not sign on the server: write the manifest for 'edgefleet manifest sign'",
+    )
+    push.add_argument("--manifest-out", type=Path, help="where --sign-offline writes it")
+    push.add_argument(
+        "--no-compress",
+        action="store_true",
+        help="do not offer devices a zstd-compressed copy (offered when at least 15%% smaller)",
+    )
+    push.add_argument(
+        "--fallback",
+        type=Path,
+        help="for an Edge TPU model (the first FILE): its CPU variant, served where the Edge "
+        "TPU cannot be used (among several FILEs the best CPU variant is paired on its own)",
+    )
+    push.set_defaults(func=_cmd_push)
+    mlist = models_sub.add_parser("list", help="list model versions")
+    mlist.add_argument("--json", action="store_true")
+    mlist.set_defaults(func=_cmd_models_list)
+
+    rollback = models_sub.add_parser(
+        "rollback",
+        help="explicitly roll the fleet back to an older version (signed by the root keys)",
+        description="Devices refuse older releases (anti-rollback) unless the root keys sign an "
+        "explicit rollback. Root keys come from --root-key files or the --data-dir.",
+    )
+    rollback.add_argument("name")
+    rollback.add_argument("version")
+    rollback.add_argument("--root-key", type=Path, action="append", help="root key file")
+    rollback.add_argument("--passphrase-file", type=Path, help="passphrase of the root keys")
+    rollback.set_defaults(func=_cmd_rollback)
+
+    deploy = sub.add_parser("deploy", help="make a model version the fleet's desired version")
+    deploy.add_argument("name")
+    deploy.add_argument("version")
+    deploy.set_defaults(func=_cmd_deploy)
+
+    manifest = sub.add_parser("manifest", help="sign manifests offline and attach them")
+    manifest_sub = manifest.add_subparsers(dest="action", required=True)
+    msign = manifest_sub.add_parser(
+        "sign", help="sign a manifest written by 'models push --sign-offline' (offline)"
+    )
+    msign.add_argument("file", type=Path)
+    msign.add_argument(
+        "--key", type=Path, action="append", required=True, help="release key file (repeatable)"
+    )
+    msign.add_argument("--passphrase-file", type=Path)
+    msign.add_argument("--out", type=Path, help="default: FILE with the suffix .signed")
+    msign.set_defaults(func=_cmd_manifest_sign)
+    mattach = manifest_sub.add_parser("attach", help="upload the signed manifest to the server")
+    mattach.add_argument("file", type=Path)
+    mattach.set_defaults(func=_cmd_manifest_attach)
