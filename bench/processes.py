@@ -18,10 +18,11 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.harness import REPO
 
-__all__ = ["Child", "ChildExitedError", "Children", "log_tails", "run_folder"]
+__all__ = ["Child", "ChildExitedError", "Children", "ensure_running", "log_tails", "run_folder"]
 
 TAIL_LINES = 40
 
@@ -44,11 +45,7 @@ class Child:
         Raises:
             ChildExitedError: it exited (with its status and log file).
         """
-        code = self.popen.poll()
-        if code is not None:
-            raise ChildExitedError(
-                f"{self.name} exited with status {code} (log {self.log.name}, tail printed above)"
-            ) from None
+        ensure_running(self.name, self.popen, self.log)
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM and wait; SIGKILL when it does not exit within ``timeout`` seconds."""
@@ -62,6 +59,19 @@ class Child:
         for pipe in (self.popen.stdin, self.popen.stdout):
             if pipe is not None:
                 pipe.close()
+
+
+def ensure_running(name: str, popen: subprocess.Popen[Any], log: Path) -> None:
+    """Raise when ``popen`` (a child, or a server from tests/harness.py) has exited.
+
+    Raises:
+        ChildExitedError: it exited (with its status and log file).
+    """
+    code = popen.poll()
+    if code is not None:
+        raise ChildExitedError(
+            f"{name} exited with status {code} (log {log.name}, tail printed above)"
+        ) from None
 
 
 class Children:
