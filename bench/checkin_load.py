@@ -1,6 +1,7 @@
 """Check-in load from simulated devices, in its own process (grpc.aio, one mTLS channel each).
 
     python -m bench.checkin_load DEVICES_JSON FIRST COUNT SECONDS [MQTT_URL FLEET VERSION]
+                                 [--bare] [--warmup S]
 
 With the last three arguments the devices follow a rollout instead: they poll every 60 s,
 check in at once when the server nudges them over MQTT, and the process prints the seconds
@@ -10,15 +11,16 @@ DEVICES_JSON lists devices as written by bench/bench_checkin.py (address, CA, ke
 certificate per device). Devices FIRST..FIRST+COUNT check in back to back for SECONDS, each
 sending the state version it last got (the common, unchanged case), and the process prints
 "calls errors" on one line. With ``--bare`` the devices call a bare unary method instead (the
-floor to compare with): same channels, same TLS, no EdgeFleet code on the server.
+floor to compare with): same channels, same TLS, no EdgeFleet code on the server. Calls in
+the first S seconds (``--warmup``, default 2) are not counted.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -29,12 +31,13 @@ from protos import device_pb2_grpc as pb_grpc
 from protos import manifest_pb2
 
 BARE_METHOD = "/bench.Bare/Echo"
-WARMUP_S = 2.0
 
 
-async def run(devices: list[dict[str, str]], seconds: float, bare: bool) -> tuple[int, int]:
+async def run(
+    devices: list[dict[str, str]], seconds: float, bare: bool, warmup: float
+) -> tuple[int, int]:
     calls = errors = 0
-    counting_from = time.perf_counter() + WARMUP_S  # connections and caches warm up first
+    counting_from = time.perf_counter() + warmup  # connections and caches warm up first
     deadline = counting_from + seconds
 
     async def device_loop(d: dict[str, str]) -> None:
@@ -157,15 +160,23 @@ async def follow(
 
 
 def main() -> int:
-    bare = "--bare" in sys.argv
-    args = [a for a in sys.argv[1:] if a != "--bare"]
-    devices_file, first, count, seconds = args[0], int(args[1]), int(args[2]), float(args[3])
-    devices = json.loads(Path(devices_file).read_text())[first : first + count]
-    if len(args) > 4:  # follow a rollout: MQTT_URL FLEET TARGET_VERSION
-        elapsed = asyncio.run(follow(devices, seconds, args[4], args[5], args[6]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("devices_file", type=Path)
+    parser.add_argument("first", type=int)
+    parser.add_argument("count", type=int)
+    parser.add_argument("seconds", type=float)
+    parser.add_argument("rollout", nargs="*", metavar="MQTT_URL FLEET VERSION")
+    parser.add_argument("--bare", action="store_true", help="call the bare server's method")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds not counted")
+    args = parser.parse_args()
+    devices = json.loads(args.devices_file.read_text())[args.first : args.first + args.count]
+    if args.rollout:  # follow a rollout: MQTT_URL FLEET TARGET_VERSION
+        if len(args.rollout) != 3:
+            parser.error("a rollout needs MQTT_URL FLEET VERSION")
+        elapsed = asyncio.run(follow(devices, args.seconds, *args.rollout))
         print(f"{elapsed:.2f}")
         return 0
-    calls, errors = asyncio.run(run(devices, seconds, bare))
+    calls, errors = asyncio.run(run(devices, args.seconds, args.bare, args.warmup))
     print(calls, errors)
     return 0
 
