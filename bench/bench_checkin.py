@@ -9,7 +9,7 @@ CLIENTS load processes (bench/checkin_load.py, grpc.aio) make them check in back
 mTLS, sending the state version they last got: the unchanged case, the common one. The floor
 in the same run: the same clients and channels calling a bare grpcio server (one process,
 same TLS and thread pool) that answers a tiny unary call. --quick: both databases, 10 devices
-for 1 s after a 0.5 s warm-up, a rollout to 20 (a check that the benchmark still works; its
+for 0.5 s after a 0.25 s warm-up, a rollout to 20 (a check that the benchmark still works; its
 figures mean little).
 """
 
@@ -228,13 +228,13 @@ def main() -> int:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="10 devices for 1 s, a rollout to 20, both databases (a smoke run)",
+        help="10 devices for 0.5 s, a rollout to 20, both databases (a smoke run)",
     )
     args = parser.parse_args()
     args.warmup, args.settle = 2.0, 5.0  # s: uncounted calls; load clients' first check-ins
     if args.quick:
-        args.devices, args.seconds, args.rollout = 10, 1.0, 20
-        args.warmup, args.settle = 0.5, 1.0
+        args.devices, args.seconds, args.rollout = 10, 0.5, 20
+        args.warmup, args.settle = 0.25, 0.5
     dbs = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
     rows = []
     with run_folder("bench_checkin") as children:
@@ -244,7 +244,7 @@ def main() -> int:
     print(
         f"{time.strftime('%Y-%m-%d')} · {os.cpu_count()} cores · {args.devices} simulated "
         f"devices, {args.clients} client processes, {args.workers} server process(es), "
-        f"{args.seconds:.0f} s, mTLS"
+        f"{args.seconds:g} s, mTLS"
     )
     print()
     print("| storage | check-ins/s (unchanged state) | bare grpcio unary/s | ratio |")
