@@ -164,13 +164,15 @@ def main() -> int:
     with run_folder("bench_ingest") as children:
         tmp = children.folder
         broker = start_mosquitto(tmp / "broker")
-        server = start_server(tmp, broker.url)
+        server = None
         try:
+            server = start_server(tmp, broker.url)
             ids = [d["device_id"] for d in enroll(server, args.devices, fleet="ing")]
             rate = ingest(children, server, broker.port, args.messages, ids)
             floor = bare(children, broker.port, args.messages, ids)
         finally:
-            server.proc.stop()
+            if server is not None:
+                server.proc.stop()
             broker.proc.stop()
     print(
         f"{time.strftime('%Y-%m-%d')} · {os.cpu_count()} cores · {args.messages} QoS 1 telemetry "
