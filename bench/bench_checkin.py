@@ -185,10 +185,14 @@ def drop_database(name: str) -> None:
 def run(children: Children, args: argparse.Namespace, db: str) -> dict[str, float]:
     tmp = children.folder
     pg_name, db_url = postgres_url() if db == "postgresql" else ("", None)
-    server = start_server(
-        tmp / db, None, db_url, extra=("--rollout-interval", "1", "--workers", str(args.workers))
-    )
+    server = None
     try:
+        server = start_server(
+            tmp / db,
+            None,
+            db_url,
+            extra=("--rollout-interval", "1", "--workers", str(args.workers)),
+        )
         model = REPO / "tests" / "data" / "mobilenet_v1_0.25_128_quant.tflite"
         server.admin("models", "push", str(model), "--name", "color", "--version", "1.0.0")
         server.admin("deploy", "color", "1.0.0")
@@ -201,7 +205,8 @@ def run(children: Children, args: argparse.Namespace, db: str) -> dict[str, floa
             result["rollout_s"] = rollout(children, server, tmp, args, model)
         ca = FleetCA.load(server.data_dir / "ca")
     finally:
-        server.proc.stop()
+        if server is not None:
+            server.proc.stop()
         if pg_name:
             drop_database(pg_name)
     bare, port = bare_server(ca)
