@@ -4,8 +4,9 @@
                                  [--bare] [--warmup S]
 
 With the last three arguments the devices follow a rollout instead: they poll every 60 s,
-check in at once when the server nudges them over MQTT, and the process prints the seconds
-until every one of them runs VERSION.
+check in at once when the server nudges them over MQTT, retry a failed call after 1 s (as an
+agent retries, and logging it on stderr), and the process prints the seconds until every one of
+them runs VERSION and the number of failed calls.
 
 DEVICES_JSON lists devices as written by bench/bench_checkin.py (address, CA, key and
 certificate per device). Devices FIRST..FIRST+COUNT check in back to back for SECONDS, each
@@ -21,8 +22,11 @@ import argparse
 import asyncio
 import contextlib
 import json
+import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 
@@ -31,6 +35,7 @@ from protos import device_pb2_grpc as pb_grpc
 from protos import manifest_pb2
 
 BARE_METHOD = "/bench.Bare/Echo"
+_R = TypeVar("_R")
 
 
 async def run(
@@ -86,9 +91,10 @@ async def run(
 
 async def follow(
     devices: list[dict[str, str]], seconds: float, mqtt_url: str, fleet: str, target: str
-) -> float:
+) -> tuple[float, int]:
     """Poll every 60 s like agents would, check in at once when nudged over MQTT, "install"
-    what the answer names; return when every device runs ``target`` (seconds since start)."""
+    what the answer names; return when every device runs ``target``: (seconds since start,
+    failed calls, each retried after 1 s)."""
     import paho.mqtt.client as paho  # noqa: PLC0415
 
     from agent.telemetry.mqtt import parse_mqtt_url  # noqa: PLC0415
@@ -99,6 +105,18 @@ async def follow(
     events = {d["device_id"]: asyncio.Event() for d in devices}
     done = asyncio.Event()
     remaining = set(events)
+    failed = 0
+
+    async def retried(method: Callable[..., Awaitable[_R]], request: object) -> _R:
+        """Call ``method`` until it succeeds, as an agent retries a failed check-in or report."""
+        nonlocal failed
+        while True:
+            try:
+                return await method(request, timeout=30)
+            except grpc.RpcError as exc:
+                failed += 1
+                print(f"retrying in 1 s: {exc.code().name}: {exc.details()}", file=sys.stderr)
+                await asyncio.sleep(1.0)
 
     def on_message(_c: object, _u: object, message: paho.MQTTMessage) -> None:
         device_id = message.topic.split("/")[3]
@@ -132,18 +150,16 @@ async def follow(
                     state_version=state,
                     fresh=fresh,
                 )
-                response = await stub.CheckIn(request, timeout=30)
+                response = await retried(stub.CheckIn, request)
                 state = response.state_version
                 for envelope in [] if response.unchanged else response.desired:
                     version = manifest_pb2.Manifest.FromString(envelope.payload).version
                     if version != running:
                         running = version
-                        await stub.ReportStatus(
-                            pb.StatusReport(
-                                model_name="color", version=version, state=pb.INSTALLED
-                            ),
-                            timeout=30,
+                        report = pb.StatusReport(
+                            model_name="color", version=version, state=pb.INSTALLED
                         )
+                        await retried(stub.ReportStatus, report)
                 if running == target:
                     remaining.discard(d["device_id"])
                     if not remaining:
@@ -156,7 +172,7 @@ async def follow(
         await asyncio.wait_for(asyncio.gather(*(device_loop(d) for d in devices)), seconds)
     finally:
         client.loop_stop()
-    return time.perf_counter() - started
+    return time.perf_counter() - started, failed
 
 
 def main() -> int:
@@ -173,8 +189,8 @@ def main() -> int:
     if args.rollout:  # follow a rollout: MQTT_URL FLEET TARGET_VERSION
         if len(args.rollout) != 3:
             parser.error("a rollout needs MQTT_URL FLEET VERSION")
-        elapsed = asyncio.run(follow(devices, args.seconds, *args.rollout))
-        print(f"{elapsed:.2f}")
+        elapsed, failed = asyncio.run(follow(devices, args.seconds, *args.rollout))
+        print(f"{elapsed:.2f} {failed}")
         return 0
     calls, errors = asyncio.run(run(devices, args.seconds, args.bare, args.warmup))
     print(calls, errors)
