@@ -46,10 +46,18 @@ pytest: $(STAMP) $(TRITON)/.installed
 
 test: lint typecheck pytest
 
+# Every benchmark in bench/ but MLServer's (below); bench_checkin needs PostgreSQL on
+# 127.0.0.1:5432 as the tests do. `make test` runs each one's --quick mode
+# (tests/test_bench_quick.py), which also checks that this list names them all.
 bench: $(STAMP)
 	$(BIN)/python -m bench.bench_inference
 	$(BIN)/python -m bench.bench_routing
 	$(BIN)/python -m bench.bench_optimize
+	$(BIN)/python -m bench.bench_ingest
+	$(BIN)/python -m bench.bench_delivery
+	$(BIN)/python -m bench.bench_checkin
+	$(BIN)/python -m bench.bench_dashboard
+	$(BIN)/python -m bench.bench_spool
 
 .venv-mlserver/.installed: bench/mlserver/requirements.txt
 	$(PYTHON) -m venv .venv-mlserver

@@ -1,50 +1,63 @@
 """Start a real ``edgefleet-agent run`` process that serves models from a pre-filled store.
 
-The agent is given an unreachable server: it serves what its store says is active, exactly as
-after a reboot without network, which is what benchmarks of the serving path need.
+The agent is configured as tests/harness.py configures one (name, state dir, server address,
+enrollment token, the fleet CA it checks the server with), but its server is unreachable: it
+serves what its store says is active and retries enrolling in the background, as a device
+without network does. That is what benchmarks of the serving path need.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from agent.updates.store import ActiveEntry, ModelStore
+from bench.processes import Child, Children
+from fleet_server.registry.ca import FleetCA
+
 __all__ = ["start_agent"]
+
+UNREACHABLE_SERVER = "127.0.0.1:1"  # nothing listens on port 1: connect fails at once
 
 
 def start_agent(
-    folder: Path, models: Sequence[tuple[str, Path]], *, tcp_port: int = 0
-) -> tuple[subprocess.Popen[bytes], Path]:
-    """Fill a store with ``models`` (name, file) and start the agent; return it and its socket."""
-    state = folder / "agent-state"
-    active = {}
+    children: Children, models: Sequence[tuple[str, Path]], *, tcp_port: int = 0
+) -> tuple[Child, Path]:
+    """Fill a store with ``models`` (name, file), start the agent (logging to ``agent.log`` in
+    the run's folder) and return it and its unix socket; the caller waits until it serves."""
+    home = children.folder / "agent"
+    store = ModelStore(home / "state")
     for name, path in models:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        target = state / "models" / name / f"{digest}.tflite"
-        target.parent.mkdir(parents=True)
-        shutil.copy(path, target)
-        active[name] = {
-            "version": "1.0.0",
-            "release_counter": 1,
-            "sha256": digest,
-            "filename": target.name,
-        }
-    (state / "active.json").write_text(json.dumps({"format": 1, "models": active}))
-    sock = folder / "agent.sock"
+        staged = store.staging_path(digest)
+        shutil.copy(path, staged)
+        target = store.commit_artifact(name, digest, staged)
+        store.set_active(name, ActiveEntry("1.0.0", 1, digest, target.name))
+    # A fleet CA of its own: the agent refuses to start enrolling without one to check the
+    # server's certificate with, and this agent's server never answers anyway.
+    FleetCA.create(home / "ca", "bench")
     listen = f'listen = "127.0.0.1:{tcp_port}"\n' if tcp_port else ""
-    config = folder / "agent.toml"
+    config = home / "agent.toml"
     config.write_text(
-        f'[agent]\nstate_dir = "{state}"\n[server]\naddress = "127.0.0.1:1"\n'
-        f'enrollment_token = "x"\n[api]\nsocket = "{sock}"\n{listen}'
+        f"""
+[agent]
+name = "bench"
+state_dir = "state"
+
+[server]
+address = "{UNREACHABLE_SERVER}"
+enrollment_token = "bench-offline"
+ca_file = "ca/ca.crt"
+
+[api]
+socket = "oip.sock"
+{listen}""",
+        encoding="utf-8",
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "run", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    child = children.start(
+        "agent", [sys.executable, "-m", "agent.cli", "run", "--config", str(config)]
     )
-    return proc, sock
+    return child, home / "oip.sock"

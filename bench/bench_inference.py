@@ -15,7 +15,9 @@ Baselines and measurements (each ratio is taken within this one run, on this mac
      same client process.
   D. a real `edgefleet-agent run` process serving two models from its store: time from start to
      the first served inference, and its RSS.
-Prints a Markdown table for docs/benchmarks.md.
+Prints a Markdown table for docs/benchmarks.md, one row as soon as it is measured. --quick runs
+every part with 100 iterations and 0.5 s windows (a check that the benchmark still works; its
+figures mean little).
 """
 
 from __future__ import annotations
@@ -24,9 +26,7 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +42,7 @@ from agent.inference.engine import Engine, EngineOptions
 from agent.inference.oip import create_server
 from agent.inference.runtime import find_runtime
 from bench.agent_process import start_agent
+from bench.processes import Children, run_folder
 from protos import inference_pb2, inference_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,12 +87,13 @@ def throughput(fn: Callable[[], object], clients: int, seconds: float) -> float:
 
 
 def remote_throughput(
-    sock: Path, method: str, payload: bytes, clients: int, seconds: float
+    children: Children, sock: Path, method: str, payload: bytes, *, clients: int, seconds: float
 ) -> float:
     """Calls per second from a separate client process (bench/load_client.py)."""
-    payload_file = sock.parent / "payload.bin"
+    payload_file = children.folder / "payload.bin"
     payload_file.write_bytes(payload)
-    out = subprocess.run(
+    out = children.run(
+        "load_client",
         [
             sys.executable,
             str(REPO / "bench" / "load_client.py"),
@@ -101,11 +103,9 @@ def remote_throughput(
             str(clients),
             str(seconds),
         ],
-        check=True,
-        capture_output=True,
-        text=True,
+        timeout=seconds + 120,
     )
-    return float(out.stdout.strip())
+    return float(out.strip())
 
 
 def bare_invoke_server(sock: Path, interpreter: Any, shape: tuple[int, ...]) -> grpc.Server:
@@ -186,19 +186,26 @@ def stats(samples: list[float]) -> tuple[float, float]:
     return statistics.median(samples), float(np.percentile(samples, 95))
 
 
-def heavy_model(folder: Path) -> Path:
-    subprocess.run(
+def heavy_model(children: Children) -> Path:
+    folder = children.folder / "models"
+    children.run(
+        "make_test_models",
         [sys.executable, str(REPO / "scripts" / "make_test_models.py"), str(folder)],
-        check=True,
-        capture_output=True,
+        timeout=300,
     )
     return folder / "heavy_float.tflite"
 
 
-def agent_start(folder: Path) -> tuple[float, float, int]:
-    """Start a real agent serving two models from its store; (s to first inference, RSS MB)."""
+def agent_start(children: Children) -> tuple[float, float, int]:
+    """Start a real agent serving two models from its store; (s to first inference, RSS MB,
+    threads).
+
+    Raises:
+        ChildExitedError: the agent exited before it served (its log is printed).
+    """
     start = time.perf_counter()
-    proc, sock = start_agent(folder, [("mobilenet", SMALL), ("lstm", LSTM)])
+    agent, sock = start_agent(children, [("mobilenet", SMALL), ("lstm", LSTM)])
+    proc = agent.popen
     # Retry fast: by default a gRPC channel backs off a full second after a failed connect.
     channel = grpc.insecure_channel(
         f"unix:{sock}",
@@ -216,6 +223,7 @@ def agent_start(folder: Path) -> tuple[float, float, int]:
                 stub.ModelInfer(request, timeout=1)
                 break
             except grpc.RpcError:
+                agent.check_running()
                 if time.perf_counter() - start > 30:
                     raise
                 time.sleep(0.005)
@@ -228,8 +236,7 @@ def agent_start(folder: Path) -> tuple[float, float, int]:
         )
         threads = len(list(Path(f"/proc/{proc.pid}/task").iterdir()))
     finally:
-        proc.terminate()
-        proc.wait(10)
+        agent.stop()
     return first, rss_kb / 1024.0, threads
 
 
@@ -237,15 +244,26 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
     args = parser.parse_args()
-    n = 200 if args.quick else 2000
-    seconds = 1.0 if args.quick else 5.0
+    n = 100 if args.quick else 2000
+    seconds = 0.5 if args.quick else 5.0
     runtime = find_runtime()
     rng = np.random.default_rng(0)
     small_input = rng.integers(0, 256, (1, 128, 128, 3), dtype=np.uint8)
-    rows: list[tuple[str, str, str, str]] = []
+    # Each row is printed as soon as it is measured: a failure late in the run keeps the rest.
+    print(
+        f"{time.strftime('%Y-%m-%d')} · {platform.machine()}, {os.cpu_count()} cores, "
+        f"{platform.platform()} · {runtime.name} {runtime.version} · {n} iterations, "
+        f"{seconds:g} s throughput windows"
+    )
+    print()
+    print("| measurement | p50 / rate | p95 | ratio |")
+    print("|---|---|---|---|", flush=True)
 
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
+    def emit(row: tuple[str, str, str, str]) -> None:
+        print("| " + " | ".join(row) + " |", flush=True)
+
+    with run_folder("bench_inference") as children:
+        tmp = children.folder
         # A. latency -------------------------------------------------------------------------
         raw = runtime.interpreter_cls(model_path=str(SMALL), num_threads=1)
         raw.allocate_tensors()
@@ -293,11 +311,11 @@ def main() -> int:
             ("agent OIP v2 ModelInfer, unix socket", oip_s),
         ):
             p50, p95 = stats(samples)
-            rows.append((label, f"{p50:.3f} ms", f"{p95:.3f} ms", f"{p50 / raw_p50:.2f}x raw"))
+            emit((label, f"{p50:.3f} ms", f"{p95:.3f} ms", f"{p50 / raw_p50:.2f}x raw"))
         additive = oip_p50 - echo_p50 - raw_p50
-        rows.append(("ModelInfer - echo - raw invoke", f"{additive:.3f} ms", "", ""))
+        emit(("ModelInfer - echo - raw invoke", f"{additive:.3f} ms", "", ""))
         own = oip_p50 - bare_p50
-        rows.append(
+        emit(
             (
                 "agent's own: ModelInfer - bare server with invoke",
                 f"{own:.3f} ms",
@@ -308,10 +326,14 @@ def main() -> int:
         bare.stop(0)
 
         # C. small-model throughput vs bare gRPC calls/s, client in its own process ---------------
-        echo_tp = remote_throughput(tmp / "echo.sock", ECHO_METHOD, request_bytes, 2, seconds)
-        oip_tp = remote_throughput(tmp / "oip.sock", OIP_INFER, request_bytes, 2, seconds)
-        rows.append(("bare gRPC echo, client process, 2 threads", f"{echo_tp:.0f}/s", "", "1.00x"))
-        rows.append(
+        echo_tp = remote_throughput(
+            children, tmp / "echo.sock", ECHO_METHOD, request_bytes, clients=2, seconds=seconds
+        )
+        oip_tp = remote_throughput(
+            children, tmp / "oip.sock", OIP_INFER, request_bytes, clients=2, seconds=seconds
+        )
+        emit(("bare gRPC echo, client process, 2 threads", f"{echo_tp:.0f}/s", "", "1.00x"))
+        emit(
             (
                 "agent ModelInfer (mobilenet), 2 workers, same client",
                 f"{oip_tp:.0f}/s",
@@ -322,7 +344,7 @@ def main() -> int:
         echo.stop(0)
 
         # B. heavy model: raw loop vs 2 workers ---------------------------------------------------
-        heavy = heavy_model(tmp)
+        heavy = heavy_model(children)
         heavy_raw = runtime.interpreter_cls(model_path=str(heavy), num_threads=1)
         heavy_raw.allocate_tensors()
         heavy_input = rng.standard_normal((1, 224, 224, 3)).astype(np.float32)
@@ -336,8 +358,10 @@ def main() -> int:
         raw_tp = throughput(heavy_call, 1, seconds)
         engine.put(engine.load("heavy", "1.0.0", heavy))
         heavy_bytes = oip_request("heavy", "image", heavy_input).SerializeToString()
-        oip_heavy_tp = remote_throughput(tmp / "oip.sock", OIP_INFER, heavy_bytes, 2, seconds)
-        rows.append(
+        oip_heavy_tp = remote_throughput(
+            children, tmp / "oip.sock", OIP_INFER, heavy_bytes, clients=2, seconds=seconds
+        )
+        emit(
             (
                 "heavy CNN raw single-interpreter loop",
                 f"{raw_tp:.1f}/s",
@@ -352,10 +376,12 @@ def main() -> int:
             "heavy", "image", "FP32", [1, 224, 224, 3], region="heavy_in", size=heavy_input.nbytes
         ).SerializeToString()
         shm_heavy_tp = {
-            clients: remote_throughput(tmp / "oip.sock", OIP_INFER, shm_heavy, clients, seconds)
+            clients: remote_throughput(
+                children, tmp / "oip.sock", OIP_INFER, shm_heavy, clients=clients, seconds=seconds
+            )
             for clients in (2, 3)
         }
-        rows.append(
+        emit(
             (
                 "heavy CNN via agent ModelInfer, 2 workers, 2 clients",
                 f"{oip_heavy_tp:.1f}/s",
@@ -364,7 +390,7 @@ def main() -> int:
             )
         )
         for clients, rate in shm_heavy_tp.items():
-            rows.append(
+            emit(
                 (
                     f"heavy CNN, input in shared memory, 2 workers, {clients} clients",
                     f"{rate:.1f}/s",
@@ -374,7 +400,7 @@ def main() -> int:
             )
 
         # E. a 1920x1080 uint8 frame: inline vs shared memory -----------------------------------
-        engine.put(engine.load("frames", "1.0.0", tmp / "color_uint8_1080p.tflite"))
+        engine.put(engine.load("frames", "1.0.0", heavy.parent / "color_uint8_1080p.tflite"))
         frame = rng.integers(0, 256, (1, 1080, 1920, 3), dtype=np.uint8)
         inline_frame = oip_request("frames", "image", frame)
         frame_memory = SharedMemory(create=True, size=frame.nbytes)
@@ -383,7 +409,7 @@ def main() -> int:
         shm_frame = shm_request(
             "frames", "image", "UINT8", [1, 1080, 1920, 3], region="frame_in", size=frame.nbytes
         )
-        frames_n = 30 if args.quick else 200
+        frames_n = 10 if args.quick else 200
         inline_frame_s = measure(lambda: stub.ModelInfer(inline_frame), frames_n, warmup=5)
         shm_frame_s = measure(lambda: stub.ModelInfer(shm_frame), frames_n, warmup=5)
         inline_p50 = stats(inline_frame_s)[0]
@@ -392,17 +418,15 @@ def main() -> int:
             ("1080p uint8 frame through shared memory", shm_frame_s),
         ):
             p50, p95 = stats(samples)
-            rows.append(
-                (label, f"{p50:.3f} ms", f"{p95:.3f} ms", f"{p50 / inline_p50:.2f}x inline")
-            )
+            emit((label, f"{p50:.3f} ms", f"{p95:.3f} ms", f"{p50 / inline_p50:.2f}x inline"))
         server.stop(0)
         for each in (memory, frame_memory):
             each.close()
             each.unlink()
 
         # D. a real agent process -----------------------------------------------------------------
-        first_s, rss_mb, threads = agent_start(tmp)
-        rows.append(
+        first_s, rss_mb, threads = agent_start(children)
+        emit(
             (
                 "agent process: start to first served inference",
                 f"{first_s:.2f} s",
@@ -410,7 +434,7 @@ def main() -> int:
                 "target <= 1 s",
             )
         )
-        rows.append(
+        emit(
             (
                 f"agent process RSS, 2 models x 2 workers ({threads} threads)",
                 f"{rss_mb:.1f} MB",
@@ -418,17 +442,6 @@ def main() -> int:
                 "target <= 90 MB",
             )
         )
-
-    print(
-        f"{time.strftime('%Y-%m-%d')} · {platform.machine()}, {os.cpu_count()} cores, "
-        f"{platform.platform()} · {runtime.name} {runtime.version} · {n} iterations, "
-        f"{seconds:.0f} s throughput windows"
-    )
-    print()
-    print("| measurement | p50 / rate | p95 | ratio |")
-    print("|---|---|---|---|")
-    for label, a, b, c in rows:
-        print(f"| {label} | {a} | {b} | {c} |")
     return 0
 
 

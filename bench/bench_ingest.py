@@ -1,30 +1,30 @@
 """Telemetry ingest: messages per second one server process stores, against a bare subscriber.
 
-    python -m bench.bench_ingest [--devices 200] [--messages 40000]
+    python -m bench.bench_ingest [--devices 200] [--messages 40000] [--quick]
 
 On a private mosquitto (no message limit), a publisher process sends MESSAGES QoS 1 telemetry
 reports (one model each, as an agent sends) round-robin from DEVICES enrolled devices, as fast as
 the broker takes them. Measured: from the first message to the server having counted every one
 (devices' telemetry_count in the database), against a bare paho subscriber (QoS 1, same broker,
-same publisher, in the same run) receiving them all.
+same publisher, in the same run) receiving them all. --quick: 10 devices, 1,000 messages.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import paho.mqtt.client as paho
 import sqlalchemy as sa
 
 from bench.bench_checkin import enroll
-from tests.harness import REPO, start_mosquitto, start_server
+from bench.processes import Child, ChildExitedError, Children, ensure_running, run_folder
+from tests.harness import Server, start_mosquitto, start_server
+
+TIMEOUT_S = 300
 
 PUBLISHER = r"""
 import sys, time
@@ -54,20 +54,43 @@ client.disconnect()
 """
 
 
-def publisher(port: int, count: int, ids: list[str]) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
+def publisher(children: Children, port: int, count: int, ids: list[str]) -> Child:
+    """Start the publisher process; return when its payloads are built (it waits for "go").
+
+    Raises:
+        ChildExitedError: it exited before it was ready.
+    """
+    child = children.start(
+        "publisher",
         [sys.executable, "-c", PUBLISHER, str(port), str(count), ",".join(ids)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        cwd=REPO,
-        text=True,
+        stdin=True,
+        stdout=True,
     )
-    assert proc.stdout is not None
-    proc.stdout.readline()  # payloads built
-    return proc
+    assert child.popen.stdout is not None
+    line = child.popen.stdout.readline().strip()
+    if line != "ready":
+        raise ChildExitedError(f"the publisher said {line!r} instead of 'ready' (log tail above)")
+    return child
 
 
-def bare(port: int, count: int, ids: list[str]) -> float:
+def go(child: Child) -> None:
+    assert child.popen.stdin is not None
+    child.popen.stdin.write("go\n")
+    child.popen.stdin.flush()
+
+
+def finish(child: Child) -> None:
+    """Wait for the publisher to have every message acknowledged and exit.
+
+    Raises:
+        ChildExitedError: it failed (its log is printed).
+    """
+    code = child.popen.wait(60)
+    if code != 0:
+        raise ChildExitedError(f"the publisher exited with status {code} (log tail above)")
+
+
+def bare(children: Children, port: int, count: int, ids: list[str]) -> float:
     received = 0
     done = threading.Event()
     first: list[float] = []
@@ -86,21 +109,22 @@ def bare(port: int, count: int, ids: list[str]) -> float:
     client.subscribe("edgefleet/v1/default/+/telemetry", qos=1)
     client.loop_start()
     time.sleep(1)
-    proc = publisher(port, count, ids)
+    proc = publisher(children, port, count, ids)
     started = time.perf_counter()
-    assert proc.stdin is not None
-    proc.stdin.write("go\n")
-    proc.stdin.flush()
-    done.wait(300)
+    go(proc)
+    if not done.wait(TIMEOUT_S):
+        raise TimeoutError(
+            f"the bare subscriber got {received} of {count} messages in {TIMEOUT_S} s"
+        )
     elapsed = time.perf_counter() - started
-    proc.wait(60)
+    finish(proc)
     client.loop_stop()
     client.disconnect()
     return received / elapsed
 
 
-def ingest(port: int, count: int, ids: list[str], db_url: str) -> float:
-    engine = sa.create_engine(db_url)
+def ingest(children: Children, server: Server, port: int, count: int, ids: list[str]) -> float:
+    engine = sa.create_engine(f"sqlite:///{server.data_dir / 'fleet.db'}")
 
     def stored() -> int:
         with engine.connect() as conn:
@@ -111,15 +135,18 @@ def ingest(port: int, count: int, ids: list[str], db_url: str) -> float:
             )
 
     base = stored()
-    proc = publisher(port, count, ids)
+    proc = publisher(children, port, count, ids)
     started = time.perf_counter()
-    assert proc.stdin is not None
-    proc.stdin.write("go\n")
-    proc.stdin.flush()
-    while stored() - base < count and time.perf_counter() - started < 300:
+    go(proc)
+    while stored() - base < count:
+        ensure_running("the fleet server", server.proc.popen, server.proc.log)
+        if time.perf_counter() - started > TIMEOUT_S:
+            raise TimeoutError(
+                f"the server stored {stored() - base} of {count} messages in {TIMEOUT_S} s"
+            )
         time.sleep(0.05)
     elapsed = time.perf_counter() - started
-    proc.wait(60)
+    finish(proc)
     engine.dispose()
     return (stored() - base) / elapsed
 
@@ -128,18 +155,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--messages", type=int, default=40_000)
+    parser.add_argument(
+        "--quick", action="store_true", help="10 devices, 1,000 messages (a smoke run)"
+    )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
+    if args.quick:
+        args.devices, args.messages = 10, 1000
+    with run_folder("bench_ingest") as children:
+        tmp = children.folder
         broker = start_mosquitto(tmp / "broker")
-        server = start_server(tmp, broker.url)
+        server = None
         try:
+            server = start_server(tmp, broker.url)
             ids = [d["device_id"] for d in enroll(server, args.devices, fleet="ing")]
-            db_url = f"sqlite:///{server.data_dir / 'fleet.db'}"
-            rate = ingest(broker.port, args.messages, ids, db_url)
-            floor = bare(broker.port, args.messages, ids)
+            rate = ingest(children, server, broker.port, args.messages, ids)
+            floor = bare(children, broker.port, args.messages, ids)
         finally:
-            server.proc.stop()
+            if server is not None:
+                server.proc.stop()
             broker.proc.stop()
     print(
         f"{time.strftime('%Y-%m-%d')} · {os.cpu_count()} cores · {args.messages} QoS 1 telemetry "

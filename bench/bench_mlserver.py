@@ -6,19 +6,17 @@ Same model (MobileNet v1 0.25 uint8) and same client: this process sends the sam
 ModelInferRequest bytes over gRPC on 127.0.0.1 TCP (MLServer has no unix socket). Each server
 runs in its own process (a real `edgefleet-agent run`, `mlserver start`), in one run. A
 server's added latency is its ModelInfer p50 minus the raw LiteRT invoke p50 of the same run.
-Target: the agent adds at most a third of what MLServer adds.
+Target: the agent adds at most a third of what MLServer adds. --quick makes 100 calls per
+server (a check that the comparison still runs; its figures mean little).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import numpy as np
 
 from agent.inference.runtime import find_runtime
 from bench.agent_process import start_agent
+from bench.processes import Child, Children, run_folder
 from protos import inference_pb2
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,7 +41,7 @@ def free_port() -> int:
 
 def p50(call: object, payload: bytes, n: int) -> float:
     assert callable(call)
-    for _ in range(100):
+    for _ in range(min(n, 100)):
         call(payload)
     samples = []
     for _ in range(n):
@@ -52,8 +51,11 @@ def p50(call: object, payload: bytes, n: int) -> float:
     return statistics.median(samples)
 
 
-def start_mlserver(mlserver: Path, folder: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_mlserver(mlserver: Path, children: Children) -> tuple[Child, int]:
+    """Start ``mlserver start`` on free ports (logging to mlserver.log); return it and its
+    gRPC port."""
     port = free_port()
+    folder = children.folder / "mlserver"
     model_dir = folder / "mobilenet"
     model_dir.mkdir(parents=True)
     (folder / "settings.json").write_text(
@@ -76,17 +78,17 @@ def start_mlserver(mlserver: Path, folder: Path) -> tuple[subprocess.Popen[bytes
             }
         )
     )
-    env = dict(os.environ, PYTHONPATH=str(REPO / "bench" / "mlserver"))
-    proc = subprocess.Popen(
-        [str(mlserver), "start", str(folder)],
-        env=env,
-        stdout=(folder / "mlserver.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    return proc, port
+    env = {"PYTHONPATH": str(REPO / "bench" / "mlserver")}
+    return children.start("mlserver", [str(mlserver), "start", str(folder)], env=env), port
 
 
-def wait_ready(call: object, payload: bytes, timeout: float = 120.0) -> None:
+def wait_ready(server: Child, call: object, payload: bytes, timeout: float = 120.0) -> None:
+    """Wait until ``call`` answers.
+
+    Raises:
+        ChildExitedError: the server exited first (its log is printed).
+        grpc.RpcError: it did not answer within ``timeout`` seconds.
+    """
     assert callable(call)
     deadline = time.monotonic() + timeout
     while True:
@@ -94,6 +96,7 @@ def wait_ready(call: object, payload: bytes, timeout: float = 120.0) -> None:
             call(payload, timeout=5)
             return
         except grpc.RpcError:
+            server.check_running()
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
@@ -103,7 +106,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mlserver", type=Path, default=REPO / ".venv-mlserver/bin/mlserver")
     parser.add_argument("--iterations", type=int, default=2000)
+    parser.add_argument("--quick", action="store_true", help="100 calls each (a smoke run)")
     args = parser.parse_args()
+    if args.quick:
+        args.iterations = 100
     if not args.mlserver.exists():
         print(f"{args.mlserver} missing: run `make bench-mlserver`", file=sys.stderr)
         return 2
@@ -123,23 +129,17 @@ def main() -> int:
         raw.invoke()
         return raw.get_tensor(i_out)
 
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        proc, ml_port = start_mlserver(args.mlserver, tmp / "mlserver")
+    with run_folder("bench_mlserver") as children:
+        mlserver, ml_port = start_mlserver(args.mlserver, children)
         agent_port = free_port()
-        agent, _sock = start_agent(tmp, [("mobilenet", MODEL)], tcp_port=agent_port)
-        try:
-            agent_call = grpc.insecure_channel(f"127.0.0.1:{agent_port}").unary_unary(INFER)
-            ml_call = grpc.insecure_channel(f"127.0.0.1:{ml_port}").unary_unary(INFER)
-            wait_ready(ml_call, payload)
-            wait_ready(agent_call, payload)
-            raw_p50 = p50(invoke, payload, args.iterations)
-            agent_p50 = p50(agent_call, payload, args.iterations)
-            ml_p50 = p50(ml_call, payload, args.iterations)
-        finally:
-            for each in (proc, agent):
-                each.terminate()
-                each.wait(30)
+        agent, _sock = start_agent(children, [("mobilenet", MODEL)], tcp_port=agent_port)
+        agent_call = grpc.insecure_channel(f"127.0.0.1:{agent_port}").unary_unary(INFER)
+        ml_call = grpc.insecure_channel(f"127.0.0.1:{ml_port}").unary_unary(INFER)
+        wait_ready(mlserver, ml_call, payload)
+        wait_ready(agent, agent_call, payload)
+        raw_p50 = p50(invoke, payload, args.iterations)
+        agent_p50 = p50(agent_call, payload, args.iterations)
+        ml_p50 = p50(ml_call, payload, args.iterations)
     agent_added, ml_added = agent_p50 - raw_p50, ml_p50 - raw_p50
     print(f"{time.strftime('%Y-%m-%d')} · same client, 127.0.0.1 TCP, {args.iterations} calls")
     print()

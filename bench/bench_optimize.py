@@ -2,11 +2,15 @@
 scikit-learn's digits, and whether full int8 is at most 30% of float32's size, at most 1 point
 less accurate, and not slower than float32 on this host.
 
-    python -m bench.bench_optimize
+    python -m bench.bench_optimize [--quick]
+
+Exits 1 when the target is missed. It takes a few seconds: --quick runs the same build and only
+reports the target (the speed comparison is at the mercy of a busy machine).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -18,6 +22,9 @@ MODEL = Path(__file__).resolve().parent.parent / "tests" / "data" / "digits_clou
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="report the target, do not assert it")
+    args = parser.parse_args()
     data = digits()
     with tempfile.TemporaryDirectory() as folder:
         report = build(
@@ -39,9 +46,9 @@ def main() -> int:
     print(
         f"full_int8: {full.size_ratio:.0%} of float32's size, {drop:.2f} points less accurate, "
         f"{base.median_ms / full.median_ms:.2f}x float32's speed: target "
-        + ("met" if met else "missed")
+        + ("met" if met else "missed" + (" (not asserted with --quick)" if args.quick else ""))
     )
-    return 0 if met else 1
+    return 0 if met or args.quick else 1
 
 
 if __name__ == "__main__":

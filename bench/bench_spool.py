@@ -1,27 +1,27 @@
 """The agent's telemetry spool: how fast it stores, and how fast it replays after an outage.
 
-    python -m bench.bench_spool [--messages 5000]
+    python -m bench.bench_spool [--messages 5000] [--quick]
 
 Write: MESSAGES telemetry reports appended one by one (each its own durable transaction, as the
 agent appends them). Replay: the full spool published through the agent's Forwarder to a
 private mosquitto (QoS 1, deleted on PUBACK) with a subscriber counting arrivals; the floor in
 the same run: the same messages published by a bare paho client without a spool.
+--quick: 300 messages.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import paho.mqtt.client as paho
 
 from agent.telemetry.forward import Forwarder
 from agent.telemetry.mqtt import MqttPublisher, parse_mqtt_url
 from agent.telemetry.spool import Spool
+from bench.processes import run_folder
 from protos import telemetry_pb2
 from tests.harness import start_mosquitto
 
@@ -52,6 +52,18 @@ class Counter:
         if self.count >= self.expected:
             self.done.set()
 
+    def wait(self, what: str, timeout: float = 60.0) -> None:
+        """Wait until every expected message arrived.
+
+        Raises:
+            TimeoutError: they did not all arrive within ``timeout`` seconds.
+        """
+        if not self.done.wait(timeout):
+            raise TimeoutError(
+                f"{what}: the subscriber got {self.count} of {self.expected} messages in "
+                f"{timeout:.0f} s"
+            )
+
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
@@ -60,11 +72,12 @@ class Counter:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--quick", action="store_true", help="300 messages (a smoke run)")
     args = parser.parse_args()
-    n = args.messages
+    n = 300 if args.quick else args.messages
     payloads = [report(i + 1) for i in range(n)]
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
+    with run_folder("bench_spool") as children:
+        tmp = children.folder
         broker = start_mosquitto(tmp / "broker")
         try:
             spool = Spool(tmp / "spool.db", max_messages=n * 2)
@@ -79,8 +92,10 @@ def main() -> int:
             forwarder = Forwarder(spool, publisher)
             started = time.perf_counter()
             while len(spool):
+                if time.perf_counter() - started > 120:
+                    raise TimeoutError(f"the spool still holds {len(spool)} of {n} after 120 s")
                 forwarder.drain(threading.Event(), budget_s=5.0)
-            counter.done.wait(60)
+            counter.wait("spool replay")
             replay = counter.count / (time.perf_counter() - started)
             publisher.close()
             counter.close()
@@ -94,7 +109,7 @@ def main() -> int:
             infos = [client.publish(TOPIC, p, qos=1) for p in payloads]
             for info in infos:
                 info.wait_for_publish(60)
-            counter.done.wait(60)
+            counter.wait("bare publish")
             bare = counter.count / (time.perf_counter() - started)
             client.loop_stop()
             client.disconnect()

@@ -1,26 +1,32 @@
 """Check-in load from simulated devices, in its own process (grpc.aio, one mTLS channel each).
 
     python -m bench.checkin_load DEVICES_JSON FIRST COUNT SECONDS [MQTT_URL FLEET VERSION]
+                                 [--bare] [--warmup S]
 
 With the last three arguments the devices follow a rollout instead: they poll every 60 s,
-check in at once when the server nudges them over MQTT, and the process prints the seconds
-until every one of them runs VERSION.
+check in at once when the server nudges them over MQTT, retry a failed call after 1 s (as an
+agent retries, and logging it on stderr), and the process prints the seconds until every one of
+them runs VERSION and the number of failed calls.
 
 DEVICES_JSON lists devices as written by bench/bench_checkin.py (address, CA, key and
 certificate per device). Devices FIRST..FIRST+COUNT check in back to back for SECONDS, each
 sending the state version it last got (the common, unchanged case), and the process prints
 "calls errors" on one line. With ``--bare`` the devices call a bare unary method instead (the
-floor to compare with): same channels, same TLS, no EdgeFleet code on the server.
+floor to compare with): same channels, same TLS, no EdgeFleet code on the server. Calls in
+the first S seconds (``--warmup``, default 2) are not counted.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 
@@ -29,12 +35,14 @@ from protos import device_pb2_grpc as pb_grpc
 from protos import manifest_pb2
 
 BARE_METHOD = "/bench.Bare/Echo"
-WARMUP_S = 2.0
+_R = TypeVar("_R")
 
 
-async def run(devices: list[dict[str, str]], seconds: float, bare: bool) -> tuple[int, int]:
+async def run(
+    devices: list[dict[str, str]], seconds: float, bare: bool, warmup: float
+) -> tuple[int, int]:
     calls = errors = 0
-    counting_from = time.perf_counter() + WARMUP_S  # connections and caches warm up first
+    counting_from = time.perf_counter() + warmup  # connections and caches warm up first
     deadline = counting_from + seconds
 
     async def device_loop(d: dict[str, str]) -> None:
@@ -83,9 +91,10 @@ async def run(devices: list[dict[str, str]], seconds: float, bare: bool) -> tupl
 
 async def follow(
     devices: list[dict[str, str]], seconds: float, mqtt_url: str, fleet: str, target: str
-) -> float:
+) -> tuple[float, int]:
     """Poll every 60 s like agents would, check in at once when nudged over MQTT, "install"
-    what the answer names; return when every device runs ``target`` (seconds since start)."""
+    what the answer names; return when every device runs ``target``: (seconds since start,
+    failed calls, each retried after 1 s)."""
     import paho.mqtt.client as paho  # noqa: PLC0415
 
     from agent.telemetry.mqtt import parse_mqtt_url  # noqa: PLC0415
@@ -96,6 +105,18 @@ async def follow(
     events = {d["device_id"]: asyncio.Event() for d in devices}
     done = asyncio.Event()
     remaining = set(events)
+    failed = 0
+
+    async def retried(method: Callable[..., Awaitable[_R]], request: object) -> _R:
+        """Call ``method`` until it succeeds, as an agent retries a failed check-in or report."""
+        nonlocal failed
+        while True:
+            try:
+                return await method(request, timeout=30)
+            except grpc.RpcError as exc:
+                failed += 1
+                print(f"retrying in 1 s: {exc.code().name}: {exc.details()}", file=sys.stderr)
+                await asyncio.sleep(1.0)
 
     def on_message(_c: object, _u: object, message: paho.MQTTMessage) -> None:
         device_id = message.topic.split("/")[3]
@@ -129,18 +150,16 @@ async def follow(
                     state_version=state,
                     fresh=fresh,
                 )
-                response = await stub.CheckIn(request, timeout=30)
+                response = await retried(stub.CheckIn, request)
                 state = response.state_version
                 for envelope in [] if response.unchanged else response.desired:
                     version = manifest_pb2.Manifest.FromString(envelope.payload).version
                     if version != running:
                         running = version
-                        await stub.ReportStatus(
-                            pb.StatusReport(
-                                model_name="color", version=version, state=pb.INSTALLED
-                            ),
-                            timeout=30,
+                        report = pb.StatusReport(
+                            model_name="color", version=version, state=pb.INSTALLED
                         )
+                        await retried(stub.ReportStatus, report)
                 if running == target:
                     remaining.discard(d["device_id"])
                     if not remaining:
@@ -153,19 +172,27 @@ async def follow(
         await asyncio.wait_for(asyncio.gather(*(device_loop(d) for d in devices)), seconds)
     finally:
         client.loop_stop()
-    return time.perf_counter() - started
+    return time.perf_counter() - started, failed
 
 
 def main() -> int:
-    bare = "--bare" in sys.argv
-    args = [a for a in sys.argv[1:] if a != "--bare"]
-    devices_file, first, count, seconds = args[0], int(args[1]), int(args[2]), float(args[3])
-    devices = json.loads(Path(devices_file).read_text())[first : first + count]
-    if len(args) > 4:  # follow a rollout: MQTT_URL FLEET TARGET_VERSION
-        elapsed = asyncio.run(follow(devices, seconds, args[4], args[5], args[6]))
-        print(f"{elapsed:.2f}")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("devices_file", type=Path)
+    parser.add_argument("first", type=int)
+    parser.add_argument("count", type=int)
+    parser.add_argument("seconds", type=float)
+    parser.add_argument("rollout", nargs="*", metavar="MQTT_URL FLEET VERSION")
+    parser.add_argument("--bare", action="store_true", help="call the bare server's method")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds not counted")
+    args = parser.parse_args()
+    devices = json.loads(args.devices_file.read_text())[args.first : args.first + args.count]
+    if args.rollout:  # follow a rollout: MQTT_URL FLEET TARGET_VERSION
+        if len(args.rollout) != 3:
+            parser.error("a rollout needs MQTT_URL FLEET VERSION")
+        elapsed, failed = asyncio.run(follow(devices, args.seconds, *args.rollout))
+        print(f"{elapsed:.2f} {failed}")
         return 0
-    calls, errors = asyncio.run(run(devices, seconds, bare))
+    calls, errors = asyncio.run(run(devices, args.seconds, args.bare, args.warmup))
     print(calls, errors)
     return 0
 
