@@ -182,3 +182,28 @@ def test_the_admin_cli_checks_the_servers_certificate(
         "edgefleet", "--server", server.address, "--token", token, "devices", "list", check=False
     )
     assert "the server speaks TLS: give --ca-file" in missing.stderr
+
+
+def test_a_busy_database_answers_unavailable_and_enrollment_works_after(
+    server_factory: Callable[..., Server],
+) -> None:
+    """Another writer holding SQLite past its busy timeout is a transient fault: the device
+    hears UNAVAILABLE (and retries), not an internal error, and nothing half-done remains."""
+    import sqlite3
+
+    server = server_factory(None)
+    token = server.enrollment_token()
+    _key, csr_pem = new_key_and_csr("cam-busy")
+    holder = sqlite3.connect(server.data_dir / "fleet.db", timeout=1, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # (a backup job, a second server on the same file...)
+    try:
+        code, details = code_and_details(lambda: enroll_raw(server, token, "cam-busy", csr_pem))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert code == grpc.StatusCode.UNAVAILABLE, details
+    assert "database is busy" in details and "Traceback" not in details
+    assert "database unavailable in Enroll" in server.proc.output()
+    response = enroll_raw(server, token, "cam-busy", csr_pem)
+    assert response.device_id == "cam-busy" and response.certificate_pem
+    assert [d["device_id"] for d in server.devices()] == ["cam-busy"]

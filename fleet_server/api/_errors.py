@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
+from sqlalchemy.exc import OperationalError
 
 from fleet_server.errors import (
     AlreadyExistsError,
@@ -48,6 +49,11 @@ def rpc_errors(method: _F) -> _F:
             return method(self, request, context)
         except FleetError as exc:
             context.abort(_status(exc), str(exc))
+        except OperationalError as exc:
+            # SQLite busy past its timeout, PostgreSQL restarting or unreachable: the caller
+            # retries (agents do, with backoff) instead of seeing an internal error.
+            log.warning("database unavailable in %s: %s", method.__name__, exc.orig)
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the fleet database is busy; retry")
         except Exception:
             if isinstance(context.code(), grpc.StatusCode) and context.code() is not None:
                 raise  # context.abort() already set the status
