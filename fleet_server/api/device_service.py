@@ -19,6 +19,7 @@ from fleet_server.catalog.desired import Resolved, device_targets, resolve
 from fleet_server.catalog.select import DeviceProfile
 from fleet_server.errors import AuthError, BadRequestError, FleetError
 from fleet_server.registry.labels import check_labels
+from fleet_server.rollouts.states import DeviceState
 from fleet_server.routing.prices import Prices
 from fleet_server.routing.store import RoutingRow
 from protos import device_pb2 as pb
@@ -39,7 +40,11 @@ GENERATION_MAX_AGE_S = 0.5
 
 
 # What an update report means for a rollout.
-_OUTCOMES = {pb.INSTALLED: "installed", pb.FAILED: "failed", pb.ROLLED_BACK: "failed"}
+_OUTCOMES = {
+    pb.INSTALLED: DeviceState.INSTALLED,
+    pb.FAILED: DeviceState.FAILED,
+    pb.ROLLED_BACK: DeviceState.FAILED,
+}
 
 
 class DeviceServicer(pb_grpc.DeviceServiceServicer):
@@ -190,9 +195,14 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
                 self._ctx.devices.set_active_version(device_id, name, version)
         targets, rows = device_targets(self._ctx.catalog, self._ctx.rollouts, device_id)
         for row in rows:
-            if row.device_state == "assigned" and active.get(row.model_name) == row.version:
+            if (
+                row.device_state == DeviceState.ASSIGNED
+                and active.get(row.model_name) == row.version
+            ):
                 # Installed without a report reaching us (or installed before the rollout).
-                self._ctx.rollouts.report(device_id, row.model_name, row.version, "installed")
+                self._ctx.rollouts.report(
+                    device_id, row.model_name, row.version, DeviceState.INSTALLED
+                )
         if profile is None:
             stored = self._ctx.devices.get_device(device_id).capabilities
             profile = DeviceProfile.from_capabilities(stored)
@@ -315,7 +325,7 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
                 request.model_name,
                 request.version,
                 outcome,
-                "" if outcome == "installed" else f"{state}: {request.detail}",
+                "" if outcome == DeviceState.INSTALLED else f"{state}: {request.detail}",
             )
             self._ctx.wake_rollouts()
         log.info(

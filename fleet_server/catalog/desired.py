@@ -18,6 +18,7 @@ from fleet_server.catalog.select import (
     choose,
 )
 from fleet_server.catalog.store import CatalogStore, ModelRow
+from fleet_server.rollouts.states import RolloutState
 from fleet_server.rollouts.store import DesiredRow, RolloutStore, in_effect
 from protos import manifest_pb2
 
@@ -60,7 +61,9 @@ def targets_for(
     }
     for row in rows:  # oldest first: the newest wins
         if in_effect(row):
-            rollback = row.rollback_envelope if row.rollout_state == "rolled_back" else None
+            rollback = (
+                row.rollback_envelope if row.rollout_state == RolloutState.ROLLED_BACK else None
+            )
             version = row.version
             if rollback is not None:
                 version = _version_of(rollback) or version

@@ -21,6 +21,7 @@ from fleet_server.dashboard.queries import (
 )
 from fleet_server.errors import NotFoundError
 from fleet_server.registry.store import DeviceRow
+from fleet_server.rollouts.states import LIVE, RolloutState
 from fleet_server.rollouts.store import RolloutRow, WaveRow
 from fleet_server.routing.budgets import BudgetRow, budget_use
 from fleet_server.routing.costs import CostRow, summarize
@@ -335,7 +336,7 @@ def rollouts(ctx: ServerContext, query: dict[str, str], csrf: str) -> tuple[str,
 
 
 def _wave(r: RolloutRow, w: WaveRow) -> str:
-    current = w.index == r.current_wave and r.state in ("running", "paused")
+    current = w.index == r.current_wave and r.state in LIVE
     c = w.counts
     progress = _bar(
         [
@@ -353,7 +354,10 @@ def _wave(r: RolloutRow, w: WaveRow) -> str:
 
 
 def _rollout(r: RolloutRow) -> str:
-    actions = {"running": ["pause", "abort"], "paused": ["resume", "abort"]}.get(r.state, [])
+    actions = {
+        RolloutState.RUNNING: ["pause", "abort"],
+        RolloutState.PAUSED: ["resume", "abort"],
+    }.get(r.state, [])
     buttons = " ".join(
         f'<a class=button href="/rollouts/{r.rollout_id}/{a}">{a.title()}</a>' for a in actions
     )

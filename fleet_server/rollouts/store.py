@@ -29,6 +29,17 @@ from fleet_server.rollouts.plan import (
     parse_waves,
     wave_targets,
 )
+from fleet_server.rollouts.states import (
+    GATED,
+    IN_EFFECT,
+    LIVE,
+    TICKING,
+    DeviceState,
+    Event,
+    RolloutState,
+    next_state,
+    sources,
+)
 from fleet_server.storage.db import Database, bump_generation
 from fleet_server.storage.schema import deployments, devices, rollout_devices, rollouts
 
@@ -42,12 +53,6 @@ __all__ = [
     "WaveRow",
 ]
 
-LIVE = ("running", "paused")
-# Rollouts whose devices' telemetry is still judged: a completed rollout's last wave keeps its
-# health windows (failures then show in its status; only a running rollout pauses).
-GATED = ("running", "paused", "completed")
-# Rollouts whose assignments still decide what a device runs.
-IN_EFFECT = ("running", "paused", "completed", "aborted", "rolled_back")
 _BATCH = 500
 _FAILURES_SHOWN = 20
 
@@ -102,7 +107,7 @@ class RolloutRow:
     failure_threshold: float
     max_concurrent: int
     device_timeout_s: int
-    state: str
+    state: RolloutState
     current_wave: int
     reason: str
     created_at: int
@@ -122,8 +127,8 @@ class DesiredRow:
     rollout_id: int
     model_name: str
     version: str
-    rollout_state: str
-    device_state: str
+    rollout_state: RolloutState
+    device_state: DeviceState
     rollback_envelope: bytes | None
 
 
@@ -141,7 +146,7 @@ def _row(
         failure_threshold=float(r["failure_threshold"]),
         max_concurrent=int(r["max_concurrent"]),
         device_timeout_s=int(r["device_timeout_s"]),
-        state=r["state"],
+        state=RolloutState(r["state"]),
         current_wave=int(r["current_wave"]),
         reason=r["reason"],
         created_at=int(r["created_at"]),
@@ -174,9 +179,10 @@ def in_effect(row: DesiredRow) -> bool:
     Waiting devices keep what they had; an aborted rollout keeps only the devices that had
     installed it; a rolled-back one sends every device it reached to the rollback manifest.
     """
-    if row.rollout_state not in IN_EFFECT or row.device_state == "waiting":
+    if row.rollout_state not in IN_EFFECT or row.device_state == DeviceState.WAITING:
         return False
-    return not (row.rollout_state == "aborted" and row.device_state != "installed")
+    aborted = row.rollout_state == RolloutState.ABORTED
+    return not (aborted and row.device_state != DeviceState.INSTALLED)
 
 
 class RolloutStore:
@@ -221,7 +227,7 @@ class RolloutStore:
         with self._engine.begin() as conn:
             live = conn.execute(
                 sa.select(rollouts.c.rollout_id, rollouts.c.version).where(
-                    (rollouts.c.model_name == model_name) & rollouts.c.state.in_(LIVE)
+                    (rollouts.c.model_name == model_name) & rollouts.c.state.in_(sorted(LIVE))
                 )
             ).first()
             if live is not None:
@@ -241,7 +247,7 @@ class RolloutStore:
                     failure_threshold=failure_threshold,
                     max_concurrent=max_concurrent,
                     device_timeout_s=device_timeout_s,
-                    state="running",
+                    state=RolloutState.RUNNING,
                     current_wave=0,
                     reason="",
                     created_at=now,
@@ -274,7 +280,9 @@ class RolloutStore:
         fleet-wide deployment."""
         row = conn.execute(
             sa.select(rollouts.c.version)
-            .where((rollouts.c.model_name == model_name) & (rollouts.c.state == "completed"))
+            .where(
+                (rollouts.c.model_name == model_name) & (rollouts.c.state == RolloutState.COMPLETED)
+            )
             .order_by(rollouts.c.rollout_id.desc())
             .limit(1)
         ).first()
@@ -311,7 +319,7 @@ class RolloutStore:
                 "rollout_id": rollout_id,
                 "device_id": device_id,
                 "wave": wave,
-                "state": "waiting",
+                "state": DeviceState.WAITING,
                 "assigned_at": None,
                 "updated_at": now,
             }
@@ -357,7 +365,8 @@ class RolloutStore:
         rows = conn.execute(
             sa.select(rollout_devices.c.device_id, rollout_devices.c.wave, rollout_devices.c.detail)
             .where(
-                (rollout_devices.c.rollout_id == rollout_id) & (rollout_devices.c.state == "failed")
+                (rollout_devices.c.rollout_id == rollout_id)
+                & (rollout_devices.c.state == DeviceState.FAILED)
             )
             .order_by(rollout_devices.c.updated_at.desc(), rollout_devices.c.device_id)
             .limit(_FAILURES_SHOWN)
@@ -378,10 +387,13 @@ class RolloutStore:
                 c.state,
                 sa.func.count(),
                 count_where(
-                    (c.state == "assigned") & (c.assigned_at < now - rollout.device_timeout_s)
+                    (c.state == DeviceState.ASSIGNED)
+                    & (c.assigned_at < now - rollout.device_timeout_s)
                 ),
-                count_where((c.state == "installed") & (c.updated_at <= now - bake_s)),
-                count_where((c.state == "failed") & c.detail.startswith(TELEMETRY_FAILURE)),
+                count_where((c.state == DeviceState.INSTALLED) & (c.updated_at <= now - bake_s)),
+                count_where(
+                    (c.state == DeviceState.FAILED) & c.detail.startswith(TELEMETRY_FAILURE)
+                ),
             )
             .where(c.rollout_id == rollout.rollout_id)
             .group_by(c.wave, c.state)
@@ -401,10 +413,10 @@ class RolloutStore:
             stalled, baked, unhealthy = extra.get(index, [0, 0, 0])
             counts = Counts(
                 devices=sum(states.values()),
-                waiting=states.get("waiting", 0),
-                assigned=states.get("assigned", 0),
-                installed=states.get("installed", 0),
-                failed=states.get("failed", 0),
+                waiting=states.get(DeviceState.WAITING, 0),
+                assigned=states.get(DeviceState.ASSIGNED, 0),
+                installed=states.get(DeviceState.INSTALLED, 0),
+                failed=states.get(DeviceState.FAILED, 0),
                 baked=baked,
             )
             result.append(WaveRow(index, target, counts, stalled, unhealthy))
@@ -412,31 +424,27 @@ class RolloutStore:
 
     # admin transitions -----------------------------------------------------------------------
 
-    def transition(
-        self, rollout_id: int, allowed: Sequence[str], to: str, reason: str
-    ) -> RolloutRow:
-        """Move a rollout from one of ``allowed`` states to ``to``.
+    def transition(self, rollout_id: int, event: Event, reason: str) -> RolloutRow:
+        """Move a rollout on by an admin's ``event`` (see :data:`states.TRANSITIONS`).
 
         Raises:
             NotFoundError: no such rollout.
-            ConflictError: the rollout is in another state.
+            ConflictError: the event may not happen in the rollout's state.
         """
         with self._engine.begin() as conn:
             state = self._lock(conn, rollout_id)
-            if state == to and to != "running":
-                pass  # pausing a paused rollout is a no-op, not an error
-            elif state not in allowed:
-                raise ConflictError(
-                    f"rollout {rollout_id} is {state}; this needs it {' or '.join(allowed)}"
-                )
-            else:
+            to = next_state(state, event)
+            if to is None:
+                allowed = " or ".join(sources(event))
+                raise ConflictError(f"rollout {rollout_id} is {state}; this needs it {allowed}")
+            if to != state:
                 values: dict[str, Any] = {}
-                if to == "running":
+                if to == RolloutState.RUNNING:
                     # Resuming accepts the failures seen so far; only new ones can pause again.
                     values["forgiven_failures"] = conn.execute(
                         sa.select(sa.func.count()).where(
                             (rollout_devices.c.rollout_id == rollout_id)
-                            & (rollout_devices.c.state == "failed")
+                            & (rollout_devices.c.state == DeviceState.FAILED)
                         )
                     ).scalar_one()
                 conn.execute(
@@ -451,13 +459,13 @@ class RolloutStore:
         """Send every device the rollout reached to a root-signed rollback manifest."""
         with self._engine.begin() as conn:
             state = self._lock(conn, rollout_id)
-            if state in ("rolled_back", "superseded"):
+            if next_state(state, Event.ROLL_BACK) is None:
                 raise ConflictError(f"rollout {rollout_id} is {state} already")
             conn.execute(
                 rollouts.update()
                 .where(rollouts.c.rollout_id == rollout_id)
                 .values(
-                    state="rolled_back",
+                    state=RolloutState.ROLLED_BACK,
                     reason=reason[:1024],
                     rollback_envelope=envelope,
                     updated_at=int(time.time()),
@@ -473,7 +481,8 @@ class RolloutStore:
                 int(r[0])
                 for r in conn.execute(
                     sa.select(rollouts.c.rollout_id).where(
-                        (rollouts.c.model_name == model_name) & rollouts.c.state.in_(IN_EFFECT)
+                        (rollouts.c.model_name == model_name)
+                        & rollouts.c.state.in_(sorted(IN_EFFECT))
                     )
                 )
             ]
@@ -482,7 +491,7 @@ class RolloutStore:
                     rollouts.update()
                     .where(rollouts.c.rollout_id.in_(ids))
                     .values(
-                        state="superseded",
+                        state=RolloutState.SUPERSEDED,
                         reason="a fleet-wide deployment replaced it",
                         updated_at=int(time.time()),
                     )
@@ -491,13 +500,13 @@ class RolloutStore:
         return ids
 
     @staticmethod
-    def _lock(conn: sa.Connection, rollout_id: int) -> str:
+    def _lock(conn: sa.Connection, rollout_id: int) -> RolloutState:
         row = conn.execute(
             sa.select(rollouts.c.state).where(rollouts.c.rollout_id == rollout_id).with_for_update()
         ).first()
         if row is None:
             raise NotFoundError(f"rollout {rollout_id} does not exist")
-        return str(row[0])
+        return RolloutState(row[0])
 
     # the controller ----------------------------------------------------------------------------
 
@@ -507,9 +516,7 @@ class RolloutStore:
             return [
                 int(r[0])
                 for r in conn.execute(
-                    sa.select(rollouts.c.rollout_id).where(
-                        rollouts.c.state.in_(("running", "paused", "completed"))
-                    )
+                    sa.select(rollouts.c.rollout_id).where(rollouts.c.state.in_(sorted(TICKING)))
                 )
             ]
 
@@ -527,7 +534,7 @@ class RolloutStore:
                 .mappings()
                 .one()
             )
-            if state not in ("running", "paused", "completed"):
+            if state not in TICKING:
                 return Decision("wait"), []
             waves = parse_waves(r.waves)
             last = len(waves) - 1
@@ -537,11 +544,11 @@ class RolloutStore:
                 if matches(r.selector, labels)
             ]
             self._insert_devices(conn, rollout_id, dict.fromkeys(joiners, last), now)
-            if state == "paused":
+            if state == RolloutState.PAUSED:
                 return Decision("wait", r.reason), []
             current = r.current_wave
             decision = Decision("wait")
-            if state == "running":
+            if state == RolloutState.RUNNING:
                 counts = [w.counts for w in self._wave_status(conn, r, now)]
                 decision = decide(
                     counts,
@@ -555,13 +562,16 @@ class RolloutStore:
                     current += 1
                     values = {"current_wave": current, "reason": f"wave {current} started"}
                 elif decision.action == "complete":
-                    values = {"state": "completed", "reason": "every wave reached its threshold"}
+                    values = {
+                        "state": next_state(state, Event.COMPLETE),
+                        "reason": "every wave reached its threshold",
+                    }
                 elif decision.action == "pause":
                     latest = self._failures(conn, rollout_id)[:1]
                     reason = decision.reason + "".join(
                         f"; latest: {f.device_id}: {f.detail or 'failed'}" for f in latest
                     )
-                    values = {"state": "paused", "reason": reason[:1024]}
+                    values = {"state": next_state(state, Event.GATE), "reason": reason[:1024]}
                 if values:
                     conn.execute(
                         rollouts.update()
@@ -570,7 +580,9 @@ class RolloutStore:
                     )
                 if decision.action == "pause":
                     return decision, []
-            assigned = self._assign(conn, r, last if state == "completed" else current, now)
+            assigned = self._assign(
+                conn, r, last if state == RolloutState.COMPLETED else current, now
+            )
             if assigned or decision.action != "wait":
                 bump_generation(conn)
         return decision, assigned
@@ -583,7 +595,7 @@ class RolloutStore:
             in_flight = conn.execute(
                 sa.select(sa.func.count()).where(
                     key
-                    & (rollout_devices.c.state == "assigned")
+                    & (rollout_devices.c.state == DeviceState.ASSIGNED)
                     & (rollout_devices.c.assigned_at >= now - r.device_timeout_s)
                 )
             ).scalar_one()
@@ -594,7 +606,7 @@ class RolloutStore:
             sa.select(rollout_devices.c.device_id)
             .where(
                 key
-                & (rollout_devices.c.state == "waiting")
+                & (rollout_devices.c.state == DeviceState.WAITING)
                 & (rollout_devices.c.wave <= up_to_wave)
             )
             .order_by(rollout_devices.c.wave, rollout_devices.c.device_id)
@@ -607,7 +619,7 @@ class RolloutStore:
             conn.execute(
                 rollout_devices.update()
                 .where(key & rollout_devices.c.device_id.in_(part))
-                .values(state="assigned", assigned_at=now, updated_at=now)
+                .values(state=DeviceState.ASSIGNED, assigned_at=now, updated_at=now)
             )
             baselines = [
                 {"d": device_id, "b": p95}
@@ -646,31 +658,41 @@ class RolloutStore:
                 .order_by(rollouts.c.rollout_id)
             ).all()
         return [
-            DesiredRow(int(a), str(b), str(c), str(d), str(e), bytes(f) if f else None)
+            DesiredRow(
+                int(a), str(b), str(c), RolloutState(d), DeviceState(e), bytes(f) if f else None
+            )
             for a, b, c, d, e, f in rows
         ]
 
     def report(
-        self, device_id: str, model_name: str, version: str, outcome: str, detail: str = ""
+        self,
+        device_id: str,
+        model_name: str,
+        version: str,
+        outcome: DeviceState,
+        detail: str = "",
     ) -> None:
         """Record a device's update outcome in the live rollouts of that model and version.
 
-        ``outcome`` is "installed" or "failed"; a failure after an install (a health rollback)
+        ``outcome`` is INSTALLED or FAILED; a failure after an install (a health rollback)
         counts as a failure. An install starts the health gate's count afresh.
         """
-        sources = ("assigned", "failed") if outcome == "installed" else ("assigned", "installed")
+        if outcome not in (DeviceState.INSTALLED, DeviceState.FAILED):
+            raise ValueError(f"a device reports installed or failed, not {outcome}")
+        d = DeviceState
+        before = (d.ASSIGNED, d.FAILED) if outcome == d.INSTALLED else (d.ASSIGNED, d.INSTALLED)
         now = int(time.time())
         with self._engine.begin() as conn:
             conn.execute(
                 rollout_devices.update()
                 .where(
                     (rollout_devices.c.device_id == device_id)
-                    & rollout_devices.c.state.in_(sources)
+                    & rollout_devices.c.state.in_(before)
                     & rollout_devices.c.rollout_id.in_(
                         sa.select(rollouts.c.rollout_id).where(
                             (rollouts.c.model_name == model_name)
                             & (rollouts.c.version == version)
-                            & rollouts.c.state.in_(("running", "paused", "completed"))
+                            & rollouts.c.state.in_(sorted(TICKING))
                         )
                     )
                 )
@@ -709,15 +731,15 @@ class RolloutStore:
                     .join(rollouts, rollouts.c.rollout_id == c.rollout_id)
                     .where(
                         c.device_id.in_(ids[start : start + _BATCH])
-                        & c.state.in_(("assigned", "installed"))
-                        & rollouts.c.state.in_(GATED)
+                        & c.state.in_((DeviceState.ASSIGNED, DeviceState.INSTALLED))
+                        & rollouts.c.state.in_(sorted(GATED))
                     )
                 ).all()
                 for rollout_id, device_id, state, since, model, version, gate_json in rows:
                     gate = HealthGate.from_json(gate_json)
                     # An assigned device may report the new version just before it says it
                     # installed it: watch it from now.
-                    until = (now if state == "assigned" else int(since)) + gate.window_s
+                    until = (now if state == DeviceState.ASSIGNED else int(since)) + gate.window_s
                     if not gate.disabled and until >= now:
                         result.append(
                             Watched(int(rollout_id), str(device_id), model, version, until)
@@ -746,11 +768,11 @@ class RolloutStore:
                 .where(
                     (c.rollout_id == sa.bindparam("r"))
                     & (c.device_id == sa.bindparam("d"))
-                    & (c.state == "installed")
+                    & (c.state == DeviceState.INSTALLED)
                     # (no IN list: executemany cannot expand one)
                     & c.rollout_id.in_(
                         sa.select(rollouts.c.rollout_id).where(
-                            sa.or_(*(rollouts.c.state == state for state in GATED))
+                            sa.or_(*(rollouts.c.state == state for state in sorted(GATED)))
                         )
                     )
                 )
@@ -784,7 +806,7 @@ class RolloutStore:
                     ).where(
                         (c.rollout_id == rollout_id)
                         & c.device_id.in_(devices_here)
-                        & (c.state == "installed")
+                        & (c.state == DeviceState.INSTALLED)
                     )
                 ).all()
                 for device_id, wave, requests, errors, p95, baseline in rows:
@@ -796,6 +818,6 @@ class RolloutStore:
                         conn.execute(
                             rollout_devices.update()
                             .where((c.rollout_id == rollout_id) & (c.device_id == device_id))
-                            .values(state="failed", detail=reason[:255], updated_at=now)
+                            .values(state=DeviceState.FAILED, detail=reason[:255], updated_at=now)
                         )
         return failed

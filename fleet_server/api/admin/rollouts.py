@@ -18,6 +18,7 @@ from fleet_server.errors import (
     ConflictError,
 )
 from fleet_server.registry.labels import check_labels
+from fleet_server.rollouts.states import Event
 from protos import admin_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class RolloutsAdmin(AdminBase):
     def PauseRollout(self, request: pb.RolloutRequest, context: Any) -> pb.RolloutInfo:  # noqa: N802
         require_admin(context, self._ctx.admin_token)
         row = self._ctx.rollouts.transition(
-            request.rollout_id, ("running",), "paused", f"paused by {actor(context)}"
+            request.rollout_id, Event.PAUSE, f"paused by {actor(context)}"
         )
         return wire.rollout_info(row)
 
@@ -85,7 +86,7 @@ class RolloutsAdmin(AdminBase):
     def ResumeRollout(self, request: pb.RolloutRequest, context: Any) -> pb.RolloutInfo:  # noqa: N802
         require_admin(context, self._ctx.admin_token)
         row = self._ctx.rollouts.transition(
-            request.rollout_id, ("paused",), "running", f"resumed by {actor(context)}"
+            request.rollout_id, Event.RESUME, f"resumed by {actor(context)}"
         )
         self._ctx.wake_rollouts()
         return wire.rollout_info(row)
@@ -95,7 +96,7 @@ class RolloutsAdmin(AdminBase):
     def AbortRollout(self, request: pb.RolloutRequest, context: Any) -> pb.RolloutInfo:  # noqa: N802
         require_admin(context, self._ctx.admin_token)
         row = self._ctx.rollouts.transition(
-            request.rollout_id, ("running", "paused"), "aborted", f"aborted by {actor(context)}"
+            request.rollout_id, Event.ABORT, f"aborted by {actor(context)}"
         )
         return wire.rollout_info(row)
 
