@@ -214,7 +214,7 @@ class FleetServer:
             )
             ctx.wake_rollouts = self._controller.wake
             if ingest is not None:
-                ingest.watch_health(ctx.rollouts, self._controller.wake)
+                ingest.watch_health(ctx.health, self._controller.wake)
                 ctx.send_command = ingest.command
         try:
             # Workers take device calls only: enrollment, the admin API and commands (which

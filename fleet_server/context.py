@@ -13,6 +13,7 @@ from fleet_server.catalog.benchmarks import BenchStore
 from fleet_server.catalog.store import CatalogStore
 from fleet_server.registry.ca import FleetCA
 from fleet_server.registry.store import DeviceStore
+from fleet_server.rollouts.health import HealthStore
 from fleet_server.rollouts.store import RolloutStore
 from fleet_server.routing.store import RoutingStore
 from fleet_server.signing.keys import KeyStore
@@ -41,6 +42,7 @@ class ServerContext:
     catalog: CatalogStore = field(init=False)
     telemetry: TelemetryStore = field(init=False)
     rollouts: RolloutStore = field(init=False)
+    health: HealthStore = field(init=False)
     routing: RoutingStore = field(init=False)
     bench: BenchStore = field(init=False)
     audit: AuditLog = field(init=False)
@@ -60,6 +62,7 @@ class ServerContext:
         self.catalog = CatalogStore(self.db)
         self.telemetry = TelemetryStore(self.db)
         self.rollouts = RolloutStore(self.db, self.catalog)
+        self.health = HealthStore(self.db)
         self.routing = RoutingStore(self.db)
         self.bench = BenchStore(self.db)
         self.audit = AuditLog(self.db)

@@ -11,7 +11,7 @@ one its topic names), deduplicated on (device, epoch, sequence) with gaps counte
 written in batches: the latest report per device, its online state from birth and Will,
 update events, usage for the cost reports, and telemetry over time in 5-minute buckets
 (:mod:`fleet_server.telemetry.history`). Reports about a model version a live rollout has
-just installed on the device feed that rollout's health gate (:meth:`RolloutStore.record_health`).
+just installed on the device feed that rollout's health gate (:meth:`HealthStore.record_health`).
 
 With an MQTT v5 broker the server subscribes through a shared subscription so that several
 replicas split the stream; against the embedded 3.1.1 broker it subscribes plainly (one server).
@@ -36,7 +36,7 @@ from google.protobuf.message import DecodeError
 from agent.errors import AgentError
 from agent.telemetry.mqtt import MqttEndpoint, MqttPublisher
 from fleet_server.errors import TransientError
-from fleet_server.rollouts.store import HealthSample, RolloutStore
+from fleet_server.rollouts.health import HealthSample, HealthStore
 from fleet_server.telemetry.checks import plausible
 from fleet_server.telemetry.history import HistoryBuffer
 from fleet_server.telemetry.sequence import Position, account
@@ -177,7 +177,7 @@ class TelemetryIngest:
         self.gaps = 0  # messages that never arrived, from sequence jumps
         self._positions: dict[str, Position | None] = {}
         self._history = HistoryBuffer(history_hours)
-        self._rollouts: RolloutStore | None = None
+        self._rollouts: HealthStore | None = None
         self._on_unhealthy: Callable[[], None] = lambda: None
         # What each device last reported running, and the (device, model, version)s whose
         # telemetry feeds a health gate -> (rollout id, end of its window).
@@ -186,7 +186,7 @@ class TelemetryIngest:
         self.unhealthy = 0  # devices failed by a rollout's health gate
         self.history_lost = 0  # history rows the database refused
 
-    def watch_health(self, rollouts: RolloutStore, on_unhealthy: Callable[[], None]) -> None:
+    def watch_health(self, rollouts: HealthStore, on_unhealthy: Callable[[], None]) -> None:
         """Feed telemetry to the health gates of these rollouts; call ``on_unhealthy`` when a
         device breaks one (to let the rollout controller pause it sooner)."""
         self._rollouts = rollouts
@@ -440,7 +440,7 @@ class TelemetryIngest:
         self.duplicates += duplicates
         self.gaps += lost
 
-    def _judge(self, rollouts: RolloutStore, samples: list[HealthSample]) -> None:
+    def _judge(self, rollouts: HealthStore, samples: list[HealthSample]) -> None:
         # After the batch is stored: a failure here loses one report's worth of health counts,
         # never the telemetry itself.
         try:
