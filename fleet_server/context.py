@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from fleet_server.api.checkin import AnswerCache, LastSeen
 from fleet_server.artifacts.store import ArtifactStore
 from fleet_server.audit.store import AuditLog
 from fleet_server.catalog.benchmarks import BenchStore
 from fleet_server.catalog.store import CatalogStore
 from fleet_server.registry.ca import FleetCA
+from fleet_server.registry.checkins import AnswerCache, LastSeen
 from fleet_server.registry.store import DeviceStore
 from fleet_server.rollouts.health import HealthStore
 from fleet_server.rollouts.store import RolloutStore

@@ -389,7 +389,7 @@ def test_the_tls_key_is_not_left_on_disk(tmp_path: Path, monkeypatch: pytest.Mon
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    from fleet_server.dashboard.server import _load_pem
+    from fleet_server.dashboard.server import load_pem
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
@@ -403,5 +403,5 @@ def test_the_tls_key_is_not_left_on_disk(tmp_path: Path, monkeypatch: pytest.Mon
                                 serialization.NoEncryption())  # fmt: skip
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    _load_pem(context, key_pem, cert.public_bytes(serialization.Encoding.PEM))
+    load_pem(context, key_pem, cert.public_bytes(serialization.Encoding.PEM))
     assert list(tmp_path.iterdir()) == []  # loaded, and nothing of the key remains

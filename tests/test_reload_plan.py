@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.config import AgentConfig, CloudSection, RoutingSection
-from agent.daemon._control import plan_reload
+from agent.daemon import plan_reload
 
 BASE = AgentConfig()
 

@@ -237,7 +237,7 @@ policy = "cloud"
 def test_a_wrong_token_and_malformed_answers_are_cloud_errors(
     cloud: tuple[Server, int, ReferenceCloud],
 ) -> None:
-    from agent.routing.cloud import CloudClient, CloudError, CloudTarget, _check
+    from agent.routing.cloud import CloudClient, CloudError, CloudTarget, check_answer
 
     server, port, _ = cloud
     request = pb.ModelInferRequest(model_name="digits")
@@ -271,9 +271,9 @@ def test_a_wrong_token_and_malformed_answers_are_cloud_errors(
         response.outputs.add(name="scores", datatype="FP32", shape=shape)
         response.raw_output_contents.append(raw)
         with pytest.raises(CloudError, match=message):
-            _check(response)
+            check_answer(response)
     with pytest.raises(CloudError, match="no outputs"):
-        _check(pb.ModelInferResponse())
+        check_answer(pb.ModelInferResponse())
 
 
 def test_reload_applies_routing_overrides_and_refuses_a_broken_config(

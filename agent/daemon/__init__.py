@@ -14,5 +14,6 @@ One process, one stop event, three loops that share only ``AgentState``:
 """
 
 from agent.daemon._agent import Agent
+from agent.daemon._control import plan_reload
 
-__all__ = ["Agent"]
+__all__ = ["Agent", "plan_reload"]

@@ -18,7 +18,7 @@ import numpy as np
 from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc as pb_grpc
 
-__all__ = ["CloudClient", "CloudError", "CloudTarget"]
+__all__ = ["CloudClient", "CloudError", "CloudTarget", "check_answer"]
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +97,14 @@ class CloudClient:
                     continue
                 name = code.name if code is not None else "ERROR"
                 raise CloudError(f"{name}: {detail}") from exc
-            _check(response)
+            check_answer(response)
             return response
 
     def close(self) -> None:
         self._channel.close()
 
 
-def _check(response: pb.ModelInferResponse) -> None:
+def check_answer(response: pb.ModelInferResponse) -> None:
     """Every output has raw contents whose size matches its shape and datatype.
 
     Raises:

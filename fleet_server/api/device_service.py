@@ -14,11 +14,11 @@ from google.protobuf.json_format import MessageToDict
 
 from fleet_server.api._errors import abort_for, rpc_errors
 from fleet_server.api.auth import require_device
-from fleet_server.api.checkin import CachedAnswer, state_version
-from fleet_server.catalog.desired import Resolved, device_targets, resolve
 from fleet_server.catalog.select import DeviceProfile
 from fleet_server.errors import AuthError, BadRequestError, FleetError
+from fleet_server.registry.checkins import CachedAnswer, state_version
 from fleet_server.registry.labels import check_labels
+from fleet_server.rollouts.desired import Resolved, device_targets, resolve
 from fleet_server.rollouts.states import DeviceState
 from fleet_server.routing.prices import Prices
 from fleet_server.routing.store import RoutingRow

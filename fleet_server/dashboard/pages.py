@@ -8,7 +8,6 @@ from html import escape
 from urllib.parse import quote
 
 from fleet_server.api.admin import wire
-from fleet_server.catalog.desired import explain
 from fleet_server.context import ServerContext
 from fleet_server.dashboard.queries import (
     PAGE,
@@ -21,6 +20,7 @@ from fleet_server.dashboard.queries import (
 )
 from fleet_server.errors import NotFoundError
 from fleet_server.registry.store import DeviceRow
+from fleet_server.rollouts.desired import explain
 from fleet_server.rollouts.states import LIVE, RolloutState
 from fleet_server.rollouts.store import RolloutRow, WaveRow
 from fleet_server.routing.budgets import BudgetRow, budget_use

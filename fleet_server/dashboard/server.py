@@ -25,7 +25,7 @@ from fleet_server.dashboard import pages
 from protos import admin_pb2 as pb
 from protos import admin_pb2_grpc as pb_grpc
 
-__all__ = ["Dashboard"]
+__all__ = ["Dashboard", "load_pem"]
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class Dashboard:
         httpd.daemon_threads = True
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        _load_pem(context, *self._tls)
+        load_pem(context, *self._tls)
         httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
         self._httpd = httpd
         threading.Thread(target=httpd.serve_forever, name="dashboard", daemon=True).start()
@@ -115,7 +115,7 @@ class Dashboard:
         self._channel.close()
 
 
-def _load_pem(context: ssl.SSLContext, key: bytes, cert: bytes) -> None:
+def load_pem(context: ssl.SSLContext, key: bytes, cert: bytes) -> None:
     """ssl reads the certificate and key only from files: write them to a private temporary
     directory (0700, files 0600) for the load, and delete them right after it."""
     import os  # noqa: PLC0415

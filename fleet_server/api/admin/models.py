@@ -21,13 +21,13 @@ from fleet_server.api.admin._base import (
     recorded,
 )
 from fleet_server.api.auth import require_admin
-from fleet_server.catalog.desired import explain
 from fleet_server.catalog.push import Pusher
 from fleet_server.context import ServerContext
 from fleet_server.errors import (
     BadRequestError,
     NotFoundError,
 )
+from fleet_server.rollouts.desired import explain
 from protos import admin_pb2 as pb
 from protos import manifest_pb2
 
