@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protos.names import is_name, is_sha256, is_version
-from protos.topics import device_from_topic
+from protos.topics import device_from_topic, device_name
 
 
 @pytest.mark.parametrize("value", ["mobilenet", "m", "a.b-c_d", "x" * 64, "9lives"])
@@ -36,3 +36,17 @@ def test_a_name_is_a_safe_topic_level_and_file_name(value: str) -> None:
         assert device_from_topic(f"edgefleet/v1/f/{value}/telemetry") == ("f", value, "telemetry")
     else:
         assert device_from_topic(f"edgefleet/v1/f/{value}/telemetry") is None or "/" in value
+
+
+@pytest.mark.parametrize("requested", ["_cam", "-_cam", "._.lab", "__", "_"])
+def test_a_derived_device_name_is_a_name(requested: str) -> None:
+    # The server derives the device id from the requested name with device_name(); an id the
+    # name rule refuses cannot be a topic level, so the agent refuses its own enrollment after
+    # the server spent the token and registered the device (and retries: "_cam", "_cam-2"...).
+    assert is_name(device_name(requested)), device_name(requested)
+
+
+@given(st.text(max_size=80))
+def test_every_derived_device_name_passes_the_name_rule(requested: str) -> None:
+    assert is_name(device_name(requested))
+    assert is_name(f"{device_name(requested)[:58]}-99")  # the id of a later same-name device
