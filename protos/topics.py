@@ -27,7 +27,8 @@ _BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 def device_name(requested: str) -> str:
     """A requested device name made safe as an id and a topic level (the server derives the
     device id from it; the device puts it in its CSR)."""
-    name = _BAD_NAME_CHARS.sub("-", requested.strip())[:56].strip("-.")
+    # A name starts with a letter or digit (protos.names): a leading "_" goes too.
+    name = _BAD_NAME_CHARS.sub("-", requested.strip())[:56].lstrip("-._").rstrip("-.")
     return name or "device"
 
 
