@@ -37,9 +37,9 @@ MANIFEST_LIFETIME_S = 365 * 24 * 3600
 MAX_VARIANTS = 8
 # Semantic version: MAJOR.MINOR.PATCH with optional -prerelease and +build.
 _SEMVER = re.compile(
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$"
+    r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?"
 )
-_VARIANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+_VARIANT = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")  # fullmatch: a trailing newline is none
 
 
 def requirements_of(info: ModelInfo, fallback: ModelInfo | None = None) -> dict[str, object]:
@@ -384,9 +384,9 @@ def _check_meta(meta: pb.PushModelMeta) -> None:
         raise BadRequestError(
             f"model name {meta.model_name!r} is invalid: use 1-64 of A-Z a-z 0-9 _ . -"
         )
-    if not _SEMVER.match(meta.version) or len(meta.version) > 32:
+    if not _SEMVER.fullmatch(meta.version) or len(meta.version) > 32:
         raise BadRequestError(f"version {meta.version!r} is not a semantic version like 1.0.0")
-    if meta.variant and not _VARIANT.match(meta.variant):
+    if meta.variant and not _VARIANT.fullmatch(meta.variant):
         raise BadRequestError(f"variant {meta.variant!r} is invalid")
 
 
@@ -413,7 +413,7 @@ def _name_variants(uploads: list[_Upload]) -> None:
 
 
 def _check_variant(upload: _Upload, earlier: list[_Upload]) -> None:
-    if upload.variant and not _VARIANT.match(upload.variant):
+    if upload.variant and not _VARIANT.fullmatch(upload.variant):
         raise BadRequestError(
             f"variant {upload.variant!r} is invalid: use 1-32 of a-z 0-9 _ -, starting with a "
             "letter or digit"
