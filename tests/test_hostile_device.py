@@ -1,0 +1,63 @@
+"""What one enrolled device that lies about itself can do to the fleet's admin (a real server,
+simulated devices on the real device API, the real admin CLI)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import grpc
+import pytest
+
+from fleet_server.simulator import SimDevice
+from protos import device_pb2 as pb
+from tests.harness import Server
+
+pytestmark = pytest.mark.slow
+
+
+def _bloated(count: int) -> pb.Capabilities:
+    """Capabilities within the device API's 8 MB message limit, but far beyond any device:
+    tens of thousands of Edge TPUs, uint64 and uint32 extremes."""
+    caps = pb.Capabilities(
+        arch="x86_64",
+        memory_bytes=2**64 - 1,
+        disk_free_bytes=2**64 - 1,
+        edgetpu_count=2**32 - 1,
+        libedgetpu=True,
+        max_builtin_op=2**32 - 1,
+    )
+    for i in range(count):
+        caps.edgetpus.add(device=f"usb:{i}", kind="usb", path="/dev/bus/usb/" * 6, state="ready")
+    return caps
+
+
+def test_one_device_with_bloated_capabilities_does_not_lock_the_admin_out(
+    server_factory: Callable[..., Server], broker_url: str
+) -> None:
+    # Capabilities are stored whole (no bound on the Edge TPU list or the strings) and every
+    # DeviceInfo carries them: one device's 4.3 MB made 'devices list' fail for the whole
+    # fleet (the client's 4 MB limit; two such devices pass the server's 8 MB), and 'devices
+    # revoke' of that very device revoked it but exited 1 with "resource exhausted".
+    server = server_factory(broker_url)
+    fleet, token = server.sim_fleet(), server.enrollment_token()
+    honest = SimDevice.enroll(fleet, token, "honest")
+    liar = SimDevice.enroll(fleet, token, "liar")
+    liar.capabilities = _bloated(50_000)
+    assert liar.capabilities.ByteSize() > 4 << 20
+    try:
+        liar.check_in()
+    except grpc.RpcError as exc:  # refusing the lie is one way to hold
+        assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.details()
+    honest.check_in()
+
+    time.sleep(3)  # the check-in writer stores changed capabilities every 2 s
+
+    listed = server.admin("devices", "list", "--json", check=False)
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(d["device_id"] for d in json.loads(listed.stdout)) == ["honest", "liar"]
+    revoked = server.admin("devices", "revoke", "liar", check=False)
+    assert revoked.returncode == 0, revoked.stderr
+    honest.close()
+    liar.close()
