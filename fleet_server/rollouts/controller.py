@@ -46,7 +46,8 @@ class RolloutController:
         """Stop after the current tick."""
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():  # a server that failed to start never started it
+            self._thread.join(timeout=10)
 
     def tick_all(self) -> int:
         """One step of every live rollout; return how many devices were assigned."""

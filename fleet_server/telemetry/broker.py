@@ -7,6 +7,7 @@ Production uses a real broker (mosquitto, EMQX) given with ``--mqtt-url``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from typing import Any
@@ -76,6 +77,8 @@ class EmbeddedBroker:
     def stop(self) -> None:
         """Stop the broker and its thread."""
         if self._loop is not None and self._stopped is not None:
-            self._loop.call_soon_threadsafe(self._stopped.set)
+            # A broker that failed to start has closed its loop already (RuntimeError).
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._stopped.set)
         if self._thread is not None:
             self._thread.join(timeout=10)
