@@ -51,8 +51,9 @@ def _module_of(path: Path) -> str:
     return ".".join(parts)
 
 
-def _imports(path: Path) -> Iterator[Import]:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+def _imports(path: Path, source: str | None = None) -> Iterator[Import]:
+    """The imports of ``path`` (or of ``source`` as if it were that file)."""
+    tree = ast.parse(path.read_text(encoding="utf-8") if source is None else source)
     here = _module_of(path)
     package = here if path.name == "__init__.py" else here.rpartition(".")[0]
     for node in ast.walk(tree):
@@ -228,3 +229,23 @@ def test_no_product_module_is_over_700_lines_without_saying_why(top: str) -> Non
         if lines > MAX_LINES and "Over 700 lines:" not in docstring:
             wrong.append(f"{path.relative_to(REPO)}: {lines} lines")
     assert not wrong, "split these, or say why not in the docstring:\n" + "\n".join(wrong)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from fleet_server import app\n",
+        "from .. import app\n",
+        "from fleet_server import app as composition_root\n",
+        "import importlib\n\nimportlib.import_module('fleet_server.app')\n",
+        "__import__('fleet_server.app')\n",
+    ],
+)
+def test_every_form_of_import_is_seen(source: str) -> None:
+    # The layer, client and storage checks look at the imported module's name: "from
+    # fleet_server import app" names the module "fleet_server" (layer -1 or no check at all),
+    # so registry/ (layer 1) could import the composition root (layer 8) unseen; a dynamic
+    # import is no import statement at all.
+    probe = REPO / "fleet_server" / "registry" / "probe.py"
+    modules = {imp.module for imp in _imports(probe, source)}
+    assert "fleet_server.app" in modules, modules
