@@ -67,6 +67,31 @@ def _imports(path: Path, source: str | None = None) -> Iterator[Import]:
                 module = ".".join([*base, module] if module else base)
             names = tuple(alias.name for alias in node.names)
             yield Import(path.relative_to(REPO), module, names, node.lineno)
+            for name in names:  # "from package import module" imports package.module
+                if _is_module(f"{module}.{name}"):
+                    yield Import(path.relative_to(REPO), f"{module}.{name}", (), node.lineno)
+        elif (
+            isinstance(node, ast.Call)
+            and _called(node) in ("import_module", "__import__")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            yield Import(path.relative_to(REPO), node.args[0].value, (), node.lineno)
+
+
+def _is_module(dotted: str) -> bool:
+    """Whether ``dotted`` names a module or package of this repository."""
+    base = REPO.joinpath(*dotted.split("."))
+    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+
+
+def _called(call: ast.Call) -> str:
+    """The name a call calls: "f" in f(...) and in m.f(...)."""
+    func = call.func
+    if isinstance(func, ast.Name):
+        return func.id
+    return func.attr if isinstance(func, ast.Attribute) else ""
 
 
 def _doc_table(heading: str) -> list[list[str]]:
