@@ -1,0 +1,44 @@
+"""The admin CLI's promise for bad numbers: one line on stderr and exit 1 (refused) or 2 (usage),
+never a traceback. A careless operator's values: negative, past int32/uint32, infinite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fleet_server.admin_cli import main
+
+BAD_NUMBERS = [
+    ("tokens", "create", "--ttl", "infs"),
+    ("tokens", "create", "--ttl", "1e30s"),
+    ("tokens", "create", "--uses", "-5"),
+    ("tokens", "create", "--uses", "99999999999"),
+    ("rollouts", "status", "-1"),
+    ("rollouts", "status", "99999999999999999999"),
+    ("rollouts", "abort", "-1"),
+    ("audit", "--limit", "-1"),
+    ("audit", "--before", "-1"),
+    ("rollouts", "create", "m", "1.0.0", "--max-concurrent", "-1"),
+    ("rollouts", "create", "m", "1.0.0", "--device-timeout", "99999999999"),
+    ("rollouts", "create", "m", "1.0.0", "--min-requests", "-3"),
+    ("rollouts", "create", "m", "1.0.0", "--health-window", "infs"),
+]
+
+
+@pytest.mark.parametrize("words", BAD_NUMBERS, ids=" ".join)
+def test_a_bad_number_is_one_line_not_a_traceback(
+    words: tuple[str, ...], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The values went into protobuf fields unchecked: ValueError ("Value out of range") or
+    # OverflowError (int(inf)) came out as a traceback.
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes(b"not needed: the request is refused before it is sent\n")
+    common = ["--server", "127.0.0.1:1", "--token", "t", "--ca-file", str(ca), "--timeout", "2"]
+    try:
+        code = main([*common, *words])
+    except SystemExit as exc:  # argparse: a usage error
+        code = int(exc.code or 0)
+    assert code in (1, 2)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith("edgefleet"), err
