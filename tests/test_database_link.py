@@ -1,0 +1,144 @@
+"""A cut link between the server and its PostgreSQL database: every device call answers
+UNAVAILABLE (the agent retries) with our message, and the server recovers when the link does.
+A real server process whose database connections run through a TCP relay the test cuts."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import sqlalchemy as sa
+
+from fleet_server.simulator import SimDevice
+from protos import device_pb2 as pb
+from protos import manifest_pb2
+from tests.harness import Server
+
+pytestmark = pytest.mark.slow
+
+
+class Relay:
+    """127.0.0.1:port -> PostgreSQL, until ``cut()`` closes every connection and refuses new
+    ones; ``restore()`` lets connections through again."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self._target = target
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._up = True
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if not self._up:
+                client.close()
+                continue
+            upstream = socket.create_connection(self._target)
+            with self._lock:
+                self._open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self._up = False
+        with self._lock:
+            for sock in self._open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            self._open = []
+
+    def restore(self) -> None:
+        self._up = True
+
+    def close(self) -> None:
+        self.cut()
+        self._listener.close()
+
+
+@pytest.fixture
+def relayed_url(postgres_url: str) -> Iterator[tuple[str, Relay]]:
+    """A fresh schema in the session's PostgreSQL, reached through a relay."""
+    schema = f"link_{secrets.token_hex(4)}"
+    engine = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    engine.dispose()
+    relay = Relay(("127.0.0.1", 5432))
+    url = postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{relay.port}")
+    yield f"{url}?options=-csearch_path%3D{schema}", relay
+    relay.close()
+
+
+def _download(device: SimDevice, artifact_id: str) -> int:
+    assert device.channel is not None
+    call = device.channel.unary_stream(
+        "/edgefleet.v1.DeviceService/DownloadArtifact",
+        request_serializer=pb.DownloadRequest.SerializeToString,
+        response_deserializer=bytes,
+    )
+    return sum(
+        len(chunk) for chunk in call(pb.DownloadRequest(artifact_id=artifact_id), timeout=20)
+    )
+
+
+def test_a_cut_database_link_answers_unavailable_and_recovers(
+    server_factory: Callable[..., Server],
+    broker_url: str,
+    color_models: Path,
+    relayed_url: tuple[str, Relay],
+) -> None:
+    url, relay = relayed_url
+    server = server_factory(broker_url, db_url=url)
+    model = color_models / "color_int8.tflite"
+    server.admin("models", "push", str(model), "--name", "color", "--version", "1.0.0", "--deploy")
+    device = SimDevice.enroll(server.sim_fleet(), server.enrollment_token(), "d0")
+    desired = device.check_in(act=False).desired
+    artifact = manifest_pb2.Manifest.FromString(desired[0].payload).sha256
+    assert _download(device, artifact) > 0
+
+    relay.cut()
+    calls: dict[str, Callable[[], object]] = {
+        "CheckIn": lambda: device.stub.CheckIn(pb.CheckInRequest(fresh=True), timeout=20),
+        "ReportStatus": lambda: device.report("color", "1.0.0", pb.INSTALLED),
+        "Enroll": lambda: SimDevice.enroll(server.sim_fleet(), server.enrollment_token(), "d1"),
+        # The download stream had no mapping: UNKNOWN, with the driver's exception text
+        # (the database's address) sent to the device.
+        "DownloadArtifact": lambda: _download(device, artifact),
+    }
+    answers = {}
+    for name, call in calls.items():
+        with pytest.raises(grpc.RpcError) as refused:
+            call()
+        answers[name] = (refused.value.code(), refused.value.details())
+    wrong = {
+        name: f"{code.name}: {details}"
+        for name, (code, details) in answers.items()
+        if code != grpc.StatusCode.UNAVAILABLE or "psycopg" in details or "5432" in details
+    }
+    assert not wrong, wrong
+
+    relay.restore()
+    assert device.check_in(act=False).desired
+    assert _download(device, artifact) > 0
+    device.close()
