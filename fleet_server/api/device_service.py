@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
+from sqlalchemy.exc import OperationalError
 
 from fleet_server.api._errors import abort_for, rpc_errors
 from fleet_server.api.auth import require_device
@@ -306,6 +307,9 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
                 yield encode_chunk(offset, data, total)
         except FleetError as exc:
             abort_for(context, exc)
+        except OperationalError as exc:  # as rpc_errors does for the unary calls
+            log.warning("database unavailable in DownloadArtifact: %s", exc.orig)
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the fleet database is busy; retry")
 
     @rpc_errors
     def ReportStatus(self, request: pb.StatusReport, context: Any) -> pb.StatusAck:  # noqa: N802
