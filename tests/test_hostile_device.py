@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import pytest
 
 from fleet_server.simulator import SimDevice
 from protos import device_pb2 as pb
+from protos import manifest_pb2
 from tests.harness import Server
 
 pytestmark = pytest.mark.slow
@@ -31,6 +33,49 @@ def _bloated(count: int) -> pb.Capabilities:
     for i in range(count):
         caps.edgetpus.add(device=f"usb:{i}", kind="usb", path="/dev/bus/usb/" * 6, state="ready")
     return caps
+
+
+def test_a_device_cannot_benchmark_a_variant_it_does_not_run(
+    server_factory: Callable[..., Server], broker_url: str, color_models: Path
+) -> None:
+    # A benchmark moves the fleet's measured latency of a variant for the device's hardware
+    # class (the median of that class's devices: one device is the whole class), and
+    # selection prefers the fastest measured variant. The server checked that the device runs
+    # the model version, not the variant file: a device running int8 could report the float
+    # variant at 0.001 ms and move every device of its class to float.
+    server = server_factory(broker_url)
+    server.admin(
+        "models", "push", str(color_models / "color_int8.tflite"),
+        str(color_models / "color_float.tflite"), "--name", "color", "--version", "1.0.0",
+        "--variant", "small", "--variant", "big", "--deploy",
+    )  # fmt: skip
+    fleet, token = server.sim_fleet(), server.enrollment_token()
+    liar = SimDevice.enroll(fleet, token, "liar")
+    honest = SimDevice.enroll(fleet, token, "honest")
+    chosen = _variant_of(liar.check_in())  # it "installs" it and reports INSTALLED
+    variants = {m["variant"]: m["sha256"] for m in _models(server)}
+    other = next(v for v in variants if v != chosen)
+    report = pb.BenchmarkReport(
+        model_name="color", version="1.0.0", sha256=variants[other], backend="cpu",
+        threads=1, requests=1000, seconds=1.0, p50_ms=0.001, p95_ms=0.001,
+        throughput_per_s=1e6, runtime="lie",
+    )  # fmt: skip
+    try:
+        liar.stub.ReportBenchmark(report, timeout=30)
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.details()
+    assert _variant_of(honest.check_in()) == chosen, "one device's benchmark moved its class"
+    liar.close()
+    honest.close()
+
+
+def _models(server: Server) -> list[dict[str, str]]:
+    return list(json.loads(server.admin("models", "list", "--json").stdout))
+
+
+def _variant_of(response: pb.CheckInResponse) -> str:
+    (envelope,) = response.desired
+    return str(manifest_pb2.Manifest.FromString(envelope.payload).variant)
 
 
 def test_one_device_with_bloated_capabilities_does_not_lock_the_admin_out(
