@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import REPO, run_cli, start, wait_for
+from tests.harness import REPO, free_port, run_cli, start, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,15 @@ def _run(data_dir: Path, *options: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize(
-    "case", ["grpc port taken", "broker port taken", "cloud CA unreadable", "bad MQTT URL"]
+    "case",
+    [
+        "grpc port taken",
+        "broker port taken",
+        "cloud CA unreadable",
+        "bad MQTT URL",
+        "database unreachable",
+        "database URL unreadable",
+    ],
 )
 def test_a_server_that_cannot_start_says_why_in_one_line(
     data_dir: Path, taken_port: int, broker_url: str, case: str
@@ -61,6 +69,14 @@ def test_a_server_that_cannot_start_says_why_in_one_line(
             "--cloud-url", "grpcs://127.0.0.1:1", "--cloud-ca-file", str(data_dir / "nothing.pem"),
         ],
         "bad MQTT URL": ["--listen", "127.0.0.1:0", "--mqtt-url", "htp://127.0.0.1:1883"],
+        # PostgreSQL not up yet at boot: the driver's exception came out as two tracebacks.
+        "database unreachable": [
+            "--listen", "127.0.0.1:0", "--mqtt-url", broker_url,
+            "--db-url", f"postgresql+psycopg://postgres:secret@127.0.0.1:{free_port()}/fleet",
+        ],
+        "database URL unreadable": [
+            "--listen", "127.0.0.1:0", "--mqtt-url", broker_url, "--db-url", "postgres//fleet",
+        ],
     }[case]  # fmt: skip
     result = _run(data_dir, *options)
     assert result.returncode == 1, result.stderr
@@ -68,6 +84,7 @@ def test_a_server_that_cannot_start_says_why_in_one_line(
     assert f'File "{REPO / "fleet_server"}' not in result.stderr, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("edgefleet-server: error: "), result.stderr
+    assert "secret" not in result.stderr  # a database password
 
 
 def _children(pid: int) -> list[int]:
