@@ -77,7 +77,10 @@ class Database:
     def __init__(self, url: str) -> None:
         # As many pooled connections as the server has RPC threads: opening a connection per
         # call (the pool's overflow) costs more than most queries.
-        self.engine: Engine = sa.create_engine(url, future=True, pool_size=20, max_overflow=10)
+        try:
+            self.engine: Engine = sa.create_engine(url, future=True, pool_size=20, max_overflow=10)
+        except sa.exc.ArgumentError as exc:
+            raise DataDirError(f"the database URL does not parse: {exc}") from exc
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._generation: tuple[float, int] | None = None
@@ -93,10 +96,16 @@ class Database:
         """Create the tables (idempotent) and record the schema version.
 
         Raises:
-            DataDirError: the database holds a schema of another version.
+            DataDirError: the database holds a schema of another version, or cannot be
+                reached.
         """
-        with self.engine.begin() as conn:
-            fresh = not sa.inspect(conn).has_table("schema_meta")
+        try:
+            with self.engine.begin() as conn:
+                fresh = not sa.inspect(conn).has_table("schema_meta")
+        except sa.exc.OperationalError as exc:
+            where = self.engine.url.render_as_string(hide_password=True)
+            reason = (str(exc.orig).splitlines() or ["?"])[0]
+            raise DataDirError(f"cannot reach the database {where}: {reason}") from exc
         if fresh:
             metadata.create_all(self.engine)
             with self.engine.begin() as conn:
