@@ -73,6 +73,7 @@ class Settings:
     metrics_listen: str | None = None
     workers: int = 1
     worker: bool = False
+    main_pid: int = 0  # a worker's main process: the worker stops when it is gone
     ready_file: Path | None = None
     log_level: str = "info"
 
@@ -408,6 +409,8 @@ class FleetServer:
             s.log_level,
             "run",
             "--worker",
+            "--main-pid",
+            str(os.getpid()),
             "--data-dir",
             str(s.data_dir),
             "--listen",
@@ -486,8 +489,14 @@ class FleetServer:
             )
         ping = watchdog_interval()
         last_ping = 0.0
+        parent = self.settings.main_pid
         try:
             while not stop.wait(1.0):
+                if parent and os.getppid() != parent:
+                    # The main process died without stopping us (kill -9): do not serve on
+                    # as an orphan beside whatever replaces it.
+                    log.warning("main server process %d is gone; worker stopping", parent)
+                    return
                 self._supervise()
                 # The main loop runs: tell the watchdog (every WatchdogSec / 2).
                 if ping is not None and time.monotonic() - last_ping >= ping:

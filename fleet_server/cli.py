@@ -264,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         "enrollment, admin and MQTT stay with the first)",
     )
     run.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    run.add_argument("--main-pid", type=int, default=0, help=argparse.SUPPRESS)
     run.add_argument("--ready-file", type=Path, help="write ports as JSON here once serving")
     run.set_defaults(func=_cmd_run)
     return parser
