@@ -336,15 +336,13 @@ class DeviceStore:
     def list_devices(self, device_id: str | None = None) -> list[DeviceRow]:
         """Every device (or the one named) with its per-model state, by id."""
         query = sa.select(devices).order_by(devices.c.device_id)
+        models_query = sa.select(device_models).order_by(device_models.c.model_name)
         if device_id is not None:
             query = query.where(devices.c.device_id == device_id)
+            models_query = models_query.where(device_models.c.device_id == device_id)
         with self._engine.connect() as conn:
             rows = conn.execute(query).mappings().all()
-            states = (
-                conn.execute(sa.select(device_models).order_by(device_models.c.model_name))
-                .mappings()
-                .all()
-            )
+            states = conn.execute(models_query).mappings().all()
         by_device: dict[str, list[DeviceModelRow]] = {}
         for s in states:
             by_device.setdefault(s["device_id"], []).append(
