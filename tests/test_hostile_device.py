@@ -69,6 +69,23 @@ def test_a_device_cannot_benchmark_a_variant_it_does_not_run(
     honest.close()
 
 
+def test_a_device_cannot_grow_the_registry_without_bound(
+    server_factory: Callable[..., Server], broker_url: str
+) -> None:
+    # A check-in records every model the device says it runs (64 a call), whether or not the
+    # catalog has such a model, and never forgets one: new names on every check-in grow the
+    # device's rows (and 'devices show', 'devices list', the dashboard) without end.
+    server = server_factory(broker_url)
+    liar = SimDevice.enroll(server.sim_fleet(), server.enrollment_token(), "liar")
+    for call in range(10):
+        liar.running = {f"m{call}-{i}": "1.0.0" for i in range(64)}
+        liar.check_in(act=False)
+    shown = json.loads(server.admin("devices", "show", "liar", "--json").stdout)
+    models = shown[0]["models"] if isinstance(shown, list) else shown["models"]
+    assert len(models) <= 64, f"{len(models)} model rows for one device"
+    liar.close()
+
+
 def _models(server: Server) -> list[dict[str, str]]:
     return list(json.loads(server.admin("models", "list", "--json").stdout))
 
