@@ -86,6 +86,22 @@ def test_a_device_cannot_grow_the_registry_without_bound(
     liar.close()
 
 
+def test_a_status_report_with_a_nul_in_its_detail_is_stored(
+    server_factory: Callable[..., Server], broker_url: str, db_url: str
+) -> None:
+    # An agent's failure detail can carry anything its runtime printed. PostgreSQL refuses a
+    # NUL in text: the report failed INTERNAL (the agent does not resend it), so neither the
+    # device's state nor its rollout learned of the failure. The MQTT ingest strips NULs; the
+    # device API did not.
+    server = server_factory(broker_url, db_url=db_url)
+    device = SimDevice.enroll(server.sim_fleet(), server.enrollment_token(), "d0")
+    device.report("color", "1.0.0", pb.FAILED, "interpreter said: \x00\x01 bad op")
+    shown = json.loads(server.admin("devices", "show", "d0", "--json").stdout)
+    models = shown[0]["models"] if isinstance(shown, list) else shown["models"]
+    assert [m["state"] for m in models] == ["FAILED"]
+    device.close()
+
+
 def _models(server: Server) -> list[dict[str, str]]:
     return list(json.loads(server.admin("models", "list", "--json").stdout))
 
