@@ -317,8 +317,9 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
         if not is_name(request.model_name) or not is_version(request.version):
             raise BadRequestError("status report names an invalid model or version")
         state = pb.UpdateState.Name(request.state)
+        detail = request.detail.replace("\x00", "")  # PostgreSQL refuses NUL in text
         self._ctx.devices.set_device_model(
-            device_id, request.model_name, request.version, state, request.detail
+            device_id, request.model_name, request.version, state, detail
         )
         if request.state == pb.INSTALLED:  # installed means serving it, from now on
             self._ctx.devices.set_active_version(device_id, request.model_name, request.version)
@@ -329,7 +330,7 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
                 request.model_name,
                 request.version,
                 outcome,
-                "" if outcome == DeviceState.INSTALLED else f"{state}: {request.detail}",
+                "" if outcome == DeviceState.INSTALLED else f"{state}: {detail}",
             )
             self._ctx.wake_rollouts()
         log.info(
@@ -338,7 +339,7 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
             request.model_name,
             request.version,
             state,
-            request.detail[:200],
+            detail[:200],
         )
         return pb.StatusAck()
 
