@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import runpy
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,13 +42,15 @@ def broker_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def color_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The float and int8-input colour classifiers, built by scripts/make_test_models.py."""
+    """The float and int8-input colour classifiers, built by scripts/make_test_models.py.
+
+    Built in this process (the script's ``main``), not by running it: a fixture that starts a
+    process would make every engine test that reads these models a slow one.
+    """
     out = tmp_path_factory.mktemp("color-models")
-    subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "make_test_models.py"), str(out)],
-        check=True,
-        capture_output=True,
-    )
+    script = runpy.run_path(str(REPO / "scripts" / "make_test_models.py"))
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert script["main"]([str(out)]) == 0
     return out
 
 
