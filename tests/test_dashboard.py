@@ -54,6 +54,7 @@ class Browser:
             return exc.code, path, exc.read().decode()
 
 
+@pytest.mark.slow
 def test_log_in_see_the_fleet_pause_a_rollout_and_read_the_costs(
     server_factory: Callable[..., Server], color_models: Path
 ) -> None:
@@ -159,6 +160,7 @@ def test_log_in_see_the_fleet_pause_a_rollout_and_read_the_costs(
     assert where == "/login"
 
 
+@pytest.mark.slow
 def test_pages_aggregate_and_paginate_ten_thousand_devices(
     server_factory: Callable[..., Server],
 ) -> None:
@@ -181,6 +183,7 @@ def test_pages_aggregate_and_paginate_ten_thousand_devices(
     assert "9951-10000 of 10000" in body and "dev-09999" in body and "next" not in body
 
 
+@pytest.mark.slow
 def test_in_chromium_log_in_pause_a_rollout_and_read_the_costs(
     tmp_path: Path, server_factory: Callable[..., Server], color_models: Path
 ) -> None:

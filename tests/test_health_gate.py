@@ -18,6 +18,8 @@ from protos import telemetry_pb2
 from tests.harness import Server, wait_for
 from tests.test_rollouts import desired_version, push_versions
 
+pytestmark = pytest.mark.slow
+
 _SEQ = itertools.count(1)
 
 

@@ -116,6 +116,7 @@ def test_history_is_written_once_per_bucket_and_survives_a_failed_write(
     db.close()
 
 
+@pytest.mark.slow
 def test_stopping_the_ingest_writes_the_open_history(tmp_path: Path, broker_url: str) -> None:
     import paho.mqtt.client as paho
 

@@ -19,6 +19,8 @@ from fleet_server.simulator import SimDevice
 from protos import manifest_pb2
 from tests.harness import Server, wait_for
 
+pytestmark = pytest.mark.slow
+
 FAST = ("--rollout-interval", "0.2")
 
 
