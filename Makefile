@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TRITON := .venv-triton
 PYTEST_ARGS ?=
 
-.PHONY: all venv demo test lint typecheck pytest bench bench-mlserver protos clean deb
+.PHONY: all venv demo test test-fast lint typecheck pytest bench bench-mlserver protos clean deb
 
 all: test
 
@@ -45,6 +45,11 @@ pytest: $(STAMP) $(TRITON)/.installed
 	EDGEFLEET_TRITON_PYTHON=$(abspath $(TRITON))/bin/python $(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# Quick feedback (under two minutes): lint, types, and the tests that start no process (the
+# ones marked slow start servers, agents, brokers, compilers or scripts; see tests/conftest.py).
+test-fast: lint typecheck
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 # Every benchmark in bench/ but MLServer's (below); bench_checkin needs PostgreSQL on
 # 127.0.0.1:5432 as the tests do. `make test` runs each one's --quick mode

@@ -1,12 +1,20 @@
-"""Shared fixtures: a private MQTT broker, test models, server and agent factories."""
+"""Shared fixtures: a private MQTT broker, test models, server and agent factories.
+
+Two tiers: a test that starts a process (a server, an agent, mosquitto, gcc, a script,
+Chromium ...), itself or through a fixture, is marked ``slow``; the rest run in
+``make test-fast``. The process guard below fails an unmarked test that starts one, so the
+tiers cannot drift apart.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import runpy
 import shutil
 import subprocess
-import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +22,124 @@ from typing import Any
 import pytest
 
 from tests.harness import REPO, Agent, Server, free_port, make_agent, start_mosquitto, start_server
+
+SLOW_HINT = "mark it slow (pytestmark = pytest.mark.slow, or @pytest.mark.slow on the test)"
+
+
+def _command(args: Any) -> str:
+    """The start of a command line, for messages: ``python -m fleet_server.cli``."""
+    parts = [args] if isinstance(args, str | bytes | os.PathLike) else list(args)
+    words = [os.fsdecode(p) for p in parts[:3]]
+    if words:
+        words[0] = Path(words[0]).name
+    return " ".join(words)
+
+
+class ProcessGuard:
+    """Fails a test not marked slow that starts a process, itself or through a fixture.
+
+    Every way this interpreter starts a process passes one of the wrapped functions:
+    ``Popen._execute_child`` (subprocess.run, check_output, asyncio), ``_posixsubprocess``
+    (multiprocessing's spawn), ``os.fork`` (multiprocessing's fork, os.spawn*),
+    ``os.posix_spawn`` and ``os.system``. A fixture seen starting one (a session-scoped broker,
+    say) is remembered, so a later test that uses it is failed too although the fixture is
+    already set up by then.
+    """
+
+    def __init__(self) -> None:
+        self.item: pytest.Item | None = None
+        self.fixtures: list[str] = []  # the fixtures being set up now, innermost last
+        self.starters: dict[str, str] = {}  # fixture name -> the first process it started
+        self.violations: dict[str, str] = {}  # test id -> why it must be marked slow
+        self._patches = pytest.MonkeyPatch()
+
+    def install(self) -> None:
+        import _posixsubprocess
+
+        def wrap(owner: object, name: str, describe: Callable[[tuple[Any, ...]], str]) -> None:
+            original = getattr(owner, name)
+
+            def guarded(*args: Any, **kwargs: Any) -> Any:
+                self.starting(describe(args))
+                return original(*args, **kwargs)
+
+            self._patches.setattr(owner, name, guarded)
+
+        wrap(subprocess.Popen, "_execute_child", lambda a: _command(a[1]))
+        wrap(_posixsubprocess, "fork_exec", lambda a: _command(a[0]))
+        wrap(os, "fork", lambda _a: "fork")
+        wrap(os, "forkpty", lambda _a: "forkpty")
+        wrap(os, "posix_spawn", lambda a: _command(a[1]))
+        wrap(os, "posix_spawnp", lambda a: _command(a[1]))
+        wrap(os, "system", lambda a: f"sh -c {a[0]!r}"[:60])
+
+    def uninstall(self) -> None:
+        self._patches.undo()
+
+    def starting(self, what: str) -> None:
+        """Before a process starts: remember the fixtures that start it, and fail the running
+        test unless it is marked slow."""
+        for name in self.fixtures:
+            self.starters.setdefault(name, what)
+        item = self.item
+        if item is None or item.get_closest_marker("slow") is not None:
+            return
+        via = f", in fixture {self.fixtures[-1]}" if self.fixtures else ""
+        message = f"this test starts a process ({what}{via}); {SLOW_HINT}"
+        self.violations.setdefault(item.nodeid, message)
+        pytest.fail(message, pytrace=False)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
+        self.item = item
+        try:
+            return (yield)
+        finally:
+            self.item = None
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(
+        self, fixturedef: pytest.FixtureDef[Any]
+    ) -> Generator[None, object, object]:
+        self.fixtures.append(fixturedef.argname)
+        try:
+            return (yield)
+        finally:
+            self.fixtures.pop()
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        if item.get_closest_marker("slow") is not None:
+            return
+        used = sorted(set(getattr(item, "fixturenames", ())) & self.starters.keys())
+        if used:
+            started = ", ".join(f"{name} starts {self.starters[name]}" for name in used)
+            pytest.fail(f"this test starts a process ({started}); {SLOW_HINT}", pytrace=False)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        # A process started from another thread, or an error the code under test swallowed,
+        # still fails the test.
+        report = yield
+        message = self.violations.pop(item.nodeid, None)
+        if message is not None and report.passed:
+            report.outcome = "failed"
+            report.longrepr = message
+        return report
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    guard = ProcessGuard()
+    guard.install()
+    config.pluginmanager.register(guard, "edgefleet-process-guard")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    guard = config.pluginmanager.get_plugin("edgefleet-process-guard")
+    if isinstance(guard, ProcessGuard):
+        guard.uninstall()
 
 
 @pytest.fixture(scope="session")
@@ -40,13 +166,15 @@ def broker_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def color_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The float and int8-input colour classifiers, built by scripts/make_test_models.py."""
+    """The float and int8-input colour classifiers, built by scripts/make_test_models.py.
+
+    Built in this process (the script's ``main``), not by running it: a fixture that starts a
+    process would make every engine test that reads these models a slow one.
+    """
     out = tmp_path_factory.mktemp("color-models")
-    subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "make_test_models.py"), str(out)],
-        check=True,
-        capture_output=True,
-    )
+    script = runpy.run_path(str(REPO / "scripts" / "make_test_models.py"))
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert script["main"]([str(out)]) == 0
     return out
 
 

@@ -46,6 +46,7 @@ def test_bad_config_is_refused_with_the_reason(tmp_path: Path, text: str, messag
     assert str(tmp_path) in str(info.value)
 
 
+@pytest.mark.slow
 def test_check_config_cli(tmp_path: Path) -> None:
     good = write(tmp_path, '[agent]\nname = "a"\n')
     assert "OK" in run_cli("edgefleet-agent", "check-config", "--config", str(good)).stdout
@@ -56,6 +57,7 @@ def test_check_config_cli(tmp_path: Path) -> None:
     assert "nmae" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_missing_config_file(tmp_path: Path) -> None:
     result = run_cli("edgefleet-agent", "run", "--config", str(tmp_path / "none.toml"), check=False)
     assert result.returncode == 1
@@ -101,6 +103,7 @@ def test_a_missing_enrollment_token_file_is_named(tmp_path: Path) -> None:
         load_config(config).enrollment_token()
 
 
+@pytest.mark.slow
 def test_server_toml_is_typed_and_checked_with_lines(tmp_path: Path) -> None:
     shipped = Path(__file__).resolve().parent.parent / "packaging" / "config" / "server.toml"
     ok = run_cli("edgefleet-server", "check-config", "--config", str(shipped))
@@ -119,6 +122,7 @@ def test_server_toml_is_typed_and_checked_with_lines(tmp_path: Path) -> None:
         assert run.returncode == 1 and expected in run.stderr  # refuses to start, one line
 
 
+@pytest.mark.slow
 def test_the_server_runs_from_its_toml(tmp_path: Path) -> None:
     import json
     import sys

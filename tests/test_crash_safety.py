@@ -1,16 +1,16 @@
 """SIGKILL the agent at random points of updates, 30 times, and check it never breaks.
 
-Each round pushes a new release (a distinct artifact, downloaded slowly through the agent's
-bandwidth limit so that kills land in every phase: download, verify, load, smoke test,
-activation, health window), starts the agent, kills it with SIGKILL after a random delay, and
-checks what a power cut at that instant would leave on disk.
+Every third round pushes a new release (a distinct artifact, downloaded slowly through the
+agent's bandwidth limit); each round starts the agent, kills it with SIGKILL when the update
+reaches a phase picked at random (started, downloading, verified, installed, confirmed: see
+PHASES), and checks what a power cut at that instant would leave on disk. The kills wait for the
+phase itself, not for a delay, so they land where they are meant to however busy the machine.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,11 +19,21 @@ import pytest
 from agent.updates.store import ModelStore
 from protos import inference_pb2
 from tests import oip
-from tests.harness import Server, make_agent, wait_for
+from tests.harness import Agent, Server, make_agent, wait_for
 
 pytestmark = pytest.mark.slow
 
 ROUNDS = 30
+# Where a kill lands: the phases of an update as the agent reports them to the server (the
+# device_pb2 states), each seen where the agent leaves a trace of it. A release's three rounds
+# kill in two of the first three phases and then in one of the last two, in that order.
+PHASES = {
+    "started": "serving the active version, before checking in (this start's log)",
+    "downloading": "DOWNLOADING: the artifact arrives, paced by the bandwidth limit (staging/)",
+    "verified": "VERIFIED: the artifact is hash-checked and stored; the smoke sample arrives",
+    "installed": "INSTALLED: loaded, smoke-tested and active, health window open (journal)",
+    "confirmed": "INSTALLED: passed its health window (journal)",
+}
 CONFIG = """
 [updates]
 max_download_kbps = 150
@@ -60,6 +70,32 @@ def check_disk(state: Path) -> str:
     return active["colors"].version if "colors" in active else ""
 
 
+def phase_reached(phase: str, agent: Agent, version: str, sha256: str) -> bool:
+    """Whether the update to ``version`` (artifact ``sha256``) has reached ``phase``."""
+    state = agent.folder / "state"
+    assert agent.proc is not None
+    if phase == "started":
+        return "serving colors " in agent.proc.output()
+    if phase == "downloading":
+        return (state / "staging" / f"{sha256}.part").exists()
+    if phase == "verified":
+        return (state / "models" / "colors" / f"{sha256}.tflite").exists()
+    store = ModelStore(state)
+    active = store.active().get("colors")
+    if active is None or active.version != version:
+        return False
+    return phase == "installed" or "colors" not in store.health()
+
+
+def schedule(rng: random.Random, releases: int) -> list[tuple[str, str, str]]:
+    """The kill phases of each release's three rounds: every combination, in a random order."""
+    early = [("started", "downloading"), ("started", "verified"), ("downloading", "verified")]
+    combos = [(a, b, last) for a, b in early for last in ("installed", "confirmed")]
+    order = (combos * (releases // len(combos) + 1))[:releases]
+    rng.shuffle(order)
+    return order
+
+
 def test_sigkill_at_random_points_never_leaves_an_unverified_or_missing_model(
     tmp_path: Path,
     broker_url: str,
@@ -82,16 +118,22 @@ def test_sigkill_at_random_points_never_leaves_an_unverified_or_missing_model(
     agent = make_agent(tmp_path, "dev-z", server, checkin_s=1.0, extra=CONFIG)
     state = agent.folder / "state"
     agent.start()
-    wait_for("the first install", lambda: check_disk(state) == "1.0.0")
+    wait_for("the first install", lambda: check_disk(state) == "1.0.0", timeout=120)
     agent.stop(9)
     seen: set[str] = set()
+    kills: list[tuple[int, str, str]] = []  # round, phase, the version active after the kill
+    phases = schedule(rng, (ROUNDS + 2) // 3)
+    releases = {"1.0.0"}
     latest = "1.0.0"
+    sha256 = ""
     try:
         for round_ in range(1, ROUNDS + 1):
             if round_ % 3 == 1:  # a new release every third round; the others resume it
                 latest = f"2.0.{round_}"
                 artifact = tmp_path / f"round-{round_}.tflite"
                 artifact.write_bytes(variant(heavy, round_))
+                sha256 = hashlib.sha256(artifact.read_bytes()).hexdigest()
+                releases.add(latest)
                 server.admin(
                     "models",
                     "push",
@@ -101,18 +143,23 @@ def test_sigkill_at_random_points_never_leaves_an_unverified_or_missing_model(
                     "--version",
                     latest,
                     "--deploy",
+                    "--no-compress",  # the phases watch the artifact's own staging file
                 )
+            phase = phases[(round_ - 1) // 3][(round_ - 1) % 3]
             agent.start()
-            delay = rng.uniform(0.0, 3.0)
             assert agent.proc is not None
-            try:
-                agent.proc.popen.wait(delay)
-            except subprocess.TimeoutExpired:
-                pass  # still running, as it should be: now the power goes
-            else:
+            popen = agent.proc.popen
+            wait_for(
+                f"round {round_}: {latest} to reach {phase} ({PHASES[phase]})",
+                lambda: phase_reached(phase, agent, latest, sha256) or popen.poll() is not None,  # noqa: B023 - waited for in this iteration
+                timeout=120,
+                interval=0.02,
+            )
+            if popen.poll() is not None:
                 raise AssertionError(f"the agent exited by itself:\n{agent.output()[-2000:]}")
-            assert agent.stop(9) == -9
-            seen.add(check_disk(state))
+            assert agent.stop(9) == -9  # still running, as it should be: now the power goes
+            kills.append((round_, phase, check_disk(state)))
+            seen.add(kills[-1][2])
         # After the last kill the agent recovers and ends on the latest release.
         agent.start()
 
@@ -122,10 +169,11 @@ def test_sigkill_at_random_points_never_leaves_an_unverified_or_missing_model(
             )
             return list(meta.versions) == [latest]
 
-        wait_for(f"the agent to serve {latest}", serving_latest, timeout=60)
+        wait_for(f"the agent to serve {latest}", serving_latest, timeout=120)
         check_disk(state)
     finally:
         if agent.proc is not None:
             agent.proc.stop()
-    # The kills landed both before and after activations: old and new versions were seen.
-    assert len(seen) >= 3, seen
+    # The kills landed both before and after activations: every release was seen active, the
+    # first one while its successor was on the way.
+    assert seen == releases, kills

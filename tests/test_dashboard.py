@@ -56,6 +56,7 @@ class Browser:
             return exc.code, path, exc.read().decode()
 
 
+@pytest.mark.slow
 def test_log_in_see_the_fleet_pause_a_rollout_and_read_the_costs(
     server_factory: Callable[..., Server], color_models: Path
 ) -> None:
@@ -161,6 +162,7 @@ def test_log_in_see_the_fleet_pause_a_rollout_and_read_the_costs(
     assert where == "/login"
 
 
+@pytest.mark.slow
 def test_pages_aggregate_and_paginate_ten_thousand_devices(
     server_factory: Callable[..., Server],
 ) -> None:
@@ -183,6 +185,7 @@ def test_pages_aggregate_and_paginate_ten_thousand_devices(
     assert "9951-10000 of 10000" in body and "dev-09999" in body and "next" not in body
 
 
+@pytest.mark.slow
 def test_in_chromium_log_in_pause_a_rollout_and_read_the_costs(
     tmp_path: Path, server_factory: Callable[..., Server], color_models: Path
 ) -> None:

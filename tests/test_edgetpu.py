@@ -51,6 +51,7 @@ def test_cpu_models_run_on_xnnpack_even_when_the_tpu_is_preferred() -> None:
         choose_backend(TPU_INFO, ["usb:0"], {}, prefer="cpu")
 
 
+@pytest.mark.slow
 def test_delegate_load_failures_are_named(
     fake_edgetpu: FakeEdgeTpu, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -69,6 +70,7 @@ def test_delegate_load_failures_are_named(
     assert calls == ["refused device=usb:1", "create device=usb:0"]
 
 
+@pytest.mark.slow
 def test_a_delegate_that_does_not_take_the_edgetpu_op_falls_back_to_the_cpu_variant(
     fake_edgetpu: FakeEdgeTpu, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -116,6 +118,7 @@ def fake_hardware(root: Path) -> tuple[Path, Path]:
     return sysfs, devfs
 
 
+@pytest.mark.slow
 def test_probe_finds_coral_usb_and_pcie_devices_libedgetpu_and_temperatures(
     fake_edgetpu: FakeEdgeTpu, tmp_path: Path
 ) -> None:
@@ -155,6 +158,7 @@ def write_config(tmp_path: Path, fake: FakeEdgeTpu) -> Path:
     return config
 
 
+@pytest.mark.slow
 def test_probe_cli_reports_what_the_agent_would_see(
     fake_edgetpu: FakeEdgeTpu, tmp_path: Path
 ) -> None:
@@ -167,6 +171,7 @@ def test_probe_cli_reports_what_the_agent_would_see(
     assert "usb:0 (unflashed" in human and "cpu-thermal 45.5 C" in human
 
 
+@pytest.mark.slow
 def test_predict_on_an_edgetpu_model_with_a_wrong_library_is_one_clear_line(
     fake_edgetpu: FakeEdgeTpu, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -198,6 +203,7 @@ def test_predict_on_an_edgetpu_model_with_a_wrong_library_is_one_clear_line(
     assert json.loads(cpu.stdout)["backend"] == "cpu"
 
 
+@pytest.mark.slow
 def test_bench_cli_reports_latency_and_throughput(color_models: Path) -> None:
     result = run_cli(
         "edgefleet-agent",

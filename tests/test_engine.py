@@ -53,6 +53,7 @@ def test_loaded_model_checks_inputs_and_counts() -> None:
     assert model.stats.take_window().requests_total == 1
 
 
+@pytest.mark.slow
 def test_the_agent_does_not_import_server_only_dependencies() -> None:
     code = (
         "import sys, agent.cli, agent.daemon, agent.updates.updater, agent.telemetry;"

@@ -17,6 +17,8 @@ from protos import device_pb2 as pb
 from protos import device_pb2_grpc as pb_grpc
 from tests.harness import Server
 
+pytestmark = pytest.mark.slow
+
 
 def enroll_raw(server: Server, token: str, name: str, csr_pem: bytes) -> pb.EnrollResponse:
     credentials = grpc.ssl_channel_credentials(root_certificates=server.ca_file.read_bytes())

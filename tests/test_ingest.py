@@ -15,6 +15,7 @@ from fleet_server.telemetry import ingest as ingest_module
 from fleet_server.telemetry.ingest import TelemetryIngest
 from fleet_server.telemetry.store import TelemetryStore
 from protos import telemetry_pb2
+from tests.harness import wait_for
 
 
 def test_a_failed_batch_is_retried_and_counted_once(
@@ -120,6 +121,7 @@ def test_history_is_written_once_per_bucket_and_survives_a_failed_write(
     db.close()
 
 
+@pytest.mark.slow
 def test_stopping_the_ingest_writes_the_open_history(tmp_path: Path, broker_url: str) -> None:
     import paho.mqtt.client as paho
 
@@ -133,17 +135,25 @@ def test_stopping_the_ingest_writes_the_open_history(tmp_path: Path, broker_url:
     endpoint = parse_mqtt_url(broker_url)
     client.connect(endpoint.host, endpoint.port)
     client.loop_start()
-    now = time.time()
+    topic = f"edgefleet/v1/histfleet/{device}/telemetry"
+
+    def subscribed() -> bool:
+        # start() sends the SUBSCRIBE but does not wait for the broker to act on it, and a
+        # message published before that is not delivered: one the ingest rejects (it is no
+        # report) shows when its subscription is in place.
+        client.publish(topic, b"not a report", qos=1).wait_for_publish(5)
+        return ingest.rejected > 0
+
     try:
+        wait_for("the ingest's subscription", subscribed, timeout=60, interval=0.5)
+        # The reports' 5-minute bucket must still be open when they are counted.
+        left = 300 - time.time() % 300
+        if left < 20:
+            time.sleep(left + 0.1)
+        now = time.time()
         for seq in range(1, 4):
-            client.publish(
-                f"edgefleet/v1/histfleet/{device}/telemetry",
-                _report(device, seq, now, 5, 3.0),
-                qos=1,
-            ).wait_for_publish(5)
-        deadline = time.monotonic() + 10
-        while ingest.accepted < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
+            client.publish(topic, _report(device, seq, now, 5, 3.0), qos=1).wait_for_publish(5)
+        wait_for("3 accepted reports", lambda: ingest.accepted >= 3, timeout=60, interval=0.05)
         assert ingest.accepted == 3 and _history(db) == []  # the bucket is still open
     finally:
         client.loop_stop()

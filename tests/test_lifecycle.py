@@ -20,6 +20,8 @@ import pytest
 from tests.harness import Agent, Server, make_agent, wait_for
 from tests.oip import infer
 
+pytestmark = pytest.mark.slow
+
 
 class NotifySocket:
     """A datagram socket standing in for systemd: every message with its arrival time."""

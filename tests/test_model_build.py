@@ -25,6 +25,7 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
+@pytest.mark.slow
 def test_build_makes_every_variant_measures_it_and_writes_the_report(tmp_path: Path) -> None:
     out = tmp_path / "digits"
     result = run_cli(
@@ -97,6 +98,7 @@ def test_a_failing_variant_does_not_stop_the_others(
     assert (tmp_path / "out" / "full_int8.tflite").exists()
 
 
+@pytest.mark.slow
 def test_bad_input_is_refused_with_the_fix_and_leaves_nothing(
     tmp_path: Path, color_models: Path
 ) -> None:
@@ -151,6 +153,7 @@ def test_bad_input_is_refused_with_the_fix_and_leaves_nothing(
         build(FLOAT, calibration=digits().train_x[:5], out=Path("/proc/1/nope/out"))
 
 
+@pytest.mark.slow
 def test_a_build_directory_is_pushed_with_its_evidence_and_selection_uses_it(
     tmp_path: Path, server_factory: Callable[..., Server]
 ) -> None:
@@ -191,6 +194,7 @@ def test_a_build_directory_is_pushed_with_its_evidence_and_selection_uses_it(
     assert f"gets digits 1.0.0: {fastest.name}" in explained
 
 
+@pytest.mark.slow
 def test_the_fleet_benchmarks_a_model_and_selection_follows_it(
     tmp_path: Path, server_factory: Callable[..., Server]
 ) -> None:

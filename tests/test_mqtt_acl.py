@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
+import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.identity import Identity
 from protos import telemetry_pb2
 from tests.harness import REPO, Agent, Server, free_port, port_open, run_cli, start, wait_for
+
+pytestmark = pytest.mark.slow
 
 PACKAGING = REPO / "packaging" / "mosquitto"
 

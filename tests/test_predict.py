@@ -28,23 +28,27 @@ def top1(*args: str) -> dict[str, Any]:
     return dict(best[0])
 
 
+@pytest.mark.slow
 def test_cat_is_classified_as_a_cat() -> None:
     best = top1(str(MOBILENET), str(DATA / "cat.bmp"), "--labels", str(LABELS))
     assert "cat" in str(best["label"])
     assert best["index"] in (281, 282, 283, 284, 285, 286, 287)  # the ImageNet cat classes
 
 
+@pytest.mark.slow
 def test_bird_is_classified_as_a_bird() -> None:
     best = top1(str(MOBILENET), str(DATA / "bird.bmp"), "--labels", str(LABELS))
     # ImageNet 7..24 and 80..100 are birds; index 0 is background.
     assert 7 <= int(best["index"]) <= 24 or 80 <= int(best["index"]) <= 100, best
 
 
+@pytest.mark.slow
 def test_grayscale_rank3_input_digit_nine() -> None:
     best = top1(str(DATA / "keras_lstm_mnist_ptq.tflite"), str(DATA / "mnist_nine.bmp"))
     assert best["index"] == 9
 
 
+@pytest.mark.slow
 def test_top_k_is_sorted_and_json_has_label_index_score() -> None:
     result = predict(str(MOBILENET), str(DATA / "cat.bmp"), "--labels", str(LABELS), "--top-k", "5")
     ranked = result["top_k"]
@@ -55,6 +59,7 @@ def test_top_k_is_sorted_and_json_has_label_index_score() -> None:
     assert 0.0 < scores[0] <= 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("colour", "expected"),
     [((200, 30, 30), "red"), ((10, 180, 40), "green"), ((0, 0, 90), "blue")],
@@ -90,6 +95,7 @@ def test_preprocessing_follows_each_input_tensor(color_models: Path) -> None:
     assert as_float[0, 0, 0] == pytest.approx([1.0, 0.0039, -1.0], abs=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("model", "image", "message"),
     [
@@ -110,6 +116,7 @@ def test_bad_input_gives_one_clear_line_and_exit_1(model: str, image: str, messa
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_corrupted_model_is_refused(tmp_path: Path) -> None:
     broken = tmp_path / "broken.tflite"
     data = bytearray(MOBILENET.read_bytes()[:4096])

@@ -6,12 +6,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from protos import inference_pb2
 from protos.envelope import pae
 from protos.topics import device_from_topic, telemetry_filter, telemetry_topic, validate_segment
 from tests.harness import REPO
 
 
+@pytest.mark.slow
 def test_committed_stubs_match_the_proto_files(tmp_path: Path) -> None:
     subprocess.run(
         [sys.executable, str(REPO / "scripts" / "gen_protos.py"), "--out", str(tmp_path)],

@@ -24,6 +24,8 @@ from protos import inference_pb2_grpc as pb_grpc
 from tests.harness import Agent, Server, make_agent, wait_for
 from tests.oip import infer, pb, stub
 
+pytestmark = pytest.mark.slow
+
 DATA = Path(__file__).parent / "data"
 LOCAL = DATA / "digits_local_int8.tflite"
 CLOUD = DATA / "digits_cloud_float.tflite"

@@ -58,6 +58,7 @@ def test_nothing_is_recommended_when_no_threshold_is_accurate_enough() -> None:
     assert recommend(rows, 1.0, 0.01) is None
 
 
+@pytest.mark.slow
 def test_evaluate_on_the_shipped_digits_recommends_a_cheap_threshold_near_cloud_accuracy() -> None:
     result = run_cli(
         "edgefleet", "routing", "evaluate", "--local", str(LOCAL), "--cloud", str(CLOUD),
@@ -81,6 +82,7 @@ def test_evaluate_on_the_shipped_digits_recommends_a_cheap_threshold_near_cloud_
     assert "<- recommended" in table
 
 
+@pytest.mark.slow
 def test_bad_evaluation_input_is_refused_with_the_reason(tmp_path: Path) -> None:
     wrong_shape = tmp_path / "wrong.npz"
     np.savez(wrong_shape, x=np.zeros((5, 8, 8), np.float32), y=np.zeros(5, np.int64))

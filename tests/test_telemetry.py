@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
+import pytest
 
 from protos import telemetry_pb2
 from tests.harness import Agent, Server, start_mosquitto, wait_for
+
+pytestmark = pytest.mark.slow
 
 MOBILENET = Path(__file__).parent / "data" / "mobilenet_v1_0.25_128_quant.tflite"
 

@@ -15,6 +15,8 @@ from fleet_server.simulator import SimDevice
 from protos import device_pb2, manifest_pb2
 from tests.harness import REPO, Server
 
+pytestmark = pytest.mark.slow
+
 DATA = REPO / "tests" / "data"
 CPU = DATA / "mobilenet_v1_0.25_128_quant.tflite"
 TPU = DATA / "mobilenet_v1_0.25_128_quant_edgetpu.tflite"

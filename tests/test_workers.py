@@ -8,8 +8,12 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from fleet_server.simulator import SimDevice
 from tests.harness import Server, wait_for
+
+pytestmark = pytest.mark.slow
 
 
 def children(pid: int) -> set[int]:
