@@ -12,6 +12,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from agent.systemd import setup_logging
 from fleet_server import __version__
@@ -24,11 +25,22 @@ log = logging.getLogger("fleet_server")
 PROG = "edgefleet-server"
 
 
-def _history_hours(value: str) -> float:
-    hours = float(value)
-    if not 0 <= hours <= 24 * 366:
-        raise argparse.ArgumentTypeError(f"{value} hours is outside 0..{24 * 366}")
-    return hours
+def _within(low: float, high: float, kind: type[int] | type[float] = float) -> Any:
+    """An argparse type: a finite number (or a whole one) from ``low`` to ``high``."""
+
+    def parse(value: str) -> float:
+        try:
+            number = kind(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a number") from exc
+        if not low <= number <= high:  # also refuses inf and nan
+            raise argparse.ArgumentTypeError(f"{value} is outside {low:g}..{high:g}")
+        return number
+
+    return parse
+
+
+_history_hours = _within(0, 24 * 366)
 
 
 def _passphrase(path: Path | None) -> bytes | None:
@@ -248,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--rollout-interval",
-        type=float,
+        type=_within(0.1, 3600),
         default=2.0,
         help="seconds between rollout controller steps (default 2; reports also wake it)",
     )
@@ -258,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--workers",
-        type=int,
+        type=_within(1, 64, int),
         default=1,
         help="processes serving the device port (default 1; one per core for big fleets; "
         "enrollment, admin and MQTT stay with the first)",

@@ -42,3 +42,28 @@ def test_a_bad_number_is_one_line_not_a_traceback(
     assert code in (1, 2)
     err = capsys.readouterr().err.strip().splitlines()
     assert err and err[-1].startswith("edgefleet"), err
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        ("--workers", "0"),
+        ("--workers", "-3"),
+        ("--rollout-interval", "0"),
+        ("--rollout-interval", "-1"),
+        ("--rollout-interval", "nan"),
+        ("--history-hours", "inf"),
+    ],
+    ids=" ".join,
+)
+def test_the_server_refuses_run_options_out_of_range(
+    words: tuple[str, ...], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --rollout-interval 0 made the controller spin against the database; --workers 0 or
+    # less started no device port worker and said nothing.
+    from fleet_server.cli import main as server_main
+
+    with pytest.raises(SystemExit) as info:
+        server_main(["run", "--data-dir", str(tmp_path), *words])
+    assert info.value.code == 2
+    assert "is outside" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fleet_server import __version__
-from fleet_server.admin_cli import devices, keys, models, optimize, rollouts, routing
+from fleet_server.admin_cli import common, devices, keys, models, optimize, rollouts, routing
 from fleet_server.admin_cli.common import PROG
 from fleet_server.errors import FleetError
 
@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-dir", type=Path, help="read the admin token from this server data dir"
     )
-    parser.add_argument("--timeout", type=float, default=60.0, help="RPC timeout in seconds")
+    parser.add_argument(
+        "--timeout", type=common.number(0.1, 3600), default=60.0, help="RPC timeout in seconds"
+    )
     sub = parser.add_subparsers(dest="group", required=True)
     routing.add_parser(sub)
     routing.add_costs_parser(sub)

@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,8 @@ from fleet_server.errors import AuthError, BadRequestError, FleetError
 from protos import admin_pb2_grpc as pb_grpc
 
 __all__ = [
+    "ID",
+    "INT32",
     "PROG",
     "Admin",
     "admin",
@@ -24,10 +26,12 @@ __all__ = [
     "duration",
     "fmt_time",
     "fraction",
+    "number",
     "pairs",
     "print_json",
     "read_passphrase",
     "root_keys",
+    "whole",
 ]
 
 PROG = "edgefleet"
@@ -146,15 +150,57 @@ def fraction(text: str) -> float:
     return value
 
 
+MAX_DURATION_S = 10 * 365 * 86400
+
+
 def duration(text: str) -> int:
-    """ "90s", "15m", "24h", "7d" or plain seconds -> seconds."""
+    """ "90s", "15m", "24h", "7d" or plain seconds -> seconds (0 to ten years)."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
         if text and text[-1] in units:
-            return int(float(text[:-1]) * units[text[-1]])
-        return int(text)
+            value = float(text[:-1]) * units[text[-1]]
+        else:
+            value = float(int(text))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 24h or 7d") from exc
+    if not 0 <= value <= MAX_DURATION_S:  # also refuses inf and nan
+        raise argparse.ArgumentTypeError(f"{text!r} is outside 0s..{MAX_DURATION_S // 86400}d")
+    return int(value)
+
+
+def whole(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer from ``low`` to ``high``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from exc
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}")
+        return value
+
+    return parse
+
+
+def number(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a finite number from ``low`` to ``high``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
+        if not low <= value <= high:  # also refuses inf and nan
+            raise argparse.ArgumentTypeError(f"{text!r} is outside {low:g}..{high:g}")
+        return value
+
+    return parse
+
+
+# Bounds of the admin API's integer fields, for the types above.
+INT32 = 2**31 - 1
+ID = whole(1, INT32)
 
 
 def pairs(items: Sequence[str] | None, what: str) -> dict[str, str]:

@@ -261,7 +261,12 @@ def add_parsers(sub: Any) -> None:
     tcreate.add_argument(
         "--ttl", type=common.duration, default=86400, help="lifetime (default 24h)"
     )
-    tcreate.add_argument("--uses", type=int, default=1, help="devices it may enroll (default 1)")
+    tcreate.add_argument(
+        "--uses",
+        type=common.whole(1, 1_000_000),
+        default=1,
+        help="devices it may enroll (default 1)",
+    )
     tcreate.add_argument(
         "--label", action="append", metavar="KEY=VALUE", help="label the enrolled devices"
     )

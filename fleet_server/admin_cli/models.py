@@ -339,7 +339,10 @@ def add_parsers(sub: Any) -> None:
         "input); devices must reproduce the server's answer before activating the model",
     )
     push.add_argument(
-        "--smoke-tolerance", type=float, default=0.0, help="allowed score difference (0.05)"
+        "--smoke-tolerance",
+        type=common.number(0, 1),
+        default=0.0,
+        help="allowed score difference (0.05)",
     )
     push.add_argument(
         "--sign-offline",

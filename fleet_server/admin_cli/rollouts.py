@@ -202,11 +202,14 @@ def add_parsers(sub: Any) -> None:
         help="failed share of started devices that pauses the rollout (default 10%%; 0 = any)",
     )
     rcreate.add_argument(
-        "--max-concurrent", type=int, default=0, help="devices updating at once (default no cap)"
+        "--max-concurrent",
+        type=common.whole(0, 1_000_000),
+        default=0,
+        help="devices updating at once (default no cap)",
     )
     rcreate.add_argument(
         "--device-timeout",
-        type=int,
+        type=common.whole(1, 30 * 86400),
         default=3600,
         help="seconds before a silent updating device frees its slot (default 3600)",
     )
@@ -228,7 +231,7 @@ def add_parsers(sub: Any) -> None:
     )
     gate.add_argument(
         "--max-latency-ratio",
-        type=float,
+        type=common.number(1, 1000),
         default=1.5,
         help="p95 latency against the device's own before the rollout (default 1.5)",
     )
@@ -240,7 +243,7 @@ def add_parsers(sub: Any) -> None:
     )
     gate.add_argument(
         "--min-requests",
-        type=int,
+        type=common.whole(1, 10**9),
         default=50,
         help="requests a device must have served before it is judged (default 50)",
     )
@@ -263,7 +266,7 @@ def add_parsers(sub: Any) -> None:
     rlist.add_argument("--json", action="store_true")
     rlist.set_defaults(func=_cmd_rollouts_list)
     rstatus = rollouts_sub.add_parser("status", help="one rollout with per-wave counts")
-    rstatus.add_argument("id", type=int)
+    rstatus.add_argument("id", type=common.ID)
     rstatus.add_argument("--json", action="store_true")
     rstatus.set_defaults(func=_cmd_rollouts_status)
     for action, method, verb, text in (
@@ -277,19 +280,21 @@ def add_parsers(sub: Any) -> None:
         ),
     ):
         raction = rollouts_sub.add_parser(action, help=text)
-        raction.add_argument("id", type=int)
+        raction.add_argument("id", type=common.ID)
         raction.set_defaults(func=_rollout_action(method, verb))
     rrollback = rollouts_sub.add_parser(
         "rollback",
         help="send the rollout's devices back to the previous version (root-signed)",
     )
-    rrollback.add_argument("id", type=int)
+    rrollback.add_argument("id", type=common.ID)
     rrollback.add_argument("--root-key", type=Path, action="append", help="root key file")
     rrollback.add_argument("--passphrase-file", type=Path, help="passphrase of the root keys")
     rrollback.set_defaults(func=_cmd_rollouts_rollback)
 
     audit = sub.add_parser("audit", help="the audit log of admin actions, newest first")
-    audit.add_argument("--limit", type=int, default=50)
-    audit.add_argument("--before", type=int, default=0, help="entries older than this id")
+    audit.add_argument("--limit", type=common.whole(1, 1000), default=50)
+    audit.add_argument(
+        "--before", type=common.whole(0, 2**63 - 1), default=0, help="entries older than this id"
+    )
     audit.add_argument("--json", action="store_true")
     audit.set_defaults(func=_cmd_audit)

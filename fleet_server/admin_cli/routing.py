@@ -95,7 +95,9 @@ def add_parser(sub: Any) -> None:
     set_.add_argument("--latency-budget", type=_positive, default=0.0, help="ms (local_then_cloud)")
     set_.add_argument("--cloud-model", default="", help="its name on the cloud endpoint")
     set_.add_argument(
-        "--max-per-minute", type=int, help="cloud requests per device per minute (0: none)"
+        "--max-per-minute",
+        type=common.whole(0, 10**9),
+        help="cloud requests per device per minute (0: none)",
     )
     set_.add_argument(
         "--max-spend-per-day", type=_positive, help="USD per device per day (0: no cloud)"
