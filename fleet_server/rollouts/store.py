@@ -38,8 +38,8 @@ from fleet_server.rollouts.states import (
     next_state,
     sources,
 )
-from fleet_server.storage.db import Database, bump_generation
-from fleet_server.storage.schema import deployments, devices, rollout_devices, rollouts
+from fleet_server.storage.db import Database, bump_generation, hold_writes
+from fleet_server.storage.schema import deployments, devices, releases, rollout_devices, rollouts
 
 __all__ = [
     "BATCH",
@@ -200,6 +200,13 @@ class RolloutStore:
         self._catalog.get_model(model_name, version)
         now = int(time.time()) if now is None else now
         with self._engine.begin() as conn:
+            # Two creates of one model are ordered here: one finds the other's live rollout.
+            hold_writes(conn)
+            conn.execute(
+                sa.select(releases.c.version)
+                .where(releases.c.model_name == model_name)
+                .with_for_update()
+            ).all()
             live = conn.execute(
                 sa.select(rollouts.c.rollout_id, rollouts.c.version).where(
                     (rollouts.c.model_name == model_name) & rollouts.c.state.in_(sorted(LIVE))
@@ -452,6 +459,7 @@ class RolloutStore:
     def supersede(self, model_name: str) -> list[int]:
         """A fleet-wide deployment replaces every rollout of the model; return their ids."""
         with self._engine.begin() as conn:
+            hold_writes(conn)
             ids = [
                 int(r[0])
                 for r in conn.execute(
@@ -476,6 +484,7 @@ class RolloutStore:
 
     @staticmethod
     def _lock(conn: sa.Connection, rollout_id: int) -> RolloutState:
+        hold_writes(conn)  # SQLite: FOR UPDATE below is a no-op there
         row = conn.execute(
             sa.select(rollouts.c.state).where(rollouts.c.rollout_id == rollout_id).with_for_update()
         ).first()

@@ -22,7 +22,24 @@ from fleet_server.errors import DataDirError
 from fleet_server.storage.migrations import MIGRATIONS
 from fleet_server.storage.schema import SCHEMA_VERSION, fleet_state, metadata, schema_meta
 
-__all__ = ["SCHEMA_VERSION", "Database", "add_rows", "bump_generation"]
+__all__ = ["SCHEMA_VERSION", "Database", "add_rows", "bump_generation", "hold_writes"]
+
+
+def hold_writes(conn: sa.Connection) -> None:
+    """Make the caller's transaction the database's only writer from now until it ends, so
+    what it reads next cannot change under it before it writes.
+
+    SQLite ignores ``FOR UPDATE``, and its driver only begins a transaction at the first write,
+    so a read-then-write there reads outside the transaction: this write (of nothing new)
+    begins it with the write lock. PostgreSQL needs nothing here; lock rows with
+    ``FOR UPDATE`` instead.
+    """
+    if conn.dialect.name == "sqlite":
+        conn.execute(
+            fleet_state.update()
+            .where(fleet_state.c.id == 1)
+            .values(generation=fleet_state.c.generation)
+        )
 
 
 def bump_generation(conn: sa.Connection) -> None:
