@@ -12,7 +12,8 @@ import pytest
 import sqlalchemy as sa
 
 from fleet_server.catalog.store import CatalogStore, ModelRow
-from fleet_server.errors import AlreadyExistsError, BadRequestError, DataDirError
+from fleet_server.errors import AlreadyExistsError, AuthError, BadRequestError, DataDirError
+from fleet_server.registry.ca import IssuedCert
 from fleet_server.registry.store import DeviceStore
 from fleet_server.storage.db import Database
 from fleet_server.storage.schema import SCHEMA_VERSION
@@ -230,15 +231,48 @@ def test_enrollment_tokens_are_spent_once_and_expire(db_url: str) -> None:
     )
     devices.add_enrollment_token("twice", ttl_s=60, uses=2, labels={}, note="", created_by="t")
     devices.add_enrollment_token("stale", ttl_s=-1, uses=5, labels={}, note="", created_by="t")
-    assert devices.enrollment_token_labels("once") == {"site": "a"}
-    assert devices.use_enrollment_token("once")
-    assert not devices.use_enrollment_token("once")
-    assert devices.enrollment_token_labels("once") is None
-    assert devices.use_enrollment_token("twice") and devices.use_enrollment_token("twice")
-    assert not devices.use_enrollment_token("twice")
-    assert not devices.use_enrollment_token("stale") and not devices.use_enrollment_token("unknown")
+    issued = IssuedCert(b"pem", "ab12", 2_000_000_000)
+
+    def enroll(token: str | None, name: str = "cam") -> str:
+        device_id, _ = devices.enroll(
+            name, token=token, labels={"site": "own", "hw": "pi"}, capabilities={},
+            certify=lambda _device_id: issued,
+        )  # fmt: skip
+        return device_id
+
+    once = enroll("once")
+    (row,) = devices.list_devices(once)
+    # The token's labels win over the device's own; the certificate is recorded with it.
+    assert row.labels == {"site": "a", "hw": "pi"}
+    assert devices.device_certificate(once) == ("ab12", False)
+    with pytest.raises(AuthError):
+        enroll("once")
+    assert enroll("twice") != enroll("twice")
+    for spent in ("twice", "stale", "unknown"):
+        with pytest.raises(AuthError):
+            enroll(spent)
+    assert len(devices.list_devices()) == 3  # nothing of the refused ones stayed
+
+    # A CA that fails (or a database that fails) leaves no device and spends no use.
+    devices.add_enrollment_token("spare", ttl_s=60, uses=1, labels={}, note="", created_by="t")
+
+    def broken(_device_id: str) -> IssuedCert:
+        raise BadRequestError("the CA refused")
+
+    with pytest.raises(BadRequestError):
+        devices.enroll(
+            "lost",
+            token="spare",  # noqa: S106 - a test token
+            labels={},
+            capabilities={},
+            certify=broken,
+        )
+    assert [d.device_id for d in devices.list_devices() if d.name == "lost"] == []
+    assert enroll("spare", "lost") == "lost"
+    # The bootstrap token (None) spends nothing.
+    assert enroll(None, "boot") == "boot"
     listed = devices.list_enrollment_tokens()
-    assert {t["uses_left"] for t in listed} == {0, 5}
+    assert sorted(t["uses_left"] for t in listed) == [0, 0, 0, 5]
     stale = next(t for t in listed if t["uses_left"] == 5)
     assert devices.revoke_enrollment_token(stale["token_sha256"][:8]) == 1
     with pytest.raises(BadRequestError):

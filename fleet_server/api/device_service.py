@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import secrets
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -74,24 +73,20 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
             and self._ctx.enrollment_token
             and hmac.compare_digest(token.encode(), self._ctx.enrollment_token.encode())
         )
-        token_labels = {} if bootstrap else self._ctx.devices.enrollment_token_labels(token)
-        if not token or token_labels is None:
+        if not token:
             raise AuthError(
                 "enrollment token is unknown, expired or used up; ask the fleet admin for a "
                 "new one ('edgefleet tokens create')"
             )
-        labels = check_labels(request.labels) | token_labels
-        device_id = self._ctx.devices.add_device(
+        device_id, issued = self._ctx.devices.enroll(
             name,
-            secrets.token_urlsafe(32),  # no device bearer token: devices use certificates
-            labels,
-            MessageToDict(request.capabilities, preserving_proto_field_name=True),
+            token=None if bootstrap else token,
+            labels=check_labels(request.labels),
+            capabilities=MessageToDict(request.capabilities, preserving_proto_field_name=True),
+            certify=lambda device_id: self._ctx.ca.sign_device_csr(
+                request.csr_pem, device_id, expected_cn=name
+            ),
         )
-        if not bootstrap and not self._ctx.devices.use_enrollment_token(token):
-            self._ctx.devices.delete_device(device_id)  # another device used it up meanwhile
-            raise AuthError("enrollment token was used up by another device meanwhile")
-        issued = self._ctx.ca.sign_device_csr(request.csr_pem, device_id, expected_cn=name)
-        self._ctx.devices.set_certificate(device_id, issued.serial, issued.not_after)
         log.info("enrolled device %s (certificate %s)", device_id, issued.serial[:12])
         return pb.EnrollResponse(
             device_id=device_id,

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
-from fleet_server.errors import AlreadyExistsError, BadRequestError, NotFoundError
-from fleet_server.storage.db import Database, bump_generation
+from fleet_server.errors import AlreadyExistsError, AuthError, BadRequestError, NotFoundError
+from fleet_server.registry.ca import IssuedCert
+from fleet_server.storage.db import Database, bump_generation, hold_writes
 from fleet_server.storage.schema import device_models, devices, enrollment_tokens
 
 __all__ = ["DeviceModelRow", "DeviceRow", "DeviceStore", "token_digest"]
@@ -101,6 +103,99 @@ class DeviceStore:
             return device_id
         raise AlreadyExistsError(f"could not find a free device id for {name!r}; retry")
 
+    def enroll(
+        self,
+        name: str,
+        *,
+        token: str | None,
+        labels: Mapping[str, str],
+        capabilities: Mapping[str, Any],
+        certify: Callable[[str], IssuedCert],
+    ) -> tuple[str, IssuedCert]:
+        """Enroll a device in one transaction: spend one use of ``token`` (None: the data
+        dir's reusable bootstrap token), register the device under a unique id derived from
+        ``name`` with the token's labels over its own, and record the certificate
+        ``certify(device_id)`` issues. A failure at any step (the database, the CA) leaves
+        nothing: no device without a certificate, no use of the token spent.
+
+        Raises:
+            AuthError: the token is unknown, expired or used up.
+            AlreadyExistsError: no free id near ``name`` (retry).
+        """
+        now = int(time.time())
+        with self._engine.begin() as conn:
+            hold_writes(conn)  # SQLite: one enrollment at a time, so the free id stays free
+            merged = dict(labels)
+            if token is not None:
+                key = enrollment_tokens.c.token_sha256 == token_digest(token)
+                spent = conn.execute(
+                    enrollment_tokens.update()
+                    .where(
+                        key
+                        & (enrollment_tokens.c.uses_left > 0)
+                        & (enrollment_tokens.c.expires_at > now)
+                    )
+                    .values(uses_left=enrollment_tokens.c.uses_left - 1)
+                )
+                if spent.rowcount != 1:
+                    raise AuthError(
+                        "enrollment token is unknown, expired or used up; ask the fleet admin "
+                        "for a new one ('edgefleet tokens create')"
+                    )
+                stored = conn.execute(sa.select(enrollment_tokens.c.labels).where(key)).scalar()
+                merged |= json.loads(stored or "{}")
+            device_id = self._insert_device(conn, name, merged, capabilities, now)
+            issued = certify(device_id)
+            conn.execute(
+                devices.update()
+                .where(devices.c.device_id == device_id)
+                .values(cert_serial=issued.serial, cert_not_after=issued.not_after)
+            )
+            bump_generation(conn)
+        return device_id, issued
+
+    @staticmethod
+    def _insert_device(
+        conn: sa.Connection,
+        name: str,
+        labels: Mapping[str, str],
+        capabilities: Mapping[str, Any],
+        now: int,
+    ) -> str:
+        """Insert a device under the first free id of ``name``, ``name-2``, ...; a concurrent
+        enrollment of the same name (PostgreSQL) makes it try the next one."""
+        for _attempt in range(20):
+            taken = {
+                r[0]
+                for r in conn.execute(
+                    sa.select(devices.c.device_id).where(devices.c.device_id.like(f"{name}%"))
+                )
+            }
+            device_id = name
+            suffix = 2
+            while device_id in taken:
+                device_id = f"{name[:58]}-{suffix}"
+                suffix += 1
+            try:
+                with conn.begin_nested():
+                    conn.execute(
+                        devices.insert().values(
+                            device_id=device_id,
+                            name=name,
+                            # No bearer token: devices use certificates. A random digest keeps
+                            # the column's uniqueness without one.
+                            token_sha256=token_digest(secrets.token_urlsafe(32)),
+                            labels=json.dumps(dict(labels), sort_keys=True),
+                            capabilities=json.dumps(dict(capabilities), sort_keys=True),
+                            enrolled_at=now,
+                            last_seen=now,
+                        )
+                    )
+            except sa.exc.IntegrityError:
+                continue
+            return device_id
+        raise AlreadyExistsError(f"could not find a free device id for {name!r}; retry")
+
     def set_certificate(self, device_id: str, serial: str, not_after: int) -> None:
         """Make this certificate the device's only valid one."""
         with self._engine.begin() as conn:
@@ -120,11 +215,6 @@ class DeviceStore:
                 )
             ).first()
         return None if row is None else (row[0], row[1] is not None)
-
-    def delete_device(self, device_id: str) -> None:
-        """Remove a device that never finished enrolling."""
-        with self._engine.begin() as conn:
-            conn.execute(devices.delete().where(devices.c.device_id == device_id))
 
     def add_enrollment_token(
         self,
@@ -151,32 +241,6 @@ class DeviceStore:
                 )
             )
         return now + ttl_s
-
-    def enrollment_token_labels(self, token: str) -> dict[str, str] | None:
-        """The labels of a token that can still be used, or None."""
-        with self._engine.connect() as conn:
-            row = conn.execute(
-                sa.select(enrollment_tokens.c.labels).where(
-                    (enrollment_tokens.c.token_sha256 == token_digest(token))
-                    & (enrollment_tokens.c.uses_left > 0)
-                    & (enrollment_tokens.c.expires_at > int(time.time()))
-                )
-            ).first()
-        return None if row is None else dict(json.loads(row[0]))
-
-    def use_enrollment_token(self, token: str) -> bool:
-        """Spend one use of a token, atomically; False when it is unknown, expired or used up."""
-        with self._engine.begin() as conn:
-            result = conn.execute(
-                enrollment_tokens.update()
-                .where(
-                    (enrollment_tokens.c.token_sha256 == token_digest(token))
-                    & (enrollment_tokens.c.uses_left > 0)
-                    & (enrollment_tokens.c.expires_at > int(time.time()))
-                )
-                .values(uses_left=enrollment_tokens.c.uses_left - 1)
-            )
-        return bool(result.rowcount)
 
     def list_enrollment_tokens(self) -> list[dict[str, Any]]:
         """Every token (digests only), newest first."""
