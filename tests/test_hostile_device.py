@@ -139,3 +139,35 @@ def test_one_device_with_bloated_capabilities_does_not_lock_the_admin_out(
     assert revoked.returncode == 0, revoked.stderr
     honest.close()
     liar.close()
+
+
+def test_devices_are_listed_in_pages_of_bounded_size(
+    server_factory: Callable[..., Server], broker_url: str
+) -> None:
+    # One answer carried every device: a fleet of ~10,000 devices (or fewer that report much)
+    # passes the admin client's 4 MB message limit whatever each device reports.
+    from protos import admin_pb2, admin_pb2_grpc
+
+    server = server_factory(broker_url)
+    fleet, token = server.sim_fleet(), server.enrollment_token()
+    names = [f"cam{i}" for i in range(5)]
+    for name in names:
+        SimDevice.enroll(fleet, token, name).close()
+    admin_token = (server.data_dir / "admin.token").read_text().strip()
+    credentials = grpc.ssl_channel_credentials(root_certificates=server.ca_file.read_bytes())
+    pages, after = [], ""
+    with grpc.secure_channel(server.address, credentials) as channel:
+        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        while True:
+            page = stub.ListDevices(
+                admin_pb2.ListDevicesRequest(limit=2, after=after),
+                metadata=[("authorization", f"Bearer {admin_token}")],
+                timeout=30,
+            )
+            pages.append([d.device_id for d in page.devices])
+            if not page.next_after:
+                break
+            after = page.next_after
+    assert pages == [names[0:2], names[2:4], names[4:5]]
+    # The CLI reads every page.
+    assert sorted(d["device_id"] for d in server.devices()) == names

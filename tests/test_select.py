@@ -216,3 +216,27 @@ def test_the_choice_always_fits_and_is_never_beaten_by_a_fitting_kind(
     assert chosen in fitting
     best_kind = min(PREFERENCE.index(v.quantization) for v in fitting)
     assert PREFERENCE.index(chosen.quantization) == best_kind
+
+
+def test_reported_capabilities_are_kept_within_bounds() -> None:
+    from fleet_server.registry.capabilities import MAX_EDGETPUS, MAX_TEMPERATURES, bounded
+
+    real = device_pb2.Capabilities(
+        arch="aarch64",
+        memory_bytes=4 << 30,
+        edgetpus=[device_pb2.EdgeTpu(device="usb:0", kind="usb", state="ready")],
+        temperatures_c={"soc": 51.0},
+        libedgetpu=True,
+    )
+    assert bounded(real) is real  # a real device's message is kept as it is
+    lie = device_pb2.Capabilities(arch="x" * 10_000 + "\x00", libedgetpu=True)
+    for i in range(50_000):
+        lie.edgetpus.add(device=f"usb:{i}", kind="usb", path="/dev/bus/usb/" * 20, state="ready")
+    for i in range(5_000):
+        lie.temperatures_c[f"zone{i}"] = 40.0
+    kept = bounded(lie)
+    assert len(kept.edgetpus) == MAX_EDGETPUS and len(kept.temperatures_c) == MAX_TEMPERATURES
+    assert len(kept.arch) <= 128 and "\x00" not in kept.arch
+    assert kept.ByteSize() < 16 << 10
+    # What selection makes of it does not change for the cut: a usable TPU stays usable.
+    assert DeviceProfile.from_capabilities(kept).edgetpu

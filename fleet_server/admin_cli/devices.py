@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
@@ -34,17 +35,28 @@ def _model_state(m: pb.DeviceModelState) -> str:
     return text
 
 
+def _all_devices(args: argparse.Namespace) -> Iterator[pb.DeviceInfo]:
+    """Every device, page by page (a page's size is bounded, a fleet's is not)."""
+    admin, after = common.admin(args), ""
+    while True:
+        page = admin.call("ListDevices", pb.ListDevicesRequest(after=after))
+        yield from page.devices
+        if not page.next_after:
+            return
+        after = page.next_after
+
+
 def _cmd_devices_list(args: argparse.Namespace) -> int:
-    response = common.admin(args).call("ListDevices", pb.ListDevicesRequest())
+    listed = list(_all_devices(args))
     if args.json:
-        devices = [_device_dict(d) for d in response.devices]
+        devices = [_device_dict(d) for d in listed]
         print(json.dumps(devices, indent=2, sort_keys=True))
         return 0
-    if not response.devices:
+    if not listed:
         print("no devices enrolled yet")
         return 0
     print(f"{'DEVICE':20} {'STATE':8} {'LAST SEEN':19}  {'MODELS':32} LAST TELEMETRY")
-    for d in response.devices:
+    for d in listed:
         if d.revoked_unix:
             print(f"{d.device_id:20} REVOKED {common.fmt_time(d.revoked_unix)}")
             continue

@@ -16,12 +16,14 @@ from fleet_server.api._errors import abort_for, rpc_errors
 from fleet_server.api.auth import require_device
 from fleet_server.catalog.select import DeviceProfile
 from fleet_server.errors import AuthError, BadRequestError, FleetError
+from fleet_server.registry.capabilities import bounded
 from fleet_server.registry.checkins import CachedAnswer, state_version
 from fleet_server.registry.labels import check_labels
 from fleet_server.rollouts.desired import Resolved, device_targets, resolve
 from fleet_server.rollouts.states import DeviceState
 from fleet_server.routing.prices import Prices
 from fleet_server.routing.store import RoutingRow
+from fleet_server.storage.db import stored_text
 from protos import device_pb2 as pb
 from protos import device_pb2_grpc as pb_grpc
 from protos import manifest_pb2
@@ -82,7 +84,9 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
             name,
             token=None if bootstrap else token,
             labels=check_labels(request.labels),
-            capabilities=MessageToDict(request.capabilities, preserving_proto_field_name=True),
+            capabilities=MessageToDict(
+                bounded(request.capabilities), preserving_proto_field_name=True
+            ),
             certify=lambda device_id: self._ctx.ca.sign_device_csr(
                 request.csr_pem, device_id, expected_cn=name
             ),
@@ -114,9 +118,8 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
         generation = self._ctx.db.generation(0.0 if request.fresh else GENERATION_MAX_AGE_S)
         device_id = self._device(context, generation)
         has_caps = request.HasField("capabilities")
-        self._ctx.last_seen.note(
-            device_id, request.capabilities.SerializeToString() if has_caps else None
-        )
+        caps = bounded(request.capabilities, device_id) if has_caps else None
+        self._ctx.last_seen.note(device_id, caps.SerializeToString() if caps is not None else None)
         active = {
             m.model_name: m.version
             for m in request.active[:64]
@@ -124,7 +127,7 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
         }
         reported = tuple(sorted(active.items()))
         answer = self._answers.get(device_id)
-        profile = DeviceProfile.from_capabilities(request.capabilities) if has_caps else None
+        profile = DeviceProfile.from_capabilities(caps) if caps is not None else None
         if profile is None and answer is not None:
             profile = answer.key[1]  # the capabilities it reported last
         key = (generation, profile, self._keylist_digest())
@@ -312,7 +315,7 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
         if not is_name(request.model_name) or not is_version(request.version):
             raise BadRequestError("status report names an invalid model or version")
         state = pb.UpdateState.Name(request.state)
-        detail = request.detail.replace("\x00", "")  # PostgreSQL refuses NUL in text
+        detail = stored_text(request.detail, 1024)
         self._ctx.devices.set_device_model(
             device_id, request.model_name, request.version, state, detail
         )

@@ -397,15 +397,26 @@ class DeviceStore:
                     )
                 )
 
-    def list_devices(self, device_id: str | None = None) -> list[DeviceRow]:
-        """Every device (or the one named) with its per-model state, by id."""
+    def list_devices(
+        self, device_id: str | None = None, *, after: str = "", limit: int | None = None
+    ) -> list[DeviceRow]:
+        """Every device (or the one named) with its per-model state, by id; or one page of
+        them: at most ``limit`` devices whose ids sort after ``after``."""
         query = sa.select(devices).order_by(devices.c.device_id)
         models_query = sa.select(device_models).order_by(device_models.c.model_name)
         if device_id is not None:
             query = query.where(devices.c.device_id == device_id)
             models_query = models_query.where(device_models.c.device_id == device_id)
+        if after:
+            query = query.where(devices.c.device_id > after)
+        if limit is not None:
+            query = query.limit(limit)
         with self._engine.connect() as conn:
             rows = conn.execute(query).mappings().all()
+            if limit is not None:  # only this page's devices' models
+                models_query = models_query.where(
+                    device_models.c.device_id.in_([r["device_id"] for r in rows])
+                )
             states = conn.execute(models_query).mappings().all()
         by_device: dict[str, list[DeviceModelRow]] = {}
         for s in states:

@@ -22,7 +22,20 @@ from fleet_server.errors import DataDirError
 from fleet_server.storage.migrations import MIGRATIONS
 from fleet_server.storage.schema import SCHEMA_VERSION, fleet_state, metadata, schema_meta
 
-__all__ = ["SCHEMA_VERSION", "Database", "add_rows", "bump_generation", "hold_writes"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Database",
+    "add_rows",
+    "bump_generation",
+    "hold_writes",
+    "stored_text",
+]
+
+
+def stored_text(value: str, limit: int) -> str:
+    """A device's string as stored: at most ``limit`` characters, without NUL (PostgreSQL
+    refuses it in text, and one refused row would make every retry of its batch fail)."""
+    return value.replace("\x00", "")[:limit]
 
 
 def hold_writes(conn: sa.Connection) -> None:

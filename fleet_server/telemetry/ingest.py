@@ -37,6 +37,7 @@ from agent.errors import AgentError
 from agent.telemetry.mqtt import MqttEndpoint, MqttPublisher
 from fleet_server.errors import TransientError
 from fleet_server.rollouts.health import HealthSample, HealthStore
+from fleet_server.storage.db import stored_text
 from fleet_server.telemetry.checks import plausible
 from fleet_server.telemetry.history import HistoryBuffer
 from fleet_server.telemetry.sequence import Position, account
@@ -103,22 +104,16 @@ def decode_report(
     return report
 
 
-def _text(value: str, limit: int) -> str:
-    """A device's string as stored: bounded, without NUL (PostgreSQL refuses it in text, and one
-    refused row would make every retry of its batch fail)."""
-    return value.replace("\x00", "")[:limit]
-
-
 def _event(message: Any, model_name: str, version: str, state: str, detail: str) -> dict[str, Any]:
     """A device_events row for a DeviceEvent."""
     return {
         "device_id": message.device_id,
         "at": int(message.sent_unix_ms // 1000),
         "seq": message.seq,
-        "model_name": _text(model_name, 64),
-        "version": _text(version, 32),
-        "state": _text(state, 16),
-        "detail": _text(detail, 1024),
+        "model_name": stored_text(model_name, 64),
+        "version": stored_text(version, 32),
+        "state": stored_text(state, 16),
+        "detail": stored_text(detail, 1024),
     }
 
 
@@ -373,7 +368,7 @@ class TelemetryIngest:
                 rejected += 1  # not an enrolled device
                 continue
             if kind == "state":
-                batch.states[device_id] = _text(message.state, 16)
+                batch.states[device_id] = stored_text(message.state, 16)
                 continue
             position = positions.get(device_id, self._positions.get(device_id))
             verdict = account(position, message.epoch, message.seq)

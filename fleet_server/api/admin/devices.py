@@ -25,6 +25,8 @@ from protos import admin_pb2 as pb
 
 log = logging.getLogger(__name__)
 MAX_TOKEN_TTL_S = 30 * 86400
+DEVICES_PAGE = 500
+MAX_DEVICES_PAGE = 1000
 COMMANDS = frozenset({"checkin", "birth", "routing", "reload"})
 
 
@@ -64,8 +66,12 @@ class DevicesAdmin(AdminBase):
     @rpc_errors
     def ListDevices(self, request: pb.ListDevicesRequest, context: Any) -> pb.ListDevicesResponse:  # noqa: N802
         require_admin(context, self._ctx.admin_token)
+        limit = min(request.limit or DEVICES_PAGE, MAX_DEVICES_PAGE)
+        rows = self._ctx.devices.list_devices(after=request.after, limit=limit + 1)
+        more = len(rows) > limit
         return pb.ListDevicesResponse(
-            devices=[wire.device_info(r) for r in self._ctx.devices.list_devices()]
+            devices=[wire.device_info(r) for r in rows[:limit]],
+            next_after=rows[limit - 1].device_id if more else "",
         )
 
     @rpc_errors
