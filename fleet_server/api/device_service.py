@@ -19,7 +19,7 @@ from fleet_server.errors import AuthError, BadRequestError, FleetError
 from fleet_server.registry.capabilities import bounded
 from fleet_server.registry.checkins import CachedAnswer, state_version
 from fleet_server.registry.labels import check_labels
-from fleet_server.rollouts.desired import Resolved, device_targets, resolve
+from fleet_server.rollouts.desired import Resolved, device_targets, explain, resolve
 from fleet_server.rollouts.states import DeviceState
 from fleet_server.routing.prices import Prices
 from fleet_server.routing.store import RoutingRow
@@ -189,9 +189,10 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
     ) -> CachedAnswer:
         """Compute a device's answer from the database (the slow path) and cache it."""
         known = dict(previous.active) if previous is not None else {}
-        for name, version in active.items():
-            if known.get(name) != version:
-                self._ctx.devices.set_active_version(device_id, name, version)
+        changed = {name: v for name, v in active.items() if known.get(name) != v}
+        # Only models the catalog has: a device cannot grow its registry rows with names.
+        for name in self._ctx.catalog.known_models(changed):
+            self._ctx.devices.set_active_version(device_id, name, changed[name])
         targets, rows = device_targets(self._ctx.catalog, self._ctx.rollouts, device_id)
         for row in rows:
             if (
@@ -279,12 +280,29 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
             raise BadRequestError(
                 f"{request.model_name} {request.version} is not installed on this device"
             )
-        klass = DeviceProfile.from_capabilities(device.capabilities).hardware_class
-        self._ctx.bench.record(device_id, klass, request)
+        # And only the variant file it was given: the variant selection picks for it (or that
+        # variant's CPU fallback), not another one of the same version.
+        explained = explain(
+            self._ctx.catalog,
+            self._ctx.rollouts,
+            device_id,
+            device.capabilities,
+            request.model_name,
+            version=request.version,
+        )
+        if explained is None:
+            raise BadRequestError(f"{request.model_name} has no versions")
+        chosen = next((r for r in explained.rows if r.variant == explained.choice.variant), None)
+        if chosen is None or request.sha256 not in (chosen.sha256, chosen.fallback_sha256):
+            raise BadRequestError(
+                f"{request.sha256[:12]}... is not the variant of {request.model_name} "
+                f"{request.version} this device runs"
+            )
+        self._ctx.bench.record(device_id, explained.hardware_class, request)
         log.info(
             "device %s (%s) benchmarked %s %s: p50 %.3f ms on %s",
             device_id,
-            klass,
+            explained.hardware_class,
             request.model_name,
             request.version,
             request.p50_ms,

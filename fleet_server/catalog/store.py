@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -172,6 +172,19 @@ class CatalogStore:
                 .all()
             )
         return [ModelRow(**r) for r in rows]
+
+    def known_models(self, names: Collection[str]) -> list[str]:
+        """Which of these model names the catalog has (sorted)."""
+        if not names:
+            return []
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(releases.c.model_name)
+                .where(releases.c.model_name.in_(sorted(names)))
+                .distinct()
+                .order_by(releases.c.model_name)
+            ).all()
+        return [str(r[0]) for r in rows]
 
     def newest_version(self, model_name: str) -> str | None:
         """The version with the highest release counter, or None."""
