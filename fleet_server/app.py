@@ -249,7 +249,18 @@ class FleetServer:
             f", {len(self._workers) + 1} server processes" if self._workers else "",
         )
         if s.ready_file:
-            s.ready_file.write_text(
+            self._write_ready_file(s.ready_file, port, device_port, mqtt_url, dashboard_port)
+
+    def _write_ready_file(
+        self, path: Path, port: int, device_port: int, mqtt_url: str | None, dashboard_port: int
+    ) -> None:
+        """The ports as JSON, for whoever started the server (tests, scripts).
+
+        Raises:
+            DataDirError: it cannot be written.
+        """
+        try:
+            path.write_text(
                 json.dumps(
                     {
                         "grpc_port": port,
@@ -262,6 +273,8 @@ class FleetServer:
                 ),
                 encoding="utf-8",
             )
+        except OSError as exc:
+            raise DataDirError(f"cannot write the ready file {path}: {exc.strerror}") from exc
 
     def _start_ingest(self, endpoint: MqttEndpoint) -> TelemetryIngest:
         s = self.settings

@@ -50,6 +50,7 @@ def _run(data_dir: Path, *options: str) -> subprocess.CompletedProcess[str]:
         "cloud CA unreadable",
         "bad MQTT URL",
         "database unreachable",
+        "database never answers",
         "database URL unreadable",
     ],
 )
@@ -73,6 +74,12 @@ def test_a_server_that_cannot_start_says_why_in_one_line(
         "database unreachable": [
             "--listen", "127.0.0.1:0", "--mqtt-url", broker_url,
             "--db-url", f"postgresql+psycopg://postgres:secret@127.0.0.1:{free_port()}/fleet",
+        ],
+        # A server that accepts the connection and says nothing (a hung host, a firewall that
+        # swallows): the start waited for ever. Now it gives up after the connect timeout.
+        "database never answers": [
+            "--listen", "127.0.0.1:0", "--mqtt-url", broker_url,
+            "--db-url", f"postgresql+psycopg://postgres:secret@127.0.0.1:{taken_port}/fleet",
         ],
         "database URL unreadable": [
             "--listen", "127.0.0.1:0", "--mqtt-url", broker_url, "--db-url", "postgres//fleet",

@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from fleet_server.errors import BadRequestError, NotFoundError
-from fleet_server.storage.db import Database, bump_generation
+from fleet_server.storage.db import Database, bump_generation, stored_text
 from fleet_server.storage.schema import benchmarks, models
 
 __all__ = ["BenchRow", "BenchStore"]
@@ -51,17 +51,19 @@ class BenchStore:
         if not (0 < report.p50_ms < 1e7 and 0 < report.p95_ms < 1e7 and report.requests > 0):
             raise BadRequestError("benchmark latencies and request count must be positive")
         now = int(time.time())
+        # As stored, and the same everywhere below (the median is taken over stored rows).
+        hardware_class = stored_text(hardware_class, 64)
         values = {
             "model_name": report.model_name[:64],
             "version": report.version[:32],
-            "hardware_class": hardware_class[:64],
-            "backend": report.backend[:16],
+            "hardware_class": hardware_class,
+            "backend": stored_text(report.backend, 16),
             "threads": int(report.threads),
             "requests": int(report.requests),
             "p50_ms": float(report.p50_ms),
             "p95_ms": float(report.p95_ms),
             "throughput_per_s": float(report.throughput_per_s),
-            "runtime": report.runtime[:64],
+            "runtime": stored_text(report.runtime, 64),
             "at": now,
         }
         key = (benchmarks.c.device_id == device_id) & (benchmarks.c.sha256 == report.sha256)

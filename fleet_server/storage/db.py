@@ -101,6 +101,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# PostgreSQL: give up connecting after 10 s, and notice a dead server on an idle connection
+# within about a minute (TCP keepalives), instead of a thread waiting for ever. A URL's own
+# query parameters win.
+_PG_CONNECT = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
+               "keepalives_interval": 10, "keepalives_count": 3}  # fmt: skip
+
+
+def _connect_args(url: sa.engine.URL) -> dict[str, Any]:
+    if url.get_backend_name() != "postgresql":
+        return {}
+    return {k: v for k, v in _PG_CONNECT.items() if k not in url.query}
+
+
 class Database:
     """The engine, the schema's creation and migration, and the fleet generation."""
 
@@ -108,7 +121,14 @@ class Database:
         # As many pooled connections as the server has RPC threads: opening a connection per
         # call (the pool's overflow) costs more than most queries.
         try:
-            self.engine: Engine = sa.create_engine(url, future=True, pool_size=20, max_overflow=10)
+            parsed = sa.engine.make_url(url)
+            self.engine: Engine = sa.create_engine(
+                parsed,
+                future=True,
+                pool_size=20,
+                max_overflow=10,
+                connect_args=_connect_args(parsed),
+            )
         except sa.exc.ArgumentError as exc:
             raise DataDirError(f"the database URL does not parse: {exc}") from exc
         if self.engine.dialect.name == "sqlite":
