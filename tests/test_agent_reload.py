@@ -5,22 +5,17 @@ through the agent's local inference API (the ``edgefleet.*`` routing parameters)
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import numpy as np
-import paho.mqtt.client as paho
 import pytest
 
 from fleet_server.routing.datasets import digits
-from protos import telemetry_pb2
-from protos.topics import commands_topic, device_topic
-from tests.harness import Agent, Server, make_agent, wait_for
+from tests.harness import Agent, DeviceCommands, Server, make_agent, wait_for
 from tests.oip import infer
 from tests.test_routing import ask, push_digits, ready
 
@@ -146,52 +141,6 @@ def test_sighup_while_enrolling_applies_and_a_broken_file_changes_nothing(
     assert agent.stop() == 0
 
 
-class _Commands:
-    """The test as the server's command side on the broker: publish commands to one device and
-    collect its acknowledgements from its events topic."""
-
-    def __init__(self, broker_url: str, state_dir: Path) -> None:
-        identity = json.loads((state_dir / "identity.json").read_text())
-        fleet, device = identity["fleet_id"], identity["device_id"]
-        self.topic = commands_topic(fleet, device)
-        self.acks: dict[str, telemetry_pb2.CommandAck] = {}
-        self.online = threading.Event()
-        self._lock = threading.Lock()
-        host, port = broker_url.removeprefix("mqtt://").split(":")
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-        self.client.on_message = self._on_message
-        self.client.connect(host, int(port))
-        self._events = device_topic(fleet, device, "events")
-        self._state = device_topic(fleet, device, "state")
-        self.client.subscribe([(self._events, 1), (self._state, 1)])
-        self.client.loop_start()
-
-    def _on_message(self, _client: object, _userdata: object, message: paho.MQTTMessage) -> None:
-        if message.topic == self._state:
-            state = telemetry_pb2.DeviceState.FromString(bytes(message.payload))
-            if state.state == "online":
-                self.online.set()
-            return
-        event = telemetry_pb2.DeviceEvent.FromString(bytes(message.payload))
-        if event.HasField("ack"):
-            with self._lock:
-                self.acks[event.ack.id] = event.ack
-
-    def send(self, kind: str, command_id: str) -> None:
-        command = telemetry_pb2.Command(
-            id=command_id, kind=kind, issued_unix_ms=int(time.time() * 1000)
-        )
-        self.client.publish(self.topic, command.SerializeToString(), qos=1).wait_for_publish(10)
-
-    def ack(self, command_id: str) -> telemetry_pb2.CommandAck | None:
-        with self._lock:
-            return self.acks.get(command_id)
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
 def test_an_mqtt_reload_and_a_sighup_together_both_apply(
     tmp_path: Path,
     broker_url: str,
@@ -200,7 +149,7 @@ def test_an_mqtt_reload_and_a_sighup_together_both_apply(
 ) -> None:
     agent, original = _serving_without_server(tmp_path, broker_url, server_factory, "hup-3")
     started.append(agent)
-    commands = _Commands(broker_url, agent.folder / "state")
+    commands = DeviceCommands(broker_url, agent.folder / "state")
     try:
         assert commands.online.wait(30), "the agent is not on the broker"
         for round_, threshold in enumerate((0.5, 0.6, 0.7), start=1):
