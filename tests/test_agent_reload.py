@@ -175,3 +175,35 @@ def test_an_mqtt_reload_and_a_sighup_together_both_apply(
     finally:
         commands.close()
     assert agent.stop() == 0
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler installed for ``signum`` (its SigCgt mask)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    mask = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(mask, 16) >> (signum - 1) & 1)
+
+
+def test_a_sighup_while_the_agent_starts_is_a_reload_not_its_death(
+    tmp_path: Path, server_factory: Callable[..., Server], started: list[Agent]
+) -> None:
+    """SIGHUP's default action ends a process, and systemd counts an end by SIGHUP as a clean
+    exit: Restart=on-failure does not bring the agent back. From the moment the agent handles
+    SIGTERM it is running our code, and a SIGHUP (ExecReload, logrotate, an operator's
+    ``kill -HUP`` right after a restart) must be a reload."""
+    server = server_factory(None)
+    agent = make_agent(tmp_path, "hup-early", server).start()
+    started.append(agent)
+    assert agent.proc is not None
+    popen = agent.proc.popen
+    wait_for("the agent to handle SIGTERM", lambda: _catches(popen.pid, signal.SIGTERM), 60, 0.001)
+    _hup(agent)
+    wait_for(
+        "the early SIGHUP's reload, or the agent's end",
+        lambda: "SIGHUP: reloaded agent.toml" in agent.output() or popen.poll() is not None,
+    )
+    assert popen.poll() is None, f"a SIGHUP at start ended the agent (exit {popen.returncode})"
+    assert agent.stop() == 0
