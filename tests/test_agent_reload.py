@@ -5,8 +5,11 @@ through the agent's local inference API (the ``edgefleet.*`` routing parameters)
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -206,4 +209,44 @@ def test_a_sighup_while_the_agent_starts_is_a_reload_not_its_death(
         lambda: "SIGHUP: reloaded agent.toml" in agent.output() or popen.poll() is not None,
     )
     assert popen.poll() is None, f"a SIGHUP at start ended the agent (exit {popen.returncode})"
+    assert agent.stop() == 0
+
+
+def test_a_sighup_storm_neither_ends_the_agent_nor_crowds_out_its_commands(
+    tmp_path: Path,
+    broker_url: str,
+    server_factory: Callable[..., Server],
+    started: list[Agent],
+) -> None:
+    """A script in a loop, a config tool that signals on every file it touches: the agent keeps
+    serving, answers commands, and runs with the file as it was last written."""
+    server = server_factory(broker_url)
+    push_digits(server)
+    agent = make_agent(tmp_path, "hup-storm", server, checkin_s=1.0).start()
+    started.append(agent)
+    ready(agent, "digits")
+    commands = DeviceCommands(broker_url, agent.folder / "state")
+    try:
+        assert commands.online.wait(30), "the agent is not on the broker"
+        assert agent.proc is not None
+        popen, original = agent.proc.popen, agent.config.read_text()
+        sent, start = 0, time.monotonic()
+        while time.monotonic() - start < 3.0 and popen.poll() is None:
+            if sent == 1000:  # mid-storm, the file changes: the last reload must read it
+                agent.config.write_text(original + _cascade(0.5))
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(popen.pid, signal.SIGHUP)
+            sent += 1
+        assert popen.poll() is None, f"{sent} SIGHUPs in 3 s ended the agent ({popen.returncode})"
+        commands.send("checkin", "after-the-storm")
+        ack = wait_for(
+            "the answer to a command sent after the storm",
+            lambda: commands.ack("after-the-storm"),
+            timeout=30,
+        )
+        assert ack.ok, ack.detail
+        reason = ask(agent, "digits", _unsure())[1]["edgefleet.reason"]
+        assert reason.startswith("cascade:") and "< 0.5;" in reason, reason
+    finally:
+        commands.close()
     assert agent.stop() == 0
