@@ -190,6 +190,11 @@ def _catches(pid: int, signum: int) -> bool:
     return bool(int(mask, 16) >> (signum - 1) & 1)
 
 
+def _peak_rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+
+
 def test_a_sighup_while_the_agent_starts_is_a_reload_not_its_death(
     tmp_path: Path, server_factory: Callable[..., Server], started: list[Agent]
 ) -> None:
@@ -249,4 +254,60 @@ def test_a_sighup_storm_neither_ends_the_agent_nor_crowds_out_its_commands(
         assert reason.startswith("cascade:") and "< 0.5;" in reason, reason
     finally:
         commands.close()
+    assert agent.stop() == 0
+
+
+def test_a_fifo_in_the_configs_place_is_refused_and_later_reloads_apply(
+    tmp_path: Path, server_factory: Callable[..., Server], started: list[Agent]
+) -> None:
+    """A careless operator's named pipe (or a FIFO a tool left behind) where agent.toml was: a
+    reload that waits for a writer forever would wedge the control loop, and every later
+    reload and command with it, while the watchdog goes on pinging."""
+    server = server_factory(None)
+    agent = make_agent(tmp_path, "hup-fifo", server).start()
+    started.append(agent)
+    wait_for("the local API", agent.socket.exists)
+    original = agent.config.read_text()
+    agent.config.unlink()
+    os.mkfifo(agent.config)
+    _hup(agent)
+    try:
+        wait_for(
+            "the FIFO's refusal",
+            lambda: "reload refused, nothing changed" in agent.output(),
+            timeout=10,
+        )
+    finally:
+        agent.config.unlink()
+        agent.config.write_text(original + '\n[routing.digits]\npolicy = "cloud"\n')
+    assert "not a regular file" in agent.output()
+    _hup(agent)
+    wait_for(
+        "the next reload to apply",
+        lambda: "reloaded agent.toml: 1 routing override(s) (digits cloud)" in agent.output(),
+        timeout=10,
+    )
+    assert agent.stop() == 0
+
+
+def test_a_huge_file_in_the_configs_place_is_refused_without_reading_it(
+    tmp_path: Path, server_factory: Callable[..., Server], started: list[Agent]
+) -> None:
+    """A log or an image copied over agent.toml: the reload must not read 512 MiB (twice that
+    in memory as text) on a device that may have 1 GiB."""
+    server = server_factory(None)
+    agent = make_agent(tmp_path, "hup-huge", server).start()
+    started.append(agent)
+    assert agent.proc is not None
+    wait_for("the local API", agent.socket.exists)
+    original = agent.config.read_text()
+    with agent.config.open("r+b") as handle:  # sparse: no disk used
+        handle.truncate(512 << 20)
+    before = _peak_rss_kib(agent.proc.popen.pid)
+    _hup(agent)
+    wait_for("the refusal", lambda: "reload refused, nothing changed" in agent.output())
+    grown = _peak_rss_kib(agent.proc.popen.pid) - before
+    agent.config.write_text(original)
+    assert grown < 64 << 10, f"the reload of a 512 MiB file took {grown >> 10} MiB more memory"
+    assert "is larger than" in agent.output()
     assert agent.stop() == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -60,6 +62,58 @@ def test_missing_config_file(tmp_path: Path) -> None:
     result = run_cli("edgefleet-agent", "run", "--config", str(tmp_path / "none.toml"), check=False)
     assert result.returncode == 1
     assert "does not exist" in result.stderr
+
+
+def _refusal(path: Path, seconds: float = 5.0) -> str:
+    """The ConfigError's message for ``path``; fails when load_config accepts it, or does not
+    return in time (it is then released, so that its thread ends with the test)."""
+    outcome: list[BaseException | None] = []
+
+    def load() -> None:
+        try:
+            load_config(path)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))  # the writer a FIFO waits for
+        thread.join(5)
+        pytest.fail(f"load_config({path.name}) did not return within {seconds:g} s")
+    error = outcome[0]
+    assert isinstance(error, ConfigError), f"{path.name}: {error!r}"
+    return str(error)
+
+
+def test_only_a_bounded_regular_utf8_file_is_read_as_config(tmp_path: Path) -> None:
+    """What a careless operator leaves in the config's place is refused, not read: a FIFO
+    (reading waits for a writer forever), a device (/dev/zero never ends, /dev/null reads as an
+    empty config), a file over 1 MiB (a log copied over it), text that is not UTF-8."""
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    assert "is not a regular file" in _refusal(fifo)
+    device = tmp_path / "device.toml"
+    device.symlink_to("/dev/null")
+    assert "is not a regular file" in _refusal(device)
+    huge = tmp_path / "huge.toml"
+    with huge.open("wb") as handle:
+        handle.write(b'[agent]\nname = "a"\n')
+        handle.truncate(64 << 20)  # sparse
+    assert "is larger than 1 MiB" in _refusal(huge)
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes('[agent]\nname = "caf\u00e9"\n'.encode("latin-1"))
+    assert "is not UTF-8" in _refusal(latin1)
+
+
+def test_check_config_on_a_non_utf8_file_says_so_without_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_bytes(b"\xff\xfe[agent]\n")
+    result = run_cli("edgefleet-agent", "check-config", "--config", str(config), check=False)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "is not UTF-8" in result.stderr, result.stderr
 
 
 def test_enrollment_token_from_systemd_credentials(
