@@ -1,0 +1,145 @@
+"""What a hostile command sender and a failing machine do to a running agent: the agent keeps
+serving, keeps its memory bounded, and comes back on the broker by itself once the fault is gone.
+Real processes: a private mosquitto, a fleet server, an agent."""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from protos import telemetry_pb2
+from tests.harness import Agent, DeviceCommands, Proc, Server, make_agent, wait_for
+from tests.test_routing import push_digits, ready
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def started() -> Iterator[list[Agent]]:
+    agents: list[Agent] = []
+    yield agents
+    for agent in agents:
+        if agent.proc is not None:
+            agent.stop()
+
+
+def _rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+
+
+def _start_piped(agent: Agent) -> Agent:
+    """Start the agent with its output through a pipe that this process copies to the agent's
+    log: a file-size limit set on the agent then limits its state files, not its log."""
+    log = agent.folder / f"agent-{int(time.time() * 1000)}.log"
+    popen = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "run", "--config", str(agent.config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+
+    def copy() -> None:
+        assert popen.stdout is not None
+        with log.open("ab") as out:
+            for line in popen.stdout:
+                out.write(line)
+                out.flush()
+
+    threading.Thread(target=copy, daemon=True).start()
+    agent.proc = Proc(popen, log)
+    return agent
+
+
+def _serving(
+    tmp_path: Path,
+    broker_url: str,
+    server_factory: Callable[..., Server],
+    name: str,
+    *,
+    piped: bool = False,
+) -> tuple[Agent, DeviceCommands]:
+    server = server_factory(broker_url)
+    push_digits(server)
+    agent = make_agent(tmp_path, name, server, checkin_s=1.0, telemetry_s=1.0)
+    _start_piped(agent) if piped else agent.start()
+    ready(agent, "digits")
+    commands = DeviceCommands(broker_url, agent.folder / "state")
+    assert commands.online.wait(30), "the agent is not on the broker"
+    return agent, commands
+
+
+def test_oversized_commands_are_dropped_not_kept(
+    tmp_path: Path,
+    broker_url: str,
+    server_factory: Callable[..., Server],
+    started: list[Agent],
+) -> None:
+    """A command is an id, a kind and a model name. A sender that publishes megabytes on the
+    commands topic (nothing in the broker's config bounds a message) must not make the agent
+    keep them: it remembers up to 1024 command ids, and 256 commands may wait."""
+    agent, commands = _serving(tmp_path, broker_url, server_factory, "cmd-big")
+    started.append(agent)
+    try:
+        assert agent.proc is not None
+        pid = agent.proc.popen.pid
+        before = _rss_kib(pid)
+        padding = "x" * (1 << 20)
+        for i in range(64):
+            command = telemetry_pb2.Command(id=f"big-{i}-{padding}", kind="checkin")
+            commands.publish(command.SerializeToString())
+        commands.send("checkin", "small-after")
+        ack = wait_for("the answer to a normal command", lambda: commands.ack("small-after"))
+        assert ack.ok, ack.detail
+        grown = _rss_kib(pid) - before
+        assert grown < 32 << 10, f"64 commands of 1 MiB left the agent {grown >> 10} MiB larger"
+        assert commands.ack(f"big-0-{padding}"[:64]) is None, "an oversized command was acted on"
+    finally:
+        commands.close()
+    assert agent.stop() == 0
+
+
+def test_telemetry_comes_back_after_its_spool_could_not_be_written(
+    tmp_path: Path,
+    broker_url: str,
+    server_factory: Callable[..., Server],
+    started: list[Agent],
+) -> None:
+    """A full disk for a moment (a log that filled the partition, then rotated): spooling a
+    report fails. Inference goes on; so must the device's MQTT session once the disk has room
+    again, or the device stays deaf to commands and silent on telemetry until restarted (the
+    watchdog only watches the engine).
+
+    The failing disk is a file-size limit set on the running agent (RLIMIT_FSIZE: every write
+    past byte 1 of a file fails), lifted after a few telemetry intervals."""
+    agent, commands = _serving(tmp_path, broker_url, server_factory, "disk-full", piped=True)
+    started.append(agent)
+    try:
+        assert agent.proc is not None
+        pid = agent.proc.popen.pid
+        _, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (1, hard))
+        try:
+            wait_for("a failed write", lambda: "OperationalError" in agent.output(), timeout=20)
+            time.sleep(3)  # several telemetry intervals with the disk "full"
+        finally:
+            resource.prlimit(pid, resource.RLIMIT_FSIZE, (hard, hard))
+        commands.send("checkin", "after-the-disk")
+        ack = wait_for(
+            "the answer to a command once the disk has room",
+            lambda: commands.ack("after-the-disk"),
+            timeout=60,
+        )
+        assert ack.ok, ack.detail
+        assert agent.proc.popen.poll() is None
+    finally:
+        commands.close()
+    assert agent.stop() == 0
