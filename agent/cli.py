@@ -9,15 +9,13 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
 from agent import __version__
 from agent.config import load_config
 from agent.errors import AgentError, ConfigError
-from agent.inference.engine import load_model
-from agent.inference.preprocess import image_to_tensor, load_image, read_labels, top_k
 from agent.systemd import setup_logging
 
 __all__ = ["main"]
@@ -27,24 +25,32 @@ PROG = "edgefleet-agent"
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from agent.daemon import Agent  # noqa: PLC0415 - keeps `predict` start-up light
-
-    config = load_config(args.config)
     stop = threading.Event()
+    reload: list[Callable[[], None]] = []  # the agent's, once it exists
+    early_hup: list[bool] = []
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s; stopping", signal.Signals(signum).name)
+    # The handlers only set and queue, and do not log: the next signal runs a handler again
+    # inside the running one, and a storm of them nested in logging overflowed the stack.
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
         stop.set()
 
+    def on_hup(_signum: int, _frame: FrameType | None) -> None:
+        if reload:
+            reload[0]()
+        else:
+            early_hup.append(True)
+
+    # First of all: SIGHUP's default action ends the process, which systemd takes for a clean
+    # exit and does not restart. A SIGHUP before the agent exists is a reload once it does.
+    signal.signal(signal.SIGHUP, on_hup)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    agent = Agent(config, config_path=args.config)
+    from agent.daemon import Agent  # noqa: PLC0415 - keeps `predict` start-up light
 
-    def on_hup(_signum: int, _frame: FrameType | None) -> None:
-        log.info("received SIGHUP; reloading %s", args.config)
+    agent = Agent(load_config(args.config), config_path=args.config)
+    reload.append(agent.request_reload)
+    if early_hup:
         agent.request_reload()
-
-    signal.signal(signal.SIGHUP, on_hup)
     agent.run(stop)
     return 0
 
@@ -80,6 +86,15 @@ def _hardware_options(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    # Imported here: `run` installs its signal handlers before anything heavy is imported.
+    from agent.inference.engine import load_model  # noqa: PLC0415
+    from agent.inference.preprocess import (  # noqa: PLC0415
+        image_to_tensor,
+        load_image,
+        read_labels,
+        top_k,
+    )
+
     if args.top_k < 1 or args.top_k > 1000:
         raise ConfigError("--top-k must be within 1..1000")
     model = load_model(

@@ -111,9 +111,15 @@ class ControlLoop:
         self._seen: set[str] = set()
         self._nudge_at: float | None = None  # a "routing" command's spread-out check-in
         self._benching = threading.Lock()
+        self._reload_queued = False  # a reload waits in the inbox
 
     def request_reload(self, source: str = "SIGHUP") -> None:
-        """Reload the config file soon (safe from a signal handler: only queues)."""
+        """Reload the config file soon (safe from a signal handler: only queues). Requests that
+        arrive while one waits are that one (it reads the file when it runs): a storm of
+        SIGHUPs neither grows the inbox nor takes the commands' places in it."""
+        if self._reload_queued:
+            return
+        self._reload_queued = True
         self._inbox.put(_Reload(source))
 
     def submit(self, payload: bytes) -> None:
@@ -137,6 +143,7 @@ class ControlLoop:
                 continue
             try:
                 if isinstance(item, _Reload):
+                    self._reload_queued = False  # before reading: a later SIGHUP reads again
                     self._reload_logged(item.source)
                 else:
                     self._command(item.payload)
