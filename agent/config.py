@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
@@ -390,6 +391,30 @@ def _where(text: str, message: str) -> str:
     return f":{line}" if line else ""
 
 
+_MAX_CONFIG_BYTES = 1 << 20  # a config is a few KiB; more is something else copied over it
+
+
+def _read_config(path: Path) -> str:
+    """The file's text, read only when it is a regular file of at most 1 MiB: a FIFO would
+    block the reader (at a reload: the control loop) forever, /dev/zero never ends.
+
+    Raises:
+        OSError: the file cannot be opened or read.
+        ConfigError: it is not a regular file, too large, or not UTF-8.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO: do not wait
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"config file {path} is not a regular file")
+        data = handle.read(_MAX_CONFIG_BYTES + 1)
+    if len(data) > _MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than 1 MiB; is it the right file?")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 (byte {exc.start})") from exc
+
+
 def load_config(path: Path) -> AgentConfig:
     """Read, type-check and validate a config file.
 
@@ -397,7 +422,7 @@ def load_config(path: Path) -> AgentConfig:
         ConfigError: naming the file and what is wrong in it.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_config(path)
         raw = tomllib.loads(text)
     except FileNotFoundError as exc:
         raise ConfigError(f"config file {path} does not exist") from exc
