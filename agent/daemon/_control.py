@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 _POLL_S = 0.5  # how soon the loop sees the stop event when its inbox is empty
 _MAX_PENDING = 256  # commands waiting in the inbox; more are dropped (the broker floods us)
 _MAX_SEEN = 1024  # command ids remembered to act on each once
+_MAX_COMMAND_BYTES = 4096  # a command is an id, a kind and a model name: ~100 bytes
 _BENCH_SECONDS = 2.0  # a "bench" command runs the model this long
 _NAMED = 8  # routing overrides named in a reload's message
 _RESTART_ONLY = ("agent", "server", "api", "inference", "hardware", "updates", "telemetry")
@@ -124,6 +125,9 @@ class ControlLoop:
 
     def submit(self, payload: bytes) -> None:
         """A command as it arrived (from paho's thread: only queues, never blocks)."""
+        if len(payload) > _MAX_COMMAND_BYTES:
+            log.warning("dropping a %d-byte command (at most %d)", len(payload), _MAX_COMMAND_BYTES)
+            return
         if self._inbox.qsize() >= _MAX_PENDING:
             log.warning("%d commands are waiting; dropping one", self._inbox.qsize())
             return
