@@ -17,7 +17,7 @@ import pytest
 
 from protos import telemetry_pb2
 from tests.harness import Agent, DeviceCommands, Proc, Server, make_agent, wait_for
-from tests.test_routing import push_digits, ready
+from tests.test_routing import CLOUD, LOCAL, push_digits, ready
 
 pytestmark = pytest.mark.slow
 
@@ -142,4 +142,60 @@ def test_telemetry_comes_back_after_its_spool_could_not_be_written(
         assert agent.proc.popen.poll() is None
     finally:
         commands.close()
+    assert agent.stop() == 0
+
+
+_STEPPABLE_CLOCK = '''"""A wall clock the test can step, as `date -s` or NTP steps CLOCK_REALTIME:
+time.time() plus the seconds in $EDGEFLEET_TEST_CLOCK_STEP; time.monotonic() stays real."""
+import os
+import time
+
+_path = os.environ.get("EDGEFLEET_TEST_CLOCK_STEP")
+if _path:
+    _real = time.time
+
+    def _stepped() -> float:
+        try:
+            with open(_path) as handle:
+                return _real() + float(handle.read() or 0)
+        except (OSError, ValueError):
+            return _real()
+
+    time.time = _stepped
+'''
+
+
+def test_a_wall_clock_step_does_not_end_a_health_window_early(
+    tmp_path: Path,
+    broker_url: str,
+    server_factory: Callable[..., Server],
+    started: list[Agent],
+) -> None:
+    """A Pi without a real-time clock boots with an old time and NTP steps it forward, often
+    by hours, after the agent has started. A new version activated before that step must still
+    be watched for its whole health window (ARCHITECTURE.md: "Health windows run on monotonic
+    time, never the wall clock"): stepping the clock past the window must not pass it.
+
+    The agent runs with a sitecustomize that offsets time.time() by a file's value (a fake
+    clock: the machine's real clock is shared and not ours to step)."""
+    fake = tmp_path / "clock"
+    fake.mkdir()
+    (fake / "sitecustomize.py").write_text(_STEPPABLE_CLOCK)
+    step = tmp_path / "clock-step"
+    step.write_text("0")
+    server = server_factory(broker_url)
+    push_digits(server)
+    agent = make_agent(
+        tmp_path, "clock", server, extra="[updates]\nhealth_window_s = 3600.0\n"
+    ).start(env={"PYTHONPATH": str(fake), "EDGEFLEET_TEST_CLOCK_STEP": str(step)})
+    started.append(agent)
+    ready(agent, "digits")
+    server.admin("models", "push", str(LOCAL), str(CLOUD), "--name", "digits", "--version", "1.1.0")
+    server.admin("deploy", "digits", "1.1.0")
+    wait_for("1.1.0 activated", lambda: "activated digits 1.1.0" in agent.output(), timeout=60)
+    step.write_text(str(2 * 3600))  # NTP steps the clock 2 h forward
+    time.sleep(5)  # the update loop judges open windows every second
+    assert "digits 1.1.0 passed its health window" not in agent.output(), (
+        "a 2 h step of the wall clock passed a 1 h health window 5 s after activation"
+    )
     assert agent.stop() == 0
