@@ -311,3 +311,42 @@ def test_a_huge_file_in_the_configs_place_is_refused_without_reading_it(
     assert grown < 64 << 10, f"the reload of a 512 MiB file took {grown >> 10} MiB more memory"
     assert "is larger than" in agent.output()
     assert agent.stop() == 0
+
+
+def test_a_reload_whose_cloud_token_is_a_fifo_is_refused_and_later_reloads_apply(
+    tmp_path: Path, server_factory: Callable[..., Server], started: list[Agent]
+) -> None:
+    """A reload that changes [cloud] reads its token file on the control loop. A FIFO there
+    (or any read that never returns) wedged the loop for good: later reloads and commands were
+    never applied, and the watchdog, which watches only the engine, went on pinging (measured
+    under NOTIFY_SOCKET and WATCHDOG_USEC=2000000: 10 WATCHDOG=1 in the 10 s after the wedge),
+    so systemd never learns."""
+    server = server_factory(None)
+    agent = make_agent(tmp_path, "hup-token", server).start()
+    started.append(agent)
+    wait_for("the local API", agent.socket.exists)
+    original = agent.config.read_text()
+    fifo = tmp_path / "cloud.token"
+    os.mkfifo(fifo)
+    try:
+        agent.config.write_text(
+            original + f'\n[cloud]\nurl = "grpc://127.0.0.1:9"\ntoken_file = "{fifo}"\n'
+        )
+        _hup(agent)
+        wait_for(
+            "the token's refusal",
+            lambda: "reload refused, nothing changed" in agent.output(),
+            timeout=10,
+        )
+    finally:
+        with contextlib.suppress(OSError):  # release a reader that waits, so the agent can end
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert "is not a regular file" in agent.output()
+    agent.config.write_text(original + '\n[routing.digits]\npolicy = "cloud"\n')
+    _hup(agent)
+    wait_for(
+        "the next reload to apply",
+        lambda: "reloaded agent.toml: 1 routing override(s) (digits cloud)" in agent.output(),
+        timeout=10,
+    )
+    assert agent.stop() == 0
