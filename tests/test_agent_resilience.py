@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -204,3 +205,23 @@ def test_a_wall_clock_step_does_not_end_a_health_window_early(
         "a 2 h step of the wall clock passed a 1 h health window 5 s after activation"
     )
     assert agent.stop() == 0
+
+
+def test_a_sigterm_storm_still_stops_the_agent_cleanly(
+    tmp_path: Path, server_factory: Callable[..., Server], started: list[Agent]
+) -> None:
+    """An operator's script that signals in a loop, or several tools stopping the agent at
+    once: however many SIGTERMs arrive, the agent drains and stops as for one (exit 0, "agent
+    stopped"), never by the signal's default action half-way through."""
+    server = server_factory(None)
+    agent = make_agent(tmp_path, "term-storm", server).start()
+    started.append(agent)
+    assert agent.proc is not None
+    popen = agent.proc.popen
+    wait_for("the local API", agent.socket.exists)
+    start = time.monotonic()
+    while popen.poll() is None and time.monotonic() - start < 20:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(popen.pid, signal.SIGTERM)
+    assert popen.wait(30) == 0, f"exit {popen.returncode} under a SIGTERM storm"
+    assert "agent stopped" in agent.output()
