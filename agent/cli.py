@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import queue
 import signal
 import sys
 import threading
@@ -26,18 +27,25 @@ PROG = "edgefleet-agent"
 
 def _cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
+    stops: queue.SimpleQueue[int] = queue.SimpleQueue()  # SIGTERM, SIGINT for the stopper
     reload: list[Callable[[], None]] = []  # the agent's, once it exists
     early_hup: list[bool] = []
 
-    # The handlers only set and queue, and do not log: the next signal runs a handler again
-    # inside the running one, and a storm of them nested in logging overflowed the stack.
-    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+    # The handlers only queue or set a flag: the next signal runs a handler again inside the
+    # running one, and a storm nested in logging or in Event.set overflowed the stack.
+    # SimpleQueue.put may be re-entered; the stopper thread does the rest.
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if stops.empty():  # one is enough: a storm does not grow the queue
+            stops.put(signum)
+
+    def stopper() -> None:
+        log.info("received %s; stopping", signal.Signals(stops.get()).name)
         stop.set()
 
     def on_hup(_signum: int, _frame: FrameType | None) -> None:
         if reload:
             reload[0]()
-        else:
+        elif not early_hup:
             early_hup.append(True)
 
     # First of all: SIGHUP's default action ends the process, which systemd takes for a clean
@@ -45,13 +53,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, on_hup)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    threading.Thread(target=stopper, name="signals", daemon=True).start()
     from agent.daemon import Agent  # noqa: PLC0415 - keeps `predict` start-up light
 
     agent = Agent(load_config(args.config), config_path=args.config)
     reload.append(agent.request_reload)
     if early_hup:
         agent.request_reload()
-    agent.run(stop)
+    try:
+        agent.run(stop)
+    finally:
+        # Stopped: later signals change nothing. Ignored, they also stay so while the
+        # interpreter ends (it restores SIG_DFL for handled ones, and a SIGTERM then kills).
+        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN)
     return 0
 
 
