@@ -6,18 +6,17 @@ import argparse
 import dataclasses
 import json
 import logging
+import queue
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
 from agent import __version__
 from agent.config import load_config
 from agent.errors import AgentError, ConfigError
-from agent.inference.engine import load_model
-from agent.inference.preprocess import image_to_tensor, load_image, read_labels, top_k
 from agent.systemd import setup_logging
 
 __all__ = ["main"]
@@ -27,25 +26,47 @@ PROG = "edgefleet-agent"
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from agent.daemon import Agent  # noqa: PLC0415 - keeps `predict` start-up light
-
-    config = load_config(args.config)
     stop = threading.Event()
+    stops: queue.SimpleQueue[int] = queue.SimpleQueue()  # SIGTERM, SIGINT for the stopper
+    reload: list[Callable[[], None]] = []  # the agent's, once it exists
+    early_hup: list[bool] = []
 
+    # The handlers only queue or set a flag: the next signal runs a handler again inside the
+    # running one, and a storm nested in logging or in Event.set overflowed the stack.
+    # SimpleQueue.put may be re-entered; the stopper thread does the rest.
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s; stopping", signal.Signals(signum).name)
+        if stops.empty():  # one is enough: a storm does not grow the queue
+            stops.put(signum)
+
+    def stopper() -> None:
+        log.info("received %s; stopping", signal.Signals(stops.get()).name)
         stop.set()
 
+    def on_hup(_signum: int, _frame: FrameType | None) -> None:
+        if reload:
+            reload[0]()
+        elif not early_hup:
+            early_hup.append(True)
+
+    # First of all: SIGHUP's default action ends the process, which systemd takes for a clean
+    # exit and does not restart. A SIGHUP before the agent exists is a reload once it does.
+    signal.signal(signal.SIGHUP, on_hup)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    agent = Agent(config, config_path=args.config)
+    threading.Thread(target=stopper, name="signals", daemon=True).start()
+    from agent.daemon import Agent  # noqa: PLC0415 - keeps `predict` start-up light
 
-    def on_hup(_signum: int, _frame: FrameType | None) -> None:
-        log.info("received SIGHUP; reloading %s", args.config)
+    agent = Agent(load_config(args.config), config_path=args.config)
+    reload.append(agent.request_reload)
+    if early_hup:
         agent.request_reload()
-
-    signal.signal(signal.SIGHUP, on_hup)
-    agent.run(stop)
+    try:
+        agent.run(stop)
+    finally:
+        # Stopped: later signals change nothing. Ignored, they also stay so while the
+        # interpreter ends (it restores SIG_DFL for handled ones, and a SIGTERM then kills).
+        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN)
     return 0
 
 
@@ -80,6 +101,15 @@ def _hardware_options(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    # Imported here: `run` installs its signal handlers before anything heavy is imported.
+    from agent.inference.engine import load_model  # noqa: PLC0415
+    from agent.inference.preprocess import (  # noqa: PLC0415
+        image_to_tensor,
+        load_image,
+        read_labels,
+        top_k,
+    )
+
     if args.top_k < 1 or args.top_k > 1000:
         raise ConfigError("--top-k must be within 1..1000")
     model = load_model(

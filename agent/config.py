@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
@@ -148,7 +149,7 @@ class AgentConfig:
         """
         for path in _candidates(self.cloud.token_file, "cloud-token"):
             try:
-                return path.read_text(encoding="utf-8").strip()
+                return _read_small(path, "the cloud token").decode("utf-8").strip()
             except FileNotFoundError:
                 if path == self.cloud.token_file:
                     raise ConfigError(f"cloud.token_file {path} does not exist") from None
@@ -166,7 +167,7 @@ class AgentConfig:
         if path is None:
             return None
         try:
-            return path.read_bytes()
+            return _read_small(path, "cloud.ca_file")
         except OSError as exc:
             raise ConfigError(f"cannot read cloud.ca_file {path}: {exc}") from exc
 
@@ -180,7 +181,7 @@ class AgentConfig:
             return self.server.enrollment_token
         for path in _candidates(self.server.enrollment_token_file, "enrollment-token"):
             try:
-                return path.read_text(encoding="utf-8").strip()
+                return _read_small(path, "the enrollment token").decode("utf-8").strip()
             except FileNotFoundError:
                 if path == self.server.enrollment_token_file and not os.environ.get(
                     "CREDENTIALS_DIRECTORY"
@@ -203,13 +204,34 @@ class AgentConfig:
         """
         for path in _candidates(self.server.ca_file, "fleet-ca.crt"):
             try:
-                return path.read_bytes()
+                return _read_small(path, "the fleet CA")
             except FileNotFoundError:
                 if path == self.server.ca_file:
                     raise ConfigError(f"server.ca_file {path} does not exist") from None
             except OSError as exc:
                 raise ConfigError(f"cannot read the fleet CA {path}: {exc}") from exc
         return b""
+
+
+_MAX_FILE_BYTES = 1 << 20  # a config, a token or a CA is a few KiB; more is the wrong file
+
+
+def _read_small(path: Path, what: str) -> bytes:
+    """The bytes of a regular file of at most 1 MiB, or a refusal: a FIFO would block the
+    reader (at a reload: the control loop, for good) and /dev/zero never ends.
+
+    Raises:
+        OSError: the file cannot be opened or read.
+        ConfigError: it is not a regular file, or is larger than 1 MiB.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO: do not wait
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"{what} {path} is not a regular file")
+        data = handle.read(_MAX_FILE_BYTES + 1)
+    if len(data) > _MAX_FILE_BYTES:
+        raise ConfigError(f"{what} {path} is larger than 1 MiB; is it the right file?")
+    return data
 
 
 def _candidates(configured: Path | None, credential: str) -> list[Path]:
@@ -390,6 +412,20 @@ def _where(text: str, message: str) -> str:
     return f":{line}" if line else ""
 
 
+def _read_config(path: Path) -> str:
+    """The config file's text (see :func:`_read_small`).
+
+    Raises:
+        OSError: the file cannot be opened or read.
+        ConfigError: it is not a regular file, too large, or not UTF-8.
+    """
+    data = _read_small(path, "config file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 (byte {exc.start})") from exc
+
+
 def load_config(path: Path) -> AgentConfig:
     """Read, type-check and validate a config file.
 
@@ -397,7 +433,7 @@ def load_config(path: Path) -> AgentConfig:
         ConfigError: naming the file and what is wrong in it.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_config(path)
         raw = tomllib.loads(text)
     except FileNotFoundError as exc:
         raise ConfigError(f"config file {path} does not exist") from exc

@@ -14,13 +14,18 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import paho.mqtt.client as paho
+
 from fleet_server.simulator import SimFleet
+from protos import telemetry_pb2
+from protos.topics import commands_topic, device_topic
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"
@@ -311,6 +316,58 @@ interval_s = {telemetry_s}
         encoding="utf-8",
     )
     return Agent(name, home, config)
+
+
+class DeviceCommands:
+    """The test as the server's command side on the broker: publish commands to one device and
+    collect its acknowledgements from its events topic."""
+
+    def __init__(self, broker_url: str, state_dir: Path) -> None:
+        identity = json.loads((state_dir / "identity.json").read_text())
+        fleet, device = identity["fleet_id"], identity["device_id"]
+        self.topic = commands_topic(fleet, device)
+        self.acks: dict[str, telemetry_pb2.CommandAck] = {}
+        self.online = threading.Event()
+        self.births = 0  # "online" states seen: one per (re)connect of the device's session
+        self._lock = threading.Lock()
+        host, port = broker_url.removeprefix("mqtt://").split(":")
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.connect(host, int(port))
+        self._events = device_topic(fleet, device, "events")
+        self._state = device_topic(fleet, device, "state")
+        self.client.subscribe([(self._events, 1), (self._state, 1)])
+        self.client.loop_start()
+
+    def _on_message(self, _client: object, _userdata: object, message: paho.MQTTMessage) -> None:
+        if message.topic == self._state:
+            state = telemetry_pb2.DeviceState.FromString(bytes(message.payload))
+            if state.state == "online":
+                self.births += 1
+                self.online.set()
+            return
+        event = telemetry_pb2.DeviceEvent.FromString(bytes(message.payload))
+        if event.HasField("ack"):
+            with self._lock:
+                self.acks[event.ack.id] = event.ack
+
+    def send(self, kind: str, command_id: str) -> None:
+        command = telemetry_pb2.Command(
+            id=command_id, kind=kind, issued_unix_ms=int(time.time() * 1000)
+        )
+        self.publish(command.SerializeToString())
+
+    def publish(self, payload: bytes) -> None:
+        """Put any bytes on the device's commands topic (as a hostile or broken sender would)."""
+        self.client.publish(self.topic, payload, qos=1).wait_for_publish(10)
+
+    def ack(self, command_id: str) -> telemetry_pb2.CommandAck | None:
+        with self._lock:
+            return self.acks.get(command_id)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
 
 
 def seed_devices(db_url: str, count: int, model_name: str = "m") -> None:

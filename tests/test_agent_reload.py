@@ -5,7 +5,8 @@ through the agent's local inference API (the ``edgefleet.*`` routing parameters)
 
 from __future__ import annotations
 
-import json
+import contextlib
+import os
 import signal
 import threading
 import time
@@ -14,13 +15,10 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import paho.mqtt.client as paho
 import pytest
 
 from fleet_server.routing.datasets import digits
-from protos import telemetry_pb2
-from protos.topics import commands_topic, device_topic
-from tests.harness import Agent, Server, make_agent, wait_for
+from tests.harness import Agent, DeviceCommands, Server, make_agent, wait_for
 from tests.oip import infer
 from tests.test_routing import ask, push_digits, ready
 
@@ -146,52 +144,6 @@ def test_sighup_while_enrolling_applies_and_a_broken_file_changes_nothing(
     assert agent.stop() == 0
 
 
-class _Commands:
-    """The test as the server's command side on the broker: publish commands to one device and
-    collect its acknowledgements from its events topic."""
-
-    def __init__(self, broker_url: str, state_dir: Path) -> None:
-        identity = json.loads((state_dir / "identity.json").read_text())
-        fleet, device = identity["fleet_id"], identity["device_id"]
-        self.topic = commands_topic(fleet, device)
-        self.acks: dict[str, telemetry_pb2.CommandAck] = {}
-        self.online = threading.Event()
-        self._lock = threading.Lock()
-        host, port = broker_url.removeprefix("mqtt://").split(":")
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-        self.client.on_message = self._on_message
-        self.client.connect(host, int(port))
-        self._events = device_topic(fleet, device, "events")
-        self._state = device_topic(fleet, device, "state")
-        self.client.subscribe([(self._events, 1), (self._state, 1)])
-        self.client.loop_start()
-
-    def _on_message(self, _client: object, _userdata: object, message: paho.MQTTMessage) -> None:
-        if message.topic == self._state:
-            state = telemetry_pb2.DeviceState.FromString(bytes(message.payload))
-            if state.state == "online":
-                self.online.set()
-            return
-        event = telemetry_pb2.DeviceEvent.FromString(bytes(message.payload))
-        if event.HasField("ack"):
-            with self._lock:
-                self.acks[event.ack.id] = event.ack
-
-    def send(self, kind: str, command_id: str) -> None:
-        command = telemetry_pb2.Command(
-            id=command_id, kind=kind, issued_unix_ms=int(time.time() * 1000)
-        )
-        self.client.publish(self.topic, command.SerializeToString(), qos=1).wait_for_publish(10)
-
-    def ack(self, command_id: str) -> telemetry_pb2.CommandAck | None:
-        with self._lock:
-            return self.acks.get(command_id)
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
 def test_an_mqtt_reload_and_a_sighup_together_both_apply(
     tmp_path: Path,
     broker_url: str,
@@ -200,7 +152,7 @@ def test_an_mqtt_reload_and_a_sighup_together_both_apply(
 ) -> None:
     agent, original = _serving_without_server(tmp_path, broker_url, server_factory, "hup-3")
     started.append(agent)
-    commands = _Commands(broker_url, agent.folder / "state")
+    commands = DeviceCommands(broker_url, agent.folder / "state")
     try:
         assert commands.online.wait(30), "the agent is not on the broker"
         for round_, threshold in enumerate((0.5, 0.6, 0.7), start=1):
@@ -225,4 +177,176 @@ def test_an_mqtt_reload_and_a_sighup_together_both_apply(
             assert reason.startswith("cascade:") and f"< {threshold:g};" in reason, reason
     finally:
         commands.close()
+    assert agent.stop() == 0
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler installed for ``signum`` (its SigCgt mask)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    mask = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(mask, 16) >> (signum - 1) & 1)
+
+
+def _peak_rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+
+
+def test_a_sighup_while_the_agent_starts_is_a_reload_not_its_death(
+    tmp_path: Path, server_factory: Callable[..., Server], started: list[Agent]
+) -> None:
+    """SIGHUP's default action ends a process, and systemd counts an end by SIGHUP as a clean
+    exit: Restart=on-failure does not bring the agent back. From the moment the agent handles
+    SIGTERM it is running our code, and a SIGHUP (ExecReload, logrotate, an operator's
+    ``kill -HUP`` right after a restart) must be a reload."""
+    server = server_factory(None)
+    agent = make_agent(tmp_path, "hup-early", server).start()
+    started.append(agent)
+    assert agent.proc is not None
+    popen = agent.proc.popen
+    wait_for("the agent to handle SIGTERM", lambda: _catches(popen.pid, signal.SIGTERM), 60, 0.001)
+    _hup(agent)
+    wait_for(
+        "the early SIGHUP's reload, or the agent's end",
+        lambda: "SIGHUP: reloaded agent.toml" in agent.output() or popen.poll() is not None,
+    )
+    assert popen.poll() is None, f"a SIGHUP at start ended the agent (exit {popen.returncode})"
+    assert agent.stop() == 0
+
+
+def test_a_sighup_storm_neither_ends_the_agent_nor_crowds_out_its_commands(
+    tmp_path: Path,
+    broker_url: str,
+    server_factory: Callable[..., Server],
+    started: list[Agent],
+) -> None:
+    """A script in a loop, a config tool that signals on every file it touches: the agent keeps
+    serving, answers commands, and runs with the file as it was last written."""
+    server = server_factory(broker_url)
+    push_digits(server)
+    agent = make_agent(tmp_path, "hup-storm", server, checkin_s=1.0).start()
+    started.append(agent)
+    ready(agent, "digits")
+    commands = DeviceCommands(broker_url, agent.folder / "state")
+    try:
+        assert commands.online.wait(30), "the agent is not on the broker"
+        assert agent.proc is not None
+        popen, original = agent.proc.popen, agent.config.read_text()
+        sent, start = 0, time.monotonic()
+        while time.monotonic() - start < 3.0 and popen.poll() is None:
+            if sent == 1000:  # mid-storm, the file changes: the last reload must read it
+                agent.config.write_text(original + _cascade(0.5))
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(popen.pid, signal.SIGHUP)
+            sent += 1
+        assert popen.poll() is None, f"{sent} SIGHUPs in 3 s ended the agent ({popen.returncode})"
+        commands.send("checkin", "after-the-storm")
+        ack = wait_for(
+            "the answer to a command sent after the storm",
+            lambda: commands.ack("after-the-storm"),
+            timeout=30,
+        )
+        assert ack.ok, ack.detail
+        reason = ask(agent, "digits", _unsure())[1]["edgefleet.reason"]
+        assert reason.startswith("cascade:") and "< 0.5;" in reason, reason
+    finally:
+        commands.close()
+    assert agent.stop() == 0
+
+
+def test_a_fifo_in_the_configs_place_is_refused_and_later_reloads_apply(
+    tmp_path: Path, server_factory: Callable[..., Server], started: list[Agent]
+) -> None:
+    """A careless operator's named pipe (or a FIFO a tool left behind) where agent.toml was: a
+    reload that waits for a writer forever would wedge the control loop, and every later
+    reload and command with it, while the watchdog goes on pinging."""
+    server = server_factory(None)
+    agent = make_agent(tmp_path, "hup-fifo", server).start()
+    started.append(agent)
+    wait_for("the local API", agent.socket.exists)
+    original = agent.config.read_text()
+    agent.config.unlink()
+    os.mkfifo(agent.config)
+    _hup(agent)
+    try:
+        wait_for(
+            "the FIFO's refusal",
+            lambda: "reload refused, nothing changed" in agent.output(),
+            timeout=10,
+        )
+    finally:
+        agent.config.unlink()
+        agent.config.write_text(original + '\n[routing.digits]\npolicy = "cloud"\n')
+    assert "not a regular file" in agent.output()
+    _hup(agent)
+    wait_for(
+        "the next reload to apply",
+        lambda: "reloaded agent.toml: 1 routing override(s) (digits cloud)" in agent.output(),
+        timeout=10,
+    )
+    assert agent.stop() == 0
+
+
+def test_a_huge_file_in_the_configs_place_is_refused_without_reading_it(
+    tmp_path: Path, server_factory: Callable[..., Server], started: list[Agent]
+) -> None:
+    """A log or an image copied over agent.toml: the reload must not read 512 MiB (twice that
+    in memory as text) on a device that may have 1 GiB."""
+    server = server_factory(None)
+    agent = make_agent(tmp_path, "hup-huge", server).start()
+    started.append(agent)
+    assert agent.proc is not None
+    wait_for("the local API", agent.socket.exists)
+    original = agent.config.read_text()
+    with agent.config.open("r+b") as handle:  # sparse: no disk used
+        handle.truncate(512 << 20)
+    before = _peak_rss_kib(agent.proc.popen.pid)
+    _hup(agent)
+    wait_for("the refusal", lambda: "reload refused, nothing changed" in agent.output())
+    grown = _peak_rss_kib(agent.proc.popen.pid) - before
+    agent.config.write_text(original)
+    assert grown < 64 << 10, f"the reload of a 512 MiB file took {grown >> 10} MiB more memory"
+    assert "is larger than" in agent.output()
+    assert agent.stop() == 0
+
+
+def test_a_reload_whose_cloud_token_is_a_fifo_is_refused_and_later_reloads_apply(
+    tmp_path: Path, server_factory: Callable[..., Server], started: list[Agent]
+) -> None:
+    """A reload that changes [cloud] reads its token file on the control loop. A FIFO there
+    (or any read that never returns) wedged the loop for good: later reloads and commands were
+    never applied, and the watchdog, which watches only the engine, went on pinging (measured
+    under NOTIFY_SOCKET and WATCHDOG_USEC=2000000: 10 WATCHDOG=1 in the 10 s after the wedge),
+    so systemd never learns."""
+    server = server_factory(None)
+    agent = make_agent(tmp_path, "hup-token", server).start()
+    started.append(agent)
+    wait_for("the local API", agent.socket.exists)
+    original = agent.config.read_text()
+    fifo = tmp_path / "cloud.token"
+    os.mkfifo(fifo)
+    try:
+        agent.config.write_text(
+            original + f'\n[cloud]\nurl = "grpc://127.0.0.1:9"\ntoken_file = "{fifo}"\n'
+        )
+        _hup(agent)
+        wait_for(
+            "the token's refusal",
+            lambda: "reload refused, nothing changed" in agent.output(),
+            timeout=10,
+        )
+    finally:
+        with contextlib.suppress(OSError):  # release a reader that waits, so the agent can end
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert "is not a regular file" in agent.output()
+    agent.config.write_text(original + '\n[routing.digits]\npolicy = "cloud"\n')
+    _hup(agent)
+    wait_for(
+        "the next reload to apply",
+        lambda: "reloaded agent.toml: 1 routing override(s) (digits cloud)" in agent.output(),
+        timeout=10,
+    )
     assert agent.stop() == 0

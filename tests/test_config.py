@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -62,6 +65,75 @@ def test_missing_config_file(tmp_path: Path) -> None:
     result = run_cli("edgefleet-agent", "run", "--config", str(tmp_path / "none.toml"), check=False)
     assert result.returncode == 1
     assert "does not exist" in result.stderr
+
+
+def _refusal(path: Path, read: Callable[[], object] | None = None, seconds: float = 5.0) -> str:
+    """The ConfigError's message when ``read`` (default: load_config) reads ``path``; fails when
+    it is accepted, or not refused in time (the reader is then released, so that its thread
+    ends with the test)."""
+    outcome: list[BaseException | None] = []
+
+    def load() -> None:
+        try:
+            read() if read is not None else load_config(path)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))  # the writer a FIFO waits for
+        thread.join(5)
+        pytest.fail(f"reading {path.name} did not return within {seconds:g} s")
+    error = outcome[0]
+    assert isinstance(error, ConfigError), f"{path.name}: {error!r}"
+    return str(error)
+
+
+def test_only_a_bounded_regular_utf8_file_is_read_as_config(tmp_path: Path) -> None:
+    """What a careless operator leaves in the config's place is refused, not read: a FIFO
+    (reading waits for a writer forever), a device (/dev/zero never ends, /dev/null reads as an
+    empty config), a file over 1 MiB (a log copied over it), text that is not UTF-8."""
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    assert "is not a regular file" in _refusal(fifo)
+    device = tmp_path / "device.toml"
+    device.symlink_to("/dev/null")
+    assert "is not a regular file" in _refusal(device)
+    huge = tmp_path / "huge.toml"
+    with huge.open("wb") as handle:
+        handle.write(b'[agent]\nname = "a"\n')
+        handle.truncate(64 << 20)  # sparse
+    assert "is larger than 1 MiB" in _refusal(huge)
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes('[agent]\nname = "caf\u00e9"\n'.encode("latin-1"))
+    assert "is not UTF-8" in _refusal(latin1)
+
+
+def test_tokens_and_cas_that_are_not_bounded_regular_files_are_refused(tmp_path: Path) -> None:
+    """The files a config names are read at start and, for [cloud], at every reload (on the
+    control loop): a FIFO there must be refused, not waited for."""
+    fifo = tmp_path / "secret"
+    os.mkfifo(fifo)
+    config = load_config(
+        write(
+            tmp_path,
+            f'[server]\nenrollment_token_file = "{fifo}"\nca_file = "{fifo}"\n'
+            f'[cloud]\nurl = "grpc://127.0.0.1:9"\ntoken_file = "{fifo}"\nca_file = "{fifo}"\n',
+        )
+    )
+    for read in (config.cloud_token, config.cloud_ca, config.enrollment_token, config.fleet_ca):
+        assert "is not a regular file" in _refusal(fifo, read), read.__name__
+
+
+def test_check_config_on_a_non_utf8_file_says_so_without_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_bytes(b"\xff\xfe[agent]\n")
+    result = run_cli("edgefleet-agent", "check-config", "--config", str(config), check=False)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "is not UTF-8" in result.stderr, result.stderr
 
 
 def test_enrollment_token_from_systemd_credentials(

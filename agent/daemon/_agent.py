@@ -171,6 +171,7 @@ class Agent:
         try:
             self._update.run(stop, on_enrolled=telemetry.start)
         finally:
+            log.info("stopping: draining requests")
             self.notifier.notify("STOPPING=1", "STATUS=stopping: draining requests")
             stop.set()
             # Telemetry first: its last report and the "stopped" state go out while the

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 _POLL_S = 0.5  # how soon the loop sees the stop event when its inbox is empty
 _MAX_PENDING = 256  # commands waiting in the inbox; more are dropped (the broker floods us)
 _MAX_SEEN = 1024  # command ids remembered to act on each once
+_MAX_COMMAND_BYTES = 4096  # a command is an id, a kind and a model name: ~100 bytes
 _BENCH_SECONDS = 2.0  # a "bench" command runs the model this long
 _NAMED = 8  # routing overrides named in a reload's message
 _RESTART_ONLY = ("agent", "server", "api", "inference", "hardware", "updates", "telemetry")
@@ -111,13 +112,22 @@ class ControlLoop:
         self._seen: set[str] = set()
         self._nudge_at: float | None = None  # a "routing" command's spread-out check-in
         self._benching = threading.Lock()
+        self._reload_queued = False  # a reload waits in the inbox
 
     def request_reload(self, source: str = "SIGHUP") -> None:
-        """Reload the config file soon (safe from a signal handler: only queues)."""
+        """Reload the config file soon (safe from a signal handler: only queues). Requests that
+        arrive while one waits are that one (it reads the file when it runs): a storm of
+        SIGHUPs neither grows the inbox nor takes the commands' places in it."""
+        if self._reload_queued:
+            return
+        self._reload_queued = True
         self._inbox.put(_Reload(source))
 
     def submit(self, payload: bytes) -> None:
         """A command as it arrived (from paho's thread: only queues, never blocks)."""
+        if len(payload) > _MAX_COMMAND_BYTES:
+            log.warning("dropping a %d-byte command (at most %d)", len(payload), _MAX_COMMAND_BYTES)
+            return
         if self._inbox.qsize() >= _MAX_PENDING:
             log.warning("%d commands are waiting; dropping one", self._inbox.qsize())
             return
@@ -137,6 +147,7 @@ class ControlLoop:
                 continue
             try:
                 if isinstance(item, _Reload):
+                    self._reload_queued = False  # before reading: a later SIGHUP reads again
                     self._reload_logged(item.source)
                 else:
                     self._command(item.payload)

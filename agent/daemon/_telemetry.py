@@ -65,11 +65,19 @@ class TelemetryLoop:
         self._started = started  # time.monotonic() at the agent's start, for uptime
 
     def run(self, stop: threading.Event) -> None:
-        """Publish until ``stop`` is set; an unexpected error ends telemetry, never the agent."""
-        try:
-            self._publish(stop)
-        except Exception:
-            log.exception("telemetry stopped by an unexpected error; inference goes on")
+        """Publish until ``stop`` is set. An unexpected error (a full disk under the spool) ends
+        the session, never the agent: a new one starts after a backoff, as after a lost
+        connection, so that the device does not stay deaf and silent until restarted."""
+        attempt = 0
+        while not stop.is_set():
+            try:
+                self._publish(stop)
+                return
+            except Exception:
+                attempt += 1
+                wait = max(1.0, min(_MQTT_MAX_BACKOFF_S, backoff(attempt, 2.0)))
+                log.exception("telemetry stopped by an unexpected error; again in %.0f s", wait)
+            stop.wait(wait)
 
     def state_message(self, state: str) -> bytes:
         """The retained DeviceState payload: online (birth), offline (Will) or stopped."""
@@ -178,16 +186,18 @@ class TelemetryLoop:
                 stop.wait(min(0.5, max(0.05, next_report - time.monotonic())))
         finally:
             try:
-                report()  # the last window's counts, spooled before anything else happens
-            except Exception:
-                log.exception("could not spool the last telemetry report")
-            if publisher.connected:
-                forwarder.drain(threading.Event(), budget_s=3.0)
-                info = publisher.publish_info(state, self.state_message("stopped"), retain=True)
-                if info is not None:
-                    with contextlib.suppress(RuntimeError, ValueError):
-                        info.wait_for_publish(2.0)
-            left = len(spool)
-            if left:
-                log.info("%d telemetry message(s) stay spooled for the next start", left)
-            publisher.close()
+                try:
+                    report()  # the last window's counts, spooled before anything else happens
+                except Exception:
+                    log.exception("could not spool the last telemetry report")
+                if publisher.connected:
+                    forwarder.drain(threading.Event(), budget_s=3.0)
+                    info = publisher.publish_info(state, self.state_message("stopped"), retain=True)
+                    if info is not None:
+                        with contextlib.suppress(RuntimeError, ValueError):
+                            info.wait_for_publish(2.0)
+                left = len(spool)
+                if left:
+                    log.info("%d telemetry message(s) stay spooled for the next start", left)
+            finally:
+                publisher.close()  # whatever failed above: no session is left behind

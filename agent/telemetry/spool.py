@@ -67,7 +67,8 @@ class Spool:
                 self._db.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (str(seq),))
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite already rolled back after SQLITE_FULL
+                    self._db.execute("ROLLBACK")
                 raise
         return seq
 
@@ -94,7 +95,8 @@ class Spool:
                     )
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite already rolled back after SQLITE_FULL
+                    self._db.execute("ROLLBACK")
                 raise
 
     def oldest(self, limit: int) -> list[SpooledMessage]:

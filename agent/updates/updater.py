@@ -27,7 +27,7 @@ from agent.inference.modelfile import MAX_MODEL_BYTES
 from agent.updates import compression, smoke
 from agent.updates.health import HealthPolicy, judge
 from agent.updates.sink import DurableSink
-from agent.updates.store import ActiveEntry, ModelStore
+from agent.updates.store import ActiveEntry, HealthWindow, ModelStore
 from agent.updates.verify import InstalledModel, verify_manifest
 from protos import device_pb2, manifest_pb2
 
@@ -72,6 +72,7 @@ class Updater:
         client: DeviceClient,
         identity: Identity,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         download_deadline_s: float = 600.0,
         health: HealthPolicy | None = None,
         max_download_bytes_per_s: int = 0,
@@ -81,6 +82,10 @@ class Updater:
         self._client = client
         self._identity = identity
         self._clock = clock
+        self._monotonic = monotonic
+        # Per open health window (model, wall-clock start): when this process first saw it on
+        # the monotonic clock, and how long it had been open by the wall clock then.
+        self._watching: dict[tuple[str, float], tuple[float, float]] = {}
         self._deadline = download_deadline_s
         self._refused: set[bytes] = set()  # envelopes refused for good; not retried each check-in
         self._health = health or HealthPolicy()
@@ -228,6 +233,21 @@ class Updater:
                     )
                 )
 
+    def _elapsed(self, name: str, window: HealthWindow) -> float:
+        """How long a health window has been open. While this process runs, on the monotonic
+        clock: a wall-clock step (NTP setting a Pi without an RTC hours ahead) neither passes
+        a window early nor holds it open. The wall clock only says, once, how much of it
+        passed before this process saw it (a restart), counted within 0..the window."""
+        key = (name, window.since)
+        seen = self._watching.get(key)
+        if seen is None:
+            before = min(max(self._clock() - window.since, 0.0), self._health.window_s)
+            seen = (self._monotonic(), before)
+            for old in [k for k in self._watching if k[0] == name]:
+                del self._watching[old]  # an earlier window of the same model
+            self._watching[key] = seen
+        return seen[1] + (self._monotonic() - seen[0])
+
     def check_health(self) -> None:
         """Judge every activation under watch; roll back the ones that fail. Never raises."""
         try:
@@ -242,7 +262,7 @@ class Updater:
             stats = model.stats
             verdict = judge(
                 self._health,
-                elapsed_s=self._clock() - window.since,
+                elapsed_s=self._elapsed(name, window),
                 starts=window.starts,
                 requests=stats.requests,
                 errors=stats.errors - stats.rejected,  # a full queue is load, not a fault
