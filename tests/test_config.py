@@ -128,6 +128,7 @@ def test_tokens_and_cas_that_are_not_bounded_regular_files_are_refused(tmp_path:
         assert "is not a regular file" in _refusal(fifo, read), read.__name__
 
 
+@pytest.mark.slow
 def test_check_config_on_a_non_utf8_file_says_so_without_a_traceback(tmp_path: Path) -> None:
     config = tmp_path / "agent.toml"
     config.write_bytes(b"\xff\xfe[agent]\n")
