@@ -184,7 +184,7 @@ def test_server_toml_is_typed_and_checked_with_lines(tmp_path: Path) -> None:
     config = tmp_path / "server.toml"
     for text, expected in (
         ('[server]\ndata_dir = "/x"\nworkerz = 2\n', ":3: unknown key 'workerz' in [server]"),
-        ('[server]\ndata_dir = "/x"\nworkers = "many"\n', ":3: workers: invalid literal"),
+        ('[server]\ndata_dir = "/x"\nworkers = "many"\n', ":3: workers: 'many' is not a number"),
         ('[server]\nno_bootstrap_token = "yes"\n', ":2: no_bootstrap_token must be true or false"),
         ("[serverr]\n", ":1: unknown table [serverr]"),
     ):

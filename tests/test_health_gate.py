@@ -218,7 +218,7 @@ def test_bad_gates_are_refused_with_the_reason(
     push_versions(server, color_models / "color_int8.tflite", "1.0.0")
     for args, expected in (
         (("--max-error-rate", "0"), "--no-health-gate turns the gate off"),
-        (("--max-latency-ratio", "0.5"), "max latency ratio 0.5 is outside 1..1000"),
+        (("--max-latency-ratio", "0.5"), "'0.5' is outside 1..1000"),
         (("--bake", "400d"), "bake time 34560000 s is outside 0..30 days"),
         (("--bake", "soon"), "'soon' is not a duration"),
     ):
