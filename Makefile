@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TRITON := .venv-triton
 PYTEST_ARGS ?=
+# Test files run on this many workers (pytest-xdist); most tests wait on real processes.
+PYTEST_WORKERS ?= 2
 
 .PHONY: all venv demo test test-fast lint typecheck pytest bench bench-mlserver protos clean deb
 
@@ -42,7 +44,8 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 pytest: $(STAMP) $(TRITON)/.installed
-	EDGEFLEET_TRITON_PYTHON=$(abspath $(TRITON))/bin/python $(BIN)/pytest $(PYTEST_ARGS)
+	EDGEFLEET_TRITON_PYTHON=$(abspath $(TRITON))/bin/python $(BIN)/pytest \
+		-n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
