@@ -66,42 +66,13 @@ class DeviceStore:
         labels: Mapping[str, str],
         capabilities: Mapping[str, Any],
     ) -> str:
-        """Register a device under a unique id derived from ``name``; return the id.
-
-        Devices of the same name enrolling at once race for the same id; the loser takes the
-        next free one (the primary key decides).
-        """
-        now = int(time.time())
-        for _attempt in range(20):
-            with self._engine.connect() as conn:
-                taken = {
-                    r[0]
-                    for r in conn.execute(
-                        sa.select(devices.c.device_id).where(devices.c.device_id.like(f"{name}%"))
-                    )
-                }
-            device_id = name
-            suffix = 2
-            while device_id in taken:
-                device_id = f"{name[:58]}-{suffix}"
-                suffix += 1
-            try:
-                with self._engine.begin() as conn:
-                    conn.execute(
-                        devices.insert().values(
-                            device_id=device_id,
-                            name=name,
-                            token_sha256=token_digest(token),
-                            labels=json.dumps(dict(labels), sort_keys=True),
-                            capabilities=json.dumps(dict(capabilities), sort_keys=True),
-                            enrolled_at=now,
-                            last_seen=now,
-                        )
-                    )
-            except sa.exc.IntegrityError:
-                continue
-            return device_id
-        raise AlreadyExistsError(f"could not find a free device id for {name!r}; retry")
+        """Register a device under a unique id derived from ``name``, without a certificate
+        (seeding a database; devices enroll with :meth:`enroll`); return the id."""
+        with self._engine.begin() as conn:
+            hold_writes(conn)
+            return self._insert_device(
+                conn, name, labels, capabilities, int(time.time()), token=token
+            )
 
     def enroll(
         self,
@@ -161,6 +132,8 @@ class DeviceStore:
         labels: Mapping[str, str],
         capabilities: Mapping[str, Any],
         now: int,
+        *,
+        token: str = "",
     ) -> str:
         """Insert a device under the first free id of ``name``, ``name-2``, ...; a concurrent
         enrollment of the same name (PostgreSQL) makes it try the next one."""
@@ -184,7 +157,7 @@ class DeviceStore:
                             name=name,
                             # No bearer token: devices use certificates. A random digest keeps
                             # the column's uniqueness without one.
-                            token_sha256=token_digest(secrets.token_urlsafe(32)),
+                            token_sha256=token_digest(token or secrets.token_urlsafe(32)),
                             labels=json.dumps(dict(labels), sort_keys=True),
                             capabilities=json.dumps(dict(capabilities), sort_keys=True),
                             enrolled_at=now,
