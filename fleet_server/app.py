@@ -39,11 +39,11 @@ from fleet_server.telemetry.broker import EmbeddedBroker
 from fleet_server.telemetry.ingest import TelemetryIngest
 from fleet_server.telemetry.store import TelemetryStore
 from protos import device_pb2
+from protos.topics import server_identity
 
-__all__ = ["MQTT_SERVER_IDENTITY", "FleetServer", "Settings", "split_host_port"]
+__all__ = ["FleetServer", "Settings", "split_host_port"]
 
 log = logging.getLogger("fleet_server")
-MQTT_SERVER_IDENTITY = "edgefleet:server"
 _WORKER_RESTARTS_PER_MINUTE = 5
 
 
@@ -63,6 +63,7 @@ class Settings:
     device_mqtt_url: str | None = None
     mqtt_share_group: str | None = None
     mqtt_client_id: str | None = None
+    server_name: str = "main"
     history_hours: float = 48.0
     cloud_listen: str = ""
     dashboard_listen: str = ""
@@ -285,6 +286,10 @@ class FleetServer:
         stable = bool(s.mqtt_client_id or listen_port)
         default_id = f"edgefleet-server-{self._data_dir.fleet_id}-{socket.gethostname()}"
         client_id = (s.mqtt_client_id or f"{default_id}-{listen_port or os.getpid()}")[:64]
+        if endpoint.tls:
+            # With certificates the client id is the identity (mosquitto's
+            # use_username_as_clientid, the embedded broker's check): unique per server name.
+            client_id, stable = server_identity(s.server_name), True
         ingest = TelemetryIngest(
             endpoint,
             TelemetryStore(self._db),
@@ -301,10 +306,12 @@ class FleetServer:
         return ingest
 
     def _mqtt_client_files(self, endpoint: MqttEndpoint) -> MqttEndpoint:
-        """The server's MQTT client certificate from the fleet CA (CN "edgefleet:server", which
-        the shipped broker ACL gives the server's rights), written next to the CA."""
+        """This server process's MQTT client certificate from the fleet CA (CN
+        "edgefleet:server:<--server-name>", which the broker ACL gives a server's rights),
+        written next to the CA."""
         data_dir = self._data_dir
-        key_pem, cert_pem = data_dir.ca().client_credentials(MQTT_SERVER_IDENTITY)
+        identity = server_identity(self.settings.server_name)
+        key_pem, cert_pem = data_dir.ca().client_credentials(identity)
         folder = data_dir.ca_dir
         key_file, cert_file = folder / "mqtt-server.key", folder / "mqtt-server.crt"
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -18,6 +18,7 @@ from agent.systemd import setup_logging
 from fleet_server import __version__
 from fleet_server.config import apply_config
 from fleet_server.errors import DataDirError, FleetError
+from protos.names import is_name
 
 __all__ = ["main"]
 
@@ -81,8 +82,15 @@ def _cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _server_name(value: str) -> str:
+    if not is_name(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a name (1-64 of A-Z a-z 0-9 _ . -)")
+    return value
+
+
 def _cmd_broker_cert(args: argparse.Namespace) -> int:
     from fleet_server.datadir import DataDir  # noqa: PLC0415
+    from protos.topics import mosquitto_acl  # noqa: PLC0415
 
     data_dir = DataDir.open(args.data_dir)
     names = list(args.name or ["localhost", "127.0.0.1", socket.gethostname()])
@@ -94,9 +102,12 @@ def _cmd_broker_cert(args: argparse.Namespace) -> int:
         handle.write(key_pem)
     (args.out / "broker.crt").write_bytes(cert_pem)
     (args.out / "fleet-ca.crt").write_bytes(data_dir.ca().cert_pem)
+    servers = list(args.server_name or ["main"])
+    (args.out / "edgefleet.acl").write_text(mosquitto_acl(servers), encoding="utf-8")
     print(
-        f"wrote {args.out}/broker.crt, broker.key (0600) and fleet-ca.crt for {', '.join(names)}; "
-        "see packaging/mosquitto/edgefleet.conf"
+        f"wrote {args.out}/broker.crt, broker.key (0600) and fleet-ca.crt for {', '.join(names)}, "
+        f"and edgefleet.acl for the servers {', '.join(servers)}; see "
+        "packaging/mosquitto/edgefleet.conf"
     )
     return 0
 
@@ -160,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     bcert.add_argument(
         "--name", action="append", help="DNS name or IP devices dial (repeat; default this host)"
     )
+    bcert.add_argument(
+        "--server-name",
+        action="append",
+        type=_server_name,
+        help="a fleet server process the ACL lets read the fleet and send commands (its "
+        "'run --server-name'; repeat for replicas; default main)",
+    )
     bcert.set_defaults(func=_cmd_broker_cert)
 
     run = sub.add_parser(
@@ -217,8 +235,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--mqtt-client-id",
-        help="the ingest's MQTT client id: its persistent session queues telemetry while the "
-        "server restarts (default: edgefleet-server-FLEET-HOST-PORT; unique per replica)",
+        help="the ingest's MQTT client id on a broker without certificates: its persistent "
+        "session queues telemetry while the server restarts (default: "
+        "edgefleet-server-FLEET-HOST-PORT; unique per replica). With mqtts:// the client id "
+        "is the server's identity, edgefleet:server:NAME",
+    )
+    run.add_argument(
+        "--server-name",
+        type=_server_name,
+        default="main",
+        help="this server process's name in the fleet: its MQTT identity is "
+        "edgefleet:server:NAME (the broker's ACL lists it; see 'broker-cert'); replicas "
+        "on one broker need names of their own (default main)",
     )
     run.add_argument(
         "--history-hours",

@@ -6,15 +6,23 @@ All topics live under ``edgefleet/v1/<fleet>/<device>/``; see docs/mqtt.md.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from protos.names import is_name
 
 __all__ = [
+    "DEVICE_RIGHTS",
     "ROOT",
+    "SERVER_IDENTITY",
     "commands_topic",
     "device_from_topic",
     "device_name",
     "device_topic",
+    "is_server_identity",
+    "may_publish",
+    "may_subscribe",
+    "mosquitto_acl",
+    "server_identity",
     "telemetry_filter",
     "telemetry_topic",
     "validate_segment",
@@ -87,3 +95,81 @@ def device_from_topic(topic: str) -> tuple[str, str, str] | None:
     if not (is_name(fleet) and is_name(device)):
         return None
     return fleet, device, kind
+
+
+# Who may do what, one definition for both brokers (the embedded broker checks it per packet;
+# mosquitto gets it as the ACL file mosquitto_acl() writes). An identity is a client
+# certificate's common name: a device id (names never hold ":"), or a server process's
+# "edgefleet:server:<name>".
+SERVER_IDENTITY = "edgefleet:server"
+# What a device may do on its own topics: publish its reports, read its commands. Nothing else
+# of anybody's: not another device's topics, not a wildcard, not a command.
+DEVICE_RIGHTS: dict[str, str] = {
+    "telemetry": "write",
+    "events": "write",
+    "state": "write",
+    "commands": "read",
+}
+
+
+def server_identity(name: str) -> str:
+    """The identity (certificate CN, MQTT user and client id) of the server process ``name``."""
+    return f"{SERVER_IDENTITY}:{validate_segment(name, 'server name')}"
+
+
+def is_server_identity(identity: str) -> bool:
+    prefix, sep, name = identity.rpartition(":")
+    return bool(sep) and prefix == SERVER_IDENTITY and is_name(name)
+
+
+def _under_root(topic: str) -> bool:
+    return topic == ROOT or topic.startswith(f"{ROOT}/")
+
+
+def may_publish(identity: str, topic: str) -> bool:
+    """Whether ``identity`` may publish to ``topic`` (never a wildcard)."""
+    if "+" in topic or "#" in topic:
+        return False
+    if is_server_identity(identity):
+        parts = device_from_topic(topic)
+        return parts is not None and parts[2] == "commands"
+    parts = device_from_topic(topic)
+    return parts is not None and parts[1] == identity and DEVICE_RIGHTS.get(parts[2]) == "write"
+
+
+def may_subscribe(identity: str, topic_filter: str) -> bool:
+    """Whether ``identity`` may subscribe to ``topic_filter`` (a server may share it:
+    ``$share/<group>/...``)."""
+    if is_server_identity(identity):
+        levels = topic_filter.split("/")
+        if levels[0] == "$share" and len(levels) > 2 and is_name(levels[1]):
+            topic_filter = "/".join(levels[2:])
+        return _under_root(topic_filter) and "#" not in topic_filter.split("/")[:-1]
+    parts = device_from_topic(topic_filter)
+    return parts is not None and parts[1] == identity and DEVICE_RIGHTS.get(parts[2]) == "read"
+
+
+def mosquitto_acl(server_names: Sequence[str]) -> str:
+    """The mosquitto ACL file of the rules above, for servers named ``server_names``
+    (mosquitto has no wildcard user: each server process's identity is listed)."""
+    lines = [
+        "# EdgeFleet MQTT ACL for mosquitto, written by protos.topics.mosquitto_acl()",
+        "# (`edgefleet-server broker-cert --server-name NAME ...` writes it for your servers).",
+        "# The user name is the client certificate's common name: a device id for devices (ids",
+        f"# never contain ':'), {SERVER_IDENTITY}:<name> for each fleet server process.",
+        "",
+        "# Every device: its own topics only.",
+    ]
+    for kind, right in DEVICE_RIGHTS.items():
+        lines.append(f"pattern {right} {ROOT}/+/%u/{kind}")
+    lines += [
+        "",
+        "# Each fleet server: reads everything of the fleet; the only ones that send commands.",
+    ]
+    for name in server_names:
+        lines += [
+            f"user {server_identity(name)}",
+            f"topic read {ROOT}/#",
+            f"topic write {ROOT}/+/+/commands",
+        ]
+    return "\n".join(lines) + "\n"

@@ -153,4 +153,18 @@ def test_devices_are_confined_to_their_own_topics(
 
     shown = json.loads(server.admin("devices", "show", "bob", "--json").stdout)
     assert int((shown.get("last_telemetry") or {}).get("seq", 0)) < 10**9
+
+    # Client ids are identities: alice's certificate asking for the server's client id, or
+    # bob's, gets her own and disconnects neither (without use_username_as_clientid each try
+    # kicked the server off the broker).
+    lost = "MQTT connection to"
+    before = server.proc.output().count(lost)
+    for victim in ("edgefleet:server:main", "bob"):
+        thief = Client(port, alice.folder / "state", victim)
+        time.sleep(1)
+        thief.close()
+    count = telemetry_count("bob")
+    wait_for("bob's telemetry after", lambda: telemetry_count("bob") >= count + 2, timeout=60)
+    assert server.proc.output().count(lost) == before, server.proc.output()[-2000:]
+    assert bob.output().count(lost) == 0
     broker.stop()
