@@ -155,13 +155,15 @@ class CommandAck(_message.Message):
     def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., ok: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("id", "kind", "issued_unix_ms", "model_name")
+    __slots__ = ("id", "kind", "issued_unix_ms", "model_name", "device_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ISSUED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: str
     issued_unix_ms: int
     model_name: str
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., issued_unix_ms: _Optional[int] = ..., model_name: _Optional[str] = ...) -> None: ...
+    device_id: str
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., issued_unix_ms: _Optional[int] = ..., model_name: _Optional[str] = ..., device_id: _Optional[str] = ...) -> None: ...

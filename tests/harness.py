@@ -325,6 +325,7 @@ class DeviceCommands:
     def __init__(self, broker_url: str, state_dir: Path) -> None:
         identity = json.loads((state_dir / "identity.json").read_text())
         fleet, device = identity["fleet_id"], identity["device_id"]
+        self.device_id = device
         self.topic = commands_topic(fleet, device)
         self.acks: dict[str, telemetry_pb2.CommandAck] = {}
         self.online = threading.Event()
@@ -351,9 +352,13 @@ class DeviceCommands:
             with self._lock:
                 self.acks[event.ack.id] = event.ack
 
-    def send(self, kind: str, command_id: str) -> None:
+    def send(self, kind: str, command_id: str, device_id: str | None = None) -> None:
+        """A command to this device (or, with ``device_id``, one addressed to another)."""
         command = telemetry_pb2.Command(
-            id=command_id, kind=kind, issued_unix_ms=int(time.time() * 1000)
+            id=command_id,
+            kind=kind,
+            issued_unix_ms=int(time.time() * 1000),
+            device_id=self.device_id if device_id is None else device_id,
         )
         self.publish(command.SerializeToString())
 

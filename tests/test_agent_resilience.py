@@ -96,7 +96,9 @@ def test_oversized_commands_are_dropped_not_kept(
         before = _rss_kib(pid)
         padding = "x" * (1 << 20)
         for i in range(64):
-            command = telemetry_pb2.Command(id=f"big-{i}-{padding}", kind="checkin")
+            command = telemetry_pb2.Command(
+                id=f"big-{i}-{padding}", kind="checkin", device_id=commands.device_id
+            )
             commands.publish(command.SerializeToString())
         commands.send("checkin", "small-after")
         ack = wait_for("the answer to a normal command", lambda: commands.ack("small-after"))
@@ -225,3 +227,30 @@ def test_a_sigterm_storm_still_stops_the_agent_cleanly(
             os.kill(popen.pid, signal.SIGTERM)
     assert popen.wait(30) == 0, f"exit {popen.returncode} under a SIGTERM storm"
     assert "agent stopped" in agent.output()
+
+
+def test_only_commands_addressed_to_this_device_are_acted_on(
+    tmp_path: Path,
+    broker_url: str,
+    server_factory: Callable[..., Server],
+    started: list[Agent],
+) -> None:
+    """Whoever can publish on a device's commands topic (a broker without ACLs, a retained
+    message another device left, a bug) does not command it: the command names its device."""
+    agent, commands = _serving(tmp_path, broker_url, server_factory, "cmd-addressed")
+    started.append(agent)
+    try:
+        commands.send("birth", "for-someone-else", device_id="another-device")
+        commands.send("birth", "for-nobody", device_id="")
+        commands.publish(b"\n\x05state\x12\x06online")  # a DeviceState read as a Command
+        commands.send("birth", "for-me")
+        # Commands are handled in order: once the last is answered, the others were seen.
+        ack = wait_for("the answer to its own command", lambda: commands.ack("for-me"))
+        assert ack.ok, ack.detail
+        assert commands.ack("for-someone-else") is None
+        assert commands.ack("for-nobody") is None
+        assert commands.ack("state") is None
+        assert "ignoring a 'birth' command addressed to 'another-device'" in agent.output()
+    finally:
+        commands.close()
+    assert agent.stop() == 0

@@ -19,6 +19,7 @@ import queue
 import random
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -109,7 +110,7 @@ class ControlLoop:
         self._client = client
         self._config_path = config_path
         self._inbox: queue.SimpleQueue[_Reload | _Command] = queue.SimpleQueue()
-        self._seen: set[str] = set()
+        self._seen: OrderedDict[str, None] = OrderedDict()  # ids acted on, oldest first
         self._nudge_at: float | None = None  # a "routing" command's spread-out check-in
         self._benching = threading.Lock()
         self._reload_queued = False  # a reload waits in the inbox
@@ -206,11 +207,19 @@ class ControlLoop:
         except DecodeError:
             log.warning("ignoring an undecodable command")
             return
+        identity = self._state.identity
+        if identity is None or command.device_id != identity.device_id:
+            log.warning(
+                "ignoring a %r command addressed to %r, not to this device",
+                command.kind[:32],
+                command.device_id[:64],
+            )
+            return
         if command.id in self._seen:
             return
-        if len(self._seen) > _MAX_SEEN:
-            self._seen.clear()
-        self._seen.add(command.id)
+        self._seen[command.id] = None
+        while len(self._seen) > _MAX_SEEN:  # forget the oldest ids first
+            self._seen.popitem(last=False)
         ok, detail = True, ""
         if command.kind == "checkin":
             # At worst an extra check-in over mTLS: a command cannot change what runs.

@@ -64,6 +64,14 @@ class TelemetryLoop:
         self._on_command = on_command
         self._started = started  # time.monotonic() at the agent's start, for uptime
 
+    def _on_message(self, commands: str, message: Any) -> None:
+        """paho's thread: hand a command over; anything else that arrives (a retained message,
+        another topic a broker delivered) is no command of ours."""
+        if message.topic != commands or message.retain:
+            log.debug("ignoring a message on %s (retained: %s)", message.topic, message.retain)
+            return
+        self._on_command(bytes(message.payload))
+
     def run(self, stop: threading.Event) -> None:
         """Publish until ``stop`` is set. An unexpected error (a full disk under the spool) ends
         the session, never the agent: a new one starts after a backoff, as after a lost
@@ -127,7 +135,7 @@ class TelemetryLoop:
             # After every (re)connect: subscriptions do not outlive a broker restart, and the
             # retained birth replaces the Will the broker may have published. paho's thread:
             # a command is only handed over, never acted on here.
-            client.on_message = lambda _c, _u, message: self._on_command(bytes(message.payload))
+            client.on_message = lambda _c, _u, message: self._on_message(commands, message)
             client.subscribe(commands, qos=1)
             client.publish(state, self.state_message("online"), qos=1, retain=True)
             shared.birth = lambda: client.publish(
@@ -136,7 +144,7 @@ class TelemetryLoop:
 
         publisher = MqttPublisher(
             endpoint,
-            client_id=f"edgefleet-agent-{device}",
+            client_id=device,  # its identity (the brokers bind client ids to certificates)
             on_connected=on_connected,
             will=(state, self.state_message("offline")),
         )

@@ -470,6 +470,7 @@ class TelemetryIngest:
             kind=kind,
             issued_unix_ms=int(time.time() * 1000),
             model_name=model_name,
+            device_id=device_id,
         )
         publisher.raw_client().publish(
             commands_topic(self._fleet_id, device_id), command.SerializeToString(), qos=1
