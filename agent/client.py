@@ -45,6 +45,17 @@ def device_target(server_address: str, advertised: str) -> str:
     return f"{host}{advertised}"
 
 
+def with_server_host(url: str, server_address: str) -> str:
+    """A URL of one of the server's own services that names only a port ("mqtts://:8883",
+    "grpcs://:8443": the service listens on any address) -> that port on the host this agent
+    reaches the fleet server on; any other URL as it is."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not rest.startswith(":"):
+        return url
+    host = server_address.rsplit(":", 1)[0]
+    return f"{scheme}://{host}{rest}"
+
+
 class DeviceClient:
     """Enrolls over TLS on the server's main port, then calls DeviceService on its device port
     with this device's client certificate (mTLS)."""

@@ -9,10 +9,12 @@ check-in writer, worker processes) and stops them in the reverse order. The comm
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -32,6 +34,7 @@ from fleet_server.datadir import DataDir
 from fleet_server.errors import DataDirError, TransientError
 from fleet_server.metrics import render
 from fleet_server.registry.ca import default_sans
+from fleet_server.registry.store import DeviceStore
 from fleet_server.rollouts.controller import RolloutController
 from fleet_server.signing.keys import KeyStore
 from fleet_server.storage.db import Database
@@ -39,7 +42,7 @@ from fleet_server.telemetry.broker import EmbeddedBroker
 from fleet_server.telemetry.ingest import TelemetryIngest
 from fleet_server.telemetry.store import TelemetryStore
 from protos import device_pb2
-from protos.topics import server_identity
+from protos.topics import is_server_identity, server_identity
 
 __all__ = ["FleetServer", "Settings", "split_host_port"]
 
@@ -106,6 +109,21 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def _remembered_port(path: Path) -> int | None:
+    """The embedded broker's port of the last start, if recorded and sane."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() and 0 < int(text) < 65536 else None
+
+
 def _wildcard(host: str) -> bool:
     return host in ("", "0.0.0.0", "::")  # noqa: S104 - a comparison, not a bind
 
@@ -125,6 +143,7 @@ class _Ports:
     device_port: int
     advertise: str
     mqtt_url: str
+    device_mqtt_url: str
     cloud_url: str = ""  # the main process's reference cloud service, if it runs one
 
 
@@ -166,24 +185,6 @@ class FleetServer:
         s = self.settings
         data_dir = self._data_dir
         self._db.create_schema()
-        mqtt_url = s.mqtt_url
-        if not mqtt_url and not s.worker:
-            host, port = split_host_port(s.mqtt_listen, "--mqtt-listen")
-            self._broker = EmbeddedBroker(host, port or _free_port(host))
-            try:
-                self._broker.start()
-            except OSError as exc:
-                raise DataDirError(
-                    f"{exc}. Is another broker running there? Use it with --mqtt-url, or pick "
-                    "another port with --mqtt-listen HOST:PORT (0 = any free port)"
-                ) from exc
-            mqtt_url = self._broker.url
-        endpoint = _mqtt_endpoint(mqtt_url) if mqtt_url else None
-        if endpoint is not None and endpoint.tls:
-            endpoint = self._mqtt_client_files(endpoint)
-        if endpoint is not None and not s.worker:
-            self._ingest = self._start_ingest(endpoint)
-
         main_host, main_port = split_host_port(s.listen, "--listen")
         device_listen = s.device_listen or (
             f"{_bracket(main_host)}:{main_port + 1 if main_port else 0}"
@@ -193,6 +194,18 @@ class FleetServer:
         for host in (main_host, device_host):
             if not _wildcard(host) and host not in tls_names:
                 tls_names.append(host)
+        mqtt_url = s.mqtt_url
+        device_mqtt_url = s.device_mqtt_url or mqtt_url or ""
+        if not mqtt_url and not s.worker:
+            self._broker = self._start_broker(tls_names)
+            mqtt_url = self._broker.url
+            # Devices dial the broker on the host they enrolled through, unless told otherwise.
+            device_mqtt_url = s.device_mqtt_url or f"mqtts://:{self._broker.port}"
+        endpoint = _mqtt_endpoint(mqtt_url) if mqtt_url else None
+        if endpoint is not None and not s.worker:
+            if endpoint.tls:
+                endpoint = self._mqtt_client_files(endpoint)
+            self._ingest = self._start_ingest(endpoint)
         ctx = ServerContext(
             db=self._db,
             ca=data_dir.ca(),
@@ -203,7 +216,7 @@ class FleetServer:
             enrollment_token=""
             if s.no_bootstrap_token
             else data_dir.read_secret(data_dir.enrollment_token_file),
-            device_mqtt_url=s.device_mqtt_url or mqtt_url or "",
+            device_mqtt_url=device_mqtt_url,
         )
         self.ctx = ctx
         # Worker processes only serve gRPC; the main process runs the rollouts and the ingest.
@@ -218,6 +231,7 @@ class FleetServer:
             if ingest is not None:
                 ingest.watch_health(ctx.health, self._controller.wake)
                 ctx.send_command = ingest.command
+            ctx.revoked = self._revoked
         try:
             # Workers take device calls only: enrollment, the admin API and commands (which
             # need the MQTT connection) stay with the main process.
@@ -239,7 +253,9 @@ class FleetServer:
             self._controller.start()
         ctx.last_seen.start()
         cloud_url = ctx.cloud_endpoint.url if self._cloud and ctx.cloud_endpoint else ""
-        self._ports = _Ports(port, device_port, ctx.device_address, mqtt_url or "", cloud_url)
+        self._ports = _Ports(
+            port, device_port, ctx.device_address, mqtt_url or "", device_mqtt_url, cloud_url
+        )
         self._workers = self._start_workers()
         log.info(
             "fleet %s: gRPC on port %d (TLS), devices on port %d (mTLS), telemetry via %s%s",
@@ -276,6 +292,75 @@ class FleetServer:
             )
         except OSError as exc:
             raise DataDirError(f"cannot write the ready file {path}: {exc.strerror}") from exc
+
+    def _start_broker(self, tls_names: list[str]) -> EmbeddedBroker:
+        """The embedded broker (mTLS against the fleet CA) on --mqtt-listen. Port 0 means the
+        port it had before (kept in the data dir, so devices find it after a restart), or any
+        free one when that is taken (devices then learn it at their next check-in)."""
+        s = self.settings
+        data_dir = self._data_dir
+        host, port = split_host_port(s.mqtt_listen, "--mqtt-listen")
+        names = list(tls_names)
+        if not _wildcard(host) and host not in names:
+            names.append(host)
+        key_pem, cert_pem = data_dir.ca().server_credentials(names)
+        folder = data_dir.ca_dir
+        key_file, cert_file = folder / "mqtt-broker.key", folder / "mqtt-broker.crt"
+        _write_private(key_file, key_pem)
+        cert_file.write_bytes(cert_pem)
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(folder / "ca.crt"))
+        tls.verify_mode = ssl.CERT_REQUIRED
+        tls.load_cert_chain(cert_file, key_file)
+        remembered = data_dir.root / "mqtt-port"
+        candidates = [port] if port else [_remembered_port(remembered), 0]
+        error: OSError | None = None
+        for candidate in candidates:
+            if candidate is None:
+                continue
+            broker = EmbeddedBroker(
+                host,
+                candidate or _free_port(host),
+                tls=tls,
+                admits=self._admits,
+                on_disconnect=self._connection_lost,
+            )
+            try:
+                broker.start()
+            except OSError as exc:
+                error = exc
+                continue
+            if not port:
+                with contextlib.suppress(OSError):
+                    remembered.write_text(f"{broker.port}\n", encoding="utf-8")
+            # The server's own client dials the loopback when the broker listens everywhere.
+            if _wildcard(host):
+                broker.host = "::1" if host == "::" else "127.0.0.1"
+            return broker
+        raise DataDirError(
+            f"{error}. Is another broker running there? Use it with --mqtt-url, or pick "
+            "another port with --mqtt-listen HOST:PORT (0 = any free port)"
+        )
+
+    def _admits(self, identity: str, serial: str) -> bool:
+        """Whether the holder of a fleet certificate may use the embedded broker now: a server
+        process, or an enrolled device with its current certificate that is not revoked."""
+        if is_server_identity(identity):
+            return True
+        found = DeviceStore(self._db).device_certificate(identity)
+        return found is not None and not found[1] and found[0] == serial
+
+    def _revoked(self, device_id: str) -> None:
+        if self._ingest is not None:
+            self._ingest.revoked(device_id)
+        if self._broker is not None:
+            self._broker.disconnect(device_id)
+
+    def _connection_lost(self, identity: str) -> None:
+        """A device's connection to the embedded broker ended: it is offline (amqtt takes no
+        Will from a 3.1.1 client, so this stands in for one)."""
+        ingest = self._ingest
+        if ingest is not None and not is_server_identity(identity):
+            ingest.connection_lost(identity)
 
     def _start_ingest(self, endpoint: MqttEndpoint) -> TelemetryIngest:
         s = self.settings
@@ -314,9 +399,7 @@ class FleetServer:
         key_pem, cert_pem = data_dir.ca().client_credentials(identity)
         folder = data_dir.ca_dir
         key_file, cert_file = folder / "mqtt-server.key", folder / "mqtt-server.crt"
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(key_pem)
+        _write_private(key_file, key_pem)
         cert_file.write_bytes(cert_pem)
         return endpoint.with_tls_files(str(folder / "ca.crt"), str(cert_file), str(key_file))
 
@@ -445,7 +528,7 @@ class FleetServer:
                 "--mqtt-url",
                 ports.mqtt_url,
                 "--device-mqtt-url",
-                s.device_mqtt_url or ports.mqtt_url,
+                ports.device_mqtt_url,
             ]
         if s.db_url:
             cmd += ["--db-url", s.db_url]

@@ -51,6 +51,9 @@ class ServerContext:
     # Publishes a command (device id, kind[, model name]) to a device over MQTT and returns
     # its id (set when MQTT is there).
     send_command: Callable[..., str] | None = None
+    # Called with a device's id once it is revoked: the embedded broker closes its connection
+    # and the ingest drops its messages (set when they run in this process).
+    revoked: Callable[[str], None] = lambda _device_id: None
     # Where devices send cloud-routed requests (the reference service or another OIP server).
     cloud_endpoint: device_pb2.CloudEndpoint | None = None
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
+from fleet_server.registry.presence import presence_sql
 from fleet_server.storage.schema import devices, rollouts
 
 if TYPE_CHECKING:
@@ -23,17 +25,16 @@ def _line(name: str, value: float, labels: dict[str, str] | None = None) -> str:
 
 
 def render(ctx: ServerContext, ingest: TelemetryIngest | None) -> str:
-    """Devices by MQTT state, rollouts by state, telemetry and check-in counters (this
+    """Devices by presence, rollouts by state, telemetry and check-in counters (this
     process's; worker processes keep their own check-in counters)."""
     out = [
-        "# HELP edgefleet_devices Enrolled, unrevoked devices by their MQTT state.",
+        "# HELP edgefleet_devices Enrolled, unrevoked devices by presence (docs/mqtt.md).",
         "# TYPE edgefleet_devices gauge",
     ]
     with ctx.db.engine.connect() as conn:
+        word = presence_sql(time.time()).label("presence")
         by_state = conn.execute(
-            sa.select(devices.c.online_state, sa.func.count())
-            .where(devices.c.revoked_at.is_(None))
-            .group_by(devices.c.online_state)
+            sa.select(word, sa.func.count()).where(devices.c.revoked_at.is_(None)).group_by(word)
         ).all()
         revoked = conn.execute(
             sa.select(sa.func.count()).where(devices.c.revoked_at.is_not(None))
@@ -41,9 +42,9 @@ def render(ctx: ServerContext, ingest: TelemetryIngest | None) -> str:
         rollout_states = conn.execute(
             sa.select(rollouts.c.state, sa.func.count()).group_by(rollouts.c.state)
         ).all()
-    counts = {"online": 0, "offline": 0, "stopped": 0, "unknown": 0}
+    counts = {"online": 0, "offline": 0, "stopped": 0}
     for state, count in by_state:
-        counts[str(state) if state in counts else "unknown"] += int(count)
+        counts[str(state)] = counts.get(str(state), 0) + int(count)
     out += [_line("edgefleet_devices", v, {"state": k}) for k, v in counts.items()]
     out += [
         "# HELP edgefleet_devices_revoked Revoked devices.",
@@ -67,6 +68,10 @@ def render(ctx: ServerContext, ingest: TelemetryIngest | None) -> str:
             _line("edgefleet_mqtt_messages_total", ingest.rejected, {"outcome": "rejected"}),
             _line("edgefleet_mqtt_messages_total", ingest.duplicates, {"outcome": "duplicate"}),
             _line("edgefleet_mqtt_messages_total", ingest.dropped, {"outcome": "dropped"}),
+            *(
+                _line("edgefleet_mqtt_messages_total", n, {"outcome": f"refused_{reason}"})
+                for reason, n in sorted(ingest.refused.items())
+            ),
             "# HELP edgefleet_mqtt_lost_total Device messages that never arrived (sequence gaps).",
             "# TYPE edgefleet_mqtt_lost_total counter",
             _line("edgefleet_mqtt_lost_total", ingest.gaps),

@@ -511,7 +511,7 @@ class DeviceModelState(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ..., updated_unix: _Optional[int] = ..., active_version: _Optional[str] = ...) -> None: ...
 
 class DeviceInfo(_message.Message):
-    __slots__ = ("device_id", "name", "labels", "capabilities", "last_telemetry", "enrolled_unix", "last_seen_unix", "models", "last_telemetry_unix", "revoked_unix", "online_state", "online_unix", "telemetry_count", "telemetry_gaps", "events")
+    __slots__ = ("device_id", "name", "labels", "capabilities", "last_telemetry", "enrolled_unix", "last_seen_unix", "models", "last_telemetry_unix", "revoked_unix", "online_state", "online_unix", "telemetry_count", "telemetry_gaps", "events", "presence")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -534,6 +534,7 @@ class DeviceInfo(_message.Message):
     TELEMETRY_COUNT_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_GAPS_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    PRESENCE_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     name: str
     labels: _containers.ScalarMap[str, str]
@@ -549,7 +550,8 @@ class DeviceInfo(_message.Message):
     telemetry_count: int
     telemetry_gaps: int
     events: _containers.RepeatedCompositeFieldContainer[DeviceEventInfo]
-    def __init__(self, device_id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capabilities: _Optional[_Union[_device_pb2.Capabilities, _Mapping]] = ..., last_telemetry: _Optional[_Union[_telemetry_pb2.TelemetryReport, _Mapping]] = ..., enrolled_unix: _Optional[int] = ..., last_seen_unix: _Optional[int] = ..., models: _Optional[_Iterable[_Union[DeviceModelState, _Mapping]]] = ..., last_telemetry_unix: _Optional[int] = ..., revoked_unix: _Optional[int] = ..., online_state: _Optional[str] = ..., online_unix: _Optional[int] = ..., telemetry_count: _Optional[int] = ..., telemetry_gaps: _Optional[int] = ..., events: _Optional[_Iterable[_Union[DeviceEventInfo, _Mapping]]] = ...) -> None: ...
+    presence: str
+    def __init__(self, device_id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capabilities: _Optional[_Union[_device_pb2.Capabilities, _Mapping]] = ..., last_telemetry: _Optional[_Union[_telemetry_pb2.TelemetryReport, _Mapping]] = ..., enrolled_unix: _Optional[int] = ..., last_seen_unix: _Optional[int] = ..., models: _Optional[_Iterable[_Union[DeviceModelState, _Mapping]]] = ..., last_telemetry_unix: _Optional[int] = ..., revoked_unix: _Optional[int] = ..., online_state: _Optional[str] = ..., online_unix: _Optional[int] = ..., telemetry_count: _Optional[int] = ..., telemetry_gaps: _Optional[int] = ..., events: _Optional[_Iterable[_Union[DeviceEventInfo, _Mapping]]] = ..., presence: _Optional[str] = ...) -> None: ...
 
 class DeviceEventInfo(_message.Message):
     __slots__ = ("at_unix", "seq", "model_name", "version", "state", "detail")

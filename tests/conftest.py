@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import REPO, Agent, Server, free_port, make_agent, start_mosquitto, start_server
+from tests.harness import REPO, Agent, Server, make_agent, start_mosquitto, start_server
 
 SLOW_HINT = "mark it slow (pytestmark = pytest.mark.slow, or @pytest.mark.slow on the test)"
 
@@ -144,24 +144,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def broker_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real MQTT v5 broker (mosquitto) for this test session.
-
-    Only where no mosquitto binary exists, and never in CI, the server's embedded broker stands
-    in (MQTT 3.1.1 only).
-    """
-    if shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists():
-        broker = start_mosquitto(tmp_path_factory.mktemp("mosquitto"))
-        yield broker.url
-        broker.proc.stop()
-        return
-    if os.environ.get("CI"):
-        pytest.fail("mosquitto is not installed; .ci/run must install it")
-    from fleet_server.telemetry.broker import EmbeddedBroker
-
-    embedded = EmbeddedBroker("127.0.0.1", free_port())
-    embedded.start()
-    yield embedded.url
-    embedded.stop()
+    """A real MQTT v5 broker (mosquitto, anonymous: the tests' own) for this test session.
+    The shipped, closed configurations are tested in test_mqtt_acl and test_mqtt_attacks."""
+    if not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()):
+        pytest.fail("mosquitto is not installed; .ci/run installs it from Debian's packages")
+    broker = start_mosquitto(tmp_path_factory.mktemp("mosquitto"))
+    yield broker.url
+    broker.proc.stop()
 
 
 @pytest.fixture(scope="session")

@@ -104,6 +104,7 @@ class Agent:
             active=self._active,
             on_command=self._control.submit,
             started=time.monotonic(),
+            on_silence=lambda why: self.notifier.status(why or self._serving_status()),
         )
 
     def request_reload(self) -> None:
@@ -164,8 +165,11 @@ class Agent:
         control = threading.Thread(
             target=self._control.run, args=(stop,), name="control", daemon=True
         )
+        # Telemetry has its own stop: its last report must count the requests served while
+        # the inference server drains.
+        telemetry_stop = threading.Event()
         telemetry = threading.Thread(
-            target=self._telemetry.run, args=(stop,), name="telemetry", daemon=True
+            target=self._telemetry.run, args=(telemetry_stop,), name="telemetry", daemon=True
         )
         control.start()
         try:
@@ -174,12 +178,15 @@ class Agent:
             log.info("stopping: draining requests")
             self.notifier.notify("STOPPING=1", "STATUS=stopping: draining requests")
             stop.set()
-            # Telemetry first: its last report and the "stopped" state go out while the
-            # control loop may still answer a command (both write the spool).
-            for thread in (telemetry, control):
-                if thread.is_alive():
-                    thread.join(timeout=10)
+            # Requests accepted before the stop are served; then the control loop's last
+            # answer and the telemetry's last report (counting every served request) and
+            # "stopped" state go out, in that order (both write the spool).
             server.stop(grace=5).wait()
+            if control.is_alive():
+                control.join(timeout=10)
+            telemetry_stop.set()
+            if telemetry.is_alive():
+                telemetry.join(timeout=10)
             if metrics is not None:
                 metrics.stop()
             log.info("agent stopped")

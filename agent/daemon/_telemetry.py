@@ -7,6 +7,13 @@ publishes the retained device state: online at every connect (the birth), offlin
 stopped at shutdown. Commands that arrive on the device's commands topic are handed, undecoded,
 to the control loop; this loop never acts on them. It owns the MQTT publisher and the forwarder;
 from ``AgentState`` it reads the config and identity and sets ``birth``.
+
+The broker's address is the config's ``telemetry.mqtt_url`` or else the one the server gave
+(at enrollment, then in every check-in answer: the update loop keeps the identity's current);
+"mqtts://:8883" means that port on the host the agent reaches the server on. When the address
+changes, the session ends and a new one starts on the new address. When the agent cannot
+reach the broker for three report intervals (at least a minute), it says so once in its log
+and in its systemd status, and again when it is back.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agent import __version__
+from agent.client import with_server_host
 from agent.daemon._backoff import backoff
 from agent.daemon._state import AgentState
 from agent.errors import AgentError, TransientError
@@ -38,6 +46,7 @@ __all__ = ["TelemetryLoop"]
 
 log = logging.getLogger(__name__)
 _MQTT_MAX_BACKOFF_S = 15.0  # between MQTT connection attempts
+_SILENT_AFTER_S = 60.0  # at least this long unable to publish before the agent says so
 
 
 class TelemetryLoop:
@@ -54,7 +63,10 @@ class TelemetryLoop:
         active: Callable[[], list[device_pb2.ActiveModel]],
         on_command: Callable[[bytes], None],
         started: float,
+        on_silence: Callable[[str | None], None] = lambda _why: None,
     ) -> None:
+        """``on_silence(why)`` is called when the agent has been unable to publish for a
+        while, and ``on_silence(None)`` once it publishes again."""
         self._state = state
         self._store = store
         self._engine = engine
@@ -63,6 +75,7 @@ class TelemetryLoop:
         self._active = active
         self._on_command = on_command
         self._started = started  # time.monotonic() at the agent's start, for uptime
+        self._on_silence = on_silence
 
     def _on_message(self, commands: str, message: Any) -> None:
         """paho's thread: hand a command over; anything else that arrives (a retained message,
@@ -79,8 +92,10 @@ class TelemetryLoop:
         attempt = 0
         while not stop.is_set():
             try:
-                self._publish(stop)
-                return
+                if not self._publish(stop):
+                    return
+                attempt = 0  # the broker moved: a new session at once
+                continue
             except Exception:
                 attempt += 1
                 wait = max(1.0, min(_MQTT_MAX_BACKOFF_S, backoff(attempt, 2.0)))
@@ -102,15 +117,23 @@ class TelemetryLoop:
             message.capabilities.CopyFrom(to_capabilities(self._probe()))
         return message.SerializeToString()
 
-    def _publish(self, stop: threading.Event) -> None:
+    def _broker_url(self) -> str:
+        """Where the broker is now: the config's URL, or the server's (its host filled in)."""
+        shared = self._state
+        identity = shared.identity
+        url = shared.config.telemetry.mqtt_url or (identity.mqtt_url if identity else "")
+        return with_server_host(url, shared.config.server.address) if url else ""
+
+    def _publish(self, stop: threading.Event) -> bool:
+        """One MQTT session; True when it ended because the broker's address changed."""
         shared = self._state
         identity = shared.identity
         if identity is None:  # started only after enrollment
-            return
-        url = shared.config.telemetry.mqtt_url or identity.mqtt_url
+            return False
+        url = self._broker_url()
         if not url:
             log.warning("no MQTT URL from the server or the config; telemetry is off")
-            return
+            return False
         try:
             endpoint = parse_mqtt_url(url)
             if endpoint.tls:  # the broker knows devices by their fleet certificates
@@ -122,7 +145,7 @@ class TelemetryLoop:
                 )
         except AgentError as exc:
             log.error("telemetry is off: %s", exc)
-            return
+            return False
         spool = shared.spool
         fleet, device = identity.fleet_id, identity.device_id
         telemetry, state = (
@@ -168,9 +191,17 @@ class TelemetryLoop:
             spool.append(telemetry, payload)
 
         attempt = 0
+        heard = time.monotonic()  # when the broker last had this agent connected
+        silent = False
         try:
             while not stop.is_set():
                 now = time.monotonic()
+                if self._broker_url() != url:
+                    log.info("the broker moved to %s: reconnecting", self._broker_url())
+                    return True
+                silent = self._judge_silence(publisher, now - heard, silent, len(spool))
+                if publisher.connected:
+                    heard = now
                 if publisher.protocol is None and now >= next_connect:
                     try:
                         publisher.connect()
@@ -209,3 +240,24 @@ class TelemetryLoop:
                     log.info("%d telemetry message(s) stay spooled for the next start", left)
             finally:
                 publisher.close()  # whatever failed above: no session is left behind
+                if silent:
+                    self._on_silence(None)
+        return False
+
+    def _judge_silence(
+        self, publisher: MqttPublisher, silent_s: float, said: bool, spooled: int
+    ) -> bool:
+        """Say once when the broker has been out of reach too long, and once when it is back;
+        return whether the agent is (still) silent."""
+        limit = max(_SILENT_AFTER_S, 3 * self._state.config.telemetry.interval_s)
+        if publisher.connected:
+            if said:
+                log.info("telemetry: publishing to %s again", publisher.endpoint)
+                self._on_silence(None)
+            return False
+        if silent_s >= limit and not said:
+            why = f"telemetry: cannot publish to {publisher.endpoint} for {silent_s:.0f} s"
+            log.warning("%s; %d message(s) spooled, serving goes on", why, spooled)
+            self._on_silence(why)
+            return True
+        return said

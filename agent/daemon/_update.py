@@ -16,8 +16,9 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
-from agent.client import DeviceClient
+from agent.client import DeviceClient, with_server_host
 from agent.config import AgentConfig
 from agent.daemon._backoff import backoff
 from agent.daemon._cloud import close_later, open_cloud
@@ -29,6 +30,7 @@ from agent.inference.engine import Engine
 from agent.routing.cloud import CloudTarget
 from agent.routing.policy import Policy
 from agent.routing.router import Router
+from agent.telemetry.mqtt import parse_mqtt_url
 from agent.updates.health import HealthPolicy
 from agent.updates.store import ModelStore
 from agent.updates.trust import pin_keylist, update_keylist
@@ -52,16 +54,6 @@ def health_policy(config: AgentConfig) -> HealthPolicy:
         max_latency_ratio=u.health_max_latency_ratio,
         max_starts=u.crash_loop_starts,
     )
-
-
-def _with_server_host(url: str, server_address: str) -> str:
-    """``grpcs://:8443`` (the server's own service, on any address) -> the host this agent
-    reaches the fleet server on."""
-    scheme, _, rest = url.partition("://")
-    if not rest.startswith(":"):
-        return url
-    host = server_address.rsplit(":", 1)[0]
-    return f"{scheme}://{host}{rest}"
 
 
 def _server_policies(response: device_pb2.CheckInResponse) -> dict[str, Policy]:
@@ -194,6 +186,23 @@ class UpdateLoop:
         updater.apply(response.desired)
         self._note_cloud_routes(response.cloud)
         self._apply_routing(response)
+        self._adopt_broker(response.mqtt_url)
+
+    def _adopt_broker(self, url: str) -> None:
+        """Keep the broker address the server gives (the same trust as the check-in itself):
+        the telemetry loop moves to it."""
+        identity = self._state.identity
+        if not url or identity is None or url == identity.mqtt_url:
+            return
+        try:
+            parse_mqtt_url(with_server_host(url, self._state.config.server.address))
+        except AgentError as exc:
+            log.warning("ignoring the server's MQTT URL: %s", exc)
+            return
+        moved = replace(identity, mqtt_url=url)
+        moved.save(self._store.root)
+        self._state.identity = moved
+        log.info("the server's MQTT broker is now %s (was %s)", url, identity.mqtt_url or "none")
 
     def _watch(self, stop: threading.Event, updater: Updater, seconds: float) -> None:
         """Wait until the next check-in, judging open health windows every second; a nudge
@@ -227,7 +236,7 @@ class UpdateLoop:
                     open_cloud(
                         config.cloud,
                         CloudTarget(
-                            _with_server_host(endpoint.url, config.server.address),
+                            with_server_host(endpoint.url, config.server.address),
                             endpoint.token,
                             endpoint.ca_pem or None,
                         ),

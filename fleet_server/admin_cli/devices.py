@@ -62,7 +62,7 @@ def _cmd_devices_list(args: argparse.Namespace) -> int:
             continue
         models = ", ".join(_model_state(m) for m in d.models) or "-"
         print(
-            f"{d.device_id:20} {d.online_state or '-':8} {common.fmt_time(d.last_seen_unix):19}  "
+            f"{d.device_id:20} {d.presence or '-':8} {common.fmt_time(d.last_seen_unix):19}  "
             f"{models:32} {_telemetry_summary(d)}"
         )
     return 0
@@ -106,9 +106,9 @@ def _cmd_devices_show(args: argparse.Namespace) -> int:
         what = f"{event.model_name} {event.version} " if event.model_name else ""
         print(f"event     {common.fmt_time(event.at_unix)} {what}{event.state} {event.detail}")
     print(
-        f"mqtt      {device.online_state or 'never connected'}"
+        f"presence  {device.presence or '-'} (mqtt: {device.online_state or 'never connected'}"
         + (f" since {common.fmt_time(device.online_unix)}" if device.online_unix else "")
-        + f"; {device.telemetry_count} message(s) received, {device.telemetry_gaps} lost"
+        + f"); {device.telemetry_count} message(s) received, {device.telemetry_gaps} lost"
     )
     return 0
 

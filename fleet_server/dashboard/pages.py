@@ -198,8 +198,8 @@ def fleet(ctx: ServerContext, query: dict[str, str]) -> tuple[str, str]:
     rows = (
         "".join(
             f'<tr><td><a href="/devices/{quote(r["device_id"])}">{escape(r["device_id"])}</a></td>'
-            f'<td><span class="pill {escape(r["online_state"] or "unknown")}">'
-            f"{escape(r['online_state'] or 'unknown')}</span></td>"
+            f'<td><span class="pill {escape(r["presence"])}">'
+            f"{escape(r['presence'])}</span></td>"
             f"<td>{escape(r['hardware_class'])}</td>"
             f"<td>{escape(', '.join(r['models']) or '-')}</td>"
             f"<td>{escape(_labels(r['labels']))}</td>"
@@ -296,7 +296,7 @@ def device(ctx: ServerContext, device_id: str) -> tuple[str, str]:
         f"{caps.arch or '?'}, {caps.cpu_cores} cores, "
         f"{caps.memory_bytes >> 20} MiB; runtime {caps.runtime or '?'}"
     )
-    state = f"state {row.online_state or 'unknown'}; last seen {_ago(row.last_seen)}"
+    state = f"{row.presence(time.time())}; last seen {_ago(row.last_seen)}"
     now = time.time()
     history = device_history(ctx.db, device_id, hours=CHART_HOURS, now=now)
     charts = "".join(_chart(model, points, now) for model, points in sorted(history.items()))

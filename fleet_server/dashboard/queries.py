@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from fleet_server.catalog.select import DeviceProfile
+from fleet_server.registry.presence import presence_sql
 from fleet_server.storage.db import Database
 from fleet_server.storage.schema import device_models, devices, model_history, telemetry_history
 from fleet_server.telemetry.history import HISTORY_BUCKET_S
@@ -33,7 +34,7 @@ PAGE = 50
 class FleetSummary:
     devices: int = 0
     revoked: int = 0
-    states: dict[str, int] = field(default_factory=dict)  # online / offline / stopped / unknown
+    states: dict[str, int] = field(default_factory=dict)  # presence word -> unrevoked devices
     seen_recently: int = 0  # checked in within 10 minutes
     versions: list[tuple[str, str, int]] = field(default_factory=list)  # model, version, devices
     classes: dict[str, int] = field(default_factory=dict)  # hardware class -> devices
@@ -44,17 +45,13 @@ def fleet_summary(db: Database) -> FleetSummary:
     summary = FleetSummary()
     now = int(time.time())
     with db.engine.connect() as conn:
-        for state, revoked, count in conn.execute(
-            sa.select(
-                devices.c.online_state, devices.c.revoked_at.is_not(None), sa.func.count()
-            ).group_by(devices.c.online_state, devices.c.revoked_at.is_not(None))
-        ):
-            if revoked:
+        word = presence_sql(now).label("presence")
+        for state, count in conn.execute(sa.select(word, sa.func.count()).group_by(word)):
+            if state == "revoked":
                 summary.revoked += int(count)
                 continue
             summary.devices += int(count)
-            key = state or "unknown"
-            summary.states[key] = summary.states.get(key, 0) + int(count)
+            summary.states[str(state)] = summary.states.get(str(state), 0) + int(count)
         summary.seen_recently = int(
             conn.execute(
                 sa.select(sa.func.count()).where(
@@ -110,7 +107,7 @@ def device_page(db: Database, *, offset: int = 0, search: str = "") -> DevicePag
                     devices.c.labels,
                     devices.c.capabilities,
                     devices.c.last_seen,
-                    devices.c.online_state,
+                    presence_sql(time.time()).label("presence"),
                 )
                 .where(where)
                 .order_by(devices.c.device_id)

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from fleet_server.errors import AlreadyExistsError, AuthError, BadRequestError, NotFoundError
 from fleet_server.registry.ca import IssuedCert
+from fleet_server.registry.presence import presence
 from fleet_server.storage.db import Database, bump_generation, hold_writes
 from fleet_server.storage.schema import device_models, devices, enrollment_tokens
 
@@ -46,6 +47,17 @@ class DeviceRow:
     online_at: int | None = None
     telemetry_count: int = 0
     telemetry_gaps: int = 0
+
+    def presence(self, now: float) -> str:
+        """revoked, offline, stopped or online (see :mod:`fleet_server.registry.presence`)."""
+        return presence(
+            state=self.online_state,
+            state_at=self.online_at,
+            last_seen=self.last_seen,
+            last_report_at=self.last_telemetry_at,
+            revoked=self.revoked_at is not None,
+            now=now,
+        )
 
 
 def token_digest(token: str) -> str:

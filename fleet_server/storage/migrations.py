@@ -191,6 +191,18 @@ def _v18_to_v19(conn: sa.Connection) -> None:
     model_history.create(conn, checkfirst=True)
 
 
+def _v19_to_v20(conn: sa.Connection) -> None:
+    """Version 20: device events carry when the server stored them (they are pruned by it;
+    the device's own time may be anything). Older events count as stored when sent."""
+    if "stored_at" not in {c["name"] for c in sa.inspect(conn).get_columns("device_events")}:
+        conn.execute(
+            sa.text("ALTER TABLE device_events ADD COLUMN stored_at BIGINT NOT NULL DEFAULT 0")
+        )
+    conn.execute(sa.text("UPDATE device_events SET stored_at = at"))
+    index = "ix_device_events_stored_at"
+    conn.execute(sa.text(f"CREATE INDEX IF NOT EXISTS {index} ON device_events (stored_at)"))
+
+
 # From version N to N + 1.
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     1: _v1_to_v2,
@@ -211,4 +223,5 @@ MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     16: _v16_to_v17,
     17: _v17_to_v18,
     18: _v18_to_v19,
+    19: _v19_to_v20,
 }

@@ -34,7 +34,7 @@ __all__ = [
     "usage",
 ]
 
-SCHEMA_VERSION = 19
+SCHEMA_VERSION = 20
 
 metadata = sa.MetaData()
 
@@ -82,6 +82,8 @@ device_events = sa.Table(
     sa.Column("version", sa.String(32), nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("detail", sa.String(1024), nullable=False),
+    # When the server stored it (events are pruned by it; "at" is the device's clock).
+    sa.Column("stored_at", sa.BigInteger, nullable=False, default=0, index=True),
 )
 
 # One row: a counter bumped by every change to what any device should run or who it is

@@ -1,7 +1,23 @@
-"""An MQTT broker inside the server process (amqtt), for single-machine setups.
+"""An MQTT broker inside the server process (amqtt), for single-machine setups: closed like the
+production one (mosquitto with packaging/mosquitto/edgefleet.conf).
 
+amqtt 0.12 alone would not do: its TLS asks for client certificates only optionally, it reads a
+packet of any announced size into memory, and it deletes a client's session before it
+authenticates the client. So the server terminates TLS itself and hands amqtt only connections
+it has vetted, through amqtt's external listener:
+
+- TLS with a client certificate from the fleet CA required (``ssl.CERT_REQUIRED``);
+- the first packet must be a CONNECT (MQTT 3.1.1) whose client id is the certificate's common
+  name, and that identity must be admitted now (an enrolled, not revoked device, or a server
+  process): anything else gets a refusing CONNACK and is closed before amqtt sees it;
+- every packet's announced length is checked before its body is read (``max_packet``);
+- amqtt's topic check (:class:`TopicRights`) applies :mod:`protos.topics`, the same rules the
+  mosquitto ACL file is generated from, to every publish, subscribe and delivery.
+
+:meth:`EmbeddedBroker.disconnect` closes an identity's connections (revocation), and
+``on_disconnect`` tells the server when a device's connection ends (presence: amqtt refuses a
+3.1.1 CONNECT carrying a Will, so the broker's own disconnect event stands in for it).
 amqtt speaks MQTT 3.1.1 only; clients fall back to it. It runs its own asyncio loop in a thread.
-Production uses a real broker (mosquitto, EMQX) given with ``--mqtt-url``.
 """
 
 from __future__ import annotations
@@ -9,29 +25,202 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
+import struct
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["EmbeddedBroker"]
+from amqtt.adapters import StreamWriterAdapter
+from amqtt.broker import Broker
+from amqtt.contexts import Action
+from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+
+from fleet_server.telemetry.throttle import OncePer
+from protos.topics import may_publish, may_subscribe
+
+__all__ = ["EmbeddedBroker", "TopicRights", "read_connect_client_id"]
 
 log = logging.getLogger(__name__)
+_LISTENER = "edgefleet"
+_HANDSHAKE_S = 10.0  # TLS handshake and CONNECT must both arrive within this
+_MAX_PENDING = 256  # connections not yet vetted; more are closed at once
+DEFAULT_MAX_PACKET = 320 * 1024  # as packaging/mosquitto/edgefleet.conf (max_packet_size)
+# CONNACK return codes of MQTT 3.1.1.
+_UNACCEPTABLE_PROTOCOL, _IDENTIFIER_REJECTED, _NOT_AUTHORIZED = 1, 2, 5
+_REASONS = {
+    _UNACCEPTABLE_PROTOCOL: "not MQTT 3.1.1",
+    _IDENTIFIER_REJECTED: "its client id is not its certificate's name",
+    _NOT_AUTHORIZED: "not an enrolled device with its current certificate, or revoked",
+}
+
+
+class PacketTooLargeError(Exception):
+    """A client announced a packet above the broker's limit."""
+
+
+async def _read_packet(reader: asyncio.StreamReader, max_packet: int) -> bytes:
+    """One whole MQTT packet (fixed header and body). The body is read only once its announced
+    length is known to be within ``max_packet``.
+
+    Raises:
+        asyncio.IncompleteReadError: the connection ended.
+        PacketTooLargeError: the announced length is above the limit.
+        ValueError: a malformed length.
+    """
+    header = await reader.readexactly(1)
+    length, multiplier, encoded = 0, 1, b""
+    for _ in range(4):
+        byte = await reader.readexactly(1)
+        encoded += byte
+        length += (byte[0] & 0x7F) * multiplier
+        if not byte[0] & 0x80:
+            break
+        multiplier *= 128
+    else:
+        raise ValueError("malformed remaining length")
+    if length > max_packet:
+        raise PacketTooLargeError(f"{length}-byte packet (limit {max_packet})")
+    return header + encoded + await reader.readexactly(length)
+
+
+def _body(packet: bytes) -> bytes:
+    index = 1
+    while packet[index] & 0x80:
+        index += 1
+    return packet[index + 1 :]
+
+
+def read_connect_client_id(packet: bytes) -> tuple[int, str] | None:
+    """(protocol level, client id) of a CONNECT packet, or None when it is not one."""
+    if not packet or packet[0] != 0x10:
+        return None
+    body = _body(packet)
+    try:
+        (name_len,) = struct.unpack_from("!H", body, 0)
+        offset = 2 + name_len
+        level = body[offset]
+        offset += 4  # level, flags, keep-alive
+        (id_len,) = struct.unpack_from("!H", body, offset)
+        raw = body[offset + 2 : offset + 2 + id_len]
+        if len(raw) != id_len:
+            return None
+        return level, raw.decode("utf-8")
+    except (struct.error, IndexError, UnicodeDecodeError):
+        return None
+
+
+class _PacketReader:
+    """amqtt's reader for a vetted connection: serves amqtt's reads from whole packets read
+    with :func:`_read_packet`, starting with the CONNECT already read."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, first: bytes, max_packet: int, identity: str
+    ) -> None:
+        self._reader = reader
+        self._buffer = bytearray(first)
+        self._max = max_packet
+        self._identity = identity
+
+    async def read(self, n: int = -1) -> bytes:
+        while n < 0 or len(self._buffer) < n:
+            try:
+                packet = await _read_packet(self._reader, self._max)
+            except (PacketTooLargeError, ValueError) as exc:
+                log.warning("closing MQTT connection of %s: %s", self._identity, exc)
+                raise asyncio.IncompleteReadError(bytes(self._buffer), n) from exc
+            self._buffer += packet
+            if n < 0:
+                break
+        size = len(self._buffer) if n < 0 else n
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    def feed_eof(self) -> None:
+        self._reader.feed_eof()
+
+
+@dataclass
+class TopicRights:
+    """What the topic plugin asks: may this identity do that on this topic (by default the
+    rules of :mod:`protos.topics`)."""
+
+    may_publish: Callable[[str, str], bool] = may_publish
+    may_subscribe: Callable[[str, str], bool] = may_subscribe
+
+
+class VettedAuth(BaseAuthPlugin):
+    """Every connection amqtt sees was vetted by the TLS front: its client id is its
+    certificate's name and that identity is admitted."""
+
+    @dataclass
+    class Config:
+        pass
+
+    async def authenticate(self, *, session: Any) -> bool:
+        return bool(session.client_id)
+
+
+class RightsCheck(BaseTopicPlugin):
+    """amqtt's topic check, applying :class:`TopicRights` to the session's identity."""
+
+    @dataclass
+    class Config:
+        rights: Any = None
+
+    async def topic_filtering(
+        self, *, session: Any = None, topic: str | None = None, action: Any = None
+    ) -> bool:
+        rights: TopicRights = self.config.rights
+        identity = getattr(session, "client_id", None)
+        if not identity or not topic:
+            return False
+        if action == Action.PUBLISH:
+            return rights.may_publish(identity, topic)
+        # SUBSCRIBE checks the filter; RECEIVE checks each delivered message's topic (a
+        # retained message or an overlapping filter delivers nothing beyond the rights).
+        return rights.may_subscribe(identity, topic)
 
 
 class EmbeddedBroker:
-    """Start and stop an amqtt broker listening on ``host:port``."""
+    """Start and stop the vetting TLS front and amqtt behind it on ``host:port``."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        tls: ssl.SSLContext,
+        admits: Callable[[str, str], bool],
+        on_disconnect: Callable[[str], None] | None = None,
+        max_packet: int = DEFAULT_MAX_PACKET,
+    ) -> None:
+        """``tls`` must require client certificates from the fleet CA; ``admits(identity,
+        serial)`` (called in a worker thread, serial in lower-case hex) says whether a
+        certificate's holder may connect now."""
+        if tls.verify_mode != ssl.CERT_REQUIRED:
+            raise ValueError("the embedded broker's TLS context must require client certificates")
         self.host = host
         self.port = port
+        self._tls = tls
+        self._admits = admits
+        self._on_disconnect = on_disconnect or (lambda _identity: None)
+        self._max_packet = max_packet
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Event | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._pending = 0
+        self._connections: dict[str, set[asyncio.StreamWriter]] = {}
+        self.refused = 0  # connections refused by the front (no/unknown/revoked identity...)
+        self._refusals = OncePer(60.0)
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"mqtts://{self.host}:{self.port}"
 
     def start(self, timeout_s: float = 15.0) -> None:
         """Start listening; return once the broker accepts connections.
@@ -45,34 +234,125 @@ class EmbeddedBroker:
             raise OSError(f"embedded MQTT broker did not start within {timeout_s:.0f} s")
         if self._error is not None:
             raise OSError(f"embedded MQTT broker failed on {self.host}:{self.port}: {self._error}")
-        log.info("embedded MQTT broker (3.1.1) listening on %s", self.url)
+        log.info("embedded MQTT broker (3.1.1, mTLS) listening on %s", self.url)
 
     def _run(self) -> None:
         asyncio.run(self._serve())
 
     async def _serve(self) -> None:
-        from amqtt.broker import Broker  # noqa: PLC0415 - server-only dependency
-
         config: dict[str, Any] = {
-            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+            "listeners": {"default": {"type": "external"}, _LISTENER: {"type": "external"}},
             "plugins": {
-                # Anonymous on the loopback default; per-device credentials and ACLs are the
-                # telemetry issue's, on mosquitto.
-                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+                f"{__name__}.VettedAuth": {},
+                f"{__name__}.RightsCheck": {"rights": TopicRights()},
             },
         }
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
+        # Bound first: a port that is taken leaves no half-started amqtt behind.
         broker = Broker(config)
+        try:
+            server = await asyncio.start_server(
+                lambda r, w: self._vet(broker, r, w),
+                self.host,
+                self.port,
+                ssl=self._tls,
+                ssl_handshake_timeout=_HANDSHAKE_S,
+                limit=2**16,
+            )
+        except OSError as exc:
+            self._error = exc
+            self._ready.set()
+            return
         try:
             await broker.start()
         except BaseException as exc:  # noqa: BLE001 - reported to start()'s caller
+            server.close()
             self._error = exc
             self._ready.set()
             return
         self._ready.set()
         await self._stopped.wait()
+        server.close()
+        for writers in list(self._connections.values()):
+            for writer in list(writers):
+                writer.transport.abort()
         await broker.shutdown()
+
+    async def _vet(
+        self, broker: Broker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Admit one TLS connection to amqtt, or refuse it (see the module docs)."""
+        if self._pending >= _MAX_PENDING:
+            writer.transport.abort()
+            return
+        self._pending += 1
+        identity = serial = ""
+        try:
+            identity, serial = _subject(writer.get_extra_info("peercert"))
+            first = await asyncio.wait_for(_read_packet(reader, self._max_packet), _HANDSHAKE_S)
+            connect = read_connect_client_id(first)
+            code = 0
+            if connect is None:
+                code = -1
+            elif connect[0] != 4:
+                code = _UNACCEPTABLE_PROTOCOL
+            elif not identity or connect[1] != identity:
+                code = _IDENTIFIER_REJECTED
+            elif not await asyncio.to_thread(self._admits, identity, serial):
+                code = _NOT_AUTHORIZED
+        except (TimeoutError, asyncio.IncompleteReadError, PacketTooLargeError, ValueError,
+                ConnectionError, ssl.SSLError) as exc:  # fmt: skip
+            log.debug("MQTT connection dropped before CONNECT: %r", exc)
+            code = -1
+        except Exception:
+            log.exception("cannot vet an MQTT connection")
+            code = -1
+        finally:
+            self._pending -= 1
+        if code:
+            self.refused += 1
+            if code > 0:
+                if self._refusals.first(identity):
+                    log.warning(
+                        "MQTT connection of %r refused: %s (not logged again this minute)",
+                        identity[:64],
+                        _REASONS[code],
+                    )
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    writer.write(bytes((0x20, 2, 0, code)))
+                    await writer.drain()
+            writer.transport.abort()
+            return
+        self._connections.setdefault(identity, set()).add(writer)
+        try:
+            await broker.external_connected(
+                _PacketReader(reader, first, self._max_packet, identity),
+                StreamWriterAdapter(writer),
+                _LISTENER,
+            )
+        finally:
+            writers = self._connections.get(identity, set())
+            writers.discard(writer)
+            if not writers:
+                self._connections.pop(identity, None)
+            writer.transport.abort()
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self._on_disconnect, identity)
+
+    def disconnect(self, identity: str) -> None:
+        """Close every connection of ``identity`` (after its revocation; a reconnect is then
+        refused by ``admits``)."""
+        loop = self._loop
+        if loop is None:
+            return
+
+        def close() -> None:
+            for writer in list(self._connections.get(identity, ())):
+                writer.transport.abort()
+
+        with contextlib.suppress(RuntimeError):  # the loop has ended
+            loop.call_soon_threadsafe(close)
 
     def stop(self) -> None:
         """Stop the broker and its thread."""
@@ -82,3 +362,19 @@ class EmbeddedBroker:
                 self._loop.call_soon_threadsafe(self._stopped.set)
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+
+def _subject(peercert: Any) -> tuple[str, str]:
+    """(common name, serial in lower-case hex) of a verified peer certificate (``ssl``'s dict
+    form); "" for what it lacks."""
+    peercert = peercert or {}
+    name = ""
+    for rdn in peercert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                name = str(value)
+    try:
+        serial = f"{int(peercert.get('serialNumber', ''), 16):x}"
+    except ValueError:
+        serial = ""
+    return name, serial

@@ -39,11 +39,13 @@ from fleet_server.errors import TransientError
 from fleet_server.rollouts.health import HealthSample, HealthStore
 from fleet_server.storage.db import stored_text
 from fleet_server.telemetry.checks import plausible
+from fleet_server.telemetry.guard import Guard
 from fleet_server.telemetry.history import HistoryBuffer
 from fleet_server.telemetry.sequence import Position, account
 from fleet_server.telemetry.store import IngestBatch, TelemetryStore
+from fleet_server.telemetry.throttle import OncePer
 from protos import device_pb2, telemetry_pb2
-from protos.topics import commands_topic, device_from_topic, telemetry_filter
+from protos.topics import commands_topic, device_from_topic, device_topic, telemetry_filter
 
 __all__ = ["TelemetryIngest", "decode_message", "decode_report"]
 
@@ -54,7 +56,15 @@ _BATCH = 500
 _WRITE_ATTEMPTS = 30  # a batch the database keeps refusing for this many seconds is dropped
 _FINAL_ATTEMPTS = 3
 _IDLE_FLUSH_S = 30.0  # with no messages, ended history buckets are written this often
+_REVOKED_REFRESH_S = 5.0  # revocations made by another server replica are seen this soon
+_EVENTS_KEPT_S = 7 * 86400  # device events are kept this long at least (the history's if longer)
 
+
+_REFUSALS = {
+    "rate": "more messages than a device generates: see docs/mqtt.md, Bounds",
+    "jump": "a sequence number further ahead than the device could have counted",
+    "revoked": "the device is revoked",
+}
 
 _KINDS: dict[str, type[Any]] = {
     "telemetry": telemetry_pb2.TelemetryReport,
@@ -104,11 +114,25 @@ def decode_report(
     return report
 
 
-def _event(message: Any, model_name: str, version: str, state: str, detail: str) -> dict[str, Any]:
-    """A device_events row for a DeviceEvent."""
+def _event(message: Any, now: float) -> dict[str, Any]:
+    """The device_events row of a DeviceEvent: a command's acknowledgement or an update step,
+    at the device's time (no later than the server's)."""
+    if message.HasField("ack"):
+        ack = message.ack
+        model_name = version = ""
+        state = "ACK"
+        detail = f"{ack.kind[:32]} {ack.id[:32]} {'done' if ack.ok else 'refused'}: {ack.detail}"
+    else:
+        update = message.update
+        model_name, version, detail = update.model_name, update.version, update.detail
+        state = (
+            device_pb2.UpdateState.Name(update.state)
+            if update.state in device_pb2.UpdateState.values() and update.state
+            else "UNKNOWN"
+        )
     return {
         "device_id": message.device_id,
-        "at": int(message.sent_unix_ms // 1000),
+        "at": min(int(message.sent_unix_ms // 1000), int(now)),
         "seq": message.seq,
         "model_name": stored_text(model_name, 64),
         "version": stored_text(version, 32),
@@ -180,6 +204,13 @@ class TelemetryIngest:
         self._gated: dict[tuple[str, str, str], tuple[int, int]] = {}
         self.unhealthy = 0  # devices failed by a rollout's health gate
         self.history_lost = 0  # history rows the database refused
+        # Messages refused by the per-device bounds (guard.py) and from revoked devices.
+        self.refused: dict[str, int] = {"rate": 0, "jump": 0, "revoked": 0}
+        self._guard = Guard()
+        self._complaints = OncePer(60.0)
+        self._revoked: set[str] = set()
+        self._revoked_at = 0.0
+        self._events_kept_s = max(_EVENTS_KEPT_S, int(history_hours * 3600))
 
     def watch_health(self, rollouts: HealthStore, on_unhealthy: Callable[[], None]) -> None:
         """Feed telemetry to the health gates of these rollouts; call ``on_unhealthy`` when a
@@ -349,21 +380,74 @@ class TelemetryIngest:
                 self.dropped += 1
 
     def _store(self, decoded: list[tuple[str, Any]], *, final: bool = False) -> None:
-        """Judge and write a batch; the positions and counters change only once it is stored,
-        so a failed write can be retried as a whole.
+        """Judge and write a batch; the positions, counters and per-device budgets change only
+        once it is stored, so a failed write can be retried as a whole.
 
         Raises:
             Exception: whatever the database raised.
         """
-        unknown = {m.device_id for _k, m in decoded} - set(self._positions)
+        now = time.time()
+        self._refresh_revoked(now)
+        touched = {m.device_id for _k, m in decoded}
+        unknown = touched - set(self._positions) - self._revoked
         stored = self._telemetry.telemetry_positions(sorted(unknown)) if unknown else {}
-        positions = {d: (Position(e, q) if e else None) for d, (e, q) in stored.items()}
+        positions = {d: (Position(e, q) if e else None) for d, (e, q, _t) in stored.items()}
+        last_at = {d: t for d, (_e, _q, t) in stored.items()}
+        guard = self._guard.snapshot(touched)
+        try:
+            return self._judge_and_store(decoded, positions, last_at, now, final=final)
+        except BaseException:
+            self._guard.restore(guard)  # the retry judges the same messages again
+            raise
+
+    def _refresh_revoked(self, now: float) -> None:
+        """Re-read the revoked devices every few seconds (another replica may have revoked
+        one); the ones this process revoked are dropped at once (:meth:`revoked`)."""
+        if now - self._revoked_at < _REVOKED_REFRESH_S:
+            return
+        revoked = self._telemetry.revoked_devices()
+        for device_id in revoked - self._revoked:
+            self._forget(device_id)
+        self._revoked, self._revoked_at = revoked, now
+
+    def _forget(self, device_id: str) -> None:
+        self._positions.pop(device_id, None)
+        self._versions.pop(device_id, None)
+        self._guard.forget(device_id)
+
+    def revoked(self, device_id: str) -> None:
+        """Drop this device's messages from now on (it was revoked)."""
+        self._revoked.add(device_id)
+        self._forget(device_id)
+
+    def _refused(self, refusals: list[tuple[str, str, str]]) -> None:
+        """Count (and log, once per device and reason a minute) the refusals of a stored
+        batch."""
+        for reason, device_id, what in refusals:
+            self.refused[reason] += 1
+            if self._complaints.first(f"{reason}:{device_id}"):
+                log.warning("refusing %s from %s (%s; not logged again for it this minute)",
+                            what, device_id, _REFUSALS[reason])  # fmt: skip
+
+    def _judge_and_store(
+        self,
+        decoded: list[tuple[str, Any]],
+        positions: dict[str, Position | None],
+        last_at: dict[str, int | None],
+        now: float,
+        *,
+        final: bool,
+    ) -> None:
         batch = IngestBatch()
         latest: dict[str, Any] = {}
         reports: list[Any] = []
         accepted = rejected = duplicates = lost = 0
+        refusals: list[tuple[str, str, str]] = []
         for kind, message in decoded:
             device_id = message.device_id
+            if device_id in self._revoked:
+                refusals.append(("revoked", device_id, f"a {kind} message"))
+                continue
             if device_id not in positions and device_id not in self._positions:
                 rejected += 1  # not an enrolled device
                 continue
@@ -375,33 +459,43 @@ class TelemetryIngest:
             if not verdict.new:
                 duplicates += 1
                 continue
+            sent_ms = int(message.sent_unix_ms)
+            admitted = self._guard.admit(device_id, sent_ms, now)
+            if not admitted.ok:
+                refusals.append((admitted.reason, device_id, f"{kind} #{message.seq}"))
+                continue
+            gap = verdict.gap
+            if position is not None and position.epoch:
+                same = message.epoch == position.epoch
+                advance = message.seq - position.seq if same else message.seq
+                dropped = getattr(message, "spool_dropped", 0)
+                allowance = self._guard.allowance(
+                    device_id, sent_ms, now, dropped, last_at.get(device_id)
+                )
+                jump = self._guard.jump(device_id, message.epoch, message.seq, advance, allowance)
+                if not jump.ok:
+                    refusals.append(("jump", device_id, f"{kind} #{message.seq} (+{advance})"))
+                    continue
+                if jump.adopted:
+                    log.warning("device %s continues from sequence %d: adopted", device_id,
+                                message.seq)  # fmt: skip
+                    gap = 0
+            self._guard.accepted(device_id, sent_ms, now)
             positions[device_id] = verdict.position
-            lost += verdict.gap
+            lost += gap
             _, _, report, count, gaps = batch.telemetry.get(device_id, ("", 0, None, 0, 0))
             if kind == "telemetry":
                 latest[device_id] = message  # only the newest is converted and stored
                 reports.append(message)
                 _count_usage(batch, message)
-            elif message.HasField("ack"):
-                ack = message.ack
-                detail = f"{ack.kind[:32]} {ack.id[:32]} {'done' if ack.ok else 'refused'}: "
-                batch.events.append(_event(message, "", "", "ACK", detail + ack.detail))
             else:
-                update = message.update
-                state = (
-                    device_pb2.UpdateState.Name(update.state)
-                    if update.state in device_pb2.UpdateState.values() and update.state
-                    else "UNKNOWN"
-                )
-                batch.events.append(
-                    _event(message, update.model_name, update.version, state, update.detail)
-                )
+                batch.events.append(_event(message, now))
             batch.telemetry[device_id] = (
                 verdict.position.epoch,
                 verdict.position.seq,
                 report,
                 count + 1,
-                gaps + verdict.gap,
+                gaps + gap,
             )
             accepted += 1
         for device_id, message in latest.items():
@@ -409,9 +503,10 @@ class TelemetryIngest:
             report = MessageToDict(message, preserving_proto_field_name=True)
             batch.telemetry[device_id] = (epoch, seq, report, count, gaps)
         samples, remember = self._health_samples(reports)
-        now = time.time()
         batch.history = self._history.due(now, everything=final)
         batch.prune_history_before = self._history.prune_before(now)
+        if batch.prune_history_before:  # once per history bucket: events are pruned with it
+            batch.prune_events_before = int(now) - self._events_kept_s
         if (
             batch.telemetry
             or batch.states
@@ -430,6 +525,7 @@ class TelemetryIngest:
             self._history.add(report, now)
         if samples and self._rollouts is not None:
             self._judge(self._rollouts, samples)
+        self._refused(refusals)
         self.accepted += accepted
         self.rejected += rejected
         self.duplicates += duplicates
@@ -450,6 +546,21 @@ class TelemetryIngest:
         if failed:
             self.unhealthy += len(failed)
             self._on_unhealthy()
+
+    def connection_lost(self, device_id: str) -> None:
+        """The broker saw this device's connection end without a Will (the embedded broker):
+        record it offline, in order with its messages."""
+        try:
+            topic = device_topic(self._fleet_id, device_id, "state")
+        except ValueError:
+            return
+        state = telemetry_pb2.DeviceState(
+            device_id=device_id, state="offline", sent_unix_ms=int(time.time() * 1000)
+        )
+        try:
+            self._queue.put((topic, state.SerializeToString()), timeout=10)
+        except queue.Full:
+            self.dropped += 1
 
     def nudge(self, device_ids: Sequence[str]) -> None:
         """Ask these devices to check in now."""

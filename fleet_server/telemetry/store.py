@@ -41,6 +41,7 @@ class IngestBatch:
     # telemetry_history rows to add, and the bucket before which history is deleted (0: keep)
     history: list[dict[str, Any]] = field(default_factory=list)
     prune_history_before: int = 0
+    prune_events_before: int = 0  # device events (updates, command acks) older than this go
 
 
 def _greater(stored: Any, new: Any) -> Any:
@@ -111,15 +112,29 @@ class TelemetryStore:
     def __init__(self, db: Database) -> None:
         self._engine = db.engine
 
-    def telemetry_positions(self, device_ids: Sequence[str]) -> dict[str, tuple[str, int]]:
-        """Device -> (epoch, highest sequence stored), for known devices."""
+    def telemetry_positions(
+        self, device_ids: Sequence[str]
+    ) -> dict[str, tuple[str, int, int | None]]:
+        """Device -> (epoch, highest sequence stored, when its last report was stored), for
+        enrolled devices that are not revoked."""
         with self._engine.connect() as conn:
             rows = conn.execute(
                 sa.select(
-                    devices.c.device_id, devices.c.telemetry_epoch, devices.c.last_telemetry_seq
-                ).where(devices.c.device_id.in_(list(device_ids)))
+                    devices.c.device_id,
+                    devices.c.telemetry_epoch,
+                    devices.c.last_telemetry_seq,
+                    devices.c.last_telemetry_at,
+                ).where(devices.c.device_id.in_(list(device_ids)) & devices.c.revoked_at.is_(None))
             ).all()
-        return {str(d): (e or "", int(q or 0)) for d, e, q in rows}
+        return {str(d): (e or "", int(q or 0), t) for d, e, q, t in rows}
+
+    def revoked_devices(self) -> set[str]:
+        """The ids of every revoked device."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(devices.c.device_id).where(devices.c.revoked_at.is_not(None))
+            ).all()
+        return {str(r[0]) for r in rows}
 
     def record_mqtt_batch(self, batch: IngestBatch) -> bool:
         """Write one batch of ingested MQTT messages in one transaction. History is written in
@@ -158,7 +173,7 @@ class TelemetryStore:
                     .values(online_state=state, online_at=now)
                 )
             if batch.events:
-                conn.execute(device_events.insert(), batch.events)
+                conn.execute(device_events.insert().values(stored_at=now), batch.events)
             if batch.usage:
                 _add_usage(conn, batch.usage, now)
             history_stored = True
@@ -172,6 +187,12 @@ class TelemetryStore:
             if batch.prune_history_before:
                 for table in (telemetry_history, model_history):
                     conn.execute(table.delete().where(table.c.bucket < batch.prune_history_before))
+            if batch.prune_events_before:
+                conn.execute(
+                    device_events.delete().where(
+                        device_events.c.stored_at < batch.prune_events_before
+                    )
+                )
         return history_stored
 
     def device_events(self, device_id: str, limit: int = 100) -> list[dict[str, Any]]:

@@ -60,6 +60,7 @@ class DevicesAdmin(AdminBase):
     def RevokeDevice(self, request: pb.DeviceRequest, context: Any) -> pb.DeviceInfo:  # noqa: N802
         require_admin(context, self._ctx.admin_token)
         self._ctx.devices.revoke(request.device_id)
+        self._ctx.revoked(request.device_id)  # its MQTT session and messages end now
         log.warning("device %s revoked", request.device_id)
         return wire.device_info(self._ctx.devices.get_device(request.device_id))
 

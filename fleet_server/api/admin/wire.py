@@ -4,6 +4,7 @@ one way back, a rollout's health gate)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -150,6 +151,7 @@ def device_info(row: DeviceRow) -> pb.DeviceInfo:
         revoked_unix=row.revoked_at or 0,
         online_state=row.online_state or "",
         online_unix=row.online_at or 0,
+        presence=row.presence(time.time()),
         telemetry_count=row.telemetry_count,
         telemetry_gaps=row.telemetry_gaps,
     )
