@@ -135,6 +135,8 @@ def rollout(
         server.mqtt_url,
         "default",
         "2.0.0",
+        "--server-data-dir",
+        str(server.data_dir),
     )
     for proc in procs:  # every client subscribed
         assert proc.popen.stdout is not None

@@ -62,7 +62,7 @@ class Settings:
     no_bootstrap_token: bool = False
     db_url: str | None = None
     mqtt_url: str | None = None
-    mqtt_listen: str = "127.0.0.1:1883"
+    mqtt_listen: str = "127.0.0.1:8883"
     device_mqtt_url: str | None = None
     mqtt_share_group: str | None = None
     mqtt_client_id: str | None = None

@@ -222,8 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--mqtt-listen",
-        default="127.0.0.1:1883",
-        help="where the embedded broker listens (default 127.0.0.1:1883; port 0 = any free)",
+        default="127.0.0.1:8883",
+        help="where the embedded broker listens, MQTT over TLS with fleet client certificates "
+        "only (default 127.0.0.1:8883; port 0 = the port of the last start, else any free one)",
     )
     run.add_argument(
         "--device-mqtt-url", help="the MQTT URL devices are told to use (default: the server's)"

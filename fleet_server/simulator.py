@@ -47,6 +47,10 @@ class SimDevice:
     fail_versions: Collection[str] = ()
     failed: set[tuple[str, str]] = field(default_factory=set)
     capabilities: pb.Capabilities = field(default_factory=_default_capabilities)
+    # Its credentials, for an MQTT connection of its own (the brokers know devices by them).
+    key_pem: bytes = b""
+    certificate_pem: bytes = b""
+    ca_pem: bytes = b""
 
     @classmethod
     def enroll(
@@ -87,6 +91,9 @@ class SimDevice:
             channel=channel,
             credentials=credentials,
             fail_versions=fail_versions,
+            key_pem=key_pem,
+            certificate_pem=response.certificate_pem,
+            ca_pem=fleet.ca_pem,
         )
         if capabilities is not None:
             device.capabilities = capabilities

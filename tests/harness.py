@@ -237,7 +237,7 @@ def start_server(
         cmd += ["--db-url", db_url]
     if mqtt_url:
         cmd += ["--mqtt-url", mqtt_url]
-    else:
+    elif "--mqtt-listen" not in extra:
         cmd += ["--mqtt-listen", "127.0.0.1:0"]
     proc = start(cmd, folder / "server.log")
     info = wait_for(

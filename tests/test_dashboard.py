@@ -23,6 +23,7 @@ from fleet_server.registry.store import DeviceStore
 from fleet_server.simulator import SimDevice
 from fleet_server.telemetry.store import TelemetryStore
 from tests.harness import Server, seed_devices, seed_history
+from tests.mqtt_clients import Client, sim_state_dir
 
 
 class Browser:
@@ -222,10 +223,7 @@ def test_in_chromium_log_in_pause_a_rollout_and_read_the_costs(
                  "--max-spend-per-day", "0.2")  # fmt: skip
     seed_history(f"sqlite:///{server.data_dir / 'fleet.db'}", "cam-01", "color")
     # Usage for the cost page: two devices report a cascade over MQTT (the embedded broker).
-    host, port = info["mqtt_url"].removeprefix("mqtt://").split(":")
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
-    client.connect(host, int(port))
-    client.loop_start()
+    port = int(info["mqtt_url"].rsplit(":", 1)[1])
     for seq, (sim, spent) in enumerate(zip(sims[:2], (0.12, 0.2), strict=True), start=1):
         model = telemetry_pb2.ModelTelemetry(
             model_name="color", version="1.0.0", window_requests=1000, requests=1000,
@@ -233,12 +231,15 @@ def test_in_chromium_log_in_pause_a_rollout_and_read_the_costs(
             cloud_requests=60, window_cloud_cost_usd=spent, window_compute_ms=500.0,
         )  # fmt: skip
         report = telemetry_pb2.TelemetryReport(
-            device_id=sim.device_id, seq=seq, epoch="e", models=[model]
+            device_id=sim.device_id, seq=seq, epoch="e", models=[model],
+            sent_unix_ms=int(time.time() * 1000),
+        )  # fmt: skip
+        state = sim_state_dir(sim, tmp_path / "sims")
+        client = Client(port, state, sim.device_id, protocol=paho.MQTTv311)
+        client.publish(
+            f"edgefleet/v1/default/{sim.device_id}/telemetry", report.SerializeToString()
         )
-        client.publish(f"edgefleet/v1/default/{sim.device_id}/telemetry",
-                       report.SerializeToString(), qos=1).wait_for_publish(10)  # fmt: skip
-    client.loop_stop()
-    client.disconnect()
+        client.close()
 
     shots = tmp_path / "shots"
     shots.mkdir()

@@ -4,93 +4,19 @@ commands, or send commands; a real agent's telemetry gets through."""
 
 from __future__ import annotations
 
-import getpass
 import json
-import shutil
-import ssl
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.identity import Identity
 from protos import telemetry_pb2
-from tests.harness import REPO, Agent, Server, free_port, port_open, run_cli, start, wait_for
+from tests.harness import REPO, Agent, Server, wait_for
+from tests.mqtt_clients import Client, start_tls_broker
 
 pytestmark = pytest.mark.slow
-
-PACKAGING = REPO / "packaging" / "mosquitto"
-
-
-def start_tls_broker(folder: Path, server: Server) -> tuple[int, Any]:
-    """mosquitto with packaging/mosquitto/edgefleet.conf and .acl, paths and port replaced."""
-    certs = folder / "certs"
-    run_cli(
-        "edgefleet-server", "broker-cert", "--data-dir", str(server.data_dir),
-        "--out", str(certs), "--name", "127.0.0.1",
-    )  # fmt: skip
-    port = free_port()
-    acl = folder / "edgefleet.acl"
-    shutil.copy(PACKAGING / "edgefleet.acl", acl)
-    conf = (PACKAGING / "edgefleet.conf").read_text()
-    for old, new in (
-        ("/etc/mosquitto/conf.d/edgefleet.acl", str(acl)),
-        ("/var/lib/mosquitto/", f"{folder}/"),
-        ("listener 8883", f"listener {port} 127.0.0.1"),
-        ("/etc/edgefleet/fleet-ca.crt", str(certs / "fleet-ca.crt")),
-        ("/etc/mosquitto/certs/broker.crt", str(certs / "broker.crt")),
-        ("/etc/mosquitto/certs/broker.key", str(certs / "broker.key")),
-    ):
-        assert old in conf, old
-        conf = conf.replace(old, new)
-    conf += f"user {getpass.getuser()}\nlog_dest stdout\n"
-    (folder / "mosquitto.conf").write_text(conf)
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    proc = start([binary, "-c", str(folder / "mosquitto.conf")], folder / "mosquitto.log")
-    wait_for("mosquitto (TLS)", lambda: port_open(port) or proc.popen.poll() is not None)
-    assert proc.popen.poll() is None, proc.output()
-    return port, proc
-
-
-class Client:
-    """A paho client with a device's certificate, recording what it is told."""
-
-    def __init__(self, port: int, state_dir: Path, client_id: str) -> None:
-        self.client = paho.Client(
-            paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5
-        )
-        self.client.tls_set(
-            ca_certs=str(Identity.ca_path(state_dir)),
-            certfile=str(Identity.cert_path(state_dir)),
-            keyfile=str(Identity.key_path(state_dir)),
-            cert_reqs=ssl.CERT_REQUIRED,
-        )
-        self.received: list[str] = []
-        self.suback: list[list[ReasonCode]] = []
-        self.puback: dict[int, ReasonCode] = {}
-        self.connected = threading.Event()
-        self.client.on_connect = lambda *a: self.connected.set()
-        self.client.on_message = lambda _c, _u, m: self.received.append(m.topic)
-        self.client.on_subscribe = lambda _c, _u, _mid, codes, _p: self.suback.append(codes)
-        self.client.on_publish = lambda _c, _u, mid, code, _p: self.puback.__setitem__(mid, code)
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        assert self.connected.wait(10)
-
-    def publish(self, topic: str, payload: bytes) -> ReasonCode:
-        info = self.client.publish(topic, payload, qos=1)
-        info.wait_for_publish(10)
-        wait_for("the PUBACK", lambda: info.mid in self.puback)
-        return self.puback[info.mid]
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 def test_devices_are_confined_to_their_own_topics(

@@ -136,6 +136,9 @@ class MqttPublisher:
             _c: paho.Client, _u: object, _f: object, reason: ReasonCode, _p: object
         ) -> None:
             outcome.append(reason)
+            if reason.is_failure and self._client is _c and not self._connected.is_set():
+                # paho reconnecting by itself after a lost connection, refused.
+                log.warning("MQTT broker %s refused the reconnection: %s", self.endpoint, reason)
             if not reason.is_failure:
                 self._connected.set()
                 log.info("connected to MQTT broker %s", self.endpoint)

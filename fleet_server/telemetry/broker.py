@@ -15,8 +15,9 @@ it has vetted, through amqtt's external listener:
   mosquitto ACL file is generated from, to every publish, subscribe and delivery.
 
 :meth:`EmbeddedBroker.disconnect` closes an identity's connections (revocation), and
-``on_disconnect`` tells the server when a device's connection ends (presence: amqtt refuses a
-3.1.1 CONNECT carrying a Will, so the broker's own disconnect event stands in for it).
+``on_disconnect`` tells the server when a connection ends without a DISCONNECT packet and no
+newer connection of the same identity took over (presence: amqtt refuses a 3.1.1 CONNECT
+carrying a Will, so this stands in for the Will).
 amqtt speaks MQTT 3.1.1 only; clients fall back to it. It runs its own asyncio loop in a thread.
 """
 
@@ -122,6 +123,7 @@ class _PacketReader:
         self._buffer = bytearray(first)
         self._max = max_packet
         self._identity = identity
+        self.said_goodbye = False  # a DISCONNECT packet came: a clean end, no "offline"
 
     async def read(self, n: int = -1) -> bytes:
         while n < 0 or len(self._buffer) < n:
@@ -131,6 +133,8 @@ class _PacketReader:
                 log.warning("closing MQTT connection of %s: %s", self._identity, exc)
                 raise asyncio.IncompleteReadError(bytes(self._buffer), n) from exc
             self._buffer += packet
+            if packet[0] & 0xF0 == 0xE0:
+                self.said_goodbye = True
             if n < 0:
                 break
         size = len(self._buffer) if n < 0 else n
@@ -182,6 +186,95 @@ class RightsCheck(BaseTopicPlugin):
         # SUBSCRIBE checks the filter; RECEIVE checks each delivered message's topic (a
         # retained message or an overlapping filter delivers nothing beyond the rights).
         return rights.may_subscribe(identity, topic)
+
+
+class _Broker(Broker):
+    """amqtt's broker with two faults of amqtt 0.12 fixed (both measured):
+
+    - it acknowledges a PUBLISH when it reads it and passes it on later; a client that
+      disconnected meanwhile had its acknowledged messages dropped (3,581 of 10,000 reports of
+      a replaying device). Here what a client sent is passed on, in order, before its session
+      ends (the message loop is ours).
+    - it sends a client, when it connects, the retained messages matching *every* client's
+      subscriptions, without the topic check (a device received every other device's retained
+      state). Here a client gets retained messages only for its own subscriptions, and only
+      those its identity may receive.
+    """
+
+    async def _client_message_loop(self, client_session: Any, handler: Any) -> None:
+        """Serve one connected client: its publishes in the order they came, its
+        (un)subscriptions, and at its end, first whatever it published before it went."""
+        waiting = {
+            "disconnect": asyncio.ensure_future(handler.wait_disconnect()),
+            "subscribe": asyncio.ensure_future(handler.get_next_pending_subscription()),
+            "unsubscribe": asyncio.ensure_future(handler.get_next_pending_unsubscription()),
+            "deliver": asyncio.ensure_future(handler.mqtt_deliver_next_message()),
+        }
+        try:
+            while True:
+                done, _ = await asyncio.wait(waiting.values(), return_when=asyncio.FIRST_COMPLETED)
+                if waiting["deliver"] in done:
+                    if not await self._handle_message_delivery(
+                        client_session, handler, waiting["deliver"]
+                    ):
+                        return  # a malformed topic: amqtt closes the connection
+                    waiting["deliver"] = asyncio.ensure_future(handler.mqtt_deliver_next_message())
+                if waiting["subscribe"] in done:
+                    await self._handle_subscription(client_session, handler, waiting["subscribe"])
+                    waiting["subscribe"] = asyncio.ensure_future(
+                        handler.get_next_pending_subscription()
+                    )
+                if waiting["unsubscribe"] in done:
+                    await self._handle_unsubscription(
+                        client_session, handler, waiting["unsubscribe"]
+                    )
+                    waiting["unsubscribe"] = asyncio.ensure_future(
+                        handler.get_next_pending_unsubscription()
+                    )
+                if waiting["disconnect"] in done:
+                    await self._deliver_the_rest(client_session, handler, waiting.pop("deliver"))
+                    await self._handle_disconnect(client_session, handler, waiting["disconnect"])
+                    return
+        except asyncio.CancelledError:
+            log.debug("the message loop of %s was cancelled", client_session.client_id)
+        finally:
+            for waiter in waiting.values():
+                waiter.cancel()
+            await asyncio.gather(*waiting.values(), return_exceptions=True)
+
+    async def _deliver_the_rest(
+        self, client_session: Any, handler: Any, deliver: asyncio.Future[Any]
+    ) -> None:
+        """Pass on, in order, what the client published before it went (amqtt acknowledged
+        it when it read it)."""
+        deliver.cancel()  # a cancelled wait leaves its message in the queue
+        await asyncio.gather(deliver, return_exceptions=True)
+        if not deliver.cancelled() and deliver.exception() is None and deliver.result():
+            await self._handle_message_delivery(client_session, handler, deliver)
+        queue = client_session.delivered_message_queue
+        while not queue.empty():
+            received: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            received.set_result(queue.get_nowait())
+            await self._handle_message_delivery(client_session, handler, received)
+
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Any
+    ) -> None:
+        topic_filter, qos = subscription
+        subscribers = self._subscriptions.get(topic_filter, [])
+        if not any(s.client_id == session.client_id for s, _qos in subscribers):
+            return
+        handler = self._get_handler(session)
+        if handler is None:
+            return
+        for topic, retained in list(self._retained_messages.items()):
+            if not self._matches(topic, topic_filter):
+                continue
+            if not await self._topic_filtering(session, topic, Action.RECEIVE):
+                continue
+            await handler.mqtt_publish(
+                retained.topic, retained.data, min(qos, retained.qos or qos), retain=True
+            )
 
 
 class EmbeddedBroker:
@@ -250,10 +343,10 @@ class EmbeddedBroker:
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         # Bound first: a port that is taken leaves no half-started amqtt behind.
-        broker = Broker(config)
+        broker = _Broker(config)
         try:
             server = await asyncio.start_server(
-                lambda r, w: self._vet(broker, r, w),
+                lambda r, w: self._client(broker, r, w),
                 self.host,
                 self.port,
                 ssl=self._tls,
@@ -279,8 +372,17 @@ class EmbeddedBroker:
                 writer.transport.abort()
         await broker.shutdown()
 
+    async def _client(
+        self, broker: _Broker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """One client connection, to its end (or the broker's stop: then quietly)."""
+        try:
+            await self._vet(broker, reader, writer)
+        except asyncio.CancelledError:
+            writer.transport.abort()
+
     async def _vet(
-        self, broker: Broker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, broker: _Broker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         """Admit one TLS connection to amqtt, or refuse it (see the module docs)."""
         if self._pending >= _MAX_PENDING:
@@ -312,33 +414,36 @@ class EmbeddedBroker:
             self._pending -= 1
         if code:
             self.refused += 1
+            if code == _UNACCEPTABLE_PROTOCOL:  # an MQTT v5 client about to fall back
+                log.debug("MQTT connection of %r: not 3.1.1", identity[:64])
+                self.refused -= 1
+            elif code > 0 and self._refusals.first(f"{code}:{identity}"):
+                log.warning(
+                    "MQTT connection of %r refused: %s (not logged again this minute)",
+                    identity[:64],
+                    _REASONS[code],
+                )
             if code > 0:
-                if self._refusals.first(identity):
-                    log.warning(
-                        "MQTT connection of %r refused: %s (not logged again this minute)",
-                        identity[:64],
-                        _REASONS[code],
-                    )
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     writer.write(bytes((0x20, 2, 0, code)))
                     await writer.drain()
             writer.transport.abort()
             return
         self._connections.setdefault(identity, set()).add(writer)
+        packets = _PacketReader(reader, first, self._max_packet, identity)
         try:
-            await broker.external_connected(
-                _PacketReader(reader, first, self._max_packet, identity),
-                StreamWriterAdapter(writer),
-                _LISTENER,
-            )
+            await broker.external_connected(packets, StreamWriterAdapter(writer), _LISTENER)
         finally:
             writers = self._connections.get(identity, set())
             writers.discard(writer)
+            writer.transport.abort()
+            # Gone without a goodbye, and not replaced by a newer connection of its own (a
+            # reconnect takes the session over: its birth must not be followed by "offline").
             if not writers:
                 self._connections.pop(identity, None)
-            writer.transport.abort()
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(self._on_disconnect, identity)
+                if not packets.said_goodbye:
+                    with contextlib.suppress(Exception):
+                        await asyncio.to_thread(self._on_disconnect, identity)
 
     def disconnect(self, identity: str) -> None:
         """Close every connection of ``identity`` (after its revocation; a reconnect is then
