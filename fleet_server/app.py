@@ -23,6 +23,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from agent.errors import AgentError
 from agent.inference.metrics_http import MetricsServer
 from agent.systemd import Notifier, watchdog_interval
@@ -221,6 +223,7 @@ class FleetServer:
         self.ctx = ctx
         # Worker processes only serve gRPC; the main process runs the rollouts and the ingest.
         if not s.worker:
+            self._write_crl()
             ingest = self._ingest
             self._controller = RolloutController(
                 ctx.rollouts,
@@ -354,6 +357,19 @@ class FleetServer:
             self._ingest.revoked(device_id)
         if self._broker is not None:
             self._broker.disconnect(device_id)
+        self._write_crl()
+
+    def _write_crl(self) -> None:
+        """DATA_DIR/ca/fleet.crl: the revoked devices' certificates, for mosquitto's
+        ``crlfile`` (docs/mqtt.md: it is read when mosquitto starts)."""
+        data_dir = self._data_dir
+        try:
+            crl = data_dir.ca().crl(DeviceStore(self._db).revoked_certificates())
+            temporary = data_dir.ca_dir / "fleet.crl.tmp"
+            temporary.write_bytes(crl)
+            temporary.replace(data_dir.ca_dir / "fleet.crl")
+        except (OSError, sa.exc.SQLAlchemyError) as exc:
+            log.error("cannot write the certificate revocation list: %s", exc)
 
     def _connection_lost(self, identity: str) -> None:
         """A device's connection to the embedded broker ended: it is offline (amqtt takes no

@@ -102,11 +102,15 @@ def _cmd_broker_cert(args: argparse.Namespace) -> int:
         handle.write(key_pem)
     (args.out / "broker.crt").write_bytes(cert_pem)
     (args.out / "fleet-ca.crt").write_bytes(data_dir.ca().cert_pem)
+    crl = data_dir.ca_dir / "fleet.crl"  # the running server keeps it current
+    if not crl.exists():
+        crl.write_bytes(data_dir.ca().crl([]))
+    (args.out / "fleet.crl").write_bytes(crl.read_bytes())
     servers = list(args.server_name or ["main"])
     (args.out / "edgefleet.acl").write_text(mosquitto_acl(servers), encoding="utf-8")
     print(
-        f"wrote {args.out}/broker.crt, broker.key (0600) and fleet-ca.crt for {', '.join(names)}, "
-        f"and edgefleet.acl for the servers {', '.join(servers)}; see "
+        f"wrote {args.out}/broker.crt, broker.key (0600), fleet-ca.crt and fleet.crl for "
+        f"{', '.join(names)}, and edgefleet.acl for the servers {', '.join(servers)}; see "
         "packaging/mosquitto/edgefleet.conf"
     )
     return 0

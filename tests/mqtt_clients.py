@@ -7,6 +7,7 @@ import getpass
 import shutil
 import ssl
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ def start_tls_broker(
         ("/var/lib/mosquitto/", f"{folder}/"),
         ("listener 8883", f"listener {port} 127.0.0.1"),
         ("/etc/edgefleet/fleet-ca.crt", str(certs / "fleet-ca.crt")),
+        ("/etc/edgefleet/fleet.crl", str(certs / "fleet.crl")),
         ("/etc/mosquitto/certs/broker.crt", str(certs / "broker.crt")),
         ("/etc/mosquitto/certs/broker.key", str(certs / "broker.key")),
     ):
@@ -50,11 +52,18 @@ def start_tls_broker(
         conf = conf.replace(old, new)
     conf += f"user {getpass.getuser()}\nlog_dest stdout\n"
     (folder / "mosquitto.conf").write_text(conf)
+    return port, run_tls_broker(folder, port)
+
+
+def run_tls_broker(folder: Path, port: int) -> Any:
+    """(Re)start the mosquitto that start_tls_broker configured in ``folder``: it reads its
+    certificates and CRL (``folder/certs/fleet.crl``) afresh."""
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    proc = start([binary, "-c", str(folder / "mosquitto.conf")], folder / "mosquitto.log")
+    log = folder / f"mosquitto-{time.time_ns()}.log"
+    proc = start([binary, "-c", str(folder / "mosquitto.conf")], log)
     wait_for("mosquitto (TLS)", lambda: port_open(port) or proc.popen.poll() is not None)
     assert proc.popen.poll() is None, proc.output()
-    return port, proc
+    return proc
 
 
 def sim_state_dir(sim: Any, folder: Path) -> Path:

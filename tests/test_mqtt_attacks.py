@@ -10,6 +10,7 @@ docs/security.md lists the attacks with what stops each.
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import sqlite3
 import time
@@ -27,7 +28,7 @@ from protos import device_pb2 as pb
 from protos import device_pb2_grpc as pb_grpc
 from protos import telemetry_pb2
 from tests.harness import Agent, Server, free_port, make_agent, wait_for
-from tests.mqtt_clients import Client, start_tls_broker
+from tests.mqtt_clients import Client, run_tls_broker, start_tls_broker
 
 pytestmark = pytest.mark.slow
 
@@ -248,6 +249,17 @@ def test_every_attack_on_the_telemetry_plane_is_refused(
     if kind == "embedded":
         wait_for("bob refused", lambda: "refused the reconnection: Not authorized" in bob.output())
         assert "MQTT connection of 'bob' refused: not an enrolled" in server.proc.output()
+    else:  # mosquitto refuses him once restarted with the CRL the server rewrote
+        assert broker is not None
+        broker.stop()
+        certs = tmp_path / "broker" / "certs"
+        shutil.copy(server.data_dir / "ca" / "fleet.crl", certs / "fleet.crl")
+        broker = plane.broker = run_tls_broker(tmp_path / "broker", plane.port)
+        refused = plane.client(bob, must_connect=False)
+        assert not refused.connected.is_set(), "a revoked device connected to mosquitto"
+        refused.close()
+        count = plane.count("alice")  # the server and alice came back
+        wait_for("alice after the broker restart", counted(plane, "alice", count + 2), timeout=60)
 
     # 9. Presence: a SIGKILLed device is offline (the Will, or the embedded broker's
     # disconnect event), not online for minutes.

@@ -12,6 +12,7 @@ import datetime
 import ipaddress
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,6 +206,27 @@ class FleetCA:
             serialization.NoEncryption(),
         )
         return key_pem, issued.pem
+
+    def crl(self, revoked: Sequence[tuple[str, int]]) -> bytes:
+        """A certificate revocation list (PEM) of these (serial in hex, revoked at) for brokers
+        that check client certificates themselves (mosquitto's ``crlfile``). It is valid as
+        long as the CA: mosquitto reads it only at its start, and an expired list would make it
+        refuse every client."""
+        now = _now()
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.cert.subject)
+            .last_update(now - datetime.timedelta(minutes=5))
+            .next_update(self.cert.not_valid_after_utc)
+        )
+        for serial, when in revoked:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(int(serial, 16))
+                .revocation_date(datetime.datetime.fromtimestamp(when, datetime.UTC))
+                .build()
+            )
+        return builder.sign(self._key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
     @staticmethod
     def check_csr(csr_pem: bytes, *, expected_cn: str) -> x509.CertificateSigningRequest:

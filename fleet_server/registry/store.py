@@ -280,6 +280,16 @@ class DeviceStore:
             )
             bump_generation(conn)  # routing policies select devices by label
 
+    def revoked_certificates(self) -> list[tuple[str, int]]:
+        """(current certificate serial, revoked at) of every revoked device (for the CRL)."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(devices.c.cert_serial, devices.c.revoked_at).where(
+                    devices.c.revoked_at.is_not(None) & devices.c.cert_serial.is_not(None)
+                )
+            ).all()
+        return [(str(serial), int(at)) for serial, at in rows]
+
     def revoke(self, device_id: str) -> None:
         """Refuse a device's credentials from now on (idempotent).
 
