@@ -96,7 +96,10 @@ def run(state: Path) -> None:
         data_dir = state / "server"
         print(cli("fleet_server.cli", "init", "--data-dir", str(data_dir), "--fleet-id", "demo"))
 
-        step("edgefleet-server run: gRPC + embedded MQTT broker (amqtt, MQTT 3.1.1)")
+        step(
+            "edgefleet-server run: gRPC + embedded MQTT broker (MQTT 3.1.1 over TLS: fleet "
+            "client certificates only, per-device topics)"
+        )
         ready = state / "server-ready.json"
         server = start(
             [

@@ -37,6 +37,7 @@ from agent.routing.router import Router
 from agent.telemetry.forward import Forwarder
 from agent.telemetry.mqtt import MqttPublisher, parse_mqtt_url
 from agent.telemetry.report import build_report
+from agent.telemetry.silence import SilenceWatch
 from agent.telemetry.system import SystemSampler
 from agent.updates.store import ModelStore
 from protos import device_pb2, telemetry_pb2
@@ -46,7 +47,6 @@ __all__ = ["TelemetryLoop"]
 
 log = logging.getLogger(__name__)
 _MQTT_MAX_BACKOFF_S = 15.0  # between MQTT connection attempts
-_SILENT_AFTER_S = 60.0  # at least this long unable to publish before the agent says so
 
 
 class TelemetryLoop:
@@ -191,17 +191,20 @@ class TelemetryLoop:
             spool.append(telemetry, payload)
 
         attempt = 0
-        heard = time.monotonic()  # when the broker last had this agent connected
-        silent = False
+        silence = SilenceWatch(self._on_silence, time.monotonic())
         try:
             while not stop.is_set():
                 now = time.monotonic()
                 if self._broker_url() != url:
                     log.info("the broker moved to %s: reconnecting", self._broker_url())
                     return True
-                silent = self._judge_silence(publisher, now - heard, silent, len(spool))
-                if publisher.connected:
-                    heard = now
+                silence.update(
+                    connected=publisher.connected,
+                    now=now,
+                    interval_s=shared.config.telemetry.interval_s,
+                    endpoint=str(publisher.endpoint),
+                    spooled=len(spool),
+                )
                 if publisher.protocol is None and now >= next_connect:
                     try:
                         publisher.connect()
@@ -240,24 +243,5 @@ class TelemetryLoop:
                     log.info("%d telemetry message(s) stay spooled for the next start", left)
             finally:
                 publisher.close()  # whatever failed above: no session is left behind
-                if silent:
-                    self._on_silence(None)
+                silence.close()
         return False
-
-    def _judge_silence(
-        self, publisher: MqttPublisher, silent_s: float, said: bool, spooled: int
-    ) -> bool:
-        """Say once when the broker has been out of reach too long, and once when it is back;
-        return whether the agent is (still) silent."""
-        limit = max(_SILENT_AFTER_S, 3 * self._state.config.telemetry.interval_s)
-        if publisher.connected:
-            if said:
-                log.info("telemetry: publishing to %s again", publisher.endpoint)
-                self._on_silence(None)
-            return False
-        if silent_s >= limit and not said:
-            why = f"telemetry: cannot publish to {publisher.endpoint} for {silent_s:.0f} s"
-            log.warning("%s; %d message(s) spooled, serving goes on", why, spooled)
-            self._on_silence(why)
-            return True
-        return said
