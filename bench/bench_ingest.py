@@ -74,8 +74,9 @@ infos = [clients[c].publish(t, p, qos=1) for c, t, p in payloads]
 for info in infos:
     info.wait_for_publish(60)
 for client in clients:
-    client.loop_stop()
     client.disconnect()
+for client in clients:
+    client.loop_stop()
 """
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from cryptography import x509
 
 from agent.errors import AgentError
 from agent.inference.metrics_http import MetricsServer
@@ -157,6 +158,7 @@ class FleetServer:
         self._data_dir = DataDir.open(settings.data_dir)
         self._db = Database(settings.db_url or self._data_dir.db_url)
         self._broker: EmbeddedBroker | None = None
+        self._server_serial = ""  # of this process's own MQTT client certificate
         self._ingest: TelemetryIngest | None = None
         self._controller: RolloutController | None = None
         self._grpc: Any = None
@@ -324,6 +326,7 @@ class FleetServer:
                 host,
                 candidate or _free_port(host),
                 tls=tls,
+                fleet=data_dir.fleet_id,
                 admits=self._admits,
                 on_disconnect=self._connection_lost,
             )
@@ -348,7 +351,11 @@ class FleetServer:
         """Whether the holder of a fleet certificate may use the embedded broker now: a server
         process, or an enrolled device with its current certificate that is not revoked."""
         if is_server_identity(identity):
-            return True
+            # Only this process, with the certificate it issued itself at this start: an
+            # older one (copied off the data dir) would take over and end its subscriptions.
+            return identity == server_identity(self.settings.server_name) and bool(
+                serial and serial == self._server_serial
+            )
         found = DeviceStore(self._db).device_certificate(identity)
         return found is not None and not found[1] and found[0] == serial
 
@@ -413,6 +420,7 @@ class FleetServer:
         data_dir = self._data_dir
         identity = server_identity(self.settings.server_name)
         key_pem, cert_pem = data_dir.ca().client_credentials(identity)
+        self._server_serial = f"{x509.load_pem_x509_certificate(cert_pem).serial_number:x}"
         folder = data_dir.ca_dir
         key_file, cert_file = folder / "mqtt-server.key", folder / "mqtt-server.crt"
         _write_private(key_file, key_pem)
@@ -647,6 +655,12 @@ class FleetServer:
         if self.ctx is not None:
             self.ctx.last_seen.stop()
             self.ctx = None
+        # What the embedded broker acknowledged to devices reaches the ingest before it stops
+        # (amqtt keeps nothing on disk: a kill -9 loses it; docs/mqtt.md).
+        if self._broker is not None and self._ingest is not None:
+            if not self._broker.quiesce():
+                log.warning("the embedded broker did not hand over everything within 5 s")
+            self._ingest.settle()
         ingest, self._ingest = self._ingest, None
         if ingest is not None:
             ingest.stop()

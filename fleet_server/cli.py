@@ -107,10 +107,12 @@ def _cmd_broker_cert(args: argparse.Namespace) -> int:
         crl.write_bytes(data_dir.ca().crl([]))
     (args.out / "fleet.crl").write_bytes(crl.read_bytes())
     servers = list(args.server_name or ["main"])
-    (args.out / "edgefleet.acl").write_text(mosquitto_acl(servers), encoding="utf-8")
+    acl = mosquitto_acl(data_dir.fleet_id, servers)
+    (args.out / "edgefleet.acl").write_text(acl, encoding="utf-8")
     print(
         f"wrote {args.out}/broker.crt, broker.key (0600), fleet-ca.crt and fleet.crl for "
-        f"{', '.join(names)}, and edgefleet.acl for the servers {', '.join(servers)}; see "
+        f"{', '.join(names)}, and edgefleet.acl for fleet {data_dir.fleet_id} and the servers "
+        f"{', '.join(servers)}; see "
         "packaging/mosquitto/edgefleet.conf"
     )
     return 0

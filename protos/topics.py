@@ -22,6 +22,7 @@ __all__ = [
     "may_publish",
     "may_subscribe",
     "mosquitto_acl",
+    "retain_allowed",
     "server_identity",
     "telemetry_filter",
     "telemetry_topic",
@@ -126,42 +127,63 @@ def _under_root(topic: str) -> bool:
     return topic == ROOT or topic.startswith(f"{ROOT}/")
 
 
-def may_publish(identity: str, topic: str) -> bool:
-    """Whether ``identity`` may publish to ``topic`` (never a wildcard)."""
+def may_publish(identity: str, topic: str, fleet: str) -> bool:
+    """Whether ``identity`` may publish to ``topic`` in ``fleet`` (never a wildcard, never
+    another fleet's level: a made-up fleet would be a namespace of the device's own)."""
     if "+" in topic or "#" in topic:
         return False
-    if is_server_identity(identity):
-        parts = device_from_topic(topic)
-        return parts is not None and parts[2] == "commands"
     parts = device_from_topic(topic)
-    return parts is not None and parts[1] == identity and DEVICE_RIGHTS.get(parts[2]) == "write"
+    if parts is None or parts[0] != fleet:
+        return False
+    if is_server_identity(identity):
+        return parts[2] == "commands"
+    return parts[1] == identity and DEVICE_RIGHTS.get(parts[2]) == "write"
 
 
-def may_subscribe(identity: str, topic_filter: str) -> bool:
-    """Whether ``identity`` may subscribe to ``topic_filter`` (a server may share it:
-    ``$share/<group>/...``)."""
+def may_subscribe(identity: str, topic_filter: str, fleet: str) -> bool:
+    """Whether ``identity`` may subscribe to ``topic_filter`` in ``fleet`` (a server may share
+    it: ``$share/<group>/...``)."""
     if is_server_identity(identity):
         levels = topic_filter.split("/")
         if levels[0] == "$share" and len(levels) > 2 and is_name(levels[1]):
-            topic_filter = "/".join(levels[2:])
-        return _under_root(topic_filter) and "#" not in topic_filter.split("/")[:-1]
+            levels = levels[2:]
+        fleet_root = f"{ROOT}/{fleet}".split("/")
+        if levels[: len(fleet_root)] != fleet_root:
+            return False
+        return "#" not in levels[:-1] and all(
+            level in ("+", "#") or is_name(level) for level in levels[len(fleet_root) :]
+        )
     parts = device_from_topic(topic_filter)
-    return parts is not None and parts[1] == identity and DEVICE_RIGHTS.get(parts[2]) == "read"
+    return (
+        parts is not None
+        and parts[0] == fleet
+        and parts[1] == identity
+        and DEVICE_RIGHTS.get(parts[2]) == "read"
+    )
 
 
-def mosquitto_acl(server_names: Sequence[str]) -> str:
-    """The mosquitto ACL file of the rules above, for servers named ``server_names``
-    (mosquitto has no wildcard user: each server process's identity is listed)."""
+def retain_allowed(topic: str) -> bool:
+    """Only a device's state is kept by the broker (its birth, Will and goodbye); a retained
+    flag anywhere else is cleared, so no device can make the broker keep its reports."""
+    parts = device_from_topic(topic)
+    return parts is not None and parts[2] == "state"
+
+
+def mosquitto_acl(fleet: str, server_names: Sequence[str]) -> str:
+    """The mosquitto ACL file of the rules above for ``fleet``, for servers named
+    ``server_names`` (mosquitto has no wildcard user: each server process's identity is
+    listed)."""
+    fleet = validate_segment(fleet, "fleet id")
     lines = [
         "# EdgeFleet MQTT ACL for mosquitto, written by protos.topics.mosquitto_acl()",
-        "# (`edgefleet-server broker-cert --server-name NAME ...` writes it for your servers).",
-        "# The user name is the client certificate's common name: a device id for devices (ids",
-        f"# never contain ':'), {SERVER_IDENTITY}:<name> for each fleet server process.",
+        "# (`edgefleet-server broker-cert --server-name NAME ...` writes it for your fleet and",
+        "# servers). The user name is the client certificate's common name: a device id for",
+        f"# devices (ids never contain ':'), {SERVER_IDENTITY}:<name> for each fleet server.",
         "",
-        "# Every device: its own topics only.",
+        f"# Every device of fleet {fleet}: its own topics only.",
     ]
     for kind, right in DEVICE_RIGHTS.items():
-        lines.append(f"pattern {right} {ROOT}/+/%u/{kind}")
+        lines.append(f"pattern {right} {ROOT}/{fleet}/%u/{kind}")
     lines += [
         "",
         "# Each fleet server: reads everything of the fleet; the only ones that send commands.",
@@ -169,7 +191,7 @@ def mosquitto_acl(server_names: Sequence[str]) -> str:
     for name in server_names:
         lines += [
             f"user {server_identity(name)}",
-            f"topic read {ROOT}/#",
-            f"topic write {ROOT}/+/+/commands",
+            f"topic read {ROOT}/{fleet}/#",
+            f"topic write {ROOT}/{fleet}/+/commands",
         ]
     return "\n".join(lines) + "\n"

@@ -16,6 +16,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.identity import Identity
+from fleet_server.datadir import DataDir
 from protos.topics import mosquitto_acl
 from tests.harness import REPO, Server, free_port, port_open, run_cli, start, wait_for
 
@@ -35,7 +36,8 @@ def start_tls_broker(
     port = free_port()
     acl = folder / "edgefleet.acl"
     if server_names:
-        acl.write_text(mosquitto_acl(server_names), encoding="utf-8")
+        fleet = DataDir.open(server.data_dir).fleet_id
+        acl.write_text(mosquitto_acl(fleet, server_names), encoding="utf-8")
     else:
         shutil.copy(PACKAGING / "edgefleet.acl", acl)
     conf = (PACKAGING / "edgefleet.conf").read_text()

@@ -105,3 +105,15 @@ def test_whatever_the_device_clock_says_the_budget_is_bounded(
         ok += guard.admit("d", int(now * 1000) + offset_ms, now).ok
     elapsed = now - NOW
     assert ok <= 50 + 4 * (2 * elapsed + 300 + 10**4) + 1
+
+
+def test_a_clock_that_starts_in_the_past_buys_no_credit() -> None:
+    """Found by the attack review: a first message "sent" six days ago, then 250 ms more per
+    message, refilled the bucket all the way (20,000 events in 6 s, all stored). Time before
+    the server last heard from the device (here: it enrolled just now) earns nothing."""
+    guard = Guard(rate=4.0, burst=1000.0, skew_s=300)
+    start_ms = int((NOW - 6 * 86400) * 1000)
+    ok = sum(
+        guard.admit("d", start_ms + i * 250, NOW + i / 3000, since_s=NOW).ok for i in range(20_000)
+    )
+    assert ok <= 1000 + 2 * 4 * (20_000 / 3000 + 300), ok

@@ -300,6 +300,13 @@ def test_a_10000_report_replay_after_an_outage_is_fully_ingested(
     plane, broker = start_plane(kind, tmp_path, server_factory)
     state = enroll_bare(plane.server, "replay", tmp_path)
     day_ago = int((time.time() - 86400) * 1000)
+    # Enrolled long ago and last heard a day ago (the server gives no credit for send times
+    # before that; the ingest reads it when the device's first message comes).
+    with sqlite3.connect(plane.server.data_dir / "fleet.db") as db:
+        db.execute(
+            "UPDATE devices SET enrolled_at = ?, last_telemetry_at = ? WHERE device_id = ?",
+            (day_ago // 1000 - 86400, day_ago // 1000, "replay"),
+        )
     client = Client(plane.port, state, "replay", protocol=plane.protocol)
     infos = []
     for seq in range(1, 10_001):

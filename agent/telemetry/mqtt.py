@@ -66,9 +66,11 @@ def parse_mqtt_url(url: str) -> MqttEndpoint:
         raise ConfigError(f"MQTT URL {url!r} must look like mqtt://host:port or mqtts://host:port")
     tls = parts.scheme == "mqtts"
     try:
-        port = parts.port or (8883 if tls else 1883)
+        port = parts.port if parts.port is not None else (8883 if tls else 1883)
     except ValueError as exc:
         raise ConfigError(f"MQTT URL {url!r} has an invalid port") from exc
+    if not 0 < port < 65536:
+        raise ConfigError(f"MQTT URL {url!r} has an invalid port")
     return MqttEndpoint(
         host=parts.hostname,
         port=port,

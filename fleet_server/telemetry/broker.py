@@ -24,11 +24,13 @@ amqtt speaks MQTT 3.1.1 only; clients fall back to it. It runs its own asyncio l
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import ssl
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -39,18 +41,25 @@ from amqtt.contexts import Action
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 
 from fleet_server.telemetry.throttle import OncePer
-from protos.topics import may_publish, may_subscribe
+from protos.topics import is_server_identity, may_publish, may_subscribe, retain_allowed
 
-__all__ = ["EmbeddedBroker", "TopicRights", "read_connect_client_id"]
+__all__ = ["Connect", "EmbeddedBroker", "TopicRights", "parse_connect"]
 
 log = logging.getLogger(__name__)
 _LISTENER = "edgefleet"
-_HANDSHAKE_S = 10.0  # TLS handshake and CONNECT must both arrive within this
-_MAX_PENDING = 256  # connections not yet vetted; more are closed at once
+_HANDSHAKE_S = 5.0  # for the TLS handshake
+_CONNECT_S = 3.0  # then for the CONNECT
+_MAX_CONNECTIONS = 4096  # open TCP connections, vetted or not (the unit allows 65,536 files)
+_MAX_PENDING_PER_IDENTITY = 4  # connections of one certificate not yet vetted
+# What one device may send: 1 MiB a second after 8 MiB (a 10,000-report replay is ~10 MiB).
+DEVICE_BUDGET = (1024 * 1024.0, 8 * 1024 * 1024.0)
+_BACKLOG = 500  # messages amqtt holds for delivery before devices' packets wait to be read
 DEFAULT_MAX_PACKET = 320 * 1024  # as packaging/mosquitto/edgefleet.conf (max_packet_size)
 # CONNACK return codes of MQTT 3.1.1.
 _UNACCEPTABLE_PROTOCOL, _IDENTIFIER_REJECTED, _NOT_AUTHORIZED = 1, 2, 5
+_BAD_WILL = 105  # refused with CONNACK 5; told apart in the log
 _REASONS = {
+    _BAD_WILL: "its Will is not on its own state topic",
     _UNACCEPTABLE_PROTOCOL: "not MQTT 3.1.1",
     _IDENTIFIER_REJECTED: "its client id is not its certificate's name",
     _NOT_AUTHORIZED: "not an enrolled device with its current certificate, or revoked",
@@ -93,37 +102,91 @@ def _body(packet: bytes) -> bytes:
     return packet[index + 1 :]
 
 
-def read_connect_client_id(packet: bytes) -> tuple[int, str] | None:
-    """(protocol level, client id) of a CONNECT packet, or None when it is not one."""
+@dataclass(frozen=True)
+class Connect:
+    """What the front needs of a CONNECT packet."""
+
+    level: int
+    client_id: str
+    will_topic: str | None  # None: no Will
+
+
+def parse_connect(packet: bytes) -> Connect | None:
+    """The protocol level, client id and Will topic of a CONNECT packet, or None when it is
+    not a well-formed one."""
     if not packet or packet[0] != 0x10:
         return None
     body = _body(packet)
     try:
         (name_len,) = struct.unpack_from("!H", body, 0)
         offset = 2 + name_len
-        level = body[offset]
+        level, flags = body[offset], body[offset + 1]
         offset += 4  # level, flags, keep-alive
-        (id_len,) = struct.unpack_from("!H", body, offset)
-        raw = body[offset + 2 : offset + 2 + id_len]
-        if len(raw) != id_len:
-            return None
-        return level, raw.decode("utf-8")
+        fields: list[str] = []
+        for _ in range(2 if flags & 0x04 else 1):  # the client id, then the Will topic
+            (size,) = struct.unpack_from("!H", body, offset)
+            raw = body[offset + 2 : offset + 2 + size]
+            if len(raw) != size:
+                return None
+            fields.append(raw.decode("utf-8"))
+            offset += 2 + size
+        return Connect(level, fields[0], fields[1] if len(fields) > 1 else None)
     except (struct.error, IndexError, UnicodeDecodeError):
         return None
 
 
+def _unretained(packet: bytes) -> bytes:
+    """A PUBLISH whose retain flag the rules do not allow, with the flag cleared."""
+    if packet[0] & 0xF0 != 0x30 or not packet[0] & 0x01:
+        return packet
+    body = _body(packet)
+    (size,) = struct.unpack_from("!H", body, 0) if len(body) >= 2 else (0,)
+    topic = body[2 : 2 + size].decode("utf-8", "replace")
+    if retain_allowed(topic):
+        return packet
+    return bytes((packet[0] & 0xFE,)) + packet[1:]
+
+
 class _PacketReader:
     """amqtt's reader for a vetted connection: serves amqtt's reads from whole packets read
-    with :func:`_read_packet`, starting with the CONNECT already read."""
+    with :func:`_read_packet`, starting with the CONNECT already read. A device's retain flag
+    is cleared where the rules do not allow it; a device that sends more bytes than its budget
+    (``rate`` bytes a second after a ``burst``) is read more slowly, and nobody's packets are
+    read while amqtt has more than ``backlog`` messages waiting to go out: back-pressure, so a
+    flood waits in the sender's socket, not in the server's memory."""
 
     def __init__(
-        self, reader: asyncio.StreamReader, first: bytes, max_packet: int, identity: str
+        self,
+        reader: asyncio.StreamReader,
+        first: bytes,
+        *,
+        max_packet: int,
+        identity: str,
+        busy: Callable[[], bool],
+        budget: tuple[float, float] | None,
     ) -> None:
         self._reader = reader
         self._buffer = bytearray(first)
         self._max = max_packet
         self._identity = identity
+        self._busy = busy
+        self._budget = budget  # (bytes a second, burst); None: unbounded (a server)
+        self._tokens = budget[1] if budget else 0.0
+        self._refilled = time.monotonic()
         self.said_goodbye = False  # a DISCONNECT packet came: a clean end, no "offline"
+
+    async def _wait_for_room(self, size: int) -> None:
+        while self._busy():
+            await asyncio.sleep(0.05)
+        if self._budget is None:
+            return
+        rate, burst = self._budget
+        now = time.monotonic()
+        self._tokens = min(burst, self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        self._tokens -= size
+        if self._tokens < 0:
+            await asyncio.sleep(-self._tokens / rate)
 
     async def read(self, n: int = -1) -> bytes:
         while n < 0 or len(self._buffer) < n:
@@ -132,6 +195,9 @@ class _PacketReader:
             except (PacketTooLargeError, ValueError) as exc:
                 log.warning("closing MQTT connection of %s: %s", self._identity, exc)
                 raise asyncio.IncompleteReadError(bytes(self._buffer), n) from exc
+            await self._wait_for_room(len(packet))
+            if self._budget is not None:
+                packet = _unretained(packet)
             self._buffer += packet
             if packet[0] & 0xF0 == 0xE0:
                 self.said_goodbye = True
@@ -146,13 +212,18 @@ class _PacketReader:
         self._reader.feed_eof()
 
 
-@dataclass
+@dataclass(frozen=True)
 class TopicRights:
-    """What the topic plugin asks: may this identity do that on this topic (by default the
+    """What the topic plugin asks: may this identity do that on this topic of ``fleet`` (the
     rules of :mod:`protos.topics`)."""
 
-    may_publish: Callable[[str, str], bool] = may_publish
-    may_subscribe: Callable[[str, str], bool] = may_subscribe
+    fleet: str
+
+    def may_publish(self, identity: str, topic: str) -> bool:
+        return may_publish(identity, topic, self.fleet)
+
+    def may_subscribe(self, identity: str, topic_filter: str) -> bool:
+        return may_subscribe(identity, topic_filter, self.fleet)
 
 
 class VettedAuth(BaseAuthPlugin):
@@ -277,6 +348,19 @@ class _Broker(Broker):
             )
 
 
+class _Accepted(asyncio.Protocol):
+    """A fresh TCP connection: reads nothing (the TLS handshake must see the client's first
+    bytes) and hands the transport on."""
+
+    def __init__(self, serve: Callable[[asyncio.BaseTransport], Any]) -> None:
+        self._serve = serve
+        self._task: asyncio.Task[Any] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.pause_reading()  # type: ignore[attr-defined]
+        self._task = asyncio.get_running_loop().create_task(self._serve(transport))
+
+
 class EmbeddedBroker:
     """Start and stop the vetting TLS front and amqtt behind it on ``host:port``."""
 
@@ -286,6 +370,7 @@ class EmbeddedBroker:
         port: int,
         *,
         tls: ssl.SSLContext,
+        fleet: str,
         admits: Callable[[str, str], bool],
         on_disconnect: Callable[[str], None] | None = None,
         max_packet: int = DEFAULT_MAX_PACKET,
@@ -298,6 +383,7 @@ class EmbeddedBroker:
         self.host = host
         self.port = port
         self._tls = tls
+        self._rights = TopicRights(fleet)
         self._admits = admits
         self._on_disconnect = on_disconnect or (lambda _identity: None)
         self._max_packet = max_packet
@@ -306,7 +392,10 @@ class EmbeddedBroker:
         self._stopped: asyncio.Event | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
-        self._pending = 0
+        self._open = 0
+        self._pending: dict[str, int] = {}
+        self._broker: _Broker | None = None
+        self._server: asyncio.Server | None = None
         self._connections: dict[str, set[asyncio.StreamWriter]] = {}
         self.refused = 0  # connections refused by the front (no/unknown/revoked identity...)
         self._refusals = OncePer(60.0)
@@ -330,6 +419,11 @@ class EmbeddedBroker:
         log.info("embedded MQTT broker (3.1.1, mTLS) listening on %s", self.url)
 
     def _run(self) -> None:
+        # amqtt logs per connection and per odd packet (a stray PUBACK: a WARNING each), and
+        # its state machine library per transition: a client could fill the server's log.
+        # What matters is logged by the front, once a minute per client.
+        for name in ("amqtt", "transitions"):
+            logging.getLogger(name).setLevel(logging.ERROR)
         asyncio.run(self._serve())
 
     async def _serve(self) -> None:
@@ -337,26 +431,24 @@ class EmbeddedBroker:
             "listeners": {"default": {"type": "external"}, _LISTENER: {"type": "external"}},
             "plugins": {
                 f"{__name__}.VettedAuth": {},
-                f"{__name__}.RightsCheck": {"rights": TopicRights()},
+                f"{__name__}.RightsCheck": {"rights": self._rights},
             },
         }
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         # Bound first: a port that is taken leaves no half-started amqtt behind.
-        broker = _Broker(config)
+        broker = self._broker = _Broker(config)
         try:
-            server = await asyncio.start_server(
-                lambda r, w: self._client(broker, r, w),
-                self.host,
-                self.port,
-                ssl=self._tls,
-                ssl_handshake_timeout=_HANDSHAKE_S,
-                limit=2**16,
+            # Plain TCP first: connections are counted before their TLS handshake.
+            loop = asyncio.get_running_loop()
+            server = await loop.create_server(
+                lambda: _Accepted(lambda t: self._client(broker, t)), self.host, self.port
             )
         except OSError as exc:
             self._error = exc
             self._ready.set()
             return
+        self._server = server
         try:
             await broker.start()
         except BaseException as exc:  # noqa: BLE001 - reported to start()'s caller
@@ -372,35 +464,77 @@ class EmbeddedBroker:
                 writer.transport.abort()
         await broker.shutdown()
 
-    async def _client(
-        self, broker: _Broker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        """One client connection, to its end (or the broker's stop: then quietly)."""
+    async def _client(self, broker: _Broker, transport: asyncio.BaseTransport) -> None:
+        """One client connection, counted from its TCP accept (not reading until TLS takes
+        over), to its end (or the broker's stop: then quietly)."""
+        if self._open >= _MAX_CONNECTIONS:
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        self._open += 1
+        writer: asyncio.StreamWriter | None = None
         try:
+            loop = asyncio.get_running_loop()
+            reader = asyncio.StreamReader(limit=2**16, loop=loop)
+            protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+            tls_transport = await loop.start_tls(
+                transport,  # type: ignore[arg-type]
+                protocol,
+                self._tls,
+                server_side=True,
+                ssl_handshake_timeout=_HANDSHAKE_S,
+            )
+            if tls_transport is None:
+                return
+            # start_tls does not call connection_made: without it the reader has no transport
+            # to pause, and a flood piles up in its buffer (measured: 1.5 GB in 10 s).
+            protocol.connection_made(tls_transport)
+            writer = asyncio.StreamWriter(tls_transport, protocol, reader, loop)
             await self._vet(broker, reader, writer)
+        except (TimeoutError, ConnectionError, ssl.SSLError, OSError) as exc:
+            log.debug("MQTT connection dropped in its TLS handshake: %r", exc)
         except asyncio.CancelledError:
-            writer.transport.abort()
+            pass
+        finally:
+            self._open -= 1
+            if writer is not None:
+                writer.transport.abort()
+            transport.abort()  # type: ignore[attr-defined]
+
+    def _busy(self) -> bool:
+        """Whether amqtt holds so much for delivery that devices' packets should wait."""
+        broker = self._broker
+        if broker is None:
+            return False
+        if broker._broadcast_queue.qsize() > _BACKLOG:  # amqtt has no accessor
+            return True
+        tasks = broker._tasks_queue
+        return len(tasks) > _BACKLOG and sum(not t.done() for t in tasks) > _BACKLOG
 
     async def _vet(
         self, broker: _Broker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         """Admit one TLS connection to amqtt, or refuse it (see the module docs)."""
-        if self._pending >= _MAX_PENDING:
-            writer.transport.abort()
+        identity, serial = _subject(writer.get_extra_info("peercert"))
+        if self._pending.get(identity, 0) >= _MAX_PENDING_PER_IDENTITY:
+            writer.transport.abort()  # one certificate cannot hold the door for the others
             return
-        self._pending += 1
-        identity = serial = ""
+        self._pending[identity] = self._pending.get(identity, 0) + 1
+        connect: Connect | None = None
         try:
-            identity, serial = _subject(writer.get_extra_info("peercert"))
-            first = await asyncio.wait_for(_read_packet(reader, self._max_packet), _HANDSHAKE_S)
-            connect = read_connect_client_id(first)
+            first = await asyncio.wait_for(_read_packet(reader, self._max_packet), _CONNECT_S)
+            connect = parse_connect(first)
             code = 0
             if connect is None:
                 code = -1
-            elif connect[0] != 4:
+            elif connect.level != 4:
                 code = _UNACCEPTABLE_PROTOCOL
-            elif not identity or connect[1] != identity:
+            elif not identity or connect.client_id != identity:
                 code = _IDENTIFIER_REJECTED
+            elif connect.will_topic is not None and not (
+                self._rights.may_publish(identity, connect.will_topic)
+                and retain_allowed(connect.will_topic)
+            ):
+                code = _BAD_WILL
             elif not await asyncio.to_thread(self._admits, identity, serial):
                 code = _NOT_AUTHORIZED
         except (TimeoutError, asyncio.IncompleteReadError, PacketTooLargeError, ValueError,
@@ -411,7 +545,11 @@ class EmbeddedBroker:
             log.exception("cannot vet an MQTT connection")
             code = -1
         finally:
-            self._pending -= 1
+            left = self._pending.get(identity, 1) - 1
+            if left:
+                self._pending[identity] = left
+            else:
+                self._pending.pop(identity, None)
         if code:
             self.refused += 1
             if code == _UNACCEPTABLE_PROTOCOL:  # an MQTT v5 client about to fall back
@@ -425,12 +563,22 @@ class EmbeddedBroker:
                 )
             if code > 0:
                 with contextlib.suppress(ConnectionError, RuntimeError):
-                    writer.write(bytes((0x20, 2, 0, code)))
+                    writer.write(
+                        bytes((0x20, 2, 0, _NOT_AUTHORIZED if code == _BAD_WILL else code))
+                    )
                     await writer.drain()
             writer.transport.abort()
             return
         self._connections.setdefault(identity, set()).add(writer)
-        packets = _PacketReader(reader, first, self._max_packet, identity)
+        server = is_server_identity(identity)
+        packets = _PacketReader(
+            reader,
+            first,
+            max_packet=self._max_packet,
+            identity=identity,
+            busy=(lambda: False) if server else self._busy,
+            budget=None if server else DEVICE_BUDGET,
+        )
         try:
             await broker.external_connected(packets, StreamWriterAdapter(writer), _LISTENER)
         finally:
@@ -444,6 +592,36 @@ class EmbeddedBroker:
                 if not packets.said_goodbye:
                     with contextlib.suppress(Exception):
                         await asyncio.to_thread(self._on_disconnect, identity)
+
+    def quiesce(self, timeout_s: float = 5.0) -> bool:
+        """Before a stop: take no more connections, close the devices' ones, and wait until
+        amqtt has handed everything it acknowledged to its subscribers (the server's ingest),
+        for up to ``timeout_s``. False when it did not get there in time."""
+        loop = self._loop
+        if loop is None:
+            return True
+        try:
+            future = asyncio.run_coroutine_threadsafe(self._quiesce(timeout_s), loop)
+            return bool(future.result(timeout_s + 1))
+        except (RuntimeError, TimeoutError, concurrent.futures.TimeoutError):
+            return False
+
+    async def _quiesce(self, timeout_s: float) -> bool:
+        if self._server is not None:
+            self._server.close()
+        for identity, writers in list(self._connections.items()):
+            if not is_server_identity(identity):
+                for writer in list(writers):
+                    writer.transport.abort()
+        deadline = time.monotonic() + timeout_s
+        broker = self._broker
+        while broker is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            if any(not is_server_identity(i) for i in self._connections):
+                continue  # a device's session is still handing over what it sent
+            if broker._broadcast_queue.empty() and all(t.done() for t in broker._tasks_queue):
+                return True
+        return broker is None
 
     def disconnect(self, identity: str) -> None:
         """Close every connection of ``identity`` (after its revocation; a reconnect is then

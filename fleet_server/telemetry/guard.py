@@ -19,13 +19,15 @@ device's own clock, checked against the server's:
   old backup sees real jumps; a single forged number is not followed).
 
 Everything here is per device and in memory; after a server restart a device starts with a
-full bucket and its stored position (``last_at_s``: when its last report was stored).
+full bucket and its stored position (``last_at_s``: when its last report was stored), and no
+credit for send times before that (or before its enrollment).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from copy import copy
+from dataclasses import dataclass
 
 __all__ = ["Guard", "Judgement"]
 
@@ -74,7 +76,8 @@ class Guard:
     def snapshot(self, device_ids: set[str]) -> dict[str, _Device | None]:
         """The state of these devices, to :meth:`restore` when a batch is not stored (its
         retry must not spend the devices' budgets twice)."""
-        return {d: (replace(s) if (s := self._devices.get(d)) else None) for d in device_ids}
+        devices = self._devices
+        return {d: (copy(s) if (s := devices.get(d)) else None) for d in device_ids}
 
     def restore(self, snapshot: dict[str, _Device | None]) -> None:
         for device_id, state in snapshot.items():
@@ -83,23 +86,30 @@ class Guard:
             else:
                 self._devices[device_id] = state
 
-    def _device(self, device_id: str, now_s: float, sent_ms: int) -> _Device:
+    def _device(self, device_id: str, now_s: float, sent_ms: int, since_s: float | None) -> _Device:
         state = self._devices.get(device_id)
         if state is None:
-            state = _Device(self.burst, sent_ms, now_s)
+            # No credit for time before the server last heard from the device (or enrolled
+            # it): a clock that starts in the past would otherwise buy days of messages.
+            floor = int((since_s - self.skew_ms / 1000) * 1000) if since_s else sent_ms
+            state = _Device(self.burst, max(sent_ms, floor), now_s)
             self._devices[device_id] = state
             while len(self._devices) > self._max_devices:
                 self._devices.popitem(last=False)
         self._devices.move_to_end(device_id)
         return state
 
-    def admit(self, device_id: str, sent_ms: int, now_s: float) -> Judgement:
+    def admit(
+        self, device_id: str, sent_ms: int, now_s: float, since_s: float | None = None
+    ) -> Judgement:
         """Take one new message's token (the rate bound; duplicates are not judged, so a
         redelivery does not use up the device's budget). A device clock ahead of the
         server's by more than the skew counts as the server's clock plus the skew: it is
-        neither refused nor given more than real time."""
+        neither refused nor given more than real time. ``since_s``: when the server last
+        stored a report of the device, or enrolled it (used when the device is new to the
+        guard)."""
         sent_ms = min(sent_ms, int(now_s * 1000) + self.skew_ms)
-        state = self._device(device_id, now_s, sent_ms)
+        state = self._device(device_id, now_s, sent_ms, since_s)
         if sent_ms > state.high_ms:
             refill = (sent_ms - state.high_ms) / 1000 * self.rate
             state.high_ms = sent_ms

@@ -52,6 +52,7 @@ __all__ = ["TelemetryIngest", "decode_message", "decode_report"]
 log = logging.getLogger(__name__)
 _MAX_PAYLOAD = 256 * 1024
 _QUEUE_BOUND = 10_000
+_QUEUE_BYTES = 64 * 1024 * 1024  # and at most this much payload waiting for the writer
 _BATCH = 500
 _WRITE_ATTEMPTS = 30  # a batch the database keeps refusing for this many seconds is dropped
 _FINAL_ATTEMPTS = 3
@@ -73,18 +74,26 @@ _KINDS: dict[str, type[Any]] = {
 }
 
 
+_IGNORED = OncePer(60.0)  # one line per device (or topic) and reason a minute
+
+
+def _ignore(key: str, message: str, *args: object) -> None:
+    if _IGNORED.first(key):
+        log.warning("%s (not logged again for it this minute)", message % args)
+
+
 def decode_message(topic: str, payload: bytes, fleet_id: str) -> tuple[str, Any] | None:
-    """(kind, message) of a device's MQTT message, or None (logged) when it is on an unexpected
-    topic, oversized, undecodable, or claims another device than its topic names."""
+    """(kind, message) of a device's MQTT message, or None (logged once a minute per device
+    and reason) when it is on an unexpected topic, oversized, undecodable, or claims another
+    device than its topic names."""
     where = device_from_topic(topic)
     if where is None or where[0] != fleet_id or where[2] not in _KINDS:
-        log.warning("ignoring message on unexpected topic %r", topic[:200])
+        _ignore(f"topic:{topic[:64]}", "ignoring message on unexpected topic %r", topic[:200])
         return None
     kind = where[2]
     if len(payload) > _MAX_PAYLOAD:
-        log.warning(
-            "ignoring %d-byte %s from %s (limit %d)", len(payload), kind, where[1], _MAX_PAYLOAD
-        )
+        _ignore(f"size:{where[1]}", "ignoring %d-byte %s from %s (limit %d)", len(payload), kind,
+                where[1], _MAX_PAYLOAD)  # fmt: skip
         return None
     if not payload and kind == "state":
         return None  # a cleared retained message
@@ -92,13 +101,15 @@ def decode_message(topic: str, payload: bytes, fleet_id: str) -> tuple[str, Any]
     try:
         message.ParseFromString(payload)
     except DecodeError:
-        log.warning("ignoring undecodable %s on %s", kind, topic)
+        _ignore(f"decode:{where[1]}", "ignoring undecodable %s on %s", kind, topic)
         return None
     if getattr(message, "seq", 0) >= 2**63:  # the database's BIGINT: a device's lie
-        log.warning("ignoring %s from %s with sequence number %d", kind, where[1], message.seq)
+        _ignore(f"seq:{where[1]}", "ignoring %s from %s with sequence number %d", kind, where[1],
+                message.seq)  # fmt: skip
         return None
     if message.device_id != where[1]:
-        log.warning("ignoring %s on %s that claims device %r", kind, topic, message.device_id[:64])
+        _ignore(f"claim:{where[1]}", "ignoring %s on %s that claims device %r", kind, topic,
+                message.device_id[:64])  # fmt: skip
         return None
     return kind, message
 
@@ -189,6 +200,9 @@ class TelemetryIngest:
         self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=_QUEUE_BOUND)
         self._publisher: MqttPublisher | None = None
         self._writer = threading.Thread(target=self._drain, name="telemetry-ingest", daemon=True)
+        self.received = 0  # messages handed over by the broker
+        self._queued_bytes = 0
+        self._bytes_lock = threading.Lock()
         self.accepted = 0
         self.rejected = 0
         self.dropped = 0
@@ -209,6 +223,9 @@ class TelemetryIngest:
         self._guard = Guard()
         self._complaints = OncePer(60.0)
         self._revoked: set[str] = set()
+        # When the server last stored a report of each device (or enrolled it): the guard
+        # gives a device no credit for send times before that.
+        self._since: dict[str, int] = {}
         self._revoked_at = 0.0
         self._events_kept_s = max(_EVENTS_KEPT_S, int(history_hours * 3600))
 
@@ -291,12 +308,20 @@ class TelemetryIngest:
         topics.extend(telemetry_filter(self._fleet_id, group or None, kind) for kind in _KINDS)
 
         def on_message(_c: paho.Client, _u: object, message: Any) -> None:
-            # Hand the message to the writer; when it falls far behind, wait (the broker holds
-            # what is not acknowledged yet) rather than lose it.
+            # Hand the message to the writer; when it falls far behind (in messages or bytes),
+            # wait (the broker holds what is not acknowledged yet) rather than lose it.
+            payload = bytes(message.payload)
+            deadline = time.monotonic() + 10
+            while self._queued_bytes > _QUEUE_BYTES and time.monotonic() < deadline:
+                time.sleep(0.01)
             try:
-                self._queue.put((message.topic, bytes(message.payload)), timeout=10)
+                self._queue.put((message.topic, payload), timeout=10)
             except queue.Full:
                 self.dropped += 1
+                return
+            with self._bytes_lock:
+                self._queued_bytes += len(payload)
+            self.received += 1
 
         client.on_message = on_message
         for topic in topics:
@@ -320,6 +345,7 @@ class TelemetryIngest:
                 self._write([], final=True)  # every open bucket
                 return
             batch = [item]
+            self._dequeued(item)
             while len(batch) < _BATCH:
                 try:
                     more = self._queue.get_nowait()
@@ -329,8 +355,22 @@ class TelemetryIngest:
                     self._write(batch)
                     self._write([], final=True)
                     return
+                self._dequeued(more)
                 batch.append(more)
             self._write(batch)
+
+    def _dequeued(self, item: tuple[str, bytes]) -> None:
+        with self._bytes_lock:
+            self._queued_bytes -= len(item[1])
+
+    def settle(self, quiet_s: float = 0.3, timeout_s: float = 5.0) -> None:
+        """Wait until no message has arrived for ``quiet_s`` (at most ``timeout_s``): what the
+        broker sent is in the queue before :meth:`stop`."""
+        deadline = time.monotonic() + timeout_s
+        seen = -1
+        while time.monotonic() < deadline and seen != self.received:
+            seen = self.received
+            time.sleep(quiet_s)
 
     def _write(self, items: list[tuple[str, bytes]], *, final: bool = False) -> None:
         """Validate, deduplicate and store one batch in one transaction (with ``final``, every
@@ -391,8 +431,10 @@ class TelemetryIngest:
         touched = {m.device_id for _k, m in decoded}
         unknown = touched - set(self._positions) - self._revoked
         stored = self._telemetry.telemetry_positions(sorted(unknown)) if unknown else {}
-        positions = {d: (Position(e, q) if e else None) for d, (e, q, _t) in stored.items()}
-        last_at = {d: t for d, (_e, _q, t) in stored.items()}
+        positions = {d: (Position(e, q) if e else None) for d, (e, q, _t, _n) in stored.items()}
+        last_at = {d: t for d, (_e, _q, t, _n) in stored.items()}
+        for device_id, (_e, _q, t, enrolled) in stored.items():
+            self._since[device_id] = max(t or 0, enrolled)
         guard = self._guard.snapshot(touched)
         try:
             return self._judge_and_store(decoded, positions, last_at, now, final=final)
@@ -412,6 +454,7 @@ class TelemetryIngest:
 
     def _forget(self, device_id: str) -> None:
         self._positions.pop(device_id, None)
+        self._since.pop(device_id, None)
         self._versions.pop(device_id, None)
         self._guard.forget(device_id)
 
@@ -460,7 +503,7 @@ class TelemetryIngest:
                 duplicates += 1
                 continue
             sent_ms = int(message.sent_unix_ms)
-            admitted = self._guard.admit(device_id, sent_ms, now)
+            admitted = self._guard.admit(device_id, sent_ms, now, self._since.get(device_id))
             if not admitted.ok:
                 refusals.append((admitted.reason, device_id, f"{kind} #{message.seq}"))
                 continue

@@ -114,9 +114,9 @@ class TelemetryStore:
 
     def telemetry_positions(
         self, device_ids: Sequence[str]
-    ) -> dict[str, tuple[str, int, int | None]]:
-        """Device -> (epoch, highest sequence stored, when its last report was stored), for
-        enrolled devices that are not revoked."""
+    ) -> dict[str, tuple[str, int, int | None, int]]:
+        """Device -> (epoch, highest sequence stored, when its last report was stored, when it
+        enrolled), for enrolled devices that are not revoked."""
         with self._engine.connect() as conn:
             rows = conn.execute(
                 sa.select(
@@ -124,9 +124,10 @@ class TelemetryStore:
                     devices.c.telemetry_epoch,
                     devices.c.last_telemetry_seq,
                     devices.c.last_telemetry_at,
+                    devices.c.enrolled_at,
                 ).where(devices.c.device_id.in_(list(device_ids)) & devices.c.revoked_at.is_(None))
             ).all()
-        return {str(d): (e or "", int(q or 0), t) for d, e, q, t in rows}
+        return {str(d): (e or "", int(q or 0), t, int(n)) for d, e, q, t, n in rows}
 
     def revoked_devices(self) -> set[str]:
         """The ids of every revoked device."""
