@@ -311,9 +311,10 @@ class TelemetryIngest:
             # Hand the message to the writer; when it falls far behind (in messages or bytes),
             # wait (the broker holds what is not acknowledged yet) rather than lose it.
             payload = bytes(message.payload)
-            deadline = time.monotonic() + 10
-            while self._queued_bytes > _QUEUE_BYTES and time.monotonic() < deadline:
-                time.sleep(0.01)
+            if self._queued_bytes > _QUEUE_BYTES:
+                deadline = time.monotonic() + 10
+                while self._queued_bytes > _QUEUE_BYTES and time.monotonic() < deadline:
+                    time.sleep(0.01)
             try:
                 self._queue.put((message.topic, payload), timeout=10)
             except queue.Full:
