@@ -31,7 +31,7 @@ from bench.processes import Child, ChildExitedError, Children, run_folder
 from fleet_server.registry.ca import FleetCA
 from protos import device_pb2 as pb
 from protos import device_pb2_grpc as pb_grpc
-from tests.harness import REPO, Server, start_server
+from tests.harness import REPO, Server, start_mosquitto, start_server
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
@@ -135,8 +135,6 @@ def rollout(
         server.mqtt_url,
         "default",
         "2.0.0",
-        "--server-data-dir",
-        str(server.data_dir),
     )
     for proc in procs:  # every client subscribed
         assert proc.popen.stdout is not None
@@ -189,11 +187,14 @@ def drop_database(name: str) -> None:
 def run(children: Children, args: argparse.Namespace, db: str) -> dict[str, float]:
     tmp = children.folder
     pg_name, db_url = postgres_url() if db == "postgresql" else ("", None)
-    server = None
+    server = broker = None
     try:
+        # The load processes hear the nudges for all their devices on one MQTT connection: a
+        # private, anonymous mosquitto (the closed brokers give that right to no one).
+        broker = start_mosquitto(tmp / f"broker-{db}")
         server = start_server(
             tmp / db,
-            None,
+            broker.url,
             db_url,
             extra=("--rollout-interval", "1", "--workers", str(args.workers)),
         )
@@ -213,6 +214,8 @@ def run(children: Children, args: argparse.Namespace, db: str) -> dict[str, floa
     finally:
         if server is not None:
             server.proc.stop()
+        if broker is not None:
+            broker.proc.stop()
         if pg_name:
             drop_database(pg_name)
     bare, port = bare_server(ca)

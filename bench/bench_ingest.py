@@ -25,8 +25,8 @@ import paho.mqtt.client as paho
 import sqlalchemy as sa
 
 from bench.bench_checkin import enroll
-from bench.checkin_load import observer_credentials
 from bench.processes import Child, ChildExitedError, Children, ensure_running, run_folder
+from fleet_server.registry.ca import FleetCA
 from protos.topics import server_identity
 from tests.harness import Server, start_server
 from tests.mqtt_clients import start_tls_broker
@@ -78,6 +78,18 @@ for client in clients:
 for client in clients:
     client.loop_stop()
 """
+
+
+def observer_credentials(data_dir: Path, identity: str, folder: Path) -> Path:
+    """A client certificate for ``identity`` (a server identity, which the ACL lets read every
+    device's topics) from the fleet CA in the server's data dir, written to ``folder``."""
+    ca = FleetCA.load(data_dir / "ca")
+    key, cert = ca.client_credentials(identity)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "client.key").write_bytes(key)
+    (folder / "client.crt").write_bytes(cert)
+    (folder / "ca.crt").write_bytes(ca.cert_pem)
+    return folder
 
 
 def publisher(children: Children, port: int, count: int, devices: Path) -> Child:

@@ -89,29 +89,8 @@ async def run(
     return calls, errors
 
 
-def observer_credentials(data_dir: Path, identity: str, folder: Path) -> Path:
-    """A client certificate for ``identity`` (a server identity: it may read every device's
-    commands topic) from the fleet CA in the server's data dir, written to ``folder``."""
-    from fleet_server.registry.ca import FleetCA  # noqa: PLC0415
-
-    ca = FleetCA.load(data_dir / "ca")
-    key, cert = ca.client_credentials(identity)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "client.key").write_bytes(key)
-    (folder / "client.crt").write_bytes(cert)
-    (folder / "ca.crt").write_bytes(ca.cert_pem)
-    return folder
-
-
 async def follow(
-    devices: list[dict[str, str]],
-    seconds: float,
-    mqtt_url: str,
-    fleet: str,
-    target: str,
-    *,
-    identity: str = "",
-    credentials_dir: Path | None = None,
+    devices: list[dict[str, str]], seconds: float, mqtt_url: str, fleet: str, target: str
 ) -> tuple[float, int]:
     """Poll every 60 s like agents would, check in at once when nudged over MQTT, "install"
     what the answer names; return when every device runs ``target``: (seconds since start,
@@ -145,16 +124,7 @@ async def follow(
             loop.call_soon_threadsafe(events[device_id].set)
 
     endpoint = parse_mqtt_url(mqtt_url)
-    client = paho.Client(
-        paho.CallbackAPIVersion.VERSION2, client_id=identity or "", protocol=paho.MQTTv311
-    )
-    if endpoint.tls:  # the embedded broker: a server identity's certificate from the fleet CA
-        assert credentials_dir is not None, "an mqtts:// broker needs --server-data-dir"
-        client.tls_set(
-            ca_certs=str(credentials_dir / "ca.crt"),
-            certfile=str(credentials_dir / "client.crt"),
-            keyfile=str(credentials_dir / "client.key"),
-        )
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
     client.on_message = on_message
     client.connect(endpoint.host, endpoint.port)
     client.subscribe(f"edgefleet/v1/{fleet}/+/commands", qos=1)
@@ -214,32 +184,12 @@ def main() -> int:
     parser.add_argument("rollout", nargs="*", metavar="MQTT_URL FLEET VERSION")
     parser.add_argument("--bare", action="store_true", help="call the bare server's method")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds not counted")
-    parser.add_argument(
-        "--server-data-dir",
-        type=Path,
-        help="the server's data dir: its fleet CA issues this process an MQTT certificate",
-    )
     args = parser.parse_args()
     devices = json.loads(args.devices_file.read_text())[args.first : args.first + args.count]
     if args.rollout:  # follow a rollout: MQTT_URL FLEET TARGET_VERSION
         if len(args.rollout) != 3:
             parser.error("a rollout needs MQTT_URL FLEET VERSION")
-        identity, credentials = "", None
-        if args.server_data_dir is not None:
-            from protos.topics import server_identity  # noqa: PLC0415
-
-            identity = server_identity(f"bench-load-{args.first}")
-            folder = args.devices_file.parent / f"observer-{args.first}"
-            credentials = observer_credentials(args.server_data_dir, identity, folder)
-        elapsed, failed = asyncio.run(
-            follow(
-                devices,
-                args.seconds,
-                *args.rollout,
-                identity=identity,
-                credentials_dir=credentials,
-            )
-        )
+        elapsed, failed = asyncio.run(follow(devices, args.seconds, *args.rollout))
         print(f"{elapsed:.2f} {failed}")
         return 0
     calls, errors = asyncio.run(run(devices, args.seconds, args.bare, args.warmup))
