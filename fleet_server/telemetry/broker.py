@@ -10,15 +10,22 @@ it has vetted, through amqtt's external listener:
 - the first packet must be a CONNECT (MQTT 3.1.1) whose client id is the certificate's common
   name, and that identity must be admitted now (an enrolled, not revoked device, or a server
   process): anything else gets a refusing CONNACK and is closed before amqtt sees it;
-- every packet's announced length is checked before its body is read (``max_packet``);
+- a Will is accepted only on the client's own state topic (amqtt publishes Wills without its
+  topic check);
+- connections are counted from their TCP accept (4,096 at most, 4 unvetted per certificate);
+- every packet's announced length is checked before its body is read (``max_packet``), and a
+  device's packets are read within a byte budget and only while amqtt's backlog is small
+  (back-pressure: a flood waits in the sender's socket);
 - amqtt's topic check (:class:`TopicRights`) applies :mod:`protos.topics`, the same rules the
-  mosquitto ACL file is generated from, to every publish, subscribe and delivery.
+  mosquitto ACL file is generated from, to every publish, subscribe and delivery; a retain
+  flag is kept only on state topics.
 
 :meth:`EmbeddedBroker.disconnect` closes an identity's connections (revocation), and
 ``on_disconnect`` tells the server when a connection ends without a DISCONNECT packet and no
-newer connection of the same identity took over (presence: amqtt refuses a 3.1.1 CONNECT
-carrying a Will, so this stands in for the Will).
-amqtt speaks MQTT 3.1.1 only; clients fall back to it. It runs its own asyncio loop in a thread.
+newer connection of the same identity took over (presence: agents send no Will over 3.1.1,
+so this stands in for it). :meth:`EmbeddedBroker.quiesce` hands over what was acknowledged
+before a stop. amqtt speaks MQTT 3.1.1 only; clients fall back to it. It runs its own asyncio
+loop in a thread.
 """
 
 from __future__ import annotations
