@@ -1,6 +1,6 @@
 """Attacks the fresh-eyes review of issue 17 found against the closed telemetry plane (the
-embedded broker), each refused now (the attack-17 branch's attacks/ holds the standalone
-reproductions with what they measured before the fixes)."""
+embedded broker), each refused now; docs/mqtt.md (Attacks) lists what each measured before
+the fixes."""
 
 from __future__ import annotations
 
