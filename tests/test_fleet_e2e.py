@@ -548,6 +548,8 @@ def test_an_interrupted_download_resumes_from_its_offset(
     if torn:
         prefix[100] ^= 0xFF
     (staging / f"{hashlib.sha256(model).hexdigest()}.part").write_bytes(bytes(prefix))
+    # And a superseded version's partial download, which nothing will ever resume.
+    (staging / f"{'ab' * 32}.part").write_bytes(b"\0" * 4096)
     agent.start()
     try:
         wait_state(server, "dev-r", "colors", "1.0.0", "INSTALLED")
@@ -555,6 +557,7 @@ def test_an_interrupted_download_resumes_from_its_offset(
         assert f"at byte {len(prefix)}" in log
         assert ("did not verify; starting over" in log) == torn
         assert colors_still_served(agent, "1.0.0")
+        assert not list(staging.iterdir()), "staging keeps only the download in progress"
     finally:
         agent.stop()
 

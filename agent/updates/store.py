@@ -71,6 +71,18 @@ class ModelStore:
         """Where the download of artifact ``sha256`` accumulates."""
         return self.staging_dir / f"{sha256}.part"
 
+    def clear_staging(self, keep: Path) -> None:
+        """Delete every download in staging but ``keep`` (the one in progress): a superseded
+        download's partial file would otherwise stay for good (issue 18)."""
+        for partial in self.staging_dir.iterdir():
+            if partial != keep:
+                try:
+                    partial.unlink()
+                except OSError as exc:  # a directory someone made there: leave it, say so
+                    log.warning("cannot remove %s from staging: %s", partial.name, exc)
+                else:
+                    log.info("removed the abandoned download %s", partial.name)
+
     def artifact_path(self, name: str, sha256: str) -> Path:
         """Where a verified artifact lives."""
         return self.models_dir / name / f"{sha256}.tflite"

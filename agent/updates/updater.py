@@ -515,6 +515,7 @@ class Updater:
 
     def _download(self, artifact_id: str, sha256: str, size: int, *, durable: bool = True) -> Path:
         staged = self._store.staging_path(sha256)
+        self._store.clear_staging(keep=staged)  # staging holds only the download in progress
         have = staged.stat().st_size if staged.exists() else 0
         if have > size:
             staged.unlink()
