@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import time
@@ -451,6 +452,27 @@ def test_embedded_broker_default_with_mqtt_311_fallback(
 
     wait_for("telemetry through the embedded broker", telemetry)
     assert "falling back to 3.1.1" in agent.output()
+
+
+def test_a_taken_api_port_stops_the_agent_with_one_clear_line(
+    tmp_path: Path, broker_url: str, server_factory: Callable[..., Server]
+) -> None:
+    """grpcio reports a taken port with RuntimeError, which came out as a traceback (issue 18:
+    such a start must not look like a crash of the model either; that part is still open)."""
+    server = server_factory(broker_url)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        agent = make_agent(tmp_path, "dev-p", server)
+        text = agent.config.read_text().replace("[api]\n", f'[api]\nlisten = "127.0.0.1:{port}"\n')
+        agent.config.write_text(text)
+        agent.start()
+        assert agent.proc is not None
+        assert agent.proc.popen.wait(30) == 1
+    out = agent.output()
+    assert "edgefleet-agent: error: cannot start the local inference API" in out, out[-2000:]
+    assert "Traceback" not in out
 
 
 def test_wrong_enrollment_token_stops_the_agent_with_one_clear_line(

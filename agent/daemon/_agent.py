@@ -145,7 +145,7 @@ class Agent:
                 tcp_address=config.api.listen or None,
                 router=self.router,
             )
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:  # grpcio says "port taken" with RuntimeError
             raise AgentError(f"cannot start the local inference API: {exc}") from exc
         server.start()
         # Ready: the active models are loaded (above) and the API serves them.
