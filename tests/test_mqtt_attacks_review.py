@@ -269,3 +269,55 @@ def test_a_server_certificate_from_an_earlier_start_is_refused(
             return int(row.fetchone()[0] or 0)
 
     wait_for("the device's 5 reports", lambda: stored() >= 5)
+
+
+def test_a_packet_whose_inner_lengths_overrun_it_ends_the_connection(
+    tmp_path: Path, server_factory: Callable[..., Server]
+) -> None:
+    """Second review: a PUBLISH announcing a 2-byte body whose topic length says 1 made amqtt
+    take the topic from the next packet and frame everything after differently from the front:
+    a QoS 1 message of 2 MiB was acknowledged under the 320 KiB limit. Now the read that would
+    cross the packet ends the connection."""
+    server = server_factory(None, folder=tmp_path / "srv")
+    evil = enroll_bare(server, "evil", tmp_path)
+    sock, ack = _connect(_port(server), evil, "evil")
+    assert ack == b"\x20\x02\x00\x00"
+    topic = _str(b"edgefleet/v1/default/evil/telemetry")
+    inner = b"\xff\xff\x7f" + topic + b"\x12\x34"  # what amqtt would have read as a header
+    sock.sendall(b"\x30\x02\x00\x01" + b"\x30\x32" + inner + b"\0" * (0x32 - len(inner)))
+    sock.settimeout(10)
+    answer = b""
+    with contextlib.suppress(OSError):
+        while chunk := sock.recv(100):
+            answer += chunk
+    assert b"\x40\x02\x12\x34" not in answer  # no PUBACK for the smuggled message
+    assert "inner lengths overrun it" in server.proc.output()  # closed, and said why
+
+
+def test_a_device_that_never_reads_is_cut_off_and_others_get_in(
+    tmp_path: Path, server_factory: Callable[..., Server]
+) -> None:
+    """Second review: a device sending PINGREQs without reading a single PINGRESP kept another
+    device from finishing its TLS handshake, and SIGTERM needed a SIGKILL. With the per-device
+    byte budget read by whole packets, the other device gets in and the server stops by itself
+    (in 9-12 s here: the hand-over before the stop waits its 5 s for the silent device; a
+    client more than 4 MiB of replies behind is cut off, as a backstop)."""
+    server = server_factory(None, folder=tmp_path / "srv")
+    slow = enroll_bare(server, "slow", tmp_path)
+    good = enroll_bare(server, "good", tmp_path)
+    sock, _ack = _connect(_port(server), slow, "slow")
+    sock.setblocking(False)
+    started = time.monotonic()
+    pings = b"\xc0\x00" * 32768
+    while time.monotonic() - started < 10:
+        try:
+            sock.send(pings)
+        except (BlockingIOError, OSError):
+            time.sleep(0.01)
+    other, ack = _connect(_port(server), good, "good")
+    assert ack == b"\x20\x02\x00\x00", ack
+    other.close()
+    sock.close()
+    begun = time.monotonic()
+    assert server.proc.stop(timeout=30) == 0  # before the fixes: SIGKILLed after 30 s
+    assert time.monotonic() - begun < 25

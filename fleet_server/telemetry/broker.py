@@ -61,6 +61,7 @@ _MAX_PENDING_PER_IDENTITY = 4  # connections of one certificate not yet vetted
 # What one device may send: 1 MiB a second after 8 MiB (a 10,000-report replay is ~10 MiB).
 DEVICE_BUDGET = (1024 * 1024.0, 8 * 1024 * 1024.0)
 _BACKLOG = 500  # messages amqtt holds for delivery before devices' packets wait to be read
+_MAX_UNREAD = 4 * 1024 * 1024  # bytes written to a client that it has not read: it is gone
 DEFAULT_MAX_PACKET = 320 * 1024  # as packaging/mosquitto/edgefleet.conf (max_packet_size)
 # CONNACK return codes of MQTT 3.1.1.
 _UNACCEPTABLE_PROTOCOL, _IDENTIFIER_REJECTED, _NOT_AUTHORIZED = 1, 2, 5
@@ -196,20 +197,28 @@ class _PacketReader:
             await asyncio.sleep(-self._tokens / rate)
 
     async def read(self, n: int = -1) -> bytes:
-        while n < 0 or len(self._buffer) < n:
+        """The next ``n`` bytes of the current packet (all of it with -1). A read that would
+        run past the packet the front framed ends the connection: amqtt trusts the lengths
+        inside a packet (a topic length), and a packet whose inner lengths overrun it would
+        otherwise make amqtt frame the following bytes differently from the front, past every
+        check made here (measured: a 2 MiB message accepted under the 320 KiB limit)."""
+        if not self._buffer:
             try:
                 packet = await _read_packet(self._reader, self._max)
             except (PacketTooLargeError, ValueError) as exc:
                 log.warning("closing MQTT connection of %s: %s", self._identity, exc)
-                raise asyncio.IncompleteReadError(bytes(self._buffer), n) from exc
+                raise asyncio.IncompleteReadError(b"", n) from exc
             await self._wait_for_room(len(packet))
             if self._budget is not None:
                 packet = _unretained(packet)
             self._buffer += packet
             if packet[0] & 0xF0 == 0xE0:
                 self.said_goodbye = True
-            if n < 0:
-                break
+        if n > len(self._buffer):
+            log.warning("closing MQTT connection of %s: a packet's inner lengths overrun it",
+                        self._identity)  # fmt: skip
+            self._buffer.clear()
+            raise asyncio.IncompleteReadError(b"", n)
         size = len(self._buffer) if n < 0 else n
         data = bytes(self._buffer[:size])
         del self._buffer[:size]
@@ -353,6 +362,26 @@ class _Broker(Broker):
             await handler.mqtt_publish(
                 retained.topic, retained.data, min(qos, retained.qos or qos), retain=True
             )
+
+
+class _BoundedWriter(StreamWriterAdapter):
+    """amqtt's writer for one client, ending the connection when the client stops reading:
+    what amqtt queues for it (a PINGRESP per PINGREQ, deliveries) would otherwise grow without
+    bound and starve the broker's loop (measured: one device that never read kept every
+    other client from completing its TLS handshake)."""
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        transport = self._writer.transport
+        # The TLS layer's own buffer, and the socket transport's under it (asyncio has no
+        # public way to reach that one: the TLS transport reports only its own).
+        raw = getattr(getattr(transport, "_ssl_protocol", None), "_transport", None)
+        unread = transport.get_write_buffer_size() + (
+            raw.get_write_buffer_size() if raw is not None else 0
+        )
+        if unread > _MAX_UNREAD:
+            log.warning("closing an MQTT connection whose client does not read")
+            transport.abort()
 
 
 class _Accepted(asyncio.Protocol):
@@ -587,7 +616,9 @@ class EmbeddedBroker:
             budget=None if server else DEVICE_BUDGET,
         )
         try:
-            await broker.external_connected(packets, StreamWriterAdapter(writer), _LISTENER)
+            # A server's ingest may lag behind a busy database: it is never cut off.
+            out = StreamWriterAdapter(writer) if server else _BoundedWriter(writer)
+            await broker.external_connected(packets, out, _LISTENER)
         finally:
             writers = self._connections.get(identity, set())
             writers.discard(writer)
