@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.updates.health import HealthPolicy, judge
+from agent.updates.lifecycle import Lifecycle
 from agent.updates.store import ActiveEntry, ModelStore
 
 POLICY = HealthPolicy(
@@ -89,21 +90,22 @@ def test_the_journal_keeps_the_last_known_good_and_refuses_rolled_back_releases(
     tmp_path: Path,
 ) -> None:
     store = ModelStore(tmp_path)
+    life = Lifecycle(store, POLICY, boot="boot-1")
     for e in (entry("1.0.0", "a"), entry("2.0.0", "b")):
         path = store.artifact_path("m", e.sha256)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")
-    store.set_active("m", entry("1.0.0", "a"))
-    store.set_active("m", entry("2.0.0", "b"), watch=True)
+    life.activated("m", entry("1.0.0", "a"))
+    assert store.health() == {}  # a first install has nothing to go back to
+    life.activated("m", entry("2.0.0", "b"))
     assert store.previous()["m"].version == "1.0.0"
-    assert store.health()["m"].starts == 0
-    assert store.note_start()["m"].starts == 1
-    restored = store.roll_back("m")
+    assert store.health()["m"].crashes == 0
+    restored = life.rolled_back("m")
     assert restored is not None and restored.version == "1.0.0"
     # The floor stays at the release rolled back from: release 2 (or 1.5) cannot come back.
     assert store.active()["m"].release_counter == 2
     assert store.active()["m"].version == "1.0.0"
-    assert store.refused() == {"b" * 64}
+    assert store.refused() == {("m", "b" * 64)}  # this model's refusal, no other's
     assert store.health() == {}
     # Both artifacts are still on disk: the last-known-good is never pruned.
     assert store.artifact_path("m", "a" * 64).exists()
@@ -145,18 +147,64 @@ def test_the_store_keeps_the_configured_number_of_older_versions(tmp_path: Path)
     assert kept == ["c", "d", "e", "f"]  # active f, last-known-good e, and two more
 
 
-def test_restarts_after_the_window_has_passed_are_not_a_crash_loop(tmp_path: Path) -> None:
+def test_clean_restarts_and_reboots_are_not_a_crash_loop(tmp_path: Path) -> None:
     from agent.updates.updater import Updater
 
     store = ModelStore(tmp_path)
     store.set_active("m", entry("1.0.0", "a"))
-    store.set_active("m", entry("2.0.0", "b"), watch=True)
-    journal = json.loads((tmp_path / "active.json").read_text())
-    journal["health"]["m"]["since"] -= 3600  # activated an hour ago; never judged (offline)
-    (tmp_path / "active.json").write_text(json.dumps(journal))
-    for _ in range(5):
-        assert Updater.recover(store, POLICY) == []
-    assert store.active()["m"].version == "2.0.0" and store.health() == {}
+    life = Lifecycle(store, POLICY, boot="boot-1")
+    life.start()
+    life.activated("m", entry("2.0.0", "b"))
+    for _ in range(5):  # clean stops (SIGTERM, a start failure): nothing to blame
+        life.stop()
+        life = Lifecycle(store, POLICY, boot="boot-1")
+        assert Updater.recover(life) == []
+        life.serving("m")
+    for boot in ("boot-2", "boot-3", "boot-4", "boot-5"):  # power cuts: not the model either
+        life = Lifecycle(store, POLICY, boot=boot)
+        assert Updater.recover(life) == []
+        life.serving("m")
+    assert store.active()["m"].version == "2.0.0" and store.health()["m"].crashes == 0
+
+
+def test_deaths_while_a_watched_release_serves_are_a_crash_loop(tmp_path: Path) -> None:
+    import hashlib
+
+    from agent.updates.updater import Updater
+
+    store = ModelStore(tmp_path)
+    shas = {}
+    for version, body in (("1.0.0", b"old"), ("2.0.0", b"new")):
+        sha = hashlib.sha256(body).hexdigest()  # a rollback checks the file it goes back to
+        store.artifact_path("m", sha).parent.mkdir(parents=True, exist_ok=True)
+        store.artifact_path("m", sha).write_bytes(body)
+        shas[version] = sha
+        store.set_active("m", ActiveEntry(version, int(version[0]), sha, f"{sha}.tflite"))
+    life = Lifecycle(store, POLICY, boot="boot-1")
+    assert Updater.recover(life) == []
+    deaths = 0
+    while True:  # each run is killed (no stop) after the model served
+        life.serving("m")
+        deaths += 1
+        life = Lifecycle(store, POLICY, boot="boot-1")
+        reports = Updater.recover(life)
+        if reports:
+            break
+        assert store.health()["m"].crashes == deaths
+    assert deaths == POLICY.max_starts
+    (report,) = reports
+    assert report.version == "2.0.0" and "crash loop" in report.detail
+    assert store.active()["m"].version == "1.0.0"
+    assert store.refused() == {("m", shas["2.0.0"])}
+
+
+def test_a_death_before_the_watched_model_loaded_is_not_blamed_on_it(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    store.set_active("m", entry("1.0.0", "a"))
+    store.set_active("m", entry("2.0.0", "b"))
+    for _ in range(5):  # killed during start, before any model loaded (a port taken...)
+        Lifecycle(store, POLICY, boot="boot-1").start()
+    assert store.health()["m"].crashes == 0
 
 
 def test_falling_back_from_a_damaged_file_keeps_the_floor_for_that_release_only(
@@ -165,11 +213,12 @@ def test_falling_back_from_a_damaged_file_keeps_the_floor_for_that_release_only(
     from agent.updates.verify import InstalledModel
 
     store = ModelStore(tmp_path)
+    life = Lifecycle(store, POLICY, boot="boot-1")
     for version, counter, sha in (("1.0.0", 1, "a" * 64), ("2.0.0", 2, "b" * 64)):
         store.set_active("m", ActiveEntry(version, counter, sha, f"{sha}.tflite"))
-    good = store.roll_back("m", refuse=False)  # 2.0.0's file was damaged
+    good = life.rolled_back("m", refuse=False)  # 2.0.0's file was damaged
     assert good is not None and (good.version, good.release_counter) == ("1.0.0", 2)
-    assert good.floor_sha256 == "b" * 64 and "b" * 64 not in store.refused()
+    assert good.floor_sha256 == "b" * 64 and store.refused() == set()
     # Release 2 may come back, with its own artifact only (verify's same-release rule).
     entry = store.active()["m"]
     assert InstalledModel(entry.release_counter, entry.floor_sha256 or entry.sha256) == (
@@ -177,13 +226,13 @@ def test_falling_back_from_a_damaged_file_keeps_the_floor_for_that_release_only(
     )
     # Once the server wants 1.0.0 itself (an explicit rollback from release 3), the floor is
     # that release's own and higher: release 2 can no longer be replayed.
-    store.settle_floor("m", 3)
+    life.settle_floor("m", 3)
     entry = store.active()["m"]
     assert (entry.release_counter, entry.floor_sha256, entry.sha256) == (3, "", "a" * 64)
     # A rollback that refuses keeps no floor artifact.
     store.set_active("m", ActiveEntry("4.0.0", 4, "c" * 64, "c.tflite"))
-    assert store.roll_back("m").floor_sha256 == ""  # type: ignore[union-attr]
-    assert "c" * 64 in store.refused()
+    assert life.rolled_back("m").floor_sha256 == ""  # type: ignore[union-attr]
+    assert ("m", "c" * 64) in store.refused()
 
 
 def test_a_crash_loop_is_not_rolled_back_onto_a_damaged_last_known_good(tmp_path: Path) -> None:
@@ -199,12 +248,13 @@ def test_a_crash_loop_is_not_rolled_back_onto_a_damaged_last_known_good(tmp_path
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(body)
         files[version] = path
-        store.set_active("m", ActiveEntry(version, int(version[0]), sha, path.name),
-                         watch=version == "2.0.0")  # fmt: skip
+        store.set_active("m", ActiveEntry(version, int(version[0]), sha, path.name))
     files["1.0.0"].write_bytes(b"old mode")  # the last-known-good rotted on the card
-    for _ in range(POLICY.max_starts + 1):  # a crash loop by the rules
-        assert Updater.recover(store, POLICY) == []
+    for _ in range(POLICY.max_starts + 1):  # a crash loop by the rules: killed while serving
+        life = Lifecycle(store, POLICY, boot="boot-1")
+        assert Updater.recover(life) == []
+        life.serving("m")
     assert store.active()["m"].version == "2.0.0"  # still the one that starts
     files["1.0.0"].write_bytes(b"old model")  # intact again: now it rolls back
-    (report,) = Updater.recover(store, POLICY)
+    (report,) = Updater.recover(Lifecycle(store, POLICY, boot="boot-1"))
     assert report.version == "2.0.0" and store.active()["m"].version == "1.0.0"

@@ -22,7 +22,7 @@ from agent.daemon._cloud import open_cloud
 from agent.daemon._control import ControlLoop
 from agent.daemon._state import AgentState
 from agent.daemon._telemetry import TelemetryLoop
-from agent.daemon._update import UpdateLoop
+from agent.daemon._update import UpdateLoop, health_policy
 from agent.errors import AgentError, EnrollmentError
 from agent.hardware.probe import HardwareInfo, probe
 from agent.identity import Identity
@@ -35,6 +35,7 @@ from agent.routing.guards import Breaker
 from agent.routing.router import Router
 from agent.systemd import Notifier, watchdog_interval
 from agent.telemetry.spool import Spool
+from agent.updates.lifecycle import Lifecycle
 from agent.updates.store import ModelStore
 from agent.updates.updater import Updater
 from protos import device_pb2
@@ -49,6 +50,7 @@ class Agent:
 
     def __init__(self, config: AgentConfig, config_path: Path | None = None) -> None:
         self.store = ModelStore(config.agent.state_dir, keep_versions=config.updates.keep_versions)
+        self.lifecycle = Lifecycle(self.store, health_policy(config))
         spool = Spool(
             self.store.root / "spool.db", max_messages=config.telemetry.spool_max_messages
         )
@@ -88,7 +90,7 @@ class Agent:
         )
         self._update = UpdateLoop(
             state=self.state,
-            store=self.store,
+            lifecycle=self.lifecycle,
             engine=self.engine,
             client=self._client,
             router=self.router,
@@ -122,6 +124,9 @@ class Agent:
         try:
             self._serve(stop)
         finally:
+            # Whatever ended the run (a stop, a start failure, a bug), it ended through the
+            # agent's own code: no crash to blame on a model (see agent.updates.plan).
+            self.lifecycle.stop()
             self._client.close()
             self.state.spool.close()
 
@@ -136,7 +141,7 @@ class Agent:
                 "LoadCredential=enrollment-token:...)"
             )
         self._update.recover()
-        Updater.load_active_into(self.store, self.engine)
+        Updater.load_active_into(self.lifecycle, self.engine)
         config = state.config
         try:
             server, port = create_server(

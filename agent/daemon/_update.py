@@ -32,7 +32,7 @@ from agent.routing.policy import Policy
 from agent.routing.router import Router
 from agent.telemetry.mqtt import parse_mqtt_url
 from agent.updates.health import HealthPolicy
-from agent.updates.store import ModelStore
+from agent.updates.lifecycle import Lifecycle
 from agent.updates.trust import pin_keylist, update_keylist
 from agent.updates.updater import Updater
 from protos import device_pb2
@@ -84,7 +84,7 @@ class UpdateLoop:
         self,
         *,
         state: AgentState,
-        store: ModelStore,
+        lifecycle: Lifecycle,
         engine: Engine,
         client: DeviceClient,
         router: Router,
@@ -92,7 +92,8 @@ class UpdateLoop:
         active: Callable[[], list[device_pb2.ActiveModel]],
     ) -> None:
         self._state = state
-        self._store = store
+        self._lifecycle = lifecycle
+        self._store = lifecycle.store
         self._engine = engine
         self._client = client
         self._router = router
@@ -106,7 +107,7 @@ class UpdateLoop:
     def recover(self) -> None:
         """At start, before any model is loaded: settle the health windows a crash left open
         (see ``Updater.recover``); their reports go out once the server can be reached."""
-        self._pending = Updater.recover(self._store, health_policy(self._state.config))
+        self._pending = Updater.recover(self._lifecycle)
 
     def run(self, stop: threading.Event, on_enrolled: Callable[[], None]) -> None:
         """Check in until ``stop`` is set; ``on_enrolled`` is called once, when the device has
@@ -132,11 +133,10 @@ class UpdateLoop:
                         ca_pem=identity.ca_pem,
                     )
                     updater = Updater(
-                        store=self._store,
+                        lifecycle=self._lifecycle,
                         engine=self._engine,
                         client=self._client,
                         identity=identity,
-                        health=health_policy(state.config),
                         max_download_bytes_per_s=state.config.updates.max_download_kbps * 1024,
                     )
                     on_enrolled()

@@ -24,10 +24,10 @@ from agent.errors import AgentError, DownloadError, ManifestError, TransientErro
 from agent.identity import Identity
 from agent.inference.engine import Engine, LoadedModel
 from agent.inference.modelfile import MAX_MODEL_BYTES
-from agent.updates import compression, smoke
-from agent.updates.health import HealthPolicy, judge
+from agent.updates import compression, plan, smoke
+from agent.updates.lifecycle import Lifecycle
 from agent.updates.sink import DurableSink
-from agent.updates.store import ActiveEntry, HealthWindow, ModelStore
+from agent.updates.store import ActiveEntry
 from agent.updates.verify import InstalledModel, verify_manifest
 from protos import device_pb2, manifest_pb2
 
@@ -62,57 +62,55 @@ def smoke_test(model: LoadedModel, test: manifest_pb2.SmokeTest | None, sample: 
 
 
 class Updater:
-    """Brings the engine to the desired state the server sends."""
+    """Brings the engine to the desired state the server sends: executes what the lifecycle
+    (``agent.updates.plan``) decides and feeds the outcomes back to it."""
 
     def __init__(
         self,
         *,
-        store: ModelStore,
+        lifecycle: Lifecycle,
         engine: Engine,
         client: DeviceClient,
         identity: Identity,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         download_deadline_s: float = 600.0,
-        health: HealthPolicy | None = None,
         max_download_bytes_per_s: int = 0,
     ) -> None:
-        self._store = store
+        self._lifecycle = lifecycle
+        self._store = lifecycle.store
         self._engine = engine
         self._client = client
         self._identity = identity
-        self._clock = clock
+        self._clock = clock  # manifest and key list expiry only
         self._monotonic = monotonic
-        # Per open health window (model, wall-clock start): when this process first saw it on
-        # the monotonic clock, and how long it had been open by the wall clock then.
-        self._watching: dict[tuple[str, float], tuple[float, float]] = {}
         self._deadline = download_deadline_s
-        self._refused: set[bytes] = set()  # envelopes refused for good; not retried each check-in
-        self._health = health or HealthPolicy()
+        # Releases not tried at every check-in: rolled back here (until cleared), or refused
+        # (tried again with backoff: a clock that ran ahead, an artifact repaired on the server).
+        self._held: dict[bytes, _Hold] = {}
+        self._health = lifecycle.policy
         self._rate = max_download_bytes_per_s
         self._baselines: dict[str, float] = {}  # p50 of the version each new one replaced
 
     @staticmethod
-    def recover(store: ModelStore, health: HealthPolicy) -> list[device_pb2.StatusReport]:
-        """At start, before anything is loaded: count this start in every open health window
-        and roll back the activations that have become crash loops. Returns the reports to send
-        once the server can be reached."""
+    def recover(lifecycle: Lifecycle) -> list[device_pb2.StatusReport]:
+        """At start, before anything is loaded: settle how the last run ended and roll back
+        the activations that have become crash loops. Returns the reports to send once the
+        server can be reached."""
+        store = lifecycle.store
         reports = []
-        for name, window in store.note_start().items():
-            elapsed = time.time() - window.since
-            if elapsed >= health.window_s:
-                store.close_health(name)  # passed while the agent was down or offline
-                continue
-            verdict = judge(
-                health,
-                elapsed_s=elapsed,
-                starts=window.starts,
-                requests=0,
-                errors=0,
-                p50_ms=0.0,
-                baseline_p50_ms=0.0,
-            )
-            if verdict.action != "rollback":
+        for action in lifecycle.start():
+            name = action.model_name
+            if isinstance(action, plan.Refused):
+                log.error("refusing %s %s: %s", name, action.version, action.reason)
+                reports.append(
+                    device_pb2.StatusReport(
+                        model_name=name,
+                        version=action.version,
+                        state=device_pb2.FAILED,
+                        detail=f"{action.reason}; refused on this device",
+                    )
+                )
                 continue
             bad = store.active().get(name)
             previous = store.previous().get(name)
@@ -126,13 +124,13 @@ class Updater:
                 log.error("not rolling %s back: its last-known-good %s is unusable (%s)", name,
                           previous.version if previous else "?", damage.why)  # fmt: skip
                 continue
-            good = store.roll_back(name)
+            good = lifecycle.rolled_back(name)
             log.error(
                 "rolling %s back from %s to %s: %s",
                 name,
                 bad.version if bad else "?",
                 good.version if good else "nothing",
-                verdict.reason,
+                action.reason,
             )
             if bad is not None:
                 reports.append(
@@ -140,20 +138,22 @@ class Updater:
                         model_name=name,
                         version=bad.version,
                         state=device_pb2.ROLLED_BACK,
-                        detail=f"{verdict.reason}; back to {good.version if good else 'none'}",
+                        detail=f"{action.reason}; back to {good.version if good else 'none'}",
                     )
                 )
         return reports
 
     @staticmethod
-    def load_active_into(store: ModelStore, engine: Engine) -> None:
-        """Serve what the store says is active (at start, before talking to the server).
+    def load_active_into(lifecycle: Lifecycle, engine: Engine) -> None:
+        """Serve what the journal says is active (at start, before talking to the server).
 
         Each active artifact is hashed first: a power cut or a failing SD card can leave a
         file that no longer is what was verified. A damaged one is deleted and the model's
         last-known-good version serves instead (or nothing, without one); the release is not
-        refused, so the next check-in downloads it again.
+        refused, so the next check-in downloads it again. A watched release is marked loading,
+        then serving: a death meanwhile counts against it.
         """
+        store = lifecycle.store
         for name, active in store.active().items():
             entry, path = active, store.artifact_path(name, active.sha256)
             while (damage := _damage(path, entry.sha256)) is not None:
@@ -161,7 +161,7 @@ class Updater:
                     log.error("cannot read active %s %s: %s", name, entry.version, damage.why)
                     break
                 _discard(path)
-                good = store.roll_back(name, refuse=False)
+                good = lifecycle.rolled_back(name, refuse=False)
                 log.error("active %s %s is damaged on disk (%s); %s", name, entry.version,
                           damage.why, f"serving {good.version} until it is downloaded again"
                           if good else "downloading it again at the next check-in")  # fmt: skip
@@ -181,12 +181,19 @@ class Updater:
                 if not fallback_damage.unreadable:
                     _discard(fallback)
                 fallback = None
+            watched = lifecycle.watched(name)
+            if watched:
+                lifecycle.loading(name, entry.sha256, entry.version)
             try:
                 model = engine.load(name, entry.version, path, cpu_fallback=fallback)
             except AgentError as exc:
                 log.error("cannot load active model %s %s: %s", name, entry.version, exc)
+                if watched:
+                    lifecycle.trial_ended(name)
                 continue
             engine.put(model)
+            if watched:
+                lifecycle.serving(name)
             log.info("serving %s %s from %s", name, entry.version, path)
 
     def set_identity(self, identity: Identity) -> None:
@@ -195,7 +202,11 @@ class Updater:
         Manifests refused under the old keys get another chance under the new ones.
         """
         self._identity = identity
-        self._refused.clear()
+        self._held.clear()
+
+    def forget_refusals(self) -> None:
+        """An operator cleared refusals: releases held back here are tried again."""
+        self._held.clear()
 
     def installed(self) -> dict[str, InstalledModel]:
         """Release counter and hash of each active model (the hash of the release the counter
@@ -207,9 +218,11 @@ class Updater:
 
     def apply(self, desired: Sequence[manifest_pb2.Envelope]) -> None:
         """Install every desired manifest that is not active yet. Never raises for one model."""
-        for envelope in desired:
-            raw = envelope.SerializeToString()
-            if raw in self._refused:
+        raws = [envelope.SerializeToString() for envelope in desired]
+        self._held = {raw: hold for raw, hold in self._held.items() if raw in raws}
+        for envelope, raw in zip(desired, raws, strict=True):
+            hold = self._held.get(raw)
+            if hold is not None and (hold.until is None or self._monotonic() < hold.until):
                 continue
             try:
                 self._apply_one(raw)
@@ -217,71 +230,75 @@ class Updater:
                 log.warning("update postponed: %s", exc)
             except _RolledBackError as exc:
                 # Reported as ROLLED_BACK when it happened; a FAILED now would hide that.
-                self._refused.add(raw)
+                self._held[raw] = _Hold(None, 1, str(exc))
                 log.warning("%s", exc)
             except OSError as exc:
                 # Disk full, read-only file system, permissions: keep the working model and
                 # retry on the next check-in; the operator sees the reason in the log.
                 log.error("update postponed by a file system error: %s", exc)
             except AgentError as exc:
-                self._refused.add(raw)
+                # Tried again with backoff (1 min doubling to 1 h), reported once per reason:
+                # an expiry judged on a clock that ran ahead, or an artifact damaged on the
+                # server and repaired since, heals without a restart.
+                attempts = hold.attempts + 1 if hold is not None else 1
+                wait = min(_HOLD_MAX_S, _HOLD_FIRST_S * 2 ** min(attempts - 1, 16))
+                self._held[raw] = _Hold(self._monotonic() + wait, attempts, str(exc))
                 name, version = _peek(envelope)
+                if hold is not None and hold.why == str(exc):
+                    log.warning("update of %s %s still refused: %s (next try in %.0f s)",
+                                name, version, exc, wait)  # fmt: skip
+                    continue
                 log.error("update of %s %s refused: %s", name, version, exc)
                 self._client.report(
                     device_pb2.StatusReport(
                         model_name=name, version=version, state=device_pb2.FAILED, detail=str(exc)
                     )
                 )
-
-    def _elapsed(self, name: str, window: HealthWindow) -> float:
-        """How long a health window has been open. While this process runs, on the monotonic
-        clock: a wall-clock step (NTP setting a Pi without an RTC hours ahead) neither passes
-        a window early nor holds it open. The wall clock only says, once, how much of it
-        passed before this process saw it (a restart), counted within 0..the window."""
-        key = (name, window.since)
-        seen = self._watching.get(key)
-        if seen is None:
-            before = min(max(self._clock() - window.since, 0.0), self._health.window_s)
-            seen = (self._monotonic(), before)
-            for old in [k for k in self._watching if k[0] == name]:
-                del self._watching[old]  # an earlier window of the same model
-            self._watching[key] = seen
-        return seen[1] + (self._monotonic() - seen[0])
+            else:
+                self._held.pop(raw, None)
 
     def check_health(self) -> None:
         """Judge every activation under watch; roll back the ones that fail. Never raises."""
         try:
-            windows = self._store.health()
+            journal = self._lifecycle.journal()
         except AgentError as exc:
             log.error("cannot read the update journal: %s", exc)
             return
-        for name, window in windows.items():
+        for name in journal.health:
             model = self._engine.peek(name)
             if model is None:
                 continue
             stats = model.stats
-            verdict = judge(
+            verdict = plan.judge_window(
+                journal,
+                name,
                 self._health,
-                elapsed_s=self._elapsed(name, window),
-                starts=window.starts,
+                served_s=self._lifecycle.served_s(name, journal),
                 requests=stats.requests,
                 errors=stats.errors - stats.rejected,  # a full queue is load, not a fault
                 p50_ms=stats.recent_p50(),
                 baseline_p50_ms=self._baselines.get(name, 0.0),
             )
-            if verdict.action == "pass":
-                self._store.close_health(name)
-                log.info("%s %s passed its health window", name, model.version)
-                self._client.report(
-                    device_pb2.StatusReport(
-                        model_name=name,
-                        version=model.version,
-                        state=device_pb2.INSTALLED,
-                        detail=f"active on {model.backend}; passed its health window",
+            try:
+                if verdict.action == "pass":
+                    self._lifecycle.passed(name)
+                    log.info("%s %s passed its health window", name, model.version)
+                    self._client.report(
+                        device_pb2.StatusReport(
+                            model_name=name,
+                            version=model.version,
+                            state=device_pb2.INSTALLED,
+                            detail=f"active on {model.backend}; passed its health window",
+                        )
                     )
-                )
-            elif verdict.action == "rollback":
-                self._roll_back(name, model.version, verdict.reason)
+                elif verdict.action == "rollback":
+                    self._roll_back(name, model.version, verdict.reason)
+            except (AgentError, OSError) as exc:
+                log.error("cannot record the health verdict on %s: %s", name, exc)
+        try:
+            self._lifecycle.checkpoint()
+        except (AgentError, OSError) as exc:
+            log.warning("cannot checkpoint the serving time of the watched models: %s", exc)
 
     def _roll_back(self, name: str, bad_version: str, reason: str) -> None:
         good = self._store.previous().get(name)
@@ -302,7 +319,7 @@ class Updater:
                 log.error("cannot reload %s %s to roll back to: %s", name, good.version, exc)
                 return
         # Load first, then switch the journal, so the journal always names what serves.
-        self._store.roll_back(name)
+        self._lifecycle.rolled_back(name)
         if model is not None:
             self._engine.put(model)
             restored = f"back to {model.version}"
@@ -321,22 +338,30 @@ class Updater:
         that was not ready yet). Raises the load error: it is reported like an update's."""
         path = self._store.artifact_path(name, entry.sha256)
         fallback = path.parent / entry.fallback_filename if entry.fallback_filename else None
-        self._engine.put(self._engine.load(name, entry.version, path, cpu_fallback=fallback))
+        watched = self._lifecycle.watched(name)
+        if watched:
+            self._lifecycle.loading(name, entry.sha256, entry.version)
+        try:
+            self._engine.put(self._engine.load(name, entry.version, path, cpu_fallback=fallback))
+        except BaseException:
+            if watched:
+                self._lifecycle.trial_ended(name)
+            raise
+        if watched:
+            self._lifecycle.serving(name)
         log.info("serving %s %s again", name, entry.version)
 
     def _apply_one(self, raw: bytes) -> None:
-        # A release this device rolled back is skipped before anything else, and quietly: it
-        # was reported as ROLLED_BACK, and skipping needs no trust in the envelope.
+        # A release refused here is skipped before anything else, and quietly: it was
+        # reported when it happened, and skipping needs no trust in the envelope.
         unverified = manifest_pb2.Manifest()
         try:
             unverified.ParseFromString(manifest_pb2.Envelope.FromString(raw).payload)
         except DecodeError:
             unverified.Clear()
-        if unverified.sha256 and unverified.sha256 in self._store.refused():
-            raise _RolledBackError(
-                f"{unverified.model_name} {unverified.version} was rolled back on this device; "
-                "refusing to install it again (push a new release)"
-            )
+        journal = self._lifecycle.journal()
+        if unverified.sha256 and journal.is_refused(unverified.model_name, unverified.sha256):
+            raise _RolledBackError(_refusal(unverified))
         manifest = verify_manifest(
             raw,
             trust=self._identity.trust,
@@ -345,40 +370,41 @@ class Updater:
             installed=self.installed(),
             max_artifact_bytes=MAX_MODEL_BYTES,
         )
-        active = self._store.active().get(manifest.model_name)
-        # The same bytes under a new version (a re-release) still become that version, so
-        # the device reports what the server asked for; only the download is skipped.
-        if (
-            active is not None
-            and active.sha256 == manifest.sha256
-            and active.version == manifest.version
-        ):
-            if active.floor_sha256 or manifest.rollback_from > active.release_counter:
-                # The server wants what this device serves (say, an explicit rollback to it
-                # after a damaged newer release): the floor becomes this release's own.
-                self._store.settle_floor(
-                    manifest.model_name, max(manifest.release_counter, manifest.rollback_from)
-                )
-            # A file found damaged at start (and deleted) is fetched again; the model is loaded
-            # again when it is not serving.
-            self._fetch(
-                manifest.model_name,
-                manifest.artifact_id,
-                manifest.sha256,
-                manifest.size,
-                compressed=manifest.compressed if manifest.HasField("compressed") else None,
-            )
-            if manifest.HasField("cpu_fallback"):
-                ref = manifest.cpu_fallback
-                self._fetch(manifest.model_name, ref.artifact_id, ref.sha256, ref.size)
-            if self._engine.peek(manifest.model_name) is None:
-                self._reload(manifest.model_name, active)
+        offer = plan.Offer(manifest.model_name, manifest.version, manifest.sha256)
+        decision = plan.decide(journal, offer)
+        if decision is plan.Decision.REFUSE:
+            raise _RolledBackError(_refusal(manifest))
+        active = journal.models.get(manifest.model_name)
+        if decision is plan.Decision.CURRENT:
+            assert active is not None  # noqa: S101 - CURRENT means it is active
+            self._keep_current(manifest, active)
             return
-        if manifest.sha256 in self._store.refused():
-            raise _RolledBackError(
-                f"{manifest.model_name} {manifest.version} was rolled back on this device; "
-                "refusing to install it again (push a new release)"
+        self._install(manifest, active)
+
+    def _keep_current(self, manifest: manifest_pb2.Manifest, active: ActiveEntry) -> None:
+        """The server wants what is active: settle its floor, fetch a file found damaged at
+        start (and deleted), load it again when it is not serving."""
+        if active.floor_sha256 or manifest.rollback_from > active.release_counter:
+            # The server wants what this device serves (say, an explicit rollback to it
+            # after a damaged newer release): the floor becomes this release's own.
+            self._lifecycle.settle_floor(
+                manifest.model_name, max(manifest.release_counter, manifest.rollback_from)
             )
+        self._fetch(
+            manifest.model_name,
+            manifest.artifact_id,
+            manifest.sha256,
+            manifest.size,
+            compressed=manifest.compressed if manifest.HasField("compressed") else None,
+        )
+        if manifest.HasField("cpu_fallback"):
+            ref = manifest.cpu_fallback
+            self._fetch(manifest.model_name, ref.artifact_id, ref.sha256, ref.size)
+        if self._engine.peek(manifest.model_name) is None:
+            self._reload(manifest.model_name, active)
+
+    def _install(self, manifest: manifest_pb2.Manifest, active: ActiveEntry | None) -> None:
+        """Download, verify, load and smoke-test a new release; activate it."""
         log.info(
             "updating %s to %s (release %d, %d bytes)",
             manifest.model_name,
@@ -417,21 +443,29 @@ class Updater:
             staged = self._download(ref.artifact_id, ref.sha256, ref.size, durable=False)
             sample = staged.read_bytes()
             staged.unlink()
-        # One interpreter first: the new version serves as soon as it is smoke-tested, and the
-        # rest of its pool is added after (loading each repacks the weights: 40 ms per 100 MB).
-        model = self._engine.load(
-            manifest.model_name,
-            manifest.version,
-            path,
-            cpu_fallback=fallback,
-            deferred=True,
-            warm=False,  # the smoke test is its first run
-        )
-        smoke_test(model, manifest.smoke if manifest.HasField("smoke") else None, sample)
+        # From here until it is active, a death of the agent is blamed on this release.
+        self._lifecycle.loading(manifest.model_name, manifest.sha256, manifest.version)
+        try:
+            # One interpreter first: the new version serves as soon as it is smoke-tested, and
+            # the rest of its pool is added after (loading each repacks the weights: 40 ms per
+            # 100 MB).
+            model = self._engine.load(
+                manifest.model_name,
+                manifest.version,
+                path,
+                cpu_fallback=fallback,
+                deferred=True,
+                warm=False,  # the smoke test is its first run
+            )
+            smoke_test(model, manifest.smoke if manifest.HasField("smoke") else None, sample)
+        except BaseException:
+            self._lifecycle.trial_ended(manifest.model_name)
+            raise
         previous_model = self._engine.peek(manifest.model_name)
         if previous_model is not None:
             self._baselines[manifest.model_name] = previous_model.stats.recent_p50()
-        self._store.set_active(
+        # A first install has nothing to roll back to: it is trusted at once.
+        self._lifecycle.activated(
             manifest.model_name,
             ActiveEntry(
                 version=manifest.version,
@@ -446,7 +480,6 @@ class Updater:
                 filename=path.name,
                 fallback_filename=fallback.name if fallback else "",
             ),
-            watch=active is not None,  # a first install has nothing to roll back to
         )
         previous = self._engine.put(model)
         log.info(
@@ -590,7 +623,28 @@ def _discard(path: Path) -> None:
 
 
 class _RolledBackError(ManifestError):
-    """The desired release is one this device rolled back."""
+    """The desired release is one this device refused (rolled back, or crashed it)."""
+
+
+def _refusal(manifest: manifest_pb2.Manifest) -> str:
+    return (
+        f"{manifest.model_name} {manifest.version} (sha256 {manifest.sha256[:12]}...) was rolled "
+        "back on this device or crashed it; refusing to install it again (push a new release, "
+        "or clear the refusal: edgefleet devices clear-refusal)"
+    )
+
+
+_HOLD_FIRST_S = 60.0
+_HOLD_MAX_S = 3600.0
+
+
+@dataclass(frozen=True)
+class _Hold:
+    """A release not tried again before ``until`` (monotonic; None: until cleared)."""
+
+    until: float | None
+    attempts: int
+    why: str
 
 
 def _peek(envelope: manifest_pb2.Envelope) -> tuple[str, str]:
