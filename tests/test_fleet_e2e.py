@@ -457,8 +457,8 @@ def test_embedded_broker_default_with_mqtt_311_fallback(
 def test_a_taken_api_port_stops_the_agent_with_one_clear_line(
     tmp_path: Path, broker_url: str, server_factory: Callable[..., Server]
 ) -> None:
-    """grpcio reports a taken port with RuntimeError, which came out as a traceback (issue 18:
-    such a start must not look like a crash of the model either; that part is still open)."""
+    """grpcio reports a taken port with RuntimeError, which came out as a traceback. That such
+    a start is no crash of the model: tests/test_lifecycle_process.py."""
     server = server_factory(broker_url)
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
