@@ -84,11 +84,11 @@ class HardwareSection:
 
 @dataclass(frozen=True)
 class UpdatesSection:
-    health_window_s: float = 60.0  # how long a new version is watched before it counts as good
+    health_window_s: float = 60.0  # serving time a new version is watched before it counts as good
     health_min_requests: int = 20  # requests needed before error rate and latency are judged
     health_max_error_rate: float = 0.2  # more failed requests than this: roll back
     health_max_latency_ratio: float = 3.0  # p50 this many times the previous version's: roll back
-    crash_loop_starts: int = 3  # agent starts within the window that count as a crash loop
+    crash_loop_starts: int = 3  # abnormal deaths while it loaded or served: a crash loop
     max_download_kbps: int = 0  # download bandwidth limit in KiB/s; 0 = unlimited
     keep_versions: int = 2  # older versions kept on disk per model (the last-known-good counts)
 
