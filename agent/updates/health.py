@@ -16,7 +16,7 @@ class HealthPolicy:
     min_requests: int = 20  # fewer requests than this: error rate and latency are not judged
     max_error_rate: float = 0.2  # failed requests / requests
     max_latency_ratio: float = 3.0  # p50 against the previous version's p50
-    max_starts: int = 3  # agent starts within the window that make a crash loop
+    max_starts: int = 3  # abnormal deaths while it loaded or served that make a crash loop
 
 
 @dataclass(frozen=True)
