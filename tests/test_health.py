@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -258,3 +259,63 @@ def test_a_crash_loop_is_not_rolled_back_onto_a_damaged_last_known_good(tmp_path
     files["1.0.0"].write_bytes(b"old model")  # intact again: now it rolls back
     (report,) = Updater.recover(Lifecycle(store, POLICY, boot="boot-1"))
     assert report.version == "2.0.0" and store.active()["m"].version == "1.0.0"
+
+
+def test_a_journal_written_by_a_newer_agent_is_served_and_never_written(tmp_path: Path) -> None:
+    from agent.errors import AgentError
+
+    store = ModelStore(tmp_path)
+    store.set_active("m", entry("1.0.0", "a"))
+    raw = json.loads((tmp_path / "active.json").read_text())
+    raw["format"] = 99
+    raw["a_newer_table"] = {}
+    (tmp_path / "active.json").write_text(json.dumps(raw))
+    life = Lifecycle(store, POLICY, boot="boot-1")
+    assert life.start() == []
+    life.loading("m", "a" * 64, "1.0.0")
+    life.serving("m")
+    life.stop()
+    assert json.loads((tmp_path / "active.json").read_text()) == raw  # untouched
+    assert store.active()["m"].version == "1.0.0"
+    try:
+        life.activated("m", entry("2.0.0", "b"))
+    except AgentError as exc:
+        assert "written by a newer agent (format 99" in str(exc)
+    else:
+        raise AssertionError("a newer journal was written")
+
+
+@pytest.mark.slow
+def test_a_journal_that_cannot_be_written_costs_the_attribution_not_the_serving(
+    tmp_path: Path,
+) -> None:
+    """A full disk, for real: the file size limit (RLIMIT_FSIZE) makes every write fail."""
+    import subprocess
+    import sys
+
+    store = ModelStore(tmp_path)
+    store.set_active("m", entry("1.0.0", "a"))
+    store.set_active("m", entry("2.0.0", "b"))
+    before = (tmp_path / "active.json").read_text()
+    script = f"""
+import resource, signal
+from pathlib import Path
+from agent.updates.health import HealthPolicy
+from agent.updates.lifecycle import Lifecycle
+from agent.updates.store import ModelStore
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (16, 16))
+life = Lifecycle(ModelStore(Path({str(tmp_path)!r})), HealthPolicy(), boot="boot-1")
+assert life.start() == []
+life.loading("m", "b" * 64, "2.0.0")
+life.serving("m")
+life.checkpoint()
+life.stop()
+print("served on")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0 and "served on" in done.stdout, done.stderr
+    assert "cannot record this run in the update journal" in done.stderr
+    assert (tmp_path / "active.json").read_text() == before

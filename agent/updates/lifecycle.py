@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from agent.errors import AgentError
 from agent.updates import plan
 from agent.updates.health import HealthPolicy
 from agent.updates.store import ModelStore
@@ -80,8 +81,15 @@ class Lifecycle:
             last = journal.run
             journal, rollbacks = plan.started(journal, boot=self._boot, policy=self.policy)
             if journal.newer:
-                return []  # a newer agent's journal: serve its models, touch nothing
-            self.store.save(journal)
+                log.error("the update journal was written by a newer agent (format %d): "
+                          "serving its models, refusing updates", journal.newer)  # fmt: skip
+                return []  # serve its models, touch nothing
+            try:
+                self.store.save(journal)
+            except OSError as exc:  # a full or read-only disk must not stop the serving
+                log.error("cannot record this run in the update journal (%s): a crash in it "
+                          "will not be attributed, no rollback happens now", exc)  # fmt: skip
+                return []
         if not last.clean and last.boot and last.boot != self._boot and journal.health:
             log.warning(
                 "the device restarted without stopping the agent (a power cut?); not counted "
@@ -112,9 +120,17 @@ class Lifecycle:
         journal = self.store.journal()
         return name in journal.health or name in journal.trials
 
+    def _mark(self, event: Callable[[plan.Journal], plan.Journal]) -> None:
+        """Record a marker; a journal that cannot be written (full disk, a newer agent's
+        format) costs only the attribution of a death, never the serving."""
+        try:
+            self._apply(event)
+        except (AgentError, OSError) as exc:
+            log.warning("cannot record a lifecycle marker: %s", exc)
+
     def loading(self, name: str, sha256: str, version: str) -> None:
         """``name``'s release ``sha256`` is about to load: a death now is blamed on it."""
-        self._apply(lambda j: plan.loading(j, name, sha256, version))
+        self._mark(lambda j: plan.loading(j, name, sha256, version))
 
     def serving(self, name: str) -> None:
         """``name`` serves: its serving clock runs (and, watched, a death now is blamed on
@@ -124,13 +140,13 @@ class Lifecycle:
             loading = journal.run.loading is not None and journal.run.loading[0] == name
             if name not in journal.health and not loading:
                 return
-            self._apply(lambda j: plan.serving(j, name))
+            self._mark(lambda j: plan.serving(j, name))
             if name in journal.health:
                 self._since[name] = self._monotonic()
 
     def trial_ended(self, name: str) -> None:
         """A trial of ``name`` ended without a death (failed, refused or postponed)."""
-        self._apply(lambda j: plan.trial_ended(j, name))
+        self._mark(lambda j: plan.trial_ended(j, name))
 
     # outcomes ------------------------------------------------------------------------------
 
