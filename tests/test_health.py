@@ -137,15 +137,33 @@ def test_the_store_keeps_the_configured_number_of_older_versions(tmp_path: Path)
     import os
 
     store = ModelStore(tmp_path, keep_versions=3)
+    life = Lifecycle(store, POLICY, boot="boot-1")
     entries = [entry(f"{i}.0.0", c) for i, c in zip(range(1, 7), "abcdef", strict=True)]
     for i, e in enumerate(entries):
         path = store.artifact_path("m", e.sha256)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")
         os.utime(path, (1000 + i, 1000 + i))  # older versions have older files
-        store.set_active("m", e)
+        life.activated("m", e)
+        life.passed("m")  # each passed its window: the next one's last-known-good
     kept = sorted(p.stem[0] for p in (tmp_path / "models" / "m").glob("*.tflite"))
     assert kept == ["c", "d", "e", "f"]  # active f, last-known-good e, and two more
+
+
+def test_a_release_replacing_a_watched_one_keeps_the_trusted_last_known_good(
+    tmp_path: Path,
+) -> None:
+    store = ModelStore(tmp_path)
+    life = Lifecycle(store, POLICY, boot="boot-1")
+    life.activated("m", entry("1.0.0", "a"))
+    life.activated("m", entry("2.0.0", "b"))  # watched
+    life.activated("m", entry("3.0.0", "c"))  # replaces 2.0.0 before it proved itself
+    assert store.previous()["m"].version == "1.0.0" and "m" in store.health()
+    life.activated("m", entry("4.0.0", "c"))  # the same bytes again: the window goes on
+    assert store.previous()["m"].version == "1.0.0" and "m" in store.health()
+    life.passed("m")
+    life.activated("m", entry("5.0.0", "d"))
+    assert store.previous()["m"].version == "4.0.0"
 
 
 def test_clean_restarts_and_reboots_are_not_a_crash_loop(tmp_path: Path) -> None:

@@ -96,21 +96,18 @@ class Device(RuleBasedStateMachine):
             )
 
     def die(self) -> None:
-        """An abnormal death now: blamed on what is watched and serving, or loading."""
+        """An abnormal death now: blamed on the release loading, if one was, or else on every
+        watched release that served."""
         run = self.journal.run
-        for name in self.loaded:
-            active = self.journal.models.get(name)
-            if active is not None and name in self.journal.health:
-                key = (name, active.sha256)
-                self.blamed[key] = self.blamed.get(key, 0) + 1
         if run.loading is not None:
             name, sha, _ = run.loading
-            if (
-                name not in self.loaded
-                or self.journal.models.get(name, None) is None
-                or (self.journal.models[name].sha256 != sha)
-            ):
-                self.blamed[(name, sha)] = self.blamed.get((name, sha), 0) + 1
+            self.blamed[(name, sha)] = self.blamed.get((name, sha), 0) + 1
+        else:
+            for name in self.loaded:
+                active = self.journal.models.get(name)
+                if active is not None and name in self.journal.health:
+                    key = (name, active.sha256)
+                    self.blamed[key] = self.blamed.get(key, 0) + 1
         self.alive = False
 
     @precondition(lambda self: not self.alive)
@@ -182,7 +179,9 @@ class Device(RuleBasedStateMachine):
             self.die()
             return
         self.verified.add((name, release.sha256))
-        self.blamed.pop((name, release.sha256), None)  # its trial is over; a window opens
+        active = self.journal.models.get(name)
+        if active is None or active.sha256 != release.sha256:  # same bytes: the window goes on
+            self.blamed.pop((name, release.sha256), None)  # its trial is over; a window opens
         self.journal = plan.activated(self.journal, name, release.entry())
         self.installed.add(name)
         self.loaded.add(name)

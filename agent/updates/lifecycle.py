@@ -54,6 +54,7 @@ class Lifecycle:
         self._checkpoint_s = checkpoint_s
         self._lock = threading.RLock()
         self._since: dict[str, float] = {}  # watched model -> serving since (monotonic)
+        self._started = False
 
     def journal(self) -> plan.Journal:
         """The journal as it is on disk.
@@ -77,7 +78,14 @@ class Lifecycle:
         """This run begins: attribute how the last one ended; return the crash loops to roll
         back (before anything loads)."""
         with self._lock:
-            journal = self.store.journal()
+            self._started = True
+            try:
+                journal = self.store.journal()
+            except AgentError as exc:  # bit rot: a device must not stop serving over it
+                journal = self.store.quarantine(exc)
+            if not self._boot:
+                log.warning("this machine has no boot id: deaths of the agent are not "
+                            "attributed to models (no crash-loop rollbacks)")  # fmt: skip
             last = journal.run
             journal, rollbacks = plan.started(journal, boot=self._boot, policy=self.policy)
             if journal.newer:
@@ -105,10 +113,12 @@ class Lifecycle:
         clean. Never raises (a stop must finish); a failure only costs the serving time."""
         try:
             with self._lock:
+                if not self._started:
+                    return  # stopped before it started: the last run stays as it ended
                 journal = self.store.journal()
                 if journal.newer:
                     return
-                journal = self._checkpointed(journal, force=True)
+                journal, _ = self._checkpointed(journal, force=True)
                 self.store.save(plan.stopped(journal))
         except Exception as exc:  # noqa: BLE001 - logged; the next start counts this run
             log.error("cannot mark the clean stop in the update journal: %s", exc)
@@ -198,20 +208,31 @@ class Lifecycle:
         return window.served_s + (self._monotonic() - since if since is not None else 0.0)
 
     def checkpoint(self) -> None:
-        """Write the serving time of the watched models when enough has accumulated."""
+        """Write the serving time of the watched models when enough has accumulated.
+
+        Raises:
+            AgentError, OSError: the journal cannot be read or written; no serving time is
+                lost (it is written at the next checkpoint that succeeds).
+        """
         with self._lock:
             journal = self.store.journal()
-            after = self._checkpointed(journal, force=False)
+            after, moved = self._checkpointed(journal, force=False)
             if after != journal:
                 self.store.save(after)
+            self._since.update(moved)
 
-    def _checkpointed(self, journal: plan.Journal, *, force: bool) -> plan.Journal:
+    def _checkpointed(
+        self, journal: plan.Journal, *, force: bool
+    ) -> tuple[plan.Journal, dict[str, float]]:
+        """The journal with the serving time so far, and the serving clocks to restart once
+        it is written (not before: a failed write must not lose the time)."""
         now = self._monotonic()
+        moved = {}
         for name, since in list(self._since.items()):
             if name not in journal.health:
                 del self._since[name]
                 continue
             if force or now - since >= self._checkpoint_s:
                 journal = plan.served(journal, name, self.served_s(name, journal))
-                self._since[name] = now
-        return journal
+                moved[name] = now
+        return journal, moved

@@ -20,8 +20,10 @@ boot it ran in, whether it stopped through its own code, which model was loading
 were serving). At the next start, a run that ended without its clean-stop marker in the same
 boot is an abnormal death (SIGKILL, SIGSEGV, SIGBUS, the OOM killer, systemd's watchdog) and
 counts against the releases it was loading or serving that are still on trial or watched.
-Clean stops, start failures before a watched model loaded, and a device that rebooted without
-stopping the agent (a power cut: nothing says the model did it) count against nothing.
+A death while a release was loading counts against that release only. Clean stops, start
+failures before a watched model loaded, a device that rebooted without stopping the agent (a
+power cut: nothing says the model did it), and a machine without a boot id count against
+nothing.
 
 Health windows run on serving time, never the wall clock: what each run served, added up
 (checkpointed while it runs and at a clean stop), so clock steps neither pass a window early
@@ -194,8 +196,10 @@ def started(
     trials = dict(journal.trials)
     refused = journal.refused
     rollbacks: list[Rollback | Refused] = []
-    if not last.clean and last.boot == boot:
-        suspects = set(last.serving)
+    if not last.clean and last.boot and last.boot == boot:
+        # A death during a load is the load's: a model that merely served meanwhile is not
+        # blamed. Without a load under way, every watched release that served is a suspect.
+        suspects = set() if last.loading is not None else set(last.serving)
         if last.loading is not None:
             name, sha, version = last.loading
             active = journal.models.get(name)
@@ -272,13 +276,19 @@ def decide(journal: Journal, offer: Offer) -> Decision:
 
 def activated(journal: Journal, name: str, entry: Entry) -> Journal:
     """``entry`` passed its smoke test and is active: the old active entry becomes the
-    last-known-good, and a health window opens when there is one to return to."""
+    last-known-good, and a health window opens when there is one to return to.
+
+    The same bytes re-released under a new version change nothing but the entry: a window
+    open on them stays open. A release replacing one still in its window leaves the trusted
+    last-known-good in place: an unproven release never becomes one.
+    """
     models = {**journal.models, name: entry}
     previous = dict(journal.previous)
-    health = {k: v for k, v in journal.health.items() if k != name}
+    health = dict(journal.health)
     old = journal.models.get(name)
-    if old is not None and old.sha256 != entry.sha256:  # the same bytes re-released: no trial
-        previous[name] = old
+    if old is not None and old.sha256 != entry.sha256:
+        if name not in journal.health or name not in previous:
+            previous[name] = old
         health[name] = Window()
     trials = {k: v for k, v in journal.trials.items() if k != name}
     journal = replace(journal, models=models, previous=previous, health=health, trials=trials)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from agent._fs import atomic_write, fsync_dir
 from agent.errors import AgentError
@@ -85,11 +86,26 @@ class ModelStore:
             return plan.Journal()
         except (OSError, ValueError) as exc:
             raise AgentError(f"cannot read {self._journal_file}: {exc}") from exc
-        owners = self._owners() if isinstance(raw, dict) and raw.get("format") == 2 else None
+        owners = self._owners(raw) if isinstance(raw, dict) and raw.get("format") == 2 else None
         try:
             return plan.from_dict(raw, model_of=owners)
         except plan.JournalError as exc:
             raise AgentError(f"cannot read {self._journal_file}: {exc}") from exc
+
+    def quarantine(self, why: AgentError) -> plan.Journal:
+        """Move a journal that cannot be read aside (``active.json.damaged``) and start from
+        an empty one: the device serves nothing until its first check-in, which installs the
+        server's releases again from the verified files still in ``models/`` (no download).
+        The release floors it held are lost with it (the server's signatures still hold)."""
+        damaged = self._journal_file.with_name(self._journal_file.name + ".damaged")
+        try:
+            self._journal_file.replace(damaged)
+        except OSError as exc:
+            log.error("%s; cannot move it aside either (%s)", why, exc)
+        else:
+            log.error("%s; moved it to %s and starting from an empty journal: the models are "
+                      "installed again at the next check-in", why, damaged.name)  # fmt: skip
+        return plan.Journal()
 
     def save(self, journal: plan.Journal) -> None:
         """Replace the journal atomically.
@@ -107,11 +123,24 @@ class ModelStore:
         data = json.dumps(plan.to_dict(journal), indent=2, sort_keys=True).encode()
         atomic_write(self._journal_file, data)
 
-    def _owners(self) -> dict[str, str]:
-        """Which model each stored artifact belongs to (format 2 refused bare hashes)."""
-        owners: dict[str, str] = {}
+    def _owners(self, raw: dict[str, Any]) -> dict[str, str]:
+        """Which model each refused hash of a format 2 journal belonged to: the one model
+        whose directory holds it and does not serve it (a model does not keep its own refused
+        release active or as its last-known-good); "" (every model) when that is not one."""
+        found: dict[str, set[str]] = {}
         for path in self.models_dir.glob("*/*.tflite"):
-            owners.setdefault(path.stem, path.parent.name)
+            found.setdefault(path.stem, set()).add(path.parent.name)
+        kept = {
+            (name, entry.get("sha256"))
+            for table in ("models", "previous")
+            if isinstance(raw.get(table), dict)
+            for name, entry in raw[table].items()
+            if isinstance(entry, dict)
+        }
+        owners = {}
+        for sha, names in found.items():
+            candidates = {name for name in names if (name, sha) not in kept}
+            owners[sha] = next(iter(candidates)) if len(candidates) == 1 else ""
         return owners
 
     def active(self) -> dict[str, ActiveEntry]:

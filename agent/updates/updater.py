@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -91,6 +92,7 @@ class Updater:
         self._health = lifecycle.policy
         self._rate = max_download_bytes_per_s
         self._baselines: dict[str, float] = {}  # p50 of the version each new one replaced
+        self._judge_after: dict[str, float] = {}  # a verdict that could not be recorded
 
     @staticmethod
     def recover(lifecycle: Lifecycle) -> list[device_pb2.StatusReport]:
@@ -242,9 +244,9 @@ class Updater:
                 # server and repaired since, heals without a restart.
                 attempts = hold.attempts + 1 if hold is not None else 1
                 wait = min(_HOLD_MAX_S, _HOLD_FIRST_S * 2 ** min(attempts - 1, 16))
-                self._held[raw] = _Hold(self._monotonic() + wait, attempts, str(exc))
+                self._held[raw] = _Hold(self._monotonic() + wait, attempts, _reason(exc))
                 name, version = _peek(envelope)
-                if hold is not None and hold.why == str(exc):
+                if hold is not None and hold.why == _reason(exc):
                     log.warning("update of %s %s still refused: %s (next try in %.0f s)",
                                 name, version, exc, wait)  # fmt: skip
                     continue
@@ -266,7 +268,7 @@ class Updater:
             return
         for name in journal.health:
             model = self._engine.peek(name)
-            if model is None:
+            if model is None or self._monotonic() < self._judge_after.get(name, 0.0):
                 continue
             stats = model.stats
             verdict = plan.judge_window(
@@ -291,16 +293,21 @@ class Updater:
                             detail=f"active on {model.backend}; passed its health window",
                         )
                     )
-                elif verdict.action == "rollback":
-                    self._roll_back(name, model.version, verdict.reason)
+                elif verdict.action == "rollback" and not self._roll_back(
+                    name, model.version, verdict.reason
+                ):
+                    self._judge_after[name] = self._monotonic() + _HOLD_FIRST_S
             except (AgentError, OSError) as exc:
+                # A full disk: judged again in a minute, not reloaded and logged every second.
+                self._judge_after[name] = self._monotonic() + _HOLD_FIRST_S
                 log.error("cannot record the health verdict on %s: %s", name, exc)
         try:
             self._lifecycle.checkpoint()
         except (AgentError, OSError) as exc:
             log.warning("cannot checkpoint the serving time of the watched models: %s", exc)
 
-    def _roll_back(self, name: str, bad_version: str, reason: str) -> None:
+    def _roll_back(self, name: str, bad_version: str, reason: str) -> bool:
+        """Go back to the last-known-good; False when it cannot (it is retried later)."""
         good = self._store.previous().get(name)
         restored = "nothing to go back to; keeping it"
         model: LoadedModel | None = None
@@ -311,13 +318,13 @@ class Updater:
             if damage is not None:
                 # The journal keeps the bad version active (and watched): it is what serves.
                 log.error("cannot roll %s back to %s: %s", name, good.version, damage.why)
-                return
+                return False
             try:
                 model = self._engine.load(name, good.version, path, cpu_fallback=fallback)
             except AgentError as exc:
                 # The journal keeps the bad version active (and watched): it is what serves.
                 log.error("cannot reload %s %s to roll back to: %s", name, good.version, exc)
-                return
+                return False
         # Load first, then switch the journal, so the journal always names what serves.
         self._lifecycle.rolled_back(name)
         if model is not None:
@@ -332,6 +339,7 @@ class Updater:
                 detail=f"{reason}; {restored}",
             )
         )
+        return True
 
     def _reload(self, name: str, entry: ActiveEntry) -> None:
         """Serve the active version again after it failed to load at start (e.g. an Edge TPU
@@ -632,6 +640,12 @@ def _refusal(manifest: manifest_pb2.Manifest) -> str:
         "back on this device or crashed it; refusing to install it again (push a new release, "
         "or clear the refusal: edgefleet devices clear-refusal)"
     )
+
+
+def _reason(exc: Exception) -> str:
+    """A refusal's reason without its numbers (the time now, bytes so far): the same reason
+    is reported once."""
+    return re.sub(r"\d+", "#", str(exc))
 
 
 _HOLD_FIRST_S = 60.0
