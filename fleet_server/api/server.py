@@ -11,6 +11,7 @@ from fleet_server.api.admin import AdminServicer
 from fleet_server.api.device_service import DeviceServicer, add_device_service
 from fleet_server.context import ServerContext
 from protos import admin_pb2_grpc
+from protos.keepalive import server_options
 
 __all__ = ["create_server"]
 
@@ -39,6 +40,9 @@ def create_server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # Agents ping every 20 s to notice dead connections; refusing those pings would
+            # close their connections with GOAWAY "too_many_pings".
+            *server_options(),
         ],
     )
     add_device_service(DeviceServicer(ctx), server)
