@@ -2,14 +2,21 @@
 
 Third-party errors become ours here: UNAVAILABLE and DEADLINE_EXCEEDED are transient
 (:class:`ServerUnavailableError`), everything else is fatal for that call.
+
+Dead connections are noticed three ways (docs/security.md, "Dead connections"): keepalive pings
+(``protos/keepalive.py``), a download that receives nothing for ``stall_timeout_s`` is cancelled,
+and after :data:`FRESH_CHANNEL_AFTER` transient failures in a row the channel is closed and
+opened anew, so that calls stop going into a connection whose far end vanished.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -17,6 +24,7 @@ import grpc
 from agent.errors import (
     AgentError,
     DownloadError,
+    DownloadStalledError,
     EnrollmentError,
     ManifestError,
     ServerUnavailableError,
@@ -24,16 +32,32 @@ from agent.errors import (
 from protos import device_pb2 as pb
 from protos import device_pb2_grpc as pb_grpc
 from protos.chunks import parse_chunk
+from protos.keepalive import client_options
 
-__all__ = ["DeviceClient", "device_target"]
+__all__ = ["FRESH_CHANNEL_AFTER", "DeviceClient", "device_target", "stall_limit"]
 
 log = logging.getLogger(__name__)
 _TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 _R = TypeVar("_R")
 
 
-_OPTIONS = [("grpc.max_receive_message_length", 8 * 1024 * 1024)]
+FRESH_CHANNEL_AFTER = 2  # transient failures in a row that abandon the channel's connection
+_OPTIONS = [
+    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+    # Each channel its own connections: a fresh channel must not be handed the wedged connection
+    # of the one it replaces from grpc's process-wide subchannel pool.
+    ("grpc.use_local_subchannel_pool", 1),
+    *client_options(),
+]
 _DOWNLOAD = f"/{pb.DESCRIPTOR.services_by_name['DeviceService'].full_name}/DownloadArtifact"
+
+
+def stall_limit(base_s: float, fruitless: int, deadline_s: float) -> float:
+    """How long a download may wait for its next chunk: ``base_s``, doubled for each stall in a
+    row in which not one chunk arrived, never past the download's deadline. The server sends
+    1 MiB chunks: on a link too thin to carry one in ``base_s`` the download must still move on
+    (what arrived is kept only chunk by chunk)."""
+    return min(base_s * 2 ** min(fruitless, 16), max(base_s, deadline_s))
 
 
 def device_target(server_address: str, advertised: str) -> str:
@@ -56,18 +80,140 @@ def with_server_host(url: str, server_address: str) -> str:
     return f"{scheme}://{host}{rest}"
 
 
+@dataclass(frozen=True)
+class _Wire:
+    """One gRPC channel and the device calls made on it."""
+
+    channel: grpc.Channel
+    stub: pb_grpc.DeviceServiceStub
+    download: Any  # DownloadArtifact, its chunks read by parse_chunk
+
+
+class _FreshChannel:
+    """A channel to one target that is closed and opened anew after
+    :data:`FRESH_CHANNEL_AFTER` transient failures in a row: calls stop going into a wedged
+    connection (a vanished NAT entry, a stalled proxy) and the next one dials afresh. Any answer
+    from the server, even a refusal, counts as success. Safe to use from several threads."""
+
+    def __init__(self, target: str, credentials: grpc.ChannelCredentials) -> None:
+        self.target = target
+        self._credentials = credentials
+        self._lock = threading.Lock()
+        self._failures = 0
+        self.wire = self._open()
+
+    def _open(self) -> _Wire:
+        channel = grpc.secure_channel(self.target, self._credentials, options=_OPTIONS)
+        return _Wire(
+            channel,
+            pb_grpc.DeviceServiceStub(channel),
+            channel.unary_stream(
+                _DOWNLOAD,
+                request_serializer=pb.DownloadRequest.SerializeToString,
+                response_deserializer=parse_chunk,
+            ),
+        )
+
+    def succeeded(self, wire: _Wire) -> None:
+        """The server answered a call made on ``wire``."""
+        with self._lock:
+            if wire is self.wire:
+                self._failures = 0
+
+    def failed(self, wire: _Wire) -> None:
+        """A call made on ``wire`` found no server (UNAVAILABLE, DEADLINE_EXCEEDED, a stall);
+        the last of :data:`FRESH_CHANNEL_AFTER` in a row replaces the channel."""
+        with self._lock:
+            if wire is not self.wire:
+                return  # that channel is gone already
+            self._failures += 1
+            if self._failures < FRESH_CHANNEL_AFTER:
+                return
+            self._failures = 0
+            self.wire = self._open()
+        log.warning(
+            "%d calls to %s in a row went unanswered; dropping that connection for a new one",
+            FRESH_CHANNEL_AFTER,
+            self.target,
+        )
+        wire.channel.close()  # its calls in flight end CANCELLED (see DeviceClient._call)
+
+    def replaced(self, wire: _Wire) -> bool:
+        """Whether the channel ``wire`` belongs to was closed for a fresh one."""
+        return wire is not self.wire
+
+    def close(self) -> None:
+        self.wire.channel.close()
+
+
+class _StallWatch:
+    """Cancels a streaming call when no message arrived for ``limit_s`` seconds. Time spent
+    on a message (writing it, pacing) does not count: only waiting for the next one. One
+    thread per call, not per message, and it is joined when the ``with`` block ends."""
+
+    def __init__(self, call: Any, limit_s: float) -> None:
+        self._call = call
+        self._limit = limit_s
+        self._waiting_since: float | None = time.monotonic()
+        self._done = threading.Event()
+        self.fired = False
+        self._thread = threading.Thread(target=self._run, name="download-stall", daemon=True)
+
+    def __enter__(self) -> _StallWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def arrived(self) -> None:
+        """A message came: the clock stops while the caller handles it."""
+        self._waiting_since = None
+
+    def waiting(self) -> None:
+        """The caller waits for the next message from now on."""
+        self._waiting_since = time.monotonic()
+
+    def _run(self) -> None:
+        wait = self._limit
+        while not self._done.wait(wait):
+            since = self._waiting_since
+            if since is None:
+                wait = self._limit
+                continue
+            idle = time.monotonic() - since
+            if idle >= self._limit:
+                self.fired = True
+                self._call.cancel()  # the caller's next() raises CANCELLED
+                return
+            wait = self._limit - idle
+
+
 class DeviceClient:
     """Enrolls over TLS on the server's main port, then calls DeviceService on its device port
-    with this device's client certificate (mTLS)."""
+    with this device's client certificate (mTLS).
 
-    def __init__(self, address: str, *, timeout_s: float, ca_pem: bytes = b"") -> None:
+    ``timeout_s`` bounds each unary call; ``stall_timeout_s`` is how long a download may receive
+    nothing before it is cancelled (what arrived stays, to resume from). Their defaults are the
+    config's (``[server]``).
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout_s: float,
+        stall_timeout_s: float,
+        ca_pem: bytes = b"",
+    ) -> None:
         self.address = address
         self._timeout = timeout_s
+        self._stall = stall_timeout_s
+        self._fruitless = 0  # downloads in a row that stalled before their first chunk
         self._ca_pem = ca_pem
-        self._bootstrap: grpc.Channel | None = None
-        self._channel: grpc.Channel | None = None
-        self._stub: pb_grpc.DeviceServiceStub | None = None
-        self._download: Any = None
+        self._bootstrap: _FreshChannel | None = None
+        self._channel: _FreshChannel | None = None
         self.device_address = ""
         # Called with every status report (the agent also sends them as MQTT events).
         self.on_report: Callable[[pb.StatusReport], None] | None = None
@@ -88,30 +234,34 @@ class DeviceClient:
         credentials = grpc.ssl_channel_credentials(
             root_certificates=ca_pem, private_key=key_pem, certificate_chain=certificate_pem
         )
-        self._channel = grpc.secure_channel(self.device_address, credentials, options=_OPTIONS)
-        self._stub = pb_grpc.DeviceServiceStub(self._channel)
-        self._download = self._channel.unary_stream(
-            _DOWNLOAD,
-            request_serializer=pb.DownloadRequest.SerializeToString,
-            response_deserializer=parse_chunk,
-        )
+        self._channel = _FreshChannel(self.device_address, credentials)
 
     @property
-    def _device(self) -> pb_grpc.DeviceServiceStub:
-        if self._stub is None:
+    def _device(self) -> _FreshChannel:
+        if self._channel is None:
             raise AgentError("not enrolled yet: no device certificate")
-        return self._stub
+        return self._channel
 
-    def _call(self, what: str, fn: Callable[[], _R]) -> _R:
+    def _call(self, what: str, channel: _FreshChannel, fn: Callable[[_Wire], _R]) -> _R:
+        wire = channel.wire
         try:
-            return fn()
+            result = fn(wire)
         except grpc.RpcError as exc:
             code, details = exc.code(), exc.details()
             if code in _TRANSIENT:
+                channel.failed(wire)
                 raise ServerUnavailableError(
-                    f"fleet server {self.address} unreachable during {what}: {details}"
+                    f"fleet server {channel.target} unreachable during {what}: {details}"
                 ) from exc
-            raise AgentError(f"{what} refused by {self.address}: {code.name}: {details}") from exc
+            if code == grpc.StatusCode.CANCELLED and channel.replaced(wire):
+                raise ServerUnavailableError(
+                    f"{what} to {channel.target} cut short: its connection was dropped for a new "
+                    "one after calls went unanswered"
+                ) from exc
+            channel.succeeded(wire)
+            raise AgentError(f"{what} refused by {channel.target}: {code.name}: {details}") from exc
+        channel.succeeded(wire)
+        return result
 
     def enroll(self, request: pb.EnrollRequest) -> pb.EnrollResponse:
         """Exchange an enrollment token for an identity.
@@ -127,11 +277,12 @@ class DeviceClient:
             )
         if self._bootstrap is None:
             credentials = grpc.ssl_channel_credentials(root_certificates=self._ca_pem)
-            self._bootstrap = grpc.secure_channel(self.address, credentials, options=_OPTIONS)
-        stub = pb_grpc.DeviceServiceStub(self._bootstrap)
+            self._bootstrap = _FreshChannel(self.address, credentials)
         try:
             response: pb.EnrollResponse = self._call(
-                "enrollment", lambda: stub.Enroll(request, timeout=self._timeout)
+                "enrollment",
+                self._bootstrap,
+                lambda wire: wire.stub.Enroll(request, timeout=self._timeout),
             )
         except ServerUnavailableError:
             raise
@@ -143,7 +294,8 @@ class DeviceClient:
         """A new client certificate (PEM) for the key behind ``csr_pem``."""
         response: pb.RenewResponse = self._call(
             "certificate renewal",
-            lambda: self._device.RenewCertificate(
+            self._device,
+            lambda wire: wire.stub.RenewCertificate(
                 pb.RenewRequest(csr_pem=csr_pem), timeout=self._timeout
             ),
         )
@@ -153,7 +305,8 @@ class DeviceClient:
         """Report state and receive the desired state."""
         response: pb.CheckInResponse = self._call(
             "check-in",
-            lambda: self._device.CheckIn(request, timeout=self._timeout),
+            self._device,
+            lambda wire: wire.stub.CheckIn(request, timeout=self._timeout),
         )
         return response
 
@@ -167,7 +320,8 @@ class DeviceClient:
         try:
             self._call(
                 "status report",
-                lambda: self._device.ReportStatus(report, timeout=self._timeout),
+                self._device,
+                lambda wire: wire.stub.ReportStatus(report, timeout=self._timeout),
             )
         except AgentError as exc:
             log.warning("could not report status: %s", exc)
@@ -180,7 +334,8 @@ class DeviceClient:
         """
         self._call(
             "benchmark report",
-            lambda: self._device.ReportBenchmark(report, timeout=self._timeout),
+            self._device,
+            lambda wire: wire.stub.ReportBenchmark(report, timeout=self._timeout),
         )
 
     def download(
@@ -196,9 +351,12 @@ class DeviceClient:
         """Stream an artifact from ``offset`` into ``sink`` (its ``write``); return bytes read.
 
         ``max_bytes_per_s`` (0 = unlimited) paces the download so that a device on a thin link
-        keeps bandwidth for its own traffic.
+        keeps bandwidth for its own traffic. Waiting ``stall_timeout_s`` for a chunk cancels it
+        (longer after stalls that brought no chunk at all: :func:`stall_limit`).
 
         Raises:
+            DownloadStalledError: nothing arrived for ``stall_timeout_s`` (the download resumes
+                from what was written).
             DownloadError: the stream broke (worth retrying: the download resumes).
             ManifestError: the server's artifact is not the size the signed manifest names, or
                 it sends more bytes than that (endless data): not worth retrying.
@@ -206,35 +364,52 @@ class DeviceClient:
         request = pb.DownloadRequest(artifact_id=artifact_id, offset=offset)
         position = offset
         started = time.monotonic()
-        if self._download is None:
-            raise AgentError("not enrolled yet: no device certificate")
+        channel = self._device
+        wire = channel.wire
+        call = wire.download(request, timeout=deadline_s)
+        limit = stall_limit(self._stall, self._fruitless, deadline_s)
+        watch = _StallWatch(call, limit)
         try:
-            stream: Iterator[tuple[int, memoryview, int]] = self._download(
-                request, timeout=deadline_s
-            )
-            for at, data, total in stream:
-                if total != expected_size:
-                    raise ManifestError(
-                        f"the server's artifact {artifact_id[:12]} has {total} bytes; "
-                        f"the signed manifest names {expected_size}"
-                    )
-                if at != position:
-                    raise DownloadError(f"chunk at offset {at}, expected {position}")
-                position += len(data)
-                if position > expected_size:
-                    raise ManifestError(
-                        f"server sent more than the {expected_size} bytes the manifest names"
-                    )
-                sink.write(data)
-                if max_bytes_per_s:
-                    ahead = (position - offset) / max_bytes_per_s - (time.monotonic() - started)
-                    if ahead > 0:
-                        time.sleep(ahead)
+            with watch:
+                stream: Iterator[tuple[int, memoryview, int]] = call
+                for at, data, total in stream:
+                    watch.arrived()
+                    if total != expected_size:
+                        raise ManifestError(
+                            f"the server's artifact {artifact_id[:12]} has {total} bytes; "
+                            f"the signed manifest names {expected_size}"
+                        )
+                    if at != position:
+                        raise DownloadError(f"chunk at offset {at}, expected {position}")
+                    position += len(data)
+                    if position > expected_size:
+                        raise ManifestError(
+                            f"server sent more than the {expected_size} bytes the manifest names"
+                        )
+                    sink.write(data)
+                    if max_bytes_per_s:
+                        ahead = (position - offset) / max_bytes_per_s - (time.monotonic() - started)
+                        if ahead > 0:
+                            time.sleep(ahead)
+                    watch.waiting()
         except grpc.RpcError as exc:
+            if watch.fired:
+                channel.failed(wire)
+                self._fruitless = self._fruitless + 1 if position == offset else 0
+                raise DownloadStalledError(
+                    f"download of {artifact_id} stalled at byte {position}: nothing arrived for "
+                    f"{limit:g} s; it resumes from there at the next try"
+                ) from exc
+            if exc.code() in _TRANSIENT:
+                channel.failed(wire)
             raise DownloadError(
                 f"download of {artifact_id} stopped at byte {position}: "
                 f"{exc.code().name}: {exc.details()}"
             ) from exc
+        finally:
+            call.cancel()  # a no-op once the stream ended; else the server stops sending
+        channel.succeeded(wire)
+        self._fruitless = 0
         return position - offset
 
 

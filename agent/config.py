@@ -58,6 +58,8 @@ class ServerSection:
     ca_file: Path | None = None
     checkin_interval_s: float = 30.0
     timeout_s: float = 10.0
+    # A download that receives nothing for this long is cancelled and resumed later.
+    stall_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -302,6 +304,8 @@ def _validate(config: AgentConfig) -> None:
         raise ConfigError("server.checkin_interval_s must be within 1..86400")
     if not 0.5 <= config.server.timeout_s <= 300:
         raise ConfigError("server.timeout_s must be within 0.5..300")
+    if not 1.0 <= config.server.stall_timeout_s <= 600:
+        raise ConfigError("server.stall_timeout_s must be within 1..600")
     if not 0.5 <= config.telemetry.interval_s <= 3600:
         raise ConfigError("telemetry.interval_s must be within 0.5..3600")
     if not 10 <= config.telemetry.spool_max_messages <= 10_000_000:

@@ -7,6 +7,7 @@ __all__ = [
     "ConfigError",
     "DelegateError",
     "DownloadError",
+    "DownloadStalledError",
     "EnrollmentError",
     "InferenceError",
     "InputError",
@@ -71,6 +72,11 @@ class ManifestError(AgentError):
 
 class DownloadError(TransientError):
     """An artifact download failed or its bytes did not match the manifest."""
+
+
+class DownloadStalledError(DownloadError):
+    """A download received nothing for its stall timeout and was cancelled (a dead connection
+    or a stuck server); what arrived is kept to resume from."""
 
 
 class ServerUnavailableError(TransientError):

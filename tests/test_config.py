@@ -36,6 +36,7 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
         ("[agnet]\n", "unknown key(s) in []: agnet"),
         ("[server]\ncheckin_interval_s = 'often'\n", "server.checkin_interval_s must be a number"),
         ("[server]\ncheckin_interval_s = 0\n", "checkin_interval_s must be within"),
+        ("[server]\nstall_timeout_s = 0.1\n", "server.stall_timeout_s must be within 1..600"),
         ("[inference]\nnum_threads = true\n", "inference.num_threads must be int"),
         ("[server]\naddress = 'nohostport'\n", "must be host:port"),
         ("[telemetry]\nmqtt_url = 'http://x'\n", "must start with mqtt://"),

@@ -69,7 +69,10 @@ class Agent:
             )
         )
         self._client = DeviceClient(
-            config.server.address, timeout_s=config.server.timeout_s, ca_pem=config.fleet_ca()
+            config.server.address,
+            timeout_s=config.server.timeout_s,
+            stall_timeout_s=config.server.stall_timeout_s,
+            ca_pem=config.fleet_ca(),
         )
         self._client.on_report = self._on_report
         cloud = config.cloud
