@@ -287,6 +287,8 @@ def make_agent(
     telemetry_s: float = 1.0,
     metrics_port: int = 0,
     extra: str = "",
+    timeout_s: float = 5.0,
+    stall_timeout_s: float = 30.0,
 ) -> Agent:
     """Write an agent config for ``server`` in its own folder (not started)."""
     home = folder / name
@@ -303,7 +305,8 @@ address = "{server.address}"
 enrollment_token = "{server.enrollment_token()}"
 ca_file = "{server.ca_file}"
 checkin_interval_s = {checkin_s}
-timeout_s = 5.0
+timeout_s = {timeout_s}
+stall_timeout_s = {stall_timeout_s}
 
 [api]
 socket = "oip.sock"
