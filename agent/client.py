@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from agent.config import ServerSection
 from agent.errors import (
     AgentError,
     DownloadError,
@@ -195,7 +196,7 @@ class DeviceClient:
     with this device's client certificate (mTLS).
 
     ``timeout_s`` bounds each unary call; ``stall_timeout_s`` is how long a download may receive
-    nothing before it is cancelled (what arrived stays, to resume from). Their defaults are the
+    nothing before it is cancelled (what arrived stays, to resume from); its default is the
     config's (``[server]``).
     """
 
@@ -204,7 +205,7 @@ class DeviceClient:
         address: str,
         *,
         timeout_s: float,
-        stall_timeout_s: float,
+        stall_timeout_s: float = ServerSection.stall_timeout_s,
         ca_pem: bytes = b"",
     ) -> None:
         self.address = address
