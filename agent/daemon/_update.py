@@ -20,7 +20,7 @@ from dataclasses import replace
 
 from agent.client import DeviceClient, with_server_host
 from agent.config import AgentConfig
-from agent.daemon._backoff import backoff
+from agent.daemon._backoff import UNREACHABLE_BACKOFF_S, backoff
 from agent.daemon._cloud import close_later, open_cloud
 from agent.daemon._state import AgentState
 from agent.errors import AgentError, ConfigError, EnrollmentError, ManifestError, TransientError
@@ -150,7 +150,7 @@ class UpdateLoop:
                 continue
             except TransientError as exc:
                 attempt += 1
-                wait = max(1.0, backoff(attempt, min(interval, 5.0)))
+                wait = max(1.0, backoff(attempt, min(interval, 5.0), UNREACHABLE_BACKOFF_S))
                 log.warning("%s; retrying in %.0f s", exc, wait)
             except EnrollmentError:
                 raise
