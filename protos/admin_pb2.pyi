@@ -232,6 +232,53 @@ class DeviceRequest(_message.Message):
     device_id: str
     def __init__(self, device_id: _Optional[str] = ...) -> None: ...
 
+class ClearRefusalRequest(_message.Message):
+    __slots__ = ("device_id", "selector", "model_name", "sha256")
+    class SelectorEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    selector: _containers.ScalarMap[str, str]
+    model_name: str
+    sha256: str
+    def __init__(self, device_id: _Optional[str] = ..., selector: _Optional[_Mapping[str, str]] = ..., model_name: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class ClearRefusalResponse(_message.Message):
+    __slots__ = ("device_ids",)
+    DEVICE_IDS_FIELD_NUMBER: _ClassVar[int]
+    device_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, device_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PendingClear(_message.Message):
+    __slots__ = ("model_name", "sha256", "requested_by", "requested_unix")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    sha256: str
+    requested_by: str
+    requested_unix: int
+    def __init__(self, model_name: _Optional[str] = ..., sha256: _Optional[str] = ..., requested_by: _Optional[str] = ..., requested_unix: _Optional[int] = ...) -> None: ...
+
+class RefusedRelease(_message.Message):
+    __slots__ = ("model_name", "sha256", "version")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    sha256: str
+    version: str
+    def __init__(self, model_name: _Optional[str] = ..., sha256: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
 class LabelDeviceRequest(_message.Message):
     __slots__ = ("device_id", "set", "remove")
     class SetEntry(_message.Message):
@@ -511,7 +558,7 @@ class DeviceModelState(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ..., updated_unix: _Optional[int] = ..., active_version: _Optional[str] = ...) -> None: ...
 
 class DeviceInfo(_message.Message):
-    __slots__ = ("device_id", "name", "labels", "capabilities", "last_telemetry", "enrolled_unix", "last_seen_unix", "models", "last_telemetry_unix", "revoked_unix", "online_state", "online_unix", "telemetry_count", "telemetry_gaps", "events", "presence")
+    __slots__ = ("device_id", "name", "labels", "capabilities", "last_telemetry", "enrolled_unix", "last_seen_unix", "models", "last_telemetry_unix", "revoked_unix", "online_state", "online_unix", "telemetry_count", "telemetry_gaps", "events", "presence", "refused", "refusals_reported", "pending_clears")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -535,6 +582,9 @@ class DeviceInfo(_message.Message):
     TELEMETRY_GAPS_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     PRESENCE_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    REFUSALS_REPORTED_FIELD_NUMBER: _ClassVar[int]
+    PENDING_CLEARS_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     name: str
     labels: _containers.ScalarMap[str, str]
@@ -551,7 +601,10 @@ class DeviceInfo(_message.Message):
     telemetry_gaps: int
     events: _containers.RepeatedCompositeFieldContainer[DeviceEventInfo]
     presence: str
-    def __init__(self, device_id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capabilities: _Optional[_Union[_device_pb2.Capabilities, _Mapping]] = ..., last_telemetry: _Optional[_Union[_telemetry_pb2.TelemetryReport, _Mapping]] = ..., enrolled_unix: _Optional[int] = ..., last_seen_unix: _Optional[int] = ..., models: _Optional[_Iterable[_Union[DeviceModelState, _Mapping]]] = ..., last_telemetry_unix: _Optional[int] = ..., revoked_unix: _Optional[int] = ..., online_state: _Optional[str] = ..., online_unix: _Optional[int] = ..., telemetry_count: _Optional[int] = ..., telemetry_gaps: _Optional[int] = ..., events: _Optional[_Iterable[_Union[DeviceEventInfo, _Mapping]]] = ..., presence: _Optional[str] = ...) -> None: ...
+    refused: _containers.RepeatedCompositeFieldContainer[RefusedRelease]
+    refusals_reported: bool
+    pending_clears: _containers.RepeatedCompositeFieldContainer[PendingClear]
+    def __init__(self, device_id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capabilities: _Optional[_Union[_device_pb2.Capabilities, _Mapping]] = ..., last_telemetry: _Optional[_Union[_telemetry_pb2.TelemetryReport, _Mapping]] = ..., enrolled_unix: _Optional[int] = ..., last_seen_unix: _Optional[int] = ..., models: _Optional[_Iterable[_Union[DeviceModelState, _Mapping]]] = ..., last_telemetry_unix: _Optional[int] = ..., revoked_unix: _Optional[int] = ..., online_state: _Optional[str] = ..., online_unix: _Optional[int] = ..., telemetry_count: _Optional[int] = ..., telemetry_gaps: _Optional[int] = ..., events: _Optional[_Iterable[_Union[DeviceEventInfo, _Mapping]]] = ..., presence: _Optional[str] = ..., refused: _Optional[_Iterable[_Union[RefusedRelease, _Mapping]]] = ..., refusals_reported: _Optional[bool] = ..., pending_clears: _Optional[_Iterable[_Union[PendingClear, _Mapping]]] = ...) -> None: ...
 
 class DeviceEventInfo(_message.Message):
     __slots__ = ("at_unix", "seq", "model_name", "version", "state", "detail")

@@ -84,6 +84,11 @@ class AdminServiceStub:
                 request_serializer=protos_dot_admin__pb2.DeviceRequest.SerializeToString,
                 response_deserializer=protos_dot_admin__pb2.DeviceInfo.FromString,
                 _registered_method=True)
+        self.ClearRefusal = channel.unary_unary(
+                '/edgefleet.v1.AdminService/ClearRefusal',
+                request_serializer=protos_dot_admin__pb2.ClearRefusalRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.ClearRefusalResponse.FromString,
+                _registered_method=True)
         self.CreateEnrollmentToken = channel.unary_unary(
                 '/edgefleet.v1.AdminService/CreateEnrollmentToken',
                 request_serializer=protos_dot_admin__pb2.CreateTokenRequest.SerializeToString,
@@ -261,6 +266,14 @@ class AdminServiceServicer:
 
     def RevokeDevice(self, request, context):
         """Revoke a device's credentials: its check-ins and downloads are refused from then on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearRefusal(self, request, context):
+        """Let devices install again a release they refused (it was rolled back there, or crashed
+        their agent): each device forgets the refusal at its next check-in.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -462,6 +475,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeDevice,
                     request_deserializer=protos_dot_admin__pb2.DeviceRequest.FromString,
                     response_serializer=protos_dot_admin__pb2.DeviceInfo.SerializeToString,
+            ),
+            'ClearRefusal': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearRefusal,
+                    request_deserializer=protos_dot_admin__pb2.ClearRefusalRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.ClearRefusalResponse.SerializeToString,
             ),
             'CreateEnrollmentToken': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateEnrollmentToken,
@@ -844,6 +862,33 @@ class AdminService:
             '/edgefleet.v1.AdminService/RevokeDevice',
             protos_dot_admin__pb2.DeviceRequest.SerializeToString,
             protos_dot_admin__pb2.DeviceInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearRefusal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/ClearRefusal',
+            protos_dot_admin__pb2.ClearRefusalRequest.SerializeToString,
+            protos_dot_admin__pb2.ClearRefusalResponse.FromString,
             options,
             channel_credentials,
             insecure,

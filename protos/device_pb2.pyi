@@ -166,19 +166,43 @@ class ActiveModel(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., release_counter: _Optional[int] = ..., sha256: _Optional[str] = ..., backend: _Optional[str] = ...) -> None: ...
 
 class CheckInRequest(_message.Message):
-    __slots__ = ("capabilities", "active", "state_version", "fresh")
+    __slots__ = ("capabilities", "active", "state_version", "fresh", "refused")
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
     STATE_VERSION_FIELD_NUMBER: _ClassVar[int]
     FRESH_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
     capabilities: Capabilities
     active: _containers.RepeatedCompositeFieldContainer[ActiveModel]
     state_version: str
     fresh: bool
-    def __init__(self, capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., active: _Optional[_Iterable[_Union[ActiveModel, _Mapping]]] = ..., state_version: _Optional[str] = ..., fresh: _Optional[bool] = ...) -> None: ...
+    refused: RefusalList
+    def __init__(self, capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., active: _Optional[_Iterable[_Union[ActiveModel, _Mapping]]] = ..., state_version: _Optional[str] = ..., fresh: _Optional[bool] = ..., refused: _Optional[_Union[RefusalList, _Mapping]] = ...) -> None: ...
+
+class Refusal(_message.Message):
+    __slots__ = ("model_name", "sha256")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    sha256: str
+    def __init__(self, model_name: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class RefusalList(_message.Message):
+    __slots__ = ("refusals",)
+    REFUSALS_FIELD_NUMBER: _ClassVar[int]
+    refusals: _containers.RepeatedCompositeFieldContainer[Refusal]
+    def __init__(self, refusals: _Optional[_Iterable[_Union[Refusal, _Mapping]]] = ...) -> None: ...
+
+class RefusalClear(_message.Message):
+    __slots__ = ("model_name", "sha256")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    sha256: str
+    def __init__(self, model_name: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class CheckInResponse(_message.Message):
-    __slots__ = ("desired", "next_checkin_s", "mqtt_url", "keylist", "cloud", "state_version", "unchanged", "routing", "cloud_endpoint")
+    __slots__ = ("desired", "next_checkin_s", "mqtt_url", "keylist", "cloud", "state_version", "unchanged", "routing", "cloud_endpoint", "clear_refusals")
     DESIRED_FIELD_NUMBER: _ClassVar[int]
     NEXT_CHECKIN_S_FIELD_NUMBER: _ClassVar[int]
     MQTT_URL_FIELD_NUMBER: _ClassVar[int]
@@ -188,6 +212,7 @@ class CheckInResponse(_message.Message):
     UNCHANGED_FIELD_NUMBER: _ClassVar[int]
     ROUTING_FIELD_NUMBER: _ClassVar[int]
     CLOUD_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    CLEAR_REFUSALS_FIELD_NUMBER: _ClassVar[int]
     desired: _containers.RepeatedCompositeFieldContainer[_manifest_pb2.Envelope]
     next_checkin_s: int
     mqtt_url: str
@@ -197,7 +222,8 @@ class CheckInResponse(_message.Message):
     unchanged: bool
     routing: _containers.RepeatedCompositeFieldContainer[RoutingPolicy]
     cloud_endpoint: CloudEndpoint
-    def __init__(self, desired: _Optional[_Iterable[_Union[_manifest_pb2.Envelope, _Mapping]]] = ..., next_checkin_s: _Optional[int] = ..., mqtt_url: _Optional[str] = ..., keylist: _Optional[_Union[_manifest_pb2.Envelope, _Mapping]] = ..., cloud: _Optional[_Iterable[_Union[CloudRoute, _Mapping]]] = ..., state_version: _Optional[str] = ..., unchanged: _Optional[bool] = ..., routing: _Optional[_Iterable[_Union[RoutingPolicy, _Mapping]]] = ..., cloud_endpoint: _Optional[_Union[CloudEndpoint, _Mapping]] = ...) -> None: ...
+    clear_refusals: _containers.RepeatedCompositeFieldContainer[RefusalClear]
+    def __init__(self, desired: _Optional[_Iterable[_Union[_manifest_pb2.Envelope, _Mapping]]] = ..., next_checkin_s: _Optional[int] = ..., mqtt_url: _Optional[str] = ..., keylist: _Optional[_Union[_manifest_pb2.Envelope, _Mapping]] = ..., cloud: _Optional[_Iterable[_Union[CloudRoute, _Mapping]]] = ..., state_version: _Optional[str] = ..., unchanged: _Optional[bool] = ..., routing: _Optional[_Iterable[_Union[RoutingPolicy, _Mapping]]] = ..., cloud_endpoint: _Optional[_Union[CloudEndpoint, _Mapping]] = ..., clear_refusals: _Optional[_Iterable[_Union[RefusalClear, _Mapping]]] = ...) -> None: ...
 
 class RoutingPolicy(_message.Message):
     __slots__ = ("model_name", "policy", "threshold", "latency_budget_ms", "cloud_model", "cloud_cost", "max_per_minute", "max_spend_per_day", "reason")

@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from agent.updates.health import HealthPolicy, Verdict, judge
+from protos.refusals import MAX_REFUSALS, covers
 
 __all__ = [
     "FORMAT",
@@ -74,7 +75,7 @@ __all__ = [
 ]
 
 FORMAT = 3
-MAX_REFUSED = 64  # the oldest refusals go first; the server's rollout state still knows them
+MAX_REFUSED = MAX_REFUSALS  # the oldest go first; the server's rollout state still knows them
 
 
 class JournalError(ValueError):
@@ -384,7 +385,7 @@ def cleared(journal: Journal, name: str, sha256: str = "") -> Journal:
     ``name`` without one, and refusals migrated without a model name)."""
 
     def kept(r: Refusal) -> bool:
-        return not (r.model_name in (name, "") and (not sha256 or r.sha256 == sha256))
+        return not covers(name, sha256, r.model_name, r.sha256)
 
     trials = {k: v for k, v in journal.trials.items() if k != name}
     return replace(journal, refused=tuple(filter(kept, journal.refused)), trials=trials)
