@@ -12,6 +12,7 @@ from fleet_server.catalog.benchmarks import BenchStore
 from fleet_server.catalog.store import CatalogStore
 from fleet_server.registry.ca import FleetCA
 from fleet_server.registry.checkins import AnswerCache, LastSeen
+from fleet_server.registry.refusals import RefusalStore
 from fleet_server.registry.store import DeviceStore
 from fleet_server.rollouts.health import HealthStore
 from fleet_server.rollouts.store import RolloutStore
@@ -39,6 +40,7 @@ class ServerContext:
     device_address: str = ""  # host:port of the mTLS device port, as devices should dial it
     checkin_interval_s: int = 30
     devices: DeviceStore = field(init=False)
+    refusals: RefusalStore = field(init=False)
     catalog: CatalogStore = field(init=False)
     telemetry: TelemetryStore = field(init=False)
     rollouts: RolloutStore = field(init=False)
@@ -62,6 +64,7 @@ class ServerContext:
 
     def __post_init__(self) -> None:
         self.devices = DeviceStore(self.db)
+        self.refusals = RefusalStore(self.db)
         self.catalog = CatalogStore(self.db)
         self.telemetry = TelemetryStore(self.db)
         self.rollouts = RolloutStore(self.db, self.catalog)

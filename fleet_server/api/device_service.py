@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ from fleet_server.errors import AuthError, BadRequestError, FleetError
 from fleet_server.registry.capabilities import bounded
 from fleet_server.registry.checkins import CachedAnswer, state_version
 from fleet_server.registry.labels import check_labels
+from fleet_server.registry.refusals import CLEAR_TTL_S, RefusalKey, refusals_of
 from fleet_server.rollouts.desired import Resolved, device_targets, explain, resolve
 from fleet_server.rollouts.states import DeviceState
 from fleet_server.routing.prices import Prices
@@ -126,6 +128,7 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
             if is_name(m.model_name) and is_version(m.version)
         }
         reported = tuple(sorted(active.items()))
+        refusals = refusals_of(request)
         answer = self._answers.get(device_id)
         profile = DeviceProfile.from_capabilities(caps) if caps is not None else None
         if profile is None and answer is not None:
@@ -137,6 +140,8 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
             or profile is None
             or answer.key != key
             or answer.active != reported
+            or answer.refusals != refusals
+            or time.time() >= answer.valid_until
         ):
             self._answers.misses += 1
             answer = self._answer(
@@ -144,6 +149,7 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
                 active=active,
                 key=key,
                 reported=reported,
+                refusals=refusals,
                 profile=profile,
                 previous=answer,
             )
@@ -184,10 +190,18 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
         active: dict[str, str],
         key: tuple[Any, ...],
         reported: tuple[tuple[str, str], ...],
+        refusals: tuple[RefusalKey, ...] | None,
         profile: DeviceProfile | None,
         previous: CachedAnswer | None,
     ) -> CachedAnswer:
         """Compute a device's answer from the database (the slow path) and cache it."""
+        now = int(time.time())
+        clears = self._ctx.refusals.check_in(
+            device_id,
+            refusals,
+            record=previous is None or previous.refusals != refusals,
+            now=now,
+        )
         known = dict(previous.active) if previous is not None else {}
         changed = {name: v for name, v in active.items() if known.get(name) != v}
         # Only models the catalog has: a device cannot grow its registry rows with names.
@@ -217,8 +231,17 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
         for name, (version, why) in sorted(resolved.cloud.items()):
             response.cloud.add(model_name=name, version=version, reason=why)
         self._add_routing(response, device_id, key[0], resolved)
+        for clear in clears:
+            response.clear_refusals.add(model_name=clear.model_name, sha256=clear.sha256)
         response.state_version = state_version(response.SerializeToString(deterministic=True))
-        answer = CachedAnswer(key, reported, response.SerializeToString(), response.state_version)
+        answer = CachedAnswer(
+            key,
+            reported,
+            response.SerializeToString(),
+            response.state_version,
+            refusals,
+            min((c.requested_at + CLEAR_TTL_S for c in clears), default=float("inf")),
+        )
         self._answers.put(device_id, answer)
         return answer
 

@@ -2,7 +2,9 @@
 last-seen times written in batches instead of once per call.
 
 A device's answer depends on the fleet generation (bumped by every change to what devices
-should run or who they are), on the device's selection profile, and on the signed key list.
+should run or who they are, and by refusal clears asked for or settled), on the device's
+selection profile, on the signed key list, and on what the device reports running and
+refusing.
 While those are the same, the server answers from memory after one read of the generation; a
 device that names the state version it already has gets a short "unchanged" answer.
 """
@@ -34,6 +36,10 @@ class CachedAnswer:
     active: tuple[tuple[str, str], ...]  # the active versions the device reported
     response: bytes  # the serialized CheckInResponse, without per-call fields
     state_version: str
+    # The refusals the device reported (None: it does not report them), and until when (unix
+    # seconds) the answer may be given: its refusal clears expire.
+    refusals: tuple[tuple[str, str], ...] | None = None
+    valid_until: float = float("inf")
 
 
 class AnswerCache:

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from fleet_server.errors import AlreadyExistsError, AuthError, BadRequestError, NotFoundError
 from fleet_server.registry.ca import IssuedCert
 from fleet_server.registry.presence import presence
+from fleet_server.registry.refusals import RefusalKey, decode
 from fleet_server.storage.db import Database, bump_generation, hold_writes
 from fleet_server.storage.schema import device_models, devices, enrollment_tokens
 
@@ -47,6 +48,8 @@ class DeviceRow:
     online_at: int | None = None
     telemetry_count: int = 0
     telemetry_gaps: int = 0
+    # The releases it refuses, as its last check-in reported them (None: it does not report).
+    refusals: tuple[RefusalKey, ...] | None = None
 
     def presence(self, now: float) -> str:
         """revoked, offline, stopped or online (see :mod:`fleet_server.registry.presence`)."""
@@ -441,6 +444,7 @@ class DeviceStore:
                 online_at=r["online_at"],
                 telemetry_count=int(r["telemetry_count"] or 0),
                 telemetry_gaps=int(r["telemetry_gaps"] or 0),
+                refusals=decode(r["refusals"]),
             )
             for r in rows
         ]

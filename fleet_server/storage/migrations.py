@@ -15,6 +15,7 @@ from fleet_server.storage.schema import (
     fleet_state,
     model_history,
     models,
+    refusal_clears,
     releases,
     rollout_devices,
     rollouts,
@@ -203,6 +204,13 @@ def _v19_to_v20(conn: sa.Connection) -> None:
     conn.execute(sa.text(f"CREATE INDEX IF NOT EXISTS {index} ON device_events (stored_at)"))
 
 
+def _v20_to_v21(conn: sa.Connection) -> None:
+    """Version 21: devices report the releases they refuse, and operators clear refusals."""
+    if "refusals" not in {c["name"] for c in sa.inspect(conn).get_columns("devices")}:
+        conn.execute(sa.text("ALTER TABLE devices ADD COLUMN refusals TEXT"))
+    refusal_clears.create(conn, checkfirst=True)
+
+
 # From version N to N + 1.
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     1: _v1_to_v2,
@@ -224,4 +232,5 @@ MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     17: _v17_to_v18,
     18: _v18_to_v19,
     19: _v19_to_v20,
+    20: _v20_to_v21,
 }

@@ -1,10 +1,11 @@
 """The server's tables (SQLAlchemy Core) and the schema version they make.
 
-Each table belongs to one concern, which owns its queries: devices, enrollment tokens and
-device_models to ``registry``; releases, models, deployments and benchmarks to ``catalog``;
-rollouts and rollout_devices to ``rollouts``; audit_log to ``audit``; routing_policies,
-settings and usage to ``routing`` (usage is written by ``telemetry``); device_events and the
-history tables to ``telemetry``. ``fleet_state`` is storage's own (the generation).
+Each table belongs to one concern, which owns its queries: devices, enrollment tokens,
+device_models and refusal_clears to ``registry``; releases, models, deployments and
+benchmarks to ``catalog``; rollouts and rollout_devices to ``rollouts``; audit_log to
+``audit``; routing_policies, settings and usage to ``routing`` (usage is written by
+``telemetry``); device_events and the history tables to ``telemetry``. ``fleet_state`` is
+storage's own (the generation).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "metadata",
     "model_history",
     "models",
+    "refusal_clears",
     "releases",
     "rollout_devices",
     "rollouts",
@@ -34,7 +36,7 @@ __all__ = [
     "usage",
 ]
 
-SCHEMA_VERSION = 20
+SCHEMA_VERSION = 21
 
 metadata = sa.MetaData()
 
@@ -69,6 +71,21 @@ devices = sa.Table(
     sa.Column("telemetry_gaps", sa.BigInteger, nullable=False, default=0),
     sa.Column("online_state", sa.String(16), nullable=True),
     sa.Column("online_at", sa.BigInteger, nullable=True),
+    # The releases the device refuses, as its last check-in reported them: JSON
+    # [[model name, sha256], ...]; NULL = its agent does not report them.
+    sa.Column("refusals", sa.Text, nullable=True),
+)
+
+# Refusals an operator cleared ('edgefleet devices clear-refusal') that the device has not
+# confirmed yet: sent in its check-in answers until a check-in reports no refusal they cover.
+refusal_clears = sa.Table(
+    "refusal_clears",
+    metadata,
+    sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.device_id"), primary_key=True),
+    sa.Column("model_name", sa.String(64), primary_key=True),
+    sa.Column("sha256", sa.String(64), primary_key=True),  # "" = every release of the model
+    sa.Column("requested_by", sa.String(128), nullable=False),
+    sa.Column("requested_at", sa.BigInteger, nullable=False, index=True),
 )
 
 device_events = sa.Table(
