@@ -14,6 +14,8 @@ from google.protobuf.json_format import MessageToDict
 from fleet_server.admin_cli import common
 from fleet_server.errors import BadRequestError
 from protos import admin_pb2 as pb
+from protos.names import is_sha256
+from protos.refusals import covers
 
 __all__ = ["add_parsers"]
 
@@ -93,6 +95,8 @@ def _cmd_devices_show(args: argparse.Namespace) -> int:
     )
     for m in device.models:
         print(f"model     {_model_state(m)}: {m.detail}")
+    for line in _refusal_lines(device):
+        print(f"refused   {line}")
     print(f"telemetry {_telemetry_summary(device)}")
     if device.last_telemetry.HasField("system"):
         system = device.last_telemetry.system
@@ -110,6 +114,72 @@ def _cmd_devices_show(args: argparse.Namespace) -> int:
         + (f" since {common.fmt_time(device.online_unix)}" if device.online_unix else "")
         + f"); {device.telemetry_count} message(s) received, {device.telemetry_gaps} lost"
     )
+    return 0
+
+
+def _refusal_lines(device: pb.DeviceInfo) -> list[str]:
+    """The releases a device refuses, each with the clear waiting for it, if any."""
+    if not device.refusals_reported:
+        return ["not reported (the agent is older than refusal clears)"]
+    lines = []
+    for r in device.refused:
+        text = f"{r.model_name or '(any model)'} {r.version or '?'} sha256 {r.sha256[:12]}"
+        clear = next(
+            (c for c in device.pending_clears if covers(c.model_name, c.sha256, *_key(r))), None
+        )
+        if clear is not None:
+            when = common.fmt_time(clear.requested_unix)
+            text += f" (cleared {when} by {clear.requested_by}; waiting for its check-in)"
+        lines.append(text)
+    return lines or ["none"]
+
+
+def _key(refused: pb.RefusedRelease) -> tuple[str, str]:
+    return refused.model_name, refused.sha256
+
+
+def _sha256_arg(args: argparse.Namespace) -> str:
+    """The --sha256 given: 64 hex digits, or for one device a unique prefix of 8 or more of a
+    release it refuses (as 'devices show' prints it)."""
+    sha = (args.sha256 or "").lower()
+    if not sha or is_sha256(sha):
+        return sha
+    if not 8 <= len(sha) < 64 or not all(c in "0123456789abcdef" for c in sha):
+        raise BadRequestError(
+            f"--sha256 {args.sha256[:80]!r} is not a sha256 (64 hex digits, or for one device "
+            "a prefix of 8 or more)"
+        )
+    if not args.device:
+        raise BadRequestError("with --selector, give the whole sha256 (64 hex digits)")
+    device = common.admin(args).call("GetDevice", pb.DeviceRequest(device_id=args.device))
+    found = {
+        r.sha256
+        for r in device.refused
+        if r.sha256.startswith(sha) and r.model_name in (args.model, "")
+    }
+    if len(found) != 1:
+        how = "no" if not found else "more than one"
+        raise BadRequestError(
+            f"{how} release of {args.model} that {args.device} refuses has a sha256 starting "
+            f"{sha}; see 'edgefleet devices show {args.device} --json'"
+        )
+    return found.pop()
+
+
+def _cmd_devices_clear_refusal(args: argparse.Namespace) -> int:
+    sha = _sha256_arg(args)
+    response = common.admin(args).call(
+        "ClearRefusal",
+        pb.ClearRefusalRequest(
+            device_id=args.device or "",
+            selector=common.pairs(args.selector, "selector"),
+            model_name=args.model,
+            sha256=sha,
+        ),
+    )
+    what = f"{args.model} sha256 {sha[:12]}" if sha else f"{args.model} (every release)"
+    for device_id in response.device_ids:
+        print(f"{device_id}: forgets the refusal of {what} at its next check-in")
     return 0
 
 
@@ -258,6 +328,34 @@ def add_parsers(sub: Any) -> None:
     dcommand.add_argument("kind", choices=["checkin", "birth", "routing", "reload"])
     # ("bench" needs a model name: 'edgefleet models bench MODEL'.)
     dcommand.set_defaults(func=_cmd_devices_command)
+    dclear = devices_sub.add_parser(
+        "clear-refusal",
+        help="let devices install again a release they refused (rolled back or crashed on)",
+        description="A device that rolled a release back (a crash loop, a failed health "
+        "window) or was crashed by it while loading refuses that release (model and sha256) "
+        "from then on; 'devices show' lists what it refuses. This clears the refusal on one "
+        "device or on the devices matching a label selector: each forgets it at its next "
+        "check-in (asked for now over MQTT) and installs the release again if it is still "
+        "what it should run. Devices that refuse nothing the clear names are left out; none "
+        "at all is an error. Every clear is in the audit log ('edgefleet audit') with who "
+        "asked, the devices, the model and the sha256.",
+    )
+    target = dclear.add_mutually_exclusive_group(required=True)
+    target.add_argument("device", nargs="?", help="the device")
+    target.add_argument(
+        "--selector",
+        action="append",
+        metavar="KEY=VALUE",
+        help="instead of a device: the devices with this label (repeat: all of them)",
+    )
+    dclear.add_argument("--model", required=True, help="the model whose refusal goes")
+    dclear.add_argument(
+        "--sha256",
+        metavar="HEX",
+        help="only the release with this artifact sha256 (default: every refused release of "
+        "the model); for one device, a prefix of 8+ digits as 'devices show' prints it",
+    )
+    dclear.set_defaults(func=_cmd_devices_clear_refusal)
     drevoke = devices_sub.add_parser(
         "revoke", help="refuse a device's credentials from now on (a lost or stolen device)"
     )

@@ -1,10 +1,16 @@
-"""Devices: the registry, labels, revocation, enrollment tokens and commands over MQTT."""
+"""Devices: the registry, labels, revocation, refusal clears, enrollment tokens and commands
+over MQTT."""
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
+import time
+from collections.abc import Sequence
 from typing import Any
+
+from google.protobuf.json_format import MessageToDict
 
 from fleet_server.api._errors import rpc_errors
 from fleet_server.api.admin import wire
@@ -17,11 +23,15 @@ from fleet_server.api.auth import require_admin
 from fleet_server.errors import (
     BadRequestError,
     ConflictError,
+    FleetError,
     NotFoundError,
+    TransientError,
 )
-from fleet_server.registry.labels import check_labels
-from fleet_server.registry.store import token_digest
+from fleet_server.registry.labels import check_labels, matches
+from fleet_server.registry.refusals import ClearTargets, clear_targets
+from fleet_server.registry.store import DeviceRow, token_digest
 from protos import admin_pb2 as pb
+from protos.names import is_name, is_sha256
 
 log = logging.getLogger(__name__)
 MAX_TOKEN_TTL_S = 30 * 86400
@@ -44,6 +54,12 @@ class DevicesAdmin(AdminBase):
                 state=event["state"],
                 detail=event["detail"],
             )
+        for refused in info.refused:  # which version those bytes are, where the catalog knows
+            row = self._ctx.catalog.model_by_sha(refused.sha256)
+            if row is not None and refused.model_name in ("", row.model_name):
+                refused.version = row.version
+        for clear in self._ctx.refusals.pending(request.device_id):
+            info.pending_clears.append(wire.pending_clear(clear))
         return info
 
     @rpc_errors
@@ -63,6 +79,85 @@ class DevicesAdmin(AdminBase):
         self._ctx.revoked(request.device_id)  # its MQTT session and messages end now
         log.warning("device %s revoked", request.device_id)
         return wire.device_info(self._ctx.devices.get_device(request.device_id))
+
+    @rpc_errors
+    def ClearRefusal(  # noqa: N802
+        self, request: pb.ClearRefusalRequest, context: Any
+    ) -> pb.ClearRefusalResponse:
+        # Audited here rather than by @audited: the entry names the devices a selector chose.
+        selector = ",".join(f"{k}={v}" for k, v in sorted(request.selector.items()))
+        target = f"device {request.device_id}" if request.device_id else f"devices {selector}"
+        detail = MessageToDict(request, preserving_proto_field_name=True)
+        who = actor(context)
+        try:
+            require_admin(context, self._ctx.admin_token)
+            device_ids = self._clear_refusal(request, selector, who)
+        except FleetError as exc:
+            self._ctx.audit.append(
+                who, "ClearRefusal", target, json.dumps(detail), ok=False, error=str(exc)
+            )
+            raise
+        detail["devices"] = device_ids
+        self._ctx.audit.append(who, "ClearRefusal", target, json.dumps(detail), ok=True)
+        return pb.ClearRefusalResponse(device_ids=device_ids)
+
+    def _clear_refusal(self, request: pb.ClearRefusalRequest, selector: str, who: str) -> list[str]:
+        """Record the clear for every device it would change anything on; return their ids.
+
+        Raises:
+            BadRequestError: no device or selector, both, or an invalid name or sha256.
+            NotFoundError: no such model, device, or no device matching the selector.
+            ConflictError: a revoked device, or none that refuses what the clear names.
+        """
+        model, sha = request.model_name, request.sha256
+        if bool(request.device_id) == bool(request.selector):
+            raise BadRequestError("name one device or give a label selector (not both)")
+        if not is_name(model):
+            raise BadRequestError(f"model name {model[:80]!r} is invalid")
+        if sha and not is_sha256(sha):
+            raise BadRequestError(f"sha256 {sha[:80]!r} is not 64 lower-case hex digits")
+        check_labels(request.selector, "selector label")
+        if self._ctx.catalog.newest_version(model) is None:
+            raise NotFoundError(f"no model named {model!r} in the catalog")
+        if request.device_id:
+            device = self._ctx.devices.get_device(request.device_id)
+            if device.revoked_at:
+                raise ConflictError(f"device {device.device_id} is revoked")
+            candidates = [device]
+        else:
+            candidates = [
+                d
+                for d in self._ctx.devices.list_devices()
+                if not d.revoked_at and matches(request.selector, d.labels)
+            ]
+            if not candidates:
+                raise NotFoundError(f"no device that is not revoked matches {selector}")
+        targets = clear_targets({d.device_id: d.refusals for d in candidates}, model, sha)
+        if not targets.device_ids:
+            raise ConflictError(_nothing_to_clear(candidates, targets, model, sha, selector))
+        self._ctx.refusals.request(targets.device_ids, model, sha, who, int(time.time()))
+        log.info(
+            "%s cleared the refusal of %s %s on %s",
+            who,
+            model,
+            sha[:12] or "(every release)",
+            ", ".join(targets.device_ids),
+        )
+        self._check_in_now(targets.device_ids)
+        return list(targets.device_ids)
+
+    def _check_in_now(self, device_ids: Sequence[str]) -> None:
+        """Ask the devices to check in now (over MQTT, best effort: the others forget the
+        refusal at their next check-in)."""
+        send = self._ctx.send_command
+        if send is None:
+            return
+        for device_id in device_ids:
+            try:
+                send(device_id, "checkin")
+            except TransientError as exc:
+                log.warning("cannot ask devices to check in now: %s", exc)
+                return
 
     @rpc_errors
     def ListDevices(self, request: pb.ListDevicesRequest, context: Any) -> pb.ListDevicesResponse:  # noqa: N802
@@ -135,3 +230,31 @@ class DevicesAdmin(AdminBase):
             raise ConflictError("this server has no MQTT connection to send commands over")
         command_id = self._ctx.send_command(device.device_id, request.kind)
         return pb.SendCommandResponse(command_id=command_id)
+
+
+def _nothing_to_clear(
+    candidates: Sequence[DeviceRow], targets: ClearTargets, model: str, sha: str, selector: str
+) -> str:
+    """Why a clear would change nothing, in one line."""
+    what = f"{model} with sha256 {sha[:12]}..." if sha else model
+    if len(candidates) == 1 and not selector:
+        device = candidates[0]
+        if targets.unreported:
+            return (
+                f"{device.device_id} does not report its refusals (its agent is older than "
+                "refusal clears); upgrade the agent"
+            )
+        refused = ", ".join(f"{m or '(any model)'} {s[:12]}" for m, s in device.refusals or ())
+        return (
+            f"{device.device_id} refuses no release of {what} (it refuses: {refused or 'none'}, "
+            "as of its last check-in)"
+        )
+    older = (
+        f"; {len(targets.unreported)} do not report refusals (agents too old)"
+        if targets.unreported
+        else ""
+    )
+    return (
+        f"none of the {len(candidates)} device(s) matching {selector} refuses a release of "
+        f"{what}{older}"
+    )

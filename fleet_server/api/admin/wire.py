@@ -14,6 +14,7 @@ from google.protobuf.message import Message
 from fleet_server.audit.store import AuditRow
 from fleet_server.catalog.benchmarks import BenchRow
 from fleet_server.catalog.store import ModelRow
+from fleet_server.registry.refusals import PendingClear
 from fleet_server.registry.store import DeviceRow
 from fleet_server.rollouts.plan import HealthGate
 from fleet_server.rollouts.store import RolloutRow
@@ -28,6 +29,7 @@ __all__ = [
     "device_info",
     "health_gate",
     "model_info",
+    "pending_clear",
     "price_table",
     "rollout_info",
     "routing_info",
@@ -166,7 +168,19 @@ def device_info(row: DeviceRow) -> pb.DeviceInfo:
             updated_unix=m.updated_at,
             active_version=m.active_version or "",
         )
+    info.refusals_reported = row.refusals is not None
+    for model_name, sha256 in row.refusals or ():
+        info.refused.add(model_name=model_name, sha256=sha256)
     return info
+
+
+def pending_clear(row: PendingClear) -> pb.PendingClear:
+    return pb.PendingClear(
+        model_name=row.model_name,
+        sha256=row.sha256,
+        requested_by=row.requested_by,
+        requested_unix=row.requested_at,
+    )
 
 
 def _smoke_indices(row: ModelRow) -> list[int]:
