@@ -2,11 +2,12 @@
 
 It enrolls the device (once), renews its certificate, checks in every ``checkin_interval_s``,
 hands the desired state to the updater (download, verify, stage, activate), adopts rotated keys
-and the server's routing policies and cloud endpoint, and judges open health windows between
-check-ins. It runs on the main thread; errors are retried with backoff, only a refused
-enrollment ends it. It owns its last check-in answer; what it shares is in ``AgentState``: it
-writes the identity and the server's cloud endpoint, and wakes early when the control loop sets
-the ``nudge`` event ("check in now").
+and the server's routing policies and cloud endpoint, forgets the refusals an operator cleared
+(each check-in reports them), and judges open health windows between check-ins. It runs on
+the main thread; errors are retried with backoff, only a refused enrollment ends it. It owns its
+last check-in answer; what it shares is in ``AgentState``: it writes the identity and the
+server's cloud endpoint, and wakes early when the control loop sets the ``nudge`` event ("check
+in now").
 """
 
 from __future__ import annotations
@@ -36,12 +37,15 @@ from agent.updates.lifecycle import Lifecycle
 from agent.updates.trust import pin_keylist, update_keylist
 from agent.updates.updater import Updater
 from protos import device_pb2
+from protos.names import is_name, is_sha256
+from protos.refusals import MAX_REFUSALS
 from protos.topics import device_name, validate_segment
 
 __all__ = ["RENEW_BEFORE_S", "UpdateLoop", "health_policy"]
 
 log = logging.getLogger(__name__)
 RENEW_BEFORE_S = 30 * 86400  # renew the device certificate in its last 30 days
+_CLEAR_ROUNDS = 3  # check-ins in a row that may clear refusals before the answer is acted on
 
 
 def health_policy(config: AgentConfig) -> HealthPolicy:
@@ -167,26 +171,65 @@ class UpdateLoop:
             stop.wait(wait)
 
     def _check_in(self, updater: Updater) -> None:
-        """One check-in, and act on its answer."""
-        response = self._client.check_in(
-            device_pb2.CheckInRequest(
-                capabilities=to_capabilities(self._probe()),
-                active=self._active(),
-                state_version=self._answer.state_version if self._answer else "",
-                fresh=self._fresh,
-            )
-        )
-        self._fresh = False
-        if response.unchanged and self._answer is not None:
-            response = self._answer  # the server confirms what we acted on last
-        else:
-            self._answer = response
+        """One check-in, and act on its answer.
+
+        An answer that clears refusals is acted on after one more check-in, which reports
+        them gone: the server then stops sending the clear before the release can be tried,
+        and refused, again (or it would clear it again and again)."""
+        response = self._ask()
+        for _round in range(_CLEAR_ROUNDS):
+            if not self._clear_refusals(response.clear_refusals):
+                break
+            updater.forget_refusals()
+            response = self._ask()
         if response.HasField("keylist"):
             self._rotate_keys(response.keylist.SerializeToString(), updater)
         updater.apply(response.desired)
         self._note_cloud_routes(response.cloud)
         self._apply_routing(response)
         self._adopt_broker(response.mqtt_url)
+
+    def _ask(self) -> device_pb2.CheckInResponse:
+        """Check in, reporting what serves and what this device refuses; the answer to act on
+        (the last full one when the server says it is unchanged)."""
+        refused = device_pb2.RefusalList(
+            refusals=[
+                device_pb2.Refusal(model_name=name, sha256=sha)
+                for name, sha in sorted(self._store.refused())
+            ]
+        )
+        response = self._client.check_in(
+            device_pb2.CheckInRequest(
+                capabilities=to_capabilities(self._probe()),
+                active=self._active(),
+                state_version=self._answer.state_version if self._answer else "",
+                fresh=self._fresh,
+                refused=refused,
+            )
+        )
+        self._fresh = False
+        if response.unchanged and self._answer is not None:
+            return self._answer  # the server confirms what we acted on last
+        self._answer = response
+        return response
+
+    def _clear_refusals(self, clears: Sequence[device_pb2.RefusalClear]) -> bool:
+        """Forget the refusals an operator cleared; True when one was forgotten (a clear of
+        nothing, sent again until the server sees it done, changes nothing)."""
+        forgot = False
+        for clear in clears[:MAX_REFUSALS]:
+            name, sha = clear.model_name, clear.sha256
+            if not is_name(name) or (sha and not is_sha256(sha)):
+                log.warning("ignoring the server's clear of an invalid refusal %r", name[:80])
+                continue
+            if self._lifecycle.clear_refusal(name, sha):
+                forgot = True
+                log.info(
+                    "the server cleared the refusal of %s %s: it may be installed again",
+                    name,
+                    f"sha256 {sha[:12]}" if sha else "(every release)",
+                )
+        return forgot
 
     def _adopt_broker(self, url: str) -> None:
         """Keep the broker address the server gives (the same trust as the check-in itself):
