@@ -341,8 +341,9 @@ def rolled_back(
     journal: Journal, name: str, *, refuse: bool = True
 ) -> tuple[Journal, Entry | None]:
     """The last-known-good of ``name`` is active again; with ``refuse`` the release it
-    replaces is never installed again (without: the release is fine, its file on this disk was
-    not). Returns the restored entry, None when there is none (the release stays active)."""
+    replaces is not installed again until an operator clears its refusal (without: the release
+    is fine, its file on this disk was not). Returns the restored entry, None when there is
+    none (the release stays active)."""
     bad = journal.models.get(name)
     good = journal.previous.get(name)
     previous = {k: v for k, v in journal.previous.items() if k != name}
@@ -354,9 +355,11 @@ def rolled_back(
     if good is not None:
         if bad is not None:
             # The anti-rollback floor stays at the highest release seen: going back must not
-            # let a replayed release between the two in.
+            # let a replayed release between the two in. The floor's release stays the one
+            # rolled back from, which may come back: downloaded again after a damaged file,
+            # or once an operator clears its refusal.
             floor = ""
-            if not refuse and bad.release_counter >= good.release_counter:
+            if bad.release_counter >= good.release_counter:
                 floor = bad.floor_sha256 or bad.sha256
             good = replace(
                 good,
