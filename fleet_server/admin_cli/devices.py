@@ -299,7 +299,9 @@ def add_parsers(sub: Any) -> None:
     dlist = devices_sub.add_parser("list", help="devices, their models and last telemetry")
     dlist.add_argument("--json", action="store_true")
     dlist.set_defaults(func=_cmd_devices_list)
-    dshow = devices_sub.add_parser("show", help="one device: hardware, labels, models, telemetry")
+    dshow = devices_sub.add_parser(
+        "show", help="one device: hardware, labels, models, refused releases, telemetry"
+    )
     dshow.add_argument("device")
     dshow.add_argument("--json", action="store_true")
     dshow.set_defaults(func=_cmd_devices_show)

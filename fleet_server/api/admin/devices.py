@@ -87,7 +87,9 @@ class DevicesAdmin(AdminBase):
         # Audited here rather than by @audited: the entry names the devices a selector chose.
         selector = ",".join(f"{k}={v}" for k, v in sorted(request.selector.items()))
         target = f"device {request.device_id}" if request.device_id else f"devices {selector}"
-        detail = MessageToDict(request, preserving_proto_field_name=True)
+        detail = MessageToDict(
+            request, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )  # with sha256 "" (every release) and the empty one of device_id and selector
         who = actor(context)
         try:
             require_admin(context, self._ctx.admin_token)
