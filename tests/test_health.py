@@ -248,9 +248,14 @@ def test_falling_back_from_a_damaged_file_keeps_the_floor_for_that_release_only(
     life.settle_floor("m", 3)
     entry = store.active()["m"]
     assert (entry.release_counter, entry.floor_sha256, entry.sha256) == (3, "", "a" * 64)
-    # A rollback that refuses keeps no floor artifact.
+    # A rollback that refuses keeps the floor with the refused release too: refused until an
+    # operator clears it, and then only that artifact may come back under release 4.
     store.set_active("m", ActiveEntry("4.0.0", 4, "c" * 64, "c.tflite"))
-    assert life.rolled_back("m").floor_sha256 == ""  # type: ignore[union-attr]
+    restored = life.rolled_back("m")
+    assert restored is not None and (restored.release_counter, restored.floor_sha256) == (
+        4,
+        "c" * 64,
+    )
     assert ("m", "c" * 64) in store.refused()
 
 
