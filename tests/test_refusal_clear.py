@@ -93,6 +93,7 @@ def test_a_cleared_refusal_lets_the_device_install_the_release_again(
         "model_name": "colors",
         "sha256": "",  # every release of the model
         "devices": ["dev-x"],
+        "device_count": 1,
     }
 
 

@@ -38,13 +38,15 @@ MAX_TOKEN_TTL_S = 30 * 86400
 DEVICES_PAGE = 500
 MAX_DEVICES_PAGE = 1000
 COMMANDS = frozenset({"checkin", "birth", "routing", "reload"})
+_AUDITED_DEVICES = 100  # device ids named in a ClearRefusal audit entry (the count is all)
 
 
 class DevicesAdmin(AdminBase):
     @rpc_errors
     def GetDevice(self, request: pb.DeviceRequest, context: Any) -> pb.DeviceInfo:  # noqa: N802
         require_admin(context, self._ctx.admin_token)
-        info = wire.device_info(self._ctx.devices.get_device(request.device_id))
+        device = self._ctx.devices.get_device(request.device_id)
+        info = wire.device_info(device)
         for event in self._ctx.telemetry.device_events(request.device_id, limit=20):
             info.events.add(
                 at_unix=event["at"],
@@ -54,10 +56,13 @@ class DevicesAdmin(AdminBase):
                 state=event["state"],
                 detail=event["detail"],
             )
-        for refused in info.refused:  # which version those bytes are, where the catalog knows
-            row = self._ctx.catalog.model_by_sha(refused.sha256)
-            if row is not None and refused.model_name in ("", row.model_name):
-                refused.version = row.version
+        for model_name, sha256 in device.refusals or ():
+            # Which version those bytes are, where the catalog knows.
+            row = self._ctx.catalog.model_by_sha(sha256)
+            known = row is not None and model_name in ("", row.model_name)
+            info.refused.add(
+                model_name=model_name, sha256=sha256, version=row.version if row and known else ""
+            )
         for clear in self._ctx.refusals.pending(request.device_id):
             info.pending_clears.append(wire.pending_clear(clear))
         return info
@@ -99,7 +104,8 @@ class DevicesAdmin(AdminBase):
                 who, "ClearRefusal", target, json.dumps(detail), ok=False, error=str(exc)
             )
             raise
-        detail["devices"] = device_ids
+        # The first devices (an entry's detail is bounded) and how many in all.
+        detail["devices"], detail["device_count"] = device_ids[:_AUDITED_DEVICES], len(device_ids)
         self._ctx.audit.append(who, "ClearRefusal", target, json.dumps(detail), ok=True)
         return pb.ClearRefusalResponse(device_ids=device_ids)
 

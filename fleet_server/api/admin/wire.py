@@ -169,8 +169,6 @@ def device_info(row: DeviceRow) -> pb.DeviceInfo:
             active_version=m.active_version or "",
         )
     info.refusals_reported = row.refusals is not None
-    for model_name, sha256 in row.refusals or ():
-        info.refused.add(model_name=model_name, sha256=sha256)
     return info
 
 
