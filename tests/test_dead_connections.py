@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.client import FRESH_CHANNEL_AFTER, DeviceClient, stall_limit
@@ -238,14 +238,3 @@ def test_a_refusal_is_an_answer_and_keeps_the_connection(fleet: _Fleet) -> None:
     finally:
         client.close()
         proxy.close()
-
-
-@settings(max_examples=200, deadline=None)
-@given(attempt=st.integers(0, 10_000), base=st.floats(0.1, 5.0))
-def test_a_server_that_cannot_be_reached_is_tried_again_within_a_minute(
-    attempt: int, base: float
-) -> None:
-    from agent.daemon._backoff import UNREACHABLE_BACKOFF_S, backoff
-
-    assert UNREACHABLE_BACKOFF_S <= 60.0
-    assert 0.0 <= backoff(attempt, base, UNREACHABLE_BACKOFF_S) <= UNREACHABLE_BACKOFF_S
