@@ -73,7 +73,7 @@ class _Fleet:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[_Fleet]:
+def fleet_port(tmp_path: Path) -> Iterator[_Fleet]:
     """A device port (mTLS, the fleet CA) served in this process with the server's options."""
     ca = FleetCA.create(tmp_path / "ca", "f1")
     key_pem, cert_pem = ca.server_credentials(["127.0.0.1"])
@@ -147,9 +147,9 @@ def test_the_server_accepts_the_agents_pings_and_grpcs_default_would_not() -> No
             server.stop(0)
 
 
-def test_a_stalled_download_is_cancelled_and_keeps_what_arrived(fleet: _Fleet) -> None:
-    fleet.service.hang = True
-    client = fleet.client(fleet.port, stall_s=0.5)
+def test_a_stalled_download_is_cancelled_and_keeps_what_arrived(fleet_port: _Fleet) -> None:
+    fleet_port.service.hang = True
+    client = fleet_port.client(fleet_port.port, stall_s=0.5)
     sink = _Sink()
     started = time.monotonic()
     with pytest.raises(DownloadStalledError) as info:
@@ -162,10 +162,10 @@ def test_a_stalled_download_is_cancelled_and_keeps_what_arrived(fleet: _Fleet) -
     client.close()
 
 
-def test_time_spent_pacing_a_download_is_not_a_stall(fleet: _Fleet) -> None:
+def test_time_spent_pacing_a_download_is_not_a_stall(fleet_port: _Fleet) -> None:
     """A device on a thin link sleeps between chunks (max_download_kbps); that is not the
     server going quiet."""
-    client = fleet.client(fleet.port, stall_s=0.5)
+    client = fleet_port.client(fleet_port.port, stall_s=0.5)
     client.check_in(pb.CheckInRequest())  # connected: the first chunk needs no handshake
     sink = _Sink()
     got = client.download(
@@ -200,11 +200,11 @@ def test_the_stall_limit_grows_only_until_one_chunk_can_arrive(
         assert limit == max(base, deadline)
 
 
-def test_unanswered_calls_abandon_the_connection_for_a_fresh_one(fleet: _Fleet) -> None:
+def test_unanswered_calls_abandon_the_connection_for_a_fresh_one(fleet_port: _Fleet) -> None:
     """Check-ins on a connection that went half-open (a dropped NAT entry) recover as soon as
     the link does, on a new connection, instead of waiting on the dead one."""
-    proxy = StallProxy(fleet.port)
-    client = fleet.client(proxy.port, timeout_s=0.5)
+    proxy = StallProxy(fleet_port.port)
+    client = fleet_port.client(proxy.port, timeout_s=0.5)
     try:
         client.check_in(pb.CheckInRequest())
         assert proxy.accepted == 1
@@ -214,20 +214,20 @@ def test_unanswered_calls_abandon_the_connection_for_a_fresh_one(fleet: _Fleet) 
                 client.check_in(pb.CheckInRequest())
         assert proxy.accepted == 1  # the calls waited on the dead connection
         proxy.forward()  # the link is back; the stalled connection stays dead
-        answered = fleet.service.check_ins
+        answered = fleet_port.service.check_ins
         client.check_in(pb.CheckInRequest())
-        assert fleet.service.check_ins == answered + 1
+        assert fleet_port.service.check_ins == answered + 1
         assert proxy.accepted == 2
     finally:
         client.close()
         proxy.close()
 
 
-def test_a_refusal_is_an_answer_and_keeps_the_connection(fleet: _Fleet) -> None:
+def test_a_refusal_is_an_answer_and_keeps_the_connection(fleet_port: _Fleet) -> None:
     """Only calls that found no server count towards a fresh channel: a server that answers,
     even with an error, is reachable on this connection."""
-    proxy = StallProxy(fleet.port)
-    client = fleet.client(proxy.port, timeout_s=0.5)
+    proxy = StallProxy(fleet_port.port)
+    client = fleet_port.client(proxy.port, timeout_s=0.5)
     try:
         client.check_in(pb.CheckInRequest())
         for _ in range(2 * FRESH_CHANNEL_AFTER):
