@@ -37,6 +37,7 @@ from protos import device_pb2_grpc as pb_grpc
 from tests.harness import Agent, Server, make_agent, start, wait_for
 from tests.oip import infer
 from tests.test_identity import enroll_raw, new_token
+from tests.test_lifecycle import NotifySocket
 from tests.test_routing import push_digits, ready
 
 pytestmark = pytest.mark.slow
@@ -88,6 +89,14 @@ def held(server_factory: Callable[..., Server]) -> Iterator[tuple[Server, HeldEn
     yield server, front, f"127.0.0.1:{port}"
     grpc_server.stop(grace=None)
     front.close()
+
+
+@pytest.fixture
+def systemd(tmp_path: Path) -> Iterator[NotifySocket]:
+    """A datagram socket standing in for systemd's NOTIFY_SOCKET."""
+    sock = NotifySocket(tmp_path / "notify.sock")
+    yield sock
+    sock.close()
 
 
 def _first_checkin(server: Server, device_id: str) -> int | None:
@@ -172,16 +181,16 @@ def test_a_ghost_device_is_deleted_and_audited_and_a_checked_in_one_stays(
     print(f"ghost deleted {gone:.1f} s after enrolling (--ghost-device-after {after})")
 
 
-def _start_debug(agent: Agent) -> Agent:
+def _start_debug(agent: Agent, env: dict[str, str]) -> Agent:
     """Start the agent logging at debug level (its retries without news are debug lines)."""
     cmd = [sys.executable, "-m", "agent.cli", "--log-level", "debug", "run"]
     log = agent.folder / f"agent-{int(time.time() * 1000)}.log"
-    agent.proc = start([*cmd, "--config", str(agent.config)], log)
+    agent.proc = start([*cmd, "--config", str(agent.config)], log, env=env)
     return agent
 
 
 def test_an_agent_that_cannot_enroll_serves_its_models_and_enrolls_once_the_file_is_there(
-    tmp_path: Path, server_factory: Callable[..., Server]
+    tmp_path: Path, server_factory: Callable[..., Server], systemd: NotifySocket
 ) -> None:
     server = server_factory(None)
     push_digits(server)
@@ -197,12 +206,14 @@ def test_an_agent_that_cannot_enroll_serves_its_models_and_enrolls_once_the_file
     agent.config.write_text(agent.config.read_text().replace(str(server.ca_file), str(ca_file)))
 
     started = time.monotonic()
-    _start_debug(agent)
+    _start_debug(agent, {"NOTIFY_SOCKET": str(systemd.path)})
     sample = np.zeros((1, 64), np.float32)
     wait_for("digits served", lambda: infer(agent.socket, "digits", "pixels", sample), timeout=30)
     served = time.monotonic() - started
     problem = f"server.ca_file {ca_file} does not exist"
     wait_for("the problem in the log", lambda: problem in agent.output(), timeout=10)
+    systemd.wait("READY=1")
+    systemd.wait(f"STATUS=serving 1 model(s): digits 1.0.0 (cpu); not enrolled: {problem}")
     # A reload that changes the token but not the CA: tried again at once, the same problem
     # is not logged again.
     agent.config.write_text(agent.config.read_text().replace(server.enrollment_token(), "other"))
@@ -223,6 +234,8 @@ def test_an_agent_that_cannot_enroll_serves_its_models_and_enrolls_once_the_file
     wait_for("the enrollment", lambda: "enrolled as" in now.output(), timeout=30)
     took = time.monotonic() - fixed
     assert len(server.devices()) == 2  # its earlier identity, and this one
+    serving = "STATUS=serving 1 model(s): digits 1.0.0 (cpu)"  # and nothing more
+    wait_for("the problem gone from STATUS", lambda: serving in systemd.lines(since=fixed))
     assert infer(agent.socket, "digits", "pixels", sample)
     assert agent.stop() == 0
     print(f"served {served:.1f} s after start; enrolled {took:.1f} s after the fix")

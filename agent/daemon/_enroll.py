@@ -43,6 +43,7 @@ _UNREACHABLE_MIN_S = 1.0
 _REFUSED_MIN_S = 15.0  # a refusal or a broken config: the server is not asked again at once
 _POLL_S = 1.0  # how often a wait looks at the enrollment settings
 _MAX_STATUS = 240  # characters of the problem in systemd's STATUS
+_MAX_TOLD = 64  # distinct problems remembered as logged
 
 
 def enroll_retry_delay(attempt: int, *, transient: bool) -> float:
@@ -73,7 +74,8 @@ class EnrollLoop:
         """The device's identity, once it has one (None: ``stop`` was set first).
         ``on_problem`` hears each new reason it has none yet, and "" once it has."""
         attempt = 0
-        problem = ""
+        problem = ""  # why there is no identity now
+        told: set[str] = set()  # every reason logged so far: each is logged once
         while not stop.is_set():
             transient = False
             try:
@@ -92,14 +94,18 @@ class EnrollLoop:
                 clear_pending_enrollment(self._root)  # also what a kill after saving left
                 self._state.identity = identity
                 if problem:
-                    log.info(
-                        "enrolled as %s; nothing stands in the way any more", identity.device_id
-                    )
+                    log.info("enrollment unblocked: the device is %s", identity.device_id)
                     on_problem("")
                 return identity
             attempt += 1
             wait = enroll_retry_delay(attempt, transient=transient)
             if why != problem:
+                on_problem(why[:_MAX_STATUS])
+                problem = why
+            if why not in told:
+                if len(told) >= _MAX_TOLD:  # a server that words its refusals anew each time
+                    told.clear()
+                told.add(why)
                 log.log(
                     logging.WARNING if transient else logging.ERROR,
                     "not enrolled: %s; serving the models in the store meanwhile; retrying in "
@@ -107,8 +113,6 @@ class EnrollLoop:
                     why,
                     wait,
                 )
-                on_problem(why[:_MAX_STATUS])
-                problem = why
             else:
                 log.debug("still not enrolled: %s; retrying in %.0f s", why, wait)
             self._pause(stop, wait)
