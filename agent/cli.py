@@ -71,7 +71,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
+    from agent.identity import Identity  # noqa: PLC0415 - keeps `predict` start-up light
+
     config = load_config(args.config)
+    # The daemon serves its models whatever is wrong here (and says so in its log); this is
+    # where a missing file is an error. Once enrolled, the token and CA are not needed.
+    reads: list[Callable[[], object]] = [config.cloud_token, config.cloud_ca]
+    if Identity.path(config.agent.state_dir).exists():
+        reads += [config.enrollment_token, config.fleet_ca]
+    else:
+        reads.append(config.enrollment_inputs)
+    errors = []
+    for read in reads:
+        try:
+            read()
+        except ConfigError as exc:
+            errors.append(str(exc))
+    for error in errors:
+        print(f"{PROG}: error: {args.config}: {error}", file=sys.stderr)
+    if errors:
+        return 1
     print(f"{args.config}: OK (state_dir={config.agent.state_dir}, server={config.server.address})")
     return 0
 

@@ -225,6 +225,16 @@ class DeviceClient:
             if channel is not None:
                 channel.close()
 
+    def set_fleet_ca(self, ca_pem: bytes) -> None:
+        """Check the enrollment port's certificate against ``ca_pem`` from now on (the agent
+        reads its CA file at each enrollment attempt: a file fixed meanwhile counts)."""
+        if ca_pem == self._ca_pem:
+            return
+        self._ca_pem = ca_pem
+        if self._bootstrap is not None:
+            self._bootstrap.close()
+            self._bootstrap = None
+
     def use_certificate(
         self, device_address: str, *, certificate_pem: bytes, key_pem: bytes, ca_pem: bytes
     ) -> None:

@@ -214,6 +214,39 @@ class AgentConfig:
                 raise ConfigError(f"cannot read the fleet CA {path}: {exc}") from exc
         return b""
 
+    def enrollment_inputs(self) -> tuple[str, bytes]:
+        """The enrollment token and the fleet CA (PEM): what a device that is not enrolled yet
+        needs to enroll. Read afresh at each call: a file fixed meanwhile counts.
+
+        Raises:
+            ConfigError: naming everything that is wrong: a configured file that cannot be
+                read, no token, no CA.
+        """
+        token, ca, problems = "", b"", []
+        try:
+            token = self.enrollment_token()
+        except ConfigError as exc:
+            problems.append(str(exc))
+        else:
+            if not token:
+                problems.append(
+                    "no enrollment token is configured (server.enrollment_token, server."
+                    "enrollment_token_file, or systemd's LoadCredential=enrollment-token:...)"
+                )
+        try:
+            ca = self.fleet_ca()
+        except ConfigError as exc:
+            problems.append(str(exc))
+        else:
+            if not ca:
+                problems.append(
+                    "no fleet CA to check the server with: set server.ca_file to a copy of the "
+                    "server's DATA_DIR/ca/ca.crt (or LoadCredential=fleet-ca.crt:...)"
+                )
+        if problems:
+            raise ConfigError("; ".join(problems))
+        return token, ca
+
 
 _MAX_FILE_BYTES = 1 << 20  # a config, a token or a CA is a few KiB; more is the wrong file
 

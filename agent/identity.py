@@ -1,11 +1,15 @@
 """The device's identity, obtained at enrollment and kept in the state dir (mode 0600): its id,
-its client certificate and key, the fleet CA, and the key list it pins."""
+its client certificate and key, the fleet CA, and the key list it pins; and, until it has one,
+the key and CSR of the enrollment in progress (``enrollment/``): a kill after the server
+answered but before the identity was saved must not cost the device its token, so a retry
+asks with the same key, and the server answers a repeat with the same identity."""
 
 from __future__ import annotations
 
 import base64
 import datetime
 import json
+import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,23 +23,94 @@ from agent._fs import atomic_write
 from agent.errors import AgentError, ManifestError
 from agent.updates.trust import TrustedKeys, pin_keylist
 
-__all__ = ["Identity", "new_key_and_csr"]
+__all__ = ["Identity", "clear_pending_enrollment", "new_key_and_csr", "pending_enrollment"]
 
+log = logging.getLogger(__name__)
 _FORMAT = 3
+_PENDING = "enrollment"  # the folder of the enrollment in progress, in the state dir
 
 
-def new_key_and_csr(common_name: str) -> tuple[bytes, bytes]:
-    """A fresh ECDSA P-256 key and a CSR for it (both PEM). The key never leaves the device."""
-    key = ec.generate_private_key(ec.SECP256R1())
+def _csr(key: ec.EllipticCurvePrivateKey, common_name: str) -> bytes:
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .sign(key, hashes.SHA256())
     )
-    key_pem = key.private_bytes(
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    return key_pem, csr.public_bytes(serialization.Encoding.PEM)
+
+
+def new_key_and_csr(common_name: str) -> tuple[bytes, bytes]:
+    """A fresh ECDSA P-256 key and a CSR for it (both PEM). The key never leaves the device."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    return _key_pem(key), _csr(key, common_name)
+
+
+def _stored_key(path: Path) -> ec.EllipticCurvePrivateKey | None:
+    """The pending enrollment's key, or None when there is none (or it is damaged: then a new
+    one is made, and the server sees a new device)."""
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        log.warning("the key of the enrollment in progress (%s) is damaged; making a new one", path)
+        return None
+    return key if isinstance(key, ec.EllipticCurvePrivateKey) else None
+
+
+def _stored_csr(path: Path, key: ec.EllipticCurvePrivateKey, common_name: str) -> bytes | None:
+    """The pending enrollment's CSR, if it is for ``key`` and names ``common_name``."""
+    try:
+        pem = path.read_bytes()
+        csr = x509.load_pem_x509_csr(pem)
+    except (OSError, ValueError):
+        return None
+    names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    same_key = csr.public_key() == key.public_key()
+    return pem if same_key and names and names[0].value == common_name else None
+
+
+def pending_enrollment(state_dir: Path, common_name: str) -> tuple[bytes, bytes]:
+    """The key and CSR (PEM) to enroll with: those of the last attempt when there was one (the
+    server may have answered it; asking again with the same key gets the same identity), else
+    new ones. Both are on disk (``enrollment/``, 0600, written atomically) before they are
+    returned, so they are what a retry after any kill finds. A new name keeps the key.
+
+    Raises:
+        OSError: the state dir cannot be written.
+    """
+    folder = state_dir / _PENDING
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key_path, csr_path = folder / "device.key", folder / "device.csr"
+    key = _stored_key(key_path)
+    if key is None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        atomic_write(key_path, _key_pem(key), mode=0o600)
+    csr_pem = _stored_csr(csr_path, key, common_name)
+    if csr_pem is None:
+        csr_pem = _csr(key, common_name)
+        atomic_write(csr_path, csr_pem, mode=0o600)
+    return _key_pem(key), csr_pem
+
+
+def clear_pending_enrollment(state_dir: Path) -> None:
+    """Forget the enrollment in progress once the identity is saved (its key is the identity's
+    now), temp files of a kill included; what cannot be removed is logged, never raised."""
+    folder = state_dir / _PENDING
+    try:
+        for path in list(folder.iterdir()):
+            path.unlink()
+        folder.rmdir()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        log.warning("cannot remove the finished enrollment's files in %s: %s", folder, exc)
 
 
 @dataclass(frozen=True)

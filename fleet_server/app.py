@@ -1,9 +1,10 @@
 """The composition root: one running fleet server built from its settings.
 
 :class:`FleetServer` opens the database, starts the parts in a fixed order (embedded broker,
-telemetry ingest, rollout controller, gRPC server, reference cloud, dashboard, metrics,
-check-in writer, worker processes) and stops them in the reverse order. The command line
-(:mod:`fleet_server.cli`) only turns options into :class:`Settings` and owns the signals.
+telemetry ingest, rollout controller, ghost-device reaper, gRPC server, reference cloud,
+dashboard, metrics, check-in writer, worker processes) and stops them in the reverse order.
+The command line (:mod:`fleet_server.cli`) only turns options into :class:`Settings` and owns
+the signals.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from fleet_server.datadir import DataDir
 from fleet_server.errors import DataDirError, TransientError
 from fleet_server.metrics import render
 from fleet_server.registry.ca import default_sans
+from fleet_server.registry.ghosts import GhostReaper
 from fleet_server.registry.store import DeviceStore
 from fleet_server.rollouts.controller import RolloutController
 from fleet_server.signing.keys import KeyStore
@@ -77,6 +79,7 @@ class Settings:
     cloud_token_file: Path | None = None
     cloud_ca_file: Path | None = None
     rollout_interval: float = 2.0
+    ghost_device_after: float = 3600.0
     metrics_listen: str | None = None
     workers: int = 1
     worker: bool = False
@@ -161,6 +164,7 @@ class FleetServer:
         self._server_serial = ""  # of this process's own MQTT client certificate
         self._ingest: TelemetryIngest | None = None
         self._controller: RolloutController | None = None
+        self._ghosts: GhostReaper | None = None
         self._grpc: Any = None
         self._cloud: Any = None
         self._dashboard: Any = None
@@ -237,6 +241,7 @@ class FleetServer:
                 ingest.watch_health(ctx.health, self._controller.wake)
                 ctx.send_command = ingest.command
             ctx.revoked = self._revoked
+            self._ghosts = GhostReaper(ctx.devices, ctx.audit, after_s=s.ghost_device_after)
         try:
             # Workers take device calls only: enrollment, the admin API and commands (which
             # need the MQTT connection) stay with the main process.
@@ -256,6 +261,8 @@ class FleetServer:
         self._metrics = self._start_metrics(ctx)
         if self._controller is not None:
             self._controller.start()
+        if self._ghosts is not None:
+            self._ghosts.start()
         ctx.last_seen.start()
         cloud_url = ctx.cloud_endpoint.url if self._cloud and ctx.cloud_endpoint else ""
         self._ports = _Ports(
@@ -649,6 +656,9 @@ class FleetServer:
             except subprocess.TimeoutExpired:
                 worker.kill()
         self._workers = []
+        if self._ghosts is not None:
+            self._ghosts.stop()
+            self._ghosts = None
         if self._controller is not None:
             self._controller.stop()
             self._controller = None

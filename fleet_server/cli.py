@@ -300,6 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between rollout controller steps (default 2; reports also wake it)",
     )
     run.add_argument(
+        "--ghost-device-after",
+        type=_within(0, 30 * 86400),
+        default=3600.0,
+        metavar="SECONDS",
+        help="delete a device that enrolled but never checked in (an agent killed before it "
+        "saved its identity leaves one) this long after its enrollment, and audit it "
+        "(default 3600; 0 = never)",
+    )
+    run.add_argument(
         "--metrics-listen",
         help="serve fleet-level Prometheus metrics on HOST:PORT/metrics (default: off)",
     )

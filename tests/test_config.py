@@ -52,8 +52,26 @@ def test_bad_config_is_refused_with_the_reason(tmp_path: Path, text: str, messag
 
 @pytest.mark.slow
 def test_check_config_cli(tmp_path: Path) -> None:
-    good = write(tmp_path, '[agent]\nname = "a"\n')
+    (tmp_path / "ca.crt").write_text("a CA")
+    good = write(
+        tmp_path, '[agent]\nname = "a"\n[server]\nenrollment_token = "t"\nca_file = "ca.crt"\n'
+    )
     assert "OK" in run_cli("edgefleet-agent", "check-config", "--config", str(good)).stdout
+    # The agent serves its models without them (and says so in its log); check-config calls a
+    # missing file, or no way to enroll, an error.
+    (tmp_path / "ca.crt").unlink()
+    missing = run_cli("edgefleet-agent", "check-config", "--config", str(good), check=False)
+    assert missing.returncode == 1, missing.stdout
+    assert f"server.ca_file {tmp_path / 'ca.crt'} does not exist" in missing.stderr
+    unset = write(tmp_path, '[agent]\nname = "a"\nstate_dir = "state"\n')
+    result = run_cli("edgefleet-agent", "check-config", "--config", str(unset), check=False)
+    assert result.returncode == 1
+    assert "no enrollment token is configured" in result.stderr
+    assert "no fleet CA" in result.stderr and "Traceback" not in result.stderr
+    # An enrolled device needs neither.
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "identity.json").write_text("{}")
+    assert "OK" in run_cli("edgefleet-agent", "check-config", "--config", str(unset)).stdout
     bad = write(tmp_path, "[agent]\nnmae = 'a'\n")
     result = run_cli("edgefleet-agent", "check-config", "--config", str(bad), check=False)
     assert result.returncode == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -475,19 +476,26 @@ def test_a_taken_api_port_stops_the_agent_with_one_clear_line(
     assert "Traceback" not in out
 
 
-def test_wrong_enrollment_token_stops_the_agent_with_one_clear_line(
+def test_a_refused_enrollment_is_logged_once_and_a_reload_with_the_right_token_enrolls(
     tmp_path: Path, broker_url: str, server_factory: Callable[..., Server]
 ) -> None:
+    # A refusal used to end the agent (and its local API with it); now it keeps serving, says
+    # why once, and tries again slowly or as soon as its enrollment settings change.
     server = server_factory(broker_url)
     agent = make_agent(tmp_path, "dev-x", server)
-    text = agent.config.read_text().replace(server.enrollment_token(), "wrong-token")
-    agent.config.write_text(text)
+    right = agent.config.read_text()
+    agent.config.write_text(right.replace(server.enrollment_token(), "wrong-token"))
     agent.start()
     assert agent.proc is not None
-    assert agent.proc.popen.wait(30) == 1
+    refused = "enrollment token is unknown, expired"
+    wait_for("the refusal", lambda: refused in agent.output(), timeout=30)
+    assert oip.stub(agent.socket).ServerLive(oip.pb.ServerLiveRequest(), timeout=5).live
+    agent.config.write_text(right)
+    agent.proc.popen.send_signal(signal.SIGHUP)
+    wait_for("the enrollment", lambda: "enrolled as dev-x" in agent.output(), timeout=30)
     out = agent.output()
-    assert "edgefleet-agent: error:" in out and "enrollment token is unknown, expired" in out
-    assert "Traceback" not in out
+    assert out.count(refused) == 1, out
+    assert "Traceback" not in out and agent.proc.popen.poll() is None
 
 
 def test_admin_cli_errors_are_one_line(

@@ -112,9 +112,24 @@ def test_install_creates_users_enables_units_and_the_programs_run(root: Path) ->
         .read_text()
         .startswith("#!/opt/edgefleet/agent/bin/python")
     )
+    shipped = (root / "etc/edgefleet/agent.toml").read_text()
     checked = subprocess.run(
         [str(agent_python), "-m", "agent.cli", "check-config", "--config",
          str(root / "etc/edgefleet/agent.toml")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    # A fresh install has no token and no fleet CA yet: check-config names both, nothing else.
+    assert checked.returncode == 1, checked.stdout
+    assert checked.stderr.count("error:") == 1 and "Traceback" not in checked.stderr
+    assert "enrollment_token_file /etc/edgefleet/enrollment.token does not exist" in checked.stderr
+    assert "ca_file /etc/edgefleet/fleet-ca.crt does not exist" in checked.stderr
+    provisioned = root / "provisioned.toml"
+    for name in ("enrollment.token", "fleet-ca.crt"):
+        (root / name).write_text("provisioned")
+        shipped = shipped.replace(f"/etc/edgefleet/{name}", str(root / name))
+    provisioned.write_text(shipped)
+    checked = subprocess.run(
+        [str(agent_python), "-m", "agent.cli", "check-config", "--config", str(provisioned)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert "OK" in checked.stdout

@@ -1,6 +1,6 @@
 """What a config reload applies to a running agent (``plan_reload``, pure): routing overrides,
-the cloud endpoint and the telemetry interval at once; every other section only after a restart,
-and the message says which."""
+the cloud endpoint, the telemetry interval and the enrollment settings at once; every other
+setting only after a restart, and the message says which."""
 
 from __future__ import annotations
 
@@ -23,6 +23,14 @@ CHANGES = {
     "telemetry": lambda c: replace(c, telemetry=replace(c.telemetry, mqtt_url="mqtt://b:1883")),
     "agent": lambda c: replace(c, agent=replace(c.agent, state_dir=Path("/elsewhere"))),
     "server": lambda c: replace(c, server=replace(c.server, address="other:8443")),
+    "enrollment": lambda c: replace(
+        c,
+        server=replace(
+            c.server,
+            enrollment_token="t",  # noqa: S106 - a test token
+            ca_file=Path("/etc/fleet-ca.crt"),
+        ),
+    ),
     "inference": lambda c: replace(c, inference=replace(c.inference, workers=7)),
     "updates": lambda c: replace(c, updates=replace(c.updates, keep_versions=5)),
 }
@@ -39,9 +47,14 @@ def test_only_the_live_settings_change_and_the_rest_is_named(changed: set[str]) 
     assert plan.config.cloud == new.cloud
     assert plan.config.telemetry.interval_s == new.telemetry.interval_s
     assert plan.cloud_changed == ("cloud" in changed)
+    # The enrollment settings too (read at each enrollment attempt: a fix takes effect).
+    assert plan.config.server.enrollment_token == new.server.enrollment_token
+    assert plan.config.server.ca_file == new.server.ca_file
     # Everything else keeps running as it started, and the message says it waits for a restart.
     restart = sorted(changed & {"telemetry", "agent", "server", "inference", "updates"})
-    for section in ("agent", "server", "api", "inference", "hardware", "updates"):
+    unenrolled = replace(plan.config.server, enrollment_token="", ca_file=None)
+    assert unenrolled == BASE.server
+    for section in ("agent", "api", "inference", "hardware", "updates"):
         assert getattr(plan.config, section) == getattr(BASE, section)
     assert plan.config.telemetry.mqtt_url == BASE.telemetry.mqtt_url
     message = "; ".join(plan.changes)
@@ -51,6 +64,7 @@ def test_only_the_live_settings_change_and_the_rest_is_named(changed: set[str]) 
     else:
         assert "restart" not in message
     assert ("telemetry every 0.5 s" in message) == ("interval" in changed)
+    assert ("enrollment token and CA" in message) == ("enrollment" in changed)
 
 
 def test_the_message_names_the_overrides_it_applied() -> None:

@@ -6,6 +6,7 @@ session creates on the local PostgreSQL server.
 
 from __future__ import annotations
 
+import secrets
 import threading
 
 import pytest
@@ -64,7 +65,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(db_url: str) -> Non
     assert catalog.model_by_sha("ab" * 32) is not None
     with db.engine.connect() as conn:
         version = conn.execute(sa.text("SELECT value FROM schema_meta")).scalar()
-    assert version == str(SCHEMA_VERSION) == "21"
+    assert version == str(SCHEMA_VERSION) == "22"
     db.create_schema()  # idempotent
     first = db.generation()
     catalog.deploy("m", "1.0.0")
@@ -234,11 +235,11 @@ def test_enrollment_tokens_are_spent_once_and_expire(db_url: str) -> None:
     issued = IssuedCert(b"pem", "ab12", 2_000_000_000)
 
     def enroll(token: str | None, name: str = "cam") -> str:
-        device_id, _ = devices.enroll(
-            name, token=token, labels={"site": "own", "hw": "pi"}, capabilities={},
+        return devices.enroll(
+            name, token=token, key_sha256=secrets.token_hex(32),
+            labels={"site": "own", "hw": "pi"}, capabilities={},
             certify=lambda _device_id: issued,
-        )  # fmt: skip
-        return device_id
+        ).device_id  # fmt: skip
 
     once = enroll("once")
     (row,) = devices.list_devices(once)
@@ -263,6 +264,7 @@ def test_enrollment_tokens_are_spent_once_and_expire(db_url: str) -> None:
         devices.enroll(
             "lost",
             token="spare",  # noqa: S106 - a test token
+            key_sha256="ab" * 32,
             labels={},
             capabilities={},
             certify=broken,

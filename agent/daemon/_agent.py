@@ -1,12 +1,14 @@
 """The agent process: the composition root of the daemon.
 
 ``Agent.__init__`` builds every part (model store, engine, device client, router, event spool,
-the shared ``AgentState`` and the three loops) and touches no network. ``Agent.run`` starts them
-in a fixed order: load the active models from disk and serve them (a device keeps working
-without its server), say READY, start the control loop (reloads and commands work from then on,
-whatever the update loop is doing), then run the update loop, which enrolls if needed, checks in
-periodically and starts the telemetry loop once the device has an identity. One stop event ends
-every loop; the parts stop in reverse order.
+the shared ``AgentState`` and the loops) and touches no network and no enrollment file.
+``Agent.run`` starts them in a fixed order: load the active models from disk and serve them (a
+device keeps working without its server, and whatever is wrong with its enrollment settings),
+say READY, start the control loop (reloads and commands work from then on, whatever the other
+loops are doing), run the enrollment loop until the device has its identity (what stands in
+the way goes to the log once and to systemd's STATUS), then the update loop, which checks in
+periodically and starts the telemetry loop. One stop event ends every loop; the parts stop in
+reverse order.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ from agent.client import DeviceClient
 from agent.config import AgentConfig, routing_policy
 from agent.daemon._cloud import open_cloud
 from agent.daemon._control import ControlLoop
+from agent.daemon._enroll import EnrollLoop
 from agent.daemon._state import AgentState
 from agent.daemon._telemetry import TelemetryLoop
 from agent.daemon._update import UpdateLoop, health_policy
-from agent.errors import AgentError, EnrollmentError
+from agent.errors import AgentError
 from agent.hardware.probe import HardwareInfo, probe
-from agent.identity import Identity
 from agent.inference.engine import Engine, EngineOptions
 from agent.inference.metrics_http import MetricsServer
 from agent.inference.metrics_http import render as render_metrics
@@ -68,11 +70,12 @@ class Agent:
                 edgetpu_library=hardware.libedgetpu or config.hardware.edgetpu_library,
             )
         )
+        # The fleet CA is read at each enrollment attempt (EnrollLoop), not here: a missing one
+        # must not keep the models in the store from being served.
         self._client = DeviceClient(
             config.server.address,
             timeout_s=config.server.timeout_s,
             stall_timeout_s=config.server.stall_timeout_s,
-            ca_pem=config.fleet_ca(),
         )
         self._client.on_report = self._on_report
         cloud = config.cloud
@@ -90,6 +93,9 @@ class Agent:
             engine=self.engine,
             client=self._client,
             config_path=config_path,
+        )
+        self._enroll = EnrollLoop(
+            state=self.state, root=self.store.root, client=self._client, probe=self.probe
         )
         self._update = UpdateLoop(
             state=self.state,
@@ -121,7 +127,6 @@ class Agent:
         """Run until ``stop`` is set.
 
         Raises:
-            EnrollmentError: the server refused this device's enrollment (fatal).
             AgentError: the local API could not start.
         """
         try:
@@ -135,14 +140,6 @@ class Agent:
 
     def _serve(self, stop: threading.Event) -> None:
         state = self.state
-        state.identity = Identity.load(self.store.root)
-        if state.identity is None and not state.config.enrollment_token():
-            # Fail before READY=1: a service that can never enroll should not look started.
-            raise EnrollmentError(
-                "this device is not enrolled and no enrollment token is configured "
-                "(server.enrollment_token, server.enrollment_token_file, or systemd's "
-                "LoadCredential=enrollment-token:...)"
-            )
         self._update.recover()
         Updater.load_active_into(self.lifecycle, self.engine)
         config = state.config
@@ -181,7 +178,9 @@ class Agent:
         )
         control.start()
         try:
-            self._update.run(stop, on_enrolled=telemetry.start)
+            identity = self._enroll.run(stop, on_problem=self._not_enrolled)
+            if identity is not None:
+                self._update.run(stop, identity, on_enrolled=telemetry.start)
         finally:
             log.info("stopping: draining requests")
             self.notifier.notify("STOPPING=1", "STATUS=stopping: draining requests")
@@ -215,6 +214,11 @@ class Agent:
             return "up; no model assigned yet"
         names = ", ".join(f"{m.name} {m.version} ({m.backend})" for m in models)
         return f"serving {len(models)} model(s): {names}"
+
+    def _not_enrolled(self, why: str) -> None:
+        """systemd's STATUS says what keeps the device from enrolling ("": nothing any more)."""
+        serving = self._serving_status()
+        self.notifier.status(f"{serving}; not enrolled: {why}" if why else serving)
 
     def _on_report(self, report: device_pb2.StatusReport) -> None:
         """Every update state change goes to systemd's STATUS and out as an event."""

@@ -47,6 +47,7 @@ _MAX_COMMAND_BYTES = 4096  # a command is an id, a kind and a model name: ~100 b
 _BENCH_SECONDS = 2.0  # a "bench" command runs the model this long
 _NAMED = 8  # routing overrides named in a reload's message
 _RESTART_ONLY = ("agent", "server", "api", "inference", "hardware", "updates", "telemetry")
+_ENROLLMENT = ("enrollment_token", "enrollment_token_file", "ca_file")  # [server], live
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,9 @@ class ReloadPlan:
 
 def plan_reload(current: AgentConfig, new: AgentConfig) -> ReloadPlan:
     """Decide what a reload from ``new`` applies to an agent running with ``current``: the
-    ``[routing.*]`` overrides, ``[cloud]`` and ``telemetry.interval_s`` apply at once; any
-    other section that differs is named as applying after a restart and keeps its running value.
+    ``[routing.*]`` overrides, ``[cloud]``, ``telemetry.interval_s`` and the enrollment
+    settings of ``[server]`` (token, token file, CA file) apply at once; any other setting that
+    differs is named as applying after a restart and keeps its running value.
     """
     live = replace(current, routing=new.routing, cloud=new.cloud)
     changes = [f"{len(new.routing)} routing override(s)"]
@@ -73,6 +75,11 @@ def plan_reload(current: AgentConfig, new: AgentConfig) -> ReloadPlan:
     cloud_changed = new.cloud != current.cloud
     if cloud_changed:
         changes.append(f"cloud {new.cloud.url or 'from the server'}")
+    # Read only to enroll, afresh at each attempt: a device that cannot enroll takes the fix.
+    enrolling = {name: getattr(new.server, name) for name in _ENROLLMENT}
+    if any(getattr(current.server, name) != value for name, value in enrolling.items()):
+        live = replace(live, server=replace(live.server, **enrolling))
+        changes.append("enrollment token and CA (used until the device is enrolled)")
     if new.telemetry.interval_s != current.telemetry.interval_s:
         live = replace(live, telemetry=replace(live.telemetry, interval_s=new.telemetry.interval_s))
         changes.append(f"telemetry every {new.telemetry.interval_s:g} s")

@@ -6,8 +6,8 @@ crosses between loops lives here, each with the loop that writes it:
 
 - ``config``: the live config. Replaced whole (never mutated) by the control loop's reloads;
   every loop reads it afresh when it needs a setting that a reload may change.
-- ``identity``: the device identity. Written by the update loop only (enrollment, certificate
-  renewal, key rotation); read by the others for ids and topics.
+- ``identity``: the device identity. Written by the enrollment loop (once), then by the update
+  loop only (certificate renewal, key rotation); read by the others for ids and topics.
 - ``server_endpoint``: the cloud endpoint the server gave last. Written by the update loop, and
   cleared by a reload that changes ``[cloud]``.
 - ``cloud_lock``: held while the router's cloud client, ``server_endpoint`` or ``config.cloud``

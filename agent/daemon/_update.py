@@ -1,19 +1,18 @@
-"""The update loop: everything the agent does with its fleet server over gRPC.
+"""The update loop: everything an enrolled agent does with its fleet server over gRPC.
 
-It enrolls the device (once), renews its certificate, checks in every ``checkin_interval_s``,
-hands the desired state to the updater (download, verify, stage, activate), adopts rotated keys
-and the server's routing policies and cloud endpoint, forgets the refusals an operator cleared
-(each check-in reports them), and judges open health windows between check-ins. It runs on
-the main thread; errors are retried with backoff, only a refused enrollment ends it. It owns its
-last check-in answer; what it shares is in ``AgentState``: it writes the identity and the
-server's cloud endpoint, and wakes early when the control loop sets the ``nudge`` event ("check
-in now").
+It starts once the enrollment loop (``_enroll``) has given the device its identity; it renews
+the certificate, checks in every ``checkin_interval_s``, hands the desired state to the updater
+(download, verify, stage, activate), adopts rotated keys and the server's routing policies and
+cloud endpoint, forgets the refusals an operator cleared (each check-in reports them), and
+judges open health windows between check-ins. It runs on the main thread; errors are retried
+with backoff, nothing ends it but the stop event. It owns its last check-in answer; what it
+shares is in ``AgentState``: it writes the identity and the server's cloud endpoint, and wakes
+early when the control loop sets the ``nudge`` event ("check in now").
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +23,7 @@ from agent.config import AgentConfig
 from agent.daemon._backoff import UNREACHABLE_BACKOFF_S, backoff
 from agent.daemon._cloud import close_later, open_cloud
 from agent.daemon._state import AgentState
-from agent.errors import AgentError, ConfigError, EnrollmentError, ManifestError, TransientError
+from agent.errors import AgentError, ConfigError, ManifestError, TransientError
 from agent.hardware.probe import HardwareInfo, to_capabilities
 from agent.identity import Identity, new_key_and_csr
 from agent.inference.engine import Engine
@@ -34,12 +33,11 @@ from agent.routing.router import Router
 from agent.telemetry.mqtt import parse_mqtt_url
 from agent.updates.health import HealthPolicy
 from agent.updates.lifecycle import Lifecycle
-from agent.updates.trust import pin_keylist, update_keylist
+from agent.updates.trust import update_keylist
 from agent.updates.updater import Updater
 from protos import device_pb2
 from protos.names import is_name, is_sha256
 from protos.refusals import MAX_REFUSALS
-from protos.topics import device_name, validate_segment
 
 __all__ = ["RENEW_BEFORE_S", "UpdateLoop", "health_policy"]
 
@@ -113,22 +111,17 @@ class UpdateLoop:
         (see ``Updater.recover``); their reports go out once the server can be reached."""
         self._pending = Updater.recover(self._lifecycle)
 
-    def run(self, stop: threading.Event, on_enrolled: Callable[[], None]) -> None:
-        """Check in until ``stop`` is set; ``on_enrolled`` is called once, when the device has
-        its identity and certificate.
-
-        Raises:
-            EnrollmentError: the server refused this device's enrollment (fatal).
-        """
+    def run(
+        self, stop: threading.Event, identity: Identity, on_enrolled: Callable[[], None]
+    ) -> None:
+        """Check in as ``identity`` (from the enrollment loop) until ``stop`` is set;
+        ``on_enrolled`` is called once, when the device client uses its certificate."""
         attempt = 0
         updater: Updater | None = None
         state = self._state
         interval = state.config.server.checkin_interval_s
         while not stop.is_set():
             try:
-                identity = state.identity
-                if identity is None:
-                    identity = state.identity = self._enroll()
                 if updater is None:
                     self._client.use_certificate(
                         identity.device_address,
@@ -156,8 +149,6 @@ class UpdateLoop:
                 attempt += 1
                 wait = max(1.0, backoff(attempt, min(interval, 5.0), UNREACHABLE_BACKOFF_S))
                 log.warning("%s; retrying in %.0f s", exc, wait)
-            except EnrollmentError:
-                raise
             except AgentError as exc:
                 attempt += 1
                 wait = max(interval, backoff(attempt, interval))
@@ -292,51 +283,6 @@ class UpdateLoop:
                 router.cloud = None
             if old is not None:
                 close_later(old)
-
-    def _enroll(self) -> Identity:
-        config = self._state.config
-        token = config.enrollment_token()
-        if not token:
-            raise EnrollmentError(
-                "this device is not enrolled and no enrollment token is configured "
-                "(server.enrollment_token or server.enrollment_token_file)"
-            )
-        name = device_name(config.agent.name or socket.gethostname())
-        key_pem, csr_pem = new_key_and_csr(name)
-        response = self._client.enroll(
-            device_pb2.EnrollRequest(
-                enrollment_token=token,
-                requested_name=name,
-                capabilities=to_capabilities(self._probe()),
-                labels=config.agent.labels,
-                csr_pem=csr_pem,
-            )
-        )
-        fleet_id = validate_segment(response.fleet_id, "fleet id")
-        try:
-            trust = pin_keylist(
-                response.keylist.SerializeToString(), fleet_id=fleet_id, now=time.time()
-            )
-        except ManifestError as exc:
-            raise EnrollmentError(f"the server's key list does not verify: {exc}") from exc
-        identity = Identity(
-            device_id=validate_segment(response.device_id, "device id"),
-            fleet_id=fleet_id,
-            trust=trust,
-            mqtt_url=response.mqtt_url,
-            device_address=response.device_address,
-            certificate_pem=response.certificate_pem,
-            key_pem=key_pem,
-            ca_pem=response.ca_pem or config.fleet_ca(),
-        )
-        identity.save(self._store.root)
-        log.info(
-            "enrolled as %s in fleet %s; pinned key list version %d",
-            identity.device_id,
-            identity.fleet_id,
-            trust.version,
-        )
-        return identity
 
     def _renew_if_due(self) -> None:
         """Renew the client certificate in its last 30 days (a new key each time)."""

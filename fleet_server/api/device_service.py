@@ -17,6 +17,7 @@ from fleet_server.api._errors import abort_for, rpc_errors
 from fleet_server.api.auth import require_device
 from fleet_server.catalog.select import DeviceProfile
 from fleet_server.errors import AuthError, BadRequestError, FleetError
+from fleet_server.registry.ca import public_key_sha256
 from fleet_server.registry.capabilities import bounded
 from fleet_server.registry.checkins import CachedAnswer, state_version
 from fleet_server.registry.labels import check_labels
@@ -70,8 +71,9 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
             raise BadRequestError(
                 "enrollment needs a certificate signing request (csr_pem); upgrade the agent"
             )
-        # Check the CSR before spending the token, so a bad request does not burn it.
-        self._ctx.ca.check_csr(request.csr_pem, expected_cn=name)
+        # Check the CSR before spending the token, so a bad request does not burn it. Its
+        # signature verifies: only the holder of its key can ask again with the same key.
+        csr = self._ctx.ca.check_csr(request.csr_pem, expected_cn=name)
         bootstrap = bool(
             token
             and self._ctx.enrollment_token
@@ -82,9 +84,10 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
                 "enrollment token is unknown, expired or used up; ask the fleet admin for a "
                 "new one ('edgefleet tokens create')"
             )
-        device_id, issued = self._ctx.devices.enroll(
+        enrolled = self._ctx.devices.enroll(
             name,
             token=None if bootstrap else token,
+            key_sha256=public_key_sha256(csr),
             labels=check_labels(request.labels),
             capabilities=MessageToDict(
                 bounded(request.capabilities), preserving_proto_field_name=True
@@ -93,7 +96,15 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
                 request.csr_pem, device_id, expected_cn=name
             ),
         )
-        log.info("enrolled device %s (certificate %s)", device_id, issued.serial[:12])
+        device_id, issued = enrolled.device_id, enrolled.issued
+        if enrolled.repeated:
+            log.info(
+                "answered device %s's enrollment again (same token and key; certificate %s)",
+                device_id,
+                issued.serial[:12],
+            )
+        else:
+            log.info("enrolled device %s (certificate %s)", device_id, issued.serial[:12])
         return pb.EnrollResponse(
             device_id=device_id,
             fleet_id=self._ctx.fleet_id,

@@ -9,6 +9,7 @@ device's current certificate serial and refuses any other (a revoked device has 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 import os
 import socket
@@ -24,7 +25,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fleet_server.errors import BadRequestError, DataDirError
 
-__all__ = ["DEVICE_CERT_DAYS", "FleetCA", "IssuedCert", "default_sans", "peer_certificate"]
+__all__ = [
+    "DEVICE_CERT_DAYS",
+    "FleetCA",
+    "IssuedCert",
+    "default_sans",
+    "peer_certificate",
+    "public_key_sha256",
+]
 
 DEVICE_CERT_DAYS = 365
 _CA_DAYS = 20 * 365
@@ -279,6 +287,15 @@ class FleetCA:
             ]
         )
         return self._issue(subject, key, days, ExtendedKeyUsageOID.CLIENT_AUTH)
+
+
+def public_key_sha256(csr: x509.CertificateSigningRequest) -> str:
+    """The sha256 (hex) of a CSR's public key (DER SubjectPublicKeyInfo): which key asks. Only
+    the key's holder can make a CSR for it whose signature verifies (:meth:`FleetCA.check_csr`)."""
+    der = csr.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
 
 
 def peer_certificate(pem: bytes) -> tuple[str, str]:

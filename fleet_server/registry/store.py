@@ -17,9 +17,44 @@ from fleet_server.registry.ca import IssuedCert
 from fleet_server.registry.presence import presence
 from fleet_server.registry.refusals import RefusalKey, decode
 from fleet_server.storage.db import Database, bump_generation, hold_writes
-from fleet_server.storage.schema import device_models, devices, enrollment_tokens
+from fleet_server.storage.schema import (
+    benchmarks,
+    device_events,
+    device_models,
+    devices,
+    enrollment_tokens,
+    enrollments,
+    refusal_clears,
+    rollout_devices,
+    telemetry_history,
+    usage,
+)
 
-__all__ = ["DeviceModelRow", "DeviceRow", "DeviceStore", "token_digest"]
+__all__ = [
+    "REPEAT_WINDOW_S",
+    "DeviceModelRow",
+    "DeviceRow",
+    "DeviceStore",
+    "Enrollment",
+    "Ghost",
+    "token_digest",
+]
+
+# How long after an enrollment the same token and public key get the same answer again.
+REPEAT_WINDOW_S = 600
+_BOOTSTRAP = "bootstrap"  # the enrollments row's token for the data dir's reusable token
+# Every table with a row per device: a deleted ghost leaves nothing behind (rollouts assign
+# ghosts too; the rest is there for safety, a ghost has sent nothing).
+_DEVICE_TABLES = (
+    enrollments,
+    refusal_clears,  # a clear by label selector may have chosen a ghost
+    rollout_devices,
+    device_models,
+    device_events,
+    usage,
+    telemetry_history,
+    benchmarks,
+)
 
 
 @dataclass(frozen=True)
@@ -63,6 +98,52 @@ class DeviceRow:
         )
 
 
+@dataclass(frozen=True)
+class Enrollment:
+    """What an enrollment gave: the device's id and certificate; ``repeated``: the answer of an
+    earlier request with the same token and key, given again."""
+
+    device_id: str
+    issued: IssuedCert
+    repeated: bool
+
+
+@dataclass(frozen=True)
+class Ghost:
+    """A device deleted because it enrolled and was never heard of again."""
+
+    device_id: str
+    name: str
+    enrolled_at: int
+    labels: dict[str, str]
+
+
+def _first(at: Any) -> Any:
+    """``first_checkin_at`` after a check-in at ``at``: set once, then kept."""
+    return sa.func.coalesce(devices.c.first_checkin_at, at)
+
+
+def _repeat(conn: sa.Connection, token_key: str, key_sha256: str, now: int) -> Enrollment | None:
+    """The answer of this token's enrollment with this key, if it is recent and its
+    certificate is still the device's (not revoked, not renewed since)."""
+    row = conn.execute(
+        sa.select(enrollments.c.device_id, enrollments.c.certificate, devices.c.cert_serial)
+        .add_columns(devices.c.cert_not_after)
+        .join(devices, devices.c.device_id == enrollments.c.device_id)
+        .where(
+            (enrollments.c.token_sha256 == token_key)
+            & (enrollments.c.key_sha256 == key_sha256)
+            & (enrollments.c.at >= now - REPEAT_WINDOW_S)
+            & (devices.c.cert_serial == enrollments.c.cert_serial)
+            & devices.c.revoked_at.is_(None)
+        )
+    ).first()
+    if row is None:
+        return None
+    issued = IssuedCert(row.certificate.encode(), row.cert_serial, int(row.cert_not_after))
+    return Enrollment(row.device_id, issued, repeated=True)
+
+
 def token_digest(token: str) -> str:
     """What is stored instead of a device token."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -94,26 +175,66 @@ class DeviceStore:
         name: str,
         *,
         token: str | None,
+        key_sha256: str,
         labels: Mapping[str, str],
         capabilities: Mapping[str, Any],
         certify: Callable[[str], IssuedCert],
-    ) -> tuple[str, IssuedCert]:
+    ) -> Enrollment:
         """Enroll a device in one transaction: spend one use of ``token`` (None: the data
         dir's reusable bootstrap token), register the device under a unique id derived from
         ``name`` with the token's labels over its own, and record the certificate
         ``certify(device_id)`` issues. A failure at any step (the database, the CA) leaves
         nothing: no device without a certificate, no use of the token spent.
 
+        The same token with the same public key (``key_sha256``, of a CSR whose signature
+        verified) within :data:`REPEAT_WINDOW_S` of its first use is a repeat (the device did
+        not get or keep the answer): it gets that enrollment's device and certificate again and
+        spends nothing, as long as the device is not revoked and has not renewed since. Two
+        identical requests at once get the same answer.
+
         Raises:
-            AuthError: the token is unknown, expired or used up.
+            AuthError: the token is unknown, expired or used up (and this is no repeat).
             AlreadyExistsError: no free id near ``name`` (retry).
         """
+
+        def attempt() -> Enrollment:
+            return self._enroll(
+                name,
+                token=token,
+                key_sha256=key_sha256,
+                labels=labels,
+                capabilities=capabilities,
+                certify=certify,
+            )
+
+        try:
+            return attempt()
+        except sa.exc.IntegrityError:
+            # PostgreSQL: an identical request committed the same (token, key) first while
+            # this one waited for it; now it is a repeat.
+            return attempt()
+
+    def _enroll(
+        self,
+        name: str,
+        *,
+        token: str | None,
+        key_sha256: str,
+        labels: Mapping[str, str],
+        capabilities: Mapping[str, Any],
+        certify: Callable[[str], IssuedCert],
+    ) -> Enrollment:
         now = int(time.time())
+        token_key = token_digest(token) if token is not None else _BOOTSTRAP
         with self._engine.begin() as conn:
             hold_writes(conn)  # SQLite: one enrollment at a time, so the free id stays free
+            conn.execute(enrollments.delete().where(enrollments.c.at < now - REPEAT_WINDOW_S))
+            repeat = _repeat(conn, token_key, key_sha256, now)
+            if repeat is not None:
+                return repeat
             merged = dict(labels)
             if token is not None:
-                key = enrollment_tokens.c.token_sha256 == token_digest(token)
+                key = enrollment_tokens.c.token_sha256 == token_key
                 spent = conn.execute(
                     enrollment_tokens.update()
                     .where(
@@ -124,6 +245,10 @@ class DeviceStore:
                     .values(uses_left=enrollment_tokens.c.uses_left - 1)
                 )
                 if spent.rowcount != 1:
+                    # PostgreSQL: the first use may have committed while this waited for it.
+                    repeat = _repeat(conn, token_key, key_sha256, now)
+                    if repeat is not None:
+                        return repeat
                     raise AuthError(
                         "enrollment token is unknown, expired or used up; ask the fleet admin "
                         "for a new one ('edgefleet tokens create')"
@@ -137,8 +262,18 @@ class DeviceStore:
                 .where(devices.c.device_id == device_id)
                 .values(cert_serial=issued.serial, cert_not_after=issued.not_after)
             )
+            conn.execute(
+                enrollments.insert().values(
+                    token_sha256=token_key,
+                    key_sha256=key_sha256,
+                    device_id=device_id,
+                    cert_serial=issued.serial,
+                    certificate=issued.pem.decode(),
+                    at=now,
+                )
+            )
             bump_generation(conn)
-        return device_id, issued
+        return Enrollment(device_id, issued, repeated=False)
 
     @staticmethod
     def _insert_device(
@@ -313,6 +448,40 @@ class DeviceStore:
                 if exists is None:
                     raise NotFoundError(f"device {device_id!r} is not enrolled")
 
+    def delete_ghosts(self, enrolled_before: int, limit: int = 100) -> list[Ghost]:
+        """Delete up to ``limit`` devices enrolled before ``enrolled_before`` that were never
+        heard of since: no check-in, no telemetry or MQTT state, no update report; revoked
+        ones stay (their certificate belongs in the CRL). Each goes with its rows in every
+        table, in one transaction that re-checks the condition under a lock, so a device
+        whose first check-in is written meanwhile is not deleted. Returns what was deleted."""
+        ghost = (
+            devices.c.first_checkin_at.is_(None)
+            & devices.c.revoked_at.is_(None)
+            & devices.c.last_telemetry_at.is_(None)
+            & devices.c.online_state.is_(None)
+            & (devices.c.enrolled_at < enrolled_before)
+            & ~sa.exists().where(device_models.c.device_id == devices.c.device_id)
+        )
+        query = (
+            sa.select(devices.c.device_id, devices.c.name, devices.c.enrolled_at, devices.c.labels)
+            .where(ghost)
+            .order_by(devices.c.enrolled_at, devices.c.device_id)
+            .limit(limit)
+        )
+        with self._engine.begin() as conn:
+            hold_writes(conn)
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update(of=devices)
+            rows = conn.execute(query).all()
+            ids = [r.device_id for r in rows]
+            if not ids:
+                return []
+            for table in _DEVICE_TABLES:
+                conn.execute(table.delete().where(table.c.device_id.in_(ids)))
+            conn.execute(devices.delete().where(devices.c.device_id.in_(ids)))
+            bump_generation(conn)
+        return [Ghost(r.device_id, r.name, int(r.enrolled_at), json.loads(r.labels)) for r in rows]
+
     def get_device(self, device_id: str) -> DeviceRow:
         """One device with its models.
 
@@ -338,13 +507,17 @@ class DeviceStore:
                     conn.execute(
                         devices.update()
                         .where(devices.c.device_id.in_(ids[start : start + 500]))
-                        .values(last_seen=at)
+                        .values(last_seen=at, first_checkin_at=_first(at))
                     )
             if with_caps:
                 conn.execute(
                     devices.update()
                     .where(devices.c.device_id == sa.bindparam("d"))
-                    .values(last_seen=sa.bindparam("t"), capabilities=sa.bindparam("c")),
+                    .values(
+                        last_seen=sa.bindparam("t"),
+                        capabilities=sa.bindparam("c"),
+                        first_checkin_at=_first(sa.bindparam("t")),
+                    ),
                     with_caps,
                 )
 

@@ -12,6 +12,7 @@ from fleet_server.storage.schema import (
     deployments,
     device_events,
     enrollment_tokens,
+    enrollments,
     fleet_state,
     model_history,
     models,
@@ -211,6 +212,16 @@ def _v20_to_v21(conn: sa.Connection) -> None:
     refusal_clears.create(conn, checkfirst=True)
 
 
+def _v21_to_v22(conn: sa.Connection) -> None:
+    """Version 22: kill-safe enrollment. Devices record their first check-in (a device without
+    one is deleted as a ghost after a while); every device enrolled before counts as checked
+    in, so none of them is ever deleted as a ghost. Enrollment answers are kept for repeats."""
+    if "first_checkin_at" not in {c["name"] for c in sa.inspect(conn).get_columns("devices")}:
+        conn.execute(sa.text("ALTER TABLE devices ADD COLUMN first_checkin_at BIGINT"))
+    conn.execute(sa.text("UPDATE devices SET first_checkin_at = last_seen"))
+    enrollments.create(conn, checkfirst=True)
+
+
 # From version N to N + 1.
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     1: _v1_to_v2,
@@ -233,4 +244,5 @@ MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     18: _v18_to_v19,
     19: _v19_to_v20,
     20: _v20_to_v21,
+    21: _v21_to_v22,
 }

@@ -1,11 +1,12 @@
 """The server's tables (SQLAlchemy Core) and the schema version they make.
 
 Each table belongs to one concern, which owns its queries: devices, enrollment tokens,
-device_models and refusal_clears to ``registry``; releases, models, deployments and
-benchmarks to ``catalog``; rollouts and rollout_devices to ``rollouts``; audit_log to
-``audit``; routing_policies, settings and usage to ``routing`` (usage is written by
-``telemetry``); device_events and the history tables to ``telemetry``. ``fleet_state`` is
-storage's own (the generation).
+enrollments, device_models and refusal_clears to ``registry`` (which also deletes a device's
+rows everywhere when it deletes a ghost device); releases, models, deployments and benchmarks
+to ``catalog``; rollouts and rollout_devices to ``rollouts``; audit_log to ``audit``;
+routing_policies, settings and usage to ``routing`` (usage is written by ``telemetry``);
+device_events and the history tables to ``telemetry``. ``fleet_state`` is storage's own (the
+generation).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = [
     "device_models",
     "devices",
     "enrollment_tokens",
+    "enrollments",
     "fleet_state",
     "metadata",
     "model_history",
@@ -36,7 +38,7 @@ __all__ = [
     "usage",
 ]
 
-SCHEMA_VERSION = 21
+SCHEMA_VERSION = 22
 
 metadata = sa.MetaData()
 
@@ -74,6 +76,9 @@ devices = sa.Table(
     # The releases the device refuses, as its last check-in reported them: JSON
     # [[model name, sha256], ...]; NULL = its agent does not report them.
     sa.Column("refusals", sa.Text, nullable=True),
+    # When it first checked in; NULL: enrolled and never heard of since (a ghost once it is
+    # older than --ghost-device-after).
+    sa.Column("first_checkin_at", sa.BigInteger, nullable=True),
 )
 
 # Refusals an operator cleared ('edgefleet devices clear-refusal') that the device has not
@@ -213,6 +218,22 @@ enrollment_tokens = sa.Table(
     sa.Column("labels", sa.Text, nullable=False, default="{}"),
     sa.Column("note", sa.String(255), nullable=False, default=""),
     sa.Column("created_by", sa.String(128), nullable=False, default=""),
+)
+
+# Each enrollment's answer for 10 minutes (registry.store.REPEAT_WINDOW_S): the same token
+# with the same public key (an agent killed before it saved its identity, asking again) gets
+# the same device and certificate instead of a refusal.
+enrollments = sa.Table(
+    "enrollments",
+    metadata,
+    sa.Column("token_sha256", sa.String(64), primary_key=True),  # "bootstrap": the data dir's
+    sa.Column("key_sha256", sa.String(64), primary_key=True),  # of the DER SubjectPublicKeyInfo
+    sa.Column(
+        "device_id", sa.String(64), sa.ForeignKey("devices.device_id"), nullable=False, index=True
+    ),
+    sa.Column("cert_serial", sa.String(40), nullable=False),
+    sa.Column("certificate", sa.Text, nullable=False),  # PEM
+    sa.Column("at", sa.BigInteger, nullable=False),
 )
 
 device_models = sa.Table(
