@@ -241,7 +241,9 @@ class FleetServer:
                 ingest.watch_health(ctx.health, self._controller.wake)
                 ctx.send_command = ingest.command
             ctx.revoked = self._revoked
-            self._ghosts = GhostReaper(ctx.devices, ctx.audit, after_s=s.ghost_device_after)
+            self._ghosts = GhostReaper(
+                ctx.devices, ctx.audit, after_s=s.ghost_device_after, on_deleted=self._write_crl
+            )
         try:
             # Workers take device calls only: enrollment, the admin API and commands (which
             # need the MQTT connection) stay with the main process.

@@ -10,6 +10,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from fleet_server.registry.store import DeviceStore, Ghost
@@ -37,8 +38,17 @@ def sweep_interval(after_s: float) -> float:
 class GhostReaper:
     """Deletes ghost devices older than ``after_s`` seconds (0: never), on a thread of its own."""
 
-    def __init__(self, devices: DeviceStore, audit: AuditSink, *, after_s: float) -> None:
+    def __init__(
+        self,
+        devices: DeviceStore,
+        audit: AuditSink,
+        *,
+        after_s: float,
+        on_deleted: Callable[[], None] | None = None,
+    ) -> None:
+        """``on_deleted``: called after a sweep that deleted any (the CRL is written again)."""
         self._devices = devices
+        self._on_deleted = on_deleted
         self._audit = audit
         self._after_s = after_s
         self._stop = threading.Event()
@@ -86,6 +96,8 @@ class GhostReaper:
                 )
             deleted += batch
             if len(batch) < _BATCH or self._stop.is_set():
+                if deleted and self._on_deleted is not None:
+                    self._on_deleted()
                 return deleted
 
     def _run(self) -> None:

@@ -25,6 +25,7 @@ from fleet_server.storage.schema import (
     enrollment_tokens,
     enrollments,
     refusal_clears,
+    retired_certificates,
     rollout_devices,
     telemetry_history,
     usage,
@@ -419,14 +420,18 @@ class DeviceStore:
             bump_generation(conn)  # routing policies select devices by label
 
     def revoked_certificates(self) -> list[tuple[str, int]]:
-        """(current certificate serial, revoked at) of every revoked device (for the CRL)."""
+        """(certificate serial, revoked at) of every revoked device and deleted ghost (for the
+        CRL)."""
         with self._engine.connect() as conn:
             rows = conn.execute(
                 sa.select(devices.c.cert_serial, devices.c.revoked_at).where(
                     devices.c.revoked_at.is_not(None) & devices.c.cert_serial.is_not(None)
                 )
             ).all()
-        return [(str(serial), int(at)) for serial, at in rows]
+            retired = conn.execute(
+                sa.select(retired_certificates.c.cert_serial, retired_certificates.c.retired_at)
+            ).all()
+        return [(str(serial), int(at)) for serial, at in [*rows, *retired]]
 
     def revoke(self, device_id: str) -> None:
         """Refuse a device's credentials from now on (idempotent).
@@ -452,8 +457,9 @@ class DeviceStore:
         """Delete up to ``limit`` devices enrolled before ``enrolled_before`` that were never
         heard of since: no check-in, no telemetry or MQTT state, no update report; revoked
         ones stay (their certificate belongs in the CRL). Each goes with its rows in every
-        table, in one transaction that re-checks the condition under a lock, so a device
-        whose first check-in is written meanwhile is not deleted. Returns what was deleted."""
+        table, its certificate into the CRL, its enrollment's token use given back, in one
+        transaction that re-checks the condition under a lock, so a device whose first
+        check-in is written meanwhile is not deleted. Returns what was deleted."""
         ghost = (
             devices.c.first_checkin_at.is_(None)
             & devices.c.revoked_at.is_(None)
@@ -476,6 +482,33 @@ class DeviceStore:
             ids = [r.device_id for r in rows]
             if not ids:
                 return []
+            now = int(time.time())
+            # The enrollment a ghost spent gives its use back (the agent killed before it saved
+            # its identity enrolls again with it); its certificate goes into the CRL.
+            spent = conn.execute(
+                sa.select(enrollments.c.token_sha256).where(
+                    enrollments.c.device_id.in_(ids) & (enrollments.c.token_sha256 != _BOOTSTRAP)
+                )
+            ).all()
+            for (token,) in spent:
+                conn.execute(
+                    enrollment_tokens.update()
+                    .where(enrollment_tokens.c.token_sha256 == token)
+                    .values(uses_left=enrollment_tokens.c.uses_left + 1)
+                )
+            serials = conn.execute(
+                sa.select(devices.c.device_id, devices.c.cert_serial).where(
+                    devices.c.device_id.in_(ids) & devices.c.cert_serial.is_not(None)
+                )
+            ).all()
+            if serials:
+                conn.execute(
+                    retired_certificates.insert(),
+                    [
+                        {"cert_serial": serial, "device_id": device, "retired_at": now}
+                        for device, serial in serials
+                    ],
+                )
             for table in _DEVICE_TABLES:
                 conn.execute(table.delete().where(table.c.device_id.in_(ids)))
             conn.execute(devices.delete().where(devices.c.device_id.in_(ids)))

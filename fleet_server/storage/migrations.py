@@ -18,6 +18,7 @@ from fleet_server.storage.schema import (
     models,
     refusal_clears,
     releases,
+    retired_certificates,
     rollout_devices,
     rollouts,
     routing_policies,
@@ -215,11 +216,13 @@ def _v20_to_v21(conn: sa.Connection) -> None:
 def _v21_to_v22(conn: sa.Connection) -> None:
     """Version 22: kill-safe enrollment. Devices record their first check-in (a device without
     one is deleted as a ghost after a while); every device enrolled before counts as checked
-    in, so none of them is ever deleted as a ghost. Enrollment answers are kept for repeats."""
+    in, so none of them is ever deleted as a ghost. Enrollment answers are kept for repeats; the
+    certificates of deleted ghosts stay in the CRL."""
     if "first_checkin_at" not in {c["name"] for c in sa.inspect(conn).get_columns("devices")}:
         conn.execute(sa.text("ALTER TABLE devices ADD COLUMN first_checkin_at BIGINT"))
     conn.execute(sa.text("UPDATE devices SET first_checkin_at = last_seen"))
     enrollments.create(conn, checkfirst=True)
+    retired_certificates.create(conn, checkfirst=True)
 
 
 # From version N to N + 1.

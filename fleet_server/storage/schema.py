@@ -220,6 +220,17 @@ enrollment_tokens = sa.Table(
     sa.Column("created_by", sa.String(128), nullable=False, default=""),
 )
 
+# Certificates of devices that no longer exist (ghosts, deleted): kept in the CRL, so a
+# certificate issued to a thief who enrolled with a seen token and vanished is refused by
+# mosquitto (which knows devices only by their certificate) even when its id is reused.
+retired_certificates = sa.Table(
+    "retired_certificates",
+    metadata,
+    sa.Column("cert_serial", sa.String(40), primary_key=True),
+    sa.Column("device_id", sa.String(64), nullable=False),
+    sa.Column("retired_at", sa.BigInteger, nullable=False),
+)
+
 # Each enrollment's answer for 10 minutes (registry.store.REPEAT_WINDOW_S): the same token
 # with the same public key (an agent killed before it saved its identity, asking again) gets
 # the same device and certificate instead of a refusal.

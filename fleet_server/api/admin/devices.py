@@ -101,12 +101,12 @@ class DevicesAdmin(AdminBase):
             device_ids = self._clear_refusal(request, selector, who)
         except FleetError as exc:
             self._ctx.audit.append(
-                who, "ClearRefusal", target, json.dumps(detail), ok=False, error=str(exc)
+                who, "ClearRefusal", target, _audit_detail(detail), ok=False, error=str(exc)
             )
             raise
         # The first devices (an entry's detail is bounded) and how many in all.
         detail["devices"], detail["device_count"] = device_ids[:_AUDITED_DEVICES], len(device_ids)
-        self._ctx.audit.append(who, "ClearRefusal", target, json.dumps(detail), ok=True)
+        self._ctx.audit.append(who, "ClearRefusal", target, _audit_detail(detail), ok=True)
         return pb.ClearRefusalResponse(device_ids=device_ids)
 
     def _clear_refusal(self, request: pb.ClearRefusalRequest, selector: str, who: str) -> list[str]:
@@ -266,3 +266,28 @@ def _nothing_to_clear(
         f"none of the {len(candidates)} device(s) matching {selector} refuses a release of "
         f"{what}{older}"
     )
+
+
+_AUDIT_DETAIL_MAX = 8192  # what the audit log keeps of a detail
+
+
+def _audit_detail(detail: dict[str, Any]) -> str:
+    """``detail`` as JSON that fits the audit log whole (it cuts longer details, which would
+    leave JSON no tool can read): long strings and selectors are shortened first, then device
+    ids are dropped (``device_count`` still says how many)."""
+    text = json.dumps(detail, sort_keys=True)
+    if len(text) <= _AUDIT_DETAIL_MAX:
+        return text
+    short: dict[str, Any] = {k: v[:128] if isinstance(v, str) else v for k, v in detail.items()}
+    selector = detail.get("selector")
+    if isinstance(selector, dict):
+        short["selector"] = {str(k)[:64]: str(v)[:64] for k, v in list(selector.items())[:16]}
+        short["shortened"] = True
+    devices = list(short.get("devices", []))
+    while len(text := json.dumps(short, sort_keys=True)) > _AUDIT_DETAIL_MAX and devices:
+        devices = devices[: len(devices) // 2]
+        short["devices"] = devices
+        short["shortened"] = True
+    if len(text) > _AUDIT_DETAIL_MAX:
+        text = json.dumps({"shortened": True, "device_count": detail.get("device_count")})
+    return text
