@@ -140,6 +140,7 @@ class Agent:
 
     def _serve(self, stop: threading.Event) -> None:
         state = self.state
+        self._enroll.load_stored()  # no network: enrolling waits until the models are served
         self._update.recover()
         Updater.load_active_into(self.lifecycle, self.engine)
         config = state.config

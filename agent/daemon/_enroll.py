@@ -70,6 +70,15 @@ class EnrollLoop:
         self._client = client
         self._probe = probe
 
+    def load_stored(self) -> None:
+        """At start, before the models are loaded: the stored identity into ``AgentState``, so
+        an enrolled device starts as it always did. One that cannot be read is left to
+        :meth:`run`, which reports it while the models are served."""
+        try:
+            self._state.identity = Identity.load(self._root)
+        except AgentError as exc:
+            log.debug("the stored identity is not usable yet: %s", exc)
+
     def run(self, stop: threading.Event, on_problem: Callable[[str], None]) -> Identity | None:
         """The device's identity, once it has one (None: ``stop`` was set first).
         ``on_problem`` hears each new reason it has none yet, and "" once it has."""
@@ -79,7 +88,7 @@ class EnrollLoop:
         while not stop.is_set():
             transient = False
             try:
-                identity = Identity.load(self._root) or self._enroll()
+                identity = self._state.identity or Identity.load(self._root) or self._enroll()
             except TransientError as exc:
                 why, transient = str(exc), True
             except AgentError as exc:
