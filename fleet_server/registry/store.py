@@ -474,6 +474,9 @@ class DeviceStore:
             .order_by(devices.c.enrolled_at, devices.c.device_id)
             .limit(limit)
         )
+        with self._engine.connect() as conn:  # usually none: no write lock for nothing
+            if conn.execute(query.limit(1)).first() is None:
+                return []
         with self._engine.begin() as conn:
             hold_writes(conn)
             if conn.dialect.name == "postgresql":
