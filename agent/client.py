@@ -216,8 +216,10 @@ class DeviceClient:
         self._bootstrap: _FreshChannel | None = None
         self._channel: _FreshChannel | None = None
         self.device_address = ""
-        # Called with every status report (the agent also sends them as MQTT events).
-        self.on_report: Callable[[pb.StatusReport], None] | None = None
+        # Called with every status report: the agent spools it as an event (MQTT) ...
+        self.on_report: Callable[[pb.StatusReport], bool] | None = None
+        # ... and delivers its outbox over this API; False: this server does not take outboxes.
+        self.deliver_outbox: Callable[[], bool] | None = None
 
     def close(self) -> None:
         """Close the channels."""
@@ -322,12 +324,23 @@ class DeviceClient:
         return response
 
     def report(self, report: pb.StatusReport) -> None:
-        """Send an update status report (best effort: failures are logged, not raised)."""
+        """Report an update status (failures are logged, not raised). It is spooled as an event
+        and delivered with the outbox, again at every check-in until the server has stored it;
+        to a server without outboxes (or when the spool cannot take it) it is sent once, as
+        before."""
+        spooled = False
         if self.on_report is not None:
             try:
-                self.on_report(report)
+                spooled = self.on_report(report)
             except Exception:
-                log.exception("could not spool the update event")
+                log.exception("could not spool the update event; sending it once")
+        if spooled and self.deliver_outbox is not None:
+            try:
+                if self.deliver_outbox():
+                    return
+            except AgentError as exc:
+                log.warning("update event kept for the next check-in: %s", exc)
+                return
         try:
             self._call(
                 "status report",
@@ -336,6 +349,26 @@ class DeviceClient:
             )
         except AgentError as exc:
             log.warning("could not report status: %s", exc)
+
+    def deliver(self, outbox: pb.Outbox) -> pb.Delivery | None:
+        """Deliver the outbox; what the server has stored of this device's messages, or None
+        from a server too old to take outboxes.
+
+        Raises:
+            AgentError: the server is unreachable or refused it.
+        """
+        try:
+            response: pb.Delivery = self._call(
+                "delivery",
+                self._device,
+                lambda wire: wire.stub.Deliver(outbox, timeout=self._timeout),
+            )
+        except AgentError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, grpc.RpcError) and cause.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return None
+            raise
+        return response
 
     def report_benchmark(self, report: pb.BenchmarkReport) -> None:
         """Send a benchmark result.

@@ -12,6 +12,7 @@ the same run: the same messages published by a bare paho client without a spool.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import threading
 import time
@@ -69,6 +70,10 @@ class Counter:
         self.client.disconnect()
 
 
+def _same(payload: bytes, _seq: int) -> bytes:
+    return payload
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=5000)
@@ -83,7 +88,7 @@ def main() -> int:
             spool = Spool(tmp / "spool.db", max_messages=n * 2)
             started = time.perf_counter()
             for payload in payloads:
-                spool.append(TOPIC, payload)
+                spool.append(TOPIC, functools.partial(_same, payload))
             write = n / (time.perf_counter() - started)
 
             counter = Counter(broker.port, n)

@@ -23,6 +23,34 @@ INSTALLED: UpdateState
 FAILED: UpdateState
 ROLLED_BACK: UpdateState
 
+class Outbox(_message.Message):
+    __slots__ = ("epoch", "floor", "events")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    FLOOR_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    epoch: str
+    floor: int
+    events: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, epoch: _Optional[str] = ..., floor: _Optional[int] = ..., events: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class SeqRange(_message.Message):
+    __slots__ = ("first", "last")
+    FIRST_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    first: int
+    last: int
+    def __init__(self, first: _Optional[int] = ..., last: _Optional[int] = ...) -> None: ...
+
+class Delivery(_message.Message):
+    __slots__ = ("epoch", "highest", "missing")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    HIGHEST_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    epoch: str
+    highest: int
+    missing: _containers.RepeatedCompositeFieldContainer[SeqRange]
+    def __init__(self, epoch: _Optional[str] = ..., highest: _Optional[int] = ..., missing: _Optional[_Iterable[_Union[SeqRange, _Mapping]]] = ...) -> None: ...
+
 class BenchmarkReport(_message.Message):
     __slots__ = ("model_name", "version", "sha256", "backend", "threads", "requests", "seconds", "p50_ms", "p95_ms", "throughput_per_s", "runtime")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]

@@ -67,6 +67,11 @@ class DeviceServiceStub:
                 request_serializer=protos_dot_device__pb2.BenchmarkReport.SerializeToString,
                 response_deserializer=protos_dot_device__pb2.StatusAck.FromString,
                 _registered_method=True)
+        self.Deliver = channel.unary_unary(
+                '/edgefleet.v1.DeviceService/Deliver',
+                request_serializer=protos_dot_device__pb2.Outbox.SerializeToString,
+                response_deserializer=protos_dot_device__pb2.Delivery.FromString,
+                _registered_method=True)
 
 
 class DeviceServiceServicer:
@@ -118,6 +123,16 @@ class DeviceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Deliver(self, request, context):
+        """The device's outbox: the update events it has not seen stored yet (also sent over MQTT;
+        whichever copy arrives first counts), and the lowest sequence number it still holds. The
+        answer says what the server has stored of the device's message sequence, so the device
+        forgets that and publishes again what is missing (docs/mqtt.md, "Delivery").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeviceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -150,6 +165,11 @@ def add_DeviceServiceServicer_to_server(servicer, server):
                     servicer.ReportBenchmark,
                     request_deserializer=protos_dot_device__pb2.BenchmarkReport.FromString,
                     response_serializer=protos_dot_device__pb2.StatusAck.SerializeToString,
+            ),
+            'Deliver': grpc.unary_unary_rpc_method_handler(
+                    servicer.Deliver,
+                    request_deserializer=protos_dot_device__pb2.Outbox.FromString,
+                    response_serializer=protos_dot_device__pb2.Delivery.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -317,6 +337,33 @@ class DeviceService:
             '/edgefleet.v1.DeviceService/ReportBenchmark',
             protos_dot_device__pb2.BenchmarkReport.SerializeToString,
             protos_dot_device__pb2.StatusAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Deliver(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.DeviceService/Deliver',
+            protos_dot_device__pb2.Outbox.SerializeToString,
+            protos_dot_device__pb2.Delivery.FromString,
             options,
             channel_credentials,
             insecure,

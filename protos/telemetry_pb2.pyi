@@ -64,7 +64,7 @@ class ModelTelemetry(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., backend: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., latency: _Optional[_Union[LatencySummary, _Mapping]] = ..., window_requests: _Optional[int] = ..., device: _Optional[str] = ..., backend_reason: _Optional[str] = ..., rejected: _Optional[int] = ..., window_errors: _Optional[int] = ..., routing_policy: _Optional[str] = ..., cloud_requests: _Optional[int] = ..., cloud_errors: _Optional[int] = ..., cloud_skipped: _Optional[int] = ..., cloud_cost_usd: _Optional[float] = ..., window_cloud_requests: _Optional[int] = ..., window_cloud_cost_usd: _Optional[float] = ..., window_routed_requests: _Optional[int] = ..., window_compute_ms: _Optional[float] = ...) -> None: ...
 
 class TelemetryReport(_message.Message):
-    __slots__ = ("device_id", "seq", "sent_unix_ms", "models", "uptime_s", "epoch", "spool_dropped", "system")
+    __slots__ = ("device_id", "seq", "sent_unix_ms", "models", "uptime_s", "epoch", "spool_dropped", "system", "spool_lost")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     SENT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,7 @@ class TelemetryReport(_message.Message):
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     SPOOL_DROPPED_FIELD_NUMBER: _ClassVar[int]
     SYSTEM_FIELD_NUMBER: _ClassVar[int]
+    SPOOL_LOST_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     seq: int
     sent_unix_ms: int
@@ -81,7 +82,8 @@ class TelemetryReport(_message.Message):
     epoch: str
     spool_dropped: int
     system: SystemTelemetry
-    def __init__(self, device_id: _Optional[str] = ..., seq: _Optional[int] = ..., sent_unix_ms: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelTelemetry, _Mapping]]] = ..., uptime_s: _Optional[float] = ..., epoch: _Optional[str] = ..., spool_dropped: _Optional[int] = ..., system: _Optional[_Union[SystemTelemetry, _Mapping]] = ...) -> None: ...
+    spool_lost: str
+    def __init__(self, device_id: _Optional[str] = ..., seq: _Optional[int] = ..., sent_unix_ms: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelTelemetry, _Mapping]]] = ..., uptime_s: _Optional[float] = ..., epoch: _Optional[str] = ..., spool_dropped: _Optional[int] = ..., system: _Optional[_Union[SystemTelemetry, _Mapping]] = ..., spool_lost: _Optional[str] = ...) -> None: ...
 
 class SystemTelemetry(_message.Message):
     __slots__ = ("cpu_percent", "load1", "memory_used_bytes", "memory_total_bytes", "disk_free_bytes", "disk_total_bytes", "temperatures_c")

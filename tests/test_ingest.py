@@ -33,15 +33,15 @@ def test_a_failed_batch_is_retried_and_counted_once(
         )
         for seq in (1, 2)
     ]
-    real = telemetry.record_mqtt_batch
+    real = telemetry._write
     failures = [RuntimeError("database is locked")]
 
-    def flaky(batch: object) -> None:
+    def flaky(conn: object, batch: object) -> bool:
         if failures:
             raise failures.pop()
-        real(batch)  # type: ignore[arg-type]
+        return real(conn, batch)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(telemetry, "record_mqtt_batch", flaky)
+    monkeypatch.setattr(telemetry, "_write", flaky)
     monkeypatch.setattr(ingest_module.time, "sleep", lambda _s: None)
     ingest._write(items)
     row = devices.get_device(device)
@@ -85,17 +85,17 @@ def test_history_is_written_once_per_bucket_and_survives_a_failed_write(
     monkeypatch.setattr(ingest_module.time, "time", lambda: clock[0])
     monkeypatch.setattr(ingest_module.time, "sleep", lambda _s: None)
     written: list[list[tuple[str, str, int]]] = []
-    real = telemetry.record_mqtt_batch
+    real = telemetry._write
     failures = [RuntimeError("database is locked")]
 
-    def recording(batch: object) -> None:
+    def recording(conn: object, batch: object) -> bool:
         rows = batch.history  # type: ignore[attr-defined]
         if rows and failures:
             raise failures.pop()
         written.append([(r["device_id"], r["model_name"], r["bucket"]) for r in rows])
-        real(batch)  # type: ignore[arg-type]
+        return real(conn, batch)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(telemetry, "record_mqtt_batch", recording)
+    monkeypatch.setattr(telemetry, "_write", recording)
     # Six reports in the first bucket, every 10 s: nothing in history while it is open.
     for seq in range(1, 7):
         ingest._write([(topic, _report(device, seq, first + 10 * seq, 10, float(seq)))])
@@ -218,14 +218,14 @@ def test_a_message_the_database_refuses_is_dropped_alone(
     devices, telemetry = DeviceStore(db), TelemetryStore(db)
     good, bad = devices.add_device("cam", "t", {}, {}), devices.add_device("odd", "u", {}, {})
     ingest = TelemetryIngest(parse_mqtt_url("mqtt://127.0.0.1:1"), telemetry, "default", "test")
-    real = telemetry.record_mqtt_batch
+    real = telemetry._write
 
-    def refusing(batch: object) -> bool:
+    def refusing(conn: object, batch: object) -> bool:
         if bad in batch.telemetry:  # type: ignore[attr-defined]
             raise sa.exc.DataError("INSERT ...", {}, Exception("value out of range"))
-        return real(batch)  # type: ignore[arg-type]
+        return real(conn, batch)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(telemetry, "record_mqtt_batch", refusing)
+    monkeypatch.setattr(telemetry, "_write", refusing)
     monkeypatch.setattr(ingest_module.time, "sleep", lambda _s: pytest.fail("no retries"))
 
     def message(device: str, seq: int) -> tuple[str, bytes]:

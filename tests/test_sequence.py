@@ -1,39 +1,78 @@
-"""Sequence accounting: duplicates dropped, gaps counted, new epochs restart the count."""
+"""Sequence accounting: each number stored once, late arrivals fill their ranges, and every
+number up to the highest is stored, awaited, dropped by the device or lost, never two of them."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fleet_server.telemetry.sequence import Position, account
+from fleet_server.telemetry.sequence import MAX_RANGES, Ledger, Verdict, lost_between
 
 
-def test_in_order_duplicates_and_gaps() -> None:
-    first = account(None, "e1", 1)
-    assert first.new and first.gap == 0
-    second = account(first.position, "e1", 2)
-    assert second.new and second.gap == 0
-    again = account(second.position, "e1", 2)
-    assert not again.new and again.position == Position("e1", 2)
-    jump = account(second.position, "e1", 6)
-    assert jump.new and jump.gap == 3
-    fresh = account(jump.position, "e2", 1)
-    assert fresh.new and fresh.gap == 0 and fresh.position == Position("e2", 1)
-    assert account(jump.position, "e2", 4).gap == 3
+def _balanced(ledger: Ledger) -> bool:
+    return ledger.stored + ledger.dropped + ledger.lost + ledger.pending == ledger.highest
 
 
-@given(st.lists(st.integers(1, 50), max_size=200))
-def test_replaying_any_prefix_again_counts_every_number_once(deliveries: list[int]) -> None:
-    """However a spool redelivers (in order, at least once), each number is new once, and the
-    gaps plus the new ones cover every number from the first seen to the highest."""
-    stream = sorted(deliveries)
-    position = None
-    new = gaps = 0
-    for seq in stream + stream:  # a second, complete redelivery
-        verdict = account(position, "e", seq)
-        new += verdict.new
-        gaps += verdict.gap
-        position = verdict.position
-    assert new == len(set(stream))
-    if stream:
-        assert new + gaps == max(stream) - min(stream) + 1
+def test_in_order_duplicates_gaps_and_late_arrivals() -> None:
+    ledger, verdict = Ledger().receive("e1", 1)
+    assert verdict == Verdict.NEW and ledger.highest == 1 and ledger.missing == ()
+    ledger, verdict = ledger.receive("e1", 1)
+    assert verdict == Verdict.DUPLICATE
+    ledger, verdict = ledger.receive("e1", 6)  # 2..5 missing: awaited, not lost
+    assert verdict == Verdict.NEW and ledger.missing == ((2, 5),) and ledger.lost == 0
+    ledger, verdict = ledger.receive("e1", 3)  # a late arrival fills its range
+    assert verdict == Verdict.FILLED and ledger.missing == ((2, 2), (4, 5))
+    assert ledger.receive("e1", 3)[1] == Verdict.DUPLICATE
+    assert ledger.mark == 1 and _balanced(ledger)
+    # The device no longer holds anything below 5: 2 and 4 were dropped by its bound.
+    ledger = ledger.floor("e1", 5)
+    assert ledger.missing == ((5, 5),) and ledger.dropped == 2 and _balanced(ledger)
+    assert ledger.floor("other", 100) == ledger and ledger.floor("e1", 0) == ledger
+
+
+def test_a_new_epoch_starts_again_and_the_old_ones_awaited_numbers_are_lost() -> None:
+    ledger = Ledger().receive("e1", 1)[0].receive("e1", 4)[0]
+    assert ledger.pending == 2
+    fresh, verdict = ledger.receive("e2", 3)
+    assert verdict == Verdict.NEW and fresh.epoch == "e2" and fresh.missing == ((1, 2),)
+    assert fresh.lost_epochs == 1 and lost_between(ledger, fresh) == 2
+    fresh = fresh.with_reason("the spool was damaged").with_reason("again")
+    assert fresh.replaced == "the spool was damaged"
+
+
+def test_past_the_range_bound_the_oldest_ranges_are_lost() -> None:
+    ledger = Ledger()
+    for seq in range(1, 2 * (MAX_RANGES + 5), 2):  # every other number missing
+        ledger = ledger.receive("e", seq)[0]
+    assert len(ledger.missing) == MAX_RANGES and ledger.lost == 4 and _balanced(ledger)
+
+
+def test_the_stored_form_round_trips_and_an_old_database_continues() -> None:
+    ledger = Ledger().receive("e", 1)[0].receive("e", 9)[0].with_reason("why")
+    assert Ledger.load(ledger.to_json()) == ledger
+    old = Ledger.load(None, "e", 41)  # a database from before ledgers
+    assert old.highest == 41 and old.receive("e", 41)[1] == Verdict.DUPLICATE
+    assert old.receive("e", 42)[0].missing == ()
+    assert Ledger.load("{not json", "e", 3).highest == 3
+
+
+@given(
+    st.lists(st.integers(1, 60), max_size=150),
+    st.lists(st.integers(0, 70), max_size=5),
+)
+def test_any_order_any_repeats_each_number_counts_once(
+    arrivals: list[int], floors: list[int]
+) -> None:
+    """However numbers arrive (out of order, repeated) and whatever floors the device names,
+    each number is stored at most once, and the books always balance."""
+    ledger = Ledger()
+    stored: set[int] = set()
+    for i, seq in enumerate(arrivals):
+        ledger, verdict = ledger.receive("e", seq)
+        if verdict != Verdict.DUPLICATE:
+            assert seq not in stored
+            stored.add(seq)
+        if floors and i % 20 == 0:
+            ledger = ledger.floor("e", floors[(i // 20) % len(floors)])
+        assert _balanced(ledger)
+    assert ledger.stored == len(stored)

@@ -18,6 +18,7 @@ from fleet_server.registry.ca import IssuedCert
 from fleet_server.registry.store import DeviceStore
 from fleet_server.storage.db import Database
 from fleet_server.storage.schema import SCHEMA_VERSION
+from fleet_server.telemetry.sequence import Ledger
 from fleet_server.telemetry.store import IngestBatch, TelemetryStore
 
 V1 = [
@@ -65,7 +66,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(db_url: str) -> Non
     assert catalog.model_by_sha("ab" * 32) is not None
     with db.engine.connect() as conn:
         version = conn.execute(sa.text("SELECT value FROM schema_meta")).scalar()
-    assert version == str(SCHEMA_VERSION) == "22"
+    assert version == str(SCHEMA_VERSION) == "23"
     db.create_schema()  # idempotent
     first = db.generation()
     catalog.deploy("m", "1.0.0")
@@ -306,7 +307,8 @@ def test_registry_and_deployments_round_trip(db_url: str) -> None:
     assert catalog.deployments() == {"m": ("1.0.0", b"rollback")}
     devices.set_device_model(device, "m", "1.0.0", "INSTALLED", "ok")
     devices.set_active_version(device, "m", "1.0.0")
-    telemetry.record_mqtt_batch(IngestBatch(telemetry={device: ("e", 3, {"seq": 3}, 1, 0)}))
+    ledger = Ledger(epoch="e", highest=3, stored=3)
+    telemetry.record_mqtt_batch(IngestBatch(telemetry={device: (ledger, {"seq": 3}, 1, 0)}))
     (row,) = devices.list_devices()
     assert row.labels == {"site": "lab"} and row.last_telemetry == {"seq": 3}
     assert row.models[0].active_version == "1.0.0"

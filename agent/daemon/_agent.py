@@ -36,6 +36,7 @@ from agent.routing.cloud import CloudTarget
 from agent.routing.guards import Breaker
 from agent.routing.router import Router
 from agent.systemd import Notifier, watchdog_interval
+from agent.telemetry.outbox import deliver
 from agent.telemetry.spool import Spool
 from agent.updates.lifecycle import Lifecycle
 from agent.updates.store import ModelStore
@@ -78,6 +79,7 @@ class Agent:
             stall_timeout_s=config.server.stall_timeout_s,
         )
         self._client.on_report = self._on_report
+        self._client.deliver_outbox = lambda: deliver(self.state.spool, self._client)
         cloud = config.cloud
         self.router = Router(
             open_cloud(cloud, CloudTarget(cloud.url, config.cloud_token(), config.cloud_ca()))
@@ -214,21 +216,24 @@ class Agent:
         if not models:
             return "up; no model assigned yet"
         names = ", ".join(f"{m.name} {m.version} ({m.backend})" for m in models)
-        return f"serving {len(models)} model(s): {names}"
+        status = f"serving {len(models)} model(s): {names}"
+        problem = self.state.telemetry_problem
+        return f"{status}; telemetry degraded: {problem}" if problem else status
 
     def _not_enrolled(self, why: str) -> None:
         """systemd's STATUS says what keeps the device from enrolling ("": nothing any more)."""
         serving = self._serving_status()
         self.notifier.status(f"{serving}; not enrolled: {why}" if why else serving)
 
-    def _on_report(self, report: device_pb2.StatusReport) -> None:
-        """Every update state change goes to systemd's STATUS and out as an event."""
+    def _on_report(self, report: device_pb2.StatusReport) -> bool:
+        """Every update state change goes to systemd's STATUS and out as an event (True: it
+        was spooled)."""
         state = device_pb2.UpdateState.Name(report.state)
         if state in ("INSTALLED", "ROLLED_BACK"):
             self.notifier.status(self._serving_status())
         else:
             self.notifier.status(f"{report.model_name} {report.version}: {state}")
-        self.state.event(report=report)
+        return self.state.event(report=report)
 
     def _active(self) -> list[device_pb2.ActiveModel]:
         """The models this device serves, with what the store knows of each."""

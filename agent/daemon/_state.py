@@ -15,6 +15,8 @@ crosses between loops lives here, each with the loop that writes it:
 - ``nudge``: "check in now", set by the control loop, waited for by the update loop.
 - ``birth``: publishes the retained online state again; set by the telemetry loop at every
   connect (paho's thread), called by the control loop.
+- ``telemetry_problem``: why reports are not spooled now ("" = they are): written by the
+  telemetry loop, shown in systemd's STATUS.
 - ``events``: the spooled event stream (update state changes, command answers) that the update
   and control loops write and the telemetry loop forwards.
 """
@@ -45,31 +47,36 @@ class AgentState:
         self.nudge = threading.Event()
         self.birth: Callable[[], object] | None = None
         self.spool = spool
+        # Why telemetry reports are not being spooled ("" = they are), by the telemetry loop.
+        self.telemetry_problem = ""
 
     def event(
         self,
         *,
         report: device_pb2.StatusReport | None = None,
         ack: telemetry_pb2.CommandAck | None = None,
-    ) -> None:
+    ) -> bool:
         """Spool an update state change or a command answer for the events topic (never
         dropped; published when the broker is there). Nothing is spooled before enrollment:
-        there is no topic yet."""
+        there is no topic yet (False).
+
+        Raises:
+            SpoolFullError: the disk is full and the spool holds no telemetry to make room.
+        """
         identity, spool = self.identity, self.spool
         if identity is None:
-            return
-        event = telemetry_pb2.DeviceEvent(
-            device_id=identity.device_id,
-            seq=spool.next_seq(),
-            epoch=spool.epoch,
-            sent_unix_ms=int(time.time() * 1000),
-        )
-        if report is not None:
-            event.update.CopyFrom(report)
-        if ack is not None:
-            event.ack.CopyFrom(ack)
-        spool.append(
-            device_topic(identity.fleet_id, identity.device_id, "events"),
-            event.SerializeToString(),
-            EVENT,
-        )
+            return False
+        sent_ms = int(time.time() * 1000)
+
+        def build(seq: int) -> bytes:
+            event = telemetry_pb2.DeviceEvent(
+                device_id=identity.device_id, seq=seq, epoch=spool.epoch, sent_unix_ms=sent_ms
+            )
+            if report is not None:
+                event.update.CopyFrom(report)
+            if ack is not None:
+                event.ack.CopyFrom(ack)
+            return event.SerializeToString()
+
+        spool.append(device_topic(identity.fleet_id, identity.device_id, "events"), build, EVENT)
+        return True

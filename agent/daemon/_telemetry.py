@@ -38,6 +38,7 @@ from agent.telemetry.forward import Forwarder
 from agent.telemetry.mqtt import MqttPublisher, parse_mqtt_url
 from agent.telemetry.report import build_report
 from agent.telemetry.silence import SilenceWatch
+from agent.telemetry.spool import SpoolFullError
 from agent.telemetry.system import SystemSampler
 from agent.updates.store import ModelStore
 from protos import device_pb2, telemetry_pb2
@@ -101,6 +102,23 @@ class TelemetryLoop:
                 wait = max(1.0, min(_MQTT_MAX_BACKOFF_S, backoff(attempt, 2.0)))
                 log.exception("telemetry stopped by an unexpected error; again in %.0f s", wait)
             stop.wait(wait)
+
+    def _spool_report(self, report: Callable[[], None]) -> None:
+        """Spool one report; a full disk the spool cannot make room on skips it (the window's
+        counts go into the next one that fits) and says so, once, in the log and in systemd's
+        STATUS, and again when reports are spooled again. The session goes on."""
+        try:
+            report()
+        except SpoolFullError as exc:
+            if not self._state.telemetry_problem:
+                log.error("telemetry degraded: %s; reports are skipped until there is room", exc)
+            self._state.telemetry_problem = str(exc)
+            self._on_silence(f"telemetry degraded: {exc}")
+            return
+        if self._state.telemetry_problem:
+            log.warning("telemetry recovered: reports are spooled again")
+            self._state.telemetry_problem = ""
+            self._on_silence(None)
 
     def state_message(self, state: str) -> bytes:
         """The retained DeviceState payload: online (birth), offline (Will) or stopped."""
@@ -178,17 +196,21 @@ class TelemetryLoop:
 
         def report() -> None:
             # Spooled first, published when the broker is there: nothing is lost.
-            payload = build_report(
-                self._engine,
-                device_id=device,
-                seq=spool.next_seq(),
-                started=self._started,
-                epoch=spool.epoch,
-                spool_dropped=spool.dropped,
-                system=system.sample(),
-                router=self._router,
+            dropped, sample = spool.dropped, system.sample()
+            spool.append(
+                telemetry,
+                lambda seq: build_report(
+                    self._engine,
+                    device_id=device,
+                    seq=seq,
+                    started=self._started,
+                    epoch=spool.epoch,
+                    spool_dropped=dropped,
+                    spool_lost=spool.lost,
+                    system=sample,
+                    router=self._router,
+                ),
             )
-            spool.append(telemetry, payload)
 
         attempt = 0
         silence = SilenceWatch(self._on_silence, time.monotonic())
@@ -221,7 +243,7 @@ class TelemetryLoop:
                 interval = shared.config.telemetry.interval_s
                 next_report = last_report + interval
                 if now >= next_report:
-                    report()
+                    self._spool_report(report)
                     last_report = max(next_report, now - interval)
                     next_report = last_report + interval
                 forwarder.drain(stop, budget_s=1.0)

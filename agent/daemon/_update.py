@@ -31,6 +31,7 @@ from agent.routing.cloud import CloudTarget
 from agent.routing.policy import Policy
 from agent.routing.router import Router
 from agent.telemetry.mqtt import parse_mqtt_url
+from agent.telemetry.outbox import deliver
 from agent.updates.health import HealthPolicy
 from agent.updates.lifecycle import Lifecycle
 from agent.updates.trust import update_keylist
@@ -168,6 +169,7 @@ class UpdateLoop:
         them gone: the server then stops sending the clear before the release can be tried,
         and refused, again (or it would clear it again and again)."""
         response = self._ask()
+        self._deliver()
         for _round in range(_CLEAR_ROUNDS):
             if not self._clear_refusals(response.clear_refusals):
                 break
@@ -179,6 +181,14 @@ class UpdateLoop:
         self._note_cloud_routes(response.cloud)
         self._apply_routing(response)
         self._adopt_broker(response.mqtt_url)
+
+    def _deliver(self) -> None:
+        """Deliver the outbox (update events again until stored) and take the server's
+        acknowledgement of the message sequence; a failure waits for the next check-in."""
+        try:
+            deliver(self._state.spool, self._client)
+        except AgentError as exc:
+            log.warning("outbox kept for the next check-in: %s", exc)
 
     def _ask(self) -> device_pb2.CheckInResponse:
         """Check in, reporting what serves and what this device refuses; the answer to act on

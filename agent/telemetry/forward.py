@@ -1,4 +1,4 @@
-"""Publish what the spool holds, in order, and forget each message once the broker has it."""
+"""Publish what the spool has not sent yet, in order, and tell it what the broker acknowledged."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ log = logging.getLogger(__name__)
 
 
 class Forwarder:
-    """Moves spooled messages to the broker in batches, at least once (the server dedupes)."""
+    """Moves spooled messages to the broker in batches, at least once (the server dedupes).
+
+    The spool keeps what the broker acknowledged until the server says it stored it
+    (:meth:`Spool.acknowledge`), and hands it out again if the server misses it."""
 
     def __init__(
         self, spool: Spool, publisher: MqttPublisher, *, batch: int = 500, ack_timeout_s: float = 10
@@ -28,11 +31,11 @@ class Forwarder:
 
     def drain(self, stop: threading.Event, budget_s: float) -> int:
         """Publish spooled messages while connected, for at most ``budget_s``; return how many
-        the broker acknowledged. What it did not acknowledge stays for the next call."""
+        the broker acknowledged. What it did not acknowledge is published again at the next call."""
         acked_total = 0
         deadline = time.monotonic() + budget_s
         while self._publisher.connected and not stop.is_set() and time.monotonic() < deadline:
-            batch = self._spool.oldest(self._batch)
+            batch = self._spool.unsent(self._batch)
             if not batch:
                 break
             pending = []
@@ -50,7 +53,7 @@ class Forwarder:
                 if not info.is_published():
                     break
                 acked.append(message_id)
-            self._spool.remove(acked)
+            self._spool.sent(acked)
             acked_total += len(acked)
             if len(acked) < len(batch):
                 break

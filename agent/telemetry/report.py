@@ -19,6 +19,7 @@ def build_report(
     started: float,
     epoch: str = "",
     spool_dropped: int = 0,
+    spool_lost: str = "",
     system: telemetry_pb2.SystemTelemetry | None = None,
     router: Router | None = None,
 ) -> bytes:
@@ -30,6 +31,7 @@ def build_report(
         uptime_s=time.monotonic() - started,
         epoch=epoch,
         spool_dropped=spool_dropped,
+        spool_lost=spool_lost,
     )
     if system is not None:
         report.system.CopyFrom(system)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, PendingRollbackError
 
 from fleet_server.errors import (
     AlreadyExistsError,
@@ -40,6 +40,11 @@ def _status(exc: FleetError) -> grpc.StatusCode:
     return grpc.StatusCode.FAILED_PRECONDITION
 
 
+def _unavailable(context: Any, method: str, exc: Exception) -> None:
+    log.warning("database unavailable in %s: %s", method, getattr(exc, "orig", exc))
+    context.abort(grpc.StatusCode.UNAVAILABLE, "the fleet database is unavailable; retry")
+
+
 def rpc_errors(method: _F) -> _F:
     """Decorate a unary servicer method: FleetError -> status code, anything else -> INTERNAL."""
 
@@ -49,11 +54,14 @@ def rpc_errors(method: _F) -> _F:
             return method(self, request, context)
         except FleetError as exc:
             context.abort(_status(exc), str(exc))
-        except OperationalError as exc:
+        except (OperationalError, InterfaceError, PendingRollbackError) as exc:
             # SQLite busy past its timeout, PostgreSQL restarting or unreachable: the caller
-            # retries (agents do, with backoff) instead of seeing an internal error.
-            log.warning("database unavailable in %s: %s", method.__name__, exc.orig)
-            context.abort(grpc.StatusCode.UNAVAILABLE, "the fleet database is busy; retry")
+            # retries (agents do, soon and quietly) instead of seeing an internal error.
+            _unavailable(context, method.__name__, exc)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            _unavailable(context, method.__name__, exc)
         except Exception:
             if isinstance(context.code(), grpc.StatusCode) and context.code() is not None:
                 raise  # context.abort() already set the status

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import DecodeError
 from sqlalchemy.exc import OperationalError
 
 from fleet_server.api._errors import abort_for, rpc_errors
@@ -23,13 +24,14 @@ from fleet_server.registry.checkins import CachedAnswer, state_version
 from fleet_server.registry.labels import check_labels
 from fleet_server.registry.refusals import CLEAR_TTL_S, RefusalKey, refusals_of
 from fleet_server.rollouts.desired import Resolved, device_targets, explain, resolve
+from fleet_server.rollouts.outcomes import Outcome
 from fleet_server.rollouts.states import DeviceState
 from fleet_server.routing.prices import Prices
 from fleet_server.routing.store import RoutingRow
 from fleet_server.storage.db import stored_text
 from protos import device_pb2 as pb
 from protos import device_pb2_grpc as pb_grpc
-from protos import manifest_pb2
+from protos import manifest_pb2, telemetry_pb2
 from protos.chunks import encode_chunk
 from protos.names import is_name, is_version
 from protos.topics import device_name
@@ -45,13 +47,6 @@ GENERATION_MAX_AGE_S = 0.5
 
 
 # What an update report means for a rollout.
-_OUTCOMES = {
-    pb.INSTALLED: DeviceState.INSTALLED,
-    pb.FAILED: DeviceState.FAILED,
-    pb.ROLLED_BACK: DeviceState.FAILED,
-}
-
-
 class DeviceServicer(pb_grpc.DeviceServiceServicer):
     """What agents call."""
 
@@ -362,26 +357,31 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
             context.abort(grpc.StatusCode.UNAVAILABLE, "the fleet database is busy; retry")
 
     @rpc_errors
+    def Deliver(self, request: pb.Outbox, context: Any) -> pb.Delivery:  # noqa: N802
+        device_id = require_device(context, self._ctx.devices)
+        events = _outbox_events(request, device_id)
+        if request.floor >= 2**63:
+            raise BadRequestError("the outbox floor is out of range")
+        ledger, woke = self._ctx.telemetry.deliver(
+            device_id, request.epoch, request.floor, events, time.time()
+        )
+        if woke:
+            self._ctx.wake_rollouts()
+        return pb.Delivery(
+            epoch=ledger.epoch,
+            highest=ledger.highest,
+            missing=[pb.SeqRange(first=lo, last=hi) for lo, hi in ledger.missing],
+        )
+
+    @rpc_errors
     def ReportStatus(self, request: pb.StatusReport, context: Any) -> pb.StatusAck:  # noqa: N802
         device_id = require_device(context, self._ctx.devices)
         if not is_name(request.model_name) or not is_version(request.version):
             raise BadRequestError("status report names an invalid model or version")
         state = pb.UpdateState.Name(request.state)
         detail = stored_text(request.detail, 1024)
-        self._ctx.devices.set_device_model(
-            device_id, request.model_name, request.version, state, detail
-        )
-        if request.state == pb.INSTALLED:  # installed means serving it, from now on
-            self._ctx.devices.set_active_version(device_id, request.model_name, request.version)
-        outcome = _OUTCOMES.get(request.state)
-        if outcome is not None:
-            self._ctx.rollouts.report(
-                device_id,
-                request.model_name,
-                request.version,
-                outcome,
-                "" if outcome == DeviceState.INSTALLED else f"{state}: {detail}",
-            )
+        outcome = Outcome(device_id, request.model_name, request.version, request.state, detail)
+        if self._ctx.rollouts.apply_update(outcome):
             self._ctx.wake_rollouts()
         log.info(
             "device %s: %s %s %s %s",
@@ -392,6 +392,30 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
             detail[:200],
         )
         return pb.StatusAck()
+
+
+_MAX_EVENTS = 64  # per delivery, as the agent sends them
+
+
+def _outbox_events(outbox: pb.Outbox, device_id: str) -> list[telemetry_pb2.DeviceEvent]:
+    """The outbox's events, each checked to be this device's and of the outbox's epoch.
+
+    Raises:
+        BadRequestError: too many, undecodable, or another device's or epoch's.
+    """
+    if len(outbox.events) > _MAX_EVENTS:
+        raise BadRequestError(f"an outbox holds at most {_MAX_EVENTS} events")
+    events = []
+    for raw in outbox.events:
+        event = telemetry_pb2.DeviceEvent()
+        try:
+            event.ParseFromString(raw)
+        except DecodeError as exc:
+            raise BadRequestError("an outbox event does not decode") from exc
+        if event.device_id != device_id or event.epoch != outbox.epoch or event.seq >= 2**63:
+            raise BadRequestError("an outbox event is not this device's, or not of its epoch")
+        events.append(event)
+    return events
 
 
 def add_device_service(servicer: DeviceServicer, server: grpc.Server) -> None:

@@ -590,7 +590,19 @@ class DeviceStore:
             key = (device_models.c.device_id == device_id) & (
                 device_models.c.model_name == model_name
             )
-            updated = conn.execute(device_models.update().where(key).values(active_version=version))
+            # Serving the version it was installing: installed, whether or not its report
+            # made it here (an agent killed right after the switch sends none).
+            installing = (device_models.c.version == version) & device_models.c.state.in_(
+                ("DOWNLOADING", "VERIFIED")
+            )
+            updated = conn.execute(
+                device_models.update()
+                .where(key)
+                .values(
+                    active_version=version,
+                    state=sa.case((installing, "INSTALLED"), else_=device_models.c.state),
+                )
+            )
             if updated.rowcount == 0:
                 conn.execute(
                     device_models.insert().values(

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from fleet_server.catalog.store import CatalogStore
 from fleet_server.errors import BadRequestError, ConflictError, NotFoundError
 from fleet_server.registry.labels import matches
+from fleet_server.rollouts.outcomes import Outcome, apply_update, record_outcome
 from fleet_server.rollouts.plan import (
     TELEMETRY_FAILURE,
     Counts,
@@ -661,31 +662,10 @@ class RolloutStore:
         ``outcome`` is INSTALLED or FAILED; a failure after an install (a health rollback)
         counts as a failure. An install starts the health gate's count afresh.
         """
-        if outcome not in (DeviceState.INSTALLED, DeviceState.FAILED):
-            raise ValueError(f"a device reports installed or failed, not {outcome}")
-        d = DeviceState
-        before = (d.ASSIGNED, d.FAILED) if outcome == d.INSTALLED else (d.ASSIGNED, d.INSTALLED)
-        now = int(time.time())
         with self._engine.begin() as conn:
-            conn.execute(
-                rollout_devices.update()
-                .where(
-                    (rollout_devices.c.device_id == device_id)
-                    & rollout_devices.c.state.in_(before)
-                    & rollout_devices.c.rollout_id.in_(
-                        sa.select(rollouts.c.rollout_id).where(
-                            (rollouts.c.model_name == model_name)
-                            & (rollouts.c.version == version)
-                            & rollouts.c.state.in_(sorted(TICKING))
-                        )
-                    )
-                )
-                .values(
-                    state=outcome,
-                    updated_at=now,
-                    detail=detail[:255],
-                    health_requests=0,
-                    health_errors=0,
-                    health_p95_ms=None,
-                )
-            )
+            record_outcome(conn, device_id, model_name, version, outcome, detail, int(time.time()))
+
+    def apply_update(self, outcome: Outcome) -> bool:
+        """Record an update step a device reported (see :func:`outcomes.apply_update`)."""
+        with self._engine.begin() as conn:
+            return apply_update(conn, outcome, int(time.time()))

@@ -225,6 +225,18 @@ def _v21_to_v22(conn: sa.Connection) -> None:
     retired_certificates.create(conn, checkfirst=True)
 
 
+def _v22_to_v23(conn: sa.Connection) -> None:
+    """Version 23: end-to-end delivery. Each device's sequence ledger (what is stored, what is
+    awaited), and the event that last set a device's model state (late events do not win)."""
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("devices")}
+    if "telemetry_ledger" not in columns:
+        conn.execute(sa.text("ALTER TABLE devices ADD COLUMN telemetry_ledger TEXT"))
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("device_models")}
+    if "event_epoch" not in columns:
+        conn.execute(sa.text("ALTER TABLE device_models ADD COLUMN event_epoch VARCHAR(32)"))
+        conn.execute(sa.text("ALTER TABLE device_models ADD COLUMN event_seq BIGINT"))
+
+
 # From version N to N + 1.
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     1: _v1_to_v2,
@@ -248,4 +260,5 @@ MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     19: _v19_to_v20,
     20: _v20_to_v21,
     21: _v21_to_v22,
+    22: _v22_to_v23,
 }

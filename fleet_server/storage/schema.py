@@ -38,7 +38,7 @@ __all__ = [
     "usage",
 ]
 
-SCHEMA_VERSION = 22
+SCHEMA_VERSION = 23
 
 metadata = sa.MetaData()
 
@@ -71,6 +71,9 @@ devices = sa.Table(
     sa.Column("telemetry_epoch", sa.String(32), nullable=True),
     sa.Column("telemetry_count", sa.BigInteger, nullable=False, default=0),
     sa.Column("telemetry_gaps", sa.BigInteger, nullable=False, default=0),
+    # What the server has stored of the current epoch's sequence (JSON; see
+    # fleet_server/telemetry/sequence.py): highest, missing ranges, stored/dropped/lost counts.
+    sa.Column("telemetry_ledger", sa.Text, nullable=True),
     sa.Column("online_state", sa.String(16), nullable=True),
     sa.Column("online_at", sa.BigInteger, nullable=True),
     # The releases the device refuses, as its last check-in reported them: JSON
@@ -257,6 +260,11 @@ device_models = sa.Table(
     sa.Column("detail", sa.String(1024), nullable=False, default=""),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
     sa.Column("active_version", sa.String(32), nullable=True),
+    # The (epoch, sequence number) of the update event that set the state above; an event
+    # arriving late (a lower number of the same epoch) does not overwrite a newer one. NULL:
+    # set by a report without a number (an older agent).
+    sa.Column("event_epoch", sa.String(32), nullable=True),
+    sa.Column("event_seq", sa.BigInteger, nullable=True),
 )
 
 releases = sa.Table(

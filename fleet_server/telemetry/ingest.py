@@ -26,6 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -39,12 +40,13 @@ from fleet_server.errors import TransientError
 from fleet_server.rollouts.health import HealthSample, HealthStore
 from fleet_server.storage.db import stored_text
 from fleet_server.telemetry.checks import plausible
+from fleet_server.telemetry.events import event_row, outcome_of
 from fleet_server.telemetry.guard import Guard
 from fleet_server.telemetry.history import HistoryBuffer
-from fleet_server.telemetry.sequence import Position, account
-from fleet_server.telemetry.store import IngestBatch, TelemetryStore
+from fleet_server.telemetry.sequence import Verdict, lost_between
+from fleet_server.telemetry.store import IngestBatch, Known, TelemetryStore
 from fleet_server.telemetry.throttle import OncePer
-from protos import device_pb2, telemetry_pb2
+from protos import telemetry_pb2
 from protos.topics import commands_topic, device_from_topic, device_topic, telemetry_filter
 
 __all__ = ["TelemetryIngest", "decode_message", "decode_report"]
@@ -125,33 +127,6 @@ def decode_report(
     return report
 
 
-def _event(message: Any, now: float) -> dict[str, Any]:
-    """The device_events row of a DeviceEvent: a command's acknowledgement or an update step,
-    at the device's time (no later than the server's)."""
-    if message.HasField("ack"):
-        ack = message.ack
-        model_name = version = ""
-        state = "ACK"
-        detail = f"{ack.kind[:32]} {ack.id[:32]} {'done' if ack.ok else 'refused'}: {ack.detail}"
-    else:
-        update = message.update
-        model_name, version, detail = update.model_name, update.version, update.detail
-        state = (
-            device_pb2.UpdateState.Name(update.state)
-            if update.state in device_pb2.UpdateState.values() and update.state
-            else "UNKNOWN"
-        )
-    return {
-        "device_id": message.device_id,
-        "at": min(int(message.sent_unix_ms // 1000), int(now)),
-        "seq": message.seq,
-        "model_name": stored_text(model_name, 64),
-        "version": stored_text(version, 32),
-        "state": stored_text(state, 16),
-        "detail": stored_text(detail, 1024),
-    }
-
-
 def _count_usage(batch: IngestBatch, report: Any) -> None:
     """Add a report's window counts to the batch's usage deltas. Numbers a device could not
     have measured (negative, not finite, absurdly large) skip that model's entry, so one bad
@@ -207,8 +182,8 @@ class TelemetryIngest:
         self.rejected = 0
         self.dropped = 0
         self.duplicates = 0
-        self.gaps = 0  # messages that never arrived, from sequence jumps
-        self._positions: dict[str, Position | None] = {}
+        self.gaps = 0  # messages given up as lost (see sequence.py)
+        self.filled = 0  # late arrivals into a missing range (neither duplicates nor losses)
         self._history = HistoryBuffer(history_hours)
         self._rollouts: HealthStore | None = None
         self._on_unhealthy: Callable[[], None] = lambda: None
@@ -421,27 +396,33 @@ class TelemetryIngest:
                 self.dropped += 1
 
     def _store(self, decoded: list[tuple[str, Any]], *, final: bool = False) -> None:
-        """Judge and write a batch; the positions, counters and per-device budgets change only
-        once it is stored, so a failed write can be retried as a whole.
+        """Judge and write a batch in one transaction, against the devices' ledgers as the
+        database holds them (locked meanwhile: another replica, or a device delivering over
+        the device API, waits its turn). Counters and per-device budgets change only once it
+        is stored, so a failed write can be retried as a whole.
 
         Raises:
             Exception: whatever the database raised.
         """
         now = time.time()
         self._refresh_revoked(now)
-        touched = {m.device_id for _k, m in decoded}
-        unknown = touched - set(self._positions) - self._revoked
-        stored = self._telemetry.telemetry_positions(sorted(unknown)) if unknown else {}
-        positions = {d: (Position(e, q) if e else None) for d, (e, q, _t, _n) in stored.items()}
-        last_at = {d: t for d, (_e, _q, t, _n) in stored.items()}
-        for device_id, (_e, _q, t, enrolled) in stored.items():
-            self._since[device_id] = max(t or 0, enrolled)
+        touched = {m.device_id for _k, m in decoded} - self._revoked
         guard = self._guard.snapshot(touched)
+        done: list[Callable[[bool], None]] = []
+
+        def judge(known: dict[str, Known]) -> IngestBatch:
+            self._guard.restore(guard)  # a retried transaction judges from the same start
+            batch, after = self._judge_batch(decoded, known, now, final=final)
+            done[:] = [after]
+            return batch
+
         try:
-            return self._judge_and_store(decoded, positions, last_at, now, final=final)
+            _batch, history_stored = self._telemetry.ingest(sorted(touched), judge)
         except BaseException:
             self._guard.restore(guard)  # the retry judges the same messages again
             raise
+        if done:
+            done[0](history_stored)
 
     def _refresh_revoked(self, now: float) -> None:
         """Re-read the revoked devices every few seconds (another replica may have revoked
@@ -454,7 +435,6 @@ class TelemetryIngest:
         self._revoked, self._revoked_at = revoked, now
 
     def _forget(self, device_id: str) -> None:
-        self._positions.pop(device_id, None)
         self._since.pop(device_id, None)
         self._versions.pop(device_id, None)
         self._guard.forget(device_id)
@@ -473,34 +453,33 @@ class TelemetryIngest:
                 log.warning("refusing %s from %s (%s; not logged again for it this minute)",
                             what, device_id, _REFUSALS[reason])  # fmt: skip
 
-    def _judge_and_store(
-        self,
-        decoded: list[tuple[str, Any]],
-        positions: dict[str, Position | None],
-        last_at: dict[str, int | None],
-        now: float,
-        *,
-        final: bool,
-    ) -> None:
+    def _judge_batch(
+        self, decoded: list[tuple[str, Any]], known: dict[str, Known], now: float, *, final: bool
+    ) -> tuple[IngestBatch, Callable[[bool], None]]:
+        """What to write for these messages, and what to do once it is stored."""
         batch = IngestBatch()
         latest: dict[str, Any] = {}
         reports: list[Any] = []
-        accepted = rejected = duplicates = lost = 0
+        ledgers = {d: k.ledger for d, k in known.items()}
+        counts: dict[str, int] = {}
+        accepted = rejected = duplicates = filled = 0
         refusals: list[tuple[str, str, str]] = []
         for kind, message in decoded:
             device_id = message.device_id
             if device_id in self._revoked:
                 refusals.append(("revoked", device_id, f"a {kind} message"))
                 continue
-            if device_id not in positions and device_id not in self._positions:
-                rejected += 1  # not an enrolled device
+            entry = known.get(device_id)
+            if entry is None:
+                rejected += 1  # not an enrolled device (or revoked by another replica)
                 continue
+            self._since.setdefault(device_id, max(entry.last_at or 0, entry.enrolled_at))
             if kind == "state":
                 batch.states[device_id] = stored_text(message.state, 16)
                 continue
-            position = positions.get(device_id, self._positions.get(device_id))
-            verdict = account(position, message.epoch, message.seq)
-            if not verdict.new:
+            ledger = ledgers[device_id]
+            after, verdict = ledger.receive(message.epoch, message.seq)
+            if verdict == Verdict.DUPLICATE:
                 duplicates += 1
                 continue
             sent_ms = int(message.sent_unix_ms)
@@ -508,72 +487,70 @@ class TelemetryIngest:
             if not admitted.ok:
                 refusals.append((admitted.reason, device_id, f"{kind} #{message.seq}"))
                 continue
-            gap = verdict.gap
-            if position is not None and position.epoch:
-                same = message.epoch == position.epoch
-                advance = message.seq - position.seq if same else message.seq
+            if verdict == Verdict.NEW and ledger.epoch:
+                same = message.epoch == ledger.epoch
+                advance = message.seq - ledger.highest if same else message.seq
                 dropped = getattr(message, "spool_dropped", 0)
-                allowance = self._guard.allowance(
-                    device_id, sent_ms, now, dropped, last_at.get(device_id)
-                )
+                allowance = self._guard.allowance(device_id, sent_ms, now, dropped, entry.last_at)
                 jump = self._guard.jump(device_id, message.epoch, message.seq, advance, allowance)
                 if not jump.ok:
                     refusals.append(("jump", device_id, f"{kind} #{message.seq} (+{advance})"))
                     continue
-                if jump.adopted:
+                if jump.adopted and same:  # continues from there: the jump is no gap
                     log.warning("device %s continues from sequence %d: adopted", device_id,
                                 message.seq)  # fmt: skip
-                    gap = 0
+                    after = replace(ledger, highest=message.seq, stored=ledger.stored + 1)
             self._guard.accepted(device_id, sent_ms, now)
-            positions[device_id] = verdict.position
-            lost += gap
-            _, _, report, count, gaps = batch.telemetry.get(device_id, ("", 0, None, 0, 0))
+            filled += verdict == Verdict.FILLED
+            counts[device_id] = counts.get(device_id, 0) + 1
             if kind == "telemetry":
-                latest[device_id] = message  # only the newest is converted and stored
+                after = after.with_reason(message.spool_lost)
+                if verdict == Verdict.NEW:
+                    latest[device_id] = message  # only the newest is converted and stored
                 reports.append(message)
                 _count_usage(batch, message)
             else:
-                batch.events.append(_event(message, now))
-            batch.telemetry[device_id] = (
-                verdict.position.epoch,
-                verdict.position.seq,
-                report,
-                count + 1,
-                gaps + gap,
-            )
+                batch.events.append(event_row(message, now))
+                outcome = outcome_of(message)
+                if outcome is not None:
+                    batch.outcomes.append(outcome)
+            ledgers[device_id] = after
             accepted += 1
-        for device_id, message in latest.items():
-            epoch, seq, _, count, gaps = batch.telemetry[device_id]
-            report = MessageToDict(message, preserving_proto_field_name=True)
-            batch.telemetry[device_id] = (epoch, seq, report, count, gaps)
+        lost = 0
+        for device_id, count in counts.items():
+            before, ledger = known[device_id].ledger, ledgers[device_id]
+            report = latest.get(device_id)
+            as_dict = MessageToDict(report, preserving_proto_field_name=True) if report else None
+            given_up = lost_between(before, ledger)
+            batch.telemetry[device_id] = (ledger, as_dict, count, given_up)
+            lost += given_up
         samples, remember = self._health_samples(reports)
         batch.history = self._history.due(now, everything=final)
         batch.prune_history_before = self._history.prune_before(now)
         if batch.prune_history_before:  # once per history bucket: events are pruned with it
             batch.prune_events_before = int(now) - self._events_kept_s
-        if (
-            batch.telemetry
-            or batch.states
-            or batch.events
-            or batch.usage
-            or batch.history
-            or batch.prune_history_before
-        ) and not self._telemetry.record_mqtt_batch(batch):
-            self.history_lost += len(batch.history)  # not retried: it would block the rest
-        self._positions.update(positions)
-        remember()
-        self._history.written(batch.history)
-        if batch.prune_history_before:
-            self._history.pruned(now)
-        for report in reports:  # after the write: a retried batch is not counted twice
-            self._history.add(report, now)
-        if samples and self._rollouts is not None:
-            self._judge(self._rollouts, samples)
-        self._refused(refusals)
-        self.accepted += accepted
-        self.rejected += rejected
-        self.duplicates += duplicates
-        self.gaps += lost
+
+        def after_commit(history_stored: bool) -> None:
+            if not history_stored:
+                self.history_lost += len(batch.history)  # not retried: it would block the rest
+            remember()
+            self._history.written(batch.history)
+            if batch.prune_history_before:
+                self._history.pruned(now)
+            for report in reports:  # after the write: a retried batch is not counted twice
+                self._history.add(report, now)
+            if samples and self._rollouts is not None:
+                self._judge(self._rollouts, samples)
+            if batch.outcomes:
+                self._on_unhealthy()  # an install or a failure: the controller looks now
+            self._refused(refusals)
+            self.accepted += accepted
+            self.rejected += rejected
+            self.duplicates += duplicates
+            self.filled += filled
+            self.gaps += lost
+
+        return batch, after_commit
 
     def _judge(self, rollouts: HealthStore, samples: list[HealthSample]) -> None:
         # After the batch is stored: a failure here loses one report's worth of health counts,

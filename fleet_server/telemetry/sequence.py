@@ -1,39 +1,170 @@
-"""Sequence accounting for device messages: drop duplicates, count what went missing.
+"""Sequence accounting for device messages: what the server has stored of each device's
+sequence, what it still awaits, and what is accounted for otherwise.
 
 Agents number every telemetry and event message from one counter that survives restarts (the
-spool's); the spool's random epoch changes only when a device lost its state dir. Spools replay
-in order and at least once, so per device and epoch a message is new exactly when its number is
-above the highest seen; a jump of more than one means messages were lost on the way.
+spool's); the spool's random epoch changes only when a device lost or replaced its spool. A
+device keeps each message until the server's acknowledgement covers it and publishes again
+what the server reports missing, so numbers arrive at least once, and not always in order.
+
+A :class:`Ledger` holds, for a device's current epoch, the highest number stored and the ranges
+below it not stored yet (``missing``, at most :data:`MAX_RANGES`). A message is:
+
+- *new* above the highest (a jump opens a missing range), or *filled* when it falls in a
+  missing range (a late arrival: neither a duplicate nor a loss);
+- a *duplicate* anywhere else, and only then.
+
+A missing number is given up only (1) as *dropped* when the device says it no longer holds it
+(its floor: the spool's bound dropped it, counted by the device), or (2) as *lost* when more
+than :data:`MAX_RANGES` ranges are missing (the oldest go), or when the device starts a new
+epoch (its old spool is gone). So, per epoch, stored + dropped + lost + pending = highest.
+
+The ledger lives in the database (``devices.telemetry_ledger``) and is read and written in the
+transaction that stores the messages, so server replicas on one shared subscription, and the
+MQTT and gRPC paths, agree.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
+from enum import Enum
 
-__all__ = ["Position", "Verdict", "account"]
+__all__ = ["MAX_RANGES", "Ledger", "Verdict", "lost_between"]
+
+MAX_RANGES = 64  # missing ranges kept per device; past it the oldest are given up as lost
+
+
+class Verdict(Enum):
+    NEW = "new"
+    FILLED = "filled"  # a late arrival into a missing range
+    DUPLICATE = "duplicate"
+
+
+Ranges = tuple[tuple[int, int], ...]
+
+
+def _count(ranges: Ranges) -> int:
+    return sum(hi - lo + 1 for lo, hi in ranges)
 
 
 @dataclass(frozen=True)
-class Position:
-    epoch: str
-    seq: int
+class Ledger:
+    """What the server has stored of one device's current epoch (see the module docstring)."""
+
+    epoch: str = ""
+    highest: int = 0
+    missing: Ranges = ()
+    stored: int = 0
+    dropped: int = 0  # given up: the device no longer held them (its bound)
+    lost: int = 0  # given up by the server (too many ranges, or the epoch's spool is gone)
+    lost_epochs: int = 0  # earlier epochs that ended with messages unaccounted for
+    replaced: str = ""  # why the device's previous spool was replaced, as it said
+
+    @property
+    def pending(self) -> int:
+        """Numbers below the highest still awaited."""
+        return _count(self.missing)
+
+    @property
+    def mark(self) -> int:
+        """Every number up to this is accounted for."""
+        return self.missing[0][0] - 1 if self.missing else self.highest
+
+    def receive(self, epoch: str, seq: int) -> tuple[Ledger, Verdict]:
+        """Account for message ``seq`` of ``epoch``."""
+        if epoch != self.epoch:
+            # A new spool counts from 1: what the old one had not delivered is lost, and the
+            # new one's numbers below this are awaited (they may still arrive).
+            fresh = Ledger(
+                epoch=epoch,
+                lost_epochs=self.lost_epochs + (1 if self.epoch and self.pending else 0),
+            )
+            return fresh.receive(epoch, seq)
+        if seq > self.highest:
+            gap = ((self.highest + 1, seq - 1),) if seq > self.highest + 1 else ()
+            return self._bounded(self.missing + gap, seq, self.stored + 1), Verdict.NEW
+        for index, (lo, hi) in enumerate(self.missing):
+            if lo <= seq <= hi:
+                split = tuple(r for r in ((lo, seq - 1), (seq + 1, hi)) if r[0] <= r[1])
+                missing = self.missing[:index] + split + self.missing[index + 1 :]
+                return self._bounded(missing, self.highest, self.stored + 1), Verdict.FILLED
+        return self, Verdict.DUPLICATE
+
+    def _bounded(self, missing: Ranges, highest: int, stored: int) -> Ledger:
+        excess = len(missing) - MAX_RANGES
+        given_up = _count(missing[:excess]) if excess > 0 else 0
+        return replace(
+            self,
+            highest=highest,
+            missing=missing[max(0, excess) :],
+            stored=stored,
+            lost=self.lost + given_up,
+        )
+
+    def floor(self, epoch: str, floor: int) -> Ledger:
+        """The device holds nothing below ``floor`` (of ``epoch``): what is missing there was
+        dropped by its bound. Another epoch's floor (or 0, "unknown") changes nothing."""
+        if epoch != self.epoch or floor <= 0:
+            return self
+        kept: list[tuple[int, int]] = []
+        dropped = 0
+        for lo, hi in self.missing:
+            if hi < floor:
+                dropped += hi - lo + 1
+            elif lo < floor:
+                dropped += floor - lo
+                kept.append((floor, hi))
+            else:
+                kept.append((lo, hi))
+        if not dropped:
+            return self
+        return replace(self, missing=tuple(kept), dropped=self.dropped + dropped)
+
+    def with_reason(self, why: str) -> Ledger:
+        """Record why the device replaced its previous spool (once per epoch)."""
+        return self if self.replaced or not why else replace(self, replaced=why[:200])
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "epoch": self.epoch,
+                "highest": self.highest,
+                "missing": [list(r) for r in self.missing],
+                "stored": self.stored,
+                "dropped": self.dropped,
+                "lost": self.lost,
+                "lost_epochs": self.lost_epochs,
+                "replaced": self.replaced,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def load(cls, raw: str | None, epoch: str | None = None, last_seq: int | None = None) -> Ledger:
+        """The stored ledger; without one (a database from before ledgers), one that takes
+        everything up to the last number seen as accounted for."""
+        if raw:
+            try:
+                data = json.loads(raw)
+                return cls(
+                    epoch=str(data["epoch"]),
+                    highest=int(data["highest"]),
+                    missing=tuple((int(lo), int(hi)) for lo, hi in data["missing"]),
+                    stored=int(data["stored"]),
+                    dropped=int(data["dropped"]),
+                    lost=int(data["lost"]),
+                    lost_epochs=int(data.get("lost_epochs", 0)),
+                    replaced=str(data.get("replaced", "")),
+                )
+            except (ValueError, KeyError, TypeError):
+                pass  # a damaged row: start again from the plain columns
+        seq = int(last_seq or 0)
+        return cls(epoch=epoch or "", highest=seq, stored=seq)
 
 
-@dataclass(frozen=True)
-class Verdict:
-    new: bool
-    position: Position
-    gap: int = 0  # messages lost before this one
-
-
-def account(position: Position | None, epoch: str, seq: int) -> Verdict:
-    """Judge message ``seq`` of ``epoch`` against a device's position (None: never seen)."""
-    here = Position(epoch, seq)
-    if position is None or not position.epoch:
-        return Verdict(True, here)  # nothing to compare with (or an agent from before epochs)
-    if epoch != position.epoch:
-        # A fresh spool counts from 1; a higher first number means its first messages were lost.
-        return Verdict(True, here, gap=max(0, seq - 1))
-    if seq <= position.seq:
-        return Verdict(False, position)
-    return Verdict(True, here, gap=seq - position.seq - 1)
+def lost_between(before: Ledger, after: Ledger) -> int:
+    """Messages given up as lost from ``before`` to ``after``: the new losses of the epoch, and
+    when the epoch changed, everything the old one still awaited."""
+    if before.epoch == after.epoch:
+        return after.lost - before.lost
+    return after.lost + (before.pending if before.epoch else 0)

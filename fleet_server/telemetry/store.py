@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 
-from fleet_server.storage.db import Database, add_rows
+from fleet_server.rollouts.outcomes import Outcome, apply_update
+from fleet_server.storage.db import Database, add_rows, hold_writes
 from fleet_server.storage.schema import (
     device_events,
     devices,
@@ -20,28 +21,42 @@ from fleet_server.storage.schema import (
     telemetry_history,
     usage,
 )
+from fleet_server.telemetry.events import event_row, outcome_of
+from fleet_server.telemetry.sequence import Ledger, Verdict, lost_between
 
-__all__ = ["IngestBatch", "TelemetryStore"]
+__all__ = ["IngestBatch", "Known", "TelemetryStore"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class IngestBatch:
-    """What one ingest batch writes: per device the telemetry position (epoch, highest seq,
-    latest report or None, messages counted, gaps seen), retained states, and events."""
+    """What one ingest batch writes: per device its sequence ledger, latest report (or None),
+    messages stored and messages given up as lost; retained states; events, and the update
+    outcomes among them."""
 
-    telemetry: dict[str, tuple[str, int, dict[str, Any] | None, int, int]] = field(
+    telemetry: dict[str, tuple[Ledger, dict[str, Any] | None, int, int]] = field(
         default_factory=dict
     )
     states: dict[str, str] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
     # (device, model, policy) -> [served, local runs, local ms, cloud requests, cloud USD]
     usage: dict[tuple[str, str, str], list[float]] = field(default_factory=dict)
     # telemetry_history rows to add, and the bucket before which history is deleted (0: keep)
     history: list[dict[str, Any]] = field(default_factory=list)
     prune_history_before: int = 0
     prune_events_before: int = 0  # device events (updates, command acks) older than this go
+
+
+@dataclass(frozen=True)
+class Known:
+    """An enrolled, unrevoked device as a batch is judged: its ledger, when its last report
+    was stored, when it enrolled."""
+
+    ledger: Ledger
+    last_at: int | None
+    enrolled_at: int
 
 
 def _greater(stored: Any, new: Any) -> Any:
@@ -112,22 +127,71 @@ class TelemetryStore:
     def __init__(self, db: Database) -> None:
         self._engine = db.engine
 
-    def telemetry_positions(
-        self, device_ids: Sequence[str]
-    ) -> dict[str, tuple[str, int, int | None, int]]:
-        """Device -> (epoch, highest sequence stored, when its last report was stored, when it
-        enrolled), for enrolled devices that are not revoked."""
-        with self._engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(
-                    devices.c.device_id,
-                    devices.c.telemetry_epoch,
-                    devices.c.last_telemetry_seq,
-                    devices.c.last_telemetry_at,
-                    devices.c.enrolled_at,
-                ).where(devices.c.device_id.in_(list(device_ids)) & devices.c.revoked_at.is_(None))
-            ).all()
-        return {str(d): (e or "", int(q or 0), t, int(n)) for d, e, q, t, n in rows}
+    def _known(self, conn: sa.Connection, device_ids: Sequence[str]) -> dict[str, Known]:
+        """The devices among ``device_ids`` that are enrolled and not revoked, their ledgers
+        locked until the caller's transaction ends."""
+        hold_writes(conn)  # SQLite: the only writer from here (ledgers read, then written)
+        query = sa.select(
+            devices.c.device_id,
+            devices.c.telemetry_ledger,
+            devices.c.telemetry_epoch,
+            devices.c.last_telemetry_seq,
+            devices.c.last_telemetry_at,
+            devices.c.enrolled_at,
+        ).where(devices.c.device_id.in_(list(device_ids)) & devices.c.revoked_at.is_(None))
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        return {
+            str(d): Known(Ledger.load(raw, e, q), t, int(n))
+            for d, raw, e, q, t, n in conn.execute(query).all()
+        }
+
+    def ingest(
+        self, device_ids: Sequence[str], judge: Callable[[dict[str, Known]], IngestBatch]
+    ) -> tuple[IngestBatch, bool]:
+        """Judge and write one batch in one transaction: ``judge`` gets the devices' ledgers
+        (locked: replicas and the device API wait their turn) and returns what to write. Returns
+        the batch and whether its history was stored (see :meth:`record_mqtt_batch`).
+
+        Raises:
+            Exception: whatever the database (or ``judge``) raised; nothing was written.
+        """
+        with self._engine.begin() as conn:
+            known = self._known(conn, sorted(set(device_ids))) if device_ids else {}
+            batch = judge(known)
+            return batch, self._write(conn, batch)
+
+    def deliver(
+        self, device_id: str, epoch: str, floor: int, events: Sequence[Any], now: float
+    ) -> tuple[Ledger, bool]:
+        """Store what a device delivers over the device API (update events it has not seen
+        stored, numbered in its sequence) and its floor; return its ledger and whether an
+        update outcome may have changed a rollout. A copy already stored (by MQTT) counts once.
+
+        Raises:
+            Exception: whatever the database raised; nothing was written.
+        """
+        with self._engine.begin() as conn:
+            known = self._known(conn, [device_id]).get(device_id)
+            if known is None:
+                return Ledger(), False
+            ledger = before = known.ledger
+            batch = IngestBatch()
+            stored = 0
+            for event in events:
+                ledger, verdict = ledger.receive(event.epoch, event.seq)
+                if verdict == Verdict.DUPLICATE:
+                    continue
+                stored += 1
+                batch.events.append(event_row(event, now))
+                outcome = outcome_of(event)
+                if outcome is not None:
+                    batch.outcomes.append(outcome)
+            ledger = ledger.floor(epoch, floor)
+            if ledger != before:
+                batch.telemetry[device_id] = (ledger, None, stored, lost_between(before, ledger))
+            self._write(conn, batch)
+            return ledger, bool(batch.outcomes)
 
     def revoked_devices(self) -> set[str]:
         """The ids of every revoked device."""
@@ -140,10 +204,21 @@ class TelemetryStore:
     def record_mqtt_batch(self, batch: IngestBatch) -> bool:
         """Write one batch of ingested MQTT messages in one transaction. History is written in
         a savepoint of its own: when it cannot be stored the rest still is (False)."""
+        with self._engine.begin() as conn:
+            return self._write(conn, batch)
+
+    def _write(self, conn: sa.Connection, batch: IngestBatch) -> bool:
         now = int(time.time())
         with_report, counts_only = [], []
-        for device_id, (epoch, seq, report, count, gaps) in batch.telemetry.items():
-            row = {"d": device_id, "e": epoch, "s": seq, "n": count, "g": gaps}
+        for device_id, (ledger, report, count, gaps) in batch.telemetry.items():
+            row = {
+                "d": device_id,
+                "e": ledger.epoch,
+                "s": ledger.highest,
+                "l": ledger.to_json(),
+                "n": count,
+                "g": gaps,
+            }
             if report is None:
                 counts_only.append(row)
             else:
@@ -151,49 +226,49 @@ class TelemetryStore:
         counted = {
             "telemetry_epoch": sa.bindparam("e"),
             "last_telemetry_seq": sa.bindparam("s"),
+            "telemetry_ledger": sa.bindparam("l"),
             "telemetry_count": devices.c.telemetry_count + sa.bindparam("n"),
             "telemetry_gaps": devices.c.telemetry_gaps + sa.bindparam("g"),
         }
         update = devices.update().where(devices.c.device_id == sa.bindparam("d"))
-        with self._engine.begin() as conn:
-            if with_report:  # one statement, many rows
-                conn.execute(
-                    update.values(
-                        last_telemetry=sa.bindparam("r"),
-                        last_telemetry_at=sa.bindparam("t"),
-                        **counted,
-                    ),
-                    with_report,
-                )
-            if counts_only:
-                conn.execute(update.values(**counted), counts_only)
-            for device_id, state in batch.states.items():
-                conn.execute(
-                    devices.update()
-                    .where(devices.c.device_id == device_id)
-                    .values(online_state=state, online_at=now)
-                )
-            if batch.events:
-                conn.execute(device_events.insert().values(stored_at=now), batch.events)
-            if batch.usage:
-                _add_usage(conn, batch.usage, now)
-            history_stored = True
-            if batch.history:
-                try:
-                    with conn.begin_nested():
-                        _add_history(conn, batch.history)
-                except sa.exc.SQLAlchemyError:
-                    log.exception("cannot store %d telemetry history row(s)", len(batch.history))
-                    history_stored = False
-            if batch.prune_history_before:
-                for table in (telemetry_history, model_history):
-                    conn.execute(table.delete().where(table.c.bucket < batch.prune_history_before))
-            if batch.prune_events_before:
-                conn.execute(
-                    device_events.delete().where(
-                        device_events.c.stored_at < batch.prune_events_before
-                    )
-                )
+        if with_report:  # one statement, many rows
+            conn.execute(
+                update.values(
+                    last_telemetry=sa.bindparam("r"),
+                    last_telemetry_at=sa.bindparam("t"),
+                    **counted,
+                ),
+                with_report,
+            )
+        if counts_only:
+            conn.execute(update.values(**counted), counts_only)
+        for device_id, state in batch.states.items():
+            conn.execute(
+                devices.update()
+                .where(devices.c.device_id == device_id)
+                .values(online_state=state, online_at=now)
+            )
+        if batch.events:
+            conn.execute(device_events.insert().values(stored_at=now), batch.events)
+        for outcome in batch.outcomes:
+            apply_update(conn, outcome, now)
+        if batch.usage:
+            _add_usage(conn, batch.usage, now)
+        history_stored = True
+        if batch.history:
+            try:
+                with conn.begin_nested():
+                    _add_history(conn, batch.history)
+            except sa.exc.SQLAlchemyError:
+                log.exception("cannot store %d telemetry history row(s)", len(batch.history))
+                history_stored = False
+        if batch.prune_history_before:
+            for table in (telemetry_history, model_history):
+                conn.execute(table.delete().where(table.c.bucket < batch.prune_history_before))
+        if batch.prune_events_before:
+            conn.execute(
+                device_events.delete().where(device_events.c.stored_at < batch.prune_events_before)
+            )
         return history_stored
 
     def device_events(self, device_id: str, limit: int = 100) -> list[dict[str, Any]]:
