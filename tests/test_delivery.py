@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -162,3 +163,52 @@ def test_an_outcome_reported_while_the_server_is_unreachable_reaches_its_rollout
     spool.close()
     client.close()
     device.close()
+
+
+def test_telemetry_goes_on_after_the_agents_disk_was_full(
+    tmp_path: Path,
+    broker_url: str,
+    server_factory: Callable[..., Server],
+) -> None:
+    """The agent's state dir on a real 8 MiB tmpfs, filled to the last byte for a while: the
+    agent keeps serving and checking in, its telemetry comes back once there is room, and the
+    server's books balance (what the spool dropped to make room is counted, nothing lost)."""
+    from tests.harness import make_agent  # noqa: PLC0415 - the factory would start it at once
+
+    server = server_factory(broker_url)
+    agent = make_agent(tmp_path, "edge-full", server, telemetry_s=0.5, checkin_s=1.0)
+    state = agent.folder / "state"
+    state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(state)], check=True)
+    filler = state / "filler"
+    try:
+        agent.start()
+        wait_for("telemetry", lambda: ledger(server, "edge-full").get("highest", 0) >= 4)
+        at_fill = ledger(server, "edge-full")["highest"]
+        with filler.open("wb", buffering=0) as f:  # everything left, to the last byte
+            for size in (64 * 1024, 1):
+                try:
+                    while True:
+                        f.write(bytes(size))
+                except OSError:
+                    pass
+        time.sleep(8)
+        assert agent.proc is not None and agent.proc.popen.poll() is None, agent.output()
+        # The spool gave back its reserve and made room: reports went on while the disk was
+        # full (16 were due).
+        assert ledger(server, "edge-full")["highest"] >= at_fill + 8
+        filler.unlink()
+        full_until = ledger(server, "edge-full")["highest"]
+
+        def settled() -> dict[str, Any] | None:
+            books = ledger(server, "edge-full")
+            done = books["highest"] >= full_until + 10 and not books["missing"]
+            return books if done else None
+
+        books = wait_for("telemetry again, every report accounted for", settled, timeout=90)
+        assert books["lost"] == 0 and balanced(books), books
+        agent.stop()
+    finally:
+        if agent.proc is not None and agent.proc.popen.poll() is None:
+            agent.stop(signal.SIGKILL)
+        subprocess.run(["umount", "-l", str(state)], check=False)

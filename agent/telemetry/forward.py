@@ -7,7 +7,7 @@ import threading
 import time
 
 from agent.telemetry.mqtt import MqttPublisher
-from agent.telemetry.spool import Spool
+from agent.telemetry.spool import Spool, SpoolFullError
 
 __all__ = ["Forwarder"]
 
@@ -53,7 +53,11 @@ class Forwarder:
                 if not info.is_published():
                     break
                 acked.append(message_id)
-            self._spool.sent(acked)
+            try:
+                self._spool.sent(acked)
+            except SpoolFullError as exc:  # they stay unsent: published again (duplicates)
+                log.warning("cannot note what the broker acknowledged: %s", exc)
+                break
             acked_total += len(acked)
             if len(acked) < len(batch):
                 break

@@ -33,16 +33,17 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from agent.errors import TransientError
 
 __all__ = ["Delivery", "Spool", "SpoolFullError", "SpooledMessage"]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 TELEMETRY = "telemetry"
 EVENT = "event"
@@ -231,28 +232,35 @@ class Spool:
             SpoolFullError: the disk stays full even after the spool made room.
         """
         with self._lock:
-            for attempt in range(2):
-                try:
-                    seq = self._append(topic, build, kind)
-                except sqlite3.OperationalError as exc:
-                    if not _full(exc):
-                        raise
-                    if attempt:
-                        raise SpoolFullError(f"the disk under {self.path} is full") from exc
-                    dropped = self._make_room()
-                    log.warning("the disk under the spool is full: dropped the %d oldest "
-                                "telemetry message(s) to make room", dropped)  # fmt: skip
-                    continue
-                except sqlite3.DatabaseError as exc:
-                    if not _damaged(exc):
-                        raise
-                    self._db.close()
-                    self._db = self._replace(f"the spool was damaged ({exc})")
-                    self.epoch, self.lost = self._meta("epoch"), self._meta("lost")
-                    continue
-                if not self._reserve.exists():
-                    self._take_reserve()
-                return seq
+            seq = self._writing(lambda: self._append(topic, build, kind))
+            if not self._reserve.exists():
+                self._take_reserve()
+            return seq
+
+    def _writing(self, write: Callable[[], _T]) -> _T:
+        """Run one write transaction (holding the lock); on a full disk make room and try once
+        more; on a damaged spool replace it and try on the new one.
+
+        Raises:
+            SpoolFullError: the disk stays full even after the spool made room.
+        """
+        for attempt in range(3):
+            try:
+                return write()
+            except sqlite3.OperationalError as exc:
+                if not _full(exc):
+                    raise
+                if attempt:
+                    raise SpoolFullError(f"the disk under {self.path} is full") from exc
+                dropped = self._make_room()
+                log.warning("the disk under the spool is full: dropped the %d oldest "
+                            "telemetry message(s) to make room", dropped)  # fmt: skip
+            except sqlite3.DatabaseError as exc:
+                if not _damaged(exc) or attempt:
+                    raise
+                self._db.close()
+                self._db = self._replace(f"the spool was damaged ({exc})")
+                self.epoch, self.lost = self._meta("epoch"), self._meta("lost")
         raise SpoolFullError(f"the spool at {self.path} cannot be written")  # pragma: no cover
 
     def _append(self, topic: str, build: Callable[[int], bytes], kind: str) -> int:
@@ -313,57 +321,66 @@ class Spool:
         if not ids:
             return
         with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                if self._meta("acks") == "1":
-                    generation = int(self._meta("generation"))
-                    db.executemany(
-                        "UPDATE messages SET sent = ? WHERE id = ? AND seq IS NOT NULL",
-                        [(generation + 1, i) for i in ids],
-                    )
-                    db.executemany(
-                        "DELETE FROM messages WHERE id = ? AND seq IS NULL", [(i,) for i in ids]
-                    )
-                else:
-                    db.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in ids])
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+            self._writing(lambda: self._sent(ids))
+
+    def _sent(self, ids: Sequence[int]) -> None:
+        with self._transaction() as db:
+            if self._meta("acks") == "1":
+                generation = int(self._meta("generation"))
+                db.executemany(
+                    "UPDATE messages SET sent = ? WHERE id = ? AND seq IS NOT NULL",
+                    [(generation + 1, i) for i in ids],
+                )
+                db.executemany(
+                    "DELETE FROM messages WHERE id = ? AND seq IS NULL", [(i,) for i in ids]
+                )
+            else:
+                db.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in ids])
 
     def acknowledge(self, delivery: Delivery) -> int:
         """The server says what it stored: forget that, send again what it misses (and what
         was sent long ago and is still above what it stored); return how many were forgotten.
-        An acknowledgement of another epoch changes nothing."""
+        An acknowledgement of another epoch changes nothing.
+
+        Raises:
+            SpoolFullError: the disk stays full even after the spool made room.
+        """
         if delivery.epoch != self.epoch:
             return 0
         with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.execute("UPDATE meta SET value = '1' WHERE key = 'acks'")
-                generation = int(self._meta("generation")) + 1
-                db.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(generation),))
-                rows = db.execute(
-                    "SELECT id, seq, sent FROM messages WHERE seq IS NOT NULL AND seq <= ?",
-                    (delivery.highest,),
-                ).fetchall()
-                stored = [(i,) for i, s, _ in rows if delivery.stored(int(s))]
-                again = [(i,) for i, s, sent in rows if sent and not delivery.stored(int(s))]
-                db.executemany("DELETE FROM messages WHERE id = ?", stored)
-                db.executemany("UPDATE messages SET sent = 0 WHERE id = ?", again)
-                db.execute(
-                    "UPDATE messages SET sent = 0 WHERE seq > ? AND sent > 0 AND sent <= ?",
-                    (delivery.highest, generation + 1 - _RESEND_AFTER_ACKS),
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+            return self._writing(lambda: self._acknowledge(delivery))
+
+    def _acknowledge(self, delivery: Delivery) -> int:
+        with self._transaction() as db:
+            db.execute("UPDATE meta SET value = '1' WHERE key = 'acks'")
+            generation = int(self._meta("generation")) + 1
+            db.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(generation),))
+            rows = db.execute(
+                "SELECT id, seq, sent FROM messages WHERE seq IS NOT NULL AND seq <= ?",
+                (delivery.highest,),
+            ).fetchall()
+            stored = [(i,) for i, s, _ in rows if delivery.stored(int(s))]
+            again = [(i,) for i, s, sent in rows if sent and not delivery.stored(int(s))]
+            db.executemany("DELETE FROM messages WHERE id = ?", stored)
+            db.executemany("UPDATE messages SET sent = 0 WHERE id = ?", again)
+            db.execute(
+                "UPDATE messages SET sent = 0 WHERE seq > ? AND sent > 0 AND sent <= ?",
+                (delivery.highest, generation + 1 - _RESEND_AFTER_ACKS),
+            )
         return len(stored)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; rolled back on any error (SQLite may already have)."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     # -- reading ------------------------------------------------------------------------------
 
