@@ -68,13 +68,18 @@ def render(ctx: ServerContext, ingest: TelemetryIngest | None) -> str:
             _line("edgefleet_mqtt_messages_total", ingest.rejected, {"outcome": "rejected"}),
             _line("edgefleet_mqtt_messages_total", ingest.duplicates, {"outcome": "duplicate"}),
             _line("edgefleet_mqtt_messages_total", ingest.dropped, {"outcome": "dropped"}),
+            _line("edgefleet_mqtt_messages_total", ingest.filled, {"outcome": "filled"}),
+            _line("edgefleet_mqtt_messages_total", ingest.deferred, {"outcome": "deferred"}),
             *(
                 _line("edgefleet_mqtt_messages_total", n, {"outcome": f"refused_{reason}"})
                 for reason, n in sorted(ingest.refused.items())
             ),
-            "# HELP edgefleet_mqtt_lost_total Device messages that never arrived (sequence gaps).",
+            "# HELP edgefleet_mqtt_lost_total Device messages given up as lost (see docs/mqtt.md).",
             "# TYPE edgefleet_mqtt_lost_total counter",
             _line("edgefleet_mqtt_lost_total", ingest.gaps),
+            "# HELP edgefleet_mqtt_write_failures_total Ingest writes the database refused.",
+            "# TYPE edgefleet_mqtt_write_failures_total counter",
+            _line("edgefleet_mqtt_write_failures_total", ingest.write_failures),
             "# HELP edgefleet_rollout_unhealthy_total Devices failed by a rollout's health gate.",
             "# TYPE edgefleet_rollout_unhealthy_total counter",
             _line("edgefleet_rollout_unhealthy_total", ingest.unhealthy),

@@ -92,9 +92,20 @@ class MqttPublisher:
         on_connected: Callable[[paho.Client], None] | None = None,
         will: tuple[str, bytes] | None = None,
         persistent_session: bool = False,
+        on_message: Callable[[paho.Client, object, paho.MQTTMessage], None] | None = None,
+        manual_ack: bool = False,
+        receive_maximum: int = 0,
     ) -> None:
         """``on_connected`` runs in paho's thread after every successful (re)connect; ``will``
-        (topic, payload) is the retained Last Will the broker publishes if the connection dies."""
+        (topic, payload) is the retained Last Will the broker publishes if the connection dies.
+
+        A subscriber passes ``on_message`` here (not later: a persistent session delivers as
+        soon as it connects); with ``manual_ack`` a QoS 1 message is acknowledged only when
+        the subscriber calls ``ack`` (it stored it), and ``receive_maximum`` (MQTT v5) bounds
+        how many the broker sends before they are."""
+        self._on_message = on_message
+        self._manual_ack = manual_ack
+        self._receive_maximum = receive_maximum
         self.endpoint = endpoint
         self._on_connected = on_connected
         self._will = will
@@ -117,6 +128,10 @@ class MqttPublisher:
             clean_session=None if protocol == paho.MQTTv5 else not self._persistent,
         )
         client.max_queued_messages_set(_MAX_QUEUED)
+        if self._manual_ack:
+            client.manual_ack_set(True)
+        if self._on_message is not None:
+            client.on_message = self._on_message
         if self._will is not None and protocol == paho.MQTTv5:
             # Only on v5: the 3.1.1 fallback exists for the embedded broker (amqtt), which
             # refuses a CONNECT with a Will ("will topic/message not present"), measured.
@@ -170,14 +185,17 @@ class MqttPublisher:
         for protocol in (paho.MQTTv5, paho.MQTTv311):
             client, answered, outcome = self._make_client(protocol)
             try:
-                if protocol == paho.MQTTv5 and self._persistent:
+                if protocol == paho.MQTTv5 and (self._persistent or self._receive_maximum):
                     properties = Properties(PacketTypes.CONNECT)
-                    properties.SessionExpiryInterval = _SESSION_EXPIRY_S
+                    if self._persistent:
+                        properties.SessionExpiryInterval = _SESSION_EXPIRY_S
+                    if self._receive_maximum:
+                        properties.ReceiveMaximum = self._receive_maximum
                     client.connect(
                         self.endpoint.host,
                         self.endpoint.port,
                         keepalive=30,
-                        clean_start=False,
+                        clean_start=not self._persistent,
                         properties=properties,
                     )
                 else:

@@ -56,8 +56,11 @@ _MAX_PAYLOAD = 256 * 1024
 _QUEUE_BOUND = 10_000
 _QUEUE_BYTES = 64 * 1024 * 1024  # and at most this much payload waiting for the writer
 _BATCH = 500
-_WRITE_ATTEMPTS = 30  # a batch the database keeps refusing for this many seconds is dropped
-_FINAL_ATTEMPTS = 3
+_FINAL_ATTEMPTS = 3  # when stopping; otherwise a write is retried until the database is back
+_RETRY_MAX_S = 5.0  # between attempts
+# Unacknowledged messages an MQTT v5 broker may send the ingest (its back-pressure window):
+# messages are acknowledged once stored, so during a database outage the broker holds the rest.
+_RECEIVE_MAXIMUM = 2000
 _IDLE_FLUSH_S = 30.0  # with no messages, ended history buckets are written this often
 _REVOKED_REFRESH_S = 5.0  # revocations made by another server replica are seen this soon
 _EVENTS_KEPT_S = 7 * 86400  # device events are kept this long at least (the history's if longer)
@@ -172,7 +175,8 @@ class TelemetryIngest:
         self._telemetry = store
         self._fleet_id = fleet_id
         self._client_id = client_id
-        self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=_QUEUE_BOUND)
+        # (topic, payload, the broker's message id to acknowledge once stored; 0: none)
+        self._queue: queue.Queue[tuple[str, bytes, int] | None] = queue.Queue(maxsize=_QUEUE_BOUND)
         self._publisher: MqttPublisher | None = None
         self._writer = threading.Thread(target=self._drain, name="telemetry-ingest", daemon=True)
         self.received = 0  # messages handed over by the broker
@@ -180,7 +184,9 @@ class TelemetryIngest:
         self._bytes_lock = threading.Lock()
         self.accepted = 0
         self.rejected = 0
-        self.dropped = 0
+        self.dropped = 0  # given up at a stop with the database down (devices send them again)
+        self.deferred = 0  # left unacknowledged with the queue full (sent again)
+        self.write_failures = 0  # attempts to store a batch the database refused
         self.duplicates = 0
         self.gaps = 0  # messages given up as lost (see sequence.py)
         self.filled = 0  # late arrivals into a missing range (neither duplicates nor losses)
@@ -266,11 +272,38 @@ class TelemetryIngest:
             for topic in topics:
                 client.subscribe(topic, qos=1)
 
+        def on_message(_c: paho.Client, _u: object, message: Any) -> None:
+            # Hand the message to the writer, which acknowledges it to the broker once stored
+            # (the broker sends at most _RECEIVE_MAXIMUM unacknowledged: back-pressure). When
+            # the queue is full anyway (a 3.1.1 broker has no such window), wait, then leave
+            # it unacknowledged: the broker or the device (its spool, told what is missing)
+            # sends it again.
+            payload = bytes(message.payload)
+            if self._queued_bytes > _QUEUE_BYTES:
+                deadline = time.monotonic() + 10
+                while self._queued_bytes > _QUEUE_BYTES and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            try:
+                topic = message.topic
+            except UnicodeDecodeError:
+                topic = ""
+            try:
+                self._queue.put((topic, payload, int(message.mid)), timeout=10)
+            except queue.Full:
+                self.deferred += 1
+                return
+            with self._bytes_lock:
+                self._queued_bytes += len(payload)
+            self.received += 1
+
         publisher = MqttPublisher(
             self._endpoint,
             client_id=self._client_id,
             on_connected=subscribe,
             persistent_session=self._persistent,
+            on_message=on_message,
+            manual_ack=True,
+            receive_maximum=_RECEIVE_MAXIMUM,
         )
         try:
             publisher.connect()
@@ -281,25 +314,6 @@ class TelemetryIngest:
         if self._share_group and not group:
             log.warning("the broker speaks MQTT 3.1.1: no shared subscription, one server only")
         topics.extend(telemetry_filter(self._fleet_id, group or None, kind) for kind in _KINDS)
-
-        def on_message(_c: paho.Client, _u: object, message: Any) -> None:
-            # Hand the message to the writer; when it falls far behind (in messages or bytes),
-            # wait (the broker holds what is not acknowledged yet) rather than lose it.
-            payload = bytes(message.payload)
-            if self._queued_bytes > _QUEUE_BYTES:
-                deadline = time.monotonic() + 10
-                while self._queued_bytes > _QUEUE_BYTES and time.monotonic() < deadline:
-                    time.sleep(0.01)
-            try:
-                self._queue.put((message.topic, payload), timeout=10)
-            except queue.Full:
-                self.dropped += 1
-                return
-            with self._bytes_lock:
-                self._queued_bytes += len(payload)
-            self.received += 1
-
-        client.on_message = on_message
         for topic in topics:
             result, _mid = client.subscribe(topic, qos=1)
             if result != paho.MQTT_ERR_SUCCESS:
@@ -322,20 +336,36 @@ class TelemetryIngest:
                 return
             batch = [item]
             self._dequeued(item)
+            final = False
             while len(batch) < _BATCH:
                 try:
                     more = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if more is None:
-                    self._write(batch)
-                    self._write([], final=True)
-                    return
+                    final = True
+                    break
                 self._dequeued(more)
                 batch.append(more)
-            self._write(batch)
+            self._write([(topic, payload) for topic, payload, _mid in batch], stopping=final)
+            self._acknowledge([mid for _t, _p, mid in batch if mid])
+            if final:
+                self._write([], final=True)
+                return
 
-    def _dequeued(self, item: tuple[str, bytes]) -> None:
+    def _acknowledge(self, mids: list[int]) -> None:
+        """Tell the broker these messages are stored (or judged): it may forget them."""
+        publisher = self._publisher
+        if publisher is None or not mids:
+            return
+        try:
+            client = publisher.raw_client()
+        except TransientError:
+            return  # closed: the broker sends them again to the next session
+        for mid in mids:
+            client.ack(mid, 1)
+
+    def _dequeued(self, item: tuple[str, bytes, int]) -> None:
         with self._bytes_lock:
             self._queued_bytes -= len(item[1])
 
@@ -348,11 +378,14 @@ class TelemetryIngest:
             seen = self.received
             time.sleep(quiet_s)
 
-    def _write(self, items: list[tuple[str, bytes]], *, final: bool = False) -> None:
+    def _write(
+        self, items: list[tuple[str, bytes]], *, final: bool = False, stopping: bool = False
+    ) -> None:
         """Validate, deduplicate and store one batch in one transaction (with ``final``, every
-        open history bucket too). While the database fails, retry (the broker keeps what the
-        queue cannot take): messages the broker acknowledged to us are not dropped at the first
-        hiccup."""
+        open history bucket too). While the database fails, retry for as long as it takes:
+        the broker holds what is not acknowledged yet, and devices keep what the server has
+        not stored. Only when the server stops (``final`` or ``stopping``) does it give up
+        after a few attempts; what it could not store, devices send again."""
         decoded = []
         for topic, payload in items:
             message = decode_message(topic, payload, self._fleet_id)
@@ -360,11 +393,15 @@ class TelemetryIngest:
                 self.rejected += 1
             else:
                 decoded.append(message)
-        # Stopping does not wait long: what the last write cannot store, it logs.
-        attempts = _FINAL_ATTEMPTS if final else _WRITE_ATTEMPTS
-        for attempt in range(attempts):
+        attempts = _FINAL_ATTEMPTS if final or stopping else None
+        attempt = 0
+        while attempts is None or attempt < attempts:
+            attempt += 1
             try:
                 self._store(decoded, final=final)
+                if attempt > 1:
+                    log.warning("the database is back: stored %d MQTT message(s) after %d "
+                                "attempt(s)", len(decoded), attempt)  # fmt: skip
                 return
             except sa.exc.DataError:
                 # A value the database refuses will be refused again: store the messages one
@@ -372,14 +409,13 @@ class TelemetryIngest:
                 log.exception("the database refuses a value in %d MQTT message(s)", len(decoded))
                 self._store_each(decoded)
                 return
-            except Exception:
-                log.exception(
-                    "cannot store %d MQTT message(s) (attempt %d of %d)",
-                    len(decoded),
-                    attempt + 1,
-                    attempts,
-                )
-                time.sleep(1.0)
+            except Exception as exc:  # noqa: BLE001 - any database failure: logged once a minute
+                self.write_failures += 1
+                if self._complaints.first("database"):
+                    log.error("cannot store %d MQTT message(s), retrying until the database "
+                              "is back (not logged again this minute): %s", len(decoded),
+                              exc)  # fmt: skip
+                time.sleep(min(_RETRY_MAX_S, 0.5 * attempt))
         self.dropped += len(decoded)
 
     def _store_each(self, decoded: list[tuple[str, Any]]) -> None:
@@ -579,7 +615,7 @@ class TelemetryIngest:
             device_id=device_id, state="offline", sent_unix_ms=int(time.time() * 1000)
         )
         try:
-            self._queue.put((topic, state.SerializeToString()), timeout=10)
+            self._queue.put((topic, state.SerializeToString(), 0), timeout=10)
         except queue.Full:
             self.dropped += 1
 
