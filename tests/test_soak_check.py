@@ -177,3 +177,11 @@ def test_fault_names_are_checked() -> None:
     with pytest.raises(ValueError, match="db-cut needs --db postgres"):
         parse_kinds("db-cut", postgres=False)
     assert FaultKind.DB_CUT not in parse_kinds("all", postgres=False)
+
+
+def test_an_agent_whose_telemetry_stopped_is_a_violation() -> None:
+    # Issue 19: after a brief disk-full the telemetry loop ended for the process's life.
+    assert judge([agent(numbered_while_settling=0)]) == [
+        "telemetry-alive: its spool numbered no message while the fleet settled: telemetry stopped"
+    ]
+    assert judge([agent(numbered_while_settling=12)]) == []

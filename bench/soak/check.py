@@ -156,6 +156,7 @@ class AgentView:
     server_version: str
     server_state: str
     staging_bytes: int
+    numbered_while_settling: int = -1  # messages the spool numbered while the fleet settled
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,9 @@ def check(
             v(Violation("converged", who, f"device runs {agent.journal_version or 'nothing'}, "
                         f"server says {agent.server_version} {agent.server_state}, "
                         f"last rollout asked {expected_version}"))  # fmt: skip
+        if agent.numbered_while_settling == 0:
+            v(Violation("telemetry-alive", who, "its spool numbered no message while the fleet "
+                        "settled: telemetry stopped"))  # fmt: skip
         if len(agent.spooled_seqs) > agent.spool_bound:
             v(Violation("spool-bound", who, f"{len(agent.spooled_seqs)} messages spooled, "
                         f"bound {agent.spool_bound}"))  # fmt: skip

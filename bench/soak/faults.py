@@ -85,7 +85,8 @@ class FaultRunner:
                 continue
             if hit:
                 self.injected[fault.kind.value] += 1
-                self.detail[f"{fault.kind.value} {hit}".strip()] += 1
+                label = fault.kind.value if hit == "-" else f"{fault.kind.value} {hit}"
+                self.detail[label] += 1
 
     def inject(self, fault: Fault, stop: threading.Event) -> str:
         """Inject one fault and undo it; return what it hit ("" = skipped, counted nowhere;

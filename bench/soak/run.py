@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -38,6 +39,7 @@ __all__ = ["main"]
 
 log = logging.getLogger("bench.soak")
 MAX_MINUTES = 240.0
+_MIN_SETTLE_S = 15.0  # long enough to see every agent's telemetry go on after the faults
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -148,14 +150,21 @@ def _run(args: argparse.Namespace, fleet: Fleet) -> int:
         sims.start()  # the simulated devices keep checking in while the fleet settles
         releases.finish(max(10.0, deadline - time.monotonic()))
         expected = releases.good_version
+        numbered = {a.name: _spool_seq(a) for a in fleet.agents}
         convergence = _settle(fleet, expected, deadline, settle_start)
+        time.sleep(max(0.0, settle_start + _MIN_SETTLE_S - time.monotonic()))
         served = {a.name: _served_version(a) for a in fleet.agents}
+        numbered = {a.name: _spool_seq(a) - numbered[a.name] for a in fleet.agents}
     restart_sims.set()
     sims.join()
     fleet.stop_agents()
     time.sleep(5.0)  # the ingest stores what the agents published last
     failures |= sims.failed
-    agents = [_agent_view(fleet, a, served[a.name], releases.hashes) for a in fleet.agents]
+    agents = [
+        replace(_agent_view(fleet, a, served[a.name], releases.hashes),
+                numbered_while_settling=numbered[a.name])
+        for a in fleet.agents
+    ]  # fmt: skip
     outcome = check(
         agents,
         _sim_views(fleet),
@@ -322,6 +331,14 @@ def _spool(path: Path) -> tuple[str, int, int, tuple[int, ...]]:
     finally:
         db.close()
     return str(meta["epoch"]), int(meta["seq"]), int(meta.get("dropped", 0)), tuple(seqs)
+
+
+def _spool_seq(agent: Agent) -> int:
+    """The last sequence number the agent's spool assigned (-1: unreadable)."""
+    try:
+        return _spool(agent.folder / "state" / "spool.db")[1]
+    except (sqlite3.Error, OSError, KeyError):
+        return -1
 
 
 def _agent_view(fleet: Fleet, agent: Agent, served: str, hashes: dict[str, str]) -> AgentView:
