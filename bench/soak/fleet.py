@@ -110,6 +110,7 @@ class Fleet:
         self._engine: sa.Engine | None = None
         self.lock = threading.Lock()  # one restart at a time (faults vs. the watcher)
         self.started: list[Proc] = []  # every process ever started, for the final sweep
+        self.closing = False  # set by close: a fault thread still running starts nothing
 
     # ---------------------------------------------------------------- database
     def create_database(self) -> None:
@@ -154,6 +155,7 @@ class Fleet:
     def start_broker(self, *, persistent: bool = True) -> None:
         """Start (or restart) mosquitto on the run's port; without ``persistent`` it starts
         with nothing saved and keeps nothing."""
+        self._refuse_when_closing("mosquitto")
         folder = self.folder / "mosquitto"
         if not persistent:
             (folder / "mosquitto.db").unlink(missing_ok=True)
@@ -171,6 +173,7 @@ class Fleet:
     # ---------------------------------------------------------------- server
     def start_server(self) -> Server:
         """Start the fleet server on the run's fixed ports and wait until it serves."""
+        self._refuse_when_closing("the server")
         folder = self.folder
         data_dir = folder / "server"
         if not (data_dir / "fleet.json").exists():
@@ -210,7 +213,8 @@ class Fleet:
         assert self.server is not None
         result = self.server.admin(*args, check=False)
         for _ in range(20):
-            if result.returncode == 0 or "UNAVAILABLE" not in result.stderr + result.stdout:
+            said = result.stderr + result.stdout
+            if result.returncode == 0 or not ("UNAVAILABLE" in said or "unreachable" in said):
                 break
             time.sleep(1.0)  # the server restarts under a fault
             result = self.server.admin(*args, check=False)
@@ -248,6 +252,7 @@ class Fleet:
         return {}
 
     def start_agent(self, agent: Agent) -> None:
+        self._refuse_when_closing(agent.name)
         if proc_alive(agent.proc):
             raise RuntimeError(f"{agent.name} is running already; refusing a second one")
         agent.start(env=self.agent_env(agent))
@@ -291,6 +296,7 @@ class Fleet:
 
     def close(self) -> None:
         """Stop everything this run started and remove what it created; never raises."""
+        self.closing = True
         steps: list[tuple[str, Callable[[], object]]] = [
             ("agents", self.stop_agents),
             ("simulated devices", self._close_sims),
@@ -308,6 +314,10 @@ class Fleet:
                 step()
             except Exception:
                 log.exception("cleanup of the %s failed", what)
+
+    def _refuse_when_closing(self, what: str) -> None:
+        if self.closing:
+            raise RuntimeError(f"not starting {what}: the run is ending")
 
     def _kill_leftovers(self) -> None:
         for proc in self.started:

@@ -129,6 +129,7 @@ class ReleaseDriver:
                 log.warning("release failed: %s", exc)
                 self.errors.append(str(exc))
                 stop.wait(5)
+                self._recover()
 
     def roll_out(self, *, bad: bool, stop: threading.Event | None = None) -> RolloutRecord:
         """Push a release, roll it out and wait for its end (until ``stop``, then it is left
@@ -190,6 +191,18 @@ class ReleaseDriver:
         if state == "completed" and not bad:
             self.good_version = version
         return RolloutRecord(rollout_id, version, bad, state.replace("_", "-"), seconds)
+
+    def _recover(self) -> None:
+        """After a failed step, end the rollout left open (a bad one rolled back, a good one
+        aborted) so the next can start."""
+        try:
+            rows = self.fleet.rows("SELECT rollout_id, version FROM rollouts WHERE state IN "
+                                   "('running', 'paused')")  # fmt: skip
+            for row in rows:
+                verb = "rollback" if row["version"] in self.bad else "abort"
+                self.fleet.admin("rollouts", verb, str(row["rollout_id"]), check=False)
+        except Exception as exc:  # noqa: BLE001 - the next release reports what still fails
+            log.warning("cannot end the open rollout: %s", exc)
 
     def state(self, rollout_id: int) -> str:
         """A rollout's state, from the server's database."""
