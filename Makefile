@@ -8,7 +8,8 @@ PYTEST_ARGS ?=
 # Test files run on this many workers (pytest-xdist); most tests wait on real processes.
 PYTEST_WORKERS ?= 2
 
-.PHONY: all venv demo test test-fast lint typecheck pytest bench bench-mlserver protos clean deb
+.PHONY: all venv demo test test-fast lint typecheck pytest bench bench-mlserver protos clean deb \
+	soak soak-ci
 
 all: test
 
@@ -74,6 +75,28 @@ bench: $(STAMP)
 
 bench-mlserver: $(STAMP) .venv-mlserver/.installed
 	$(BIN)/python -m bench.bench_mlserver
+
+# Issue 19's proving ground (bench/soak): a real server, broker and agents plus simulated
+# devices under a seeded fault schedule, then an invariant check (exit 1 on a violation).
+# Runs as root (it mounts a small tmpfs); one soak at a time on a shared machine.
+SOAK_MINUTES ?= 10
+SOAK_SEED    ?= 19
+SOAK_DB      ?= sqlite
+SOAK_BROKER  ?= mosquitto
+SOAK_AGENTS  ?= 5
+SOAK_SIMS    ?= 300
+SOAK_FAULTS  ?= all
+SOAK_ARGS    ?=
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES) --seed $(SOAK_SEED) --db $(SOAK_DB) \
+		--broker $(SOAK_BROKER) --agents $(SOAK_AGENTS) --sims $(SOAK_SIMS) \
+		--faults $(SOAK_FAULTS) $(SOAK_ARGS)
+
+# The 2-minute variant for CI: SQLite, mosquitto, 3 agents; broker restart without persistence,
+# server SIGKILL, agent SIGKILL mid-update, disk-full.
+soak-ci: $(STAMP)
+	$(BIN)/python -m bench.soak --minutes 2 --seed $(SOAK_SEED) --db sqlite --broker mosquitto \
+		--agents 3 --sims 100 --faults ci --settle 60 $(SOAK_ARGS)
 
 protos: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py

@@ -1,0 +1,7 @@
+"""``python -m bench.soak``: see the package's docstring."""
+
+import sys
+
+from bench.soak.run import main
+
+sys.exit(main())
