@@ -29,7 +29,15 @@ from agent.telemetry.spool import EVENT, Spool
 from fleet_server.simulator import SimDevice
 from protos import device_pb2, telemetry_pb2
 from protos.topics import device_topic
-from tests.harness import REPO, Agent, Server, free_port, start_mosquitto, wait_for
+from tests.harness import (
+    REPO,
+    Agent,
+    Server,
+    free_port,
+    make_agent,
+    start_mosquitto,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -173,8 +181,6 @@ def test_telemetry_goes_on_after_the_agents_disk_was_full(
     """The agent's state dir on a real 8 MiB tmpfs, filled to the last byte for a while: the
     agent keeps serving and checking in, its telemetry comes back once there is room, and the
     server's books balance (what the spool dropped to make room is counted, nothing lost)."""
-    from tests.harness import make_agent  # noqa: PLC0415 - the factory would start it at once
-
     server = server_factory(broker_url)
     agent = make_agent(tmp_path, "edge-full", server, telemetry_s=0.5, checkin_s=1.0)
     state = agent.folder / "state"
