@@ -8,7 +8,11 @@ and client (whose server is unreachable, so each attempt after verification fail
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from agent.client import DeviceClient
 from agent.identity import Identity
@@ -58,6 +62,45 @@ def test_a_manifest_refused_under_a_clock_that_ran_ahead_is_tried_again(tmp_path
     updater.apply([envelope])
     assert len(reports) == tried
     mono[0] += 21
-    updater.apply([envelope])  # tried again; the same reason is not reported twice
-    assert len(failures()) == 2 and reports[-1].state == device_pb2.DOWNLOADING
+    updater.apply([envelope])  # tried again; the same reason is not reported twice, nor the
+    assert len(reports) == tried  # same download
+    client.close()
+
+
+@pytest.mark.slow
+def test_a_wait_for_disk_space_is_reported_once_with_its_reason(tmp_path: Path) -> None:
+    """A release too big for the disk left (a real 4 MiB tmpfs): DOWNLOADING with the reason,
+    once, however many check-ins wait (not an event at each); no FAILED; a new release is
+    reported again."""
+    store = tmp_path / "small"
+    store.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(store)], check=True)
+    try:
+        _wait_for_space(store)
+    finally:
+        subprocess.run(["umount", "-l", str(store)], check=False)
+
+
+def _wait_for_space(tmp_path: Path) -> None:
+    reports: list[device_pb2.StatusReport] = []
+    client = DeviceClient("127.0.0.1:9", timeout_s=0.5)
+    client.on_report = lambda r: not reports.append(r)  # type: ignore[func-returns-value]
+    identity = Identity("d", "fleet", trust_in(RELEASE), "", "", b"", b"", b"")
+    updater = Updater(
+        lifecycle=Lifecycle(ModelStore(tmp_path), HealthPolicy(), boot="b"),
+        engine=Engine(EngineOptions()),
+        client=client,
+        identity=identity,
+        clock=lambda: NOW,
+        monotonic=lambda: 1000.0,
+    )
+    free = shutil.disk_usage(tmp_path).free
+    envelope = SIGNER.sign(manifest(size=free))  # twice this is needed: never fits
+    for _ in range(5):
+        updater.apply([envelope])
+    assert [r.state for r in reports] == [device_pb2.DOWNLOADING, device_pb2.DOWNLOADING]
+    assert "waiting: not enough disk" in reports[1].detail
+    bigger = SIGNER.sign(manifest(size=free, version="1.0.1", release_counter=6))
+    updater.apply([bigger])
+    assert [r.version for r in reports[2:]] == ["1.0.1", "1.0.1"]
     client.close()

@@ -89,6 +89,8 @@ class Updater:
         # Releases not tried at every check-in: rolled back here (until cleared), or refused
         # (tried again with backoff: a clock that ran ahead, an artifact repaired on the server).
         self._held: dict[bytes, _Hold] = {}
+        # model -> (version, reason) of its last DOWNLOADING report: reported once per change
+        self._downloading: dict[str, tuple[str, str]] = {}
         self._health = lifecycle.policy
         self._rate = max_download_bytes_per_s
         self._baselines: dict[str, float] = {}  # p50 of the version each new one replaced
@@ -230,6 +232,8 @@ class Updater:
                 self._apply_one(raw)
             except TransientError as exc:
                 log.warning("update postponed: %s", exc)
+                if isinstance(exc, _NoSpaceError):  # the operator sees why it waits
+                    self._report_downloading(*_peek(envelope), f"waiting: {exc}", waiting=True)
             except _RolledBackError as exc:
                 # Reported as ROLLED_BACK when it happened; a FAILED now would hide that.
                 self._held[raw] = _Hold(None, 1, str(exc))
@@ -258,6 +262,22 @@ class Updater:
                 )
             else:
                 self._held.pop(raw, None)
+
+    def _report_downloading(
+        self, name: str, version: str, detail: str, *, waiting: bool = False
+    ) -> None:
+        """Report DOWNLOADING once per version, and why it waits once per reason: a wait for
+        disk space is not a new event at every check-in."""
+        key = (version, _reason(Exception(detail)) if waiting else "")
+        last = self._downloading.get(name)
+        if last is not None and (last == key or (not waiting and last[0] == version)):
+            return
+        self._downloading[name] = key
+        self._client.report(
+            device_pb2.StatusReport(
+                model_name=name, version=version, state=device_pb2.DOWNLOADING, detail=detail
+            )
+        )
 
     def check_health(self) -> None:
         """Judge every activation under watch; roll back the ones that fail. Never raises."""
@@ -421,13 +441,8 @@ class Updater:
             manifest.size,
         )
         if not self._store.artifact_path(manifest.model_name, manifest.sha256).exists():
-            self._client.report(
-                device_pb2.StatusReport(
-                    model_name=manifest.model_name,
-                    version=manifest.version,
-                    state=device_pb2.DOWNLOADING,
-                    detail=f"{manifest.size} bytes",
-                )
+            self._report_downloading(
+                manifest.model_name, manifest.version, f"{manifest.size} bytes"
             )
         path = self._fetch(
             manifest.model_name,
@@ -564,7 +579,7 @@ class Updater:
         free = shutil.disk_usage(staged.parent).free
         # The artifact plus the same again for the loaded copy and the store's rename margin.
         if free < 2 * (size - have):
-            raise TransientError(
+            raise _NoSpaceError(
                 f"not enough disk for artifact {artifact_id[:12]}: {free} bytes free, "
                 f"{2 * (size - have)} needed"
             )
@@ -646,6 +661,10 @@ def _reason(exc: Exception) -> str:
     """A refusal's reason without its numbers (the time now, bytes so far): the same reason
     is reported once."""
     return re.sub(r"\d+", "#", str(exc))
+
+
+class _NoSpaceError(TransientError):
+    """Not enough disk for a download (yet): tried again at the next check-in."""
 
 
 _HOLD_FIRST_S = 60.0
