@@ -558,7 +558,7 @@ class DeviceModelState(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ..., updated_unix: _Optional[int] = ..., active_version: _Optional[str] = ...) -> None: ...
 
 class DeviceInfo(_message.Message):
-    __slots__ = ("device_id", "name", "labels", "capabilities", "last_telemetry", "enrolled_unix", "last_seen_unix", "models", "last_telemetry_unix", "revoked_unix", "online_state", "online_unix", "telemetry_count", "telemetry_gaps", "events", "presence", "refused", "refusals_reported", "pending_clears")
+    __slots__ = ("device_id", "name", "labels", "capabilities", "last_telemetry", "enrolled_unix", "last_seen_unix", "models", "last_telemetry_unix", "revoked_unix", "online_state", "online_unix", "telemetry_count", "telemetry_gaps", "events", "presence", "refused", "refusals_reported", "pending_clears", "telemetry_awaited", "telemetry_dropped", "spool_replaced")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -585,6 +585,9 @@ class DeviceInfo(_message.Message):
     REFUSED_FIELD_NUMBER: _ClassVar[int]
     REFUSALS_REPORTED_FIELD_NUMBER: _ClassVar[int]
     PENDING_CLEARS_FIELD_NUMBER: _ClassVar[int]
+    TELEMETRY_AWAITED_FIELD_NUMBER: _ClassVar[int]
+    TELEMETRY_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    SPOOL_REPLACED_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     name: str
     labels: _containers.ScalarMap[str, str]
@@ -604,7 +607,10 @@ class DeviceInfo(_message.Message):
     refused: _containers.RepeatedCompositeFieldContainer[RefusedRelease]
     refusals_reported: bool
     pending_clears: _containers.RepeatedCompositeFieldContainer[PendingClear]
-    def __init__(self, device_id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capabilities: _Optional[_Union[_device_pb2.Capabilities, _Mapping]] = ..., last_telemetry: _Optional[_Union[_telemetry_pb2.TelemetryReport, _Mapping]] = ..., enrolled_unix: _Optional[int] = ..., last_seen_unix: _Optional[int] = ..., models: _Optional[_Iterable[_Union[DeviceModelState, _Mapping]]] = ..., last_telemetry_unix: _Optional[int] = ..., revoked_unix: _Optional[int] = ..., online_state: _Optional[str] = ..., online_unix: _Optional[int] = ..., telemetry_count: _Optional[int] = ..., telemetry_gaps: _Optional[int] = ..., events: _Optional[_Iterable[_Union[DeviceEventInfo, _Mapping]]] = ..., presence: _Optional[str] = ..., refused: _Optional[_Iterable[_Union[RefusedRelease, _Mapping]]] = ..., refusals_reported: _Optional[bool] = ..., pending_clears: _Optional[_Iterable[_Union[PendingClear, _Mapping]]] = ...) -> None: ...
+    telemetry_awaited: int
+    telemetry_dropped: int
+    spool_replaced: str
+    def __init__(self, device_id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capabilities: _Optional[_Union[_device_pb2.Capabilities, _Mapping]] = ..., last_telemetry: _Optional[_Union[_telemetry_pb2.TelemetryReport, _Mapping]] = ..., enrolled_unix: _Optional[int] = ..., last_seen_unix: _Optional[int] = ..., models: _Optional[_Iterable[_Union[DeviceModelState, _Mapping]]] = ..., last_telemetry_unix: _Optional[int] = ..., revoked_unix: _Optional[int] = ..., online_state: _Optional[str] = ..., online_unix: _Optional[int] = ..., telemetry_count: _Optional[int] = ..., telemetry_gaps: _Optional[int] = ..., events: _Optional[_Iterable[_Union[DeviceEventInfo, _Mapping]]] = ..., presence: _Optional[str] = ..., refused: _Optional[_Iterable[_Union[RefusedRelease, _Mapping]]] = ..., refusals_reported: _Optional[bool] = ..., pending_clears: _Optional[_Iterable[_Union[PendingClear, _Mapping]]] = ..., telemetry_awaited: _Optional[int] = ..., telemetry_dropped: _Optional[int] = ..., spool_replaced: _Optional[str] = ...) -> None: ...
 
 class DeviceEventInfo(_message.Message):
     __slots__ = ("at_unix", "seq", "model_name", "version", "state", "detail")

@@ -112,8 +112,11 @@ def _cmd_devices_show(args: argparse.Namespace) -> int:
     print(
         f"presence  {device.presence or '-'} (mqtt: {device.online_state or 'never connected'}"
         + (f" since {common.fmt_time(device.online_unix)}" if device.online_unix else "")
-        + f"); {device.telemetry_count} message(s) received, {device.telemetry_gaps} lost"
+        + f"); {device.telemetry_count} message(s) received, {device.telemetry_gaps} lost, "
+        f"{device.telemetry_awaited} awaited, {device.telemetry_dropped} dropped by the device"
     )
+    if device.spool_replaced:
+        print(f"spool     replaced: {device.spool_replaced} (what it held is lost)")
     return 0
 
 

@@ -84,6 +84,7 @@ class DeviceRow:
     online_at: int | None = None
     telemetry_count: int = 0
     telemetry_gaps: int = 0
+    telemetry_ledger: str | None = None  # JSON: fleet_server/telemetry/sequence.py
     # The releases it refuses, as its last check-in reported them (None: it does not report).
     refusals: tuple[RefusalKey, ...] | None = None
 
@@ -665,6 +666,7 @@ class DeviceStore:
                 online_at=r["online_at"],
                 telemetry_count=int(r["telemetry_count"] or 0),
                 telemetry_gaps=int(r["telemetry_gaps"] or 0),
+                telemetry_ledger=r["telemetry_ledger"],
                 refusals=decode(r["refusals"]),
             )
             for r in rows

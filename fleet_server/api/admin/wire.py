@@ -20,6 +20,7 @@ from fleet_server.rollouts.plan import HealthGate
 from fleet_server.rollouts.store import RolloutRow
 from fleet_server.routing.prices import Prices
 from fleet_server.routing.store import RoutingRow
+from fleet_server.telemetry.sequence import Ledger
 from protos import admin_pb2 as pb
 from protos import device_pb2, manifest_pb2, telemetry_pb2
 
@@ -157,6 +158,11 @@ def device_info(row: DeviceRow) -> pb.DeviceInfo:
         telemetry_count=row.telemetry_count,
         telemetry_gaps=row.telemetry_gaps,
     )
+    if row.telemetry_ledger:
+        ledger = Ledger.load(row.telemetry_ledger)
+        info.telemetry_awaited = ledger.pending
+        info.telemetry_dropped = ledger.dropped
+        info.spool_replaced = ledger.replaced
     if row.last_telemetry is not None:
         info.last_telemetry.CopyFrom(_parsed(row.last_telemetry, telemetry_pb2.TelemetryReport()))
     for m in row.models:
