@@ -79,6 +79,19 @@ _KINDS: dict[str, type[Any]] = {
 }
 
 
+def _refused_value(exc: BaseException) -> bool:
+    """Whether a failed write would fail again however long the ingest waits: a value the
+    database refuses (DataError), or one its driver cannot even send (Python's sqlite3 raises
+    OverflowError for an integer beyond 64 bits; a wrapped TypeError or ValueError), not the
+    database being down, locked or unreachable. Retrying those would stop the ingest for the
+    whole fleet for good (one device's numbers can overflow a count)."""
+    if isinstance(exc, sa.exc.DataError):
+        return True
+    if isinstance(exc, sa.exc.DBAPIError):
+        return False  # the database's own answer: an outage, a lock, a lost connection
+    return not isinstance(exc, sa.exc.SQLAlchemyError) or isinstance(exc, sa.exc.StatementError)
+
+
 _IGNORED = OncePer(60.0)  # one line per device (or topic) and reason a minute
 
 
@@ -403,13 +416,13 @@ class TelemetryIngest:
                     log.warning("the database is back: stored %d MQTT message(s) after %d "
                                 "attempt(s)", len(decoded), attempt)  # fmt: skip
                 return
-            except sa.exc.DataError:
-                # A value the database refuses will be refused again: store the messages one
-                # by one so that only the offending one is lost.
-                log.exception("the database refuses a value in %d MQTT message(s)", len(decoded))
-                self._store_each(decoded)
-                return
-            except Exception as exc:  # noqa: BLE001 - any database failure: logged once a minute
+            except Exception as exc:  # any failure: judged below, logged once a minute
+                if _refused_value(exc):
+                    # A value the database (or its driver) refuses will be refused again:
+                    # store the messages one by one so that only the offending one is lost.
+                    log.exception("cannot store a value in %d MQTT message(s)", len(decoded))
+                    self._store_each(decoded)
+                    return
                 self.write_failures += 1
                 if self._complaints.first("database"):
                     log.error("cannot store %d MQTT message(s), retrying until the database "
@@ -422,11 +435,12 @@ class TelemetryIngest:
         for message in decoded:
             try:
                 self._store([message])
-            except sa.exc.DataError:
-                log.warning("dropping a %s message from %s the database refuses", message[0],
-                            message[1].device_id)  # fmt: skip
-                self.rejected += 1
-            except Exception:
+            except Exception as exc:  # one message: logged and counted
+                if _refused_value(exc):
+                    log.warning("dropping a %s message from %s the database refuses: %s",
+                                message[0], message[1].device_id, exc)  # fmt: skip
+                    self.rejected += 1
+                    continue
                 log.exception("cannot store a %s message from %s", message[0],
                               message[1].device_id)  # fmt: skip
                 self.dropped += 1
