@@ -134,7 +134,6 @@ def _deliver(device: SimDevice, epoch: str, seqs: range) -> None:
         ), exc.details()
 
 
-@pytest.mark.xfail(strict=True, reason="review19 finding: Deliver bypasses the ingest's Guard")
 def test_deliver_does_not_let_a_device_store_more_than_mqtt_does(
     broker_url: str, server_factory: Callable[..., Server]
 ) -> None:
@@ -149,7 +148,6 @@ def test_deliver_does_not_let_a_device_store_more_than_mqtt_does(
     liar.close()
 
 
-@pytest.mark.xfail(strict=True, reason="review19 finding: the ledger forgets a left epoch")
 def test_deliver_does_not_store_one_numbered_event_twice(
     broker_url: str, server_factory: Callable[..., Server]
 ) -> None:

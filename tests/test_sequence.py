@@ -40,11 +40,28 @@ def test_a_new_epoch_starts_again_and_the_old_ones_awaited_numbers_are_lost() ->
     assert fresh.replaced == "the spool was damaged"
 
 
-def test_past_the_range_bound_the_oldest_ranges_are_lost() -> None:
+def test_past_the_range_bound_a_message_waits_and_nothing_is_given_up() -> None:
     ledger = Ledger()
-    for seq in range(1, 2 * (MAX_RANGES + 5), 2):  # every other number missing
+    for seq in range(1, 2 * MAX_RANGES + 2, 2):  # every other number missing: 64 ranges
         ledger = ledger.receive("e", seq)[0]
-    assert len(ledger.missing) == MAX_RANGES and ledger.lost == 4 and _balanced(ledger)
+    assert len(ledger.missing) == MAX_RANGES
+    # A 65th gap is not opened: the message is deferred (not stored, not acknowledged: the
+    # device sends it again), and nothing below is given up as stored or lost.
+    after, verdict = ledger.receive("e", ledger.highest + 2)
+    assert verdict == Verdict.DEFERRED and after == ledger
+    assert ledger.receive("e", ledger.highest + 1)[1] == Verdict.NEW  # no gap: fine
+    filled = ledger.receive("e", 2)[0]  # a gap filled makes room
+    assert filled.receive("e", ledger.highest + 2)[1] == Verdict.NEW
+    assert ledger.lost == 0 and _balanced(ledger)
+
+
+def test_an_epoch_the_device_left_is_never_taken_up_again() -> None:
+    ledger = Ledger().receive("a", 1)[0].receive("b", 1)[0]
+    assert ledger.epoch == "b" and ledger.retired == ("a",)
+    assert ledger.receive("a", 2) == (ledger, Verdict.DUPLICATE)  # no flip-flop back
+    for epoch in "cdefg":
+        ledger = ledger.receive(epoch, 1)[0]
+    assert len(ledger.retired) == 4 and Ledger.load(ledger.to_json()) == ledger
 
 
 def test_the_stored_form_round_trips_and_an_old_database_continues() -> None:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 from agent.telemetry.spool import Delivery
 from fleet_server.telemetry.sequence import Ledger, Verdict
 
 
-@pytest.mark.xfail(strict=True, reason="review19 finding: given-up ranges read as stored")
 def test_the_acknowledgement_never_covers_what_the_server_did_not_store() -> None:
     """Two replicas on one shared subscription take turns (the broker's round robin); one
     stalls (its database retrying, a kill -9 and restart) while the other stores every other

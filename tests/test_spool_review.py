@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from agent.telemetry.outbox import deliver
 from agent.telemetry.spool import TELEMETRY, Spool
 from protos import device_pb2
@@ -25,7 +23,6 @@ class FakeServerClient:
         return device_pb2.Delivery(epoch=outbox.epoch, highest=0)
 
 
-@pytest.mark.xfail(strict=True, reason="review19 finding: a spool once acknowledged waits forever")
 def test_a_server_without_deliver_after_one_with_it_does_not_make_the_spool_drop(
     tmp_path: Path,
 ) -> None:

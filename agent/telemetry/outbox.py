@@ -37,6 +37,8 @@ def deliver(spool: Spool, client: DeviceClient) -> bool:
         outbox = device_pb2.Outbox(epoch=epoch, floor=floor, events=events)
         answer = client.deliver(outbox)
         if answer is None:
+            if spool.acknowledged:  # a server rolled back, or an old replica: as before
+                spool.unacknowledged()
             return False
         missing = tuple((r.first, r.last) for r in answer.missing)
         spool.acknowledge(Delivery(answer.epoch, answer.highest, missing))

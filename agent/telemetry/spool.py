@@ -154,7 +154,9 @@ class Spool:
     def _replace(self, why: str) -> sqlite3.Connection:
         """Move a damaged spool aside and start a new one (a new epoch) that says why."""
         log.error("%s: moved aside to %s.damaged; a new spool starts", why, self.path)
-        for suffix in ("", "-wal", "-shm"):
+        # The log first: a kill between two renames must not leave the old log beside a new
+        # database (SQLite would replay it into the wrong file).
+        for suffix in ("-wal", "-shm", ""):
             source = self.path.with_name(self.path.name + suffix)
             with contextlib.suppress(FileNotFoundError):
                 source.replace(self.path.with_name(self.path.name + ".damaged" + suffix))
@@ -336,6 +338,17 @@ class Spool:
                 )
             else:
                 db.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in ids])
+
+    def unacknowledged(self) -> None:
+        """The server no longer acknowledges (a server too old for it, after one that did):
+        forget what the broker has, as before acknowledgements, so the spool does not fill."""
+        with self._lock:
+            self._writing(self._unacknowledged)
+
+    def _unacknowledged(self) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE meta SET value = '0' WHERE key = 'acks'")
+            db.execute("DELETE FROM messages WHERE sent > 0")
 
     def acknowledge(self, delivery: Delivery) -> int:
         """The server says what it stored: forget that, send again what it misses (and what

@@ -29,6 +29,7 @@ from fleet_server.rollouts.states import DeviceState
 from fleet_server.routing.prices import Prices
 from fleet_server.routing.store import RoutingRow
 from fleet_server.storage.db import stored_text
+from fleet_server.telemetry.throttle import Budget, OncePer
 from protos import device_pb2 as pb
 from protos import device_pb2_grpc as pb_grpc
 from protos import manifest_pb2, telemetry_pb2
@@ -57,6 +58,9 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
         self._keylist: tuple[bytes, bytes] | None = None
         # The routing policies and prices of one fleet generation (they change it).
         self._routing: tuple[int, list[RoutingRow], Prices] | None = None
+        # New events a device may store through Deliver: the ingest guard's burst and rate,
+        # so the device API lets a device store no more than MQTT does.
+        self._delivered = Budget(burst=1000.0, rate=4.0)
 
     @rpc_errors
     def Enroll(self, request: pb.EnrollRequest, context: Any) -> pb.EnrollResponse:  # noqa: N802
@@ -362,9 +366,11 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
         events = _outbox_events(request, device_id)
         if request.floor >= 2**63:
             raise BadRequestError("the outbox floor is out of range")
-        ledger, woke = self._ctx.telemetry.deliver(
-            device_id, request.epoch, request.floor, events, time.time()
+        budget = self._delivered.available(device_id)
+        ledger, stored, woke = self._ctx.telemetry.deliver(
+            device_id, request.epoch, request.floor, events, time.time(), budget=budget
         )
+        self._delivered.spend(device_id, stored)
         if woke:
             self._ctx.wake_rollouts()
         return pb.Delivery(
@@ -395,13 +401,16 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
 
 
 _MAX_EVENTS = 64  # per delivery, as the agent sends them
+_SKIPPED = OncePer(60.0)
 
 
 def _outbox_events(outbox: pb.Outbox, device_id: str) -> list[telemetry_pb2.DeviceEvent]:
-    """The outbox's events, each checked to be this device's and of the outbox's epoch.
+    """The outbox's events that are this device's, of the outbox's epoch and decodable; the
+    others are skipped (a spool kept across a re-enrollment holds another identity's: they must
+    not block the rest) and logged once a minute per device.
 
     Raises:
-        BadRequestError: too many, undecodable, or another device's or epoch's.
+        BadRequestError: more events than an outbox holds.
     """
     if len(outbox.events) > _MAX_EVENTS:
         raise BadRequestError(f"an outbox holds at most {_MAX_EVENTS} events")
@@ -410,11 +419,13 @@ def _outbox_events(outbox: pb.Outbox, device_id: str) -> list[telemetry_pb2.Devi
         event = telemetry_pb2.DeviceEvent()
         try:
             event.ParseFromString(raw)
-        except DecodeError as exc:
-            raise BadRequestError("an outbox event does not decode") from exc
-        if event.device_id != device_id or event.epoch != outbox.epoch or event.seq >= 2**63:
-            raise BadRequestError("an outbox event is not this device's, or not of its epoch")
-        events.append(event)
+        except DecodeError:
+            event.Clear()
+        if event.device_id == device_id and event.epoch == outbox.epoch and event.seq < 2**63:
+            events.append(event)
+        elif _SKIPPED.first(device_id):
+            log.warning("device %s delivered an event that is not its own, or not of its "
+                        "epoch: skipped (not logged again this minute)", device_id)  # fmt: skip
     return events
 
 

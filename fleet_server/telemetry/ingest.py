@@ -26,7 +26,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -60,7 +59,7 @@ _FINAL_ATTEMPTS = 3  # when stopping; otherwise a write is retried until the dat
 _RETRY_MAX_S = 5.0  # between attempts
 # Unacknowledged messages an MQTT v5 broker may send the ingest (its back-pressure window):
 # messages are acknowledged once stored, so during a database outage the broker holds the rest.
-_RECEIVE_MAXIMUM = 2000
+_RECEIVE_MAXIMUM = 500  # x 256 KiB at most per message: 128 MiB at worst
 _IDLE_FLUSH_S = 30.0  # with no messages, ended history buckets are written this often
 _REVOKED_REFRESH_S = 5.0  # revocations made by another server replica are seen this soon
 _EVENTS_KEPT_S = 7 * 86400  # device events are kept this long at least (the history's if longer)
@@ -188,8 +187,13 @@ class TelemetryIngest:
         self._telemetry = store
         self._fleet_id = fleet_id
         self._client_id = client_id
-        # (topic, payload, the broker's message id to acknowledge once stored; 0: none)
-        self._queue: queue.Queue[tuple[str, bytes, int] | None] = queue.Queue(maxsize=_QUEUE_BOUND)
+        # (topic, payload, the broker's message id to acknowledge once stored (0: none), the
+        # connection it came on: an id from an earlier connection is not acknowledged on a new
+        # one, where it may name another message)
+        self._queue: queue.Queue[tuple[str, bytes, int, int] | None] = queue.Queue(
+            maxsize=_QUEUE_BOUND
+        )
+        self._connection = 0
         self._publisher: MqttPublisher | None = None
         self._writer = threading.Thread(target=self._drain, name="telemetry-ingest", daemon=True)
         self.received = 0  # messages handed over by the broker
@@ -282,6 +286,7 @@ class TelemetryIngest:
 
         def subscribe(client: paho.Client) -> None:
             # Runs after every (re)connect, so a broker restart does not end the subscription.
+            self._connection += 1
             for topic in topics:
                 client.subscribe(topic, qos=1)
 
@@ -290,18 +295,21 @@ class TelemetryIngest:
             # (the broker sends at most _RECEIVE_MAXIMUM unacknowledged: back-pressure). When
             # the queue is full anyway (a 3.1.1 broker has no such window), wait, then leave
             # it unacknowledged: the broker or the device (its spool, told what is missing)
-            # sends it again.
+            # sends it again. (Briefly: this is paho's thread, which also keeps the link.)
             payload = bytes(message.payload)
             if self._queued_bytes > _QUEUE_BYTES:
-                deadline = time.monotonic() + 10
+                deadline = time.monotonic() + 1
                 while self._queued_bytes > _QUEUE_BYTES and time.monotonic() < deadline:
                     time.sleep(0.01)
+                if self._queued_bytes > _QUEUE_BYTES:
+                    self.deferred += 1
+                    return
             try:
                 topic = message.topic
             except UnicodeDecodeError:
                 topic = ""
             try:
-                self._queue.put((topic, payload, int(message.mid)), timeout=10)
+                self._queue.put((topic, payload, int(message.mid), self._connection), timeout=1)
             except queue.Full:
                 self.deferred += 1
                 return
@@ -360,8 +368,9 @@ class TelemetryIngest:
                     break
                 self._dequeued(more)
                 batch.append(more)
-            self._write([(topic, payload) for topic, payload, _mid in batch], stopping=final)
-            self._acknowledge([mid for _t, _p, mid in batch if mid])
+            self._write([(topic, payload) for topic, payload, _m, _c in batch], stopping=final)
+            now = self._connection
+            self._acknowledge([mid for _t, _p, mid, conn in batch if mid and conn == now])
             if final:
                 self._write([], final=True)
                 return
@@ -378,7 +387,7 @@ class TelemetryIngest:
         for mid in mids:
             client.ack(mid, 1)
 
-    def _dequeued(self, item: tuple[str, bytes, int]) -> None:
+    def _dequeued(self, item: tuple[str, bytes, int, int]) -> None:
         with self._bytes_lock:
             self._queued_bytes -= len(item[1])
 
@@ -512,7 +521,7 @@ class TelemetryIngest:
         reports: list[Any] = []
         ledgers = {d: k.ledger for d, k in known.items()}
         counts: dict[str, int] = {}
-        accepted = rejected = duplicates = filled = 0
+        accepted = rejected = duplicates = filled = deferred = 0
         refusals: list[tuple[str, str, str]] = []
         for kind, message in decoded:
             device_id = message.device_id
@@ -532,6 +541,9 @@ class TelemetryIngest:
             if verdict == Verdict.DUPLICATE:
                 duplicates += 1
                 continue
+            if verdict == Verdict.DEFERRED:
+                deferred += 1  # acknowledged to the broker, not to the device: sent again
+                continue
             sent_ms = int(message.sent_unix_ms)
             admitted = self._guard.admit(device_id, sent_ms, now, self._since.get(device_id))
             if not admitted.ok:
@@ -546,10 +558,9 @@ class TelemetryIngest:
                 if not jump.ok:
                     refusals.append(("jump", device_id, f"{kind} #{message.seq} (+{advance})"))
                     continue
-                if jump.adopted and same:  # continues from there: the jump is no gap
+                if jump.adopted:  # the gap stays awaited: the device's floor settles it
                     log.warning("device %s continues from sequence %d: adopted", device_id,
                                 message.seq)  # fmt: skip
-                    after = replace(ledger, highest=message.seq, stored=ledger.stored + 1)
             self._guard.accepted(device_id, sent_ms, now)
             filled += verdict == Verdict.FILLED
             counts[device_id] = counts.get(device_id, 0) + 1
@@ -598,6 +609,7 @@ class TelemetryIngest:
             self.rejected += rejected
             self.duplicates += duplicates
             self.filled += filled
+            self.deferred += deferred
             self.gaps += lost
 
         return batch, after_commit
@@ -629,7 +641,7 @@ class TelemetryIngest:
             device_id=device_id, state="offline", sent_unix_ms=int(time.time() * 1000)
         )
         try:
-            self._queue.put((topic, state.SerializeToString(), 0), timeout=10)
+            self._queue.put((topic, state.SerializeToString(), 0, 0), timeout=10)
         except queue.Full:
             self.dropped += 1
 

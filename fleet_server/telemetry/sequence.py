@@ -11,12 +11,16 @@ below it not stored yet (``missing``, at most :data:`MAX_RANGES`). A message is:
 
 - *new* above the highest (a jump opens a missing range), or *filled* when it falls in a
   missing range (a late arrival: neither a duplicate nor a loss);
-- a *duplicate* anywhere else, and only then.
+- *deferred* when storing it would open more than :data:`MAX_RANGES` ranges: it is not stored
+  and not acknowledged, so the device keeps it and sends it again once the gaps below are
+  filled (the acknowledgement never says "stored" for a number that was not);
+- a *duplicate* anywhere else, and only then; so is anything of an epoch the device has left
+  (the last :data:`RETIRED_EPOCHS`): a device only moves on to a new epoch, never back.
 
 A missing number is given up only (1) as *dropped* when the device says it no longer holds it
-(its floor: the spool's bound dropped it, counted by the device), or (2) as *lost* when more
-than :data:`MAX_RANGES` ranges are missing (the oldest go), or when the device starts a new
-epoch (its old spool is gone). So, per epoch, stored + dropped + lost + pending = highest.
+(its floor: the spool's bound dropped it, counted by the device), or (2) as *lost* when the
+device starts a new epoch (its old spool is gone). So, per epoch,
+stored + dropped + lost + pending = highest.
 
 The ledger lives in the database (``devices.telemetry_ledger``) and is read and written in the
 transaction that stores the messages, so server replicas on one shared subscription, and the
@@ -29,14 +33,16 @@ import json
 from dataclasses import dataclass, replace
 from enum import Enum
 
-__all__ = ["MAX_RANGES", "Ledger", "Verdict", "lost_between"]
+__all__ = ["MAX_RANGES", "RETIRED_EPOCHS", "Ledger", "Verdict", "lost_between"]
 
-MAX_RANGES = 64  # missing ranges kept per device; past it the oldest are given up as lost
+MAX_RANGES = 64  # missing ranges per device; a message that would open more is deferred
+RETIRED_EPOCHS = 4  # epochs a device left that are remembered (their messages are duplicates)
 
 
 class Verdict(Enum):
     NEW = "new"
     FILLED = "filled"  # a late arrival into a missing range
+    DEFERRED = "deferred"  # not stored now: it would open too many missing ranges
     DUPLICATE = "duplicate"
 
 
@@ -56,9 +62,10 @@ class Ledger:
     missing: Ranges = ()
     stored: int = 0
     dropped: int = 0  # given up: the device no longer held them (its bound)
-    lost: int = 0  # given up by the server (too many ranges, or the epoch's spool is gone)
+    lost: int = 0  # given up by the server (the epoch's spool is gone)
     lost_epochs: int = 0  # earlier epochs that ended with messages unaccounted for
     replaced: str = ""  # why the device's previous spool was replaced, as it said
+    retired: tuple[str, ...] = ()  # epochs the device left, newest last
 
     @property
     def pending(self) -> int:
@@ -73,33 +80,33 @@ class Ledger:
     def receive(self, epoch: str, seq: int) -> tuple[Ledger, Verdict]:
         """Account for message ``seq`` of ``epoch``."""
         if epoch != self.epoch:
+            if epoch in self.retired:
+                return self, Verdict.DUPLICATE  # a late copy from a spool the device replaced
             # A new spool counts from 1: what the old one had not delivered is lost, and the
             # new one's numbers below this are awaited (they may still arrive).
+            retired = (*self.retired, self.epoch) if self.epoch else self.retired
             fresh = Ledger(
                 epoch=epoch,
                 lost_epochs=self.lost_epochs + (1 if self.epoch and self.pending else 0),
+                retired=retired[-RETIRED_EPOCHS:],
             )
             return fresh.receive(epoch, seq)
         if seq > self.highest:
-            gap = ((self.highest + 1, seq - 1),) if seq > self.highest + 1 else ()
-            return self._bounded(self.missing + gap, seq, self.stored + 1), Verdict.NEW
+            if seq == self.highest + 1:
+                missing = self.missing
+            elif len(self.missing) < MAX_RANGES:
+                missing = (*self.missing, (self.highest + 1, seq - 1))
+            else:
+                return self, Verdict.DEFERRED
+            return replace(self, highest=seq, missing=missing, stored=self.stored + 1), Verdict.NEW
         for index, (lo, hi) in enumerate(self.missing):
             if lo <= seq <= hi:
                 split = tuple(r for r in ((lo, seq - 1), (seq + 1, hi)) if r[0] <= r[1])
+                if len(self.missing) - 1 + len(split) > MAX_RANGES:
+                    return self, Verdict.DEFERRED
                 missing = self.missing[:index] + split + self.missing[index + 1 :]
-                return self._bounded(missing, self.highest, self.stored + 1), Verdict.FILLED
+                return replace(self, missing=missing, stored=self.stored + 1), Verdict.FILLED
         return self, Verdict.DUPLICATE
-
-    def _bounded(self, missing: Ranges, highest: int, stored: int) -> Ledger:
-        excess = len(missing) - MAX_RANGES
-        given_up = _count(missing[:excess]) if excess > 0 else 0
-        return replace(
-            self,
-            highest=highest,
-            missing=missing[max(0, excess) :],
-            stored=stored,
-            lost=self.lost + given_up,
-        )
 
     def floor(self, epoch: str, floor: int) -> Ledger:
         """The device holds nothing below ``floor`` (of ``epoch``): what is missing there was
@@ -135,6 +142,7 @@ class Ledger:
                 "lost": self.lost,
                 "lost_epochs": self.lost_epochs,
                 "replaced": self.replaced,
+                "retired": list(self.retired),
             },
             separators=(",", ":"),
         )
@@ -155,6 +163,7 @@ class Ledger:
                     lost=int(data["lost"]),
                     lost_epochs=int(data.get("lost_epochs", 0)),
                     replaced=str(data.get("replaced", "")),
+                    retired=tuple(str(e) for e in data.get("retired", ()))[-RETIRED_EPOCHS:],
                 )
             except (ValueError, KeyError, TypeError):
                 pass  # a damaged row: start again from the plain columns

@@ -24,7 +24,11 @@ from fleet_server.storage.schema import (
 from fleet_server.telemetry.events import event_row, outcome_of
 from fleet_server.telemetry.sequence import Ledger, Verdict, lost_between
 
-__all__ = ["IngestBatch", "Known", "TelemetryStore"]
+__all__ = ["MAX_JUMP", "IngestBatch", "Known", "TelemetryStore"]
+
+# How far past what is stored a delivered event may be numbered: a device's default spool
+# bound. (MQTT messages have the ingest's guard, which allows for elapsed time.)
+MAX_JUMP = 10_000
 
 log = logging.getLogger(__name__)
 
@@ -162,11 +166,21 @@ class TelemetryStore:
             return batch, self._write(conn, batch)
 
     def deliver(
-        self, device_id: str, epoch: str, floor: int, events: Sequence[Any], now: float
-    ) -> tuple[Ledger, bool]:
+        self,
+        device_id: str,
+        epoch: str,
+        floor: int,
+        events: Sequence[Any],
+        now: float,
+        *,
+        budget: int = MAX_JUMP,
+    ) -> tuple[Ledger, int, bool]:
         """Store what a device delivers over the device API (update events it has not seen
-        stored, numbered in its sequence) and its floor; return its ledger and whether an
-        update outcome may have changed a rollout. A copy already stored (by MQTT) counts once.
+        stored, numbered in its sequence) and its floor; return its ledger, how many events
+        were stored, and whether an update outcome may have changed a rollout. A copy already
+        stored (by MQTT) counts once; at most ``budget`` new events are stored (the device's
+        rate), none numbered more than :data:`MAX_JUMP` past what is stored, and none that
+        would open too many missing ranges: the device keeps those and sends them again.
 
         Raises:
             Exception: whatever the database raised; nothing was written.
@@ -174,14 +188,18 @@ class TelemetryStore:
         with self._engine.begin() as conn:
             known = self._known(conn, [device_id]).get(device_id)
             if known is None:
-                return Ledger(), False
+                return Ledger(), 0, False
             ledger = before = known.ledger
             batch = IngestBatch()
             stored = 0
             for event in events:
-                ledger, verdict = ledger.receive(event.epoch, event.seq)
-                if verdict == Verdict.DUPLICATE:
+                reach = (ledger.highest if event.epoch == ledger.epoch else 0) + MAX_JUMP
+                if stored >= budget or event.seq > reach:
+                    break
+                after, verdict = ledger.receive(event.epoch, event.seq)
+                if verdict in (Verdict.DUPLICATE, Verdict.DEFERRED):
                     continue
+                ledger = after
                 stored += 1
                 batch.events.append(event_row(event, now))
                 outcome = outcome_of(event)
@@ -191,7 +209,7 @@ class TelemetryStore:
             if ledger != before:
                 batch.telemetry[device_id] = (ledger, None, stored, lost_between(before, ledger))
             self._write(conn, batch)
-            return ledger, bool(batch.outcomes)
+            return ledger, stored, bool(batch.outcomes)
 
     def revoked_devices(self) -> set[str]:
         """The ids of every revoked device."""

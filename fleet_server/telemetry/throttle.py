@@ -3,10 +3,11 @@ misbehaving device must not be able to flood the server's log."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 
-__all__ = ["OncePer"]
+__all__ = ["Budget", "OncePer"]
 
 
 class OncePer:
@@ -31,3 +32,30 @@ class OncePer:
         while len(self._last) > self._keys:
             self._last.popitem(last=False)
         return True
+
+
+class Budget:
+    """A token bucket per key: ``burst`` tokens, refilled at ``rate`` per second (at most
+    ``keys`` keys, the least recently used forgotten first). Thread-safe."""
+
+    def __init__(self, burst: float, rate: float, keys: int = 100_000) -> None:
+        self._burst, self._rate, self._keys = burst, rate, keys
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def available(self, key: str, now: float | None = None) -> int:
+        """Whole tokens ``key`` may spend now."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            tokens, at = self._buckets.get(key, (self._burst, now))
+            return int(min(self._burst, tokens + (now - at) * self._rate))
+
+    def spend(self, key: str, count: int, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            tokens, at = self._buckets.get(key, (self._burst, now))
+            tokens = min(self._burst, tokens + (now - at) * self._rate) - count
+            self._buckets[key] = (tokens, now)
+            self._buckets.move_to_end(key)
+            while len(self._buckets) > self._keys:
+                self._buckets.popitem(last=False)
