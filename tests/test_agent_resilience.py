@@ -132,7 +132,8 @@ def test_telemetry_comes_back_after_its_spool_could_not_be_written(
         _, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
         resource.prlimit(pid, resource.RLIMIT_FSIZE, (1, hard))
         try:
-            wait_for("a failed write", lambda: "OperationalError" in agent.output(), timeout=20)
+            signs = ("telemetry degraded", "the disk under the spool is full", "OperationalError")
+            wait_for("a failed write", lambda: any(s in agent.output() for s in signs), timeout=20)
             time.sleep(3)  # several telemetry intervals with the disk "full"
         finally:
             resource.prlimit(pid, resource.RLIMIT_FSIZE, (hard, hard))

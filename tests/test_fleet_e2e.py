@@ -225,6 +225,8 @@ def test_prometheus_metrics_count_the_requests(fleet: tuple[Server, list[Agent]]
     assert count(after) == count(before) + 1
     assert "edgefleet_engine_loaded_models 1" in after
     assert f'edgefleet_inference_compute_seconds_bucket{{{labels},le="+Inf"}}' in after
+    assert "edgefleet_agent_telemetry_degraded 0" in after
+    assert "edgefleet_agent_spool_dropped_total 0" in after
 
 
 def test_the_local_socket_is_owner_and_group_only(fleet: tuple[Server, list[Agent]]) -> None:

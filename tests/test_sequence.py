@@ -55,13 +55,17 @@ def test_past_the_range_bound_a_message_waits_and_nothing_is_given_up() -> None:
     assert ledger.lost == 0 and _balanced(ledger)
 
 
-def test_an_epoch_the_device_left_is_never_taken_up_again() -> None:
-    ledger = Ledger().receive("a", 1)[0].receive("b", 1)[0]
-    assert ledger.epoch == "b" and ledger.retired == ("a",)
-    assert ledger.receive("a", 2) == (ledger, Verdict.DUPLICATE)  # no flip-flop back
+def test_an_epoch_taken_up_again_stores_nothing_twice_and_freezes_nothing() -> None:
+    ledger = Ledger().receive("a", 1)[0].receive("a", 2)[0].receive("b", 1)[0]
+    assert ledger.epoch == "b" and [r.epoch for r in ledger.retired] == ["a"]
+    back, verdict = ledger.receive("a", 2)  # a copy (or a forgery) under the old epoch
+    assert verdict == Verdict.DUPLICATE and back.epoch == "a" and back.stored == 2
+    again, verdict = back.receive("a", 3)  # the device goes on under it: counted
+    assert verdict == Verdict.NEW and lost_between(ledger, back) == 0
+    assert again.receive("b", 1)[1] == Verdict.DUPLICATE
     for epoch in "cdefg":
-        ledger = ledger.receive(epoch, 1)[0]
-    assert len(ledger.retired) == 4 and Ledger.load(ledger.to_json()) == ledger
+        again = again.receive(epoch, 1)[0]
+    assert len(again.retired) == 4 and Ledger.load(again.to_json()) == again
 
 
 def test_the_stored_form_round_trips_and_an_old_database_continues() -> None:

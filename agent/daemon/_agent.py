@@ -268,13 +268,29 @@ class Agent:
                 wedged = ""
             self.notifier.notify("WATCHDOG=1")
 
+    def _telemetry_metrics(self) -> str:
+        """The spool's state as Prometheus text: held, dropped, and whether reports fit."""
+        spool = self.state.spool
+        values = {
+            "spool_messages": len(spool),
+            "spool_dropped_total": spool.dropped,
+            "telemetry_degraded": int(bool(self.state.telemetry_problem)),
+        }
+        kinds = {"spool_dropped_total": "counter"}
+        return "".join(
+            f"# TYPE edgefleet_agent_{k} {kinds.get(k, 'gauge')}\nedgefleet_agent_{k} {v}\n"
+            for k, v in values.items()
+        )
+
     def _start_metrics(self) -> MetricsServer | None:
         address = self.state.config.api.metrics_listen
         if not address:
             return None
         host, _, port = address.rpartition(":")
         try:
-            metrics = MetricsServer(lambda: render_metrics(self.engine), host, int(port))
+            metrics = MetricsServer(
+                lambda: render_metrics(self.engine) + self._telemetry_metrics(), host, int(port)
+            )
         except (OSError, ValueError) as exc:
             raise AgentError(f"cannot serve metrics on {address}: {exc}") from exc
         metrics.start()

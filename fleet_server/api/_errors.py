@@ -42,7 +42,7 @@ def _status(exc: FleetError) -> grpc.StatusCode:
 
 def _unavailable(context: Any, method: str, exc: Exception) -> None:
     log.warning("database unavailable in %s: %s", method, getattr(exc, "orig", exc))
-    context.abort(grpc.StatusCode.UNAVAILABLE, "the fleet database is unavailable; retry")
+    context.abort(grpc.StatusCode.UNAVAILABLE, "the fleet database is busy or unreachable; retry")
 
 
 def rpc_errors(method: _F) -> _F:

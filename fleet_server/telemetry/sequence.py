@@ -14,8 +14,10 @@ below it not stored yet (``missing``, at most :data:`MAX_RANGES`). A message is:
 - *deferred* when storing it would open more than :data:`MAX_RANGES` ranges: it is not stored
   and not acknowledged, so the device keeps it and sends it again once the gaps below are
   filled (the acknowledgement never says "stored" for a number that was not);
-- a *duplicate* anywhere else, and only then; so is anything of an epoch the device has left
-  (the last :data:`RETIRED_EPOCHS`): a device only moves on to a new epoch, never back.
+- a *duplicate* anywhere else, and only then. The ledgers of the last :data:`RETIRED_EPOCHS`
+  epochs a device left are kept: a message of one of them (a late copy from a replaced
+  spool, or one forged under it) is judged against what that epoch stored, so switching epochs
+  back and forth stores nothing twice, and freezes nothing.
 
 A missing number is given up only (1) as *dropped* when the device says it no longer holds it
 (its floor: the spool's bound dropped it, counted by the device), or (2) as *lost* when the
@@ -32,11 +34,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from enum import Enum
+from typing import Any
 
 __all__ = ["MAX_RANGES", "RETIRED_EPOCHS", "Ledger", "Verdict", "lost_between"]
 
 MAX_RANGES = 64  # missing ranges per device; a message that would open more is deferred
-RETIRED_EPOCHS = 4  # epochs a device left that are remembered (their messages are duplicates)
+RETIRED_EPOCHS = 4  # ledgers of epochs a device left that are kept
 
 
 class Verdict(Enum):
@@ -65,7 +68,7 @@ class Ledger:
     lost: int = 0  # given up by the server (the epoch's spool is gone)
     lost_epochs: int = 0  # earlier epochs that ended with messages unaccounted for
     replaced: str = ""  # why the device's previous spool was replaced, as it said
-    retired: tuple[str, ...] = ()  # epochs the device left, newest last
+    retired: tuple[Ledger, ...] = ()  # the ledgers of epochs the device left, newest last
 
     @property
     def pending(self) -> int:
@@ -80,17 +83,7 @@ class Ledger:
     def receive(self, epoch: str, seq: int) -> tuple[Ledger, Verdict]:
         """Account for message ``seq`` of ``epoch``."""
         if epoch != self.epoch:
-            if epoch in self.retired:
-                return self, Verdict.DUPLICATE  # a late copy from a spool the device replaced
-            # A new spool counts from 1: what the old one had not delivered is lost, and the
-            # new one's numbers below this are awaited (they may still arrive).
-            retired = (*self.retired, self.epoch) if self.epoch else self.retired
-            fresh = Ledger(
-                epoch=epoch,
-                lost_epochs=self.lost_epochs + (1 if self.epoch and self.pending else 0),
-                retired=retired[-RETIRED_EPOCHS:],
-            )
-            return fresh.receive(epoch, seq)
+            return self._switch(epoch).receive(epoch, seq)
         if seq > self.highest:
             if seq == self.highest + 1:
                 missing = self.missing
@@ -107,6 +100,23 @@ class Ledger:
                 missing = self.missing[:index] + split + self.missing[index + 1 :]
                 return replace(self, missing=missing, stored=self.stored + 1), Verdict.FILLED
         return self, Verdict.DUPLICATE
+
+    def _switch(self, epoch: str) -> Ledger:
+        """The ledger of ``epoch``, this one parked. An epoch the device left is taken up
+        where it was (a late copy of its messages, or a message forged under it, is judged
+        against what was stored: never stored twice). A new spool counts from 1: what the
+        old one still awaited is lost, and the new one's numbers are awaited."""
+        parked = replace(self, retired=())
+        others = tuple(r for r in self.retired if r.epoch != epoch)
+        kept = (*others, parked) if self.epoch else others
+        earlier = next((r for r in self.retired if r.epoch == epoch), None)
+        if earlier is not None:
+            return replace(earlier, retired=kept[-RETIRED_EPOCHS:], lost_epochs=self.lost_epochs)
+        return Ledger(
+            epoch=epoch,
+            lost_epochs=self.lost_epochs + (1 if self.epoch and self.pending else 0),
+            retired=kept[-RETIRED_EPOCHS:],
+        )
 
     def floor(self, epoch: str, floor: int) -> Ledger:
         """The device holds nothing below ``floor`` (of ``epoch``): what is missing there was
@@ -132,20 +142,20 @@ class Ledger:
         return self if self.replaced or not why else replace(self, replaced=why[:200])
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "epoch": self.epoch,
-                "highest": self.highest,
-                "missing": [list(r) for r in self.missing],
-                "stored": self.stored,
-                "dropped": self.dropped,
-                "lost": self.lost,
-                "lost_epochs": self.lost_epochs,
-                "replaced": self.replaced,
-                "retired": list(self.retired),
-            },
-            separators=(",", ":"),
-        )
+        return json.dumps(self._fields(), separators=(",", ":"))
+
+    def _fields(self) -> dict[str, object]:
+        return {
+            "epoch": self.epoch,
+            "highest": self.highest,
+            "missing": [list(r) for r in self.missing],
+            "stored": self.stored,
+            "dropped": self.dropped,
+            "lost": self.lost,
+            "lost_epochs": self.lost_epochs,
+            "replaced": self.replaced,
+            "retired": [r._fields() for r in self.retired],
+        }
 
     @classmethod
     def load(cls, raw: str | None, epoch: str | None = None, last_seq: int | None = None) -> Ledger:
@@ -153,22 +163,28 @@ class Ledger:
         everything up to the last number seen as accounted for."""
         if raw:
             try:
-                data = json.loads(raw)
-                return cls(
-                    epoch=str(data["epoch"]),
-                    highest=int(data["highest"]),
-                    missing=tuple((int(lo), int(hi)) for lo, hi in data["missing"]),
-                    stored=int(data["stored"]),
-                    dropped=int(data["dropped"]),
-                    lost=int(data["lost"]),
-                    lost_epochs=int(data.get("lost_epochs", 0)),
-                    replaced=str(data.get("replaced", "")),
-                    retired=tuple(str(e) for e in data.get("retired", ()))[-RETIRED_EPOCHS:],
-                )
-            except (ValueError, KeyError, TypeError):
+                return cls._from(json.loads(raw))
+            except (ValueError, KeyError, TypeError, AttributeError):
                 pass  # a damaged row: start again from the plain columns
         seq = int(last_seq or 0)
         return cls(epoch=epoch or "", highest=seq, stored=seq)
+
+    @classmethod
+    def _from(cls, data: dict[str, Any], nested: bool = False) -> Ledger:
+        retired = () if nested else data.get("retired", ())
+        return cls(
+            epoch=str(data["epoch"]),
+            highest=int(data["highest"]),
+            missing=tuple((int(lo), int(hi)) for lo, hi in data["missing"]),
+            stored=int(data["stored"]),
+            dropped=int(data["dropped"]),
+            lost=int(data["lost"]),
+            lost_epochs=int(data.get("lost_epochs", 0)),
+            replaced=str(data.get("replaced", "")),
+            retired=tuple(cls._from(r, nested=True) for r in retired if isinstance(r, dict))[
+                -RETIRED_EPOCHS:
+            ],
+        )
 
 
 def lost_between(before: Ledger, after: Ledger) -> int:
@@ -176,4 +192,6 @@ def lost_between(before: Ledger, after: Ledger) -> int:
     when the epoch changed, everything the old one still awaited."""
     if before.epoch == after.epoch:
         return after.lost - before.lost
+    if any(r.epoch == after.epoch for r in before.retired):
+        return 0  # an epoch taken up again: nothing was given up
     return after.lost + (before.pending if before.epoch else 0)
