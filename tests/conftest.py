@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests import harness
 from tests.harness import REPO, Agent, Server, make_agent, start_mosquitto, start_server
 
 SLOW_HINT = "mark it slow (pytestmark = pytest.mark.slow, or @pytest.mark.slow on the test)"
@@ -128,6 +129,21 @@ class ProcessGuard:
             report.outcome = "failed"
             report.longrepr = message
         return report
+
+
+@pytest.fixture(autouse=True)
+def _stop_what_the_test_left() -> Iterator[None]:
+    """Kill every process the test started (``harness.start``) and left running: a test that
+    fails halfway must not leave brokers and agents eating the CPU of the tests after it.
+    Processes of module and session fixtures were started before this ran and are kept."""
+    first = len(harness.STARTED)
+    yield
+    for proc in harness.STARTED[first:]:
+        if proc.popen.poll() is None:
+            proc.popen.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(5)
+    del harness.STARTED[first:]
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -115,7 +115,13 @@ def start(
     env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     popen = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, env=env)
     handle.close()
-    return Proc(popen, log)
+    proc = Proc(popen, log)
+    STARTED.append(proc)
+    return proc
+
+
+# Every process start() started, for conftest's clean-up of what a failed test left running.
+STARTED: list[Proc] = []
 
 
 @dataclass

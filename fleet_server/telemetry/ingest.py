@@ -382,10 +382,12 @@ class TelemetryIngest:
             return
         try:
             client = publisher.raw_client()
-        except TransientError:
-            return  # closed: the broker sends them again to the next session
-        for mid in mids:
-            client.ack(mid, 1)
+            for mid in mids:
+                client.ack(mid, 1)
+        except AgentError:
+            return  # closed or stopping: the broker sends them again to the next session
+        except Exception:  # the writer must outlive anything paho raises here
+            log.exception("cannot acknowledge %d MQTT message(s) to the broker", len(mids))
 
     def _dequeued(self, item: tuple[str, bytes, int, int]) -> None:
         with self._bytes_lock:
