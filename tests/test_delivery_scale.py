@@ -33,7 +33,8 @@ def _fleet_id(server: Server) -> str:
     return str(json.loads((server.data_dir / "fleet.json").read_text())["fleet_id"])
 
 
-def _ledgers(db_url: str) -> dict[str, dict[str, Any]]:
+def _ledgers(db_url: str, devices: list[str]) -> dict[str, dict[str, Any]]:
+    """These devices' ledgers (the session's PostgreSQL database holds other tests' too)."""
     engine = sa.create_engine(db_url)
     try:
         with engine.connect() as conn:
@@ -98,10 +99,13 @@ def test_two_replicas_on_one_shared_subscription_count_each_message_once(
         publisher.report(fleet, device_id, seq).wait_for_publish(10)
     publisher.close()
 
+    last: list[dict[str, dict[str, Any]]] = []
+
     def settled() -> dict[str, dict[str, Any]] | None:
         # As an agent does at each acknowledgement: publish again what the server reports
         # missing, and what is above what it stored (deferred past 64 missing ranges).
-        books = _ledgers(postgres_url)
+        books = _ledgers(postgres_url, devices)
+        last[:] = [books]
         done = len(books) == 3 and all(
             b["highest"] == sent and not b["missing"] for b in books.values()
         )
@@ -115,7 +119,11 @@ def test_two_replicas_on_one_shared_subscription_count_each_message_once(
             time.sleep(1)
         return books if done else None
 
-    books = wait_for("both replicas to store every message", settled, timeout=90, interval=2)
+    try:
+        books = wait_for("both replicas to store every message", settled, timeout=90, interval=2)
+    except AssertionError:
+        logs = "\n".join(s.proc.output()[-3000:] for s in (first, second))
+        raise AssertionError(f"ledgers: {last}\n{logs}") from None
     for ledger in books.values():
         assert (ledger["stored"], ledger["count"], ledger["lost"]) == (sent, sent, 0), ledger
     # Both replicas took part.
@@ -138,7 +146,7 @@ def test_a_database_outage_at_a_scaled_rate_loses_nothing(
     publisher = Publisher(broker.port)
     for device_id in devices:  # before the outage: the ingest knows the devices
         publisher.report(fleet, device_id, 1).wait_for_publish(10)
-    wait_for("the first reports", lambda: len(_ledgers(f"sqlite:///{db_path}")) == 3)
+    wait_for("the first reports", lambda: len(_ledgers(f"sqlite:///{db_path}", devices)) == 3)
 
     locked, release = threading.Event(), threading.Event()
 
@@ -165,7 +173,7 @@ def test_a_database_outage_at_a_scaled_rate_loses_nothing(
     publisher.close()
 
     def settled() -> dict[str, dict[str, Any]] | None:
-        books = _ledgers(f"sqlite:///{db_path}")
+        books = _ledgers(f"sqlite:///{db_path}", devices)
         done = all(b["highest"] == sent and not b["missing"] for b in books.values())
         return books if done and len(books) == 3 else None
 
