@@ -6,6 +6,7 @@ Each helper starts a real process on free ports in a temporary folder and stops 
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +31,29 @@ from protos.topics import commands_topic, device_topic
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"
 _T = TypeVar("_T")
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of ``size`` (e.g. "4m") mounted at ``path`` (we run as root), for tests
+    of a full disk; unmounted at the end."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill_disk(folder: Path) -> Path:
+    """Fill ``folder``'s file system to the last byte with a file of zeros; return it."""
+    filler = folder / "filler"
+    with filler.open("wb", buffering=0) as f:
+        for size in (64 * 1024, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(bytes(size))
+    return filler
 
 
 def free_port() -> int:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,8 +32,10 @@ from tests.harness import (
     REPO,
     Agent,
     Server,
+    fill_disk,
     free_port,
     make_agent,
+    small_disk,
     start_mosquitto,
     wait_for,
 )
@@ -183,21 +184,11 @@ def test_telemetry_goes_on_after_the_agents_disk_was_full(
     server's books balance (what the spool dropped to make room is counted, nothing lost)."""
     server = server_factory(broker_url)
     agent = make_agent(tmp_path, "edge-full", server, telemetry_s=0.5, checkin_s=1.0)
-    state = agent.folder / "state"
-    state.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(state)], check=True)
-    filler = state / "filler"
-    try:
+    with small_disk(agent.folder / "state", "8m") as state:
         agent.start()
         wait_for("telemetry", lambda: ledger(server, "edge-full").get("highest", 0) >= 4)
         at_fill = ledger(server, "edge-full")["highest"]
-        with filler.open("wb", buffering=0) as f:  # everything left, to the last byte
-            for size in (64 * 1024, 1):
-                try:
-                    while True:
-                        f.write(bytes(size))
-                except OSError:
-                    pass
+        filler = fill_disk(state)
         time.sleep(8)
         assert agent.proc is not None and agent.proc.popen.poll() is None, agent.output()
         # The spool gave back its reserve and made room: reports went on while the disk was
@@ -213,8 +204,4 @@ def test_telemetry_goes_on_after_the_agents_disk_was_full(
 
         books = wait_for("telemetry again, every report accounted for", settled, timeout=90)
         assert books["lost"] == 0 and balanced(books), books
-        agent.stop()
-    finally:
-        if agent.proc is not None and agent.proc.popen.poll() is None:
-            agent.stop(signal.SIGKILL)
-        subprocess.run(["umount", "-l", str(state)], check=False)
+        assert agent.stop() == 0

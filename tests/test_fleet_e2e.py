@@ -498,6 +498,7 @@ def test_a_refused_enrollment_is_logged_once_and_a_reload_with_the_right_token_e
     out = agent.output()
     assert out.count(refused) == 1, out
     assert "Traceback" not in out and agent.proc.popen.poll() is None
+    assert agent.stop() == 0
 
 
 def test_admin_cli_errors_are_one_line(

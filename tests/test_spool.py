@@ -4,7 +4,6 @@ kept until the server acknowledges, events never dropped, alive after a full dis
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.telemetry.spool import EVENT, TELEMETRY, Delivery, Spool, SpoolFullError
+from tests.harness import fill_disk, small_disk
 
 
 def text(payload: str) -> Callable[[int], bytes]:
@@ -144,21 +144,11 @@ def test_a_damaged_spool_is_replaced_with_a_new_epoch_that_says_so(tmp_path: Pat
 def test_a_full_disk_makes_room_and_the_spool_goes_on(tmp_path: Path) -> None:
     """A real 4 MiB tmpfs filled to the last byte: appends make room by dropping the oldest
     telemetry (counted), never events, and go on; once the disk has room the reserve is back."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
-    try:
+    with small_disk(tmp_path / "small", "4m") as mount:
         spool = Spool(mount / "spool.db", max_messages=1_000_000)
         assert (mount / "spool.db.reserve").exists()
         spool.append("t", text("update"), EVENT)
-        filler = mount / "filler"
-        with filler.open("wb", buffering=0) as f:  # everything left, to the last byte
-            for size in (64 * 1024, 1):
-                try:
-                    while True:
-                        f.write(bytes(size))
-                except OSError:
-                    pass
+        filler = fill_disk(mount)
         payload = os.urandom(2048)
         for _ in range(3000):  # 6 MB of telemetry into a full 4 MiB disk: none refused
             spool.append("t", lambda _seq: payload)
@@ -174,5 +164,3 @@ def test_a_full_disk_makes_room_and_the_spool_goes_on(tmp_path: Path) -> None:
         assert seq == spool.last_seq
         assert (mount / "spool.db.reserve").exists()
         spool.close()
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)

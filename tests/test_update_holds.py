@@ -9,7 +9,7 @@ and client (whose server is unreachable, so each attempt after verification fail
 from __future__ import annotations
 
 import shutil
-import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,23 +22,35 @@ from agent.updates.lifecycle import Lifecycle
 from agent.updates.store import ModelStore
 from agent.updates.updater import Updater
 from protos import device_pb2
+from tests.harness import small_disk
 from tests.test_verify import NOW, RELEASE, SIGNER, manifest, trust_in
+
+
+def _updater(
+    root: Path,
+    reports: list[device_pb2.StatusReport],
+    clock: Callable[[], float],
+    monotonic: Callable[[], float],
+) -> tuple[Updater, DeviceClient]:
+    """A real updater whose reports are collected (its server is unreachable)."""
+    client = DeviceClient("127.0.0.1:9", timeout_s=0.5)
+    client.on_report = lambda r: not reports.append(r)  # type: ignore[func-returns-value]
+    identity = Identity("d", "fleet", trust_in(RELEASE), "", "", b"", b"", b"")
+    updater = Updater(
+        lifecycle=Lifecycle(ModelStore(root), HealthPolicy(), boot="b"),
+        engine=Engine(EngineOptions()),
+        client=client,
+        identity=identity,
+        clock=clock,
+        monotonic=monotonic,
+    )
+    return updater, client
 
 
 def test_a_manifest_refused_under_a_clock_that_ran_ahead_is_tried_again(tmp_path: Path) -> None:
     wall, mono = [NOW + 30 * 86400], [1000.0]  # a month ahead: the manifest looks expired
     reports: list[device_pb2.StatusReport] = []
-    client = DeviceClient("127.0.0.1:9", timeout_s=0.5)
-    client.on_report = lambda r: not reports.append(r)  # type: ignore[func-returns-value]
-    identity = Identity("d", "fleet", trust_in(RELEASE), "", "", b"", b"", b"")
-    updater = Updater(
-        lifecycle=Lifecycle(ModelStore(tmp_path), HealthPolicy(), boot="b"),
-        engine=Engine(EngineOptions()),
-        client=client,
-        identity=identity,
-        clock=lambda: wall[0],
-        monotonic=lambda: mono[0],
-    )
+    updater, client = _updater(tmp_path, reports, lambda: wall[0], lambda: mono[0])
     envelope = SIGNER.sign(manifest())
 
     def failures() -> list[str]:
@@ -72,28 +84,13 @@ def test_a_wait_for_disk_space_is_reported_once_with_its_reason(tmp_path: Path) 
     """A release too big for the disk left (a real 4 MiB tmpfs): DOWNLOADING with the reason,
     once, however many check-ins wait (not an event at each); no FAILED; a new release is
     reported again."""
-    store = tmp_path / "small"
-    store.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(store)], check=True)
-    try:
+    with small_disk(tmp_path / "small", "4m") as store:
         _wait_for_space(store)
-    finally:
-        subprocess.run(["umount", "-l", str(store)], check=False)
 
 
 def _wait_for_space(tmp_path: Path) -> None:
     reports: list[device_pb2.StatusReport] = []
-    client = DeviceClient("127.0.0.1:9", timeout_s=0.5)
-    client.on_report = lambda r: not reports.append(r)  # type: ignore[func-returns-value]
-    identity = Identity("d", "fleet", trust_in(RELEASE), "", "", b"", b"", b"")
-    updater = Updater(
-        lifecycle=Lifecycle(ModelStore(tmp_path), HealthPolicy(), boot="b"),
-        engine=Engine(EngineOptions()),
-        client=client,
-        identity=identity,
-        clock=lambda: NOW,
-        monotonic=lambda: 1000.0,
-    )
+    updater, client = _updater(tmp_path, reports, lambda: NOW, lambda: 1000.0)
     free = shutil.disk_usage(tmp_path).free
     envelope = SIGNER.sign(manifest(size=free))  # twice this is needed: never fits
     for _ in range(5):
