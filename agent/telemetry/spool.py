@@ -97,6 +97,21 @@ def _full(exc: sqlite3.Error) -> bool:
     return _code(exc) in (_FULL, _IOERR) or "disk is full" in str(exc)
 
 
+def _drop_oldest(db: sqlite3.Connection, count: int) -> int:
+    """In the caller's transaction: drop the ``count`` oldest telemetry messages (never events;
+    those the broker already has first), count them, and return how many went."""
+    cursor = db.execute(
+        "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE kind = ? "
+        "ORDER BY sent = 0, id LIMIT ?)",
+        (TELEMETRY, count),
+    )
+    db.execute(
+        "UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE key = 'dropped'",
+        (cursor.rowcount,),
+    )
+    return int(cursor.rowcount)
+
+
 class Spool:
     """A bounded, durable, numbered FIFO of messages (thread-safe)."""
 
@@ -204,25 +219,9 @@ class Spool:
         return dropped
 
     def _drop_telemetry(self, count: int) -> int:
-        """Drop the ``count`` oldest telemetry messages (those the broker already has first),
-        in one transaction, and count them."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            cursor = self._db.execute(
-                "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE kind = ? "
-                "ORDER BY sent = 0, id LIMIT ?)",
-                (TELEMETRY, count),
-            )
-            self._db.execute(
-                "UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE key = 'dropped'",
-                (cursor.rowcount,),
-            )
-            self._db.execute("COMMIT")
-        except BaseException:
-            if self._db.in_transaction:  # SQLite already rolled back after SQLITE_FULL
-                self._db.execute("ROLLBACK")
-            raise
-        return int(cursor.rowcount)
+        """Drop the ``count`` oldest telemetry messages in one transaction, and count them."""
+        with self._transaction() as db:
+            return _drop_oldest(db, count)
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -266,9 +265,7 @@ class Spool:
         raise SpoolFullError(f"the spool at {self.path} cannot be written")  # pragma: no cover
 
     def _append(self, topic: str, build: Callable[[int], bytes], kind: str) -> int:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             seq = int(self._meta("seq")) + 1
             db.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (str(seq),))
             db.execute(
@@ -276,22 +273,8 @@ class Spool:
                 (topic, build(seq), kind, seq),
             )
             (count,) = db.execute("SELECT COUNT(*) FROM messages").fetchone()
-            excess = int(count) - self.max_messages
-            if excess > 0:
-                cursor = db.execute(
-                    "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE kind = ? "
-                    "ORDER BY sent = 0, id LIMIT ?)",
-                    (TELEMETRY, excess),
-                )
-                db.execute(
-                    "UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE key = 'dropped'",
-                    (cursor.rowcount,),
-                )
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:  # SQLite already rolled back after SQLITE_FULL
-                db.execute("ROLLBACK")
-            raise
+            if int(count) > self.max_messages:
+                _drop_oldest(db, int(count) - self.max_messages)
         return seq
 
     # -- forwarding ---------------------------------------------------------------------------
