@@ -56,6 +56,19 @@ def fill_disk(folder: Path) -> Path:
     return filler
 
 
+def model_variant(model: bytes, description: str) -> bytes:
+    """The same network with another description: a valid model with a hash of its own (each
+    release of a test or a soak needs a distinct artifact)."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as tflite_schema
+
+    parsed = tflite_schema.ModelT.InitFromPackedBuf(model, 0)
+    parsed.description = description.encode()
+    builder = flatbuffers.Builder(len(model) + 1024)
+    builder.Finish(parsed.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as sock:

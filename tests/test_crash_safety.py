@@ -19,7 +19,7 @@ import pytest
 from agent.updates.store import ModelStore
 from protos import inference_pb2
 from tests import oip
-from tests.harness import Agent, Server, make_agent, wait_for
+from tests.harness import Agent, Server, make_agent, model_variant, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -43,15 +43,7 @@ crash_loop_starts = 100
 
 
 def variant(model: bytes, tag: int) -> bytes:
-    """The same network with another description: a valid model with its own hash."""
-    import flatbuffers
-    from ai_edge_litert import schema_py_generated as s
-
-    parsed = s.ModelT.InitFromPackedBuf(model, 0)
-    parsed.description = f"EdgeFleet crash-safety round {tag}".encode()
-    builder = flatbuffers.Builder(len(model) + 1024)
-    builder.Finish(parsed.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return model_variant(model, f"EdgeFleet crash-safety round {tag}")
 
 
 def check_disk(state: Path) -> str:

@@ -19,15 +19,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import flatbuffers
 import sqlalchemy as sa
-from ai_edge_litert import schema_py_generated as tflite_schema
 
 from bench.soak.check import RolloutRecord
 from bench.soak.fleet import MODEL, Fleet, sha256_file
 from fleet_server.signing.keys import KeyStore
 from protos import manifest_pb2
-from tests.harness import DATA
+from tests.harness import DATA, model_variant
 
 __all__ = ["BASE_MODEL", "ReleaseDriver"]
 
@@ -37,12 +35,7 @@ _WAVES = ("--waves", "10%,100%", "--failure", "10%", "--no-health-gate", "--json
 
 
 def variant(model: bytes, tag: str) -> bytes:
-    """The same network with another description: a valid model with a hash of its own."""
-    parsed = tflite_schema.ModelT.InitFromPackedBuf(model, 0)
-    parsed.description = f"EdgeFleet soak release {tag}".encode()
-    builder = flatbuffers.Builder(len(model) + 1024)
-    builder.Finish(parsed.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return model_variant(model, f"EdgeFleet soak release {tag}")
 
 
 @dataclass
