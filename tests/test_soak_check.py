@@ -36,31 +36,31 @@ def agent(**kw: Any) -> AgentView:
         "spool_seq": 100, "spool_dropped": 0, "spooled_seqs": (), "spool_bound": 2000,
         "ledger": ledger(), "served_version": "1.2.0", "journal_version": "1.2.0",
         "artifact_ok": True, "expected_sha_ok": True, "server_version": "1.2.0",
-        "server_state": "INSTALLED", "staging_bytes": 0,
+        "server_state": "INSTALLED", "server_active": "1.2.0", "target": "1.2.0",
+        "staging_bytes": 0,
     }  # fmt: skip
     return AgentView(**(base | kw))
 
 
 def judge(agents: list[AgentView], **kw: Any) -> list[str]:
     args: dict[str, Any] = {
-        "sims": [SimView("sim-1", "1.2.0", "1.2.0", "INSTALLED")],
+        "sims": [SimView("sim-1", "1.2.0", "1.2.0", "INSTALLED", "1.2.0", "1.2.0")],
         "rollouts": [RolloutRecord(1, "1.1.0", bad=True, outcome="rolled-back", seconds=9.0),
                      RolloutRecord(2, "1.2.0", bad=False, outcome="completed", seconds=7.0)],
         "failures": [("sim-1", "1.1.0", "FAILED")],
     }  # fmt: skip
     args |= kw
     out = check(agents, args["sims"], args["rollouts"], args["failures"],
-                expected_version="1.2.0", bad_versions={"1.1.0"}, largest_artifact=1000,
-                faults={"server-kill": 2}, convergence_s=12.5)  # fmt: skip
+                bad_versions={"1.1.0"}, largest_artifact=1000, faults={"server-kill": 2},
+                convergence_s=12.5)  # fmt: skip
     assert render_table(out)  # the table renders whatever the verdict
     return [f"{v.invariant}: {v.cause}" for v in out.violations]
 
 
 def test_a_clean_run_passes_and_counts_the_expected_failure() -> None:
     assert judge([agent()]) == []
-    out = check([agent()], [], [], [("sim-1", "1.1.0", "FAILED")], expected_version="1.2.0",
-                bad_versions={"1.1.0"}, largest_artifact=1000, faults={},
-                convergence_s=None)  # fmt: skip
+    out = check([agent()], [], [], [("sim-1", "1.1.0", "FAILED")], bad_versions={"1.1.0"},
+                largest_artifact=1000, faults={}, convergence_s=None)  # fmt: skip
     assert out.failures_seen == {"failed expected": 1}
     assert json.loads(json.dumps(out.summary()))["ok"] is True
 
@@ -126,15 +126,38 @@ def test_serving_convergence_and_bounds() -> None:
         "serving: local API serves nothing ready, not 1.2.0",
         "serving: journal's 1.1.0 artifact is missing or does not match its hash",
     ]
-    assert "converged: device runs 1.1.0, server says 1.2.0 INSTALLED, last rollout asked " \
-           "1.2.0" in problems  # fmt: skip
+    assert "converged: device runs 1.1.0, the server asks 1.2.0" in problems
     assert "spool-bound: 11 messages spooled, bound 10" in problems
     assert any(p.startswith("staging-bound: staging holds 2001 bytes") for p in problems)
-    stale = [SimView("sim-1", "1.2.0", "1.1.0", "INSTALLED"), SimView("sim-2", "1.2.0", "1.2.0",
-                                                                      "INSTALLED")]  # fmt: skip
+    stale = [SimView("sim-1", "1.2.0", "1.1.0", "INSTALLED", "1.1.0", "1.2.0"),
+             SimView("sim-2", "1.2.0", "1.2.0", "INSTALLED", "1.2.0", "1.2.0")]  # fmt: skip
     assert judge([agent()], sims=stale) == [
-        "converged: e.g. sim-1 runs 1.2.0, server says 1.1.0 INSTALLED, last rollout asked 1.2.0"
+        "converged: e.g. sim-1: device runs 1.2.0, the server thinks it serves 1.1.0"
     ]
+
+
+def test_converged_is_what_the_server_asks_of_each_device_and_what_it_knows() -> None:
+    # The 30-minute run of 2026-11-30: the last attempt was a bad release, refused; the device
+    # serves what the server asks of it and the server knows. Converged.
+    refused = agent(server_version="1.1.0", server_state="FAILED")
+    assert judge([refused]) == []
+    # An aborted rollout leaves some devices on its version: they are asked for it.
+    kept = agent(target="1.3.0", served_version="1.3.0", journal_version="1.3.0",
+                 server_version="1.3.0", server_active="1.3.0")  # fmt: skip
+    assert judge([kept]) == []
+    # An attempt of a good release the server still shows in flight is not the truth.
+    assert judge([agent(server_version="1.3.0", server_state="DOWNLOADING")]) == [
+        "converged: device runs 1.2.0, the server's last update report says 1.3.0 DOWNLOADING"
+    ]
+    # A failure of a good release is not accepted as a last report either.
+    assert judge([agent(server_version="1.3.0", server_state="FAILED")]) == [
+        "converged: device runs 1.2.0, the server's last update report says 1.3.0 FAILED"
+    ]
+    assert judge([agent(server_active="1.1.0")]) == [
+        "converged: device runs 1.2.0, the server thinks it serves 1.1.0"
+    ]
+    assert judge([agent(target="1.1.0", served_version="1.1.0", journal_version="1.1.0")]) \
+        == ["converged: the server asks bad release 1.1.0 of it"]  # fmt: skip
 
 
 def test_failures_of_good_releases_and_bad_releases_that_complete_are_violations() -> None:

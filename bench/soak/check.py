@@ -26,6 +26,7 @@ __all__ = [
     "Violation",
     "account_messages",
     "check",
+    "disagreement",
     "ledger_from_row",
     "render_table",
 ]
@@ -153,8 +154,10 @@ class AgentView:
     journal_version: str  # the active version its journal names
     artifact_ok: bool  # the journal's artifact is on disk and hashes to the journal's sha256
     expected_sha_ok: bool  # ...and that hash is the one pushed for that version
-    server_version: str
-    server_state: str
+    server_version: str  # the server's last update report of the device: its version...
+    server_state: str  # ...and state
+    server_active: str  # the version the server last heard the device serves
+    target: str  # the version the server's deployment and rollouts ask of the device
     staging_bytes: int
     numbered_while_settling: int = -1  # messages the spool numbered while the fleet settled
 
@@ -167,6 +170,8 @@ class SimView:
     running: str
     server_version: str
     server_state: str
+    server_active: str
+    target: str
 
 
 @dataclass(frozen=True)
@@ -202,13 +207,13 @@ class Outcome:
     rollouts: dict[str, int] = field(default_factory=dict)
     failures_seen: dict[str, int] = field(default_factory=dict)
     convergence_s: float | None = None
-    expected_version: str = ""
+    targets: dict[str, int] = field(default_factory=dict)  # version the server asks -> devices
 
     def summary(self) -> dict[str, Any]:
         """The JSON summary (``--json``)."""
         return {
             "ok": not self.violations,
-            "expected_version": self.expected_version,
+            "targets": self.targets,
             "convergence_s": self.convergence_s,
             "faults": self.faults,
             "rollouts": self.rollouts,
@@ -224,34 +229,37 @@ def check(
     rollouts: Sequence[RolloutRecord],
     failures: Iterable[tuple[str, str, str]],
     *,
-    expected_version: str,
     bad_versions: Iterable[str],
     largest_artifact: int,
     faults: Mapping[str, int],
     convergence_s: float | None,
 ) -> Outcome:
     """Judge the end of a run. ``failures`` are the (device, version, state) FAILED or
-    ROLLED_BACK reports seen during it; those of a bad release are expected."""
+    ROLLED_BACK reports seen during it; those of a bad release are expected.
+
+    Converged means: each device runs the version the server asks of it (its deployment,
+    overridden by the rollouts that reached it; never a bad release), the server knows it
+    serves that version, and its last update report says so, or says a bad release failed."""
     bad = set(bad_versions)
     out = Outcome(faults=dict(faults), convergence_s=convergence_s)
-    out.expected_version = expected_version
+    asked = Counter([a.target for a in agents] + [s.target for s in sims])
+    out.targets = dict(sorted(asked.items()))
     v = out.violations.append
     for agent in agents:
         who = agent.name
-        if agent.served_version != expected_version:
+        if agent.served_version != agent.target:
             v(Violation("serving", who, f"local API serves {agent.served_version or 'nothing'}"
-                        f" ready, not {expected_version}"))  # fmt: skip
+                        f" ready, not {agent.target}"))  # fmt: skip
         if not agent.artifact_ok:
             v(Violation("serving", who, f"journal's {agent.journal_version or 'no'} artifact is "
                         "missing or does not match its hash"))  # fmt: skip
         elif not agent.expected_sha_ok:
             v(Violation("serving", who, f"journal's {agent.journal_version} artifact is not the "
                         "one pushed for that version"))  # fmt: skip
-        views = (agent.journal_version, agent.server_version)
-        if views != (expected_version, expected_version) or agent.server_state != INSTALLED:
-            v(Violation("converged", who, f"device runs {agent.journal_version or 'nothing'}, "
-                        f"server says {agent.server_version} {agent.server_state}, "
-                        f"last rollout asked {expected_version}"))  # fmt: skip
+        server = (agent.server_version, agent.server_state, agent.server_active)
+        why = disagreement(agent.journal_version, server, agent.target, bad)
+        if why:
+            v(Violation("converged", who, why))
         if agent.numbered_while_settling == 0:
             v(Violation("telemetry-alive", who, "its spool numbered no message while the fleet "
                         "settled: telemetry stopped"))  # fmt: skip
@@ -271,13 +279,19 @@ def check(
         )
         out.accounts.append(account)
         _judge_messages(who, account, agent.ledger, v)
-    wrong = [s for s in sims if (s.running, s.server_version, s.server_state)
-             != (expected_version, expected_version, INSTALLED)]  # fmt: skip
+    wrong = [
+        (s, why)
+        for s in sims
+        if (
+            why := disagreement(
+                s.running, (s.server_version, s.server_state, s.server_active), s.target, bad
+            )
+        )
+    ]
     if wrong:
-        s = wrong[0]
-        v(Violation("converged", f"{len(wrong)} of {len(sims)} simulated", f"e.g. {s.device_id} "
-                    f"runs {s.running or 'nothing'}, server says {s.server_version} "
-                    f"{s.server_state}, last rollout asked {expected_version}"))  # fmt: skip
+        s, why = wrong[0]
+        v(Violation("converged", f"{len(wrong)} of {len(sims)} simulated",
+                    f"e.g. {s.device_id}: {why}"))  # fmt: skip
     seen: Counter[str] = Counter()
     for device, version, state in set(failures):
         expected = version in bad
@@ -296,6 +310,24 @@ def check(
                         f"bad release {r.version} completed"))  # fmt: skip
     out.rollouts = dict(sorted(outcomes.items()))
     return out
+
+
+def disagreement(runs: str, server: tuple[str, str, str], target: str, bad: set[str]) -> str:
+    """Why one device has not converged ("" when it has): what it ``runs``, the server's view
+    (its last update report's version and state, and the version it knows the device serves)
+    and what the server asks of it (``target``)."""
+    version, state, active = server
+    if target in bad:
+        return f"the server asks bad release {target} of it"
+    if runs != target:
+        return f"device runs {runs or 'nothing'}, the server asks {target or 'nothing'}"
+    if active != target:
+        return f"device runs {runs}, the server thinks it serves {active or 'nothing'}"
+    if (version, state) == (target, INSTALLED):
+        return ""
+    if version in bad and state in {FAILED, ROLLED_BACK}:
+        return ""  # the last attempt was a bad release, refused: the report stays the truth
+    return f"device runs {runs}, the server's last update report says {version} {state}"
 
 
 def _judge_messages(who: str, a: MessageAccount, ledger: Ledger | None, v: Any) -> None:
@@ -340,7 +372,8 @@ def render_table(out: Outcome) -> str:
     lines += [f"  rollouts {k:24} {n:5d}" for k, n in out.rollouts.items()] or ["  no rollouts"]
     lines += [f"  device {k:26} {n:5d}" for k, n in out.failures_seen.items()]
     conv = "never" if out.convergence_s is None else f"{out.convergence_s:.1f} s"
-    lines.append(f"  converged on {out.expected_version or '?'} after faults stopped: {conv}")
+    asked = ", ".join(f"{n} on {ver or 'nothing'}" for ver, n in out.targets.items())
+    lines.append(f"  the server asks: {asked or 'nothing'}; converged after faults: {conv}")
     lines.append(f"== verdict: {'PASS' if not out.violations else 'FAIL'} "
                  f"({len(out.violations)} violation(s)) ==")  # fmt: skip
     lines += [f"  {x.line()}" for x in out.violations]

@@ -46,7 +46,7 @@ class ReleaseDriver:
     folder: Path
     seed: int
     bad_share: float = 0.25
-    rollout_timeout_s: float = 90.0
+    rollout_timeout_s: float = 150.0  # database cuts of up to 60 s and server kills slow a rollout
     records: list[RolloutRecord] = field(default_factory=list)
     hashes: dict[str, str] = field(default_factory=dict)  # version -> artifact sha256
     sizes: dict[str, int] = field(default_factory=dict)

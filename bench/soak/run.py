@@ -25,12 +25,23 @@ import grpc
 
 from agent.updates.store import ModelStore
 from bench.processes import log_tails
-from bench.soak.check import AgentView, SimView, check, ledger_from_row, render_table
+from bench.soak.check import (
+    AgentView,
+    SimView,
+    check,
+    disagreement,
+    ledger_from_row,
+    render_table,
+)
 from bench.soak.clock import set_offset
 from bench.soak.faults import FaultRunner
 from bench.soak.fleet import MODEL, Fleet, FleetOptions, SimLoop, proc_alive
 from bench.soak.releases import ReleaseDriver
 from bench.soak.schedule import parse_kinds, plan
+from fleet_server.catalog.store import CatalogStore
+from fleet_server.rollouts.desired import targets_for
+from fleet_server.rollouts.store import RolloutStore
+from fleet_server.storage.db import Database
 from protos import inference_pb2, telemetry_pb2
 from protos import inference_pb2_grpc as oip_grpc
 from tests.harness import Agent, wait_for
@@ -51,7 +62,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--agents", type=int, default=5, help="real agents (default 5)")
     p.add_argument("--sims", type=int, default=300, help="simulated devices (default 300)")
     p.add_argument("--faults", default="all", help="all, ci, or kinds separated by commas")
-    p.add_argument("--settle", type=float, default=120.0, help="seconds to settle (max 600)")
+    p.add_argument("--settle", type=float, default=120.0,
+                   help="seconds for the last rollout to end, then as many for the fleet to "
+                   "settle (max 600)")  # fmt: skip
     p.add_argument("--bad-share", type=float, default=0.25, help="share of bad releases")
     p.add_argument("--json", type=Path, help="write the summary here")
     p.add_argument("--keep", action="store_true", help="keep the run folder (logs, state)")
@@ -122,7 +135,7 @@ def _run(args: argparse.Namespace, fleet: Fleet) -> int:
     fleet.add_agents()
     log.info("waiting for %d agents and %d simulated devices to install %s", args.agents,
              args.sims, first)  # fmt: skip
-    wait_for(f"every device to install {first}", lambda: _converged(fleet, first), timeout=300,
+    wait_for(f"every device to install {first}", lambda: _converged(fleet, set()), timeout=300,
              interval=2.0)  # fmt: skip
     faults = plan(args.minutes * 60, args.kinds, args.seed)
     for fault in faults:
@@ -142,17 +155,18 @@ def _run(args: argparse.Namespace, fleet: Fleet) -> int:
         releases.join()
         set_offset(fleet.clock_file, 0)
         settle_start = time.monotonic()
-        deadline = settle_start + args.settle
         restart_sims = threading.Event()
         sims.join()
         failures |= sims.failed
         sims = SimLoop(fleet, restart_sims)
         sims.start()  # the simulated devices keep checking in while the fleet settles
-        releases.finish(max(10.0, deadline - time.monotonic()))
-        expected = releases.good_version
+        # The last rollout ends first (within --settle), then the fleet gets --settle of its
+        # own to converge, and telemetry is watched for at least _MIN_SETTLE_S of it.
+        releases.finish(args.settle)
+        window = time.monotonic()
         numbered = {a.name: _spool_seq(a) for a in fleet.agents}
-        convergence = _settle(fleet, expected, deadline, settle_start)
-        time.sleep(max(0.0, settle_start + _MIN_SETTLE_S - time.monotonic()))
+        convergence = _settle(fleet, releases.bad, window + args.settle, settle_start)
+        time.sleep(max(0.0, window + _MIN_SETTLE_S - time.monotonic()))
         served = {a.name: _served_version(a) for a in fleet.agents}
         numbered = {a.name: _spool_seq(a) - numbered[a.name] for a in fleet.agents}
     restart_sims.set()
@@ -160,17 +174,17 @@ def _run(args: argparse.Namespace, fleet: Fleet) -> int:
     fleet.stop_agents()
     time.sleep(5.0)  # the ingest stores what the agents published last
     failures |= sims.failed
+    targets = _targets(fleet)
     agents = [
-        replace(_agent_view(fleet, a, served[a.name], releases.hashes),
+        replace(_agent_view(fleet, a, served[a.name], releases.hashes, targets),
                 numbered_while_settling=numbered[a.name])
         for a in fleet.agents
     ]  # fmt: skip
     outcome = check(
         agents,
-        _sim_views(fleet),
+        _sim_views(fleet, targets),
         releases.records,
         failures,
-        expected_version=expected,
         bad_versions=releases.bad,
         largest_artifact=releases.largest_artifact,
         faults=dict(runner.detail),
@@ -250,10 +264,28 @@ def _restart_the_dead(fleet: Fleet, crashes: list[str]) -> None:
         fleet.start_server()
 
 
-def _server_models(fleet: Fleet) -> dict[str, tuple[str, str]]:
-    rows = fleet.rows("SELECT device_id, version, state FROM device_models WHERE model_name = :m",
-                      m=MODEL)  # fmt: skip
-    return {r["device_id"]: (str(r["version"]), str(r["state"])) for r in rows}
+def _server_models(fleet: Fleet) -> dict[str, tuple[str, str, str]]:
+    """Per device: the server's last update report (version, state) and the version it knows
+    the device serves."""
+    rows = fleet.rows("SELECT device_id, version, state, active_version FROM device_models "
+                      "WHERE model_name = :m", m=MODEL)  # fmt: skip
+    return {r["device_id"]: (str(r["version"]), str(r["state"]), str(r["active_version"] or ""))
+            for r in rows}  # fmt: skip
+
+
+def _targets(fleet: Fleet) -> dict[str, str]:
+    """Per device: the version the server asks of it (its deployment, overridden by the
+    rollouts that reached it), computed by the server's own code from its database."""
+    db = Database(fleet.read_url)
+    try:
+        catalog = CatalogStore(db)
+        rollouts = RolloutStore(db, catalog)
+        deployments = catalog.deployments()
+        ids = [fleet.device_id(a) for a in fleet.agents] + [s.device_id for s in fleet.sims]
+        found = {d: targets_for(deployments, rollouts.desired_rows(d)).get(MODEL) for d in ids}
+    finally:
+        db.engine.dispose()
+    return {d: t.version if t is not None else "" for d, t in found.items()}
 
 
 def _journal_version(agent: Agent) -> str:
@@ -263,15 +295,16 @@ def _journal_version(agent: Agent) -> str:
     return ""
 
 
-def _converged(fleet: Fleet, version: str) -> bool:
-    """Every device runs ``version`` and the server agrees."""
+def _converged(fleet: Fleet, bad: set[str]) -> bool:
+    """Every device runs what the server asks of it, and the server knows."""
     server = _server_models(fleet)
-    want = (version, "INSTALLED")
-    for agent in fleet.agents:
-        if _journal_version(agent) != version or server.get(fleet.device_id(agent)) != want:
-            return False
-    return all(s.running.get(MODEL) == version and server.get(s.device_id) == want
-               for s in fleet.sims)  # fmt: skip
+    targets = _targets(fleet)
+    runs = {fleet.device_id(a): _journal_version(a) for a in fleet.agents}
+    runs |= {s.device_id: s.running.get(MODEL, "") for s in fleet.sims}
+    return not any(
+        disagreement(running, server.get(d, ("", "", "")), targets.get(d, ""), bad)
+        for d, running in runs.items()
+    )
 
 
 def _caught_up(fleet: Fleet) -> bool:
@@ -285,15 +318,15 @@ def _caught_up(fleet: Fleet) -> bool:
     return True
 
 
-def _settle(fleet: Fleet, expected: str, deadline: float, start: float) -> float | None:
-    """Wait until the fleet converged on ``expected`` and the agents' messages are stored;
-    return the seconds convergence took (None: not within the deadline)."""
+def _settle(fleet: Fleet, bad: set[str], deadline: float, start: float) -> float | None:
+    """Wait until every device runs what the server asks of it and the agents' messages are
+    stored; return the seconds convergence took (None: not within the deadline)."""
     converged_at: float | None = None
     while time.monotonic() < deadline:
         with contextlib.suppress(Exception):
-            if converged_at is None and _converged(fleet, expected):
+            if converged_at is None and _converged(fleet, bad):
                 converged_at = time.monotonic()
-                log.info("converged on %s after %.1f s", expected, converged_at - start)
+                log.info("converged after %.1f s", converged_at - start)
             if converged_at is not None and _caught_up(fleet):
                 break
         time.sleep(2.0)
@@ -341,12 +374,14 @@ def _spool_seq(agent: Agent) -> int:
         return -1
 
 
-def _agent_view(fleet: Fleet, agent: Agent, served: str, hashes: dict[str, str]) -> AgentView:
+def _agent_view(
+    fleet: Fleet, agent: Agent, served: str, hashes: dict[str, str], targets: dict[str, str]
+) -> AgentView:
     state = agent.folder / "state"
     epoch, seq, dropped, seqs = _spool(state / "spool.db")
     device_id = fleet.device_id(agent)
     rows = fleet.rows("SELECT * FROM devices WHERE device_id = :d", d=device_id)
-    server = _server_models(fleet).get(device_id, ("", ""))
+    server = _server_models(fleet).get(device_id, ("", "", ""))
     entry = ModelStore(state).active().get(MODEL)
     artifact_ok = expected_ok = False
     if entry is not None:
@@ -371,13 +406,18 @@ def _agent_view(fleet: Fleet, agent: Agent, served: str, hashes: dict[str, str])
         expected_sha_ok=expected_ok,
         server_version=server[0],
         server_state=server[1],
+        server_active=server[2],
+        target=targets.get(device_id, ""),
         staging_bytes=staging,
     )
 
 
-def _sim_views(fleet: Fleet) -> list[SimView]:
+def _sim_views(fleet: Fleet, targets: dict[str, str]) -> list[SimView]:
     server = _server_models(fleet)
-    return [
-        SimView(s.device_id, s.running.get(MODEL, ""), *server.get(s.device_id, ("", "")))
-        for s in fleet.sims
-    ]
+    views = []
+    for sim in fleet.sims:
+        version, state, active = server.get(sim.device_id, ("", "", ""))
+        running = sim.running.get(MODEL, "")
+        views.append(SimView(sim.device_id, running, version, state, active,
+                             targets.get(sim.device_id, "")))  # fmt: skip
+    return views
