@@ -67,6 +67,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.bench_checkin
 	$(BIN)/python -m bench.bench_dashboard
 	$(BIN)/python -m bench.bench_spool
+	$(BIN)/python -m bench.bench_shm
 
 .venv-mlserver/.installed: bench/mlserver/requirements.txt
 	$(PYTHON) -m venv .venv-mlserver

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -145,12 +146,24 @@ class Proc:
 
 
 def start(
-    cmd: list[str], log: Path, cwd: Path | None = None, env: dict[str, str] | None = None
+    cmd: list[str],
+    log: Path,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    *,
+    user: tuple[int, int] | None = None,
 ) -> Proc:
-    """Start ``cmd`` with stdout and stderr going to ``log`` (and ``env`` added)."""
+    """Start ``cmd`` with stdout and stderr going to ``log`` (and ``env`` added), as ``user``
+    (uid, gid) when given."""
     handle = log.open("wb")
     env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
-    popen = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+    as_user: dict[str, Any] = {}
+    if user is not None and os.geteuid() == 0:
+        as_user = {"user": user[0], "group": user[1], "extra_groups": []}
+        cmd, env = reachable_python(cmd, env)
+    popen = subprocess.Popen(
+        cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, env=env, **as_user
+    )
     handle.close()
     proc = Proc(popen, log)
     STARTED.append(proc)
@@ -159,6 +172,64 @@ def start(
 
 # Every process start() started, for conftest's clean-up of what a failed test left running.
 STARTED: list[Proc] = []
+
+
+def reachable_python(cmd: list[str], env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """``cmd`` for an unprivileged user: a venv's interpreter that lives in root's home (pyenv
+    here) cannot be run by nobody, so the system's interpreter of the same minor version runs
+    instead, on the venv's packages."""
+    if not cmd or not cmd[0].endswith(("/python", "/python3")):
+        return cmd, env
+    venv = Path(cmd[0]).parent.parent
+    binary = Path(cmd[0]).resolve()
+    if all(p.stat().st_mode & 0o001 for p in binary.parents):
+        return cmd, env
+    minor = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    system = Path("/usr/bin") / minor
+    packages = venv / "lib" / minor / "site-packages"
+    if not system.exists() or not packages.is_dir():
+        raise RuntimeError(f"{binary} is out of nobody's reach and there is no {system} to "
+                           f"run {packages} with")  # fmt: skip
+    env = env | {"PYTHONPATH": os.pathsep.join([str(packages), str(REPO)])}
+    return [str(system), *cmd[1:]], env
+
+
+def run_as_app_user(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` to its end as ``app_user()``, its output captured as text."""
+    cmd, env = reachable_python(cmd, dict(os.environ))
+    uid, gid = app_user()
+    if os.geteuid() != 0:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False,
+                              env=env)  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False,
+                          env=env, user=uid, group=gid, extra_groups=[])  # fmt: skip
+
+
+def app_user() -> tuple[int, int]:
+    """Who runs what must not be root (the agent refuses shared memory as root) and the local
+    apps that use it: nobody when the tests run as root, else the tests' own user."""
+    return (65534, 65534) if os.geteuid() == 0 else (os.geteuid(), os.getegid())
+
+
+@contextlib.contextmanager
+def app_folder(prefix: str) -> Iterator[Path]:
+    """A folder ``app_user()`` owns and can reach (pytest's tmp_path sits in a folder only
+    root may enter); removed at the end."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    folder.chmod(0o755)
+    os.chown(folder, *app_user())
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def give_to_app_user(*paths: Path) -> None:
+    """Hand files and folders (recursively) to ``app_user()``."""
+    uid, gid = app_user()
+    for path in paths:
+        for each in [path, *(path.rglob("*") if path.is_dir() else ())]:
+            os.chown(each, uid, gid, follow_symlinks=False)
 
 
 @dataclass
@@ -306,9 +377,12 @@ class Agent:
     def socket(self) -> Path:
         return self.folder / "oip.sock"
 
-    def start(self, env: dict[str, str] | None = None) -> Agent:
+    def start(self, env: dict[str, str] | None = None, *, as_app_user: bool = False) -> Agent:
+        """Start the agent (as ``app_user()`` with ``as_app_user``: its folder must be one
+        that user can reach, see ``make_app_agent``)."""
         cmd = [sys.executable, "-m", "agent.cli", "run", "--config", str(self.config)]
-        self.proc = start(cmd, self.folder / f"agent-{int(time.time() * 1000)}.log", env=env)
+        log = self.folder / f"agent-{int(time.time() * 1000)}.log"
+        self.proc = start(cmd, log, env=env, user=app_user() if as_app_user else None)
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
@@ -362,6 +436,18 @@ interval_s = {telemetry_s}
         encoding="utf-8",
     )
     return Agent(name, home, config)
+
+
+def make_app_agent(folder: Path, name: str, server: Server, **kwargs: Any) -> Agent:
+    """``make_agent`` in an ``app_folder`` for an agent run as ``app_user()``: the server's
+    CA is copied in (the server's folder is root's) and everything handed to that user."""
+    agent = make_agent(folder, name, server, **kwargs)
+    ca = agent.folder / "ca.pem"
+    shutil.copyfile(server.ca_file, ca)
+    text = agent.config.read_text(encoding="utf-8")
+    agent.config.write_text(text.replace(f'"{server.ca_file}"', f'"{ca}"'), encoding="utf-8")
+    give_to_app_user(agent.folder)
+    return agent
 
 
 class DeviceCommands:

@@ -28,8 +28,11 @@ from tests.harness import (
     REPO,
     Agent,
     Server,
+    app_folder,
     free_port,
     make_agent,
+    make_app_agent,
+    run_as_app_user,
     run_cli,
     start_server,
     wait_for,
@@ -358,10 +361,8 @@ def test_artifact_that_does_not_match_its_hash_is_discarded(
 
 
 def test_tritonclient_sends_a_1080p_frame_through_shared_memory(
-    tmp_path: Path,
     broker_url: str,
     server_factory: Callable[..., Server],
-    agent_factory: Callable[..., Agent],
     color_models: Path,
 ) -> None:
     server = server_factory(broker_url)
@@ -375,27 +376,25 @@ def test_tritonclient_sends_a_1080p_frame_through_shared_memory(
         "1.0.0",
         "--deploy",
     )
-    agent = agent_factory("dev-s", server)
-    wait_state(server, "dev-s", "frames", "1.0.0", "INSTALLED")
-    frame = np.zeros((1, 1080, 1920, 3), dtype=np.uint8)
-    frame[..., 2] = 200  # a blue frame
-    sample = tmp_path / "frame.npy"
-    np.save(sample, frame)
-    python = os.environ.get("EDGEFLEET_TRITON_PYTHON") or str(REPO / ".venv-triton/bin/python")
-    result = subprocess.run(
-        [
-            python,
-            str(REPO / "tests/tools/oip_client.py"),
-            f"unix:{agent.socket}",
-            "frames",
-            str(sample),
-            "--shm",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    # The agent refuses shared memory as root (issue 20): it and the app run unprivileged.
+    with app_folder("edgefleet-e2e-shm-") as shared:
+        agent = make_app_agent(shared, "dev-s", server).start(as_app_user=True)
+        try:
+            wait_state(server, "dev-s", "frames", "1.0.0", "INSTALLED")
+            frame = np.zeros((1, 1080, 1920, 3), dtype=np.uint8)
+            frame[..., 2] = 200  # a blue frame
+            sample = shared / "frame.npy"
+            np.save(sample, frame)
+            python = os.environ.get("EDGEFLEET_TRITON_PYTHON") or str(
+                REPO / ".venv-triton/bin/python"
+            )
+            result = run_as_app_user(
+                [python, str(REPO / "tests/tools/oip_client.py"), f"unix:{agent.socket}",
+                 "frames", str(sample), "--shm"],
+                timeout=120,
+            )  # fmt: skip
+        finally:
+            agent.stop()
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
     assert answer["regions"] == ["frame_in", "scores_out"]

@@ -211,7 +211,7 @@ def _decode_inputs(
                     f"input {given.name!r} needs {needed} bytes of shared memory, "
                     f"request says {size}",
                 )
-            array = np.frombuffer(shm.view(region, offset, size), dtype=wire)
+            array = shm.read(region, offset, size).view(wire)
         elif len(raw):
             data = raw[raw_position]
             raw_position += 1
@@ -461,7 +461,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     raise InputError(
                         f"output {tensor.name!r} needs {len(data)} bytes, region gives {size}"
                     )
-                self._shm.view(region, offset, len(data))[:] = data
+                self._shm.write(region, offset, data)
             except InputError as exc:
                 raise _AbortError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
             out.parameters["shared_memory_region"].string_param = region
@@ -564,10 +564,8 @@ def create_server(
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(engine, is_ready=is_ready, router=router), server
-    )
     port: int | None = None
+    group: int | None = None
     if socket_path is not None:
         socket_path.parent.mkdir(parents=True, exist_ok=True)
         if socket_path.is_socket():
@@ -576,6 +574,11 @@ def create_server(
             raise OSError(f"cannot listen on unix socket {socket_path}")
         # Owner and group (the apps allowed to use the device's models), nobody else.
         socket_path.chmod(0o660)
+        group = socket_path.stat().st_gid  # its members' shared memory may be registered
+    servicer = InferenceServicer(
+        engine, is_ready=is_ready, router=router, shm=SharedMemoryRegistry(group=group)
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     if tcp_address:
         port = (
             server.add_secure_port(tcp_address, tls)

@@ -1,0 +1,37 @@
+"""Serve models through the agent's OIP v2 API on a unix socket, in a process of its own (the
+tests start it as an unprivileged user and attack it as a local app would).
+
+    python -m tests.tools.oip_serve SOCKET NAME=MODEL.tflite [NAME=MODEL.tflite ...]
+
+It prints "ready" once the socket listens and serves until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from agent.inference.engine import Engine, EngineOptions
+from agent.inference.oip import create_server
+
+
+def main(argv: list[str]) -> int:
+    socket, *models = argv
+    engine = Engine(EngineOptions(workers=1, queue_depth=8))
+    for spec in models:
+        name, _, path = spec.partition("=")
+        engine.put(engine.load(name, "1.0.0", Path(path)))
+    server, _ = create_server(engine, socket_path=Path(socket))
+    server.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print("ready", flush=True)
+    stop.wait()
+    server.stop(1).wait()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
