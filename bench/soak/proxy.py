@@ -96,8 +96,14 @@ class CutProxy:
 
 
 def _reset(sock: socket.socket) -> None:
-    """Close with RST (SO_LINGER 0): the peer sees the link die, not a polite close."""
+    """Close with RST (SO_LINGER 0): the peer sees the link die, not a polite close.
+
+    A pump thread blocked in ``recv`` keeps the kernel's socket alive past ``close`` (no RST
+    goes out, and the peer sees a silent link for good); ``shutdown(SHUT_RD)`` wakes it first.
+    """
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RD)
     with contextlib.suppress(OSError):
         sock.close()

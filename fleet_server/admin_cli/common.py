@@ -59,7 +59,10 @@ class Admin:
 def _rpc_error(exc: grpc.RpcError, address: str) -> FleetError:
     code = exc.code()
     if code == grpc.StatusCode.UNAVAILABLE:
-        return FleetError(f"fleet server {address} is unreachable ({exc.details()})")
+        details = exc.details() or ""
+        if "fleet database" in details:  # the server answered: its database did not
+            return FleetError(f"fleet server {address}: {details}")
+        return FleetError(f"fleet server {address} is unreachable ({details})")
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return AuthError(exc.details() or "not authenticated")
     return FleetError(f"{code.name.lower().replace('_', ' ')}: {exc.details()}")

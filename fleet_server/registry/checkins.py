@@ -23,6 +23,7 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 
 from fleet_server.registry.store import DeviceStore
+from fleet_server.storage.retrying import RetryLog
 from protos import device_pb2
 
 __all__ = ["AnswerCache", "CachedAnswer", "LastSeen", "state_version"]
@@ -89,6 +90,7 @@ class LastSeen:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="last-seen", daemon=True)
+        self._retry = RetryLog(log, "record check-ins")
 
     def start(self) -> None:
         self._thread.start()
@@ -114,12 +116,13 @@ class LastSeen:
             self._devices.record_check_ins(
                 {d: (at, None if c is None else _caps_json(c)) for d, (at, c) in pending.items()}
             )
-        except Exception:
-            log.exception("cannot record %d check-ins; retrying", len(pending))
+        except Exception as exc:  # noqa: BLE001 - retried with the next flush
+            self._retry.failed(exc, f"({len(pending)} device(s))")
             with self._lock:
                 for device_id, value in pending.items():
                     self._pending.setdefault(device_id, value)
             return
+        self._retry.succeeded()
         with self._lock:
             for device_id, (_t, caps) in pending.items():
                 if caps is not None:

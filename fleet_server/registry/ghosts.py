@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from fleet_server.registry.store import DeviceStore, Ghost
+from fleet_server.storage.retrying import RetryLog
 
 __all__ = ["AuditSink", "GhostReaper", "sweep_interval"]
 
@@ -102,9 +103,11 @@ class GhostReaper:
 
     def _run(self) -> None:
         interval = sweep_interval(self._after_s)
+        retry = RetryLog(log, "delete ghost devices")
         while not self._stop.wait(interval):
             try:
                 self.sweep()
-            except Exception:
-                # A database that is away now is there at the next sweep.
-                log.exception("cannot delete ghost devices; trying again in %.0f s", interval)
+            except Exception as exc:  # noqa: BLE001 - a database that is away now is there at the next sweep
+                retry.failed(exc)
+            else:
+                retry.succeeded()

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from fleet_server.rollouts.store import RolloutStore
+from fleet_server.storage.retrying import RetryLog
 
 __all__ = ["RolloutController"]
 
@@ -67,12 +68,16 @@ class RolloutController:
         return assigned_total
 
     def _run(self) -> None:
+        retry = RetryLog(log, "move the rollouts on (rollout controller)")
         while not self._stop.is_set():
             try:
                 assigned = self.tick_all()
-            except Exception:
-                log.exception("rollout controller step failed; retrying")
-                assigned = 0
+            except Exception as exc:  # noqa: BLE001 - every failure is retried
+                retry.failed(exc)
+                # Wakes (device reports) do not hurry a failing step: one try per interval.
+                self._stop.wait(self._interval)
+                continue
+            retry.succeeded()
             if assigned:
                 continue  # more may be waiting behind the concurrency cap
             self._wake.wait(self._interval)

@@ -23,6 +23,7 @@ from fleet_server.storage.migrations import MIGRATIONS
 from fleet_server.storage.schema import SCHEMA_VERSION, fleet_state, metadata, schema_meta
 
 __all__ = [
+    "PG_SESSION_OPTIONS",
     "SCHEMA_VERSION",
     "Database",
     "add_rows",
@@ -102,16 +103,35 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 # PostgreSQL: give up connecting after 10 s, and notice a dead server on an idle connection
-# within about a minute (TCP keepalives), instead of a thread waiting for ever. A URL's own
-# query parameters win.
+# within about a minute (TCP keepalives), instead of a thread waiting for ever.
+#
+# And on the database's side (PG_SESSION_OPTIONS): a session left idle inside a transaction is
+# ended after 30 s, which releases the rows it locked; a statement waits at most 20 s for a
+# lock, then fails (the API answers UNAVAILABLE and the caller retries); the database notices
+# a vanished client within about a minute. Without them, a server replica frozen, killed
+# behind a silent link or partitioned in the middle of a transaction kept its row locks for
+# as long as the database's TCP stack believed in it (2 hours by default): in issue 19's soak
+# one such session held a device's row for 4 minutes, and every check-in, telemetry write and
+# rollout creation of the fleet queued behind it. A URL's own query parameters win (its
+# ``options`` come after these, so a setting it repeats overrides ours).
+PG_SESSION_OPTIONS = (
+    "-c idle_in_transaction_session_timeout=30s -c lock_timeout=20s "
+    "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3"
+)
 _PG_CONNECT = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
-               "keepalives_interval": 10, "keepalives_count": 3}  # fmt: skip
+               "keepalives_interval": 10, "keepalives_count": 3,
+               "options": PG_SESSION_OPTIONS}  # fmt: skip
 
 
 def _connect_args(url: sa.engine.URL) -> dict[str, Any]:
     if url.get_backend_name() != "postgresql":
         return {}
-    return {k: v for k, v in _PG_CONNECT.items() if k not in url.query}
+    args = {k: v for k, v in _PG_CONNECT.items() if k not in url.query}
+    given = url.query.get("options")
+    if given:
+        given = " ".join(given) if isinstance(given, tuple) else given
+        args["options"] = f"{PG_SESSION_OPTIONS} {given}"
+    return args
 
 
 class Database:
