@@ -4,7 +4,11 @@ A TFLite interpreter is not thread-safe, so each model owns ``workers`` interpre
 borrows one for the duration of its invoke (LiteRT releases the GIL in ``invoke``, so two
 interpreters run in parallel on two cores). Admission is bounded per model: at most
 ``workers + queue_depth`` requests are queued or running, the next one is refused at once with
-:class:`QueueFullError` instead of piling up.
+:class:`QueueFullError` instead of piling up. Apps that name themselves (a client id) share a
+model: while another app has called it within the last ``CLIENT_WINDOW_S`` seconds, one app
+holds at most half its places, so a flood from one app leaves the other half to the rest.
+Requests without a client id count as one app; an id is not a security boundary (an app may
+claim several).
 
 The :class:`Engine` keeps models within a memory budget: models are registered (name, version,
 file) and loaded eagerly when pinned, lazily on first request otherwise; when a load would exceed
@@ -40,6 +44,8 @@ from agent.inference.modelfile import EDGETPU_CUSTOM_OP, ModelInfo, inspect_mode
 from agent.inference.runtime import find_runtime
 
 __all__ = [
+    "CLIENT_WINDOW_S",
+    "MAX_CLIENTS",
     "Engine",
     "EngineOptions",
     "LoadedModel",
@@ -49,6 +55,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+CLIENT_WINDOW_S = 10.0  # another app that called within this long gets its share of a model
+MAX_CLIENTS = 256  # client ids remembered per model (the oldest forgotten first)
 
 
 @dataclass(frozen=True)
@@ -115,8 +123,11 @@ class LoadedModel:
         for interpreter in interpreters:
             self._pool.put(_Slot(interpreter))
         self.queue_depth = queue_depth
-        # Grows by one permit per interpreter grow() adds.
-        self._admission = threading.Semaphore(self.workers + queue_depth)
+        # Places (workers + queue_depth; grows with the pool) taken, in all and per client.
+        self._admission = threading.Lock()
+        self._admitted = 0
+        self._by_client: dict[str, int] = {}
+        self._seen: dict[str, float] = {}  # client -> its last request (monotonic), bounded
         self._queue_timeout = queue_timeout_s
         self._expected = [(np.dtype(t.dtype), t.shape, t.name) for t in info.inputs]
 
@@ -135,8 +146,11 @@ class LoadedModel:
     def idle(self) -> bool:
         return self.stats.in_flight == 0
 
-    def infer(self, inputs: Sequence[np.ndarray], *, record: bool = True) -> list[np.ndarray]:
-        """Run the model on ``inputs`` (one array per graph input, in order).
+    def infer(
+        self, inputs: Sequence[np.ndarray], *, record: bool = True, client: str = ""
+    ) -> list[np.ndarray]:
+        """Run the model on ``inputs`` (one array per graph input, in order) for ``client``
+        (an app's self-chosen id, "" for none; see the module's docstring).
 
         ``record=False`` keeps internal runs (warm-up, smoke tests) out of the statistics.
 
@@ -146,13 +160,11 @@ class LoadedModel:
             InferenceError: the runtime failed.
         """
         self._check_inputs(inputs)
-        if not self._admission.acquire(blocking=False):
+        refusal = self._admit(client)
+        if refusal:
             if record:
                 self.stats.reject()
-            raise QueueFullError(
-                f"model {self.name} has {self.workers} busy interpreter(s) and a full queue; "
-                "retry later"
-            )
+            raise QueueFullError(refusal)
         self.last_used = time.monotonic()
         try:
             if record:
@@ -183,7 +195,42 @@ class LoadedModel:
                     done = time.perf_counter()
                     self.stats.finished((got - start) * 1000.0, (done - got) * 1000.0, ok=ok)
         finally:
-            self._admission.release()
+            self._leave(client)
+
+    def _admit(self, client: str) -> str:
+        """Take a place for one request of ``client``; "" when taken, else why not."""
+        with self._admission:
+            others = self._others_calling(client)
+            places = self.workers + self.queue_depth
+            if self._admitted >= places:
+                return (f"model {self.name} has {self.workers} busy interpreter(s) and a full "
+                        "queue; retry later")  # fmt: skip
+            held = self._by_client.get(client, 0)
+            share = max(1, places // 2)
+            if held >= share and others:
+                return (f"model {self.name}: client {client or '(unnamed)'} holds {held} of its "
+                        f"{places} places while other clients call it; retry later")  # fmt: skip
+            self._admitted += 1
+            self._by_client[client] = held + 1
+            return ""
+
+    def _others_calling(self, client: str) -> bool:
+        """Note a request of ``client``; whether another client called recently (lock held)."""
+        now = time.monotonic()
+        self._seen.pop(client, None)
+        self._seen[client] = now  # newest last
+        while len(self._seen) > MAX_CLIENTS or next(iter(self._seen.values())) < now - (
+            CLIENT_WINDOW_S
+        ):
+            self._seen.pop(next(iter(self._seen)))
+        return len(self._seen) > 1
+
+    def _leave(self, client: str) -> None:
+        with self._admission:
+            self._admitted -= 1
+            held = self._by_client.pop(client, 1) - 1
+            if held:
+                self._by_client[client] = held
 
     def _check_inputs(self, inputs: Sequence[np.ndarray]) -> None:
         if len(inputs) != len(self._expected):
@@ -240,8 +287,8 @@ class LoadedModel:
                     self.target_workers = self.workers
                     break
                 self._pool.put(slot)
-                self.workers += 1
-                self._admission.release()
+                with self._admission:
+                    self.workers += 1  # one more place
                 added += 1
         return added
 

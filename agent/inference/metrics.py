@@ -185,7 +185,7 @@ _COUNTERS = (
     (
         "rejected_total",
         "counter",
-        "Requests refused because the model's queue was full.",
+        "Requests refused at admission: the model's places full, or the app over its share.",
         "rejected",
     ),
     ("in_flight", "gauge", "Requests queued or running.", "in_flight"),

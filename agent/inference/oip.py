@@ -8,6 +8,7 @@ or typed ``contents``; responses say which path served them in their parameters.
 from __future__ import annotations
 
 import logging
+import re
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent import futures
@@ -34,7 +35,7 @@ from agent.routing.router import Router
 from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc as pb_grpc
 
-__all__ = ["DTYPE_TO_OIP", "InferenceServicer", "create_server"]
+__all__ = ["CLIENT_ID_KEY", "DTYPE_TO_OIP", "InferenceServicer", "client_id", "create_server"]
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +250,18 @@ _ENGINE_ERRORS: tuple[tuple[type[AgentError], grpc.StatusCode], ...] = (
 _CALLER_ERRORS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
 
 
+CLIENT_ID_KEY = "edgefleet-client-id"  # request metadata: an app's name, for fair sharing
+_CLIENT_ID = re.compile(r"[A-Za-z0-9_.:@/-]{1,64}")
+
+
+def client_id(context: Any) -> str:
+    """The app's self-chosen id from the call's metadata ("" when absent or malformed)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == CLIENT_ID_KEY and isinstance(value, str) and _CLIENT_ID.fullmatch(value):
+            return value
+    return ""
+
+
 def _uses_shm(request: pb.ModelInferRequest) -> bool:
     return any("shared_memory_region" in t.parameters for t in request.inputs)
 
@@ -342,17 +355,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:  # noqa: N802
         policy = self._router.policy(request.model_name) if self._router else None
+        client = client_id(context)
         try:
             # Tensors in shared memory cannot travel to the cloud: those requests stay local.
             if policy is not None and policy.uses_cloud and not _uses_shm(request):
-                return self._routed(request, policy)
-            response, _ = self._local(request)
+                return self._routed(request, policy, client)
+            response, _ = self._local(request, client)
         except _AbortError as exc:
             context.abort(exc.code, exc.message)
         _mark(response, "local", "policy local")
         return response
 
-    def _routed(self, request: pb.ModelInferRequest, policy: Policy) -> pb.ModelInferResponse:
+    def _routed(
+        self, request: pb.ModelInferRequest, policy: Policy, client: str
+    ) -> pb.ModelInferResponse:
         """Serve a request under a cloud-using policy (see ``agent.routing.policy``).
 
         Raises:
@@ -373,7 +389,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         local_error: _AbortError | None = None
         if not why:
             try:
-                local, top = self._local(request)
+                local, top = self._local(request, client)
             except _AbortError as exc:
                 if exc.code in _CALLER_ERRORS:
                     raise  # the caller's mistake: the cloud would refuse it too
@@ -393,7 +409,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if local is None and local_error is None and model is not None:
             # The cloud was preferred (latency budget, full queue) but cannot answer.
             try:
-                local, _ = self._local(request)
+                local, _ = self._local(request, client)
             except _AbortError as exc:
                 local_error = exc
         if local is not None:
@@ -405,9 +421,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise _AbortError(local_error.code, detail)
         raise _AbortError(grpc.StatusCode.UNAVAILABLE, f"model {name}: {detail}")
 
-    def _local(self, request: pb.ModelInferRequest) -> tuple[pb.ModelInferResponse, float]:
-        """Run a request on the local model: the response and the top value of its first
-        output in real numbers (a classifier's top score).
+    def _local(
+        self, request: pb.ModelInferRequest, client: str = ""
+    ) -> tuple[pb.ModelInferResponse, float]:
+        """Run a request of ``client`` on the local model: the response and the top value of
+        its first output in real numbers (a classifier's top score).
 
         Raises:
             _AbortError: with the status the error maps to.
@@ -418,7 +436,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise _AbortError(_status_for(exc), str(exc)) from exc
         try:
             inputs, real_values = _decode_inputs(request, model, self._shm)
-            outputs = model.infer(inputs)
+            outputs = model.infer(inputs, client=client)
         except AgentError as exc:
             if isinstance(exc, InferenceError):
                 log.warning("inference failed: %s", exc)
@@ -539,8 +557,8 @@ def create_server(
     *,
     socket_path: Path | None = None,
     tcp_address: str | None = None,
-    max_workers: int = 16,
-    max_concurrent_rpcs: int = 128,
+    max_workers: int = 64,
+    max_concurrent_rpcs: int = 1024,
     is_ready: Callable[[], bool] | None = None,
     router: Router | None = None,
     tls: grpc.ServerCredentials | None = None,
@@ -556,7 +574,10 @@ def create_server(
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="oip"),
-        # Past this many calls in progress gRPC answers RESOURCE_EXHAUSTED instead of queueing.
+        # Past this many calls in progress gRPC answers RESOURCE_EXHAUSTED instead of queueing
+        # (uncounted: grpcio refuses before any handler runs). Each model admits only its own
+        # workers + queue_depth and refuses the rest at once (counted), so the threads cycle
+        # and a flood on one model leaves the others served; see docs/inference-api.md.
         maximum_concurrent_rpcs=max_concurrent_rpcs,
         interceptors=list(interceptors),
         options=[

@@ -3,7 +3,8 @@ tests start it as an unprivileged user and attack it as a local app would).
 
     python -m tests.tools.oip_serve SOCKET NAME=MODEL.tflite [NAME=MODEL.tflite ...]
 
-It prints "ready" once the socket listens and serves until SIGTERM.
+It serves Prometheus metrics on a free loopback port, prints "ready PORT" once both listen,
+and serves until SIGTERM.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import threading
 from pathlib import Path
 
 from agent.inference.engine import Engine, EngineOptions
+from agent.inference.metrics_http import MetricsServer, render
 from agent.inference.oip import create_server
 
 
@@ -25,11 +27,14 @@ def main(argv: list[str]) -> int:
         engine.put(engine.load(name, "1.0.0", Path(path)))
     server, _ = create_server(engine, socket_path=Path(socket))
     server.start()
+    metrics = MetricsServer(lambda: render(engine), "127.0.0.1", 0)
+    metrics.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    print("ready", flush=True)
+    print(f"ready {metrics.port}", flush=True)
     stop.wait()
     server.stop(1).wait()
+    metrics.stop()
     return 0
 
 
