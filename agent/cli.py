@@ -91,6 +91,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         print(f"{PROG}: error: {args.config}: {error}", file=sys.stderr)
     if errors:
         return 1
+    for warning in config.warnings():
+        print(f"{PROG}: warning: {args.config}: {warning}", file=sys.stderr)
     print(f"{args.config}: OK (state_dir={config.agent.state_dir}, server={config.server.address})")
     return 0
 

@@ -142,6 +142,20 @@ class AgentConfig:
     cloud: CloudSection = field(default_factory=CloudSection)
     routing: dict[str, RoutingSection] = field(default_factory=dict)  # per model name
 
+    def warnings(self) -> list[str]:
+        """What is allowed but unsafe: listeners other hosts can reach without TLS or auth."""
+        found = []
+        for key, address in (("api.listen", self.api.listen),
+                             ("api.metrics_listen", self.api.metrics_listen)):  # fmt: skip
+            host = address.rpartition(":")[0].strip("[]")
+            if address and host not in {"127.0.0.1", "::1", "localhost"}:
+                what = ("runs and unloads this device's models for anyone who reaches it "
+                        "(plain TCP, no authentication)" if key == "api.listen"
+                        else "shows this device's models and load to anyone")  # fmt: skip
+                found.append(f"{key} = {address!r} listens beyond this device and {what}; "
+                             "use 127.0.0.1, or a firewall")  # fmt: skip
+        return found
+
     def cloud_token(self) -> str:
         """The cloud endpoint's token: from ``cloud.token_file`` or systemd's credentials dir
         (``cloud-token``); empty when neither is there.

@@ -241,3 +241,16 @@ def test_the_server_runs_from_its_toml(tmp_path: Path) -> None:
         assert int(info["grpc_port"]) > 0
     finally:
         assert proc.stop() == 0
+
+
+def test_listeners_other_hosts_reach_are_warned_about(tmp_path: Path) -> None:
+    # Issue 20: api.listen = 0.0.0.0 passed check-config without a word.
+    config = load_config(write(tmp_path, '[api]\nlisten = "0.0.0.0:8001"\n'
+                                         'metrics_listen = "[::]:9464"\n'))  # fmt: skip
+    warnings = config.warnings()
+    assert len(warnings) == 2
+    assert "api.listen = '0.0.0.0:8001' listens beyond this device" in warnings[0]
+    assert "no authentication" in warnings[0]
+    assert warnings[1].startswith("api.metrics_listen = '[::]:9464'")
+    local = '[api]\nlisten = "127.0.0.1:8001"\nmetrics_listen = "[::1]:9464"\n'
+    assert load_config(write(tmp_path, local)).warnings() == []

@@ -20,7 +20,16 @@ import pytest
 
 from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc as pb_grpc
-from tests.harness import REPO, Proc, app_folder, app_user, give_to_app_user, start, wait_for
+from tests.harness import (
+    REPO,
+    Proc,
+    app_folder,
+    app_user,
+    free_port,
+    give_to_app_user,
+    start,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -246,3 +255,50 @@ def test_registration_is_refused_while_the_agent_runs_as_root(color_models: Path
             proc.stop()
             for each in api.objects:
                 each.unlink(missing_ok=True)
+
+
+def test_shared_memory_is_refused_to_callers_over_tcp(color_models: Path) -> None:
+    # A caller over TCP is on another host (or pretends to be): /dev/shm here is not its, and
+    # the agent's own objects would be its to read and write.
+    with app_folder("edgefleet-shm-tcp-") as folder:
+        model = folder / "pair_float.tflite"
+        shutil.copyfile(color_models / "pair_float.tflite", model)
+        give_to_app_user(model)
+        port = free_port()
+        cmd = [sys.executable, "-c", TCP_SERVE, str(folder / "oip.sock"), f"127.0.0.1:{port}",
+               str(model)]  # fmt: skip
+        proc = start(cmd, folder.parent / f"{folder.name}.log", cwd=REPO, user=app_user())
+        wait_for("the API", lambda: "ready" in proc.output() or proc.popen.poll(), timeout=60)
+        try:
+            tcp = Api(pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(
+                f"127.0.0.1:{port}")), proc, [])  # fmt: skip
+            path = tcp.make_object(A.tobytes() + B.tobytes())
+            with pytest.raises(grpc.RpcError) as info:
+                tcp.register("in", path, 32)
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "unix socket only" in str(info.value.details())
+            local = Api(pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(
+                f"unix:{folder / 'oip.sock'}")), proc, tcp.objects)  # fmt: skip
+            local.register("in", path, 32)  # the same object, from this device: fine
+            tcp.alive()
+        finally:
+            proc.stop()
+            for each in tcp.objects:
+                each.unlink(missing_ok=True)
+
+
+TCP_SERVE = r"""
+import signal, sys, threading
+from pathlib import Path
+from agent.inference.engine import Engine, EngineOptions
+from agent.inference.oip import create_server
+
+engine = Engine(EngineOptions(workers=1))
+engine.put(engine.load("pair", "1.0.0", Path(sys.argv[3])))
+server, _ = create_server(engine, socket_path=Path(sys.argv[1]), tcp_address=sys.argv[2])
+server.start()
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stop.set())
+print("ready", flush=True)
+stop.wait()
+"""

@@ -170,6 +170,8 @@ class Agent:
             config.api.socket,
             f" and port {port}" if port else "",
         )
+        for warning in config.warnings():
+            log.warning("%s", warning)
         control = threading.Thread(
             target=self._control.run, args=(stop,), name="control", daemon=True
         )

@@ -511,6 +511,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def SystemSharedMemoryRegister(  # noqa: N802
         self, request: pb.SystemSharedMemoryRegisterRequest, context: Any
     ) -> pb.SystemSharedMemoryRegisterResponse:
+        if not str(context.peer()).startswith("unix:"):
+            # A caller over TCP is not on this device: the objects under /dev/shm are not its.
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "shared memory is registered over the local unix socket only",
+            )
         try:
             self._shm.register(request.name, request.key, request.offset, request.byte_size)
         except AgentError as exc:
