@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent.inference.engine import Engine, EngineOptions
 from agent.inference.oip import create_server
@@ -160,3 +161,23 @@ def test_shared_memory_regions_are_bounded_to_dev_shm(
     with pytest.raises(grpc.RpcError) as info:
         stub.ModelInfer(request)
     assert "register it first" in str(info.value.details())
+
+
+def test_the_standard_grpc_health_service_follows_readiness(
+    api: tuple[Engine, pb_grpc.GRPCInferenceServiceStub], tmp_path: Path
+) -> None:
+    # Issue 20: no standard health service (grpc_health_probe, Kubernetes' gRPC probes).
+    engine, _stub = api
+    channel = grpc.insecure_channel(f"unix:{tmp_path / 'oip.sock'}")
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "inference.GRPCInferenceService"):
+        answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    engine.unload("pair")
+    engine.unload("heavy")
+    answer = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    with pytest.raises(grpc.RpcError) as info:
+        health.Check(health_pb2.HealthCheckRequest(service="nonsense"), timeout=5)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    channel.close()

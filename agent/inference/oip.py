@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from agent import __version__
 from agent.errors import (
@@ -309,7 +310,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerLiveResponse(live=True)
 
     def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:  # noqa: N802
-        return pb.ServerReadyResponse(ready=self._is_ready())
+        return pb.ServerReadyResponse(ready=self.ready())
+
+    def ready(self) -> bool:
+        """Whether the API serves: at least one model is ready (or what the agent says)."""
+        return self._is_ready()
 
     def ServerMetadata(  # noqa: N802
         self, request: pb.ServerMetadataRequest, context: Any
@@ -558,6 +563,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
 
+class _Health(health.HealthServicer):
+    """The standard gRPC health service (``grpc.health.v1``, what ``grpc_health_probe`` and
+    Kubernetes ask): SERVING while at least one model is ready, for "" and for the inference
+    service's name. Each Check looks afresh, and tells watchers of a change it finds."""
+
+    def __init__(self, ready: Callable[[], bool]) -> None:
+        super().__init__()
+        self._ready = ready
+
+    def Check(self, request: Any, context: Any) -> Any:  # noqa: N802
+        status = (health_pb2.HealthCheckResponse.SERVING if self._ready()
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)  # fmt: skip
+        for service in ("", SERVICE_NAME):
+            self.set(service, status)
+        return super().Check(request, context)
+
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+
+
 def create_server(
     engine: Engine,
     *,
@@ -606,6 +631,7 @@ def create_server(
         engine, is_ready=is_ready, router=router, shm=SharedMemoryRegistry(group=group)
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(_Health(servicer.ready), server)
     if tcp_address:
         port = (
             server.add_secure_port(tcp_address, tls)
