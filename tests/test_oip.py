@@ -181,3 +181,36 @@ def test_the_standard_grpc_health_service_follows_readiness(
         health.Check(health_pb2.HealthCheckRequest(service="nonsense"), timeout=5)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     channel.close()
+
+
+def test_model_configuration_and_statistics_in_tritons_shape(
+    api: tuple[Engine, pb_grpc.GRPCInferenceServiceStub],
+) -> None:
+    # Issue 20: both answered UNIMPLEMENTED.
+    _engine, stub = api
+    for _ in range(3):
+        stub.ModelInfer(pair_request())
+    bad = pair_request()
+    bad.inputs[0].shape[:] = [1, 5]
+    with pytest.raises(grpc.RpcError):
+        stub.ModelInfer(bad)  # refused before it reaches the model: not a model failure
+    config = stub.ModelConfig(pb.ModelConfigRequest(name="pair")).config
+    assert (config.name, config.platform, config.max_batch_size) == ("pair", "tensorflow_lite", 0)
+    assert config.backend == "cpu" and config.runtime in {"ai_edge_litert", "tflite_runtime"}
+    assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [
+        ("a", pb.TYPE_FP32, [1, 4]), ("b", pb.TYPE_FP32, [1, 4])]  # fmt: skip
+    assert [o.name for o in config.output] == ["sum", "product"]
+    stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="pair")).model_stats
+    assert [s.name for s in stats] == ["pair"]
+    pair = stats[0]
+    assert pair.inference_count == pair.execution_count == 3
+    assert pair.inference_stats.success.count == 3 and pair.inference_stats.success.ns > 0
+    assert pair.inference_stats.compute_infer.count == 3
+    assert pair.inference_stats.fail.count == 0
+    assert pair.last_inference > 1_700_000_000_000  # milliseconds since the epoch
+    assert pair.memory_usage[0].byte_size > 0
+    every = stub.ModelStatistics(pb.ModelStatisticsRequest()).model_stats
+    assert [s.name for s in every] == ["heavy", "pair"]
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelConfig(pb.ModelConfigRequest(name="nope"))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND

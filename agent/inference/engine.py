@@ -129,6 +129,7 @@ class LoadedModel:
         self._by_client: dict[str, int] = {}
         self._seen: dict[str, float] = {}  # client -> its last request (monotonic), bounded
         self._queue_timeout = queue_timeout_s
+        self.output_shapes = tuple(t.shape for t in info.outputs)  # after warm-up: as run
         self._expected = [(np.dtype(t.dtype), t.shape, t.name) for t in info.inputs]
 
     @property
@@ -270,6 +271,11 @@ class LoadedModel:
             raise InferenceError(
                 f"model {self.name} {self.version} fails on its first run: {exc}"
             ) from exc
+        # Some outputs have no shape until the model runs (TFLite_Detection_PostProcess: the
+        # file says [], a run gives [1, 40, 4]): what the first run produced is what it serves.
+        self.output_shapes = tuple(
+            tuple(int(d) for d in slot.interpreter.get_tensor(i).shape) for i in slot.outputs
+        )
 
     def grow(self) -> int:
         """Add the interpreters a deferred load left out, each warmed up before it serves;

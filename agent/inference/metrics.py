@@ -62,6 +62,9 @@ class ModelMetrics:
         self.errors = 0
         self.rejected = 0
         self.in_flight = 0
+        self.success_ms = 0.0  # queue + compute of the requests that returned a result
+        self.fail_ms = 0.0  # ... of those that failed while running
+        self.last_inference = 0.0  # wall clock of the last request finished (0: none)
         self.queue_ms = Histogram()
         self.compute_ms = Histogram()
         self._recent: deque[float] = deque(maxlen=_RECENT)
@@ -90,10 +93,13 @@ class ModelMetrics:
             self._window_requests += 1
             self.queue_ms.observe(queue_ms)
             self._window_compute_ms += compute_ms
+            self.last_inference = time.time()
             if ok:
+                self.success_ms += queue_ms + compute_ms
                 self.compute_ms.observe(compute_ms)
                 self._recent.append(queue_ms + compute_ms)
             else:
+                self.fail_ms += queue_ms + compute_ms
                 self.errors += 1
                 self._window_errors += 1
 
@@ -143,6 +149,8 @@ class ModelMetrics:
         with self._lock:
             copy.requests, copy.errors = self.requests, self.errors
             copy.rejected, copy.in_flight = self.rejected, self.in_flight
+            copy.success_ms, copy.fail_ms = self.success_ms, self.fail_ms
+            copy.last_inference = self.last_inference
             for name in ("queue_ms", "compute_ms"):
                 source, target = getattr(self, name), getattr(copy, name)
                 target.counts, target.total, target.count = (

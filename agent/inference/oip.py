@@ -28,8 +28,10 @@ from agent.errors import (
     ModelNotFoundError,
     QueueFullError,
 )
+from agent.inference.describe import model_config, model_statistics, output_shape
 from agent.inference.engine import Engine, LoadedModel
 from agent.inference.modelfile import TensorInfo
+from agent.inference.runtime import find_runtime
 from agent.inference.shm import SharedMemoryRegistry
 from agent.routing.policy import Policy, cascade_reason, precheck
 from agent.routing.router import Router
@@ -73,11 +75,13 @@ _CONTENTS_FIELD = {
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
-def _tensor_metadata(tensor: TensorInfo) -> pb.ModelMetadataResponse.TensorMetadata:
+def _tensor_metadata(
+    tensor: TensorInfo, shape: tuple[int, ...] | None = None
+) -> pb.ModelMetadataResponse.TensorMetadata:
     return pb.ModelMetadataResponse.TensorMetadata(
         name=tensor.name,
         datatype=DTYPE_TO_OIP.get(tensor.dtype, tensor.dtype.upper()),
-        shape=list(tensor.shape),
+        shape=list(tensor.shape if shape is None else shape),
     )
 
 
@@ -322,7 +326,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerMetadataResponse(
             name="edgefleet-agent",
             version=__version__,
-            extensions=["model_repository", "system_shared_memory"],
+            extensions=[
+                "model_repository",
+                "model_configuration",
+                "statistics",
+                "system_shared_memory",
+            ],
         )
 
     def _model(
@@ -355,8 +364,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             versions=[model.version],
             platform="tensorflow_lite",
             inputs=[_tensor_metadata(t) for t in model.info.inputs],
-            outputs=[_tensor_metadata(t) for t in model.info.outputs],
+            outputs=[
+                _tensor_metadata(t, output_shape(model, i))
+                for i, t in enumerate(model.info.outputs)
+            ],
         )
+
+    def ModelConfig(  # noqa: N802
+        self, request: pb.ModelConfigRequest, context: Any
+    ) -> pb.ModelConfigResponse:
+        model = self._model(request.name, request.version, context)
+        return model_config(model, find_runtime().name.replace("-", "_"))
+
+    def ModelStatistics(  # noqa: N802
+        self, request: pb.ModelStatisticsRequest, context: Any
+    ) -> pb.ModelStatisticsResponse:
+        if request.name:
+            models = [self._model(request.name, request.version, context)]
+        else:
+            models = sorted(self._engine.models(), key=lambda m: m.name)
+        return pb.ModelStatisticsResponse(model_stats=[model_statistics(m) for m in models])
 
     def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:  # noqa: N802
         policy = self._router.policy(request.model_name) if self._router else None
