@@ -1,12 +1,16 @@
 """A second look at the OIP API's shared memory (issue 20), as a hostile local app: the TCP
-listener, parameters of the wrong type, and outputs bound for the cloud. Process-starting tests
-serve the API as an unprivileged user from a process of their own (as test_shm_attacks does)."""
+listener, parameters of the wrong type, names that only look valid, outputs bound for the cloud,
+and tritonclient run by an app that is not the agent's user. Process-starting tests serve the
+API as an unprivileged user from a process of their own (as tests/test_shm_attacks.py does)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import pwd
 import shutil
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -31,6 +35,7 @@ from tests.harness import (
     app_user,
     free_port,
     give_to_app_user,
+    reachable_python,
     start,
     wait_for,
 )
@@ -196,6 +201,31 @@ def test_shared_memory_parameters_of_another_type_are_refused_not_read_as_zero(
         assert "string_param" in str(refused.details())
 
 
+@pytest.fixture
+def api(tmp_path: Path, color_models: Path) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
+    engine = Engine(EngineOptions(workers=1, queue_depth=0))
+    engine.put(engine.load("pair", "1.0.0", color_models / "pair_float.tflite"))
+    server, _ = create_server(engine, socket_path=tmp_path / "oip.sock")
+    server.start()
+    channel = grpc.insecure_channel(f"unix:{tmp_path / 'oip.sock'}")
+    yield pb_grpc.GRPCInferenceServiceStub(channel)
+    channel.close()
+    server.stop(0)
+
+
+def test_names_and_keys_with_a_trailing_newline_are_refused(
+    api: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
+    # re.match(r"...$") also matches before a final newline: "in\n" was registered as a region
+    # name (and listed so by SystemSharedMemoryStatus), "/key\n" accepted as a key.
+    for name, key, what in (("in\n", "/edgefleet-test-x", "region name"),
+                            ("in", "/edgefleet-test-x\n", "shared memory key")):  # fmt: skip
+        request = pb.SystemSharedMemoryRegisterRequest(name=name, key=key, byte_size=16)
+        refused = failure(api.SystemSharedMemoryRegister, request)
+        assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert str(refused.details()).startswith(what), refused.details()
+
+
 def test_outputs_bound_for_shared_memory_never_go_to_the_cloud(
     tmp_path: Path, color_models: Path
 ) -> None:
@@ -235,3 +265,52 @@ def test_outputs_bound_for_shared_memory_never_go_to_the_cloud(
     finally:
         server.stop(0)
         cloud.stop(0)
+
+
+def other_member() -> tuple[int, int] | None:
+    """A user other than ``app_user()`` whose primary group is ``app_user()``'s (the socket's
+    group in these tests): another app allowed on the socket."""
+    uid, gid = app_user()
+    for user in pwd.getpwall():
+        if user.pw_gid == gid and user.pw_uid not in (uid, 0):
+            return user.pw_uid, user.pw_gid
+    return None
+
+
+TRITON_PYTHON = os.environ.get("EDGEFLEET_TRITON_PYTHON") or str(REPO / ".venv-triton/bin/python")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="running an app as another user needs root")
+@pytest.mark.skipif(not Path(TRITON_PYTHON).exists(), reason="no .venv-triton")
+def test_tritonclient_run_by_another_app_of_the_socket_group(
+    tmp_path: Path, color_models: Path
+) -> None:
+    # tritonclient creates its objects with mode 0600: an app that is not the agent's own user
+    # (the usual case: apps are members of the socket's group) got "Permission denied" and no
+    # hint, while the docs said 0600 would do. The e2e test ran its client as the agent's user.
+    member = other_member()
+    if member is None:
+        pytest.skip(f"no user besides uid {app_user()[0]} has gid {app_user()[1]}")
+    with served(color_models, "color_float.tflite") as api:
+        sample = api.folder / "frame.npy"
+        np.save(sample, np.full((1, 32, 32, 3), 0.5, dtype=np.float32))
+        sample.chmod(0o644)
+        base = [TRITON_PYTHON, str(REPO / "tests/tools/oip_client.py"),
+                f"unix:{api.folder / 'oip.sock'}", "color", str(sample), "--shm"]  # fmt: skip
+
+        def as_member(*extra: str) -> subprocess.CompletedProcess[str]:
+            cmd, env = reachable_python([*base, *extra], dict(os.environ))
+            uid, gid = member
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False,
+                                  env=env, user=uid, group=gid, extra_groups=[])  # fmt: skip
+
+        stock = as_member()
+        assert stock.returncode != 0
+        assert "Permission denied" in stock.stderr
+        assert "0660" in stock.stderr, stock.stderr[-2000:]  # what to do about it
+        shared = as_member("--group-shared")
+        assert shared.returncode == 0, shared.stderr[-2000:]
+        answer = json.loads(shared.stdout)
+        assert answer["regions"] == ["frame_in", "scores_out"]
+        assert answer["shm"] == answer["inline"]
