@@ -265,8 +265,8 @@ def test_shared_memory_is_refused_to_callers_over_tcp(color_models: Path) -> Non
         shutil.copyfile(color_models / "pair_float.tflite", model)
         give_to_app_user(model)
         port = free_port()
-        cmd = [sys.executable, "-c", TCP_SERVE, str(folder / "oip.sock"), f"127.0.0.1:{port}",
-               str(model)]  # fmt: skip
+        cmd = [sys.executable, "-m", "tests.tools.oip_serve", str(folder / "oip.sock"),
+               "--listen", f"127.0.0.1:{port}", f"pair={model}"]  # fmt: skip
         proc = start(cmd, folder.parent / f"{folder.name}.log", cwd=REPO, user=app_user())
         wait_for("the API", lambda: "ready" in proc.output() or proc.popen.poll(), timeout=60)
         try:
@@ -285,20 +285,3 @@ def test_shared_memory_is_refused_to_callers_over_tcp(color_models: Path) -> Non
             proc.stop()
             for each in tcp.objects:
                 each.unlink(missing_ok=True)
-
-
-TCP_SERVE = r"""
-import signal, sys, threading
-from pathlib import Path
-from agent.inference.engine import Engine, EngineOptions
-from agent.inference.oip import create_server
-
-engine = Engine(EngineOptions(workers=1))
-engine.put(engine.load("pair", "1.0.0", Path(sys.argv[3])))
-server, _ = create_server(engine, socket_path=Path(sys.argv[1]), tcp_address=sys.argv[2])
-server.start()
-stop = threading.Event()
-signal.signal(signal.SIGTERM, lambda *_: stop.set())
-print("ready", flush=True)
-stop.wait()
-"""

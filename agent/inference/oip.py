@@ -104,20 +104,36 @@ def _accepts_float(tensor: TensorInfo) -> bool:
 
 
 def _shm_range(parameters: Any) -> tuple[str, int, int] | None:
-    """(region, offset, byte_size) when a tensor's parameters point into shared memory."""
+    """(region, offset, byte_size) when a tensor's parameters point into shared memory.
+
+    Raises:
+        _AbortError: a parameter of another type (as Triton: one read as 0 read the wrong bytes).
+    """
     if "shared_memory_region" not in parameters:
         return None
-    offset = (
-        parameters["shared_memory_offset"].int64_param
-        if "shared_memory_offset" in parameters
-        else 0
-    )
-    size = (
-        parameters["shared_memory_byte_size"].int64_param
-        if "shared_memory_byte_size" in parameters
-        else -1
-    )
-    return parameters["shared_memory_region"].string_param, offset, size
+    region = _shm_param(parameters, "shared_memory_region", "string_param", "")
+    offset = _shm_param(parameters, "shared_memory_offset", "int64_param", 0)
+    size = _shm_param(parameters, "shared_memory_byte_size", "int64_param", -1)
+    return region, offset, size
+
+
+def _shm_param(parameters: Any, key: str, kind: str, default: Any) -> Any:
+    if key not in parameters:
+        return default
+    if parameters[key].WhichOneof("parameter_choice") != kind:
+        raise _AbortError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"parameter {key!r} must be given as {kind}"
+        )
+    return getattr(parameters[key], kind)
+
+
+def _on_socket(context: Any) -> bool:
+    """Whether a call came through the unix socket (whose group decides who may connect).
+
+    Shared memory is served there only: a TCP port (``api.listen``, the fleet server's cloud
+    service) is open to every user of the host, or to other hosts, and the registry's checks
+    stand in for the socket's group."""
+    return str(context.peer()).startswith("unix:")
 
 
 @dataclass(frozen=True)
@@ -268,7 +284,19 @@ def client_id(context: Any) -> str:
 
 
 def _uses_shm(request: pb.ModelInferRequest) -> bool:
-    return any("shared_memory_region" in t.parameters for t in request.inputs)
+    """Whether an input or a requested output is in shared memory."""
+    return any("shared_memory_region" in t.parameters for t in request.inputs) or any(
+        "shared_memory_region" in t.parameters for t in request.outputs
+    )
+
+
+def _socket_only(context: Any) -> None:
+    """Abort a shared-memory call that did not come through the unix socket."""
+    if not _on_socket(context):
+        context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            "shared memory is served on the agent's unix socket only, not over TCP",
+        )
 
 
 def _top_score(tensor: TensorInfo, raw: np.ndarray) -> float:
@@ -323,15 +351,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def ServerMetadata(  # noqa: N802
         self, request: pb.ServerMetadataRequest, context: Any
     ) -> pb.ServerMetadataResponse:
+        shm = ["system_shared_memory"] if _on_socket(context) else []
         return pb.ServerMetadataResponse(
             name="edgefleet-agent",
             version=__version__,
-            extensions=[
-                "model_repository",
-                "model_configuration",
-                "statistics",
-                "system_shared_memory",
-            ],
+            extensions=["model_repository", "model_configuration", "statistics", *shm],
         )
 
     def _model(
@@ -386,11 +410,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelStatisticsResponse(model_stats=[model_statistics(m) for m in models])
 
     def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:  # noqa: N802
+        uses_shm = _uses_shm(request)
+        if uses_shm:
+            _socket_only(context)
         policy = self._router.policy(request.model_name) if self._router else None
         client = client_id(context)
         try:
-            # Tensors in shared memory cannot travel to the cloud: those requests stay local.
-            if policy is not None and policy.uses_cloud and not _uses_shm(request):
+            # Tensors in shared memory (inputs or outputs) cannot travel to the cloud: those
+            # requests stay local.
+            if policy is not None and policy.uses_cloud and not uses_shm:
                 return self._routed(request, policy, client)
             response, _ = self._local(request, client)
         except _AbortError as exc:
@@ -527,6 +555,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def SystemSharedMemoryStatus(  # noqa: N802
         self, request: pb.SystemSharedMemoryStatusRequest, context: Any
     ) -> pb.SystemSharedMemoryStatusResponse:
+        _socket_only(context)
         try:
             regions = self._shm.status(request.name)
         except AgentError as exc:
@@ -543,12 +572,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def SystemSharedMemoryRegister(  # noqa: N802
         self, request: pb.SystemSharedMemoryRegisterRequest, context: Any
     ) -> pb.SystemSharedMemoryRegisterResponse:
-        if not str(context.peer()).startswith("unix:"):
-            # A caller over TCP is not on this device: the objects under /dev/shm are not its.
-            context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                "shared memory is registered over the local unix socket only",
-            )
+        _socket_only(context)
         try:
             self._shm.register(request.name, request.key, request.offset, request.byte_size)
         except AgentError as exc:
@@ -558,6 +582,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def SystemSharedMemoryUnregister(  # noqa: N802
         self, request: pb.SystemSharedMemoryUnregisterRequest, context: Any
     ) -> pb.SystemSharedMemoryUnregisterResponse:
+        _socket_only(context)
         self._shm.unregister(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
 

@@ -21,6 +21,7 @@ the region's registered size and the object's size at that moment.
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import re
@@ -36,8 +37,8 @@ from agent.errors import InputError, ModelNotFoundError
 __all__ = ["MAX_REGIONS", "Region", "SharedMemoryRegistry"]
 
 MAX_REGIONS = 64
-_KEY = re.compile(r"^/[A-Za-z0-9_.-]{1,250}$")
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+_KEY = re.compile(r"/[A-Za-z0-9_.-]{1,250}")  # fullmatch: "$" lets a final newline in
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -79,9 +80,9 @@ class SharedMemoryRegistry:
             InputError: bad name or key, name taken, an object the agent may not use, missing
                 or too small, or the limit hit.
         """
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise InputError(f"region name {name!r} must be 1-128 of A-Z a-z 0-9 _ . -")
-        if not _KEY.match(key):
+        if not _KEY.fullmatch(key):
             raise InputError(f"shared memory key {key!r} must look like /name (one level)")
         if byte_size <= 0 or offset < 0:
             raise InputError("byte_size must be positive and offset not negative")
@@ -116,7 +117,13 @@ class SharedMemoryRegistry:
                 raise InputError(f"shared memory {key!r} is not a regular file")
             fd = os.open(path, _OPEN_FLAGS)
         except OSError as exc:
-            raise InputError(f"cannot open shared memory {key!r}: {exc.strerror}") from exc
+            hint = ""
+            if exc.errno == errno.EACCES:  # tritonclient creates its objects with mode 0600
+                hint = (
+                    " (the agent's user cannot open it: an app running as another user gives it "
+                    f"mode 0660 and the API socket's group, gid {self._group})"
+                )
+            raise InputError(f"cannot open shared memory {key!r}: {exc.strerror}{hint}") from exc
         try:
             st = os.fstat(fd)  # what was opened decides, whatever the name points to now
             if not stat.S_ISREG(st.st_mode):

@@ -2,7 +2,7 @@
 
 Runs in its own environment (.venv-triton), as an app on a device would:
 
-    python oip_client.py URL MODEL INPUT.npy
+    python oip_client.py URL MODEL INPUT.npy [--repository | --shm [--group-shared]]
 
 Prints JSON: the server metadata, the model's input/output names and the top-1 index and score.
 """
@@ -29,9 +29,16 @@ def repository(client: grpcclient.InferenceServerClient, model: str) -> dict:
     }
 
 
-def shared_memory(client: grpcclient.InferenceServerClient, model: str, path: str) -> dict:
-    """Infer once inline and once through system shared memory; compare and time both."""
+def shared_memory(
+    client: grpcclient.InferenceServerClient, model: str, path: str, group_shared: bool = False
+) -> dict:
+    """Infer once inline and once through system shared memory; compare and time both.
+
+    ``group_shared``: give the objects mode 0660 (tritonclient creates them 0600), as an app
+    that is not the agent's own user does so that the agent may open them; the app's primary
+    group is the API socket's group here."""
     import time
+    from pathlib import Path
 
     import tritonclient.utils.shared_memory as shm
 
@@ -42,6 +49,9 @@ def shared_memory(client: grpcclient.InferenceServerClient, model: str, path: st
     in_handle = shm.create_shared_memory_region("frame_in", "/edgefleet_test_in", data.nbytes)
     out_handle = shm.create_shared_memory_region("scores_out", "/edgefleet_test_out", out_bytes)
     try:
+        if group_shared:
+            for key in ("/edgefleet_test_in", "/edgefleet_test_out"):
+                Path("/dev/shm" + key).chmod(0o660)  # noqa: S108 - where POSIX shm lives
         shm.set_shared_memory_region(in_handle, [data])
         client.unregister_system_shared_memory()
         client.register_system_shared_memory("frame_in", "/edgefleet_test_in", data.nbytes)
@@ -95,7 +105,7 @@ def main() -> int:
         print(json.dumps(repository(client, model)))
         return 0
     if "--shm" in sys.argv:
-        print(json.dumps(shared_memory(client, model, path)))
+        print(json.dumps(shared_memory(client, model, path, "--group-shared" in sys.argv)))
         return 0
     assert client.is_server_live()
     assert client.is_server_ready()

@@ -1,10 +1,10 @@
 """Serve models through the agent's OIP v2 API on a unix socket, in a process of its own (the
 tests start it as an unprivileged user and attack it as a local app would).
 
-    python -m tests.tools.oip_serve SOCKET NAME=MODEL.tflite [NAME=MODEL.tflite ...]
+    python -m tests.tools.oip_serve SOCKET [--listen HOST:PORT] NAME=MODEL.tflite [...]
 
-It serves Prometheus metrics on a free loopback port, prints "ready PORT" once both listen,
-and serves until SIGTERM.
+It serves Prometheus metrics on a free loopback port, prints "ready PORT" once the socket (and
+the TCP address, if given) and the metrics listen, and serves until SIGTERM.
 """
 
 from __future__ import annotations
@@ -21,11 +21,14 @@ from agent.inference.oip import create_server
 
 def main(argv: list[str]) -> int:
     socket, *models = argv
+    listen = None
+    if models[:1] == ["--listen"]:
+        listen, models = models[1], models[2:]
     engine = Engine(EngineOptions(workers=1, queue_depth=8))
     for spec in models:
         name, _, path = spec.partition("=")
         engine.put(engine.load(name, "1.0.0", Path(path)))
-    server, _ = create_server(engine, socket_path=Path(socket))
+    server, _ = create_server(engine, socket_path=Path(socket), tcp_address=listen)
     server.start()
     metrics = MetricsServer(lambda: render(engine), "127.0.0.1", 0)
     metrics.start()
