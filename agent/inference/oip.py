@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import logging
 import re
-import weakref
 from collections.abc import Callable, Sequence
 from concurrent import futures
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,98 +31,31 @@ from agent.inference.engine import Engine, LoadedModel
 from agent.inference.modelfile import TensorInfo
 from agent.inference.runtime import find_runtime
 from agent.inference.shm import SharedMemoryRegistry
+from agent.inference.tensors import (
+    DTYPE_TO_OIP,
+    OIP_TO_DTYPE,
+    RequestError,
+    decode_inputs,
+    shm_range,
+    tensor_metadata,
+)
 from agent.routing.policy import Policy, cascade_reason, precheck
 from agent.routing.router import Router
 from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc as pb_grpc
 
-__all__ = ["CLIENT_ID_KEY", "DTYPE_TO_OIP", "InferenceServicer", "client_id", "create_server"]
+__all__ = [
+    "CLIENT_ID_KEY",
+    "DTYPE_TO_OIP",
+    "OIP_TO_DTYPE",
+    "InferenceServicer",
+    "client_id",
+    "create_server",
+]
 
 log = logging.getLogger(__name__)
 
-DTYPE_TO_OIP = {
-    "bool": "BOOL",
-    "uint8": "UINT8",
-    "uint16": "UINT16",
-    "uint32": "UINT32",
-    "uint64": "UINT64",
-    "int8": "INT8",
-    "int16": "INT16",
-    "int32": "INT32",
-    "int64": "INT64",
-    "float16": "FP16",
-    "float32": "FP32",
-    "float64": "FP64",
-}
-OIP_TO_DTYPE = {v: k for k, v in DTYPE_TO_OIP.items()}
-
-# Which InferTensorContents field carries each OIP datatype (per the spec).
-_CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-}
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-
-
-def _tensor_metadata(
-    tensor: TensorInfo, shape: tuple[int, ...] | None = None
-) -> pb.ModelMetadataResponse.TensorMetadata:
-    return pb.ModelMetadataResponse.TensorMetadata(
-        name=tensor.name,
-        datatype=DTYPE_TO_OIP.get(tensor.dtype, tensor.dtype.upper()),
-        shape=list(tensor.shape if shape is None else shape),
-    )
-
-
-class _AbortError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def _quantize(values: np.ndarray, tensor: TensorInfo) -> np.ndarray:
-    """Real values to the tensor's integer encoding: round(x / scale) + zero_point, clipped."""
-    info = np.iinfo(np.dtype(tensor.dtype))
-    q = np.round(values.astype(np.float64) / tensor.scale) + tensor.zero_point
-    return np.clip(q, info.min, info.max).astype(np.dtype(tensor.dtype))
-
-
-def _accepts_float(tensor: TensorInfo) -> bool:
-    return tensor.quantized and tensor.dtype in ("uint8", "int8", "int16")
-
-
-def _shm_range(parameters: Any) -> tuple[str, int, int] | None:
-    """(region, offset, byte_size) when a tensor's parameters point into shared memory.
-
-    Raises:
-        _AbortError: a parameter of another type (as Triton: one read as 0 read the wrong bytes).
-    """
-    if "shared_memory_region" not in parameters:
-        return None
-    region = _shm_param(parameters, "shared_memory_region", "string_param", "")
-    offset = _shm_param(parameters, "shared_memory_offset", "int64_param", 0)
-    size = _shm_param(parameters, "shared_memory_byte_size", "int64_param", -1)
-    return region, offset, size
-
-
-def _shm_param(parameters: Any, key: str, kind: str, default: Any) -> Any:
-    if key not in parameters:
-        return default
-    if parameters[key].WhichOneof("parameter_choice") != kind:
-        raise _AbortError(
-            grpc.StatusCode.INVALID_ARGUMENT, f"parameter {key!r} must be given as {kind}"
-        )
-    return getattr(parameters[key], kind)
 
 
 def _on_socket(context: Any) -> bool:
@@ -134,130 +65,6 @@ def _on_socket(context: Any) -> bool:
     service) is open to every user of the host, or to other hosts, and the registry's checks
     stand in for the socket's group."""
     return str(context.peer()).startswith("unix:")
-
-
-@dataclass(frozen=True)
-class _InputSpec:
-    """What decoding one input needs, computed once per loaded model."""
-
-    index: int
-    tensor: TensorInfo
-    dtype: np.dtype[Any]
-    oip: str
-    count: int
-    accepts_float: bool
-
-
-_SPECS: weakref.WeakKeyDictionary[LoadedModel, dict[str, _InputSpec]] = weakref.WeakKeyDictionary()
-_LE_FLOAT32 = np.dtype("<f4")
-
-
-def _specs(model: LoadedModel) -> dict[str, _InputSpec]:
-    specs = _SPECS.get(model)
-    if specs is None:
-        specs = {
-            t.name: _InputSpec(
-                index=i,
-                tensor=t,
-                dtype=np.dtype(t.dtype),
-                oip=DTYPE_TO_OIP.get(t.dtype, t.dtype.upper()),
-                count=int(np.prod(t.shape)) if t.shape else 1,
-                accepts_float=_accepts_float(t),
-            )
-            for i, t in enumerate(model.info.inputs)
-        }
-        _SPECS[model] = specs
-    return specs
-
-
-def _decode_inputs(
-    request: pb.ModelInferRequest, model: LoadedModel, shm: SharedMemoryRegistry
-) -> tuple[list[np.ndarray], bool]:
-    """The request's inputs as arrays in graph order, and whether the client sent real values
-    for quantized inputs (then outputs go back dequantized too).
-
-    Raises:
-        _AbortError: with INVALID_ARGUMENT for any mismatch.
-        InputError: a shared-memory range that is not registered or out of bounds.
-    """
-    specs = _specs(model)
-    given_inputs = request.inputs
-    if len(given_inputs) != len(specs):
-        raise _AbortError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"model {model.name} takes {len(specs)} input(s), request has {len(given_inputs)}",
-        )
-    raw = request.raw_input_contents
-    in_shm = ["shared_memory_region" in g.parameters for g in given_inputs]
-    inline = in_shm.count(False)
-    if len(raw) and len(raw) != inline:
-        raise _AbortError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"raw_input_contents has {len(raw)} entries for {inline} inline inputs",
-        )
-    raw_position = 0
-    arrays: list[np.ndarray | None] = [None] * len(specs)
-    real_values = False
-    for given, from_shm in zip(given_inputs, in_shm, strict=True):
-        spec = specs.get(given.name)
-        if spec is None:
-            names = ", ".join(sorted(specs))
-            raise _AbortError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"model {model.name} has no input {given.name!r} (inputs: {names})",
-            )
-        as_float = False
-        if given.datatype != spec.oip:
-            if given.datatype == "FP32" and spec.accepts_float:
-                as_float = real_values = True
-            else:
-                also = " (or FP32 real values)" if spec.accepts_float else ""
-                raise _AbortError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"input {given.name!r} must be {spec.oip}{also}, request says {given.datatype}",
-                )
-        shape = spec.tensor.shape
-        if tuple(given.shape) != shape:
-            raise _AbortError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"input {given.name!r} must have shape {list(shape)}, "
-                f"request says {list(given.shape)}",
-            )
-        wire = _LE_FLOAT32 if as_float else spec.dtype.newbyteorder("<")
-        needed = spec.count * wire.itemsize
-        if from_shm:
-            region, offset, size = _shm_range(given.parameters) or ("", 0, -1)
-            if size != needed:
-                raise _AbortError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"input {given.name!r} needs {needed} bytes of shared memory, "
-                    f"request says {size}",
-                )
-            array = shm.read(region, offset, size).view(wire)
-        elif len(raw):
-            data = raw[raw_position]
-            raw_position += 1
-            if len(data) != needed:
-                raise _AbortError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"input {given.name!r} needs {needed} raw bytes, got {len(data)}",
-                )
-            array = np.frombuffer(data, dtype=wire)
-        else:
-            field_name = _CONTENTS_FIELD.get(given.datatype)
-            values = getattr(given.contents, field_name) if field_name else []
-            if len(values) != spec.count:
-                raise _AbortError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"input {given.name!r} needs {spec.count} values in contents.{field_name}, "
-                    f"got {len(values)}",
-                )
-            array = np.asarray(values).astype(wire)
-        array = array.reshape(shape)
-        if as_float:
-            array = _quantize(array, spec.tensor)
-        arrays[spec.index] = array.astype(spec.dtype, copy=False)
-    return [a for a in arrays if a is not None], real_values
 
 
 _ENGINE_ERRORS: tuple[tuple[type[AgentError], grpc.StatusCode], ...] = (
@@ -387,10 +194,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             name=model.name,
             versions=[model.version],
             platform="tensorflow_lite",
-            inputs=[_tensor_metadata(t) for t in model.info.inputs],
+            inputs=[tensor_metadata(t) for t in model.info.inputs],
             outputs=[
-                _tensor_metadata(t, output_shape(model, i))
-                for i, t in enumerate(model.info.outputs)
+                tensor_metadata(t, output_shape(model, i)) for i, t in enumerate(model.info.outputs)
             ],
         )
 
@@ -421,7 +227,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if policy is not None and policy.uses_cloud and not uses_shm:
                 return self._routed(request, policy, client)
             response, _ = self._local(request, client)
-        except _AbortError as exc:
+        except RequestError as exc:
             context.abort(exc.code, exc.message)
         _mark(response, "local", "policy local")
         return response
@@ -432,7 +238,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Serve a request under a cloud-using policy (see ``agent.routing.policy``).
 
         Raises:
-            _AbortError: neither the local model nor the cloud could answer, or bad input.
+            RequestError: neither the local model nor the cloud could answer, or bad input.
         """
         router = self._router
         assert router is not None  # noqa: S101 - only called with a router
@@ -446,11 +252,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             recent_ms=model.stats.recent_p50() if model is not None else 0.0,
         )
         local: pb.ModelInferResponse | None = None
-        local_error: _AbortError | None = None
+        local_error: RequestError | None = None
         if not why:
             try:
                 local, top = self._local(request, client)
-            except _AbortError as exc:
+            except RequestError as exc:
                 if exc.code in _CALLER_ERRORS:
                     raise  # the caller's mistake: the cloud would refuse it too
                 local_error = exc
@@ -470,7 +276,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             # The cloud was preferred (latency budget, full queue) but cannot answer.
             try:
                 local, _ = self._local(request, client)
-            except _AbortError as exc:
+            except RequestError as exc:
                 local_error = exc
         if local is not None:
             _mark(local, "local", f"{why}; {refused}")
@@ -478,8 +284,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return local
         detail = f"{why}; {refused}"
         if local_error is not None and why.startswith("local failed"):
-            raise _AbortError(local_error.code, detail)
-        raise _AbortError(grpc.StatusCode.UNAVAILABLE, f"model {name}: {detail}")
+            raise RequestError(local_error.code, detail)
+        raise RequestError(grpc.StatusCode.UNAVAILABLE, f"model {name}: {detail}")
 
     def _local(
         self, request: pb.ModelInferRequest, client: str = ""
@@ -488,24 +294,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         its first output in real numbers (a classifier's top score).
 
         Raises:
-            _AbortError: with the status the error maps to.
+            RequestError: with the status the error maps to.
         """
         try:
             model = self._engine.get(request.model_name, request.model_version)
         except AgentError as exc:
-            raise _AbortError(_status_for(exc), str(exc)) from exc
+            raise RequestError(_status_for(exc), str(exc)) from exc
         try:
-            inputs, real_values = _decode_inputs(request, model, self._shm)
+            inputs, real_values = decode_inputs(request, model, self._shm)
             outputs = model.infer(inputs, client=client)
         except AgentError as exc:
             if isinstance(exc, InferenceError):
                 log.warning("inference failed: %s", exc)
-            raise _AbortError(_status_for(exc), str(exc)) from exc
+            raise RequestError(_status_for(exc), str(exc)) from exc
         requested = {o.name: o for o in request.outputs}
         known = {t.name for t in model.info.outputs}
         unknown = set(requested) - known
         if unknown:
-            raise _AbortError(
+            raise RequestError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"model {model.name} has no output(s) {sorted(unknown)} (outputs: {sorted(known)})",
             )
@@ -525,7 +331,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 )
             data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
             datatype = DTYPE_TO_OIP.get(array.dtype.name, array.dtype.name.upper())
-            where = _shm_range(requested[tensor.name].parameters) if requested else None
+            where = shm_range(requested[tensor.name].parameters) if requested else None
             if where is None:
                 response.outputs.add(name=tensor.name, datatype=datatype, shape=array.shape)
                 response.raw_output_contents.append(data)
@@ -541,7 +347,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     )
                 self._shm.write(region, offset, data)
             except InputError as exc:
-                raise _AbortError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
             out.parameters["shared_memory_region"].string_param = region
             out.parameters["shared_memory_byte_size"].int64_param = len(data)
             if offset:

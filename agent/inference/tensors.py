@@ -1,0 +1,235 @@
+"""OIP v2 tensors on the wire: datatypes, decoding a request's inputs (typed contents, raw bytes
+or shared memory; real values for quantized inputs) into the arrays a model takes, and the
+metadata of a tensor. Pure of gRPC servers: a bad request raises :class:`RequestError` with the
+status it maps to."""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+
+from agent.inference.engine import LoadedModel
+from agent.inference.modelfile import TensorInfo
+from agent.inference.shm import SharedMemoryRegistry
+from protos import inference_pb2 as pb
+
+__all__ = [
+    "DTYPE_TO_OIP",
+    "OIP_TO_DTYPE",
+    "RequestError",
+    "decode_inputs",
+    "quantize",
+    "shm_range",
+    "tensor_metadata",
+]
+
+DTYPE_TO_OIP = {
+    "bool": "BOOL",
+    "uint8": "UINT8",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "float16": "FP16",
+    "float32": "FP32",
+    "float64": "FP64",
+}
+OIP_TO_DTYPE = {v: k for k, v in DTYPE_TO_OIP.items()}
+
+# Which InferTensorContents field carries each OIP datatype (per the spec).
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+}
+
+
+def tensor_metadata(
+    tensor: TensorInfo, shape: tuple[int, ...] | None = None
+) -> pb.ModelMetadataResponse.TensorMetadata:
+    return pb.ModelMetadataResponse.TensorMetadata(
+        name=tensor.name,
+        datatype=DTYPE_TO_OIP.get(tensor.dtype, tensor.dtype.upper()),
+        shape=list(tensor.shape if shape is None else shape),
+    )
+
+
+class RequestError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def quantize(values: np.ndarray, tensor: TensorInfo) -> np.ndarray:
+    """Real values to the tensor's integer encoding: round(x / scale) + zero_point, clipped."""
+    info = np.iinfo(np.dtype(tensor.dtype))
+    q = np.round(values.astype(np.float64) / tensor.scale) + tensor.zero_point
+    return np.clip(q, info.min, info.max).astype(np.dtype(tensor.dtype))
+
+
+def _accepts_float(tensor: TensorInfo) -> bool:
+    return tensor.quantized and tensor.dtype in ("uint8", "int8", "int16")
+
+
+def shm_range(parameters: Any) -> tuple[str, int, int] | None:
+    """(region, offset, byte_size) when a tensor's parameters point into shared memory.
+
+    Raises:
+        RequestError: a parameter of another type (as Triton: one read as 0 read the wrong bytes).
+    """
+    if "shared_memory_region" not in parameters:
+        return None
+    region = _shm_param(parameters, "shared_memory_region", "string_param", "")
+    offset = _shm_param(parameters, "shared_memory_offset", "int64_param", 0)
+    size = _shm_param(parameters, "shared_memory_byte_size", "int64_param", -1)
+    return region, offset, size
+
+
+def _shm_param(parameters: Any, key: str, kind: str, default: Any) -> Any:
+    if key not in parameters:
+        return default
+    if parameters[key].WhichOneof("parameter_choice") != kind:
+        raise RequestError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"parameter {key!r} must be given as {kind}"
+        )
+    return getattr(parameters[key], kind)
+
+
+@dataclass(frozen=True)
+class _InputSpec:
+    """What decoding one input needs, computed once per loaded model."""
+
+    index: int
+    tensor: TensorInfo
+    dtype: np.dtype[Any]
+    oip: str
+    count: int
+    accepts_float: bool
+
+
+_SPECS: weakref.WeakKeyDictionary[LoadedModel, dict[str, _InputSpec]] = weakref.WeakKeyDictionary()
+_LE_FLOAT32 = np.dtype("<f4")
+
+
+def _specs(model: LoadedModel) -> dict[str, _InputSpec]:
+    specs = _SPECS.get(model)
+    if specs is None:
+        specs = {
+            t.name: _InputSpec(
+                index=i,
+                tensor=t,
+                dtype=np.dtype(t.dtype),
+                oip=DTYPE_TO_OIP.get(t.dtype, t.dtype.upper()),
+                count=int(np.prod(t.shape)) if t.shape else 1,
+                accepts_float=_accepts_float(t),
+            )
+            for i, t in enumerate(model.info.inputs)
+        }
+        _SPECS[model] = specs
+    return specs
+
+
+def decode_inputs(
+    request: pb.ModelInferRequest, model: LoadedModel, shm: SharedMemoryRegistry
+) -> tuple[list[np.ndarray], bool]:
+    """The request's inputs as arrays in graph order, and whether the client sent real values
+    for quantized inputs (then outputs go back dequantized too).
+
+    Raises:
+        RequestError: with INVALID_ARGUMENT for any mismatch.
+        InputError: a shared-memory range that is not registered or out of bounds.
+    """
+    specs = _specs(model)
+    given_inputs = request.inputs
+    if len(given_inputs) != len(specs):
+        raise RequestError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"model {model.name} takes {len(specs)} input(s), request has {len(given_inputs)}",
+        )
+    raw = request.raw_input_contents
+    in_shm = ["shared_memory_region" in g.parameters for g in given_inputs]
+    inline = in_shm.count(False)
+    if len(raw) and len(raw) != inline:
+        raise RequestError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"raw_input_contents has {len(raw)} entries for {inline} inline inputs",
+        )
+    raw_position = 0
+    arrays: list[np.ndarray | None] = [None] * len(specs)
+    real_values = False
+    for given, from_shm in zip(given_inputs, in_shm, strict=True):
+        spec = specs.get(given.name)
+        if spec is None:
+            names = ", ".join(sorted(specs))
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"model {model.name} has no input {given.name!r} (inputs: {names})",
+            )
+        as_float = False
+        if given.datatype != spec.oip:
+            if given.datatype == "FP32" and spec.accepts_float:
+                as_float = real_values = True
+            else:
+                also = " (or FP32 real values)" if spec.accepts_float else ""
+                raise RequestError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"input {given.name!r} must be {spec.oip}{also}, request says {given.datatype}",
+                )
+        shape = spec.tensor.shape
+        if tuple(given.shape) != shape:
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"input {given.name!r} must have shape {list(shape)}, "
+                f"request says {list(given.shape)}",
+            )
+        wire = _LE_FLOAT32 if as_float else spec.dtype.newbyteorder("<")
+        needed = spec.count * wire.itemsize
+        if from_shm:
+            region, offset, size = shm_range(given.parameters) or ("", 0, -1)
+            if size != needed:
+                raise RequestError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"input {given.name!r} needs {needed} bytes of shared memory, "
+                    f"request says {size}",
+                )
+            array = shm.read(region, offset, size).view(wire)
+        elif len(raw):
+            data = raw[raw_position]
+            raw_position += 1
+            if len(data) != needed:
+                raise RequestError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"input {given.name!r} needs {needed} raw bytes, got {len(data)}",
+                )
+            array = np.frombuffer(data, dtype=wire)
+        else:
+            field_name = _CONTENTS_FIELD.get(given.datatype)
+            values = getattr(given.contents, field_name) if field_name else []
+            if len(values) != spec.count:
+                raise RequestError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"input {given.name!r} needs {spec.count} values in contents.{field_name}, "
+                    f"got {len(values)}",
+                )
+            array = np.asarray(values).astype(wire)
+        array = array.reshape(shape)
+        if as_float:
+            array = quantize(array, spec.tensor)
+        arrays[spec.index] = array.astype(spec.dtype, copy=False)
+    return [a for a in arrays if a is not None], real_values
