@@ -214,3 +214,27 @@ def test_model_configuration_and_statistics_in_tritons_shape(
     with pytest.raises(grpc.RpcError) as info:
         stub.ModelConfig(pb.ModelConfigRequest(name="nope"))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_classification_asks_are_checked(
+    api: tuple[Engine, pb_grpc.GRPCInferenceServiceStub],
+) -> None:
+    _engine, stub = api
+    for value, expected in ((5, "has 4 classes; classification asks for 5"),
+                            (0, "give at least 1")):  # fmt: skip
+        request = pair_request()
+        request.outputs.add(name="sum").parameters["classification"].int64_param = value
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(request)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert expected in str(info.value.details())
+    request = pair_request()
+    request.outputs.add(name="sum").parameters["classification"].double_param = 2.0
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(request)
+    assert "must be given as int64_param" in str(info.value.details())
+    request = pair_request()
+    request.outputs.add(name="sum").parameters["classification"].int64_param = 2
+    response = stub.ModelInfer(request)
+    assert (response.outputs[0].datatype, list(response.outputs[0].shape)) == ("BYTES", [1, 2])
+    assert response.raw_output_contents[0] == b"\x03\x00\x00\x006:3\x03\x00\x00\x005:2"

@@ -24,12 +24,14 @@ import tritonclient.grpc as grpcclient
 
 client = grpcclient.InferenceServerClient(url=f"unix:{sys.argv[1]}")
 inputs = []
-for name in ("a", "b"):
+for name, values in (("a", [[1, 2, 3, 4]]), ("b", [[0, 0, 0, 0]])):
     tensor = grpcclient.InferInput(name, [1, 4], "FP32")
-    tensor.set_data_from_numpy(np.ones((1, 4), np.float32))
+    tensor.set_data_from_numpy(np.array(values, np.float32))
     inputs.append(tensor)
 client.infer("pair", inputs)
+top = client.infer("pair", inputs, outputs=[grpcclient.InferRequestedOutput("sum", class_count=2)])
 print(json.dumps({
+    "classes": [[c.decode() for c in row] for row in top.as_numpy("sum")],
     "metadata": client.get_server_metadata(as_json=True),
     "config": client.get_model_config("pair", as_json=True),
     "stats": client.get_inference_statistics("pair", as_json=True),
@@ -61,5 +63,8 @@ def test_tritonclient_reads_the_model_configuration_and_statistics(
     assert [(i["name"], i["data_type"], i["dims"]) for i in config["input"]] == [
         ("a", "TYPE_FP32", ["1", "4"]), ("b", "TYPE_FP32", ["1", "4"])]  # fmt: skip
     stats = answer["stats"]["model_stats"][0]
-    assert stats["name"] == "pair" and stats["inference_count"] == "1"
-    assert int(stats["inference_stats"]["success"]["count"]) == 1
+    assert stats["name"] == "pair" and stats["inference_count"] == "2"
+    assert int(stats["inference_stats"]["success"]["count"]) == 2
+    # The classification extension: the top 2 of sum = [1, 2, 3, 4] as "value:index".
+    assert answer["classes"] == [["4:3", "3:2"]]
+    assert "classification" in answer["metadata"]["extensions"]

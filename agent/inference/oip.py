@@ -35,6 +35,8 @@ from agent.inference.tensors import (
     DTYPE_TO_OIP,
     OIP_TO_DTYPE,
     RequestError,
+    classification,
+    classify,
     decode_inputs,
     shm_range,
     tensor_metadata,
@@ -162,7 +164,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerMetadataResponse(
             name="edgefleet-agent",
             version=__version__,
-            extensions=["model_repository", "model_configuration", "statistics", *shm],
+            extensions=[
+                "classification",
+                "model_repository",
+                "model_configuration",
+                "statistics",
+                *shm,
+            ],
         )
 
     def _model(
@@ -329,9 +337,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 array = ((raw.astype(np.float32) - tensor.zero_point) * tensor.scale).astype(
                     np.float32
                 )
+            where = shm_range(requested[tensor.name].parameters) if requested else None
+            count = classification(requested[tensor.name].parameters) if requested else 0
+            if count:
+                if where is not None:
+                    why = "a classification is not written to shared memory"
+                    raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, why)
+                shape, raw_classes = classify(array, count, tensor.name)
+                response.outputs.add(name=tensor.name, datatype="BYTES", shape=shape)
+                response.raw_output_contents.append(raw_classes)
+                continue
             data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
             datatype = DTYPE_TO_OIP.get(array.dtype.name, array.dtype.name.upper())
-            where = shm_range(requested[tensor.name].parameters) if requested else None
             if where is None:
                 response.outputs.add(name=tensor.name, datatype=datatype, shape=array.shape)
                 response.raw_output_contents.append(data)

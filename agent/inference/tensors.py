@@ -5,6 +5,7 @@ status it maps to."""
 
 from __future__ import annotations
 
+import struct
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,8 @@ __all__ = [
     "DTYPE_TO_OIP",
     "OIP_TO_DTYPE",
     "RequestError",
+    "classification",
+    "classify",
     "decode_inputs",
     "quantize",
     "shm_range",
@@ -233,3 +236,41 @@ def decode_inputs(
             array = quantize(array, spec.tensor)
         arrays[spec.index] = array.astype(spec.dtype, copy=False)
     return [a for a in arrays if a is not None], real_values
+
+
+def classification(parameters: Any) -> int:
+    """The class count a requested output's ``classification`` parameter asks for (0: none).
+
+    Raises:
+        RequestError: not a positive int64_param.
+    """
+    if "classification" not in parameters:
+        return 0
+    if parameters["classification"].WhichOneof("parameter_choice") != "int64_param":
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           "parameter 'classification' must be given as int64_param")  # fmt: skip
+    count = int(parameters["classification"].int64_param)
+    if count <= 0:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"classification asks for {count} classes; give at least 1")  # fmt: skip
+    return count
+
+
+def classify(array: np.ndarray, count: int, name: str) -> tuple[list[int], bytes]:
+    """Triton's classification extension: the ``count`` highest values of each batch row as
+    BYTES elements "value:index", and the response shape ([batch, count], or [count] for an
+    output without a batch dimension); returns (shape, raw contents, length-prefixed)."""
+    rows = array.reshape(array.shape[0], -1) if array.ndim > 1 else array.reshape(1, -1)
+    classes = rows.shape[1]
+    if count > classes:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"output {name!r} has {classes} classes; classification asks for "
+                           f"{count}")  # fmt: skip
+    elements = []
+    for row in rows:
+        for index in np.argsort(-row.astype(np.float64), kind="stable")[:count]:
+            value = row[index].item()
+            text = f"{value:g}" if isinstance(value, float) else str(value)
+            elements.append(f"{text}:{int(index)}".encode())
+    raw = b"".join(struct.pack("<I", len(e)) + e for e in elements)
+    return ([rows.shape[0], count] if array.ndim > 1 else [count]), raw
