@@ -221,6 +221,10 @@ policy = "cloud"
     assert params["edgefleet.path"] == "cloud"
     assert params["edgefleet.reason"] == "policy cloud"
     assert predicted == data.test_y[0]
+    # ...and it is in the repository index (issue 20: it was missing).
+    index = stub(agent.socket).RepositoryIndex(pb.RepositoryIndexRequest(), timeout=5)
+    remote = [m for m in index.models if m.name == "remote"]
+    assert [(m.state, m.reason) for m in remote] == [("READY", "served by the cloud")]
 
     # The cloud goes away: local answers, flagged; after three failures the breaker opens.
     service.stop()
@@ -234,6 +238,9 @@ policy = "cloud"
         ask(agent, "remote", sample)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "policy cloud; circuit open" in str(refused.value.details())
+    index = stub(agent.socket).RepositoryIndex(pb.RepositoryIndexRequest(), timeout=5)
+    assert [(m.state, m.reason) for m in index.models if m.name == "remote"] == [
+        ("UNAVAILABLE", "served by the cloud; the cloud is not answering now")]  # fmt: skip
 
 
 def test_a_wrong_token_and_malformed_answers_are_cloud_errors(

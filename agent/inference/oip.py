@@ -413,12 +413,29 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryIndexRequest, context: Any
     ) -> pb.RepositoryIndexResponse:
         response = pb.RepositoryIndexResponse()
-        for status in self._engine.index():
+        local = self._engine.index()
+        for status in local:
             if request.ready and status.state != "READY":
                 continue
             response.models.add(
                 name=status.name, version=status.version, state=status.state, reason=status.reason
             )
+        router = self._router
+        if router is None:
+            return response
+        names = {s.name for s in local}
+        for name in router.models():
+            policy = router.policy(name)
+            if name in names or policy.kind != "cloud":
+                continue
+            # Served only by the cloud (no variant fits the device, or a config's choice).
+            up = router.cloud is not None and not router.breaker_open
+            if request.ready and not up:
+                continue
+            why = f"served by the cloud{f' ({policy.reason})' if policy.reason else ''}"
+            if not up:
+                why += "; the cloud is not answering now"
+            response.models.add(name=name, state="READY" if up else "UNAVAILABLE", reason=why)
         return response
 
     def RepositoryModelLoad(  # noqa: N802
