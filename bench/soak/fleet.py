@@ -49,6 +49,7 @@ __all__ = ["Fleet", "FleetOptions", "SimLoop"]
 
 log = logging.getLogger(__name__)
 PG_ADMIN_URL = "postgresql+psycopg://{user}@127.0.0.1:5432/postgres"
+ADMIN_RETRY_S = 150.0  # an admin command is retried this long while the server is away
 MODEL = "soak"  # the model name every rollout of the run ships
 DISK_MB = 12  # the disk-full agent's state dir: models, staging and spool fit; a filler not
 
@@ -209,14 +210,17 @@ class Fleet:
         self.start_server()
 
     def admin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """The admin CLI against the server (retried while a restart is in progress)."""
+        """The admin CLI against the server, retried as an operator would while the server
+        restarts or its database is cut (the longest cut is 60 s; the CLI then says "the fleet
+        database is busy or unreachable; retry")."""
         assert self.server is not None
         result = self.server.admin(*args, check=False)
-        for _ in range(20):
+        deadline = time.monotonic() + ADMIN_RETRY_S
+        while time.monotonic() < deadline:
             said = result.stderr + result.stdout
             if result.returncode == 0 or not ("UNAVAILABLE" in said or "unreachable" in said):
                 break
-            time.sleep(1.0)  # the server restarts under a fault
+            time.sleep(2.0)
             result = self.server.admin(*args, check=False)
         if check and result.returncode != 0:
             raise RuntimeError(f"edgefleet {' '.join(args)} failed: {result.stderr.strip()}")
