@@ -112,11 +112,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 # behind a silent link or partitioned in the middle of a transaction kept its row locks for
 # as long as the database's TCP stack believed in it (2 hours by default): in issue 19's soak
 # one such session held a device's row for 4 minutes, and every check-in, telemetry write and
-# rollout creation of the fleet queued behind it. A URL's own query parameters win (its
-# ``options`` come after these, so a setting it repeats overrides ours).
+# rollout creation of the fleet queued behind it. A session whose client froze or vanished
+# while PostgreSQL was sending it a result is not idle but blocked writing, and no timeout
+# above ends it (the frozen client's kernel keeps acknowledging with a zero window):
+# tcp_user_timeout closes a connection whose data stays unacknowledged for 60 s. A URL's own
+# query parameters win (its ``options`` come after these, so a setting it repeats overrides
+# ours).
 PG_SESSION_OPTIONS = (
     "-c idle_in_transaction_session_timeout=30s -c lock_timeout=20s "
-    "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3"
+    "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3 "
+    "-c tcp_user_timeout=60000"
 )
 _PG_CONNECT = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
                "keepalives_interval": 10, "keepalives_count": 3,
