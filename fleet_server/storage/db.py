@@ -10,6 +10,7 @@ their concerns (``registry``, ``catalog``, ``rollouts``, ``routing``, ``telemetr
 from __future__ import annotations
 
 import operator
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -117,7 +118,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 # above ends it (the frozen client's kernel keeps acknowledging with a zero window):
 # tcp_user_timeout closes a connection whose data stays unacknowledged for 60 s. A URL's own
 # query parameters win (its ``options`` come after these, so a setting it repeats overrides
-# ours).
+# ours); without them, PGOPTIONS from the environment does, as libpq would apply it alone.
 PG_SESSION_OPTIONS = (
     "-c idle_in_transaction_session_timeout=30s -c lock_timeout=20s "
     "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3 "
@@ -132,7 +133,8 @@ def _connect_args(url: sa.engine.URL) -> dict[str, Any]:
     if url.get_backend_name() != "postgresql":
         return {}
     args = {k: v for k, v in _PG_CONNECT.items() if k not in url.query}
-    given = url.query.get("options")
+    # libpq reads PGOPTIONS only when no options are passed, and ours always are.
+    given = url.query.get("options") or os.environ.get("PGOPTIONS")
     if given:
         given = " ".join(given) if isinstance(given, tuple) else given
         args["options"] = f"{PG_SESSION_OPTIONS} {given}"
