@@ -205,14 +205,24 @@ class Database:
             step = MIGRATIONS.get(version)
             if step is None:
                 raise DataDirError(f"no migration from database schema version {version}")
-            with self.engine.begin() as conn:
-                step(conn)
-                version += 1
-                conn.execute(
-                    schema_meta.update()
-                    .where(schema_meta.c.key == "schema_version")
-                    .values(value=str(version))
-                )
+            try:
+                with self.engine.begin() as conn:
+                    step(conn)
+                    conn.execute(
+                        schema_meta.update()
+                        .where(schema_meta.c.key == "schema_version")
+                        .values(value=str(version + 1))
+                    )
+            except sa.exc.OperationalError as exc:
+                # On PostgreSQL, most often a lock another session held past lock_timeout
+                # (another replica, a long query): the step is rolled back whole.
+                reason = (str(exc.orig).splitlines() or ["?"])[0]
+                raise DataDirError(
+                    f"cannot migrate the database from schema version {version}: {reason}; "
+                    "the step was rolled back: start the server again (another session, "
+                    "such as a replica of an older version, may hold the tables it changes)"
+                ) from exc
+            version += 1
 
     def close(self) -> None:
         """Release connections."""
