@@ -22,8 +22,12 @@ _UNREACHABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.PendingRo
 
 
 def unreachable(exc: BaseException) -> str | None:
-    """The one-line cause when ``exc`` says the database is unreachable or busy, else None."""
-    if not isinstance(exc, _UNREACHABLE):
+    """The one-line cause when ``exc`` says the database is unreachable or busy, else None.
+
+    A session PostgreSQL ended (idle in transaction past its timeout: an InternalError, SQLSTATE
+    25P03) invalidates the connection: lost like a cut link, as the API's errors treat it."""
+    lost = isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
+    if not (isinstance(exc, _UNREACHABLE) or lost):
         return None
     lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
