@@ -214,13 +214,16 @@ class Database:
                         .values(value=str(version + 1))
                     )
             except sa.exc.OperationalError as exc:
-                # On PostgreSQL, most often a lock another session held past lock_timeout
-                # (another replica, a long query): the step is rolled back whole.
+                # PostgreSQL's lock_timeout (55P03): another session (a replica of the older
+                # version mid-transaction, a long query) held what the step changes. The
+                # step is rolled back whole; anything else keeps its traceback.
+                if getattr(exc.orig, "sqlstate", None) != "55P03":
+                    raise
                 reason = (str(exc.orig).splitlines() or ["?"])[0]
                 raise DataDirError(
                     f"cannot migrate the database from schema version {version}: {reason}; "
                     "the step was rolled back: start the server again (another session, "
-                    "such as a replica of an older version, may hold the tables it changes)"
+                    "such as a replica of an older version, held the tables it changes)"
                 ) from exc
             version += 1
 
