@@ -219,20 +219,38 @@ def test_a_session_ended_idle_in_transaction_is_one_line_in_the_retry_log(
 def test_a_failure_that_is_no_outage_keeps_its_traceback_once_a_minute(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    retry = RetryLog(logging.getLogger("review"), "record check-ins")
+    retry = RetryLog(logging.getLogger("review"), "record check-ins", every_s=0.3)
     with caplog.at_level(logging.INFO, logger="review"):
         for _ in range(3):
             try:
                 raise KeyError("a bug")
             except KeyError as exc:
                 retry.failed(exc)
-        retry.succeeded()
+        time.sleep(0.4)
         try:
             raise KeyError("the bug again")
         except KeyError as exc:
             retry.failed(exc)
+        retry.succeeded()
     traced = [r for r in caplog.records if r.exc_info]
-    assert len(traced) == 2 and "works again" in caplog.text
+    assert len(traced) == 2 and "works again after 4 failure(s)" in caplog.text
+
+
+def test_a_database_that_refuses_now_and_then_is_one_line_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Lock timeouts or deadlocks under load: the step fails and works by turns. Each success
+    # reset the minute, so every flap logged a warning and a "works again" line.
+    retry = RetryLog(logging.getLogger("review"), "record check-ins")
+    busy = sa.exc.OperationalError("UPDATE devices", {}, Exception("deadlock detected"))
+    with caplog.at_level(logging.INFO, logger="review"):
+        for _ in range(10):
+            try:
+                raise busy
+            except sa.exc.OperationalError as exc:
+                retry.failed(exc)
+            retry.succeeded()
+    assert [r.levelname for r in caplog.records] == ["WARNING", "INFO"], caplog.text
 
 
 # ------------------------------------------------------------------ the soak's rule
