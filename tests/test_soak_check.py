@@ -141,10 +141,15 @@ def test_converged_is_what_the_server_asks_of_each_device_and_what_it_knows() ->
     # serves what the server asks of it and the server knows. Converged.
     refused = agent(server_version="1.1.0", server_state="FAILED")
     assert judge([refused]) == []
-    # An aborted rollout leaves some devices on its version: they are asked for it.
+    # An aborted rollout leaves some devices on its version: they are asked for it (the
+    # rollout itself, which did not end, is a violation of its own).
     kept = agent(target="1.3.0", served_version="1.3.0", journal_version="1.3.0",
                  server_version="1.3.0", server_active="1.3.0")  # fmt: skip
-    assert judge([kept]) == []
+    timed_out = RolloutRecord(3, "1.3.0", bad=False, outcome="aborted (timed out)", seconds=150)
+    ended = [RolloutRecord(2, "1.2.0", bad=False, outcome="completed", seconds=7.0), timed_out]
+    assert judge([kept], rollouts=ended) == [
+        "rollout-ended: good release 1.3.0 aborted (timed out) after 150 s"
+    ]
     # An attempt of a good release the server still shows in flight is not the truth.
     assert judge([agent(server_version="1.3.0", server_state="DOWNLOADING")]) == [
         "converged: device runs 1.2.0, the server's last update report says 1.3.0 DOWNLOADING"
@@ -157,7 +162,9 @@ def test_converged_is_what_the_server_asks_of_each_device_and_what_it_knows() ->
         "converged: device runs 1.2.0, the server thinks it serves 1.1.0"
     ]
     assert judge([agent(target="1.1.0", served_version="1.1.0", journal_version="1.1.0")]) \
-        == ["converged: the server asks bad release 1.1.0 of it"]  # fmt: skip
+        == ["targets: the server asks 1.1.0 of 1, not 1.2.0, whose rollout completed and was "
+            "the last to change the fleet",
+            "converged: the server asks bad release 1.1.0 of it"]  # fmt: skip
 
 
 def test_failures_of_good_releases_and_bad_releases_that_complete_are_violations() -> None:

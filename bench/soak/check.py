@@ -239,12 +239,21 @@ def check(
 
     Converged means: each device runs the version the server asks of it (its deployment,
     overridden by the rollouts that reached it; never a bad release), the server knows it
-    serves that version, and its last update report says so, or says a bad release failed."""
+    serves that version, and its last update report says so, or says a bad release failed.
+    What the server asks is checked against the harness's own record where that decides it:
+    after a good release completed (and only bad ones, rolled back, followed), every device.
+    Every rollout must end: a good one completed, a bad one stopped by its failure gate."""
     bad = set(bad_versions)
     out = Outcome(faults=dict(faults), convergence_s=convergence_s)
     asked = Counter([a.target for a in agents] + [s.target for s in sims])
     out.targets = dict(sorted(asked.items()))
     v = out.violations.append
+    settled = _settled_version(rollouts)
+    if settled is not None and set(asked) - {settled}:
+        others = {k: n for k, n in asked.items() if k != settled}
+        v(Violation("targets", f"{sum(others.values())} device(s)",
+                    f"the server asks {_counts(others)}, not {settled}, whose rollout "
+                    "completed and was the last to change the fleet"))  # fmt: skip
     for agent in agents:
         who = agent.name
         if agent.served_version != agent.target:
@@ -308,8 +317,33 @@ def check(
         if r.bad and r.outcome == "completed":
             v(Violation("bad-release-stopped", f"rollout {r.rollout_id}",
                         f"bad release {r.version} completed"))  # fmt: skip
+        if r.outcome not in _ENDED:  # a stalled rollout is a defect, whatever devices run
+            v(Violation("rollout-ended", f"rollout {r.rollout_id}",
+                        f"{'bad' if r.bad else 'good'} release {r.version} {r.outcome} after "
+                        f"{r.seconds:.0f} s"))  # fmt: skip
     out.rollouts = dict(sorted(outcomes.items()))
     return out
+
+
+# How the driver's rollouts may end (a good one paused or rolled back, a bad one completed, are
+# violations of their own); anything else (aborted (timed out), running, missing) did not end.
+_ENDED = {"completed", "rolled-back", "paused"}
+
+
+def _settled_version(rollouts: Sequence[RolloutRecord]) -> str | None:
+    """The version every device is asked for when the records decide it: the last good release
+    that completed, when nothing but bad releases rolled back came after it; else None."""
+    settled = None
+    for r in rollouts:
+        if r.outcome == "completed" and not r.bad:
+            settled = r.version
+        elif not (r.bad and r.outcome == "rolled-back"):
+            settled = None  # a rollout that ended otherwise may leave the fleet split
+    return settled
+
+
+def _counts(asked: Mapping[str, int]) -> str:
+    return ", ".join(f"{ver or 'nothing'} of {n}" for ver, n in sorted(asked.items()))
 
 
 def disagreement(runs: str, server: tuple[str, str, str], target: str, bad: set[str]) -> str:

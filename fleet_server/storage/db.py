@@ -10,6 +10,7 @@ their concerns (``registry``, ``catalog``, ``rollouts``, ``routing``, ``telemetr
 from __future__ import annotations
 
 import operator
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -112,11 +113,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 # behind a silent link or partitioned in the middle of a transaction kept its row locks for
 # as long as the database's TCP stack believed in it (2 hours by default): in issue 19's soak
 # one such session held a device's row for 4 minutes, and every check-in, telemetry write and
-# rollout creation of the fleet queued behind it. A URL's own query parameters win (its
-# ``options`` come after these, so a setting it repeats overrides ours).
+# rollout creation of the fleet queued behind it. A session whose client froze or vanished
+# while PostgreSQL was sending it a result is not idle but blocked writing, and no timeout
+# above ends it (the frozen client's kernel keeps acknowledging with a zero window):
+# tcp_user_timeout closes a connection whose data stays unacknowledged for 60 s. A URL's own
+# query parameters win (its ``options`` come after these, so a setting it repeats overrides
+# ours); without them, PGOPTIONS from the environment does, as libpq would apply it alone.
 PG_SESSION_OPTIONS = (
     "-c idle_in_transaction_session_timeout=30s -c lock_timeout=20s "
-    "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3"
+    "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3 "
+    "-c tcp_user_timeout=60000"
 )
 _PG_CONNECT = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
                "keepalives_interval": 10, "keepalives_count": 3,
@@ -127,7 +133,8 @@ def _connect_args(url: sa.engine.URL) -> dict[str, Any]:
     if url.get_backend_name() != "postgresql":
         return {}
     args = {k: v for k, v in _PG_CONNECT.items() if k not in url.query}
-    given = url.query.get("options")
+    # libpq reads PGOPTIONS only when no options are passed, and ours always are.
+    given = url.query.get("options") or os.environ.get("PGOPTIONS")
     if given:
         given = " ".join(given) if isinstance(given, tuple) else given
         args["options"] = f"{PG_SESSION_OPTIONS} {given}"
@@ -198,14 +205,27 @@ class Database:
             step = MIGRATIONS.get(version)
             if step is None:
                 raise DataDirError(f"no migration from database schema version {version}")
-            with self.engine.begin() as conn:
-                step(conn)
-                version += 1
-                conn.execute(
-                    schema_meta.update()
-                    .where(schema_meta.c.key == "schema_version")
-                    .values(value=str(version))
-                )
+            try:
+                with self.engine.begin() as conn:
+                    step(conn)
+                    conn.execute(
+                        schema_meta.update()
+                        .where(schema_meta.c.key == "schema_version")
+                        .values(value=str(version + 1))
+                    )
+            except sa.exc.OperationalError as exc:
+                # PostgreSQL's lock_timeout (55P03): another session (a replica of the older
+                # version mid-transaction, a long query) held what the step changes. The
+                # step is rolled back whole; anything else keeps its traceback.
+                if getattr(exc.orig, "sqlstate", None) != "55P03":
+                    raise
+                reason = (str(exc.orig).splitlines() or ["?"])[0]
+                raise DataDirError(
+                    f"cannot migrate the database from schema version {version}: {reason}; "
+                    "the step was rolled back: start the server again (another session, "
+                    "such as a replica of an older version, held the tables it changes)"
+                ) from exc
+            version += 1
 
     def close(self) -> None:
         """Release connections."""

@@ -4,7 +4,9 @@ During a database outage every loop (the rollout controller, the check-in record
 sweep) fails at each step; a traceback per step buried the log (the 30-minute soak of issue 19
 logged one every 0.5 s, 100 lines each). ``RetryLog`` logs the first failure and then one line
 a minute while failures go on, a database that is unreachable or busy as one line without a
-traceback, anything else with its traceback, and one line when the step succeeds again.
+traceback, anything else with its traceback, and one line when the step succeeds again. A
+step that fails and works by turns (a database refusing now and then) is no louder: at most
+one failure a minute.
 """
 
 from __future__ import annotations
@@ -22,8 +24,12 @@ _UNREACHABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.PendingRo
 
 
 def unreachable(exc: BaseException) -> str | None:
-    """The one-line cause when ``exc`` says the database is unreachable or busy, else None."""
-    if not isinstance(exc, _UNREACHABLE):
+    """The one-line cause when ``exc`` says the database is unreachable or busy, else None.
+
+    A session PostgreSQL ended (idle in transaction past its timeout: an InternalError, SQLSTATE
+    25P03) invalidates the connection: lost like a cut link, as the API's errors treat it."""
+    lost = isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
+    if not (isinstance(exc, _UNREACHABLE) or lost):
         return None
     lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
@@ -38,7 +44,8 @@ class RetryLog:
         self._what = what
         self._every = every_s
         self._since: float | None = None
-        self._logged = float("-inf")
+        self._logged = float("-inf")  # kept across successes: a flapping step is no louder
+        self._told = False  # this run of failures was logged (so its end is too)
         self.failures = 0  # since the last success
 
     def failed(self, exc: BaseException, detail: str = "") -> None:
@@ -48,7 +55,7 @@ class RetryLog:
         self._since = now if self._since is None else self._since
         if now - self._logged < self._every:
             return
-        self._logged = now
+        self._logged, self._told = now, True
         what = f"{self._what} {detail}".strip()
         cause = unreachable(exc)
         if cause is not None:
@@ -58,8 +65,8 @@ class RetryLog:
             self._log.exception("cannot %s; retrying", what)
 
     def succeeded(self) -> None:
-        """The step succeeded (after failures, says so once)."""
-        if self._since is not None:
+        """The step succeeded (after logged failures, says so once)."""
+        if self._since is not None and self._told:
             self._log.info("%s: works again after %d failure(s) in %.0f s", self._what,
                            self.failures, time.monotonic() - self._since)  # fmt: skip
-        self._since, self._logged, self.failures = None, float("-inf"), 0
+        self._since, self._told, self.failures = None, False, 0
