@@ -44,6 +44,7 @@ from agent.inference.runtime import find_runtime
 from bench.agent_process import start_agent
 from bench.processes import Children, run_folder
 from protos import inference_pb2, inference_pb2_grpc
+from tests.harness import Proc, app_folder, app_user, give_to_app_user, start, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"
@@ -180,6 +181,29 @@ def register(stub: Any, memory: SharedMemory, region: str) -> None:
             name=region, key=f"/{memory.name}", byte_size=memory.size
         )
     )
+
+
+def shm_server(folder: Path, models: dict[str, Path], regions: dict[str, SharedMemory]) -> Proc:
+    """The OIP API serving ``models`` (2 workers each) from a process of ``app_user()`` (the
+    agent refuses shared memory as root), with ``regions`` registered."""
+    specs = []
+    for name, path in models.items():
+        copy = folder / path.name
+        copy.write_bytes(path.read_bytes())
+        give_to_app_user(copy)
+        specs.append(f"{name}={copy}")
+    for memory in regions.values():
+        if os.geteuid() == 0:
+            os.chown(f"/dev/shm/{memory.name}", *app_user())  # noqa: S108 - where shm lives
+    cmd = [sys.executable, "-m", "tests.tools.oip_serve", str(folder / "oip.sock"),
+           "--workers", "2", *specs]  # fmt: skip
+    proc = start(cmd, folder.parent / f"{folder.name}.log", cwd=REPO, user=app_user())
+    wait_for("the shared-memory API", lambda: "ready" in proc.output() or proc.popen.poll(),
+             timeout=60)  # fmt: skip
+    with grpc.insecure_channel(f"unix:{folder / 'oip.sock'}") as channel:
+        for region, memory in regions.items():
+            register(inference_pb2_grpc.GRPCInferenceServiceStub(channel), memory, region)
+    return proc
 
 
 def stats(samples: list[float]) -> tuple[float, float]:
@@ -371,16 +395,21 @@ def main() -> int:
         )
         memory = SharedMemory(create=True, size=heavy_input.nbytes)
         np.ndarray(heavy_input.shape, np.float32, buffer=memory.buf)[:] = heavy_input
-        register(stub, memory, "heavy_in")
         shm_heavy = shm_request(
             "heavy", "image", "FP32", [1, 224, 224, 3], region="heavy_in", size=heavy_input.nbytes
         ).SerializeToString()
-        shm_heavy_tp = {
-            clients: remote_throughput(
-                children, tmp / "oip.sock", OIP_INFER, shm_heavy, clients=clients, seconds=seconds
-            )
-            for clients in (2, 3)
-        }
+        # The agent refuses shared memory as root (issue 20): the same engine serves it from a
+        # process of an unprivileged user when the benchmark runs as root.
+        with app_folder("edgefleet-bench-shm-") as shared:
+            api = shm_server(shared, {"heavy": heavy}, {"heavy_in": memory})
+            try:
+                shm_heavy_tp = {
+                    clients: remote_throughput(children, shared / "oip.sock", OIP_INFER,
+                                               shm_heavy, clients=clients, seconds=seconds)
+                    for clients in (2, 3)
+                }  # fmt: skip
+            finally:
+                api.stop()
         emit(
             (
                 "heavy CNN via agent ModelInfer, 2 workers, 2 clients",
@@ -405,13 +434,23 @@ def main() -> int:
         inline_frame = oip_request("frames", "image", frame)
         frame_memory = SharedMemory(create=True, size=frame.nbytes)
         np.ndarray(frame.shape, np.uint8, buffer=frame_memory.buf)[:] = frame
-        register(stub, frame_memory, "frame_in")
         shm_frame = shm_request(
             "frames", "image", "UINT8", [1, 1080, 1920, 3], region="frame_in", size=frame.nbytes
         )
         frames_n = 10 if args.quick else 200
-        inline_frame_s = measure(lambda: stub.ModelInfer(inline_frame), frames_n, warmup=5)
-        shm_frame_s = measure(lambda: stub.ModelInfer(shm_frame), frames_n, warmup=5)
+        # Both ways against the same API process (an unprivileged user's, see shm_server).
+        frames_model = {"frames": heavy.parent / "color_uint8_1080p.tflite"}
+        with app_folder("edgefleet-bench-frames-") as shared:
+            api = shm_server(shared, frames_model, {"frame_in": frame_memory})
+            try:
+                with grpc.insecure_channel(f"unix:{shared / 'oip.sock'}") as channel:
+                    frames = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+                    inline_frame_s = measure(lambda: frames.ModelInfer(inline_frame), frames_n,
+                                             warmup=5)  # fmt: skip
+                    shm_frame_s = measure(lambda: frames.ModelInfer(shm_frame), frames_n,
+                                          warmup=5)  # fmt: skip
+            finally:
+                api.stop()
         inline_p50 = stats(inline_frame_s)[0]
         for label, samples in (
             ("1080p uint8 frame (6 MB) inline in the request", inline_frame_s),

@@ -120,9 +120,9 @@ def api(tmp_path: Path, color_models: Path) -> Iterator[Api]:
 
 
 def test_a_flood_on_one_model_refuses_no_call_to_another(api: Api) -> None:
-    flooder = api.flood(8, 300)
+    flooder = api.flood(5, 300)  # short: a flood loads the machine other tests share
     try:
-        time.sleep(2)  # the flood is on
+        time.sleep(1.5)  # the flood is on
         answers: dict[str, int] = {}
         for _ in range(50):
             try:
@@ -149,9 +149,9 @@ def test_apps_that_name_themselves_share_a_flooded_model(api: Api) -> None:
     request = pb.ModelInferRequest(model_name="heavy")
     request.inputs.add(name=name, datatype="FP32", shape=[int(x) for x in shape.split(",")])
     request.raw_input_contents.append(np.zeros([int(x) for x in shape.split(",")], "<f4").tobytes())
-    flooder = api.flood(10, 300, client="flooder")
+    flooder = api.flood(6, 300, client="flooder")
     try:
-        time.sleep(2)
+        time.sleep(1.5)
         refused = served = 0
         started = time.monotonic()
         while served < 30 and time.monotonic() - started < 20:

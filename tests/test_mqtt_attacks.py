@@ -226,7 +226,10 @@ def test_every_attack_on_the_telemetry_plane_is_refused(
     assert shown["presence"] == "online" and shown["online_state"] == "online"
     # Mallory's flood is cut to the burst and the rate (of what the broker passed on).
     stored = plane.events("mallory") - events_before
-    assert stored <= 1000 + 2 * 4 * (flood_s + 4), (stored, flood_s)
+    # The bucket refills at 4/s for as long as the flood's messages are still being drained
+    # (longer on a loaded machine): the bound runs to the count, not to the flood's end.
+    elapsed = time.time() - started
+    assert stored <= 1000 + 2 * 4 * (elapsed + 1), (stored, flood_s, elapsed)
     refusals = [x for x in server.proc.output().splitlines() if "refusing" in x and "mallory" in x]
     assert 1 <= len(refusals) <= 4, refusals  # once per reason a minute, not per message
     metrics = plane.metrics()

@@ -1,7 +1,8 @@
 """Serve models through the agent's OIP v2 API on a unix socket, in a process of its own (the
 tests start it as an unprivileged user and attack it as a local app would).
 
-    python -m tests.tools.oip_serve SOCKET [--listen HOST:PORT] NAME=MODEL.tflite [...]
+    python -m tests.tools.oip_serve SOCKET [--listen HOST:PORT] [--workers N] NAME=MODEL.tflite
+        [...]
 
 It serves Prometheus metrics on a free loopback port, prints "ready PORT" once the socket (and
 the TCP address, if given) and the metrics listen, and serves until SIGTERM.
@@ -21,10 +22,14 @@ from agent.inference.oip import create_server
 
 def main(argv: list[str]) -> int:
     socket, *models = argv
-    listen = None
-    if models[:1] == ["--listen"]:
-        listen, models = models[1], models[2:]
-    engine = Engine(EngineOptions(workers=1, queue_depth=8))
+    listen, workers = None, 1
+    while models[:1] in (["--listen"], ["--workers"]):
+        if models[0] == "--listen":
+            listen = models[1]
+        else:
+            workers = int(models[1])
+        models = models[2:]
+    engine = Engine(EngineOptions(workers=workers, queue_depth=8))
     for spec in models:
         name, _, path = spec.partition("=")
         engine.put(engine.load(name, "1.0.0", Path(path)))
