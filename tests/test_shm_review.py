@@ -282,7 +282,6 @@ TRITON_PYTHON = os.environ.get("EDGEFLEET_TRITON_PYTHON") or str(REPO / ".venv-t
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="running an app as another user needs root")
-@pytest.mark.skipif(not Path(TRITON_PYTHON).exists(), reason="no .venv-triton")
 def test_tritonclient_run_by_another_app_of_the_socket_group(
     tmp_path: Path, color_models: Path
 ) -> None:
