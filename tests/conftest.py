@@ -131,12 +131,17 @@ class ProcessGuard:
         return report
 
 
+_FIRST_STARTED = pytest.StashKey[int]()
+_LOG_TAIL = 4000  # characters of each process's log shown under a failed test
+
+
 @pytest.fixture(autouse=True)
-def _stop_what_the_test_left() -> Iterator[None]:
+def _stop_what_the_test_left(request: pytest.FixtureRequest) -> Iterator[None]:
     """Kill every process the test started (``harness.start``) and left running: a test that
     fails halfway must not leave brokers and agents eating the CPU of the tests after it.
     Processes of module and session fixtures were started before this ran and are kept."""
     first = len(harness.STARTED)
+    request.node.stash[_FIRST_STARTED] = first
     yield
     for proc in harness.STARTED[first:]:
         if proc.popen.poll() is None:
@@ -144,6 +149,23 @@ def _stop_what_the_test_left() -> Iterator[None]:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(5)
     del harness.STARTED[first:]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Under a test that failed, the end of the log of every process it started: a failure
+    that happens once in CI (a loaded machine) can then be read, not guessed."""
+    report = yield
+    first = item.stash.get(_FIRST_STARTED, None)
+    if call.when != "call" or not report.failed or first is None:
+        return report
+    for proc in harness.STARTED[first:]:
+        with contextlib.suppress(OSError):
+            tail = proc.output()[-_LOG_TAIL:]
+            report.sections.append((f"log of {proc.log.name} ({proc.log.parent.name})", tail))
+    return report
 
 
 def pytest_configure(config: pytest.Config) -> None:
