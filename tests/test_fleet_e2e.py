@@ -625,6 +625,8 @@ def test_an_edgetpu_model_with_a_cpu_fallback_serves_on_a_device_without_a_tpu(
     scores, response = oip.infer(agent.socket, "mobilenet", "input", cat_tensor())
     assert int(np.argmax(scores)) == predict_top1()
     assert response.parameters["edgefleet.backend"].string_param == "cpu"
+    # The variant serving is named: the fallback's (the full-integer model's automatic name).
+    assert response.parameters["edgefleet.variant"].string_param == "int8"
 
     def reason() -> str | None:
         for d in server.devices():
@@ -638,12 +640,12 @@ def test_an_edgetpu_model_with_a_cpu_fallback_serves_on_a_device_without_a_tpu(
     # The restarted agent serves the fallback again, from its store.
     agent.stop()
     agent.start()
-    wait_for(
+    restarted = wait_for(
         "the restarted agent",
-        lambda: (
-            oip.infer(agent.socket, "mobilenet", "input", cat_tensor())[1].model_version == "2.0.0"
-        ),
+        lambda: oip.infer(agent.socket, "mobilenet", "input", cat_tensor())[1],
     )
+    assert restarted.model_version == "2.0.0"
+    assert restarted.parameters["edgefleet.variant"].string_param == "int8"  # from the journal
     # A damaged fallback is found at start, dropped, fetched again, and serves again.
     entry = json.loads((agent.folder / "state" / "active.json").read_text())["models"]["mobilenet"]
     fallback = agent.folder / "state" / "models" / "mobilenet" / entry["fallback_filename"]

@@ -33,13 +33,13 @@ HOOK = """
 import os, signal
 _segv = os.environ.get("EDGEFLEET_TEST_SEGV_SMOKE")
 if _segv:
-    import agent.updates.updater as _u
-    _orig = _u.smoke_test
-    def smoke_test(model, test, sample):
+    import agent.updates.smoke as _s
+    _orig = _s.run_on
+    def run_on(model, test, sample):
         if model.name == _segv:
             os.kill(os.getpid(), signal.SIGSEGV)  # a release whose smoke test segfaults
         return _orig(model, test, sample)
-    _u.smoke_test = smoke_test
+    _s.run_on = run_on
 """
 
 

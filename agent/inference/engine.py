@@ -112,6 +112,7 @@ class LoadedModel:
         self.backend = backend
         self.device = device
         self.backend_reason = backend_reason
+        self.variant = ""  # the release's variant name serving, when the caller knows it
         self.workers = len(interpreters)
         # Interpreters still to add with spawn() (see grow()): the pool's size once grown.
         self.target_workers = max(self.workers, target_workers if spawn is not None else 0)
@@ -455,6 +456,8 @@ class Engine:
         cpu_fallback: Path | None = None,
         deferred: bool = False,
         warm: bool = True,
+        variant: str = "",
+        fallback_variant: str = "",
     ) -> LoadedModel:
         """Load and warm up a model without serving it yet (the updater smoke-tests it first).
         With ``deferred`` a CPU model gets one interpreter; the caller grows the pool
@@ -464,18 +467,22 @@ class Engine:
         When the model needs an Edge TPU that cannot be used (none present, delegate missing or
         refusing the device) and ``cpu_fallback`` names the model's CPU variant, that variant is
         loaded instead and the reason is kept in ``backend_reason`` (logged and reported).
+        ``variant`` and ``fallback_variant`` name the two files' variants (the release's
+        manifest): the loaded model's ``variant`` is the one that serves.
 
         Raises:
             AgentError: the model cannot be loaded or run.
         """
         try:
             model = self._loader(path, name, version, self._models_per_tpu(name), deferred)
+            model.variant = variant
         except (DelegateError, UnsupportedModelError) as exc:
             if cpu_fallback is None:
                 raise
             log.warning("%s %s: %s; serving its CPU variant instead", name, version, exc)
             model = self._loader(cpu_fallback, name, version, {}, deferred)
             model.backend_reason = f"fell back to the CPU variant: {exc}"
+            model.variant = fallback_variant
         if warm:
             model.warm_up()
         with self._lock:

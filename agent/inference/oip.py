@@ -327,7 +327,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             model_name=model.name, model_version=model.version, id=request.id
         )
         response.parameters["edgefleet.backend"].string_param = model.backend
-        response.parameters["edgefleet.variant"].string_param = f"{model.version}:{model.backend}"
+        # The release's variant name; a release installed before agents kept it: its backend.
+        response.parameters["edgefleet.variant"].string_param = model.variant or model.backend
         in_shm = []
         for tensor, raw in zip(model.info.outputs, outputs, strict=True):
             if requested and tensor.name not in requested:

@@ -94,6 +94,10 @@ class Entry:
     # After falling back from a damaged file: the artifact of the release the floor (the
     # release counter) belongs to, which may be installed again under that same release.
     floor_sha256: str = ""
+    # The manifest's variant names ("edgetpu", "int8", ...) of the file and of its fallback: what
+    # the inference API reports as serving. Empty in journals written before they were kept.
+    variant: str = ""
+    fallback_variant: str = ""
 
 
 @dataclass(frozen=True)

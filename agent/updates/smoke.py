@@ -10,13 +10,26 @@ two classes does not fail a model that is fine).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from agent.errors import InputError, ManifestError
 from agent.inference.modelfile import ModelInfo, TensorInfo
 
-__all__ = ["DEFAULT_TOLERANCE", "TOP_K", "check", "fingerprint", "random_sample", "split_sample"]
+if TYPE_CHECKING:
+    from agent.inference.engine import LoadedModel
+    from protos import manifest_pb2
+
+__all__ = [
+    "DEFAULT_TOLERANCE",
+    "TOP_K",
+    "check",
+    "fingerprint",
+    "random_sample",
+    "run_on",
+    "split_sample",
+]
 
 DEFAULT_TOLERANCE = 0.05
 TOP_K = 5
@@ -106,4 +119,29 @@ def check(
         raise ManifestError(
             f"smoke test failed: top-1 is class {best} ({actual[best]:.4f}), expected class "
             f"{indices[0]} ({scores[0]:.4f})"
+        )
+
+
+def run_on(model: LoadedModel, test: manifest_pb2.SmokeTest | None, sample: bytes) -> None:
+    """Run the manifest's smoke test (or, without one, the model once on zeros).
+
+    Raises:
+        ManifestError: the output differs from the expectation beyond its tolerance.
+        InferenceError: the model fails to run.
+        InputError: the sample does not fit the model.
+    """
+    if test is None or not sample:
+        inputs = [np.zeros(t.shape, dtype=np.dtype(t.dtype)) for t in model.info.inputs]
+    else:
+        inputs = split_sample(model.info, sample)
+    outputs = model.infer(inputs, record=False)
+    if len(outputs) != len(model.info.outputs):
+        raise ManifestError(f"model {model.name} produced {len(outputs)} outputs")
+    if test is not None:
+        check(
+            outputs[0],
+            model.info.outputs[0],
+            indices=test.top_indices,
+            scores=test.top_scores,
+            tolerance=test.tolerance or DEFAULT_TOLERANCE,
         )

@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from google.protobuf.message import DecodeError
 
 from agent.client import DeviceClient, sha256_of_prefix
@@ -32,34 +31,23 @@ from agent.updates.store import ActiveEntry
 from agent.updates.verify import InstalledModel, verify_manifest
 from protos import device_pb2, manifest_pb2
 
-__all__ = ["Updater", "smoke_test"]
+__all__ = ["Updater"]
 
 log = logging.getLogger(__name__)
 
 
-def smoke_test(model: LoadedModel, test: manifest_pb2.SmokeTest | None, sample: bytes) -> None:
-    """Run the manifest's smoke test (or, without one, the model once on zeros).
-
-    Raises:
-        ManifestError: the output differs from the expectation beyond its tolerance.
-        InferenceError: the model fails to run.
-        InputError: the sample does not fit the model.
-    """
-    if test is None or not sample:
-        inputs = [np.zeros(t.shape, dtype=np.dtype(t.dtype)) for t in model.info.inputs]
-    else:
-        inputs = smoke.split_sample(model.info, sample)
-    outputs = model.infer(inputs, record=False)
-    if len(outputs) != len(model.info.outputs):
-        raise ManifestError(f"model {model.name} produced {len(outputs)} outputs")
-    if test is not None:
-        smoke.check(
-            outputs[0],
-            model.info.outputs[0],
-            indices=test.top_indices,
-            scores=test.top_scores,
-            tolerance=test.tolerance or smoke.DEFAULT_TOLERANCE,
-        )
+def _load(
+    engine: Engine, name: str, entry: ActiveEntry, path: Path, fallback: Path | None
+) -> LoadedModel:
+    """Load a release the journal records, with its variants' names."""
+    return engine.load(
+        name,
+        entry.version,
+        path,
+        cpu_fallback=fallback,
+        variant=entry.variant,
+        fallback_variant=entry.fallback_variant,
+    )
 
 
 class Updater:
@@ -189,7 +177,7 @@ class Updater:
             if watched:
                 lifecycle.loading(name, entry.sha256, entry.version)
             try:
-                model = engine.load(name, entry.version, path, cpu_fallback=fallback)
+                model = _load(engine, name, entry, path, fallback)
             except AgentError as exc:
                 log.error("cannot load active model %s %s: %s", name, entry.version, exc)
                 if watched:
@@ -340,7 +328,7 @@ class Updater:
                 log.error("cannot roll %s back to %s: %s", name, good.version, damage.why)
                 return False
             try:
-                model = self._engine.load(name, good.version, path, cpu_fallback=fallback)
+                model = _load(self._engine, name, good, path, fallback)
             except AgentError as exc:
                 # The journal keeps the bad version active (and watched): it is what serves.
                 log.error("cannot reload %s %s to roll back to: %s", name, good.version, exc)
@@ -370,7 +358,8 @@ class Updater:
         if watched:
             self._lifecycle.loading(name, entry.sha256, entry.version)
         try:
-            self._engine.put(self._engine.load(name, entry.version, path, cpu_fallback=fallback))
+            model = _load(self._engine, name, entry, path, fallback)
+            self._engine.put(model)
         except BaseException:
             if watched:
                 self._lifecycle.trial_ended(name)
@@ -479,8 +468,10 @@ class Updater:
                 cpu_fallback=fallback,
                 deferred=True,
                 warm=False,  # the smoke test is its first run
+                variant=manifest.variant,
+                fallback_variant=manifest.cpu_fallback.variant if fallback else "",
             )
-            smoke_test(model, manifest.smoke if manifest.HasField("smoke") else None, sample)
+            smoke.run_on(model, manifest.smoke if manifest.HasField("smoke") else None, sample)
         except BaseException:
             self._lifecycle.trial_ended(manifest.model_name)
             raise
@@ -502,6 +493,8 @@ class Updater:
                 sha256=manifest.sha256,
                 filename=path.name,
                 fallback_filename=fallback.name if fallback else "",
+                variant=manifest.variant,
+                fallback_variant=manifest.cpu_fallback.variant if fallback else "",
             ),
         )
         previous = self._engine.put(model)

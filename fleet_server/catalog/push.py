@@ -89,6 +89,7 @@ class _Upload:
     info: ModelInfo | None = None
     fallback: tuple[str, int, Path] | None = None  # (sha256, size, path)
     fallback_info: ModelInfo | None = None
+    fallback_variant: str = ""  # the paired variant's name (what the device reports serving)
     smoke: SmokeExpectation | None = None
     sample_ref: tuple[str, int] = ("", 0)
     packed: tuple[str, int, Path] | None = None
@@ -367,7 +368,7 @@ class Pusher:
                     artifact_id=upload.fallback[0],
                     sha256=upload.fallback[0],
                     size=upload.fallback[1],
-                    variant="cpu",
+                    variant=upload.fallback_variant or _fallback_name(upload.fallback_info),
                 )
             )
         return manifest
@@ -399,6 +400,11 @@ _AUTO_NAMES = {
     "float16": "float16",
     "float32": "float32",
 }
+
+
+def _fallback_name(info: ModelInfo | None) -> str:
+    """An explicit fallback's variant name, from its quantization like an unnamed variant's."""
+    return _AUTO_NAMES.get(info.quantization, "cpu") if info is not None else "cpu"
 
 
 def _name_variants(uploads: list[_Upload]) -> None:
@@ -461,4 +467,5 @@ def _pair_fallbacks(uploads: list[_Upload]) -> None:
             if _io(candidate.model) == _io(upload.model):
                 upload.fallback = (candidate.sha256, candidate.size, candidate.path)
                 upload.fallback_info = candidate.model
+                upload.fallback_variant = candidate.variant
                 break
