@@ -312,6 +312,22 @@ def test_a_newer_journal_is_served_and_never_written() -> None:
     assert journal.newer == 9 and journal.models["m"].version == "1.0.0"
 
 
+def test_a_format_3_journal_reads_and_later_entry_fields_are_ignored() -> None:
+    """Format 3 (before the variant names) reads as it was; a format 4 entry with a field a
+    later agent added (and a default) reads without it, not as damage."""
+    entry = {"version": "1.0.0", "release_counter": 1, "sha256": "a" * 64, "filename": "a.tflite"}
+    run = {"boot": "b", "clean": True, "loading": None, "serving": ["m"]}
+    rest = {"health": {}, "refused": [], "trials": {}, "run": run}
+    old = plan.from_dict({"format": 3, "models": {"m": entry}, "previous": {}, **rest})
+    assert old.models["m"].variant == "" and not old.newer
+    later = dict(entry, variant="int8", a_later_field=[1])
+    journal = plan.from_dict({"format": 4, "models": {"m": later}, "previous": {}, **rest})
+    assert journal.models["m"].variant == "int8" and not journal.newer
+    # What this agent writes reads back the same.
+    assert plan.from_dict(plan.to_dict(journal)) == journal
+    assert plan.to_dict(journal)["format"] == plan.FORMAT == 4
+
+
 def test_damaged_journals_are_refused_with_a_reason() -> None:
     damaged: list[object] = [[], {"format": "x"}, {"format": 3, "models": {}}, {"format": 2}]
     for raw in damaged:

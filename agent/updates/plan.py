@@ -74,7 +74,10 @@ __all__ = [
     "trial_ended",
 ]
 
-FORMAT = 3
+# 4 added the variant names to entries. From 4 on, an entry's unknown fields are ignored: a
+# field added later with a default needs no new format (an agent downgraded across a format
+# serves its models but refuses updates, see ``Journal.newer``).
+FORMAT = 4
 MAX_REFUSED = MAX_REFUSALS  # the oldest go first; the server's rollout state still knows them
 
 
@@ -407,7 +410,7 @@ def _refuse(refused: tuple[Refusal, ...], name: str, sha256: str) -> tuple[Refus
 
 
 def to_dict(journal: Journal) -> dict[str, Any]:
-    """The journal as JSON-ready data (format 3)."""
+    """The journal as JSON-ready data (format ``FORMAT``)."""
     run = journal.run
     return {
         "format": FORMAT,
@@ -426,7 +429,7 @@ def to_dict(journal: Journal) -> dict[str, Any]:
 
 
 def from_dict(raw: Any, *, model_of: Mapping[str, str] | None = None) -> Journal:
-    """Read a journal of any format this agent knows (1, 2 and 3), or the models of a newer
+    """Read a journal of any format this agent knows (1 to 4), or the models of a newer
     one (``Journal.newer`` set: serve them, write nothing).
 
     ``model_of`` maps an artifact sha256 to the model it is stored under: format 2 refused
@@ -451,11 +454,11 @@ def from_dict(raw: Any, *, model_of: Mapping[str, str] | None = None) -> Journal
                 health={name: Window() for name in raw["health"]},
                 refused=tuple(Refusal(owners.get(sha, ""), str(sha)) for sha in raw["refused"]),
             )
-        if version == FORMAT:
-            run = raw["run"]
+        if version in (3, FORMAT):
+            run, lenient = raw["run"], version >= 4
             return Journal(
-                models=_entries(raw["models"]),
-                previous=_entries(raw["previous"]),
+                models=_entries(raw["models"], lenient=lenient),
+                previous=_entries(raw["previous"], lenient=lenient),
                 health={
                     str(n): Window(float(w["served_s"]), int(w["crashes"]))
                     for n, w in raw["health"].items()

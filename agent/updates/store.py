@@ -7,7 +7,7 @@ Layout under the agent's state dir::
 
     models/<name>/<sha256>.tflite   verified artifacts (active, last-known-good, fallbacks)
     staging/<sha256>.part           downloads in progress (resumed from their length)
-    active.json                     the journal (format 3), atomically replaced
+    active.json                     the journal (format 4), atomically replaced
 
 A kill -9 at any instant leaves either the old or the new journal: the active model always
 names a verified artifact that is on disk.
