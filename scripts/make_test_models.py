@@ -11,6 +11,12 @@ zero point 0, dequantized inside the graph) and ``color_labels.txt`` (red, green
 compute softmax(4 * mean colour per channel), so the top-1 of an image is its dominant channel:
 a result anyone can check by eye. They exercise the float and int8 input paths of
 ``edgefleet-agent predict`` with models that this repository can regenerate at any time.
+
+For predict's other kinds of output: ``color_float_meta.tflite`` (the float classifier with
+TFLite metadata giving its input normalization: mean 0, std 255), ``detect_float.tflite`` (a
+colour detector ending in a real ``TFLite_Detection_PostProcess`` op: boxes [1,10,4], classes
+[1,10], scores [1,10], count [1]) and ``segment_float.tflite`` (per-pixel colour scores,
+[1,32,32,3]).
 """
 
 from __future__ import annotations

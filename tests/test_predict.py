@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from agent.errors import InputError
@@ -358,3 +360,23 @@ def test_mean_and_std_come_from_metadata_else_the_default_and_flags_win(
     assert scores(overridden) == pytest.approx(scores(default), abs=1e-6)
     per_channel = predict(plain, image, "--mean", "0,0,0", "--std", "255,255,255")
     assert scores(per_channel) == pytest.approx(scores(flagged), abs=1e-6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_corrupt_metadata_is_a_model_file_error_never_a_crash(
+    color_models: Path, data: st.DataObject
+) -> None:
+    from agent.errors import ModelFileError
+    from agent.inference.metadata import read_processing_bytes
+
+    model = bytearray((color_models / "color_float_meta.tflite").read_bytes())
+    start = model.index(b"M001") - 4  # the metadata flatbuffer's root offset
+    for _ in range(data.draw(st.integers(1, 8))):
+        at = data.draw(st.integers(start, start + 200))
+        model[at] = data.draw(st.integers(0, 255))
+    try:
+        found = read_processing_bytes(bytes(model))
+    except ModelFileError:
+        return
+    assert len(found.input_normalization) == 1
