@@ -1,4 +1,5 @@
-"""``edgefleet-agent``: run the daemon, classify an image once, check a config, probe hardware."""
+"""``edgefleet-agent``: run the daemon, run a model once on an image, check a config, probe
+hardware."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from types import FrameType
 
 from agent import __version__
 from agent.config import load_config
-from agent.errors import AgentError, ConfigError
+from agent.errors import AgentError, ConfigError, UsageError
 from agent.systemd import setup_logging
 
 __all__ = ["main"]
@@ -123,52 +124,46 @@ def _hardware_options(args: argparse.Namespace) -> dict[str, object]:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     # Imported here: `run` installs its signal handlers before anything heavy is imported.
-    from agent.inference.engine import load_model  # noqa: PLC0415
-    from agent.inference.preprocess import (  # noqa: PLC0415
-        image_to_tensor,
-        load_image,
-        read_labels,
-        top_k,
+    from agent.inference.predict import (  # noqa: PLC0415
+        PredictRequest,
+        as_json,
+        as_text,
+        predict,
     )
 
-    if args.top_k < 1 or args.top_k > 1000:
-        raise ConfigError("--top-k must be within 1..1000")
-    model = load_model(
-        args.model,
-        args.model.stem,
-        "local",
-        num_threads=args.threads,
-        workers=1,
-        **_hardware_options(args),  # type: ignore[arg-type]
+    request = PredictRequest(
+        model=args.model,
+        image=args.input,
+        labels=args.labels,
+        top_k=args.top_k,
+        threshold=args.threshold,
+        mean=args.mean,
+        std=args.std,
     )
-    if len(model.info.inputs) != 1:
-        raise AgentError(
-            f"{args.model.name} has {len(model.info.inputs)} inputs; predict takes one image input"
-        )
-    tensor = model.info.inputs[0]
-    data = image_to_tensor(load_image(args.input), tensor, mean=args.mean, std=args.std)
-    output = model.infer([data])[0]
-    labels = read_labels(args.labels) if args.labels else None
-    results = top_k(output, model.info.outputs[0], args.top_k, labels)
+    result, model = predict(request, num_threads=args.threads, **_hardware_options(args))
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "model": str(args.model),
-                    "input": str(args.input),
-                    "backend": model.backend,
-                    "device": model.device,
-                    "top_k": [
-                        {"label": r.label, "index": r.index, "score": round(r.score, 6)}
-                        for r in results
-                    ],
-                }
-            )
-        )
+        head = {
+            "model": str(args.model),
+            "input": str(args.input),
+            "backend": model.backend,
+            "device": model.device,
+        }
+        print(json.dumps(head | as_json(result)))
     else:
-        for r in results:
-            print(f"{r.score:8.4f}  {r.index:5d}  {r.label}")
+        for line in as_text(result):
+            print(line)
     return 0
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    """A --mean/--std value: one number, or one per channel separated by commas."""
+    parts = text.split(",")
+    if not 1 <= len(parts) <= 4:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 1 value, or 1 per channel (up to 4)")
+    try:
+        return tuple(float(p) for p in parts)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a list of them") from exc
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -262,20 +257,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser(
         "predict",
-        help="classify one image with a .tflite model, locally",
+        help="run a .tflite model once on an image, locally, and say what came out",
         description="Resize and encode an image per the model's input tensor (uint8, int8 or "
-        "float; any size), run the model on the CPU and print the top-k classes.",
+        "float; any size), run the model once and print what its outputs mean: the top-k "
+        "classes of a classifier (one output of N classes), the boxes of a detector (the four "
+        "outputs of TFLite_Detection_PostProcess), or, for any other model (segmentation, "
+        "pose, ...), each output tensor's name, shape, dtype and value range. Pixels are "
+        "normalized as (p - mean) / std with the mean and std of the model's TFLite metadata "
+        "when it has them, else 127.5 and 127.5 (pixels onto [-1, 1]); a quantized input then "
+        "stores those values with its scale and zero point. Flags that do not apply to the "
+        "model (--top-k on a non-classifier, --threshold on a non-detector) are refused with "
+        "exit status 2.",
     )
-    predict.add_argument("model", type=Path, help="a classification .tflite model")
+    predict.add_argument("model", type=Path, help="a .tflite model with one image input")
     predict.add_argument("input", type=Path, help="an image file (BMP, PNG, JPEG, ...)")
-    predict.add_argument("--labels", type=Path, help="labels file, line i = class i")
-    predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument(
+        "--labels",
+        type=Path,
+        help="labels file: line i names class i, or lines 'ID NAME' (Coral's detection "
+        "labels); it must cover exactly the model's classes",
+    )
+    predict.add_argument(
+        "--top-k", type=int, help="classifiers: how many classes to print (default 3)"
+    )
+    predict.add_argument(
+        "--threshold",
+        type=float,
+        help="detectors: the lowest score printed, 0..1 (default 0.5)",
+    )
     predict.add_argument("--json", action="store_true", help="print JSON")
     predict.add_argument(
-        "--mean", type=float, help="pixel mean to subtract (default: from the input tensor)"
+        "--mean",
+        type=_floats,
+        metavar="M[,M,M]",
+        help="pixel mean to subtract, one value or one per channel (default: the model's "
+        "metadata, else 127.5)",
     )
     predict.add_argument(
-        "--std", type=float, help="pixel scale to divide by (default: from the input tensor)"
+        "--std",
+        type=_floats,
+        metavar="S[,S,S]",
+        help="pixel scale to divide by, one value or one per channel (default: the model's "
+        "metadata, else 127.5)",
     )
     predict.add_argument("--threads", type=int, default=1, choices=range(1, 65), metavar="N")
     _backend_arguments(predict)
@@ -323,6 +346,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level)
     try:
         return int(args.func(args))
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
     except AgentError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1

@@ -19,6 +19,7 @@ __all__ = [
     "ServerUnavailableError",
     "TransientError",
     "UnsupportedModelError",
+    "UsageError",
 ]
 
 
@@ -32,6 +33,11 @@ class TransientError(AgentError):
 
 class ConfigError(AgentError):
     """The configuration file or a flag is invalid."""
+
+
+class UsageError(ConfigError):
+    """A flag that does not apply to what was asked (a command exits 2 for it, as for any
+    other usage error)."""
 
 
 class ModelFileError(AgentError):

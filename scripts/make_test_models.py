@@ -11,6 +11,12 @@ zero point 0, dequantized inside the graph) and ``color_labels.txt`` (red, green
 compute softmax(4 * mean colour per channel), so the top-1 of an image is its dominant channel:
 a result anyone can check by eye. They exercise the float and int8 input paths of
 ``edgefleet-agent predict`` with models that this repository can regenerate at any time.
+
+For predict's other kinds of output: ``color_float_meta.tflite`` (the float classifier with
+TFLite metadata giving its input normalization: mean 0, std 255), ``detect_float.tflite`` (a
+colour detector ending in a real ``TFLite_Detection_PostProcess`` op: boxes [1,10,4], classes
+[1,10], scores [1,10], count [1]) and ``segment_float.tflite`` (per-pixel colour scores,
+[1,32,32,3]).
 """
 
 from __future__ import annotations
@@ -76,11 +82,17 @@ def _operator(
     return op
 
 
-def build(input_type: str, height: int = SIZE, width: int = SIZE) -> bytes:
+def build(
+    input_type: str,
+    height: int = SIZE,
+    width: int = SIZE,
+    normalization: tuple[float, float] | None = None,
+) -> bytes:
     """Serialize the colour classifier for a "float32", "int8" or "uint8" image input.
 
     Integer inputs are dequantized by the graph's first op (int8: scale 2/255, zero point 0;
     uint8: scale 2/255, zero point 128), so all variants compute the same thing.
+    ``normalization`` (mean, std) is written into the model's TFLite metadata.
     """
     f32, i32 = s.TensorType.FLOAT32, s.TensorType.INT32
     buffers = [
@@ -134,6 +146,201 @@ def build(input_type: str, height: int = SIZE, width: int = SIZE) -> bytes:
         codes=codes,
         buffers=buffers,
         description=b"EdgeFleet test colour classifier (scripts/make_test_models.py)",
+        metadata=None if normalization is None else tflite_metadata("image", *normalization),
+    )
+
+
+def tflite_metadata(input_name: str, mean: float, std: float) -> bytes:
+    """A TFLite metadata flatbuffer (tflite-support's ``ModelMetadata``, identifier ``M001``)
+    whose one input carries ``NormalizationOptions`` (mean, std): what the Model Maker and
+    the metadata writers put into a model. Written field by field (field slots per
+    ``metadata_schema.fbs``), so no tflite-support is needed."""
+    b = flatbuffers.Builder(256)
+
+    def floats(values: list[float]) -> int:
+        b.StartVector(4, len(values), 4)
+        for value in reversed(values):
+            b.PrependFloat32(value)
+        return int(b.EndVector())
+
+    def tables(offsets: list[int]) -> int:
+        b.StartVector(4, len(offsets), 4)
+        for offset in reversed(offsets):
+            b.PrependUOffsetTRelative(offset)
+        return int(b.EndVector())
+
+    mean_vec, std_vec = floats([mean]), floats([std])
+    b.StartObject(2)  # NormalizationOptions: mean, std
+    b.PrependUOffsetTRelativeSlot(0, mean_vec, 0)
+    b.PrependUOffsetTRelativeSlot(1, std_vec, 0)
+    options = b.EndObject()
+    b.StartObject(2)  # ProcessUnit: options_type, options
+    b.PrependUint8Slot(0, 1, 0)  # ProcessUnitOptions.NormalizationOptions
+    b.PrependUOffsetTRelativeSlot(1, options, 0)
+    units = tables([b.EndObject()])
+    name = b.CreateString(input_name)
+    b.StartObject(7)  # TensorMetadata: name 0 ... process_units 4
+    b.PrependUOffsetTRelativeSlot(0, name, 0)
+    b.PrependUOffsetTRelativeSlot(4, units, 0)
+    inputs = tables([b.EndObject()])
+    b.StartObject(7)  # SubGraphMetadata: input_tensor_metadata 2
+    b.PrependUOffsetTRelativeSlot(2, inputs, 0)
+    subgraphs = tables([b.EndObject()])
+    model_name = b.CreateString("EdgeFleet test model")
+    b.StartObject(8)  # ModelMetadata: name 0, subgraph_metadata 3
+    b.PrependUOffsetTRelativeSlot(0, model_name, 0)
+    b.PrependUOffsetTRelativeSlot(3, subgraphs, 0)
+    b.Finish(b.EndObject(), file_identifier=b"M001")
+    return bytes(b.Output())
+
+
+GRID = 4  # the detector's anchors: a GRID x GRID grid of cells over the image
+MAX_DETECTIONS = 10
+
+
+def _colour_weights() -> np.ndarray:
+    """Per colour (red, green, blue): 6 x own channel - 3 x each other channel, pixels in
+    [-1, 1]. Bright pure colours score about 9, grey and black about -3 (with the bias)."""
+    return np.array([[6, -3, -3], [-3, 6, -3], [-3, -3, 6]], dtype="<f4")
+
+
+def build_detect() -> bytes:
+    """A colour detector with a real ``TFLite_Detection_PostProcess`` op.
+
+    Input ``image`` float32 [1,32,32,3] (pixels in [-1, 1]). Each 8x8 cell of a 4x4 grid is one
+    anchor (its box is the cell: the box encodings are zeros); its class scores are
+    sigmoid(colour weights . mean colour - 3), with a background column first as detection
+    heads have. The post-process op keeps scores >= 0.1 and outputs ``boxes`` [1,10,4],
+    ``classes`` [1,10], ``scores`` [1,10] and ``count`` [1]; the file declares no shape for
+    them, as converted detection models do. Classes 0..2 are red, green, blue.
+    """
+    from flatbuffers import flexbuffers  # noqa: PLC0415
+
+    f32, i32 = s.TensorType.FLOAT32, s.TensorType.INT32
+    anchors_count = GRID * GRID
+    weights = np.zeros((4, 3), dtype="<f4")
+    weights[1:] = _colour_weights()
+    bias = np.array([0, -3, -3, -3], dtype="<f4")
+    cells = (np.arange(GRID, dtype="<f4") + 0.5) / GRID
+    anchors = np.array(
+        [[yc, xc, 1.0 / GRID, 1.0 / GRID] for yc in cells for xc in cells], dtype="<f4"
+    )
+    buffers = [
+        _buffer(None),
+        _buffer(np.array([1, anchors_count, 3], dtype="<i4").tobytes()),  # 1 reshape
+        _buffer(weights.tobytes()),  # 2
+        _buffer(bias.tobytes()),  # 3
+        _buffer(np.zeros((1, anchors_count, 4), dtype="<f4").tobytes()),  # 4 box encodings
+        _buffer(anchors.tobytes()),  # 5
+    ]
+    tensors = [
+        _tensor("image", [1, SIZE, SIZE, 3], f32),  # 0
+        _tensor("cells", [1, GRID, GRID, 3], f32),  # 1
+        _tensor("shape", [3], i32, buffer=1),  # 2
+        _tensor("cell_colours", [1, anchors_count, 3], f32),  # 3
+        _tensor("weights", [4, 3], f32, buffer=2),  # 4
+        _tensor("bias", [4], f32, buffer=3),  # 5
+        _tensor("logits", [1, anchors_count, 4], f32),  # 6
+        _tensor("class_scores", [1, anchors_count, 4], f32),  # 7
+        _tensor("box_encodings", [1, anchors_count, 4], f32, buffer=4),  # 8
+        _tensor("anchors", [anchors_count, 4], f32, buffer=5),  # 9
+        _tensor("boxes", [], f32),  # 10
+        _tensor("classes", [], f32),  # 11
+        _tensor("scores", [], f32),  # 12
+        _tensor("count", [], f32),  # 13
+    ]
+    for t in tensors[10:]:
+        t.shape = None  # as the converter writes post-process outputs: no shape until run
+    custom = s.OperatorCodeT()
+    custom.builtinCode = s.BuiltinOperator.CUSTOM
+    custom.deprecatedBuiltinCode = s.BuiltinOperator.CUSTOM
+    custom.customCode = b"TFLite_Detection_PostProcess"
+    custom.version = 1
+    codes = [
+        _opcode(s.BuiltinOperator.AVERAGE_POOL_2D),
+        _opcode(s.BuiltinOperator.RESHAPE),
+        _opcode(s.BuiltinOperator.FULLY_CONNECTED),
+        _opcode(s.BuiltinOperator.LOGISTIC),
+        custom,
+    ]
+    pool = s.Pool2DOptionsT()
+    pool.padding = s.Padding.VALID
+    pool.strideW = pool.strideH = pool.filterWidth = pool.filterHeight = SIZE // GRID
+    reshape = s.ReshapeOptionsT()
+    reshape.newShape = [1, anchors_count, 3]
+    fc = s.FullyConnectedOptionsT()
+    fc.keepNumDims = True
+    postprocess = _operator(4, [8, 7, 9], [10, 11, 12, 13])
+    postprocess.customOptions = np.frombuffer(
+        flexbuffers.Dumps(
+            {
+                "max_detections": MAX_DETECTIONS,
+                "max_classes_per_detection": 1,
+                "detections_per_class": 100,
+                "use_regular_nms": False,
+                "nms_score_threshold": 0.1,
+                "nms_iou_threshold": 0.5,
+                "num_classes": len(LABELS),
+                "y_scale": 10.0,
+                "x_scale": 10.0,
+                "h_scale": 5.0,
+                "w_scale": 5.0,
+            }
+        ),
+        dtype=np.uint8,
+    )
+    ops = [
+        _operator(0, [0], [1], s.BuiltinOptions.Pool2DOptions, pool),
+        _operator(1, [1, 2], [3], s.BuiltinOptions.ReshapeOptions, reshape),
+        _operator(2, [3, 4, 5], [6], s.BuiltinOptions.FullyConnectedOptions, fc),
+        _operator(3, [6], [7]),
+        postprocess,
+    ]
+    return _finish(
+        tensors,
+        [0],
+        [10, 11, 12, 13],
+        ops=ops,
+        codes=codes,
+        buffers=buffers,
+        description=b"EdgeFleet test colour detector (scripts/make_test_models.py)",
+    )
+
+
+def build_segment() -> bytes:
+    """A colour segmenter: input ``image`` float32 [1,32,32,3] (pixels in [-1, 1]), output
+    ``segmentation`` [1,32,32,3], per pixel softmax over red, green, blue (a 1x1 convolution
+    with the detector's colour weights)."""
+    f32 = s.TensorType.FLOAT32
+    weights = _colour_weights().reshape(3, 1, 1, 3)  # out channels, 1x1, in channels
+    tensors = [
+        _tensor("image", [1, SIZE, SIZE, 3], f32),
+        _tensor("weights", [3, 1, 1, 3], f32, buffer=1),
+        _tensor("bias", [3], f32, buffer=2),
+        _tensor("logits", [1, SIZE, SIZE, 3], f32),
+        _tensor("segmentation", [1, SIZE, SIZE, 3], f32),
+    ]
+    conv = s.Conv2DOptionsT()
+    conv.padding = s.Padding.VALID
+    conv.strideW = conv.strideH = 1
+    conv.dilationWFactor = conv.dilationHFactor = 1
+    softmax = s.SoftmaxOptionsT()
+    softmax.beta = 1.0
+    return _finish(
+        tensors,
+        [0],
+        [4],
+        ops=[
+            _operator(0, [0, 1, 2], [3], s.BuiltinOptions.Conv2DOptions, conv),
+            _operator(1, [3], [4], s.BuiltinOptions.SoftmaxOptions, softmax),
+        ],
+        codes=[_opcode(s.BuiltinOperator.CONV_2D), _opcode(s.BuiltinOperator.SOFTMAX)],
+        buffers=[
+            _buffer(None),
+            _buffer(weights.tobytes()),
+            _buffer(np.zeros(3, dtype="<f4").tobytes()),
+        ],
+        description=b"EdgeFleet test colour segmenter (scripts/make_test_models.py)",
     )
 
 
@@ -340,6 +547,7 @@ def _finish(
     codes: list[Any],
     buffers: list[Any],
     description: bytes,
+    metadata: bytes | None = None,
 ) -> bytes:
     graph = s.SubGraphT()
     graph.tensors = tensors
@@ -353,6 +561,12 @@ def _finish(
     model.subgraphs = [graph]
     model.buffers = buffers
     model.description = description
+    if metadata is not None:
+        entry = s.MetadataT()
+        entry.name = b"TFLITE_METADATA"
+        entry.buffer = len(buffers)
+        model.buffers = [*buffers, _buffer(metadata)]
+        model.metadata = [entry]
     builder = flatbuffers.Builder(4096)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
@@ -366,6 +580,9 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "color_float.tflite").write_bytes(build("float32"))
     (out / "color_int8.tflite").write_bytes(build("int8"))
+    (out / "color_float_meta.tflite").write_bytes(build("float32", normalization=(0.0, 255.0)))
+    (out / "detect_float.tflite").write_bytes(build_detect())
+    (out / "segment_float.tflite").write_bytes(build_segment())
     (out / "color_uint8_1080p.tflite").write_bytes(build("uint8", 1080, 1920))
     (out / "color_labels.txt").write_text("\n".join(LABELS) + "\n", encoding="utf-8")
     (out / "heavy_float.tflite").write_bytes(build_heavy())
@@ -374,6 +591,9 @@ def main(argv: list[str]) -> int:
     written = [
         "color_float.tflite",
         "color_int8.tflite",
+        "color_float_meta.tflite",
+        "detect_float.tflite",
+        "segment_float.tflite",
         "color_uint8_1080p.tflite",
         "color_labels.txt",
         "heavy_float.tflite",

@@ -238,3 +238,43 @@ def test_classification_asks_are_checked(
     response = stub.ModelInfer(request)
     assert (response.outputs[0].datatype, list(response.outputs[0].shape)) == ("BYTES", [1, 2])
     assert response.raw_output_contents[0] == b"\x03\x00\x00\x006:3\x03\x00\x00\x005:2"
+
+
+def test_detection_post_process_outputs_report_the_shapes_they_run_with(
+    tmp_path: Path, color_models: Path
+) -> None:
+    # Issue 20: a TFLite_Detection_PostProcess output declares no shape in the file; metadata
+    # reported [] and a client sized its buffers from it.
+    engine = Engine(EngineOptions(workers=1, queue_depth=0))
+    engine.put(engine.load("detect", "1.0.0", color_models / "detect_float.tflite"))
+    server, _ = create_server(engine, socket_path=tmp_path / "oip.sock")
+    server.start()
+    channel = grpc.insecure_channel(f"unix:{tmp_path / 'oip.sock'}")
+    try:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        expected = [
+            ("boxes", "FP32", [1, 10, 4]),
+            ("classes", "FP32", [1, 10]),
+            ("scores", "FP32", [1, 10]),
+            ("count", "FP32", [1]),
+        ]
+        metadata = stub.ModelMetadata(pb.ModelMetadataRequest(name="detect"))
+        assert [(o.name, o.datatype, list(o.shape)) for o in metadata.outputs] == expected
+        config = stub.ModelConfig(pb.ModelConfigRequest(name="detect")).config
+        assert [(o.name, list(o.dims)) for o in config.output] == [(n, s) for n, _, s in expected]
+        request = pb.ModelInferRequest(model_name="detect")
+        request.inputs.add(name="image", datatype="FP32", shape=[1, 32, 32, 3])
+        red = np.full((1, 32, 32, 3), -1.0, "<f4")
+        red[0, :8, :8, 0] = 1.0  # the top-left cell pure red, the rest black
+        request.raw_input_contents.append(red.tobytes())
+        response = stub.ModelInfer(request)
+        assert [(o.name, list(o.shape)) for o in response.outputs] == [
+            (n, s) for n, _, s in expected
+        ]
+        count = np.frombuffer(response.raw_output_contents[3], dtype="<f4")
+        boxes = np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(10, 4)
+        assert count.tolist() == [1.0]
+        assert boxes[0].tolist() == pytest.approx([0.0, 0.0, 0.25, 0.25])
+    finally:
+        channel.close()
+        server.stop(0)

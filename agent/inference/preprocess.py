@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -9,15 +10,29 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from agent.errors import InputError
+from agent.inference.metadata import Normalization, read_processing
 from agent.inference.modelfile import TensorInfo
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-__all__ = ["Classification", "image_to_tensor", "load_image", "read_labels", "top_k"]
+__all__ = [
+    "DEFAULT_MEAN",
+    "DEFAULT_STD",
+    "Classification",
+    "image_to_tensor",
+    "input_normalization",
+    "load_image",
+    "model_normalization",
+    "read_labels",
+    "top_k",
+]
 
 _MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 _MAX_LABELS_BYTES = 16 * 1024 * 1024
+# Pixels 0..255 onto [-1, 1] when neither the model's metadata nor a flag says otherwise.
+DEFAULT_MEAN = (127.5,)
+DEFAULT_STD = (127.5,)
 
 
 @dataclass(frozen=True)
@@ -63,42 +78,93 @@ def _layout(tensor: TensorInfo) -> tuple[int, int, int]:
     )
 
 
-def _default_normalization(tensor: TensorInfo) -> tuple[float, float]:
-    """(mean, std) mapping pixels 0..255 onto what the model's input expects.
+def input_normalization(
+    tensor: TensorInfo,
+    from_metadata: Normalization | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Normalization:
+    """The ``(x - mean) / std`` that maps pixels 0..255 onto what ``tensor`` expects.
 
-    A quantized input declares its real-valued range through its scale and zero point; pixels are
-    spread over exactly that range (for the usual uint8 image models this feeds raw pixels).
-    Float inputs get [-1, 1], the convention of MobileNet-family classifiers.
+    Flags (``mean``, ``std``) win; then the model's TFLite metadata (its input's
+    NormalizationOptions); else the documented default mean 127.5, std 127.5, pixels onto
+    [-1, 1], the convention of MobileNet-family models (and of Coral's examples). The default
+    is the same for float and quantized inputs: a quantized input's scale and zero point say
+    how real values are stored, not which real values the model was trained on.
+
+    Raises:
+        InputError: a mean or std with neither one value nor one per channel, or a std of 0.
     """
-    if tensor.quantized and tensor.dtype in ("uint8", "int8"):
-        info = np.iinfo(np.dtype(tensor.dtype))
-        real_min = (info.min - tensor.zero_point) * tensor.scale
-        real_max = (info.max - tensor.zero_point) * tensor.scale
-        std = 255.0 / (real_max - real_min)
-        return -real_min * std, std
-    return 127.5, 127.5
+    channels = _layout(tensor)[2]
+    base = from_metadata or Normalization(DEFAULT_MEAN, DEFAULT_STD, "default")
+    chosen = Normalization(
+        mean=tuple(float(v) for v in mean) if mean is not None else base.mean,
+        std=tuple(float(v) for v in std) if std is not None else base.std,
+        source="flags" if mean is not None or std is not None else base.source,
+    )
+    for what, values in (("mean", chosen.mean), ("std", chosen.std)):
+        if len(values) not in (1, channels):
+            raise InputError(
+                f"{what} has {len(values)} values; input {tensor.name!r} has {channels} "
+                "channel(s): give one value or one per channel"
+            )
+        if not all(np.isfinite(values)):
+            raise InputError(f"{what} {list(values)} is not finite")
+    if any(v == 0 for v in chosen.std):
+        raise InputError("std must not be 0")
+    return chosen
+
+
+def model_normalization(
+    model: Path,
+    tensor: TensorInfo,
+    index: int = 0,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Normalization:
+    """:func:`input_normalization` of input ``index`` of the model file ``model``, its
+    metadata read from the file (unless both flags are given).
+
+    Raises:
+        ModelFileError: the model's metadata is corrupt.
+        InputError: see :func:`input_normalization`.
+    """
+    from_metadata = None
+    if mean is None or std is None:
+        found = read_processing(model).input_normalization
+        from_metadata = found[index] if index < len(found) else None
+    return input_normalization(tensor, from_metadata, mean, std)
 
 
 def image_to_tensor(
-    image: Image, tensor: TensorInfo, mean: float | None = None, std: float | None = None
+    image: Image, tensor: TensorInfo, normalization: Normalization | None = None
 ) -> np.ndarray:
     """Resize ``image`` to the input's size and encode it in the input's dtype.
 
-    Each pixel p becomes the real value (p - mean) / std, then, for a quantized input, the
-    integer round(real / scale) + zero_point clipped to the dtype's range.
+    Each pixel p of channel c becomes the real value (p - mean[c]) / std[c] (``normalization``,
+    by default :func:`input_normalization` without metadata or flags), then, for a quantized
+    input, the integer round(real / scale) + zero_point clipped to the dtype's range. A uint8
+    input without quantization takes the raw pixels.
 
     Raises:
-        InputError: the input is not image-shaped, or its dtype is unsupported.
+        InputError: the input is not image-shaped, its dtype is unsupported, or the
+            normalization does not fit its channels.
     """
     height, width, channels = _layout(tensor)
-    default_mean, default_std = _default_normalization(tensor)
-    mean = default_mean if mean is None else mean
-    std = default_std if std is None else std
-    if std == 0:
-        raise InputError("std must not be 0")
+    if normalization is None:
+        normalization = input_normalization(tensor)
     mode = "L" if channels == 1 else "RGB"
     resized = image.convert(mode).resize((width, height), resample=2)  # 2 = bilinear
     pixels = np.asarray(resized, dtype=np.float32)
+    if pixels.ndim == 2:  # "L": no channel axis; one value per channel is one value
+        pixels = pixels[..., np.newaxis]
+    mean = np.asarray(normalization.mean, dtype=np.float32)
+    std = np.asarray(normalization.std, dtype=np.float32)
+    if mean.size not in (1, channels) or std.size not in (1, channels) or not np.all(std):
+        raise InputError(
+            f"normalization mean {list(normalization.mean)}, std {list(normalization.std)} "
+            f"does not fit input {tensor.name!r} with {channels} channel(s)"
+        )
     real = (pixels - mean) / std
     dtype = np.dtype(tensor.dtype)
     if dtype.kind == "f":

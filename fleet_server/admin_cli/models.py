@@ -35,10 +35,15 @@ def _sample_bytes(sample: Path, model: Path) -> bytes:
         if sample.suffix == ".npy":
             array = np.load(sample, allow_pickle=False)
             return bytes(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).data)
-        from agent.inference.preprocess import image_to_tensor, load_image  # noqa: PLC0415
+        from agent.inference.preprocess import (  # noqa: PLC0415
+            image_to_tensor,
+            load_image,
+            model_normalization,
+        )
 
         tensor = inspect_model_file(model).inputs[0]
-        return image_to_tensor(load_image(sample), tensor).tobytes()
+        normalization = model_normalization(model, tensor)
+        return image_to_tensor(load_image(sample), tensor, normalization).tobytes()
     except (OSError, ValueError) as exc:
         raise BadRequestError(f"cannot read sample {sample}: {exc}") from exc
     except AgentError as exc:
