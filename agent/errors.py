@@ -17,8 +17,10 @@ __all__ = [
     "QueueFullError",
     "RuntimeMissingError",
     "ServerUnavailableError",
+    "SocketError",
     "TransientError",
     "UnsupportedModelError",
+    "UsageError",
 ]
 
 
@@ -85,3 +87,13 @@ class ServerUnavailableError(TransientError):
 
 class EnrollmentError(AgentError):
     """The server refused to enroll this device."""
+
+
+class SocketError(AgentError):
+    """The running agent's local socket cannot be reached: missing, closed to the caller's
+    groups, or nobody listening (``edgefleet-agent status`` exits 3)."""
+
+
+class UsageError(AgentError):
+    """A command was given something it cannot use: a file that is missing or not what it
+    must be, a flag out of its bounds (exit 2, as argparse's own usage errors)."""
