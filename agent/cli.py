@@ -232,6 +232,8 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 def _agent_socket(args: argparse.Namespace) -> Path:
     """The running agent's socket: --socket, else --config's [api] socket, else the default."""
+    if not 0.1 <= args.timeout <= 3600:
+        raise UsageError("--timeout must be within 0.1..3600 seconds")
     if args.socket is not None:
         return Path(args.socket)
     if args.config is not None:
