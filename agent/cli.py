@@ -1,5 +1,5 @@
 """``edgefleet-agent``: run the daemon, run a model once on an image, check a config, probe
-hardware."""
+hardware, ask the running agent how it stands and run a model on it (``status``, ``infer``)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 from types import FrameType
 
 from agent import __version__
-from agent.config import load_config
-from agent.errors import AgentError, ConfigError, UsageError
+from agent.config import ApiSection, load_config
+from agent.errors import AgentError, ConfigError, SocketError, UsageError
 from agent.systemd import setup_logging
 
 __all__ = ["main"]
@@ -224,6 +224,59 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _agent_socket(args: argparse.Namespace) -> Path:
+    """The running agent's socket: --socket, else --config's [api] socket, else the default."""
+    if not 0.1 <= args.timeout <= 3600:
+        raise UsageError("--timeout must be within 0.1..3600 seconds")
+    if args.socket is not None:
+        return Path(args.socket)
+    if args.config is not None:
+        try:
+            return load_config(args.config).api.socket
+        except ConfigError as exc:
+            raise UsageError(f"{exc} (or name the socket with --socket)") from exc
+    return ApiSection().socket
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from agent.local import LocalClient, read_status, status_exit_code, status_table  # noqa: PLC0415
+
+    with LocalClient(_agent_socket(args), timeout_s=args.timeout) as client:
+        doc = read_status(client)
+    print(json.dumps(doc, sort_keys=True) if args.json else status_table(doc))
+    return status_exit_code(doc)
+
+
+def _cmd_infer(args: argparse.Namespace) -> int:
+    from agent.inference.preprocess import read_labels  # noqa: PLC0415
+    from agent.local import LocalClient, infer_once, infer_text  # noqa: PLC0415
+
+    if not 1 <= args.top_k <= 1000:
+        raise UsageError("--top-k must be within 1..1000")
+    try:
+        labels = read_labels(args.labels) if args.labels else None
+    except AgentError as exc:
+        raise UsageError(str(exc)) from exc
+    with LocalClient(_agent_socket(args), timeout_s=args.timeout) as client:
+        doc = infer_once(client, args.model, args.input, k=args.top_k, labels=labels)
+    print(json.dumps(doc, sort_keys=True) if args.json else infer_text(doc))
+    return 0
+
+
+def _socket_arguments(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--socket",
+        type=Path,
+        help=f"the agent's unix socket (default: {ApiSection().socket}, as the shipped config)",
+    )
+    where.add_argument("--config", type=Path, help="take the socket from this config's [api]")
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for each answer (default 10)"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON, for scripts")
+
+
 def _backend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend",
@@ -337,6 +390,40 @@ def build_parser() -> argparse.ArgumentParser:
     probe_cmd.add_argument("--state-dir", type=Path, default=Path("/var/lib/edgefleet-agent"))
     probe_cmd.add_argument("--config", type=Path, help="probe as the agent with this config would")
     probe_cmd.set_defaults(func=_cmd_probe)
+
+    access = (
+        "Talks to the running agent through its unix socket: root and the members of the "
+        "socket's group may (see docs/agent-cli.md)."
+    )
+    codes = (
+        "exit status: 0 ok; 1 the agent answered but is not ready, a model fails, or it "
+        "refused the request; 2 usage error; 3 the socket cannot be reached (missing, "
+        "permission denied, nobody listening)"
+    )
+    status = sub.add_parser(
+        "status",
+        help="what the running agent serves and how it stands",
+        description="Models (version, variant, backend, routing), requests, refusals and "
+        f"latency per model, readiness, telemetry and the last update. {access}",
+        epilog=codes,
+    )
+    _socket_arguments(status)
+    status.set_defaults(func=_cmd_status)
+
+    infer = sub.add_parser(
+        "infer",
+        help="run one input through a model of the running agent",
+        description="Send an image (encoded for the model's input as predict does) or a .npy "
+        "array to MODEL over the agent's socket; print the top-k classes, or the outputs' "
+        f"names and shapes, and what served it (path, variant, backend). {access}",
+        epilog=codes,
+    )
+    infer.add_argument("model", help="the model's name on the agent (see status)")
+    infer.add_argument("input", type=Path, help="an image file, or a .npy array")
+    infer.add_argument("--labels", type=Path, help="labels file, line i = class i")
+    infer.add_argument("--top-k", type=int, default=3)
+    _socket_arguments(infer)
+    infer.set_defaults(func=_cmd_infer)
     return parser
 
 
@@ -346,6 +433,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level)
     try:
         return int(args.func(args))
+    except SocketError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 3
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ __all__ = [
     "QueueFullError",
     "RuntimeMissingError",
     "ServerUnavailableError",
+    "SocketError",
     "TransientError",
     "UnsupportedModelError",
     "UsageError",
@@ -36,8 +37,9 @@ class ConfigError(AgentError):
 
 
 class UsageError(ConfigError):
-    """A flag that does not apply to what was asked (a command exits 2 for it, as for any
-    other usage error)."""
+    """A flag that does not apply to what was asked, a file that is missing or not what it
+    must be, a flag out of its bounds (a command exits 2 for it, as for argparse's own usage
+    errors)."""
 
 
 class ModelFileError(AgentError):
@@ -91,3 +93,8 @@ class ServerUnavailableError(TransientError):
 
 class EnrollmentError(AgentError):
     """The server refused to enroll this device."""
+
+
+class SocketError(AgentError):
+    """The running agent's local socket cannot be reached: missing, closed to the caller's
+    groups, or nobody listening (``edgefleet-agent status`` exits 3)."""

@@ -32,12 +32,14 @@ from agent.inference.engine import Engine, EngineOptions
 from agent.inference.metrics_http import MetricsServer
 from agent.inference.metrics_http import render as render_metrics
 from agent.inference.oip import create_server
+from agent.inference.status import AgentFacts, Release
 from agent.routing.cloud import CloudTarget
 from agent.routing.guards import Breaker
 from agent.routing.router import Router
 from agent.systemd import Notifier, watchdog_interval
 from agent.telemetry.outbox import deliver
 from agent.telemetry.spool import Spool
+from agent.updates import plan
 from agent.updates.lifecycle import Lifecycle
 from agent.updates.store import ModelStore
 from agent.updates.updater import Updater
@@ -152,6 +154,7 @@ class Agent:
                 socket_path=config.api.socket,
                 tcp_address=config.api.listen or None,
                 router=self.router,
+                facts=self._facts,
             )
         except (OSError, RuntimeError) as exc:  # grpcio says "port taken" with RuntimeError
             raise AgentError(f"cannot start the local inference API: {exc}") from exc
@@ -231,11 +234,45 @@ class Agent:
         """Every update state change goes to systemd's STATUS and out as an event (True: it
         was spooled)."""
         state = device_pb2.UpdateState.Name(report.state)
+        self.state.last_update = f"{report.model_name} {report.version}: {state}"
+        self.state.last_update_detail = report.detail
         if state in ("INSTALLED", "ROLLED_BACK"):
             self.notifier.status(self._serving_status())
         else:
             self.notifier.status(f"{report.model_name} {report.version}: {state}")
         return self.state.event(report=report)
+
+    def _facts(self) -> AgentFacts:
+        """What the local API's Status says beyond the engine (gRPC threads call this)."""
+        state, error = self.state, ""
+        try:
+            journal = self.store.journal()
+        except AgentError as exc:
+            journal, error = plan.Journal(), str(exc)
+        releases = {
+            name: Release(
+                entry.release_counter,
+                journal.previous[name].version if name in journal.previous else "",
+                name in journal.health or name in journal.trials,
+            )
+            for name, entry in journal.models.items()
+        }
+        identity = state.identity
+        return AgentFacts(
+            enrolled=identity is not None,
+            device_id=identity.device_id if identity else "",
+            broker=state.broker,
+            broker_connected=state.broker_connected,
+            spooled=len(state.spool),
+            spool_dropped=state.spool.dropped,
+            telemetry_problem=state.telemetry_problem,
+            telemetry_error=state.telemetry_error,
+            last_update=state.last_update,
+            last_update_detail=state.last_update_detail,
+            releases=releases,
+            refused_releases=len(journal.refused),
+            journal_error=error,
+        )
 
     def _active(self) -> list[device_pb2.ActiveModel]:
         """The models this device serves, with what the store knows of each."""

@@ -17,6 +17,10 @@ crosses between loops lives here, each with the loop that writes it:
   connect (paho's thread), called by the control loop.
 - ``telemetry_problem``: why reports are not spooled now ("" = they are): written by the
   telemetry loop, shown in systemd's STATUS.
+- ``broker``, ``broker_connected``, ``telemetry_error``: the MQTT session as the telemetry loop
+  last saw it (the broker's host and port, never its credentials; the last failed connection
+  attempt), for ``edgefleet-agent status``.
+- ``last_update``, ``last_update_detail``: the last update step the update loop reported.
 - ``events``: the spooled event stream (update state changes, command answers) that the update
   and control loops write and the telemetry loop forwards.
 """
@@ -49,6 +53,12 @@ class AgentState:
         self.spool = spool
         # Why telemetry reports are not being spooled ("" = they are), by the telemetry loop.
         self.telemetry_problem = ""
+        # Read by the local API's Status (other threads): each written whole by its loop.
+        self.broker = ""
+        self.broker_connected = False
+        self.telemetry_error = ""
+        self.last_update = ""
+        self.last_update_detail = ""
 
     def event(
         self,

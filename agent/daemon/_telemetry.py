@@ -190,6 +190,7 @@ class TelemetryLoop:
             will=(state, self.state_message("offline")),
         )
         forwarder = Forwarder(spool, publisher)
+        shared.broker = str(publisher.endpoint)  # no credentials (MqttEndpoint.__str__)
         system = SystemSampler(self._store.root, sysfs=shared.config.hardware.sysfs_root)
         last_report = time.monotonic()
         next_connect = 0.0
@@ -227,15 +228,18 @@ class TelemetryLoop:
                     endpoint=str(publisher.endpoint),
                     spooled=len(spool),
                 )
+                shared.broker_connected = publisher.connected
                 if publisher.protocol is None and now >= next_connect:
                     try:
                         publisher.connect()
                         attempt = 0
+                        shared.telemetry_error = ""
                     except TransientError as exc:
                         attempt += 1
                         # Capped low: a broker back from a restart should get the spool soon.
                         wait = max(1.0, min(_MQTT_MAX_BACKOFF_S, backoff(attempt, 2.0)))
                         next_connect = now + wait
+                        shared.telemetry_error = str(exc)
                         log.warning(
                             "telemetry: %s; retrying in %.0f s (%d spooled)", exc, wait, len(spool)
                         )
@@ -265,5 +269,6 @@ class TelemetryLoop:
                     log.info("%d telemetry message(s) stay spooled for the next start", left)
             finally:
                 publisher.close()  # whatever failed above: no session is left behind
+                shared.broker, shared.broker_connected = "", False
                 silence.close()
         return False

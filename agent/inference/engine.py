@@ -381,6 +381,9 @@ def load_model(
     )
 
 
+_LOADABLE = ("not loaded yet", "evicted (memory budget)")  # the reasons of no failure
+
+
 @dataclass(frozen=True)
 class ModelStatus:
     """What the engine knows about one registered model."""
@@ -390,6 +393,12 @@ class ModelStatus:
     state: str  # "READY" | "UNAVAILABLE"
     reason: str
     pinned: bool
+    held: bool = False  # unloaded on request: stays so until loaded explicitly
+
+    @property
+    def loadable(self) -> bool:
+        """Not loaded, but its next request loads it (no load failure recorded)."""
+        return self.state != "READY" and not self.held and self.reason in _LOADABLE
 
 
 @dataclass
@@ -598,6 +607,7 @@ class Engine:
                     "READY" if e.model is not None else "UNAVAILABLE",
                     e.reason,
                     e.pinned,
+                    e.held,
                 )
                 for name, e in sorted(self._entries.items())
             ]

@@ -166,6 +166,16 @@ class ModelMetrics:
             samples = np.fromiter(self._recent, dtype=np.float64)
         return float(np.median(samples)) if samples.size else 0.0
 
+    def recent_percentiles(self) -> tuple[float, float, float]:
+        """p50, p95 and p99 of the recent successful latencies in ms (zeros without any),
+        without restarting the report's interval as :meth:`take_window` does."""
+        with self._lock:
+            samples = np.fromiter(self._recent, dtype=np.float64)
+        if not samples.size:
+            return 0.0, 0.0, 0.0
+        p50, p95, p99 = (float(v) for v in np.percentile(samples, [50, 95, 99]))
+        return p50, p95, p99
+
     def recent_count(self) -> int:
         with self._lock:
             return len(self._recent)

@@ -31,6 +31,7 @@ from agent.inference.engine import Engine, LoadedModel
 from agent.inference.modelfile import TensorInfo
 from agent.inference.runtime import find_runtime
 from agent.inference.shm import SharedMemoryRegistry
+from agent.inference.status import AgentFacts, add_status_service
 from agent.inference.tensors import (
     DTYPE_TO_OIP,
     OIP_TO_DTYPE,
@@ -487,6 +488,7 @@ def create_server(
     router: Router | None = None,
     tls: grpc.ServerCredentials | None = None,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
+    facts: Callable[[], AgentFacts] | None = None,
 ) -> tuple[grpc.Server, int | None]:
     """Build (not start) the OIP v2 server; return it and the bound TCP port, if any.
 
@@ -525,6 +527,7 @@ def create_server(
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(_Health(servicer.ready), server)
+    add_status_service(server, engine, router=router, facts=facts)  # docs/agent-cli.md
     if tcp_address:
         port = (
             server.add_secure_port(tcp_address, tls)
