@@ -80,14 +80,14 @@ def test_status_shows_the_model_its_version_variant_and_backend(
     table = _cli("status", "--config", str(agent.config))
     assert table.returncode == 0, table.stderr
     row = next(line for line in table.stdout.splitlines() if line.startswith("mobilenet"))
-    assert row.split()[:5] == ["mobilenet", "1.0.0", "ready", "1.0.0:cpu", "cpu"], row
+    assert row.split()[:5] == ["mobilenet", "1.0.0", "ready", "int8", "cpu"], row
     assert "telemetry: device" in table.stdout
     doc = _status(agent)
     assert doc["ready"] is True
     assert doc["socket"] == str(agent.socket)
     (model,) = doc["models"]
     assert (model["name"], model["version"], model["backend"], model["variant"]) == (
-        "mobilenet", "1.0.0", "cpu", "1.0.0:cpu"
+        "mobilenet", "1.0.0", "cpu", "int8"
     )  # fmt: skip
     assert model["pinned"] is True  # deployed by the server
     assert model["release_counter"] > 0
@@ -117,12 +117,12 @@ def test_infer_gives_the_top_class_of_a_direct_call(agent: Agent) -> None:
     labels = LABELS.read_text().splitlines()
     assert doc["top_k"][0]["label"] == labels[expected]
     assert doc["parameters"]["path"] == "local"
-    assert doc["parameters"]["variant"] == "1.0.0:cpu"
+    assert doc["parameters"]["variant"] == "int8"  # the pushed variant's name
     text = _cli("infer", "mobilenet", str(CAT), "--labels", str(LABELS), "--config",
                 str(agent.config))  # fmt: skip
     assert text.returncode == 0, text.stderr
     assert labels[expected] in text.stdout.splitlines()[0]
-    assert "path local, variant 1.0.0:cpu" in text.stdout
+    assert "path local, variant int8" in text.stdout
 
 
 def test_an_unknown_model_and_a_wrong_shape_exit_1_and_say_so(agent: Agent, tmp_path: Path) -> None:

@@ -169,7 +169,7 @@ class StatusServicer(pb_grpc.AgentLocalServicer):
             return entry
         stats = model.stats.snapshot()
         p50, p95, p99 = model.stats.recent_percentiles()
-        entry.variant = f"{model.version}:{model.backend}"
+        entry.variant = model.variant or model.backend  # as the inference API reports it
         entry.backend, entry.device, entry.backend_reason = (
             model.backend,
             model.device,
