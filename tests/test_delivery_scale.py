@@ -43,7 +43,11 @@ def _ledgers(db_url: str, devices: list[str]) -> dict[str, dict[str, Any]]:
             ).all()
     finally:
         engine.dispose()
-    return {str(d): dict(json.loads(raw)) | {"count": int(n)} for d, raw, n in rows if raw and d in devices}
+    return {
+        str(d): dict(json.loads(raw)) | {"count": int(n)}
+        for d, raw, n in rows
+        if raw and d in devices
+    }
 
 
 class Publisher:
