@@ -142,6 +142,12 @@ class Serving:
                 return status.state == "READY" or status.reason in _LOADABLE
         return None
 
+    def knows(self, name: str) -> bool:
+        """Whether the device serves ``name``: a model it has, or one the cloud serves."""
+        if any(s.name == name for s in self.engine.index()):
+            return True
+        return self.router is not None and self.router.policy(name).uses_cloud
+
     def model_metadata(self, name: str, version: str = "") -> pb.ModelMetadataResponse:
         """Raises: RequestError (see :meth:`model`)."""
         model = self.model(name, version)
