@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -38,6 +39,14 @@ class Device:
     agent: Agent
     port: int  # the REST API's TCP port
     models: dict[str, Path]
+    metrics_port: int
+
+    def rejected(self, model: str) -> int:
+        """The agent's count of refused requests of ``model`` (Prometheus)."""
+        text = http(f"http://127.0.0.1:{self.metrics_port}/metrics")[2].decode()
+        found = re.findall(rf'^edgefleet_inference_rejected_total{{model="{model}"[^}}]*}} (\d+)$',
+                           text, re.M)  # fmt: skip
+        return sum(int(n) for n in found)
 
     @property
     def rest_socket(self) -> Path:
@@ -127,22 +136,17 @@ def device(tmp_path_factory: pytest.TempPathFactory, color_models: Path) -> Iter
         for name, path in models.items():
             server.admin("models", "push", str(path), "--name", name, "--version", "1.0.0")
             server.admin("deploy", name, "1.0.0")
-        port = free_port()
-        agent = make_agent(
-            folder,
-            "edge-rest",
-            server,
-            checkin_s=1.0,
-            extra=f'[api]\nrest_listen = "127.0.0.1:{port}"\n',
+        port, metrics = free_port(), free_port()
+        agent = make_agent(folder, "edge-rest", server, checkin_s=1.0, metrics_port=metrics,
+                           extra="[inference]\nworkers = 1\nqueue_depth = 0\n")  # fmt: skip
+        text = agent.config.read_text()
+        agent.config.write_text(
+            text.replace(
+                'socket = "oip.sock"', f'socket = "oip.sock"\nrest_listen = "127.0.0.1:{port}"'
+            )
         )
-        # make_agent wrote an [api] table already: move the key into it.
-        text = agent.config.read_text().replace(f'[api]\nrest_listen = "127.0.0.1:{port}"\n', "")
-        text = text.replace(
-            'socket = "oip.sock"', f'socket = "oip.sock"\nrest_listen = "127.0.0.1:{port}"'
-        )
-        agent.config.write_text(text)
         agent.start()
-        dev = Device(agent, port, models)
+        dev = Device(agent, port, models, metrics)
         for name in models:
 
             def ready(name: str = name) -> bool:
@@ -550,4 +554,51 @@ def test_slow_connections_are_bounded_and_closed(device: Device) -> None:
         for sock in slow:
             sock.close()
     wait_for("the agent's file descriptors back", lambda: device.fds() <= fds_before + 4, 20)
+    served(device)
+
+
+def test_admission_refuses_over_rest_as_over_grpc_and_counts_it(device: Device) -> None:
+    # The model has one place (workers = 1, queue_depth = 0): concurrent calls beyond it are
+    # refused at once, 503 over REST (RESOURCE_EXHAUSTED over gRPC), and each refusal counted.
+    image = np.zeros((1, 128, 128, 3), np.uint8)
+    doc = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [1, 128, 128, 3],
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": image.size},
+                }
+            ]
+        }
+    ).encode()
+    body = doc + image.tobytes()
+    before = device.rejected("mobilenet")
+    statuses: list[int] = []
+    refusals: list[str] = []
+    lock = threading.Lock()
+
+    def call(app: str) -> None:
+        for _ in range(15):
+            status, _, answer = http(
+                device.url("/v2/models/mobilenet/infer"),
+                body,
+                {"Inference-Header-Content-Length": str(len(doc)), "edgefleet-client-id": app},
+            )
+            with lock:
+                statuses.append(status)
+                if status == 503:
+                    refusals.append(json.loads(answer)["error"])
+
+    threads = [threading.Thread(target=call, args=(f"app-{i % 2}",)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses.count(200) > 0 and refusals, statuses
+    assert all("mobilenet" in why for why in refusals), refusals[:3]
+    wait_for("the refusals counted", lambda: device.rejected("mobilenet") - before == len(refusals),
+             timeout=10)  # fmt: skip
     served(device)
