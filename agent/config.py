@@ -67,6 +67,15 @@ class ApiSection:
     socket: Path = Path("/run/edgefleet-agent/oip.sock")
     listen: str = ""  # optional TCP address, e.g. "127.0.0.1:8001"
     metrics_listen: str = ""  # optional Prometheus endpoint, e.g. "127.0.0.1:9464"
+    # The same API over HTTP (KServe v2 / Triton REST): a unix socket (default: rest.sock
+    # beside ``socket``) and an optional TCP address, e.g. "127.0.0.1:8000".
+    rest_socket: Path | None = None
+    rest_listen: str = ""
+
+    @property
+    def rest_socket_path(self) -> Path:
+        """Where the REST API listens: ``rest_socket``, or rest.sock beside ``socket``."""
+        return self.rest_socket or self.socket.with_name("rest.sock")
 
 
 @dataclass(frozen=True)
@@ -146,12 +155,15 @@ class AgentConfig:
         """What is allowed but unsafe: listeners other hosts can reach without TLS or auth."""
         found = []
         for key, address in (("api.listen", self.api.listen),
+                             ("api.rest_listen", self.api.rest_listen),
                              ("api.metrics_listen", self.api.metrics_listen)):  # fmt: skip
             host = address.rpartition(":")[0].strip("[]")
             if address and host not in {"127.0.0.1", "::1", "localhost"}:
-                what = ("runs and unloads this device's models for anyone who reaches it "
-                        "(plain TCP, no authentication)" if key == "api.listen"
-                        else "shows this device's models and load to anyone")  # fmt: skip
+                what = ("shows this device's models and load to anyone"
+                        if key == "api.metrics_listen"
+                        else "runs and unloads this device's models for anyone who reaches it "
+                        f"(plain {'HTTP' if key == 'api.rest_listen' else 'TCP'}, "
+                        "no authentication)")  # fmt: skip
                 found.append(f"{key} = {address!r} listens beyond this device and {what}; "
                              "use 127.0.0.1, or a firewall")  # fmt: skip
         return found
@@ -386,6 +398,17 @@ def _validate(config: AgentConfig) -> None:
         raise ConfigError(f"api.metrics_listen {config.api.metrics_listen!r} must be host:port")
     if len(str(config.api.socket)) > 100:
         raise ConfigError(f"api.socket {config.api.socket} is longer than a unix socket allows")
+    if config.api.rest_socket is not None and len(str(config.api.rest_socket)) > 100:
+        raise ConfigError(
+            f"api.rest_socket {config.api.rest_socket} is longer than a unix socket allows"
+        )
+    if config.api.rest_socket is not None and config.api.rest_socket == config.api.socket:
+        raise ConfigError(f"api.rest_socket {config.api.rest_socket} is also api.socket; give "
+                          "the REST API a socket of its own")  # fmt: skip
+    rest = config.api.rest_listen
+    if rest and not (":" in rest and rest.rpartition(":")[2].isdigit()
+                     and 0 < int(rest.rpartition(":")[2]) < 65536):  # fmt: skip
+        raise ConfigError(f'api.rest_listen {rest!r} must be host:port, e.g. "127.0.0.1:8000"')
     c = config.cloud
     if c.url and (
         not c.url.startswith(("grpc://", "grpcs://"))
@@ -505,6 +528,9 @@ def load_config(path: Path) -> AgentConfig:
         )
     if not config.api.socket.is_absolute():
         config = replace(config, api=replace(config.api, socket=base / config.api.socket))
+    if config.api.rest_socket is not None and not config.api.rest_socket.is_absolute():
+        rest_socket = base / config.api.rest_socket
+        config = replace(config, api=replace(config.api, rest_socket=rest_socket))
     if config.server.enrollment_token_file is not None and not (
         config.server.enrollment_token_file.is_absolute()
     ):

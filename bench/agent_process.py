@@ -24,10 +24,15 @@ UNREACHABLE_SERVER = "127.0.0.1:1"  # nothing listens on port 1: connect fails a
 
 
 def start_agent(
-    children: Children, models: Sequence[tuple[str, Path]], *, tcp_port: int = 0
+    children: Children,
+    models: Sequence[tuple[str, Path]],
+    *,
+    tcp_port: int = 0,
+    rest_port: int = 0,
 ) -> tuple[Child, Path]:
     """Fill a store with ``models`` (name, file), start the agent (logging to ``agent.log`` in
-    the run's folder) and return it and its unix socket; the caller waits until it serves."""
+    the run's folder; gRPC on ``tcp_port`` and REST on ``rest_port`` too when given) and return
+    it and its unix socket; the caller waits until it serves."""
     home = children.folder / "agent"
     store = ModelStore(home / "state")
     for name, path in models:
@@ -40,6 +45,8 @@ def start_agent(
     # server's certificate with, and this agent's server never answers anyway.
     FleetCA.create(home / "ca", "bench")
     listen = f'listen = "127.0.0.1:{tcp_port}"\n' if tcp_port else ""
+    if rest_port:
+        listen += f'rest_listen = "127.0.0.1:{rest_port}"\n'
     config = home / "agent.toml"
     config.write_text(
         f"""

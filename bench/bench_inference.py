@@ -6,7 +6,8 @@ Baselines and measurements (each ratio is taken within this one run, on this mac
   A. per-request latency, MobileNet v1 0.25 uint8 (tests/data), 1 thread:
      raw LiteRT invoke; the agent's engine; a bare gRPC unary call over a unix socket carrying
      the same request bytes and answering with the same response bytes (no model); the agent's
-     OIP v2 ModelInfer over its unix socket. Agent overhead = ModelInfer - echo - raw invoke.
+     OIP v2 ModelInfer over its unix socket; the same over REST on its REST unix socket, with
+     Triton's binary tensors and with JSON tensors. Agent overhead = ModelInfer - echo - raw invoke.
      A bare gRPC server that runs the same raw invoke is the baseline of the agent's own overhead.
   B. throughput of a ~10 ms float CNN (scripts/make_test_models.py heavy_float.tflite):
      raw single-interpreter loop vs the agent's OIP API with 2 workers, driven by a separate
@@ -40,9 +41,12 @@ import numpy as np
 
 from agent.inference.engine import Engine, EngineOptions
 from agent.inference.oip import create_server
+from agent.inference.rest import create_rest_server
 from agent.inference.runtime import find_runtime
+from agent.inference.serving import Serving
 from bench.agent_process import start_agent
 from bench.processes import Children, run_folder
+from bench.rest_client import rest_infer
 from protos import inference_pb2, inference_pb2_grpc
 from tests.harness import Proc, app_folder, app_user, give_to_app_user, start, wait_for
 
@@ -324,6 +328,14 @@ def main() -> int:
         echo_s = measure(lambda: echo_call(request_bytes), n)
         bare_s = measure(lambda: bare_call(request_bytes), n)
         oip_s = measure(lambda: stub.ModelInfer(request), n)
+        rest = create_rest_server(Serving(engine), socket_path=tmp / "rest.sock")
+        rest.start()
+        rest_where = f"unix:{tmp / 'rest.sock'}"
+        rest_binary_s = measure(rest_infer(rest_where, "mobilenet", "input", small_input,
+                                           binary=True), n)  # fmt: skip
+        rest_json_s = measure(rest_infer(rest_where, "mobilenet", "input", small_input,
+                                         binary=False), n)  # fmt: skip
+        rest.stop(1)
         raw_p50, echo_p50, oip_p50 = stats(raw_s)[0], stats(echo_s)[0], stats(oip_s)[0]
         bare_p50 = stats(bare_s)[0]
         kib = len(request_bytes) // 1024
@@ -333,6 +345,8 @@ def main() -> int:
             (f"bare gRPC echo, same {kib} KiB request, unix socket", echo_s),
             ("bare gRPC server running the raw invoke, same request", bare_s),
             ("agent OIP v2 ModelInfer, unix socket", oip_s),
+            ("agent REST infer, binary tensors, REST unix socket", rest_binary_s),
+            ("agent REST infer, JSON tensors, REST unix socket", rest_json_s),
         ):
             p50, p95 = stats(samples)
             emit((label, f"{p50:.3f} ms", f"{p95:.3f} ms", f"{p50 / raw_p50:.2f}x raw"))

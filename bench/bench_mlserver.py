@@ -26,6 +26,7 @@ import numpy as np
 from agent.inference.runtime import find_runtime
 from bench.agent_process import start_agent
 from bench.processes import Child, Children, run_folder
+from bench.rest_client import rest_infer
 from protos import inference_pb2
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,10 +52,10 @@ def p50(call: object, payload: bytes, n: int) -> float:
     return statistics.median(samples)
 
 
-def start_mlserver(mlserver: Path, children: Children) -> tuple[Child, int]:
-    """Start ``mlserver start`` on free ports (logging to mlserver.log); return it and its
-    gRPC port."""
-    port = free_port()
+def start_mlserver(mlserver: Path, children: Children) -> tuple[Child, int, int]:
+    """Start ``mlserver start`` on free ports (logging to mlserver.log); return it, its gRPC
+    port and its HTTP (REST) port."""
+    port, http_port = free_port(), free_port()
     folder = children.folder / "mlserver"
     model_dir = folder / "mobilenet"
     model_dir.mkdir(parents=True)
@@ -62,7 +63,7 @@ def start_mlserver(mlserver: Path, children: Children) -> tuple[Child, int]:
         json.dumps(
             {
                 "grpc_port": port,
-                "http_port": free_port(),
+                "http_port": http_port,
                 "metrics_port": free_port(),
                 "parallel_workers": 0,
                 "debug": False,
@@ -79,7 +80,8 @@ def start_mlserver(mlserver: Path, children: Children) -> tuple[Child, int]:
         )
     )
     env = {"PYTHONPATH": str(REPO / "bench" / "mlserver")}
-    return children.start("mlserver", [str(mlserver), "start", str(folder)], env=env), port
+    child = children.start("mlserver", [str(mlserver), "start", str(folder)], env=env)
+    return child, port, http_port
 
 
 def wait_ready(server: Child, call: object, payload: bytes, timeout: float = 120.0) -> None:
@@ -130,9 +132,11 @@ def main() -> int:
         return raw.get_tensor(i_out)
 
     with run_folder("bench_mlserver") as children:
-        mlserver, ml_port = start_mlserver(args.mlserver, children)
-        agent_port = free_port()
-        agent, _sock = start_agent(children, [("mobilenet", MODEL)], tcp_port=agent_port)
+        mlserver, ml_port, ml_http = start_mlserver(args.mlserver, children)
+        agent_port, agent_http = free_port(), free_port()
+        agent, _sock = start_agent(
+            children, [("mobilenet", MODEL)], tcp_port=agent_port, rest_port=agent_http
+        )
         agent_call = grpc.insecure_channel(f"127.0.0.1:{agent_port}").unary_unary(INFER)
         ml_call = grpc.insecure_channel(f"127.0.0.1:{ml_port}").unary_unary(INFER)
         wait_ready(mlserver, ml_call, payload)
@@ -140,6 +144,11 @@ def main() -> int:
         raw_p50 = p50(invoke, payload, args.iterations)
         agent_p50 = p50(agent_call, payload, args.iterations)
         ml_p50 = p50(ml_call, payload, args.iterations)
+        # REST with JSON tensors, the form every OIP v2 HTTP server takes.
+        agent_rest = rest_infer(f"127.0.0.1:{agent_http}", "mobilenet", "input", data, binary=False)
+        ml_rest = rest_infer(f"127.0.0.1:{ml_http}", "mobilenet", "input", data, binary=False)
+        agent_rest_p50 = p50(lambda _payload: agent_rest(), payload, args.iterations)
+        ml_rest_p50 = p50(lambda _payload: ml_rest(), payload, args.iterations)
     agent_added, ml_added = agent_p50 - raw_p50, ml_p50 - raw_p50
     print(f"{time.strftime('%Y-%m-%d')} · same client, 127.0.0.1 TCP, {args.iterations} calls")
     print()
@@ -151,6 +160,14 @@ def main() -> int:
         f"| EdgeFleet agent | {agent_p50:.3f} ms | {agent_added:.3f} ms | "
         f"{agent_added / ml_added:.2f}x (target <= 0.33x) |"
     )
+    print()
+    print("| server | REST JSON infer p50 | added over raw invoke | ratio |")
+    print("|---|---|---|---|")
+    ml_rest_added, agent_rest_added = ml_rest_p50 - raw_p50, agent_rest_p50 - raw_p50
+    print(f"| MLServer 1.7 + LiteRT runtime | {ml_rest_p50:.3f} ms | {ml_rest_added:.3f} ms | "
+          "1.00x |")  # fmt: skip
+    print(f"| EdgeFleet agent | {agent_rest_p50:.3f} ms | {agent_rest_added:.3f} ms | "
+          f"{agent_rest_added / ml_rest_added:.2f}x |")  # fmt: skip
     return 0
 
 

@@ -27,6 +27,11 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert config.agent.state_dir == tmp_path.resolve() / "state"
     assert config.api.socket == tmp_path.resolve() / "s.sock"
     assert config.server.checkin_interval_s == 30.0
+    # The REST API's socket sits beside the gRPC one unless named (relative to the file too).
+    assert config.api.rest_socket_path == tmp_path.resolve() / "rest.sock"
+    assert config.api.rest_listen == ""
+    named = load_config(write(tmp_path, '[api]\nsocket = "s.sock"\nrest_socket = "r/h.sock"\n'))
+    assert named.api.rest_socket_path == tmp_path.resolve() / "r" / "h.sock"
 
 
 @pytest.mark.parametrize(
@@ -41,6 +46,10 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
         ("[server]\naddress = 'nohostport'\n", "must be host:port"),
         ("[telemetry]\nmqtt_url = 'http://x'\n", "must start with mqtt://"),
         ("[agent\n", "invalid TOML"),
+        ("[api]\nrest_listen = '8000'\n", "api.rest_listen '8000' must be host:port"),
+        ("[api]\nrest_listen = 'localhost:http'\n", "must be host:port"),
+        ("[api]\nrest_socket = '/run/x.sock'\nsocket = '/run/x.sock'\n", "a socket of its own"),
+        (f"[api]\nrest_socket = '/{'x' * 120}'\n", "longer than a unix socket allows"),
     ],
 )
 def test_bad_config_is_refused_with_the_reason(tmp_path: Path, text: str, message: str) -> None:
@@ -246,11 +255,15 @@ def test_the_server_runs_from_its_toml(tmp_path: Path) -> None:
 def test_listeners_other_hosts_reach_are_warned_about(tmp_path: Path) -> None:
     # Issue 20: api.listen = 0.0.0.0 passed check-config without a word.
     config = load_config(write(tmp_path, '[api]\nlisten = "0.0.0.0:8001"\n'
-                                         'metrics_listen = "[::]:9464"\n'))  # fmt: skip
+                                         'metrics_listen = "[::]:9464"\n'
+                                         'rest_listen = "192.0.2.1:8000"\n'))  # fmt: skip
     warnings = config.warnings()
-    assert len(warnings) == 2
+    assert len(warnings) == 3
     assert "api.listen = '0.0.0.0:8001' listens beyond this device" in warnings[0]
     assert "no authentication" in warnings[0]
-    assert warnings[1].startswith("api.metrics_listen = '[::]:9464'")
-    local = '[api]\nlisten = "127.0.0.1:8001"\nmetrics_listen = "[::1]:9464"\n'
+    assert "api.rest_listen = '192.0.2.1:8000' listens beyond this device" in warnings[1]
+    assert "plain HTTP, no authentication" in warnings[1]
+    assert warnings[2].startswith("api.metrics_listen = '[::]:9464'")
+    local = ('[api]\nlisten = "127.0.0.1:8001"\nmetrics_listen = "[::1]:9464"\n'
+             'rest_listen = "127.0.0.1:8000"\n')  # fmt: skip
     assert load_config(write(tmp_path, local)).warnings() == []

@@ -32,6 +32,8 @@ from agent.inference.engine import Engine, EngineOptions
 from agent.inference.metrics_http import MetricsServer
 from agent.inference.metrics_http import render as render_metrics
 from agent.inference.oip import create_server
+from agent.inference.rest import create_rest_server
+from agent.inference.serving import Serving
 from agent.inference.status import AgentFacts, Release
 from agent.routing.cloud import CloudTarget
 from agent.routing.guards import Breaker
@@ -158,7 +160,22 @@ class Agent:
             )
         except (OSError, RuntimeError) as exc:  # grpcio says "port taken" with RuntimeError
             raise AgentError(f"cannot start the local inference API: {exc}") from exc
+        try:
+            # The same core as the gRPC servicer's; REST serves no shared memory.
+            rest = create_rest_server(
+                Serving(self.engine, router=self.router),
+                socket_path=config.api.rest_socket_path,
+                tcp_address=config.api.rest_listen or None,
+            )
+        except (OSError, ValueError) as exc:
+            server.stop(0)
+            raise AgentError(f"cannot start the local REST inference API: {exc}") from exc
         server.start()
+        try:
+            rest.start()
+        except OSError as exc:
+            server.stop(0)
+            raise AgentError(f"cannot start the local REST inference API: {exc}") from exc
         # Ready: the active models are loaded (above) and the API serves them.
         self.notifier.notify("READY=1", f"STATUS={self._serving_status()}")
         self.notifier.last_status = self._serving_status()
@@ -169,9 +186,11 @@ class Agent:
             ).start()
         metrics = self._start_metrics()
         log.info(
-            "local inference API on unix:%s%s",
+            "local inference API on unix:%s%s; REST on unix:%s%s",
             config.api.socket,
             f" and port {port}" if port else "",
+            config.api.rest_socket_path,
+            f" and port {rest.port}" if rest.port else "",
         )
         for warning in config.warnings():
             log.warning("%s", warning)
@@ -196,7 +215,9 @@ class Agent:
             # Requests accepted before the stop are served; then the control loop's last
             # answer and the telemetry's last report (counting every served request) and
             # "stopped" state go out, in that order (both write the spool).
-            server.stop(grace=5).wait()
+            stopped = server.stop(grace=5)
+            rest.stop(grace=5)
+            stopped.wait()
             if control.is_alive():
                 control.join(timeout=10)
             telemetry_stop.set()

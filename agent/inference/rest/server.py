@@ -1,0 +1,212 @@
+"""uvicorn serving the REST app on a unix socket and, optionally, a TCP address, in a thread of
+the agent: one event loop, one uvicorn server per listener (a flood of connections on TCP
+leaves the socket's apps served).
+
+The sockets are bound here, before the thread starts, so that a taken port or a bad path is an
+error of :func:`create_rest_server` (uvicorn would exit the process). Each listener holds at
+most ``max_connections`` connections (the next is answered 503 and closed), and a connection
+that has not sent a whole request head within ``head_timeout_s`` of opening (or of its last
+answer) is closed: slow or idle clients cannot hold the agent's connections and file
+descriptors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from agent.inference.rest.app import RestLimits, build_app
+from agent.inference.serving import Serving
+
+__all__ = ["RestServer", "create_rest_server"]
+
+log = logging.getLogger(__name__)
+
+_TOO_MANY_BODY = b'{"error":"too many connections to the agent; retry later"}'
+_TOO_MANY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_TOO_MANY_BODY), _TOO_MANY_BODY)
+)
+_MAX_HEAD_BYTES = 16 * 1024  # a request line and headers; an OIP request needs far less
+
+
+def _bounded_protocol(max_connections: int, head_timeout_s: float) -> type[H11Protocol]:
+    class Bounded(H11Protocol):
+        """uvicorn's HTTP/1.1 protocol with a connection cap and a request-head deadline."""
+
+        _deadline: asyncio.TimerHandle | None = None
+        _idle_since = 0.0
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                transport.write(_TOO_MANY)
+                transport.close()
+                return
+            self._idle_since = self.loop.time()
+            self._deadline = self.loop.call_later(head_timeout_s, self._check_head)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().connection_lost(exc)
+
+        def on_response_complete(self) -> None:
+            self._idle_since = self.loop.time()
+            super().on_response_complete()
+
+        def _check_head(self) -> None:
+            if self.transport.is_closing():
+                return
+            busy = self.cycle is not None and not self.cycle.response_complete
+            left = head_timeout_s - (self.loop.time() - self._idle_since)
+            if not busy and left <= 0:
+                self.transport.close()  # no whole request head in time: slow or idle
+                return
+            self._deadline = self.loop.call_later(max(left, 0.5), self._check_head)
+
+    return Bounded
+
+
+class RestServer:
+    """The REST API's listeners and the thread that serves them."""
+
+    def __init__(self, app: Starlette, sockets: list[socket.socket], limits: RestLimits) -> None:
+        self._sockets = sockets
+        self._servers = [
+            uvicorn.Server(
+                uvicorn.Config(
+                    app,
+                    http=_bounded_protocol(limits.max_connections, limits.head_timeout_s),
+                    lifespan="off",
+                    log_config=None,
+                    access_log=False,
+                    server_header=False,
+                    h11_max_incomplete_event_size=_MAX_HEAD_BYTES,
+                    timeout_keep_alive=5,
+                )
+            )
+            for _ in sockets
+        ]
+        self._thread: threading.Thread | None = None
+        self._failed: BaseException | None = None
+
+    @property
+    def port(self) -> int | None:
+        """The bound TCP port, if there is a TCP listener."""
+        for sock in self._sockets:
+            if sock.family != socket.AF_UNIX:
+                return int(sock.getsockname()[1])
+        return None
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Serve in a thread; return once every listener accepts.
+
+        Raises:
+            OSError: the server did not start.
+        """
+        self._thread = threading.Thread(target=self._run, name="rest-api", daemon=True)
+        self._thread.start()
+        deadline = threading.Event()
+        for _ in range(int(timeout / 0.02)):
+            if all(s.started for s in self._servers) or self._failed is not None:
+                break
+            deadline.wait(0.02)
+        if not all(s.started for s in self._servers):
+            self.stop(0)
+            raise OSError(f"the REST API did not start: {self._failed or 'timed out'}")
+
+    def _run(self) -> None:
+        async def serve_all() -> None:
+            await asyncio.gather(
+                *(
+                    s.serve(sockets=[sock])
+                    for s, sock in zip(self._servers, self._sockets, strict=True)
+                )
+            )
+
+        try:
+            asyncio.run(serve_all())
+        except BaseException as exc:  # noqa: BLE001 - uvicorn exits with SystemExit; report it
+            self._failed = exc
+            log.error("the REST API stopped: %r", exc)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting, let requests in progress finish within ``grace`` s, close."""
+        for server in self._servers:
+            server.config.timeout_graceful_shutdown = max(1, round(grace))
+            server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=grace + 5)
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+def _unix_listener(path: Path) -> socket.socket:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_socket():
+        path.unlink()  # left by a previous run that was killed
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        # Owner and group (the apps allowed to use the device's models), nobody else: as the
+        # gRPC socket (agent.inference.oip.create_server).
+        path.chmod(0o660)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _tcp_listener(address: str) -> socket.socket:
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    infos = socket.getaddrinfo(host or None, int(port), type=socket.SOCK_STREAM)
+    family, kind, proto, _, where = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(where)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def create_rest_server(
+    serving: Serving,
+    *,
+    socket_path: Path | None = None,
+    tcp_address: str | None = None,
+    limits: RestLimits | None = None,
+) -> RestServer:
+    """Bind the REST API's listeners (not start them).
+
+    Raises:
+        OSError: a listener could not be bound (a taken port, a bad path).
+        ValueError: ``tcp_address`` is not host:port.
+    """
+    limits = limits or RestLimits()
+    sockets: list[Any] = []
+    try:
+        if socket_path is not None:
+            sockets.append(_unix_listener(socket_path))
+        if tcp_address:
+            sockets.append(_tcp_listener(tcp_address))
+    except (OSError, ValueError):
+        for sock in sockets:
+            sock.close()
+        raise
+    return RestServer(build_app(serving, limits), sockets, limits)
