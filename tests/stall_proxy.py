@@ -82,7 +82,8 @@ class StallProxy:
                     self._accept()
                 else:
                     pair, source, target, downstream = key.data
-                    self._pump(pair, source, target, downstream=downstream)
+                    if not pair.dead:  # killed by its other end's event in this round
+                        self._pump(pair, source, target, downstream=downstream)
 
     def _accept(self) -> None:
         try:
@@ -107,7 +108,11 @@ class StallProxy:
         self._selector.register(upstream, selectors.EVENT_READ, (pair, upstream, client, True))
 
     def _kill(self, pair: _Pair) -> None:
-        """Stop reading and writing the pair's sockets, but keep them open."""
+        """Stop reading and writing the pair's sockets, but keep them open. Once: one select
+        can return both ends of a pair, and the second must not unregister again (a KeyError
+        that ended this thread, and with it every later connection)."""
+        if pair.dead:
+            return
         pair.dead = True
         for sock in pair.sockets:
             self._selector.unregister(sock)
