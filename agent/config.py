@@ -13,6 +13,7 @@ Example (packaging/config/agent.toml has the annotated version)::
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -35,6 +36,7 @@ __all__ = [
     "ServerSection",
     "TelemetrySection",
     "UpdatesSection",
+    "ValidationSection",
     "line_of",
     "load_config",
     "routing_policy",
@@ -140,6 +142,16 @@ class RoutingSection:
 
 
 @dataclass(frozen=True)
+class ValidationSection:
+    """A model's input validation (docs/inference-api.md): refuse NaN and infinities, and
+    values outside [min, max] in real numbers."""
+
+    finite: bool = True
+    min: float = -math.inf
+    max: float = math.inf
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     agent: AgentSection = field(default_factory=AgentSection)
     server: ServerSection = field(default_factory=ServerSection)
@@ -150,6 +162,7 @@ class AgentConfig:
     telemetry: TelemetrySection = field(default_factory=TelemetrySection)
     cloud: CloudSection = field(default_factory=CloudSection)
     routing: dict[str, RoutingSection] = field(default_factory=dict)  # per model name
+    validation: dict[str, ValidationSection] = field(default_factory=dict)  # per model name
 
     def warnings(self) -> list[str]:
         """What is allowed but unsafe: listeners other hosts can reach without TLS or auth."""
@@ -305,6 +318,8 @@ def _candidates(configured: Path | None, credential: str) -> list[Path]:
 
 
 _T = TypeVar("_T")
+# Tables of one section per model name: [routing.MODEL], [validation.MODEL].
+_PER_MODEL: dict[str, type[Any]] = {"routing": RoutingSection, "validation": ValidationSection}
 
 
 def _build(cls: type[_T], raw: Any, where: str) -> _T:
@@ -323,11 +338,11 @@ def _build(cls: type[_T], raw: Any, where: str) -> _T:
         key = f"{where}.{name}" if where else name
         if is_dataclass(default):
             values[name] = _build(type(default), value, key)
-        elif cls is AgentConfig and name == "routing":
+        elif cls is AgentConfig and name in _PER_MODEL:
             table = _expect(value, dict, key)
             values[name] = {
-                model: _build(RoutingSection, policy, f"routing.{model}")
-                for model, policy in table.items()
+                model: _build(_PER_MODEL[name], section, f"{name}.{model}")
+                for model, section in table.items()
             }
         elif isinstance(default, bool):
             values[name] = _expect(value, bool, key)
@@ -428,6 +443,9 @@ def _validate(config: AgentConfig) -> None:
             routing_policy(r)
         except ConfigError as exc:
             raise ConfigError(f"routing.{model}: {exc}") from exc
+    for model, v in config.validation.items():
+        if math.isnan(v.min) or math.isnan(v.max) or v.min > v.max:
+            raise ConfigError(f"validation.{model}: min {v.min:g} must be at most max {v.max:g}")
     if config.telemetry.mqtt_url and not config.telemetry.mqtt_url.startswith(
         ("mqtt://", "mqtts://")
     ):

@@ -84,7 +84,11 @@ def test_sighup_applies_routing_while_the_server_is_unreachable(
 ) -> None:
     agent, original = _serving_without_server(tmp_path, broker_url, server_factory, "hup-1")
     started.append(agent)
-    agent.config.write_text(original + _cascade(0.5))
+    # A NaN frame runs before the reload: nothing asks for input validation yet.
+    nan = np.full((1, 64), np.nan, dtype=np.float32)
+    infer(agent.socket, "digits", "pixels", nan)
+    validation = "\n[validation.digits]\nmin = 0\nmax = 16\n"  # the digits' pixel range
+    agent.config.write_text(original + _cascade(0.5) + validation)
     _hup(agent)
     # No cloud anywhere: the cascade asks for it, is told there is none, and serves locally.
 
@@ -96,6 +100,13 @@ def test_sighup_applies_routing_while_the_server_is_unreachable(
     assert params["edgefleet.path"] == "local"
     assert params["edgefleet.reason"].endswith(f"< 0.5; {NO_CLOUD}")
     assert params["edgefleet.cloud_skipped"] == NO_CLOUD
+    # The same reload applied the validation: NaN and 255 are refused, the agent goes on.
+    for bad, why in ((nan, "NaN or infinite"), (np.full((1, 64), 255.0, np.float32), "outside")):
+        with pytest.raises(grpc.RpcError) as caught:
+            infer(agent.socket, "digits", "pixels", bad)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert why in str(caught.value.details())
+    assert "input validation of 1 model(s)" in agent.output()
 
 
 def test_sighup_while_enrolling_applies_and_a_broken_file_changes_nothing(

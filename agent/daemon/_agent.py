@@ -21,7 +21,7 @@ from pathlib import Path
 from agent.client import DeviceClient
 from agent.config import AgentConfig, routing_policy
 from agent.daemon._cloud import open_cloud
-from agent.daemon._control import ControlLoop
+from agent.daemon._control import ControlLoop, input_rules
 from agent.daemon._enroll import EnrollLoop
 from agent.daemon._state import AgentState
 from agent.daemon._telemetry import TelemetryLoop
@@ -92,6 +92,7 @@ class Agent:
             overrides={name: routing_policy(r) for name, r in config.routing.items()},
             breaker=Breaker(cloud.breaker_failures, cloud.breaker_cooldown_s),
         )
+        self.engine.set_input_rules(input_rules(config))
         self.notifier = Notifier()
         self._control = ControlLoop(
             state=self.state,

@@ -32,11 +32,12 @@ from agent.daemon._state import AgentState
 from agent.errors import AgentError, ConfigError
 from agent.inference.bench import run_benchmark
 from agent.inference.engine import Engine
+from agent.inference.validation import InputRule
 from agent.routing.cloud import CloudTarget
 from agent.routing.router import Router
 from protos import device_pb2, telemetry_pb2
 
-__all__ = ["ControlLoop", "ReloadPlan", "plan_reload"]
+__all__ = ["ControlLoop", "ReloadPlan", "input_rules", "plan_reload"]
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +61,29 @@ class ReloadPlan:
     changes: tuple[str, ...]
 
 
+def input_rules(config: AgentConfig) -> dict[str, InputRule]:
+    """The engine's input validation per model, from the [validation.MODEL] tables."""
+    return {
+        name: InputRule(finite=v.finite, low=v.min, high=v.max)
+        for name, v in config.validation.items()
+    }
+
+
 def plan_reload(current: AgentConfig, new: AgentConfig) -> ReloadPlan:
     """Decide what a reload from ``new`` applies to an agent running with ``current``: the
-    ``[routing.*]`` overrides, ``[cloud]``, ``telemetry.interval_s`` and the enrollment
-    settings of ``[server]`` (token, token file, CA file) apply at once; any other setting that
-    differs is named as applying after a restart and keeps its running value.
+    ``[routing.*]`` overrides, ``[validation.*]``, ``[cloud]``, ``telemetry.interval_s`` and
+    the enrollment settings of ``[server]`` (token, token file, CA file) apply at once; any
+    other setting that differs is named as applying after a restart and keeps its running
+    value.
     """
-    live = replace(current, routing=new.routing, cloud=new.cloud)
+    live = replace(current, routing=new.routing, validation=new.validation, cloud=new.cloud)
     changes = [f"{len(new.routing)} routing override(s)"]
     if new.routing:
         named = [f"{name[:64]} {r.policy}" for name, r in sorted(new.routing.items())]
         more = f" and {len(named) - _NAMED} more" if len(named) > _NAMED else ""
         changes[0] += f" ({', '.join(named[:_NAMED])}{more})"
+    if new.validation != current.validation:
+        changes.append(f"input validation of {len(new.validation)} model(s)")
     cloud_changed = new.cloud != current.cloud
     if cloud_changed:
         changes.append(f"cloud {new.cloud.url or 'from the server'}")
@@ -182,12 +194,14 @@ class ControlLoop:
         # Everything is built before anything changes: a bad file changes nothing.
         plan = plan_reload(state.config, new)
         overrides = {name: routing_policy(r) for name, r in new.routing.items()}
+        rules = input_rules(new)
         client = None
         if plan.cloud_changed and new.cloud.url:
             target = CloudTarget(new.cloud.url, new.cloud_token(), new.cloud_ca())
             client = open_cloud(new.cloud, target)
         with state.cloud_lock:
             self._router.set_overrides(overrides)
+            self._engine.set_input_rules(rules)
             if plan.cloud_changed:
                 old, self._router.cloud = self._router.cloud, client
                 state.server_endpoint = None  # the server's applies again at the next check-in

@@ -42,6 +42,7 @@ from agent.inference.backends import choose_backend, load_edgetpu_delegate
 from agent.inference.metrics import ModelMetrics, StatsWindow
 from agent.inference.modelfile import EDGETPU_CUSTOM_OP, ModelInfo, inspect_model_file
 from agent.inference.runtime import find_runtime
+from agent.inference.validation import InputRule
 
 __all__ = [
     "CLIENT_WINDOW_S",
@@ -426,6 +427,15 @@ class Engine:
         self._lock = threading.RLock()
         self.loads = 0
         self.evictions = 0
+        self._input_rules: Mapping[str, InputRule] = {}
+
+    def set_input_rules(self, rules: Mapping[str, InputRule]) -> None:
+        """Validate the inputs of these models from now on (the config's [validation.*])."""
+        self._input_rules = dict(rules)  # one assignment: requests see the old or the new
+
+    def input_rule(self, name: str) -> InputRule | None:
+        """The input validation of model ``name``, if the config asks for one."""
+        return self._input_rules.get(name)
 
     def _default_loader(
         self, path: Path, name: str, version: str, models_per_tpu: Mapping[str, int], deferred: bool

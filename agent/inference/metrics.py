@@ -61,6 +61,7 @@ class ModelMetrics:
         self.requests = 0
         self.errors = 0
         self.rejected = 0
+        self.invalid = 0  # refused by the model's input validation (not the model's errors)
         self.in_flight = 0
         self.success_ms = 0.0  # queue + compute of the requests that returned a result
         self.fail_ms = 0.0  # ... of those that failed while running
@@ -112,6 +113,13 @@ class ModelMetrics:
             self._window_requests += 1
             self._window_errors += 1
 
+    def refused_input(self) -> None:
+        """Count a request its model's input validation refused: the client's fault, so
+        neither a request the model ran nor an error of it (a rollout's health gate reads
+        those)."""
+        with self._lock:
+            self.invalid += 1
+
     def gave_up(self) -> None:
         """Count a started request that found no free interpreter in time (a rejection)."""
         with self._lock:
@@ -149,6 +157,7 @@ class ModelMetrics:
         with self._lock:
             copy.requests, copy.errors = self.requests, self.errors
             copy.rejected, copy.in_flight = self.rejected, self.in_flight
+            copy.invalid = self.invalid
             copy.success_ms, copy.fail_ms = self.success_ms, self.fail_ms
             copy.last_inference = self.last_inference
             for name in ("queue_ms", "compute_ms"):
@@ -205,6 +214,12 @@ _COUNTERS = (
         "counter",
         "Requests refused at admission: the model's places full, or the app over its share.",
         "rejected",
+    ),
+    (
+        "invalid_total",
+        "counter",
+        "Requests refused by the model's input validation ([validation.MODEL]).",
+        "invalid",
     ),
     ("in_flight", "gauge", "Requests queued or running.", "in_flight"),
 )

@@ -37,6 +37,7 @@ from agent.inference.tensors import (
     shm_range,
     tensor_metadata,
 )
+from agent.inference.validation import InvalidInputError
 from agent.routing.policy import Policy, cascade_reason, precheck
 from agent.routing.router import Router
 from protos import inference_pb2 as pb
@@ -307,11 +308,14 @@ class Serving:
         """
         model = self.model(request.model_name, request.model_version)
         try:
-            inputs, real_values = decode_inputs(request, model, self.shm)
+            rule = self.engine.input_rule(model.name)
+            inputs, real_values = decode_inputs(request, model, self.shm, rule)
             outputs = model.infer(inputs, client=client)
         except AgentError as exc:
             if isinstance(exc, InferenceError):
                 log.warning("inference failed: %s", exc)
+            elif isinstance(exc, InvalidInputError):
+                model.stats.refused_input()
             raise RequestError(status_for(exc), str(exc)) from exc
         requested = {o.name: o for o in request.outputs}
         known = {t.name for t in model.info.outputs}

@@ -16,6 +16,7 @@ import numpy as np
 from agent.inference.engine import LoadedModel
 from agent.inference.modelfile import TensorInfo
 from agent.inference.shm import SharedMemoryRegistry
+from agent.inference.validation import InputRule
 from protos import inference_pb2 as pb
 
 __all__ = [
@@ -149,14 +150,19 @@ def _specs(model: LoadedModel) -> dict[str, _InputSpec]:
 
 
 def decode_inputs(
-    request: pb.ModelInferRequest, model: LoadedModel, shm: SharedMemoryRegistry
+    request: pb.ModelInferRequest,
+    model: LoadedModel,
+    shm: SharedMemoryRegistry,
+    rule: InputRule | None = None,
 ) -> tuple[list[np.ndarray], bool]:
     """The request's inputs as arrays in graph order, and whether the client sent real values
-    for quantized inputs (then outputs go back dequantized too).
+    for quantized inputs (then outputs go back dequantized too). ``rule``: the model's input
+    validation, applied to each input as given (before real values are quantized).
 
     Raises:
         RequestError: with INVALID_ARGUMENT for any mismatch.
         InputError: a shared-memory range that is not registered or out of bounds.
+        InvalidInputError: an input ``rule`` refuses.
     """
     specs = _specs(model)
     given_inputs = request.inputs
@@ -232,6 +238,8 @@ def decode_inputs(
                 )
             array = np.asarray(values).astype(wire)
         array = array.reshape(shape)
+        if rule is not None:
+            rule.check(model.name, given.name, array, spec.tensor)
         if as_float:
             array = quantize(array, spec.tensor)
         arrays[spec.index] = array.astype(spec.dtype, copy=False)
