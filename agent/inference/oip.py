@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from agent.errors import AgentError
 from agent.inference.engine import Engine
-from agent.inference.serving import RequestError, Serving, uses_shm
+from agent.inference.serving import RequestError, Serving, on_socket, uses_shm
 from agent.inference.shm import SharedMemoryRegistry
 from agent.inference.status import AgentFacts, add_status_service
 from agent.inference.tensors import DTYPE_TO_OIP, OIP_TO_DTYPE
@@ -37,15 +37,6 @@ __all__ = [
 ]
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-
-
-def _on_socket(context: Any) -> bool:
-    """Whether a call came through the unix socket (whose group decides who may connect).
-
-    Shared memory is served there only: a TCP port (``api.listen``, the fleet server's cloud
-    service) is open to every user of the host, or to other hosts, and the registry's checks
-    stand in for the socket's group."""
-    return str(context.peer()).startswith("unix:")
 
 
 CLIENT_ID_KEY = "edgefleet-client-id"  # request metadata (REST: a header): an app's name
@@ -67,7 +58,7 @@ def client_id(context: Any) -> str:
 
 def _socket_only(context: Any) -> None:
     """Abort a shared-memory call that did not come through the unix socket."""
-    if not _on_socket(context):
+    if not on_socket(context):
         context.abort(
             grpc.StatusCode.PERMISSION_DENIED,
             "shared memory is served on the agent's unix socket only, not over TCP",
@@ -106,7 +97,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def ServerMetadata(  # noqa: N802
         self, request: pb.ServerMetadataRequest, context: Any
     ) -> pb.ServerMetadataResponse:
-        return self._serving.server_metadata(shared_memory=_on_socket(context))
+        return self._serving.server_metadata(shared_memory=on_socket(context))
 
     def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:  # noqa: N802
         return pb.ModelReadyResponse(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 import numpy as np
@@ -67,6 +68,15 @@ def status_for(exc: AgentError) -> grpc.StatusCode:
         if isinstance(exc, kind):
             return code
     return grpc.StatusCode.UNAVAILABLE  # the model exists but cannot be loaded now
+
+
+def on_socket(context: Any) -> bool:
+    """Whether a gRPC call came through the unix socket (whose group decides who may connect).
+
+    Shared memory and the agent's status are served there only: a TCP port (``api.listen``,
+    the fleet server's cloud service) is open to every user of the host, or to other hosts,
+    and the registry's checks stand in for the socket's group."""
+    return str(context.peer()).startswith("unix:")
 
 
 def uses_shm(request: pb.ModelInferRequest) -> bool:

@@ -21,6 +21,7 @@ import grpc
 from agent import __version__
 from agent.inference.engine import Engine, ModelStatus
 from agent.inference.modelfile import TensorInfo
+from agent.inference.serving import on_socket
 from agent.inference.tensors import DTYPE_TO_OIP
 from agent.routing.router import Router
 from protos import agent_local_pb2 as pb
@@ -102,7 +103,7 @@ class StatusServicer(pb_grpc.AgentLocalServicer):
         self._started = time.monotonic()
 
     def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:  # noqa: N802
-        if not str(context.peer()).startswith("unix:"):
+        if not on_socket(context):
             context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 "the agent's status is served on its unix socket only, not over TCP",
