@@ -44,18 +44,18 @@ def test_a_broker_outage_and_an_agent_restart_lose_nothing(
     wait_for("telemetry", lambda: last_seq(server, "edge-1") >= 3)
     assert device(server, "edge-1")["online_state"] == "online"
 
-    broker.proc.stop()  # the broker goes away for 30 s; the agent keeps measuring
-    time.sleep(12)
+    broker.proc.stop()  # the broker goes away; the agent keeps measuring (2 reports a second)
+    time.sleep(6)
     agent.stop()  # and restarts meanwhile, with a spool full of reports
     assert "stay spooled for the next start" in agent.output()
     agent.start()
-    time.sleep(18)
+    time.sleep(6)
     broker = start_mosquitto(tmp_path / "broker", broker.port, persistent=True)
 
     # Everything spooled arrives, in order: the server saw every number, no gap.
     before = last_seq(server, "edge-1")
-    # (The agent retries the broker at most every 15 s, then replays.)
-    wait_for("the replay", lambda: last_seq(server, "edge-1") >= before + 50, timeout=90)
+    # (The agent retries the broker at most every 15 s, then replays about 20 reports.)
+    wait_for("the replay", lambda: last_seq(server, "edge-1") >= before + 18, timeout=90)
     shown = device(server, "edge-1")  # one snapshot: the replay goes on while it is read
     assert int(shown["telemetry_gaps"]) == 0
     seq = int((shown.get("last_telemetry") or {}).get("seq", 0))
