@@ -16,6 +16,9 @@ Baselines and measurements (each ratio is taken within this one run, on this mac
      same client process.
   D. a real `edgefleet-agent run` process serving two models from its store: time from start to
      the first served inference, and its RSS.
+  E. a 1080p uint8 frame inline in the request vs through shared memory.
+  F. the small model's p95 while a client process floods the heavy CNN with 64 threads (its
+     excess refused at admission): the ratio to its p95 without the flood, same run.
 Prints a Markdown table for docs/benchmarks.md, one row as soon as it is measured. --quick runs
 every part with 100 iterations and 0.5 s windows (a check that the benchmark still works; its
 figures mean little).
@@ -472,6 +475,33 @@ def main() -> int:
         ):
             p50, p95 = stats(samples)
             emit((label, f"{p50:.3f} ms", f"{p95:.3f} ms", f"{p50 / inline_p50:.2f}x inline"))
+        # F. a flood on one model: another model's latency, and how much of the flood is served
+        flood_threads = 64  # far more calls than the heavy model's 2 + 32 places
+        flood_s = 3.0 + n * 0.01  # the flood client's start, then the whole measurement
+        calm_s = measure(lambda: stub.ModelInfer(request), n)
+        heavy_stats = engine.get("heavy").stats
+        refused_before = heavy_stats.snapshot().rejected
+        with futures.ThreadPoolExecutor(1) as pool:
+            flood = pool.submit(remote_throughput, children, tmp / "oip.sock", OIP_INFER,
+                                heavy_bytes, clients=flood_threads, seconds=flood_s)  # fmt: skip
+            wait_for("the flood", lambda: heavy_stats.snapshot().rejected > refused_before,
+                     timeout=60, interval=0.05)  # fmt: skip
+            flooded_s = measure(lambda: stub.ModelInfer(request), n, warmup=5)
+            flood_rate = flood.result()
+        refused = heavy_stats.snapshot().rejected - refused_before
+        calm_p50, calm_p95 = stats(calm_s)
+        flooded_p50, flooded_p95 = stats(flooded_s)
+        emit(("mobilenet ModelInfer, no other load", f"{calm_p50:.3f} ms", f"{calm_p95:.3f} ms",
+              "1.00x p95"))  # fmt: skip
+        emit(
+            (
+                f"mobilenet ModelInfer while {flood_threads} threads flood the heavy CNN "
+                f"({flood_rate:.1f}/s served, {refused} refused and counted)",
+                f"{flooded_p50:.3f} ms",
+                f"{flooded_p95:.3f} ms",
+                f"{flooded_p95 / calm_p95:.2f}x p95",
+            )
+        )
         server.stop(0)
         for each in (memory, frame_memory):
             each.close()
