@@ -10,13 +10,13 @@ Bad input raises :class:`BodyError`.
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 from google.protobuf.message import Message
 
 from agent.inference.tensors import OIP_TO_DTYPE
@@ -160,8 +160,9 @@ def parse_infer(
             f"Inference-Header-Content-Length is {header_length}, the body has {len(body)} bytes"
         )
     try:
-        raw = json.loads(body[:header_length])
-    except (ValueError, RecursionError) as exc:
+        # orjson: a request's tensors are tens of thousands of numbers (json: 4x the time).
+        raw = orjson.loads(body[:header_length])
+    except (ValueError, RecursionError) as exc:  # orjson.JSONDecodeError is a ValueError
         raise BodyError(f"the request is not valid JSON: {str(exc)[:200]}") from exc
     doc = _object(raw, "the request")
     request = pb.ModelInferRequest(model_name=model_name, model_version=model_version)
@@ -280,7 +281,7 @@ def encode_infer(response: pb.ModelInferResponse, plan: OutputPlan) -> tuple[byt
             entry["data"] = _split_bytes(raw)
         else:
             dtype = np.dtype(OIP_TO_DTYPE.get(tensor.datatype, "float32")).newbyteorder("<")
-            entry["data"] = np.frombuffer(raw, dtype=dtype).tolist()
+            entry["data"] = np.frombuffer(raw, dtype=dtype).astype(dtype.newbyteorder("="))
         outputs.append(entry)
     doc: dict[str, Any] = {"model_name": response.model_name}
     if response.model_version:
@@ -290,7 +291,8 @@ def encode_infer(response: pb.ModelInferResponse, plan: OutputPlan) -> tuple[byt
     if response.parameters:
         doc["parameters"] = {k: _parameter_value(v) for k, v in response.parameters.items()}
     doc["outputs"] = outputs
-    header = json.dumps(doc, separators=(",", ":")).encode()
+    # Arrays are written by orjson itself (no Python float per value); NaN becomes null.
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:
         return header, None
     return b"".join([header, *chunks]), len(header)
