@@ -602,3 +602,63 @@ def test_admission_refuses_over_rest_as_over_grpc_and_counts_it(device: Device) 
     wait_for("the refusals counted", lambda: device.rejected("mobilenet") - before == len(refusals),
              timeout=10)  # fmt: skip
     served(device)
+
+
+def test_announced_bodies_that_never_come_hold_no_budget(device: Device) -> None:
+    # Two TCP connections announce the largest body each (64 MiB, together the 128 MiB every
+    # body shares) and send none of it. Before the fix the agent reserved the budget by the
+    # announcement: for 30 s every app on the unix socket, and every other client, got 503.
+    holders = []
+    try:
+        for _ in range(2):
+            sock = socket.create_connection(("127.0.0.1", device.port), timeout=10)
+            sock.sendall(head("/v2/models/pair/infer", Content_Length=64 << 20,
+                              Inference_Header_Content_Length=10))  # fmt: skip
+            holders.append(sock)
+        time.sleep(0.5)  # the agent has read both heads
+        code, body = curl(device, "/v2/models/pair/infer", "--data-binary", pair_json().decode())
+        assert code == 200, body
+        status, _, answer = http(device.url("/v2/models/pair/infer"), pair_json())
+        assert status == 200, answer
+    finally:
+        for sock in holders:
+            sock.close()
+
+
+def test_a_non_ascii_digit_length_is_a_400_not_a_crash(device: Device) -> None:
+    # "²" (latin-1 0xb2) passes str.isdigit() and then fails int(): before the fix a 500 and a
+    # traceback in the agent's log for each such request.
+    for value in (b"\xb2", b"1\xb9", b"\xd9\xa1"):
+        raw = (
+            b"POST /v2/models/pair/infer HTTP/1.1\r\nHost: agent\r\nContent-Length: 2\r\n"
+            b"Inference-Header-Content-Length: " + value + b"\r\n\r\n{}"
+        )
+        answer = raw_request(device, raw)
+        assert answer.startswith(b"HTTP/1.1 400"), (value, answer[:300])
+        assert b"not a byte count" in answer, answer
+    served(device)
+
+
+def test_clients_that_never_read_their_answers_are_cut(device: Device) -> None:
+    # Each connection pipelines requests and reads nothing: its answers fill the socket and the
+    # agent waits to write. Before the fix such a connection was held for ever, and 64 of them
+    # (the listener's cap) locked every app out of the REST socket ("too many connections").
+    request = b"GET /v2/models/pair HTTP/1.1\r\nHost: agent\r\n\r\n"
+    stalled = []
+    try:
+        for _ in range(64):
+            sock = socket.socket(socket.AF_UNIX)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(str(device.rest_socket))
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                for _ in range(20_000):
+                    sock.send(request)
+            stalled.append(sock)
+        # The head deadline (10 s) and as long again for a stalled answer.
+        wait_for("the agent to cut the stalled clients",
+                 lambda: curl(device, "/v2/health/live")[0] == 200, timeout=40)  # fmt: skip
+    finally:
+        for sock in stalled:
+            sock.close()
+    served(device)
