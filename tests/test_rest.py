@@ -7,6 +7,7 @@ slow connections), after each of which the agent still serves another client."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -662,3 +663,73 @@ def test_clients_that_never_read_their_answers_are_cut(device: Device) -> None:
         for sock in stalled:
             sock.close()
     served(device)
+
+
+def ready(url: str) -> bool:
+    return http(url)[0] == 200
+
+
+@pytest.fixture
+def default_places(tmp_path: Path, color_models: Path) -> Iterator[Device]:
+    """An agent with the default places per model (2 workers + 32 waiting: more than the REST
+    API's threads once held), serving ``pair`` and the slower ``heavy``."""
+    server = start_server(tmp_path / "fleet", None)
+    agent: Agent | None = None
+    try:
+        models = {"pair": color_models / "pair_float.tflite",
+                  "heavy": color_models / "heavy_float.tflite"}  # fmt: skip
+        for name, path in models.items():
+            server.admin("models", "push", str(path), "--name", name, "--version", "1.0.0")
+            server.admin("deploy", name, "1.0.0")
+        port = free_port()
+        agent = make_agent(tmp_path, "edge-places", server, checkin_s=1.0)
+        text = agent.config.read_text()
+        listen = f'socket = "oip.sock"\nrest_listen = "127.0.0.1:{port}"'
+        agent.config.write_text(text.replace('socket = "oip.sock"', listen))
+        agent.start()
+        dev = Device(agent, port, models, 0)
+        for name in models:
+            url = dev.url(f"/v2/models/{name}/ready")
+            wait_for(f"{name} over REST", functools.partial(ready, url), timeout=90)
+        yield dev
+    finally:
+        if agent is not None and agent.proc is not None:
+            agent.stop()
+        server.proc.stop()
+
+
+def test_a_rest_flood_on_one_model_does_not_hold_every_thread(default_places: Device) -> None:
+    # 60 connections keep calls to `heavy` in flight. Its places (34) outnumbered the REST
+    # API's 16 threads, so every thread waited in heavy's queue and a call to `pair` waited
+    # behind the whole flood for a thread (issue 20's gRPC starvation, over REST).
+    device = default_places
+    image = np.zeros((1, 224, 224, 3), "<f4").tobytes()
+    given = {"name": "image", "shape": [1, 224, 224, 3], "datatype": "FP32",
+             "parameters": {"binary_data_size": len(image)}}  # fmt: skip
+    doc = json.dumps({"inputs": [given]}).encode()
+    stop = threading.Event()
+
+    def flood() -> None:
+        while not stop.is_set():
+            http(device.url("/v2/models/heavy/infer"), doc + image,
+                 {"Inference-Header-Content-Length": str(len(doc))})  # fmt: skip
+
+    flooders = [threading.Thread(target=flood, daemon=True) for _ in range(60)]
+    for thread in flooders:
+        thread.start()
+    try:
+        time.sleep(2)  # the flood is on
+        took = []
+        for _ in range(15):
+            started = time.monotonic()
+            code, _, body = http(device.url("/v2/models/pair/infer"), pair_json())  # same listener
+            took.append(time.monotonic() - started)
+            assert code == 200, body
+    finally:
+        stop.set()
+        for thread in flooders:
+            thread.join(30)
+    took.sort()
+    # Before the fix: about 0.25 s each (waiting for a thread); a call that gets a thread at
+    # once takes a few ms, on a machine the flood keeps busy.
+    assert took[len(took) // 2] < 0.1, took

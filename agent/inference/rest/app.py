@@ -64,7 +64,8 @@ class RestLimits:
     max_json_bytes: int = 16 * 1024 * 1024  # its JSON part: decoded JSON takes several times it
     max_bodies_bytes: int = 128 * 1024 * 1024  # every body held at once, all clients together
     body_timeout_s: float = 30.0  # a body must arrive within this
-    threads: int = 16  # requests running in the engine at once (more wait for a thread)
+    threads: int = 64  # requests running in the engine at once (more wait for a thread)
+    model_threads: int = 16  # of them, one model's (more wait, holding no thread)
     json_decoders: int = 2  # JSON bodies decoded at once
     max_connections: int = 64  # per listener; more are answered 503 and closed
     head_timeout_s: float = 10.0  # a connection must send a request's head within this
@@ -76,6 +77,31 @@ class _HttpError(Exception):
         self.status = status
         self.message = message
         self.close = close
+
+
+class _ModelSlots:
+    """The threads one model's requests may hold at once. A model's places (workers and queue)
+    may outnumber the API's threads; then a flood on it would hold every thread waiting in its
+    queue, and a call to another model would wait behind the flood for a thread. Beyond its
+    share a model's requests wait here, in the event loop, holding no thread."""
+
+    def __init__(self, per_model: int) -> None:
+        self._per_model = per_model
+        self._slots: dict[str, tuple[anyio.Semaphore, list[int]]] = {}  # and its users
+
+    @contextlib.asynccontextmanager
+    async def hold(self, name: str) -> AsyncIterator[None]:
+        # One event loop per app: no lock. An entry lives while a request uses or awaits it,
+        # so names a client makes up do not accumulate.
+        slot = self._slots.setdefault(name, (anyio.Semaphore(self._per_model), [0]))
+        slot[1][0] += 1
+        try:
+            async with slot[0]:
+                yield
+        finally:
+            slot[1][0] -= 1
+            if not slot[1][0]:
+                del self._slots[name]
 
 
 class _Budget:
@@ -109,6 +135,7 @@ class _Api:
         self.limits = limits
         self.budget = _Budget(limits.max_bodies_bytes)
         self.limiter = anyio.CapacityLimiter(limits.threads)
+        self.model_slots = _ModelSlots(limits.model_threads)
         self.json_gate = threading.BoundedSemaphore(limits.json_decoders)
 
     async def call(self, fn: Callable[..., _T], *args: Any) -> _T:
@@ -260,7 +287,7 @@ class _Api:
             del body
             return encode_infer(self.serving.infer(message, client), plan)
 
-        async with self.body(request, limit) as body:
+        async with self.body(request, limit) as body, self.model_slots.hold(name):
             content, json_length = await self.call(run, body)
         if json_length is None:
             return Response(content, media_type="application/json")
