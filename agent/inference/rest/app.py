@@ -3,7 +3,8 @@ the gRPC servicer): health, metadata, configuration, statistics, inference (JSON
 tensors, classification), the repository index, load and unload.
 
 Bounded: a body is refused with 413 by its declared length before any of it is read (and while
-it streams, past the cap), all the bodies held at once share one budget (503 past it), a body
+it streams, past the cap), all the bodies held at once share one budget, taken as their bytes
+arrive (503 past it; one app per listener, so one budget per listener), a body
 must arrive within ``body_timeout_s`` (408), JSON is decoded by a few threads at a time, and
 the blocking calls into the engine run on a fixed number of threads.
 """
@@ -63,7 +64,8 @@ class RestLimits:
     max_json_bytes: int = 16 * 1024 * 1024  # its JSON part: decoded JSON takes several times it
     max_bodies_bytes: int = 128 * 1024 * 1024  # every body held at once, all clients together
     body_timeout_s: float = 30.0  # a body must arrive within this
-    threads: int = 16  # requests running in the engine at once (more wait for a thread)
+    threads: int = 64  # requests running in the engine at once (more wait for a thread)
+    model_threads: int = 16  # of them, one model's (more wait, holding no thread)
     json_decoders: int = 2  # JSON bodies decoded at once
     max_connections: int = 64  # per listener; more are answered 503 and closed
     head_timeout_s: float = 10.0  # a connection must send a request's head within this
@@ -75,6 +77,31 @@ class _HttpError(Exception):
         self.status = status
         self.message = message
         self.close = close
+
+
+class _ModelSlots:
+    """The threads one model's requests may hold at once. A model's places (workers and queue)
+    may outnumber the API's threads; then a flood on it would hold every thread waiting in its
+    queue, and a call to another model would wait behind the flood for a thread. Beyond its
+    share a model's requests wait here, in the event loop, holding no thread."""
+
+    def __init__(self, per_model: int) -> None:
+        self._per_model = per_model
+        self._slots: dict[str, tuple[anyio.Semaphore, list[int]]] = {}  # and its users
+
+    @contextlib.asynccontextmanager
+    async def hold(self, name: str) -> AsyncIterator[None]:
+        # One event loop per app: no lock. An entry lives while a request uses or awaits it,
+        # so names a client makes up do not accumulate.
+        slot = self._slots.setdefault(name, (anyio.Semaphore(self._per_model), [0]))
+        slot[1][0] += 1
+        try:
+            async with slot[0]:
+                yield
+        finally:
+            slot[1][0] -= 1
+            if not slot[1][0]:
+                del self._slots[name]
 
 
 class _Budget:
@@ -108,6 +135,7 @@ class _Api:
         self.limits = limits
         self.budget = _Budget(limits.max_bodies_bytes)
         self.limiter = anyio.CapacityLimiter(limits.threads)
+        self.model_slots = _ModelSlots(limits.model_threads)
         self.json_gate = threading.BoundedSemaphore(limits.json_decoders)
 
     async def call(self, fn: Callable[..., _T], *args: Any) -> _T:
@@ -117,6 +145,9 @@ class _Api:
     @contextlib.asynccontextmanager
     async def body(self, request: Request, limit: int) -> AsyncIterator[bytes]:
         """The request's body, held within the budget until the block ends.
+
+        The budget is taken as the bytes arrive, not by the announced length: a client that
+        announces a large body and sends none of it holds nothing but its connection.
 
         Raises:
             _HttpError: 413 over ``limit`` (by its declared length, before reading any of it),
@@ -132,30 +163,19 @@ class _Api:
             )
         declared = request.headers.get("content-length")
         if declared is not None:
-            if not declared.isdigit() or len(declared) > 19:
+            length = _byte_count(declared, "Content-Length")
+            if length > limit:
                 raise _HttpError(
-                    400, f"Content-Length {declared[:40]!r} is not a byte count", close=True
-                )
-            if int(declared) > limit:
-                raise _HttpError(
-                    413, f"the body has {declared} bytes; at most {limit} are accepted", close=True
+                    413, f"the body has {length} bytes; at most {limit} are accepted", close=True
                 )
         held = [0]  # budget taken, given back when the block ends whatever happens
         try:
-            if declared is not None:
-                if not self.budget.take(int(declared)):
-                    raise _HttpError(
-                        503,
-                        "the agent holds as many request bodies as it may; retry later",
-                        close=True,
-                    )
-                held[0] = int(declared)
-            yield await self._read(request, limit, None if declared is not None else held)
+            yield await self._read(request, limit, held)
         finally:
             self.budget.give(held[0])
 
-    async def _read(self, request: Request, limit: int, held: list[int] | None) -> bytes:
-        """The body's bytes; a chunked one (``held`` given) takes its budget as it comes.
+    async def _read(self, request: Request, limit: int, held: list[int]) -> bytes:
+        """The body's bytes, taking their budget as they come (into ``held``).
 
         Raises:
             _HttpError: see :meth:`body`.
@@ -170,14 +190,13 @@ class _Api:
                             f"the body has more than {limit} bytes; at most {limit} are accepted",
                             close=True,
                         )
-                    if held is not None:
-                        if not self.budget.take(len(chunk)):
-                            raise _HttpError(
-                                503,
-                                "the agent holds as many request bodies as it may; retry later",
-                                close=True,
-                            )
-                        held[0] += len(chunk)
+                    if not self.budget.take(len(chunk)):
+                        raise _HttpError(
+                            503,
+                            "the agent holds as many request bodies as it may; retry later",
+                            close=True,
+                        )
+                    held[0] += len(chunk)
                     chunks += chunk
         except TimeoutError:
             raise _HttpError(
@@ -244,13 +263,7 @@ class _Api:
         header = request.headers.get(HEADER_LENGTH)
         header_length: int | None = None
         if header is not None:
-            if not header.strip().isdigit() or len(header) > 19:
-                raise _HttpError(
-                    400,
-                    f"Inference-Header-Content-Length {header[:40]!r} is not a byte count",
-                    close=True,
-                )
-            header_length = int(header)
+            header_length = _byte_count(header, "Inference-Header-Content-Length")
             if header_length > limits.max_json_bytes:
                 raise _HttpError(
                     413,
@@ -274,7 +287,7 @@ class _Api:
             del body
             return encode_infer(self.serving.infer(message, client), plan)
 
-        async with self.body(request, limit) as body:
+        async with self.body(request, limit) as body, self.model_slots.hold(name):
             content, json_length = await self.call(run, body)
         if json_length is None:
             return Response(content, media_type="application/json")
@@ -315,6 +328,18 @@ class _Api:
 
     async def shared_memory(self, _request: Request) -> Response:
         return _error(400, SHM_OVER_REST)
+
+
+def _byte_count(value: str, header: str) -> int:
+    """A length header's value (ASCII digits: str.isdigit() also takes "²", which int() refuses).
+
+    Raises:
+        _HttpError: 400 when it is not one.
+    """
+    value = value.strip()
+    if not (value.isascii() and value.isdigit() and len(value) <= 19):
+        raise _HttpError(400, f"{header} {value[:40]!r} is not a byte count", close=True)
+    return int(value)
 
 
 def _model_path(request: Request) -> tuple[str, str]:

@@ -1,13 +1,14 @@
 """uvicorn serving the REST app on a unix socket and, optionally, a TCP address, in a thread of
-the agent: one event loop, one uvicorn server per listener (a flood of connections on TCP
-leaves the socket's apps served).
+the agent: one event loop, one uvicorn server and one app per listener (a flood on TCP, of
+connections, bodies, threads or JSON to decode, leaves the socket's apps served: each listener
+has its own limits).
 
 The sockets are bound here, before the thread starts, so that a taken port or a bad path is an
 error of :func:`create_rest_server` (uvicorn would exit the process). Each listener holds at
-most ``max_connections`` connections (the next is answered 503 and closed), and a connection
+most ``max_connections`` connections (the next is answered 503 and closed), a connection
 that has not sent a whole request head within ``head_timeout_s`` of opening (or of its last
-answer) is closed: slow or idle clients cannot hold the agent's connections and file
-descriptors.
+answer) is closed, and one that takes none of its answers' bytes for as long is dropped: slow,
+idle or non-reading clients cannot hold the agent's connections and file descriptors.
 """
 
 from __future__ import annotations
@@ -41,10 +42,13 @@ _MAX_HEAD_BYTES = 16 * 1024  # a request line and headers; an OIP request needs 
 
 def _bounded_protocol(max_connections: int, head_timeout_s: float) -> type[H11Protocol]:
     class Bounded(H11Protocol):
-        """uvicorn's HTTP/1.1 protocol with a connection cap and a request-head deadline."""
+        """uvicorn's HTTP/1.1 protocol with a connection cap, a request-head deadline and a
+        deadline on answers the client does not take."""
 
         _deadline: asyncio.TimerHandle | None = None
         _idle_since = 0.0
+        _unsent = 0  # bytes of answers waiting for the client at the last check
+        _stalled_since = 0.0  # since when none of them has been taken
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -52,8 +56,8 @@ def _bounded_protocol(max_connections: int, head_timeout_s: float) -> type[H11Pr
                 transport.write(_TOO_MANY)
                 transport.close()
                 return
-            self._idle_since = self.loop.time()
-            self._deadline = self.loop.call_later(head_timeout_s, self._check_head)
+            self._idle_since = self._stalled_since = self.loop.time()
+            self._deadline = self.loop.call_later(min(head_timeout_s, 1.0), self._check)
 
         def connection_lost(self, exc: Exception | None) -> None:
             if self._deadline is not None:
@@ -64,15 +68,23 @@ def _bounded_protocol(max_connections: int, head_timeout_s: float) -> type[H11Pr
             self._idle_since = self.loop.time()
             super().on_response_complete()
 
-        def _check_head(self) -> None:
-            if self.transport.is_closing():
+        def _check(self) -> None:
+            now = self.loop.time()
+            unsent = self.transport.get_write_buffer_size()
+            if unsent == 0 or unsent < self._unsent:
+                self._stalled_since = now  # the client takes its answers
+            self._unsent = unsent
+            if unsent and now - self._stalled_since >= head_timeout_s:
+                # A client that reads nothing (pipelining, say) would hold its connection for
+                # ever: close() waits for the answers to be sent. Drop them.
+                self.transport.abort()
                 return
             busy = self.cycle is not None and not self.cycle.response_complete
-            left = head_timeout_s - (self.loop.time() - self._idle_since)
-            if not busy and left <= 0:
+            idle = not busy and not unsent and not self.transport.is_closing()
+            if idle and now - self._idle_since >= head_timeout_s:
                 self.transport.close()  # no whole request head in time: slow or idle
                 return
-            self._deadline = self.loop.call_later(max(left, 0.5), self._check_head)
+            self._deadline = self.loop.call_later(min(head_timeout_s, 1.0), self._check)
 
     return Bounded
 
@@ -80,7 +92,9 @@ def _bounded_protocol(max_connections: int, head_timeout_s: float) -> type[H11Pr
 class RestServer:
     """The REST API's listeners and the thread that serves them."""
 
-    def __init__(self, app: Starlette, sockets: list[socket.socket], limits: RestLimits) -> None:
+    def __init__(
+        self, apps: list[Starlette], sockets: list[socket.socket], limits: RestLimits
+    ) -> None:
         self._sockets = sockets
         self._servers = [
             uvicorn.Server(
@@ -95,7 +109,7 @@ class RestServer:
                     timeout_keep_alive=5,
                 )
             )
-            for _ in sockets
+            for app in apps
         ]
         self._thread: threading.Thread | None = None
         self._failed: BaseException | None = None
@@ -209,4 +223,5 @@ def create_rest_server(
         for sock in sockets:
             sock.close()
         raise
-    return RestServer(build_app(serving, limits), sockets, limits)
+    # An app per listener: its budget of bodies, its threads and its JSON decoders are its own.
+    return RestServer([build_app(serving, limits) for _ in sockets], sockets, limits)
