@@ -159,6 +159,8 @@ class FleetServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._data_dir = DataDir.open(settings.data_dir)
+        if not settings.worker:  # before the database opens: fleet.db, -wal and -shm too
+            self._data_dir.secure_at_start()
         self._db = Database(settings.db_url or self._data_dir.db_url)
         self._broker: EmbeddedBroker | None = None
         self._server_serial = ""  # of this process's own MQTT client certificate
@@ -225,6 +227,7 @@ class FleetServer:
             if s.no_bootstrap_token
             else data_dir.read_secret(data_dir.enrollment_token_file),
             device_mqtt_url=device_mqtt_url,
+            data_dir=data_dir,
         )
         self.ctx = ctx
         # Worker processes only serve gRPC; the main process runs the rollouts and the ingest.

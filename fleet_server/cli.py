@@ -57,28 +57,43 @@ def _passphrase(path: Path | None) -> bytes | None:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
-    from fleet_server.datadir import DataDir  # noqa: PLC0415
+    from fleet_server.datadir import DataDir, default_root_key_dir  # noqa: PLC0415
     from fleet_server.storage.db import Database  # noqa: PLC0415
 
     if args.if_missing and (args.data_dir / "fleet.json").exists():
         return 0
     passphrase = _passphrase(args.root_passphrase_file)
+    root_key_dir = None
+    if not args.keep_root_online:
+        root_key_dir = args.root_key_dir or default_root_key_dir(args.data_dir)
     data_dir = DataDir.create(
         args.data_dir,
         args.fleet_id,
         root_keys=args.root_keys,
         root_threshold=args.root_threshold,
         passphrase=passphrase,
+        root_key_dir=root_key_dir,
     )
     db = Database(data_dir.db_url)
     db.create_schema()
     db.close()
-    print(f"created {args.data_dir} for fleet {args.fleet_id}")
+    print(f"created {args.data_dir} for fleet {args.fleet_id} (files 0600, folders 0700)")
     print(f"  admin token:      {data_dir.admin_token_file}")
     print(f"  enrollment token: {data_dir.enrollment_token_file}")
     roots = f"{args.root_threshold}-of-{args.root_keys} root"
-    print(f"  keys:             {data_dir.keys_dir} ({roots})")
-    print("  keep the root keys (keys/root-*.key) offline once the fleet is set up")
+    print(f"  keys:             {data_dir.keys_dir} (release key and key list; {roots})")
+    if data_dir.root_key_dir is None:
+        print(
+            f"  root keys:        {data_dir.keys_dir}/root-*.key (--keep-root-online: anyone "
+            "who copies the data dir can sign key lists and rollbacks)"
+        )
+    else:
+        print(f"  root keys:        {data_dir.root_key_dir} (outside the data dir)")
+        print(
+            f"MOVE {data_dir.root_key_dir} OFF THIS MACHINE (e.g. to an offline USB stick); "
+            "hand the keys back only to sign: 'edgefleet keys rotate --root-key-dir DIR' or "
+            "'edgefleet models rollback ... --root-key-dir DIR' (or --root-key FILE per key)"
+        )
     return 0
 
 
@@ -95,20 +110,26 @@ def _cmd_broker_cert(args: argparse.Namespace) -> int:
     data_dir = DataDir.open(args.data_dir)
     names = list(args.name or ["localhost", "127.0.0.1", socket.gethostname()])
     key_pem, cert_pem = data_dir.ca().server_credentials(names)
-    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.out.exists():
+        args.out.mkdir(parents=True)
+        args.out.chmod(0o755)  # mosquitto's user reads the certificates from it
     key_file = args.out / "broker.key"
     fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(key_pem)
-    (args.out / "broker.crt").write_bytes(cert_pem)
-    (args.out / "fleet-ca.crt").write_bytes(data_dir.ca().cert_pem)
     crl = data_dir.ca_dir / "fleet.crl"  # the running server keeps it current
     if not crl.exists():
         crl.write_bytes(data_dir.ca().crl([]))
-    (args.out / "fleet.crl").write_bytes(crl.read_bytes())
     servers = list(args.server_name or ["main"])
-    acl = mosquitto_acl(data_dir.fleet_id, servers)
-    (args.out / "edgefleet.acl").write_text(acl, encoding="utf-8")
+    # Not secrets, and for mosquitto's user: readable by all despite the server's umask.
+    for name, data in (
+        ("broker.crt", cert_pem),
+        ("fleet-ca.crt", data_dir.ca().cert_pem),
+        ("fleet.crl", crl.read_bytes()),
+        ("edgefleet.acl", mosquitto_acl(data_dir.fleet_id, servers).encode()),
+    ):
+        (args.out / name).write_bytes(data)
+        (args.out / name).chmod(0o644)
     print(
         f"wrote {args.out}/broker.crt, broker.key (0600), fleet-ca.crt and fleet.crl for "
         f"{', '.join(names)}, and edgefleet.acl for fleet {data_dir.fleet_id} and the servers "
@@ -148,7 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    init = sub.add_parser("init", help="create a data dir: database, artifact folder, keys")
+    init = sub.add_parser(
+        "init",
+        help="create a data dir: database, artifact folder, keys",
+        description="Create a data dir (files 0600, folders 0700). The root keys, which sign "
+        "key lists and rollbacks, go to a folder beside it (DATA_DIR.root-keys) to be moved "
+        "off the machine.",
+    )
     init.add_argument("--data-dir", type=Path, required=True)
     init.add_argument("--fleet-id", default="default", help="fleet id (default: default)")
     init.add_argument("--root-keys", type=int, default=1, help="number of root keys (n)")
@@ -157,6 +184,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.add_argument(
         "--root-passphrase-file", type=Path, help="encrypt the root keys with this passphrase"
+    )
+    where = init.add_mutually_exclusive_group()
+    where.add_argument(
+        "--root-key-dir",
+        type=Path,
+        help="write the root private keys to this folder outside the data dir (0700, files "
+        "0600; default DATA_DIR.root-keys beside it), to be moved off the machine",
+    )
+    where.add_argument(
+        "--keep-root-online",
+        action="store_true",
+        help="keep the root private keys in DATA_DIR/keys, where a copy of the data dir "
+        "carries them (test and demo fleets)",
     )
     init.add_argument(
         "--if-missing",
@@ -366,6 +406,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
     setup_logging(args.log_level)
+    # The data dir (database and its -wal/-shm, keys, tokens, certificates) is for this user
+    # alone; files that must be readable by others (broker-cert's) say so themselves.
+    os.umask(0o077)
     # amqtt logs every packet at INFO; keep the server's own log readable.
     logging.getLogger("amqtt").setLevel(logging.WARNING)
     logging.getLogger("transitions").setLevel(logging.WARNING)

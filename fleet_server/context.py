@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from fleet_server.artifacts.store import ArtifactStore
 from fleet_server.audit.store import AuditLog
@@ -22,6 +23,9 @@ from fleet_server.storage.db import Database
 from fleet_server.telemetry.store import TelemetryStore
 from protos import device_pb2
 
+if TYPE_CHECKING:
+    from fleet_server.datadir import DataDir
+
 __all__ = ["ServerContext"]
 
 
@@ -38,6 +42,8 @@ class ServerContext:
     device_mqtt_url: str
     ca: FleetCA
     device_address: str = ""  # host:port of the mTLS device port, as devices should dial it
+    data_dir: DataDir | None = None  # the server's own (None: stores without one, in tests)
+    server_cert_pem: bytes = b""  # the TLS certificate the gRPC ports present (create_server)
     checkin_interval_s: int = 30
     devices: DeviceStore = field(init=False)
     refusals: RefusalStore = field(init=False)

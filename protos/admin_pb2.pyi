@@ -850,6 +850,38 @@ class ListAuditResponse(_message.Message):
     entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
     def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...
 
+class GetKeyStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Expiry(_message.Message):
+    __slots__ = ("kind", "name", "expires_unix", "due", "advice")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_FIELD_NUMBER: _ClassVar[int]
+    DUE_FIELD_NUMBER: _ClassVar[int]
+    ADVICE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    name: str
+    expires_unix: int
+    due: bool
+    advice: str
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., expires_unix: _Optional[int] = ..., due: _Optional[bool] = ..., advice: _Optional[str] = ...) -> None: ...
+
+class KeyStatus(_message.Message):
+    __slots__ = ("root_key_folders", "items", "checked_unix", "warn_days", "deployed_manifests")
+    ROOT_KEY_FOLDERS_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    CHECKED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    WARN_DAYS_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYED_MANIFESTS_FIELD_NUMBER: _ClassVar[int]
+    root_key_folders: _containers.RepeatedScalarFieldContainer[str]
+    items: _containers.RepeatedCompositeFieldContainer[Expiry]
+    checked_unix: int
+    warn_days: int
+    deployed_manifests: int
+    def __init__(self, root_key_folders: _Optional[_Iterable[str]] = ..., items: _Optional[_Iterable[_Union[Expiry, _Mapping]]] = ..., checked_unix: _Optional[int] = ..., warn_days: _Optional[int] = ..., deployed_manifests: _Optional[int] = ...) -> None: ...
+
 class CreateTokenRequest(_message.Message):
     __slots__ = ("ttl_s", "uses", "labels", "note")
     class LabelsEntry(_message.Message):

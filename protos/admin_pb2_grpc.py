@@ -159,6 +159,11 @@ class AdminServiceStub:
                 request_serializer=protos_dot_admin__pb2.ListAuditRequest.SerializeToString,
                 response_deserializer=protos_dot_admin__pb2.ListAuditResponse.FromString,
                 _registered_method=True)
+        self.GetKeyStatus = channel.unary_unary(
+                '/edgefleet.v1.AdminService/GetKeyStatus',
+                request_serializer=protos_dot_admin__pb2.GetKeyStatusRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.KeyStatus.FromString,
+                _registered_method=True)
         self.SetRoutingPolicy = channel.unary_unary(
                 '/edgefleet.v1.AdminService/SetRoutingPolicy',
                 request_serializer=protos_dot_admin__pb2.RoutingPolicyInfo.SerializeToString,
@@ -371,6 +376,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetKeyStatus(self, request, context):
+        """What the fleet's trust runs on and when it runs out: root keys on the server, the key
+        list, release keys, deployed manifests, the server's and the broker's certificates.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetRoutingPolicy(self, request, context):
         """Cloud routing: a policy per model for the devices matching a label selector.
         """
@@ -550,6 +563,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=protos_dot_admin__pb2.ListAuditRequest.FromString,
                     response_serializer=protos_dot_admin__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'GetKeyStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetKeyStatus,
+                    request_deserializer=protos_dot_admin__pb2.GetKeyStatusRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.KeyStatus.SerializeToString,
             ),
             'SetRoutingPolicy': grpc.unary_unary_rpc_method_handler(
                     servicer.SetRoutingPolicy,
@@ -1267,6 +1285,33 @@ class AdminService:
             '/edgefleet.v1.AdminService/ListAudit',
             protos_dot_admin__pb2.ListAuditRequest.SerializeToString,
             protos_dot_admin__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetKeyStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/GetKeyStatus',
+            protos_dot_admin__pb2.GetKeyStatusRequest.SerializeToString,
+            protos_dot_admin__pb2.KeyStatus.FromString,
             options,
             channel_credentials,
             insecure,

@@ -312,6 +312,11 @@ class Server:
     def ca_file(self) -> Path:
         return self.data_dir / "ca" / "ca.crt"
 
+    @property
+    def root_key_dir(self) -> Path:
+        """Where ``init`` wrote the root keys (beside the data dir, as by default)."""
+        return self.data_dir.with_name(self.data_dir.name + ".root-keys")
+
     def sim_fleet(self) -> SimFleet:
         """Where simulated devices enroll."""
         return SimFleet(self.address, self.ca_file.read_bytes())

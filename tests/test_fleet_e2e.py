@@ -748,7 +748,7 @@ def test_release_key_rotation_reaches_devices_and_a_forged_key_list_does_not(
     server, agent = one_agent_fleet
     before = server.admin("keys", "list").stdout
     assert "key list version 1" in before and "1 of 1 must sign" in before
-    rotated = server.admin("keys", "rotate").stdout
+    rotated = server.admin("keys", "rotate", "--root-key-dir", str(server.root_key_dir)).stdout
     assert "published key list version 2" in rotated
     server.admin(
         "models",
@@ -832,13 +832,22 @@ def test_a_k_of_n_fleet_needs_k_root_keys_to_rotate(tmp_path: Path) -> None:
     )
     listing = run_cli("edgefleet", "--data-dir", str(data), "keys", "list").stdout
     assert "2 of 3 must sign" in listing
-    no_pass = run_cli("edgefleet", "--data-dir", str(data), "keys", "rotate", check=False)
+    no_pass = run_cli(
+        "edgefleet",
+        "--data-dir",
+        str(data),
+        "keys",
+        "rotate",
+        "--root-key-dir",
+        str(tmp_path / "d.root-keys"),
+        check=False,
+    )
     assert no_pass.returncode == 1 and "passphrase" in no_pass.stderr
-    roots = sorted((data / "keys").glob("root-*.key"))
+    roots = sorted((tmp_path / "d.root-keys").glob("root-*.key"))
     offline = tmp_path / "offline"
     offline.mkdir()
     for key in roots[1:]:
-        key.rename(offline / key.name)  # two of the three root keys leave the server
+        key.rename(offline / key.name)  # two of the three root keys go elsewhere
     one = run_cli(
         "edgefleet",
         "--data-dir",
@@ -847,6 +856,8 @@ def test_a_k_of_n_fleet_needs_k_root_keys_to_rotate(tmp_path: Path) -> None:
         "rotate",
         "--passphrase-file",
         str(secret),
+        "--root-key-dir",
+        str(tmp_path / "d.root-keys"),
         check=False,
     )
     assert one.returncode == 1 and "1 of the fleet's root keys at hand; 2 must sign" in one.stderr
@@ -1221,7 +1232,12 @@ def test_an_explicit_root_signed_rollback_is_installed_and_cannot_be_abused(
         "models", "rollback", "colors", "1.0.0", "--root-key", str(stranger), check=False
     )
     assert bad.returncode == 1 and "0 valid root-key signature(s)" in bad.stderr
-    done = server.admin("models", "rollback", "colors", "1.0.0")  # root key from the data dir
+    # Without the root keys (init put them beside the data dir, to go offline) it is refused.
+    missing = server.admin("models", "rollback", "colors", "1.0.0", check=False)
+    assert missing.returncode == 1 and "--root-key-dir DIR" in missing.stderr
+    done = server.admin(
+        "models", "rollback", "colors", "1.0.0", "--root-key-dir", str(server.root_key_dir)
+    )
     assert "rolled colors back to 1.0.0" in done.stdout
     wait_state(server, "dev-c", "colors", "1.0.0", "INSTALLED")
     colors_still_served(agent, "1.0.0")

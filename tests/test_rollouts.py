@@ -208,7 +208,8 @@ def test_rollback_sends_the_devices_back_with_a_root_signed_manifest(fleet: Flee
     rollout_id = int(fleet.create("2.0.0", "--selector", "site=a", "--waves", "100%")["rollout_id"])
     settle(fleet, rollout_id, lambda s: s["state"] == "completed")
 
-    out = fleet.server.admin("rollouts", "rollback", str(rollout_id)).stdout
+    roots = ("--root-key-dir", str(fleet.server.root_key_dir))
+    out = fleet.server.admin("rollouts", "rollback", str(rollout_id), *roots).stdout
     assert "return to color 1.0.0" in out
     status = fleet.rollout(rollout_id)
     assert status["state"] == "rolled_back"

@@ -138,7 +138,7 @@ def test_rollback_of_a_multi_variant_release_signs_every_variant(
     token = server.enrollment_token()
     coral = SimDevice.enroll(server.sim_fleet(), token, "coral", capabilities=caps(tpu=True))
     pi = SimDevice.enroll(server.sim_fleet(), token, "pi", capabilities=caps())
-    server.admin("models", "rollback", "mn", "1.0.0")
+    server.admin("models", "rollback", "mn", "1.0.0", "--root-key-dir", str(server.root_key_dir))
     for device, variant in ((coral, "edgetpu"), (pi, "int8")):
         manifest = manifests(device)["mn"]
         assert (manifest.version, manifest.variant) == ("1.0.0", variant)

@@ -59,6 +59,8 @@ class ReleaseDriver:
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed + 1)  # noqa: S311 - reproducible, not crypto
         self._base = BASE_MODEL.read_bytes()
+        # init wrote the root keys beside the data dir; a rollback is signed with them.
+        self._roots = ("--root-key-dir", str(self.fleet.folder / "server.root-keys"))
 
     # ---------------------------------------------------------------- releases
     def push(self, *, deploy: bool = False, bad: bool = False) -> str:
@@ -175,11 +177,11 @@ class ReleaseDriver:
             self.fleet.admin("rollouts", "abort", str(rollout_id), check=False)
             return RolloutRecord(rollout_id, version, bad, "aborted (timed out)", seconds)
         if state == "paused" and bad:
-            self.fleet.admin("rollouts", "rollback", str(rollout_id))
+            self.fleet.admin("rollouts", "rollback", str(rollout_id), *self._roots)
             return RolloutRecord(rollout_id, version, bad, "rolled-back", seconds)
         if state == "paused":
             # A good release tripped the failure gate: a false rollback, shown by the check.
-            self.fleet.admin("rollouts", "rollback", str(rollout_id), check=False)
+            self.fleet.admin("rollouts", "rollback", str(rollout_id), *self._roots, check=False)
             return RolloutRecord(rollout_id, version, bad, "paused", seconds)
         if state == "completed" and not bad:
             self.good_version = version

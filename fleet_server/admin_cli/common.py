@@ -21,6 +21,7 @@ __all__ = [
     "INT32",
     "PROG",
     "Admin",
+    "add_root_key_options",
     "admin",
     "as_dict",
     "duration",
@@ -30,6 +31,7 @@ __all__ = [
     "pairs",
     "print_json",
     "read_passphrase",
+    "root_key_files",
     "root_keys",
     "whole",
 ]
@@ -129,17 +131,58 @@ def read_passphrase(path: Path | None) -> bytes | None:
         raise BadRequestError(f"cannot read {path}: {exc.strerror}") from exc
 
 
-def root_keys(args: argparse.Namespace) -> list[Any]:
-    """The root private keys an explicit rollback is signed with."""
-    from fleet_server.signing.keys import load_private_key  # noqa: PLC0415
+def add_root_key_options(parser: argparse.ArgumentParser) -> None:
+    """--root-key, --root-key-dir and --passphrase-file: how a command gets the root keys."""
+    parser.add_argument(
+        "--root-key", type=Path, action="append", help="a root key file (repeat for k of n)"
+    )
+    parser.add_argument(
+        "--root-key-dir",
+        type=Path,
+        help="a folder of root-*.key files, e.g. the DATA_DIR.root-keys folder init wrote",
+    )
+    parser.add_argument("--passphrase-file", type=Path, help="passphrase of the root keys")
+
+
+def root_key_files(args: argparse.Namespace, what: str) -> list[Path]:
+    """The root key files given (--root-key, --root-key-dir), or those in DATA_DIR/keys (a
+    data dir made with ``init --keep-root-online``).
+
+    Raises:
+        BadRequestError: none given or found; the message says where they were looked for.
+    """
+    from fleet_server.signing.keys import find_root_keys  # noqa: PLC0415
 
     files = list(args.root_key or [])
+    if args.root_key_dir:
+        found = find_root_keys(Path(args.root_key_dir))
+        if not found:
+            raise BadRequestError(f"--root-key-dir {args.root_key_dir} holds no root-*.key file")
+        files += found
     if not files and args.data_dir:
-        files = sorted((Path(args.data_dir) / "keys").glob("root-*.key"))
+        files = find_root_keys(Path(args.data_dir) / "keys")
     if not files:
-        raise BadRequestError("an explicit rollback is signed by root keys: give --root-key")
+        online = f"; none in {Path(args.data_dir) / 'keys'}" if args.data_dir else ""
+        raise BadRequestError(
+            f"{what} is signed by root keys: give --root-key FILE or --root-key-dir DIR (init "
+            f"wrote them to DATA_DIR.root-keys/ to be moved off the machine{online})"
+        )
+    return files
+
+
+def root_keys(args: argparse.Namespace) -> list[Any]:
+    """The root private keys an explicit rollback is signed with.
+
+    Raises:
+        BadRequestError: none given or found.
+        DataDirError: a key cannot be loaded.
+    """
+    from fleet_server.signing.keys import load_private_key  # noqa: PLC0415
+
     passphrase = read_passphrase(args.passphrase_file)
-    return [load_private_key(path, passphrase) for path in files]
+    return [
+        load_private_key(path, passphrase) for path in root_key_files(args, "an explicit rollback")
+    ]
 
 
 def fraction(text: str) -> float:

@@ -1,9 +1,12 @@
-"""``edgefleet keys``: the fleet's root and release keys, on a server data dir, offline."""
+"""``edgefleet keys``: the fleet's root and release keys, on a server data dir, offline; and
+``keys status``, which asks the running server what expires when."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +49,58 @@ def _cmd_keys_list(args: argparse.Namespace) -> int:
 def _cmd_keys_rotate(args: argparse.Namespace) -> int:
     from fleet_server.signing.keys import KeyStore  # noqa: PLC0415
 
+    os.umask(0o077)  # new key files and folders in the data dir are the server user's alone
     store = KeyStore(_keys_dir(args))
+    before = [k.keyid for k in store.keylist().release_keys]
+    files = common.root_key_files(args, "a new key list") if args.root_key_dir else args.root_key
     keylist = store.rotate_release(
-        root_key_files=args.root_key or (),
+        root_key_files=files or (),
         passphrase=common.read_passphrase(args.passphrase_file),
     )
     print(
         f"published key list version {keylist.version}: release key "
         f"{keylist.release_keys[0].keyid}; devices adopt it at their next check-in"
     )
+    retired = [k for k in before if (store.retired_dir / f"release-{k}.key").exists()]
+    if retired:
+        print(
+            f"moved the replaced release key(s) {', '.join(retired)} to {store.retired_dir} "
+            "(no longer used to sign)"
+        )
     return 0
+
+
+def _when(expires_unix: int, now: float) -> str:
+    days = int((expires_unix - now) // 86400)
+    if expires_unix <= now:
+        return f"expired {common.fmt_time(expires_unix)} ({-days} days ago)"
+    return f"expires {common.fmt_time(expires_unix)} (in {days} days)"
+
+
+def _cmd_keys_status(args: argparse.Namespace) -> int:
+    from protos import admin_pb2 as pb  # noqa: PLC0415
+
+    status = common.admin(args).call("GetKeyStatus", pb.GetKeyStatusRequest())
+    due = [i for i in status.items if i.due]
+    if args.json:
+        print(json.dumps(common.as_dict(status), indent=2))
+        return 1 if due else 0
+    now = float(status.checked_unix or time.time())
+    for folder in status.root_key_folders:
+        print(f"WARNING root keys are on this server: move {folder} off the machine")
+    if not status.root_key_folders:
+        print("root keys: not on this server")
+    for item in status.items:
+        label = f"{item.kind} {item.name}"
+        if item.kind == "manifest":
+            label += f" (the nearest of {status.deployed_manifests} deployed)"
+        print(f"{label}: {_when(item.expires_unix, now)}")
+    for item in due:
+        print(
+            f"WARNING {item.kind} {item.name} {_when(item.expires_unix, now)}, within "
+            f"{status.warn_days} days: {item.advice}"
+        )
+    return 1 if due else 0
 
 
 def _cmd_keys_create(args: argparse.Namespace) -> int:
@@ -83,8 +128,9 @@ def add_parsers(sub: Any) -> None:
     keys = sub.add_parser(
         "keys",
         help="the fleet's signing keys (works on a server data dir, offline)",
-        description="Root keys (k of n) sign the key list; release keys sign manifests. These "
-        "commands read and write the key files of a data dir given with --data-dir.",
+        description="Root keys (k of n) sign the key list; release keys sign manifests. list, "
+        "rotate and create read and write the key files of a data dir given with --data-dir; "
+        "status asks the running server.",
     )
     keys_sub = keys.add_subparsers(dest="action", required=True)
     klist = keys_sub.add_parser("list", help="show the current key list")
@@ -92,11 +138,20 @@ def add_parsers(sub: Any) -> None:
     rotate = keys_sub.add_parser(
         "rotate", help="replace the release key; the root keys sign a new key list"
     )
-    rotate.add_argument(
-        "--root-key", type=Path, action="append", help="a root key file (repeat for k of n)"
-    )
-    rotate.add_argument("--passphrase-file", type=Path, help="passphrase of the root keys")
+    common.add_root_key_options(rotate)
     rotate.set_defaults(func=_cmd_keys_rotate)
+    kstatus = keys_sub.add_parser(
+        "status",
+        help="what expires when: key list, release keys, deployed manifests, certificates "
+        "(asks the server)",
+        description="Asks the running server (--server, --data-dir or --token/--ca-file) about "
+        "its root keys, key list, release keys, the nearest expiry among deployed manifests, "
+        "its TLS certificate and its embedded broker's. A WARNING line for root keys on the "
+        "server and for each item within 30 days of its expiry or past it. Exit code 1 when "
+        "any item is within 30 days or expired, else 0.",
+    )
+    kstatus.add_argument("--json", action="store_true")
+    kstatus.set_defaults(func=_cmd_keys_status)
     create = keys_sub.add_parser("create", help="create an Ed25519 key file (0600)")
     create.add_argument("--out", type=Path, required=True)
     create.add_argument("--passphrase-file", type=Path, help="encrypt it with this passphrase")

@@ -375,12 +375,13 @@ def add_parsers(sub: Any) -> None:
         "rollback",
         help="explicitly roll the fleet back to an older version (signed by the root keys)",
         description="Devices refuse older releases (anti-rollback) unless the root keys sign an "
-        "explicit rollback. Root keys come from --root-key files or the --data-dir.",
+        "explicit rollback. Root keys come from --root-key files, a --root-key-dir folder "
+        "(the DATA_DIR.root-keys folder init wrote, wherever it is now), or DATA_DIR/keys "
+        "for a data dir made with 'init --keep-root-online'.",
     )
     rollback.add_argument("name")
     rollback.add_argument("version")
-    rollback.add_argument("--root-key", type=Path, action="append", help="root key file")
-    rollback.add_argument("--passphrase-file", type=Path, help="passphrase of the root keys")
+    common.add_root_key_options(rollback)
     rollback.set_defaults(func=_cmd_rollback)
 
     deploy = sub.add_parser("deploy", help="make a model version the fleet's desired version")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 from fleet_server.admin_cli import common
@@ -287,8 +286,7 @@ def add_parsers(sub: Any) -> None:
         help="send the rollout's devices back to the previous version (root-signed)",
     )
     rrollback.add_argument("id", type=common.ID)
-    rrollback.add_argument("--root-key", type=Path, action="append", help="root key file")
-    rrollback.add_argument("--passphrase-file", type=Path, help="passphrase of the root keys")
+    common.add_root_key_options(rrollback)
     rrollback.set_defaults(func=_cmd_rollouts_rollback)
 
     audit = sub.add_parser("audit", help="the audit log of admin actions, newest first")

@@ -52,6 +52,7 @@ def create_server(
     for service in ("", "edgefleet.v1.DeviceService", "edgefleet.v1.AdminService"):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     key_pem, cert_pem = ctx.ca.server_credentials(tls_names)
+    ctx.server_cert_pem = cert_pem  # for GetKeyStatus: when it expires
     main = grpc.ssl_server_credentials([(key_pem, cert_pem)])
     mutual = grpc.ssl_server_credentials(
         [(key_pem, cert_pem)], root_certificates=ctx.ca.cert_pem, require_client_auth=True

@@ -1,14 +1,18 @@
 """The fleet's keys: root keys sign key lists, release keys sign manifests.
 
-Files in ``<data dir>/keys`` (all 0600)::
+Files in ``<data dir>/keys`` (0700; files 0600)::
 
-    root-<keyid>.key      Ed25519 root private keys (PKCS#8 PEM; passphrase-protected if asked)
     release-<keyid>.key   Ed25519 release private keys
-    keylist.bin           the current signed KeyList (a DSSE-style envelope)
+    keylist.bin           the current signed KeyList (a DSSE-style envelope); only the server
+                          reads it (devices get it in check-in answers), so it is 0600 too
+    retired/              release private keys a rotation replaced (0700)
+    root-<keyid>.key      only with ``init --keep-root-online``
 
-Root keys are only needed to publish a new key list (`edgefleet keys rotate`); they can be moved
-off the server after `init` and handed back with ``--root-key`` for a rotation. The release keys
-stay online in the embedded default so that `models push` can sign.
+Root private keys (``root-<keyid>.key``, PKCS#8 PEM; passphrase-protected if asked) are only
+needed to publish a new key list (`edgefleet keys rotate`) and to sign an explicit rollback.
+``init`` writes them to a folder outside the data dir, to be moved off the machine and handed
+back with ``--root-key``/``--root-key-dir``. The release keys stay online in the embedded
+default so that `models push` can sign.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ __all__ = [
     "KEYLIST_LIFETIME_S",
     "KeyStore",
     "ManifestSigner",
+    "find_root_keys",
     "generate_key",
     "load_private_key",
     "public_bytes",
@@ -94,6 +99,17 @@ def _write_key(path: Path, pem: bytes) -> None:
         os.fsync(handle.fileno())
 
 
+def _private_dir(path: Path) -> None:
+    """Create ``path`` (0700), or tighten it to 0700 when it exists."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+
+
+def find_root_keys(directory: Path) -> list[Path]:
+    """The root private key files (``root-*.key``) in ``directory``, sorted; none if absent."""
+    return sorted(directory.glob("root-*.key")) if directory.is_dir() else []
+
+
 class ManifestSigner:
     """Signs manifests with the release keys the current key list names."""
 
@@ -119,6 +135,30 @@ class KeyStore:
     def keylist_path(self) -> Path:
         return self.directory / "keylist.bin"
 
+    @property
+    def retired_dir(self) -> Path:
+        """Where release private keys go once a rotation replaced them."""
+        return self.directory / "retired"
+
+    def retire_release_keys(self, keyids: Sequence[str]) -> list[Path]:
+        """Move the private files of these release keys to :attr:`retired_dir` (0700), out of
+        the signer's reach; return where they went.
+
+        Raises:
+            DataDirError: a file cannot be moved.
+        """
+        moved = []
+        for key_id in keyids:
+            path = self.directory / f"release-{key_id}.key"
+            if not path.exists():
+                continue
+            try:
+                _private_dir(self.retired_dir)
+                moved.append(path.replace(self.retired_dir / path.name))
+            except OSError as exc:
+                raise DataDirError(f"cannot move {path} to {self.retired_dir}: {exc}") from exc
+        return moved
+
     @classmethod
     def create(
         cls,
@@ -129,24 +169,30 @@ class KeyStore:
         root_threshold: int = 1,
         passphrase: bytes | None = None,
         lifetime_s: int = KEYLIST_LIFETIME_S,
+        root_key_dir: Path | None = None,
     ) -> KeyStore:
-        """Generate root keys, a release key and the first key list.
+        """Generate root keys, a release key and the first key list. The root private keys go
+        to ``root_key_dir`` (0700, files 0600), by default ``directory`` itself (online).
 
         Raises:
-            DataDirError: a threshold that cannot be met.
+            DataDirError: a threshold that cannot be met, or ``root_key_dir`` holds root keys.
         """
         if not 1 <= root_threshold <= root_keys <= 16:
             raise DataDirError(
                 f"root threshold {root_threshold} of {root_keys} keys: need 1 <= k <= n <= 16"
             )
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        roots_at = root_key_dir or directory
+        if find_root_keys(roots_at):
+            raise DataDirError(f"{roots_at} holds root keys already; refusing to add more")
+        _private_dir(directory)
+        _private_dir(roots_at)
         store = cls(directory)
         roots = []
         for _ in range(root_keys):
             pem = generate_key(passphrase)
             key = serialization.load_pem_private_key(pem, password=passphrase)
             assert isinstance(key, Ed25519PrivateKey)  # noqa: S101 - we just generated it
-            _write_key(directory / f"root-{keyid(public_bytes(key))}.key", pem)
+            _write_key(roots_at / f"root-{keyid(public_bytes(key))}.key", pem)
             roots.append(key)
         release = store._new_release_key()
         keylist = manifest_pb2.KeyList(
@@ -172,10 +218,20 @@ class KeyStore:
         envelope = sign_envelope(
             KEYLIST_PAYLOAD_TYPE, keylist.SerializeToString(deterministic=True), signers
         )
+        # Only the server reads the file (devices get the list in check-in answers): 0600.
         tmp = self.keylist_path.with_suffix(".tmp")
-        tmp.write_bytes(envelope.SerializeToString())
-        os.chmod(tmp, 0o644)  # public: devices receive it  # noqa: PTH101
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(envelope.SerializeToString())
+            handle.flush()
+            os.fsync(handle.fileno())
         tmp.replace(self.keylist_path)
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     def keylist_bytes(self, max_age_s: float = 0.0) -> bytes:
         """The current signed key list (re-read when the file changes, e.g. after a rotation);
@@ -230,23 +286,32 @@ class KeyStore:
     ) -> manifest_pb2.KeyList:
         """Replace the release keys with a new one: key list version + 1, signed by root keys.
 
-        Root private keys come from ``root_key_files`` or, by default, this directory.
+        Root private keys come from ``root_key_files`` or, by default, this directory (a data
+        dir made with ``init --keep-root-online``). The replaced release keys' private files
+        move to :attr:`retired_dir`.
 
         Raises:
             DataDirError: fewer root keys at hand than the root threshold.
         """
         current = self.keylist()
         wanted = {k.keyid for k in current.root_keys}
-        files = list(root_key_files) or sorted(self.directory.glob("root-*.key"))
+        files = list(root_key_files) or find_root_keys(self.directory)
         roots = []
         for path in files:
             key = load_private_key(path, passphrase)
             if keyid(public_bytes(key)) in wanted:
                 roots.append(key)
         if len(roots) < current.root_threshold:
+            where = (
+                f"tried {', '.join(str(f) for f in files)}"
+                if files
+                else f"no root-*.key in {self.directory}"
+            )
             raise DataDirError(
                 f"{len(roots)} of the fleet's root keys at hand; {current.root_threshold} must "
-                "sign a new key list (give them with --root-key)"
+                f"sign a new key list ({where}): give them with --root-key FILE or "
+                "--root-key-dir DIR (init wrote them to DATA_DIR.root-keys/ unless told "
+                "--root-key-dir or --keep-root-online)"
             )
         release = self._new_release_key()
         keylist = manifest_pb2.KeyList()
@@ -257,6 +322,7 @@ class KeyStore:
         keylist.release_keys.append(_public(release))
         keylist.release_threshold = 1
         self._publish(keylist, roots[: current.root_threshold])
+        self.retire_release_keys([k.keyid for k in current.release_keys])
         return keylist
 
 

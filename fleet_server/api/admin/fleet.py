@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from fleet_server.api._errors import rpc_errors
@@ -17,6 +18,7 @@ from fleet_server.errors import (
     NotFoundError,
 )
 from fleet_server.registry.labels import check_labels, matches
+from fleet_server.signing.expiry import key_status
 from protos import admin_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -62,3 +64,28 @@ class FleetAdmin(AdminBase):
         require_admin(context, self._ctx.admin_token)
         rows = self._ctx.audit.entries(min(request.limit or 100, 1000), request.before_id)
         return pb.ListAuditResponse(entries=[wire.audit_entry(r) for r in rows])
+
+    @rpc_errors
+    def GetKeyStatus(  # noqa: N802
+        self, request: pb.GetKeyStatusRequest, context: Any
+    ) -> pb.KeyStatus:
+        require_admin(context, self._ctx.admin_token)
+        data_dir, catalog = self._ctx.data_dir, self._ctx.catalog
+        envelopes: list[bytes] = []
+        rollbacks: list[bytes] = []
+        for name, (version, rollback) in catalog.deployments().items():
+            if rollback:
+                rollbacks.append(rollback)
+            else:
+                envelopes += [row.envelope for row in catalog.get_variants(name, version)]
+        status = key_status(
+            self._ctx.keys.keylist(),
+            deployed_envelopes=envelopes,
+            rollback_sets=rollbacks,
+            root_keys=data_dir.root_keys_here() if data_dir else [],
+            server_cert_pem=self._ctx.server_cert_pem,
+            # The embedded broker's, written at each start; none with an external broker.
+            broker_cert_file=data_dir.ca_dir.absolute() / "mqtt-broker.crt" if data_dir else None,
+            now=time.time(),
+        )
+        return wire.key_status(status)

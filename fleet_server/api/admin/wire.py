@@ -20,6 +20,7 @@ from fleet_server.rollouts.plan import HealthGate
 from fleet_server.rollouts.store import RolloutRow
 from fleet_server.routing.prices import Prices
 from fleet_server.routing.store import RoutingRow
+from fleet_server.signing.expiry import KeyStatus
 from fleet_server.telemetry.sequence import Ledger
 from protos import admin_pb2 as pb
 from protos import device_pb2, manifest_pb2, telemetry_pb2
@@ -29,6 +30,7 @@ __all__ = [
     "bench_row",
     "device_info",
     "health_gate",
+    "key_status",
     "model_info",
     "pending_clear",
     "price_table",
@@ -288,4 +290,23 @@ def audit_entry(row: AuditRow) -> pb.AuditEntry:
         detail=row.detail,
         ok=row.ok,
         error=row.error,
+    )
+
+
+def key_status(status: KeyStatus) -> pb.KeyStatus:
+    return pb.KeyStatus(
+        root_key_folders=list(status.root_key_folders),
+        items=[
+            pb.Expiry(
+                kind=str(i.kind),
+                name=i.name,
+                expires_unix=i.expires_unix,
+                due=i.due,
+                advice=i.advice,
+            )
+            for i in status.items
+        ],
+        checked_unix=status.checked_unix,
+        warn_days=status.warn_days,
+        deployed_manifests=status.deployed_manifests,
     )
