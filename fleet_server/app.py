@@ -42,6 +42,7 @@ from fleet_server.registry.ghosts import GhostReaper
 from fleet_server.registry.store import DeviceStore
 from fleet_server.rollouts.controller import RolloutController
 from fleet_server.signing.keys import KeyStore
+from fleet_server.signing.pkcs11 import open_token
 from fleet_server.storage.db import Database
 from fleet_server.telemetry.broker import EmbeddedBroker
 from fleet_server.telemetry.ingest import TelemetryIngest
@@ -81,6 +82,10 @@ class Settings:
     rollout_interval: float = 2.0
     ghost_device_after: float = 3600.0
     metrics_listen: str | None = None
+    pkcs11_module: Path | None = None
+    pkcs11_token: str | None = None
+    pkcs11_key_label: str | None = None
+    pkcs11_pin_file: Path | None = None
     workers: int = 1
     worker: bool = False
     main_pid: int = 0  # a worker's main process: the worker stops when it is gone
@@ -214,11 +219,13 @@ class FleetServer:
             if endpoint.tls:
                 endpoint = self._mqtt_client_files(endpoint)
             self._ingest = self._start_ingest(endpoint)
+        # Pushes, which sign, reach the main process only: workers never open the token.
+        token = None if s.worker else open_token(s, os.environ.get("CREDENTIALS_DIRECTORY"))
         ctx = ServerContext(
             db=self._db,
             ca=data_dir.ca(),
             artifacts=ArtifactStore(data_dir.artifacts),
-            keys=KeyStore(data_dir.keys_dir),
+            keys=KeyStore(data_dir.keys_dir, token),
             fleet_id=data_dir.fleet_id,
             admin_token=data_dir.read_secret(data_dir.admin_token_file),
             enrollment_token=""
@@ -227,6 +234,8 @@ class FleetServer:
             device_mqtt_url=device_mqtt_url,
         )
         self.ctx = ctx
+        if token is not None:
+            ctx.keys.manifest_signer()  # the token's key must be a release key: say so now
         # Worker processes only serve gRPC; the main process runs the rollouts and the ingest.
         if not s.worker:
             self._write_crl()
@@ -666,6 +675,7 @@ class FleetServer:
             self._controller = None
         if self.ctx is not None:
             self.ctx.last_seen.stop()
+            self.ctx.keys.close()
             self.ctx = None
         # What the embedded broker acknowledged to devices reaches the ingest before it stops
         # (amqtt keeps nothing on disk: a kill -9 loses it; docs/mqtt.md).

@@ -39,18 +39,22 @@ def _cmd_keys_list(args: argparse.Namespace) -> int:
     for key in keylist.release_keys:
         here = (directory / f"release-{key.keyid}.key").exists()
         until = common.fmt_time(key.expires_unix) if key.expires_unix else "with the list"
-        print(f"  {key.keyid}  until {until}  {'private key here' if here else 'missing'}")
+        where = "private key here" if here else "no key file here (in a token, or offline)"
+        print(f"  {key.keyid}  until {until}  {where}")
     return 0
 
 
 def _cmd_keys_rotate(args: argparse.Namespace) -> int:
-    from fleet_server.signing.keys import KeyStore  # noqa: PLC0415
+    from fleet_server.signing.keys import KeyStore, load_public_key  # noqa: PLC0415
 
     store = KeyStore(_keys_dir(args))
-    keylist = store.rotate_release(
-        root_key_files=args.root_key or (),
-        passphrase=common.read_passphrase(args.passphrase_file),
-    )
+    files, passphrase = args.root_key or (), common.read_passphrase(args.passphrase_file)
+    if args.release_pub:
+        keylist = store.publish_release_key(
+            load_public_key(args.release_pub), root_key_files=files, passphrase=passphrase
+        )
+    else:
+        keylist = store.rotate_release(root_key_files=files, passphrase=passphrase)
     print(
         f"published key list version {keylist.version}: release key "
         f"{keylist.release_keys[0].keyid}; devices adopt it at their next check-in"
@@ -96,6 +100,14 @@ def add_parsers(sub: Any) -> None:
         "--root-key", type=Path, action="append", help="a root key file (repeat for k of n)"
     )
     rotate.add_argument("--passphrase-file", type=Path, help="passphrase of the root keys")
+    rotate.add_argument(
+        "--release-pub",
+        type=Path,
+        metavar="FILE",
+        help="make this Ed25519 public key (PEM or DER; e.g. a PKCS#11 token's, from "
+        "'pkcs11-tool --read-object --type pubkey') the release key instead of creating a key "
+        "file; the server signs with it through --pkcs11-* (docs/security.md)",
+    )
     rotate.set_defaults(func=_cmd_keys_rotate)
     create = keys_sub.add_parser("create", help="create an Ed25519 key file (0600)")
     create.add_argument("--out", type=Path, required=True)
