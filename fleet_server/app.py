@@ -41,8 +41,7 @@ from fleet_server.registry.ca import default_sans
 from fleet_server.registry.ghosts import GhostReaper
 from fleet_server.registry.store import DeviceStore
 from fleet_server.rollouts.controller import RolloutController
-from fleet_server.signing.keys import KeyStore
-from fleet_server.signing.pkcs11 import open_token
+from fleet_server.signing.pkcs11 import open_key_store
 from fleet_server.storage.db import Database
 from fleet_server.telemetry.broker import EmbeddedBroker
 from fleet_server.telemetry.ingest import TelemetryIngest
@@ -197,6 +196,10 @@ class FleetServer:
     def _start(self) -> None:
         s = self.settings
         data_dir = self._data_dir
+        # Pushes, which sign, reach the main process only: workers never open the token.
+        keys = open_key_store(
+            data_dir.keys_dir, None if s.worker else s, os.environ.get("CREDENTIALS_DIRECTORY")
+        )
         self._db.create_schema()
         main_host, main_port = split_host_port(s.listen, "--listen")
         device_listen = s.device_listen or (
@@ -219,13 +222,11 @@ class FleetServer:
             if endpoint.tls:
                 endpoint = self._mqtt_client_files(endpoint)
             self._ingest = self._start_ingest(endpoint)
-        # Pushes, which sign, reach the main process only: workers never open the token.
-        token = None if s.worker else open_token(s, os.environ.get("CREDENTIALS_DIRECTORY"))
         ctx = ServerContext(
             db=self._db,
             ca=data_dir.ca(),
             artifacts=ArtifactStore(data_dir.artifacts),
-            keys=KeyStore(data_dir.keys_dir, token),
+            keys=keys,
             fleet_id=data_dir.fleet_id,
             admin_token=data_dir.read_secret(data_dir.admin_token_file),
             enrollment_token=""
@@ -234,8 +235,6 @@ class FleetServer:
             device_mqtt_url=device_mqtt_url,
         )
         self.ctx = ctx
-        if token is not None:
-            ctx.keys.manifest_signer()  # the token's key must be a release key: say so now
         # Worker processes only serve gRPC; the main process runs the rollouts and the ingest.
         if not s.worker:
             self._write_crl()

@@ -23,6 +23,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fleet_server.errors import DataDirError, TransientError
+from fleet_server.signing.keys import KeyStore
 from protos.envelope import keyid, pae
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ __all__ = [
     "TokenOptions",
     "TokenSettings",
     "ed25519_public",
-    "open_token",
+    "open_key_store",
     "read_pin",
 ]
 
@@ -353,17 +354,27 @@ def _name(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def open_token(options: TokenOptions, credentials_dir: str | None) -> TokenKey | None:
-    """Connect to the token the options name (None when they name none) and log which key
-    signs releases.
+def open_key_store(
+    keys_dir: Path, options: TokenOptions | None, credentials_dir: str | None
+) -> KeyStore:
+    """The data dir's keys, with the token ``options`` name when they name one: connected,
+    and its key checked to be a current release key, so that a server refuses to start rather
+    than fail its first push.
 
     Raises:
-        DataDirError: see :func:`read_pin` and :meth:`TokenKey.connect`.
+        DataDirError: see :func:`read_pin` and :meth:`TokenKey.connect`; or the token's key is
+            not a current release key of the key list.
     """
-    settings = TokenSettings.from_options(options)
+    settings = TokenSettings.from_options(options) if options is not None else None
     if settings is None:
-        return None
+        return KeyStore(keys_dir)
     token = TokenKey(settings, read_pin(settings.pin_file, credentials_dir))
     token.connect()
+    store = KeyStore(keys_dir, token)
+    try:
+        store.manifest_signer()
+    except BaseException:
+        token.close()
+        raise
     log.info("release signing: %s, key id %s", settings.describe(), token.keyid)
-    return token
+    return store
