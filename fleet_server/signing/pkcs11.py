@@ -283,11 +283,18 @@ class TokenKey:
                 f"cannot log in to PKCS#11 token {s.token_label!r}: {_name(exc)}"
             ) from exc
         try:
-            self._key, self._public = _find_key(session, s)
-            self._session = session
+            key, public = _find_key(session, s)
         except BaseException:
             session.close()
             raise
+        if self._public and public != self._public:
+            session.close()
+            self._fatal = (
+                f"the {s.describe()} changed since the server started (key id {self.keyid}, "
+                f"now {keyid(public)}); restart the server"
+            )
+            raise DataDirError(self._fatal)
+        self._key, self._public, self._session = key, public, session
 
     def __repr__(self) -> str:  # never the PIN
         return f"TokenKey({self.settings.describe()}, keyid={self.keyid})"
