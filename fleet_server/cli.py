@@ -329,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--pkcs11-pin-file",
         type=Path,
+        metavar="FILE",
         help="the token's user PIN, in a file other users cannot read (default: the systemd "
         "credential edgefleet-pkcs11-pin, LoadCredential=)",
     )
