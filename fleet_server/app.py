@@ -27,10 +27,18 @@ from typing import Any
 import sqlalchemy as sa
 from cryptography import x509
 
-from agent.errors import AgentError
 from agent.inference.metrics_http import MetricsServer
 from agent.systemd import Notifier, watchdog_interval
-from agent.telemetry.mqtt import MqttEndpoint, parse_mqtt_url
+from agent.telemetry.mqtt import MqttEndpoint
+from fleet_server.addresses import (
+    bracket,
+    free_port,
+    mqtt_endpoint,
+    remembered_port,
+    split_host_port,
+    wildcard,
+    write_private,
+)
 from fleet_server.api.server import create_server
 from fleet_server.artifacts.store import ArtifactStore
 from fleet_server.context import ServerContext
@@ -41,7 +49,7 @@ from fleet_server.registry.ca import default_sans
 from fleet_server.registry.ghosts import GhostReaper
 from fleet_server.registry.store import DeviceStore
 from fleet_server.rollouts.controller import RolloutController
-from fleet_server.signing.keys import KeyStore
+from fleet_server.signing.pkcs11 import open_key_store
 from fleet_server.storage.db import Database
 from fleet_server.telemetry.broker import EmbeddedBroker
 from fleet_server.telemetry.ingest import TelemetryIngest
@@ -81,6 +89,10 @@ class Settings:
     rollout_interval: float = 2.0
     ghost_device_after: float = 3600.0
     metrics_listen: str | None = None
+    pkcs11_module: Path | None = None
+    pkcs11_token: str | None = None
+    pkcs11_key_label: str | None = None
+    pkcs11_pin_file: Path | None = None
     workers: int = 1
     worker: bool = False
     main_pid: int = 0  # a worker's main process: the worker stops when it is gone
@@ -91,54 +103,6 @@ class Settings:
     def from_args(cls, args: argparse.Namespace) -> Settings:
         """The settings of a parsed ``run`` command line."""
         return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
-
-
-def split_host_port(value: str, what: str) -> tuple[str, int]:
-    """``host:port`` (IPv6 hosts in brackets or bare) as (host, port).
-
-    Raises:
-        DataDirError: not host:port.
-    """
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise DataDirError(f"{what} {value!r} must be host:port")
-    return host, int(port)
-
-
-def _bracket(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-
-
-def _remembered_port(path: Path) -> int | None:
-    """The embedded broker's port of the last start, if recorded and sane."""
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() and 0 < int(text) < 65536 else None
-
-
-def _wildcard(host: str) -> bool:
-    return host in ("", "0.0.0.0", "::")  # noqa: S104 - a comparison, not a bind
-
-
-def _mqtt_endpoint(url: str) -> MqttEndpoint:
-    try:
-        return parse_mqtt_url(url)
-    except AgentError as exc:  # the agent's MQTT client speaks the agent's errors
-        raise DataDirError(f"--mqtt-url: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -194,15 +158,19 @@ class FleetServer:
     def _start(self) -> None:
         s = self.settings
         data_dir = self._data_dir
+        # Pushes, which sign, reach the main process only: workers never open the token.
+        keys = open_key_store(
+            data_dir.keys_dir, None if s.worker else s, os.environ.get("CREDENTIALS_DIRECTORY")
+        )
         self._db.create_schema()
         main_host, main_port = split_host_port(s.listen, "--listen")
         device_listen = s.device_listen or (
-            f"{_bracket(main_host)}:{main_port + 1 if main_port else 0}"
+            f"{bracket(main_host)}:{main_port + 1 if main_port else 0}"
         )
         device_host, _ = split_host_port(device_listen, "--device-listen")
         tls_names = list(s.tls_name or default_sans())
         for host in (main_host, device_host):
-            if not _wildcard(host) and host not in tls_names:
+            if not wildcard(host) and host not in tls_names:
                 tls_names.append(host)
         mqtt_url = s.mqtt_url
         device_mqtt_url = s.device_mqtt_url or mqtt_url or ""
@@ -211,7 +179,7 @@ class FleetServer:
             mqtt_url = self._broker.url
             # Devices dial the broker on the host they enrolled through, unless told otherwise.
             device_mqtt_url = s.device_mqtt_url or f"mqtts://:{self._broker.port}"
-        endpoint = _mqtt_endpoint(mqtt_url) if mqtt_url else None
+        endpoint = mqtt_endpoint(mqtt_url) if mqtt_url else None
         if endpoint is not None and not s.worker:
             if endpoint.tls:
                 endpoint = self._mqtt_client_files(endpoint)
@@ -220,7 +188,7 @@ class FleetServer:
             db=self._db,
             ca=data_dir.ca(),
             artifacts=ArtifactStore(data_dir.artifacts),
-            keys=KeyStore(data_dir.keys_dir),
+            keys=keys,
             fleet_id=data_dir.fleet_id,
             admin_token=data_dir.read_secret(data_dir.admin_token_file),
             enrollment_token=""
@@ -318,25 +286,25 @@ class FleetServer:
         data_dir = self._data_dir
         host, port = split_host_port(s.mqtt_listen, "--mqtt-listen")
         names = list(tls_names)
-        if not _wildcard(host) and host not in names:
+        if not wildcard(host) and host not in names:
             names.append(host)
         key_pem, cert_pem = data_dir.ca().server_credentials(names)
         folder = data_dir.ca_dir
         key_file, cert_file = folder / "mqtt-broker.key", folder / "mqtt-broker.crt"
-        _write_private(key_file, key_pem)
+        write_private(key_file, key_pem)
         cert_file.write_bytes(cert_pem)
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(folder / "ca.crt"))
         tls.verify_mode = ssl.CERT_REQUIRED
         tls.load_cert_chain(cert_file, key_file)
         remembered = data_dir.root / "mqtt-port"
-        candidates = [port] if port else [_remembered_port(remembered), 0]
+        candidates = [port] if port else [remembered_port(remembered), 0]
         error: OSError | None = None
         for candidate in candidates:
             if candidate is None:
                 continue
             broker = EmbeddedBroker(
                 host,
-                candidate or _free_port(host),
+                candidate or free_port(host),
                 tls=tls,
                 fleet=data_dir.fleet_id,
                 admits=self._admits,
@@ -351,7 +319,7 @@ class FleetServer:
                 with contextlib.suppress(OSError):
                     remembered.write_text(f"{broker.port}\n", encoding="utf-8")
             # The server's own client dials the loopback when the broker listens everywhere.
-            if _wildcard(host):
+            if wildcard(host):
                 broker.host = "::1" if host == "::" else "127.0.0.1"
             return broker
         raise DataDirError(
@@ -435,7 +403,7 @@ class FleetServer:
         self._server_serial = f"{x509.load_pem_x509_certificate(cert_pem).serial_number:x}"
         folder = data_dir.ca_dir
         key_file, cert_file = folder / "mqtt-server.key", folder / "mqtt-server.crt"
-        _write_private(key_file, key_pem)
+        write_private(key_file, key_pem)
         cert_file.write_bytes(cert_pem)
         return endpoint.with_tls_files(str(folder / "ca.crt"), str(cert_file), str(key_file))
 
@@ -468,10 +436,10 @@ class FleetServer:
         from fleet_server.dashboard.server import Dashboard  # noqa: PLC0415 - only when asked
 
         key_pem, cert_pem = ctx.ca.server_credentials(tls_names)
-        admin = "127.0.0.1" if _wildcard(host) else host
+        admin = "127.0.0.1" if wildcard(host) else host
         dashboard = Dashboard(
             ctx,
-            admin_address=f"{_bracket(admin)}:{port}",
+            admin_address=f"{bracket(admin)}:{port}",
             tls_key_pem=key_pem,
             tls_cert_pem=cert_pem,
         )
@@ -509,7 +477,7 @@ class FleetServer:
                 raise DataDirError(f"reference cloud service: {exc}") from exc
             host, _ = split_host_port(s.cloud_listen, "--cloud-listen")
             # A wildcard address: devices dial the host they reach the fleet server on.
-            shown = "" if _wildcard(host) else _bracket(host)
+            shown = "" if wildcard(host) else bracket(host)
             ctx.cloud_endpoint = device_pb2.CloudEndpoint(
                 url=f"grpcs://{shown}:{cloud_port}",
                 token=data_dir.cloud_token(),
@@ -553,9 +521,9 @@ class FleetServer:
             "--data-dir",
             str(s.data_dir),
             "--listen",
-            f"{_bracket(host)}:{ports.port}",
+            f"{bracket(host)}:{ports.port}",
             "--device-listen",
-            f"{_bracket(device_host)}:{ports.device_port}",
+            f"{bracket(device_host)}:{ports.device_port}",
             "--device-advertise",
             ports.advertise,
         ]
@@ -669,6 +637,7 @@ class FleetServer:
             self._controller = None
         if self.ctx is not None:
             self.ctx.last_seen.stop()
+            self.ctx.keys.close()
             self.ctx = None
         # What the embedded broker acknowledged to devices reaches the ingest before it stops
         # (amqtt keeps nothing on disk: a kill -9 loses it; docs/mqtt.md).

@@ -353,6 +353,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve fleet-level Prometheus metrics on HOST:PORT/metrics (default: off)",
     )
     run.add_argument(
+        "--pkcs11-module",
+        type=Path,
+        metavar="PATH",
+        help="sign releases with an Ed25519 key in a PKCS#11 token (an HSM) instead of a key "
+        "file: the token's PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so; with "
+        "--pkcs11-token and --pkcs11-key-label (docs/security.md)",
+    )
+    run.add_argument("--pkcs11-token", metavar="LABEL", help="the token's label")
+    run.add_argument(
+        "--pkcs11-key-label",
+        metavar="LABEL",
+        help="the label of the key's private and public objects in the token",
+    )
+    run.add_argument(
+        "--pkcs11-pin-file",
+        type=Path,
+        metavar="FILE",
+        help="the token's user PIN, in a file other users cannot read (default: the systemd "
+        "credential edgefleet-pkcs11-pin, LoadCredential=)",
+    )
+    run.add_argument(
         "--workers",
         type=_within(1, 64, int),
         default=1,

@@ -42,21 +42,25 @@ def _cmd_keys_list(args: argparse.Namespace) -> int:
     for key in keylist.release_keys:
         here = (directory / f"release-{key.keyid}.key").exists()
         until = common.fmt_time(key.expires_unix) if key.expires_unix else "with the list"
-        print(f"  {key.keyid}  until {until}  {'private key here' if here else 'missing'}")
+        where = "private key here" if here else "no key file here (in a token, or offline)"
+        print(f"  {key.keyid}  until {until}  {where}")
     return 0
 
 
 def _cmd_keys_rotate(args: argparse.Namespace) -> int:
-    from fleet_server.signing.keys import KeyStore  # noqa: PLC0415
+    from fleet_server.signing.keys import KeyStore, load_public_key  # noqa: PLC0415
 
     os.umask(0o077)  # new key files and folders in the data dir are the server user's alone
     store = KeyStore(_keys_dir(args))
     before = [k.keyid for k in store.keylist().release_keys]
     files = common.root_key_files(args, "a new key list") if args.root_key_dir else args.root_key
-    keylist = store.rotate_release(
-        root_key_files=files or (),
-        passphrase=common.read_passphrase(args.passphrase_file),
-    )
+    passphrase = common.read_passphrase(args.passphrase_file)
+    if args.release_pub:
+        keylist = store.publish_release_key(
+            load_public_key(args.release_pub), root_key_files=files or (), passphrase=passphrase
+        )
+    else:
+        keylist = store.rotate_release(root_key_files=files or (), passphrase=passphrase)
     print(
         f"published key list version {keylist.version}: release key "
         f"{keylist.release_keys[0].keyid}; devices adopt it at their next check-in"
@@ -139,6 +143,14 @@ def add_parsers(sub: Any) -> None:
         "rotate", help="replace the release key; the root keys sign a new key list"
     )
     common.add_root_key_options(rotate)
+    rotate.add_argument(
+        "--release-pub",
+        type=Path,
+        metavar="FILE",
+        help="make this Ed25519 public key (PEM or DER; e.g. a PKCS#11 token's, from "
+        "'pkcs11-tool --read-object --type pubkey') the release key instead of creating a key "
+        "file; the server signs with it through --pkcs11-* (docs/security.md)",
+    )
     rotate.set_defaults(func=_cmd_keys_rotate)
     kstatus = keys_sub.add_parser(
         "status",

@@ -12,7 +12,8 @@ Root private keys (``root-<keyid>.key``, PKCS#8 PEM; passphrase-protected if ask
 needed to publish a new key list (`edgefleet keys rotate`) and to sign an explicit rollback.
 ``init`` writes them to a folder outside the data dir, to be moved off the machine and handed
 back with ``--root-key``/``--root-key-dir``. The release keys stay online in the embedded
-default so that `models push` can sign.
+default so that `models push` can sign, or live in a PKCS#11 token
+(:mod:`fleet_server.signing.pkcs11`) whose public key a rotation put in the key list.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fleet_server.errors import DataDirError
 from protos import manifest_pb2
@@ -31,11 +34,13 @@ from protos.envelope import KEYLIST_PAYLOAD_TYPE, MANIFEST_PAYLOAD_TYPE, keyid, 
 
 __all__ = [
     "KEYLIST_LIFETIME_S",
+    "ExternalKey",
     "KeyStore",
     "ManifestSigner",
     "find_root_keys",
     "generate_key",
     "load_private_key",
+    "load_public_key",
     "public_bytes",
     "sign_envelope",
 ]
@@ -72,13 +77,59 @@ def load_private_key(path: Path, passphrase: bytes | None = None) -> Ed25519Priv
     return key
 
 
+def load_public_key(path: Path) -> bytes:
+    """The raw 32 bytes of an Ed25519 public key file (PEM or DER SubjectPublicKeyInfo, as
+    ``openssl pkey -pubout`` and ``pkcs11-tool --read-object --type pubkey`` write them).
+
+    Raises:
+        DataDirError: unreadable, or not an Ed25519 public key.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataDirError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        load = serialization.load_pem_public_key if b"-----BEGIN" in data else None
+        key = (load or serialization.load_der_public_key)(data)
+    except (ValueError, TypeError) as exc:
+        raise DataDirError(f"{path} is not a PEM or DER public key: {exc}") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        kind = (
+            f"ECDSA {key.curve.name}"
+            if isinstance(key, ec.EllipticCurvePublicKey)
+            else type(key).__name__.removesuffix("PublicKey")
+        )
+        raise DataDirError(
+            f"{path} holds a {kind} public key; release keys must be Ed25519 (devices take "
+            "32-byte keys only)"
+        )
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
 def public_bytes(key: Ed25519PrivateKey) -> bytes:
     """The raw 32-byte public key."""
     return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
+class ExternalKey(Protocol):
+    """An Ed25519 key held outside the data dir, in a PKCS#11 token say."""
+
+    @property
+    def public_raw(self) -> bytes:
+        """The raw 32-byte public key."""
+        ...
+
+    def sign(self, message: bytes) -> bytes:
+        """A raw 64-byte Ed25519 signature over ``message``."""
+        ...
+
+    def close(self) -> None:
+        """Let go of the key (a token session); it may be used again later."""
+        ...
+
+
 def sign_envelope(
-    payload_type: str, payload: bytes, keys: Sequence[Ed25519PrivateKey]
+    payload_type: str, payload: bytes, keys: Sequence[Ed25519PrivateKey | ExternalKey]
 ) -> manifest_pb2.Envelope:
     """An envelope over ``payload`` signed by every key in ``keys``."""
     message = pae(payload_type, payload)
@@ -86,7 +137,11 @@ def sign_envelope(
         payload_type=payload_type,
         payload=payload,
         signatures=[
-            manifest_pb2.Signature(keyid=keyid(public_bytes(k)), sig=k.sign(message)) for k in keys
+            manifest_pb2.Signature(
+                keyid=keyid(public_bytes(k) if isinstance(k, Ed25519PrivateKey) else k.public_raw),
+                sig=k.sign(message),
+            )
+            for k in keys
         ],
     )
 
@@ -113,7 +168,7 @@ def find_root_keys(directory: Path) -> list[Path]:
 class ManifestSigner:
     """Signs manifests with the release keys the current key list names."""
 
-    def __init__(self, keys: Sequence[Ed25519PrivateKey]) -> None:
+    def __init__(self, keys: Sequence[Ed25519PrivateKey | ExternalKey]) -> None:
         self._keys = list(keys)
 
     def sign(self, manifest: manifest_pb2.Manifest) -> manifest_pb2.Envelope:
@@ -124,10 +179,11 @@ class ManifestSigner:
 
 
 class KeyStore:
-    """The key files of one data dir."""
+    """The key files of one data dir, and the release key in a token when there is one."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, token: ExternalKey | None = None) -> None:
         self.directory = directory
+        self.token = token
         self._cache: tuple[float, bytes] | None = None
         self._checked = 0.0  # when the file was last looked at (monotonic)
 
@@ -258,18 +314,33 @@ class KeyStore:
         return manifest_pb2.KeyList.FromString(envelope.payload)
 
     def manifest_signer(self) -> ManifestSigner:
-        """A signer with the current, unexpired release keys whose private halves are here.
+        """A signer with the current, unexpired release keys whose private halves are here;
+        with a token, its key first (and it must be one of them).
 
         Raises:
-            DataDirError: fewer such keys than the key list's release threshold.
+            DataDirError: fewer such keys than the key list's release threshold, or the
+                token's key is not a current release key.
         """
         keylist = self.keylist()
         now = time.time()
-        keys = []
+        keys: list[Ed25519PrivateKey | ExternalKey] = []
+        token, listed = self.token, False
         for key in keylist.release_keys:
             path = self.directory / f"release-{key.keyid}.key"
-            if path.exists() and not (key.expires_unix and key.expires_unix < now):
+            if key.expires_unix and key.expires_unix < now:
+                continue
+            if token is not None and key.public_key == token.public_raw:
+                keys.insert(0, token)
+                listed = True
+            elif path.exists():
                 keys.append(load_private_key(path))
+        if token is not None and not listed:
+            raise DataDirError(
+                f"the token's key {keyid(token.public_raw)} is not a current release key of key "
+                f"list version "
+                f"{keylist.version}; publish it with 'edgefleet keys rotate --release-pub FILE' "
+                "(docs/security.md, Release keys in a hardware token)"
+            )
         if len(keys) < keylist.release_threshold:
             raise DataDirError(
                 f"{len(keys)} usable release key(s) in {self.directory}, key list version "
@@ -294,8 +365,61 @@ class KeyStore:
             DataDirError: fewer root keys at hand than the root threshold.
         """
         current = self.keylist()
+        roots = self._root_signers(current, root_key_files, passphrase)
+        release = self._new_release_key()
+        keylist = manifest_pb2.KeyList()
+        keylist.CopyFrom(current)
+        keylist.version = current.version + 1
+        keylist.expires_unix = int(time.time()) + lifetime_s
+        del keylist.release_keys[:]
+        keylist.release_keys.append(_public(release))
+        keylist.release_threshold = 1
+        self._publish(keylist, roots[: current.root_threshold])
+        self.retire_release_keys([k.keyid for k in current.release_keys])
+        return keylist
+
+    def publish_release_key(
+        self,
+        public_raw: bytes,
+        *,
+        root_key_files: Sequence[Path] = (),
+        passphrase: bytes | None = None,
+        lifetime_s: int = KEYLIST_LIFETIME_S,
+    ) -> manifest_pb2.KeyList:
+        """Make a key held elsewhere (a PKCS#11 token's) the release key: key list version + 1,
+        signed by root keys as :meth:`rotate_release` does, with no private key written here.
+
+        Raises:
+            DataDirError: not 32 bytes, or fewer root keys at hand than the root threshold.
+        """
+        if len(public_raw) != 32:
+            raise DataDirError(f"an Ed25519 public key has 32 bytes, not {len(public_raw)}")
+        current = self.keylist()
+        roots = self._root_signers(current, root_key_files, passphrase)
+        keylist = manifest_pb2.KeyList()
+        keylist.CopyFrom(current)
+        keylist.version = current.version + 1
+        keylist.expires_unix = int(time.time()) + lifetime_s
+        del keylist.release_keys[:]
+        keylist.release_keys.append(
+            manifest_pb2.PublicKey(keyid=keyid(public_raw), public_key=public_raw)
+        )
+        keylist.release_threshold = 1
+        self._publish(keylist, roots[: current.root_threshold])
+        # The file keys it replaces must not stay online beside the token's.
+        self.retire_release_keys([k.keyid for k in current.release_keys])
+        return keylist
+
+    def _root_signers(
+        self, current: manifest_pb2.KeyList, files: Sequence[Path], passphrase: bytes | None
+    ) -> list[Ed25519PrivateKey]:
+        """The root private keys of ``current`` among ``files`` (default: this directory's).
+
+        Raises:
+            DataDirError: fewer than the root threshold.
+        """
         wanted = {k.keyid for k in current.root_keys}
-        files = list(root_key_files) or find_root_keys(self.directory)
+        files = list(files) or find_root_keys(self.directory)
         roots = []
         for path in files:
             key = load_private_key(path, passphrase)
@@ -313,17 +437,12 @@ class KeyStore:
                 "--root-key-dir DIR (init wrote them to DATA_DIR.root-keys/ unless told "
                 "--root-key-dir or --keep-root-online)"
             )
-        release = self._new_release_key()
-        keylist = manifest_pb2.KeyList()
-        keylist.CopyFrom(current)
-        keylist.version = current.version + 1
-        keylist.expires_unix = int(time.time()) + lifetime_s
-        del keylist.release_keys[:]
-        keylist.release_keys.append(_public(release))
-        keylist.release_threshold = 1
-        self._publish(keylist, roots[: current.root_threshold])
-        self.retire_release_keys([k.keyid for k in current.release_keys])
-        return keylist
+        return roots
+
+    def close(self) -> None:
+        """Close the token's session, if a token signs."""
+        if self.token is not None:
+            self.token.close()
 
 
 def _public(key: Ed25519PrivateKey) -> manifest_pb2.PublicKey:
