@@ -237,9 +237,10 @@ def test_a_server_signing_in_the_token_gets_a_release_installed_on_a_real_agent(
         "rotate --release-pub FILE'"
     )
     assert how in one_error_line(refused.stderr, "edgefleet-server")
+    root_keys = data.with_name(data.name + ".root-keys")  # where init wrote them
     published = run_cli(
         "edgefleet", "--data-dir", str(data), "keys", "rotate", "--release-pub",
-        str(softhsm.public_pem),
+        str(softhsm.public_pem), "--root-key-dir", str(root_keys),
     )  # fmt: skip
     assert "published key list version 2" in published.stdout
 
@@ -266,7 +267,7 @@ def test_a_server_signing_in_the_token_gets_a_release_installed_on_a_real_agent(
     assert not (data / "keys" / f"release-{token_keyid}.key").exists()
 
     # A routine rotation to a key file leaves the token's key out: the push fails, one line.
-    server.admin("keys", "rotate")
+    server.admin("keys", "rotate", "--root-key-dir", str(root_keys))
     push = server.admin(
         "models", "push", model, "--name", "colors", "--version", "1.1.0", check=False
     )
