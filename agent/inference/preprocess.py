@@ -92,17 +92,21 @@ def load_image(path: Path) -> Image:
 
 
 def _layout(tensor: TensorInfo) -> tuple[int, int, int]:
-    """(height, width, channels) of an image input shaped [1,H,W], [1,H,W,C] or [H,W,C]."""
+    """(height, width, channels) of an image input shaped [1,H,W], [1,H,W,C] or [H,W,C] of at
+    most 64 Mpixels (a shape from a file or an agent's answer, not to be trusted)."""
     shape = tensor.shape
+    layout = None
     if len(shape) == 4 and shape[0] == 1 and shape[3] in (1, 3):
-        return shape[1], shape[2], shape[3]
-    if len(shape) == 3 and shape[0] == 1:
-        return shape[1], shape[2], 1
-    if len(shape) == 3 and shape[2] in (1, 3):
-        return shape[0], shape[1], shape[2]
+        layout = shape[1], shape[2], shape[3]
+    elif len(shape) == 3 and shape[0] == 1:
+        layout = shape[1], shape[2], 1
+    elif len(shape) == 3 and shape[2] in (1, 3):
+        layout = shape[0], shape[1], shape[2]
+    if layout is not None and 1 <= layout[0] * layout[1] <= _MAX_IMAGE_PIXELS and min(layout) > 0:
+        return layout
     raise InputError(
         f"input {tensor.name!r} has shape {list(shape)}; an image input must be "
-        "[1,H,W,3], [1,H,W,1] or [1,H,W]"
+        f"[1,H,W,3], [1,H,W,1] or [1,H,W], of 1..{_MAX_IMAGE_PIXELS} pixels"
     )
 
 
@@ -204,7 +208,12 @@ def image_to_tensor(
             f"does not fit input {tensor.name!r} with {channels} channel(s)"
         )
     real = (pixels - mean) / std
-    dtype = np.dtype(tensor.dtype)
+    try:
+        dtype = np.dtype(tensor.dtype)
+    except TypeError:
+        raise InputError(
+            f"input {tensor.name!r} has dtype {tensor.dtype}; cannot encode an image"
+        ) from None
     if dtype.kind == "f":
         data = real.astype(dtype)
     elif dtype in (np.uint8, np.int8, np.int16) and tensor.quantized:

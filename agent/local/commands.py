@@ -9,6 +9,7 @@ input's quantization that ``Status`` reports, or sends a ``.npy`` array as it is
 from __future__ import annotations
 
 import io
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -256,9 +257,12 @@ def _scores(
     out = response.outputs[0]
     dtype = OIP_TO_DTYPE.get(out.datatype)
     shape = tuple(int(d) for d in out.shape)
-    if dtype is None or not shape or int(np.prod(shape)) != shape[-1] or shape[-1] < 2:
+    if dtype is None or not shape or math.prod(shape) != shape[-1] or shape[-1] < 2:
         return None
-    array = np.frombuffer(response.raw_output_contents[0], dtype=np.dtype(dtype).newbyteorder("<"))
+    raw = response.raw_output_contents[0]
+    if len(raw) != shape[-1] * np.dtype(dtype).itemsize:
+        return None  # bytes that do not fit the shape name no classes
+    array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
     tensor = TensorInfo(out.name, dtype, shape, 0.0, 0)
     # A local answer in the model's own numbers: dequantize with the output's scale. A cloud
     # answer (another variant) or real values come in their own type.

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
-__all__ = ["NOT_READY", "OK", "infer_text", "status_exit_code", "status_table"]
+__all__ = ["NOT_READY", "OK", "as_json", "infer_text", "status_exit_code", "status_table"]
 
 OK = 0
 NOT_READY = 1  # reachable, but not ready, or a model failing, or the engine wedged
@@ -16,7 +18,25 @@ def status_exit_code(doc: dict[str, Any]) -> int:
     return NOT_READY if doc["problems"] else OK
 
 
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def as_json(doc: dict[str, Any]) -> str:
+    """``doc`` as one line of JSON, keys sorted; a number that is NaN or infinite (an agent
+    can report one) is null, as JSON has neither."""
+    return json.dumps(_finite(doc), sort_keys=True, allow_nan=False)
+
+
 def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "-"
     s = int(seconds)
     if s < 60:
         return f"{s}s"
