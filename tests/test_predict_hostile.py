@@ -334,3 +334,17 @@ def specials_fifo(tmp_path: Path) -> Path:
     fifo = tmp_path / "image.fifo"
     os.mkfifo(fifo)
     return fifo
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero", "folder"])
+def test_a_model_path_that_is_not_a_file_is_refused_without_blocking(
+    specials: dict[str, Path], kind: str
+) -> None:
+    # `predict FIFO image` blocked in open() for ever.
+    from agent.inference.metadata import read_processing
+    from agent.inference.modelfile import inspect_model_file
+
+    with pytest.raises(ModelFileError, match=r"not a regular file|Is a directory"):
+        inspect_model_file(specials[kind])
+    with pytest.raises(ModelFileError, match=r"not a regular file|Is a directory"):
+        read_processing(specials[kind])

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ModelFileError
-from agent.inference.modelfile import MAX_MODEL_BYTES
+from agent.inference.modelfile import MAX_MODEL_BYTES, open_model_file
 
 __all__ = [
     "DETECTION_POSTPROCESS_OP",
@@ -82,7 +82,7 @@ def read_processing(path: Path) -> ModelProcessing:
         ModelFileError: unreadable, too large, or its metadata or post-process op is corrupt.
     """
     try:
-        with path.open("rb") as handle:
+        with open_model_file(path) as handle:
             size = os.fstat(handle.fileno()).st_size
             if size == 0 or size > MAX_MODEL_BYTES:
                 raise ModelFileError(f"{path}: {size} bytes; not a model this device can read")
