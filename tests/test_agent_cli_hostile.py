@@ -46,6 +46,8 @@ class FakeAgent(pb_grpc.GRPCInferenceServiceServicer, agent_local_pb2_grpc.Agent
         self.output: dict[str, Any] = dict(SCORES)
         self.metadata_name = "color"
         self.p50 = 1.5
+        self.server: grpc.Server | None = None
+        self.die_in_infer = False
 
     def _wait(self) -> None:
         if self.hang:
@@ -86,6 +88,9 @@ class FakeAgent(pb_grpc.GRPCInferenceServiceServicer, agent_local_pb2_grpc.Agent
 
     def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
         self._wait()
+        if self.die_in_infer and self.server is not None:
+            self.server.stop(0)  # the agent goes away mid-call
+            time.sleep(1)
         out = pb.ModelInferResponse.InferOutputTensor(**self.output)
         return pb.ModelInferResponse(
             model_name="color", outputs=[out], raw_output_contents=[self.output_raw]
@@ -105,6 +110,7 @@ def fake() -> Iterator[tuple[FakeAgent, Path]]:
     agent_local_pb2_grpc.add_AgentLocalServicer_to_server(agent, server)
     server.add_insecure_port(f"unix:{path}")
     server.start()
+    agent.server = server
     yield agent, path
     agent.released.set()
     server.stop(0).wait()
@@ -304,3 +310,15 @@ def test_an_npy_input_that_is_not_a_plain_array_is_refused_unread(
     code, _, err = run(capsys, "infer", "color", str(npy), "--socket", str(path), "--timeout", "2")
     assert code == 2
     assert message in one_line(err)
+
+
+def test_an_agent_that_goes_away_mid_call_is_one_error(
+    fake: tuple[FakeAgent, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    agent, path = fake
+    agent.die_in_infer = True
+    code, _, err = run(capsys, "infer", "color", str(image(tmp_path)), "--socket", str(path),
+                       "--timeout", "5")  # fmt: skip
+    line = one_line(err)
+    assert code in (1, 3), line
+    assert "ModelInfer" in line or str(path) in line
