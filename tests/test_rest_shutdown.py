@@ -66,6 +66,7 @@ def test_sigterm_with_stalled_rest_clients_stops_cleanly(agent: tuple[Agent, int
     assert code == 0, tail
     assert took < 15, took
     assert "Traceback" not in output and "CancelledError" not in output, tail
-    rest = [line for line in tail.splitlines() if "uvicorn" in line or ".rest" in line]
-    warnings = [line for line in rest if " WARNING " in line or " ERROR " in line]
+    # One line says what the stop did to the REST clients; nothing else warns (the MQTT
+    # disconnection the stop asks for was logged as a lost connection).
+    warnings = [line for line in tail.splitlines() if " WARNING " in line or " ERROR " in line]
     assert len(warnings) == 1 and "dropped 2 connection(s)" in warnings[0], warnings
