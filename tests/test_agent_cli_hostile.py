@@ -47,6 +47,7 @@ class FakeAgent(pb_grpc.GRPCInferenceServiceServicer, agent_local_pb2_grpc.Agent
         self.metadata_name = "color"
         self.p50 = 1.5
         self.server: grpc.Server | None = None
+        self.reason = ""
         self.die_in_infer = False
 
     def _wait(self) -> None:
@@ -59,7 +60,9 @@ class FakeAgent(pb_grpc.GRPCInferenceServiceServicer, agent_local_pb2_grpc.Agent
 
     def RepositoryIndex(self, request: Any, context: Any) -> Any:  # noqa: N802
         self._wait()
-        entry = pb.RepositoryIndexResponse.ModelIndex(name="color", version="1", state="READY")
+        entry = pb.RepositoryIndexResponse.ModelIndex(
+            name="color", version="1", state="READY", reason=self.reason
+        )
         return pb.RepositoryIndexResponse(models=[entry])
 
     def ModelStatistics(self, request: Any, context: Any) -> Any:  # noqa: N802
@@ -76,7 +79,8 @@ class FakeAgent(pb_grpc.GRPCInferenceServiceServicer, agent_local_pb2_grpc.Agent
         model = agent_local_pb2.Model(
             name="color",
             version="1",
-            condition="ready",
+            condition="failed" if self.reason else "ready",
+            backend_reason=self.reason,
             p50_ms=self.p50,
             p95_ms=self.p50,
             p99_ms=self.p50,
@@ -322,3 +326,15 @@ def test_an_agent_that_goes_away_mid_call_is_one_error(
     line = one_line(err)
     assert code in (1, 3), line
     assert "ModelInfer" in line or str(path) in line
+
+
+def test_control_characters_from_the_agent_do_not_reach_the_terminal(
+    fake: tuple[FakeAgent, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A string from the agent could retitle the terminal, move the cursor, or print a fake line.
+    agent, path = fake
+    agent.reason = "\x1b]0;owned\x07\x1b[2J\nproblem: none, all is well\x9b"
+    code, out, _ = run(capsys, "status", "--socket", str(path))
+    assert code == 1
+    assert not any(ch in out for ch in "\x1b\x07\x9b"), out
+    assert "\nproblem: none" not in out and "\\x1b]0;owned" in out
