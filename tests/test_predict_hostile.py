@@ -348,3 +348,50 @@ def test_a_model_path_that_is_not_a_file_is_refused_without_blocking(
         inspect_model_file(specials[kind])
     with pytest.raises(ModelFileError, match=r"not a regular file|Is a directory"):
         read_processing(specials[kind])
+
+
+def shared_units_metadata(tensors: int, units: int) -> bytes:
+    """TFLite metadata (``M001``) whose ``tensors`` input tensors all list the same vector of
+    ``units`` references to one process unit (not a normalization): 50 KB for 4096 x 4096."""
+    b = flatbuffers.Builder(1024)
+
+    def same(offset: int, count: int) -> int:
+        b.StartVector(4, count, 4)
+        for _ in range(count):
+            b.PrependUOffsetTRelative(offset)
+        return int(b.EndVector())
+
+    b.StartObject(2)  # ProcessUnit: options_type 2 (not NormalizationOptions)
+    b.PrependUint8Slot(0, 2, 0)
+    units_vector = same(b.EndObject(), units)
+    b.StartObject(7)  # TensorMetadata: process_units 4
+    b.PrependUOffsetTRelativeSlot(4, units_vector, 0)
+    tensors_vector = same(b.EndObject(), tensors)
+    b.StartObject(7)  # SubGraphMetadata: input_tensor_metadata 2
+    b.PrependUOffsetTRelativeSlot(2, tensors_vector, 0)
+    subgraphs = same(b.EndObject(), 1)
+    b.StartObject(8)  # ModelMetadata: subgraph_metadata 3
+    b.PrependUOffsetTRelativeSlot(3, subgraphs, 0)
+    b.Finish(b.EndObject(), file_identifier=b"M001")
+    return bytes(b.Output())
+
+
+def test_metadata_whose_tensors_share_their_units_is_read_in_bounded_time(
+    color_models: Path,
+) -> None:
+    # 4096 inputs x the same 4096 process units: 30 s of CPU in read_processing (the admin
+    # CLI's image sample reads it) for a 50 KB file.
+    from agent.inference.metadata import read_processing_bytes
+
+    model = schema.ModelT.InitFromPackedBuf(
+        bytearray((color_models / "color_float_meta.tflite").read_bytes()), 0
+    )
+    model.subgraphs[0].inputs = [0] * 4096
+    metadata = shared_units_metadata(4096, 4096)
+    model.buffers[model.metadata[0].buffer].data = np.frombuffer(metadata, dtype=np.uint8)
+    builder = flatbuffers.Builder(4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    start = time.monotonic()
+    with pytest.raises(ModelFileError, match="in all; refusing"):
+        read_processing_bytes(bytes(builder.Output()))
+    assert time.monotonic() - start < 2.0

@@ -162,13 +162,23 @@ def _input_normalization(raw: bytes, inputs: int) -> tuple[Normalization | None,
     def field(tab: Any, slot: int) -> int:
         return int(tab.Offset(4 + 2 * slot))
 
+    # Tables may be shared (offsets to the same one): a few kilobytes can list 4096 tensors
+    # that each list the same 4096 process units. The tables listed, all together, are bounded.
+    budget = [_MAX_ITEMS * 4]
+
     def tables(tab: Any, slot: int) -> list[Any]:
         off = field(tab, slot)
         if not off:
             return []
         count = tab.VectorLen(off)
+        budget[0] -= count
         if count > _MAX_ITEMS:
             raise ModelFileError(f"TFLITE_METADATA lists {count} items; refusing")
+        if budget[0] < 0:
+            raise ModelFileError(
+                f"TFLITE_METADATA lists more than {_MAX_ITEMS * 4} tensors and process units "
+                "in all; refusing"
+            )
         start = tab.Vector(off)
         return [table.Table(buf, tab.Indirect(start + 4 * i)) for i in range(count)]
 
