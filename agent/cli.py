@@ -19,6 +19,7 @@ from agent import __version__
 from agent.config import ApiSection, load_config
 from agent.errors import AgentError, ConfigError, SocketError, UsageError
 from agent.systemd import setup_logging
+from agent.terminal import printable
 
 __all__ = ["main"]
 
@@ -440,13 +441,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except SocketError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {printable(str(exc))}", file=sys.stderr)
         return 3
     except UsageError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {printable(str(exc))}", file=sys.stderr)
         return 2
     except AgentError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {printable(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

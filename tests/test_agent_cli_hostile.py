@@ -338,3 +338,14 @@ def test_control_characters_from_the_agent_do_not_reach_the_terminal(
     assert code == 1
     assert not any(ch in out for ch in "\x1b\x07\x9b"), out
     assert "\nproblem: none" not in out and "\\x1b]0;owned" in out
+
+
+def test_an_agent_error_with_control_characters_is_one_escaped_line(
+    fake: tuple[FakeAgent, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    agent, path = fake
+    agent.output = SCORES | {"name": "ok"}
+    agent.input = IMAGE_INPUT | {"datatype": "\x1b[2Jfake\nedgefleet-agent: fine"}
+    code, _, err = run(capsys, "infer", "color", str(image(tmp_path)), "--socket", str(path))
+    assert code == 1
+    assert "\x1b" not in err and err.count("\n") == 1, err

@@ -395,3 +395,26 @@ def test_metadata_whose_tensors_share_their_units_is_read_in_bounded_time(
     with pytest.raises(ModelFileError, match="in all; refusing"):
         read_processing_bytes(bytes(builder.Output()))
     assert time.monotonic() - start < 2.0
+
+
+def test_predict_text_escapes_control_characters_from_the_model_and_labels() -> None:
+    from agent.inference.metadata import Normalization
+    from agent.inference.predict import OutputKind, PredictResult, TensorSummary, as_text
+    from agent.inference.preprocess import Classification
+
+    norm = Normalization((0.0,), (1.0,), "flags")
+    hostile = "\x1b]0;owned\x07\nforged line"
+    for result in (
+        PredictResult(
+            OutputKind.CLASSIFICATION, norm, (1, 1), classes=(Classification(0, 1.0, hostile),)
+        ),
+        PredictResult(
+            OutputKind.TENSORS,
+            norm,
+            (1, 1),
+            tensors=(TensorSummary(hostile, (1,), "float32", 0, 0, 0),),
+        ),
+    ):
+        lines = as_text(result)
+        assert not any(c in "".join(lines) for c in "\x1b\x07\n"), lines
+        assert any("\\x1b]0;owned" in line for line in lines)

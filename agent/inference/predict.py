@@ -35,6 +35,7 @@ from agent.inference.preprocess import (
     read_labels,
     top_k,
 )
+from agent.terminal import printable
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -366,7 +367,12 @@ def as_json(result: PredictResult) -> dict[str, Any]:
 
 
 def as_text(result: PredictResult) -> list[str]:
-    """``result`` as the lines ``predict`` prints."""
+    """``result`` as the lines ``predict`` prints (control characters in labels and tensor
+    names, which come from files, escaped)."""
+    return [printable(line) for line in _text_lines(result)]
+
+
+def _text_lines(result: PredictResult) -> list[str]:
     if result.kind is OutputKind.CLASSIFICATION:
         return [f"{r.score:8.4f}  {r.index:5d}  {r.label}" for r in result.classes]
     if result.kind is OutputKind.DETECTION:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any
+
+from agent.terminal import printable
 
 __all__ = ["NOT_READY", "OK", "as_json", "infer_text", "status_exit_code", "status_table"]
 
@@ -17,21 +18,6 @@ NOT_READY = 1  # reachable, but not ready, or a model failing, or the engine wed
 def status_exit_code(doc: dict[str, Any]) -> int:
     """0 when the agent is ready and no model fails, else 1."""
     return NOT_READY if doc["problems"] else OK
-
-
-# C0 and C1 control characters: a string the agent sends (a model name, an error) must not
-# move the operator's cursor, rewrite the terminal's title or start a fake line.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def _escaped(value: Any) -> Any:
-    if isinstance(value, str):
-        return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", value)
-    if isinstance(value, dict):
-        return {k: _escaped(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_escaped(v) for v in value]
-    return value
 
 
 def _finite(value: Any) -> Any:
@@ -90,7 +76,7 @@ def _notes(m: dict[str, Any]) -> list[str]:
 def status_table(doc: dict[str, Any]) -> str:
     """``status`` for a person: a header, one row per model, telemetry, updates, problems.
     Control characters in the agent's strings are shown escaped (``\\x1b``)."""
-    doc = _escaped(doc)
+    doc = printable(doc)
     state = "ready" if doc["ready"] else "NOT READY"
     lines = [
         f"agent {doc['agent_version']} on {doc['socket']}: {state}, up {_duration(doc['uptime_s'])}"
@@ -147,7 +133,7 @@ def status_table(doc: dict[str, Any]) -> str:
 def infer_text(doc: dict[str, Any]) -> str:
     """``infer`` for a person: the top classes as ``predict`` prints them (or the outputs'
     names and shapes), then what served the request (control characters escaped)."""
-    doc = _escaped(doc)
+    doc = printable(doc)
     lines = []
     if "top_k" in doc:
         lines += [f"{r['score']:8.4f}  {r['index']:5d}  {r['label']}" for r in doc["top_k"]]
