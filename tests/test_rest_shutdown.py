@@ -4,7 +4,11 @@ request, under "timeout graceful shutdown exceeded")."""
 
 from __future__ import annotations
 
+import functools
+import http.client as http_client
+import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,9 +26,9 @@ def agent(tmp_path: Path, color_models: Path) -> Iterator[tuple[Agent, int]]:
     server = start_server(tmp_path / "fleet", None)
     agent: Agent | None = None
     try:
-        server.admin("models", "push", str(color_models / "pair_float.tflite"), "--name", "pair",
-                     "--version", "1.0.0")  # fmt: skip
-        server.admin("deploy", "pair", "1.0.0")
+        for name in ("pair", "spin"):
+            server.admin("models", "push", str(color_models / f"{name}_float.tflite"), "--name",
+                         name, "--version", "1.0.0", "--deploy")  # fmt: skip
         port = free_port()
         agent = make_agent(tmp_path, "edge-stop", server, checkin_s=1.0)
         text = agent.config.read_text()
@@ -34,13 +38,18 @@ def agent(tmp_path: Path, color_models: Path) -> Iterator[tuple[Agent, int]]:
             )
         )
         agent.start()
-        url = f"http://127.0.0.1:{port}/v2/models/pair/ready"
-        wait_for("pair over REST", lambda: http(url)[0] == 200, timeout=90)
+        for name in ("pair", "spin"):
+            url = f"http://127.0.0.1:{port}/v2/models/{name}/ready"
+            wait_for(f"{name} over REST", functools.partial(ready, url), timeout=90)
         yield agent, port
     finally:
         if agent is not None and agent.proc is not None and agent.proc.popen.poll() is None:
             agent.stop()
         server.proc.stop()
+
+
+def ready(url: str) -> bool:
+    return http(url)[0] == 200
 
 
 def test_sigterm_with_stalled_rest_clients_stops_cleanly(agent: tuple[Agent, int]) -> None:
@@ -70,3 +79,33 @@ def test_sigterm_with_stalled_rest_clients_stops_cleanly(agent: tuple[Agent, int
     # disconnection the stop asks for was logged as a lost connection).
     warnings = [line for line in tail.splitlines() if " WARNING " in line or " ERROR " in line]
     assert len(warnings) == 1 and "dropped 2 connection(s)" in warnings[0], warnings
+
+
+def test_sigterm_while_a_rest_request_computes_for_ever(agent: tuple[Agent, int]) -> None:
+    # A request on a wedged interpreter (spin: x > 1e30 never ends) at SIGTERM: uvicorn
+    # cancelled it at the end of its grace with "ERROR Cancel 1 running task(s)", a second line.
+    proc, port = agent
+    doc = json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32",
+                                  "data": [1e31]}]}).encode()  # fmt: skip
+    answers: list[object] = []
+
+    def call() -> None:
+        try:
+            answers.append(http(f"http://127.0.0.1:{port}/v2/models/spin/infer", doc)[0])
+        except (OSError, http_client.HTTPException) as exc:
+            answers.append(exc)  # dropped by the stop: expected
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    time.sleep(1.0)  # the interpreter spins
+    start = time.monotonic()
+    code = proc.stop()
+    took = time.monotonic() - start
+    caller.join(10)
+    output = proc.output()
+    tail = output[output.rfind("stopping") :] if "stopping" in output else output
+    assert code == 0 and took < 15, (code, took, tail)
+    assert "Traceback" not in output and "CancelledError" not in output, tail
+    warnings = [line for line in tail.splitlines() if " WARNING " in line or " ERROR " in line]
+    assert len(warnings) == 1 and "dropped 1 connection(s)" in warnings[0], warnings
+    assert answers and not isinstance(answers[0], int), answers  # no answer, cut

@@ -89,9 +89,19 @@ def _bounded_protocol(
             self.loop.call_later(max(0.0, grace - _DROP_BEFORE_S), self._drop)
 
         def _drop(self) -> None:
-            if not self.transport.is_closing():
-                dropped.count += 1
-                self.transport.abort()
+            # Every connection of the server at once (their timers fire together anyway).
+            for connection in list(self.connections):
+                if not connection.transport.is_closing():
+                    dropped.count += 1
+                    connection.transport.abort()
+            # Once they know their clients are gone (connection_lost comes on a later turn),
+            # requests still computing are cancelled: uvicorn would do it in a moment, with an
+            # ERROR line of its own (the app takes the cancellation quietly).
+            self.loop.call_later(_DROP_BEFORE_S / 2, self._cancel_tasks)
+
+        def _cancel_tasks(self) -> None:
+            for task in list(self.tasks):
+                task.cancel()
 
         def on_response_complete(self) -> None:
             self._idle_since = self.loop.time()
