@@ -1,13 +1,16 @@
-"""Crash-safe file writes: after a kill -9 at any instant, the old or the new content remains."""
+"""Crash-safe file writes (after a kill -9 at any instant, the old or the new content remains),
+and bounded reads of files a user names."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write", "fsync_dir"]
+__all__ = ["atomic_write", "fsync_dir", "read_regular"]
 
 
 def fsync_dir(directory: Path) -> None:
@@ -35,3 +38,28 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
             Path(tmp).unlink()
         raise
     fsync_dir(path.parent)
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of the regular file at ``path`` (symlinks followed), refusing more than
+    ``limit``.
+
+    A pipe would block the reader until someone writes to it, and ``/dev/zero`` never ends:
+    both are refused before a byte is read.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        OSError: not a regular file (EINVAL), larger than ``limit`` (EFBIG), or unreadable.
+    """
+    # O_NONBLOCK: opening a pipe that no one writes to would otherwise block in open().
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a pipe, device or folder)")
+        if info.st_size > limit:
+            raise OSError(errno.EFBIG, f"{info.st_size} bytes, more than the {limit} allowed")
+        data = handle.read(limit + 1)  # the file may grow while it is read
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"more than the {limit} bytes allowed")
+    return data

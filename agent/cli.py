@@ -19,6 +19,7 @@ from agent import __version__
 from agent.config import ApiSection, load_config
 from agent.errors import AgentError, ConfigError, SocketError, UsageError
 from agent.systemd import setup_logging
+from agent.terminal import printable
 
 __all__ = ["main"]
 
@@ -239,17 +240,23 @@ def _agent_socket(args: argparse.Namespace) -> Path:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from agent.local import LocalClient, read_status, status_exit_code, status_table  # noqa: PLC0415
+    from agent.local import (  # noqa: PLC0415
+        LocalClient,
+        as_json,
+        read_status,
+        status_exit_code,
+        status_table,
+    )
 
     with LocalClient(_agent_socket(args), timeout_s=args.timeout) as client:
         doc = read_status(client)
-    print(json.dumps(doc, sort_keys=True) if args.json else status_table(doc))
+    print(as_json(doc) if args.json else status_table(doc))
     return status_exit_code(doc)
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
     from agent.inference.preprocess import read_labels  # noqa: PLC0415
-    from agent.local import LocalClient, infer_once, infer_text  # noqa: PLC0415
+    from agent.local import LocalClient, as_json, infer_once, infer_text  # noqa: PLC0415
 
     if not 1 <= args.top_k <= 1000:
         raise UsageError("--top-k must be within 1..1000")
@@ -259,7 +266,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     with LocalClient(_agent_socket(args), timeout_s=args.timeout) as client:
         doc = infer_once(client, args.model, args.input, k=args.top_k, labels=labels)
-    print(json.dumps(doc, sort_keys=True) if args.json else infer_text(doc))
+    print(as_json(doc) if args.json else infer_text(doc))
     return 0
 
 
@@ -434,13 +441,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except SocketError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {printable(str(exc))}", file=sys.stderr)
         return 3
     except UsageError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {printable(str(exc))}", file=sys.stderr)
         return 2
     except AgentError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {printable(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -14,6 +14,7 @@ Only the flatbuffers runtime that LiteRT already depends on is needed.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ModelFileError
-from agent.inference.modelfile import MAX_MODEL_BYTES
+from agent.inference.modelfile import MAX_MODEL_BYTES, open_model_file
 
 __all__ = [
     "DETECTION_POSTPROCESS_OP",
@@ -39,6 +40,7 @@ _NORMALIZATION_OPTIONS = 1  # ProcessUnitOptions union: NormalizationOptions
 _MAX_CHANNELS = 64  # mean/std values per input: one per channel
 _MAX_ITEMS = 4096  # tensors or process units listed in the metadata
 _MAX_CLASSES = 100_000
+_MAX_OPTIONS_BYTES = 64 * 1024  # a post-process op's options: a dozen numbers
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ def read_processing(path: Path) -> ModelProcessing:
         ModelFileError: unreadable, too large, or its metadata or post-process op is corrupt.
     """
     try:
-        with path.open("rb") as handle:
+        with open_model_file(path) as handle:
             size = os.fstat(handle.fileno()).st_size
             if size == 0 or size > MAX_MODEL_BYTES:
                 raise ModelFileError(f"{path}: {size} bytes; not a model this device can read")
@@ -160,13 +162,23 @@ def _input_normalization(raw: bytes, inputs: int) -> tuple[Normalization | None,
     def field(tab: Any, slot: int) -> int:
         return int(tab.Offset(4 + 2 * slot))
 
+    # Tables may be shared (offsets to the same one): a few kilobytes can list 4096 tensors
+    # that each list the same 4096 process units. The tables listed, all together, are bounded.
+    budget = [_MAX_ITEMS * 4]
+
     def tables(tab: Any, slot: int) -> list[Any]:
         off = field(tab, slot)
         if not off:
             return []
         count = tab.VectorLen(off)
+        budget[0] -= count
         if count > _MAX_ITEMS:
             raise ModelFileError(f"TFLITE_METADATA lists {count} items; refusing")
+        if budget[0] < 0:
+            raise ModelFileError(
+                f"TFLITE_METADATA lists more than {_MAX_ITEMS * 4} tensors and process units "
+                "in all; refusing"
+            )
         start = tab.Vector(off)
         return [table.Table(buf, tab.Indirect(start + 4 * i)) for i in range(count)]
 
@@ -226,8 +238,8 @@ def _detection_head(schema: Any, model: Any, graph: Any) -> DetectionHead | None
         if not all(t in graph_outputs for t in produced):
             return None  # post-processed further in the graph: not the standard head
         options = _flexbuffer_map(op.CustomOptionsAsNumpy().tobytes())
-        num_classes = int(options.get("num_classes", 0))
-        max_detections = int(options.get("max_detections", 0))
+        num_classes = _int_option(options, "num_classes")
+        max_detections = _int_option(options, "max_detections")
         if not 0 < num_classes <= _MAX_CLASSES:
             raise ModelFileError(f"{DETECTION_POSTPROCESS_OP} declares {num_classes} classes")
         boxes, classes, scores, count = (graph_outputs.index(t) for t in produced)
@@ -242,10 +254,28 @@ def _detection_head(schema: Any, model: Any, graph: Any) -> DetectionHead | None
     return None
 
 
-def _flexbuffer_map(raw: bytes) -> dict[str, Any]:
+def _flexbuffer_map(raw: bytes) -> Any:
+    """The root map of a flexbuffer, not decoded: values are read only by key (a flexbuffer is
+    a graph, so a few hundred bytes whose vectors all point at the same child decode to
+    billions of values)."""
     from flatbuffers import flexbuffers  # noqa: PLC0415
 
-    value = flexbuffers.Loads(raw)
-    if not isinstance(value, dict):
+    if len(raw) > _MAX_OPTIONS_BYTES:
+        raise ModelFileError(f"{DETECTION_POSTPROCESS_OP} options are {len(raw)} bytes; refusing")
+    root = flexbuffers.GetRoot(raw)
+    if not root.IsMap:
         raise ModelFileError(f"{DETECTION_POSTPROCESS_OP} options are not a map")
-    return value
+    return root.AsMap
+
+
+def _int_option(options: Any, key: str) -> int:
+    """An integer option of a flexbuffer map (0 when absent), as the runtime reads it."""
+    try:
+        ref = options[key]
+    except KeyError:
+        return 0
+    if ref.IsInt:
+        return int(ref.AsInt)
+    if ref.IsFloat and math.isfinite(ref.AsFloat) and float(ref.AsFloat).is_integer():
+        return int(ref.AsFloat)
+    raise ModelFileError(f"{DETECTION_POSTPROCESS_OP} option {key} is not an integer")

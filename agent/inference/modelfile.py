@@ -7,11 +7,13 @@ flatbuffers schema is needed; no interpreter is created.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from agent.errors import ModelFileError, RuntimeMissingError
 
@@ -24,6 +26,7 @@ __all__ = [
     "inspect_model_bytes",
     "inspect_model_file",
     "max_known_op_code",
+    "open_model_file",
 ]
 
 EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
@@ -294,6 +297,21 @@ def max_known_op_code() -> int:
     return max(_enum_names(schema.BuiltinOperator))
 
 
+def open_model_file(path: Path) -> BinaryIO:
+    """Open a model file for reading: a regular file only (symlinks followed).
+
+    Raises:
+        OSError: missing, unreadable, or not a regular file (a pipe would block the open, and
+            the read, for ever).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    handle = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        handle.close()
+        raise OSError(errno.EINVAL, "not a regular file (a pipe, device or folder)")
+    return handle
+
+
 def inspect_model_file(path: Path) -> ModelInfo:
     """Read and inspect a model file.
 
@@ -301,7 +319,7 @@ def inspect_model_file(path: Path) -> ModelInfo:
         ModelFileError: the file is missing, unreadable, too large, or not a TFLite model.
     """
     try:
-        with path.open("rb") as handle:
+        with open_model_file(path) as handle:
             size = os.fstat(handle.fileno()).st_size
             if size > MAX_MODEL_BYTES:
                 raise ModelFileError(f"{path}: {size} bytes; the limit is {MAX_MODEL_BYTES}")

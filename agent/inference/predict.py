@@ -15,6 +15,7 @@ labels file fits its classes (:func:`label_names`), which detections pass the th
 from __future__ import annotations
 
 import enum
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from agent.inference.preprocess import (
     read_labels,
     top_k,
 )
+from agent.terminal import printable
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -206,17 +208,24 @@ def detections(
     labels: Sequence[str] | None,
     image_size: tuple[int, int],
 ) -> list[Detection]:
-    """The detections scoring at least ``threshold``, best first."""
+    """The detections scoring at least ``threshold``, best first.
+
+    A detection whose score, class or box is not a finite number (NaN, infinity) is no
+    detection: it is left out, as is anything past the count the model reports.
+    """
     boxes = np.asarray(outputs[head.boxes], dtype=np.float64).reshape(-1, 4)
     classes = np.asarray(outputs[head.classes], dtype=np.float64).reshape(-1)
     scores = np.asarray(outputs[head.scores], dtype=np.float64).reshape(-1)
-    count = int(np.asarray(outputs[head.count]).reshape(-1)[0])
+    reported = np.asarray(outputs[head.count], dtype=np.float64).reshape(-1)[:1]
+    count = int(reported[0]) if reported.size and np.isfinite(reported[0]) else 0
     count = max(0, min(count, boxes.shape[0], classes.size, scores.size))
     width, height = image_size
     found = []
     for i in range(count):
         score = float(scores[i])
         if not np.isfinite(score) or score < threshold:
+            continue
+        if not (np.isfinite(classes[i]) and np.all(np.isfinite(boxes[i]))):
             continue
         index = int(classes[i])
         ymin, xmin, ymax, xmax = (float(v) for v in np.clip(boxes[i], 0.0, 1.0))
@@ -308,8 +317,14 @@ def predict(request: PredictRequest, **backend: Any) -> tuple[PredictResult, Any
     return PredictResult(tensors=summaries, **common), model
 
 
+def _number(value: float) -> float | None:
+    """A value for JSON: rounded, and null when not finite (JSON has no NaN or infinity)."""
+    return round(value, 6) if math.isfinite(value) else None
+
+
 def as_json(result: PredictResult) -> dict[str, Any]:
-    """``result`` as the JSON object ``predict --json`` prints (without model and backend)."""
+    """``result`` as the JSON object ``predict --json`` prints (without model and backend).
+    A score or statistic that is NaN or infinite (a model can output those) is null."""
     data: dict[str, Any] = {
         "kind": result.kind.value,
         "normalization": {
@@ -320,7 +335,7 @@ def as_json(result: PredictResult) -> dict[str, Any]:
     }
     if result.kind is OutputKind.CLASSIFICATION:
         data["top_k"] = [
-            {"label": r.label, "index": r.index, "score": round(r.score, 6)} for r in result.classes
+            {"label": r.label, "index": r.index, "score": _number(r.score)} for r in result.classes
         ]
     elif result.kind is OutputKind.DETECTION:
         width, height = result.image_size
@@ -330,7 +345,7 @@ def as_json(result: PredictResult) -> dict[str, Any]:
             {
                 "label": d.label,
                 "index": d.index,
-                "score": round(d.score, 6),
+                "score": _number(d.score),
                 "box": [round(v, 6) for v in d.box],
                 "box_pixels": list(d.box_pixels),
             }
@@ -342,9 +357,9 @@ def as_json(result: PredictResult) -> dict[str, Any]:
                 "name": t.name,
                 "shape": list(t.shape),
                 "dtype": t.dtype,
-                "min": round(t.min, 6),
-                "max": round(t.max, 6),
-                "mean": round(t.mean, 6),
+                "min": _number(t.min),
+                "max": _number(t.max),
+                "mean": _number(t.mean),
             }
             for t in result.tensors
         ]
@@ -352,7 +367,12 @@ def as_json(result: PredictResult) -> dict[str, Any]:
 
 
 def as_text(result: PredictResult) -> list[str]:
-    """``result`` as the lines ``predict`` prints."""
+    """``result`` as the lines ``predict`` prints (control characters in labels and tensor
+    names, which come from files, escaped)."""
+    return [printable(line) for line in _text_lines(result)]
+
+
+def _text_lines(result: PredictResult) -> list[str]:
     if result.kind is OutputKind.CLASSIFICATION:
         return [f"{r.score:8.4f}  {r.index:5d}  {r.label}" for r in result.classes]
     if result.kind is OutputKind.DETECTION:

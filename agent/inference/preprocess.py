@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from agent._fs import read_regular
 from agent.errors import InputError
 from agent.inference.metadata import Normalization, read_processing
 from agent.inference.modelfile import TensorInfo
@@ -29,10 +32,17 @@ __all__ = [
 ]
 
 _MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+_MAX_IMAGE_BYTES = 256 * 1024 * 1024  # read whole: a compressed image is far smaller
 _MAX_LABELS_BYTES = 16 * 1024 * 1024
 # Pixels 0..255 onto [-1, 1] when neither the model's metadata nor a flag says otherwise.
 DEFAULT_MEAN = (127.5,)
 DEFAULT_STD = (127.5,)
+_PIXEL_RANGE = np.array([[0.0], [255.0]], dtype=np.float32)
+_GIVEN_BY = {
+    "flags": "given by --mean/--std",
+    "metadata": "from the model's TFLite metadata",
+    "default": "the default",
+}
 
 
 @dataclass(frozen=True)
@@ -45,36 +55,58 @@ class Classification:
 
 
 def load_image(path: Path) -> Image:
-    """Open an image file (any format Pillow reads).
+    """Open an image file (any format Pillow reads) of at most 64 Mpixels.
 
     Raises:
-        InputError: missing, unreadable or not an image.
+        InputError: missing, unreadable, not a regular file, too large, or not an image.
     """
     from PIL import Image, UnidentifiedImageError  # noqa: PLC0415 - only predict needs Pillow
 
-    Image.MAX_IMAGE_PIXELS = _MAX_IMAGE_PIXELS
     try:
-        with Image.open(path) as img:
-            img.load()
-            return img.copy()
+        data = read_regular(path, _MAX_IMAGE_BYTES)
     except FileNotFoundError as exc:
         raise InputError(f"image {path} does not exist") from exc
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+    except OSError as exc:
+        raise InputError(f"{path} is not a readable image: {exc.strerror or exc}") from exc
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between its limit and twice it; ours is a limit.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+                if width * height > _MAX_IMAGE_PIXELS:
+                    raise InputError(
+                        f"{path} is {width}x{height} pixels, more than the "
+                        f"{_MAX_IMAGE_PIXELS} predict decodes; scale it down"
+                    )
+                img.load()
+                return img.copy()
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as exc:
         raise InputError(f"{path} is not a readable image: {exc}") from exc
 
 
 def _layout(tensor: TensorInfo) -> tuple[int, int, int]:
-    """(height, width, channels) of an image input shaped [1,H,W], [1,H,W,C] or [H,W,C]."""
+    """(height, width, channels) of an image input shaped [1,H,W], [1,H,W,C] or [H,W,C] of at
+    most 64 Mpixels (a shape from a file or an agent's answer, not to be trusted)."""
     shape = tensor.shape
+    layout = None
     if len(shape) == 4 and shape[0] == 1 and shape[3] in (1, 3):
-        return shape[1], shape[2], shape[3]
-    if len(shape) == 3 and shape[0] == 1:
-        return shape[1], shape[2], 1
-    if len(shape) == 3 and shape[2] in (1, 3):
-        return shape[0], shape[1], shape[2]
+        layout = shape[1], shape[2], shape[3]
+    elif len(shape) == 3 and shape[0] == 1:
+        layout = shape[1], shape[2], 1
+    elif len(shape) == 3 and shape[2] in (1, 3):
+        layout = shape[0], shape[1], shape[2]
+    if layout is not None and 1 <= layout[0] * layout[1] <= _MAX_IMAGE_PIXELS and min(layout) > 0:
+        return layout
     raise InputError(
         f"input {tensor.name!r} has shape {list(shape)}; an image input must be "
-        "[1,H,W,3], [1,H,W,1] or [1,H,W]"
+        f"[1,H,W,3], [1,H,W,1] or [1,H,W], of 1..{_MAX_IMAGE_PIXELS} pixels"
     )
 
 
@@ -93,7 +125,8 @@ def input_normalization(
     how real values are stored, not which real values the model was trained on.
 
     Raises:
-        InputError: a mean or std with neither one value nor one per channel, or a std of 0.
+        InputError: a mean or std with neither one value nor one per channel, not finite,
+            a std of 0, or one so small that pixels become infinite.
     """
     channels = _layout(tensor)[2]
     base = from_metadata or Normalization(DEFAULT_MEAN, DEFAULT_STD, "default")
@@ -102,16 +135,25 @@ def input_normalization(
         std=tuple(float(v) for v in std) if std is not None else base.std,
         source="flags" if mean is not None or std is not None else base.source,
     )
+    given = _GIVEN_BY[chosen.source]
     for what, values in (("mean", chosen.mean), ("std", chosen.std)):
         if len(values) not in (1, channels):
             raise InputError(
                 f"{what} has {len(values)} values; input {tensor.name!r} has {channels} "
-                "channel(s): give one value or one per channel"
+                f"channel(s): give one value or one per channel ({what} {given})"
             )
         if not all(np.isfinite(values)):
-            raise InputError(f"{what} {list(values)} is not finite")
+            raise InputError(f"{what} {list(values)} ({given}) is not finite")
     if any(v == 0 for v in chosen.std):
-        raise InputError("std must not be 0")
+        raise InputError(f"std must not be 0 ({given})")
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        mean_32 = np.asarray(chosen.mean, dtype=np.float32)
+        extremes = (_PIXEL_RANGE - mean_32) / np.asarray(chosen.std, dtype=np.float32)
+    if not np.all(np.isfinite(extremes)):
+        raise InputError(
+            f"mean {list(chosen.mean)} and std {list(chosen.std)} ({given}) take pixels "
+            "0..255 beyond the float32 range; give --mean and --std"
+        )
     return chosen
 
 
@@ -166,7 +208,12 @@ def image_to_tensor(
             f"does not fit input {tensor.name!r} with {channels} channel(s)"
         )
     real = (pixels - mean) / std
-    dtype = np.dtype(tensor.dtype)
+    try:
+        dtype = np.dtype(tensor.dtype)
+    except TypeError:
+        raise InputError(
+            f"input {tensor.name!r} has dtype {tensor.dtype}; cannot encode an image"
+        ) from None
     if dtype.kind == "f":
         data = real.astype(dtype)
     elif dtype in (np.uint8, np.int8, np.int16) and tensor.quantized:
@@ -187,11 +234,11 @@ def read_labels(path: Path) -> list[str]:
         InputError: missing, unreadable or too large.
     """
     try:
-        if path.stat().st_size > _MAX_LABELS_BYTES:
-            raise InputError(f"labels file {path} is larger than {_MAX_LABELS_BYTES} bytes")
-        return path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read labels {path}: {exc}") from exc
+        return read_regular(path, _MAX_LABELS_BYTES).decode("utf-8").splitlines()
+    except OSError as exc:
+        raise InputError(f"cannot read labels {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"cannot read labels {path}: not UTF-8 text ({exc.reason})") from exc
 
 
 def top_k(

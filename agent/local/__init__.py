@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from agent.local.client import LocalClient, check_socket
 from agent.local.commands import infer_once, read_status
-from agent.local.report import infer_text, status_exit_code, status_table
+from agent.local.report import as_json, infer_text, status_exit_code, status_table
 
 __all__ = [
     "LocalClient",
+    "as_json",
     "check_socket",
     "infer_once",
     "infer_text",

@@ -8,6 +8,8 @@ input's quantization that ``Status`` reports, or sends a ``.npy`` array as it is
 
 from __future__ import annotations
 
+import io
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from agent._fs import read_regular
 from agent.errors import AgentError, InputError, ModelNotFoundError, UsageError
 from agent.inference.modelfile import TensorInfo
 from agent.inference.preprocess import image_to_tensor, load_image, top_k
@@ -143,12 +146,15 @@ def _tensor_info(tensor: agent_local_pb2.Tensor) -> TensorInfo:
 
 def _read_npy(path: Path) -> np.ndarray:
     try:
-        if path.stat().st_size > MAX_NPY_BYTES:
-            raise UsageError(f"{path} is larger than {MAX_NPY_BYTES} bytes")
-        array = np.load(path, allow_pickle=False)
+        data = read_regular(path, MAX_NPY_BYTES)
     except FileNotFoundError:
         raise UsageError(f"input {path} does not exist") from None
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise UsageError(f"{path} is not a readable .npy array: {exc.strerror or exc}") from None
+    try:
+        # A pickle (allow_pickle=False) and an object dtype are refused here.
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
         raise UsageError(f"{path} is not a readable .npy array: {exc}") from None
     if not isinstance(array, np.ndarray) or array.dtype.name not in DTYPE_TO_OIP:
         raise UsageError(f"{path} holds no array of a numeric type the agent takes")
@@ -251,9 +257,12 @@ def _scores(
     out = response.outputs[0]
     dtype = OIP_TO_DTYPE.get(out.datatype)
     shape = tuple(int(d) for d in out.shape)
-    if dtype is None or not shape or int(np.prod(shape)) != shape[-1] or shape[-1] < 2:
+    if dtype is None or not shape or math.prod(shape) != shape[-1] or shape[-1] < 2:
         return None
-    array = np.frombuffer(response.raw_output_contents[0], dtype=np.dtype(dtype).newbyteorder("<"))
+    raw = response.raw_output_contents[0]
+    if len(raw) != shape[-1] * np.dtype(dtype).itemsize:
+        return None  # bytes that do not fit the shape name no classes
+    array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
     tensor = TensorInfo(out.name, dtype, shape, 0.0, 0)
     # A local answer in the model's own numbers: dequantize with the output's scale. A cloud
     # answer (another variant) or real values come in their own type.

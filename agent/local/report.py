@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
-__all__ = ["NOT_READY", "OK", "infer_text", "status_exit_code", "status_table"]
+from agent.terminal import printable
+
+__all__ = ["NOT_READY", "OK", "as_json", "infer_text", "status_exit_code", "status_table"]
 
 OK = 0
 NOT_READY = 1  # reachable, but not ready, or a model failing, or the engine wedged
@@ -16,7 +20,25 @@ def status_exit_code(doc: dict[str, Any]) -> int:
     return NOT_READY if doc["problems"] else OK
 
 
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def as_json(doc: dict[str, Any]) -> str:
+    """``doc`` as one line of JSON, keys sorted; a number that is NaN or infinite (an agent
+    can report one) is null, as JSON has neither."""
+    return json.dumps(_finite(doc), sort_keys=True, allow_nan=False)
+
+
 def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "-"
     s = int(seconds)
     if s < 60:
         return f"{s}s"
@@ -52,7 +74,9 @@ def _notes(m: dict[str, Any]) -> list[str]:
 
 
 def status_table(doc: dict[str, Any]) -> str:
-    """``status`` for a person: a header, one row per model, telemetry, updates, problems."""
+    """``status`` for a person: a header, one row per model, telemetry, updates, problems.
+    Control characters in the agent's strings are shown escaped (``\\x1b``)."""
+    doc = printable(doc)
     state = "ready" if doc["ready"] else "NOT READY"
     lines = [
         f"agent {doc['agent_version']} on {doc['socket']}: {state}, up {_duration(doc['uptime_s'])}"
@@ -108,7 +132,8 @@ def status_table(doc: dict[str, Any]) -> str:
 
 def infer_text(doc: dict[str, Any]) -> str:
     """``infer`` for a person: the top classes as ``predict`` prints them (or the outputs'
-    names and shapes), then what served the request."""
+    names and shapes), then what served the request (control characters escaped)."""
+    doc = printable(doc)
     lines = []
     if "top_k" in doc:
         lines += [f"{r['score']:8.4f}  {r['index']:5d}  {r['label']}" for r in doc["top_k"]]

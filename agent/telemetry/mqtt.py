@@ -257,7 +257,7 @@ class MqttPublisher:
         """Flush briefly, disconnect and stop the network thread."""
         if self._client is None:
             return
+        self._connected.clear()  # first: a disconnection we asked for is no lost connection
         self._client.disconnect()
         self._client.loop_stop()
         self._client = None
-        self._connected.clear()

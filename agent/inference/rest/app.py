@@ -11,6 +11,8 @@ the blocking calls into the engine run on a fixed number of threads.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -83,25 +85,82 @@ class _ModelSlots:
     """The threads one model's requests may hold at once. A model's places (workers and queue)
     may outnumber the API's threads; then a flood on it would hold every thread waiting in its
     queue, and a call to another model would wait behind the flood for a thread. Beyond its
-    share a model's requests wait here, in the event loop, holding no thread."""
+    share a model's requests wait here, in the event loop, holding no thread.
+
+    Apps share a model's threads by client id (``edgefleet-client-id``, as the engine shares
+    its places): when one is free, the waiting request of the client holding the fewest goes
+    next, so a second app does not wait behind a flooding app's whole backlog before the engine
+    even sees it."""
 
     def __init__(self, per_model: int) -> None:
         self._per_model = per_model
-        self._slots: dict[str, tuple[anyio.Semaphore, list[int]]] = {}  # and its users
+        self._models: dict[str, _Slots] = {}
 
     @contextlib.asynccontextmanager
-    async def hold(self, name: str) -> AsyncIterator[None]:
+    async def hold(self, name: str, client: str = "") -> AsyncIterator[None]:
         # One event loop per app: no lock. An entry lives while a request uses or awaits it,
         # so names a client makes up do not accumulate.
-        slot = self._slots.setdefault(name, (anyio.Semaphore(self._per_model), [0]))
-        slot[1][0] += 1
+        slots = self._models.setdefault(name, _Slots(self._per_model))
+        slots.users += 1
         try:
-            async with slot[0]:
+            await slots.take(client)
+            try:
                 yield
+            finally:
+                slots.give(client)
         finally:
-            slot[1][0] -= 1
-            if not slot[1][0]:
-                del self._slots[name]
+            slots.users -= 1
+            if not slots.users:
+                del self._models[name]
+
+
+class _Slots:
+    """One model's threads: who holds how many, and who waits, by client (one event loop)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.users = 0
+        self._busy = 0
+        self._held: dict[str, int] = {}
+        self._waiting: dict[str, collections.deque[asyncio.Future[None]]] = {}
+
+    async def take(self, client: str) -> None:
+        if self._busy < self.limit and not self._waiting:
+            self._grant(client)
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(client, collections.deque()).append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.give(client)  # granted as it was cancelled: pass it on
+            else:
+                queue = self._waiting.get(client)
+                if queue is not None and waiter in queue:
+                    queue.remove(waiter)
+                    if not queue:
+                        del self._waiting[client]
+            raise
+
+    def give(self, client: str) -> None:
+        self._busy -= 1
+        held = self._held.pop(client, 1) - 1
+        if held:
+            self._held[client] = held
+        while self._busy < self.limit and self._waiting:
+            # The client holding the fewest; among equals, the one waiting longest.
+            nxt = min(self._waiting, key=lambda c: self._held.get(c, 0))
+            queue = self._waiting.pop(nxt)
+            waiter = queue.popleft()
+            if queue:
+                self._waiting[nxt] = queue  # to the back: its turn again after the others
+            self._grant(nxt)
+            waiter.set_result(None)
+
+    def _grant(self, client: str) -> None:
+        self._busy += 1
+        self._held[client] = self._held.get(client, 0) + 1
 
 
 class _Budget:
@@ -287,7 +346,7 @@ class _Api:
             del body
             return encode_infer(self.serving.infer(message, client), plan)
 
-        async with self.body(request, limit) as body, self.model_slots.hold(name):
+        async with self.body(request, limit) as body, self.model_slots.hold(name, client):
             content, json_length = await self.call(run, body)
         if json_length is None:
             return Response(content, media_type="application/json")

@@ -23,6 +23,7 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from agent.inference.rest.app import RestLimits, build_app
@@ -38,12 +39,25 @@ _TOO_MANY = (
     b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_TOO_MANY_BODY), _TOO_MANY_BODY)
 )
 _MAX_HEAD_BYTES = 16 * 1024  # a request line and headers; an OIP request needs far less
+# A stop drops the requests still unanswered this long before uvicorn's grace period ends: their
+# handlers then end on their own, instead of being cancelled with a traceback each.
+_DROP_BEFORE_S = 0.5
 
 
-def _bounded_protocol(max_connections: int, head_timeout_s: float) -> type[H11Protocol]:
+class _Dropped:
+    """How many connections a stop dropped with their request unanswered (one thread)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+def _bounded_protocol(
+    max_connections: int, head_timeout_s: float, dropped: _Dropped
+) -> type[H11Protocol]:
     class Bounded(H11Protocol):
-        """uvicorn's HTTP/1.1 protocol with a connection cap, a request-head deadline and a
-        deadline on answers the client does not take."""
+        """uvicorn's HTTP/1.1 protocol with a connection cap, a request-head deadline, a
+        deadline on answers the client does not take, and a stop that drops a request still
+        unanswered just before uvicorn's grace period ends."""
 
         _deadline: asyncio.TimerHandle | None = None
         _idle_since = 0.0
@@ -63,6 +77,31 @@ def _bounded_protocol(max_connections: int, head_timeout_s: float) -> type[H11Pr
             if self._deadline is not None:
                 self._deadline.cancel()
             super().connection_lost(exc)
+
+        def shutdown(self) -> None:
+            super().shutdown()
+            if self.transport.is_closing():
+                return
+            # uvicorn cancels what is left when its grace ends, and logs each cancelled
+            # request's CancelledError traceback. A request whose client stalls (a body that
+            # never comes) is dropped first: its handler sees the client gone and ends.
+            grace = float(self.config.timeout_graceful_shutdown or 0)
+            self.loop.call_later(max(0.0, grace - _DROP_BEFORE_S), self._drop)
+
+        def _drop(self) -> None:
+            # Every connection of the server at once (their timers fire together anyway).
+            for connection in list(self.connections):
+                if not connection.transport.is_closing():
+                    dropped.count += 1
+                    connection.transport.abort()
+            # Once they know their clients are gone (connection_lost comes on a later turn),
+            # requests still computing are cancelled: uvicorn would do it in a moment, with an
+            # ERROR line of its own (the app takes the cancellation quietly).
+            self.loop.call_later(_DROP_BEFORE_S / 2, self._cancel_tasks)
+
+        def _cancel_tasks(self) -> None:
+            for task in list(self.tasks):
+                task.cancel()
 
         def on_response_complete(self) -> None:
             self._idle_since = self.loop.time()
@@ -96,11 +135,14 @@ class RestServer:
         self, apps: list[Starlette], sockets: list[socket.socket], limits: RestLimits
     ) -> None:
         self._sockets = sockets
+        self._dropped = _Dropped()
         self._servers = [
             uvicorn.Server(
                 uvicorn.Config(
-                    app,
-                    http=_bounded_protocol(limits.max_connections, limits.head_timeout_s),
+                    _quiet_when_cancelled(app),
+                    http=_bounded_protocol(
+                        limits.max_connections, limits.head_timeout_s, self._dropped
+                    ),
                     lifespan="off",
                     log_config=None,
                     access_log=False,
@@ -164,6 +206,27 @@ class RestServer:
         for sock in self._sockets:
             with contextlib.suppress(OSError):
                 sock.close()
+        if self._dropped.count:
+            log.warning(
+                "REST API stopped: dropped %d connection(s) whose request was still "
+                "unanswered after the %.0f s grace period",
+                self._dropped.count,
+                grace,
+            )
+
+
+def _quiet_when_cancelled(app: ASGIApp) -> ASGIApp:
+    """``app``, ending quietly when uvicorn cancels it at the end of a stop's grace period
+    (a request still computing then): uvicorn would log a CancelledError traceback for it.
+    The stop's own warning says how many requests went unanswered."""
+
+    async def quiet(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await app(scope, receive, send)
+        except asyncio.CancelledError:
+            log.debug("REST request cancelled by the stop")
+
+    return quiet
 
 
 def _unix_listener(path: Path) -> socket.socket:

@@ -1,0 +1,26 @@
+"""Text from outside (a model file, a labels file, the agent's answers) made safe to print on an
+operator's terminal."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+__all__ = ["printable"]
+
+# C0 and C1 control characters: a string from a file or a peer must not move the cursor,
+# rewrite the terminal's title, clear the screen or start a fake line.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(value: Any) -> Any:
+    """``value`` with every control character of its strings shown escaped (``\\x1b``),
+    newlines included; dicts and lists are copied with their strings escaped, other values are
+    returned as they are."""
+    if isinstance(value, str):
+        return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", value)
+    if isinstance(value, dict):
+        return {k: printable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [printable(v) for v in value]
+    return value
