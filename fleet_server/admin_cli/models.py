@@ -239,11 +239,13 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     from protos import manifest_pb2  # noqa: PLC0415
     from protos.envelope import MANIFEST_PAYLOAD_TYPE  # noqa: PLC0415
 
-    keys = common.root_keys(args)
     admin = common.admin(args)
+    # The server judges the request first (an unknown model or version is that error, not a
+    # missing root key); preparing changes nothing.
     prepared = admin.call(
         "PrepareRollback", pb.DeployRequest(model_name=args.name, version=args.version)
     )
+    keys = common.root_keys(args)
     first, *rest = [
         sign_envelope(MANIFEST_PAYLOAD_TYPE, payload, keys)
         for payload in prepared.unsigned_manifests or [prepared.unsigned_manifest]

@@ -129,9 +129,11 @@ def _cmd_rollouts_rollback(args: argparse.Namespace) -> int:
     from fleet_server.signing.keys import sign_envelope  # noqa: PLC0415
     from protos.envelope import MANIFEST_PAYLOAD_TYPE  # noqa: PLC0415
 
-    keys = common.root_keys(args)
     admin = common.admin(args)
+    # The server judges the request first (a rollout that does not exist, or has nothing to go
+    # back to, is that error, not a missing root key); preparing changes nothing.
     prepared = admin.call("PrepareRolloutRollback", pb.RolloutRequest(rollout_id=args.id))
+    keys = common.root_keys(args)
     first, *rest = [
         sign_envelope(MANIFEST_PAYLOAD_TYPE, payload, keys)
         for payload in prepared.unsigned_manifests or [prepared.unsigned_manifest]
