@@ -214,9 +214,7 @@ def test_keys_status_warns_and_exits_1_within_30_days_of_an_expiry(
     roots = sorted((tmp_path / "server.root-keys").glob("root-*.key"))
     # A key list published for 10 days (the root keys sign it, as a rotation would; no
     # overlap: one release key).
-    KeyStore(data / "keys").rotate_release(
-        root_key_files=roots, lifetime_s=10 * 86400, overlap_s=0
-    )
+    KeyStore(data / "keys").rotate_release(root_key_files=roots, lifetime_s=10 * 86400, overlap_s=0)
     # The root keys leave the machine, as they should: the server cannot renew the list.
     (tmp_path / "server.root-keys").rename(tmp_path / "usb-stick")
     server = server_factory(None, data_dir=data)
@@ -236,6 +234,8 @@ def test_keys_status_warns_and_exits_1_within_30_days_of_an_expiry(
     # The server says so in its log too (once a day), with what to do.
     wait_for(
         "the server's warning about the key list",
-        lambda: "no root key is on this server to renew it: run 'edgefleet keys rotate"
-        in server.proc.output(),
+        lambda: (
+            "no root key is on this server to renew it: run 'edgefleet keys rotate"
+            in server.proc.output()
+        ),
     )

@@ -85,6 +85,8 @@ def _cmd_keys_rotate(args: argparse.Namespace) -> int:
             f"{args.overlap_days:g}): what they signed verifies meanwhile, and the running "
             "server adds the new key's signatures to the deployed manifests"
         )
+    for path in store.purge_retired(time.time()):
+        print(f"deleted {path}: its overlap in the key list has ended")
     retired = [k for k in before if (store.retired_dir / f"release-{k}.key").exists()]
     if retired:
         print(

@@ -436,7 +436,6 @@ class KeyStore:
         self.retire_release_keys([k.keyid for k in current.release_keys if k.keyid != new.keyid])
         if kept:
             self._remember_overlap(self._overlapping() | {k.keyid for k in kept})
-        self.purge_retired(now)
         return keylist
 
     def renew_keylist(
@@ -470,7 +469,6 @@ class KeyStore:
         del keylist.release_keys[:]
         keylist.release_keys.extend(live)
         self._publish(keylist, roots[: current.root_threshold])
-        self.purge_retired(now)
         return keylist
 
     @property
