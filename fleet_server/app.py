@@ -1,10 +1,10 @@
 """The composition root: one running fleet server built from its settings.
 
 :class:`FleetServer` opens the database, starts the parts in a fixed order (embedded broker,
-telemetry ingest, rollout controller, ghost-device reaper, gRPC server, reference cloud,
-dashboard, metrics, check-in writer, worker processes) and stops them in the reverse order.
-The command line (:mod:`fleet_server.cli`) only turns options into :class:`Settings` and owns
-the signals.
+telemetry ingest, rollout controller, ghost-device reaper, key maintainer, gRPC server,
+reference cloud, dashboard, metrics, check-in writer, worker processes) and stops them in the
+reverse order. The command line (:mod:`fleet_server.cli`) only turns options into
+:class:`Settings` and owns the signals.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from fleet_server.metrics import render
 from fleet_server.registry.ca import default_sans
 from fleet_server.registry.ghosts import GhostReaper
 from fleet_server.registry.store import DeviceStore
+from fleet_server.renewal.maintainer import KeyMaintainer
 from fleet_server.rollouts.controller import RolloutController
 from fleet_server.signing.pkcs11 import open_key_store
 from fleet_server.storage.db import Database
@@ -88,6 +89,9 @@ class Settings:
     cloud_ca_file: Path | None = None
     rollout_interval: float = 2.0
     ghost_device_after: float = 3600.0
+    manifest_lifetime_days: float = 365.0
+    keylist_lifetime_days: float = 365.0
+    renew_ahead_days: float = 30.0
     metrics_listen: str | None = None
     pkcs11_module: Path | None = None
     pkcs11_token: str | None = None
@@ -131,6 +135,7 @@ class FleetServer:
         self._ingest: TelemetryIngest | None = None
         self._controller: RolloutController | None = None
         self._ghosts: GhostReaper | None = None
+        self._upkeep: KeyMaintainer | None = None
         self._grpc: Any = None
         self._cloud: Any = None
         self._dashboard: Any = None
@@ -196,6 +201,7 @@ class FleetServer:
             else data_dir.read_secret(data_dir.enrollment_token_file),
             device_mqtt_url=device_mqtt_url,
             data_dir=data_dir,
+            manifest_lifetime_s=int(s.manifest_lifetime_days * 86400),
         )
         self.ctx = ctx
         # Worker processes only serve gRPC; the main process runs the rollouts and the ingest.
@@ -215,6 +221,13 @@ class FleetServer:
             self._ghosts = GhostReaper(
                 ctx.devices, ctx.audit, after_s=s.ghost_device_after, on_deleted=self._write_crl
             )
+            self._upkeep = KeyMaintainer(
+                keys, ctx.catalog, ctx.rollouts, ctx.audit,
+                root_keys=data_dir.root_keys_here,
+                manifest_lifetime_s=ctx.manifest_lifetime_s,
+                keylist_lifetime_s=s.keylist_lifetime_days * 86400,
+                renew_ahead_s=s.renew_ahead_days * 86400,
+            )  # fmt: skip
         try:
             # Workers take device calls only: enrollment, the admin API and commands (which
             # need the MQTT connection) stay with the main process.
@@ -236,6 +249,8 @@ class FleetServer:
             self._controller.start()
         if self._ghosts is not None:
             self._ghosts.start()
+        if self._upkeep is not None:
+            self._upkeep.start()
         ctx.last_seen.start()
         cloud_url = ctx.cloud_endpoint.url if self._cloud and ctx.cloud_endpoint else ""
         self._ports = _Ports(
@@ -632,6 +647,9 @@ class FleetServer:
         if self._ghosts is not None:
             self._ghosts.stop()
             self._ghosts = None
+        if self._upkeep is not None:
+            self._upkeep.stop()
+            self._upkeep = None
         if self._controller is not None:
             self._controller.stop()
             self._controller = None

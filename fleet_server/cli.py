@@ -349,6 +349,31 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 3600; 0 = never)",
     )
     run.add_argument(
+        "--manifest-lifetime-days",
+        type=_within(1, 3650),
+        default=365.0,
+        metavar="DAYS",
+        help="how long the manifests the server signs stay valid on devices (default 365)",
+    )
+    run.add_argument(
+        "--keylist-lifetime-days",
+        type=_within(1, 3650),
+        default=365.0,
+        metavar="DAYS",
+        help="the lifetime of a key list the server renews by itself, when the root keys "
+        "are on it (default 365)",
+    )
+    run.add_argument(
+        "--renew-ahead-days",
+        type=_within(0, 365),
+        default=30.0,
+        metavar="DAYS",
+        help="re-issue the manifests in use (deployed, or in a rollout in effect) that expire "
+        "within this many days, and renew the key list then if the root keys are on the "
+        "server (else warn once a day); shorter than both lifetimes (default 30; "
+        "docs/security.md)",
+    )
+    run.add_argument(
         "--metrics-listen",
         help="serve fleet-level Prometheus metrics on HOST:PORT/metrics (default: off)",
     )

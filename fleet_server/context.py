@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from fleet_server.artifacts.store import ArtifactStore
 from fleet_server.audit.store import AuditLog
 from fleet_server.catalog.benchmarks import BenchStore
+from fleet_server.catalog.push import MANIFEST_LIFETIME_S
 from fleet_server.catalog.store import CatalogStore
 from fleet_server.registry.ca import FleetCA
 from fleet_server.registry.checkins import AnswerCache, LastSeen
@@ -45,6 +46,7 @@ class ServerContext:
     data_dir: DataDir | None = None  # the server's own (None: stores without one, in tests)
     server_cert_pem: bytes = b""  # the TLS certificate the gRPC ports present (create_server)
     checkin_interval_s: int = 30
+    manifest_lifetime_s: int = MANIFEST_LIFETIME_S  # of the manifests it signs (push, rollback)
     devices: DeviceStore = field(init=False)
     refusals: RefusalStore = field(init=False)
     catalog: CatalogStore = field(init=False)

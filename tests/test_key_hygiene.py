@@ -212,8 +212,11 @@ def test_keys_status_warns_and_exits_1_within_30_days_of_an_expiry(
     data = tmp_path / "server"
     run_cli("edgefleet-server", "init", "--data-dir", str(data))
     roots = sorted((tmp_path / "server.root-keys").glob("root-*.key"))
-    # A key list published for 10 days (the root keys sign it, as a rotation would).
-    KeyStore(data / "keys").rotate_release(root_key_files=roots, lifetime_s=10 * 86400)
+    # A key list published for 10 days (the root keys sign it, as a rotation would; no
+    # overlap: one release key).
+    KeyStore(data / "keys").rotate_release(root_key_files=roots, lifetime_s=10 * 86400, overlap_s=0)
+    # The root keys leave the machine, as they should: the server cannot renew the list.
+    (tmp_path / "server.root-keys").rename(tmp_path / "usb-stick")
     server = server_factory(None, data_dir=data)
     status = server.admin("keys", "status", check=False)
     assert status.returncode == 1, status.stdout + status.stderr
@@ -228,3 +231,11 @@ def test_keys_status_warns_and_exits_1_within_30_days_of_an_expiry(
     assert report.returncode == 1
     expires = {i["kind"]: int(i["expires_unix"]) for i in json.loads(report.stdout)["items"]}
     assert expires["key list"] - time.time() < 10 * 86400
+    # The server says so in its log too (once a day), with what to do.
+    wait_for(
+        "the server's warning about the key list",
+        lambda: (
+            "no root key is on this server to renew it: run 'edgefleet keys rotate"
+            in server.proc.output()
+        ),
+    )

@@ -128,7 +128,9 @@ def test_a_published_token_key_is_the_only_release_key_and_devices_adopt_the_lis
     store = KeyStore.create(tmp_path / "keys", "fleet")
     pinned = pin_keylist(store.keylist_bytes(), fleet_id="fleet", now=1_790_000_000)
     keylist = store.publish_release_key(RAW)
-    assert keylist.version == 2 and [k.public_key for k in keylist.release_keys] == [RAW]
+    assert keylist.version == 2 and keylist.release_keys[0].public_key == RAW
+    # The file key it replaced stays for the overlap, with an expiry: it verifies, never signs.
+    assert all(k.expires_unix for k in keylist.release_keys[1:])
     assert not (tmp_path / "keys" / f"release-{keylist.release_keys[0].keyid}.key").exists()
     adopted = update_keylist(pinned, store.keylist_bytes(), now=1_790_000_000)
     assert adopted.version == 2

@@ -15,6 +15,8 @@ from fleet_server.errors import BadRequestError
 
 __all__ = ["add_parsers"]
 
+_MAX_OVERLAP_DAYS = 90
+
 
 def _keys_dir(args: argparse.Namespace) -> Path:
     if not args.data_dir:
@@ -50,26 +52,47 @@ def _cmd_keys_list(args: argparse.Namespace) -> int:
 def _cmd_keys_rotate(args: argparse.Namespace) -> int:
     from fleet_server.signing.keys import KeyStore, load_public_key  # noqa: PLC0415
 
+    if not 0 <= args.overlap_days <= _MAX_OVERLAP_DAYS:
+        raise BadRequestError(
+            f"--overlap-days {args.overlap_days:g} is out of range (0 to {_MAX_OVERLAP_DAYS})"
+        )
     os.umask(0o077)  # new key files and folders in the data dir are the server user's alone
     store = KeyStore(_keys_dir(args))
     before = [k.keyid for k in store.keylist().release_keys]
     files = common.root_key_files(args, "a new key list") if args.root_key_dir else args.root_key
     passphrase = common.read_passphrase(args.passphrase_file)
+    overlap_s = args.overlap_days * 86400
     if args.release_pub:
         keylist = store.publish_release_key(
-            load_public_key(args.release_pub), root_key_files=files or (), passphrase=passphrase
+            load_public_key(args.release_pub),
+            root_key_files=files or (),
+            passphrase=passphrase,
+            overlap_s=overlap_s,
         )
     else:
-        keylist = store.rotate_release(root_key_files=files or (), passphrase=passphrase)
+        keylist = store.rotate_release(
+            root_key_files=files or (), passphrase=passphrase, overlap_s=overlap_s
+        )
     print(
         f"published key list version {keylist.version}: release key "
         f"{keylist.release_keys[0].keyid}; devices adopt it at their next check-in"
     )
+    kept = [k for k in keylist.release_keys[1:] if k.keyid in before]
+    if kept:
+        print(
+            f"kept the replaced release key(s) {', '.join(k.keyid for k in kept)} in the list "
+            f"until {common.fmt_time(max(k.expires_unix for k in kept))} (--overlap-days "
+            f"{args.overlap_days:g}): what they signed verifies meanwhile, and the running "
+            "server adds the new key's signatures to the deployed manifests"
+        )
+    for path in store.purge_retired(time.time()):
+        print(f"deleted {path}: its overlap in the key list has ended")
     retired = [k for k in before if (store.retired_dir / f"release-{k}.key").exists()]
     if retired:
         print(
             f"moved the replaced release key(s) {', '.join(retired)} to {store.retired_dir} "
-            "(no longer used to sign)"
+            "(no longer used to sign"
+            + ("; the server deletes them once the overlap has passed)" if kept else ")")
         )
     return 0
 
@@ -140,7 +163,12 @@ def add_parsers(sub: Any) -> None:
     klist = keys_sub.add_parser("list", help="show the current key list")
     klist.set_defaults(func=_cmd_keys_list)
     rotate = keys_sub.add_parser(
-        "rotate", help="replace the release key; the root keys sign a new key list"
+        "rotate",
+        help="replace the release key; the root keys sign a new key list",
+        description="Make a new release key (or --release-pub's) the one that signs; the root "
+        "keys sign a key list of version + 1. The replaced keys stay in it for "
+        "--overlap-days so that deployed models stay valid while the running server re-signs "
+        "their manifests with the new key (docs/security.md, Rotating the release key).",
     )
     common.add_root_key_options(rotate)
     rotate.add_argument(
@@ -150,6 +178,16 @@ def add_parsers(sub: Any) -> None:
         help="make this Ed25519 public key (PEM or DER; e.g. a PKCS#11 token's, from "
         "'pkcs11-tool --read-object --type pubkey') the release key instead of creating a key "
         "file; the server signs with it through --pkcs11-* (docs/security.md)",
+    )
+    rotate.add_argument(
+        "--overlap-days",
+        type=float,
+        default=7.0,
+        metavar="DAYS",
+        help="keep the replaced release key(s) in the new key list this long (default 7; "
+        "fractions allowed; 0 = drop them at once, after a key compromise): the manifests "
+        "they signed verify until the running server has added the new key's signatures. "
+        "Their private files move to DATA_DIR/keys/retired at once either way",
     )
     rotate.set_defaults(func=_cmd_keys_rotate)
     kstatus = keys_sub.add_parser(

@@ -165,8 +165,15 @@ class Pusher:
     """Turns a PushModel stream into a stored, signed release."""
 
     def __init__(
-        self, catalog: CatalogStore, artifacts: ArtifactStore, keys: KeyStore, fleet_id: str
+        self,
+        catalog: CatalogStore,
+        artifacts: ArtifactStore,
+        keys: KeyStore,
+        fleet_id: str,
+        lifetime_s: int = MANIFEST_LIFETIME_S,
     ) -> None:
+        """``lifetime_s``: how long the manifests it signs are valid (--manifest-lifetime-days)."""
+        self._lifetime_s = lifetime_s
         self._catalog = catalog
         self._artifacts = artifacts
         self._keys = keys
@@ -332,7 +339,7 @@ class Pusher:
             size=upload.size,
             artifact_id=upload.sha256,
             created_unix=now,
-            expires_unix=now + MANIFEST_LIFETIME_S,
+            expires_unix=now + self._lifetime_s,
             fleet_id=self._fleet_id,
             requirements=manifest_pb2.Requirements(
                 edgetpu=info.edgetpu,

@@ -113,6 +113,27 @@ class CatalogStore:
             )
             bump_generation(conn)
 
+    def replace_envelope(
+        self, model_name: str, version: str, variant: str, old: bytes, new: bytes
+    ) -> bool:
+        """Replace a variant's signed manifest if it is still ``old`` (the server re-signed or
+        renewed it); False when something else changed it meanwhile."""
+        with self._engine.begin() as conn:
+            updated = conn.execute(
+                models.update()
+                .where(
+                    (models.c.model_name == model_name)
+                    & (models.c.version == version)
+                    & (models.c.variant == variant)
+                    & (models.c.envelope == old)
+                )
+                .values(envelope=new)
+            )
+            if updated.rowcount == 0:
+                return False
+            bump_generation(conn)
+        return True
+
     def get_variants(self, model_name: str, version: str) -> list[ModelRow]:
         """Every variant of a release, by variant name.
 

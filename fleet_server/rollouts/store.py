@@ -483,6 +483,16 @@ class RolloutStore:
                 bump_generation(conn)
         return ids
 
+    def versions_in_effect(self) -> set[tuple[str, str]]:
+        """(model, version) of every rollout whose assignments may decide what a device runs."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(rollouts.c.model_name, rollouts.c.version)
+                .where(rollouts.c.state.in_(sorted(IN_EFFECT)))
+                .distinct()
+            ).all()
+        return {(str(r[0]), str(r[1])) for r in rows}
+
     @staticmethod
     def _lock(conn: sa.Connection, rollout_id: int) -> RolloutState:
         hold_writes(conn)  # SQLite: FOR UPDATE below is a no-op there

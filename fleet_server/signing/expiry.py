@@ -37,7 +37,8 @@ class Kind(StrEnum):
 _ADVICE = {
     Kind.KEY_LIST: "publish a new one: edgefleet keys rotate --root-key-dir DIR",
     Kind.RELEASE_KEY: "rotate it: edgefleet keys rotate --root-key-dir DIR",
-    Kind.MANIFEST: "devices refuse it once expired: push the model again as a new release",
+    Kind.MANIFEST: "the server re-issues it within --renew-ahead-days when a release key is "
+    "online; devices refuse it once expired",
     Kind.SERVER_CERTIFICATE: "restart the server: it issues itself a new one at each start",
     Kind.BROKER_CERTIFICATE: "restart the server: the embedded broker gets a new one at start",
 }

@@ -19,6 +19,7 @@ default so that `models push` can sign, or live in a PKCS#11 token
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +35,7 @@ from protos.envelope import KEYLIST_PAYLOAD_TYPE, MANIFEST_PAYLOAD_TYPE, keyid, 
 
 __all__ = [
     "KEYLIST_LIFETIME_S",
+    "OVERLAP_S",
     "ExternalKey",
     "KeyStore",
     "ManifestSigner",
@@ -46,6 +48,10 @@ __all__ = [
 ]
 
 KEYLIST_LIFETIME_S = 365 * 24 * 3600
+# How long a rotation keeps the replaced release keys in the key list by default: the manifests
+# they signed verify meanwhile, until the server has added the new key's signatures.
+OVERLAP_S = 7 * 24 * 3600
+_KEYID = re.compile(r"[0-9a-f]{1,64}")
 
 
 def generate_key(passphrase: bytes | None = None) -> bytes:
@@ -314,20 +320,21 @@ class KeyStore:
         return manifest_pb2.KeyList.FromString(envelope.payload)
 
     def manifest_signer(self) -> ManifestSigner:
-        """A signer with the current, unexpired release keys whose private halves are here;
-        with a token, its key first (and it must be one of them).
+        """A signer with the current release keys (not those a rotation keeps for an overlap,
+        which carry an expiry) whose private halves are here; with a token, its key first (and
+        it must be one of them).
 
         Raises:
             DataDirError: fewer such keys than the key list's release threshold, or the
                 token's key is not a current release key.
         """
         keylist = self.keylist()
-        now = time.time()
         keys: list[Ed25519PrivateKey | ExternalKey] = []
         token, listed = self.token, False
         for key in keylist.release_keys:
             path = self.directory / f"release-{key.keyid}.key"
-            if key.expires_unix and key.expires_unix < now:
+            if key.expires_unix:
+                # A rotation replaced it: it still verifies until then, it signs no more.
                 continue
             if token is not None and key.public_key == token.public_raw:
                 keys.insert(0, token)
@@ -354,12 +361,16 @@ class KeyStore:
         root_key_files: Sequence[Path] = (),
         passphrase: bytes | None = None,
         lifetime_s: int = KEYLIST_LIFETIME_S,
+        overlap_s: float = OVERLAP_S,
     ) -> manifest_pb2.KeyList:
-        """Replace the release keys with a new one: key list version + 1, signed by root keys.
+        """Make a new release key the first one: key list version + 1, signed by root keys.
 
-        Root private keys come from ``root_key_files`` or, by default, this directory (a data
-        dir made with ``init --keep-root-online``). The replaced release keys' private files
-        move to :attr:`retired_dir`.
+        The replaced release keys stay in the list for ``overlap_s`` seconds (0: dropped at
+        once), so that the manifests they signed verify until the server has re-signed them
+        (:mod:`fleet_server.renewal.maintainer`); their private files move to
+        :attr:`retired_dir` at once, so nothing signs with them any more. Root private keys
+        come from ``root_key_files`` or, by default, this directory (a data dir made with
+        ``init --keep-root-online``).
 
         Raises:
             DataDirError: fewer root keys at hand than the root threshold.
@@ -367,16 +378,7 @@ class KeyStore:
         current = self.keylist()
         roots = self._root_signers(current, root_key_files, passphrase)
         release = self._new_release_key()
-        keylist = manifest_pb2.KeyList()
-        keylist.CopyFrom(current)
-        keylist.version = current.version + 1
-        keylist.expires_unix = int(time.time()) + lifetime_s
-        del keylist.release_keys[:]
-        keylist.release_keys.append(_public(release))
-        keylist.release_threshold = 1
-        self._publish(keylist, roots[: current.root_threshold])
-        self.retire_release_keys([k.keyid for k in current.release_keys])
-        return keylist
+        return self._replace_release(current, _public(release), roots, lifetime_s, overlap_s)
 
     def publish_release_key(
         self,
@@ -385,9 +387,11 @@ class KeyStore:
         root_key_files: Sequence[Path] = (),
         passphrase: bytes | None = None,
         lifetime_s: int = KEYLIST_LIFETIME_S,
+        overlap_s: float = OVERLAP_S,
     ) -> manifest_pb2.KeyList:
         """Make a key held elsewhere (a PKCS#11 token's) the release key: key list version + 1,
-        signed by root keys as :meth:`rotate_release` does, with no private key written here.
+        signed by root keys as :meth:`rotate_release` does (with the same overlap), with no
+        private key written here.
 
         Raises:
             DataDirError: not 32 bytes, or fewer root keys at hand than the root threshold.
@@ -396,19 +400,122 @@ class KeyStore:
             raise DataDirError(f"an Ed25519 public key has 32 bytes, not {len(public_raw)}")
         current = self.keylist()
         roots = self._root_signers(current, root_key_files, passphrase)
+        new = manifest_pb2.PublicKey(keyid=keyid(public_raw), public_key=public_raw)
+        return self._replace_release(current, new, roots, lifetime_s, overlap_s)
+
+    def _replace_release(
+        self,
+        current: manifest_pb2.KeyList,
+        new: manifest_pb2.PublicKey,
+        roots: Sequence[Ed25519PrivateKey],
+        lifetime_s: int,
+        overlap_s: float,
+    ) -> manifest_pb2.KeyList:
+        now = time.time()
+        until = int(now + overlap_s)
         keylist = manifest_pb2.KeyList()
         keylist.CopyFrom(current)
         keylist.version = current.version + 1
-        keylist.expires_unix = int(time.time()) + lifetime_s
+        keylist.expires_unix = int(now) + lifetime_s
         del keylist.release_keys[:]
-        keylist.release_keys.append(
-            manifest_pb2.PublicKey(keyid=keyid(public_raw), public_key=public_raw)
-        )
+        keylist.release_keys.append(new)
+        kept = []
+        if overlap_s > 0:
+            for key in current.release_keys:
+                if key.keyid == new.keyid or (key.expires_unix and key.expires_unix <= now):
+                    continue
+                old = manifest_pb2.PublicKey()
+                old.CopyFrom(key)
+                old.expires_unix = min(key.expires_unix or until, until)
+                kept.append(old)
+        keylist.release_keys.extend(kept)
         keylist.release_threshold = 1
         self._publish(keylist, roots[: current.root_threshold])
-        # The file keys it replaces must not stay online beside the token's.
-        self.retire_release_keys([k.keyid for k in current.release_keys])
+        # The keys it replaces must not sign any more (the overlap only lets devices accept
+        # what they signed before): out of the signer's reach at once.
+        self.retire_release_keys([k.keyid for k in current.release_keys if k.keyid != new.keyid])
+        if kept:
+            self._remember_overlap(self._overlapping() | {k.keyid for k in kept})
         return keylist
+
+    def renew_keylist(
+        self,
+        *,
+        root_key_files: Sequence[Path] = (),
+        passphrase: bytes | None = None,
+        lifetime_s: int = KEYLIST_LIFETIME_S,
+    ) -> manifest_pb2.KeyList:
+        """The same keys in a new key list: version + 1, a new expiry, release keys whose
+        overlap has passed left out; signed by root keys.
+
+        Raises:
+            DataDirError: fewer root keys at hand than the root threshold, or no release key
+                would be left.
+        """
+        current = self.keylist()
+        roots = self._root_signers(current, root_key_files, passphrase)
+        now = time.time()
+        keylist = manifest_pb2.KeyList()
+        keylist.CopyFrom(current)
+        keylist.version = current.version + 1
+        keylist.expires_unix = int(now) + lifetime_s
+        live = [k for k in current.release_keys if not k.expires_unix or k.expires_unix > now]
+        if len(live) < current.release_threshold:
+            raise DataDirError(
+                f"key list version {current.version} has {len(live)} unexpired release key(s), "
+                f"fewer than its threshold {current.release_threshold}: rotate instead "
+                "('edgefleet keys rotate --root-key-dir DIR')"
+            )
+        del keylist.release_keys[:]
+        keylist.release_keys.extend(live)
+        self._publish(keylist, roots[: current.root_threshold])
+        return keylist
+
+    @property
+    def _overlap_record(self) -> Path:
+        """The ids of retired release keys a rotation kept in the key list for an overlap,
+        one a line: their files are deleted once it has passed."""
+        return self.retired_dir / "overlap"
+
+    def _overlapping(self) -> set[str]:
+        try:
+            text = self._overlap_record.read_text(encoding="ascii")
+        except FileNotFoundError:
+            return set()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataDirError(f"cannot read {self._overlap_record}: {exc}") from exc
+        return {w for w in text.split() if _KEYID.fullmatch(w)}
+
+    def _remember_overlap(self, keyids: set[str]) -> None:
+        _private_dir(self.retired_dir)
+        tmp = self._overlap_record.with_suffix(".tmp")
+        tmp.write_text("".join(f"{k}\n" for k in sorted(keyids)), encoding="ascii")
+        tmp.replace(self._overlap_record)
+
+    def purge_retired(self, now: float) -> list[Path]:
+        """Delete the retired private files of release keys whose overlap has passed (the key
+        list names them with an expiry before ``now``, or no longer names them); return the
+        files deleted. Keys retired without an overlap stay in :attr:`retired_dir`.
+
+        Raises:
+            DataDirError: a file cannot be deleted.
+        """
+        listed = {k.keyid: k.expires_unix for k in self.keylist().release_keys}
+        overlapping = self._overlapping()
+        ended = {k for k, exp in listed.items() if exp and exp <= now}
+        ended |= {k for k in overlapping if k not in listed}
+        deleted = []
+        for key_id in sorted(k for k in ended if _KEYID.fullmatch(k)):
+            path = self.retired_dir / f"release-{key_id}.key"
+            try:
+                if path.exists():
+                    path.unlink()
+                    deleted.append(path)
+            except OSError as exc:
+                raise DataDirError(f"cannot delete {path}: {exc.strerror}") from exc
+        if overlapping & ended:
+            self._remember_overlap(overlapping - ended)
+        return deleted
 
     def _root_signers(
         self, current: manifest_pb2.KeyList, files: Sequence[Path], passphrase: bytes | None

@@ -15,7 +15,6 @@ from google.protobuf.message import DecodeError
 from agent.errors import ManifestError
 from agent.updates.trust import TrustedKeys, count_signers, pin_keylist
 from fleet_server.api.admin import wire
-from fleet_server.catalog.push import MANIFEST_LIFETIME_S
 from fleet_server.catalog.store import ModelRow
 from fleet_server.context import ServerContext
 from fleet_server.errors import BadRequestError, FleetError
@@ -132,7 +131,7 @@ class AdminBase:
             manifest.explicit_rollback = True
             manifest.rollback_from = floor
             manifest.created_unix = now
-            manifest.expires_unix = now + MANIFEST_LIFETIME_S
+            manifest.expires_unix = now + self._ctx.manifest_lifetime_s
             unsigned.append(manifest.SerializeToString(deterministic=True))
         deployed = self._ctx.catalog.deployed()
         return pb.PushModelResponse(

@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 class ModelsAdmin(AdminBase):
     def __init__(self, ctx: ServerContext) -> None:
         super().__init__(ctx)
-        self._pusher = Pusher(ctx.catalog, ctx.artifacts, ctx.keys, ctx.fleet_id)
+        self._pusher = Pusher(
+            ctx.catalog, ctx.artifacts, ctx.keys, ctx.fleet_id, ctx.manifest_lifetime_s
+        )
 
     def PushModel(  # noqa: N802
         self, request_iterator: Iterator[pb.PushModelRequest], context: Any
