@@ -27,7 +27,7 @@ from agent.inference.modelfile import MAX_MODEL_BYTES
 from agent.updates import compression, plan, smoke
 from agent.updates.lifecycle import Lifecycle
 from agent.updates.sink import DurableSink
-from agent.updates.store import ActiveEntry
+from agent.updates.store import ActiveEntry, damage_of, discard
 from agent.updates.verify import InstalledModel, verify_manifest
 from protos import device_pb2, manifest_pb2
 
@@ -107,7 +107,7 @@ class Updater:
             bad = store.active().get(name)
             previous = store.previous().get(name)
             damage = (
-                _damage(store.artifact_path(name, previous.sha256), previous.sha256)
+                damage_of(store.artifact_path(name, previous.sha256), previous.sha256)
                 if previous is not None
                 else None
             )
@@ -148,11 +148,11 @@ class Updater:
         store = lifecycle.store
         for name, active in store.active().items():
             entry, path = active, store.artifact_path(name, active.sha256)
-            while (damage := _damage(path, entry.sha256)) is not None:
+            while (damage := damage_of(path, entry.sha256)) is not None:
                 if damage.unreadable:  # not proof of damage (permissions?): keep it, skip it
                     log.error("cannot read active %s %s: %s", name, entry.version, damage.why)
                     break
-                _discard(path)
+                discard(path)
                 good = lifecycle.rolled_back(name, refuse=False)
                 log.error("active %s %s is damaged on disk (%s); %s", name, entry.version,
                           damage.why, f"serving {good.version} until it is downloaded again"
@@ -163,7 +163,7 @@ class Updater:
             if damage is not None:
                 continue
             fallback = path.parent / entry.fallback_filename if entry.fallback_filename else None
-            fallback_damage = _damage(fallback, fallback.stem) if fallback is not None else None
+            fallback_damage = damage_of(fallback, fallback.stem) if fallback is not None else None
             if fallback is not None and fallback_damage is not None:
                 # Its CPU fallback is checked against its name (its sha256) the same way: the
                 # model serves without it until the next check-in fetches it again.
@@ -171,7 +171,7 @@ class Updater:
                           "until it is fetched again", name, entry.version,
                           fallback_damage.why)  # fmt: skip
                 if not fallback_damage.unreadable:
-                    _discard(fallback)
+                    discard(fallback)
                 fallback = None
             watched = lifecycle.watched(name)
             if watched:
@@ -322,7 +322,7 @@ class Updater:
         if good is not None:
             path = self._store.artifact_path(name, good.sha256)
             fallback = path.parent / good.fallback_filename if good.fallback_filename else None
-            damage = _damage(path, good.sha256)
+            damage = damage_of(path, good.sha256)
             if damage is not None:
                 # The journal keeps the bad version active (and watched): it is what serves.
                 log.error("cannot roll %s back to %s: %s", name, good.version, damage.why)
@@ -609,33 +609,6 @@ class Updater:
                 f"artifact sha256 {digest} does not match the signed manifest's {sha256}; discarded"
             )
         return staged
-
-
-@dataclass(frozen=True)
-class _Damage:
-    why: str
-    unreadable: bool = False  # an I/O or permission error, not a wrong hash
-
-
-def _damage(path: Path, sha256: str) -> _Damage | None:
-    """Why the artifact at ``path`` is not the verified one (None when it is)."""
-    try:
-        with path.open("rb") as handle:
-            digest = hashlib.file_digest(handle, "sha256").hexdigest()
-    except FileNotFoundError:
-        return _Damage("the file is missing")
-    except OSError as exc:
-        return _Damage(f"cannot read it: {exc}", unreadable=True)
-    if digest == sha256:
-        return None
-    return _Damage(f"sha256 {digest[:12]}..., verified {sha256[:12]}...")
-
-
-def _discard(path: Path) -> None:
-    try:
-        path.unlink(missing_ok=True)
-    except OSError as exc:  # a read-only file system must not stop the agent from starting
-        log.error("cannot delete %s: %s", path, exc)
 
 
 class _RolledBackError(ManifestError):
