@@ -14,7 +14,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from google.protobuf.message import DecodeError
@@ -28,7 +28,7 @@ from agent.updates import compression, plan, smoke
 from agent.updates.lifecycle import Lifecycle
 from agent.updates.sink import DurableSink
 from agent.updates.store import ActiveEntry, damage_of, discard
-from agent.updates.verify import InstalledModel, verify_manifest
+from agent.updates.verify import InstalledModel, VerifiedRelease, verify_release
 from protos import device_pb2, manifest_pb2
 
 __all__ = ["Updater"]
@@ -204,7 +204,7 @@ class Updater:
         """Release counter and hash of each active model (the hash of the release the counter
         belongs to, after a fall back from a damaged file)."""
         return {
-            name: InstalledModel(e.release_counter, e.floor_sha256 or e.sha256)
+            name: InstalledModel(e.release_counter, e.floor_sha256 or e.sha256, e.floor_keyids)
             for name, e in self._store.active().items()
         }
 
@@ -379,7 +379,7 @@ class Updater:
         journal = self._lifecycle.journal()
         if unverified.sha256 and journal.is_refused(unverified.model_name, unverified.sha256):
             raise _RolledBackError(_refusal(unverified))
-        manifest = verify_manifest(
+        verified = verify_release(
             raw,
             trust=self._identity.trust,
             fleet_id=self._identity.fleet_id,
@@ -387,6 +387,7 @@ class Updater:
             installed=self.installed(),
             max_artifact_bytes=MAX_MODEL_BYTES,
         )
+        manifest = verified.manifest
         offer = plan.Offer(manifest.model_name, manifest.version, manifest.sha256)
         decision = plan.decide(journal, offer)
         if decision is plan.Decision.REFUSE:
@@ -394,19 +395,31 @@ class Updater:
         active = journal.models.get(manifest.model_name)
         if decision is plan.Decision.CURRENT:
             assert active is not None  # noqa: S101 - CURRENT means it is active
-            self._keep_current(manifest, active)
+            self._keep_current(verified, active)
             return
-        self._install(manifest, active)
+        self._install(verified, active)
 
-    def _keep_current(self, manifest: manifest_pb2.Manifest, active: ActiveEntry) -> None:
+    def _keep_current(self, verified: VerifiedRelease, active: ActiveEntry) -> None:
         """The server wants what is active: settle its floor, fetch a file found damaged at
         start (and deleted), load it again when it is not serving."""
-        if active.floor_sha256 or manifest.rollback_from > active.release_counter:
+        manifest = verified.manifest
+        floor = max(manifest.release_counter, manifest.rollback_from)
+        unknown = floor == active.release_counter and bool(
+            set(verified.signers) - set(active.floor_keyids)
+        )
+        if verified.recovery:  # it serves already (rolled back to), under the stolen floor
+            log.warning("recovering the release floor of %s from %d to %d", manifest.model_name,
+                        active.release_counter, floor)  # fmt: skip
+            self._lifecycle.recovered(
+                manifest.model_name,
+                replace(active, release_counter=floor, floor_sha256="",
+                        floor_keyids=plan.floor_of(None, floor, verified.signers)[1]),
+            )  # fmt: skip
+        elif active.floor_sha256 or floor > active.release_counter or unknown:
             # The server wants what this device serves (say, an explicit rollback to it
-            # after a damaged newer release): the floor becomes this release's own.
-            self._lifecycle.settle_floor(
-                manifest.model_name, max(manifest.release_counter, manifest.rollback_from)
-            )
+            # after a damaged newer release): the floor becomes this release's own. A floor
+            # signed by keys it did not know (a journal of an older agent) learns them.
+            self._lifecycle.settle_floor(manifest.model_name, floor, verified.signers)
         self._fetch(
             manifest.model_name,
             manifest.artifact_id,
@@ -420,8 +433,9 @@ class Updater:
         if self._engine.peek(manifest.model_name) is None:
             self._reload(manifest.model_name, active)
 
-    def _install(self, manifest: manifest_pb2.Manifest, active: ActiveEntry | None) -> None:
+    def _install(self, verified: VerifiedRelease, active: ActiveEntry | None) -> None:
         """Download, verify, load and smoke-test a new release; activate it."""
+        manifest = verified.manifest
         log.info(
             "updating %s to %s (release %d, %d bytes)",
             manifest.model_name,
@@ -478,18 +492,27 @@ class Updater:
         previous_model = self._engine.peek(manifest.model_name)
         if previous_model is not None:
             self._baselines[manifest.model_name] = previous_model.stats.recent_p50()
+        # After an explicit rollback the floor stays at the highest release seen, so the
+        # release rolled back from cannot be replayed; but for a recovery, which undoes a
+        # floor only revoked keys set (the stolen key's release is no last-known-good).
+        floor, floor_keyids = plan.floor_of(
+            active,
+            max(manifest.release_counter, manifest.rollback_from),
+            verified.signers,
+            recovery=verified.recovery,
+        )
+        if verified.recovery:
+            log.warning("recovering %s from release %d (keys %s, revoked) to %s at release %d",
+                        manifest.model_name, active.release_counter if active else 0,
+                        ", ".join(active.floor_keyids) if active else "", manifest.version,
+                        floor)  # fmt: skip
         # A first install has nothing to roll back to: it is trusted at once.
-        self._lifecycle.activated(
+        (self._lifecycle.recovered if verified.recovery else self._lifecycle.activated)(
             manifest.model_name,
             ActiveEntry(
                 version=manifest.version,
-                # After an explicit rollback the floor stays at the highest release seen, so
-                # the release rolled back from cannot be replayed.
-                release_counter=max(
-                    manifest.release_counter,
-                    manifest.rollback_from,
-                    active.release_counter if active else 0,
-                ),
+                release_counter=floor,
+                floor_keyids=floor_keyids,
                 sha256=manifest.sha256,
                 filename=path.name,
                 fallback_filename=fallback.name if fallback else "",
