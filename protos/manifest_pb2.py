@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/manifest.proto\x12\x0c\x65\x64gefleet.v1\"\xb6\x03\n\x08Manifest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x17\n\x0frelease_counter\x18\x03 \x01(\x04\x12\x0f\n\x07variant\x18\x04 \x01(\t\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x0c\n\x04size\x18\x06 \x01(\x04\x12\x13\n\x0b\x61rtifact_id\x18\x07 \x01(\t\x12\x14\n\x0c\x63reated_unix\x18\x08 \x01(\x03\x12\x14\n\x0c\x65xpires_unix\x18\t \x01(\x03\x12\x10\n\x08\x66leet_id\x18\n \x01(\t\x12\x30\n\x0crequirements\x18\x0b \x01(\x0b\x32\x1a.edgefleet.v1.Requirements\x12/\n\x0c\x63pu_fallback\x18\x0c \x01(\x0b\x32\x19.edgefleet.v1.ArtifactRef\x12&\n\x05smoke\x18\r \x01(\x0b\x32\x17.edgefleet.v1.SmokeTest\x12-\n\ncompressed\x18\x0e \x01(\x0b\x32\x19.edgefleet.v1.ArtifactRef\x12\x19\n\x11\x65xplicit_rollback\x18\x0f \x01(\x08\x12\x15\n\rrollback_from\x18\x10 \x01(\x04\"r\n\tSmokeTest\x12)\n\x06sample\x18\x01 \x01(\x0b\x32\x19.edgefleet.v1.ArtifactRef\x12\x13\n\x0btop_indices\x18\x02 \x03(\x05\x12\x12\n\ntop_scores\x18\x03 \x03(\x02\x12\x11\n\ttolerance\x18\x04 \x01(\x02\"Q\n\x0b\x41rtifactRef\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x0f\n\x07variant\x18\x04 \x01(\t\"|\n\x0cRequirements\x12\x0f\n\x07\x65\x64getpu\x18\x01 \x01(\x08\x12\x18\n\x10min_memory_bytes\x18\x02 \x01(\x04\x12\x16\n\x0emin_disk_bytes\x18\x03 \x01(\x04\x12\x14\n\x0cquantization\x18\x04 \x01(\t\x12\x13\n\x0bmax_op_code\x18\x05 \x01(\r\"^\n\x08\x45nvelope\x12\x14\n\x0cpayload_type\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12+\n\nsignatures\x18\x03 \x03(\x0b\x32\x17.edgefleet.v1.Signature\"8\n\x0b\x45nvelopeSet\x12)\n\tenvelopes\x18\x01 \x03(\x0b\x32\x16.edgefleet.v1.Envelope\"\'\n\tSignature\x12\r\n\x05keyid\x18\x01 \x01(\t\x12\x0b\n\x03sig\x18\x02 \x01(\x0c\"D\n\tPublicKey\x12\r\n\x05keyid\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x14\n\x0c\x65xpires_unix\x18\x03 \x01(\x03\"\xd0\x01\n\x07KeyList\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x14\n\x0c\x65xpires_unix\x18\x02 \x01(\x03\x12\x10\n\x08\x66leet_id\x18\x03 \x01(\t\x12*\n\troot_keys\x18\x04 \x03(\x0b\x32\x17.edgefleet.v1.PublicKey\x12\x16\n\x0eroot_threshold\x18\x05 \x01(\r\x12-\n\x0crelease_keys\x18\x06 \x03(\x0b\x32\x17.edgefleet.v1.PublicKey\x12\x19\n\x11release_threshold\x18\x07 \x01(\rb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/manifest.proto\x12\x0c\x65\x64gefleet.v1\"\xd8\x03\n\x08Manifest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x17\n\x0frelease_counter\x18\x03 \x01(\x04\x12\x0f\n\x07variant\x18\x04 \x01(\t\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x0c\n\x04size\x18\x06 \x01(\x04\x12\x13\n\x0b\x61rtifact_id\x18\x07 \x01(\t\x12\x14\n\x0c\x63reated_unix\x18\x08 \x01(\x03\x12\x14\n\x0c\x65xpires_unix\x18\t \x01(\x03\x12\x10\n\x08\x66leet_id\x18\n \x01(\t\x12\x30\n\x0crequirements\x18\x0b \x01(\x0b\x32\x1a.edgefleet.v1.Requirements\x12/\n\x0c\x63pu_fallback\x18\x0c \x01(\x0b\x32\x19.edgefleet.v1.ArtifactRef\x12&\n\x05smoke\x18\r \x01(\x0b\x32\x17.edgefleet.v1.SmokeTest\x12-\n\ncompressed\x18\x0e \x01(\x0b\x32\x19.edgefleet.v1.ArtifactRef\x12\x19\n\x11\x65xplicit_rollback\x18\x0f \x01(\x08\x12\x15\n\rrollback_from\x18\x10 \x01(\x04\x12 \n\x18recovery_keylist_version\x18\x11 \x01(\x04\"r\n\tSmokeTest\x12)\n\x06sample\x18\x01 \x01(\x0b\x32\x19.edgefleet.v1.ArtifactRef\x12\x13\n\x0btop_indices\x18\x02 \x03(\x05\x12\x12\n\ntop_scores\x18\x03 \x03(\x02\x12\x11\n\ttolerance\x18\x04 \x01(\x02\"Q\n\x0b\x41rtifactRef\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x0f\n\x07variant\x18\x04 \x01(\t\"|\n\x0cRequirements\x12\x0f\n\x07\x65\x64getpu\x18\x01 \x01(\x08\x12\x18\n\x10min_memory_bytes\x18\x02 \x01(\x04\x12\x16\n\x0emin_disk_bytes\x18\x03 \x01(\x04\x12\x14\n\x0cquantization\x18\x04 \x01(\t\x12\x13\n\x0bmax_op_code\x18\x05 \x01(\r\"^\n\x08\x45nvelope\x12\x14\n\x0cpayload_type\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12+\n\nsignatures\x18\x03 \x03(\x0b\x32\x17.edgefleet.v1.Signature\"8\n\x0b\x45nvelopeSet\x12)\n\tenvelopes\x18\x01 \x03(\x0b\x32\x16.edgefleet.v1.Envelope\"\'\n\tSignature\x12\r\n\x05keyid\x18\x01 \x01(\t\x12\x0b\n\x03sig\x18\x02 \x01(\x0c\"D\n\tPublicKey\x12\r\n\x05keyid\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x14\n\x0c\x65xpires_unix\x18\x03 \x01(\x03\"\xe8\x01\n\x07KeyList\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x14\n\x0c\x65xpires_unix\x18\x02 \x01(\x03\x12\x10\n\x08\x66leet_id\x18\x03 \x01(\t\x12*\n\troot_keys\x18\x04 \x03(\x0b\x32\x17.edgefleet.v1.PublicKey\x12\x16\n\x0eroot_threshold\x18\x05 \x01(\r\x12-\n\x0crelease_keys\x18\x06 \x03(\x0b\x32\x17.edgefleet.v1.PublicKey\x12\x19\n\x11release_threshold\x18\x07 \x01(\r\x12\x16\n\x0erevoked_keyids\x18\x08 \x03(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,21 +32,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.manifest_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MANIFEST']._serialized_start=40
-  _globals['_MANIFEST']._serialized_end=478
-  _globals['_SMOKETEST']._serialized_start=480
-  _globals['_SMOKETEST']._serialized_end=594
-  _globals['_ARTIFACTREF']._serialized_start=596
-  _globals['_ARTIFACTREF']._serialized_end=677
-  _globals['_REQUIREMENTS']._serialized_start=679
-  _globals['_REQUIREMENTS']._serialized_end=803
-  _globals['_ENVELOPE']._serialized_start=805
-  _globals['_ENVELOPE']._serialized_end=899
-  _globals['_ENVELOPESET']._serialized_start=901
-  _globals['_ENVELOPESET']._serialized_end=957
-  _globals['_SIGNATURE']._serialized_start=959
-  _globals['_SIGNATURE']._serialized_end=998
-  _globals['_PUBLICKEY']._serialized_start=1000
-  _globals['_PUBLICKEY']._serialized_end=1068
-  _globals['_KEYLIST']._serialized_start=1071
-  _globals['_KEYLIST']._serialized_end=1279
+  _globals['_MANIFEST']._serialized_end=512
+  _globals['_SMOKETEST']._serialized_start=514
+  _globals['_SMOKETEST']._serialized_end=628
+  _globals['_ARTIFACTREF']._serialized_start=630
+  _globals['_ARTIFACTREF']._serialized_end=711
+  _globals['_REQUIREMENTS']._serialized_start=713
+  _globals['_REQUIREMENTS']._serialized_end=837
+  _globals['_ENVELOPE']._serialized_start=839
+  _globals['_ENVELOPE']._serialized_end=933
+  _globals['_ENVELOPESET']._serialized_start=935
+  _globals['_ENVELOPESET']._serialized_end=991
+  _globals['_SIGNATURE']._serialized_start=993
+  _globals['_SIGNATURE']._serialized_end=1032
+  _globals['_PUBLICKEY']._serialized_start=1034
+  _globals['_PUBLICKEY']._serialized_end=1102
+  _globals['_KEYLIST']._serialized_start=1105
+  _globals['_KEYLIST']._serialized_end=1337
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Manifest(_message.Message):
-    __slots__ = ("model_name", "version", "release_counter", "variant", "sha256", "size", "artifact_id", "created_unix", "expires_unix", "fleet_id", "requirements", "cpu_fallback", "smoke", "compressed", "explicit_rollback", "rollback_from")
+    __slots__ = ("model_name", "version", "release_counter", "variant", "sha256", "size", "artifact_id", "created_unix", "expires_unix", "fleet_id", "requirements", "cpu_fallback", "smoke", "compressed", "explicit_rollback", "rollback_from", "recovery_keylist_version")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RELEASE_COUNTER_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,7 @@ class Manifest(_message.Message):
     COMPRESSED_FIELD_NUMBER: _ClassVar[int]
     EXPLICIT_ROLLBACK_FIELD_NUMBER: _ClassVar[int]
     ROLLBACK_FROM_FIELD_NUMBER: _ClassVar[int]
+    RECOVERY_KEYLIST_VERSION_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: str
     release_counter: int
@@ -40,7 +41,8 @@ class Manifest(_message.Message):
     compressed: ArtifactRef
     explicit_rollback: bool
     rollback_from: int
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., release_counter: _Optional[int] = ..., variant: _Optional[str] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., artifact_id: _Optional[str] = ..., created_unix: _Optional[int] = ..., expires_unix: _Optional[int] = ..., fleet_id: _Optional[str] = ..., requirements: _Optional[_Union[Requirements, _Mapping]] = ..., cpu_fallback: _Optional[_Union[ArtifactRef, _Mapping]] = ..., smoke: _Optional[_Union[SmokeTest, _Mapping]] = ..., compressed: _Optional[_Union[ArtifactRef, _Mapping]] = ..., explicit_rollback: _Optional[bool] = ..., rollback_from: _Optional[int] = ...) -> None: ...
+    recovery_keylist_version: int
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., release_counter: _Optional[int] = ..., variant: _Optional[str] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., artifact_id: _Optional[str] = ..., created_unix: _Optional[int] = ..., expires_unix: _Optional[int] = ..., fleet_id: _Optional[str] = ..., requirements: _Optional[_Union[Requirements, _Mapping]] = ..., cpu_fallback: _Optional[_Union[ArtifactRef, _Mapping]] = ..., smoke: _Optional[_Union[SmokeTest, _Mapping]] = ..., compressed: _Optional[_Union[ArtifactRef, _Mapping]] = ..., explicit_rollback: _Optional[bool] = ..., rollback_from: _Optional[int] = ..., recovery_keylist_version: _Optional[int] = ...) -> None: ...
 
 class SmokeTest(_message.Message):
     __slots__ = ("sample", "top_indices", "top_scores", "tolerance")
@@ -115,7 +117,7 @@ class PublicKey(_message.Message):
     def __init__(self, keyid: _Optional[str] = ..., public_key: _Optional[bytes] = ..., expires_unix: _Optional[int] = ...) -> None: ...
 
 class KeyList(_message.Message):
-    __slots__ = ("version", "expires_unix", "fleet_id", "root_keys", "root_threshold", "release_keys", "release_threshold")
+    __slots__ = ("version", "expires_unix", "fleet_id", "root_keys", "root_threshold", "release_keys", "release_threshold", "revoked_keyids")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_UNIX_FIELD_NUMBER: _ClassVar[int]
     FLEET_ID_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +125,7 @@ class KeyList(_message.Message):
     ROOT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     RELEASE_KEYS_FIELD_NUMBER: _ClassVar[int]
     RELEASE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_KEYIDS_FIELD_NUMBER: _ClassVar[int]
     version: int
     expires_unix: int
     fleet_id: str
@@ -130,4 +133,5 @@ class KeyList(_message.Message):
     root_threshold: int
     release_keys: _containers.RepeatedCompositeFieldContainer[PublicKey]
     release_threshold: int
-    def __init__(self, version: _Optional[int] = ..., expires_unix: _Optional[int] = ..., fleet_id: _Optional[str] = ..., root_keys: _Optional[_Iterable[_Union[PublicKey, _Mapping]]] = ..., root_threshold: _Optional[int] = ..., release_keys: _Optional[_Iterable[_Union[PublicKey, _Mapping]]] = ..., release_threshold: _Optional[int] = ...) -> None: ...
+    revoked_keyids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[int] = ..., expires_unix: _Optional[int] = ..., fleet_id: _Optional[str] = ..., root_keys: _Optional[_Iterable[_Union[PublicKey, _Mapping]]] = ..., root_threshold: _Optional[int] = ..., release_keys: _Optional[_Iterable[_Union[PublicKey, _Mapping]]] = ..., release_threshold: _Optional[int] = ..., revoked_keyids: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -5,18 +5,22 @@ or an unreachable server, fail on a damaged file, or kill the agent while loadin
 the agent while models serve, deaths before anything loaded, power cuts, clean restarts,
 serving time and health verdicts, and operators clearing refusals. Clock steps need no rule:
 nothing in the plan takes the wall clock (its serving time comes from the monotonic clock, see
-tests/test_agent_resilience.py for a step under a running agent). After every step:
+tests/test_agent_resilience.py for a step under a running agent). Releases are signed by
+release keys (one of them stolen and later revoked), re-signed, and undone by root-signed
+recoveries; an older agent may rewrite the journal without the floors' keys. After every step:
 a verified model stays active, nothing is rolled back without a death attributable to the
-release (or a bad health verdict), a refusal names one (model, sha256), and the journal
-survives its trip through JSON.
+release (or a bad health verdict), a refusal names one (model, sha256), each floor is the
+highest release the device verified (but after a recovery) and knows every key that vouched
+for it, a recovery happens only when all of them are revoked, and the journal survives its
+trip through JSON.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from hypothesis import settings
+from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -26,6 +30,8 @@ from agent.updates.health import HealthPolicy
 POLICY = HealthPolicy(window_s=60.0, max_starts=3)
 MODELS = ("digits", "faces")
 BYTES = ("a" * 64, "b" * 64, "c" * 64, "d" * 64)  # shared across models on purpose
+KEYS = ("stolen", "k2", "k3")  # release keys
+ROOT = ("root1", "root2")  # the root keys that sign explicit rollbacks and recoveries
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,12 @@ class Release:
     version: str
     counter: int
     sha256: str
+    keyids: tuple[str, ...] = ("k2",)
+    rollback_from: int = 0  # a recovery's
+
+    @property
+    def floor(self) -> int:
+        return max(self.counter, self.rollback_from)
 
     def entry(self) -> plan.Entry:
         return plan.Entry(self.version, self.counter, self.sha256, f"{self.sha256}.tflite")
@@ -60,9 +72,13 @@ class Device(RuleBasedStateMachine):
         self.blamed: dict[tuple[str, str], int] = {}
         self.bad_verdicts: set[tuple[str, str]] = set()
         self.served: dict[str, float] = {}  # serving time of this run, per watched model
+        # Per model: the floor the test expects (the highest release verified, or a
+        # recovery's), and every key that vouched for it (None: unknown to the journal).
+        self.floor: dict[str, tuple[int, set[str] | None]] = {}
+        self.revoked: set[str] = set()
         self.start()
         for name in MODELS:  # a first release of each, trusted at once: windows come sooner
-            self.push(name, BYTES[0])
+            self._push(name, BYTES[0], {"k2"})
             self.check_in(name, "ok")
 
     # the agent's runs ----------------------------------------------------------------------
@@ -147,10 +163,77 @@ class Device(RuleBasedStateMachine):
 
     # the server ----------------------------------------------------------------------------
 
-    @rule(name=st.sampled_from(MODELS), sha=st.sampled_from(BYTES))
-    def push(self, name: str, sha: str) -> None:
+    @rule(
+        name=st.sampled_from(MODELS),
+        sha=st.sampled_from(BYTES),
+        keys=st.sets(st.sampled_from(KEYS), min_size=1, max_size=2),
+    )
+    def push(self, name: str, sha: str, keys: set[str]) -> None:
+        self._push(name, sha, keys)
+
+    def _push(self, name: str, sha: str, keys: set[str]) -> None:
+        signers = tuple(sorted(set(keys) - self.revoked))
+        if not signers:
+            return  # the device would refuse it: not a release
         self.counter += 1
-        self.desired[name] = Release(f"{self.counter}.0.0", self.counter, sha)
+        self.desired[name] = Release(f"{self.counter}.0.0", self.counter, sha, signers)
+
+    @rule(name=st.sampled_from(MODELS), keys=st.sets(st.sampled_from(KEYS), min_size=1))
+    def resign(self, name: str, keys: set[str]) -> None:
+        """The server signs the desired release again, with other keys (a rotation)."""
+        release = self.desired.get(name)
+        signers = tuple(sorted(keys - self.revoked))
+        if release is not None and signers and not release.rollback_from:
+            self.desired[name] = replace(release, keyids=signers)
+
+    @rule(key=st.sampled_from(KEYS))
+    def revoke(self, key: str) -> None:
+        """A key list revoking ``key`` reaches the device: it signs nothing any more."""
+        self.revoked.add(key)
+
+    @rule()
+    def an_older_agent_rewrites_the_journal(self) -> None:
+        """Downgraded and upgraded again: the entries lost the floors' keys."""
+        raw = plan.to_dict(self.journal)
+        for table in (raw["models"], raw["previous"]):
+            for entry in table.values():
+                del entry["floor_keyids"]
+        self.journal = plan.from_dict(raw)
+        self.floor = {name: (counter, None) for name, (counter, _) in self.floor.items()}
+
+    @precondition(lambda self: self.alive)
+    @rule(
+        name=st.sampled_from(MODELS),
+        sha=st.sampled_from(BYTES),
+        below=st.integers(min_value=1, max_value=5),
+        counter_below=st.integers(min_value=0, max_value=3),
+    )
+    def recover(self, name: str, sha: str, below: int, counter_below: int) -> None:
+        """The root keys sign a recovery made at ``below`` under the device's floor."""
+        active = self.journal.models.get(name)
+        if active is None or self.journal.is_refused(name, sha):
+            return
+        rollback_from = max(0, active.release_counter - below)
+        release = Release(
+            f"r{self.counter}.{below}", max(0, rollback_from - counter_below), sha, ROOT,
+            rollback_from,
+        )  # fmt: skip
+        # The rule agent/updates/verify.py applies above rollback_from (its own hypothesis
+        # test in tests/test_recovery.py): every key of the journal's floor revoked.
+        keys = active.floor_keyids
+        if not keys or not set(keys) <= self.revoked:
+            return  # refused: a replayed rollback, or a floor a key still trusted vouched for
+        known = self.floor[name][1]
+        assert known is not None and known <= self.revoked, "recovered over a trusted floor"
+        counter, floor_keys = plan.floor_of(active, release.floor, ROOT, recovery=True)
+        entry = replace(release.entry(), release_counter=counter, floor_keyids=floor_keys)
+        self.journal = plan.recovered(self.journal, name, entry)
+        event("recovered")
+        self.verified.add((name, sha))
+        self.desired[name] = release
+        self.floor[name] = (release.floor, set(ROOT))
+        self.loaded.add(name)
+        self.served.pop(name, None)
 
     @precondition(lambda self: self.alive and self.desired)
     @rule(
@@ -167,8 +250,17 @@ class Device(RuleBasedStateMachine):
         decision = plan.decide(self.journal, offer)
         refusal = self.journal.is_refused(name, release.sha256)
         assert (decision is plan.Decision.REFUSE) == refusal
+        active = self.journal.models.get(name)
+        if decision is plan.Decision.CURRENT and active is not None:
+            if release.floor >= active.release_counter:  # the updater's _keep_current
+                self.journal = plan.settled_floor(self.journal, name, release.floor, release.keyids)
+                self._vouched(name, release)
+            return
         if decision is not plan.Decision.INSTALL:
             return
+        replayed = active is not None and active.release_counter > release.rollback_from
+        if release.rollback_from and replayed:
+            return  # a replayed recovery (its keys are checked in ``recover``)
         if outcome in ("disk full", "unreachable"):
             return  # postponed before anything loads: nothing changes
         self.journal = plan.loading(self.journal, name, release.sha256, release.version)
@@ -179,10 +271,12 @@ class Device(RuleBasedStateMachine):
             self.die()
             return
         self.verified.add((name, release.sha256))
-        active = self.journal.models.get(name)
         if active is None or active.sha256 != release.sha256:  # same bytes: the window goes on
             self.blamed.pop((name, release.sha256), None)  # its trial is over; a window opens
-        self.journal = plan.activated(self.journal, name, release.entry())
+        counter, keys = plan.floor_of(active, release.floor, release.keyids)
+        entry = replace(release.entry(), release_counter=counter, floor_keyids=keys)
+        self.journal = plan.activated(self.journal, name, entry)
+        self._vouched(name, release)
         self.installed.add(name)
         self.loaded.add(name)
         self.served[name] = 0.0
@@ -218,7 +312,24 @@ class Device(RuleBasedStateMachine):
         self.journal = plan.cleared(self.journal, name)
         assert list(self.journal.refused) == others  # only this model's refusals go
 
+    def _vouched(self, name: str, release: Release) -> None:
+        counter, keys = self.floor.get(name, (0, set()))
+        if release.floor > counter:
+            self.floor[name] = (release.floor, set(release.keyids))
+        elif release.floor == counter:
+            self.floor[name] = (counter, (keys or set()) | set(release.keyids))
+
     # what must always hold ----------------------------------------------------------------
+
+    @invariant()
+    def each_floor_knows_every_key_that_vouched_for_it(self) -> None:
+        for name, (counter, keys) in self.floor.items():
+            entry = self.journal.models[name]
+            assert entry.release_counter == counter, f"{name}: floor {entry.release_counter}"
+            if keys is not None:
+                assert set(entry.floor_keyids) == keys, f"{name}: {entry.floor_keyids}"
+            else:  # unknown since an older agent wrote it: only keys seen since
+                assert set(entry.floor_keyids) <= set(KEYS) | set(ROOT)
 
     @invariant()
     def a_verified_model_stays_active(self) -> None:
@@ -337,3 +448,44 @@ def test_damaged_journals_are_refused_with_a_reason() -> None:
             assert str(exc)
         else:
             raise AssertionError(f"{raw!r} was read")
+
+
+def test_a_rollback_keeps_the_floor_and_the_keys_that_set_it() -> None:
+    good = plan.Entry("1.0.0", 5, "a" * 64, "a.tflite", floor_keyids=("k2",))
+    bad = plan.Entry("9.9.358", 458, "b" * 64, "b.tflite", floor_keyids=("stolen",))
+    journal = plan.activated(plan.Journal(models={"m": good}), "m", bad)
+    journal, restored = plan.rolled_back(journal, "m")
+    assert restored is not None and restored.version == "1.0.0"
+    assert (restored.release_counter, restored.floor_keyids) == (458, ("stolen",))
+
+
+def test_a_recovery_leaves_no_last_known_good_and_no_window() -> None:
+    good = plan.Entry("1.0.0", 5, "a" * 64, "a.tflite", floor_keyids=("k2",))
+    bad = plan.Entry("9.9.358", 458, "b" * 64, "b.tflite", floor_keyids=("stolen",))
+    journal = plan.activated(plan.Journal(models={"m": good}), "m", bad)
+    assert journal.previous["m"] == good and "m" in journal.health
+    counter, keys = plan.floor_of(journal.models["m"], 6, ("root1",), recovery=True)
+    assert (counter, keys) == (6, ("root1",))  # the stolen key's 458 is gone
+    back = replace(good, release_counter=counter, floor_keyids=keys)
+    recovered = plan.recovered(journal, "m", back)
+    assert recovered.models["m"] == back
+    assert "m" not in recovered.previous and "m" not in recovered.health
+    # Without the recovery the floor never goes down.
+    assert plan.floor_of(journal.models["m"], 6, ("root1",)) == (458, ("stolen",))
+
+
+def test_floor_keys_survive_the_journal_and_bad_ones_are_damage() -> None:
+    entry = plan.Entry("1.0.0", 5, "a" * 64, "a.tflite", floor_keyids=("k2", "k3"))
+    journal = plan.Journal(models={"m": entry})
+    assert roundtrip(journal) == journal
+    raw = json.loads(json.dumps(plan.to_dict(journal)))
+    assert raw["models"]["m"]["floor_keyids"] == ["k2", "k3"]
+    for bad in ("k2", [1], ["k"] * (plan.MAX_FLOOR_KEYIDS + 1)):
+        raw["models"]["m"]["floor_keyids"] = bad
+        try:
+            plan.from_dict(raw)
+        except plan.JournalError:
+            continue
+        raise AssertionError(f"floor keys {bad!r} were read")
+    many = plan.floor_of(None, 5, tuple(f"{i:016x}" for i in range(40)))[1]
+    assert len(many) == plan.MAX_FLOOR_KEYIDS and many[-1] == "more"  # never all revoked

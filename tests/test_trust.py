@@ -130,3 +130,25 @@ def test_a_list_is_trusted_exactly_when_k_distinct_roots_signed(
     else:
         with pytest.raises(ManifestError, match="required"):
             pin_keylist(raw, fleet_id="fleet", now=NOW)
+
+
+def test_a_revoked_key_signs_nothing_even_within_its_expiry() -> None:
+    stolen = keyid(public_bytes(RELEASE))
+    revoking = keylist(2, ROOTS, 2)
+    revoking.revoked_keyids.append(stolen)
+    trust = update_keylist(pinned(), signed(revoking, ROOTS[:2]), now=NOW)
+    assert trust.revoked == {stolen}
+    assert stolen in trust.release  # still named (its expiry has not come) ...
+    assert trust.release_keys(NOW) == {}  # ... but it counts for nothing
+    assert stolen in pinned().release_keys(NOW)
+
+
+def test_revocations_are_bounded_and_must_be_key_ids() -> None:
+    too_many = keylist(1, ROOTS, 1)
+    too_many.revoked_keyids.extend(f"{i:016x}" for i in range(65))
+    with pytest.raises(ManifestError, match="revokes 65 keys"):
+        pin_keylist(signed(too_many, ROOTS), fleet_id="fleet", now=NOW)
+    garbage = keylist(1, ROOTS, 1)
+    garbage.revoked_keyids.append("x" * 1000)
+    with pytest.raises(ManifestError, match="malformed key id"):
+        pin_keylist(signed(garbage, ROOTS), fleet_id="fleet", now=NOW)

@@ -167,6 +167,13 @@ class Lifecycle:
             self._since[name] = self._monotonic()
         self.store.prune(name)
 
+    def recovered(self, name: str, entry: plan.Entry) -> None:
+        """A root-signed recovery made ``entry`` active (see ``plan.recovered``)."""
+        with self._lock:
+            self._apply(lambda j: plan.recovered(j, name, entry))
+            self._since.pop(name, None)  # no window: nothing to go back to
+        self.store.prune(name)
+
     def rolled_back(self, name: str, *, refuse: bool = True) -> plan.Entry | None:
         """The last-known-good of ``name`` is active again (see ``plan.rolled_back``)."""
         restored: list[plan.Entry | None] = []
@@ -187,8 +194,9 @@ class Lifecycle:
             self._apply(lambda j: plan.passed(j, name))
             self._since.pop(name, None)
 
-    def settle_floor(self, name: str, release_counter: int) -> None:
-        self._apply(lambda j: plan.settled_floor(j, name, release_counter))
+    def settle_floor(self, name: str, release_counter: int, keyids: tuple[str, ...] = ()) -> None:
+        """See ``plan.settled_floor``."""
+        self._apply(lambda j: plan.settled_floor(j, name, release_counter, keyids))
 
     def clear_refusal(self, name: str, sha256: str = "") -> bool:
         """Forget the refusal of ``name``'s release ``sha256`` (every one of ``name``

@@ -46,6 +46,7 @@ from protos.refusals import MAX_REFUSALS, covers
 
 __all__ = [
     "FORMAT",
+    "MAX_FLOOR_KEYIDS",
     "MAX_REFUSED",
     "Decision",
     "Entry",
@@ -60,10 +61,12 @@ __all__ = [
     "activated",
     "cleared",
     "decide",
+    "floor_of",
     "from_dict",
     "judge_window",
     "loading",
     "passed",
+    "recovered",
     "rolled_back",
     "served",
     "serving",
@@ -79,6 +82,7 @@ __all__ = [
 # serves its models but refuses updates, see ``Journal.newer``).
 FORMAT = 4
 MAX_REFUSED = MAX_REFUSALS  # the oldest go first; the server's rollout state still knows them
+MAX_FLOOR_KEYIDS = 32  # keys that vouched for one floor: a manifest carries at most 16 signatures
 
 
 class JournalError(ValueError):
@@ -101,6 +105,11 @@ class Entry:
     # the inference API reports as serving. Empty in journals written before they were kept.
     variant: str = ""
     fallback_variant: str = ""
+    # The keys that signed the manifests which set the release floor (``release_counter``):
+    # release keys, or root keys for an explicit rollback. A floor that only keys revoked since
+    # (a stolen release key) vouched for can be undone by a root-signed recovery. Empty when
+    # unknown (journals of older agents; filled from the next verified envelope of the release).
+    floor_keyids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -368,26 +377,76 @@ def rolled_back(
             floor = ""
             if bad.release_counter >= good.release_counter:
                 floor = bad.floor_sha256 or bad.sha256
-            good = replace(
-                good,
-                floor_sha256=floor,
-                release_counter=max(good.release_counter, bad.release_counter),
+            counter, keyids = _higher_floor(
+                (good.release_counter, good.floor_keyids), (bad.release_counter, bad.floor_keyids)
             )
+            good = replace(good, floor_sha256=floor, release_counter=counter, floor_keyids=keyids)
         models[name] = good
     journal = replace(journal, models=models, previous=previous, health=health, refused=refused)
     return journal, good
 
 
-def settled_floor(journal: Journal, name: str, release_counter: int) -> Journal:
-    """The active release of ``name`` is what the server wants: raise its release floor to
-    ``release_counter`` (when higher) and let the floor belong to this release alone."""
+def settled_floor(
+    journal: Journal, name: str, release_counter: int, keyids: tuple[str, ...] = ()
+) -> Journal:
+    """The active release of ``name`` is what the server wants, in a manifest ``keyids``
+    signed: raise its release floor to ``release_counter`` (when higher) and let the floor
+    belong to this release alone. A manifest of the floor's own counter adds its signers to the
+    floor's (a journal of an older agent learns them)."""
     entry = journal.models.get(name)
     if entry is None:
         return journal
-    entry = replace(
-        entry, release_counter=max(entry.release_counter, release_counter), floor_sha256=""
+    counter, floor_keyids = _higher_floor(
+        (entry.release_counter, entry.floor_keyids), (release_counter, keyids)
     )
+    entry = replace(entry, release_counter=counter, floor_sha256="", floor_keyids=floor_keyids)
     return replace(journal, models={**journal.models, name: entry})
+
+
+def floor_of(
+    active: Entry | None, release_counter: int, keyids: tuple[str, ...], *, recovery: bool = False
+) -> tuple[int, tuple[str, ...]]:
+    """The release floor, and the keys that set it, once a manifest of ``release_counter``
+    (for an explicit rollback: the higher of its counter and ``rollback_from``) signed by
+    ``keyids`` replaces ``active``. The floor never goes down, but for a ``recovery``: the
+    root keys undo a floor that only revoked keys set (``agent.updates.verify``)."""
+    if active is None or recovery:
+        return release_counter, _bounded(keyids)
+    return _higher_floor((active.release_counter, active.floor_keyids), (release_counter, keyids))
+
+
+def recovered(journal: Journal, name: str, entry: Entry) -> Journal:
+    """A root-signed recovery made ``entry`` active below a floor only revoked keys had set:
+    the release it replaces came from a stolen key, so it is no last-known-good (nothing to
+    roll back to, no health window), and the floor is ``entry``'s."""
+    models = {**journal.models, name: entry}
+    previous = {k: v for k, v in journal.previous.items() if k != name}
+    health = {k: v for k, v in journal.health.items() if k != name}
+    trials = {k: v for k, v in journal.trials.items() if k != name}
+    journal = replace(journal, models=models, previous=previous, health=health, trials=trials)
+    return serving(journal, name)
+
+
+def _higher_floor(
+    current: tuple[int, tuple[str, ...]], offered: tuple[int, tuple[str, ...]]
+) -> tuple[int, tuple[str, ...]]:
+    """The higher of two floors with the keys that set it; both sets for an equal counter
+    (every key that vouched for a floor must be revoked before a recovery may undo it)."""
+    (counter, keyids), (other, other_keyids) = current, offered
+    if other > counter:
+        return other, _bounded(other_keyids)
+    if other == counter:
+        return counter, _bounded((*keyids, *other_keyids))
+    return counter, keyids
+
+
+def _bounded(keyids: tuple[str, ...]) -> tuple[str, ...]:
+    """The keys, sorted; more than the journal keeps end in ``"more"``, which no key list can
+    revoke (not a key id): a floor that many keys vouched for is never undone by a recovery."""
+    unique = sorted(set(keyids))
+    if len(unique) <= MAX_FLOOR_KEYIDS:
+        return tuple(unique)
+    return (*unique[: MAX_FLOOR_KEYIDS - 1], "more")
 
 
 def cleared(journal: Journal, name: str, sha256: str = "") -> Journal:
@@ -497,5 +556,11 @@ def _entries(table: Any, *, lenient: bool = False) -> dict[str, Entry]:
         entry = Entry(**known)
         if not isinstance(entry.sha256, str) or not isinstance(entry.release_counter, int):
             raise TypeError(f"bad entry for {name!r}")
+        keyids = entry.floor_keyids
+        if not isinstance(keyids, (list, tuple)) or len(keyids) > MAX_FLOOR_KEYIDS:
+            raise TypeError(f"bad floor keys for {name!r}")
+        if not all(isinstance(k, str) for k in keyids):
+            raise TypeError(f"bad floor keys for {name!r}")
+        entry = replace(entry, floor_keyids=tuple(keyids))
         entries[str(name)] = entry
     return entries

@@ -15,8 +15,10 @@ names a verified artifact that is on disk.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from agent.errors import AgentError
 from agent.updates import plan
 from agent.updates.plan import Entry as ActiveEntry
 
-__all__ = ["ActiveEntry", "ModelStore"]
+__all__ = ["ActiveEntry", "Damage", "ModelStore", "damage_of", "discard"]
 
 log = logging.getLogger(__name__)
 
@@ -186,3 +188,36 @@ class ModelStore:
             if path not in survivors:
                 log.info("removing old artifact %s", path)
                 path.unlink(missing_ok=True)
+
+
+# artifacts found damaged on disk ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Damage:
+    """Why an artifact on this disk is not the verified one."""
+
+    why: str
+    unreadable: bool = False  # an I/O or permission error, not a wrong hash
+
+
+def damage_of(path: Path, sha256: str) -> Damage | None:
+    """Why the artifact at ``path`` is not the verified one (None when it is)."""
+    try:
+        with path.open("rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    except FileNotFoundError:
+        return Damage("the file is missing")
+    except OSError as exc:
+        return Damage(f"cannot read it: {exc}", unreadable=True)
+    if digest == sha256:
+        return None
+    return Damage(f"sha256 {digest[:12]}..., verified {sha256[:12]}...")
+
+
+def discard(path: Path) -> None:
+    """Delete a damaged artifact; a failure is logged, never raised."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:  # a read-only file system must not stop the agent from starting
+        log.error("cannot delete %s: %s", path, exc)

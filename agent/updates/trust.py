@@ -9,10 +9,14 @@
 * A manifest is trusted when at least ``release_threshold`` distinct, unexpired release keys of
   the pinned key list signed it. Key ids in signatures are hints only: every signature is tried
   against every candidate key, and each key counts once.
+* Key ids the key list revokes (a stolen release key) never count as release keys, even within
+  their expiry; the device's release floors remember which keys set them, so the root keys can
+  undo a floor that only revoked keys raised (``agent.updates.verify``).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -28,6 +32,7 @@ __all__ = [
     "CLOCK_SANE_AFTER",
     "CLOCK_SKEW_S",
     "MAX_ENVELOPE_BYTES",
+    "MAX_REVOKED",
     "TrustedKeys",
     "clock_is_sane",
     "count_signers",
@@ -40,6 +45,8 @@ CLOCK_SANE_AFTER = 1_704_067_200  # 2024-01-01T00:00:00Z: earlier means the cloc
 MAX_ENVELOPE_BYTES = 64 * 1024
 MAX_SIGNATURES = 16
 MAX_KEYS = 32
+MAX_REVOKED = 64  # revoked key ids a key list carries forward
+_KEYID = re.compile(r"[0-9a-f]{16}")
 
 
 def clock_is_sane(now: float) -> bool:
@@ -68,10 +75,15 @@ class TrustedKeys:
     release: Mapping[str, tuple[bytes, int]]  # keyid -> (public key, expires_unix)
     release_threshold: int
     envelope: bytes  # the signed key list, to persist and hand on
+    revoked: frozenset[str] = frozenset()  # key ids that sign nothing any more
 
     def release_keys(self, now: float) -> dict[str, bytes]:
-        """The release keys that have not expired at ``now``."""
-        return {k: pub for k, (pub, exp) in self.release.items() if not expired(exp, now)}
+        """The release keys that have not expired at ``now`` and are not revoked."""
+        return {
+            k: pub
+            for k, (pub, exp) in self.release.items()
+            if not expired(exp, now) and k not in self.revoked
+        }
 
 
 def parse_envelope(raw: bytes, payload_type: str, what: str) -> manifest_pb2.Envelope:
@@ -120,6 +132,13 @@ def _decode_keylist(envelope: manifest_pb2.Envelope) -> manifest_pb2.KeyList:
         raise ManifestError("signed payload is not a key list") from exc
     if len(keylist.root_keys) > MAX_KEYS or len(keylist.release_keys) > MAX_KEYS:
         raise ManifestError(f"key list names more than {MAX_KEYS} keys")
+    if len(keylist.revoked_keyids) > MAX_REVOKED:
+        raise ManifestError(
+            f"key list revokes {len(keylist.revoked_keyids)} keys (limit {MAX_REVOKED})"
+        )
+    for revoked in keylist.revoked_keyids:
+        if not _KEYID.fullmatch(revoked):
+            raise ManifestError(f"key list revokes a malformed key id {revoked[:40]!r}")
     if not 1 <= keylist.root_threshold <= len(keylist.root_keys):
         raise ManifestError(
             f"root threshold {keylist.root_threshold} with {len(keylist.root_keys)} root keys"
@@ -145,6 +164,7 @@ def _trusted(keylist: manifest_pb2.KeyList, raw: bytes) -> TrustedKeys:
         release={k.keyid: (k.public_key, k.expires_unix) for k in keylist.release_keys},
         release_threshold=keylist.release_threshold,
         envelope=raw,
+        revoked=frozenset(keylist.revoked_keyids),
     )
 
 

@@ -14,7 +14,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from google.protobuf.message import DecodeError
@@ -27,8 +27,8 @@ from agent.inference.modelfile import MAX_MODEL_BYTES
 from agent.updates import compression, plan, smoke
 from agent.updates.lifecycle import Lifecycle
 from agent.updates.sink import DurableSink
-from agent.updates.store import ActiveEntry
-from agent.updates.verify import InstalledModel, verify_manifest
+from agent.updates.store import ActiveEntry, damage_of, discard
+from agent.updates.verify import InstalledModel, VerifiedRelease, verify_release
 from protos import device_pb2, manifest_pb2
 
 __all__ = ["Updater"]
@@ -107,7 +107,7 @@ class Updater:
             bad = store.active().get(name)
             previous = store.previous().get(name)
             damage = (
-                _damage(store.artifact_path(name, previous.sha256), previous.sha256)
+                damage_of(store.artifact_path(name, previous.sha256), previous.sha256)
                 if previous is not None
                 else None
             )
@@ -148,11 +148,11 @@ class Updater:
         store = lifecycle.store
         for name, active in store.active().items():
             entry, path = active, store.artifact_path(name, active.sha256)
-            while (damage := _damage(path, entry.sha256)) is not None:
+            while (damage := damage_of(path, entry.sha256)) is not None:
                 if damage.unreadable:  # not proof of damage (permissions?): keep it, skip it
                     log.error("cannot read active %s %s: %s", name, entry.version, damage.why)
                     break
-                _discard(path)
+                discard(path)
                 good = lifecycle.rolled_back(name, refuse=False)
                 log.error("active %s %s is damaged on disk (%s); %s", name, entry.version,
                           damage.why, f"serving {good.version} until it is downloaded again"
@@ -163,7 +163,7 @@ class Updater:
             if damage is not None:
                 continue
             fallback = path.parent / entry.fallback_filename if entry.fallback_filename else None
-            fallback_damage = _damage(fallback, fallback.stem) if fallback is not None else None
+            fallback_damage = damage_of(fallback, fallback.stem) if fallback is not None else None
             if fallback is not None and fallback_damage is not None:
                 # Its CPU fallback is checked against its name (its sha256) the same way: the
                 # model serves without it until the next check-in fetches it again.
@@ -171,7 +171,7 @@ class Updater:
                           "until it is fetched again", name, entry.version,
                           fallback_damage.why)  # fmt: skip
                 if not fallback_damage.unreadable:
-                    _discard(fallback)
+                    discard(fallback)
                 fallback = None
             watched = lifecycle.watched(name)
             if watched:
@@ -204,7 +204,7 @@ class Updater:
         """Release counter and hash of each active model (the hash of the release the counter
         belongs to, after a fall back from a damaged file)."""
         return {
-            name: InstalledModel(e.release_counter, e.floor_sha256 or e.sha256)
+            name: InstalledModel(e.release_counter, e.floor_sha256 or e.sha256, e.floor_keyids)
             for name, e in self._store.active().items()
         }
 
@@ -322,7 +322,7 @@ class Updater:
         if good is not None:
             path = self._store.artifact_path(name, good.sha256)
             fallback = path.parent / good.fallback_filename if good.fallback_filename else None
-            damage = _damage(path, good.sha256)
+            damage = damage_of(path, good.sha256)
             if damage is not None:
                 # The journal keeps the bad version active (and watched): it is what serves.
                 log.error("cannot roll %s back to %s: %s", name, good.version, damage.why)
@@ -379,7 +379,7 @@ class Updater:
         journal = self._lifecycle.journal()
         if unverified.sha256 and journal.is_refused(unverified.model_name, unverified.sha256):
             raise _RolledBackError(_refusal(unverified))
-        manifest = verify_manifest(
+        verified = verify_release(
             raw,
             trust=self._identity.trust,
             fleet_id=self._identity.fleet_id,
@@ -387,6 +387,7 @@ class Updater:
             installed=self.installed(),
             max_artifact_bytes=MAX_MODEL_BYTES,
         )
+        manifest = verified.manifest
         offer = plan.Offer(manifest.model_name, manifest.version, manifest.sha256)
         decision = plan.decide(journal, offer)
         if decision is plan.Decision.REFUSE:
@@ -394,19 +395,31 @@ class Updater:
         active = journal.models.get(manifest.model_name)
         if decision is plan.Decision.CURRENT:
             assert active is not None  # noqa: S101 - CURRENT means it is active
-            self._keep_current(manifest, active)
+            self._keep_current(verified, active)
             return
-        self._install(manifest, active)
+        self._install(verified, active)
 
-    def _keep_current(self, manifest: manifest_pb2.Manifest, active: ActiveEntry) -> None:
+    def _keep_current(self, verified: VerifiedRelease, active: ActiveEntry) -> None:
         """The server wants what is active: settle its floor, fetch a file found damaged at
         start (and deleted), load it again when it is not serving."""
-        if active.floor_sha256 or manifest.rollback_from > active.release_counter:
+        manifest = verified.manifest
+        floor = max(manifest.release_counter, manifest.rollback_from)
+        unknown = floor == active.release_counter and bool(
+            set(verified.signers) - set(active.floor_keyids)
+        )
+        if verified.recovery:  # it serves already (rolled back to), under the stolen floor
+            log.warning("recovering the release floor of %s from %d to %d", manifest.model_name,
+                        active.release_counter, floor)  # fmt: skip
+            self._lifecycle.recovered(
+                manifest.model_name,
+                replace(active, release_counter=floor, floor_sha256="",
+                        floor_keyids=plan.floor_of(None, floor, verified.signers)[1]),
+            )  # fmt: skip
+        elif active.floor_sha256 or floor > active.release_counter or unknown:
             # The server wants what this device serves (say, an explicit rollback to it
-            # after a damaged newer release): the floor becomes this release's own.
-            self._lifecycle.settle_floor(
-                manifest.model_name, max(manifest.release_counter, manifest.rollback_from)
-            )
+            # after a damaged newer release): the floor becomes this release's own. A floor
+            # signed by keys it did not know (a journal of an older agent) learns them.
+            self._lifecycle.settle_floor(manifest.model_name, floor, verified.signers)
         self._fetch(
             manifest.model_name,
             manifest.artifact_id,
@@ -420,8 +433,9 @@ class Updater:
         if self._engine.peek(manifest.model_name) is None:
             self._reload(manifest.model_name, active)
 
-    def _install(self, manifest: manifest_pb2.Manifest, active: ActiveEntry | None) -> None:
+    def _install(self, verified: VerifiedRelease, active: ActiveEntry | None) -> None:
         """Download, verify, load and smoke-test a new release; activate it."""
+        manifest = verified.manifest
         log.info(
             "updating %s to %s (release %d, %d bytes)",
             manifest.model_name,
@@ -478,18 +492,27 @@ class Updater:
         previous_model = self._engine.peek(manifest.model_name)
         if previous_model is not None:
             self._baselines[manifest.model_name] = previous_model.stats.recent_p50()
+        # After an explicit rollback the floor stays at the highest release seen, so the
+        # release rolled back from cannot be replayed; but for a recovery, which undoes a
+        # floor only revoked keys set (the stolen key's release is no last-known-good).
+        floor, floor_keyids = plan.floor_of(
+            active,
+            max(manifest.release_counter, manifest.rollback_from),
+            verified.signers,
+            recovery=verified.recovery,
+        )
+        if verified.recovery:
+            log.warning("recovering %s from release %d (keys %s, revoked) to %s at release %d",
+                        manifest.model_name, active.release_counter if active else 0,
+                        ", ".join(active.floor_keyids) if active else "", manifest.version,
+                        floor)  # fmt: skip
         # A first install has nothing to roll back to: it is trusted at once.
-        self._lifecycle.activated(
+        (self._lifecycle.recovered if verified.recovery else self._lifecycle.activated)(
             manifest.model_name,
             ActiveEntry(
                 version=manifest.version,
-                # After an explicit rollback the floor stays at the highest release seen, so
-                # the release rolled back from cannot be replayed.
-                release_counter=max(
-                    manifest.release_counter,
-                    manifest.rollback_from,
-                    active.release_counter if active else 0,
-                ),
+                release_counter=floor,
+                floor_keyids=floor_keyids,
                 sha256=manifest.sha256,
                 filename=path.name,
                 fallback_filename=fallback.name if fallback else "",
@@ -609,33 +632,6 @@ class Updater:
                 f"artifact sha256 {digest} does not match the signed manifest's {sha256}; discarded"
             )
         return staged
-
-
-@dataclass(frozen=True)
-class _Damage:
-    why: str
-    unreadable: bool = False  # an I/O or permission error, not a wrong hash
-
-
-def _damage(path: Path, sha256: str) -> _Damage | None:
-    """Why the artifact at ``path`` is not the verified one (None when it is)."""
-    try:
-        with path.open("rb") as handle:
-            digest = hashlib.file_digest(handle, "sha256").hexdigest()
-    except FileNotFoundError:
-        return _Damage("the file is missing")
-    except OSError as exc:
-        return _Damage(f"cannot read it: {exc}", unreadable=True)
-    if digest == sha256:
-        return None
-    return _Damage(f"sha256 {digest[:12]}..., verified {sha256[:12]}...")
-
-
-def _discard(path: Path) -> None:
-    try:
-        path.unlink(missing_ok=True)
-    except OSError as exc:  # a read-only file system must not stop the agent from starting
-        log.error("cannot delete %s: %s", path, exc)
 
 
 class _RolledBackError(ManifestError):
