@@ -156,6 +156,14 @@ def test_judge_reissues_what_expires_soon_and_signs_what_only_retiring_keys_sign
     assert verdict.action == Action.ADD_SIGNATURES and "0 of the release keys" in verdict.reason
     unsigned = manifest_pb2.Envelope(payload_type=MANIFEST_PAYLOAD_TYPE, payload=b"")
     assert judge(unsigned, store.keylist(), now=now, renew_ahead_s=0).action == Action.KEEP
+    # A manifest a revoked (stolen) key signed is neither signed again nor renewed: a fresh
+    # signature would vouch for its release and keep devices on its floor.
+    revoking = manifest_pb2.KeyList()
+    revoking.CopyFrom(store.keylist())
+    revoking.revoked_keyids.extend(s.keyid for s in soon.signatures)
+    for stolen in (envelope, soon):
+        verdict = judge(stolen, revoking, now=now, renew_ahead_s=30 * DAY)
+        assert verdict.action == Action.KEEP and "revoked" in verdict.reason
 
 
 def _fleet(

@@ -57,6 +57,11 @@ def judge(
         manifest = manifest_pb2.Manifest.FromString(envelope.payload)
     except DecodeError:
         return Verdict(Action.KEEP, "not a manifest")
+    revoked = set(keylist.revoked_keyids) & {s.keyid for s in envelope.signatures}
+    if revoked:
+        # Signed by a key the admins revoked (stolen): a fresh signature would vouch for the
+        # release again and devices would keep its floor; a recovery replaces it instead.
+        return Verdict(Action.KEEP, f"signed by revoked key(s) {', '.join(sorted(revoked))}")
     if manifest.expires_unix and manifest.expires_unix - now <= renew_ahead_s:
         days = (manifest.expires_unix - now) / _DAY
         return Verdict(
