@@ -453,8 +453,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     setup_logging(args.log_level)
     # The data dir (database and its -wal/-shm, keys, tokens, certificates) is for this user
-    # alone; files that must be readable by others (broker-cert's) say so themselves.
-    os.umask(0o077)
+    # alone; files that must be readable by others (broker-cert's) say so themselves. Restored
+    # after: main() called in a process that goes on (tests, tools) must not leave it changed.
+    umask = os.umask(0o077)
     # amqtt logs every packet at INFO; keep the server's own log readable.
     logging.getLogger("amqtt").setLevel(logging.WARNING)
     logging.getLogger("transitions").setLevel(logging.WARNING)
@@ -470,6 +471,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        os.umask(umask)
 
 
 if __name__ == "__main__":

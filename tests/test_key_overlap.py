@@ -266,3 +266,26 @@ def test_a_pass_renews_a_key_list_that_expires_soon_when_the_root_keys_are_here(
     store.renew_keylist(root_key_files=roots, lifetime_s=10 * DAY)
     done = _maintainer(store, catalog, db).run_once()
     assert done.keylist_renewed == 3 and store.keylist().expires_unix > time.time() + 300 * DAY
+
+
+def test_the_commands_that_write_keys_give_the_umask_back(tmp_path: Path) -> None:
+    """`keys rotate` and `edgefleet-server` run with umask 077; called in a process that goes
+    on (a test's, a tool's) they leave its umask as it was (a leaked 077 made every folder the
+    process created later 0700)."""
+    import contextlib
+    import io
+    import os
+
+    from fleet_server.admin_cli import main as admin_main
+    from fleet_server.cli import main as server_main
+
+    before = os.umask(0o022)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            assert (
+                server_main(["init", "--data-dir", str(tmp_path / "d"), "--keep-root-online"]) == 0
+            )
+            assert admin_main(["--data-dir", str(tmp_path / "d"), "keys", "rotate"]) == 0
+        assert os.umask(0o022) == 0o022
+    finally:
+        os.umask(before)

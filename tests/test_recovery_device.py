@@ -124,7 +124,9 @@ class Device:
 
 
 @pytest.fixture
-def device(tmp_path: Path) -> Iterator[Device]:
+def local_device(tmp_path: Path) -> Iterator[Device]:
+    """(Not named ``device``: the process guard knows fixtures by name, and other files'
+    ``device`` fixtures start servers.)"""
     device = Device(tmp_path)
     yield device
     device.client.close()
@@ -144,7 +146,8 @@ def stolen_and_rotated(device: Device) -> manifest_pb2.Manifest:
     return admins
 
 
-def test_a_root_signed_recovery_undoes_a_stolen_keys_floor(device: Device) -> None:
+def test_a_root_signed_recovery_undoes_a_stolen_keys_floor(local_device: Device) -> None:
+    device = local_device
     admins = stolen_and_rotated(device)
     assert "older than installed release 458" in device.offer(device.release("1.6.0", 6), NEW)
     rollback = manifest_pb2.Manifest()
@@ -171,10 +174,11 @@ def test_a_root_signed_recovery_undoes_a_stolen_keys_floor(device: Device) -> No
 
 
 def test_a_recovery_reaches_a_device_that_had_rolled_the_stolen_release_back(
-    device: Device,
+    local_device: Device,
 ) -> None:
     """Its health window rolled 9.9.358 back: 1.5.0 serves, under the floor 458. The recovery
     to 1.5.0 is what serves already, and only lowers the floor."""
+    device = local_device
     admins = stolen_and_rotated(device)
     device.lifecycle.rolled_back("mobilenet")  # as its health window does
     assert device.floor() == ("1.5.0", 458, (kid(STOLEN),))
@@ -187,7 +191,10 @@ def test_a_recovery_reaches_a_device_that_had_rolled_the_stolen_release_back(
     assert device.offer(device.release("1.6.0", 7), NEW) == ""
 
 
-def test_a_floor_from_an_older_agents_journal_is_refused_with_a_reason(device: Device) -> None:
+def test_a_floor_from_an_older_agents_journal_is_refused_with_a_reason(
+    local_device: Device,
+) -> None:
+    device = local_device
     admins = stolen_and_rotated(device)
     journal = device.store.root / "active.json"
     raw = json.loads(journal.read_text())
@@ -203,10 +210,11 @@ def test_a_floor_from_an_older_agents_journal_is_refused_with_a_reason(device: D
 
 
 def test_an_older_agents_journal_learns_the_floors_keys_from_the_next_check_in(
-    device: Device,
+    local_device: Device,
 ) -> None:
     """Before the rotation, the server still sends the release that set the floor: the device
     learns who signed it, and the recovery works after the rotation."""
+    device = local_device
     admins = device.release("1.5.0", 5)
     assert device.offer(admins, STOLEN) == ""
     attack = device.release("9.9.358", 458)

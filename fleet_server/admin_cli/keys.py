@@ -56,8 +56,16 @@ def _cmd_keys_rotate(args: argparse.Namespace) -> int:
         raise BadRequestError(
             f"--overlap-days {args.overlap_days:g} is out of range (0 to {_MAX_OVERLAP_DAYS})"
         )
-    os.umask(0o077)  # new key files and folders in the data dir are the server user's alone
-    store = KeyStore(_keys_dir(args))
+    # New key files and folders in the data dir are the server user's alone; the umask is
+    # restored after (a process that goes on, as a test's, must not keep it).
+    umask = os.umask(0o077)
+    try:
+        return _rotate(args, KeyStore(_keys_dir(args)), load_public_key)
+    finally:
+        os.umask(umask)
+
+
+def _rotate(args: argparse.Namespace, store: Any, load_public_key: Any) -> int:
     before = [k.keyid for k in store.keylist().release_keys]
     files = common.root_key_files(args, "a new key list") if args.root_key_dir else args.root_key
     passphrase = common.read_passphrase(args.passphrase_file)
