@@ -83,6 +83,11 @@ def test_keys_recover_undoes_a_stolen_keys_fast_forward_on_running_devices(
                            "--root-key", str(tmp_path / "missing.key"), check=False)  # fmt: skip
     assert unknown.returncode == 1 and "nope" in unknown.stderr, unknown.stderr
 
+    bad_key = server.admin("keys", "recover", "--revoke", "ab" * 8, "--model", "colors=1.0.0",
+                           "--root-key-dir", str(server.root_key_dir), check=False)  # fmt: skip
+    assert bad_key.returncode == 1, bad_key.stdout + bad_key.stderr
+    assert f"release key(s) {'ab' * 8} not in key list version 1" in bad_key.stderr
+
     out = server.admin(*args, "--root-key-dir", str(server.root_key_dir)).stdout
     assert f"published key list version 2: revokes {stolen}" in out
     assert "deployed colors 1.0.0 as a recovery" in out
@@ -91,6 +96,10 @@ def test_keys_recover_undoes_a_stolen_keys_fast_forward_on_running_devices(
         wait_state(server, agent.name, "colors", "1.0.0", "INSTALLED")
     audit = server.admin("audit").stdout
     assert sum("CommitRecovery" in line for line in audit.splitlines()) == 1
+    # Run again (as after a lost connection): no second key list, the recovery committed again.
+    again = server.admin(*args, "--root-key-dir", str(server.root_key_dir)).stdout
+    assert f"key list version 2 already revokes {stolen}" in again
+    assert "version 2 " in server.admin("keys", "list").stdout
 
     # The stolen key's release again: devices refuse it (its key is revoked, it counts for
     # nothing) and keep serving 1.0.0.

@@ -124,16 +124,18 @@ def _cmd_keys_recover(args: argparse.Namespace) -> int:
     )
     files = common.root_key_files(args, "a recovery")
     passphrase = common.read_passphrase(args.passphrase_file)
+    before = store.keylist().version
     keylist = store.revoke_release(args.revoke, root_key_files=files, passphrase=passphrase)
     if keylist.version != prepared.keylist_version:
         raise BadRequestError(
             f"the server prepared for key list version {prepared.keylist_version}, "
             f"{store.directory} holds version {keylist.version}: is --data-dir the server's?"
         )
-    print(
-        f"published key list version {keylist.version}: revokes {', '.join(args.revoke)}; "
-        f"release key {keylist.release_keys[0].keyid}"
-    )
+    if keylist.version == before:
+        said = f"key list version {keylist.version} already revokes"
+    else:
+        said = f"published key list version {keylist.version}: revokes"
+    print(f"{said} {', '.join(args.revoke)}; release key {keylist.release_keys[0].keyid}")
     roots = [load_private_key(path, passphrase) for path in files]
     envelopes = [
         sign_envelope(MANIFEST_PAYLOAD_TYPE, payload, roots)
