@@ -282,8 +282,9 @@ def add_parsers(sub: Any) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="the highest release counter devices report, when above what the server knows "
-        "(the recovery goes back from max(N, the server's highest))",
+        help="rollback_from at least N: the release devices report in 'older than installed "
+        "release N' ('edgefleet devices show'), when the server does not know it (optional: "
+        "devices whose floor only revoked keys set accept the recovery without it)",
     )
     common.add_root_key_options(recover)
     recover.set_defaults(func=_cmd_keys_recover)
