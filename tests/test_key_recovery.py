@@ -7,13 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
 from fleet_server.catalog.store import CatalogStore
-from fleet_server.signing.keys import KeyStore
+from fleet_server.signing.keys import KeyStore, load_private_key, sign_envelope
 from fleet_server.storage.db import Database
-from protos import manifest_pb2
+from protos import admin_pb2, admin_pb2_grpc, manifest_pb2
+from protos.envelope import MANIFEST_PAYLOAD_TYPE
 from tests.harness import Agent, Server, run_cli
 from tests.test_fleet_e2e import wait_state
 
@@ -107,3 +110,97 @@ def test_keys_recover_undoes_a_stolen_keys_fast_forward_on_running_devices(
     for agent in agents:
         refused = wait_state(server, agent.name, "colors", FORGED, "FAILED")
         assert "enough pinned release keys" in refused["detail"], refused
+
+
+class _Admin:
+    """The admin API over gRPC, as a client other than the CLI would call it."""
+
+    def __init__(self, server: Server) -> None:
+        token = (server.data_dir / "admin.token").read_text(encoding="utf-8").strip()
+        self._metadata = [("authorization", f"Bearer {token}")]
+        credentials = grpc.ssl_channel_credentials(root_certificates=server.ca_file.read_bytes())
+        self.channel = grpc.secure_channel(server.address, credentials)
+        self.stub = admin_pb2_grpc.AdminServiceStub(self.channel)
+
+    def call(self, method: str, request: object) -> Any:
+        return getattr(self.stub, method)(request, metadata=self._metadata, timeout=30)
+
+    def refused(self, method: str, request: object) -> str:
+        with pytest.raises(grpc.RpcError) as caught:
+            self.call(method, request)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value
+        return str(caught.value.details())
+
+
+def test_the_server_commits_only_the_recovery_it_prepares_with_the_root_threshold(
+    server_factory: Callable[..., Server], color_models: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "server"
+    run_cli(
+        "edgefleet-server", "init", "--data-dir", str(data), "--root-keys", "3",
+        "--root-threshold", "2",
+    )  # fmt: skip
+    server = server_factory(None, data_dir=data)
+    model = str(color_models / "color_float.tflite")
+    for version in ("1.0.0", "2.0.0"):
+        server.admin("models", "push", model, "--name", "colors", "--version", version)
+    roots = [load_private_key(p) for p in sorted(server.root_key_dir.glob("root-*.key"))]
+    keys = KeyStore(data / "keys")
+    (stolen,) = keys.keylist().release_keys
+    admin = _Admin(server)
+    try:
+        releases = [admin_pb2.DeployRequest(model_name="colors", version="1.0.0")]
+        prepared = admin.call(
+            "PrepareRecovery",
+            admin_pb2.PrepareRecoveryRequest(revoke_keyids=[stolen.keyid], models=releases),
+        )
+        assert prepared.keylist_version == 2
+        keys.revoke_release([stolen.keyid], root_key_files=sorted(server.root_key_dir.iterdir()))
+        again = admin.call(
+            "PrepareRecovery",
+            admin_pb2.PrepareRecoveryRequest(
+                revoke_keyids=[stolen.keyid], models=releases, floor=458
+            ),
+        )
+        assert again.keylist_version == 2  # revoked already: the current list
+        (payload,) = again.unsigned_manifests
+        manifest = manifest_pb2.Manifest.FromString(payload)
+        assert manifest.explicit_rollback and manifest.rollback_from == 458
+        assert manifest.recovery_keylist_version == 2 and manifest.release_counter == 1
+
+        def signed(data: bytes, signers: list[Any]) -> manifest_pb2.Envelope:
+            return sign_envelope(MANIFEST_PAYLOAD_TYPE, data, signers)
+
+        one = admin_pb2.CommitRecoveryRequest(envelopes=[signed(payload, roots[:1])])
+        assert "1 valid root-key signature(s); an explicit rollback needs 2" in admin.refused(
+            "CommitRecovery", one
+        )
+        changed = manifest_pb2.Manifest()
+        changed.CopyFrom(manifest)
+        changed.sha256 = "cd" * 32
+        other = signed(changed.SerializeToString(deterministic=True), roots[:2])
+        assert "not the rollback manifest the server prepared" in admin.refused(
+            "CommitRecovery", admin_pb2.CommitRecoveryRequest(envelopes=[other])
+        )
+        as_rollback = admin_pb2.AttachSignaturesRequest(envelope=signed(payload, roots[:2]))
+        assert "committed with 'edgefleet keys recover'" in admin.refused(
+            "CommitRollback", as_rollback
+        )
+        plain = admin.call(
+            "PrepareRollback", admin_pb2.DeployRequest(model_name="colors", version="1.0.0")
+        )
+        not_recovery = signed(plain.unsigned_manifests[0], roots[:2])
+        assert "names key list version 0, the server's is 2" in admin.refused(
+            "CommitRecovery", admin_pb2.CommitRecoveryRequest(envelopes=[not_recovery])
+        )
+        done = admin.call(
+            "CommitRecovery",
+            admin_pb2.CommitRecoveryRequest(envelopes=[signed(payload, roots[:2])]),
+        )
+        assert [(m.model_name, m.version, m.deployed) for m in done.models] == [
+            ("colors", "1.0.0", True)
+        ]
+    finally:
+        admin.channel.close()
+    audit = server.admin("audit").stdout
+    assert sum("CommitRecovery" in line for line in audit.splitlines()) == 4  # 3 refused, 1 ok
