@@ -535,6 +535,38 @@ class DeployRequest(_message.Message):
     version: str
     def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
+class PrepareRecoveryRequest(_message.Message):
+    __slots__ = ("revoke_keyids", "models", "floor")
+    REVOKE_KEYIDS_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    FLOOR_FIELD_NUMBER: _ClassVar[int]
+    revoke_keyids: _containers.RepeatedScalarFieldContainer[str]
+    models: _containers.RepeatedCompositeFieldContainer[DeployRequest]
+    floor: int
+    def __init__(self, revoke_keyids: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[DeployRequest, _Mapping]]] = ..., floor: _Optional[int] = ...) -> None: ...
+
+class PrepareRecoveryResponse(_message.Message):
+    __slots__ = ("keylist_version", "unsigned_manifests", "variants")
+    KEYLIST_VERSION_FIELD_NUMBER: _ClassVar[int]
+    UNSIGNED_MANIFESTS_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    keylist_version: int
+    unsigned_manifests: _containers.RepeatedScalarFieldContainer[bytes]
+    variants: _containers.RepeatedCompositeFieldContainer[ModelVersionInfo]
+    def __init__(self, keylist_version: _Optional[int] = ..., unsigned_manifests: _Optional[_Iterable[bytes]] = ..., variants: _Optional[_Iterable[_Union[ModelVersionInfo, _Mapping]]] = ...) -> None: ...
+
+class CommitRecoveryRequest(_message.Message):
+    __slots__ = ("envelopes",)
+    ENVELOPES_FIELD_NUMBER: _ClassVar[int]
+    envelopes: _containers.RepeatedCompositeFieldContainer[_manifest_pb2.Envelope]
+    def __init__(self, envelopes: _Optional[_Iterable[_Union[_manifest_pb2.Envelope, _Mapping]]] = ...) -> None: ...
+
+class CommitRecoveryResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelVersionInfo]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelVersionInfo, _Mapping]]] = ...) -> None: ...
+
 class DeployResponse(_message.Message):
     __slots__ = ("model",)
     MODEL_FIELD_NUMBER: _ClassVar[int]

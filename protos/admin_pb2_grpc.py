@@ -69,6 +69,16 @@ class AdminServiceStub:
                 request_serializer=protos_dot_admin__pb2.AttachSignaturesRequest.SerializeToString,
                 response_deserializer=protos_dot_admin__pb2.DeployResponse.FromString,
                 _registered_method=True)
+        self.PrepareRecovery = channel.unary_unary(
+                '/edgefleet.v1.AdminService/PrepareRecovery',
+                request_serializer=protos_dot_admin__pb2.PrepareRecoveryRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.PrepareRecoveryResponse.FromString,
+                _registered_method=True)
+        self.CommitRecovery = channel.unary_unary(
+                '/edgefleet.v1.AdminService/CommitRecovery',
+                request_serializer=protos_dot_admin__pb2.CommitRecoveryRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.CommitRecoveryResponse.FromString,
+                _registered_method=True)
         self.GetDevice = channel.unary_unary(
                 '/edgefleet.v1.AdminService/GetDevice',
                 request_serializer=protos_dot_admin__pb2.DeviceRequest.SerializeToString,
@@ -251,6 +261,20 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CommitRollback(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PrepareRecovery(self, request, context):
+        """A stolen release key's floors (`edgefleet keys recover`): explicit rollbacks that name the
+        key list revoking the key (Manifest.recovery_keylist_version), for the root keys to sign.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitRecovery(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -473,6 +497,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.CommitRollback,
                     request_deserializer=protos_dot_admin__pb2.AttachSignaturesRequest.FromString,
                     response_serializer=protos_dot_admin__pb2.DeployResponse.SerializeToString,
+            ),
+            'PrepareRecovery': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareRecovery,
+                    request_deserializer=protos_dot_admin__pb2.PrepareRecoveryRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.PrepareRecoveryResponse.SerializeToString,
+            ),
+            'CommitRecovery': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitRecovery,
+                    request_deserializer=protos_dot_admin__pb2.CommitRecoveryRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.CommitRecoveryResponse.SerializeToString,
             ),
             'GetDevice': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDevice,
@@ -799,6 +833,60 @@ class AdminService:
             '/edgefleet.v1.AdminService/CommitRollback',
             protos_dot_admin__pb2.AttachSignaturesRequest.SerializeToString,
             protos_dot_admin__pb2.DeployResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareRecovery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/PrepareRecovery',
+            protos_dot_admin__pb2.PrepareRecoveryRequest.SerializeToString,
+            protos_dot_admin__pb2.PrepareRecoveryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitRecovery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/CommitRecovery',
+            protos_dot_admin__pb2.CommitRecoveryRequest.SerializeToString,
+            protos_dot_admin__pb2.CommitRecoveryResponse.FromString,
             options,
             channel_credentials,
             insecure,

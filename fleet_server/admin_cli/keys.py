@@ -105,6 +105,66 @@ def _rotate(args: argparse.Namespace, store: Any, load_public_key: Any) -> int:
     return 0
 
 
+def _release(text: str) -> tuple[str, str]:
+    name, sep, version = text.partition("=")
+    if not sep or not name or not version:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VERSION")
+    return name, version
+
+
+def _cmd_keys_recover(args: argparse.Namespace) -> int:
+    from fleet_server.signing.keys import KeyStore, load_private_key, sign_envelope  # noqa: PLC0415
+    from protos import admin_pb2 as pb  # noqa: PLC0415
+    from protos.envelope import MANIFEST_PAYLOAD_TYPE  # noqa: PLC0415
+
+    os.umask(0o077)
+    store = KeyStore(_keys_dir(args))
+    admin = common.admin(args)
+    # The server judges the request first (an unknown model, version or key id is that error,
+    # not a missing root key); preparing changes nothing.
+    prepared = admin.call(
+        "PrepareRecovery",
+        pb.PrepareRecoveryRequest(
+            revoke_keyids=args.revoke,
+            models=[pb.DeployRequest(model_name=n, version=v) for n, v in args.model],
+            floor=args.floor,
+        ),
+    )
+    files = common.root_key_files(args, "a recovery")
+    passphrase = common.read_passphrase(args.passphrase_file)
+    before = store.keylist().version
+    keylist = store.revoke_release(args.revoke, root_key_files=files, passphrase=passphrase)
+    if keylist.version != prepared.keylist_version:
+        raise BadRequestError(
+            f"the server prepared for key list version {prepared.keylist_version}, "
+            f"{store.directory} holds version {keylist.version}: is --data-dir the server's?"
+        )
+    if keylist.version == before:
+        said = f"key list version {keylist.version} already revokes"
+    else:
+        said = f"published key list version {keylist.version}: revokes"
+    print(f"{said} {', '.join(args.revoke)}; release key {keylist.release_keys[0].keyid}")
+    roots = [load_private_key(path, passphrase) for path in files]
+    envelopes = [
+        sign_envelope(MANIFEST_PAYLOAD_TYPE, payload, roots)
+        for payload in prepared.unsigned_manifests
+    ]
+    done = admin.call("CommitRecovery", pb.CommitRecoveryRequest(envelopes=envelopes))
+    for model in done.models:
+        print(
+            f"deployed {model.model_name} {model.version} as a recovery (root-signed, key list "
+            f"version {keylist.version}): devices that adopt the key list and whose floor the "
+            f"revoked key(s) set install it at their next check-in"
+        )
+    print(
+        "devices whose journal predates floor signer ids (older agents) refuse it with 'the "
+        "floor's signers are unknown': 'edgefleet devices list' shows them FAILED and "
+        "'edgefleet devices show DEVICE' that detail; remove active.json from their state "
+        "dir and they install it"
+    )
+    return 0
+
+
 def _when(expires_unix: int, now: float) -> str:
     days = int((expires_unix - now) // 86400)
     if expires_unix <= now:
@@ -165,7 +225,7 @@ def add_parsers(sub: Any) -> None:
         help="the fleet's signing keys (works on a server data dir, offline)",
         description="Root keys (k of n) sign the key list; release keys sign manifests. list, "
         "rotate and create read and write the key files of a data dir given with --data-dir; "
-        "status asks the running server.",
+        "status asks the running server; recover does both.",
     )
     keys_sub = keys.add_subparsers(dest="action", required=True)
     klist = keys_sub.add_parser("list", help="show the current key list")
@@ -198,6 +258,44 @@ def add_parsers(sub: Any) -> None:
         "Their private files move to DATA_DIR/keys/retired at once either way",
     )
     rotate.set_defaults(func=_cmd_keys_rotate)
+    recover = keys_sub.add_parser(
+        "recover",
+        help="after a release key was stolen: revoke it and send devices back to a release "
+        "(root keys; asks the server)",
+        description="Publish a key list (version + 1, signed by the root keys) that revokes "
+        "the --revoke release key(s) and makes a fresh release key the one that signs, and "
+        "deploy root-signed recovery manifests for each --model NAME=VERSION: devices whose "
+        "release floor only revoked keys set (a fast-forward with a stolen key) install that "
+        "release at their next check-in. Needs --data-dir (the key files) and the running "
+        "server; the server checks the model, version and key ids before the root keys are "
+        "read (docs/security.md, A release key was stolen).",
+    )
+    recover.add_argument(
+        "--revoke",
+        action="append",
+        required=True,
+        metavar="KEYID",
+        help="a stolen release key's id ('edgefleet keys list'); repeat for several",
+    )
+    recover.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        type=_release,
+        metavar="NAME=VERSION",
+        help="the release devices go back to; repeat for several models",
+    )
+    recover.add_argument(
+        "--floor",
+        type=int,
+        default=0,
+        metavar="N",
+        help="rollback_from at least N: the release devices report in 'older than installed "
+        "release N' ('edgefleet devices show'), when the server does not know it (optional: "
+        "devices whose floor only revoked keys set accept the recovery without it)",
+    )
+    common.add_root_key_options(recover)
+    recover.set_defaults(func=_cmd_keys_recover)
     kstatus = keys_sub.add_parser(
         "status",
         help="what expires when: key list, release keys, deployed manifests, certificates "

@@ -438,6 +438,47 @@ class KeyStore:
             self._remember_overlap(self._overlapping() | {k.keyid for k in kept})
         return keylist
 
+    def revoke_release(
+        self,
+        keyids: Sequence[str],
+        *,
+        root_key_files: Sequence[Path] = (),
+        passphrase: bytes | None = None,
+        lifetime_s: int = KEYLIST_LIFETIME_S,
+    ) -> manifest_pb2.KeyList:
+        """Revoke stolen release keys: key list version + 1, signed by root keys, with
+        ``keyids`` added to ``revoked_keyids`` (every later list carries them: it is copied),
+        out of ``release_keys``, and a new release key in their place (a rotation without
+        overlap; the revoked private files move to :attr:`retired_dir`). When every id is
+        revoked already, the current list stays (a recovery run again).
+
+        Raises:
+            DataDirError: an id the key list neither names nor revokes, or fewer root keys at
+                hand than the root threshold.
+        """
+        current = self.keylist()
+        known = {k.keyid for k in current.release_keys} | set(current.revoked_keyids)
+        unknown = sorted(set(keyids) - known)
+        if unknown or not keyids:
+            raise DataDirError(
+                f"release key(s) {', '.join(unknown) or '(none given)'} not in key list "
+                f"version {current.version} (see 'edgefleet keys list')"
+            )
+        roots = self._root_signers(current, root_key_files, passphrase)
+        fresh = sorted(set(keyids) - set(current.revoked_keyids))
+        if not fresh:
+            return current
+        release = self._new_release_key()
+        revoking = manifest_pb2.KeyList()
+        revoking.CopyFrom(current)
+        revoking.revoked_keyids.extend(fresh)
+        kept = [k for k in current.release_keys if k.keyid not in fresh]
+        del revoking.release_keys[:]
+        revoking.release_keys.extend(kept)
+        keylist = self._replace_release(revoking, _public(release), roots, lifetime_s, 0)
+        self.retire_release_keys(fresh)
+        return keylist
+
     def renew_keylist(
         self,
         *,

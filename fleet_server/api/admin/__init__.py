@@ -8,6 +8,7 @@ from __future__ import annotations
 from fleet_server.api.admin.devices import DevicesAdmin
 from fleet_server.api.admin.fleet import FleetAdmin
 from fleet_server.api.admin.models import ModelsAdmin
+from fleet_server.api.admin.recovery import RecoveryAdmin
 from fleet_server.api.admin.rollouts import RolloutsAdmin
 from fleet_server.api.admin.routing import RoutingAdmin
 from fleet_server.context import ServerContext
@@ -18,6 +19,7 @@ __all__ = ["AdminServicer"]
 
 class AdminServicer(
     ModelsAdmin,
+    RecoveryAdmin,
     DevicesAdmin,
     RolloutsAdmin,
     RoutingAdmin,

@@ -117,12 +117,15 @@ class AdminBase:
             )
         return rows[0]
 
-    def prepare_rollback(self, model_name: str, version: str) -> pb.PushModelResponse:
+    def prepare_rollback(
+        self, model_name: str, version: str, *, recovery_keylist_version: int = 0, floor: int = 0
+    ) -> pb.PushModelResponse:
         """Explicit rollback manifests for an older version (one per variant), for the root
-        keys to sign."""
+        keys to sign; from the highest release counter known (or ``floor`` when higher), and
+        naming the key list that revokes a stolen key when ``recovery_keylist_version``."""
         rows = self._ctx.catalog.get_variants(model_name, version)
         now = int(time.time())
-        floor = self._ctx.catalog.next_release_counter(model_name) - 1
+        floor = max(self._ctx.catalog.next_release_counter(model_name) - 1, floor)
         unsigned = []
         for row in rows:
             manifest = manifest_pb2.Manifest.FromString(
@@ -130,6 +133,7 @@ class AdminBase:
             )
             manifest.explicit_rollback = True
             manifest.rollback_from = floor
+            manifest.recovery_keylist_version = recovery_keylist_version
             manifest.created_unix = now
             manifest.expires_unix = now + self._ctx.manifest_lifetime_s
             unsigned.append(manifest.SerializeToString(deterministic=True))
@@ -141,18 +145,44 @@ class AdminBase:
             unsigned_manifests=unsigned,
         )
 
-    def verified_rollback(self, envelope: manifest_pb2.Envelope) -> ModelRow:
-        """The variant a root-signed rollback manifest names, once it checks out.
+    def verified_rollback(
+        self, envelope: manifest_pb2.Envelope, *, recovery: bool = False
+    ) -> ModelRow:
+        """The variant a root-signed rollback manifest names, once it checks out; with
+        ``recovery``, one that names the current key list, which must revoke keys (what
+        PrepareRecovery prepares), else one that names none (PrepareRollback's).
 
         Raises:
-            BadRequestError: not what PrepareRollback prepared, or too few root signatures.
+            BadRequestError: not what was prepared, or too few root signatures.
         """
         manifest = manifest_of(envelope)
+        if recovery:
+            keylist = self._ctx.keys.keylist()
+            if not keylist.revoked_keyids:
+                raise BadRequestError(
+                    f"key list version {keylist.version} revokes no key; nothing to recover from"
+                )
+            if manifest.recovery_keylist_version != keylist.version:
+                raise BadRequestError(
+                    f"the recovery manifest for {manifest.model_name} {manifest.version} names "
+                    f"key list version {manifest.recovery_keylist_version}, the server's is "
+                    f"{keylist.version}; run 'edgefleet keys recover' again"
+                )
+        elif manifest.recovery_keylist_version:
+            raise BadRequestError(
+                "a recovery manifest is committed with 'edgefleet keys recover', not as a rollback"
+            )
         row = self._ctx.catalog.get_model(manifest.model_name, manifest.version, manifest.variant)
         original = manifest_pb2.Manifest.FromString(
             manifest_pb2.Envelope.FromString(row.envelope).payload
         )
-        prepared = ("explicit_rollback", "rollback_from", "created_unix", "expires_unix")
+        prepared = (
+            "explicit_rollback",
+            "rollback_from",
+            "created_unix",
+            "expires_unix",
+            "recovery_keylist_version",
+        )
         for field in prepared:
             original.ClearField(field)
         candidate = manifest_pb2.Manifest()
@@ -175,7 +205,7 @@ class AdminBase:
         return row
 
     def verified_rollback_set(
-        self, envelopes: list[manifest_pb2.Envelope]
+        self, envelopes: list[manifest_pb2.Envelope], *, recovery: bool = False
     ) -> tuple[ModelRow, bytes]:
         """Check a rollback's manifests, one per variant of the version; return the version's
         first variant and the serialized EnvelopeSet.
@@ -185,7 +215,7 @@ class AdminBase:
         """
         if not envelopes:
             raise BadRequestError("no rollback manifest given")
-        rows = [self.verified_rollback(e) for e in envelopes]
+        rows = [self.verified_rollback(e, recovery=recovery) for e in envelopes]
         first = rows[0]
         if any((r.model_name, r.version) != (first.model_name, first.version) for r in rows):
             raise BadRequestError("the rollback manifests name different versions")
