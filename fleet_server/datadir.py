@@ -34,7 +34,7 @@ from fleet_server.errors import DataDirError
 if TYPE_CHECKING:
     from fleet_server.registry.ca import FleetCA
 
-__all__ = ["DataDir", "default_root_key_dir"]
+__all__ = ["DataDir", "default_root_key_dir", "new_token"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,14 @@ _FORMAT = 1
 def default_root_key_dir(root: Path) -> Path:
     """Where ``init`` writes the root keys unless told otherwise: ``<data dir>.root-keys``."""
     return root.with_name(root.name + ".root-keys")
+
+
+def new_token(nbytes: int) -> str:
+    """A random URL-safe token that can follow an option on a command line: one starting with
+    "-" (1 in 64 of token_urlsafe's) is read by argparse as an option (`--token -x...`)."""
+    while (token := secrets.token_urlsafe(nbytes)).startswith("-"):
+        pass
+    return token
 
 
 def _write_secret(path: Path, data: bytes) -> None:
@@ -112,7 +120,7 @@ class DataDir:
         """
         if not self.cloud_token_file.exists():
             try:
-                _write_secret(self.cloud_token_file, secrets.token_urlsafe(24).encode())
+                _write_secret(self.cloud_token_file, new_token(24).encode())
             except OSError as exc:
                 raise DataDirError(f"cannot write {self.cloud_token_file}: {exc}") from exc
         return self.read_secret(self.cloud_token_file)
@@ -171,8 +179,8 @@ class DataDir:
             root_key_dir=root_key_dir,
         )
         data_dir.ca()
-        _write_secret(data_dir.admin_token_file, secrets.token_urlsafe(32).encode())
-        _write_secret(data_dir.enrollment_token_file, secrets.token_urlsafe(24).encode())
+        _write_secret(data_dir.admin_token_file, new_token(32).encode())
+        _write_secret(data_dir.enrollment_token_file, new_token(24).encode())
         meta: dict[str, object] = {"format": _FORMAT, "fleet_id": fleet_id}
         if root_key_dir is not None:
             meta["root_key_dir"] = str(root_key_dir)

@@ -289,3 +289,13 @@ def test_the_commands_that_write_keys_give_the_umask_back(tmp_path: Path) -> Non
         assert os.umask(0o022) == 0o022
     finally:
         os.umask(before)
+
+
+def test_tokens_never_start_with_a_dash() -> None:
+    """An admin or enrollment token is given as `--token TOKEN`: one starting with "-" (1 in
+    64 of token_urlsafe's) was read by argparse as an option (a once-in-CI failure)."""
+    from fleet_server.datadir import new_token
+
+    tokens = [new_token(24) for _ in range(3000)]  # about 47 would start with "-" otherwise
+    assert not [t for t in tokens if t.startswith("-")]
+    assert len(set(tokens)) == len(tokens) and all(len(t) == 32 for t in tokens)

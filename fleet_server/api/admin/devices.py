@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +19,7 @@ from fleet_server.api.admin._base import (
     audited,
 )
 from fleet_server.api.auth import require_admin
+from fleet_server.datadir import new_token
 from fleet_server.errors import (
     BadRequestError,
     ConflictError,
@@ -188,7 +188,7 @@ class DevicesAdmin(AdminBase):
         ttl = request.ttl_s or 86400
         if ttl > MAX_TOKEN_TTL_S:
             raise BadRequestError(f"token lifetime {ttl} s is over {MAX_TOKEN_TTL_S} (30 days)")
-        token = secrets.token_urlsafe(24)
+        token = new_token(24)  # given on agents' command lines: never a leading "-"
         expires = self._ctx.devices.add_enrollment_token(
             token,
             ttl_s=ttl,
