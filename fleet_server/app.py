@@ -202,6 +202,7 @@ class FleetServer:
             device_mqtt_url=device_mqtt_url,
             data_dir=data_dir,
             manifest_lifetime_s=int(s.manifest_lifetime_days * 86400),
+            renew_ahead_s=s.renew_ahead_days * 86400,
         )
         self.ctx = ctx
         # Worker processes only serve gRPC; the main process runs the rollouts and the ingest.
@@ -226,7 +227,7 @@ class FleetServer:
                 root_keys=data_dir.root_keys_here,
                 manifest_lifetime_s=ctx.manifest_lifetime_s,
                 keylist_lifetime_s=s.keylist_lifetime_days * 86400,
-                renew_ahead_s=s.renew_ahead_days * 86400,
+                renew_ahead_s=ctx.renew_ahead_s,
             )  # fmt: skip
         try:
             # Workers take device calls only: enrollment, the admin API and commands (which

@@ -47,6 +47,7 @@ class ServerContext:
     server_cert_pem: bytes = b""  # the TLS certificate the gRPC ports present (create_server)
     checkin_interval_s: int = 30
     manifest_lifetime_s: int = MANIFEST_LIFETIME_S  # of the manifests it signs (push, rollback)
+    renew_ahead_s: float = 30 * 86400  # manifests in use expiring sooner are re-issued
     devices: DeviceStore = field(init=False)
     refusals: RefusalStore = field(init=False)
     catalog: CatalogStore = field(init=False)

@@ -477,6 +477,40 @@ class AttachSignaturesRequest(_message.Message):
     envelopes: _containers.RepeatedCompositeFieldContainer[_manifest_pb2.Envelope]
     def __init__(self, envelope: _Optional[_Union[_manifest_pb2.Envelope, _Mapping]] = ..., envelopes: _Optional[_Iterable[_Union[_manifest_pb2.Envelope, _Mapping]]] = ...) -> None: ...
 
+class ListPendingManifestsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PendingManifest(_message.Message):
+    __slots__ = ("model_name", "version", "variant", "action", "reason", "payload", "expires_unix")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    version: str
+    variant: str
+    action: str
+    reason: str
+    payload: bytes
+    expires_unix: int
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ..., payload: _Optional[bytes] = ..., expires_unix: _Optional[int] = ...) -> None: ...
+
+class ListPendingManifestsResponse(_message.Message):
+    __slots__ = ("manifests", "keylist_version", "release_threshold", "release_keyids")
+    MANIFESTS_FIELD_NUMBER: _ClassVar[int]
+    KEYLIST_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_KEYIDS_FIELD_NUMBER: _ClassVar[int]
+    manifests: _containers.RepeatedCompositeFieldContainer[PendingManifest]
+    keylist_version: int
+    release_threshold: int
+    release_keyids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, manifests: _Optional[_Iterable[_Union[PendingManifest, _Mapping]]] = ..., keylist_version: _Optional[int] = ..., release_threshold: _Optional[int] = ..., release_keyids: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class ExplainVariantRequest(_message.Message):
     __slots__ = ("device_id", "model_name", "version")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]

@@ -69,6 +69,11 @@ class AdminServiceStub:
                 request_serializer=protos_dot_admin__pb2.AttachSignaturesRequest.SerializeToString,
                 response_deserializer=protos_dot_admin__pb2.DeployResponse.FromString,
                 _registered_method=True)
+        self.ListPendingManifests = channel.unary_unary(
+                '/edgefleet.v1.AdminService/ListPendingManifests',
+                request_serializer=protos_dot_admin__pb2.ListPendingManifestsRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.ListPendingManifestsResponse.FromString,
+                _registered_method=True)
         self.PrepareRecovery = channel.unary_unary(
                 '/edgefleet.v1.AdminService/PrepareRecovery',
                 request_serializer=protos_dot_admin__pb2.PrepareRecoveryRequest.SerializeToString,
@@ -262,6 +267,15 @@ class AdminServiceServicer:
 
     def CommitRollback(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPendingManifests(self, request, context):
+        """The manifests in use that need release-key signatures the server cannot make itself (the
+        release keys are offline): after a rotation, or as their expiry nears (a re-issue). Each
+        comes with the payload to sign; AttachSignatures takes the signed result.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -497,6 +511,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.CommitRollback,
                     request_deserializer=protos_dot_admin__pb2.AttachSignaturesRequest.FromString,
                     response_serializer=protos_dot_admin__pb2.DeployResponse.SerializeToString,
+            ),
+            'ListPendingManifests': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPendingManifests,
+                    request_deserializer=protos_dot_admin__pb2.ListPendingManifestsRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.ListPendingManifestsResponse.SerializeToString,
             ),
             'PrepareRecovery': grpc.unary_unary_rpc_method_handler(
                     servicer.PrepareRecovery,
@@ -833,6 +852,33 @@ class AdminService:
             '/edgefleet.v1.AdminService/CommitRollback',
             protos_dot_admin__pb2.AttachSignaturesRequest.SerializeToString,
             protos_dot_admin__pb2.DeployResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPendingManifests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/ListPendingManifests',
+            protos_dot_admin__pb2.ListPendingManifestsRequest.SerializeToString,
+            protos_dot_admin__pb2.ListPendingManifestsResponse.FromString,
             options,
             channel_credentials,
             insecure,

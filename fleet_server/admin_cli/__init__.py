@@ -13,7 +13,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fleet_server import __version__
-from fleet_server.admin_cli import common, devices, keys, models, optimize, rollouts, routing
+from fleet_server.admin_cli import (
+    common,
+    devices,
+    keys,
+    manifests,
+    models,
+    optimize,
+    rollouts,
+    routing,
+)
 from fleet_server.admin_cli.common import PROG
 from fleet_server.errors import FleetError
 
@@ -51,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     routing.add_costs_parser(sub)
     optimize.add_parser(sub)
     models.add_parsers(sub)
+    manifests.add_parsers(sub)
     keys.add_parsers(sub)
     devices.add_parsers(sub)
     rollouts.add_parsers(sub)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet_server.admin_cli import common
-from fleet_server.errors import BadRequestError
+from fleet_server.errors import BadRequestError, FleetError
 
 __all__ = ["add_parsers"]
 
@@ -95,6 +95,9 @@ def _rotate(args: argparse.Namespace, store: Any, load_public_key: Any) -> int:
         )
     for path in store.purge_retired(time.time()):
         print(f"deleted {path}: its overlap in the key list has ended")
+    new_key = keylist.release_keys[0].keyid
+    if not (store.directory / f"release-{new_key}.key").exists():
+        _list_offline_work(args, new_key)
     retired = [k for k in before if (store.retired_dir / f"release-{k}.key").exists()]
     if retired:
         print(
@@ -103,6 +106,29 @@ def _rotate(args: argparse.Namespace, store: Any, load_public_key: Any) -> int:
             + ("; the server deletes them once the overlap has passed)" if kept else ")")
         )
     return 0
+
+
+def _list_offline_work(args: argparse.Namespace, new_key: str) -> None:
+    """The new release key is not on the server: say what devices need signed by it, as the
+    running server sees it (it reads the new key list at once)."""
+    from protos import admin_pb2 as pb  # noqa: PLC0415
+
+    print(
+        f"the new release key {new_key} is not on this server: unless the server signs "
+        "through --pkcs11-*, the manifests in use need its signature from where it is kept "
+        "('edgefleet manifest pending --out DIR', 'edgefleet manifest sign DIR/*.manifest "
+        "--key KEY', 'edgefleet manifest attach DIR/*.signed')"
+    )
+    try:
+        answer = common.admin(args).call("ListPendingManifests", pb.ListPendingManifestsRequest())
+    except FleetError as exc:
+        print(f"(the server did not say what is pending: {exc})")
+        return
+    waiting = [f"{m.model_name} {m.version} ({m.variant})" for m in answer.manifests]
+    print(
+        f"{len(waiting)} manifest(s) in use wait for it"
+        + (f": {', '.join(waiting)}" if waiting else "")
+    )
 
 
 def _release(text: str) -> tuple[str, str]:

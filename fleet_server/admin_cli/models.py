@@ -1,5 +1,4 @@
-"""``edgefleet models``, ``deploy`` and ``manifest``: the catalog, pushes, rollbacks and
-offline signatures."""
+"""``edgefleet models`` and ``deploy``: the catalog, pushes and rollbacks."""
 
 from __future__ import annotations
 
@@ -268,52 +267,6 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_manifest_sign(args: argparse.Namespace) -> int:
-    from google.protobuf.message import DecodeError  # noqa: PLC0415
-
-    from fleet_server.signing.keys import load_private_key, sign_envelope  # noqa: PLC0415
-    from protos import manifest_pb2  # noqa: PLC0415
-    from protos.envelope import MANIFEST_PAYLOAD_TYPE  # noqa: PLC0415
-
-    try:
-        payload = args.file.read_bytes()
-        manifest = manifest_pb2.Manifest.FromString(payload)
-    except OSError as exc:
-        raise BadRequestError(f"cannot read {args.file}: {exc.strerror}") from exc
-    except DecodeError as exc:
-        raise BadRequestError(f"{args.file} is not a manifest") from exc
-    passphrase = common.read_passphrase(args.passphrase_file)
-    keys = [load_private_key(path, passphrase) for path in args.key]
-    envelope = sign_envelope(MANIFEST_PAYLOAD_TYPE, payload, keys)
-    out = args.out or args.file.with_suffix(".signed")
-    out.write_bytes(envelope.SerializeToString())
-    print(
-        f"signed {manifest.model_name} {manifest.version} (release {manifest.release_counter}, "
-        f"sha256 {manifest.sha256[:16]}..., {manifest.size} bytes) with {len(keys)} key(s): "
-        f"{out}"
-    )
-    return 0
-
-
-def _cmd_manifest_attach(args: argparse.Namespace) -> int:
-    from google.protobuf.message import DecodeError  # noqa: PLC0415
-
-    from protos import manifest_pb2  # noqa: PLC0415
-
-    try:
-        envelope = manifest_pb2.Envelope.FromString(args.file.read_bytes())
-    except OSError as exc:
-        raise BadRequestError(f"cannot read {args.file}: {exc.strerror}") from exc
-    except DecodeError as exc:
-        raise BadRequestError(f"{args.file} is not a signed manifest") from exc
-    response = common.admin(args).call(
-        "AttachSignatures", pb.AttachSignaturesRequest(envelope=envelope)
-    )
-    model = response.model
-    print(f"attached: {model.model_name} {model.version} ({model.variant}) is signed")
-    return 0
-
-
 def add_parsers(sub: Any) -> None:
     """Add this area's commands to the top-level subparsers."""
     models = sub.add_parser("models", help="the model catalog")
@@ -390,19 +343,3 @@ def add_parsers(sub: Any) -> None:
     deploy.add_argument("name")
     deploy.add_argument("version")
     deploy.set_defaults(func=_cmd_deploy)
-
-    manifest = sub.add_parser("manifest", help="sign manifests offline and attach them")
-    manifest_sub = manifest.add_subparsers(dest="action", required=True)
-    msign = manifest_sub.add_parser(
-        "sign", help="sign a manifest written by 'models push --sign-offline' (offline)"
-    )
-    msign.add_argument("file", type=Path)
-    msign.add_argument(
-        "--key", type=Path, action="append", required=True, help="release key file (repeatable)"
-    )
-    msign.add_argument("--passphrase-file", type=Path)
-    msign.add_argument("--out", type=Path, help="default: FILE with the suffix .signed")
-    msign.set_defaults(func=_cmd_manifest_sign)
-    mattach = manifest_sub.add_parser("attach", help="upload the signed manifest to the server")
-    mattach.add_argument("file", type=Path)
-    mattach.set_defaults(func=_cmd_manifest_attach)

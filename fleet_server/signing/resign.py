@@ -15,7 +15,7 @@ from agent.updates.trust import MAX_SIGNATURES, count_signers
 from protos import manifest_pb2
 from protos.envelope import MANIFEST_PAYLOAD_TYPE
 
-__all__ = ["Action", "Verdict", "judge", "merged", "reissued", "signing_keys"]
+__all__ = ["Action", "Verdict", "is_reissue", "judge", "merged", "reissued", "signing_keys"]
 
 _DAY = 86400
 
@@ -119,3 +119,23 @@ def reissued(
     renewed.created_unix = int(now)
     renewed.expires_unix = int(now + lifetime_s)
     return renewed
+
+
+def is_reissue(stored: manifest_pb2.Manifest, offered: manifest_pb2.Manifest) -> str:
+    """Why ``offered`` is not a re-issue of ``stored`` ("" when it is): the same manifest in
+    every field but its creation and expiry times, expiring later. (What an admin signed
+    offline from ``edgefleet manifest pending``; an older re-issue attached after a newer one
+    would shorten the release's life, and any other change would be a new release.)"""
+    a, b = manifest_pb2.Manifest(), manifest_pb2.Manifest()
+    a.CopyFrom(stored)
+    b.CopyFrom(offered)
+    for m in (a, b):
+        m.ClearField("created_unix")
+        m.ClearField("expires_unix")
+    if a != b:
+        return "it differs from the stored manifest in more than its creation and expiry times"
+    if offered.expires_unix and stored.expires_unix and offered.expires_unix <= stored.expires_unix:
+        return "it expires no later than the manifest the server has (an older re-issue?)"
+    if not offered.expires_unix and stored.expires_unix:
+        return "it has no expiry"
+    return ""

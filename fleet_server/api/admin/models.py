@@ -23,15 +23,29 @@ from fleet_server.api.admin._base import (
 from fleet_server.api.auth import require_admin
 from fleet_server.catalog.push import Pusher
 from fleet_server.context import ServerContext
-from fleet_server.errors import (
-    BadRequestError,
-    NotFoundError,
-)
+from fleet_server.errors import BadRequestError, ConflictError, NotFoundError
+from fleet_server.renewal.maintainer import in_use, pending
 from fleet_server.rollouts.desired import explain
+from fleet_server.signing.resign import Action, is_reissue, merged, reissued, signing_keys
 from protos import admin_pb2 as pb
 from protos import manifest_pb2
 
 log = logging.getLogger(__name__)
+_CREATED_SKEW_S = 86400  # how far ahead of the server's clock a re-issue may be created
+
+
+def _verifying(
+    envelope: manifest_pb2.Envelope, keys: dict[str, bytes]
+) -> manifest_pb2.Envelope:
+    """``envelope`` with only the signatures that verify with one of ``keys``."""
+    kept = manifest_pb2.Envelope(payload_type=envelope.payload_type, payload=envelope.payload)
+    for signature in envelope.signatures:
+        alone = manifest_pb2.Envelope(
+            payload_type=envelope.payload_type, payload=envelope.payload, signatures=[signature]
+        )
+        if count_signers(alone, keys):
+            kept.signatures.append(signature)
+    return kept
 
 
 class ModelsAdmin(AdminBase):
@@ -80,27 +94,95 @@ class ModelsAdmin(AdminBase):
         manifest = manifest_of(envelope)
         row = self._ctx.catalog.get_model(manifest.model_name, manifest.version, manifest.variant)
         stored = manifest_pb2.Envelope.FromString(row.envelope)
-        if stored.payload != envelope.payload:
-            raise BadRequestError(
-                f"the signed manifest differs from the one pushed for {row.model_name} "
-                f"{row.version} ({row.variant}); sign the file 'models push --sign-offline' wrote"
-            )
         now = time.time()
         trust = self.trust(now)
-        signers = count_signers(envelope, trust.release_keys(now))
+        keylist = self._ctx.keys.keylist()
+        # Only signatures that verify with a release key of the current list are kept: what
+        # the server already holds must not lend its weight to a stranger's signature.
+        envelope = _verifying(envelope, trust.release_keys(now))
+        if not envelope.signatures:
+            raise BadRequestError(
+                f"0 valid release-key signature(s) in what was attached; key list version "
+                f"{trust.version} names the release keys {', '.join(signing_keys(keylist))}"
+            )
+        if stored.payload == envelope.payload:
+            # More signatures over the same manifest (a push signed offline, the new key's
+            # after a rotation, a second admin's toward the threshold): the ones it had stay.
+            new = merged(stored, envelope, keylist)
+        else:
+            why = is_reissue(manifest_pb2.Manifest.FromString(stored.payload), manifest)
+            if why or not stored.signatures:
+                raise BadRequestError(
+                    f"the signed manifest is not the one the server has for {row.model_name} "
+                    f"{row.version} ({row.variant})"
+                    + (f" nor a re-issue of it: {why}" if stored.signatures else "")
+                    + "; sign the file 'models push --sign-offline' or 'manifest pending' wrote"
+                )
+            if manifest.expires_unix and manifest.expires_unix <= now:
+                raise BadRequestError("the re-issued manifest has expired already")
+            if manifest.created_unix > now + _CREATED_SKEW_S:
+                raise BadRequestError(
+                    "the re-issued manifest was created more than a day in the future; is the "
+                    "signing machine's clock right?"
+                )
+            new = envelope
+        signers = count_signers(new, trust.release_keys(now))
         if len(signers) < trust.release_threshold:
             raise BadRequestError(
                 f"{len(signers)} valid release-key signature(s); key list version "
                 f"{trust.version} requires {trust.release_threshold}"
             )
-        self._ctx.catalog.set_envelope(
-            row.model_name, row.version, row.variant, envelope.SerializeToString()
-        )
+        if not self._ctx.catalog.replace_envelope(
+            row.model_name, row.version, row.variant, row.envelope, new.SerializeToString()
+        ):
+            raise ConflictError(
+                f"the manifest of {row.model_name} {row.version} ({row.variant}) changed while "
+                "this was attached (the server re-signed it?); run 'manifest pending' again"
+            )
         log.info(
-            "attached offline signatures to %s %s (%s)", row.model_name, row.version, row.variant
+            "attached offline signatures to %s %s (%s): signed by %s",
+            row.model_name,
+            row.version,
+            row.variant,
+            ", ".join(sorted(signers)),
         )
         updated = self._ctx.catalog.get_model(row.model_name, row.version, row.variant)
         return pb.PushModelResponse(model=wire.model_info(updated, self._ctx.catalog.deployed()))
+
+    @rpc_errors
+    def ListPendingManifests(  # noqa: N802
+        self, request: pb.ListPendingManifestsRequest, context: Any
+    ) -> pb.ListPendingManifestsResponse:
+        require_admin(context, self._ctx.admin_token)
+        now = time.time()
+        keylist = self._ctx.keys.keylist()
+        answer = pb.ListPendingManifestsResponse(
+            keylist_version=keylist.version,
+            release_threshold=keylist.release_threshold,
+            release_keyids=sorted(signing_keys(keylist)),
+        )
+        due = pending(
+            in_use(self._ctx.catalog, self._ctx.rollouts),
+            keylist,
+            now=now,
+            renew_ahead_s=self._ctx.renew_ahead_s,
+        )
+        for item in due:
+            payload = manifest_pb2.Envelope.FromString(item.row.envelope).payload
+            manifest = manifest_pb2.Manifest.FromString(payload)
+            if item.verdict.action == Action.REISSUE:
+                manifest = reissued(manifest, now=now, lifetime_s=self._ctx.manifest_lifetime_s)
+                payload = manifest.SerializeToString()
+            answer.manifests.add(
+                model_name=item.row.model_name,
+                version=item.row.version,
+                variant=item.row.variant,
+                action=str(item.verdict.action),
+                reason=item.verdict.reason,
+                payload=payload,
+                expires_unix=manifest.expires_unix,
+            )
+        return answer
 
     @rpc_errors
     def PrepareRollback(  # noqa: N802
