@@ -49,6 +49,8 @@ from fleet_server.registry.ca import default_sans
 from fleet_server.registry.ghosts import GhostReaper
 from fleet_server.registry.store import DeviceStore
 from fleet_server.renewal.maintainer import KeyMaintainer
+from fleet_server.renewal.status import ExpiryWatch
+from fleet_server.renewal.status import current as current_status
 from fleet_server.rollouts.controller import RolloutController
 from fleet_server.signing.pkcs11 import open_key_store
 from fleet_server.storage.db import Database
@@ -92,6 +94,7 @@ class Settings:
     manifest_lifetime_days: float = 365.0
     keylist_lifetime_days: float = 365.0
     renew_ahead_days: float = 30.0
+    expiry_hook: Path | None = None
     metrics_listen: str | None = None
     pkcs11_module: Path | None = None
     pkcs11_token: str | None = None
@@ -222,12 +225,18 @@ class FleetServer:
             self._ghosts = GhostReaper(
                 ctx.devices, ctx.audit, after_s=s.ghost_device_after, on_deleted=self._write_crl
             )
+            watch = ExpiryWatch(
+                lambda now: current_status(ctx.keys, ctx.catalog, ctx.rollouts, data_dir=data_dir,
+                                           server_cert_pem=ctx.server_cert_pem, now=now),
+                data_dir.fleet_id, hook=s.expiry_hook,
+            )  # fmt: skip
             self._upkeep = KeyMaintainer(
                 keys, ctx.catalog, ctx.rollouts, ctx.audit,
                 root_keys=data_dir.root_keys_here,
                 manifest_lifetime_s=ctx.manifest_lifetime_s,
                 keylist_lifetime_s=s.keylist_lifetime_days * 86400,
                 renew_ahead_s=ctx.renew_ahead_s,
+                after_pass=watch.check,
             )  # fmt: skip
         try:
             # Workers take device calls only: enrollment, the admin API and commands (which

@@ -41,6 +41,23 @@ def _within(low: float, high: float, kind: type[int] | type[float] = float) -> A
     return parse
 
 
+def _hook_program(value: str) -> Path:
+    """An argparse type: a program the server may run, one only its owner can change (anyone
+    who could write it would run code as the server's user)."""
+    path = Path(value).absolute()
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{value}: {exc.strerror}") from exc
+    if not path.is_file() or not os.access(path, os.X_OK):
+        raise argparse.ArgumentTypeError(f"{value} is not an executable file")
+    if info.st_mode & 0o022:
+        raise argparse.ArgumentTypeError(
+            f"{value} is writable by its group or others: chmod go-w {value}"
+        )
+    return path
+
+
 _history_hours = _within(0, 24 * 366)
 
 
@@ -372,6 +389,16 @@ def build_parser() -> argparse.ArgumentParser:
         "within this many days, and renew the key list then if the root keys are on the "
         "server (else warn once a day); shorter than both lifetimes (default 30; "
         "docs/security.md)",
+    )
+    run.add_argument(
+        "--expiry-hook",
+        type=_hook_program,
+        metavar="PROGRAM",
+        help="run PROGRAM (no shell; not writable by group or others) once a day for each "
+        "key, manifest or certificate within 30 days of its expiry or past it, and while root "
+        "keys sit on the server, with the event as JSON on its standard input (schema "
+        "edgefleet.expiry.v1, docs/security.md); a failed run is retried at the next check, "
+        "every 10 minutes (default: only the server's log warns)",
     )
     run.add_argument(
         "--metrics-listen",

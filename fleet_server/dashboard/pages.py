@@ -20,11 +20,13 @@ from fleet_server.dashboard.queries import (
 )
 from fleet_server.errors import NotFoundError
 from fleet_server.registry.store import DeviceRow
+from fleet_server.renewal.status import current as current_status
 from fleet_server.rollouts.desired import explain
 from fleet_server.rollouts.states import LIVE, RolloutState
 from fleet_server.rollouts.store import RolloutRow, WaveRow
 from fleet_server.routing.budgets import BudgetRow, budget_use
 from fleet_server.routing.costs import CostRow, summarize
+from fleet_server.signing.expiry import KeyStatus
 from fleet_server.telemetry.history import HISTORY_BUCKET_S
 from protos import telemetry_pb2
 
@@ -35,7 +37,13 @@ class PageNotFoundError(Exception):
     """A page about something that does not exist."""
 
 
-NAV = (("/fleet", "Fleet"), ("/rollouts", "Rollouts"), ("/models", "Models"), ("/costs", "Costs"))
+NAV = (
+    ("/fleet", "Fleet"),
+    ("/rollouts", "Rollouts"),
+    ("/models", "Models"),
+    ("/costs", "Costs"),
+    ("/keys", "Keys"),
+)
 
 
 def layout(title: str, main: str, *, active: str = "") -> str:
@@ -173,8 +181,9 @@ def _chart(
 
 def fleet(ctx: ServerContext, query: dict[str, str]) -> tuple[str, str]:
     s = fleet_summary(ctx.db)
+    banner = _expiry_banner(_key_status(ctx))
     if not s.devices:
-        return "Fleet", empty(
+        return "Fleet", banner + empty(
             "No device has enrolled yet. Create a token with 'edgefleet tokens create' and "
             "start an agent with it."
         )
@@ -216,7 +225,7 @@ def fleet(ctx: ServerContext, query: dict[str, str]) -> tuple[str, str]:
         pager.append(f'<a href="/fleet?q={quote(search)}&offset={page.offset + PAGE}">next</a>')
     shown = f"{page.offset + 1 if page.rows else 0}-{page.offset + len(page.rows)} of {page.total}"
     main = (
-        "<h1>Fleet</h1><section class=cards>"
+        "<h1>Fleet</h1>" + banner + "<section class=cards>"
         f"<div class=card><h2>Devices</h2><p class=big>{s.devices}</p>{states}"
         f"<p>{s.seen_recently} checked in within 10 min; {s.revoked} revoked</p></div>"
         f"<div class=card><h2>Accelerators</h2><p class=big>{s.edgetpu}</p>"
@@ -416,6 +425,62 @@ def confirm(ctx: ServerContext, rollout_id: str, action: str, csrf: str) -> tupl
 # models and costs ------------------------------------------------------------------------------
 
 
+def _key_status(ctx: ServerContext) -> KeyStatus:
+    return current_status(
+        ctx.keys,
+        ctx.catalog,
+        ctx.rollouts,
+        data_dir=ctx.data_dir,
+        server_cert_pem=ctx.server_cert_pem,
+        now=time.time(),
+    )
+
+
+def _expiry_banner(status: KeyStatus) -> str:
+    """One line on the fleet page while anything is due (or root keys are on the server)."""
+    parts = []
+    if status.due:
+        parts.append(f"{len(status.due)} key(s) or certificate(s) expire within "
+                     f"{status.warn_days} days or have expired")  # fmt: skip
+    if status.root_key_folders:
+        parts.append("root keys are on the server")
+    if not parts:
+        return ""
+    return f'<p class="warn banner">{escape("; ".join(parts))}: <a href="/keys">see Keys</a></p>'
+
+
+def keys(ctx: ServerContext) -> tuple[str, str]:
+    """What expires when: the same status as 'edgefleet keys status'."""
+    status = _key_status(ctx)
+    now = status.checked_unix
+    rows = []
+    for item in sorted(status.items, key=lambda i: i.expires_unix):
+        days = item.days_left(now)
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(item.expires_unix))
+        left = f"expired {-days} day(s) ago" if item.expires_unix <= now else f"{days} day(s)"
+        flag = "expired" if item.expires_unix <= now else ("due" if item.due else "ok")
+        rows.append(
+            f"<tr class={flag}><td>{escape(str(item.kind))}</td><td>{escape(item.name)}</td>"
+            f"<td>{when}</td><td class=n>{escape(left)}</td>"
+            f'<td><span class="pill {flag}">{flag}</span></td>'
+            f"<td>{escape(item.advice) if item.due else ''}</td></tr>"
+        )
+    roots = (
+        '<p class="warn banner">Root keys are on the server, in '
+        + escape(", ".join(status.root_key_folders))
+        + ": move them off the machine (they sign key lists and rollbacks).</p>"
+        if status.root_key_folders
+        else "<p>No root key is on the server.</p>"
+    )
+    return "Keys", (
+        f"<h1>Keys and certificates</h1>{roots}"
+        f"<p>Warnings start {status.warn_days} days before an expiry; "
+        f"{status.deployed_manifests} manifest(s) in use (the nearest expiry is shown).</p>"
+        "<div class=scroll><table><tr><th>what<th>name<th>expires<th>left<th>state<th>to do"
+        "</tr>" + "".join(rows) + "</table></div>"
+    )
+
+
 def models(ctx: ServerContext) -> tuple[str, str]:
     rows = ctx.catalog.list_models()
     if not rows:
@@ -537,7 +602,9 @@ border-bottom:1px solid var(--line);text-align:left;vertical-align:top}td.n{text
 font-size:.85rem}
 .pill.online,.pill.running,.pill.completed{background:#d4efdf}
 .pill.offline,.pill.aborted{background:#f5d5d0}
-.pill.paused,.pill.stopped{background:#fbe7c6}
+.pill.paused,.pill.stopped,.pill.due{background:#fbe7c6}
+.pill.expired{background:#f5d5d0}.pill.ok{background:#d4efdf}
+.banner{padding:.5rem .8rem;border-radius:.4rem;background:#fbe7c6}
 .bar{display:block;height:.8rem;width:100%;min-width:120px;background:#eef0f4;
 border-radius:4px}
 .bar .ok{fill:var(--ok)}.bar .bad{fill:var(--bad)}.bar .busy{fill:var(--busy)}

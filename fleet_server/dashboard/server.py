@@ -209,6 +209,7 @@ def _handler(dashboard: Dashboard) -> type[BaseHTTPRequestHandler]:
                 "/rollouts": lambda: pages.rollouts(ctx, query, csrf),
                 "/models": lambda: pages.models(ctx),
                 "/costs": lambda: pages.costs(ctx, query),
+                "/keys": lambda: pages.keys(ctx),
             }
             try:
                 if path == "/":

@@ -120,9 +120,11 @@ class KeyMaintainer:
         renew_ahead_s: float = RENEW_AHEAD_S,
         interval_s: float = INTERVAL_S,
         poll_s: float = 1.0,
+        after_pass: Callable[[], object] | None = None,
     ) -> None:
         """``root_keys``: the root private key files on this server (renewing the key list
-        needs them). Raises DataDirError when ``renew_ahead_s`` is not shorter than both
+        needs them); ``after_pass``: called on the same thread after each pass (the expiry
+        watch). Raises DataDirError when ``renew_ahead_s`` is not shorter than both
         lifetimes (everything would be renewed at every pass)."""
         for what, lifetime in (
             ("--manifest-lifetime-days", manifest_lifetime_s),
@@ -143,6 +145,7 @@ class KeyMaintainer:
         self._renew_ahead_s = renew_ahead_s
         self._interval_s = interval_s
         self._poll_s = poll_s
+        self._after_pass = after_pass
         self._warned: dict[str, float] = {}  # what -> when it was last logged (monotonic)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="key-maintainer", daemon=True)
@@ -309,6 +312,8 @@ class KeyMaintainer:
             if version != seen or time.monotonic() >= due_at:
                 try:
                     self.run_once()
+                    if self._after_pass is not None:
+                        self._after_pass()
                 except Exception as exc:  # noqa: BLE001 - a database or token that is away now is there at the next pass
                     retry.failed(exc)
                     due_at = time.monotonic() + min(self._interval_s, _RETRY_S)

@@ -18,7 +18,7 @@ from fleet_server.errors import (
     NotFoundError,
 )
 from fleet_server.registry.labels import check_labels, matches
-from fleet_server.signing.expiry import key_status
+from fleet_server.renewal.status import current as current_status
 from protos import admin_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -70,22 +70,13 @@ class FleetAdmin(AdminBase):
         self, request: pb.GetKeyStatusRequest, context: Any
     ) -> pb.KeyStatus:
         require_admin(context, self._ctx.admin_token)
-        data_dir, catalog = self._ctx.data_dir, self._ctx.catalog
-        envelopes: list[bytes] = []
-        rollbacks: list[bytes] = []
-        for name, (version, rollback) in catalog.deployments().items():
-            if rollback:
-                rollbacks.append(rollback)
-            else:
-                envelopes += [row.envelope for row in catalog.get_variants(name, version)]
-        status = key_status(
-            self._ctx.keys.keylist(),
-            deployed_envelopes=envelopes,
-            rollback_sets=rollbacks,
-            root_keys=data_dir.root_keys_here() if data_dir else [],
-            server_cert_pem=self._ctx.server_cert_pem,
-            # The embedded broker's, written at each start; none with an external broker.
-            broker_cert_file=data_dir.ca_dir.absolute() / "mqtt-broker.crt" if data_dir else None,
+        ctx = self._ctx
+        status = current_status(
+            ctx.keys,
+            ctx.catalog,
+            ctx.rollouts,
+            data_dir=ctx.data_dir,
+            server_cert_pem=ctx.server_cert_pem,
             now=time.time(),
         )
         return wire.key_status(status)

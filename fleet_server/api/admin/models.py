@@ -34,9 +34,7 @@ log = logging.getLogger(__name__)
 _CREATED_SKEW_S = 86400  # how far ahead of the server's clock a re-issue may be created
 
 
-def _verifying(
-    envelope: manifest_pb2.Envelope, keys: dict[str, bytes]
-) -> manifest_pb2.Envelope:
+def _verifying(envelope: manifest_pb2.Envelope, keys: dict[str, bytes]) -> manifest_pb2.Envelope:
     """``envelope`` with only the signatures that verify with one of ``keys``."""
     kept = manifest_pb2.Envelope(payload_type=envelope.payload_type, payload=envelope.payload)
     for signature in envelope.signatures:

@@ -1,0 +1,188 @@
+"""What expires when, as the running server sees it, and who is told.
+
+:func:`current` gathers one :class:`~fleet_server.signing.expiry.KeyStatus` from the server's
+key list, the manifests in use (the same set the maintainer keeps signed: every fleet-wide
+deployment, explicit rollbacks' root-signed sets, and every rollout in effect), its TLS
+certificate and its embedded broker's. ``edgefleet keys status``, the dashboard and
+:class:`ExpiryWatch` all read it.
+
+:class:`ExpiryWatch` runs after each maintainer pass: every item within the warning period (or
+past it), and root keys sitting on the server, is logged as a WARNING once a day and handed to
+the ``--expiry-hook`` program once a day (its JSON on standard input; a failed run is tried
+again at the next pass). The operators' notifications (webhooks) can take the same events.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fleet_server.catalog.store import CatalogStore
+from fleet_server.renewal.maintainer import in_use
+from fleet_server.rollouts.store import RolloutStore
+from fleet_server.signing.expiry import KeyStatus, key_status
+from fleet_server.signing.keys import KeyStore
+
+if TYPE_CHECKING:
+    from fleet_server.datadir import DataDir
+
+__all__ = ["EVENT_SCHEMA", "ExpiryWatch", "current", "events"]
+
+log = logging.getLogger(__name__)
+EVENT_SCHEMA = "edgefleet.expiry.v1"
+_EVERY_S = 86400.0
+_HOOK_TIMEOUT_S = 30.0
+_OUTPUT_SHOWN = 500  # characters of a failed hook's output in the log
+
+
+def current(
+    keys: KeyStore,
+    catalog: CatalogStore,
+    rollouts: RolloutStore,
+    *,
+    data_dir: DataDir | None,
+    server_cert_pem: bytes,
+    now: float,
+) -> KeyStatus:
+    """The fleet's keys and certificates now (see the module's docstring for what counts)."""
+    rollback_sets = []
+    rolled_back = set()
+    for name, (version, rollback) in catalog.deployments().items():
+        if rollback:
+            rollback_sets.append(rollback)
+            rolled_back.add((name, version))
+    # A deployment that is an explicit rollback sends devices its root-signed set, not the
+    # release's own manifests (unless a rollout in effect sends that version too).
+    in_rollouts = rollouts.versions_in_effect()
+    envelopes = [
+        row.envelope
+        for row in in_use(catalog, rollouts)
+        if (row.model_name, row.version) not in rolled_back
+        or (row.model_name, row.version) in in_rollouts
+    ]
+    return key_status(
+        keys.keylist(),
+        deployed_envelopes=envelopes,
+        rollback_sets=rollback_sets,
+        root_keys=data_dir.root_keys_here() if data_dir else [],
+        server_cert_pem=server_cert_pem,
+        # The embedded broker's, written at each start; none with an external broker.
+        broker_cert_file=data_dir.ca_dir.absolute() / "mqtt-broker.crt" if data_dir else None,
+        now=now,
+    )
+
+
+def events(status: KeyStatus, fleet_id: str) -> list[dict[str, Any]]:
+    """One event per due item and one for root keys on the server, as the hook receives them."""
+    now = status.checked_unix
+    found: list[dict[str, Any]] = []
+    for item in status.due:
+        days = item.days_left(now)
+        found.append(
+            {
+                "schema": EVENT_SCHEMA,
+                "fleet_id": fleet_id,
+                "event": "expired" if item.expires_unix <= now else "expiring",
+                "kind": str(item.kind),
+                "name": item.name,
+                "expires_unix": item.expires_unix,
+                "days_left": days,
+                "warn_days": status.warn_days,
+                "advice": item.advice,
+                "checked_unix": now,
+            }
+        )
+    if status.root_key_folders:
+        found.append(
+            {
+                "schema": EVENT_SCHEMA,
+                "fleet_id": fleet_id,
+                "event": "root keys online",
+                "kind": "root keys",
+                "name": ", ".join(status.root_key_folders),
+                "expires_unix": 0,
+                "days_left": 0,
+                "warn_days": status.warn_days,
+                "advice": "move the root keys off the server (they sign key lists and "
+                "rollbacks: whoever holds the server holds the fleet)",
+                "checked_unix": now,
+            }
+        )
+    return found
+
+
+def _describe(event: dict[str, Any]) -> str:
+    if event["event"] == "root keys online":
+        return f"root keys are on the server in {event['name']}: {event['advice']}"
+    when = (
+        f"expired {-event['days_left']} day(s) ago"
+        if event["event"] == "expired"
+        else f"expires in {event['days_left']} day(s)"
+    )
+    return f"{event['kind']} {event['name']} {when}: {event['advice']}"
+
+
+@dataclass
+class ExpiryWatch:
+    """Warns (log and hook) about what is due, each item once a day while it stays due."""
+
+    status: Callable[[float], KeyStatus]
+    fleet_id: str
+    hook: Path | None = None
+    _logged: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    _hooked: dict[tuple[str, str, str], float] = field(default_factory=dict)
+
+    def check(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Look now; return the events the hook was given (delivered or not)."""
+        now = time.time() if now is None else now
+        due = events(self.status(now), self.fleet_id)
+        clock = time.monotonic()
+        keys = {(e["kind"], e["name"], e["event"]) for e in due}
+        for memory in (self._logged, self._hooked):
+            for key in set(memory) - keys:  # renewed or gone: a new warning if it comes back
+                del memory[key]
+        handed = []
+        for event in due:
+            key = (event["kind"], event["name"], event["event"])
+            if clock - self._logged.get(key, -_EVERY_S) >= _EVERY_S:
+                self._logged[key] = clock
+                log.warning("%s", _describe(event))
+            if self.hook is not None and clock - self._hooked.get(key, -_EVERY_S) >= _EVERY_S:
+                handed.append(event)
+                if self._run_hook(self.hook, event):
+                    self._hooked[key] = clock
+        return handed
+
+    def _run_hook(self, hook: Path, event: dict[str, Any]) -> bool:
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "TZ", "HOME")}
+        env["EDGEFLEET_EVENT"] = str(event["event"])
+        try:
+            done = subprocess.run(
+                [str(hook)],
+                input=json.dumps(event, sort_keys=True).encode(),
+                capture_output=True,
+                timeout=_HOOK_TIMEOUT_S,
+                env=env,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            log.warning("the expiry hook %s ran over %gs; tried again at the next pass",
+                        hook, _HOOK_TIMEOUT_S)  # fmt: skip
+            return False
+        except OSError as exc:
+            log.warning("cannot run the expiry hook %s: %s; tried again at the next pass",
+                        hook, exc.strerror or exc)  # fmt: skip
+            return False
+        if done.returncode != 0:
+            output = (done.stderr or done.stdout).decode(errors="replace").strip()
+            log.warning("the expiry hook %s exited with %d (%s); tried again at the next pass",
+                        hook, done.returncode, output[-_OUTPUT_SHOWN:])  # fmt: skip
+            return False
+        return True
