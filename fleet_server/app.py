@@ -238,6 +238,7 @@ class FleetServer:
                 renew_ahead_s=ctx.renew_ahead_s,
                 after_pass=watch.check,
             )  # fmt: skip
+            ctx.wake_upkeep = self._upkeep.wake
         try:
             # Workers take device calls only: enrollment, the admin API and commands (which
             # need the MQTT connection) stay with the main process.

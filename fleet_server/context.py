@@ -59,6 +59,8 @@ class ServerContext:
     audit: AuditLog = field(init=False)
     # Called when something may let a rollout move on (set by the rollout controller).
     wake_rollouts: Callable[[], None] = lambda: None
+    # Called when the manifests in use changed: the key maintainer looks at them at once.
+    wake_upkeep: Callable[[], None] = lambda: None
     # Publishes a command (device id, kind[, model name]) to a device over MQTT and returns
     # its id (set when MQTT is there).
     send_command: Callable[..., str] | None = None

@@ -602,10 +602,12 @@ class CommitRecoveryResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelVersionInfo, _Mapping]]] = ...) -> None: ...
 
 class DeployResponse(_message.Message):
-    __slots__ = ("model",)
+    __slots__ = ("model", "note")
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
     model: ModelVersionInfo
-    def __init__(self, model: _Optional[_Union[ModelVersionInfo, _Mapping]] = ...) -> None: ...
+    note: str
+    def __init__(self, model: _Optional[_Union[ModelVersionInfo, _Mapping]] = ..., note: _Optional[str] = ...) -> None: ...
 
 class DeviceModelState(_message.Message):
     __slots__ = ("model_name", "version", "state", "detail", "updated_unix", "active_version")

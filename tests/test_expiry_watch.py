@@ -5,7 +5,6 @@ fails) and the dashboard's Keys page; ``keys status`` counts a rollout's manifes
 from __future__ import annotations
 
 import json
-import os
 import stat
 import time
 from collections.abc import Callable
@@ -16,7 +15,7 @@ import pytest
 from fleet_server.renewal.status import EVENT_SCHEMA, ExpiryWatch, events
 from fleet_server.signing.expiry import KeyStatus, assess
 from protos import manifest_pb2
-from tests.harness import DATA, Server, run_cli, wait_for
+from tests.harness import DATA, Server, free_port, run_cli, wait_for
 from tests.test_dashboard import Browser
 
 DAY = 86400
@@ -152,6 +151,37 @@ def test_a_running_server_warns_hooks_and_shows_what_expires(
     assert where == "/fleet" and "root keys are on the server" in body and "see Keys" in body
     _, _, body = browser.get("/keys")
     assert "Root keys are on the server" in body
-    assert '<tr class=due><td>manifest</td><td>digits 1.' in body, body
+    assert "<tr class=due><td>manifest</td><td>digits 1." in body, body
     assert "<td>key list</td><td>version 2</td>" in body
-    assert os.stat(received).st_size > 0
+
+
+@pytest.mark.slow
+def test_deploying_a_release_whose_manifest_runs_out_says_so_and_renews_it_at_once(
+    server_factory: Callable[..., Server], tmp_path: Path
+) -> None:
+    ports = ("--listen", f"127.0.0.1:{free_port()}", "--device-listen", f"127.0.0.1:{free_port()}")
+    server = server_factory(
+        None, extra=(*ports, "--manifest-lifetime-days", "20", "--renew-ahead-days", "10")
+    )
+    digits = str(DATA / "digits_local_float.tflite")
+    for version in ("1.0.0", "1.1.0"):
+        server.admin("models", "push", digits, "--name", "digits", "--version", version)
+    server.proc.stop()
+    # Restarted with 30 days of renewal: both 20-day manifests are within it, but neither is in
+    # use, so neither is renewed until it is deployed.
+    server = server_factory(
+        None, folder=tmp_path / "again", data_dir=server.data_dir, extra=(*ports,)
+    )
+    deployed = server.admin("deploy", "digits", "1.0.0").stdout
+    assert "note: its manifest expires on" in deployed and "re-issues it now" in deployed
+    wait_for(  # at once, not at the next 10-minute pass
+        "the server to re-issue digits 1.0.0",
+        lambda: "re-issued the manifest of digits 1.0.0" in server.proc.output(),
+        timeout=60,
+    )
+    for path in (server.data_dir / "keys").glob("release-*.key"):
+        path.unlink()
+    deployed = server.admin("deploy", "digits", "1.1.0").stdout
+    assert "no release key is on the server" in deployed and "manifest pending" in deployed
+    listed = server.admin("manifest", "pending").stdout
+    assert "digits 1.1.0" in listed and "re-issue" in listed, listed

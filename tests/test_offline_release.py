@@ -51,9 +51,7 @@ def healthy(server: Server, agent: Agent) -> None:
     """The device runs digits 1.0.0, the server says so, and it refused nothing."""
     state = model_state(server, agent.name, "digits") or {}
     assert (state.get("version"), state.get("state")) == ("1.0.0", "INSTALLED"), state
-    assert not [line for line in agent.output().splitlines() if "refusing" in line], (
-        agent.output()
-    )
+    assert not [line for line in agent.output().splitlines() if "refusing" in line], agent.output()
     assert agent.output().count("updating ") == 1  # nothing downloaded again
 
 

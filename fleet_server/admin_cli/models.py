@@ -264,6 +264,8 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         "Deploy", pb.DeployRequest(model_name=args.name, version=args.version)
     )
     print(f"deployed {response.model.model_name} {response.model.version} to the fleet")
+    if response.note:
+        print(f"note: {response.note}")
     return 0
 
 

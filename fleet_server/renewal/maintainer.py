@@ -148,11 +148,16 @@ class KeyMaintainer:
         self._after_pass = after_pass
         self._warned: dict[str, float] = {}  # what -> when it was last logged (monotonic)
         self._stop = threading.Event()
+        self._woken = threading.Event()
         self._thread = threading.Thread(target=self._run, name="key-maintainer", daemon=True)
 
     def start(self) -> None:
         """Start the passes (the first one at once)."""
         self._thread.start()
+
+    def wake(self) -> None:
+        """Make a pass soon (within ``poll_s``): what is in use changed (a deploy)."""
+        self._woken.set()
 
     def stop(self) -> None:
         """Stop, waiting for a pass in progress."""
@@ -309,7 +314,8 @@ class KeyMaintainer:
         seen, due_at = -2, 0.0
         while not self._stop.is_set():
             version = self._version()
-            if version != seen or time.monotonic() >= due_at:
+            if version != seen or time.monotonic() >= due_at or self._woken.is_set():
+                self._woken.clear()
                 try:
                     self.run_once()
                     if self._after_pass is not None:

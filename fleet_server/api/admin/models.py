@@ -23,7 +23,7 @@ from fleet_server.api.admin._base import (
 from fleet_server.api.auth import require_admin
 from fleet_server.catalog.push import Pusher
 from fleet_server.context import ServerContext
-from fleet_server.errors import BadRequestError, ConflictError, NotFoundError
+from fleet_server.errors import BadRequestError, ConflictError, DataDirError, NotFoundError
 from fleet_server.renewal.maintainer import in_use, pending
 from fleet_server.rollouts.desired import explain
 from fleet_server.signing.resign import Action, is_reissue, merged, reissued, signing_keys
@@ -218,13 +218,43 @@ class ModelsAdmin(AdminBase):
         self.require_signed(request.model_name, request.version)
         row = self._ctx.catalog.deploy(request.model_name, request.version)
         replaced = self._ctx.rollouts.supersede(row.model_name)
+        self._ctx.wake_upkeep()
         log.info(
             "deployed %s %s to the fleet%s",
             row.model_name,
             row.version,
             f" (replacing rollouts {replaced})" if replaced else "",
         )
-        return pb.DeployResponse(model=wire.model_info(row, self._ctx.catalog.deployed()))
+        return pb.DeployResponse(
+            model=wire.model_info(row, self._ctx.catalog.deployed()),
+            note=self._expiry_note(row.model_name, row.version),
+        )
+
+    def _expiry_note(self, name: str, version: str) -> str:
+        """What devices do with a release whose manifest has expired or soon will."""
+        now = time.time()
+        soonest = min(
+            (
+                manifest_of(manifest_pb2.Envelope.FromString(r.envelope)).expires_unix
+                for r in self._ctx.catalog.get_variants(name, version)
+            ),
+            key=lambda t: t or 2**62,
+        )
+        if not soonest or soonest - now > self._ctx.renew_ahead_s:
+            return ""
+        day = time.strftime("%Y-%m-%d", time.gmtime(soonest))
+        try:
+            self._ctx.keys.manifest_signer()
+        except DataDirError:
+            fix = (
+                "no release key is on the server to re-issue it: run 'edgefleet manifest "
+                "pending --out DIR', sign the files and attach them"
+            )
+        else:
+            fix = "the server re-issues it now"
+        if soonest <= now:
+            return f"its manifest expired on {day}: devices refuse it until it is re-issued; {fix}"
+        return f"its manifest expires on {day}; {fix}"
 
     @rpc_errors
     def ExplainVariant(  # noqa: N802

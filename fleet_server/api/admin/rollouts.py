@@ -57,6 +57,7 @@ class RolloutsAdmin(AdminBase):
             sum(w.counts.devices for w in row.wave_status),
         )
         self._ctx.wake_rollouts()
+        self._ctx.wake_upkeep()  # its release is in use now: renewed like a deployment's
         return wire.rollout_info(row)
 
     @rpc_errors
