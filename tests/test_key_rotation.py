@@ -88,6 +88,8 @@ def test_a_rotation_keeps_deployed_models_valid_and_reaches_devices_enrolled_aft
     assert kept == first
     retired = server.data_dir / "keys" / "retired" / f"release-{first}.key"
     assert retired.exists()
+    listing = server.admin("keys", "list").stdout
+    assert f"{first}  until " in listing and "signs nothing)  in retired/" in listing, listing
     overlap_ends = time.time() + 0.0002 * 86400
     # The server adds the new key's signatures to the three deployed manifests at once.
     wait_for(

@@ -85,6 +85,8 @@ def test_offline_release_keys_sign_what_a_rotation_and_an_expiry_need_in_one_bat
     assert "is not on this server" in rotated, rotated
     assert "1 manifest(s) in use wait for it: digits 1.0.0 (" in rotated, rotated
     overlap_ends = time.time() + 0.0002 * 86400
+    listing = server.admin("keys", "list").stdout
+    assert "(replaced: verifies only, signs nothing)  no key file here" in listing, listing
     batch = tmp_path / "batch"
     listed = pending(server, batch)
     assert "1 manifest(s) in use need 1 signature(s)" in listed, listed

@@ -43,8 +43,14 @@ def _cmd_keys_list(args: argparse.Namespace) -> int:
     print(f"release keys ({keylist.release_threshold} of {len(keylist.release_keys)} must sign):")
     for key in keylist.release_keys:
         here = (directory / f"release-{key.keyid}.key").exists()
-        until = common.fmt_time(key.expires_unix) if key.expires_unix else "with the list"
-        where = "private key here" if here else "no key file here (in a token, or offline)"
+        if key.expires_unix:  # a replaced key in its overlap: what it signed still verifies
+            until = f"{common.fmt_time(key.expires_unix)} (replaced: verifies only, signs nothing)"
+            retired = (directory / "retired" / f"release-{key.keyid}.key").exists()
+            where = "in retired/" if retired else "no key file here"
+            where = "private key here" if here else where
+        else:
+            until = "with the list"
+            where = "private key here" if here else "no key file here (in a token, or offline)"
         print(f"  {key.keyid}  until {until}  {where}")
     return 0
 
