@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -187,7 +188,7 @@ def _fleet(
 
 
 def _maintainer(
-    store: KeyStore, catalog: CatalogStore, db: Database, **kwargs: float
+    store: KeyStore, catalog: CatalogStore, db: Database, **kwargs: Any
 ) -> KeyMaintainer:
     return KeyMaintainer(
         store,
