@@ -8,6 +8,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from google.protobuf.message import DecodeError
 
 from fleet_server.errors import AlreadyExistsError, NotFoundError
 from fleet_server.storage.db import Database, bump_generation
@@ -284,6 +285,8 @@ _FLOORS_KEY = "release_floors"  # settings: {model name: the highest rollback_fr
 
 
 def _floors(conn: sa.Connection) -> dict[str, int]:
+    if not sa.inspect(conn).has_table(settings.name):
+        return {}  # a database at a schema version before the table (a migration's step)
     raw = conn.execute(sa.select(settings.c.value).where(settings.c.key == _FLOORS_KEY)).scalar()
     return {str(k): int(v) for k, v in json.loads(raw).items()} if raw else {}
 
@@ -292,9 +295,12 @@ def _raise_floor(conn: sa.Connection, model_name: str, envelope_set: bytes) -> N
     """Remember the floor an explicit rollback (a recovery's ``--floor`` among them) sets on
     devices, so that the next release of the model is above it."""
     floor = 0
-    for envelope in manifest_pb2.EnvelopeSet.FromString(envelope_set).envelopes:
-        manifest = manifest_pb2.Manifest.FromString(envelope.payload)
-        floor = max(floor, manifest.release_counter, manifest.rollback_from)
+    try:
+        for envelope in manifest_pb2.EnvelopeSet.FromString(envelope_set).envelopes:
+            manifest = manifest_pb2.Manifest.FromString(envelope.payload)
+            floor = max(floor, manifest.release_counter, manifest.rollback_from)
+    except DecodeError:
+        return  # not a rollback's manifests: they set no floor on a device either
     floors = _floors(conn)
     if floor <= floors.get(model_name, 0):
         return
