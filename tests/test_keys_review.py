@@ -14,8 +14,10 @@ import pytest
 
 from agent.errors import ManifestError
 from agent.updates.trust import MAX_KEYS, TrustedKeys, pin_keylist, update_keylist
+from fleet_server.admin_cli import main
 from fleet_server.errors import DataDirError
 from fleet_server.signing.keys import KeyStore
+from tests.harness import fill_disk, run_cli, small_disk
 
 
 def device_pinned(store: KeyStore) -> TrustedKeys:
@@ -111,3 +113,54 @@ def test_two_rotations_at_once_publish_two_versions_not_one_twice(tmp_path: Path
     assert [p.name for p in directory.glob("release-*.key")] == [
         f"release-{final.release_keys[0].keyid}.key"
     ]
+
+
+@pytest.mark.parametrize("floor", ["-1", str(2**64)])
+def test_keys_recover_refuses_a_floor_out_of_range_in_one_line(
+    tmp_path: Path, floor: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A typo in --floor was a traceback (protobuf's "Value out of range"), and a floor at the
+    # top of the range would leave no release counter above it.
+    store = KeyStore.create(tmp_path / "keys", "fleet")
+    (key,) = store.keylist().release_keys
+    code = main(
+        [
+            "--data-dir", str(tmp_path), "--server", "127.0.0.1:1", "keys", "recover",
+            "--revoke", key.keyid, "--model", "m=1.0.0", "--floor", floor,
+        ]
+    )  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"--floor {floor} is out of range" in err
+    assert len(err.strip().splitlines()) == 1
+    assert store.keylist().version == 1
+
+
+@pytest.mark.slow
+def test_a_rotation_on_a_full_disk_says_so_in_one_line_and_leaves_the_keys_as_they_were(
+    tmp_path: Path,
+) -> None:
+    with small_disk(tmp_path / "disk", "8m") as disk:
+        data = disk / "server"
+        roots = tmp_path / "roots"
+        run_cli("edgefleet-server", "init", "--data-dir", str(data), "--root-key-dir", str(roots))
+        keys = data / "keys"
+        before = sorted(p.name for p in keys.iterdir())
+        listed = (keys / "keylist.bin").read_bytes()
+        filler = fill_disk(disk)
+        out = run_cli(
+            "edgefleet", "--data-dir", str(data), "keys", "rotate", "--root-key-dir", str(roots),
+            check=False,
+        )  # fmt: skip
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "No space left on device" in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+        # Nothing half-written: the same files (no empty release key, no keylist.tmp), the
+        # same key list; and with room again the rotation goes through.
+        assert sorted(p.name for p in keys.iterdir() if p.name != "keylist.lock") == before
+        assert (keys / "keylist.bin").read_bytes() == listed
+        filler.unlink()
+        done = run_cli(
+            "edgefleet", "--data-dir", str(data), "keys", "rotate", "--root-key-dir", str(roots)
+        )
+        assert "published key list version 2" in done.stdout
