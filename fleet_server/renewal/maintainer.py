@@ -307,14 +307,16 @@ class KeyMaintainer:
         while not self._stop.is_set():
             version = self._version()
             if version != seen or time.monotonic() >= due_at:
+                renewed = 0
                 try:
-                    self.run_once()
+                    renewed = self.run_once().keylist_renewed
                 except Exception as exc:  # noqa: BLE001 - a database or token that is away now is there at the next pass
                     retry.failed(exc)
                     due_at = time.monotonic() + min(self._interval_s, _RETRY_S)
                 else:
                     retry.succeeded()
                     due_at = time.monotonic() + self._interval_s
-                # A renewal in the pass is a new version: it need not trigger another pass.
-                seen = self._version()
+                # The pass's own renewal need not trigger another pass; a rotation published
+                # while it ran (it signed with the key list it read first) must.
+                seen = renewed or version
             self._stop.wait(self._poll_s)
