@@ -16,6 +16,8 @@ from fleet_server.errors import BadRequestError, FleetError
 __all__ = ["add_parsers"]
 
 _MAX_OVERLAP_DAYS = 90
+# A release counter above the floor must still fit the database's signed 64-bit integers.
+_MAX_FLOOR = 2**63 - 2
 
 
 def _keys_dir(args: argparse.Namespace) -> Path:
@@ -149,6 +151,8 @@ def _cmd_keys_recover(args: argparse.Namespace) -> int:
     from protos import admin_pb2 as pb  # noqa: PLC0415
     from protos.envelope import MANIFEST_PAYLOAD_TYPE  # noqa: PLC0415
 
+    if not 0 <= args.floor <= _MAX_FLOOR:
+        raise BadRequestError(f"--floor {args.floor} is out of range (0 to {_MAX_FLOOR})")
     os.umask(0o077)
     store = KeyStore(_keys_dir(args))
     admin = common.admin(args)

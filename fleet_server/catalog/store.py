@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from google.protobuf.message import DecodeError
 
 from fleet_server.errors import AlreadyExistsError, NotFoundError
 from fleet_server.storage.db import Database, bump_generation
-from fleet_server.storage.schema import deployments, models, releases
+from fleet_server.storage.schema import deployments, models, releases, settings
+from protos import manifest_pb2
 
 __all__ = ["CatalogStore", "ModelRow"]
 
@@ -40,14 +43,17 @@ class CatalogStore:
         self._engine = db.engine
 
     def next_release_counter(self, model_name: str) -> int:
-        """One more than the highest release counter of ``model_name`` (1 for a new model)."""
+        """One more than the highest release counter of ``model_name`` (1 for a new model), or
+        than the highest floor an explicit rollback deployed (its ``rollback_from``: devices
+        keep it as their floor, and refuse every release at or below it)."""
         with self._engine.connect() as conn:
             value = conn.execute(
                 sa.select(sa.func.max(releases.c.release_counter)).where(
                     releases.c.model_name == model_name
                 )
             ).scalar()
-        return int(value or 0) + 1
+            floors = _floors(conn)
+        return max(int(value or 0), floors.get(model_name, 0)) + 1
 
     def add_release(self, rows: Sequence[ModelRow]) -> None:
         """Record a pushed release with all its variants, in one transaction.
@@ -255,6 +261,8 @@ class CatalogStore:
             )
             if updated.rowcount == 0:
                 conn.execute(deployments.insert().values(model_name=model_name, **values))
+            if envelope:
+                _raise_floor(conn, model_name, envelope)
             bump_generation(conn)
         return row
 
@@ -271,3 +279,34 @@ class CatalogStore:
                 ).order_by(deployments.c.model_name)
             ).all()
         return {str(r[0]): (str(r[1]), bytes(r[2]) if r[2] else None) for r in rows}
+
+
+_FLOORS_KEY = "release_floors"  # settings: {model name: the highest rollback_from deployed}
+
+
+def _floors(conn: sa.Connection) -> dict[str, int]:
+    if not sa.inspect(conn).has_table(settings.name):
+        return {}  # a database at a schema version before the table (a migration's step)
+    raw = conn.execute(sa.select(settings.c.value).where(settings.c.key == _FLOORS_KEY)).scalar()
+    return {str(k): int(v) for k, v in json.loads(raw).items()} if raw else {}
+
+
+def _raise_floor(conn: sa.Connection, model_name: str, envelope_set: bytes) -> None:
+    """Remember the floor an explicit rollback (a recovery's ``--floor`` among them) sets on
+    devices, so that the next release of the model is above it."""
+    floor = 0
+    try:
+        for envelope in manifest_pb2.EnvelopeSet.FromString(envelope_set).envelopes:
+            manifest = manifest_pb2.Manifest.FromString(envelope.payload)
+            floor = max(floor, manifest.release_counter, manifest.rollback_from)
+    except DecodeError:
+        return  # not a rollback's manifests: they set no floor on a device either
+    floors = _floors(conn)
+    if floor <= floors.get(model_name, 0):
+        return
+    floors[model_name] = floor
+    value = json.dumps(floors, sort_keys=True)
+    if not conn.execute(
+        settings.update().where(settings.c.key == _FLOORS_KEY).values(value=value)
+    ).rowcount:
+        conn.execute(settings.insert().values(key=_FLOORS_KEY, value=value))

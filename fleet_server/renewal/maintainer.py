@@ -316,8 +316,9 @@ class KeyMaintainer:
             version = self._version()
             if version != seen or time.monotonic() >= due_at or self._woken.is_set():
                 self._woken.clear()
+                renewed = 0
                 try:
-                    self.run_once()
+                    renewed = self.run_once().keylist_renewed
                     if self._after_pass is not None:
                         self._after_pass()
                 except Exception as exc:  # noqa: BLE001 - a database or token that is away now is there at the next pass
@@ -326,6 +327,7 @@ class KeyMaintainer:
                 else:
                     retry.succeeded()
                     due_at = time.monotonic() + self._interval_s
-                # A renewal in the pass is a new version: it need not trigger another pass.
-                seen = self._version()
+                # The pass's own renewal need not trigger another pass; a rotation published
+                # while it ran (it signed with the key list it read first) must.
+                seen = renewed or version
             self._stop.wait(self._poll_s)

@@ -18,10 +18,12 @@ default so that `models push` can sign, or live in a PKCS#11 token
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -29,6 +31,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from agent.errors import ManifestError
+from agent.updates.trust import MAX_KEYS, pin_keylist, update_keylist
 from fleet_server.errors import DataDirError
 from protos import manifest_pb2
 from protos.envelope import KEYLIST_PAYLOAD_TYPE, MANIFEST_PAYLOAD_TYPE, keyid, pae
@@ -153,11 +157,23 @@ def sign_envelope(
 
 
 def _write_key(path: Path, pem: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
-        handle.flush()
-        os.fsync(handle.fileno())
+    """Write a new key file; on failure (a full disk) leave none.
+
+    Raises:
+        DataDirError: it cannot be written.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(pem)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError:
+            path.unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise DataDirError(f"cannot write {path}: {exc.strerror}") from exc
 
 
 def _private_dir(path: Path) -> None:
@@ -276,24 +292,75 @@ class KeyStore:
         _write_key(self.directory / f"release-{keyid(public_bytes(key))}.key", pem)
         return key
 
-    def _publish(self, keylist: manifest_pb2.KeyList, signers: Sequence[Ed25519PrivateKey]) -> None:
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the data dir's key list lock: a rotation, a recovery and the server's renewal
+        each read the current list and publish the next; two at once would publish one
+        version twice (devices keep the first they see) or undo each other.
+
+        Raises:
+            DataDirError: the lock file cannot be opened.
+        """
+        try:
+            fd = os.open(self.directory / "keylist.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise DataDirError(f"cannot lock {self.directory}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _publish(
+        self,
+        keylist: manifest_pb2.KeyList,
+        signers: Sequence[Ed25519PrivateKey],
+        replacing: bytes | None = None,
+    ) -> None:
+        """Sign and write ``keylist``, once a device that holds ``replacing`` (or, for the
+        first list, a device that enrolls) would adopt it: the server must never sign with a
+        list its devices refuse.
+
+        Raises:
+            DataDirError: devices would refuse it, or it cannot be written (a full disk).
+        """
         envelope = sign_envelope(
             KEYLIST_PAYLOAD_TYPE, keylist.SerializeToString(deterministic=True), signers
         )
+        raw = envelope.SerializeToString()
+        try:
+            adopted = pin_keylist(raw, fleet_id=keylist.fleet_id, now=time.time())
+            if replacing is not None:
+                # now=0: a held list that has expired still hands over to its successor.
+                held = pin_keylist(replacing, fleet_id=keylist.fleet_id, now=0)
+                adopted = update_keylist(held, raw, now=time.time())
+        except ManifestError as exc:
+            raise DataDirError(
+                f"devices would refuse key list version {keylist.version}: {exc}; not published"
+            ) from exc
+        if adopted.version != keylist.version:
+            raise DataDirError(f"key list version {keylist.version} is not newer; not published")
         # Only the server reads the file (devices get the list in check-in answers): 0600.
         tmp = self.keylist_path.with_suffix(".tmp")
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(envelope.SerializeToString())
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(self.keylist_path)
-        dir_fd = os.open(self.directory, os.O_RDONLY)
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            tmp.unlink(missing_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(raw)
+                handle.flush()
+                os.fsync(handle.fileno())
+            tmp.replace(self.keylist_path)
+            dir_fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise DataDirError(
+                f"cannot write the key list {self.keylist_path}: {exc.strerror}; key list "
+                f"version {keylist.version} not published"
+            ) from exc
 
     def keylist_bytes(self, max_age_s: float = 0.0) -> bytes:
         """The current signed key list (re-read when the file changes, e.g. after a rotation);
@@ -375,10 +442,17 @@ class KeyStore:
         Raises:
             DataDirError: fewer root keys at hand than the root threshold.
         """
-        current = self.keylist()
-        roots = self._root_signers(current, root_key_files, passphrase)
-        release = self._new_release_key()
-        return self._replace_release(current, _public(release), roots, lifetime_s, overlap_s)
+        with self._locked():
+            current = self.keylist()
+            roots = self._root_signers(current, root_key_files, passphrase)
+            release = self._new_release_key()
+            try:
+                return self._replace_release(
+                    current, _public(release), roots, lifetime_s, overlap_s
+                )
+            except DataDirError:
+                self._drop_unpublished(release)
+                raise
 
     def publish_release_key(
         self,
@@ -398,10 +472,16 @@ class KeyStore:
         """
         if len(public_raw) != 32:
             raise DataDirError(f"an Ed25519 public key has 32 bytes, not {len(public_raw)}")
-        current = self.keylist()
-        roots = self._root_signers(current, root_key_files, passphrase)
-        new = manifest_pb2.PublicKey(keyid=keyid(public_raw), public_key=public_raw)
-        return self._replace_release(current, new, roots, lifetime_s, overlap_s)
+        with self._locked():
+            current = self.keylist()
+            roots = self._root_signers(current, root_key_files, passphrase)
+            new = manifest_pb2.PublicKey(keyid=keyid(public_raw), public_key=public_raw)
+            return self._replace_release(current, new, roots, lifetime_s, overlap_s)
+
+    def _drop_unpublished(self, key: Ed25519PrivateKey) -> None:
+        """Delete the file of a new release key whose key list was not published."""
+        with contextlib.suppress(OSError):
+            (self.directory / f"release-{keyid(public_bytes(key))}.key").unlink()
 
     def _replace_release(
         self,
@@ -430,7 +510,14 @@ class KeyStore:
                 kept.append(old)
         keylist.release_keys.extend(kept)
         keylist.release_threshold = 1
-        self._publish(keylist, roots[: current.root_threshold])
+        if len(keylist.release_keys) > MAX_KEYS:
+            raise DataDirError(
+                f"key list version {keylist.version} would name {len(keylist.release_keys)} "
+                f"release keys, {len(kept)} of them kept for overlaps; devices take at most "
+                f"{MAX_KEYS}: rotate with --overlap-days 0 (the overlaps end now: a device may "
+                "refuse a deployed manifest until the server has re-signed it)"
+            )
+        self._publish(keylist, roots[: current.root_threshold], self.keylist_bytes())
         # The keys it replaces must not sign any more (the overlap only lets devices accept
         # what they signed before): out of the signer's reach at once.
         self.retire_release_keys([k.keyid for k in current.release_keys if k.keyid != new.keyid])
@@ -456,28 +543,33 @@ class KeyStore:
             DataDirError: an id the key list neither names nor revokes, or fewer root keys at
                 hand than the root threshold.
         """
-        current = self.keylist()
-        known = {k.keyid for k in current.release_keys} | set(current.revoked_keyids)
-        unknown = sorted(set(keyids) - known)
-        if unknown or not keyids:
-            raise DataDirError(
-                f"release key(s) {', '.join(unknown) or '(none given)'} not in key list "
-                f"version {current.version} (see 'edgefleet keys list')"
-            )
-        roots = self._root_signers(current, root_key_files, passphrase)
-        fresh = sorted(set(keyids) - set(current.revoked_keyids))
-        if not fresh:
-            return current
-        release = self._new_release_key()
-        revoking = manifest_pb2.KeyList()
-        revoking.CopyFrom(current)
-        revoking.revoked_keyids.extend(fresh)
-        kept = [k for k in current.release_keys if k.keyid not in fresh]
-        del revoking.release_keys[:]
-        revoking.release_keys.extend(kept)
-        keylist = self._replace_release(revoking, _public(release), roots, lifetime_s, 0)
-        self.retire_release_keys(fresh)
-        return keylist
+        with self._locked():
+            current = self.keylist()
+            known = {k.keyid for k in current.release_keys} | set(current.revoked_keyids)
+            unknown = sorted(set(keyids) - known)
+            if unknown or not keyids:
+                raise DataDirError(
+                    f"release key(s) {', '.join(unknown) or '(none given)'} not in key list "
+                    f"version {current.version} (see 'edgefleet keys list')"
+                )
+            roots = self._root_signers(current, root_key_files, passphrase)
+            fresh = sorted(set(keyids) - set(current.revoked_keyids))
+            if not fresh:
+                return current
+            release = self._new_release_key()
+            revoking = manifest_pb2.KeyList()
+            revoking.CopyFrom(current)
+            revoking.revoked_keyids.extend(fresh)
+            kept = [k for k in current.release_keys if k.keyid not in fresh]
+            del revoking.release_keys[:]
+            revoking.release_keys.extend(kept)
+            try:
+                keylist = self._replace_release(revoking, _public(release), roots, lifetime_s, 0)
+            except DataDirError:
+                self._drop_unpublished(release)
+                raise
+            self.retire_release_keys(fresh)
+            return keylist
 
     def renew_keylist(
         self,
@@ -493,24 +585,25 @@ class KeyStore:
             DataDirError: fewer root keys at hand than the root threshold, or no release key
                 would be left.
         """
-        current = self.keylist()
-        roots = self._root_signers(current, root_key_files, passphrase)
-        now = time.time()
-        keylist = manifest_pb2.KeyList()
-        keylist.CopyFrom(current)
-        keylist.version = current.version + 1
-        keylist.expires_unix = int(now) + lifetime_s
-        live = [k for k in current.release_keys if not k.expires_unix or k.expires_unix > now]
-        if len(live) < current.release_threshold:
-            raise DataDirError(
-                f"key list version {current.version} has {len(live)} unexpired release key(s), "
-                f"fewer than its threshold {current.release_threshold}: rotate instead "
-                "('edgefleet keys rotate --root-key-dir DIR')"
-            )
-        del keylist.release_keys[:]
-        keylist.release_keys.extend(live)
-        self._publish(keylist, roots[: current.root_threshold])
-        return keylist
+        with self._locked():
+            current = self.keylist()
+            roots = self._root_signers(current, root_key_files, passphrase)
+            now = time.time()
+            keylist = manifest_pb2.KeyList()
+            keylist.CopyFrom(current)
+            keylist.version = current.version + 1
+            keylist.expires_unix = int(now) + lifetime_s
+            live = [k for k in current.release_keys if not k.expires_unix or k.expires_unix > now]
+            if len(live) < current.release_threshold:
+                raise DataDirError(
+                    f"key list version {current.version} has {len(live)} unexpired release key(s), "
+                    f"fewer than its threshold {current.release_threshold}: rotate instead "
+                    "('edgefleet keys rotate --root-key-dir DIR')"
+                )
+            del keylist.release_keys[:]
+            keylist.release_keys.extend(live)
+            self._publish(keylist, roots[: current.root_threshold], self.keylist_bytes())
+            return keylist
 
     @property
     def _overlap_record(self) -> Path:
@@ -568,11 +661,14 @@ class KeyStore:
         """
         wanted = {k.keyid for k in current.root_keys}
         files = list(files) or find_root_keys(self.directory)
-        roots = []
+        found: dict[str, Ed25519PrivateKey] = {}
         for path in files:
             key = load_private_key(path, passphrase)
             if keyid(public_bytes(key)) in wanted:
-                roots.append(key)
+                # A key counts once (a copy of a key file is no second key): devices count
+                # distinct keys toward the threshold.
+                found.setdefault(keyid(public_bytes(key)), key)
+        roots = list(found.values())
         if len(roots) < current.root_threshold:
             where = (
                 f"tried {', '.join(str(f) for f in files)}"

@@ -16,6 +16,7 @@ from protos import admin_pb2 as pb
 from protos import manifest_pb2
 
 log = logging.getLogger(__name__)
+_MAX_FLOOR = 2**63 - 2
 
 
 def _targets(request: pb.CommitRecoveryRequest) -> str:
@@ -42,6 +43,9 @@ class RecoveryAdmin(AdminBase):
         require_admin(context, self._ctx.admin_token)
         if not request.revoke_keyids or not request.models:
             raise BadRequestError("a recovery needs a release key to revoke and a model release")
+        if request.floor > _MAX_FLOOR:
+            # The next release must be numbered above it (a signed 64-bit integer).
+            raise BadRequestError(f"floor {request.floor} is out of range (0 to {_MAX_FLOOR})")
         keylist = self._ctx.keys.keylist()
         known = {k.keyid for k in keylist.release_keys} | set(keylist.revoked_keyids)
         unknown = sorted(set(request.revoke_keyids) - known)
