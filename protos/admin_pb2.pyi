@@ -580,14 +580,16 @@ class PrepareRecoveryRequest(_message.Message):
     def __init__(self, revoke_keyids: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[DeployRequest, _Mapping]]] = ..., floor: _Optional[int] = ...) -> None: ...
 
 class PrepareRecoveryResponse(_message.Message):
-    __slots__ = ("keylist_version", "unsigned_manifests", "variants")
+    __slots__ = ("keylist_version", "unsigned_manifests", "variants", "stranded")
     KEYLIST_VERSION_FIELD_NUMBER: _ClassVar[int]
     UNSIGNED_MANIFESTS_FIELD_NUMBER: _ClassVar[int]
     VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    STRANDED_FIELD_NUMBER: _ClassVar[int]
     keylist_version: int
     unsigned_manifests: _containers.RepeatedScalarFieldContainer[bytes]
     variants: _containers.RepeatedCompositeFieldContainer[ModelVersionInfo]
-    def __init__(self, keylist_version: _Optional[int] = ..., unsigned_manifests: _Optional[_Iterable[bytes]] = ..., variants: _Optional[_Iterable[_Union[ModelVersionInfo, _Mapping]]] = ...) -> None: ...
+    stranded: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, keylist_version: _Optional[int] = ..., unsigned_manifests: _Optional[_Iterable[bytes]] = ..., variants: _Optional[_Iterable[_Union[ModelVersionInfo, _Mapping]]] = ..., stranded: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CommitRecoveryRequest(_message.Message):
     __slots__ = ("envelopes",)

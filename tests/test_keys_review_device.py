@@ -49,14 +49,6 @@ def test_after_a_recovery_with_floor_the_next_push_installs_on_the_recovered_dev
     wait_state(server, agent.name, "colors", "1.1.0", "INSTALLED")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design decision: after 'keys recover --revoke S' every deployed manifest that S "
-    "signed (all of them when S was the server's own release key) counts for nothing on "
-    "devices, and the server's re-signing leaves them alone (it cannot tell them from the "
-    "thief's); the models not named in --model need a new push, which 'keys recover' does not "
-    "say (docs/security.md step 4 mentions only redeploying what the thief signed)",
-)
 def test_a_device_enrolled_after_a_recovery_gets_the_models_the_recovery_did_not_name(
     server_factory: Callable[..., Server],
     agent_factory: Callable[..., Agent],
@@ -73,13 +65,22 @@ def test_a_device_enrolled_after_a_recovery_gets_the_models_the_recovery_did_not
     stolen = steal_and_fast_forward(server)
     server.admin("deploy", "colors", FORGED)
     wait_state(server, agent.name, "colors", FORGED, "INSTALLED")
-    out = server.admin(
+    # Shades was signed by the same key (the server's own): the recovery stops before signing
+    # anything and says so, rather than leave devices refusing it.
+    refused = server.admin(
         "keys", "recover", "--revoke", stolen, "--model", "colors=1.0.0",
-        "--root-key-dir", str(server.root_key_dir),
-    ).stdout  # fmt: skip
+        "--root-key-dir", str(server.root_key_dir), check=False,
+    )  # fmt: skip
+    assert refused.returncode == 1 and "shades 1.0.0" in refused.stderr, refused.stderr
+    assert "--leave-stranded" in refused.stderr
+    assert "published key list" not in refused.stdout
+    server.admin(
+        "keys", "recover", "--revoke", stolen, "--model", "colors=1.0.0",
+        "--model", "shades=1.0.0", "--root-key-dir", str(server.root_key_dir),
+    )  # fmt: skip
     wait_state(server, agent.name, "colors", "1.0.0", "INSTALLED")
     late = agent_factory("dev-late", server)
     wait_state(server, late.name, "colors", "1.0.0", "INSTALLED")
-    # Either the server keeps shades installable, or the command says it must be pushed again.
-    if "shades" not in out:
-        wait_state(server, late.name, "shades", "1.0.0", "INSTALLED")
+    wait_state(server, late.name, "shades", "1.0.0", "INSTALLED")
+    wait_state(server, agent.name, "shades", "1.0.0", "INSTALLED")
+    assert agent.output().count("updating shades") == 1  # kept, not downloaded again

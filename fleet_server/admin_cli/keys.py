@@ -166,6 +166,13 @@ def _cmd_keys_recover(args: argparse.Namespace) -> int:
             floor=args.floor,
         ),
     )
+    if prepared.stranded and not args.leave_stranded:
+        raise BadRequestError(
+            "only the revoked key(s) signed these releases in use, and devices refuse them "
+            f"once they adopt the revoking key list: {', '.join(prepared.stranded)}; name each "
+            "with --model NAME=VERSION to keep it (the root keys sign it; check first that it "
+            "is yours, not the thief's), or pass --leave-stranded and push them again"
+        )
     files = common.root_key_files(args, "a recovery")
     passphrase = common.read_passphrase(args.passphrase_file)
     before = store.keylist().version
@@ -329,6 +336,13 @@ def add_parsers(sub: Any) -> None:
         help="rollback_from at least N: the release devices report in 'older than installed "
         "release N' ('edgefleet devices show'), when the server does not know it (optional: "
         "devices whose floor only revoked keys set accept the recovery without it)",
+    )
+    recover.add_argument(
+        "--leave-stranded",
+        action="store_true",
+        help="go on although releases in use that are not named with --model were signed only "
+        "by the revoked key(s): devices refuse them until they are pushed again (without it "
+        "the command lists them and stops before anything is signed)",
     )
     common.add_root_key_options(recover)
     recover.set_defaults(func=_cmd_keys_recover)

@@ -38,6 +38,7 @@ __all__ = [
     "Pending",
     "in_use",
     "pending",
+    "release_signed_in_use",
 ]
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,20 @@ def in_use(catalog: CatalogStore, rollouts: RolloutStore) -> list[ModelRow]:
     pairs |= rollouts.versions_in_effect()
     found = catalog.variants_of(sorted(pairs))
     return [row for pair in sorted(found) for row in found[pair]]
+
+
+def release_signed_in_use(catalog: CatalogStore, rollouts: RolloutStore) -> list[ModelRow]:
+    """The variants in use whose release-key manifests devices are sent: :func:`in_use` but for
+    a deployment that is an explicit rollback (devices get its root-signed set), unless a
+    rollout in effect sends that version too."""
+    rolled_back = {(name, version) for name, (version, rb) in catalog.deployments().items() if rb}
+    in_rollouts = rollouts.versions_in_effect()
+    return [
+        row
+        for row in in_use(catalog, rollouts)
+        if (row.model_name, row.version) not in rolled_back
+        or (row.model_name, row.version) in in_rollouts
+    ]
 
 
 def pending(

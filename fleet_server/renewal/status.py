@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fleet_server.catalog.store import CatalogStore
-from fleet_server.renewal.maintainer import in_use
+from fleet_server.renewal.maintainer import release_signed_in_use
 from fleet_server.rollouts.store import RolloutStore
 from fleet_server.signing.expiry import KeyStatus, key_status
 from fleet_server.signing.keys import KeyStore
@@ -52,21 +52,8 @@ def current(
     now: float,
 ) -> KeyStatus:
     """The fleet's keys and certificates now (see the module's docstring for what counts)."""
-    rollback_sets = []
-    rolled_back = set()
-    for name, (version, rollback) in catalog.deployments().items():
-        if rollback:
-            rollback_sets.append(rollback)
-            rolled_back.add((name, version))
-    # A deployment that is an explicit rollback sends devices its root-signed set, not the
-    # release's own manifests (unless a rollout in effect sends that version too).
-    in_rollouts = rollouts.versions_in_effect()
-    envelopes = [
-        row.envelope
-        for row in in_use(catalog, rollouts)
-        if (row.model_name, row.version) not in rolled_back
-        or (row.model_name, row.version) in in_rollouts
-    ]
+    rollback_sets = [rb for _, rb in catalog.deployments().values() if rb]
+    envelopes = [row.envelope for row in release_signed_in_use(catalog, rollouts)]
     return key_status(
         keys.keylist(),
         deployed_envelopes=envelopes,

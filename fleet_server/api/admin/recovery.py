@@ -7,11 +7,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from agent.updates.trust import count_signers
 from fleet_server.api._errors import rpc_errors
 from fleet_server.api.admin import wire
 from fleet_server.api.admin._base import AdminBase, audited, manifest_of
 from fleet_server.api.auth import require_admin
 from fleet_server.errors import BadRequestError
+from fleet_server.renewal.maintainer import release_signed_in_use
 from protos import admin_pb2 as pb
 from protos import manifest_pb2
 
@@ -56,7 +58,9 @@ class RecoveryAdmin(AdminBase):
             )
         revoked = set(request.revoke_keyids) <= set(keylist.revoked_keyids)
         version = keylist.version if revoked else keylist.version + 1
-        response = pb.PrepareRecoveryResponse(keylist_version=version)
+        response = pb.PrepareRecoveryResponse(
+            keylist_version=version, stranded=self._stranded(request, keylist)
+        )
         for model in request.models:
             prepared = self.prepare_rollback(
                 model.model_name,
@@ -67,6 +71,24 @@ class RecoveryAdmin(AdminBase):
             response.unsigned_manifests.extend(prepared.unsigned_manifests)
             response.variants.extend(prepared.variants)
         return response
+
+    def _stranded(
+        self, request: pb.PrepareRecoveryRequest, keylist: manifest_pb2.KeyList
+    ) -> list[str]:
+        """The releases in use, other than the named models, that no release key left after
+        the revocation signed: devices refuse them from then on."""
+        named = {m.model_name for m in request.models}
+        revoking = set(keylist.revoked_keyids) | set(request.revoke_keyids)
+        left = {k.keyid: k.public_key for k in keylist.release_keys if k.keyid not in revoking}
+        stranded: list[str] = []
+        for row in release_signed_in_use(self._ctx.catalog, self._ctx.rollouts):
+            envelope = manifest_pb2.Envelope.FromString(row.envelope)
+            name = f"{row.model_name} {row.version}"
+            if row.model_name in named or not envelope.signatures or name in stranded:
+                continue
+            if len(count_signers(envelope, left)) < max(keylist.release_threshold, 1):
+                stranded.append(name)
+        return stranded
 
     @rpc_errors
     @audited("CommitRecovery", _targets)
