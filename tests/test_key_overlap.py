@@ -300,3 +300,18 @@ def test_tokens_never_start_with_a_dash() -> None:
     tokens = [new_token(24) for _ in range(3000)]  # about 47 would start with "-" otherwise
     assert not [t for t in tokens if t.startswith("-")]
     assert len(set(tokens)) == len(tokens) and all(len(t) == 32 for t in tokens)
+
+
+def test_a_pass_retires_the_file_of_a_replaced_key_a_killed_rotation_left_behind(
+    tmp_path: Path,
+) -> None:
+    store, catalog, db = _fleet(tmp_path)
+    (old,) = [k.keyid for k in store.keylist().release_keys]
+    store.rotate_release(overlap_s=60)
+    # A kill between publishing the list and moving the file: it is still beside the new key.
+    moved = store.retired_dir / f"release-{old}.key"
+    moved.replace(store.directory / moved.name)
+    _maintainer(store, catalog, db).run_once()
+    assert moved.exists() and not (store.directory / moved.name).exists()
+    (new,) = [k.keyid for k in store.keylist().release_keys if not k.expires_unix]
+    assert (store.directory / f"release-{new}.key").exists()  # the signing key stays

@@ -190,6 +190,7 @@ class KeyMaintainer:
         """
         now = time.time() if now is None else now
         done = Pass()
+        self._retire_leftovers()
         done.deleted = self._keys.purge_retired(now)
         for path in done.deleted:
             log.warning("deleted the retired release key %s: its overlap in the key list ended",
@@ -264,6 +265,24 @@ class KeyMaintainer:
         log.info("%s the manifest of %s: %s; now signed by %s",
                  "re-issued" if action == "RenewManifest" else "re-signed",
                  item.name, item.verdict.reason, ", ".join(keyids))  # fmt: skip
+
+    def _retire_leftovers(self) -> None:
+        """Move private files of release keys that no longer sign to ``keys/retired``: a
+        rotation or revocation killed between publishing its list and moving them leaves them
+        beside the signing keys (a stolen key's too)."""
+        # Under the key list lock: a rotation writes its new key's file before its list.
+        with self._keys.locked():
+            keylist = self._keys.keylist()
+            signing = {k.keyid for k in keylist.release_keys if not k.expires_unix}
+            stale = [
+                path.stem.removeprefix("release-")
+                for path in self._keys.directory.glob("release-*.key")
+                if path.stem.removeprefix("release-") not in signing
+            ]
+            moved = self._keys.retire_release_keys(stale)
+        for path in moved:
+            log.warning("moved %s to %s: the key list does not let that key sign",
+                        path.name, path.parent)  # fmt: skip
 
     def _renew_keylist(self, now: float) -> int:
         """Publish the same keys in a new key list when this one expires within the renewal

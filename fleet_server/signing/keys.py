@@ -293,7 +293,7 @@ class KeyStore:
         return key
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def locked(self) -> Iterator[None]:
         """Hold the data dir's key list lock: a rotation, a recovery and the server's renewal
         each read the current list and publish the next; two at once would publish one
         version twice (devices keep the first they see) or undo each other.
@@ -442,7 +442,7 @@ class KeyStore:
         Raises:
             DataDirError: fewer root keys at hand than the root threshold.
         """
-        with self._locked():
+        with self.locked():
             current = self.keylist()
             roots = self._root_signers(current, root_key_files, passphrase)
             release = self._new_release_key()
@@ -472,7 +472,7 @@ class KeyStore:
         """
         if len(public_raw) != 32:
             raise DataDirError(f"an Ed25519 public key has 32 bytes, not {len(public_raw)}")
-        with self._locked():
+        with self.locked():
             current = self.keylist()
             roots = self._root_signers(current, root_key_files, passphrase)
             new = manifest_pb2.PublicKey(keyid=keyid(public_raw), public_key=public_raw)
@@ -543,7 +543,7 @@ class KeyStore:
             DataDirError: an id the key list neither names nor revokes, or fewer root keys at
                 hand than the root threshold.
         """
-        with self._locked():
+        with self.locked():
             current = self.keylist()
             known = {k.keyid for k in current.release_keys} | set(current.revoked_keyids)
             unknown = sorted(set(keyids) - known)
@@ -585,7 +585,7 @@ class KeyStore:
             DataDirError: fewer root keys at hand than the root threshold, or no release key
                 would be left.
         """
-        with self._locked():
+        with self.locked():
             current = self.keylist()
             roots = self._root_signers(current, root_key_files, passphrase)
             now = time.time()
