@@ -580,16 +580,18 @@ class PrepareRecoveryRequest(_message.Message):
     def __init__(self, revoke_keyids: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[DeployRequest, _Mapping]]] = ..., floor: _Optional[int] = ...) -> None: ...
 
 class PrepareRecoveryResponse(_message.Message):
-    __slots__ = ("keylist_version", "unsigned_manifests", "variants", "stranded")
+    __slots__ = ("keylist_version", "unsigned_manifests", "variants", "stranded", "fleet_id")
     KEYLIST_VERSION_FIELD_NUMBER: _ClassVar[int]
     UNSIGNED_MANIFESTS_FIELD_NUMBER: _ClassVar[int]
     VARIANTS_FIELD_NUMBER: _ClassVar[int]
     STRANDED_FIELD_NUMBER: _ClassVar[int]
+    FLEET_ID_FIELD_NUMBER: _ClassVar[int]
     keylist_version: int
     unsigned_manifests: _containers.RepeatedScalarFieldContainer[bytes]
     variants: _containers.RepeatedCompositeFieldContainer[ModelVersionInfo]
     stranded: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, keylist_version: _Optional[int] = ..., unsigned_manifests: _Optional[_Iterable[bytes]] = ..., variants: _Optional[_Iterable[_Union[ModelVersionInfo, _Mapping]]] = ..., stranded: _Optional[_Iterable[str]] = ...) -> None: ...
+    fleet_id: str
+    def __init__(self, keylist_version: _Optional[int] = ..., unsigned_manifests: _Optional[_Iterable[bytes]] = ..., variants: _Optional[_Iterable[_Union[ModelVersionInfo, _Mapping]]] = ..., stranded: _Optional[_Iterable[str]] = ..., fleet_id: _Optional[str] = ...) -> None: ...
 
 class CommitRecoveryRequest(_message.Message):
     __slots__ = ("envelopes",)

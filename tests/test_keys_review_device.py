@@ -5,12 +5,14 @@ devices' floor is then N, so the server's next release must be above it."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.harness import Agent, Server
+from fleet_server.signing.keys import KeyStore
+from tests.harness import Agent, Server, run_cli
 from tests.test_fleet_e2e import wait_state
 from tests.test_key_recovery import FORGED, steal_and_fast_forward
 
@@ -84,3 +86,26 @@ def test_a_device_enrolled_after_a_recovery_gets_the_models_the_recovery_did_not
     wait_state(server, late.name, "shades", "1.0.0", "INSTALLED")
     wait_state(server, agent.name, "shades", "1.0.0", "INSTALLED")
     assert agent.output().count("updating shades") == 1  # kept, not downloaded again
+
+
+def test_a_recovery_with_an_old_copy_of_the_key_files_publishes_nothing(
+    server_factory: Callable[..., Server], color_models: Path, tmp_path: Path
+) -> None:
+    server = server_factory(None)
+    model = str(color_models / "color_float.tflite")
+    server.admin("models", "push", model, "--name", "colors", "--version", "1.0.0", "--deploy")
+    (stolen,) = [k.keyid for k in KeyStore(server.data_dir / "keys").keylist().release_keys]
+    # A backup of the data dir, taken before a rotation: the same fleet, an older key list.
+    backup = tmp_path / "backup"
+    shutil.copytree(server.data_dir, backup)
+    server.admin("keys", "rotate", "--root-key-dir", str(server.root_key_dir))
+    before = (backup / "keys" / "keylist.bin").read_bytes()
+    token = (server.data_dir / "admin.token").read_text().strip()
+    refused = run_cli(
+        "edgefleet", "--server", server.address, "--token", token, "--ca-file",
+        str(server.ca_file), "--data-dir", str(backup), "keys", "recover", "--revoke", stolen,
+        "--model", "colors=1.0.0", "--root-key-dir", str(server.root_key_dir), check=False,
+    )  # fmt: skip
+    assert refused.returncode == 1 and "is --data-dir the server's?" in refused.stderr
+    assert "published" not in refused.stdout
+    assert (backup / "keys" / "keylist.bin").read_bytes() == before

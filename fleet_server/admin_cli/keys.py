@@ -173,9 +173,19 @@ def _cmd_keys_recover(args: argparse.Namespace) -> int:
             "with --model NAME=VERSION to keep it (the root keys sign it; check first that it "
             "is yours, not the thief's), or pass --leave-stranded and push them again"
         )
+    local = store.keylist()
+    before = local.version
+    if local.fleet_id != prepared.fleet_id or before not in (
+        prepared.keylist_version,
+        prepared.keylist_version - 1,
+    ):
+        raise BadRequestError(
+            f"{store.directory} holds fleet {local.fleet_id}'s key list version {before}; the "
+            f"server runs fleet {prepared.fleet_id}: is --data-dir the server's? (nothing "
+            "published)"
+        )
     files = common.root_key_files(args, "a recovery")
     passphrase = common.read_passphrase(args.passphrase_file)
-    before = store.keylist().version
     keylist = store.revoke_release(args.revoke, root_key_files=files, passphrase=passphrase)
     if keylist.version != prepared.keylist_version:
         raise BadRequestError(

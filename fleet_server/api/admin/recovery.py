@@ -59,7 +59,9 @@ class RecoveryAdmin(AdminBase):
         revoked = set(request.revoke_keyids) <= set(keylist.revoked_keyids)
         version = keylist.version if revoked else keylist.version + 1
         response = pb.PrepareRecoveryResponse(
-            keylist_version=version, stranded=self._stranded(request, keylist)
+            keylist_version=version,
+            stranded=self._stranded(request, keylist),
+            fleet_id=keylist.fleet_id,
         )
         for model in request.models:
             prepared = self.prepare_rollback(
