@@ -18,6 +18,7 @@ from types import FrameType
 from agent import __version__
 from agent.config import ApiSection, load_config
 from agent.errors import AgentError, ConfigError, SocketError, UsageError
+from agent.ports import EXIT_PORT_IN_USE, PortInUseError
 from agent.systemd import setup_logging
 from agent.terminal import printable
 
@@ -443,6 +444,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SocketError as exc:
         print(f"{PROG}: error: {printable(str(exc))}", file=sys.stderr)
         return 3
+    except PortInUseError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_PORT_IN_USE
     except UsageError as exc:
         print(f"{PROG}: error: {printable(str(exc))}", file=sys.stderr)
         return 2

@@ -8,11 +8,13 @@ import socket
 from pathlib import Path
 
 from agent.errors import AgentError
+from agent.ports import PortInUseError, held_by_another
 from agent.telemetry.mqtt import MqttEndpoint, parse_mqtt_url
 from fleet_server.errors import DataDirError
 
 __all__ = [
     "bracket",
+    "claim_ports",
     "free_port",
     "mqtt_endpoint",
     "remembered_port",
@@ -32,6 +34,18 @@ def split_host_port(value: str, what: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise DataDirError(f"{what} {value!r} must be host:port")
     return host, int(port)
+
+
+def claim_ports(listeners: dict[str, str]) -> None:
+    """Refuse to start when another process listens on one of the server's addresses (option
+    -> host:port; empty ones skipped): grpcio would share it silently (agent.ports).
+
+    Raises:
+        PortInUseError: one is held; the server exits with agent.ports.EXIT_PORT_IN_USE.
+    """
+    for what, address in listeners.items():
+        if address and held_by_another(address):
+            raise PortInUseError(what, address)
 
 
 def bracket(host: str) -> str:

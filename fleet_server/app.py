@@ -32,6 +32,7 @@ from agent.systemd import Notifier, watchdog_interval
 from agent.telemetry.mqtt import MqttEndpoint
 from fleet_server.addresses import (
     bracket,
+    claim_ports,
     free_port,
     mqtt_endpoint,
     remembered_port,
@@ -180,6 +181,12 @@ class FleetServer:
         for host in (main_host, device_host):
             if not wildcard(host) and host not in tls_names:
                 tls_names.append(host)
+        if not s.worker:  # before anything starts (its workers share the device port)
+            claim_ports({"--listen": s.listen, "--device-listen": device_listen,
+                         "--mqtt-listen": "" if s.mqtt_url else s.mqtt_listen,
+                         "--dashboard-listen": s.dashboard_listen,
+                         "--metrics-listen": s.metrics_listen or "",
+                         "--cloud-listen": s.cloud_listen})  # fmt: skip
         mqtt_url = s.mqtt_url
         device_mqtt_url = s.device_mqtt_url or mqtt_url or ""
         if not mqtt_url and not s.worker:
@@ -243,8 +250,8 @@ class FleetServer:
             # Workers take device calls only: enrollment, the admin API and commands (which
             # need the MQTT connection) stay with the main process.
             server, port, device_port = create_server(
-                ctx, "" if s.worker else s.listen, device_listen, tls_names=tls_names
-            )
+                ctx, "" if s.worker else s.listen, device_listen, tls_names=tls_names,
+                shared=s.workers > 1 or s.worker)  # fmt: skip
         except (OSError, RuntimeError) as exc:
             raise DataDirError(
                 f"cannot serve gRPC on {s.listen} and {device_listen}: {exc}"

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from agent.ports import EXIT_PORT_IN_USE, PortInUseError
 from agent.systemd import setup_logging
 from fleet_server import __version__
 from fleet_server.config import apply_config
@@ -491,6 +492,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FleetError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
+    except PortInUseError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_PORT_IN_USE
     except ImportError as exc:
         print(
             f"{PROG}: error: {exc.name} is missing; "

@@ -13,6 +13,7 @@ reverse order.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -35,6 +36,7 @@ from agent.inference.oip import create_server
 from agent.inference.rest import create_rest_server
 from agent.inference.serving import Serving
 from agent.inference.status import AgentFacts, Release
+from agent.ports import PortInUseError, held_by_another
 from agent.routing.cloud import CloudTarget
 from agent.routing.guards import Breaker
 from agent.routing.router import Router
@@ -151,6 +153,10 @@ class Agent:
         self._update.recover()
         Updater.load_active_into(self.lifecycle, self.engine)
         config = state.config
+        for what, address in (("api.listen", config.api.listen),
+                              ("api.rest_listen", config.api.rest_listen)):  # fmt: skip
+            if address and held_by_another(address):
+                raise PortInUseError(what, address)
         try:
             server, port = create_server(
                 self.engine,
@@ -170,6 +176,8 @@ class Agent:
             )
         except (OSError, ValueError) as exc:
             server.stop(0)
+            if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+                raise PortInUseError("api.rest_listen", config.api.rest_listen) from exc
             raise AgentError(f"cannot start the local REST inference API: {exc}") from exc
         server.start()
         try:

@@ -22,6 +22,7 @@ from agent.inference.serving import RequestError, Serving, on_socket, uses_shm
 from agent.inference.shm import SharedMemoryRegistry
 from agent.inference.status import AgentFacts, add_status_service
 from agent.inference.tensors import DTYPE_TO_OIP, OIP_TO_DTYPE
+from agent.ports import PortInUseError, unix_socket_in_use
 from agent.routing.router import Router
 from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc as pb_grpc
@@ -246,12 +247,16 @@ def create_server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # One agent per port: a second one on it fails to bind (agent.ports).
+            ("grpc.so_reuseport", 0),
         ],
     )
     port: int | None = None
     group: int | None = None
     if socket_path is not None:
         socket_path.parent.mkdir(parents=True, exist_ok=True)
+        if unix_socket_in_use(socket_path):
+            raise PortInUseError("api.socket", str(socket_path))
         if socket_path.is_socket():
             socket_path.unlink()  # left by a previous run that was killed
         if server.add_insecure_port(f"unix:{socket_path}") == 0:

@@ -25,12 +25,16 @@ def create_server(
     *,
     tls_names: list[str],
     max_workers: int = 16,
+    shared: bool = False,
 ) -> tuple[grpc.Server, int, int]:
     """Build (not start) the server; return it and the bound main and device ports.
 
     Both ports speak TLS with a certificate from the fleet CA covering ``tls_names``. The main
     port (enrollment, admin, health) asks no client certificate; the device port requires one
     signed by the fleet CA.
+
+    The ports are bound without SO_REUSEPORT (a second server on them fails) unless the main
+    process starts ``workers`` or this is one (``worker``): they share the device port.
 
     Raises:
         OSError: an address cannot be bound.
@@ -43,6 +47,7 @@ def create_server(
             # Agents ping every 20 s to notice dead connections; refusing those pings would
             # close their connections with GOAWAY "too_many_pings".
             *server_options(),
+            ("grpc.so_reuseport", 1 if shared else 0),
         ],
     )
     add_device_service(DeviceServicer(ctx), server)

@@ -28,6 +28,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from agent.inference.rest.app import RestLimits, build_app
 from agent.inference.serving import Serving
+from agent.ports import PortInUseError, unix_socket_in_use
 
 __all__ = ["RestServer", "create_rest_server"]
 
@@ -231,6 +232,8 @@ def _quiet_when_cancelled(app: ASGIApp) -> ASGIApp:
 
 def _unix_listener(path: Path) -> socket.socket:
     path.parent.mkdir(parents=True, exist_ok=True)
+    if unix_socket_in_use(path):
+        raise PortInUseError("api.rest_socket", str(path))
     if path.is_socket():
         path.unlink()  # left by a previous run that was killed
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -1,0 +1,91 @@
+"""Ports are not shared by accident. grpcio binds with SO_REUSEPORT by default, so a second
+server or agent started on a port in use starts without an error and the kernel splits the
+connections between the two. Before binding, a process asks whether another process holds the
+port (:func:`held_by_another`: a bind without SO_REUSEPORT fails with EADDRINUSE while any
+socket listens there), and its own gRPC servers bind without SO_REUSEPORT unless it shares the
+port with workers it starts itself.
+
+Both ``edgefleet-agent run`` and ``edgefleet-server run`` exit with :data:`EXIT_PORT_IN_USE`
+when a port is held; their systemd units name it in ``RestartPreventExitStatus=`` (restarting
+cannot free the port).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from pathlib import Path
+
+__all__ = [
+    "EXIT_PORT_IN_USE",
+    "PortInUseError",
+    "held_by_another",
+    "split_tcp",
+    "unix_socket_in_use",
+]
+
+EXIT_PORT_IN_USE = 73  # EX_CANTCREAT (sysexits.h)
+
+
+class PortInUseError(Exception):
+    """A TCP port this process must listen on is held by another process."""
+
+    def __init__(self, what: str, address: str) -> None:
+        super().__init__(
+            f"{what} {address} is in use by another process (a second instance on the same "
+            "port?): stop it or choose another port"
+        )
+        self.address = address
+
+
+def split_tcp(address: str) -> tuple[str, int] | None:
+    """``host:port`` or ``[v6]:port`` as (host, port); None for what is not one (a unix
+    socket, a malformed value: the bind itself reports those)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - "" binds every address
+
+
+def held_by_another(address: str) -> bool:
+    """True when a socket already listens on ``address`` (``host:port``). Port 0 (any free
+    port) and addresses that are not TCP are never held."""
+    parsed = split_tcp(address)
+    if parsed is None or parsed[1] == 0:
+        return False
+    host, port = parsed
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return False  # the bind reports an unknown host
+    for family, kind, proto, _, sockaddr in infos:
+        probe = socket.socket(family, kind, proto)
+        try:
+            # SO_REUSEADDR as every listener sets it (TIME_WAIT leftovers are no holder);
+            # no SO_REUSEPORT: a listener with it still refuses this bind.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            probe.bind(sockaddr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+        finally:
+            probe.close()
+    return False
+
+
+def unix_socket_in_use(path: Path) -> bool:
+    """True when a process accepts connections on the unix socket at ``path``. A socket file
+    nobody listens on (left by a killed run) is not in use and may be replaced."""
+    if not path.is_socket():
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False  # ECONNREFUSED: nobody listens
+    finally:
+        probe.close()
+    return True

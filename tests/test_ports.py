@@ -1,0 +1,116 @@
+"""Issue 22 item 4: a port or socket is never shared by accident. grpcio binds with
+SO_REUSEPORT by default, so a second server or agent on a port in use used to start without an
+error and take half the connections. Now the second one exits with 73 (the units'
+RestartPreventExitStatus) and a message naming the port, and the first keeps every
+connection."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from agent.ports import EXIT_PORT_IN_USE, held_by_another, unix_socket_in_use
+from tests.harness import Server, free_port, run_cli, start, wait_for
+
+
+def test_a_listener_with_so_reuseport_holds_its_port_and_a_closed_one_does_not() -> None:
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    address = f"127.0.0.1:{holder.getsockname()[1]}"
+    try:
+        assert held_by_another(address)
+    finally:
+        holder.close()
+    assert not held_by_another(address)
+    assert not held_by_another("127.0.0.1:0")  # any free port
+    assert not held_by_another("unix:/run/x.sock")
+
+
+def test_a_socket_file_nobody_listens_on_is_not_in_use(tmp_path: Path) -> None:
+    path = tmp_path / "oip.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen()
+    assert unix_socket_in_use(path)
+    listener.close()  # a killed agent leaves the file
+    assert path.is_socket() and not unix_socket_in_use(path)
+    assert not unix_socket_in_use(tmp_path / "absent.sock")
+
+
+@pytest.mark.slow
+def test_a_second_server_on_a_port_in_use_exits_73_and_the_first_keeps_every_call(
+    server_factory: Callable[..., Server], tmp_path: Path
+) -> None:
+    port = free_port()
+    first = server_factory(None, extra=("--listen", f"127.0.0.1:{port}"))
+    run_cli("edgefleet-server", "init", "--data-dir", str(tmp_path / "second"))
+    second = subprocess.run(
+        [sys.executable, "-m", "fleet_server.cli", "run", "--data-dir", str(tmp_path / "second"),
+         "--listen", f"127.0.0.1:{port}", "--device-listen", "127.0.0.1:0",
+         "--mqtt-listen", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert second.returncode == EXIT_PORT_IN_USE, second.stderr
+    assert f"--listen 127.0.0.1:{port} is in use by another process" in second.stderr
+    assert "Traceback" not in second.stderr
+    for _ in range(10):  # every call reaches the first server (its token, its certificate)
+        first.admin("models", "list")
+
+
+def agent_config(folder: Path, name: str, *, listen: str, socket_path: Path) -> Path:
+    """An agent that serves without a fleet (no server to enroll with): enough to bind."""
+    home = folder / name
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "agent.toml"
+    config.write_text(
+        f"""
+[agent]
+name = "{name}"
+state_dir = "state"
+
+[server]
+address = "127.0.0.1:1"
+enrollment_token = "none"
+ca_file = "absent.crt"
+
+[api]
+socket = "{socket_path}"
+listen = "{listen}"
+""",
+        encoding="utf-8",
+    )
+    return config
+
+
+@pytest.mark.slow
+def test_a_second_agent_on_a_port_or_socket_in_use_exits_73(tmp_path: Path) -> None:
+    listen = f"127.0.0.1:{free_port()}"
+    shared = tmp_path / "oip.sock"
+    config = agent_config(tmp_path, "first", listen=listen, socket_path=shared)
+    first = start([sys.executable, "-m", "agent.cli", "run", "--config", str(config)],
+                  tmp_path / "first.log")  # fmt: skip
+    try:
+        wait_for("the first agent to serve", lambda: "local inference API on" in first.output())
+        for name, port, path in (
+            ("same-port", listen, tmp_path / "other.sock"),
+            ("same-socket", f"127.0.0.1:{free_port()}", shared),
+        ):
+            again = agent_config(tmp_path, name, listen=port, socket_path=path)
+            second = subprocess.run(
+                [sys.executable, "-m", "agent.cli", "run", "--config", str(again)],
+                capture_output=True, text=True, timeout=120, check=False,
+            )  # fmt: skip
+            assert second.returncode == EXIT_PORT_IN_USE, (name, second.stderr)
+            assert "is in use by another process" in second.stderr, second.stderr
+        # The first agent still owns both: its socket file was not replaced.
+        assert unix_socket_in_use(shared) and held_by_another(listen)
+        assert first.popen.poll() is None
+    finally:
+        first.stop()
