@@ -36,7 +36,7 @@ from agent.inference.oip import create_server
 from agent.inference.rest import create_rest_server
 from agent.inference.serving import Serving
 from agent.inference.status import AgentFacts, Release
-from agent.ports import PortInUseError, held_by_another
+from agent.ports import PortInUseError, held_by_another, unix_socket_in_use
 from agent.routing.cloud import CloudTarget
 from agent.routing.guards import Breaker
 from agent.routing.router import Router
@@ -149,14 +149,11 @@ class Agent:
 
     def _serve(self, stop: threading.Event) -> None:
         state = self.state
+        self._claim(state.config)  # before any model loads: a second agent stops here
         self._enroll.load_stored()  # no network: enrolling waits until the models are served
         self._update.recover()
         Updater.load_active_into(self.lifecycle, self.engine)
         config = state.config
-        for what, address in (("api.listen", config.api.listen),
-                              ("api.rest_listen", config.api.rest_listen)):  # fmt: skip
-            if address and held_by_another(address):
-                raise PortInUseError(what, address)
         try:
             server, port = create_server(
                 self.engine,
@@ -235,6 +232,17 @@ class Agent:
             if metrics is not None:
                 metrics.stop()
             log.info("agent stopped")
+
+    @staticmethod
+    def _claim(config: AgentConfig) -> None:
+        """Refuse ports and sockets another process listens on (agent.ports)."""
+        api = config.api
+        for what, address in (("api.listen", api.listen), ("api.rest_listen", api.rest_listen)):
+            if address and held_by_another(address):
+                raise PortInUseError(what, address)
+        for what, path in (("api.socket", api.socket), ("api.rest_socket", api.rest_socket_path)):
+            if unix_socket_in_use(path):
+                raise PortInUseError(what, str(path))
 
     def probe(self) -> HardwareInfo:
         """What this device has now (free disk and temperatures change)."""
