@@ -24,6 +24,7 @@ from fleet_server.admin_cli import (
     routing,
 )
 from fleet_server.admin_cli.common import PROG
+from fleet_server.admin_cli.terminal import EscapingStream
 from fleet_server.errors import FleetError
 
 __all__ = ["build_parser", "main"]
@@ -70,8 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
+    out, err = sys.stdout, sys.stderr
+    sys.stdout = EscapingStream(out)
+    sys.stderr = EscapingStream(err, progress=True)
     try:
         return int(args.func(args))
     except FleetError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # A reader that stopped early (| head): not an error of ours, and no traceback.
+        # Python's own flush at exit would fail again: point stdout at /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+        os.close(devnull)
+        return 141  # as a process ended by SIGPIPE
+    finally:
+        sys.stdout, sys.stderr = out, err

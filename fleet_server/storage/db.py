@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from agent.terminal import printable
 from fleet_server.errors import DataDirError
 from fleet_server.storage.migrations import MIGRATIONS
 from fleet_server.storage.schema import SCHEMA_VERSION, fleet_state, metadata, schema_meta
@@ -35,9 +36,11 @@ __all__ = [
 
 
 def stored_text(value: str, limit: int) -> str:
-    """A device's string as stored: at most ``limit`` characters, without NUL (PostgreSQL
-    refuses it in text, and one refused row would make every retry of its batch fail)."""
-    return value.replace("\x00", "")[:limit]
+    """A device's string as stored: at most ``limit`` characters, every control character shown
+    escaped (``\\x1b``; newlines too). What a device says reaches terminals and pages: it must
+    not clear a screen, set a terminal's title or start a forged line; and NUL, which PostgreSQL
+    refuses in text (one refused row would make every retry of its batch fail), is gone."""
+    return str(printable(value))[:limit]
 
 
 def hold_writes(conn: sa.Connection) -> None:
