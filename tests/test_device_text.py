@@ -23,7 +23,7 @@ HOSTILE = "ok\x1b[2J\x1b]0;owned\x07\rmobilenet 1.0.0 INSTALLED\n\x9b31m\x00end"
 def test_device_text_is_stored_escaped_and_bounded() -> None:
     kept = stored_text(HOSTILE, 1024)
     assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in kept)
-    assert kept.startswith("ok\\x1b[2J\\x1b]0;owned\\x07\\x0dmobilenet") and "\\x00end" in kept
+    assert kept.startswith("ok\\x1b[2J\\x1b]0;owned\\x07\\x0dmobilenet") and kept.endswith("mend")
     assert len(stored_text("x" * 5000, 1024)) == 1024
     assert stored_text("plain text, tabs\tare escaped too", 100).endswith("\\x09are escaped too")
 

@@ -177,8 +177,8 @@ def test_units_pass_systemd_analyze_verify_against_the_installed_tree(
     finally:
         moved.rename(program)
     unit = (root / "lib/systemd/system/edgefleet-agent.service").read_text()
-    for setting in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "RestartPreventExitStatus=73",
-                    "StateDirectory=",
+    for setting in ("Type=notify", "WatchdogSec=", "Restart=on-failure",
+                    "RestartPreventExitStatus=73", "StateDirectory=",
                     "ConfigurationDirectory=", "RuntimeDirectory=", "SupplementaryGroups=",
                     "DeviceAllow=/dev/apex_0", "ProtectSystem=strict", "ProtectHome=",
                     "NoNewPrivileges=yes", "PrivateTmp=yes", "LoadCredential="):  # fmt: skip

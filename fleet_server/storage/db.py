@@ -38,9 +38,9 @@ __all__ = [
 def stored_text(value: str, limit: int) -> str:
     """A device's string as stored: at most ``limit`` characters, every control character shown
     escaped (``\\x1b``; newlines too). What a device says reaches terminals and pages: it must
-    not clear a screen, set a terminal's title or start a forged line; and NUL, which PostgreSQL
-    refuses in text (one refused row would make every retry of its batch fail), is gone."""
-    return str(printable(value))[:limit]
+    not clear a screen, set a terminal's title or start a forged line. NUL, which PostgreSQL
+    refuses in text (one refused row would make every retry of its batch fail), is dropped."""
+    return str(printable(value.replace("\x00", "")))[:limit]
 
 
 def hold_writes(conn: sa.Connection) -> None:
