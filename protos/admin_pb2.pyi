@@ -562,12 +562,14 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelVersionInfo, _Mapping]]] = ...) -> None: ...
 
 class DeployRequest(_message.Message):
-    __slots__ = ("model_name", "version")
+    __slots__ = ("model_name", "version", "force")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: str
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+    force: bool
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class PrepareRecoveryRequest(_message.Message):
     __slots__ = ("revoke_keyids", "models", "floor")

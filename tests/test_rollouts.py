@@ -269,9 +269,28 @@ def test_a_fleet_wide_deploy_replaces_a_rollout(fleet: Fleet) -> None:
     device = fleet.enroll("d0", site="a")
     rollout_id = int(fleet.create("2.0.0", "--selector", "site=a", "--waves", "100%")["rollout_id"])
     settle(fleet, rollout_id, lambda s: s["state"] == "completed")
-    fleet.server.admin("deploy", "color", "1.0.0")
+    deployed = fleet.server.admin("deploy", "color", "1.0.0").stdout
     assert fleet.rollout(rollout_id)["state"] == "superseded"
     assert desired_version(device) == "1.0.0"
+    # The command says that the device serving 2.0.0 refuses the older 1.0.0.
+    assert "devices serving a newer release of color refuse 1.0.0 as older (d0)" in deployed
+    assert f"ended rollout(s) {rollout_id}" in deployed
+
+
+def test_a_deploy_does_not_end_a_running_rollout_unless_forced(fleet: Fleet) -> None:
+    fleet.enroll("d1", site="a")
+    fleet.enroll("d2", site="a")
+    running = fleet.create("2.0.0", "--waves", "1,100%", "--bake", "600")
+    rollout_id = int(running["rollout_id"])
+    refused = fleet.server.admin("deploy", "color", "1.0.0", check=False)
+    assert refused.returncode == 1 and f"rollout(s) {rollout_id} of color are under way" in (
+        refused.stderr
+    )
+    assert "--force" in refused.stderr
+    assert fleet.rollout(rollout_id)["state"] == "running"
+    forced = fleet.server.admin("deploy", "color", "1.0.0", "--force").stdout
+    assert f"ended rollout(s) {rollout_id}" in forced
+    assert fleet.rollout(rollout_id)["state"] == "superseded"
 
 
 def test_a_rollout_survives_a_server_sigkill(

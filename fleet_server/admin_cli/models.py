@@ -261,7 +261,7 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
     response = common.admin(args).call(
-        "Deploy", pb.DeployRequest(model_name=args.name, version=args.version)
+        "Deploy", pb.DeployRequest(model_name=args.name, version=args.version, force=args.force)
     )
     print(f"deployed {response.model.model_name} {response.model.version} to the fleet")
     if response.note:
@@ -344,4 +344,10 @@ def add_parsers(sub: Any) -> None:
     deploy = sub.add_parser("deploy", help="make a model version the fleet's desired version")
     deploy.add_argument("name")
     deploy.add_argument("version")
+    deploy.add_argument(
+        "--force",
+        action="store_true",
+        help="end a running or paused rollout of the model (without it the deploy is refused "
+        "while one is under way)",
+    )
     deploy.set_defaults(func=_cmd_deploy)

@@ -12,7 +12,7 @@ from google.protobuf.message import DecodeError
 
 from fleet_server.errors import AlreadyExistsError, NotFoundError
 from fleet_server.storage.db import Database, bump_generation
-from fleet_server.storage.schema import deployments, models, releases, settings
+from fleet_server.storage.schema import deployments, device_models, models, releases, settings
 from protos import manifest_pb2
 
 __all__ = ["CatalogStore", "ModelRow"]
@@ -41,6 +41,34 @@ class CatalogStore:
 
     def __init__(self, db: Database) -> None:
         self._engine = db.engine
+
+    def devices_on_newer(self, model_name: str, version: str, limit: int = 5) -> list[str]:
+        """Devices that serve a release of the model numbered above ``version``'s (they refuse
+        it as "older than installed"), by id: at most ``limit`` + 1 of them, so that the caller
+        can say there are more than ``limit``."""
+        served = releases.alias("served")
+        with self._engine.connect() as conn:
+            target = conn.execute(
+                sa.select(releases.c.release_counter).where(
+                    (releases.c.model_name == model_name) & (releases.c.version == version)
+                )
+            ).scalar()
+            if target is None:
+                return []
+            rows = conn.execute(
+                sa.select(device_models.c.device_id)
+                .join(
+                    served,
+                    (served.c.model_name == device_models.c.model_name)
+                    & (served.c.version == device_models.c.active_version),
+                )
+                .where(
+                    (device_models.c.model_name == model_name) & (served.c.release_counter > target)
+                )
+                .order_by(device_models.c.device_id)
+                .limit(limit + 1)
+            ).all()
+        return [str(r[0]) for r in rows]
 
     def next_release_counter(self, model_name: str) -> int:
         """One more than the highest release counter of ``model_name`` (1 for a new model), or

@@ -26,6 +26,7 @@ from fleet_server.context import ServerContext
 from fleet_server.errors import BadRequestError, ConflictError, DataDirError, NotFoundError
 from fleet_server.renewal.maintainer import in_use, pending
 from fleet_server.rollouts.desired import explain
+from fleet_server.rollouts.states import LIVE
 from fleet_server.signing.resign import Action, is_reissue, merged, reissued, signing_keys
 from protos import admin_pb2 as pb
 from protos import manifest_pb2
@@ -216,6 +217,17 @@ class ModelsAdmin(AdminBase):
     def Deploy(self, request: pb.DeployRequest, context: Any) -> pb.DeployResponse:  # noqa: N802
         require_admin(context, self._ctx.admin_token)
         self.require_signed(request.model_name, request.version)
+        live = [
+            r.rollout_id
+            for r in self._ctx.rollouts.list_rollouts(request.model_name)
+            if r.state in LIVE
+        ]
+        if live and not request.force:
+            raise ConflictError(
+                f"rollout(s) {', '.join(map(str, live))} of {request.model_name} are under way: "
+                f"a fleet-wide deploy would end them and send their devices "
+                f"{request.version}; pause or abort them first, or deploy with --force"
+            )
         row = self._ctx.catalog.deploy(request.model_name, request.version)
         replaced = self._ctx.rollouts.supersede(row.model_name)
         self._ctx.wake_upkeep()
@@ -225,9 +237,20 @@ class ModelsAdmin(AdminBase):
             row.version,
             f" (replacing rollouts {replaced})" if replaced else "",
         )
+        notes = [self._expiry_note(row.model_name, row.version)]
+        newer = self._ctx.catalog.devices_on_newer(row.model_name, row.version)
+        if newer:
+            shown = ", ".join(newer[:5]) + (" and more" if len(newer) > 5 else "")
+            notes.append(
+                f"devices serving a newer release of {row.model_name} refuse {row.version} as "
+                f"older ({shown}): an explicit rollback ('edgefleet models rollback') is what "
+                "sends them back"
+            )
+        if replaced:
+            notes.append(f"ended rollout(s) {', '.join(map(str, replaced))}")
         return pb.DeployResponse(
             model=wire.model_info(row, self._ctx.catalog.deployed()),
-            note=self._expiry_note(row.model_name, row.version),
+            note="; ".join(n for n in notes if n),
         )
 
     def _expiry_note(self, name: str, version: str) -> str:
