@@ -12,6 +12,8 @@ from fleet_server.admin_cli import main
 BAD_NUMBERS = [
     ("tokens", "create", "--ttl", "infs"),
     ("tokens", "create", "--ttl", "1e30s"),
+    ("tokens", "create", "--ttl", "0"),  # was a 24 h token, silently
+    ("tokens", "create", "--ttl", "31d"),  # refused by the server only after the call
     ("tokens", "create", "--uses", "-5"),
     ("tokens", "create", "--uses", "99999999999"),
     ("rollouts", "status", "-1"),

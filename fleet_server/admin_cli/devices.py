@@ -202,6 +202,14 @@ def _cmd_devices_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token_ttl(text: str) -> int:
+    """--ttl: a duration from 1 s to 30 days (0 used to mean the default, silently)."""
+    seconds = common.duration(text)
+    if not 1 <= seconds <= 30 * 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is outside 1s..30d")
+    return seconds
+
+
 def _cmd_tokens_create(args: argparse.Namespace) -> int:
     response = common.admin(args).call(
         "CreateEnrollmentToken",
@@ -374,7 +382,7 @@ def add_parsers(sub: Any) -> None:
     tokens_sub = tokens.add_subparsers(dest="action", required=True)
     tcreate = tokens_sub.add_parser("create", help="create a token (printed once, on stdout)")
     tcreate.add_argument(
-        "--ttl", type=common.duration, default=86400, help="lifetime (default 24h)"
+        "--ttl", type=_token_ttl, default=86400, help="lifetime, 1s to 30d (default 24h)"
     )
     tcreate.add_argument(
         "--uses",
