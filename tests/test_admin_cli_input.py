@@ -69,3 +69,13 @@ def test_the_server_refuses_run_options_out_of_range(
         server_main(["run", "--data-dir", str(tmp_path), *words])
     assert info.value.code == 2
     assert "is outside" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ttl", ["0", "0s", "31d"])
+def test_a_token_lifetime_out_of_range_is_a_usage_error_not_a_default(
+    ttl: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--server", "127.0.0.1:1", "--token", "t", "tokens", "create", "--ttl", ttl])
+    assert exited.value.code == 2
+    assert "is outside 1s..30d" in capsys.readouterr().err
