@@ -222,7 +222,7 @@ class AgentConfig:
             return self.server.enrollment_token
         for path in _candidates(self.server.enrollment_token_file, "enrollment-token"):
             try:
-                return _read_small(path, "the enrollment token").decode("utf-8").strip()
+                token = _read_small(path, "the enrollment token").decode("utf-8").strip()
             except FileNotFoundError:
                 if path == self.server.enrollment_token_file and not os.environ.get(
                     "CREDENTIALS_DIRECTORY"
@@ -234,6 +234,15 @@ class AgentConfig:
                 continue
             except OSError as exc:
                 raise ConfigError(f"cannot read enrollment token {path}: {exc}") from exc
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"enrollment token {path} is not text") from exc
+            if not token:
+                # Not "no token configured": one is, and the file is wrong.
+                raise ConfigError(
+                    f"the enrollment token file {path} is empty: put a token from 'edgefleet "
+                    "tokens create' in it"
+                )
+            return token
         return ""
 
     def fleet_ca(self) -> bytes:

@@ -204,6 +204,17 @@ def test_a_missing_enrollment_token_file_is_named(tmp_path: Path) -> None:
         load_config(config).enrollment_token()
 
 
+def test_an_empty_enrollment_token_file_is_named_not_called_missing(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text('[server]\nenrollment_token_file = "empty.token"\n')
+    (tmp_path / "empty.token").write_text("  \n")
+    with pytest.raises(ConfigError, match=r"empty.token is empty: put a token"):
+        load_config(config).enrollment_token()
+    (tmp_path / "empty.token").write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigError, match=r"empty.token is not text"):
+        load_config(config).enrollment_token()
+
+
 @pytest.mark.slow
 def test_server_toml_is_typed_and_checked_with_lines(tmp_path: Path) -> None:
     shipped = Path(__file__).resolve().parent.parent / "packaging" / "config" / "server.toml"
