@@ -9,6 +9,7 @@ import json
 import logging
 import queue
 import signal
+import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -59,7 +60,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     threading.Thread(target=stopper, name="signals", daemon=True).start()
     from agent.daemon import Agent  # noqa: PLC0415 - keeps `predict` start-up light
 
-    agent = Agent(load_config(args.config), config_path=args.config)
+    config = load_config(args.config)
+    try:
+        agent = Agent(config, config_path=args.config)
+    except (OSError, sqlite3.Error) as exc:
+        # The state dir (models, journal, spool) cannot be created or written: one line.
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise AgentError(
+            f"cannot use the state dir {config.agent.state_dir}: {reason}"
+            + (f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else "")
+            + "; it must be a folder the agent's user can write"
+        ) from exc
     reload.append(agent.request_reload)
     if early_hup:
         agent.request_reload()

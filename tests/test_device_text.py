@@ -1,4 +1,5 @@
-"""Issue 22 item 6 (device text is data) and item 3's broken pipe: what a device says is stored
+"""Issue 22 item 6 (device text is data) and item 3's one-line errors (a broken pipe, an
+agent's state dir that cannot be made): what a device says is stored
 escaped and bounded, and nothing ``edgefleet`` prints can drive the operator's terminal (clear
 it, set its title, rewrite a line); ``edgefleet ... | head`` ends quietly."""
 
@@ -8,6 +9,7 @@ import io
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +17,7 @@ from fleet_server.admin_cli.terminal import EscapingStream
 from fleet_server.simulator import SimDevice
 from fleet_server.storage.db import stored_text
 from protos import device_pb2
-from tests.harness import Server, seed_devices
+from tests.harness import Server, run_cli, seed_devices
 
 HOSTILE = "ok\x1b[2J\x1b]0;owned\x07\rmobilenet 1.0.0 INSTALLED\n\x9b31m\x00end"
 
@@ -74,3 +76,18 @@ def test_a_reader_that_stops_early_ends_the_cli_quietly(
         code = proc.wait(timeout=60)
     assert "Traceback" not in error and "BrokenPipe" not in error, error
     assert code == 141  # as a process that SIGPIPE ended
+
+
+@pytest.mark.slow
+def test_an_agent_whose_state_dir_cannot_be_made_says_so_in_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[agent]\nname = "x"\nstate_dir = "{blocker / "state"}"\n'
+        '[server]\naddress = "127.0.0.1:1"\nenrollment_token = "t"\nca_file = "absent.crt"\n'
+        f'[api]\nsocket = "{tmp_path / "oip.sock"}"\n'
+    )
+    ran = run_cli("edgefleet-agent", "run", "--config", str(config), check=False)
+    assert ran.returncode == 1 and "Traceback" not in ran.stderr, ran.stderr
+    assert f"cannot use the state dir {blocker / 'state'}: Not a directory" in ran.stderr
