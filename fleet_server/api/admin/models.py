@@ -10,7 +10,7 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToJson
 
-from agent.updates.trust import count_signers
+from agent.updates.trust import MAX_ENVELOPE_BYTES, MAX_SIGNATURES, count_signers
 from fleet_server.api._errors import rpc_errors
 from fleet_server.api.admin import wire
 from fleet_server.api.admin._base import (
@@ -35,14 +35,19 @@ _CREATED_SKEW_S = 86400  # how far ahead of the server's clock a re-issue may be
 
 
 def _verifying(envelope: manifest_pb2.Envelope, keys: dict[str, bytes]) -> manifest_pb2.Envelope:
-    """``envelope`` with only the signatures that verify with one of ``keys``."""
+    """``envelope`` with one signature per key of ``keys`` that verifies it, each named by that
+    key's id. (An uploaded key id is a hint only: kept as written, a valid signature copied
+    under other ids would push the signatures devices on the previous key list need out of the
+    envelope, or pad it past the size devices accept.)"""
     kept = manifest_pb2.Envelope(payload_type=envelope.payload_type, payload=envelope.payload)
+    signed: set[str] = set()
     for signature in envelope.signatures:
         alone = manifest_pb2.Envelope(
             payload_type=envelope.payload_type, payload=envelope.payload, signatures=[signature]
         )
-        if count_signers(alone, keys):
-            kept.signatures.append(signature)
+        for key_id in count_signers(alone, keys) - signed:
+            signed.add(key_id)
+            kept.signatures.add(keyid=key_id, sig=signature.sig)
     return kept
 
 
@@ -89,6 +94,12 @@ class ModelsAdmin(AdminBase):
     ) -> pb.PushModelResponse:
         require_admin(context, self._ctx.admin_token)
         envelope = request.envelope
+        if envelope.ByteSize() > MAX_ENVELOPE_BYTES or len(envelope.signatures) > MAX_SIGNATURES:
+            raise BadRequestError(
+                f"the signed manifest is {envelope.ByteSize()} bytes with "
+                f"{len(envelope.signatures)} signature(s); devices accept at most "
+                f"{MAX_ENVELOPE_BYTES} bytes and {MAX_SIGNATURES} signatures"
+            )
         manifest = manifest_of(envelope)
         row = self._ctx.catalog.get_model(manifest.model_name, manifest.version, manifest.variant)
         stored = manifest_pb2.Envelope.FromString(row.envelope)
