@@ -196,3 +196,38 @@ def test_a_keys_folder_that_cannot_take_a_leftover_key_does_not_stop_re_signing(
     done = maintainer.run_once()
     assert done.signed == ["m 1.0.0 (cpu)"]
     assert leftover.exists()
+
+
+@pytest.mark.slow
+def test_a_re_issue_needs_a_key_that_signs_and_a_lifetime_the_server_would_give(
+    server_factory: Callable[..., Server], tmp_path: Path
+) -> None:
+    server = server_factory(None)
+    digits = str(DATA / "digits_local_float.tflite")
+    server.admin("models", "push", digits, "--name", "digits", "--version", "1.0.0", "--deploy")
+    server.admin("keys", "rotate", "--root-key-dir", str(server.root_key_dir),
+                 "--overlap-days", "7")  # fmt: skip
+    wait_for("the new key's signature", lambda: len(stored_envelope(server).signatures) == 2)
+    before = stored_envelope(server)
+    old_id, new_id = (s.keyid for s in before.signatures)
+    keys = server.data_dir / "keys"
+    replaced, current = keys / "retired" / f"release-{old_id}.key", keys / f"release-{new_id}.key"
+
+    def attach(key: Path, lifetime_days: float) -> int:
+        manifest = manifest_pb2.Manifest.FromString(before.payload)
+        manifest.created_unix = int(time.time())
+        manifest.expires_unix = int(time.time() + lifetime_days * DAY)
+        path = tmp_path / f"{key.stem}-{lifetime_days:g}.manifest"
+        path.write_bytes(manifest.SerializeToString())
+        server.admin("manifest", "sign", str(path), "--key", str(key))
+        return server.admin("manifest", "attach", str(path.with_suffix(".signed")),
+                            check=False).returncode  # fmt: skip
+
+    # The careless operator signs with the key a rotation replaced: devices would refuse the
+    # release once the overlap ends, and the current key's signature would be gone.
+    assert attach(replaced, 365) == 1
+    # Signed long ago for ten years (or by a hostile signer): beyond what the server issues.
+    assert attach(current, 3650) == 1
+    assert stored_envelope(server) == before
+    assert attach(current, 365) == 0  # what 'manifest pending' would have written
+    assert {s.keyid for s in stored_envelope(server).signatures} == {new_id}

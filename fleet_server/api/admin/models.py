@@ -134,12 +134,25 @@ class ModelsAdmin(AdminBase):
                     "the re-issued manifest was created more than a day in the future; is the "
                     "signing machine's clock right?"
                 )
+            longest = now + self._ctx.manifest_lifetime_s + _CREATED_SKEW_S
+            if manifest.expires_unix > longest:
+                raise BadRequestError(
+                    f"the re-issued manifest expires {manifest.expires_unix - now:.0f} s from "
+                    f"now, beyond --manifest-lifetime-days "
+                    f"{self._ctx.manifest_lifetime_s / 86400:g}; sign what 'manifest pending' wrote"
+                )
             new = envelope
-        signers = count_signers(new, trust.release_keys(now))
+        # Counted with the keys that sign: one a rotation replaced verifies until its overlap
+        # ends and signs nothing new (a re-issue it alone signed dies with the overlap).
+        staying = signing_keys(keylist)
+        signers = count_signers(
+            new, {k: v for k, v in trust.release_keys(now).items() if k in staying}
+        )
         if len(signers) < trust.release_threshold:
             raise BadRequestError(
-                f"{len(signers)} valid release-key signature(s); key list version "
-                f"{trust.version} requires {trust.release_threshold}"
+                f"{len(signers)} valid signature(s) of the release keys that sign "
+                f"({', '.join(sorted(staying))}); key list version {trust.version} requires "
+                f"{trust.release_threshold}"
             )
         if not self._ctx.catalog.replace_envelope(
             row.model_name, row.version, row.variant, row.envelope, new.SerializeToString()
