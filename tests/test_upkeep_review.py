@@ -26,7 +26,7 @@ from fleet_server.signing.expiry import KeyStatus, assess
 from fleet_server.signing.keys import KeyStore, find_root_keys
 from fleet_server.storage.db import Database
 from protos import manifest_pb2
-from tests.harness import DATA, Server, wait_for
+from tests.harness import DATA, Server, run_cli, wait_for
 
 DAY = 86400
 SHA = "ab" * 32
@@ -231,3 +231,44 @@ def test_a_re_issue_needs_a_key_that_signs_and_a_lifetime_the_server_would_give(
     assert stored_envelope(server) == before
     assert attach(current, 365) == 0  # what 'manifest pending' would have written
     assert {s.keyid for s in stored_envelope(server).signatures} == {new_id}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="gives a file to another user (chown)")
+def test_a_hook_someone_else_could_swap_is_refused_at_start_and_not_run_later(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refused(program: Path) -> str:
+        run = run_cli("edgefleet-server", "run", "--data-dir", str(tmp_path / "d"),
+                      "--expiry-hook", str(program), check=False)  # fmt: skip
+        assert run.returncode == 2, run.stderr
+        return run.stderr
+
+    shared = tmp_path / "shared"  # a folder anyone can write, without the sticky bit
+    shared.mkdir()
+    shared.chmod(0o777)
+    program = shared / "hook.sh"
+    program.write_text('#!/bin/sh\ntouch "$0.ran"\n')
+    program.chmod(0o755)
+    assert f"{shared} is writable by its group or others" in refused(program)
+    shared.chmod(0o755)
+    os.chown(program, 65534, 65534)  # another user's file: they can rewrite it
+    assert "belongs to uid 65534" in refused(program)
+    os.chown(program, os.geteuid(), os.getegid())
+    link = tmp_path / "hook-link"
+    link.symlink_to(program)
+
+    now = time.time()
+    keylist = manifest_pb2.KeyList(version=4, expires_unix=int(now + 12 * DAY))
+
+    def status(t: float) -> KeyStatus:
+        return assess(keylist, [], [], root_key_folders=(), now=t)
+
+    watch = ExpiryWatch(status, "fleet-a", link)  # accepted at start, then swapped
+    program.chmod(0o777)
+    watch.check(now)
+    assert not Path(f"{link}.ran").exists() and not Path(f"{program}.ran").exists()
+    assert "writable by its group or others" in caplog.text
+    program.chmod(0o755)
+    watch.check(now + 600)
+    assert Path(f"{link}.ran").exists()  # ran again once it is safe

@@ -20,6 +20,7 @@ import logging
 import os
 import selectors
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -37,7 +38,7 @@ from fleet_server.signing.keys import KeyStore
 if TYPE_CHECKING:
     from fleet_server.datadir import DataDir
 
-__all__ = ["EVENT_SCHEMA", "ExpiryWatch", "current", "events"]
+__all__ = ["EVENT_SCHEMA", "ExpiryWatch", "current", "events", "hook_problem"]
 
 log = logging.getLogger(__name__)
 EVENT_SCHEMA = "edgefleet.expiry.v1"
@@ -109,6 +110,25 @@ def events(status: KeyStatus, fleet_id: str) -> list[dict[str, Any]]:
     return found
 
 
+def hook_problem(path: Path) -> str:
+    """Why the server must not run ``path`` as the expiry hook ("" when it may): not an
+    executable file, or one that someone but the server's user and root could change or swap
+    (the file, or a folder on its way, writable by group or others or owned by another user)."""
+    try:
+        if not path.is_file() or not os.access(path, os.X_OK):
+            return f"{path} is not an executable file"
+        target = path.resolve()  # a symlink is swapped through its folder, checked too
+        for item in (target, *path.parents, *target.parents):
+            info = item.stat()
+            if info.st_uid not in (0, os.geteuid()):
+                return f"{item} belongs to uid {info.st_uid}: only root or the server's user"
+            if info.st_mode & 0o022 and not (item != target and info.st_mode & stat.S_ISVTX):
+                return f"{item} is writable by its group or others: chmod go-w {item}"
+    except OSError as exc:
+        return f"{path}: {exc.strerror}"
+    return ""
+
+
 def _describe(event: dict[str, Any]) -> str:
     if event["event"] == "root keys online":
         return f"root keys are on the server in {event['name']}: {event['advice']}"
@@ -170,6 +190,10 @@ class ExpiryWatch:
         threading.Thread(target=run, name="expiry-watch", daemon=True).start()
 
     def _run_hook(self, hook: Path, event: dict[str, Any]) -> bool:
+        problem = hook_problem(hook)  # checked at start; a file can be swapped since
+        if problem:
+            log.warning("cannot run the expiry hook: %s; tried again at the next pass", problem)
+            return False
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "TZ", "HOME")}
         env["EDGEFLEET_EVENT"] = str(event["event"])
         read, write = os.pipe()
