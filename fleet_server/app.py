@@ -243,7 +243,7 @@ class FleetServer:
                 manifest_lifetime_s=ctx.manifest_lifetime_s,
                 keylist_lifetime_s=s.keylist_lifetime_days * 86400,
                 renew_ahead_s=ctx.renew_ahead_s,
-                after_pass=watch.check,
+                after_pass=watch.check_soon,
             )  # fmt: skip
             ctx.wake_upkeep = self._upkeep.wake
         try:

@@ -45,18 +45,12 @@ def _within(low: float, high: float, kind: type[int] | type[float] = float) -> A
 def _hook_program(value: str) -> Path:
     """An argparse type: a program the server may run, one only its owner can change (anyone
     who could write it would run code as the server's user)."""
-    path = Path(value).absolute()
-    try:
-        info = path.stat()
-    except OSError as exc:
-        raise argparse.ArgumentTypeError(f"{value}: {exc.strerror}") from exc
-    if not path.is_file() or not os.access(path, os.X_OK):
-        raise argparse.ArgumentTypeError(f"{value} is not an executable file")
-    if info.st_mode & 0o022:
-        raise argparse.ArgumentTypeError(
-            f"{value} is writable by its group or others: chmod go-w {value}"
-        )
-    return path
+    from fleet_server.renewal.status import hook_problem  # noqa: PLC0415
+
+    problem = hook_problem(Path(value).absolute())
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return Path(value).absolute()
 
 
 _history_hours = _within(0, 24 * 366)
@@ -395,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--expiry-hook",
         type=_hook_program,
         metavar="PROGRAM",
-        help="run PROGRAM (no shell; not writable by group or others) once a day for each "
+        help="run PROGRAM (no shell; owned by root or this user, it and its folders not "
+        "writable by group or others) once a day for each "
         "key, manifest or certificate within 30 days of its expiry or past it, and while root "
         "keys sit on the server, with the event as JSON on its standard input (schema "
         "edgefleet.expiry.v1, docs/security.md); a failed run is retried at the next check, "

@@ -190,8 +190,16 @@ class KeyMaintainer:
         """
         now = time.time() if now is None else now
         done = Pass()
-        self._retire_leftovers()
-        done.deleted = self._keys.purge_retired(now)
+        # Tidying only (the signer skips keys the list does not let sign): re-signing and
+        # renewal must not wait on a keys folder that cannot be written.
+        try:
+            self._retire_leftovers()
+        except DataDirError as exc:
+            self._warn_daily("retire", "%s; the key file stays where it is", exc)
+        try:
+            done.deleted = self._keys.purge_retired(now)
+        except DataDirError as exc:
+            self._warn_daily("purge", "%s; the key file stays where it is", exc)
         for path in done.deleted:
             log.warning("deleted the retired release key %s: its overlap in the key list ended",
                         path)  # fmt: skip

@@ -14,10 +14,15 @@ again at the next pass). The operators' notifications (webhooks) can take the sa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import selectors
+import signal
+import stat
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +38,7 @@ from fleet_server.signing.keys import KeyStore
 if TYPE_CHECKING:
     from fleet_server.datadir import DataDir
 
-__all__ = ["EVENT_SCHEMA", "ExpiryWatch", "current", "events"]
+__all__ = ["EVENT_SCHEMA", "ExpiryWatch", "current", "events", "hook_problem"]
 
 log = logging.getLogger(__name__)
 EVENT_SCHEMA = "edgefleet.expiry.v1"
@@ -105,6 +110,25 @@ def events(status: KeyStatus, fleet_id: str) -> list[dict[str, Any]]:
     return found
 
 
+def hook_problem(path: Path) -> str:
+    """Why the server must not run ``path`` as the expiry hook ("" when it may): not an
+    executable file, or one that someone but the server's user and root could change or swap
+    (the file, or a folder on its way, writable by group or others or owned by another user)."""
+    try:
+        if not path.is_file() or not os.access(path, os.X_OK):
+            return f"{path} is not an executable file"
+        target = path.resolve()  # a symlink is swapped through its folder, checked too
+        for item in (target, *path.parents, *target.parents):
+            info = item.stat()
+            if info.st_uid not in (0, os.geteuid()):
+                return f"{item} belongs to uid {info.st_uid}: only root or the server's user"
+            if info.st_mode & 0o022 and not (item != target and info.st_mode & stat.S_ISVTX):
+                return f"{item} is writable by its group or others: chmod go-w {item}"
+    except OSError as exc:
+        return f"{path}: {exc.strerror}"
+    return ""
+
+
 def _describe(event: dict[str, Any]) -> str:
     if event["event"] == "root keys online":
         return f"root keys are on the server in {event['name']}: {event['advice']}"
@@ -125,6 +149,7 @@ class ExpiryWatch:
     hook: Path | None = None
     _logged: dict[tuple[str, str, str], float] = field(default_factory=dict)
     _hooked: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    _busy: threading.Lock = field(default_factory=threading.Lock)
 
     def check(self, now: float | None = None) -> list[dict[str, Any]]:
         """Look now; return the events the hook was given (delivered or not)."""
@@ -147,29 +172,102 @@ class ExpiryWatch:
                     self._hooked[key] = clock
         return handed
 
+    def check_soon(self) -> None:
+        """Run :meth:`check` on a thread of its own, unless the previous one still runs (its
+        events are tried again at the next call): the caller, the key maintainer, re-signs
+        the manifests in use and must not wait for a hook that hangs."""
+        if not self._busy.acquire(blocking=False):
+            return
+
+        def run() -> None:
+            try:
+                self.check()
+            except Exception as exc:  # noqa: BLE001 - a database away now is there next time
+                log.warning("cannot check what expires: %s; tried again at the next pass", exc)
+            finally:
+                self._busy.release()
+
+        threading.Thread(target=run, name="expiry-watch", daemon=True).start()
+
     def _run_hook(self, hook: Path, event: dict[str, Any]) -> bool:
+        problem = hook_problem(hook)  # checked at start; a file can be swapped since
+        if problem:
+            log.warning("cannot run the expiry hook: %s; tried again at the next pass", problem)
+            return False
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "TZ", "HOME")}
         env["EDGEFLEET_EVENT"] = str(event["event"])
+        read, write = os.pipe()
         try:
-            done = subprocess.run(
-                [str(hook)],
-                input=json.dumps(event, sort_keys=True).encode(),
-                capture_output=True,
-                timeout=_HOOK_TIMEOUT_S,
-                env=env,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            log.warning("the expiry hook %s ran over %gs; tried again at the next pass",
-                        hook, _HOOK_TIMEOUT_S)  # fmt: skip
-            return False
+            # A session of its own: a timeout kills what it started too.
+            proc = subprocess.Popen(
+                [str(hook)], stdin=subprocess.PIPE, stdout=write, stderr=write, env=env,
+                start_new_session=True,
+            )  # fmt: skip
         except OSError as exc:
+            os.close(read)
             log.warning("cannot run the expiry hook %s: %s; tried again at the next pass",
                         hook, exc.strerror or exc)  # fmt: skip
             return False
-        if done.returncode != 0:
-            output = (done.stderr or done.stdout).decode(errors="replace").strip()
+        finally:
+            os.close(write)
+        try:
+            code, output = _finish(proc, json.dumps(event, sort_keys=True).encode(), read)
+        finally:
+            os.close(read)
+        if code is None:
+            log.warning("the expiry hook %s ran over %gs; tried again at the next pass",
+                        hook, _HOOK_TIMEOUT_S)  # fmt: skip
+            return False
+        if code != 0:
+            shown = output.decode(errors="replace").strip()
             log.warning("the expiry hook %s exited with %d (%s); tried again at the next pass",
-                        hook, done.returncode, output[-_OUTPUT_SHOWN:])  # fmt: skip
+                        hook, code, shown[-_OUTPUT_SHOWN:])  # fmt: skip
             return False
         return True
+
+
+def _finish(proc: subprocess.Popen[bytes], data: bytes, output: int) -> tuple[int | None, bytes]:
+    """Hand ``data`` to a hook and wait for it to exit (None: killed after the timeout, with
+    its process group), keeping the end of what it wrote to ``output``. The run ends when the
+    hook exits: a process it left behind holding the pipe is not waited for, and megabytes of
+    output are read and dropped, not kept."""
+    try:
+        if proc.stdin is not None:
+            proc.stdin.write(data)
+            proc.stdin.close()
+    except OSError:
+        pass  # it exited or does not read its input: its exit code tells
+    deadline = time.monotonic() + _HOOK_TIMEOUT_S
+    tail, eof = b"", False
+    os.set_blocking(output, False)
+    with selectors.DefaultSelector() as selector:
+        selector.register(output, selectors.EVENT_READ)
+        while proc.poll() is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                with contextlib.suppress(OSError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return None, tail
+            if eof:  # it closed its output and runs on
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(min(left, 0.2))
+            elif selector.select(min(left, 0.2)):
+                data, eof = _drain(output)
+                tail = (tail + data)[-4 * _OUTPUT_SHOWN :]
+    data, _ = _drain(output)
+    return proc.returncode, (tail + data)[-4 * _OUTPUT_SHOWN :]
+
+
+def _drain(fd: int) -> tuple[bytes, bool]:
+    """What can be read from ``fd`` now (its last 64 KiB at most), and whether it ended."""
+    chunk = b""
+    try:
+        for _ in range(256):
+            data = os.read(fd, 65536)
+            if not data:
+                return chunk, True
+            chunk = (chunk + data)[-65536:]
+    except BlockingIOError:
+        pass
+    return chunk, False

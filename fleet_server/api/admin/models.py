@@ -10,7 +10,7 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToJson
 
-from agent.updates.trust import count_signers
+from agent.updates.trust import MAX_ENVELOPE_BYTES, MAX_SIGNATURES, count_signers
 from fleet_server.api._errors import rpc_errors
 from fleet_server.api.admin import wire
 from fleet_server.api.admin._base import (
@@ -36,14 +36,19 @@ _CREATED_SKEW_S = 86400  # how far ahead of the server's clock a re-issue may be
 
 
 def _verifying(envelope: manifest_pb2.Envelope, keys: dict[str, bytes]) -> manifest_pb2.Envelope:
-    """``envelope`` with only the signatures that verify with one of ``keys``."""
+    """``envelope`` with one signature per key of ``keys`` that verifies it, each named by that
+    key's id. (An uploaded key id is a hint only: kept as written, a valid signature copied
+    under other ids would push the signatures devices on the previous key list need out of the
+    envelope, or pad it past the size devices accept.)"""
     kept = manifest_pb2.Envelope(payload_type=envelope.payload_type, payload=envelope.payload)
+    signed: set[str] = set()
     for signature in envelope.signatures:
         alone = manifest_pb2.Envelope(
             payload_type=envelope.payload_type, payload=envelope.payload, signatures=[signature]
         )
-        if count_signers(alone, keys):
-            kept.signatures.append(signature)
+        for key_id in count_signers(alone, keys) - signed:
+            signed.add(key_id)
+            kept.signatures.add(keyid=key_id, sig=signature.sig)
     return kept
 
 
@@ -90,6 +95,12 @@ class ModelsAdmin(AdminBase):
     ) -> pb.PushModelResponse:
         require_admin(context, self._ctx.admin_token)
         envelope = request.envelope
+        if envelope.ByteSize() > MAX_ENVELOPE_BYTES or len(envelope.signatures) > MAX_SIGNATURES:
+            raise BadRequestError(
+                f"the signed manifest is {envelope.ByteSize()} bytes with "
+                f"{len(envelope.signatures)} signature(s); devices accept at most "
+                f"{MAX_ENVELOPE_BYTES} bytes and {MAX_SIGNATURES} signatures"
+            )
         manifest = manifest_of(envelope)
         row = self._ctx.catalog.get_model(manifest.model_name, manifest.version, manifest.variant)
         stored = manifest_pb2.Envelope.FromString(row.envelope)
@@ -124,12 +135,25 @@ class ModelsAdmin(AdminBase):
                     "the re-issued manifest was created more than a day in the future; is the "
                     "signing machine's clock right?"
                 )
+            longest = now + self._ctx.manifest_lifetime_s + _CREATED_SKEW_S
+            if manifest.expires_unix > longest:
+                raise BadRequestError(
+                    f"the re-issued manifest expires {manifest.expires_unix - now:.0f} s from "
+                    f"now, beyond --manifest-lifetime-days "
+                    f"{self._ctx.manifest_lifetime_s / 86400:g}; sign what 'manifest pending' wrote"
+                )
             new = envelope
-        signers = count_signers(new, trust.release_keys(now))
+        # Counted with the keys that sign: one a rotation replaced verifies until its overlap
+        # ends and signs nothing new (a re-issue it alone signed dies with the overlap).
+        staying = signing_keys(keylist)
+        signers = count_signers(
+            new, {k: v for k, v in trust.release_keys(now).items() if k in staying}
+        )
         if len(signers) < trust.release_threshold:
             raise BadRequestError(
-                f"{len(signers)} valid release-key signature(s); key list version "
-                f"{trust.version} requires {trust.release_threshold}"
+                f"{len(signers)} valid signature(s) of the release keys that sign "
+                f"({', '.join(sorted(staying))}); key list version {trust.version} requires "
+                f"{trust.release_threshold}"
             )
         if not self._ctx.catalog.replace_envelope(
             row.model_name, row.version, row.variant, row.envelope, new.SerializeToString()
