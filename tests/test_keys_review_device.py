@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from fleet_server.catalog.store import CatalogStore
 from fleet_server.signing.keys import KeyStore
+from fleet_server.storage.db import Database
+from protos import manifest_pb2
 from tests.harness import Agent, Server, run_cli
 from tests.test_fleet_e2e import wait_state
 from tests.test_key_recovery import FORGED, steal_and_fast_forward
@@ -109,3 +112,27 @@ def test_a_recovery_with_an_old_copy_of_the_key_files_publishes_nothing(
     assert refused.returncode == 1 and "is --data-dir the server's?" in refused.stderr
     assert "published" not in refused.stdout
     assert (backup / "keys" / "keylist.bin").read_bytes() == before
+
+
+def test_nobody_signs_again_what_a_revoked_key_signed(
+    server_factory: Callable[..., Server], color_models: Path, tmp_path: Path
+) -> None:
+    server = server_factory(None)
+    model = str(color_models / "color_float.tflite")
+    server.admin("models", "push", model, "--name", "colors", "--version", "1.0.0", "--deploy")
+    server.admin("models", "push", model, "--name", "colors", "--version", FORGED)
+    stolen = steal_and_fast_forward(server)
+    server.admin(
+        "keys", "recover", "--revoke", stolen, "--model", "colors=1.0.0",
+        "--root-key-dir", str(server.root_key_dir),
+    )  # fmt: skip
+    # Someone with a current release key (or a careless signer) signs the thief's release.
+    keys = server.data_dir / "keys"
+    (current,) = list(keys.glob("release-*.key"))
+    catalog = CatalogStore(Database(f"sqlite:///{server.data_dir / 'fleet.db'}"))
+    (row,) = catalog.get_variants("colors", FORGED)
+    payload = tmp_path / "forged.manifest"
+    payload.write_bytes(manifest_pb2.Envelope.FromString(row.envelope).payload)
+    run_cli("edgefleet", "manifest", "sign", str(payload), "--key", str(current))
+    refused = server.admin("manifest", "attach", str(payload.with_suffix(".signed")), check=False)
+    assert refused.returncode == 1 and f"signed by revoked key(s) {stolen}" in refused.stderr

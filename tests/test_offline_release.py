@@ -167,3 +167,24 @@ def test_offline_release_keys_sign_what_a_rotation_and_an_expiry_need_in_one_bat
     assert "add signatures" in pending(server)  # the third key's, for its own rotation
     time.sleep(3)  # a few more check-ins
     healthy(server, agent)
+
+
+def test_pending_files_of_releases_whose_names_clean_up_alike_do_not_overwrite_each_other(
+    server_factory: Callable[..., Server], tmp_path: Path
+) -> None:
+    server = server_factory(None)
+    digits = str(DATA / "digits_local_float.tflite")
+    server.admin("models", "push", digits, "--name", "m-1.0.0", "--version", "2.0.0", "--deploy")
+    server.admin("models", "push", digits, "--name", "m", "--version", "1.0.0-2.0.0", "--deploy")
+    for path in (server.data_dir / "keys").glob("release-*.key"):
+        path.unlink()
+    _, pub = offline_key(tmp_path / "vault", "next")
+    server.admin("keys", "rotate", "--root-key-dir", str(server.root_key_dir),
+                 "--release-pub", str(pub))  # fmt: skip
+    listed = pending(server, tmp_path / "batch")
+    assert "2 manifest(s) in use" in listed, listed
+    written = sorted(p.name for p in (tmp_path / "batch").glob("*.manifest"))
+    assert len(written) == 2, written
+    payloads = {manifest_pb2.Manifest.FromString(p.read_bytes()).model_name
+                for p in (tmp_path / "batch").glob("*.manifest")}  # fmt: skip
+    assert payloads == {"m-1.0.0", "m"}

@@ -42,11 +42,15 @@ def _cmd_pending(args: argparse.Namespace) -> int:
         f"{len(answer.manifests)} manifest(s) in use need {answer.release_threshold} "
         f"signature(s) of the release keys {keys} (key list version {answer.keylist_version}):"
     )
-    written = []
+    written: list[Path] = []
     for item in answer.manifests:
         line = f"  {item.model_name} {item.version} ({item.variant}): {item.action}, {item.reason}"
         if out is not None:
             path = out / _file_name(item)
+            n = 1
+            while path in written:  # two releases whose names clean up alike
+                n += 1
+                path = out / f"{path.name.removesuffix('.manifest').rsplit('~', 1)[0]}~{n}.manifest"
             path.write_bytes(item.payload)
             written.append(path)
             line += f" -> {path}"
@@ -118,8 +122,9 @@ def _cmd_sign(args: argparse.Namespace) -> int:
         print(
             f"signed {manifest.model_name} {manifest.version} ({manifest.variant or 'default'}, "
             f"release {manifest.release_counter}, sha256 {manifest.sha256[:16]}..., "
-            f"{manifest.size} bytes) with {len(keys)} key(s), {len(envelope.signatures)} "
-            f"signature(s) in all: {out}"
+            f"{manifest.size} bytes, expires {common.fmt_time(manifest.expires_unix)}"
+            + (", an explicit rollback" if manifest.explicit_rollback else "")
+            + f") with {len(keys)} key(s), {len(envelope.signatures)} signature(s) in all: {out}"
         )
     return 0
 

@@ -107,6 +107,15 @@ class ModelsAdmin(AdminBase):
         now = time.time()
         trust = self.trust(now)
         keylist = self._ctx.keys.keylist()
+        revoked = sorted(set(keylist.revoked_keyids) & {s.keyid for s in stored.signatures})
+        if revoked:
+            # A fresh signature would vouch for what a stolen key signed (the thief's release,
+            # or one only it signed): a recovery names the releases devices go to instead.
+            raise BadRequestError(
+                f"{row.model_name} {row.version} ({row.variant}) was signed by revoked key(s) "
+                f"{', '.join(revoked)}: it is not signed again; send devices to a release with "
+                "'edgefleet keys recover --model', or push it again as a new version"
+            )
         # Only signatures that verify with a release key of the current list are kept: what
         # the server already holds must not lend its weight to a stranger's signature.
         envelope = _verifying(envelope, trust.release_keys(now))
