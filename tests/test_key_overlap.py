@@ -315,3 +315,24 @@ def test_a_pass_retires_the_file_of_a_replaced_key_a_killed_rotation_left_behind
     assert moved.exists() and not (store.directory / moved.name).exists()
     (new,) = [k.keyid for k in store.keylist().release_keys if not k.expires_unix]
     assert (store.directory / f"release-{new}.key").exists()  # the signing key stays
+
+
+def test_a_pass_never_signs_a_manifest_changed_in_the_database(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The server's own signatures must not vouch for what someone wrote into its database:
+    # a deployed manifest whose payload was edited is left alone, before and after a rotation
+    # and when it is due for a re-issue.
+    store, catalog, db = _fleet(tmp_path)
+    (row,) = catalog.get_variants("a", "1.0.0")
+    envelope = manifest_pb2.Envelope.FromString(row.envelope)
+    manifest = manifest_pb2.Manifest.FromString(envelope.payload)
+    manifest.size += 1
+    manifest.expires_unix = int(time.time() + DAY)  # due for a re-issue too
+    envelope.payload = manifest.SerializeToString()
+    catalog.set_envelope("a", "1.0.0", row.variant, envelope.SerializeToString())
+    store.rotate_release(overlap_s=60)
+    done = _maintainer(store, catalog, db).run_once()
+    assert "a 1.0.0 (cpu)" not in done.signed + done.reissued
+    assert catalog.get_variants("a", "1.0.0")[0].envelope == envelope.SerializeToString()
+    assert "a 1.0.0 (cpu) in use is left as it is: no signature verifies" in caplog.text

@@ -211,6 +211,10 @@ class KeyMaintainer:
             now=now,
             renew_ahead_s=self._renew_ahead_s,
         )
+        for item in [i for i in due if i.verdict.action == Action.UNVERIFIED]:
+            self._warn_daily(f"unverified {item.name}", "the manifest of %s in use is left "
+                             "as it is: %s", item.name, item.verdict.reason)  # fmt: skip
+        due = [i for i in due if i.verdict.action != Action.UNVERIFIED]
         if not due:
             return done
         try:

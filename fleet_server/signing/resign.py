@@ -24,6 +24,9 @@ class Action(StrEnum):
     KEEP = "keep"
     ADD_SIGNATURES = "add signatures"
     REISSUE = "re-issue"
+    # No signature verifies with a key of the current list: changed outside the server (an
+    # edited database), or signed by a key whose overlap ended. Never signed: reported.
+    UNVERIFIED = "unverified"
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,8 @@ def judge(
     """What a stored manifest envelope needs so that devices keep accepting it: a re-issue when
     it expires within ``renew_ahead_s``, more signatures when fewer than the release threshold
     of the keys that stay signed it, else nothing. An envelope not signed yet (pushed for
-    offline signing) or that holds no manifest is left alone."""
+    offline signing) or that holds no manifest is left alone; one that no listed key's
+    signature vouches for is never signed (UNVERIFIED)."""
     if envelope.payload_type != MANIFEST_PAYLOAD_TYPE or not envelope.signatures:
         return Verdict(Action.KEEP, "not a signed manifest")
     try:
@@ -62,6 +66,19 @@ def judge(
         # Signed by a key the admins revoked (stolen): a fresh signature would vouch for the
         # release again and devices would keep its floor; a recovery replaces it instead.
         return Verdict(Action.KEEP, f"signed by revoked key(s) {', '.join(sorted(revoked))}")
+    listed = {
+        k.keyid: k.public_key
+        for k in keylist.release_keys
+        if not k.expires_unix or k.expires_unix > now
+    }
+    if not count_signers(envelope, listed):
+        # Signing it would vouch for whatever was written into the database.
+        return Verdict(
+            Action.UNVERIFIED,
+            f"no signature verifies with a release key of key list version {keylist.version} "
+            "(changed outside the server, or signed by a key whose overlap ended): not signed; "
+            "push it again",
+        )
     if manifest.expires_unix and manifest.expires_unix - now <= renew_ahead_s:
         days = (manifest.expires_unix - now) / _DAY
         return Verdict(

@@ -200,6 +200,8 @@ class ModelsAdmin(AdminBase):
             renew_ahead_s=self._ctx.renew_ahead_s,
         )
         for item in due:
+            if item.verdict.action == Action.UNVERIFIED:
+                continue  # nothing to sign: the server's log names it
             payload = manifest_pb2.Envelope.FromString(item.row.envelope).payload
             manifest = manifest_pb2.Manifest.FromString(payload)
             if item.verdict.action == Action.REISSUE:
