@@ -51,7 +51,6 @@ from fleet_server.registry.ghosts import GhostReaper
 from fleet_server.registry.store import DeviceStore
 from fleet_server.renewal.maintainer import KeyMaintainer
 from fleet_server.renewal.status import ExpiryWatch
-from fleet_server.renewal.status import current as current_status
 from fleet_server.rollouts.controller import RolloutController
 from fleet_server.signing.pkcs11 import open_key_store
 from fleet_server.storage.db import Database
@@ -232,11 +231,7 @@ class FleetServer:
             self._ghosts = GhostReaper(
                 ctx.devices, ctx.audit, after_s=s.ghost_device_after, on_deleted=self._write_crl
             )
-            watch = ExpiryWatch(
-                lambda now: current_status(ctx.keys, ctx.catalog, ctx.rollouts, data_dir=data_dir,
-                                           server_cert_pem=ctx.server_cert_pem, now=now),
-                data_dir.fleet_id, hook=s.expiry_hook,
-            )  # fmt: skip
+            watch = ExpiryWatch(ctx.key_status, data_dir.fleet_id, hook=s.expiry_hook)
             self._upkeep = KeyMaintainer(
                 keys, ctx.catalog, ctx.rollouts, ctx.audit,
                 root_keys=data_dir.root_keys_here,

@@ -16,9 +16,11 @@ from fleet_server.registry.ca import FleetCA
 from fleet_server.registry.checkins import AnswerCache, LastSeen
 from fleet_server.registry.refusals import RefusalStore
 from fleet_server.registry.store import DeviceStore
+from fleet_server.renewal.status import current as current_status
 from fleet_server.rollouts.health import HealthStore
 from fleet_server.rollouts.store import RolloutStore
 from fleet_server.routing.store import RoutingStore
+from fleet_server.signing.expiry import KeyStatus
 from fleet_server.signing.keys import KeyStore
 from fleet_server.storage.db import Database
 from fleet_server.telemetry.store import TelemetryStore
@@ -85,3 +87,14 @@ class ServerContext:
         self.audit = AuditLog(self.db)
         self.last_seen = LastSeen(self.devices)
         self.answers = AnswerCache()
+
+    def key_status(self, now: float) -> KeyStatus:
+        """What expires when (keys status, the dashboard, the expiry hook: one view)."""
+        return current_status(
+            self.keys,
+            self.catalog,
+            self.rollouts,
+            data_dir=self.data_dir,
+            server_cert_pem=self.server_cert_pem,
+            now=now,
+        )

@@ -20,7 +20,6 @@ from fleet_server.dashboard.queries import (
 )
 from fleet_server.errors import NotFoundError
 from fleet_server.registry.store import DeviceRow
-from fleet_server.renewal.status import current as current_status
 from fleet_server.rollouts.desired import explain
 from fleet_server.rollouts.states import LIVE, RolloutState
 from fleet_server.rollouts.store import RolloutRow, WaveRow
@@ -181,7 +180,7 @@ def _chart(
 
 def fleet(ctx: ServerContext, query: dict[str, str]) -> tuple[str, str]:
     s = fleet_summary(ctx.db)
-    banner = _expiry_banner(_key_status(ctx))
+    banner = _expiry_banner(ctx.key_status(time.time()))
     if not s.devices:
         return "Fleet", banner + empty(
             "No device has enrolled yet. Create a token with 'edgefleet tokens create' and "
@@ -425,17 +424,6 @@ def confirm(ctx: ServerContext, rollout_id: str, action: str, csrf: str) -> tupl
 # models and costs ------------------------------------------------------------------------------
 
 
-def _key_status(ctx: ServerContext) -> KeyStatus:
-    return current_status(
-        ctx.keys,
-        ctx.catalog,
-        ctx.rollouts,
-        data_dir=ctx.data_dir,
-        server_cert_pem=ctx.server_cert_pem,
-        now=time.time(),
-    )
-
-
 def _expiry_banner(status: KeyStatus) -> str:
     """One line on the fleet page while anything is due (or root keys are on the server)."""
     parts = []
@@ -451,7 +439,7 @@ def _expiry_banner(status: KeyStatus) -> str:
 
 def keys(ctx: ServerContext) -> tuple[str, str]:
     """What expires when: the same status as 'edgefleet keys status'."""
-    status = _key_status(ctx)
+    status = ctx.key_status(time.time())
     now = status.checked_unix
     rows = []
     for item in sorted(status.items, key=lambda i: i.expires_unix):

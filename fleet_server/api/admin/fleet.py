@@ -18,7 +18,6 @@ from fleet_server.errors import (
     NotFoundError,
 )
 from fleet_server.registry.labels import check_labels, matches
-from fleet_server.renewal.status import current as current_status
 from protos import admin_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -70,13 +69,4 @@ class FleetAdmin(AdminBase):
         self, request: pb.GetKeyStatusRequest, context: Any
     ) -> pb.KeyStatus:
         require_admin(context, self._ctx.admin_token)
-        ctx = self._ctx
-        status = current_status(
-            ctx.keys,
-            ctx.catalog,
-            ctx.rollouts,
-            data_dir=ctx.data_dir,
-            server_cert_pem=ctx.server_cert_pem,
-            now=time.time(),
-        )
-        return wire.key_status(status)
+        return wire.key_status(self._ctx.key_status(time.time()))
