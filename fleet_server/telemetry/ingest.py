@@ -31,7 +31,6 @@ from typing import Any
 import paho.mqtt.client as paho
 import sqlalchemy as sa
 from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import DecodeError
 
 from agent.errors import AgentError
 from agent.telemetry.mqtt import MqttEndpoint, MqttPublisher
@@ -39,6 +38,7 @@ from fleet_server.errors import TransientError
 from fleet_server.rollouts.health import HealthSample, HealthStore
 from fleet_server.storage.db import stored_text
 from fleet_server.telemetry.checks import plausible
+from fleet_server.telemetry.decode import KINDS, count_usage, decode_message, decode_report
 from fleet_server.telemetry.events import event_row, outcome_of
 from fleet_server.telemetry.guard import Guard
 from fleet_server.telemetry.history import HistoryBuffer
@@ -46,12 +46,11 @@ from fleet_server.telemetry.sequence import Verdict, lost_between
 from fleet_server.telemetry.store import IngestBatch, Known, TelemetryStore
 from fleet_server.telemetry.throttle import OncePer
 from protos import telemetry_pb2
-from protos.topics import commands_topic, device_from_topic, device_topic, telemetry_filter
+from protos.topics import commands_topic, device_topic, telemetry_filter
 
 __all__ = ["TelemetryIngest", "decode_message", "decode_report"]
 
 log = logging.getLogger(__name__)
-_MAX_PAYLOAD = 256 * 1024
 _QUEUE_BOUND = 10_000
 _QUEUE_BYTES = 64 * 1024 * 1024  # and at most this much payload waiting for the writer
 _BATCH = 500
@@ -71,12 +70,6 @@ _REFUSALS = {
     "revoked": "the device is revoked",
 }
 
-_KINDS: dict[str, type[Any]] = {
-    "telemetry": telemetry_pb2.TelemetryReport,
-    "state": telemetry_pb2.DeviceState,
-    "events": telemetry_pb2.DeviceEvent,
-}
-
 
 def _refused_value(exc: BaseException) -> bool:
     """Whether a failed write would fail again however long the ingest waits: a value the
@@ -89,82 +82,6 @@ def _refused_value(exc: BaseException) -> bool:
     if isinstance(exc, sa.exc.DBAPIError):
         return False  # the database's own answer: an outage, a lock, a lost connection
     return not isinstance(exc, sa.exc.SQLAlchemyError) or isinstance(exc, sa.exc.StatementError)
-
-
-_IGNORED = OncePer(60.0)  # one line per device (or topic) and reason a minute
-
-
-def _ignore(key: str, message: str, *args: object) -> None:
-    if _IGNORED.first(key):
-        log.warning("%s (not logged again for it this minute)", message % args)
-
-
-def decode_message(topic: str, payload: bytes, fleet_id: str) -> tuple[str, Any] | None:
-    """(kind, message) of a device's MQTT message, or None (logged once a minute per device
-    and reason) when it is on an unexpected topic, oversized, undecodable, or claims another
-    device than its topic names."""
-    where = device_from_topic(topic)
-    if where is None or where[0] != fleet_id or where[2] not in _KINDS:
-        _ignore(f"topic:{topic[:64]}", "ignoring message on unexpected topic %r", topic[:200])
-        return None
-    kind = where[2]
-    if len(payload) > _MAX_PAYLOAD:
-        _ignore(f"size:{where[1]}", "ignoring %d-byte %s from %s (limit %d)", len(payload), kind,
-                where[1], _MAX_PAYLOAD)  # fmt: skip
-        return None
-    if not payload and kind == "state":
-        return None  # a cleared retained message
-    message = _KINDS[kind]()
-    try:
-        message.ParseFromString(payload)
-    except DecodeError:
-        _ignore(f"decode:{where[1]}", "ignoring undecodable %s on %s", kind, topic)
-        return None
-    if getattr(message, "seq", 0) >= 2**63:  # the database's BIGINT: a device's lie
-        _ignore(f"seq:{where[1]}", "ignoring %s from %s with sequence number %d", kind, where[1],
-                message.seq)  # fmt: skip
-        return None
-    if message.device_id != where[1]:
-        _ignore(f"claim:{where[1]}", "ignoring %s on %s that claims device %r", kind, topic,
-                message.device_id[:64])  # fmt: skip
-        return None
-    return kind, message
-
-
-def decode_report(
-    topic: str, payload: bytes, fleet_id: str
-) -> telemetry_pb2.TelemetryReport | None:
-    """The telemetry report in a message, or None (see :func:`decode_message`)."""
-    decoded = decode_message(topic, payload, fleet_id)
-    if decoded is None or decoded[0] != "telemetry":
-        return None
-    report: telemetry_pb2.TelemetryReport = decoded[1]
-    return report
-
-
-def _count_usage(batch: IngestBatch, report: Any) -> None:
-    """Add a report's window counts to the batch's usage deltas. Numbers a device could not
-    have measured (negative, not finite, absurdly large) skip that model's entry, so one bad
-    payload cannot make the whole batch fail to store."""
-    for model in report.models:
-        if not plausible(model):
-            log.warning("ignoring implausible telemetry of a model named %r from %s",
-                        model.model_name[:64], report.device_id)  # fmt: skip
-            continue
-        policy = model.routing_policy or "local"
-        served = model.window_routed_requests if policy != "local" else model.window_requests
-        counts = (served, model.window_requests, model.window_cloud_requests)
-        # Inference time without queueing; older agents report only the mean latency.
-        compute = model.window_compute_ms or model.window_requests * model.latency.mean_ms
-        if not any(counts):
-            continue
-        key = (report.device_id, model.model_name[:64], policy[:32])
-        entry = batch.usage.setdefault(key, [0, 0, 0.0, 0, 0.0])
-        entry[0] += served
-        entry[1] += model.window_requests
-        entry[2] += compute
-        entry[3] += model.window_cloud_requests
-        entry[4] += model.window_cloud_cost_usd
 
 
 class TelemetryIngest:
@@ -334,7 +251,7 @@ class TelemetryIngest:
         group = self._share_group if publisher.protocol == paho.MQTTv5 else ""
         if self._share_group and not group:
             log.warning("the broker speaks MQTT 3.1.1: no shared subscription, one server only")
-        topics.extend(telemetry_filter(self._fleet_id, group or None, kind) for kind in _KINDS)
+        topics.extend(telemetry_filter(self._fleet_id, group or None, kind) for kind in KINDS)
         for topic in topics:
             result, _mid = client.subscribe(topic, qos=1)
             if result != paho.MQTT_ERR_SUCCESS:
@@ -571,7 +488,7 @@ class TelemetryIngest:
                 if verdict == Verdict.NEW:
                     latest[device_id] = message  # only the newest is converted and stored
                 reports.append(message)
-                _count_usage(batch, message)
+                count_usage(batch, message)
             else:
                 batch.events.append(event_row(message, now))
                 outcome = outcome_of(message)
