@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
 import uuid
@@ -43,6 +44,8 @@ from fleet_server.telemetry.events import event_row, outcome_of
 from fleet_server.telemetry.guard import Guard
 from fleet_server.telemetry.history import HistoryBuffer
 from fleet_server.telemetry.sequence import Verdict, lost_between
+from fleet_server.telemetry.spill import Spill, SpillConfig, spill_wanted
+from fleet_server.telemetry.spillway import Spillway
 from fleet_server.telemetry.store import IngestBatch, Known, TelemetryStore
 from fleet_server.telemetry.throttle import OncePer
 from protos import telemetry_pb2
@@ -97,6 +100,8 @@ class TelemetryIngest:
         persistent_session: bool = False,
         share_group: str = "",
         history_hours: float = 48.0,
+        spill: SpillConfig | None = None,
+        queue_messages: int = _QUEUE_BOUND,
     ) -> None:
         self._endpoint = endpoint
         self._persistent = persistent_session
@@ -108,8 +113,10 @@ class TelemetryIngest:
         # connection it came on: an id from an earlier connection is not acknowledged on a new
         # one, where it may name another message)
         self._queue: queue.Queue[tuple[str, bytes, int, int] | None] = queue.Queue(
-            maxsize=_QUEUE_BOUND
+            maxsize=queue_messages
         )
+        self._spill_config = spill
+        self.spill: Spill | None = None  # opened at the start (spill.py)
         self._connection = 0
         self._publisher: MqttPublisher | None = None
         self._writer = threading.Thread(target=self._drain, name="telemetry-ingest", daemon=True)
@@ -258,7 +265,7 @@ class TelemetryIngest:
                 publisher.close()
                 raise TransientError(f"cannot subscribe to {topic} on {self._endpoint}")
         self._publisher = publisher
-        self._writer.start()
+        self._start_writer(receive_window=publisher.protocol == paho.MQTTv5)
         log.info("ingesting %s on %s", ", ".join(topics), self._endpoint)
 
     def _drain(self) -> None:
@@ -292,6 +299,36 @@ class TelemetryIngest:
                 self._write([], final=True)
                 return
 
+    def _start_writer(self, receive_window: bool) -> None:
+        """The writer thread; with a spill, a router thread in front of it (spillway.py)."""
+        config = self._spill_config
+        wanted = config is not None and spill_wanted(config.mode, receive_window)
+        if config is not None and (wanted or config.path.exists()):
+            try:
+                self.spill = Spill(config.path, config.bounds)
+            except (OSError, sqlite3.Error) as exc:
+                log.error("cannot open the ingest's spill %s, going on without it: %s",
+                          config.path, exc)  # fmt: skip
+        if self.spill is not None:
+            way = Spillway(
+                self.spill, self._queue,
+                attempt=lambda items: self._write(items, once=True),
+                persist=lambda items, stopping: self._write(items, stopping=stopping),
+                acknowledge=lambda sent: self._acknowledge(
+                    [mid for mid, conn in sent if conn == self._connection]
+                ),
+                dequeued=self._dequeued,
+                idle=lambda: len(self._history) and self._write([], once=True),
+                final=lambda: self._write([], final=True),
+                spill_new=wanted, batch=_BATCH, idle_s=_IDLE_FLUSH_S,
+            )  # fmt: skip
+            self._writer = threading.Thread(target=way.drain, name="telemetry-ingest", daemon=True)
+            threading.Thread(target=way.route, name="telemetry-spill", daemon=True).start()
+            log.info("the ingest spills to %s what the database cannot take now (at most %d "
+                     "messages, %d MiB)", self.spill.path, self.spill.bounds.messages,
+                     self.spill.bounds.bytes >> 20)  # fmt: skip
+        self._writer.start()
+
     def _acknowledge(self, mids: list[int]) -> None:
         """Tell the broker these messages are stored (or judged): it may forget them."""
         publisher = self._publisher
@@ -320,21 +357,28 @@ class TelemetryIngest:
             time.sleep(quiet_s)
 
     def _write(
-        self, items: list[tuple[str, bytes]], *, final: bool = False, stopping: bool = False
-    ) -> None:
+        self,
+        items: list[tuple[str, bytes]],
+        *,
+        final: bool = False,
+        stopping: bool = False,
+        once: bool = False,
+    ) -> bool:
         """Validate, deduplicate and store one batch in one transaction (with ``final``, every
-        open history bucket too). While the database fails, retry for as long as it takes:
-        the broker holds what is not acknowledged yet, and devices keep what the server has
-        not stored. Only when the server stops (``final`` or ``stopping``) does it give up
-        after a few attempts; what it could not store, devices send again."""
-        decoded = []
+        open history bucket too); return whether it was stored. While the database fails, retry
+        for as long as it takes: the broker (or the spill) holds what is not acknowledged yet,
+        and devices keep what the server has not stored. With ``once`` (the spill takes the
+        batch instead), give up after one attempt, counting nothing; when the server stops
+        (``final`` or ``stopping``), after a few: what it could not store, devices send again.
+        """
+        decoded, rejected = [], 0
         for topic, payload in items:
             message = decode_message(topic, payload, self._fleet_id)
             if message is None:
-                self.rejected += 1
+                rejected += 1
             else:
                 decoded.append(message)
-        attempts = _FINAL_ATTEMPTS if final or stopping else None
+        attempts = 1 if once else _FINAL_ATTEMPTS if final or stopping else None
         attempt = 0
         while attempts is None or attempt < attempts:
             attempt += 1
@@ -343,21 +387,27 @@ class TelemetryIngest:
                 if attempt > 1:
                     log.warning("the database is back: stored %d MQTT message(s) after %d "
                                 "attempt(s)", len(decoded), attempt)  # fmt: skip
-                return
+                self.rejected += rejected
+                return True
             except Exception as exc:  # any failure: judged below, logged once a minute
                 if _refused_value(exc):
                     # A value the database (or its driver) refuses will be refused again:
                     # store the messages one by one so that only the offending one is lost.
                     log.exception("cannot store a value in %d MQTT message(s)", len(decoded))
                     self._store_each(decoded)
-                    return
+                    self.rejected += rejected
+                    return True
                 self.write_failures += 1
                 if self._complaints.first("database"):
                     log.error("cannot store %d MQTT message(s), retrying until the database "
                               "is back (not logged again this minute): %s", len(decoded),
                               exc)  # fmt: skip
-                time.sleep(min(_RETRY_MAX_S, 0.5 * attempt))
-        self.dropped += len(decoded)
+                if not once:
+                    time.sleep(min(_RETRY_MAX_S, 0.5 * attempt))
+        if not once:
+            self.rejected += rejected
+            self.dropped += len(decoded)
+        return False
 
     def _store_each(self, decoded: list[tuple[str, Any]]) -> None:
         for message in decoded:
@@ -600,3 +650,5 @@ class TelemetryIngest:
             if self._writer.is_alive():
                 log.warning("the telemetry writer did not finish in 30 s; %d open history "
                             "bucket(s) not written", len(self._history))  # fmt: skip
+            elif self.spill is not None:
+                self.spill.close()
