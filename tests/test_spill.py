@@ -71,6 +71,16 @@ def test_rows_come_back_in_arrival_order_after_a_restart_and_numbers_stay_unique
     assert (again.messages, again.bytes, again.drained) == (0, 0, 10)
 
 
+def test_one_process_at_a_time_uses_a_spill(tmp_path: Path) -> None:
+    """Two servers on one data dir would store and delete each other's rows."""
+    path = tmp_path / "ingest-spill.db"
+    first = Spill(path)
+    with pytest.raises(OSError, match="in use by another server process"):
+        Spill(path)  # flock: another open file description, as another process has
+    first.close()
+    Spill(path).close()
+
+
 def test_past_either_bound_messages_are_refused_and_counted(tmp_path: Path) -> None:
     spill = Spill(tmp_path / "s.db", SpillBounds(messages=10, bytes=1000))
     assert spill.append(_rows(spill, 8, size=50)) == 8

@@ -21,6 +21,7 @@ is sent again by the devices.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import sqlite3
@@ -95,6 +96,12 @@ class Spill:
     its writer reads and deletes. No method raises on a full disk or a damaged file."""
 
     def __init__(self, path: Path, bounds: SpillBounds = SpillBounds()) -> None:
+        """Open (or create) the spill at ``path``; a damaged file is moved aside.
+
+        Raises:
+            OSError: another process uses it, or the file cannot be created.
+            sqlite3.Error: a full disk at the start.
+        """
         self.path = path
         self.bounds = bounds
         self._lock = threading.Lock()
@@ -106,7 +113,28 @@ class Spill:
         self.refused = {"bound": 0, "disk": 0}  # messages the spill could not take
         self.quarantined = 0  # damaged files moved aside
         self._next = 1
-        self._db = self._open()
+        self._owner = self._claim()
+        try:
+            self._db = self._open()
+        except BaseException:
+            os.close(self._owner)
+            raise
+
+    def _claim(self) -> int:
+        """Hold ``<file>.lock`` for as long as this process uses the spill: two servers on one
+        data dir would store and delete each other's rows.
+
+        Raises:
+            OSError: another process holds it.
+        """
+        lock = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise OSError(f"{self.path} is in use by another server process ({exc})") from exc
+        return fd
 
     def _open(self) -> sqlite3.Connection:
         """Open (or create) the file; a damaged one is moved aside and replaced."""
@@ -273,5 +301,8 @@ class Spill:
                  "%.0f ms)", self.drained, (time.monotonic() - started) * 1000)  # fmt: skip
 
     def close(self) -> None:
-        with self._lock, contextlib.suppress(sqlite3.Error):
-            self._db.close()
+        with self._lock:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            with contextlib.suppress(OSError):
+                os.close(self._owner)
