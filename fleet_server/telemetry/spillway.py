@@ -12,7 +12,9 @@ The *writer* stores a direct batch in one attempt; when that fails it moves the 
 whatever else waits for it) to the spill and acknowledges it. Then, and whenever the spill
 holds rows, it stores the spill's oldest rows in arrival order, retrying with a capped backoff,
 and deletes them once the database committed them. When the spill cannot take a batch (its
-bound, a full disk), the writer waits for the database with it as without a spill.
+bound, a full disk), the writer waits for the database with it as without a spill. At a
+clean stop it stores what the spill holds while the database takes it (up to 20 s); the rest
+is stored at the next start.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ __all__ = ["Entry", "Spillway"]
 
 log = logging.getLogger(__name__)
 _RETRY_MAX_S = 5.0
+_STOP_DRAIN_S = 20.0  # within the 30 s the ingest gives its writer to finish
 
 # What paho handed over: (topic, payload, message id to acknowledge (0: none), connection)
 Item = tuple[str, bytes, int, int]
@@ -149,6 +152,11 @@ class Spillway:
             elif batch is not None:
                 self._idle()  # no message for idle_s: the ended history buckets
             if stopping:
+                # A clean stop stores what the spill holds while the database takes it.
+                deadline = time.monotonic() + _STOP_DRAIN_S
+                while self.spill.messages and time.monotonic() < deadline:
+                    if not self._from_spill():
+                        break
                 if self.spill.messages:
                     log.warning("%d message(s) stay in the ingest's spill %s: stored at the "
                                 "next start", self.spill.messages, self.spill.path)  # fmt: skip
