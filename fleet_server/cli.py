@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=10_000,
         metavar="N",
         help="MQTT messages waiting in memory for the database writer (default 10000, and at "
-        "most 64 MiB); past it a message is spilled or left unacknowledged (docs/mqtt.md)",
+        "most 64 MiB); past it a message is left unacknowledged (docs/mqtt.md, Bounds)",
     )
     run.add_argument(
         "--ingest-spill",
@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1_000_000,
         metavar="N",
         help="at most N messages in the spill (default 1000000: 49 hours of the soak's 5.6 "
-        "reports a second, 17 minutes of 1,000 a second); past it, left unacknowledged",
+        "reports a second, 17 minutes of 1,000 a second); past it, messages wait in memory",
     )
     run.add_argument(
         "--ingest-spill-mib",

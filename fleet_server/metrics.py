@@ -99,8 +99,8 @@ def render(ctx: ServerContext, ingest: TelemetryIngest | None) -> str:
             "# HELP edgefleet_ingest_spill_drained_total Messages stored from the spill.",
             "# TYPE edgefleet_ingest_spill_drained_total counter",
             _line("edgefleet_ingest_spill_drained_total", spill.drained),
-            "# HELP edgefleet_ingest_spill_refused_total Messages the spill refused (left "
-            "unacknowledged: devices send them again), by reason.",
+            "# HELP edgefleet_ingest_spill_refused_total Messages the spill refused (they wait "
+            "in memory, unacknowledged), by reason.",
             "# TYPE edgefleet_ingest_spill_refused_total counter",
             *(
                 _line("edgefleet_ingest_spill_refused_total", n, {"reason": reason})

@@ -4,8 +4,11 @@ The ingest around it is tested with real servers in test_spill_server.py."""
 
 from __future__ import annotations
 
+import queue
 import sqlite3
 import stat
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fleet_server.telemetry.spill import Spill, SpillBounds, room, spill_wanted
+from fleet_server.telemetry.spillway import Spillway
 from tests.harness import fill_disk, small_disk
 
 
@@ -137,3 +141,64 @@ def test_a_full_disk_refuses_without_an_exception_and_the_spill_goes_on(tmp_path
         spill.delete(spill.head(100_000))
         assert spill.messages == 0
         spill.close()
+
+
+@pytest.mark.parametrize("bound", [1_000_000, 300])
+def test_the_spillway_stores_and_acknowledges_each_message_once_across_an_outage(
+    tmp_path: Path, bound: int
+) -> None:
+    """The router and the writer on their threads, with a database that fails for a while
+    (the callbacks stand in for the ingest's store: the spill and the threads are real). Every
+    message is stored once and acknowledged once, whether it went direct, through the spill,
+    or, past the spill's bound, waited for the database in the writer's hands; the ones the
+    spill refused (past its bound) wait in memory for the writer, counted, and are stored
+    once the database is back too."""
+    spill = Spill(tmp_path / "s.db", SpillBounds(messages=bound))
+    source: queue.Queue[tuple[str, bytes, int, int] | None] = queue.Queue()
+    stored: list[str] = []
+    acked: list[int] = []
+    down = threading.Event()
+    down.set()
+
+    def attempt(items: list[tuple[str, bytes]]) -> bool:
+        if down.is_set():
+            time.sleep(0.005)
+            return False
+        stored.extend(t for t, _p in items)
+        return True
+
+    def persist(items: list[tuple[str, bytes]], stopping: bool) -> None:
+        while down.is_set() and not stopping:
+            time.sleep(0.005)
+        stored.extend(t for t, _p in items)
+
+    way = Spillway(
+        spill, source, attempt=attempt, persist=persist,
+        acknowledge=lambda sent: acked.extend(mid for mid, _c in sent),
+        dequeued=lambda _item: None, idle=lambda: None, final=lambda: None,
+        batch=50, idle_s=0.05,
+    )  # fmt: skip
+    threads = [threading.Thread(target=way.route), threading.Thread(target=way.drain)]
+    for thread in threads:
+        thread.start()
+    for i in range(1, 2001):
+        source.put((f"t/{i}", b"x" * 20, i, 1))
+    deadline = time.monotonic() + 60
+    while spill.spilled < min(bound, 1900) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    down.clear()  # the database is back
+    for i in range(2001, 3001):
+        source.put((f"t/{i}", b"x" * 20, i, 1))
+    source.put(None)
+    for thread in threads:
+        thread.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert len(stored) == len(set(stored)), "a message stored twice"
+    assert sorted(acked) == sorted(int(t[2:]) for t in stored), "acknowledged != stored"
+    assert len(stored) == 3000
+    assert spill.messages == 0
+    assert spill.spilled == spill.drained > 0
+    if bound == 300:
+        assert spill.refused["bound"] > 0
+    else:
+        assert spill.refused["bound"] == 0

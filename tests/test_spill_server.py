@@ -250,12 +250,13 @@ def test_a_kill_9_with_reports_in_the_spill_loses_none_and_a_replayed_spill_coun
 def test_past_the_spills_bound_reports_are_counted_not_lost_and_the_server_goes_on(
     tmp_path: Path, server_factory: Callable[..., Server]
 ) -> None:
-    """A spill bounded at 300 messages during an outage of 1,600 reports: it holds 300, counts
-    the rest as refused (left unacknowledged), and the server keeps serving; once the database
-    is back, devices that publish again what their acknowledgement shows missing (as agents
-    do) get every report stored, each once."""
+    """A spill bounded at 300 messages and an in-memory queue of 200 during an outage of 1,600
+    reports: the spill holds 300, the rest waits in memory or, past the queue, is left
+    unacknowledged; both counted, and the server keeps serving. Once the database is back,
+    devices that publish again what their acknowledgement shows missing (as agents do) get
+    every report stored, each once."""
     folder = tmp_path / "srv"
-    extra = (*METRICS, "--ingest-spill-messages", "300")
+    extra = (*METRICS, "--ingest-spill-messages", "300", "--ingest-queue-messages", "200")
     server = server_factory(None, folder=folder, extra=extra)
     devices = Devices(server, 8, tmp_path)
     _first_reports(server, devices)
@@ -268,6 +269,11 @@ def test_past_the_spills_bound_reports_are_counted_not_lost_and_the_server_goes_
             lambda m: m['edgefleet_ingest_spill_refused_total{reason="bound"}'] > 0,
         )
         assert metrics["edgefleet_ingest_spill_messages"] == 300
+        _metrics_when(
+            folder,
+            "reports left unacknowledged past the queue",
+            lambda m: m['edgefleet_mqtt_messages_total{outcome="deferred"}'] > 0,
+        )
         assert server.proc.popen.poll() is None
         assert _spilled_rows(server) == 300
     assert server.proc.output().count("the ingest's spill refuses") <= 3  # once a minute

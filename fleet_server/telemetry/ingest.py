@@ -16,6 +16,10 @@ just installed on the device feed that rollout's health gate (:meth:`HealthStore
 With an MQTT v5 broker the server subscribes through a shared subscription so that several
 replicas split the stream; against the embedded 3.1.1 broker it subscribes plainly (one server).
 A message is accepted only when the device id in its payload matches the topic it came on.
+
+A broker without that window (the embedded one) cannot hold back what the ingest leaves
+unacknowledged; there the ingest spills what the database cannot take now to disk first
+(:mod:`fleet_server.telemetry.spill`, its threads in :mod:`fleet_server.telemetry.spillway`).
 """
 
 from __future__ import annotations
@@ -324,8 +328,10 @@ class TelemetryIngest:
             )  # fmt: skip
             self._writer = threading.Thread(target=way.drain, name="telemetry-ingest", daemon=True)
             threading.Thread(target=way.route, name="telemetry-spill", daemon=True).start()
-            log.info("the ingest spills to %s what the database cannot take now (at most %d "
-                     "messages, %d MiB)", self.spill.path, self.spill.bounds.messages,
+            log.info("the ingest %s %s (at most %d messages, %d MiB)",
+                     "spills what the database cannot take now to" if wanted else
+                     "stores what an earlier run spilled (--ingest-spill off) from",
+                     self.spill.path, self.spill.bounds.messages,
                      self.spill.bounds.bytes >> 20)  # fmt: skip
         self._writer.start()
 

@@ -207,9 +207,10 @@ class Spill:
             self._next += 1
             return n
 
-    def append(self, rows: Sequence[Row]) -> int:
-        """Commit the first rows that fit the bounds; return how many (the rest are refused
-        and counted: the caller leaves them unacknowledged)."""
+    def append(self, rows: Sequence[Row], *, counted: bool = True) -> int:
+        """Commit the first rows that fit the bounds; return how many. The rest are refused:
+        counted (unless ``counted`` is False: already counted once) and logged once a minute;
+        the caller keeps them unacknowledged."""
         sizes = [len(t.encode()) + len(p) for _n, t, p in rows]
         with self._lock:
             fits = room(self.bounds, self.messages, self.bytes, sizes)
@@ -227,7 +228,8 @@ class Spill:
                     with contextlib.suppress(sqlite3.Error):
                         self._db.execute("ROLLBACK")
                     if _full(exc):
-                        self._refuse("disk", len(rows), f"the disk is full ({exc})")
+                        if counted:
+                            self._refuse("disk", len(rows), f"the disk is full ({exc})")
                         return 0
                     if not isinstance(exc, sqlite3.DatabaseError):
                         raise
@@ -236,7 +238,7 @@ class Spill:
                 self.messages += taken
                 self.bytes += sum(sizes[:taken])
                 self.spilled += taken
-            if taken < len(rows):
+            if taken < len(rows) and counted:
                 held = f"it holds {self.messages} message(s), {self.bytes} bytes"
                 bounds = f"(bounds {self.bounds.messages}, {self.bounds.bytes})"
                 self._refuse("bound", len(rows) - taken, f"{held} {bounds}")
@@ -245,9 +247,9 @@ class Spill:
     def _refuse(self, reason: str, count: int, why: str) -> None:
         self.refused[reason] += count
         if self._complaints.first(reason):
-            log.warning("the ingest's spill refuses %d message(s): %s; they stay "
-                        "unacknowledged and devices send them again (not logged again this "
-                        "minute)", count, why)  # fmt: skip
+            log.warning("the ingest's spill refuses %d message(s): %s; they wait in memory, "
+                        "unacknowledged, and past the ingest's queue devices send them again "
+                        "(not logged again this minute)", count, why)  # fmt: skip
 
     def head(self, limit: int) -> list[Row]:
         """The oldest rows, at most ``limit``, in arrival order."""

@@ -6,7 +6,9 @@ it. While the spill is empty and the writer keeps up, it passes batches to the w
 something, or the writer is still busy with the batches before) it commits the batch to the
 spill and acknowledges it to the broker at once: the router never waits for the database, so
 an outage that makes each attempt hang (SQLite's 5 s busy timeout, PostgreSQL's 20 s lock
-timeout) does not fill the in-memory queue.
+timeout) does not fill the in-memory queue. What the spill refuses (its bound, a full disk)
+the router hands to the writer and waits, unacknowledged, as without a spill: paho's queue
+holds what comes meanwhile, and past its bound leaves it unacknowledged (devices send again).
 
 The *writer* stores a direct batch in one attempt; when that fails it moves the batch (and
 whatever else waits for it) to the spill and acknowledges it. Then, and whenever the spill
@@ -101,24 +103,29 @@ class Spillway:
         """The router's loop: until the stop (None in paho's queue), which it passes on."""
         while True:
             entries, final = self._take()
-            if entries:
-                if self.spill.messages and self._spill_new:
-                    self._to_spill(entries)
-                else:
+            if entries and self._spill_new:
+                if not self.spill.messages:
                     try:
                         self._direct.put_nowait(entries)
+                        entries = []
                     except queue.Full:
-                        if self._spill_new:
-                            self._to_spill(entries)
-                        else:
-                            self._direct.put(entries)
+                        pass
+                if entries:
+                    entries = self._to_spill(entries)
+            if entries:
+                # Spill off, or past its bound (or on a full disk): wait for the writer with
+                # them, unacknowledged, as without a spill; paho's queue holds what comes
+                # meanwhile, and past its bound leaves the rest unacknowledged.
+                self._direct.put(entries)
             if final:
                 self._direct.put(None)
                 return
 
-    def _to_spill(self, entries: Sequence[Entry]) -> list[Entry]:
-        """Commit to the spill what fits and acknowledge it; return the rest."""
-        taken = self.spill.append([(n, topic, payload) for n, topic, payload, _m, _c in entries])
+    def _to_spill(self, entries: Sequence[Entry], *, counted: bool = True) -> list[Entry]:
+        """Commit to the spill what fits and acknowledge it; return the rest (counted as
+        refused by the spill unless ``counted`` is False)."""
+        rows = [(n, topic, payload) for n, topic, payload, _m, _c in entries]
+        taken = self.spill.append(rows, counted=counted)
         self._acknowledge([(mid, conn) for _n, _t, _p, mid, conn in entries[:taken] if mid])
         return list(entries[taken:])
 
@@ -177,7 +184,7 @@ class Spillway:
                 stopping = True
                 break
             stalled += more
-        refused = self._to_spill(stalled) if self._spill_new else stalled
+        refused = self._to_spill(stalled, counted=False) if self._spill_new else stalled
         if refused:
             self._persist([(t, p) for _n, t, p, _m, _c in refused], stopping)
             self._acknowledge([(mid, conn) for _n, _t, _p, mid, conn in refused if mid])
