@@ -17,9 +17,10 @@ With an MQTT v5 broker the server subscribes through a shared subscription so th
 replicas split the stream; against the embedded 3.1.1 broker it subscribes plainly (one server).
 A message is accepted only when the device id in its payload matches the topic it came on.
 
-A broker without that window (the embedded one) cannot hold back what the ingest leaves
-unacknowledged; there the ingest spills what the database cannot take now to disk first
-(:mod:`fleet_server.telemetry.spill`, its threads in :mod:`fleet_server.telemetry.spillway`).
+A broker without MQTT v5's Receive Maximum (the embedded one) cannot be made to hold back what
+the ingest leaves unacknowledged; there the ingest spills what the database cannot take now to
+disk first (:mod:`fleet_server.telemetry.spill`, its threads in
+:mod:`fleet_server.telemetry.spillway`).
 """
 
 from __future__ import annotations
