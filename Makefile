@@ -68,6 +68,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.bench_dashboard
 	$(BIN)/python -m bench.bench_spool
 	$(BIN)/python -m bench.bench_shm
+	$(BIN)/python -m bench.bench_spill
 
 .venv-mlserver/.installed: bench/mlserver/requirements.txt
 	$(PYTHON) -m venv .venv-mlserver

@@ -56,6 +56,7 @@ from fleet_server.signing.pkcs11 import open_key_store
 from fleet_server.storage.db import Database
 from fleet_server.telemetry.broker import EmbeddedBroker
 from fleet_server.telemetry.ingest import TelemetryIngest
+from fleet_server.telemetry.spill import SpillBounds, SpillConfig
 from fleet_server.telemetry.store import TelemetryStore
 from protos import device_pb2
 from protos.topics import is_server_identity, server_identity
@@ -84,6 +85,10 @@ class Settings:
     mqtt_client_id: str | None = None
     server_name: str = "main"
     history_hours: float = 48.0
+    ingest_queue_messages: int = 10_000
+    ingest_spill: str = "auto"
+    ingest_spill_messages: int = 1_000_000
+    ingest_spill_mib: int = 512
     cloud_listen: str = ""
     dashboard_listen: str = ""
     cloud_url: str = ""
@@ -406,6 +411,7 @@ class FleetServer:
             # With certificates the client id is the identity (mosquitto's
             # use_username_as_clientid, the embedded broker's check): unique per server name.
             client_id, stable = server_identity(s.server_name), True
+        bounds = SpillBounds(s.ingest_spill_messages, s.ingest_spill_mib << 20)
         ingest = TelemetryIngest(
             endpoint,
             TelemetryStore(self._db),
@@ -414,6 +420,8 @@ class FleetServer:
             persistent_session=stable,
             share_group=s.mqtt_share_group or "",
             history_hours=s.history_hours,
+            spill=SpillConfig(self._data_dir.root / "ingest-spill.db", s.ingest_spill, bounds),
+            queue_messages=s.ingest_queue_messages,
         )
         try:
             ingest.start()

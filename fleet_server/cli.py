@@ -315,6 +315,37 @@ def build_parser() -> argparse.ArgumentParser:
         "dashboard's charts) this long (default 48; 0 = none)",
     )
     run.add_argument(
+        "--ingest-queue-messages",
+        type=_within(1, 1_000_000, int),
+        default=10_000,
+        metavar="N",
+        help="MQTT messages waiting in memory for the database writer (default 10000, and at "
+        "most 64 MiB); past it a message is left unacknowledged (docs/mqtt.md, Bounds)",
+    )
+    run.add_argument(
+        "--ingest-spill",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="commit what the database cannot take now to DATA_DIR/ingest-spill.db and only "
+        "then acknowledge it to the broker; auto: with a broker that cannot hold messages back "
+        "(the embedded MQTT 3.1.1 one). Default auto",
+    )
+    run.add_argument(
+        "--ingest-spill-messages",
+        type=_within(1, 100_000_000, int),
+        default=1_000_000,
+        metavar="N",
+        help="at most N messages in the spill (default 1000000: 49 hours of the soak's 5.6 "
+        "reports a second, 17 minutes of 1,000 a second); past it, messages wait in memory",
+    )
+    run.add_argument(
+        "--ingest-spill-mib",
+        type=_within(1, 1024 * 1024, int),
+        default=512,
+        metavar="MIB",
+        help="at most this many MiB of topics and payloads in the spill (default 512)",
+    )
+    run.add_argument(
         "--cloud-listen",
         default="",
         metavar="HOST:PORT",

@@ -84,4 +84,30 @@ def render(ctx: ServerContext, ingest: TelemetryIngest | None) -> str:
             "# TYPE edgefleet_rollout_unhealthy_total counter",
             _line("edgefleet_rollout_unhealthy_total", ingest.unhealthy),
         ]
+    spill = ingest.spill if ingest is not None else None
+    if spill is not None:
+        out += [
+            "# HELP edgefleet_ingest_spill_messages Messages in the ingest's spill on disk.",
+            "# TYPE edgefleet_ingest_spill_messages gauge",
+            _line("edgefleet_ingest_spill_messages", spill.messages),
+            "# HELP edgefleet_ingest_spill_bytes Bytes of topics and payloads in the spill.",
+            "# TYPE edgefleet_ingest_spill_bytes gauge",
+            _line("edgefleet_ingest_spill_bytes", spill.bytes),
+            "# HELP edgefleet_ingest_spilled_total Messages committed to the spill.",
+            "# TYPE edgefleet_ingest_spilled_total counter",
+            _line("edgefleet_ingest_spilled_total", spill.spilled),
+            "# HELP edgefleet_ingest_spill_drained_total Messages stored from the spill.",
+            "# TYPE edgefleet_ingest_spill_drained_total counter",
+            _line("edgefleet_ingest_spill_drained_total", spill.drained),
+            "# HELP edgefleet_ingest_spill_refused_total Messages the spill refused (they wait "
+            "in memory, unacknowledged), by reason.",
+            "# TYPE edgefleet_ingest_spill_refused_total counter",
+            *(
+                _line("edgefleet_ingest_spill_refused_total", n, {"reason": reason})
+                for reason, n in sorted(spill.refused.items())
+            ),
+            "# HELP edgefleet_ingest_spill_quarantined_total Damaged spill files moved aside.",
+            "# TYPE edgefleet_ingest_spill_quarantined_total counter",
+            _line("edgefleet_ingest_spill_quarantined_total", spill.quarantined),
+        ]
     return "\n".join(out) + "\n"

@@ -16,12 +16,18 @@ just installed on the device feed that rollout's health gate (:meth:`HealthStore
 With an MQTT v5 broker the server subscribes through a shared subscription so that several
 replicas split the stream; against the embedded 3.1.1 broker it subscribes plainly (one server).
 A message is accepted only when the device id in its payload matches the topic it came on.
+
+A broker without MQTT v5's Receive Maximum (the embedded one) cannot be made to hold back what
+the ingest leaves unacknowledged; there the ingest spills what the database cannot take now to
+disk first (:mod:`fleet_server.telemetry.spill`, its threads in
+:mod:`fleet_server.telemetry.spillway`).
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
 import uuid
@@ -31,7 +37,6 @@ from typing import Any
 import paho.mqtt.client as paho
 import sqlalchemy as sa
 from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import DecodeError
 
 from agent.errors import AgentError
 from agent.telemetry.mqtt import MqttEndpoint, MqttPublisher
@@ -39,19 +44,21 @@ from fleet_server.errors import TransientError
 from fleet_server.rollouts.health import HealthSample, HealthStore
 from fleet_server.storage.db import stored_text
 from fleet_server.telemetry.checks import plausible
+from fleet_server.telemetry.decode import KINDS, count_usage, decode_message, decode_report
 from fleet_server.telemetry.events import event_row, outcome_of
 from fleet_server.telemetry.guard import Guard
 from fleet_server.telemetry.history import HistoryBuffer
 from fleet_server.telemetry.sequence import Verdict, lost_between
+from fleet_server.telemetry.spill import Spill, SpillConfig, spill_wanted
+from fleet_server.telemetry.spillway import Spillway
 from fleet_server.telemetry.store import IngestBatch, Known, TelemetryStore
 from fleet_server.telemetry.throttle import OncePer
 from protos import telemetry_pb2
-from protos.topics import commands_topic, device_from_topic, device_topic, telemetry_filter
+from protos.topics import commands_topic, device_topic, telemetry_filter
 
 __all__ = ["TelemetryIngest", "decode_message", "decode_report"]
 
 log = logging.getLogger(__name__)
-_MAX_PAYLOAD = 256 * 1024
 _QUEUE_BOUND = 10_000
 _QUEUE_BYTES = 64 * 1024 * 1024  # and at most this much payload waiting for the writer
 _BATCH = 500
@@ -71,12 +78,6 @@ _REFUSALS = {
     "revoked": "the device is revoked",
 }
 
-_KINDS: dict[str, type[Any]] = {
-    "telemetry": telemetry_pb2.TelemetryReport,
-    "state": telemetry_pb2.DeviceState,
-    "events": telemetry_pb2.DeviceEvent,
-}
-
 
 def _refused_value(exc: BaseException) -> bool:
     """Whether a failed write would fail again however long the ingest waits: a value the
@@ -89,82 +90,6 @@ def _refused_value(exc: BaseException) -> bool:
     if isinstance(exc, sa.exc.DBAPIError):
         return False  # the database's own answer: an outage, a lock, a lost connection
     return not isinstance(exc, sa.exc.SQLAlchemyError) or isinstance(exc, sa.exc.StatementError)
-
-
-_IGNORED = OncePer(60.0)  # one line per device (or topic) and reason a minute
-
-
-def _ignore(key: str, message: str, *args: object) -> None:
-    if _IGNORED.first(key):
-        log.warning("%s (not logged again for it this minute)", message % args)
-
-
-def decode_message(topic: str, payload: bytes, fleet_id: str) -> tuple[str, Any] | None:
-    """(kind, message) of a device's MQTT message, or None (logged once a minute per device
-    and reason) when it is on an unexpected topic, oversized, undecodable, or claims another
-    device than its topic names."""
-    where = device_from_topic(topic)
-    if where is None or where[0] != fleet_id or where[2] not in _KINDS:
-        _ignore(f"topic:{topic[:64]}", "ignoring message on unexpected topic %r", topic[:200])
-        return None
-    kind = where[2]
-    if len(payload) > _MAX_PAYLOAD:
-        _ignore(f"size:{where[1]}", "ignoring %d-byte %s from %s (limit %d)", len(payload), kind,
-                where[1], _MAX_PAYLOAD)  # fmt: skip
-        return None
-    if not payload and kind == "state":
-        return None  # a cleared retained message
-    message = _KINDS[kind]()
-    try:
-        message.ParseFromString(payload)
-    except DecodeError:
-        _ignore(f"decode:{where[1]}", "ignoring undecodable %s on %s", kind, topic)
-        return None
-    if getattr(message, "seq", 0) >= 2**63:  # the database's BIGINT: a device's lie
-        _ignore(f"seq:{where[1]}", "ignoring %s from %s with sequence number %d", kind, where[1],
-                message.seq)  # fmt: skip
-        return None
-    if message.device_id != where[1]:
-        _ignore(f"claim:{where[1]}", "ignoring %s on %s that claims device %r", kind, topic,
-                message.device_id[:64])  # fmt: skip
-        return None
-    return kind, message
-
-
-def decode_report(
-    topic: str, payload: bytes, fleet_id: str
-) -> telemetry_pb2.TelemetryReport | None:
-    """The telemetry report in a message, or None (see :func:`decode_message`)."""
-    decoded = decode_message(topic, payload, fleet_id)
-    if decoded is None or decoded[0] != "telemetry":
-        return None
-    report: telemetry_pb2.TelemetryReport = decoded[1]
-    return report
-
-
-def _count_usage(batch: IngestBatch, report: Any) -> None:
-    """Add a report's window counts to the batch's usage deltas. Numbers a device could not
-    have measured (negative, not finite, absurdly large) skip that model's entry, so one bad
-    payload cannot make the whole batch fail to store."""
-    for model in report.models:
-        if not plausible(model):
-            log.warning("ignoring implausible telemetry of a model named %r from %s",
-                        model.model_name[:64], report.device_id)  # fmt: skip
-            continue
-        policy = model.routing_policy or "local"
-        served = model.window_routed_requests if policy != "local" else model.window_requests
-        counts = (served, model.window_requests, model.window_cloud_requests)
-        # Inference time without queueing; older agents report only the mean latency.
-        compute = model.window_compute_ms or model.window_requests * model.latency.mean_ms
-        if not any(counts):
-            continue
-        key = (report.device_id, model.model_name[:64], policy[:32])
-        entry = batch.usage.setdefault(key, [0, 0, 0.0, 0, 0.0])
-        entry[0] += served
-        entry[1] += model.window_requests
-        entry[2] += compute
-        entry[3] += model.window_cloud_requests
-        entry[4] += model.window_cloud_cost_usd
 
 
 class TelemetryIngest:
@@ -180,6 +105,8 @@ class TelemetryIngest:
         persistent_session: bool = False,
         share_group: str = "",
         history_hours: float = 48.0,
+        spill: SpillConfig | None = None,
+        queue_messages: int = _QUEUE_BOUND,
     ) -> None:
         self._endpoint = endpoint
         self._persistent = persistent_session
@@ -191,8 +118,10 @@ class TelemetryIngest:
         # connection it came on: an id from an earlier connection is not acknowledged on a new
         # one, where it may name another message)
         self._queue: queue.Queue[tuple[str, bytes, int, int] | None] = queue.Queue(
-            maxsize=_QUEUE_BOUND
+            maxsize=queue_messages
         )
+        self._spill_config = spill
+        self.spill: Spill | None = None  # opened at the start (spill.py)
         self._connection = 0
         self._publisher: MqttPublisher | None = None
         self._writer = threading.Thread(target=self._drain, name="telemetry-ingest", daemon=True)
@@ -334,14 +263,14 @@ class TelemetryIngest:
         group = self._share_group if publisher.protocol == paho.MQTTv5 else ""
         if self._share_group and not group:
             log.warning("the broker speaks MQTT 3.1.1: no shared subscription, one server only")
-        topics.extend(telemetry_filter(self._fleet_id, group or None, kind) for kind in _KINDS)
+        topics.extend(telemetry_filter(self._fleet_id, group or None, kind) for kind in KINDS)
         for topic in topics:
             result, _mid = client.subscribe(topic, qos=1)
             if result != paho.MQTT_ERR_SUCCESS:
                 publisher.close()
                 raise TransientError(f"cannot subscribe to {topic} on {self._endpoint}")
         self._publisher = publisher
-        self._writer.start()
+        self._start_writer(receive_window=publisher.protocol == paho.MQTTv5)
         log.info("ingesting %s on %s", ", ".join(topics), self._endpoint)
 
     def _drain(self) -> None:
@@ -375,6 +304,38 @@ class TelemetryIngest:
                 self._write([], final=True)
                 return
 
+    def _start_writer(self, receive_window: bool) -> None:
+        """The writer thread; with a spill, a router thread in front of it (spillway.py)."""
+        config = self._spill_config
+        wanted = config is not None and spill_wanted(config.mode, receive_window)
+        if config is not None and (wanted or config.path.exists()):
+            try:
+                self.spill = Spill(config.path, config.bounds)
+            except (OSError, sqlite3.Error) as exc:
+                log.error("cannot open the ingest's spill %s, going on without it: %s",
+                          config.path, exc)  # fmt: skip
+        if self.spill is not None:
+            way = Spillway(
+                self.spill, self._queue,
+                attempt=lambda items: self._write(items, once=True),
+                persist=lambda items, stopping: self._write(items, stopping=stopping),
+                acknowledge=lambda sent: self._acknowledge(
+                    [mid for mid, conn in sent if conn == self._connection]
+                ),
+                dequeued=self._dequeued,
+                idle=lambda: len(self._history) and self._write([], once=True),
+                final=lambda: self._write([], final=True),
+                spill_new=wanted, batch=_BATCH, idle_s=_IDLE_FLUSH_S,
+            )  # fmt: skip
+            self._writer = threading.Thread(target=way.drain, name="telemetry-ingest", daemon=True)
+            threading.Thread(target=way.route, name="telemetry-spill", daemon=True).start()
+            log.info("the ingest %s %s (at most %d messages, %d MiB)",
+                     "spills what the database cannot take now to" if wanted else
+                     "stores what an earlier run spilled (--ingest-spill off) from",
+                     self.spill.path, self.spill.bounds.messages,
+                     self.spill.bounds.bytes >> 20)  # fmt: skip
+        self._writer.start()
+
     def _acknowledge(self, mids: list[int]) -> None:
         """Tell the broker these messages are stored (or judged): it may forget them."""
         publisher = self._publisher
@@ -403,21 +364,28 @@ class TelemetryIngest:
             time.sleep(quiet_s)
 
     def _write(
-        self, items: list[tuple[str, bytes]], *, final: bool = False, stopping: bool = False
-    ) -> None:
+        self,
+        items: list[tuple[str, bytes]],
+        *,
+        final: bool = False,
+        stopping: bool = False,
+        once: bool = False,
+    ) -> bool:
         """Validate, deduplicate and store one batch in one transaction (with ``final``, every
-        open history bucket too). While the database fails, retry for as long as it takes:
-        the broker holds what is not acknowledged yet, and devices keep what the server has
-        not stored. Only when the server stops (``final`` or ``stopping``) does it give up
-        after a few attempts; what it could not store, devices send again."""
-        decoded = []
+        open history bucket too); return whether it was stored. While the database fails, retry
+        for as long as it takes: the broker (or the spill) holds what is not acknowledged yet,
+        and devices keep what the server has not stored. With ``once`` (the spill takes the
+        batch instead), give up after one attempt, counting nothing; when the server stops
+        (``final`` or ``stopping``), after a few: what it could not store, devices send again.
+        """
+        decoded, rejected = [], 0
         for topic, payload in items:
             message = decode_message(topic, payload, self._fleet_id)
             if message is None:
-                self.rejected += 1
+                rejected += 1
             else:
                 decoded.append(message)
-        attempts = _FINAL_ATTEMPTS if final or stopping else None
+        attempts = 1 if once else _FINAL_ATTEMPTS if final or stopping else None
         attempt = 0
         while attempts is None or attempt < attempts:
             attempt += 1
@@ -426,21 +394,27 @@ class TelemetryIngest:
                 if attempt > 1:
                     log.warning("the database is back: stored %d MQTT message(s) after %d "
                                 "attempt(s)", len(decoded), attempt)  # fmt: skip
-                return
+                self.rejected += rejected
+                return True
             except Exception as exc:  # any failure: judged below, logged once a minute
                 if _refused_value(exc):
                     # A value the database (or its driver) refuses will be refused again:
                     # store the messages one by one so that only the offending one is lost.
                     log.exception("cannot store a value in %d MQTT message(s)", len(decoded))
                     self._store_each(decoded)
-                    return
+                    self.rejected += rejected
+                    return True
                 self.write_failures += 1
                 if self._complaints.first("database"):
                     log.error("cannot store %d MQTT message(s), retrying until the database "
                               "is back (not logged again this minute): %s", len(decoded),
                               exc)  # fmt: skip
-                time.sleep(min(_RETRY_MAX_S, 0.5 * attempt))
-        self.dropped += len(decoded)
+                if not once:
+                    time.sleep(min(_RETRY_MAX_S, 0.5 * attempt))
+        if not once:
+            self.rejected += rejected
+            self.dropped += len(decoded)
+        return False
 
     def _store_each(self, decoded: list[tuple[str, Any]]) -> None:
         for message in decoded:
@@ -571,7 +545,7 @@ class TelemetryIngest:
                 if verdict == Verdict.NEW:
                     latest[device_id] = message  # only the newest is converted and stored
                 reports.append(message)
-                _count_usage(batch, message)
+                count_usage(batch, message)
             else:
                 batch.events.append(event_row(message, now))
                 outcome = outcome_of(message)
@@ -683,3 +657,5 @@ class TelemetryIngest:
             if self._writer.is_alive():
                 log.warning("the telemetry writer did not finish in 30 s; %d open history "
                             "bucket(s) not written", len(self._history))  # fmt: skip
+            elif self.spill is not None:
+                self.spill.close()
