@@ -9,7 +9,6 @@ reverse order. The command line (:mod:`fleet_server.cli`) only turns options int
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -20,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from fleet_server.addresses import (
 )
 from fleet_server.api.server import create_server
 from fleet_server.artifacts.store import ArtifactStore
+from fleet_server.config import Settings
 from fleet_server.context import ServerContext
 from fleet_server.datadir import DataDir
 from fleet_server.errors import DataDirError, TransientError
@@ -65,56 +65,6 @@ __all__ = ["FleetServer", "Settings", "split_host_port"]
 
 log = logging.getLogger("fleet_server")
 _WORKER_RESTARTS_PER_MINUTE = 5
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What ``edgefleet-server run`` was asked to do (its options, one field each)."""
-
-    data_dir: Path
-    listen: str = "127.0.0.1:7443"
-    device_listen: str | None = None
-    device_advertise: str | None = None
-    tls_name: list[str] | None = None
-    no_bootstrap_token: bool = False
-    db_url: str | None = None
-    mqtt_url: str | None = None
-    mqtt_listen: str = "127.0.0.1:8883"
-    device_mqtt_url: str | None = None
-    mqtt_share_group: str | None = None
-    mqtt_client_id: str | None = None
-    server_name: str = "main"
-    history_hours: float = 48.0
-    ingest_queue_messages: int = 10_000
-    ingest_spill: str = "auto"
-    ingest_spill_messages: int = 1_000_000
-    ingest_spill_mib: int = 512
-    cloud_listen: str = ""
-    dashboard_listen: str = ""
-    cloud_url: str = ""
-    cloud_token_file: Path | None = None
-    cloud_ca_file: Path | None = None
-    rollout_interval: float = 2.0
-    ghost_device_after: float = 3600.0
-    manifest_lifetime_days: float = 365.0
-    keylist_lifetime_days: float = 365.0
-    renew_ahead_days: float = 30.0
-    expiry_hook: Path | None = None
-    metrics_listen: str | None = None
-    pkcs11_module: Path | None = None
-    pkcs11_token: str | None = None
-    pkcs11_key_label: str | None = None
-    pkcs11_pin_file: Path | None = None
-    workers: int = 1
-    worker: bool = False
-    main_pid: int = 0  # a worker's main process: the worker stops when it is gone
-    ready_file: Path | None = None
-    log_level: str = "info"
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Settings:
-        """The settings of a parsed ``run`` command line."""
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
 
 
 @dataclass(frozen=True)
