@@ -56,6 +56,17 @@ def test_truncated_models_raise_model_file_error_and_nothing_else(cut: int) -> N
     # Some prefixes still hold a complete header; then the parse must be coherent.
 
 
+def test_a_truncated_model_is_said_whole_not_cut_mid_number() -> None:
+    # The parser's own text was cut at 120 characters: "(actual buffer size is 300" for a
+    # file of 3000 bytes.
+    with pytest.raises(ModelFileError) as refused:
+        inspect_model_bytes(MOBILENET_BYTES[:3000])
+    assert str(refused.value) == (
+        "truncated or corrupt TFLite model: 3000 bytes, and its tables point past the end (a "
+        "partial copy or download?)"
+    )
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.binary(min_size=0, max_size=512))
 def test_random_bytes_after_the_identifier_never_crash(tail: bytes) -> None:

@@ -11,6 +11,7 @@ import errno
 import mmap
 import os
 import stat
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -165,10 +166,22 @@ def inspect_model_bytes(data: bytes) -> ModelInfo:
         return _inspect(schema, data)
     except ModelFileError:
         raise
+    except struct.error as exc:  # an offset or a length past the end of the bytes
+        raise ModelFileError(
+            f"truncated or corrupt TFLite model: {len(data)} bytes, and its tables point past "
+            "the end (a partial copy or download?)"
+        ) from exc
     except Exception as exc:
         raise ModelFileError(
-            f"corrupt or truncated TFLite model ({exc.__class__.__name__}: {str(exc)[:120]})"
+            f"corrupt TFLite model ({exc.__class__.__name__}: {_clipped(str(exc), 160)})"
         ) from exc
+
+
+def _clipped(text: str, limit: int) -> str:
+    """``text`` cut at a word boundary near ``limit`` (a number is never cut in half)."""
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def _inspect(schema: Any, data: bytes) -> ModelInfo:
