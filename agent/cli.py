@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType
 
 from agent import __version__
-from agent.config import ApiSection, load_config
+from agent.config import AgentConfig, ApiSection, load_config
 from agent.errors import AgentError, ConfigError, SocketError, UsageError
 from agent.ports import EXIT_PORT_IN_USE, PortInUseError
 from agent.systemd import setup_logging
@@ -101,6 +101,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
             read()
         except ConfigError as exc:
             errors.append(str(exc))
+    errors += _service_problems(config, args.config, args.user)
     for error in errors:
         print(f"{PROG}: error: {args.config}: {error}", file=sys.stderr)
     if errors:
@@ -109,6 +110,37 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         print(f"{PROG}: warning: {args.config}: {warning}", file=sys.stderr)
     print(f"{args.config}: OK (state_dir={config.agent.state_dir}, server={config.server.address})")
     return 0
+
+
+def _service_problems(config: AgentConfig, path: Path, user: str | None) -> list[str]:
+    """What would stop ``run``: files the service's ``user`` cannot read, a state dir it cannot
+    write, and ports or sockets another process holds (unless this config's agent is the one
+    running: it holds its own)."""
+    from agent.ports import access_problem, held_by_another, unix_socket_in_use  # noqa: PLC0415
+
+    problems = []
+    if user:
+        server, cloud = config.server, config.cloud
+        files = [
+            path,
+            server.enrollment_token_file,
+            server.ca_file,
+            cloud.token_file,
+            cloud.ca_file,
+        ]
+        for file in (f for f in files if f is not None):
+            problems.append(access_problem(Path(file), user))
+        state = Path(config.agent.state_dir)
+        while not state.exists() and state.parent != state:
+            state = state.parent  # it creates what is missing below the first that exists
+        problems.append(access_problem(state, user, write=True))
+    api = config.api
+    if not unix_socket_in_use(api.socket):  # else this agent runs: the ports are its own
+        for what, address in (("api.listen", api.listen), ("api.rest_listen", api.rest_listen),
+                              ("api.metrics_listen", api.metrics_listen)):  # fmt: skip
+            if address and held_by_another(address):
+                problems.append(f"{what} {address} is in use by another process")
+    return list(dict.fromkeys(p for p in problems if p))  # one line per problem
 
 
 def _hardware_options(args: argparse.Namespace) -> dict[str, object]:
@@ -325,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("--config", type=Path, required=True)
+    check.add_argument(
+        "--user",
+        metavar="USER",
+        help="also check that USER (the service's: edgefleet in the .deb) can read the files "
+        "the config names and write its state dir",
+    )
     check.set_defaults(func=_cmd_check_config)
 
     predict = sub.add_parser(

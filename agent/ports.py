@@ -19,6 +19,7 @@ from pathlib import Path
 __all__ = [
     "EXIT_PORT_IN_USE",
     "PortInUseError",
+    "access_problem",
     "held_by_another",
     "split_tcp",
     "unix_socket_in_use",
@@ -89,3 +90,40 @@ def unix_socket_in_use(path: Path) -> bool:
     finally:
         probe.close()
     return True
+
+
+def access_problem(path: Path, user: str, *, write: bool = False) -> str:
+    """Why ``user`` (a name) cannot read (or, with ``write``, write into) ``path``, from the
+    permission bits of the file and of every folder on its way; "" when it can. Root can.
+    (``check-config --user`` runs as an admin, not as the service's user.)"""
+    import grp  # noqa: PLC0415
+    import pwd  # noqa: PLC0415
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return f"no user {user!r} on this machine"
+    if entry.pw_uid == 0:
+        return ""
+    gids = {entry.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+
+    def allowed(target: Path, need: int) -> bool:  # need: 4 read, 2 write, 1 search
+        info = target.stat()
+        if info.st_uid == entry.pw_uid:
+            return bool(info.st_mode >> 6 & need == need)
+        if info.st_gid in gids:
+            return bool(info.st_mode >> 3 & need == need)
+        return bool(info.st_mode & need == need)
+
+    path = path.absolute()
+    try:
+        for folder in reversed(path.parents):
+            if not allowed(folder, 1):
+                return f"{user} cannot enter {folder}"
+        if write:
+            return "" if allowed(path, 3) else f"{user} cannot write into {path}"
+        return "" if allowed(path, 4) else f"{user} cannot read {path}"
+    except FileNotFoundError:
+        return ""  # a missing file is reported as missing, by the reader
+    except OSError as exc:
+        return f"cannot check {path}: {exc.strerror}"

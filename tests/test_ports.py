@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.ports import EXIT_PORT_IN_USE, held_by_another, unix_socket_in_use
+from agent.ports import EXIT_PORT_IN_USE, access_problem, held_by_another, unix_socket_in_use
 from tests.harness import Server, free_port, run_cli, start, wait_for
 
 
@@ -114,3 +114,40 @@ def test_a_second_agent_on_a_port_or_socket_in_use_exits_73(tmp_path: Path) -> N
         assert first.popen.poll() is None
     finally:
         first.stop()
+
+
+def test_access_is_judged_for_the_service_user_by_every_folder_on_the_way(tmp_path: Path) -> None:
+    # nobody (65534) exists on Debian; pytest's tmp_path is root's (0700 on the way).
+    private = tmp_path / "token"
+    private.write_text("t")
+    private.chmod(0o600)
+    assert "nobody cannot" in access_problem(private, "nobody")
+    assert access_problem(private, "root") == ""
+    assert "no user" in access_problem(private, "no-such-user-here")
+
+
+@pytest.mark.slow
+def test_check_config_names_what_the_service_user_cannot_read_and_ports_held(
+    tmp_path: Path,
+) -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    listen = f"127.0.0.1:{holder.getsockname()[1]}"
+    config = agent_config(tmp_path, "checked", listen=listen, socket_path=tmp_path / "x.sock")
+    token = tmp_path / "token"
+    token.write_text("t")
+    token.chmod(0o600)
+    text = config.read_text().replace(
+        'enrollment_token = "none"', f'enrollment_token_file = "{token}"'
+    )
+    config.write_text(text.replace('ca_file = "absent.crt"', f'ca_file = "{token}"'))
+    try:
+        checked = run_cli("edgefleet-agent", "check-config", "--config", str(config),
+                          "--user", "nobody", check=False)  # fmt: skip
+    finally:
+        holder.close()
+    assert checked.returncode == 1, checked.stdout
+    # pytest's folders are root's alone: nobody stops at the first one, said once.
+    assert checked.stderr.count("nobody cannot enter /tmp/pytest-of-") == 1, checked.stderr
+    assert f"api.listen {listen} is in use by another process" in checked.stderr
