@@ -114,9 +114,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _service_problems(config: AgentConfig, path: Path, user: str | None) -> list[str]:
     """What would stop ``run``: files the service's ``user`` cannot read, a state dir it cannot
-    write, and ports or sockets another process holds (unless this config's agent is the one
-    running: it holds its own)."""
-    from agent.ports import access_problem, held_by_another, unix_socket_in_use  # noqa: PLC0415
+    write, and ports another process holds (not this config's running agent: its own)."""
+    from agent.ports import access_problem, held_by_another, held_by_itself  # noqa: PLC0415
 
     problems = []
     if user:
@@ -135,11 +134,11 @@ def _service_problems(config: AgentConfig, path: Path, user: str | None) -> list
             state = state.parent  # it creates what is missing below the first that exists
         problems.append(access_problem(state, user, write=True))
     api = config.api
-    if not unix_socket_in_use(api.socket):  # else this agent runs: the ports are its own
-        for what, address in (("api.listen", api.listen), ("api.rest_listen", api.rest_listen),
-                              ("api.metrics_listen", api.metrics_listen)):  # fmt: skip
-            if address and held_by_another(address):
-                problems.append(f"{what} {address} is in use by another process")
+    for what, address in (("api.listen", api.listen), ("api.rest_listen", api.rest_listen),
+                          ("api.metrics_listen", api.metrics_listen)):  # fmt: skip
+        # The running agent of this config holds its own ports.
+        if address and held_by_another(address) and not held_by_itself(address, path):
+            problems.append(f"{what} {address} is in use by another process")
     return list(dict.fromkeys(p for p in problems if p))  # one line per problem
 
 

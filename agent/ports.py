@@ -13,6 +13,7 @@ cannot free the port).
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from pathlib import Path
 
@@ -21,6 +22,8 @@ __all__ = [
     "PortInUseError",
     "access_problem",
     "held_by_another",
+    "held_by_itself",
+    "holders",
     "split_tcp",
     "unix_socket_in_use",
 ]
@@ -127,3 +130,52 @@ def access_problem(path: Path, user: str, *, write: bool = False) -> str:
         return ""  # a missing file is reported as missing, by the reader
     except OSError as exc:
         return f"cannot check {path}: {exc.strerror}"
+
+
+def holders(address: str) -> list[tuple[int, list[str]]]:
+    """The processes (pid, command line) with a socket listening on ``address``'s port, as far
+    as /proc shows them (other users' processes need root to be seen)."""
+    parsed = split_tcp(address)
+    if parsed is None or parsed[1] == 0:
+        return []
+    port = parsed[1]
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # local address "HEX_IP:HEX_PORT", state 0A = LISTEN, inode in column 10
+            if (
+                len(fields) > 9
+                and fields[3] == "0A"
+                and int(fields[1].rsplit(":", 1)[1], 16) == port
+            ):
+                inodes.add(f"socket:[{fields[9]}]")
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(str(fd.readlink()) in inodes for fd in (proc / "fd").iterdir()):
+                cwd = (proc / "cwd").readlink()
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+                # Relative arguments as absolute paths, from the process's own folder.
+                found.append(
+                    (int(proc.name), [str(cwd / a.decode(errors="replace")) for a in argv if a])
+                )
+        except OSError:
+            continue  # gone, or not ours to see
+    return found
+
+
+def held_by_itself(address: str, config: Path) -> bool:
+    """True when what listens on ``address`` is a process started with ``config`` (the
+    running service's own ports, for check-config)."""
+    wanted = os.path.normpath(config.absolute())
+    found = holders(address)
+    return bool(found) and all(
+        any(os.path.normpath(arg) == wanted for arg in argv) for _, argv in found
+    )

@@ -14,7 +14,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from agent.ports import EXIT_PORT_IN_USE, PortInUseError
+from agent.ports import (
+    EXIT_PORT_IN_USE,
+    PortInUseError,
+    access_problem,
+    held_by_another,
+    held_by_itself,
+)
 from agent.systemd import setup_logging
 from fleet_server import __version__
 from fleet_server.config import apply_config
@@ -219,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a server.toml and exit")
     check.add_argument("--config", type=Path, required=True)
+    check.add_argument(
+        "--user",
+        metavar="USER",
+        help="also check that USER (the service's: edgefleet-server in the .deb) can read the "
+        "files the config names and write its data dir (ports another process holds are "
+        "always checked; a server running with this config holds its own)",
+    )
     check.set_defaults(func=_cmd_check_config)
 
     bcert = sub.add_parser(
@@ -493,7 +506,28 @@ def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentP
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    values = apply_config(_subparser(build_parser(), "run"), args.config)
+    run = _subparser(build_parser(), "run")
+    values = apply_config(run, args.config)
+    problems = []
+    if args.user:  # what the service's user must read (the data dir: write)
+        for key in ("cloud_token_file", "cloud_ca_file", "pkcs11_pin_file", "expiry_hook"):
+            if values.get(key):
+                problems.append(access_problem(Path(values[key]), args.user))
+        if values.get("data_dir"):
+            problems.append(access_problem(Path(values["data_dir"]), args.user, write=True))
+    defaults = {a.dest: a.default for a in run._actions}
+    for key in ("listen", "device_listen", "mqtt_listen", "dashboard_listen", "metrics_listen",
+                "cloud_listen"):  # fmt: skip
+        address = values.get(key, defaults.get(key))
+        if key == "mqtt_listen" and values.get("mqtt_url"):
+            continue  # an external broker: nothing listens here
+        address = str(address or "")
+        if address and held_by_another(address) and not held_by_itself(address, args.config):
+            problems.append(f"{key} {address} is in use by another process")
+    for problem in dict.fromkeys(p for p in problems if p):
+        print(f"{PROG}: error: {args.config}: {problem}", file=sys.stderr)
+    if any(problems):
+        return 1
     print(f"{args.config}: OK ({len(values)} setting(s): {', '.join(sorted(values))})")
     return 0
 

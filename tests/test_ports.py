@@ -62,6 +62,15 @@ def test_a_second_server_on_a_port_in_use_exits_73_and_the_first_keeps_every_cal
     assert "Traceback" not in second.stderr
     for _ in range(10):  # every call reaches the first server (its token, its certificate)
         first.admin("models", "list")
+    # check-config says so before a start would.
+    toml = tmp_path / "server.toml"
+    toml.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "second"}"\nlisten = "127.0.0.1:{port}"\n'
+        'mqtt_listen = "127.0.0.1:0"\ndevice_listen = "127.0.0.1:0"\n'
+    )
+    checked = run_cli("edgefleet-server", "check-config", "--config", str(toml), check=False)
+    assert checked.returncode == 1, checked.stdout
+    assert f"listen 127.0.0.1:{port} is in use by another process" in checked.stderr
 
 
 def agent_config(folder: Path, name: str, *, listen: str, socket_path: Path) -> Path:
@@ -111,6 +120,12 @@ def test_a_second_agent_on_a_port_or_socket_in_use_exits_73(tmp_path: Path) -> N
             assert "is in use by another process" in second.stderr, second.stderr
         # The first agent still owns both: its socket file was not replaced.
         assert unix_socket_in_use(shared) and held_by_another(listen)
+        # check-config knows the running agent's own port from another process's.
+        own = run_cli("edgefleet-agent", "check-config", "--config", str(config), check=False)
+        assert "in use" not in own.stderr, own.stderr
+        other = tmp_path / "same-port" / "agent.toml"
+        theirs = run_cli("edgefleet-agent", "check-config", "--config", str(other), check=False)
+        assert f"api.listen {listen} is in use by another process" in theirs.stderr
         assert first.popen.poll() is None
     finally:
         first.stop()
