@@ -65,6 +65,12 @@ def test_a_device_cannot_benchmark_a_variant_it_does_not_run(
     except grpc.RpcError as exc:
         assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.details()
     assert _variant_of(honest.check_in()) == chosen, "one device's benchmark moved its class"
+    # Its own variant, which it says it installed but never downloaded: refused too.
+    report.sha256 = variants[chosen]
+    with pytest.raises(grpc.RpcError) as refused:
+        liar.stub.ReportBenchmark(report, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "was never sent to this device" in (refused.value.details() or "")
     liar.close()
     honest.close()
 

@@ -227,11 +227,12 @@ def test_the_fleet_benchmarks_a_model_and_selection_follows_it(
 
         row = wait_for("the device's benchmark", fleet_row, timeout=60)
         assert row["devices"] == 1 and float(row["p50_ms"]) > 0  # type: ignore[arg-type]
-        # Selection now knows the fleet's median for this hardware class and variant.
+        # One device is not its class: selection keeps the build host's measurement until
+        # MIN_DEVICES devices the server sent the file to have reported it
+        # (tests/test_bench_store.py).
         models = json.loads(server.admin("models", "list", "--json").stdout)
         benched = next(m for m in models if m["variant"] == row["variant"])
-        fleet = benched["profile"]["fleet_latency_ms"]
-        assert fleet == {row["hardware_class"]: pytest.approx(row["p50_ms"])}
+        assert not benched["profile"].get("fleet_latency_ms")
         explained = server.admin(
             "devices", "explain", "bench-1", "digits", "--model-version", "1.0.0"
         ).stdout

@@ -348,12 +348,19 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
     ) -> Iterator[bytes]:
         """Encoded ``ArtifactChunk`` messages (see :func:`add_device_service`)."""
         try:
-            require_device(context, self._ctx.devices)
-            if self._ctx.catalog.model_by_sha(request.artifact_id) is None:
+            device_id = require_device(context, self._ctx.devices)
+            row = self._ctx.catalog.model_by_sha(request.artifact_id)
+            if row is None:
                 raise AuthError("no model version uses that artifact")
+            # A compressed copy delivers the model file it holds.
+            sent = (
+                row.sha256 if request.artifact_id == row.compressed_sha256 else request.artifact_id
+            )
             chunks = self._ctx.artifacts.read(request.artifact_id, request.offset)
             for offset, data, total in chunks:
                 yield encode_chunk(offset, data, total)
+                if offset + len(data) >= total:  # its last byte is on its way: sent whole
+                    self._ctx.bench.delivered(device_id, sent)
         except FleetError as exc:
             abort_for(context, exc)
         except OperationalError as exc:  # as rpc_errors does for the unary calls

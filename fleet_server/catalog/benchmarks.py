@@ -2,7 +2,8 @@
 
 Each result also updates what selection knows: the variant's median p50 over the devices of a
 hardware class becomes its measured latency for that class (``fleet_latency_ms``, which takes
-precedence over a build host's measurement of the same class).
+precedence over a build host's measurement of the same class) once ``MIN_DEVICES`` devices
+the server sent the file to have reported it: no one device steers its class.
 """
 
 from __future__ import annotations
@@ -17,9 +18,13 @@ import sqlalchemy as sa
 
 from fleet_server.errors import BadRequestError, NotFoundError
 from fleet_server.storage.db import Database, bump_generation, stored_text
-from fleet_server.storage.schema import benchmarks, models
+from fleet_server.storage.schema import benchmarks, deliveries, models
 
-__all__ = ["BenchRow", "BenchStore"]
+__all__ = ["MIN_DEVICES", "BenchRow", "BenchStore"]
+
+# Devices of a hardware class whose results make its measured latency: one or two devices (a
+# liar among them) cannot move what a whole class is given.
+MIN_DEVICES = 3
 
 
 @dataclass(frozen=True)
@@ -41,12 +46,23 @@ class BenchStore:
     def __init__(self, db: Database) -> None:
         self._engine = db.engine
 
+    def delivered(self, device_id: str, sha256: str) -> None:
+        """Remember that the server streamed this artifact to this device, whole."""
+        now = int(time.time())
+        key = (deliveries.c.device_id == device_id) & (deliveries.c.sha256 == sha256)
+        with self._engine.begin() as conn:
+            if conn.execute(deliveries.update().where(key).values(at=now)).rowcount == 0:
+                conn.execute(deliveries.insert().values(device_id=device_id, sha256=sha256, at=now))
+
     def record(self, device_id: str, hardware_class: str, report: Any) -> None:
-        """Keep a device's benchmark (replacing its previous one of the same file).
+        """Keep a device's benchmark (replacing its previous one of the same file). The
+        median p50 of a class's devices becomes the variant's measured latency for the class
+        once ``MIN_DEVICES`` of them have reported.
 
         Raises:
             NotFoundError: the file is not a variant in the catalog.
-            BadRequestError: numbers out of range.
+            BadRequestError: numbers out of range, or the server never sent the file to the
+                device (a device claiming an install it did not do).
         """
         if not (0 < report.p50_ms < 1e7 and 0 < report.p95_ms < 1e7 and report.requests > 0):
             raise BadRequestError("benchmark latencies and request count must be positive")
@@ -75,6 +91,16 @@ class BenchStore:
             ).first()
             if row is None or row[0] != report.model_name:
                 raise NotFoundError(f"{report.model_name}: no variant with that file")
+            sent = conn.execute(
+                sa.select(deliveries.c.at).where(
+                    (deliveries.c.device_id == device_id) & (deliveries.c.sha256 == report.sha256)
+                )
+            ).first()
+            if sent is None:
+                raise BadRequestError(
+                    f"{report.sha256[:12]}... was never sent to this device: only the files it "
+                    "downloaded count for its hardware class"
+                )
             if conn.execute(benchmarks.update().where(key).values(values)).rowcount == 0:
                 conn.execute(
                     benchmarks.insert().values(device_id=device_id, sha256=report.sha256, **values)
@@ -90,7 +116,10 @@ class BenchStore:
             ]
             requirements = json.loads(row[1] or "{}")
             fleet = dict(requirements.get("fleet_latency_ms", {}))
-            fleet[hardware_class] = statistics.median(p50s)
+            if len(p50s) >= MIN_DEVICES:
+                fleet[hardware_class] = statistics.median(p50s)
+            else:
+                fleet.pop(hardware_class, None)  # the build host's measurement stands
             requirements["fleet_latency_ms"] = fleet
             conn.execute(
                 models.update()

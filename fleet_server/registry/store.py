@@ -19,6 +19,7 @@ from fleet_server.registry.refusals import RefusalKey, decode
 from fleet_server.storage.db import Database, bump_generation, hold_writes
 from fleet_server.storage.schema import (
     benchmarks,
+    deliveries,
     device_events,
     device_models,
     devices,
@@ -55,6 +56,7 @@ _DEVICE_TABLES = (
     usage,
     telemetry_history,
     benchmarks,
+    deliveries,
 )
 
 

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from fleet_server.storage.schema import (
     audit_log,
     benchmarks,
+    deliveries,
     deployments,
     device_events,
     enrollment_tokens,
@@ -237,6 +238,11 @@ def _v22_to_v23(conn: sa.Connection) -> None:
         conn.execute(sa.text("ALTER TABLE device_models ADD COLUMN event_seq BIGINT"))
 
 
+def _v23_to_v24(conn: sa.Connection) -> None:
+    """Version 24: which device was sent which artifact whole (benchmarks count only those)."""
+    deliveries.create(conn, checkfirst=True)
+
+
 # From version N to N + 1.
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     1: _v1_to_v2,
@@ -261,4 +267,5 @@ MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     20: _v20_to_v21,
     21: _v21_to_v22,
     22: _v22_to_v23,
+    23: _v23_to_v24,
 }

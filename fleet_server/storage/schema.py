@@ -2,8 +2,8 @@
 
 Each table belongs to one concern, which owns its queries: devices, enrollment tokens,
 enrollments, device_models and refusal_clears to ``registry`` (which also deletes a device's
-rows everywhere when it deletes a ghost device); releases, models, deployments and benchmarks
-to ``catalog``; rollouts and rollout_devices to ``rollouts``; audit_log to ``audit``;
+rows everywhere when it deletes a ghost device); releases, models, deployments, benchmarks and
+deliveries to ``catalog``; rollouts and rollout_devices to ``rollouts``; audit_log to ``audit``;
 routing_policies, settings and usage to ``routing`` (usage is written by ``telemetry``);
 device_events and the history tables to ``telemetry``. ``fleet_state`` is storage's own (the
 generation).
@@ -17,6 +17,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "audit_log",
     "benchmarks",
+    "deliveries",
     "deployments",
     "device_events",
     "device_models",
@@ -38,7 +39,7 @@ __all__ = [
     "usage",
 ]
 
-SCHEMA_VERSION = 23
+SCHEMA_VERSION = 24
 
 metadata = sa.MetaData()
 
@@ -193,6 +194,16 @@ benchmarks = sa.Table(
     sa.Column("p95_ms", sa.Float, nullable=False),
     sa.Column("throughput_per_s", sa.Float, nullable=False),
     sa.Column("runtime", sa.String(64), nullable=False, default=""),
+    sa.Column("at", sa.BigInteger, nullable=False),
+)
+
+# Which device the server streamed which artifact to, whole (the last chunk sent): only those
+# devices' benchmarks of that file count for their hardware class.
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("device_id", sa.String(64), primary_key=True),
+    sa.Column("sha256", sa.String(64), primary_key=True),
     sa.Column("at", sa.BigInteger, nullable=False),
 )
 
