@@ -21,6 +21,7 @@ import pytest
 
 from agent.inference.modelfile import inspect_model_file
 from agent.inference.preprocess import image_to_tensor, load_image
+from agent.ports import EXIT_PORT_IN_USE
 from protos import inference_pb2, manifest_pb2
 from tests import oip
 from tests.harness import (
@@ -471,9 +472,11 @@ def test_a_taken_api_port_stops_the_agent_with_one_clear_line(
         agent.config.write_text(text)
         agent.start()
         assert agent.proc is not None
-        assert agent.proc.popen.wait(30) == 1
+        assert agent.proc.popen.wait(30) == EXIT_PORT_IN_USE  # RestartPreventExitStatus
     out = agent.output()
-    assert "edgefleet-agent: error: cannot start the local inference API" in out, out[-2000:]
+    assert f"edgefleet-agent: error: api.listen 127.0.0.1:{port} is in use by another" in out, out[
+        -2000:
+    ]
     assert "Traceback" not in out
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.ports import EXIT_PORT_IN_USE
 from agent.updates.store import ModelStore
 from protos import inference_pb2
 from tests import oip
@@ -73,8 +74,8 @@ def test_clean_restarts_and_a_taken_port_are_not_a_crash_loop_but_kills_are(
         for _ in range(4):
             agent.start()
             assert agent.proc is not None
-            assert agent.proc.popen.wait(30) == 1
-    assert "cannot start the local inference API" in agent.output()
+            assert agent.proc.popen.wait(30) == EXIT_PORT_IN_USE
+    assert f"api.listen 127.0.0.1:{port} is in use by another process" in agent.output()
     agent.config.write_text(config)
     agent.start()
     wait_for("the agent to serve again", lambda: serving(agent))
