@@ -202,3 +202,58 @@ def test_the_spillway_stores_and_acknowledges_each_message_once_across_an_outage
         assert spill.refused["bound"] > 0
     else:
         assert spill.refused["bound"] == 0
+
+
+@pytest.mark.slow  # mounts a tmpfs
+def test_a_full_disk_while_draining_hands_out_each_row_once_and_deletes_them_later(
+    tmp_path: Path,
+) -> None:
+    """The database is back but the spill's disk is full: deleting a stored row needs room
+    in the write-ahead log too. A row stored from the spill must not be handed out again:
+    the writer would store the same rows again and again for as long as the disk stays full
+    (each time counted as duplicates, the database busy with them, the spill never empty)."""
+    with small_disk(tmp_path / "small", "8m") as mount:
+        path = mount / "ingest-spill.db"
+        spill = Spill(path)
+        spilled: list[int] = []
+        for _ in range(20):
+            rows = _rows(spill, 100, size=1000)
+            assert spill.append(rows) == 100
+            spilled += [r[0] for r in rows]
+        filler = fill_disk(mount)
+        handed: list[int] = []
+        for _ in range(50):
+            head = spill.head(500)
+            if not head:
+                break
+            handed += [r[0] for r in head]
+            spill.delete(head)  # stored: the database committed them
+        assert sorted(handed) == spilled, "a spilled row handed out twice, or not at all"
+        assert (spill.messages, spill.drained) == (0, len(spilled))
+        filler.unlink()
+        assert spill.append(_rows(spill, 1)) == 1  # room again: the stored rows go
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            assert db.execute("SELECT count(*) FROM spill").fetchone()[0] == 1
+        spill.close()
+
+
+@pytest.mark.slow  # waits out SQLite's 5 s busy timeout
+def test_a_lock_another_program_holds_is_not_taken_for_damage(tmp_path: Path) -> None:
+    """An operator's sqlite3 shell (or a backup tool) holding the spill's write lock makes an
+    append fail with 'database is locked'. That is no damage: the file, with every message
+    the broker was told is safe, must stay where it is; the new messages are refused."""
+    path = tmp_path / "ingest-spill.db"
+    spill = Spill(path)
+    assert spill.append(_rows(spill, 50)) == 50
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    assert spill.append(_rows(spill, 10)) == 0
+    assert spill.quarantined == 0
+    assert not (tmp_path / "ingest-spill.db.damaged").exists()
+    assert spill.refused["disk"] == 10
+    other.execute("ROLLBACK")
+    other.close()
+    assert spill.messages == 50
+    assert len(spill.head(100)) == 50
+    assert spill.append(_rows(spill, 10)) == 10
+    spill.close()
