@@ -312,3 +312,26 @@ def test_a_damaged_spill_at_start_is_moved_aside_and_replaced(
     devices = Devices(again, 1, tmp_path)
     _first_reports(again, devices)
     devices.close()
+
+
+def test_a_spill_that_empties_often_under_load_is_not_logged_each_time(
+    tmp_path: Path, server_factory: Callable[..., Server]
+) -> None:
+    """Under a load the writer barely keeps up with, the router spills a batch now and then
+    and the writer empties the spill again, many times a second: that is not news. It was
+    logged (and the file vacuumed and its log truncated) at each emptying: 74 lines in 15 s."""
+    folder = tmp_path / "srv"
+    server = server_factory(None, folder=folder, extra=(*METRICS, "--ingest-queue-messages", "200"))
+    devices = Devices(server, 30, tmp_path)
+    _first_reports(server, devices)
+    _publish_at(devices, rate=1500, seconds=12)  # 600 a device: within the guard's burst
+    wait_for("the broker's acknowledgements", devices.flushed, timeout=120)
+    books = wait_for("every report stored", lambda: _complete(server, devices), timeout=300)
+    _assert_each_stored_once(books, devices)
+    metrics = _metrics_when(
+        folder, "the spill emptied", lambda m: m["edgefleet_ingest_spill_messages"] == 0
+    )
+    if metrics["edgefleet_ingest_spilled_total"] == 0:
+        pytest.skip("the writer kept up with 1,500 reports a second: nothing was spilled")
+    assert server.proc.output().count("the ingest's spill is empty again") <= 2
+    devices.close()

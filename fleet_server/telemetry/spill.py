@@ -42,9 +42,13 @@ log = logging.getLogger(__name__)
 FORMAT = 1  # the file's layout (PRAGMA user_version)
 _DAMAGED = ".damaged"
 _DAMAGE = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+_SIZE = ("page_count", "page_size")
 # Rows stored from the spill that it cannot delete yet (a full disk): past this many, the
 # writer stops storing from it until it can (each would otherwise be stored again and again).
 _UNDELETED_MAX = 5_000
+# An emptied spill is shrunk (and that logged) only from this size: under a load the writer
+# barely keeps up with, it holds a batch or two and empties many times a second.
+_SHRINK_FROM = 1 << 20
 
 # (arrival number, topic, payload)
 Row = tuple[int, str, bytes]
@@ -334,6 +338,9 @@ class Spill:
         """Give the emptied file's pages and write-ahead log back to the disk."""
         started = time.monotonic()
         try:
+            pages, page = (self._db.execute(f"PRAGMA {p}").fetchone()[0] for p in _SIZE)
+            if pages * page < _SHRINK_FROM:
+                return
             self._db.execute("PRAGMA incremental_vacuum")
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:
