@@ -275,3 +275,32 @@ def test_one_device_cannot_fill_the_spill_for_every_other_device(tmp_path: Path)
     spill.append([(spill.number(), hostile, b"x" * 40) for _ in range(1500)])
     victim = [(spill.number(), "edgefleet/v1/default/victim/telemetry", b"y" * 40)]
     assert spill.append(victim) == 1, "one device's flood refuses another device's report"
+
+
+@pytest.mark.slow  # mounts a tmpfs
+def test_a_file_damaged_on_a_full_disk_is_set_aside_once_and_the_spill_goes_on(
+    tmp_path: Path,
+) -> None:
+    """Damage found while the server runs, on a full disk: no new file can be made. That
+    escaped as an exception (the router's thread died: the ingest stopped taking anything,
+    the server looked alive), and each later call moved another 'damaged' file over the
+    first one. The spill refuses until it can make a new file, then goes on."""
+    with small_disk(tmp_path / "small", "4m") as mount:
+        path = mount / "ingest-spill.db"
+        spill = Spill(path)
+        assert spill.append(_rows(spill, 3000, size=200)) == 3000
+        with sqlite3.connect(path) as db:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with path.open("r+b") as raw:
+            raw.seek(8192)
+            raw.write(b"\xff" * 8192)  # pages in the middle of the table
+        filler = fill_disk(mount)
+        for _ in range(3):
+            assert spill.append(_rows(spill, 10)) == 0
+            assert spill.head(500) == []
+        assert spill.quarantined == 1
+        assert (mount / "ingest-spill.db.damaged").stat().st_size > 100_000
+        filler.unlink()
+        assert spill.append(_rows(spill, 10)) == 10
+        assert len(spill.head(500)) == 10
+        spill.close()

@@ -138,6 +138,7 @@ class Spill:
         self.quarantined = 0  # damaged files moved aside
         self._next = 1
         self._stored: set[int] = set()  # stored from the spill, not deleted yet (a full disk)
+        self._broken = False  # a damaged file was moved aside and no new one could be made
         self._owner = self._claim()
         try:
             self._db = self._open()
@@ -225,7 +226,23 @@ class Spill:
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
         self._quarantine(exc)
-        self._db = self._connect()
+        self._broken = True
+        self._usable()
+
+    def _usable(self) -> bool:
+        """Whether the file can be used (lock held): after a damaged one was moved aside, a
+        new one is made; while that fails (a full disk), the spill refuses."""
+        if not self._broken:
+            return True
+        try:
+            self._db = self._connect()
+        except (OSError, sqlite3.Error) as exc:
+            if self._complaints.first("new file"):
+                log.error("cannot make a new ingest spill %s (%s): it refuses messages until "
+                          "it can (not logged again this minute)", self.path, exc)  # fmt: skip
+            return False
+        self._broken = False
+        return True
 
     def number(self) -> int:
         """The next arrival number: rows are stored in the order of these numbers."""
@@ -240,6 +257,10 @@ class Spill:
         the caller keeps them unacknowledged."""
         sizes = [len(t.encode()) + len(p) for _n, t, p in rows]
         with self._lock:
+            if not self._usable():
+                if counted:
+                    self._refuse("disk", len(rows), "no new file can be made for it")
+                return 0
             if self._stored:  # the disk may have room again
                 self._forget_stored()
             fits = room(self.bounds, self.messages, self.bytes, sizes)
@@ -282,6 +303,8 @@ class Spill:
         """The oldest rows not stored yet, at most ``limit``, in arrival order; none while
         too many stored rows wait to be deleted (a full disk) or the file cannot be read."""
         with self._lock:
+            if not self._usable():
+                return []
             if self._stored:
                 self._forget_stored()
                 if len(self._stored) >= _UNDELETED_MAX:
@@ -317,6 +340,8 @@ class Spill:
 
     def _forget_stored(self) -> None:
         """Delete the stored rows (lock held); on failure they wait for the next try."""
+        if not self._usable():
+            return
         try:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany("DELETE FROM spill WHERE n = ?", [(n,) for n in self._stored])
