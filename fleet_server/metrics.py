@@ -87,7 +87,7 @@ def render(ctx: ServerContext, ingest: TelemetryIngest | None) -> str:
     spill = ingest.spill if ingest is not None else None
     if spill is not None:
         out += [
-            "# HELP edgefleet_ingest_spill_messages Messages in the ingest's spill on disk.",
+            "# HELP edgefleet_ingest_spill_messages Messages in the spill, not stored yet.",
             "# TYPE edgefleet_ingest_spill_messages gauge",
             _line("edgefleet_ingest_spill_messages", spill.messages),
             "# HELP edgefleet_ingest_spill_bytes Bytes of topics and payloads in the spill.",

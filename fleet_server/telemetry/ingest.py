@@ -133,6 +133,9 @@ class TelemetryIngest:
         self.dropped = 0  # given up at a stop with the database down (devices send them again)
         self.deferred = 0  # left unacknowledged with the queue full (sent again)
         self.write_failures = 0  # attempts to store a batch the database refused
+        # Set by stop(): with the database down, nothing more is tried (devices send it again).
+        self._halt = threading.Event()
+        self._down = False  # the last attempt to store failed
         self.duplicates = 0
         self.gaps = 0  # messages given up as lost (see sequence.py)
         self.filled = 0  # late arrivals into a missing range (neither duplicates nor losses)
@@ -387,10 +390,11 @@ class TelemetryIngest:
                 decoded.append(message)
         attempts = 1 if once else _FINAL_ATTEMPTS if final or stopping else None
         attempt = 0
-        while attempts is None or attempt < attempts:
+        while (attempts is None or attempt < attempts) and not (self._halt.is_set() and self._down):
             attempt += 1
             try:
                 self._store(decoded, final=final)
+                self._down = False
                 if attempt > 1:
                     log.warning("the database is back: stored %d MQTT message(s) after %d "
                                 "attempt(s)", len(decoded), attempt)  # fmt: skip
@@ -405,12 +409,13 @@ class TelemetryIngest:
                     self.rejected += rejected
                     return True
                 self.write_failures += 1
+                self._down = True
                 if self._complaints.first("database"):
                     log.error("cannot store %d MQTT message(s), retrying until the database "
                               "is back (not logged again this minute): %s", len(decoded),
                               exc)  # fmt: skip
                 if not once:
-                    time.sleep(min(_RETRY_MAX_S, 0.5 * attempt))
+                    self._halt.wait(min(_RETRY_MAX_S, 0.5 * attempt))
         if not once:
             self.rejected += rejected
             self.dropped += len(decoded)
@@ -648,7 +653,9 @@ class TelemetryIngest:
         return command.id
 
     def stop(self) -> None:
-        """Disconnect and let the writer finish what it has."""
+        """Disconnect and let the writer finish what it has (with the database down: give up
+        what waits, counted ``dropped``; devices send it again)."""
+        self._halt.set()
         if self._publisher is not None:
             self._publisher.close()
         if self._writer.is_alive():

@@ -13,9 +13,12 @@ count as a duplicate (:mod:`fleet_server.telemetry.sequence`): nothing is stored
 The file is SQLite (WAL, ``synchronous=FULL``: a commit survives a power cut), mode 0600, one
 row per message numbered in arrival order, bounded in messages and in bytes (topic + payload;
 the file itself is somewhat larger). Past a bound, or on a full disk, a message is refused: the
-caller leaves it unacknowledged, as without a spill. A file SQLite finds damaged is moved to
-``ingest-spill.db.damaged`` (replacing an older one) and replaced by an empty one; what it held
-is sent again by the devices.
+caller leaves it unacknowledged, as without a spill; so is a message the file cannot take for
+another reason (a lock another program holds, an I/O error). A file SQLite finds damaged (and
+only that) is moved to ``ingest-spill.db.damaged`` (replacing an older one) and replaced by an
+empty one; what it held is sent again by the devices. Rows stored but not yet deleted (a full
+disk refuses the delete too) are not handed out again; they are deleted once the file can be
+written (and stored again, as duplicates, if the server stops first).
 """
 
 from __future__ import annotations
@@ -38,6 +41,14 @@ __all__ = ["FORMAT", "Spill", "SpillBounds", "SpillConfig", "room", "spill_wante
 log = logging.getLogger(__name__)
 FORMAT = 1  # the file's layout (PRAGMA user_version)
 _DAMAGED = ".damaged"
+_DAMAGE = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+_SIZE = ("page_count", "page_size")
+# Rows stored from the spill that it cannot delete yet (a full disk): past this many, the
+# writer stops storing from it until it can (each would otherwise be stored again and again).
+_UNDELETED_MAX = 5_000
+# An emptied spill is shrunk (and that logged) only from this size: under a load the writer
+# barely keeps up with, it holds a batch or two and empties many times a second.
+_SHRINK_FROM = 1 << 20
 
 # (arrival number, topic, payload)
 Row = tuple[int, str, bytes]
@@ -91,6 +102,19 @@ def _full(exc: sqlite3.Error) -> bool:
     return code == sqlite3.SQLITE_FULL or "full" in str(exc).lower()
 
 
+def _damaged(exc: sqlite3.Error) -> bool:
+    """SQLite finds the file damaged, or it is not ours (our own checks raise without a code).
+    A lock another program holds (an operator's sqlite3 shell, a backup tool), an I/O error or
+    a read-only file system is no damage: moving the file aside would set aside everything it
+    holds, which the broker was told is safe."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if _full(exc):
+        return False
+    if code is None:
+        return isinstance(exc, sqlite3.DatabaseError)
+    return code & 0xFF in _DAMAGE
+
+
 class Spill:
     """The spill file (see the module docstring). Thread-safe: the ingest's router appends while
     its writer reads and deletes. No method raises on a full disk or a damaged file."""
@@ -113,6 +137,8 @@ class Spill:
         self.refused = {"bound": 0, "disk": 0}  # messages the spill could not take
         self.quarantined = 0  # damaged files moved aside
         self._next = 1
+        self._stored: set[int] = set()  # stored from the spill, not deleted yet (a full disk)
+        self._broken = False  # a damaged file was moved aside and no new one could be made
         self._owner = self._claim()
         try:
             self._db = self._open()
@@ -141,8 +167,8 @@ class Spill:
         try:
             return self._connect()
         except sqlite3.DatabaseError as exc:
-            if _full(exc) and self.path.exists():
-                raise  # not damage: a start on a full disk fails like the database would
+            if not _damaged(exc):
+                raise  # a full disk, a lock, an I/O error: a start fails like the database's
             self._quarantine(exc)
             return self._connect()
 
@@ -163,7 +189,8 @@ class Spill:
                 "CREATE TABLE IF NOT EXISTS spill (n INTEGER PRIMARY KEY, topic TEXT NOT NULL,"
                 " payload BLOB NOT NULL)"
             )
-            db.execute(f"PRAGMA user_version={FORMAT}")
+            if fresh:
+                db.execute(f"PRAGMA user_version={FORMAT}")
             check = db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {check}")
@@ -192,13 +219,30 @@ class Spill:
                 Path(f"{self.path}{suffix}").replace(f"{damaged}{suffix}")
         self.quarantined += 1
         self.messages = self.bytes = 0
+        self._stored = set()
 
-    def _replace_damaged(self, exc: sqlite3.DatabaseError) -> None:
+    def _replace_damaged(self, exc: sqlite3.Error) -> None:
         """A file damaged under the running server: start an empty one (lock held)."""
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
         self._quarantine(exc)
-        self._db = self._connect()
+        self._broken = True
+        self._usable()
+
+    def _usable(self) -> bool:
+        """Whether the file can be used (lock held): after a damaged one was moved aside, a
+        new one is made; while that fails (a full disk), the spill refuses."""
+        if not self._broken:
+            return True
+        try:
+            self._db = self._connect()
+        except (OSError, sqlite3.Error) as exc:
+            if self._complaints.first("new file"):
+                log.error("cannot make a new ingest spill %s (%s): it refuses messages until "
+                          "it can (not logged again this minute)", self.path, exc)  # fmt: skip
+            return False
+        self._broken = False
+        return True
 
     def number(self) -> int:
         """The next arrival number: rows are stored in the order of these numbers."""
@@ -213,6 +257,12 @@ class Spill:
         the caller keeps them unacknowledged."""
         sizes = [len(t.encode()) + len(p) for _n, t, p in rows]
         with self._lock:
+            if not self._usable():
+                if counted:
+                    self._refuse("disk", len(rows), "no new file can be made for it")
+                return 0
+            if self._stored:  # the disk may have room again
+                self._forget_stored()
             fits = room(self.bounds, self.messages, self.bytes, sizes)
             taken = 0
             if fits:
@@ -227,13 +277,11 @@ class Spill:
                 except sqlite3.Error as exc:
                     with contextlib.suppress(sqlite3.Error):
                         self._db.execute("ROLLBACK")
-                    if _full(exc):
-                        if counted:
-                            self._refuse("disk", len(rows), f"the disk is full ({exc})")
-                        return 0
-                    if not isinstance(exc, sqlite3.DatabaseError):
-                        raise
-                    self._replace_damaged(exc)
+                    if _damaged(exc):
+                        self._replace_damaged(exc)
+                    elif counted:
+                        why = "the disk is full" if _full(exc) else "it cannot be written"
+                        self._refuse("disk", len(rows), f"{why} ({exc})")
                     return 0
                 self.messages += taken
                 self.bytes += sum(sizes[:taken])
@@ -252,48 +300,72 @@ class Spill:
                         "(not logged again this minute)", count, why)  # fmt: skip
 
     def head(self, limit: int) -> list[Row]:
-        """The oldest rows, at most ``limit``, in arrival order."""
+        """The oldest rows not stored yet, at most ``limit``, in arrival order; none while
+        too many stored rows wait to be deleted (a full disk) or the file cannot be read."""
         with self._lock:
+            if not self._usable():
+                return []
+            if self._stored:
+                self._forget_stored()
+                if len(self._stored) >= _UNDELETED_MAX:
+                    return []
             try:
                 rows = self._db.execute(
-                    "SELECT n, topic, payload FROM spill ORDER BY n LIMIT ?", (limit,)
+                    "SELECT n, topic, payload FROM spill ORDER BY n LIMIT ?",
+                    (limit + len(self._stored),),
                 ).fetchall()
-            except sqlite3.DatabaseError as exc:
-                if _full(exc):
-                    return []
-                self._replace_damaged(exc)
+            except sqlite3.Error as exc:
+                if _damaged(exc):
+                    self._replace_damaged(exc)
+                elif self._complaints.first("read"):
+                    log.warning("cannot read the ingest's spill: %s", exc)
                 return []
-        return [(int(n), str(t), bytes(p)) for n, t, p in rows]
+            fresh = [r for r in rows if r[0] not in self._stored][:limit]
+        return [(int(n), str(t), bytes(p)) for n, t, p in fresh]
 
     def delete(self, rows: Sequence[Row]) -> None:
-        """Forget rows the database has stored (committed)."""
+        """Forget rows the database has stored (committed). When the file cannot be written
+        (a full disk), they are not handed out again and are deleted later."""
         if not rows:
             return
         size = sum(len(t.encode()) + len(p) for _n, t, p in rows)
         with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany("DELETE FROM spill WHERE n = ?", [(r[0],) for r in rows])
-                self._db.execute("COMMIT")
-            except sqlite3.DatabaseError as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
-                if _full(exc):  # stored again from the spill later: a duplicate, not a loss
-                    if self._complaints.first("delete"):
-                        log.warning("cannot delete from the ingest's spill: %s", exc)
-                    return
-                self._replace_damaged(exc)
-                return
+            self._stored.update(r[0] for r in rows)
             self.messages = max(0, self.messages - len(rows))
             self.bytes = max(0, self.bytes - size)
             self.drained += len(rows)
-            if not self.messages:
+            self._forget_stored()
+            if not self.messages and not self._stored:
                 self._shrink()
+
+    def _forget_stored(self) -> None:
+        """Delete the stored rows (lock held); on failure they wait for the next try."""
+        if not self._usable():
+            return
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("DELETE FROM spill WHERE n = ?", [(n,) for n in self._stored])
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            if _damaged(exc):
+                self._replace_damaged(exc)
+            elif self._complaints.first("delete"):
+                log.warning("cannot delete %d stored message(s) from the ingest's spill (%s): "
+                            "deleted once it can be written; a stop before that stores them "
+                            "again at the next start, as duplicates", len(self._stored),
+                            exc)  # fmt: skip
+            return
+        self._stored.clear()
 
     def _shrink(self) -> None:
         """Give the emptied file's pages and write-ahead log back to the disk."""
         started = time.monotonic()
         try:
+            pages, page = (self._db.execute(f"PRAGMA {p}").fetchone()[0] for p in _SIZE)
+            if pages * page < _SHRINK_FROM:
+                return
             self._db.execute("PRAGMA incremental_vacuum")
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:

@@ -193,8 +193,8 @@ class Spillway:
     def _from_spill(self) -> bool:
         """Store the spill's oldest rows; False when the database did not take them."""
         rows: list[Row] = self.spill.head(self._batch)
-        if not rows:
-            return True
+        if not rows:  # empty, or it cannot hand out rows now (a full disk): wait and retry
+            return not self.spill.messages
         if not self._attempt([(t, p) for _n, t, p in rows]):
             return False
         self.spill.delete(rows)
