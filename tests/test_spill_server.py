@@ -278,8 +278,7 @@ def test_past_the_spills_bound_reports_are_counted_not_lost_and_the_server_goes_
     folder = tmp_path / "srv"
     extra = (*METRICS, "--ingest-spill-messages", "300", "--ingest-queue-messages", "200")
     server = server_factory(None, folder=folder, extra=extra)
-    # 12 devices: each may hold a tenth of the spill (30 here), so together they can fill it.
-    devices = Devices(server, 12, tmp_path)
+    devices = Devices(server, 8, tmp_path)
     _first_reports(server, devices)
     with database_outage(server):
         _publish_at(devices, rate=200, seconds=8)

@@ -36,15 +36,7 @@ from pathlib import Path
 
 from fleet_server.telemetry.throttle import OncePer
 
-__all__ = [
-    "FORMAT",
-    "Spill",
-    "SpillBounds",
-    "SpillConfig",
-    "device_of",
-    "room",
-    "spill_wanted",
-]
+__all__ = ["FORMAT", "Spill", "SpillBounds", "SpillConfig", "room", "spill_wanted"]
 
 log = logging.getLogger(__name__)
 FORMAT = 1  # the file's layout (PRAGMA user_version)
@@ -72,14 +64,6 @@ class SpillBounds:
 
     messages: int = 1_000_000
     bytes: int = 512 * 1024 * 1024
-    # One device's share: a device's own spool holds 10,000 reports (its whole backlog), and
-    # no device may take more than a tenth of either bound, so one flooding device cannot
-    # refuse every other device's reports.
-    per_device: int = 10_000
-
-    def device_share(self) -> tuple[int, int]:
-        """(messages, bytes) one device may hold."""
-        return min(self.per_device, max(1, self.messages // 10)), max(1, self.bytes // 10)
 
 
 @dataclass(frozen=True)
@@ -101,13 +85,6 @@ def room(bounds: SpillBounds, messages: int, size: int, sizes: Sequence[int]) ->
         fits += 1
         size += each
     return fits
-
-
-def device_of(topic: str) -> str:
-    """The device level of a telemetry topic (``edgefleet/v1/FLEET/DEVICE/KIND``); the whole
-    topic for anything else (each such topic is then its own share)."""
-    parts = topic.split("/")
-    return parts[3] if len(parts) == 5 else topic
 
 
 def spill_wanted(mode: str, receive_window: bool) -> bool:
@@ -157,10 +134,9 @@ class Spill:
         self.bytes = 0
         self.spilled = 0  # messages committed to the spill, ever (this process)
         self.drained = 0  # and deleted once the database stored them
-        self.refused = {"bound": 0, "share": 0, "disk": 0}  # messages it could not take
+        self.refused = {"bound": 0, "disk": 0}  # messages the spill could not take
         self.quarantined = 0  # damaged files moved aside
         self._next = 1
-        self._held: dict[str, list[int]] = {}  # device -> [messages, bytes] it holds
         self._stored: set[int] = set()  # stored from the spill, not deleted yet (a full disk)
         self._broken = False  # a damaged file was moved aside and no new one could be made
         self._owner = self._claim()
@@ -227,15 +203,6 @@ class Spill:
             raise
         self.messages, self.bytes = int(count), int(size)
         self._next = max(self._next, int(last) + 1)  # numbers handed out stay unique
-        self._held = {}
-        if count:
-            for topic, n, b in db.execute(
-                "SELECT topic, count(*), sum(length(CAST(topic AS BLOB)) + length(payload))"
-                " FROM spill GROUP BY topic"
-            ):
-                held = self._held.setdefault(device_of(str(topic)), [0, 0])
-                held[0] += int(n)
-                held[1] += int(b)
         if count:
             log.warning("the ingest's spill %s holds %d message(s) (%d bytes) from an earlier "
                         "run: storing them first", self.path, count, size)  # fmt: skip
@@ -252,7 +219,6 @@ class Spill:
                 Path(f"{self.path}{suffix}").replace(f"{damaged}{suffix}")
         self.quarantined += 1
         self.messages = self.bytes = 0
-        self._held = {}
         self._stored = set()
 
     def _replace_damaged(self, exc: sqlite3.Error) -> None:
@@ -286,49 +252,28 @@ class Spill:
             return n
 
     def append(self, rows: Sequence[Row], *, counted: bool = True) -> int:
-        """:meth:`take`, and how many it took."""
-        return len(self.take(rows, counted=counted))
-
-    def take(self, rows: Sequence[Row], *, counted: bool = True) -> set[int]:
-        """Commit the rows that fit the bounds and their device's share; return their arrival
-        numbers. The rest are refused: counted (unless ``counted`` is False: already counted
-        once) and logged once a minute; the caller keeps them unacknowledged."""
+        """Commit the first rows that fit the bounds; return how many. The rest are refused:
+        counted (unless ``counted`` is False: already counted once) and logged once a minute;
+        the caller keeps them unacknowledged."""
         sizes = [len(t.encode()) + len(p) for _n, t, p in rows]
         with self._lock:
             if not self._usable():
                 if counted:
                     self._refuse("disk", len(rows), "no new file can be made for it")
-                return set()
+                return 0
             if self._stored:  # the disk may have room again
                 self._forget_stored()
-            # First each device's share (in order), then the bounds over what is left.
-            share_n, share_b = self.bounds.device_share()
-            within: list[tuple[Row, int]] = []
-            adds: dict[str, list[int]] = {}
-            for row, size in zip(rows, sizes, strict=True):
-                device = device_of(row[1])
-                held = self._held.get(device, [0, 0])
-                add = adds.setdefault(device, [0, 0])
-                if held[0] + add[0] + 1 <= share_n and held[1] + add[1] + size <= share_b:
-                    add[0] += 1
-                    add[1] += size
-                    within.append((row, size))
-            over_share = len(rows) - len(within)
-            fits = room(self.bounds, self.messages, self.bytes, [z for _r, z in within])
-            chosen = within[:fits]
-            adds = {}
-            for row, size in chosen:
-                add = adds.setdefault(device_of(row[1]), [0, 0])
-                add[0] += 1
-                add[1] += size
-            if chosen:
+            fits = room(self.bounds, self.messages, self.bytes, sizes)
+            taken = 0
+            if fits:
                 try:
                     self._db.execute("BEGIN IMMEDIATE")
                     self._db.executemany(
                         "INSERT INTO spill (n, topic, payload) VALUES (?, ?, ?)",
-                        [row for row, _size in chosen],
+                        rows[:fits],
                     )
                     self._db.execute("COMMIT")
+                    taken = fits
                 except sqlite3.Error as exc:
                     with contextlib.suppress(sqlite3.Error):
                         self._db.execute("ROLLBACK")
@@ -337,22 +282,15 @@ class Spill:
                     elif counted:
                         why = "the disk is full" if _full(exc) else "it cannot be written"
                         self._refuse("disk", len(rows), f"{why} ({exc})")
-                    return set()
-                for device, (n, b) in adds.items():
-                    held = self._held.setdefault(device, [0, 0])
-                    held[0] += n
-                    held[1] += b
-                self.messages += len(chosen)
-                self.bytes += sum(size for _row, size in chosen)
-                self.spilled += len(chosen)
-            if counted and over_share:
-                self._refuse("share", over_share, f"a device holds its share of the spill "
-                             f"({share_n} messages, {share_b} bytes)")  # fmt: skip
-            if counted and len(within) > fits:
-                holds = f"it holds {self.messages} message(s), {self.bytes} bytes"
+                    return 0
+                self.messages += taken
+                self.bytes += sum(sizes[:taken])
+                self.spilled += taken
+            if taken < len(rows) and counted:
+                held = f"it holds {self.messages} message(s), {self.bytes} bytes"
                 bounds = f"(bounds {self.bounds.messages}, {self.bounds.bytes})"
-                self._refuse("bound", len(within) - fits, f"{holds} {bounds}")
-            return {row[0] for row, _size in chosen}
+                self._refuse("bound", len(rows) - taken, f"{held} {bounds}")
+            return taken
 
     def _refuse(self, reason: str, count: int, why: str) -> None:
         self.refused[reason] += count
@@ -392,14 +330,6 @@ class Spill:
             return
         size = sum(len(t.encode()) + len(p) for _n, t, p in rows)
         with self._lock:
-            for _n, topic, payload in rows:
-                device = device_of(topic)
-                held = self._held.get(device)
-                if held is not None:
-                    held[0] -= 1
-                    held[1] -= len(topic.encode()) + len(payload)
-                    if held[0] <= 0:
-                        del self._held[device]
             self._stored.update(r[0] for r in rows)
             self.messages = max(0, self.messages - len(rows))
             self.bytes = max(0, self.bytes - size)

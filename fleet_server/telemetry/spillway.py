@@ -125,9 +125,9 @@ class Spillway:
         """Commit to the spill what fits and acknowledge it; return the rest (counted as
         refused by the spill unless ``counted`` is False)."""
         rows = [(n, topic, payload) for n, topic, payload, _m, _c in entries]
-        taken = self.spill.take(rows, counted=counted)
-        self._acknowledge([(e[3], e[4]) for e in entries if e[0] in taken and e[3]])
-        return [e for e in entries if e[0] not in taken]
+        taken = self.spill.append(rows, counted=counted)
+        self._acknowledge([(mid, conn) for _n, _t, _p, mid, conn in entries[:taken] if mid])
+        return list(entries[taken:])
 
     def drain(self) -> None:
         """The writer's loop: until the router passes the stop on."""
