@@ -65,8 +65,14 @@ def test_a_device_cannot_benchmark_a_variant_it_does_not_run(
     except grpc.RpcError as exc:
         assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.details()
     assert _variant_of(honest.check_in()) == chosen, "one device's benchmark moved its class"
-    # Its own variant, which it says it installed but never downloaded: refused too.
+    # Its own variant, which it says it installed but never downloaded (only its last byte):
+    # refused too.
     report.sha256 = variants[chosen]
+    size = next(int(m["size"]) for m in _models(server) if m["variant"] == chosen)
+    tail = liar.stub.DownloadArtifact(
+        pb.DownloadRequest(artifact_id=variants[chosen], offset=size - 1), timeout=30
+    )
+    assert sum(1 for _ in tail) == 1
     with pytest.raises(grpc.RpcError) as refused:
         liar.stub.ReportBenchmark(report, timeout=30)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT

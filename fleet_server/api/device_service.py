@@ -359,7 +359,9 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
             chunks = self._ctx.artifacts.read(request.artifact_id, request.offset)
             for offset, data, total in chunks:
                 yield encode_chunk(offset, data, total)
-                if offset + len(data) >= total:  # its last byte is on its way: sent whole
+                # Sent whole in this stream: from byte 0 to the last (a request for the last
+                # byte alone must not count; a resumed download does not, for now).
+                if request.offset == 0 and offset + len(data) >= total:
                     self._ctx.bench.delivered(device_id, sent)
         except FleetError as exc:
             abort_for(context, exc)
