@@ -88,8 +88,10 @@ def unix_socket_in_use(path: Path) -> bool:
     probe.settimeout(2)
     try:
         probe.connect(str(path))
-    except OSError:
-        return False  # ECONNREFUSED: nobody listens
+    except OSError as exc:
+        # Only a refusal (or no file) means nobody listens; a full backlog (EAGAIN), a
+        # permission refusal or a timeout is a process there: its socket must not be replaced.
+        return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT)
     finally:
         probe.close()
     return True

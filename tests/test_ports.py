@@ -6,6 +6,7 @@ connection."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -39,6 +40,26 @@ def test_a_socket_file_nobody_listens_on_is_not_in_use(tmp_path: Path) -> None:
     listener.bind(str(path))
     listener.listen()
     assert unix_socket_in_use(path)
+    # A busy listener (its backlog full: a connect gets EAGAIN) is in use, not stale.
+    filler = socket.socket(socket.AF_UNIX)
+    filler.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        filler.connect(str(path))
+    busy = tmp_path / "busy.sock"
+    backlog = socket.socket(socket.AF_UNIX)
+    backlog.bind(str(busy))
+    backlog.listen(0)
+    fillers = []
+    for _ in range(4):
+        extra = socket.socket(socket.AF_UNIX)
+        extra.setblocking(False)
+        with contextlib.suppress(BlockingIOError, ConnectionRefusedError):
+            extra.connect(str(busy))
+        fillers.append(extra)
+    assert unix_socket_in_use(busy)
+    for extra in [filler, *fillers]:
+        extra.close()
+    backlog.close()
     listener.close()  # a killed agent leaves the file
     assert path.is_socket() and not unix_socket_in_use(path)
     assert not unix_socket_in_use(tmp_path / "absent.sock")
