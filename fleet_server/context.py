@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from fleet_server.artifacts.store import ArtifactStore
 from fleet_server.audit.store import AuditLog
 from fleet_server.catalog.benchmarks import BenchStore
+from fleet_server.catalog.downloads import Downloads
 from fleet_server.catalog.push import MANIFEST_LIFETIME_S
 from fleet_server.catalog.store import CatalogStore
 from fleet_server.registry.ca import FleetCA
@@ -58,6 +59,7 @@ class ServerContext:
     health: HealthStore = field(init=False)
     routing: RoutingStore = field(init=False)
     bench: BenchStore = field(init=False)
+    downloads: Downloads = field(init=False)
     audit: AuditLog = field(init=False)
     # Called when something may let a rollout move on (set by the rollout controller).
     wake_rollouts: Callable[[], None] = lambda: None
@@ -84,6 +86,7 @@ class ServerContext:
         self.health = HealthStore(self.db)
         self.routing = RoutingStore(self.db)
         self.bench = BenchStore(self.db)
+        self.downloads = Downloads(self.db)
         self.audit = AuditLog(self.db)
         self.last_seen = LastSeen(self.devices)
         self.answers = AnswerCache()

@@ -632,7 +632,7 @@ class DeviceModelState(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ..., updated_unix: _Optional[int] = ..., active_version: _Optional[str] = ...) -> None: ...
 
 class DeviceInfo(_message.Message):
-    __slots__ = ("device_id", "name", "labels", "capabilities", "last_telemetry", "enrolled_unix", "last_seen_unix", "models", "last_telemetry_unix", "revoked_unix", "online_state", "online_unix", "telemetry_count", "telemetry_gaps", "events", "presence", "refused", "refusals_reported", "pending_clears", "telemetry_awaited", "telemetry_dropped", "spool_replaced")
+    __slots__ = ("device_id", "name", "labels", "capabilities", "last_telemetry", "enrolled_unix", "last_seen_unix", "models", "last_telemetry_unix", "revoked_unix", "online_state", "online_unix", "telemetry_count", "telemetry_gaps", "events", "presence", "refused", "refusals_reported", "pending_clears", "telemetry_awaited", "telemetry_dropped", "spool_replaced", "downloads")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -662,6 +662,7 @@ class DeviceInfo(_message.Message):
     TELEMETRY_AWAITED_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_DROPPED_FIELD_NUMBER: _ClassVar[int]
     SPOOL_REPLACED_FIELD_NUMBER: _ClassVar[int]
+    DOWNLOADS_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     name: str
     labels: _containers.ScalarMap[str, str]
@@ -684,7 +685,28 @@ class DeviceInfo(_message.Message):
     telemetry_awaited: int
     telemetry_dropped: int
     spool_replaced: str
-    def __init__(self, device_id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capabilities: _Optional[_Union[_device_pb2.Capabilities, _Mapping]] = ..., last_telemetry: _Optional[_Union[_telemetry_pb2.TelemetryReport, _Mapping]] = ..., enrolled_unix: _Optional[int] = ..., last_seen_unix: _Optional[int] = ..., models: _Optional[_Iterable[_Union[DeviceModelState, _Mapping]]] = ..., last_telemetry_unix: _Optional[int] = ..., revoked_unix: _Optional[int] = ..., online_state: _Optional[str] = ..., online_unix: _Optional[int] = ..., telemetry_count: _Optional[int] = ..., telemetry_gaps: _Optional[int] = ..., events: _Optional[_Iterable[_Union[DeviceEventInfo, _Mapping]]] = ..., presence: _Optional[str] = ..., refused: _Optional[_Iterable[_Union[RefusedRelease, _Mapping]]] = ..., refusals_reported: _Optional[bool] = ..., pending_clears: _Optional[_Iterable[_Union[PendingClear, _Mapping]]] = ..., telemetry_awaited: _Optional[int] = ..., telemetry_dropped: _Optional[int] = ..., spool_replaced: _Optional[str] = ...) -> None: ...
+    downloads: _containers.RepeatedCompositeFieldContainer[DownloadProgress]
+    def __init__(self, device_id: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capabilities: _Optional[_Union[_device_pb2.Capabilities, _Mapping]] = ..., last_telemetry: _Optional[_Union[_telemetry_pb2.TelemetryReport, _Mapping]] = ..., enrolled_unix: _Optional[int] = ..., last_seen_unix: _Optional[int] = ..., models: _Optional[_Iterable[_Union[DeviceModelState, _Mapping]]] = ..., last_telemetry_unix: _Optional[int] = ..., revoked_unix: _Optional[int] = ..., online_state: _Optional[str] = ..., online_unix: _Optional[int] = ..., telemetry_count: _Optional[int] = ..., telemetry_gaps: _Optional[int] = ..., events: _Optional[_Iterable[_Union[DeviceEventInfo, _Mapping]]] = ..., presence: _Optional[str] = ..., refused: _Optional[_Iterable[_Union[RefusedRelease, _Mapping]]] = ..., refusals_reported: _Optional[bool] = ..., pending_clears: _Optional[_Iterable[_Union[PendingClear, _Mapping]]] = ..., telemetry_awaited: _Optional[int] = ..., telemetry_dropped: _Optional[int] = ..., spool_replaced: _Optional[str] = ..., downloads: _Optional[_Iterable[_Union[DownloadProgress, _Mapping]]] = ...) -> None: ...
+
+class DownloadProgress(_message.Message):
+    __slots__ = ("model_name", "version", "variant", "sha256", "compressed", "reached", "total", "updated_unix")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSED_FIELD_NUMBER: _ClassVar[int]
+    REACHED_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    version: str
+    variant: str
+    sha256: str
+    compressed: bool
+    reached: int
+    total: int
+    updated_unix: int
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., sha256: _Optional[str] = ..., compressed: _Optional[bool] = ..., reached: _Optional[int] = ..., total: _Optional[int] = ..., updated_unix: _Optional[int] = ...) -> None: ...
 
 class DeviceEventInfo(_message.Message):
     __slots__ = ("at_unix", "seq", "model_name", "version", "state", "detail")

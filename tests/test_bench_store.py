@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from fleet_server.catalog.benchmarks import MIN_DEVICES, BenchStore
+from fleet_server.catalog.downloads import Downloads
 from fleet_server.catalog.store import CatalogStore, ModelRow
 from fleet_server.errors import BadRequestError
 from fleet_server.storage.db import Database
@@ -58,3 +59,17 @@ def test_a_class_gets_a_measured_latency_from_three_devices_and_one_liar_cannot_
     assert MIN_DEVICES == 3 and _fleet_latency(catalog) == {"x86_64-cpu": 5.0}
     bench.record("c", "x86_64-cpu", _report(7.0))
     assert _fleet_latency(catalog) == {"x86_64-cpu": pytest.approx(5.5)}  # the liar is an end
+
+
+def test_download_progress_joins_resumed_streams_and_not_gaps(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'fleet.db'}")
+    db.create_schema()
+    downloads = Downloads(db)
+    assert not downloads.streamed("d", SHA, 0, 40, 100)
+    assert not downloads.streamed("d", SHA, 60, 100, 100)  # a gap: 40..60 never sent
+    assert downloads.of_device("d")[0].reached == 40
+    assert not downloads.streamed("d", SHA, 30, 70, 100)  # overlaps: extends to 70
+    assert downloads.streamed("d", SHA, 70, 100, 100)
+    assert not downloads.streamed("e", SHA, 99, 100, 100)  # the last byte alone
+    assert downloads.of_device("e")[0].reached == 0
+    assert downloads.streamed("d", SHA, 0, 10, 100)  # a later short stream keeps what it had

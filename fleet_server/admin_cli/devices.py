@@ -97,6 +97,8 @@ def _cmd_devices_show(args: argparse.Namespace) -> int:
         print(f"model     {_model_state(m)}: {m.detail}")
     for line in _refusal_lines(device):
         print(f"refused   {line}")
+    for d in device.downloads[:5]:
+        print(f"download  {_download_line(d)}")
     print(f"telemetry {_telemetry_summary(device)}")
     if device.last_telemetry.HasField("system"):
         system = device.last_telemetry.system
@@ -118,6 +120,18 @@ def _cmd_devices_show(args: argparse.Namespace) -> int:
     if device.spool_replaced:
         print(f"spool     replaced: {device.spool_replaced} (what it held is lost)")
     return 0
+
+
+def _download_line(d: pb.DownloadProgress) -> str:
+    what = f"{d.model_name} {d.version} {d.variant}" if d.model_name else f"sha256 {d.sha256[:12]}"
+    if d.compressed:
+        what += " (compressed)"
+    share = f"{100 * d.reached // d.total}%" if d.total else "-"
+    done = "complete" if d.total and d.reached >= d.total else share
+    return (
+        f"{what}: {done}, {d.reached >> 10} of {d.total >> 10} KiB sent, "
+        f"{common.fmt_time(d.updated_unix)}"
+    )
 
 
 def _refusal_lines(device: pb.DeviceInfo) -> list[str]:

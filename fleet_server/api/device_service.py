@@ -357,12 +357,15 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
                 row.sha256 if request.artifact_id == row.compressed_sha256 else request.artifact_id
             )
             chunks = self._ctx.artifacts.read(request.artifact_id, request.offset)
-            for offset, data, total in chunks:
-                yield encode_chunk(offset, data, total)
-                # Sent whole in this stream: from byte 0 to the last (a request for the last
-                # byte alone must not count; a resumed download does not, for now).
-                if request.offset == 0 and offset + len(data) >= total:
-                    self._ctx.bench.delivered(device_id, sent)
+            progress = _Progress(self._ctx, device_id, request.artifact_id, sent, request.offset)
+            try:
+                for offset, data, total in chunks:
+                    # Counted as sent when handed to the stream: a device that drops the stream
+                    # after its last chunk was still given the whole file.
+                    progress.sent(offset + len(data), total)
+                    yield encode_chunk(offset, data, total)
+            finally:  # also when the device cancels or the link drops
+                progress.close()
         except FleetError as exc:
             abort_for(context, exc)
         except OperationalError as exc:  # as rpc_errors does for the unary calls
@@ -407,6 +410,44 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
             detail[:200],
         )
         return pb.StatusAck()
+
+
+class _Progress:
+    """One stream's progress, written to the database every few seconds and at its end."""
+
+    EVERY_S = 2.0
+
+    def __init__(
+        self, ctx: ServerContext, device_id: str, artifact: str, model_sha: str, start: int
+    ) -> None:
+        self._ctx, self._device, self._artifact, self._model = ctx, device_id, artifact, model_sha
+        self._start = self._end = start
+        self._total = -1
+        self._written = time.monotonic()
+
+    def sent(self, end: int, total: int) -> None:
+        self._end, self._total = end, total
+        if end >= total or time.monotonic() - self._written >= self.EVERY_S:
+            self._write()
+
+    def close(self) -> None:
+        if self._total >= 0 and self._end > self._start:
+            self._write()
+
+    def _write(self) -> None:
+        # The database may be away (a failover): the download goes on, and a later write (the
+        # bytes since the last one that was stored) or the device's next stream catches up.
+        self._written = time.monotonic()
+        try:
+            whole = self._ctx.downloads.streamed(
+                self._device, self._artifact, self._start, self._end, self._total
+            )
+            if whole:
+                self._ctx.bench.delivered(self._device, self._model)
+        except OperationalError as exc:
+            log.warning("download progress of %s not recorded: %s", self._device, exc.orig)
+            return
+        self._start = self._end
 
 
 _MAX_EVENTS = 64  # per delivery, as the agent sends them

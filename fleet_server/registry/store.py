@@ -23,6 +23,7 @@ from fleet_server.storage.schema import (
     device_events,
     device_models,
     devices,
+    downloads,
     enrollment_tokens,
     enrollments,
     refusal_clears,
@@ -57,6 +58,7 @@ _DEVICE_TABLES = (
     telemetry_history,
     benchmarks,
     deliveries,
+    downloads,
 )
 
 

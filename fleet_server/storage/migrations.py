@@ -12,6 +12,7 @@ from fleet_server.storage.schema import (
     deliveries,
     deployments,
     device_events,
+    downloads,
     enrollment_tokens,
     enrollments,
     fleet_state,
@@ -243,6 +244,11 @@ def _v23_to_v24(conn: sa.Connection) -> None:
     deliveries.create(conn, checkfirst=True)
 
 
+def _v24_to_v25(conn: sa.Connection) -> None:
+    """Version 25: how far each device's download of each artifact has come."""
+    downloads.create(conn, checkfirst=True)
+
+
 # From version N to N + 1.
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     1: _v1_to_v2,
@@ -268,4 +274,5 @@ MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     21: _v21_to_v22,
     22: _v22_to_v23,
     23: _v23_to_v24,
+    24: _v24_to_v25,
 }

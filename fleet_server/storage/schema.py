@@ -2,8 +2,9 @@
 
 Each table belongs to one concern, which owns its queries: devices, enrollment tokens,
 enrollments, device_models and refusal_clears to ``registry`` (which also deletes a device's
-rows everywhere when it deletes a ghost device); releases, models, deployments, benchmarks and
-deliveries to ``catalog``; rollouts and rollout_devices to ``rollouts``; audit_log to ``audit``;
+rows everywhere when it deletes a ghost device); releases, models, deployments, benchmarks,
+deliveries and downloads to ``catalog``; rollouts and rollout_devices to ``rollouts``; audit_log
+to ``audit``;
 routing_policies, settings and usage to ``routing`` (usage is written by ``telemetry``);
 device_events and the history tables to ``telemetry``. ``fleet_state`` is storage's own (the
 generation).
@@ -22,6 +23,7 @@ __all__ = [
     "device_events",
     "device_models",
     "devices",
+    "downloads",
     "enrollment_tokens",
     "enrollments",
     "fleet_state",
@@ -39,7 +41,7 @@ __all__ = [
     "usage",
 ]
 
-SCHEMA_VERSION = 24
+SCHEMA_VERSION = 25
 
 metadata = sa.MetaData()
 
@@ -204,6 +206,20 @@ deliveries = sa.Table(
     metadata,
     sa.Column("device_id", sa.String(64), primary_key=True),
     sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("at", sa.BigInteger, nullable=False),
+)
+
+# How far the server has streamed each artifact to each device: ``reached`` is the end of the
+# bytes sent without a gap from byte 0 (a resumed stream that starts at or before it extends
+# it), ``total`` the artifact's size. What `edgefleet devices show` reports as a download's
+# progress, and what makes a delivery (``reached == total``) when a download was resumed.
+downloads = sa.Table(
+    "downloads",
+    metadata,
+    sa.Column("device_id", sa.String(64), primary_key=True),
+    sa.Column("artifact", sa.String(64), primary_key=True),
+    sa.Column("reached", sa.BigInteger, nullable=False),
+    sa.Column("total", sa.BigInteger, nullable=False),
     sa.Column("at", sa.BigInteger, nullable=False),
 )
 

@@ -65,6 +65,18 @@ class DevicesAdmin(AdminBase):
             )
         for clear in self._ctx.refusals.pending(request.device_id):
             info.pending_clears.append(wire.pending_clear(clear))
+        for download in self._ctx.downloads.of_device(request.device_id):
+            row = self._ctx.catalog.model_by_sha(download.artifact)
+            info.downloads.add(
+                model_name=row.model_name if row else "",
+                version=row.version if row else "",
+                variant=row.variant if row else "",
+                sha256=download.artifact,
+                compressed=row is not None and row.compressed_sha256 == download.artifact,
+                reached=download.reached,
+                total=download.total,
+                updated_unix=download.at,
+            )
         return info
 
     @rpc_errors
