@@ -19,6 +19,7 @@ from pathlib import Path
 
 __all__ = [
     "EXIT_PORT_IN_USE",
+    "NotASocketError",
     "PortInUseError",
     "access_problem",
     "held_by_another",
@@ -40,6 +41,10 @@ class PortInUseError(Exception):
             "port?): stop it or choose another port"
         )
         self.address = address
+
+
+class NotASocketError(ValueError):
+    """A unix socket's path holds something else."""
 
 
 def split_tcp(address: str) -> tuple[str, int] | None:
@@ -69,7 +74,9 @@ def held_by_another(address: str) -> bool:
             # no SO_REUSEPORT: a listener with it still refuses this bind.
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
-                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                # Dual-stack, as grpcio and uvicorn bind "[::]": an IPv4 holder of the port
+                # conflicts with them too.
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             probe.bind(sockaddr)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
@@ -79,9 +86,19 @@ def held_by_another(address: str) -> bool:
     return False
 
 
-def unix_socket_in_use(path: Path) -> bool:
+def unix_socket_in_use(path: Path, what: str = "") -> bool:
     """True when a process accepts connections on the unix socket at ``path``. A socket file
-    nobody listens on (left by a killed run) is not in use and may be replaced."""
+    nobody listens on (left by a killed run) is not in use and may be replaced.
+
+    Raises:
+        NotASocketError: with ``what`` (the setting's name) given, when ``path`` is something
+            other than a socket (a file, a folder, a FIFO, a link): never replaced, and no
+            bind there could work.
+    """
+    if what and (path.is_symlink() or (path.exists() and not path.is_socket())):
+        raise NotASocketError(
+            f"{what} {path} exists and is not a socket: remove it or choose another path"
+        )
     if not path.is_socket():
         return False
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -174,10 +191,27 @@ def holders(address: str) -> list[tuple[int, list[str]]]:
 
 
 def held_by_itself(address: str, config: Path) -> bool:
-    """True when what listens on ``address`` is a process started with ``config`` (the
-    running service's own ports, for check-config)."""
+    """True when what listens on ``address`` is a process started with ``config``, or a worker
+    such a process started (the running service's own ports, for check-config)."""
     wanted = os.path.normpath(config.absolute())
     found = holders(address)
-    return bool(found) and all(
-        any(os.path.normpath(arg) == wanted for arg in argv) for _, argv in found
-    )
+
+    def started_with_config(pid: int) -> bool:
+        for _ in range(4):  # the process, its parent, ... (a worker is the main one's child)
+            try:
+                proc = Path("/proc") / str(pid)
+                cwd = (proc / "cwd").readlink()
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+                if any(
+                    os.path.normpath(cwd / a.decode(errors="replace")) == wanted for a in argv if a
+                ):
+                    return True
+                # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+                pid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                return False
+            if pid <= 1:
+                return False
+        return False
+
+    return bool(found) and all(started_with_config(pid) for pid, _ in found)

@@ -7,6 +7,8 @@ connection."""
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.ports import EXIT_PORT_IN_USE, access_problem, held_by_another, unix_socket_in_use
+from agent.ports import (
+    EXIT_PORT_IN_USE,
+    NotASocketError,
+    access_problem,
+    held_by_another,
+    held_by_itself,
+    unix_socket_in_use,
+)
 from tests.harness import Server, free_port, run_cli, start, wait_for
 
 
@@ -63,6 +72,64 @@ def test_a_socket_file_nobody_listens_on_is_not_in_use(tmp_path: Path) -> None:
     listener.close()  # a killed agent leaves the file
     assert path.is_socket() and not unix_socket_in_use(path)
     assert not unix_socket_in_use(tmp_path / "absent.sock")
+
+
+def test_an_ipv4_holder_of_the_port_holds_it_for_a_dual_stack_listener_too() -> None:
+    # "[::]:port" binds both families (grpcio, uvicorn): a process on 0.0.0.0:port is in the
+    # way. The probe used to bind IPv6 only and saw no holder.
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("0.0.0.0", 0))  # noqa: S104 - the wildcard is the point
+    holder.listen()
+    try:
+        assert held_by_another(f"[::]:{holder.getsockname()[1]}")
+    finally:
+        holder.close()
+
+
+def test_a_socket_path_that_holds_something_else_is_named_and_never_replaced(
+    tmp_path: Path,
+) -> None:
+    file, fifo, link = tmp_path / "file.sock", tmp_path / "fifo.sock", tmp_path / "link.sock"
+    file.write_text("someone's data")
+    os.mkfifo(fifo)
+    link.symlink_to(tmp_path / "elsewhere")
+    for path in (file, fifo, link):
+        with pytest.raises(NotASocketError, match=f"api.rest_socket {path} exists and is not a"):
+            unix_socket_in_use(path, "api.rest_socket")
+    assert file.read_text() == "someone's data" and fifo.exists() and link.is_symlink()
+
+
+@pytest.mark.slow
+def test_a_port_held_by_a_worker_of_the_configured_service_is_its_own(tmp_path: Path) -> None:
+    # A server's --workers are its children, started without --config: check-config read
+    # their port as another process's.
+    config, other = tmp_path / "server.toml", tmp_path / "other.toml"
+    config.write_text("")
+    worker = (
+        "import socket, sys, time\n"
+        "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
+        "print(s.getsockname()[1], flush=True); time.sleep(60)\n"
+    )
+    main = (
+        "import subprocess, sys\n"
+        f"p = subprocess.Popen([sys.executable, '-c', {worker!r}], stdout=subprocess.PIPE, "
+        "text=True)\nprint(p.stdout.readline().strip(), p.pid, flush=True); p.wait()\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", main, "--config", str(config)], stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdout is not None
+    port, child = parent.stdout.readline().split()
+    try:
+        address = f"127.0.0.1:{port}"
+        assert held_by_another(address)
+        assert held_by_itself(address, config)
+        assert not held_by_itself(address, other)
+    finally:
+        os.kill(int(child), signal.SIGKILL)
+        parent.kill()
+        parent.wait()
 
 
 @pytest.mark.slow

@@ -162,7 +162,7 @@ class Agent:
                 router=self.router,
                 facts=self._facts,
             )
-        except (OSError, RuntimeError) as exc:  # grpcio says "port taken" with RuntimeError
+        except (OSError, RuntimeError, ValueError) as exc:  # grpcio: "port taken", RuntimeError
             raise AgentError(f"cannot start the local inference API: {exc}") from exc
         try:
             # The same core as the gRPC servicer's; REST serves no shared memory.

@@ -255,7 +255,7 @@ def create_server(
     group: int | None = None
     if socket_path is not None:
         socket_path.parent.mkdir(parents=True, exist_ok=True)
-        if unix_socket_in_use(socket_path):
+        if unix_socket_in_use(socket_path, "api.socket"):
             raise PortInUseError("api.socket", str(socket_path))
         if socket_path.is_socket():
             socket_path.unlink()  # left by a previous run that was killed

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import threading
@@ -232,18 +233,23 @@ def _quiet_when_cancelled(app: ASGIApp) -> ASGIApp:
 
 def _unix_listener(path: Path) -> socket.socket:
     path.parent.mkdir(parents=True, exist_ok=True)
-    if unix_socket_in_use(path):
+    if unix_socket_in_use(path, "api.rest_socket"):
         raise PortInUseError("api.rest_socket", str(path))
     if path.is_socket():
         path.unlink()  # left by a previous run that was killed
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(str(path))
+        try:
+            sock.bind(str(path))
+        except OSError as exc:  # made in between, by another process starting at once
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUseError("api.rest_socket", str(path)) from exc
+            raise
         # Owner and group (the apps allowed to use the device's models), nobody else: as the
         # gRPC socket (agent.inference.oip.create_server).
         path.chmod(0o660)
         sock.listen(128)
-    except OSError:
+    except BaseException:
         sock.close()
         raise
     return sock
@@ -259,7 +265,7 @@ def _tcp_listener(address: str) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(where)
         sock.listen(128)
-    except OSError:
+    except BaseException:
         sock.close()
         raise
     return sock
