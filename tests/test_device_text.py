@@ -30,6 +30,25 @@ def test_device_text_is_stored_escaped_and_bounded() -> None:
     assert stored_text("plain text, tabs\tare escaped too", 100).endswith("\\x09are escaped too")
 
 
+def test_device_text_is_never_cut_inside_an_escape_and_hides_no_reordering() -> None:
+    # A cut at the limit used to leave "\\x1" (half an escape) at the end of a stored string;
+    # "Trojan Source" bidi overrides, line separators and zero-width marks passed as they were;
+    # a device's own "\\x1b" text looked like an escape made by the server.
+    for limit in range(1, 16):
+        kept = stored_text("abc" + "\x1b" * 10, limit)
+        assert len(kept) <= limit and not kept.endswith(("\\", "\\x", "\\x1")), (limit, kept)
+    assert stored_text("ok\u202egnp.exe\u2028fake line\u200b", 100) == (
+        "ok\\u202egnp.exe\\u2028fake line\\u200b"
+    )
+    assert stored_text("C:\\x1b", 100) == "C:\\\\x1b"  # the device's backslash, doubled
+    assert (
+        stored_text("\u00e9t\u00e9 \U0001f600", 100) == "\u00e9t\u00e9 \U0001f600"
+    )  # letters stay
+    out = io.StringIO()
+    EscapingStream(out).write("a\u202eb\u2029c\n")
+    assert out.getvalue() == "a\\u202eb\\u2029c\n"
+
+
 def test_the_cli_streams_escape_control_characters_but_keep_lines_and_its_progress_bar() -> None:
     out = io.StringIO()
     stream = EscapingStream(out)

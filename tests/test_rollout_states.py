@@ -105,3 +105,18 @@ def test_a_refused_admin_event_names_the_states_it_needs(tmp_path: Path) -> None
     with pytest.raises(ConflictError, match=r"is aborted; this needs it running or paused$"):
         rollouts.transition(rollout_id, Event.PAUSE, "pause")
     db.close()
+
+
+def test_a_deploy_without_force_ends_no_rollout_that_started_after_its_check(
+    tmp_path: Path,
+) -> None:
+    # Deploy checks for live rollouts, then supersedes: one started in between (another admin)
+    # was ended silently. Without --force, the supersession spares live rollouts.
+    db, rollouts, rollout_id = _store(tmp_path)
+    assert rollouts.supersede("m", spare_live=True) == []
+    assert rollouts.get(rollout_id).state == S.RUNNING
+    rollouts.transition(rollout_id, Event.PAUSE, "pause")
+    assert rollouts.supersede("m", spare_live=True) == []  # paused is live too
+    assert rollouts.supersede("m") == [rollout_id]  # --force
+    assert rollouts.get(rollout_id).state == S.SUPERSEDED
+    db.close()

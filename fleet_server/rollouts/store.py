@@ -457,17 +457,21 @@ class RolloutStore:
             bump_generation(conn)
         return self.get(rollout_id)
 
-    def supersede(self, model_name: str) -> list[int]:
-        """A fleet-wide deployment replaces every rollout of the model; return their ids."""
+    def supersede(self, model_name: str, *, spare_live: bool = False) -> list[int]:
+        """A fleet-wide deployment replaces every rollout of the model; return their ids. With
+        ``spare_live``, a running or paused one is left as it is: one the deploy's caller did
+        not agree to end (it started after the caller's check) goes on."""
+        ending = IN_EFFECT - LIVE if spare_live else IN_EFFECT
         with self._engine.begin() as conn:
             hold_writes(conn)
             ids = [
                 int(r[0])
                 for r in conn.execute(
-                    sa.select(rollouts.c.rollout_id).where(
-                        (rollouts.c.model_name == model_name)
-                        & rollouts.c.state.in_(sorted(IN_EFFECT))
+                    sa.select(rollouts.c.rollout_id)
+                    .where(
+                        (rollouts.c.model_name == model_name) & rollouts.c.state.in_(sorted(ending))
                     )
+                    .with_for_update()
                 )
             ]
             if ids:

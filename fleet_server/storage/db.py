@@ -37,10 +37,18 @@ __all__ = [
 
 def stored_text(value: str, limit: int) -> str:
     """A device's string as stored: at most ``limit`` characters, every control character shown
-    escaped (``\\x1b``; newlines too). What a device says reaches terminals and pages: it must
-    not clear a screen, set a terminal's title or start a forged line. NUL, which PostgreSQL
-    refuses in text (one refused row would make every retry of its batch fail), is dropped."""
-    return str(printable(value.replace("\x00", "")))[:limit]
+    escaped (``\\x1b``; newlines too) and a backslash as two, so an escape the device wrote
+    itself cannot pass for one made here. What a device says reaches terminals and pages: it
+    must not clear a screen, set a terminal's title or start a forged line. NUL, which
+    PostgreSQL refuses in text (one refused row would make every retry of its batch fail), is
+    dropped. A cut never ends inside an escape."""
+    value = value.replace("\x00", "")[:limit]  # an escape is never shorter than its character
+    escaped = str(printable(value.replace("\\", "\\\\")))
+    keep = len(value)
+    while len(escaped) > limit:  # drop whole characters of the value until its escape fits
+        keep -= max(1, (len(escaped) - limit) // 6)
+        escaped = str(printable(value[:keep].replace("\\", "\\\\")))
+    return escaped
 
 
 def hold_writes(conn: sa.Connection) -> None:

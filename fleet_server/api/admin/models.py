@@ -264,7 +264,14 @@ class ModelsAdmin(AdminBase):
                 f"{request.version}; pause or abort them first, or deploy with --force"
             )
         row = self._ctx.catalog.deploy(request.model_name, request.version)
-        replaced = self._ctx.rollouts.supersede(row.model_name)
+        # Without --force, only what the check above saw may end: a rollout started since
+        # (by another admin) goes on, and the answer says so.
+        replaced = self._ctx.rollouts.supersede(row.model_name, spare_live=not request.force)
+        spared = [
+            r.rollout_id
+            for r in self._ctx.rollouts.list_rollouts(row.model_name)
+            if r.state in LIVE
+        ]
         self._ctx.wake_upkeep()
         log.info(
             "deployed %s %s to the fleet%s",
@@ -283,6 +290,11 @@ class ModelsAdmin(AdminBase):
             )
         if replaced:
             notes.append(f"ended rollout(s) {', '.join(map(str, replaced))}")
+        if spared:
+            notes.append(
+                f"rollout(s) {', '.join(map(str, spared))} of {row.model_name} started meanwhile "
+                "and still run: their devices get what those rollouts give them"
+            )
         return pb.DeployResponse(
             model=wire.model_info(row, self._ctx.catalog.deployed()),
             note="; ".join(n for n in notes if n),
