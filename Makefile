@@ -69,6 +69,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.bench_spool
 	$(BIN)/python -m bench.bench_shm
 	$(BIN)/python -m bench.bench_spill
+	$(BIN)/python -m bench.bench_start
 
 .venv-mlserver/.installed: bench/mlserver/requirements.txt
 	$(PYTHON) -m venv .venv-mlserver

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ from fleet_server.artifacts.store import ArtifactStore
 from fleet_server.config import Settings
 from fleet_server.context import ServerContext
 from fleet_server.datadir import DataDir
-from fleet_server.errors import DataDirError, TransientError
+from fleet_server.errors import DataDirError
 from fleet_server.metrics import render
 from fleet_server.registry.ca import default_sans
 from fleet_server.registry.ghosts import GhostReaper
@@ -55,6 +55,7 @@ from fleet_server.rollouts.controller import RolloutController
 from fleet_server.signing.pkcs11 import open_key_store
 from fleet_server.storage.db import Database
 from fleet_server.telemetry.broker import EmbeddedBroker
+from fleet_server.telemetry.connector import Connector
 from fleet_server.telemetry.ingest import TelemetryIngest
 from fleet_server.telemetry.spill import SpillBounds, SpillConfig
 from fleet_server.telemetry.store import TelemetryStore
@@ -91,6 +92,7 @@ class FleetServer:
         self._broker: EmbeddedBroker | None = None
         self._server_serial = ""  # of this process's own MQTT client certificate
         self._ingest: TelemetryIngest | None = None
+        self._connector: Connector | None = None
         self._controller: RolloutController | None = None
         self._ghosts: GhostReaper | None = None
         self._upkeep: KeyMaintainer | None = None
@@ -109,8 +111,8 @@ class FleetServer:
         """Start every part; on a failure, stop what started and raise.
 
         Raises:
-            DataDirError: an address cannot be bound, a file cannot be read, or the telemetry
-                ingest cannot reach its broker.
+            DataDirError: an address cannot be bound or a file cannot be read (the telemetry
+                ingest's broker is connected in the background: telemetry/connector.py).
         """
         try:
             self._start()
@@ -149,6 +151,8 @@ class FleetServer:
             # Devices dial the broker on the host they enrolled through, unless told otherwise.
             device_mqtt_url = s.device_mqtt_url or f"mqtts://:{self._broker.port}"
         endpoint = mqtt_endpoint(mqtt_url) if mqtt_url else None
+        if endpoint is not None and self._broker is not None:
+            endpoint = replace(endpoint, v5=False)  # amqtt: 3.1.1 only
         if endpoint is not None and not s.worker:
             if endpoint.tls:
                 endpoint = self._mqtt_client_files(endpoint)
@@ -373,10 +377,9 @@ class FleetServer:
             spill=SpillConfig(self._data_dir.root / "ingest-spill.db", s.ingest_spill, bounds),
             queue_messages=s.ingest_queue_messages,
         )
-        try:
-            ingest.start()
-        except TransientError as exc:
-            raise DataDirError(f"telemetry ingest cannot start: {exc}") from exc
+        # Connected in the background: the APIs serve meanwhile (telemetry/connector.py).
+        self._connector = Connector(ingest.start, ingest.stop, f"telemetry ingest ({endpoint})")
+        self._connector.start()
         return ingest
 
     def _mqtt_client_files(self, endpoint: MqttEndpoint) -> MqttEndpoint:
@@ -630,13 +633,13 @@ class FleetServer:
             self.ctx = None
         # What the embedded broker acknowledged to devices reaches the ingest before it stops
         # (amqtt keeps nothing on disk: a kill -9 loses it; docs/mqtt.md).
-        if self._broker is not None and self._ingest is not None:
+        if self._broker is not None and self._ingest is not None and self._ingest.connected:
             if not self._broker.quiesce():
                 log.warning("the embedded broker did not hand over everything within 5 s")
             self._ingest.settle()
         ingest, self._ingest = self._ingest, None
-        if ingest is not None:
-            ingest.stop()
+        if ingest is not None and self._connector is not None:
+            self._connector.stop()  # stops the ingest, once an attempt under way has ended
             log.info(
                 "telemetry: %d accepted, %d rejected, %d duplicates, %d lost, %d dropped",
                 ingest.accepted,

@@ -62,6 +62,9 @@ def render(ctx: ServerContext, ingest: TelemetryIngest | None) -> str:
     ]
     if ingest is not None:
         out += [
+            "# HELP edgefleet_mqtt_connected 1 while the ingest's broker connection is up.",
+            "# TYPE edgefleet_mqtt_connected gauge",
+            _line("edgefleet_mqtt_connected", int(ingest.connected)),
             "# HELP edgefleet_mqtt_messages_total MQTT messages from devices, by outcome.",
             "# TYPE edgefleet_mqtt_messages_total counter",
             _line("edgefleet_mqtt_messages_total", ingest.accepted, {"outcome": "accepted"}),

@@ -46,6 +46,9 @@ class MqttEndpoint:
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+    # False for a broker known to speak only MQTT 3.1.1 (the server's embedded one): no v5
+    # attempt first, which such a broker answers by closing the connection a second later.
+    v5: bool = True
 
     def with_tls_files(self, ca_file: str, cert_file: str, key_file: str) -> MqttEndpoint:
         """The same endpoint presenting this client certificate (used only with TLS)."""
@@ -182,7 +185,7 @@ class MqttPublisher:
             TransientError: the broker is unreachable or refused both protocol versions.
         """
         last = "no answer"
-        for protocol in (paho.MQTTv5, paho.MQTTv311):
+        for protocol in (paho.MQTTv5, paho.MQTTv311) if self.endpoint.v5 else (paho.MQTTv311,):
             client, answered, outcome = self._make_client(protocol)
             try:
                 if protocol == paho.MQTTv5 and (self._persistent or self._receive_maximum):

@@ -56,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout", type=common.number(0.1, 3600), default=60.0, help="RPC timeout in seconds"
     )
+    parser.add_argument(
+        "--wait",
+        type=common.number(0, 3600),
+        default=10.0,
+        metavar="SECONDS",
+        help="wait this long for a server that refuses connections (one starting up; "
+        "default 10, 0: do not wait)",
+    )
     sub = parser.add_subparsers(dest="group", required=True)
     routing.add_parser(sub)
     routing.add_costs_parser(sub)

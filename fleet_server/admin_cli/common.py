@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from agent.ports import split_tcp
 from fleet_server.errors import AuthError, BadRequestError, FleetError
 from protos import admin_pb2_grpc as pb_grpc
 
@@ -40,22 +43,53 @@ PROG = "edgefleet"
 
 
 class Admin:
-    def __init__(self, address: str, token: str, timeout_s: float, ca_pem: bytes) -> None:
+    def __init__(
+        self, address: str, token: str, timeout_s: float, ca_pem: bytes, wait_s: float = 0.0
+    ) -> None:
         self.address = address
         self._metadata = [("authorization", f"Bearer {token}")]
         self._timeout = timeout_s
+        self._wait_s = wait_s
         self._channel = grpc.secure_channel(
             address, grpc.ssl_channel_credentials(root_certificates=ca_pem)
         )
         self.stub = pb_grpc.AdminServiceStub(self._channel)
 
     def call(self, method: str, request: Any) -> Any:
+        if self._wait_s:
+            wait_until_listening(self.address, self._wait_s)
+            self._wait_s = 0.0
         try:
             return getattr(self.stub, method)(
                 request, timeout=self._timeout, metadata=self._metadata
             )
         except grpc.RpcError as exc:
             raise _rpc_error(exc, self.address) from exc
+
+
+def wait_until_listening(address: str, wait_s: float) -> None:
+    """Wait (at most ``wait_s``) while nothing listens at ``address`` yet: a server started in
+    the background a moment ago (``edgefleet-server run &`` and then a command). Only a refused
+    connection is waited for; anything else (an answer, a timeout, an unknown host) is left to
+    the call, which reports it."""
+    parsed = split_tcp(address)
+    if parsed is None:
+        return
+    deadline, said = time.monotonic() + wait_s, False
+    while True:
+        try:
+            socket.create_connection(parsed, timeout=min(5.0, wait_s)).close()
+            return
+        except ConnectionRefusedError:
+            if time.monotonic() >= deadline:
+                return
+            if not said:
+                print(f"{PROG}: waiting for the fleet server at {address} (nothing listens "
+                      f"there yet; --wait {wait_s:g})", file=sys.stderr)  # fmt: skip
+                said = True
+            time.sleep(0.2)
+        except OSError:
+            return
 
 
 def _rpc_error(exc: grpc.RpcError, address: str) -> FleetError:
@@ -103,7 +137,7 @@ def _ca_pem(args: argparse.Namespace) -> bytes:
 
 
 def admin(args: argparse.Namespace) -> Admin:
-    return Admin(args.server, _token(args), args.timeout, _ca_pem(args))
+    return Admin(args.server, _token(args), args.timeout, _ca_pem(args), getattr(args, "wait", 0.0))
 
 
 def as_dict(message: Any) -> dict[str, Any]:

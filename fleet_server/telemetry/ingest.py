@@ -626,6 +626,12 @@ class TelemetryIngest:
         except queue.Full:
             self.dropped += 1
 
+    @property
+    def connected(self) -> bool:
+        """True while the ingest's broker connection is up."""
+        publisher = self._publisher
+        return publisher is not None and publisher.connected
+
     def nudge(self, device_ids: Sequence[str]) -> None:
         """Ask these devices to check in now."""
         for device_id in device_ids:
