@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -115,6 +116,17 @@ def _cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lifetime(text: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        seconds = float(text[:-1]) * units[text[-1]] if text[-1:] in units else float(text)
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30m or 1h") from None
+    if not 60 <= seconds <= 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is outside 1m..24h")
+    return int(seconds)
+
+
 def _server_name(value: str) -> str:
     if not is_name(value):
         raise argparse.ArgumentTypeError(f"{value!r} is not a name (1-64 of A-Z a-z 0-9 _ . -)")
@@ -154,6 +166,42 @@ def _cmd_broker_cert(args: argparse.Namespace) -> int:
         f"{', '.join(servers)}; see "
         "packaging/mosquitto/edgefleet.conf"
     )
+    return 0
+
+
+def _cmd_bootstrap_token(args: argparse.Namespace) -> int:
+    """On the server host: let the bootstrap admin token work again for a while (a lockout:
+    every named admin lost), or stop it at once."""
+    from fleet_server.admins.store import AdminStore  # noqa: PLC0415
+    from fleet_server.datadir import DataDir  # noqa: PLC0415
+    from fleet_server.storage.db import Database  # noqa: PLC0415
+
+    data_dir = DataDir.open(args.data_dir)
+    db = Database(args.db_url or data_dir.db_url)
+    try:
+        db.create_schema()  # brings an older database to this version first
+        admins = AdminStore(db)
+        if args.enable_for is not None:
+            until = time.time() + args.enable_for
+            admins.enable_bootstrap(until)
+            print(
+                f"the bootstrap token ({data_dir.admin_token_file}) works until "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(until))} (every replica "
+                "within 5 s); add a named admin with it, then: bootstrap-token --disable"
+            )
+        elif args.disable:
+            admins.enable_bootstrap(0)
+            print("the bootstrap token works again only while no named admin has the admin role")
+        until = admins.bootstrap_until()
+        if args.status or not (args.enable_for or args.disable):
+            named = [a for a in admins.list() if a.revoked_at is None]
+            enabled = admins.bootstrap_allowed(time.time())
+            day = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(until))
+            again = f" (re-enabled until {day})" if until > time.time() else ""
+            state = "enabled" if enabled else "disabled"
+            print(f"named admins: {len(named)}; bootstrap token: {state}{again}")
+    finally:
+        db.close()
     return 0
 
 
@@ -250,6 +298,26 @@ def build_parser() -> argparse.ArgumentParser:
         "'run --server-name'; repeat for replicas; default main)",
     )
     bcert.set_defaults(func=_cmd_broker_cert)
+
+    boot = sub.add_parser(
+        "bootstrap-token",
+        help="on the server host: re-enable the bootstrap admin token for a while, or show it",
+        description="The bootstrap admin token (DATA_DIR/admin.token) is for first setup: it "
+        "stops working once a named admin with the admin role exists. When every admin is "
+        "locked out, re-enable it here, on the server host (this opens the database itself).",
+    )
+    boot.add_argument("--data-dir", type=Path, required=True)
+    boot.add_argument("--db-url", help="SQLAlchemy URL, as given to run (default: SQLite)")
+    mode = boot.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--enable-for",
+        type=_lifetime,
+        metavar="DURATION",
+        help="let it work for this long (e.g. 30m, 1h; at most 24h)",
+    )
+    mode.add_argument("--disable", action="store_true", help="end a re-enabling now")
+    mode.add_argument("--status", action="store_true", help="show whether it works (default)")
+    boot.set_defaults(func=_cmd_bootstrap_token)
 
     run = sub.add_parser(
         "run",

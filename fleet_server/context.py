@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from fleet_server.admins.store import AdminStore
 from fleet_server.artifacts.store import ArtifactStore
 from fleet_server.audit.store import AuditLog
 from fleet_server.catalog.benchmarks import BenchStore
@@ -61,6 +62,7 @@ class ServerContext:
     bench: BenchStore = field(init=False)
     downloads: Downloads = field(init=False)
     audit: AuditLog = field(init=False)
+    admins: AdminStore = field(init=False)
     # Called when something may let a rollout move on (set by the rollout controller).
     wake_rollouts: Callable[[], None] = lambda: None
     # Called when the manifests in use changed: the key maintainer looks at them at once.
@@ -88,6 +90,7 @@ class ServerContext:
         self.bench = BenchStore(self.db)
         self.downloads = Downloads(self.db)
         self.audit = AuditLog(self.db)
+        self.admins = AdminStore(self.db, self.admin_token)
         self.last_seen = LastSeen(self.devices)
         self.answers = AnswerCache()
 

@@ -1053,3 +1053,69 @@ class RevokeTokenResponse(_message.Message):
     REVOKED_FIELD_NUMBER: _ClassVar[int]
     revoked: int
     def __init__(self, revoked: _Optional[int] = ...) -> None: ...
+
+class WhoAmIRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListAdminsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class AdminInfo(_message.Message):
+    __slots__ = ("name", "role", "created_unix", "created_by", "revoked_unix", "last_used_unix", "bootstrap")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    LAST_USED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: str
+    created_unix: int
+    created_by: str
+    revoked_unix: int
+    last_used_unix: int
+    bootstrap: bool
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., created_unix: _Optional[int] = ..., created_by: _Optional[str] = ..., revoked_unix: _Optional[int] = ..., last_used_unix: _Optional[int] = ..., bootstrap: _Optional[bool] = ...) -> None: ...
+
+class ListAdminsResponse(_message.Message):
+    __slots__ = ("admins", "bootstrap_enabled", "bootstrap_until_unix")
+    ADMINS_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_UNTIL_UNIX_FIELD_NUMBER: _ClassVar[int]
+    admins: _containers.RepeatedCompositeFieldContainer[AdminInfo]
+    bootstrap_enabled: bool
+    bootstrap_until_unix: int
+    def __init__(self, admins: _Optional[_Iterable[_Union[AdminInfo, _Mapping]]] = ..., bootstrap_enabled: _Optional[bool] = ..., bootstrap_until_unix: _Optional[int] = ...) -> None: ...
+
+class CreateAdminRequest(_message.Message):
+    __slots__ = ("name", "role")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: str
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
+
+class SetAdminRoleRequest(_message.Message):
+    __slots__ = ("name", "role")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: str
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
+
+class AdminRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class AdminTokenResponse(_message.Message):
+    __slots__ = ("admin", "token")
+    ADMIN_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    admin: AdminInfo
+    token: str
+    def __init__(self, admin: _Optional[_Union[AdminInfo, _Mapping]] = ..., token: _Optional[str] = ...) -> None: ...

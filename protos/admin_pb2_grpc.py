@@ -179,6 +179,36 @@ class AdminServiceStub:
                 request_serializer=protos_dot_admin__pb2.GetKeyStatusRequest.SerializeToString,
                 response_deserializer=protos_dot_admin__pb2.KeyStatus.FromString,
                 _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/edgefleet.v1.AdminService/WhoAmI',
+                request_serializer=protos_dot_admin__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.AdminInfo.FromString,
+                _registered_method=True)
+        self.ListAdmins = channel.unary_unary(
+                '/edgefleet.v1.AdminService/ListAdmins',
+                request_serializer=protos_dot_admin__pb2.ListAdminsRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.ListAdminsResponse.FromString,
+                _registered_method=True)
+        self.CreateAdmin = channel.unary_unary(
+                '/edgefleet.v1.AdminService/CreateAdmin',
+                request_serializer=protos_dot_admin__pb2.CreateAdminRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.AdminTokenResponse.FromString,
+                _registered_method=True)
+        self.SetAdminRole = channel.unary_unary(
+                '/edgefleet.v1.AdminService/SetAdminRole',
+                request_serializer=protos_dot_admin__pb2.SetAdminRoleRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.AdminInfo.FromString,
+                _registered_method=True)
+        self.RotateAdminToken = channel.unary_unary(
+                '/edgefleet.v1.AdminService/RotateAdminToken',
+                request_serializer=protos_dot_admin__pb2.AdminRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.AdminTokenResponse.FromString,
+                _registered_method=True)
+        self.RevokeAdmin = channel.unary_unary(
+                '/edgefleet.v1.AdminService/RevokeAdmin',
+                request_serializer=protos_dot_admin__pb2.AdminRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.AdminInfo.FromString,
+                _registered_method=True)
         self.SetRoutingPolicy = channel.unary_unary(
                 '/edgefleet.v1.AdminService/SetRoutingPolicy',
                 request_serializer=protos_dot_admin__pb2.RoutingPolicyInfo.SerializeToString,
@@ -422,6 +452,46 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WhoAmI(self, request, context):
+        """Named admins (fleet_server/admins): who calls, and with which role (viewer, operator,
+        admin; docs/security.md has the role every method needs).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAdmins(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateAdmin(self, request, context):
+        """The token is in the answer, once; the server keeps only its hash.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAdminRole(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateAdminToken(self, request, context):
+        """A new token for an admin (one's own: any role); the old one stops working.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeAdmin(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetRoutingPolicy(self, request, context):
         """Cloud routing: a policy per model for the devices matching a label selector.
         """
@@ -621,6 +691,36 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetKeyStatus,
                     request_deserializer=protos_dot_admin__pb2.GetKeyStatusRequest.FromString,
                     response_serializer=protos_dot_admin__pb2.KeyStatus.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=protos_dot_admin__pb2.WhoAmIRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.AdminInfo.SerializeToString,
+            ),
+            'ListAdmins': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAdmins,
+                    request_deserializer=protos_dot_admin__pb2.ListAdminsRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.ListAdminsResponse.SerializeToString,
+            ),
+            'CreateAdmin': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAdmin,
+                    request_deserializer=protos_dot_admin__pb2.CreateAdminRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.AdminTokenResponse.SerializeToString,
+            ),
+            'SetAdminRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAdminRole,
+                    request_deserializer=protos_dot_admin__pb2.SetAdminRoleRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.AdminInfo.SerializeToString,
+            ),
+            'RotateAdminToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateAdminToken,
+                    request_deserializer=protos_dot_admin__pb2.AdminRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.AdminTokenResponse.SerializeToString,
+            ),
+            'RevokeAdmin': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeAdmin,
+                    request_deserializer=protos_dot_admin__pb2.AdminRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.AdminInfo.SerializeToString,
             ),
             'SetRoutingPolicy': grpc.unary_unary_rpc_method_handler(
                     servicer.SetRoutingPolicy,
@@ -1446,6 +1546,168 @@ class AdminService:
             '/edgefleet.v1.AdminService/GetKeyStatus',
             protos_dot_admin__pb2.GetKeyStatusRequest.SerializeToString,
             protos_dot_admin__pb2.KeyStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/WhoAmI',
+            protos_dot_admin__pb2.WhoAmIRequest.SerializeToString,
+            protos_dot_admin__pb2.AdminInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAdmins(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/ListAdmins',
+            protos_dot_admin__pb2.ListAdminsRequest.SerializeToString,
+            protos_dot_admin__pb2.ListAdminsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAdmin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/CreateAdmin',
+            protos_dot_admin__pb2.CreateAdminRequest.SerializeToString,
+            protos_dot_admin__pb2.AdminTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAdminRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/SetAdminRole',
+            protos_dot_admin__pb2.SetAdminRoleRequest.SerializeToString,
+            protos_dot_admin__pb2.AdminInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateAdminToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/RotateAdminToken',
+            protos_dot_admin__pb2.AdminRequest.SerializeToString,
+            protos_dot_admin__pb2.AdminTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeAdmin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/RevokeAdmin',
+            protos_dot_admin__pb2.AdminRequest.SerializeToString,
+            protos_dot_admin__pb2.AdminInfo.FromString,
             options,
             channel_credentials,
             insecure,

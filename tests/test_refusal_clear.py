@@ -86,7 +86,7 @@ def test_a_cleared_refusal_lets_the_device_install_the_release_again(
     )
     done, failed = clear_entries(server)  # newest first
     assert done["ok"] and not failed["ok"] and "refuses no release of shapes" in failed["error"]
-    assert done["actor"].startswith("admin-token@") and done["target"] == "device dev-x"
+    assert done["actor"].startswith("bootstrap-token@") and done["target"] == "device dev-x"
     assert json.loads(done["detail"]) == {
         "device_id": "dev-x",
         "selector": {},
@@ -175,7 +175,7 @@ def test_a_clear_reaches_the_devices_that_refuse_until_they_report_it_gone(
     # lab-2 has not checked in since: its clear waits, and shows.
     (pending,) = show(server, "lab-2")["pending_clears"]
     assert (pending["model_name"], pending["sha256"]) == ("colors", "")
-    assert pending["requested_by"].startswith("admin-token@")
+    assert pending["requested_by"].startswith("bootstrap-token@")
     assert "waiting for its check-in" in server.admin("devices", "show", "lab-2").stdout
     # A clear of every colors release leaves lab-2's other model refused.
     assert clears(check_in(lab2, [("colors", other), ("shapes", "a" * 64)])) == [("colors", "")]

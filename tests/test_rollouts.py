@@ -158,7 +158,7 @@ def test_failures_pause_the_rollout_and_abort_returns_the_devices(fleet: Fleet) 
     assert audit[0]["action"] == "AbortRollout"
     assert audit[0]["target"] == f"rollout {rollout_id}"
     assert audit[0]["ok"] is True
-    assert audit[0]["actor"].startswith("admin-token@")
+    assert audit[0]["actor"].startswith("bootstrap-token@")
 
 
 def test_pause_holds_and_resume_finishes(fleet: Fleet) -> None:

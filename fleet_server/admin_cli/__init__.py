@@ -14,6 +14,7 @@ from pathlib import Path
 
 from fleet_server import __version__
 from fleet_server.admin_cli import (
+    admins,
     common,
     devices,
     keys,
@@ -44,7 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("EDGEFLEET_SERVER", "127.0.0.1:7443"),
         help="fleet server address (env EDGEFLEET_SERVER; default 127.0.0.1:7443)",
     )
-    parser.add_argument("--token", help="admin token (env EDGEFLEET_ADMIN_TOKEN)")
+    parser.add_argument(
+        "--token", help="your admin token (env EDGEFLEET_ADMIN_TOKEN; prefer --token-file)"
+    )
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        help="read your admin token from this file (env EDGEFLEET_ADMIN_TOKEN_FILE)",
+    )
     parser.add_argument(
         "--ca-file",
         type=Path,
@@ -72,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     manifests.add_parsers(sub)
     keys.add_parsers(sub)
     devices.add_parsers(sub)
+    admins.add_parsers(sub)
     rollouts.add_parsers(sub)
     return parser
 

@@ -105,17 +105,30 @@ def _rpc_error(exc: grpc.RpcError, address: str) -> FleetError:
 
 
 def _token(args: argparse.Namespace) -> str:
+    """The caller's token: --token, --token-file, $EDGEFLEET_ADMIN_TOKEN,
+    $EDGEFLEET_ADMIN_TOKEN_FILE, then the bootstrap token of --data-dir."""
     if args.token:
         return str(args.token)
-    if os.environ.get("EDGEFLEET_ADMIN_TOKEN"):
+    token_file = getattr(args, "token_file", None)
+    if token_file is None and not os.environ.get("EDGEFLEET_ADMIN_TOKEN"):
+        token_file = os.environ.get("EDGEFLEET_ADMIN_TOKEN_FILE") or None
+    if token_file is None and os.environ.get("EDGEFLEET_ADMIN_TOKEN"):
         return os.environ["EDGEFLEET_ADMIN_TOKEN"]
-    if args.data_dir:
-        path = args.data_dir / "admin.token"
-        try:
-            return path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise AuthError(f"cannot read {path}: {exc.strerror}") from exc
-    raise AuthError("no admin token: pass --token, set EDGEFLEET_ADMIN_TOKEN, or --data-dir")
+    if token_file is None and args.data_dir:
+        token_file = Path(args.data_dir) / "admin.token"
+    if token_file is None:
+        raise AuthError(
+            "no admin token: pass --token-file (or --token, EDGEFLEET_ADMIN_TOKEN_FILE, "
+            "EDGEFLEET_ADMIN_TOKEN), or --data-dir for the bootstrap token"
+        )
+    path = Path(token_file)
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise AuthError(f"cannot read {path}: {exc.strerror}") from exc
+    if not token:
+        raise AuthError(f"the token file {path} is empty")
+    return token
 
 
 def _ca_pem(args: argparse.Namespace) -> bytes:

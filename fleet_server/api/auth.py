@@ -1,16 +1,16 @@
-"""Who is calling: devices by their client certificate (mTLS), admins by a bearer token."""
+"""Who is calling: devices by their client certificate (mTLS), admins by a bearer token
+(checked by :mod:`fleet_server.api.identity`)."""
 
 from __future__ import annotations
 
 import functools
-import hmac
 from typing import Any
 
 from fleet_server.errors import AuthError
 from fleet_server.registry.ca import peer_certificate
 from fleet_server.registry.store import DeviceStore
 
-__all__ = ["bearer_token", "require_admin", "require_device"]
+__all__ = ["bearer_token", "require_device"]
 
 _MAX_TOKEN = 512
 
@@ -21,13 +21,6 @@ def bearer_token(context: Any) -> str:
         if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
             return value[len("Bearer ") :].strip()[:_MAX_TOKEN]
     return ""
-
-
-def require_admin(context: Any, admin_token: str) -> None:
-    """Raise AuthError unless the call carries the admin token."""
-    given = bearer_token(context)
-    if not given or not hmac.compare_digest(given.encode(), admin_token.encode()):
-        raise AuthError("admin credentials missing or wrong (use --token or --data-dir)")
 
 
 @functools.lru_cache(maxsize=4096)

@@ -9,6 +9,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fleet_server.api.admin import AdminServicer
 from fleet_server.api.device_service import DeviceServicer, add_device_service
+from fleet_server.api.identity import AdminAuth
 from fleet_server.context import ServerContext
 from protos import admin_pb2_grpc
 from protos.keepalive import server_options
@@ -41,6 +42,7 @@ def create_server(
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+        interceptors=[AdminAuth(ctx.admins)],  # every admin call: who, and may they
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -38,20 +38,27 @@ _MAX_BODY = 16 * 1024
 class _Sessions:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_id: dict[str, tuple[str, float]] = {}  # id -> (csrf token, expiry)
+        # id -> (csrf token, expiry, the admin's token: the dashboard calls the admin API with
+        # it, so the role and the audit log are the person's)
+        self._by_id: dict[str, tuple[str, float, str]] = {}
 
-    def create(self) -> tuple[str, str]:
+    def create(self, token: str) -> tuple[str, str]:
         session, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(16)
         with self._lock:
             now = time.time()
             self._by_id = {k: v for k, v in self._by_id.items() if v[1] > now}
-            self._by_id[session] = (csrf, now + SESSION_S)
+            self._by_id[session] = (csrf, now + SESSION_S, token)
         return session, csrf
 
     def csrf(self, session: str) -> str | None:
         with self._lock:
             entry = self._by_id.get(session)
         return entry[0] if entry and entry[1] > time.time() else None
+
+    def token(self, session: str) -> str:
+        with self._lock:
+            entry = self._by_id.get(session)
+        return entry[2] if entry else ""
 
     def drop(self, session: str) -> None:
         with self._lock:
@@ -78,14 +85,15 @@ class Dashboard:
         self._tls = (tls_key_pem, tls_cert_pem)
         self._httpd: ThreadingHTTPServer | None = None
 
-    def call(self, method: str, request: Any) -> Any:
-        """An admin API call with the admin token, marked as coming from the dashboard.
+    def call(self, method: str, request: Any, token: str) -> Any:
+        """An admin API call with the logged-in admin's token, marked as coming from the
+        dashboard.
 
         Raises:
             grpc.RpcError: what the admin API said.
         """
         metadata = (
-            ("authorization", f"Bearer {self.ctx.admin_token}"),
+            ("authorization", f"Bearer {token}"),
             ("x-edgefleet-client", "dashboard"),
         )
         return getattr(self.admin, method)(request, metadata=metadata, timeout=30)
@@ -171,8 +179,12 @@ def _handler(dashboard: Dashboard) -> type[BaseHTTPRequestHandler]:
                 name, _, value = part.strip().partition("=")
                 if name == _COOKIE:
                     csrf = dashboard.sessions.csrf(value)
-                    if csrf:
+                    # The person's token still counts (not revoked, not a disabled bootstrap
+                    # token): checked at every request, as the admin API does.
+                    token = dashboard.sessions.token(value)
+                    if csrf and dashboard.ctx.admins.authenticate(token) is not None:
                         return value, csrf
+                    dashboard.sessions.drop(value)
             return None
 
         def _form(self) -> dict[str, str]:
@@ -243,9 +255,10 @@ def _handler(dashboard: Dashboard) -> type[BaseHTTPRequestHandler]:
             url = urlsplit(self.path)
             form = self._form()
             if url.path == "/login":
-                given = form.get("token", "").strip().encode()
-                if hmac.compare_digest(given, dashboard.ctx.admin_token.encode()):
-                    new_session, _ = dashboard.sessions.create()
+                given = form.get("token", "").strip()
+                identity = dashboard.ctx.admins.authenticate(given)
+                if identity is not None:
+                    new_session, _ = dashboard.sessions.create(given)
                     target = form.get("next", "/fleet")
                     target = (
                         target
@@ -253,7 +266,7 @@ def _handler(dashboard: Dashboard) -> type[BaseHTTPRequestHandler]:
                         else "/fleet"
                     )
                     cookie = f"{_COOKIE}={new_session}; HttpOnly; Secure; SameSite=Strict; Path=/"
-                    log.info("dashboard login from %s", self.client_address[0])
+                    log.info("dashboard login of %s from %s", identity.name, self.client_address[0])
                     self._redirect(target, {"Set-Cookie": cookie})
                 else:
                     log.warning("dashboard: wrong admin token from %s", self.client_address[0])
@@ -272,16 +285,18 @@ def _handler(dashboard: Dashboard) -> type[BaseHTTPRequestHandler]:
                 return
             parts = url.path.split("/")
             if len(parts) == 4 and parts[1] == "rollouts" and parts[3] in _ACTIONS:
-                self._act(parts[2], parts[3])
+                self._act(parts[2], parts[3], dashboard.sessions.token(session[0]))
                 return
             self._send(404, pages.layout("Not found", pages.empty("No such action.")))
 
-        def _act(self, rollout_id: str, action: str) -> None:
+        def _act(self, rollout_id: str, action: str, token: str) -> None:
             if not rollout_id.isdigit():
                 self._send(404, pages.layout("Not found", pages.empty("No such rollout.")))
                 return
             try:
-                dashboard.call(_ACTIONS[action], pb.RolloutRequest(rollout_id=int(rollout_id)))
+                dashboard.call(
+                    _ACTIONS[action], pb.RolloutRequest(rollout_id=int(rollout_id)), token
+                )
                 message = f"Rollout {rollout_id}: {action} done."
             except grpc.RpcError as exc:
                 message = f"Rollout {rollout_id}: {action} refused: {exc.details()}"

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 
 from fleet_server.storage.schema import (
+    admins,
     audit_log,
     benchmarks,
     deliveries,
@@ -249,6 +250,11 @@ def _v24_to_v25(conn: sa.Connection) -> None:
     downloads.create(conn, checkfirst=True)
 
 
+def _v25_to_v26(conn: sa.Connection) -> None:
+    """Version 26: named admins."""
+    admins.create(conn, checkfirst=True)
+
+
 # From version N to N + 1.
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     1: _v1_to_v2,
@@ -275,4 +281,5 @@ MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     22: _v22_to_v23,
     23: _v23_to_v24,
     24: _v24_to_v25,
+    25: _v25_to_v26,
 }

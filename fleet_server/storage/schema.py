@@ -4,10 +4,9 @@ Each table belongs to one concern, which owns its queries: devices, enrollment t
 enrollments, device_models and refusal_clears to ``registry`` (which also deletes a device's
 rows everywhere when it deletes a ghost device); releases, models, deployments, benchmarks,
 deliveries and downloads to ``catalog``; rollouts and rollout_devices to ``rollouts``; audit_log
-to ``audit``;
-routing_policies, settings and usage to ``routing`` (usage is written by ``telemetry``);
-device_events and the history tables to ``telemetry``. ``fleet_state`` is storage's own (the
-generation).
+to ``audit``; routing_policies, settings and usage to ``routing`` (usage is written by
+``telemetry``); device_events and the history tables to ``telemetry``; admins to ``admins``.
+``fleet_state`` is storage's own (the generation).
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ import sqlalchemy as sa
 
 __all__ = [
     "SCHEMA_VERSION",
+    "admins",
     "audit_log",
     "benchmarks",
     "deliveries",
@@ -41,7 +41,7 @@ __all__ = [
     "usage",
 ]
 
-SCHEMA_VERSION = 25
+SCHEMA_VERSION = 26
 
 metadata = sa.MetaData()
 
@@ -221,6 +221,19 @@ downloads = sa.Table(
     sa.Column("reached", sa.BigInteger, nullable=False),
     sa.Column("total", sa.BigInteger, nullable=False),
     sa.Column("at", sa.BigInteger, nullable=False),
+)
+
+# Named admins (fleet_server/admins): one token each, kept as its SHA-256.
+admins = sa.Table(
+    "admins",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("role", sa.Integer, nullable=False),  # fleet_server.admins.roles.Role
+    sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("created_by", sa.String(128), nullable=False),
+    sa.Column("revoked_at", sa.BigInteger),
+    sa.Column("last_used_at", sa.BigInteger),
 )
 
 # Settings that are one JSON document each (the price table).

@@ -1,6 +1,8 @@
 """AdminService: what the ``edgefleet`` CLI and the dashboard call, one module per area.
 
-Every method requires the admin token; every state-changing one is recorded in the audit log.
+Every method needs a named admin's token (or the bootstrap token) with the role
+fleet_server/admins/roles.py gives it, checked before it runs (fleet_server/api/identity.py);
+every state-changing one is recorded in the audit log with the admin's name.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 from fleet_server.api.admin.devices import DevicesAdmin
 from fleet_server.api.admin.fleet import FleetAdmin
 from fleet_server.api.admin.models import ModelsAdmin
+from fleet_server.api.admin.people import PeopleAdmin
 from fleet_server.api.admin.recovery import RecoveryAdmin
 from fleet_server.api.admin.rollouts import RolloutsAdmin
 from fleet_server.api.admin.routing import RoutingAdmin
@@ -24,6 +27,7 @@ class AdminServicer(
     RolloutsAdmin,
     RoutingAdmin,
     FleetAdmin,
+    PeopleAdmin,
     pb_grpc.AdminServiceServicer,
 ):
     """The whole admin API: each area's methods over one shared context."""

@@ -15,6 +15,7 @@ from google.protobuf.message import DecodeError
 from agent.errors import ManifestError
 from agent.updates.trust import TrustedKeys, count_signers, pin_keylist
 from fleet_server.api.admin import wire
+from fleet_server.api.identity import current
 from fleet_server.catalog.store import ModelRow
 from fleet_server.context import ServerContext
 from fleet_server.errors import BadRequestError, FleetError
@@ -28,11 +29,13 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def actor(context: Any) -> str:
-    """Who made a call, for the audit log. (One admin credential today: the token.) Calls the
-    dashboard makes for a logged-in admin say so."""
+    """Who made a call, for the audit log: the admin's name (or the bootstrap token), and
+    from where. Calls the dashboard makes for a logged-in admin say so."""
     metadata = dict(context.invocation_metadata() or ())
     via = " via dashboard" if metadata.get("x-edgefleet-client") == "dashboard" else ""
-    return f"admin-token@{context.peer() or 'unknown'}{via}"
+    identity = current()
+    who = identity.name if identity is not None else "unknown"
+    return f"{who}@{context.peer() or 'unknown'}{via}"
 
 
 def manifest_target(envelope: manifest_pb2.Envelope) -> str:

@@ -18,7 +18,7 @@ from fleet_server.api.admin._base import (
     actor,
     audited,
 )
-from fleet_server.api.auth import require_admin
+from fleet_server.api.identity import require_admin
 from fleet_server.datadir import new_token
 from fleet_server.errors import (
     BadRequestError,
@@ -44,7 +44,7 @@ _AUDITED_DEVICES = 100  # device ids named in a ClearRefusal audit entry (the co
 class DevicesAdmin(AdminBase):
     @rpc_errors
     def GetDevice(self, request: pb.DeviceRequest, context: Any) -> pb.DeviceInfo:  # noqa: N802
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         device = self._ctx.devices.get_device(request.device_id)
         info = wire.device_info(device)
         for event in self._ctx.telemetry.device_events(request.device_id, limit=20):
@@ -82,7 +82,7 @@ class DevicesAdmin(AdminBase):
     @rpc_errors
     @audited("LabelDevice", lambda r: f"device {r.device_id}")
     def LabelDevice(self, request: pb.LabelDeviceRequest, context: Any) -> pb.DeviceInfo:  # noqa: N802
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         check_labels(request.set)
         self._ctx.devices.set_labels(request.device_id, dict(request.set), list(request.remove))
         log.info("labels of %s changed", request.device_id)
@@ -91,7 +91,7 @@ class DevicesAdmin(AdminBase):
     @rpc_errors
     @audited("RevokeDevice", lambda r: f"device {r.device_id}")
     def RevokeDevice(self, request: pb.DeviceRequest, context: Any) -> pb.DeviceInfo:  # noqa: N802
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         self._ctx.devices.revoke(request.device_id)
         self._ctx.revoked(request.device_id)  # its MQTT session and messages end now
         log.warning("device %s revoked", request.device_id)
@@ -109,7 +109,7 @@ class DevicesAdmin(AdminBase):
         )  # with sha256 "" (every release) and the empty one of device_id and selector
         who = actor(context)
         try:
-            require_admin(context, self._ctx.admin_token)
+            require_admin(context)
             device_ids = self._clear_refusal(request, selector, who)
         except FleetError as exc:
             self._ctx.audit.append(
@@ -181,7 +181,7 @@ class DevicesAdmin(AdminBase):
 
     @rpc_errors
     def ListDevices(self, request: pb.ListDevicesRequest, context: Any) -> pb.ListDevicesResponse:  # noqa: N802
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         limit = min(request.limit or DEVICES_PAGE, MAX_DEVICES_PAGE)
         rows = self._ctx.devices.list_devices(after=request.after, limit=limit + 1)
         more = len(rows) > limit
@@ -195,7 +195,7 @@ class DevicesAdmin(AdminBase):
     def CreateEnrollmentToken(  # noqa: N802
         self, request: pb.CreateTokenRequest, context: Any
     ) -> pb.CreateTokenResponse:
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         check_labels(request.labels)
         ttl = request.ttl_s or 86400
         if ttl > MAX_TOKEN_TTL_S:
@@ -217,7 +217,7 @@ class DevicesAdmin(AdminBase):
     def ListEnrollmentTokens(  # noqa: N802
         self, request: pb.ListTokensRequest, context: Any
     ) -> pb.ListTokensResponse:
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         return pb.ListTokensResponse(
             tokens=[wire.token_info(t) for t in self._ctx.devices.list_enrollment_tokens()]
         )
@@ -227,7 +227,7 @@ class DevicesAdmin(AdminBase):
     def RevokeEnrollmentToken(  # noqa: N802
         self, request: pb.RevokeTokenRequest, context: Any
     ) -> pb.RevokeTokenResponse:
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         revoked = self._ctx.devices.revoke_enrollment_token(request.token_id)
         if not revoked:
             raise NotFoundError(f"no enrollment token {request.token_id!r}")
@@ -238,7 +238,7 @@ class DevicesAdmin(AdminBase):
     def SendCommand(  # noqa: N802
         self, request: pb.SendCommandRequest, context: Any
     ) -> pb.SendCommandResponse:
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         if request.kind not in COMMANDS:
             raise BadRequestError(
                 f"unknown command {request.kind!r}; one of {', '.join(sorted(COMMANDS))}"

@@ -12,7 +12,7 @@ from fleet_server.api.admin._base import (
     AdminBase,
     audited,
 )
-from fleet_server.api.auth import require_admin
+from fleet_server.api.identity import require_admin
 from fleet_server.errors import (
     ConflictError,
     NotFoundError,
@@ -29,7 +29,7 @@ class FleetAdmin(AdminBase):
     def RequestBenchmark(  # noqa: N802
         self, request: pb.RequestBenchmarkRequest, context: Any
     ) -> pb.RequestBenchmarkResponse:
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         check_labels(request.selector, "selector label")
         send = self._ctx.send_command
         if send is None:
@@ -53,14 +53,14 @@ class FleetAdmin(AdminBase):
     def GetBenchReport(  # noqa: N802
         self, request: pb.GetBenchReportRequest, context: Any
     ) -> pb.BenchReport:
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         return pb.BenchReport(
             rows=[wire.bench_row(r) for r in self._ctx.bench.report(request.model_name)]
         )
 
     @rpc_errors
     def ListAudit(self, request: pb.ListAuditRequest, context: Any) -> pb.ListAuditResponse:  # noqa: N802
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         rows = self._ctx.audit.entries(min(request.limit or 100, 1000), request.before_id)
         return pb.ListAuditResponse(entries=[wire.audit_entry(r) for r in rows])
 
@@ -68,5 +68,5 @@ class FleetAdmin(AdminBase):
     def GetKeyStatus(  # noqa: N802
         self, request: pb.GetKeyStatusRequest, context: Any
     ) -> pb.KeyStatus:
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         return wire.key_status(self._ctx.key_status(time.time()))

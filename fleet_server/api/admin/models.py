@@ -20,7 +20,7 @@ from fleet_server.api.admin._base import (
     manifest_target,
     recorded,
 )
-from fleet_server.api.auth import require_admin
+from fleet_server.api.identity import require_admin
 from fleet_server.catalog.push import Pusher
 from fleet_server.context import ServerContext
 from fleet_server.errors import BadRequestError, ConflictError, DataDirError, NotFoundError
@@ -68,7 +68,7 @@ class ModelsAdmin(AdminBase):
     def _push(
         self, request_iterator: Iterator[pb.PushModelRequest], context: Any
     ) -> pb.PushModelResponse:
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("part") != "meta":
             raise BadRequestError("the first message of PushModel must carry the metadata")
@@ -93,7 +93,7 @@ class ModelsAdmin(AdminBase):
     def AttachSignatures(  # noqa: N802
         self, request: pb.AttachSignaturesRequest, context: Any
     ) -> pb.PushModelResponse:
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         envelope = request.envelope
         if envelope.ByteSize() > MAX_ENVELOPE_BYTES or len(envelope.signatures) > MAX_SIGNATURES:
             raise BadRequestError(
@@ -185,7 +185,7 @@ class ModelsAdmin(AdminBase):
     def ListPendingManifests(  # noqa: N802
         self, request: pb.ListPendingManifestsRequest, context: Any
     ) -> pb.ListPendingManifestsResponse:
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         now = time.time()
         keylist = self._ctx.keys.keylist()
         answer = pb.ListPendingManifestsResponse(
@@ -222,7 +222,7 @@ class ModelsAdmin(AdminBase):
     def PrepareRollback(  # noqa: N802
         self, request: pb.DeployRequest, context: Any
     ) -> pb.PushModelResponse:
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         return self.prepare_rollback(request.model_name, request.version)
 
     @rpc_errors
@@ -230,7 +230,7 @@ class ModelsAdmin(AdminBase):
     def CommitRollback(  # noqa: N802
         self, request: pb.AttachSignaturesRequest, context: Any
     ) -> pb.DeployResponse:
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         row, blob = self.verified_rollback_set([request.envelope, *request.envelopes])
         self._ctx.catalog.deploy(row.model_name, row.version, envelope=blob)
         self._ctx.rollouts.supersede(row.model_name)
@@ -241,7 +241,7 @@ class ModelsAdmin(AdminBase):
 
     @rpc_errors
     def ListModels(self, request: pb.ListModelsRequest, context: Any) -> pb.ListModelsResponse:  # noqa: N802
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         deployed = self._ctx.catalog.deployed()
         return pb.ListModelsResponse(
             models=[wire.model_info(r, deployed) for r in self._ctx.catalog.list_models()]
@@ -250,7 +250,7 @@ class ModelsAdmin(AdminBase):
     @rpc_errors
     @audited("Deploy", lambda r: f"model {r.model_name} {r.version}")
     def Deploy(self, request: pb.DeployRequest, context: Any) -> pb.DeployResponse:  # noqa: N802
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         self.require_signed(request.model_name, request.version)
         live = [
             r.rollout_id
@@ -330,7 +330,7 @@ class ModelsAdmin(AdminBase):
     def ExplainVariant(  # noqa: N802
         self, request: pb.ExplainVariantRequest, context: Any
     ) -> pb.ExplainVariantResponse:
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         device = self._ctx.devices.get_device(request.device_id)
         explained = explain(
             self._ctx.catalog,

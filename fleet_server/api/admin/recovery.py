@@ -11,7 +11,7 @@ from agent.updates.trust import count_signers
 from fleet_server.api._errors import rpc_errors
 from fleet_server.api.admin import wire
 from fleet_server.api.admin._base import AdminBase, audited, manifest_of
-from fleet_server.api.auth import require_admin
+from fleet_server.api.identity import require_admin
 from fleet_server.errors import BadRequestError
 from fleet_server.renewal.maintainer import release_signed_in_use
 from protos import admin_pb2 as pb
@@ -42,7 +42,7 @@ class RecoveryAdmin(AdminBase):
         """Recovery manifests for every variant of each release, naming the key list that
         revokes ``revoke_keyids`` (the current one + 1, or the current one when it revokes them
         all already). Changes nothing."""
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         if not request.revoke_keyids or not request.models:
             raise BadRequestError("a recovery needs a release key to revoke and a model release")
         if request.floor > _MAX_FLOOR:
@@ -99,7 +99,7 @@ class RecoveryAdmin(AdminBase):
     ) -> pb.CommitRecoveryResponse:
         """Deploy each release's root-signed recovery manifests, once every one names the
         current key list (which revokes keys) and carries the root threshold."""
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         groups: dict[tuple[str, str], list[manifest_pb2.Envelope]] = {}
         for envelope in request.envelopes:
             manifest = manifest_of(envelope)

@@ -12,7 +12,7 @@ from fleet_server.api.admin._base import (
     actor,
     audited,
 )
-from fleet_server.api.auth import require_admin
+from fleet_server.api.identity import require_admin
 from fleet_server.errors import (
     BadRequestError,
     ConflictError,
@@ -31,7 +31,7 @@ class RolloutsAdmin(AdminBase):
     @rpc_errors
     @audited("CreateRollout", lambda r: f"model {r.model_name} {r.version}")
     def CreateRollout(self, request: pb.CreateRolloutRequest, context: Any) -> pb.RolloutInfo:  # noqa: N802
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         self.require_signed(request.model_name, request.version)
         check_labels(request.selector, "selector label")
         row = self._ctx.rollouts.create(
@@ -62,21 +62,21 @@ class RolloutsAdmin(AdminBase):
 
     @rpc_errors
     def GetRollout(self, request: pb.RolloutRequest, context: Any) -> pb.RolloutInfo:  # noqa: N802
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         return wire.rollout_info(self._ctx.rollouts.get(request.rollout_id))
 
     @rpc_errors
     def ListRollouts(  # noqa: N802
         self, request: pb.ListRolloutsRequest, context: Any
     ) -> pb.ListRolloutsResponse:
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         rows = self._ctx.rollouts.list_rollouts(request.model_name)
         return pb.ListRolloutsResponse(rollouts=[wire.rollout_info(r) for r in rows])
 
     @rpc_errors
     @audited("PauseRollout", lambda r: f"rollout {r.rollout_id}")
     def PauseRollout(self, request: pb.RolloutRequest, context: Any) -> pb.RolloutInfo:  # noqa: N802
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         row = self._ctx.rollouts.transition(
             request.rollout_id, Event.PAUSE, f"paused by {actor(context)}"
         )
@@ -85,7 +85,7 @@ class RolloutsAdmin(AdminBase):
     @rpc_errors
     @audited("ResumeRollout", lambda r: f"rollout {r.rollout_id}")
     def ResumeRollout(self, request: pb.RolloutRequest, context: Any) -> pb.RolloutInfo:  # noqa: N802
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         row = self._ctx.rollouts.transition(
             request.rollout_id, Event.RESUME, f"resumed by {actor(context)}"
         )
@@ -95,7 +95,7 @@ class RolloutsAdmin(AdminBase):
     @rpc_errors
     @audited("AbortRollout", lambda r: f"rollout {r.rollout_id}")
     def AbortRollout(self, request: pb.RolloutRequest, context: Any) -> pb.RolloutInfo:  # noqa: N802
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         row = self._ctx.rollouts.transition(
             request.rollout_id, Event.ABORT, f"aborted by {actor(context)}"
         )
@@ -105,7 +105,7 @@ class RolloutsAdmin(AdminBase):
     def PrepareRolloutRollback(  # noqa: N802
         self, request: pb.RolloutRequest, context: Any
     ) -> pb.PushModelResponse:
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         rollout = self._ctx.rollouts.get(request.rollout_id)
         if not rollout.previous_version:
             raise ConflictError(
@@ -119,7 +119,7 @@ class RolloutsAdmin(AdminBase):
     def CommitRolloutRollback(  # noqa: N802
         self, request: pb.RolloutRollbackRequest, context: Any
     ) -> pb.RolloutInfo:
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         rollout = self._ctx.rollouts.get(request.rollout_id)
         row, blob = self.verified_rollback_set([request.envelope, *request.envelopes])
         if (row.model_name, row.version) != (rollout.model_name, rollout.previous_version):

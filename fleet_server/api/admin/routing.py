@@ -13,7 +13,7 @@ from fleet_server.api.admin._base import (
     actor,
     audited,
 )
-from fleet_server.api.auth import require_admin
+from fleet_server.api.identity import require_admin
 from fleet_server.errors import (
     BadRequestError,
     NotFoundError,
@@ -36,7 +36,7 @@ class RoutingAdmin(AdminBase):
     def SetRoutingPolicy(  # noqa: N802
         self, request: pb.RoutingPolicyInfo, context: Any
     ) -> pb.RoutingPolicyInfo:
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         if not is_name(request.model_name):
             raise BadRequestError(f"model name {request.model_name!r} is not valid")
         if self._ctx.catalog.newest_version(request.model_name) is None:
@@ -86,7 +86,7 @@ class RoutingAdmin(AdminBase):
     def ListRoutingPolicies(  # noqa: N802
         self, request: pb.ListRoutingPoliciesRequest, context: Any
     ) -> pb.ListRoutingPoliciesResponse:
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         rows = self._ctx.routing.list(request.model_name)
         return pb.ListRoutingPoliciesResponse(policies=[wire.routing_info(r) for r in rows])
 
@@ -95,7 +95,7 @@ class RoutingAdmin(AdminBase):
     def DeleteRoutingPolicy(  # noqa: N802
         self, request: pb.DeleteRoutingPolicyRequest, context: Any
     ) -> pb.ListRoutingPoliciesResponse:
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         self._ctx.routing.delete(request.model_name, dict(request.selector))
         self._tell_routing(dict(request.selector))
         rows = self._ctx.routing.list(request.model_name)
@@ -104,7 +104,7 @@ class RoutingAdmin(AdminBase):
     @rpc_errors
     @audited("SetPrices", lambda r: "prices")
     def SetPrices(self, request: pb.PriceTable, context: Any) -> pb.PriceTable:  # noqa: N802
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         prices = Prices(
             cloud_per_request=request.cloud_per_request,
             energy_per_kwh=request.energy_per_kwh,
@@ -116,12 +116,12 @@ class RoutingAdmin(AdminBase):
 
     @rpc_errors
     def GetPrices(self, request: pb.GetPricesRequest, context: Any) -> pb.PriceTable:  # noqa: N802
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         return wire.price_table(self._ctx.routing.prices())
 
     @rpc_errors
     def GetCosts(self, request: pb.GetCostsRequest, context: Any) -> pb.CostReport:  # noqa: N802
-        require_admin(context, self._ctx.admin_token)
+        require_admin(context)
         prices = self._ctx.routing.prices()
         rows = summarize(self._ctx.routing.usage(request.group_by, request.model_name), prices)
         report = pb.CostReport(prices=wire.price_table(prices), group_by=request.group_by)

@@ -1,0 +1,137 @@
+"""``edgefleet admins`` and ``whoami``: named admins with roles (viewer, operator, admin)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from fleet_server.admin_cli import common
+from fleet_server.errors import BadRequestError
+from protos import admin_pb2 as pb
+
+__all__ = ["add_parsers"]
+
+ROLES = ("viewer", "operator", "admin")
+
+
+def _line(a: pb.AdminInfo) -> str:
+    state = f"revoked {common.fmt_time(a.revoked_unix)}" if a.revoked_unix else "active"
+    used = common.fmt_time(a.last_used_unix) if a.last_used_unix else "never"
+    return (
+        f"{a.name:24} {a.role:8} {state:26} last used {used:19}  added "
+        f"{common.fmt_time(a.created_unix)} by {a.created_by}"
+    )
+
+
+def _give_token(args: argparse.Namespace, answer: pb.AdminTokenResponse, what: str) -> None:
+    """The token once: into --out (0600, refusing to overwrite) or on standard output."""
+    if args.out is None:
+        print(answer.token)
+        print(f"{what}: the token above is shown once; the server keeps only its hash",
+              file=sys.stderr)  # fmt: skip
+        return
+    try:
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise BadRequestError(f"{args.out} exists: not overwritten (the token is lost)") from None
+    except OSError as exc:
+        raise BadRequestError(f"cannot write {args.out}: {exc.strerror}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(answer.token + "\n")
+    print(f"{what}: token written to {args.out} (0600); use it with --token-file")
+
+
+def _cmd_add(args: argparse.Namespace) -> int:
+    answer = common.admin(args).call(
+        "CreateAdmin", pb.CreateAdminRequest(name=args.name, role=args.role)
+    )
+    _give_token(args, answer, f"admin {answer.admin.name} ({answer.admin.role}) added")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    answer = common.admin(args).call("ListAdmins", pb.ListAdminsRequest())
+    if args.json:
+        print(json.dumps(common.as_dict(answer), indent=2, sort_keys=True))
+        return 0
+    for a in answer.admins:
+        print(_line(a))
+    if not answer.admins:
+        print("no named admins: the bootstrap token (DATA_DIR/admin.token) is the only one")
+    elif answer.bootstrap_enabled:
+        until = answer.bootstrap_until_unix
+        print("bootstrap token: enabled" + (f" until {common.fmt_time(until)}" if until else ""))
+    else:
+        print("bootstrap token: disabled (named admins exist)")
+    return 0
+
+
+def _cmd_set_role(args: argparse.Namespace) -> int:
+    info = common.admin(args).call(
+        "SetAdminRole", pb.SetAdminRoleRequest(name=args.name, role=args.role)
+    )
+    print(f"{info.name} is now {info.role}")
+    return 0
+
+
+def _cmd_rotate(args: argparse.Namespace) -> int:
+    answer = common.admin(args).call("RotateAdminToken", pb.AdminRequest(name=args.name or ""))
+    _give_token(args, answer, f"new token for {answer.admin.name}; the old one no longer works")
+    return 0
+
+
+def _cmd_revoke(args: argparse.Namespace) -> int:
+    info = common.admin(args).call("RevokeAdmin", pb.AdminRequest(name=args.name))
+    print(f"{info.name} revoked: its token is refused from now on (on other replicas within 5 s)")
+    return 0
+
+
+def _cmd_whoami(args: argparse.Namespace) -> int:
+    info = common.admin(args).call("WhoAmI", pb.WhoAmIRequest())
+    if args.json:
+        print(json.dumps(common.as_dict(info), indent=2, sort_keys=True))
+    elif info.bootstrap:
+        print(f"{info.name} ({info.role}): the bootstrap token, for first setup")
+    else:
+        print(f"{info.name} ({info.role})")
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    """Add this area's commands to the top-level subparsers."""
+    admins = sub.add_parser(
+        "admins",
+        help="named admins and their roles (viewer, operator, admin)",
+        description="Each person gets their own token and role; the audit log names them. "
+        "The bootstrap token (DATA_DIR/admin.token) stops working once an admin with the "
+        "admin role exists (docs/security.md, Admins and roles).",
+    )
+    admins_sub = admins.add_subparsers(dest="action", required=True)
+    add = admins_sub.add_parser("add", help="add an admin and print its token once")
+    add.add_argument("name", help="lowercase letters, digits and . _ @ + - (an email fits)")
+    add.add_argument("--role", choices=ROLES, required=True)
+    add.add_argument("--out", type=Path, metavar="FILE", help="write the token here (0600)")
+    add.set_defaults(func=_cmd_add)
+    listing = admins_sub.add_parser("list", help="every admin, role, and when last used")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=_cmd_list)
+    role = admins_sub.add_parser("set-role", help="change an admin's role")
+    role.add_argument("name")
+    role.add_argument("role", choices=ROLES)
+    role.set_defaults(func=_cmd_set_role)
+    rotate = admins_sub.add_parser(
+        "rotate", help="a new token (your own by default); the old one stops working"
+    )
+    rotate.add_argument("name", nargs="?", help="another admin's (needs the admin role)")
+    rotate.add_argument("--out", type=Path, metavar="FILE", help="write the token here (0600)")
+    rotate.set_defaults(func=_cmd_rotate)
+    revoke = admins_sub.add_parser("revoke", help="end an admin's access (the name stays)")
+    revoke.add_argument("name")
+    revoke.set_defaults(func=_cmd_revoke)
+    who = sub.add_parser("whoami", help="who your token says you are, and your role")
+    who.add_argument("--json", action="store_true")
+    who.set_defaults(func=_cmd_whoami)

@@ -1,0 +1,1 @@
+"""Named admins: per-person tokens, roles, revocation, and the bootstrap token's retirement."""
