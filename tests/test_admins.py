@@ -87,9 +87,9 @@ def test_roles_names_revocation_and_the_bootstrap_token(
     for method, needed in ROLE_OF.items():
         if method == "RotateAdminToken":  # one's own, by any role: below
             continue
-        for name, role in (("carol", Role.VIEWER), ("bob", Role.OPERATOR)):
+        for name, held in (("carol", Role.VIEWER), ("bob", Role.OPERATOR)):
             code = _call(server, tokens[name], method)
-            if role < needed:
+            if held < needed:
                 assert code == grpc.StatusCode.PERMISSION_DENIED, (name, method, code)
             else:
                 assert code not in (
