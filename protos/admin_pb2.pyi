@@ -458,16 +458,18 @@ class VariantProfile(_message.Message):
     def __init__(self, quantization: _Optional[str] = ..., edgetpu: _Optional[bool] = ..., max_op_code: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., activation_bytes: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., builtin_ops: _Optional[_Iterable[str]] = ..., custom_ops: _Optional[_Iterable[str]] = ..., weight_dtypes: _Optional[_Iterable[str]] = ..., latency_ms: _Optional[_Mapping[str, float]] = ..., fleet_latency_ms: _Optional[_Mapping[str, float]] = ..., accuracy: _Optional[float] = ..., top1_agreement: _Optional[float] = ..., evidence: _Optional[str] = ..., transport_size: _Optional[int] = ..., size: _Optional[int] = ..., fallback: _Optional[_Union[VariantProfile, _Mapping]] = ...) -> None: ...
 
 class PushModelResponse(_message.Message):
-    __slots__ = ("model", "unsigned_manifest", "variants", "unsigned_manifests")
+    __slots__ = ("model", "unsigned_manifest", "variants", "unsigned_manifests", "notes")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     UNSIGNED_MANIFEST_FIELD_NUMBER: _ClassVar[int]
     VARIANTS_FIELD_NUMBER: _ClassVar[int]
     UNSIGNED_MANIFESTS_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
     model: ModelVersionInfo
     unsigned_manifest: bytes
     variants: _containers.RepeatedCompositeFieldContainer[ModelVersionInfo]
     unsigned_manifests: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, model: _Optional[_Union[ModelVersionInfo, _Mapping]] = ..., unsigned_manifest: _Optional[bytes] = ..., variants: _Optional[_Iterable[_Union[ModelVersionInfo, _Mapping]]] = ..., unsigned_manifests: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[_Union[ModelVersionInfo, _Mapping]] = ..., unsigned_manifest: _Optional[bytes] = ..., variants: _Optional[_Iterable[_Union[ModelVersionInfo, _Mapping]]] = ..., unsigned_manifests: _Optional[_Iterable[bytes]] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AttachSignaturesRequest(_message.Message):
     __slots__ = ("envelope", "envelopes")

@@ -512,6 +512,8 @@ def test_admin_cli_errors_are_one_line(
     )
     assert bad.returncode == 1 and "not a TFLite model" in bad.stderr
     assert "Traceback" not in bad.stderr
+    # The user's file is named, and the unnamed variant is "the model" (was "variant :").
+    assert f"{DATA / 'cat.bmp'}: " in bad.stderr and "rejected the model:" in bad.stderr
     version = server.admin(
         "models", "push", str(MOBILENET), "--name", "m", "--version", "one", check=False
     )

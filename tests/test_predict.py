@@ -216,7 +216,7 @@ def test_only_one_output_of_n_classes_is_ranked_as_classes(
         ("mobilenet_v1_0.25_128_quant_edgetpu.tflite", "cat.bmp", "compiled for the Edge TPU"),
         ("invalid_model_invoking_error.tflite", "cat.bmp", "the runtime cannot load it"),
         ("mobilenet_v1_0.25_128_quant.tflite", "missing.bmp", "does not exist"),
-        ("mobilenet_v1_0.25_128_quant.tflite", "imagenet_labels.txt", "not a readable image"),
+        ("mobilenet_v1_0.25_128_quant.tflite", "imagenet_labels.txt", "not an image Pillow can"),
     ],
 )
 def test_bad_input_gives_one_clear_line_and_exit_1(model: str, image: str, message: str) -> None:

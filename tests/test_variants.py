@@ -55,7 +55,12 @@ def test_each_device_gets_the_variant_that_fits_it(server: Server) -> None:
         "models", "push", str(CPU), str(TPU), "--name", "mobilenet", "--version", "1.0.0"
     ).stdout
     assert "2 variant(s), signed" in out
-    listed = {m["variant"]: m for m in json.loads(server.admin("models", "list", "--json").stdout)}
+    assert "note:" not in out  # the Edge TPU variant's answer is checked on its CPU fallback
+    # Alone, the server cannot run it: the push says so (it was silent).
+    alone = server.admin("models", "push", str(TPU), "--name", "tpu-only", "--version", "1.0.0")
+    assert "note: variant edgetpu: the server cannot run it" in alone.stdout, alone.stdout
+    every = json.loads(server.admin("models", "list", "--json").stdout)
+    listed = {m["variant"]: m for m in every if m["model_name"] == "mobilenet"}
     assert set(listed) == {"int8", "edgetpu"}
     assert listed["int8"]["quantization"] == "full_int8"
     assert listed["edgetpu"]["quantization"] == "edgetpu"

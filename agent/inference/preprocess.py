@@ -81,8 +81,11 @@ def load_image(path: Path) -> Image:
                     )
                 img.load()
                 return img.copy()
+    except UnidentifiedImageError as exc:
+        raise InputError(
+            f"{path} is not an image Pillow can read (JPEG, PNG, BMP, GIF, TIFF, WebP...)"
+        ) from exc
     except (
-        UnidentifiedImageError,
         OSError,
         ValueError,
         Image.DecompressionBombError,

@@ -12,7 +12,7 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 
 from fleet_server.admin_cli import common, optimize
-from fleet_server.errors import BadRequestError
+from fleet_server.errors import BadRequestError, FleetError
 from protos import admin_pb2 as pb
 
 __all__ = ["add_parsers"]
@@ -128,6 +128,17 @@ def _from_build(folder: Path) -> tuple[list[Path], list[str], list[pb.Evidence |
     return [folder / v.file for v in accepted], [v.name for v in accepted], evidence
 
 
+def _name_the_file(message: str, files: list[Path], names: list[str]) -> str:
+    """The server names what it refused by variant ("the model" when unnamed): say which of the
+    caller's files that is."""
+    if len(files) == 1:
+        return f"{files[0]}: {message}"
+    for path, name in zip(files, names, strict=True):
+        if name and f"variant {name}" in message:
+            return f"{path}: {message}"
+    return message
+
+
 def _cmd_push(args: argparse.Namespace) -> int:
     files: list[Path] = args.files
     names: list[str] = args.variant or []
@@ -174,7 +185,10 @@ def _cmd_push(args: argparse.Namespace) -> int:
             yield from _send_file(path, "data", progress)
 
     admin = common.admin(args)
-    response = admin.call("PushModel", requests())
+    try:
+        response = admin.call("PushModel", requests())
+    except FleetError as exc:
+        raise type(exc)(_name_the_file(str(exc), files, names)) from exc
     variants = list(response.variants) or [response.model]
     first = variants[0]
     print(
@@ -195,6 +209,8 @@ def _cmd_push(args: argparse.Namespace) -> int:
             + (f"  CPU fallback {m.fallback_sha256[:12]}..." if m.fallback_sha256 else "")
             + (f"  smoke top {list(m.smoke_top_indices)}" if m.smoke_top_indices else "")
         )
+    for note in response.notes:
+        print(f"note: {note}")
     unsigned = list(response.unsigned_manifests)
     for m, payload in zip(variants, unsigned, strict=False):  # unsigned is empty when signed
         out = args.manifest_out or Path(f"{args.name}-{args.version}.manifest")
@@ -206,8 +222,12 @@ def _cmd_push(args: argparse.Namespace) -> int:
             f"is ('edgefleet manifest sign {out} --key KEY') and attach the result"
         )
     if args.deploy:
-        admin.call("Deploy", pb.DeployRequest(model_name=args.name, version=args.version))
+        deployed = admin.call(
+            "Deploy", pb.DeployRequest(model_name=args.name, version=args.version)
+        )
         print(f"deployed {args.name} {args.version} to the fleet")
+        if deployed.note:
+            print(f"note: {deployed.note}")
     return 0
 
 

@@ -69,6 +69,11 @@ def _inspect(path: Path, what: str) -> ModelInfo:
         raise BadRequestError(f"rejected {what}: {str(exc).split(': ', 1)[-1]}") from exc
 
 
+def _named(upload: _Upload) -> str:
+    """How errors name an upload: its variant, or "the model" when the push names none."""
+    return f"variant {upload.variant}" if upload.variant else "the model"
+
+
 def _io(info: ModelInfo) -> list[tuple[str, tuple[int, ...]]]:
     return [(t.dtype, t.shape) for t in (*info.inputs, *info.outputs)]
 
@@ -232,17 +237,17 @@ class Pusher:
     def _receive(self, upload: _Upload, stream: _Stream) -> None:
         if upload.size == 0 or upload.size > MAX_MODEL_BYTES:
             raise BadRequestError(
-                f"variant {upload.variant}: size {upload.size} is outside "
+                f"{_named(upload)}: size {upload.size} is outside "
                 f"1..{MAX_MODEL_BYTES} bytes"
             )
         sha256, size, path = self._artifacts.put(stream.chunks("data"), max_bytes=upload.size)
         upload.stored.append((sha256, path))
         if size != upload.size:
             raise BadRequestError(
-                f"variant {upload.variant}: announced {upload.size} bytes, received {size}"
+                f"{_named(upload)}: announced {upload.size} bytes, received {size}"
             )
         upload.sha256, upload.path = sha256, path
-        upload.info = _inspect(path, f"variant {upload.variant}")
+        upload.info = _inspect(path, _named(upload))
 
     def _receive_fallback(self, upload: _Upload, stream: _Stream, announced: int) -> None:
         if announced > MAX_MODEL_BYTES:

@@ -81,11 +81,20 @@ class ModelsAdmin(AdminBase):
         with recorded(self._ctx, context, "PushModel", target, detail):
             rows, unsigned = self._pusher.push(meta, request_iterator)
         deployed = self._ctx.catalog.deployed()
+        variants = [wire.model_info(r, deployed) for r in rows]
+        notes = [
+            f"variant {v.variant}: the server cannot run it (an Edge TPU model without a CPU "
+            "fallback), so no expected answer was recorded: devices only check that it runs on "
+            "the sample; push it with --fallback CPU_MODEL to check its answer too"
+            for v in variants
+            if not v.smoke_top_indices
+        ]
         return pb.PushModelResponse(
-            model=wire.model_info(rows[0], deployed),
+            model=variants[0],
             unsigned_manifest=unsigned[0] if unsigned else b"",
-            variants=[wire.model_info(r, deployed) for r in rows],
+            variants=variants,
             unsigned_manifests=unsigned,
+            notes=notes,
         )
 
     @rpc_errors
