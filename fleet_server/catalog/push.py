@@ -237,8 +237,7 @@ class Pusher:
     def _receive(self, upload: _Upload, stream: _Stream) -> None:
         if upload.size == 0 or upload.size > MAX_MODEL_BYTES:
             raise BadRequestError(
-                f"{_named(upload)}: size {upload.size} is outside "
-                f"1..{MAX_MODEL_BYTES} bytes"
+                f"{_named(upload)}: size {upload.size} is outside 1..{MAX_MODEL_BYTES} bytes"
             )
         sha256, size, path = self._artifacts.put(stream.chunks("data"), max_bytes=upload.size)
         upload.stored.append((sha256, path))
