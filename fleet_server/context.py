@@ -13,6 +13,7 @@ from fleet_server.audit.store import AuditLog
 from fleet_server.catalog.benchmarks import BenchStore
 from fleet_server.catalog.downloads import Downloads
 from fleet_server.catalog.push import MANIFEST_LIFETIME_S
+from fleet_server.catalog.retention import Retention
 from fleet_server.catalog.store import CatalogStore
 from fleet_server.registry.ca import FleetCA
 from fleet_server.registry.checkins import AnswerCache, LastSeen
@@ -63,6 +64,7 @@ class ServerContext:
     downloads: Downloads = field(init=False)
     audit: AuditLog = field(init=False)
     admins: AdminStore = field(init=False)
+    retention: Retention = field(init=False)
     # Called when something may let a rollout move on (set by the rollout controller).
     wake_rollouts: Callable[[], None] = lambda: None
     # Called when the manifests in use changed: the key maintainer looks at them at once.
@@ -91,6 +93,7 @@ class ServerContext:
         self.downloads = Downloads(self.db)
         self.audit = AuditLog(self.db)
         self.admins = AdminStore(self.db, self.admin_token)
+        self.retention = Retention(self.db, self.rollouts, self.artifacts)
         self.last_seen = LastSeen(self.devices)
         self.answers = AnswerCache()
 

@@ -1121,3 +1121,42 @@ class AdminTokenResponse(_message.Message):
     admin: AdminInfo
     token: str
     def __init__(self, admin: _Optional[_Union[AdminInfo, _Mapping]] = ..., token: _Optional[str] = ...) -> None: ...
+
+class DeleteModelVersionRequest(_message.Message):
+    __slots__ = ("model_name", "version", "force")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    version: str
+    force: bool
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class PruneModelsRequest(_message.Message):
+    __slots__ = ("model_name", "keep", "dry_run")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    keep: int
+    dry_run: bool
+    def __init__(self, model_name: _Optional[str] = ..., keep: _Optional[int] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class DeleteModelsResponse(_message.Message):
+    __slots__ = ("deleted", "kept", "files", "freed_bytes")
+    class KeptEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    FREED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    deleted: _containers.RepeatedScalarFieldContainer[str]
+    kept: _containers.ScalarMap[str, str]
+    files: int
+    freed_bytes: int
+    def __init__(self, deleted: _Optional[_Iterable[str]] = ..., kept: _Optional[_Mapping[str, str]] = ..., files: _Optional[int] = ..., freed_bytes: _Optional[int] = ...) -> None: ...

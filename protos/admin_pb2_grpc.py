@@ -44,6 +44,16 @@ class AdminServiceStub:
                 request_serializer=protos_dot_admin__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=protos_dot_admin__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.DeleteModelVersion = channel.unary_unary(
+                '/edgefleet.v1.AdminService/DeleteModelVersion',
+                request_serializer=protos_dot_admin__pb2.DeleteModelVersionRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.DeleteModelsResponse.FromString,
+                _registered_method=True)
+        self.PruneModels = channel.unary_unary(
+                '/edgefleet.v1.AdminService/PruneModels',
+                request_serializer=protos_dot_admin__pb2.PruneModelsRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.DeleteModelsResponse.FromString,
+                _registered_method=True)
         self.Deploy = channel.unary_unary(
                 '/edgefleet.v1.AdminService/Deploy',
                 request_serializer=protos_dot_admin__pb2.DeployRequest.SerializeToString,
@@ -262,6 +272,20 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListModels(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteModelVersion(self, request, context):
+        """Delete a version (refused while deployed, in a rollout in effect, or, without force,
+        served by devices), or every version of a model beyond its newest `keep`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PruneModels(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -557,6 +581,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=protos_dot_admin__pb2.ListModelsRequest.FromString,
                     response_serializer=protos_dot_admin__pb2.ListModelsResponse.SerializeToString,
             ),
+            'DeleteModelVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteModelVersion,
+                    request_deserializer=protos_dot_admin__pb2.DeleteModelVersionRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.DeleteModelsResponse.SerializeToString,
+            ),
+            'PruneModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.PruneModels,
+                    request_deserializer=protos_dot_admin__pb2.PruneModelsRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.DeleteModelsResponse.SerializeToString,
+            ),
             'Deploy': grpc.unary_unary_rpc_method_handler(
                     servicer.Deploy,
                     request_deserializer=protos_dot_admin__pb2.DeployRequest.FromString,
@@ -817,6 +851,60 @@ class AdminService:
             '/edgefleet.v1.AdminService/ListModels',
             protos_dot_admin__pb2.ListModelsRequest.SerializeToString,
             protos_dot_admin__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteModelVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/DeleteModelVersion',
+            protos_dot_admin__pb2.DeleteModelVersionRequest.SerializeToString,
+            protos_dot_admin__pb2.DeleteModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PruneModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/PruneModels',
+            protos_dot_admin__pb2.PruneModelsRequest.SerializeToString,
+            protos_dot_admin__pb2.DeleteModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

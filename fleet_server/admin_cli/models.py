@@ -231,6 +231,34 @@ def _cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_swept(answer: pb.DeleteModelsResponse, *, dry_run: bool = False) -> None:
+    verb = "would delete" if dry_run else "deleted"
+    for version in answer.deleted:
+        print(f"{verb:12} {version}")
+    for version, why in sorted(answer.kept.items()):
+        print(f"{'kept':12} {version}: {why}")
+    if not dry_run:
+        print(f"{answer.files} file(s) removed, {answer.freed_bytes / 2**20:.1f} MiB freed")
+
+
+def _cmd_models_delete(args: argparse.Namespace) -> int:
+    answer = common.admin(args).call(
+        "DeleteModelVersion",
+        pb.DeleteModelVersionRequest(model_name=args.name, version=args.version, force=args.force),
+    )
+    _print_swept(answer)
+    return 0
+
+
+def _cmd_models_prune(args: argparse.Namespace) -> int:
+    answer = common.admin(args).call(
+        "PruneModels",
+        pb.PruneModelsRequest(model_name=args.name, keep=args.keep, dry_run=args.dry_run),
+    )
+    _print_swept(answer, dry_run=args.dry_run)
+    return 0
+
+
 def _cmd_models_list(args: argparse.Namespace) -> int:
     response = common.admin(args).call("ListModels", pb.ListModelsRequest())
     if args.json:
@@ -347,6 +375,28 @@ def add_parsers(sub: Any) -> None:
     mlist = models_sub.add_parser("list", help="list model versions")
     mlist.add_argument("--json", action="store_true")
     mlist.set_defaults(func=_cmd_models_list)
+    delete = models_sub.add_parser(
+        "delete",
+        help="delete a version and its files",
+        description="Refused while the version is deployed, in a rollout in effect, or (without "
+        "--force) served by devices. Its version and release number are never reused.",
+    )
+    delete.add_argument("name")
+    delete.add_argument("version")
+    delete.add_argument(
+        "--force", action="store_true", help="even while devices serve it (they keep running it)"
+    )
+    delete.set_defaults(func=_cmd_models_delete)
+    prune = models_sub.add_parser(
+        "prune",
+        help="delete the versions of a model beyond its newest N",
+        description="Keeps the --keep newest versions, and every older one something needs "
+        "(deployed, in a rollout in effect, served by devices), saying why.",
+    )
+    prune.add_argument("name")
+    prune.add_argument("--keep", type=common.whole(1, 10_000), required=True, metavar="N")
+    prune.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
+    prune.set_defaults(func=_cmd_models_prune)
 
     rollback = models_sub.add_parser(
         "rollback",

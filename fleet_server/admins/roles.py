@@ -48,6 +48,8 @@ ROLE_OF: dict[str, Role] = {
     "GetBenchReport": _V,
     "PushModel": _O,
     "Deploy": _O,
+    "DeleteModelVersion": _O,
+    "PruneModels": _O,
     "RequestBenchmark": _O,
     "ListPendingManifests": _O,
     "AttachSignatures": _O,

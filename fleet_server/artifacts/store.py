@@ -84,6 +84,26 @@ class ArtifactStore:
             raise NotFoundError(f"artifact {artifact_id} does not exist")
         return path
 
+    def entries(self) -> Iterator[tuple[str, int, float]]:
+        """(artifact id, size, modification time) of every stored artifact."""
+        for path in self.root.glob("*.tflite"):
+            try:
+                info = path.stat()
+            except FileNotFoundError:
+                continue
+            if is_sha256(path.stem):
+                yield path.stem, info.st_size, info.st_mtime
+
+    def delete(self, artifact_id: str) -> bool:
+        """Remove an artifact; False when it was not there."""
+        if not is_sha256(artifact_id):
+            return False
+        try:
+            (self.root / f"{artifact_id}.tflite").unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
     def read(self, artifact_id: str, offset: int) -> Iterator[tuple[int, bytes, int]]:
         """Yield (offset, bytes, total size) chunks from ``offset`` to the end.
 

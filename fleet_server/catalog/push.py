@@ -199,9 +199,11 @@ class Pusher:
         # Fail before storing anything when nothing here could sign, or the version exists.
         signer = None if meta.sign_offline else self._keys.manifest_signer()
         if self._catalog.model_exists(meta.model_name, meta.version):
+            deleted = not self._catalog.variants_of([(meta.model_name, meta.version)])
             raise AlreadyExistsError(
-                f"model {meta.model_name} version {meta.version} exists already; "
-                "versions are immutable, push a new version"
+                f"model {meta.model_name} version {meta.version} "
+                + ("was deleted; a version is never reused" if deleted else "exists already")
+                + ": versions are immutable, push a new version"
             )
         stream = _Stream(messages)
         uploads: list[_Upload] = []

@@ -246,7 +246,13 @@ class CatalogStore:
         with self._engine.connect() as conn:
             row = conn.execute(
                 sa.select(releases.c.version)
-                .where(releases.c.model_name == model_name)
+                .where(
+                    (releases.c.model_name == model_name)
+                    & sa.exists().where(  # not a deleted release (catalog/retention.py)
+                        (models.c.model_name == releases.c.model_name)
+                        & (models.c.version == releases.c.version)
+                    )
+                )
                 .order_by(releases.c.release_counter.desc())
                 .limit(1)
             ).first()

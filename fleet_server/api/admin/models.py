@@ -22,6 +22,7 @@ from fleet_server.api.admin._base import (
 )
 from fleet_server.api.identity import require_admin
 from fleet_server.catalog.push import Pusher
+from fleet_server.catalog.retention import Swept
 from fleet_server.context import ServerContext
 from fleet_server.errors import BadRequestError, ConflictError, DataDirError, NotFoundError
 from fleet_server.renewal.maintainer import in_use, pending
@@ -249,6 +250,26 @@ class ModelsAdmin(AdminBase):
         return pb.DeployResponse(model=wire.model_info(row, self._ctx.catalog.deployed()))
 
     @rpc_errors
+    @audited("DeleteModelVersion", lambda r: f"model {r.model_name} {r.version}")
+    def DeleteModelVersion(  # noqa: N802
+        self, request: pb.DeleteModelVersionRequest, context: Any
+    ) -> pb.DeleteModelsResponse:
+        require_admin(context)
+        swept = self._ctx.retention.delete(request.model_name, request.version, force=request.force)
+        return _swept(swept)
+
+    @rpc_errors
+    @audited("PruneModels", lambda r: f"model {r.model_name} keep {r.keep}")
+    def PruneModels(  # noqa: N802
+        self, request: pb.PruneModelsRequest, context: Any
+    ) -> pb.DeleteModelsResponse:
+        require_admin(context)
+        if request.keep < 1:
+            raise BadRequestError("--keep must be at least 1: prune never deletes every version")
+        swept = self._ctx.retention.prune(request.model_name, request.keep, dry_run=request.dry_run)
+        return _swept(swept)
+
+    @rpc_errors
     def ListModels(self, request: pb.ListModelsRequest, context: Any) -> pb.ListModelsResponse:  # noqa: N802
         require_admin(context)
         deployed = self._ctx.catalog.deployed()
@@ -369,3 +390,9 @@ class ModelsAdmin(AdminBase):
                 for r in rows
             ],
         )
+
+
+def _swept(swept: Swept) -> pb.DeleteModelsResponse:
+    return pb.DeleteModelsResponse(
+        deleted=swept.deleted, kept=swept.kept, files=swept.files, freed_bytes=swept.freed_bytes
+    )
