@@ -26,6 +26,9 @@ from fleet_server.storage.schema import (
     settings,
     telemetry_history,
     usage,
+    webhook_attempts,
+    webhook_outbox,
+    webhooks,
 )
 
 __all__ = ["MIGRATIONS"]
@@ -243,6 +246,12 @@ def _v23_to_v24(conn: sa.Connection) -> None:
     deliveries.create(conn, checkfirst=True)
 
 
+def _v24_to_v25(conn: sa.Connection) -> None:
+    """Version 25: notifications (webhooks, their outbox and delivery log; new tables only)."""
+    for table in (webhooks, webhook_outbox, webhook_attempts):
+        table.create(conn, checkfirst=True)
+
+
 # From version N to N + 1.
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     1: _v1_to_v2,
@@ -268,4 +277,5 @@ MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     21: _v21_to_v22,
     22: _v22_to_v23,
     23: _v23_to_v24,
+    24: _v24_to_v25,
 }
