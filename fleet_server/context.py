@@ -24,6 +24,7 @@ from fleet_server.signing.expiry import KeyStatus
 from fleet_server.signing.keys import KeyStore
 from fleet_server.storage.db import Database
 from fleet_server.telemetry.store import TelemetryStore
+from fleet_server.webhooks.store import WebhookStore
 from protos import device_pb2
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ class ServerContext:
     routing: RoutingStore = field(init=False)
     bench: BenchStore = field(init=False)
     audit: AuditLog = field(init=False)
+    webhooks: WebhookStore = field(init=False)
     # Called when something may let a rollout move on (set by the rollout controller).
     wake_rollouts: Callable[[], None] = lambda: None
     # Called when the manifests in use changed: the key maintainer looks at them at once.
@@ -85,6 +87,7 @@ class ServerContext:
         self.routing = RoutingStore(self.db)
         self.bench = BenchStore(self.db)
         self.audit = AuditLog(self.db)
+        self.webhooks = WebhookStore(self.db)
         self.last_seen = LastSeen(self.devices)
         self.answers = AnswerCache()
 

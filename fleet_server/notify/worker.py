@@ -200,7 +200,7 @@ class WebhookNotifier:
         clock = time.monotonic()
         if clock - self._logged.get(delivery.webhook_id, -_LOG_EVERY_S) >= _LOG_EVERY_S:
             self._logged[delivery.webhook_id] = clock
-            log.warning("webhook: %s failed (attempt %d: %s); trying again in %.0f s",
+            log.warning("webhook: %s failed (attempt %d: %s); trying again in %.1f s",
                         what, attempt, error, wait)  # fmt: skip
 
     def _run(self) -> None:

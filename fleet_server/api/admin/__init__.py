@@ -11,6 +11,7 @@ from fleet_server.api.admin.models import ModelsAdmin
 from fleet_server.api.admin.recovery import RecoveryAdmin
 from fleet_server.api.admin.rollouts import RolloutsAdmin
 from fleet_server.api.admin.routing import RoutingAdmin
+from fleet_server.api.admin.webhooks import WebhooksAdmin
 from fleet_server.context import ServerContext
 from protos import admin_pb2_grpc as pb_grpc
 
@@ -24,6 +25,7 @@ class AdminServicer(
     RolloutsAdmin,
     RoutingAdmin,
     FleetAdmin,
+    WebhooksAdmin,
     pb_grpc.AdminServiceServicer,
 ):
     """The whole admin API: each area's methods over one shared context."""
