@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -449,3 +450,39 @@ def test_what_expires_within_30_days_is_told_beside_the_hook(
         assert due["type"] == "expiry.due"
         assert due["data"]["kind"] == "key list" and due["data"]["days_left"] == 12
         assert due["data"]["state"] == "expiring" and "keys rotate" in due["data"]["advice"]
+
+
+def test_the_receiver_in_the_docs_takes_a_delivery_and_refuses_a_forgery_or_a_replay(
+    fleet: tuple[Database, WebhookStore],
+) -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "notifications.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert 'SECRET = b"whsec_..."' in code
+    code = code.replace('b"whsec_..."', repr(SECRET.encode()))
+    namespace: dict[str, Any] = {"__name__": "docs_receiver"}
+    exec(compile(code, "docs/notifications.md", "exec"), namespace)  # noqa: S102 - our own docs
+    server = ThreadingHTTPServer(("127.0.0.1", 0), namespace["Receiver"])
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _, store = fleet
+    try:
+        _add(store, "doc", f"http://127.0.0.1:{server.server_address[1]}/")
+        store.record([Event(EventType.WEBHOOK_TEST, {"from": "the docs"})])
+        WebhookNotifier(store, "f", timeout_s=5).send_due()
+        (delivery,) = store.deliveries()
+        assert delivery.state == DeliveryState.DELIVERED and delivery.log[0].status == 204
+    finally:
+        server.shutdown()
+        server.server_close()
+    check = namespace["check"]
+    payload = body(event_id="e-1", event_type="webhook.test", at=0, data={}, fleet_id="f")
+    now = int(time.time())
+
+    def headers(at: int, signature: str) -> dict[str, str]:
+        return {"X-EdgeFleet-Timestamp": str(at), "X-EdgeFleet-Signature": signature}
+
+    assert check(headers(now, sign(SECRET, now, payload)), payload)["id"] == "e-1"
+    assert check(headers(now, sign(SECRET, now, payload)), payload) == {}  # a repeat
+    with pytest.raises(ValueError, match="stale"):
+        check(headers(now - 3600, sign(SECRET, now - 3600, payload)), payload)
+    with pytest.raises(ValueError, match="bad signature"):
+        check(headers(now, sign("another-secret-0123456", now, payload)), payload)
