@@ -60,6 +60,7 @@ from fleet_server.telemetry.broker import EmbeddedBroker
 from fleet_server.telemetry.ingest import TelemetryIngest
 from fleet_server.telemetry.spill import SpillBounds, SpillConfig
 from fleet_server.telemetry.store import TelemetryStore
+from fleet_server.webhooks.events import EventType
 from protos import device_pb2
 from protos.topics import is_server_identity, server_identity
 
@@ -196,8 +197,12 @@ class FleetServer:
             self._notifier = WebhookNotifier(
                 ctx.webhooks, data_dir.fleet_id,
                 timeout_s=s.webhook_timeout, retry_after_s=s.webhook_retry_after,
-                watchers=[lambda now: offline_events(ctx.db, now=now, after_s=s.offline_after),
-                          lambda now: budget_events(ctx.db, ctx.routing, now=now)],
+                watchers=[
+                    (EventType.DEVICE_OFFLINE,
+                     lambda now: offline_events(ctx.db, now=now, after_s=s.offline_after)),
+                    (EventType.BUDGET_REACHED,
+                     lambda now: budget_events(ctx.db, ctx.routing, now=now)),
+                ],
             )  # fmt: skip
             self._upkeep = KeyMaintainer(
                 keys, ctx.catalog, ctx.rollouts, ctx.audit,

@@ -486,3 +486,32 @@ def test_the_receiver_in_the_docs_takes_a_delivery_and_refuses_a_forgery_or_a_re
         check(headers(now - 3600, sign(SECRET, now - 3600, payload)), payload)
     with pytest.raises(ValueError, match="bad signature"):
         check(headers(now, sign("another-secret-0123456", now, payload)), payload)
+
+
+def test_the_notifier_looks_only_for_what_some_webhook_wants(
+    fleet: tuple[Database, WebhookStore],
+) -> None:
+    _, store = fleet
+    looked: list[str] = []
+
+    def look(kind: EventType) -> tuple[EventType, Any]:
+        def watcher(now: float) -> list[Event]:
+            looked.append(kind)
+            return [Event(kind, {"now": now}, id=event_id(kind, int(now) // 86400))]
+
+        return kind, watcher
+
+    notifier = WebhookNotifier(
+        store, "f", watchers=[look(EventType.DEVICE_OFFLINE), look(EventType.BUDGET_REACHED)]
+    )
+    assert notifier.look() == 0 and looked == []  # no webhook: a big fleet is not scanned
+    _add(store, "costs", "http://127.0.0.1:9/", (EventType.BUDGET_REACHED,))
+    assert notifier.look() == 1 and looked == [EventType.BUDGET_REACHED]
+    _add(store, "all", "http://127.0.0.1:9/")
+    notifier.look()
+    assert looked[1:] == [EventType.DEVICE_OFFLINE, EventType.BUDGET_REACHED]
+    assert sorted((d.webhook, d.event_type) for d in store.deliveries()) == [
+        ("all", "budget.reached"),
+        ("all", "device.offline"),
+        ("costs", "budget.reached"),
+    ]

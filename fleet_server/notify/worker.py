@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from fleet_server import __version__
 from fleet_server.notify.sender import Answer, post
 from fleet_server.storage.retrying import RetryLog
-from fleet_server.webhooks.events import Event, body
+from fleet_server.webhooks.events import Event, EventType, body
 from fleet_server.webhooks.policy import DeliveryState, after_attempt, shown_url
 from fleet_server.webhooks.signature import (
     EVENT_HEADER,
@@ -38,8 +38,8 @@ __all__ = ["Watcher", "WebhookNotifier"]
 
 log = logging.getLogger(__name__)
 
-# A look for events: given the time now, what happened (an offline device, a budget reached).
-Watcher = Callable[[float], Iterable[Event]]
+# A look for events of one type: given the time now, what happened (an offline device, ...).
+Watcher = tuple[EventType, Callable[[float], Iterable[Event]]]
 _PRUNE_EVERY_S = 60.0
 _LOG_EVERY_S = 60.0
 
@@ -105,8 +105,10 @@ class WebhookNotifier:
         """Run the watchers once; record what they found; return how many deliveries."""
         now = time.time() if now is None else now
         found: list[Event] = []
-        for watcher in self._watchers:
-            found += watcher(now)
+        wanted = self._store.wanted() if self._watchers else set()
+        for kind, watcher in self._watchers:
+            if kind in wanted:  # a look at a big fleet costs: only when someone listens
+                found += watcher(now)
         return self._store.record(found) if found else 0
 
     def send_due(self, now: float | None = None) -> int:

@@ -238,6 +238,17 @@ class WebhookStore:
                 raise AlreadyExistsError(f"a webhook named {name!r} exists") from exc
         return self.get(name)
 
+    def wanted(self) -> set[EventType]:
+        """The event types some webhook wants (what is worth looking for)."""
+        with self._engine.connect() as conn:
+            lists = conn.execute(sa.select(webhooks.c.events)).scalars().all()
+        wanted: set[EventType] = set()
+        for types in lists:
+            names = {str(t) for t in EventType}
+            known = [EventType(t) for t in json.loads(types or "[]") if t in names]
+            wanted.update(known or EventType)
+        return wanted
+
     def get(self, name: str) -> Webhook:
         """Raises NotFoundError when there is no webhook of that name."""
         with self._engine.connect() as conn:
