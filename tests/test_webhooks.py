@@ -203,6 +203,10 @@ def test_replicas_lease_each_delivery_to_one_of_them(db_url: str) -> None:
     for thread in threads:
         thread.join(60)
     assert len(got[0]) + len(got[1]) == 40 and not set(got[0]) & set(got[1])
+    # A replica that stops hands its leases back: the other takes them at once.
+    assert stores[0].release("replica-0") == len(got[0])
+    again = stores[1].claim("replica-1", now=now, lease_s=60, limit=100, per_webhook=100)
+    assert sorted(c.outbox_id for c in again) == sorted(got[0])
     # A lease that ran out (its process died) is taken again.
     assert stores[1].claim("replica-1", now=now + 61, lease_s=60, limit=100, per_webhook=100)
     first.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ def _https_receiver(folder: Path) -> tuple[Receiver, Path]:
 def test_webhooks_are_signed_retried_listed_audited_and_told_of_a_paused_rollout(
     server_factory: Callable[..., Server], tmp_path: Path
 ) -> None:
-    server = server_factory(None, extra=FAST)
+    server = server_factory(None, extra=(*FAST, "--metrics-listen", "127.0.0.1:0"))
     https, ca_file = _https_receiver(tmp_path)
     flaky, slow = Receiver(script=[500, 500]), Receiver(script=["hang"])
     try:
@@ -109,6 +110,10 @@ def test_webhooks_are_signed_retried_listed_audited_and_told_of_a_paused_rollout
         assert secret not in listed and OWN not in listed
         hooks = {h["name"]: h for h in json.loads(listed)}
         assert hooks["flaky"]["delivered"] >= 1 and hooks["ops"]["custom_ca"]
+        port = json.loads((tmp_path / "server-ready.json").read_text())["metrics_port"]
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+        assert b'edgefleet_webhook_deliveries{state="delivered",webhook="flaky"}' in metrics
+        assert b'edgefleet_webhook_dropped_total{webhook="ops"} 0' in metrics
         server.admin("webhooks", "remove", "slow")
         assert "slow" not in server.admin("webhooks", "list").stdout
         audit = server.admin("audit", "--json").stdout

@@ -91,12 +91,19 @@ class WebhookNotifier:
             thread.start()
 
     def stop(self) -> None:
-        """Stop; a delivery being sent is abandoned (its lease ends and it is sent again)."""
+        """Stop within about 2 s; a delivery being sent is abandoned and, with what was
+        leased and not sent yet, handed back (sent again, by whoever runs next)."""
         self._stop.set()
         for _ in range(self._senders):
             self._queue.put(None)
+        deadline = time.monotonic() + 2
         for thread in self._threads:
-            thread.join(timeout=2)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if self._threads:
+            try:
+                self._store.release(self.owner)
+            except Exception as exc:  # noqa: BLE001 - the leases end by themselves then
+                log.warning("cannot hand back the webhook deliveries being sent: %s", exc)
         self._threads = []
 
     # one step each, callable from tests ----------------------------------------------------------

@@ -418,6 +418,19 @@ class WebhookStore:
             for r in rows
         ]
 
+    def release(self, owner: str) -> int:
+        """Give up ``owner``'s leases (a server stopping): another process, or this one once
+        it runs again, sends those deliveries without waiting for the leases to end."""
+        o = webhook_outbox.c
+        with self._engine.begin() as conn:
+            return int(
+                conn.execute(
+                    webhook_outbox.update()
+                    .where((o.lease_owner == owner) & (o.state == DeliveryState.PENDING))
+                    .values(lease_owner=None, lease_until=None)
+                ).rowcount
+            )
+
     def finish(
         self,
         claimed: Claimed,
