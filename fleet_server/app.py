@@ -1,9 +1,9 @@
 """The composition root: one running fleet server built from its settings.
 
 :class:`FleetServer` opens the database, starts the parts in a fixed order (embedded broker,
-telemetry ingest, rollout controller, ghost-device reaper, key maintainer, gRPC server,
-reference cloud, dashboard, metrics, check-in writer, worker processes) and stops them in the
-reverse order. The command line (:mod:`fleet_server.cli`) only turns options into
+telemetry ingest, rollout controller, ghost-device reaper, key maintainer, notifier, gRPC
+server, reference cloud, dashboard, metrics, check-in writer, worker processes) and stops them
+in the reverse order. The command line (:mod:`fleet_server.cli`) only turns options into
 :class:`Settings` and owns the signals.
 """
 
@@ -46,6 +46,8 @@ from fleet_server.context import ServerContext
 from fleet_server.datadir import DataDir
 from fleet_server.errors import DataDirError
 from fleet_server.metrics import render
+from fleet_server.notify.watch import budget_events, expiry_events, offline_events
+from fleet_server.notify.worker import WebhookNotifier
 from fleet_server.registry.ca import default_sans
 from fleet_server.registry.ghosts import GhostReaper
 from fleet_server.registry.store import DeviceStore
@@ -59,6 +61,7 @@ from fleet_server.telemetry.connector import Connector
 from fleet_server.telemetry.ingest import TelemetryIngest
 from fleet_server.telemetry.spill import SpillBounds, SpillConfig
 from fleet_server.telemetry.store import TelemetryStore
+from fleet_server.webhooks.events import EventType
 from protos import device_pb2
 from protos.topics import is_server_identity, server_identity
 
@@ -96,6 +99,7 @@ class FleetServer:
         self._controller: RolloutController | None = None
         self._ghosts: GhostReaper | None = None
         self._upkeep: KeyMaintainer | None = None
+        self._notifier: WebhookNotifier | None = None
         self._grpc: Any = None
         self._cloud: Any = None
         self._dashboard: Any = None
@@ -190,7 +194,20 @@ class FleetServer:
             self._ghosts = GhostReaper(
                 ctx.devices, ctx.audit, after_s=s.ghost_device_after, on_deleted=self._write_crl
             )
-            watch = ExpiryWatch(ctx.key_status, data_dir.fleet_id, hook=s.expiry_hook)
+            watch = ExpiryWatch(
+                ctx.key_status, data_dir.fleet_id, hook=s.expiry_hook,
+                notify=lambda due: ctx.webhooks.record(expiry_events(due)),
+            )  # fmt: skip
+            self._notifier = WebhookNotifier(
+                ctx.webhooks, data_dir.fleet_id,
+                timeout_s=s.webhook_timeout, retry_after_s=s.webhook_retry_after,
+                watchers=[
+                    (EventType.DEVICE_OFFLINE,
+                     lambda now: offline_events(ctx.db, now=now, after_s=s.offline_after)),
+                    (EventType.BUDGET_REACHED,
+                     lambda now: budget_events(ctx.db, ctx.routing, now=now)),
+                ],
+            )  # fmt: skip
             self._upkeep = KeyMaintainer(
                 keys, ctx.catalog, ctx.rollouts, ctx.audit,
                 root_keys=data_dir.root_keys_here,
@@ -223,6 +240,8 @@ class FleetServer:
             self._ghosts.start()
         if self._upkeep is not None:
             self._upkeep.start()
+        if self._notifier is not None:
+            self._notifier.start()
         ctx.last_seen.start()
         cloud_url = ctx.cloud_endpoint.url if self._cloud and ctx.cloud_endpoint else ""
         self._ports = _Ports(
@@ -624,6 +643,9 @@ class FleetServer:
         if self._upkeep is not None:
             self._upkeep.stop()
             self._upkeep = None
+        if self._notifier is not None:
+            self._notifier.stop()
+            self._notifier = None
         if self._controller is not None:
             self._controller.stop()
             self._controller = None

@@ -509,6 +509,30 @@ def build_parser() -> argparse.ArgumentParser:
         "every 10 minutes (default: only the server's log warns)",
     )
     run.add_argument(
+        "--webhook-timeout",
+        type=_within(1, 60),
+        default=10.0,
+        metavar="SECONDS",
+        help="give up one webhook delivery attempt after this long (connect, TLS, request and "
+        "answer together; default 10; docs/notifications.md)",
+    )
+    run.add_argument(
+        "--webhook-retry-after",
+        type=_within(0.1, 3600),
+        default=10.0,
+        metavar="SECONDS",
+        help="wait this long before trying a failed webhook delivery again, doubling (with "
+        "jitter) up to an hour; given up once the event is a day old (default 10)",
+    )
+    run.add_argument(
+        "--offline-after",
+        type=_within(60, 3 * 86400),
+        default=900.0,
+        metavar="SECONDS",
+        help="tell the webhooks (device.offline) about a device offline and unheard for this "
+        "long (default 900)",
+    )
+    run.add_argument(
         "--metrics-listen",
         help="serve fleet-level Prometheus metrics on HOST:PORT/metrics (default: off)",
     )

@@ -124,6 +124,9 @@ class Settings:
     keylist_lifetime_days: float = 365.0
     renew_ahead_days: float = 30.0
     expiry_hook: Path | None = None
+    webhook_timeout: float = 10.0
+    webhook_retry_after: float = 10.0
+    offline_after: float = 900.0
     metrics_listen: str | None = None
     pkcs11_module: Path | None = None
     pkcs11_token: str | None = None

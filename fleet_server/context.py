@@ -13,7 +13,6 @@ from fleet_server.audit.store import AuditLog
 from fleet_server.catalog.benchmarks import BenchStore
 from fleet_server.catalog.downloads import Downloads
 from fleet_server.catalog.push import MANIFEST_LIFETIME_S
-from fleet_server.catalog.retention import Retention
 from fleet_server.catalog.store import CatalogStore
 from fleet_server.registry.ca import FleetCA
 from fleet_server.registry.checkins import AnswerCache, LastSeen
@@ -21,12 +20,14 @@ from fleet_server.registry.refusals import RefusalStore
 from fleet_server.registry.store import DeviceStore
 from fleet_server.renewal.status import current as current_status
 from fleet_server.rollouts.health import HealthStore
+from fleet_server.rollouts.retention import Retention
 from fleet_server.rollouts.store import RolloutStore
 from fleet_server.routing.store import RoutingStore
 from fleet_server.signing.expiry import KeyStatus
 from fleet_server.signing.keys import KeyStore
 from fleet_server.storage.db import Database
 from fleet_server.telemetry.store import TelemetryStore
+from fleet_server.webhooks.store import WebhookStore
 from protos import device_pb2
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ class ServerContext:
     audit: AuditLog = field(init=False)
     admins: AdminStore = field(init=False)
     retention: Retention = field(init=False)
+    webhooks: WebhookStore = field(init=False)
     # Called when something may let a rollout move on (set by the rollout controller).
     wake_rollouts: Callable[[], None] = lambda: None
     # Called when the manifests in use changed: the key maintainer looks at them at once.
@@ -94,6 +96,7 @@ class ServerContext:
         self.audit = AuditLog(self.db)
         self.admins = AdminStore(self.db, self.admin_token)
         self.retention = Retention(self.db, self.rollouts, self.artifacts)
+        self.webhooks = WebhookStore(self.db)
         self.last_seen = LastSeen(self.devices)
         self.answers = AnswerCache()
 

@@ -87,6 +87,26 @@ def render(ctx: ServerContext, ingest: TelemetryIngest | None) -> str:
             "# TYPE edgefleet_rollout_unhealthy_total counter",
             _line("edgefleet_rollout_unhealthy_total", ingest.unhealthy),
         ]
+    hooks = ctx.webhooks.summaries()
+    if hooks:
+        out += [
+            "# HELP edgefleet_webhook_deliveries Webhook deliveries by state (finished ones "
+            "of the last 7 days; docs/notifications.md).",
+            "# TYPE edgefleet_webhook_deliveries gauge",
+        ]
+        for h in hooks:
+            name = h.webhook.name
+            for state, n in (("pending", h.pending), ("delivered", h.delivered),
+                             ("failed", h.failed)):  # fmt: skip
+                out.append(_line("edgefleet_webhook_deliveries", n, {"webhook": name,
+                                                                     "state": state}))  # fmt: skip
+        out += [
+            "# HELP edgefleet_webhook_dropped_total Webhook deliveries dropped unsent: too many "
+            "were pending.",
+            "# TYPE edgefleet_webhook_dropped_total counter",
+            *(_line("edgefleet_webhook_dropped_total", h.webhook.dropped,
+                    {"webhook": h.webhook.name}) for h in hooks),
+        ]  # fmt: skip
     spill = ingest.spill if ingest is not None else None
     if spill is not None:
         out += [

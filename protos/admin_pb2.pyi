@@ -9,6 +9,146 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class AddWebhookRequest(_message.Message):
+    __slots__ = ("name", "url", "events", "secret", "allow_http", "ca_pem")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_HTTP_FIELD_NUMBER: _ClassVar[int]
+    CA_PEM_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    url: str
+    events: _containers.RepeatedScalarFieldContainer[str]
+    secret: str
+    allow_http: bool
+    ca_pem: str
+    def __init__(self, name: _Optional[str] = ..., url: _Optional[str] = ..., events: _Optional[_Iterable[str]] = ..., secret: _Optional[str] = ..., allow_http: _Optional[bool] = ..., ca_pem: _Optional[str] = ...) -> None: ...
+
+class AddWebhookResponse(_message.Message):
+    __slots__ = ("webhook", "secret")
+    WEBHOOK_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    webhook: WebhookInfo
+    secret: str
+    def __init__(self, webhook: _Optional[_Union[WebhookInfo, _Mapping]] = ..., secret: _Optional[str] = ...) -> None: ...
+
+class WebhookInfo(_message.Message):
+    __slots__ = ("name", "url", "events", "allow_http", "custom_ca", "created_unix", "created_by", "pending", "delivered", "failed", "dropped", "last_delivered_unix", "last_status", "last_error")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_HTTP_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_CA_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    LAST_DELIVERED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    LAST_STATUS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    url: str
+    events: _containers.RepeatedScalarFieldContainer[str]
+    allow_http: bool
+    custom_ca: bool
+    created_unix: int
+    created_by: str
+    pending: int
+    delivered: int
+    failed: int
+    dropped: int
+    last_delivered_unix: int
+    last_status: int
+    last_error: str
+    def __init__(self, name: _Optional[str] = ..., url: _Optional[str] = ..., events: _Optional[_Iterable[str]] = ..., allow_http: _Optional[bool] = ..., custom_ca: _Optional[bool] = ..., created_unix: _Optional[int] = ..., created_by: _Optional[str] = ..., pending: _Optional[int] = ..., delivered: _Optional[int] = ..., failed: _Optional[int] = ..., dropped: _Optional[int] = ..., last_delivered_unix: _Optional[int] = ..., last_status: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
+
+class ListWebhooksRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListWebhooksResponse(_message.Message):
+    __slots__ = ("webhooks",)
+    WEBHOOKS_FIELD_NUMBER: _ClassVar[int]
+    webhooks: _containers.RepeatedCompositeFieldContainer[WebhookInfo]
+    def __init__(self, webhooks: _Optional[_Iterable[_Union[WebhookInfo, _Mapping]]] = ...) -> None: ...
+
+class RemoveWebhookRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RemoveWebhookResponse(_message.Message):
+    __slots__ = ("pending_dropped",)
+    PENDING_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    pending_dropped: int
+    def __init__(self, pending_dropped: _Optional[int] = ...) -> None: ...
+
+class TestWebhookRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class TestWebhookResponse(_message.Message):
+    __slots__ = ("event_id",)
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    def __init__(self, event_id: _Optional[str] = ...) -> None: ...
+
+class ListWebhookDeliveriesRequest(_message.Message):
+    __slots__ = ("name", "event_id", "limit")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    event_id: str
+    limit: int
+    def __init__(self, name: _Optional[str] = ..., event_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class WebhookAttempt(_message.Message):
+    __slots__ = ("attempt", "at_unix", "status", "error", "duration_ms")
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    AT_UNIX_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    attempt: int
+    at_unix: int
+    status: int
+    error: str
+    duration_ms: int
+    def __init__(self, attempt: _Optional[int] = ..., at_unix: _Optional[int] = ..., status: _Optional[int] = ..., error: _Optional[str] = ..., duration_ms: _Optional[int] = ...) -> None: ...
+
+class WebhookDelivery(_message.Message):
+    __slots__ = ("webhook", "event_id", "event_type", "created_unix", "state", "attempts", "next_unix", "log")
+    WEBHOOK_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_UNIX_FIELD_NUMBER: _ClassVar[int]
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    webhook: str
+    event_id: str
+    event_type: str
+    created_unix: int
+    state: str
+    attempts: int
+    next_unix: int
+    log: _containers.RepeatedCompositeFieldContainer[WebhookAttempt]
+    def __init__(self, webhook: _Optional[str] = ..., event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., created_unix: _Optional[int] = ..., state: _Optional[str] = ..., attempts: _Optional[int] = ..., next_unix: _Optional[int] = ..., log: _Optional[_Iterable[_Union[WebhookAttempt, _Mapping]]] = ...) -> None: ...
+
+class ListWebhookDeliveriesResponse(_message.Message):
+    __slots__ = ("deliveries",)
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    deliveries: _containers.RepeatedCompositeFieldContainer[WebhookDelivery]
+    def __init__(self, deliveries: _Optional[_Iterable[_Union[WebhookDelivery, _Mapping]]] = ...) -> None: ...
+
 class RequestBenchmarkRequest(_message.Message):
     __slots__ = ("model_name", "selector", "device_id")
     class SelectorEntry(_message.Message):

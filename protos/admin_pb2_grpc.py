@@ -259,6 +259,31 @@ class AdminServiceStub:
                 request_serializer=protos_dot_admin__pb2.GetBenchReportRequest.SerializeToString,
                 response_deserializer=protos_dot_admin__pb2.BenchReport.FromString,
                 _registered_method=True)
+        self.AddWebhook = channel.unary_unary(
+                '/edgefleet.v1.AdminService/AddWebhook',
+                request_serializer=protos_dot_admin__pb2.AddWebhookRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.AddWebhookResponse.FromString,
+                _registered_method=True)
+        self.ListWebhooks = channel.unary_unary(
+                '/edgefleet.v1.AdminService/ListWebhooks',
+                request_serializer=protos_dot_admin__pb2.ListWebhooksRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.ListWebhooksResponse.FromString,
+                _registered_method=True)
+        self.RemoveWebhook = channel.unary_unary(
+                '/edgefleet.v1.AdminService/RemoveWebhook',
+                request_serializer=protos_dot_admin__pb2.RemoveWebhookRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.RemoveWebhookResponse.FromString,
+                _registered_method=True)
+        self.TestWebhook = channel.unary_unary(
+                '/edgefleet.v1.AdminService/TestWebhook',
+                request_serializer=protos_dot_admin__pb2.TestWebhookRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.TestWebhookResponse.FromString,
+                _registered_method=True)
+        self.ListWebhookDeliveries = channel.unary_unary(
+                '/edgefleet.v1.AdminService/ListWebhookDeliveries',
+                request_serializer=protos_dot_admin__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.ListWebhookDeliveriesResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -568,6 +593,39 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddWebhook(self, request, context):
+        """Notifications (docs/notifications.md): webhooks the server POSTs signed events to, and the
+        log of their deliveries (7 days). A webhook's secret is in AddWebhook's answer only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWebhooks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveWebhook(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TestWebhook(self, request, context):
+        """Send one webhook.test event to a webhook (through the outbox, as any event).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWebhookDeliveries(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -795,6 +853,31 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetBenchReport,
                     request_deserializer=protos_dot_admin__pb2.GetBenchReportRequest.FromString,
                     response_serializer=protos_dot_admin__pb2.BenchReport.SerializeToString,
+            ),
+            'AddWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddWebhook,
+                    request_deserializer=protos_dot_admin__pb2.AddWebhookRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.AddWebhookResponse.SerializeToString,
+            ),
+            'ListWebhooks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhooks,
+                    request_deserializer=protos_dot_admin__pb2.ListWebhooksRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.ListWebhooksResponse.SerializeToString,
+            ),
+            'RemoveWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveWebhook,
+                    request_deserializer=protos_dot_admin__pb2.RemoveWebhookRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.RemoveWebhookResponse.SerializeToString,
+            ),
+            'TestWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.TestWebhook,
+                    request_deserializer=protos_dot_admin__pb2.TestWebhookRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.TestWebhookResponse.SerializeToString,
+            ),
+            'ListWebhookDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhookDeliveries,
+                    request_deserializer=protos_dot_admin__pb2.ListWebhookDeliveriesRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.ListWebhookDeliveriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -2012,6 +2095,141 @@ class AdminService:
             '/edgefleet.v1.AdminService/GetBenchReport',
             protos_dot_admin__pb2.GetBenchReportRequest.SerializeToString,
             protos_dot_admin__pb2.BenchReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/AddWebhook',
+            protos_dot_admin__pb2.AddWebhookRequest.SerializeToString,
+            protos_dot_admin__pb2.AddWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhooks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/ListWebhooks',
+            protos_dot_admin__pb2.ListWebhooksRequest.SerializeToString,
+            protos_dot_admin__pb2.ListWebhooksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/RemoveWebhook',
+            protos_dot_admin__pb2.RemoveWebhookRequest.SerializeToString,
+            protos_dot_admin__pb2.RemoveWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TestWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/TestWebhook',
+            protos_dot_admin__pb2.TestWebhookRequest.SerializeToString,
+            protos_dot_admin__pb2.TestWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhookDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/ListWebhookDeliveries',
+            protos_dot_admin__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+            protos_dot_admin__pb2.ListWebhookDeliveriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

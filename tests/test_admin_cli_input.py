@@ -25,6 +25,10 @@ BAD_NUMBERS = [
     ("rollouts", "create", "m", "1.0.0", "--device-timeout", "99999999999"),
     ("rollouts", "create", "m", "1.0.0", "--min-requests", "-3"),
     ("rollouts", "create", "m", "1.0.0", "--health-window", "infs"),
+    ("webhooks", "test", "ops", "--wait", "-1"),
+    ("webhooks", "test", "ops", "--wait", "nan"),
+    ("webhooks", "deliveries", "--limit", "0"),
+    ("webhooks", "deliveries", "--limit", "99999999999"),
 ]
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from fleet_server.artifacts.store import ArtifactStore
-from fleet_server.catalog.retention import GRACE_S, Retention
 from fleet_server.catalog.store import CatalogStore, ModelRow
 from fleet_server.errors import ConflictError
+from fleet_server.rollouts.retention import GRACE_S, Retention
 from fleet_server.rollouts.store import RolloutStore
 from fleet_server.simulator import SimDevice
 from fleet_server.storage.db import Database

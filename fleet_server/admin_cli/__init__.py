@@ -1,6 +1,6 @@
 """``edgefleet``: the fleet admin's command line (talks to AdminService over gRPC).
 
-One module per area (models, devices, keys, rollouts, routing, optimize), each adding its
+One module per area (models, devices, keys, rollouts, routing, optimize, webhooks), each adding its
 commands to the parser; what they share is public in :mod:`fleet_server.admin_cli.common`.
 """
 
@@ -23,6 +23,7 @@ from fleet_server.admin_cli import (
     optimize,
     rollouts,
     routing,
+    webhooks,
 )
 from fleet_server.admin_cli.common import PROG
 from fleet_server.admin_cli.terminal import EscapingStream
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     devices.add_parsers(sub)
     admins.add_parsers(sub)
     rollouts.add_parsers(sub)
+    webhooks.add_parsers(sub)
     return parser
 
 

@@ -87,6 +87,12 @@ ROLE_OF: dict[str, Role] = {
     "ListAudit": _V,
     "GetKeyStatus": _V,
     "WhoAmI": _V,
+    "ListWebhooks": _V,
+    "ListWebhookDeliveries": _V,
+    # webhooks make the server dial out (and a test's answer tells whether a port answers)
+    "AddWebhook": _A,
+    "RemoveWebhook": _A,
+    "TestWebhook": _A,
     "ListAdmins": _A,
     "CreateAdmin": _A,
     "SetAdminRole": _A,

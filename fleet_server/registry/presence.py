@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from fleet_server.storage.schema import devices
 
-__all__ = ["STALE_S", "WORDS", "presence", "presence_sql"]
+__all__ = ["STALE_S", "WORDS", "heard_sql", "presence", "presence_sql"]
 
 STALE_S = 3 * 30  # three of the server's check-in intervals (ServerContext.checkin_interval_s)
 WORDS = ("revoked", "offline", "stopped", "online")
@@ -56,13 +56,20 @@ def presence(
     return "online" if recent else "offline"
 
 
-def presence_sql(now: float) -> Any:
-    """:func:`presence` as a SQL expression over the devices table."""
+def heard_sql() -> Any:
+    """When a device was last heard at all (its last check-in or telemetry report), as a SQL
+    expression over the devices table."""
     c = devices.c
-    heard = sa.case(
+    return sa.case(
         (sa.func.coalesce(c.last_telemetry_at, 0) > c.last_seen, c.last_telemetry_at),
         else_=c.last_seen,
     )
+
+
+def presence_sql(now: float) -> Any:
+    """:func:`presence` as a SQL expression over the devices table."""
+    c = devices.c
+    heard = heard_sql()
     recent = heard >= now - STALE_S
     started_again = recent & (heard > sa.func.coalesce(c.online_at, 0))
     return sa.case(

@@ -9,7 +9,8 @@ certificate and its embedded broker's. ``edgefleet keys status``, the dashboard 
 :class:`ExpiryWatch` runs after each maintainer pass: every item within the warning period (or
 past it), and root keys sitting on the server, is logged as a WARNING once a day and handed to
 the ``--expiry-hook`` program once a day (its JSON on standard input; a failed run is tried
-again at the next pass). The operators' notifications (webhooks) can take the same events.
+again at the next pass). The operators' webhooks take the same events (``notify``, given every
+due event at each pass: the outbox keeps one per item and day, docs/notifications.md).
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ class ExpiryWatch:
     status: Callable[[float], KeyStatus]
     fleet_id: str
     hook: Path | None = None
+    notify: Callable[[list[dict[str, Any]]], object] | None = None
     _logged: dict[tuple[str, str, str], float] = field(default_factory=dict)
     _hooked: dict[tuple[str, str, str], float] = field(default_factory=dict)
     _busy: threading.Lock = field(default_factory=threading.Lock)
@@ -160,6 +162,12 @@ class ExpiryWatch:
         for memory in (self._logged, self._hooked):
             for key in set(memory) - keys:  # renewed or gone: a new warning if it comes back
                 del memory[key]
+        if self.notify is not None and due:
+            try:
+                self.notify(due)
+            except Exception as exc:  # noqa: BLE001 - told again at the next pass
+                log.warning("cannot record the expiry notifications: %s; tried again at the "
+                            "next pass", exc)  # fmt: skip
         handed = []
         for event in due:
             key = (event["kind"], event["name"], event["event"])

@@ -5,7 +5,8 @@ over the device API until the server has stored it (``protos/device.proto``, ``D
 older agent reports it once, unnumbered (``ReportStatus``). Both land here, in the caller's
 transaction: the device's model state (unless a later event of the same epoch already set it:
 copies arrive late and out of order) and, for an install or a failure, the live rollouts of that
-version, whose failure gate then counts it.
+version, whose failure gate then counts it. A refusal or a rollback is told to operators
+(``update.refused``, docs/notifications.md) in the same transaction.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from fleet_server.rollouts.states import TICKING, DeviceState
-from fleet_server.storage.schema import device_models, rollout_devices, rollouts
+from fleet_server.storage.db import stored_text
+from fleet_server.storage.schema import device_models, devices, rollout_devices, rollouts
+from fleet_server.webhooks.events import Event, EventType, event_id
+from fleet_server.webhooks.store import record
 from protos import device_pb2 as pb
 
 __all__ = ["Outcome", "apply_update", "record_outcome"]
@@ -119,8 +123,30 @@ def apply_update(conn: sa.Connection, outcome: Outcome, now: int) -> bool:
     rollout = _ROLLOUT.get(outcome.state)
     if rollout is None:
         return False
+    if rollout == DeviceState.FAILED:
+        record(conn, [_refused(conn, outcome, state, now)])
     detail = "" if rollout == DeviceState.INSTALLED else f"{state}: {outcome.detail}"
     record_outcome(
         conn, outcome.device_id, outcome.model_name, outcome.version, rollout, detail, now
     )
     return True
+
+
+def _refused(conn: sa.Connection, outcome: Outcome, state: str, now: int) -> Event:
+    """The notice of a device that refused a release or rolled it back. A numbered step is
+    the same event however often it arrives (over MQTT and over the device API)."""
+    name = conn.execute(
+        sa.select(devices.c.name).where(devices.c.device_id == outcome.device_id)
+    ).scalar()
+    data = {
+        "device_id": outcome.device_id,
+        "name": str(name or ""),
+        "model": outcome.model_name,
+        "version": outcome.version,
+        "state": state,
+        "detail": stored_text(outcome.detail, 1024),
+    }
+    if outcome.seq is None:
+        return Event(EventType.UPDATE_REFUSED, data, at=now)
+    key = event_id(EventType.UPDATE_REFUSED, outcome.device_id, outcome.epoch, outcome.seq)
+    return Event(EventType.UPDATE_REFUSED, data, id=key, at=now)

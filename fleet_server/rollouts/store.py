@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from fleet_server.catalog.store import CatalogStore
 from fleet_server.errors import BadRequestError, ConflictError, NotFoundError
 from fleet_server.registry.labels import matches
+from fleet_server.rollouts.notices import announce
 from fleet_server.rollouts.outcomes import Outcome, apply_update, record_outcome
 from fleet_server.rollouts.plan import (
     TELEMETRY_FAILURE,
@@ -430,11 +431,13 @@ class RolloutStore:
                             & (rollout_devices.c.state == DeviceState.FAILED)
                         )
                     ).scalar_one()
+                now = int(time.time())
                 conn.execute(
                     rollouts.update()
                     .where(rollouts.c.rollout_id == rollout_id)
-                    .values(state=to, reason=reason[:1024], updated_at=int(time.time()), **values)
+                    .values(state=to, reason=reason[:1024], updated_at=now, **values)
                 )
+                announce(conn, rollout_id, to, reason[:1024], by="admin", now=now)
                 bump_generation(conn)
         return self.get(rollout_id)
 
@@ -454,6 +457,8 @@ class RolloutStore:
                     updated_at=int(time.time()),
                 )
             )
+            announce(conn, rollout_id, RolloutState.ROLLED_BACK, reason[:1024], by="admin",
+                     now=int(time.time()))  # fmt: skip
             bump_generation(conn)
         return self.get(rollout_id)
 
@@ -577,6 +582,9 @@ class RolloutStore:
                         .where(rollouts.c.rollout_id == rollout_id)
                         .values(updated_at=now, **values)
                     )
+                if "state" in values:
+                    announce(conn, rollout_id, values["state"], values["reason"],
+                             by="controller", now=now)  # fmt: skip
                 if decision.action == "pause":
                     return decision, []
             assigned = self._assign(

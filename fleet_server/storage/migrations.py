@@ -28,6 +28,9 @@ from fleet_server.storage.schema import (
     settings,
     telemetry_history,
     usage,
+    webhook_attempts,
+    webhook_outbox,
+    webhooks,
 )
 
 __all__ = ["MIGRATIONS"]
@@ -255,6 +258,12 @@ def _v25_to_v26(conn: sa.Connection) -> None:
     admins.create(conn, checkfirst=True)
 
 
+def _v26_to_v27(conn: sa.Connection) -> None:
+    """Version 27: notifications (webhooks, their outbox and delivery log; new tables only)."""
+    for table in (webhooks, webhook_outbox, webhook_attempts):
+        table.create(conn, checkfirst=True)
+
+
 # From version N to N + 1.
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     1: _v1_to_v2,
@@ -282,4 +291,5 @@ MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     23: _v23_to_v24,
     24: _v24_to_v25,
     25: _v25_to_v26,
+    26: _v26_to_v27,
 }

@@ -5,7 +5,8 @@ enrollments, device_models and refusal_clears to ``registry`` (which also delete
 rows everywhere when it deletes a ghost device); releases, models, deployments, benchmarks,
 deliveries and downloads to ``catalog``; rollouts and rollout_devices to ``rollouts``; audit_log
 to ``audit``; routing_policies, settings and usage to ``routing`` (usage is written by
-``telemetry``); device_events and the history tables to ``telemetry``; admins to ``admins``.
+``telemetry``); device_events and the history tables to ``telemetry``; admins to ``admins``;
+webhooks, webhook_outbox and webhook_attempts to ``webhooks``.
 ``fleet_state`` is storage's own (the generation).
 """
 
@@ -39,9 +40,12 @@ __all__ = [
     "settings",
     "telemetry_history",
     "usage",
+    "webhook_attempts",
+    "webhook_outbox",
+    "webhooks",
 ]
 
-SCHEMA_VERSION = 26
+SCHEMA_VERSION = 27
 
 metadata = sa.MetaData()
 
@@ -405,4 +409,59 @@ audit_log = sa.Table(
     sa.Column("detail", sa.Text, nullable=False),
     sa.Column("ok", sa.Boolean, nullable=False),
     sa.Column("error", sa.String(1024), nullable=False, default=""),
+)
+
+# Where notifications go (docs/notifications.md). The secret signs each delivery (HMAC), so the
+# server keeps it; it is shown once, when the webhook is added, and never listed.
+webhooks = sa.Table(
+    "webhooks",
+    metadata,
+    sa.Column("webhook_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(64), nullable=False, unique=True),
+    sa.Column("url", sa.String(2048), nullable=False),
+    sa.Column("secret", sa.String(256), nullable=False),
+    sa.Column("events", sa.Text, nullable=False, default="[]"),  # JSON types; [] = every one
+    sa.Column("allow_http", sa.Boolean, nullable=False, default=False),
+    sa.Column("ca_pem", sa.Text, nullable=True),  # trusted for this receiver (else the system's)
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("created_by", sa.String(128), nullable=False),
+    sa.Column("dropped", sa.BigInteger, nullable=False, default=0),  # over the outbox's cap
+)
+
+# One row per event and webhook, recorded in the transaction of what happened (a rollout's
+# step, a device's report): pending until delivered, given up or dropped, then kept as the
+# delivery log's summary for 7 days. (event_id, webhook_id) is unique: an event that several
+# replicas notice (a device offline) is delivered once per webhook.
+webhook_outbox = sa.Table(
+    "webhook_outbox",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(36), nullable=False),
+    sa.Column("webhook_id", sa.Integer, nullable=False),
+    sa.Column("event_type", sa.String(32), nullable=False),
+    sa.Column("data", sa.Text, nullable=False),  # the payload's "data" (JSON)
+    sa.Column("created_at", sa.BigInteger, nullable=False),  # the event's time
+    sa.Column("state", sa.String(16), nullable=False),  # pending, delivered, failed, dropped
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_at", sa.Float, nullable=False),  # a pending row's next attempt
+    # Which server process sends it now, until when (a process that died loses it then).
+    sa.Column("lease_owner", sa.String(64), nullable=True),
+    sa.Column("lease_until", sa.Float, nullable=True),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("event_id", "webhook_id", name="uq_webhook_outbox_event"),
+    sa.Index("ix_webhook_outbox_due", "state", "next_at"),
+    sa.Index("ix_webhook_outbox_webhook", "webhook_id", "state"),
+)
+
+# The delivery log: every attempt, its HTTP status or error; kept 7 days.
+webhook_attempts = sa.Table(
+    "webhook_attempts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("outbox_id", sa.Integer, nullable=False, index=True),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("at", sa.BigInteger, nullable=False, index=True),
+    sa.Column("status", sa.Integer, nullable=False, default=0),  # HTTP status; 0: none
+    sa.Column("error", sa.String(255), nullable=False, default=""),
+    sa.Column("duration_ms", sa.Integer, nullable=False, default=0),
 )

@@ -14,6 +14,7 @@ from fleet_server.api.admin.people import PeopleAdmin
 from fleet_server.api.admin.recovery import RecoveryAdmin
 from fleet_server.api.admin.rollouts import RolloutsAdmin
 from fleet_server.api.admin.routing import RoutingAdmin
+from fleet_server.api.admin.webhooks import WebhooksAdmin
 from fleet_server.context import ServerContext
 from protos import admin_pb2_grpc as pb_grpc
 
@@ -28,6 +29,7 @@ class AdminServicer(
     RoutingAdmin,
     FleetAdmin,
     PeopleAdmin,
+    WebhooksAdmin,
     pb_grpc.AdminServiceServicer,
 ):
     """The whole admin API: each area's methods over one shared context."""

@@ -22,11 +22,11 @@ from fleet_server.api.admin._base import (
 )
 from fleet_server.api.identity import require_admin
 from fleet_server.catalog.push import Pusher
-from fleet_server.catalog.retention import Swept
 from fleet_server.context import ServerContext
 from fleet_server.errors import BadRequestError, ConflictError, DataDirError, NotFoundError
 from fleet_server.renewal.maintainer import in_use, pending
 from fleet_server.rollouts.desired import explain
+from fleet_server.rollouts.retention import Swept
 from fleet_server.rollouts.states import LIVE
 from fleet_server.signing.resign import Action, is_reissue, merged, reissued, signing_keys
 from protos import admin_pb2 as pb

@@ -22,6 +22,8 @@ from fleet_server.routing.prices import Prices
 from fleet_server.routing.store import RoutingRow
 from fleet_server.signing.expiry import KeyStatus
 from fleet_server.telemetry.sequence import Ledger
+from fleet_server.webhooks.policy import shown_url
+from fleet_server.webhooks.store import Delivery, WebhookSummary
 from protos import admin_pb2 as pb
 from protos import device_pb2, manifest_pb2, telemetry_pb2
 
@@ -38,6 +40,8 @@ __all__ = [
     "routing_info",
     "token_info",
     "variant_profile",
+    "webhook_delivery",
+    "webhook_info",
 ]
 
 
@@ -309,4 +313,47 @@ def key_status(status: KeyStatus) -> pb.KeyStatus:
         checked_unix=status.checked_unix,
         warn_days=status.warn_days,
         deployed_manifests=status.deployed_manifests,
+    )
+
+
+def webhook_info(summary: WebhookSummary) -> pb.WebhookInfo:
+    """A webhook as listed: never its secret, its URL's query hidden."""
+    hook = summary.webhook
+    return pb.WebhookInfo(
+        name=hook.name,
+        url=shown_url(hook.url),
+        events=list(hook.events),
+        allow_http=hook.allow_http,
+        custom_ca=bool(hook.ca_pem),
+        created_unix=hook.created_at,
+        created_by=hook.created_by,
+        pending=summary.pending,
+        delivered=summary.delivered,
+        failed=summary.failed,
+        dropped=hook.dropped,
+        last_delivered_unix=summary.last_delivered_at,
+        last_status=summary.last_status,
+        last_error=summary.last_error,
+    )
+
+
+def webhook_delivery(delivery: Delivery) -> pb.WebhookDelivery:
+    return pb.WebhookDelivery(
+        webhook=delivery.webhook,
+        event_id=delivery.event_id,
+        event_type=delivery.event_type,
+        created_unix=delivery.created_at,
+        state=str(delivery.state),
+        attempts=delivery.attempts,
+        next_unix=int(delivery.next_at) if delivery.state == "pending" else 0,
+        log=[
+            pb.WebhookAttempt(
+                attempt=a.attempt,
+                at_unix=a.at,
+                status=a.status,
+                error=a.error,
+                duration_ms=a.duration_ms,
+            )
+            for a in delivery.log
+        ],
     )
