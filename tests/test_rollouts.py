@@ -172,7 +172,7 @@ def test_pause_holds_and_resume_finishes(fleet: Fleet) -> None:
             device.check_in()
     held = fleet.rollout(rollout_id)
     assert held["state"] == "paused"
-    assert held["reason"].startswith("paused by admin-token@")
+    assert held["reason"].startswith("paused by bootstrap-token@")
     # The canary, told before the pause, finishes; nobody else is told.
     assert held["wave_status"][0]["installed"] == 1
     assert held["wave_status"][1]["waiting"] == 3

@@ -114,7 +114,10 @@ def test_a_bad_variant_rejects_the_whole_push_and_keeps_nothing(
     not_a_model = tmp_path / "notes.tflite"
     not_a_model.write_bytes(b"definitely not a flatbuffer" * 50)
     cases = [
-        ((str(CPU), str(not_a_model)), "rejected variant"),
+        (
+            (str(CPU), str(not_a_model)),
+            f"{not_a_model}: invalid argument: rejected model file 2: not a TFLite",
+        ),
         ((str(CPU), str(color_models / "color_float.tflite")), "input and output shapes"),
         ((str(CPU), str(CPU)), "two variants are both named 'int8'"),
     ]

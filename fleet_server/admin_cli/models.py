@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,8 +134,15 @@ def _name_the_file(message: str, files: list[Path], names: list[str]) -> str:
     caller's files that is."""
     if len(files) == 1:
         return f"{files[0]}: {message}"
-    for path, name in zip(files, names, strict=True):
-        if name and f"variant {name}" in message:
+    for position, (path, name) in enumerate(zip(files, names, strict=True), start=1):
+        label = (
+            f"variant {name}"
+            if name
+            else "the model"
+            if position == 1
+            else (f"model file {position}")
+        )
+        if re.search(rf"(^|: )(rejected )?{re.escape(label)}:", message):
             return f"{path}: {message}"
     return message
 

@@ -70,8 +70,11 @@ def _inspect(path: Path, what: str) -> ModelInfo:
 
 
 def _named(upload: _Upload) -> str:
-    """How errors name an upload: its variant, or "the model" when the push names none."""
-    return f"variant {upload.variant}" if upload.variant else "the model"
+    """How errors name an upload: its variant; unnamed, "the model" (the push's first file) or
+    "model file N" (its N-th), which the CLI turns back into the caller's file name."""
+    if upload.variant:
+        return f"variant {upload.variant}"
+    return "the model" if upload.position == 1 else f"model file {upload.position}"
 
 
 def _io(info: ModelInfo) -> list[tuple[str, tuple[int, ...]]]:
@@ -89,6 +92,7 @@ class _Upload:
     variant: str
     size: int
     sample: bytes
+    position: int = 1  # 1-based, in the order the push sent it
     sha256: str = ""
     path: Path = Path()
     info: ModelInfo | None = None
@@ -215,7 +219,11 @@ class Pusher:
                 self._receive_fallback(first, stream, meta.fallback_size)
             while (header := stream.header()) is not None:
                 upload = _Upload(
-                    header.variant, header.size, header.sample, evidence=_evidence(header)
+                    header.variant,
+                    header.size,
+                    header.sample,
+                    position=len(uploads) + 1,
+                    evidence=_evidence(header),
                 )
                 _check_variant(upload, uploads)
                 uploads.append(upload)
@@ -224,7 +232,12 @@ class Pusher:
             _check_consistent(uploads)
             _pair_fallbacks(uploads)
             for upload in uploads:
-                self._prepare(upload, meta)
+                try:
+                    self._prepare(upload, meta)
+                except BadRequestError as exc:
+                    if len(uploads) == 1:
+                        raise
+                    raise BadRequestError(f"{_named(upload)}: {exc}") from exc
         except BaseException:
             self._discard([s for u in uploads for s in u.stored])
             raise
