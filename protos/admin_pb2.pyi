@@ -1205,7 +1205,7 @@ class ListAdminsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class AdminInfo(_message.Message):
-    __slots__ = ("name", "role", "created_unix", "created_by", "revoked_unix", "last_used_unix", "bootstrap")
+    __slots__ = ("name", "role", "created_unix", "created_by", "revoked_unix", "last_used_unix", "bootstrap", "cert_serial", "cert_not_after_unix")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
@@ -1213,6 +1213,8 @@ class AdminInfo(_message.Message):
     REVOKED_UNIX_FIELD_NUMBER: _ClassVar[int]
     LAST_USED_UNIX_FIELD_NUMBER: _ClassVar[int]
     BOOTSTRAP_FIELD_NUMBER: _ClassVar[int]
+    CERT_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    CERT_NOT_AFTER_UNIX_FIELD_NUMBER: _ClassVar[int]
     name: str
     role: str
     created_unix: int
@@ -1220,7 +1222,9 @@ class AdminInfo(_message.Message):
     revoked_unix: int
     last_used_unix: int
     bootstrap: bool
-    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., created_unix: _Optional[int] = ..., created_by: _Optional[str] = ..., revoked_unix: _Optional[int] = ..., last_used_unix: _Optional[int] = ..., bootstrap: _Optional[bool] = ...) -> None: ...
+    cert_serial: str
+    cert_not_after_unix: int
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., created_unix: _Optional[int] = ..., created_by: _Optional[str] = ..., revoked_unix: _Optional[int] = ..., last_used_unix: _Optional[int] = ..., bootstrap: _Optional[bool] = ..., cert_serial: _Optional[str] = ..., cert_not_after_unix: _Optional[int] = ...) -> None: ...
 
 class ListAdminsResponse(_message.Message):
     __slots__ = ("admins", "bootstrap_enabled", "bootstrap_until_unix")
@@ -1253,6 +1257,26 @@ class AdminRequest(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class AdminCertificateRequest(_message.Message):
+    __slots__ = ("name", "csr_pem", "days")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    DAYS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    csr_pem: bytes
+    days: int
+    def __init__(self, name: _Optional[str] = ..., csr_pem: _Optional[bytes] = ..., days: _Optional[int] = ...) -> None: ...
+
+class AdminCertificateResponse(_message.Message):
+    __slots__ = ("admin", "cert_pem", "ca_pem")
+    ADMIN_FIELD_NUMBER: _ClassVar[int]
+    CERT_PEM_FIELD_NUMBER: _ClassVar[int]
+    CA_PEM_FIELD_NUMBER: _ClassVar[int]
+    admin: AdminInfo
+    cert_pem: bytes
+    ca_pem: bytes
+    def __init__(self, admin: _Optional[_Union[AdminInfo, _Mapping]] = ..., cert_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ...) -> None: ...
 
 class AdminTokenResponse(_message.Message):
     __slots__ = ("admin", "token")

@@ -219,6 +219,11 @@ class AdminServiceStub:
                 request_serializer=protos_dot_admin__pb2.AdminRequest.SerializeToString,
                 response_deserializer=protos_dot_admin__pb2.AdminInfo.FromString,
                 _registered_method=True)
+        self.IssueAdminCertificate = channel.unary_unary(
+                '/edgefleet.v1.AdminService/IssueAdminCertificate',
+                request_serializer=protos_dot_admin__pb2.AdminCertificateRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.AdminCertificateResponse.FromString,
+                _registered_method=True)
         self.SetRoutingPolicy = channel.unary_unary(
                 '/edgefleet.v1.AdminService/SetRoutingPolicy',
                 request_serializer=protos_dot_admin__pb2.RoutingPolicyInfo.SerializeToString,
@@ -541,6 +546,15 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IssueAdminCertificate(self, request, context):
+        """A client certificate from the fleet CA for an admin (one's own: any role; another's:
+        admin), from a CSR whose key stays with the admin; it authenticates on the mTLS port
+        instead of a token, and a new one replaces the one before.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetRoutingPolicy(self, request, context):
         """Cloud routing: a policy per model for the devices matching a label selector.
         """
@@ -813,6 +827,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeAdmin,
                     request_deserializer=protos_dot_admin__pb2.AdminRequest.FromString,
                     response_serializer=protos_dot_admin__pb2.AdminInfo.SerializeToString,
+            ),
+            'IssueAdminCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueAdminCertificate,
+                    request_deserializer=protos_dot_admin__pb2.AdminCertificateRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.AdminCertificateResponse.SerializeToString,
             ),
             'SetRoutingPolicy': grpc.unary_unary_rpc_method_handler(
                     servicer.SetRoutingPolicy,
@@ -1879,6 +1898,33 @@ class AdminService:
             '/edgefleet.v1.AdminService/RevokeAdmin',
             protos_dot_admin__pb2.AdminRequest.SerializeToString,
             protos_dot_admin__pb2.AdminInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueAdminCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/IssueAdminCertificate',
+            protos_dot_admin__pb2.AdminCertificateRequest.SerializeToString,
+            protos_dot_admin__pb2.AdminCertificateResponse.FromString,
             options,
             channel_credentials,
             insecure,

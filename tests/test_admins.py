@@ -15,6 +15,7 @@ import pytest
 from google.protobuf import message_factory
 
 from fleet_server.admins.roles import ROLE_OF, Role
+from fleet_server.simulator import SimDevice
 from protos import admin_pb2
 from tests.harness import Server, run_cli, wait_for
 
@@ -136,3 +137,75 @@ def test_roles_names_revocation_and_the_bootstrap_token(
         "the bootstrap token to be refused again",
         lambda: "token is disabled" in _cli(server, bootstrap, "whoami", check=False),
     )
+
+
+@pytest.mark.slow
+def test_client_certificates_from_the_fleet_ca(
+    server_factory: Callable[..., Server], tmp_path: Path
+) -> None:
+    """Item 1's option: an admin's own certificate instead of a token, on the mTLS port. The
+    key never leaves the admin's machine; the certificate stands for that person and role only
+    while it is the newest one issued and the admin is not revoked; a device's certificate is
+    never an admin's."""
+    server = server_factory(None)
+    files = {name: tmp_path / f"{name}.token" for name in ("alice", "bob")}
+    bootstrap = server.data_dir / "admin.token"
+    _cli(
+        server, bootstrap, "admins", "add", "alice", "--role", "admin", "--out", str(files["alice"])
+    )
+    _cli(server, files["alice"], "admins", "add", "bob", "--role", "operator",
+         "--out", str(files["bob"]))  # fmt: skip
+    made = _cli(server, files["bob"], "admins", "cert", "--out-dir", str(tmp_path / "bob"))
+    assert "certificate" in made and "for bob (operator)" in made, made
+    key, cert = tmp_path / "bob" / "bob.key", tmp_path / "bob" / "bob.crt"
+    assert key.stat().st_mode & 0o777 == 0o600
+    device_port = f"127.0.0.1:{server.device_port}"
+    ca = str(server.data_dir / "ca" / "ca.crt")
+
+    def by_cert(certificate: Path, *args: str, address: str = device_port) -> str:
+        result = run_cli("edgefleet", "--server", address, "--ca-file", ca,
+                         "--client-cert", str(certificate), *args, check=False)  # fmt: skip
+        return result.stdout + result.stderr
+
+    assert by_cert(cert, "whoami").strip() == "bob (operator)"
+    _ = by_cert(cert, "tokens", "create", "--label", "site=lab")
+    audit = json.loads(_cli(server, files["alice"], "audit", "--json"))
+    assert any(a["action"] == "CreateEnrollmentToken" and a["actor"].startswith("bob@")
+               for a in audit), audit[:3]  # fmt: skip
+    # The role holds as with a token.
+    assert "it needs the admin role" in by_cert(cert, "admins", "list")
+    # Another's certificate needs the admin role.
+    refused = _cli(server, files["bob"], "admins", "cert", "alice", "--out-dir",
+                   str(tmp_path / "x"), check=False)  # fmt: skip
+    assert "may not issue a certificate for alice" in refused, refused
+    # On the main port no certificate is asked for: the CLI says where it counts.
+    wrong_port = by_cert(cert, "whoami", address=server.address)
+    assert "only on the server's device port" in wrong_port, wrong_port
+    # A device's certificate (the fleet CA signed it too) is not an admin's.
+    device = SimDevice.enroll(server.sim_fleet(), server.enrollment_token(), "dev-cert")
+    (tmp_path / "dev.key").write_bytes(device.key_pem)
+    (tmp_path / "dev.crt").write_bytes(device.certificate_pem)
+    assert "credentials missing or wrong" in by_cert(tmp_path / "dev.crt", "whoami")
+    # A new certificate replaces the old; revoking the admin ends the new one.
+    (tmp_path / "bob").rename(tmp_path / "bob-old")
+    _cli(server, files["bob"], "admins", "cert", "--out-dir", str(tmp_path / "bob"))
+    old = tmp_path / "bob-old" / "bob.crt"
+    assert "credentials missing or wrong" in by_cert(old, "whoami")
+    assert by_cert(cert, "whoami").strip() == "bob (operator)"
+    listed = json.loads(_cli(server, files["alice"], "admins", "list", "--json"))
+    bob = next(a for a in listed["admins"] if a["name"] == "bob")
+    assert bob["cert_serial"] and int(bob["cert_not_after_unix"]) > 0
+    _cli(server, files["alice"], "admins", "revoke", "bob")
+    assert "credentials missing or wrong" in by_cert(cert, "whoami")
+    # A certificate whose key is missing or not PEM is one line, not a traceback.
+    assert "cannot read the client key" in by_cert(tmp_path / "nowhere.crt", "whoami")
+
+
+def test_the_role_table_in_the_docs_is_the_one_the_server_checks() -> None:
+    text = (Path(__file__).parent.parent / "docs" / "security.md").read_text(encoding="utf-8")
+    documented: dict[str, Role] = {}
+    for role in Role:
+        row = next(line for line in text.splitlines() if line.startswith(f"| {role} | `"))
+        for name in row.split("|")[2].split(","):
+            documented[name.strip().strip("`")] = role
+    assert documented == ROLE_OF, set(documented.items()) ^ set(ROLE_OF.items())

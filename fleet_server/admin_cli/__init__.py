@@ -60,6 +60,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="the fleet CA certificate (env EDGEFLEET_CA_FILE; default DATA_DIR/ca/ca.crt)",
     )
     parser.add_argument(
+        "--client-cert",
+        type=Path,
+        metavar="FILE",
+        help="your client certificate from 'admins cert', instead of a token (env "
+        "EDGEFLEET_CLIENT_CERT); --server then names the server's device port (mTLS, 7444)",
+    )
+    parser.add_argument(
+        "--client-key",
+        type=Path,
+        metavar="FILE",
+        help="its private key (env EDGEFLEET_CLIENT_KEY; default: the certificate's name "
+        "with .key for .crt)",
+    )
+    parser.add_argument(
         "--data-dir", type=Path, help="read the admin token from this server data dir"
     )
     parser.add_argument(

@@ -9,6 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from fleet_server.admin_cli import common
 from fleet_server.errors import BadRequestError
 from protos import admin_pb2 as pb
@@ -84,6 +88,58 @@ def _cmd_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """Write a file that must not exist yet (a key is never overwritten)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        raise BadRequestError(f"{path} exists: not overwritten") from None
+    except OSError as exc:
+        raise BadRequestError(f"cannot write {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def _cmd_cert(args: argparse.Namespace) -> int:
+    """A key made here (it never leaves this machine), a CSR for it, and the certificate."""
+    admin = common.admin(args)
+    name = args.name or admin.call("WhoAmI", pb.WhoAmIRequest()).name
+    folder: Path = args.out_dir
+    key_path, cert_path = folder / f"{name}.key", folder / f"{name}.crt"
+    for path in (key_path, cert_path):
+        if path.exists():
+            raise BadRequestError(f"{path} exists: not overwritten (move it away first)")
+    key = ec.generate_private_key(ec.SECP256R1())
+    # No subject: the server names the certificate (edgefleet-admin:NAME).
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
+    )
+    answer = admin.call(
+        "IssueAdminCertificate",
+        pb.AdminCertificateRequest(
+            name=args.name or "",
+            csr_pem=csr.public_bytes(serialization.Encoding.PEM),
+            days=args.days,
+        ),
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    _write_new(key_path, key_pem, 0o600)
+    _write_new(cert_path, answer.cert_pem, 0o644)
+    print(
+        f"certificate {answer.admin.cert_serial} for {answer.admin.name} "
+        f"({answer.admin.role}) until {common.fmt_time(answer.admin.cert_not_after_unix)}: "
+        f"{cert_path}, key {key_path} (0600; it never left this machine). Use it on the "
+        f"server's device port: edgefleet --server HOST:7444 --client-cert {cert_path} ..."
+    )
+    print("the certificate issued before it (if any) no longer works", file=sys.stderr)
+    return 0
+
+
 def _cmd_revoke(args: argparse.Namespace) -> int:
     info = common.admin(args).call("RevokeAdmin", pb.AdminRequest(name=args.name))
     print(f"{info.name} revoked: its token is refused from now on (on other replicas within 5 s)")
@@ -129,6 +185,20 @@ def add_parsers(sub: Any) -> None:
     rotate.add_argument("name", nargs="?", help="another admin's (needs the admin role)")
     rotate.add_argument("--out", type=Path, metavar="FILE", help="write the token here (0600)")
     rotate.set_defaults(func=_cmd_rotate)
+    cert = admins_sub.add_parser(
+        "cert",
+        help="a client certificate from the fleet CA instead of a token (your own by default)",
+        description="Makes a key here, sends only a CSR, and writes NAME.key (0600) and "
+        "NAME.crt into --out-dir. The certificate authenticates on the server's device port "
+        "(mTLS, 7444): edgefleet --server HOST:7444 --client-cert NAME.crt ... A new one "
+        "replaces the one before; revoking the admin ends both token and certificate.",
+    )
+    cert.add_argument("name", nargs="?", help="another admin's (needs the admin role)")
+    cert.add_argument("--out-dir", type=Path, required=True, metavar="DIR")
+    cert.add_argument(
+        "--days", type=common.whole(1, 365), default=90, help="valid this long (default 90)"
+    )
+    cert.set_defaults(func=_cmd_cert)
     revoke = admins_sub.add_parser("revoke", help="end an admin's access (the name stays)")
     revoke.add_argument("name")
     revoke.set_defaults(func=_cmd_revoke)

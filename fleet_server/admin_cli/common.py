@@ -43,15 +43,30 @@ PROG = "edgefleet"
 
 
 class Admin:
+    """The admin API, with a bearer token, or with a client certificate (``client``: key and
+    certificate PEM) and no token."""
+
     def __init__(
-        self, address: str, token: str, timeout_s: float, ca_pem: bytes, wait_s: float = 0.0
+        self,
+        address: str,
+        token: str,
+        timeout_s: float,
+        ca_pem: bytes,
+        *,
+        wait_s: float = 0.0,
+        client: tuple[bytes, bytes] | None = None,
     ) -> None:
         self.address = address
-        self._metadata = [("authorization", f"Bearer {token}")]
+        self._metadata = [("authorization", f"Bearer {token}")] if token else []
         self._timeout = timeout_s
         self._wait_s = wait_s
+        self._by_certificate = client is not None
+        key, chain = client if client is not None else (None, None)
         self._channel = grpc.secure_channel(
-            address, grpc.ssl_channel_credentials(root_certificates=ca_pem)
+            address,
+            grpc.ssl_channel_credentials(
+                root_certificates=ca_pem, private_key=key, certificate_chain=chain
+            ),
         )
         self.stub = pb_grpc.AdminServiceStub(self._channel)
 
@@ -64,7 +79,14 @@ class Admin:
                 request, timeout=self._timeout, metadata=self._metadata
             )
         except grpc.RpcError as exc:
-            raise _rpc_error(exc, self.address) from exc
+            error = _rpc_error(exc, self.address)
+            if self._by_certificate and isinstance(error, AuthError):
+                # The main port asks no client certificate: the call went without one.
+                error = AuthError(
+                    f"{error}; a client certificate counts only on the server's device port "
+                    "(--device-listen, 7444 by default): is --server that port?"
+                )
+            raise error from exc
 
 
 def wait_until_listening(address: str, wait_s: float) -> None:
@@ -149,8 +171,49 @@ def _ca_pem(args: argparse.Namespace) -> bytes:
         raise AuthError(f"cannot read the fleet CA {path}: {exc.strerror}") from exc
 
 
+def _client_certificate(args: argparse.Namespace) -> tuple[bytes, bytes] | None:
+    """(key, certificate) PEM from --client-cert/--client-key (or their env), or None."""
+    cert: Path | None = getattr(args, "client_cert", None) or (
+        Path(os.environ["EDGEFLEET_CLIENT_CERT"])
+        if os.environ.get("EDGEFLEET_CLIENT_CERT")
+        else None
+    )
+    key: Path | None = getattr(args, "client_key", None) or (
+        Path(os.environ["EDGEFLEET_CLIENT_KEY"]) if os.environ.get("EDGEFLEET_CLIENT_KEY") else None
+    )
+    if cert is None:
+        if key is not None:
+            raise BadRequestError("--client-key without --client-cert")
+        return None
+    key = key or cert.with_suffix(".key")
+    pems = []
+    for path, what in ((key, "client key"), (cert, "client certificate")):
+        try:
+            pems.append(path.read_bytes())
+        except OSError as exc:
+            raise AuthError(f"cannot read the {what} {path}: {exc.strerror}") from exc
+    if b"PRIVATE KEY-----" not in pems[0]:
+        raise AuthError(f"{key} is not a PEM private key")
+    if b"-----BEGIN CERTIFICATE-----" not in pems[1]:
+        raise AuthError(f"{cert} is not a PEM certificate")
+    return pems[0], pems[1]
+
+
 def admin(args: argparse.Namespace) -> Admin:
-    return Admin(args.server, _token(args), args.timeout, _ca_pem(args), getattr(args, "wait", 0.0))
+    client = _client_certificate(args)
+    token = "" if client is not None and not _token_given(args) else _token(args)
+    wait = getattr(args, "wait", 0.0)
+    return Admin(args.server, token, args.timeout, _ca_pem(args), wait_s=wait, client=client)
+
+
+def _token_given(args: argparse.Namespace) -> bool:
+    """Whether the caller named a token (beside a certificate, the token decides)."""
+    return bool(
+        args.token
+        or getattr(args, "token_file", None)
+        or os.environ.get("EDGEFLEET_ADMIN_TOKEN")
+        or os.environ.get("EDGEFLEET_ADMIN_TOKEN_FILE")
+    )
 
 
 def as_dict(message: Any) -> dict[str, Any]:

@@ -98,6 +98,7 @@ ROLE_OF: dict[str, Role] = {
     "SetAdminRole": _A,
     "RotateAdminToken": _V,  # its own token; another admin's needs admin (checked by the handler)
     "RevokeAdmin": _A,
+    "IssueAdminCertificate": _V,  # like RotateAdminToken: another admin's needs admin
 }
 
 

@@ -29,7 +29,15 @@ from fleet_server.errors import AlreadyExistsError, BadRequestError, ConflictErr
 from fleet_server.storage.db import Database, hold_writes
 from fleet_server.storage.schema import admins, settings
 
-__all__ = ["BOOTSTRAP", "CACHE_S", "AdminRow", "AdminStore", "Identity", "check_name"]
+__all__ = [
+    "BOOTSTRAP",
+    "CACHE_S",
+    "CERT_CN_PREFIX",
+    "AdminRow",
+    "AdminStore",
+    "Identity",
+    "check_name",
+]
 
 CACHE_S = 5.0  # how long a token's identity is trusted without asking the database again
 BOOTSTRAP = "bootstrap-token"  # the bootstrap token's name in the audit log
@@ -37,6 +45,9 @@ TOKEN_PREFIX = "efa_"  # noqa: S105 - not a secret: what a named admin's token s
 _BOOTSTRAP_KEY = "bootstrap_admin"  # settings: {"until": unix time it is re-enabled until}
 _NAME = re.compile(r"[a-z0-9][a-z0-9._@+-]{0,63}")
 _USED_EVERY_S = 60  # last_used is written at most once a minute per admin
+# An admin's client certificate names "edgefleet-admin:NAME": the colon keeps it apart from
+# every device id, so no device certificate can stand for an admin (nor an admin's for a device).
+CERT_CN_PREFIX = "edgefleet-admin:"
 
 
 def check_name(name: str) -> str:
@@ -71,6 +82,8 @@ class AdminRow:
     created_by: str
     revoked_at: int | None
     last_used_at: int | None
+    cert_serial: str | None = None
+    cert_not_after: int | None = None
 
 
 def _digest(token: str) -> str:
@@ -121,6 +134,54 @@ class AdminStore:
         if identity is not None:
             self._note_use(identity.name, now)
         return identity
+
+    def authenticate_certificate(
+        self, common_name: str, serial: str, now: float | None = None
+    ) -> Identity | None:
+        """The admin a client certificate (verified by TLS against the fleet CA) stands for:
+        its common name must be ``edgefleet-admin:NAME`` and its serial the one issued last to
+        that active admin; anything else (a device's certificate, a replaced or a revoked
+        admin's) is None."""
+        if not common_name.startswith(CERT_CN_PREFIX) or not serial:
+            return None
+        name = common_name[len(CERT_CN_PREFIX) :]
+        now = time.time() if now is None else now
+        key = f"cert:{name}:{serial}"
+        with self._lock:
+            cached = self._cache.get(key)
+        if cached is not None and now - cached[1] < CACHE_S:
+            identity = cached[0]
+        else:
+            with self._engine.connect() as conn:
+                row = conn.execute(
+                    sa.select(admins.c.role).where(
+                        (admins.c.name == name)
+                        & (admins.c.cert_serial == serial)
+                        & admins.c.revoked_at.is_(None)
+                    )
+                ).first()
+            identity = Identity(name, Role(int(row[0]))) if row else None
+            with self._lock:
+                self._cache[key] = (identity, now)
+        if identity is not None:
+            self._note_use(identity.name, now)
+        return identity
+
+    def set_certificate(self, name: str, serial: str, not_after: int) -> None:
+        """Record the client certificate just issued to ``name``; the one before stops.
+
+        Raises:
+            NotFoundError: no such active admin.
+        """
+        with self._engine.begin() as conn:
+            changed = conn.execute(
+                admins.update()
+                .where((admins.c.name == name) & admins.c.revoked_at.is_(None))
+                .values(cert_serial=serial, cert_not_after=not_after)
+            ).rowcount
+        if not changed:
+            raise NotFoundError(f"no admin {name} (or it is revoked)")
+        self.forget()
 
     def is_bootstrap(self, token: str) -> bool:
         return bool(self._bootstrap) and hmac.compare_digest(
@@ -200,7 +261,7 @@ class AdminStore:
             rows = conn.execute(sa.select(admins).order_by(admins.c.name)).all()
         return [
             AdminRow(r.name, Role(int(r.role)), int(r.created_at), r.created_by,
-                     r.revoked_at, r.last_used_at)
+                     r.revoked_at, r.last_used_at, r.cert_serial, r.cert_not_after)
             for r in rows
         ]  # fmt: skip
 

@@ -7,6 +7,7 @@ audit log, read the caller with :func:`current`.
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from fleet_server.admins.roles import Role, required_role
 from fleet_server.admins.store import AdminStore, Identity
 from fleet_server.api.auth import bearer_token
+from fleet_server.registry.ca import peer_certificate
 from fleet_server.telemetry.throttle import OncePer
 
 __all__ = ["ADMIN_PREFIX", "AdminAuth", "current", "require_admin", "require_role"]
@@ -55,6 +57,11 @@ def require_role(context: Any, role: Role, what: str) -> Identity:
         )
         raise AssertionError("unreachable")  # context.abort raises
     return identity
+
+
+@functools.lru_cache(maxsize=256)
+def _certificate(pem: bytes) -> tuple[str, str]:
+    return peer_certificate(pem)
 
 
 def _who(identity: Identity | None) -> str:
@@ -100,7 +107,7 @@ class AdminAuth(grpc.ServerInterceptor):
     def _admit(self, context: Any, method: str, needed: Role) -> Identity:
         token = bearer_token(context)
         try:
-            identity = self._admins.authenticate(token)
+            identity = self._admins.authenticate(token) if token else self._by_certificate(context)
         except SQLAlchemyError as exc:  # the database away: the caller retries
             log.warning("cannot check the admin credentials of %s: %s", method, exc)
             context.abort(
@@ -111,7 +118,8 @@ class AdminAuth(grpc.ServerInterceptor):
             reason = (
                 self._admins.bootstrap_disabled_reason()
                 if token and self._admins.is_bootstrap(token)
-                else "admin credentials missing or wrong (use --token, --token-file or --data-dir)"
+                else "admin credentials missing or wrong (use --token, --token-file or "
+                "--data-dir; or --client-cert on the server's device port)"
             )
             if self._complaints.first(context.peer() or "?"):
                 log.warning("admin call %s refused from %s: %s", method, context.peer(), reason)
@@ -123,6 +131,15 @@ class AdminAuth(grpc.ServerInterceptor):
                 f"{_who(identity)} may not call {method}: it needs the {needed} role",
             )
         return identity
+
+    def _by_certificate(self, context: Any) -> Identity | None:
+        """An admin's client certificate, on the port that asks for one (the device port):
+        TLS has checked that the fleet CA signed it and that it is in date."""
+        pems = (context.auth_context() or {}).get("x509_pem_cert") or []
+        if not pems:
+            return None
+        common_name, serial = _certificate(bytes(pems[0]))
+        return self._admins.authenticate_certificate(common_name, serial)
 
     def _unary(self, inner: Callable[..., Any], method: str, needed: Role) -> Callable[..., Any]:
         def behavior(request: Any, context: Any) -> Any:

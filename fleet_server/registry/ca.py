@@ -288,6 +288,25 @@ class FleetCA:
         )
         return self._issue(subject, key, days, ExtendedKeyUsageOID.CLIENT_AUTH)
 
+    def sign_admin_csr(self, csr_pem: bytes, common_name: str, days: int) -> IssuedCert:
+        """A client certificate for a named admin (``edgefleet-admin:NAME``, from
+        :mod:`fleet_server.admins.store`) from a CSR made where the admin keeps the key.
+
+        Raises:
+            BadRequestError: the CSR does not pass :meth:`check_csr`.
+        """
+        csr = self.check_csr(csr_pem, expected_cn=common_name)
+        key = csr.public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey):  # pragma: no cover - checked above
+            raise BadRequestError("admin keys must be ECDSA P-256")
+        subject = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "EdgeFleet admin"),
+                x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            ]
+        )
+        return self._issue(subject, key, days, ExtendedKeyUsageOID.CLIENT_AUTH)
+
 
 def public_key_sha256(csr: x509.CertificateSigningRequest) -> str:
     """The sha256 (hex) of a CSR's public key (DER SubjectPublicKeyInfo): which key asks. Only

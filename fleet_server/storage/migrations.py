@@ -264,6 +264,13 @@ def _v26_to_v27(conn: sa.Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _v27_to_v28(conn: sa.Connection) -> None:
+    """Version 28: admins may hold a client certificate from the fleet CA."""
+    if "cert_serial" not in {c["name"] for c in sa.inspect(conn).get_columns("admins")}:
+        conn.execute(sa.text("ALTER TABLE admins ADD COLUMN cert_serial VARCHAR(40)"))
+        conn.execute(sa.text("ALTER TABLE admins ADD COLUMN cert_not_after BIGINT"))
+
+
 # From version N to N + 1.
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     1: _v1_to_v2,
@@ -292,4 +299,5 @@ MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     24: _v24_to_v25,
     25: _v25_to_v26,
     26: _v26_to_v27,
+    27: _v27_to_v28,
 }

@@ -45,7 +45,7 @@ __all__ = [
     "webhooks",
 ]
 
-SCHEMA_VERSION = 27
+SCHEMA_VERSION = 28
 
 metadata = sa.MetaData()
 
@@ -238,6 +238,10 @@ admins = sa.Table(
     sa.Column("created_by", sa.String(128), nullable=False),
     sa.Column("revoked_at", sa.BigInteger),
     sa.Column("last_used_at", sa.BigInteger),
+    # The client certificate from the fleet CA (`admins cert`), as an alternative to the token
+    # on the mTLS port: its serial (hex) and expiry. One at a time; a new one replaces it.
+    sa.Column("cert_serial", sa.String(40)),
+    sa.Column("cert_not_after", sa.BigInteger),
 )
 
 # Settings that are one JSON document each (the price table).

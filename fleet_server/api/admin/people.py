@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from fleet_server.admins.roles import Role
-from fleet_server.admins.store import AdminRow
+from fleet_server.admins.store import CERT_CN_PREFIX, AdminRow
 from fleet_server.api._errors import rpc_errors
 from fleet_server.api.admin._base import AdminBase, audited
 from fleet_server.api.identity import require_admin, require_role
@@ -25,6 +25,9 @@ def _role(name: str) -> Role:
         raise BadRequestError(str(exc)) from exc
 
 
+CERT_DAYS = 90  # an admin's client certificate, unless asked otherwise (at most a year)
+
+
 def _info(row: AdminRow) -> pb.AdminInfo:
     return pb.AdminInfo(
         name=row.name,
@@ -33,6 +36,8 @@ def _info(row: AdminRow) -> pb.AdminInfo:
         created_by=row.created_by,
         revoked_unix=row.revoked_at or 0,
         last_used_unix=row.last_used_at or 0,
+        cert_serial=row.cert_serial or "",
+        cert_not_after_unix=row.cert_not_after or 0,
     )
 
 
@@ -97,6 +102,31 @@ class PeopleAdmin(AdminBase):
             )
         token = self._ctx.admins.rotate(name)
         return pb.AdminTokenResponse(admin=_info(self._row(name)), token=token)
+
+    @rpc_errors
+    @audited("IssueAdminCertificate", lambda r: f"admin {r.name or '(self)'} for {r.days} days")
+    def IssueAdminCertificate(  # noqa: N802
+        self, request: pb.AdminCertificateRequest, context: Any
+    ) -> pb.AdminCertificateResponse:
+        identity = require_admin(context)
+        name = request.name or identity.name
+        if name != identity.name or identity.bootstrap:
+            require_role(context, Role.ADMIN, f"issue a certificate for {name}")
+        if identity.bootstrap and not request.name:
+            raise BadRequestError("the bootstrap token has no certificate: name an admin")
+        days = request.days or CERT_DAYS
+        if not 1 <= days <= 365:
+            raise BadRequestError(f"--days {days} is outside 1..365")
+        row = self._row(name)
+        if row.revoked_at is not None:
+            raise NotFoundError(f"admin {name} is revoked")
+        issued = self._ctx.ca.sign_admin_csr(request.csr_pem, CERT_CN_PREFIX + name, days)
+        self._ctx.admins.set_certificate(name, issued.serial, issued.not_after)
+        log.info("client certificate %s issued to admin %s by %s", issued.serial, name,
+                 identity.name)  # fmt: skip
+        return pb.AdminCertificateResponse(
+            admin=_info(self._row(name)), cert_pem=issued.pem, ca_pem=self._ctx.ca.cert_pem
+        )
 
     @rpc_errors
     @audited("RevokeAdmin", lambda r: f"admin {r.name}")
