@@ -68,8 +68,8 @@ def render(
         f"log of {log.device_id}: {len(records)} record(s), uploaded "
         f"{common.fmt_time(log.received_unix)} for {answered}"
         + (f" ({_asked(log)})" if log.received_for == log.request_id else ""),
-        f"agent {log.agent_version or '?'}; the device's clock; "
-        f"{log.dropped} older record(s) of its run let go by its bounds",
+        f"agent {log.agent_version or '?'}; times on the device's clock; "
+        f"{log.dropped} older record(s) of its run let go by the agent's bounds",
     ]
     if log.truncated:
         summary.append("truncated: the device sent more than the server keeps")
