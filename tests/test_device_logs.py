@@ -1,13 +1,16 @@
 """A device's recent log (issue 22 item 8), the parts without processes: the agent's ring keeps
 the last records within its bounds and no secret, its tail file carries a crash-looping run's
 records to the next run, an upload is read by the server no further than its cap with the text
-escaped, and what `edgefleet devices log` prints cannot drive a terminal."""
+escaped, the store takes one upload per request and keeps the latest until the device goes
+(SQLite and PostgreSQL), and what `edgefleet devices log` prints cannot drive a terminal."""
 
 from __future__ import annotations
 
 import io
 import json
 import logging
+import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +24,10 @@ from agent.logs.tail import decode, encode
 from fleet_server.admin_cli.devlogs import render
 from fleet_server.admin_cli.terminal import EscapingStream
 from fleet_server.errors import BadRequestError
-from fleet_server.registry.devlogs import read_upload
+from fleet_server.registry.ca import IssuedCert
+from fleet_server.registry.devlogs import REQUEST_TTL_S, DeviceLogStore, read_upload
+from fleet_server.registry.store import DeviceStore
+from fleet_server.storage.db import Database
 from protos import admin_pb2, device_pb2
 from protos.logs import (
     MAX_MESSAGE_CHARS,
@@ -230,3 +236,51 @@ def test_select_never_returns_more_than_asked_or_below_the_level(
     chosen = select(records, lines=lines, level=level)
     assert len(chosen) <= lines and all(r.level >= level for r in chosen)
     assert chosen == [r for r in records if r.level >= level][-lines:]
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    db = Database(db_url)
+    db.create_schema()
+    yield db
+    db.close()
+
+
+def test_one_upload_per_request_the_latest_kept_and_gone_with_the_device(db: Database) -> None:
+    devices, logs = DeviceStore(db), DeviceLogStore(db)
+    certify = lambda device_id: IssuedCert(b"pem", secrets.token_hex(8), 2)  # noqa: E731
+    for name in ("cam-1", "cam-2"):
+        devices.enroll(name, token=None, key_sha256=secrets.token_hex(32), labels={},
+                       capabilities={}, certify=certify)  # fmt: skip
+    now = int(time.time())
+    assert logs.pending("cam-1", now) is None and logs.get("cam-1") is None
+    generation = db.generation()
+    first = logs.request("cam-1", lines=50, level=30, requested_by="alice@x", now=now)
+    assert db.generation() > generation  # cached check-in answers are recomputed
+    assert logs.pending("cam-1", now) == first and logs.pending("cam-2", now) is None
+    one = read_upload(
+        device_pb2.LogUpload(request_id=first.request_id, records=[device_pb2.LogRecord()]),
+        iter(()),
+    )
+    assert not logs.store("cam-2", first.request_id, one, now)  # not cam-2's request
+    assert logs.store("cam-1", first.request_id, one, now + 1)
+    assert not logs.store("cam-1", first.request_id, one, now + 2)  # once
+    assert logs.pending("cam-1", now) is None
+    row = logs.get("cam-1")
+    assert row is not None and row.received_for == first.request_id and not row.pending(now)
+    # A newer request: the last upload stays until the next one replaces it.
+    second = logs.request("cam-1", lines=10, level=20, requested_by="bob@y", now=now + 5)
+    row = logs.get("cam-1")
+    assert row is not None and row.pending(now + 5) and row.upload
+    assert row.request.requested_by == "bob@y" and row.received_for == first.request_id
+    assert not logs.store("cam-1", first.request_id, one, now + 6)  # the old id is done
+    # A request no upload answered in a day is no longer sent.
+    assert logs.pending("cam-1", now + 5 + REQUEST_TTL_S + 1) is None
+    assert logs.pending("cam-1", now + 5) == second
+    # A ghost device's request goes with it.
+    logs.request("cam-2", lines=10, level=20, requested_by="bob@y", now=now)
+    assert [g.device_id for g in devices.delete_ghosts(enrolled_before=now + 10)] == [
+        "cam-1",
+        "cam-2",
+    ]
+    assert logs.get("cam-1") is None and logs.get("cam-2") is None
