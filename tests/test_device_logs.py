@@ -183,10 +183,15 @@ def test_the_server_reads_an_upload_no_further_than_its_cap_and_escapes_the_text
     assert read.upload.agent_version == "1\\x1b[2J"
     hostile = device_pb2.LogUpload(
         request_id="r",
-        records=[device_pb2.LogRecord(level=10**6, logger="a\x1b[1m", message=f"{HOSTILE}\nx\ty")],
+        records=[
+            device_pb2.LogRecord(
+                unix_ms=2**62, level=10**6, logger="a\x1b[1m", message=f"{HOSTILE}\nx\ty"
+            )
+        ],
     )
     (record,) = read_upload(hostile, iter(())).upload.records
     assert record.level == 100 and record.logger == "a\\x1b[1m"
+    assert record.unix_ms < 2**62  # a time in year 9999 at most
     first_line, second = record.message.split("\n")
     assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in first_line + second)
     with pytest.raises(BadRequestError, match="at most 200"):
@@ -226,6 +231,9 @@ def test_a_printed_log_cannot_drive_the_terminal_or_forge_a_record() -> None:
     assert printed[3].endswith("ERROR    agent: boom")
     assert printed[4].startswith("    ok\\x1b[2J")  # the device's second line: indented
     assert render(log, level=parse_level("error"))[1][-2].endswith("agent: boom")
+    for odd_ms in (2**63 - 1, -(2**63)):  # times no calendar has: printed, no traceback
+        odd = device_pb2.LogRecord(unix_ms=odd_ms, level=20, logger="a", message="m")
+        assert render(admin_pb2.DeviceLog(records=[odd]))[1][1].endswith(" INFO     a: m")
 
 
 @given(st.lists(st.text(max_size=50), max_size=40), st.integers(1, 50), st.integers(0, 60))

@@ -8,9 +8,8 @@
 - ``upload``: the records a request wants, in bounded parts (pure).
 """
 
-from agent.logs.redact import redact
 from agent.logs.ring import Kept, RecentLog
 from agent.logs.tail import TailFile, open_tail
 from agent.logs.upload import parts, select
 
-__all__ = ["Kept", "RecentLog", "TailFile", "open_tail", "parts", "redact", "select"]
+__all__ = ["Kept", "RecentLog", "TailFile", "open_tail", "parts", "select"]

@@ -42,9 +42,11 @@ def _wait(text: str) -> int:
 def _ms_time(unix_ms: int) -> str:
     if not unix_ms:
         return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(unix_ms / 1000)) + (
-        f".{unix_ms % 1000:03d}"
-    )
+    try:
+        when = time.localtime(unix_ms / 1000)
+    except (OverflowError, OSError, ValueError):  # no such time (a device's nonsense)
+        return f"@{unix_ms}ms"
+    return time.strftime("%Y-%m-%d %H:%M:%S", when) + f".{unix_ms % 1000:03d}"
 
 
 def _asked(log: pb.DeviceLog) -> str:

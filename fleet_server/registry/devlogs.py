@@ -50,6 +50,11 @@ _RECORD_CHARS = MAX_MESSAGE_CHARS + MAX_TRACEBACK_CHARS + 512  # a record's text
 _RECORD_LINES = 200
 _LOGGER_CHARS = 128
 _MAX_LEVEL = 100
+_MAX_UNIX_MS = 253_402_300_799_999  # 9999-12-31: a later "time" is a device's nonsense
+
+
+def _ms(value: int) -> int:
+    return min(max(0, value), _MAX_UNIX_MS)
 
 
 @dataclass(frozen=True)
@@ -111,8 +116,8 @@ def read_upload(first: device_pb2.LogUpload, rest: Iterator[device_pb2.LogUpload
     """
     upload = device_pb2.LogUpload(
         request_id=first.request_id,
-        started_unix_ms=max(0, first.started_unix_ms),
-        previous_started_unix_ms=max(0, first.previous_started_unix_ms),
+        started_unix_ms=_ms(first.started_unix_ms),
+        previous_started_unix_ms=_ms(first.previous_started_unix_ms),
         dropped=first.dropped,
         agent_version=stored_text(first.agent_version, 64),
     )
@@ -124,7 +129,7 @@ def read_upload(first: device_pb2.LogUpload, rest: Iterator[device_pb2.LogUpload
             )
         for record in part.records:
             kept = device_pb2.LogRecord(
-                unix_ms=max(0, record.unix_ms),
+                unix_ms=_ms(record.unix_ms),
                 level=min(record.level, _MAX_LEVEL),
                 logger=stored_text(record.logger, _LOGGER_CHARS),
                 message=_text(record.message),
