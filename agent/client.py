@@ -382,6 +382,21 @@ class DeviceClient:
             lambda wire: wire.stub.ReportBenchmark(report, timeout=self._timeout),
         )
 
+    def upload_log(self, messages: Iterator[pb.LogUpload]) -> pb.LogReceipt:
+        """Upload the recent log an operator asked for (the messages of
+        :func:`agent.logs.parts`).
+
+        Raises:
+            ServerUnavailableError: the server could not be reached.
+            AgentError: the server refused it.
+        """
+        response: pb.LogReceipt = self._call(
+            "log upload",
+            self._device,
+            lambda wire: wire.stub.UploadLog(messages, timeout=self._timeout),
+        )
+        return response
+
     def download(
         self,
         artifact_id: str,

@@ -16,6 +16,7 @@ from fleet_server.catalog.push import MANIFEST_LIFETIME_S
 from fleet_server.catalog.store import CatalogStore
 from fleet_server.registry.ca import FleetCA
 from fleet_server.registry.checkins import AnswerCache, LastSeen
+from fleet_server.registry.devlogs import DeviceLogStore
 from fleet_server.registry.refusals import RefusalStore
 from fleet_server.registry.store import DeviceStore
 from fleet_server.renewal.status import current as current_status
@@ -56,6 +57,7 @@ class ServerContext:
     renew_ahead_s: float = 30 * 86400  # manifests in use expiring sooner are re-issued
     devices: DeviceStore = field(init=False)
     refusals: RefusalStore = field(init=False)
+    device_logs: DeviceLogStore = field(init=False)
     catalog: CatalogStore = field(init=False)
     telemetry: TelemetryStore = field(init=False)
     rollouts: RolloutStore = field(init=False)
@@ -86,6 +88,7 @@ class ServerContext:
     def __post_init__(self) -> None:
         self.devices = DeviceStore(self.db)
         self.refusals = RefusalStore(self.db)
+        self.device_logs = DeviceLogStore(self.db)
         self.catalog = CatalogStore(self.db)
         self.telemetry = TelemetryStore(self.db)
         self.rollouts = RolloutStore(self.db, self.catalog)

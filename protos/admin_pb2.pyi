@@ -1324,3 +1324,49 @@ class DeleteModelsResponse(_message.Message):
     files: int
     freed_bytes: int
     def __init__(self, deleted: _Optional[_Iterable[str]] = ..., kept: _Optional[_Mapping[str, str]] = ..., files: _Optional[int] = ..., freed_bytes: _Optional[int] = ...) -> None: ...
+
+class RequestDeviceLogRequest(_message.Message):
+    __slots__ = ("device_id", "lines", "level")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    lines: int
+    level: int
+    def __init__(self, device_id: _Optional[str] = ..., lines: _Optional[int] = ..., level: _Optional[int] = ...) -> None: ...
+
+class DeviceLog(_message.Message):
+    __slots__ = ("device_id", "request_id", "requested_by", "requested_unix", "lines", "level", "pending", "received_for", "received_unix", "records", "truncated", "dropped", "started_unix_ms", "previous_started_unix_ms", "agent_version", "asked_now")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_FOR_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    STARTED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_STARTED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ASKED_NOW_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    request_id: str
+    requested_by: str
+    requested_unix: int
+    lines: int
+    level: int
+    pending: bool
+    received_for: str
+    received_unix: int
+    records: _containers.RepeatedCompositeFieldContainer[_device_pb2.LogRecord]
+    truncated: bool
+    dropped: int
+    started_unix_ms: int
+    previous_started_unix_ms: int
+    agent_version: str
+    asked_now: bool
+    def __init__(self, device_id: _Optional[str] = ..., request_id: _Optional[str] = ..., requested_by: _Optional[str] = ..., requested_unix: _Optional[int] = ..., lines: _Optional[int] = ..., level: _Optional[int] = ..., pending: _Optional[bool] = ..., received_for: _Optional[str] = ..., received_unix: _Optional[int] = ..., records: _Optional[_Iterable[_Union[_device_pb2.LogRecord, _Mapping]]] = ..., truncated: _Optional[bool] = ..., dropped: _Optional[int] = ..., started_unix_ms: _Optional[int] = ..., previous_started_unix_ms: _Optional[int] = ..., agent_version: _Optional[str] = ..., asked_now: _Optional[bool] = ...) -> None: ...

@@ -139,6 +139,16 @@ class AdminServiceStub:
                 request_serializer=protos_dot_admin__pb2.ExplainVariantRequest.SerializeToString,
                 response_deserializer=protos_dot_admin__pb2.ExplainVariantResponse.FromString,
                 _registered_method=True)
+        self.RequestDeviceLog = channel.unary_unary(
+                '/edgefleet.v1.AdminService/RequestDeviceLog',
+                request_serializer=protos_dot_admin__pb2.RequestDeviceLogRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.DeviceLog.FromString,
+                _registered_method=True)
+        self.GetDeviceLog = channel.unary_unary(
+                '/edgefleet.v1.AdminService/GetDeviceLog',
+                request_serializer=protos_dot_admin__pb2.DeviceRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.DeviceLog.FromString,
+                _registered_method=True)
         self.CreateRollout = channel.unary_unary(
                 '/edgefleet.v1.AdminService/CreateRollout',
                 request_serializer=protos_dot_admin__pb2.CreateRolloutRequest.SerializeToString,
@@ -435,6 +445,20 @@ class AdminServiceServicer:
     def ExplainVariant(self, request, context):
         """Which variant of a model a device gets, and why each other variant lost.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequestDeviceLog(self, request, context):
+        """A device's recent log (docs/device-logs.md): ask for it (the device uploads it at its next
+        check-in, asked for now over MQTT), and read the latest one it uploaded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDeviceLog(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -747,6 +771,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ExplainVariant,
                     request_deserializer=protos_dot_admin__pb2.ExplainVariantRequest.FromString,
                     response_serializer=protos_dot_admin__pb2.ExplainVariantResponse.SerializeToString,
+            ),
+            'RequestDeviceLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestDeviceLog,
+                    request_deserializer=protos_dot_admin__pb2.RequestDeviceLogRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.DeviceLog.SerializeToString,
+            ),
+            'GetDeviceLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeviceLog,
+                    request_deserializer=protos_dot_admin__pb2.DeviceRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.DeviceLog.SerializeToString,
             ),
             'CreateRollout': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateRollout,
@@ -1466,6 +1500,60 @@ class AdminService:
             '/edgefleet.v1.AdminService/ExplainVariant',
             protos_dot_admin__pb2.ExplainVariantRequest.SerializeToString,
             protos_dot_admin__pb2.ExplainVariantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestDeviceLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/RequestDeviceLog',
+            protos_dot_admin__pb2.RequestDeviceLogRequest.SerializeToString,
+            protos_dot_admin__pb2.DeviceLog.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeviceLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/GetDeviceLog',
+            protos_dot_admin__pb2.DeviceRequest.SerializeToString,
+            protos_dot_admin__pb2.DeviceLog.FromString,
             options,
             channel_credentials,
             insecure,

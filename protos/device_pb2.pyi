@@ -230,7 +230,7 @@ class RefusalClear(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class CheckInResponse(_message.Message):
-    __slots__ = ("desired", "next_checkin_s", "mqtt_url", "keylist", "cloud", "state_version", "unchanged", "routing", "cloud_endpoint", "clear_refusals")
+    __slots__ = ("desired", "next_checkin_s", "mqtt_url", "keylist", "cloud", "state_version", "unchanged", "routing", "cloud_endpoint", "clear_refusals", "log_request")
     DESIRED_FIELD_NUMBER: _ClassVar[int]
     NEXT_CHECKIN_S_FIELD_NUMBER: _ClassVar[int]
     MQTT_URL_FIELD_NUMBER: _ClassVar[int]
@@ -241,6 +241,7 @@ class CheckInResponse(_message.Message):
     ROUTING_FIELD_NUMBER: _ClassVar[int]
     CLOUD_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     CLEAR_REFUSALS_FIELD_NUMBER: _ClassVar[int]
+    LOG_REQUEST_FIELD_NUMBER: _ClassVar[int]
     desired: _containers.RepeatedCompositeFieldContainer[_manifest_pb2.Envelope]
     next_checkin_s: int
     mqtt_url: str
@@ -251,7 +252,8 @@ class CheckInResponse(_message.Message):
     routing: _containers.RepeatedCompositeFieldContainer[RoutingPolicy]
     cloud_endpoint: CloudEndpoint
     clear_refusals: _containers.RepeatedCompositeFieldContainer[RefusalClear]
-    def __init__(self, desired: _Optional[_Iterable[_Union[_manifest_pb2.Envelope, _Mapping]]] = ..., next_checkin_s: _Optional[int] = ..., mqtt_url: _Optional[str] = ..., keylist: _Optional[_Union[_manifest_pb2.Envelope, _Mapping]] = ..., cloud: _Optional[_Iterable[_Union[CloudRoute, _Mapping]]] = ..., state_version: _Optional[str] = ..., unchanged: _Optional[bool] = ..., routing: _Optional[_Iterable[_Union[RoutingPolicy, _Mapping]]] = ..., cloud_endpoint: _Optional[_Union[CloudEndpoint, _Mapping]] = ..., clear_refusals: _Optional[_Iterable[_Union[RefusalClear, _Mapping]]] = ...) -> None: ...
+    log_request: LogRequest
+    def __init__(self, desired: _Optional[_Iterable[_Union[_manifest_pb2.Envelope, _Mapping]]] = ..., next_checkin_s: _Optional[int] = ..., mqtt_url: _Optional[str] = ..., keylist: _Optional[_Union[_manifest_pb2.Envelope, _Mapping]] = ..., cloud: _Optional[_Iterable[_Union[CloudRoute, _Mapping]]] = ..., state_version: _Optional[str] = ..., unchanged: _Optional[bool] = ..., routing: _Optional[_Iterable[_Union[RoutingPolicy, _Mapping]]] = ..., cloud_endpoint: _Optional[_Union[CloudEndpoint, _Mapping]] = ..., clear_refusals: _Optional[_Iterable[_Union[RefusalClear, _Mapping]]] = ..., log_request: _Optional[_Union[LogRequest, _Mapping]] = ...) -> None: ...
 
 class RoutingPolicy(_message.Message):
     __slots__ = ("model_name", "policy", "threshold", "latency_budget_ms", "cloud_model", "cloud_cost", "max_per_minute", "max_spend_per_day", "reason")
@@ -328,3 +330,51 @@ class StatusReport(_message.Message):
 class StatusAck(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class LogRequest(_message.Message):
+    __slots__ = ("id", "lines", "level")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    lines: int
+    level: int
+    def __init__(self, id: _Optional[str] = ..., lines: _Optional[int] = ..., level: _Optional[int] = ...) -> None: ...
+
+class LogRecord(_message.Message):
+    __slots__ = ("unix_ms", "level", "logger", "message", "previous_run")
+    UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    LOGGER_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_RUN_FIELD_NUMBER: _ClassVar[int]
+    unix_ms: int
+    level: int
+    logger: str
+    message: str
+    previous_run: bool
+    def __init__(self, unix_ms: _Optional[int] = ..., level: _Optional[int] = ..., logger: _Optional[str] = ..., message: _Optional[str] = ..., previous_run: _Optional[bool] = ...) -> None: ...
+
+class LogUpload(_message.Message):
+    __slots__ = ("request_id", "records", "started_unix_ms", "previous_started_unix_ms", "dropped", "agent_version")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_STARTED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    records: _containers.RepeatedCompositeFieldContainer[LogRecord]
+    started_unix_ms: int
+    previous_started_unix_ms: int
+    dropped: int
+    agent_version: str
+    def __init__(self, request_id: _Optional[str] = ..., records: _Optional[_Iterable[_Union[LogRecord, _Mapping]]] = ..., started_unix_ms: _Optional[int] = ..., previous_started_unix_ms: _Optional[int] = ..., dropped: _Optional[int] = ..., agent_version: _Optional[str] = ...) -> None: ...
+
+class LogReceipt(_message.Message):
+    __slots__ = ("stored", "truncated")
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    stored: int
+    truncated: bool
+    def __init__(self, stored: _Optional[int] = ..., truncated: _Optional[bool] = ...) -> None: ...

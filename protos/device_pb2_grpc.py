@@ -72,6 +72,11 @@ class DeviceServiceStub:
                 request_serializer=protos_dot_device__pb2.Outbox.SerializeToString,
                 response_deserializer=protos_dot_device__pb2.Delivery.FromString,
                 _registered_method=True)
+        self.UploadLog = channel.stream_unary(
+                '/edgefleet.v1.DeviceService/UploadLog',
+                request_serializer=protos_dot_device__pb2.LogUpload.SerializeToString,
+                response_deserializer=protos_dot_device__pb2.LogReceipt.FromString,
+                _registered_method=True)
 
 
 class DeviceServiceServicer:
@@ -133,6 +138,17 @@ class DeviceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadLog(self, request_iterator, context):
+        """The agent's recent log, asked for by an operator (`edgefleet devices log`): the check-in
+        answer's log_request names the request, the first part repeats its id, the parts carry the
+        records oldest first. The server refuses a stream no pending request of this device names,
+        and reads no more than its cap (protos/logs.py): what is beyond is not read, the log is
+        kept marked truncated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeviceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -170,6 +186,11 @@ def add_DeviceServiceServicer_to_server(servicer, server):
                     servicer.Deliver,
                     request_deserializer=protos_dot_device__pb2.Outbox.FromString,
                     response_serializer=protos_dot_device__pb2.Delivery.SerializeToString,
+            ),
+            'UploadLog': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadLog,
+                    request_deserializer=protos_dot_device__pb2.LogUpload.FromString,
+                    response_serializer=protos_dot_device__pb2.LogReceipt.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -364,6 +385,33 @@ class DeviceService:
             '/edgefleet.v1.DeviceService/Deliver',
             protos_dot_device__pb2.Outbox.SerializeToString,
             protos_dot_device__pb2.Delivery.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadLog(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/edgefleet.v1.DeviceService/UploadLog',
+            protos_dot_device__pb2.LogUpload.SerializeToString,
+            protos_dot_device__pb2.LogReceipt.FromString,
             options,
             channel_credentials,
             insecure,

@@ -13,6 +13,7 @@ One process, one stop event, four loops that share only ``AgentState``:
 - ``_telemetry``: the telemetry loop: the MQTT session, reports, spool forwarding, device state.
 - ``_control``: the control loop: SIGHUP reloads and MQTT commands, handed over through a queue
   and applied at once whatever phase the update loop is in.
+- ``_devlog``: the recent log's tail file, and its uploads when an operator asks for them.
 - ``_cloud``, ``_backoff``: cloud clients for the router, retry timing.
 """
 

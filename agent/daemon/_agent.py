@@ -8,21 +8,25 @@ say READY, start the control loop (reloads and commands work from then on, whate
 loops are doing), run the enrollment loop until the device has its identity (what stands in
 the way goes to the log once and to systemd's STATUS), then the update loop, which checks in
 periodically and starts the telemetry loop. One stop event ends every loop; the parts stop in
-reverse order.
+reverse order. From ``run`` to its end, the agent's log records are kept for an operator who
+asks for them (``agent.logs``; the update loop answers the requests).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from agent.client import DeviceClient
 from agent.config import AgentConfig, routing_policy
 from agent.daemon._cloud import open_cloud
 from agent.daemon._control import ControlLoop, input_rules
+from agent.daemon._devlog import LogAnswers, attach_tail
 from agent.daemon._enroll import EnrollLoop
 from agent.daemon._state import AgentState
 from agent.daemon._telemetry import TelemetryLoop
@@ -36,6 +40,7 @@ from agent.inference.oip import create_server
 from agent.inference.rest import create_rest_server
 from agent.inference.serving import Serving
 from agent.inference.status import AgentFacts, Release
+from agent.logs import RecentLog, TailFile
 from agent.ports import PortInUseError, held_by_another, unix_socket_in_use
 from agent.routing.cloud import CloudTarget
 from agent.routing.guards import Breaker
@@ -58,6 +63,10 @@ class Agent:
     """One agent process."""
 
     def __init__(self, config: AgentConfig, config_path: Path | None = None) -> None:
+        # The recent log an operator may ask for (edgefleet devices log): kept from run().
+        self.recent_log = RecentLog(secrets=self._secrets)
+        self._tail: TailFile | None = None
+        self._file_secrets: tuple[str, ...] = ()
         self.store = ModelStore(config.agent.state_dir, keep_versions=config.updates.keep_versions)
         self.lifecycle = Lifecycle(self.store, health_policy(config))
         spool = Spool(
@@ -114,6 +123,7 @@ class Agent:
             router=self.router,
             probe=self.probe,
             active=self._active,
+            logs=LogAnswers(self.recent_log, self._client),
         )
         self._telemetry = TelemetryLoop(
             state=self.state,
@@ -138,18 +148,31 @@ class Agent:
         Raises:
             AgentError: the local API could not start.
         """
+        root = logging.getLogger()
+        root.addHandler(self.recent_log)
         try:
             self._serve(stop)
+        except Exception as exc:
+            # The command line prints it, not the log: the recent log keeps it too (a crash
+            # loop's reason is what an operator asks the log for).
+            self.recent_log.note(logging.ERROR, "agent", f"the agent stopped: {exc}")
+            raise
         finally:
             # Whatever ended the run (a stop, a start failure, a bug), it ended through the
             # agent's own code: no crash to blame on a model (see agent.updates.plan).
             self.lifecycle.stop()
             self._client.close()
             self.state.spool.close()
+            root.removeHandler(self.recent_log)
+            if self._tail is not None:
+                self._tail.close()
 
     def _serve(self, stop: threading.Event) -> None:
         state = self.state
         self._claim(state.config)  # before any model loads: a second agent stops here
+        # After the claim: a second agent must not take the running one's tail files.
+        self._tail = attach_tail(self.recent_log, self.store.root / "log")
+        self._file_secrets = self._read_file_secrets()
         self._enroll.load_stored()  # no network: enrolling waits until the models are served
         self._update.recover()
         Updater.load_active_into(self.lifecycle, self.engine)
@@ -243,6 +266,33 @@ class Agent:
         for what, path in (("api.socket", api.socket), ("api.rest_socket", api.rest_socket_path)):
             if unix_socket_in_use(path):
                 raise PortInUseError(what, str(path))
+
+    def _read_file_secrets(self) -> tuple[str, ...]:
+        """The tokens the config names files for, read once: kept out of the recent log."""
+        found = []
+        for read in (self.state.config.enrollment_token, self.state.config.cloud_token):
+            try:
+                found.append(read())
+            except AgentError:
+                continue  # unreadable: the part that needs it says so
+        return tuple(found)
+
+    def _secrets(self) -> list[str]:
+        """The secrets the agent holds now, for the recent log to take out (memory only: it
+        is called for every record)."""
+        state = self.state
+        config = state.config
+        found = [config.server.enrollment_token, *self._file_secrets]
+        if config.telemetry.mqtt_url:
+            with contextlib.suppress(ValueError):
+                found.append(urlsplit(config.telemetry.mqtt_url).password or "")
+        endpoint = state.server_endpoint
+        if endpoint is not None:
+            found.append(endpoint.token)
+        cloud = self.router.cloud
+        if cloud is not None:
+            found.append(cloud.target.token)
+        return found
 
     def probe(self) -> HardwareInfo:
         """What this device has now (free disk and temperatures change)."""

@@ -35,7 +35,7 @@ from agent.identity import Identity
 from agent.inference.engine import Engine
 from agent.routing.router import Router
 from agent.telemetry.forward import Forwarder
-from agent.telemetry.mqtt import MqttPublisher, parse_mqtt_url
+from agent.telemetry.mqtt import MqttPublisher, masked, parse_mqtt_url
 from agent.telemetry.report import build_report
 from agent.telemetry.silence import SilenceWatch
 from agent.telemetry.spool import SpoolFullError
@@ -219,7 +219,7 @@ class TelemetryLoop:
             while not stop.is_set():
                 now = time.monotonic()
                 if self._broker_url() != url:
-                    log.info("the broker moved to %s: reconnecting", self._broker_url())
+                    log.info("the broker moved to %s: reconnecting", masked(self._broker_url()))
                     return True
                 silence.update(
                     connected=publisher.connected,

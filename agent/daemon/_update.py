@@ -4,10 +4,11 @@ It starts once the enrollment loop (``_enroll``) has given the device its identi
 the certificate, checks in every ``checkin_interval_s``, hands the desired state to the updater
 (download, verify, stage, activate), adopts rotated keys and the server's routing policies and
 cloud endpoint, forgets the refusals an operator cleared (each check-in reports them), and
-judges open health windows between check-ins. It runs on the main thread; errors are retried
-with backoff, nothing ends it but the stop event. It owns its last check-in answer; what it
-shares is in ``AgentState``: it writes the identity and the server's cloud endpoint, and wakes
-early when the control loop sets the ``nudge`` event ("check in now").
+judges open health windows between check-ins; it uploads the recent log an operator asked for
+(``_devlog``). It runs on the main thread; errors are retried with backoff, nothing ends it but
+the stop event. It owns its last check-in answer; what it shares is in ``AgentState``: it writes
+the identity and the server's cloud endpoint, and wakes early when the control loop sets the
+``nudge`` event ("check in now").
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from agent.client import DeviceClient, with_server_host
 from agent.config import AgentConfig
 from agent.daemon._backoff import UNREACHABLE_BACKOFF_S, backoff
 from agent.daemon._cloud import close_later, open_cloud
+from agent.daemon._devlog import LogAnswers
 from agent.daemon._state import AgentState
 from agent.errors import AgentError, ConfigError, ManifestError, TransientError
 from agent.hardware.probe import HardwareInfo, to_capabilities
@@ -30,7 +32,7 @@ from agent.inference.engine import Engine
 from agent.routing.cloud import CloudTarget
 from agent.routing.policy import Policy
 from agent.routing.router import Router
-from agent.telemetry.mqtt import parse_mqtt_url
+from agent.telemetry.mqtt import masked, parse_mqtt_url
 from agent.telemetry.outbox import deliver
 from agent.updates.health import HealthPolicy
 from agent.updates.lifecycle import Lifecycle
@@ -93,8 +95,10 @@ class UpdateLoop:
         router: Router,
         probe: Callable[[], HardwareInfo],
         active: Callable[[], list[device_pb2.ActiveModel]],
+        logs: LogAnswers | None = None,
     ) -> None:
         self._state = state
+        self._logs = logs
         self._lifecycle = lifecycle
         self._store = lifecycle.store
         self._engine = engine
@@ -170,6 +174,8 @@ class UpdateLoop:
         and refused, again (or it would clear it again and again)."""
         response = self._ask()
         self._deliver()
+        if self._logs is not None and response.HasField("log_request"):
+            self._logs.answer(response.log_request)  # before a download can take minutes
         for _round in range(_CLEAR_ROUNDS):
             if not self._clear_refusals(response.clear_refusals):
                 break
@@ -246,7 +252,11 @@ class UpdateLoop:
         moved = replace(identity, mqtt_url=url)
         moved.save(self._store.root)
         self._state.identity = moved
-        log.info("the server's MQTT broker is now %s (was %s)", url, identity.mqtt_url or "none")
+        log.info(
+            "the server's MQTT broker is now %s (was %s)",
+            masked(url),
+            masked(identity.mqtt_url) or "none",
+        )
 
     def _watch(self, stop: threading.Event, updater: Updater, seconds: float) -> None:
         """Wait until the next check-in, judging open health windows every second; a nudge

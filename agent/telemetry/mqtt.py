@@ -22,7 +22,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.errors import ConfigError, TransientError
 
-__all__ = ["MqttEndpoint", "MqttPublisher", "parse_mqtt_url"]
+__all__ = ["MqttEndpoint", "MqttPublisher", "masked", "parse_mqtt_url"]
 
 log = logging.getLogger(__name__)
 _UNSUPPORTED_PROTOCOL = 132  # MQTT v5 CONNACK reason code
@@ -58,6 +58,17 @@ class MqttEndpoint:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
+def masked(url: str) -> str:
+    """``url`` with the password of a ``user:password@`` part shown as ``***``: for logs and
+    error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
 def parse_mqtt_url(url: str) -> MqttEndpoint:
     """Parse ``mqtt[s]://[user[:password]@]host[:port]``.
 
@@ -66,14 +77,16 @@ def parse_mqtt_url(url: str) -> MqttEndpoint:
     """
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ConfigError(f"MQTT URL {url!r} must look like mqtt://host:port or mqtts://host:port")
+        raise ConfigError(
+            f"MQTT URL {masked(url)!r} must look like mqtt://host:port or mqtts://host:port"
+        )
     tls = parts.scheme == "mqtts"
     try:
         port = parts.port if parts.port is not None else (8883 if tls else 1883)
     except ValueError as exc:
-        raise ConfigError(f"MQTT URL {url!r} has an invalid port") from exc
+        raise ConfigError(f"MQTT URL {masked(url)!r} has an invalid port") from exc
     if not 0 < port < 65536:
-        raise ConfigError(f"MQTT URL {url!r} has an invalid port")
+        raise ConfigError(f"MQTT URL {masked(url)!r} has an invalid port")
     return MqttEndpoint(
         host=parts.hostname,
         port=port,

@@ -11,7 +11,7 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
-from fleet_server.admin_cli import common
+from fleet_server.admin_cli import common, devlogs
 from fleet_server.errors import BadRequestError
 from protos import admin_pb2 as pb
 from protos.names import is_sha256
@@ -383,6 +383,7 @@ def add_parsers(sub: Any) -> None:
         "the model); for one device, a prefix of 8+ digits as 'devices show' prints it",
     )
     dclear.set_defaults(func=_cmd_devices_clear_refusal)
+    devlogs.add_parser(devices_sub)
     drevoke = devices_sub.add_parser(
         "revoke", help="refuse a device's credentials from now on (a lost or stolen device)"
     )

@@ -5,7 +5,8 @@ and a method missing from it needs ``admin``.
 
 - **viewer** reads: the fleet, devices, models, rollouts, costs, the audit log, key status.
 - **operator** runs the fleet day to day: pushes and deploys models, creates and steers
-  rollouts, labels and commands devices, enrolls devices (tokens), attaches signatures.
+  rollouts, labels and commands devices, reads their logs, enrolls devices (tokens), attaches
+  signatures.
 - **admin** also changes what protects the fleet or costs money: revokes devices, rolls a model
   back or recovers from a stolen key (both need the root keys anyway), routing policies,
   budgets and prices, webhooks, and the admins themselves.
@@ -63,6 +64,10 @@ ROLE_OF: dict[str, Role] = {
     "LabelDevice": _O,
     "SendCommand": _O,
     "ClearRefusal": _O,
+    # a device's log can name hosts, paths and what runs: reading it is an operator's, as is
+    # asking for it
+    "RequestDeviceLog": _O,
+    "GetDeviceLog": _O,
     "CreateEnrollmentToken": _O,
     "ListEnrollmentTokens": _O,
     "RevokeEnrollmentToken": _O,

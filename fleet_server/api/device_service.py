@@ -1,10 +1,11 @@
-"""DeviceService: enrollment, check-in, artifact download, status reports."""
+"""DeviceService: enrollment, check-in, artifact download, status reports, log uploads."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -17,10 +18,17 @@ from sqlalchemy.exc import OperationalError
 from fleet_server.api._errors import abort_for, rpc_errors
 from fleet_server.api.auth import require_device
 from fleet_server.catalog.select import DeviceProfile
-from fleet_server.errors import AuthError, BadRequestError, FleetError
+from fleet_server.errors import (
+    AuthError,
+    BadRequestError,
+    ConflictError,
+    FleetError,
+    TransientError,
+)
 from fleet_server.registry.ca import public_key_sha256
 from fleet_server.registry.capabilities import bounded
 from fleet_server.registry.checkins import CachedAnswer, state_version
+from fleet_server.registry.devlogs import REQUEST_TTL_S, read_upload
 from fleet_server.registry.labels import check_labels
 from fleet_server.registry.refusals import CLEAR_TTL_S, RefusalKey, refusals_of
 from fleet_server.rollouts.desired import Resolved, device_targets, explain, resolve
@@ -45,6 +53,7 @@ __all__ = ["DeviceServicer"]
 log = logging.getLogger(__name__)
 _MAX_AUTH_CACHE = 200_000
 GENERATION_MAX_AGE_S = 0.5
+UPLOAD_DEADLINE_S = 60.0  # a log upload that has not ended by then is cut off, not stored
 
 
 # What an update report means for a rollout.
@@ -61,6 +70,9 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
         # New events a device may store through Deliver: the ingest guard's burst and rate,
         # so the device API lets a device store no more than MQTT does.
         self._delivered = Budget(burst=1000.0, rate=4.0)
+        # Devices uploading their log now: one stream each holds a server thread at most.
+        self._uploading: set[str] = set()
+        self._uploading_lock = threading.Lock()
 
     @rpc_errors
     def Enroll(self, request: pb.EnrollRequest, context: Any) -> pb.EnrollResponse:  # noqa: N802
@@ -243,6 +255,11 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
         self._add_routing(response, device_id, key[0], resolved)
         for clear in clears:
             response.clear_refusals.add(model_name=clear.model_name, sha256=clear.sha256)
+        wanted = self._ctx.device_logs.pending(device_id, now)
+        if wanted is not None:
+            response.log_request.id = wanted.request_id
+            response.log_request.lines = wanted.lines
+            response.log_request.level = wanted.level
         response.state_version = state_version(response.SerializeToString(deterministic=True))
         answer = CachedAnswer(
             key,
@@ -250,7 +267,11 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
             response.SerializeToString(),
             response.state_version,
             refusals,
-            min((c.requested_at + CLEAR_TTL_S for c in clears), default=float("inf")),
+            min(
+                [c.requested_at + CLEAR_TTL_S for c in clears]
+                + ([wanted.requested_at + REQUEST_TTL_S + 1] if wanted is not None else []),
+                default=float("inf"),
+            ),
         )
         self._answers.put(device_id, answer)
         return answer
@@ -390,6 +411,69 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
             highest=ledger.highest,
             missing=[pb.SeqRange(first=lo, last=hi) for lo, hi in ledger.missing],
         )
+
+    @rpc_errors
+    def UploadLog(  # noqa: N802
+        self, request_iterator: Iterator[pb.LogUpload], context: Any
+    ) -> pb.LogReceipt:
+        device_id = require_device(context, self._ctx.devices)
+        with self._uploading_lock:
+            if device_id in self._uploading:
+                raise ConflictError("an upload of this device's log is in progress already")
+            self._uploading.add(device_id)
+        try:
+            return self._upload_log(device_id, request_iterator, context)
+        finally:
+            with self._uploading_lock:
+                self._uploading.discard(device_id)
+
+    def _upload_log(
+        self, device_id: str, parts: Iterator[pb.LogUpload], context: Any
+    ) -> pb.LogReceipt:
+        """Store a device's log for the request pending for it: refused before a byte is read
+        when there is none, read up to the bounds (registry.devlogs), cut off after
+        UPLOAD_DEADLINE_S."""
+        pending = self._ctx.device_logs.pending(device_id, int(time.time()))
+        if pending is None:
+            raise ConflictError(
+                "no log was asked of this device, or its upload is stored already; devices "
+                "upload their log when a check-in answer asks for it"
+            )
+        expired = threading.Event()
+
+        def cut_off() -> None:
+            expired.set()
+            context.cancel()  # the stream's next message reads as its end
+
+        timer = threading.Timer(UPLOAD_DEADLINE_S, cut_off)
+        timer.daemon = True
+        timer.start()
+        try:
+            first = next(parts, None)
+            if first is None:
+                raise BadRequestError("the log upload holds no message")
+            if first.request_id != pending.request_id:
+                raise ConflictError(
+                    f"the upload answers request {first.request_id[:32]!r}; the one pending "
+                    "for this device is another"
+                )
+            read = read_upload(first, parts)
+        finally:
+            timer.cancel()
+        if expired.is_set():
+            log.warning("device %s's log upload took over %.0f s: not stored", device_id,
+                        UPLOAD_DEADLINE_S)  # fmt: skip
+            raise TransientError(f"the upload took over {UPLOAD_DEADLINE_S:.0f} s; not stored")
+        if not self._ctx.device_logs.store(device_id, pending.request_id, read, int(time.time())):
+            raise ConflictError("the request this upload answers was replaced or answered")
+        log.info(
+            "device %s uploaded %d log record(s) asked for by %s%s",
+            device_id,
+            len(read.upload.records),
+            pending.requested_by,
+            " (truncated: more than the server keeps)" if read.truncated else "",
+        )
+        return pb.LogReceipt(stored=len(read.upload.records), truncated=read.truncated)
 
     @rpc_errors
     def ReportStatus(self, request: pb.StatusReport, context: Any) -> pb.StatusAck:  # noqa: N802

@@ -21,6 +21,7 @@ from fleet_server.storage.schema import (
     benchmarks,
     deliveries,
     device_events,
+    device_logs,
     device_models,
     devices,
     downloads,
@@ -59,6 +60,7 @@ _DEVICE_TABLES = (
     benchmarks,
     deliveries,
     downloads,
+    device_logs,  # a request may wait for a device that never checked in
 )
 
 

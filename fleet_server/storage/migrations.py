@@ -13,6 +13,7 @@ from fleet_server.storage.schema import (
     deliveries,
     deployments,
     device_events,
+    device_logs,
     downloads,
     enrollment_tokens,
     enrollments,
@@ -271,6 +272,11 @@ def _v27_to_v28(conn: sa.Connection) -> None:
         conn.execute(sa.text("ALTER TABLE admins ADD COLUMN cert_not_after BIGINT"))
 
 
+def _v28_to_v29(conn: sa.Connection) -> None:
+    """Version 29: a device's recent log, asked for and uploaded (a new table only)."""
+    device_logs.create(conn, checkfirst=True)
+
+
 # From version N to N + 1.
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     1: _v1_to_v2,
@@ -300,4 +306,5 @@ MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     25: _v25_to_v26,
     26: _v26_to_v27,
     27: _v27_to_v28,
+    28: _v28_to_v29,
 }

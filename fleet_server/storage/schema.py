@@ -1,14 +1,13 @@
 """The server's tables (SQLAlchemy Core) and the schema version they make.
 
 Each table belongs to one concern, which owns its queries: devices, enrollment tokens,
-enrollments, device_models and refusal_clears to ``registry`` (which also deletes a device's
-rows everywhere when it deletes a ghost device); releases, models, deployments, benchmarks,
-deliveries and downloads to ``catalog``; rollouts and rollout_devices to ``rollouts``; audit_log
-to ``audit``; routing_policies, settings and usage to ``routing`` (usage is written by
-``telemetry``); device_events and the history tables to ``telemetry``; admins to ``admins``;
-webhooks, webhook_outbox and webhook_attempts to ``webhooks``.
-``fleet_state`` is storage's own (the generation).
-"""
+enrollments, device_models, refusal_clears and device_logs to ``registry`` (which also deletes
+a device's rows everywhere when it deletes a ghost device); releases, models, deployments,
+benchmarks, deliveries and downloads to ``catalog``; rollouts and rollout_devices to
+``rollouts``; audit_log to ``audit``; routing_policies, settings and usage to ``routing`` (usage
+is written by ``telemetry``); device_events and the history tables to ``telemetry``; admins to
+``admins``; webhooks, webhook_outbox and webhook_attempts to ``webhooks``.
+``fleet_state`` is storage's own (the generation)."""
 
 from __future__ import annotations
 
@@ -22,6 +21,7 @@ __all__ = [
     "deliveries",
     "deployments",
     "device_events",
+    "device_logs",
     "device_models",
     "devices",
     "downloads",
@@ -45,7 +45,7 @@ __all__ = [
     "webhooks",
 ]
 
-SCHEMA_VERSION = 28
+SCHEMA_VERSION = 29
 
 metadata = sa.MetaData()
 
@@ -101,6 +101,24 @@ refusal_clears = sa.Table(
     sa.Column("sha256", sa.String(64), primary_key=True),  # "" = every release of the model
     sa.Column("requested_by", sa.String(128), nullable=False),
     sa.Column("requested_at", sa.BigInteger, nullable=False, index=True),
+)
+
+# A device's recent log ('edgefleet devices log'): the latest request, pending until the device
+# uploads (its check-in answers carry it), and the latest upload, which the next one replaces: a
+# serialized LogUpload of at most protos.logs.MAX_UPLOAD_BYTES, its text escaped.
+device_logs = sa.Table(
+    "device_logs",
+    metadata,
+    sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.device_id"), primary_key=True),
+    sa.Column("request_id", sa.String(32), nullable=False),
+    sa.Column("requested_by", sa.String(128), nullable=False),
+    sa.Column("requested_at", sa.BigInteger, nullable=False),
+    sa.Column("lines", sa.Integer, nullable=False),
+    sa.Column("level", sa.Integer, nullable=False),
+    sa.Column("received_for", sa.String(32), nullable=True),  # the request the upload answered
+    sa.Column("received_at", sa.BigInteger, nullable=True),
+    sa.Column("upload", sa.LargeBinary, nullable=True),
+    sa.Column("truncated", sa.Boolean, nullable=False, default=False),
 )
 
 device_events = sa.Table(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fleet_server.api.admin.devices import DevicesAdmin
 from fleet_server.api.admin.fleet import FleetAdmin
+from fleet_server.api.admin.logs import LogsAdmin
 from fleet_server.api.admin.models import ModelsAdmin
 from fleet_server.api.admin.people import PeopleAdmin
 from fleet_server.api.admin.recovery import RecoveryAdmin
@@ -25,6 +26,7 @@ class AdminServicer(
     ModelsAdmin,
     RecoveryAdmin,
     DevicesAdmin,
+    LogsAdmin,
     RolloutsAdmin,
     RoutingAdmin,
     FleetAdmin,

@@ -14,6 +14,7 @@ from google.protobuf.message import Message
 from fleet_server.audit.store import AuditRow
 from fleet_server.catalog.benchmarks import BenchRow
 from fleet_server.catalog.store import ModelRow
+from fleet_server.registry.devlogs import DeviceLogRow
 from fleet_server.registry.refusals import PendingClear
 from fleet_server.registry.store import DeviceRow
 from fleet_server.rollouts.plan import HealthGate
@@ -31,6 +32,7 @@ __all__ = [
     "audit_entry",
     "bench_row",
     "device_info",
+    "device_log",
     "health_gate",
     "key_status",
     "model_info",
@@ -181,6 +183,31 @@ def device_info(row: DeviceRow) -> pb.DeviceInfo:
             active_version=m.active_version or "",
         )
     info.refusals_reported = row.refusals is not None
+    return info
+
+
+def device_log(device_id: str, row: DeviceLogRow | None, now: int) -> pb.DeviceLog:
+    """A device's latest log request and upload (an empty one: never asked for)."""
+    info = pb.DeviceLog(device_id=device_id)
+    if row is None:
+        return info
+    request = row.request
+    info.request_id = request.request_id
+    info.requested_by = request.requested_by
+    info.requested_unix = request.requested_at
+    info.lines = request.lines
+    info.level = request.level
+    info.pending = row.pending(now)
+    info.received_for = row.received_for
+    info.received_unix = row.received_at
+    info.truncated = row.truncated
+    if row.upload:
+        upload = device_pb2.LogUpload.FromString(row.upload)  # stored by the server, escaped
+        info.records.extend(upload.records)
+        info.dropped = upload.dropped
+        info.started_unix_ms = upload.started_unix_ms
+        info.previous_started_unix_ms = upload.previous_started_unix_ms
+        info.agent_version = upload.agent_version
     return info
 
 
