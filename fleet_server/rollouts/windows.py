@@ -140,7 +140,7 @@ def make_window(
     opens, closes = parse_clock(start, "--from"), parse_clock(end, "--to")
     if opens == 1440:
         raise BadRequestError("--from 24:00 is the next day's 00:00; write 00:00")
-    if opens == closes % 1440:
+    if opens == closes:
         raise BadRequestError(
             f"--from and --to are both {clock_text(opens)}: a window needs a length "
             "(00:00 to 24:00 is the whole day)"
