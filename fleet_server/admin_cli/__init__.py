@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(
         prog=PROG,
+        # A command's own option is not read as an abbreviation of a global one
+        # ('windows add --to 05:00' is not --token).
+        allow_abbrev=False,
         description="EdgeFleet fleet administration.",
         epilog="Exit codes: 0 success; 1 the server or the input refused it (one line on "
         "stderr says why); 2 usage error. Tables by default; --json where scripts need it.",
