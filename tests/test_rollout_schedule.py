@@ -110,7 +110,7 @@ def test_a_scheduled_rollout_tells_no_device_anything_before_its_start(db: Datab
     assert _told(rollouts, ids) == []
     assert rollouts.get(row.rollout_id).state == S.SCHEDULED
     # One live rollout per model: a scheduled one counts.
-    with pytest.raises(ConflictError, match=r"is still scheduled, running or paused"):
+    with pytest.raises(ConflictError, match=r"\(1.0.0\) is still scheduled; abort it"):
         _create(rollouts, start_at=None)
 
 

@@ -215,14 +215,14 @@ class RolloutStore:
                 .with_for_update()
             ).all()
             live = conn.execute(
-                sa.select(rollouts.c.rollout_id, rollouts.c.version).where(
+                sa.select(rollouts.c.rollout_id, rollouts.c.version, rollouts.c.state).where(
                     (rollouts.c.model_name == model_name) & rollouts.c.state.in_(sorted(LIVE))
                 )
             ).first()
             if live is not None:
                 raise ConflictError(
-                    f"rollout {live[0]} of {model_name} ({live[1]}) is still scheduled, "
-                    "running or paused; abort it or let it complete first"
+                    f"rollout {live[0]} of {model_name} ({live[1]}) is still {live[2]}; abort "
+                    "it or let it complete first"
                 )
             previous = self._previous_version(conn, model_name)
             result = conn.execute(
