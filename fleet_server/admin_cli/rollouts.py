@@ -57,8 +57,8 @@ def _print_rollout(r: pb.RolloutInfo) -> None:
     )
     if not r.started_unix:
         print(
-            f"  starts at {iso_utc(r.start_unix)} ({_in(r.start_unix - int(time.time()))}); "
-            "no device hears of it before (the waves are planned again then)"
+            f"  starts at {iso_utc(r.start_unix)} ({_in(r.start_unix - int(time.time()))}), "
+            "planned over the devices matching then; none is told before"
         )
     elif r.start_unix != r.created_unix:
         print(f"  scheduled for {iso_utc(r.start_unix)}, started {iso_utc(r.started_unix)}")
