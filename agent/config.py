@@ -24,12 +24,14 @@ from typing import Any, TypeVar
 
 from agent.errors import ConfigError
 from agent.routing.policy import Policy
+from protos.zones import zone_of
 
 __all__ = [
     "AgentConfig",
     "AgentSection",
     "ApiSection",
     "CloudSection",
+    "DeviceSection",
     "HardwareSection",
     "InferenceSection",
     "RoutingSection",
@@ -48,6 +50,13 @@ class AgentSection:
     name: str = ""  # defaults to the host name
     state_dir: Path = Path("/var/lib/edgefleet-agent")
     labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeviceSection:
+    # The IANA time zone (e.g. "Europe/Berlin") the fleet's maintenance windows are read in for
+    # this device; reported to the server at enrollment and each check-in.
+    timezone: str = "UTC"
 
 
 @dataclass(frozen=True)
@@ -154,6 +163,7 @@ class ValidationSection:
 @dataclass(frozen=True)
 class AgentConfig:
     agent: AgentSection = field(default_factory=AgentSection)
+    device: DeviceSection = field(default_factory=DeviceSection)
     server: ServerSection = field(default_factory=ServerSection)
     api: ApiSection = field(default_factory=ApiSection)
     inference: InferenceSection = field(default_factory=InferenceSection)
@@ -383,6 +393,11 @@ def _expect(value: Any, kind: type, key: str) -> Any:
 
 
 def _validate(config: AgentConfig) -> None:
+    if zone_of(config.device.timezone) is None:
+        raise ConfigError(
+            f"device.timezone {config.device.timezone[:70]!r} is not an IANA time zone this "
+            "machine knows (e.g. Europe/Berlin, America/New_York, UTC)"
+        )
     if not 1.0 <= config.server.checkin_interval_s <= 86400:
         raise ConfigError("server.checkin_interval_s must be within 1..86400")
     if not 0.5 <= config.server.timeout_s <= 300:

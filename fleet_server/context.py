@@ -23,6 +23,7 @@ from fleet_server.renewal.status import current as current_status
 from fleet_server.rollouts.health import HealthStore
 from fleet_server.rollouts.retention import Retention
 from fleet_server.rollouts.store import RolloutStore
+from fleet_server.rollouts.window_store import WindowStore
 from fleet_server.routing.store import RoutingStore
 from fleet_server.signing.expiry import KeyStatus
 from fleet_server.signing.keys import KeyStore
@@ -61,6 +62,7 @@ class ServerContext:
     catalog: CatalogStore = field(init=False)
     telemetry: TelemetryStore = field(init=False)
     rollouts: RolloutStore = field(init=False)
+    windows: WindowStore = field(init=False)
     health: HealthStore = field(init=False)
     routing: RoutingStore = field(init=False)
     bench: BenchStore = field(init=False)
@@ -91,7 +93,8 @@ class ServerContext:
         self.device_logs = DeviceLogStore(self.db)
         self.catalog = CatalogStore(self.db)
         self.telemetry = TelemetryStore(self.db)
-        self.rollouts = RolloutStore(self.db, self.catalog)
+        self.windows = WindowStore(self.db)
+        self.rollouts = RolloutStore(self.db, self.catalog, self.windows)
         self.health = HealthStore(self.db)
         self.routing = RoutingStore(self.db)
         self.bench = BenchStore(self.db)

@@ -897,7 +897,7 @@ class ListDevicesResponse(_message.Message):
     def __init__(self, devices: _Optional[_Iterable[_Union[DeviceInfo, _Mapping]]] = ..., next_after: _Optional[str] = ...) -> None: ...
 
 class CreateRolloutRequest(_message.Message):
-    __slots__ = ("model_name", "version", "selector", "waves", "success_threshold", "failure_threshold", "pause_on_any_failure", "max_concurrent", "device_timeout_s", "allow_empty", "health_gate")
+    __slots__ = ("model_name", "version", "selector", "waves", "success_threshold", "failure_threshold", "pause_on_any_failure", "max_concurrent", "device_timeout_s", "allow_empty", "health_gate", "start_unix")
     class SelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -916,6 +916,7 @@ class CreateRolloutRequest(_message.Message):
     DEVICE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     ALLOW_EMPTY_FIELD_NUMBER: _ClassVar[int]
     HEALTH_GATE_FIELD_NUMBER: _ClassVar[int]
+    START_UNIX_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: str
     selector: _containers.ScalarMap[str, str]
@@ -927,7 +928,72 @@ class CreateRolloutRequest(_message.Message):
     device_timeout_s: int
     allow_empty: bool
     health_gate: HealthGate
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., selector: _Optional[_Mapping[str, str]] = ..., waves: _Optional[_Iterable[str]] = ..., success_threshold: _Optional[float] = ..., failure_threshold: _Optional[float] = ..., pause_on_any_failure: _Optional[bool] = ..., max_concurrent: _Optional[int] = ..., device_timeout_s: _Optional[int] = ..., allow_empty: _Optional[bool] = ..., health_gate: _Optional[_Union[HealthGate, _Mapping]] = ...) -> None: ...
+    start_unix: int
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., selector: _Optional[_Mapping[str, str]] = ..., waves: _Optional[_Iterable[str]] = ..., success_threshold: _Optional[float] = ..., failure_threshold: _Optional[float] = ..., pause_on_any_failure: _Optional[bool] = ..., max_concurrent: _Optional[int] = ..., device_timeout_s: _Optional[int] = ..., allow_empty: _Optional[bool] = ..., health_gate: _Optional[_Union[HealthGate, _Mapping]] = ..., start_unix: _Optional[int] = ...) -> None: ...
+
+class AddMaintenanceWindowRequest(_message.Message):
+    __slots__ = ("selector", "every_device", "days", "opens", "closes")
+    class SelectorEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    EVERY_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    DAYS_FIELD_NUMBER: _ClassVar[int]
+    OPENS_FIELD_NUMBER: _ClassVar[int]
+    CLOSES_FIELD_NUMBER: _ClassVar[int]
+    selector: _containers.ScalarMap[str, str]
+    every_device: bool
+    days: str
+    opens: str
+    closes: str
+    def __init__(self, selector: _Optional[_Mapping[str, str]] = ..., every_device: _Optional[bool] = ..., days: _Optional[str] = ..., opens: _Optional[str] = ..., closes: _Optional[str] = ...) -> None: ...
+
+class MaintenanceWindow(_message.Message):
+    __slots__ = ("window_id", "selector", "days", "opens", "closes", "created_unix", "created_by", "devices")
+    class SelectorEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    WINDOW_ID_FIELD_NUMBER: _ClassVar[int]
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    DAYS_FIELD_NUMBER: _ClassVar[int]
+    OPENS_FIELD_NUMBER: _ClassVar[int]
+    CLOSES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    window_id: int
+    selector: _containers.ScalarMap[str, str]
+    days: str
+    opens: str
+    closes: str
+    created_unix: int
+    created_by: str
+    devices: int
+    def __init__(self, window_id: _Optional[int] = ..., selector: _Optional[_Mapping[str, str]] = ..., days: _Optional[str] = ..., opens: _Optional[str] = ..., closes: _Optional[str] = ..., created_unix: _Optional[int] = ..., created_by: _Optional[str] = ..., devices: _Optional[int] = ...) -> None: ...
+
+class ListMaintenanceWindowsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListMaintenanceWindowsResponse(_message.Message):
+    __slots__ = ("windows",)
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    windows: _containers.RepeatedCompositeFieldContainer[MaintenanceWindow]
+    def __init__(self, windows: _Optional[_Iterable[_Union[MaintenanceWindow, _Mapping]]] = ...) -> None: ...
+
+class RemoveMaintenanceWindowRequest(_message.Message):
+    __slots__ = ("window_id",)
+    WINDOW_ID_FIELD_NUMBER: _ClassVar[int]
+    window_id: int
+    def __init__(self, window_id: _Optional[int] = ...) -> None: ...
 
 class HealthGate(_message.Message):
     __slots__ = ("max_error_rate", "max_latency_ratio", "window_s", "min_requests", "disabled", "bake_s")
@@ -962,7 +1028,7 @@ class RolloutRollbackRequest(_message.Message):
     def __init__(self, rollout_id: _Optional[int] = ..., envelope: _Optional[_Union[_manifest_pb2.Envelope, _Mapping]] = ..., envelopes: _Optional[_Iterable[_Union[_manifest_pb2.Envelope, _Mapping]]] = ...) -> None: ...
 
 class WaveStatus(_message.Message):
-    __slots__ = ("index", "target", "devices", "waiting", "assigned", "installed", "failed", "stalled", "unhealthy")
+    __slots__ = ("index", "target", "devices", "waiting", "assigned", "installed", "failed", "stalled", "unhealthy", "outside_window")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     DEVICES_FIELD_NUMBER: _ClassVar[int]
@@ -972,6 +1038,7 @@ class WaveStatus(_message.Message):
     FAILED_FIELD_NUMBER: _ClassVar[int]
     STALLED_FIELD_NUMBER: _ClassVar[int]
     UNHEALTHY_FIELD_NUMBER: _ClassVar[int]
+    OUTSIDE_WINDOW_FIELD_NUMBER: _ClassVar[int]
     index: int
     target: int
     devices: int
@@ -981,10 +1048,11 @@ class WaveStatus(_message.Message):
     failed: int
     stalled: int
     unhealthy: int
-    def __init__(self, index: _Optional[int] = ..., target: _Optional[int] = ..., devices: _Optional[int] = ..., waiting: _Optional[int] = ..., assigned: _Optional[int] = ..., installed: _Optional[int] = ..., failed: _Optional[int] = ..., stalled: _Optional[int] = ..., unhealthy: _Optional[int] = ...) -> None: ...
+    outside_window: int
+    def __init__(self, index: _Optional[int] = ..., target: _Optional[int] = ..., devices: _Optional[int] = ..., waiting: _Optional[int] = ..., assigned: _Optional[int] = ..., installed: _Optional[int] = ..., failed: _Optional[int] = ..., stalled: _Optional[int] = ..., unhealthy: _Optional[int] = ..., outside_window: _Optional[int] = ...) -> None: ...
 
 class RolloutInfo(_message.Message):
-    __slots__ = ("rollout_id", "model_name", "version", "previous_version", "selector", "waves", "success_threshold", "failure_threshold", "max_concurrent", "device_timeout_s", "state", "current_wave", "reason", "created_unix", "updated_unix", "wave_status", "created_by", "health_gate", "failures")
+    __slots__ = ("rollout_id", "model_name", "version", "previous_version", "selector", "waves", "success_threshold", "failure_threshold", "max_concurrent", "device_timeout_s", "state", "current_wave", "reason", "created_unix", "updated_unix", "wave_status", "created_by", "health_gate", "failures", "start_unix", "started_unix")
     class SelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -1011,6 +1079,8 @@ class RolloutInfo(_message.Message):
     CREATED_BY_FIELD_NUMBER: _ClassVar[int]
     HEALTH_GATE_FIELD_NUMBER: _ClassVar[int]
     FAILURES_FIELD_NUMBER: _ClassVar[int]
+    START_UNIX_FIELD_NUMBER: _ClassVar[int]
+    STARTED_UNIX_FIELD_NUMBER: _ClassVar[int]
     rollout_id: int
     model_name: str
     version: str
@@ -1030,7 +1100,9 @@ class RolloutInfo(_message.Message):
     created_by: str
     health_gate: HealthGate
     failures: _containers.RepeatedCompositeFieldContainer[DeviceFailure]
-    def __init__(self, rollout_id: _Optional[int] = ..., model_name: _Optional[str] = ..., version: _Optional[str] = ..., previous_version: _Optional[str] = ..., selector: _Optional[_Mapping[str, str]] = ..., waves: _Optional[_Iterable[str]] = ..., success_threshold: _Optional[float] = ..., failure_threshold: _Optional[float] = ..., max_concurrent: _Optional[int] = ..., device_timeout_s: _Optional[int] = ..., state: _Optional[str] = ..., current_wave: _Optional[int] = ..., reason: _Optional[str] = ..., created_unix: _Optional[int] = ..., updated_unix: _Optional[int] = ..., wave_status: _Optional[_Iterable[_Union[WaveStatus, _Mapping]]] = ..., created_by: _Optional[str] = ..., health_gate: _Optional[_Union[HealthGate, _Mapping]] = ..., failures: _Optional[_Iterable[_Union[DeviceFailure, _Mapping]]] = ...) -> None: ...
+    start_unix: int
+    started_unix: int
+    def __init__(self, rollout_id: _Optional[int] = ..., model_name: _Optional[str] = ..., version: _Optional[str] = ..., previous_version: _Optional[str] = ..., selector: _Optional[_Mapping[str, str]] = ..., waves: _Optional[_Iterable[str]] = ..., success_threshold: _Optional[float] = ..., failure_threshold: _Optional[float] = ..., max_concurrent: _Optional[int] = ..., device_timeout_s: _Optional[int] = ..., state: _Optional[str] = ..., current_wave: _Optional[int] = ..., reason: _Optional[str] = ..., created_unix: _Optional[int] = ..., updated_unix: _Optional[int] = ..., wave_status: _Optional[_Iterable[_Union[WaveStatus, _Mapping]]] = ..., created_by: _Optional[str] = ..., health_gate: _Optional[_Union[HealthGate, _Mapping]] = ..., failures: _Optional[_Iterable[_Union[DeviceFailure, _Mapping]]] = ..., start_unix: _Optional[int] = ..., started_unix: _Optional[int] = ...) -> None: ...
 
 class DeviceFailure(_message.Message):
     __slots__ = ("device_id", "wave", "detail")

@@ -189,6 +189,21 @@ class AdminServiceStub:
                 request_serializer=protos_dot_admin__pb2.RolloutRollbackRequest.SerializeToString,
                 response_deserializer=protos_dot_admin__pb2.RolloutInfo.FromString,
                 _registered_method=True)
+        self.AddMaintenanceWindow = channel.unary_unary(
+                '/edgefleet.v1.AdminService/AddMaintenanceWindow',
+                request_serializer=protos_dot_admin__pb2.AddMaintenanceWindowRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.MaintenanceWindow.FromString,
+                _registered_method=True)
+        self.ListMaintenanceWindows = channel.unary_unary(
+                '/edgefleet.v1.AdminService/ListMaintenanceWindows',
+                request_serializer=protos_dot_admin__pb2.ListMaintenanceWindowsRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.ListMaintenanceWindowsResponse.FromString,
+                _registered_method=True)
+        self.RemoveMaintenanceWindow = channel.unary_unary(
+                '/edgefleet.v1.AdminService/RemoveMaintenanceWindow',
+                request_serializer=protos_dot_admin__pb2.RemoveMaintenanceWindowRequest.SerializeToString,
+                response_deserializer=protos_dot_admin__pb2.MaintenanceWindow.FromString,
+                _registered_method=True)
         self.ListAudit = channel.unary_unary(
                 '/edgefleet.v1.AdminService/ListAudit',
                 request_serializer=protos_dot_admin__pb2.ListAuditRequest.SerializeToString,
@@ -515,6 +530,26 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddMaintenanceWindow(self, request, context):
+        """Maintenance windows: the devices matching a window's selector are told to update by a
+        rollout only while one of their windows is open, in each device's own time zone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMaintenanceWindows(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveMaintenanceWindow(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListAudit(self, request, context):
         """Every admin action that changed something: who, what, when, and the result.
         """
@@ -821,6 +856,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.CommitRolloutRollback,
                     request_deserializer=protos_dot_admin__pb2.RolloutRollbackRequest.FromString,
                     response_serializer=protos_dot_admin__pb2.RolloutInfo.SerializeToString,
+            ),
+            'AddMaintenanceWindow': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddMaintenanceWindow,
+                    request_deserializer=protos_dot_admin__pb2.AddMaintenanceWindowRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.MaintenanceWindow.SerializeToString,
+            ),
+            'ListMaintenanceWindows': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMaintenanceWindows,
+                    request_deserializer=protos_dot_admin__pb2.ListMaintenanceWindowsRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.ListMaintenanceWindowsResponse.SerializeToString,
+            ),
+            'RemoveMaintenanceWindow': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveMaintenanceWindow,
+                    request_deserializer=protos_dot_admin__pb2.RemoveMaintenanceWindowRequest.FromString,
+                    response_serializer=protos_dot_admin__pb2.MaintenanceWindow.SerializeToString,
             ),
             'ListAudit': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAudit,
@@ -1770,6 +1820,87 @@ class AdminService:
             '/edgefleet.v1.AdminService/CommitRolloutRollback',
             protos_dot_admin__pb2.RolloutRollbackRequest.SerializeToString,
             protos_dot_admin__pb2.RolloutInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddMaintenanceWindow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/AddMaintenanceWindow',
+            protos_dot_admin__pb2.AddMaintenanceWindowRequest.SerializeToString,
+            protos_dot_admin__pb2.MaintenanceWindow.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMaintenanceWindows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/ListMaintenanceWindows',
+            protos_dot_admin__pb2.ListMaintenanceWindowsRequest.SerializeToString,
+            protos_dot_admin__pb2.ListMaintenanceWindowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveMaintenanceWindow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/RemoveMaintenanceWindow',
+            protos_dot_admin__pb2.RemoveMaintenanceWindowRequest.SerializeToString,
+            protos_dot_admin__pb2.MaintenanceWindow.FromString,
             options,
             channel_credentials,
             insecure,

@@ -78,7 +78,7 @@ class BenchmarkReport(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., sha256: _Optional[str] = ..., backend: _Optional[str] = ..., threads: _Optional[int] = ..., requests: _Optional[int] = ..., seconds: _Optional[float] = ..., p50_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., throughput_per_s: _Optional[float] = ..., runtime: _Optional[str] = ...) -> None: ...
 
 class Capabilities(_message.Message):
-    __slots__ = ("arch", "cpu_cores", "memory_bytes", "disk_free_bytes", "edgetpu_count", "runtime", "runtime_version", "agent_version", "os", "edgetpus", "libedgetpu", "libedgetpu_version", "temperatures_c", "max_builtin_op")
+    __slots__ = ("arch", "cpu_cores", "memory_bytes", "disk_free_bytes", "edgetpu_count", "runtime", "runtime_version", "agent_version", "os", "edgetpus", "libedgetpu", "libedgetpu_version", "temperatures_c", "max_builtin_op", "timezone")
     class TemperaturesCEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +100,7 @@ class Capabilities(_message.Message):
     LIBEDGETPU_VERSION_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURES_C_FIELD_NUMBER: _ClassVar[int]
     MAX_BUILTIN_OP_FIELD_NUMBER: _ClassVar[int]
+    TIMEZONE_FIELD_NUMBER: _ClassVar[int]
     arch: str
     cpu_cores: int
     memory_bytes: int
@@ -114,7 +115,8 @@ class Capabilities(_message.Message):
     libedgetpu_version: str
     temperatures_c: _containers.ScalarMap[str, float]
     max_builtin_op: int
-    def __init__(self, arch: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., edgetpu_count: _Optional[int] = ..., runtime: _Optional[str] = ..., runtime_version: _Optional[str] = ..., agent_version: _Optional[str] = ..., os: _Optional[str] = ..., edgetpus: _Optional[_Iterable[_Union[EdgeTpu, _Mapping]]] = ..., libedgetpu: _Optional[bool] = ..., libedgetpu_version: _Optional[str] = ..., temperatures_c: _Optional[_Mapping[str, float]] = ..., max_builtin_op: _Optional[int] = ...) -> None: ...
+    timezone: str
+    def __init__(self, arch: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., edgetpu_count: _Optional[int] = ..., runtime: _Optional[str] = ..., runtime_version: _Optional[str] = ..., agent_version: _Optional[str] = ..., os: _Optional[str] = ..., edgetpus: _Optional[_Iterable[_Union[EdgeTpu, _Mapping]]] = ..., libedgetpu: _Optional[bool] = ..., libedgetpu_version: _Optional[str] = ..., temperatures_c: _Optional[_Mapping[str, float]] = ..., max_builtin_op: _Optional[int] = ..., timezone: _Optional[str] = ...) -> None: ...
 
 class EdgeTpu(_message.Message):
     __slots__ = ("device", "kind", "path", "state")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from agent.config import load_config
 from agent.errors import ConfigError
+from agent.hardware.probe import HardwareInfo, to_capabilities
 from tests.harness import run_cli
 
 
@@ -190,11 +192,29 @@ def test_errors_name_the_file_and_line(tmp_path: Path) -> None:
         ('[agent]\nname = "x"\n\n[server]\nadress = "h:1"\n', ":5: unknown key(s) in [server]"),
         ('[server]\naddress = "h:1"\ntimeout_s = "ten"\n', ":3: server.timeout_s must be a number"),
         ("[telemetry]\n\ninterval_s = 0\n", ":3: telemetry.interval_s must be within"),
+        ('[agent]\n[device]\ntimezone = "Europe/Berln"\n', ":3: device.timezone 'Europe/Berln'"),
     ):
         config.write_text(text)
         with pytest.raises(ConfigError) as refused:
             load_config(config)
         assert f"{config}{expected}" in str(refused.value)
+
+
+@pytest.mark.parametrize("zone", ["../../etc/passwd", "/etc/localtime", "Mars/Olympus", "CET "])
+def test_a_time_zone_the_device_does_not_know_is_refused(tmp_path: Path, zone: str) -> None:
+    # Maintenance windows are read in it: a typo would move every window by hours.
+    with pytest.raises(ConfigError, match="is not an IANA time zone this machine knows"):
+        load_config(write(tmp_path, f'[device]\ntimezone = "{zone}"\n'))
+
+
+def test_the_time_zone_is_utc_by_default_and_reported_with_the_capabilities(
+    tmp_path: Path,
+) -> None:
+    assert load_config(write(tmp_path, "")).device.timezone == "UTC"
+    config = load_config(write(tmp_path, '[device]\ntimezone = "America/New_York"\n'))
+    probed = HardwareInfo("aarch64", 4, 1 << 30, 1 << 30, (), "", "", "", "", "Linux")
+    info = replace(probed, timezone=config.device.timezone)  # as the agent reports it
+    assert to_capabilities(info).timezone == "America/New_York"
 
 
 def test_a_missing_enrollment_token_file_is_named(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.config import AgentConfig, CloudSection, RoutingSection
+from agent.config import AgentConfig, CloudSection, DeviceSection, RoutingSection
 from agent.daemon import plan_reload
 
 BASE = AgentConfig()
@@ -33,6 +33,7 @@ CHANGES = {
     ),
     "inference": lambda c: replace(c, inference=replace(c.inference, workers=7)),
     "updates": lambda c: replace(c, updates=replace(c.updates, keep_versions=5)),
+    "device": lambda c: replace(c, device=DeviceSection(timezone="Europe/Berlin")),
 }
 
 
@@ -42,8 +43,9 @@ def test_only_the_live_settings_change_and_the_rest_is_named(changed: set[str]) 
     for name in sorted(changed):
         new = CHANGES[name](new)
     plan = plan_reload(BASE, new)
-    # Applied at once: exactly these three settings come from the new file.
+    # Applied at once: exactly these settings come from the new file.
     assert plan.config.routing == new.routing
+    assert plan.config.device == new.device  # the time zone, reported at the next check-in
     assert plan.config.cloud == new.cloud
     assert plan.config.telemetry.interval_s == new.telemetry.interval_s
     assert plan.cloud_changed == ("cloud" in changed)
@@ -65,6 +67,7 @@ def test_only_the_live_settings_change_and_the_rest_is_named(changed: set[str]) 
         assert "restart" not in message
     assert ("telemetry every 0.5 s" in message) == ("interval" in changed)
     assert ("enrollment token and CA" in message) == ("enrollment" in changed)
+    assert ("time zone Europe/Berlin" in message) == ("device" in changed)
 
 
 def test_the_message_names_the_overrides_it_applied() -> None:

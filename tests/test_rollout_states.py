@@ -29,15 +29,18 @@ S = RolloutState
 ADMIN = (Event.PAUSE, Event.RESUME, Event.ABORT)
 
 
-def test_superseded_is_final_and_only_a_resume_runs_again() -> None:
+def test_superseded_is_final_and_only_a_resume_or_a_scheduled_start_runs_again() -> None:
     assert not [e for (s, e) in TRANSITIONS if s == S.SUPERSEDED]
-    into_running = [(s, e) for (s, e), to in TRANSITIONS.items() if to == S.RUNNING]
-    assert into_running == [(S.PAUSED, Event.RESUME)]
+    into_running = {(s, e) for (s, e), to in TRANSITIONS.items() if to == S.RUNNING}
+    assert into_running == {(S.PAUSED, Event.RESUME), (S.SCHEDULED, Event.START)}
+    # Nothing goes back to scheduled but a resume of a rollout paused before its start.
+    assert not [to for to in TRANSITIONS.values() if to == S.SCHEDULED]
+    assert next_state(S.PAUSED, Event.RESUME, started=False) == S.SCHEDULED
     # A rolled-back rollout stays rolled back until a deployment supersedes it.
     assert [e for (s, e) in TRANSITIONS if s == S.ROLLED_BACK] == [Event.SUPERSEDE]
-    # Every state but the final one is in effect; only running and paused are live.
+    # Every state but the final one is in effect; only scheduled, running and paused are live.
     assert set(S) - IN_EFFECT == {S.SUPERSEDED}
-    assert {S.RUNNING, S.PAUSED} == LIVE
+    assert {S.SCHEDULED, S.RUNNING, S.PAUSED} == LIVE
 
 
 @given(st.sampled_from(list(S)), st.sampled_from(list(Event)))
@@ -102,7 +105,9 @@ def test_a_refused_admin_event_names_the_states_it_needs(tmp_path: Path) -> None
     with pytest.raises(ConflictError, match=r"is running; this needs it paused"):
         rollouts.transition(rollout_id, Event.RESUME, "resume")
     rollouts.transition(rollout_id, Event.ABORT, "abort")
-    with pytest.raises(ConflictError, match=r"is aborted; this needs it running or paused$"):
+    with pytest.raises(
+        ConflictError, match=r"is aborted; this needs it scheduled, running or paused$"
+    ):
         rollouts.transition(rollout_id, Event.PAUSE, "pause")
     db.close()
 

@@ -66,7 +66,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(db_url: str) -> Non
     assert catalog.model_by_sha("ab" * 32) is not None
     with db.engine.connect() as conn:
         version = conn.execute(sa.text("SELECT value FROM schema_meta")).scalar()
-    assert version == str(SCHEMA_VERSION) == "29"
+    assert version == str(SCHEMA_VERSION) == "30"
     db.create_schema()  # idempotent
     first = db.generation()
     catalog.deploy("m", "1.0.0")

@@ -19,6 +19,7 @@ import errno
 import logging
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -295,14 +296,17 @@ class Agent:
         return found
 
     def probe(self) -> HardwareInfo:
-        """What this device has now (free disk and temperatures change)."""
-        hw = self.state.config.hardware
-        return probe(
+        """What this device has now (free disk and temperatures change), and its configured
+        time zone (a reload changes it)."""
+        config = self.state.config
+        hw = config.hardware
+        found = probe(
             self.store.root,
             sysfs=hw.sysfs_root,
             devfs=hw.dev_root,
             edgetpu_library=hw.edgetpu_library,
         )
+        return replace(found, timezone=config.device.timezone)
 
     def _serving_status(self) -> str:
         models = self.engine.models()

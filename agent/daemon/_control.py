@@ -71,12 +71,14 @@ def input_rules(config: AgentConfig) -> dict[str, InputRule]:
 
 def plan_reload(current: AgentConfig, new: AgentConfig) -> ReloadPlan:
     """Decide what a reload from ``new`` applies to an agent running with ``current``: the
-    ``[routing.*]`` overrides, ``[validation.*]``, ``[cloud]``, ``telemetry.interval_s`` and
-    the enrollment settings of ``[server]`` (token, token file, CA file) apply at once; any
-    other setting that differs is named as applying after a restart and keeps its running
-    value.
+    ``[routing.*]`` overrides, ``[validation.*]``, ``[cloud]``, ``[device]`` (the time zone,
+    reported at the next check-in), ``telemetry.interval_s`` and the enrollment settings of
+    ``[server]`` (token, token file, CA file) apply at once; any other setting that differs is
+    named as applying after a restart and keeps its running value.
     """
-    live = replace(current, routing=new.routing, validation=new.validation, cloud=new.cloud)
+    live = replace(
+        current, routing=new.routing, validation=new.validation, cloud=new.cloud, device=new.device
+    )
     changes = [f"{len(new.routing)} routing override(s)"]
     if new.routing:
         named = [f"{name[:64]} {r.policy}" for name, r in sorted(new.routing.items())]
@@ -84,6 +86,8 @@ def plan_reload(current: AgentConfig, new: AgentConfig) -> ReloadPlan:
         changes[0] += f" ({', '.join(named[:_NAMED])}{more})"
     if new.validation != current.validation:
         changes.append(f"input validation of {len(new.validation)} model(s)")
+    if new.device != current.device:
+        changes.append(f"time zone {new.device.timezone}")
     cloud_changed = new.cloud != current.cloud
     if cloud_changed:
         changes.append(f"cloud {new.cloud.url or 'from the server'}")

@@ -74,6 +74,8 @@ class HardwareInfo:
     temperatures_c: dict[str, float] = field(default_factory=dict)
     agent_version: str = __version__
     max_builtin_op: int = 0  # the highest TFLite operator code the runtime knows
+    # Not probed: the configured [device] timezone, reported with the rest (maintenance windows).
+    timezone: str = ""
 
 
 def _read(path: Path) -> str:
@@ -227,4 +229,5 @@ def to_capabilities(info: HardwareInfo) -> device_pb2.Capabilities:
         libedgetpu_version=info.libedgetpu_version,
         temperatures_c=info.temperatures_c,
         max_builtin_op=info.max_builtin_op,
+        timezone=info.timezone,
     )

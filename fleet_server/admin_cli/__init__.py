@@ -1,7 +1,8 @@
 """``edgefleet``: the fleet admin's command line (talks to AdminService over gRPC).
 
-One module per area (models, devices, keys, rollouts, routing, optimize, webhooks), each adding its
-commands to the parser; what they share is public in :mod:`fleet_server.admin_cli.common`.
+One module per area (models, devices, keys, rollouts, windows, routing, optimize, webhooks), each
+adding its commands to the parser; what they share is public in
+:mod:`fleet_server.admin_cli.common`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from fleet_server.admin_cli import (
     rollouts,
     routing,
     webhooks,
+    windows,
 )
 from fleet_server.admin_cli.common import PROG
 from fleet_server.admin_cli.terminal import EscapingStream
@@ -36,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(
         prog=PROG,
+        # A command's own option is not read as an abbreviation of a global one
+        # ('windows add --to 05:00' is not --token).
+        allow_abbrev=False,
         description="EdgeFleet fleet administration.",
         epilog="Exit codes: 0 success; 1 the server or the input refused it (one line on "
         "stderr says why); 2 usage error. Tables by default; --json where scripts need it.",
@@ -98,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     admins.add_parsers(sub)
     rollouts.add_parsers(sub)
     webhooks.add_parsers(sub)
+    windows.add_parsers(sub)
     return parser
 
 

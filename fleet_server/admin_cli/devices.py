@@ -86,6 +86,7 @@ def _cmd_devices_show(args: argparse.Namespace) -> int:
     revoked = f"REVOKED {common.fmt_time(device.revoked_unix)}" if device.revoked_unix else "active"
     print(f"status    {revoked}")
     print(f"labels    {', '.join(f'{k}={v}' for k, v in sorted(device.labels.items())) or '-'}")
+    print(f"time zone {caps.timezone or 'UTC (not reported)'}  (maintenance windows)")
     seen = common.fmt_time(device.last_seen_unix)
     print(f"enrolled  {common.fmt_time(device.enrolled_unix)}   last seen {seen}")
     tpus = ", ".join(t.device or "?" for t in caps.edgetpus) or "none"

@@ -4,13 +4,47 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
+from datetime import datetime
 from typing import Any
 
 from fleet_server.admin_cli import common
 from fleet_server.errors import BadRequestError
 from protos import admin_pb2 as pb
 
-__all__ = ["add_parsers"]
+__all__ = ["add_parsers", "iso_utc", "start_time"]
+
+
+def iso_utc(unix: int) -> str:
+    """``2026-12-24T02:00Z``: how start times are shown (always UTC)."""
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(unix))
+    return (text[:-3] if text.endswith(":00") else text) + "Z"
+
+
+def start_time(text: str) -> int:
+    """An argparse type: an ISO 8601 time with its UTC offset (``2026-12-24T02:00Z``,
+    ``2026-12-24T03:00+01:00``) -> unix seconds. A time without an offset is refused: whose
+    clock would it be?"""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]!r} is not an ISO 8601 time like 2026-12-24T02:00Z"
+        ) from None
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]!r} has no UTC offset: write it in UTC with a Z "
+            f"({when.strftime('%Y-%m-%dT%H:%M')}Z) or with its offset (+01:00)"
+        )
+    return int(when.timestamp())
+
+
+def _in(seconds: int) -> str:
+    if seconds < 0:
+        return "now"
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    return f"in {days} d {hours} h" if days else f"in {hours} h {rest // 60} min"
 
 
 def _print_rollout(r: pb.RolloutInfo) -> None:
@@ -21,6 +55,13 @@ def _print_rollout(r: pb.RolloutInfo) -> None:
         f"  state {r.state}, wave {r.current_wave + 1} of {len(r.wave_status)}"
         + (f": {r.reason}" if r.reason else "")
     )
+    if not r.started_unix:
+        print(
+            f"  starts at {iso_utc(r.start_unix)} ({_in(r.start_unix - int(time.time()))}), "
+            "planned over the devices matching then; none is told before"
+        )
+    elif r.start_unix != r.created_unix:
+        print(f"  scheduled for {iso_utc(r.start_unix)}, started {iso_utc(r.started_unix)}")
     print(
         f"  success threshold {r.success_threshold:.0%}, failure threshold "
         f"{r.failure_threshold:.0%}, max concurrent {r.max_concurrent or 'unlimited'}"
@@ -37,13 +78,20 @@ def _print_rollout(r: pb.RolloutInfo) -> None:
         )
     print(
         f"  {'WAVE':>4} {'TARGET':>7} {'DEVICES':>7} {'WAITING':>7} {'UPDATING':>8} "
-        f"{'INSTALLED':>9} {'FAILED':>6} {'UNHEALTHY':>9} {'STALLED':>7}"
+        f"{'INSTALLED':>9} {'FAILED':>6} {'UNHEALTHY':>9} {'STALLED':>7} {'WINDOW':>6}"
     )
     for w in r.wave_status:
         marker = "*" if w.index == r.current_wave and r.state in ("running", "paused") else " "
         print(
             f"{marker} {w.index + 1:4d} {w.target:7d} {w.devices:7d} {w.waiting:7d} "
-            f"{w.assigned:8d} {w.installed:9d} {w.failed:6d} {w.unhealthy:9d} {w.stalled:7d}"
+            f"{w.assigned:8d} {w.installed:9d} {w.failed:6d} {w.unhealthy:9d} {w.stalled:7d} "
+            f"{w.outside_window:6d}"
+        )
+    outside = sum(w.outside_window for w in r.wave_status)
+    if outside:
+        print(
+            f"  {outside} waiting device(s) wait for their maintenance window (WINDOW): not "
+            "failed, not counted by the gates ('edgefleet windows list')"
         )
     if r.failures:
         print("  failed devices (newest first):")
@@ -67,6 +115,7 @@ def _cmd_rollouts_create(args: argparse.Namespace) -> int:
         max_concurrent=args.max_concurrent,
         device_timeout_s=args.device_timeout,
         allow_empty=args.allow_empty,
+        start_unix=args.start_at or 0,
         health_gate=pb.HealthGate(
             max_error_rate=args.max_error_rate,
             max_latency_ratio=args.max_latency_ratio,
@@ -99,10 +148,11 @@ def _cmd_rollouts_list(args: argparse.Namespace) -> int:
         devices = sum(w.devices for w in r.wave_status)
         installed = sum(w.installed for w in r.wave_status)
         selector = ",".join(f"{k}={v}" for k, v in sorted(r.selector.items())) or "*"
+        starts = "" if r.started_unix else f" (starts {iso_utc(r.start_unix)})"
         print(
             f"{r.rollout_id:4d} {r.model_name:20} {r.version:10} {r.state:12} "
             f"{r.current_wave + 1:2d}/{len(r.wave_status):<2d} {installed:5d}/{devices:<5d}  "
-            f"{selector}"
+            f"{selector}{starts}"
         )
     return 0
 
@@ -174,10 +224,12 @@ def add_parsers(sub: Any) -> None:
         description="A rollout sends a model version to the devices matching a label selector "
         "in waves. A wave starts when the previous one has installed it on enough devices "
         "(--success); the rollout pauses by itself when the failed share of the devices it "
-        "started reaches --failure. Devices that match later join it.",
+        "started reaches --failure. Devices that match later join it. With --start-at it is "
+        "scheduled and starts by itself then; devices held by a maintenance window ('edgefleet "
+        "windows') are told only inside it.",
     )
     rollouts_sub = rollouts.add_subparsers(dest="action", required=True)
-    rcreate = rollouts_sub.add_parser("create", help="start a rollout")
+    rcreate = rollouts_sub.add_parser("create", help="start a rollout, now or at --start-at")
     rcreate.add_argument("name", help="model name")
     rcreate.add_argument("version")
     rcreate.add_argument(
@@ -213,6 +265,14 @@ def add_parsers(sub: Any) -> None:
         type=common.whole(1, 30 * 86400),
         default=3600,
         help="seconds before a silent updating device frees its slot (default 3600)",
+    )
+    rcreate.add_argument(
+        "--start-at",
+        type=start_time,
+        metavar="TIME",
+        help="start it then, not now: ISO 8601 with Z or an offset (e.g. 2026-12-24T02:00Z; up "
+        "to a year ahead). Until then it is 'scheduled', tells no device anything, and can be "
+        "paused or aborted",
     )
     rcreate.add_argument(
         "--allow-empty",
@@ -266,13 +326,25 @@ def add_parsers(sub: Any) -> None:
     rlist.add_argument("--model", default="", help="only this model's")
     rlist.add_argument("--json", action="store_true")
     rlist.set_defaults(func=_cmd_rollouts_list)
-    rstatus = rollouts_sub.add_parser("status", help="one rollout with per-wave counts")
+    rstatus = rollouts_sub.add_parser(
+        "status", aliases=["show"], help="one rollout with per-wave counts"
+    )
     rstatus.add_argument("id", type=common.ID)
     rstatus.add_argument("--json", action="store_true")
     rstatus.set_defaults(func=_cmd_rollouts_status)
     for action, method, verb, text in (
-        ("pause", "PauseRollout", "paused", "stop starting waves and assigning devices"),
-        ("resume", "ResumeRollout", "resumed", "go on with a paused rollout"),
+        (
+            "pause",
+            "PauseRollout",
+            "paused",
+            "stop starting waves and assigning devices (a scheduled one: do not start it)",
+        ),
+        (
+            "resume",
+            "ResumeRollout",
+            "resumed",
+            "go on with a paused rollout (one paused before its start waits for it again)",
+        ),
         (
             "abort",
             "AbortRollout",

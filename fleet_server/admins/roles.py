@@ -3,10 +3,11 @@ interceptor before any handler runs (:mod:`fleet_server.api.identity`), shown in
 docs/security.md, and complete by construction: a test compares it with the service's methods,
 and a method missing from it needs ``admin``.
 
-- **viewer** reads: the fleet, devices, models, rollouts, costs, the audit log, key status.
-- **operator** runs the fleet day to day: pushes and deploys models, creates and steers
-  rollouts, labels and commands devices, reads their logs, enrolls devices (tokens), attaches
-  signatures.
+- **viewer** reads: the fleet, devices, models, rollouts, maintenance windows, costs, the audit
+  log, key status.
+- **operator** runs the fleet day to day: pushes and deploys models, creates, schedules and
+  steers rollouts, sets maintenance windows, labels and commands devices, reads their logs,
+  enrolls devices (tokens), attaches signatures.
 - **admin** also changes what protects the fleet or costs money: revokes devices, rolls a model
   back or recovers from a stolen key (both need the root keys anyway), routing policies,
   budgets and prices, webhooks, and the admins themselves.
@@ -81,6 +82,9 @@ ROLE_OF: dict[str, Role] = {
     "AbortRollout": _O,
     "PrepareRolloutRollback": _O,
     "CommitRolloutRollback": _O,
+    "ListMaintenanceWindows": _V,
+    "AddMaintenanceWindow": _O,
+    "RemoveMaintenanceWindow": _O,
     # routing and costs
     "ListRoutingPolicies": _V,
     "GetPrices": _V,

@@ -31,9 +31,18 @@ from fleet_server.registry.checkins import CachedAnswer, state_version
 from fleet_server.registry.devlogs import REQUEST_TTL_S, read_upload
 from fleet_server.registry.labels import check_labels
 from fleet_server.registry.refusals import CLEAR_TTL_S, RefusalKey, refusals_of
-from fleet_server.rollouts.desired import Resolved, device_targets, explain, resolve
+from fleet_server.rollouts.desired import (
+    Resolved,
+    Target,
+    device_targets,
+    explain,
+    held_rows,
+    resolve,
+    targets_for,
+)
 from fleet_server.rollouts.outcomes import Outcome
 from fleet_server.rollouts.states import DeviceState
+from fleet_server.rollouts.store import DesiredRow
 from fleet_server.routing.prices import Prices
 from fleet_server.routing.store import RoutingRow
 from fleet_server.storage.db import stored_text
@@ -239,6 +248,9 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
                 self._ctx.rollouts.report(
                     device_id, row.model_name, row.version, DeviceState.INSTALLED
                 )
+        targets, until = self._windowed(
+            device_id, key[0], targets=targets, rows=rows, active=active, now=now
+        )
         if profile is None:
             stored = self._ctx.devices.get_device(device_id).capabilities
             profile = DeviceProfile.from_capabilities(stored)
@@ -267,14 +279,38 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
             response.SerializeToString(),
             response.state_version,
             refusals,
-            min(
-                [c.requested_at + CLEAR_TTL_S for c in clears]
+            min(  # the answer holds until a clear, a log request or a window edge runs out
+                [until]
+                + [c.requested_at + CLEAR_TTL_S for c in clears]
                 + ([wanted.requested_at + REQUEST_TTL_S + 1] if wanted is not None else []),
-                default=float("inf"),
             ),
         )
         self._answers.put(device_id, answer)
         return answer
+
+    def _windowed(
+        self,
+        device_id: str,
+        generation: int,
+        *,
+        targets: dict[str, Target],
+        rows: list[DesiredRow],
+        active: dict[str, str],
+        now: float,
+    ) -> tuple[dict[str, Target], float]:
+        """The targets once a closed maintenance window has held back what the device was told
+        to update to and does not run yet, and until when the answer holds (the next time one
+        of its windows opens or closes; forever when no window holds it)."""
+        pending = held_rows(rows, active)
+        windows = self._ctx.windows.current(generation) if pending else []
+        if not windows:
+            return targets, float("inf")
+        verdict, changes = self._ctx.windows.device_verdict(device_id, windows, now)
+        until = float("inf") if changes is None else changes
+        if verdict.allowed:
+            return targets, until
+        log.debug("device %s: update held back, %s", device_id, verdict.reason)
+        return targets_for(self._ctx.catalog.deployments(), rows, pending), until
 
     def _add_routing(
         self,

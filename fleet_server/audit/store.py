@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from fleet_server.storage.db import Database
 from fleet_server.storage.schema import audit_log
 
-__all__ = ["AuditLog", "AuditRow"]
+__all__ = ["AuditLog", "AuditRow", "record"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,32 @@ class AuditRow:
     error: str
 
 
+def record(
+    conn: sa.Connection,
+    actor: str,
+    action: str,
+    target: str,
+    detail: str,
+    *,
+    ok: bool,
+    error: str = "",
+    at: int | None = None,
+) -> None:
+    """Append one entry in the caller's transaction: it commits with what it records, or
+    neither does (the server's own steps, which several replicas may try at once)."""
+    conn.execute(
+        audit_log.insert().values(
+            at=int(time.time()) if at is None else at,
+            actor=actor[:128],
+            action=action[:64],
+            target=target[:255],
+            detail=detail[:8192],
+            ok=ok,
+            error=error[:1024],
+        )
+    )
+
+
 class AuditLog:
     """Appends to and reads the audit log."""
 
@@ -36,17 +62,7 @@ class AuditLog:
     ) -> None:
         """Append one entry to the audit log."""
         with self._engine.begin() as conn:
-            conn.execute(
-                audit_log.insert().values(
-                    at=int(time.time()),
-                    actor=actor[:128],
-                    action=action[:64],
-                    target=target[:255],
-                    detail=detail[:8192],
-                    ok=ok,
-                    error=error[:1024],
-                )
-            )
+            record(conn, actor, action, target, detail, ok=ok, error=error)
 
     def entries(self, limit: int = 100, before_id: int = 0) -> list[AuditRow]:
         """Newest first."""

@@ -19,8 +19,16 @@ log = logging.getLogger(__name__)
 
 MAX_EDGETPUS = 16  # a Coral PCIe carrier has 8 at most
 MAX_TEMPERATURES = 64  # thermal zones and Edge TPUs
-_TEXT = 128  # arch, runtime, versions, os, Edge TPU device/kind/path/state, zone names
-_STRINGS = ("arch", "runtime", "runtime_version", "agent_version", "os", "libedgetpu_version")
+_TEXT = 128  # arch, runtime, versions, os, time zone, Edge TPU device/kind/path/state, zones
+_STRINGS = (
+    "arch",
+    "runtime",
+    "runtime_version",
+    "agent_version",
+    "os",
+    "libedgetpu_version",
+    "timezone",
+)
 
 
 def bounded(caps: device_pb2.Capabilities, device: str = "") -> device_pb2.Capabilities:

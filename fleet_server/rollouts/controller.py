@@ -1,8 +1,9 @@
 """The rollout controller: a server thread that moves every live rollout on.
 
 Each server replica runs one; the row lock in :class:`RolloutStore.tick` makes their steps
-safe to interleave. Devices assigned in a step are handed to ``nudge`` (an MQTT "check in now")
-so they do not wait for their next poll.
+safe to interleave (a scheduled rollout is started by one of them, once). Devices assigned in
+a step are handed to ``nudge`` (an MQTT "check in now") so they do not wait for their next
+poll.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 
+from fleet_server.rollouts.schedule import LATE
 from fleet_server.rollouts.store import RolloutStore
 from fleet_server.storage.retrying import RetryLog
 
@@ -55,7 +57,11 @@ class RolloutController:
         assigned_total = 0
         for rollout_id in self._store.ticking():
             decision, assigned = self._store.tick(rollout_id)
-            if decision.action != "wait":
+            if decision.action == "start" and decision.reason.startswith(LATE):
+                log.warning("rollout %d: %s", rollout_id, decision.reason.removeprefix(LATE))
+            elif decision.action == "start":
+                log.info("rollout %d: %s", rollout_id, decision.reason)
+            elif decision.action != "wait":
                 log.info("rollout %d: %s %s", rollout_id, decision.action, decision.reason)
             if assigned:
                 assigned_total += len(assigned)

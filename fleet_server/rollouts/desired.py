@@ -1,6 +1,11 @@
 """A device's desired state: which version of each model (fleet-wide deployment, overridden by
 the newest rollout that reached the device), then which variant of it (variant selection), or
-the cloud when no variant fits."""
+the cloud when no variant fits.
+
+A device held by a closed maintenance window is not told a version a rollout assigned it but
+it does not run yet (:func:`held_rows`): it keeps what it had until one of its windows opens
+(a device told inside its window and offline until after it closed hears of it then).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from fleet_server.catalog.select import (
     choose,
 )
 from fleet_server.catalog.store import CatalogStore, ModelRow
-from fleet_server.rollouts.states import RolloutState
+from fleet_server.rollouts.states import TICKING, DeviceState, RolloutState
 from fleet_server.rollouts.store import DesiredRow, RolloutStore, in_effect
 from protos import manifest_pb2
 
@@ -28,6 +33,7 @@ __all__ = [
     "Target",
     "device_targets",
     "explain",
+    "held_rows",
     "resolve",
     "targets_for",
     "variant_of",
@@ -52,15 +58,32 @@ class Resolved:
     choices: dict[str, Choice] = field(default_factory=dict)
 
 
+def held_rows(rows: Sequence[DesiredRow], active: Mapping[str, str]) -> list[DesiredRow]:
+    """The assignments a closed maintenance window holds back: devices told to update by a
+    running, paused or completed rollout that do not run its version yet (``active``: model ->
+    the version the device reports). A rollback is never held."""
+    return [
+        r
+        for r in rows
+        if r.device_state == DeviceState.ASSIGNED
+        and r.rollout_state in TICKING
+        and active.get(r.model_name) != r.version
+    ]
+
+
 def targets_for(
-    deployments: Mapping[str, tuple[str, bytes | None]], rows: Sequence[DesiredRow]
+    deployments: Mapping[str, tuple[str, bytes | None]],
+    rows: Sequence[DesiredRow],
+    held: Sequence[DesiredRow] = (),
 ) -> dict[str, Target]:
-    """The fleet-wide deployments, overridden by the newest rollout assignment in effect."""
+    """The fleet-wide deployments, overridden by the newest rollout assignment in effect
+    (but the ``held`` ones)."""
     targets = {
         name: Target(name, version, rollback) for name, (version, rollback) in deployments.items()
     }
+    skipped = {r.rollout_id for r in held}
     for row in rows:  # oldest first: the newest wins
-        if in_effect(row):
+        if in_effect(row) and row.rollout_id not in skipped:
             rollback = (
                 row.rollback_envelope if row.rollout_state == RolloutState.ROLLED_BACK else None
             )

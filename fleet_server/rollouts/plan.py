@@ -31,6 +31,7 @@ __all__ = [
     "Counts",
     "Decision",
     "HealthGate",
+    "Wave",
     "assign_waves",
     "decide",
     "judge_health",

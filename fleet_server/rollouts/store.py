@@ -2,7 +2,7 @@
 
 Every change to a rollout happens in one transaction that first locks the rollout's row
 (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite serializes writers), so several server
-replicas ticking the same rollout cannot advance a wave twice.
+replicas ticking the same rollout cannot advance a wave, or start a scheduled rollout, twice.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from fleet_server.audit.store import record
 from fleet_server.catalog.store import CatalogStore
 from fleet_server.errors import BadRequestError, ConflictError, NotFoundError
-from fleet_server.registry.labels import matches
+from fleet_server.rollouts.assign import assign, outside_windows
+from fleet_server.rollouts.members import BATCH, insert_devices, matching, replan
 from fleet_server.rollouts.notices import announce
 from fleet_server.rollouts.outcomes import Outcome, apply_update, record_outcome
 from fleet_server.rollouts.plan import (
@@ -30,6 +32,7 @@ from fleet_server.rollouts.plan import (
     parse_waves,
     wave_targets,
 )
+from fleet_server.rollouts.schedule import check_start, iso_utc, start
 from fleet_server.rollouts.states import (
     IN_EFFECT,
     LIVE,
@@ -37,11 +40,14 @@ from fleet_server.rollouts.states import (
     DeviceState,
     Event,
     RolloutState,
+    either,
     next_state,
     sources,
 )
+from fleet_server.rollouts.window_store import WindowStore, windows_in
+from fleet_server.rollouts.windows import Window
 from fleet_server.storage.db import Database, bump_generation, hold_writes
-from fleet_server.storage.schema import deployments, devices, releases, rollout_devices, rollouts
+from fleet_server.storage.schema import deployments, releases, rollout_devices, rollouts
 
 __all__ = [
     "BATCH",
@@ -52,7 +58,6 @@ __all__ = [
     "WaveRow",
 ]
 
-BATCH = 500  # rows per statement
 _FAILURES_SHOWN = 20
 
 
@@ -63,6 +68,7 @@ class WaveRow:
     counts: Counts
     stalled: int = 0
     unhealthy: int = 0  # failed by the telemetry health gate
+    outside_window: int = 0  # of the waiting: held by a closed maintenance window now
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,8 @@ class RolloutRow:
     wave_status: tuple[WaveRow, ...] = field(default=())
     health_gate: HealthGate = field(default_factory=HealthGate)
     failures: tuple[FailureRow, ...] = field(default=())
+    start_at: int | None = None  # when it starts (None: it started when created)
+    started_at: int | None = None  # when it did (None: not yet)
 
 
 @dataclass(frozen=True)
@@ -134,20 +142,9 @@ def _row(
         wave_status=wave_status,
         health_gate=HealthGate.from_json(r["health_gate"]),
         failures=failures,
+        start_at=None if r["start_at"] is None else int(r["start_at"]),
+        started_at=None if r["started_at"] is None else int(r["started_at"]),
     )
-
-
-def _p95_before(report_json: str, model_name: str, version: str) -> float | None:
-    """A model's p95 latency in a device's stored telemetry, unless it is already ``version``."""
-    try:
-        report = json.loads(report_json)
-    except ValueError:
-        return None
-    for model in report.get("models", ()):
-        if model.get("model_name") == model_name and model.get("version") != version:
-            p95 = float(model.get("latency", {}).get("p95_ms", 0.0))
-            return p95 if p95 > 0 else None
-    return None
 
 
 def in_effect(row: DesiredRow) -> bool:
@@ -165,9 +162,12 @@ def in_effect(row: DesiredRow) -> bool:
 class RolloutStore:
     """Queries over rollouts and rollout devices."""
 
-    def __init__(self, db: Database, catalog: CatalogStore) -> None:
+    def __init__(
+        self, db: Database, catalog: CatalogStore, windows: WindowStore | None = None
+    ) -> None:
         self._engine = db.engine
         self._catalog = catalog
+        self.windows = windows or WindowStore(db)
 
     # creation and reading --------------------------------------------------------------------
 
@@ -185,22 +185,27 @@ class RolloutStore:
         created_by: str,
         allow_empty: bool = False,
         health_gate: HealthGate | None = None,
+        start_at: int | None = None,
         now: int | None = None,
     ) -> RolloutRow:
-        """Create a running rollout over the devices matching ``selector`` now.
+        """Create a running rollout over the devices matching ``selector`` now, or with
+        ``start_at`` (unix seconds) a scheduled one, which the controller starts then (planned
+        afresh over the devices matching at that time).
 
         Raises:
-            BadRequestError: bad waves or thresholds.
+            BadRequestError: bad waves, thresholds or start time.
             NotFoundError: no such model version.
-            ConflictError: another rollout of the model is running or paused.
+            ConflictError: another rollout of the model is scheduled, running or paused.
             BadRequestError: no device matches and ``allow_empty`` is not set.
         """
         parsed = parse_waves(waves)
         for name, value in (("success", success_threshold), ("failure", failure_threshold)):
             if not 0 <= value <= 1:
                 raise BadRequestError(f"{name} threshold {value} is outside 0..1")
-        self._catalog.get_model(model_name, version)
         now = int(time.time()) if now is None else now
+        if start_at is not None:
+            check_start(start_at, now)
+        self._catalog.get_model(model_name, version)
         with self._engine.begin() as conn:
             # Two creates of one model are ordered here: one finds the other's live rollout.
             hold_writes(conn)
@@ -210,14 +215,14 @@ class RolloutStore:
                 .with_for_update()
             ).all()
             live = conn.execute(
-                sa.select(rollouts.c.rollout_id, rollouts.c.version).where(
+                sa.select(rollouts.c.rollout_id, rollouts.c.version, rollouts.c.state).where(
                     (rollouts.c.model_name == model_name) & rollouts.c.state.in_(sorted(LIVE))
                 )
             ).first()
             if live is not None:
                 raise ConflictError(
-                    f"rollout {live[0]} of {model_name} ({live[1]}) is still running or "
-                    "paused; abort it or let it complete first"
+                    f"rollout {live[0]} of {model_name} ({live[1]}) is still {live[2]}; abort "
+                    "it or let it complete first"
                 )
             previous = self._previous_version(conn, model_name)
             result = conn.execute(
@@ -231,21 +236,23 @@ class RolloutStore:
                     failure_threshold=failure_threshold,
                     max_concurrent=max_concurrent,
                     device_timeout_s=device_timeout_s,
-                    state=RolloutState.RUNNING,
+                    state=RolloutState.RUNNING if start_at is None else RolloutState.SCHEDULED,
                     current_wave=0,
-                    reason="",
+                    reason="" if start_at is None else f"scheduled for {iso_utc(start_at)}",
                     created_at=now,
                     updated_at=now,
                     created_by=created_by[:128],
                     forgiven_failures=0,
                     health_gate=(health_gate or HealthGate()).to_json(),
+                    start_at=start_at,
+                    started_at=now if start_at is None else None,
                 )
             )
             key = result.inserted_primary_key
             if key is None:  # pragma: no cover - every dialect we support returns it
                 raise ConflictError("the database did not return the new rollout's id")
             rollout_id = int(key[0])
-            targets = [d for d, labels in self._active_devices(conn) if matches(selector, labels)]
+            targets = matching(conn, selector)
             if not targets and not allow_empty:
                 wanted = ", ".join(f"{k}={v}" for k, v in sorted(selector.items()))
                 raise BadRequestError(
@@ -253,8 +260,7 @@ class RolloutStore:
                     "('edgefleet devices list'), or allow an empty rollout that devices "
                     "matching later will join"
                 )
-            plan = assign_waves(rollout_id, targets, parsed)
-            self._insert_devices(conn, rollout_id, plan, now)
+            insert_devices(conn, rollout_id, assign_waves(rollout_id, targets, parsed), now)
             bump_generation(conn)
         return self.get(rollout_id)
 
@@ -277,41 +283,6 @@ class RolloutStore:
         ).first()
         return None if row is None else str(row[0])
 
-    @staticmethod
-    def _active_devices(
-        conn: sa.Connection, exclude_rollout: int | None = None
-    ) -> list[tuple[str, dict[str, str]]]:
-        query = sa.select(devices.c.device_id, devices.c.labels).where(
-            devices.c.revoked_at.is_(None)
-        )
-        if exclude_rollout is not None:
-            query = query.where(
-                ~devices.c.device_id.in_(
-                    sa.select(rollout_devices.c.device_id).where(
-                        rollout_devices.c.rollout_id == exclude_rollout
-                    )
-                )
-            )
-        return [(str(r[0]), json.loads(r[1])) for r in conn.execute(query)]
-
-    @staticmethod
-    def _insert_devices(
-        conn: sa.Connection, rollout_id: int, plan: Mapping[str, int], now: int
-    ) -> None:
-        rows = [
-            {
-                "rollout_id": rollout_id,
-                "device_id": device_id,
-                "wave": wave,
-                "state": DeviceState.WAITING,
-                "assigned_at": None,
-                "updated_at": now,
-            }
-            for device_id, wave in plan.items()
-        ]
-        for start in range(0, len(rows), BATCH):
-            conn.execute(rollout_devices.insert(), rows[start : start + BATCH])
-
     def get(self, rollout_id: int, now: int | None = None) -> RolloutRow:
         """One rollout with per-wave counts.
 
@@ -327,8 +298,7 @@ class RolloutStore:
             )
             if r is None:
                 raise NotFoundError(f"rollout {rollout_id} does not exist")
-            base = _row(r)
-            waves = self._wave_status(conn, base, now)
+            waves = self._wave_status(conn, _row(r), now, windows_in(conn))
             failures = self._failures(conn, rollout_id)
         return _row(r, tuple(waves), failures)
 
@@ -339,9 +309,10 @@ class RolloutStore:
             query = query.where(rollouts.c.model_name == model_name)
         now = int(time.time())
         with self._engine.connect() as conn:
+            windows = windows_in(conn)
             result = []
             for r in conn.execute(query).mappings().all():
-                result.append(_row(r, tuple(self._wave_status(conn, _row(r), now))))
+                result.append(_row(r, tuple(self._wave_status(conn, _row(r), now, windows))))
         return result
 
     @staticmethod
@@ -358,7 +329,11 @@ class RolloutStore:
         return tuple(FailureRow(str(d), int(w), str(t or "")) for d, w, t in rows)
 
     @staticmethod
-    def _wave_status(conn: sa.Connection, rollout: RolloutRow, now: int) -> list[WaveRow]:
+    def _wave_status(
+        conn: sa.Connection, rollout: RolloutRow, now: int, windows: Sequence[Window] = ()
+    ) -> list[WaveRow]:
+        """Per wave: its devices' states, and (with ``windows``, for a rollout that tells
+        devices to update now) how many of the waiting ones a closed window holds."""
         c = rollout_devices.c
 
         def count_where(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[Any]:
@@ -391,6 +366,10 @@ class RolloutStore:
                 sums[i] += int(value or 0)
         total = sum(sum(v.values()) for v in per_wave.values())
         targets = wave_targets(parse_waves(rollout.waves), total)
+        done = rollout.state == RolloutState.COMPLETED
+        up_to = len(targets) - 1 if done else rollout.current_wave
+        telling = done or rollout.state == RolloutState.RUNNING
+        held = outside_windows(conn, rollout.rollout_id, up_to, windows, now) if telling else {}
         result = []
         for index, target in enumerate(targets):
             states = per_wave.get(index, {})
@@ -403,7 +382,7 @@ class RolloutStore:
                 failed=states.get(DeviceState.FAILED, 0),
                 baked=baked,
             )
-            result.append(WaveRow(index, target, counts, stalled, unhealthy))
+            result.append(WaveRow(index, target, counts, stalled, unhealthy, held.get(index, 0)))
         return result
 
     # admin transitions -----------------------------------------------------------------------
@@ -417,9 +396,12 @@ class RolloutStore:
         """
         with self._engine.begin() as conn:
             state = self._lock(conn, rollout_id)
-            to = next_state(state, event)
+            started = conn.execute(
+                sa.select(rollouts.c.started_at).where(rollouts.c.rollout_id == rollout_id)
+            ).scalar_one()
+            to = next_state(state, event, started=started is not None)
             if to is None:
-                allowed = " or ".join(sources(event))
+                allowed = either(sources(event))
                 raise ConflictError(f"rollout {rollout_id} is {state}; this needs it {allowed}")
             if to != state:
                 values: dict[str, Any] = {}
@@ -514,19 +496,19 @@ class RolloutStore:
 
     # the controller ----------------------------------------------------------------------------
 
-    def ticking(self) -> list[int]:
-        """Rollouts the controller looks after: live ones and completed ones (late joiners)."""
+    def ticking(self, now: int | None = None) -> list[int]:
+        """Rollouts the controller looks after: live ones, completed ones (late joiners), and
+        scheduled ones whose start time has come."""
+        now = int(time.time()) if now is None else now
+        due = (rollouts.c.state == RolloutState.SCHEDULED) & (rollouts.c.start_at <= now)
+        query = sa.select(rollouts.c.rollout_id).where(rollouts.c.state.in_(sorted(TICKING)) | due)
         with self._engine.connect() as conn:
-            return [
-                int(r[0])
-                for r in conn.execute(
-                    sa.select(rollouts.c.rollout_id).where(rollouts.c.state.in_(sorted(TICKING)))
-                )
-            ]
+            return [int(r[0]) for r in conn.execute(query.order_by(rollouts.c.rollout_id))]
 
     def tick(self, rollout_id: int, now: int | None = None) -> tuple[Decision, list[str]]:
-        """One controller step: add late joiners, judge the current wave, advance, complete or
-        pause, and assign waiting devices up to the concurrency cap.
+        """One controller step: start a scheduled rollout whose time has come, or add late
+        joiners, judge the current wave, advance, complete or pause, and assign waiting devices
+        (inside their maintenance windows) up to the concurrency cap.
 
         Returns the decision and the devices assigned now (to nudge).
         """
@@ -538,16 +520,14 @@ class RolloutStore:
                 .mappings()
                 .one()
             )
+            if state == RolloutState.SCHEDULED:
+                return self._start(conn, r, now)
             if state not in TICKING:
                 return Decision("wait"), []
             waves = parse_waves(r.waves)
             last = len(waves) - 1
-            joiners = [
-                d
-                for d, labels in self._active_devices(conn, exclude_rollout=rollout_id)
-                if matches(r.selector, labels)
-            ]
-            self._insert_devices(conn, rollout_id, dict.fromkeys(joiners, last), now)
+            joiners = matching(conn, r.selector, exclude_rollout=rollout_id)
+            insert_devices(conn, rollout_id, dict.fromkeys(joiners, last), now)
             if state == RolloutState.PAUSED:
                 return Decision("wait", r.reason), []
             current = r.current_wave
@@ -587,64 +567,47 @@ class RolloutStore:
                              by="controller", now=now)  # fmt: skip
                 if decision.action == "pause":
                     return decision, []
-            assigned = self._assign(
-                conn, r, last if state == RolloutState.COMPLETED else current, now
-            )
+            up_to = last if state == RolloutState.COMPLETED else current
+            assigned = self._tell(conn, r, up_to, now)
             if assigned or decision.action != "wait":
                 bump_generation(conn)
         return decision, assigned
 
-    @staticmethod
-    def _assign(conn: sa.Connection, r: RolloutRow, up_to_wave: int, now: int) -> list[str]:
-        key = rollout_devices.c.rollout_id == r.rollout_id
-        limit: int | None = None
-        if r.max_concurrent:
-            in_flight = conn.execute(
-                sa.select(sa.func.count()).where(
-                    key
-                    & (rollout_devices.c.state == DeviceState.ASSIGNED)
-                    & (rollout_devices.c.assigned_at >= now - r.device_timeout_s)
-                )
-            ).scalar_one()
-            limit = max(0, r.max_concurrent - int(in_flight))
-            if limit == 0:
-                return []
-        query = (
-            sa.select(rollout_devices.c.device_id)
-            .where(
-                key
-                & (rollout_devices.c.state == DeviceState.WAITING)
-                & (rollout_devices.c.wave <= up_to_wave)
-            )
-            .order_by(rollout_devices.c.wave, rollout_devices.c.device_id)
+    def _start(self, conn: sa.Connection, r: RolloutRow, now: int) -> tuple[Decision, list[str]]:
+        """Start a scheduled rollout whose time has come (in the step's transaction, under its
+        row lock: one replica starts it, once): plan it over the devices matching now, audit
+        it, and tell the first wave."""
+        begun = start(r.start_at if r.start_at is not None else r.created_at, now)
+        if not begun.due:  # this replica's clock is behind the one that listed it as due
+            return Decision("wait", begun.reason), []
+        devices_now = replan(conn, r.rollout_id, r.selector, parse_waves(r.waves), now)
+        running = next_state(RolloutState.SCHEDULED, Event.START)
+        conn.execute(
+            rollouts.update()
+            .where(rollouts.c.rollout_id == r.rollout_id)
+            .values(state=running, reason=begun.reason[:1024], started_at=now, updated_at=now)
         )
-        if limit is not None:
-            query = query.limit(limit)
-        chosen = [str(row[0]) for row in conn.execute(query)]
-        for start in range(0, len(chosen), BATCH):
-            part = chosen[start : start + BATCH]
-            conn.execute(
-                rollout_devices.update()
-                .where(key & rollout_devices.c.device_id.in_(part))
-                .values(state=DeviceState.ASSIGNED, assigned_at=now, updated_at=now)
-            )
-            baselines = [
-                {"d": device_id, "b": p95}
-                for device_id, report in conn.execute(
-                    sa.select(devices.c.device_id, devices.c.last_telemetry).where(
-                        devices.c.device_id.in_(part) & devices.c.last_telemetry.is_not(None)
-                    )
-                )
-                if (p95 := _p95_before(report, r.model_name, r.version))
-            ]
-            if baselines:
-                conn.execute(
-                    rollout_devices.update()
-                    .where(key & (rollout_devices.c.device_id == sa.bindparam("d")))
-                    .values(baseline_p95_ms=sa.bindparam("b")),
-                    baselines,
-                )
-        return chosen
+        detail = {"model": r.model_name, "version": r.version, "devices": devices_now,
+                  "start_at": iso_utc(r.start_at or now), "late_s": begun.late_s}  # fmt: skip
+        record(conn, "server", "StartScheduledRollout", f"rollout {r.rollout_id}",
+               json.dumps(detail, sort_keys=True), ok=True, at=now)  # fmt: skip
+        assigned = self._tell(conn, r, 0, now)
+        bump_generation(conn)
+        return Decision("start", f"{begun.reason}, over {devices_now} device(s)"), assigned
+
+    @staticmethod
+    def _tell(conn: sa.Connection, r: RolloutRow, up_to_wave: int, now: int) -> list[str]:
+        return assign(
+            conn,
+            rollout_id=r.rollout_id,
+            model_name=r.model_name,
+            version=r.version,
+            up_to_wave=up_to_wave,
+            max_concurrent=r.max_concurrent,
+            device_timeout_s=r.device_timeout_s,
+            windows=windows_in(conn),
+            now=now,
+        )
 
     # what devices see and say ------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from fleet_server.storage.schema import (
     enrollment_tokens,
     enrollments,
     fleet_state,
+    maintenance_windows,
     model_history,
     models,
     refusal_clears,
@@ -277,6 +278,17 @@ def _v28_to_v29(conn: sa.Connection) -> None:
     device_logs.create(conn, checkfirst=True)
 
 
+def _v29_to_v30(conn: sa.Connection) -> None:
+    """Version 30: scheduled rollouts (a start time, and when it started: every rollout before
+    started when it was created) and maintenance windows."""
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("rollouts")}
+    for column in ("start_at", "started_at"):
+        if column not in columns:
+            conn.execute(sa.text(f"ALTER TABLE rollouts ADD COLUMN {column} BIGINT"))
+    conn.execute(sa.text("UPDATE rollouts SET started_at = created_at WHERE started_at IS NULL"))
+    maintenance_windows.create(conn, checkfirst=True)
+
+
 # From version N to N + 1.
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     1: _v1_to_v2,
@@ -307,4 +319,5 @@ MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     26: _v26_to_v27,
     27: _v27_to_v28,
     28: _v28_to_v29,
+    29: _v29_to_v30,
 }

@@ -3,11 +3,11 @@
 Each table belongs to one concern, which owns its queries: devices, enrollment tokens,
 enrollments, device_models, refusal_clears and device_logs to ``registry`` (which also deletes
 a device's rows everywhere when it deletes a ghost device); releases, models, deployments,
-benchmarks, deliveries and downloads to ``catalog``; rollouts and rollout_devices to
-``rollouts``; audit_log to ``audit``; routing_policies, settings and usage to ``routing`` (usage
-is written by ``telemetry``); device_events and the history tables to ``telemetry``; admins to
-``admins``; webhooks, webhook_outbox and webhook_attempts to ``webhooks``.
-``fleet_state`` is storage's own (the generation)."""
+benchmarks, deliveries and downloads to ``catalog``; rollouts, rollout_devices and
+maintenance_windows to ``rollouts``; audit_log to ``audit``; routing_policies, settings and usage
+to ``routing`` (usage is written by ``telemetry``); device_events and the history tables to
+``telemetry``; admins to ``admins``; webhooks, webhook_outbox and webhook_attempts to
+``webhooks``. ``fleet_state`` is storage's own (the generation)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ __all__ = [
     "enrollment_tokens",
     "enrollments",
     "fleet_state",
+    "maintenance_windows",
     "metadata",
     "model_history",
     "models",
@@ -45,7 +46,7 @@ __all__ = [
     "webhooks",
 ]
 
-SCHEMA_VERSION = 29
+SCHEMA_VERSION = 30
 
 metadata = sa.MetaData()
 
@@ -398,6 +399,23 @@ rollouts = sa.Table(
     sa.Column("forgiven_failures", sa.Integer, nullable=False, default=0),
     # JSON of rollouts.plan.HealthGate: what the devices' telemetry must show after activation.
     sa.Column("health_gate", sa.Text, nullable=False, default="{}"),
+    # When it starts (unix seconds; NULL: when created) and when it did (NULL: not yet).
+    sa.Column("start_at", sa.BigInteger, nullable=True),
+    sa.Column("started_at", sa.BigInteger, nullable=True),
+)
+
+# Maintenance windows (fleet_server/rollouts/windows.py): the devices matching the selector are
+# told to update by a rollout only inside one of their windows, in their own time zone.
+maintenance_windows = sa.Table(
+    "maintenance_windows",
+    metadata,
+    sa.Column("window_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("selector", sa.Text, nullable=False),  # JSON labels
+    sa.Column("days", sa.Integer, nullable=False),  # bit d set: opens on day d (0 = Monday)
+    sa.Column("start_minute", sa.Integer, nullable=False),  # after local midnight, 0..1439
+    sa.Column("end_minute", sa.Integer, nullable=False),  # 1..1440; <= start: the next day
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("created_by", sa.String(128), nullable=False),
 )
 
 rollout_devices = sa.Table(

@@ -16,6 +16,7 @@ from fleet_server.api.admin.recovery import RecoveryAdmin
 from fleet_server.api.admin.rollouts import RolloutsAdmin
 from fleet_server.api.admin.routing import RoutingAdmin
 from fleet_server.api.admin.webhooks import WebhooksAdmin
+from fleet_server.api.admin.windows import WindowsAdmin
 from fleet_server.context import ServerContext
 from protos import admin_pb2_grpc as pb_grpc
 
@@ -32,6 +33,7 @@ class AdminServicer(
     FleetAdmin,
     PeopleAdmin,
     WebhooksAdmin,
+    WindowsAdmin,
     pb_grpc.AdminServiceServicer,
 ):
     """The whole admin API: each area's methods over one shared context."""

@@ -1,4 +1,4 @@
-"""Staged rollouts: create, read, pause, resume, abort, roll back."""
+"""Staged rollouts: create (now or at a start time), read, pause, resume, abort, roll back."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from fleet_server.errors import (
     ConflictError,
 )
 from fleet_server.registry.labels import check_labels
+from fleet_server.rollouts.schedule import iso_utc
 from fleet_server.rollouts.states import Event
 from protos import admin_pb2 as pb
 
@@ -29,7 +30,13 @@ DEFAULT_DEVICE_TIMEOUT_S = 3600
 
 class RolloutsAdmin(AdminBase):
     @rpc_errors
-    @audited("CreateRollout", lambda r: f"model {r.model_name} {r.version}")
+    @audited(
+        "CreateRollout",
+        lambda r: (
+            f"model {r.model_name} {r.version}"
+            + (f" at {iso_utc(r.start_unix)}" if r.start_unix else "")
+        ),
+    )
     def CreateRollout(self, request: pb.CreateRolloutRequest, context: Any) -> pb.RolloutInfo:  # noqa: N802
         require_admin(context)
         self.require_signed(request.model_name, request.version)
@@ -48,13 +55,15 @@ class RolloutsAdmin(AdminBase):
             created_by=actor(context),
             allow_empty=request.allow_empty,
             health_gate=wire.health_gate(request.health_gate),
+            start_at=request.start_unix or None,
         )
         log.info(
-            "rollout %d of %s %s created over %d device(s)",
+            "rollout %d of %s %s created over %d device(s)%s",
             row.rollout_id,
             row.model_name,
             row.version,
             sum(w.counts.devices for w in row.wave_status),
+            f", scheduled to start at {iso_utc(row.start_at)}" if row.start_at else "",
         )
         self._ctx.wake_rollouts()
         self._ctx.wake_upkeep()  # its release is in use now: renewed like a deployment's

@@ -19,6 +19,8 @@ from fleet_server.registry.refusals import PendingClear
 from fleet_server.registry.store import DeviceRow
 from fleet_server.rollouts.plan import HealthGate
 from fleet_server.rollouts.store import RolloutRow
+from fleet_server.rollouts.window_store import WindowRow
+from fleet_server.rollouts.windows import clock_text, days_text
 from fleet_server.routing.prices import Prices
 from fleet_server.routing.store import RoutingRow
 from fleet_server.signing.expiry import KeyStatus
@@ -35,6 +37,7 @@ __all__ = [
     "device_log",
     "health_gate",
     "key_status",
+    "maintenance_window",
     "model_info",
     "pending_clear",
     "price_table",
@@ -92,6 +95,8 @@ def rollout_info(row: RolloutRow) -> pb.RolloutInfo:
             disabled=row.health_gate.disabled,
             bake_s=row.health_gate.bake_s,
         ),
+        start_unix=row.start_at if row.start_at is not None else row.created_at,
+        started_unix=row.started_at or 0,
     )
     for failure in row.failures:
         info.failures.add(device_id=failure.device_id, wave=failure.wave, detail=failure.detail)
@@ -106,8 +111,23 @@ def rollout_info(row: RolloutRow) -> pb.RolloutInfo:
             failed=wave.counts.failed,
             stalled=wave.stalled,
             unhealthy=wave.unhealthy,
+            outside_window=wave.outside_window,
         )
     return info
+
+
+def maintenance_window(row: WindowRow) -> pb.MaintenanceWindow:
+    window = row.window
+    return pb.MaintenanceWindow(
+        window_id=window.window_id,
+        selector=dict(window.selector),
+        days=days_text(window.days),
+        opens=clock_text(window.start),
+        closes=clock_text(window.end),
+        created_unix=row.created_at,
+        created_by=row.created_by,
+        devices=row.devices,
+    )
 
 
 def health_gate(gate: pb.HealthGate) -> HealthGate:
