@@ -282,14 +282,12 @@ class ModelsAdmin(AdminBase):
     def Deploy(self, request: pb.DeployRequest, context: Any) -> pb.DeployResponse:  # noqa: N802
         require_admin(context)
         self.require_signed(request.model_name, request.version)
-        live = [
-            r.rollout_id
-            for r in self._ctx.rollouts.list_rollouts(request.model_name)
-            if r.state in LIVE
-        ]
+        found = [r for r in self._ctx.rollouts.list_rollouts(request.model_name) if r.state in LIVE]
+        live = [r.rollout_id for r in found]
         if live and not request.force:
+            what = ", ".join(f"{r.rollout_id} ({r.state})" for r in found)
             raise ConflictError(
-                f"rollout(s) {', '.join(map(str, live))} of {request.model_name} are under way: "
+                f"rollout(s) {what} of {request.model_name} are in effect: "
                 f"a fleet-wide deploy would end them and send their devices "
                 f"{request.version}; pause or abort them first, or deploy with --force"
             )
