@@ -277,16 +277,7 @@ class FleetCA:
             BadRequestError: the CSR does not pass :meth:`check_csr`.
         """
         csr = self.check_csr(csr_pem, expected_cn=expected_cn)
-        key = csr.public_key()
-        if not isinstance(key, ec.EllipticCurvePublicKey):  # pragma: no cover - checked above
-            raise BadRequestError("device keys must be ECDSA P-256")
-        subject = x509.Name(
-            [
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "EdgeFleet device"),
-                x509.NameAttribute(NameOID.COMMON_NAME, device_id),
-            ]
-        )
-        return self._issue(subject, key, days, ExtendedKeyUsageOID.CLIENT_AUTH)
+        return self._issue_client(csr, "EdgeFleet device", device_id, days)
 
     def sign_admin_csr(self, csr_pem: bytes, common_name: str, days: int) -> IssuedCert:
         """A client certificate for a named admin (``edgefleet-admin:NAME``, from
@@ -296,12 +287,17 @@ class FleetCA:
             BadRequestError: the CSR does not pass :meth:`check_csr`.
         """
         csr = self.check_csr(csr_pem, expected_cn=common_name)
+        return self._issue_client(csr, "EdgeFleet admin", common_name, days)
+
+    def _issue_client(
+        self, csr: x509.CertificateSigningRequest, organization: str, common_name: str, days: int
+    ) -> IssuedCert:
         key = csr.public_key()
-        if not isinstance(key, ec.EllipticCurvePublicKey):  # pragma: no cover - checked above
-            raise BadRequestError("admin keys must be ECDSA P-256")
+        if not isinstance(key, ec.EllipticCurvePublicKey):  # pragma: no cover - check_csr did
+            raise BadRequestError("client keys must be ECDSA P-256")
         subject = x509.Name(
             [
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "EdgeFleet admin"),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
                 x509.NameAttribute(NameOID.COMMON_NAME, common_name),
             ]
         )

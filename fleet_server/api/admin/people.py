@@ -41,6 +41,18 @@ def _info(row: AdminRow) -> pb.AdminInfo:
     )
 
 
+def _whose(context: Any, named: str, what: str, bootstrap_error: str) -> str:
+    """Whose token or certificate a call is about: the caller's own (any role), or the named
+    admin's (the admin role only; the bootstrap token must always name one)."""
+    identity = require_admin(context)
+    name = named or identity.name
+    if name != identity.name or identity.bootstrap:
+        require_role(context, Role.ADMIN, what)
+    if identity.bootstrap and not named:
+        raise BadRequestError(bootstrap_error)
+    return name
+
+
 class PeopleAdmin(AdminBase):
     def _row(self, name: str) -> AdminRow:
         row = next((r for r in self._ctx.admins.list() if r.name == name), None)
@@ -91,15 +103,13 @@ class PeopleAdmin(AdminBase):
     def RotateAdminToken(  # noqa: N802
         self, request: pb.AdminRequest, context: Any
     ) -> pb.AdminTokenResponse:
-        identity = require_admin(context)
-        name = request.name or identity.name
-        if name != identity.name or identity.bootstrap:
-            require_role(context, Role.ADMIN, f"rotate the token of {name}")
-        if identity.bootstrap and not request.name:
-            raise BadRequestError(
-                "the bootstrap token is DATA_DIR/admin.token: replace that file on the server "
-                "host and restart the server"
-            )
+        name = _whose(
+            context,
+            request.name,
+            f"rotate the token of {request.name}",
+            "the bootstrap token is DATA_DIR/admin.token: replace that file on the server "
+            "host and restart the server",
+        )
         token = self._ctx.admins.rotate(name)
         return pb.AdminTokenResponse(admin=_info(self._row(name)), token=token)
 
@@ -109,11 +119,12 @@ class PeopleAdmin(AdminBase):
         self, request: pb.AdminCertificateRequest, context: Any
     ) -> pb.AdminCertificateResponse:
         identity = require_admin(context)
-        name = request.name or identity.name
-        if name != identity.name or identity.bootstrap:
-            require_role(context, Role.ADMIN, f"issue a certificate for {name}")
-        if identity.bootstrap and not request.name:
-            raise BadRequestError("the bootstrap token has no certificate: name an admin")
+        name = _whose(
+            context,
+            request.name,
+            f"issue a certificate for {request.name}",
+            "the bootstrap token has no certificate: name an admin",
+        )
         days = request.days or CERT_DAYS
         if not 1 <= days <= 365:
             raise BadRequestError(f"--days {days} is outside 1..365")
