@@ -288,6 +288,16 @@ class AdminStore:
     def _change(self, name: str, *, role: Role | None = None, revoke: bool = False) -> None:
         with self._engine.begin() as conn:
             hold_writes(conn)
+            # Every active admin-role row is locked first, in one order: two revocations (or
+            # demotions) of the last two admins at once on PostgreSQL each counted the other
+            # as still there and both went through (locking only the changed row left the
+            # count unguarded). Now the second waits for the first and counts after it.
+            conn.execute(
+                sa.select(admins.c.name)
+                .where(admins.c.revoked_at.is_(None) & (admins.c.role == int(Role.ADMIN)))
+                .order_by(admins.c.name)
+                .with_for_update()
+            ).all()
             row = conn.execute(
                 sa.select(admins.c.role, admins.c.revoked_at)
                 .where(admins.c.name == name)

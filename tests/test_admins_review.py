@@ -1,0 +1,59 @@
+"""Attacks on named admins (issue 22 item 1) found by the review: what one admin, two admins
+at once, or a crafted name could do that the feature promises it cannot."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from functools import partial
+
+from fleet_server.admins.roles import Role
+from fleet_server.admins.store import AdminStore
+from fleet_server.errors import ConflictError
+from fleet_server.storage.db import Database
+from fleet_server.storage.schema import admins
+
+ROUNDS = 12
+
+
+def _together(calls: list[Callable[[], None]]) -> list[str]:
+    """Run the calls at once from one thread each; each one's "ok" or exception name."""
+    barrier = threading.Barrier(len(calls))
+    outcome = [""] * len(calls)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            calls[i]()
+            outcome[i] = "ok"
+        except ConflictError:
+            outcome[i] = "conflict"
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcome
+
+
+def test_two_admins_removing_each_other_at_once_leave_one(db_url: str) -> None:
+    """The last two admins revoked (or demoted) at the same instant, on two replicas of one
+    database: one of them stays, every round (on PostgreSQL both went, leaving nobody able to
+    manage admins, revoke devices or recover keys)."""
+    db = Database(db_url)
+    db.create_schema()
+    one, two = AdminStore(db), AdminStore(db)  # two replicas: caches of their own
+    try:
+        for i in range(ROUNDS):
+            a, b = f"a{i}", f"b{i}"
+            one.create(a, Role.ADMIN, "test")
+            one.create(b, Role.ADMIN, "test")
+            second = partial(two.revoke, b) if i % 2 else partial(two.set_role, b, Role.VIEWER)
+            outcome = _together([partial(one.revoke, a), second])
+            left = [r.name for r in one.list() if r.revoked_at is None and r.role == Role.ADMIN]
+            assert len(left) == 1 and sorted(outcome) == ["conflict", "ok"], (i, outcome, left)
+            with db.engine.begin() as conn:  # the next round starts from no admin again
+                conn.execute(admins.update().values(revoked_at=1))
+    finally:
+        db.engine.dispose()
