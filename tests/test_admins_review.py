@@ -6,10 +6,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
+
+import pytest
 
 from fleet_server.admins.roles import Role
-from fleet_server.admins.store import AdminStore
-from fleet_server.errors import ConflictError
+from fleet_server.admins.store import BOOTSTRAP, AdminStore
+from fleet_server.errors import BadRequestError, ConflictError
 from fleet_server.storage.db import Database
 from fleet_server.storage.schema import admins
 
@@ -57,3 +60,14 @@ def test_two_admins_removing_each_other_at_once_leave_one(db_url: str) -> None:
                 conn.execute(admins.update().values(revoked_at=1))
     finally:
         db.engine.dispose()
+
+
+def test_no_admin_takes_the_bootstrap_tokens_name(tmp_path: Path) -> None:
+    """The audit log names the bootstrap token "bootstrap-token": an admin of that name would
+    act under it there (and WhoAmI), so what it did would read as first setup's."""
+    db = Database(f"sqlite:///{tmp_path / 'fleet.db'}")
+    db.create_schema()
+    store = AdminStore(db)
+    with pytest.raises(BadRequestError, match="bootstrap token's"):
+        store.create(BOOTSTRAP, Role.VIEWER, "alice")
+    assert store.list() == []

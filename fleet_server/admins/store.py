@@ -52,7 +52,7 @@ CERT_CN_PREFIX = "edgefleet-admin:"
 
 def check_name(name: str) -> str:
     """An admin's name: lowercase letters, digits and ``. _ @ + -`` (an email address fits),
-    at most 64 characters.
+    at most 64 characters, not :data:`BOOTSTRAP`.
 
     Raises:
         BadRequestError: anything else.
@@ -62,6 +62,10 @@ def check_name(name: str) -> str:
             f"admin name {name[:80]!r} is not valid: lowercase letters, digits and . _ @ + -, "
             "starting with a letter or digit, at most 64 characters"
         )
+    if name == BOOTSTRAP:
+        # The audit log names the bootstrap token so: an admin of that name could act as
+        # "the bootstrap token" there, and what it did be blamed on first setup.
+        raise BadRequestError(f"admin name {name!r} is the bootstrap token's; choose another")
     return name
 
 
