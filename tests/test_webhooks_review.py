@@ -1,0 +1,61 @@
+"""Attacks on webhooks (issue 22 item 2) found by the review, against a real server process
+and real receivers (tests/webhook_receiver.py): receivers that hang, a device that floods,
+addresses where clouds serve credentials."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+import pytest
+
+from protos import admin_pb2 as pb
+from protos import admin_pb2_grpc as pb_grpc
+from tests.harness import Server
+from tests.webhook_receiver import Receiver
+
+FAST = ("--webhook-timeout", "1", "--webhook-retry-after", "0.2")
+BACKLOG = 12
+
+
+def _test_events(server: Server) -> Callable[[str], None]:
+    """TestWebhook over gRPC (many at once, faster than a CLI process each)."""
+    token = (server.data_dir / "admin.token").read_text(encoding="utf-8").strip()
+    credentials = grpc.ssl_channel_credentials(server.ca_file.read_bytes())
+    stub = pb_grpc.AdminServiceStub(grpc.secure_channel(server.address, credentials))
+
+    def test(name: str) -> None:
+        stub.TestWebhook(pb.TestWebhookRequest(name=name), timeout=30,
+                         metadata=[("authorization", f"Bearer {token}")])  # fmt: skip
+
+    return test
+
+
+@pytest.mark.slow
+def test_two_hanging_receivers_do_not_hold_back_a_working_one(
+    server_factory: Callable[..., Server],
+) -> None:
+    """Two receivers that never answer, each with a backlog: the notifier's senders were all
+    theirs as soon as one came free (oldest due first), so a working receiver got its event
+    only after both backlogs had been tried (with the default 10 s timeout and the 10,000 a
+    webhook keeps, hours). It gets the next free sender."""
+    server = server_factory(None, extra=FAST)
+    hangs = [Receiver(script=["hang"] * 1000) for _ in range(2)]
+    working = Receiver()
+    try:
+        for name, receiver in (("hang-1", hangs[0]), ("hang-2", hangs[1]), ("ok", working)):
+            server.admin("webhooks", "add", name, receiver.url(), "--allow-http",
+                         "--event", "webhook.test")  # fmt: skip
+        test = _test_events(server)
+        for _ in range(BACKLOG):
+            for name in ("hang-1", "hang-2"):
+                test(name)
+        for receiver in hangs:  # both hold senders now
+            receiver.wait_for(2)
+        test("ok")
+        working.wait_for(1)
+        tried = [len(r.received) for r in hangs]
+        assert all(count < BACKLOG for count in tried), tried
+    finally:
+        for receiver in (*hangs, working):
+            receiver.close()
