@@ -4,11 +4,14 @@ addresses where clouds serve credentials."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 
 import grpc
 import pytest
 
+from fleet_server.errors import BadRequestError
+from fleet_server.webhooks.policy import check_url, refused_address
 from protos import admin_pb2 as pb
 from protos import admin_pb2_grpc as pb_grpc
 from tests.harness import Server
@@ -59,3 +62,28 @@ def test_two_hanging_receivers_do_not_hold_back_a_working_one(
     finally:
         for receiver in (*hangs, working):
             receiver.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("https://[fd00:ec2::254]/latest/meta-data/", "metadata"),  # AWS's IPv6 endpoint
+        ("http://100.100.100.200/latest/meta-data/", "metadata"),  # Alibaba Cloud's
+        ("https://[::169.254.169.254]/", "link-local"),  # IPv4-compatible
+        ("https://[64:ff9b::a9fe:a9fe]/", "link-local"),  # NAT64 (DNS64 networks)
+        ("https://[2002:a9fe:a9fe::1]/", "link-local"),  # 6to4
+        ("https://[64:ff9b::0:0]/", "not a host"),
+    ],
+)
+def test_cloud_metadata_is_refused_in_every_form(url: str, why: str) -> None:
+    """The webhook URL (and, the same rule, each address a name resolves to at each attempt)
+    may not reach where clouds serve instance credentials: these were dialled."""
+    with pytest.raises(BadRequestError, match=why):
+        check_url(url, allow_http=True)
+    host = url.split("//", 1)[1].split("/", 1)[0].strip("[]")
+    assert refused_address(ipaddress.ip_address(host))
+
+
+def test_ordinary_addresses_stay_allowed() -> None:
+    for host in ("10.0.0.5", "127.0.0.1", "::1", "fd00::1", "64:ff9b::808:808", "2001:db8::1"):
+        assert refused_address(ipaddress.ip_address(host)) == "", host
