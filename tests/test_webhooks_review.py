@@ -5,16 +5,19 @@ addresses where clouds serve credentials."""
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Callable
 
 import grpc
 import pytest
 
 from fleet_server.errors import BadRequestError
+from fleet_server.simulator import SimDevice
 from fleet_server.webhooks.policy import check_url, refused_address
 from protos import admin_pb2 as pb
 from protos import admin_pb2_grpc as pb_grpc
-from tests.harness import Server
+from protos import device_pb2
+from tests.harness import DATA, Server, wait_for
 from tests.webhook_receiver import Receiver
 
 FAST = ("--webhook-timeout", "1", "--webhook-retry-after", "0.2")
@@ -87,3 +90,42 @@ def test_cloud_metadata_is_refused_in_every_form(url: str, why: str) -> None:
 def test_ordinary_addresses_stay_allowed() -> None:
     for host in ("10.0.0.5", "127.0.0.1", "::1", "fd00::1", "64:ff9b::808:808", "2001:db8::1"):
         assert refused_address(ipaddress.ip_address(host)) == "", host
+
+
+@pytest.mark.slow
+def test_a_device_repeating_failures_is_told_once(server_factory: Callable[..., Server]) -> None:
+    """A hostile device reporting a failed update in a loop, of a real release and of versions
+    that never were: each report was a notice (the operator's receiver flooded, the outbox
+    grown by one row per report and webhook). Told once, for the real release."""
+    server = server_factory(None, extra=FAST)
+    receiver = Receiver()
+    try:
+        server.admin("models", "push", str(DATA / "digits_local_float.tflite"), "--name",
+                     "digits", "--version", "1.0.0")  # fmt: skip
+        server.admin("webhooks", "add", "ops", receiver.url(), "--allow-http")
+        device = SimDevice.enroll(server.sim_fleet(), server.enrollment_token(), "hostile")
+        for i in range(40):
+            for model, version in (("digits", "1.0.0"), (f"made-up-{i}", "1.0.0")):
+                device.stub.ReportStatus(
+                    device_pb2.StatusReport(
+                        model_name=model, version=version, state=device_pb2.FAILED, detail="no"
+                    ),
+                    timeout=30,
+                )
+        _test_events(server)("ops")  # recorded after every report: its delivery ends the wait
+        wait_for(
+            "the test event",
+            lambda: any(r.payload["type"] == "webhook.test" for r in receiver.received),
+        )
+        wait_for(
+            "nothing pending",
+            lambda: (
+                json.loads(server.admin("webhooks", "list", "--json").stdout)[0]["pending"] == 0
+            ),
+        )
+        told = [r.payload["data"] for r in receiver.received if r.payload["type"] != "webhook.test"]
+        assert [(d["model"], d["version"], d["state"]) for d in told] == [
+            ("digits", "1.0.0", "FAILED")
+        ], told
+    finally:
+        receiver.close()
