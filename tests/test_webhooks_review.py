@@ -6,14 +6,22 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import pytest
 
+from fleet_server.catalog.store import CatalogStore, ModelRow
 from fleet_server.errors import BadRequestError
+from fleet_server.registry.store import DeviceStore
+from fleet_server.rollouts.outcomes import Outcome
+from fleet_server.rollouts.store import RolloutStore
 from fleet_server.simulator import SimDevice
+from fleet_server.storage.db import Database, stored_text
 from fleet_server.webhooks.policy import check_url, refused_address
+from fleet_server.webhooks.store import WebhookStore
 from protos import admin_pb2 as pb
 from protos import admin_pb2_grpc as pb_grpc
 from protos import device_pb2
@@ -129,3 +137,21 @@ def test_a_device_repeating_failures_is_told_once(server_factory: Callable[..., 
         ], told
     finally:
         receiver.close()
+
+
+def test_a_refusals_detail_is_escaped_once(tmp_path: Path) -> None:
+    """The device's words reach the notice as stored: escaped once. They were escaped again on
+    the way into the payload, so a backslash came out as four and an escape as ``\\\\x1b``."""
+    db = Database(f"sqlite:///{tmp_path / 'fleet.db'}")
+    db.create_schema()
+    catalog = CatalogStore(db)
+    catalog.add_model(ModelRow("m", "1.0.0", "int8", 1, "ab" * 32, 10, False, b"x", 0))
+    device = DeviceStore(db).add_device("cam", "t", {}, {})
+    webhooks = WebhookStore(db)
+    webhooks.add(name="ops", url="http://127.0.0.1:9/x", secret="s" * 20, events=[],
+                 allow_http=True, ca_pem=None, created_by="test", now=0)  # fmt: skip
+    said = "C:\\models\\m.tflite \x1b[2J"
+    detail = stored_text(said, 1024)  # as both ways in (ReportStatus, MQTT) store it
+    RolloutStore(db, catalog).apply_update(Outcome(device, "m", "1.0.0", device_pb2.FAILED, detail))
+    (notice,) = webhooks.claim("test", now=time.time() + 1, lease_s=60, limit=10, per_webhook=10)
+    assert notice.data["detail"] == detail == "C:\\\\models\\\\m.tflite \\x1b[2J"

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from fleet_server.rollouts.states import TICKING, DeviceState
-from fleet_server.storage.db import stored_text
 from fleet_server.storage.schema import (
     device_models,
     devices,
@@ -45,7 +44,7 @@ class Outcome:
     model_name: str
     version: str
     state: int  # a protos UpdateState
-    detail: str = ""
+    detail: str = ""  # as stored (storage.db.stored_text): both ways in escape it
     epoch: str | None = None  # with seq: the event's place in the device's sequence
     seq: int | None = None
 
@@ -162,7 +161,7 @@ def _refused(conn: sa.Connection, outcome: Outcome, state: str, now: int) -> Eve
         "model": outcome.model_name,
         "version": outcome.version,
         "state": state,
-        "detail": stored_text(outcome.detail, 1024),
+        "detail": outcome.detail,  # stored text already (escaping it again doubled backslashes)
     }
     day = now // 86400
     key = event_id(
