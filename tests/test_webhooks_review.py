@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 
 from fleet_server.catalog.store import CatalogStore, ModelRow
 from fleet_server.errors import BadRequestError
+from fleet_server.notify.sender import post
 from fleet_server.registry.store import DeviceStore
 from fleet_server.rollouts.outcomes import Outcome
 from fleet_server.rollouts.store import RolloutStore
@@ -155,3 +158,27 @@ def test_a_refusals_detail_is_escaped_once(tmp_path: Path) -> None:
     RolloutStore(db, catalog).apply_update(Outcome(device, "m", "1.0.0", device_pb2.FAILED, detail))
     (notice,) = webhooks.claim("test", now=time.time() + 1, lease_s=60, limit=10, per_webhook=10)
     assert notice.data["detail"] == detail == "C:\\\\models\\\\m.tflite \\x1b[2J"
+
+
+def test_a_receivers_own_bytes_in_an_error_are_escaped() -> None:
+    """A receiver answering a malformed status line had its bytes quoted in the attempt's error
+    as they came: stored in the delivery log, shown to viewers and written to the server's log,
+    where an escape sequence could clear a screen or forge a line."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"\x1b[2J\x1b]0;owned\x07 all good\r\n\r\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        port = listener.getsockname()[1]
+        got = post(f"http://127.0.0.1:{port}/x", b"{}", {}, timeout_s=10)
+    finally:
+        thread.join(10)
+        listener.close()
+    assert not got.ok and "\\x1b[2J" in got.error, got.error
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in got.error), repr(got.error)
