@@ -3,6 +3,7 @@ at once, or a crafted name could do that the feature promises it cannot."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from functools import partial
@@ -15,6 +16,7 @@ from fleet_server.admins.store import BOOTSTRAP, AdminStore
 from fleet_server.errors import BadRequestError, ConflictError
 from fleet_server.storage.db import Database
 from fleet_server.storage.schema import admins
+from tests.harness import Server, run_cli
 
 ROUNDS = 12
 
@@ -71,3 +73,26 @@ def test_no_admin_takes_the_bootstrap_tokens_name(tmp_path: Path) -> None:
     with pytest.raises(BadRequestError, match="bootstrap token's"):
         store.create(BOOTSTRAP, Role.VIEWER, "alice")
     assert store.list() == []
+
+
+@pytest.mark.slow
+def test_a_certificate_whose_files_cannot_be_written_is_not_issued(
+    server_factory: Callable[..., Server], tmp_path: Path
+) -> None:
+    """`admins cert --out-dir` where no folder can be made: a traceback, after the server had
+    issued the certificate (which ends the one before) and the key was never kept, so the
+    admin was left with no certificate that works. Now one line, and nothing issued."""
+    server = server_factory(None)
+    token = tmp_path / "alice.token"
+    server.admin("admins", "add", "alice", "--role", "admin", "--out", str(token))
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder\n")
+    result = run_cli("edgefleet", "--server", server.address, "--ca-file", str(server.ca_file),
+                     "--token-file", str(token), "admins", "cert", "--out-dir",
+                     str(blocked / "certs"), check=False)  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("edgefleet: error: cannot make"), result.stderr
+    listed = run_cli("edgefleet", "--server", server.address, "--ca-file", str(server.ca_file),
+                     "--token-file", str(token), "admins", "list", "--json").stdout  # fmt: skip
+    (alice,) = json.loads(listed)["admins"]
+    assert not alice.get("cert_serial"), alice

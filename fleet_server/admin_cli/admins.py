@@ -116,19 +116,29 @@ def _cmd_cert(args: argparse.Namespace) -> int:
         .subject_name(x509.Name([]))
         .sign(key, hashes.SHA256())
     )
-    answer = admin.call(
-        "IssueAdminCertificate",
-        pb.AdminCertificateRequest(
-            name=args.name or "",
-            csr_pem=csr.public_bytes(serialization.Encoding.PEM),
-            days=args.days,
-        ),
-    )
-    folder.mkdir(parents=True, exist_ok=True)
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+    # The key is written before the server is asked: the new certificate ends the one before,
+    # so a folder that cannot take the files must fail now, not after (a traceback, and the
+    # admin left with no certificate that works).
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadRequestError(f"cannot make {folder}: {exc.strerror}") from None
     _write_new(key_path, key_pem, 0o600)
+    try:
+        answer = admin.call(
+            "IssueAdminCertificate",
+            pb.AdminCertificateRequest(
+                name=args.name or "",
+                csr_pem=csr.public_bytes(serialization.Encoding.PEM),
+                days=args.days,
+            ),
+        )
+    except BaseException:
+        key_path.unlink(missing_ok=True)
+        raise
     _write_new(cert_path, answer.cert_pem, 0o644)
     print(
         f"certificate {answer.admin.cert_serial} for {answer.admin.name} "
