@@ -4,6 +4,7 @@ at once, or a crafted name could do that the feature promises it cannot."""
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 from collections.abc import Callable
 from functools import partial
@@ -96,3 +97,36 @@ def test_a_certificate_whose_files_cannot_be_written_is_not_issued(
                      "--token-file", str(token), "admins", "list", "--json").stdout  # fmt: skip
     (alice,) = json.loads(listed)["admins"]
     assert not alice.get("cert_serial"), alice
+
+
+@pytest.mark.slow
+def test_a_token_that_cannot_be_written_is_not_made(
+    server_factory: Callable[..., Server], tmp_path: Path
+) -> None:
+    """`admins rotate --out FILE` onto a file that exists: the server rotated first, then the
+    CLI refused to overwrite and the new token was lost, with the old one ended: bob locked
+    out. `admins add --out` into no folder: an admin made whose token nobody has. Now the file
+    is made first; nothing changes on the server when it cannot be."""
+    server = server_factory(None)
+    files = {name: tmp_path / f"{name}.token" for name in ("alice", "bob")}
+    server.admin("admins", "add", "alice", "--role", "admin", "--out", str(files["alice"]))
+
+    def cli(who: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli("edgefleet", "--server", server.address, "--ca-file",
+                       str(server.ca_file), "--token-file", str(files[who]), *args,
+                       check=False)  # fmt: skip
+
+    cli("alice", "admins", "add", "bob", "--role", "viewer", "--out", str(files["bob"]))
+    taken = tmp_path / "taken"
+    taken.write_text("something of bob's\n")
+    rotated = cli("bob", "admins", "rotate", "--out", str(taken))
+    assert rotated.returncode == 1 and "nothing was changed" in rotated.stderr, rotated.stderr
+    assert taken.read_text() == "something of bob's\n"
+    assert cli("bob", "whoami").stdout.strip() == "bob (viewer)"  # the old token still works
+    added = cli("alice", "admins", "add", "carol", "--role", "viewer", "--out",
+                str(tmp_path / "no-such-folder" / "carol.token"))  # fmt: skip
+    assert added.returncode == 1 and "nothing was changed" in added.stderr, added.stderr
+    names = [
+        a["name"] for a in json.loads(cli("alice", "admins", "list", "--json").stdout)["admins"]
+    ]
+    assert names == ["alice", "bob"], names
