@@ -101,7 +101,7 @@ class ServerContext:
         self.downloads = Downloads(self.db)
         self.audit = AuditLog(self.db)
         self.admins = AdminStore(self.db, self.admin_token)
-        self.retention = Retention(self.db, self.rollouts, self.artifacts)
+        self.retention = Retention(self.db, self.artifacts)
         self.webhooks = WebhookStore(self.db)
         self.last_seen = LastSeen(self.devices)
         self.answers = AnswerCache()

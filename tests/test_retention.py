@@ -16,7 +16,6 @@ from fleet_server.artifacts.store import ArtifactStore
 from fleet_server.catalog.store import CatalogStore, ModelRow
 from fleet_server.errors import ConflictError
 from fleet_server.rollouts.retention import GRACE_S, Retention
-from fleet_server.rollouts.store import RolloutStore
 from fleet_server.simulator import SimDevice
 from fleet_server.storage.db import Database
 from tests.harness import REPO, Server
@@ -39,7 +38,7 @@ def test_files_shared_by_another_version_stay_and_young_orphans_wait(tmp_path: P
     old = time.time() - GRACE_S - 60
     for sha in (shared, own):
         os.utime(artifacts.root / f"{sha}.tflite", (old, old))
-    retention = Retention(db, RolloutStore(db, catalog), artifacts)
+    retention = Retention(db, artifacts)
     swept = retention.delete("m", "1.0.0")
     assert (swept.deleted, swept.files) == (["1.0.0"], 0)  # 1.1.0 uses the file
     assert artifacts.path(shared).exists()

@@ -283,8 +283,9 @@ def test_a_deploy_does_not_end_a_running_rollout_unless_forced(fleet: Fleet) -> 
     running = fleet.create("2.0.0", "--waves", "1,100%", "--bake", "600")
     rollout_id = int(running["rollout_id"])
     refused = fleet.server.admin("deploy", "color", "1.0.0", check=False)
-    assert refused.returncode == 1 and f"rollout(s) {rollout_id} (running) of color are in effect" in (
-        refused.stderr
+    assert (
+        refused.returncode == 1
+        and f"rollout(s) {rollout_id} (running) of color are in effect" in (refused.stderr)
     )
     assert "--force" in refused.stderr
     assert fleet.rollout(rollout_id)["state"] == "running"

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,29 +32,51 @@ def _line(a: pb.AdminInfo) -> str:
     )
 
 
-def _give_token(args: argparse.Namespace, answer: pb.AdminTokenResponse, what: str) -> None:
-    """The token once: into --out (0600, refusing to overwrite) or on standard output."""
+def _token_out(args: argparse.Namespace) -> int | None:
+    """The --out file, made (0600, never over another) before the server is asked: a token
+    the server made (a new admin's, or a rotation's, which ends the old one) and could not
+    write would be lost, and a rotation would have locked its admin out."""
     if args.out is None:
+        return None
+    try:
+        return os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise BadRequestError(f"{args.out} exists: not overwritten (nothing was changed)") from None
+    except OSError as exc:
+        raise BadRequestError(
+            f"cannot write {args.out}: {exc.strerror} (nothing was changed)"
+        ) from None
+
+
+def _with_token(
+    args: argparse.Namespace, method: str, request: Any, what: Callable[[Any], str]
+) -> None:
+    """Call ``method`` for a token and give it once: into --out or on standard output."""
+    fd = _token_out(args)
+    try:
+        answer = common.admin(args).call(method, request)
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+            args.out.unlink(missing_ok=True)
+        raise
+    if fd is None:
         print(answer.token)
-        print(f"{what}: the token above is shown once; the server keeps only its hash",
+        print(f"{what(answer)}: the token above is shown once; the server keeps only its hash",
               file=sys.stderr)  # fmt: skip
         return
-    try:
-        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise BadRequestError(f"{args.out} exists: not overwritten (the token is lost)") from None
-    except OSError as exc:
-        raise BadRequestError(f"cannot write {args.out}: {exc.strerror}") from None
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(answer.token + "\n")
-    print(f"{what}: token written to {args.out} (0600); use it with --token-file")
+    print(f"{what(answer)}: token written to {args.out} (0600); use it with --token-file")
 
 
 def _cmd_add(args: argparse.Namespace) -> int:
-    answer = common.admin(args).call(
-        "CreateAdmin", pb.CreateAdminRequest(name=args.name, role=args.role)
+    _with_token(
+        args,
+        "CreateAdmin",
+        pb.CreateAdminRequest(name=args.name, role=args.role),
+        lambda a: f"admin {a.admin.name} ({a.admin.role}) added",
     )
-    _give_token(args, answer, f"admin {answer.admin.name} ({answer.admin.role}) added")
     return 0
 
 
@@ -83,8 +106,12 @@ def _cmd_set_role(args: argparse.Namespace) -> int:
 
 
 def _cmd_rotate(args: argparse.Namespace) -> int:
-    answer = common.admin(args).call("RotateAdminToken", pb.AdminRequest(name=args.name or ""))
-    _give_token(args, answer, f"new token for {answer.admin.name}; the old one no longer works")
+    _with_token(
+        args,
+        "RotateAdminToken",
+        pb.AdminRequest(name=args.name or ""),
+        lambda a: f"new token for {a.admin.name}; the old one no longer works",
+    )
     return 0
 
 
@@ -116,19 +143,29 @@ def _cmd_cert(args: argparse.Namespace) -> int:
         .subject_name(x509.Name([]))
         .sign(key, hashes.SHA256())
     )
-    answer = admin.call(
-        "IssueAdminCertificate",
-        pb.AdminCertificateRequest(
-            name=args.name or "",
-            csr_pem=csr.public_bytes(serialization.Encoding.PEM),
-            days=args.days,
-        ),
-    )
-    folder.mkdir(parents=True, exist_ok=True)
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+    # The key is written before the server is asked: the new certificate ends the one before,
+    # so a folder that cannot take the files must fail now, not after (a traceback, and the
+    # admin left with no certificate that works).
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadRequestError(f"cannot make {folder}: {exc.strerror}") from None
     _write_new(key_path, key_pem, 0o600)
+    try:
+        answer = admin.call(
+            "IssueAdminCertificate",
+            pb.AdminCertificateRequest(
+                name=args.name or "",
+                csr_pem=csr.public_bytes(serialization.Encoding.PEM),
+                days=args.days,
+            ),
+        )
+    except BaseException:
+        key_path.unlink(missing_ok=True)
+        raise
     _write_new(cert_path, answer.cert_pem, 0o644)
     print(
         f"certificate {answer.admin.cert_serial} for {answer.admin.name} "

@@ -52,7 +52,7 @@ CERT_CN_PREFIX = "edgefleet-admin:"
 
 def check_name(name: str) -> str:
     """An admin's name: lowercase letters, digits and ``. _ @ + -`` (an email address fits),
-    at most 64 characters.
+    at most 64 characters, not :data:`BOOTSTRAP`.
 
     Raises:
         BadRequestError: anything else.
@@ -62,6 +62,10 @@ def check_name(name: str) -> str:
             f"admin name {name[:80]!r} is not valid: lowercase letters, digits and . _ @ + -, "
             "starting with a letter or digit, at most 64 characters"
         )
+    if name == BOOTSTRAP:
+        # The audit log names the bootstrap token so: an admin of that name could act as
+        # "the bootstrap token" there, and what it did be blamed on first setup.
+        raise BadRequestError(f"admin name {name!r} is the bootstrap token's; choose another")
     return name
 
 
@@ -288,6 +292,16 @@ class AdminStore:
     def _change(self, name: str, *, role: Role | None = None, revoke: bool = False) -> None:
         with self._engine.begin() as conn:
             hold_writes(conn)
+            # Every active admin-role row is locked first, in one order: two revocations (or
+            # demotions) of the last two admins at once on PostgreSQL each counted the other
+            # as still there and both went through (locking only the changed row left the
+            # count unguarded). Now the second waits for the first and counts after it.
+            conn.execute(
+                sa.select(admins.c.name)
+                .where(admins.c.revoked_at.is_(None) & (admins.c.role == int(Role.ADMIN)))
+                .order_by(admins.c.name)
+                .with_for_update()
+            ).all()
             row = conn.execute(
                 sa.select(admins.c.role, admins.c.revoked_at)
                 .where(admins.c.name == name)

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from google.protobuf.message import DecodeError
 
 from fleet_server.errors import AlreadyExistsError, NotFoundError
-from fleet_server.storage.db import Database, bump_generation
+from fleet_server.storage.db import Database, bump_generation, hold_writes
 from fleet_server.storage.schema import deployments, device_models, models, releases, settings
 from protos import manifest_pb2
 
@@ -290,6 +290,17 @@ class CatalogStore:
         now = int(time.time())
         values = {"version": version, "updated_at": now, "envelope": envelope}
         with self._engine.begin() as conn:
+            hold_writes(conn)
+            # Still there in this transaction, and kept until it ends: a deletion of the version
+            # at the same moment either waits for this deploy (and then refuses) or went first
+            # (and this one is refused), never a deployment of deleted files.
+            present = conn.execute(
+                sa.select(models.c.variant)
+                .where((models.c.model_name == model_name) & (models.c.version == version))
+                .with_for_update(read=True)
+            ).all()
+            if not present:
+                raise NotFoundError(f"model {model_name} version {version} does not exist")
             updated = conn.execute(
                 deployments.update().where(deployments.c.model_name == model_name).values(**values)
             )

@@ -19,11 +19,13 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from fleet_server.storage.db import stored_text
 from fleet_server.webhooks.policy import MAX_DELAY_S, refused_address
 
 __all__ = ["MAX_ANSWER", "Answer", "post"]
 
 MAX_ANSWER = 64 * 1024
+_ERROR = 255  # characters of an error, as the delivery log keeps them
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,9 @@ def post(
 
     def answer(status: int, error: str, retry_after: float | None = None) -> Answer:
         ms = int((time.monotonic() - started) * 1000)
-        return Answer(status, error, ms, retry_after)
+        # An error can quote the receiver (a malformed status line): its bytes are outside
+        # text, kept in the delivery log, shown to viewers and written to the server's log.
+        return Answer(status, stored_text(error, _ERROR), ms, retry_after)
 
     timer = threading.Timer(timeout_s, cut)
     timer.daemon = True

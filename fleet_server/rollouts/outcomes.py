@@ -16,8 +16,13 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from fleet_server.rollouts.states import TICKING, DeviceState
-from fleet_server.storage.db import stored_text
-from fleet_server.storage.schema import device_models, devices, rollout_devices, rollouts
+from fleet_server.storage.schema import (
+    device_models,
+    devices,
+    releases,
+    rollout_devices,
+    rollouts,
+)
 from fleet_server.webhooks.events import Event, EventType, event_id
 from fleet_server.webhooks.store import record
 from protos import device_pb2 as pb
@@ -39,7 +44,7 @@ class Outcome:
     model_name: str
     version: str
     state: int  # a protos UpdateState
-    detail: str = ""
+    detail: str = ""  # as stored (storage.db.stored_text): both ways in escape it
     epoch: str | None = None  # with seq: the event's place in the device's sequence
     seq: int | None = None
 
@@ -124,7 +129,9 @@ def apply_update(conn: sa.Connection, outcome: Outcome, now: int) -> bool:
     if rollout is None:
         return False
     if rollout == DeviceState.FAILED:
-        record(conn, [_refused(conn, outcome, state, now)])
+        notice = _refused(conn, outcome, state, now)
+        if notice is not None:
+            record(conn, [notice])
     detail = "" if rollout == DeviceState.INSTALLED else f"{state}: {outcome.detail}"
     record_outcome(
         conn, outcome.device_id, outcome.model_name, outcome.version, rollout, detail, now
@@ -132,9 +139,19 @@ def apply_update(conn: sa.Connection, outcome: Outcome, now: int) -> bool:
     return True
 
 
-def _refused(conn: sa.Connection, outcome: Outcome, state: str, now: int) -> Event:
-    """The notice of a device that refused a release or rolled it back. A numbered step is
-    the same event however often it arrives (over MQTT and over the device API)."""
+def _refused(conn: sa.Connection, outcome: Outcome, state: str, now: int) -> Event | None:
+    """The notice of a device that refused a release or rolled it back: once a day per device,
+    version and state, and only of a release the server has. A device's reports are its own
+    to repeat: one that sent a failure of invented versions in a loop made a notice of each,
+    an operator's receiver flooded and the outbox grown without bound. A numbered step's copies
+    (over MQTT and over the device API) are one notice the same way."""
+    known = conn.execute(
+        sa.select(releases.c.version).where(
+            (releases.c.model_name == outcome.model_name) & (releases.c.version == outcome.version)
+        )
+    ).first()
+    if known is None:
+        return None
     name = conn.execute(
         sa.select(devices.c.name).where(devices.c.device_id == outcome.device_id)
     ).scalar()
@@ -144,9 +161,10 @@ def _refused(conn: sa.Connection, outcome: Outcome, state: str, now: int) -> Eve
         "model": outcome.model_name,
         "version": outcome.version,
         "state": state,
-        "detail": stored_text(outcome.detail, 1024),
+        "detail": outcome.detail,  # stored text already (escaping it again doubled backslashes)
     }
-    if outcome.seq is None:
-        return Event(EventType.UPDATE_REFUSED, data, at=now)
-    key = event_id(EventType.UPDATE_REFUSED, outcome.device_id, outcome.epoch, outcome.seq)
+    day = now // 86400
+    key = event_id(
+        EventType.UPDATE_REFUSED, outcome.device_id, outcome.model_name, outcome.version, state, day
+    )
     return Event(EventType.UPDATE_REFUSED, data, id=key, at=now)

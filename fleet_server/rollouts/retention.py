@@ -24,7 +24,6 @@ import sqlalchemy as sa
 from fleet_server.artifacts.store import ArtifactStore
 from fleet_server.errors import ConflictError, NotFoundError
 from fleet_server.rollouts.states import IN_EFFECT
-from fleet_server.rollouts.store import RolloutStore
 from fleet_server.storage.db import Database, bump_generation, hold_writes
 from fleet_server.storage.schema import (
     benchmarks,
@@ -34,6 +33,7 @@ from fleet_server.storage.schema import (
     downloads,
     models,
     releases,
+    rollouts,
 )
 
 __all__ = ["GRACE_S", "Retention", "Swept"]
@@ -54,53 +54,14 @@ class Swept:
 
 
 class Retention:
-    def __init__(self, db: Database, rollouts: RolloutStore, artifacts: ArtifactStore) -> None:
+    def __init__(self, db: Database, artifacts: ArtifactStore) -> None:
         self._engine = db.engine
-        self._rollouts = rollouts
         self._artifacts = artifacts
 
     def blockers(self, model_name: str, version: str, *, force: bool = False) -> list[str]:
         """Why the version cannot be deleted now ([] when it can)."""
-        why = []
         with self._engine.connect() as conn:
-            deployed = conn.execute(
-                sa.select(deployments.c.version).where(deployments.c.model_name == model_name)
-            ).scalar()
-            serving = (
-                []
-                if force
-                else conn.execute(
-                    sa.select(device_models.c.device_id)
-                    .where(
-                        (device_models.c.model_name == model_name)
-                        & (
-                            (device_models.c.active_version == version)
-                            | (
-                                (device_models.c.version == version)
-                                & (device_models.c.state == "INSTALLED")
-                            )
-                        )
-                    )
-                    .order_by(device_models.c.device_id)
-                    .limit(6)
-                ).all()
-            )
-        if deployed == version:
-            why.append("it is deployed to the fleet (deploy another version first)")
-        live = [
-            r.rollout_id
-            for r in self._rollouts.list_rollouts(model_name)
-            if r.version == version and r.state in IN_EFFECT
-        ]
-        if live:
-            why.append(f"rollout(s) {', '.join(map(str, live))} in effect send it to devices")
-        if serving:
-            names = ", ".join(str(r[0]) for r in serving[:5]) + (" ..." if len(serving) > 5 else "")
-            why.append(
-                f"devices serve it ({names}): one that reinstalls or rolls back could not "
-                "download it again (--force deletes it anyway)"
-            )
-        return why
+            return _blockers(conn, model_name, version, force=force)
 
     def delete(self, model_name: str, version: str, *, force: bool = False) -> Swept:
         """Delete one version.
@@ -109,21 +70,31 @@ class Retention:
             NotFoundError: no such version (or deleted already).
             ConflictError: something needs it (:meth:`blockers`).
         """
-        why = self.blockers(model_name, version, force=force)
-        if why:
-            raise ConflictError(f"{model_name} {version} is kept: {'; '.join(why)}")
         swept = Swept()
         with self._engine.begin() as conn:
             hold_writes(conn)
+            # What needs the version is judged in the deleting transaction, after its rows are
+            # locked: a deploy or a rollout of it made at the same moment (another admin, another
+            # replica) was missed by a look taken before, and the fleet was sent a version whose
+            # files were gone. A rollout's creation locks the model's releases; a deploy shares
+            # the variants' rows, which the DELETE waits for.
+            conn.execute(
+                sa.select(releases.c.version)
+                .where(releases.c.model_name == model_name)
+                .with_for_update()
+            ).all()
             shas = _files_of(conn, model_name, version)
             if not shas:
                 raise NotFoundError(f"model {model_name} version {version} does not exist")
-            conn.execute(benchmarks.delete().where(benchmarks.c.sha256.in_(sorted(shas))))
             conn.execute(
                 models.delete().where(
                     (models.c.model_name == model_name) & (models.c.version == version)
                 )
             )
+            why = _blockers(conn, model_name, version, force=force)
+            if why:
+                raise ConflictError(f"{model_name} {version} is kept: {'; '.join(why)}")
+            conn.execute(benchmarks.delete().where(benchmarks.c.sha256.in_(sorted(shas))))
             bump_generation(conn)
         swept.deleted.append(version)
         self.collect(swept)
@@ -183,6 +154,48 @@ class Retention:
             with self._engine.begin() as conn:
                 conn.execute(deliveries.delete().where(deliveries.c.sha256.in_(gone)))
                 conn.execute(downloads.delete().where(downloads.c.artifact.in_(gone)))
+
+
+def _blockers(conn: sa.Connection, model_name: str, version: str, *, force: bool) -> list[str]:
+    why = []
+    deployed = conn.execute(
+        sa.select(deployments.c.version).where(deployments.c.model_name == model_name)
+    ).scalar()
+    if deployed == version:
+        why.append("it is deployed to the fleet (deploy another version first)")
+    live = conn.execute(
+        sa.select(rollouts.c.rollout_id)
+        .where(
+            (rollouts.c.model_name == model_name)
+            & (rollouts.c.version == version)
+            & rollouts.c.state.in_(sorted(IN_EFFECT))
+        )
+        .order_by(rollouts.c.rollout_id)
+    ).all()
+    if live:
+        ids = ", ".join(str(r[0]) for r in live)
+        why.append(f"rollout(s) {ids} in effect send it to devices")
+    if force:
+        return why
+    serving = conn.execute(
+        sa.select(device_models.c.device_id)
+        .where(
+            (device_models.c.model_name == model_name)
+            & (
+                (device_models.c.active_version == version)
+                | ((device_models.c.version == version) & (device_models.c.state == "INSTALLED"))
+            )
+        )
+        .order_by(device_models.c.device_id)
+        .limit(6)
+    ).all()
+    if serving:
+        names = ", ".join(str(r[0]) for r in serving[:5]) + (" ..." if len(serving) > 5 else "")
+        why.append(
+            f"devices serve it ({names}): one that reinstalls or rolls back could not "
+            "download it again (--force deletes it anyway)"
+        )
+    return why
 
 
 def _files_of(conn: sa.Connection, model_name: str, version: str) -> set[str]:

@@ -97,13 +97,41 @@ def check_url(url: str, *, allow_http: bool) -> str:
     return url
 
 
+# Instance metadata (credentials) outside the link-local ranges: AWS's IPv6 endpoint and
+# Alibaba Cloud's.
+_METADATA = frozenset(
+    {ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("100.100.100.200")}
+)
+# IPv6 forms that carry an IPv4 address a host or its network may reach: NAT64's well-known
+# prefix (RFC 6052) and the deprecated IPv4-compatible ::a.b.c.d (::ffff:a.b.c.d and 6to4's
+# 2002::/16 have their own properties).
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in _NAT64 or (address in _COMPATIBLE and int(address) > 1):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
 def refused_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
     """Why a webhook may not connect to ``address`` ("" when it may): link-local addresses
-    (where clouds answer with instance credentials, 169.254.169.254), unspecified, multicast
-    and broadcast ones. Checked at every connection, after the name is resolved, so a name
-    that later resolves there is refused too."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    (where clouds answer with instance credentials, 169.254.169.254), the clouds' other
+    metadata addresses (fd00:ec2::254, 100.100.100.200), unspecified, multicast and broadcast
+    ones, and an IPv6 address that carries one of those IPv4 ones (::ffff:169.254.169.254,
+    64:ff9b::a9fe:a9fe, ...). Checked at every connection, after the name is resolved, so a
+    name that later resolves there is refused too."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.scope_id:
+            address = ipaddress.IPv6Address(str(address).split("%", 1)[0])
+        address = _embedded_ipv4(address) or address
+    if address in _METADATA:
+        return f"{address} is a cloud's instance metadata address; refused"
     if address.is_link_local:
         return f"{address} is link-local (cloud instance metadata lives there); refused"
     if address.is_unspecified or address.is_multicast or str(address) == "255.255.255.255":

@@ -352,7 +352,8 @@ class WebhookStore:
     ) -> list[Claimed]:
         """Lease up to ``limit`` due deliveries to ``owner`` until ``now + lease_s``, at most
         ``per_webhook`` of one webhook counting the ``busy`` ones it is sending (webhook id ->
-        how many), so one slow receiver cannot hold every sender; oldest due first."""
+        how many), so one slow receiver cannot hold every sender; the least busy webhooks
+        first, one delivery of each in turn, each webhook's oldest due first."""
         if limit <= 0:
             return []
         taken = dict(busy or {})
@@ -362,24 +363,40 @@ class WebhookStore:
         with self._engine.begin() as conn:
             # Each webhook's oldest due deliveries: a receiver with a backlog does not keep
             # the others' waiting behind it.
-            hooks = conn.execute(
-                sa.select(o.webhook_id)
-                .where(due)
-                .group_by(o.webhook_id)
-                .order_by(sa.func.min(o.next_at))
-            ).all()
-            chosen: list[int] = []
-            for (webhook_id,) in hooks:
-                allowance = min(per_webhook - taken.get(int(webhook_id), 0), limit - len(chosen))
+            hooks = [
+                int(webhook_id)
+                for (webhook_id,) in conn.execute(
+                    sa.select(o.webhook_id)
+                    .where(due)
+                    .group_by(o.webhook_id)
+                    .order_by(sa.func.min(o.next_at))
+                )
+            ]
+            # The least busy first, then one delivery per webhook in turn: two receivers that
+            # hang, each with a backlog, took every free sender as soon as one came free (the
+            # oldest due went first) and a working receiver waited for their whole backlogs.
+            hooks.sort(key=lambda hook: taken.get(hook, 0))
+            queues: list[list[int]] = []
+            for webhook_id in hooks:
+                allowance = min(per_webhook - taken.get(webhook_id, 0), limit)
                 if allowance <= 0:
                     continue
-                candidates = conn.execute(
-                    sa.select(o.id)
-                    .where(due & (o.webhook_id == webhook_id))
-                    .order_by(o.next_at, o.id)
-                    .limit(allowance)
-                ).all()
-                for (outbox_id,) in candidates:
+                queues.append(
+                    [
+                        int(r[0])
+                        for r in conn.execute(
+                            sa.select(o.id)
+                            .where(due & (o.webhook_id == webhook_id))
+                            .order_by(o.next_at, o.id)
+                            .limit(allowance)
+                        )
+                    ]
+                )
+            chosen: list[int] = []
+            for turn in range(max((len(q) for q in queues), default=0)):
+                for outbox_id in (q[turn] for q in queues if turn < len(q)):
+                    if len(chosen) >= limit:
+                        break
                     # Of replicas racing for the row, the first to update it gets it; the
                     # others' WHERE no longer matches once it commits.
                     won = conn.execute(
@@ -388,7 +405,7 @@ class WebhookStore:
                         .values(lease_owner=owner, lease_until=now + lease_s)
                     ).rowcount
                     if won:
-                        chosen.append(int(outbox_id))
+                        chosen.append(outbox_id)
             if not chosen:
                 return []
             rows = conn.execute(
