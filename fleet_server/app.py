@@ -467,7 +467,8 @@ class FleetServer:
         except (OSError, ValueError) as exc:
             raise DataDirError(f"dashboard: cannot listen on {s.dashboard_listen}: {exc}") from exc
         self._dashboard = dashboard
-        log.info("dashboard on https://%s (log in with the admin token)", s.dashboard_listen)
+        log.info("dashboard on https://%s:%d (log in with an admin token)",
+                 s.dashboard_listen.rpartition(":")[0], dashboard_port)  # fmt: skip
         return dashboard_port
 
     def _start_cloud(self, ctx: ServerContext, tls_names: list[str]) -> Any:

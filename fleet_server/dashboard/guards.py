@@ -104,7 +104,8 @@ def same_origin(host: str, origin: str | None, fetch_site: str | None) -> bool:
     other forms carry the session's CSRF token too)."""
     if fetch_site is not None and fetch_site not in ("same-origin", "none"):
         return False
-    return origin is None or origin == f"https://{host}"
+    # "null": a browser that hides the origin (a referrer policy); Sec-Fetch-Site decided.
+    return origin in (None, "null") or origin == f"https://{host}"
 
 
 def selector(raw: str) -> dict[str, str]:
