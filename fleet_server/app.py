@@ -437,7 +437,8 @@ class FleetServer:
         except (OSError, ValueError) as exc:
             raise DataDirError(f"cannot serve metrics on {address}: {exc}") from exc
         self._metrics = endpoint
-        log.info("Prometheus metrics on https://%s/metrics (an admin token needed)", address)
+        log.info("Prometheus metrics on https://%s:%d/metrics (for an admin token)",
+                 address.rpartition(":")[0], self._metrics_port)  # fmt: skip
 
     def _start_dashboard(
         self, ctx: ServerContext, host: str, port: int, tls_names: list[str]

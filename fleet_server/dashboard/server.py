@@ -87,6 +87,10 @@ class HttpsServer:
             h11_max_incomplete_event_size=_MAX_HEAD_BYTES,
             timeout_keep_alive=KEEP_ALIVE_S,
             timeout_graceful_shutdown=int(GRACE_S),
+            # The client address counts wrong tokens: X-Forwarded-For is taken from a proxy on
+            # this host only, whatever FORWARDED_ALLOW_IPS says.
+            proxy_headers=True,
+            forwarded_allow_ips="127.0.0.1,::1",
         )
         config.load()
         config.ssl = context  # our context (a key that never touches the disk for long)
