@@ -54,6 +54,7 @@ padding:.5rem}figure.chart svg{display:block;width:100%;height:auto}
 figcaption{font-size:.85rem;color:var(--mute)}.k-cpu{color:var(--cpu)}.k-bad{color:var(--bad)}
 .k-cloud{color:var(--cloud)}.k-p95{color:var(--busy)}.k-p50{color:var(--ok)}
 header .who{color:var(--mute)}header form{margin:0}
+select{font:inherit;padding:.4rem;border:1px solid var(--line);border-radius:6px;background:#fff}
 form.action{background:#fff;border:1px solid var(--line);border-radius:8px;padding:.5rem 1rem;
 max-width:640px}form.action input,form.action select{width:100%;box-sizing:border-box}
 .refused{background:#f5d5d0;padding:.5rem 1rem;border-radius:6px}
