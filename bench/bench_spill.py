@@ -17,11 +17,9 @@ lock, until the spill is empty and every report is counted in the database.
 from __future__ import annotations
 
 import argparse
-import json
 import sqlite3
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -29,7 +27,7 @@ import paho.mqtt.client as paho
 from bench.processes import run_folder
 from fleet_server.telemetry.spill import Spill, SpillBounds
 from protos import telemetry_pb2
-from tests.harness import start_server
+from tests.harness import scrape_metrics, start_server
 from tests.mqtt_clients import Client
 from tests.test_mqtt_attacks import enroll_bare
 
@@ -62,8 +60,7 @@ def write_rate(folder: Path, n: int, batch: int) -> float:
 
 
 def metrics(folder: Path) -> dict[str, float]:
-    port = json.loads((folder / "server-ready.json").read_text())["metrics_port"]
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    text = scrape_metrics(folder)
     return {
         line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()

@@ -26,7 +26,6 @@ from typing import Any
 import sqlalchemy as sa
 from cryptography import x509
 
-from agent.inference.metrics_http import MetricsServer
 from agent.systemd import Notifier, watchdog_interval
 from agent.telemetry.mqtt import MqttEndpoint
 from fleet_server.addresses import (
@@ -103,7 +102,8 @@ class FleetServer:
         self._grpc: Any = None
         self._cloud: Any = None
         self._dashboard: Any = None
-        self._metrics: MetricsServer | None = None
+        self._metrics: Any = None
+        self._metrics_port = 0
         self._workers: list[subprocess.Popen[bytes]] = []
         self._restarts: list[float] = []
         self._ports: _Ports | None = None
@@ -233,7 +233,7 @@ class FleetServer:
         server.start()
         self._grpc = server
         dashboard_port = self._start_dashboard(ctx, main_host, port, tls_names)
-        self._metrics = self._start_metrics(ctx)
+        self._start_metrics(ctx, tls_names)
         if self._controller is not None:
             self._controller.start()
         if self._ghosts is not None:
@@ -274,7 +274,7 @@ class FleetServer:
                         "grpc_port": port,
                         "device_port": device_port,
                         "mqtt_url": mqtt_url,
-                        "metrics_port": self._metrics.port if self._metrics is not None else 0,
+                        "metrics_port": self._metrics_port,
                         "dashboard_port": dashboard_port,
                         "pid": os.getpid(),
                     }
@@ -415,19 +415,30 @@ class FleetServer:
         cert_file.write_bytes(cert_pem)
         return endpoint.with_tls_files(str(folder / "ca.crt"), str(cert_file), str(key_file))
 
-    def _start_metrics(self, ctx: ServerContext) -> MetricsServer | None:
-        """Prometheus text on HOST:PORT/metrics, when asked for."""
+    def _metrics_text(self, ctx: ServerContext) -> str:
+        return render(ctx, self._ingest)
+
+    def _start_metrics(self, ctx: ServerContext, tls_names: list[str]) -> None:
+        """Prometheus text on HTTPS HOST:PORT/metrics, for an admin token (any role), when
+        asked for (the dashboard serves it on its own port too).
+
+        Raises:
+            DataDirError: it cannot listen.
+        """
         address = self.settings.metrics_listen
-        if not address:
-            return None
-        host, port = split_host_port(address, "--metrics-listen")
-        ingest = self._ingest
+        if not address or self.settings.worker:
+            return
+        from fleet_server.dashboard.server import MetricsEndpoint  # noqa: PLC0415 - only when asked
+
+        key_pem, cert_pem = ctx.ca.server_credentials(tls_names)
+        endpoint = MetricsEndpoint(ctx, lambda: self._metrics_text(ctx), key_pem, cert_pem)
         try:
-            server = MetricsServer(lambda: render(ctx, ingest), host, port)
-        except OSError as exc:
+            self._metrics_port = endpoint.start(address)
+        except (OSError, ValueError) as exc:
             raise DataDirError(f"cannot serve metrics on {address}: {exc}") from exc
-        server.start()
-        return server
+        self._metrics = endpoint
+        log.info("Prometheus metrics on https://%s:%d/metrics (for an admin token)",
+                 address.rpartition(":")[0], self._metrics_port)  # fmt: skip
 
     def _start_dashboard(
         self, ctx: ServerContext, host: str, port: int, tls_names: list[str]
@@ -450,13 +461,15 @@ class FleetServer:
             admin_address=f"{bracket(admin)}:{port}",
             tls_key_pem=key_pem,
             tls_cert_pem=cert_pem,
+            metrics=lambda: self._metrics_text(ctx),
         )
         try:
             dashboard_port = dashboard.start(s.dashboard_listen)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             raise DataDirError(f"dashboard: cannot listen on {s.dashboard_listen}: {exc}") from exc
         self._dashboard = dashboard
-        log.info("dashboard on https://%s (log in with the admin token)", s.dashboard_listen)
+        log.info("dashboard on https://%s:%d (log in with an admin token)",
+                 s.dashboard_listen.rpartition(":")[0], dashboard_port)  # fmt: skip
         return dashboard_port
 
     def _start_cloud(self, ctx: ServerContext, tls_names: list[str]) -> Any:

@@ -438,8 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--dashboard-listen",
         default="",
         metavar="HOST:PORT",
-        help="serve the web dashboard over HTTPS here (the fleet CA's certificate; log in with "
-        "the admin token); off unless given",
+        help="serve the web dashboard over HTTPS here (the fleet CA's certificate; everyone logs "
+        "in with their own admin token) and /metrics for an admin token; off unless given "
+        "(docs/dashboard.md)",
     )
     run.add_argument(
         "--cloud-url",
@@ -534,7 +535,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--metrics-listen",
-        help="serve fleet-level Prometheus metrics on HOST:PORT/metrics (default: off)",
+        metavar="HOST:PORT",
+        help="serve fleet-level Prometheus metrics on https://HOST:PORT/metrics for an admin "
+        "token (Authorization: Bearer, any role; the fleet CA's certificate); the dashboard "
+        "serves them too (default: off; docs/dashboard.md)",
     )
     run.add_argument(
         "--pkcs11-module",

@@ -13,11 +13,13 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -320,6 +322,21 @@ class Server:
     def sim_fleet(self) -> SimFleet:
         """Where simulated devices enroll."""
         return SimFleet(self.address, self.ca_file.read_bytes())
+
+
+def scrape_metrics(folder: Path, data_dir: Path | None = None, token: str | None = None) -> str:
+    """The server's Prometheus text from its ``--metrics-listen`` port (its ready file is in
+    ``folder``): HTTPS with the fleet CA, and an admin token (default: the bootstrap token of
+    ``data_dir``, which defaults to ``folder / "server"``)."""
+    data_dir = data_dir or folder / "server"
+    port = json.loads((folder / "server-ready.json").read_text())["metrics_port"]
+    token = token or (data_dir / "admin.token").read_text().strip()
+    context = ssl.create_default_context(cafile=str(data_dir / "ca" / "ca.crt"))
+    request = urllib.request.Request(
+        f"https://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=10, context=context) as response:  # noqa: S310 - https, built here
+        return str(response.read().decode())
 
 
 def start_server(

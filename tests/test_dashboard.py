@@ -71,7 +71,7 @@ def test_log_in_see_the_fleet_pause_a_rollout_and_read_the_costs(
     status, where, body = browser.get("/fleet")
     assert (status, where) == (200, "/login") and "Admin token" in body
     status, where, body = browser.post("/login", {"token": "wrong"})
-    assert where == "/login" and "not the admin token" in body
+    assert (status, where) == (401, "/login") and "not an admin token" in body
     status, where, body = browser.get("/fleet")
     assert "No device has enrolled yet" not in body and where == "/login"
 
@@ -156,9 +156,14 @@ def test_log_in_see_the_fleet_pause_a_rollout_and_read_the_costs(
     with sqlite3.connect(server.data_dir / "fleet.db") as conn:
         conn.execute("ALTER TABLE history_gone RENAME TO telemetry_history")
 
-    # Logging out ends the session.
+    # Logging out ends the session: a POST with the session's CSRF token (a link cannot).
     _, _, body = browser.get("/fleet")
-    browser.post("/logout", {})
+    csrf = re.search(r'name=csrf value="([^"]+)"', body)
+    assert csrf is not None
+    assert browser.get("/logout")[0] == 405
+    assert browser.post("/logout", {})[0] == 403
+    assert browser.get("/fleet")[1] == "/fleet"  # still logged in
+    browser.post("/logout", {"csrf": csrf.group(1)})
     _, where, _ = browser.get("/fleet")
     assert where == "/login"
 

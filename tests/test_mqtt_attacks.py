@@ -14,7 +14,6 @@ import shutil
 import socket
 import sqlite3
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from agent.identity import Identity, new_key_and_csr
 from protos import device_pb2 as pb
 from protos import device_pb2_grpc as pb_grpc
 from protos import telemetry_pb2
-from tests.harness import Agent, Server, free_port, make_agent, wait_for
+from tests.harness import Agent, Server, free_port, make_agent, scrape_metrics, wait_for
 from tests.mqtt_clients import Client, run_tls_broker, start_tls_broker
 
 pytestmark = pytest.mark.slow
@@ -68,9 +67,7 @@ class Plane:
         return int(row[0]) if row else 0
 
     def metrics(self) -> str:
-        ready = json.loads((self.server.data_dir.parent / "server-ready.json").read_text())
-        url = f"http://127.0.0.1:{ready['metrics_port']}/metrics"
-        return str(urllib.request.urlopen(url, timeout=10).read().decode())
+        return scrape_metrics(self.server.data_dir.parent, self.server.data_dir)
 
     def events(self, device_id: str) -> int:
         with sqlite3.connect(self.server.data_dir / "fleet.db") as db:

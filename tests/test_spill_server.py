@@ -18,7 +18,6 @@ import sqlite3
 import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +27,7 @@ import paho.mqtt.client as paho
 import pytest
 
 from protos import telemetry_pb2
-from tests.harness import Server, wait_for
+from tests.harness import Server, scrape_metrics, wait_for
 from tests.mqtt_clients import Client
 from tests.test_mqtt_attacks import enroll_bare
 
@@ -92,8 +91,7 @@ def _complete(server: Server, devices: Devices) -> dict[str, dict[str, Any]] | N
 
 
 def _metrics(folder: Path) -> dict[str, float]:
-    port = json.loads((folder / "server-ready.json").read_text())["metrics_port"]
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    text = scrape_metrics(folder)
     values = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):

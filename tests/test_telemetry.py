@@ -14,7 +14,7 @@ import paho.mqtt.client as paho
 import pytest
 
 from protos import telemetry_pb2
-from tests.harness import Agent, Server, start_mosquitto, wait_for
+from tests.harness import Agent, Server, scrape_metrics, start_mosquitto, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -146,11 +146,7 @@ def test_bad_payloads_are_dropped_and_many_devices_are_all_ingested(
     assert all(int(d["telemetry_gaps"]) == 0 for d in server.devices())
 
     # The same counts on the server's Prometheus endpoint.
-    import urllib.request
-
-    metrics_port = json.loads((tmp_path / "server-ready.json").read_text())["metrics_port"]
-    url = f"http://127.0.0.1:{metrics_port}/metrics"
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    text = scrape_metrics(tmp_path, server.data_dir)
     assert 'edgefleet_mqtt_messages_total{outcome="accepted"} 600' in text
     assert 'edgefleet_mqtt_messages_total{outcome="duplicate"} 1' in text
     # Simulated: no birth message, but heard from just now.

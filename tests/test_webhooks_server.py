@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 
 from fleet_server.registry.ca import FleetCA
-from tests.harness import DATA, Server, free_port, wait_for
+from tests.harness import DATA, Server, free_port, scrape_metrics, wait_for
 from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.slow
@@ -110,10 +109,9 @@ def test_webhooks_are_signed_retried_listed_audited_and_told_of_a_paused_rollout
         assert secret not in listed and OWN not in listed
         hooks = {h["name"]: h for h in json.loads(listed)}
         assert hooks["flaky"]["delivered"] >= 1 and hooks["ops"]["custom_ca"]
-        port = json.loads((tmp_path / "server-ready.json").read_text())["metrics_port"]
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
-        assert b'edgefleet_webhook_deliveries{state="delivered",webhook="flaky"}' in metrics
-        assert b'edgefleet_webhook_dropped_total{webhook="ops"} 0' in metrics
+        metrics = scrape_metrics(tmp_path, server.data_dir)
+        assert 'edgefleet_webhook_deliveries{state="delivered",webhook="flaky"}' in metrics
+        assert 'edgefleet_webhook_dropped_total{webhook="ops"} 0' in metrics
         server.admin("webhooks", "remove", "slow")
         assert "slow" not in server.admin("webhooks", "list").stdout
         audit = server.admin("audit", "--json").stdout

@@ -1,5 +1,6 @@
-"""The dashboard's pages: each returns (title, main HTML). Everything is escaped here; the
-assets are below (no CDN: the dashboard works offline)."""
+"""The dashboard's pages: each returns (title, main HTML). Everything from outside is escaped
+here, by ``html.escape`` at each value (pages are composed in Python, not in templates: one
+rule, applied where the value meets the markup, and no template engine on the server)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from urllib.parse import quote
 from fleet_server.api.admin import wire
 from fleet_server.context import ServerContext
 from fleet_server.dashboard.queries import (
-    PAGE,
     HistoryPoint,
     device_history,
     device_page,
@@ -18,6 +18,7 @@ from fleet_server.dashboard.queries import (
     fleet_summary,
     history_window,
 )
+from fleet_server.dashboard.sessions import Person
 from fleet_server.errors import NotFoundError
 from fleet_server.registry.store import DeviceRow
 from fleet_server.rollouts.desired import explain
@@ -29,51 +30,99 @@ from fleet_server.signing.expiry import KeyStatus
 from fleet_server.telemetry.history import HISTORY_BUCKET_S
 from protos import telemetry_pb2
 
-__all__ = ["CSS", "JS", "PageNotFoundError", "layout", "login"]
+__all__ = [
+    "ROLLOUT_ACTIONS",
+    "PageNotFoundError",
+    "confirm",
+    "costs",
+    "device",
+    "empty",
+    "escape",
+    "fleet",
+    "keys",
+    "layout",
+    "login",
+    "models",
+    "refused",
+    "rollouts",
+]
 
 
 class PageNotFoundError(Exception):
     """A page about something that does not exist."""
 
 
+# The rollout actions of the web and the admin method each calls.
+ROLLOUT_ACTIONS = {"pause": "PauseRollout", "resume": "ResumeRollout", "abort": "AbortRollout"}
+
+
 NAV = (
-    ("/fleet", "Fleet"),
-    ("/rollouts", "Rollouts"),
-    ("/models", "Models"),
-    ("/costs", "Costs"),
-    ("/keys", "Keys"),
+    ("/fleet", "Fleet", ""),
+    ("/rollouts", "Rollouts", ""),
+    ("/models", "Models", ""),
+    ("/costs", "Costs", ""),
+    ("/keys", "Keys", ""),
+    ("/admins", "Admins", "ListAdmins"),  # shown to those who may list them
 )
 
 
-def layout(title: str, main: str, *, active: str = "") -> str:
+def layout(
+    title: str,
+    main: str,
+    *,
+    active: str = "",
+    who: Person | None = None,
+    refresh: bool = True,
+    notice: str = "",
+) -> str:
+    """The page around ``main``: the header (the person, their role, logging out with the
+    session's CSRF token), a notice shown once, and the live part the script refreshes (none
+    on a form or an answer to one: ``refresh=False``)."""
     links = "".join(
         f'<a href="{href}"{" class=on" if active.startswith(href) else ""}>{name}</a>'
-        for href, name in NAV
+        for href, name, method in NAV
+        if not method or (who is not None and who.may(method))
     )
+    account = ""
+    if who is not None:
+        account = (
+            f"<span class=who>{escape(who.name)} ({escape(str(who.role))})</span>"
+            '<form method=post action="/logout">'
+            f'<input type=hidden name=csrf value="{escape(who.csrf)}"><button>Log out</button>'
+            "</form>"
+        )
+    shown = f"<p class=notice role=status>{escape(notice)}</p>" if notice else ""
+    live = " data-refresh=5" if refresh else ""
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         '<meta name=viewport content="width=device-width, initial-scale=1">'
         f"<title>{escape(title)} · EdgeFleet</title>"
         '<link rel=stylesheet href="/static/app.css"><script src="/static/app.js" defer></script>'
-        f"</head><body><header><b>EdgeFleet</b><nav>{links}</nav>"
-        '<form method=post action="/logout"><button>Log out</button></form></header>'
-        f'<main data-refresh="5">{main}</main></body></html>'
+        f"</head><body><header><b>EdgeFleet</b><nav>{links}</nav>{account}</header>"
+        f"<main>{shown}<div{live}>{main}</div></main></body></html>"
     )
 
 
-def login(error: str) -> str:
-    problem = "<p class=bad>That is not the admin token.</p>" if error else ""
+def login(error: str, target: str) -> str:
+    """The login form; ``target`` (checked by the caller: a local path) is where it goes on."""
+    problem = f"<p class=bad role=alert>{escape(error)}</p>" if error else ""
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         '<meta name=viewport content="width=device-width, initial-scale=1">'
         '<title>Log in · EdgeFleet</title><link rel=stylesheet href="/static/app.css"></head>'
         "<body><main class=login><h1>EdgeFleet</h1>"
         f"{problem}<form method=post action=/login>"
+        f'<input type=hidden name=next value="{escape(target)}">'
         "<label>Admin token <input type=password name=token autocomplete=current-password "
         "required autofocus></label><button>Log in</button></form>"
-        "<p class=hint>The token is in the server's data dir (<code>admin.token</code>).</p>"
+        "<p class=hint>Your token, from <code>edgefleet admins add</code>; before any admin "
+        "exists, the server's bootstrap token (<code>admin.token</code> in its data dir).</p>"
         "</main></body></html>"
     )
+
+
+def refused(text: str) -> str:
+    return f"<p class=refused role=alert>{escape(text)}</p>"
 
 
 def empty(text: str) -> str:
@@ -178,7 +227,9 @@ def _chart(
 # fleet -----------------------------------------------------------------------------------------
 
 
-def fleet(ctx: ServerContext, query: dict[str, str]) -> tuple[str, str]:
+def fleet(ctx: ServerContext, search: str, offset: int, size: int) -> tuple[str, str]:
+    """The fleet page: ``search`` in device ids and names, ``size`` devices from ``offset``
+    (checked by the caller)."""
     s = fleet_summary(ctx.db)
     banner = _expiry_banner(ctx.key_status(time.time()))
     if not s.devices:
@@ -200,9 +251,7 @@ def fleet(ctx: ServerContext, query: dict[str, str]) -> tuple[str, str]:
     classes = "".join(
         f"<tr><td>{escape(k)}</td><td class=n>{n}</td></tr>" for k, n in sorted(s.classes.items())
     )
-    search = query.get("q", "")
-    offset = int(query.get("offset", "0") or 0) if query.get("offset", "0").isdigit() else 0
-    page = device_page(ctx.db, offset=offset, search=search)
+    page = device_page(ctx.db, offset=offset, search=search, limit=size)
     rows = (
         "".join(
             f'<tr><td><a href="/devices/{quote(r["device_id"])}">{escape(r["device_id"])}</a></td>'
@@ -217,11 +266,11 @@ def fleet(ctx: ServerContext, query: dict[str, str]) -> tuple[str, str]:
         or "<tr><td colspan=6>no device matches</td></tr>"
     )
     pager = []
+    more = f"/fleet?q={quote(search)}&amp;size={size}&amp;offset="
     if page.offset > 0:
-        pager.append(f'<a href="/fleet?q={quote(search)}&offset={max(0, page.offset - PAGE)}">'
-                     "previous</a>")  # fmt: skip
-    if page.offset + PAGE < page.total:
-        pager.append(f'<a href="/fleet?q={quote(search)}&offset={page.offset + PAGE}">next</a>')
+        pager.append(f'<a href="{more}{max(0, page.offset - size)}">previous</a>')
+    if page.offset + size < page.total:
+        pager.append(f'<a href="{more}{page.offset + size}">next</a>')
     shown = f"{page.offset + 1 if page.rows else 0}-{page.offset + len(page.rows)} of {page.total}"
     main = (
         "<h1>Fleet</h1>" + banner + "<section class=cards>"
@@ -330,17 +379,20 @@ def device(ctx: ServerContext, device_id: str) -> tuple[str, str]:
 # rollouts --------------------------------------------------------------------------------------
 
 
-def rollouts(ctx: ServerContext, query: dict[str, str], csrf: str) -> tuple[str, str]:
-    del csrf  # actions go through a confirmation page with the form
-    message = query.get("message", "")
-    notice = f"<p class=notice>{escape(message)}</p>" if message else ""
+def rollouts(ctx: ServerContext, who: Person) -> tuple[str, str]:
+    """The rollouts, newest first, with the actions the person's role allows."""
+    create = (
+        '<p><a class=button href="/rollouts/new">New rollout</a></p>'
+        if who.may("CreateRollout")
+        else ""
+    )
     listed = ctx.rollouts.list_rollouts()
     if not listed:
-        return "Rollouts", notice + empty(
-            "No rollouts yet. Start one with 'edgefleet rollouts create MODEL VERSION'."
+        return "Rollouts", "<h1>Rollouts</h1>" + create + empty(
+            "No rollouts yet. Start one here or with 'edgefleet rollouts create MODEL VERSION'."
         )
-    blocks = [_rollout(r) for r in listed[:50]]
-    return "Rollouts", notice + "<h1>Rollouts</h1>" + "".join(blocks)
+    blocks = [_rollout(r, who) for r in listed[:50]]
+    return "Rollouts", "<h1>Rollouts</h1>" + create + "".join(blocks)
 
 
 def _wave(r: RolloutRow, w: WaveRow) -> str:
@@ -361,11 +413,12 @@ def _wave(r: RolloutRow, w: WaveRow) -> str:
     )
 
 
-def _rollout(r: RolloutRow) -> str:
+def _rollout(r: RolloutRow, who: Person) -> str:
     actions = {
         RolloutState.RUNNING: ["pause", "abort"],
         RolloutState.PAUSED: ["resume", "abort"],
     }.get(r.state, [])
+    actions = [a for a in actions if who.may(ROLLOUT_ACTIONS[a])]
     buttons = " ".join(
         f'<a class=button href="/rollouts/{r.rollout_id}/{a}">{a.title()}</a>' for a in actions
     )
@@ -397,11 +450,16 @@ def _rollout(r: RolloutRow) -> str:
     )
 
 
-def confirm(ctx: ServerContext, rollout_id: str, action: str, csrf: str) -> tuple[str, str]:
-    if not rollout_id.isdigit() or action not in ("pause", "resume", "abort"):
+def confirm(ctx: ServerContext, rollout_id: int, action: str, csrf: str) -> tuple[str, str]:
+    """The confirmation form of a rollout action (``pause``, ``resume``, ``abort``).
+
+    Raises:
+        PageNotFoundError: no such rollout or action.
+    """
+    if action not in ROLLOUT_ACTIONS:
         raise PageNotFoundError("No such rollout action.")
     try:
-        r = ctx.rollouts.get(int(rollout_id))
+        r = ctx.rollouts.get(rollout_id)
     except NotFoundError as exc:
         raise PageNotFoundError(str(exc)) from exc
     consequence = {
@@ -469,21 +527,35 @@ def keys(ctx: ServerContext) -> tuple[str, str]:
     )
 
 
-def models(ctx: ServerContext) -> tuple[str, str]:
+def models(ctx: ServerContext, who: Person) -> tuple[str, str]:
+    """The catalog's versions and variants (with deploy and delete for those who may), and
+    the fleet's telemetry per model."""
     rows = ctx.catalog.list_models()
     if not rows:
         return "Models", empty("No models yet. Push one with 'edgefleet models push'.")
+    deploy, delete = who.may("Deploy"), who.may("DeleteModelVersion")
     body = []
+    seen: set[tuple[str, str]] = set()
     for m in reversed(rows):
         profile = wire.model_info(m, {}).profile
         latency = dict(profile.latency_ms) | dict(profile.fleet_latency_ms)
         measured = ", ".join(f"{k}: {v:.3f} ms" for k, v in sorted(latency.items())) or "-"
         accuracy = f"{profile.accuracy:.2%}" if profile.HasField("accuracy") else "-"
+        links = ""
+        if (m.model_name, m.version) not in seen:  # once per version, on its first variant
+            seen.add((m.model_name, m.version))
+            base = f"/models/{quote(m.model_name, safe='')}/{quote(m.version, safe='')}"
+            new = f"/rollouts/new?model={quote(m.model_name)}&amp;version={quote(m.version)}"
+            links = " ".join(
+                [f'<a class=button href="{new}">Roll out</a>'] * who.may("CreateRollout")
+                + [f'<a class=button href="{base}/deploy">Deploy</a>'] * deploy
+                + [f'<a class=button href="{base}/delete">Delete</a>'] * delete
+            )
         body.append(
             f"<tr><td>{escape(m.model_name)}</td><td>{escape(m.version)}</td>"
             f"<td>{escape(m.variant)}</td><td>{escape(m.quantization)}</td>"
             f"<td class=n>{m.size:,}</td><td>{escape(measured)}</td>"
-            f"<td class=n>{accuracy}</td></tr>"
+            f"<td class=n>{accuracy}</td><td>{links}</td></tr>"
         )
     now = time.time()
     history = fleet_history(ctx.db, hours=CHART_HOURS, now=now)
@@ -493,7 +565,9 @@ def models(ctx: ServerContext) -> tuple[str, str]:
     ) or empty(f"No telemetry in the last {CHART_HOURS} hours.")
     return "Models", (
         "<h1>Models</h1><div class=scroll><table><tr><th>model<th>version<th>variant<th>kind"
-        "<th>bytes<th>latency by hardware class<th>accuracy</tr>" + "".join(body) + "</table></div>"
+        "<th>bytes<th>latency by hardware class<th>accuracy<th></tr>"
+        + "".join(body)
+        + "</table></div>"
         f"<h2>Over the fleet, last {CHART_HOURS} hours</h2>" + charts
     )
 
@@ -548,8 +622,8 @@ def _budgets(ctx: ServerContext) -> str:
     )
 
 
-def costs(ctx: ServerContext, query: dict[str, str]) -> tuple[str, str]:
-    by = query.get("by", "")[:64]
+def costs(ctx: ServerContext, by: str) -> tuple[str, str]:
+    """Costs per model (and per the value of the label ``by``, if given)."""
     prices = ctx.routing.prices()
     rows = summarize(ctx.routing.usage(by, ""), prices)
     form = (
@@ -568,72 +642,3 @@ def costs(ctx: ServerContext, query: dict[str, str]) -> tuple[str, str]:
         "<th>policy<th>requests<th>cloud<th>as served<th>local only<th>cloud only<th>saved"
         "<th>vs cloud only</tr>" + table + "</table></div>" + _budgets(ctx)
     )
-
-
-CSS = """
-:root{--fg:#1d2430;--mute:#5b6575;--line:#d9dee7;--ok:#2e8b57;--bad:#c0392b;--busy:#d68910;
---idle:#c9ced8;--tpu:#6c5ce7;--cpu:#3b82c4;--cloud:#e67e22;font-family:system-ui,sans-serif}
-body{margin:0;color:var(--fg);background:#f6f7f9}
-header{display:flex;flex-wrap:wrap;gap:1rem;align-items:center;padding:.6rem 1rem;
-background:#fff;
-border-bottom:1px solid var(--line)}
-header nav{display:flex;gap:.8rem;flex:1}header nav a{color:var(--mute);text-decoration:none}
-header nav a.on{color:var(--fg);font-weight:600}
-main{max-width:1200px;margin:0 auto;padding:1rem}
-main.login{max-width:360px;margin-top:10vh}
-.cards{display:flex;flex-wrap:wrap;gap:1rem}.card{background:#fff;border:1px solid var(--line);
-border-radius:8px;padding:.8rem 1rem;flex:1 1 240px}.big{font-size:2rem;margin:.2rem 0}
-table{border-collapse:collapse;width:100%;background:#fff}td,th{padding:.35rem .5rem;
-border-bottom:1px solid var(--line);text-align:left;vertical-align:top}td.n{text-align:right}
-.scroll{overflow-x:auto}
-.pill{display:inline-block;padding:0 .5rem;border-radius:1rem;background:var(--idle);
-font-size:.85rem}
-.pill.online,.pill.running,.pill.completed{background:#d4efdf}
-.pill.offline,.pill.aborted{background:#f5d5d0}
-.pill.paused,.pill.stopped,.pill.due{background:#fbe7c6}
-.pill.expired{background:#f5d5d0}.pill.ok{background:#d4efdf}
-.banner{padding:.5rem .8rem;border-radius:.4rem;background:#fbe7c6}
-.bar{display:block;height:.8rem;width:100%;min-width:120px;background:#eef0f4;
-border-radius:4px}
-.bar .ok{fill:var(--ok)}.bar .bad{fill:var(--bad)}.bar .busy{fill:var(--busy)}
-.bar .idle{fill:var(--idle)}.bar .tpu{fill:var(--tpu)}.bar .cpu{fill:var(--cpu)}
-.bar .cloud{fill:var(--cloud)}
-article.rollout{background:#fff;border:1px solid var(--line);border-radius:8px;
-padding:.2rem 1rem 1rem;
-margin-bottom:1rem}
-a.button,button{display:inline-block;padding:.4rem .9rem;border:1px solid var(--line);
-border-radius:6px;
-background:#fff;color:var(--fg);text-decoration:none;cursor:pointer;font:inherit}
-button.danger{background:var(--bad);color:#fff;border-color:var(--bad)}
-.empty,.hint{color:var(--mute)}.notice{background:#fff8e1;padding:.5rem 1rem;border-radius:6px}
-.bad{color:var(--bad)}input{font:inherit;padding:.4rem;border:1px solid var(--line);
-border-radius:6px}
-label{display:block;margin:.8rem 0}form.search{display:flex;gap:.5rem;margin:.5rem 0}
-figure.chart{background:#fff;border:1px solid var(--line);border-radius:8px;margin:0 0 1rem;
-padding:.5rem}figure.chart svg{display:block;width:100%;height:auto}
-.chart text{font-size:8px;fill:var(--mute)}.chart .axis{stroke:var(--line);stroke-width:.5}
-.chart rect.cpu{fill:var(--cpu)}.chart rect.bad{fill:var(--bad)}
-.chart rect.cloud{fill:var(--cloud)}.chart polyline{fill:none;stroke-width:1.5}
-.chart .p95{stroke:var(--busy)}.chart .p50{stroke:var(--ok)}
-figcaption{font-size:.85rem;color:var(--mute)}.k-cpu{color:var(--cpu)}.k-bad{color:var(--bad)}
-.k-cloud{color:var(--cloud)}.k-p95{color:var(--busy)}.k-p50{color:var(--ok)}"""
-
-JS = """
-// Live updates without reloading: fetch this page's main part every few seconds.
-(function () {
-  var main = document.querySelector("main[data-refresh]");
-  if (!main) { return; }
-  var seconds = Number(main.getAttribute("data-refresh")) || 5;
-  function refresh() {
-    if (document.activeElement && document.activeElement.tagName === "INPUT") { return; }
-    var url = new URL(window.location.href);
-    url.searchParams.set("partial", "1");
-    fetch(url, {credentials: "same-origin"}).then(function (r) {
-      if (r.ok && !r.redirected) { return r.text(); }
-      throw new Error("HTTP " + r.status);
-    }).then(function (html) { main.innerHTML = html; main.removeAttribute("data-stale"); })
-      .catch(function () { main.setAttribute("data-stale", "1"); });
-  }
-  setInterval(refresh, seconds * 1000);
-})();
-"""

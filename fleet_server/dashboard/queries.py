@@ -91,8 +91,11 @@ class DevicePage:
     rows: list[dict[str, Any]]
 
 
-def device_page(db: Database, *, offset: int = 0, search: str = "") -> DevicePage:
-    """One page of devices by id, with their models, filtered by id or name."""
+def device_page(
+    db: Database, *, offset: int = 0, search: str = "", limit: int = PAGE
+) -> DevicePage:
+    """One page of ``limit`` devices by id from ``offset``, with their models, filtered by id
+    or name."""
     where: sa.ColumnElement[bool] = devices.c.revoked_at.is_(None)
     if search:
         pattern = f"%{search[:64]}%"
@@ -112,7 +115,7 @@ def device_page(db: Database, *, offset: int = 0, search: str = "") -> DevicePag
                 .where(where)
                 .order_by(devices.c.device_id)
                 .offset(max(0, offset))
-                .limit(PAGE)
+                .limit(max(1, min(limit, 1000)))
             ).mappings()
         ]
         ids = [r["device_id"] for r in rows]
