@@ -47,7 +47,7 @@ from fleet_server.rollouts.states import (
 from fleet_server.rollouts.window_store import WindowStore, windows_in
 from fleet_server.rollouts.windows import Window
 from fleet_server.storage.db import Database, bump_generation, hold_writes
-from fleet_server.storage.schema import deployments, releases, rollout_devices, rollouts
+from fleet_server.storage.schema import deployments, models, releases, rollout_devices, rollouts
 
 __all__ = [
     "BATCH",
@@ -214,6 +214,17 @@ class RolloutStore:
                 .where(releases.c.model_name == model_name)
                 .with_for_update()
             ).all()
+            # Still there under that lock, which a deletion of the version takes too: it went
+            # first (refused here) or waits and then sees this rollout (and refuses).
+            if (
+                conn.execute(
+                    sa.select(models.c.variant).where(
+                        (models.c.model_name == model_name) & (models.c.version == version)
+                    )
+                ).first()
+                is None
+            ):
+                raise NotFoundError(f"model {model_name} version {version} does not exist")
             live = conn.execute(
                 sa.select(rollouts.c.rollout_id, rollouts.c.version, rollouts.c.state).where(
                     (rollouts.c.model_name == model_name) & rollouts.c.state.in_(sorted(LIVE))

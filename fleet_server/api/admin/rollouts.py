@@ -16,7 +16,6 @@ from fleet_server.api.identity import require_admin
 from fleet_server.errors import (
     BadRequestError,
     ConflictError,
-    NotFoundError,
 )
 from fleet_server.registry.labels import check_labels
 from fleet_server.rollouts.schedule import iso_utc
@@ -58,17 +57,6 @@ class RolloutsAdmin(AdminBase):
             health_gate=wire.health_gate(request.health_gate),
             start_at=request.start_unix or None,
         )
-        if not self._ctx.catalog.variants_of([(row.model_name, row.version)]):
-            # Deleted between the store's look for it and its rollout's transaction (another
-            # admin, another replica): a deletion after that transaction sees the rollout and
-            # refuses, one before it is caught here, before the controller hears of it.
-            self._ctx.rollouts.transition(
-                row.rollout_id, Event.ABORT, f"{row.version} was deleted as it was created"
-            )
-            raise NotFoundError(
-                f"model {row.model_name} version {row.version} was deleted as the rollout was "
-                f"created (rollout {row.rollout_id} ended)"
-            )
         log.info(
             "rollout %d of %s %s created over %d device(s)%s",
             row.rollout_id,
