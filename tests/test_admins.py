@@ -195,6 +195,14 @@ def test_client_certificates_from_the_fleet_ca(
     listed = json.loads(_cli(server, files["alice"], "admins", "list", "--json"))
     bob = next(a for a in listed["admins"] if a["name"] == "bob")
     assert bob["cert_serial"] and int(bob["cert_not_after_unix"]) > 0
+    # Rotating the token (what one does after a theft) ends the certificate too: a stolen
+    # token's holder may have got one.
+    files["bob"].rename(tmp_path / "bob-old.token")
+    _cli(server, tmp_path / "bob-old.token", "admins", "rotate", "--out", str(files["bob"]))
+    assert "credentials missing or wrong" in by_cert(cert, "whoami")
+    (tmp_path / "bob").rename(tmp_path / "bob-rotated")
+    _cli(server, files["bob"], "admins", "cert", "--out-dir", str(tmp_path / "bob"))
+    assert by_cert(cert, "whoami").strip() == "bob (operator)"
     _cli(server, files["alice"], "admins", "revoke", "bob")
     assert "credentials missing or wrong" in by_cert(cert, "whoami")
     # A certificate whose key is missing or not PEM is one line, not a traceback.

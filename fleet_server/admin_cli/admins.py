@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -131,6 +132,8 @@ def _cmd_cert(args: argparse.Namespace) -> int:
     """A key made here (it never leaves this machine), a CSR for it, and the certificate."""
     admin = common.admin(args)
     name = args.name or admin.call("WhoAmI", pb.WhoAmIRequest()).name
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._@+-]{0,63}", name):  # names the files below
+        raise BadRequestError(f"admin name {name[:80]!r} is not valid")
     folder: Path = args.out_dir
     key_path, cert_path = folder / f"{name}.key", folder / f"{name}.crt"
     for path in (key_path, cert_path):

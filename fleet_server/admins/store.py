@@ -270,13 +270,15 @@ class AdminStore:
         ]  # fmt: skip
 
     def rotate(self, name: str) -> str:
-        """A new token for an admin; the old one stops working."""
+        """A new token for an admin; the old one stops working, and so does the admin's client
+        certificate: a stolen token could have got one, and rotating is what one does after a
+        theft (``admins cert`` issues a new one)."""
         token = TOKEN_PREFIX + new_token(32)
         with self._engine.begin() as conn:
             changed = conn.execute(
                 admins.update()
                 .where((admins.c.name == name) & admins.c.revoked_at.is_(None))
-                .values(token_sha256=_digest(token))
+                .values(token_sha256=_digest(token), cert_serial=None, cert_not_after=None)
             ).rowcount
         if not changed:
             raise NotFoundError(f"no admin {name} (or it is revoked)")

@@ -114,7 +114,10 @@ class PeopleAdmin(AdminBase):
         return pb.AdminTokenResponse(admin=_info(self._row(name)), token=token)
 
     @rpc_errors
-    @audited("IssueAdminCertificate", lambda r: f"admin {r.name or '(self)'} for {r.days} days")
+    @audited(
+        "IssueAdminCertificate",
+        lambda r: f"admin {r.name or '(self)'} for {r.days or CERT_DAYS} days",
+    )
     def IssueAdminCertificate(  # noqa: N802
         self, request: pb.AdminCertificateRequest, context: Any
     ) -> pb.AdminCertificateResponse:
