@@ -183,3 +183,20 @@ def test_devices_are_listed_in_pages_of_bounded_size(
     assert pages == [names[0:2], names[2:4], names[4:5]]
     # The CLI reads every page.
     assert sorted(d["device_id"] for d in server.devices()) == names
+
+
+def test_status_reports_of_models_the_server_never_had_make_no_rows(
+    server_factory: Callable[..., Server], color_models: Path
+) -> None:
+    # ReportStatus kept one row per (device, model name) it was told of: a device inventing
+    # names grew the table, `devices show` and the fleet's model list without bound.
+    server = server_factory(None)
+    server.admin("models", "push", str(color_models / "color_int8.tflite"), "--name", "color",
+                 "--version", "1.0.0", "--deploy")  # fmt: skip
+    liar = SimDevice.enroll(server.sim_fleet(), server.enrollment_token(), "inventor")
+    for i in range(50):
+        liar.report(f"invented-{i}", "1.0.0", pb.FAILED, "made up")
+    liar.report("color", "1.0.0", pb.INSTALLED, "real")
+    shown = json.loads(server.admin("devices", "show", liar.device_id, "--json").stdout)
+    names = {m["model_name"] for m in shown.get("models", [])}
+    assert names == {"color"}, names

@@ -118,6 +118,17 @@ def apply_update(conn: sa.Connection, outcome: Outcome, now: int) -> bool:
     if outcome.state == pb.INSTALLED:  # installed means serving it, from now on
         values["active_version"] = outcome.version
     if row is None:
+        # A device reports only models the server sent it: a name the catalog never had is a
+        # lie or a bug, and gets no row (each would be one more, without bound).
+        if (
+            conn.execute(
+                sa.select(releases.c.model_name)
+                .where(releases.c.model_name == outcome.model_name)
+                .limit(1)
+            ).first()
+            is None
+        ):
+            return False
         conn.execute(
             device_models.insert().values(
                 device_id=outcome.device_id, model_name=outcome.model_name, **values
