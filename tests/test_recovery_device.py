@@ -226,3 +226,29 @@ def test_an_older_agents_journal_learns_the_floors_keys_from_the_next_check_in(
     assert device.floor()[2] == ()
     assert device.offer(attack, STOLEN) == ""  # the next check-in: what is active
     assert device.floor() == ("9.9.358", 458, (kid(STOLEN),))
+
+
+def test_a_refusal_between_the_key_list_and_the_recovery_is_taken_back(
+    local_device: Device,
+) -> None:
+    """A recovery publishes the key list that revokes the stolen key, then re-signs what it
+    names. A device checking in between sees what it serves under a revoked key and reports
+    FAILED; the re-signed manifest of the same release must then say it serves after all, or
+    the server shows the device failed for good (a race a full test run on busy cores hit)."""
+    device = local_device
+    serving = device.release("1.5.0", 5)
+    assert device.offer(serving, STOLEN) == ""
+    device.rotate(keys(2, [STOLEN, NEW], [kid(STOLEN)]))
+    assert "(0 of 1 required)" in device.offer(serving, STOLEN)
+    recovery = manifest_pb2.Manifest()
+    recovery.CopyFrom(serving)
+    recovery.explicit_rollback, recovery.rollback_from = True, 6
+    recovery.recovery_keylist_version = 2
+    before = len(device.reports)
+    assert device.offer(recovery, *ROOTS) == ""
+    after = [(r.version, r.state) for r in device.reports[before:]]
+    assert after == [("1.5.0", device_pb2.INSTALLED)], after
+    assert device.serving() == "1.5.0"
+    # Once said, not again at each check-in.
+    device.offer(recovery, *ROOTS)
+    assert len(device.reports) == before + 1

@@ -77,6 +77,10 @@ class Updater:
         # Releases not tried at every check-in: rolled back here (until cleared), or refused
         # (tried again with backoff: a clock that ran ahead, an artifact repaired on the server).
         self._held: dict[bytes, _Hold] = {}
+        # Models whose update this agent reported FAILED, and the version: when the server then
+        # sends a manifest it accepts for what already serves (a recovery re-signing it after a
+        # key list revoked the key the refused one bore), the server hears it serves after all.
+        self._reported_failed: dict[str, str] = {}
         # model -> (version, reason) of its last DOWNLOADING report: reported once per change
         self._downloading: dict[str, tuple[str, str]] = {}
         self._health = lifecycle.policy
@@ -217,7 +221,7 @@ class Updater:
             if hold is not None and (hold.until is None or self._monotonic() < hold.until):
                 continue
             try:
-                self._apply_one(raw)
+                kept = self._apply_one(raw)
             except TransientError as exc:
                 log.warning("update postponed: %s", exc)
                 if isinstance(exc, _NoSpaceError):  # the operator sees why it waits
@@ -243,6 +247,7 @@ class Updater:
                                 name, version, exc, wait)  # fmt: skip
                     continue
                 log.error("update of %s %s refused: %s", name, version, exc)
+                self._reported_failed[name] = version
                 self._client.report(
                     device_pb2.StatusReport(
                         model_name=name, version=version, state=device_pb2.FAILED, detail=str(exc)
@@ -250,6 +255,22 @@ class Updater:
                 )
             else:
                 self._held.pop(raw, None)
+                self._take_back_refusal(*_peek(envelope), kept=kept)
+
+    def _take_back_refusal(self, name: str, version: str, *, kept: bool) -> None:
+        """A release of ``name`` was accepted: an earlier FAILED report of it no longer holds.
+        An install reports INSTALLED itself; keeping what serves says so here."""
+        if self._reported_failed.pop(name, None) is None or not kept:
+            return
+        log.info("%s %s serves under a manifest this device accepts now", name, version)
+        self._client.report(
+            device_pb2.StatusReport(
+                model_name=name,
+                version=version,
+                state=device_pb2.INSTALLED,
+                detail="serving it; an earlier refusal of its manifest no longer holds",
+            )
+        )
 
     def _report_downloading(
         self, name: str, version: str, detail: str, *, waiting: bool = False
@@ -368,7 +389,8 @@ class Updater:
             self._lifecycle.serving(name)
         log.info("serving %s %s again", name, entry.version)
 
-    def _apply_one(self, raw: bytes) -> None:
+    def _apply_one(self, raw: bytes) -> bool:
+        """Apply one desired manifest; True when it names what already serves (kept)."""
         # A release refused here is skipped before anything else, and quietly: it was
         # reported when it happened, and skipping needs no trust in the envelope.
         unverified = manifest_pb2.Manifest()
@@ -396,8 +418,9 @@ class Updater:
         if decision is plan.Decision.CURRENT:
             assert active is not None  # noqa: S101 - CURRENT means it is active
             self._keep_current(verified, active)
-            return
+            return True
         self._install(verified, active)
+        return False
 
     def _keep_current(self, verified: VerifiedRelease, active: ActiveEntry) -> None:
         """The server wants what is active: settle its floor, fetch a file found damaged at
