@@ -25,8 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
 import paho.mqtt.client as paho
 
+from fleet_server.errors import FleetError
 from fleet_server.simulator import SimFleet
 from protos import telemetry_pb2
 from protos.topics import commands_topic, device_topic
@@ -613,3 +615,27 @@ def seed_history(
         telemetry.record_mqtt_batch(IngestBatch(history=rows))  # as the ingest writes them
     db.close()
     return rows
+
+
+def together(calls: Sequence[Callable[[], object]]) -> list[str]:
+    """Run the calls at once, one thread each, released by one barrier: each one's "ok", its
+    gRPC status code name (``FAILED_PRECONDITION``) or its error's class (``ConflictError``)."""
+    barrier = threading.Barrier(len(calls))
+    outcome = [""] * len(calls)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            calls[i]()
+            outcome[i] = "ok"
+        except grpc.RpcError as exc:
+            outcome[i] = exc.code().name
+        except FleetError as exc:
+            outcome[i] = type(exc).__name__
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcome

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -14,33 +13,12 @@ import pytest
 
 from fleet_server.admins.roles import Role
 from fleet_server.admins.store import BOOTSTRAP, AdminStore
-from fleet_server.errors import BadRequestError, ConflictError
+from fleet_server.errors import BadRequestError
 from fleet_server.storage.db import Database
 from fleet_server.storage.schema import admins
-from tests.harness import Server, run_cli
+from tests.harness import Server, run_cli, together
 
 ROUNDS = 12
-
-
-def _together(calls: list[Callable[[], None]]) -> list[str]:
-    """Run the calls at once from one thread each; each one's "ok" or exception name."""
-    barrier = threading.Barrier(len(calls))
-    outcome = [""] * len(calls)
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            calls[i]()
-            outcome[i] = "ok"
-        except ConflictError:
-            outcome[i] = "conflict"
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return outcome
 
 
 def test_two_admins_removing_each_other_at_once_leave_one(db_url: str) -> None:
@@ -56,9 +34,9 @@ def test_two_admins_removing_each_other_at_once_leave_one(db_url: str) -> None:
             one.create(a, Role.ADMIN, "test")
             one.create(b, Role.ADMIN, "test")
             second = partial(two.revoke, b) if i % 2 else partial(two.set_role, b, Role.VIEWER)
-            outcome = _together([partial(one.revoke, a), second])
+            outcome = together([partial(one.revoke, a), second])
             left = [r.name for r in one.list() if r.revoked_at is None and r.role == Role.ADMIN]
-            assert len(left) == 1 and sorted(outcome) == ["conflict", "ok"], (i, outcome, left)
+            assert len(left) == 1 and sorted(outcome) == ["ConflictError", "ok"], (i, outcome, left)
             with db.engine.begin() as conn:  # the next round starts from no admin again
                 conn.execute(admins.update().values(revoked_at=1))
     finally:

@@ -6,7 +6,6 @@ gone."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 
 from protos import admin_pb2 as pb
 from protos import admin_pb2_grpc as pb_grpc
-from tests.harness import DATA, Server
+from tests.harness import DATA, Server, together
 
 pytestmark = pytest.mark.slow
 
@@ -36,26 +35,6 @@ def _stub(server: Server) -> Callable[[str, object], Any]:
         )
 
     return call
-
-
-def _together(calls: list[Callable[[], object]]) -> list[str]:
-    barrier = threading.Barrier(len(calls))
-    outcome = [""] * len(calls)
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            calls[i]()
-            outcome[i] = "ok"
-        except grpc.RpcError as exc:
-            outcome[i] = exc.code().name
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return outcome
 
 
 def test_a_version_deleted_while_deployed_or_rolled_out_is_never_both(
@@ -82,7 +61,7 @@ def test_a_version_deleted_while_deployed_or_rolled_out_is_never_both(
         else:
             create = pb.CreateRolloutRequest(model_name="d", version=version, allow_empty=True)
             use = partial(other, "CreateRollout", create)
-        outcome = _together([partial(deleter, "DeleteModelVersion", delete), use])
+        outcome = together([partial(deleter, "DeleteModelVersion", delete), use])
         assert outcome.count("ok") == 1, (version, outcome)
         models = deleter("ListModels", pb.ListModelsRequest()).models
         kept = {m.version for m in models}

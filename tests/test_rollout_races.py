@@ -4,7 +4,6 @@ go straight to the admin API from two threads released together."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 from fleet_server.simulator import SimDevice
 from protos import admin_pb2 as pb
 from protos import admin_pb2_grpc as pb_grpc
-from tests.harness import Server
+from tests.harness import Server, together
 
 pytestmark = pytest.mark.slow
 
@@ -34,27 +33,6 @@ class _Admin:
 
     def call(self, method: str, request: object) -> object:
         return getattr(self.stub, method)(request, metadata=self._metadata, timeout=30)
-
-
-def _together(calls: list[Callable[[], object]]) -> list[str]:
-    """Run the calls at once from one thread each; each one's "ok" or status code name."""
-    barrier = threading.Barrier(len(calls))
-    outcome = [""] * len(calls)
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            calls[i]()
-            outcome[i] = "ok"
-        except grpc.RpcError as exc:
-            outcome[i] = exc.code().name
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return outcome
 
 
 def _replicas(
@@ -100,7 +78,7 @@ def test_two_creates_at_once_leave_one_live_rollout(
     admins = [_Admin(first), _Admin(second)]
     request = pb.CreateRolloutRequest(model_name="color", version="2.0.0", waves=["100%"])
     for round_ in range(ROUNDS):
-        outcome = _together([partial(a.call, "CreateRollout", request) for a in admins])
+        outcome = together([partial(a.call, "CreateRollout", request) for a in admins])
         live = _live(admins[0])
         assert len(live) <= 1, f"round {round_}: {outcome} left live rollouts {live}"
         for rollout_id in live:
@@ -129,7 +107,7 @@ def test_a_resume_at_the_same_time_cannot_undo_an_abort(
         rollout_id = admin.call("CreateRollout", create).rollout_id  # type: ignore[attr-defined]
         admin.call("PauseRollout", pb.RolloutRequest(rollout_id=rollout_id))
         request = pb.RolloutRequest(rollout_id=rollout_id)
-        resumed, aborted = _together(
+        resumed, aborted = together(
             [
                 partial(admin.call, "ResumeRollout", request),
                 partial(admin.call, "AbortRollout", request),
