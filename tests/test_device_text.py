@@ -62,9 +62,12 @@ def test_the_cli_streams_escape_control_characters_but_keep_lines_and_its_progre
 
 @pytest.mark.slow
 def test_a_device_cannot_drive_the_admins_terminal(
-    server_factory: Callable[..., Server],
+    server_factory: Callable[..., Server], color_models: Path
 ) -> None:
     server = server_factory(None)
+    # (A model the server has: reports of names it never had make no row.)
+    server.admin("models", "push", str(color_models / "color_int8.tflite"), "--name", "colors",
+                 "--version", "1.0.0")  # fmt: skip
     caps = device_pb2.Capabilities(arch="x86_64", os=HOSTILE, agent_version=HOSTILE)
     device = SimDevice.enroll(server.sim_fleet(), server.enrollment_token(), "cam-1",
                               capabilities=caps)  # fmt: skip

@@ -99,13 +99,16 @@ def test_a_device_cannot_grow_the_registry_without_bound(
 
 
 def test_a_status_report_with_a_nul_in_its_detail_is_stored(
-    server_factory: Callable[..., Server], broker_url: str, db_url: str
+    server_factory: Callable[..., Server], broker_url: str, db_url: str, color_models: Path
 ) -> None:
     # An agent's failure detail can carry anything its runtime printed. PostgreSQL refuses a
     # NUL in text: the report failed INTERNAL (the agent does not resend it), so neither the
     # device's state nor its rollout learned of the failure. The MQTT ingest strips NULs; the
     # device API did not.
     server = server_factory(broker_url, db_url=db_url)
+    # (A model the server has: reports of names it never had make no row.)
+    server.admin("models", "push", str(color_models / "color_int8.tflite"), "--name", "color",
+                 "--version", "1.0.0")  # fmt: skip
     device = SimDevice.enroll(server.sim_fleet(), server.enrollment_token(), "d0")
     device.report("color", "1.0.0", pb.FAILED, "interpreter said: \x00\x01 bad op")
     shown = json.loads(server.admin("devices", "show", "d0", "--json").stdout)

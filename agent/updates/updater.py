@@ -10,11 +10,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from google.protobuf.message import DecodeError
@@ -25,6 +24,7 @@ from agent.identity import Identity
 from agent.inference.engine import Engine, LoadedModel
 from agent.inference.modelfile import MAX_MODEL_BYTES
 from agent.updates import compression, plan, smoke
+from agent.updates.holds import HOLD_FIRST_S, HOLD_MAX_S, Hold, peek, reason_key
 from agent.updates.lifecycle import Lifecycle
 from agent.updates.sink import DurableSink
 from agent.updates.store import ActiveEntry, damage_of, discard
@@ -76,7 +76,7 @@ class Updater:
         self._deadline = download_deadline_s
         # Releases not tried at every check-in: rolled back here (until cleared), or refused
         # (tried again with backoff: a clock that ran ahead, an artifact repaired on the server).
-        self._held: dict[bytes, _Hold] = {}
+        self._held: dict[bytes, Hold] = {}
         # Models whose update this agent reported FAILED, and the version: when the server then
         # sends a manifest it accepts for what already serves (a recovery re-signing it after a
         # key list revoked the key the refused one bore), the server hears it serves after all.
@@ -225,10 +225,10 @@ class Updater:
             except TransientError as exc:
                 log.warning("update postponed: %s", exc)
                 if isinstance(exc, _NoSpaceError):  # the operator sees why it waits
-                    self._report_downloading(*_peek(envelope), f"waiting: {exc}", waiting=True)
+                    self._report_downloading(*peek(envelope), f"waiting: {exc}", waiting=True)
             except _RolledBackError as exc:
                 # Reported as ROLLED_BACK when it happened; a FAILED now would hide that.
-                self._held[raw] = _Hold(None, 1, str(exc))
+                self._held[raw] = Hold(None, 1, str(exc))
                 log.warning("%s", exc)
             except OSError as exc:
                 # Disk full, read-only file system, permissions: keep the working model and
@@ -239,10 +239,10 @@ class Updater:
                 # an expiry judged on a clock that ran ahead, or an artifact damaged on the
                 # server and repaired since, heals without a restart.
                 attempts = hold.attempts + 1 if hold is not None else 1
-                wait = min(_HOLD_MAX_S, _HOLD_FIRST_S * 2 ** min(attempts - 1, 16))
-                self._held[raw] = _Hold(self._monotonic() + wait, attempts, _reason(exc))
-                name, version = _peek(envelope)
-                if hold is not None and hold.why == _reason(exc):
+                wait = min(HOLD_MAX_S, HOLD_FIRST_S * 2 ** min(attempts - 1, 16))
+                self._held[raw] = Hold(self._monotonic() + wait, attempts, reason_key(exc))
+                name, version = peek(envelope)
+                if hold is not None and hold.why == reason_key(exc):
                     log.warning("update of %s %s still refused: %s (next try in %.0f s)",
                                 name, version, exc, wait)  # fmt: skip
                     continue
@@ -255,7 +255,7 @@ class Updater:
                 )
             else:
                 self._held.pop(raw, None)
-                self._take_back_refusal(*_peek(envelope), kept=kept)
+                self._take_back_refusal(*peek(envelope), kept=kept)
 
     def _take_back_refusal(self, name: str, version: str, *, kept: bool) -> None:
         """A release of ``name`` was accepted: an earlier FAILED report of it no longer holds.
@@ -277,7 +277,7 @@ class Updater:
     ) -> None:
         """Report DOWNLOADING once per version, and why it waits once per reason: a wait for
         disk space is not a new event at every check-in."""
-        key = (version, _reason(Exception(detail)) if waiting else "")
+        key = (version, reason_key(Exception(detail)) if waiting else "")
         last = self._downloading.get(name)
         if last is not None and (last == key or (not waiting and last[0] == version)):
             return
@@ -325,10 +325,10 @@ class Updater:
                 elif verdict.action == "rollback" and not self._roll_back(
                     name, model.version, verdict.reason
                 ):
-                    self._judge_after[name] = self._monotonic() + _HOLD_FIRST_S
+                    self._judge_after[name] = self._monotonic() + HOLD_FIRST_S
             except (AgentError, OSError) as exc:
                 # A full disk: judged again in a minute, not reloaded and logged every second.
-                self._judge_after[name] = self._monotonic() + _HOLD_FIRST_S
+                self._judge_after[name] = self._monotonic() + HOLD_FIRST_S
                 log.error("cannot record the health verdict on %s: %s", name, exc)
         try:
             self._lifecycle.checkpoint()
@@ -669,34 +669,5 @@ def _refusal(manifest: manifest_pb2.Manifest) -> str:
     )
 
 
-def _reason(exc: Exception) -> str:
-    """A refusal's reason without its numbers (the time now, bytes so far): the same reason
-    is reported once."""
-    return re.sub(r"\d+", "#", str(exc))
-
-
 class _NoSpaceError(TransientError):
     """Not enough disk for a download (yet): tried again at the next check-in."""
-
-
-_HOLD_FIRST_S = 60.0
-_HOLD_MAX_S = 3600.0
-
-
-@dataclass(frozen=True)
-class _Hold:
-    """A release not tried again before ``until`` (monotonic; None: until cleared)."""
-
-    until: float | None
-    attempts: int
-    why: str
-
-
-def _peek(envelope: manifest_pb2.Envelope) -> tuple[str, str]:
-    """Model name and version from an envelope, unverified: for reports and logs only."""
-    manifest = manifest_pb2.Manifest()
-    try:
-        manifest.ParseFromString(envelope.payload)
-    except Exception:  # noqa: BLE001 - a report about garbage still deserves a report
-        return "", ""
-    return manifest.model_name[:64], manifest.version[:32]
