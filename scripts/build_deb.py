@@ -156,6 +156,8 @@ def build_package(name: str, wheel: Path, work: Path, out: Path) -> Path:
     _run([str(venv / "bin" / "pip"), "install", "--quiet", "--upgrade", "pip"])
     _run([str(venv / "bin" / "pip"), "install", "--quiet", f"{wheel}[{spec['extra']}]"])
     _run([str(venv / "bin" / "pip"), "uninstall", "--quiet", "--yes", "pip"])
+    if name == "agent":
+        _slim_agent(venv)
     _relocate(venv, prefix)
     (root / "usr/bin").mkdir(parents=True)
     for program in spec["programs"]:
@@ -206,6 +208,35 @@ def build_package(name: str, wheel: Path, work: Path, out: Path) -> Path:
     deb = out / f"edgefleet-{name}_{version}_{ARCH}.deb"
     _run(["dpkg-deb", "--root-owner-group", "-Zzstd", "--build", str(root), str(deb)])
     return deb
+
+
+# What a device never runs: the server's code, the tools that build environments, and LiteRT's
+# parts for hardware our devices lack (its WebGPU accelerator, 19 MB; the phone and PC NPU
+# compiler plugins of its CompiledModel API, which the agent's Interpreter never loads).
+AGENT_DROPS = (
+    "fleet_server",
+    "setuptools",
+    "pkg_resources",
+    "_distutils_hack",
+    "distutils-precedence.pth",
+    "ai_edge_litert/libLiteRtWebGpuAccelerator.so",
+    "ai_edge_litert/vendors",
+)
+
+
+def _slim_agent(venv: Path) -> None:
+    """Drop :data:`AGENT_DROPS`. (Not stripping the shared objects: binutils' ``strip``
+    breaks the ones auditwheel patched, e.g. numpy's OpenBLAS: "ELF load command
+    address/offset not page-aligned".)"""
+    (site,) = (venv / "lib").glob("python3*/site-packages")
+    for relative in AGENT_DROPS:
+        path = site / relative
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    for info in site.glob("setuptools-*.dist-info"):
+        shutil.rmtree(info)
 
 
 def _relocate(venv: Path, prefix: str) -> None:

@@ -185,6 +185,30 @@ def test_units_pass_systemd_analyze_verify_against_the_installed_tree(
         assert setting in unit, setting
 
 
+def test_the_agent_package_carries_no_server_or_build_tools_and_still_infers(root: Path) -> None:
+    """The lean agent (issue 23's first step): no fleet_server, setuptools or LiteRT parts for
+    hardware no device of ours has; the installed environment still runs a real model."""
+    (site,) = (root / "opt/edgefleet/agent/lib").glob("python3*/site-packages")
+    for gone in (
+        "fleet_server",
+        "setuptools",
+        "pkg_resources",
+        "_distutils_hack",
+        "ai_edge_litert/libLiteRtWebGpuAccelerator.so",
+        "ai_edge_litert/vendors",
+    ):
+        assert not (site / gone).exists(), gone  # fmt: skip
+    data = Path(__file__).parent / "data"
+    predicted = subprocess.run(
+        [str(root / "opt/edgefleet/agent/bin/python3"), "-m", "agent.cli", "predict",
+         str(data / "mobilenet_v1_0.25_128_quant.tflite"), str(data / "cat.bmp"),
+         "--labels", str(data / "imagenet_labels.txt")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    assert "tiger cat" in predicted.stdout.splitlines()[0], predicted.stdout
+
+
 def test_purge_removes_state_and_the_enabled_link(root: Path) -> None:
     state = root / "var/lib/edgefleet-agent"
     state.mkdir(parents=True, exist_ok=True)
