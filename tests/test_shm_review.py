@@ -305,6 +305,11 @@ def test_tritonclient_run_by_another_app_of_the_socket_group(
                                   env=env, user=uid, group=gid, extra_groups=[])  # fmt: skip
 
         stock = as_member()
+        if "Traceback" not in stock.stderr:
+            # The stock client died inside grpcio's event engine before any answer came
+            # ("epoll_wait error: Bad file descriptor", once in a fresh-clone CI run): a
+            # third-party crash, not the agent's answer, which the second run must give.
+            stock = as_member()
         assert stock.returncode != 0
         assert "Permission denied" in stock.stderr
         assert "0660" in stock.stderr, stock.stderr[-2000:]  # what to do about it
