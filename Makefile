@@ -30,9 +30,13 @@ $(TRITON)/.installed: tests/tools/requirements-triton.txt
 
 venv: $(STAMP)
 
-# .deb packages for the agent and the server in dist/ (dpkg-deb and Debian's python3-venv).
+# .deb packages in dist/: the agent for bookworm and trixie, the server for bookworm, each for
+# amd64 and arm64 (`make deb DIST=bookworm ARCH=arm64` for one). Needs dpkg-deb and a Python of
+# each release's version for its bytecode (3.11, 3.13: Debian's or pyenv's); see docs/packaging.md.
+DIST ?= all
+ARCH ?= all
 deb: $(STAMP)
-	$(BIN)/python scripts/build_deb.py --out dist
+	$(BIN)/python scripts/build_deb.py --out dist --dist $(DIST) --arch $(ARCH)
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py

@@ -1,30 +1,33 @@
 """Build the edgefleet-agent and edgefleet-server .deb packages with dpkg-deb.
 
     python scripts/build_deb.py [--out dist] [--package agent|server|all]
+                                [--dist bookworm|trixie|all] [--arch amd64|arm64|all]
 
-Each package carries a self-contained environment: a virtualenv on Debian's /usr/bin/python3
-with EdgeFleet and its dependencies, built here and moved to /opt/edgefleet/<package> (its
-scripts' interpreter lines are rewritten for that path). Also: the systemd unit, the example
-config as a conffile in /etc/edgefleet, the Coral udev rules (agent), and maintainer scripts
-that create the service user and enable the unit without starting it (they honour DPKG_ROOT,
-so `dpkg --root DIR --force-script-chrootless` installs into a throwaway root).
+By default the whole matrix (:data:`MATRIX`): the agent for Debian 12 "bookworm" (Python 3.11,
+Raspberry Pi OS's base) and Debian 13 "trixie" (Python 3.13) on amd64 and arm64, the server for
+bookworm on both; versions carry the release (``0.1.0+deb12``). Any of them builds on any
+machine: each package's environment is assembled from the target's wheels
+(``scripts/deb_env.py``) and installed at /opt/edgefleet/<package>. Also: the systemd unit, the
+example config as a conffile in /etc/edgefleet, the Coral udev rules (agent), and maintainer
+scripts that create the service user and enable the unit without starting it (they honour
+DPKG_ROOT, so `dpkg --root DIR --force-script-chrootless` installs into a throwaway root).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from deb_env import DISTS, MACHINES, Target, build_environment
+
 REPO = Path(__file__).resolve().parent.parent
 PACKAGING = REPO / "packaging"
-SYSTEM_PYTHON = Path("/usr/bin/python3")
-ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armhf"}.get(platform.machine(), "all")
 
 
 def _version() -> str:
@@ -146,45 +149,55 @@ def build_wheel(work: Path) -> Path:
     return wheel
 
 
-def build_package(name: str, wheel: Path, work: Path, out: Path) -> Path:
+def _depends(name: str, target: Target) -> str:
+    major, minor = target.dist.python
+    python = f"python3 (>= {major}.{minor}), python3 (<< {major}.{minor + 1})"
+    fields = f"Depends: {python}, passwd, adduser"
+    if name == "agent":
+        # The agent's environment takes numpy and Pillow from Debian (scripts/deb_env.py);
+        # Coral's own repository has libedgetpu and pycoral for a device with an Edge TPU.
+        return (
+            f"{fields}, python3-numpy (>= {target.dist.numpy})\n"
+            "Recommends: python3-pil\n"
+            "Suggests: libedgetpu1-std | libedgetpu1-max, python3-pycoral\n"
+        )
+    return f"{fields}\nRecommends: mosquitto, postgresql\n"
+
+
+def build_package(name: str, wheel: Path, target: Target, work: Path, out: Path) -> Path:
     spec = SPEC[name]
-    version = _version()
-    root = work / f"edgefleet-{name}"
+    version = f"{_version()}+{target.dist.suffix}"
+    root = work / f"edgefleet-{name}-{target.dist.codename}-{target.arch}"
     prefix = f"/opt/edgefleet/{name}"
     venv = root / prefix.lstrip("/")
-    _run([str(SYSTEM_PYTHON), "-m", "venv", str(venv)])
-    _run([str(venv / "bin" / "pip"), "install", "--quiet", "--upgrade", "pip"])
-    _run([str(venv / "bin" / "pip"), "install", "--quiet", f"{wheel}[{spec['extra']}]"])
-    _run([str(venv / "bin" / "pip"), "uninstall", "--quiet", "--yes", "pip"])
-    if name == "agent":
-        _slim_agent(venv)
-    _relocate(venv, prefix)
+    build_environment(
+        wheel, str(spec["extra"]), target, venv, prefix, lean=name == "agent", work=work
+    )
     (root / "usr/bin").mkdir(parents=True)
     for program in spec["programs"]:
         (root / "usr/bin" / program).symlink_to(f"{prefix}/bin/{program}")
     docs = venv / "share" / "doc"
     docs.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "README.md", docs / "README.md")
-    for folder, source, target in (
+    for folder, source, dest in (
         ("lib/systemd/system", f"systemd/edgefleet-{name}.service", f"edgefleet-{name}.service"),
         ("etc/edgefleet", f"config/{spec['config']}", str(spec["config"])),
     ):
         (root / folder).mkdir(parents=True, exist_ok=True)
-        shutil.copy(PACKAGING / source, root / folder / target)
+        shutil.copy(PACKAGING / source, root / folder / dest)
     if name == "agent":
         (root / "lib/udev/rules.d").mkdir(parents=True, exist_ok=True)
         shutil.copy(PACKAGING / "udev/99-edgefleet-coral.rules", root / "lib/udev/rules.d")
     debian = root / "DEBIAN"
     debian.mkdir()
-    size_kb = sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) // 1024
+    size_kb = sum(f.stat().st_size for f in root.rglob("*") if f.is_file() and not f.is_symlink())
     (debian / "control").write_text(
         f"Package: edgefleet-{name}\n"
         f"Version: {version}\n"
-        f"Architecture: {ARCH}\n"
+        f"Architecture: {target.arch}\n"
         "Maintainer: EdgeFleet <edgefleet@example.invalid>\n"
-        f"Installed-Size: {size_kb}\n"
-        "Depends: python3 (>= 3.11), python3 (<< 3.12), passwd, adduser\n"
-        + ("Recommends: mosquitto, postgresql\n" if name == "server" else "")
+        f"Installed-Size: {size_kb // 1024}\n"
+        + _depends(name, target)
         + "Section: net\nPriority: optional\n"
         f"Description: {spec['description']}\n",
         encoding="utf-8",
@@ -205,73 +218,48 @@ def build_package(name: str, wheel: Path, work: Path, out: Path) -> Path:
         path.write_text(text.format(**fields), encoding="utf-8")
         path.chmod(0o755)
     out.mkdir(parents=True, exist_ok=True)
-    deb = out / f"edgefleet-{name}_{version}_{ARCH}.deb"
+    deb = out / f"edgefleet-{name}_{version}_{target.arch}.deb"
     _run(["dpkg-deb", "--root-owner-group", "-Zzstd", "--build", str(root), str(deb)])
+    shutil.rmtree(root)
     return deb
 
 
-# What a device never runs: the server's code, the tools that build environments, and LiteRT's
-# parts for hardware our devices lack (its WebGPU accelerator, 19 MB; the phone and PC NPU
-# compiler plugins of its CompiledModel API, which the agent's Interpreter never loads).
-AGENT_DROPS = (
-    "fleet_server",
-    "setuptools",
-    "pkg_resources",
-    "_distutils_hack",
-    "distutils-precedence.pth",
-    "ai_edge_litert/libLiteRtWebGpuAccelerator.so",
-    "ai_edge_litert/vendors",
+# What `make deb` builds: the agent for each release and architecture devices run; the server
+# for bookworm on both (an arm64 gateway can host a small fleet).
+MATRIX = (
+    *(("agent", dist, arch) for dist in DISTS for arch in MACHINES),
+    *(("server", "bookworm", arch) for arch in MACHINES),
 )
-
-
-def _slim_agent(venv: Path) -> None:
-    """Drop :data:`AGENT_DROPS`. (Not stripping the shared objects: binutils' ``strip``
-    breaks the ones auditwheel patched, e.g. numpy's OpenBLAS: "ELF load command
-    address/offset not page-aligned".)"""
-    (site,) = (venv / "lib").glob("python3*/site-packages")
-    for relative in AGENT_DROPS:
-        path = site / relative
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-    for info in site.glob("setuptools-*.dist-info"):
-        shutil.rmtree(info)
-
-
-def _relocate(venv: Path, prefix: str) -> None:
-    """Point the venv's scripts and config at where the package installs it."""
-    old = str(venv).encode()
-    for path in [*(venv / "bin").iterdir(), venv / "pyvenv.cfg"]:
-        if path.is_symlink() or not path.is_file():
-            continue
-        data = path.read_bytes()
-        if old in data:
-            path.write_bytes(data.replace(old, prefix.encode()))
-    for activate in (venv / "bin").glob("[Aa]ctivate*"):
-        activate.unlink()
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "dist")
     parser.add_argument("--package", choices=("agent", "server", "all"), default="all")
+    parser.add_argument("--dist", choices=(*DISTS, "all"), default="all",
+                        help="Debian release (default: all of the matrix)")  # fmt: skip
+    parser.add_argument("--arch", choices=(*MACHINES, "all"), default="all",
+                        help="Debian architecture (default: all of the matrix)")  # fmt: skip
     args = parser.parse_args(argv)
-    missing = [t for t in ("dpkg-deb",) if shutil.which(t) is None]
-    if missing or not SYSTEM_PYTHON.exists():
-        print(
-            "building the .deb needs dpkg-deb and Debian's python3 with venv "
-            "(apt install dpkg python3-venv)",
-            file=sys.stderr,
-        )
+    if shutil.which("dpkg-deb") is None:
+        print("building the .deb needs dpkg-deb (apt install dpkg)", file=sys.stderr)
         return 1
-    names = ["agent", "server"] if args.package == "all" else [args.package]
+    chosen = [
+        (name, dist, arch)
+        for name, dist, arch in MATRIX
+        if args.package in (name, "all") and args.dist in (dist, "all")
+        and args.arch in (arch, "all")
+    ]  # fmt: skip
+    if not chosen:
+        print(f"the matrix has no {args.package} package for {args.dist} {args.arch}",
+              file=sys.stderr)  # fmt: skip
+        return 2
     with tempfile.TemporaryDirectory(prefix="edgefleet-deb-") as folder:
         work = Path(folder)
         os.umask(0o022)
         wheel = build_wheel(work)
-        for name in names:
-            print(build_package(name, wheel, work, args.out))
+        for name, dist, arch in chosen:
+            print(build_package(name, wheel, Target(DISTS[dist], arch), work, args.out))
     return 0
 
 

@@ -20,8 +20,11 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("debs")
+    # This machine's release and architecture; the arm64 ones run under emulation in
+    # tests/test_arm64.py (make test-arm64), and the whole matrix in `make deb`.
+    target = ["--dist", "bookworm", "--arch", "amd64"]
     subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "build_deb.py"), "--out", str(out)],
+        [sys.executable, str(REPO / "scripts" / "build_deb.py"), "--out", str(out), *target],
         check=True,
         capture_output=True,
         timeout=900,
@@ -77,6 +80,8 @@ def test_both_packages_build_with_the_expected_contents(debs: dict[str, Path]) -
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert "Package: edgefleet-agent" in fields and "python3 (>= 3.11)" in fields
+    assert "python3 (<< 3.12)" in fields and "python3-numpy (>= 1:1.24)" in fields
+    assert debs["agent"].name == "edgefleet-agent_0.1.0+deb12_amd64.deb"
     with_scripts = subprocess.run(
         ["dpkg-deb", "-I", str(debs["server"])], capture_output=True, text=True, check=True
     ).stdout
@@ -105,7 +110,8 @@ def test_install_creates_users_enables_units_and_the_programs_run(root: Path) ->
         assert (wants / name).is_symlink()
         assert str((wants / name).readlink()) == f"/lib/systemd/system/{name}"
     # The installed environments run the shipped configs (the interpreter line points at
-    # /opt/edgefleet/...: run their python with the module instead).
+    # /opt/edgefleet/...: run their python with the module instead, from a folder without
+    # this checkout so that the installed code is what runs).
     agent_python = root / "opt/edgefleet/agent/bin/python3"
     assert (
         (root / "opt/edgefleet/agent/bin/edgefleet-agent")
@@ -116,7 +122,7 @@ def test_install_creates_users_enables_units_and_the_programs_run(root: Path) ->
     checked = subprocess.run(
         [str(agent_python), "-m", "agent.cli", "check-config", "--config",
          str(root / "etc/edgefleet/agent.toml")],
-        capture_output=True, text=True, check=False,
+        cwd=root, capture_output=True, text=True, check=False,
     )  # fmt: skip
     # A fresh install has no token and no fleet CA yet: check-config names both, nothing else.
     assert checked.returncode == 1, checked.stdout
@@ -130,14 +136,14 @@ def test_install_creates_users_enables_units_and_the_programs_run(root: Path) ->
     provisioned.write_text(shipped)
     checked = subprocess.run(
         [str(agent_python), "-m", "agent.cli", "check-config", "--config", str(provisioned)],
-        capture_output=True, text=True, check=True,
+        cwd=root, capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert "OK" in checked.stdout
     server_python = root / "opt/edgefleet/server/bin/python3"
     checked = subprocess.run(
         [str(server_python), "-m", "fleet_server.cli", "check-config", "--config",
          str(root / "etc/edgefleet/server.toml")],
-        capture_output=True, text=True, check=True,
+        cwd=root, capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert "OK" in checked.stdout
     rules = (root / "lib/udev/rules.d/99-edgefleet-coral.rules").read_text()
@@ -186,24 +192,46 @@ def test_units_pass_systemd_analyze_verify_against_the_installed_tree(
 
 
 def test_the_agent_package_carries_no_server_or_build_tools_and_still_infers(root: Path) -> None:
-    """The lean agent (issue 23's first step): no fleet_server, setuptools or LiteRT parts for
-    hardware no device of ours has; the installed environment still runs a real model."""
+    """The lean agent (issue 23): no fleet_server, pip, setuptools, LiteRT parts for hardware
+    no device of ours has, numpy or Pillow (Debian's python3-numpy and python3-pil instead);
+    the installed environment still runs a real model with Debian's numpy."""
     (site,) = (root / "opt/edgefleet/agent/lib").glob("python3*/site-packages")
     for gone in (
         "fleet_server",
+        "pip",
         "setuptools",
         "pkg_resources",
         "_distutils_hack",
+        "numpy",
+        "PIL",
+        "ml_dtypes",
         "ai_edge_litert/libLiteRtWebGpuAccelerator.so",
         "ai_edge_litert/vendors",
+        "zstandard/backend_cffi.py",
     ):
         assert not (site / gone).exists(), gone  # fmt: skip
+    assert not list(site.glob("zstandard/_cffi*.so"))
+    # Shared objects no patchelf touched are stripped: zstandard's C backend has no symbols.
+    (backend,) = site.glob("zstandard/backend_c*.so")
+    sections = subprocess.run(
+        ["readelf", "-S", "-W", str(backend)], capture_output=True, text=True, check=True
+    ).stdout
+    assert ".symtab" not in sections and ".debug_info" not in sections
+    python = str(root / "opt/edgefleet/agent/bin/python3")
+    where = subprocess.run(
+        [python, "-c", "import numpy, PIL, agent; print(numpy.__file__, PIL.__file__, "
+         "agent.__file__)"],
+        cwd=root, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert where[0].startswith("/usr/lib/python3/dist-packages/numpy/"), where
+    assert where[1].startswith("/usr/lib/python3/dist-packages/PIL/"), where
+    assert where[2].startswith(str(site)), where
     data = Path(__file__).parent / "data"
     predicted = subprocess.run(
         [str(root / "opt/edgefleet/agent/bin/python3"), "-m", "agent.cli", "predict",
          str(data / "mobilenet_v1_0.25_128_quant.tflite"), str(data / "cat.bmp"),
          "--labels", str(data / "imagenet_labels.txt")],
-        capture_output=True, text=True, check=False,
+        cwd=root, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     assert "tiger cat" in predicted.stdout.splitlines()[0], predicted.stdout
