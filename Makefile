@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 PYTEST_WORKERS ?= 2
 
 .PHONY: all venv demo test test-fast lint typecheck pytest bench bench-mlserver protos clean deb \
-	soak soak-ci
+	soak soak-ci test-arm64
 
 all: test
 
@@ -53,6 +53,13 @@ pytest: $(STAMP) $(TRITON)/.installed
 		-n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# The arm64 agent package in an emulated Debian 12 arm64 root (qemu-user-static, mmdebstrap; as
+# root): dpkg install, check-config, probe, predict, and the agent serving a model its server
+# pushed. The root is cached in /var/cache/edgefleet (built first when missing, about 2 min).
+test-arm64: $(STAMP)
+	$(BIN)/python -m tests.emulation
+	$(BIN)/pytest --arm64 -m arm64 -p no:cacheprovider $(PYTEST_ARGS) tests/test_arm64.py
 
 # Quick feedback (under two minutes): lint, types, and the tests that start no process (the
 # ones marked slow start servers, agents, brokers, compilers or scripts; see tests/conftest.py).

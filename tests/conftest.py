@@ -174,6 +174,25 @@ def pytest_runtest_makereport(
     return report
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--arm64",
+        action="store_true",
+        help="also run the tests marked arm64 (an emulated arm64 root: make test-arm64)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the arm64 tests unless --arm64 asks for them: they need root, qemu and a
+    cached Debian root, and `make test-arm64` runs them on their own (CI calls both)."""
+    if config.getoption("--arm64"):
+        return
+    kept = [item for item in items if item.get_closest_marker("arm64") is None]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+        items[:] = kept
+
+
 def pytest_configure(config: pytest.Config) -> None:
     guard = ProcessGuard()
     guard.install()
