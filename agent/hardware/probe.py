@@ -30,6 +30,8 @@ __all__ = [
     "CORAL_USB_IDS",
     "EdgeTpuDevice",
     "HardwareInfo",
+    "find_libedgetpu",
+    "libedgetpu_version",
     "probe",
     "temperatures",
     "to_capabilities",
@@ -125,14 +127,21 @@ def _pycoral_tpus() -> list[EdgeTpuDevice] | None:
     return devices
 
 
-def find_libedgetpu(library: str = "libedgetpu.so.1") -> str:
-    """The path of libedgetpu (or of ``library`` when it is a path), "" when absent."""
+def find_libedgetpu(library: str = "libedgetpu.so.1", *, root: Path = Path("/")) -> str:
+    """The path of libedgetpu (or of ``library`` when it is a path), "" when absent.
+
+    The library directories are looked up below ``root`` (a test's tree, a mounted image). The
+    dynamic linker's cache, asked last, describes this machine only, so it is asked only when
+    ``root`` is "/": another tree must not report this machine's library.
+    """
     if "/" in library:
         return library if Path(library).exists() else ""
     for directory in _LIB_DIRS:
-        candidate = Path(directory) / library
+        candidate = root / directory.lstrip("/") / library
         if candidate.exists():
             return str(candidate)
+    if root != Path("/"):
+        return ""
     return ctypes.util.find_library("edgetpu") or ""
 
 
