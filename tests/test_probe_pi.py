@@ -231,3 +231,19 @@ def test_a_tree_without_libedgetpu_does_not_report_this_machines_library(tmp_pat
     # Asking the linker's cache would start ldconfig, which this unmarked test may not do.
     (tmp_path / "usr" / "lib" / "aarch64-linux-gnu").mkdir(parents=True)
     assert find_libedgetpu(root=tmp_path) == ""
+
+
+@pytest.mark.slow  # fake_edgetpu compiles the fake library with gcc
+def test_a_multiarch_arm64_device_picks_its_own_libedgetpu_over_an_amd64_one(
+    fake_edgetpu: FakeEdgeTpu, tmp_path: Path
+) -> None:
+    # An arm64 image that also has amd64 packages (dpkg --add-architecture amd64) may hold
+    # both builds: the device can load only its own.
+    for arch in ("x86_64", "aarch64"):
+        folder = tmp_path / "usr" / "lib" / f"{arch}-linux-gnu"
+        folder.mkdir(parents=True)
+        shutil.copy(fake_edgetpu.library, folder / "libedgetpu.so.1")
+    arm64 = str(tmp_path / "usr/lib/aarch64-linux-gnu/libedgetpu.so.1")
+    amd64 = str(tmp_path / "usr/lib/x86_64-linux-gnu/libedgetpu.so.1")
+    assert find_libedgetpu(root=tmp_path, machine="aarch64") == arm64
+    assert find_libedgetpu(root=tmp_path, machine="x86_64") == amd64

@@ -40,13 +40,19 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CORAL_USB_IDS = {("1a6e", "089a"): "unflashed", ("18d1", "9302"): "ready"}
-_LIB_DIRS = (
-    "/usr/lib/x86_64-linux-gnu",
-    "/usr/lib/aarch64-linux-gnu",
-    "/usr/lib/arm-linux-gnueabihf",
-    "/usr/lib",
-    "/usr/local/lib",
-)
+# Debian's multiarch directories, this machine's own first: a multiarch arm64 host may also
+# carry an amd64 libedgetpu, which it cannot load.
+_MULTIARCH = {
+    "x86_64": "/usr/lib/x86_64-linux-gnu",
+    "aarch64": "/usr/lib/aarch64-linux-gnu",
+    "armv7l": "/usr/lib/arm-linux-gnueabihf",
+}
+
+
+def _lib_dirs(machine: str) -> tuple[str, ...]:
+    own = _MULTIARCH.get(machine)
+    others = [d for m, d in _MULTIARCH.items() if m != machine]
+    return (*([own] if own else []), *others, "/usr/lib", "/usr/local/lib")
 
 
 @dataclass(frozen=True)
@@ -127,16 +133,19 @@ def _pycoral_tpus() -> list[EdgeTpuDevice] | None:
     return devices
 
 
-def find_libedgetpu(library: str = "libedgetpu.so.1", *, root: Path = Path("/")) -> str:
+def find_libedgetpu(
+    library: str = "libedgetpu.so.1", *, root: Path = Path("/"), machine: str = ""
+) -> str:
     """The path of libedgetpu (or of ``library`` when it is a path), "" when absent.
 
     The library directories are looked up below ``root`` (a test's tree, a mounted image). The
     dynamic linker's cache, asked last, describes this machine only, so it is asked only when
-    ``root`` is "/": another tree must not report this machine's library.
+    ``root`` is "/": another tree must not report this machine's library. ``machine``
+    (default: this one's) decides which multiarch directory is searched first.
     """
     if "/" in library:
         return library if Path(library).exists() else ""
-    for directory in _LIB_DIRS:
+    for directory in _lib_dirs(machine or platform.machine()):
         candidate = root / directory.lstrip("/") / library
         if candidate.exists():
             return str(candidate)
