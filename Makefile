@@ -81,6 +81,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.bench_shm
 	$(BIN)/python -m bench.bench_spill
 	$(BIN)/python -m bench.bench_start
+	$(BIN)/python -m bench.bench_package
 
 .venv-mlserver/.installed: bench/mlserver/requirements.txt
 	$(PYTHON) -m venv .venv-mlserver

@@ -29,18 +29,21 @@ def start_agent(
     *,
     tcp_port: int = 0,
     rest_port: int = 0,
+    python: Sequence[str] = (sys.executable,),
+    name: str = "agent",
 ) -> tuple[Child, Path]:
-    """Fill a store with ``models`` (name, file), start the agent (logging to ``agent.log`` in
+    """Fill a store with ``models`` (name, file), start the agent (logging to ``NAME.log`` in
     the run's folder; gRPC on ``tcp_port`` and REST on ``rest_port`` too when given) and return
-    it and its unix socket; the caller waits until it serves."""
-    home = children.folder / "agent"
+    it and its unix socket; the caller waits until it serves. ``python``: the interpreter
+    command that runs it (another environment's, e.g. an installed package's)."""
+    home = children.folder / name
     store = ModelStore(home / "state")
-    for name, path in models:
+    for model, path in models:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         staged = store.staging_path(digest)
         shutil.copy(path, staged)
-        target = store.commit_artifact(name, digest, staged)
-        store.set_active(name, ActiveEntry("1.0.0", 1, digest, target.name))
+        target = store.commit_artifact(model, digest, staged)
+        store.set_active(model, ActiveEntry("1.0.0", 1, digest, target.name))
     # A fleet CA of its own: the agent refuses to start enrolling without one to check the
     # server's certificate with, and this agent's server never answers anyway.
     FleetCA.create(home / "ca", "bench")
@@ -64,7 +67,5 @@ socket = "oip.sock"
 {listen}""",
         encoding="utf-8",
     )
-    child = children.start(
-        "agent", [sys.executable, "-m", "agent.cli", "run", "--config", str(config)]
-    )
+    child = children.start(name, [*python, "-m", "agent.cli", "run", "--config", str(config)])
     return child, home / "oip.sock"
