@@ -137,7 +137,11 @@ def test_a_second_server_on_a_port_in_use_exits_73_and_the_first_keeps_every_cal
     server_factory: Callable[..., Server], tmp_path: Path
 ) -> None:
     port = free_port()
-    first = server_factory(None, extra=("--listen", f"127.0.0.1:{port}"))
+    # Its device port any free one: the default (port + 1) may be a port another process
+    # holds by then (seen once in CI: an outgoing connection's ephemeral port).
+    first = server_factory(
+        None, extra=("--listen", f"127.0.0.1:{port}", "--device-listen", "127.0.0.1:0")
+    )
     run_cli("edgefleet-server", "init", "--data-dir", str(tmp_path / "second"))
     second = subprocess.run(
         [sys.executable, "-m", "fleet_server.cli", "run", "--data-dir", str(tmp_path / "second"),
