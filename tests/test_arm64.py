@@ -263,3 +263,29 @@ def test_predict_without_python3_pil_names_the_package_to_install(
     assert predicted.returncode != 0
     assert "Traceback" not in predicted.stderr, predicted.stderr[-2000:]
     assert "python3-pil" in predicted.stderr, predicted.stderr[-2000:]
+
+
+def test_the_rest_codec_refuses_out_of_range_integers_on_debians_numpy(pi: Scratch) -> None:
+    """The bookworm package takes numpy from Debian (1.24), which wraps 999 into a UINT8 (231)
+    and -1 into 255 where the numpy 2 of `make test` raises: on the device the REST API must
+    still answer 400 as tests/test_rest.py expects, not infer on wrapped values."""
+    code = (
+        "import json, numpy\n"
+        "from agent.inference.rest.codec import BodyError, parse_infer\n"
+        "print(numpy.__version__)\n"
+        "for value in (999, -1):\n"
+        "    tensor = {'name': 'a', 'shape': [1, 4], 'datatype': 'UINT8',\n"
+        "              'data': [1, 2, 3, value]}\n"
+        "    try:\n"
+        "        request, _ = parse_infer(json.dumps({'inputs': [tensor]}).encode(), None, 'm')\n"
+        "    except BodyError as exc:\n"
+        "        print('refused', exc)\n"
+        "    else:\n"
+        "        print('accepted', list(request.raw_input_contents[0]))\n"
+    )
+    result = pi.run("/opt/edgefleet/agent/bin/python3", "-c", code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    version, *answers = result.stdout.splitlines()
+    assert version.startswith("1.24."), version  # Debian 12's python3-numpy
+    assert len(answers) == 2, result.stdout
+    assert all(a.startswith("refused") and "not UINT8 values" in a for a in answers), answers
