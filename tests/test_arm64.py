@@ -199,3 +199,93 @@ def test_udev_check_bites_on_a_missing_group(pi: Scratch) -> None:
     finally:
         group.write_text(saved, encoding="utf-8")
     assert "99-edgefleet-coral.rules:6 Unknown group 'apex'" in parsed, parsed[-2000:]
+
+
+def test_the_shipped_bytecode_is_current_for_the_devices_python(pi: Scratch) -> None:
+    """deb_env.py compiles the bytecode with another build of the target's Python (pyenv's
+    3.11.7 for Debian's 3.11.2). Run as root, who could rewrite it, the agent's commands find
+    it current: nothing appears under /opt that dpkg did not install."""
+    files = f"/{FILES}"
+    for cmd in (
+        ("check-config", "--config", "/etc/edgefleet/agent.toml"),
+        ("probe", "--json", "--state-dir", files),
+        ("predict", f"{files}/{MOBILENET.name}", f"{files}/cat.bmp"),
+    ):
+        pi.run("edgefleet-agent", *cmd, user=None)
+    owned = set(pi.run("dpkg-query", "-L", "edgefleet-agent", user=None, check=True).stdout.split())
+    present = pi.run("find", "/opt/edgefleet", user=None, check=True).stdout.split()
+    assert [path for path in present if path not in owned] == []
+
+
+def test_a_file_in_the_service_users_home_runs_no_code_in_the_agent(pi: Scratch) -> None:
+    """The unit's HOME is the agent's state directory (/var/lib/edgefleet-agent, the user's
+    home), which the agent writes: a .pth file under its ~/.local must not run at the next
+    start. (A venv with include-system-site-packages turns Python's user site back on.)"""
+    home = "/var/lib/edgefleet-agent"
+    site = f"{home}/.local/lib/python3.11/site-packages"
+    marker = pi.path / "var/lib/edgefleet-agent/injected"
+    pi.run("install", "-d", "-o", "edgefleet", "-g", "edgefleet", "-m", "0750", home,
+           user=None, check=True)  # fmt: skip
+    try:
+        pi.run("mkdir", "-p", site, check=True)
+        pth = "import pathlib; pathlib.Path('/var/lib/edgefleet-agent/injected').touch()\n"
+        pi.run("sh", "-c", f"cat > {site}/planted.pth <<'EOF'\n{pth}EOF", check=True)
+        # As systemd starts it: HOME from the user's passwd entry.
+        pi.run("env", f"HOME={home}", "/usr/bin/edgefleet-agent", "check-config", "--config",
+               "/etc/edgefleet/agent.toml")  # fmt: skip
+        assert not marker.exists(), "a .pth file in the agent's home ran at start"
+    finally:
+        pi.run("rm", "-rf", f"{home}/.local", str(marker).removeprefix(str(pi.path)), user=None)
+
+
+def test_predict_without_python3_pil_names_the_package_to_install(
+    pi: Scratch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """python3-pil is only recommended (apt --no-install-recommends, a minimal image leaves it
+    out): the agent installs and serves without it, and predict on an image says what is
+    missing instead of a traceback."""
+    (deb,) = (pi.path / FILES).glob("edgefleet-agent_*_arm64.deb")
+    bare = Scratch(tmp_path_factory.mktemp("bare")).open(cached_root())
+    try:
+        files = bare.path / FILES
+        files.mkdir(parents=True)
+        (files / deb.name).write_bytes(deb.read_bytes())
+        for name in (MOBILENET.name, "cat.bmp"):
+            (files / name).write_bytes((DATA / name).read_bytes())
+        removed = bare.run("dpkg", "--purge", "python3-pil", user=None)
+        assert removed.returncode == 0, removed.stdout + removed.stderr
+        installed = bare.run("dpkg", "-i", f"/{FILES}/{deb.name}", user=None)
+        assert installed.returncode == 0, installed.stdout + installed.stderr
+        predicted = bare.run("edgefleet-agent", "predict", f"/{FILES}/{MOBILENET.name}",
+                             f"/{FILES}/cat.bmp")  # fmt: skip
+    finally:
+        bare.close()
+    assert predicted.returncode != 0
+    assert "Traceback" not in predicted.stderr, predicted.stderr[-2000:]
+    assert "python3-pil" in predicted.stderr, predicted.stderr[-2000:]
+
+
+def test_the_rest_codec_refuses_out_of_range_integers_on_debians_numpy(pi: Scratch) -> None:
+    """The bookworm package takes numpy from Debian (1.24), which wraps 999 into a UINT8 (231)
+    and -1 into 255 where the numpy 2 of `make test` raises: on the device the REST API must
+    still answer 400 as tests/test_rest.py expects, not infer on wrapped values."""
+    code = (
+        "import json, numpy\n"
+        "from agent.inference.rest.codec import BodyError, parse_infer\n"
+        "print(numpy.__version__)\n"
+        "for value in (999, -1):\n"
+        "    tensor = {'name': 'a', 'shape': [1, 4], 'datatype': 'UINT8',\n"
+        "              'data': [1, 2, 3, value]}\n"
+        "    try:\n"
+        "        request, _ = parse_infer(json.dumps({'inputs': [tensor]}).encode(), None, 'm')\n"
+        "    except BodyError as exc:\n"
+        "        print('refused', exc)\n"
+        "    else:\n"
+        "        print('accepted', list(request.raw_input_contents[0]))\n"
+    )
+    result = pi.run("/opt/edgefleet/agent/bin/python3", "-c", code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    version, *answers = result.stdout.splitlines()
+    assert version.startswith("1.24."), version  # Debian 12's python3-numpy
+    assert len(answers) == 2, result.stdout
+    assert all(a.startswith("refused") and "not UINT8 values" in a for a in answers), answers

@@ -237,6 +237,18 @@ def test_the_agent_package_carries_no_server_or_build_tools_and_still_infers(roo
     assert "tiger cat" in predicted.stdout.splitlines()[0], predicted.stdout
 
 
+def test_the_installed_environments_name_nothing_of_the_build_machine(root: Path) -> None:
+    """pip install --target records where each wheel came from (direct_url.json): the build's
+    temporary folder, which no device has, makes every build differ and tells `pip freeze` the
+    packages came from file:///tmp/edgefleet-deb-*/..."""
+    leaks = [
+        str(path.relative_to(root))
+        for path in (root / "opt/edgefleet").rglob("*")
+        if path.is_file() and not path.is_symlink() and b"/edgefleet-deb-" in path.read_bytes()
+    ]
+    assert leaks == [], f"{len(leaks)} files name the build folder, e.g. {leaks[:3]}"
+
+
 def test_purge_removes_state_and_the_enabled_link(root: Path) -> None:
     state = root / "var/lib/edgefleet-agent"
     state.mkdir(parents=True, exist_ok=True)
