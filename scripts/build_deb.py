@@ -86,7 +86,7 @@ if [ "$1" = configure ]; then
     # choice) and starts nothing (nor in a chroot): the config needs editing first.
     if [ -z "$2" ]; then
         mkdir -p "$ROOT/etc/systemd/system/multi-user.target.wants"
-        ln -sf /lib/systemd/system/edgefleet-{name}.service \\
+        ln -sf {libdir}/systemd/system/edgefleet-{name}.service \\
             "$ROOT/etc/systemd/system/multi-user.target.wants/edgefleet-{name}.service"
     fi
     if [ -z "$ROOT" ] && [ -d /run/systemd/system ]; then
@@ -155,11 +155,12 @@ def _depends(name: str, target: Target) -> str:
     fields = f"Depends: {python}, passwd, adduser"
     if name == "agent":
         # The agent's environment takes numpy and Pillow from Debian (scripts/deb_env.py);
-        # Coral's own repository has libedgetpu and pycoral for a device with an Edge TPU.
+        # Coral's own repository has libedgetpu for a device with an Edge TPU (its
+        # python3-pycoral is built for Python 3.9 at most: the agent does without it).
         return (
             f"{fields}, python3-numpy (>= {target.dist.numpy})\n"
             "Recommends: python3-pil\n"
-            "Suggests: libedgetpu1-std | libedgetpu1-max, python3-pycoral\n"
+            "Suggests: libedgetpu1-std | libedgetpu1-max\n"
         )
     return f"{fields}\nRecommends: mosquitto, postgresql\n"
 
@@ -179,15 +180,16 @@ def build_package(name: str, wheel: Path, target: Target, work: Path, out: Path)
     docs = venv / "share" / "doc"
     docs.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "README.md", docs / "README.md")
+    lib = target.dist.libdir.lstrip("/")
     for folder, source, dest in (
-        ("lib/systemd/system", f"systemd/edgefleet-{name}.service", f"edgefleet-{name}.service"),
+        (f"{lib}/systemd/system", f"systemd/edgefleet-{name}.service", f"edgefleet-{name}.service"),
         ("etc/edgefleet", f"config/{spec['config']}", str(spec["config"])),
     ):
         (root / folder).mkdir(parents=True, exist_ok=True)
         shutil.copy(PACKAGING / source, root / folder / dest)
     if name == "agent":
-        (root / "lib/udev/rules.d").mkdir(parents=True, exist_ok=True)
-        shutil.copy(PACKAGING / "udev/99-edgefleet-coral.rules", root / "lib/udev/rules.d")
+        (root / lib / "udev/rules.d").mkdir(parents=True, exist_ok=True)
+        shutil.copy(PACKAGING / "udev/99-edgefleet-coral.rules", root / lib / "udev/rules.d")
     debian = root / "DEBIAN"
     debian.mkdir()
     size_kb = sum(f.stat().st_size for f in root.rglob("*") if f.is_file() and not f.is_symlink())
@@ -212,6 +214,7 @@ def build_package(name: str, wheel: Path, target: Target, work: Path, out: Path)
         "state": spec["state"],
         "config": spec["config"],
         "reload_udev": reload_udev,
+        "libdir": target.dist.libdir,
     }
     for script, text in (("postinst", POSTINST), ("prerm", PRERM), ("postrm", POSTRM)):
         path = debian / script

@@ -16,6 +16,9 @@ importable when a Coral device installs them. Its own packages still come first 
 
 from __future__ import annotations
 
+import base64
+import csv
+import hashlib
 import os
 import shutil
 import subprocess
@@ -35,11 +38,12 @@ class Dist:
     python: tuple[int, int]  # its python3
     glibc: tuple[int, int]  # its libc6: the newest manylinux tag its wheels may have
     numpy: str  # the oldest python3-numpy the agent accepts from it (Debian's epoch 1)
+    libdir: str  # where its packages put systemd units and udev rules: /lib before /usr merged
 
 
 DISTS = {
-    "bookworm": Dist("bookworm", "deb12", (3, 11), (2, 36), "1:1.24"),
-    "trixie": Dist("trixie", "deb13", (3, 13), (2, 41), "1:2.2"),
+    "bookworm": Dist("bookworm", "deb12", (3, 11), (2, 36), "1:1.24", "/lib"),
+    "trixie": Dist("trixie", "deb13", (3, 13), (2, 41), "1:2.2", "/usr/lib"),
 }
 MACHINES = {"amd64": "x86_64", "arm64": "aarch64"}  # Debian's architecture: the wheels' one
 
@@ -140,11 +144,36 @@ def build_environment(
             for path in site.glob(pattern):
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
         strip_shared_objects(site, target.arch)
+    _tidy_records(site)
     _layout(venv, prefix, target, system_site=lean)
     _entry_scripts(venv, prefix, site)
     _run([python, "-m", "compileall", "-q", "-j", "0", "-s", str(venv), "-p", prefix,
           str(site)])  # fmt: skip
     return sorted(d for d in left_out if any(_distribution(w) == d for w in wheels))
+
+
+def _tidy_records(site: Path) -> None:
+    """Make the installed metadata describe what the package holds: no ``direct_url.json``
+    (it names this build's temporary folder, so no two builds were alike), and RECORD files
+    listing only files still there, with the hash and size they have now (stripped)."""
+    for info in site.glob("*.dist-info"):
+        (info / "direct_url.json").unlink(missing_ok=True)
+        record = info / "RECORD"
+        if not record.exists():
+            continue
+        kept = []
+        for row in csv.reader(record.read_text(encoding="utf-8").splitlines()):
+            if not row:
+                continue
+            path = (site / row[0]).resolve()
+            if path == record.resolve():
+                kept.append([row[0], "", ""])
+            elif path.is_file():
+                data = path.read_bytes()
+                digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+                kept.append([row[0], f"sha256={digest.decode()}", str(len(data))])
+        with record.open("w", encoding="utf-8", newline="") as out:
+            csv.writer(out, lineterminator="\n").writerows(kept)
 
 
 def _layout(venv: Path, prefix: str, target: Target, *, system_site: bool) -> None:
@@ -162,7 +191,12 @@ def _layout(venv: Path, prefix: str, target: Target, *, system_site: bool) -> No
 
 
 def _entry_scripts(venv: Path, prefix: str, site: Path) -> None:
-    """The console scripts of EdgeFleet's wheel (``[console_scripts]``), for ``prefix``."""
+    """The console scripts of EdgeFleet's wheel (``[console_scripts]``), for ``prefix``.
+
+    Their interpreter runs with ``-s``: no user site-packages. The agent's environment sees
+    the system's packages (``include-system-site-packages``), which turns Python's user site
+    back on, and the service user's home is its state directory, which the agent writes: a
+    ``.pth`` file there would otherwise run at every start."""
     (info,) = site.glob("edgefleet-*.dist-info")
     section = ""
     for raw in (info / "entry_points.txt").read_text(encoding="utf-8").splitlines():
@@ -176,7 +210,7 @@ def _entry_scripts(venv: Path, prefix: str, site: Path) -> None:
                 continue  # the agent's package has no fleet_server: no edgefleet-server
             script = venv / "bin" / name
             script.write_text(
-                f"#!{prefix}/bin/python3\nimport sys\n\nfrom {module} import {function}\n\n"
+                f"#!{prefix}/bin/python3 -s\nimport sys\n\nfrom {module} import {function}\n\n"
                 f"if __name__ == '__main__':\n    sys.exit({function}())\n",
                 encoding="utf-8",
             )

@@ -107,32 +107,63 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+COMPLETE = ".edgefleet-complete"  # written last into a build: a root without it is not one
+
+
+def _complete(root: Path) -> bool:
+    return (root / COMPLETE).is_file()
+
+
 def cached_root() -> Path:
     """The cached arm64 root, built first when missing (about 2 minutes, 320 MB)."""
     ensure_binfmt()
     CACHE.mkdir(parents=True, exist_ok=True)
     final = CACHE / f"arm64-{SUITE}-{_key()}"
-    if final.is_dir():
+    if _complete(final):
         return final
     with _locked(CACHE / ".arm64.lock"):
-        if final.is_dir():
+        if _complete(final):
             return final
-        for stale in CACHE.glob(".build-arm64-*"):  # a build killed halfway, under this lock
-            _remove(stale)
+        for stale in [*CACHE.glob(".build-arm64-*"), final]:  # killed halfway, or incomplete
+            if stale.exists():
+                _remove(stale)
         build = CACHE / f".build-{final.name}"
         started = time.monotonic()
         print(f"emulation: building {final} with mmdebstrap", file=sys.stderr, flush=True)
+        # In a mount namespace of its own: mmdebstrap mounts the host's /dev, /proc and /sys
+        # into the root while it works, and a kill would leave those mounts behind.
         subprocess.run(
-            ["mmdebstrap", "--quiet", "--architectures=arm64", "--variant=essential",
+            ["unshare", "--mount", "--propagation", "private", "mmdebstrap", "--quiet",
+             "--architectures=arm64", "--variant=essential",
              f"--include={','.join(PACKAGES)}", SUITE, str(build)],
             check=True, timeout=1200,
         )  # fmt: skip
+        (build / COMPLETE).write_text(f"{SUITE} {' '.join(PACKAGES)}\n", encoding="utf-8")
         build.rename(final)
         print(f"emulation: built in {time.monotonic() - started:.0f} s", file=sys.stderr)
-        for old in CACHE.glob("arm64-*"):  # roots of an earlier recipe
+        for old in CACHE.glob("arm64-*"):  # roots of an earlier recipe, when nobody uses them
             if old != final and old.is_dir():
-                _remove(old)
+                with _in_use(old, exclusive=True) as free:
+                    if free:
+                        _remove(old)
     return final
+
+
+@contextlib.contextmanager
+def _in_use(root: Path, *, exclusive: bool = False) -> Iterator[bool]:
+    """A lock on ``root`` beside it: shared while a Scratch has it as its lower layer,
+    exclusive (not waiting: yields False when it is in use) to delete it."""
+    with (root.parent / f".{root.name}.lock").open("a") as handle:
+        mode = fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH
+        try:
+            fcntl.flock(handle, mode)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _mounts_under(path: Path) -> list[str]:
@@ -167,12 +198,25 @@ class Scratch:
         self.folder = folder
         self.path = folder / "root"
         self._mounts: list[Path] = []
+        self._holding: contextlib.AbstractContextManager[bool] | None = None
 
     def _mount(self, target: Path, *args: str) -> None:
         subprocess.run(["mount", *args, str(target)], check=True)
         self._mounts.append(target)
 
     def open(self, base: Path) -> Scratch:
+        """Mount the copy over ``base`` (held in use until :meth:`close`); on any failure,
+        what was mounted so far is unmounted before the error goes on."""
+        self._holding = _in_use(base)
+        self._holding.__enter__()
+        try:
+            self._open(base)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _open(self, base: Path) -> None:
         upper, work = self.folder / "upper", self.folder / "work"
         for folder in (upper, work, self.path):
             folder.mkdir(parents=True)
@@ -187,7 +231,6 @@ class Scratch:
         self._mount(self.path / "proc", "-t", "proc", "proc")
         self._mount(self.path / "proc/cpuinfo", "--bind", str(cpuinfo))
         self._mount(self.path / "sys", "-t", "sysfs", "-o", "ro", "sysfs")
-        return self
 
     def close(self) -> None:
         """Unmount everything (lazily when busy): nothing of the host's /proc or /sys may be
@@ -196,6 +239,9 @@ class Scratch:
             target = self._mounts.pop()
             if subprocess.run(["umount", str(target)], check=False).returncode != 0:
                 subprocess.run(["umount", "-l", str(target)], check=True)
+        if self._holding is not None:
+            self._holding.__exit__(None, None, None)
+            self._holding = None
 
     def command(self, *cmd: str, user: str | None = "edgefleet") -> list[str]:
         """``cmd`` run inside the root (as ``user``, with that user's groups; root for None)."""

@@ -46,8 +46,9 @@ def pi(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scratch]:
         check=True, capture_output=True, timeout=900,
     )  # fmt: skip
     (deb,) = out.glob("edgefleet-agent_*_arm64.deb")
-    scratch = Scratch(tmp_path_factory.mktemp("pi")).open(base)
+    scratch = Scratch(tmp_path_factory.mktemp("pi"))
     try:
+        scratch.open(base)
         files = scratch.path / FILES
         files.mkdir(parents=True)
         (files / deb.name).write_bytes(deb.read_bytes())
@@ -245,8 +246,9 @@ def test_predict_without_python3_pil_names_the_package_to_install(
     out): the agent installs and serves without it, and predict on an image says what is
     missing instead of a traceback."""
     (deb,) = (pi.path / FILES).glob("edgefleet-agent_*_arm64.deb")
-    bare = Scratch(tmp_path_factory.mktemp("bare")).open(cached_root())
+    bare = Scratch(tmp_path_factory.mktemp("bare"))
     try:
+        bare.open(cached_root())
         files = bare.path / FILES
         files.mkdir(parents=True)
         (files / deb.name).write_bytes(deb.read_bytes())
@@ -289,3 +291,15 @@ def test_the_rest_codec_refuses_out_of_range_integers_on_debians_numpy(pi: Scrat
     assert version.startswith("1.24."), version  # Debian 12's python3-numpy
     assert len(answers) == 2, result.stdout
     assert all(a.startswith("refused") and "not UINT8 values" in a for a in answers), answers
+
+
+def test_a_scratch_that_fails_to_open_leaves_nothing_mounted(tmp_path: Path) -> None:
+    """A base without /sys fails at the last mount: the overlay, /proc and the cpuinfo bind
+    mounted before it must not stay under a folder pytest deletes later."""
+    base = tmp_path / "base"
+    (base / "proc").mkdir(parents=True)
+    scratch = Scratch(tmp_path / "scratch")
+    with pytest.raises(subprocess.CalledProcessError):
+        scratch.open(base)
+    mounts = Path("/proc/self/mounts").read_text(encoding="utf-8")
+    assert str(tmp_path) not in mounts, mounts

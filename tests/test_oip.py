@@ -101,6 +101,31 @@ def test_bad_requests_get_a_status_and_the_model_keeps_serving(
     assert output(stub.ModelInfer(pair_request()), "sum").tolist() == [[3.0, 4.0, 5.0, 6.0]]
 
 
+@pytest.mark.parametrize(
+    ("values", "bad"), [([1] * 3071 + [300], "300"), ([-129] + [0] * 3071, "-129")]
+)
+def test_typed_contents_out_of_the_inputs_range_are_refused_not_wrapped(
+    api: tuple[Engine, pb_grpc.GRPCInferenceServiceStub],
+    color_models: Path,
+    values: list[int],
+    bad: str,
+) -> None:
+    """int_contents are int32 on the wire: an INT8 input of 300 used to become 44 (numpy wraps
+    when it casts an array), and the model ran on it."""
+    engine, stub = api
+    engine.put(engine.load("color8", "1.0.0", color_models / "color_int8.tflite"))
+    request = pb.ModelInferRequest(model_name="color8")
+    tensor = request.inputs.add(name="image", datatype="INT8", shape=[1, 32, 32, 3])
+    tensor.contents.int_contents.extend(values)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"{bad} is out of range for int8 (-128..127)" in str(info.value.details())
+    tensor.contents.ClearField("int_contents")
+    tensor.contents.int_contents.extend([127] * 3072)
+    assert len(stub.ModelInfer(request).raw_output_contents) == 1
+
+
 def test_a_full_queue_answers_resource_exhausted(
     api: tuple[Engine, pb_grpc.GRPCInferenceServiceStub],
 ) -> None:

@@ -245,5 +245,5 @@ def test_a_multiarch_arm64_device_picks_its_own_libedgetpu_over_an_amd64_one(
         shutil.copy(fake_edgetpu.library, folder / "libedgetpu.so.1")
     arm64 = str(tmp_path / "usr/lib/aarch64-linux-gnu/libedgetpu.so.1")
     amd64 = str(tmp_path / "usr/lib/x86_64-linux-gnu/libedgetpu.so.1")
-    assert find_libedgetpu(root=tmp_path, machine="aarch64") == arm64
-    assert find_libedgetpu(root=tmp_path, machine="x86_64") == amd64
+    assert find_libedgetpu(root=tmp_path, multiarch="aarch64-linux-gnu") == arm64
+    assert find_libedgetpu(root=tmp_path, multiarch="x86_64-linux-gnu") == amd64

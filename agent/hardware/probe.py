@@ -16,6 +16,7 @@ import logging
 import os
 import platform
 import shutil
+import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,19 +41,15 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CORAL_USB_IDS = {("1a6e", "089a"): "unflashed", ("18d1", "9302"): "ready"}
-# Debian's multiarch directories, this machine's own first: a multiarch arm64 host may also
-# carry an amd64 libedgetpu, which it cannot load.
-_MULTIARCH = {
-    "x86_64": "/usr/lib/x86_64-linux-gnu",
-    "aarch64": "/usr/lib/aarch64-linux-gnu",
-    "armv7l": "/usr/lib/arm-linux-gnueabihf",
-}
+# Debian's multiarch directories, the interpreter's own first: a multiarch image may also
+# carry another architecture's libedgetpu, which this process cannot load.
+_MULTIARCH = ("x86_64-linux-gnu", "aarch64-linux-gnu", "arm-linux-gnueabihf")
 
 
-def _lib_dirs(machine: str) -> tuple[str, ...]:
-    own = _MULTIARCH.get(machine)
-    others = [d for m, d in _MULTIARCH.items() if m != machine]
-    return (*([own] if own else []), *others, "/usr/lib", "/usr/local/lib")
+def _lib_dirs(multiarch: str) -> tuple[str, ...]:
+    own = [f"/usr/lib/{multiarch}"] if multiarch else []
+    others = [f"/usr/lib/{m}" for m in _MULTIARCH if m != multiarch]
+    return (*own, *others, "/usr/lib", "/usr/local/lib")
 
 
 @dataclass(frozen=True)
@@ -134,18 +131,20 @@ def _pycoral_tpus() -> list[EdgeTpuDevice] | None:
 
 
 def find_libedgetpu(
-    library: str = "libedgetpu.so.1", *, root: Path = Path("/"), machine: str = ""
+    library: str = "libedgetpu.so.1", *, root: Path = Path("/"), multiarch: str = ""
 ) -> str:
     """The path of libedgetpu (or of ``library`` when it is a path), "" when absent.
 
     The library directories are looked up below ``root`` (a test's tree, a mounted image). The
     dynamic linker's cache, asked last, describes this machine only, so it is asked only when
-    ``root`` is "/": another tree must not report this machine's library. ``machine``
-    (default: this one's) decides which multiarch directory is searched first.
+    ``root`` is "/": another tree must not report this machine's library. ``multiarch``
+    (default: this interpreter's, e.g. arm-linux-gnueabihf for a 32-bit Raspberry Pi OS on a
+    64-bit kernel, which ``uname`` calls aarch64) decides which directory is searched first.
     """
     if "/" in library:
         return library if Path(library).exists() else ""
-    for directory in _lib_dirs(machine or platform.machine()):
+    own = multiarch or sysconfig.get_config_var("MULTIARCH") or ""
+    for directory in _lib_dirs(own):
         candidate = root / directory.lstrip("/") / library
         if candidate.exists():
             return str(candidate)

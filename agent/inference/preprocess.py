@@ -60,7 +60,13 @@ def load_image(path: Path) -> Image:
     Raises:
         InputError: missing, unreadable, not a regular file, too large, or not an image.
     """
-    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415 - only predict needs Pillow
+    try:
+        from PIL import Image, UnidentifiedImageError  # noqa: PLC0415 - only predict needs it
+    except ImportError as exc:  # the .deb only recommends python3-pil
+        raise InputError(
+            "reading images needs Pillow, which is not installed: apt install python3-pil "
+            "(the agent's package recommends it) or pip install pillow"
+        ) from exc
 
     try:
         data = read_regular(path, _MAX_IMAGE_BYTES)

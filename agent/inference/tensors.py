@@ -23,6 +23,7 @@ __all__ = [
     "DTYPE_TO_OIP",
     "OIP_TO_DTYPE",
     "RequestError",
+    "as_values",
     "classification",
     "classify",
     "decode_inputs",
@@ -236,7 +237,14 @@ def decode_inputs(
                     f"input {given.name!r} needs {spec.count} values in contents.{field_name}, "
                     f"got {len(values)}",
                 )
-            array = np.asarray(values).astype(wire)
+            try:
+                array = as_values(values, wire)
+            except (ValueError, TypeError, OverflowError) as exc:
+                raise RequestError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"input {given.name!r}: contents.{field_name} are not {given.datatype} "
+                    f"values: {exc}",
+                ) from exc
         array = array.reshape(shape)
         if rule is not None:
             rule.check(model.name, given.name, array, spec.tensor)
@@ -282,3 +290,27 @@ def classify(array: np.ndarray, count: int, name: str) -> tuple[list[int], bytes
             elements.append(f"{text}:{int(index)}".encode())
     raw = b"".join(struct.pack("<I", len(e)) + e for e in elements)
     return ([rows.shape[0], count] if array.ndim > 1 else [count]), raw
+
+
+def as_values(values: Any, dtype: np.dtype[Any]) -> np.ndarray:
+    """``values`` (a list, nested lists, a protobuf repeated field) as an array of ``dtype``,
+    refusing what the type cannot hold instead of wrapping it: numpy 1.24 (Debian 12's, which
+    the bookworm package runs on) turns 999 into a uint8 231 with only a warning, and every
+    numpy wraps when it casts an int32 array (a request's int_contents) to uint8.
+
+    Raises:
+        ValueError: a number outside the type's range, a non-finite number for an integer
+            type, or values that are not numbers of one shape.
+    """
+    probe = np.asarray(values)
+    if dtype.kind in "iu" and probe.size and probe.dtype.kind in "iuf":
+        if probe.dtype.kind == "f" and not np.isfinite(probe).all():
+            raise ValueError(f"a value is not a finite number, which {dtype.name} cannot hold")
+        info = np.iinfo(dtype)
+        low, high = probe.min(), probe.max()
+        if low < info.min or high > info.max:
+            bad = high if high > info.max else low
+            raise ValueError(f"{bad} is out of range for {dtype.name} ({info.min}..{info.max})")
+    if probe.dtype.kind == "O":  # Python ints beyond 64 bits: the conversion decides
+        return np.asarray(values, dtype=dtype)
+    return probe.astype(dtype)

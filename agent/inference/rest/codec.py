@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 from google.protobuf.message import Message
 
-from agent.inference.tensors import OIP_TO_DTYPE
+from agent.inference.tensors import OIP_TO_DTYPE, as_values
 from protos import inference_pb2 as pb
 
 __all__ = [
@@ -135,7 +135,7 @@ def _json_data(data: Any, datatype: str, count: int, what: str) -> bytes:
         return _bytes_elements(flat, what)
     dtype = np.dtype(OIP_TO_DTYPE[datatype]).newbyteorder("<")
     try:
-        array = np.asarray(data, dtype=dtype)
+        array = as_values(data, dtype)
     except (ValueError, TypeError, OverflowError) as exc:
         raise BodyError(f"{what} data are not {datatype} values: {exc}") from exc
     if array.size != count:
