@@ -33,7 +33,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
@@ -227,15 +227,24 @@ def heavy_model(children: Children) -> Path:
     return folder / "heavy_float.tflite"
 
 
-def agent_start(children: Children) -> tuple[float, float, int]:
-    """Start a real agent serving two models from its store; (s to first inference, RSS MB,
-    threads).
+def agent_start(
+    children: Children,
+    *,
+    python: Sequence[str] = (sys.executable,),
+    name: str = "agent",
+    requests: int = 200,
+) -> tuple[float, float, int]:
+    """Start a real agent serving two models from its store (run by ``python``: another
+    environment's interpreter for bench_package); (s to first inference, RSS MB after
+    ``requests`` more, threads).
 
     Raises:
         ChildExitedError: the agent exited before it served (its log is printed).
     """
     start = time.perf_counter()
-    agent, sock = start_agent(children, [("mobilenet", SMALL), ("lstm", LSTM)])
+    agent, sock = start_agent(
+        children, [("mobilenet", SMALL), ("lstm", LSTM)], python=python, name=name
+    )
     proc = agent.popen
     # Retry fast: by default a gRPC channel backs off a full second after a failed connect.
     channel = grpc.insecure_channel(
@@ -259,7 +268,7 @@ def agent_start(children: Children) -> tuple[float, float, int]:
                     raise
                 time.sleep(0.005)
         first = time.perf_counter() - start
-        for _ in range(200):
+        for _ in range(requests):
             stub.ModelInfer(request)
         status = Path(f"/proc/{proc.pid}/status").read_text()
         rss_kb = int(

@@ -24,17 +24,11 @@ import argparse
 import shutil
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
-import grpc
-import numpy as np
-
-from bench.agent_process import start_agent
-from bench.bench_inference import LSTM, SMALL, oip_request
+from bench.bench_inference import agent_start
 from bench.processes import Children, run_folder
-from protos import inference_pb2_grpc
 from tests.harness import REPO
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -91,37 +85,17 @@ def sizes(env: Path) -> dict[str, int]:
 
 
 def serving_rss(children: Children, env: Path, name: str, requests: int) -> float:
-    """Start the agent with ``env``'s interpreter, serve ``requests``; its VmRSS in MB."""
-    agent, sock = start_agent(
-        children, [("mobilenet", SMALL), ("lstm", LSTM)], python=[str(env / "bin/python3"), "-P"],
-        name=name,
-    )  # fmt: skip
+    """The agent run by ``env``'s interpreter, outside this checkout (``-P``): its VmRSS in MB
+    after ``requests`` requests."""
+    python = [str(env / "bin/python3"), "-P"]
     where = subprocess.run(
-        [str(env / "bin/python3"), "-P", "-c", "import agent, numpy; print(agent.__file__, "
-         "numpy.__file__)"], capture_output=True, text=True, check=True, cwd=REPO,
+        [*python, "-c", "import agent, numpy; print(agent.__file__, numpy.__file__)"],
+        capture_output=True, text=True, check=True, cwd=REPO,
     ).stdout.split()  # fmt: skip
     assert where[0].startswith(str(env)), f"{name} would run {where[0]}, not its own agent"
-    stub = inference_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(f"unix:{sock}"))
-    request = oip_request("mobilenet", "input", np.zeros((1, 128, 128, 3), dtype=np.uint8))
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            try:
-                stub.ModelInfer(request, timeout=1)
-                break
-            except grpc.RpcError:
-                agent.check_running()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        for _ in range(requests):
-            stub.ModelInfer(request, timeout=10)
-        status = Path(f"/proc/{agent.popen.pid}/status").read_text(encoding="utf-8")
-        rss_kb = int(next(ln for ln in status.splitlines() if ln.startswith("VmRSS")).split()[1])
-    finally:
-        agent.stop()
     print(f"{name}: numpy from {where[1]}", file=sys.stderr)
-    return rss_kb / 1024.0
+    _first, rss_mb, _threads = agent_start(children, python=python, name=name, requests=requests)
+    return rss_mb
 
 
 def main() -> int:
