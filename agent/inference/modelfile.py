@@ -74,6 +74,8 @@ class ModelInfo:
     signatures: tuple[SignatureInfo, ...] = ()
     activation_bytes: int = 0  # bytes of non-constant tensors: what one interpreter allocates
     weight_dtypes: tuple[str, ...] = ()  # dtypes of the constant tensors
+    # dtypes of the tensors the graph computes between its inputs and outputs
+    activation_dtypes: tuple[str, ...] = ()
     max_op_code: int = 0  # the highest builtin operator code used: the runtime must know it
 
     @property
@@ -83,16 +85,21 @@ class ModelInfo:
 
     @property
     def quantization(self) -> str:
-        """What kind of variant this is: "edgetpu", "full_int8", "int16x8", "dynamic_int8"
-        (float inputs and outputs, int8 weights: dynamic-range or weight-only), "float16"
-        (float16 weights) or "float32"."""
+        """What kind of variant this is, from how it computes: "edgetpu", "full_int8" (int8
+        weights and activations, whatever its inputs and outputs: a quantizing first op, a
+        dequantizing last one or an int64 argmax do not make it another kind), "int16x8",
+        "dynamic_int8" (int8 weights, float activations: dynamic-range or weight-only),
+        "float16" (float16 weights) or "float32"."""
         if self.edgetpu:
             return "edgetpu"
-        io = {t.dtype for t in (*self.inputs, *self.outputs)}
-        weights = set(self.weight_dtypes) - {"int32", "int64"}  # biases, shapes, indices
-        if "int16" in io and weights <= {"int8", "int16"}:
+        index_types = {"int32", "int64", "bool"}  # biases, shapes, indices, argmax, masks
+        weights = set(self.weight_dtypes) - index_types
+        computed = set(self.activation_dtypes) - index_types
+        if not computed:  # a one-op graph: its inputs and outputs are all it computes
+            computed = {t.dtype for t in (*self.inputs, *self.outputs)} - index_types
+        if "int16" in computed and weights <= {"int8", "int16"}:
             return "int16x8"
-        if io <= {"int8", "uint8"} and weights <= {"int8", "uint8"}:
+        if computed <= {"int8", "uint8"} and weights <= {"int8", "uint8"}:
             return "full_int8"
         if "float16" in weights:
             return "float16"
@@ -239,6 +246,7 @@ def _inspect(schema: Any, data: bytes) -> ModelInfo:
         signatures=tuple(signatures),
         activation_bytes=_activation_bytes(model, graph, type_names),
         weight_dtypes=_weight_dtypes(model, graph, type_names),
+        activation_dtypes=_activation_dtypes(model, graph, type_names),
         max_op_code=max_code,
     )
 
@@ -285,6 +293,19 @@ def _activation_bytes(model: Any, graph: Any, type_names: dict[int, str]) -> int
         dtype = _TYPE_TO_DTYPE.get(type_names.get(tensor.Type(), ""), "")
         total += count * _ITEM_SIZE.get(dtype, 4)
     return total
+
+
+def _activation_dtypes(model: Any, graph: Any, type_names: dict[int, str]) -> tuple[str, ...]:
+    """The dtypes of the tensors computed inside the graph: neither constant nor one of its
+    inputs or outputs."""
+    ends = {int(i) for i in graph.InputsAsNumpy()} if graph.InputsLength() else set()
+    ends |= {int(i) for i in graph.OutputsAsNumpy()} if graph.OutputsLength() else set()
+    found: set[str] = set()
+    for i in range(graph.TensorsLength()):
+        tensor = graph.Tensors(i)
+        if i not in ends and not _is_constant(model, tensor):
+            found.add(_TYPE_TO_DTYPE.get(type_names.get(tensor.Type(), ""), "unknown"))
+    return tuple(sorted(found))
 
 
 def _weight_dtypes(model: Any, graph: Any, type_names: dict[int, str]) -> tuple[str, ...]:
