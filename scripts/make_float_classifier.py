@@ -11,7 +11,7 @@ point 128), as the model's TFLite metadata (mean 127.5, std 127.5) says, which i
 result classifies as the quantized model does, up to rounding; it is a real 128x128x3 image
 model for ``edgefleet model build`` tests: float, 1.9 MB, and like many real float models it
 has no signature (the Coral file has none), unless ``--keep-signature`` adds the one the
-TFLite converter would (``serving_default``, input ``input``, output ``output``).
+TFLite converter would (``serving_default``, entries named after the tensors).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from typing import Any
 import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as s
+
+from fleet_server.optimize.signature import add_signature
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE = REPO / "tests" / "data" / "mobilenet_v1_0.25_128_quant.tflite"
@@ -59,22 +61,10 @@ def dequantize(model: bytes, *, signature: bool = False) -> bytes:
             tensor.quantization = None
     for code in m.operatorCodes:
         code.version = 1
-    if signature:
-        graph = m.subgraphs[0]
-        sig = s.SignatureDefT()
-        sig.signatureKey = "serving_default"
-        sig.subgraphIndex = 0
-        sig.inputs, sig.outputs = [], []
-        for names, indices in ((sig.inputs, graph.inputs), (sig.outputs, graph.outputs)):
-            for i, index in enumerate(indices):
-                entry = s.TensorMapT()
-                entry.name = ("input" if names is sig.inputs else "output") + (f"_{i}" if i else "")
-                entry.tensorIndex = int(index)
-                names.append(entry)
-        m.signatureDefs = [sig]
     builder = flatbuffers.Builder(len(model) * 4)
     builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    out = bytes(builder.Output())
+    return add_signature(out) if signature else out
 
 
 def main(argv: list[str]) -> int:

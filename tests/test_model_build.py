@@ -102,7 +102,7 @@ def test_a_failing_variant_does_not_stop_the_others(
 def test_bad_input_is_refused_with_the_fix_and_leaves_nothing(
     tmp_path: Path, color_models: Path
 ) -> None:
-    no_signature = color_models / "color_float.tflite"  # built without a SignatureDef
+    image_model = color_models / "color_float.tflite"  # 32x32x3 images, not digits
     wrong_shape = tmp_path / "wrong.npz"
     np.savez(wrong_shape, x=np.zeros((5, 8, 8), np.float32))
     empty = tmp_path / "empty.npz"
@@ -110,7 +110,10 @@ def test_bad_input_is_refused_with_the_fix_and_leaves_nothing(
     taken = tmp_path / "taken"
     taken.mkdir()
     cases = [
-        ([str(no_signature), "--calibration", "sklearn:digits"], "has no signature"),
+        (
+            [str(image_model), "--calibration", "sklearn:digits"],
+            "calibration samples are (64,); color_float.tflite takes (32, 32, 3)",
+        ),
         (
             [str(DATA / "digits_local_int8.tflite"), "--calibration", "sklearn:digits"],
             "already quantized",

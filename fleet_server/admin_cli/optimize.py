@@ -6,10 +6,13 @@ import argparse
 import importlib.util
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleet_server.admin_cli import common
 from fleet_server.errors import BadRequestError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["add_bench_parsers", "add_parser"]
 
@@ -41,17 +44,33 @@ def add_parser(sub: Any) -> None:
         "and accuracy with labels. A variant failing does not stop the others; OUT_DIR "
         "appears whole or not at all. Push it with 'edgefleet models push OUT_DIR'.",
     )
-    build.add_argument("model", type=Path, help="the float32 .tflite (with a signature)")
+    build.add_argument(
+        "model", type=Path, help="the float32 .tflite (one without a signature gets one)"
+    )
     build.add_argument(
         "--calibration",
         required=True,
-        help="representative inputs: sklearn:digits (its training half) or an .npz with x",
+        help="representative inputs: a folder of images (resized and normalized for the "
+        "model's input), an .npz with x, or sklearn:digits (its training half)",
     )
     build.add_argument("--out", type=Path, required=True, help="the output directory")
     build.add_argument(
         "--eval",
-        help="evaluation data: sklearn:digits (held-out half) or an .npz with x and "
-        "optionally y (labels); default: the calibration samples, unlabelled",
+        help="evaluation data: a folder of images (labelled by its labels.csv of file,label "
+        "rows, if any), an .npz with x and optionally y (labels), or sklearn:digits (its "
+        "held-out half); default: the calibration samples, unlabelled. Without labels, "
+        "variants are compared by top-1 agreement with float32",
+    )
+    build.add_argument(
+        "--labels",
+        type=Path,
+        help="class names, line i naming class i: labels.csv rows may name classes by these",
+    )
+    build.add_argument(
+        "--max-images",
+        type=int,
+        default=1000,
+        help="take at most this many images of a folder, in name order (default 1000)",
     )
     build.add_argument(
         "--min-accuracy", type=_points, help="reject variants under this accuracy (percent)"
@@ -69,7 +88,6 @@ def add_parser(sub: Any) -> None:
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from fleet_server.optimize.build import build  # noqa: PLC0415 - needs the optimize extra
-    from fleet_server.routing.datasets import samples  # noqa: PLC0415
 
     try:
         import ai_edge_quantizer  # noqa: F401, PLC0415
@@ -79,8 +97,11 @@ def _cmd_build(args: argparse.Namespace) -> int:
         ) from exc
     if args.model.is_dir() or args.model.suffix in (".keras", ".h5"):
         raise BadRequestError(_keras_message(args.model))
-    calibration, _ = samples(args.calibration, part="train")
-    eval_x, eval_y = samples(args.eval, part="test") if args.eval else (None, None)
+    if args.max_images < 1:
+        raise BadRequestError("--max-images must be at least 1")
+    notes: list[str] = []
+    calibration, _ = _data(args.calibration, args, "train", notes)
+    eval_x, eval_y = _data(args.eval, args, "test", notes) if args.eval else (None, None)
     report = build(
         args.model,
         calibration=calibration,
@@ -94,6 +115,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         edgetpu=args.edgetpu,
         force=args.force,
         progress=lambda text: print(f"[model build] {text}", file=sys.stderr, flush=True),
+        notes=notes,
     )
     if args.json:
         print(report.to_json())
@@ -102,6 +124,35 @@ def _cmd_build(args: argparse.Namespace) -> int:
         print(report.table(), end="")
         print(f"wrote {args.out}/ (report.json, report.txt)")
     return 0
+
+
+def _data(
+    spec: str, args: argparse.Namespace, part: str, notes: list[str]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Samples (and labels) from a folder of images, an .npz or a shipped dataset."""
+    from fleet_server.optimize.images import load_images  # noqa: PLC0415
+    from fleet_server.routing.datasets import samples  # noqa: PLC0415
+
+    path = Path(spec)
+    if not spec.startswith("sklearn:") and path.is_dir():
+        images = load_images(path, args.model, labels=args.labels, limit=args.max_images)
+        use = "calibration" if part == "train" else "evaluation"
+        note = f"{use}: {spec}: {len(images.files)} images"
+        note += ", labelled" if images.y is not None else ", unlabelled"
+        if images.left_out:
+            note += f"; {images.left_out} more left out (--max-images {args.max_images})"
+        if images.skipped:
+            note += f"; {images.skipped} files that are not images skipped"
+        notes.append(note)
+        print(f"[model build] {note}", file=sys.stderr, flush=True)
+        return images.x, images.y
+    if not spec.startswith("sklearn:") and path.suffix.lower() != ".npz":
+        what = "does not exist" if not path.exists() else "is not data this command reads"
+        raise BadRequestError(
+            f"{spec} {what}: give a folder of images, an .npz with an array x (and y for "
+            "labels), or sklearn:digits"
+        )
+    return samples(spec, part=part)
 
 
 def _keras_message(path: Path) -> str:

@@ -17,17 +17,18 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from agent.inference.modelfile import inspect_model_file
+from agent.inference.modelfile import inspect_model_bytes, inspect_model_file
 from agent.inference.runtime import find_runtime
 from fleet_server.catalog.select import hardware_class
 from fleet_server.errors import BadRequestError
+from fleet_server.optimize.signature import SIGNATURE_KEY, add_signature
 from fleet_server.routing.evaluate import Scores, scores
 
 __all__ = ["BuildReport", "VariantReport", "build"]
@@ -65,6 +66,7 @@ class BuildReport:
     min_accuracy: float | None
     max_accuracy_drop: float | None
     variants: list[VariantReport] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # how the inputs were taken
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -72,6 +74,7 @@ class BuildReport:
     @classmethod
     def from_json(cls, text: str) -> BuildReport:
         raw = json.loads(text)
+        raw.setdefault("notes", [])  # reports from before issue 24
         variants = [VariantReport(**v) for v in raw.pop("variants")]
         return cls(**raw, variants=variants)
 
@@ -90,6 +93,7 @@ class BuildReport:
                 f"{v.name:17} {v.status:8} {size:>9} {ratio:>6} {v.median_ms:8.4f} "
                 f"{v.p95_ms:8.4f} {agree:>10} {diff:>9} {accuracy:>8}  {v.reason}"
             )
+        lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines) + "\n"
 
 
@@ -122,11 +126,12 @@ def _recipes() -> dict[str, tuple[Any, bool]]:
 
 
 def _check_source(model: Path, calibration: np.ndarray) -> tuple[str, str]:
-    """The model's signature key and the signature's input name.
+    """The model's signature key and the signature's input name (those :func:`add_signature`
+    gives a model without a signature).
 
     Raises:
-        BadRequestError: no such file, not a float model with one signature, or calibration
-            data that does not fit its input.
+        BadRequestError: no such file, not a float model with one input, or calibration data
+            that does not fit its input.
     """
     if not model.is_file():
         raise BadRequestError(f"{model} does not exist")
@@ -134,12 +139,6 @@ def _check_source(model: Path, calibration: np.ndarray) -> tuple[str, str]:
         info = inspect_model_file(model)
     except Exception as exc:
         raise BadRequestError(f"{model} is not a TFLite model: {exc}") from exc
-    if not info.signatures:
-        raise BadRequestError(
-            f"{model.name} has no signature; the quantizer needs one. Re-export it with a "
-            "serving signature (e.g. TFLiteConverter.from_saved_model, or from_concrete_functions "
-            "with a named signature)"
-        )
     if len(info.inputs) != 1:
         raise BadRequestError(
             f"{model.name} has {len(info.inputs)} inputs; model build takes one-input models"
@@ -160,6 +159,9 @@ def _check_source(model: Path, calibration: np.ndarray) -> tuple[str, str]:
         )
     if not np.issubdtype(calibration.dtype, np.number):
         raise BadRequestError(f"calibration data must be numbers, not {calibration.dtype}")
+    if not info.signatures:  # the quantizer feeds samples by signature: build adds one
+        signed = inspect_model_bytes(add_signature(model.read_bytes()))
+        return signed.signatures[0].key, signed.signatures[0].inputs[0]
     signature = info.signatures[0]
     return signature.key, signature.inputs[0]
 
@@ -218,8 +220,10 @@ def build(
     edgetpu: Path | None = None,
     force: bool = False,
     progress: Progress = lambda _text: None,
+    notes: Sequence[str] = (),
 ) -> BuildReport:
-    """Build every variant of ``model`` into ``out`` (atomically) and return the report.
+    """Build every variant of ``model`` into ``out`` (atomically) and return the report
+    (``notes``: how the data was taken, for the report).
 
     Raises:
         BadRequestError: bad input (model, data, output directory); nothing is written.
@@ -250,6 +254,7 @@ def build(
             edgetpu=edgetpu,
             progress=progress,
         )
+        report.notes[:0] = notes
         (staging / REPORT).write_text(report.to_json(), encoding="utf-8")
         (staging / TABLE).write_text(report.table(), encoding="utf-8")
         _replace(staging, out)
@@ -324,6 +329,11 @@ def _build_into(
     progress(f"float32: measuring {model.name} on {len(eval_x)} samples")
     base = VariantReport("float32", file="float32.tflite", tool="the source model")
     shutil.copyfile(model, staging / base.file)
+    source = staging / base.file
+    if not inspect_model_file(model).signatures:
+        report.notes.append(f"{model.name} has no signature: quantized with {SIGNATURE_KEY} added")
+        source = staging / ".signed.tflite"
+        source.write_bytes(add_signature(model.read_bytes()))
     reference = _measure(base, staging / base.file, eval_x, eval_y, None)
     base.size_ratio = 1.0
     base.top1_agreement, base.max_abs_diff = 1.0, 0.0
@@ -338,7 +348,7 @@ def _build_into(
         started = time.monotonic()
         try:
             _quantize(
-                model,
+                source,
                 staging / variant.file,
                 recipe,
                 signature,
@@ -354,6 +364,8 @@ def _build_into(
             progress(f"{name}: failed: {variant.reason}")
             continue
         variant.size_ratio = variant.size / base.size
+    if source.name == ".signed.tflite":
+        source.unlink()
     report.variants.append(_edgetpu_variant(staging, edgetpu, base, progress))
     for variant in report.variants:
         _judge(variant, base, min_accuracy, max_accuracy_drop)
