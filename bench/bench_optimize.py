@@ -37,14 +37,15 @@ def main() -> int:
     print(f"{MODEL.name} on {report.host}, {report.samples_eval} held-out samples")
     print(report.table(), end="")
     by_name = {v.name: v for v in report.variants}
-    base, full = by_name["float32"], by_name["full_int8"]
+    base, full = by_name["float32"], by_name["int8"]
     if full.status != "ok" or full.accuracy is None or base.accuracy is None:
-        print(f"full_int8 was not built: {full.reason}")
+        print(f"int8 was not built: {full.reason}")
         return 1
     drop = (base.accuracy - full.accuracy) * 100
     met = full.size_ratio <= 0.30 and drop <= 1.0 and full.median_ms <= base.median_ms
     print(
-        f"full_int8: {full.size_ratio:.0%} of float32's size, {drop:.2f} points less accurate, "
+        f"int8 (full integer): {full.size_ratio:.0%} of float32's size, "
+        f"{drop:.2f} points less accurate, "
         f"{base.median_ms / full.median_ms:.2f}x float32's speed: target "
         + ("met" if met else "missed" + (" (not asserted with --quick)" if args.quick else ""))
     )

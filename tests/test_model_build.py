@@ -18,7 +18,7 @@ from tests.harness import Server, run_cli
 
 DATA = Path(__file__).parent / "data"
 FLOAT = DATA / "digits_cloud_float.tflite"
-VARIANTS = ["float32", "float16", "dynamic_int8", "weight_only_int8", "full_int8", "int16x8"]
+VARIANTS = ["float32", "float16", "dynamic-int8", "weight-only-int8", "int8", "int16x8"]
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -42,7 +42,7 @@ def test_build_makes_every_variant_measures_it_and_writes_the_report(tmp_path: P
         assert (out / variant.file).stat().st_size == variant.size
         assert variant.median_ms > 0 and variant.p95_ms >= variant.median_ms
         assert variant.accuracy is not None and variant.top1_agreement is not None
-    base, full = by_name["float32"], by_name["full_int8"]
+    base, full = by_name["float32"], by_name["int8"]
     assert base.size == FLOAT.stat().st_size and base.accuracy is not None
     # The target, on this model and data (docs/benchmarks.md has every row):
     assert full.size_ratio <= 0.30
@@ -50,10 +50,8 @@ def test_build_makes_every_variant_measures_it_and_writes_the_report(tmp_path: P
     assert by_name["float16"].size_ratio < 0.6
     assert by_name["edgetpu"].status == "skipped"
     assert "edgetpu_compiler is not on PATH" in by_name["edgetpu"].reason
-    assert "full_int8" in result.stdout and "wrote" in result.stdout
-    calibrated = (
-        f"[model build] full_int8: quantizing ({len(digits().train_x)} calibration samples)"
-    )
+    assert "int8" in result.stdout and "wrote" in result.stdout
+    calibrated = f"[model build] int8: quantizing ({len(digits().train_x)} calibration samples)"
     assert calibrated in result.stderr
     assert (out / "report.txt").read_text().startswith("VARIANT")
     assert leftovers(tmp_path) == []
@@ -94,8 +92,8 @@ def test_a_failing_variant_does_not_stop_the_others(
     by_name = {v.name: v for v in report.variants}
     assert by_name["float16"].status == "failed" and by_name["float16"].reason
     assert not (tmp_path / "out" / "float16.tflite").exists()
-    assert by_name["full_int8"].status == "ok"
-    assert (tmp_path / "out" / "full_int8.tflite").exists()
+    assert by_name["int8"].status == "ok"
+    assert (tmp_path / "out" / "int8.tflite").exists()
 
 
 @pytest.mark.slow

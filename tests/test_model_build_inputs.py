@@ -69,18 +69,18 @@ def test_a_signature_less_image_model_builds_from_a_folder_of_images(
     report = BuildReport.from_json((out / "report.json").read_text())
     by_name = {v.name: v for v in report.variants}
     assert report.samples_calibration == report.samples_eval == 4 and report.labelled
-    for name in ("float32", "float16", "dynamic_int8", "weight_only_int8", "full_int8", "int16x8"):
+    for name in ("float32", "float16", "dynamic-int8", "weight-only-int8", "int8", "int16x8"):
         assert by_name[name].status == "ok", (name, by_name[name].reason)
     # The float model's own answers: the bird right, the digit wrong (it is no ImageNet class).
     assert by_name["float32"].accuracy is not None and 0.25 <= by_name["float32"].accuracy < 1
-    assert by_name["full_int8"].top1_agreement == 1.0
+    assert by_name["int8"].top1_agreement == 1.0
     assert any("no signature: quantized with serving_default added" in n for n in report.notes)
     assert any("4 images, labelled; 1 files that are not images skipped" in n for n in report.notes)
     assert "note: evaluation:" in result.stdout
     # float32 is the source itself; the quantized variants carry the signature they were fed by.
     digest = hashlib.sha256(float_classifier.read_bytes()).hexdigest()
     assert hashlib.sha256((out / "float32.tflite").read_bytes()).hexdigest() == digest
-    assert inspect_model_file(out / "full_int8.tflite").signatures[0].key == "serving_default"
+    assert inspect_model_file(out / "int8.tflite").signatures[0].key == "serving_default"
     assert not list(out.glob(".*"))
 
 

@@ -37,8 +37,9 @@ def add_parser(sub: Any) -> None:
     build = model_sub.add_parser(
         "build",
         help="quantize a float .tflite into every variant and measure each",
-        description="Writes OUT_DIR with float32, float16, dynamic_int8, weight_only_int8, "
-        "full_int8 (calibrated) and int16x8 (calibrated) variants made with ai-edge-quantizer, "
+        description="Writes OUT_DIR with float32, float16, dynamic-int8, weight-only-int8, "
+        "int8 (full integer, calibrated) and int16x8 (calibrated) variants made with "
+        "ai-edge-quantizer (named as 'models push' names these kinds), "
         "an Edge TPU variant when edgetpu_compiler is on PATH (or --edgetpu FILE), and "
         "report.json / report.txt: size, latency here (one thread), agreement with float32 "
         "and accuracy with labels. A variant failing does not stop the others; OUT_DIR "

@@ -20,6 +20,7 @@ from pathlib import Path
 from agent.errors import ModelFileError
 from agent.inference.modelfile import MAX_MODEL_BYTES, ModelInfo, inspect_model_file
 from fleet_server.artifacts.store import ArtifactStore
+from fleet_server.catalog.naming import variant_name
 from fleet_server.catalog.select import PREFERENCE
 from fleet_server.catalog.smoke import SmokeExpectation, expect
 from fleet_server.catalog.store import CatalogStore, ModelRow
@@ -417,27 +418,16 @@ def _check_meta(meta: pb.PushModelMeta) -> None:
         raise BadRequestError(f"variant {meta.variant!r} is invalid")
 
 
-# Variant names given to unnamed variants, by what the file is.
-_AUTO_NAMES = {
-    "edgetpu": "edgetpu",
-    "full_int8": "int8",
-    "int16x8": "int16x8",
-    "dynamic_int8": "dynamic-int8",
-    "float16": "float16",
-    "float32": "float32",
-}
-
-
 def _fallback_name(info: ModelInfo | None) -> str:
     """An explicit fallback's variant name, from its quantization like an unnamed variant's."""
-    return _AUTO_NAMES.get(info.quantization, "cpu") if info is not None else "cpu"
+    return variant_name(info.quantization, "cpu") if info is not None else "cpu"
 
 
 def _name_variants(uploads: list[_Upload]) -> None:
     """Name unnamed variants after their kind (int8, edgetpu, float32...)."""
     for upload in uploads:
         if not upload.variant:
-            upload.variant = _AUTO_NAMES.get(upload.model.quantization, "default")
+            upload.variant = variant_name(upload.model.quantization)
     names = [u.variant for u in uploads]
     for name in names:
         if names.count(name) > 1:

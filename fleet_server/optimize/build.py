@@ -39,7 +39,9 @@ TABLE = "report.txt"
 
 @dataclass
 class VariantReport:
-    name: str  # float32, float16, dynamic_int8, weight_only_int8, full_int8, int16x8, edgetpu
+    # float32, float16, dynamic-int8, weight-only-int8, int8, int16x8, edgetpu: the names
+    # `models push` gives these kinds (fleet_server/catalog/naming.py)
+    name: str
     file: str = ""
     status: str = "ok"  # ok | rejected | failed | skipped
     reason: str = ""
@@ -118,9 +120,9 @@ def _recipes() -> dict[str, tuple[Any, bool]]:
     ]
     return {
         "float16": (float16, False),
-        "dynamic_int8": (recipe.dynamic_wi8_afp32(), False),
-        "weight_only_int8": (recipe.weight_only_wi8_afp32(), False),
-        "full_int8": (recipe.static_wi8_ai8(), True),
+        "dynamic-int8": (recipe.dynamic_wi8_afp32(), False),
+        "weight-only-int8": (recipe.weight_only_wi8_afp32(), False),
+        "int8": (recipe.static_wi8_ai8(), True),
         "int16x8": (recipe.static_wi8_ai16(), True),
     }
 
@@ -390,17 +392,17 @@ def _edgetpu_variant(
                 )
             shutil.copyfile(supplied, target)
             variant.tool = f"supplied: {supplied.name}"
-        elif shutil.which("edgetpu_compiler") and (staging / "full_int8.tflite").exists():
-            progress("edgetpu: compiling the full int8 variant")
-            compiled, version = _edgetpu_compile(staging / "full_int8.tflite", staging)
+        elif shutil.which("edgetpu_compiler") and (staging / "int8.tflite").exists():
+            progress("edgetpu: compiling the int8 variant")
+            compiled, version = _edgetpu_compile(staging / "int8.tflite", staging)
             compiled.rename(target)
             variant.tool = version or "edgetpu_compiler"
-            log = staging / "full_int8_edgetpu.log"
+            log = staging / "int8_edgetpu.log"
             log.unlink(missing_ok=True)
         else:
             variant.status, variant.file = "skipped", ""
             variant.reason = (
-                "edgetpu_compiler is not on PATH; compile full_int8.tflite elsewhere and pass "
+                "edgetpu_compiler is not on PATH; compile int8.tflite elsewhere and pass "
                 "--edgetpu FILE"
             )
             return variant
