@@ -1,6 +1,10 @@
 """Issue 8's target: `edgefleet model build` on the shipped float digits model with
 scikit-learn's digits, and whether full int8 is at most 30% of float32's size, at most 1 point
-less accurate, and not slower than float32 on this host.
+less accurate, and not slower than float32 on this host. Then, in the same run, the table of
+techniques (issue 24) on two models: the digits model (accuracy on the held-out half) and the
+float image classifier of scripts/make_float_classifier.py (top-1 agreement with its float32 on
+24 images: tests/data's cat, bird and digit, each in 8 fixed crops and flips), with pruning at
+50 and 75 %.
 
     python -m bench.bench_optimize [--quick]
 
@@ -11,14 +15,67 @@ reports the target (the speed comparison is at the mercy of a busy machine).
 from __future__ import annotations
 
 import argparse
+import runpy
 import sys
 import tempfile
 from pathlib import Path
 
-from fleet_server.optimize.build import build
+from PIL import Image, ImageOps
+
+from fleet_server.optimize.build import BuildReport, build
+from fleet_server.optimize.images import load_images
 from fleet_server.routing.datasets import digits
 
-MODEL = Path(__file__).resolve().parent.parent / "tests" / "data" / "digits_cloud_float.tflite"
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "tests" / "data"
+MODEL = DATA / "digits_cloud_float.tflite"
+TECHNIQUES = (
+    ("quantization (int8)", "int8"),
+    ("mixed precision (float16)", "float16"),
+    ("dynamic range (int8 weights)", "dynamic-int8"),
+    ("pruning 50 %", "pruned50-float32"),
+    ("pruning 50 % + int8", "pruned50-int8"),
+    ("pruning 75 %", "pruned75-float32"),
+    ("pruning 75 % + int8", "pruned75-int8"),
+)
+
+
+def image_set(folder: Path) -> Path:
+    """24 images: each of tests/data's three in 8 fixed crops and flips."""
+    folder.mkdir()
+    for name in ("cat.bmp", "bird.bmp", "mnist_nine.bmp"):
+        with Image.open(DATA / name) as source:
+            image = source.convert("RGB")
+        w, h = image.size
+        views = [image, ImageOps.mirror(image), ImageOps.flip(image), image.rotate(90)]
+        views += [image.crop((0, 0, w * 3 // 4, h * 3 // 4)), image.crop((w // 4, h // 4, w, h))]
+        views += [image.crop((w // 8, h // 8, w * 7 // 8, h * 7 // 8)), ImageOps.grayscale(image)]
+        for i, view in enumerate(views):
+            view.convert("RGB").save(folder / f"{Path(name).stem}-{i}.png")
+    return folder
+
+
+def technique_table(title: str, report: BuildReport, quality: str) -> None:
+    """One model's row per technique: size and transport against float32, speed, quality."""
+    v = {variant.name: variant for variant in report.variants}
+    base = v["float32"]
+    print(f"\n{title} ({report.host})")
+    print(f"| technique | variant | size | transport (zstd) | speed | {quality} |")
+    print("|---|---|---|---|---|---|")
+    for label, name in TECHNIQUES:
+        x = v.get(name)
+        if x is None or x.status != "ok":
+            print(f"| {label} | {name} | {x.status if x else 'not built'} | | | |")
+            continue
+        if quality == "accuracy" and x.accuracy is not None and base.accuracy is not None:
+            shown = f"{x.accuracy:.2%} ({(x.accuracy - base.accuracy) * 100:+.2f} points)"
+        else:
+            shown = f"{x.top1_agreement:.1%}" if x.top1_agreement is not None else "-"
+        print(
+            f"| {label} | {name} | {x.size / base.size:.0%} | "
+            f"{x.transport_size / base.transport_size:.0%} | "
+            f"{base.median_ms / x.median_ms:.2f}x | {shown} |"
+        )
 
 
 def main() -> int:
@@ -33,9 +90,27 @@ def main() -> int:
             eval_x=data.test_x,
             eval_y=data.test_y,
             out=Path(folder) / "build",
+            prune_percents=(50, 75),
+        )
+        classifier = Path(folder) / "mobilenet_float.tflite"
+        script = runpy.run_path(str(REPO / "scripts" / "make_float_classifier.py"))
+        quantized = (DATA / "mobilenet_v1_0.25_128_quant.tflite").read_bytes()
+        classifier.write_bytes(script["dequantize"](quantized))
+        images = load_images(image_set(Path(folder) / "images"), classifier)
+        image_report = build(
+            classifier,
+            calibration=images.x,
+            out=Path(folder) / "image-build",
+            prune_percents=(50, 75),
         )
     print(f"{MODEL.name} on {report.host}, {report.samples_eval} held-out samples")
     print(report.table(), end="")
+    technique_table(f"{MODEL.name}, {report.samples_eval} held-out digits", report, "accuracy")
+    technique_table(
+        f"{classifier.name} (dequantized Coral MobileNet), {image_report.samples_eval} images",
+        image_report,
+        "top-1 agreement with float32",
+    )
     by_name = {v.name: v for v in report.variants}
     base, full = by_name["float32"], by_name["int8"]
     if full.status != "ok" or full.accuracy is None or base.accuracy is None:

@@ -27,6 +27,20 @@ def _points(text: str) -> float:
     return value
 
 
+def _percents(text: str) -> tuple[float, ...]:
+    values = []
+    for part in text.split(","):
+        value = _points(part.strip())
+        if not 0 < value < 100:
+            raise argparse.ArgumentTypeError(f"{part.strip()!r}: a sparsity is within (0, 100)")
+        values.append(value)
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{text!r} names a sparsity twice")
+    if len(values) > 4:
+        raise argparse.ArgumentTypeError("at most 4 sparsities (a push takes 16 variants)")
+    return tuple(values)
+
+
 def add_parser(sub: Any) -> None:
     """Register the ``model`` command group."""
     model = sub.add_parser(
@@ -81,6 +95,15 @@ def add_parser(sub: Any) -> None:
         type=_points,
         help="reject variants more than this many points below float32",
     )
+    build.add_argument(
+        "--prune",
+        type=_percents,
+        default=(),
+        metavar="P[,P...]",
+        help="also build magnitude-pruned variants at these sparsities (percent, e.g. 50,75), "
+        "each as float32 and full int8: pruned{P}-float32, pruned{P}-int8. Dense on a "
+        "device (LiteRT runs zeros like any number): the gain is the transport size",
+    )
     build.add_argument("--edgetpu", type=Path, help="an _edgetpu.tflite compiled elsewhere")
     build.add_argument("--force", action="store_true", help="replace an existing OUT_DIR")
     build.add_argument("--json", action="store_true", help="print report.json")
@@ -117,6 +140,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         force=args.force,
         progress=lambda text: print(f"[model build] {text}", file=sys.stderr, flush=True),
         notes=notes,
+        prune_percents=args.prune,
     )
     if args.json:
         print(report.to_json())

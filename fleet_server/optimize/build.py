@@ -28,6 +28,7 @@ from agent.inference.modelfile import inspect_model_bytes, inspect_model_file
 from agent.inference.runtime import find_runtime
 from fleet_server.catalog.select import hardware_class
 from fleet_server.errors import BadRequestError
+from fleet_server.optimize.prune import prune, transport_size, weight_sparsity
 from fleet_server.optimize.signature import SIGNATURE_KEY, add_signature
 from fleet_server.routing.evaluate import Scores, scores
 
@@ -54,6 +55,9 @@ class VariantReport:
     accuracy: float | None = None  # with labels
     build_s: float = 0.0
     tool: str = ""  # what made it (ai-edge-quantizer recipe, edgetpu_compiler version)
+    technique: str = ""  # beside the quantization: "pruned" (later "distilled"), or none
+    sparsity: float | None = None  # zeros among the conv/FC weights
+    transport_size: int = 0  # bytes of the zstd copy the server sends
 
 
 @dataclass
@@ -82,8 +86,8 @@ class BuildReport:
 
     def table(self) -> str:
         lines = [
-            f"{'VARIANT':17} {'STATUS':8} {'SIZE':>9} {'RATIO':>6} {'P50 MS':>8} {'P95 MS':>8} "
-            f"{'TOP1 AGREE':>10} {'MAX DIFF':>9} {'ACCURACY':>8}  NOTE"
+            f"{'VARIANT':17} {'STATUS':8} {'SIZE':>9} {'RATIO':>6} {'ZSTD':>9} {'SPARSE':>6} "
+            f"{'P50 MS':>8} {'P95 MS':>8} {'TOP1 AGREE':>10} {'MAX DIFF':>9} {'ACCURACY':>8}  NOTE"
         ]
         for v in self.variants:
             agree = f"{v.top1_agreement:.2%}" if v.top1_agreement is not None else "-"
@@ -91,8 +95,11 @@ class BuildReport:
             accuracy = f"{v.accuracy:.2%}" if v.accuracy is not None else "-"
             size = f"{v.size:,}" if v.size else "-"
             ratio = f"{v.size_ratio:.0%}" if v.size else "-"
+            packed = f"{v.transport_size:,}" if v.transport_size else "-"
+            sparse = f"{v.sparsity:.0%}" if v.sparsity is not None else "-"
             lines.append(
-                f"{v.name:17} {v.status:8} {size:>9} {ratio:>6} {v.median_ms:8.4f} "
+                f"{v.name:17} {v.status:8} {size:>9} {ratio:>6} {packed:>9} {sparse:>6} "
+                f"{v.median_ms:8.4f} "
                 f"{v.p95_ms:8.4f} {agree:>10} {diff:>9} {accuracy:>8}  {v.reason}"
             )
         lines += [f"note: {note}" for note in self.notes]
@@ -223,6 +230,7 @@ def build(
     force: bool = False,
     progress: Progress = lambda _text: None,
     notes: Sequence[str] = (),
+    prune_percents: Sequence[float] = (),
 ) -> BuildReport:
     """Build every variant of ``model`` into ``out`` (atomically) and return the report
     (``notes``: how the data was taken, for the report).
@@ -255,6 +263,7 @@ def build(
             max_accuracy_drop=max_accuracy_drop,
             edgetpu=edgetpu,
             progress=progress,
+            prune_percents=prune_percents,
         )
         report.notes[:0] = notes
         (staging / REPORT).write_text(report.to_json(), encoding="utf-8")
@@ -291,7 +300,10 @@ def _measure(
     reference: Scores | None,
 ) -> Scores:
     measured = scores(path, eval_x)
-    variant.size = path.stat().st_size
+    data = path.read_bytes()
+    variant.size = len(data)
+    variant.transport_size = transport_size(data)
+    variant.sparsity = weight_sparsity(data)
     variant.median_ms = measured.median_ms
     variant.p95_ms = measured.p95_ms
     if reference is not None:
@@ -316,6 +328,7 @@ def _build_into(
     max_accuracy_drop: float | None,
     edgetpu: Path | None,
     progress: Progress,
+    prune_percents: Sequence[float] = (),
 ) -> BuildReport:
     report = BuildReport(
         source=model.name,
@@ -368,10 +381,72 @@ def _build_into(
         variant.size_ratio = variant.size / base.size
     if source.name == ".signed.tflite":
         source.unlink()
+    for percent in prune_percents:
+        report.variants += _pruned_variants(
+            staging, model, percent, signature=signature, calibration=calibration,
+            eval_x=eval_x, eval_y=eval_y, reference=reference, base=base, progress=progress,
+        )  # fmt: skip
     report.variants.append(_edgetpu_variant(staging, edgetpu, base, progress))
     for variant in report.variants:
         _judge(variant, base, min_accuracy, max_accuracy_drop)
     return report
+
+
+PRUNED_NOTE = "dense on a device: same size and speed as unpruned; smaller in transport (zstd)"
+
+
+def _pruned_variants(
+    staging: Path,
+    model: Path,
+    percent: float,
+    *,
+    signature: tuple[str, str],
+    calibration: np.ndarray,
+    eval_x: np.ndarray,
+    eval_y: np.ndarray | None,
+    reference: Scores,
+    base: VariantReport,
+    progress: Progress,
+) -> list[VariantReport]:
+    """``model`` magnitude-pruned to ``percent`` % (fleet_server/optimize/prune.py), as it is
+    and quantized to full int8 like the int8 variant."""
+    tag = f"pruned{percent:g}"
+    how = f"magnitude pruning of conv/FC weights to {percent:g}%"
+    pruned = VariantReport(
+        f"{tag}-float32", file=f"{tag}-float32.tflite", technique="pruned", tool=how
+    )
+    int8 = VariantReport(
+        f"{tag}-int8", file=f"{tag}-int8.tflite", technique="pruned",
+        tool=f"{how}, then ai-edge-quantizer int8",
+    )  # fmt: skip
+    signed = staging / f".{tag}-signed.tflite"
+    try:
+        for variant in (pruned, int8):
+            progress(f"{variant.name}: {'pruning' if variant is pruned else 'quantizing'}")
+            started = time.monotonic()
+            try:
+                if variant is pruned:
+                    result = prune(model.read_bytes(), percent / 100)
+                    (staging / pruned.file).write_bytes(result.model)
+                    signed.write_bytes(add_signature(result.model))
+                else:
+                    if not signed.exists():
+                        raise RuntimeError(f"{pruned.name} was not built")
+                    recipe = _recipes()["int8"][0]
+                    _quantize(signed, staging / int8.file, recipe, signature, calibration)
+                variant.build_s = time.monotonic() - started
+                _measure(variant, staging / variant.file, eval_x, eval_y, reference)
+            except Exception as exc:  # noqa: BLE001 - one variant failing must not stop the others
+                variant.status, variant.reason = "failed", _short(exc)
+                (staging / variant.file).unlink(missing_ok=True)
+                variant.file = ""
+                progress(f"{variant.name}: failed: {variant.reason}")
+                continue
+            variant.size_ratio = variant.size / base.size
+            variant.reason = PRUNED_NOTE
+    finally:
+        signed.unlink(missing_ok=True)
+    return [pruned, int8]
 
 
 def _edgetpu_variant(
