@@ -21,10 +21,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as s
 
+from fleet_server.optimize.flat import dump, load
 from fleet_server.optimize.signature import add_signature
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,7 +47,7 @@ def _dequantized(data: bytes, tensor: Any) -> bytes:
 
 def dequantize(model: bytes, *, signature: bool = False) -> bytes:
     """The float32 version of a per-tensor or per-channel quantized TFLite model."""
-    m = s.ModelT.InitFromObj(s.Model.GetRootAsModel(model, 0))
+    m = load(model)
     for graph in m.subgraphs:
         for tensor in graph.tensors:
             q = tensor.quantization
@@ -61,9 +61,7 @@ def dequantize(model: bytes, *, signature: bool = False) -> bytes:
             tensor.quantization = None
     for code in m.operatorCodes:
         code.version = 1
-    builder = flatbuffers.Builder(len(model) * 4)
-    builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
-    out = bytes(builder.Output())
+    out = dump(m)
     return add_signature(out) if signature else out
 
 

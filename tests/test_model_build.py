@@ -19,6 +19,7 @@ from tests.harness import Server, run_cli
 DATA = Path(__file__).parent / "data"
 FLOAT = DATA / "digits_cloud_float.tflite"
 VARIANTS = ["float32", "float16", "dynamic-int8", "weight-only-int8", "int8", "int16x8"]
+VARIANTS += ["int8-uint8io"]
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -48,6 +49,9 @@ def test_build_makes_every_variant_measures_it_and_writes_the_report(tmp_path: P
     assert full.size_ratio <= 0.30
     assert full.accuracy is not None and base.accuracy - full.accuracy <= 0.01
     assert by_name["float16"].size_ratio < 0.6
+    # uint8 at both ends changes nothing inside: the same answers as int8.
+    assert by_name["int8-uint8io"].accuracy == full.accuracy
+    assert by_name["int8-uint8io"].top1_agreement == full.top1_agreement
     assert by_name["edgetpu"].status == "skipped"
     assert "edgetpu_compiler is not on PATH" in by_name["edgetpu"].reason
     assert "int8" in result.stdout and "wrote" in result.stdout

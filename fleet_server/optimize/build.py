@@ -30,6 +30,7 @@ from fleet_server.catalog.select import hardware_class
 from fleet_server.errors import BadRequestError
 from fleet_server.optimize.prune import prune, transport_size, weight_sparsity
 from fleet_server.optimize.signature import SIGNATURE_KEY, add_signature
+from fleet_server.optimize.uint8io import with_uint8_io
 from fleet_server.routing.evaluate import Scores, scores
 
 __all__ = ["BuildReport", "VariantReport", "build"]
@@ -381,6 +382,10 @@ def _build_into(
         variant.size_ratio = variant.size / base.size
     if source.name == ".signed.tflite":
         source.unlink()
+    report.variants.append(
+        _uint8_io_variant(staging, eval_x=eval_x, eval_y=eval_y, reference=reference,
+                          base=base, progress=progress)
+    )  # fmt: skip
     for percent in prune_percents:
         report.variants += _pruned_variants(
             staging, model, percent, signature=signature, calibration=calibration,
@@ -390,6 +395,39 @@ def _build_into(
     for variant in report.variants:
         _judge(variant, base, min_accuracy, max_accuracy_drop)
     return report
+
+
+UINT8_IO = "int8-uint8io"
+
+
+def _uint8_io_variant(
+    staging: Path,
+    *,
+    eval_x: np.ndarray,
+    eval_y: np.ndarray | None,
+    reference: Scores,
+    base: VariantReport,
+    progress: Progress,
+) -> VariantReport:
+    """The int8 variant with uint8 inputs and outputs (fleet_server/optimize/uint8io.py): what
+    Coral's pipelines feed, and what the Edge TPU variant is compiled from."""
+    how = "int8 with uint8 inputs and outputs (QUANTIZE at each end)"
+    variant = VariantReport(UINT8_IO, file=f"{UINT8_IO}.tflite", tool=how)
+    int8 = staging / "int8.tflite"
+    if not int8.exists():
+        variant.status, variant.file, variant.reason = "skipped", "", "int8 was not built"
+        return variant
+    progress(f"{UINT8_IO}: requantizing the int8 variant's inputs and outputs")
+    try:
+        (staging / variant.file).write_bytes(with_uint8_io(int8.read_bytes()))
+        _measure(variant, staging / variant.file, eval_x, eval_y, reference)
+    except Exception as exc:  # noqa: BLE001 - the others stand without it
+        variant.status, variant.reason = "failed", _short(exc)
+        (staging / variant.file).unlink(missing_ok=True)
+        variant.file = ""
+        return variant
+    variant.size_ratio = variant.size / base.size
+    return variant
 
 
 PRUNED_NOTE = "dense on a device: same size and speed as unpruned; smaller in transport (zstd)"
@@ -467,17 +505,17 @@ def _edgetpu_variant(
                 )
             shutil.copyfile(supplied, target)
             variant.tool = f"supplied: {supplied.name}"
-        elif shutil.which("edgetpu_compiler") and (staging / "int8.tflite").exists():
-            progress("edgetpu: compiling the int8 variant")
-            compiled, version = _edgetpu_compile(staging / "int8.tflite", staging)
+        elif shutil.which("edgetpu_compiler") and (staging / f"{UINT8_IO}.tflite").exists():
+            progress(f"edgetpu: compiling the {UINT8_IO} variant")
+            compiled, version = _edgetpu_compile(staging / f"{UINT8_IO}.tflite", staging)
             compiled.rename(target)
             variant.tool = version or "edgetpu_compiler"
-            log = staging / "int8_edgetpu.log"
+            log = staging / f"{UINT8_IO}_edgetpu.log"
             log.unlink(missing_ok=True)
         else:
             variant.status, variant.file = "skipped", ""
             variant.reason = (
-                "edgetpu_compiler is not on PATH; compile int8.tflite elsewhere and pass "
+                f"edgetpu_compiler is not on PATH; compile {UINT8_IO}.tflite elsewhere and pass "
                 "--edgetpu FILE"
             )
             return variant

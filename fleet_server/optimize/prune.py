@@ -15,10 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import flatbuffers
 import numpy as np
 import zstandard
 from ai_edge_litert import schema_py_generated as schema
+
+from fleet_server.optimize.flat import dump, load
 
 __all__ = ["PRUNABLE_OPS", "PruneResult", "prune", "transport_size", "weight_sparsity"]
 
@@ -67,10 +68,6 @@ def _weight_buffers(m: Any) -> list[tuple[int, np.dtype[Any]]]:
     return sorted(found.items())
 
 
-def _load(model: bytes) -> Any:
-    return schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
-
-
 def prune(model: bytes, sparsity: float) -> PruneResult:
     """``model`` with the smallest ``sparsity`` (0..1) of each float weight tensor zeroed.
 
@@ -79,7 +76,7 @@ def prune(model: bytes, sparsity: float) -> PruneResult:
     """
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity {sparsity} is outside [0, 1)")
-    m = _load(model)
+    m = load(model)
     targets = [(i, d) for i, d in _weight_buffers(m) if d == np.dtype("<f4")]
     if not targets:
         raise ValueError("no float32 weights of CONV_2D, DEPTHWISE_CONV_2D or FULLY_CONNECTED")
@@ -93,15 +90,13 @@ def prune(model: bytes, sparsity: float) -> PruneResult:
         buffer.data = np.frombuffer(values.tobytes(), dtype=np.uint8)
         weights += values.size
         zeros += int(np.count_nonzero(values == 0))
-    builder = flatbuffers.Builder(len(model) + 1024)
-    builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
-    return PruneResult(bytes(builder.Output()), len(targets), weights, zeros)
+    return PruneResult(dump(m), len(targets), weights, zeros)
 
 
 def weight_sparsity(model: bytes) -> float | None:
     """The share of zeros in the prunable operators' weights (float or int8), None when the
     model has none; an int8 zero is a stored 0 (symmetric weight quantization)."""
-    m = _load(model)
+    m = load(model)
     total = zeros = 0
     for index, dtype in _weight_buffers(m):
         values = np.frombuffer(bytes(m.buffers[index].data), dtype=dtype)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import flatbuffers
 from ai_edge_litert import schema_py_generated as schema
+
+from fleet_server.optimize.flat import dump, load
 
 __all__ = ["SIGNATURE_KEY", "add_signature"]
 
@@ -34,7 +35,7 @@ def _entries(graph: Any, indices: Any, prefix: str) -> list[Any]:
 def add_signature(model: bytes) -> bytes:
     """``model`` with a ``serving_default`` signature over its first subgraph (unchanged
     otherwise); a model that has signatures is returned as it is."""
-    m = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
+    m = load(model)
     if m.signatureDefs:
         return model
     graph = m.subgraphs[0]
@@ -44,6 +45,4 @@ def add_signature(model: bytes) -> bytes:
     signature.inputs = _entries(graph, graph.inputs, "input")
     signature.outputs = _entries(graph, graph.outputs, "output")
     m.signatureDefs = [signature]
-    builder = flatbuffers.Builder(len(model) + 1024)
-    builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return dump(m)
