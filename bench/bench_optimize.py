@@ -64,9 +64,11 @@ def technique_table(title: str, report: BuildReport, quality: str) -> None:
     print("|---|---|---|---|---|---|")
     for label, name in TECHNIQUES:
         x = v.get(name)
-        if x is None or x.status != "ok":
+        if x is None or x.status not in ("ok", "rejected"):
             print(f"| {label} | {name} | {x.status if x else 'not built'} | | | |")
             continue
+        if x.status == "rejected":
+            name = f"{name} (rejected)"  # noqa: PLW2901 - measured, shown, not pushed
         if quality == "accuracy" and x.accuracy is not None and base.accuracy is not None:
             shown = f"{x.accuracy:.2%} ({(x.accuracy - base.accuracy) * 100:+.2f} points)"
         else:

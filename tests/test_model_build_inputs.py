@@ -145,3 +145,13 @@ def test_a_file_that_is_not_an_npz_is_refused_with_what_is_accepted(
         path.write_bytes((DATA / name).read_bytes())
     with pytest.raises(BadRequestError, match=r"give a folder of images, an \.npz with an array x"):
         _data(str(path), args_for(float_classifier), "train", [])
+
+
+def test_a_folder_is_cut_to_the_memory_budget_not_loaded_whole(
+    float_classifier: Path, tmp_path: Path
+) -> None:
+    """Prepared inputs are float32: 1000 images of a 1080p input would take 23 GiB. The
+    budget lowers the count (here 2 images' worth), and says how many were left out."""
+    folder = image_folder(tmp_path / "images")
+    found = load_images(folder, float_classifier, budget_bytes=2 * 128 * 128 * 3 * 4)
+    assert found.x.shape[0] == 2 and found.left_out == 2

@@ -162,8 +162,11 @@ def test_a_signature_less_model_with_buffer_offsets_quantizes(
     )  # fmt: skip
     report = BuildReport.from_json((out / "report.json").read_text())
     by_name = {v.name: v for v in report.variants}
-    for name in ("int8", "float16", "pruned50-float32"):
+    for name in ("int8", "float16"):
         assert by_name[name].status == "ok", (name, by_name[name].reason)
+    # Built and measured (pruning reached the weights); rejected only for what it did to them.
+    pruned = by_name["pruned50-float32"]
+    assert pruned.status != "failed" and pruned.sparsity == pytest.approx(0.5, abs=0.001), pruned
 
 
 @pytest.mark.slow
@@ -184,12 +187,15 @@ def test_a_pushed_build_never_gives_devices_a_pruned_variant_that_lost_the_class
         "edgefleet", "model", "build", str(float_classifier), "--calibration", str(images),
         "--out", str(out), "--prune", "75", timeout=600,
     )  # fmt: skip
+    # The build rejects it (it would run as fast as float32, so noise could pick it); even
+    # made the fastest of all in the report, it is not pushed.
     report_file = out / "report.json"
     raw = json.loads(report_file.read_text())
-    ok = [v for v in raw["variants"] if v["status"] == "ok"]
-    pruned = next(v for v in ok if v["name"] == "pruned75-float32")
+    pruned = next(v for v in raw["variants"] if v["name"] == "pruned75-float32")
     assert pruned["top1_agreement"] < 0.5  # the model no longer classifies like float32
-    pruned["median_ms"] = 0.995 * min(v["median_ms"] for v in ok if v is not pruned)
+    assert pruned["status"] == "rejected" and "top-1 agreement" in pruned["reason"], pruned
+    ok = [v for v in raw["variants"] if v["status"] == "ok"]
+    pruned["median_ms"] = 0.995 * min(v["median_ms"] for v in ok)
     report_file.write_text(json.dumps(raw))
 
     server = server_factory(None)

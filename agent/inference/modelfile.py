@@ -74,7 +74,7 @@ class ModelInfo:
     signatures: tuple[SignatureInfo, ...] = ()
     activation_bytes: int = 0  # bytes of non-constant tensors: what one interpreter allocates
     weight_dtypes: tuple[str, ...] = ()  # dtypes of the constant tensors
-    # dtypes of the tensors the graph computes between its inputs and outputs
+    # dtypes of the tensors its operators compute, but for its outputs
     activation_dtypes: tuple[str, ...] = ()
     max_op_code: int = 0  # the highest builtin operator code used: the runtime must know it
 
@@ -296,15 +296,20 @@ def _activation_bytes(model: Any, graph: Any, type_names: dict[int, str]) -> int
 
 
 def _activation_dtypes(model: Any, graph: Any, type_names: dict[int, str]) -> tuple[str, ...]:
-    """The dtypes of the tensors computed inside the graph: neither constant nor one of its
-    inputs or outputs."""
-    ends = {int(i) for i in graph.InputsAsNumpy()} if graph.InputsLength() else set()
-    ends |= {int(i) for i in graph.OutputsAsNumpy()} if graph.OutputsLength() else set()
+    """The dtypes of what the graph's operators compute: their outputs, but for the graph's
+    own outputs. (Not every non-constant tensor: an int8 LSTM keeps an int16 cell state and
+    empty float placeholders as inputs of its op, which say nothing of how it computes.)"""
+    ends = {int(i) for i in graph.OutputsAsNumpy()} if graph.OutputsLength() else set()
     found: set[str] = set()
-    for i in range(graph.TensorsLength()):
-        tensor = graph.Tensors(i)
-        if i not in ends and not _is_constant(model, tensor):
-            found.add(_TYPE_TO_DTYPE.get(type_names.get(tensor.Type(), ""), "unknown"))
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        for j in range(op.OutputsLength()):
+            index = int(op.Outputs(j))
+            if index < 0 or index in ends or index >= graph.TensorsLength():
+                continue
+            tensor = graph.Tensors(index)
+            if not _is_constant(model, tensor):
+                found.add(_TYPE_TO_DTYPE.get(type_names.get(tensor.Type(), ""), "unknown"))
     return tuple(sorted(found))
 
 

@@ -187,6 +187,22 @@ def model_normalization(
     return input_normalization(tensor, from_metadata, mean, std)
 
 
+def _eight_bit(image: Image) -> Image:
+    """A 16-bit or float grey image scaled to 8 bits (Pillow's convert clips them at 255,
+    which turns most of a 16-bit image white); any other image as it is."""
+    if not (image.mode.startswith("I") or image.mode == "F"):
+        return image
+    from PIL import Image as PilImage  # noqa: PLC0415 - only predict and model build need it
+
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        top = 1.0 if values.size and values.max() <= 1.0 else 255.0
+    else:  # I;16*: 16 bits; I: 32 bits, in practice a 16-bit PNG
+        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+    scaled = np.clip(np.round(values * (255.0 / top)), 0, 255).astype(np.uint8)
+    return PilImage.fromarray(scaled)  # 2-D uint8: mode "L"
+
+
 def image_to_tensor(
     image: Image, tensor: TensorInfo, normalization: Normalization | None = None
 ) -> np.ndarray:
@@ -205,7 +221,7 @@ def image_to_tensor(
     if normalization is None:
         normalization = input_normalization(tensor)
     mode = "L" if channels == 1 else "RGB"
-    resized = image.convert(mode).resize((width, height), resample=2)  # 2 = bilinear
+    resized = _eight_bit(image).convert(mode).resize((width, height), resample=2)  # bilinear
     pixels = np.asarray(resized, dtype=np.float32)
     if pixels.ndim == 2:  # "L": no channel axis; one value per channel is one value
         pixels = pixels[..., np.newaxis]

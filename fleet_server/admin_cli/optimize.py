@@ -165,7 +165,10 @@ def _data(
         note = f"{use}: {spec}: {len(images.files)} images"
         note += ", labelled" if images.y is not None else ", unlabelled"
         if images.left_out:
-            note += f"; {images.left_out} more left out (--max-images {args.max_images})"
+            note += (
+                f"; {images.left_out} more left out (at most --max-images {args.max_images}, "
+                "and 1 GiB of prepared inputs)"
+            )
         if images.skipped:
             note += f"; {images.skipped} files that are not images skipped"
         notes.append(note)

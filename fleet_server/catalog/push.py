@@ -35,7 +35,8 @@ __all__ = ["MANIFEST_LIFETIME_S", "MAX_VARIANTS", "Pusher", "requirements_of"]
 
 log = logging.getLogger(__name__)
 MANIFEST_LIFETIME_S = 365 * 24 * 3600
-MAX_VARIANTS = 16  # a whole build: float32, 5 quantized, int8-uint8io, edgetpu, 2 per --prune (<= 4)
+# A whole build: float32, 5 quantized, int8-uint8io, edgetpu, and 2 per --prune (at most 4).
+MAX_VARIANTS = 16
 # Semantic version: MAJOR.MINOR.PATCH with optional -prerelease and +build.
 _SEMVER = re.compile(
     r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?"

@@ -430,6 +430,7 @@ def _uint8_io_variant(
     return variant
 
 
+PRUNED_MIN_AGREEMENT = 0.95  # a pruned variant below it is rejected, floors or not
 PRUNED_NOTE = "dense on a device: same size and speed as unpruned; smaller in transport (zstd)"
 
 
@@ -482,6 +483,15 @@ def _pruned_variants(
                 continue
             variant.size_ratio = variant.size / base.size
             variant.reason = PRUNED_NOTE
+            agreement = variant.top1_agreement
+            if agreement is not None and agreement < PRUNED_MIN_AGREEMENT:
+                # Dense on a device, it runs as fast as its unpruned twin: if it were pushed,
+                # timing noise could make it the "fastest measured" variant.
+                variant.status = "rejected"
+                variant.reason = (
+                    f"top-1 agreement with float32 {agreement:.1%} < {PRUNED_MIN_AGREEMENT:.0%}: "
+                    "pruning without fine-tuning broke this model"
+                )
     finally:
         signed.unlink(missing_ok=True)
     return [pruned, int8]
