@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from agent.inference.modelfile import inspect_model_file
-from fleet_server.admin_cli.optimize import _data
+from fleet_server.admin_cli.optimize import build_data
 from fleet_server.errors import BadRequestError
 from fleet_server.optimize.build import BuildReport
 from fleet_server.optimize.images import load_images
@@ -115,7 +115,7 @@ def test_folders_without_usable_images_are_refused_by_name(
     assert callable(setup)
     setup(folder)
     with pytest.raises(BadRequestError, match=message):
-        _data(str(folder), args_for(float_classifier), "train", [])
+        build_data(str(folder), args_for(float_classifier), "train", [])
 
 
 @pytest.mark.parametrize(
@@ -133,7 +133,7 @@ def test_labels_that_do_not_fit_the_images_are_refused_with_the_line(
 ) -> None:
     folder = image_folder(tmp_path / "images", rows)
     with pytest.raises(BadRequestError, match=re.escape(message)):
-        _data(str(folder), args_for(float_classifier, labels), "test", [])
+        build_data(str(folder), args_for(float_classifier, labels), "test", [])
 
 
 @pytest.mark.parametrize("name", ["cat.bmp", "calib.csv", "missing.npz.gz"])
@@ -144,7 +144,7 @@ def test_a_file_that_is_not_an_npz_is_refused_with_what_is_accepted(
     if name == "cat.bmp":
         path.write_bytes((DATA / name).read_bytes())
     with pytest.raises(BadRequestError, match=r"give a folder of images, an \.npz with an array x"):
-        _data(str(path), args_for(float_classifier), "train", [])
+        build_data(str(path), args_for(float_classifier), "train", [])
 
 
 def test_a_folder_is_cut_to_the_memory_budget_not_loaded_whole(

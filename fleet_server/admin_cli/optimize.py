@@ -14,7 +14,7 @@ from fleet_server.errors import BadRequestError
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["add_bench_parsers", "add_parser"]
+__all__ = ["add_bench_parsers", "add_parser", "build_data"]
 
 
 def _points(text: str) -> float:
@@ -124,8 +124,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if args.max_images < 1:
         raise BadRequestError("--max-images must be at least 1")
     notes: list[str] = []
-    calibration, _ = _data(args.calibration, args, "train", notes)
-    eval_x, eval_y = _data(args.eval, args, "test", notes) if args.eval else (None, None)
+    calibration, _ = build_data(args.calibration, args, "train", notes)
+    eval_x, eval_y = build_data(args.eval, args, "test", notes) if args.eval else (None, None)
     report = build(
         args.model,
         calibration=calibration,
@@ -151,7 +151,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data(
+def build_data(
     spec: str, args: argparse.Namespace, part: str, notes: list[str]
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Samples (and labels) from a folder of images, an .npz or a shipped dataset."""
