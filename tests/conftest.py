@@ -230,6 +230,17 @@ def color_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def float_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real float image classifier without a signature: the Coral MobileNet in tests/data
+    dequantized by scripts/make_float_classifier.py (in this process, like color_models)."""
+    script = runpy.run_path(str(REPO / "scripts" / "make_float_classifier.py"))
+    path = tmp_path_factory.mktemp("float-classifier") / "mobilenet_float.tflite"
+    quantized = (REPO / "tests" / "data" / "mobilenet_v1_0.25_128_quant.tflite").read_bytes()
+    path.write_bytes(script["dequantize"](quantized))
+    return path
+
+
 @pytest.fixture
 def server_factory(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """Start fleet servers (stopped at the end of the test)."""

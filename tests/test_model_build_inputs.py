@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
-import runpy
 from pathlib import Path
 
 import pytest
@@ -19,19 +18,9 @@ from fleet_server.admin_cli.optimize import build_data
 from fleet_server.errors import BadRequestError
 from fleet_server.optimize.build import BuildReport
 from fleet_server.optimize.images import load_images
-from tests.harness import DATA, REPO, run_cli
+from tests.harness import DATA, run_cli
 
 LABELS = DATA / "imagenet_labels.txt"
-
-
-@pytest.fixture(scope="module")
-def float_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    script = runpy.run_path(str(REPO / "scripts" / "make_float_classifier.py"))
-    path = tmp_path_factory.mktemp("float") / "mobilenet_float.tflite"
-    path.write_bytes(
-        script["dequantize"]((DATA / "mobilenet_v1_0.25_128_quant.tflite").read_bytes())
-    )
-    return path
 
 
 def image_folder(folder: Path, labels: str | None = None) -> Path:

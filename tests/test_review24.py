@@ -4,7 +4,6 @@ kind derivation, the signature adder and what a pushed build makes selection do.
 from __future__ import annotations
 
 import json
-import runpy
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,20 +17,9 @@ from agent.inference.modelfile import inspect_model_file
 from fleet_server.errors import BadRequestError
 from fleet_server.optimize.build import BuildReport
 from fleet_server.optimize.images import load_images
-from tests.harness import DATA, REPO, Server, run_cli
+from tests.harness import DATA, Server, run_cli
 
 LABELS = DATA / "imagenet_labels.txt"
-
-
-@pytest.fixture(scope="module")
-def float_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The signature-less float MobileNet of scripts/make_float_classifier.py."""
-    script = runpy.run_path(str(REPO / "scripts" / "make_float_classifier.py"))
-    path = tmp_path_factory.mktemp("float") / "mobilenet_float.tflite"
-    path.write_bytes(
-        script["dequantize"]((DATA / "mobilenet_v1_0.25_128_quant.tflite").read_bytes())
-    )
-    return path
 
 
 def image_folder(folder: Path, labels: str | None = None) -> Path:

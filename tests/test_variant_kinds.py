@@ -9,7 +9,6 @@ as one (issue 24: such models were called dynamic_int8). Its dequantized float t
 
 from __future__ import annotations
 
-import runpy
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as s
 
 from agent.inference.modelfile import inspect_model_file
-from tests.harness import DATA, REPO
+from tests.harness import DATA
 
 MOBILENET = DATA / "mobilenet_v1_0.25_128_quant.tflite"
 
@@ -83,9 +82,6 @@ def test_full_integer_compute_with_an_int64_argmax_output_is_full_int8(tmp_path:
     assert info.quantization == "full_int8"
 
 
-def test_the_dequantized_twin_is_float32(tmp_path: Path) -> None:
-    script = runpy.run_path(str(REPO / "scripts" / "make_float_classifier.py"))
-    path = tmp_path / "float.tflite"
-    path.write_bytes(script["dequantize"](MOBILENET.read_bytes()))
-    info = inspect_model_file(path)
+def test_the_dequantized_twin_is_float32(float_classifier: Path) -> None:
+    info = inspect_model_file(float_classifier)
     assert info.inputs[0].dtype == "float32" and info.quantization == "float32"
