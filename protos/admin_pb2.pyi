@@ -437,7 +437,7 @@ class LabelDeviceRequest(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., set: _Optional[_Mapping[str, str]] = ..., remove: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PushModelMeta(_message.Message):
-    __slots__ = ("model_name", "version", "variant", "size", "fallback_size", "sample", "smoke_tolerance", "sign_offline", "no_compression", "evidence")
+    __slots__ = ("model_name", "version", "variant", "size", "fallback_size", "sample", "smoke_tolerance", "sign_offline", "no_compression", "evidence", "accuracy_floor")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
@@ -448,6 +448,7 @@ class PushModelMeta(_message.Message):
     SIGN_OFFLINE_FIELD_NUMBER: _ClassVar[int]
     NO_COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FLOOR_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: str
     variant: str
@@ -458,10 +459,11 @@ class PushModelMeta(_message.Message):
     sign_offline: bool
     no_compression: bool
     evidence: Evidence
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., size: _Optional[int] = ..., fallback_size: _Optional[int] = ..., sample: _Optional[bytes] = ..., smoke_tolerance: _Optional[float] = ..., sign_offline: _Optional[bool] = ..., no_compression: _Optional[bool] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ...) -> None: ...
+    accuracy_floor: float
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., size: _Optional[int] = ..., fallback_size: _Optional[int] = ..., sample: _Optional[bytes] = ..., smoke_tolerance: _Optional[float] = ..., sign_offline: _Optional[bool] = ..., no_compression: _Optional[bool] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ..., accuracy_floor: _Optional[float] = ...) -> None: ...
 
 class Evidence(_message.Message):
-    __slots__ = ("latency_ms", "accuracy", "top1_agreement", "source")
+    __slots__ = ("latency_ms", "accuracy", "top1_agreement", "source", "technique", "sparsity")
     class LatencyMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -473,11 +475,15 @@ class Evidence(_message.Message):
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
     TOP1_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TECHNIQUE_FIELD_NUMBER: _ClassVar[int]
+    SPARSITY_FIELD_NUMBER: _ClassVar[int]
     latency_ms: _containers.ScalarMap[str, float]
     accuracy: float
     top1_agreement: float
     source: str
-    def __init__(self, latency_ms: _Optional[_Mapping[str, float]] = ..., accuracy: _Optional[float] = ..., top1_agreement: _Optional[float] = ..., source: _Optional[str] = ...) -> None: ...
+    technique: str
+    sparsity: float
+    def __init__(self, latency_ms: _Optional[_Mapping[str, float]] = ..., accuracy: _Optional[float] = ..., top1_agreement: _Optional[float] = ..., source: _Optional[str] = ..., technique: _Optional[str] = ..., sparsity: _Optional[float] = ...) -> None: ...
 
 class PushModelRequest(_message.Message):
     __slots__ = ("meta", "data", "fallback_data", "variant")
@@ -544,7 +550,7 @@ class TensorSpec(_message.Message):
     def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class VariantProfile(_message.Message):
-    __slots__ = ("quantization", "edgetpu", "max_op_code", "memory_bytes", "activation_bytes", "inputs", "outputs", "builtin_ops", "custom_ops", "weight_dtypes", "latency_ms", "fleet_latency_ms", "accuracy", "top1_agreement", "evidence", "transport_size", "size", "fallback")
+    __slots__ = ("quantization", "edgetpu", "max_op_code", "memory_bytes", "activation_bytes", "inputs", "outputs", "builtin_ops", "custom_ops", "weight_dtypes", "latency_ms", "fleet_latency_ms", "accuracy", "top1_agreement", "evidence", "transport_size", "size", "fallback", "technique", "sparsity", "accuracy_floor")
     class LatencyMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -577,6 +583,9 @@ class VariantProfile(_message.Message):
     TRANSPORT_SIZE_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    TECHNIQUE_FIELD_NUMBER: _ClassVar[int]
+    SPARSITY_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FLOOR_FIELD_NUMBER: _ClassVar[int]
     quantization: str
     edgetpu: bool
     max_op_code: int
@@ -595,7 +604,10 @@ class VariantProfile(_message.Message):
     transport_size: int
     size: int
     fallback: VariantProfile
-    def __init__(self, quantization: _Optional[str] = ..., edgetpu: _Optional[bool] = ..., max_op_code: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., activation_bytes: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., builtin_ops: _Optional[_Iterable[str]] = ..., custom_ops: _Optional[_Iterable[str]] = ..., weight_dtypes: _Optional[_Iterable[str]] = ..., latency_ms: _Optional[_Mapping[str, float]] = ..., fleet_latency_ms: _Optional[_Mapping[str, float]] = ..., accuracy: _Optional[float] = ..., top1_agreement: _Optional[float] = ..., evidence: _Optional[str] = ..., transport_size: _Optional[int] = ..., size: _Optional[int] = ..., fallback: _Optional[_Union[VariantProfile, _Mapping]] = ...) -> None: ...
+    technique: str
+    sparsity: float
+    accuracy_floor: float
+    def __init__(self, quantization: _Optional[str] = ..., edgetpu: _Optional[bool] = ..., max_op_code: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., activation_bytes: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., builtin_ops: _Optional[_Iterable[str]] = ..., custom_ops: _Optional[_Iterable[str]] = ..., weight_dtypes: _Optional[_Iterable[str]] = ..., latency_ms: _Optional[_Mapping[str, float]] = ..., fleet_latency_ms: _Optional[_Mapping[str, float]] = ..., accuracy: _Optional[float] = ..., top1_agreement: _Optional[float] = ..., evidence: _Optional[str] = ..., transport_size: _Optional[int] = ..., size: _Optional[int] = ..., fallback: _Optional[_Union[VariantProfile, _Mapping]] = ..., technique: _Optional[str] = ..., sparsity: _Optional[float] = ..., accuracy_floor: _Optional[float] = ...) -> None: ...
 
 class PushModelResponse(_message.Message):
     __slots__ = ("model", "unsigned_manifest", "variants", "unsigned_manifests", "notes")

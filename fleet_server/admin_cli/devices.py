@@ -292,9 +292,10 @@ def _cmd_devices_explain(args: argparse.Namespace) -> int:
         f"{response.version}: {outcome}"
     )
     print(f"  because {response.reason}")
+    width = max([16, *(len(v.variant) for v in response.verdicts)])
     for v in response.verdicts:
         mark = "*" if v.chosen else " "
-        print(f"{mark} {v.variant:16} {v.quantization:13} {v.reason}")
+        print(f"{mark} {v.variant:{width}} {v.quantization:13} {v.reason}")
     return 0
 
 

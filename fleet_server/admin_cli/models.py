@@ -95,8 +95,11 @@ def _send_file(
             yield message
 
 
-def _from_build(folder: Path) -> tuple[list[Path], list[str], list[pb.Evidence | None]]:
-    """The accepted variants of an `edgefleet model build` directory, with their evidence.
+def _from_build(
+    folder: Path,
+) -> tuple[list[Path], list[str], list[pb.Evidence | None], float | None]:
+    """The accepted variants of an `edgefleet model build` directory, with their evidence, and
+    the build's accuracy floor.
 
     Raises:
         BadRequestError: no report there, or no variant passed.
@@ -113,7 +116,11 @@ def _from_build(folder: Path) -> tuple[list[Path], list[str], list[pb.Evidence |
     accepted = [v for v in report.variants if v.status == "ok" and v.file]
     if not accepted:
         raise BadRequestError(f"no variant in {folder} passed its checks (see report.txt)")
-    skipped = [f"{v.name} ({v.status})" for v in report.variants if v not in accepted]
+    skipped = [
+        f"{v.name} ({v.status})"
+        for v in report.variants
+        if v not in accepted and v.status != "reference"
+    ]
     if skipped:
         print(f"not pushed: {', '.join(skipped)}", file=sys.stderr)
     evidence: list[pb.Evidence | None] = []
@@ -125,8 +132,16 @@ def _from_build(folder: Path) -> tuple[list[Path], list[str], list[pb.Evidence |
             e.accuracy = v.accuracy
         if v.top1_agreement is not None:
             e.top1_agreement = v.top1_agreement
+        e.technique = v.technique
+        if v.sparsity is not None:
+            e.sparsity = v.sparsity
         evidence.append(e)
-    return [folder / v.file for v in accepted], [v.name for v in accepted], evidence
+    return (
+        [folder / v.file for v in accepted],
+        [v.name for v in accepted],
+        evidence,
+        report.min_accuracy,
+    )
 
 
 def _name_the_file(message: str, files: list[Path], names: list[str]) -> str:
@@ -154,7 +169,9 @@ def _cmd_push(args: argparse.Namespace) -> int:
     if len(files) == 1 and files[0].is_dir():
         if names or args.fallback:
             raise BadRequestError("a build directory names its variants; drop --variant/--fallback")
-        files, names, evidence = _from_build(files[0])
+        files, names, evidence, build_floor = _from_build(files[0])
+        if args.accuracy_floor is None and build_floor is not None:
+            args.accuracy_floor = build_floor * 100
     if len(names) > len(files):
         raise BadRequestError(f"{len(names)} --variant names for {len(files)} file(s)")
     names += [""] * (len(files) - len(names))  # the server names the rest by their kind
@@ -172,6 +189,8 @@ def _cmd_push(args: argparse.Namespace) -> int:
         sign_offline=args.sign_offline,
         no_compression=args.no_compress,
     )
+    if args.accuracy_floor is not None:
+        meta.accuracy_floor = args.accuracy_floor / 100
     if evidence[0] is not None:
         meta.evidence.CopyFrom(evidence[0])
     if args.sign_offline and args.deploy:
@@ -280,10 +299,15 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
     if not response.models:
         print("no models; push one with: edgefleet models push FILE --name N --version V")
         return 0
-    print(f"{'MODEL':24} {'VERSION':10} {'VARIANT':10} {'RELEASE':>7} {'SIZE':>10}  DEPLOYED")
+    width = max([10, *(len(m.variant) for m in response.models)])
+    print(
+        f"{'MODEL':24} {'VERSION':10} {'VARIANT':{width}} {'KIND':12} {'TECHNIQUE':9} "
+        f"{'RELEASE':>7} {'SIZE':>10}  DEPLOYED"
+    )
     for m in response.models:
         print(
-            f"{m.model_name:24} {m.version:10} {m.variant:10} {m.release_counter:7d} "
+            f"{m.model_name:24} {m.version:10} {m.variant:{width}} {m.quantization:12} "
+            f"{m.profile.technique or '-':9} {m.release_counter:7d} "
             f"{m.size:10d}  {'yes' if m.deployed else ''}"
         )
     return 0
@@ -372,6 +396,14 @@ def add_parsers(sub: Any) -> None:
         "--no-compress",
         action="store_true",
         help="do not offer devices a zstd-compressed copy (offered when at least 15%% smaller)",
+    )
+    push.add_argument(
+        "--accuracy-floor",
+        type=common.number(0, 100),
+        metavar="PERCENT",
+        help="devices get no variant measured under this accuracy, and a pruned or distilled "
+        "variant measured within it is preferred over one as fast (default: a build "
+        "directory's --min-accuracy, else none)",
     )
     push.add_argument(
         "--fallback",

@@ -108,17 +108,155 @@ def add_parser(sub: Any) -> None:
     build.add_argument("--force", action="store_true", help="replace an existing OUT_DIR")
     build.add_argument("--json", action="store_true", help="print report.json")
     build.set_defaults(func=_cmd_build)
+    _add_distill_parser(model_sub)
 
 
-def _cmd_build(args: argparse.Namespace) -> int:
+def _hidden(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: hidden widths are whole numbers") from exc
+    return values
+
+
+def _add_distill_parser(model_sub: Any) -> None:
+    distill = model_sub.add_parser(
+        "distill",
+        help="train a small student from a teacher's soft labels, then build its variants",
+        description="Labels the training inputs (no labels needed) and synthetic ones made from "
+        "them (mixtures and noisy copies) with the TEACHER (LiteRT), trains a perceptron "
+        "student on the teacher's softened outputs with PyTorch on the CPU, converts it with "
+        "litert-torch, and builds it like 'model build' into OUT_DIR: distilled-float32, "
+        "distilled-int8 and the rest, with the teacher measured beside them as the reference. "
+        "Push it with 'edgefleet models push OUT_DIR'. Needs the distill extra (torch, "
+        "litert-torch); students over flat inputs [1, N] only.",
+    )
+    distill.add_argument("teacher", type=Path, help="the float .tflite to learn from")
+    distill.add_argument(
+        "--train",
+        required=True,
+        help="unlabelled training inputs: an .npz with x (y is ignored), or sklearn:digits "
+        "(its training half); also the calibration data of the student's int8 variants",
+    )
+    distill.add_argument("--out", type=Path, required=True, help="the output directory")
+    distill.add_argument(
+        "--eval",
+        help="evaluation data: an .npz with x and optionally y, or sklearn:digits (its "
+        "held-out half); default: the training inputs, unlabelled",
+    )
+    distill.add_argument(
+        "--hidden",
+        type=_hidden,
+        default=(16,),
+        metavar="N[,N...]",
+        help="the student's hidden layer widths (default 16: a 64-16-10 student for digits)",
+    )
+    distill.add_argument("--epochs", type=int, default=60, help="training epochs (default 60)")
+    distill.add_argument(
+        "--temperature", type=float, default=4.0, help="softening of both outputs (default 4)"
+    )
+    distill.add_argument(
+        "--synthetic",
+        type=int,
+        default=20_000,
+        help="inputs made from the training ones for the teacher to label (default 20000)",
+    )
+    distill.add_argument("--seed", type=int, default=0, help="for a repeatable student")
+    distill.add_argument(
+        "--min-accuracy", type=_points, help="reject variants under this accuracy (percent)"
+    )
+    distill.add_argument(
+        "--max-accuracy-drop",
+        type=_points,
+        help="reject variants more than this many points below the teacher",
+    )
+    distill.add_argument("--force", action="store_true", help="replace an existing OUT_DIR")
+    distill.add_argument("--json", action="store_true", help="print report.json")
+    distill.set_defaults(func=_cmd_distill)
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    import tempfile  # noqa: PLC0415
+
     from fleet_server.optimize.build import build  # noqa: PLC0415 - needs the optimize extra
+    from fleet_server.optimize.distill import distill, require_torch  # noqa: PLC0415
 
+    _require_quantizer()
+    require_torch()
+    if args.out.exists() and not args.force:
+        raise BadRequestError(f"{args.out} exists; choose another --out or pass --force")
+    args.model, args.labels, args.max_images = args.teacher, None, 1000
+    notes: list[str] = []
+    for spec in (args.train, args.eval):
+        if spec and Path(spec).is_dir():
+            raise BadRequestError(f"{spec} is a folder: model distill takes an .npz or a dataset")
+    train_x, _ = build_data(args.train, args, "train", notes)
+    eval_x, eval_y = build_data(args.eval, args, "test", notes) if args.eval else (None, None)
+
+    def progress(text: str) -> None:
+        print(f"[model distill] {text}", file=sys.stderr, flush=True)
+
+    result = distill(
+        args.teacher,
+        train_x,
+        hidden=args.hidden,
+        epochs=args.epochs,
+        temperature=args.temperature,
+        synthetic=args.synthetic,
+        seed=args.seed,
+        progress=progress,
+    )
+    shape = "-".join(str(n) for n in result.layers)
+    notes.append(
+        f"distilled from {args.teacher.name} ({result.teacher_parameters:,} parameters) into "
+        f"a {shape} perceptron ({result.parameters:,} parameters): {result.samples:,} "
+        f"inputs and {result.synthetic:,} synthetic ones labelled by the teacher, "
+        f"{result.epochs} epochs at temperature {result.temperature:g}, seed {args.seed}, "
+        f"{result.train_s:.1f} s of training; top-1 agreement with the teacher on the training "
+        f"inputs {result.teacher_agreement:.2%}; converted with litert-torch in "
+        f"{result.convert_s:.1f} s"
+    )
+    with tempfile.TemporaryDirectory(prefix="edgefleet-student-") as folder:
+        student = Path(folder) / "student.tflite"
+        student.write_bytes(result.model)
+        report = build(
+            student,
+            calibration=train_x,
+            out=args.out,
+            eval_x=eval_x,
+            eval_y=eval_y,
+            min_accuracy=args.min_accuracy / 100 if args.min_accuracy is not None else None,
+            max_accuracy_drop=args.max_accuracy_drop / 100
+            if args.max_accuracy_drop is not None
+            else None,
+            force=args.force,
+            progress=progress,
+            notes=notes,
+            technique="distilled",
+            teacher=args.teacher,
+        )
+    if args.json:
+        print(report.to_json())
+    else:
+        print(f"{args.teacher.name} -> student on {report.host}: {report.samples_eval} samples")
+        print(report.table(), end="")
+        print(f"wrote {args.out}/ (report.json, report.txt)")
+    return 0
+
+
+def _require_quantizer() -> None:
     try:
         import ai_edge_quantizer  # noqa: F401, PLC0415
     except ImportError as exc:
         raise BadRequestError(
             "model build needs ai-edge-quantizer: pip install 'edgefleet[optimize]'"
         ) from exc
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from fleet_server.optimize.build import build  # noqa: PLC0415 - needs the optimize extra
+
+    _require_quantizer()
     if args.model.is_dir() or args.model.suffix in (".keras", ".h5"):
         raise BadRequestError(_keras_message(args.model))
     if args.max_images < 1:

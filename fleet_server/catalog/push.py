@@ -20,7 +20,7 @@ from pathlib import Path
 from agent.errors import ModelFileError
 from agent.inference.modelfile import MAX_MODEL_BYTES, ModelInfo, inspect_model_file
 from fleet_server.artifacts.store import ArtifactStore
-from fleet_server.catalog.naming import variant_name
+from fleet_server.catalog.naming import TECHNIQUES, variant_name
 from fleet_server.catalog.select import PREFERENCE
 from fleet_server.catalog.smoke import SmokeExpectation, expect
 from fleet_server.catalog.store import CatalogStore, ModelRow
@@ -137,6 +137,17 @@ def _evidence(part: pb.PushModelMeta | pb.VariantHeader) -> dict[str, object]:
             result[key] = value
     if e.source:
         result["evidence"] = e.source[:256]
+    if e.technique:
+        if e.technique not in TECHNIQUES:
+            raise BadRequestError(
+                f"evidence technique {e.technique[:40]!r} is not one of "
+                f"{', '.join(t for t in TECHNIQUES if t)}"
+            )
+        result["technique"] = e.technique
+    if e.HasField("sparsity"):
+        if not 0 <= e.sparsity <= 1:
+            raise BadRequestError(f"evidence sparsity {e.sparsity} is outside 0..1")
+        result["sparsity"] = e.sparsity
     return result
 
 
@@ -303,6 +314,9 @@ class Pusher:
         counter = self._catalog.next_release_counter(meta.model_name)
         rows: list[ModelRow] = []
         unsigned: list[bytes] = []
+        floor: dict[str, object] = (
+            {"accuracy_floor": meta.accuracy_floor} if meta.HasField("accuracy_floor") else {}
+        )
         for upload in uploads:
             manifest = self._manifest(meta, upload, counter, now)
             if signer is not None:
@@ -331,6 +345,7 @@ class Pusher:
                     requirements=json.dumps(
                         requirements_of(upload.model, upload.fallback_info)
                         | upload.evidence
+                        | floor
                         | ({"transport_size": upload.packed[1]} if upload.packed else {}),
                         sort_keys=True,
                     ),
@@ -417,6 +432,8 @@ def _check_meta(meta: pb.PushModelMeta) -> None:
         raise BadRequestError(f"version {meta.version!r} is not a semantic version like 1.0.0")
     if meta.variant and not _VARIANT.fullmatch(meta.variant):
         raise BadRequestError(f"variant {meta.variant!r} is invalid")
+    if meta.HasField("accuracy_floor") and not 0 <= meta.accuracy_floor <= 1:
+        raise BadRequestError(f"accuracy floor {meta.accuracy_floor} is outside 0..1")
 
 
 def _fallback_name(info: ModelInfo | None) -> str:

@@ -10,6 +10,12 @@ Then preference among what is left: the variants under the accuracy floor (when 
 accuracy) are out; if any left variant has a measured latency for the device's hardware class,
 the fastest measured one wins; otherwise Edge TPU > full int8 > int16x8 > dynamic int8 >
 float16 > float32, then the smaller file. Nothing left means "cloud", with every reason.
+
+A pruned or distilled variant (its ``technique``) whose measured accuracy is within the floor
+is preferred over the others that are as fast (within TIE_MARGIN of the fastest measured), or of
+the same kind when nothing is measured, and among such variants the smaller download wins: a
+pruned variant runs as fast as its dense twin (no sparse kernels on the devices) but travels
+smaller. Without a floor, or without a measured accuracy, a technique earns no preference.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ __all__ = [
     "DEFAULT_POLICY",
     "MEMORY_STEP",
     "PREFERENCE",
+    "TIE_MARGIN",
     "Choice",
     "DeviceProfile",
     "Policy",
@@ -31,6 +38,9 @@ __all__ = [
 ]
 
 PREFERENCE = ("edgetpu", "full_int8", "int16x8", "dynamic_int8", "float16", "float32")
+# Measured latencies within this share of the fastest are a tie (a build host's medians move by
+# a few percent from run to run).
+TIE_MARGIN = 0.05
 _MB = 1024 * 1024
 # Memory and free disk are compared in 64 MiB steps, rounded down: a few bytes more or less
 # must not change a device's variant (nor make every check-in miss the server's answer cache).
@@ -83,6 +93,12 @@ class Variant:
     accuracy: float | None = None
     # An Edge TPU variant's CPU fallback: what runs where there is no Edge TPU.
     fallback: Variant | None = None
+    technique: str = ""  # "pruned" | "distilled" | ""
+    transport_size: int = 0  # the compressed copy devices download; 0 = the file's size
+
+    @property
+    def download(self) -> int:
+        return self.transport_size or self.size
 
 
 @dataclass(frozen=True)
@@ -188,9 +204,21 @@ def _hard_constraint(device: DeviceProfile, v: Variant, policy: Policy) -> str:
     return ""
 
 
-def _rank(v: Variant) -> tuple[int, int, str]:
+def _optimized(v: Variant, policy: Policy) -> bool:
+    """A pruned or distilled variant measured within the accuracy floor."""
+    return (
+        bool(v.technique)
+        and policy.accuracy_floor is not None
+        and v.accuracy is not None
+        and v.accuracy >= policy.accuracy_floor
+    )
+
+
+def _rank(v: Variant, policy: Policy = DEFAULT_POLICY) -> tuple[int, int, int, str]:
     kind = PREFERENCE.index(v.quantization) if v.quantization in PREFERENCE else len(PREFERENCE)
-    return kind, v.size, v.variant
+    if _optimized(v, policy):
+        return kind, 0, v.download, v.variant
+    return kind, 1, v.size, v.variant
 
 
 def choose(
@@ -212,6 +240,8 @@ def choose(
                 v.fallback.max_op_code,
                 v.fallback.latency_ms,
                 v.fallback.accuracy,
+                technique=v.fallback.technique,
+                transport_size=v.download + v.fallback.download,
             )
         why = _hard_constraint(device, v, policy)
         if why:
@@ -234,27 +264,48 @@ def choose(
     klass = device.hardware_class
     measured = [v for v in fit if klass in v.latency_ms]
     if measured:
-        best = min(measured, key=lambda v: (v.latency_ms[klass], _rank(v)))
+        fastest = min(measured, key=lambda v: (v.latency_ms[klass], _rank(v)))
+        limit = fastest.latency_ms[klass] * (1 + TIE_MARGIN)
+        preferred = [v for v in measured if v.latency_ms[klass] <= limit and _optimized(v, policy)]
+        best = fastest
         reason = f"fastest measured on {klass}: {best.latency_ms[klass]:.4f} ms"
+        if preferred:
+            best = min(preferred, key=lambda v: (v.download, v.latency_ms[klass], v.variant))
+            reason = (
+                f"{best.technique}, accuracy {best.accuracy or 0:.3f} within the floor "
+                f"{policy.accuracy_floor or 0:.3f}, as fast as the fastest measured on {klass} "
+                f"({best.latency_ms[klass]:.4f} ms, within {TIE_MARGIN:.0%}), and "
+                f"{best.download} bytes to download"
+            )
         for v in fit:
             if v is best:
                 continue
-            verdicts[v.variant] = (
-                f"slower on {klass}: {v.latency_ms[klass]:.2f} ms"
-                if v in measured
-                else f"not measured on {klass}, and another variant is"
-            )
+            if v not in measured:
+                verdicts[v.variant] = f"not measured on {klass}, and another variant is"
+            elif v.latency_ms[klass] > limit or best is fastest:
+                verdicts[v.variant] = f"slower on {klass}: {v.latency_ms[klass]:.2f} ms"
+            else:
+                verdicts[v.variant] = (
+                    f"as fast on {klass} ({v.latency_ms[klass]:.4f} ms), but the {best.technique} "
+                    f"variant {best.variant} within the accuracy floor is preferred"
+                    + (f" ({best.download} <= {v.download} bytes)" if v in preferred else "")
+                )
     else:
-        best = min(fit, key=_rank)
+        best = min(fit, key=lambda v: _rank(v, policy))
         reason = f"{best.quantization} is the most preferred kind that fits (no measurements)"
+        if _optimized(best, policy):
+            reason += f"; {best.technique}, within the accuracy floor"
         for v in fit:
             if v is best:
                 continue
             verdicts[v.variant] = (
                 f"{v.quantization} is preferred less than {best.quantization}"
-                if _rank(v)[0] != _rank(best)[0]
+                if _rank(v, policy)[0] != _rank(best, policy)[0]
+                else f"same kind ({v.quantization}) as {best.variant}, a {best.technique} "
+                "variant within the accuracy floor"
+                if _optimized(best, policy) and not _optimized(v, policy)
                 else f"same kind ({v.quantization}) as {best.variant}, which is smaller or "
-                f"sorts first ({best.size} <= {v.size} bytes)"
+                f"sorts first ({_rank(best, policy)[2]} <= {_rank(v, policy)[2]} bytes)"
             )
     verdicts[best.variant] = reason
     for name in on_fallback:

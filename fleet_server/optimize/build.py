@@ -9,12 +9,14 @@ stop the others. The output directory appears whole or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +28,7 @@ import numpy as np
 
 from agent.inference.modelfile import inspect_model_bytes, inspect_model_file
 from agent.inference.runtime import find_runtime
+from fleet_server.catalog.naming import TECHNIQUES
 from fleet_server.catalog.select import hardware_class
 from fleet_server.errors import BadRequestError
 from fleet_server.optimize.prune import prune, transport_size, weight_sparsity
@@ -45,10 +48,10 @@ class VariantReport:
     # `models push` gives these kinds (fleet_server/catalog/naming.py)
     name: str
     file: str = ""
-    status: str = "ok"  # ok | rejected | failed | skipped
+    status: str = "ok"  # ok | rejected | failed | skipped | reference (a teacher; not pushed)
     reason: str = ""
     size: int = 0
-    size_ratio: float = 0.0  # to float32
+    size_ratio: float = 0.0  # to float32 (to the teacher in a distilled build)
     median_ms: float = 0.0
     p95_ms: float = 0.0
     top1_agreement: float | None = None  # with float32
@@ -56,7 +59,7 @@ class VariantReport:
     accuracy: float | None = None  # with labels
     build_s: float = 0.0
     tool: str = ""  # what made it (ai-edge-quantizer recipe, edgetpu_compiler version)
-    technique: str = ""  # beside the quantization: "pruned" (later "distilled"), or none
+    technique: str = ""  # beside the quantization: "pruned", "distilled", or none
     sparsity: float | None = None  # zeros among the conv/FC weights
     transport_size: int = 0  # bytes of the zstd copy the server sends
 
@@ -86,8 +89,9 @@ class BuildReport:
         return cls(**raw, variants=variants)
 
     def table(self) -> str:
+        width = max([17, *(len(v.name) for v in self.variants)])
         lines = [
-            f"{'VARIANT':17} {'STATUS':8} {'SIZE':>9} {'RATIO':>6} {'ZSTD':>9} {'SPARSE':>6} "
+            f"{'VARIANT':{width}} {'STATUS':9} {'SIZE':>9} {'RATIO':>6} {'ZSTD':>9} {'SPARSE':>6} "
             f"{'P50 MS':>8} {'P95 MS':>8} {'TOP1 AGREE':>10} {'MAX DIFF':>9} {'ACCURACY':>8}  NOTE"
         ]
         for v in self.variants:
@@ -95,11 +99,12 @@ class BuildReport:
             diff = f"{v.max_abs_diff:.4f}" if v.max_abs_diff is not None else "-"
             accuracy = f"{v.accuracy:.2%}" if v.accuracy is not None else "-"
             size = f"{v.size:,}" if v.size else "-"
-            ratio = f"{v.size_ratio:.0%}" if v.size else "-"
+            ratio = f"{v.size_ratio:.0%}" if v.size_ratio >= 0.1 else f"{v.size_ratio:.1%}"
+            ratio = ratio if v.size else "-"
             packed = f"{v.transport_size:,}" if v.transport_size else "-"
             sparse = f"{v.sparsity:.0%}" if v.sparsity is not None else "-"
             lines.append(
-                f"{v.name:17} {v.status:8} {size:>9} {ratio:>6} {packed:>9} {sparse:>6} "
+                f"{v.name:{width}} {v.status:9} {size:>9} {ratio:>6} {packed:>9} {sparse:>6} "
                 f"{v.median_ms:8.4f} "
                 f"{v.p95_ms:8.4f} {agree:>10} {diff:>9} {accuracy:>8}  {v.reason}"
             )
@@ -185,14 +190,18 @@ def _quantize(
 ) -> None:
     from ai_edge_quantizer import quantizer  # noqa: PLC0415 - the optimize extra
 
-    q = quantizer.Quantizer(str(source))
-    q.load_quantization_recipe(recipe)
-    result = None
-    if calibration is not None:
-        key, input_name = signature
-        samples = {key: [{input_name: row[None, ...].astype(np.float32)} for row in calibration]}
-        result = q.calibrate(samples)
-    q.quantize(result).export_model(str(out), overwrite=True)
+    # The quantizer prints its progress on stdout, where `--json` puts the report.
+    with contextlib.redirect_stdout(sys.stderr):
+        q = quantizer.Quantizer(str(source))
+        q.load_quantization_recipe(recipe)
+        result = None
+        if calibration is not None:
+            key, input_name = signature
+            samples = {
+                key: [{input_name: row[None, ...].astype(np.float32)} for row in calibration]
+            }
+            result = q.calibrate(samples)
+        q.quantize(result).export_model(str(out), overwrite=True)
 
 
 def _edgetpu_compile(model: Path, out_dir: Path) -> tuple[Path, str]:
@@ -232,13 +241,23 @@ def build(
     progress: Progress = lambda _text: None,
     notes: Sequence[str] = (),
     prune_percents: Sequence[float] = (),
+    technique: str = "",
+    teacher: Path | None = None,
 ) -> BuildReport:
     """Build every variant of ``model`` into ``out`` (atomically) and return the report
     (``notes``: how the data was taken, for the report).
 
+    ``technique`` ("distilled") names the variants ``{technique}-float32`` and so on and
+    marks them with it; ``teacher``, the model a distilled one learned from, is measured as the
+    report's reference row: agreement and the accuracy drop are then against it.
+
     Raises:
         BadRequestError: bad input (model, data, output directory); nothing is written.
     """
+    if technique not in TECHNIQUES:
+        raise BadRequestError(f"unknown technique {technique!r}")
+    if technique and prune_percents:
+        raise BadRequestError(f"pruning a {technique} model is not built here")
     signature = _check_source(model, calibration)
     if eval_x is None:
         eval_x = calibration
@@ -265,6 +284,8 @@ def build(
             edgetpu=edgetpu,
             progress=progress,
             prune_percents=prune_percents,
+            technique=technique,
+            teacher=teacher,
         )
         report.notes[:0] = notes
         (staging / REPORT).write_text(report.to_json(), encoding="utf-8")
@@ -330,7 +351,10 @@ def _build_into(
     edgetpu: Path | None,
     progress: Progress,
     prune_percents: Sequence[float] = (),
+    technique: str = "",
+    teacher: Path | None = None,
 ) -> BuildReport:
+    prefix = f"{technique}-" if technique else ""
     report = BuildReport(
         source=model.name,
         source_sha256=hashlib.sha256(model.read_bytes()).hexdigest(),
@@ -342,20 +366,40 @@ def _build_into(
         min_accuracy=min_accuracy,
         max_accuracy_drop=max_accuracy_drop,
     )
-    progress(f"float32: measuring {model.name} on {len(eval_x)} samples")
-    base = VariantReport("float32", file="float32.tflite", tool="the source model")
+    judged_against: VariantReport | None = None
+    reference: Scores | None = None
+    if teacher is not None:
+        progress(f"teacher: measuring {teacher.name} on {len(eval_x)} samples")
+        judged_against = VariantReport("teacher", status="reference", tool=teacher.name)
+        reference = _measure(judged_against, teacher, eval_x, eval_y, None)
+        judged_against.top1_agreement, judged_against.max_abs_diff = 1.0, 0.0
+        report.variants.append(judged_against)
+        report.notes.append(
+            f"teacher {teacher.name}: agreement and the accuracy drop are measured against it; "
+            "its row is a reference, not a variant"
+        )
+    base_name = f"{prefix}float32"
+    progress(f"{base_name}: measuring {model.name} on {len(eval_x)} samples")
+    base = VariantReport(
+        base_name, file=f"{base_name}.tflite", tool="the source model", technique=technique
+    )
     shutil.copyfile(model, staging / base.file)
     source = staging / base.file
     if not inspect_model_file(model).signatures:
         report.notes.append(f"{model.name} has no signature: quantized with {SIGNATURE_KEY} added")
         source = staging / ".signed.tflite"
         source.write_bytes(add_signature(model.read_bytes()))
-    reference = _measure(base, staging / base.file, eval_x, eval_y, None)
+    measured_base = _measure(base, staging / base.file, eval_x, eval_y, reference)
     base.size_ratio = 1.0
-    base.top1_agreement, base.max_abs_diff = 1.0, 0.0
+    if reference is None:
+        reference = measured_base
+        base.top1_agreement, base.max_abs_diff = 1.0, 0.0
     report.variants.append(base)
-    for name, (recipe, calibrated) in _recipes().items():
-        variant = VariantReport(name, file=f"{name}.tflite", tool=f"ai-edge-quantizer {name}")
+    for kind, (recipe, calibrated) in _recipes().items():
+        name = f"{prefix}{kind}"
+        variant = VariantReport(
+            name, file=f"{name}.tflite", tool=f"ai-edge-quantizer {kind}", technique=technique
+        )
         report.variants.append(variant)
         progress(
             f"{name}: quantizing"
@@ -384,16 +428,22 @@ def _build_into(
         source.unlink()
     report.variants.append(
         _uint8_io_variant(staging, eval_x=eval_x, eval_y=eval_y, reference=reference,
-                          base=base, progress=progress)
+                          base=base, progress=progress, prefix=prefix)
     )  # fmt: skip
     for percent in prune_percents:
         report.variants += _pruned_variants(
             staging, model, percent, signature=signature, calibration=calibration,
             eval_x=eval_x, eval_y=eval_y, reference=reference, base=base, progress=progress,
         )  # fmt: skip
-    report.variants.append(_edgetpu_variant(staging, edgetpu, base, progress))
+    report.variants.append(_edgetpu_variant(staging, edgetpu, base, progress, prefix))
     for variant in report.variants:
-        _judge(variant, base, min_accuracy, max_accuracy_drop)
+        if technique and variant is not judged_against:
+            variant.technique = technique
+        _judge(variant, judged_against or base, min_accuracy, max_accuracy_drop)
+        if judged_against is not None and variant.size:
+            variant.size_ratio = variant.size / judged_against.size  # what distilling saved
+    if judged_against is not None:
+        report.notes.append(f"RATIO is to the teacher's size ({judged_against.size:,} bytes)")
     return report
 
 
@@ -408,16 +458,18 @@ def _uint8_io_variant(
     reference: Scores,
     base: VariantReport,
     progress: Progress,
+    prefix: str = "",
 ) -> VariantReport:
     """The int8 variant with uint8 inputs and outputs (fleet_server/optimize/uint8io.py): what
     Coral's pipelines feed, and what the Edge TPU variant is compiled from."""
     how = "int8 with uint8 inputs and outputs (QUANTIZE at each end)"
-    variant = VariantReport(UINT8_IO, file=f"{UINT8_IO}.tflite", tool=how)
-    int8 = staging / "int8.tflite"
+    name = f"{prefix}{UINT8_IO}"
+    variant = VariantReport(name, file=f"{name}.tflite", tool=how)
+    int8 = staging / f"{prefix}int8.tflite"
     if not int8.exists():
         variant.status, variant.file, variant.reason = "skipped", "", "int8 was not built"
         return variant
-    progress(f"{UINT8_IO}: requantizing the int8 variant's inputs and outputs")
+    progress(f"{name}: requantizing the int8 variant's inputs and outputs")
     try:
         (staging / variant.file).write_bytes(with_uint8_io(int8.read_bytes()))
         _measure(variant, staging / variant.file, eval_x, eval_y, reference)
@@ -498,9 +550,10 @@ def _pruned_variants(
 
 
 def _edgetpu_variant(
-    staging: Path, supplied: Path | None, base: VariantReport, progress: Progress
+    staging: Path, supplied: Path | None, base: VariantReport, progress: Progress, prefix: str
 ) -> VariantReport:
-    variant = VariantReport("edgetpu", file="edgetpu.tflite")
+    variant = VariantReport(f"{prefix}edgetpu", file=f"{prefix}edgetpu.tflite")
+    uint8io = f"{prefix}{UINT8_IO}"
     target = staging / variant.file
     try:
         if supplied is not None:
@@ -515,17 +568,17 @@ def _edgetpu_variant(
                 )
             shutil.copyfile(supplied, target)
             variant.tool = f"supplied: {supplied.name}"
-        elif shutil.which("edgetpu_compiler") and (staging / f"{UINT8_IO}.tflite").exists():
-            progress(f"edgetpu: compiling the {UINT8_IO} variant")
-            compiled, version = _edgetpu_compile(staging / f"{UINT8_IO}.tflite", staging)
+        elif shutil.which("edgetpu_compiler") and (staging / f"{uint8io}.tflite").exists():
+            progress(f"{variant.name}: compiling the {uint8io} variant")
+            compiled, version = _edgetpu_compile(staging / f"{uint8io}.tflite", staging)
             compiled.rename(target)
             variant.tool = version or "edgetpu_compiler"
-            log = staging / f"{UINT8_IO}_edgetpu.log"
+            log = staging / f"{uint8io}_edgetpu.log"
             log.unlink(missing_ok=True)
         else:
             variant.status, variant.file = "skipped", ""
             variant.reason = (
-                f"edgetpu_compiler is not on PATH; compile {UINT8_IO}.tflite elsewhere and pass "
+                f"edgetpu_compiler is not on PATH; compile {uint8io}.tflite elsewhere and pass "
                 "--edgetpu FILE"
             )
             return variant
@@ -560,7 +613,7 @@ def _judge(
         variant.status = "rejected"
         variant.reason = (
             f"accuracy {variant.accuracy:.2%} is {(base.accuracy - variant.accuracy) * 100:.2f} "
-            f"points below float32 (at most {max_drop * 100:g})"
+            f"points below {base.name} (at most {max_drop * 100:g})"
         )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fleet_server.catalog.select import (
@@ -138,7 +138,17 @@ def _variant(
         },
         accuracy=float(req["accuracy"]) if req.get("accuracy") is not None else None,
         fallback=fallback,
+        technique=str(req.get("technique", "")),
+        transport_size=int(req.get("transport_size", 0)),
     )
+
+
+def policy_of(rows: Sequence[ModelRow], policy: Policy = DEFAULT_POLICY) -> Policy:
+    """``policy`` with the accuracy floor pushed with the version (``models push
+    --accuracy-floor``, or the build's --min-accuracy), if any."""
+    floors = [json.loads(r.requirements or "{}").get("accuracy_floor") for r in rows]
+    known = [float(f) for f in floors if isinstance(f, int | float)]
+    return replace(policy, accuracy_floor=max(known)) if known else policy
 
 
 def resolve(
@@ -154,7 +164,7 @@ def resolve(
         rows = variants.get((name, target.version), [])
         if not rows:
             continue  # the version vanished (cannot happen: versions are immutable)
-        choice = choose(device, [variant_of(r) for r in rows], policy)
+        choice = choose(device, [variant_of(r) for r in rows], policy_of(rows, policy))
         resolved.choices[name] = choice
         if choice.variant is None:
             resolved.cloud[name] = (target.version, choice.reason)
@@ -212,5 +222,5 @@ def explain(
         return None
     rows = catalog.get_variants(model_name, version)
     profile = DeviceProfile.from_capabilities(capabilities)
-    return Explained(version, rows, choose(profile, [variant_of(r) for r in rows]),
-                     profile.hardware_class)  # fmt: skip
+    choice = choose(profile, [variant_of(r) for r in rows], policy_of(rows))
+    return Explained(version, rows, choice, profile.hardware_class)

@@ -294,8 +294,9 @@ def variant_profile(req: Mapping[str, Any]) -> pb.VariantProfile:
         evidence=str(req.get("evidence", "")),
         transport_size=int(req.get("transport_size", 0)),
         size=int(req.get("size", 0)),
+        technique=str(req.get("technique", "")),
     )
-    for key in ("accuracy", "top1_agreement"):
+    for key in ("accuracy", "top1_agreement", "sparsity", "accuracy_floor"):
         if req.get(key) is not None:
             setattr(profile, key, float(req[key]))
     if isinstance(req.get("fallback"), Mapping):
