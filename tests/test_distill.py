@@ -20,6 +20,7 @@ from fleet_server.errors import BadRequestError
 from fleet_server.optimize.build import BuildReport
 from fleet_server.optimize.distill import LIMITS, distill
 from fleet_server.routing.datasets import digits
+from fleet_server.routing.evaluate import scores
 from tests.harness import DATA, Server, run_cli
 
 TEACHER = DATA / "digits_cloud_float.tflite"
@@ -205,3 +206,14 @@ def test_without_the_extra_the_message_says_what_to_install(
     monkeypatch.setitem(sys.modules, "litert_torch", None)
     with pytest.raises(BadRequestError, match=r"edgefleet\[distill\]"):
         distill(TEACHER, X)
+
+
+def test_a_quantized_teachers_probabilities_are_a_distribution(tmp_path: Path) -> None:
+    """The int8 digits model ends in a quantized softmax: its dequantized rows sum to 1 only
+    within the output's step (1/256 each), which is still a distribution, not logits; the
+    student then ends in a softmax too, so that a cascade threshold means the same on both."""
+    result = distill(SHIPPED, X, epochs=20, synthetic=2000)
+    assert result.probabilities
+    (tmp_path / "student.tflite").write_bytes(result.model)
+    sums = scores(tmp_path / "student.tflite", X[:50]).values.sum(axis=1)
+    assert np.allclose(sums, 1.0, atol=1e-4), sums

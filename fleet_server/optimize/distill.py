@@ -82,9 +82,10 @@ def require_torch() -> None:
         ) from exc
 
 
-def _check_teacher(teacher: Path, x: np.ndarray) -> tuple[int, int]:
-    """(inputs, classes) of a one-input, one-output teacher over flat inputs that ``x``
-    fits (a quantized teacher gets real values, quantized as its input says).
+def _check_teacher(teacher: Path, x: np.ndarray) -> tuple[int, int, float]:
+    """(inputs, classes, the output's quantization step or 0) of a one-input, one-output
+    teacher over flat inputs that ``x`` fits (a quantized teacher gets real values, quantized
+    as its input says).
 
     Raises:
         BadRequestError: anything else.
@@ -113,7 +114,7 @@ def _check_teacher(teacher: Path, x: np.ndarray) -> tuple[int, int]:
                               f"({width},)")  # fmt: skip
     if classes < 2:
         raise BadRequestError(f"{teacher.name} gives {classes} output: not a classifier")
-    return width, classes
+    return width, classes, sink.scale
 
 
 def _synthetic(x: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -134,11 +135,13 @@ def _synthetic(x: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarra
     )
 
 
-def _soft_targets(values: np.ndarray) -> tuple[np.ndarray, bool]:
+def _soft_targets(values: np.ndarray, step: float = 0.0) -> tuple[np.ndarray, bool]:
     """The teacher's outputs as log-probabilities, and whether they were a distribution
-    already (non-negative, rows summing to 1) rather than logits."""
+    already (non-negative, rows summing to 1) rather than logits. ``step``: the output's
+    quantization step; a quantized softmax's rows sum to 1 within half a step per class."""
     sums = values.sum(axis=1)
-    distribution = bool((values >= 0).all() and np.allclose(sums, 1.0, atol=1e-3))
+    tolerance = max(1e-3, 0.5 * step * values.shape[1])
+    distribution = bool((values >= 0).all() and np.allclose(sums, 1.0, atol=tolerance))
     if distribution:
         return np.log(np.clip(values, 1e-7, 1.0)), True
     shifted = values - values.max(axis=1, keepdims=True)
@@ -178,7 +181,7 @@ def distill(
     x = np.asarray(train_x, dtype=np.float32)
     if not np.isfinite(x).all():
         raise BadRequestError("the training data holds NaN or infinite values")
-    width, classes = _check_teacher(teacher, x)
+    width, classes, step = _check_teacher(teacher, x)
     if (len(x) + synthetic) * width > LIMITS.values:
         raise BadRequestError(
             f"{len(x) + synthetic:,} samples of {width} values exceed the training budget of "
@@ -188,7 +191,7 @@ def distill(
     inputs = np.concatenate([x, _synthetic(x, synthetic, rng)])
     progress(f"teacher {teacher.name}: labelling {len(inputs):,} inputs")
     labelled = scores(teacher, inputs)
-    targets, probabilities = _soft_targets(labelled.values)
+    targets, probabilities = _soft_targets(labelled.values, step)
     started = time.monotonic()
     student = _train(
         inputs, targets, hidden=hidden, classes=classes, epochs=epochs,
