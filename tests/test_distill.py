@@ -11,6 +11,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -217,3 +218,38 @@ def test_a_quantized_teachers_probabilities_are_a_distribution(tmp_path: Path) -
     (tmp_path / "student.tflite").write_bytes(result.model)
     sums = scores(tmp_path / "student.tflite", X[:50]).values.sum(axis=1)
     assert np.allclose(sums, 1.0, atol=1e-4), sums
+
+
+@pytest.mark.slow
+def test_a_hand_edited_report_is_refused_with_what_and_where(
+    distilled: Path, tmp_path: Path, server_factory: Callable[..., Server]
+) -> None:
+    server = server_factory(None)
+
+    def push(folder: Path, edit: Callable[[dict[str, Any]], None]) -> str:
+        shutil.copytree(distilled, folder)
+        raw = json.loads((folder / "report.json").read_text())
+        edit(raw)
+        (folder / "report.json").write_text(json.dumps(raw))
+        result = server.admin(
+            "models", "push", str(folder), "--name", "digits", "--version", "1.0.0", check=False
+        )
+        assert result.returncode != 0, result.stdout
+        assert "Traceback" not in result.stderr, result.stderr
+        return result.stderr
+
+    def floor_as_text(raw: dict[str, Any]) -> None:
+        raw["min_accuracy"] = "0.9"
+
+    assert "min_accuracy" in push(tmp_path / "floor", floor_as_text)
+
+    def technique(raw: dict[str, Any]) -> None:
+        raw["variants"][2]["technique"] = "quantum"  # distilled-float16, not the first
+
+    def no_technique(raw: dict[str, Any]) -> None:
+        raw["variants"][2]["technique"] = 7
+
+    message = push(tmp_path / "technique", technique)
+    assert "distilled-float16" in message and "'quantum'" in message, message
+    message = push(tmp_path / "none", no_technique)
+    assert "distilled-float16" in message and "technique" in message, message

@@ -126,21 +126,34 @@ def _from_build(
     evidence: list[pb.Evidence | None] = []
     for v in accepted:
         e = pb.Evidence(source=f"model build on {report.host}, {report.samples_eval} samples")
-        if v.median_ms > 0:
-            e.latency_ms[report.hardware_class] = v.median_ms
-        if v.accuracy is not None:
-            e.accuracy = v.accuracy
-        if v.top1_agreement is not None:
-            e.top1_agreement = v.top1_agreement
-        e.technique = v.technique
-        if v.sparsity is not None:
-            e.sparsity = v.sparsity
+        fields: dict[str, object] = {
+            "accuracy": v.accuracy,
+            "top1_agreement": v.top1_agreement,
+            "technique": v.technique,
+            "sparsity": v.sparsity,
+        }
+        key: str = "median_ms"
+        value: object = v.median_ms
+        try:  # a hand-edited report: a field of the wrong type
+            if v.median_ms > 0:
+                e.latency_ms[report.hardware_class] = v.median_ms
+            for key, value in fields.items():
+                if value is not None:
+                    setattr(e, key, value)
+        except (TypeError, ValueError) as exc:
+            kind = "a string" if key == "technique" else "a number"
+            raise BadRequestError(
+                f"{folder / REPORT}: variant {v.name}: {key} {value!r} is not {kind}"
+            ) from exc
         evidence.append(e)
+    floor = report.min_accuracy
+    if floor is not None and (isinstance(floor, bool) or not isinstance(floor, int | float)):
+        raise BadRequestError(f"{folder / REPORT}: min_accuracy {floor!r} is not a number")
     return (
         [folder / v.file for v in accepted],
         [v.name for v in accepted],
         evidence,
-        report.min_accuracy,
+        floor,
     )
 
 

@@ -151,6 +151,16 @@ def _evidence(part: pb.PushModelMeta | pb.VariantHeader) -> dict[str, object]:
     return result
 
 
+def _named_evidence(
+    part: pb.PushModelMeta | pb.VariantHeader, upload: _Upload
+) -> dict[str, object]:
+    """``_evidence``, its refusal naming the upload (a build directory pushes many)."""
+    try:
+        return _evidence(part)
+    except BadRequestError as exc:
+        raise BadRequestError(f"{_named(upload)}: {exc}") from exc
+
+
 class _Stream:
     """The PushModel messages with one message of look-ahead."""
 
@@ -225,7 +235,8 @@ class Pusher:
         stream = _Stream(messages)
         uploads: list[_Upload] = []
         try:
-            first = _Upload(meta.variant, meta.size, meta.sample, evidence=_evidence(meta))
+            first = _Upload(meta.variant, meta.size, meta.sample)
+            first.evidence = _named_evidence(meta, first)
             uploads.append(first)
             self._receive(first, stream)
             if meta.fallback_size:
@@ -236,8 +247,8 @@ class Pusher:
                     header.size,
                     header.sample,
                     position=len(uploads) + 1,
-                    evidence=_evidence(header),
                 )
+                upload.evidence = _named_evidence(header, upload)
                 _check_variant(upload, uploads)
                 uploads.append(upload)
                 self._receive(upload, stream)
