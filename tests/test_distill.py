@@ -253,3 +253,16 @@ def test_a_hand_edited_report_is_refused_with_what_and_where(
     assert "distilled-float16" in message and "'quantum'" in message, message
     message = push(tmp_path / "none", no_technique)
     assert "distilled-float16" in message and "technique" in message, message
+
+
+def test_force_replaces_an_output_folder_never_a_file(tmp_path: Path) -> None:
+    """`--out` naming a file (the teacher itself, by a slip) is refused even with --force: the
+    file was renamed aside and left behind as .NAME.old-PID, with the folder in its place."""
+    from fleet_server.optimize.build import build
+
+    teacher = tmp_path / "teacher.tflite"
+    shutil.copyfile(TEACHER, teacher)
+    with pytest.raises(BadRequestError, match="not a folder"):
+        build(teacher, calibration=X[:8], out=teacher, force=True, technique="distilled")
+    assert teacher.read_bytes() == TEACHER.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["teacher.tflite"]

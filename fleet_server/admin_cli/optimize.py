@@ -185,6 +185,8 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     require_torch()
     if args.out.exists() and not args.force:
         raise BadRequestError(f"{args.out} exists; choose another --out or pass --force")
+    if args.out.exists() and not args.out.is_dir():  # before training, not after
+        raise BadRequestError(f"{args.out} is not a folder: --force replaces an output folder only")
     args.model, args.labels, args.max_images = args.teacher, None, 1000
     notes: list[str] = []
     for spec in (args.train, args.eval):

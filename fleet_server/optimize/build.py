@@ -265,6 +265,8 @@ def build(
         raise BadRequestError(f"{len(eval_x)} evaluation samples but {len(eval_y)} labels")
     if out.exists() and not force:
         raise BadRequestError(f"{out} exists; choose another --out or pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise BadRequestError(f"{out} is not a folder: --force replaces an output folder only")
     parent = out.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
