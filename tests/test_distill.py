@@ -176,6 +176,8 @@ X = digits().train_x
         ({"temperature": 0.0}, "temperature"),
         ({"temperature": float("nan")}, "temperature"),
         ({"synthetic": LIMITS.synthetic + 1}, "synthetic samples"),
+        ({"hidden": (4096, 4096, 4096)}, "meant to be small"),
+        ({"hidden": (2048, 1024), "epochs": 10_000}, "budget"),
     ],
 )
 def test_bad_settings_are_refused(kwargs: dict[str, object], message: str) -> None:

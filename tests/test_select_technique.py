@@ -115,3 +115,26 @@ def test_the_choice_is_within_the_tie_of_the_fastest_and_never_under_the_floor(
     assert chosen.latency_ms["x86_64"] <= fastest * (1 + TIE_MARGIN)
     if chosen.latency_ms["x86_64"] > fastest:  # only a technique within the floor earns it
         assert chosen.technique and floor is not None and chosen.accuracy is not None
+
+
+def test_the_versions_floor_and_a_callers_floor_the_stricter_wins() -> None:
+    import json
+
+    from fleet_server.catalog.store import ModelRow
+    from fleet_server.rollouts.desired import policy_of
+
+    def row(requirements: dict[str, object]) -> ModelRow:
+        return ModelRow("m", "1.0.0", "int8", 1, "0" * 64, 1, False, b"", 0,
+                        requirements=json.dumps(requirements))  # fmt: skip
+
+    assert policy_of([row({})]).accuracy_floor is None
+    assert policy_of([row({"accuracy_floor": 0.9})]).accuracy_floor == 0.9
+    assert (
+        policy_of([row({"accuracy_floor": 0.9})], Policy(accuracy_floor=0.95)).accuracy_floor
+        == 0.95
+    )
+    assert (
+        policy_of([row({"accuracy_floor": 0.97})], Policy(accuracy_floor=0.95)).accuracy_floor
+        == 0.97
+    )
+    assert policy_of([row({"accuracy_floor": "x"})]).accuracy_floor is None  # not a number

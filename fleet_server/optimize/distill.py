@@ -46,6 +46,10 @@ class _Limits:
     temperature: float = 20.0
     # inputs x width: what one training pass may hold (synthetic samples included)
     values: int = 64 << 20
+    # a student is small: 4 M parameters are 16 MB of float32 (64 MB with Adam's state)
+    parameters: int = 4_000_000
+    # parameters x samples x epochs: about an hour of training on two cores
+    work: float = 5e12
 
 
 LIMITS = _Limits()
@@ -187,6 +191,19 @@ def distill(
             f"{len(x) + synthetic:,} samples of {width} values exceed the training budget of "
             f"{LIMITS.values:,} values: give fewer samples or --synthetic"
         )
+    sizes = [width, *hidden, classes]
+    parameters = sum(a * b + b for a, b in itertools.pairwise(sizes))
+    if parameters > LIMITS.parameters:
+        raise BadRequestError(
+            f"a {'-'.join(map(str, sizes))} student has {parameters:,} parameters, more than "
+            f"{LIMITS.parameters:,}: a student is meant to be small"
+        )
+    if parameters * (len(x) + synthetic) * epochs > LIMITS.work:
+        raise BadRequestError(
+            f"{parameters:,} parameters x {len(x) + synthetic:,} samples x {epochs} epochs is "
+            f"more training than the {LIMITS.work:.0e} budget (about an hour here): fewer "
+            "epochs, samples or hidden units"
+        )
     rng = np.random.default_rng(seed)
     inputs = np.concatenate([x, _synthetic(x, synthetic, rng)])
     progress(f"teacher {teacher.name}: labelling {len(inputs):,} inputs")
@@ -201,7 +218,6 @@ def distill(
     agreement = float((_predict(student, x).argmax(1) == targets[: len(x)].argmax(1)).mean())
     started = time.monotonic()
     model = _convert(student, width, probabilities)
-    sizes = [width, *hidden, classes]
     return Distilled(
         model=model,
         hidden=tuple(hidden),
@@ -213,7 +229,7 @@ def distill(
         teacher_agreement=agreement,
         train_s=train_s,
         convert_s=time.monotonic() - started,
-        parameters=sum(a * b + b for a, b in itertools.pairwise(sizes)),
+        parameters=parameters,
         teacher_parameters=_parameters(teacher),
         probabilities=probabilities,
     )

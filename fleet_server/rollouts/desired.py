@@ -145,9 +145,11 @@ def _variant(
 
 def policy_of(rows: Sequence[ModelRow], policy: Policy = DEFAULT_POLICY) -> Policy:
     """``policy`` with the accuracy floor pushed with the version (``models push
-    --accuracy-floor``, or the build's --min-accuracy), if any."""
+    --accuracy-floor``, or the build's --min-accuracy), if any: the stricter of the two."""
     floors = [json.loads(r.requirements or "{}").get("accuracy_floor") for r in rows]
     known = [float(f) for f in floors if isinstance(f, int | float)]
+    if policy.accuracy_floor is not None:
+        known.append(policy.accuracy_floor)
     return replace(policy, accuracy_floor=max(known)) if known else policy
 
 
