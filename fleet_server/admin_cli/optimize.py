@@ -87,14 +87,7 @@ def add_parser(sub: Any) -> None:
         default=1000,
         help="take at most this many images of a folder, in name order (default 1000)",
     )
-    build.add_argument(
-        "--min-accuracy", type=_points, help="reject variants under this accuracy (percent)"
-    )
-    build.add_argument(
-        "--max-accuracy-drop",
-        type=_points,
-        help="reject variants more than this many points below float32",
-    )
+    _add_floors(build, "float32")
     build.add_argument(
         "--prune",
         type=_percents,
@@ -105,8 +98,7 @@ def add_parser(sub: Any) -> None:
         "device (LiteRT runs zeros like any number): the gain is the transport size",
     )
     build.add_argument("--edgetpu", type=Path, help="an _edgetpu.tflite compiled elsewhere")
-    build.add_argument("--force", action="store_true", help="replace an existing OUT_DIR")
-    build.add_argument("--json", action="store_true", help="print report.json")
+    _add_output_flags(build)
     build.set_defaults(func=_cmd_build)
     _add_distill_parser(model_sub)
 
@@ -162,17 +154,25 @@ def _add_distill_parser(model_sub: Any) -> None:
         help="inputs made from the training ones for the teacher to label (default 20000)",
     )
     distill.add_argument("--seed", type=int, default=0, help="for a repeatable student")
-    distill.add_argument(
+    _add_floors(distill, "the teacher")
+    _add_output_flags(distill)
+    distill.set_defaults(func=_cmd_distill)
+
+
+def _add_floors(parser: Any, reference: str) -> None:
+    parser.add_argument(
         "--min-accuracy", type=_points, help="reject variants under this accuracy (percent)"
     )
-    distill.add_argument(
+    parser.add_argument(
         "--max-accuracy-drop",
         type=_points,
-        help="reject variants more than this many points below the teacher",
+        help=f"reject variants more than this many points below {reference}",
     )
-    distill.add_argument("--force", action="store_true", help="replace an existing OUT_DIR")
-    distill.add_argument("--json", action="store_true", help="print report.json")
-    distill.set_defaults(func=_cmd_distill)
+
+
+def _add_output_flags(parser: Any) -> None:
+    parser.add_argument("--force", action="store_true", help="replace an existing OUT_DIR")
+    parser.add_argument("--json", action="store_true", help="print report.json")
 
 
 def _cmd_distill(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.inference.modelfile import inspect_model_bytes, inspect_model_file
+from agent.inference.modelfile import ModelInfo, inspect_model_bytes, inspect_model_file
 from agent.inference.runtime import find_runtime
 from fleet_server.catalog.naming import TECHNIQUES
 from fleet_server.catalog.select import hardware_class
@@ -36,7 +36,7 @@ from fleet_server.optimize.signature import SIGNATURE_KEY, add_signature
 from fleet_server.optimize.uint8io import with_uint8_io
 from fleet_server.routing.evaluate import Scores, scores
 
-__all__ = ["BuildReport", "VariantReport", "build"]
+__all__ = ["BuildReport", "VariantReport", "build", "read_model"]
 
 REPORT = "report.json"
 TABLE = "report.txt"
@@ -140,6 +140,20 @@ def _recipes() -> dict[str, tuple[Any, bool]]:
     }
 
 
+def read_model(model: Path) -> ModelInfo:
+    """What the file holds.
+
+    Raises:
+        BadRequestError: no such file, or not a TFLite model.
+    """
+    if not model.is_file():
+        raise BadRequestError(f"{model} does not exist")
+    try:
+        return inspect_model_file(model)
+    except Exception as exc:
+        raise BadRequestError(f"{model} is not a TFLite model: {exc}") from exc
+
+
 def _check_source(model: Path, calibration: np.ndarray) -> tuple[str, str]:
     """The model's signature key and the signature's input name (those :func:`add_signature`
     gives a model without a signature).
@@ -148,12 +162,7 @@ def _check_source(model: Path, calibration: np.ndarray) -> tuple[str, str]:
         BadRequestError: no such file, not a float model with one input, or calibration data
             that does not fit its input.
     """
-    if not model.is_file():
-        raise BadRequestError(f"{model} does not exist")
-    try:
-        info = inspect_model_file(model)
-    except Exception as exc:
-        raise BadRequestError(f"{model} is not a TFLite model: {exc}") from exc
+    info = read_model(model)
     if len(info.inputs) != 1:
         raise BadRequestError(
             f"{model.name} has {len(info.inputs)} inputs; model build takes one-input models"

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.inference.modelfile import inspect_model_file
 from fleet_server.errors import BadRequestError
+from fleet_server.optimize.build import read_model
 from fleet_server.routing.evaluate import scores
 
 __all__ = ["LIMITS", "Distilled", "distill", "require_torch"]
@@ -94,12 +94,7 @@ def _check_teacher(teacher: Path, x: np.ndarray) -> tuple[int, int, float]:
     Raises:
         BadRequestError: anything else.
     """
-    if not teacher.is_file():
-        raise BadRequestError(f"{teacher} does not exist")
-    try:
-        info = inspect_model_file(teacher)
-    except Exception as exc:
-        raise BadRequestError(f"{teacher} is not a TFLite model: {exc}") from exc
+    info = read_model(teacher)
     if len(info.inputs) != 1 or len(info.outputs) != 1:
         raise BadRequestError(
             f"{teacher.name} has {len(info.inputs)} inputs and {len(info.outputs)} outputs; "
