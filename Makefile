@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 PYTEST_WORKERS ?= 2
 
 .PHONY: all venv demo test test-fast lint typecheck pytest bench bench-mlserver protos clean deb \
-	soak soak-ci test-arm64
+	soak soak-ci test-arm64 test-objstore
 
 all: test
 
@@ -60,6 +60,11 @@ test: lint typecheck pytest
 test-arm64: $(STAMP)
 	$(BIN)/python -m tests.emulation
 	$(BIN)/pytest --arm64 -m arm64 -p no:cacheprovider $(PYTEST_ARGS) tests/test_arm64.py
+
+# Artifacts in a real object store (Ceph's radosgw from Debian's packages, a single-node test
+# cluster per module, tests/objstore.py) and the multi-host fleet in network namespaces (as root).
+test-objstore: $(STAMP)
+	$(BIN)/pytest --objstore -m objstore -p no:cacheprovider $(PYTEST_ARGS) tests/test_objstore*.py
 
 # Quick feedback (under two minutes): lint, types, and the tests that start no process (the
 # ones marked slow start servers, agents, brokers, compilers or scripts; see tests/conftest.py).

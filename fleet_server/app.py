@@ -25,7 +25,7 @@ from fleet_server.addresses import (
     wildcard,
 )
 from fleet_server.api.server import create_server
-from fleet_server.artifacts.store import ArtifactStore
+from fleet_server.artifacts.store import Artifacts, ArtifactStore
 from fleet_server.config import Settings
 from fleet_server.context import ServerContext
 from fleet_server.datadir import DataDir
@@ -48,6 +48,45 @@ from protos import device_pb2
 __all__ = ["FleetServer", "Settings", "split_host_port"]
 
 log = logging.getLogger("fleet_server")
+
+
+def open_artifacts(s: Settings, folder: Path) -> Artifacts:
+    """The data dir's folder, or a bucket with that folder as this process's cache.
+
+    Raises:
+        DataDirError: a bad --artifact-store, unreadable credentials, or a bucket that cannot
+            be reached.
+    """
+    if not s.artifact_store:
+        return ArtifactStore(folder)
+    from fleet_server.artifacts.s3 import (  # noqa: PLC0415 - boto3 only for this backend
+        S3ArtifactStore,
+        S3Settings,
+        parse_store_url,
+    )
+
+    bucket, prefix = parse_store_url(s.artifact_store)
+    credentials = s.s3_credentials
+    systemd = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials is None and systemd and (Path(systemd) / "s3-credentials").is_file():
+        credentials = Path(systemd) / "s3-credentials"
+    store = S3ArtifactStore(
+        S3Settings(
+            bucket=bucket,
+            prefix=prefix,
+            endpoint=s.s3_endpoint,
+            region=s.s3_region,
+            credentials_file=credentials,
+            ca_file=s.s3_ca_file,
+            public_endpoint=s.s3_public_endpoint,
+            url_lifetime_s=s.download_url_lifetime,
+        ),
+        folder,
+    )
+    store.check(create=s.s3_create_bucket and not s.worker)
+    log.info("artifacts in %s (%s), cached in %s", s.artifact_store,
+             s.s3_endpoint or "AWS S3", folder)  # fmt: skip
+    return store
 
 
 class FleetServer:
@@ -117,7 +156,7 @@ class FleetServer:
         ctx = ServerContext(
             db=self._db,
             ca=data_dir.ca(),
-            artifacts=ArtifactStore(data_dir.artifacts),
+            artifacts=open_artifacts(s, data_dir.artifacts),
             keys=keys,
             fleet_id=data_dir.fleet_id,
             admin_token=data_dir.read_secret(data_dir.admin_token_file),

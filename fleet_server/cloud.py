@@ -20,7 +20,7 @@ import grpc
 
 from agent.inference.engine import Engine, EngineOptions
 from agent.inference.oip import create_server
-from fleet_server.artifacts.store import ArtifactStore
+from fleet_server.artifacts.store import Artifacts
 from fleet_server.catalog.store import CatalogStore, ModelRow
 
 __all__ = ["ReferenceCloud", "TokenInterceptor"]
@@ -99,7 +99,7 @@ class ReferenceCloud:
     def __init__(
         self,
         catalog: CatalogStore,
-        artifacts: ArtifactStore,
+        artifacts: Artifacts,
         *,
         token: str,
         tls_key_pem: bytes,

@@ -4,7 +4,7 @@
 Every key of the ``[server]`` table is one of ``edgefleet-server run``'s long options with
 underscores (``--mqtt-url`` -> ``mqtt_url``); options given on the command line win. Errors name
 the file, the line and the fix. Under systemd, a ``cloud-token`` credential stands in for
-``cloud_token_file``.
+``cloud_token_file`` and an ``s3-credentials`` one for ``s3_credentials``.
 """
 
 from __future__ import annotations
@@ -84,6 +84,8 @@ def apply_config(run: argparse.ArgumentParser, path: Path) -> dict[str, Any]:
     creds = os.environ.get("CREDENTIALS_DIRECTORY")
     if creds and "cloud_token_file" not in values and (Path(creds) / "cloud-token").exists():
         values["cloud_token_file"] = Path(creds) / "cloud-token"
+    if creds and "s3_credentials" not in values and (Path(creds) / "s3-credentials").exists():
+        values["s3_credentials"] = Path(creds) / "s3-credentials"
     run.set_defaults(**values)
     for action in run._actions:  # a value from the file satisfies "required"
         if action.dest in values:
@@ -118,6 +120,14 @@ class Settings:
     cloud_url: str = ""
     cloud_token_file: Path | None = None
     cloud_ca_file: Path | None = None
+    artifact_store: str = ""
+    s3_endpoint: str = ""
+    s3_region: str = "us-east-1"
+    s3_credentials: Path | None = None
+    s3_ca_file: Path | None = None
+    s3_public_endpoint: str = ""
+    s3_create_bucket: bool = False
+    download_url_lifetime: int = 900
     rollout_interval: float = 2.0
     ghost_device_after: float = 3600.0
     manifest_lifetime_days: float = 365.0

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fleet_server.admins.store import AdminStore
-from fleet_server.artifacts.store import ArtifactStore
+from fleet_server.artifacts.store import Artifacts
 from fleet_server.audit.store import AuditLog
 from fleet_server.catalog.benchmarks import BenchStore
 from fleet_server.catalog.downloads import Downloads
@@ -43,7 +43,7 @@ class ServerContext:
     """Everything the servicers share."""
 
     db: Database
-    artifacts: ArtifactStore
+    artifacts: Artifacts
     keys: KeyStore
     fleet_id: str
     admin_token: str

@@ -78,6 +78,17 @@ class WorkerPool:
                 cmd += ["--cloud-token-file", str(s.cloud_token_file)]
             if s.cloud_ca_file:
                 cmd += ["--cloud-ca-file", str(s.cloud_ca_file)]
+        if s.artifact_store:  # workers serve downloads and their URLs from the same bucket
+            cmd += ["--artifact-store", s.artifact_store, "--s3-region", s.s3_region,
+                    "--download-url-lifetime", str(s.download_url_lifetime)]  # fmt: skip
+            for flag, value in (
+                ("--s3-endpoint", s.s3_endpoint),
+                ("--s3-public-endpoint", s.s3_public_endpoint),
+                ("--s3-credentials", s.s3_credentials),
+                ("--s3-ca-file", s.s3_ca_file),
+            ):
+                if value:
+                    cmd += [flag, str(value)]
         for name in s.tls_name or ():
             cmd += ["--tls-name", name]
         if s.no_bootstrap_token:

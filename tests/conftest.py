@@ -180,14 +180,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="also run the tests marked arm64 (an emulated arm64 root: make test-arm64)",
     )
+    parser.addoption(
+        "--objstore",
+        action="store_true",
+        help="also run the tests marked objstore (Ceph's radosgw, network namespaces: make "
+        "test-objstore)",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect the arm64 tests unless --arm64 asks for them: they need root, qemu and a
-    cached Debian root, and `make test-arm64` runs them on their own (CI calls both)."""
-    if config.getoption("--arm64"):
-        return
-    kept = [item for item in items if item.get_closest_marker("arm64") is None]
+    """Deselect the arm64 and objstore tests unless --arm64 / --objstore ask for them: they
+    need root, qemu and a cached Debian root, or Ceph's packages and network namespaces, and
+    `make test-arm64` and `make test-objstore` run them on their own (CI calls all three)."""
+    skipped = {marker for marker in ("arm64", "objstore") if not config.getoption(f"--{marker}")}
+    kept = [item for item in items if not any(item.get_closest_marker(m) for m in skipped)]
     if len(kept) != len(items):
         config.hook.pytest_deselected(items=[i for i in items if i not in kept])
         items[:] = kept

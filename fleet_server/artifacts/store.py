@@ -1,4 +1,6 @@
-"""Local-folder artifact store. Files are named by sha256, written atomically, never changed."""
+"""Artifact stores. The interface (:class:`Artifacts`) and its local-folder backend (the
+embedded default): files named by sha256, written atomically, never changed. The object-store
+backend is :mod:`fleet_server.artifacts.s3`."""
 
 from __future__ import annotations
 
@@ -7,13 +9,39 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 from fleet_server.errors import BadRequestError, NotFoundError
 from protos.names import is_sha256
 
-__all__ = ["ArtifactStore"]
+__all__ = ["CHUNK_BYTES", "ArtifactStore", "Artifacts"]
 
 CHUNK_BYTES = 1024 * 1024
+
+
+class Artifacts(Protocol):
+    """Where model files, their compressed copies and smoke samples live, by sha256."""
+
+    root: Path  # the local folder (a cache, for an object store)
+
+    def put(self, chunks: Iterable[bytes], *, max_bytes: int) -> tuple[str, int, Path]: ...
+
+    def put_compressed(
+        self, source: Path, *, worth: float = 0.85
+    ) -> tuple[str, int, Path] | None: ...
+
+    def path(self, artifact_id: str) -> Path: ...
+
+    def entries(self) -> Iterator[tuple[str, int, float]]: ...
+
+    def delete(self, artifact_id: str) -> bool: ...
+
+    def read(self, artifact_id: str, offset: int) -> Iterator[tuple[int, bytes, int]]: ...
+
+    def download_url(self, artifact_id: str) -> tuple[str, int] | None:
+        """A URL devices may download the artifact from and its lifetime in seconds; None
+        when this store has none (devices use the server's stream)."""
+        ...
 
 
 class ArtifactStore:
@@ -103,6 +131,10 @@ class ArtifactStore:
         except FileNotFoundError:
             return False
         return True
+
+    def download_url(self, artifact_id: str) -> tuple[str, int] | None:
+        """None: a local folder has no URL of its own (devices use the server's stream)."""
+        return None
 
     def read(self, artifact_id: str, offset: int) -> Iterator[tuple[int, bytes, int]]:
         """Yield (offset, bytes, total size) chunks from ``offset`` to the end.

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from agent.errors import ModelFileError
 from agent.inference.modelfile import MAX_MODEL_BYTES, ModelInfo, inspect_model_file
-from fleet_server.artifacts.store import ArtifactStore
+from fleet_server.artifacts.store import Artifacts
 from fleet_server.catalog.naming import TECHNIQUES, variant_name
 from fleet_server.catalog.select import PREFERENCE
 from fleet_server.catalog.smoke import SmokeExpectation, expect
@@ -199,7 +199,7 @@ class Pusher:
     def __init__(
         self,
         catalog: CatalogStore,
-        artifacts: ArtifactStore,
+        artifacts: Artifacts,
         keys: KeyStore,
         fleet_id: str,
         lifetime_s: int = MANIFEST_LIFETIME_S,

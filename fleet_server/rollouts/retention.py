@@ -7,7 +7,7 @@ it (one that reinstalls or rolls back could not download it again). Deleting rem
 variants and their benchmarks from the catalog; its release row stays, so neither its version
 nor its release counter is ever given to other bytes (devices compare counters).
 
-Files go through the artifact store (:meth:`ArtifactStore.delete`): a file no variant refers to
+Files go through the artifact store (:meth:`Artifacts.delete`): a file no variant refers to
 any more is removed once it is older than :data:`GRACE_S`, so a push that has stored its file
 and not yet recorded its release (the two are not one transaction) never loses it; a younger
 orphan goes at a later deletion or prune.
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from fleet_server.artifacts.store import ArtifactStore
+from fleet_server.artifacts.store import Artifacts
 from fleet_server.errors import ConflictError, NotFoundError
 from fleet_server.rollouts.states import IN_EFFECT
 from fleet_server.storage.db import Database, bump_generation, hold_writes
@@ -54,7 +54,7 @@ class Swept:
 
 
 class Retention:
-    def __init__(self, db: Database, artifacts: ArtifactStore) -> None:
+    def __init__(self, db: Database, artifacts: Artifacts) -> None:
         self._engine = db.engine
         self._artifacts = artifacts
 
