@@ -397,6 +397,27 @@ class DeviceClient:
         )
         return response
 
+    def download_url(self, artifact_id: str) -> str | None:
+        """A short-lived URL of the fleet's object store for the artifact, or None (none
+        configured, or a server from before GetDownloadUrl).
+
+        Raises:
+            ServerUnavailableError, AgentError: the server could not be asked, or refused.
+        """
+        try:
+            answer: pb.DownloadUrl = self._call(
+                "download URL",
+                self._device,
+                lambda wire: wire.stub.GetDownloadUrl(
+                    pb.DownloadUrlRequest(artifact_id=artifact_id), timeout=self._timeout
+                ),
+            )
+        except AgentError as exc:
+            if "UNIMPLEMENTED" in str(exc):
+                return None
+            raise
+        return answer.url or None
+
     def download(
         self,
         artifact_id: str,

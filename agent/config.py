@@ -113,6 +113,11 @@ class UpdatesSection:
     crash_loop_starts: int = 3  # abnormal deaths while it loaded or served: a crash loop
     max_download_kbps: int = 0  # download bandwidth limit in KiB/s; 0 = unlimited
     keep_versions: int = 2  # older versions kept on disk per model (the last-known-good counts)
+    # HTTPS downloads from the fleet's object store or a mirror: the CA of their certificates
+    # (default: the system's roots); plain HTTP only when allowed (the manifest's hash protects
+    # integrity, not privacy). Every byte is checked; the server's stream is the fallback.
+    download_ca_file: Path | None = None
+    allow_http_downloads: bool = False
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,25 @@ def open_artifacts(s: Settings, folder: Path) -> Artifacts:
     return store
 
 
+def _mirror(template: str) -> str:
+    """A checked --artifact-mirror template.
+
+    Raises:
+        DataDirError: not an http(s) URL naming {artifact}.
+    """
+    if not template.startswith(("https://", "http://")) or "{artifact}" not in template:
+        raise DataDirError(
+            f"--artifact-mirror {template!r}: give https://HOST/PATH/{{artifact}} "
+            "({artifact} stands for the artifact's sha256)"
+        )
+    if template.startswith("http://"):
+        log.warning(
+            "--artifact-mirror is plain HTTP: agents refuse it unless "
+            "updates.allow_http_downloads (the hash protects integrity, not privacy)"
+        )
+    return template
+
+
 class FleetServer:
     """One server process: the main one (everything) or a worker (the device port only)."""
 
@@ -168,6 +187,8 @@ class FleetServer:
             manifest_lifetime_s=int(s.manifest_lifetime_days * 86400),
             renew_ahead_s=s.renew_ahead_days * 86400,
         )
+        if s.artifact_mirror:
+            ctx.mirror_url = _mirror(s.artifact_mirror)
         self.ctx = ctx
         # Worker processes only serve gRPC; the main process runs the rollouts and the ingest.
         if not s.worker:

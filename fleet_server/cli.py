@@ -492,6 +492,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--s3-create-bucket", action="store_true", help="create the bucket when it is missing"
     )
     run.add_argument(
+        "--artifact-mirror",
+        default="",
+        metavar="URL",
+        help="a mirror of the artifacts (a CDN, a caching proxy) devices try first, "
+        "https://host/path/{artifact} ({artifact} = the sha256); devices check every byte "
+        "against the signed manifest and fall back to the store or the server",
+    )
+    run.add_argument(
         "--download-url-lifetime",
         type=_within(60, 86400, int),
         default=900,

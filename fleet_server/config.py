@@ -128,6 +128,7 @@ class Settings:
     s3_public_endpoint: str = ""
     s3_create_bucket: bool = False
     download_url_lifetime: int = 900
+    artifact_mirror: str = ""
     rollout_interval: float = 2.0
     ghost_device_after: float = 3600.0
     manifest_lifetime_days: float = 365.0

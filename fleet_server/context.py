@@ -83,6 +83,8 @@ class ServerContext:
     revoked: Callable[[str], None] = lambda _device_id: None
     # Where devices send cloud-routed requests (the reference service or another OIP server).
     cloud_endpoint: device_pb2.CloudEndpoint | None = None
+    # A mirror of the artifacts devices try first ("{artifact}" = the sha256); "" = none.
+    mirror_url: str = ""
 
     last_seen: LastSeen = field(init=False)
     answers: AnswerCache = field(init=False)

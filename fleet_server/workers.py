@@ -78,6 +78,8 @@ class WorkerPool:
                 cmd += ["--cloud-token-file", str(s.cloud_token_file)]
             if s.cloud_ca_file:
                 cmd += ["--cloud-ca-file", str(s.cloud_ca_file)]
+        if s.artifact_mirror:
+            cmd += ["--artifact-mirror", s.artifact_mirror]
         if s.artifact_store:  # workers serve downloads and their URLs from the same bucket
             cmd += ["--artifact-store", s.artifact_store, "--s3-region", s.s3_region,
                     "--download-url-lifetime", str(s.download_url_lifetime)]  # fmt: skip

@@ -232,7 +232,7 @@ class RefusalClear(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class CheckInResponse(_message.Message):
-    __slots__ = ("desired", "next_checkin_s", "mqtt_url", "keylist", "cloud", "state_version", "unchanged", "routing", "cloud_endpoint", "clear_refusals", "log_request")
+    __slots__ = ("desired", "next_checkin_s", "mqtt_url", "keylist", "cloud", "state_version", "unchanged", "routing", "cloud_endpoint", "clear_refusals", "log_request", "mirror_url")
     DESIRED_FIELD_NUMBER: _ClassVar[int]
     NEXT_CHECKIN_S_FIELD_NUMBER: _ClassVar[int]
     MQTT_URL_FIELD_NUMBER: _ClassVar[int]
@@ -244,6 +244,7 @@ class CheckInResponse(_message.Message):
     CLOUD_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     CLEAR_REFUSALS_FIELD_NUMBER: _ClassVar[int]
     LOG_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    MIRROR_URL_FIELD_NUMBER: _ClassVar[int]
     desired: _containers.RepeatedCompositeFieldContainer[_manifest_pb2.Envelope]
     next_checkin_s: int
     mqtt_url: str
@@ -255,7 +256,8 @@ class CheckInResponse(_message.Message):
     cloud_endpoint: CloudEndpoint
     clear_refusals: _containers.RepeatedCompositeFieldContainer[RefusalClear]
     log_request: LogRequest
-    def __init__(self, desired: _Optional[_Iterable[_Union[_manifest_pb2.Envelope, _Mapping]]] = ..., next_checkin_s: _Optional[int] = ..., mqtt_url: _Optional[str] = ..., keylist: _Optional[_Union[_manifest_pb2.Envelope, _Mapping]] = ..., cloud: _Optional[_Iterable[_Union[CloudRoute, _Mapping]]] = ..., state_version: _Optional[str] = ..., unchanged: _Optional[bool] = ..., routing: _Optional[_Iterable[_Union[RoutingPolicy, _Mapping]]] = ..., cloud_endpoint: _Optional[_Union[CloudEndpoint, _Mapping]] = ..., clear_refusals: _Optional[_Iterable[_Union[RefusalClear, _Mapping]]] = ..., log_request: _Optional[_Union[LogRequest, _Mapping]] = ...) -> None: ...
+    mirror_url: str
+    def __init__(self, desired: _Optional[_Iterable[_Union[_manifest_pb2.Envelope, _Mapping]]] = ..., next_checkin_s: _Optional[int] = ..., mqtt_url: _Optional[str] = ..., keylist: _Optional[_Union[_manifest_pb2.Envelope, _Mapping]] = ..., cloud: _Optional[_Iterable[_Union[CloudRoute, _Mapping]]] = ..., state_version: _Optional[str] = ..., unchanged: _Optional[bool] = ..., routing: _Optional[_Iterable[_Union[RoutingPolicy, _Mapping]]] = ..., cloud_endpoint: _Optional[_Union[CloudEndpoint, _Mapping]] = ..., clear_refusals: _Optional[_Iterable[_Union[RefusalClear, _Mapping]]] = ..., log_request: _Optional[_Union[LogRequest, _Mapping]] = ..., mirror_url: _Optional[str] = ...) -> None: ...
 
 class RoutingPolicy(_message.Message):
     __slots__ = ("model_name", "policy", "threshold", "latency_budget_ms", "cloud_model", "cloud_cost", "max_per_minute", "max_spend_per_day", "reason")
@@ -306,6 +308,20 @@ class DownloadRequest(_message.Message):
     artifact_id: str
     offset: int
     def __init__(self, artifact_id: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class DownloadUrlRequest(_message.Message):
+    __slots__ = ("artifact_id",)
+    ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
+    artifact_id: str
+    def __init__(self, artifact_id: _Optional[str] = ...) -> None: ...
+
+class DownloadUrl(_message.Message):
+    __slots__ = ("url", "expires_in_s")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_S_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    expires_in_s: int
+    def __init__(self, url: _Optional[str] = ..., expires_in_s: _Optional[int] = ...) -> None: ...
 
 class ArtifactChunk(_message.Message):
     __slots__ = ("offset", "data", "total_size")

@@ -57,6 +57,11 @@ class DeviceServiceStub:
                 request_serializer=protos_dot_device__pb2.DownloadRequest.SerializeToString,
                 response_deserializer=protos_dot_device__pb2.ArtifactChunk.FromString,
                 _registered_method=True)
+        self.GetDownloadUrl = channel.unary_unary(
+                '/edgefleet.v1.DeviceService/GetDownloadUrl',
+                request_serializer=protos_dot_device__pb2.DownloadUrlRequest.SerializeToString,
+                response_deserializer=protos_dot_device__pb2.DownloadUrl.FromString,
+                _registered_method=True)
         self.ReportStatus = channel.unary_unary(
                 '/edgefleet.v1.DeviceService/ReportStatus',
                 request_serializer=protos_dot_device__pb2.StatusReport.SerializeToString,
@@ -108,6 +113,15 @@ class DeviceServiceServicer:
 
     def DownloadArtifact(self, request, context):
         """Stream an artifact from `offset` so an interrupted download resumes where it stopped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDownloadUrl(self, request, context):
+        """A short-lived URL to download an artifact from over HTTPS (the fleet's object store), asked
+        for at download time; an empty url: none, use DownloadArtifact. The bytes are checked
+        against the signed manifest as from the stream, so the store need not be trusted.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -171,6 +185,11 @@ def add_DeviceServiceServicer_to_server(servicer, server):
                     servicer.DownloadArtifact,
                     request_deserializer=protos_dot_device__pb2.DownloadRequest.FromString,
                     response_serializer=protos_dot_device__pb2.ArtifactChunk.SerializeToString,
+            ),
+            'GetDownloadUrl': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDownloadUrl,
+                    request_deserializer=protos_dot_device__pb2.DownloadUrlRequest.FromString,
+                    response_serializer=protos_dot_device__pb2.DownloadUrl.SerializeToString,
             ),
             'ReportStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportStatus,
@@ -304,6 +323,33 @@ class DeviceService:
             '/edgefleet.v1.DeviceService/DownloadArtifact',
             protos_dot_device__pb2.DownloadRequest.SerializeToString,
             protos_dot_device__pb2.ArtifactChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDownloadUrl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.DeviceService/GetDownloadUrl',
+            protos_dot_device__pb2.DownloadUrlRequest.SerializeToString,
+            protos_dot_device__pb2.DownloadUrl.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,6 +35,7 @@ from agent.routing.router import Router
 from agent.telemetry.mqtt import masked, parse_mqtt_url
 from agent.telemetry.outbox import deliver
 from agent.updates.health import HealthPolicy
+from agent.updates.http_fetch import HttpSource
 from agent.updates.lifecycle import Lifecycle
 from agent.updates.trust import update_keylist
 from agent.updates.updater import Updater
@@ -140,6 +141,10 @@ class UpdateLoop:
                         client=self._client,
                         identity=identity,
                         max_download_bytes_per_s=state.config.updates.max_download_kbps * 1024,
+                        http=HttpSource(
+                            ca_file=state.config.updates.download_ca_file,
+                            allow_http=state.config.updates.allow_http_downloads,
+                        ),
                     )
                     on_enrolled()
                     for report in self._pending:
@@ -183,6 +188,7 @@ class UpdateLoop:
             response = self._ask()
         if response.HasField("keylist"):
             self._rotate_keys(response.keylist.SerializeToString(), updater)
+        updater.sources.mirror_url = response.mirror_url  # _ask gives the last full answer
         updater.apply(response.desired)
         self._note_cloud_routes(response.cloud)
         self._apply_routing(response)

@@ -25,8 +25,10 @@ from agent.inference.engine import Engine, LoadedModel
 from agent.inference.modelfile import MAX_MODEL_BYTES
 from agent.updates import compression, plan, smoke
 from agent.updates.holds import HOLD_FIRST_S, HOLD_MAX_S, Hold, peek, reason_key
+from agent.updates.http_fetch import HttpSource
 from agent.updates.lifecycle import Lifecycle
 from agent.updates.sink import DurableSink
+from agent.updates.sources import DownloadSources
 from agent.updates.store import ActiveEntry, damage_of, discard
 from agent.updates.verify import InstalledModel, VerifiedRelease, verify_release
 from protos import device_pb2, manifest_pb2
@@ -65,6 +67,7 @@ class Updater:
         monotonic: Callable[[], float] = time.monotonic,
         download_deadline_s: float = 600.0,
         max_download_bytes_per_s: int = 0,
+        http: HttpSource | None = None,
     ) -> None:
         self._lifecycle = lifecycle
         self._store = lifecycle.store
@@ -85,6 +88,7 @@ class Updater:
         self._downloading: dict[str, tuple[str, str]] = {}
         self._health = lifecycle.policy
         self._rate = max_download_bytes_per_s
+        self.sources = DownloadSources(client, http or HttpSource())
         self._baselines: dict[str, float] = {}  # p50 of the version each new one replaced
         self._judge_after: dict[str, float] = {}  # a verdict that could not be recorded
 
@@ -628,10 +632,10 @@ class Updater:
         with staged.open("ab") as handle:
             sink = DurableSink(handle, hasher)
             try:
-                self._client.download(
+                from_http = self.sources.transfer(
                     artifact_id,
                     offset=have,
-                    expected_size=size,
+                    size=size,
                     sink=sink,
                     deadline_s=self._deadline,
                     max_bytes_per_s=self._rate,
@@ -645,6 +649,14 @@ class Updater:
         if total != size:
             raise DownloadError(f"download of {artifact_id} ended at {total} of {size} bytes")
         digest = hasher.hexdigest()
+        if digest != sha256 and from_http:
+            # A mirror or the store gave wrong bytes: the server's stream next, not a refusal.
+            staged.unlink()
+            self.sources.distrust(artifact_id)
+            raise DownloadError(
+                f"artifact {artifact_id[:12]} from a mirror or the object store did not verify; "
+                "fetching it from the fleet server next"
+            )
         if digest != sha256 and have:
             # The kept prefix may be what is wrong (a torn write before a power cut): start over.
             staged.unlink()

@@ -272,6 +272,7 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
             response.log_request.id = wanted.request_id
             response.log_request.lines = wanted.lines
             response.log_request.level = wanted.level
+        response.mirror_url = self._ctx.mirror_url
         response.state_version = state_version(response.SerializeToString(deterministic=True))
         answer = CachedAnswer(
             key,
@@ -428,6 +429,24 @@ class DeviceServicer(pb_grpc.DeviceServiceServicer):
         except OperationalError as exc:  # as rpc_errors does for the unary calls
             log.warning("database unavailable in DownloadArtifact: %s", exc.orig)
             context.abort(grpc.StatusCode.UNAVAILABLE, "the fleet database is busy; retry")
+
+    @rpc_errors
+    def GetDownloadUrl(  # noqa: N802
+        self, request: pb.DownloadUrlRequest, context: Any
+    ) -> pb.DownloadUrl:
+        device_id = require_device(context, self._ctx.devices)
+        row = self._ctx.catalog.model_by_sha(request.artifact_id)
+        if row is None:
+            raise AuthError("no model version uses that artifact")
+        found = self._ctx.artifacts.download_url(request.artifact_id)
+        if found is None:
+            return pb.DownloadUrl()  # a local folder: the device streams it from here
+        url, lifetime = found
+        if request.artifact_id in (row.sha256, row.compressed_sha256):
+            # The device has the file from here on, as after a whole stream: its benchmarks of
+            # this variant count (catalog/benchmarks.py).
+            self._ctx.bench.delivered(device_id, row.sha256)
+        return pb.DownloadUrl(url=url, expires_in_s=lifetime)
 
     @rpc_errors
     def Deliver(self, request: pb.Outbox, context: Any) -> pb.Delivery:  # noqa: N802
