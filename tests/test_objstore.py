@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,10 +19,11 @@ from fleet_server.artifacts.s3 import S3ArtifactStore, S3Settings, parse_store_u
 from fleet_server.artifacts.store import Artifacts, ArtifactStore
 from fleet_server.errors import DataDirError, NotFoundError, TransientError
 from tests import objstore
-from tests.harness import DATA, Server
+from tests.harness import DATA, Agent, Server, make_agent, wait_for
 
 pytestmark = [pytest.mark.objstore, pytest.mark.slow]
 MODEL = DATA / "mobilenet_v1_0.25_128_quant.tflite"
+MODEL2 = DATA / "keras_lstm_mnist_ptq.tflite"  # another model file for a second version
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +199,85 @@ def test_a_server_keeps_pushed_models_in_the_bucket_and_serves_them_from_it(
     finally:
         db.close()
     assert swept.files == len(keys) and not {a for a, _, _ in store.entries()} & keys
+
+
+def active_version(agent: Agent, model: str) -> str:
+    journal = agent.folder / "state" / "active.json"
+    if not journal.exists():
+        return ""
+    entry = json.loads(journal.read_text()).get("models", {}).get(model)
+    return str(entry["version"]) if entry else ""
+
+
+def s3_server(
+    gateway: objstore.Gateway, folder: Path, factory: Callable[..., Server], *extra: str
+) -> Server:
+    creds = gateway.credentials_file(folder / "s3.credentials")
+    return factory(None, extra=[
+        "--artifact-store", "s3://fleet-e2e", "--s3-endpoint", gateway.endpoint,
+        "--s3-credentials", str(creds), "--s3-create-bucket", *extra,
+    ])  # fmt: skip
+
+
+HTTP_AGENT = "[updates]\nallow_http_downloads = true\n"  # the test's radosgw speaks plain HTTP
+
+
+def test_agents_download_from_the_store_and_from_the_server_when_it_is_away(
+    tmp_path: Path, server_factory: Callable[..., Server]
+) -> None:
+    with objstore.gateway_in(tmp_path / "ceph") as gateway:
+        server = s3_server(gateway, tmp_path, server_factory)
+        agent = make_agent(tmp_path, "dev-a", server, extra=HTTP_AGENT).start()
+        try:
+            server.admin("models", "push", str(MODEL), "--name", "mnet", "--version", "1.0.0",
+                         "--deploy", "--no-compress")  # fmt: skip
+            wait_for("1.0.0 from the store", lambda: active_version(agent, "mnet") == "1.0.0",
+                     timeout=60)  # fmt: skip
+            assert "from the object store" in agent.output()
+            shown = json.loads(server.admin("devices", "show", "dev-a", "--json").stdout)
+            assert not shown.get("downloads"), shown  # not one byte through the server
+            # The next version is in the store; then the store goes away: it comes through the
+            # server's stream instead.
+            server.admin("models", "push", str(MODEL2), "--name", "mnet", "--version", "1.1.0",
+                         "--no-compress")  # fmt: skip
+            gateway.stop_gateway()
+            server.admin("deploy", "mnet", "1.1.0")
+            wait_for("1.1.0 from the server", lambda: active_version(agent, "mnet") == "1.1.0",
+                     timeout=90)  # fmt: skip
+            assert "trying the next source" in agent.output()
+            shown = json.loads(server.admin("devices", "show", "dev-a", "--json").stdout)
+            assert shown.get("downloads"), shown  # this one went through the server
+        finally:
+            agent.stop()
+
+
+def test_a_hostile_mirror_only_slows_a_device_down(
+    tmp_path: Path, server_factory: Callable[..., Server], gateway: objstore.Gateway
+) -> None:
+    from tests.test_http_fetch import Source
+
+    def wrong(h: Any, start: int) -> None:
+        body = b"\0" * MODEL.stat().st_size
+        h.send_response(206 if start else 200)
+        if start:
+            h.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        h.send_header("Content-Length", str(len(body) - start))
+        h.end_headers()
+        h.wfile.write(body[start:])
+
+    mirror = Source(wrong)
+    try:
+        template = mirror.url.replace("/artifacts/abc", "/{artifact}")
+        server = s3_server(gateway, tmp_path, server_factory, "--artifact-mirror", template)
+        agent = make_agent(tmp_path, "dev-m", server, extra=HTTP_AGENT).start()
+        server.admin("models", "push", str(MODEL), "--name", "mnet", "--version", "1.0.0",
+                     "--deploy", "--no-compress")  # fmt: skip
+        wait_for("1.0.0 despite the mirror", lambda: active_version(agent, "mnet") == "1.0.0",
+                 timeout=90)  # fmt: skip
+        out = agent.output()
+        assert mirror.requests, "the agent never asked the mirror"
+        assert "did not verify; fetching it from the fleet server next" in out
+        assert "FAILED" not in server.admin("devices", "show", "dev-m").stdout
+        agent.stop()
+    finally:
+        mirror.close()

@@ -85,10 +85,13 @@ class DownloadSources:
         counted = _Counting(sink)
         for name, url in self._urls(artifact_id):
             try:
+                start = offset + counted.written
                 fetch(
-                    url, offset=offset + counted.written, expected_size=size, sink=counted,
+                    url, offset=start, expected_size=size, sink=counted,
                     source=self.http, deadline_s=deadline_s, max_bytes_per_s=max_bytes_per_s,
                 )  # fmt: skip
+                log.info("downloaded %s from the %s (bytes %d-%d)", artifact_id[:12], name,
+                         start, size)  # fmt: skip
                 return True
             except DownloadError as exc:
                 log.warning(
