@@ -87,6 +87,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.bench_spill
 	$(BIN)/python -m bench.bench_start
 	$(BIN)/python -m bench.bench_package
+	$(BIN)/python -m bench.bench_objstore
 
 .venv-mlserver/.installed: bench/mlserver/requirements.txt
 	$(PYTHON) -m venv .venv-mlserver
