@@ -96,8 +96,10 @@ class _FreshChannel:
     connection (a vanished NAT entry, a stalled proxy) and the next one dials afresh. Any answer
     from the server, even a refusal, counts as success. Safe to use from several threads."""
 
-    def __init__(self, target: str, credentials: grpc.ChannelCredentials) -> None:
-        self.target = target
+    def __init__(self, targets: str | list[str], credentials: grpc.ChannelCredentials) -> None:
+        # Several targets are server replicas: a fresh channel goes to the next one.
+        self.targets = [targets] if isinstance(targets, str) else list(targets)
+        self.target = self.targets[0]
         self._credentials = credentials
         self._lock = threading.Lock()
         self._failures = 0
@@ -131,11 +133,14 @@ class _FreshChannel:
             if self._failures < FRESH_CHANNEL_AFTER:
                 return
             self._failures = 0
+            gone = self.target
+            self.target = self.targets[(self.targets.index(gone) + 1) % len(self.targets)]
             self.wire = self._open()
         log.warning(
-            "%d calls to %s in a row went unanswered; dropping that connection for a new one",
+            "%d calls to %s in a row went unanswered; dropping that connection for a new one%s",
             FRESH_CHANNEL_AFTER,
-            self.target,
+            gone,
+            f" to {self.target}" if self.target != gone else "",
         )
         wire.channel.close()  # its calls in flight end CANCELLED (see DeviceClient._call)
 
@@ -208,7 +213,9 @@ class DeviceClient:
         stall_timeout_s: float = ServerSection.stall_timeout_s,
         ca_pem: bytes = b"",
     ) -> None:
-        self.address = address
+        # One address, or several replicas' separated by commas (tried in turn).
+        self.addresses = [a.strip() for a in address.split(",") if a.strip()] or [address]
+        self.address = self.addresses[0]
         self._timeout = timeout_s
         self._stall = stall_timeout_s
         self._fruitless = 0  # downloads in a row that stalled before their first chunk
@@ -243,11 +250,12 @@ class DeviceClient:
         """Call the device port with this client certificate from now on."""
         if self._channel is not None:
             self._channel.close()
-        self.device_address = device_target(self.address, device_address)
+        targets = [device_target(address, device_address) for address in self.addresses]
+        self.device_address = targets[0]
         credentials = grpc.ssl_channel_credentials(
             root_certificates=ca_pem, private_key=key_pem, certificate_chain=certificate_pem
         )
-        self._channel = _FreshChannel(self.device_address, credentials)
+        self._channel = _FreshChannel(targets, credentials)
 
     @property
     def _device(self) -> _FreshChannel:
@@ -290,7 +298,7 @@ class DeviceClient:
             )
         if self._bootstrap is None:
             credentials = grpc.ssl_channel_credentials(root_certificates=self._ca_pem)
-            self._bootstrap = _FreshChannel(self.address, credentials)
+            self._bootstrap = _FreshChannel(self.addresses, credentials)
         try:
             response: pb.EnrollResponse = self._call(
                 "enrollment",

@@ -61,6 +61,9 @@ class DeviceSection:
 
 @dataclass(frozen=True)
 class ServerSection:
+    # host:port of the fleet server's main port; several replicas separated by commas
+    # ("a.example:7443, b.example:7443"): the agent moves to the next when calls to one go
+    # unanswered (docs/deployment.md). URLs the server gives by port only use the first host.
     address: str = "127.0.0.1:7443"
     enrollment_token: str = ""
     enrollment_token_file: Path | None = None
@@ -71,6 +74,10 @@ class ServerSection:
     timeout_s: float = 10.0
     # A download that receives nothing for this long is cancelled and resumed later.
     stall_timeout_s: float = 30.0
+
+    def addresses(self) -> list[str]:
+        """The server replicas' addresses, in the order they are tried."""
+        return [part.strip() for part in self.address.split(",") if part.strip()]
 
 
 @dataclass(frozen=True)
@@ -421,8 +428,12 @@ def _validate(config: AgentConfig) -> None:
         raise ConfigError("inference.queue_depth must be within 0..10000")
     if not 0 <= config.inference.memory_budget_mb <= 1_048_576:
         raise ConfigError("inference.memory_budget_mb must be within 0..1048576")
-    if ":" not in config.server.address:
-        raise ConfigError(f"server.address {config.server.address!r} must be host:port")
+    addresses = config.server.addresses()
+    if not 1 <= len(addresses) <= 8 or any(":" not in a for a in addresses):
+        raise ConfigError(
+            f"server.address {config.server.address[:200]!r} must be host:port, or up to 8 of "
+            "them separated by commas"
+        )
     u = config.updates
     if not 0 <= u.health_window_s <= 86400:
         raise ConfigError("updates.health_window_s must be within 0..86400")

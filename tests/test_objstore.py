@@ -19,7 +19,16 @@ from fleet_server.artifacts.s3 import S3ArtifactStore, S3Settings, parse_store_u
 from fleet_server.artifacts.store import Artifacts, ArtifactStore
 from fleet_server.errors import DataDirError, NotFoundError, TransientError
 from tests import objstore
-from tests.harness import DATA, Agent, Server, make_agent, wait_for
+from tests.harness import (
+    DATA,
+    Agent,
+    Server,
+    free_port,
+    make_agent,
+    run_cli,
+    start_mosquitto,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.objstore, pytest.mark.slow]
 MODEL = DATA / "mobilenet_v1_0.25_128_quant.tflite"
@@ -281,3 +290,50 @@ def test_a_hostile_mirror_only_slows_a_device_down(
         agent.stop()
     finally:
         mirror.close()
+
+
+def test_an_agent_fails_over_to_another_replica_sharing_database_and_store(
+    tmp_path: Path, gateway: objstore.Gateway, postgres_url: str,
+    server_factory: Callable[..., Server],
+) -> None:  # fmt: skip
+    """Two replicas (127.0.0.1 and 127.0.0.2: one host, two addresses, the same ports), one
+    PostgreSQL database, one bucket, one broker; the agent lists both. The first is killed
+    (SIGKILL) after the agent enrolled through it: the next version reaches the agent through
+    the second."""
+    broker = start_mosquitto(tmp_path / "broker")
+    creds = gateway.credentials_file(tmp_path / "s3.credentials")
+    main, device = free_port(), free_port()
+    store = ["--artifact-store", "s3://replicas", "--s3-endpoint", gateway.endpoint,
+             "--s3-credentials", str(creds), "--s3-create-bucket"]  # fmt: skip
+
+    def replica(host: str, data_dir: Path | None = None) -> Server:
+        return server_factory(broker.url, folder=tmp_path / host, db_url=postgres_url,
+                              data_dir=data_dir, extra=[
+            *store, "--listen", f"{host}:{main}", "--device-listen", f"{host}:{device}",
+            "--server-name", host.replace(".", "-"), "--tls-name", host,
+        ])  # fmt: skip
+
+    first = replica("127.0.0.1")
+    second = replica("127.0.0.2", data_dir=first.data_dir)
+    agent = make_agent(tmp_path, "dev-r", first, extra=HTTP_AGENT, timeout_s=2.0)
+    text = agent.config.read_text()
+    agent.config.write_text(
+        text.replace(
+            f'address = "{first.address}"', f'address = "127.0.0.1:{main}, 127.0.0.2:{main}"'
+        )
+    )
+    agent.start()
+    try:
+        first.admin("models", "push", str(MODEL), "--name", "mnet", "--version", "1.0.0",
+                    "--deploy", "--no-compress")  # fmt: skip
+        wait_for("1.0.0", lambda: active_version(agent, "mnet") == "1.0.0", timeout=60)
+        first.proc.stop(9)
+        run_cli("edgefleet", "--server", f"127.0.0.2:{main}", "--data-dir", str(second.data_dir),
+                "models", "push", str(MODEL2), "--name", "mnet", "--version", "1.1.0",
+                "--deploy", "--no-compress")  # fmt: skip
+        wait_for("1.1.0 through the second replica",
+                 lambda: active_version(agent, "mnet") == "1.1.0", timeout=90)  # fmt: skip
+        assert f"to 127.0.0.2:{device}" in agent.output()
+    finally:
+        agent.stop()
+        broker.proc.stop()

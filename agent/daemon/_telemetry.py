@@ -140,7 +140,7 @@ class TelemetryLoop:
         shared = self._state
         identity = shared.identity
         url = shared.config.telemetry.mqtt_url or (identity.mqtt_url if identity else "")
-        return with_server_host(url, shared.config.server.address) if url else ""
+        return with_server_host(url, shared.config.server.addresses()[0]) if url else ""
 
     def _publish(self, stop: threading.Event) -> bool:
         """One MQTT session; True when it ended because the broker's address changed."""

@@ -251,7 +251,7 @@ class UpdateLoop:
         if not url or identity is None or url == identity.mqtt_url:
             return
         try:
-            parse_mqtt_url(with_server_host(url, self._state.config.server.address))
+            parse_mqtt_url(with_server_host(url, self._state.config.server.addresses()[0]))
         except AgentError as exc:
             log.warning("ignoring the server's MQTT URL: %s", exc)
             return
@@ -296,7 +296,7 @@ class UpdateLoop:
                     open_cloud(
                         config.cloud,
                         CloudTarget(
-                            with_server_host(endpoint.url, config.server.address),
+                            with_server_host(endpoint.url, config.server.addresses()[0]),
                             endpoint.token,
                             endpoint.ca_pem or None,
                         ),
