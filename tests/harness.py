@@ -99,10 +99,10 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
 
 
-def port_open(port: int) -> bool:
-    """True when something accepts TCP connections on 127.0.0.1:port."""
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something accepts TCP connections on host:port."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        with socket.create_connection((host, port), timeout=0.5):
             return True
     except OSError:
         return False
@@ -242,15 +242,24 @@ class Mosquitto:
 
     port: int
     proc: Proc
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"mqtt://{self.host}:{self.port}"
 
 
-def start_mosquitto(folder: Path, port: int = 0, *, persistent: bool = False) -> Mosquitto:
+def start_mosquitto(
+    folder: Path,
+    port: int = 0,
+    *,
+    persistent: bool = False,
+    host: str = "127.0.0.1",
+    wrap: Callable[[list[str]], list[str]] = list,
+) -> Mosquitto:
     """Start mosquitto on a free port (or ``port``) with its own config; ``persistent`` keeps
-    sessions and queued messages across a restart, as a production broker should."""
+    sessions and queued messages across a restart, as a production broker should. ``host`` and
+    ``wrap`` put it on another address, in another network namespace (tests/netns.py)."""
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     port = port or free_port()
     folder.mkdir(parents=True, exist_ok=True)
@@ -261,7 +270,7 @@ def start_mosquitto(folder: Path, port: int = 0, *, persistent: bool = False) ->
         else "persistence false\n"
     )
     conf.write_text(
-        f"listener {port} 127.0.0.1\n"
+        f"listener {port} {host}\n"
         # Started as root, mosquitto would switch to its own user, which cannot write its
         # persistence file into the test's private folder: stay the user that runs the tests.
         f"user {getpass.getuser()}\n"
@@ -272,11 +281,14 @@ def start_mosquitto(folder: Path, port: int = 0, *, persistent: bool = False) ->
         "log_dest stdout\n",
         encoding="utf-8",
     )
-    proc = start([binary, "-c", str(conf)], folder / f"mosquitto-{time.time_ns()}.log")
-    wait_for(f"mosquitto on port {port}", lambda: port_open(port) or proc.popen.poll() is not None)
+    proc = start(wrap([binary, "-c", str(conf)]), folder / f"mosquitto-{time.time_ns()}.log")
+    wait_for(
+        f"mosquitto on port {port}",
+        lambda: port_open(port, host) or proc.popen.poll() is not None,
+    )
     if proc.popen.poll() is not None:
         raise AssertionError(f"mosquitto exited:\n{proc.output()}")
-    return Mosquitto(port, proc)
+    return Mosquitto(port, proc, host)
 
 
 @dataclass
@@ -401,10 +413,16 @@ class Agent:
     def socket(self) -> Path:
         return self.folder / "oip.sock"
 
-    def start(self, env: dict[str, str] | None = None, *, as_app_user: bool = False) -> Agent:
+    def start(
+        self,
+        env: dict[str, str] | None = None,
+        *,
+        as_app_user: bool = False,
+        wrap: Callable[[list[str]], list[str]] = list,
+    ) -> Agent:
         """Start the agent (as ``app_user()`` with ``as_app_user``: its folder must be one
-        that user can reach, see ``make_app_agent``)."""
-        cmd = [sys.executable, "-m", "agent.cli", "run", "--config", str(self.config)]
+        that user can reach, see ``make_app_agent``; ``wrap``: in a network namespace)."""
+        cmd = wrap([sys.executable, "-m", "agent.cli", "run", "--config", str(self.config)])
         log = self.folder / f"agent-{int(time.time() * 1000)}.log"
         self.proc = start(cmd, log, env=env, user=app_user() if as_app_user else None)
         return self

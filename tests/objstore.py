@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,10 +88,10 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def _config(folder: Path, mon_port: int, rgw_port: int, fsid: str) -> str:
+def _config(folder: Path, mon_port: int, rgw_port: int, fsid: str, host: str) -> str:
     return f"""[global]
 fsid = {fsid}
-mon_host = 127.0.0.1:{mon_port}
+mon_host = {host}:{mon_port}
 auth_cluster_required = none
 auth_service_required = none
 auth_client_required = none
@@ -116,14 +116,21 @@ pid_file = {folder}/run/$name.pid
 mon_data = {folder}/mon
 osd_data = {folder}/osd
 [client.rgw]
-rgw_frontends = beast endpoint=127.0.0.1:{rgw_port}
+rgw_frontends = beast endpoint={host}:{rgw_port}
 rgw_data = {folder}/rgw
-rgw_dns_name = 127.0.0.1
+rgw_dns_name = {host}
 """
 
 
-def start(folder: Path, *, timeout_s: float = 60.0) -> Gateway:
-    """A fresh cluster and gateway in ``folder`` (created), with the test user.
+def start(
+    folder: Path,
+    *,
+    timeout_s: float = 60.0,
+    host: str = "127.0.0.1",
+    wrap: Callable[[list[str]], list[str]] = list,
+) -> Gateway:
+    """A fresh cluster and gateway in ``folder`` (created), with the test user; on ``host``,
+    every command through ``wrap`` (another network namespace: tests/netns.py).
 
     Raises:
         RuntimeError: a step failed or the gateway did not answer within ``timeout_s``.
@@ -133,32 +140,34 @@ def start(folder: Path, *, timeout_s: float = 60.0) -> Gateway:
     mon_port, rgw_port = free_port(), free_port()
     fsid = str(uuid.uuid4())
     conf = folder / "ceph.conf"
-    conf.write_text(_config(folder, mon_port, rgw_port, fsid), encoding="utf-8")
+    conf.write_text(_config(folder, mon_port, rgw_port, fsid, host), encoding="utf-8")
     c = ["-c", str(conf)]
-    gateway = Gateway(folder, rgw_port, f"http://127.0.0.1:{rgw_port}")
+    gateway = Gateway(folder, rgw_port, f"http://{host}:{rgw_port}")
     deadline = time.monotonic() + timeout_s
 
     def run(*cmd: str) -> str:
         left = max(1.0, deadline - time.monotonic())
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=left, check=False)
+        result = subprocess.run(
+            wrap(list(cmd)), capture_output=True, text=True, timeout=left, check=False
+        )
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)}: {result.stderr.strip()[-800:]}")
         return result.stdout
 
     try:
-        run("monmaptool", "--create", "--addv", "a", f"[v2:127.0.0.1:{mon_port}]",
+        run("monmaptool", "--create", "--addv", "a", f"[v2:{host}:{mon_port}]",
             "--fsid", fsid, str(folder / "monmap"))  # fmt: skip
         run("ceph-mon", *c, "--mkfs", "-i", "a", "--monmap", str(folder / "monmap"))
-        gateway.processes.append(_daemon("ceph-mon", *c, "-f", "-i", "a"))
+        gateway.processes.append(_daemon(wrap(["ceph-mon", *c, "-f", "-i", "a"])))
         osd_uuid = str(uuid.uuid4())
         run("ceph", *c, "osd", "new", osd_uuid)
         run("ceph-osd", *c, "-i", "0", "--mkfs", "--osd-uuid", osd_uuid)
-        gateway.processes.append(_daemon("ceph-osd", *c, "-f", "-i", "0"))
+        gateway.processes.append(_daemon(wrap(["ceph-osd", *c, "-f", "-i", "0"])))
         while "1 up" not in run("ceph", *c, "osd", "stat"):
             if time.monotonic() > deadline:
                 raise RuntimeError("the OSD did not come up")
             time.sleep(0.1)
-        gateway.processes.append(_daemon("radosgw", *c, "-f", "-n", "client.rgw"))
+        gateway.processes.append(_daemon(wrap(["radosgw", *c, "-f", "-n", "client.rgw"])))
         while not _answers(gateway.endpoint):
             if time.monotonic() > deadline or gateway.processes[-1].poll() is not None:
                 raise RuntimeError(f"radosgw did not answer:\n{gateway.log()}")
@@ -171,7 +180,7 @@ def start(folder: Path, *, timeout_s: float = 60.0) -> Gateway:
     return gateway
 
 
-def _daemon(*cmd: str) -> subprocess.Popen[bytes]:
+def _daemon(cmd: list[str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
