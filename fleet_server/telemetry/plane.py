@@ -67,6 +67,13 @@ class TelemetryPlane:
         mqtt_url = s.mqtt_url
         device_mqtt_url = s.device_mqtt_url or mqtt_url or ""
         if not mqtt_url and not s.worker:
+            if (s.db_url or "").startswith("postgresql"):
+                # A shared database means replicas: each would run a broker of its own, and
+                # devices enrolled through one would never reach the others' ingest.
+                log.warning(
+                    "the embedded MQTT broker with a shared database: replicas need one broker "
+                    "for all of them (--mqtt-url, docs/deployment.md); a single server is fine"
+                )
             self.broker = self._start_broker(tls_names)
             mqtt_url = self.broker.url
             # Devices dial the broker on the host they enrolled through, unless told otherwise.
