@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from agent.systemd import Notifier, watchdog_interval
 from fleet_server.addresses import (
@@ -93,9 +94,18 @@ def _mirror(template: str) -> str:
     """A checked --artifact-mirror template.
 
     Raises:
-        DataDirError: not an http(s) URL naming {artifact}.
+        DataDirError: not an http(s) URL with a host (and a valid port) naming {artifact}.
     """
-    if not template.startswith(("https://", "http://")) or "{artifact}" not in template:
+    parts = urlsplit(template.replace("{artifact}", "0" * 64))
+    try:
+        usable = bool(parts.hostname) and parts.port != 0  # a port out of range raises
+    except ValueError:
+        usable = False
+    if (
+        not template.startswith(("https://", "http://"))
+        or "{artifact}" not in template
+        or not usable
+    ):
         raise DataDirError(
             f"--artifact-mirror {template!r}: give https://HOST/PATH/{{artifact}} "
             "({artifact} stands for the artifact's sha256)"

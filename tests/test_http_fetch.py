@@ -23,6 +23,7 @@ from cryptography.x509.oid import NameOID
 
 from agent.errors import DownloadError
 from agent.updates.http_fetch import HttpSource, fetch
+from tests.harness import run_cli
 
 DATA = bytes(range(256)) * 400  # 102,400 bytes
 Behaviour = Callable[[http.server.BaseHTTPRequestHandler, int], None]
@@ -242,3 +243,55 @@ def tls_pair(folder: Path) -> tuple[Path, ssl.SSLContext]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(folder / "server.pem")
     return ca_file, context
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "https://127.0.0.1:99999/artifacts/abc",  # a port out of range
+        "https://127.0.0.1:port/artifacts/abc",  # not a port
+        "https://" + "a" * 64 + "\u00e9.example/artifacts/abc",  # a name IDNA cannot encode
+    ],
+)
+def test_a_redirect_to_a_malformed_url_is_a_download_error(
+    source_factory: Callable[..., Source], location: str
+) -> None:
+    # Anything else than a DownloadError skips the next sources (sources.py catches only that):
+    # one hostile or broken mirror would keep a device from its model, the server's stream too.
+    src = source_factory(lambda h, s: (h.send_response(302), h.send_header("Location", location),
+                                       h.end_headers()))  # fmt: skip
+    with pytest.raises(DownloadError):
+        download(src.url)
+    with pytest.raises(DownloadError):
+        download(location)  # the same as a mirror template (--artifact-mirror)
+
+
+def test_the_deadline_holds_while_a_source_trickles_its_headers(
+    source_factory: Callable[..., Source],
+) -> None:
+    # A byte of header a little more often than the stall limit: no read ever stalls.
+    def slowloris(h: http.server.BaseHTTPRequestHandler, s: int) -> None:
+        h.wfile.write(b"HTTP/1.1 200 OK\r\n")
+        for _ in range(40):
+            h.wfile.write(b"X")
+            h.wfile.flush()
+            time.sleep(0.3)
+
+    src = source_factory(slowloris)
+    started = time.monotonic()
+    with pytest.raises(DownloadError):
+        fetch(src.url, offset=0, expected_size=len(DATA), sink=io.BytesIO(), source=OPEN,
+              deadline_s=2)  # fmt: skip
+    assert time.monotonic() - started < 4  # the 2 s deadline (and 1 s stall limit), not 12 s
+
+
+@pytest.mark.slow
+def test_a_mirror_template_no_agent_could_use_is_refused_at_the_start(tmp_path: Path) -> None:
+    data_dir = str(tmp_path / "d")
+    run_cli("edgefleet-server", "init", "--data-dir", data_dir)
+    for template in ("https://mirror.example:99999/{artifact}", "https://mirror.example:x/{artifact}",
+                     "https://:443/{artifact}"):  # fmt: skip
+        words = ("--listen", "127.0.0.1:0", "--artifact-mirror", template)
+        run = run_cli("edgefleet-server", "run", "--data-dir", data_dir, *words, check=False,
+                      timeout=30)  # fmt: skip
+        assert run.returncode != 0 and "--artifact-mirror" in run.stderr, (template, run.stderr)

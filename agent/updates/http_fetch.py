@@ -4,17 +4,22 @@ mirror, with the standard library only (the agent stays lean).
 A download resumes with a Range request from what the device has. Nothing from such a source is
 trusted: the caller hashes every byte against the signed manifest, and here a source gets no
 more than the bytes the manifest names (endless data), no longer than the stall limit without a
-byte (a stalled mirror), no Range it did not honour (a 200 to a resume is refused, not skipped
-through), and no redirect to plain HTTP or off HTTP(S). HTTPS is checked against the system's
-roots or ``ca_file``; plain-HTTP URLs are refused unless ``allow_http`` (the hash protects the
-integrity of the model, not its privacy).
+byte (a stalled mirror), no longer than the deadline in all, headers and TLS handshake included
+(a source trickling bytes just within the stall limit), no Range it did not honour (a 200 to a
+resume is refused, not skipped through), and no redirect to plain HTTP or off HTTP(S). A
+malformed URL or redirect is a DownloadError like any other failure (the next source is tried).
+HTTPS is checked against the system's roots or ``ca_file``; plain-HTTP URLs are refused unless
+``allow_http`` (the hash protects the integrity of the model, not its privacy).
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import re
+import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,12 +49,16 @@ class HttpSource:
 
 def _connect(url: str, source: HttpSource, timeout: float) -> http.client.HTTPConnection:
     parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError as exc:  # out of range, not a number
+        raise DownloadError(f"refused download URL {url[:80]!r}: {exc}") from exc
     if parts.scheme == "https":
         return http.client.HTTPSConnection(
-            parts.hostname or "", parts.port, timeout=timeout, context=source.context()
+            parts.hostname or "", port, timeout=timeout, context=source.context()
         )
     if parts.scheme == "http" and source.allow_http:
-        return http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
+        return http.client.HTTPConnection(parts.hostname or "", port, timeout=timeout)
     raise DownloadError(
         f"refused download URL scheme {parts.scheme or '(none)'!r}: https only"
         + ("" if parts.scheme != "http" else " (updates.allow_http_downloads allows http)")
@@ -82,14 +91,25 @@ def fetch(
     current = url
     for _ in range(_MAX_REDIRECTS + 1):
         connection = _connect(current, source, timeout=source.stall_s)
+        # The stall limit bounds each read; this bounds them all (a byte of header every few
+        # seconds never stalls): at the deadline the connection is cut.
+        watchdog = threading.Timer(max(0.0, started + deadline_s - time.monotonic()), _cut,
+                                   (connection,))  # fmt: skip
+        watchdog.daemon = True
+        watchdog.start()
         try:
             headers = {"Range": f"bytes={offset}-"} if offset else {}
             headers["Accept-Encoding"] = "identity"
             try:
+                connection.connect()
+                if time.monotonic() > started + deadline_s:
+                    raise DownloadError("the download's deadline passed before the source answered")
                 connection.request("GET", _target(current), headers=headers)
                 response = connection.getresponse()
-            except (OSError, http.client.HTTPException) as exc:
-                raise DownloadError(f"{urlsplit(current).hostname}: {exc}") from exc
+            # ValueError: a host name IDNA cannot encode (UnicodeError), a malformed URL.
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                late = " (the download's deadline passed)" if not watchdog.is_alive() else ""
+                raise DownloadError(f"{urlsplit(current).hostname}: {exc}{late}") from exc
             if response.status in (301, 302, 303, 307, 308):
                 location = response.getheader("Location") or ""
                 following = urljoin(current, location)
@@ -105,8 +125,16 @@ def fetch(
             )  # fmt: skip
             return position - offset
         finally:
+            watchdog.cancel()
             connection.close()
     raise DownloadError(f"more than {_MAX_REDIRECTS} redirects from {urlsplit(url).hostname}")
+
+
+def _cut(connection: http.client.HTTPConnection) -> None:
+    """End what the connection is waiting for (a read, the TLS handshake): its deadline."""
+    if connection.sock is not None:
+        with contextlib.suppress(OSError):
+            connection.sock.shutdown(socket.SHUT_RDWR)
 
 
 def _check_status(response: http.client.HTTPResponse, offset: int, expected_size: int) -> None:
