@@ -337,3 +337,77 @@ def test_an_agent_fails_over_to_another_replica_sharing_database_and_store(
     finally:
         agent.stop()
         broker.proc.stop()
+
+
+def test_a_push_the_bucket_refused_leaves_nothing_in_the_cache(tmp_path: Path) -> None:
+    # A dead endpoint: the push fails (TransientError) and nothing refers to its file. The
+    # cache is not listed by retention (the bucket is the truth): a file left there by each
+    # failed push would never go.
+    creds = tmp_path / "creds"
+    creds.write_text("[default]\naws_access_key_id = x\naws_secret_access_key = y\n")
+    dead = S3ArtifactStore(
+        S3Settings(bucket="gone", endpoint=f"http://127.0.0.1:{free_port()}",
+                   credentials_file=creds),
+        tmp_path / "cache",
+    )  # fmt: skip
+    data = blob(100_000, seed=7)
+    with pytest.raises(TransientError):
+        dead.put(chunks(data), max_bytes=len(data))
+    source = tmp_path / "model.tflite"
+    source.write_bytes(data)
+    with pytest.raises(TransientError):
+        dead.put_compressed(source)
+    assert not list((tmp_path / "cache").iterdir())
+
+
+def test_a_repushed_orphan_gets_the_grace_of_a_push_in_flight(
+    gateway: objstore.Gateway, tmp_path: Path
+) -> None:
+    # A push that failed after its upload leaves an orphan object; the same bytes pushed again
+    # an hour later find it in the bucket. Until the push records its release, retention must
+    # see the object as young, as the folder store's new file is: not its first upload's age.
+    from fleet_server.rollouts.retention import GRACE_S, Retention, Swept
+    from fleet_server.storage.db import Database
+
+    store = s3_store(gateway, tmp_path / "cache", "regrace")
+    data = blob(50_000, seed=8)
+    digest, _, _ = store.put(chunks(data), max_bytes=len(data))
+    time.sleep(2)
+    again = time.time()
+    store.put(chunks(data), max_bytes=len(data))  # the retried push, its release not recorded
+    db = Database(f"sqlite:///{tmp_path / 'fleet.db'}")
+    db.create_schema()
+    try:
+        swept = Swept()
+        Retention(db, store).collect(swept, now=again + GRACE_S - 1)
+    finally:
+        db.close()
+    assert swept.files == 0 and digest in {a for a, _, _ in store.entries()}
+
+
+def test_deleting_a_version_while_the_bucket_is_down_is_not_an_internal_error(
+    tmp_path: Path,
+) -> None:
+    # The version's rows are gone once its transaction commits; its files are swept after. A
+    # bucket away then leaves orphans for a later sweep: the deletion itself succeeded.
+    from fleet_server.catalog.store import CatalogStore, ModelRow
+    from fleet_server.rollouts.retention import Retention
+    from fleet_server.storage.db import Database
+
+    creds = tmp_path / "creds"
+    creds.write_text("[default]\naws_access_key_id = x\naws_secret_access_key = y\n")
+    dead = S3ArtifactStore(
+        S3Settings(bucket="gone", endpoint=f"http://127.0.0.1:{free_port()}",
+                   credentials_file=creds),
+        tmp_path / "cache",
+    )  # fmt: skip
+    db = Database(f"sqlite:///{tmp_path / 'fleet.db'}")
+    db.create_schema()
+    try:
+        CatalogStore(db).add_model(
+            ModelRow("m", "1.0.0", "int8", 1, "ab" * 32, 10, False, b"x", int(time.time()))
+        )
+        swept = Retention(db, dead).delete("m", "1.0.0")
+        assert swept.deleted == ["1.0.0"] and swept.files == 0
+    finally:
+        db.close()

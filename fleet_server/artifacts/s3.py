@@ -166,14 +166,24 @@ class S3ArtifactStore:
             TransientError: the bucket did not take it (the push fails; nothing refers to it).
         """
         digest, size, path = self.cache.put(chunks, max_bytes=max_bytes)
-        self._upload(digest, size, path)
+        self._upload_or_forget(digest, size, path)
         return digest, size, path
 
     def put_compressed(self, source: Path, *, worth: float = 0.85) -> tuple[str, int, Path] | None:
         packed = self.cache.put_compressed(source, worth=worth)
         if packed is not None:
-            self._upload(*packed)
+            self._upload_or_forget(*packed)
         return packed
+
+    def _upload_or_forget(self, digest: str, size: int, path: Path) -> None:
+        try:
+            self._upload(digest, size, path)
+        except TransientError:
+            # Retention lists the bucket, not the cache: a file left here by a failed push
+            # would stay for good. Should the cache have held it for a stored artifact, it is
+            # fetched again from the bucket when needed.
+            self.cache.delete(digest)
+            raise
 
     def _upload(self, digest: str, size: int, path: Path) -> None:
         from boto3.s3.transfer import TransferConfig  # noqa: PLC0415
@@ -181,7 +191,19 @@ class S3ArtifactStore:
 
         key = self.settings.key(digest)
         if self._size_of(key) == size:
-            return  # content-addressed: the same name is the same bytes
+            # Content-addressed: the same name is the same bytes. But it may be an orphan of a
+            # failed push, old enough for retention to sweep it before this push records its
+            # release: its age starts again now, as a file written to the folder store's.
+            try:
+                self._s3.copy_object(
+                    Bucket=self.settings.bucket, Key=key, MetadataDirective="REPLACE",
+                    CopySource={"Bucket": self.settings.bucket, "Key": key},
+                )  # fmt: skip
+            except (ClientError, BotoCoreError) as exc:
+                raise TransientError(
+                    f"the object store did not take artifact {digest[:12]}: {exc}"
+                ) from exc
+            return
         transfer = TransferConfig(
             multipart_threshold=PART_BYTES, multipart_chunksize=PART_BYTES, max_concurrency=4
         )
@@ -295,16 +317,25 @@ class S3ArtifactStore:
         return chunks()
 
     def entries(self) -> Iterator[tuple[str, int, float]]:
-        """(artifact id, size, modification time) of every artifact in the bucket."""
+        """(artifact id, size, modification time) of every artifact in the bucket.
+
+        Raises:
+            TransientError: the bucket is unreachable.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
+
         prefix = self.settings.key("")
         pages = self._s3.get_paginator("list_objects_v2").paginate(
             Bucket=self.settings.bucket, Prefix=prefix
         )
-        for page in pages:
-            for item in page.get("Contents", []):
-                name = str(item["Key"])[len(prefix) :]
-                if is_sha256(name):
-                    yield name, int(item["Size"]), item["LastModified"].timestamp()
+        try:
+            for page in pages:
+                for item in page.get("Contents", []):
+                    name = str(item["Key"])[len(prefix) :]
+                    if is_sha256(name):
+                        yield name, int(item["Size"]), item["LastModified"].timestamp()
+        except (ClientError, BotoCoreError) as exc:
+            raise TransientError(f"object store: {exc}") from exc
 
     def delete(self, artifact_id: str) -> bool:
         """Remove the artifact's object and cached file; False when neither was there."""
@@ -313,7 +344,12 @@ class S3ArtifactStore:
         key = self.settings.key(artifact_id)
         existed = self._size_of(key) is not None
         if existed:
-            self._s3.delete_object(Bucket=self.settings.bucket, Key=key)
+            from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
+
+            try:
+                self._s3.delete_object(Bucket=self.settings.bucket, Key=key)
+            except (ClientError, BotoCoreError) as exc:
+                raise TransientError(f"object store: {exc}") from exc
         return self.cache.delete(artifact_id) or existed
 
     def download_url(self, artifact_id: str) -> tuple[str, int]:
