@@ -295,3 +295,30 @@ def test_a_mirror_template_no_agent_could_use_is_refused_at_the_start(tmp_path: 
         run = run_cli("edgefleet-server", "run", "--data-dir", data_dir, *words, check=False,
                       timeout=30)  # fmt: skip
         assert run.returncode != 0 and "--artifact-mirror" in run.stderr, (template, run.stderr)
+
+
+@pytest.mark.parametrize("header", [True, False])
+def test_the_deadline_cuts_a_trickling_tls_source_with_a_download_error(
+    tmp_path: Path, source_factory: Callable[..., Source], header: bool
+) -> None:
+    ca_file, tls = tls_pair(tmp_path)
+
+    def trickle(h: http.server.BaseHTTPRequestHandler, s: int) -> None:
+        if not header:
+            h.send_response(200)
+            h.send_header("Content-Length", str(len(DATA)))
+            h.end_headers()
+        else:
+            h.wfile.write(b"HTTP/1.1 200 OK\r\n")
+        for at in range(40):
+            h.wfile.write(DATA[at : at + 1] if not header else b"X")
+            h.wfile.flush()
+            time.sleep(0.11)
+
+    src = source_factory(trickle, tls)
+    for deadline in (0.5, 1.0, 1.25):  # the cut lands in a read, or between two
+        started = time.monotonic()
+        with pytest.raises(DownloadError):
+            fetch(src.url, offset=0, expected_size=len(DATA), sink=io.BytesIO(),
+                  source=HttpSource(ca_file=ca_file, stall_s=1), deadline_s=deadline)  # fmt: skip
+        assert time.monotonic() - started < deadline + 1.5
