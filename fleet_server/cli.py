@@ -24,6 +24,7 @@ from agent.ports import (
 )
 from agent.systemd import setup_logging
 from fleet_server import __version__
+from fleet_server.artifacts.options import add_store_options
 from fleet_server.config import apply_config
 from fleet_server.errors import DataDirError, FleetError
 from protos.names import is_name
@@ -458,55 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="the CA of --cloud-url's TLS certificate (default: the system's roots)",
     )
-    run.add_argument(
-        "--artifact-store",
-        default="",
-        metavar="s3://BUCKET[/PREFIX]",
-        help="keep model files in S3-compatible object storage (AWS S3, MinIO, Ceph RGW) and "
-        "let devices download them with presigned URLs; default: the data dir's artifacts "
-        "folder, served over gRPC (docs/deployment.md)",
-    )
-    run.add_argument(
-        "--s3-endpoint",
-        default="",
-        metavar="URL",
-        help="the object store's S3 endpoint, e.g. https://rgw.example:7480 (default: AWS S3)",
-    )
-    run.add_argument("--s3-region", default="us-east-1", help="its region (default us-east-1)")
-    run.add_argument(
-        "--s3-credentials",
-        type=Path,
-        help="an AWS shared-credentials file ([default] aws_access_key_id, "
-        "aws_secret_access_key); default: the s3-credentials systemd credential, else "
-        "boto3's own chain (environment, instance role)",
-    )
-    run.add_argument("--s3-ca-file", type=Path, help="the CA of the endpoint's TLS certificate")
-    run.add_argument(
-        "--s3-public-endpoint",
-        default="",
-        metavar="URL",
-        help="the endpoint devices reach the store at, when not --s3-endpoint (presigned "
-        "URLs name it)",
-    )
-    run.add_argument(
-        "--s3-create-bucket", action="store_true", help="create the bucket when it is missing"
-    )
-    run.add_argument(
-        "--artifact-mirror",
-        default="",
-        metavar="URL",
-        help="a mirror of the artifacts (a CDN, a caching proxy) devices try first, "
-        "https://host/path/{artifact} ({artifact} = the sha256); devices check every byte "
-        "against the signed manifest and fall back to the store or the server",
-    )
-    run.add_argument(
-        "--download-url-lifetime",
-        type=_within(60, 86400, int),
-        default=900,
-        metavar="SECONDS",
-        help="how long a presigned download URL stays valid (default 900; a device asks for "
-        "a new one when it resumes)",
-    )
+    add_store_options(run)
     run.add_argument(
         "--rollout-interval",
         type=_within(0.1, 3600),

@@ -144,6 +144,7 @@ class UpdateLoop:
                         http=HttpSource(
                             ca_file=state.config.updates.download_ca_file,
                             allow_http=state.config.updates.allow_http_downloads,
+                            stall_s=state.config.server.stall_timeout_s,
                         ),
                     )
                     on_enrolled()

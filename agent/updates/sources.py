@@ -11,6 +11,7 @@ can slow a device down, not make it refuse a good model.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,20 +51,20 @@ class DownloadSources:
             self.distrusted.clear()
         self.distrusted.add(artifact_id)
 
-    def _urls(self, artifact_id: str) -> list[tuple[str, str]]:
+    def _urls(self, artifact_id: str) -> Iterator[tuple[str, str]]:
+        """The HTTP sources in order; the store's URL is asked for only when its turn comes
+        (a presigned URL's lifetime starts when it is given)."""
         if artifact_id in self.distrusted:
-            return []
-        urls = []
+            return
         if self.mirror_url:
-            urls.append(("mirror", self.mirror_url.replace("{artifact}", artifact_id)))
+            yield "mirror", self.mirror_url.replace("{artifact}", artifact_id)
         try:
             found = self.client.download_url(artifact_id)
         except AgentError as exc:  # the stream below says what is wrong with the server
             log.debug("no download URL for %s: %s", artifact_id[:12], exc)
             found = None
         if found:
-            urls.append(("object store", found))
-        return urls
+            yield "object store", found
 
     def transfer(
         self,
@@ -83,7 +84,8 @@ class DownloadSources:
                 the last source, fails too.
         """
         counted = _Counting(sink)
-        for name, url in self._urls(artifact_id):
+        # A download already whole (a restart after its last byte) needs no source at all.
+        for name, url in self._urls(artifact_id) if offset < size else iter(()):
             try:
                 start = offset + counted.written
                 fetch(
