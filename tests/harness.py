@@ -437,6 +437,15 @@ class Agent:
         )
 
 
+def active_version(agent: Agent, model: str) -> str:
+    """The version of ``model`` the agent's journal says is active ("" for none)."""
+    journal = agent.folder / "state" / "active.json"
+    if not journal.exists():
+        return ""
+    entry = json.loads(journal.read_text()).get("models", {}).get(model)
+    return str(entry["version"]) if entry else ""
+
+
 def make_agent(
     folder: Path,
     name: str,

@@ -21,8 +21,8 @@ from fleet_server.errors import DataDirError, NotFoundError, TransientError
 from tests import objstore
 from tests.harness import (
     DATA,
-    Agent,
     Server,
+    active_version,
     free_port,
     make_agent,
     run_cli,
@@ -210,12 +210,15 @@ def test_a_server_keeps_pushed_models_in_the_bucket_and_serves_them_from_it(
     assert swept.files == len(keys) and not {a for a, _, _ in store.entries()} & keys
 
 
-def active_version(agent: Agent, model: str) -> str:
-    journal = agent.folder / "state" / "active.json"
-    if not journal.exists():
-        return ""
-    entry = json.loads(journal.read_text()).get("models", {}).get(model)
-    return str(entry["version"]) if entry else ""
+def dead_store(folder: Path) -> S3ArtifactStore:
+    """A bucket behind an endpoint nobody listens on."""
+    creds = folder / "creds"
+    creds.write_text("[default]\naws_access_key_id = x\naws_secret_access_key = y\n")
+    return S3ArtifactStore(
+        S3Settings(bucket="gone", endpoint=f"http://127.0.0.1:{free_port()}",
+                   credentials_file=creds),
+        folder / "cache",
+    )  # fmt: skip
 
 
 def s3_server(
@@ -343,13 +346,7 @@ def test_a_push_the_bucket_refused_leaves_nothing_in_the_cache(tmp_path: Path) -
     # A dead endpoint: the push fails (TransientError) and nothing refers to its file. The
     # cache is not listed by retention (the bucket is the truth): a file left there by each
     # failed push would never go.
-    creds = tmp_path / "creds"
-    creds.write_text("[default]\naws_access_key_id = x\naws_secret_access_key = y\n")
-    dead = S3ArtifactStore(
-        S3Settings(bucket="gone", endpoint=f"http://127.0.0.1:{free_port()}",
-                   credentials_file=creds),
-        tmp_path / "cache",
-    )  # fmt: skip
+    dead = dead_store(tmp_path)
     data = blob(100_000, seed=7)
     with pytest.raises(TransientError):
         dead.put(chunks(data), max_bytes=len(data))
@@ -394,13 +391,7 @@ def test_deleting_a_version_while_the_bucket_is_down_is_not_an_internal_error(
     from fleet_server.rollouts.retention import Retention
     from fleet_server.storage.db import Database
 
-    creds = tmp_path / "creds"
-    creds.write_text("[default]\naws_access_key_id = x\naws_secret_access_key = y\n")
-    dead = S3ArtifactStore(
-        S3Settings(bucket="gone", endpoint=f"http://127.0.0.1:{free_port()}",
-                   credentials_file=creds),
-        tmp_path / "cache",
-    )  # fmt: skip
+    dead = dead_store(tmp_path)
     db = Database(f"sqlite:///{tmp_path / 'fleet.db'}")
     db.create_schema()
     try:

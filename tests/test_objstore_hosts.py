@@ -23,6 +23,7 @@ from tests.harness import (
     DATA,
     Agent,
     Proc,
+    active_version,
     make_agent,
     port_open,
     run_cli,
@@ -98,14 +99,6 @@ def start_replica(
 def on(agent: Agent, version: str) -> Callable[[], bool]:
     """A probe: the agent runs ``version`` of model m."""
     return lambda: active_version(agent, "m") == version
-
-
-def active_version(agent: Agent, model: str) -> str:
-    journal = agent.folder / "state" / "active.json"
-    if not journal.exists():
-        return ""
-    entry = json.loads(journal.read_text()).get("models", {}).get(model)
-    return str(entry["version"]) if entry else ""
 
 
 def test_a_rollout_completes_across_hosts_with_a_server_host_cut_off(
