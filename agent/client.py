@@ -35,7 +35,13 @@ from protos import device_pb2_grpc as pb_grpc
 from protos.chunks import parse_chunk
 from protos.keepalive import client_options
 
-__all__ = ["FRESH_CHANNEL_AFTER", "DeviceClient", "device_target", "stall_limit"]
+__all__ = [
+    "FRESH_CHANNEL_AFTER",
+    "DeviceClient",
+    "device_target",
+    "pace",
+    "stall_limit",
+]
 
 log = logging.getLogger(__name__)
 _TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -51,6 +57,15 @@ _OPTIONS = [
     *client_options(),
 ]
 _DOWNLOAD = f"/{pb.DESCRIPTOR.services_by_name['DeviceService'].full_name}/DownloadArtifact"
+
+
+def pace(sent: int, started: float, max_bytes_per_s: int) -> None:
+    """Sleep until ``sent`` bytes since ``started`` (monotonic) are within ``max_bytes_per_s``
+    (0: no limit): the download bandwidth limit, whatever the source."""
+    if max_bytes_per_s:
+        ahead = sent / max_bytes_per_s - (time.monotonic() - started)
+        if ahead > 0:
+            time.sleep(ahead)
 
 
 def stall_limit(base_s: float, fruitless: int, deadline_s: float) -> float:
@@ -421,8 +436,9 @@ class DeviceClient:
                 ),
             )
         except AgentError as exc:
-            if "UNIMPLEMENTED" in str(exc):
-                return None
+            cause = exc.__cause__
+            if isinstance(cause, grpc.RpcError) and cause.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return None  # a server from before GetDownloadUrl
             raise
         return answer.url or None
 
@@ -475,10 +491,7 @@ class DeviceClient:
                             f"server sent more than the {expected_size} bytes the manifest names"
                         )
                     sink.write(data)
-                    if max_bytes_per_s:
-                        ahead = (position - offset) / max_bytes_per_s - (time.monotonic() - started)
-                        if ahead > 0:
-                            time.sleep(ahead)
+                    pace(position - offset, started, max_bytes_per_s)
                     watch.waiting()
         except grpc.RpcError as exc:
             if watch.fired:

@@ -17,7 +17,6 @@ store. Everything runs on this machine's cores, the store included.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -26,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.bench_delivery import build_models
 from tests import objstore
 from tests.harness import REPO, Server, start_server
 
@@ -36,18 +36,6 @@ def process_cpu(pid: int) -> float:
     """CPU seconds (user + system) a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
-
-
-def build_model(folder: Path, width: int) -> Path:
-    spec = importlib.util.spec_from_file_location(
-        "make_test_models", REPO / "scripts" / "make_test_models.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    path = folder / "model.tflite"
-    path.write_bytes(module.build_large(width))
-    return path
 
 
 def measure(server: Server, mode: str, model: Path, devices: int) -> dict[str, float]:
@@ -91,7 +79,7 @@ def main() -> int:
     devices, width = (4, 1024) if args.quick else (50, 2236)
     with tempfile.TemporaryDirectory(prefix="bench-objstore-") as scratch:
         folder = Path(scratch)
-        model = build_model(folder, width)
+        model, _ = build_models(folder, width)  # bench_delivery's: one float layer
         results: dict[str, dict[str, float]] = {}
         with objstore.gateway_in(folder / "ceph") as gateway:
             creds = gateway.credentials_file(folder / "s3.credentials")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+from agent.client import pace
 from agent.errors import DownloadError
 
 __all__ = ["HttpSource", "fetch"]
@@ -185,9 +186,6 @@ def _copy(
             raise DownloadError(f"the source ended at byte {position} of {expected_size}")
         sink.write(block)
         position += len(block)
-        if max_bytes_per_s:
-            ahead = (position - offset) / max_bytes_per_s - (time.monotonic() - started)
-            if ahead > 0:
-                time.sleep(ahead)
+        pace(position - offset, started, max_bytes_per_s)
     # Whatever else the source would send is not read: the manifest names the size.
     return position

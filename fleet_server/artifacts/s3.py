@@ -92,6 +92,13 @@ def _credentials(path: Path) -> tuple[str, str]:
     return key.strip(), secret.strip()
 
 
+def _missing(exc: Any) -> bool:
+    """Whether a botocore ClientError says the bucket or the key does not exist."""
+    return str(exc.response.get("Error", {}).get("Code", "")) in (
+        "404", "NoSuchKey", "NoSuchBucket",
+    )  # fmt: skip
+
+
 class S3ArtifactStore:
     """The :class:`ArtifactStore` interface over a bucket, with a local cache."""
 
@@ -142,8 +149,7 @@ class S3ArtifactStore:
         try:
             self._s3.head_bucket(Bucket=bucket)
         except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code in ("404", "NoSuchBucket") and create:
+            if _missing(exc) and create:
                 try:
                     self._s3.create_bucket(Bucket=bucket)
                 except (ClientError, BotoCoreError) as again:
@@ -220,7 +226,7 @@ class S3ArtifactStore:
         try:
             return int(self._s3.head_object(Bucket=self.settings.bucket, Key=key)["ContentLength"])
         except ClientError as exc:
-            if str(exc.response.get("Error", {}).get("Code", "")) in ("404", "NoSuchKey"):
+            if _missing(exc):
                 return None
             raise TransientError(f"object store: {exc}") from exc
         except BotoCoreError as exc:
@@ -269,7 +275,7 @@ class S3ArtifactStore:
             tmp.replace(final)
             return final
         except ClientError as exc:
-            if str(exc.response.get("Error", {}).get("Code", "")) in ("404", "NoSuchKey"):
+            if _missing(exc):
                 raise NotFoundError(f"artifact {artifact_id} does not exist") from exc
             raise TransientError(f"object store: {exc}") from exc
         except BotoCoreError as exc:
