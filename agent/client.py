@@ -112,8 +112,9 @@ class _FreshChannel:
     from the server, even a refusal, counts as success. Safe to use from several threads."""
 
     def __init__(self, targets: str | list[str], credentials: grpc.ChannelCredentials) -> None:
-        # Several targets are server replicas: a fresh channel goes to the next one.
-        self.targets = [targets] if isinstance(targets, str) else list(targets)
+        # Several targets are server replicas: a fresh channel goes to the next one. One named
+        # twice (an operator's "a, a, b") is one replica: the next of a is b, never a again.
+        self.targets = list(dict.fromkeys([targets] if isinstance(targets, str) else targets))
         self.target = self.targets[0]
         self._credentials = credentials
         self._lock = threading.Lock()

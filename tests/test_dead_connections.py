@@ -238,3 +238,31 @@ def test_a_refusal_is_an_answer_and_keeps_the_connection(fleet_port: _Fleet) -> 
     finally:
         client.close()
         proxy.close()
+
+
+def test_a_replica_listed_twice_does_not_hide_the_ones_after_it(fleet_port: _Fleet) -> None:
+    """An operator's server.address naming one replica twice ("a, a, b"): calls that go
+    unanswered move on to the next replica, and the one named twice is not the next of
+    itself forever (b was never tried)."""
+    port = fleet_port.port
+    dead = "127.0.0.2:7443"  # nothing listens on 127.0.0.2 at the device port
+    client = DeviceClient(
+        f"{dead}, {dead} ,{dead},127.0.0.1:7443", timeout_s=3.0, stall_timeout_s=5.0, ca_pem=b""
+    )
+    client.use_certificate(
+        f":{port}",
+        certificate_pem=fleet_port.cert_pem,
+        key_pem=fleet_port.key_pem,
+        ca_pem=fleet_port.ca.cert_pem,
+    )
+    try:
+        answered = fleet_port.service.check_ins
+        for _ in range(4 * FRESH_CHANNEL_AFTER):
+            try:
+                client.check_in(pb.CheckInRequest())
+                break
+            except ServerUnavailableError:
+                continue
+        assert fleet_port.service.check_ins == answered + 1
+    finally:
+        client.close()
