@@ -9,8 +9,9 @@ import os
 import stat
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["atomic_write", "fsync_dir", "read_regular"]
+__all__ = ["atomic_write", "fsync_dir", "open_own", "read_regular"]
 
 
 def fsync_dir(directory: Path) -> None:
@@ -38,6 +39,30 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
             Path(tmp).unlink()
         raise
     fsync_dir(path.parent)
+
+
+def open_own(path: Path, *, append: bool) -> BinaryIO:
+    """``path`` opened for writing (appending, or truncated), as a regular file of this
+    process's own: a symbolic link another program put there is not followed (the agent runs
+    as root: its target, any file, would be written), a FIFO is not waited on. Whatever
+    non-regular file is found there first is removed (a directory is left, and refused).
+
+    Raises:
+        OSError: it cannot be opened, or something other than a regular file took its place.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISREG(path.lstat().st_mode):
+            path.unlink()  # a directory: IsADirectoryError (the caller says so)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags | (os.O_APPEND if append else os.O_TRUNC), 0o600)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{path} is not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "ab" if append else "wb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def read_regular(path: Path, limit: int) -> bytes:

@@ -6,6 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from agent._fs import open_own
 from agent.errors import ManifestError
 
 __all__ = ["available", "decompress_bounded"]
@@ -34,7 +35,7 @@ def decompress_bounded(source: Path, target: Path, *, size: int, sha256: str) ->
     hasher = hashlib.sha256()
     written = 0
     try:
-        with source.open("rb") as src, target.open("wb") as dst:
+        with source.open("rb") as src, open_own(target, append=False) as dst:
             reader = zstandard.ZstdDecompressor().stream_reader(src)
             while True:
                 block = reader.read(_BLOCK)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
+from agent._fs import open_own
 from agent.client import DeviceClient, sha256_of_prefix
 from agent.errors import AgentError, DownloadError, ManifestError, TransientError
 from agent.identity import Identity
@@ -615,21 +617,22 @@ class Updater:
     def _download(self, artifact_id: str, sha256: str, size: int, *, durable: bool = True) -> Path:
         staged = self._store.staging_path(sha256)
         self._store.clear_staging(keep=staged)  # staging holds only the download in progress
-        have = staged.stat().st_size if staged.exists() else 0
-        if have > size:
-            staged.unlink()
-            have = 0
-        free = shutil.disk_usage(staged.parent).free
-        # The artifact plus the same again for the loaded copy and the store's rename margin.
-        if free < 2 * (size - have):
-            raise _NoSpaceError(
-                f"not enough disk for artifact {artifact_id[:12]}: {free} bytes free, "
-                f"{2 * (size - have)} needed"
-            )
-        hasher = sha256_of_prefix(staged, have) if have else hashlib.sha256()
-        if have:
-            log.info("resuming download of %s at byte %d", artifact_id, have)
-        with staged.open("ab") as handle:
+        handle = open_own(staged, append=True)  # never a link or FIFO another program put there
+        with handle:
+            have = os.fstat(handle.fileno()).st_size
+            if have > size:
+                handle.truncate(0)
+                have = 0
+            free = shutil.disk_usage(staged.parent).free
+            # The artifact plus the same again for the loaded copy and the store's rename margin.
+            if free < 2 * (size - have):
+                raise _NoSpaceError(
+                    f"not enough disk for artifact {artifact_id[:12]}: {free} bytes free, "
+                    f"{2 * (size - have)} needed"
+                )
+            hasher = sha256_of_prefix(staged, have) if have else hashlib.sha256()
+            if have:
+                log.info("resuming download of %s at byte %d", artifact_id, have)
             sink = DurableSink(handle, hasher)
             try:
                 from_http = self.sources.transfer(
